@@ -1,0 +1,72 @@
+//! Engine configuration as an aggregate: a change is an event, so it is audited and
+//! replayed like everything else. Only known keys with valid values are accepted.
+
+use super::event::Event;
+use super::{Aggregate, AggregateKind, Rejection};
+use crate::ids::Millis;
+use std::collections::BTreeMap;
+
+/// The configurable keys, each with its accepted range (inclusive) and default.
+pub const KEYS: &[(&str, u64, u64, u64)] = &[
+    // (key, min, max, default)
+    ("seal.entries_max", 1, 1_000_000, 100),
+    ("seal.interval_ms", 1_000, 86_400_000, 60_000),
+    ("reservation.ttl_ms_default", 1_000, 7 * 86_400_000, 900_000),
+    ("access.ttl_ms", 1_000, 86_400_000, 3_600_000),
+    ("node.heartbeat_timeout_ms", 1_000, 3_600_000, 15_000),
+];
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    pub values: BTreeMap<String, u64>,
+}
+
+impl Config {
+    pub fn get(&self, key: &str) -> Option<u64> {
+        self.values
+            .get(key)
+            .copied()
+            .or_else(|| KEYS.iter().find(|(k, ..)| *k == key).map(|&(.., default)| default))
+    }
+}
+
+#[derive(Clone, Debug)]
+pub enum ConfigCommand {
+    Set { key: String, value: String },
+}
+
+impl Aggregate for Config {
+    type Command = ConfigCommand;
+    const KIND: AggregateKind = AggregateKind::Config;
+
+    fn decide(&self, command: &ConfigCommand, _now: Millis) -> Result<Vec<Event>, Rejection> {
+        let ConfigCommand::Set { key, value } = command;
+        let Some(&(_, min, max, _)) = KEYS.iter().find(|(k, ..)| k == key) else {
+            let known: Vec<&str> = KEYS.iter().map(|(k, ..)| *k).collect();
+            return Err(Rejection::InvalidArgument { field: "key", reason: format!("unknown key; known keys: {}", known.join(", ")) });
+        };
+        let parsed: u64 = value
+            .parse()
+            .map_err(|_| Rejection::InvalidArgument { field: "value", reason: format!("{key} takes a whole number") })?;
+        if !(min..=max).contains(&parsed) {
+            return Err(Rejection::InvalidArgument { field: "value", reason: format!("{key} must be {min}..={max}") });
+        }
+        if self.get(key) == Some(parsed) && self.values.contains_key(key) {
+            return Ok(vec![]);
+        }
+        Ok(vec![Event::ConfigChanged { key: key.clone(), value: parsed.to_string() }])
+    }
+
+    fn evolve(mut self, event: &Event) -> Self {
+        if let Event::ConfigChanged { key, value } = event {
+            if let Ok(parsed) = value.parse() {
+                self.values.insert(key.clone(), parsed);
+            }
+        }
+        self
+    }
+
+    fn command_name(_command: &ConfigCommand) -> &'static str {
+        "SetConfig"
+    }
+}

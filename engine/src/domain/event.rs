@@ -1,0 +1,341 @@
+//! Domain events: the past-tense facts of DESIGN.md, as plain Rust types. They are
+//! converted to and from the protobuf envelope only in `crate::wire`.
+
+use crate::ids::{AccountId, CertSerial, ConsumerId, MediaId, MerchantId, Millis, NodeId, OrderId, PreviewId, VoucherId};
+
+/// Which aggregate an event belongs to; also the second token of its subject.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum AggregateKind {
+    Voucher,
+    Media,
+    Merchant,
+    Node,
+    Consumer,
+    Account,
+    Order,
+    Preview,
+    Report,
+    Config,
+}
+
+impl AggregateKind {
+    pub fn subject_token(self) -> &'static str {
+        match self {
+            AggregateKind::Voucher => "voucher",
+            AggregateKind::Media => "media",
+            AggregateKind::Merchant => "merchant",
+            AggregateKind::Node => "node",
+            AggregateKind::Consumer => "consumer",
+            AggregateKind::Account => "account",
+            AggregateKind::Order => "order",
+            AggregateKind::Preview => "preview",
+            AggregateKind::Report => "report",
+            AggregateKind::Config => "config",
+        }
+    }
+}
+
+/// An aggregate's identity: its kind and id. Its subject is `vs.<kind>.<id>`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AggregateRef {
+    pub kind: AggregateKind,
+    pub id: String,
+}
+
+impl AggregateRef {
+    pub fn new(kind: AggregateKind, id: impl Into<String>) -> Self {
+        Self { kind, id: id.into() }
+    }
+    pub fn subject(&self) -> String {
+        format!("vs.{}.{}", self.kind.subject_token(), self.id)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ActorKind {
+    Operator,
+    Merchant,
+    Node,
+    Publisher,
+    Auditor,
+    Engine,
+}
+
+/// Who caused an event, as derived from the caller's credential.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Actor {
+    pub kind: ActorKind,
+    pub id: String,
+}
+
+impl Actor {
+    pub fn new(kind: ActorKind, id: impl Into<String>) -> Self {
+        Self { kind, id: id.into() }
+    }
+    pub fn engine() -> Self {
+        Self::new(ActorKind::Engine, "engine")
+    }
+}
+
+/// How a sale's price is split, in basis points of the price.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct RoyaltyTerms {
+    pub retailer_bps: u32,
+    pub distributor_bps: u32,
+    pub owner_bps: u32,
+    pub distributor: String,
+    pub owner: String,
+    pub rights_agent: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Rendition {
+    pub name: String,
+    pub bitrate_kbps: u32,
+    pub content_hash: [u8; 32],
+    pub size_bytes: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PreviewClip {
+    pub start_ms: u64,
+    pub duration_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MediaPublished {
+    pub media_id: MediaId,
+    pub publisher: String,
+    pub title: String,
+    pub artist: String,
+    pub authors: Vec<String>,
+    pub length_ms: u64,
+    pub price_minor: u64,
+    pub currency: String,
+    pub terms: RoyaltyTerms,
+    pub renditions: Vec<Rendition>,
+    pub preview: PreviewClip,
+    pub image_descriptor: String,
+    pub for_sale: bool,
+    pub engine_key_id: String,
+    /// The media key wrapped for the engine's RSA key: ciphertext, not a secret.
+    pub wrapped_media_key: Vec<u8>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Payment {
+    /// The merchant took payment itself (card, invoice …); `payment_ref` is its reference.
+    Merchant { payment_ref: String },
+    /// Prepaid points from a consumer account, held at Reserve, posted at Authorize.
+    Points { account: AccountId },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReservedItem {
+    pub media_id: MediaId,
+    pub price_minor: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum LedgerAccountKind {
+    ConsumerPoints,
+    MerchantClearing,
+    Retailer,
+    Distributor,
+    Owner,
+}
+
+/// One line of a double-entry posting: exactly one of debit or credit is non-zero.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Posting {
+    pub kind: LedgerAccountKind,
+    pub account: String,
+    pub debit_minor: u64,
+    pub credit_minor: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum VoidReason {
+    Refunded,
+    TimedOut,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RightsReportSealed {
+    pub epoch: u64,
+    pub first_entry: u64,
+    pub last_entry: u64,
+    pub head_y: [u8; 32],
+    pub head_z: [u8; 32],
+    pub merkle_root: [u8; 32],
+    pub totals_digest: [u8; 32],
+    pub prev_seal_hash: [u8; 32],
+    pub engine_key_id: String,
+    pub signature: Vec<u8>,
+    pub last_stream_seq: u64,
+}
+
+/// Every domain event. Each belongs to exactly one aggregate (see `Event::aggregate`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    MediaPublished(MediaPublished),
+    MediaWithdrawn { media_id: MediaId, reason: String },
+    PriceChanged { media_id: MediaId, price_minor: u64 },
+    MerchantRegistered { merchant_id: MerchantId, name: String, credential_hash: [u8; 32] },
+    MerchantSuspended { merchant_id: MerchantId, reason: String },
+    NodeRegistered { node_id: NodeId, region: String, slots_max: u32, credential_hash: [u8; 32] },
+    NodeCapacityChanged { node_id: NodeId, slots_max: u32 },
+    NodeDrained { node_id: NodeId },
+    NodeRemoved { node_id: NodeId },
+    ConsumerCertified {
+        consumer_id: ConsumerId,
+        cert_serial: CertSerial,
+        public_key_der: Vec<u8>,
+        not_before: Millis,
+        not_after: Millis,
+        engine_key_id: String,
+        signature: Vec<u8>,
+    },
+    CertRevoked { consumer_id: ConsumerId, cert_serial: CertSerial, reason: String },
+    Reserved {
+        voucher_id: VoucherId,
+        merchant_id: MerchantId,
+        items: Vec<ReservedItem>,
+        rendition: String,
+        price_minor: u64,
+        currency: String,
+        expires_at: Millis,
+        payment: Payment,
+        token_key_id: u32,
+        auth_generation: u32,
+    },
+    Authorized { voucher_id: VoucherId, receipt_key_id: u32, receipt_generation: u32, postings: Vec<Posting> },
+    Voided { voucher_id: VoucherId, reason: VoidReason, reversal: Vec<Posting> },
+    VoucherIssued {
+        voucher_id: VoucherId,
+        node_id: NodeId,
+        merchant_id: MerchantId,
+        media_ids: Vec<MediaId>,
+        rendition: String,
+        access_expires_at: Millis,
+    },
+    RedemptionAccepted {
+        voucher_id: VoucherId,
+        node_id: NodeId,
+        consumer_id: ConsumerId,
+        cert_serial: CertSerial,
+        wrapped_key_hashes: Vec<[u8; 32]>,
+    },
+    DeliveryFailed { voucher_id: VoucherId, node_id: NodeId, reason: String },
+    Delivered {
+        voucher_id: VoucherId,
+        node_id: NodeId,
+        media_id: MediaId,
+        cert_serial: CertSerial,
+        content_hash: [u8; 32],
+        size_bytes: u64,
+        voucher_complete: bool,
+    },
+    PreviewStarted { preview_id: PreviewId, media_id: MediaId, node_id: NodeId, merchant_id: MerchantId, clip_ms: u64 },
+    PreviewEnded { preview_id: PreviewId, played_ms: u64, media_id: MediaId, node_id: NodeId },
+    RightsReportSealed(RightsReportSealed),
+    PointsCredited { account_id: AccountId, amount: u64, reason: String },
+    PointsHeld { account_id: AccountId, voucher_id: VoucherId, amount: u64, expires_at: Millis },
+    HoldPosted { account_id: AccountId, voucher_id: VoucherId, amount: u64 },
+    HoldReleased { account_id: AccountId, voucher_id: VoucherId, amount: u64, reason: VoidReason },
+    OrderPlaced { order_id: OrderId, merchant_id: MerchantId, media_id: MediaId, units: u32, price_per_unit_minor: u64 },
+    UnitBound { order_id: OrderId, unit: u32, device_id: String, device_public_key_hash: [u8; 32], wrapped_key_hash: [u8; 32] },
+    UnitCompleted { order_id: OrderId, unit: u32 },
+    ConfigChanged { key: String, value: String },
+}
+
+impl Event {
+    /// The aggregate this event belongs to (and so the subject it is appended on).
+    pub fn aggregate(&self) -> AggregateRef {
+        use AggregateKind as K;
+        let (kind, id): (AggregateKind, &str) = match self {
+            Event::MediaPublished(e) => (K::Media, e.media_id.as_str()),
+            Event::MediaWithdrawn { media_id, .. } | Event::PriceChanged { media_id, .. } => (K::Media, media_id.as_str()),
+            Event::MerchantRegistered { merchant_id, .. } | Event::MerchantSuspended { merchant_id, .. } => {
+                (K::Merchant, merchant_id.as_str())
+            }
+            Event::NodeRegistered { node_id, .. }
+            | Event::NodeCapacityChanged { node_id, .. }
+            | Event::NodeDrained { node_id }
+            | Event::NodeRemoved { node_id } => (K::Node, node_id.as_str()),
+            Event::ConsumerCertified { consumer_id, .. } | Event::CertRevoked { consumer_id, .. } => {
+                (K::Consumer, consumer_id.as_str())
+            }
+            Event::Reserved { voucher_id, .. }
+            | Event::Authorized { voucher_id, .. }
+            | Event::Voided { voucher_id, .. }
+            | Event::VoucherIssued { voucher_id, .. }
+            | Event::RedemptionAccepted { voucher_id, .. }
+            | Event::DeliveryFailed { voucher_id, .. }
+            | Event::Delivered { voucher_id, .. } => (K::Voucher, voucher_id.as_str()),
+            Event::PreviewStarted { preview_id, .. } | Event::PreviewEnded { preview_id, .. } => {
+                (K::Preview, preview_id.as_str())
+            }
+            Event::RightsReportSealed(_) => (K::Report, "rights"),
+            Event::PointsCredited { account_id, .. }
+            | Event::PointsHeld { account_id, .. }
+            | Event::HoldPosted { account_id, .. }
+            | Event::HoldReleased { account_id, .. } => (K::Account, account_id.as_str()),
+            Event::OrderPlaced { order_id, .. } | Event::UnitBound { order_id, .. } | Event::UnitCompleted { order_id, .. } => {
+                (K::Order, order_id.as_str())
+            }
+            Event::ConfigChanged { .. } => (K::Config, "engine"),
+        };
+        AggregateRef::new(kind, id)
+    }
+
+    /// A short stable name, for logs, metrics and findings.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::MediaPublished(_) => "MediaPublished",
+            Event::MediaWithdrawn { .. } => "MediaWithdrawn",
+            Event::PriceChanged { .. } => "PriceChanged",
+            Event::MerchantRegistered { .. } => "MerchantRegistered",
+            Event::MerchantSuspended { .. } => "MerchantSuspended",
+            Event::NodeRegistered { .. } => "NodeRegistered",
+            Event::NodeCapacityChanged { .. } => "NodeCapacityChanged",
+            Event::NodeDrained { .. } => "NodeDrained",
+            Event::NodeRemoved { .. } => "NodeRemoved",
+            Event::ConsumerCertified { .. } => "ConsumerCertified",
+            Event::CertRevoked { .. } => "CertRevoked",
+            Event::Reserved { .. } => "Reserved",
+            Event::Authorized { .. } => "Authorized",
+            Event::Voided { .. } => "Voided",
+            Event::VoucherIssued { .. } => "VoucherIssued",
+            Event::RedemptionAccepted { .. } => "RedemptionAccepted",
+            Event::DeliveryFailed { .. } => "DeliveryFailed",
+            Event::Delivered { .. } => "Delivered",
+            Event::PreviewStarted { .. } => "PreviewStarted",
+            Event::PreviewEnded { .. } => "PreviewEnded",
+            Event::RightsReportSealed(_) => "RightsReportSealed",
+            Event::PointsCredited { .. } => "PointsCredited",
+            Event::PointsHeld { .. } => "PointsHeld",
+            Event::HoldPosted { .. } => "HoldPosted",
+            Event::HoldReleased { .. } => "HoldReleased",
+            Event::OrderPlaced { .. } => "OrderPlaced",
+            Event::UnitBound { .. } => "UnitBound",
+            Event::UnitCompleted { .. } => "UnitCompleted",
+            Event::ConfigChanged { .. } => "ConfigChanged",
+        }
+    }
+}
+
+/// An event with its envelope metadata, as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recorded {
+    pub event_id: [u8; 16],
+    pub aggregate: AggregateRef,
+    /// Number of events in the aggregate including this one.
+    pub aggregate_version: u64,
+    pub recorded_at: Millis,
+    pub request_id: String,
+    pub actor: Actor,
+    /// The command that produced the event ("Reserve", "Expire" …).
+    pub command: String,
+    pub event: Event,
+}

@@ -1,0 +1,131 @@
+//! Licensed duplication orders (the mastering seeds): an order reserves N units of one
+//! media; each unit is later bound to one device or medium identity (the "media ID"), the
+//! media key is wrapped for that device, and completion is reported. Each completed unit
+//! is one royalty entry.
+
+use super::catalog::Media;
+use super::event::Event;
+use super::{validate, Aggregate, AggregateKind, Rejection};
+use crate::ids::{MediaId, MerchantId, Millis, OrderId};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Most units one order may hold.
+pub const UNITS_MAX: u32 = 100_000;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Order {
+    pub id: Option<OrderId>,
+    pub merchant: Option<MerchantId>,
+    pub media_id: Option<MediaId>,
+    pub units: u32,
+    pub price_per_unit_minor: u64,
+    /// unit -> device id
+    pub bound: BTreeMap<u32, String>,
+    pub completed: BTreeSet<u32>,
+}
+
+#[derive(Clone, Debug)]
+pub enum OrderCommand {
+    Place { order: OrderId, merchant: MerchantId, media_id: MediaId, media: Media, units: u32 },
+    BindUnit { merchant: MerchantId, unit: u32, device_id: String, device_public_key_hash: [u8; 32], wrapped_key_hash: [u8; 32] },
+    CompleteUnit { merchant: MerchantId, unit: u32 },
+}
+
+impl Order {
+    fn owned_unit(&self, merchant: &MerchantId, unit: u32) -> Result<(), Rejection> {
+        if self.id.is_none() {
+            return Err(Rejection::NotFound { kind: "order", id: String::new() });
+        }
+        if self.merchant.as_ref() != Some(merchant) {
+            return Err(Rejection::NotYourVoucher);
+        }
+        if unit >= self.units {
+            return Err(Rejection::InvalidArgument { field: "unit", reason: format!("the order has units 0..{}", self.units) });
+        }
+        Ok(())
+    }
+}
+
+impl Aggregate for Order {
+    type Command = OrderCommand;
+    const KIND: AggregateKind = AggregateKind::Order;
+
+    fn decide(&self, command: &OrderCommand, _now: Millis) -> Result<Vec<Event>, Rejection> {
+        match command {
+            OrderCommand::Place { order, merchant, media_id, media, units } => {
+                if self.id.is_some() {
+                    return Err(Rejection::AlreadyExists { kind: "order", id: order.0.clone() });
+                }
+                if media.published.is_none() {
+                    return Err(Rejection::NotFound { kind: "media", id: media_id.0.clone() });
+                }
+                if !media.on_sale() {
+                    return Err(Rejection::NotForSale(media_id.0.clone()));
+                }
+                if *units == 0 || *units > UNITS_MAX {
+                    return Err(Rejection::InvalidArgument { field: "units", reason: format!("must be 1..={UNITS_MAX}") });
+                }
+                Ok(vec![Event::OrderPlaced {
+                    order_id: order.clone(),
+                    merchant_id: merchant.clone(),
+                    media_id: media_id.clone(),
+                    units: *units,
+                    price_per_unit_minor: media.price_minor,
+                }])
+            }
+            OrderCommand::BindUnit { merchant, unit, device_id, device_public_key_hash, wrapped_key_hash } => {
+                self.owned_unit(merchant, *unit)?;
+                validate::id("device_id", device_id)?;
+                match self.bound.get(unit) {
+                    Some(existing) if existing == device_id => Ok(vec![]),
+                    Some(_) => Err(Rejection::AlreadyExists { kind: "unit binding", id: unit.to_string() }),
+                    None => Ok(vec![Event::UnitBound {
+                        order_id: self.id.clone().unwrap_or_else(|| OrderId::new("")),
+                        unit: *unit,
+                        device_id: device_id.clone(),
+                        device_public_key_hash: *device_public_key_hash,
+                        wrapped_key_hash: *wrapped_key_hash,
+                    }]),
+                }
+            }
+            OrderCommand::CompleteUnit { merchant, unit } => {
+                self.owned_unit(merchant, *unit)?;
+                if !self.bound.contains_key(unit) {
+                    return Err(Rejection::InvalidTransition { kind: "unit", command: "CompleteUnit", state: "Unbound" });
+                }
+                if self.completed.contains(unit) {
+                    return Ok(vec![]);
+                }
+                Ok(vec![Event::UnitCompleted { order_id: self.id.clone().unwrap_or_else(|| OrderId::new("")), unit: *unit }])
+            }
+        }
+    }
+
+    fn evolve(mut self, event: &Event) -> Self {
+        match event {
+            Event::OrderPlaced { order_id, merchant_id, media_id, units, price_per_unit_minor } => {
+                self.id = Some(order_id.clone());
+                self.merchant = Some(merchant_id.clone());
+                self.media_id = Some(media_id.clone());
+                self.units = *units;
+                self.price_per_unit_minor = *price_per_unit_minor;
+            }
+            Event::UnitBound { unit, device_id, .. } => {
+                self.bound.insert(*unit, device_id.clone());
+            }
+            Event::UnitCompleted { unit, .. } => {
+                self.completed.insert(*unit);
+            }
+            _ => {}
+        }
+        self
+    }
+
+    fn command_name(command: &OrderCommand) -> &'static str {
+        match command {
+            OrderCommand::Place { .. } => "PlaceOrder",
+            OrderCommand::BindUnit { .. } => "BindUnit",
+            OrderCommand::CompleteUnit { .. } => "CompleteUnit",
+        }
+    }
+}

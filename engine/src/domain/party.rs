@@ -1,0 +1,297 @@
+//! Merchants, delivery nodes and consumers: who may act, with which credential hash or
+//! certificate. Secrets never appear here: merchants and nodes are known by the hash of
+//! their credential secret, consumers by certificate serial and public key.
+
+use super::event::Event;
+use super::{validate, Aggregate, AggregateKind, Rejection};
+use crate::ids::{CertSerial, ConsumerId, MerchantId, Millis, NodeId};
+use std::collections::BTreeMap;
+
+/// Most streams one node may serve at once.
+pub const SLOTS_MAX: u32 = 100_000;
+/// Most certificates one consumer may hold.
+pub const CERTS_PER_CONSUMER_MAX: usize = 64;
+/// Longest certificate validity.
+pub const CERT_VALIDITY_MS_MAX: u64 = 5 * 366 * 24 * 3600 * 1000;
+
+// ---- merchant ----
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MerchantStatus {
+    #[default]
+    Unknown,
+    Active,
+    Suspended,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Merchant {
+    pub status: MerchantStatus,
+    pub id: Option<MerchantId>,
+    pub name: String,
+    pub credential_hash: [u8; 32],
+}
+
+#[derive(Clone, Debug)]
+pub enum MerchantCommand {
+    Register { merchant: MerchantId, name: String, credential_hash: [u8; 32] },
+    Suspend { reason: String },
+}
+
+impl Aggregate for Merchant {
+    type Command = MerchantCommand;
+    const KIND: AggregateKind = AggregateKind::Merchant;
+
+    fn decide(&self, command: &MerchantCommand, _now: Millis) -> Result<Vec<Event>, Rejection> {
+        match command {
+            MerchantCommand::Register { merchant, name, credential_hash } => {
+                if self.status != MerchantStatus::Unknown {
+                    return Err(Rejection::AlreadyExists { kind: "merchant", id: merchant.0.clone() });
+                }
+                validate::id("merchant_id", &merchant.0)?;
+                validate::text("name", name, 256)?;
+                Ok(vec![Event::MerchantRegistered { merchant_id: merchant.clone(), name: name.clone(), credential_hash: *credential_hash }])
+            }
+            MerchantCommand::Suspend { reason } => match self.status {
+                MerchantStatus::Unknown => Err(Rejection::NotFound { kind: "merchant", id: String::new() }),
+                MerchantStatus::Suspended => Ok(vec![]),
+                MerchantStatus::Active => {
+                    validate::text("reason", reason, 256)?;
+                    Ok(vec![Event::MerchantSuspended { merchant_id: self.id.clone().unwrap_or_else(|| MerchantId::new("")), reason: reason.clone() }])
+                }
+            },
+        }
+    }
+
+    fn evolve(mut self, event: &Event) -> Self {
+        match event {
+            Event::MerchantRegistered { merchant_id, name, credential_hash } => {
+                self.status = MerchantStatus::Active;
+                self.id = Some(merchant_id.clone());
+                self.name = name.clone();
+                self.credential_hash = *credential_hash;
+            }
+            Event::MerchantSuspended { .. } => self.status = MerchantStatus::Suspended,
+            _ => {}
+        }
+        self
+    }
+
+    fn command_name(command: &MerchantCommand) -> &'static str {
+        match command {
+            MerchantCommand::Register { .. } => "RegisterMerchant",
+            MerchantCommand::Suspend { .. } => "SuspendMerchant",
+        }
+    }
+}
+
+// ---- delivery node ----
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NodeStatus {
+    #[default]
+    Unknown,
+    Active,
+    Drained,
+    Removed,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Node {
+    pub status: NodeStatus,
+    pub id: Option<NodeId>,
+    pub region: String,
+    pub slots_max: u32,
+    pub credential_hash: [u8; 32],
+}
+
+#[derive(Clone, Debug)]
+pub enum NodeCommand {
+    Register { node: NodeId, region: String, slots_max: u32, credential_hash: [u8; 32] },
+    ChangeCapacity { slots_max: u32 },
+    Drain,
+    Remove,
+}
+
+fn check_slots(slots_max: u32) -> Result<(), Rejection> {
+    if slots_max == 0 || slots_max > SLOTS_MAX {
+        return Err(Rejection::InvalidArgument { field: "slots_max", reason: format!("must be 1..={SLOTS_MAX}") });
+    }
+    Ok(())
+}
+
+impl Aggregate for Node {
+    type Command = NodeCommand;
+    const KIND: AggregateKind = AggregateKind::Node;
+
+    fn decide(&self, command: &NodeCommand, _now: Millis) -> Result<Vec<Event>, Rejection> {
+        let node_id = || self.id.clone().unwrap_or_else(|| NodeId::new(""));
+        match (command, self.status) {
+            (NodeCommand::Register { node, .. }, status) if status != NodeStatus::Unknown => {
+                Err(Rejection::AlreadyExists { kind: "node", id: node.0.clone() })
+            }
+            (NodeCommand::Register { node, region, slots_max, credential_hash }, _) => {
+                validate::id("node_id", &node.0)?;
+                validate::id("region", region)?;
+                check_slots(*slots_max)?;
+                Ok(vec![Event::NodeRegistered { node_id: node.clone(), region: region.clone(), slots_max: *slots_max, credential_hash: *credential_hash }])
+            }
+            (_, NodeStatus::Unknown) => Err(Rejection::NotFound { kind: "node", id: String::new() }),
+            (_, NodeStatus::Removed) => Err(Rejection::NodeUnavailable),
+            (NodeCommand::ChangeCapacity { slots_max }, _) => {
+                check_slots(*slots_max)?;
+                Ok(vec![Event::NodeCapacityChanged { node_id: node_id(), slots_max: *slots_max }])
+            }
+            (NodeCommand::Drain, NodeStatus::Drained) => Ok(vec![]),
+            (NodeCommand::Drain, _) => Ok(vec![Event::NodeDrained { node_id: node_id() }]),
+            (NodeCommand::Remove, _) => Ok(vec![Event::NodeRemoved { node_id: node_id() }]),
+        }
+    }
+
+    fn evolve(mut self, event: &Event) -> Self {
+        match event {
+            Event::NodeRegistered { node_id, region, slots_max, credential_hash } => {
+                self.status = NodeStatus::Active;
+                self.id = Some(node_id.clone());
+                self.region = region.clone();
+                self.slots_max = *slots_max;
+                self.credential_hash = *credential_hash;
+            }
+            Event::NodeCapacityChanged { slots_max, .. } => self.slots_max = *slots_max,
+            Event::NodeDrained { .. } => self.status = NodeStatus::Drained,
+            Event::NodeRemoved { .. } => self.status = NodeStatus::Removed,
+            _ => {}
+        }
+        self
+    }
+
+    fn command_name(command: &NodeCommand) -> &'static str {
+        match command {
+            NodeCommand::Register { .. } => "RegisterNode",
+            NodeCommand::ChangeCapacity { .. } => "ChangeNodeCapacity",
+            NodeCommand::Drain => "DrainNode",
+            NodeCommand::Remove => "RemoveNode",
+        }
+    }
+}
+
+// ---- consumer ----
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Certificate {
+    pub serial: CertSerial,
+    pub public_key_der: Vec<u8>,
+    pub not_before: Millis,
+    pub not_after: Millis,
+    pub engine_key_id: String,
+    pub signature: Vec<u8>,
+    pub revoked: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Consumer {
+    pub id: Option<ConsumerId>,
+    pub certs: BTreeMap<CertSerial, Certificate>,
+}
+
+impl Consumer {
+    /// The standing of a certificate at `now`.
+    pub fn cert_check(&self, serial: &CertSerial, now: Millis) -> super::voucher::CertCheck {
+        use super::voucher::CertCheck;
+        match self.certs.get(serial) {
+            None => CertCheck::Unknown,
+            Some(cert) if cert.revoked => CertCheck::Revoked,
+            Some(cert) if now < cert.not_before || now > cert.not_after => CertCheck::NotValid,
+            Some(_) => CertCheck::Valid,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub enum ConsumerCommand {
+    /// The shell has signed the certificate; the domain checks and records it.
+    Certify { consumer: ConsumerId, cert: Certificate },
+    Revoke { serial: CertSerial, reason: String },
+}
+
+impl Aggregate for Consumer {
+    type Command = ConsumerCommand;
+    const KIND: AggregateKind = AggregateKind::Consumer;
+
+    fn decide(&self, command: &ConsumerCommand, _now: Millis) -> Result<Vec<Event>, Rejection> {
+        match command {
+            ConsumerCommand::Certify { consumer, cert } => {
+                validate::id("consumer_id", &consumer.0)?;
+                validate::id("cert_serial", &cert.serial.0)?;
+                if self.certs.contains_key(&cert.serial) {
+                    return Err(Rejection::AlreadyExists { kind: "certificate", id: cert.serial.0.clone() });
+                }
+                if self.certs.len() >= CERTS_PER_CONSUMER_MAX {
+                    return Err(Rejection::InvalidArgument { field: "consumer_id", reason: format!("at most {CERTS_PER_CONSUMER_MAX} certificates") });
+                }
+                let validity = cert.not_after.0.saturating_sub(cert.not_before.0);
+                if validity <= 0 || validity as u64 > CERT_VALIDITY_MS_MAX {
+                    return Err(Rejection::InvalidArgument { field: "validity_ms", reason: format!("must be 1..={CERT_VALIDITY_MS_MAX}") });
+                }
+                if cert.public_key_der.is_empty() || cert.public_key_der.len() > 2048 {
+                    return Err(Rejection::InvalidArgument { field: "public_key_der", reason: "must be an RSA public key".into() });
+                }
+                Ok(vec![Event::ConsumerCertified {
+                    consumer_id: consumer.clone(),
+                    cert_serial: cert.serial.clone(),
+                    public_key_der: cert.public_key_der.clone(),
+                    not_before: cert.not_before,
+                    not_after: cert.not_after,
+                    engine_key_id: cert.engine_key_id.clone(),
+                    signature: cert.signature.clone(),
+                }])
+            }
+            ConsumerCommand::Revoke { serial, reason } => {
+                let cert = self.certs.get(serial).ok_or_else(|| Rejection::NotFound { kind: "certificate", id: serial.0.clone() })?;
+                if cert.revoked {
+                    return Ok(vec![]);
+                }
+                validate::text("reason", reason, 256)?;
+                Ok(vec![Event::CertRevoked {
+                    consumer_id: self.id.clone().unwrap_or_else(|| ConsumerId::new("")),
+                    cert_serial: serial.clone(),
+                    reason: reason.clone(),
+                }])
+            }
+        }
+    }
+
+    fn evolve(mut self, event: &Event) -> Self {
+        match event {
+            Event::ConsumerCertified { consumer_id, cert_serial, public_key_der, not_before, not_after, engine_key_id, signature } => {
+                self.id = Some(consumer_id.clone());
+                self.certs.insert(
+                    cert_serial.clone(),
+                    Certificate {
+                        serial: cert_serial.clone(),
+                        public_key_der: public_key_der.clone(),
+                        not_before: *not_before,
+                        not_after: *not_after,
+                        engine_key_id: engine_key_id.clone(),
+                        signature: signature.clone(),
+                        revoked: false,
+                    },
+                );
+            }
+            Event::CertRevoked { cert_serial, .. } => {
+                if let Some(cert) = self.certs.get_mut(cert_serial) {
+                    cert.revoked = true;
+                }
+            }
+            _ => {}
+        }
+        self
+    }
+
+    fn command_name(command: &ConsumerCommand) -> &'static str {
+        match command {
+            ConsumerCommand::Certify { .. } => "CertifyConsumer",
+            ConsumerCommand::Revoke { .. } => "RevokeCert",
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! Previews: `Preview(media)` → `PreviewStarted(node)` → `PreviewEnded(played_ms)`.
+//! Previews count as usage in rights reports (not royalty-bearing sales).
+
+use super::catalog::Media;
+use super::event::Event;
+use super::{validate, Aggregate, AggregateKind, Rejection};
+use crate::ids::{MediaId, MerchantId, Millis, NodeId, PreviewId};
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Preview {
+    pub id: Option<PreviewId>,
+    pub media_id: Option<MediaId>,
+    pub node: Option<NodeId>,
+    pub merchant: Option<MerchantId>,
+    pub clip_ms: u64,
+    pub ended: Option<u64>,
+}
+
+#[derive(Clone, Debug)]
+pub enum PreviewCommand {
+    /// `node` is the allocator's choice.
+    Start { preview: PreviewId, merchant: MerchantId, media_id: MediaId, media: Media, node: NodeId },
+    End { node: NodeId, played_ms: u64 },
+}
+
+impl Aggregate for Preview {
+    type Command = PreviewCommand;
+    const KIND: AggregateKind = AggregateKind::Preview;
+
+    fn decide(&self, command: &PreviewCommand, _now: Millis) -> Result<Vec<Event>, Rejection> {
+        match command {
+            PreviewCommand::Start { preview, merchant, media_id, media, node } => {
+                if self.id.is_some() {
+                    return Err(Rejection::AlreadyExists { kind: "preview", id: preview.0.clone() });
+                }
+                validate::id("node_id", &node.0)?;
+                if media.published.is_none() {
+                    return Err(Rejection::NotFound { kind: "media", id: media_id.0.clone() });
+                }
+                if media.status != super::catalog::MediaStatus::Published {
+                    return Err(Rejection::NotForSale(media_id.0.clone()));
+                }
+                let clip_ms = media.published.as_ref().map_or(0, |published| published.preview.duration_ms);
+                Ok(vec![Event::PreviewStarted {
+                    preview_id: preview.clone(),
+                    media_id: media_id.clone(),
+                    node_id: node.clone(),
+                    merchant_id: merchant.clone(),
+                    clip_ms,
+                }])
+            }
+            PreviewCommand::End { node, played_ms } => {
+                if self.id.is_none() {
+                    return Err(Rejection::NotFound { kind: "preview", id: String::new() });
+                }
+                if self.node.as_ref() != Some(node) {
+                    return Err(Rejection::NotYourAssignment);
+                }
+                if self.ended.is_some() {
+                    return Err(Rejection::InvalidTransition { kind: "preview", command: "EndPreview", state: "Ended" });
+                }
+                Ok(vec![Event::PreviewEnded {
+                    preview_id: self.id.clone().unwrap_or_else(|| PreviewId::new("")),
+                    // A node cannot report more than the clip it was given.
+                    played_ms: (*played_ms).min(self.clip_ms),
+                    media_id: self.media_id.clone().unwrap_or_else(|| MediaId::new("")),
+                    node_id: node.clone(),
+                }])
+            }
+        }
+    }
+
+    fn evolve(mut self, event: &Event) -> Self {
+        match event {
+            Event::PreviewStarted { preview_id, media_id, node_id, merchant_id, clip_ms } => {
+                self.id = Some(preview_id.clone());
+                self.media_id = Some(media_id.clone());
+                self.node = Some(node_id.clone());
+                self.merchant = Some(merchant_id.clone());
+                self.clip_ms = *clip_ms;
+            }
+            Event::PreviewEnded { played_ms, .. } => self.ended = Some(*played_ms),
+            _ => {}
+        }
+        self
+    }
+
+    fn command_name(command: &PreviewCommand) -> &'static str {
+        match command {
+            PreviewCommand::Start { .. } => "Preview",
+            PreviewCommand::End { .. } => "EndPreview",
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! Refusals are values. Every way a command can be refused is one variant here; the
+//! gateway maps each to a gRPC status in one exhaustive match, so a new variant forces a
+//! choice of code. Messages never contain tokens, keys, receipts or MACs.
+
+use crate::ids::Millis;
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// The request decodes but breaks a rule (missing field, bad id, absurd value).
+    #[error("invalid {field}: {reason}")]
+    InvalidArgument { field: &'static str, reason: String },
+    #[error("unknown {kind} {id:?}")]
+    NotFound { kind: &'static str, id: String },
+    #[error("{kind} {id:?} already exists")]
+    AlreadyExists { kind: &'static str, id: String },
+    #[error("the voucher belongs to another merchant")]
+    NotYourVoucher,
+    #[error("the voucher is not assigned to this delivery node")]
+    NotYourAssignment,
+    #[error("the reservation expired at {}; reserve again", expires_at.0)]
+    Expired { expires_at: Millis },
+    #[error("the reservation has not expired yet (expires at {})", expires_at.0)]
+    NotExpired { expires_at: Millis },
+    #[error("the voucher was voided")]
+    Voided,
+    #[error("the voucher was already delivered")]
+    AlreadyDelivered,
+    #[error("the voucher is being redeemed by another consumer")]
+    AlreadyRedeemed,
+    #[error("{command} is not allowed while the {kind} is {state}")]
+    InvalidTransition { kind: &'static str, command: &'static str, state: &'static str },
+    #[error("the receipt proof does not verify")]
+    BadProof,
+    #[error("the consumer certificate is revoked")]
+    CertRevoked,
+    #[error("the consumer certificate is not valid at this time")]
+    CertNotValid,
+    #[error("insufficient points: {available} available, {needed} needed")]
+    InsufficientPoints { available: u64, needed: u64 },
+    #[error("no points are held for this voucher")]
+    NoSuchHold,
+    #[error("the media {0:?} is not for sale")]
+    NotForSale(String),
+    #[error("the merchant is suspended")]
+    MerchantSuspended,
+    #[error("the delivery node is drained or removed")]
+    NodeUnavailable,
+    #[error("no healthy delivery node has a free slot; retry later")]
+    NoNodeAvailable,
+    #[error("the request id was already used for a different command ({first}); use a new request id")]
+    RequestIdReused { first: String },
+    #[error("a balance or count would overflow")]
+    Overflow,
+}

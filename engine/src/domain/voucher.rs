@@ -1,0 +1,492 @@
+//! The voucher aggregate: DESIGN.md's core state machine.
+//!
+//! ```text
+//! (none) -Reserve-> Pending -Authorize-> Authorized -IssueVoucher-> Issued(node)
+//!   Pending -Expire/Void-> Voided;  Authorized -Void-> Voided
+//!   Issued -Redeem-> Redeeming(node, consumer) -CompleteDelivery (last item)-> Delivered
+//!   Redeeming -FailDelivery-> Issued
+//! ```
+//! A voucher is delivered at most once (each of its media at most once); a Voided voucher
+//! is never authorized or delivered; an Authorize after `expires_at` is refused; only the
+//! merchant that reserved may authorize, void, issue or read it; only the node it was
+//! issued to may redeem it, and only with a valid receipt proof and certificate.
+
+use super::catalog::Media;
+use super::event::{Event, LedgerAccountKind, Payment, Posting, ReservedItem, VoidReason};
+use super::settlement::{settle, Payer, SaleLine};
+use super::{validate, Aggregate, AggregateKind, Rejection};
+use crate::ids::{CertSerial, ConsumerId, MediaId, MerchantId, Millis, NodeId, VoucherId};
+use std::collections::BTreeSet;
+
+/// Most media one voucher (an album) may buy.
+pub const ITEMS_MAX: usize = 64;
+/// Longest reservation accepted.
+pub const RESERVATION_TTL_MS_MAX: u64 = 7 * 24 * 3600 * 1000;
+/// Longest access token lifetime accepted.
+pub const ACCESS_TTL_MS_MAX: u64 = 24 * 3600 * 1000;
+/// The first generation of auth and receipt tokens.
+pub const FIRST_GENERATION: u32 = 1;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum VoucherStatus {
+    #[default]
+    None,
+    Pending,
+    Authorized,
+    Issued,
+    Redeeming,
+    Delivered,
+    Voided,
+}
+
+impl VoucherStatus {
+    pub fn name(self) -> &'static str {
+        match self {
+            VoucherStatus::None => "None",
+            VoucherStatus::Pending => "Pending",
+            VoucherStatus::Authorized => "Authorized",
+            VoucherStatus::Issued => "Issued",
+            VoucherStatus::Redeeming => "Redeeming",
+            VoucherStatus::Delivered => "Delivered",
+            VoucherStatus::Voided => "Voided",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Voucher {
+    pub status: VoucherStatus,
+    pub id: Option<VoucherId>,
+    pub merchant: Option<MerchantId>,
+    pub items: Vec<ReservedItem>,
+    pub rendition: String,
+    pub price_minor: u64,
+    pub currency: String,
+    pub expires_at: Millis,
+    pub payment: Option<Payment>,
+    pub token_key_id: u32,
+    pub auth_generation: u32,
+    pub receipt_key_id: u32,
+    pub receipt_generation: u32,
+    pub node: Option<NodeId>,
+    pub access_expires_at: Millis,
+    pub consumer: Option<(ConsumerId, CertSerial)>,
+    pub delivered: BTreeSet<MediaId>,
+    pub void_reason: Option<VoidReason>,
+    pub delivery_failures: u32,
+    /// The settlement postings of the Authorized event (reversed by a refund).
+    pub postings: Vec<Posting>,
+}
+
+/// The consumer certificate's standing at decision time, looked up by the shell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CertCheck {
+    Valid,
+    Revoked,
+    /// Outside its validity period.
+    NotValid,
+    Unknown,
+}
+
+/// The receipt proof's verdict, computed by the shell (crypto is not the domain's job).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProofCheck {
+    Valid,
+    Invalid,
+}
+
+#[derive(Clone, Debug)]
+pub struct Reserve {
+    pub voucher_id: VoucherId,
+    pub merchant: MerchantId,
+    /// Each requested media with its catalog state at decision time.
+    pub items: Vec<(MediaId, Media)>,
+    pub rendition: String,
+    pub ttl_ms: u64,
+    pub payment: Payment,
+    pub token_key_id: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct Authorize {
+    pub merchant: MerchantId,
+    pub receipt_key_id: u32,
+    /// The catalog state of each reserved media (for the settlement split).
+    pub media: Vec<Media>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Redeem {
+    pub node: NodeId,
+    pub consumer: ConsumerId,
+    pub cert_serial: CertSerial,
+    pub cert: CertCheck,
+    pub proof: ProofCheck,
+    pub wrapped_key_hashes: Vec<[u8; 32]>,
+}
+
+#[derive(Clone, Debug)]
+pub struct CompleteDelivery {
+    pub node: NodeId,
+    pub media_id: MediaId,
+    pub content_hash: [u8; 32],
+    pub size_bytes: u64,
+}
+
+#[derive(Clone, Debug)]
+pub enum VoucherCommand {
+    Reserve(Reserve),
+    Authorize(Authorize),
+    Void { merchant: MerchantId },
+    /// The sweeper's timeout of a Pending reservation, decided at `now`.
+    Expire,
+    /// `node` is the allocator's choice, recorded in the event so replay never re-decides.
+    Issue { merchant: MerchantId, node: NodeId, access_ttl_ms: u64 },
+    Redeem(Redeem),
+    FailDelivery { node: NodeId, reason: String },
+    CompleteDelivery(CompleteDelivery),
+}
+
+impl Voucher {
+    pub fn id_or_empty(&self) -> VoucherId {
+        self.id.clone().unwrap_or_else(|| VoucherId::new(""))
+    }
+
+    fn exists(&self) -> Result<(), Rejection> {
+        if self.status == VoucherStatus::None {
+            Err(Rejection::NotFound { kind: "voucher", id: String::new() })
+        } else {
+            Ok(())
+        }
+    }
+
+    fn owned_by(&self, merchant: &MerchantId) -> Result<(), Rejection> {
+        self.exists()?;
+        if self.merchant.as_ref() == Some(merchant) { Ok(()) } else { Err(Rejection::NotYourVoucher) }
+    }
+
+    fn assigned_to(&self, node: &NodeId) -> Result<(), Rejection> {
+        self.exists()?;
+        if self.node.as_ref() == Some(node) { Ok(()) } else { Err(Rejection::NotYourAssignment) }
+    }
+
+    fn transition(&self, command: &'static str) -> Rejection {
+        match self.status {
+            VoucherStatus::Voided => Rejection::Voided,
+            VoucherStatus::Delivered => Rejection::AlreadyDelivered,
+            status => Rejection::InvalidTransition { kind: "voucher", command, state: status.name() },
+        }
+    }
+
+    pub fn media_ids(&self) -> Vec<MediaId> {
+        self.items.iter().map(|item| item.media_id.clone()).collect()
+    }
+
+    /// The seed's three sets: pending purchases; purchased, not delivered; delivered.
+    pub fn set(&self) -> Option<PurchaseSet> {
+        match self.status {
+            VoucherStatus::Pending => Some(PurchaseSet::Pending),
+            VoucherStatus::Authorized | VoucherStatus::Issued | VoucherStatus::Redeeming => Some(PurchaseSet::PurchasedNotDelivered),
+            VoucherStatus::Delivered => Some(PurchaseSet::Delivered),
+            VoucherStatus::None | VoucherStatus::Voided => None,
+        }
+    }
+
+    fn decide_reserve(&self, reserve: &Reserve, now: Millis) -> Result<Vec<Event>, Rejection> {
+        if self.status != VoucherStatus::None {
+            return Err(Rejection::AlreadyExists { kind: "voucher", id: reserve.voucher_id.0.clone() });
+        }
+        validate::id("rendition", &reserve.rendition)?;
+        if reserve.items.is_empty() || reserve.items.len() > ITEMS_MAX {
+            return Err(Rejection::InvalidArgument { field: "media_ids", reason: format!("need 1..={ITEMS_MAX} media") });
+        }
+        if reserve.ttl_ms == 0 || reserve.ttl_ms > RESERVATION_TTL_MS_MAX {
+            return Err(Rejection::InvalidArgument { field: "ttl_ms", reason: format!("must be 1..={RESERVATION_TTL_MS_MAX}") });
+        }
+        let mut seen = BTreeSet::new();
+        let mut items = Vec::with_capacity(reserve.items.len());
+        let mut currency: Option<&str> = None;
+        for (media_id, media) in &reserve.items {
+            if !seen.insert(media_id) {
+                return Err(Rejection::InvalidArgument { field: "media_ids", reason: format!("{media_id} is listed twice") });
+            }
+            let Some(published) = &media.published else {
+                return Err(Rejection::NotFound { kind: "media", id: media_id.0.clone() });
+            };
+            if !media.on_sale() {
+                return Err(Rejection::NotForSale(media_id.0.clone()));
+            }
+            if !published.renditions.iter().any(|r| r.name == reserve.rendition) {
+                return Err(Rejection::InvalidArgument {
+                    field: "rendition",
+                    reason: format!("media {media_id} has no rendition {:?}", reserve.rendition),
+                });
+            }
+            match currency {
+                None => currency = Some(&published.currency),
+                Some(c) if c != published.currency => {
+                    return Err(Rejection::InvalidArgument { field: "media_ids", reason: "media priced in different currencies".into() });
+                }
+                Some(_) => {}
+            }
+            items.push(ReservedItem { media_id: media_id.clone(), price_minor: media.price_minor });
+        }
+        let price_minor = items.iter().try_fold(0u64, |sum, item| sum.checked_add(item.price_minor)).ok_or(Rejection::Overflow)?;
+        if let Payment::Points { account } = &reserve.payment {
+            validate::id("points_account", &account.0)?;
+        }
+        Ok(vec![Event::Reserved {
+            voucher_id: reserve.voucher_id.clone(),
+            merchant_id: reserve.merchant.clone(),
+            items,
+            rendition: reserve.rendition.clone(),
+            price_minor,
+            currency: currency.unwrap_or_default().to_string(),
+            expires_at: now.plus_ms(reserve.ttl_ms),
+            payment: reserve.payment.clone(),
+            token_key_id: reserve.token_key_id,
+            auth_generation: FIRST_GENERATION,
+        }])
+    }
+
+    fn decide_authorize(&self, authorize: &Authorize, now: Millis) -> Result<Vec<Event>, Rejection> {
+        self.owned_by(&authorize.merchant)?;
+        if self.status != VoucherStatus::Pending {
+            return Err(self.transition("Authorize"));
+        }
+        if now > self.expires_at {
+            return Err(Rejection::Expired { expires_at: self.expires_at });
+        }
+        let payer = match &self.payment {
+            Some(Payment::Points { account }) => Payer { kind: LedgerAccountKind::ConsumerPoints, account: account.0.clone() },
+            _ => Payer { kind: LedgerAccountKind::MerchantClearing, account: self.merchant.as_ref().map(|m| m.0.clone()).unwrap_or_default() },
+        };
+        let mut lines = Vec::with_capacity(self.items.len());
+        for item in &self.items {
+            let terms = authorize
+                .media
+                .iter()
+                .find_map(|media| media.published.as_ref().filter(|p| p.media_id == item.media_id))
+                .map(|published| &published.terms)
+                .ok_or_else(|| Rejection::NotFound { kind: "media", id: item.media_id.0.clone() })?;
+            lines.push(SaleLine { price_minor: item.price_minor, terms });
+        }
+        let retailer = self.merchant.as_ref().map(|m| m.0.as_str()).unwrap_or_default();
+        let postings = settle(&payer, retailer, &lines);
+        Ok(vec![Event::Authorized {
+            voucher_id: self.id_or_empty(),
+            receipt_key_id: authorize.receipt_key_id,
+            receipt_generation: FIRST_GENERATION,
+            postings,
+        }])
+    }
+
+    fn decide_redeem(&self, redeem: &Redeem) -> Result<Vec<Event>, Rejection> {
+        self.assigned_to(&redeem.node)?;
+        match self.status {
+            VoucherStatus::Issued => {}
+            VoucherStatus::Redeeming => {
+                // A node restarted mid-delivery and asks again for the same consumer: the
+                // redemption stands; anyone else is refused.
+                let same = self.consumer.as_ref() == Some(&(redeem.consumer.clone(), redeem.cert_serial.clone()));
+                if !same {
+                    return Err(Rejection::AlreadyRedeemed);
+                }
+                if redeem.proof != ProofCheck::Valid {
+                    return Err(Rejection::BadProof);
+                }
+                return Ok(vec![]);
+            }
+            _ => return Err(self.transition("Redeem")),
+        }
+        match redeem.cert {
+            CertCheck::Valid => {}
+            CertCheck::Revoked => return Err(Rejection::CertRevoked),
+            CertCheck::NotValid => return Err(Rejection::CertNotValid),
+            CertCheck::Unknown => return Err(Rejection::NotFound { kind: "certificate", id: redeem.cert_serial.0.clone() }),
+        }
+        if redeem.proof != ProofCheck::Valid {
+            return Err(Rejection::BadProof);
+        }
+        Ok(vec![Event::RedemptionAccepted {
+            voucher_id: self.id_or_empty(),
+            node_id: redeem.node.clone(),
+            consumer_id: redeem.consumer.clone(),
+            cert_serial: redeem.cert_serial.clone(),
+            wrapped_key_hashes: redeem.wrapped_key_hashes.clone(),
+        }])
+    }
+
+    fn decide_complete(&self, complete: &CompleteDelivery) -> Result<Vec<Event>, Rejection> {
+        self.assigned_to(&complete.node)?;
+        let known = self.items.iter().any(|item| item.media_id == complete.media_id);
+        if !known {
+            return Err(Rejection::InvalidArgument { field: "media_id", reason: "not part of this voucher".into() });
+        }
+        if self.delivered.contains(&complete.media_id) {
+            // Redelivery of the completion (a node retry): already in effect.
+            return Ok(vec![]);
+        }
+        if self.status != VoucherStatus::Redeeming {
+            return Err(self.transition("CompleteDelivery"));
+        }
+        let (_, cert_serial) = self.consumer.clone().ok_or(Rejection::InvalidTransition {
+            kind: "voucher",
+            command: "CompleteDelivery",
+            state: "Issued",
+        })?;
+        Ok(vec![Event::Delivered {
+            voucher_id: self.id_or_empty(),
+            node_id: complete.node.clone(),
+            media_id: complete.media_id.clone(),
+            cert_serial,
+            content_hash: complete.content_hash,
+            size_bytes: complete.size_bytes,
+            voucher_complete: self.delivered.len() + 1 == self.items.len(),
+        }])
+    }
+}
+
+/// The postings that undo `postings` (debits become credits and back).
+pub fn reverse(postings: &[Posting]) -> Vec<Posting> {
+    postings
+        .iter()
+        .map(|p| Posting { kind: p.kind, account: p.account.clone(), debit_minor: p.credit_minor, credit_minor: p.debit_minor })
+        .collect()
+}
+
+/// The seed's three sets of purchases.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PurchaseSet {
+    Pending,
+    PurchasedNotDelivered,
+    Delivered,
+}
+
+impl Aggregate for Voucher {
+    type Command = VoucherCommand;
+    const KIND: AggregateKind = AggregateKind::Voucher;
+
+    fn decide(&self, command: &VoucherCommand, now: Millis) -> Result<Vec<Event>, Rejection> {
+        match command {
+            VoucherCommand::Reserve(reserve) => self.decide_reserve(reserve, now),
+            VoucherCommand::Authorize(authorize) => self.decide_authorize(authorize, now),
+            VoucherCommand::Void { merchant } => {
+                self.owned_by(merchant)?;
+                match self.status {
+                    VoucherStatus::Pending | VoucherStatus::Authorized => Ok(vec![Event::Voided {
+                        voucher_id: self.id_or_empty(),
+                        reason: VoidReason::Refunded,
+                        reversal: reverse(&self.postings),
+                    }]),
+                    _ => Err(self.transition("Void")),
+                }
+            }
+            VoucherCommand::Expire => {
+                self.exists()?;
+                match self.status {
+                    VoucherStatus::Pending if now > self.expires_at => {
+                        Ok(vec![Event::Voided { voucher_id: self.id_or_empty(), reason: VoidReason::TimedOut, reversal: vec![] }])
+                    }
+                    VoucherStatus::Pending => Err(Rejection::NotExpired { expires_at: self.expires_at }),
+                    _ => Err(self.transition("Expire")),
+                }
+            }
+            VoucherCommand::Issue { merchant, node, access_ttl_ms } => {
+                self.owned_by(merchant)?;
+                if self.status != VoucherStatus::Authorized {
+                    return Err(self.transition("IssueVoucher"));
+                }
+                validate::id("node_id", &node.0)?;
+                if *access_ttl_ms == 0 || *access_ttl_ms > ACCESS_TTL_MS_MAX {
+                    return Err(Rejection::InvalidArgument { field: "access_ttl_ms", reason: format!("must be 1..={ACCESS_TTL_MS_MAX}") });
+                }
+                Ok(vec![Event::VoucherIssued {
+                    voucher_id: self.id_or_empty(),
+                    node_id: node.clone(),
+                    merchant_id: merchant.clone(),
+                    media_ids: self.media_ids(),
+                    rendition: self.rendition.clone(),
+                    access_expires_at: now.plus_ms(*access_ttl_ms),
+                }])
+            }
+            VoucherCommand::Redeem(redeem) => self.decide_redeem(redeem),
+            VoucherCommand::FailDelivery { node, reason } => {
+                self.assigned_to(node)?;
+                validate::text("reason", reason, 512)?;
+                match self.status {
+                    VoucherStatus::Redeeming | VoucherStatus::Issued => Ok(vec![Event::DeliveryFailed {
+                        voucher_id: self.id_or_empty(),
+                        node_id: node.clone(),
+                        reason: reason.clone(),
+                    }]),
+                    _ => Err(self.transition("FailDelivery")),
+                }
+            }
+            VoucherCommand::CompleteDelivery(complete) => self.decide_complete(complete),
+        }
+    }
+
+    fn evolve(mut self, event: &Event) -> Self {
+        match event {
+            Event::Reserved { voucher_id, merchant_id, items, rendition, price_minor, currency, expires_at, payment, token_key_id, auth_generation } => {
+                self.status = VoucherStatus::Pending;
+                self.id = Some(voucher_id.clone());
+                self.merchant = Some(merchant_id.clone());
+                self.items = items.clone();
+                self.rendition = rendition.clone();
+                self.price_minor = *price_minor;
+                self.currency = currency.clone();
+                self.expires_at = *expires_at;
+                self.payment = Some(payment.clone());
+                self.token_key_id = *token_key_id;
+                self.auth_generation = *auth_generation;
+            }
+            Event::Authorized { receipt_key_id, receipt_generation, postings, .. } => {
+                self.status = VoucherStatus::Authorized;
+                self.postings = postings.clone();
+                self.receipt_key_id = *receipt_key_id;
+                self.receipt_generation = *receipt_generation;
+            }
+            Event::Voided { reason, .. } => {
+                self.status = VoucherStatus::Voided;
+                self.void_reason = Some(*reason);
+            }
+            Event::VoucherIssued { node_id, access_expires_at, .. } => {
+                self.status = VoucherStatus::Issued;
+                self.node = Some(node_id.clone());
+                self.access_expires_at = *access_expires_at;
+            }
+            Event::RedemptionAccepted { consumer_id, cert_serial, .. } => {
+                self.status = VoucherStatus::Redeeming;
+                self.consumer = Some((consumer_id.clone(), cert_serial.clone()));
+            }
+            Event::DeliveryFailed { .. } => {
+                self.status = VoucherStatus::Issued;
+                self.consumer = None;
+                self.delivery_failures += 1;
+            }
+            Event::Delivered { media_id, voucher_complete, .. } => {
+                self.delivered.insert(media_id.clone());
+                if *voucher_complete {
+                    self.status = VoucherStatus::Delivered;
+                }
+            }
+            _ => {}
+        }
+        self
+    }
+
+    fn command_name(command: &VoucherCommand) -> &'static str {
+        match command {
+            VoucherCommand::Reserve(_) => "Reserve",
+            VoucherCommand::Authorize(_) => "Authorize",
+            VoucherCommand::Void { .. } => "Void",
+            VoucherCommand::Expire => "Expire",
+            VoucherCommand::Issue { .. } => "IssueVoucher",
+            VoucherCommand::Redeem(_) => "Redeem",
+            VoucherCommand::FailDelivery { .. } => "FailDelivery",
+            VoucherCommand::CompleteDelivery(_) => "CompleteDelivery",
+        }
+    }
+}

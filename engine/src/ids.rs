@@ -1,0 +1,146 @@
+//! Identifier newtypes. Ids are opaque strings on the wire; the newtypes stop a `NodeId`
+//! from being passed where a `VoucherId` is meant. Deterministic ids (voucher ids, event
+//! ids) are derived here from their inputs so that a retried command lands on the same
+//! aggregate however long after the first attempt.
+
+use std::fmt;
+
+macro_rules! string_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+        pub struct $name(pub String);
+
+        impl $name {
+            pub fn new(value: impl Into<String>) -> Self {
+                Self(value.into())
+            }
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({})", stringify!($name), self.0)
+            }
+        }
+    };
+}
+
+string_id!(/// A voucher: one sale of one or more media.
+    VoucherId);
+string_id!(/// A merchant, as registered by the operator.
+    MerchantId);
+string_id!(/// A delivery node.
+    NodeId);
+string_id!(/// A published media item.
+    MediaId);
+string_id!(/// A consumer (player owner); personal data never enters events, only this id.
+    ConsumerId);
+string_id!(/// A consumer certificate serial.
+    CertSerial);
+string_id!(/// A prepaid points account.
+    AccountId);
+string_id!(/// A licensed duplication order.
+    OrderId);
+string_id!(/// A preview session.
+    PreviewId);
+string_id!(/// A merchant's (or other caller's) request id; retries reuse it.
+    RequestId);
+
+/// A position in the event stream; the first event has sequence 1.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct Seq(pub u64);
+
+impl fmt::Display for Seq {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Milliseconds since the Unix epoch, by the engine's clock.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct Millis(pub i64);
+
+impl Millis {
+    pub fn plus_ms(self, ms: u64) -> Millis {
+        Millis(self.0.saturating_add(i64::try_from(ms).unwrap_or(i64::MAX)))
+    }
+}
+
+fn short_hash(parts: &[&[u8]]) -> String {
+    let mut hasher = blake3::Hasher::new_derive_key("vouchsafe 2026 id derivation");
+    for part in parts {
+        hasher.update(&(part.len() as u64).to_le_bytes());
+        hasher.update(part);
+    }
+    // 128 bits of the hash: collision-free in practice, short enough for NATS subjects.
+    hex::encode(&hasher.finalize().as_bytes()[..16])
+}
+
+/// The voucher id for a merchant's request: the same request id always names the same
+/// voucher, so a retry beyond any dedupe window still finds the first answer.
+pub fn voucher_id_for(merchant: &MerchantId, request: &RequestId) -> VoucherId {
+    VoucherId(format!("v{}", short_hash(&[b"voucher", merchant.0.as_bytes(), request.0.as_bytes()])))
+}
+
+/// The duplication order id for a merchant's request.
+pub fn order_id_for(merchant: &MerchantId, request: &RequestId) -> OrderId {
+    OrderId(format!("o{}", short_hash(&[b"order", merchant.0.as_bytes(), request.0.as_bytes()])))
+}
+
+/// The preview id for a merchant's request.
+pub fn preview_id_for(merchant: &MerchantId, request: &RequestId) -> PreviewId {
+    PreviewId(format!("p{}", short_hash(&[b"preview", merchant.0.as_bytes(), request.0.as_bytes()])))
+}
+
+/// The idempotency key (`Nats-Msg-Id`) of the event a command produces: a hash of who
+/// asked, which request, which aggregate, and the index of the event within the command.
+pub fn idempotency_key(actor: &str, request: &RequestId, subject: &str, index: usize) -> String {
+    short_hash(&[b"msg", actor.as_bytes(), request.0.as_bytes(), subject.as_bytes(), &(index as u64).to_le_bytes()])
+}
+
+/// Whether a string is acceptable as an id and as a NATS subject token: 1..=64 bytes of
+/// ASCII letters, digits, '-' and '_'.
+pub fn is_valid_token(value: &str) -> bool {
+    !value.is_empty() && value.len() <= 64 && value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn voucher_ids_are_deterministic_and_distinct() {
+        let merchant = MerchantId::new("m1");
+        let a = voucher_id_for(&merchant, &RequestId::new("r1"));
+        assert_eq!(a, voucher_id_for(&merchant, &RequestId::new("r1")));
+        assert_ne!(a, voucher_id_for(&merchant, &RequestId::new("r2")));
+        assert_ne!(a, voucher_id_for(&MerchantId::new("m2"), &RequestId::new("r1")));
+        assert!(is_valid_token(a.as_str()));
+    }
+
+    #[test]
+    fn length_prefixing_prevents_ambiguous_concatenation() {
+        let a = voucher_id_for(&MerchantId::new("ab"), &RequestId::new("c"));
+        let b = voucher_id_for(&MerchantId::new("a"), &RequestId::new("bc"));
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn token_validation() {
+        assert!(is_valid_token("node-1_a"));
+        assert!(!is_valid_token(""));
+        assert!(!is_valid_token("a.b"));
+        assert!(!is_valid_token("a b"));
+        assert!(!is_valid_token("*"));
+        assert!(!is_valid_token(&"x".repeat(65)));
+    }
+}

@@ -1,0 +1,9 @@
+//! Vouchsafe engine: the pure domain core, the one crypto module, the one wire module and
+//! the event log abstraction with its backends.
+
+pub mod clock;
+pub mod crypto;
+pub mod domain;
+pub mod ids;
+pub mod log;
+pub mod wire;

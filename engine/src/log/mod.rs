@@ -1,0 +1,134 @@
+//! The event log abstraction: the stream of record, behind one small trait with two
+//! backends (embedded sled here; JetStream in `jetstream`) that pass one shared
+//! conformance suite (`conformance`, behind the `test-util` feature).
+//!
+//! The log knows subjects, sequences, idempotency keys and opaque payload bytes. It knows
+//! nothing of the domain: encoding is `crate::wire`'s job.
+//!
+//! Semantics every backend guarantees (the conformance suite checks each):
+//! - sequences start at 1 and are contiguous; an append acknowledged with `Seq(n)` is
+//!   durable before the acknowledgement and is read back at `n` forever;
+//! - `Expected` is checked against the last sequence stored on the same subject
+//!   (JetStream's `Nats-Expected-Last-Subject-Sequence`); a mismatch is a `VersionConflict`
+//!   and stores nothing;
+//! - an append whose idempotency key was already stored (within the dedupe window; the
+//!   embedded log never forgets) stores nothing and answers the original sequence with
+//!   `duplicate = true`. The dedupe check comes before the expectation check, as in
+//!   nats-server, so a retried append whose first attempt succeeded is not a conflict;
+//! - reads return events in sequence order; `follow` yields every event from a sequence on,
+//!   then waits for new ones, with no gap and no duplicate.
+
+pub mod embedded;
+#[cfg(any(test, feature = "test-util"))]
+pub mod conformance;
+
+use crate::ids::Seq;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+
+/// What the appender believes the subject's last sequence is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expected {
+    /// No check.
+    Any,
+    /// The subject has no events yet.
+    Empty,
+    /// The subject's last event is at this sequence.
+    LastSeq(Seq),
+}
+
+/// One append: a subject (`vs.<aggregate>.<id>`), the expectation, the idempotency key
+/// (`Nats-Msg-Id`) and the encoded envelope.
+#[derive(Clone, Debug)]
+pub struct AppendRequest {
+    pub subject: String,
+    pub expected: Expected,
+    pub idempotency_key: String,
+    pub payload: Bytes,
+}
+
+/// An acknowledged append.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Appended {
+    pub seq: Seq,
+    /// The idempotency key was already stored; `seq` is the original's.
+    pub duplicate: bool,
+}
+
+/// The subject moved on since the appender read it: reload and decide again.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("version conflict on {subject}: expected {expected:?}, last stored {actual:?}")]
+pub struct VersionConflict {
+    pub subject: String,
+    pub expected: Expected,
+    /// The subject's last sequence when the append was refused, if the backend knows it.
+    pub actual: Option<Seq>,
+}
+
+/// A stored event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredEvent {
+    pub seq: Seq,
+    pub subject: String,
+    pub payload: Bytes,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    #[error("subject {0:?} is not valid for this log (tokens of [A-Za-z0-9_-], '.' separated, under `vs.`)")]
+    InvalidSubject(String),
+    #[error("payload of {size} bytes exceeds the log's limit of {max} bytes")]
+    TooLarge { size: usize, max: usize },
+    /// The append may or may not have been stored: retry with the same idempotency key.
+    #[error("append outcome unknown ({0}); retry with the same request id")]
+    Unknown(String),
+    #[error("event log unavailable: {0}")]
+    Unavailable(String),
+    #[error("event log storage failed: {0}")]
+    Storage(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("event log unavailable: {0}")]
+    Unavailable(String),
+    #[error("event log storage failed: {0}")]
+    Storage(String),
+    #[error("stored record at sequence {seq} is corrupt: {reason}")]
+    Corrupt { seq: Seq, reason: String },
+}
+
+/// The stream of record.
+#[async_trait::async_trait]
+pub trait EventLog: Send + Sync + 'static {
+    /// Appends one event. Concurrent calls on different subjects are pipelined by the
+    /// backend (group commit); the outer `Result` is for failures, the inner one for the
+    /// expected race the caller handles by re-deciding.
+    async fn append(&self, request: AppendRequest) -> Result<Result<Appended, VersionConflict>, AppendError>;
+
+    /// All events of one subject, in order.
+    async fn read_subject(&self, subject: &str) -> Result<Vec<StoredEvent>, ReadError>;
+
+    /// Up to `limit` events with sequence >= `from`, in order.
+    async fn read_from(&self, from: Seq, limit: usize) -> Result<Vec<StoredEvent>, ReadError>;
+
+    /// The last stored sequence (`Seq(0)` when empty).
+    async fn last_seq(&self) -> Result<Seq, ReadError>;
+
+    /// Every event with sequence >= `from`, then each new one as it is appended.
+    fn follow(&self, from: Seq) -> BoxStream<'static, Result<StoredEvent, ReadError>>;
+}
+
+/// Maximum size of one event payload, in bytes (JetStream's default max_payload is 1 MiB;
+/// events are far smaller: media content never travels in events).
+pub const PAYLOAD_BYTES_MAX: usize = 256 * 1024;
+
+/// Checks a subject: `vs.` followed by tokens of `[A-Za-z0-9_-]`, separated by dots.
+pub fn is_valid_subject(subject: &str) -> bool {
+    let Some(rest) = subject.strip_prefix("vs.") else { return false };
+    !rest.is_empty()
+        && subject.len() <= 256
+        && rest.split('.').all(|token| {
+            !token.is_empty() && token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}

@@ -1,0 +1,1 @@
+//! Projections over the Vouchsafe event stream.
