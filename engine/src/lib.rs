@@ -1,9 +1,11 @@
 //! Vouchsafe engine: the pure domain core, the one crypto module, the one wire module and
 //! the event log abstraction with its backends.
 
+pub mod app;
 pub mod clock;
 pub mod crypto;
 pub mod domain;
+pub mod handler;
 pub mod ids;
 pub mod log;
 pub mod wire;

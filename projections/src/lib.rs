@@ -1,1 +1,146 @@
-//! Projections over the Vouchsafe event stream.
+//! Projections over the Vouchsafe event stream: pure `apply(state, &event)` functions in
+//! stream order, a digest of their state, and a live runner that follows the log.
+//!
+//! Here: voucher state (`vouchers`) and delivery allocation (`allocation`). Durable
+//! checkpoints in sled, the royalty log and totals build on this (see ARCHITECTURE.md).
+//! What is deliberately not here: decisions. A projection advises (the allocator's
+//! choice); the decision and its inputs are recorded in events by the engine.
+
+pub mod allocation;
+pub mod vouchers;
+
+use engine::app::Allocator;
+use engine::domain::Recorded;
+use engine::ids::{Millis, NodeId, Seq};
+use engine::log::{EventLog, StoredEvent};
+use futures::StreamExt;
+use std::sync::{Arc, Mutex};
+
+/// Why an event could not be applied: a typed finding with its sequence, never a panic
+/// (auditors replay untrusted streams).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Finding {
+    #[error("sequence gap: expected {expected}, found {found} (events are never deleted: this is tampering or loss)")]
+    Gap { expected: Seq, found: Seq },
+    #[error("event at sequence {seq} does not decode: {reason}")]
+    Undecodable { seq: Seq, reason: String },
+    #[error("event at sequence {seq} was stored on subject {subject}, but belongs to {expected}")]
+    WrongSubject { seq: Seq, subject: String, expected: String },
+}
+
+/// Every projection, applied in stream order.
+#[derive(Clone, Debug, Default)]
+pub struct Projections {
+    pub last_seq: Seq,
+    pub events: u64,
+    pub vouchers: vouchers::VoucherBook,
+    pub allocation: allocation::Allocation,
+}
+
+impl Projections {
+    /// Applies one stored event; the next sequence must follow the last one applied.
+    pub fn apply(&mut self, stored: &StoredEvent) -> Result<Recorded, Finding> {
+        let expected = Seq(self.last_seq.0 + 1);
+        if stored.seq != expected {
+            return Err(Finding::Gap { expected, found: stored.seq });
+        }
+        let recorded = engine::wire::decode(&stored.payload).map_err(|e| Finding::Undecodable { seq: stored.seq, reason: e.to_string() })?;
+        let subject = recorded.aggregate.subject();
+        if subject != stored.subject {
+            return Err(Finding::WrongSubject { seq: stored.seq, subject: stored.subject.clone(), expected: subject });
+        }
+        self.vouchers.apply(&recorded.event);
+        self.allocation.apply(&recorded.event);
+        self.last_seq = stored.seq;
+        self.events += 1;
+        Ok(recorded)
+    }
+
+    /// blake3 over a canonical encoding of every projection's state: the same for the same
+    /// stream whatever the backend and however the events were batched.
+    pub fn digest(&self) -> [u8; 32] {
+        let mut hasher = blake3::Hasher::new_derive_key("vouchsafe 2026 state digest v1");
+        let mut field = |bytes: &[u8]| {
+            hasher.update(&(bytes.len() as u64).to_le_bytes());
+            hasher.update(bytes);
+        };
+        field(&self.last_seq.0.to_le_bytes());
+        field(&self.events.to_le_bytes());
+        field(&(self.vouchers.vouchers.len() as u64).to_le_bytes());
+        for (id, row) in &self.vouchers.vouchers {
+            field(id.0.as_bytes());
+            field(row.merchant.0.as_bytes());
+            field(row.status.name().as_bytes());
+            field(&row.expires_at.0.to_le_bytes());
+            field(&row.media_delivered.to_le_bytes());
+        }
+        field(&(self.allocation.nodes.len() as u64).to_le_bytes());
+        for (id, node) in &self.allocation.nodes {
+            field(id.0.as_bytes());
+            field(node.region.as_bytes());
+            field(&node.slots_max.to_le_bytes());
+            field(&node.in_use.to_le_bytes());
+            field(&[u8::from(node.active)]);
+        }
+        *hasher.finalize().as_bytes()
+    }
+}
+
+/// Projections shared between the live runner and the engine (as its allocator).
+#[derive(Clone, Default)]
+pub struct Live {
+    inner: Arc<Mutex<Projections>>,
+    applied: Arc<tokio::sync::watch::Sender<Seq>>,
+}
+
+impl Live {
+    pub fn new() -> Self {
+        let (applied, _) = tokio::sync::watch::channel(Seq(0));
+        Self { inner: Arc::default(), applied: Arc::new(applied) }
+    }
+
+    /// Runs `f` on the current projections.
+    pub fn read<T>(&self, f: impl FnOnce(&Projections) -> T) -> T {
+        f(&self.inner.lock().expect("projection lock is never poisoned: apply does not panic"))
+    }
+
+    /// Follows the log from the next unapplied sequence until the stream ends or a
+    /// finding stops it.
+    pub async fn run(&self, log: Arc<dyn EventLog>) -> Result<(), RunError> {
+        let from = Seq(self.read(|p| p.last_seq.0) + 1);
+        let mut events = log.follow(from);
+        while let Some(stored) = events.next().await {
+            let stored = stored.map_err(|e| RunError::Read(e.to_string()))?;
+            let seq = stored.seq;
+            self.inner.lock().expect("projection lock is never poisoned: apply does not panic").apply(&stored)?;
+            self.applied.send_replace(seq);
+        }
+        Ok(())
+    }
+
+    /// Waits until the projections have applied `seq`.
+    pub async fn caught_up(&self, seq: Seq) {
+        let mut applied = self.applied.subscribe();
+        // The sender lives as long as `self`, so wait_for only ends when the condition holds.
+        let _ = applied.wait_for(|applied| *applied >= seq).await;
+    }
+
+    /// Reservations past due at `now`, for the sweeper.
+    pub fn due(&self, now: Millis, limit: usize) -> Vec<engine::ids::VoucherId> {
+        self.read(|p| p.vouchers.due(now, limit))
+    }
+}
+
+impl Allocator for Live {
+    fn choose(&self, region: Option<&str>) -> Option<NodeId> {
+        self.read(|p| p.allocation.choose(region))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("reading the log failed: {0}")]
+    Read(String),
+    #[error(transparent)]
+    Finding(#[from] Finding),
+}

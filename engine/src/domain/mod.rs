@@ -98,7 +98,7 @@ pub fn fold<A: Aggregate>(events: &[Event]) -> A {
 }
 
 /// Shared validation helpers for commands built from untrusted input.
-pub(crate) mod validate {
+pub mod validate {
     use super::Rejection;
 
     pub fn id(field: &'static str, value: &str) -> Result<(), Rejection> {

@@ -1,0 +1,621 @@
+//! Application services: one async method per use case (Reserve, Authorize, Redeem …),
+//! shared by the gRPC gateways and the in-process demo. Each method resolves the inputs a
+//! decision needs (catalog state, the allocator's node choice, crypto verdicts), calls
+//! the handler on one aggregate, and shapes the answer. Cross-aggregate flows are sagas of
+//! idempotent steps (a retry with the same request id completes what a crash interrupted):
+//! - Reserve paid in points: hold on the account first (OCC there keeps the balance from
+//!   going negative), then reserve the voucher;
+//! - Authorize: authorize the voucher, then post the hold;
+//! - Void/expiry: void the voucher, then release the hold (or credit back a posted one).
+//!
+//! Secrets stay here and in `crypto`: tokens are derived on demand from the engine's token
+//! key, never stored, never logged; unwrapped media keys live only in a bounded cache
+//! whose entries zeroize on eviction.
+
+use crate::clock::Clock;
+use crate::crypto::{self, RsaPrivate, RsaPublic, SecretKey, TokenPurpose};
+use crate::domain::account::{Account, AccountCommand};
+use crate::domain::catalog::{Media, MediaCommand};
+use crate::domain::config::{Config, ConfigCommand};
+use crate::domain::event::{MediaPublished, Payment, VoidReason};
+use crate::domain::order::{Order, OrderCommand};
+use crate::domain::party::{Certificate, Consumer, ConsumerCommand, Merchant, MerchantCommand, MerchantStatus, Node, NodeCommand, NodeStatus};
+use crate::domain::preview::{Preview, PreviewCommand};
+use crate::domain::voucher::{self, Authorize, CertCheck, CompleteDelivery, ProofCheck, Redeem, Reserve, Voucher, VoucherCommand};
+use crate::domain::{Actor, ActorKind, Aggregate, Rejection, Root};
+use crate::handler::{HandleError, Handled, Handler};
+use crate::ids::*;
+use crate::log::EventLog;
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
+
+/// Unwrapped media keys kept in memory (each zeroized when evicted).
+pub const MEDIA_KEY_CACHE_MAX: usize = 4096;
+/// The token key id in use (rotation bumps it; older ids stay derivable).
+pub const TOKEN_KEY_ID: u32 = 1;
+
+/// Chooses the delivery node for an IssueVoucher or Preview: the least loaded healthy
+/// node with a free slot, in `region` when asked. Implemented by the allocation projection.
+pub trait Allocator: Send + Sync + 'static {
+    fn choose(&self, region: Option<&str>) -> Option<NodeId>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Rejected(Rejection),
+    #[error(transparent)]
+    Handle(HandleError),
+    #[error("crypto failure: {0}")]
+    Crypto(#[from] crypto::CryptoError),
+    #[error("internal task failed: {0}")]
+    Task(String),
+}
+
+impl From<HandleError> for AppError {
+    fn from(error: HandleError) -> Self {
+        match error {
+            HandleError::Rejected(rejection) => AppError::Rejected(rejection),
+            other => AppError::Handle(other),
+        }
+    }
+}
+
+impl From<Rejection> for AppError {
+    fn from(rejection: Rejection) -> Self {
+        AppError::Rejected(rejection)
+    }
+}
+
+/// The engine's key material, loaded from the key directory.
+pub struct EngineKeys {
+    pub private: RsaPrivate,
+    pub public: RsaPublic,
+    token_key_material: SecretKey,
+}
+
+impl EngineKeys {
+    pub fn new(private: RsaPrivate) -> Result<Self, crypto::CryptoError> {
+        let public = private.public();
+        let pem = private.to_pkcs8_pem()?;
+        // Token keys are derived from the engine's private key, so there is no separate
+        // secret to lose or leak; a new key id derives a new, independent token key.
+        let token_key_material = crypto::derive_key("vouchsafe 2026 token key material", pem.as_bytes());
+        Ok(Self { private, public, token_key_material })
+    }
+
+    pub fn key_id(&self) -> String {
+        self.public.key_id()
+    }
+
+    pub fn token_key(&self, key_id: u32) -> SecretKey {
+        let mut material = Vec::with_capacity(36);
+        material.extend_from_slice(self.token_key_material.expose());
+        material.extend_from_slice(&key_id.to_le_bytes());
+        let key = crypto::derive_key("vouchsafe 2026 token key", &material);
+        zeroize::Zeroize::zeroize(&mut material);
+        key
+    }
+}
+
+pub struct ReserveAnswer {
+    pub voucher_id: VoucherId,
+    pub expires_at: Millis,
+    pub price_minor: u64,
+    pub currency: String,
+}
+
+pub struct AuthorizeAnswer {
+    pub voucher_id: VoucherId,
+    /// The receipt token; the consumer proves possession of it at redemption.
+    pub receipt: crypto::Token,
+    pub receipt_generation: u32,
+}
+
+pub struct IssueAnswer {
+    pub voucher_id: VoucherId,
+    pub node_id: NodeId,
+    pub access_token: [u8; 32],
+    pub access_expires_at: Millis,
+    pub media_ids: Vec<MediaId>,
+}
+
+pub struct RedeemAnswer {
+    pub voucher_id: VoucherId,
+    /// Each media key wrapped (RSA-OAEP) for the consumer's certified public key.
+    pub keys: Vec<(MediaId, Vec<u8>)>,
+}
+
+pub struct Credential {
+    pub id: String,
+    pub secret: SecretKey,
+}
+
+pub struct PublishInput {
+    pub title: String,
+    pub artist: String,
+    pub authors: Vec<String>,
+    pub length_ms: u64,
+    pub price_minor: u64,
+    pub currency: String,
+    pub terms: crate::domain::event::RoyaltyTerms,
+    pub renditions: Vec<crate::domain::event::Rendition>,
+    pub preview: crate::domain::event::PreviewClip,
+    pub image_descriptor: String,
+    pub for_sale: bool,
+    pub wrapped_media_key: Vec<u8>,
+}
+
+pub struct Market {
+    handler: Handler,
+    keys: Arc<EngineKeys>,
+    allocator: Arc<dyn Allocator>,
+    media_keys: Mutex<lru::LruCache<MediaId, SecretKey>>,
+}
+
+fn actor(kind: ActorKind, id: &str) -> Actor {
+    Actor::new(kind, id)
+}
+
+impl Market {
+    pub fn new(log: Arc<dyn EventLog>, clock: Arc<dyn Clock>, keys: Arc<EngineKeys>, allocator: Arc<dyn Allocator>) -> Self {
+        Self {
+            handler: Handler::new(log, clock),
+            keys,
+            allocator,
+            media_keys: Mutex::new(lru::LruCache::new(NonZeroUsize::new(MEDIA_KEY_CACHE_MAX).unwrap_or(NonZeroUsize::MIN))),
+        }
+    }
+
+    pub fn handler(&self) -> &Handler {
+        &self.handler
+    }
+
+    pub fn keys(&self) -> &Arc<EngineKeys> {
+        &self.keys
+    }
+
+    pub fn now(&self) -> Millis {
+        self.handler.clock().now()
+    }
+
+    async fn media(&self, media_id: &MediaId) -> Result<Media, AppError> {
+        crate::domain::validate::id("media_id", &media_id.0)?;
+        Ok(self.handler.load::<Media>(&media_id.0).await?.state)
+    }
+
+    async fn voucher_of(&self, voucher_id: &VoucherId) -> Result<Root<Voucher>, AppError> {
+        crate::domain::validate::id("voucher_id", &voucher_id.0)?;
+        Ok(self.handler.load::<Voucher>(&voucher_id.0).await?)
+    }
+
+    async fn active_merchant(&self, merchant: &MerchantId) -> Result<(), AppError> {
+        match self.handler.load::<Merchant>(&merchant.0).await?.state.status {
+            MerchantStatus::Active => Ok(()),
+            MerchantStatus::Suspended => Err(Rejection::MerchantSuspended.into()),
+            MerchantStatus::Unknown => Err(Rejection::NotFound { kind: "merchant", id: merchant.0.clone() }.into()),
+        }
+    }
+
+    // ---- operator / catalog ----
+
+    pub async fn register_merchant(&self, operator: &str, request: &RequestId, name: &str) -> Result<Credential, AppError> {
+        let merchant = MerchantId(format!("m{}", &hex::encode(crypto::hash(format!("{operator}/{}", request.0).as_bytes()))[..16]));
+        let secret = SecretKey::random();
+        let command = MerchantCommand::Register { merchant: merchant.clone(), name: name.to_string(), credential_hash: crypto::credential_hash(secret.expose()) };
+        let handled = self.handler.handle::<Merchant>(&merchant.0, &actor(ActorKind::Operator, operator), request, &command).await?;
+        if handled.repeated {
+            // The secret was shown once; a retry cannot show it again.
+            return Err(Rejection::AlreadyExists { kind: "merchant credential", id: merchant.0 }.into());
+        }
+        Ok(Credential { id: merchant.0, secret })
+    }
+
+    pub async fn register_node(&self, operator: &str, request: &RequestId, region: &str, slots_max: u32) -> Result<(Credential, SecretKey), AppError> {
+        let node = NodeId(format!("n{}", &hex::encode(crypto::hash(format!("{operator}/{}", request.0).as_bytes()))[..16]));
+        let secret = SecretKey::random();
+        let command = NodeCommand::Register { node: node.clone(), region: region.to_string(), slots_max, credential_hash: crypto::credential_hash(secret.expose()) };
+        let handled = self.handler.handle::<Node>(&node.0, &actor(ActorKind::Operator, operator), request, &command).await?;
+        if handled.repeated {
+            return Err(Rejection::AlreadyExists { kind: "node credential", id: node.0 }.into());
+        }
+        let access_key = self.node_access_key(&node);
+        Ok((Credential { id: node.0, secret }, access_key))
+    }
+
+    /// The node's key for checking access tokens locally.
+    pub fn node_access_key(&self, node: &NodeId) -> SecretKey {
+        crypto::node_access_key(&self.keys.token_key(TOKEN_KEY_ID), &node.0)
+    }
+
+    pub async fn publish_media(&self, publisher: &str, request: &RequestId, input: PublishInput) -> Result<MediaId, AppError> {
+        let media_id = MediaId(format!("md{}", &hex::encode(crypto::hash(format!("{publisher}/{}", request.0).as_bytes()))[..16]));
+        let published = MediaPublished {
+            media_id: media_id.clone(),
+            publisher: publisher.to_string(),
+            title: input.title,
+            artist: input.artist,
+            authors: input.authors,
+            length_ms: input.length_ms,
+            price_minor: input.price_minor,
+            currency: input.currency,
+            terms: input.terms,
+            renditions: input.renditions,
+            preview: input.preview,
+            image_descriptor: input.image_descriptor,
+            for_sale: input.for_sale,
+            engine_key_id: self.keys.key_id(),
+            wrapped_media_key: input.wrapped_media_key,
+        };
+        // A wrapped key that does not unwrap with our key would make every sale
+        // undeliverable: refuse it now.
+        self.unwrap_media_key_uncached(&published.wrapped_media_key).await.map_err(|_| Rejection::InvalidArgument {
+            field: "wrapped_media_key",
+            reason: "does not unwrap with the engine's key; wrap the media key for engine.pub.pem".into(),
+        })?;
+        self.handler.handle::<Media>(&media_id.0, &actor(ActorKind::Publisher, publisher), request, &MediaCommand::Publish(published)).await?;
+        Ok(media_id)
+    }
+
+    pub async fn certify_consumer(&self, operator: &str, request: &RequestId, consumer: &ConsumerId, public_key_der: &[u8], validity_ms: u64) -> Result<Certificate, AppError> {
+        crate::domain::validate::id("consumer_id", &consumer.0)?;
+        let public = RsaPublic::from_der(public_key_der)
+            .map_err(|_| Rejection::InvalidArgument { field: "public_key_der", reason: "not an RSA-2048+ SubjectPublicKeyInfo".into() })?;
+        let existing = self.handler.load::<Consumer>(&consumer.0).await?;
+        let serial = CertSerial(format!("{}-{}", consumer.0.chars().take(40).collect::<String>(), existing.state.certs.len() + 1));
+        if existing.has_applied(&actor(ActorKind::Operator, operator), request) {
+            let cert = existing.state.certs.values().find(|cert| cert.public_key_der == public_key_der).cloned();
+            return cert.ok_or_else(|| Rejection::RequestIdReused { first: "CertifyConsumer".into() }.into());
+        }
+        let now = self.now();
+        let not_after = now.plus_ms(validity_ms);
+        let message = certificate_message(consumer, &serial, public_key_der, now, not_after);
+        let signature = self.sign(message).await?;
+        let _ = public;
+        let cert = Certificate {
+            serial,
+            public_key_der: public_key_der.to_vec(),
+            not_before: now,
+            not_after,
+            engine_key_id: self.keys.key_id(),
+            signature,
+            revoked: false,
+        };
+        let command = ConsumerCommand::Certify { consumer: consumer.clone(), cert: cert.clone() };
+        self.handler.handle::<Consumer>(&consumer.0, &actor(ActorKind::Operator, operator), request, &command).await?;
+        Ok(cert)
+    }
+
+    pub async fn revoke_cert(&self, operator: &str, request: &RequestId, consumer: &ConsumerId, serial: &CertSerial, reason: &str) -> Result<(), AppError> {
+        let command = ConsumerCommand::Revoke { serial: serial.clone(), reason: reason.to_string() };
+        self.handler.handle::<Consumer>(&consumer.0, &actor(ActorKind::Operator, operator), request, &command).await?;
+        Ok(())
+    }
+
+    pub async fn top_up(&self, operator: &str, request: &RequestId, account: &AccountId, amount: u64) -> Result<u64, AppError> {
+        crate::domain::validate::id("account_id", &account.0)?;
+        let command = AccountCommand::Credit { account: account.clone(), amount, reason: "top-up".into() };
+        let handled = self.handler.handle::<Account>(&account.0, &actor(ActorKind::Operator, operator), request, &command).await?;
+        Ok(handled.root.state.available())
+    }
+
+    pub async fn set_config(&self, operator: &str, request: &RequestId, key: &str, value: &str) -> Result<(), AppError> {
+        let command = ConfigCommand::Set { key: key.to_string(), value: value.to_string() };
+        self.handler.handle::<Config>("engine", &actor(ActorKind::Operator, operator), request, &command).await?;
+        Ok(())
+    }
+
+    // ---- merchant ----
+
+    pub async fn reserve(
+        &self,
+        merchant: &MerchantId,
+        request: &RequestId,
+        media_ids: &[MediaId],
+        rendition: &str,
+        ttl_ms: u64,
+        payment: Payment,
+    ) -> Result<ReserveAnswer, AppError> {
+        crate::domain::validate::id("request_id", &request.0)?;
+        self.active_merchant(merchant).await?;
+        if media_ids.is_empty() || media_ids.len() > voucher::ITEMS_MAX {
+            return Err(Rejection::InvalidArgument { field: "media_ids", reason: format!("need 1..={} media", voucher::ITEMS_MAX) }.into());
+        }
+        let voucher_id = voucher_id_for(merchant, request);
+        let mut items = Vec::with_capacity(media_ids.len());
+        for media_id in media_ids {
+            items.push((media_id.clone(), self.media(media_id).await?));
+        }
+        let command = VoucherCommand::Reserve(Reserve {
+            voucher_id: voucher_id.clone(),
+            merchant: merchant.clone(),
+            items,
+            rendition: rendition.to_string(),
+            ttl_ms,
+            payment: payment.clone(),
+            token_key_id: TOKEN_KEY_ID,
+        });
+        let by = actor(ActorKind::Merchant, &merchant.0);
+        let existing = self.handler.load::<Voucher>(&voucher_id.0).await?;
+        if let (Payment::Points { account }, false) = (&payment, existing.has_applied(&by, request)) {
+            // Check the reservation itself before holding points for it.
+            let decided = existing.state.decide(&command, self.now())?;
+            let Some(crate::domain::Event::Reserved { price_minor, expires_at, .. }) = decided.first() else {
+                return Err(Rejection::AlreadyExists { kind: "voucher", id: voucher_id.0 }.into());
+            };
+            let hold = AccountCommand::Hold { account: account.clone(), voucher: voucher_id.clone(), amount: *price_minor, expires_at: *expires_at };
+            self.handler.handle::<Account>(&account.0, &by, request, &hold).await?;
+        }
+        let handled = self.handler.handle::<Voucher>(&voucher_id.0, &by, request, &command).await?;
+        let state = handled.root.state;
+        Ok(ReserveAnswer { voucher_id, expires_at: state.expires_at, price_minor: state.price_minor, currency: state.currency })
+    }
+
+    pub async fn authorize(&self, merchant: &MerchantId, request: &RequestId, voucher_id: &VoucherId) -> Result<AuthorizeAnswer, AppError> {
+        self.active_merchant(merchant).await?;
+        let root = self.voucher_of(voucher_id).await?;
+        let mut media = Vec::with_capacity(root.state.items.len());
+        for item in &root.state.items {
+            media.push(self.media(&item.media_id).await?);
+        }
+        let by = actor(ActorKind::Merchant, &merchant.0);
+        let command = VoucherCommand::Authorize(Authorize { merchant: merchant.clone(), receipt_key_id: TOKEN_KEY_ID, media });
+        let handled = self.handler.handle::<Voucher>(&voucher_id.0, &by, request, &command).await?;
+        let state = handled.root.state;
+        if let Some(Payment::Points { account }) = &state.payment {
+            self.handler.handle::<Account>(&account.0, &by, request, &AccountCommand::Post { voucher: voucher_id.clone() }).await?;
+        }
+        let receipt = crypto::derive_token(&self.keys.token_key(state.receipt_key_id), TokenPurpose::Receipt, &voucher_id.0, state.receipt_generation);
+        Ok(AuthorizeAnswer { voucher_id: voucher_id.clone(), receipt, receipt_generation: state.receipt_generation })
+    }
+
+    pub async fn void(&self, merchant: &MerchantId, request: &RequestId, voucher_id: &VoucherId) -> Result<(), AppError> {
+        self.voucher_of(voucher_id).await?;
+        let by = actor(ActorKind::Merchant, &merchant.0);
+        let handled = self.handler.handle::<Voucher>(&voucher_id.0, &by, request, &VoucherCommand::Void { merchant: merchant.clone() }).await?;
+        self.settle_void(&by, request, voucher_id, &handled.root.state, VoidReason::Refunded).await
+    }
+
+    /// The sweeper's timeout of one reservation (decided at the engine clock's now).
+    pub async fn expire(&self, voucher_id: &VoucherId) -> Result<(), AppError> {
+        let by = Actor::engine();
+        let request = RequestId(format!("expire-{}", voucher_id.0));
+        let handled = self.handler.handle::<Voucher>(&voucher_id.0, &by, &request, &VoucherCommand::Expire).await?;
+        self.settle_void(&by, &request, voucher_id, &handled.root.state, VoidReason::TimedOut).await
+    }
+
+    async fn settle_void(&self, by: &Actor, request: &RequestId, voucher_id: &VoucherId, state: &Voucher, reason: VoidReason) -> Result<(), AppError> {
+        let Some(Payment::Points { account }) = &state.payment else { return Ok(()) };
+        let account_root = self.handler.load::<Account>(&account.0).await?;
+        if account_root.state.posted.contains(voucher_id) {
+            // Authorized, then refunded: the points come back as a credit.
+            let credit = AccountCommand::Credit { account: account.clone(), amount: state.price_minor, reason: format!("refund {}", voucher_id.0) };
+            self.handler.handle::<Account>(&account.0, by, request, &credit).await?;
+        } else if account_root.state.held.contains_key(voucher_id) {
+            self.handler.handle::<Account>(&account.0, by, request, &AccountCommand::Release { voucher: voucher_id.clone(), reason }).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn issue(&self, merchant: &MerchantId, request: &RequestId, voucher_id: &VoucherId, region: Option<&str>, access_ttl_ms: u64) -> Result<IssueAnswer, AppError> {
+        self.active_merchant(merchant).await?;
+        let root = self.voucher_of(voucher_id).await?;
+        let by = actor(ActorKind::Merchant, &merchant.0);
+        let node = match (&root.state.node, root.has_applied(&by, request)) {
+            (Some(node), true) => node.clone(),
+            _ => self.allocator.choose(region).ok_or(Rejection::NoNodeAvailable)?,
+        };
+        let command = VoucherCommand::Issue { merchant: merchant.clone(), node, access_ttl_ms };
+        let handled = self.handler.handle::<Voucher>(&voucher_id.0, &by, request, &command).await?;
+        let state = handled.root.state;
+        let node_id = state.node.clone().ok_or(Rejection::NoNodeAvailable)?;
+        let media_ids = state.media_ids();
+        let media_refs: Vec<&str> = media_ids.iter().map(|m| m.0.as_str()).collect();
+        let access_token = crypto::access_token(&self.node_access_key(&node_id), &node_id.0, &voucher_id.0, &media_refs, state.access_expires_at.0);
+        Ok(IssueAnswer { voucher_id: voucher_id.clone(), node_id, access_token, access_expires_at: state.access_expires_at, media_ids })
+    }
+
+    pub async fn get_voucher(&self, merchant: &MerchantId, voucher_id: &VoucherId) -> Result<Voucher, AppError> {
+        let root = self.voucher_of(voucher_id).await?;
+        if root.state.status == voucher::VoucherStatus::None {
+            return Err(Rejection::NotFound { kind: "voucher", id: voucher_id.0.clone() }.into());
+        }
+        if root.state.merchant.as_ref() != Some(merchant) {
+            return Err(Rejection::NotYourVoucher.into());
+        }
+        Ok(root.state)
+    }
+
+    pub async fn preview(&self, merchant: &MerchantId, request: &RequestId, media_id: &MediaId, region: Option<&str>) -> Result<(PreviewId, NodeId), AppError> {
+        self.active_merchant(merchant).await?;
+        let preview = preview_id_for(merchant, request);
+        let existing = self.handler.load::<Preview>(&preview.0).await?;
+        let node = match &existing.state.node {
+            Some(node) => node.clone(),
+            None => self.allocator.choose(region).ok_or(Rejection::NoNodeAvailable)?,
+        };
+        let media = self.media(media_id).await?;
+        let command = PreviewCommand::Start { preview: preview.clone(), merchant: merchant.clone(), media_id: media_id.clone(), media, node };
+        let handled = self.handler.handle::<Preview>(&preview.0, &actor(ActorKind::Merchant, &merchant.0), request, &command).await?;
+        let node = handled.root.state.node.ok_or(Rejection::NoNodeAvailable)?;
+        Ok((preview, node))
+    }
+
+    pub async fn place_order(&self, merchant: &MerchantId, request: &RequestId, media_id: &MediaId, units: u32) -> Result<OrderId, AppError> {
+        self.active_merchant(merchant).await?;
+        let order = order_id_for(merchant, request);
+        let media = self.media(media_id).await?;
+        let command = OrderCommand::Place { order: order.clone(), merchant: merchant.clone(), media_id: media_id.clone(), media, units };
+        self.handler.handle::<Order>(&order.0, &actor(ActorKind::Merchant, &merchant.0), request, &command).await?;
+        Ok(order)
+    }
+
+    /// Binds one unit of a duplication order to a device and returns the media key
+    /// wrapped for that device's public key.
+    pub async fn bind_unit(&self, merchant: &MerchantId, request: &RequestId, order: &OrderId, unit: u32, device_id: &str, device_public_key_der: &[u8]) -> Result<Vec<u8>, AppError> {
+        let device_key = RsaPublic::from_der(device_public_key_der)
+            .map_err(|_| Rejection::InvalidArgument { field: "device_public_key_der", reason: "not an RSA-2048+ SubjectPublicKeyInfo".into() })?;
+        let root = self.handler.load::<Order>(&order.0).await?;
+        let media_id = root.state.media_id.clone().ok_or(Rejection::NotFound { kind: "order", id: order.0.clone() })?;
+        let media = self.media(&media_id).await?;
+        let wrapped = self.rewrap_for(&media, &device_key).await?;
+        let command = OrderCommand::BindUnit {
+            merchant: merchant.clone(),
+            unit,
+            device_id: device_id.to_string(),
+            device_public_key_hash: crypto::hash(device_public_key_der),
+            wrapped_key_hash: crypto::hash(&wrapped),
+        };
+        self.handler.handle::<Order>(&order.0, &actor(ActorKind::Merchant, &merchant.0), request, &command).await?;
+        Ok(wrapped)
+    }
+
+    pub async fn complete_unit(&self, merchant: &MerchantId, request: &RequestId, order: &OrderId, unit: u32) -> Result<(), AppError> {
+        let command = OrderCommand::CompleteUnit { merchant: merchant.clone(), unit };
+        self.handler.handle::<Order>(&order.0, &actor(ActorKind::Merchant, &merchant.0), request, &command).await?;
+        Ok(())
+    }
+
+    // ---- delivery node ----
+
+    async fn active_node(&self, node: &NodeId) -> Result<(), AppError> {
+        match self.handler.load::<Node>(&node.0).await?.state.status {
+            NodeStatus::Active | NodeStatus::Drained => Ok(()),
+            NodeStatus::Removed => Err(Rejection::NodeUnavailable.into()),
+            NodeStatus::Unknown => Err(Rejection::NotFound { kind: "node", id: node.0.clone() }.into()),
+        }
+    }
+
+    /// Redeems a voucher for a consumer who proved possession of the receipt: checks the
+    /// proof and the certificate, records the redemption, and re-wraps each media key for
+    /// the consumer's public key.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn redeem(
+        &self,
+        node: &NodeId,
+        request: &RequestId,
+        voucher_id: &VoucherId,
+        consumer: &ConsumerId,
+        cert_serial: &CertSerial,
+        challenge: &[u8],
+        proof: &[u8],
+    ) -> Result<RedeemAnswer, AppError> {
+        self.active_node(node).await?;
+        crate::domain::validate::id("consumer_id", &consumer.0)?;
+        crate::domain::validate::id("cert_serial", &cert_serial.0)?;
+        if challenge.len() < 16 || challenge.len() > 64 {
+            return Err(Rejection::InvalidArgument { field: "challenge", reason: "must be 16..=64 bytes".into() }.into());
+        }
+        let root = self.voucher_of(voucher_id).await?;
+        let now = self.now();
+        let consumer_root = self.handler.load::<Consumer>(&consumer.0).await?;
+        let cert = consumer_root.state.cert_check(cert_serial, now);
+        let receipt = crypto::derive_token(&self.keys.token_key(root.state.receipt_key_id), TokenPurpose::Receipt, &voucher_id.0, root.state.receipt_generation);
+        let proof_check = if root.state.receipt_generation > 0 && crypto::verify_receipt_proof(&receipt, &voucher_id.0, &node.0, challenge, proof) {
+            ProofCheck::Valid
+        } else {
+            ProofCheck::Invalid
+        };
+        // Wrap keys only when the redemption can succeed: a refused request costs no RSA.
+        let mut keys = Vec::new();
+        if cert == CertCheck::Valid && proof_check == ProofCheck::Valid && root.state.node.as_ref() == Some(node) {
+            let public_key_der = &consumer_root.state.certs[cert_serial].public_key_der;
+            let consumer_key = RsaPublic::from_der(public_key_der)?;
+            for item in &root.state.items {
+                let media = self.media(&item.media_id).await?;
+                keys.push((item.media_id.clone(), self.rewrap_for(&media, &consumer_key).await?));
+            }
+        }
+        let command = VoucherCommand::Redeem(Redeem {
+            node: node.clone(),
+            consumer: consumer.clone(),
+            cert_serial: cert_serial.clone(),
+            cert,
+            proof: proof_check,
+            wrapped_key_hashes: keys.iter().map(|(_, wrapped)| crypto::hash(wrapped)).collect(),
+        });
+        self.handler.handle::<Voucher>(&voucher_id.0, &actor(ActorKind::Node, &node.0), request, &command).await?;
+        Ok(RedeemAnswer { voucher_id: voucher_id.clone(), keys })
+    }
+
+    pub async fn complete_delivery(&self, node: &NodeId, request: &RequestId, voucher_id: &VoucherId, media_id: &MediaId, content_hash: [u8; 32], size_bytes: u64) -> Result<bool, AppError> {
+        self.voucher_of(voucher_id).await?;
+        let command = VoucherCommand::CompleteDelivery(CompleteDelivery { node: node.clone(), media_id: media_id.clone(), content_hash, size_bytes });
+        let handled = self.handler.handle::<Voucher>(&voucher_id.0, &actor(ActorKind::Node, &node.0), request, &command).await?;
+        Ok(handled.root.state.status == voucher::VoucherStatus::Delivered)
+    }
+
+    pub async fn fail_delivery(&self, node: &NodeId, request: &RequestId, voucher_id: &VoucherId, reason: &str) -> Result<(), AppError> {
+        self.voucher_of(voucher_id).await?;
+        let command = VoucherCommand::FailDelivery { node: node.clone(), reason: reason.to_string() };
+        self.handler.handle::<Voucher>(&voucher_id.0, &actor(ActorKind::Node, &node.0), request, &command).await?;
+        Ok(())
+    }
+
+    pub async fn end_preview(&self, node: &NodeId, request: &RequestId, preview: &PreviewId, played_ms: u64) -> Result<(), AppError> {
+        crate::domain::validate::id("preview_id", &preview.0)?;
+        let command = PreviewCommand::End { node: node.clone(), played_ms };
+        self.handler.handle::<Preview>(&preview.0, &actor(ActorKind::Node, &node.0), request, &command).await?;
+        Ok(())
+    }
+
+    // ---- crypto on the blocking pool ----
+
+    async fn sign(&self, message: Vec<u8>) -> Result<Vec<u8>, AppError> {
+        let keys = Arc::clone(&self.keys);
+        tokio::task::spawn_blocking(move || crypto::sign(&keys.private, &message))
+            .await
+            .map_err(|e| AppError::Task(e.to_string()))?
+            .map_err(AppError::from)
+    }
+
+    async fn unwrap_media_key_uncached(&self, wrapped: &[u8]) -> Result<SecretKey, AppError> {
+        let keys = Arc::clone(&self.keys);
+        let wrapped = wrapped.to_vec();
+        tokio::task::spawn_blocking(move || crypto::unwrap_key(&keys.private, &wrapped))
+            .await
+            .map_err(|e| AppError::Task(e.to_string()))?
+            .map_err(AppError::from)
+    }
+
+    /// The media key, unwrapped once (an RSA private-key operation) and then cached.
+    async fn media_key(&self, media: &Media) -> Result<SecretKey, AppError> {
+        let published = media.published.as_ref().ok_or(Rejection::NotFound { kind: "media", id: String::new() })?;
+        if let Some(key) = self.media_keys.lock().expect("media key cache lock is never poisoned").get(&published.media_id) {
+            return Ok(key.clone());
+        }
+        let key = self.unwrap_media_key_uncached(&published.wrapped_media_key).await?;
+        self.media_keys.lock().expect("media key cache lock is never poisoned").put(published.media_id.clone(), key.clone());
+        Ok(key)
+    }
+
+    async fn rewrap_for(&self, media: &Media, recipient: &RsaPublic) -> Result<Vec<u8>, AppError> {
+        let key = self.media_key(media).await?;
+        let recipient = recipient.clone();
+        tokio::task::spawn_blocking(move || crypto::wrap_key(&recipient, &key))
+            .await
+            .map_err(|e| AppError::Task(e.to_string()))?
+            .map_err(AppError::from)
+    }
+}
+
+/// The canonical bytes a consumer certificate's signature covers.
+pub fn certificate_message(consumer: &ConsumerId, serial: &CertSerial, public_key_der: &[u8], not_before: Millis, not_after: Millis) -> Vec<u8> {
+    let mut message = b"vouchsafe consumer certificate v1\0".to_vec();
+    for part in [consumer.0.as_bytes(), serial.0.as_bytes(), public_key_der] {
+        message.extend_from_slice(&(part.len() as u64).to_le_bytes());
+        message.extend_from_slice(part);
+    }
+    message.extend_from_slice(&not_before.0.to_le_bytes());
+    message.extend_from_slice(&not_after.0.to_le_bytes());
+    message
+}
+
+/// Verifies a consumer certificate against the engine's public key.
+pub fn verify_certificate(engine: &RsaPublic, consumer: &ConsumerId, cert: &Certificate) -> bool {
+    let message = certificate_message(consumer, &cert.serial, &cert.public_key_der, cert.not_before, cert.not_after);
+    crypto::verify(engine, &message, &cert.signature).is_ok()
+}
+
+/// A handled command's outcome, re-exported for callers that need the aggregate.
+pub type HandledVoucher = Handled<Voucher>;

@@ -1,0 +1,12 @@
+//! The domain's rules as given/when/then cases (one file per aggregate family, all through
+//! `testing::check`), the envelope's idempotency, and a proptest state-machine model of the
+//! voucher lifecycle with a shared points account.
+
+mod account_rules;
+mod config_report_rules;
+mod fixtures;
+mod lifecycle_model;
+mod order_preview_rules;
+mod party_rules;
+mod root_rules;
+mod voucher_rules;

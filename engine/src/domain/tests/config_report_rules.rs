@@ -1,0 +1,152 @@
+//! Engine configuration and the rights-report seal chain, given/when/then.
+
+use super::fixtures::{T0, check_invalid};
+use crate::domain::config::{Config, ConfigCommand};
+use crate::domain::event::{Event, RightsReportSealed};
+use crate::domain::report::{Report, ReportCommand};
+use crate::domain::testing::check;
+use crate::domain::fold;
+
+// ---------------------------------------------------------------- config
+
+fn set(key: &str, value: &str) -> ConfigCommand {
+    ConfigCommand::Set { key: key.into(), value: value.into() }
+}
+fn changed(key: &str, value: &str) -> Event {
+    Event::ConfigChanged { key: key.into(), value: value.into() }
+}
+
+#[test]
+fn set_a_known_key_within_range() {
+    check::<Config>(&[], set("seal.entries_max", "500"), T0, Ok(vec![changed("seal.entries_max", "500")]));
+    // Bounds are inclusive, and the value is recorded in canonical form.
+    check::<Config>(&[], set("seal.entries_max", "1"), T0, Ok(vec![changed("seal.entries_max", "1")]));
+    check::<Config>(&[], set("seal.entries_max", "1000000"), T0, Ok(vec![changed("seal.entries_max", "1000000")]));
+    check::<Config>(&[], set("access.ttl_ms", "007000"), T0, Ok(vec![changed("access.ttl_ms", "7000")]));
+}
+
+#[test]
+fn set_the_value_already_set_changes_nothing() {
+    check::<Config>(&[changed("seal.entries_max", "500")], set("seal.entries_max", "500"), T0, Ok(vec![]));
+    // Setting the default explicitly is a change: it pins the value.
+    check::<Config>(&[], set("seal.entries_max", "100"), T0, Ok(vec![changed("seal.entries_max", "100")]));
+}
+
+#[test]
+fn set_an_unknown_key_is_refused() {
+    check_invalid::<Config>(&[], set("seal.entries", "5"), T0, "key");
+}
+
+#[test]
+fn set_a_value_out_of_range_is_refused() {
+    check_invalid::<Config>(&[], set("seal.entries_max", "0"), T0, "value");
+    check_invalid::<Config>(&[], set("seal.entries_max", "1000001"), T0, "value");
+}
+
+#[test]
+fn set_a_value_that_is_not_a_whole_number_is_refused() {
+    for value in ["ten", "-1", "1.5", "", " 5"] {
+        check_invalid::<Config>(&[], set("seal.entries_max", value), T0, "value");
+    }
+}
+
+#[test]
+fn config_reads_defaults_until_changed() {
+    let config: Config = fold(&[changed("seal.entries_max", "500")]);
+    assert_eq!(config.get("seal.entries_max"), Some(500));
+    assert_eq!(config.get("seal.interval_ms"), Some(60_000));
+    assert_eq!(config.get("nope"), None);
+}
+
+// ---------------------------------------------------------------- rights report
+
+fn seal(epoch: u64, first_entry: u64, last_entry: u64, prev_seal_hash: [u8; 32]) -> RightsReportSealed {
+    RightsReportSealed {
+        epoch,
+        first_entry,
+        last_entry,
+        head_y: [1; 32],
+        head_z: [2; 32],
+        merkle_root: [3; 32],
+        totals_digest: [4; 32],
+        prev_seal_hash,
+        engine_key_id: "k1".into(),
+        signature: vec![5; 256],
+        last_stream_seq: last_entry + 100,
+    }
+}
+fn sealed(seal: &RightsReportSealed) -> Event {
+    Event::RightsReportSealed(seal.clone())
+}
+
+#[test]
+fn first_seal_starts_at_entry_zero_after_the_zero_hash() {
+    let first = seal(1, 0, 9, [0; 32]);
+    check::<Report>(&[], ReportCommand::Seal(first.clone()), T0, Ok(vec![sealed(&first)]));
+    check_invalid::<Report>(&[], ReportCommand::Seal(seal(1, 1, 9, [0; 32])), T0, "first_entry");
+    check_invalid::<Report>(&[], ReportCommand::Seal(seal(1, 0, 9, [9; 32])), T0, "prev_seal_hash");
+}
+
+#[test]
+fn seals_chain_by_hash_and_contiguous_entries() {
+    let first = seal(1, 0, 9, [0; 32]);
+    let second = seal(1, 10, 19, Report::seal_hash(&first));
+    check::<Report>(&[sealed(&first)], ReportCommand::Seal(second.clone()), T0, Ok(vec![sealed(&second)]));
+    let third = seal(2, 20, 20, Report::seal_hash(&second));
+    check::<Report>(&[sealed(&first), sealed(&second)], ReportCommand::Seal(third.clone()), T0, Ok(vec![sealed(&third)]));
+    let report: Report = fold(&[sealed(&first), sealed(&second)]);
+    assert_eq!((report.seals, report.next_entry()), (2, 20));
+}
+
+#[test]
+fn seal_naming_the_wrong_previous_seal_is_refused() {
+    let first = seal(1, 0, 9, [0; 32]);
+    check_invalid::<Report>(&[sealed(&first)], ReportCommand::Seal(seal(1, 10, 19, [0; 32])), T0, "prev_seal_hash");
+    let mut tampered = first.clone();
+    tampered.signature[0] ^= 1;
+    check_invalid::<Report>(&[sealed(&first)], ReportCommand::Seal(seal(1, 10, 19, Report::seal_hash(&tampered))), T0, "prev_seal_hash");
+}
+
+#[test]
+fn seal_leaving_a_gap_or_overlap_in_entries_is_refused() {
+    let first = seal(1, 0, 9, [0; 32]);
+    let prev = Report::seal_hash(&first);
+    check_invalid::<Report>(&[sealed(&first)], ReportCommand::Seal(seal(1, 11, 19, prev)), T0, "first_entry");
+    check_invalid::<Report>(&[sealed(&first)], ReportCommand::Seal(seal(1, 9, 19, prev)), T0, "first_entry");
+    check_invalid::<Report>(&[sealed(&first)], ReportCommand::Seal(seal(1, 10, 9, prev)), T0, "first_entry");
+}
+
+#[test]
+fn seal_going_back_an_epoch_is_refused() {
+    let first = seal(2, 0, 9, [0; 32]);
+    check_invalid::<Report>(&[sealed(&first)], ReportCommand::Seal(seal(1, 10, 19, Report::seal_hash(&first))), T0, "epoch");
+}
+
+#[test]
+fn unsigned_seal_is_refused() {
+    let mut unsigned = seal(1, 0, 9, [0; 32]);
+    unsigned.signature.clear();
+    check_invalid::<Report>(&[], ReportCommand::Seal(unsigned), T0, "signature");
+}
+
+#[test]
+fn seal_hash_covers_the_chained_fields() {
+    let base = seal(1, 0, 9, [0; 32]);
+    let hash = Report::seal_hash(&base);
+    let variants: [fn(&mut RightsReportSealed); 9] = [
+        |s| s.epoch += 1,
+        |s| s.first_entry += 1,
+        |s| s.last_entry += 1,
+        |s| s.head_y[0] ^= 1,
+        |s| s.head_z[0] ^= 1,
+        |s| s.merkle_root[0] ^= 1,
+        |s| s.totals_digest[0] ^= 1,
+        |s| s.prev_seal_hash[0] ^= 1,
+        |s| s.signature.push(0),
+    ];
+    for change in variants {
+        let mut changed = base.clone();
+        change(&mut changed);
+        assert_ne!(Report::seal_hash(&changed), hash, "{changed:?}");
+    }
+}

@@ -1,0 +1,173 @@
+//! Licensed duplication orders and previews, given/when/then.
+
+use super::fixtures::{T0, check_invalid, media, media_from, merchant, mid, node, other_merchant, other_node};
+use crate::domain::catalog::tests::sample;
+use crate::domain::event::Event;
+use crate::domain::order::{Order, OrderCommand, UNITS_MAX};
+use crate::domain::preview::{Preview, PreviewCommand};
+use crate::domain::testing::check;
+use crate::domain::{Rejection, fold};
+use crate::ids::{MerchantId, OrderId, PreviewId};
+
+// ---------------------------------------------------------------- order
+
+fn order_id() -> OrderId {
+    OrderId::new("o1")
+}
+fn place(units: u32) -> OrderCommand {
+    OrderCommand::Place { order: order_id(), merchant: merchant(), media_id: mid("song1"), media: media("song1", 100), units }
+}
+fn placed() -> Event {
+    Event::OrderPlaced { order_id: order_id(), merchant_id: merchant(), media_id: mid("song1"), units: 3, price_per_unit_minor: 100 }
+}
+fn bind(unit: u32, device: &str) -> OrderCommand {
+    bind_by(merchant(), unit, device)
+}
+fn bind_by(merchant: MerchantId, unit: u32, device: &str) -> OrderCommand {
+    OrderCommand::BindUnit { merchant, unit, device_id: device.into(), device_public_key_hash: [1; 32], wrapped_key_hash: [2; 32] }
+}
+fn bound(unit: u32, device: &str) -> Event {
+    Event::UnitBound { order_id: order_id(), unit, device_id: device.into(), device_public_key_hash: [1; 32], wrapped_key_hash: [2; 32] }
+}
+fn complete_unit(unit: u32) -> OrderCommand {
+    OrderCommand::CompleteUnit { merchant: merchant(), unit }
+}
+
+#[test]
+fn place_order_reserves_units_at_the_current_price() {
+    check::<Order>(&[], place(3), T0, Ok(vec![placed()]));
+}
+
+#[test]
+fn place_order_twice_is_refused() {
+    check::<Order>(&[placed()], place(3), T0, Err(Rejection::AlreadyExists { kind: "order", id: "o1".into() }));
+}
+
+#[test]
+fn place_order_of_unknown_or_unsellable_media_is_refused() {
+    let unknown = OrderCommand::Place { order: order_id(), merchant: merchant(), media_id: mid("song1"), media: Default::default(), units: 3 };
+    check::<Order>(&[], unknown, T0, Err(Rejection::NotFound { kind: "media", id: "song1".into() }));
+    let mut published = sample("song1", 100);
+    published.for_sale = false;
+    let unsellable = OrderCommand::Place { order: order_id(), merchant: merchant(), media_id: mid("song1"), media: media_from(published), units: 3 };
+    check::<Order>(&[], unsellable, T0, Err(Rejection::NotForSale("song1".into())));
+}
+
+#[test]
+fn place_order_of_no_or_too_many_units_is_refused() {
+    check_invalid::<Order>(&[], place(0), T0, "units");
+    check_invalid::<Order>(&[], place(UNITS_MAX + 1), T0, "units");
+}
+
+#[test]
+fn bind_unit_to_a_device() {
+    check::<Order>(&[placed()], bind(0, "dev-a"), T0, Ok(vec![bound(0, "dev-a")]));
+    check::<Order>(&[placed()], bind(2, "dev-a"), T0, Ok(vec![bound(2, "dev-a")]));
+}
+
+#[test]
+fn rebind_to_the_same_device_is_already_in_effect() {
+    check::<Order>(&[placed(), bound(0, "dev-a")], bind(0, "dev-a"), T0, Ok(vec![]));
+}
+
+#[test]
+fn rebind_to_another_device_is_refused() {
+    check::<Order>(&[placed(), bound(0, "dev-a")], bind(0, "dev-b"), T0, Err(Rejection::AlreadyExists { kind: "unit binding", id: "0".into() }));
+}
+
+#[test]
+fn bind_of_a_unit_outside_the_order_is_refused() {
+    check_invalid::<Order>(&[placed()], bind(3, "dev-a"), T0, "unit");
+    check_invalid::<Order>(&[placed()], complete_unit(3), T0, "unit");
+}
+
+#[test]
+fn bind_to_a_malformed_device_id_is_refused() {
+    check_invalid::<Order>(&[placed()], bind(0, "dev a"), T0, "device_id");
+}
+
+#[test]
+fn complete_unit_before_bind_is_an_invalid_transition() {
+    check::<Order>(&[placed()], complete_unit(0), T0, Err(Rejection::InvalidTransition { kind: "unit", command: "CompleteUnit", state: "Unbound" }));
+}
+
+#[test]
+fn complete_unit_counts_once() {
+    let completed = Event::UnitCompleted { order_id: order_id(), unit: 0 };
+    check::<Order>(&[placed(), bound(0, "dev-a")], complete_unit(0), T0, Ok(vec![completed.clone()]));
+    check::<Order>(&[placed(), bound(0, "dev-a"), completed], complete_unit(0), T0, Ok(vec![]));
+}
+
+#[test]
+fn another_merchants_order_is_refused() {
+    check::<Order>(&[placed()], bind_by(other_merchant(), 0, "dev-a"), T0, Err(Rejection::NotYourVoucher));
+    let given = [placed(), bound(0, "dev-a")];
+    check::<Order>(&given, OrderCommand::CompleteUnit { merchant: other_merchant(), unit: 0 }, T0, Err(Rejection::NotYourVoucher));
+}
+
+#[test]
+fn unknown_order_is_not_found() {
+    check::<Order>(&[], bind(0, "dev-a"), T0, Err(Rejection::NotFound { kind: "order", id: String::new() }));
+}
+
+// ---------------------------------------------------------------- preview
+
+fn preview_id() -> PreviewId {
+    PreviewId::new("p1")
+}
+fn start() -> PreviewCommand {
+    PreviewCommand::Start { preview: preview_id(), merchant: merchant(), media_id: mid("song1"), media: media("song1", 100), node: node() }
+}
+fn started() -> Event {
+    // `sample`'s clip is 30 s.
+    Event::PreviewStarted { preview_id: preview_id(), media_id: mid("song1"), node_id: node(), merchant_id: merchant(), clip_ms: 30_000 }
+}
+fn ended(played_ms: u64) -> Event {
+    Event::PreviewEnded { preview_id: preview_id(), played_ms, media_id: mid("song1"), node_id: node() }
+}
+
+#[test]
+fn start_preview_takes_the_clip_length() {
+    check::<Preview>(&[], start(), T0, Ok(vec![started()]));
+}
+
+#[test]
+fn start_preview_twice_is_refused() {
+    check::<Preview>(&[started()], start(), T0, Err(Rejection::AlreadyExists { kind: "preview", id: "p1".into() }));
+}
+
+#[test]
+fn start_preview_of_unknown_or_withdrawn_media_is_refused() {
+    let unknown = PreviewCommand::Start { preview: preview_id(), merchant: merchant(), media_id: mid("song1"), media: Default::default(), node: node() };
+    check::<Preview>(&[], unknown, T0, Err(Rejection::NotFound { kind: "media", id: "song1".into() }));
+    let withdrawn = fold(&[Event::MediaPublished(sample("song1", 100)), Event::MediaWithdrawn { media_id: mid("song1"), reason: "gone".into() }]);
+    let when = PreviewCommand::Start { preview: preview_id(), merchant: merchant(), media_id: mid("song1"), media: withdrawn, node: node() };
+    check::<Preview>(&[], when, T0, Err(Rejection::NotForSale("song1".into())));
+}
+
+#[test]
+fn end_preview_records_the_played_time() {
+    check::<Preview>(&[started()], PreviewCommand::End { node: node(), played_ms: 12_345 }, T0, Ok(vec![ended(12_345)]));
+}
+
+#[test]
+fn end_preview_caps_the_played_time_at_the_clip() {
+    check::<Preview>(&[started()], PreviewCommand::End { node: node(), played_ms: 30_001 }, T0, Ok(vec![ended(30_000)]));
+    check::<Preview>(&[started()], PreviewCommand::End { node: node(), played_ms: u64::MAX }, T0, Ok(vec![ended(30_000)]));
+}
+
+#[test]
+fn end_preview_twice_is_an_invalid_transition() {
+    let when = PreviewCommand::End { node: node(), played_ms: 1 };
+    check::<Preview>(&[started(), ended(10)], when, T0, Err(Rejection::InvalidTransition { kind: "preview", command: "EndPreview", state: "Ended" }));
+}
+
+#[test]
+fn end_preview_on_another_node_is_refused() {
+    check::<Preview>(&[started()], PreviewCommand::End { node: other_node(), played_ms: 1 }, T0, Err(Rejection::NotYourAssignment));
+}
+
+#[test]
+fn end_of_an_unknown_preview_is_not_found() {
+    check::<Preview>(&[], PreviewCommand::End { node: node(), played_ms: 1 }, T0, Err(Rejection::NotFound { kind: "preview", id: String::new() }));
+}

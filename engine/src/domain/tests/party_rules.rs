@@ -1,0 +1,182 @@
+//! Merchants, delivery nodes and consumers (certificates), given/when/then.
+
+use super::fixtures::{T0, check_invalid, consumer, merchant, node};
+use crate::domain::event::Event;
+use crate::domain::party::{
+    CERTS_PER_CONSUMER_MAX, Certificate, Consumer, ConsumerCommand, Merchant, MerchantCommand, Node, NodeCommand, SLOTS_MAX,
+};
+use crate::domain::testing::check;
+use crate::domain::voucher::CertCheck;
+use crate::domain::{Rejection, fold};
+use crate::ids::{CertSerial, MerchantId, Millis, NodeId};
+
+// ---------------------------------------------------------------- merchant
+
+fn register_merchant(id: &str) -> MerchantCommand {
+    MerchantCommand::Register { merchant: MerchantId::new(id), name: "Shop One".into(), credential_hash: [4; 32] }
+}
+fn merchant_registered() -> Event {
+    Event::MerchantRegistered { merchant_id: merchant(), name: "Shop One".into(), credential_hash: [4; 32] }
+}
+fn suspend() -> MerchantCommand {
+    MerchantCommand::Suspend { reason: "chargebacks".into() }
+}
+
+#[test]
+fn register_merchant_records_name_and_credential_hash() {
+    check::<Merchant>(&[], register_merchant("shop1"), T0, Ok(vec![merchant_registered()]));
+}
+
+#[test]
+fn register_merchant_twice_is_refused() {
+    check::<Merchant>(&[merchant_registered()], register_merchant("shop1"), T0, Err(Rejection::AlreadyExists { kind: "merchant", id: "shop1".into() }));
+}
+
+#[test]
+fn register_merchant_with_a_malformed_id_or_empty_name_is_refused() {
+    check_invalid::<Merchant>(&[], register_merchant("shop.1"), T0, "merchant_id");
+    let nameless = MerchantCommand::Register { merchant: merchant(), name: " ".into(), credential_hash: [4; 32] };
+    check_invalid::<Merchant>(&[], nameless, T0, "name");
+}
+
+#[test]
+fn suspend_merchant_once() {
+    let suspended = Event::MerchantSuspended { merchant_id: merchant(), reason: "chargebacks".into() };
+    check::<Merchant>(&[merchant_registered()], suspend(), T0, Ok(vec![suspended.clone()]));
+    check::<Merchant>(&[merchant_registered(), suspended], suspend(), T0, Ok(vec![]));
+    check::<Merchant>(&[], suspend(), T0, Err(Rejection::NotFound { kind: "merchant", id: String::new() }));
+}
+
+// ---------------------------------------------------------------- node
+
+fn register_node(slots_max: u32) -> NodeCommand {
+    NodeCommand::Register { node: node(), region: "eu-west".into(), slots_max, credential_hash: [5; 32] }
+}
+fn node_registered() -> Event {
+    Event::NodeRegistered { node_id: node(), region: "eu-west".into(), slots_max: 10, credential_hash: [5; 32] }
+}
+
+#[test]
+fn register_node_records_region_and_slots() {
+    check::<Node>(&[], register_node(10), T0, Ok(vec![node_registered()]));
+}
+
+#[test]
+fn register_node_twice_is_refused() {
+    check::<Node>(&[node_registered()], register_node(10), T0, Err(Rejection::AlreadyExists { kind: "node", id: "node1".into() }));
+}
+
+#[test]
+fn register_node_with_no_or_too_many_slots_is_refused() {
+    check_invalid::<Node>(&[], register_node(0), T0, "slots_max");
+    check_invalid::<Node>(&[], register_node(SLOTS_MAX + 1), T0, "slots_max");
+    let bad_id = NodeCommand::Register { node: NodeId::new("n/1"), region: "eu".into(), slots_max: 1, credential_hash: [0; 32] };
+    check_invalid::<Node>(&[], bad_id, T0, "node_id");
+}
+
+#[test]
+fn node_capacity_drain_and_removal() {
+    let drained = Event::NodeDrained { node_id: node() };
+    check::<Node>(&[node_registered()], NodeCommand::ChangeCapacity { slots_max: 20 }, T0, Ok(vec![Event::NodeCapacityChanged { node_id: node(), slots_max: 20 }]));
+    check_invalid::<Node>(&[node_registered()], NodeCommand::ChangeCapacity { slots_max: 0 }, T0, "slots_max");
+    check::<Node>(&[node_registered()], NodeCommand::Drain, T0, Ok(vec![drained.clone()]));
+    check::<Node>(&[node_registered(), drained.clone()], NodeCommand::Drain, T0, Ok(vec![]));
+    check::<Node>(&[node_registered(), drained], NodeCommand::Remove, T0, Ok(vec![Event::NodeRemoved { node_id: node() }]));
+}
+
+#[test]
+fn a_removed_node_is_unavailable_and_an_unknown_one_not_found() {
+    let removed = [node_registered(), Event::NodeRemoved { node_id: node() }];
+    check::<Node>(&removed, NodeCommand::Drain, T0, Err(Rejection::NodeUnavailable));
+    check::<Node>(&removed, NodeCommand::ChangeCapacity { slots_max: 5 }, T0, Err(Rejection::NodeUnavailable));
+    check::<Node>(&[], NodeCommand::Drain, T0, Err(Rejection::NotFound { kind: "node", id: String::new() }));
+}
+
+// ---------------------------------------------------------------- consumer
+
+const NOT_BEFORE: Millis = T0;
+const NOT_AFTER: Millis = Millis(T0.0 + 1_000_000);
+
+fn certificate(serial: &str) -> Certificate {
+    Certificate {
+        serial: CertSerial::new(serial),
+        public_key_der: vec![1; 270],
+        not_before: NOT_BEFORE,
+        not_after: NOT_AFTER,
+        engine_key_id: "k1".into(),
+        signature: vec![2; 256],
+        revoked: false,
+    }
+}
+fn certify(serial: &str) -> ConsumerCommand {
+    ConsumerCommand::Certify { consumer: consumer(), cert: certificate(serial) }
+}
+fn certified(serial: &str) -> Event {
+    Event::ConsumerCertified {
+        consumer_id: consumer(),
+        cert_serial: CertSerial::new(serial),
+        public_key_der: vec![1; 270],
+        not_before: NOT_BEFORE,
+        not_after: NOT_AFTER,
+        engine_key_id: "k1".into(),
+        signature: vec![2; 256],
+    }
+}
+fn revoked(serial: &str) -> Event {
+    Event::CertRevoked { consumer_id: consumer(), cert_serial: CertSerial::new(serial), reason: "key lost".into() }
+}
+fn revoke(serial: &str) -> ConsumerCommand {
+    ConsumerCommand::Revoke { serial: CertSerial::new(serial), reason: "key lost".into() }
+}
+
+#[test]
+fn certify_records_the_certificate() {
+    check::<Consumer>(&[], certify("s1"), T0, Ok(vec![certified("s1")]));
+    check::<Consumer>(&[certified("s1")], certify("s2"), T0, Ok(vec![certified("s2")]));
+}
+
+#[test]
+fn certify_a_serial_twice_is_refused() {
+    check::<Consumer>(&[certified("s1")], certify("s1"), T0, Err(Rejection::AlreadyExists { kind: "certificate", id: "s1".into() }));
+}
+
+#[test]
+fn certify_with_empty_or_inverted_validity_is_refused() {
+    for not_after in [NOT_BEFORE, Millis(NOT_BEFORE.0 - 1)] {
+        let mut cert = certificate("s1");
+        cert.not_after = not_after;
+        check_invalid::<Consumer>(&[], ConsumerCommand::Certify { consumer: consumer(), cert }, T0, "validity_ms");
+    }
+}
+
+#[test]
+fn certify_without_a_public_key_is_refused() {
+    let mut cert = certificate("s1");
+    cert.public_key_der.clear();
+    check_invalid::<Consumer>(&[], ConsumerCommand::Certify { consumer: consumer(), cert }, T0, "public_key_der");
+}
+
+#[test]
+fn certify_beyond_the_certificates_per_consumer_is_refused() {
+    let given: Vec<Event> = (0..CERTS_PER_CONSUMER_MAX).map(|i| certified(&format!("s{i}"))).collect();
+    check_invalid::<Consumer>(&given, certify("extra"), T0, "consumer_id");
+}
+
+#[test]
+fn revoke_marks_the_certificate_once() {
+    check::<Consumer>(&[certified("s1")], revoke("s1"), T0, Ok(vec![revoked("s1")]));
+    check::<Consumer>(&[certified("s1"), revoked("s1")], revoke("s1"), T0, Ok(vec![]));
+    check::<Consumer>(&[certified("s1")], revoke("s2"), T0, Err(Rejection::NotFound { kind: "certificate", id: "s2".into() }));
+}
+
+#[test]
+fn cert_check_reports_the_standing_at_a_time() {
+    let consumer: Consumer = fold(&[certified("s1"), certified("s2"), revoked("s2")]);
+    let s1 = CertSerial::new("s1");
+    assert_eq!(consumer.cert_check(&s1, NOT_BEFORE), CertCheck::Valid);
+    assert_eq!(consumer.cert_check(&s1, NOT_AFTER), CertCheck::Valid);
+    assert_eq!(consumer.cert_check(&s1, Millis(NOT_BEFORE.0 - 1)), CertCheck::NotValid);
+    assert_eq!(consumer.cert_check(&s1, Millis(NOT_AFTER.0 + 1)), CertCheck::NotValid);
+    assert_eq!(consumer.cert_check(&CertSerial::new("s2"), T0), CertCheck::Revoked);
+    assert_eq!(consumer.cert_check(&CertSerial::new("s3"), T0), CertCheck::Unknown);
+}

@@ -1,0 +1,214 @@
+//! The command handler: the imperative shell around `decide`/`evolve`.
+//!
+//! For one command on one aggregate it loads the aggregate (from a bounded in-memory cache
+//! fed by its own appends, or by reading the aggregate's subject), decides at the clock's
+//! `now`, appends the events with the OCC expectation (the subject's last sequence) and an
+//! idempotency key derived from (actor, request id, subject, index), and on a version
+//! conflict reloads and decides again, up to `APPEND_RETRIES_MAX` times.
+//!
+//! Commands on one aggregate are serialized in this process by a striped lock (so a busy
+//! voucher does not burn OCC retries); commands on different aggregates run concurrently
+//! and their appends are pipelined by the log. Several engine processes may share a
+//! stream: OCC keeps them correct.
+
+use crate::clock::Clock;
+use crate::domain::{Actor, Aggregate, AggregateRef, Event, Outcome, Recorded, Rejection, Root};
+use crate::ids::{idempotency_key, Millis, RequestId, Seq};
+use crate::log::{AppendError, AppendRequest, EventLog, Expected, ReadError};
+use crate::wire;
+use std::any::Any;
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
+
+/// How many times a command is re-decided after losing an OCC race before it is refused
+/// with `HandleError::Contended` (gRPC Aborted).
+pub const APPEND_RETRIES_MAX: usize = 16;
+/// How many aggregates the cache holds.
+pub const CACHE_AGGREGATES_MAX: usize = 100_000;
+/// Number of per-aggregate lock stripes.
+const LOCK_STRIPES: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HandleError {
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    #[error("the aggregate changed {0} times while deciding; retry with the same request id")]
+    Contended(usize),
+    #[error(transparent)]
+    Append(#[from] AppendError),
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    #[error("event at sequence {seq} does not decode: {error}")]
+    Decode { seq: Seq, error: wire::DecodeError },
+}
+
+/// What a handled command did.
+#[derive(Debug, Clone)]
+pub struct Handled<A> {
+    /// The aggregate after the command.
+    pub root: Root<A>,
+    /// The sequences of the events this command appended (empty when repeated or no-op).
+    pub appended: Vec<Seq>,
+    /// The same request had been applied before; nothing was written.
+    pub repeated: bool,
+    /// The decision time.
+    pub now: Millis,
+}
+
+type CachedRoot = Box<dyn Any + Send + Sync>;
+
+pub struct Handler {
+    log: Arc<dyn EventLog>,
+    clock: Arc<dyn Clock>,
+    cache: Mutex<lru::LruCache<AggregateRef, CachedRoot>>,
+    stripes: Vec<tokio::sync::Mutex<()>>,
+}
+
+impl Handler {
+    pub fn new(log: Arc<dyn EventLog>, clock: Arc<dyn Clock>) -> Self {
+        Self::with_cache_capacity(log, clock, CACHE_AGGREGATES_MAX)
+    }
+
+    pub fn with_cache_capacity(log: Arc<dyn EventLog>, clock: Arc<dyn Clock>, capacity: usize) -> Self {
+        let capacity = NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN);
+        Self {
+            log,
+            clock,
+            cache: Mutex::new(lru::LruCache::new(capacity)),
+            stripes: (0..LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+        }
+    }
+
+    pub fn log(&self) -> &Arc<dyn EventLog> {
+        &self.log
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    fn stripe(&self, aggregate: &AggregateRef) -> &tokio::sync::Mutex<()> {
+        let hash = blake3::hash(aggregate.subject().as_bytes());
+        let index = u64::from_le_bytes(hash.as_bytes()[..8].try_into().expect("8 bytes of a 32-byte hash")) as usize;
+        &self.stripes[index % LOCK_STRIPES]
+    }
+
+    fn cached<A: Aggregate>(&self, aggregate: &AggregateRef) -> Option<Root<A>> {
+        let mut cache = self.cache.lock().expect("cache lock is never poisoned: no code panics while holding it");
+        cache.get(aggregate).and_then(|root| root.downcast_ref::<Root<A>>()).cloned()
+    }
+
+    fn remember<A: Aggregate>(&self, aggregate: AggregateRef, root: Root<A>) {
+        let mut cache = self.cache.lock().expect("cache lock is never poisoned: no code panics while holding it");
+        cache.put(aggregate, Box::new(root));
+    }
+
+    fn forget(&self, aggregate: &AggregateRef) {
+        let mut cache = self.cache.lock().expect("cache lock is never poisoned: no code panics while holding it");
+        cache.pop(aggregate);
+    }
+
+    /// The aggregate as of the log (reading its subject), bypassing the cache.
+    pub async fn load_fresh<A: Aggregate>(&self, id: &str) -> Result<Root<A>, HandleError> {
+        let aggregate = AggregateRef::new(A::KIND, id);
+        let stored = self.log.read_subject(&aggregate.subject()).await?;
+        let mut root = Root::<A>::default();
+        for event in stored {
+            let recorded = wire::decode(&event.payload).map_err(|error| HandleError::Decode { seq: event.seq, error })?;
+            root.apply(event.seq, &recorded);
+        }
+        self.remember(aggregate, root.clone());
+        Ok(root)
+    }
+
+    /// The aggregate, from the cache when present.
+    pub async fn load<A: Aggregate>(&self, id: &str) -> Result<Root<A>, HandleError> {
+        let aggregate = AggregateRef::new(A::KIND, id);
+        match self.cached::<A>(&aggregate) {
+            Some(root) => Ok(root),
+            None => self.load_fresh(id).await,
+        }
+    }
+
+    /// Decides `command` on aggregate `id` and appends what it decides.
+    pub async fn handle<A: Aggregate>(&self, id: &str, actor: &Actor, request: &RequestId, command: &A::Command) -> Result<Handled<A>, HandleError> {
+        let aggregate = AggregateRef::new(A::KIND, id);
+        let subject = aggregate.subject();
+        let _serialized = self.stripe(&aggregate).lock().await;
+        let mut root = self.load::<A>(id).await?;
+        for _attempt in 0..=APPEND_RETRIES_MAX {
+            let now = self.clock.now();
+            let events = match root.decide(actor, request, command, now)? {
+                Outcome::Repeated => return Ok(Handled { root, appended: vec![], repeated: true, now }),
+                Outcome::Emit(events) => events,
+            };
+            match self.append_all(&aggregate, &subject, actor, request, A::command_name(command), &root, events, now).await? {
+                Ok((next, appended)) => {
+                    self.remember(aggregate, next.clone());
+                    return Ok(Handled { root: next, appended, repeated: false, now });
+                }
+                Err(()) => {
+                    // Lost a race with another writer (another engine process): reload and
+                    // decide again on the state that won.
+                    self.forget(&aggregate);
+                    root = self.load_fresh::<A>(id).await?;
+                }
+            }
+        }
+        Err(HandleError::Contended(APPEND_RETRIES_MAX))
+    }
+
+    /// Appends `events` in order; `Ok(Err(()))` on a version conflict.
+    #[allow(clippy::too_many_arguments)]
+    async fn append_all<A: Aggregate>(
+        &self,
+        aggregate: &AggregateRef,
+        subject: &str,
+        actor: &Actor,
+        request: &RequestId,
+        command: &str,
+        root: &Root<A>,
+        events: Vec<Event>,
+        now: Millis,
+    ) -> Result<Result<(Root<A>, Vec<Seq>), ()>, HandleError> {
+        let mut next = root.clone();
+        let mut appended = Vec::with_capacity(events.len());
+        for (index, event) in events.into_iter().enumerate() {
+            let key = idempotency_key(&format!("{:?}:{}", actor.kind, actor.id), request, subject, index);
+            let recorded = Recorded {
+                event_id: event_id_of(&key),
+                aggregate: aggregate.clone(),
+                aggregate_version: next.version + 1,
+                recorded_at: now,
+                request_id: request.0.clone(),
+                actor: actor.clone(),
+                command: command.to_string(),
+                event,
+            };
+            let expected = next.last_seq.map_or(Expected::Empty, Expected::LastSeq);
+            let append = AppendRequest { subject: subject.to_string(), expected, idempotency_key: key, payload: wire::encode(&recorded).into() };
+            match self.log.append(append).await? {
+                Ok(done) if done.duplicate => {
+                    // An earlier attempt of this very request was stored (a retry after an
+                    // unknown outcome): our cached view is behind; reload.
+                    return Ok(Err(()));
+                }
+                Ok(done) => {
+                    next.apply(done.seq, &recorded);
+                    appended.push(done.seq);
+                }
+                Err(_conflict) => return Ok(Err(())),
+            }
+        }
+        Ok(Ok((next, appended)))
+    }
+}
+
+/// Event ids are derived from the idempotency key, so a retried append carries identical
+/// bytes and both backends store identical payloads for the same command script.
+fn event_id_of(idempotency_key: &str) -> [u8; 16] {
+    let hash = blake3::derive_key("vouchsafe 2026 event id", idempotency_key.as_bytes());
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&hash[..16]);
+    id
+}

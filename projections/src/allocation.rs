@@ -1,0 +1,165 @@
+//! Delivery allocation: registered nodes, their capacity in stream slots and the slots in
+//! use, derived from the stream. It chooses the node for IssueVoucher and Preview (least
+//! loaded active node with a free slot, in the asked region when possible). The choice is
+//! recorded in the event, so replay never re-decides; this projection only advises.
+
+use engine::domain::event::Event;
+use engine::ids::{NodeId, PreviewId, VoucherId};
+use std::collections::{BTreeMap, BTreeSet};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeSlots {
+    pub region: String,
+    pub slots_max: u32,
+    pub in_use: u32,
+    pub active: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Allocation {
+    pub nodes: BTreeMap<NodeId, NodeSlots>,
+    /// Vouchers holding a slot, by node.
+    vouchers: BTreeMap<VoucherId, NodeId>,
+    previews: BTreeMap<PreviewId, NodeId>,
+    released: BTreeSet<VoucherId>,
+}
+
+impl Allocation {
+    pub fn apply(&mut self, event: &Event) {
+        match event {
+            Event::NodeRegistered { node_id, region, slots_max, .. } => {
+                self.nodes.insert(node_id.clone(), NodeSlots { region: region.clone(), slots_max: *slots_max, in_use: 0, active: true });
+            }
+            Event::NodeCapacityChanged { node_id, slots_max } => {
+                if let Some(node) = self.nodes.get_mut(node_id) {
+                    node.slots_max = *slots_max;
+                }
+            }
+            Event::NodeDrained { node_id } | Event::NodeRemoved { node_id } => {
+                if let Some(node) = self.nodes.get_mut(node_id) {
+                    node.active = false;
+                }
+            }
+            Event::VoucherIssued { voucher_id, node_id, .. } => {
+                self.take(node_id);
+                self.vouchers.insert(voucher_id.clone(), node_id.clone());
+            }
+            Event::Delivered { voucher_id, voucher_complete: true, .. } => {
+                if let Some(node_id) = self.vouchers.remove(voucher_id) {
+                    self.give_back(&node_id);
+                    self.released.insert(voucher_id.clone());
+                }
+            }
+            Event::PreviewStarted { preview_id, node_id, .. } => {
+                self.take(node_id);
+                self.previews.insert(preview_id.clone(), node_id.clone());
+            }
+            Event::PreviewEnded { preview_id, .. } => {
+                if let Some(node_id) = self.previews.remove(preview_id) {
+                    self.give_back(&node_id);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn take(&mut self, node_id: &NodeId) {
+        if let Some(node) = self.nodes.get_mut(node_id) {
+            node.in_use = node.in_use.saturating_add(1);
+        }
+    }
+
+    fn give_back(&mut self, node_id: &NodeId) {
+        if let Some(node) = self.nodes.get_mut(node_id) {
+            node.in_use = node.in_use.saturating_sub(1);
+        }
+    }
+
+    /// The least loaded active node with a free slot; in `region` if one there has room.
+    pub fn choose(&self, region: Option<&str>) -> Option<NodeId> {
+        let free = |node: &&NodeSlots| node.active && node.in_use < node.slots_max;
+        // Load as a fraction compared by cross-multiplication (no floats): a/b < c/d.
+        let least_loaded = |candidates: Vec<(&NodeId, &NodeSlots)>| {
+            candidates
+                .into_iter()
+                .min_by(|(a_id, a), (b_id, b)| {
+                    (u64::from(a.in_use) * u64::from(b.slots_max))
+                        .cmp(&(u64::from(b.in_use) * u64::from(a.slots_max)))
+                        .then_with(|| a_id.cmp(b_id))
+                })
+                .map(|(id, _)| id.clone())
+        };
+        if let Some(region) = region {
+            let local: Vec<_> = self.nodes.iter().filter(|(_, n)| n.region == region).filter(|(_, n)| free(n)).collect();
+            if let Some(node) = least_loaded(local) {
+                return Some(node);
+            }
+        }
+        least_loaded(self.nodes.iter().filter(|(_, n)| free(n)).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use engine::domain::event::Event;
+    use engine::ids::{MediaId, MerchantId, Millis};
+
+    fn register(id: &str, region: &str, slots_max: u32) -> Event {
+        Event::NodeRegistered { node_id: NodeId::new(id), region: region.into(), slots_max, credential_hash: [0; 32] }
+    }
+
+    fn issue(voucher: &str, node: &str) -> Event {
+        Event::VoucherIssued {
+            voucher_id: VoucherId::new(voucher),
+            node_id: NodeId::new(node),
+            merchant_id: MerchantId::new("m"),
+            media_ids: vec![MediaId::new("md")],
+            rendition: "high".into(),
+            access_expires_at: Millis(0),
+        }
+    }
+
+    #[test]
+    fn chooses_least_loaded_then_fills_and_refuses_when_full() {
+        let mut allocation = Allocation::default();
+        allocation.apply(&register("a", "eu", 1));
+        allocation.apply(&register("b", "eu", 2));
+        assert_eq!(allocation.choose(None), Some(NodeId::new("a")));
+        allocation.apply(&issue("v1", "a"));
+        assert_eq!(allocation.choose(None), Some(NodeId::new("b")));
+        allocation.apply(&issue("v2", "b"));
+        allocation.apply(&issue("v3", "b"));
+        assert_eq!(allocation.choose(None), None, "every slot is taken");
+    }
+
+    #[test]
+    fn drained_nodes_get_nothing_and_region_is_preferred() {
+        let mut allocation = Allocation::default();
+        allocation.apply(&register("a", "eu", 10));
+        allocation.apply(&register("b", "us", 10));
+        assert_eq!(allocation.choose(Some("us")), Some(NodeId::new("b")));
+        allocation.apply(&Event::NodeDrained { node_id: NodeId::new("b") });
+        assert_eq!(allocation.choose(Some("us")), Some(NodeId::new("a")), "falls back to another region");
+        allocation.apply(&Event::NodeDrained { node_id: NodeId::new("a") });
+        assert_eq!(allocation.choose(None), None);
+    }
+
+    #[test]
+    fn slots_come_back_on_complete_delivery() {
+        let mut allocation = Allocation::default();
+        allocation.apply(&register("a", "eu", 1));
+        allocation.apply(&issue("v1", "a"));
+        assert_eq!(allocation.choose(None), None);
+        allocation.apply(&Event::Delivered {
+            voucher_id: VoucherId::new("v1"),
+            node_id: NodeId::new("a"),
+            media_id: MediaId::new("md"),
+            cert_serial: engine::ids::CertSerial::new("c"),
+            content_hash: [0; 32],
+            size_bytes: 1,
+            voucher_complete: true,
+        });
+        assert_eq!(allocation.choose(None), Some(NodeId::new("a")));
+    }
+}

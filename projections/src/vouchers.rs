@@ -1,0 +1,123 @@
+//! Voucher state: the status of every voucher, the seed's three sets, lookups by merchant
+//! and the expiry index that drives the timeout sweeper.
+
+use engine::domain::event::Event;
+use engine::domain::voucher::{PurchaseSet, VoucherStatus};
+use engine::ids::{MerchantId, Millis, VoucherId};
+use std::collections::{BTreeMap, BTreeSet};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VoucherRow {
+    pub merchant: MerchantId,
+    pub status: VoucherStatus,
+    pub expires_at: Millis,
+    pub media_delivered: u32,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VoucherBook {
+    pub vouchers: BTreeMap<VoucherId, VoucherRow>,
+    by_merchant: BTreeMap<MerchantId, BTreeSet<VoucherId>>,
+    /// Pending reservations by expiry time.
+    expiry: BTreeSet<(Millis, VoucherId)>,
+}
+
+impl VoucherBook {
+    pub fn apply(&mut self, event: &Event) {
+        match event {
+            Event::Reserved { voucher_id, merchant_id, expires_at, .. } => {
+                self.vouchers.insert(
+                    voucher_id.clone(),
+                    VoucherRow { merchant: merchant_id.clone(), status: VoucherStatus::Pending, expires_at: *expires_at, media_delivered: 0 },
+                );
+                self.by_merchant.entry(merchant_id.clone()).or_default().insert(voucher_id.clone());
+                self.expiry.insert((*expires_at, voucher_id.clone()));
+            }
+            Event::Authorized { voucher_id, .. } => self.set_status(voucher_id, VoucherStatus::Authorized),
+            Event::Voided { voucher_id, .. } => self.set_status(voucher_id, VoucherStatus::Voided),
+            Event::VoucherIssued { voucher_id, .. } | Event::DeliveryFailed { voucher_id, .. } => self.set_status(voucher_id, VoucherStatus::Issued),
+            Event::RedemptionAccepted { voucher_id, .. } => self.set_status(voucher_id, VoucherStatus::Redeeming),
+            Event::Delivered { voucher_id, voucher_complete, .. } => {
+                if let Some(row) = self.vouchers.get_mut(voucher_id) {
+                    row.media_delivered += 1;
+                }
+                if *voucher_complete {
+                    self.set_status(voucher_id, VoucherStatus::Delivered);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn set_status(&mut self, voucher_id: &VoucherId, status: VoucherStatus) {
+        if let Some(row) = self.vouchers.get_mut(voucher_id) {
+            if row.status == VoucherStatus::Pending && status != VoucherStatus::Pending {
+                self.expiry.remove(&(row.expires_at, voucher_id.clone()));
+            }
+            row.status = status;
+        }
+    }
+
+    /// Pending reservations whose expiry is before `now`: the sweeper's work list.
+    pub fn due(&self, now: Millis, limit: usize) -> Vec<VoucherId> {
+        self.expiry.iter().take_while(|(expires_at, _)| *expires_at < now).take(limit).map(|(_, id)| id.clone()).collect()
+    }
+
+    pub fn by_merchant(&self, merchant: &MerchantId) -> impl Iterator<Item = &VoucherId> {
+        self.by_merchant.get(merchant).into_iter().flatten()
+    }
+
+    /// How many vouchers are in each of the seed's three sets.
+    pub fn set_sizes(&self) -> BTreeMap<PurchaseSet, usize> {
+        let mut sizes = BTreeMap::new();
+        for row in self.vouchers.values() {
+            let set = match row.status {
+                VoucherStatus::Pending => PurchaseSet::Pending,
+                VoucherStatus::Authorized | VoucherStatus::Issued | VoucherStatus::Redeeming => PurchaseSet::PurchasedNotDelivered,
+                VoucherStatus::Delivered => PurchaseSet::Delivered,
+                VoucherStatus::None | VoucherStatus::Voided => continue,
+            };
+            *sizes.entry(set).or_insert(0) += 1;
+        }
+        sizes
+    }
+
+    pub fn count(&self, status: VoucherStatus) -> usize {
+        self.vouchers.values().filter(|row| row.status == status).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use engine::domain::event::{Payment, ReservedItem, VoidReason};
+    use engine::ids::MediaId;
+
+    fn reserved(id: &str, expires_at: i64) -> Event {
+        Event::Reserved {
+            voucher_id: VoucherId::new(id),
+            merchant_id: MerchantId::new("m"),
+            items: vec![ReservedItem { media_id: MediaId::new("md"), price_minor: 1 }],
+            rendition: "high".into(),
+            price_minor: 1,
+            currency: "EUR".into(),
+            expires_at: Millis(expires_at),
+            payment: Payment::Merchant { payment_ref: "p".into() },
+            token_key_id: 1,
+            auth_generation: 1,
+        }
+    }
+
+    #[test]
+    fn expiry_index_lists_only_pending_past_due() {
+        let mut book = VoucherBook::default();
+        book.apply(&reserved("a", 10));
+        book.apply(&reserved("b", 20));
+        book.apply(&reserved("c", 5));
+        book.apply(&Event::Voided { voucher_id: VoucherId::new("c"), reason: VoidReason::Refunded, reversal: vec![] });
+        assert_eq!(book.due(Millis(15), 10), vec![VoucherId::new("a")]);
+        assert_eq!(book.due(Millis(25), 10), vec![VoucherId::new("a"), VoucherId::new("b")]);
+        assert_eq!(book.set_sizes().get(&PurchaseSet::Pending), Some(&2));
+        assert_eq!(book.by_merchant(&MerchantId::new("m")).count(), 3);
+    }
+}
