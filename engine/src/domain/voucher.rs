@@ -283,22 +283,15 @@ impl Voucher {
 
     fn decide_redeem(&self, redeem: &Redeem) -> Result<Vec<Event>, Rejection> {
         self.assigned_to(&redeem.node)?;
-        match self.status {
-            VoucherStatus::Issued => {}
-            VoucherStatus::Redeeming => {
-                // A node restarted mid-delivery and asks again for the same consumer: the
-                // redemption stands; anyone else is refused.
-                let same = self.consumer.as_ref() == Some(&(redeem.consumer.clone(), redeem.cert_serial.clone()));
-                if !same {
-                    return Err(Rejection::AlreadyRedeemed);
-                }
-                if redeem.proof != ProofCheck::Valid {
-                    return Err(Rejection::BadProof);
-                }
-                return Ok(vec![]);
-            }
+        let retry = match self.status {
+            VoucherStatus::Issued => false,
+            // A node restarted mid-delivery and asks again for the same consumer: the
+            // redemption stands (after the same checks: a certificate revoked since must
+            // not get keys re-wrapped); anyone else is refused.
+            VoucherStatus::Redeeming if self.consumer.as_ref() == Some(&(redeem.consumer.clone(), redeem.cert_serial.clone())) => true,
+            VoucherStatus::Redeeming => return Err(Rejection::AlreadyRedeemed),
             _ => return Err(self.transition("Redeem")),
-        }
+        };
         match redeem.cert {
             CertCheck::Valid => {}
             CertCheck::Revoked => return Err(Rejection::CertRevoked),
@@ -307,6 +300,9 @@ impl Voucher {
         }
         if redeem.proof != ProofCheck::Valid {
             return Err(Rejection::BadProof);
+        }
+        if retry {
+            return Ok(vec![]);
         }
         Ok(vec![Event::RedemptionAccepted {
             voucher_id: self.id_or_empty(),

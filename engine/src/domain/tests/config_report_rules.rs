@@ -3,9 +3,9 @@
 use super::fixtures::{T0, check_invalid};
 use crate::domain::config::{Config, ConfigCommand};
 use crate::domain::event::{Event, RightsReportSealed};
+use crate::domain::fold;
 use crate::domain::report::{Report, ReportCommand};
 use crate::domain::testing::check;
-use crate::domain::fold;
 
 // ---------------------------------------------------------------- config
 

@@ -115,6 +115,11 @@ pub fn song_postings() -> Vec<Posting> {
     ]
 }
 
+/// `song_postings` undone, as a refund records it.
+pub fn reverse_song() -> Vec<Posting> {
+    crate::domain::voucher::reverse(&song_postings())
+}
+
 /// The settlement of `ALBUM` paid by the merchant, worked out by hand.
 pub fn album_postings() -> Vec<Posting> {
     use LedgerAccountKind::*;
@@ -155,7 +160,13 @@ pub fn redeem() -> VoucherCommand {
 }
 
 pub fn redemption_by(consumer: ConsumerId, cert: CertSerial) -> Event {
-    Event::RedemptionAccepted { voucher_id: voucher_id(), node_id: node(), consumer_id: consumer, cert_serial: cert, wrapped_key_hashes: vec![[9; 32]] }
+    Event::RedemptionAccepted {
+        voucher_id: voucher_id(),
+        node_id: node(),
+        consumer_id: consumer,
+        cert_serial: cert,
+        wrapped_key_hashes: vec![[9; 32]],
+    }
 }
 pub fn redemption() -> Event {
     redemption_by(consumer(), cert())
@@ -169,7 +180,15 @@ pub fn complete(media_id: &str) -> VoucherCommand {
 }
 
 pub fn delivered_to(cert: CertSerial, media_id: &str, voucher_complete: bool) -> Event {
-    Event::Delivered { voucher_id: voucher_id(), node_id: node(), media_id: mid(media_id), cert_serial: cert, content_hash: [7; 32], size_bytes: 1000, voucher_complete }
+    Event::Delivered {
+        voucher_id: voucher_id(),
+        node_id: node(),
+        media_id: mid(media_id),
+        cert_serial: cert,
+        content_hash: [7; 32],
+        size_bytes: 1000,
+        voucher_complete,
+    }
 }
 pub fn delivered(media_id: &str, voucher_complete: bool) -> Event {
     delivered_to(cert(), media_id, voucher_complete)

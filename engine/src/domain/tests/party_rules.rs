@@ -29,7 +29,12 @@ fn register_merchant_records_name_and_credential_hash() {
 
 #[test]
 fn register_merchant_twice_is_refused() {
-    check::<Merchant>(&[merchant_registered()], register_merchant("shop1"), T0, Err(Rejection::AlreadyExists { kind: "merchant", id: "shop1".into() }));
+    check::<Merchant>(
+        &[merchant_registered()],
+        register_merchant("shop1"),
+        T0,
+        Err(Rejection::AlreadyExists { kind: "merchant", id: "shop1".into() }),
+    );
 }
 
 #[test]
@@ -77,7 +82,12 @@ fn register_node_with_no_or_too_many_slots_is_refused() {
 #[test]
 fn node_capacity_drain_and_removal() {
     let drained = Event::NodeDrained { node_id: node() };
-    check::<Node>(&[node_registered()], NodeCommand::ChangeCapacity { slots_max: 20 }, T0, Ok(vec![Event::NodeCapacityChanged { node_id: node(), slots_max: 20 }]));
+    check::<Node>(
+        &[node_registered()],
+        NodeCommand::ChangeCapacity { slots_max: 20 },
+        T0,
+        Ok(vec![Event::NodeCapacityChanged { node_id: node(), slots_max: 20 }]),
+    );
     check_invalid::<Node>(&[node_registered()], NodeCommand::ChangeCapacity { slots_max: 0 }, T0, "slots_max");
     check::<Node>(&[node_registered()], NodeCommand::Drain, T0, Ok(vec![drained.clone()]));
     check::<Node>(&[node_registered(), drained.clone()], NodeCommand::Drain, T0, Ok(vec![]));

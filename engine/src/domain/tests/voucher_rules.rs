@@ -38,10 +38,7 @@ fn reserve_paid_in_points_names_the_points_account() {
 fn reserve_charges_the_current_price_of_each_item() {
     let mut reserve = reserve_cmd(&[("t1", 100), ("t2", 250)], card());
     // t2 was published at 999 and repriced to 250: the reservation takes 250.
-    reserve.items[1].1 = fold(&[
-        Event::MediaPublished(sample("t2", 999)),
-        Event::PriceChanged { media_id: mid("t2"), price_minor: 250 },
-    ]);
+    reserve.items[1].1 = fold(&[Event::MediaPublished(sample("t2", 999)), Event::PriceChanged { media_id: mid("t2"), price_minor: 250 }]);
     check::<Voucher>(&[], VoucherCommand::Reserve(reserve), T0, Ok(vec![reserved(&[("t1", 100), ("t2", 250)], card())]));
 }
 
@@ -265,7 +262,12 @@ fn void_of_an_authorized_voucher_reverses_its_postings() {
         posting(Owner, "label1", 50, 0),
     ];
     assert!(balanced(&reversal));
-    check::<Voucher>(&song_authorized(), VoucherCommand::Void { merchant: merchant() }, T0, Ok(vec![voided(VoidReason::Refunded, reversal)]));
+    check::<Voucher>(
+        &song_authorized(),
+        VoucherCommand::Void { merchant: merchant() },
+        T0,
+        Ok(vec![voided(VoidReason::Refunded, reversal)]),
+    );
 }
 
 #[test]
