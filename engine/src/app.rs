@@ -299,6 +299,12 @@ impl Market {
         Ok(handled.root.state.available())
     }
 
+    pub async fn drain_node(&self, operator: &str, request: &RequestId, node: &NodeId) -> Result<(), AppError> {
+        crate::domain::validate::id("node_id", &node.0)?;
+        self.handler.handle::<Node>(&node.0, &actor(ActorKind::Operator, operator), request, &NodeCommand::Drain).await?;
+        Ok(())
+    }
+
     pub async fn set_config(&self, operator: &str, request: &RequestId, key: &str, value: &str) -> Result<(), AppError> {
         let command = ConfigCommand::Set { key: key.to_string(), value: value.to_string() };
         self.handler.handle::<Config>("engine", &actor(ActorKind::Operator, operator), request, &command).await?;

@@ -20,7 +20,6 @@ use engine::ids::*;
 use engine::log::embedded::EmbeddedLog;
 use engine::log::EventLog;
 use projections::Live;
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -98,6 +97,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
         eprintln!("creating keys in {}", args.keys_dir.display());
         crate::keys::init(&args.keys_dir)?;
     }
+    crate::keys::check_dir(&args.keys_dir)?;
     let engine_private = crate::keys::load_engine_private(&args.keys_dir)?;
     let operator = crate::keys::load_operator_id(&args.keys_dir)?;
     let keys = Arc::new(EngineKeys::new(engine_private)?);
@@ -124,7 +124,6 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
         let (credential, access_key) = market.register_node(&operator, &request(&run_id, "node", i), region, 256).await?;
         nodes.push((NodeId(credential.id), access_key));
     }
-    let node_keys: HashMap<NodeId, SecretKey> = nodes.iter().cloned().collect();
     eprintln!("registered {} merchants and {} delivery nodes", merchants.len(), nodes.len());
 
     let player_count = 6;
@@ -178,7 +177,6 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
     eprintln!("published {} media (encrypted, keys wrapped for the engine)", catalog.len());
     let catalog = Arc::new(catalog);
     let players = Arc::new(players);
-    let node_keys = Arc::new(node_keys);
     let counters = Arc::new(Counters::default());
     let players_dir = args.data_dir.join("players");
 
@@ -196,11 +194,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
             continue;
         }
         let permit = Arc::clone(&semaphore).acquire_owned().await.context("sale semaphore closed")?;
-        let (market, catalog, players, node_keys, counters, players_dir, run_id) =
-            (Arc::clone(&market), Arc::clone(&catalog), Arc::clone(&players), Arc::clone(&node_keys), Arc::clone(&counters), players_dir.clone(), run_id.clone());
+        let (market, catalog, players, counters, players_dir, run_id) =
+            (Arc::clone(&market), Arc::clone(&catalog), Arc::clone(&players), Arc::clone(&counters), players_dir.clone(), run_id.clone());
         sales.spawn(async move {
             let _permit = permit;
-            sell_one(i, &run_id, &market, &merchant, &catalog, &players, &node_keys, &counters, &players_dir).await
+            sell_one(i, &run_id, &market, &merchant, &catalog, &players, &counters, &players_dir).await
         });
     }
     while let Some(joined) = sales.join_next().await {
@@ -226,6 +224,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
         if expiring.contains(&voucher) {
             expired += 1;
         }
+    }
+
+    // This session's nodes go out of service, so a later run on the same stream allocates
+    // its own (a drained node finishes its work but gets nothing new).
+    for (i, (node, _)) in nodes.iter().enumerate() {
+        market.drain_node(&operator, &request(&run_id, "drain", i), node).await?;
     }
 
     let last = log.last_seq().await?;
@@ -263,7 +267,6 @@ async fn sell_one(
     merchant: &MerchantId,
     catalog: &[Published],
     players: &[Player],
-    node_keys: &HashMap<NodeId, SecretKey>,
     counters: &Counters,
     players_dir: &Path,
 ) -> anyhow::Result<()> {
@@ -291,10 +294,12 @@ async fn sell_one(
     }
     let issued = market.issue(merchant, &request(run_id, "issue", i), &reserved.voucher_id, None, ACCESS_TTL_MS).await?;
 
-    // The node checks the player's access token locally, without calling the engine.
-    let node_key = node_keys.get(&issued.node_id).context("the allocator chose an unknown node")?;
+    // The node checks the player's access token locally, without calling the engine, with
+    // the access key it was given at registration (the demo plays every node, including
+    // nodes an earlier run registered on the same stream).
+    let node_key = market.node_access_key(&issued.node_id);
     let media_refs: Vec<&str> = issued.media_ids.iter().map(|m| m.0.as_str()).collect();
-    crypto::check_access_token(node_key, &issued.node_id.0, &issued.voucher_id.0, &media_refs, issued.access_expires_at.0, market.now().0, &issued.access_token)
+    crypto::check_access_token(&node_key, &issued.node_id.0, &issued.voucher_id.0, &media_refs, issued.access_expires_at.0, market.now().0, &issued.access_token)
         .map_err(|denied| anyhow::anyhow!("the node refused a fresh access token: {denied:?}"))?;
 
     // The node challenges the player, which proves it holds the receipt.

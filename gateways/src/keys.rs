@@ -82,7 +82,8 @@ pub fn load_operator_id(dir: &Path) -> anyhow::Result<String> {
     Ok(id)
 }
 
-/// A check that `keys init` output round-trips (used by tests).
+/// Checks that a key directory is complete and consistent: every file loads and the
+/// public key matches the private one.
 pub fn check_dir(dir: &Path) -> anyhow::Result<()> {
     let private = load_engine_private(dir)?;
     let public = crypto::RsaPublic::from_pem(&std::fs::read_to_string(dir.join(ENGINE_PUB_PEM))?)?;

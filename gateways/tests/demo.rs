@@ -1,0 +1,54 @@
+//! The main job as a user runs it: `vouchsafe demo --json` prints one JSON object with
+//! every key CLI.md requires, delivers, and every delivered media decrypts and verifies.
+
+use std::process::Command;
+
+const REQUIRED_KEYS: &[&str] = &[
+    "backend", "merchants", "nodes", "media", "purchases", "delivered", "decrypt_ok", "previews", "expired", "voided",
+    "royalty_entries", "seals", "stream_events", "state_digest", "audit_ok", "elapsed_ms",
+];
+
+fn demo(data_dir: &std::path::Path, vouchers: &str) -> (std::process::ExitStatus, serde_json::Value) {
+    let output = Command::new(env!("CARGO_BIN_EXE_vouchsafe"))
+        .args(["demo", "--vouchers", vouchers, "--json", "--data-dir"])
+        .arg(data_dir)
+        .output()
+        .expect("run vouchsafe demo");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let last = stdout.lines().last().unwrap_or_default();
+    let summary = serde_json::from_str(last).unwrap_or_else(|e| panic!("last stdout line is not JSON ({e}): {stdout}\nstderr: {}", String::from_utf8_lossy(&output.stderr)));
+    (output.status, summary)
+}
+
+#[test]
+fn demo_json_has_every_key_and_delivers_verified_media() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (status, summary) = demo(dir.path(), "40");
+    assert!(status.success(), "demo failed: {summary}");
+    for key in REQUIRED_KEYS {
+        assert!(summary.get(key).is_some(), "missing key {key} in {summary}");
+    }
+    assert_eq!(summary["backend"], "embedded");
+    assert_eq!(summary["purchases"], 40);
+    let delivered = summary["delivered"].as_u64().expect("delivered is a number");
+    assert!(delivered > 0);
+    assert_eq!(summary["decrypt_ok"].as_u64(), Some(delivered));
+    assert_eq!(summary["expired"], 4, "one in ten reservations is left to expire");
+    assert_eq!(summary["voided"], 4, "one in ten sales is voided");
+    assert_eq!(summary["state_digest"].as_str().map(str::len), Some(64));
+    assert!(dir.path().join("players").is_dir(), "players keep their copies under <data-dir>/players");
+    assert!(dir.path().join("keys/engine.pem").is_file(), "keys are created in <data-dir>/keys");
+
+    // A second run on the same data dir adds a new session to the same stream.
+    let (status, again) = demo(dir.path(), "10");
+    assert!(status.success(), "second demo failed: {again}");
+    assert!(again["stream_events"].as_u64() > summary["stream_events"].as_u64());
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let status = Command::new(env!("CARGO_BIN_EXE_vouchsafe")).args(["demo", "--vouchers", "0"]).status().expect("run vouchsafe");
+    assert_eq!(status.code(), Some(2));
+    let status = Command::new(env!("CARGO_BIN_EXE_vouchsafe")).args(["no-such-command"]).status().expect("run vouchsafe");
+    assert_eq!(status.code(), Some(2));
+}
