@@ -98,6 +98,7 @@ impl EngineKeys {
     }
 }
 
+#[derive(Debug)]
 pub struct ReserveAnswer {
     pub voucher_id: VoucherId,
     pub expires_at: Millis,
@@ -105,6 +106,7 @@ pub struct ReserveAnswer {
     pub currency: String,
 }
 
+#[derive(Debug)]
 pub struct AuthorizeAnswer {
     pub voucher_id: VoucherId,
     /// The receipt token; the consumer proves possession of it at redemption.
@@ -112,6 +114,7 @@ pub struct AuthorizeAnswer {
     pub receipt_generation: u32,
 }
 
+#[derive(Debug)]
 pub struct IssueAnswer {
     pub voucher_id: VoucherId,
     pub node_id: NodeId,
@@ -120,12 +123,14 @@ pub struct IssueAnswer {
     pub media_ids: Vec<MediaId>,
 }
 
+#[derive(Debug)]
 pub struct RedeemAnswer {
     pub voucher_id: VoucherId,
     /// Each media key wrapped (RSA-OAEP) for the consumer's certified public key.
     pub keys: Vec<(MediaId, Vec<u8>)>,
 }
 
+#[derive(Debug)]
 pub struct Credential {
     pub id: String,
     pub secret: SecretKey,

@@ -1,0 +1,184 @@
+//! The market's use cases on the embedded log, end to end through `engine::app`:
+//! retried commands answer the first answer and write nothing; refusals write nothing;
+//! concurrent point holds never overdraw an account.
+
+use engine::app::{Allocator, EngineKeys, Market, PublishInput};
+use engine::clock::{Clock, ManualClock};
+use engine::crypto::{self, test_keys};
+use engine::domain::event::{Payment, PreviewClip, Rendition, RoyaltyTerms};
+use engine::domain::Rejection;
+use engine::ids::*;
+use engine::log::embedded::EmbeddedLog;
+use engine::log::EventLog;
+use std::sync::Arc;
+
+/// Always the same node: allocation has its own tests; here it must be predictable.
+struct OneNode(NodeId);
+
+impl Allocator for OneNode {
+    fn choose(&self, _region: Option<&str>) -> Option<NodeId> {
+        Some(self.0.clone())
+    }
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    log: Arc<dyn EventLog>,
+    clock: Arc<ManualClock>,
+    market: Market,
+    merchant: MerchantId,
+    other_merchant: MerchantId,
+    node: NodeId,
+    media: MediaId,
+}
+
+fn req(id: &str) -> RequestId {
+    RequestId::new(id)
+}
+
+async fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log: Arc<dyn EventLog> = Arc::new(EmbeddedLog::open(&dir.path().join("log")).expect("open log"));
+    let clock = Arc::new(ManualClock::new(Millis(1_700_000_000_000)));
+    let keys = Arc::new(EngineKeys::new(test_keys::fixed_rsa()).expect("engine keys"));
+    // The node id is derived from the operator and request id, as register_node does.
+    let probe = Market::new(Arc::clone(&log), clock.clone() as Arc<dyn Clock>, Arc::clone(&keys), Arc::new(OneNode(NodeId::new("x"))));
+    let (node_cred, _) = probe.register_node("op", &req("node-1"), "eu", 8).await.expect("register node");
+    let node = NodeId(node_cred.id);
+    let market = Market::new(Arc::clone(&log), clock.clone() as Arc<dyn Clock>, Arc::clone(&keys), Arc::new(OneNode(node.clone())));
+    let merchant = MerchantId(market.register_merchant("op", &req("m-1"), "Shop").await.expect("merchant").id);
+    let other_merchant = MerchantId(market.register_merchant("op", &req("m-2"), "Other").await.expect("merchant").id);
+    let media_key = crypto::SecretKey::random();
+    let input = PublishInput {
+        title: "Song".into(),
+        artist: "Artist".into(),
+        authors: vec!["Author".into()],
+        length_ms: 100_000,
+        price_minor: 250,
+        currency: "EUR".into(),
+        terms: RoyaltyTerms { retailer_bps: 3000, distributor_bps: 2000, owner_bps: 5000, distributor: "d".into(), owner: "o".into(), rights_agent: "a".into() },
+        renditions: vec![Rendition { name: "high".into(), bitrate_kbps: 256, content_hash: [1; 32], size_bytes: 10 }],
+        preview: PreviewClip { start_ms: 0, duration_ms: 10_000 },
+        image_descriptor: String::new(),
+        for_sale: true,
+        wrapped_media_key: crypto::wrap_key(&keys.public, &media_key).expect("wrap"),
+    };
+    let media = market.publish_media("pub", &req("media-1"), input).await.expect("publish");
+    Fixture { _dir: dir, log, clock, market, merchant, other_merchant, node, media }
+}
+
+async fn stream_len(log: &Arc<dyn EventLog>) -> u64 {
+    log.last_seq().await.expect("last seq").0
+}
+
+fn rejection(error: engine::app::AppError) -> Rejection {
+    match error {
+        engine::app::AppError::Rejected(rejection) => rejection,
+        other => panic!("expected a rejection, got {other}"),
+    }
+}
+
+#[tokio::test]
+async fn retried_commands_return_the_first_answer_and_write_nothing() {
+    let f = fixture().await;
+    let pay = || Payment::Merchant { payment_ref: "card".into() };
+    let first = f.market.reserve(&f.merchant, &req("r1"), &[f.media.clone()], "high", 60_000, pay()).await.expect("reserve");
+    let len = stream_len(&f.log).await;
+    f.clock.advance_ms(1_000);
+    let again = f.market.reserve(&f.merchant, &req("r1"), &[f.media.clone()], "high", 60_000, pay()).await.expect("retried reserve");
+    assert_eq!(again.voucher_id, first.voucher_id);
+    assert_eq!(again.expires_at, first.expires_at, "the first answer, not a new decision");
+    assert_eq!(stream_len(&f.log).await, len, "a retry writes nothing");
+
+    let authorized = f.market.authorize(&f.merchant, &req("a1"), &first.voucher_id).await.expect("authorize");
+    let len = stream_len(&f.log).await;
+    let retried = f.market.authorize(&f.merchant, &req("a1"), &first.voucher_id).await.expect("retried authorize");
+    assert!(authorized.receipt.ct_eq(&retried.receipt));
+    assert_eq!(stream_len(&f.log).await, len);
+
+    // The same request id for another command is refused, and writes nothing.
+    let reused = f.market.void(&f.merchant, &req("a1"), &first.voucher_id).await.expect_err("reused request id");
+    assert!(matches!(rejection(reused), Rejection::RequestIdReused { .. }));
+    assert_eq!(stream_len(&f.log).await, len);
+}
+
+#[tokio::test]
+async fn refusals_write_nothing() {
+    let f = fixture().await;
+    let voucher = f.market.reserve(&f.merchant, &req("r1"), &[f.media.clone()], "high", 60_000, Payment::Merchant { payment_ref: "c".into() }).await.expect("reserve").voucher_id;
+    let len = stream_len(&f.log).await;
+
+    let cases: Vec<(&str, engine::app::AppError)> = vec![
+        ("wrong merchant authorizes", f.market.authorize(&f.other_merchant, &req("x1"), &voucher).await.err().expect("refused")),
+        ("wrong merchant voids", f.market.void(&f.other_merchant, &req("x2"), &voucher).await.err().expect("refused")),
+        ("issue before authorize", f.market.issue(&f.merchant, &req("x3"), &voucher, None, 60_000).await.err().expect("refused")),
+        ("unknown media", f.market.reserve(&f.merchant, &req("x4"), &[MediaId::new("nope")], "high", 1000, Payment::Merchant { payment_ref: "c".into() }).await.err().expect("refused")),
+        ("bad ttl", f.market.reserve(&f.merchant, &req("x5"), &[f.media.clone()], "high", 0, Payment::Merchant { payment_ref: "c".into() }).await.err().expect("refused")),
+        ("invalid voucher id", f.market.authorize(&f.merchant, &req("x6"), &VoucherId::new("a.b")).await.err().expect("refused")),
+    ];
+    for (what, error) in cases {
+        let rejection = rejection(error);
+        assert!(!matches!(rejection, Rejection::RequestIdReused { .. }), "{what}: {rejection}");
+        assert_eq!(stream_len(&f.log).await, len, "{what} wrote something");
+    }
+
+    f.clock.advance_ms(60_001);
+    let late = f.market.authorize(&f.merchant, &req("late"), &voucher).await.expect_err("expired");
+    assert!(matches!(rejection(late), Rejection::Expired { .. }));
+    assert_eq!(stream_len(&f.log).await, len);
+}
+
+#[tokio::test]
+async fn a_redemption_needs_the_receipt_and_the_assigned_node() {
+    let f = fixture().await;
+    let voucher = f.market.reserve(&f.merchant, &req("r1"), &[f.media.clone()], "high", 60_000, Payment::Merchant { payment_ref: "c".into() }).await.expect("reserve").voucher_id;
+    let receipt = f.market.authorize(&f.merchant, &req("a1"), &voucher).await.expect("authorize").receipt;
+    let issued = f.market.issue(&f.merchant, &req("i1"), &voucher, None, 60_000).await.expect("issue");
+    assert_eq!(issued.node_id, f.node);
+    let player = test_keys::fixed_rsa_2();
+    let consumer = ConsumerId::new("alice");
+    let cert = f.market.certify_consumer("op", &req("c1"), &consumer, &player.public().to_der().expect("der"), 86_400_000).await.expect("certify");
+    let challenge = [9u8; 32];
+    let len = stream_len(&f.log).await;
+
+    let wrong_receipt = crypto::SecretKey::random();
+    let bad = crypto::receipt_proof(&wrong_receipt, &voucher.0, &f.node.0, &challenge);
+    let refused = f.market.redeem(&f.node, &req("d1"), &voucher, &consumer, &cert.serial, &challenge, &bad).await.expect_err("bad proof");
+    assert_eq!(rejection(refused), Rejection::BadProof);
+    assert_eq!(stream_len(&f.log).await, len, "a refused redemption writes nothing");
+
+    let proof = crypto::receipt_proof(&receipt, &voucher.0, &f.node.0, &challenge);
+    let answer = f.market.redeem(&f.node, &req("d2"), &voucher, &consumer, &cert.serial, &challenge, &proof).await.expect("redeem");
+    assert_eq!(answer.keys.len(), 1);
+    assert!(crypto::unwrap_key(&player, &answer.keys[0].1).is_ok(), "the key is wrapped for the player");
+    assert!(f.market.complete_delivery(&f.node, &req("done"), &voucher, &f.media, [0; 32], 10).await.expect("complete"));
+    let again = f.market.redeem(&f.node, &req("d3"), &voucher, &consumer, &cert.serial, &challenge, &proof).await.expect_err("delivered");
+    assert_eq!(rejection(again), Rejection::AlreadyDelivered, "delivered at most once");
+}
+
+#[tokio::test]
+async fn concurrent_point_holds_never_overdraw() {
+    let f = Arc::new(fixture().await);
+    let account = AccountId::new("acct");
+    // 250 per sale; 1000 points pay for exactly four of twenty concurrent reservations.
+    f.market.top_up("op", &req("top"), &account, 1000).await.expect("top up");
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let f = Arc::clone(&f);
+        let account = account.clone();
+        tasks.spawn(async move {
+            f.market.reserve(&f.merchant, &req(&format!("p{i}")), &[f.media.clone()], "high", 60_000, Payment::Points { account }).await.map(|_| ())
+        });
+    }
+    let mut reserved = 0;
+    while let Some(result) = tasks.join_next().await {
+        match result.expect("task") {
+            Ok(()) => reserved += 1,
+            Err(error) => assert!(matches!(rejection(error), Rejection::InsufficientPoints { .. })),
+        }
+    }
+    assert_eq!(reserved, 4);
+    let state = f.market.handler().load_fresh::<engine::domain::account::Account>(&account.0).await.expect("account").state;
+    assert_eq!(state.available(), 0);
+    assert_eq!(state.held_total(), 1000);
+}
