@@ -82,10 +82,10 @@ fn rejection(error: engine::app::AppError) -> Rejection {
 async fn retried_commands_return_the_first_answer_and_write_nothing() {
     let f = fixture().await;
     let pay = || Payment::Merchant { payment_ref: "card".into() };
-    let first = f.market.reserve(&f.merchant, &req("r1"), &[f.media.clone()], "high", 60_000, pay()).await.expect("reserve");
+    let first = f.market.reserve(&f.merchant, &req("r1"), std::slice::from_ref(&f.media), "high", 60_000, pay()).await.expect("reserve");
     let len = stream_len(&f.log).await;
     f.clock.advance_ms(1_000);
-    let again = f.market.reserve(&f.merchant, &req("r1"), &[f.media.clone()], "high", 60_000, pay()).await.expect("retried reserve");
+    let again = f.market.reserve(&f.merchant, &req("r1"), std::slice::from_ref(&f.media), "high", 60_000, pay()).await.expect("retried reserve");
     assert_eq!(again.voucher_id, first.voucher_id);
     assert_eq!(again.expires_at, first.expires_at, "the first answer, not a new decision");
     assert_eq!(stream_len(&f.log).await, len, "a retry writes nothing");
@@ -105,16 +105,16 @@ async fn retried_commands_return_the_first_answer_and_write_nothing() {
 #[tokio::test]
 async fn refusals_write_nothing() {
     let f = fixture().await;
-    let voucher = f.market.reserve(&f.merchant, &req("r1"), &[f.media.clone()], "high", 60_000, Payment::Merchant { payment_ref: "c".into() }).await.expect("reserve").voucher_id;
+    let voucher = f.market.reserve(&f.merchant, &req("r1"), std::slice::from_ref(&f.media), "high", 60_000, Payment::Merchant { payment_ref: "c".into() }).await.expect("reserve").voucher_id;
     let len = stream_len(&f.log).await;
 
     let cases: Vec<(&str, engine::app::AppError)> = vec![
-        ("wrong merchant authorizes", f.market.authorize(&f.other_merchant, &req("x1"), &voucher).await.err().expect("refused")),
-        ("wrong merchant voids", f.market.void(&f.other_merchant, &req("x2"), &voucher).await.err().expect("refused")),
-        ("issue before authorize", f.market.issue(&f.merchant, &req("x3"), &voucher, None, 60_000).await.err().expect("refused")),
-        ("unknown media", f.market.reserve(&f.merchant, &req("x4"), &[MediaId::new("nope")], "high", 1000, Payment::Merchant { payment_ref: "c".into() }).await.err().expect("refused")),
-        ("bad ttl", f.market.reserve(&f.merchant, &req("x5"), &[f.media.clone()], "high", 0, Payment::Merchant { payment_ref: "c".into() }).await.err().expect("refused")),
-        ("invalid voucher id", f.market.authorize(&f.merchant, &req("x6"), &VoucherId::new("a.b")).await.err().expect("refused")),
+        ("wrong merchant authorizes", f.market.authorize(&f.other_merchant, &req("x1"), &voucher).await.expect_err("refused")),
+        ("wrong merchant voids", f.market.void(&f.other_merchant, &req("x2"), &voucher).await.expect_err("refused")),
+        ("issue before authorize", f.market.issue(&f.merchant, &req("x3"), &voucher, None, 60_000).await.expect_err("refused")),
+        ("unknown media", f.market.reserve(&f.merchant, &req("x4"), &[MediaId::new("nope")], "high", 1000, Payment::Merchant { payment_ref: "c".into() }).await.expect_err("refused")),
+        ("bad ttl", f.market.reserve(&f.merchant, &req("x5"), std::slice::from_ref(&f.media), "high", 0, Payment::Merchant { payment_ref: "c".into() }).await.expect_err("refused")),
+        ("invalid voucher id", f.market.authorize(&f.merchant, &req("x6"), &VoucherId::new("a.b")).await.expect_err("refused")),
     ];
     for (what, error) in cases {
         let rejection = rejection(error);
@@ -131,7 +131,7 @@ async fn refusals_write_nothing() {
 #[tokio::test]
 async fn a_redemption_needs_the_receipt_and_the_assigned_node() {
     let f = fixture().await;
-    let voucher = f.market.reserve(&f.merchant, &req("r1"), &[f.media.clone()], "high", 60_000, Payment::Merchant { payment_ref: "c".into() }).await.expect("reserve").voucher_id;
+    let voucher = f.market.reserve(&f.merchant, &req("r1"), std::slice::from_ref(&f.media), "high", 60_000, Payment::Merchant { payment_ref: "c".into() }).await.expect("reserve").voucher_id;
     let receipt = f.market.authorize(&f.merchant, &req("a1"), &voucher).await.expect("authorize").receipt;
     let issued = f.market.issue(&f.merchant, &req("i1"), &voucher, None, 60_000).await.expect("issue");
     assert_eq!(issued.node_id, f.node);
@@ -167,7 +167,7 @@ async fn concurrent_point_holds_never_overdraw() {
         let f = Arc::clone(&f);
         let account = account.clone();
         tasks.spawn(async move {
-            f.market.reserve(&f.merchant, &req(&format!("p{i}")), &[f.media.clone()], "high", 60_000, Payment::Points { account }).await.map(|_| ())
+            f.market.reserve(&f.merchant, &req(&format!("p{i}")), std::slice::from_ref(&f.media), "high", 60_000, Payment::Points { account }).await.map(|_| ())
         });
     }
     let mut reserved = 0;

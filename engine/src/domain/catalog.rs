@@ -37,6 +37,8 @@ impl Media {
     }
 }
 
+// Commands live for one decision; boxing the large variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum MediaCommand {
     Publish(MediaPublished),

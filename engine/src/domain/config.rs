@@ -58,10 +58,10 @@ impl Aggregate for Config {
     }
 
     fn evolve(mut self, event: &Event) -> Self {
-        if let Event::ConfigChanged { key, value } = event {
-            if let Ok(parsed) = value.parse() {
-                self.values.insert(key.clone(), parsed);
-            }
+        if let Event::ConfigChanged { key, value } = event
+            && let Ok(parsed) = value.parse()
+        {
+            self.values.insert(key.clone(), parsed);
         }
         self
     }

@@ -16,6 +16,8 @@ pub struct Preview {
     pub ended: Option<u64>,
 }
 
+// Commands live for one decision; boxing the large variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum PreviewCommand {
     /// `node` is the allocator's choice.
