@@ -205,7 +205,7 @@ impl Market {
     // ---- operator / catalog ----
 
     pub async fn register_merchant(&self, operator: &str, request: &RequestId, name: &str) -> Result<Credential, AppError> {
-        let merchant = MerchantId(format!("m{}", &hex::encode(crypto::hash(format!("{operator}/{}", request.0).as_bytes()))[..16]));
+        let merchant = merchant_id_for(operator, request);
         let secret = SecretKey::random();
         let command = MerchantCommand::Register { merchant: merchant.clone(), name: name.to_string(), credential_hash: crypto::credential_hash(secret.expose()) };
         let handled = self.handler.handle::<Merchant>(&merchant.0, &actor(ActorKind::Operator, operator), request, &command).await?;
@@ -217,7 +217,7 @@ impl Market {
     }
 
     pub async fn register_node(&self, operator: &str, request: &RequestId, region: &str, slots_max: u32) -> Result<(Credential, SecretKey), AppError> {
-        let node = NodeId(format!("n{}", &hex::encode(crypto::hash(format!("{operator}/{}", request.0).as_bytes()))[..16]));
+        let node = node_id_for(operator, request);
         let secret = SecretKey::random();
         let command = NodeCommand::Register { node: node.clone(), region: region.to_string(), slots_max, credential_hash: crypto::credential_hash(secret.expose()) };
         let handled = self.handler.handle::<Node>(&node.0, &actor(ActorKind::Operator, operator), request, &command).await?;
@@ -234,7 +234,7 @@ impl Market {
     }
 
     pub async fn publish_media(&self, publisher: &str, request: &RequestId, input: PublishInput) -> Result<MediaId, AppError> {
-        let media_id = MediaId(format!("md{}", &hex::encode(crypto::hash(format!("{publisher}/{}", request.0).as_bytes()))[..16]));
+        let media_id = media_id_for(publisher, request);
         let published = MediaPublished {
             media_id: media_id.clone(),
             publisher: publisher.to_string(),
@@ -253,30 +253,31 @@ impl Market {
             wrapped_media_key: input.wrapped_media_key,
         };
         // A wrapped key that does not unwrap with our key would make every sale
-        // undeliverable: refuse it now.
-        self.unwrap_media_key_uncached(&published.wrapped_media_key).await.map_err(|_| Rejection::InvalidArgument {
+        // undeliverable: refuse it now, and keep the key so the first redemption does not
+        // pay for a second private-key operation.
+        let media_key = self.unwrap_media_key_uncached(&published.wrapped_media_key).await.map_err(|_| Rejection::InvalidArgument {
             field: "wrapped_media_key",
             reason: "does not unwrap with the engine's key; wrap the media key for engine.pub.pem".into(),
         })?;
         self.handler.handle::<Media>(&media_id.0, &actor(ActorKind::Publisher, publisher), request, &MediaCommand::Publish(published)).await?;
+        self.media_keys.lock().expect("media key cache lock is never poisoned").put(media_id.clone(), media_key);
         Ok(media_id)
     }
 
     pub async fn certify_consumer(&self, operator: &str, request: &RequestId, consumer: &ConsumerId, public_key_der: &[u8], validity_ms: u64) -> Result<Certificate, AppError> {
         crate::domain::validate::id("consumer_id", &consumer.0)?;
-        let public = RsaPublic::from_der(public_key_der)
+        RsaPublic::from_der(public_key_der)
             .map_err(|_| Rejection::InvalidArgument { field: "public_key_der", reason: "not an RSA-2048+ SubjectPublicKeyInfo".into() })?;
+        let serial = cert_serial_for(consumer, operator, request);
         let existing = self.handler.load::<Consumer>(&consumer.0).await?;
-        let serial = CertSerial(format!("{}-{}", consumer.0.chars().take(40).collect::<String>(), existing.state.certs.len() + 1));
-        if existing.has_applied(&actor(ActorKind::Operator, operator), request) {
-            let cert = existing.state.certs.values().find(|cert| cert.public_key_der == public_key_der).cloned();
-            return cert.ok_or_else(|| Rejection::RequestIdReused { first: "CertifyConsumer".into() }.into());
+        if let Some(cert) = existing.state.certs.get(&serial) {
+            // A retry: the first answer (the certificate as signed then).
+            return Ok(cert.clone());
         }
         let now = self.now();
         let not_after = now.plus_ms(validity_ms);
         let message = certificate_message(consumer, &serial, public_key_der, now, not_after);
         let signature = self.sign(message).await?;
-        let _ = public;
         let cert = Certificate {
             serial,
             public_key_der: public_key_der.to_vec(),

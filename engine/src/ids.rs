@@ -101,6 +101,27 @@ pub fn preview_id_for(merchant: &MerchantId, request: &RequestId) -> PreviewId {
     PreviewId(format!("p{}", short_hash(&[b"preview", merchant.0.as_bytes(), request.0.as_bytes()])))
 }
 
+/// The merchant id the operator's request registers.
+pub fn merchant_id_for(operator: &str, request: &RequestId) -> MerchantId {
+    MerchantId(format!("m{}", short_hash(&[b"merchant", operator.as_bytes(), request.0.as_bytes()])))
+}
+
+/// The delivery node id the operator's request registers.
+pub fn node_id_for(operator: &str, request: &RequestId) -> NodeId {
+    NodeId(format!("n{}", short_hash(&[b"node", operator.as_bytes(), request.0.as_bytes()])))
+}
+
+/// The media id a publisher's request publishes.
+pub fn media_id_for(publisher: &str, request: &RequestId) -> MediaId {
+    MediaId(format!("md{}", short_hash(&[b"media", publisher.as_bytes(), request.0.as_bytes()])))
+}
+
+/// The serial of the certificate the operator's request issues to a consumer: a retry
+/// names the same certificate, and concurrent requests never collide.
+pub fn cert_serial_for(consumer: &ConsumerId, operator: &str, request: &RequestId) -> CertSerial {
+    CertSerial(format!("c{}", short_hash(&[b"cert", consumer.0.as_bytes(), operator.as_bytes(), request.0.as_bytes()])))
+}
+
 /// The idempotency key (`Nats-Msg-Id`) of the event a command produces: a hash of who
 /// asked, which request, which aggregate, and the index of the event within the command.
 pub fn idempotency_key(actor: &str, request: &RequestId, subject: &str, index: usize) -> String {
@@ -125,6 +146,16 @@ mod tests {
         assert_ne!(a, voucher_id_for(&merchant, &RequestId::new("r2")));
         assert_ne!(a, voucher_id_for(&MerchantId::new("m2"), &RequestId::new("r1")));
         assert!(is_valid_token(a.as_str()));
+        let operator_request = RequestId::new("r1");
+        for id in [
+            merchant_id_for("op", &operator_request).0,
+            node_id_for("op", &operator_request).0,
+            media_id_for("op", &operator_request).0,
+            cert_serial_for(&ConsumerId::new(&"x".repeat(64)), "op", &operator_request).0,
+        ] {
+            assert!(is_valid_token(&id), "{id} must be a valid id and subject token");
+        }
+        assert_ne!(merchant_id_for("op", &operator_request).0[1..], node_id_for("op", &operator_request).0[1..], "kinds are domain-separated");
     }
 
     #[test]

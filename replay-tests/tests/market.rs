@@ -182,3 +182,30 @@ async fn concurrent_point_holds_never_overdraw() {
     assert_eq!(state.available(), 0);
     assert_eq!(state.held_total(), 1000);
 }
+
+#[tokio::test]
+async fn certification_is_idempotent_and_concurrent_requests_never_collide() {
+    let f = Arc::new(fixture().await);
+    let consumer = ConsumerId::new("bob");
+    let der = test_keys::fixed_rsa_2().public().to_der().expect("der");
+    let first = f.market.certify_consumer("op", &req("cert-1"), &consumer, &der, 86_400_000).await.expect("certify");
+    assert!(engine::app::verify_certificate(&f.market.keys().public, &consumer, &first));
+    let len = stream_len(&f.log).await;
+    f.clock.advance_ms(5_000);
+    let retried = f.market.certify_consumer("op", &req("cert-1"), &consumer, &der, 86_400_000).await.expect("retry");
+    assert_eq!(retried, first, "a retry answers the first certificate");
+    assert_eq!(stream_len(&f.log).await, len, "a retry writes nothing");
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..8 {
+        let (f, consumer, der) = (Arc::clone(&f), consumer.clone(), der.clone());
+        tasks.spawn(async move { f.market.certify_consumer("op", &req(&format!("cert-c{i}")), &consumer, &der, 86_400_000).await.map(|cert| cert.serial) });
+    }
+    let mut serials = std::collections::BTreeSet::new();
+    while let Some(result) = tasks.join_next().await {
+        serials.insert(result.expect("task").expect("every concurrent certification succeeds"));
+    }
+    assert_eq!(serials.len(), 8);
+    let state = f.market.handler().load_fresh::<engine::domain::party::Consumer>(&consumer.0).await.expect("consumer").state;
+    assert_eq!(state.certs.len(), 9);
+}
