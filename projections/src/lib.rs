@@ -7,6 +7,7 @@
 //! choice); the decision and its inputs are recorded in events by the engine.
 
 pub mod allocation;
+pub mod royalty;
 pub mod vouchers;
 
 use engine::app::Allocator;

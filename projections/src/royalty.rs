@@ -1,0 +1,325 @@
+//! The royalty log: a Schneier–Kelsey secure log (DESIGN.md, Projections §3), its Merkle
+//! tree and its signed seals. Pure functions over entries; no I/O.
+//!
+//! For entry `j` of an epoch, with the evolving secret `A_j`:
+//! `K_j = derive(A_j, "entry key")`, `C_j = AES-256-GCM(K_j, entry)`,
+//! `Y_j = blake3(Y_{j-1} ‖ C_j)`, `Z_j = HMAC-SHA256(A_j, Y_j)`, `A_{j+1} = derive(A_j, "next")`.
+//! `A_0` is derived from the royalty master key and the epoch; the running `Chain` keeps
+//! only the current `A_j` (the previous one is zeroized when replaced), so whoever steals
+//! the projection state later cannot rewrite earlier entries.
+//!
+//! What the chain alone cannot detect: a truncated tail. Seals (signed with the engine's
+//! RSA key, chained by `prev_seal_hash`, covering an entry range with its head `Y_n`, `Z_n`
+//! and a Merkle root over the range's `Y_j`) and an auditor's pin of the newest seal close
+//! that gap; entries after the last seal are protected by the MAC chain only.
+
+use engine::crypto::{self, RsaPrivate, RsaPublic, SecretKey};
+use engine::domain::event::RightsReportSealed;
+use serde::{Deserialize, Serialize};
+
+/// Entries larger than this (encoded) are refused when read from an untrusted export.
+pub const ENTRY_BYTES_MAX: usize = 64 * 1024;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UsageKind {
+    /// A delivered media item: royalty-bearing.
+    Delivery,
+    /// A preview play: usage, not a sale.
+    Preview,
+}
+
+/// One usage record, with the seed's fields.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub kind: UsageKind,
+    /// The stream sequence of the event this entry records.
+    pub source_seq: u64,
+    pub timestamp_ms: i64,
+    pub title: String,
+    pub artist: String,
+    pub authors: Vec<String>,
+    pub length_ms: u64,
+    pub sale_price_minor: u64,
+    pub currency: String,
+    pub consumer_cert: String,
+    pub voucher_id: String,
+    pub media_id: String,
+    pub image_descriptor: String,
+    pub merchant: String,
+    pub rights_agent: String,
+    pub distributor: String,
+    pub owner: String,
+    pub played_ms: u64,
+}
+
+impl Entry {
+    fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("an Entry of strings and integers always serializes")
+    }
+}
+
+/// An entry as it stands in the log: its ciphertext and chain values.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainedEntry {
+    pub epoch: u64,
+    pub index: u64,
+    #[serde(with = "hex_bytes")]
+    pub ciphertext: Vec<u8>,
+    #[serde(with = "hex_array")]
+    pub y: [u8; 32],
+    #[serde(with = "hex_array")]
+    pub z: [u8; 32],
+}
+
+/// Where a chain stops verifying, and why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("royalty entry {index}: {reason}")]
+pub struct ChainFault {
+    pub index: u64,
+    pub reason: String,
+}
+
+/// `A_0` of an epoch, from the royalty master key.
+pub fn epoch_secret(master: &SecretKey, epoch: u64) -> SecretKey {
+    let mut material = master.expose().to_vec();
+    material.extend_from_slice(&epoch.to_le_bytes());
+    let a0 = crypto::derive_key("vouchsafe 2026 royalty epoch A0", &material);
+    zeroize::Zeroize::zeroize(&mut material);
+    a0
+}
+
+/// The `Y_{-1}` an epoch's chain starts from.
+pub fn genesis(epoch: u64) -> [u8; 32] {
+    let mut bytes = b"vouchsafe 2026 royalty genesis".to_vec();
+    bytes.extend_from_slice(&epoch.to_le_bytes());
+    crypto::hash(&bytes)
+}
+
+fn nonce() -> [u8; crypto::NONCE_BYTES] {
+    // Each K_j encrypts exactly one message, so a fixed nonce never repeats under a key.
+    [0; crypto::NONCE_BYTES]
+}
+
+fn aad(epoch: u64, index: u64) -> [u8; 16] {
+    let mut aad = [0u8; 16];
+    aad[..8].copy_from_slice(&epoch.to_le_bytes());
+    aad[8..].copy_from_slice(&index.to_le_bytes());
+    aad
+}
+
+fn running_hash(y_prev: &[u8; 32], ciphertext: &[u8]) -> [u8; 32] {
+    let mut bytes = Vec::with_capacity(32 + ciphertext.len());
+    bytes.extend_from_slice(y_prev);
+    bytes.extend_from_slice(ciphertext);
+    crypto::hash(&bytes)
+}
+
+/// The chain's position: the secret for the next entry and the last running hash. Used
+/// both to write (the engine) and to verify (the auditor, who starts from the master key).
+pub struct Chain {
+    epoch: u64,
+    next_index: u64,
+    a: SecretKey,
+    y_prev: [u8; 32],
+}
+
+impl std::fmt::Debug for Chain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Chain").field("epoch", &self.epoch).field("next_index", &self.next_index).field("a", &"<redacted>").finish()
+    }
+}
+
+impl Chain {
+    pub fn start(master: &SecretKey, epoch: u64) -> Self {
+        Self { epoch, next_index: 0, a: epoch_secret(master, epoch), y_prev: genesis(epoch) }
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    pub fn next_index(&self) -> u64 {
+        self.next_index
+    }
+
+    /// `Y` of the last entry (the genesis value before the first).
+    pub fn head_y(&self) -> [u8; 32] {
+        self.y_prev
+    }
+
+    fn advance(&mut self, y: [u8; 32]) {
+        // Replacing `a` drops (and so zeroizes) A_j: forward security.
+        self.a = crypto::derive_key("vouchsafe 2026 royalty next", self.a.expose());
+        self.y_prev = y;
+        self.next_index += 1;
+    }
+
+    /// Appends an entry: encrypts it under `K_j` and extends the hash and MAC chains.
+    pub fn append(&mut self, entry: &Entry) -> ChainedEntry {
+        let entry_key = crypto::derive_key("vouchsafe 2026 royalty entry key", self.a.expose());
+        let ciphertext = crypto::aead_seal(&entry_key, &nonce(), &aad(self.epoch, self.next_index), &entry.encode());
+        let y = running_hash(&self.y_prev, &ciphertext);
+        let z = crypto::hmac_sha256(self.a.expose(), &y);
+        let chained = ChainedEntry { epoch: self.epoch, index: self.next_index, ciphertext, y, z };
+        self.advance(y);
+        chained
+    }
+
+    /// Verifies the next entry of the chain and returns its plaintext; on success the chain
+    /// moves past it.
+    pub fn verify_next(&mut self, chained: &ChainedEntry) -> Result<Entry, ChainFault> {
+        let fault = |reason: &str| ChainFault { index: self.next_index, reason: reason.to_string() };
+        if chained.epoch != self.epoch {
+            return Err(fault(&format!("belongs to epoch {}, expected {}", chained.epoch, self.epoch)));
+        }
+        if chained.index != self.next_index {
+            return Err(fault(&format!("is numbered {}: an entry was removed, reordered or inserted", chained.index)));
+        }
+        if chained.ciphertext.len() > ENTRY_BYTES_MAX {
+            return Err(fault("ciphertext exceeds the entry size limit"));
+        }
+        let y = running_hash(&self.y_prev, &chained.ciphertext);
+        if !crypto::ct_eq(&y, &chained.y) {
+            return Err(fault("running hash Y does not follow from the previous entry and this ciphertext"));
+        }
+        let z = crypto::hmac_sha256(self.a.expose(), &y);
+        if !crypto::ct_eq(&z, &chained.z) {
+            return Err(fault("MAC Z does not verify under this epoch's key"));
+        }
+        let entry_key = crypto::derive_key("vouchsafe 2026 royalty entry key", self.a.expose());
+        let plaintext = crypto::aead_open(&entry_key, &nonce(), &aad(self.epoch, self.next_index), &chained.ciphertext)
+            .map_err(|_| fault("ciphertext does not decrypt"))?;
+        let entry: Entry = serde_json::from_slice(&plaintext).map_err(|_| fault("plaintext is not an entry"))?;
+        self.advance(y);
+        Ok(entry)
+    }
+}
+
+// ---- Merkle tree over Y_j (RFC 6962 hashing: leaves and nodes domain-separated) ----
+
+fn leaf_hash(y: &[u8; 32]) -> [u8; 32] {
+    let mut bytes = [0u8; 33];
+    bytes[1..].copy_from_slice(y);
+    crypto::hash(&bytes)
+}
+
+fn node_hash(left: &[u8; 32], right: &[u8; 32]) -> [u8; 32] {
+    let mut bytes = [0u8; 65];
+    bytes[0] = 1;
+    bytes[1..33].copy_from_slice(left);
+    bytes[33..].copy_from_slice(right);
+    crypto::hash(&bytes)
+}
+
+fn split(n: usize) -> usize {
+    // The largest power of two smaller than n (RFC 6962 §2.1).
+    let mut k = 1;
+    while k * 2 < n {
+        k *= 2;
+    }
+    k
+}
+
+/// The Merkle root over the leaves `ys` (the hash of nothing for an empty range).
+pub fn merkle_root(ys: &[[u8; 32]]) -> [u8; 32] {
+    match ys.len() {
+        0 => crypto::hash(b""),
+        1 => leaf_hash(&ys[0]),
+        n => {
+            let k = split(n);
+            node_hash(&merkle_root(&ys[..k]), &merkle_root(&ys[k..]))
+        }
+    }
+}
+
+/// The audit path of leaf `index` (siblings from the leaf up).
+pub fn merkle_proof(ys: &[[u8; 32]], index: usize) -> Vec<[u8; 32]> {
+    let mut path = Vec::new();
+    fn walk(ys: &[[u8; 32]], index: usize, path: &mut Vec<[u8; 32]>) {
+        if ys.len() <= 1 {
+            return;
+        }
+        let k = split(ys.len());
+        if index < k {
+            walk(&ys[..k], index, path);
+            path.push(merkle_root(&ys[k..]));
+        } else {
+            walk(&ys[k..], index - k, path);
+            path.push(merkle_root(&ys[..k]));
+        }
+    }
+    if index < ys.len() {
+        walk(ys, index, &mut path);
+    }
+    path
+}
+
+/// Checks that `y` is leaf `index` of a tree of `size` leaves with root `root`.
+pub fn verify_merkle_proof(y: &[u8; 32], index: usize, size: usize, path: &[[u8; 32]], root: &[u8; 32]) -> bool {
+    fn climb(hash: [u8; 32], index: usize, size: usize, path: &[[u8; 32]]) -> Option<[u8; 32]> {
+        if size <= 1 {
+            return path.is_empty().then_some(hash);
+        }
+        let (last, rest) = path.split_last()?;
+        let k = split(size);
+        if index < k {
+            climb(hash, index, k, rest).map(|left| node_hash(&left, last))
+        } else {
+            climb(hash, index - k, size - k, rest).map(|right| node_hash(last, &right))
+        }
+    }
+    index < size && climb(leaf_hash(y), index, size, path).is_some_and(|computed| crypto::ct_eq(&computed, root))
+}
+
+// ---- seals ----
+
+/// The bytes a seal's signature covers: every field but the signature.
+pub fn seal_message(seal: &RightsReportSealed) -> Vec<u8> {
+    let mut message = b"vouchsafe rights report seal v1\0".to_vec();
+    for number in [seal.epoch, seal.first_entry, seal.last_entry, seal.last_stream_seq] {
+        message.extend_from_slice(&number.to_le_bytes());
+    }
+    for hash in [&seal.head_y, &seal.head_z, &seal.merkle_root, &seal.totals_digest, &seal.prev_seal_hash] {
+        message.extend_from_slice(hash);
+    }
+    message.extend_from_slice(&(seal.engine_key_id.len() as u64).to_le_bytes());
+    message.extend_from_slice(seal.engine_key_id.as_bytes());
+    message
+}
+
+/// Signs a seal (RSA-PSS) in place with the engine's key.
+pub fn sign_seal(private: &RsaPrivate, seal: &mut RightsReportSealed) -> Result<(), crypto::CryptoError> {
+    seal.engine_key_id = private.public().key_id();
+    seal.signature = crypto::sign(private, &seal_message(seal))?;
+    Ok(())
+}
+
+/// Checks a seal's signature with the engine's public key.
+pub fn verify_seal(public: &RsaPublic, seal: &RightsReportSealed) -> bool {
+    seal.engine_key_id == public.key_id() && crypto::verify(public, &seal_message(seal), &seal.signature).is_ok()
+}
+
+mod hex_bytes {
+    pub fn serialize<S: serde::Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&hex::encode(bytes))
+    }
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+        let text: String = serde::Deserialize::deserialize(deserializer)?;
+        hex::decode(text).map_err(serde::de::Error::custom)
+    }
+}
+
+mod hex_array {
+    pub fn serialize<S: serde::Serializer>(bytes: &[u8; 32], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&hex::encode(bytes))
+    }
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<[u8; 32], D::Error> {
+        let text: String = serde::Deserialize::deserialize(deserializer)?;
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(text, &mut bytes).map_err(serde::de::Error::custom)?;
+        Ok(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests;
