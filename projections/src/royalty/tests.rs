@@ -3,7 +3,7 @@ use engine::crypto::test_keys;
 
 fn entry(i: u64) -> Entry {
     Entry {
-        kind: if i % 3 == 0 { UsageKind::Preview } else { UsageKind::Delivery },
+        kind: if i.is_multiple_of(3) { UsageKind::Preview } else { UsageKind::Delivery },
         source_seq: 100 + i,
         timestamp_ms: 1_750_000_000_000 + i as i64,
         title: format!("Track {i}"),
@@ -165,7 +165,8 @@ fn seals_verify_with_the_engine_key_only_and_cover_every_field() {
     sign_seal(&test_keys::fixed_rsa_2(), &mut resigned_by_other).expect("sign");
     assert!(!verify_seal(&public, &resigned_by_other), "a seal signed with another key is rejected");
 
-    let mutations: Vec<(&str, Box<dyn Fn(&mut RightsReportSealed)>)> = vec![
+    type Mutation = Box<dyn Fn(&mut RightsReportSealed)>;
+    let mutations: Vec<(&str, Mutation)> = vec![
         ("epoch", Box::new(|s| s.epoch += 1)),
         ("first_entry", Box::new(|s| s.first_entry += 1)),
         ("last_entry", Box::new(|s| s.last_entry -= 1)),
