@@ -1,16 +1,19 @@
 //! Projections over the Vouchsafe event stream: pure `apply(state, &event)` functions in
 //! stream order, a digest of their state, and a live runner that follows the log.
 //!
-//! Here: voucher state (`vouchers`) and delivery allocation (`allocation`). Durable
-//! checkpoints in sled, the royalty log and totals build on this (see ARCHITECTURE.md).
+//! Here: voucher state (`vouchers`), delivery allocation (`allocation`), the royalty log
+//! with totals and seal checks (`royalty_log`, over the chain in `royalty`). Durable
+//! checkpoints in sled build on this (see ARCHITECTURE.md).
 //! What is deliberately not here: decisions. A projection advises (the allocator's
 //! choice); the decision and its inputs are recorded in events by the engine.
 
 pub mod allocation;
 pub mod royalty;
+pub mod royalty_log;
 pub mod vouchers;
 
 use engine::app::Allocator;
+use engine::domain::event::RightsReportSealed;
 use engine::domain::Recorded;
 use engine::ids::{Millis, NodeId, Seq};
 use engine::log::{EventLog, StoredEvent};
@@ -30,15 +33,22 @@ pub enum Finding {
 }
 
 /// Every projection, applied in stream order.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 pub struct Projections {
     pub last_seq: Seq,
     pub events: u64,
     pub vouchers: vouchers::VoucherBook,
     pub allocation: allocation::Allocation,
+    pub royalty: royalty_log::RoyaltyLog,
 }
 
 impl Projections {
+    /// Projections that also compute the royalty chain (they hold the master key) and
+    /// check seal signatures with the engine's public key.
+    pub fn with_royalty_keys(master: &engine::crypto::SecretKey, engine_key: Option<engine::crypto::RsaPublic>) -> Self {
+        Self { royalty: royalty_log::RoyaltyLog::with_keys(master, engine_key), ..Self::default() }
+    }
+
     /// Applies one stored event; the next sequence must follow the last one applied.
     pub fn apply(&mut self, stored: &StoredEvent) -> Result<Recorded, Finding> {
         let expected = Seq(self.last_seq.0 + 1);
@@ -52,6 +62,7 @@ impl Projections {
         }
         self.vouchers.apply(&recorded.event);
         self.allocation.apply(&recorded.event);
+        self.royalty.apply(stored.seq, &recorded.event, recorded.recorded_at.0);
         self.last_seq = stored.seq;
         self.events += 1;
         Ok(recorded)
@@ -83,6 +94,7 @@ impl Projections {
             field(&node.in_use.to_le_bytes());
             field(&[u8::from(node.active)]);
         }
+        self.royalty.digest_into(&mut field);
         *hasher.finalize().as_bytes()
     }
 }
@@ -96,8 +108,66 @@ pub struct Live {
 
 impl Live {
     pub fn new() -> Self {
+        Self::with_projections(Projections::default())
+    }
+
+    pub fn with_projections(projections: Projections) -> Self {
         let (applied, _) = tokio::sync::watch::channel(Seq(0));
-        Self { inner: Arc::default(), applied: Arc::new(applied) }
+        Self { inner: Arc::new(Mutex::new(projections)), applied: Arc::new(applied) }
+    }
+
+    /// Seals the royalty entries not sealed yet, when at least `entries_min` (≥ 1) are
+    /// waiting: builds `RightsReportSealed` from the chain, signs it with the engine's key
+    /// on the blocking pool, and appends it. `Ok(None)` when there is nothing to seal, or
+    /// another sealer sealed first.
+    pub async fn seal(&self, market: &engine::app::Market, entries_min: u64) -> Result<Option<RightsReportSealed>, SealError> {
+        use engine::domain::report::{Report, ReportCommand};
+        let unsigned = self.read(|p| {
+            let log = &p.royalty;
+            if !log.chained() {
+                return Err(SealError::NoMasterKey);
+            }
+            let first = log.next_seal_entry();
+            let count = log.entries.len() as u64;
+            if count < first.saturating_add(entries_min.max(1)) {
+                return Ok(None);
+            }
+            let last = count - 1;
+            let range = &log.entries[first as usize..];
+            let ys: Vec<[u8; 32]> = range.iter().map(|entry| entry.y).collect();
+            let head = &log.entries[last as usize];
+            Ok(Some(RightsReportSealed {
+                epoch: royalty_log::EPOCH,
+                first_entry: first,
+                last_entry: last,
+                head_y: head.y,
+                head_z: head.z,
+                merkle_root: royalty::merkle_root(&ys),
+                totals_digest: log.usage_digest(last).unwrap_or([0; 32]),
+                prev_seal_hash: log.seals.last().map_or([0; 32], Report::seal_hash),
+                engine_key_id: String::new(),
+                signature: vec![],
+                last_stream_seq: log.source_seqs[last as usize],
+            }))
+        })?;
+        let Some(mut seal) = unsigned else { return Ok(None) };
+        let keys = Arc::clone(market.keys());
+        let seal_to_sign = seal.clone();
+        seal = tokio::task::spawn_blocking(move || {
+            let mut seal = seal_to_sign;
+            royalty::sign_seal(&keys.private, &mut seal).map(|()| seal)
+        })
+        .await
+        .map_err(|e| SealError::Append(e.to_string()))?
+        .map_err(|e| SealError::Append(e.to_string()))?;
+        let request = engine::ids::RequestId(format!("seal-{}-{}", seal.epoch, seal.first_entry));
+        match market.handler().handle::<Report>("rights", &engine::domain::Actor::engine(), &request, &ReportCommand::Seal(seal.clone())).await {
+            Ok(handled) if handled.repeated => Ok(None),
+            Ok(_) => Ok(Some(seal)),
+            // Another sealer covered these entries first: the chain of seals stands.
+            Err(engine::handler::HandleError::Rejected(engine::domain::Rejection::InvalidArgument { .. })) => Ok(None),
+            Err(error) => Err(SealError::Append(error.to_string())),
+        }
     }
 
     /// Runs `f` on the current projections.
@@ -136,6 +206,14 @@ impl Allocator for Live {
     fn choose(&self, region: Option<&str>) -> Option<NodeId> {
         self.read(|p| p.allocation.choose(region))
     }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SealError {
+    #[error("the royalty chain needs the royalty master key (A_0 of the epoch); pass --keys with royalty-master.key")]
+    NoMasterKey,
+    #[error("appending the seal failed: {0}")]
+    Append(String),
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,301 @@
+//! The royalty-log projection: one chained entry per `Delivered` media item and per
+//! `PreviewEnded`, in stream order, enriched from the catalog and the sale; royalty
+//! totals; and the check of every `RightsReportSealed` against the chain it covers.
+//!
+//! The chain needs the epoch's `A_0`, derived from the royalty master key, which lives
+//! only in the engine's and the auditor's key files. Without it this projection still
+//! computes totals, and says that the royalty chain needs `A_0`.
+
+use crate::royalty::{self, Chain, ChainedEntry, Entry, UsageKind};
+use engine::crypto::{RsaPublic, SecretKey};
+use engine::domain::event::{Event, RightsReportSealed, RoyaltyTerms};
+use engine::domain::report::Report;
+use engine::ids::{MediaId, PreviewId, Seq, VoucherId};
+use std::collections::BTreeMap;
+
+/// The epoch every chain currently starts in (key rotation will add epochs).
+pub const EPOCH: u64 = 1;
+
+#[derive(Clone, Debug, Default)]
+struct MediaInfo {
+    title: String,
+    artist: String,
+    authors: Vec<String>,
+    length_ms: u64,
+    image_descriptor: String,
+    terms: RoyaltyTerms,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Sale {
+    merchant: String,
+    currency: String,
+    prices: BTreeMap<MediaId, u64>,
+}
+
+/// A totals dimension (DESIGN.md: by artist, track, rights agent, merchant, period).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub enum Dimension {
+    Artist,
+    Media,
+    RightsAgent,
+    Merchant,
+    /// Calendar month (UTC), "YYYY-MM".
+    Period,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TotalsLine {
+    pub deliveries: u64,
+    pub previews: u64,
+    /// Royalty-bearing sale amount (deliveries only), in minor units.
+    pub amount_minor: u64,
+}
+
+/// Why a recorded seal does not match the chain.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("seal at sequence {seq} (entries {first_entry}..={last_entry}): {reason}")]
+pub struct SealFault {
+    pub seq: Seq,
+    pub first_entry: u64,
+    pub last_entry: u64,
+    pub reason: String,
+}
+
+#[derive(Debug, Default)]
+pub struct RoyaltyLog {
+    catalog: BTreeMap<MediaId, MediaInfo>,
+    sales: BTreeMap<VoucherId, Sale>,
+    previews: BTreeMap<PreviewId, String>,
+    chain: Option<Chain>,
+    engine_key: Option<RsaPublic>,
+    /// The chained entries, in order.
+    pub entries: Vec<ChainedEntry>,
+    /// Stream sequence of each entry's source event.
+    pub source_seqs: Vec<u64>,
+    /// The usage digest after each entry (what a seal's `totals_digest` commits to).
+    usage_digests: Vec<[u8; 32]>,
+    /// Usage counted (with or without the chain).
+    pub usages: u64,
+    pub totals: BTreeMap<(Dimension, String), TotalsLine>,
+    pub seals: Vec<RightsReportSealed>,
+    pub seals_verified: u64,
+    pub seal_faults: Vec<SealFault>,
+}
+
+impl RoyaltyLog {
+    /// A log that can chain (it holds the master key) and check seal signatures.
+    pub fn with_keys(master: &SecretKey, engine_key: Option<RsaPublic>) -> Self {
+        Self { chain: Some(Chain::start(master, EPOCH)), engine_key, ..Self::default() }
+    }
+
+    /// Whether the royalty chain is being computed (the master key was given).
+    pub fn chained(&self) -> bool {
+        self.chain.is_some()
+    }
+
+    /// The next entry a seal must start at.
+    pub fn next_seal_entry(&self) -> u64 {
+        self.seals.last().map_or(0, |seal| seal.last_entry + 1)
+    }
+
+    /// The usage digest after entry `index`.
+    pub fn usage_digest(&self, index: u64) -> Option<[u8; 32]> {
+        self.usage_digests.get(usize::try_from(index).ok()?).copied()
+    }
+
+    pub fn apply(&mut self, seq: Seq, event: &Event, recorded_at_ms: i64) {
+        match event {
+            Event::MediaPublished(media) => {
+                self.catalog.insert(
+                    media.media_id.clone(),
+                    MediaInfo {
+                        title: media.title.clone(),
+                        artist: media.artist.clone(),
+                        authors: media.authors.clone(),
+                        length_ms: media.length_ms,
+                        image_descriptor: media.image_descriptor.clone(),
+                        terms: media.terms.clone(),
+                    },
+                );
+            }
+            Event::Reserved { voucher_id, merchant_id, items, currency, .. } => {
+                let prices = items.iter().map(|item| (item.media_id.clone(), item.price_minor)).collect();
+                self.sales.insert(voucher_id.clone(), Sale { merchant: merchant_id.0.clone(), currency: currency.clone(), prices });
+            }
+            Event::PreviewStarted { preview_id, merchant_id, .. } => {
+                self.previews.insert(preview_id.clone(), merchant_id.0.clone());
+            }
+            Event::Delivered { voucher_id, media_id, cert_serial, .. } => {
+                let sale = self.sales.get(voucher_id).cloned().unwrap_or_default();
+                let price = sale.prices.get(media_id).copied().unwrap_or(0);
+                let entry = self.entry(UsageKind::Delivery, seq, recorded_at_ms, media_id, voucher_id.as_str(), &cert_serial.0, &sale.merchant, price, &sale.currency, 0);
+                self.record(entry);
+            }
+            Event::PreviewEnded { preview_id, played_ms, media_id, .. } => {
+                let merchant = self.previews.get(preview_id).cloned().unwrap_or_default();
+                let entry = self.entry(UsageKind::Preview, seq, recorded_at_ms, media_id, "", "", &merchant, 0, "", *played_ms);
+                self.record(entry);
+            }
+            Event::RightsReportSealed(seal) => self.check_seal(seq, seal),
+            _ => {}
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn entry(
+        &self,
+        kind: UsageKind,
+        seq: Seq,
+        timestamp_ms: i64,
+        media_id: &MediaId,
+        voucher_id: &str,
+        consumer_cert: &str,
+        merchant: &str,
+        sale_price_minor: u64,
+        currency: &str,
+        played_ms: u64,
+    ) -> Entry {
+        let media = self.catalog.get(media_id).cloned().unwrap_or_default();
+        Entry {
+            kind,
+            source_seq: seq.0,
+            timestamp_ms,
+            title: media.title,
+            artist: media.artist,
+            authors: media.authors,
+            length_ms: media.length_ms,
+            sale_price_minor,
+            currency: currency.to_string(),
+            consumer_cert: consumer_cert.to_string(),
+            voucher_id: voucher_id.to_string(),
+            media_id: media_id.0.clone(),
+            image_descriptor: media.image_descriptor,
+            merchant: merchant.to_string(),
+            rights_agent: media.terms.rights_agent,
+            distributor: media.terms.distributor,
+            owner: media.terms.owner,
+            played_ms,
+        }
+    }
+
+    fn record(&mut self, entry: Entry) {
+        add_to_totals(&mut self.totals, &entry);
+        self.usages += 1;
+        if let Some(chain) = &mut self.chain {
+            let previous = self.usage_digests.last().copied().unwrap_or([0; 32]);
+            self.usage_digests.push(usage_digest(&previous, &entry));
+            self.source_seqs.push(entry.source_seq);
+            self.entries.push(chain.append(&entry));
+        }
+    }
+
+    fn check_seal(&mut self, seq: Seq, seal: &RightsReportSealed) {
+        let fault = |reason: String| SealFault { seq, first_entry: seal.first_entry, last_entry: seal.last_entry, reason };
+        let expected_prev = self.seals.last().map_or([0; 32], Report::seal_hash);
+        let problem = if seal.prev_seal_hash != expected_prev {
+            Some("does not link to the previous seal".to_string())
+        } else if seal.first_entry != self.next_seal_entry() || seal.last_entry < seal.first_entry {
+            Some(format!("does not continue the sealed range (next entry {})", self.next_seal_entry()))
+        } else if self.engine_key.as_ref().is_some_and(|key| !royalty::verify_seal(key, seal)) {
+            Some("signature does not verify with the engine key".to_string())
+        } else {
+            None
+        };
+        let problem = problem.or_else(|| {
+            if self.chain.is_none() {
+                return None;
+            }
+            let last = usize::try_from(seal.last_entry).ok().filter(|&last| last < self.entries.len());
+            let Some(last) = last else { return Some(format!("covers entries up to {} but the log has {}", seal.last_entry, self.entries.len())) };
+            let first = usize::try_from(seal.first_entry).unwrap_or(usize::MAX);
+            let ys: Vec<[u8; 32]> = self.entries[first..=last].iter().map(|e| e.y).collect();
+            if self.entries[last].y != seal.head_y || self.entries[last].z != seal.head_z {
+                Some("head Y/Z differ from the chain".into())
+            } else if royalty::merkle_root(&ys) != seal.merkle_root {
+                Some("Merkle root differs from the chain".into())
+            } else if self.usage_digests[last] != seal.totals_digest {
+                Some("totals digest differs from the entries".into())
+            } else {
+                None
+            }
+        });
+        match problem {
+            Some(reason) => self.seal_faults.push(fault(reason)),
+            None => self.seals_verified += 1,
+        }
+        self.seals.push(seal.clone());
+    }
+
+    /// Feeds the state digest: the chain head, the usage digest, the totals and seals.
+    pub fn digest_into(&self, field: &mut dyn FnMut(&[u8])) {
+        field(&self.usages.to_le_bytes());
+        field(&(self.entries.len() as u64).to_le_bytes());
+        field(&self.entries.last().map_or([0; 32], |e| e.y));
+        field(&self.usage_digests.last().copied().unwrap_or([0; 32]));
+        field(&(self.totals.len() as u64).to_le_bytes());
+        for ((dimension, key), line) in &self.totals {
+            field(&[*dimension as u8]);
+            field(key.as_bytes());
+            field(&line.deliveries.to_le_bytes());
+            field(&line.previews.to_le_bytes());
+            field(&line.amount_minor.to_le_bytes());
+        }
+        field(&(self.seals.len() as u64).to_le_bytes());
+        field(&self.seals.last().map_or([0; 32], Report::seal_hash));
+    }
+}
+
+/// The running digest of usage lines: `T_j = blake3(T_{j-1} ‖ canonical entry j)`.
+pub fn usage_digest(previous: &[u8; 32], entry: &Entry) -> [u8; 32] {
+    let mut bytes = previous.to_vec();
+    bytes.extend_from_slice(&serde_json::to_vec(entry).expect("an Entry always serializes"));
+    engine::crypto::hash(&bytes)
+}
+
+/// Adds one usage to the totals of every dimension.
+pub fn add_to_totals(totals: &mut BTreeMap<(Dimension, String), TotalsLine>, entry: &Entry) {
+    for (dimension, key) in [
+        (Dimension::Artist, entry.artist.clone()),
+        (Dimension::Media, entry.media_id.clone()),
+        (Dimension::RightsAgent, entry.rights_agent.clone()),
+        (Dimension::Merchant, entry.merchant.clone()),
+        (Dimension::Period, month_of(entry.timestamp_ms)),
+    ] {
+        let line = totals.entry((dimension, key)).or_default();
+        match entry.kind {
+            UsageKind::Delivery => {
+                line.deliveries += 1;
+                line.amount_minor = line.amount_minor.saturating_add(entry.sale_price_minor);
+            }
+            UsageKind::Preview => line.previews += 1,
+        }
+    }
+}
+
+/// "YYYY-MM" (UTC) of a Unix time in milliseconds (Howard Hinnant's civil-from-days).
+pub fn month_of(ms: i64) -> String {
+    let days = ms.div_euclid(86_400_000);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn months_from_unix_time() {
+        assert_eq!(month_of(0), "1970-01");
+        assert_eq!(month_of(951_782_400_000), "2000-02"); // 2000-02-29
+        assert_eq!(month_of(1_795_392_000_000), "2026-11"); // 2026-11-23
+        assert_eq!(month_of(-1), "1969-12");
+    }
+}
