@@ -1,9 +1,11 @@
-//! Test harness shared by the end-to-end tests in `tests/`: a real nats-server that the
-//! test starts on a free 127.0.0.1 port with a temporary store and stops by its own PID.
-//! It never touches a server it did not start. A missing binary is an error that says how
-//! to install it; tests fail on it, they never skip.
+//! Test harness shared by the end-to-end tests in `tests/`: real nats-server processes
+//! that the test starts on free 127.0.0.1 ports with temporary stores and stops by their
+//! own PIDs: a single node (`NatsServer`) that can be killed (SIGKILL) and restarted on the
+//! same port and store, and a local cluster (`NatsCluster`) whose nodes can be killed and
+//! restarted one by one. It never touches a server it did not start. A missing binary is an
+//! error that says how to install it; tests fail on it, they never skip.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -26,8 +28,10 @@ pub enum HarnessError {
     TooOld { found: String },
     #[error("cannot run {binary}: {reason}")]
     Spawn { binary: PathBuf, reason: String },
-    #[error("nats-server did not accept connections on 127.0.0.1:{port} within {STARTUP_TIMEOUT_MS} ms")]
-    NotReady { port: u16 },
+    #[error(
+        "nats-server did not accept connections on 127.0.0.1:{port} (or JetStream was not healthy) in time; its log ends with:\n{log_tail}"
+    )]
+    NotReady { port: u16, log_tail: String },
     #[error("harness I/O failed: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -35,7 +39,11 @@ pub enum HarnessError {
 /// Finds the nats-server binary: `$NATS_SERVER`, then `PATH`, then the project's `.venv`.
 pub fn find_binary() -> Result<PathBuf, HarnessError> {
     if let Some(path) = std::env::var_os("NATS_SERVER").map(PathBuf::from) {
-        return if path.is_file() { Ok(path) } else { Err(HarnessError::NotFound) };
+        return if path.is_file() {
+            Ok(path)
+        } else {
+            Err(HarnessError::NotFound)
+        };
     }
     if let Some(paths) = std::env::var_os("PATH") {
         for dir in std::env::split_paths(&paths) {
@@ -46,26 +54,52 @@ pub fn find_binary() -> Result<PathBuf, HarnessError> {
         }
     }
     let local = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/nats-server");
-    if local.is_file() { Ok(local) } else { Err(HarnessError::NotFound) }
+    if local.is_file() {
+        Ok(local)
+    } else {
+        Err(HarnessError::NotFound)
+    }
 }
 
 /// Parses `nats-server: v2.15.1` into (2, 15, 1).
 pub fn parse_version(output: &str) -> Option<(u32, u32, u32)> {
-    let version = output.split_whitespace().find_map(|word| word.strip_prefix('v'))?;
+    let version = output
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix('v'))?;
     let mut parts = version.split(['.', '-']).map(|part| part.parse::<u32>());
-    Some((parts.next()?.ok()?, parts.next()?.ok()?, parts.next()?.ok()?))
+    Some((
+        parts.next()?.ok()?,
+        parts.next()?.ok()?,
+        parts.next()?.ok()?,
+    ))
 }
 
 pub fn binary_version(binary: &Path) -> Result<(u32, u32, u32), HarnessError> {
-    let output = Command::new(binary).arg("--version").output().map_err(|e| HarnessError::Spawn { binary: binary.into(), reason: e.to_string() })?;
+    let output = Command::new(binary)
+        .arg("--version")
+        .output()
+        .map_err(|e| HarnessError::Spawn {
+            binary: binary.into(),
+            reason: e.to_string(),
+        })?;
     let text = String::from_utf8_lossy(&output.stdout).to_string();
-    parse_version(&text).ok_or(HarnessError::TooOld { found: text.trim().to_string() })
+    parse_version(&text).ok_or(HarnessError::TooOld {
+        found: text.trim().to_string(),
+    })
+}
+
+/// When JetStream fsyncs: `Always` (every write, before its ack: what vouchsafe requires)
+/// or the server's default (lazy, every couple of minutes; for measurements only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fsync {
+    Always,
+    ServerDefault,
 }
 
 /// A nats-server this test started. Dropping it kills the process (by its PID) and
 /// removes its store.
 pub struct NatsServer {
-    child: Child,
+    process: Process,
     pub port: u16,
     pub store: tempfile::TempDir,
     pub version: (u32, u32, u32),
@@ -74,30 +108,45 @@ pub struct NatsServer {
 impl NatsServer {
     /// Starts a single JetStream server with `sync_interval: always` (fsync per write).
     pub fn start() -> Result<Self, HarnessError> {
-        let binary = find_binary()?;
-        let version = binary_version(&binary)?;
-        if version < NATS_SERVER_MIN {
-            return Err(HarnessError::TooOld { found: format!("{}.{}.{}", version.0, version.1, version.2) });
-        }
+        Self::start_with(Fsync::Always)
+    }
+
+    /// Starts a single JetStream server with the given fsync policy.
+    pub fn start_with(fsync: Fsync) -> Result<Self, HarnessError> {
+        let (binary, version) = checked_binary()?;
         let store = tempfile::tempdir()?;
         let port = free_port()?;
+        let monitor_port = free_port()?;
         let config = store.path().join("nats.conf");
+        let sync = match fsync {
+            Fsync::Always => "  sync_interval: always\n",
+            Fsync::ServerDefault => "",
+        };
         std::fs::write(
             &config,
             format!(
-                "listen: 127.0.0.1:{port}\nhttp: 0\njetstream {{\n  store_dir: \"{}\"\n  sync_interval: always\n}}\n",
+                "listen: 127.0.0.1:{port}\nhttp: 127.0.0.1:{monitor_port}\njetstream {{\n  store_dir: \"{}\"\n{sync}}}\n",
                 store.path().join("js").display()
             ),
         )?;
-        let child = Command::new(&binary)
-            .arg("-c")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| HarnessError::Spawn { binary: binary.clone(), reason: e.to_string() })?;
-        let server = Self { child, port, store, version };
-        server.wait_ready()?;
+        let mut process = Process {
+            binary,
+            config,
+            child: None,
+            pid: 0,
+            port,
+            monitor_port,
+        };
+        process.spawn()?;
+        let server = Self {
+            process,
+            port,
+            store,
+            version,
+        };
+        server
+            .process
+            .wait_ready(Duration::from_millis(STARTUP_TIMEOUT_MS))?;
         Ok(server)
     }
 
@@ -105,35 +154,215 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// The PID of the current (or last) process.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid
     }
 
     /// The server's INFO line (JSON), read from a fresh connection.
     pub fn info(&self) -> Result<serde_json::Value, HarnessError> {
-        let stream = TcpStream::connect(("127.0.0.1", self.port))?;
-        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        let mut line = String::new();
-        BufReader::new(stream).read_line(&mut line)?;
-        let json = line.trim().strip_prefix("INFO ").unwrap_or_default();
-        serde_json::from_str(json).map_err(|e| HarnessError::Io(std::io::Error::other(e)))
-    }
-
-    fn wait_ready(&self) -> Result<(), HarnessError> {
-        let deadline = Instant::now() + Duration::from_millis(STARTUP_TIMEOUT_MS);
-        while Instant::now() < deadline {
-            if self.info().is_ok() {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Err(HarnessError::NotReady { port: self.port })
+        read_info(self.port)
     }
 
     /// Stops the server (SIGKILL to our own child) and waits for it to exit.
     pub fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.kill();
+    }
+
+    /// Kills the server with SIGKILL, as a crash would; the store stays for `restart`.
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
+    /// Kills the server (SIGKILL) if it runs, then starts it again on the same port and
+    /// store, and waits until it accepts connections and JetStream reports healthy.
+    pub fn restart(&mut self) -> Result<(), HarnessError> {
+        self.process.kill();
+        self.process.spawn()?;
+        self.process
+            .wait_ready(Duration::from_millis(STARTUP_TIMEOUT_MS))
+    }
+}
+
+/// A local JetStream cluster this test started: every node on loopback ports with its own
+/// store and `sync_interval: always`, routes to all the others. Dropping it kills every
+/// node (by PID) and removes the stores.
+pub struct NatsCluster {
+    nodes: Vec<ClusterNode>,
+    pub version: (u32, u32, u32),
+}
+
+struct ClusterNode {
+    process: Process,
+    _store: tempfile::TempDir,
+}
+
+/// How long a cluster may take to elect its JetStream meta leader after its nodes start.
+pub const CLUSTER_STARTUP_TIMEOUT_MS: u64 = 30_000;
+
+impl NatsCluster {
+    /// Starts `size` nodes and waits until each accepts connections and JetStream is healthy
+    /// on each (a meta leader is elected).
+    pub fn start(size: usize) -> Result<Self, HarnessError> {
+        let (binary, version) = checked_binary()?;
+        let ports = (0..size)
+            .map(|_| Ok((free_port()?, free_port()?, free_port()?)))
+            .collect::<Result<Vec<_>, HarnessError>>()?;
+        let routes = ports
+            .iter()
+            .map(|(_, cluster_port, _)| format!("nats-route://127.0.0.1:{cluster_port}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut nodes = Vec::with_capacity(size);
+        for (index, (port, cluster_port, monitor_port)) in ports.iter().copied().enumerate() {
+            let store = tempfile::tempdir()?;
+            let config = store.path().join("nats.conf");
+            std::fs::write(
+                &config,
+                format!(
+                    "server_name: n{index}\nlisten: 127.0.0.1:{port}\nhttp: 127.0.0.1:{monitor_port}\n\
+                     jetstream {{\n  store_dir: \"{}\"\n  sync_interval: always\n}}\n\
+                     cluster {{\n  name: vouchsafe-test\n  listen: 127.0.0.1:{cluster_port}\n  routes: [{routes}]\n}}\n",
+                    store.path().join("js").display()
+                ),
+            )?;
+            let mut process = Process {
+                binary: binary.clone(),
+                config,
+                child: None,
+                pid: 0,
+                port,
+                monitor_port,
+            };
+            process.spawn()?;
+            nodes.push(ClusterNode {
+                process,
+                _store: store,
+            });
+        }
+        let cluster = Self { nodes, version };
+        for node in &cluster.nodes {
+            node.process
+                .wait_ready(Duration::from_millis(CLUSTER_STARTUP_TIMEOUT_MS))?;
+        }
+        Ok(cluster)
+    }
+
+    /// Every node's client URL, comma-separated (what `JetStreamLog::connect` takes).
+    pub fn url(&self) -> String {
+        (0..self.nodes.len())
+            .map(|index| self.node_url(index))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn node_url(&self, index: usize) -> String {
+        format!("nats://127.0.0.1:{}", self.nodes[index].process.port)
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    pub fn pid(&self, index: usize) -> u32 {
+        self.nodes[index].process.pid
+    }
+
+    /// Kills node `index` with SIGKILL; its store stays for `restart`.
+    pub fn kill(&mut self, index: usize) {
+        self.nodes[index].process.kill();
+    }
+
+    /// Kills node `index` if it runs, starts it again on the same ports and store, and waits
+    /// until it accepts connections and reports JetStream healthy (caught up).
+    pub fn restart(&mut self, index: usize) -> Result<(), HarnessError> {
+        let process = &mut self.nodes[index].process;
+        process.kill();
+        process.spawn()?;
+        process.wait_ready(Duration::from_millis(CLUSTER_STARTUP_TIMEOUT_MS))
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            node.process.kill();
+        }
+    }
+}
+
+/// One nats-server process of ours: its binary, configuration and ports, so it can be
+/// started again exactly as before.
+struct Process {
+    binary: PathBuf,
+    config: PathBuf,
+    child: Option<Child>,
+    pid: u32,
+    port: u16,
+    monitor_port: u16,
+}
+
+impl Process {
+    fn spawn(&mut self) -> Result<(), HarnessError> {
+        // The server logs to stderr; every run of this process appends to one file next to
+        // its configuration, so a failure can show what the server said.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())?;
+        let child = Command::new(&self.binary)
+            .arg("-c")
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .map_err(|e| HarnessError::Spawn {
+                binary: self.binary.clone(),
+                reason: e.to_string(),
+            })?;
+        self.pid = child.id();
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILL to our own child (never by name), then reap it.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Waits until the server answers INFO and its monitoring endpoint reports healthy
+    /// (JetStream up, streams recovered, in a cluster a meta leader known).
+    fn wait_ready(&self, timeout: Duration) -> Result<(), HarnessError> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if read_info(self.port).is_ok() && healthz(self.monitor_port) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(HarnessError::NotReady {
+            port: self.port,
+            log_tail: self.log_tail(),
+        })
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.config.with_extension("log")
+    }
+
+    /// The last lines the server logged (across its restarts).
+    fn log_tail(&self) -> String {
+        const LOG_TAIL_LINES: usize = 20;
+        let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
     }
 }
 
@@ -141,6 +370,39 @@ impl Drop for NatsServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+fn checked_binary() -> Result<(PathBuf, (u32, u32, u32)), HarnessError> {
+    let binary = find_binary()?;
+    let version = binary_version(&binary)?;
+    if version < NATS_SERVER_MIN {
+        return Err(HarnessError::TooOld {
+            found: format!("{}.{}.{}", version.0, version.1, version.2),
+        });
+    }
+    Ok((binary, version))
+}
+
+fn read_info(port: u16) -> Result<serde_json::Value, HarnessError> {
+    let stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line)?;
+    let json = line.trim().strip_prefix("INFO ").unwrap_or_default();
+    serde_json::from_str(json).map_err(|e| HarnessError::Io(std::io::Error::other(e)))
+}
+
+/// `GET /healthz` on the monitoring port: 200 once JetStream is ready.
+fn healthz(monitor_port: u16) -> bool {
+    let probe = || -> std::io::Result<bool> {
+        let mut stream = TcpStream::connect(("127.0.0.1", monitor_port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+        stream.write_all(b"GET /healthz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+        let mut status = String::new();
+        BufReader::new(stream).read_line(&mut status)?;
+        Ok(status.split_whitespace().nth(1) == Some("200"))
+    };
+    probe().unwrap_or(false)
 }
 
 fn free_port() -> Result<u16, HarnessError> {

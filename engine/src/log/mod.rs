@@ -13,12 +13,15 @@
 //!   and stores nothing;
 //! - an append whose idempotency key was already stored (within the dedupe window; the
 //!   embedded log never forgets) stores nothing and answers the original sequence with
-//!   `duplicate = true`. The dedupe check comes before the expectation check, as in
-//!   nats-server, so a retried append whose first attempt succeeded is not a conflict;
+//!   `duplicate = true`. Dedupe takes precedence over the expectation check, so a retried
+//!   append whose first attempt succeeded is not a conflict. (A clustered nats-server
+//!   checks in that order; a single nats-server 2.15 checks the expectation first, and the
+//!   JetStream backend reconciles: after a refused expectation it looks for its own key.)
 //! - reads return events in sequence order; `follow` yields every event from a sequence on,
 //!   then waits for new ones, with no gap and no duplicate.
 
 pub mod embedded;
+pub mod jetstream;
 #[cfg(any(test, feature = "test-util"))]
 pub mod conformance;
 
