@@ -1,4 +1,4 @@
-//! `vouchsafe demo`: the whole market end to end in one process, on the embedded log.
+//! `vouchsafe demo`: the whole market end to end in one process.
 //!
 //! A publisher encrypts media under fresh keys and wraps them for the engine; the operator
 //! registers merchants and delivery nodes and certifies players (RSA passports); merchants
@@ -7,9 +7,10 @@
 //! player, which proves it holds the receipt; the engine re-wraps each media key for the
 //! player, which decrypts and verifies the content. Previews run alongside.
 //!
-//! This first version drives `engine::app::Market` in process; the gRPC edge, the royalty
-//! chain, seals and the audit replay join it as their issues land, and until then the
-//! summary reports them as 0/false and says so.
+//! It drives `engine::app::Market` in process, on the embedded log or JetStream
+//! (`--nats-url`), keeps the royalty log live, seals it (writing the witness file), and
+//! ends with the auditor's replay of the whole stream, pinned to the newest seal. The gRPC
+//! edge joins it with its issue.
 
 use anyhow::{bail, Context};
 use engine::app::{EngineKeys, Market, PublishInput};
@@ -17,9 +18,8 @@ use engine::clock::{Clock, SystemClock};
 use engine::crypto::{self, RsaPrivate, SecretKey};
 use engine::domain::event::{Payment, PreviewClip, Rendition, RoyaltyTerms};
 use engine::ids::*;
-use engine::log::embedded::EmbeddedLog;
 use engine::log::EventLog;
-use projections::Live;
+use projections::{Live, Projections};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -35,7 +35,7 @@ const RESERVATION_TTL_MS: u64 = 15 * 60 * 1000;
 const SHORT_TTL_MS: u64 = 1;
 
 pub struct DemoArgs {
-    pub data_dir: PathBuf,
+    pub backend: crate::backend::BackendArgs,
     pub keys_dir: PathBuf,
     pub vouchers: usize,
 }
@@ -92,7 +92,8 @@ fn request(run: &str, what: &str, i: usize) -> RequestId {
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
     let started = Instant::now();
-    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("cannot create {}", args.data_dir.display()))?;
+    let data_dir = args.backend.data_dir.clone();
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
     if crate::keys::is_empty(&args.keys_dir) {
         eprintln!("creating keys in {}", args.keys_dir.display());
         crate::keys::init(&args.keys_dir)?;
@@ -101,9 +102,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
     let engine_private = crate::keys::load_engine_private(&args.keys_dir)?;
     let operator = crate::keys::load_operator_id(&args.keys_dir)?;
     let keys = Arc::new(EngineKeys::new(engine_private)?);
-    let log: Arc<dyn EventLog> = Arc::new(EmbeddedLog::open(&args.data_dir.join("log")).context("cannot open the embedded log")?);
+    let log: Arc<dyn EventLog> = args.backend.open().await?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let live = Live::new();
+    let royalty_master = crate::keys::load_royalty_master(&args.keys_dir)?;
+    let live = Live::with_projections(Projections::with_royalty_keys(&royalty_master, Some(keys.public.clone())));
     let runner = {
         let live = live.clone();
         let log = Arc::clone(&log);
@@ -178,7 +180,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
     let catalog = Arc::new(catalog);
     let players = Arc::new(players);
     let counters = Arc::new(Counters::default());
-    let players_dir = args.data_dir.join("players");
+    let players_dir = data_dir.join("players");
 
     // Merchants sell concurrently.
     let semaphore = Arc::new(tokio::sync::Semaphore::new(CONCURRENT_SALES_MAX));
@@ -203,6 +205,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
     }
     while let Some(joined) = sales.join_next().await {
         joined.context("a sale task panicked")??;
+    }
+
+    // The engine seals the royalty log: a signed report over the entries so far, written
+    // to the witness file for auditors to pin.
+    live.caught_up(log.last_seq().await?).await;
+    if let Some(seal) = live.seal(&market, 1).await? {
+        crate::audit::witness(&data_dir, &seal)?;
     }
 
     // Previews: a few, on whichever node the allocator picks.
@@ -232,12 +241,30 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
         market.drain_node(&operator, &request(&run_id, "drain", i), node).await?;
     }
 
+    // Seal what the previews and the last deliveries added, and let the projections see it.
+    live.caught_up(log.last_seq().await?).await;
+    let mut pin = None;
+    if let Some(seal) = live.seal(&market, 1).await? {
+        crate::audit::witness(&data_dir, &seal)?;
+        pin = Some(engine::domain::report::Report::seal_hash(&seal));
+    }
     let last = log.last_seq().await?;
     live.caught_up(last).await;
     runner.abort();
-    let (stream_events, digest) = live.read(|p| (p.last_seq.0, p.digest()));
+    let (stream_events, digest, royalty_entries, seals, seal_faults) =
+        live.read(|p| (p.last_seq.0, p.digest(), p.royalty.entries.len() as u64, p.royalty.seals.len() as u64, p.royalty.seal_faults.len()));
+    if seal_faults > 0 {
+        bail!("{seal_faults} rights-report seals in this stream do not match the royalty chain (were other keys used with this data dir?)");
+    }
+    // The auditor's view: replay the whole stream with the public key and the master key
+    // only, pinned to the newest seal; it must find nothing and reach the same digest.
+    let audit = projections::audit::replay(log.as_ref(), &royalty_master, &keys.public, pin, |_| {}).await?;
+    if !audit.ok() {
+        eprintln!("{}", crate::audit::describe(&audit));
+    }
+    let audit_ok = audit.ok() && audit.state_digest == hex::encode(digest);
     let summary = Summary {
-        backend: "embedded".into(),
+        backend: args.backend.name().into(),
         merchants: merchants.len(),
         nodes: nodes.len(),
         media: catalog.len(),
@@ -247,11 +274,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
         previews,
         expired,
         voided: counters.voided.load(Ordering::Relaxed),
-        royalty_entries: 0,
-        seals: 0,
+        royalty_entries,
+        seals,
         stream_events,
         state_digest: hex::encode(digest),
-        audit_ok: false,
+        audit_ok,
         elapsed_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         points_paid: counters.points_paid.load(Ordering::Relaxed),
         album_tracks_delivered: counters.album_tracks.load(Ordering::Relaxed),

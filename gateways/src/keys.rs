@@ -61,6 +61,13 @@ pub fn load_engine_private(dir: &Path) -> anyhow::Result<RsaPrivate> {
     RsaPrivate::from_pkcs8_pem(&pem).with_context(|| format!("{} is not a PKCS#8 RSA private key", path.display()))
 }
 
+/// The engine's public key: all an auditor needs besides the royalty master key.
+pub fn load_engine_public(dir: &Path) -> anyhow::Result<crypto::RsaPublic> {
+    let path = dir.join(ENGINE_PUB_PEM);
+    let pem = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    crypto::RsaPublic::from_pem(&pem).with_context(|| format!("{} is not an RSA public key", path.display()))
+}
+
 pub fn load_royalty_master(dir: &Path) -> anyhow::Result<SecretKey> {
     let path = dir.join(ROYALTY_MASTER);
     let text = zeroize::Zeroizing::new(std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?);

@@ -8,6 +8,7 @@
 //! choice); the decision and its inputs are recorded in events by the engine.
 
 pub mod allocation;
+pub mod audit;
 pub mod royalty;
 pub mod royalty_log;
 pub mod vouchers;

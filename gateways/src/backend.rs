@@ -1,0 +1,41 @@
+//! Backend selection, the same on every command that touches the log (CLI.md): the
+//! embedded sled log under `--data-dir` (the default), or JetStream at `--nats-url` with
+//! stream `--stream`. `--data-dir` always holds the command's local state.
+
+use anyhow::Context;
+use engine::log::embedded::EmbeddedLog;
+use engine::log::jetstream::{JetStreamLog, DEFAULT_STREAM};
+use engine::log::EventLog;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct BackendArgs {
+    /// Local state (projection store, player files) and, without --nats-url, the embedded log.
+    #[arg(long, default_value = "./vouchsafe-data")]
+    pub data_dir: PathBuf,
+    /// Use the JetStream log at this URL (e.g. nats://127.0.0.1:4222; comma-separated for a cluster).
+    #[arg(long)]
+    pub nats_url: Option<String>,
+    /// The JetStream stream name.
+    #[arg(long, default_value = DEFAULT_STREAM)]
+    pub stream: String,
+}
+
+impl BackendArgs {
+    /// The backend's name as reported in summaries: "embedded" or "jetstream".
+    pub fn name(&self) -> &'static str {
+        if self.nats_url.is_some() { "jetstream" } else { "embedded" }
+    }
+
+    pub async fn open(&self) -> anyhow::Result<Arc<dyn EventLog>> {
+        match &self.nats_url {
+            Some(url) => Ok(Arc::new(JetStreamLog::connect(url, &self.stream).await?)),
+            None => {
+                let dir = self.data_dir.join("log");
+                let log = EmbeddedLog::open(&dir).with_context(|| format!("cannot open the embedded log in {}", dir.display()))?;
+                Ok(Arc::new(log))
+            }
+        }
+    }
+}

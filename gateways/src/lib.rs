@@ -1,0 +1,8 @@
+//! The network edge and the command-line tool's work: backend selection, key files, the
+//! demo. `main.rs` only parses arguments and prints; everything it runs lives here, so the
+//! end-to-end tests can run it in process.
+
+pub mod audit;
+pub mod backend;
+pub mod demo;
+pub mod keys;
