@@ -151,7 +151,7 @@ mod tests {
             merchant_id_for("op", &operator_request).0,
             node_id_for("op", &operator_request).0,
             media_id_for("op", &operator_request).0,
-            cert_serial_for(&ConsumerId::new(&"x".repeat(64)), "op", &operator_request).0,
+            cert_serial_for(&ConsumerId::new("x".repeat(64)), "op", &operator_request).0,
         ] {
             assert!(is_valid_token(&id), "{id} must be a valid id and subject token");
         }

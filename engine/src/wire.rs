@@ -414,6 +414,7 @@ fn event_to_pb(event: &Event) -> E {
             engine_key_id: s.engine_key_id.clone(),
             signature: s.signature.clone(),
             last_stream_seq: s.last_stream_seq,
+            stream_head: s.stream_head.to_vec(),
         }),
         Event::PointsCredited { account_id, amount, reason } => {
             E::PointsCredited(pb::PointsCredited { account_id: account_id.0.clone(), amount: *amount, reason: reason.clone() })
@@ -554,6 +555,7 @@ fn event_of_pb(event: E) -> Result<Event, DecodeError> {
             engine_key_id: s.engine_key_id,
             signature: s.signature,
             last_stream_seq: s.last_stream_seq,
+            stream_head: array("stream_head", &s.stream_head)?,
         }),
         E::PointsCredited(e) => Event::PointsCredited { account_id: AccountId(e.account_id), amount: e.amount, reason: e.reason },
         E::PointsHeld(e) => Event::PointsHeld {

@@ -34,10 +34,27 @@ pub enum Finding {
 }
 
 /// Every projection, applied in stream order.
+/// Stream heads remembered between seals (a seal names the head at its `last_stream_seq`).
+pub const STREAM_HEADS_MAX: usize = 1_000_000;
+
+/// The running hash over stored events: `H_s = blake3(H_{s-1} ‖ s ‖ subject ‖ payload)`.
+pub fn stream_link(previous: &[u8; 32], stored: &StoredEvent) -> [u8; 32] {
+    let mut hasher = blake3::Hasher::new_derive_key("vouchsafe 2026 stream head");
+    hasher.update(previous);
+    hasher.update(&stored.seq.0.to_le_bytes());
+    hasher.update(&(stored.subject.len() as u64).to_le_bytes());
+    hasher.update(stored.subject.as_bytes());
+    hasher.update(&stored.payload);
+    *hasher.finalize().as_bytes()
+}
+
 #[derive(Debug, Default)]
 pub struct Projections {
     pub last_seq: Seq,
     pub events: u64,
+    /// The running hash over every applied event (`stream_link`).
+    pub stream_head: [u8; 32],
+    stream_heads: std::collections::VecDeque<(u64, [u8; 32])>,
     pub vouchers: vouchers::VoucherBook,
     pub allocation: allocation::Allocation,
     pub royalty: royalty_log::RoyaltyLog,
@@ -61,9 +78,25 @@ impl Projections {
         if subject != stored.subject {
             return Err(Finding::WrongSubject { seq: stored.seq, subject: stored.subject.clone(), expected: subject });
         }
+        self.stream_head = stream_link(&self.stream_head, stored);
+        self.stream_heads.push_back((stored.seq.0, self.stream_head));
+        if self.stream_heads.len() > STREAM_HEADS_MAX {
+            self.stream_heads.pop_front();
+        }
+        let sealed_head = match &recorded.event {
+            engine::domain::event::Event::RightsReportSealed(seal) => {
+                let head = self.stream_heads.iter().find(|(seq, _)| *seq == seal.last_stream_seq).map(|(_, head)| *head);
+                // The next seal names a later position: forget the heads before this one.
+                while self.stream_heads.front().is_some_and(|(seq, _)| *seq < seal.last_stream_seq) {
+                    self.stream_heads.pop_front();
+                }
+                head
+            }
+            _ => None,
+        };
         self.vouchers.apply(&recorded.event);
         self.allocation.apply(&recorded.event);
-        self.royalty.apply(stored.seq, &recorded.event, recorded.recorded_at.0);
+        self.royalty.apply(stored.seq, &recorded.event, recorded.recorded_at.0, sealed_head);
         self.last_seq = stored.seq;
         self.events += 1;
         Ok(recorded)
@@ -148,7 +181,8 @@ impl Live {
                 prev_seal_hash: log.seals.last().map_or([0; 32], Report::seal_hash),
                 engine_key_id: String::new(),
                 signature: vec![],
-                last_stream_seq: log.source_seqs[last as usize],
+                last_stream_seq: p.last_seq.0,
+                stream_head: p.stream_head,
             }))
         })?;
         let Some(mut seal) = unsigned else { return Ok(None) };

@@ -279,7 +279,7 @@ pub fn seal_message(seal: &RightsReportSealed) -> Vec<u8> {
     for number in [seal.epoch, seal.first_entry, seal.last_entry, seal.last_stream_seq] {
         message.extend_from_slice(&number.to_le_bytes());
     }
-    for hash in [&seal.head_y, &seal.head_z, &seal.merkle_root, &seal.totals_digest, &seal.prev_seal_hash] {
+    for hash in [&seal.head_y, &seal.head_z, &seal.merkle_root, &seal.totals_digest, &seal.prev_seal_hash, &seal.stream_head] {
         message.extend_from_slice(hash);
     }
     message.extend_from_slice(&(seal.engine_key_id.len() as u64).to_le_bytes());

@@ -104,7 +104,9 @@ impl RoyaltyLog {
         self.usage_digests.get(usize::try_from(index).ok()?).copied()
     }
 
-    pub fn apply(&mut self, seq: Seq, event: &Event, recorded_at_ms: i64) {
+    /// Applies one event. For a seal, `sealed_head` is the stream head at the seal's
+    /// `last_stream_seq` as this replay computed it (`None`: that position is unknown).
+    pub fn apply(&mut self, seq: Seq, event: &Event, recorded_at_ms: i64, sealed_head: Option<[u8; 32]>) {
         match event {
             Event::MediaPublished(media) => {
                 self.catalog.insert(
@@ -137,7 +139,7 @@ impl RoyaltyLog {
                 let entry = self.entry(UsageKind::Preview, seq, recorded_at_ms, media_id, "", "", &merchant, 0, "", *played_ms);
                 self.record(entry);
             }
-            Event::RightsReportSealed(seal) => self.check_seal(seq, seal),
+            Event::RightsReportSealed(seal) => self.check_seal(seq, seal, sealed_head),
             _ => {}
         }
     }
@@ -190,7 +192,7 @@ impl RoyaltyLog {
         }
     }
 
-    fn check_seal(&mut self, seq: Seq, seal: &RightsReportSealed) {
+    fn check_seal(&mut self, seq: Seq, seal: &RightsReportSealed, sealed_head: Option<[u8; 32]>) {
         let fault = |reason: String| SealFault { seq, first_entry: seal.first_entry, last_entry: seal.last_entry, reason };
         let expected_prev = self.seals.last().map_or([0; 32], Report::seal_hash);
         let problem = if seal.prev_seal_hash != expected_prev {
@@ -199,6 +201,10 @@ impl RoyaltyLog {
             Some(format!("does not continue the sealed range (next entry {})", self.next_seal_entry()))
         } else if self.engine_key.as_ref().is_some_and(|key| !royalty::verify_seal(key, seal)) {
             Some("signature does not verify with the engine key".to_string())
+        } else if seal.last_stream_seq >= seq.0 {
+            Some(format!("names stream position {}, not before the seal itself", seal.last_stream_seq))
+        } else if sealed_head != Some(seal.stream_head) {
+            Some(format!("the stream up to sequence {} differs from what the seal signed (an event was altered)", seal.last_stream_seq))
         } else {
             None
         };

@@ -284,15 +284,23 @@ async fn royalty_entries_are_sealed_verified_and_rebuilt_by_replay() {
     let mut forged = second.clone();
     forged.totals_digest[0] ^= 1;
     projections::royalty::sign_seal(&test_keys::fixed_rsa(), &mut forged).expect("sign");
-    let mut checker = projections::royalty_log::RoyaltyLog::with_keys(&master, Some(engine_public));
-    for event in &stored {
-        let recorded = engine::wire::decode(&event.payload).expect("decode");
-        let event_to_apply = match &recorded.event {
-            engine::domain::event::Event::RightsReportSealed(s) if s == &second => engine::domain::event::Event::RightsReportSealed(forged.clone()),
-            other => other.clone(),
-        };
-        checker.apply(event.seq, &event_to_apply, recorded.recorded_at.0);
-    }
+    let tampered: Vec<engine::log::StoredEvent> = stored
+        .iter()
+        .map(|event| {
+            let mut recorded = engine::wire::decode(&event.payload).expect("decode");
+            match &recorded.event {
+                engine::domain::event::Event::RightsReportSealed(s) if s == &second => {
+                    recorded.event = engine::domain::event::Event::RightsReportSealed(forged.clone());
+                    engine::log::StoredEvent { payload: engine::wire::encode(&recorded).into(), ..event.clone() }
+                }
+                _ => event.clone(),
+            }
+        })
+        .collect();
+    assert_ne!(tampered, stored, "negative control: the seal was replaced");
+    let mut replayed = projections::Projections::with_royalty_keys(&master, Some(engine_public));
+    replay(&tampered, &mut replayed);
+    let checker = &replayed.royalty;
     assert_eq!(checker.seals_verified, 1);
     assert_eq!(checker.seal_faults.len(), 1);
     assert!(checker.seal_faults[0].reason.contains("totals digest"), "{:?}", checker.seal_faults);

@@ -173,6 +173,8 @@ pub struct RightsReportSealed {
     pub engine_key_id: String,
     pub signature: Vec<u8>,
     pub last_stream_seq: u64,
+    /// Running hash over every stored event up to `last_stream_seq`.
+    pub stream_head: [u8; 32],
 }
 
 /// Every domain event. Each belongs to exactly one aggregate (see `Event::aggregate`).

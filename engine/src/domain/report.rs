@@ -26,6 +26,7 @@ impl Report {
         hasher.update(&seal.totals_digest);
         hasher.update(&seal.prev_seal_hash);
         hasher.update(&seal.last_stream_seq.to_le_bytes());
+        hasher.update(&seal.stream_head);
         hasher.update(&(seal.signature.len() as u64).to_le_bytes());
         hasher.update(&seal.signature);
         *hasher.finalize().as_bytes()

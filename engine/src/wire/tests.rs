@@ -414,6 +414,7 @@ fn examples() -> Vec<(Event, E)> {
                 engine_key_id: "ek-3".into(),
                 signature: vec![1, 2, 3, 4],
                 last_stream_seq: 4242,
+                stream_head: hash(13),
             }),
             E::RightsReportSealed(pb::RightsReportSealed {
                 epoch: 3,
@@ -427,6 +428,7 @@ fn examples() -> Vec<(Event, E)> {
                 engine_key_id: "ek-3".into(),
                 signature: vec![1, 2, 3, 4],
                 last_stream_seq: 4242,
+                stream_head: hash(13).to_vec(),
             }),
         ),
         (
@@ -701,8 +703,8 @@ fn arb_reserved() -> impl Strategy<Value = Event> {
 }
 
 fn arb_rights_report_sealed() -> impl Strategy<Value = Event> {
-    (u64s(), u64s(), u64s(), hash32(), hash32(), hash32(), hash32(), hash32(), text(), bytes(), u64s()).prop_map(
-        |(epoch, first_entry, last_entry, head_y, head_z, merkle_root, totals_digest, prev_seal_hash, engine_key_id, signature, last_stream_seq)| {
+    (u64s(), u64s(), u64s(), hash32(), hash32(), hash32(), hash32(), hash32(), text(), bytes(), (u64s(), hash32())).prop_map(
+        |(epoch, first_entry, last_entry, head_y, head_z, merkle_root, totals_digest, prev_seal_hash, engine_key_id, signature, (last_stream_seq, stream_head))| {
             Event::RightsReportSealed(RightsReportSealed {
                 epoch,
                 first_entry,
@@ -715,6 +717,7 @@ fn arb_rights_report_sealed() -> impl Strategy<Value = Event> {
                 engine_key_id,
                 signature,
                 last_stream_seq,
+                stream_head,
             })
         },
     )
@@ -1101,6 +1104,7 @@ fn hash_fields(event: &mut E) -> Vec<(&'static str, &mut Vec<u8>)> {
             ("merkle_root", &mut s.merkle_root),
             ("totals_digest", &mut s.totals_digest),
             ("prev_seal_hash", &mut s.prev_seal_hash),
+            ("stream_head", &mut s.stream_head),
         ],
         E::UnitBound(u) => vec![("device_public_key_hash", &mut u.device_public_key_hash), ("wrapped_key_hash", &mut u.wrapped_key_hash)],
         E::MediaWithdrawn(_)
@@ -1333,7 +1337,7 @@ fn unknown_enum_values_are_invalid() {
 /// function that overwrites it in that example's protobuf.
 type HashField = (&'static str, usize, fn(&mut E, Vec<u8>));
 
-const HASH_FIELDS: [HashField; 12] = [
+const HASH_FIELDS: [HashField; 13] = [
     ("credential_hash", 3, |e, b| if let E::MerchantRegistered(m) = e { m.credential_hash = b }),
     ("credential_hash", 5, |e, b| if let E::NodeRegistered(n) = e { n.credential_hash = b }),
     ("renditions.content_hash", 0, |e, b| if let E::MediaPublished(m) = e { m.renditions[1].content_hash = b }),
@@ -1344,6 +1348,7 @@ const HASH_FIELDS: [HashField; 12] = [
     ("merkle_root", 20, |e, b| if let E::RightsReportSealed(s) = e { s.merkle_root = b }),
     ("totals_digest", 20, |e, b| if let E::RightsReportSealed(s) = e { s.totals_digest = b }),
     ("prev_seal_hash", 20, |e, b| if let E::RightsReportSealed(s) = e { s.prev_seal_hash = b }),
+    ("stream_head", 20, |e, b| if let E::RightsReportSealed(s) = e { s.stream_head = b }),
     ("device_public_key_hash", 26, |e, b| if let E::UnitBound(u) = e { u.device_public_key_hash = b }),
     ("wrapped_key_hash", 26, |e, b| if let E::UnitBound(u) = e { u.wrapped_key_hash = b }),
 ];

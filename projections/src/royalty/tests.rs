@@ -148,6 +148,7 @@ fn seal_for(entries: &[ChainedEntry], prev: [u8; 32]) -> RightsReportSealed {
         engine_key_id: String::new(),
         signature: vec![],
         last_stream_seq: 500,
+        stream_head: [8; 32],
     };
     sign_seal(&test_keys::fixed_rsa(), &mut seal).expect("sign");
     seal
@@ -176,6 +177,7 @@ fn seals_verify_with_the_engine_key_only_and_cover_every_field() {
         ("totals_digest", Box::new(|s| s.totals_digest[0] ^= 1)),
         ("prev_seal_hash", Box::new(|s| s.prev_seal_hash[0] ^= 1)),
         ("last_stream_seq", Box::new(|s| s.last_stream_seq += 1)),
+        ("stream_head", Box::new(|s| s.stream_head[0] ^= 1)),
         ("signature", Box::new(|s| s.signature[10] ^= 1)),
     ];
     for (field, mutate) in mutations {

@@ -73,6 +73,7 @@ fn seal(epoch: u64, first_entry: u64, last_entry: u64, prev_seal_hash: [u8; 32])
         engine_key_id: "k1".into(),
         signature: vec![5; 256],
         last_stream_seq: last_entry + 100,
+        stream_head: [4; 32],
     }
 }
 fn sealed(seal: &RightsReportSealed) -> Event {
