@@ -36,8 +36,13 @@ pub const TOKEN_KEY_ID: u32 = 1;
 
 /// Chooses the delivery node for an IssueVoucher or Preview: the least loaded healthy
 /// node with a free slot, in `region` when asked. Implemented by the allocation projection.
+///
+/// `choose` holds the slot for `holder` (the voucher or preview id) until the projection
+/// applies the holder's event, so concurrent choices in this process never exceed a
+/// node's slots; `cancel` gives the slot back when the command did not append.
 pub trait Allocator: Send + Sync + 'static {
-    fn choose(&self, region: Option<&str>) -> Option<NodeId>;
+    fn choose(&self, region: Option<&str>, holder: &str) -> Option<NodeId>;
+    fn cancel(&self, holder: &str);
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -413,13 +418,17 @@ impl Market {
         self.active_merchant(merchant).await?;
         let root = self.voucher_of(voucher_id).await?;
         let by = actor(ActorKind::Merchant, &merchant.0);
-        let node = match (&root.state.node, root.has_applied(&by, request)) {
-            (Some(node), true) => node.clone(),
-            _ => self.allocator.choose(region).ok_or(Rejection::NoNodeAvailable)?,
+        let (node, held) = match &root.state.node {
+            // Already issued: the retry is answered (or another request refused) by decide.
+            Some(node) => (node.clone(), false),
+            None => (self.allocator.choose(region, &voucher_id.0).ok_or(Rejection::NoNodeAvailable)?, true),
         };
         let command = VoucherCommand::Issue { merchant: merchant.clone(), node, access_ttl_ms };
-        let handled = self.handler.handle::<Voucher>(&voucher_id.0, &by, request, &command).await?;
-        let state = handled.root.state;
+        let result = self.handler.handle::<Voucher>(&voucher_id.0, &by, request, &command).await;
+        if held && result.as_ref().map_or(true, |handled| handled.appended.is_empty()) {
+            self.allocator.cancel(&voucher_id.0);
+        }
+        let state = result?.root.state;
         let node_id = state.node.clone().ok_or(Rejection::NoNodeAvailable)?;
         let media_ids = state.media_ids();
         let media_refs: Vec<&str> = media_ids.iter().map(|m| m.0.as_str()).collect();
@@ -442,14 +451,17 @@ impl Market {
         self.active_merchant(merchant).await?;
         let preview = preview_id_for(merchant, request);
         let existing = self.handler.load::<Preview>(&preview.0).await?;
-        let node = match &existing.state.node {
-            Some(node) => node.clone(),
-            None => self.allocator.choose(region).ok_or(Rejection::NoNodeAvailable)?,
-        };
         let media = self.media(media_id).await?;
+        let (node, held) = match &existing.state.node {
+            Some(node) => (node.clone(), false),
+            None => (self.allocator.choose(region, &preview.0).ok_or(Rejection::NoNodeAvailable)?, true),
+        };
         let command = PreviewCommand::Start { preview: preview.clone(), merchant: merchant.clone(), media_id: media_id.clone(), media, node };
-        let handled = self.handler.handle::<Preview>(&preview.0, &actor(ActorKind::Merchant, &merchant.0), request, &command).await?;
-        let node = handled.root.state.node.ok_or(Rejection::NoNodeAvailable)?;
+        let result = self.handler.handle::<Preview>(&preview.0, &actor(ActorKind::Merchant, &merchant.0), request, &command).await;
+        if held && result.as_ref().map_or(true, |handled| handled.appended.is_empty()) {
+            self.allocator.cancel(&preview.0);
+        }
+        let node = result?.root.state.node.ok_or(Rejection::NoNodeAvailable)?;
         Ok((preview, node))
     }
 

@@ -22,6 +22,9 @@ pub struct Allocation {
     vouchers: BTreeMap<VoucherId, NodeId>,
     previews: BTreeMap<PreviewId, NodeId>,
     released: BTreeSet<VoucherId>,
+    /// Slots chosen but whose event this projection has not applied yet, by holder
+    /// (voucher or preview id). Not derived from the stream, so not in the digest.
+    tentative: BTreeMap<String, NodeId>,
 }
 
 impl Allocation {
@@ -41,6 +44,7 @@ impl Allocation {
                 }
             }
             Event::VoucherIssued { voucher_id, node_id, .. } => {
+                self.tentative.remove(voucher_id.as_str());
                 self.take(node_id);
                 self.vouchers.insert(voucher_id.clone(), node_id.clone());
             }
@@ -51,6 +55,7 @@ impl Allocation {
                 }
             }
             Event::PreviewStarted { preview_id, node_id, .. } => {
+                self.tentative.remove(preview_id.as_str());
                 self.take(node_id);
                 self.previews.insert(preview_id.clone(), node_id.clone());
             }
@@ -75,27 +80,48 @@ impl Allocation {
         }
     }
 
+    /// Slots of `node_id` in use or held tentatively.
+    fn load(&self, node_id: &NodeId, node: &NodeSlots) -> u32 {
+        let held = self.tentative.values().filter(|holder_node| *holder_node == node_id).count();
+        node.in_use.saturating_add(u32::try_from(held).unwrap_or(u32::MAX))
+    }
+
+    /// Chooses a node (as `choose`) and holds one of its slots for `holder` until the
+    /// holder's VoucherIssued or PreviewStarted is applied, or `cancel(holder)`.
+    pub fn choose_and_hold(&mut self, region: Option<&str>, holder: &str) -> Option<NodeId> {
+        if let Some(node) = self.tentative.get(holder) {
+            return Some(node.clone());
+        }
+        let node = self.choose(region)?;
+        self.tentative.insert(holder.to_string(), node.clone());
+        Some(node)
+    }
+
+    pub fn cancel(&mut self, holder: &str) {
+        self.tentative.remove(holder);
+    }
+
     /// The least loaded active node with a free slot; in `region` if one there has room.
     pub fn choose(&self, region: Option<&str>) -> Option<NodeId> {
-        let free = |node: &&NodeSlots| node.active && node.in_use < node.slots_max;
+        let free = |(id, node): &(&NodeId, &NodeSlots)| node.active && self.load(id, node) < node.slots_max;
         // Load as a fraction compared by cross-multiplication (no floats): a/b < c/d.
         let least_loaded = |candidates: Vec<(&NodeId, &NodeSlots)>| {
             candidates
                 .into_iter()
                 .min_by(|(a_id, a), (b_id, b)| {
-                    (u64::from(a.in_use) * u64::from(b.slots_max))
-                        .cmp(&(u64::from(b.in_use) * u64::from(a.slots_max)))
+                    (u64::from(self.load(a_id, a)) * u64::from(b.slots_max))
+                        .cmp(&(u64::from(self.load(b_id, b)) * u64::from(a.slots_max)))
                         .then_with(|| a_id.cmp(b_id))
                 })
                 .map(|(id, _)| id.clone())
         };
         if let Some(region) = region {
-            let local: Vec<_> = self.nodes.iter().filter(|(_, n)| n.region == region).filter(|(_, n)| free(n)).collect();
+            let local: Vec<_> = self.nodes.iter().filter(|(_, n)| n.region == region).filter(free).collect();
             if let Some(node) = least_loaded(local) {
                 return Some(node);
             }
         }
-        least_loaded(self.nodes.iter().filter(|(_, n)| free(n)).collect())
+        least_loaded(self.nodes.iter().filter(free).collect())
     }
 }
 
@@ -131,6 +157,22 @@ mod tests {
         allocation.apply(&issue("v2", "b"));
         allocation.apply(&issue("v3", "b"));
         assert_eq!(allocation.choose(None), None, "every slot is taken");
+    }
+
+    #[test]
+    fn tentative_holds_count_until_the_event_is_applied_or_cancelled() {
+        let mut allocation = Allocation::default();
+        allocation.apply(&register("a", "eu", 2));
+        assert_eq!(allocation.choose_and_hold(None, "v1"), Some(NodeId::new("a")));
+        assert_eq!(allocation.choose_and_hold(None, "v1"), Some(NodeId::new("a")), "the same holder keeps its slot");
+        assert_eq!(allocation.choose_and_hold(None, "v2"), Some(NodeId::new("a")));
+        assert_eq!(allocation.choose_and_hold(None, "v3"), None, "two slots, two holds: full before any event");
+        allocation.cancel("v2");
+        assert_eq!(allocation.choose_and_hold(None, "v3"), Some(NodeId::new("a")));
+        // Applying v1's issue converts its hold into a slot in use: still full, not over.
+        allocation.apply(&issue("v1", "a"));
+        assert_eq!(allocation.choose(None), None);
+        assert_eq!(allocation.nodes[&NodeId::new("a")].in_use, 1);
     }
 
     #[test]

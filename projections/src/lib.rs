@@ -238,8 +238,12 @@ impl Live {
 }
 
 impl Allocator for Live {
-    fn choose(&self, region: Option<&str>) -> Option<NodeId> {
-        self.read(|p| p.allocation.choose(region))
+    fn choose(&self, region: Option<&str>, holder: &str) -> Option<NodeId> {
+        self.inner.lock().expect("projection lock is never poisoned: apply does not panic").allocation.choose_and_hold(region, holder)
+    }
+
+    fn cancel(&self, holder: &str) {
+        self.inner.lock().expect("projection lock is never poisoned: apply does not panic").allocation.cancel(holder);
     }
 }
 

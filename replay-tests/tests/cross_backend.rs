@@ -19,9 +19,11 @@ use std::sync::Arc;
 struct OneNode(NodeId);
 
 impl Allocator for OneNode {
-    fn choose(&self, _region: Option<&str>) -> Option<NodeId> {
+    fn choose(&self, _region: Option<&str>, _holder: &str) -> Option<NodeId> {
         Some(self.0.clone())
     }
+
+    fn cancel(&self, _holder: &str) {}
 }
 
 fn req(id: &str) -> RequestId {

@@ -16,9 +16,11 @@ use std::sync::Arc;
 struct OneNode(NodeId);
 
 impl Allocator for OneNode {
-    fn choose(&self, _region: Option<&str>) -> Option<NodeId> {
+    fn choose(&self, _region: Option<&str>, _holder: &str) -> Option<NodeId> {
         Some(self.0.clone())
     }
+
+    fn cancel(&self, _holder: &str) {}
 }
 
 struct Fixture {
@@ -304,4 +306,49 @@ async fn royalty_entries_are_sealed_verified_and_rebuilt_by_replay() {
     assert_eq!(checker.seals_verified, 1);
     assert_eq!(checker.seal_faults.len(), 1);
     assert!(checker.seal_faults[0].reason.contains("totals digest"), "{:?}", checker.seal_faults);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_issues_never_exceed_a_nodes_slots() {
+    let f = fixture().await;
+    let live = projections::Live::new();
+    let runner = {
+        let (live, log) = (live.clone(), Arc::clone(&f.log));
+        tokio::spawn(async move { live.run(log).await })
+    };
+    let keys = Arc::clone(f.market.keys());
+    let market = Arc::new(Market::new(Arc::clone(&f.log), f.clock.clone() as Arc<dyn Clock>, keys, Arc::new(live.clone())));
+    // The fixture registered one node with 8 slots; shrink it to 3.
+    let small = node_id_for("op", &req("node-small"));
+    market.register_node("op", &req("node-small"), "eu", 3).await.expect("node");
+    market.drain_node("op", &req("drain-big"), &f.node).await.expect("drain the fixture's node");
+    let mut vouchers = Vec::new();
+    for i in 0..10 {
+        let voucher = market.reserve(&f.merchant, &req(&format!("cr{i}")), std::slice::from_ref(&f.media), "high", 60_000, Payment::Merchant { payment_ref: "c".into() }).await.expect("reserve").voucher_id;
+        market.authorize(&f.merchant, &req(&format!("ca{i}")), &voucher).await.expect("authorize");
+        vouchers.push(voucher);
+    }
+    live.caught_up(f.log.last_seq().await.expect("seq")).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, voucher) in vouchers.into_iter().enumerate() {
+        let (market, merchant) = (Arc::clone(&market), f.merchant.clone());
+        tasks.spawn(async move { market.issue(&merchant, &req(&format!("ci{i}")), &voucher, None, 60_000).await.map(|answer| answer.node_id) });
+    }
+    let (mut issued, mut refused) = (0, 0);
+    while let Some(result) = tasks.join_next().await {
+        match result.expect("task") {
+            Ok(node) => {
+                assert_eq!(node, small);
+                issued += 1;
+            }
+            Err(error) => {
+                assert_eq!(rejection(error), Rejection::NoNodeAvailable);
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!((issued, refused), (3, 7));
+    live.caught_up(f.log.last_seq().await.expect("seq")).await;
+    runner.abort();
+    assert_eq!(live.read(|p| p.allocation.nodes[&small].in_use), 3);
 }
