@@ -401,6 +401,23 @@ impl Market {
         self.settle_void(&by, &request, voucher_id, &handled.root.state, VoidReason::TimedOut).await
     }
 
+    /// Settles a points hold past its expiry against its voucher: released when the voucher
+    /// never came to be (a crash between the hold and the reservation) or was voided;
+    /// the voucher expired first when it is still pending; posted when the voucher was
+    /// authorized (a crash between the authorization and the posting).
+    pub async fn settle_hold(&self, account: &AccountId, voucher_id: &VoucherId) -> Result<(), AppError> {
+        let by = Actor::engine();
+        let request = RequestId(format!("settle-{}", voucher_id.0));
+        let voucher = self.voucher_of(voucher_id).await?.state;
+        let command = match voucher.status {
+            voucher::VoucherStatus::Pending => return self.expire(voucher_id).await,
+            voucher::VoucherStatus::None | voucher::VoucherStatus::Voided => AccountCommand::Release { voucher: voucher_id.clone(), reason: VoidReason::TimedOut },
+            _ => AccountCommand::Post { voucher: voucher_id.clone() },
+        };
+        self.handler.handle::<Account>(&account.0, &by, &request, &command).await?;
+        Ok(())
+    }
+
     async fn settle_void(&self, by: &Actor, request: &RequestId, voucher_id: &VoucherId, state: &Voucher, reason: VoidReason) -> Result<(), AppError> {
         let Some(Payment::Points { account }) = &state.payment else { return Ok(()) };
         let account_root = self.handler.load::<Account>(&account.0).await?;

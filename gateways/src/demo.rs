@@ -227,12 +227,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     let last = log.last_seq().await?;
     live.caught_up(last).await;
-    let mut expired = 0;
-    for voucher in live.due(clock.now(), usize::MAX) {
-        market.expire(&voucher).await?;
-        if expiring.contains(&voucher) {
-            expired += 1;
-        }
+    let (expired, _holds_settled) = live.sweep(&market, usize::MAX).await?;
+    if expired < expiring.len() {
+        bail!("the sweeper voided {expired} of the {} reservations left to expire", expiring.len());
     }
 
     // This session's nodes go out of service, so a later run on the same stream allocates
@@ -272,7 +269,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
         delivered: counters.delivered.load(Ordering::Relaxed),
         decrypt_ok: counters.decrypt_ok.load(Ordering::Relaxed),
         previews,
-        expired,
+        expired: expired as u64,
         voided: counters.voided.load(Ordering::Relaxed),
         royalty_entries,
         seals,

@@ -120,6 +120,12 @@ impl Projections {
             field(&row.expires_at.0.to_le_bytes());
             field(&row.media_delivered.to_le_bytes());
         }
+        field(&(self.vouchers.holds.len() as u64).to_le_bytes());
+        for (expires_at, account, voucher) in &self.vouchers.holds {
+            field(&expires_at.0.to_le_bytes());
+            field(account.0.as_bytes());
+            field(voucher.0.as_bytes());
+        }
         field(&(self.allocation.nodes.len() as u64).to_le_bytes());
         for (id, node) in &self.allocation.nodes {
             field(id.0.as_bytes());
@@ -234,6 +240,30 @@ impl Live {
     /// Reservations past due at `now`, for the sweeper.
     pub fn due(&self, now: Millis, limit: usize) -> Vec<engine::ids::VoucherId> {
         self.read(|p| p.vouchers.due(now, limit))
+    }
+
+    /// One sweep at the engine clock's now: voids every reservation past due, then settles
+    /// every points hold past due (an interrupted saga). Returns (expired, holds settled).
+    pub async fn sweep(&self, market: &engine::app::Market, limit: usize) -> Result<(usize, usize), engine::app::AppError> {
+        let now = market.now();
+        let mut expired = 0;
+        for voucher in self.due(now, limit) {
+            match market.expire(&voucher).await {
+                Ok(()) => expired += 1,
+                // Another sweeper, or the merchant, got there first.
+                Err(engine::app::AppError::Rejected(_)) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        let mut settled = 0;
+        for (account, voucher) in self.read(|p| p.vouchers.due_holds(now, limit)) {
+            match market.settle_hold(&account, &voucher).await {
+                Ok(()) => settled += 1,
+                Err(engine::app::AppError::Rejected(_)) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Ok((expired, settled))
     }
 }
 

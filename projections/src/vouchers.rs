@@ -3,7 +3,7 @@
 
 use engine::domain::event::Event;
 use engine::domain::voucher::{PurchaseSet, VoucherStatus};
-use engine::ids::{MerchantId, Millis, VoucherId};
+use engine::ids::{AccountId, MerchantId, Millis, VoucherId};
 use std::collections::{BTreeMap, BTreeSet};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -20,6 +20,8 @@ pub struct VoucherBook {
     by_merchant: BTreeMap<MerchantId, BTreeSet<VoucherId>>,
     /// Pending reservations by expiry time.
     expiry: BTreeSet<(Millis, VoucherId)>,
+    /// Points held and not yet posted or released, by expiry time.
+    pub holds: BTreeSet<(Millis, AccountId, VoucherId)>,
 }
 
 impl VoucherBook {
@@ -34,6 +36,12 @@ impl VoucherBook {
                 self.expiry.insert((*expires_at, voucher_id.clone()));
             }
             Event::Authorized { voucher_id, .. } => self.set_status(voucher_id, VoucherStatus::Authorized),
+            Event::PointsHeld { account_id, voucher_id, expires_at, .. } => {
+                self.holds.insert((*expires_at, account_id.clone(), voucher_id.clone()));
+            }
+            Event::HoldPosted { account_id, voucher_id, .. } | Event::HoldReleased { account_id, voucher_id, .. } => {
+                self.holds.retain(|(_, account, voucher)| !(account == account_id && voucher == voucher_id));
+            }
             Event::Voided { voucher_id, .. } => self.set_status(voucher_id, VoucherStatus::Voided),
             Event::VoucherIssued { voucher_id, .. } | Event::DeliveryFailed { voucher_id, .. } => self.set_status(voucher_id, VoucherStatus::Issued),
             Event::RedemptionAccepted { voucher_id, .. } => self.set_status(voucher_id, VoucherStatus::Redeeming),
@@ -61,6 +69,11 @@ impl VoucherBook {
     /// Pending reservations whose expiry is before `now`: the sweeper's work list.
     pub fn due(&self, now: Millis, limit: usize) -> Vec<VoucherId> {
         self.expiry.iter().take_while(|(expires_at, _)| *expires_at < now).take(limit).map(|(_, id)| id.clone()).collect()
+    }
+
+    /// Holds past their expiry at `now`: the sweeper settles each against its voucher.
+    pub fn due_holds(&self, now: Millis, limit: usize) -> Vec<(AccountId, VoucherId)> {
+        self.holds.iter().take_while(|(expires_at, ..)| *expires_at < now).take(limit).map(|(_, a, v)| (a.clone(), v.clone())).collect()
     }
 
     pub fn by_merchant(&self, merchant: &MerchantId) -> impl Iterator<Item = &VoucherId> {

@@ -352,3 +352,55 @@ async fn concurrent_issues_never_exceed_a_nodes_slots() {
     runner.abort();
     assert_eq!(live.read(|p| p.allocation.nodes[&small].in_use), 3);
 }
+
+#[tokio::test]
+async fn the_sweeper_settles_holds_left_by_interrupted_sagas() {
+    use engine::domain::account::{Account, AccountCommand};
+    use engine::domain::voucher::{Authorize, Voucher, VoucherCommand};
+    let f = fixture().await;
+    let live = projections::Live::new();
+    let runner = {
+        let (live, log) = (live.clone(), Arc::clone(&f.log));
+        tokio::spawn(async move { live.run(log).await })
+    };
+    let account = AccountId::new("acct");
+    f.market.top_up("op", &req("top"), &account, 1_000).await.expect("top up");
+    let merchant_actor = engine::domain::Actor::new(engine::domain::ActorKind::Merchant, &f.merchant.0);
+    let now = f.clock.now();
+
+    // A crash between the hold and the reservation: points held for a voucher that never came to be.
+    let orphan = voucher_id_for(&f.merchant, &req("crashed-reserve"));
+    let hold = AccountCommand::Hold { account: account.clone(), voucher: orphan.clone(), amount: 250, expires_at: now.plus_ms(60_000) };
+    f.market.handler().handle::<Account>(&account.0, &merchant_actor, &req("crashed-reserve"), &hold).await.expect("hold");
+
+    // A crash between the authorization and the posting.
+    let paid = f.market.reserve(&f.merchant, &req("r-paid"), std::slice::from_ref(&f.media), "high", 60_000, Payment::Points { account: account.clone() }).await.expect("reserve").voucher_id;
+    let media = vec![f.market.handler().load::<engine::domain::catalog::Media>(&f.media.0).await.expect("media").state];
+    let authorize = VoucherCommand::Authorize(Authorize { merchant: f.merchant.clone(), receipt_key_id: engine::app::TOKEN_KEY_ID, media });
+    f.market.handler().handle::<Voucher>(&paid.0, &merchant_actor, &req("a-paid"), &authorize).await.expect("authorize without posting");
+
+    // A reservation nobody authorizes: the sweeper expires it and releases its points.
+    let abandoned = f.market.reserve(&f.merchant, &req("r-abandoned"), std::slice::from_ref(&f.media), "high", 60_000, Payment::Points { account: account.clone() }).await.expect("reserve").voucher_id;
+
+    let before = f.market.handler().load_fresh::<Account>(&account.0).await.expect("account").state;
+    assert_eq!((before.available(), before.held_total()), (250, 750), "negative control: three holds outstanding");
+
+    live.caught_up(f.log.last_seq().await.expect("seq")).await;
+    assert_eq!(live.sweep(&f.market, 100).await.expect("sweep"), (0, 0), "nothing is due yet");
+    f.clock.advance_ms(60_001);
+    let (expired, settled) = live.sweep(&f.market, 100).await.expect("sweep");
+    assert_eq!(expired, 1, "the abandoned reservation");
+    assert!(settled >= 2, "the orphan hold and the unposted authorization ({settled})");
+    live.caught_up(f.log.last_seq().await.expect("seq")).await;
+    let (expired_again, _) = live.sweep(&f.market, 100).await.expect("second sweep");
+    assert_eq!(expired_again, 0, "a reservation is expired once");
+    runner.abort();
+
+    let after = f.market.handler().load_fresh::<Account>(&account.0).await.expect("account").state;
+    assert_eq!(after.held_total(), 0, "no hold is left");
+    assert!(after.posted.contains(&paid), "the authorized sale is paid");
+    assert!(after.released.contains(&orphan) && after.released.contains(&abandoned));
+    assert_eq!(after.balance, 750);
+    assert_eq!(after.available(), 750);
+    assert_eq!(live.read(|p| p.vouchers.holds.len()), 0);
+}
