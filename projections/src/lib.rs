@@ -9,6 +9,7 @@
 
 pub mod allocation;
 pub mod audit;
+pub mod export;
 pub mod royalty;
 pub mod royalty_log;
 pub mod vouchers;
