@@ -95,19 +95,22 @@ pub fn genesis(epoch: u64) -> [u8; 32] {
     crypto::hash(&bytes)
 }
 
-fn nonce() -> [u8; crypto::NONCE_BYTES] {
+/// The nonce of every entry ciphertext.
+pub fn nonce() -> [u8; crypto::NONCE_BYTES] {
     // Each K_j encrypts exactly one message, so a fixed nonce never repeats under a key.
     [0; crypto::NONCE_BYTES]
 }
 
-fn aad(epoch: u64, index: u64) -> [u8; 16] {
+/// The associated data of entry `index` of `epoch` (binds a ciphertext to its position).
+pub fn aad(epoch: u64, index: u64) -> [u8; 16] {
     let mut aad = [0u8; 16];
     aad[..8].copy_from_slice(&epoch.to_le_bytes());
     aad[8..].copy_from_slice(&index.to_le_bytes());
     aad
 }
 
-fn running_hash(y_prev: &[u8; 32], ciphertext: &[u8]) -> [u8; 32] {
+/// `Y_j = blake3(Y_{j-1} ‖ C_j)`.
+pub fn running_hash(y_prev: &[u8; 32], ciphertext: &[u8]) -> [u8; 32] {
     let mut bytes = Vec::with_capacity(32 + ciphertext.len());
     bytes.extend_from_slice(y_prev);
     bytes.extend_from_slice(ciphertext);
@@ -154,9 +157,15 @@ impl Chain {
         self.next_index += 1;
     }
 
+    /// `K_j` of the next entry: what an inclusion proof reveals so a rights holder can read
+    /// that one entry. It is derived one-way from `A_j`, so it exposes no other key.
+    pub fn next_entry_key(&self) -> SecretKey {
+        crypto::derive_key("vouchsafe 2026 royalty entry key", self.a.expose())
+    }
+
     /// Appends an entry: encrypts it under `K_j` and extends the hash and MAC chains.
     pub fn append(&mut self, entry: &Entry) -> ChainedEntry {
-        let entry_key = crypto::derive_key("vouchsafe 2026 royalty entry key", self.a.expose());
+        let entry_key = self.next_entry_key();
         let ciphertext = crypto::aead_seal(&entry_key, &nonce(), &aad(self.epoch, self.next_index), &entry.encode());
         let y = running_hash(&self.y_prev, &ciphertext);
         let z = crypto::hmac_sha256(self.a.expose(), &y);
@@ -186,7 +195,7 @@ impl Chain {
         if !crypto::ct_eq(&z, &chained.z) {
             return Err(fault("MAC Z does not verify under this epoch's key"));
         }
-        let entry_key = crypto::derive_key("vouchsafe 2026 royalty entry key", self.a.expose());
+        let entry_key = self.next_entry_key();
         let plaintext = crypto::aead_open(&entry_key, &nonce(), &aad(self.epoch, self.next_index), &chained.ciphertext)
             .map_err(|_| fault("ciphertext does not decrypt"))?;
         let entry: Entry = serde_json::from_slice(&plaintext).map_err(|_| fault("plaintext is not an entry"))?;
