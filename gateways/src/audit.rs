@@ -82,3 +82,151 @@ pub fn describe(report: &AuditReport) -> String {
     }
     text
 }
+
+use projections::export::{self, ExportedLog, ProofBundle, VerifyReport};
+use projections::royalty::{Entry, UsageKind};
+
+/// `audit export --format …`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// The royalty log itself: entry ciphertexts, chain values, signed seals (JSON).
+    Log,
+    /// One usage record per line (CSV with a header).
+    Csv,
+    /// Totals by dimension and every usage record (JSON).
+    Json,
+    /// A DDEX-DSR-style tab-separated sales report (README: "The DSR export").
+    Dsr,
+}
+
+/// The territory written in DSR records: the engine sells without territories yet.
+pub const DSR_TERRITORY: &str = "WW";
+
+fn usage_row(line: usize, entry: &Entry) -> Vec<String> {
+    let clean = |text: &str| text.replace(['\t', '\n', '\r'], " ");
+    vec![
+        line.to_string(),
+        match entry.kind {
+            UsageKind::Delivery => "DELIVERY".into(),
+            UsageKind::Preview => "PREVIEW".into(),
+        },
+        if entry.kind == UsageKind::Delivery { "Y".into() } else { "N".into() },
+        clean(&entry.media_id),
+        clean(&entry.title),
+        clean(&entry.artist),
+        clean(&entry.rights_agent),
+        clean(&entry.owner),
+        clean(&entry.distributor),
+        clean(&entry.merchant),
+        DSR_TERRITORY.into(),
+        clean(&entry.voucher_id),
+        entry.timestamp_ms.to_string(),
+        entry.sale_price_minor.to_string(),
+        clean(&entry.currency),
+        entry.played_ms.to_string(),
+        entry.source_seq.to_string(),
+    ]
+}
+
+const USAGE_COLUMNS: [&str; 17] = [
+    "line", "usage", "royalty_bearing", "media_id", "title", "artist", "rights_agent", "owner", "distributor", "merchant",
+    "territory", "voucher_id", "timestamp_ms", "price_minor", "currency", "played_ms", "stream_seq",
+];
+
+/// Rebuilds the royalty log from the stream and checks it; refuses to export a stream that
+/// does not audit clean (an export must not launder tampering).
+pub async fn rebuild(backend: &crate::backend::BackendArgs, keys_dir: &Path) -> anyhow::Result<(AuditReport, ExportedLog, Vec<Entry>)> {
+    let master = crate::keys::load_royalty_master(keys_dir)?;
+    let public = crate::keys::load_engine_public(keys_dir)?;
+    let log = backend.open().await?;
+    let (report, projections) = audit::replay_full(log.as_ref(), &master, &public, None, |_| {}).await?;
+    if !report.ok() {
+        bail!("the stream does not audit clean, nothing exported:\n{}", describe(&report));
+    }
+    let exported = export::export_log(&projections.royalty);
+    let (entries, _, fault) = export::open_entries(&exported, &master);
+    if let Some(fault) = fault {
+        bail!("the rebuilt royalty log does not verify at entry {:?}: {}", fault.entry, fault.reason);
+    }
+    Ok((report, exported, entries))
+}
+
+/// Writes the export in `format` to `out`.
+pub fn write_export(format: ExportFormat, report: &AuditReport, exported: &ExportedLog, entries: &[Entry], out: &Path) -> anyhow::Result<()> {
+    let bytes = match format {
+        ExportFormat::Log => serde_json::to_vec_pretty(exported)?,
+        ExportFormat::Json => serde_json::to_vec_pretty(&serde_json::json!({ "totals": report.totals, "usages": entries }))?,
+        ExportFormat::Csv => {
+            let mut writer = csv::Writer::from_writer(Vec::new());
+            writer.write_record(USAGE_COLUMNS)?;
+            for (line, entry) in entries.iter().enumerate() {
+                writer.write_record(usage_row(line + 1, entry))?;
+            }
+            writer.into_inner().map_err(|e| anyhow::anyhow!("csv: {e}"))?
+        }
+        ExportFormat::Dsr => dsr(report, entries).into_bytes(),
+    };
+    std::fs::write(out, bytes).with_context(|| format!("cannot write {}", out.display()))
+}
+
+/// The DDEX-DSR-style flat file: HEAD, one SY01 summary per merchant (service) and
+/// territory, one RU01 record per usage, FOOT with the record counts.
+pub fn dsr(report: &AuditReport, entries: &[Entry]) -> String {
+    use std::collections::BTreeMap;
+    let mut lines = Vec::new();
+    let months: Vec<String> = entries.iter().map(|e| projections::royalty_log::month_of(e.timestamp_ms)).collect();
+    let first_month = months.iter().min().cloned().unwrap_or_default();
+    let last_month = months.iter().max().cloned().unwrap_or_default();
+    let currency = entries.iter().find(|e| !e.currency.is_empty()).map(|e| e.currency.clone()).unwrap_or_default();
+    lines.push(["HEAD", "VOUCHSAFE-DSR/1", &report.state_digest[..16.min(report.state_digest.len())], &report.last_seq.to_string(), &first_month, &last_month, &currency].join("\t"));
+    let mut summary: BTreeMap<(String, String), (u64, u64, u64)> = BTreeMap::new();
+    for entry in entries {
+        let line = summary.entry((entry.merchant.clone(), DSR_TERRITORY.to_string())).or_default();
+        match entry.kind {
+            UsageKind::Delivery => {
+                line.0 += 1;
+                line.2 += entry.sale_price_minor;
+            }
+            UsageKind::Preview => line.1 += 1,
+        }
+    }
+    for ((merchant, territory), (deliveries, previews, amount)) in &summary {
+        lines.push(["SY01", merchant, territory, &(deliveries + previews).to_string(), &deliveries.to_string(), &previews.to_string(), &amount.to_string(), &currency].join("\t"));
+    }
+    for (line, entry) in entries.iter().enumerate() {
+        lines.push(format!("RU01\t{}", usage_row(line + 1, entry).join("\t")));
+    }
+    let total: u64 = entries.iter().filter(|e| e.kind == UsageKind::Delivery).map(|e| e.sale_price_minor).sum();
+    lines.push(["FOOT", &summary.len().to_string(), &entries.len().to_string(), &total.to_string()].join("\t"));
+    let mut text = lines.join("\n");
+    text.push('\n');
+    text
+}
+
+/// `audit verify FILE`: an exported log alone.
+pub fn verify_file(file: &Path, keys_dir: &Path, pin: Option<[u8; 32]>) -> anyhow::Result<VerifyReport> {
+    let master = crate::keys::load_royalty_master(keys_dir)?;
+    let public = crate::keys::load_engine_public(keys_dir)?;
+    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let log: ExportedLog = serde_json::from_str(&text).with_context(|| format!("{} is not an exported royalty log (audit export --format log)", file.display()))?;
+    Ok(export::verify_log(&log, &master, &public, pin))
+}
+
+/// `audit prove --voucher ID`: inclusion bundles for the voucher's deliveries.
+pub async fn prove(backend: &crate::backend::BackendArgs, keys_dir: &Path, voucher: &str) -> anyhow::Result<Vec<ProofBundle>> {
+    let (_, exported, _) = rebuild(backend, keys_dir).await?;
+    let master = crate::keys::load_royalty_master(keys_dir)?;
+    let public = crate::keys::load_engine_public(keys_dir)?;
+    Ok(export::prove(&exported, &master, &public, voucher)?)
+}
+
+/// `audit check-proof BUNDLE`: with the engine's public key alone.
+pub fn check_proof_file(file: &Path, keys_dir: &Path) -> anyhow::Result<Vec<Result<Entry, String>>> {
+    let public = crate::keys::load_engine_public(keys_dir)?;
+    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let bundles: Vec<ProofBundle> = serde_json::from_str(&text).with_context(|| format!("{} is not a proof bundle (audit prove)", file.display()))?;
+    if bundles.is_empty() {
+        bail!("{} holds no proofs", file.display());
+    }
+    Ok(bundles.iter().map(|bundle| export::check_proof(bundle, &public)).collect())
+}

@@ -58,6 +58,46 @@ enum AuditCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Export the royalty log (log), usage records (csv, json) or a DSR-style report (dsr).
+    Export {
+        #[command(flatten)]
+        backend: backend::BackendArgs,
+        #[arg(long)]
+        keys: PathBuf,
+        #[arg(long, value_enum)]
+        format: audit::ExportFormat,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Verify an exported royalty log (--format log) alone.
+    Verify {
+        file: PathBuf,
+        #[arg(long)]
+        keys: PathBuf,
+        #[arg(long)]
+        pin: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write inclusion proofs for a voucher's deliveries, checkable with the public key alone.
+    Prove {
+        #[command(flatten)]
+        backend: backend::BackendArgs,
+        #[arg(long)]
+        keys: PathBuf,
+        #[arg(long)]
+        voucher: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Check inclusion proofs with the engine's public key (engine.pub.pem in --keys).
+    CheckProof {
+        bundle: PathBuf,
+        #[arg(long)]
+        keys: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -97,6 +137,53 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string(&report)?);
             }
             Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Command::Audit { command: AuditCommand::Export { backend, keys, format, out } } => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            let (report, exported, entries) = runtime.block_on(audit::rebuild(&backend, &keys))?;
+            audit::write_export(format, &report, &exported, &entries, &out)?;
+            eprintln!("exported {} usage records ({} entries, {} seals) to {}", entries.len(), exported.entries.len(), exported.seals.len(), out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit { command: AuditCommand::Verify { file, keys, pin, json } } => {
+            let pin = pin.as_deref().map(audit::parse_pin).transpose()?;
+            let report = audit::verify_file(&file, &keys, pin)?;
+            match &report.first_bad {
+                None => eprintln!("verify: {} entries, {} seals verified, {} entries not yet sealed: OK", report.entries, report.seals_verified, report.unsealed_entries),
+                Some(bad) => eprintln!("verify: FAILED at entry {:?} seal {:?}: {}", bad.entry, bad.seal, bad.reason),
+            }
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            }
+            Ok(if report.chain_ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Command::Audit { command: AuditCommand::Prove { backend, keys, voucher, out } } => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            let bundles = runtime.block_on(audit::prove(&backend, &keys, &voucher))?;
+            std::fs::write(&out, serde_json::to_vec_pretty(&bundles)?)?;
+            eprintln!("wrote {} inclusion proof(s) for voucher {voucher} to {}", bundles.len(), out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit { command: AuditCommand::CheckProof { bundle, keys, json } } => {
+            let results = audit::check_proof_file(&bundle, &keys)?;
+            let ok = results.iter().all(Result::is_ok);
+            for result in &results {
+                match result {
+                    Ok(entry) => eprintln!("proof OK: entry for voucher {} media {:?} ({}), {} minor units", entry.voucher_id, entry.title, entry.media_id, entry.sale_price_minor),
+                    Err(reason) => eprintln!("proof FAILED: {reason}"),
+                }
+            }
+            if json {
+                let proofs: Vec<serde_json::Value> = results
+                    .iter()
+                    .map(|result| match result {
+                        Ok(entry) => serde_json::json!({ "ok": true, "entry": entry }),
+                        Err(reason) => serde_json::json!({ "ok": false, "reason": reason }),
+                    })
+                    .collect();
+                println!("{}", serde_json::json!({ "ok": ok, "proofs": proofs }));
+            }
+            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
         Command::Demo { backend, keys, vouchers, json } => {
             let keys_dir = keys.unwrap_or_else(|| backend.data_dir.join("keys"));

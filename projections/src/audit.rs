@@ -55,7 +55,18 @@ pub enum AuditError {
 }
 
 /// Replays the whole stream. `pin` is the hash of the newest seal the auditor has seen.
-pub async fn replay(log: &dyn EventLog, master: &SecretKey, engine_key: &RsaPublic, pin: Option<[u8; 32]>, mut progress: impl FnMut(u64)) -> Result<AuditReport, AuditError> {
+pub async fn replay(log: &dyn EventLog, master: &SecretKey, engine_key: &RsaPublic, pin: Option<[u8; 32]>, progress: impl FnMut(u64)) -> Result<AuditReport, AuditError> {
+    Ok(replay_full(log, master, engine_key, pin, progress).await?.0)
+}
+
+/// As `replay`, also returning the rebuilt projections (for exports and proofs).
+pub async fn replay_full(
+    log: &dyn EventLog,
+    master: &SecretKey,
+    engine_key: &RsaPublic,
+    pin: Option<[u8; 32]>,
+    mut progress: impl FnMut(u64),
+) -> Result<(AuditReport, Projections), AuditError> {
     let started = Instant::now();
     let mut projections = Projections::with_royalty_keys(master, Some(engine_key.clone()));
     let mut first_bad: Option<FirstBad> = None;
@@ -97,7 +108,7 @@ pub async fn replay(log: &dyn EventLog, master: &SecretKey, engine_key: &RsaPubl
         totals.entry(dimension_name(*dimension).to_string()).or_default().insert(key.clone(), *line);
     }
     let seconds = started.elapsed().as_secs_f64().max(1e-9);
-    Ok(AuditReport {
+    let report = AuditReport {
         events: projections.events,
         first_seq: u64::from(projections.events > 0),
         last_seq: projections.last_seq.0,
@@ -109,7 +120,8 @@ pub async fn replay(log: &dyn EventLog, master: &SecretKey, engine_key: &RsaPubl
         first_bad,
         totals,
         events_per_s: projections.events as f64 / seconds,
-    })
+    };
+    Ok((report, projections))
 }
 
 fn dimension_name(dimension: Dimension) -> &'static str {

@@ -2,6 +2,312 @@
 //! verification (`audit verify`), and per-delivery inclusion proofs (`audit prove`,
 //! `audit check-proof`). An exported log carries entry ciphertexts, chain values and signed
 //! seals; it is checked with the royalty master key and the engine's public key alone.
+//! A proof bundle is checked with the engine's public key alone.
+//!
+//! What an exported log cannot show on its own: that its seals' `stream_head`s match the
+//! event stream (that needs the stream: `audit replay`), and a truncated tail unless the
+//! verifier pins the newest seal it has seen.
+
+use crate::royalty::{self, Chain, ChainedEntry, Entry, UsageKind};
+use crate::royalty_log::{usage_digest, RoyaltyLog};
+use engine::crypto::{self, RsaPublic, SecretKey};
+use engine::domain::event::RightsReportSealed;
+use engine::domain::report::Report;
+use serde::{Deserialize, Serialize};
 
 /// The format name written in every exported log.
 pub const LOG_FORMAT: &str = "vouchsafe-royalty-log/1";
+/// The format name written in every proof bundle.
+pub const PROOF_FORMAT: &str = "vouchsafe-inclusion-proof/1";
+/// Most entries or seals an exported log may hold (bounds what a verifier reads).
+pub const LOG_ITEMS_MAX: usize = 50_000_000;
+/// Longest Merkle path accepted in a bundle (a tree of 2^64 leaves).
+pub const PROOF_PATH_MAX: usize = 64;
+
+/// A seal in exported form (hex for binary fields).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportedSeal {
+    pub epoch: u64,
+    pub first_entry: u64,
+    pub last_entry: u64,
+    pub head_y: String,
+    pub head_z: String,
+    pub merkle_root: String,
+    pub totals_digest: String,
+    pub prev_seal_hash: String,
+    pub engine_key_id: String,
+    pub signature: String,
+    pub last_stream_seq: u64,
+    pub stream_head: String,
+}
+
+impl From<&RightsReportSealed> for ExportedSeal {
+    fn from(seal: &RightsReportSealed) -> Self {
+        Self {
+            epoch: seal.epoch,
+            first_entry: seal.first_entry,
+            last_entry: seal.last_entry,
+            head_y: hex::encode(seal.head_y),
+            head_z: hex::encode(seal.head_z),
+            merkle_root: hex::encode(seal.merkle_root),
+            totals_digest: hex::encode(seal.totals_digest),
+            prev_seal_hash: hex::encode(seal.prev_seal_hash),
+            engine_key_id: seal.engine_key_id.clone(),
+            signature: hex::encode(&seal.signature),
+            last_stream_seq: seal.last_stream_seq,
+            stream_head: hex::encode(seal.stream_head),
+        }
+    }
+}
+
+fn hash32(field: &str, text: &str) -> Result<[u8; 32], String> {
+    let mut bytes = [0u8; 32];
+    hex::decode_to_slice(text, &mut bytes).map_err(|_| format!("{field} is not 64 hex digits"))?;
+    Ok(bytes)
+}
+
+impl ExportedSeal {
+    pub fn to_seal(&self) -> Result<RightsReportSealed, String> {
+        Ok(RightsReportSealed {
+            epoch: self.epoch,
+            first_entry: self.first_entry,
+            last_entry: self.last_entry,
+            head_y: hash32("head_y", &self.head_y)?,
+            head_z: hash32("head_z", &self.head_z)?,
+            merkle_root: hash32("merkle_root", &self.merkle_root)?,
+            totals_digest: hash32("totals_digest", &self.totals_digest)?,
+            prev_seal_hash: hash32("prev_seal_hash", &self.prev_seal_hash)?,
+            engine_key_id: self.engine_key_id.clone(),
+            signature: hex::decode(&self.signature).map_err(|_| "signature is not hex".to_string())?,
+            last_stream_seq: self.last_stream_seq,
+            stream_head: hash32("stream_head", &self.stream_head)?,
+        })
+    }
+}
+
+/// An exported royalty log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportedLog {
+    pub format: String,
+    pub epoch: u64,
+    pub entries: Vec<ChainedEntry>,
+    pub seals: Vec<ExportedSeal>,
+}
+
+/// Exports the chain a replay computed (it must have had the master key).
+pub fn export_log(royalty: &RoyaltyLog) -> ExportedLog {
+    ExportedLog {
+        format: LOG_FORMAT.to_string(),
+        epoch: crate::royalty_log::EPOCH,
+        entries: royalty.entries.clone(),
+        seals: royalty.seals.iter().map(ExportedSeal::from).collect(),
+    }
+}
+
+/// The first problem `verify_log` found.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct VerifyBad {
+    /// The entry index, when the problem is in or about an entry.
+    pub entry: Option<u64>,
+    /// The position of the seal in the log, when the problem is in a seal.
+    pub seal: Option<u64>,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct VerifyReport {
+    pub entries: u64,
+    pub seals_verified: u64,
+    pub unsealed_entries: u64,
+    pub chain_ok: bool,
+    pub first_bad: Option<VerifyBad>,
+}
+
+/// Decrypts and verifies the chain of an exported log: its entries and running usage
+/// digests, or the first entry that fails.
+pub fn open_entries(log: &ExportedLog, master: &SecretKey) -> (Vec<Entry>, Vec<[u8; 32]>, Option<VerifyBad>) {
+    let mut chain = Chain::start(master, log.epoch);
+    let mut entries = Vec::with_capacity(log.entries.len());
+    let mut digests = Vec::with_capacity(log.entries.len());
+    for chained in &log.entries {
+        match chain.verify_next(chained) {
+            Ok(entry) => {
+                let previous = digests.last().copied().unwrap_or([0; 32]);
+                digests.push(usage_digest(&previous, &entry));
+                entries.push(entry);
+            }
+            Err(fault) => return (entries, digests, Some(VerifyBad { entry: Some(fault.index), seal: None, reason: fault.reason })),
+        }
+    }
+    (entries, digests, None)
+}
+
+/// Verifies an exported log with the master key and the engine's public key.
+pub fn verify_log(log: &ExportedLog, master: &SecretKey, engine_key: &RsaPublic, pin: Option<[u8; 32]>) -> VerifyReport {
+    let mut report = VerifyReport { entries: log.entries.len() as u64, seals_verified: 0, unsealed_entries: 0, chain_ok: false, first_bad: None };
+    if log.format != LOG_FORMAT {
+        report.first_bad = Some(VerifyBad { entry: None, seal: None, reason: format!("format {:?} is not {LOG_FORMAT}", log.format) });
+        return report;
+    }
+    if log.entries.len() > LOG_ITEMS_MAX || log.seals.len() > LOG_ITEMS_MAX {
+        report.first_bad = Some(VerifyBad { entry: None, seal: None, reason: "more entries or seals than a log may hold".into() });
+        return report;
+    }
+    let (_, digests, chain_fault) = open_entries(log, master);
+    let verified_entries = digests.len() as u64;
+    let mut first_bad = chain_fault;
+    let mut prev_hash = [0u8; 32];
+    let mut next_entry = 0u64;
+    let mut pinned = pin.is_none();
+    for (position, exported) in log.seals.iter().enumerate() {
+        let seal_fault = |reason: String| VerifyBad { entry: None, seal: Some(position as u64), reason };
+        let seal = match exported.to_seal() {
+            Ok(seal) => seal,
+            Err(reason) => {
+                first_bad.get_or_insert(seal_fault(reason));
+                break;
+            }
+        };
+        let last = usize::try_from(seal.last_entry).unwrap_or(usize::MAX);
+        let problem = if !royalty::verify_seal(engine_key, &seal) {
+            Some("signature does not verify with the engine key".to_string())
+        } else if seal.prev_seal_hash != prev_hash {
+            Some("does not link to the previous seal (a seal was removed or reordered)".into())
+        } else if seal.epoch != log.epoch || seal.first_entry != next_entry || seal.last_entry < seal.first_entry {
+            Some(format!("does not continue the sealed range (next entry {next_entry})"))
+        } else if seal.last_entry >= verified_entries {
+            Some(format!("covers entries up to {} but only {verified_entries} verify (entries removed or truncated)", seal.last_entry))
+        } else {
+            let ys: Vec<[u8; 32]> = log.entries[seal.first_entry as usize..=last].iter().map(|e| e.y).collect();
+            if log.entries[last].y != seal.head_y || log.entries[last].z != seal.head_z {
+                Some("head Y/Z differ from the chain".into())
+            } else if royalty::merkle_root(&ys) != seal.merkle_root {
+                Some("Merkle root differs from the chain".into())
+            } else if digests[last] != seal.totals_digest {
+                Some("totals digest differs from the entries".into())
+            } else {
+                None
+            }
+        };
+        if let Some(reason) = problem {
+            first_bad.get_or_insert(seal_fault(reason));
+            break;
+        }
+        report.seals_verified += 1;
+        prev_hash = Report::seal_hash(&seal);
+        next_entry = seal.last_entry + 1;
+        pinned |= pin == Some(prev_hash);
+    }
+    if !pinned && first_bad.is_none() {
+        first_bad = Some(VerifyBad { entry: Some(next_entry), seal: None, reason: "the log does not contain the pinned seal (truncated, or another log)".into() });
+    }
+    report.unsealed_entries = verified_entries.saturating_sub(next_entry);
+    report.chain_ok = first_bad.is_none();
+    report.first_bad = first_bad;
+    report
+}
+
+/// Everything a rights holder needs to check one royalty entry offline, with the engine's
+/// public key alone: the entry's ciphertext and its key `K_j`, its chain values, its path in
+/// the Merkle tree of its seal's range, and the signed seal.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProofBundle {
+    pub format: String,
+    pub epoch: u64,
+    pub entry_index: u64,
+    /// `Y_{j-1}` (the epoch's genesis value for the first entry).
+    pub y_prev: String,
+    pub ciphertext: String,
+    pub y: String,
+    /// `K_j`: decrypts this entry only; derived one-way from `A_j`.
+    pub entry_key: String,
+    pub merkle_path: Vec<String>,
+    pub seal: ExportedSeal,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProveError {
+    #[error("the exported log does not verify: {0}")]
+    Unverified(String),
+    #[error("no delivery of voucher {0} is in the royalty log")]
+    NotFound(String),
+    #[error("the delivery of voucher {voucher} is entry {entry}, not sealed yet; prove it after the next seal")]
+    NotSealed { voucher: String, entry: u64 },
+}
+
+/// Inclusion proofs for every delivery of `voucher_id` in a (verified) exported log.
+pub fn prove(log: &ExportedLog, master: &SecretKey, engine_key: &RsaPublic, voucher_id: &str) -> Result<Vec<ProofBundle>, ProveError> {
+    let report = verify_log(log, master, engine_key, None);
+    if let Some(bad) = report.first_bad {
+        return Err(ProveError::Unverified(bad.reason));
+    }
+    let mut chain = Chain::start(master, log.epoch);
+    let mut bundles = Vec::new();
+    let mut y_prev = royalty::genesis(log.epoch);
+    for chained in &log.entries {
+        let entry_key = chain.next_entry_key();
+        let entry = chain.verify_next(chained).map_err(|fault| ProveError::Unverified(fault.to_string()))?;
+        if entry.kind == UsageKind::Delivery && entry.voucher_id == voucher_id {
+            let seal = log
+                .seals
+                .iter()
+                .find(|seal| seal.first_entry <= chained.index && chained.index <= seal.last_entry)
+                .ok_or_else(|| ProveError::NotSealed { voucher: voucher_id.to_string(), entry: chained.index })?;
+            let range = &log.entries[seal.first_entry as usize..=seal.last_entry as usize];
+            let ys: Vec<[u8; 32]> = range.iter().map(|e| e.y).collect();
+            let path = royalty::merkle_proof(&ys, (chained.index - seal.first_entry) as usize);
+            bundles.push(ProofBundle {
+                format: PROOF_FORMAT.to_string(),
+                epoch: log.epoch,
+                entry_index: chained.index,
+                y_prev: hex::encode(y_prev),
+                ciphertext: hex::encode(&chained.ciphertext),
+                y: hex::encode(chained.y),
+                entry_key: hex::encode(entry_key.expose()),
+                merkle_path: path.iter().map(hex::encode).collect(),
+                seal: seal.clone(),
+            });
+        }
+        y_prev = chained.y;
+    }
+    if bundles.is_empty() {
+        return Err(ProveError::NotFound(voucher_id.to_string()));
+    }
+    Ok(bundles)
+}
+
+/// Checks a proof bundle with the engine's public key alone and returns the proven entry.
+pub fn check_proof(bundle: &ProofBundle, engine_key: &RsaPublic) -> Result<Entry, String> {
+    if bundle.format != PROOF_FORMAT {
+        return Err(format!("format {:?} is not {PROOF_FORMAT}", bundle.format));
+    }
+    if bundle.merkle_path.len() > PROOF_PATH_MAX {
+        return Err("the Merkle path is longer than any tree".into());
+    }
+    let seal = bundle.seal.to_seal()?;
+    if !royalty::verify_seal(engine_key, &seal) {
+        return Err("the seal's signature does not verify with the engine key".into());
+    }
+    if seal.epoch != bundle.epoch || bundle.entry_index < seal.first_entry || bundle.entry_index > seal.last_entry {
+        return Err("the entry is not in the seal's range".into());
+    }
+    let y_prev = hash32("y_prev", &bundle.y_prev)?;
+    let y = hash32("y", &bundle.y)?;
+    let ciphertext = hex::decode(&bundle.ciphertext).map_err(|_| "ciphertext is not hex".to_string())?;
+    if royalty::running_hash(&y_prev, &ciphertext) != y {
+        return Err("the ciphertext is not the one chained as Y".into());
+    }
+    let path: Vec<[u8; 32]> = bundle.merkle_path.iter().map(|node| hash32("merkle_path", node)).collect::<Result<_, _>>()?;
+    let size = (seal.last_entry - seal.first_entry + 1) as usize;
+    let position = (bundle.entry_index - seal.first_entry) as usize;
+    if !royalty::verify_merkle_proof(&y, position, size, &path, &seal.merkle_root) {
+        return Err("Y is not in the sealed Merkle tree at this position".into());
+    }
+    let entry_key = SecretKey::from_bytes(hash32("entry_key", &bundle.entry_key)?);
+    let plaintext = crypto::aead_open(&entry_key, &royalty::nonce(), &royalty::aad(bundle.epoch, bundle.entry_index), &ciphertext)
+        .map_err(|_| "the entry key does not decrypt the ciphertext".to_string())?;
+    serde_json::from_slice(&plaintext).map_err(|_| "the plaintext is not a royalty entry".to_string())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,221 @@
+use super::*;
+use engine::crypto::test_keys;
+
+fn master() -> SecretKey {
+    SecretKey::from_bytes([21; 32])
+}
+
+fn entry(i: u64) -> Entry {
+    Entry {
+        kind: if i % 4 == 3 { UsageKind::Preview } else { UsageKind::Delivery },
+        source_seq: 10 + i,
+        timestamp_ms: 1_760_000_000_000,
+        title: format!("T{i}"),
+        artist: "A".into(),
+        authors: vec![],
+        length_ms: 1,
+        sale_price_minor: 100,
+        currency: "EUR".into(),
+        consumer_cert: "c".into(),
+        voucher_id: format!("v{}", i / 2),
+        media_id: "m".into(),
+        image_descriptor: String::new(),
+        merchant: "shop".into(),
+        rights_agent: "agent".into(),
+        distributor: "d".into(),
+        owner: "o".into(),
+        played_ms: 0,
+    }
+}
+
+/// 10 entries, seals over 0..=3 and 4..=7, entries 8 and 9 unsealed.
+fn sample() -> ExportedLog {
+    let mut chain = Chain::start(&master(), 1);
+    let entries: Vec<ChainedEntry> = (0..10).map(|i| chain.append(&entry(i))).collect();
+    let mut digests = Vec::new();
+    for i in 0..10 {
+        let previous = digests.last().copied().unwrap_or([0; 32]);
+        digests.push(usage_digest(&previous, &entry(i)));
+    }
+    let mut seals = Vec::new();
+    let mut prev = [0u8; 32];
+    for (first, last) in [(0usize, 3usize), (4, 7)] {
+        let ys: Vec<[u8; 32]> = entries[first..=last].iter().map(|e| e.y).collect();
+        let mut seal = RightsReportSealed {
+            epoch: 1,
+            first_entry: first as u64,
+            last_entry: last as u64,
+            head_y: entries[last].y,
+            head_z: entries[last].z,
+            merkle_root: royalty::merkle_root(&ys),
+            totals_digest: digests[last],
+            prev_seal_hash: prev,
+            engine_key_id: String::new(),
+            signature: vec![],
+            last_stream_seq: 100 + last as u64,
+            stream_head: [1; 32],
+        };
+        royalty::sign_seal(&test_keys::fixed_rsa(), &mut seal).expect("sign");
+        prev = Report::seal_hash(&seal);
+        seals.push(ExportedSeal::from(&seal));
+    }
+    ExportedLog { format: LOG_FORMAT.into(), epoch: 1, entries, seals }
+}
+
+fn public() -> RsaPublic {
+    test_keys::fixed_rsa().public()
+}
+
+fn last_seal_hash(log: &ExportedLog) -> [u8; 32] {
+    Report::seal_hash(&log.seals.last().expect("seal").to_seal().expect("seal"))
+}
+
+#[track_caller]
+fn fails_at(log: &ExportedLog, pin: Option<[u8; 32]>, entry: Option<u64>, seal: Option<u64>) -> String {
+    let report = verify_log(log, &master(), &public(), pin);
+    let bad = report.first_bad.clone().expect("tampering caught");
+    assert!(!report.chain_ok);
+    assert_eq!((bad.entry, bad.seal), (entry, seal), "{bad:?}");
+    bad.reason
+}
+
+#[test]
+fn a_clean_log_verifies_with_and_without_a_pin() {
+    let log = sample();
+    let report = verify_log(&log, &master(), &public(), Some(last_seal_hash(&log)));
+    assert!(report.chain_ok, "{:?}", report.first_bad);
+    assert_eq!((report.entries, report.seals_verified, report.unsealed_entries), (10, 2, 2));
+    let json = serde_json::to_string(&log).expect("json");
+    assert_eq!(serde_json::from_str::<ExportedLog>(&json).expect("parse"), log);
+}
+
+#[test]
+fn flipped_bits_in_entries_and_seals_are_caught_at_their_position() {
+    let original = sample();
+    let mut log = original.clone();
+    log.entries[5].ciphertext[0] ^= 1;
+    assert_ne!(log, original);
+    fails_at(&log, None, Some(5), None);
+
+    let mut log = original.clone();
+    log.entries[2].z[7] ^= 1;
+    fails_at(&log, None, Some(2), None);
+
+    let mut log = original.clone();
+    let mut signature = hex::decode(&log.seals[1].signature).expect("hex");
+    signature[3] ^= 1;
+    log.seals[1].signature = hex::encode(signature);
+    assert!(fails_at(&log, None, None, Some(1)).contains("signature"));
+}
+
+#[test]
+fn removed_reordered_inserted_duplicated_entries_are_caught() {
+    let original = sample();
+    let mut removed = original.clone();
+    removed.entries.remove(3);
+    fails_at(&removed, None, Some(3), None);
+    let mut reordered = original.clone();
+    reordered.entries.swap(6, 7);
+    fails_at(&reordered, None, Some(6), None);
+    let mut duplicated = original.clone();
+    duplicated.entries.insert(5, original.entries[4].clone());
+    fails_at(&duplicated, None, Some(5), None);
+    let mut inserted = original.clone();
+    let mut forged = Chain::start(&SecretKey::from_bytes([3; 32]), 1).append(&entry(0));
+    forged.index = 2;
+    inserted.entries.insert(2, forged);
+    fails_at(&inserted, None, Some(2), None);
+}
+
+#[test]
+fn truncation_is_caught_by_the_seals_or_the_pin() {
+    let original = sample();
+    let pin = last_seal_hash(&original);
+    // Entries cut inside a sealed range: the seal covers entries that are missing.
+    let mut cut = original.clone();
+    cut.entries.truncate(6);
+    assert!(fails_at(&cut, None, None, Some(1)).contains("covers entries"));
+    // Entries and the last seal cut: only the pin can tell.
+    let mut cut_cleanly = original.clone();
+    cut_cleanly.entries.truncate(4);
+    cut_cleanly.seals.truncate(1);
+    assert!(verify_log(&cut_cleanly, &master(), &public(), None).chain_ok, "known limit without a pin");
+    assert!(fails_at(&cut_cleanly, Some(pin), Some(4), None).contains("pinned"));
+    // Dropping just the last seal while pinned to it.
+    let mut dropped = original.clone();
+    dropped.seals.pop();
+    fails_at(&dropped, Some(pin), Some(4), None);
+    // Removing the first seal breaks the link of the second.
+    let mut unlinked = original.clone();
+    unlinked.seals.remove(0);
+    fails_at(&unlinked, None, None, Some(0));
+}
+
+#[test]
+fn foreign_or_dishonest_seals_and_other_epochs_are_caught() {
+    let original = sample();
+    let mut foreign = original.clone();
+    let mut seal = foreign.seals[0].to_seal().expect("seal");
+    royalty::sign_seal(&test_keys::fixed_rsa_2(), &mut seal).expect("sign");
+    foreign.seals[0] = ExportedSeal::from(&seal);
+    assert!(fails_at(&foreign, None, None, Some(0)).contains("signature"));
+
+    let mut wrong_totals = original.clone();
+    let mut seal = wrong_totals.seals[1].to_seal().expect("seal");
+    seal.totals_digest[0] ^= 1;
+    royalty::sign_seal(&test_keys::fixed_rsa(), &mut seal).expect("sign");
+    wrong_totals.seals[1] = ExportedSeal::from(&seal);
+    assert!(fails_at(&wrong_totals, None, None, Some(1)).contains("totals"));
+
+    // An exported log of another epoch's key: the chain fails at its first entry.
+    let mut other_epoch = original.clone();
+    other_epoch.epoch = 2;
+    fails_at(&other_epoch, None, Some(0), None);
+    assert!(!verify_log(&original, &SecretKey::from_bytes([4; 32]), &public(), None).chain_ok, "another master key");
+}
+
+#[test]
+fn inclusion_proofs_verify_with_the_public_key_alone_and_any_altered_byte_fails() {
+    let log = sample();
+    // Entries 4 and 5 are v2's two deliveries, both under the second seal.
+    let bundles = prove(&log, &master(), &public(), "v2").expect("prove");
+    assert_eq!(bundles.iter().map(|b| b.entry_index).collect::<Vec<_>>(), vec![4, 5]);
+    for bundle in &bundles {
+        let proven = check_proof(bundle, &public()).expect("valid bundle");
+        assert_eq!(proven, entry(bundle.entry_index));
+        assert!(check_proof(bundle, &test_keys::fixed_rsa_2().public()).is_err(), "another engine key");
+        let json = serde_json::to_string(bundle).expect("json");
+        // Flip one hex digit in every string field in turn.
+        let value: serde_json::Value = serde_json::from_str(&json).expect("json");
+        let mut altered_any = 0;
+        for field in ["y_prev", "ciphertext", "y", "entry_key"] {
+            let mut altered = value.clone();
+            let text = altered[field].as_str().expect("hex field").to_string();
+            let flipped = if text.starts_with('0') { format!("1{}", &text[1..]) } else { format!("0{}", &text[1..]) };
+            altered[field] = serde_json::Value::String(flipped);
+            let altered: ProofBundle = serde_json::from_value(altered).expect("still a bundle");
+            assert_ne!(&altered, bundle);
+            assert!(check_proof(&altered, &public()).is_err(), "altered {field} still verifies");
+            altered_any += 1;
+        }
+        if let Some(first) = bundle.merkle_path.first() {
+            let mut altered = bundle.clone();
+            altered.merkle_path[0] = if first.starts_with('0') { format!("1{}", &first[1..]) } else { format!("0{}", &first[1..]) };
+            assert!(check_proof(&altered, &public()).is_err(), "altered path");
+        }
+        let mut moved = bundle.clone();
+        moved.entry_index += 1;
+        assert!(check_proof(&moved, &public()).is_err(), "another position");
+        assert_eq!(altered_any, 4);
+    }
+}
+
+#[test]
+fn proving_unsealed_or_unknown_deliveries_says_why() {
+    let log = sample();
+    assert!(matches!(prove(&log, &master(), &public(), "v4"), Err(ProveError::NotSealed { entry: 8, .. })));
+    assert!(matches!(prove(&log, &master(), &public(), "nope"), Err(ProveError::NotFound(_))));
+    let mut tampered = log.clone();
+    tampered.entries[0].y[0] ^= 1;
+    assert!(matches!(prove(&tampered, &master(), &public(), "v0"), Err(ProveError::Unverified(_))));
+}
