@@ -62,6 +62,14 @@ fn sample() -> ExportedLog {
     ExportedLog { format: LOG_FORMAT.into(), epoch: 1, entries, seals }
 }
 
+/// The same hex string with its first digit changed.
+fn flip_first_digit(text: &str) -> String {
+    match text.strip_prefix('0') {
+        Some(rest) => format!("1{rest}"),
+        None => format!("0{}", &text[1..]),
+    }
+}
+
 fn public() -> RsaPublic {
     test_keys::fixed_rsa().public()
 }
@@ -191,7 +199,7 @@ fn inclusion_proofs_verify_with_the_public_key_alone_and_any_altered_byte_fails(
         for field in ["y_prev", "ciphertext", "y", "entry_key"] {
             let mut altered = value.clone();
             let text = altered[field].as_str().expect("hex field").to_string();
-            let flipped = if text.starts_with('0') { format!("1{}", &text[1..]) } else { format!("0{}", &text[1..]) };
+            let flipped = flip_first_digit(&text);
             altered[field] = serde_json::Value::String(flipped);
             let altered: ProofBundle = serde_json::from_value(altered).expect("still a bundle");
             assert_ne!(&altered, bundle);
@@ -200,7 +208,7 @@ fn inclusion_proofs_verify_with_the_public_key_alone_and_any_altered_byte_fails(
         }
         if let Some(first) = bundle.merkle_path.first() {
             let mut altered = bundle.clone();
-            altered.merkle_path[0] = if first.starts_with('0') { format!("1{}", &first[1..]) } else { format!("0{}", &first[1..]) };
+            altered.merkle_path[0] = flip_first_digit(first);
             assert!(check_proof(&altered, &public()).is_err(), "altered path");
         }
         let mut moved = bundle.clone();
