@@ -62,7 +62,17 @@ pub async fn replay(backend: &crate::backend::BackendArgs, keys_dir: &Path, pin:
     let master = crate::keys::load_royalty_master(keys_dir)?;
     let public = crate::keys::load_engine_public(keys_dir)?;
     let log = backend.open().await?;
-    Ok(audit::replay(log.as_ref(), &master, &public, pin, |_| {}).await?)
+    let bar = crate::progress::events(log.last_seq().await?.0, "audit replay");
+    let report = audit::replay(log.as_ref(), &master, &public, pin, |events| {
+        if let Some(bar) = &bar {
+            bar.set_position(events);
+        }
+    })
+    .await?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    Ok(report)
 }
 
 /// The human summary of an audit, for stderr.
@@ -139,7 +149,16 @@ pub async fn rebuild(backend: &crate::backend::BackendArgs, keys_dir: &Path) -> 
     let master = crate::keys::load_royalty_master(keys_dir)?;
     let public = crate::keys::load_engine_public(keys_dir)?;
     let log = backend.open().await?;
-    let (report, projections) = audit::replay_full(log.as_ref(), &master, &public, None, |_| {}).await?;
+    let bar = crate::progress::events(log.last_seq().await?.0, "rebuilding the royalty log");
+    let (report, projections) = audit::replay_full(log.as_ref(), &master, &public, None, |events| {
+        if let Some(bar) = &bar {
+            bar.set_position(events);
+        }
+    })
+    .await?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
     if !report.ok() {
         bail!("the stream does not audit clean, nothing exported:\n{}", describe(&report));
     }

@@ -6,3 +6,4 @@ pub mod audit;
 pub mod backend;
 pub mod demo;
 pub mod keys;
+pub mod progress;
