@@ -7,3 +7,4 @@ pub mod backend;
 pub mod demo;
 pub mod keys;
 pub mod progress;
+pub mod status;

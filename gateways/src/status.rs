@@ -1,0 +1,156 @@
+//! The one mapping from refusals and failures to gRPC statuses. Both matches are
+//! exhaustive with no `_` arm: a new `Rejection` or error variant does not compile until it
+//! is given a code. Messages say what to do next and never contain a token, key, receipt
+//! or MAC (rejections and errors carry none).
+
+use engine::app::AppError;
+use engine::domain::Rejection;
+use engine::handler::HandleError;
+use engine::log::AppendError;
+use tonic::{Code, Status};
+
+/// The status code of a refusal.
+pub fn rejection_code(rejection: &Rejection) -> Code {
+    match rejection {
+        Rejection::InvalidArgument { .. } => Code::InvalidArgument,
+        Rejection::RequestIdReused { .. } => Code::InvalidArgument,
+        Rejection::NotFound { .. } => Code::NotFound,
+        Rejection::AlreadyExists { .. } => Code::AlreadyExists,
+        Rejection::NotYourVoucher => Code::PermissionDenied,
+        Rejection::NotYourAssignment => Code::PermissionDenied,
+        Rejection::BadProof => Code::PermissionDenied,
+        Rejection::CertRevoked => Code::PermissionDenied,
+        Rejection::CertNotValid => Code::PermissionDenied,
+        Rejection::MerchantSuspended => Code::PermissionDenied,
+        Rejection::Expired { .. } => Code::FailedPrecondition,
+        Rejection::NotExpired { .. } => Code::FailedPrecondition,
+        Rejection::Voided => Code::FailedPrecondition,
+        Rejection::AlreadyDelivered => Code::FailedPrecondition,
+        Rejection::AlreadyRedeemed => Code::FailedPrecondition,
+        Rejection::InvalidTransition { .. } => Code::FailedPrecondition,
+        Rejection::InsufficientPoints { .. } => Code::FailedPrecondition,
+        Rejection::NoSuchHold => Code::FailedPrecondition,
+        Rejection::NotForSale(_) => Code::FailedPrecondition,
+        Rejection::NodeUnavailable => Code::FailedPrecondition,
+        // A capacity limit is hit: every node's slots are taken.
+        Rejection::NoNodeAvailable => Code::ResourceExhausted,
+        Rejection::Overflow => Code::OutOfRange,
+    }
+}
+
+pub fn from_rejection(rejection: &Rejection) -> Status {
+    Status::new(rejection_code(rejection), rejection.to_string())
+}
+
+/// The status of a failed use case.
+pub fn from_app_error(error: &AppError) -> Status {
+    match error {
+        AppError::Rejected(rejection) => from_rejection(rejection),
+        AppError::Handle(handle) => match handle {
+            HandleError::Rejected(rejection) => from_rejection(rejection),
+            HandleError::Contended(_) => Status::aborted(handle.to_string()),
+            HandleError::Append(append) => match append {
+                AppendError::InvalidSubject(_) => Status::invalid_argument(append.to_string()),
+                AppendError::TooLarge { .. } => Status::resource_exhausted(append.to_string()),
+                // It may have been stored: the client retries with the same request id.
+                AppendError::Unknown(_) => Status::unavailable(append.to_string()),
+                AppendError::Unavailable(_) => Status::unavailable(append.to_string()),
+                AppendError::Storage(_) => Status::internal(append.to_string()),
+            },
+            HandleError::Read(_) => Status::unavailable(handle.to_string()),
+            HandleError::Decode { .. } => Status::data_loss(handle.to_string()),
+        },
+        // Crypto errors carry no key material; still, say no more than that it failed.
+        AppError::Crypto(_) => Status::internal("a cryptographic operation failed"),
+        AppError::Task(_) => Status::internal(error.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use engine::ids::{Millis, Seq};
+
+    fn every_rejection() -> Vec<Rejection> {
+        vec![
+            Rejection::InvalidArgument { field: "ttl_ms", reason: "must be positive".into() },
+            Rejection::RequestIdReused { first: "Reserve".into() },
+            Rejection::NotFound { kind: "voucher", id: "v1".into() },
+            Rejection::AlreadyExists { kind: "merchant", id: "m1".into() },
+            Rejection::NotYourVoucher,
+            Rejection::NotYourAssignment,
+            Rejection::BadProof,
+            Rejection::CertRevoked,
+            Rejection::CertNotValid,
+            Rejection::MerchantSuspended,
+            Rejection::Expired { expires_at: Millis(5) },
+            Rejection::NotExpired { expires_at: Millis(5) },
+            Rejection::Voided,
+            Rejection::AlreadyDelivered,
+            Rejection::AlreadyRedeemed,
+            Rejection::InvalidTransition { kind: "voucher", command: "Void", state: "Issued" },
+            Rejection::InsufficientPoints { available: 1, needed: 2 },
+            Rejection::NoSuchHold,
+            Rejection::NotForSale("md1".into()),
+            Rejection::NodeUnavailable,
+            Rejection::NoNodeAvailable,
+            Rejection::Overflow,
+        ]
+    }
+
+    #[test]
+    fn every_rejection_gets_a_precise_code_and_a_message() {
+        let expected = [
+            Code::InvalidArgument,
+            Code::InvalidArgument,
+            Code::NotFound,
+            Code::AlreadyExists,
+            Code::PermissionDenied,
+            Code::PermissionDenied,
+            Code::PermissionDenied,
+            Code::PermissionDenied,
+            Code::PermissionDenied,
+            Code::PermissionDenied,
+            Code::FailedPrecondition,
+            Code::FailedPrecondition,
+            Code::FailedPrecondition,
+            Code::FailedPrecondition,
+            Code::FailedPrecondition,
+            Code::FailedPrecondition,
+            Code::FailedPrecondition,
+            Code::FailedPrecondition,
+            Code::FailedPrecondition,
+            Code::FailedPrecondition,
+            Code::ResourceExhausted,
+            Code::OutOfRange,
+        ];
+        let rejections = every_rejection();
+        assert_eq!(rejections.len(), expected.len());
+        for (rejection, code) in rejections.iter().zip(expected) {
+            let status = from_rejection(rejection);
+            assert_eq!(status.code(), code, "{rejection:?}");
+            assert!(!status.message().is_empty());
+            assert_ne!(status.code(), Code::Internal, "a refusal is never Internal");
+            assert_ne!(status.code(), Code::Unknown);
+        }
+    }
+
+    #[test]
+    fn failures_map_to_retryable_or_internal_codes() {
+        let cases = [
+            (AppError::Handle(HandleError::Contended(16)), Code::Aborted),
+            (AppError::Handle(HandleError::Append(AppendError::Unknown("timeout".into()))), Code::Unavailable),
+            (AppError::Handle(HandleError::Append(AppendError::Unavailable("down".into()))), Code::Unavailable),
+            (AppError::Handle(HandleError::Append(AppendError::TooLarge { size: 2, max: 1 })), Code::ResourceExhausted),
+            (AppError::Handle(HandleError::Append(AppendError::Storage("disk".into()))), Code::Internal),
+            (AppError::Handle(HandleError::Decode { seq: Seq(3), error: engine::wire::DecodeError::Missing("event") }), Code::DataLoss),
+            (AppError::Crypto(engine::crypto::CryptoError::Decrypt), Code::Internal),
+            (AppError::Rejected(Rejection::Voided), Code::FailedPrecondition),
+        ];
+        for (error, code) in cases {
+            assert_eq!(from_app_error(&error).code(), code, "{error}");
+        }
+        let unknown = from_app_error(&AppError::Handle(HandleError::Append(AppendError::Unknown("timeout".into()))));
+        assert!(unknown.message().contains("same request id"), "tells the caller how to retry: {}", unknown.message());
+    }
+}
