@@ -394,11 +394,14 @@ impl Market {
     }
 
     /// The sweeper's timeout of one reservation (decided at the engine clock's now).
-    pub async fn expire(&self, voucher_id: &VoucherId) -> Result<(), AppError> {
+    /// `true` when this call voided it; `false` when it was already expired (another
+    /// sweeper got there first: the same engine request, answered without a new event).
+    pub async fn expire(&self, voucher_id: &VoucherId) -> Result<bool, AppError> {
         let by = Actor::engine();
         let request = RequestId(format!("expire-{}", voucher_id.0));
         let handled = self.handler.handle::<Voucher>(&voucher_id.0, &by, &request, &VoucherCommand::Expire).await?;
-        self.settle_void(&by, &request, voucher_id, &handled.root.state, VoidReason::TimedOut).await
+        self.settle_void(&by, &request, voucher_id, &handled.root.state, VoidReason::TimedOut).await?;
+        Ok(!handled.appended.is_empty())
     }
 
     /// Settles a points hold past its expiry against its voucher: released when the voucher
@@ -410,7 +413,7 @@ impl Market {
         let request = RequestId(format!("settle-{}", voucher_id.0));
         let voucher = self.voucher_of(voucher_id).await?.state;
         let command = match voucher.status {
-            voucher::VoucherStatus::Pending => return self.expire(voucher_id).await,
+            voucher::VoucherStatus::Pending => return self.expire(voucher_id).await.map(|_| ()),
             voucher::VoucherStatus::None | voucher::VoucherStatus::Voided => AccountCommand::Release { voucher: voucher_id.clone(), reason: VoidReason::TimedOut },
             _ => AccountCommand::Post { voucher: voucher_id.clone() },
         };

@@ -250,7 +250,8 @@ impl Live {
         let mut expired = 0;
         for voucher in self.due(now, limit) {
             match market.expire(&voucher).await {
-                Ok(()) => expired += 1,
+                Ok(true) => expired += 1,
+                Ok(false) => {}
                 // Another sweeper, or the merchant, got there first.
                 Err(engine::app::AppError::Rejected(_)) => {}
                 Err(error) => return Err(error),
