@@ -10,6 +10,7 @@ use crate::{Finding, Projections};
 use engine::crypto::{RsaPublic, SecretKey};
 use engine::domain::report::Report;
 use engine::ids::Seq;
+
 use engine::log::EventLog;
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -70,22 +71,24 @@ pub async fn replay_full(
     let started = Instant::now();
     let mut projections = Projections::with_royalty_keys(master, Some(engine_key.clone()));
     let mut first_bad: Option<FirstBad> = None;
-    let mut from = Seq(1);
-    'read: loop {
-        let batch = log.read_from(from, REPLAY_BATCH_EVENTS).await.map_err(|e| AuditError::Read(e.to_string()))?;
-        let Some(last) = batch.last() else { break };
-        from = Seq(last.seq.0 + 1);
-        for stored in &batch {
-            if let Err(finding) = projections.apply(stored) {
-                let seq = match &finding {
-                    Finding::Gap { expected, .. } => expected.0,
-                    Finding::Undecodable { seq, .. } | Finding::WrongSubject { seq, .. } => seq.0,
-                };
-                first_bad = Some(FirstBad { seq, entry: None, reason: finding.to_string() });
-                break 'read;
-            }
-        }
+    // Pipelined: while one batch is decoded and applied (royalty chain included) on the
+    // blocking pool, the next one is fetched from the log.
+    let mut batch = log.read_from(Seq(1), REPLAY_BATCH_EVENTS).await.map_err(|e| AuditError::Read(e.to_string()))?;
+    while let Some(last) = batch.last() {
+        let from = Seq(last.seq.0 + 1);
+        let apply = tokio::task::spawn_blocking(move || {
+            let result = apply_batch(&mut projections, &batch);
+            (projections, result)
+        });
+        let (next, applied) = tokio::join!(log.read_from(from, REPLAY_BATCH_EVENTS), apply);
+        let (applied_projections, result) = applied.map_err(|e| AuditError::Read(format!("the replay task failed: {e}")))?;
+        projections = applied_projections;
         progress(projections.events);
+        if let Err(bad) = result {
+            first_bad = Some(bad);
+            break;
+        }
+        batch = next.map_err(|e| AuditError::Read(e.to_string()))?;
     }
     let royalty = &projections.royalty;
     if first_bad.is_none()
@@ -122,6 +125,20 @@ pub async fn replay_full(
         events_per_s: projections.events as f64 / seconds,
     };
     Ok((report, projections))
+}
+
+/// Applies a batch in order; the first finding stops it.
+fn apply_batch(projections: &mut Projections, batch: &[engine::log::StoredEvent]) -> Result<(), FirstBad> {
+    for stored in batch {
+        if let Err(finding) = projections.apply(stored) {
+            let seq = match &finding {
+                Finding::Gap { expected, .. } => expected.0,
+                Finding::Undecodable { seq, .. } | Finding::WrongSubject { seq, .. } => seq.0,
+            };
+            return Err(FirstBad { seq, entry: None, reason: finding.to_string() });
+        }
+    }
+    Ok(())
 }
 
 fn dimension_name(dimension: Dimension) -> &'static str {
