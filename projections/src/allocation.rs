@@ -2,8 +2,12 @@
 //! use, derived from the stream. It chooses the node for IssueVoucher and Preview (least
 //! loaded active node with a free slot, in the asked region when possible). The choice is
 //! recorded in the event, so replay never re-decides; this projection only advises.
+//!
+//! Tentative holds (`choose_and_hold`) are not derived from the stream: they live in
+//! memory only, are not persisted by the projection store and are not in the digest.
 
 use engine::domain::event::Event;
+use crate::store::Touched;
 use engine::ids::{NodeId, PreviewId, VoucherId};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -19,12 +23,17 @@ pub struct NodeSlots {
 pub struct Allocation {
     pub nodes: BTreeMap<NodeId, NodeSlots>,
     /// Vouchers holding a slot, by node.
-    vouchers: BTreeMap<VoucherId, NodeId>,
-    previews: BTreeMap<PreviewId, NodeId>,
-    released: BTreeSet<VoucherId>,
+    pub(crate) vouchers: BTreeMap<VoucherId, NodeId>,
+    pub(crate) previews: BTreeMap<PreviewId, NodeId>,
+    pub(crate) released: BTreeSet<VoucherId>,
     /// Slots chosen but whose event this projection has not applied yet, by holder
     /// (voucher or preview id). Not derived from the stream, so not in the digest.
     tentative: BTreeMap<String, NodeId>,
+    /// What changed since the projection store last committed this allocation.
+    pub(crate) touched_nodes: Touched<NodeId>,
+    pub(crate) touched_vouchers: Touched<VoucherId>,
+    pub(crate) touched_previews: Touched<PreviewId>,
+    pub(crate) touched_released: Touched<VoucherId>,
 }
 
 impl Allocation {
@@ -32,36 +41,44 @@ impl Allocation {
         match event {
             Event::NodeRegistered { node_id, region, slots_max, .. } => {
                 self.nodes.insert(node_id.clone(), NodeSlots { region: region.clone(), slots_max: *slots_max, in_use: 0, active: true });
+                self.touched_nodes.touch(node_id);
             }
             Event::NodeCapacityChanged { node_id, slots_max } => {
                 if let Some(node) = self.nodes.get_mut(node_id) {
                     node.slots_max = *slots_max;
+                    self.touched_nodes.touch(node_id);
                 }
             }
             Event::NodeDrained { node_id } | Event::NodeRemoved { node_id } => {
                 if let Some(node) = self.nodes.get_mut(node_id) {
                     node.active = false;
+                    self.touched_nodes.touch(node_id);
                 }
             }
             Event::VoucherIssued { voucher_id, node_id, .. } => {
                 self.tentative.remove(voucher_id.as_str());
                 self.take(node_id);
                 self.vouchers.insert(voucher_id.clone(), node_id.clone());
+                self.touched_vouchers.touch(voucher_id);
             }
             Event::Delivered { voucher_id, voucher_complete: true, .. } => {
                 if let Some(node_id) = self.vouchers.remove(voucher_id) {
                     self.give_back(&node_id);
                     self.released.insert(voucher_id.clone());
+                    self.touched_vouchers.touch(voucher_id);
+                    self.touched_released.touch(voucher_id);
                 }
             }
             Event::PreviewStarted { preview_id, node_id, .. } => {
                 self.tentative.remove(preview_id.as_str());
                 self.take(node_id);
                 self.previews.insert(preview_id.clone(), node_id.clone());
+                self.touched_previews.touch(preview_id);
             }
             Event::PreviewEnded { preview_id, .. } => {
                 if let Some(node_id) = self.previews.remove(preview_id) {
                     self.give_back(&node_id);
+                    self.touched_previews.touch(preview_id);
                 }
             }
             _ => {}
@@ -71,13 +88,34 @@ impl Allocation {
     fn take(&mut self, node_id: &NodeId) {
         if let Some(node) = self.nodes.get_mut(node_id) {
             node.in_use = node.in_use.saturating_add(1);
+            self.touched_nodes.touch(node_id);
         }
     }
 
     fn give_back(&mut self, node_id: &NodeId) {
         if let Some(node) = self.nodes.get_mut(node_id) {
             node.in_use = node.in_use.saturating_sub(1);
+            self.touched_nodes.touch(node_id);
         }
+    }
+
+    /// An allocation from its persisted parts, with no tentative holds (they are not
+    /// derived from the stream, so a restarted process starts without any).
+    pub(crate) fn from_parts(
+        nodes: BTreeMap<NodeId, NodeSlots>,
+        vouchers: BTreeMap<VoucherId, NodeId>,
+        previews: BTreeMap<PreviewId, NodeId>,
+        released: BTreeSet<VoucherId>,
+    ) -> Self {
+        Allocation { nodes, vouchers, previews, released, ..Allocation::default() }
+    }
+
+    /// Starts noting changes for the projection store.
+    pub(crate) fn track_changes(&mut self) {
+        self.touched_nodes.start();
+        self.touched_vouchers.start();
+        self.touched_previews.start();
+        self.touched_released.start();
     }
 
     /// Slots of `node_id` in use or held tentatively.

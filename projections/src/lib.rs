@@ -2,8 +2,10 @@
 //! stream order, a digest of their state, and a live runner that follows the log.
 //!
 //! Here: voucher state (`vouchers`), delivery allocation (`allocation`), the royalty log
-//! with totals and seal checks (`royalty_log`, over the chain in `royalty`). Durable
-//! checkpoints in sled build on this (see ARCHITECTURE.md).
+//! with totals and seal checks (`royalty_log`, over the chain in `royalty`), and the
+//! durable projection store with its checkpoints in sled (`store`), which `Live::open`
+//! runs on: batches of applied events are committed with their checkpoint, and a restart
+//! resumes at `checkpoint + 1`.
 //! What is deliberately not here: decisions. A projection advises (the allocator's
 //! choice); the decision and its inputs are recorded in events by the engine.
 
@@ -12,15 +14,19 @@ pub mod audit;
 pub mod export;
 pub mod royalty;
 pub mod royalty_log;
+pub mod store;
 pub mod vouchers;
 
 use engine::app::Allocator;
+use engine::crypto::{RsaPublic, SecretKey};
 use engine::domain::event::RightsReportSealed;
 use engine::domain::Recorded;
 use engine::ids::{Millis, NodeId, Seq};
 use engine::log::{EventLog, StoredEvent};
 use futures::StreamExt;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
+use store::{CommitError, LoadError, OpenOutcome, ProjectionStore, StoreError};
 
 /// Why an event could not be applied: a typed finding with its sequence, never a panic
 /// (auditors replay untrusted streams).
@@ -59,6 +65,8 @@ pub struct Projections {
     pub vouchers: vouchers::VoucherBook,
     pub allocation: allocation::Allocation,
     pub royalty: royalty_log::RoyaltyLog,
+    /// The projections note what they change, for a projection store (`store::load`).
+    tracked: bool,
 }
 
 impl Projections {
@@ -66,6 +74,47 @@ impl Projections {
     /// check seal signatures with the engine's public key.
     pub fn with_royalty_keys(master: &engine::crypto::SecretKey, engine_key: Option<engine::crypto::RsaPublic>) -> Self {
         Self { royalty: royalty_log::RoyaltyLog::with_keys(master, engine_key), ..Self::default() }
+    }
+
+    /// Starts noting changes in every projection, for the projection store's commits.
+    pub(crate) fn track_changes(&mut self) {
+        self.tracked = true;
+        self.vouchers.track_changes();
+        self.allocation.track_changes();
+        self.royalty.track_changes();
+    }
+
+    /// The seal of the royalty entries not sealed yet, unsigned, when at least
+    /// `entries_min` (≥ 1) are waiting: what `Live::seal` signs and appends.
+    pub fn unsigned_seal(&self, entries_min: u64) -> Result<Option<RightsReportSealed>, SealError> {
+        use engine::domain::report::Report;
+        let log = &self.royalty;
+        if !log.chained() {
+            return Err(SealError::NoMasterKey);
+        }
+        let first = log.next_seal_entry();
+        let count = log.entries.len() as u64;
+        if count < first.saturating_add(entries_min.max(1)) {
+            return Ok(None);
+        }
+        let last = count - 1;
+        let range = &log.entries[first as usize..];
+        let ys: Vec<[u8; 32]> = range.iter().map(|entry| entry.y).collect();
+        let head = &log.entries[last as usize];
+        Ok(Some(RightsReportSealed {
+            epoch: royalty_log::EPOCH,
+            first_entry: first,
+            last_entry: last,
+            head_y: head.y,
+            head_z: head.z,
+            merkle_root: royalty::merkle_root(&ys),
+            totals_digest: log.usage_digest(last).unwrap_or([0; 32]),
+            prev_seal_hash: log.seals.last().map_or([0; 32], Report::seal_hash),
+            engine_key_id: String::new(),
+            signature: vec![],
+            last_stream_seq: self.last_seq.0,
+            stream_head: self.stream_head,
+        }))
     }
 
     /// Applies one stored event; the next sequence must follow the last one applied.
@@ -140,11 +189,28 @@ impl Projections {
     }
 }
 
-/// Projections shared between the live runner and the engine (as its allocator).
-#[derive(Clone, Default)]
+/// Events applied between two commits of a store-backed `Live`, at most. A batch also
+/// ends when the log has no more events ready, so a quiet stream commits at once; under
+/// load one flush serves up to this many events.
+pub const BATCH_EVENTS_MAX: usize = 1024;
+
+/// Projections shared between the live runner and the engine (as its allocator), in
+/// memory only (`new`, `with_projections`) or backed by a projection store (`open`).
+#[derive(Clone)]
 pub struct Live {
     inner: Arc<Mutex<Projections>>,
     applied: Arc<tokio::sync::watch::Sender<Seq>>,
+    /// The durable store, when the projections are backed by one.
+    store: Option<Arc<ProjectionStore>>,
+    /// The last sequence committed to the store.
+    committed: Arc<tokio::sync::watch::Sender<Seq>>,
+    batch_events_max: usize,
+}
+
+impl Default for Live {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Live {
@@ -154,7 +220,72 @@ impl Live {
 
     pub fn with_projections(projections: Projections) -> Self {
         let (applied, _) = tokio::sync::watch::channel(Seq(0));
-        Self { inner: Arc::new(Mutex::new(projections)), applied: Arc::new(applied) }
+        let (committed, _) = tokio::sync::watch::channel(Seq(0));
+        Self { inner: Arc::new(Mutex::new(projections)), applied: Arc::new(applied), store: None, committed: Arc::new(committed), batch_events_max: BATCH_EVENTS_MAX }
+    }
+
+    /// Live projections backed by the projection store in `dir`: opens it (quarantining a
+    /// damaged one, `store::ProjectionStore::open`) and loads its checkpoint, so `run`
+    /// continues at `checkpoint + 1` and commits every batch. A store that must be rebuilt
+    /// for the given keys (built without the master key, now given) is quarantined too;
+    /// `OpenOutcome` says which. With `master` the royalty chain is computed (resumed);
+    /// without it the chain says it needs `A_0`, as in memory. Blocking: it reads and
+    /// checks the whole store (about 0.3 s for the state of 100k events), so call it at
+    /// start-up or on the blocking pool.
+    pub fn open(dir: &Path, master: Option<&SecretKey>, engine_key: Option<RsaPublic>) -> Result<(Live, OpenOutcome), StoreError> {
+        let (store, outcome) = ProjectionStore::open(dir)?;
+        let storage = |reason: String| StoreError::Storage { path: dir.to_path_buf(), reason };
+        let (store, outcome, projections) = match store.load(master, engine_key.clone()) {
+            Ok(projections) => (store, outcome, projections),
+            Err(LoadError::MasterKeyMismatch(reason)) => return Err(StoreError::MasterKeyMismatch { path: dir.to_path_buf(), reason }),
+            Err(LoadError::Storage(reason)) => return Err(storage(reason)),
+            Err(rebuild @ (LoadError::ChainNotFromStart | LoadError::Inconsistent(_))) => {
+                let (store, outcome) = store.quarantine(&rebuild.to_string())?;
+                let projections = store.load(master, engine_key).map_err(|e| storage(e.to_string()))?;
+                (store, outcome, projections)
+            }
+        };
+        let last_seq = projections.last_seq;
+        let (applied, _) = tokio::sync::watch::channel(last_seq);
+        let (committed, _) = tokio::sync::watch::channel(last_seq);
+        let live = Live {
+            inner: Arc::new(Mutex::new(projections)),
+            applied: Arc::new(applied),
+            store: Some(Arc::new(store)),
+            committed: Arc::new(committed),
+            batch_events_max: BATCH_EVENTS_MAX,
+        };
+        Ok((live, outcome))
+    }
+
+    /// The same projections, committing at most `events_max` (≥ 1) events per batch
+    /// (default `BATCH_EVENTS_MAX`); tests use small batches to have many commit points.
+    pub fn with_batch_events_max(mut self, events_max: usize) -> Self {
+        self.batch_events_max = events_max.max(1);
+        self
+    }
+
+    /// The last sequence committed to the projection store (`Seq(0)` in memory only).
+    pub fn checkpoint(&self) -> Seq {
+        *self.committed.borrow()
+    }
+
+    /// Waits until the projection store has committed `seq` (for a store-backed `Live`;
+    /// in memory only nothing is ever committed, so this waits for ever).
+    pub async fn committed(&self, seq: Seq) {
+        let mut committed = self.committed.subscribe();
+        // The sender lives as long as `self`, so wait_for only ends when the condition holds.
+        let _ = committed.wait_for(|committed| *committed >= seq).await;
+    }
+
+    /// Follows the checkpoint as batches are committed.
+    pub fn watch_checkpoint(&self) -> tokio::sync::watch::Receiver<Seq> {
+        self.committed.subscribe()
+    }
+
+    /// How many events the projections are behind the log's `head` (its last sequence).
+    pub fn lag(&self, head: Seq) -> u64 {
+        head.0.saturating_sub(self.read(|p| p.last_seq.0))
     }
 
     /// Seals the royalty entries not sealed yet, when at least `entries_min` (≥ 1) are
@@ -163,35 +294,7 @@ impl Live {
     /// another sealer sealed first.
     pub async fn seal(&self, market: &engine::app::Market, entries_min: u64) -> Result<Option<RightsReportSealed>, SealError> {
         use engine::domain::report::{Report, ReportCommand};
-        let unsigned = self.read(|p| {
-            let log = &p.royalty;
-            if !log.chained() {
-                return Err(SealError::NoMasterKey);
-            }
-            let first = log.next_seal_entry();
-            let count = log.entries.len() as u64;
-            if count < first.saturating_add(entries_min.max(1)) {
-                return Ok(None);
-            }
-            let last = count - 1;
-            let range = &log.entries[first as usize..];
-            let ys: Vec<[u8; 32]> = range.iter().map(|entry| entry.y).collect();
-            let head = &log.entries[last as usize];
-            Ok(Some(RightsReportSealed {
-                epoch: royalty_log::EPOCH,
-                first_entry: first,
-                last_entry: last,
-                head_y: head.y,
-                head_z: head.z,
-                merkle_root: royalty::merkle_root(&ys),
-                totals_digest: log.usage_digest(last).unwrap_or([0; 32]),
-                prev_seal_hash: log.seals.last().map_or([0; 32], Report::seal_hash),
-                engine_key_id: String::new(),
-                signature: vec![],
-                last_stream_seq: p.last_seq.0,
-                stream_head: p.stream_head,
-            }))
-        })?;
+        let unsigned = self.read(|p| p.unsigned_seal(entries_min))?;
         let Some(mut seal) = unsigned else { return Ok(None) };
         let keys = Arc::clone(market.keys());
         let seal_to_sign = seal.clone();
@@ -218,8 +321,12 @@ impl Live {
     }
 
     /// Follows the log from the next unapplied sequence until the stream ends or a
-    /// finding stops it.
+    /// finding stops it. Backed by a store, it commits each batch of applied events
+    /// (`BATCH_EVENTS_MAX`); the events before a finding are committed before it returns.
     pub async fn run(&self, log: Arc<dyn EventLog>) -> Result<(), RunError> {
+        if let Some(store) = &self.store {
+            return self.run_stored(log, Arc::clone(store)).await;
+        }
         let from = Seq(self.read(|p| p.last_seq.0) + 1);
         let mut events = log.follow(from);
         while let Some(stored) = events.next().await {
@@ -229,6 +336,49 @@ impl Live {
             self.applied.send_replace(seq);
         }
         Ok(())
+    }
+
+    async fn run_stored(&self, log: Arc<dyn EventLog>, store: Arc<ProjectionStore>) -> Result<(), RunError> {
+        let from = Seq(self.read(|p| p.last_seq.0) + 1);
+        // `ready_chunks` yields what the log has ready, up to the limit: a batch ends when
+        // the follow stream would wait.
+        let mut batches = log.follow(from).ready_chunks(self.batch_events_max);
+        while let Some(batch) = batches.next().await {
+            let mut stop = None;
+            let mut applied_any = false;
+            for stored in batch {
+                let outcome = stored.map_err(|e| RunError::Read(e.to_string())).and_then(|stored| {
+                    // Locked per event, not per batch, so the allocator never waits long.
+                    self.lock().apply(&stored).map(|_| stored.seq).map_err(RunError::from)
+                });
+                match outcome {
+                    Ok(seq) => {
+                        applied_any = true;
+                        self.applied.send_replace(seq);
+                    }
+                    Err(error) => {
+                        stop = Some(error);
+                        break;
+                    }
+                }
+            }
+            if applied_any {
+                let prepared = store.prepare(&mut self.lock())?;
+                let writer = Arc::clone(&store);
+                let committed = tokio::task::spawn_blocking(move || writer.write(prepared))
+                    .await
+                    .map_err(|e| RunError::Store(CommitError::Storage(format!("the commit task failed: {e}"))))??;
+                self.committed.send_replace(committed.checkpoint.last_seq);
+            }
+            if let Some(error) = stop {
+                return Err(error);
+            }
+        }
+        Ok(())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Projections> {
+        self.inner.lock().expect("projection lock is never poisoned: apply does not panic")
     }
 
     /// Waits until the projections have applied `seq`.
@@ -293,4 +443,6 @@ pub enum RunError {
     Read(String),
     #[error(transparent)]
     Finding(#[from] Finding),
+    #[error("committing to the projection store failed: {0}")]
+    Store(#[from] CommitError),
 }

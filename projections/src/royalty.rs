@@ -150,6 +150,32 @@ impl Chain {
         self.y_prev
     }
 
+    /// The chain positioned after `last`, the newest entry of the epoch's log (`None`: no
+    /// entry yet, the chain starts at `A_0`), re-derived from the master key: `A_j` is
+    /// `A_0` advanced `j` times. `last.z` must verify under the re-derived `A_{j-1}`, which
+    /// proves the master key is the one the log was written with.
+    ///
+    /// This is how the projection store resumes a chain without ever storing a chain
+    /// secret: it costs one derivation per entry at start-up (`store` explains why).
+    pub fn resume(master: &SecretKey, epoch: u64, last: Option<&ChainedEntry>) -> Result<Chain, ChainFault> {
+        let mut chain = Chain::start(master, epoch);
+        let Some(last) = last else { return Ok(chain) };
+        let fault = |reason: &str| ChainFault { index: last.index, reason: reason.to_string() };
+        if last.epoch != epoch {
+            return Err(fault(&format!("belongs to epoch {}, expected {epoch}", last.epoch)));
+        }
+        for _ in 0..last.index {
+            chain.a = crypto::derive_key("vouchsafe 2026 royalty next", chain.a.expose());
+        }
+        let z = crypto::hmac_sha256(chain.a.expose(), &last.y);
+        if !crypto::ct_eq(&z, &last.z) {
+            return Err(fault("MAC Z does not verify under this master key"));
+        }
+        chain.next_index = last.index;
+        chain.advance(last.y);
+        Ok(chain)
+    }
+
     fn advance(&mut self, y: [u8; 32]) {
         // Replacing `a` drops (and so zeroizes) A_j: forward security.
         self.a = crypto::derive_key("vouchsafe 2026 royalty next", self.a.expose());

@@ -5,8 +5,12 @@
 //! The chain needs the epoch's `A_0`, derived from the royalty master key, which lives
 //! only in the engine's and the auditor's key files. Without it this projection still
 //! computes totals, and says that the royalty chain needs `A_0`.
+//!
+//! Which catalog, sale, preview and totals entries changed is noted for the projection
+//! store (`Touched`); entries, seals and faults only grow, so the store writes their tails.
 
 use crate::royalty::{self, Chain, ChainedEntry, Entry, UsageKind};
+use crate::store::Touched;
 use engine::crypto::{RsaPublic, SecretKey};
 use engine::domain::event::{Event, RightsReportSealed, RoyaltyTerms};
 use engine::domain::report::Report;
@@ -16,21 +20,21 @@ use std::collections::BTreeMap;
 /// The epoch every chain currently starts in (key rotation will add epochs).
 pub const EPOCH: u64 = 1;
 
-#[derive(Clone, Debug, Default)]
-struct MediaInfo {
-    title: String,
-    artist: String,
-    authors: Vec<String>,
-    length_ms: u64,
-    image_descriptor: String,
-    terms: RoyaltyTerms,
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct MediaInfo {
+    pub(crate) title: String,
+    pub(crate) artist: String,
+    pub(crate) authors: Vec<String>,
+    pub(crate) length_ms: u64,
+    pub(crate) image_descriptor: String,
+    pub(crate) terms: RoyaltyTerms,
 }
 
-#[derive(Clone, Debug, Default)]
-struct Sale {
-    merchant: String,
-    currency: String,
-    prices: BTreeMap<MediaId, u64>,
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Sale {
+    pub(crate) merchant: String,
+    pub(crate) currency: String,
+    pub(crate) prices: BTreeMap<MediaId, u64>,
 }
 
 /// A totals dimension (DESIGN.md: by artist, track, rights agent, merchant, period).
@@ -64,29 +68,43 @@ pub struct SealFault {
 
 #[derive(Debug, Default)]
 pub struct RoyaltyLog {
-    catalog: BTreeMap<MediaId, MediaInfo>,
-    sales: BTreeMap<VoucherId, Sale>,
-    previews: BTreeMap<PreviewId, String>,
-    chain: Option<Chain>,
-    engine_key: Option<RsaPublic>,
+    pub(crate) catalog: BTreeMap<MediaId, MediaInfo>,
+    pub(crate) sales: BTreeMap<VoucherId, Sale>,
+    /// The merchant of each started preview.
+    pub(crate) previews: BTreeMap<PreviewId, String>,
+    pub(crate) chain: Option<Chain>,
+    pub(crate) engine_key: Option<RsaPublic>,
     /// The chained entries, in order.
     pub entries: Vec<ChainedEntry>,
     /// Stream sequence of each entry's source event.
     pub source_seqs: Vec<u64>,
     /// The usage digest after each entry (what a seal's `totals_digest` commits to).
-    usage_digests: Vec<[u8; 32]>,
+    pub(crate) usage_digests: Vec<[u8; 32]>,
     /// Usage counted (with or without the chain).
     pub usages: u64,
     pub totals: BTreeMap<(Dimension, String), TotalsLine>,
     pub seals: Vec<RightsReportSealed>,
     pub seals_verified: u64,
     pub seal_faults: Vec<SealFault>,
+    /// What changed since the projection store last committed this log.
+    pub(crate) touched_catalog: Touched<MediaId>,
+    pub(crate) touched_sales: Touched<VoucherId>,
+    pub(crate) touched_previews: Touched<PreviewId>,
+    pub(crate) touched_totals: Touched<(Dimension, String)>,
 }
 
 impl RoyaltyLog {
     /// A log that can chain (it holds the master key) and check seal signatures.
     pub fn with_keys(master: &SecretKey, engine_key: Option<RsaPublic>) -> Self {
         Self { chain: Some(Chain::start(master, EPOCH)), engine_key, ..Self::default() }
+    }
+
+    /// Starts noting changes for the projection store.
+    pub(crate) fn track_changes(&mut self) {
+        self.touched_catalog.start();
+        self.touched_sales.start();
+        self.touched_previews.start();
+        self.touched_totals.start();
     }
 
     /// Whether the royalty chain is being computed (the master key was given).
@@ -120,13 +138,16 @@ impl RoyaltyLog {
                         terms: media.terms.clone(),
                     },
                 );
+                self.touched_catalog.touch(&media.media_id);
             }
             Event::Reserved { voucher_id, merchant_id, items, currency, .. } => {
                 let prices = items.iter().map(|item| (item.media_id.clone(), item.price_minor)).collect();
                 self.sales.insert(voucher_id.clone(), Sale { merchant: merchant_id.0.clone(), currency: currency.clone(), prices });
+                self.touched_sales.touch(voucher_id);
             }
             Event::PreviewStarted { preview_id, merchant_id, .. } => {
                 self.previews.insert(preview_id.clone(), merchant_id.0.clone());
+                self.touched_previews.touch(preview_id);
             }
             Event::Delivered { voucher_id, media_id, cert_serial, .. } => {
                 let sale = self.sales.get(voucher_id).cloned().unwrap_or_default();
@@ -183,6 +204,11 @@ impl RoyaltyLog {
 
     fn record(&mut self, entry: Entry) {
         add_to_totals(&mut self.totals, &entry);
+        if self.touched_totals.tracking() {
+            for key in totals_keys(&entry) {
+                self.touched_totals.touch(&key);
+            }
+        }
         self.usages += 1;
         if let Some(chain) = &mut self.chain {
             let previous = self.usage_digests.last().copied().unwrap_or([0; 32]);
@@ -258,15 +284,20 @@ pub fn usage_digest(previous: &[u8; 32], entry: &Entry) -> [u8; 32] {
     engine::crypto::hash(&bytes)
 }
 
-/// Adds one usage to the totals of every dimension.
-pub fn add_to_totals(totals: &mut BTreeMap<(Dimension, String), TotalsLine>, entry: &Entry) {
-    for (dimension, key) in [
+/// The totals line of every dimension that one usage counts in.
+fn totals_keys(entry: &Entry) -> [(Dimension, String); 5] {
+    [
         (Dimension::Artist, entry.artist.clone()),
         (Dimension::Media, entry.media_id.clone()),
         (Dimension::RightsAgent, entry.rights_agent.clone()),
         (Dimension::Merchant, entry.merchant.clone()),
         (Dimension::Period, month_of(entry.timestamp_ms)),
-    ] {
+    ]
+}
+
+/// Adds one usage to the totals of every dimension.
+pub fn add_to_totals(totals: &mut BTreeMap<(Dimension, String), TotalsLine>, entry: &Entry) {
+    for (dimension, key) in totals_keys(entry) {
         let line = totals.entry((dimension, key)).or_default();
         match entry.kind {
             UsageKind::Delivery => {

@@ -1,10 +1,18 @@
 //! Voucher state: the status of every voucher, the seed's three sets, lookups by merchant
 //! and the expiry index that drives the timeout sweeper.
+//!
+//! The rows and the points holds are the state; the by-merchant and expiry indexes are a
+//! function of the rows (`from_parts` rebuilds them), so the projection store persists
+//! rows and holds only. Which rows and holds changed is noted for the store (`Touched`).
 
 use engine::domain::event::Event;
 use engine::domain::voucher::{PurchaseSet, VoucherStatus};
+use crate::store::Touched;
 use engine::ids::{AccountId, MerchantId, Millis, VoucherId};
 use std::collections::{BTreeMap, BTreeSet};
+
+/// A points hold: its expiry, the account and the voucher it pays for.
+pub type Hold = (Millis, AccountId, VoucherId);
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VoucherRow {
@@ -21,26 +29,39 @@ pub struct VoucherBook {
     /// Pending reservations by expiry time.
     expiry: BTreeSet<(Millis, VoucherId)>,
     /// Points held and not yet posted or released, by expiry time.
-    pub holds: BTreeSet<(Millis, AccountId, VoucherId)>,
+    pub holds: BTreeSet<Hold>,
+    /// Rows and holds changed since the projection store last committed this book.
+    pub(crate) touched_vouchers: Touched<VoucherId>,
+    pub(crate) touched_holds: Touched<Hold>,
 }
 
 impl VoucherBook {
     pub fn apply(&mut self, event: &Event) {
         match event {
             Event::Reserved { voucher_id, merchant_id, expires_at, .. } => {
-                self.vouchers.insert(
-                    voucher_id.clone(),
-                    VoucherRow { merchant: merchant_id.clone(), status: VoucherStatus::Pending, expires_at: *expires_at, media_delivered: 0 },
-                );
+                let row = VoucherRow { merchant: merchant_id.clone(), status: VoucherStatus::Pending, expires_at: *expires_at, media_delivered: 0 };
+                // A second Reserved for the same voucher (only in a malformed stream) replaces
+                // the row; its old index entries go too, so the indexes stay a function of
+                // the rows, which is what lets the store persist rows only.
+                if let Some(old) = self.vouchers.insert(voucher_id.clone(), row) {
+                    self.unindex(voucher_id, &old);
+                }
                 self.by_merchant.entry(merchant_id.clone()).or_default().insert(voucher_id.clone());
                 self.expiry.insert((*expires_at, voucher_id.clone()));
+                self.touched_vouchers.touch(voucher_id);
             }
             Event::Authorized { voucher_id, .. } => self.set_status(voucher_id, VoucherStatus::Authorized),
             Event::PointsHeld { account_id, voucher_id, expires_at, .. } => {
-                self.holds.insert((*expires_at, account_id.clone(), voucher_id.clone()));
+                let hold = (*expires_at, account_id.clone(), voucher_id.clone());
+                self.touched_holds.touch(&hold);
+                self.holds.insert(hold);
             }
             Event::HoldPosted { account_id, voucher_id, .. } | Event::HoldReleased { account_id, voucher_id, .. } => {
-                self.holds.retain(|(_, account, voucher)| !(account == account_id && voucher == voucher_id));
+                let settled: Vec<Hold> = self.holds.iter().filter(|(_, account, voucher)| account == account_id && voucher == voucher_id).cloned().collect();
+                for hold in settled {
+                    self.holds.remove(&hold);
+                    self.touched_holds.touch(&hold);
+                }
             }
             Event::Voided { voucher_id, .. } => self.set_status(voucher_id, VoucherStatus::Voided),
             Event::VoucherIssued { voucher_id, .. } | Event::DeliveryFailed { voucher_id, .. } => self.set_status(voucher_id, VoucherStatus::Issued),
@@ -48,6 +69,7 @@ impl VoucherBook {
             Event::Delivered { voucher_id, voucher_complete, .. } => {
                 if let Some(row) = self.vouchers.get_mut(voucher_id) {
                     row.media_delivered += 1;
+                    self.touched_vouchers.touch(voucher_id);
                 }
                 if *voucher_complete {
                     self.set_status(voucher_id, VoucherStatus::Delivered);
@@ -63,7 +85,39 @@ impl VoucherBook {
                 self.expiry.remove(&(row.expires_at, voucher_id.clone()));
             }
             row.status = status;
+            self.touched_vouchers.touch(voucher_id);
         }
+    }
+
+    /// Removes a row's entries from the by-merchant and expiry indexes.
+    fn unindex(&mut self, voucher_id: &VoucherId, row: &VoucherRow) {
+        if let Some(vouchers) = self.by_merchant.get_mut(&row.merchant) {
+            vouchers.remove(voucher_id);
+            if vouchers.is_empty() {
+                self.by_merchant.remove(&row.merchant);
+            }
+        }
+        self.expiry.remove(&(row.expires_at, voucher_id.clone()));
+    }
+
+    /// A book from its persisted parts (rows and holds), with the indexes rebuilt: a
+    /// voucher is listed under its merchant, and in the expiry index while it is Pending.
+    pub(crate) fn from_parts(vouchers: BTreeMap<VoucherId, VoucherRow>, holds: BTreeSet<Hold>) -> Self {
+        let mut book = VoucherBook { holds, ..VoucherBook::default() };
+        for (voucher_id, row) in &vouchers {
+            book.by_merchant.entry(row.merchant.clone()).or_default().insert(voucher_id.clone());
+            if row.status == VoucherStatus::Pending {
+                book.expiry.insert((row.expires_at, voucher_id.clone()));
+            }
+        }
+        book.vouchers = vouchers;
+        book
+    }
+
+    /// Starts noting changed rows and holds for the projection store.
+    pub(crate) fn track_changes(&mut self) {
+        self.touched_vouchers.start();
+        self.touched_holds.start();
     }
 
     /// Pending reservations whose expiry is before `now`: the sweeper's work list.
