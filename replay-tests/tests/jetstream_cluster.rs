@@ -180,18 +180,36 @@ async fn killing_the_stream_leader_during_load_loses_nothing_and_appends_continu
     );
 
     // Every acknowledged append is stored once, at its sequence, in its subject's order;
-    // nothing else is stored. read_from runs on the leader.
+    // nothing else is stored. read_from runs on the leader. Right after a leader change a
+    // read can time out while the cluster settles; it is answered Unavailable (retryable),
+    // so the test retries as a caller would, within a deadline.
     let total: usize = records
         .iter()
         .map(|record| record.acked.len())
         .sum::<usize>()
         + 1;
-    assert_eq!(
-        log.last_seq().await.expect("last_seq"),
-        Seq(total as u64),
-        "exactly the acknowledged appends"
-    );
-    let events = log.read_from(Seq(1), usize::MAX).await.expect("read_from");
+    let read_deadline = Instant::now() + Duration::from_secs(30);
+    let last_seq = loop {
+        match log.last_seq().await {
+            Ok(seq) => break seq,
+            Err(engine::log::ReadError::Unavailable(reason)) if Instant::now() < read_deadline => {
+                eprintln!("last_seq unavailable after the leader change ({reason}); retrying");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(error) => panic!("last_seq: {error:?}"),
+        }
+    };
+    assert_eq!(last_seq, Seq(total as u64), "exactly the acknowledged appends");
+    let events = loop {
+        match log.read_from(Seq(1), usize::MAX).await {
+            Ok(events) => break events,
+            Err(engine::log::ReadError::Unavailable(reason)) if Instant::now() < read_deadline => {
+                eprintln!("read_from unavailable after the leader change ({reason}); retrying");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(error) => panic!("read_from: {error:?}"),
+        }
+    };
     assert_eq!(events.len(), total);
     assert!(
         events

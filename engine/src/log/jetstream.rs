@@ -352,7 +352,9 @@ impl JetStreamLog {
             Expected::Empty => 0,
             Expected::LastSeq(seq) => seq.0,
         };
-        if actual? <= after {
+        // With the stored sequence known and not past the expectation, nothing of ours can be
+        // there; unknown (10164), look.
+        if actual.is_some_and(|actual| actual <= after) {
             return None;
         }
         let candidate = self
@@ -881,6 +883,11 @@ async fn publish(
                 | PublishErrorKind::MaxAckPending
                 | PublishErrorKind::Other => {
                     let text = error.to_string();
+                    // A replicated stream reports a lost race as 10164, "wrong last
+                    // sequence" without the stored sequence; async-nats knows only 10071.
+                    if is_wrong_last_sequence_without_seq(&text) {
+                        return Ok(Published::WrongLastSequence(None));
+                    }
                     // 503: JetStream (or the stream's leader) is not available right now;
                     // the message was refused, not stored.
                     if text.contains("code 503") {
@@ -900,6 +907,13 @@ async fn publish(
             "{unavailable} after {APPEND_ATTEMPTS_MAX} attempts; is JetStream up and the stream present?"
         ))),
     }
+}
+
+/// nats-server's `JSStreamWrongLastSequenceConstantErr` (error code 10164): the expected
+/// last subject sequence did not hold, but the server does not say what it is (a clustered
+/// stream refusing while another message on the subject is in flight).
+fn is_wrong_last_sequence_without_seq(text: &str) -> bool {
+    text.contains("error code 10164")
 }
 
 /// The server reports "wrong last sequence: N"; N is the subject's last sequence.
@@ -1203,6 +1217,9 @@ mod tests {
             Some(3)
         );
         assert_eq!(parse_wrong_last_sequence("wrong last sequence: 0"), Some(0));
+        assert!(is_wrong_last_sequence_without_seq("publish failed: wrong last sequence (code 400, error code 10164)"));
+        assert!(!is_wrong_last_sequence_without_seq("wrong last sequence: 3 (code 400, error code 10071)"));
+        assert!(!is_wrong_last_sequence_without_seq("insufficient resources (code 503, error code 10023)"));
         assert_eq!(parse_wrong_last_sequence("wrong last sequence"), None);
     }
 
