@@ -4,7 +4,9 @@
 
 pub mod audit;
 pub mod backend;
+pub mod bench;
 pub mod demo;
 pub mod keys;
+pub mod natsd;
 pub mod progress;
 pub mod status;

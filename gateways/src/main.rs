@@ -1,7 +1,7 @@
 //! The `vouchsafe` binary: one command-line tool with subcommands (CLI.md). Argument
 //! parsing and output live here; the work lives in the libraries.
 
-use gateways::{audit, backend, demo, keys};
+use gateways::{audit, backend, bench, demo, keys};
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -39,6 +39,26 @@ enum Command {
         /// Print one JSON summary object on the last line of stdout.
         #[arg(long)]
         json: bool,
+    },
+    /// Benchmarks with raw-substrate baselines measured in the same run.
+    Bench {
+        /// Smaller workloads (3,000 vouchers): under 2 minutes on 2 cores.
+        #[arg(long)]
+        quick: bool,
+        /// Run against this nats-server instead of starting our own: the bench creates (and
+        /// deletes) its streams VSBENCH, VSBENCH_NODES and VSBENCH_RAW there, so no other
+        /// stream may claim vs.>, vsn.> or vb.>; the durable case is skipped.
+        #[arg(long)]
+        nats_url: Option<String>,
+        /// Print one JSON object on the last line of stdout.
+        #[arg(long)]
+        json: bool,
+        /// Override the number of vouchers N (tiny runs for tests).
+        #[arg(long, hide = true, value_parser = clap::value_parser!(u64).range(1..=bench::VOUCHERS_MAX as u64))]
+        vouchers: Option<u64>,
+        /// Internal: the memory case's child process, with the key directory to use.
+        #[arg(long, hide = true, requires = "nats_url", requires = "vouchers")]
+        rss_probe: Option<PathBuf>,
     },
 }
 
@@ -200,6 +220,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let ok = summary.delivered > 0 && summary.decrypt_ok == summary.delivered && summary.audit_ok;
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Command::Bench { quick, nats_url, json, vouchers, rss_probe } => {
+            let vouchers = vouchers.map(usize::try_from).transpose()?;
+            let runtime = tokio::runtime::Runtime::new()?;
+            if let (Some(keys_dir), Some(url), Some(vouchers)) = (rss_probe, &nats_url, vouchers) {
+                let probe = runtime.block_on(bench::rss_probe(url, &keys_dir, vouchers))?;
+                println!("{}", serde_json::to_string(&probe)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let report = runtime.block_on(bench::run(bench::BenchArgs { quick, nats_url, vouchers }))?;
+            eprintln!("{}", bench::describe(&report));
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            }
+            Ok(if report.audit_ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
     }
 }
