@@ -6,10 +6,12 @@
 //! of a consumer certificate (random salt) and the hash of a media key wrapped for a
 //! consumer (random OAEP padding). Everything else must match byte for byte.
 
-use engine::app::{Allocator, EngineKeys, Market, PublishInput};
+mod common;
+
+use engine::app::{Allocator, EngineKeys, Market};
 use engine::clock::{Clock, ManualClock};
 use engine::crypto::{self, test_keys};
-use engine::domain::event::{Event, Payment, PreviewClip, Recorded, Rendition, RoyaltyTerms};
+use engine::domain::event::{Event, Payment, Recorded};
 use engine::ids::*;
 use engine::log::embedded::EmbeddedLog;
 use engine::log::jetstream::JetStreamLog;
@@ -39,20 +41,7 @@ async fn script(log: Arc<dyn EventLog>, wrapped_media_key: Vec<u8>) {
     let market = Market::new(log, clock.clone() as Arc<dyn Clock>, Arc::clone(&keys), Arc::new(OneNode(node.clone())));
     market.register_node("op", &req("node-1"), "eu", 16).await.expect("node");
     let merchant = MerchantId(market.register_merchant("op", &req("m-1"), "Shop").await.expect("merchant").id);
-    let input = PublishInput {
-        title: "Song".into(),
-        artist: "Artist".into(),
-        authors: vec!["Author".into()],
-        length_ms: 100_000,
-        price_minor: 300,
-        currency: "EUR".into(),
-        terms: RoyaltyTerms { retailer_bps: 3000, distributor_bps: 2000, owner_bps: 5000, distributor: "d".into(), owner: "o".into(), rights_agent: "a".into() },
-        renditions: vec![Rendition { name: "high".into(), bitrate_kbps: 256, content_hash: [1; 32], size_bytes: 10 }],
-        preview: PreviewClip { start_ms: 0, duration_ms: 10_000 },
-        image_descriptor: String::new(),
-        for_sale: true,
-        wrapped_media_key,
-    };
+    let input = common::song("Song", 300, wrapped_media_key);
     let media = market.publish_media("pub", &req("media-1"), input).await.expect("publish");
     let consumer = ConsumerId::new("alice");
     let player = test_keys::fixed_rsa_2();

@@ -2,10 +2,12 @@
 //! retried commands answer the first answer and write nothing; refusals write nothing;
 //! concurrent point holds never overdraw an account.
 
-use engine::app::{Allocator, EngineKeys, Market, PublishInput};
+mod common;
+
+use engine::app::{Allocator, EngineKeys, Market};
 use engine::clock::{Clock, ManualClock};
 use engine::crypto::{self, test_keys};
-use engine::domain::event::{Payment, PreviewClip, Rendition, RoyaltyTerms};
+use engine::domain::event::Payment;
 use engine::domain::Rejection;
 use engine::ids::*;
 use engine::log::embedded::EmbeddedLog;
@@ -51,20 +53,7 @@ async fn fixture() -> Fixture {
     let merchant = MerchantId(market.register_merchant("op", &req("m-1"), "Shop").await.expect("merchant").id);
     let other_merchant = MerchantId(market.register_merchant("op", &req("m-2"), "Other").await.expect("merchant").id);
     let media_key = crypto::SecretKey::random();
-    let input = PublishInput {
-        title: "Song".into(),
-        artist: "Artist".into(),
-        authors: vec!["Author".into()],
-        length_ms: 100_000,
-        price_minor: 250,
-        currency: "EUR".into(),
-        terms: RoyaltyTerms { retailer_bps: 3000, distributor_bps: 2000, owner_bps: 5000, distributor: "d".into(), owner: "o".into(), rights_agent: "a".into() },
-        renditions: vec![Rendition { name: "high".into(), bitrate_kbps: 256, content_hash: [1; 32], size_bytes: 10 }],
-        preview: PreviewClip { start_ms: 0, duration_ms: 10_000 },
-        image_descriptor: String::new(),
-        for_sale: true,
-        wrapped_media_key: crypto::wrap_key(&keys.public, &media_key).expect("wrap"),
-    };
+    let input = common::song("Song", 250, crypto::wrap_key(&keys.public, &media_key).expect("wrap"));
     let media = market.publish_media("pub", &req("media-1"), input).await.expect("publish");
     Fixture { _dir: dir, log, clock, market, merchant, other_merchant, node, media }
 }

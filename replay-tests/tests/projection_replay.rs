@@ -2,10 +2,12 @@
 //! live gives the digest a rebuild from sequence 1 gives; and two sweepers racing on one
 //! stream void each expired reservation exactly once.
 
-use engine::app::{EngineKeys, Market, PublishInput};
+mod common;
+
+use engine::app::{EngineKeys, Market};
 use engine::clock::{Clock, ManualClock};
 use engine::crypto::{self, test_keys};
-use engine::domain::event::{Event, Payment, PreviewClip, Rendition, RoyaltyTerms};
+use engine::domain::event::{Event, Payment};
 use engine::ids::*;
 use engine::log::embedded::EmbeddedLog;
 use engine::log::EventLog;
@@ -51,20 +53,7 @@ async fn world() -> World {
     }
     let mut media = Vec::new();
     for i in 0..2u64 {
-        let input = PublishInput {
-            title: format!("Song {i}"),
-            artist: "Artist".into(),
-            authors: vec![],
-            length_ms: 60_000,
-            price_minor: 100 + i,
-            currency: "EUR".into(),
-            terms: RoyaltyTerms { retailer_bps: 3000, distributor_bps: 2000, owner_bps: 5000, distributor: "d".into(), owner: "o".into(), rights_agent: "a".into() },
-            renditions: vec![Rendition { name: "high".into(), bitrate_kbps: 1, content_hash: [0; 32], size_bytes: 1 }],
-            preview: PreviewClip { start_ms: 0, duration_ms: 10_000 },
-            image_descriptor: String::new(),
-            for_sale: true,
-            wrapped_media_key: crypto::wrap_key(&keys.public, &crypto::SecretKey::random()).expect("wrap"),
-        };
+        let input = common::song(&format!("Song {i}"), 100 + i, crypto::wrap_key(&keys.public, &crypto::SecretKey::random()).expect("wrap"));
         media.push(market.publish_media("pub", &req(&format!("media{i}")), input).await.expect("publish"));
     }
     let consumer = ConsumerId::new("alice");
