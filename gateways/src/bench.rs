@@ -412,7 +412,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
 
     // Case 5: both sides of case 1 against a server that fsyncs every write.
     let (durable_raw_append, durable_engine_append) = if args.nats_url.is_some() {
-        eprintln!("[5] durable: skipped (needs a server this command starts with sync_interval: always; --nats-url was given)");
+        eprintln!("[5] durable: not measured, reported as null: it needs a server this command starts itself with sync_interval: always, and --nats-url was given");
         (None, None)
     } else {
         // The earlier cases left dirty pages (the default-sync server writes lazily); with
