@@ -8,4 +8,5 @@ pub mod domain;
 pub mod handler;
 pub mod ids;
 pub mod log;
+pub mod media;
 pub mod wire;

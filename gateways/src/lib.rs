@@ -5,6 +5,7 @@
 pub mod audit;
 pub mod backend;
 pub mod bench;
+pub mod cred;
 pub mod demo;
 pub mod keys;
 pub mod natsd;
