@@ -9,5 +9,7 @@ pub mod cred;
 pub mod demo;
 pub mod keys;
 pub mod natsd;
+pub mod node;
+pub mod player;
 pub mod progress;
 pub mod status;

@@ -1,0 +1,1 @@
+//! The delivery node agent (`vouchsafe node`); being written.

@@ -1,0 +1,1 @@
+//! The reference player (`vouchsafe player`); being written.
