@@ -4,12 +4,16 @@
 
 pub mod audit;
 pub mod backend;
+pub mod auth;
 pub mod bench;
 pub mod cred;
 pub mod demo;
 pub mod keys;
+pub mod media_store;
+pub mod metrics;
 pub mod natsd;
 pub mod node;
 pub mod player;
 pub mod progress;
+pub mod server;
 pub mod status;

@@ -1,0 +1,280 @@
+//! The engine's front door, as one tower layer in front of every gRPC service: it counts
+//! the request against the server's concurrency limit, authenticates the caller from its
+//! credential metadata, checks that the caller's role may call the service, and buffers
+//! the (unary) request body up to the service's size limit. All of it happens before
+//! tonic decodes a byte, so unauthenticated garbage gets UNAUTHENTICATED and an oversized
+//! request RESOURCE_EXHAUSTED (tonic alone would say OUT_OF_RANGE), and neither writes
+//! anything. The caller's identity travels to the handlers as a request extension and is
+//! the only identity they use (never a request field).
+//!
+//! Health and reflection need no credential. Credential checks are constant-time
+//! comparisons of `crypto::credential_hash(secret)` with the hash recorded at registration;
+//! an unknown id and a wrong secret get the same answer.
+
+use crate::cred::{ID_HEADER, SECRET_HEADER};
+use engine::crypto::{self, SecretKey};
+use engine::domain::party::{Auditor, AuditorStatus, Merchant, MerchantStatus, Node, NodeStatus};
+use engine::app::Market;
+use engine::ids::{MerchantId, NodeId};
+use http_body_util::BodyExt;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tonic::Status;
+
+/// Who is calling, from its credential.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Identity {
+    Operator(String),
+    Merchant(MerchantId),
+    Node(NodeId),
+    Auditor(String),
+}
+
+impl Identity {
+    pub fn role(&self) -> &'static str {
+        match self {
+            Identity::Operator(_) => "operator",
+            Identity::Merchant(_) => "merchant",
+            Identity::Node(_) => "delivery node",
+            Identity::Auditor(_) => "auditor",
+        }
+    }
+}
+
+/// The services and what each may be called by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Service {
+    Merchant,
+    Delivery,
+    Catalog,
+    Audit,
+    /// Health checking and reflection: open to anyone.
+    Open,
+}
+
+fn service_of(path: &str) -> Option<Service> {
+    let service = path.strip_prefix('/')?.split('/').next()?;
+    match service {
+        "vouchsafe.v1.MerchantService" => Some(Service::Merchant),
+        "vouchsafe.v1.DeliveryService" => Some(Service::Delivery),
+        "vouchsafe.v1.CatalogService" => Some(Service::Catalog),
+        "vouchsafe.v1.AuditService" => Some(Service::Audit),
+        "grpc.health.v1.Health" | "grpc.reflection.v1.ServerReflection" | "grpc.reflection.v1alpha.ServerReflection" => Some(Service::Open),
+        _ => None,
+    }
+}
+
+fn allowed(service: Service, identity: &Identity) -> bool {
+    match (service, identity) {
+        (Service::Open, _) => true,
+        (Service::Merchant, Identity::Merchant(_)) => true,
+        (Service::Delivery, Identity::Node(_)) => true,
+        (Service::Catalog, Identity::Operator(_)) => true,
+        (Service::Audit, Identity::Auditor(_) | Identity::Operator(_)) => true,
+        (Service::Merchant | Service::Delivery | Service::Catalog | Service::Audit, _) => false,
+    }
+}
+
+/// Request body limits, in bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Every request except the catalog's uploads.
+    pub request_bytes_max: usize,
+    /// CatalogService (PublishMedia carries the media container).
+    pub upload_bytes_max: usize,
+    /// Requests served at once by the whole server.
+    pub requests_in_flight_max: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { request_bytes_max: 64 * 1024, upload_bytes_max: engine::media::CONTAINER_BYTES_MAX + 1024 * 1024, requests_in_flight_max: 2048 }
+    }
+}
+
+/// Checks credentials against what the stream recorded.
+pub struct Authenticator {
+    market: Arc<Market>,
+    operator_id: String,
+    operator_hash: [u8; 32],
+}
+
+impl Authenticator {
+    pub fn new(market: Arc<Market>, operator_id: String, operator_secret: &SecretKey) -> Self {
+        Self { market, operator_id, operator_hash: crypto::credential_hash(operator_secret.expose()) }
+    }
+
+    /// The identity behind `id` + `secret_hex`, or UNAUTHENTICATED.
+    pub async fn authenticate(&self, id: &str, secret_hex: &str) -> Result<Identity, Status> {
+        let refused = || Status::unauthenticated("unknown credential id or wrong secret; check the credential file");
+        let mut secret = [0u8; 32];
+        if secret_hex.len() != 64 || hex::decode_to_slice(secret_hex, &mut secret).is_err() {
+            return Err(Status::unauthenticated(format!("{SECRET_HEADER} must be 64 hex digits")));
+        }
+        let presented = crypto::credential_hash(&secret);
+        zeroize::Zeroize::zeroize(&mut secret);
+        if !engine::ids::is_valid_token(id) {
+            return Err(refused());
+        }
+        let unavailable = |e: engine::handler::HandleError| Status::unavailable(format!("cannot check the credential now: {e}"));
+        let (identity, recorded, active) = if id == self.operator_id {
+            (Identity::Operator(id.to_string()), self.operator_hash, true)
+        } else if id.starts_with("au") {
+            let auditor = self.market.handler().load::<Auditor>(id).await.map_err(unavailable)?.state;
+            (Identity::Auditor(id.to_string()), auditor.credential_hash, auditor.status == AuditorStatus::Active)
+        } else if id.starts_with('m') {
+            let merchant = self.market.handler().load::<Merchant>(id).await.map_err(unavailable)?.state;
+            // A suspended merchant still authenticates: the use cases refuse what it may not do.
+            (Identity::Merchant(MerchantId(id.to_string())), merchant.credential_hash, merchant.status != MerchantStatus::Unknown)
+        } else if id.starts_with('n') {
+            let node = self.market.handler().load::<Node>(id).await.map_err(unavailable)?.state;
+            (Identity::Node(NodeId(id.to_string())), node.credential_hash, matches!(node.status, NodeStatus::Active | NodeStatus::Drained))
+        } else {
+            return Err(refused());
+        };
+        // Compare even for unknown ids (their recorded hash is zeros), so timing says nothing.
+        let matches = crypto::ct_eq(&presented, &recorded);
+        if matches && active { Ok(identity) } else { Err(refused()) }
+    }
+}
+
+/// The layer: wraps the router of gRPC services.
+#[derive(Clone)]
+pub struct FrontDoor {
+    authenticator: Arc<Authenticator>,
+    limits: Limits,
+    in_flight: Arc<tokio::sync::Semaphore>,
+    refused: Arc<dyn Fn(tonic::Code) + Send + Sync>,
+}
+
+impl FrontDoor {
+    /// `refused` is told the code of every request refused here (for the metrics).
+    pub fn new(authenticator: Arc<Authenticator>, limits: Limits, refused: Arc<dyn Fn(tonic::Code) + Send + Sync>) -> Self {
+        Self { authenticator, limits, in_flight: Arc::new(tokio::sync::Semaphore::new(limits.requests_in_flight_max)), refused }
+    }
+}
+
+impl<S> tower_layer::Layer<S> for FrontDoor {
+    type Service = Guarded<S>;
+
+    fn layer(&self, inner: S) -> Guarded<S> {
+        Guarded { inner, door: self.clone() }
+    }
+}
+
+#[derive(Clone)]
+pub struct Guarded<S> {
+    inner: S,
+    door: FrontDoor,
+}
+
+type Request = http::Request<tonic::body::Body>;
+type Response = http::Response<tonic::body::Body>;
+
+impl<S> tower_service::Service<Request> for Guarded<S>
+where
+    S: tower_service::Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        // The clone that was made ready serves this call (tower's rule for `call`).
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let door = self.door.clone();
+        Box::pin(async move {
+            match admit(&door, request).await {
+                Ok((request, _permit)) => {
+                    let mut inner = inner;
+                    inner.call(request).await
+                }
+                Err(status) => {
+                    (door.refused)(status.code());
+                    Ok(status.into_http())
+                }
+            }
+        })
+    }
+}
+
+async fn admit(door: &FrontDoor, request: Request) -> Result<(Request, Option<tokio::sync::OwnedSemaphorePermit>), Status> {
+    let Some(service) = service_of(request.uri().path()) else {
+        return Err(Status::unimplemented(format!("no such service: {}", request.uri().path())));
+    };
+    if service == Service::Open {
+        return Ok((request, None));
+    }
+    let permit = Arc::clone(&door.in_flight).try_acquire_owned().map_err(|_| {
+        Status::resource_exhausted(format!("the engine is serving its limit of {} requests; retry shortly", door.limits.requests_in_flight_max))
+    })?;
+    let (mut parts, body) = request.into_parts();
+    let (id, secret) = {
+        let header = |name: &str| parts.headers.get(name).and_then(|value| value.to_str().ok()).map(str::to_string);
+        (header(ID_HEADER), header(SECRET_HEADER).map(zeroize::Zeroizing::new))
+    };
+    let (Some(id), Some(secret)) = (id, secret) else {
+        return Err(Status::unauthenticated(format!("missing {ID_HEADER} / {SECRET_HEADER} metadata; pass a credential file with --cred")));
+    };
+    let identity = door.authenticator.authenticate(&id, &secret).await?;
+    if !allowed(service, &identity) {
+        return Err(Status::permission_denied(format!("a {} credential may not call {}", identity.role(), parts.uri.path().trim_start_matches('/'))));
+    }
+    let limit = if service == Service::Catalog { door.limits.upload_bytes_max } else { door.limits.request_bytes_max };
+    // Every RPC takes a single request message: buffer it whole, within the limit.
+    let collected = http_body_util::Limited::new(body, limit).collect().await.map_err(|error| {
+        if error.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            Status::resource_exhausted(format!("the request is over the {limit}-byte limit of this service"))
+        } else {
+            Status::cancelled(format!("the request body did not arrive: {error}"))
+        }
+    })?;
+    parts.extensions.insert(identity);
+    let body = tonic::body::Body::new(http_body_util::Full::new(collected.to_bytes()));
+    Ok((http::Request::from_parts(parts, body), Some(permit)))
+}
+
+/// The caller's identity, put there by the front door.
+pub fn identity<T>(request: &tonic::Request<T>) -> Result<Identity, Status> {
+    request.extensions().get::<Identity>().cloned().ok_or_else(|| Status::unauthenticated("no credential was checked for this call"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_service_admits_exactly_its_roles() {
+        let identities = [
+            Identity::Operator("operator".into()),
+            Identity::Merchant(MerchantId("m1".into())),
+            Identity::Node(NodeId("n1".into())),
+            Identity::Auditor("au1".into()),
+        ];
+        let expected = [
+            (Service::Merchant, [false, true, false, false]),
+            (Service::Delivery, [false, false, true, false]),
+            (Service::Catalog, [true, false, false, false]),
+            (Service::Audit, [true, false, false, true]),
+            (Service::Open, [true, true, true, true]),
+        ];
+        for (service, allowed_roles) in expected {
+            for (identity, expect) in identities.iter().zip(allowed_roles) {
+                assert_eq!(allowed(service, identity), expect, "{service:?} × {identity:?}");
+            }
+        }
+        assert_eq!(service_of("/vouchsafe.v1.MerchantService/Reserve"), Some(Service::Merchant));
+        assert_eq!(service_of("/grpc.health.v1.Health/Check"), Some(Service::Open));
+        assert_eq!(service_of("/vouchsafe.v1.Nope/Reserve"), None);
+        assert_eq!(service_of(""), None);
+    }
+}

@@ -1,0 +1,90 @@
+//! The engine's copy of each published media part (the container a buyer downloads and
+//! the free preview clip), one file per part under `<data-dir>/media/`. Nodes fetch parts
+//! from here with `DeliveryService.FetchMedia` and cache them. Files are written to a
+//! temporary name, synced and renamed, so a crash never leaves half a container; a part is
+//! written before its `MediaPublished` event is appended, so every published media has
+//! its bytes. (With several engine replicas on one JetStream stream the parts belong in a
+//! shared store such as a JetStream object store; see ARCHITECTURE.md.)
+
+use anyhow::Context;
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Part {
+    Container,
+    PreviewClip,
+}
+
+impl Part {
+    fn extension(self) -> &'static str {
+        match self {
+            Part::Container => "vsmc",
+            Part::PreviewClip => "clip",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct MediaStore {
+    dir: PathBuf,
+}
+
+impl MediaStore {
+    pub fn open(dir: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create the media directory {}", dir.display()))?;
+        Ok(Self { dir: dir.to_path_buf() })
+    }
+
+    fn path(&self, media_id: &str, part: Part) -> anyhow::Result<PathBuf> {
+        // Ids are checked tokens ([A-Za-z0-9_-]), so they cannot leave the directory.
+        anyhow::ensure!(engine::ids::is_valid_token(media_id), "invalid media id");
+        Ok(self.dir.join(format!("{media_id}.{}", part.extension())))
+    }
+
+    pub async fn put(&self, media_id: &str, part: Part, bytes: bytes::Bytes) -> anyhow::Result<()> {
+        let path = self.path(media_id, part)?;
+        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            let temporary = path.with_extension("tmp");
+            {
+                use std::io::Write;
+                let mut file = std::fs::File::create(&temporary).with_context(|| format!("cannot write {}", temporary.display()))?;
+                file.write_all(&bytes)?;
+                file.sync_all()?;
+            }
+            std::fs::rename(&temporary, &path).with_context(|| format!("cannot rename into {}", path.display()))?;
+            if let Some(dir) = path.parent() {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+            Ok(())
+        })
+        .await
+        .context("the media write task failed")?
+    }
+
+    /// The part's bytes, or `None` when this engine holds no such part.
+    pub async fn get(&self, media_id: &str, part: Part) -> anyhow::Result<Option<bytes::Bytes>> {
+        let path = self.path(media_id, part)?;
+        tokio::task::spawn_blocking(move || match std::fs::read(&path) {
+            Ok(bytes) => Ok(Some(bytes::Bytes::from(bytes))),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(error) => Err(anyhow::Error::new(error).context(format!("cannot read {}", path.display()))),
+        })
+        .await
+        .context("the media read task failed")?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn put_then_get_and_bad_ids_are_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = MediaStore::open(dir.path()).expect("opens");
+        store.put("md1", Part::Container, bytes::Bytes::from_static(b"abc")).await.expect("put");
+        assert_eq!(store.get("md1", Part::Container).await.expect("get").as_deref(), Some(&b"abc"[..]));
+        assert_eq!(store.get("md1", Part::PreviewClip).await.expect("get"), None);
+        assert!(store.get("../etc/passwd", Part::Container).await.is_err());
+    }
+}

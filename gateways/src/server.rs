@@ -1,0 +1,953 @@
+//! The engine's gRPC server: MerchantService, DeliveryService, CatalogService and
+//! AuditService over `engine::app::Market`, with grpc.health.v1 and server reflection, the
+//! live projections (allocator, sweeper, sealer) and graceful shutdown. Request messages
+//! are checked and converted here (the one place RPC messages meet domain types); every
+//! refusal goes through `status::from_app_error`, one exhaustive mapping.
+//!
+//! Identity comes only from the credential checked by `auth::FrontDoor`; no handler reads
+//! an id of the caller from a request field. Secrets (credential secrets, receipts, access
+//! keys) appear only in the responses that hand them to their owner, never in a log line.
+
+use crate::auth::{self, Authenticator, FrontDoor, Identity, Limits};
+use crate::media_store::{MediaStore, Part};
+use crate::metrics::{Metrics, NodeLabel};
+use crate::status::from_app_error;
+use anyhow::Context;
+use engine::app::{EngineKeys, Market, PublishInput};
+use engine::clock::{Clock, SystemClock};
+use engine::crypto::{RsaPublic, SecretKey};
+use engine::domain::event::{Payment, PreviewClip, Rendition, RoyaltyTerms};
+use engine::domain::voucher::VoucherStatus;
+use engine::domain::{validate, Event, Rejection};
+use engine::ids::*;
+use engine::log::EventLog;
+use futures::StreamExt;
+use projections::{Live, Projections};
+use proto::v1 as pb;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+/// Bytes per MediaChunk message.
+pub const CHUNK_BYTES: usize = 64 * 1024;
+/// Messages buffered per server stream before the sender waits (flow control).
+pub const STREAM_BUFFER_MESSAGES: usize = 64;
+/// How long an access token is valid after IssueVoucher.
+pub const ACCESS_TTL_MS: u64 = 10 * 60 * 1000;
+/// Concurrent requests per connection (on top of the server-wide limit).
+pub const REQUESTS_PER_CONNECTION_MAX: usize = 256;
+/// A node is healthy while its last heartbeat is at most this old.
+pub const HEARTBEAT_STALE_MS: u64 = 30_000;
+/// Longest endpoint a node may announce.
+const ENDPOINT_CHARS_MAX: usize = 256;
+/// Replay progress is reported every this many events.
+const REPLAY_PROGRESS_EVERY_EVENTS: u64 = 10_000;
+
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// With a client CA, clients must present a certificate it signed (mTLS).
+    pub client_ca: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    pub data_dir: PathBuf,
+    pub keys_dir: PathBuf,
+    pub limits: Limits,
+    pub access_ttl_ms: u64,
+    pub sweep_interval: Duration,
+    pub seal_interval: Duration,
+    /// Seal when at least this many entries wait (and `seal_interval` passed).
+    pub seal_entries_min: u64,
+    pub tls: Option<TlsFiles>,
+}
+
+impl EngineConfig {
+    pub fn new(data_dir: PathBuf, keys_dir: PathBuf) -> Self {
+        Self {
+            data_dir,
+            keys_dir,
+            limits: Limits::default(),
+            access_ttl_ms: ACCESS_TTL_MS,
+            sweep_interval: Duration::from_secs(1),
+            seal_interval: Duration::from_secs(10),
+            seal_entries_min: 1,
+            tls: None,
+        }
+    }
+}
+
+/// What the engine knows of a node between events: its endpoint and its last heartbeat.
+#[derive(Clone, Debug, Default)]
+pub struct NodeLive {
+    pub endpoint: String,
+    pub last_heartbeat_ms: i64,
+    pub slots_in_use: u32,
+    pub cache_items: u64,
+    pub cache_accesses: u64,
+    pub cache_misses: u64,
+}
+
+/// The engine's shared state.
+pub struct Engine {
+    pub market: Arc<Market>,
+    pub live: Live,
+    pub log: Arc<dyn EventLog>,
+    pub metrics: Arc<Metrics>,
+    pub media: MediaStore,
+    pub nodes: Mutex<HashMap<NodeId, NodeLive>>,
+    royalty_master: SecretKey,
+    engine_public: RsaPublic,
+    config: EngineConfig,
+    started: Instant,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Engine {
+    fn node_endpoint(&self, node: &NodeId) -> String {
+        self.nodes.lock().expect("node registry lock is never poisoned").get(node).map(|n| n.endpoint.clone()).unwrap_or_default()
+    }
+
+    /// Brings the gauges up to date (before a scrape or a stats answer).
+    pub async fn refresh_metrics(&self) {
+        let head = self.log.last_seq().await.map(|seq| seq.0).unwrap_or(0);
+        self.metrics.stream_last_seq.set(head as i64);
+        self.metrics.projection_lag.set(self.live.lag(Seq(head)) as i64);
+        self.metrics.uptime_seconds.set(self.started.elapsed().as_secs() as i64);
+        let (slots, issued, entries) = self.live.read(|p| {
+            let slots: Vec<(NodeId, u32, u32)> = p.allocation.nodes.iter().map(|(id, n)| (id.clone(), n.in_use, n.slots_max)).collect();
+            let issued = [VoucherStatus::Issued, VoucherStatus::Redeeming, VoucherStatus::Delivered].into_iter().map(|status| p.vouchers.count(status)).sum::<usize>();
+            (slots, issued, p.royalty.entries.len())
+        });
+        for (node, in_use, max) in slots {
+            let label = NodeLabel { node: node.0 };
+            self.metrics.slots_in_use.get_or_create(&label).set(i64::from(in_use));
+            self.metrics.slots_max.get_or_create(&label).set(i64::from(max));
+        }
+        self.metrics.vouchers_issued.set(issued as i64);
+        self.metrics.royalty_entries.set(entries as i64);
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+}
+
+/// A running engine: its bound address and how to stop it.
+pub struct RunningEngine {
+    pub addr: SocketAddr,
+    pub engine: Arc<Engine>,
+    stop: watch::Sender<bool>,
+    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    background: Vec<tokio::task::JoinHandle<()>>,
+    runner: tokio::task::JoinHandle<()>,
+}
+
+impl RunningEngine {
+    /// `http://ADDR` (or https with TLS) for clients.
+    pub fn url(&self) -> String {
+        let scheme = if self.engine.config.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// Graceful shutdown: stop accepting, end the server streams, let in-flight requests
+    /// finish (their events are appended and acknowledged), then stop the sweeper, the
+    /// sealer and the projection runner.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        let served = self.server.await.context("the gRPC server task failed")?;
+        for task in self.background {
+            let _ = task.await;
+        }
+        self.runner.abort();
+        served.context("the gRPC server failed")?;
+        Ok(())
+    }
+
+    /// Resolves when the engine has been told to stop.
+    pub fn stopping(&self) -> watch::Receiver<bool> {
+        self.stop.subscribe()
+    }
+}
+
+/// Starts the engine on `listener` with `log`: loads the keys, rebuilds the projections
+/// from the stream, then serves.
+pub async fn start(config: EngineConfig, log: Arc<dyn EventLog>, listener: tokio::net::TcpListener) -> anyhow::Result<RunningEngine> {
+    crate::keys::check_dir(&config.keys_dir)?;
+    let keys = Arc::new(EngineKeys::new(crate::keys::load_engine_private(&config.keys_dir)?)?);
+    let royalty_master = crate::keys::load_royalty_master(&config.keys_dir)?;
+    let operator = crate::cred::Credential::load(&config.keys_dir.join(crate::keys::OPERATOR_CRED))?;
+    let media = MediaStore::open(&config.data_dir.join("media"))?;
+    let live = Live::with_projections(Projections::with_royalty_keys(&royalty_master, Some(keys.public.clone())));
+    let runner = {
+        let live = live.clone();
+        let log = Arc::clone(&log);
+        tokio::spawn(async move {
+            if let Err(error) = live.run(log).await {
+                tracing::error!(%error, "the live projections stopped; restart the engine after fixing the stream");
+            }
+        })
+    };
+    // Serve once the projections have caught up: the allocator must know every node.
+    let head = log.last_seq().await.context("cannot read the stream's head")?;
+    live.caught_up(head).await;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let market = Arc::new(Market::new(Arc::clone(&log), clock, Arc::clone(&keys), Arc::new(live.clone())));
+    let (stop, shutdown) = watch::channel(false);
+    let metrics = Arc::new(Metrics::new());
+    let engine = Arc::new(Engine {
+        market: Arc::clone(&market),
+        live: live.clone(),
+        log: Arc::clone(&log),
+        metrics: Arc::clone(&metrics),
+        media,
+        nodes: Mutex::new(HashMap::new()),
+        royalty_master,
+        engine_public: keys.public.clone(),
+        config: config.clone(),
+        started: Instant::now(),
+        shutdown: shutdown.clone(),
+    });
+
+    let authenticator = Arc::new(Authenticator::new(Arc::clone(&market), operator.id.clone(), &operator.secret));
+    let counted = Arc::clone(&metrics);
+    let door = FrontDoor::new(authenticator, config.limits, Arc::new(move |code| counted.count_code(code)));
+    let api = Api { engine: Arc::clone(&engine) };
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<pb::merchant_service_server::MerchantServiceServer<Api>>().await;
+    health.set_serving::<pb::delivery_service_server::DeliveryServiceServer<Api>>().await;
+    health.set_serving::<pb::catalog_service_server::CatalogServiceServer<Api>>().await;
+    health.set_serving::<pb::audit_service_server::AuditServiceServer<Api>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("server reflection")?;
+    // The front door enforces the real limits; tonic's own decoding limit is a backstop.
+    let decode_max = config.limits.upload_bytes_max + 1024;
+    let mut builder = tonic::transport::Server::builder().concurrency_limit_per_connection(REQUESTS_PER_CONNECTION_MAX);
+    if let Some(tls) = &config.tls {
+        builder = builder.tls_config(tls_config(tls)?).context("TLS configuration")?;
+    }
+    let router = builder
+        .layer(door)
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(pb::merchant_service_server::MerchantServiceServer::new(api.clone()).max_decoding_message_size(decode_max))
+        .add_service(pb::delivery_service_server::DeliveryServiceServer::new(api.clone()).max_decoding_message_size(decode_max))
+        .add_service(pb::catalog_service_server::CatalogServiceServer::new(api.clone()).max_decoding_message_size(decode_max))
+        .add_service(pb::audit_service_server::AuditServiceServer::new(api).max_decoding_message_size(decode_max));
+    let addr = listener.local_addr()?;
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let mut stop_server = shutdown.clone();
+    let server = tokio::spawn(async move {
+        router
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = stop_server.wait_for(|stop| *stop).await;
+            })
+            .await
+    });
+    let background = vec![tokio::spawn(sweeper(Arc::clone(&engine))), tokio::spawn(sealer(Arc::clone(&engine)))];
+    tracing::info!(%addr, "engine serving");
+    Ok(RunningEngine { addr, engine, stop, server, background, runner })
+}
+
+fn tls_config(tls: &TlsFiles) -> anyhow::Result<tonic::transport::ServerTlsConfig> {
+    let cert = std::fs::read(&tls.cert).with_context(|| format!("cannot read TLS certificate {}", tls.cert.display()))?;
+    let key = std::fs::read(&tls.key).with_context(|| format!("cannot read TLS key {}", tls.key.display()))?;
+    let mut config = tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(cert, key));
+    if let Some(ca) = &tls.client_ca {
+        let ca = std::fs::read(ca).with_context(|| format!("cannot read client CA {}", ca.display()))?;
+        config = config.client_ca_root(tonic::transport::Certificate::from_pem(ca));
+    }
+    Ok(config)
+}
+
+/// Voids reservations past due and settles interrupted points holds, every interval.
+async fn sweeper(engine: Arc<Engine>) {
+    let mut shutdown = engine.shutdown.clone();
+    let mut tick = tokio::time::interval(engine.config.sweep_interval);
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(error) = engine.live.sweep(&engine.market, 1024).await {
+            tracing::warn!(%error, "sweep failed; retrying at the next interval");
+        }
+    }
+}
+
+/// Seals the royalty log every interval when entries wait, and appends each seal to the
+/// witness file for auditors to pin.
+async fn sealer(engine: Arc<Engine>) {
+    let mut shutdown = engine.shutdown.clone();
+    let mut tick = tokio::time::interval(engine.config.seal_interval);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => return,
+            _ = tick.tick() => {}
+        }
+        match engine.live.seal(&engine.market, engine.config.seal_entries_min).await {
+            Ok(Some(seal)) => {
+                if let Err(error) = crate::audit::witness(&engine.config.data_dir, &seal) {
+                    tracing::warn!(%error, "cannot write the witness file");
+                }
+            }
+            Ok(None) => {}
+            Err(error) => tracing::warn!(%error, "sealing failed; retrying at the next interval"),
+        }
+    }
+}
+
+/// All four services over one engine.
+#[derive(Clone)]
+pub struct Api {
+    engine: Arc<Engine>,
+}
+
+fn fail(error: engine::app::AppError) -> Status {
+    from_app_error(&error)
+}
+
+fn invalid(field: &'static str, reason: &str) -> Status {
+    crate::status::from_rejection(&Rejection::InvalidArgument { field, reason: reason.to_string() })
+}
+
+fn id<T>(field: &'static str, value: &str, wrap: impl FnOnce(String) -> T) -> Result<T, Status> {
+    validate::id(field, value).map_err(|r| crate::status::from_rejection(&r))?;
+    Ok(wrap(value.to_string()))
+}
+
+fn request_id(value: &str) -> Result<RequestId, Status> {
+    id("request_id", value, RequestId)
+}
+
+fn hash32(field: &'static str, bytes: &[u8]) -> Result<[u8; 32], Status> {
+    bytes.try_into().map_err(|_| invalid(field, "must be 32 bytes"))
+}
+
+fn region(value: &str) -> Option<&str> {
+    if value.is_empty() { None } else { Some(value) }
+}
+
+impl Api {
+    /// Counts the answer's code and wraps it.
+    fn answer<T>(&self, result: Result<T, Status>) -> Result<Response<T>, Status> {
+        match result {
+            Ok(message) => {
+                self.engine.metrics.count_code(tonic::Code::Ok);
+                Ok(Response::new(message))
+            }
+            Err(status) => {
+                self.engine.metrics.count_code(status.code());
+                Err(status)
+            }
+        }
+    }
+
+    fn merchant<T>(request: &Request<T>) -> Result<MerchantId, Status> {
+        match auth::identity(request)? {
+            Identity::Merchant(merchant) => Ok(merchant),
+            other => Err(Status::permission_denied(format!("a {} credential may not act as a merchant", other.role()))),
+        }
+    }
+
+    fn node<T>(request: &Request<T>) -> Result<NodeId, Status> {
+        match auth::identity(request)? {
+            Identity::Node(node) => Ok(node),
+            other => Err(Status::permission_denied(format!("a {} credential may not act as a delivery node", other.role()))),
+        }
+    }
+
+    fn operator<T>(request: &Request<T>) -> Result<String, Status> {
+        match auth::identity(request)? {
+            Identity::Operator(operator) => Ok(operator),
+            other => Err(Status::permission_denied(format!("a {} credential may not act as the operator", other.role()))),
+        }
+    }
+
+    fn market(&self) -> &Market {
+        &self.engine.market
+    }
+}
+
+fn voucher_view(voucher: &engine::domain::voucher::Voucher) -> pb::VoucherView {
+    pb::VoucherView {
+        voucher_id: voucher.id.as_ref().map(|v| v.0.clone()).unwrap_or_default(),
+        merchant_id: voucher.merchant.as_ref().map(|m| m.0.clone()).unwrap_or_default(),
+        status: voucher.status.name().to_string(),
+        media_ids: voucher.items.iter().map(|item| item.media_id.0.clone()).collect(),
+        node_id: voucher.node.as_ref().map(|n| n.0.clone()).unwrap_or_default(),
+        expires_at_ms: voucher.expires_at.0,
+        delivered_media_ids: voucher.delivered.iter().map(|m| m.0.clone()).collect(),
+    }
+}
+
+fn certificate_message(consumer: &ConsumerId, cert: &engine::domain::party::Certificate) -> pb::Certificate {
+    pb::Certificate {
+        consumer_id: consumer.0.clone(),
+        cert_serial: cert.serial.0.clone(),
+        public_key_der: cert.public_key_der.clone(),
+        not_before_ms: cert.not_before.0,
+        not_after_ms: cert.not_after.0,
+        engine_key_id: cert.engine_key_id.clone(),
+        signature: cert.signature.clone(),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::merchant_service_server::MerchantService for Api {
+    async fn reserve(&self, request: Request<pb::ReserveRequest>) -> Result<Response<pb::ReserveResponse>, Status> {
+        let result = async {
+            let merchant = Self::merchant(&request)?;
+            let message = request.get_ref();
+            let request_id = request_id(&message.request_id)?;
+            let media_ids = message.media_ids.iter().map(|m| id("media_ids", m, MediaId)).collect::<Result<Vec<_>, _>>()?;
+            let payment = if message.points_account.is_empty() {
+                Payment::Merchant { payment_ref: message.payment_ref.clone() }
+            } else {
+                Payment::Points { account: id("points_account", &message.points_account, AccountId)? }
+            };
+            let answer = self.market().reserve(&merchant, &request_id, &media_ids, &message.rendition, message.ttl_ms, payment).await.map_err(fail)?;
+            Ok(pb::ReserveResponse { voucher_id: answer.voucher_id.0, expires_at_ms: answer.expires_at.0, price_minor: answer.price_minor, currency: answer.currency })
+        }
+        .await;
+        self.answer(result)
+    }
+
+    async fn authorize(&self, request: Request<pb::AuthorizeRequest>) -> Result<Response<pb::AuthorizeResponse>, Status> {
+        let result = async {
+            let merchant = Self::merchant(&request)?;
+            let message = request.get_ref();
+            let request_id = request_id(&message.request_id)?;
+            let voucher = id("voucher_id", &message.voucher_id, VoucherId)?;
+            let answer = self.market().authorize(&merchant, &request_id, &voucher).await.map_err(fail)?;
+            Ok(pb::AuthorizeResponse { voucher_id: answer.voucher_id.0, receipt: answer.receipt.expose().to_vec(), receipt_generation: answer.receipt_generation })
+        }
+        .await;
+        self.answer(result)
+    }
+
+    async fn void(&self, request: Request<pb::VoidRequest>) -> Result<Response<pb::VoidResponse>, Status> {
+        let result = async {
+            let merchant = Self::merchant(&request)?;
+            let message = request.get_ref();
+            let request_id = request_id(&message.request_id)?;
+            let voucher = id("voucher_id", &message.voucher_id, VoucherId)?;
+            self.market().void(&merchant, &request_id, &voucher).await.map_err(fail)?;
+            Ok(pb::VoidResponse { voucher_id: voucher.0 })
+        }
+        .await;
+        self.answer(result)
+    }
+
+    async fn issue_voucher(&self, request: Request<pb::IssueVoucherRequest>) -> Result<Response<pb::IssueVoucherResponse>, Status> {
+        let result = async {
+            let merchant = Self::merchant(&request)?;
+            let message = request.get_ref();
+            let request_id = request_id(&message.request_id)?;
+            let voucher = id("voucher_id", &message.voucher_id, VoucherId)?;
+            let answer = self.market().issue(&merchant, &request_id, &voucher, region(&message.region), self.engine.config.access_ttl_ms).await.map_err(fail)?;
+            Ok(pb::IssueVoucherResponse {
+                voucher_id: answer.voucher_id.0,
+                node_endpoint: self.engine.node_endpoint(&answer.node_id),
+                node_id: answer.node_id.0,
+                access_token: answer.access_token.to_vec(),
+                access_expires_at_ms: answer.access_expires_at.0,
+            })
+        }
+        .await;
+        self.answer(result)
+    }
+
+    async fn preview(&self, request: Request<pb::PreviewRequest>) -> Result<Response<pb::PreviewResponse>, Status> {
+        let result = async {
+            let merchant = Self::merchant(&request)?;
+            let message = request.get_ref();
+            let request_id = request_id(&message.request_id)?;
+            let media = id("media_id", &message.media_id, MediaId)?;
+            let (preview, node) = self.market().preview(&merchant, &request_id, &media, region(&message.region)).await.map_err(fail)?;
+            Ok(pb::PreviewResponse { preview_id: preview.0, node_id: node.0 })
+        }
+        .await;
+        self.answer(result)
+    }
+
+    async fn get_voucher(&self, request: Request<pb::GetVoucherRequest>) -> Result<Response<pb::VoucherView>, Status> {
+        let result = async {
+            let merchant = Self::merchant(&request)?;
+            let voucher = id("voucher_id", &request.get_ref().voucher_id, VoucherId)?;
+            let state = self.market().get_voucher(&merchant, &voucher).await.map_err(fail)?;
+            Ok(voucher_view(&state))
+        }
+        .await;
+        self.answer(result)
+    }
+
+    async fn place_order(&self, request: Request<pb::PlaceOrderRequest>) -> Result<Response<pb::PlaceOrderResponse>, Status> {
+        let result = async {
+            let merchant = Self::merchant(&request)?;
+            let message = request.get_ref();
+            let request_id = request_id(&message.request_id)?;
+            let media = id("media_id", &message.media_id, MediaId)?;
+            let order = self.market().place_order(&merchant, &request_id, &media, message.units).await.map_err(fail)?;
+            Ok(pb::PlaceOrderResponse { order_id: order.0 })
+        }
+        .await;
+        self.answer(result)
+    }
+
+    async fn bind_unit(&self, request: Request<pb::BindUnitRequest>) -> Result<Response<pb::BindUnitResponse>, Status> {
+        let result = async {
+            let merchant = Self::merchant(&request)?;
+            let message = request.get_ref();
+            let request_id = request_id(&message.request_id)?;
+            let order = id("order_id", &message.order_id, OrderId)?;
+            validate::id("device_id", &message.device_id).map_err(|r| crate::status::from_rejection(&r))?;
+            let wrapped = self
+                .market()
+                .bind_unit(&merchant, &request_id, &order, message.unit, &message.device_id, &message.device_public_key_der)
+                .await
+                .map_err(fail)?;
+            Ok(pb::BindUnitResponse { wrapped_media_key: wrapped })
+        }
+        .await;
+        self.answer(result)
+    }
+
+    async fn complete_unit(&self, request: Request<pb::CompleteUnitRequest>) -> Result<Response<pb::CompleteUnitResponse>, Status> {
+        let result = async {
+            let merchant = Self::merchant(&request)?;
+            let message = request.get_ref();
+            let request_id = request_id(&message.request_id)?;
+            let order = id("order_id", &message.order_id, OrderId)?;
+            self.market().complete_unit(&merchant, &request_id, &order, message.unit).await.map_err(fail)?;
+            Ok(pb::CompleteUnitResponse {})
+        }
+        .await;
+        self.answer(result)
+    }
+}
+
+/// Streams `bytes` from `offset` as MediaChunks through a bounded channel.
+fn chunk_stream(bytes: bytes::Bytes, offset: usize) -> ReceiverStream<Result<pb::MediaChunk, Status>> {
+    let (sender, receiver) = mpsc::channel(STREAM_BUFFER_MESSAGES);
+    tokio::spawn(async move {
+        let total = bytes.len() as u64;
+        let mut position = offset.min(bytes.len());
+        loop {
+            let end = (position + CHUNK_BYTES).min(bytes.len());
+            let chunk = pb::MediaChunk { offset: position as u64, data: bytes.slice(position..end).to_vec(), total_bytes: total };
+            if sender.send(Ok(chunk)).await.is_err() || end == bytes.len() {
+                return;
+            }
+            position = end;
+        }
+    });
+    ReceiverStream::new(receiver)
+}
+
+#[tonic::async_trait]
+impl pb::delivery_service_server::DeliveryService for Api {
+    async fn register_node(&self, request: Request<pb::RegisterNodeRequest>) -> Result<Response<pb::RegisterNodeResponse>, Status> {
+        let result = async {
+            let node = Self::node(&request)?;
+            let message = request.get_ref();
+            let endpoint = message.endpoint.trim();
+            if endpoint.len() > ENDPOINT_CHARS_MAX || !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+                return Err(invalid("endpoint", "must be an http:// or https:// URL of at most 256 characters"));
+            }
+            let state = self.market().handler().load::<engine::domain::party::Node>(&node.0).await.map_err(|e| fail(e.into()))?.state;
+            if message.slots_max != 0 && message.slots_max != state.slots_max {
+                // The node's own view of its capacity wins; the change is an event.
+                let command = engine::domain::party::NodeCommand::ChangeCapacity { slots_max: message.slots_max };
+                let request_id = RequestId(format!("capacity-{}-{}", node.0, message.slots_max));
+                let by = engine::domain::Actor::new(engine::domain::ActorKind::Node, &node.0);
+                self.market().handler().handle::<engine::domain::party::Node>(&node.0, &by, &request_id, &command).await.map_err(|e| fail(e.into()))?;
+            }
+            let now = self.market().now().0;
+            self.engine.nodes.lock().expect("node registry lock is never poisoned").insert(node.clone(), NodeLive { endpoint: endpoint.to_string(), last_heartbeat_ms: now, ..NodeLive::default() });
+            let access_key = self.market().node_access_key(&node);
+            Ok(pb::RegisterNodeResponse { node_id: node.0, access_key: access_key.expose().to_vec() })
+        }
+        .await;
+        self.answer(result)
+    }
+
+    async fn heartbeat(&self, request: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let result = (|| {
+            let node = Self::node(&request)?;
+            let message = request.get_ref();
+            let now = self.market().now().0;
+            let mut nodes = self.engine.nodes.lock().expect("node registry lock is never poisoned");
+            let Some(live) = nodes.get_mut(&node) else {
+                return Err(Status::failed_precondition("call RegisterNode before sending heartbeats"));
+            };
+            live.last_heartbeat_ms = now;
+            live.slots_in_use = message.slots_in_use;
+            live.cache_items = message.cache_items;
+            live.cache_accesses = message.cache_accesses;
+            live.cache_misses = message.cache_misses;
+            Ok(pb::HeartbeatResponse {})
+        })();
+        self.answer(result)
+    }
+
+    type SubscribeAssignmentsStream = ReceiverStream<Result<pb::Assignment, Status>>;
+
+    async fn subscribe_assignments(&self, request: Request<pb::SubscribeAssignmentsRequest>) -> Result<Response<Self::SubscribeAssignmentsStream>, Status> {
+        let node = match Self::node(&request) {
+            Ok(node) => node,
+            Err(status) => return self.answer(Err(status)),
+        };
+        let from = Seq(request.get_ref().after_seq.saturating_add(1));
+        let (sender, receiver) = mpsc::channel(STREAM_BUFFER_MESSAGES);
+        let mut events = self.engine.log.follow(from);
+        let mut shutdown = self.engine.shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    _ = shutdown.wait_for(|stop| *stop) => return,
+                    _ = sender.closed() => return,
+                    next = events.next() => next,
+                };
+                let Some(stored) = next else { return };
+                let stored = match stored {
+                    Ok(stored) => stored,
+                    Err(error) => {
+                        let _ = sender.send(Err(Status::unavailable(format!("reading the stream failed: {error}; resubscribe")))).await;
+                        return;
+                    }
+                };
+                // Only this node's events: cheap subject filters first, then decode.
+                if !(stored.subject.starts_with("vs.voucher.") || stored.subject.starts_with("vs.preview.")) {
+                    continue;
+                }
+                let recorded = match engine::wire::decode(&stored.payload) {
+                    Ok(recorded) => recorded,
+                    Err(error) => {
+                        let _ = sender.send(Err(Status::data_loss(format!("event {} does not decode: {error}", stored.seq.0)))).await;
+                        return;
+                    }
+                };
+                let assignment = match recorded.event {
+                    Event::VoucherIssued { voucher_id, node_id, media_ids, rendition, access_expires_at, .. } if node_id == node => pb::Assignment {
+                        seq: stored.seq.0,
+                        voucher_id: voucher_id.0,
+                        media_ids: media_ids.into_iter().map(|m| m.0).collect(),
+                        rendition,
+                        access_expires_at_ms: access_expires_at.0,
+                        preview_id: String::new(),
+                    },
+                    Event::PreviewStarted { preview_id, media_id, node_id, .. } if node_id == node => pb::Assignment {
+                        seq: stored.seq.0,
+                        voucher_id: String::new(),
+                        media_ids: vec![media_id.0],
+                        rendition: "preview".into(),
+                        access_expires_at_ms: 0,
+                        preview_id: preview_id.0,
+                    },
+                    _ => continue,
+                };
+                if sender.send(Ok(assignment)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        self.answer(Ok(ReceiverStream::new(receiver)))
+    }
+
+    async fn redeem(&self, request: Request<pb::RedeemRequest>) -> Result<Response<pb::RedeemResponse>, Status> {
+        let result = async {
+            let node = Self::node(&request)?;
+            let message = request.get_ref();
+            let request_id = request_id(&message.request_id)?;
+            let voucher = id("voucher_id", &message.voucher_id, VoucherId)?;
+            let consumer = id("consumer_id", &message.consumer_id, ConsumerId)?;
+            let serial = id("cert_serial", &message.cert_serial, CertSerial)?;
+            let answer = self.market().redeem(&node, &request_id, &voucher, &consumer, &serial, &message.challenge, &message.proof).await.map_err(fail)?;
+            Ok(pb::RedeemResponse {
+                voucher_id: answer.voucher_id.0,
+                keys: answer.keys.into_iter().map(|(media, wrapped)| pb::WrappedKey { media_id: media.0, wrapped_key: wrapped }).collect(),
+            })
+        }
+        .await;
+        self.answer(result)
+    }
+
+    async fn complete_delivery(&self, request: Request<pb::CompleteDeliveryRequest>) -> Result<Response<pb::CompleteDeliveryResponse>, Status> {
+        let result = async {
+            let node = Self::node(&request)?;
+            let message = request.get_ref();
+            let request_id = request_id(&message.request_id)?;
+            let voucher = id("voucher_id", &message.voucher_id, VoucherId)?;
+            let media = id("media_id", &message.media_id, MediaId)?;
+            let content_hash = hash32("content_hash", &message.content_hash)?;
+            self.market().complete_delivery(&node, &request_id, &voucher, &media, content_hash, message.size_bytes).await.map_err(fail)?;
+            Ok(pb::CompleteDeliveryResponse {})
+        }
+        .await;
+        self.answer(result)
+    }
+
+    async fn fail_delivery(&self, request: Request<pb::FailDeliveryRequest>) -> Result<Response<pb::FailDeliveryResponse>, Status> {
+        let result = async {
+            let node = Self::node(&request)?;
+            let message = request.get_ref();
+            let request_id = request_id(&message.request_id)?;
+            let voucher = id("voucher_id", &message.voucher_id, VoucherId)?;
+            self.market().fail_delivery(&node, &request_id, &voucher, &message.reason).await.map_err(fail)?;
+            Ok(pb::FailDeliveryResponse {})
+        }
+        .await;
+        self.answer(result)
+    }
+
+    async fn end_preview(&self, request: Request<pb::EndPreviewRequest>) -> Result<Response<pb::EndPreviewResponse>, Status> {
+        let result = async {
+            let node = Self::node(&request)?;
+            let message = request.get_ref();
+            let request_id = request_id(&message.request_id)?;
+            let preview = id("preview_id", &message.preview_id, PreviewId)?;
+            self.market().end_preview(&node, &request_id, &preview, message.played_ms).await.map_err(fail)?;
+            Ok(pb::EndPreviewResponse {})
+        }
+        .await;
+        self.answer(result)
+    }
+
+    type FetchMediaStream = ReceiverStream<Result<pb::MediaChunk, Status>>;
+
+    async fn fetch_media(&self, request: Request<pb::FetchMediaRequest>) -> Result<Response<Self::FetchMediaStream>, Status> {
+        let result = async {
+            Self::node(&request)?;
+            let message = request.get_ref();
+            let media = id("media_id", &message.media_id, MediaId)?;
+            let part = match pb::MediaPart::try_from(message.part) {
+                Ok(pb::MediaPart::Container) => Part::Container,
+                Ok(pb::MediaPart::PreviewClip) => Part::PreviewClip,
+                Ok(pb::MediaPart::Unspecified) | Err(_) => return Err(invalid("part", "must be MEDIA_PART_CONTAINER or MEDIA_PART_PREVIEW_CLIP")),
+            };
+            let bytes = self
+                .engine
+                .media
+                .get(&media.0, part)
+                .await
+                .map_err(|error| Status::internal(format!("cannot read the media store: {error:#}")))?
+                .ok_or_else(|| crate::status::from_rejection(&Rejection::NotFound { kind: "media part", id: media.0.clone() }))?;
+            Ok(chunk_stream(bytes, 0))
+        }
+        .await;
+        self.answer(result)
+    }
+}
+
+#[tonic::async_trait]
+impl pb::catalog_service_server::CatalogService for Api {
+    async fn publish_media(&self, request: Request<pb::PublishMediaRequest>) -> Result<Response<pb::PublishMediaResponse>, Status> {
+        let result = async {
+            let publisher = Self::operator(&request)?;
+            let message = request.into_inner();
+            let request_id = request_id(&message.request_id)?;
+            engine::media::parse(&message.container).map_err(|error| invalid("container", &error.to_string()))?;
+            let terms = message.terms.as_ref().ok_or_else(|| invalid("terms", "royalty terms are required"))?;
+            let renditions = message
+                .renditions
+                .iter()
+                .map(|r| Ok(Rendition { name: r.name.clone(), bitrate_kbps: r.bitrate_kbps, content_hash: hash32("renditions.content_hash", &r.content_hash)?, size_bytes: r.size_bytes }))
+                .collect::<Result<Vec<_>, Status>>()?;
+            let preview = message.preview.map(|p| PreviewClip { start_ms: p.start_ms, duration_ms: p.duration_ms }).unwrap_or_default();
+            let media_id = media_id_for(&publisher, &request_id);
+            // The bytes first: a published media always has them (a failed append leaves
+            // an unreferenced file that the retry overwrites).
+            self.engine.media.put(&media_id.0, Part::Container, bytes::Bytes::from(message.container)).await.map_err(|e| Status::internal(format!("cannot store the container: {e:#}")))?;
+            if !message.preview_clip.is_empty() {
+                self.engine.media.put(&media_id.0, Part::PreviewClip, bytes::Bytes::from(message.preview_clip)).await.map_err(|e| Status::internal(format!("cannot store the preview clip: {e:#}")))?;
+            }
+            let input = PublishInput {
+                title: message.title,
+                artist: message.artist,
+                authors: message.authors,
+                length_ms: message.length_ms,
+                price_minor: message.price_minor,
+                currency: message.currency,
+                terms: RoyaltyTerms {
+                    retailer_bps: terms.retailer_bps,
+                    distributor_bps: terms.distributor_bps,
+                    owner_bps: terms.owner_bps,
+                    distributor: terms.distributor.clone(),
+                    owner: terms.owner.clone(),
+                    rights_agent: terms.rights_agent.clone(),
+                },
+                renditions,
+                preview,
+                image_descriptor: message.image_descriptor,
+                for_sale: message.for_sale,
+                wrapped_media_key: message.wrapped_media_key,
+            };
+            let media = self.market().publish_media(&publisher, &request_id, input).await.map_err(fail)?;
+            Ok(pb::PublishMediaResponse { media_id: media.0 })
+        }
+        .await;
+        self.answer(result)
+    }
+
+    async fn register_merchant(&self, request: Request<pb::RegisterMerchantRequest>) -> Result<Response<pb::CredentialResponse>, Status> {
+        let result = async {
+            let operator = Self::operator(&request)?;
+            let message = request.get_ref();
+            let request_id = request_id(&message.request_id)?;
+            let credential = self.market().register_merchant(&operator, &request_id, &message.name).await.map_err(fail)?;
+            Ok(pb::CredentialResponse { id: credential.id, secret: credential.secret.expose().to_vec() })
+        }
+        .await;
+        self.answer(result)
+    }
+
+    async fn register_node_credential(&self, request: Request<pb::RegisterNodeCredentialRequest>) -> Result<Response<pb::CredentialResponse>, Status> {
+        let result = async {
+            let operator = Self::operator(&request)?;
+            let message = request.get_ref();
+            let request_id = request_id(&message.request_id)?;
+            let (credential, _access_key) = self.market().register_node(&operator, &request_id, &message.region, message.slots_max).await.map_err(fail)?;
+            Ok(pb::CredentialResponse { id: credential.id, secret: credential.secret.expose().to_vec() })
+        }
+        .await;
+        self.answer(result)
+    }
+
+    async fn register_auditor(&self, request: Request<pb::RegisterAuditorRequest>) -> Result<Response<pb::CredentialResponse>, Status> {
+        let result = async {
+            let operator = Self::operator(&request)?;
+            let message = request.get_ref();
+            let request_id = request_id(&message.request_id)?;
+            let credential = self.market().register_auditor(&operator, &request_id, &message.name).await.map_err(fail)?;
+            Ok(pb::CredentialResponse { id: credential.id, secret: credential.secret.expose().to_vec() })
+        }
+        .await;
+        self.answer(result)
+    }
+
+    async fn certify_consumer(&self, request: Request<pb::CertifyConsumerRequest>) -> Result<Response<pb::Certificate>, Status> {
+        let result = async {
+            let operator = Self::operator(&request)?;
+            let message = request.get_ref();
+            let request_id = request_id(&message.request_id)?;
+            let consumer = id("consumer_id", &message.consumer_id, ConsumerId)?;
+            let cert = self.market().certify_consumer(&operator, &request_id, &consumer, &message.public_key_der, message.validity_ms).await.map_err(fail)?;
+            Ok(certificate_message(&consumer, &cert))
+        }
+        .await;
+        self.answer(result)
+    }
+
+    async fn revoke_cert(&self, request: Request<pb::RevokeCertRequest>) -> Result<Response<pb::RevokeCertResponse>, Status> {
+        let result = async {
+            let operator = Self::operator(&request)?;
+            let message = request.get_ref();
+            let request_id = request_id(&message.request_id)?;
+            let consumer = id("consumer_id", &message.consumer_id, ConsumerId)?;
+            let serial = id("cert_serial", &message.cert_serial, CertSerial)?;
+            self.market().revoke_cert(&operator, &request_id, &consumer, &serial, &message.reason).await.map_err(fail)?;
+            Ok(pb::RevokeCertResponse {})
+        }
+        .await;
+        self.answer(result)
+    }
+
+    async fn top_up_points(&self, request: Request<pb::TopUpPointsRequest>) -> Result<Response<pb::TopUpPointsResponse>, Status> {
+        let result = async {
+            let operator = Self::operator(&request)?;
+            let message = request.get_ref();
+            let request_id = request_id(&message.request_id)?;
+            let account = id("account_id", &message.account_id, AccountId)?;
+            let balance = self.market().top_up(&operator, &request_id, &account, message.amount).await.map_err(fail)?;
+            Ok(pb::TopUpPointsResponse { balance })
+        }
+        .await;
+        self.answer(result)
+    }
+}
+
+fn first_bad_text(report: &projections::audit::AuditReport) -> String {
+    report.first_bad.as_ref().map(|bad| serde_json::to_string(bad).unwrap_or_else(|_| bad.reason.clone())).unwrap_or_default()
+}
+
+#[tonic::async_trait]
+impl pb::audit_service_server::AuditService for Api {
+    type ReplayStream = ReceiverStream<Result<pb::ReplayProgress, Status>>;
+
+    async fn replay(&self, request: Request<pb::ReplayRequest>) -> Result<Response<Self::ReplayStream>, Status> {
+        let pin = match request.get_ref().pinned_seal_hash.as_slice() {
+            [] => None,
+            bytes => match hash32("pinned_seal_hash", bytes) {
+                Ok(pin) => Some(pin),
+                Err(status) => return self.answer(Err(status)),
+            },
+        };
+        let (sender, receiver) = mpsc::channel(STREAM_BUFFER_MESSAGES);
+        let engine = Arc::clone(&self.engine);
+        tokio::spawn(async move {
+            let progress_sender = sender.clone();
+            let mut reported = 0u64;
+            let report = projections::audit::replay(engine.log.as_ref(), &engine.royalty_master, &engine.engine_public, pin, move |events| {
+                if events >= reported + REPLAY_PROGRESS_EVERY_EVENTS {
+                    reported = events;
+                    // Progress is best effort: a slow reader skips updates, never the result.
+                    let _ = progress_sender.try_send(Ok(pb::ReplayProgress { events, ..Default::default() }));
+                }
+            })
+            .await;
+            let last = match report {
+                Ok(report) => Ok(pb::ReplayProgress {
+                    events: report.events,
+                    last_seq: report.last_seq,
+                    done: true,
+                    chain_ok: report.chain_ok,
+                    state_digest: hex::decode(&report.state_digest).unwrap_or_default(),
+                    first_bad: first_bad_text(&report),
+                }),
+                Err(error) => Err(Status::unavailable(format!("the replay could not read the stream: {error}"))),
+            };
+            let _ = sender.send(last).await;
+        });
+        self.answer(Ok(ReceiverStream::new(receiver)))
+    }
+
+    async fn verify_chain(&self, _request: Request<pb::VerifyChainRequest>) -> Result<Response<pb::VerifyChainResponse>, Status> {
+        let result = async {
+            let report = projections::audit::replay(self.engine.log.as_ref(), &self.engine.royalty_master, &self.engine.engine_public, None, |_| {})
+                .await
+                .map_err(|error| Status::unavailable(format!("the replay could not read the stream: {error}")))?;
+            Ok(pb::VerifyChainResponse { entries: report.royalty_entries, seals_verified: report.seals_verified, chain_ok: report.chain_ok, first_bad: first_bad_text(&report) })
+        }
+        .await;
+        self.answer(result)
+    }
+
+    async fn totals(&self, _request: Request<pb::TotalsRequest>) -> Result<Response<pb::TotalsResponse>, Status> {
+        let lines = self.engine.live.read(|p| {
+            p.royalty
+                .totals
+                .iter()
+                .map(|((dimension, key), line)| pb::TotalsLine {
+                    dimension: format!("{dimension:?}"),
+                    key: key.clone(),
+                    deliveries: line.deliveries,
+                    previews: line.previews,
+                    amount_minor: line.amount_minor,
+                })
+                .collect()
+        });
+        self.answer(Ok(pb::TotalsResponse { lines }))
+    }
+}
