@@ -15,5 +15,6 @@ pub mod natsd;
 pub mod node;
 pub mod player;
 pub mod progress;
+pub mod serve;
 pub mod server;
 pub mod status;

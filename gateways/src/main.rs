@@ -1,7 +1,7 @@
 //! The `vouchsafe` binary: one command-line tool with subcommands (CLI.md). Argument
 //! parsing and output live here; the work lives in the libraries.
 
-use gateways::{audit, backend, bench, demo, keys};
+use gateways::{audit, backend, bench, demo, keys, serve};
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -21,6 +21,8 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// The engine: gRPC services, projections, sweeper, sealer; stops gracefully on SIGTERM/ctrl-c.
+    Serve(serve::ServeArgs),
     /// Auditor commands: replay and verify the stream.
     Audit {
         #[command(subcommand)]
@@ -131,7 +133,17 @@ enum KeysCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
+    // Long-running processes log at info by default; one-shot commands only warn.
+    let (json_logs, default_level) = match &cli.command {
+        Command::Serve(args) => (args.log_json || std::env::var("VOUCHSAFE_LOG_FORMAT").is_ok_and(|format| format == "json"), "info"),
+        _ => (false, "warn"),
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    if json_logs {
+        tracing_subscriber::fmt().json().with_writer(std::io::stderr).with_env_filter(filter).init();
+    } else {
+        tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter).init();
+    }
     match run(cli) {
         Ok(code) => code,
         Err(error) => {
@@ -146,6 +158,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Keys { command: KeysCommand::Init { out } } => {
             keys::init(&out)?;
             eprintln!("wrote engine.pem, engine.pub.pem, royalty-master.key and operator.cred to {}", out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Serve(args) => {
+            let settings = serve::settings(&args)?;
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(serve::run(settings, serve::terminate_signal()))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit { command: AuditCommand::Replay { backend, keys, pin, json } } => {

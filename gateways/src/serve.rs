@@ -1,0 +1,242 @@
+//! `vouchsafe serve`: the engine as a long-running process. Settings come from, in order
+//! of precedence: command-line flags, `VOUCHSAFE_*` environment variables, a TOML config
+//! file (`--config FILE`), then defaults. Key material is never a setting: only the key
+//! directory's path is. Stops gracefully on SIGTERM or ctrl-c (`server::RunningEngine::shutdown`).
+
+use crate::auth::Limits;
+use crate::server::{EngineConfig, TlsFiles};
+use anyhow::Context;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The config file's shape; every field is optional.
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<SocketAddr>,
+    pub metrics_listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub keys: Option<PathBuf>,
+    pub nats_url: Option<String>,
+    pub stream: Option<String>,
+    /// "text" (default) or "json".
+    pub log_format: Option<String>,
+    pub access_ttl_ms: Option<u64>,
+    pub sweep_interval_ms: Option<u64>,
+    pub seal_interval_ms: Option<u64>,
+    pub seal_entries_min: Option<u64>,
+    pub request_bytes_max: Option<usize>,
+    pub upload_bytes_max: Option<usize>,
+    pub requests_in_flight_max: Option<usize>,
+    pub tls: Option<TlsSection>,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+}
+
+/// The flags of `serve` (each overrides the environment and the file).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ServeArgs {
+    /// TOML config file.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// gRPC address to bind, exactly (default 127.0.0.1:50051).
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Plain-HTTP address for Prometheus `/metrics` (off unless given).
+    #[arg(long)]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Key directory from `keys init` (default <data-dir>/keys).
+    #[arg(long)]
+    pub keys: Option<PathBuf>,
+    /// Local state and, without --nats-url, the embedded log (default ./vouchsafe-data).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Use the JetStream log at this URL.
+    #[arg(long)]
+    pub nats_url: Option<String>,
+    /// The JetStream stream name (default VOUCHSAFE).
+    #[arg(long)]
+    pub stream: Option<String>,
+    /// Log as JSON lines.
+    #[arg(long)]
+    pub log_json: bool,
+}
+
+/// Settings after merging flags, environment, file and defaults.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub metrics_listen: Option<SocketAddr>,
+    pub backend: crate::backend::BackendArgs,
+    pub log_json: bool,
+    pub engine: EngineConfig,
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|value| !value.is_empty())
+}
+
+fn env_parsed<T: std::str::FromStr>(name: &str) -> anyhow::Result<Option<T>>
+where
+    T::Err: std::fmt::Display,
+{
+    env(name).map(|value| value.parse::<T>().map_err(|e| anyhow::anyhow!("{name}={value:?}: {e}"))).transpose()
+}
+
+pub fn load_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("{} is not a valid vouchsafe config", path.display()))
+}
+
+/// Merges the sources. Precedence: flag > VOUCHSAFE_* environment > file > default.
+pub fn settings(args: &ServeArgs) -> anyhow::Result<Settings> {
+    let file = match &args.config {
+        Some(path) => load_file(path)?,
+        None => FileConfig::default(),
+    };
+    let listen = match args.listen {
+        Some(listen) => listen,
+        None => match env_parsed::<SocketAddr>("VOUCHSAFE_LISTEN")? {
+            Some(listen) => listen,
+            None => file.listen.unwrap_or(DEFAULT_LISTEN.parse().context("default listen address")?),
+        },
+    };
+    let metrics_listen = args.metrics_listen.or(env_parsed("VOUCHSAFE_METRICS_LISTEN")?).or(file.metrics_listen);
+    let data_dir = args.data_dir.clone().or(env("VOUCHSAFE_DATA_DIR").map(PathBuf::from)).or(file.data_dir).unwrap_or_else(|| PathBuf::from("./vouchsafe-data"));
+    let keys = args.keys.clone().or(env("VOUCHSAFE_KEYS").map(PathBuf::from)).or(file.keys).unwrap_or_else(|| data_dir.join("keys"));
+    let nats_url = args.nats_url.clone().or(env("VOUCHSAFE_NATS_URL")).or(file.nats_url);
+    let stream = args.stream.clone().or(env("VOUCHSAFE_STREAM")).or(file.stream).unwrap_or_else(|| engine::log::jetstream::DEFAULT_STREAM.to_string());
+    let log_format = if args.log_json { Some("json".to_string()) } else { env("VOUCHSAFE_LOG_FORMAT").or(file.log_format) };
+    let log_json = match log_format.as_deref() {
+        None | Some("text") => false,
+        Some("json") => true,
+        Some(other) => anyhow::bail!("log_format must be \"text\" or \"json\", not {other:?}"),
+    };
+    let defaults = Limits::default();
+    let limits = Limits {
+        request_bytes_max: env_parsed("VOUCHSAFE_REQUEST_BYTES_MAX")?.or(file.request_bytes_max).unwrap_or(defaults.request_bytes_max),
+        upload_bytes_max: env_parsed("VOUCHSAFE_UPLOAD_BYTES_MAX")?.or(file.upload_bytes_max).unwrap_or(defaults.upload_bytes_max),
+        requests_in_flight_max: env_parsed("VOUCHSAFE_REQUESTS_IN_FLIGHT_MAX")?.or(file.requests_in_flight_max).unwrap_or(defaults.requests_in_flight_max),
+    };
+    anyhow::ensure!(limits.request_bytes_max >= 1024, "request_bytes_max must be at least 1024");
+    anyhow::ensure!(limits.requests_in_flight_max >= 1, "requests_in_flight_max must be at least 1");
+    let mut engine = EngineConfig::new(data_dir.clone(), keys);
+    engine.limits = limits;
+    if let Some(ttl) = env_parsed("VOUCHSAFE_ACCESS_TTL_MS")?.or(file.access_ttl_ms) {
+        anyhow::ensure!(ttl >= 1000, "access_ttl_ms must be at least 1000");
+        engine.access_ttl_ms = ttl;
+    }
+    if let Some(ms) = env_parsed::<u64>("VOUCHSAFE_SWEEP_INTERVAL_MS")?.or(file.sweep_interval_ms) {
+        engine.sweep_interval = Duration::from_millis(ms.max(10));
+    }
+    if let Some(ms) = env_parsed::<u64>("VOUCHSAFE_SEAL_INTERVAL_MS")?.or(file.seal_interval_ms) {
+        engine.seal_interval = Duration::from_millis(ms.max(10));
+    }
+    if let Some(entries) = env_parsed("VOUCHSAFE_SEAL_ENTRIES_MIN")?.or(file.seal_entries_min) {
+        engine.seal_entries_min = entries;
+    }
+    engine.tls = file.tls.map(|tls| TlsFiles { cert: tls.cert, key: tls.key, client_ca: tls.client_ca });
+    let backend = crate::backend::BackendArgs { data_dir, nats_url, stream };
+    Ok(Settings { listen, metrics_listen, backend, log_json, engine })
+}
+
+/// Resolves on SIGTERM or ctrl-c.
+pub async fn terminate_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+/// Runs the engine until `shutdown` resolves, then stops gracefully.
+pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&settings.backend.data_dir).with_context(|| format!("cannot create {}", settings.backend.data_dir.display()))?;
+    let keys_dir = &settings.engine.keys_dir;
+    if crate::keys::is_empty(keys_dir) {
+        anyhow::bail!("no keys in {}; run `vouchsafe keys init --out {}` first", keys_dir.display(), keys_dir.display());
+    }
+    let log = settings.backend.open().await?;
+    let listener = tokio::net::TcpListener::bind(settings.listen).await.with_context(|| format!("cannot listen on {}", settings.listen))?;
+    let running = crate::server::start(settings.engine.clone(), log, listener).await?;
+    eprintln!("vouchsafe engine serving gRPC on {} ({} backend)", running.url(), settings.backend.name());
+    let metrics_task = match settings.metrics_listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} for metrics"))?;
+            eprintln!("metrics on http://{}/metrics", listener.local_addr()?);
+            let engine = Arc::clone(&running.engine);
+            let refresh: Arc<dyn Fn() -> futures::future::BoxFuture<'static, ()> + Send + Sync> = Arc::new(move || {
+                let engine = Arc::clone(&engine);
+                Box::pin(async move { engine.refresh_metrics().await })
+            });
+            let mut stopping = running.stopping();
+            Some(tokio::spawn(crate::metrics::serve(listener, Arc::clone(&running.engine.metrics), refresh, async move {
+                let _ = stopping.wait_for(|stop| *stop).await;
+            })))
+        }
+        None => None,
+    };
+    shutdown.await;
+    eprintln!("shutting down: finishing in-flight requests");
+    running.shutdown().await?;
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
+    eprintln!("stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_beat_the_file_and_the_file_beats_defaults() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("engine.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:6000\"\ndata_dir = \"/tmp/vs\"\nseal_interval_ms = 500\n[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n").expect("write");
+        let from_file = settings(&ServeArgs { config: Some(path.clone()), ..ServeArgs::default() }).expect("settings");
+        assert_eq!(from_file.listen.port(), 6000);
+        assert_eq!(from_file.backend.data_dir, PathBuf::from("/tmp/vs"));
+        assert_eq!(from_file.engine.keys_dir, PathBuf::from("/tmp/vs/keys"));
+        assert_eq!(from_file.engine.seal_interval, Duration::from_millis(500));
+        assert!(from_file.engine.tls.is_some());
+        let flagged = settings(&ServeArgs { config: Some(path), listen: Some("127.0.0.1:7000".parse().expect("addr")), ..ServeArgs::default() }).expect("settings");
+        assert_eq!(flagged.listen.port(), 7000);
+        let defaults = settings(&ServeArgs::default()).expect("settings");
+        assert_eq!(defaults.listen.to_string(), DEFAULT_LISTEN);
+    }
+
+    #[test]
+    fn an_unknown_key_in_the_file_is_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("engine.toml");
+        std::fs::write(&path, "listn = \"127.0.0.1:6000\"\n").expect("write");
+        let error = settings(&ServeArgs { config: Some(path), ..ServeArgs::default() }).expect_err("typo refused");
+        assert!(format!("{error:#}").contains("listn"), "{error:#}");
+    }
+}
