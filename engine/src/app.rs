@@ -221,6 +221,30 @@ impl Market {
         Ok(Credential { id: merchant.0, secret })
     }
 
+    /// Registers an auditor (a rights agent, the licensing center) with a read-only
+    /// credential. The secret is shown once; a retry of the request is refused.
+    pub async fn register_auditor(&self, operator: &str, request: &RequestId, name: &str) -> Result<Credential, AppError> {
+        use crate::domain::party::{Auditor, AuditorCommand};
+        let auditor = auditor_id_for(operator, request);
+        let secret = SecretKey::random();
+        let command = AuditorCommand::Register { auditor: auditor.clone(), name: name.to_string(), credential_hash: crypto::credential_hash(secret.expose()) };
+        let handled = self.handler.handle::<Auditor>(&auditor.0, &actor(ActorKind::Operator, operator), request, &command).await?;
+        if handled.repeated {
+            // The secret was shown once; a retry cannot show it again.
+            return Err(Rejection::AlreadyExists { kind: "auditor credential", id: auditor.0 }.into());
+        }
+        Ok(Credential { id: auditor.0, secret })
+    }
+
+    /// Revokes an auditor's credential; revoking a revoked auditor changes nothing.
+    pub async fn revoke_auditor(&self, operator: &str, request: &RequestId, auditor: &AuditorId, reason: &str) -> Result<(), AppError> {
+        use crate::domain::party::{Auditor, AuditorCommand};
+        crate::domain::validate::id("auditor_id", &auditor.0)?;
+        let command = AuditorCommand::Revoke { reason: reason.to_string() };
+        self.handler.handle::<Auditor>(&auditor.0, &actor(ActorKind::Operator, operator), request, &command).await?;
+        Ok(())
+    }
+
     pub async fn register_node(&self, operator: &str, request: &RequestId, region: &str, slots_max: u32) -> Result<(Credential, SecretKey), AppError> {
         let node = node_id_for(operator, request);
         let secret = SecretKey::random();

@@ -38,6 +38,9 @@ string_id!(/// A voucher: one sale of one or more media.
     VoucherId);
 string_id!(/// A merchant, as registered by the operator.
     MerchantId);
+string_id!(/// An auditor (rights agent, licensing center), as registered by the operator: holds
+    /// a read-only credential.
+    AuditorId);
 string_id!(/// A delivery node.
     NodeId);
 string_id!(/// A published media item.
@@ -106,6 +109,12 @@ pub fn merchant_id_for(operator: &str, request: &RequestId) -> MerchantId {
     MerchantId(format!("m{}", short_hash(&[b"merchant", operator.as_bytes(), request.0.as_bytes()])))
 }
 
+/// The auditor id the operator's request registers. The prefix `a` is used by no other
+/// derived id (`v`, `o`, `p`, `m`, `n`, `md`, `c`).
+pub fn auditor_id_for(operator: &str, request: &RequestId) -> AuditorId {
+    AuditorId(format!("a{}", short_hash(&[b"auditor", operator.as_bytes(), request.0.as_bytes()])))
+}
+
 /// The delivery node id the operator's request registers.
 pub fn node_id_for(operator: &str, request: &RequestId) -> NodeId {
     NodeId(format!("n{}", short_hash(&[b"node", operator.as_bytes(), request.0.as_bytes()])))
@@ -149,6 +158,7 @@ mod tests {
         let operator_request = RequestId::new("r1");
         for id in [
             merchant_id_for("op", &operator_request).0,
+            auditor_id_for("op", &operator_request).0,
             node_id_for("op", &operator_request).0,
             media_id_for("op", &operator_request).0,
             cert_serial_for(&ConsumerId::new("x".repeat(64)), "op", &operator_request).0,
@@ -156,6 +166,33 @@ mod tests {
             assert!(is_valid_token(&id), "{id} must be a valid id and subject token");
         }
         assert_ne!(merchant_id_for("op", &operator_request).0[1..], node_id_for("op", &operator_request).0[1..], "kinds are domain-separated");
+        assert_ne!(merchant_id_for("op", &operator_request).0[1..], auditor_id_for("op", &operator_request).0[1..], "kinds are domain-separated");
+    }
+
+    #[test]
+    fn derived_id_prefixes_tell_the_kinds_apart() {
+        let request = RequestId::new("r1");
+        let merchant = MerchantId::new("m1");
+        let consumer = ConsumerId::new("c1");
+        let ids = [
+            ("voucher", voucher_id_for(&merchant, &request).0),
+            ("order", order_id_for(&merchant, &request).0),
+            ("preview", preview_id_for(&merchant, &request).0),
+            ("merchant", merchant_id_for("op", &request).0),
+            ("auditor", auditor_id_for("op", &request).0),
+            ("node", node_id_for("op", &request).0),
+            ("media", media_id_for("op", &request).0),
+            ("cert", cert_serial_for(&consumer, "op", &request).0),
+        ];
+        // Each id is its kind's prefix then 32 lowercase hex digits, and no two kinds share a
+        // prefix, so an id read in a log line or a credential file names its kind.
+        let prefixes: Vec<&str> = ids.iter().map(|(_, id)| &id[..id.len() - 32]).collect();
+        for ((kind, id), prefix) in ids.iter().zip(&prefixes) {
+            assert!(id[prefix.len()..].bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()), "{kind}: {id}");
+        }
+        let distinct: std::collections::BTreeSet<&str> = prefixes.iter().copied().collect();
+        assert_eq!(distinct.len(), ids.len(), "prefixes {prefixes:?} must differ per kind");
+        assert_eq!(auditor_id_for("op", &request).0.as_bytes()[0], b'a');
     }
 
     #[test]

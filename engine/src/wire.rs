@@ -7,7 +7,7 @@ use crate::domain::event::{
     Actor, ActorKind, AggregateKind, AggregateRef, Event, LedgerAccountKind, MediaPublished, Payment, Posting, PreviewClip,
     Recorded, Rendition, ReservedItem, RightsReportSealed, RoyaltyTerms, VoidReason,
 };
-use crate::ids::{AccountId, CertSerial, ConsumerId, MediaId, MerchantId, Millis, NodeId, OrderId, PreviewId, VoucherId};
+use crate::ids::{AccountId, AuditorId, CertSerial, ConsumerId, MediaId, MerchantId, Millis, NodeId, OrderId, PreviewId, VoucherId};
 use prost::Message;
 use proto::v1 as pb;
 use pb::envelope::Event as E;
@@ -105,6 +105,7 @@ fn aggregate_type(kind: AggregateKind) -> pb::AggregateType {
         AggregateKind::Preview => T::Preview,
         AggregateKind::Report => T::Report,
         AggregateKind::Config => T::Config,
+        AggregateKind::Auditor => T::Auditor,
     }
 }
 
@@ -121,6 +122,7 @@ fn aggregate_kind_of(value: i32) -> Result<AggregateKind, DecodeError> {
         T::Preview => AggregateKind::Preview,
         T::Report => AggregateKind::Report,
         T::Config => AggregateKind::Config,
+        T::Auditor => AggregateKind::Auditor,
         T::Unspecified => return Err(DecodeError::Missing("aggregate.type")),
     })
 }
@@ -303,6 +305,14 @@ fn event_to_pb(event: &Event) -> E {
         Event::MerchantSuspended { merchant_id, reason } => {
             E::MerchantSuspended(pb::MerchantSuspended { merchant_id: merchant_id.0.clone(), reason: reason.clone() })
         }
+        Event::AuditorRegistered { auditor_id, name, credential_hash } => E::AuditorRegistered(pb::AuditorRegistered {
+            auditor_id: auditor_id.0.clone(),
+            name: name.clone(),
+            credential_hash: credential_hash.to_vec(),
+        }),
+        Event::AuditorRevoked { auditor_id, reason } => {
+            E::AuditorRevoked(pb::AuditorRevoked { auditor_id: auditor_id.0.clone(), reason: reason.clone() })
+        }
         Event::NodeRegistered { node_id, region, slots_max, credential_hash } => E::NodeRegistered(pb::NodeRegistered {
             node_id: node_id.0.clone(),
             region: region.clone(),
@@ -464,6 +474,12 @@ fn event_of_pb(event: E) -> Result<Event, DecodeError> {
             credential_hash: array("credential_hash", &e.credential_hash)?,
         },
         E::MerchantSuspended(e) => Event::MerchantSuspended { merchant_id: MerchantId(e.merchant_id), reason: e.reason },
+        E::AuditorRegistered(e) => Event::AuditorRegistered {
+            auditor_id: AuditorId(e.auditor_id),
+            name: e.name,
+            credential_hash: array("credential_hash", &e.credential_hash)?,
+        },
+        E::AuditorRevoked(e) => Event::AuditorRevoked { auditor_id: AuditorId(e.auditor_id), reason: e.reason },
         E::NodeRegistered(e) => Event::NodeRegistered {
             node_id: NodeId(e.node_id),
             region: e.region,

@@ -1,7 +1,7 @@
 //! Domain events: the past-tense facts of DESIGN.md, as plain Rust types. They are
 //! converted to and from the protobuf envelope only in `crate::wire`.
 
-use crate::ids::{AccountId, CertSerial, ConsumerId, MediaId, MerchantId, Millis, NodeId, OrderId, PreviewId, VoucherId};
+use crate::ids::{AccountId, AuditorId, CertSerial, ConsumerId, MediaId, MerchantId, Millis, NodeId, OrderId, PreviewId, VoucherId};
 
 /// Which aggregate an event belongs to; also the second token of its subject.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -16,6 +16,7 @@ pub enum AggregateKind {
     Preview,
     Report,
     Config,
+    Auditor,
 }
 
 impl AggregateKind {
@@ -31,6 +32,7 @@ impl AggregateKind {
             AggregateKind::Preview => "preview",
             AggregateKind::Report => "report",
             AggregateKind::Config => "config",
+            AggregateKind::Auditor => "auditor",
         }
     }
 }
@@ -185,6 +187,8 @@ pub enum Event {
     PriceChanged { media_id: MediaId, price_minor: u64 },
     MerchantRegistered { merchant_id: MerchantId, name: String, credential_hash: [u8; 32] },
     MerchantSuspended { merchant_id: MerchantId, reason: String },
+    AuditorRegistered { auditor_id: AuditorId, name: String, credential_hash: [u8; 32] },
+    AuditorRevoked { auditor_id: AuditorId, reason: String },
     NodeRegistered { node_id: NodeId, region: String, slots_max: u32, credential_hash: [u8; 32] },
     NodeCapacityChanged { node_id: NodeId, slots_max: u32 },
     NodeDrained { node_id: NodeId },
@@ -261,6 +265,7 @@ impl Event {
             Event::MerchantRegistered { merchant_id, .. } | Event::MerchantSuspended { merchant_id, .. } => {
                 (K::Merchant, merchant_id.as_str())
             }
+            Event::AuditorRegistered { auditor_id, .. } | Event::AuditorRevoked { auditor_id, .. } => (K::Auditor, auditor_id.as_str()),
             Event::NodeRegistered { node_id, .. }
             | Event::NodeCapacityChanged { node_id, .. }
             | Event::NodeDrained { node_id }
@@ -299,6 +304,8 @@ impl Event {
             Event::PriceChanged { .. } => "PriceChanged",
             Event::MerchantRegistered { .. } => "MerchantRegistered",
             Event::MerchantSuspended { .. } => "MerchantSuspended",
+            Event::AuditorRegistered { .. } => "AuditorRegistered",
+            Event::AuditorRevoked { .. } => "AuditorRevoked",
             Event::NodeRegistered { .. } => "NodeRegistered",
             Event::NodeCapacityChanged { .. } => "NodeCapacityChanged",
             Event::NodeDrained { .. } => "NodeDrained",

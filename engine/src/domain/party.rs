@@ -1,10 +1,12 @@
-//! Merchants, delivery nodes and consumers: who may act, with which credential hash or
-//! certificate. Secrets never appear here: merchants and nodes are known by the hash of
-//! their credential secret, consumers by certificate serial and public key.
+//! Merchants, auditors, delivery nodes and consumers: who may act, with which credential
+//! hash or certificate. Secrets never appear here: merchants, auditors and nodes are known by
+//! the hash of their credential secret, consumers by certificate serial and public key.
+//! What an auditor may read is the gateway's business, not this module's: the auditor
+//! aggregate only records who holds a credential and whether it still counts.
 
 use super::event::Event;
 use super::{validate, Aggregate, AggregateKind, Rejection};
-use crate::ids::{CertSerial, ConsumerId, MerchantId, Millis, NodeId};
+use crate::ids::{AuditorId, CertSerial, ConsumerId, MerchantId, Millis, NodeId};
 use std::collections::BTreeMap;
 
 /// Most streams one node may serve at once.
@@ -81,6 +83,78 @@ impl Aggregate for Merchant {
         match command {
             MerchantCommand::Register { .. } => "RegisterMerchant",
             MerchantCommand::Suspend { .. } => "SuspendMerchant",
+        }
+    }
+}
+
+// ---- auditor ----
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AuditorStatus {
+    #[default]
+    Unknown,
+    Active,
+    Revoked,
+}
+
+/// An auditor (a rights agent, the licensing center) with a read-only credential.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Auditor {
+    pub status: AuditorStatus,
+    pub id: Option<AuditorId>,
+    pub name: String,
+    pub credential_hash: [u8; 32],
+}
+
+#[derive(Clone, Debug)]
+pub enum AuditorCommand {
+    Register { auditor: AuditorId, name: String, credential_hash: [u8; 32] },
+    Revoke { reason: String },
+}
+
+impl Aggregate for Auditor {
+    type Command = AuditorCommand;
+    const KIND: AggregateKind = AggregateKind::Auditor;
+
+    fn decide(&self, command: &AuditorCommand, _now: Millis) -> Result<Vec<Event>, Rejection> {
+        match command {
+            AuditorCommand::Register { auditor, name, credential_hash } => {
+                if self.status != AuditorStatus::Unknown {
+                    return Err(Rejection::AlreadyExists { kind: "auditor", id: auditor.0.clone() });
+                }
+                validate::id("auditor_id", &auditor.0)?;
+                validate::text("name", name, 256)?;
+                Ok(vec![Event::AuditorRegistered { auditor_id: auditor.clone(), name: name.clone(), credential_hash: *credential_hash }])
+            }
+            AuditorCommand::Revoke { reason } => match self.status {
+                AuditorStatus::Unknown => Err(Rejection::NotFound { kind: "auditor", id: String::new() }),
+                AuditorStatus::Revoked => Ok(vec![]),
+                AuditorStatus::Active => {
+                    validate::text("reason", reason, 256)?;
+                    Ok(vec![Event::AuditorRevoked { auditor_id: self.id.clone().unwrap_or_else(|| AuditorId::new("")), reason: reason.clone() }])
+                }
+            },
+        }
+    }
+
+    fn evolve(mut self, event: &Event) -> Self {
+        match event {
+            Event::AuditorRegistered { auditor_id, name, credential_hash } => {
+                self.status = AuditorStatus::Active;
+                self.id = Some(auditor_id.clone());
+                self.name = name.clone();
+                self.credential_hash = *credential_hash;
+            }
+            Event::AuditorRevoked { .. } => self.status = AuditorStatus::Revoked,
+            _ => {}
+        }
+        self
+    }
+
+    fn command_name(command: &AuditorCommand) -> &'static str {
+        match command {
+            AuditorCommand::Register { .. } => "RegisterAuditor",
+            AuditorCommand::Revoke { .. } => "RevokeAuditor",
         }
     }
 }

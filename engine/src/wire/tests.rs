@@ -11,7 +11,7 @@ use crate::domain::event::{
     Actor, ActorKind, AggregateKind, AggregateRef, Event, LedgerAccountKind, MediaPublished, Payment, Posting, PreviewClip,
     Recorded, Rendition, ReservedItem, RightsReportSealed, RoyaltyTerms, VoidReason,
 };
-use crate::ids::{AccountId, CertSerial, ConsumerId, MediaId, MerchantId, Millis, NodeId, OrderId, PreviewId, VoucherId};
+use crate::ids::{AccountId, AuditorId, CertSerial, ConsumerId, MediaId, MerchantId, Millis, NodeId, OrderId, PreviewId, VoucherId};
 use pb::envelope::Event as E;
 use prost::Message;
 use prost::encoding::{WireType, encode_key, encode_varint};
@@ -30,7 +30,7 @@ use std::collections::BTreeSet;
 /// How many variants `Event` has. Adding a variant stops `variant_index` from compiling:
 /// give the new variant the next index, raise this count, add a hand-written example with
 /// its protobuf counterpart to `examples` and an arm to `arb_event`.
-const VARIANT_COUNT: usize = 29;
+const VARIANT_COUNT: usize = 31;
 
 /// The position of an event's variant, by a `match` with no wildcard arm, so that a new
 /// variant cannot be added without these tests being told about it.
@@ -65,13 +65,15 @@ fn variant_index(event: &Event) -> usize {
         Event::UnitBound { .. } => 26,
         Event::UnitCompleted { .. } => 27,
         Event::ConfigChanged { .. } => 28,
+        Event::AuditorRegistered { .. } => 29,
+        Event::AuditorRevoked { .. } => 30,
     }
 }
 
 /// The schema's names for each aggregate kind, written out here independently of
 /// `wire.rs` so that a swapped mapping (consistent in both directions, and so invisible to
 /// a round trip) is caught.
-const AGGREGATE_KINDS: [(AggregateKind, pb::AggregateType); 10] = [
+const AGGREGATE_KINDS: [(AggregateKind, pb::AggregateType); 11] = [
     (AggregateKind::Voucher, pb::AggregateType::Voucher),
     (AggregateKind::Media, pb::AggregateType::Media),
     (AggregateKind::Merchant, pb::AggregateType::Merchant),
@@ -82,6 +84,7 @@ const AGGREGATE_KINDS: [(AggregateKind, pb::AggregateType); 10] = [
     (AggregateKind::Preview, pb::AggregateType::Preview),
     (AggregateKind::Report, pb::AggregateType::Report),
     (AggregateKind::Config, pb::AggregateType::Config),
+    (AggregateKind::Auditor, pb::AggregateType::Auditor),
 ];
 
 const ACTOR_KINDS: [(ActorKind, pb::ActorKind); 6] = [
@@ -211,6 +214,18 @@ fn examples() -> Vec<(Event, E)> {
         (
             Event::MerchantSuspended { merchant_id: MerchantId::new("mer-1"), reason: "chargebacks".into() },
             E::MerchantSuspended(pb::MerchantSuspended { merchant_id: "mer-1".into(), reason: "chargebacks".into() }),
+        ),
+        (
+            Event::AuditorRegistered { auditor_id: AuditorId::new("aud-1"), name: "Licensing Center".into(), credential_hash: hash(8) },
+            E::AuditorRegistered(pb::AuditorRegistered {
+                auditor_id: "aud-1".into(),
+                name: "Licensing Center".into(),
+                credential_hash: hash(8).to_vec(),
+            }),
+        ),
+        (
+            Event::AuditorRevoked { auditor_id: AuditorId::new("aud-1"), reason: "contract ended".into() },
+            E::AuditorRevoked(pb::AuditorRevoked { auditor_id: "aud-1".into(), reason: "contract ended".into() }),
         ),
         (
             Event::NodeRegistered { node_id: NodeId::new("node-1"), region: "eu-west".into(), slots_max: 64, credential_hash: hash(4) },
@@ -733,6 +748,9 @@ fn arb_event() -> BoxedStrategy<Event> {
         (id(MerchantId), text(), hash32())
             .prop_map(|(merchant_id, name, credential_hash)| Event::MerchantRegistered { merchant_id, name, credential_hash }),
         (id(MerchantId), text()).prop_map(|(merchant_id, reason)| Event::MerchantSuspended { merchant_id, reason }),
+        (id(AuditorId), text(), hash32())
+            .prop_map(|(auditor_id, name, credential_hash)| Event::AuditorRegistered { auditor_id, name, credential_hash }),
+        (id(AuditorId), text()).prop_map(|(auditor_id, reason)| Event::AuditorRevoked { auditor_id, reason }),
         (id(NodeId), text(), u32s(), hash32())
             .prop_map(|(node_id, region, slots_max, credential_hash)| Event::NodeRegistered { node_id, region, slots_max, credential_hash }),
         (id(NodeId), u32s()).prop_map(|(node_id, slots_max)| Event::NodeCapacityChanged { node_id, slots_max }),
@@ -920,7 +938,7 @@ enum Field {
 /// Field numbers weighted towards the envelope's and events' real ones (1..=11 and
 /// 20..=48), so that the decoder gets past the first byte and into the event payloads.
 fn field_number() -> impl Strategy<Value = u32> {
-    prop_oneof![6 => 1u32..=11, 6 => 20u32..=49, 1 => 1u32..=536_870_911]
+    prop_oneof![6 => 1u32..=11, 6 => 20u32..=51, 1 => 1u32..=536_870_911]
 }
 
 fn arb_field(payload: BoxedStrategy<Vec<u8>>) -> impl Strategy<Value = Field> {
@@ -1095,6 +1113,7 @@ fn hash_fields(event: &mut E) -> Vec<(&'static str, &mut Vec<u8>)> {
     match event {
         E::MediaPublished(m) => m.renditions.iter_mut().map(|r| ("renditions.content_hash", &mut r.content_hash)).collect(),
         E::MerchantRegistered(m) => vec![("credential_hash", &mut m.credential_hash)],
+        E::AuditorRegistered(a) => vec![("credential_hash", &mut a.credential_hash)],
         E::NodeRegistered(n) => vec![("credential_hash", &mut n.credential_hash)],
         E::RedemptionAccepted(r) => r.wrapped_key_hashes.iter_mut().map(|h| ("wrapped_key_hashes", h)).collect(),
         E::Delivered(d) => vec![("content_hash", &mut d.content_hash)],
@@ -1110,6 +1129,7 @@ fn hash_fields(event: &mut E) -> Vec<(&'static str, &mut Vec<u8>)> {
         E::MediaWithdrawn(_)
         | E::PriceChanged(_)
         | E::MerchantSuspended(_)
+        | E::AuditorRevoked(_)
         | E::NodeCapacityChanged(_)
         | E::NodeDrained(_)
         | E::NodeRemoved(_)
@@ -1148,6 +1168,8 @@ fn enum_fields(event: &mut E) -> Vec<(&'static str, &mut i32, i32)> {
         | E::PriceChanged(_)
         | E::MerchantRegistered(_)
         | E::MerchantSuspended(_)
+        | E::AuditorRegistered(_)
+        | E::AuditorRevoked(_)
         | E::NodeRegistered(_)
         | E::NodeCapacityChanged(_)
         | E::NodeDrained(_)
@@ -1317,7 +1339,7 @@ fn unspecified_enum_values_are_missing() {
 
 #[test]
 fn unknown_enum_values_are_invalid() {
-    for value in [99, 11, -1, i32::MAX, i32::MIN] {
+    for value in [99, 12, -1, i32::MAX, i32::MIN] {
         assert_invalid(&with(|e| e.aggregate.as_mut().expect("base has an aggregate").r#type = value), "aggregate.type");
     }
     for value in [99, 7, -1] {
@@ -1337,8 +1359,9 @@ fn unknown_enum_values_are_invalid() {
 /// function that overwrites it in that example's protobuf.
 type HashField = (&'static str, usize, fn(&mut E, Vec<u8>));
 
-const HASH_FIELDS: [HashField; 13] = [
+const HASH_FIELDS: [HashField; 14] = [
     ("credential_hash", 3, |e, b| if let E::MerchantRegistered(m) = e { m.credential_hash = b }),
+    ("credential_hash", 29, |e, b| if let E::AuditorRegistered(a) = e { a.credential_hash = b }),
     ("credential_hash", 5, |e, b| if let E::NodeRegistered(n) = e { n.credential_hash = b }),
     ("renditions.content_hash", 0, |e, b| if let E::MediaPublished(m) = e { m.renditions[1].content_hash = b }),
     ("wrapped_key_hashes", 15, |e, b| if let E::RedemptionAccepted(r) = e { r.wrapped_key_hashes[1] = b }),
@@ -1429,10 +1452,11 @@ fn unknown_fields_are_ignored_but_unknown_events_are_missing() {
     let mut bytes = base_envelope().encode_to_vec();
     bytes.extend(write_fields(&[Field::Varint(15, 3), Field::Bytes(19, b"future".to_vec())]));
     assert_eq!(decode(&bytes), Ok(recorded(event)));
-    // An event in a oneof member this build does not know (here 49) leaves `event` unset:
-    // it is refused as missing, never mistaken for another event.
+    // An event in a oneof member this build does not know (here 999; events are numbered
+    // upward from 20) leaves `event` unset: it is refused as missing, never mistaken for
+    // another event.
     let mut unknown_event = with(|e| e.event = None);
-    unknown_event.extend(write_fields(&[Field::Bytes(49, write_fields(&[Field::Bytes(1, b"x".to_vec())]))]));
+    unknown_event.extend(write_fields(&[Field::Bytes(999, write_fields(&[Field::Bytes(1, b"x".to_vec())]))]));
     assert_eq!(decode(&unknown_event), Err(DecodeError::Missing("event")));
 }
 
@@ -1521,4 +1545,57 @@ fn golden_reserved_encoding_is_stable() {
 fn golden_reserved_bytes_still_decode() {
     let bytes = hex::decode(GOLDEN_RESERVED_V1).expect("the golden constant is hex");
     assert_eq!(decode(&bytes), Ok(golden_recorded()));
+}
+
+/// The auditor's events as the operator records them: the first events to use envelope
+/// fields 49 and 50 and aggregate type 11.
+fn golden_auditor_recorded() -> [Recorded; 2] {
+    let auditor_id = AuditorId::new("aud-1");
+    let recorded = |aggregate_version: u64, command: &str, event: Event| Recorded {
+        event_id: [0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff],
+        aggregate: AggregateRef::new(AggregateKind::Auditor, "aud-1"),
+        aggregate_version,
+        recorded_at: Millis(1_767_225_600_000),
+        request_id: format!("req-{aggregate_version}"),
+        actor: Actor::new(ActorKind::Operator, "op-1"),
+        command: command.into(),
+        event,
+    };
+    [
+        recorded(
+            1,
+            "RegisterAuditor",
+            Event::AuditorRegistered { auditor_id: auditor_id.clone(), name: "Licensing Center".into(), credential_hash: hash(8) },
+        ),
+        recorded(2, "RevokeAuditor", Event::AuditorRevoked { auditor_id, reason: "contract ended".into() }),
+    ]
+}
+
+/// The schema-version-1 bytes of `golden_auditor_recorded`, under the same rule as
+/// `GOLDEN_RESERVED_V1`.
+const GOLDEN_AUDITOR_V1: [&str; 2] = [
+    concat!(
+        "0801121000112233445566778899aabbccddeeff1a09080b12056175642d3120012880d0eab6b73332057265712d313a08080112046f702d31",
+        "420f526567697374657241756469746f728a033b0a056175642d3112104c6963656e73696e672043656e7465721a2028292a2b2c2d2e2f3031",
+        "32333435363738393a3b3c3d3e3f4041424344454647",
+    ),
+    concat!(
+        "0801121000112233445566778899aabbccddeeff1a09080b12056175642d3120022880d0eab6b73332057265712d323a08080112046f702d31",
+        "420d5265766f6b6541756469746f729203170a056175642d31120e636f6e747261637420656e646564",
+    ),
+];
+
+#[test]
+fn golden_auditor_encodings_are_stable() {
+    for (recorded, golden) in golden_auditor_recorded().iter().zip(GOLDEN_AUDITOR_V1) {
+        assert_eq!(hex::encode(encode(recorded)), golden, "the wire format of {} changed", recorded.event.name());
+    }
+}
+
+#[test]
+fn golden_auditor_bytes_still_decode() {
+    for (recorded, golden) in golden_auditor_recorded().into_iter().zip(GOLDEN_AUDITOR_V1) {
+        let bytes = hex::decode(golden).expect("the golden constant is hex");
+        assert_eq!(decode(&bytes), Ok(recorded));
+    }
 }

@@ -1,14 +1,15 @@
-//! Merchants, delivery nodes and consumers (certificates), given/when/then.
+//! Merchants, auditors, delivery nodes and consumers (certificates), given/when/then.
 
 use super::fixtures::{T0, check_invalid, consumer, merchant, node};
 use crate::domain::event::Event;
 use crate::domain::party::{
-    CERTS_PER_CONSUMER_MAX, Certificate, Consumer, ConsumerCommand, Merchant, MerchantCommand, Node, NodeCommand, SLOTS_MAX,
+    Auditor, AuditorCommand, AuditorStatus, CERTS_PER_CONSUMER_MAX, Certificate, Consumer, ConsumerCommand, Merchant, MerchantCommand,
+    Node, NodeCommand, SLOTS_MAX,
 };
 use crate::domain::testing::check;
 use crate::domain::voucher::CertCheck;
 use crate::domain::{Rejection, fold};
-use crate::ids::{CertSerial, MerchantId, Millis, NodeId};
+use crate::ids::{AuditorId, CertSerial, MerchantId, Millis, NodeId};
 
 // ---------------------------------------------------------------- merchant
 
@@ -50,6 +51,89 @@ fn suspend_merchant_once() {
     check::<Merchant>(&[merchant_registered()], suspend(), T0, Ok(vec![suspended.clone()]));
     check::<Merchant>(&[merchant_registered(), suspended], suspend(), T0, Ok(vec![]));
     check::<Merchant>(&[], suspend(), T0, Err(Rejection::NotFound { kind: "merchant", id: String::new() }));
+}
+
+// ---------------------------------------------------------------- auditor
+
+fn auditor() -> AuditorId {
+    AuditorId::new("aud1")
+}
+fn register_auditor(id: &str) -> AuditorCommand {
+    AuditorCommand::Register { auditor: AuditorId::new(id), name: "Licensing Center".into(), credential_hash: [6; 32] }
+}
+fn auditor_registered() -> Event {
+    Event::AuditorRegistered { auditor_id: auditor(), name: "Licensing Center".into(), credential_hash: [6; 32] }
+}
+fn auditor_revoked() -> Event {
+    Event::AuditorRevoked { auditor_id: auditor(), reason: "contract ended".into() }
+}
+fn revoke_auditor() -> AuditorCommand {
+    AuditorCommand::Revoke { reason: "contract ended".into() }
+}
+
+#[test]
+fn register_auditor_records_name_and_credential_hash() {
+    check::<Auditor>(&[], register_auditor("aud1"), T0, Ok(vec![auditor_registered()]));
+    let registered: Auditor = fold(&[auditor_registered()]);
+    assert_eq!(
+        registered,
+        Auditor { status: AuditorStatus::Active, id: Some(auditor()), name: "Licensing Center".into(), credential_hash: [6; 32] }
+    );
+}
+
+#[test]
+fn register_auditor_twice_is_refused() {
+    let refused = Err(Rejection::AlreadyExists { kind: "auditor", id: "aud1".into() });
+    check::<Auditor>(&[auditor_registered()], register_auditor("aud1"), T0, refused.clone());
+    // A revoked auditor's id is not reissued either: its credential hash stays on record.
+    check::<Auditor>(&[auditor_registered(), auditor_revoked()], register_auditor("aud1"), T0, refused);
+}
+
+#[test]
+fn register_auditor_with_a_malformed_id_or_bad_name_is_refused() {
+    check_invalid::<Auditor>(&[], register_auditor("aud.1"), T0, "auditor_id");
+    check_invalid::<Auditor>(&[], register_auditor(""), T0, "auditor_id");
+    for name in [" ", "Licensing\nCenter", &"x".repeat(257)] {
+        let bad_name = AuditorCommand::Register { auditor: auditor(), name: name.into(), credential_hash: [6; 32] };
+        check_invalid::<Auditor>(&[], bad_name, T0, "name");
+    }
+    // Negative control: 256 characters is the most a name may have.
+    let longest = AuditorCommand::Register { auditor: auditor(), name: "x".repeat(256), credential_hash: [6; 32] };
+    check::<Auditor>(
+        &[],
+        longest,
+        T0,
+        Ok(vec![Event::AuditorRegistered { auditor_id: auditor(), name: "x".repeat(256), credential_hash: [6; 32] }]),
+    );
+}
+
+#[test]
+fn revoke_auditor_once() {
+    check::<Auditor>(&[auditor_registered()], revoke_auditor(), T0, Ok(vec![auditor_revoked()]));
+    check::<Auditor>(&[auditor_registered(), auditor_revoked()], revoke_auditor(), T0, Ok(vec![]));
+    let revoked: Auditor = fold(&[auditor_registered(), auditor_revoked()]);
+    assert_eq!(revoked.status, AuditorStatus::Revoked);
+}
+
+#[test]
+fn revoke_an_unknown_auditor_is_not_found() {
+    check::<Auditor>(&[], revoke_auditor(), T0, Err(Rejection::NotFound { kind: "auditor", id: String::new() }));
+}
+
+#[test]
+fn revoke_auditor_without_a_reason_is_refused() {
+    check_invalid::<Auditor>(&[auditor_registered()], AuditorCommand::Revoke { reason: "".into() }, T0, "reason");
+}
+
+#[test]
+fn auditor_events_belong_to_the_auditor_subject() {
+    assert_eq!(auditor_registered().aggregate().subject(), "vs.auditor.aud1");
+    assert_eq!(auditor_revoked().aggregate().subject(), "vs.auditor.aud1");
+    // Merchant events leave an auditor untouched, and the other way round.
+    let auditor_state: Auditor = fold(&[merchant_registered()]);
+    assert_eq!(auditor_state, Auditor::default());
+    let merchant_state: Merchant = fold(&[auditor_registered()]);
+    assert_eq!(merchant_state, Merchant::default());
 }
 
 // ---------------------------------------------------------------- node
