@@ -6,6 +6,7 @@ pub mod audit;
 pub mod backend;
 pub mod auth;
 pub mod bench;
+pub mod client;
 pub mod cred;
 pub mod demo;
 pub mod keys;

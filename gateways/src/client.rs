@@ -1,0 +1,179 @@
+//! gRPC clients of the engine as the operator, a publisher and a merchant use them: the
+//! `merchant` and `publish` commands, the demo and the end-to-end tests all go through
+//! here. Each client presents one credential on every call (`cred::Present`).
+
+use crate::cred::{Credential, Present};
+use anyhow::Context;
+use engine::crypto::{self, RsaPublic, SecretKey};
+use proto::v1 as pb;
+use std::sync::Arc;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+
+pub type Authed = InterceptedService<Channel, Present>;
+pub type CatalogClient = pb::catalog_service_client::CatalogServiceClient<Authed>;
+pub type MerchantClient = pb::merchant_service_client::MerchantServiceClient<Authed>;
+pub type DeliveryClient = pb::delivery_service_client::DeliveryServiceClient<Authed>;
+pub type AuditClient = pb::audit_service_client::AuditServiceClient<Authed>;
+
+/// Largest message a client accepts or sends (a media container plus framing).
+pub const CLIENT_MESSAGE_BYTES_MAX: usize = engine::media::CONTAINER_BYTES_MAX + 2 * 1024 * 1024;
+
+/// Connects to `url` (`http://HOST:PORT`, or https with TLS; `ca` is the PEM of the CA
+/// that signed the server's certificate when it is not a public one).
+pub async fn connect(url: &str, ca: Option<&[u8]>) -> anyhow::Result<Channel> {
+    let mut endpoint = Endpoint::from_shared(url.to_string()).with_context(|| format!("{url:?} is not a gRPC URL such as http://127.0.0.1:50051"))?;
+    endpoint = endpoint.connect_timeout(std::time::Duration::from_secs(5)).tcp_nodelay(true);
+    if url.starts_with("https://") {
+        let mut tls = tonic::transport::ClientTlsConfig::new().with_enabled_roots();
+        if let Some(ca) = ca {
+            tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(ca));
+        }
+        endpoint = endpoint.tls_config(tls).context("TLS client configuration")?;
+    }
+    endpoint.connect().await.with_context(|| format!("cannot connect to the engine at {url}"))
+}
+
+fn authed(channel: Channel, credential: Credential) -> Authed {
+    InterceptedService::new(channel, Present(Arc::new(credential)))
+}
+
+pub fn catalog(channel: Channel, credential: Credential) -> CatalogClient {
+    pb::catalog_service_client::CatalogServiceClient::new(authed(channel, credential))
+        .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
+}
+
+pub fn merchant(channel: Channel, credential: Credential) -> MerchantClient {
+    pb::merchant_service_client::MerchantServiceClient::new(authed(channel, credential))
+}
+
+pub fn delivery(channel: Channel, credential: Credential) -> DeliveryClient {
+    pb::delivery_service_client::DeliveryServiceClient::new(authed(channel, credential)).max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
+}
+
+pub fn audit(channel: Channel, credential: Credential) -> AuditClient {
+    pb::audit_service_client::AuditServiceClient::new(authed(channel, credential))
+}
+
+/// A credential from a CredentialResponse.
+pub fn credential_of(response: pb::CredentialResponse) -> anyhow::Result<Credential> {
+    let secret: [u8; 32] = response.secret.as_slice().try_into().context("the engine returned a credential secret that is not 32 bytes")?;
+    Ok(Credential::new(response.id, SecretKey::from_bytes(secret)))
+}
+
+/// What a publisher uploads for one media.
+pub struct Upload {
+    pub title: String,
+    pub artist: String,
+    pub authors: Vec<String>,
+    pub length_ms: u64,
+    pub price_minor: u64,
+    pub currency: String,
+    pub terms: pb::RoyaltyTermsInput,
+    pub content: Vec<u8>,
+    pub preview_clip: Vec<u8>,
+    pub image_descriptor: String,
+}
+
+/// A published media: its id and the hash of its plaintext.
+#[derive(Clone, Debug)]
+pub struct Published {
+    pub media_id: String,
+    pub content_hash: [u8; 32],
+    pub container_bytes: usize,
+}
+
+/// Encrypts the content under a fresh media key, wraps the key for the engine's public
+/// key, and publishes the container. The media key never leaves this function in clear.
+pub async fn publish(catalog: &mut CatalogClient, request_id: &str, engine_public: &RsaPublic, upload: Upload) -> anyhow::Result<Published> {
+    let media_key = SecretKey::random();
+    let content_hash = crypto::hash(&upload.content);
+    let size_bytes = upload.content.len() as u64;
+    let (container, wrapped_media_key) = {
+        let content = upload.content;
+        let engine_public = engine_public.clone();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
+            Ok((engine::media::seal(&media_key, &content), crypto::wrap_key(&engine_public, &media_key)?))
+        })
+        .await
+        .context("the encryption task failed")??
+    };
+    let container_bytes = container.len();
+    let request = pb::PublishMediaRequest {
+        request_id: request_id.to_string(),
+        title: upload.title,
+        artist: upload.artist,
+        authors: upload.authors,
+        length_ms: upload.length_ms,
+        price_minor: upload.price_minor,
+        currency: upload.currency,
+        terms: Some(upload.terms),
+        container,
+        wrapped_media_key,
+        for_sale: true,
+        renditions: vec![pb::RenditionInput { name: "high".into(), bitrate_kbps: 256, content_hash: content_hash.to_vec(), size_bytes }],
+        preview: Some(pb::PreviewClipInput { start_ms: 0, duration_ms: 30_000 }),
+        image_descriptor: upload.image_descriptor,
+        preview_clip: upload.preview_clip,
+    };
+    let media_id = catalog.publish_media(request).await?.into_inner().media_id;
+    Ok(Published { media_id, content_hash, container_bytes })
+}
+
+/// A sale as the merchant completes it: what the player needs to redeem.
+#[derive(Clone, Debug)]
+pub struct Sale {
+    pub voucher_id: String,
+    pub receipt: Vec<u8>,
+    pub node_id: String,
+    pub node_endpoint: String,
+    pub access_token: Vec<u8>,
+    pub access_expires_at_ms: i64,
+    pub media_ids: Vec<String>,
+}
+
+impl Sale {
+    pub fn grant(&self) -> pb::AccessGrant {
+        pb::AccessGrant {
+            voucher_id: self.voucher_id.clone(),
+            media_ids: self.media_ids.clone(),
+            access_expires_at_ms: self.access_expires_at_ms,
+            access_token: self.access_token.clone(),
+        }
+    }
+}
+
+/// Reserve → Authorize → IssueVoucher with request ids `<prefix>-reserve` etc.
+pub async fn buy(merchant: &mut MerchantClient, prefix: &str, media_ids: &[String], points_account: Option<&str>) -> Result<Sale, tonic::Status> {
+    let reserved = merchant
+        .reserve(pb::ReserveRequest {
+            request_id: format!("{prefix}-reserve"),
+            media_ids: media_ids.to_vec(),
+            rendition: "high".into(),
+            ttl_ms: 15 * 60 * 1000,
+            points_account: points_account.unwrap_or_default().to_string(),
+            payment_ref: format!("card-{prefix}"),
+        })
+        .await?
+        .into_inner();
+    let authorized = merchant.authorize(pb::AuthorizeRequest { request_id: format!("{prefix}-authorize"), voucher_id: reserved.voucher_id.clone() }).await?.into_inner();
+    let issued = merchant
+        .issue_voucher(pb::IssueVoucherRequest { request_id: format!("{prefix}-issue"), voucher_id: reserved.voucher_id.clone(), region: String::new() })
+        .await?
+        .into_inner();
+    Ok(Sale {
+        voucher_id: reserved.voucher_id,
+        receipt: authorized.receipt,
+        node_id: issued.node_id,
+        node_endpoint: issued.node_endpoint,
+        access_token: issued.access_token,
+        access_expires_at_ms: issued.access_expires_at_ms,
+        media_ids: media_ids.to_vec(),
+    })
+}
+
+/// Royalty terms used by the demo and tests: 30% retailer, 20% distributor, 50% owner.
+pub fn standard_terms(owner: &str) -> pb::RoyaltyTermsInput {
+    pb::RoyaltyTermsInput { retailer_bps: 3000, distributor_bps: 2000, owner_bps: 5000, distributor: "dist-1".into(), owner: owner.into(), rights_agent: "agent-1".into() }
+}
