@@ -122,7 +122,7 @@ impl Authenticator {
         let unavailable = |e: engine::handler::HandleError| Status::unavailable(format!("cannot check the credential now: {e}"));
         let (identity, recorded, active) = if id == self.operator_id {
             (Identity::Operator(id.to_string()), self.operator_hash, true)
-        } else if id.starts_with("au") {
+        } else if id.starts_with('a') {
             let auditor = self.market.handler().load::<Auditor>(id).await.map_err(unavailable)?.state;
             (Identity::Auditor(id.to_string()), auditor.credential_hash, auditor.status == AuditorStatus::Active)
         } else if id.starts_with('m') {

@@ -1,1 +1,537 @@
-//! The reference player (`vouchsafe player`); being written.
+//! The reference consumer ("player"): its passport, and how it redeems a purchase at a
+//! delivery node, downloads, decrypts and confirms, and plays previews.
+//!
+//! A passport is an RSA-2048 key pair plus the certificate the engine signs for it
+//! (`CatalogService.CertifyConsumer`), kept under `<data_dir>/players/<consumer_id>/` as
+//! `passport.pem` (PKCS#8, mode 0600) and `certificate.json`. A purchase is what the merchant
+//! hands the player after Authorize and IssueVoucher: the node, the access grant and the
+//! receipt. Redemption proves possession of the receipt without sending it
+//! (`receipt_proof` over the node's fresh challenge); each media key arrives wrapped for the
+//! passport's key, is unwrapped on the blocking pool (RSA private-key work), and decrypts the
+//! downloaded container, whose content hash `engine::media::open` checks.
+//!
+//! What deliberately does not live here: buying (the merchant's `Reserve`, `Authorize`,
+//! `IssueVoucher`), key storage beyond the passport files, playback. Receipts, proofs, media
+//! keys and private keys are never logged or printed: `Purchase` and `Passport` print only
+//! ids.
+
+use crate::cred::Present;
+use crate::node::{Reassembly, CHALLENGE_BYTES};
+use anyhow::{bail, Context};
+use engine::crypto::{self, RsaPrivate, RsaPublic, SecretKey};
+use engine::domain::party::Certificate;
+use engine::ids::{CertSerial, ConsumerId, Millis};
+use engine::media::CONTAINER_BYTES_MAX;
+use proto::v1::catalog_service_client::CatalogServiceClient;
+use proto::v1::node_service_client::NodeServiceClient;
+use proto::v1::{AccessGrant, CertifyConsumerRequest, ChallengeRequest, ConfirmRequest, DownloadRequest, PlayPreviewRequest, PlayerRedeemRequest};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Code;
+use tracing::{debug, info, warn};
+
+/// Bits of a passport's RSA key.
+pub const PASSPORT_RSA_BITS: usize = 2048;
+/// How long a new passport's certificate is valid.
+pub const PASSPORT_VALIDITY_MS: u64 = 365 * 24 * 3600 * 1000;
+/// Attempts at one download; each retry resumes from the bytes already received.
+pub const DOWNLOAD_ATTEMPTS_MAX: u32 = 3;
+/// Wait before the first download retry; doubled for each further one.
+pub const DOWNLOAD_RETRY_BACKOFF_MS: u64 = 200;
+/// Largest message accepted from a node (a chunk, or a redeem answer with up to 64 keys).
+pub const NODE_MESSAGE_BYTES_MAX: usize = 1024 * 1024;
+/// Longest wait for a TCP connection to a node.
+pub const CONNECT_TIMEOUT_MS: u64 = 10_000;
+
+const PASSPORT_FILE: &str = "passport.pem";
+const CERTIFICATE_FILE: &str = "certificate.json";
+
+/// The operator's catalog API (the operator's credential on every call).
+pub type CatalogClient = CatalogServiceClient<InterceptedService<Channel, Present>>;
+/// A delivery node's player API.
+pub type NodeClient = NodeServiceClient<Channel>;
+
+/// A call the player made was refused; `code` is the gRPC status code, for callers that
+/// react to it (downcast the `anyhow::Error`).
+#[derive(Debug, thiserror::Error)]
+#[error("{call} failed ({code:?}): {message}")]
+pub struct RpcError {
+    pub call: &'static str,
+    pub code: Code,
+    pub message: String,
+}
+
+fn rpc_error(call: &'static str) -> impl FnOnce(tonic::Status) -> RpcError {
+    move |status| RpcError { call, code: status.code(), message: status.message().to_string() }
+}
+
+// ---- passports -----------------------------------------------------------------------------
+
+/// A consumer's RSA key pair and the engine's certificate for it.
+#[derive(Clone)]
+pub struct Passport {
+    pub consumer_id: ConsumerId,
+    pub private: RsaPrivate,
+    pub certificate: proto::v1::Certificate,
+}
+
+impl std::fmt::Debug for Passport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Passport").field("consumer_id", &self.consumer_id).field("cert_serial", &self.certificate.cert_serial).finish_non_exhaustive()
+    }
+}
+
+/// `<data_dir>/players/<consumer_id>`, where a passport is kept.
+pub fn passport_dir(data_dir: &Path, consumer_id: &ConsumerId) -> anyhow::Result<PathBuf> {
+    if !engine::ids::is_valid_token(consumer_id.as_str()) {
+        bail!("consumer id must be 1-64 characters of A-Z a-z 0-9 - _");
+    }
+    Ok(data_dir.join("players").join(consumer_id.as_str()))
+}
+
+/// The certificate file's shape (bytes in hex).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CertificateFile {
+    consumer_id: String,
+    cert_serial: String,
+    public_key_der: String,
+    not_before_ms: i64,
+    not_after_ms: i64,
+    engine_key_id: String,
+    signature: String,
+}
+
+impl From<&proto::v1::Certificate> for CertificateFile {
+    fn from(cert: &proto::v1::Certificate) -> Self {
+        Self {
+            consumer_id: cert.consumer_id.clone(),
+            cert_serial: cert.cert_serial.clone(),
+            public_key_der: hex::encode(&cert.public_key_der),
+            not_before_ms: cert.not_before_ms,
+            not_after_ms: cert.not_after_ms,
+            engine_key_id: cert.engine_key_id.clone(),
+            signature: hex::encode(&cert.signature),
+        }
+    }
+}
+
+impl TryFrom<CertificateFile> for proto::v1::Certificate {
+    type Error = anyhow::Error;
+
+    fn try_from(file: CertificateFile) -> anyhow::Result<Self> {
+        Ok(Self {
+            consumer_id: file.consumer_id,
+            cert_serial: file.cert_serial,
+            public_key_der: hex::decode(&file.public_key_der).context("public_key_der is not hex")?,
+            not_before_ms: file.not_before_ms,
+            not_after_ms: file.not_after_ms,
+            engine_key_id: file.engine_key_id,
+            signature: hex::decode(&file.signature).context("signature is not hex")?,
+        })
+    }
+}
+
+/// The domain form of a certificate received on the wire, for `verify_certificate`.
+pub fn certificate_from_proto(cert: &proto::v1::Certificate) -> Certificate {
+    Certificate {
+        serial: CertSerial::new(cert.cert_serial.clone()),
+        public_key_der: cert.public_key_der.clone(),
+        not_before: Millis(cert.not_before_ms),
+        not_after: Millis(cert.not_after_ms),
+        engine_key_id: cert.engine_key_id.clone(),
+        signature: cert.signature.clone(),
+        revoked: false,
+    }
+}
+
+/// Checks that `cert` certifies `public_key_der` for `consumer_id` and carries the engine's
+/// signature.
+pub fn check_certificate(cert: &proto::v1::Certificate, consumer_id: &ConsumerId, public_key_der: &[u8], engine_public: &RsaPublic) -> anyhow::Result<()> {
+    if cert.consumer_id != consumer_id.as_str() {
+        bail!("the certificate names consumer {} instead of {consumer_id}", cert.consumer_id);
+    }
+    if !crypto::ct_eq(&cert.public_key_der, public_key_der) {
+        bail!("the certificate is for another public key (a request id reused for a new key?); certify again with a fresh request id");
+    }
+    if !engine::app::verify_certificate(engine_public, consumer_id, &certificate_from_proto(cert)) {
+        bail!("the certificate's signature does not verify with the engine's public key; check that engine.pub.pem belongs to this engine");
+    }
+    Ok(())
+}
+
+fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir).with_context(|| format!("cannot create {}", dir.display()))
+}
+
+fn write_new_file(path: &Path, bytes: &[u8], private: bool) -> anyhow::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(if private { 0o600 } else { 0o644 });
+    }
+    #[cfg(not(unix))]
+    let _ = private;
+    let mut file = options.open(path).with_context(|| format!("cannot create {} (it must not exist yet)", path.display()))?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    Ok(())
+}
+
+impl Passport {
+    /// The DER of the passport's public key (what the certificate certifies).
+    pub fn public_key_der(&self) -> anyhow::Result<Vec<u8>> {
+        Ok(self.private.public().to_der()?)
+    }
+
+    /// Writes `passport.pem` (mode 0600) and `certificate.json` into `dir` (created, mode
+    /// 0700); refuses to overwrite an existing passport, whose key would be lost.
+    pub fn save(&self, dir: &Path) -> anyhow::Result<()> {
+        create_private_dir(dir)?;
+        let pem_path = dir.join(PASSPORT_FILE);
+        let cert_path = dir.join(CERTIFICATE_FILE);
+        for path in [&pem_path, &cert_path] {
+            if path.exists() {
+                bail!("{} already exists; a passport is never overwritten (move it away first)", path.display());
+            }
+        }
+        let certificate = serde_json::to_vec_pretty(&CertificateFile::from(&self.certificate)).context("certificate as json")?;
+        let pem = self.private.to_pkcs8_pem()?;
+        write_new_file(&pem_path, pem.as_bytes(), true)?;
+        write_new_file(&cert_path, &certificate, false)?;
+        Ok(())
+    }
+
+    /// Reads a passport saved by [`Passport::save`] and checks that its key and certificate
+    /// belong together.
+    pub fn load(dir: &Path) -> anyhow::Result<Self> {
+        let pem_path = dir.join(PASSPORT_FILE);
+        let cert_path = dir.join(CERTIFICATE_FILE);
+        let pem = zeroize::Zeroizing::new(std::fs::read_to_string(&pem_path).with_context(|| format!("cannot read {}", pem_path.display()))?);
+        let private = RsaPrivate::from_pkcs8_pem(&pem).with_context(|| format!("{} is not a PKCS#8 RSA private key", pem_path.display()))?;
+        let text = std::fs::read(&cert_path).with_context(|| format!("cannot read {}", cert_path.display()))?;
+        let file: CertificateFile = serde_json::from_slice(&text).with_context(|| format!("{} is not a certificate file", cert_path.display()))?;
+        let certificate = proto::v1::Certificate::try_from(file).with_context(|| format!("{} is damaged", cert_path.display()))?;
+        let passport = Self { consumer_id: ConsumerId::new(certificate.consumer_id.clone()), private, certificate };
+        if !crypto::ct_eq(&passport.public_key_der()?, &passport.certificate.public_key_der) {
+            bail!("{} certifies another key than {}; the passport files do not belong together", cert_path.display(), pem_path.display());
+        }
+        Ok(passport)
+    }
+}
+
+/// Makes a passport: a fresh RSA key (generated on the blocking pool: it takes seconds),
+/// certified by the engine, whose signature is checked before the passport is returned.
+pub async fn create_passport(catalog: &mut CatalogClient, request_id: &str, consumer_id: &ConsumerId, engine_public: &RsaPublic) -> anyhow::Result<Passport> {
+    let private = tokio::task::spawn_blocking(|| RsaPrivate::generate(PASSPORT_RSA_BITS)).await.context("the key generation task failed")??;
+    let public_key_der = private.public().to_der()?;
+    let request = CertifyConsumerRequest {
+        request_id: request_id.to_string(),
+        consumer_id: consumer_id.as_str().to_string(),
+        public_key_der: public_key_der.clone(),
+        validity_ms: PASSPORT_VALIDITY_MS,
+    };
+    let certificate = catalog.certify_consumer(request).await.map_err(rpc_error("CertifyConsumer"))?.into_inner();
+    check_certificate(&certificate, consumer_id, &public_key_der, engine_public)?;
+    info!(%consumer_id, cert_serial = %certificate.cert_serial, "passport certified");
+    Ok(Passport { consumer_id: consumer_id.clone(), private, certificate })
+}
+
+// ---- purchases -----------------------------------------------------------------------------
+
+/// What the merchant hands the player after Authorize and IssueVoucher.
+#[derive(Clone)]
+pub struct Purchase {
+    pub node_endpoint: String,
+    pub node_id: String,
+    pub grant: AccessGrant,
+    /// The receipt (32 bytes) the player proves it holds. Never logged.
+    pub receipt: Vec<u8>,
+}
+
+impl std::fmt::Debug for Purchase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Purchase")
+            .field("node_endpoint", &self.node_endpoint)
+            .field("node_id", &self.node_id)
+            .field("voucher_id", &self.grant.voucher_id)
+            .field("media_ids", &self.grant.media_ids)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One media of a redeemed purchase, as the player received it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeliveredCopy {
+    pub media_id: String,
+    /// `<out_dir>/<voucher>-<media>.media`: the decrypted content. Not written when the
+    /// content did not decrypt.
+    pub path: PathBuf,
+    /// blake3 of the decrypted content (the container's verified content hash); zero when the
+    /// content did not decrypt.
+    pub content_hash: [u8; 32],
+    /// blake3 of the container bytes received (what `Confirm` reported).
+    pub container_hash: [u8; 32],
+    /// Whether the media key unwrapped and the content decrypted and matched its hash. A copy
+    /// that does not decrypt is not confirmed to the node.
+    pub decrypt_ok: bool,
+    /// The node's answer to `Confirm`: every media of the voucher is now delivered.
+    pub voucher_delivered: bool,
+}
+
+/// Connects to a node's `NodeService`.
+pub async fn connect_node(endpoint: &str) -> anyhow::Result<NodeClient> {
+    let channel = Endpoint::from_shared(endpoint.to_string())
+        .with_context(|| format!("node endpoint {endpoint} is not a URL such as http://127.0.0.1:7500"))?
+        .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the delivery node at {endpoint}"))?;
+    Ok(NodeServiceClient::new(channel).max_decoding_message_size(NODE_MESSAGE_BYTES_MAX))
+}
+
+/// Redeems a purchase at its node and downloads, decrypts, writes and confirms every media.
+pub async fn redeem_and_download(purchase: &Purchase, passport: &Passport, request_id: &str, out_dir: &Path) -> anyhow::Result<Vec<DeliveredCopy>> {
+    let mut node = connect_node(&purchase.node_endpoint).await?;
+    redeem_and_download_on(&mut node, purchase, passport, request_id, out_dir).await
+}
+
+/// [`redeem_and_download`] over an existing connection to the purchase's node.
+pub async fn redeem_and_download_on(node: &mut NodeClient, purchase: &Purchase, passport: &Passport, request_id: &str, out_dir: &Path) -> anyhow::Result<Vec<DeliveredCopy>> {
+    let grant = &purchase.grant;
+    let voucher_id = grant.voucher_id.as_str();
+    // The ids name the output files: refuse anything that is not a plain token.
+    for id in std::iter::once(voucher_id).chain(grant.media_ids.iter().map(String::as_str)) {
+        if !engine::ids::is_valid_token(id) {
+            bail!("the grant holds an id that is not 1-64 characters of A-Z a-z 0-9 - _; ask the merchant for the grant again");
+        }
+    }
+    let receipt: [u8; crypto::KEY_BYTES] = purchase.receipt.as_slice().try_into().map_err(|_| anyhow::anyhow!("the receipt must be {} bytes; ask the merchant for it again", crypto::KEY_BYTES))?;
+    let receipt = SecretKey::from_bytes(receipt);
+
+    let challenge = node.challenge(ChallengeRequest { grant: Some(grant.clone()) }).await.map_err(rpc_error("Challenge"))?.into_inner().challenge;
+    if challenge.len() != CHALLENGE_BYTES {
+        bail!("the node sent a {}-byte challenge instead of {CHALLENGE_BYTES}", challenge.len());
+    }
+    let proof = crypto::receipt_proof(&receipt, voucher_id, &purchase.node_id, &challenge);
+    drop(receipt);
+    let redeem = PlayerRedeemRequest {
+        grant: Some(grant.clone()),
+        request_id: request_id.to_string(),
+        consumer_id: passport.consumer_id.as_str().to_string(),
+        cert_serial: passport.certificate.cert_serial.clone(),
+        challenge,
+        proof: proof.to_vec(),
+    };
+    let answer = node.redeem(redeem).await.map_err(rpc_error("Redeem"))?.into_inner();
+    if answer.voucher_id != voucher_id {
+        bail!("the node answered for voucher {} instead of {voucher_id}", answer.voucher_id);
+    }
+    if answer.keys.is_empty() {
+        bail!("the redemption was accepted without any media key; report this to the merchant");
+    }
+    debug!(%voucher_id, keys = answer.keys.len(), "redeemed");
+
+    tokio::fs::create_dir_all(out_dir).await.with_context(|| format!("cannot create {}", out_dir.display()))?;
+    let private = Arc::new(passport.private.clone());
+    let mut copies = Vec::with_capacity(answer.keys.len());
+    for key in answer.keys {
+        if !grant.media_ids.contains(&key.media_id) {
+            bail!("the node sent a key for media {}, which the grant does not name", key.media_id);
+        }
+        let container = download(node, grant, &key.media_id).await?;
+        let private = private.clone();
+        let wrapped = key.wrapped_key;
+        // RSA private-key work and decrypting up to CONTAINER_BYTES_MAX: the blocking pool.
+        let (container, container_hash, opened) = tokio::task::spawn_blocking(move || {
+            let container_hash = crypto::hash(&container);
+            let opened = crypto::unwrap_key(&private, &wrapped)
+                .map_err(|error| error.to_string())
+                .and_then(|media_key| engine::media::open(&media_key, &container).map_err(|error| error.to_string()));
+            (container, container_hash, opened)
+        })
+        .await
+        .context("the decryption task failed")?;
+        let path = out_dir.join(format!("{voucher_id}-{}.media", key.media_id));
+        let content = match opened {
+            Ok(content) => content,
+            Err(reason) => {
+                // Not confirmed: the node would record a delivery the consumer cannot use.
+                warn!(%voucher_id, media_id = %key.media_id, %reason, "the media did not decrypt; not confirming it");
+                copies.push(DeliveredCopy { media_id: key.media_id, path, content_hash: [0; 32], container_hash, decrypt_ok: false, voucher_delivered: false });
+                continue;
+            }
+        };
+        let content_hash = crypto::hash(&content);
+        tokio::fs::write(&path, &content).await.with_context(|| format!("cannot write {}", path.display()))?;
+        drop(container);
+        let confirm = ConfirmRequest { grant: Some(grant.clone()), media_id: key.media_id.clone(), received_hash: container_hash.to_vec() };
+        let confirmed = node.confirm(confirm).await.map_err(rpc_error("Confirm"))?.into_inner();
+        info!(%voucher_id, media_id = %key.media_id, path = %path.display(), voucher_delivered = confirmed.voucher_delivered, "delivered");
+        copies.push(DeliveredCopy { media_id: key.media_id, path, content_hash, container_hash, decrypt_ok: true, voucher_delivered: confirmed.voucher_delivered });
+    }
+    Ok(copies)
+}
+
+/// Whether a failed stream is worth resuming (the connection, not the request, failed).
+fn resumable(code: Code) -> bool {
+    matches!(code, Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded | Code::Aborted | Code::ResourceExhausted)
+}
+
+/// Downloads one media container, resuming from the bytes received when the stream breaks.
+async fn download(node: &mut NodeClient, grant: &AccessGrant, media_id: &str) -> anyhow::Result<Vec<u8>> {
+    let mut reassembly = Reassembly::new(CONTAINER_BYTES_MAX);
+    let mut backoff_ms = DOWNLOAD_RETRY_BACKOFF_MS;
+    let mut attempt = 1;
+    loop {
+        let request = DownloadRequest { grant: Some(grant.clone()), media_id: media_id.to_string(), offset: reassembly.received() };
+        let failure = match node.download(request).await {
+            Ok(response) => {
+                let mut stream = response.into_inner();
+                loop {
+                    match stream.message().await {
+                        Ok(Some(chunk)) => reassembly.push(chunk).with_context(|| format!("the node's stream of media {media_id} is malformed"))?,
+                        Ok(None) => return reassembly.finish().with_context(|| format!("the download of media {media_id} is incomplete")),
+                        Err(status) => break status,
+                    }
+                }
+            }
+            Err(status) => status,
+        };
+        if attempt == DOWNLOAD_ATTEMPTS_MAX || !resumable(failure.code()) {
+            return Err(rpc_error("Download")(failure).into());
+        }
+        warn!(media_id, attempt, received_bytes = reassembly.received(), code = ?failure.code(), "download interrupted; resuming");
+        tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
+        backoff_ms *= 2;
+        attempt += 1;
+    }
+}
+
+/// Plays a preview at the node the merchant's `Preview` named: the free clip's bytes.
+pub async fn play_preview(node_endpoint: &str, preview_id: &str) -> anyhow::Result<Vec<u8>> {
+    let mut node = connect_node(node_endpoint).await?;
+    let mut stream = node.play_preview(PlayPreviewRequest { preview_id: preview_id.to_string() }).await.map_err(rpc_error("PlayPreview"))?.into_inner();
+    let mut reassembly = Reassembly::new(CONTAINER_BYTES_MAX);
+    while let Some(chunk) = stream.message().await.map_err(rpc_error("PlayPreview"))? {
+        reassembly.push(chunk).with_context(|| format!("the node's stream of preview {preview_id} is malformed"))?;
+    }
+    reassembly.finish().with_context(|| format!("the preview {preview_id} is incomplete"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn engine_key() -> RsaPrivate {
+        RsaPrivate::from_pkcs8_pem(include_str!("../../engine/testdata/rsa-2048-a.pem")).expect("test key a")
+    }
+
+    fn consumer_key() -> RsaPrivate {
+        RsaPrivate::from_pkcs8_pem(include_str!("../../engine/testdata/rsa-2048-b.pem")).expect("test key b")
+    }
+
+    /// A certificate as the engine would sign it.
+    fn certify(engine: &RsaPrivate, consumer_id: &ConsumerId, public_key_der: &[u8]) -> proto::v1::Certificate {
+        let serial = CertSerial::new("c1");
+        let (not_before, not_after) = (Millis(1_000), Millis(2_000));
+        let message = engine::app::certificate_message(consumer_id, &serial, public_key_der, not_before, not_after);
+        proto::v1::Certificate {
+            consumer_id: consumer_id.as_str().to_string(),
+            cert_serial: serial.0,
+            public_key_der: public_key_der.to_vec(),
+            not_before_ms: not_before.0,
+            not_after_ms: not_after.0,
+            engine_key_id: engine.public().key_id(),
+            signature: crypto::sign(engine, &message).expect("signs"),
+        }
+    }
+
+    #[test]
+    fn a_certificate_is_accepted_only_for_its_consumer_key_and_engine() {
+        let engine = engine_key();
+        let consumer = ConsumerId::new("alice");
+        let private = consumer_key();
+        let der = private.public().to_der().expect("der");
+        let cert = certify(&engine, &consumer, &der);
+        check_certificate(&cert, &consumer, &der, &engine.public()).expect("verifies");
+
+        let other_engine = consumer_key();
+        assert!(check_certificate(&cert, &consumer, &der, &other_engine.public()).is_err(), "another engine's key");
+        assert!(check_certificate(&cert, &ConsumerId::new("bob"), &der, &engine.public()).is_err(), "another consumer");
+        let other_der = engine.public().to_der().expect("der");
+        assert!(check_certificate(&cert, &consumer, &other_der, &engine.public()).is_err(), "another public key");
+        let mut forged = cert.clone();
+        forged.not_after_ms += 1;
+        assert!(check_certificate(&forged, &consumer, &der, &engine.public()).is_err(), "an altered validity");
+        let mut bad_signature = cert;
+        bad_signature.signature[0] ^= 1;
+        assert!(check_certificate(&bad_signature, &consumer, &der, &engine.public()).is_err(), "an altered signature");
+    }
+
+    #[test]
+    fn a_passport_saves_and_loads_and_is_never_overwritten() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let consumer = ConsumerId::new("alice");
+        let private = consumer_key();
+        let certificate = certify(&engine_key(), &consumer, &private.public().to_der().expect("der"));
+        let passport = Passport { consumer_id: consumer.clone(), private, certificate };
+        let passport_dir = passport_dir(dir.path(), &consumer).expect("a valid id");
+        assert_eq!(passport_dir, dir.path().join("players").join("alice"));
+        passport.save(&passport_dir).expect("saved");
+
+        let loaded = Passport::load(&passport_dir).expect("loads");
+        assert_eq!(loaded.consumer_id, consumer);
+        assert_eq!(loaded.certificate, passport.certificate);
+        assert_eq!(loaded.private.public(), passport.private.public());
+        check_certificate(&loaded.certificate, &consumer, &loaded.public_key_der().expect("der"), &engine_key().public()).expect("still verifies");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(passport_dir.join(PASSPORT_FILE)).expect("pem").permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "the private key is readable by its owner only");
+        }
+        assert!(passport.save(&passport_dir).is_err(), "never overwritten");
+        assert!(!format!("{loaded:?}").contains("PRIVATE KEY"), "Debug shows ids only");
+
+        // Negative control: a certificate for another key does not load with this key.
+        let other_dir = dir.path().join("mismatched");
+        let mismatched = Passport { certificate: certify(&engine_key(), &consumer, &engine_key().public().to_der().expect("der")), ..passport };
+        mismatched.save(&other_dir).expect("saved");
+        assert!(Passport::load(&other_dir).is_err(), "key and certificate do not belong together");
+        assert!(passport_dir(dir.path(), &ConsumerId::new("../etc")).is_err(), "ids never escape the data dir");
+    }
+
+    #[test]
+    fn a_purchase_never_prints_its_receipt_or_token() {
+        let purchase = Purchase {
+            node_endpoint: "http://127.0.0.1:1".into(),
+            node_id: "n1".into(),
+            grant: AccessGrant { voucher_id: "v1".into(), media_ids: vec!["md1".into()], access_expires_at_ms: 1, access_token: vec![0xAB; 32] },
+            receipt: vec![0xCD; 32],
+        };
+        let printed = format!("{purchase:?}");
+        assert!(printed.contains("v1") && !printed.contains("205") && !printed.contains("171"), "{printed}");
+    }
+
+    #[test]
+    fn only_connection_failures_are_resumed() {
+        assert!(resumable(Code::Unavailable));
+        assert!(!resumable(Code::PermissionDenied));
+        assert!(!resumable(Code::DataLoss));
+        assert!(!resumable(Code::OutOfRange));
+    }
+}
