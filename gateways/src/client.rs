@@ -113,7 +113,8 @@ pub async fn publish(catalog: &mut CatalogClient, request_id: &str, engine_publi
         wrapped_media_key,
         for_sale: true,
         renditions: vec![pb::RenditionInput { name: "high".into(), bitrate_kbps: 256, content_hash: content_hash.to_vec(), size_bytes }],
-        preview: Some(pb::PreviewClipInput { start_ms: 0, duration_ms: 30_000 }),
+        // The first 30 s (or the whole media when shorter) is the free preview.
+        preview: (upload.length_ms > 0).then(|| pb::PreviewClipInput { start_ms: 0, duration_ms: upload.length_ms.min(30_000) }),
         image_descriptor: upload.image_descriptor,
         preview_clip: upload.preview_clip,
     };

@@ -7,6 +7,7 @@ pub mod backend;
 pub mod auth;
 pub mod bench;
 pub mod client;
+pub mod commands;
 pub mod cred;
 pub mod demo;
 pub mod keys;

@@ -1,7 +1,7 @@
 //! The `vouchsafe` binary: one command-line tool with subcommands (CLI.md). Argument
 //! parsing and output live here; the work lives in the libraries.
 
-use gateways::{audit, backend, bench, demo, keys, serve};
+use gateways::{audit, backend, bench, commands, demo, keys, serve};
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -23,6 +23,10 @@ enum Command {
     },
     /// The engine: gRPC services, projections, sweeper, sealer; stops gracefully on SIGTERM/ctrl-c.
     Serve(serve::ServeArgs),
+    /// A merchant client: reserve, authorize, void, issue, buy, preview, get.
+    Merchant(commands::MerchantArgs),
+    /// Encrypt media files under fresh keys, wrap each key for the engine, upload.
+    Publish(commands::PublishArgs),
     /// Auditor commands: replay and verify the stream.
     Audit {
         #[command(subcommand)]
@@ -129,6 +133,8 @@ enum KeysCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Issue a merchant, node or auditor credential from a running engine (operator only).
+    Issue(commands::IssueArgs),
 }
 
 fn main() -> ExitCode {
@@ -159,6 +165,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             keys::init(&out)?;
             eprintln!("wrote engine.pem, engine.pub.pem, royalty-master.key and operator.cred to {}", out.display());
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Keys { command: KeysCommand::Issue(args) } => {
+            let json = args.json;
+            let runtime = tokio::runtime::Runtime::new()?;
+            Ok(runtime.block_on(commands::issue(args))?.report(json))
+        }
+        Command::Merchant(args) => {
+            let json = args.json;
+            let runtime = tokio::runtime::Runtime::new()?;
+            Ok(runtime.block_on(commands::merchant(args))?.report(json))
+        }
+        Command::Publish(args) => {
+            let json = args.json;
+            let runtime = tokio::runtime::Runtime::new()?;
+            Ok(runtime.block_on(commands::publish(args))?.report(json))
         }
         Command::Serve(args) => {
             let settings = serve::settings(&args)?;

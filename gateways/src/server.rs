@@ -95,6 +95,76 @@ pub struct NodeLive {
     pub cache_misses: u64,
 }
 
+/// Nodes that announced themselves (RegisterNode) and their heartbeats: the engine's
+/// health view, in memory only. After an engine restart nodes announce themselves again
+/// (a heartbeat from an unknown node is answered FailedPrecondition, which tells the node
+/// agent to call RegisterNode).
+pub struct NodeRegistry {
+    nodes: Mutex<HashMap<NodeId, NodeLive>>,
+    clock: Arc<dyn Clock>,
+    stale_ms: u64,
+}
+
+impl NodeRegistry {
+    pub fn new(clock: Arc<dyn Clock>, stale_ms: u64) -> Self {
+        Self { nodes: Mutex::new(HashMap::new()), clock, stale_ms }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, NodeLive>> {
+        self.nodes.lock().expect("node registry lock is never poisoned")
+    }
+
+    pub fn announce(&self, node: &NodeId, endpoint: &str) {
+        let now = self.clock.now().0;
+        self.lock().insert(node.clone(), NodeLive { endpoint: endpoint.to_string(), last_heartbeat_ms: now, ..NodeLive::default() });
+    }
+
+    /// Records a heartbeat; `false` when the node has not announced itself.
+    pub fn heartbeat(&self, node: &NodeId, beat: &pb::HeartbeatRequest) -> bool {
+        let now = self.clock.now().0;
+        let mut nodes = self.lock();
+        let Some(live) = nodes.get_mut(node) else { return false };
+        live.last_heartbeat_ms = now;
+        live.slots_in_use = beat.slots_in_use;
+        live.cache_items = beat.cache_items;
+        live.cache_accesses = beat.cache_accesses;
+        live.cache_misses = beat.cache_misses;
+        true
+    }
+
+    pub fn endpoint(&self, node: &NodeId) -> String {
+        self.lock().get(node).map(|n| n.endpoint.clone()).unwrap_or_default()
+    }
+
+    /// Announced, with a heartbeat no older than the stale limit.
+    pub fn healthy(&self, node: &NodeId) -> bool {
+        let now = self.clock.now().0;
+        self.lock().get(node).is_some_and(|live| now.saturating_sub(live.last_heartbeat_ms) <= self.stale_ms as i64)
+    }
+
+    pub fn snapshot(&self) -> Vec<(NodeId, NodeLive)> {
+        let mut nodes: Vec<_> = self.lock().iter().map(|(id, live)| (id.clone(), live.clone())).collect();
+        nodes.sort_by(|a, b| a.0.cmp(&b.0));
+        nodes
+    }
+}
+
+/// The allocator the engine uses: the allocation projection's choice among healthy nodes.
+pub struct HealthyAllocator {
+    live: Live,
+    nodes: Arc<NodeRegistry>,
+}
+
+impl engine::app::Allocator for HealthyAllocator {
+    fn choose(&self, region: Option<&str>, holder: &str) -> Option<NodeId> {
+        self.live.choose_where(region, holder, &|node| self.nodes.healthy(node))
+    }
+
+    fn cancel(&self, holder: &str) {
+        engine::app::Allocator::cancel(&self.live, holder);
+    }
+}
+
 /// The engine's shared state.
 pub struct Engine {
     pub market: Arc<Market>,
@@ -102,7 +172,7 @@ pub struct Engine {
     pub log: Arc<dyn EventLog>,
     pub metrics: Arc<Metrics>,
     pub media: MediaStore,
-    pub nodes: Mutex<HashMap<NodeId, NodeLive>>,
+    pub nodes: Arc<NodeRegistry>,
     royalty_master: SecretKey,
     engine_public: RsaPublic,
     config: EngineConfig,
@@ -111,10 +181,6 @@ pub struct Engine {
 }
 
 impl Engine {
-    fn node_endpoint(&self, node: &NodeId) -> String {
-        self.nodes.lock().expect("node registry lock is never poisoned").get(node).map(|n| n.endpoint.clone()).unwrap_or_default()
-    }
-
     /// Brings the gauges up to date (before a scrape or a stats answer).
     pub async fn refresh_metrics(&self) {
         let head = self.log.last_seq().await.map(|seq| seq.0).unwrap_or(0);
@@ -199,7 +265,9 @@ pub async fn start(config: EngineConfig, log: Arc<dyn EventLog>, listener: tokio
     let head = log.last_seq().await.context("cannot read the stream's head")?;
     live.caught_up(head).await;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let market = Arc::new(Market::new(Arc::clone(&log), clock, Arc::clone(&keys), Arc::new(live.clone())));
+    let nodes = Arc::new(NodeRegistry::new(Arc::clone(&clock), HEARTBEAT_STALE_MS));
+    let allocator = Arc::new(HealthyAllocator { live: live.clone(), nodes: Arc::clone(&nodes) });
+    let market = Arc::new(Market::new(Arc::clone(&log), clock, Arc::clone(&keys), allocator));
     let (stop, shutdown) = watch::channel(false);
     let metrics = Arc::new(Metrics::new());
     let engine = Arc::new(Engine {
@@ -208,7 +276,7 @@ pub async fn start(config: EngineConfig, log: Arc<dyn EventLog>, listener: tokio
         log: Arc::clone(&log),
         metrics: Arc::clone(&metrics),
         media,
-        nodes: Mutex::new(HashMap::new()),
+        nodes,
         royalty_master,
         engine_public: keys.public.clone(),
         config: config.clone(),
@@ -459,7 +527,7 @@ impl pb::merchant_service_server::MerchantService for Api {
             let answer = self.market().issue(&merchant, &request_id, &voucher, region(&message.region), self.engine.config.access_ttl_ms).await.map_err(fail)?;
             Ok(pb::IssueVoucherResponse {
                 voucher_id: answer.voucher_id.0,
-                node_endpoint: self.engine.node_endpoint(&answer.node_id),
+                node_endpoint: self.engine.nodes.endpoint(&answer.node_id),
                 node_id: answer.node_id.0,
                 access_token: answer.access_token.to_vec(),
                 access_expires_at_ms: answer.access_expires_at.0,
@@ -574,8 +642,7 @@ impl pb::delivery_service_server::DeliveryService for Api {
                 let by = engine::domain::Actor::new(engine::domain::ActorKind::Node, &node.0);
                 self.market().handler().handle::<engine::domain::party::Node>(&node.0, &by, &request_id, &command).await.map_err(|e| fail(e.into()))?;
             }
-            let now = self.market().now().0;
-            self.engine.nodes.lock().expect("node registry lock is never poisoned").insert(node.clone(), NodeLive { endpoint: endpoint.to_string(), last_heartbeat_ms: now, ..NodeLive::default() });
+            self.engine.nodes.announce(&node, endpoint);
             let access_key = self.market().node_access_key(&node);
             Ok(pb::RegisterNodeResponse { node_id: node.0, access_key: access_key.expose().to_vec() })
         }
@@ -586,17 +653,9 @@ impl pb::delivery_service_server::DeliveryService for Api {
     async fn heartbeat(&self, request: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let result = (|| {
             let node = Self::node(&request)?;
-            let message = request.get_ref();
-            let now = self.market().now().0;
-            let mut nodes = self.engine.nodes.lock().expect("node registry lock is never poisoned");
-            let Some(live) = nodes.get_mut(&node) else {
-                return Err(Status::failed_precondition("call RegisterNode before sending heartbeats"));
-            };
-            live.last_heartbeat_ms = now;
-            live.slots_in_use = message.slots_in_use;
-            live.cache_items = message.cache_items;
-            live.cache_accesses = message.cache_accesses;
-            live.cache_misses = message.cache_misses;
+            if !self.engine.nodes.heartbeat(&node, request.get_ref()) {
+                return Err(Status::failed_precondition("this node has not announced itself to this engine; call RegisterNode"));
+            }
             Ok(pb::HeartbeatResponse {})
         })();
         self.answer(result)

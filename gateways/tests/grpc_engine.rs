@@ -64,6 +64,11 @@ async fn publish_buy_deliver_decrypt_over_grpc() {
     let content = (0..100_000u32).map(|i| (i % 251) as u8).collect::<Vec<_>>();
     let published = client::publish(&mut catalog, "pub-1", &fixture.engine_public, upload("Song", content.clone())).await.expect("publish");
 
+    // A node with a credential that has not announced itself gets nothing.
+    let mut merchant = client::merchant(fixture.channel.clone(), merchant_cred.clone());
+    let early = client::buy(&mut merchant, "early", std::slice::from_ref(&published.media_id), None).await.expect_err("no healthy node");
+    assert_eq!(early.code(), Code::ResourceExhausted, "{early:?}");
+
     // The node announces itself and subscribes to its assignments.
     let mut delivery = client::delivery(fixture.channel.clone(), node_cred.clone());
     let registered = delivery.register_node(pb::RegisterNodeRequest { region: "eu".into(), slots_max: 4, endpoint: "http://127.0.0.1:1".into() }).await.expect("register node").into_inner();
@@ -71,7 +76,6 @@ async fn publish_buy_deliver_decrypt_over_grpc() {
     let mut assignments = delivery.subscribe_assignments(pb::SubscribeAssignmentsRequest { after_seq: 0 }).await.expect("subscribe").into_inner();
 
     // The merchant sells.
-    let mut merchant = client::merchant(fixture.channel.clone(), merchant_cred.clone());
     let sale = client::buy(&mut merchant, "sale-1", std::slice::from_ref(&published.media_id), None).await.expect("buy");
     assert_eq!(sale.node_id, node_cred.id);
     assert_eq!(sale.node_endpoint, "http://127.0.0.1:1");

@@ -127,10 +127,16 @@ impl Allocation {
     /// Chooses a node (as `choose`) and holds one of its slots for `holder` until the
     /// holder's VoucherIssued or PreviewStarted is applied, or `cancel(holder)`.
     pub fn choose_and_hold(&mut self, region: Option<&str>, holder: &str) -> Option<NodeId> {
+        self.choose_and_hold_where(region, holder, &|_| true)
+    }
+
+    /// As `choose_and_hold`, among the nodes `eligible` accepts (the engine's health view:
+    /// nodes that announced themselves and sent a recent heartbeat).
+    pub fn choose_and_hold_where(&mut self, region: Option<&str>, holder: &str, eligible: &dyn Fn(&NodeId) -> bool) -> Option<NodeId> {
         if let Some(node) = self.tentative.get(holder) {
             return Some(node.clone());
         }
-        let node = self.choose(region)?;
+        let node = self.choose_where(region, eligible)?;
         self.tentative.insert(holder.to_string(), node.clone());
         Some(node)
     }
@@ -141,7 +147,12 @@ impl Allocation {
 
     /// The least loaded active node with a free slot; in `region` if one there has room.
     pub fn choose(&self, region: Option<&str>) -> Option<NodeId> {
-        let free = |(id, node): &(&NodeId, &NodeSlots)| node.active && self.load(id, node) < node.slots_max;
+        self.choose_where(region, &|_| true)
+    }
+
+    /// As `choose`, among the nodes `eligible` accepts.
+    pub fn choose_where(&self, region: Option<&str>, eligible: &dyn Fn(&NodeId) -> bool) -> Option<NodeId> {
+        let free = |(id, node): &(&NodeId, &NodeSlots)| node.active && self.load(id, node) < node.slots_max && eligible(id);
         // Load as a fraction compared by cross-multiplication (no floats): a/b < c/d.
         let least_loaded = |candidates: Vec<(&NodeId, &NodeSlots)>| {
             candidates
@@ -211,6 +222,17 @@ mod tests {
         allocation.apply(&issue("v1", "a"));
         assert_eq!(allocation.choose(None), None);
         assert_eq!(allocation.nodes[&NodeId::new("a")].in_use, 1);
+    }
+
+    #[test]
+    fn only_eligible_nodes_are_chosen() {
+        let mut allocation = Allocation::default();
+        allocation.apply(&register("a", "eu", 10));
+        allocation.apply(&register("b", "eu", 10));
+        let only_b = |node: &NodeId| node.as_str() == "b";
+        assert_eq!(allocation.choose(None), Some(NodeId::new("a")), "control: a is the first choice");
+        assert_eq!(allocation.choose_and_hold_where(None, "v1", &only_b), Some(NodeId::new("b")));
+        assert_eq!(allocation.choose_where(Some("eu"), &|_| false), None, "no healthy node, no choice");
     }
 
     #[test]

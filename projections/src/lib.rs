@@ -419,6 +419,13 @@ impl Live {
     }
 }
 
+impl Live {
+    /// The allocator's choice among the nodes `eligible` accepts (see `Allocator::choose`).
+    pub fn choose_where(&self, region: Option<&str>, holder: &str, eligible: &dyn Fn(&NodeId) -> bool) -> Option<NodeId> {
+        self.lock().allocation.choose_and_hold_where(region, holder, eligible)
+    }
+}
+
 impl Allocator for Live {
     fn choose(&self, region: Option<&str>, holder: &str) -> Option<NodeId> {
         self.inner.lock().expect("projection lock is never poisoned: apply does not panic").allocation.choose_and_hold(region, holder)

@@ -1,0 +1,342 @@
+//! The network clients' subcommands (`keys issue`, `merchant`, `publish`): argument shapes
+//! and what each prints. Human output goes to stderr, `--json` prints one object on the
+//! last line of stdout (CLI.md). A refused command exits 1 with the engine's status code
+//! and message; a connection or usage problem exits 2.
+
+use crate::client::{self, Upload};
+use crate::cred::Credential;
+use anyhow::Context;
+use proto::v1 as pb;
+use std::path::PathBuf;
+
+/// How a client reaches the engine.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ConnectArgs {
+    /// The engine's gRPC endpoint, e.g. http://127.0.0.1:50051 (https with TLS).
+    #[arg(long, global = true, default_value = "http://127.0.0.1:50051")]
+    pub connect: String,
+    /// PEM of the CA that signed the engine's TLS certificate (for https with a private CA).
+    #[arg(long, global = true)]
+    pub ca: Option<PathBuf>,
+}
+
+impl ConnectArgs {
+    pub async fn channel(&self) -> anyhow::Result<tonic::transport::Channel> {
+        let ca = self.ca.as_ref().map(|path| std::fs::read(path).with_context(|| format!("cannot read CA file {}", path.display()))).transpose()?;
+        client::connect(&self.connect, ca.as_deref()).await
+    }
+}
+
+/// A command's outcome: the engine refused (exit 1) or it worked (exit 0).
+pub enum Outcome {
+    Done(serde_json::Value),
+    Refused(tonic::Status),
+}
+
+impl Outcome {
+    /// Prints the outcome (JSON on stdout with `json`, a readable form on stderr always)
+    /// and returns the exit code.
+    pub fn report(self, json: bool) -> std::process::ExitCode {
+        match self {
+            Outcome::Done(value) => {
+                if json {
+                    println!("{value}");
+                } else {
+                    eprintln!("{}", serde_json::to_string_pretty(&value).unwrap_or_else(|_| value.to_string()));
+                }
+                std::process::ExitCode::SUCCESS
+            }
+            Outcome::Refused(status) => {
+                eprintln!("refused: {:?}: {}", status.code(), status.message());
+                if json {
+                    println!("{}", serde_json::json!({ "refused": format!("{:?}", status.code()), "message": status.message() }));
+                }
+                std::process::ExitCode::from(1)
+            }
+        }
+    }
+}
+
+fn refused(status: tonic::Status) -> anyhow::Result<Outcome> {
+    // A transport failure is an environment problem (exit 2), not a refusal.
+    if status.code() == tonic::Code::Unavailable && status.message().contains("transport") {
+        anyhow::bail!("cannot reach the engine: {}", status.message());
+    }
+    Ok(Outcome::Refused(status))
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum IssueKind {
+    /// A merchant credential (MerchantService).
+    Merchant,
+    /// A delivery node credential (DeliveryService).
+    Node,
+    /// A read-only auditor credential (AuditService).
+    Auditor,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct IssueArgs {
+    /// Print one JSON object on the last line of stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Which credential: merchant, node or auditor.
+    #[arg(value_enum)]
+    pub kind: IssueKind,
+    /// The merchant's or auditor's name.
+    #[arg(long, default_value = "unnamed")]
+    pub name: String,
+    /// A node's region.
+    #[arg(long, default_value = "eu")]
+    pub region: String,
+    /// A node's stream slots.
+    #[arg(long, default_value_t = 64)]
+    pub slots: u32,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// The key directory holding operator.cred.
+    #[arg(long)]
+    pub keys: PathBuf,
+    /// Where to write the new credential file (0600; must not exist).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Request id (a retry with the same id is refused: a secret is shown once).
+    #[arg(long)]
+    pub request_id: Option<String>,
+}
+
+fn fresh_request_id(prefix: &str) -> String {
+    format!("{prefix}-{}", hex::encode(engine::crypto::random_bytes::<8>()))
+}
+
+pub async fn issue(args: IssueArgs) -> anyhow::Result<Outcome> {
+    let operator = Credential::load(&args.keys.join(crate::keys::OPERATOR_CRED))?;
+    let mut catalog = client::catalog(args.connect.channel().await?, operator);
+    let request_id = args.request_id.clone().unwrap_or_else(|| fresh_request_id("cred"));
+    let (kind, answer) = match args.kind {
+        IssueKind::Merchant => ("merchant", catalog.register_merchant(pb::RegisterMerchantRequest { request_id, name: args.name.clone() }).await),
+        IssueKind::Node => ("node", catalog.register_node_credential(pb::RegisterNodeCredentialRequest { request_id, region: args.region.clone(), slots_max: args.slots }).await),
+        IssueKind::Auditor => ("auditor", catalog.register_auditor(pb::RegisterAuditorRequest { request_id, name: args.name.clone() }).await),
+    };
+    let credential = match answer {
+        Ok(response) => client::credential_of(response.into_inner())?,
+        Err(status) => return refused(status),
+    };
+    credential.save(&args.out)?;
+    eprintln!("wrote the {kind} credential {} to {}", credential.id, args.out.display());
+    Ok(Outcome::Done(serde_json::json!({ "kind": kind, "id": credential.id, "cred_file": args.out })))
+}
+
+#[derive(clap::Args, Debug)]
+pub struct PublishArgs {
+    /// Print one JSON object on the last line of stdout.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// The operator's (publisher's) credential file.
+    #[arg(long)]
+    pub cred: PathBuf,
+    /// The engine's public key (engine.pub.pem): media keys are wrapped for it.
+    #[arg(long)]
+    pub engine_key: PathBuf,
+    #[arg(long, default_value = "Unknown Artist")]
+    pub artist: String,
+    /// Price in minor units (cents).
+    #[arg(long, default_value_t = 99)]
+    pub price: u64,
+    #[arg(long, default_value = "EUR")]
+    pub currency: String,
+    /// Playing time of each media, in milliseconds.
+    #[arg(long, default_value_t = 180_000)]
+    pub length_ms: u64,
+    /// The rights owner named in the royalty terms.
+    #[arg(long, default_value = "label-1")]
+    pub owner: String,
+    /// Media files to publish (the title is the file name without extension).
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+}
+
+pub async fn publish(args: PublishArgs) -> anyhow::Result<Outcome> {
+    let operator = Credential::load(&args.cred)?;
+    let engine_public = engine::crypto::RsaPublic::from_pem(&std::fs::read_to_string(&args.engine_key).with_context(|| format!("cannot read {}", args.engine_key.display()))?)
+        .with_context(|| format!("{} is not an RSA public key", args.engine_key.display()))?;
+    let mut catalog = client::catalog(args.connect.channel().await?, operator);
+    let mut published = Vec::new();
+    for file in &args.files {
+        let content = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+        anyhow::ensure!(!content.is_empty(), "{} is empty", file.display());
+        let title = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "Untitled".into());
+        // The request id is derived from the content, so publishing the same file twice
+        // is answered from the first publication instead of creating a second media.
+        let request_id = format!("publish-{}", &hex::encode(engine::crypto::hash(&content))[..32]);
+        let clip_len = content.len().min(64 * 1024);
+        let upload = Upload {
+            title: title.clone(),
+            artist: args.artist.clone(),
+            authors: vec![args.artist.clone()],
+            length_ms: args.length_ms,
+            price_minor: args.price,
+            currency: args.currency.clone(),
+            terms: client::standard_terms(&args.owner),
+            preview_clip: content[..clip_len].to_vec(),
+            content,
+            image_descriptor: String::new(),
+        };
+        match client::publish(&mut catalog, &request_id, &engine_public, upload).await {
+            Ok(media) => {
+                eprintln!("published {} as {} ({} bytes encrypted)", file.display(), media.media_id, media.container_bytes);
+                published.push(serde_json::json!({ "file": file, "title": title, "media_id": media.media_id, "content_hash": hex::encode(media.content_hash) }));
+            }
+            Err(error) => match error.downcast::<tonic::Status>() {
+                Ok(status) => return refused(status),
+                Err(error) => return Err(error),
+            },
+        }
+    }
+    Ok(Outcome::Done(serde_json::json!({ "media": published })))
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum MerchantCommand {
+    /// Reserve media for a buyer: prints the voucher id and expiry.
+    Reserve {
+        #[arg(long = "media", required = true)]
+        media_ids: Vec<String>,
+        #[arg(long, default_value_t = 15 * 60 * 1000)]
+        ttl_ms: u64,
+        /// Pay from this consumer points account instead of the merchant's own payment.
+        #[arg(long)]
+        points_account: Option<String>,
+        #[arg(long, default_value = "high")]
+        rendition: String,
+    },
+    /// Authorize a reserved voucher after payment: prints the receipt (hex) for the player.
+    Authorize {
+        #[arg(long)]
+        voucher: String,
+    },
+    /// Void a voucher (refund).
+    Void {
+        #[arg(long)]
+        voucher: String,
+    },
+    /// Issue the media voucher to a delivery node: prints the node and the access token.
+    Issue {
+        #[arg(long)]
+        voucher: String,
+        #[arg(long)]
+        region: Option<String>,
+    },
+    /// Reserve, authorize and issue in one go: prints everything a player needs.
+    Buy {
+        #[arg(long = "media", required = true)]
+        media_ids: Vec<String>,
+        #[arg(long)]
+        points_account: Option<String>,
+    },
+    /// Start a preview of one media on a node.
+    Preview {
+        #[arg(long)]
+        media: String,
+        #[arg(long)]
+        region: Option<String>,
+    },
+    /// Show a voucher.
+    Get {
+        #[arg(long)]
+        voucher: String,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct MerchantArgs {
+    /// Print one JSON object on the last line of stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: MerchantCommand,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// The merchant's credential file (required).
+    #[arg(long, global = true)]
+    pub cred: Option<PathBuf>,
+    /// The merchant's request id (retrying with the same id returns the first answer);
+    /// a fresh one is made up when absent.
+    #[arg(long, global = true)]
+    pub request_id: Option<String>,
+}
+
+/// The JSON a player needs to redeem a sale (`merchant buy --json` prints it).
+pub fn sale_json(sale: &client::Sale) -> serde_json::Value {
+    serde_json::json!({
+        "voucher_id": sale.voucher_id,
+        "receipt": hex::encode(&sale.receipt),
+        "node_id": sale.node_id,
+        "node_endpoint": sale.node_endpoint,
+        "access_token": hex::encode(&sale.access_token),
+        "access_expires_at_ms": sale.access_expires_at_ms,
+        "media_ids": sale.media_ids,
+    })
+}
+
+pub async fn merchant(args: MerchantArgs) -> anyhow::Result<Outcome> {
+    let cred = args.cred.as_ref().context("--cred FILE (the merchant's credential) is required")?;
+    let credential = Credential::load(cred)?;
+    let mut merchant = client::merchant(args.connect.channel().await?, credential);
+    let request_id = args.request_id.clone().unwrap_or_else(|| fresh_request_id("cli"));
+    let answer: Result<serde_json::Value, tonic::Status> = async {
+        Ok(match &args.command {
+            MerchantCommand::Reserve { media_ids, ttl_ms, points_account, rendition } => {
+                let reserved = merchant
+                    .reserve(pb::ReserveRequest {
+                        request_id,
+                        media_ids: media_ids.clone(),
+                        rendition: rendition.clone(),
+                        ttl_ms: *ttl_ms,
+                        points_account: points_account.clone().unwrap_or_default(),
+                        payment_ref: String::new(),
+                    })
+                    .await?
+                    .into_inner();
+                serde_json::json!({ "voucher_id": reserved.voucher_id, "expires_at_ms": reserved.expires_at_ms, "price_minor": reserved.price_minor, "currency": reserved.currency })
+            }
+            MerchantCommand::Authorize { voucher } => {
+                let authorized = merchant.authorize(pb::AuthorizeRequest { request_id, voucher_id: voucher.clone() }).await?.into_inner();
+                serde_json::json!({ "voucher_id": authorized.voucher_id, "receipt": hex::encode(&authorized.receipt), "receipt_generation": authorized.receipt_generation })
+            }
+            MerchantCommand::Void { voucher } => {
+                let voided = merchant.void(pb::VoidRequest { request_id, voucher_id: voucher.clone() }).await?.into_inner();
+                serde_json::json!({ "voucher_id": voided.voucher_id, "status": "Voided" })
+            }
+            MerchantCommand::Issue { voucher, region } => {
+                let issued = merchant
+                    .issue_voucher(pb::IssueVoucherRequest { request_id, voucher_id: voucher.clone(), region: region.clone().unwrap_or_default() })
+                    .await?
+                    .into_inner();
+                serde_json::json!({
+                    "voucher_id": issued.voucher_id, "node_id": issued.node_id, "node_endpoint": issued.node_endpoint,
+                    "access_token": hex::encode(&issued.access_token), "access_expires_at_ms": issued.access_expires_at_ms,
+                })
+            }
+            MerchantCommand::Buy { media_ids, points_account } => sale_json(&client::buy(&mut merchant, &request_id, media_ids, points_account.as_deref()).await?),
+            MerchantCommand::Preview { media, region } => {
+                let preview = merchant.preview(pb::PreviewRequest { request_id, media_id: media.clone(), region: region.clone().unwrap_or_default() }).await?.into_inner();
+                serde_json::json!({ "preview_id": preview.preview_id, "node_id": preview.node_id })
+            }
+            MerchantCommand::Get { voucher } => {
+                let view = merchant.get_voucher(pb::GetVoucherRequest { voucher_id: voucher.clone() }).await?.into_inner();
+                serde_json::json!({
+                    "voucher_id": view.voucher_id, "merchant_id": view.merchant_id, "status": view.status, "media_ids": view.media_ids,
+                    "node_id": view.node_id, "expires_at_ms": view.expires_at_ms, "delivered_media_ids": view.delivered_media_ids,
+                })
+            }
+        })
+    }
+    .await;
+    match answer {
+        Ok(value) => Ok(Outcome::Done(value)),
+        Err(status) => refused(status),
+    }
+}
