@@ -323,7 +323,7 @@ pub async fn merchant(args: MerchantArgs) -> anyhow::Result<Outcome> {
             MerchantCommand::Buy { media_ids, points_account } => sale_json(&client::buy(&mut merchant, &request_id, media_ids, points_account.as_deref()).await?),
             MerchantCommand::Preview { media, region } => {
                 let preview = merchant.preview(pb::PreviewRequest { request_id, media_id: media.clone(), region: region.clone().unwrap_or_default() }).await?.into_inner();
-                serde_json::json!({ "preview_id": preview.preview_id, "node_id": preview.node_id })
+                serde_json::json!({ "preview_id": preview.preview_id, "node_id": preview.node_id, "node_endpoint": preview.node_endpoint })
             }
             MerchantCommand::Get { voucher } => {
                 let view = merchant.get_voucher(pb::GetVoucherRequest { voucher_id: voucher.clone() }).await?.into_inner();

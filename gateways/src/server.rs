@@ -544,7 +544,7 @@ impl pb::merchant_service_server::MerchantService for Api {
             let request_id = request_id(&message.request_id)?;
             let media = id("media_id", &message.media_id, MediaId)?;
             let (preview, node) = self.market().preview(&merchant, &request_id, &media, region(&message.region)).await.map_err(fail)?;
-            Ok(pb::PreviewResponse { preview_id: preview.0, node_id: node.0 })
+            Ok(pb::PreviewResponse { preview_id: preview.0, node_endpoint: self.engine.nodes.endpoint(&node), node_id: node.0 })
         }
         .await;
         self.answer(result)
