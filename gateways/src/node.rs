@@ -657,6 +657,51 @@ async fn send_chunks(sender: &mpsc::Sender<Result<MediaChunk, Status>>, bytes: &
     position - offset
 }
 
+/// Refuses a player request over [`REQUEST_BYTES_MAX`] with `ResourceExhausted` (DESIGN.md,
+/// "Gateways"), before anything is decoded; tonic's own decode limit would answer
+/// `OutOfRange`. Every `NodeService` call takes one small message, so buffering it is cheap.
+#[derive(Clone)]
+struct RequestSizeLimit<S> {
+    inner: S,
+}
+
+type HttpRequest = http::Request<tonic::body::Body>;
+type HttpResponse = http::Response<tonic::body::Body>;
+
+impl<S> tower_service::Service<HttpRequest> for RequestSizeLimit<S>
+where
+    S: tower_service::Service<HttpRequest, Response = HttpResponse, Error = std::convert::Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = HttpResponse;
+    type Error = std::convert::Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<HttpResponse, std::convert::Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: HttpRequest) -> Self::Future {
+        use http_body_util::BodyExt;
+        // The clone that was made ready serves this call (tower's rule for `call`).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            let (parts, body) = request.into_parts();
+            match http_body_util::Limited::new(body, REQUEST_BYTES_MAX).collect().await {
+                Ok(collected) => {
+                    let body = tonic::body::Body::new(http_body_util::Full::new(collected.to_bytes()));
+                    inner.call(http::Request::from_parts(parts, body)).await
+                }
+                Err(error) if error.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+                    Ok(Status::resource_exhausted(format!("the request is over this node's {REQUEST_BYTES_MAX}-byte limit")).into_http())
+                }
+                Err(error) => Ok(Status::cancelled(format!("the request body did not arrive: {error}")).into_http()),
+            }
+        })
+    }
+}
+
 /// `NodeService`, served to players.
 struct NodeApi {
     shared: Arc<Shared>,
@@ -1040,6 +1085,7 @@ pub async fn start_with_clock(args: NodeArgs, clock: Arc<dyn Clock>) -> anyhow::
     let mut server_shutdown = shutdown_receiver;
     let server = tokio::spawn(
         Server::builder()
+            .layer(tower_layer::layer_fn(|inner| RequestSizeLimit { inner }))
             .concurrency_limit_per_connection(REQUESTS_PER_CONNECTION_MAX)
             .max_concurrent_streams(u32::try_from(REQUESTS_PER_CONNECTION_MAX).expect("a small limit fits in u32"))
             .add_service(service)

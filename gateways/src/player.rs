@@ -15,21 +15,19 @@
 //! keys and private keys are never logged or printed: `Purchase` and `Passport` print only
 //! ids.
 
-use crate::cred::Present;
+use crate::client::CatalogClient;
 use crate::node::{Reassembly, CHALLENGE_BYTES};
 use anyhow::{bail, Context};
 use engine::crypto::{self, RsaPrivate, RsaPublic, SecretKey};
 use engine::domain::party::Certificate;
 use engine::ids::{CertSerial, ConsumerId, Millis};
 use engine::media::CONTAINER_BYTES_MAX;
-use proto::v1::catalog_service_client::CatalogServiceClient;
 use proto::v1::node_service_client::NodeServiceClient;
 use proto::v1::{AccessGrant, CertifyConsumerRequest, ChallengeRequest, ConfirmRequest, DownloadRequest, PlayPreviewRequest, PlayerRedeemRequest};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 use tracing::{debug, info, warn};
@@ -50,8 +48,6 @@ pub const CONNECT_TIMEOUT_MS: u64 = 10_000;
 const PASSPORT_FILE: &str = "passport.pem";
 const CERTIFICATE_FILE: &str = "certificate.json";
 
-/// The operator's catalog API (the operator's credential on every call).
-pub type CatalogClient = CatalogServiceClient<InterceptedService<Channel, Present>>;
 /// A delivery node's player API.
 pub type NodeClient = NodeServiceClient<Channel>;
 
@@ -489,11 +485,11 @@ mod tests {
         let private = consumer_key();
         let certificate = certify(&engine_key(), &consumer, &private.public().to_der().expect("der"));
         let passport = Passport { consumer_id: consumer.clone(), private, certificate };
-        let passport_dir = passport_dir(dir.path(), &consumer).expect("a valid id");
-        assert_eq!(passport_dir, dir.path().join("players").join("alice"));
-        passport.save(&passport_dir).expect("saved");
+        let home = passport_dir(dir.path(), &consumer).expect("a valid id");
+        assert_eq!(home, dir.path().join("players").join("alice"));
+        passport.save(&home).expect("saved");
 
-        let loaded = Passport::load(&passport_dir).expect("loads");
+        let loaded = Passport::load(&home).expect("loads");
         assert_eq!(loaded.consumer_id, consumer);
         assert_eq!(loaded.certificate, passport.certificate);
         assert_eq!(loaded.private.public(), passport.private.public());
@@ -501,10 +497,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(passport_dir.join(PASSPORT_FILE)).expect("pem").permissions().mode();
+            let mode = std::fs::metadata(home.join(PASSPORT_FILE)).expect("pem").permissions().mode();
             assert_eq!(mode & 0o777, 0o600, "the private key is readable by its owner only");
         }
-        assert!(passport.save(&passport_dir).is_err(), "never overwritten");
+        assert!(passport.save(&home).is_err(), "never overwritten");
         assert!(!format!("{loaded:?}").contains("PRIVATE KEY"), "Debug shows ids only");
 
         // Negative control: a certificate for another key does not load with this key.
