@@ -1,43 +1,55 @@
-//! `vouchsafe demo`: the whole market end to end in one process.
+//! `vouchsafe demo`: the whole market end to end over loopback gRPC.
 //!
-//! A publisher encrypts media under fresh keys and wraps them for the engine; the operator
-//! registers merchants and delivery nodes and certifies players (RSA passports); merchants
-//! sell vouchers concurrently (some paid in points, one an album); some reservations
-//! expire and are swept, some are voided; nodes check access tokens locally, challenge the
-//! player, which proves it holds the receipt; the engine re-wraps each media key for the
-//! player, which decrypts and verifies the content. Previews run alongside.
-//!
-//! It drives `engine::app::Market` in process, on the embedded log or JetStream
-//! (`--nats-url`), keeps the royalty log live, seals it (writing the witness file), and
-//! ends with the auditor's replay of the whole stream, pinned to the newest seal. The gRPC
-//! edge joins it with its issue.
+//! Without `--connect` it starts the engine in this process on 127.0.0.1 (on the embedded
+//! log or JetStream, `--nats-url`); with `--connect URL` it drives an engine already
+//! running under `serve`, using `operator.cred` from `--keys`. Either way everything else
+//! talks to the engine over real sockets: the operator registers merchants and delivery
+//! nodes and certifies players (RSA passports); a publisher encrypts media under fresh
+//! keys and uploads containers; two node agents register, heartbeat and follow their
+//! feeds; merchants sell concurrently (some paid in points, some albums); some
+//! reservations expire and are swept, some are voided; players challenge-and-prove at the
+//! node, download, unwrap the media key, decrypt and verify; previews play. The royalty
+//! log is sealed (witness file) and the auditor replays the whole stream at the end.
 
+use crate::client::{self, MerchantClient, Upload};
+use crate::cred::Credential;
+use crate::node::{NodeArgs, RunningNode};
+use crate::player::{Passport, Purchase};
+use crate::server::{EngineConfig, RunningEngine};
 use anyhow::{bail, Context};
-use engine::app::{EngineKeys, Market, PublishInput};
-use engine::clock::{Clock, SystemClock};
-use engine::crypto::{self, RsaPrivate, SecretKey};
-use engine::domain::event::{Payment, PreviewClip, Rendition, RoyaltyTerms};
-use engine::ids::*;
+use engine::crypto;
+use engine::ids::ConsumerId;
 use engine::log::EventLog;
-use projections::{Live, Projections};
-use std::path::{Path, PathBuf};
+use futures::StreamExt;
+use proto::v1 as pb;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Sales in flight at once.
-const CONCURRENT_SALES_MAX: usize = 64;
+const CONCURRENT_SALES_MAX: usize = 48;
 /// Bytes of content per published media (random, so each run differs).
 const MEDIA_BYTES: usize = 48 * 1024;
-const ACCESS_TTL_MS: u64 = 10 * 60 * 1000;
 const RESERVATION_TTL_MS: u64 = 15 * 60 * 1000;
 /// The TTL of the reservations the demo lets expire.
 const SHORT_TTL_MS: u64 = 1;
+/// How long the demo waits for the sweeper to void the expiring reservations.
+const EXPIRY_WAIT: Duration = Duration::from_secs(60);
+/// How long, with `--connect`, the demo waits for the engine's sealer.
+const SEAL_WAIT: Duration = Duration::from_secs(60);
+const MERCHANTS: usize = 3;
+const NODE_REGIONS: [&str; 2] = ["eu", "us"];
+const PLAYERS: usize = 6;
+const NODE_SLOTS: u32 = 256;
+const NODE_CACHE_BYTES_MAX: u64 = 64 * 1024 * 1024;
 
 pub struct DemoArgs {
     pub backend: crate::backend::BackendArgs,
     pub keys_dir: PathBuf,
     pub vouchers: usize,
+    /// Drive an engine already running under `serve`.
+    pub connect: Option<String>,
 }
 
 #[derive(serde::Serialize, Debug, Default)]
@@ -60,20 +72,9 @@ pub struct Summary {
     pub elapsed_ms: u64,
     pub points_paid: u64,
     pub album_tracks_delivered: u64,
-}
-
-/// What the node serves: the encrypted content of each media.
-struct Published {
-    media_id: MediaId,
-    nonce: [u8; 12],
-    ciphertext: Vec<u8>,
-    content_hash: [u8; 32],
-}
-
-struct Player {
-    consumer: ConsumerId,
-    cert_serial: CertSerial,
-    private: RsaPrivate,
+    /// Always true: every party talked to the engine over gRPC.
+    pub grpc: bool,
+    pub engine_url: String,
 }
 
 #[derive(Default)]
@@ -86,271 +87,342 @@ struct Counters {
     album_tracks: AtomicU64,
 }
 
-fn request(run: &str, what: &str, i: usize) -> RequestId {
-    RequestId(format!("{run}-{what}-{i}"))
+/// The engine this demo started itself (without `--connect`).
+struct LocalEngine {
+    running: RunningEngine,
+    log: Arc<dyn EventLog>,
+}
+
+struct World {
+    run_id: String,
+    merchants: Vec<Credential>,
+    media: Vec<client::Published>,
+    players: Vec<Passport>,
+    points_account: String,
+    players_dir: PathBuf,
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
     let started = Instant::now();
     let data_dir = args.backend.data_dir.clone();
     std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
-    if crate::keys::is_empty(&args.keys_dir) {
+    if args.connect.is_none() && crate::keys::is_empty(&args.keys_dir) {
         eprintln!("creating keys in {}", args.keys_dir.display());
         crate::keys::init(&args.keys_dir)?;
     }
-    crate::keys::check_dir(&args.keys_dir)?;
-    let engine_private = crate::keys::load_engine_private(&args.keys_dir)?;
-    let operator = crate::keys::load_operator_id(&args.keys_dir)?;
-    let keys = Arc::new(EngineKeys::new(engine_private)?);
-    let log: Arc<dyn EventLog> = args.backend.open().await?;
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let royalty_master = crate::keys::load_royalty_master(&args.keys_dir)?;
-    let live = Live::with_projections(Projections::with_royalty_keys(&royalty_master, Some(keys.public.clone())));
-    let runner = {
-        let live = live.clone();
-        let log = Arc::clone(&log);
-        tokio::spawn(async move { live.run(log).await })
-    };
-    let market = Arc::new(Market::new(Arc::clone(&log), Arc::clone(&clock), Arc::clone(&keys), Arc::new(live.clone())));
-    // Each run adds a new market session to the same stream, so request ids carry a run id.
-    let run_id = format!("r{}", clock.now().0);
+    let operator = Credential::load(&args.keys_dir.join(crate::keys::OPERATOR_CRED))?;
+    let engine_public = crate::keys::load_engine_public(&args.keys_dir)?;
 
-    // Operator: merchants, nodes, players.
-    let mut merchants = Vec::new();
-    for i in 0..3 {
-        let credential = market.register_merchant(&operator, &request(&run_id, "merchant", i), &format!("Shop {i}")).await?;
-        merchants.push(MerchantId(credential.id));
-    }
-    let mut nodes = Vec::new();
-    for (i, region) in ["eu", "us"].iter().enumerate() {
-        let (credential, access_key) = market.register_node(&operator, &request(&run_id, "node", i), region, 256).await?;
-        nodes.push((NodeId(credential.id), access_key));
-    }
-    eprintln!("registered {} merchants and {} delivery nodes", merchants.len(), nodes.len());
-
-    let player_count = 6;
-    let mut players = Vec::new();
-    for i in 0..player_count {
-        let private = tokio::task::spawn_blocking(|| RsaPrivate::generate(2048)).await??;
-        let consumer = ConsumerId(format!("{run_id}-player{i}"));
-        let cert = market
-            .certify_consumer(&operator, &request(&run_id, "certify", i), &consumer, &private.public().to_der()?, 30 * 24 * 3600 * 1000)
-            .await?;
-        if !engine::app::verify_certificate(&keys.public, &consumer, &cert) {
-            bail!("the engine's certificate for {consumer} does not verify");
+    let local = match &args.connect {
+        Some(_) => None,
+        None => {
+            let log = args.backend.open().await?;
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("cannot bind a loopback port for the engine")?;
+            let mut config = EngineConfig::new(data_dir.clone(), args.keys_dir.clone());
+            config.sweep_interval = Duration::from_millis(100);
+            // The demo seals explicitly (below); the interval only covers long runs.
+            config.seal_interval = Duration::from_secs(3600);
+            let running = crate::server::start(config, Arc::clone(&log), listener).await?;
+            Some(LocalEngine { running, log })
         }
-        players.push(Player { consumer, cert_serial: cert.serial, private });
-    }
-    let points_account = AccountId(format!("{run_id}-points"));
-    market.top_up(&operator, &request(&run_id, "topup", 0), &points_account, 1_000_000).await?;
-    eprintln!("certified {} players; credited a points account", players.len());
+    };
+    let url = match (&args.connect, &local) {
+        (Some(url), _) => url.clone(),
+        (None, Some(local)) => local.running.url(),
+        (None, None) => bail!("no engine to talk to"),
+    };
+    eprintln!("engine at {url} ({})", if local.is_some() { "started by the demo" } else { "already running" });
+    let channel = client::connect(&url, None).await?;
+    let mut catalog = client::catalog(channel.clone(), operator.clone());
+    // Each run adds a new market session to the same stream, so request ids carry a run id.
+    let run_id = format!("r{}", hex::encode(crypto::random_bytes::<6>()));
 
-    // Publisher: encrypt media under fresh keys, wrap each key for the engine.
-    let mut catalog = Vec::new();
+    // Operator: merchants, nodes, players, a points account.
+    let mut merchants = Vec::new();
+    for i in 0..MERCHANTS {
+        let response = catalog.register_merchant(pb::RegisterMerchantRequest { request_id: format!("{run_id}-merchant-{i}"), name: format!("Shop {i}") }).await?;
+        merchants.push(client::credential_of(response.into_inner())?);
+    }
+    let mut nodes: Vec<RunningNode> = Vec::new();
+    for (i, region) in NODE_REGIONS.iter().enumerate() {
+        let response = catalog
+            .register_node_credential(pb::RegisterNodeCredentialRequest { request_id: format!("{run_id}-node-{i}"), region: region.to_string(), slots_max: NODE_SLOTS })
+            .await?;
+        let cred = client::credential_of(response.into_inner())?;
+        let node = crate::node::start(NodeArgs {
+            connect: url.clone(),
+            cred,
+            listen: "127.0.0.1:0".parse().context("loopback address")?,
+            slots_max: NODE_SLOTS,
+            region: region.to_string(),
+            data_dir: data_dir.join("nodes"),
+            cache_bytes_max: NODE_CACHE_BYTES_MAX,
+        })
+        .await?;
+        nodes.push(node);
+    }
+    eprintln!("registered {} merchants; {} delivery nodes serving at {}", merchants.len(), nodes.len(), nodes.iter().map(|n| n.endpoint()).collect::<Vec<_>>().join(", "));
+
+    let players_dir = data_dir.join("players");
+    let mut players = Vec::new();
+    for i in 0..PLAYERS {
+        let consumer = ConsumerId(format!("{run_id}-player{i}"));
+        let passport = crate::player::create_passport(&mut catalog, &format!("{run_id}-certify-{i}"), &consumer, &engine_public).await?;
+        passport.save(&crate::player::passport_dir(&data_dir, &consumer)?)?;
+        players.push(passport);
+    }
+    let points_account = format!("{run_id}-points");
+    catalog.top_up_points(pb::TopUpPointsRequest { request_id: format!("{run_id}-topup"), account_id: points_account.clone(), amount: 1_000_000 }).await?;
+    eprintln!("certified {} players (passports under {}); credited a points account", players.len(), players_dir.display());
+
+    // Publisher: encrypt media under fresh keys, wrap each key for the engine, upload.
     let titles = [("Blue Vouchers", "The Receipts"), ("MAC Chain", "Schneier & Kelsey"), ("Track One", "Album Artist"), ("Track Two", "Album Artist"), ("Track Three", "Album Artist")];
+    let mut media = Vec::new();
     for (i, (title, artist)) in titles.iter().enumerate() {
         let mut content = vec![0u8; MEDIA_BYTES];
         for (j, byte) in content.iter_mut().enumerate() {
             *byte = (i * 31 + j * 7) as u8;
         }
         content[..32].copy_from_slice(&crypto::random_bytes::<32>());
-        let media_key = SecretKey::random();
-        let nonce = crypto::random_bytes::<12>();
-        let ciphertext = crypto::aead_seal(&media_key, &nonce, b"vouchsafe media v1", &content);
-        let content_hash = crypto::hash(&content);
-        let wrapped_media_key = crypto::wrap_key(&keys.public, &media_key)?;
-        let input = PublishInput {
+        let upload = Upload {
             title: title.to_string(),
             artist: artist.to_string(),
             authors: vec![artist.to_string()],
             length_ms: 180_000,
             price_minor: 99 + 100 * i as u64,
             currency: "EUR".into(),
-            terms: RoyaltyTerms { retailer_bps: 3000, distributor_bps: 2000, owner_bps: 5000, distributor: "dist-1".into(), owner: format!("label-{}", i % 2), rights_agent: "agent-1".into() },
-            renditions: vec![Rendition { name: "high".into(), bitrate_kbps: 256, content_hash, size_bytes: MEDIA_BYTES as u64 }],
-            preview: PreviewClip { start_ms: 30_000, duration_ms: 30_000 },
+            terms: client::standard_terms(&format!("label-{}", i % 2)),
+            preview_clip: content[..4096].to_vec(),
+            content,
             image_descriptor: format!("cover-{i}.jpg"),
-            for_sale: true,
-            wrapped_media_key,
         };
-        let media_id = market.publish_media("publisher-1", &request(&run_id, "publish", i), input).await?;
-        catalog.push(Published { media_id, nonce, ciphertext, content_hash });
+        media.push(client::publish(&mut catalog, &format!("{run_id}-publish-{i}"), &engine_public, upload).await?);
     }
-    eprintln!("published {} media (encrypted, keys wrapped for the engine)", catalog.len());
-    let catalog = Arc::new(catalog);
-    let players = Arc::new(players);
+    eprintln!("published {} media (encrypted containers, keys wrapped for the engine)", media.len());
+
+    let world = Arc::new(World { run_id: run_id.clone(), merchants, media, players, points_account, players_dir });
     let counters = Arc::new(Counters::default());
-    let players_dir = data_dir.join("players");
 
     // Merchants sell concurrently.
     let semaphore = Arc::new(tokio::sync::Semaphore::new(CONCURRENT_SALES_MAX));
     let mut sales = tokio::task::JoinSet::new();
-    let mut expiring = Vec::new();
+    let expiring = Arc::new(std::sync::Mutex::new(Vec::new()));
     for i in 0..args.vouchers {
-        let merchant = merchants[i % merchants.len()].clone();
-        if i % 10 == 9 {
-            // Let this reservation expire: reserve with a 1 ms TTL; the sweeper voids it.
-            let answer = market.reserve(&merchant, &request(&run_id, "sale", i), &[catalog[0].media_id.clone()], "high", SHORT_TTL_MS, Payment::Merchant { payment_ref: format!("card-{i}") }).await?;
-            counters.purchases.fetch_add(1, Ordering::Relaxed);
-            expiring.push(answer.voucher_id);
-            continue;
-        }
         let permit = Arc::clone(&semaphore).acquire_owned().await.context("sale semaphore closed")?;
-        let (market, catalog, players, counters, players_dir, run_id) =
-            (Arc::clone(&market), Arc::clone(&catalog), Arc::clone(&players), Arc::clone(&counters), players_dir.clone(), run_id.clone());
+        let (world, counters, expiring, channel) = (Arc::clone(&world), Arc::clone(&counters), Arc::clone(&expiring), channel.clone());
         sales.spawn(async move {
             let _permit = permit;
-            sell_one(i, &run_id, &market, &merchant, &catalog, &players, &counters, &players_dir).await
+            let merchant_cred = world.merchants[i % world.merchants.len()].clone();
+            let mut merchant = client::merchant(channel, merchant_cred);
+            sell_one(i, &world, &mut merchant, &counters, &expiring).await.with_context(|| format!("sale {i}"))
         });
     }
     while let Some(joined) = sales.join_next().await {
         joined.context("a sale task panicked")??;
     }
+    eprintln!("sold {} vouchers", counters.purchases.load(Ordering::Relaxed));
 
-    // The engine seals the royalty log: a signed report over the entries so far, written
-    // to the witness file for auditors to pin.
-    live.caught_up(log.last_seq().await?).await;
-    if let Some(seal) = live.seal(&market, 1).await? {
-        crate::audit::witness(&data_dir, &seal)?;
-    }
-
-    // Previews: a few, on whichever node the allocator picks.
+    // Previews: a few, on whichever node the allocator picks, played by a player.
     let mut previews = 0;
     for i in 0..(args.vouchers / 20).max(2) {
-        let merchant = &merchants[i % merchants.len()];
-        let (preview, node) = market.preview(merchant, &request(&run_id, "preview", i), &catalog[i % catalog.len()].media_id, None).await?;
-        market.end_preview(&node, &request(&run_id, "preview-end", i), &preview, 30_000).await?;
+        let mut merchant = client::merchant(channel.clone(), world.merchants[i % world.merchants.len()].clone());
+        let preview = merchant
+            .preview(pb::PreviewRequest { request_id: format!("{run_id}-preview-{i}"), media_id: world.media[i % world.media.len()].media_id.clone(), region: String::new() })
+            .await?
+            .into_inner();
+        let clip = crate::player::play_preview(&preview.node_endpoint, &preview.preview_id).await?;
+        if clip.is_empty() {
+            bail!("preview {} played an empty clip", preview.preview_id);
+        }
         previews += 1;
     }
 
-    // The sweeper: void every reservation past due (decided at the engine clock's now).
-    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    let last = log.last_seq().await?;
-    live.caught_up(last).await;
-    let (expired, _holds_settled) = live.sweep(&market, usize::MAX).await?;
-    if expired < expiring.len() {
-        bail!("the sweeper voided {expired} of the {} reservations left to expire", expiring.len());
-    }
+    // The engine's sweeper voids every reservation past due.
+    let expiring: Vec<String> = std::mem::take(&mut *expiring.lock().expect("expiring list lock is never poisoned"));
+    let expired = wait_for_expiry(&channel, &world, &expiring).await?;
 
-    // This session's nodes go out of service, so a later run on the same stream allocates
-    // its own (a drained node finishes its work but gets nothing new).
-    for (i, (node, _)) in nodes.iter().enumerate() {
-        market.drain_node(&operator, &request(&run_id, "drain", i), node).await?;
-    }
-
-    // Seal what the previews and the last deliveries added, and let the projections see it.
-    live.caught_up(log.last_seq().await?).await;
+    // Seal the royalty log: a signed report over the entries so far, in the witness file.
     let mut pin = None;
-    if let Some(seal) = live.seal(&market, 1).await? {
-        crate::audit::witness(&data_dir, &seal)?;
-        pin = Some(engine::domain::report::Report::seal_hash(&seal));
+    let seals;
+    let royalty_entries;
+    let (stream_events, state_digest, audit_ok);
+    match &local {
+        Some(local) => {
+            let engine = &local.running.engine;
+            engine.live.caught_up(local.log.last_seq().await?).await;
+            if let Some(seal) = engine.live.seal(&engine.market, 1).await? {
+                crate::audit::witness(&data_dir, &seal)?;
+                pin = Some(engine::domain::report::Report::seal_hash(&seal));
+            }
+            let last = local.log.last_seq().await?;
+            engine.live.caught_up(last).await;
+            let (live_digest, entries, seal_count, seal_faults) =
+                engine.live.read(|p| (p.digest(), p.royalty.entries.len() as u64, p.royalty.seals.len() as u64, p.royalty.seal_faults.len()));
+            if seal_faults > 0 {
+                bail!("{seal_faults} rights-report seals in this stream do not match the royalty chain (were other keys used with this data dir?)");
+            }
+            // The auditor's view: the whole stream with the public key and the master key
+            // only, pinned to the newest seal; it must find nothing and reach the same digest.
+            let royalty_master = crate::keys::load_royalty_master(&args.keys_dir)?;
+            let audit = projections::audit::replay(local.log.as_ref(), &royalty_master, &engine_public, pin, |_| {}).await?;
+            if !audit.ok() {
+                eprintln!("{}", crate::audit::describe(&audit));
+            }
+            audit_ok = audit.ok() && audit.state_digest == hex::encode(live_digest);
+            stream_events = audit.last_seq;
+            state_digest = audit.state_digest;
+            royalty_entries = entries;
+            seals = seal_count;
+        }
+        None => {
+            // With --connect the engine's own sealer seals; the audit runs over gRPC.
+            let mut audit = client::audit(channel.clone(), operator.clone());
+            let deadline = Instant::now() + SEAL_WAIT;
+            let mut verified = audit.verify_chain(pb::VerifyChainRequest {}).await?.into_inner();
+            while verified.seals_verified == 0 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                verified = audit.verify_chain(pb::VerifyChainRequest {}).await?.into_inner();
+            }
+            let mut progress = audit.replay(pb::ReplayRequest { pinned_seal_hash: Vec::new() }).await?.into_inner();
+            let mut last = None;
+            while let Some(message) = progress.next().await {
+                last = Some(message?);
+            }
+            let last = last.context("the engine's replay ended without a result")?;
+            if !last.first_bad.is_empty() {
+                eprintln!("audit replay: first bad: {}", last.first_bad);
+            }
+            audit_ok = last.done && last.chain_ok && last.first_bad.is_empty();
+            stream_events = last.last_seq;
+            state_digest = hex::encode(&last.state_digest);
+            royalty_entries = verified.entries;
+            seals = verified.seals_verified;
+        }
     }
-    let last = log.last_seq().await?;
-    live.caught_up(last).await;
-    runner.abort();
-    let (stream_events, digest, royalty_entries, seals, seal_faults) =
-        live.read(|p| (p.last_seq.0, p.digest(), p.royalty.entries.len() as u64, p.royalty.seals.len() as u64, p.royalty.seal_faults.len()));
-    if seal_faults > 0 {
-        bail!("{seal_faults} rights-report seals in this stream do not match the royalty chain (were other keys used with this data dir?)");
+
+    let node_count = nodes.len();
+    for node in nodes {
+        node.shutdown().await;
     }
-    // The auditor's view: replay the whole stream with the public key and the master key
-    // only, pinned to the newest seal; it must find nothing and reach the same digest.
-    let audit = projections::audit::replay(log.as_ref(), &royalty_master, &keys.public, pin, |_| {}).await?;
-    if !audit.ok() {
-        eprintln!("{}", crate::audit::describe(&audit));
+    if let Some(local) = local {
+        local.running.shutdown().await?;
     }
-    let audit_ok = audit.ok() && audit.state_digest == hex::encode(digest);
-    let summary = Summary {
-        backend: args.backend.name().into(),
-        merchants: merchants.len(),
-        nodes: nodes.len(),
-        media: catalog.len(),
+    Ok(Summary {
+        backend: if args.connect.is_some() { "connect".into() } else { args.backend.name().into() },
+        merchants: world.merchants.len(),
+        nodes: node_count,
+        media: world.media.len(),
         purchases: counters.purchases.load(Ordering::Relaxed),
         delivered: counters.delivered.load(Ordering::Relaxed),
         decrypt_ok: counters.decrypt_ok.load(Ordering::Relaxed),
         previews,
-        expired: expired as u64,
+        expired,
         voided: counters.voided.load(Ordering::Relaxed),
         royalty_entries,
         seals,
         stream_events,
-        state_digest: hex::encode(digest),
+        state_digest,
         audit_ok,
         elapsed_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         points_paid: counters.points_paid.load(Ordering::Relaxed),
         album_tracks_delivered: counters.album_tracks.load(Ordering::Relaxed),
-    };
-    Ok(summary)
+        grpc: true,
+        engine_url: url,
+    })
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn sell_one(
-    i: usize,
-    run_id: &str,
-    market: &Market,
-    merchant: &MerchantId,
-    catalog: &[Published],
-    players: &[Player],
-    counters: &Counters,
-    players_dir: &Path,
-) -> anyhow::Result<()> {
-    let request_id = request(run_id, "sale", i);
+/// Waits until the engine's sweeper has voided every reservation left to expire.
+async fn wait_for_expiry(channel: &tonic::transport::Channel, world: &World, expiring: &[String]) -> anyhow::Result<u64> {
+    let deadline = Instant::now() + EXPIRY_WAIT;
+    let mut expired = 0u64;
+    for (i, voucher_id) in expiring.iter().enumerate() {
+        // Each expiring reservation was made by merchant `index % MERCHANTS` of its sale;
+        // try each merchant (GetVoucher refuses non-owners) until one owns it.
+        let mut voided = false;
+        while !voided {
+            for merchant_cred in &world.merchants {
+                let mut merchant = client::merchant(channel.clone(), merchant_cred.clone());
+                match merchant.get_voucher(pb::GetVoucherRequest { voucher_id: voucher_id.clone() }).await {
+                    Ok(view) if view.get_ref().status == "Voided" => voided = true,
+                    Ok(_) => {}
+                    Err(status) if status.code() == tonic::Code::PermissionDenied => continue,
+                    Err(status) => return Err(status.into()),
+                }
+                break;
+            }
+            if !voided {
+                if Instant::now() > deadline {
+                    bail!("the sweeper voided {i} of the {} reservations left to expire within {EXPIRY_WAIT:?}", expiring.len());
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        expired += 1;
+    }
+    Ok(expired)
+}
+
+async fn sell_one(i: usize, world: &World, merchant: &mut MerchantClient, counters: &Counters, expiring: &std::sync::Mutex<Vec<String>>) -> anyhow::Result<()> {
+    let run_id = &world.run_id;
+    let prefix = format!("{run_id}-sale-{i}");
+    if i % 10 == 9 {
+        // Let this reservation expire: a 1 ms TTL; the engine's sweeper voids it.
+        let reserved = merchant
+            .reserve(pb::ReserveRequest {
+                request_id: format!("{prefix}-reserve"),
+                media_ids: vec![world.media[0].media_id.clone()],
+                rendition: "high".into(),
+                ttl_ms: SHORT_TTL_MS,
+                points_account: String::new(),
+                payment_ref: format!("card-{i}"),
+            })
+            .await?
+            .into_inner();
+        counters.purchases.fetch_add(1, Ordering::Relaxed);
+        expiring.lock().expect("expiring list lock is never poisoned").push(reserved.voucher_id);
+        return Ok(());
+    }
     // Every 25th sale is the album (three tracks on one voucher); every 7th is paid in points.
-    let items: Vec<MediaId> = if i % 25 == 3 { catalog[2..5].iter().map(|m| m.media_id.clone()).collect() } else { vec![catalog[i % 2].media_id.clone()] };
-    let payment = if i % 7 == 2 {
+    let media_ids: Vec<String> = if i % 25 == 3 { world.media[2..5].iter().map(|m| m.media_id.clone()).collect() } else { vec![world.media[i % 2].media_id.clone()] };
+    let points = (i % 7 == 2).then_some(world.points_account.as_str());
+    if points.is_some() {
         counters.points_paid.fetch_add(1, Ordering::Relaxed);
-        Payment::Points { account: AccountId(format!("{run_id}-points")) }
-    } else {
-        Payment::Merchant { payment_ref: format!("card-{i}") }
-    };
-    let reserved = market.reserve(merchant, &request_id, &items, "high", RESERVATION_TTL_MS, payment).await?;
-    counters.purchases.fetch_add(1, Ordering::Relaxed);
+    }
     if i % 10 == 8 {
-        market.void(merchant, &request(run_id, "void", i), &reserved.voucher_id).await?;
+        let reserved = merchant
+            .reserve(pb::ReserveRequest {
+                request_id: format!("{prefix}-reserve"),
+                media_ids,
+                rendition: "high".into(),
+                ttl_ms: RESERVATION_TTL_MS,
+                points_account: points.unwrap_or_default().to_string(),
+                payment_ref: format!("card-{i}"),
+            })
+            .await?
+            .into_inner();
+        counters.purchases.fetch_add(1, Ordering::Relaxed);
+        merchant.void(pb::VoidRequest { request_id: format!("{prefix}-void"), voucher_id: reserved.voucher_id }).await?;
         counters.voided.fetch_add(1, Ordering::Relaxed);
         return Ok(());
     }
-    let authorized = market.authorize(merchant, &request(run_id, "authorize", i), &reserved.voucher_id).await?;
+    let sale = client::buy(merchant, &prefix, &media_ids, points).await?;
+    counters.purchases.fetch_add(1, Ordering::Relaxed);
     // A retried Authorize with the same request id returns the first answer.
-    let retried = market.authorize(merchant, &request(run_id, "authorize", i), &reserved.voucher_id).await?;
-    if !authorized.receipt.ct_eq(&retried.receipt) {
+    let retried = merchant.authorize(pb::AuthorizeRequest { request_id: format!("{prefix}-authorize"), voucher_id: sale.voucher_id.clone() }).await?.into_inner();
+    if !crypto::ct_eq(&retried.receipt, &sale.receipt) {
         bail!("a retried Authorize returned a different receipt");
     }
-    let issued = market.issue(merchant, &request(run_id, "issue", i), &reserved.voucher_id, None, ACCESS_TTL_MS).await?;
-
-    // The node checks the player's access token locally, without calling the engine, with
-    // the access key it was given at registration (the demo plays every node, including
-    // nodes an earlier run registered on the same stream).
-    let node_key = market.node_access_key(&issued.node_id);
-    let media_refs: Vec<&str> = issued.media_ids.iter().map(|m| m.0.as_str()).collect();
-    crypto::check_access_token(&node_key, &issued.node_id.0, &issued.voucher_id.0, &media_refs, issued.access_expires_at.0, market.now().0, &issued.access_token)
-        .map_err(|denied| anyhow::anyhow!("the node refused a fresh access token: {denied:?}"))?;
-
-    // The node challenges the player, which proves it holds the receipt.
-    let player = &players[i % players.len()];
-    let challenge = crypto::random_bytes::<32>();
-    let proof = crypto::receipt_proof(&authorized.receipt, &issued.voucher_id.0, &issued.node_id.0, &challenge);
-    let redeemed = market
-        .redeem(&issued.node_id, &request(run_id, "redeem", i), &issued.voucher_id, &player.consumer, &player.cert_serial, &challenge, &proof)
-        .await?;
-
-    for (media_id, wrapped) in &redeemed.keys {
-        let published = catalog.iter().find(|m| &m.media_id == media_id).context("redeemed an unknown media")?;
-        // The node streams the ciphertext; the player unwraps the key and decrypts.
-        let media_key = crypto::unwrap_key(&player.private, wrapped)?;
-        let plaintext = crypto::aead_open(&media_key, &published.nonce, b"vouchsafe media v1", &published.ciphertext)?;
-        let decrypted_ok = crypto::hash(&plaintext) == published.content_hash;
-        let dir = players_dir.join(&player.consumer.0);
-        std::fs::create_dir_all(&dir)?;
-        std::fs::write(dir.join(format!("{}-{}.media", issued.voucher_id, media_id)), &plaintext)?;
-        market
-            .complete_delivery(&issued.node_id, &request(run_id, &format!("deliver-{media_id}"), i), &issued.voucher_id, media_id, crypto::hash(&published.ciphertext), published.ciphertext.len() as u64)
-            .await?;
-        if decrypted_ok {
+    let player = &world.players[i % world.players.len()];
+    let purchase = Purchase { node_endpoint: sale.node_endpoint.clone(), node_id: sale.node_id.clone(), grant: sale.grant(), receipt: sale.receipt.clone() };
+    let out_dir = world.players_dir.join(&player.consumer_id.0);
+    let copies = crate::player::redeem_and_download(&purchase, player, &format!("{prefix}-redeem"), &out_dir).await?;
+    for copy in &copies {
+        let expected = world.media.iter().find(|m| m.media_id == copy.media_id).context("delivered an unknown media")?;
+        counters.delivered.fetch_add(1, Ordering::Relaxed);
+        if copy.decrypt_ok && copy.content_hash == expected.content_hash {
             counters.decrypt_ok.fetch_add(1, Ordering::Relaxed);
         }
-        counters.delivered.fetch_add(1, Ordering::Relaxed);
-        if items.len() > 1 {
+        if media_ids.len() > 1 {
             counters.album_tracks.fetch_add(1, Ordering::Relaxed);
         }
     }

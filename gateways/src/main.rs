@@ -45,6 +45,9 @@ enum Command {
         /// Print one JSON summary object on the last line of stdout.
         #[arg(long)]
         json: bool,
+        /// Drive an engine already running under `serve` (uses operator.cred from --keys).
+        #[arg(long)]
+        connect: Option<String>,
     },
     /// Benchmarks with raw-substrate baselines measured in the same run.
     Bench {
@@ -244,10 +247,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
-        Command::Demo { backend, keys, vouchers, json } => {
+        Command::Demo { backend, keys, vouchers, json, connect } => {
             let keys_dir = keys.unwrap_or_else(|| backend.data_dir.join("keys"));
             let runtime = tokio::runtime::Runtime::new()?;
-            let summary = runtime.block_on(demo::run(demo::DemoArgs { backend, keys_dir, vouchers: usize::try_from(vouchers)? }))?;
+            let summary = runtime.block_on(demo::run(demo::DemoArgs { backend, keys_dir, vouchers: usize::try_from(vouchers)?, connect }))?;
             eprintln!(
                 "demo: {} purchases, {} delivered ({} decrypted and verified, {} album tracks), {} points-paid, {} previews, {} expired, {} voided; {} events in the stream; state digest {}; {} ms",
                 summary.purchases, summary.delivered, summary.decrypt_ok, summary.album_tracks_delivered, summary.points_paid, summary.previews, summary.expired, summary.voided,
