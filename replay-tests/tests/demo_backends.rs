@@ -31,7 +31,7 @@ fn check(summary: &Summary) {
 
 async fn run(backend: BackendArgs) {
     let keys_dir = backend.data_dir.join("keys");
-    let summary = demo::run(DemoArgs { backend: backend.clone(), keys_dir: keys_dir.clone(), vouchers: 40 }).await.expect("demo runs");
+    let summary = demo::run(DemoArgs { backend: backend.clone(), keys_dir: keys_dir.clone(), vouchers: 40, connect: None }).await.expect("demo runs");
     assert_eq!(summary.backend, backend.name());
     check(&summary);
     assert_eq!(hex::encode(rebuild_digest(&backend, &keys_dir).await), summary.state_digest, "a rebuild from sequence 1 reproduces the demo's digest");
@@ -48,4 +48,28 @@ async fn demo_on_jetstream() {
     let server = replay_tests::NatsServer::start().unwrap_or_else(|e| panic!("{e}"));
     let dir = tempfile::tempdir().expect("temp dir");
     run(BackendArgs { data_dir: dir.path().to_path_buf(), nats_url: Some(server.url()), stream: "VOUCHSAFE".into() }).await;
+}
+
+/// `demo --connect`: the demo drives an engine that is already serving (as under
+/// `vouchsafe serve`), here on JetStream, and audits it over AuditService.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_connects_to_a_running_engine_on_jetstream() {
+    let server = replay_tests::NatsServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let keys_dir = dir.path().join("keys");
+    gateways::keys::init(&keys_dir).expect("keys init");
+    let engine_backend = BackendArgs { data_dir: dir.path().join("engine"), nats_url: Some(server.url()), stream: "VOUCHSAFE".into() };
+    let log = engine_backend.open().await.expect("open log");
+    let mut config = gateways::server::EngineConfig::new(engine_backend.data_dir.clone(), keys_dir.clone());
+    config.seal_interval = std::time::Duration::from_millis(300);
+    config.sweep_interval = std::time::Duration::from_millis(100);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let engine = gateways::server::start(config, log, listener).await.expect("engine starts");
+    let demo_backend = BackendArgs { data_dir: dir.path().join("demo"), nats_url: None, stream: "VOUCHSAFE".into() };
+    let summary = demo::run(DemoArgs { backend: demo_backend, keys_dir: keys_dir.clone(), vouchers: 30, connect: Some(engine.url()) }).await.expect("demo runs");
+    assert_eq!(summary.backend, "connect");
+    assert!(summary.audit_ok, "{summary:?}");
+    check(&summary);
+    engine.shutdown().await.expect("graceful shutdown");
+    assert_eq!(hex::encode(rebuild_digest(&engine_backend, &keys_dir).await), summary.state_digest, "the engine's replay digest is a rebuild's digest");
 }
