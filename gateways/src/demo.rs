@@ -221,6 +221,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
         joined.context("a sale task panicked")??;
     }
     eprintln!("sold {} vouchers", counters.purchases.load(Ordering::Relaxed));
+    // A first seal over the sales' deliveries (the previews below come after it), so the
+    // stream holds a chain of seals.
+    if let Some(local) = &local {
+        seal(local, &data_dir).await?;
+    }
 
     // Previews: a few, on whichever node the allocator picks, played by a player.
     let mut previews = 0;
@@ -242,18 +247,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
     let expired = wait_for_expiry(&channel, &world, &expiring).await?;
 
     // Seal the royalty log: a signed report over the entries so far, in the witness file.
-    let mut pin = None;
+    let pin;
     let seals;
     let royalty_entries;
     let (stream_events, state_digest, audit_ok);
     match &local {
         Some(local) => {
             let engine = &local.running.engine;
-            engine.live.caught_up(local.log.last_seq().await?).await;
-            if let Some(seal) = engine.live.seal(&engine.market, 1).await? {
-                crate::audit::witness(&data_dir, &seal)?;
-                pin = Some(engine::domain::report::Report::seal_hash(&seal));
-            }
+            pin = seal(local, &data_dir).await?;
             let last = local.log.last_seq().await?;
             engine.live.caught_up(last).await;
             let (live_digest, entries, seal_count, seal_faults) =
@@ -329,6 +330,16 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
         grpc: true,
         engine_url: url,
     })
+}
+
+/// Seals the royalty entries not sealed yet and appends the seal to the witness file;
+/// returns the new seal's hash (to pin the audit to).
+async fn seal(local: &LocalEngine, data_dir: &std::path::Path) -> anyhow::Result<Option<[u8; 32]>> {
+    let engine = &local.running.engine;
+    engine.live.caught_up(local.log.last_seq().await?).await;
+    let Some(seal) = engine.live.seal(&engine.market, 1).await? else { return Ok(None) };
+    crate::audit::witness(data_dir, &seal)?;
+    Ok(Some(engine::domain::report::Report::seal_hash(&seal)))
 }
 
 /// Waits until the engine's sweeper has voided every reservation left to expire.
