@@ -5,6 +5,7 @@
 
 use crate::client::{self, Upload};
 use crate::cred::Credential;
+use crate::player::{Passport, Purchase};
 use anyhow::Context;
 use proto::v1 as pb;
 use std::path::PathBuf;
@@ -338,5 +339,155 @@ pub async fn merchant(args: MerchantArgs) -> anyhow::Result<Outcome> {
     match answer {
         Ok(value) => Ok(Outcome::Done(value)),
         Err(status) => refused(status),
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct NodeCliArgs {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// The node's credential file (from `keys issue node`).
+    #[arg(long)]
+    pub cred: PathBuf,
+    /// Where to serve players (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: std::net::SocketAddr,
+    #[arg(long, default_value_t = 64)]
+    pub slots: u32,
+    #[arg(long, default_value = "eu")]
+    pub region: String,
+    /// Where the node keeps its feed checkpoint.
+    #[arg(long, default_value = "./vouchsafe-node")]
+    pub data_dir: PathBuf,
+    /// Bound of the media cache, in bytes.
+    #[arg(long, default_value_t = crate::node::CACHE_BYTES_MAX_DEFAULT)]
+    pub cache_bytes_max: u64,
+}
+
+pub async fn node(args: NodeCliArgs) -> anyhow::Result<()> {
+    let node_args = crate::node::NodeArgs {
+        connect: args.connect.connect.clone(),
+        cred: Credential::load(&args.cred)?,
+        listen: args.listen,
+        slots_max: args.slots,
+        region: args.region,
+        data_dir: args.data_dir,
+        cache_bytes_max: args.cache_bytes_max,
+    };
+    crate::node::run(node_args, crate::serve::terminate_signal()).await
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum PlayerCommand {
+    /// Create a passport: an RSA key pair and a certificate from the engine.
+    Passport {
+        #[command(flatten)]
+        connect: ConnectArgs,
+        /// A credential allowed to certify consumers (the operator's).
+        #[arg(long)]
+        cred: PathBuf,
+        /// The engine's public key (engine.pub.pem), to check the certificate.
+        #[arg(long)]
+        engine_key: PathBuf,
+    },
+    /// Redeem a sale (the JSON `merchant buy --json` printed) at its node, download,
+    /// decrypt and verify every media.
+    Fetch {
+        /// The sale JSON file, or - for stdin.
+        #[arg(long)]
+        sale: PathBuf,
+    },
+    /// Play a preview at a node.
+    Preview {
+        #[arg(long)]
+        endpoint: String,
+        #[arg(long)]
+        preview: String,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct PlayerArgs {
+    #[command(subcommand)]
+    pub command: PlayerCommand,
+    /// The consumer id (names the passport under <data-dir>/players/).
+    #[arg(long, global = true, default_value = "player")]
+    pub consumer: String,
+    /// Where passports and delivered copies live.
+    #[arg(long, global = true, default_value = "./vouchsafe-data")]
+    pub data_dir: PathBuf,
+    /// Print one JSON object on the last line of stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+fn rpc_refusal(error: anyhow::Error) -> anyhow::Result<Outcome> {
+    match error.downcast::<crate::player::RpcError>() {
+        Ok(rpc) => Ok(Outcome::Refused(tonic::Status::new(rpc.code, format!("{}: {}", rpc.call, rpc.message)))),
+        Err(error) => match error.downcast::<tonic::Status>() {
+            Ok(status) => refused(status),
+            Err(error) => Err(error),
+        },
+    }
+}
+
+pub async fn player(args: PlayerArgs) -> anyhow::Result<Outcome> {
+    let consumer = engine::ids::ConsumerId(args.consumer.clone());
+    let dir = crate::player::passport_dir(&args.data_dir, &consumer)?;
+    match args.command {
+        PlayerCommand::Passport { connect, cred, engine_key } => {
+            let engine_public = engine::crypto::RsaPublic::from_pem(&std::fs::read_to_string(&engine_key).with_context(|| format!("cannot read {}", engine_key.display()))?)
+                .with_context(|| format!("{} is not an RSA public key", engine_key.display()))?;
+            let mut catalog = client::catalog(connect.channel().await?, Credential::load(&cred)?);
+            let passport = match crate::player::create_passport(&mut catalog, &fresh_request_id("passport"), &consumer, &engine_public).await {
+                Ok(passport) => passport,
+                Err(error) => return rpc_refusal(error),
+            };
+            passport.save(&dir)?;
+            eprintln!("passport for {} (certificate {}) saved in {}", consumer.0, passport.certificate.cert_serial, dir.display());
+            Ok(Outcome::Done(serde_json::json!({ "consumer_id": consumer.0, "cert_serial": passport.certificate.cert_serial, "dir": dir })))
+        }
+        PlayerCommand::Fetch { sale } => {
+            let text = if sale.as_os_str() == "-" {
+                let mut text = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)?;
+                text
+            } else {
+                std::fs::read_to_string(&sale).with_context(|| format!("cannot read {}", sale.display()))?
+            };
+            let last = text.lines().rev().find(|line| !line.trim().is_empty()).context("the sale file is empty")?;
+            let sale: serde_json::Value = serde_json::from_str(last).context("the sale is not the JSON `merchant buy --json` prints")?;
+            let field = |name: &str| sale[name].as_str().map(str::to_string).with_context(|| format!("the sale has no {name:?}"));
+            let purchase = Purchase {
+                node_endpoint: field("node_endpoint")?,
+                node_id: field("node_id")?,
+                grant: pb::AccessGrant {
+                    voucher_id: field("voucher_id")?,
+                    media_ids: sale["media_ids"].as_array().context("the sale has no media_ids")?.iter().filter_map(|m| m.as_str().map(str::to_string)).collect(),
+                    access_expires_at_ms: sale["access_expires_at_ms"].as_i64().context("the sale has no access_expires_at_ms")?,
+                    access_token: hex::decode(field("access_token")?).context("access_token is not hex")?,
+                },
+                receipt: hex::decode(field("receipt")?).context("receipt is not hex")?,
+            };
+            let passport = Passport::load(&dir).with_context(|| format!("no passport for {}; run `vouchsafe player passport` first", consumer.0))?;
+            let copies = match crate::player::redeem_and_download(&purchase, &passport, &fresh_request_id("redeem"), &dir).await {
+                Ok(copies) => copies,
+                Err(error) => return rpc_refusal(error),
+            };
+            let all_ok = copies.iter().all(|copy| copy.decrypt_ok);
+            for copy in &copies {
+                eprintln!("{} {}: {}", copy.media_id, if copy.decrypt_ok { "decrypted and verified" } else { "FAILED to decrypt" }, copy.path.display());
+            }
+            let value = serde_json::json!({
+                "voucher_id": purchase.grant.voucher_id,
+                "copies": copies.iter().map(|c| serde_json::json!({ "media_id": c.media_id, "path": c.path, "content_hash": hex::encode(c.content_hash), "decrypt_ok": c.decrypt_ok })).collect::<Vec<_>>(),
+                "decrypt_ok": all_ok,
+            });
+            if all_ok { Ok(Outcome::Done(value)) } else { Ok(Outcome::Refused(tonic::Status::data_loss("a delivered copy did not decrypt and verify"))) }
+        }
+        PlayerCommand::Preview { endpoint, preview } => match crate::player::play_preview(&endpoint, &preview).await {
+            Ok(clip) => Ok(Outcome::Done(serde_json::json!({ "preview_id": preview, "clip_bytes": clip.len() }))),
+            Err(error) => rpc_refusal(error),
+        },
     }
 }

@@ -25,6 +25,10 @@ enum Command {
     Serve(serve::ServeArgs),
     /// A merchant client: reserve, authorize, void, issue, buy, preview, get.
     Merchant(commands::MerchantArgs),
+    /// A delivery node agent: registers, follows its feed, serves media to players.
+    Node(commands::NodeCliArgs),
+    /// The reference consumer: passport, redeem, download, decrypt, verify.
+    Player(commands::PlayerArgs),
     /// Encrypt media files under fresh keys, wrap each key for the engine, upload.
     Publish(commands::PublishArgs),
     /// Auditor commands: replay and verify the stream.
@@ -145,6 +149,7 @@ fn main() -> ExitCode {
     // Long-running processes log at info by default; one-shot commands only warn.
     let (json_logs, default_level) = match &cli.command {
         Command::Serve(args) => (args.log_json || std::env::var("VOUCHSAFE_LOG_FORMAT").is_ok_and(|format| format == "json"), "info"),
+        Command::Node(_) => (false, "info"),
         _ => (false, "warn"),
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
@@ -178,6 +183,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let json = args.json;
             let runtime = tokio::runtime::Runtime::new()?;
             Ok(runtime.block_on(commands::merchant(args))?.report(json))
+        }
+        Command::Node(args) => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(commands::node(args))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Player(args) => {
+            let json = args.json;
+            let runtime = tokio::runtime::Runtime::new()?;
+            Ok(runtime.block_on(commands::player(args))?.report(json))
         }
         Command::Publish(args) => {
             let json = args.json;
