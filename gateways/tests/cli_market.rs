@@ -1,0 +1,144 @@
+//! The market from a shell, as CLI.md describes it: `keys init`, `serve`, `keys issue`,
+//! `node`, `publish`, `merchant buy`, `player passport`, `player fetch`, then
+//! `demo --connect` against the same engine and SIGTERM for a graceful stop. Every
+//! process is started by this test and stopped by its pid.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn vouchsafe() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_vouchsafe"));
+    command.env_remove("VOUCHSAFE_LISTEN").env_remove("RUST_LOG");
+    command
+}
+
+/// Kills the child on drop (a failed assertion must not leave a server running).
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+fn wait_for_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {port} after 30 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs a command to completion; returns (exit code, last stdout line as JSON).
+fn json(command: &mut Command, dir: &Path) -> (i32, serde_json::Value) {
+    let output = command.current_dir(dir).output().expect("run vouchsafe");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let last = stdout.lines().last().unwrap_or_default();
+    let value = serde_json::from_str(last).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}\nstderr: {}", String::from_utf8_lossy(&output.stderr)));
+    (output.status.code().unwrap_or(-1), value)
+}
+
+#[test]
+fn serve_node_publish_buy_fetch_then_demo_connect_and_sigterm() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path();
+    assert!(vouchsafe().args(["keys", "init", "--out", "keys"]).current_dir(root).status().expect("keys init").success());
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let metrics_port = free_port();
+    let serve = vouchsafe()
+        .args(["serve", "--data-dir", "engine", "--keys", "keys", "--listen", &format!("127.0.0.1:{port}"), "--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
+        .env("VOUCHSAFE_SEAL_INTERVAL_MS", "300")
+        .current_dir(root)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("serve starts");
+    let mut serve = Running(serve);
+    wait_for_port(port);
+
+    let (code, merchant) = json(vouchsafe().args(["keys", "issue", "merchant", "--name", "Shop", "--keys", "keys", "--out", "shop.cred", "--connect", &url, "--json"]), root);
+    assert_eq!(code, 0, "{merchant}");
+    let (code, _) = json(vouchsafe().args(["keys", "issue", "node", "--keys", "keys", "--out", "node.cred", "--connect", &url, "--json"]), root);
+    assert_eq!(code, 0);
+    let node_port = free_port();
+    let node = vouchsafe()
+        .args(["node", "--connect", &url, "--cred", "node.cred", "--listen", &format!("127.0.0.1:{node_port}"), "--data-dir", "node"])
+        .current_dir(root)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("node starts");
+    let _node = Running(node);
+    wait_for_port(node_port);
+
+    let content: Vec<u8> = (0..150_000u32).map(|i| (i * 7 % 256) as u8).collect();
+    std::fs::write(root.join("song.bin"), &content).expect("write song");
+    let (code, published) = json(vouchsafe().args(["publish", "--connect", &url, "--cred", "keys/operator.cred", "--engine-key", "keys/engine.pub.pem", "song.bin", "--json"]), root);
+    assert_eq!(code, 0, "{published}");
+    let media_id = published["media"][0]["media_id"].as_str().expect("media id").to_string();
+    let (code, passport) = json(vouchsafe().args(["player", "passport", "--connect", &url, "--cred", "keys/operator.cred", "--engine-key", "keys/engine.pub.pem", "--consumer", "alice", "--data-dir", "players", "--json"]), root);
+    assert_eq!(code, 0, "{passport}");
+
+    // The node heartbeats before the allocator may choose it; retry the purchase briefly.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let sale = loop {
+        let (code, sale) = json(vouchsafe().args(["merchant", "buy", "--media", &media_id, "--connect", &url, "--cred", "shop.cred", "--json"]), root);
+        if code == 0 {
+            break sale;
+        }
+        assert!(Instant::now() < deadline, "no purchase succeeded: {sale}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(sale["node_endpoint"], format!("http://127.0.0.1:{node_port}"));
+    std::fs::write(root.join("sale.json"), sale.to_string()).expect("write sale");
+    let (code, fetched) = json(vouchsafe().args(["player", "fetch", "--sale", "sale.json", "--consumer", "alice", "--data-dir", "players", "--json"]), root);
+    assert_eq!(code, 0, "{fetched}");
+    assert_eq!(fetched["decrypt_ok"], true);
+    let path = fetched["copies"][0]["path"].as_str().expect("path");
+    assert_eq!(std::fs::read(root.join(path)).expect("delivered copy"), content, "the player holds the published content");
+    // Delivered at most once: the same sale again is refused with exit code 1.
+    let (code, again) = json(vouchsafe().args(["player", "fetch", "--sale", "sale.json", "--consumer", "alice", "--data-dir", "players", "--json"]), root);
+    assert_eq!(code, 1, "{again}");
+    assert_eq!(again["refused"], "FailedPrecondition");
+
+    // The demo drives the same engine.
+    let (code, summary) = json(vouchsafe().args(["demo", "--connect", &url, "--keys", "keys", "--data-dir", "demo", "--vouchers", "20", "--json"]), root);
+    assert_eq!(code, 0, "{summary}");
+    assert!(summary["delivered"].as_u64().expect("delivered") > 0);
+    assert_eq!(summary["decrypt_ok"], summary["delivered"]);
+    assert_eq!(summary["audit_ok"], true);
+
+    // The metrics endpoint reports what happened.
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).expect("metrics port");
+    std::io::Write::write_all(&mut stream, b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").expect("request");
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut text).expect("response");
+    assert!(text.contains("vouchsafe_requests_ok_total"), "{text}");
+    assert!(text.contains("vouchsafe_rejections_total{code=\"FailedPrecondition\"}"), "the refused redemption is counted: {text}");
+    assert!(text.contains("vouchsafe_projection_lag_events"), "{text}");
+    assert!(text.contains("vouchsafe_node_slots_in_use"), "{text}");
+
+    // SIGTERM: a graceful stop with exit code 0.
+    let pid = serve.0.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = serve.0.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "serve did not stop within 30 s of SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "serve exits 0 after SIGTERM: {status:?}");
+
+    // An auditor replays what the engine wrote, from the data directory alone.
+    let (code, audit) = json(vouchsafe().args(["audit", "replay", "--data-dir", "engine", "--keys", "keys", "--json"]), root);
+    assert_eq!(code, 0, "{audit}");
+    assert_eq!(audit["chain_ok"], true);
+    assert_eq!(audit["state_digest"].as_str().map(str::len), Some(64));
+}
