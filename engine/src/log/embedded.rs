@@ -153,6 +153,27 @@ pub struct EmbeddedLog {
     writer: Option<std::thread::JoinHandle<()>>,
 }
 
+/// How long `open` waits for sled's directory lock. sled releases the lock of a dropped
+/// database through epoch-based reclamation, so a reopen in the same process right after a
+/// drop can find it still held for a moment (seen in about 1 in 30 test runs on a loaded
+/// machine); a lock held by another process is still an error after the wait.
+const LOCK_WAIT_MS: u64 = 2_000;
+
+/// `config.open()`, retried while the only problem is sled's directory lock, with any panic
+/// caught (sled 0.34 has been reported to panic on damaged directories, sled #1533).
+fn open_waiting_for_lock(config: &sled::Config) -> std::thread::Result<sled::Result<sled::Db>> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(LOCK_WAIT_MS);
+    loop {
+        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()));
+        match &opened {
+            Ok(Err(sled::Error::Io(error))) if error.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            _ => return opened,
+        }
+    }
+}
+
 impl EmbeddedLog {
     /// Opens (or creates) the log in `dir` and starts its writer thread.
     pub fn open(dir: &Path) -> Result<EmbeddedLog, OpenError> {
@@ -166,7 +187,7 @@ impl EmbeddedLog {
             .flush_every_ms(Some(BACKGROUND_FLUSH_INTERVAL_MS));
         // sled 0.34 has been reported to panic while recovering a damaged directory
         // (sled #1533); a panic must not take the process down with it.
-        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()));
+        let opened = open_waiting_for_lock(&config);
         let db = match opened {
             Ok(Ok(db)) => db,
             Ok(Err(error)) => return Err(open_error(&path, error)),
@@ -1182,7 +1203,7 @@ mod tests {
 
     /// Opens the log's directory with plain sled, for tests that damage it on purpose.
     fn with_raw_db(dir: &Path, damage: impl FnOnce(&sled::Db)) {
-        let db = sled::open(dir).expect("raw open");
+        let db = open_waiting_for_lock(&sled::Config::new().path(dir)).expect("no panic").expect("raw open");
         damage(&db);
         db.flush().expect("raw flush");
     }
