@@ -288,8 +288,11 @@ impl Market {
             field: "wrapped_media_key",
             reason: "does not unwrap with the engine's key; wrap the media key for engine.pub.pem".into(),
         })?;
-        self.handler.handle::<Media>(&media_id.0, &actor(ActorKind::Publisher, publisher), request, &MediaCommand::Publish(published)).await?;
-        self.media_keys.lock().expect("media key cache lock is never poisoned").put(media_id.clone(), media_key);
+        let handled = self.handler.handle::<Media>(&media_id.0, &actor(ActorKind::Publisher, publisher), request, &MediaCommand::Publish(published)).await?;
+        if !handled.repeated {
+            // A retry is answered from the first publication: its key stays the cached one.
+            self.media_keys.lock().expect("media key cache lock is never poisoned").put(media_id.clone(), media_key);
+        }
         Ok(media_id)
     }
 

@@ -83,7 +83,7 @@ fn allowed(service: Service, identity: &Identity) -> bool {
 pub struct Limits {
     /// Every request except the catalog's uploads.
     pub request_bytes_max: usize,
-    /// CatalogService (PublishMedia carries the media container).
+    /// CatalogService.PublishMedia (it carries the media container).
     pub upload_bytes_max: usize,
     /// Requests served at once by the whole server.
     pub requests_in_flight_max: usize,
@@ -229,7 +229,8 @@ async fn admit(door: &FrontDoor, request: Request) -> Result<(Request, Option<to
     if !allowed(service, &identity) {
         return Err(Status::permission_denied(format!("a {} credential may not call {}", identity.role(), parts.uri.path().trim_start_matches('/'))));
     }
-    let limit = if service == Service::Catalog { door.limits.upload_bytes_max } else { door.limits.request_bytes_max };
+    // Only PublishMedia carries a media container; every other call is small.
+    let limit = if parts.uri.path() == "/vouchsafe.v1.CatalogService/PublishMedia" { door.limits.upload_bytes_max } else { door.limits.request_bytes_max };
     // Every RPC takes a single request message: buffer it whole, within the limit.
     let collected = http_body_util::Limited::new(body, limit).collect().await.map_err(|error| {
         if error.downcast_ref::<http_body_util::LengthLimitError>().is_some() {

@@ -61,6 +61,20 @@ impl MediaStore {
         .context("the media write task failed")?
     }
 
+    /// Removes every part of a media whose publication was refused (best effort: a file
+    /// left behind is referred to by no event).
+    pub async fn remove(&self, media_id: &str) {
+        for part in [Part::Container, Part::PreviewClip] {
+            if let Ok(path) = self.path(media_id, part) {
+                if let Err(error) = tokio::fs::remove_file(&path).await
+                    && error.kind() != std::io::ErrorKind::NotFound
+                {
+                    tracing::warn!(path = %path.display(), %error, "cannot remove the bytes of a refused publication");
+                }
+            }
+        }
+    }
+
     /// The part's bytes, or `None` when this engine holds no such part.
     pub async fn get(&self, media_id: &str, part: Part) -> anyhow::Result<Option<bytes::Bytes>> {
         let path = self.path(media_id, part)?;

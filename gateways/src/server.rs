@@ -45,6 +45,9 @@ pub const REQUESTS_PER_CONNECTION_MAX: usize = 256;
 pub const HEARTBEAT_STALE_MS: u64 = 30_000;
 /// Longest endpoint a node may announce.
 const ENDPOINT_CHARS_MAX: usize = 256;
+/// Full replays (AuditService Replay and VerifyChain) running at once; more are refused
+/// with ResourceExhausted (each reads and re-verifies the whole stream).
+pub const REPLAYS_IN_FLIGHT_MAX: usize = 2;
 /// Replay progress is reported every this many events.
 const REPLAY_PROGRESS_EVERY_EVENTS: u64 = 10_000;
 
@@ -173,6 +176,10 @@ pub struct Engine {
     pub metrics: Arc<Metrics>,
     pub media: MediaStore,
     pub nodes: Arc<NodeRegistry>,
+    /// Bounds the full replays running at once (`REPLAYS_IN_FLIGHT_MAX`).
+    replays: Arc<tokio::sync::Semaphore>,
+    /// Serializes PublishMedia (rare) so its bytes and its event stay consistent.
+    publishing: tokio::sync::Mutex<()>,
     royalty_master: SecretKey,
     engine_public: RsaPublic,
     config: EngineConfig,
@@ -277,6 +284,8 @@ pub async fn start(config: EngineConfig, log: Arc<dyn EventLog>, listener: tokio
         metrics: Arc::clone(&metrics),
         media,
         nodes,
+        publishing: tokio::sync::Mutex::new(()),
+        replays: Arc::new(tokio::sync::Semaphore::new(REPLAYS_IN_FLIGHT_MAX)),
         royalty_master,
         engine_public: keys.public.clone(),
         config: config.clone(),
@@ -634,11 +643,13 @@ impl pb::delivery_service_server::DeliveryService for Api {
             if endpoint.len() > ENDPOINT_CHARS_MAX || !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
                 return Err(invalid("endpoint", "must be an http:// or https:// URL of at most 256 characters"));
             }
-            let state = self.market().handler().load::<engine::domain::party::Node>(&node.0).await.map_err(|e| fail(e.into()))?.state;
-            if message.slots_max != 0 && message.slots_max != state.slots_max {
-                // The node's own view of its capacity wins; the change is an event.
+            let root = self.market().handler().load::<engine::domain::party::Node>(&node.0).await.map_err(|e| fail(e.into()))?;
+            if message.slots_max != 0 && message.slots_max != root.state.slots_max {
+                // The node's own view of its capacity wins; the change is an event. The
+                // request id names the version it changes, so 8 → 4 → 8 is two changes, while
+                // a retried announcement of the same change stays one.
                 let command = engine::domain::party::NodeCommand::ChangeCapacity { slots_max: message.slots_max };
-                let request_id = RequestId(format!("capacity-{}-{}", node.0, message.slots_max));
+                let request_id = RequestId(format!("capacity-v{}-{}", root.version, message.slots_max));
                 let by = engine::domain::Actor::new(engine::domain::ActorKind::Node, &node.0);
                 self.market().handler().handle::<engine::domain::party::Node>(&node.0, &by, &request_id, &command).await.map_err(|e| fail(e.into()))?;
             }
@@ -826,11 +837,21 @@ impl pb::catalog_service_server::CatalogService for Api {
                 .collect::<Result<Vec<_>, Status>>()?;
             let preview = message.preview.map(|p| PreviewClip { start_ms: p.start_ms, duration_ms: p.duration_ms }).unwrap_or_default();
             let media_id = media_id_for(&publisher, &request_id);
-            // The bytes first: a published media always has them (a failed append leaves
-            // an unreferenced file that the retry overwrites).
-            self.engine.media.put(&media_id.0, Part::Container, bytes::Bytes::from(message.container)).await.map_err(|e| Status::internal(format!("cannot store the container: {e:#}")))?;
-            if !message.preview_clip.is_empty() {
-                self.engine.media.put(&media_id.0, Part::PreviewClip, bytes::Bytes::from(message.preview_clip)).await.map_err(|e| Status::internal(format!("cannot store the preview clip: {e:#}")))?;
+            // One publication at a time: the check below and the bytes written after it
+            // must not interleave with another publication of the same media.
+            let _publishing = self.engine.publishing.lock().await;
+            let existing = self.market().handler().load::<engine::domain::catalog::Media>(&media_id.0).await.map_err(|e| fail(e.into()))?;
+            // A media that is published keeps its bytes: a retry (or a refused reuse of its
+            // request id) is answered by the market without touching them. Otherwise the
+            // bytes go first, so a published media always has them; a refusal removes them
+            // again, and a crash before the append leaves a file no event refers to, which
+            // the retry overwrites.
+            let fresh = existing.state.published.is_none();
+            if fresh {
+                self.engine.media.put(&media_id.0, Part::Container, bytes::Bytes::from(message.container)).await.map_err(|e| Status::internal(format!("cannot store the container: {e:#}")))?;
+                if !message.preview_clip.is_empty() {
+                    self.engine.media.put(&media_id.0, Part::PreviewClip, bytes::Bytes::from(message.preview_clip)).await.map_err(|e| Status::internal(format!("cannot store the preview clip: {e:#}")))?;
+                }
             }
             let input = PublishInput {
                 title: message.title,
@@ -853,7 +874,15 @@ impl pb::catalog_service_server::CatalogService for Api {
                 for_sale: message.for_sale,
                 wrapped_media_key: message.wrapped_media_key,
             };
-            let media = self.market().publish_media(&publisher, &request_id, input).await.map_err(fail)?;
+            let media = match self.market().publish_media(&publisher, &request_id, input).await {
+                Ok(media) => media,
+                Err(error) => {
+                    if fresh {
+                        self.engine.media.remove(&media_id.0).await;
+                    }
+                    return Err(fail(error));
+                }
+            };
             Ok(pb::PublishMediaResponse { media_id: media.0 })
         }
         .await;
@@ -937,6 +966,10 @@ impl pb::catalog_service_server::CatalogService for Api {
     }
 }
 
+fn replays_busy() -> Status {
+    Status::resource_exhausted(format!("{REPLAYS_IN_FLIGHT_MAX} full replays are running; retry when one has finished"))
+}
+
 fn first_bad_text(report: &projections::audit::AuditReport) -> String {
     report.first_bad.as_ref().map(|bad| serde_json::to_string(bad).unwrap_or_else(|_| bad.reason.clone())).unwrap_or_default()
 }
@@ -953,9 +986,14 @@ impl pb::audit_service_server::AuditService for Api {
                 Err(status) => return self.answer(Err(status)),
             },
         };
+        let permit = match Arc::clone(&self.engine.replays).try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => return self.answer(Err(replays_busy())),
+        };
         let (sender, receiver) = mpsc::channel(STREAM_BUFFER_MESSAGES);
         let engine = Arc::clone(&self.engine);
         tokio::spawn(async move {
+            let _permit = permit;
             let progress_sender = sender.clone();
             let mut reported = 0u64;
             let report = projections::audit::replay(engine.log.as_ref(), &engine.royalty_master, &engine.engine_public, pin, move |events| {
@@ -984,6 +1022,7 @@ impl pb::audit_service_server::AuditService for Api {
 
     async fn verify_chain(&self, _request: Request<pb::VerifyChainRequest>) -> Result<Response<pb::VerifyChainResponse>, Status> {
         let result = async {
+            let _permit = Arc::clone(&self.engine.replays).try_acquire_owned().map_err(|_| replays_busy())?;
             let report = projections::audit::replay(self.engine.log.as_ref(), &self.engine.royalty_master, &self.engine.engine_public, None, |_| {})
                 .await
                 .map_err(|error| Status::unavailable(format!("the replay could not read the stream: {error}")))?;

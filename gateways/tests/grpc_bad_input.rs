@@ -770,8 +770,9 @@ fn bad_input_cases(w: &World) -> Vec<Case> {
         cases.push(case("credentials", "id without secret", &Meta::id_only(label, credential), rpc.empty(), Code::Unauthenticated));
         cases.push(case("credentials", "secret not hex", &Meta::secret_not_hex(label, credential), rpc.empty(), Code::Unauthenticated));
     }
-    // The catalog takes uploads: 64 KiB is fine there, only the upload limit refuses.
-    cases.push(raw("at the size limit", "catalog body 70000 bytes (under its limit)", &op, Rpc::RegisterMerchant, padded_empty(70_000), Code::InvalidArgument));
+    // Only PublishMedia takes uploads: the catalog's other calls have the small limit.
+    cases.push(raw("oversized", "RegisterMerchant body 70000 bytes (over the 64 KiB limit)", &op, Rpc::RegisterMerchant, padded_empty(70_000), Code::ResourceExhausted).message_has("limit"));
+    cases.push(raw("at the size limit", format!("RegisterMerchant body {REQUEST_BYTES_MAX} bytes (the limit)"), &op, Rpc::RegisterMerchant, padded_empty(REQUEST_BYTES_MAX - FRAME_HEADER_BYTES), Code::InvalidArgument));
     cases.push(raw("oversized", format!("body {} bytes (upload limit + 1)", UPLOAD_BYTES_MAX + 1), &op, Rpc::PublishMedia, padded_empty(UPLOAD_BYTES_MAX + 1 - FRAME_HEADER_BYTES), Code::ResourceExhausted).message_has("limit"));
 
     // Paths no RPC has: the front door knows the services, tonic the methods.
