@@ -28,6 +28,17 @@ impl BackendArgs {
         if self.nats_url.is_some() { "jetstream" } else { "embedded" }
     }
 
+    /// The log, and the same log as JetStream when it is one (for the node feed).
+    pub async fn open_with_feed(&self) -> anyhow::Result<(Arc<dyn EventLog>, Option<Arc<JetStreamLog>>)> {
+        match &self.nats_url {
+            Some(url) => {
+                let log = Arc::new(JetStreamLog::connect(url, &self.stream).await?);
+                Ok((Arc::clone(&log) as Arc<dyn EventLog>, Some(log)))
+            }
+            None => Ok((self.open().await?, None)),
+        }
+    }
+
     pub async fn open(&self) -> anyhow::Result<Arc<dyn EventLog>> {
         match &self.nats_url {
             Some(url) => Ok(Arc::new(JetStreamLog::connect(url, &self.stream).await?)),

@@ -116,13 +116,16 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
     let local = match &args.connect {
         Some(_) => None,
         None => {
-            let log = args.backend.open().await?;
+            let (log, feed) = args.backend.open_with_feed().await?;
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("cannot bind a loopback port for the engine")?;
             let mut config = EngineConfig::new(data_dir.clone(), args.keys_dir.clone());
             config.sweep_interval = Duration::from_millis(100);
             // The demo seals explicitly (below); the interval only covers long runs.
             config.seal_interval = Duration::from_secs(3600);
-            let running = crate::server::start(config, Arc::clone(&log), listener).await?;
+            let mut running = crate::server::start(config, Arc::clone(&log), listener).await?;
+            if let Some(feed) = feed {
+                running.dispatch_to(feed);
+            }
             Some(LocalEngine { running, log })
         }
     };

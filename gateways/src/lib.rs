@@ -10,6 +10,7 @@ pub mod client;
 pub mod commands;
 pub mod cred;
 pub mod demo;
+pub mod dispatcher;
 pub mod keys;
 pub mod media_store;
 pub mod metrics;

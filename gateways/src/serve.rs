@@ -180,9 +180,13 @@ pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output =
     if crate::keys::is_empty(keys_dir) {
         anyhow::bail!("no keys in {}; run `vouchsafe keys init --out {}` first", keys_dir.display(), keys_dir.display());
     }
-    let log = settings.backend.open().await?;
+    let (log, feed) = settings.backend.open_with_feed().await?;
     let listener = tokio::net::TcpListener::bind(settings.listen).await.with_context(|| format!("cannot listen on {}", settings.listen))?;
-    let running = crate::server::start(settings.engine.clone(), log, listener).await?;
+    let mut running = crate::server::start(settings.engine.clone(), log, listener).await?;
+    if let Some(feed) = feed {
+        // On JetStream the node feeds (vsn.<node>) are filled too, for NATS-native nodes.
+        running.dispatch_to(feed);
+    }
     eprintln!("vouchsafe engine serving gRPC on {} ({} backend)", running.url(), settings.backend.name());
     let metrics_task = match settings.metrics_listen {
         Some(addr) => {

@@ -48,6 +48,8 @@ const ENDPOINT_CHARS_MAX: usize = 256;
 /// Full replays (AuditService Replay and VerifyChain) running at once; more are refused
 /// with ResourceExhausted (each reads and re-verifies the whole stream).
 pub const REPLAYS_IN_FLIGHT_MAX: usize = 2;
+/// Longest wait between dispatcher restarts after a failure.
+const DISPATCH_BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// Replay progress is reported every this many events.
 const REPLAY_PROGRESS_EVERY_EVENTS: u64 = 10_000;
 
@@ -242,6 +244,28 @@ impl RunningEngine {
         self.runner.abort();
         served.context("the gRPC server failed")?;
         Ok(())
+    }
+
+    /// Runs the dispatcher (`crate::dispatcher`) onto `feed`'s node-feed stream until the
+    /// engine stops; a failure is logged and retried with capped backoff.
+    pub fn dispatch_to(&mut self, feed: Arc<engine::log::jetstream::JetStreamLog>) {
+        let log = Arc::clone(&self.engine.log);
+        let mut shutdown = self.stop.subscribe();
+        self.background.push(tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                match crate::dispatcher::run(Arc::clone(&log), Arc::clone(&feed), shutdown.clone()).await {
+                    Ok(_) if *shutdown.borrow() => return,
+                    Ok(published) => tracing::warn!(published, "the stream ended under the dispatcher; following again"),
+                    Err(error) => tracing::warn!(%error, "the dispatcher stopped; retrying"),
+                }
+                tokio::select! {
+                    _ = shutdown.wait_for(|stop| *stop) => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(DISPATCH_BACKOFF_MAX);
+            }
+        }));
     }
 
     /// Resolves when the engine has been told to stop.

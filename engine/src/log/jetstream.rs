@@ -306,6 +306,20 @@ impl JetStreamLog {
         }
     }
 
+    /// The source sequence of the newest assignment on the node feed (its `Nats-Msg-Id`),
+    /// or `Seq(0)` when the feed is empty: where a restarted dispatcher resumes. Read from
+    /// the leader (`get_raw_message`), never a lagging replica.
+    pub async fn last_dispatched_source_seq(&self) -> Result<Seq, ReadError> {
+        let mut nodes = self.nodes.clone();
+        let last = nodes.info().await.map_err(|error| ReadError::Unavailable(format!("node feed info: {error}")))?.state.last_sequence;
+        if last == 0 {
+            return Ok(Seq(0));
+        }
+        let message = nodes.get_raw_message(last).await.map_err(|error| ReadError::Unavailable(format!("node feed message {last}: {error}")))?;
+        let id = message.headers.get(header::NATS_MESSAGE_ID).map(|value| value.as_str().to_string()).unwrap_or_default();
+        id.parse::<u64>().map(Seq).map_err(|_| ReadError::Corrupt { seq: Seq(last), reason: format!("the node feed message has Nats-Msg-Id {id:?}, not a source sequence") })
+    }
+
     /// Node `node_id`'s assignments from feed sequence `from` on (1 = the start), then each
     /// new one: `(feed sequence, payload)`, in order, without duplicates. Only
     /// `vsn.<node_id>` is read; other nodes' assignments never reach this stream.

@@ -1,0 +1,127 @@
+//! The dispatcher against a real nats-server: every VoucherIssued and PreviewStarted reaches
+//! exactly its node's feed (`vsn.<node>`), once; a restarted dispatcher resumes without
+//! repeating; a deleted feed is rebuilt from sequence 1.
+
+use engine::domain::Event;
+use engine::log::jetstream::JetStreamLog;
+use engine::log::EventLog;
+use futures::StreamExt;
+use gateways::client::{self, Upload};
+use gateways::cred::Credential;
+use gateways::server::{self, EngineConfig, RunningEngine};
+use proto::v1 as pb;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+async fn start_engine(dir: &std::path::Path, log: Arc<JetStreamLog>) -> RunningEngine {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let mut engine = server::start(EngineConfig::new(dir.join("engine"), dir.join("keys")), Arc::clone(&log) as Arc<dyn EventLog>, listener).await.expect("engine");
+    engine.dispatch_to(log);
+    engine
+}
+
+/// Reads a node's whole feed until `expected` assignments arrived (or 10 s passed).
+async fn feed_of(log: &JetStreamLog, node: &str, expected: usize) -> Vec<(u64, String)> {
+    let mut feed = log.node_feed(node, 1);
+    let mut seen = Vec::new();
+    while seen.len() < expected {
+        let Ok(Some(item)) = tokio::time::timeout(Duration::from_secs(10), feed.next()).await else { break };
+        let (feed_seq, payload) = item.expect("feed reads");
+        let recorded = engine::wire::decode(&payload).expect("the feed carries the source envelope");
+        let id = match recorded.event {
+            Event::VoucherIssued { voucher_id, node_id, .. } => {
+                assert_eq!(node_id.as_str(), node, "only this node's assignments");
+                voucher_id.0
+            }
+            Event::PreviewStarted { preview_id, node_id, .. } => {
+                assert_eq!(node_id.as_str(), node, "only this node's assignments");
+                preview_id.0
+            }
+            other => panic!("not an assignment on the feed: {other:?}"),
+        };
+        seen.push((feed_seq, id));
+    }
+    // Nothing more than expected arrives.
+    assert!(tokio::time::timeout(Duration::from_millis(300), feed.next()).await.is_err(), "more assignments than expected on {node}'s feed");
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_assignment_reaches_exactly_its_node_once_across_restarts_and_rebuilds() {
+    let server = replay_tests::NatsServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().expect("temp dir");
+    gateways::keys::init(&dir.path().join("keys")).expect("keys");
+    let log = Arc::new(JetStreamLog::connect(&server.url(), "VOUCHSAFE").await.expect("connect"));
+    let engine = start_engine(dir.path(), Arc::clone(&log)).await;
+    let channel = client::connect(&engine.url(), None).await.expect("connect");
+    let operator = Credential::load(&dir.path().join("keys/operator.cred")).expect("operator");
+    let mut catalog = client::catalog(channel.clone(), operator);
+    let merchant = client::credential_of(catalog.register_merchant(pb::RegisterMerchantRequest { request_id: "m".into(), name: "Shop".into() }).await.expect("m").into_inner()).expect("cred");
+    let mut nodes = Vec::new();
+    for i in 0..2 {
+        let cred = client::credential_of(
+            catalog.register_node_credential(pb::RegisterNodeCredentialRequest { request_id: format!("n{i}"), region: "eu".into(), slots_max: 100 }).await.expect("n").into_inner(),
+        )
+        .expect("cred");
+        let mut delivery = client::delivery(channel.clone(), cred.clone());
+        delivery.register_node(pb::RegisterNodeRequest { region: "eu".into(), slots_max: 100, endpoint: format!("http://127.0.0.1:{}", 1 + i) }).await.expect("announce");
+        nodes.push(cred.id);
+    }
+    let engine_public = gateways::keys::load_engine_public(&dir.path().join("keys")).expect("public");
+    let upload = Upload {
+        title: "Song".into(),
+        artist: "A".into(),
+        authors: vec![],
+        length_ms: 60_000,
+        price_minor: 100,
+        currency: "EUR".into(),
+        terms: client::standard_terms("o"),
+        content: vec![7; 1000],
+        preview_clip: vec![1; 10],
+        image_descriptor: String::new(),
+    };
+    let media = client::publish(&mut catalog, "p", &engine_public, upload).await.expect("publish");
+    let mut merchant_client = client::merchant(channel.clone(), merchant.clone());
+    let mut expected: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for i in 0..10 {
+        let sale = client::buy(&mut merchant_client, &format!("s{i}"), std::slice::from_ref(&media.media_id), None).await.expect("buy");
+        expected.entry(sale.node_id).or_default().push(sale.voucher_id);
+    }
+    let preview = merchant_client.preview(pb::PreviewRequest { request_id: "pv".into(), media_id: media.media_id.clone(), region: String::new() }).await.expect("preview").into_inner();
+    expected.entry(preview.node_id).or_default().push(preview.preview_id);
+    assert_eq!(expected.len(), 2, "the least-loaded allocator spreads the sales over both nodes: {expected:?}");
+
+    let check = |seen: &[(u64, String)], node: &str| {
+        let ids: Vec<&String> = seen.iter().map(|(_, id)| id).collect();
+        let want: Vec<&String> = expected[node].iter().collect();
+        assert_eq!(ids, want, "{node}'s feed holds its assignments in stream order, once each");
+    };
+    for node in &nodes {
+        check(&feed_of(&log, node, expected[node].len()).await, node);
+    }
+
+    // A restarted engine's dispatcher resumes after the last dispatched source sequence:
+    // nothing is published twice.
+    engine.shutdown().await.expect("shutdown");
+    let before = log.last_dispatched_source_seq().await.expect("resume point");
+    let engine = start_engine(dir.path(), Arc::clone(&log)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for node in &nodes {
+        check(&feed_of(&log, node, expected[node].len()).await, node);
+    }
+    assert_eq!(log.last_dispatched_source_seq().await.expect("resume point"), before);
+    engine.shutdown().await.expect("shutdown");
+
+    // The feed is a projection: delete its stream and it is rebuilt from sequence 1.
+    let client = async_nats::connect(server.url()).await.expect("nats");
+    let context = async_nats::jetstream::new(client);
+    context.delete_stream("VOUCHSAFE_NODES").await.expect("delete the feed stream");
+    let log = Arc::new(JetStreamLog::connect(&server.url(), "VOUCHSAFE").await.expect("reconnect re-creates the feed stream"));
+    assert_eq!(log.last_dispatched_source_seq().await.expect("empty feed"), engine::ids::Seq(0));
+    let engine = start_engine(dir.path(), Arc::clone(&log)).await;
+    for node in &nodes {
+        check(&feed_of(&log, node, expected[node].len()).await, node);
+    }
+    engine.shutdown().await.expect("shutdown");
+}
