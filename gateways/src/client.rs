@@ -22,6 +22,21 @@ pub const CLIENT_MESSAGE_BYTES_MAX: usize = engine::media::CONTAINER_BYTES_MAX +
 /// Connects to `url` (`http://HOST:PORT`, or https with TLS; `ca` is the PEM of the CA
 /// that signed the server's certificate when it is not a public one).
 pub async fn connect(url: &str, ca: Option<&[u8]>) -> anyhow::Result<Channel> {
+    connect_tls(url, ca, None).await
+}
+
+/// The certificate (PEM, optionally followed by its chain) and private key (PEM) a client
+/// presents to an engine that requires client certificates (mTLS).
+#[derive(Clone, Copy)]
+pub struct ClientIdentity<'a> {
+    pub cert_pem: &'a [u8],
+    pub key_pem: &'a [u8],
+}
+
+/// `connect`, presenting `identity` in the TLS handshake when given (which needs https).
+/// A client certificate proves only the connection's origin: the credential is still
+/// presented on every call.
+pub async fn connect_tls(url: &str, ca: Option<&[u8]>, identity: Option<ClientIdentity<'_>>) -> anyhow::Result<Channel> {
     let mut endpoint = Endpoint::from_shared(url.to_string()).with_context(|| format!("{url:?} is not a gRPC URL such as http://127.0.0.1:50051"))?;
     endpoint = endpoint.connect_timeout(std::time::Duration::from_secs(5)).tcp_nodelay(true);
     if url.starts_with("https://") {
@@ -29,9 +44,37 @@ pub async fn connect(url: &str, ca: Option<&[u8]>) -> anyhow::Result<Channel> {
         if let Some(ca) = ca {
             tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(ca));
         }
+        if let Some(identity) = identity {
+            tls = tls.identity(tonic::transport::Identity::from_pem(identity.cert_pem, identity.key_pem));
+        }
         endpoint = endpoint.tls_config(tls).context("TLS client configuration")?;
+    } else if identity.is_some() {
+        anyhow::bail!("a client certificate needs an https:// URL, not {url:?}");
     }
     endpoint.connect().await.with_context(|| format!("cannot connect to the engine at {url}"))
+}
+
+/// Asks the engine's health service (open to every caller) whether it serves, so that a
+/// connection the server refuses fails here rather than on the first command: with TLS 1.3
+/// the server checks a client certificate only after the client's side of the handshake
+/// is done, and a plain-text client only learns it spoke to a TLS port when it reads.
+pub async fn check_serving(channel: Channel, url: &str) -> anyhow::Result<()> {
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let Err(status) = health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await else { return Ok(()) };
+    // The status's message is often just "transport error"; the cause (a TLS alert such as
+    // CertificateRequired) is in its sources.
+    let mut why = format!("{:?}: {}", status.code(), status.message());
+    let mut source = std::error::Error::source(&status);
+    while let Some(cause) = source {
+        why = format!("{why}: {cause}");
+        source = cause.source();
+    }
+    let hint = if url.starts_with("https://") {
+        "check that --ca names the CA of the engine's certificate, and pass --client-cert and --client-key when the engine requires client certificates"
+    } else {
+        "if the engine serves TLS, connect with https:// (and --ca for a private CA)"
+    };
+    anyhow::bail!("the engine at {url} did not answer ({why}); {hint}")
 }
 
 fn authed(channel: Channel, credential: Credential) -> Authed {

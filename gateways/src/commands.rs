@@ -19,12 +19,32 @@ pub struct ConnectArgs {
     /// PEM of the CA that signed the engine's TLS certificate (for https with a private CA).
     #[arg(long, global = true)]
     pub ca: Option<PathBuf>,
+    /// PEM certificate to present to an engine that requires client certificates (mTLS).
+    #[arg(long, global = true, requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of --client-cert.
+    #[arg(long, global = true, requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
+}
+
+fn read_pem(what: &str, path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read {what} file {}", path.display()))
 }
 
 impl ConnectArgs {
     pub async fn channel(&self) -> anyhow::Result<tonic::transport::Channel> {
-        let ca = self.ca.as_ref().map(|path| std::fs::read(path).with_context(|| format!("cannot read CA file {}", path.display()))).transpose()?;
-        client::connect(&self.connect, ca.as_deref()).await
+        let ca = self.ca.as_ref().map(|path| read_pem("CA", path)).transpose()?;
+        let cert_pem = self.client_cert.as_ref().map(|path| read_pem("client certificate", path)).transpose()?;
+        let key_pem = self.client_key.as_ref().map(|path| read_pem("client key", path)).transpose()?;
+        let identity = match (&cert_pem, &key_pem) {
+            (Some(cert_pem), Some(key_pem)) => Some(client::ClientIdentity { cert_pem, key_pem }),
+            (None, None) => None,
+            _ => anyhow::bail!("--client-cert and --client-key go together"),
+        };
+        let channel = client::connect_tls(&self.connect, ca.as_deref(), identity).await?;
+        // A handshake the engine refuses is a connection failure (exit 2), not a refusal.
+        client::check_serving(channel.clone(), &self.connect).await?;
+        Ok(channel)
     }
 }
 

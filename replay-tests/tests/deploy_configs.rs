@@ -1,5 +1,7 @@
 //! The NATS configurations shipped in deploy/ are valid for the nats-server the tests use
-//! and keep the durability the design requires (fsync before every acknowledgement).
+//! and keep the durability the design requires (fsync before every acknowledgement); the
+//! engine's example config (deploy/engine.toml) and the TLS example in deploy/README.md
+//! are valid `serve --config` files, and the example sets every key there is.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -38,4 +40,98 @@ fn negative_control_a_broken_config_is_caught() {
     std::fs::write(&broken, "jetstream {\n  sync_interval: sometimes\n}\n").expect("write");
     let output = Command::new(&binary).arg("-c").arg(&broken).arg("-t").output().expect("run nats-server -t");
     assert!(!output.status.success(), "nats-server accepted a broken config");
+}
+
+fn deploy_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+}
+
+#[test]
+fn the_engine_example_config_parses_and_sets_every_key() {
+    let path = deploy_dir().join("engine.toml");
+    let config = gateways::serve::load_file(&path).unwrap_or_else(|e| panic!("{e:#}"));
+    // No `..`: a new key in `FileConfig` fails to compile here until the example has it.
+    let gateways::serve::FileConfig {
+        listen,
+        metrics_listen,
+        data_dir,
+        keys,
+        nats_url,
+        stream,
+        log_format,
+        access_ttl_ms,
+        sweep_interval_ms,
+        seal_interval_ms,
+        seal_entries_min,
+        request_bytes_max,
+        upload_bytes_max,
+        requests_in_flight_max,
+        tls,
+    } = config;
+    let set = [
+        ("listen", listen.is_some()),
+        ("metrics_listen", metrics_listen.is_some()),
+        ("data_dir", data_dir.is_some()),
+        ("keys", keys.is_some()),
+        ("nats_url", nats_url.is_some()),
+        ("stream", stream.is_some()),
+        ("log_format", log_format.is_some()),
+        ("access_ttl_ms", access_ttl_ms.is_some()),
+        ("sweep_interval_ms", sweep_interval_ms.is_some()),
+        ("seal_interval_ms", seal_interval_ms.is_some()),
+        ("seal_entries_min", seal_entries_min.is_some()),
+        ("request_bytes_max", request_bytes_max.is_some()),
+        ("upload_bytes_max", upload_bytes_max.is_some()),
+        ("requests_in_flight_max", requests_in_flight_max.is_some()),
+        ("tls", tls.is_some()),
+    ];
+    for (key, present) in set {
+        assert!(present, "deploy/engine.toml does not set {key}");
+    }
+    let tls = tls.expect("checked above");
+    assert!(tls.client_ca.is_some(), "deploy/engine.toml shows mTLS (tls.client_ca)");
+    // The values pass the same checks `serve` applies at start (ranges, log format).
+    let settings = gateways::serve::settings(&gateways::serve::ServeArgs { config: Some(path), ..Default::default() }).unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(settings.engine.tls.is_some());
+}
+
+/// The ```toml blocks of deploy/README.md.
+fn readme_toml_blocks() -> Vec<String> {
+    let readme = std::fs::read_to_string(deploy_dir().join("README.md")).expect("deploy/README.md");
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in readme.lines() {
+        match (&mut current, line.trim_end()) {
+            (None, "```toml") => current = Some(String::new()),
+            (Some(block), "```") => {
+                blocks.push(std::mem::take(block));
+                current = None;
+            }
+            (Some(block), _) => {
+                block.push_str(line);
+                block.push('\n');
+            }
+            (None, _) => {}
+        }
+    }
+    blocks
+}
+
+#[test]
+fn the_tls_example_in_the_deploy_readme_is_a_valid_serve_config() {
+    let blocks = readme_toml_blocks();
+    assert!(!blocks.is_empty(), "deploy/README.md shows a serve config");
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (index, block) in blocks.iter().enumerate() {
+        let path = dir.path().join(format!("readme-{index}.toml"));
+        std::fs::write(&path, block).expect("write");
+        let config = gateways::serve::load_file(&path).unwrap_or_else(|e| panic!("deploy/README.md block {index}: {e:#}\n{block}"));
+        let tls = config.tls.unwrap_or_else(|| panic!("deploy/README.md block {index} has no [tls] section:\n{block}"));
+        assert!(tls.client_ca.is_some(), "the README's example shows mTLS");
+    }
+    // Negative control: a misspelt key in the same example is refused.
+    let misspelt = dir.path().join("misspelt.toml");
+    std::fs::write(&misspelt, blocks[0].replace("client_ca", "client_cert_authority")).expect("write");
+    let error = gateways::serve::load_file(&misspelt).expect_err("an unknown key is refused");
+    assert!(format!("{error:#}").contains("client_cert_authority"), "{error:#}");
 }
