@@ -485,6 +485,9 @@ struct Shared {
     node_id: String,
     access_key: SecretKey,
     engine: EngineClient,
+    /// What RegisterNode announced, sent again when a restarted engine no longer knows
+    /// this node (its health registry is in memory).
+    announcement: RegisterNodeRequest,
     clock: Arc<dyn Clock>,
     assignments: Mutex<Assignments>,
     /// Woken whenever the feed records an assignment (previews wait on it).
@@ -862,6 +865,13 @@ async fn heartbeat_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>
         let mut engine = shared.engine.clone();
         match tokio::time::timeout(Duration::from_millis(HEARTBEAT_TIMEOUT_MS), engine.heartbeat(request)).await {
             Ok(Ok(_)) => debug!(node_id = %shared.node_id, slots_in_use = stats.slots_in_use, "heartbeat"),
+            Ok(Err(status)) if status.code() == tonic::Code::FailedPrecondition => {
+                // The engine restarted and forgot this node: announce it again.
+                match engine.register_node(shared.announcement.clone()).await {
+                    Ok(_) => info!(node_id = %shared.node_id, "announced again to a restarted engine"),
+                    Err(status) => warn!(node_id = %shared.node_id, code = ?status.code(), message = status.message(), "announcing again failed; retrying at the next interval"),
+                }
+            }
             Ok(Err(status)) => warn!(node_id = %shared.node_id, code = ?status.code(), message = status.message(), "heartbeat failed; retrying at the next interval"),
             Err(_) => warn!(node_id = %shared.node_id, timeout_ms = HEARTBEAT_TIMEOUT_MS, "heartbeat timed out; retrying at the next interval"),
         }
@@ -1058,6 +1068,7 @@ pub async fn start_with_clock(args: NodeArgs, clock: Arc<dyn Clock>) -> anyhow::
         node_id,
         access_key,
         engine,
+        announcement: RegisterNodeRequest { region: args.region.clone(), slots_max: args.slots_max, endpoint: endpoint.clone() },
         clock,
         assignments: Mutex::new(Assignments::new(
             NonZeroUsize::new(ASSIGNMENTS_MAX).expect("ASSIGNMENTS_MAX is not zero"),
