@@ -20,7 +20,8 @@ pub type AuditClient = pb::audit_service_client::AuditServiceClient<Authed>;
 pub const CLIENT_MESSAGE_BYTES_MAX: usize = engine::media::CONTAINER_BYTES_MAX + 2 * 1024 * 1024;
 
 /// Connects to `url` (`http://HOST:PORT`, or https with TLS; `ca` is the PEM of the CA
-/// that signed the server's certificate when it is not a public one).
+/// that signed the server's certificate: tonic is built without a system root store, so
+/// https needs it even for a public CA).
 pub async fn connect(url: &str, ca: Option<&[u8]>) -> anyhow::Result<Channel> {
     connect_tls(url, ca, None).await
 }

@@ -79,9 +79,11 @@ impl Outcome {
 }
 
 fn refused(status: tonic::Status) -> anyhow::Result<Outcome> {
-    // A transport failure is an environment problem (exit 2), not a refusal.
-    if status.code() == tonic::Code::Unavailable && status.message().contains("transport") {
-        anyhow::bail!("cannot reach the engine: {}", status.message());
+    // A transport failure is an environment problem (exit 2), not a refusal. The engine's
+    // own refusals carry no error source; tonic attaches the transport error (connection
+    // refused, reset, h2 protocol error) as the source of the statuses it makes up.
+    if std::error::Error::source(&status).is_some() || (status.code() == tonic::Code::Unavailable && status.message().contains("transport")) {
+        anyhow::bail!("cannot reach the engine: {:?}: {}", status.code(), status.message());
     }
     Ok(Outcome::Refused(status))
 }
