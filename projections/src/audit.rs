@@ -6,7 +6,7 @@
 //! the pinned seal. It reports the first bad position and the totals.
 
 use crate::royalty_log::{Dimension, SealFault, TotalsLine};
-use crate::{Finding, Projections};
+use crate::Projections;
 use engine::crypto::{RsaPublic, SecretKey};
 use engine::domain::report::Report;
 use engine::ids::Seq;
@@ -131,11 +131,7 @@ pub async fn replay_full(
 fn apply_batch(projections: &mut Projections, batch: &[engine::log::StoredEvent]) -> Result<(), FirstBad> {
     for stored in batch {
         if let Err(finding) = projections.apply(stored) {
-            let seq = match &finding {
-                Finding::Gap { expected, .. } => expected.0,
-                Finding::Undecodable { seq, .. } | Finding::WrongSubject { seq, .. } => seq.0,
-            };
-            return Err(FirstBad { seq, entry: None, reason: finding.to_string() });
+            return Err(FirstBad { seq: finding.seq().0, entry: None, reason: finding.to_string() });
         }
     }
     Ok(())

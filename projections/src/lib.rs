@@ -2,15 +2,18 @@
 //! stream order, a digest of their state, and a live runner that follows the log.
 //!
 //! Here: voucher state (`vouchers`), delivery allocation (`allocation`), the royalty log
-//! with totals and seal checks (`royalty_log`, over the chain in `royalty`), and the
+//! with totals and seal checks (`royalty_log`, over the chain in `royalty`), the balances
+//! of the double-entry settlement and of the points accounts (`balances`), and the
 //! durable projection store with its checkpoints in sled (`store`), which `Live::open`
 //! runs on: batches of applied events are committed with their checkpoint, and a restart
-//! resumes at `checkpoint + 1`.
+//! resumes at `checkpoint + 1` (`Live::open_checked` first checks that the log it resumes
+//! on is the stream the store was built from).
 //! What is deliberately not here: decisions. A projection advises (the allocator's
 //! choice); the decision and its inputs are recorded in events by the engine.
 
 pub mod allocation;
 pub mod audit;
+pub mod balances;
 pub mod export;
 pub mod royalty;
 pub mod royalty_log;
@@ -38,6 +41,20 @@ pub enum Finding {
     Undecodable { seq: Seq, reason: String },
     #[error("event at sequence {seq} was stored on subject {subject}, but belongs to {expected}")]
     WrongSubject { seq: Seq, subject: String, expected: String },
+    /// The event's settlement postings do not balance, or would overflow a balance: the
+    /// engine never writes such an event. Nothing of it was applied.
+    #[error("event at sequence {seq} breaks the settlement ledger: {error}")]
+    Ledger { seq: Seq, error: balances::BalanceError },
+}
+
+impl Finding {
+    /// The sequence of the event that is wrong (for a gap: the one that is missing).
+    pub fn seq(&self) -> Seq {
+        match self {
+            Finding::Gap { expected, .. } => *expected,
+            Finding::Undecodable { seq, .. } | Finding::WrongSubject { seq, .. } | Finding::Ledger { seq, .. } => *seq,
+        }
+    }
 }
 
 /// Every projection, applied in stream order.
@@ -61,10 +78,16 @@ pub struct Projections {
     pub events: u64,
     /// The running hash over every applied event (`stream_link`).
     pub stream_head: [u8; 32],
+    /// The running hash before the last applied event, so that `stream_head` can be
+    /// recomputed from the event at `last_seq` alone: `stream_link(before, event)`. The
+    /// projection store checks a log with it (`Live::open_checked`). `None` when unknown
+    /// (nothing applied yet, or loaded from a checkpoint that did not record it).
+    pub(crate) stream_head_before: Option<[u8; 32]>,
     stream_heads: std::collections::VecDeque<(u64, [u8; 32])>,
     pub vouchers: vouchers::VoucherBook,
     pub allocation: allocation::Allocation,
     pub royalty: royalty_log::RoyaltyLog,
+    pub balances: balances::Balances,
     /// The projections note what they change, for a projection store (`store::load`).
     tracked: bool,
 }
@@ -82,6 +105,7 @@ impl Projections {
         self.vouchers.track_changes();
         self.allocation.track_changes();
         self.royalty.track_changes();
+        self.balances.track_changes();
     }
 
     /// The seal of the royalty entries not sealed yet, unsigned, when at least
@@ -128,6 +152,16 @@ impl Projections {
         if subject != stored.subject {
             return Err(Finding::WrongSubject { seq: stored.seq, subject: stored.subject.clone(), expected: subject });
         }
+        // The only projection that can refuse an event goes first: a refused event leaves
+        // every projection as it was.
+        let currency = match &recorded.event {
+            engine::domain::event::Event::Authorized { voucher_id, .. } | engine::domain::event::Event::Voided { voucher_id, .. } => {
+                self.royalty.sales.get(voucher_id).map_or("", |sale| sale.currency.as_str())
+            }
+            _ => "",
+        };
+        self.balances.apply(&recorded.event, currency).map_err(|error| Finding::Ledger { seq: stored.seq, error })?;
+        self.stream_head_before = Some(self.stream_head);
         self.stream_head = stream_link(&self.stream_head, stored);
         self.stream_heads.push_back((stored.seq.0, self.stream_head));
         if self.stream_heads.len() > STREAM_HEADS_MAX {
@@ -155,7 +189,8 @@ impl Projections {
     /// blake3 over a canonical encoding of every projection's state: the same for the same
     /// stream whatever the backend and however the events were batched.
     pub fn digest(&self) -> [u8; 32] {
-        let mut hasher = blake3::Hasher::new_derive_key("vouchsafe 2026 state digest v1");
+        // v2: with the balances.
+        let mut hasher = blake3::Hasher::new_derive_key("vouchsafe 2026 state digest v2");
         let mut field = |bytes: &[u8]| {
             hasher.update(&(bytes.len() as u64).to_le_bytes());
             hasher.update(bytes);
@@ -185,6 +220,7 @@ impl Projections {
             field(&[u8::from(node.active)]);
         }
         self.royalty.digest_into(&mut field);
+        self.balances.digest_into(&mut field);
         *hasher.finalize().as_bytes()
     }
 }

@@ -11,8 +11,9 @@
 //! Layout, all in sled's default tree (integers big-endian, so key order is index order):
 //! - `@format`      → `FORMAT_MARKER`;
 //! - `@checkpoint`  → `blake3(body) ‖ body`, body = JSON `CheckpointRecord`: last applied
-//!   sequence, event count, stream head, usage and seal counters, whether the royalty chain
-//!   was computed from sequence 1, and the content digest of every state key;
+//!   sequence, event count, stream head and the stream head before the last event (which
+//!   identify the stream, below), usage and seal counters, whether the royalty chain was
+//!   computed from sequence 1, and the content digest of every state key;
 //! - state keys, one per row, each a 3-byte prefix and the row's id:
 //!   `vr/` voucher → row, `vh/` hold (JSON tuple) → empty, `an/` node → slots,
 //!   `av/` voucher → node holding its slot, `ap/` preview → node, `ar/` released voucher,
@@ -20,7 +21,13 @@
 //!   `re/` index → chained royalty entry with its source sequence and usage digest,
 //!   `rt/` dimension byte ‖ key → totals line, `rl/` index → seal, `rf/` index → seal fault,
 //!   `sh/` sequence → stream head at that sequence (only since the last seal: a seal names
-//!   a stream position whose head it must match).
+//!   a stream position whose head it must match),
+//!   `bl/` JSON (currency, kind code, name) → ledger balance, `bp/` account → points
+//!   balance and held.
+//!
+//! Format 2 added the balances and the stream head before the last event; a store of
+//! format 1 fails the marker check at open and is quarantined and rebuilt (its rows would
+//! read as a state without balances, which is not what its checkpoint describes).
 //!
 //! Commit: the state keys a batch of events changed (the projections' `Touched` sets; the
 //! tails of the append-only entries, seals, faults and stream heads) and the checkpoint
@@ -47,11 +54,24 @@
 //! master key a loaded store computes totals and says the chain needs `A_0`, as an
 //! in-memory projection does.
 //!
+//! Which stream: the checkpoint names its last event only through hashes, so the store
+//! itself cannot tell whether the log it is run against is the one it was built from.
+//! `stream_link(stream_head_before, event at last_seq)` must give `stream_head`: the log's
+//! event at the checkpoint is byte for byte the one applied last. `Live::open_checked`
+//! reads that one event and quarantines the store when the log lacks it or has another
+//! (another `--stream`, another NATS server, a re-created log). One event, so O(1) at
+//! every start; the limit is that a log equal at `last_seq` but different before it would
+//! pass (an event's bytes hold its event id, aggregate version and engine time, so two
+//! logs agree on one only when both were written by the same commands at the same clock).
+//! A checkpoint without `stream_head_before` (none is written since format 2; only a
+//! hand-edited store lacks it) cannot be checked, and is quarantined and rebuilt too.
+//!
 //! Not persisted: tentative allocation holds (ephemeral advice of one process), the
 //! engine's public key (the caller passes it, as in memory), and the voucher indexes by
 //! merchant and by expiry (a function of the rows, rebuilt at load).
 
 use crate::allocation::{Allocation, NodeSlots};
+use crate::balances::{Balances, LedgerAccount, PointsBalance};
 use crate::royalty::{Chain, ChainedEntry};
 use crate::royalty_log::{Dimension, MediaInfo, RoyaltyLog, Sale, SealFault, TotalsLine, EPOCH};
 use crate::vouchers::{Hold, VoucherBook, VoucherRow};
@@ -66,7 +86,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 /// The value of `@format`; a new layout gets a new marker (and old stores are rebuilt).
-pub const FORMAT_MARKER: &[u8] = b"vouchsafe-projection-store/1";
+pub const FORMAT_MARKER: &[u8] = b"vouchsafe-projection-store/2";
 /// sled's page cache, in bytes: the state is also held in memory, so sled's cache only
 /// serves the commit's reads of old values.
 const CACHE_BYTES_MAX: u64 = 64 * 1024 * 1024;
@@ -99,6 +119,8 @@ const TOTALS_PREFIX: &[u8; PREFIX_BYTES] = b"rt/";
 const SEAL_PREFIX: &[u8; PREFIX_BYTES] = b"rl/";
 const FAULT_PREFIX: &[u8; PREFIX_BYTES] = b"rf/";
 const STREAM_HEAD_PREFIX: &[u8; PREFIX_BYTES] = b"sh/";
+const LEDGER_PREFIX: &[u8; PREFIX_BYTES] = b"bl/";
+const POINTS_PREFIX: &[u8; PREFIX_BYTES] = b"bp/";
 
 const CHECKPOINT_CHECK_BYTES: usize = 32;
 const CHECKPOINT_CHECK_CONTEXT: &str = "vouchsafe 2026 projection store checkpoint v1";
@@ -162,6 +184,10 @@ pub struct Checkpoint {
     pub events: u64,
     /// The running hash over every applied event (`stream_link`).
     pub stream_head: [u8; 32],
+    /// The running hash before the last applied event: `stream_link(stream_head_before,
+    /// event at last_seq) == stream_head` for the stream this store was built from.
+    /// `None` for an empty store, or a checkpoint that did not record it.
+    pub stream_head_before: Option<[u8; 32]>,
     /// The XOR of `blake3(key ‖ value)` over every state pair (module docs).
     pub content_digest: [u8; 32],
 }
@@ -243,6 +269,9 @@ struct CheckpointRecord {
     events: u64,
     #[serde(with = "hex_array")]
     stream_head: [u8; 32],
+    /// Absent from a checkpoint that did not record it: then the stream cannot be checked.
+    #[serde(default, with = "hex_option")]
+    stream_head_before: Option<[u8; 32]>,
     usages: u64,
     seals_verified: u64,
     /// Every event so far was applied with the royalty chain (the master key was given
@@ -254,11 +283,26 @@ struct CheckpointRecord {
 
 impl CheckpointRecord {
     fn empty() -> Self {
-        CheckpointRecord { last_seq: 0, events: 0, stream_head: [0; 32], usages: 0, seals_verified: 0, chain_complete: true, content_digest: [0; 32] }
+        CheckpointRecord {
+            last_seq: 0,
+            events: 0,
+            stream_head: [0; 32],
+            stream_head_before: None,
+            usages: 0,
+            seals_verified: 0,
+            chain_complete: true,
+            content_digest: [0; 32],
+        }
     }
 
     fn checkpoint(&self) -> Checkpoint {
-        Checkpoint { last_seq: Seq(self.last_seq), events: self.events, stream_head: self.stream_head, content_digest: self.content_digest }
+        Checkpoint {
+            last_seq: Seq(self.last_seq),
+            events: self.events,
+            stream_head: self.stream_head,
+            stream_head_before: self.stream_head_before,
+            content_digest: self.content_digest,
+        }
     }
 }
 
@@ -338,6 +382,17 @@ struct SealRecord {
 }
 
 #[derive(Serialize, Deserialize)]
+struct LedgerRecord {
+    balance_minor: i128,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PointsRecord {
+    balance: i128,
+    held: i128,
+}
+
+#[derive(Serialize, Deserialize)]
 struct FaultRecord {
     seq: u64,
     first_entry: u64,
@@ -392,6 +447,11 @@ fn hold_key(hold: &Hold) -> Result<Vec<u8>, String> {
     let (expires_at, account, voucher) = hold;
     let id = serde_json::to_vec(&(expires_at.0, &account.0, &voucher.0)).map_err(|e| e.to_string())?;
     Ok(key(HOLD_PREFIX, &id))
+}
+
+fn ledger_key(account: &LedgerAccount) -> Result<Vec<u8>, String> {
+    let id = serde_json::to_vec(&(&account.currency, crate::balances::kind_code(account.kind), &account.name)).map_err(|e| e.to_string())?;
+    Ok(key(LEDGER_PREFIX, &id))
 }
 
 fn totals_key(dimension: Dimension, name: &str) -> Vec<u8> {
@@ -450,6 +510,10 @@ fn seal_value(seal: &RightsReportSealed) -> Result<Vec<u8>, CommitError> {
         last_stream_seq: seal.last_stream_seq,
         stream_head: seal.stream_head,
     })
+}
+
+fn points_value(points: &PointsBalance) -> Result<Vec<u8>, CommitError> {
+    json(&PointsRecord { balance: points.balance, held: points.held })
 }
 
 fn fault_value(fault: &SealFault) -> Result<Vec<u8>, CommitError> {
@@ -540,6 +604,8 @@ fn read_state(db: &sled::Db) -> Result<Stored, String> {
     let mut seals = BTreeMap::new();
     let mut faults = BTreeMap::new();
     let mut heads: BTreeMap<u64, [u8; 32]> = BTreeMap::new();
+    let mut ledger = BTreeMap::new();
+    let mut points = BTreeMap::new();
 
     for pair in db.iter() {
         let (key, value) = pair.map_err(|e| e.to_string())?;
@@ -648,6 +714,18 @@ fn read_state(db: &sled::Db) -> Result<Stored, String> {
                 let head: [u8; 32] = value.as_ref().try_into().map_err(|_| format!("the stream head at {seq} is not 32 bytes"))?;
                 heads.insert(seq, head);
             }
+            p if p == LEDGER_PREFIX => {
+                let (currency, code, name): (String, u8, String) = decode_json(id, "ledger account", "key")?;
+                let kind = crate::balances::kind_of_code(code).ok_or("a ledger account key has an unknown kind")?;
+                let account = LedgerAccount::new(currency, kind, name);
+                let record: LedgerRecord = decode_json(&value, "ledger account", &account.to_string())?;
+                ledger.insert(account, record.balance_minor);
+            }
+            p if p == POINTS_PREFIX => {
+                let id = utf8(id, "points account")?;
+                let record: PointsRecord = decode_json(&value, "points account", &id)?;
+                points.insert(AccountId(id), PointsBalance { balance: record.balance, held: record.held });
+            }
             _ => return Err(format!("unknown key {:?}", String::from_utf8_lossy(&key))),
         }
     }
@@ -670,6 +748,10 @@ fn read_state(db: &sled::Db) -> Result<Stored, String> {
     };
     if !heads_ok {
         return Err("the stored stream heads do not end at the checkpoint".into());
+    }
+    let balances = Balances::from_parts(ledger, points);
+    if balances.sum() != Some(0) {
+        return Err("the stored settlement ledger does not sum to zero".into());
     }
     let entries_len = entries.len() as u64;
     if entries_len > record.usages || (record.chain_complete && entries_len != record.usages) {
@@ -696,10 +778,12 @@ fn read_state(db: &sled::Db) -> Result<Stored, String> {
         last_seq: Seq(record.last_seq),
         events: record.events,
         stream_head: record.stream_head,
+        stream_head_before: record.stream_head_before,
         stream_heads,
         vouchers: VoucherBook::from_parts(vouchers, holds),
         allocation: Allocation::from_parts(nodes, slot_vouchers, slot_previews, released),
         royalty,
+        balances,
         tracked: false,
     };
     Ok(Stored { projections, record })
@@ -762,6 +846,8 @@ enum Change {
     Fault(u64, SealFault),
     StreamHead(u64, [u8; 32]),
     StreamHeadGone(u64),
+    Ledger(LedgerAccount, Option<i128>),
+    Points(AccountId, Option<PointsBalance>),
 }
 
 impl Change {
@@ -790,6 +876,11 @@ impl Change {
             Change::Fault(index, fault) => Write::Append { key: index_key(FAULT_PREFIX, index), value: fault_value(&fault)? },
             Change::StreamHead(seq, head) => Write::Append { key: index_key(STREAM_HEAD_PREFIX, seq), value: head.to_vec() },
             Change::StreamHeadGone(seq) => Write::Remove { key: index_key(STREAM_HEAD_PREFIX, seq) },
+            Change::Ledger(account, balance) => {
+                let value = balance.map(|balance_minor| json(&LedgerRecord { balance_minor })).transpose()?;
+                put_or_remove(ledger_key(&account).map_err(CommitError::Storage)?, value)
+            }
+            Change::Points(id, points) => put_or_remove(key(POINTS_PREFIX, id.0.as_bytes()), points.as_ref().map(points_value).transpose()?),
         })
     }
 }
@@ -978,6 +1069,16 @@ impl ProjectionStore {
             changes.push(Change::Totals(key, line));
         }
 
+        let balances = &mut projections.balances;
+        for account in balances.touched_ledger.take() {
+            let balance = balances.ledger.get(&account).copied();
+            changes.push(Change::Ledger(account, balance));
+        }
+        for id in balances.touched_points.take() {
+            let points = balances.points.get(&id).copied();
+            changes.push(Change::Points(id, points));
+        }
+
         // The append-only parts: their tails.
         let entries = royalty.entries.len() as u64;
         let stored_entries = usize::try_from(writer.entries).unwrap_or(usize::MAX);
@@ -1019,6 +1120,7 @@ impl ProjectionStore {
             last_seq: projections.last_seq.0,
             events: projections.events,
             stream_head: projections.stream_head,
+            stream_head_before: projections.stream_head_before,
             usages: royalty.usages,
             seals_verified: royalty.seals_verified,
             chain_complete: writer.record.chain_complete && royalty.chained(),
@@ -1182,6 +1284,23 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
+mod hex_option {
+    pub fn serialize<S: serde::Serializer>(bytes: &Option<[u8; 32]>, serializer: S) -> Result<S::Ok, S::Error> {
+        match bytes {
+            Some(bytes) => serializer.serialize_some(&hex::encode(bytes)),
+            None => serializer.serialize_none(),
+        }
+    }
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<[u8; 32]>, D::Error> {
+        let text: Option<String> = serde::Deserialize::deserialize(deserializer)?;
+        text.map(|text| {
+            let mut bytes = [0u8; 32];
+            hex::decode_to_slice(text, &mut bytes).map_err(serde::de::Error::custom).map(|()| bytes)
+        })
+        .transpose()
+    }
+}
+
 mod hex_array {
     pub fn serialize<S: serde::Serializer>(bytes: &[u8; 32], serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(&hex::encode(bytes))
@@ -1221,9 +1340,16 @@ mod tests {
     }
 
     /// One of every kind of stored row: a scripted stream through the whole lifecycle, with
-    /// points holds, a drained node, a preview and a signed seal.
+    /// points holds, settlement postings (points and merchant-paid, one refunded), a
+    /// drained node, a preview and a signed seal.
     fn script() -> Vec<Event> {
+        use engine::domain::event::LedgerAccountKind;
+        use engine::domain::settlement::{settle, Payer, SaleLine};
         let voucher = |n: u32| VoucherId::new(format!("v{n}"));
+        let split = RoyaltyTerms { retailer_bps: 3000, distributor_bps: 2000, owner_bps: 5000, distributor: "d".into(), owner: "o".into(), rights_agent: "agent".into() };
+        let postings = |kind: LedgerAccountKind, payer: &str, merchant: &str| {
+            settle(&Payer { kind, account: payer.into() }, merchant, &[SaleLine { price_minor: 250, terms: &split }])
+        };
         let node = NodeId::new("n1");
         let media = MediaId::new("md1");
         let reserved = |n: u32, account: Option<&str>| Event::Reserved {
@@ -1267,15 +1393,16 @@ mod tests {
                 engine_key_id: String::new(),
                 wrapped_media_key: vec![],
             }),
+            Event::PointsCredited { account_id: AccountId::new("a1"), amount: 1_000, reason: "top-up".into() },
             Event::PointsHeld { account_id: AccountId::new("a1"), voucher_id: voucher(1), amount: 250, expires_at: Millis(5) },
             reserved(1, Some("a1")),
             reserved(2, None),
             reserved(3, None),
             Event::PointsHeld { account_id: AccountId::new("a1"), voucher_id: voucher(4), amount: 250, expires_at: Millis(6) },
-            Event::Authorized { voucher_id: voucher(1), receipt_key_id: 1, receipt_generation: 1, postings: vec![] },
+            Event::Authorized { voucher_id: voucher(1), receipt_key_id: 1, receipt_generation: 1, postings: postings(LedgerAccountKind::ConsumerPoints, "a1", "m1") },
             Event::HoldPosted { account_id: AccountId::new("a1"), voucher_id: voucher(1), amount: 250 },
             Event::VoucherIssued { voucher_id: voucher(1), node_id: node.clone(), merchant_id: MerchantId::new("m1"), media_ids: vec![media.clone()], rendition: "high".into(), access_expires_at: Millis(9) },
-            Event::Authorized { voucher_id: voucher(2), receipt_key_id: 1, receipt_generation: 1, postings: vec![] },
+            Event::Authorized { voucher_id: voucher(2), receipt_key_id: 1, receipt_generation: 1, postings: postings(LedgerAccountKind::MerchantClearing, "m0", "m0") },
             Event::VoucherIssued { voucher_id: voucher(2), node_id: node.clone(), merchant_id: MerchantId::new("m0"), media_ids: vec![media.clone()], rendition: "high".into(), access_expires_at: Millis(9) },
             delivered(1),
             Event::PreviewStarted { preview_id: PreviewId::new("p1"), media_id: media.clone(), node_id: NodeId::new("n2"), merchant_id: MerchantId::new("m0"), clip_ms: 10 },
@@ -1283,6 +1410,13 @@ mod tests {
             Event::PreviewEnded { preview_id: PreviewId::new("p1"), played_ms: 7, media_id: media.clone(), node_id: NodeId::new("n2") },
             Event::NodeDrained { node_id: NodeId::new("n2") },
             Event::Voided { voucher_id: voucher(3), reason: engine::domain::event::VoidReason::TimedOut, reversal: vec![] },
+            reserved(5, None),
+            Event::Authorized { voucher_id: voucher(5), receipt_key_id: 1, receipt_generation: 1, postings: postings(LedgerAccountKind::MerchantClearing, "m1", "m1") },
+            Event::Voided {
+                voucher_id: voucher(5),
+                reason: engine::domain::event::VoidReason::Refunded,
+                reversal: engine::domain::voucher::reverse(&postings(LedgerAccountKind::MerchantClearing, "m1", "m1")),
+            },
         ]
     }
 
@@ -1320,6 +1454,8 @@ mod tests {
         assert_eq!(loaded.stream_heads, memory.stream_heads);
         assert_eq!(loaded.vouchers, memory.vouchers);
         assert_eq!(loaded.allocation, memory.allocation);
+        assert_eq!(loaded.balances, memory.balances);
+        assert_eq!(loaded.stream_head_before, memory.stream_head_before);
         let (l, m) = (&loaded.royalty, &memory.royalty);
         assert_eq!(l.catalog, m.catalog);
         assert_eq!(l.sales, m.sales);
@@ -1350,6 +1486,8 @@ mod tests {
             assert_identical(&projections, &memory);
         }
         assert_eq!(memory.royalty.seals_verified, 1);
+        assert_eq!(memory.balances.sum(), Some(0));
+        assert!(memory.balances.ledger.len() >= 6 && !memory.balances.points.is_empty(), "ledger and points rows: {:?}", memory.balances);
         assert!(memory.vouchers.holds.len() == 1 && memory.allocation.released.len() == 1, "a hold and a released slot remain");
         let (store, outcome) = ProjectionStore::open(dir.path()).expect("reopen");
         assert_eq!(outcome, OpenOutcome::Resumed { checkpoint: memory.last_seq });
@@ -1406,6 +1544,59 @@ mod tests {
         assert!(matches!(counts, OpenOutcome::Quarantined { .. }), "{counts:?}");
         let usages = reopen_with_checkpoint(|record| record.usages += 1);
         assert!(matches!(&usages, OpenOutcome::Quarantined { reason, .. } if reason.contains("usages")), "{usages:?}");
+    }
+
+    #[test]
+    fn a_stored_ledger_that_does_not_sum_to_zero_is_quarantined() {
+        // Rewrites one ledger row and the checkpoint's content digest to match, so that
+        // only the ledger check can see it; unchanged (`delta` 0) it is the negative control.
+        let reopen_with_ledger_delta = |delta: i128| {
+            let dir = tempfile::tempdir().expect("temporary directory");
+            // A store below the temporary directory, so that its quarantine stays in it.
+            let path = dir.path().join("store");
+            {
+                let (store, _) = ProjectionStore::open(&path).expect("open");
+                let mut projections = store.load(None, None).expect("load");
+                apply_all(&mut projections, script(), false);
+                store.commit(&mut projections).expect("commit");
+                let (key, old) = store.db.scan_prefix(LEDGER_PREFIX).next().expect("a ledger row").expect("read");
+                let mut record: LedgerRecord = serde_json::from_slice(&old).expect("decode");
+                record.balance_minor += delta;
+                let new = serde_json::to_vec(&record).expect("encode");
+                let mut checkpoint = decode_checkpoint(&store.db.get(CHECKPOINT_KEY).expect("get").expect("checkpoint")).expect("decode");
+                xor_into(&mut checkpoint.content_digest, &pair_hash(&key, &old));
+                xor_into(&mut checkpoint.content_digest, &pair_hash(&key, &new));
+                store.db.insert(&key, new).expect("insert");
+                store.db.insert(CHECKPOINT_KEY, encode_checkpoint(&checkpoint).expect("encode")).expect("insert");
+                store.db.flush().expect("flush");
+            }
+            let (_store, outcome) = ProjectionStore::open(&path).expect("reopen");
+            outcome
+        };
+        assert!(matches!(reopen_with_ledger_delta(0), OpenOutcome::Resumed { .. }));
+        let outcome = reopen_with_ledger_delta(1);
+        assert!(matches!(&outcome, OpenOutcome::Quarantined { reason, .. } if reason.contains("does not sum to zero")), "{outcome:?}");
+    }
+
+    #[test]
+    fn a_store_of_format_1_is_quarantined_and_rebuilt() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let path = dir.path().join("store");
+        {
+            let (store, _) = ProjectionStore::open(&path).expect("open");
+            let mut projections = store.load(None, None).expect("load");
+            apply_all(&mut projections, script(), false);
+            store.commit(&mut projections).expect("commit");
+            // What a format-1 store was: no balance rows, the old marker.
+            for key in store.db.scan_prefix(LEDGER_PREFIX).keys().chain(store.db.scan_prefix(POINTS_PREFIX).keys()).collect::<Vec<_>>() {
+                store.db.remove(key.expect("key")).expect("remove");
+            }
+            store.db.insert(FORMAT_KEY, &b"vouchsafe-projection-store/1"[..]).expect("insert");
+            store.db.flush().expect("flush");
+        }
+        let (store, outcome) = ProjectionStore::open(&path).expect("reopen");
+        assert!(matches!(&outcome, OpenOutcome::Quarantined { reason, .. } if reason.contains("format marker")), "{outcome:?}");
+        assert_eq!(store.checkpoint().last_seq, Seq(0), "rebuilt from sequence 1");
     }
 
     #[test]

@@ -34,6 +34,7 @@ fn assert_same(resumed: &Projections, clean: &Projections, what: &str) {
     assert_eq!((resumed.last_seq, resumed.events, resumed.stream_head), (clean.last_seq, clean.events, clean.stream_head), "{what}: checkpoint");
     assert_eq!(resumed.vouchers, clean.vouchers, "{what}: voucher book (rows, indexes, holds)");
     assert_eq!(resumed.allocation, clean.allocation, "{what}: allocation");
+    assert_eq!(resumed.balances, clean.balances, "{what}: balances");
     let (r, c) = (&resumed.royalty, &clean.royalty);
     assert_eq!(r.entries, c.entries, "{what}: royalty entries");
     assert_eq!(r.source_seqs, c.source_seqs, "{what}: entry sources");
@@ -54,6 +55,7 @@ async fn resume_after_reopen_equals_a_clean_rebuild() {
     let clean = rebuild(&events, keyed());
     assert!(clean.royalty.seals.len() >= 3 && clean.royalty.seals_verified == clean.royalty.seals.len() as u64, "the stream carries verified seals");
     assert!(!clean.vouchers.holds.is_empty() && clean.royalty.entries.len() > 300, "the stream exercises holds and the royalty log");
+    assert!(clean.balances.ledger.len() >= 8 && clean.balances.points.len() == 4 && clean.balances.sum() == Some(0), "the stream exercises the balances: {:?}", clean.balances);
     for split in [1, 9, 1_000, 2_345, STREAM_EVENTS - 1] {
         let dir = tempfile::tempdir().expect("temporary directory");
         let store = dir.path().join("projections");

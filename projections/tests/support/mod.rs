@@ -1,7 +1,7 @@
 //! Shared by the projection store tests: a deterministic generated event stream that
-//! exercises every projection (vouchers through their whole lifecycle, points holds,
-//! nodes and slots, previews, multi-item deliveries, month changes, and seals signed with
-//! the test engine key), an in-memory `EventLog` over a fixed list of events, and a file
+//! exercises every projection (vouchers through their whole lifecycle, points top-ups,
+//! holds and refunds, settlement postings and their reversals, nodes and slots, previews,
+//! multi-item deliveries, month changes, and seals signed with the test engine key), an in-memory `EventLog` over a fixed list of events, and a file
 //! format for handing a stream to a child process.
 //!
 //! The stream is built with the public API only: `engine::wire::encode` of `Recorded`
@@ -10,7 +10,8 @@
 
 use bytes::Bytes;
 use engine::crypto::{test_keys, RsaPublic, SecretKey};
-use engine::domain::event::{Event, MediaPublished, Payment, PreviewClip, ReservedItem, RoyaltyTerms, VoidReason};
+use engine::domain::event::{Event, LedgerAccountKind, MediaPublished, Payment, Posting, PreviewClip, ReservedItem, RoyaltyTerms, VoidReason};
+use engine::domain::settlement::{settle, Payer, SaleLine};
 use engine::domain::{Actor, Recorded};
 use engine::ids::*;
 use engine::log::{AppendError, AppendRequest, Appended, EventLog, ReadError, StoredEvent, VersionConflict};
@@ -72,9 +73,19 @@ impl Rng {
 struct Sale {
     merchant: MerchantId,
     items: Vec<MediaId>,
+    prices: Vec<u64>,
     account: Option<AccountId>,
     node: Option<NodeId>,
     delivered: usize,
+    /// The settlement of the authorization (reversed by a refund).
+    postings: Vec<Posting>,
+    /// The points hold was posted (a refund credits the points back).
+    posted: bool,
+}
+
+/// Every generated media's split.
+fn terms(index: u64) -> RoyaltyTerms {
+    RoyaltyTerms { retailer_bps: 3000, distributor_bps: 2000, owner_bps: 5000, distributor: "dist".into(), owner: "label".into(), rights_agent: format!("agent{}", index % 2) }
 }
 
 /// Builds the stream event by event.
@@ -161,7 +172,7 @@ impl Generator {
                 length_ms: 180_000 + index,
                 price_minor: 100 + 50 * index,
                 currency: "EUR".into(),
-                terms: RoyaltyTerms { retailer_bps: 3000, distributor_bps: 2000, owner_bps: 5000, distributor: "dist".into(), owner: "label".into(), rights_agent: format!("agent{}", index % 2) },
+                terms: terms(index),
                 renditions: vec![],
                 preview: PreviewClip { start_ms: 0, duration_ms: 30_000 },
                 image_descriptor: format!("cover{index}.jpg"),
@@ -171,6 +182,14 @@ impl Generator {
             }));
             self.media.push(media_id);
         }
+        for index in 0..4 {
+            self.top_up(AccountId::new(format!("acct{index}")));
+        }
+    }
+
+    fn top_up(&mut self, account_id: AccountId) {
+        let amount = 1_000 + self.rng.below(100_000);
+        self.push(Event::PointsCredited { account_id, amount, reason: "top-up".into() });
     }
 
     fn step(&mut self) {
@@ -202,6 +221,10 @@ impl Generator {
                 }
                 self.nodes.push(node_id);
             }
+            96 => {
+                let account_id = AccountId::new(format!("acct{}", self.rng.below(4)));
+                self.top_up(account_id);
+            }
             _ => self.push(Event::ConfigChanged { key: "noise".into(), value: self.now_ms.to_string() }),
         }
         if self.usages_since_seal >= self.seal_every_usages {
@@ -215,9 +238,11 @@ impl Generator {
         let count = 1 + self.rng.below(2) as usize;
         let items: Vec<MediaId> = (0..count).map(|_| self.any_media()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
         let expires_at = Millis(self.now_ms + 600_000);
+        let prices: Vec<u64> = (0..items.len() as u64).map(|index| 99 + index).collect();
+        let price_minor: u64 = prices.iter().sum();
         let account = self.rng.chance(30).then(|| AccountId::new(format!("acct{}", self.rng.below(4))));
         if let Some(account_id) = &account {
-            self.push(Event::PointsHeld { account_id: account_id.clone(), voucher_id: voucher_id.clone(), amount: 100, expires_at });
+            self.push(Event::PointsHeld { account_id: account_id.clone(), voucher_id: voucher_id.clone(), amount: price_minor, expires_at });
         }
         let payment = match &account {
             Some(account) => Payment::Points { account: account.clone() },
@@ -226,27 +251,37 @@ impl Generator {
         self.push(Event::Reserved {
             voucher_id: voucher_id.clone(),
             merchant_id: merchant.clone(),
-            items: items.iter().enumerate().map(|(index, media_id)| ReservedItem { media_id: media_id.clone(), price_minor: 99 + index as u64 }).collect(),
+            items: items.iter().zip(&prices).map(|(media_id, price_minor)| ReservedItem { media_id: media_id.clone(), price_minor: *price_minor }).collect(),
             rendition: "high".into(),
-            price_minor: 199,
+            price_minor,
             currency: "EUR".into(),
             expires_at,
             payment,
             token_key_id: 1,
             auth_generation: 1,
         });
-        self.sales.insert(voucher_id.clone(), Sale { merchant, items, account, node: None, delivered: 0 });
+        self.sales.insert(voucher_id.clone(), Sale { merchant, items, prices, account, node: None, delivered: 0, postings: vec![], posted: false });
         self.pending.push(voucher_id);
     }
 
     fn authorize(&mut self) {
         let index = self.pick(self.pending.len());
         let voucher_id = Self::take(&mut self.pending, index);
-        self.push(Event::Authorized { voucher_id: voucher_id.clone(), receipt_key_id: 1, receipt_generation: 1, postings: vec![] });
-        if let Some(account_id) = self.sales[&voucher_id].account.clone() {
+        let sale = self.sales.get_mut(&voucher_id).expect("sale of a pending voucher");
+        let payer = match &sale.account {
+            Some(account) => Payer { kind: LedgerAccountKind::ConsumerPoints, account: account.0.clone() },
+            None => Payer { kind: LedgerAccountKind::MerchantClearing, account: sale.merchant.0.clone() },
+        };
+        let split = terms(0);
+        let lines: Vec<SaleLine<'_>> = sale.prices.iter().map(|&price_minor| SaleLine { price_minor, terms: &split }).collect();
+        sale.postings = settle(&payer, &sale.merchant.0, &lines);
+        let (postings, account, amount) = (sale.postings.clone(), sale.account.clone(), sale.prices.iter().sum());
+        self.push(Event::Authorized { voucher_id: voucher_id.clone(), receipt_key_id: 1, receipt_generation: 1, postings });
+        if let Some(account_id) = account {
             // Now and then the posting is "lost" (an interrupted saga): the hold stays.
             if self.rng.chance(80) {
-                self.push(Event::HoldPosted { account_id, voucher_id: voucher_id.clone(), amount: 100 });
+                self.push(Event::HoldPosted { account_id, voucher_id: voucher_id.clone(), amount });
+                self.sales.get_mut(&voucher_id).expect("sale").posted = true;
             }
         }
         self.authorized.push(voucher_id);
@@ -258,14 +293,20 @@ impl Generator {
         let reason = if self.rng.chance(50) { VoidReason::TimedOut } else { VoidReason::Refunded };
         self.push(Event::Voided { voucher_id: voucher_id.clone(), reason, reversal: vec![] });
         if let Some(account_id) = self.sales[&voucher_id].account.clone() {
-            self.push(Event::HoldReleased { account_id, voucher_id, amount: 100, reason });
+            let amount = self.sales[&voucher_id].prices.iter().sum();
+            self.push(Event::HoldReleased { account_id, voucher_id, amount, reason });
         }
     }
 
     fn refund(&mut self) {
         let index = self.pick(self.authorized.len());
         let voucher_id = Self::take(&mut self.authorized, index);
-        self.push(Event::Voided { voucher_id, reason: VoidReason::Refunded, reversal: vec![] });
+        let sale = self.sales[&voucher_id].clone();
+        self.push(Event::Voided { voucher_id: voucher_id.clone(), reason: VoidReason::Refunded, reversal: engine::domain::voucher::reverse(&sale.postings) });
+        if let (Some(account_id), true) = (sale.account, sale.posted) {
+            let amount = sale.prices.iter().sum();
+            self.push(Event::PointsCredited { account_id, amount, reason: format!("refund {voucher_id}") });
+        }
     }
 
     fn issue(&mut self) {
