@@ -268,6 +268,9 @@ impl Live {
     /// without it the chain says it needs `A_0`, as in memory. Blocking: it reads and
     /// checks the whole store (about 0.3 s for the state of 100k events), so call it at
     /// start-up or on the blocking pool.
+    ///
+    /// It does not know which log `run` will follow: a store resumed against another
+    /// stream would go on as if it were the same one. `open_checked` checks the log first.
     pub fn open(dir: &Path, master: Option<&SecretKey>, engine_key: Option<RsaPublic>) -> Result<(Live, OpenOutcome), StoreError> {
         let (store, outcome) = ProjectionStore::open(dir)?;
         let storage = |reason: String| StoreError::Storage { path: dir.to_path_buf(), reason };
@@ -281,17 +284,52 @@ impl Live {
                 (store, outcome, projections)
             }
         };
+        Ok((Self::from_store(store, projections), outcome))
+    }
+
+    /// `open`, then a check that `log` is the stream the store was built from: the log's
+    /// event at the checkpoint's sequence must be the one applied last, byte for byte
+    /// (`stream_link(checkpoint.stream_head_before, event) == checkpoint.stream_head`; one
+    /// read, whatever the length of the stream). When the log has no event there (it is
+    /// shorter: another stream, or one re-created since) or another one, or the checkpoint
+    /// cannot be checked (it does not record the stream head before its last event), the
+    /// store is quarantined (moved aside, never deleted) and a new one rebuilds from
+    /// sequence 1: `OpenOutcome::Quarantined`, whose reason starts with `STREAM_MISMATCH`.
+    /// What one event cannot see: a log equal at the checkpoint but different before it
+    /// (`store` module docs). The store is opened and checked on the blocking pool.
+    pub async fn open_checked(dir: &Path, master: Option<&SecretKey>, engine_key: Option<RsaPublic>, log: &dyn EventLog) -> Result<(Live, OpenOutcome), StoreError> {
+        let task_failed = |error: tokio::task::JoinError| StoreError::Storage { path: dir.to_path_buf(), reason: format!("the open task failed: {error}") };
+        let (path, key, public) = (dir.to_path_buf(), master.cloned(), engine_key.clone());
+        let (live, outcome) = tokio::task::spawn_blocking(move || Self::open(&path, key.as_ref(), public)).await.map_err(task_failed)??;
+        let store = live.store.as_ref().map(|store| store.checkpoint());
+        let Some(checkpoint) = store else { return Ok((live, outcome)) };
+        let Some(mismatch) = stream_mismatch(&checkpoint, log).await.map_err(|reason| StoreError::Log { path: dir.to_path_buf(), reason })? else {
+            return Ok((live, outcome));
+        };
+        let Live { store, .. } = live;
+        let store = store.and_then(|store| Arc::into_inner(store)).ok_or_else(|| StoreError::Storage { path: dir.to_path_buf(), reason: "the store is still shared".into() })?;
+        let (path, key) = (dir.to_path_buf(), master.cloned());
+        tokio::task::spawn_blocking(move || {
+            let (store, outcome) = store.quarantine(&mismatch)?;
+            let projections = store.load(key.as_ref(), engine_key).map_err(|e| StoreError::Storage { path, reason: e.to_string() })?;
+            Ok((Self::from_store(store, projections), outcome))
+        })
+        .await
+        .map_err(task_failed)?
+    }
+
+    /// A `Live` on a store and the projections loaded from it.
+    fn from_store(store: ProjectionStore, projections: Projections) -> Live {
         let last_seq = projections.last_seq;
         let (applied, _) = tokio::sync::watch::channel(last_seq);
         let (committed, _) = tokio::sync::watch::channel(last_seq);
-        let live = Live {
+        Live {
             inner: Arc::new(Mutex::new(projections)),
             applied: Arc::new(applied),
             store: Some(Arc::new(store)),
             committed: Arc::new(committed),
             batch_events_max: BATCH_EVENTS_MAX,
-        };
-        Ok((live, outcome))
+        }
     }
 
     /// The same projections, committing at most `events_max` (≥ 1) events per batch
@@ -469,6 +507,38 @@ impl Allocator for Live {
 
     fn cancel(&self, holder: &str) {
         self.inner.lock().expect("projection lock is never poisoned: apply does not panic").allocation.cancel(holder);
+    }
+}
+
+/// The start of the quarantine reason `Live::open_checked` gives when the log is not the
+/// stream the store was built from (or the store cannot tell).
+pub const STREAM_MISMATCH: &str = "not the stream this projection store was built from";
+
+/// Why `log` is not the stream a store at `checkpoint` was built from (`None`: it is), or
+/// the log's read error.
+async fn stream_mismatch(checkpoint: &store::Checkpoint, log: &dyn EventLog) -> Result<Option<String>, String> {
+    let last_seq = checkpoint.last_seq;
+    if last_seq == Seq(0) {
+        return Ok(None);
+    }
+    let Some(before) = checkpoint.stream_head_before else {
+        return Ok(Some(format!(
+            "{STREAM_MISMATCH}, as far as it can tell: the checkpoint at sequence {last_seq} does not record the stream head before its last event, so the log cannot be checked against it"
+        )));
+    };
+    let read = log.read_from(last_seq, 1).await.map_err(|e| e.to_string())?;
+    match read.first() {
+        Some(event) if event.seq == last_seq => {
+            if stream_link(&before, event) == checkpoint.stream_head {
+                Ok(None)
+            } else {
+                Ok(Some(format!("{STREAM_MISMATCH}: the log's event at sequence {last_seq} is not the one the store applied there")))
+            }
+        }
+        _ => {
+            let log_last = log.last_seq().await.map_err(|e| e.to_string())?;
+            Ok(Some(format!("{STREAM_MISMATCH}: the log ends at sequence {log_last}, before the store's checkpoint at {last_seq} (another stream, or the log was re-created)")))
+        }
     }
 }
 

@@ -228,6 +228,8 @@ pub enum StoreError {
     Storage { path: PathBuf, reason: String },
     #[error("the royalty master key does not match the royalty chain in the projection store at {path} ({reason}); pass the key the chain was written with, or move the store away to rebuild it")]
     MasterKeyMismatch { path: PathBuf, reason: String },
+    #[error("cannot read the event log to check that it is the stream the projection store at {path} was built from ({reason}); make the log reachable and start again")]
+    Log { path: PathBuf, reason: String },
 }
 
 /// Why `load` cannot hand out the stored state as asked.
