@@ -307,7 +307,7 @@ impl Live {
             return Ok((live, outcome));
         };
         let Live { store, .. } = live;
-        let store = store.and_then(|store| Arc::into_inner(store)).ok_or_else(|| StoreError::Storage { path: dir.to_path_buf(), reason: "the store is still shared".into() })?;
+        let store = store.and_then(Arc::into_inner).ok_or_else(|| StoreError::Storage { path: dir.to_path_buf(), reason: "the store is still shared".into() })?;
         let (path, key) = (dir.to_path_buf(), master.cloned());
         tokio::task::spawn_blocking(move || {
             let (store, outcome) = store.quarantine(&mismatch)?;
