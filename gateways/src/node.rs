@@ -880,15 +880,35 @@ async fn heartbeat_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>
 
 async fn feed_loop(shared: Arc<Shared>, checkpoint: PathBuf, mut shutdown: watch::Receiver<bool>) {
     let mut backoff_ms = FEED_BACKOFF_MIN_MS;
+    let mut resubscribing = false;
     loop {
         let after_seq = shared.assignments.lock().expect("the assignments lock is never poisoned").last_seq();
         let mut engine = shared.engine.clone();
+        if resubscribing {
+            // The feed broke: the engine may have restarted and forgotten this node.
+            // Announce again now rather than at the next heartbeat, so sales resume at once.
+            let announced = tokio::select! {
+                () = stopped(&mut shutdown) => return,
+                announced = engine.register_node(shared.announcement.clone()) => announced,
+            };
+            if let Err(status) = announced {
+                warn!(node_id = %shared.node_id, code = ?status.code(), message = status.message(), backoff_ms, "cannot announce to the engine; retrying");
+                tokio::select! {
+                    () = stopped(&mut shutdown) => return,
+                    () = tokio::time::sleep(Duration::from_millis(backoff_ms)) => {}
+                }
+                backoff_ms = (backoff_ms * 2).min(FEED_BACKOFF_MAX_MS);
+                continue;
+            }
+        }
+        resubscribing = true;
         let subscribed = tokio::select! {
             () = stopped(&mut shutdown) => return,
             subscribed = engine.subscribe_assignments(SubscribeAssignmentsRequest { after_seq }) => subscribed,
         };
         match subscribed {
             Ok(response) => {
+                backoff_ms = FEED_BACKOFF_MIN_MS;
                 debug!(node_id = %shared.node_id, after_seq, "following the assignment feed");
                 let mut stream = response.into_inner();
                 loop {

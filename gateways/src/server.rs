@@ -141,6 +141,17 @@ impl NodeRegistry {
         self.lock().get(node).map(|n| n.endpoint.clone()).unwrap_or_default()
     }
 
+    /// The endpoint of a node that announced itself to this engine; Unavailable for one
+    /// that has not (yet): a retried IssueVoucher or Preview after an engine restart names a
+    /// node the new engine has not heard from, and an empty endpoint is of no use to a player.
+    pub fn endpoint_of_announced(&self, node: &NodeId) -> Result<String, Status> {
+        let endpoint = self.endpoint(node);
+        if endpoint.is_empty() {
+            return Err(Status::unavailable(format!("delivery node {node} has not announced itself to this engine yet; retry with the same request id shortly")));
+        }
+        Ok(endpoint)
+    }
+
     /// Announced, with a heartbeat no older than the stale limit.
     pub fn healthy(&self, node: &NodeId) -> bool {
         let now = self.clock.now().0;
@@ -560,7 +571,7 @@ impl pb::merchant_service_server::MerchantService for Api {
             let answer = self.market().issue(&merchant, &request_id, &voucher, region(&message.region), self.engine.config.access_ttl_ms).await.map_err(fail)?;
             Ok(pb::IssueVoucherResponse {
                 voucher_id: answer.voucher_id.0,
-                node_endpoint: self.engine.nodes.endpoint(&answer.node_id),
+                node_endpoint: self.engine.nodes.endpoint_of_announced(&answer.node_id)?,
                 node_id: answer.node_id.0,
                 access_token: answer.access_token.to_vec(),
                 access_expires_at_ms: answer.access_expires_at.0,
@@ -577,7 +588,7 @@ impl pb::merchant_service_server::MerchantService for Api {
             let request_id = request_id(&message.request_id)?;
             let media = id("media_id", &message.media_id, MediaId)?;
             let (preview, node) = self.market().preview(&merchant, &request_id, &media, region(&message.region)).await.map_err(fail)?;
-            Ok(pb::PreviewResponse { preview_id: preview.0, node_endpoint: self.engine.nodes.endpoint(&node), node_id: node.0 })
+            Ok(pb::PreviewResponse { preview_id: preview.0, node_endpoint: self.engine.nodes.endpoint_of_announced(&node)?, node_id: node.0 })
         }
         .await;
         self.answer(result)
