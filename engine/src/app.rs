@@ -343,6 +343,13 @@ impl Market {
         Ok(())
     }
 
+    /// Removes a delivery node for good: it gets no new work and can no longer redeem.
+    pub async fn remove_node(&self, operator: &str, request: &RequestId, node: &NodeId) -> Result<(), AppError> {
+        crate::domain::validate::id("node_id", &node.0)?;
+        self.handler.handle::<Node>(&node.0, &actor(ActorKind::Operator, operator), request, &NodeCommand::Remove).await?;
+        Ok(())
+    }
+
     pub async fn set_config(&self, operator: &str, request: &RequestId, key: &str, value: &str) -> Result<(), AppError> {
         let command = ConfigCommand::Set { key: key.to_string(), value: value.to_string() };
         self.handler.handle::<Config>("engine", &actor(ActorKind::Operator, operator), request, &command).await?;

@@ -51,6 +51,7 @@ enum Service {
     Delivery,
     Catalog,
     Audit,
+    Admin,
     /// Health checking and reflection: open to anyone.
     Open,
 }
@@ -62,6 +63,7 @@ fn service_of(path: &str) -> Option<Service> {
         "vouchsafe.v1.DeliveryService" => Some(Service::Delivery),
         "vouchsafe.v1.CatalogService" => Some(Service::Catalog),
         "vouchsafe.v1.AuditService" => Some(Service::Audit),
+        "vouchsafe.v1.AdminService" => Some(Service::Admin),
         "grpc.health.v1.Health" | "grpc.reflection.v1.ServerReflection" | "grpc.reflection.v1alpha.ServerReflection" => Some(Service::Open),
         _ => None,
     }
@@ -72,9 +74,9 @@ fn allowed(service: Service, identity: &Identity) -> bool {
         (Service::Open, _) => true,
         (Service::Merchant, Identity::Merchant(_)) => true,
         (Service::Delivery, Identity::Node(_)) => true,
-        (Service::Catalog, Identity::Operator(_)) => true,
+        (Service::Catalog | Service::Admin, Identity::Operator(_)) => true,
         (Service::Audit, Identity::Auditor(_) | Identity::Operator(_)) => true,
-        (Service::Merchant | Service::Delivery | Service::Catalog | Service::Audit, _) => false,
+        (Service::Merchant | Service::Delivery | Service::Catalog | Service::Audit | Service::Admin, _) => false,
     }
 }
 
@@ -266,6 +268,7 @@ mod tests {
             (Service::Delivery, [false, false, true, false]),
             (Service::Catalog, [true, false, false, false]),
             (Service::Audit, [true, false, false, true]),
+            (Service::Admin, [true, false, false, false]),
             (Service::Open, [true, true, true, true]),
         ];
         for (service, allowed_roles) in expected {

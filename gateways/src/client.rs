@@ -15,6 +15,7 @@ pub type CatalogClient = pb::catalog_service_client::CatalogServiceClient<Authed
 pub type MerchantClient = pb::merchant_service_client::MerchantServiceClient<Authed>;
 pub type DeliveryClient = pb::delivery_service_client::DeliveryServiceClient<Authed>;
 pub type AuditClient = pb::audit_service_client::AuditServiceClient<Authed>;
+pub type AdminClient = pb::admin_service_client::AdminServiceClient<Authed>;
 
 /// Largest message a client accepts or sends (a media container plus framing).
 pub const CLIENT_MESSAGE_BYTES_MAX: usize = engine::media::CONTAINER_BYTES_MAX + 2 * 1024 * 1024;
@@ -98,6 +99,10 @@ pub fn delivery(channel: Channel, credential: Credential) -> DeliveryClient {
 
 pub fn audit(channel: Channel, credential: Credential) -> AuditClient {
     pb::audit_service_client::AuditServiceClient::new(authed(channel, credential))
+}
+
+pub fn admin(channel: Channel, credential: Credential) -> AdminClient {
+    pb::admin_service_client::AdminServiceClient::new(authed(channel, credential))
 }
 
 /// A credential from a CredentialResponse.

@@ -25,6 +25,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// A merchant client: reserve, authorize, void, issue, buy, preview, get.
     Merchant(commands::MerchantArgs),
+    /// Operator administration: stats, config get|set, node drain|remove.
+    Admin(commands::AdminArgs),
     /// A delivery node agent: registers, follows its feed, serves media to players.
     Node(commands::NodeCliArgs),
     /// The reference consumer: passport, redeem, download, decrypt, verify.
@@ -183,6 +185,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let json = args.json;
             let runtime = tokio::runtime::Runtime::new()?;
             Ok(runtime.block_on(commands::merchant(args))?.report(json))
+        }
+        Command::Admin(args) => {
+            let json = args.json;
+            let runtime = tokio::runtime::Runtime::new()?;
+            Ok(runtime.block_on(commands::admin(args))?.report(json))
         }
         Command::Node(args) => {
             let runtime = tokio::runtime::Runtime::new()?;

@@ -31,6 +31,10 @@ pub struct Metrics {
     pub projection_lag: Gauge,
     pub slots_in_use: Family<NodeLabel, Gauge>,
     pub slots_max: Family<NodeLabel, Gauge>,
+    pub node_cache_items: Family<NodeLabel, Gauge>,
+    pub node_cache_accesses: Family<NodeLabel, Gauge>,
+    pub node_cache_misses: Family<NodeLabel, Gauge>,
+    pub events_per_second: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub vouchers_issued: Gauge,
     pub royalty_entries: Gauge,
     pub uptime_seconds: Gauge,
@@ -57,13 +61,36 @@ impl Metrics {
         registry.register("node_slots_in_use", "delivery slots in use per node", slots_in_use.clone());
         let slots_max = Family::<NodeLabel, Gauge>::default();
         registry.register("node_slots_max", "delivery slots per node", slots_max.clone());
+        let node_cache_items = Family::<NodeLabel, Gauge>::default();
+        registry.register("node_cache_items", "media parts in each node's cache (from its heartbeat)", node_cache_items.clone());
+        let node_cache_accesses = Family::<NodeLabel, Gauge>::default();
+        registry.register("node_cache_accesses", "media cache accesses per node (from its heartbeat)", node_cache_accesses.clone());
+        let node_cache_misses = Family::<NodeLabel, Gauge>::default();
+        registry.register("node_cache_misses", "media cache misses per node (from its heartbeat)", node_cache_misses.clone());
+        let events_per_second = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register("events_per_second", "events appended per second over the last minute", events_per_second.clone());
         let vouchers_issued = Gauge::default();
         registry.register("vouchers_issued", "vouchers issued to a node (issued, redeeming or delivered)", vouchers_issued.clone());
         let royalty_entries = Gauge::default();
         registry.register("royalty_entries", "entries in the royalty log", royalty_entries.clone());
         let uptime_seconds = Gauge::default();
         registry.register("uptime_seconds", "seconds since the engine started", uptime_seconds.clone());
-        Self { registry, rejections, requests_ok, stream_last_seq, projection_lag, slots_in_use, slots_max, vouchers_issued, royalty_entries, uptime_seconds }
+        Self {
+            registry,
+            rejections,
+            requests_ok,
+            stream_last_seq,
+            projection_lag,
+            slots_in_use,
+            slots_max,
+            node_cache_items,
+            node_cache_accesses,
+            node_cache_misses,
+            events_per_second,
+            vouchers_issued,
+            royalty_entries,
+            uptime_seconds,
+        }
     }
 
     pub fn count_code(&self, code: tonic::Code) {

@@ -48,6 +48,10 @@ const ENDPOINT_CHARS_MAX: usize = 256;
 /// Full replays (AuditService Replay and VerifyChain) running at once; more are refused
 /// with ResourceExhausted (each reads and re-verifies the whole stream).
 pub const REPLAYS_IN_FLIGHT_MAX: usize = 2;
+/// The id of the engine's configuration aggregate (`Market::set_config` writes it).
+const CONFIG_AGGREGATE: &str = "engine";
+/// How often the sealer checks whether a seal is due.
+const SEAL_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 /// Longest wait between dispatcher restarts after a failure.
 const DISPATCH_BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// Replay progress is reported every this many events.
@@ -107,12 +111,13 @@ pub struct NodeLive {
 pub struct NodeRegistry {
     nodes: Mutex<HashMap<NodeId, NodeLive>>,
     clock: Arc<dyn Clock>,
-    stale_ms: u64,
+    /// `node.heartbeat_timeout_ms` once the operator set it, else `HEARTBEAT_STALE_MS`.
+    stale_ms: std::sync::atomic::AtomicU64,
 }
 
 impl NodeRegistry {
     pub fn new(clock: Arc<dyn Clock>, stale_ms: u64) -> Self {
-        Self { nodes: Mutex::new(HashMap::new()), clock, stale_ms }
+        Self { nodes: Mutex::new(HashMap::new()), clock, stale_ms: std::sync::atomic::AtomicU64::new(stale_ms) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, NodeLive>> {
@@ -155,7 +160,8 @@ impl NodeRegistry {
     /// Announced, with a heartbeat no older than the stale limit.
     pub fn healthy(&self, node: &NodeId) -> bool {
         let now = self.clock.now().0;
-        self.lock().get(node).is_some_and(|live| now.saturating_sub(live.last_heartbeat_ms) <= self.stale_ms as i64)
+        let stale_ms = self.stale_ms.load(std::sync::atomic::Ordering::Relaxed) as i64;
+        self.lock().get(node).is_some_and(|live| now.saturating_sub(live.last_heartbeat_ms) <= stale_ms)
     }
 
     pub fn snapshot(&self) -> Vec<(NodeId, NodeLive)> {
@@ -181,6 +187,33 @@ impl engine::app::Allocator for HealthyAllocator {
     }
 }
 
+/// Events appended per second over the last minute, from (time, stream head) samples.
+#[derive(Default)]
+pub struct RateMeter {
+    samples: Mutex<std::collections::VecDeque<(Instant, u64)>>,
+}
+
+/// Samples kept by the rate meter (one per second: a minute).
+const RATE_SAMPLES_MAX: usize = 60;
+
+impl RateMeter {
+    pub fn record(&self, at: Instant, head: u64) {
+        let mut samples = self.samples.lock().expect("rate meter lock is never poisoned");
+        samples.push_back((at, head));
+        while samples.len() > RATE_SAMPLES_MAX {
+            samples.pop_front();
+        }
+    }
+
+    pub fn per_second(&self) -> f64 {
+        let samples = self.samples.lock().expect("rate meter lock is never poisoned");
+        match (samples.front(), samples.back()) {
+            (Some((t0, h0)), Some((t1, h1))) if t1 > t0 => h1.saturating_sub(*h0) as f64 / t1.duration_since(*t0).as_secs_f64(),
+            _ => 0.0,
+        }
+    }
+}
+
 /// The engine's shared state.
 pub struct Engine {
     pub market: Arc<Market>,
@@ -189,6 +222,7 @@ pub struct Engine {
     pub metrics: Arc<Metrics>,
     pub media: MediaStore,
     pub nodes: Arc<NodeRegistry>,
+    pub rate: RateMeter,
     /// Bounds the full replays running at once (`REPLAYS_IN_FLIGHT_MAX`).
     replays: Arc<tokio::sync::Semaphore>,
     /// Serializes PublishMedia (rare) so its bytes and its event stay consistent.
@@ -217,12 +251,38 @@ impl Engine {
             self.metrics.slots_in_use.get_or_create(&label).set(i64::from(in_use));
             self.metrics.slots_max.get_or_create(&label).set(i64::from(max));
         }
+        for (node, live) in self.nodes.snapshot() {
+            let label = NodeLabel { node: node.0 };
+            self.metrics.node_cache_items.get_or_create(&label).set(live.cache_items as i64);
+            self.metrics.node_cache_accesses.get_or_create(&label).set(live.cache_accesses as i64);
+            self.metrics.node_cache_misses.get_or_create(&label).set(live.cache_misses as i64);
+        }
+        self.metrics.events_per_second.set(self.rate.per_second());
         self.metrics.vouchers_issued.set(issued as i64);
         self.metrics.royalty_entries.set(entries as i64);
     }
 
     pub fn uptime(&self) -> Duration {
         self.started.elapsed()
+    }
+
+    /// A configuration value the operator set with `admin config set` (a ConfigChanged
+    /// event), or `None` while it is unset (the serve setting applies).
+    pub async fn configured(&self, key: &str) -> Option<u64> {
+        match self.market.handler().load::<engine::domain::config::Config>(CONFIG_AGGREGATE).await {
+            Ok(root) => root.state.values.get(key).copied(),
+            Err(error) => {
+                tracing::warn!(%error, key, "cannot read the configuration; using the serve setting");
+                None
+            }
+        }
+    }
+
+    /// Applies the configuration recorded on the stream to what reads it synchronously.
+    async fn apply_configuration(&self) {
+        if let Some(stale_ms) = self.configured("node.heartbeat_timeout_ms").await {
+            self.nodes.stale_ms.store(stale_ms, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 }
 
@@ -319,6 +379,7 @@ pub async fn start(config: EngineConfig, log: Arc<dyn EventLog>, listener: tokio
         metrics: Arc::clone(&metrics),
         media,
         nodes,
+        rate: RateMeter::default(),
         publishing: tokio::sync::Mutex::new(()),
         replays: Arc::new(tokio::sync::Semaphore::new(REPLAYS_IN_FLIGHT_MAX)),
         royalty_master,
@@ -337,6 +398,7 @@ pub async fn start(config: EngineConfig, log: Arc<dyn EventLog>, listener: tokio
     health.set_serving::<pb::delivery_service_server::DeliveryServiceServer<Api>>().await;
     health.set_serving::<pb::catalog_service_server::CatalogServiceServer<Api>>().await;
     health.set_serving::<pb::audit_service_server::AuditServiceServer<Api>>().await;
+    health.set_serving::<pb::admin_service_server::AdminServiceServer<Api>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -355,7 +417,8 @@ pub async fn start(config: EngineConfig, log: Arc<dyn EventLog>, listener: tokio
         .add_service(pb::merchant_service_server::MerchantServiceServer::new(api.clone()).max_decoding_message_size(decode_max))
         .add_service(pb::delivery_service_server::DeliveryServiceServer::new(api.clone()).max_decoding_message_size(decode_max))
         .add_service(pb::catalog_service_server::CatalogServiceServer::new(api.clone()).max_decoding_message_size(decode_max))
-        .add_service(pb::audit_service_server::AuditServiceServer::new(api).max_decoding_message_size(decode_max));
+        .add_service(pb::audit_service_server::AuditServiceServer::new(api.clone()).max_decoding_message_size(decode_max))
+        .add_service(pb::admin_service_server::AdminServiceServer::new(api).max_decoding_message_size(decode_max));
     let addr = listener.local_addr()?;
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let mut stop_server = shutdown.clone();
@@ -366,7 +429,8 @@ pub async fn start(config: EngineConfig, log: Arc<dyn EventLog>, listener: tokio
             })
             .await
     });
-    let background = vec![tokio::spawn(sweeper(Arc::clone(&engine))), tokio::spawn(sealer(Arc::clone(&engine)))];
+    engine.apply_configuration().await;
+    let background = vec![tokio::spawn(sweeper(Arc::clone(&engine))), tokio::spawn(sealer(Arc::clone(&engine))), tokio::spawn(rate_sampler(Arc::clone(&engine)))];
     tracing::info!(%addr, "engine serving");
     Ok(RunningEngine { addr, engine, stop, server, background, runner })
 }
@@ -397,25 +461,49 @@ async fn sweeper(engine: Arc<Engine>) {
     }
 }
 
-/// Seals the royalty log every interval when entries wait, and appends each seal to the
-/// witness file for auditors to pin.
+/// Seals the royalty log when `seal.entries_max` entries wait, or when the seal interval
+/// passed with at least `seal_entries_min` waiting (DESIGN.md: every N entries or T
+/// seconds), and appends each seal to the witness file for auditors to pin. The operator's
+/// `seal.*` configuration (events) wins over the serve settings.
 async fn sealer(engine: Arc<Engine>) {
     let mut shutdown = engine.shutdown.clone();
-    let mut tick = tokio::time::interval(engine.config.seal_interval);
-    tick.tick().await;
+    let mut last_seal = Instant::now();
     loop {
         tokio::select! {
             _ = shutdown.wait_for(|stop| *stop) => return,
-            _ = tick.tick() => {}
+            _ = tokio::time::sleep(SEAL_CHECK_INTERVAL.min(engine.config.seal_interval)) => {}
         }
-        match engine.live.seal(&engine.market, engine.config.seal_entries_min).await {
+        let interval = engine.configured("seal.interval_ms").await.map_or(engine.config.seal_interval, Duration::from_millis);
+        let entries_max = engine.configured("seal.entries_max").await.unwrap_or(u64::MAX);
+        let waiting = engine.live.read(|p| (p.royalty.entries.len() as u64).saturating_sub(p.royalty.next_seal_entry()));
+        let due = waiting >= entries_max.max(1) || (last_seal.elapsed() >= interval && waiting >= engine.config.seal_entries_min.max(1));
+        if !due {
+            continue;
+        }
+        match engine.live.seal(&engine.market, engine.config.seal_entries_min.max(1)).await {
             Ok(Some(seal)) => {
+                last_seal = Instant::now();
                 if let Err(error) = crate::audit::witness(&engine.config.data_dir, &seal) {
                     tracing::warn!(%error, "cannot write the witness file");
                 }
             }
             Ok(None) => {}
             Err(error) => tracing::warn!(%error, "sealing failed; retrying at the next interval"),
+        }
+    }
+}
+
+/// Samples the stream head every second for `events_per_s`.
+async fn rate_sampler(engine: Arc<Engine>) {
+    let mut shutdown = engine.shutdown.clone();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => return,
+            _ = tick.tick() => {}
+        }
+        if let Ok(head) = engine.log.last_seq().await {
+            engine.rate.record(Instant::now(), head.0);
         }
     }
 }
@@ -568,7 +656,8 @@ impl pb::merchant_service_server::MerchantService for Api {
             let message = request.get_ref();
             let request_id = request_id(&message.request_id)?;
             let voucher = id("voucher_id", &message.voucher_id, VoucherId)?;
-            let answer = self.market().issue(&merchant, &request_id, &voucher, region(&message.region), self.engine.config.access_ttl_ms).await.map_err(fail)?;
+            let access_ttl_ms = self.engine.configured("access.ttl_ms").await.unwrap_or(self.engine.config.access_ttl_ms);
+            let answer = self.market().issue(&merchant, &request_id, &voucher, region(&message.region), access_ttl_ms).await.map_err(fail)?;
             Ok(pb::IssueVoucherResponse {
                 voucher_id: answer.voucher_id.0,
                 node_endpoint: self.engine.nodes.endpoint_of_announced(&answer.node_id)?,
@@ -1082,5 +1171,127 @@ impl pb::audit_service_server::AuditService for Api {
                 .collect()
         });
         self.answer(Ok(pb::TotalsResponse { lines }))
+    }
+}
+
+fn config_response(config: &engine::domain::config::Config) -> pb::ConfigResponse {
+    pb::ConfigResponse {
+        entries: engine::domain::config::KEYS
+            .iter()
+            .map(|&(key, min, max, default)| pb::ConfigEntry { key: key.to_string(), value: config.values.get(key).copied().unwrap_or(default), min, max, set: config.values.contains_key(key) })
+            .collect(),
+    }
+}
+
+fn node_status_name(status: engine::domain::party::NodeStatus) -> &'static str {
+    match status {
+        engine::domain::party::NodeStatus::Unknown => "unknown",
+        engine::domain::party::NodeStatus::Active => "active",
+        engine::domain::party::NodeStatus::Drained => "drained",
+        engine::domain::party::NodeStatus::Removed => "removed",
+    }
+}
+
+impl Api {
+    /// The statistics the seed's administration module lists, and a modern operator expects.
+    pub async fn stats(&self) -> Result<pb::StatsResponse, Status> {
+        let head = self.engine.log.last_seq().await.map_err(|error| Status::unavailable(format!("cannot read the stream's head: {error}")))?;
+        let (allocation, issued, pending, delivered, entries, seals) = self.engine.live.read(|p| {
+            let allocation: Vec<(NodeId, projections::allocation::NodeSlots)> = p.allocation.nodes.iter().map(|(id, slots)| (id.clone(), slots.clone())).collect();
+            let issued = [VoucherStatus::Issued, VoucherStatus::Redeeming, VoucherStatus::Delivered].into_iter().map(|status| p.vouchers.count(status)).sum::<usize>();
+            (allocation, issued, p.vouchers.count(VoucherStatus::Pending), p.vouchers.count(VoucherStatus::Delivered), p.royalty.entries.len(), p.royalty.seals.len())
+        });
+        let live: HashMap<NodeId, NodeLive> = self.engine.nodes.snapshot().into_iter().collect();
+        let mut nodes = Vec::with_capacity(allocation.len());
+        for (node_id, slots) in allocation {
+            let status = self.market().handler().load::<engine::domain::party::Node>(&node_id.0).await.map_err(|e| fail(e.into()))?.state.status;
+            let announced = live.get(&node_id).cloned().unwrap_or_default();
+            nodes.push(pb::NodeStatsView {
+                healthy: self.engine.nodes.healthy(&node_id),
+                node_id: node_id.0,
+                streams_max: slots.slots_max,
+                streams_in_use: slots.in_use,
+                cache_items: announced.cache_items,
+                cache_accesses: announced.cache_accesses,
+                cache_misses: announced.cache_misses,
+                endpoint: announced.endpoint,
+                status: node_status_name(status).to_string(),
+                region: slots.region,
+            });
+        }
+        Ok(pb::StatsResponse {
+            uptime_s: self.engine.uptime().as_secs(),
+            vouchers_issued: issued as u64,
+            nodes,
+            projection_lag: self.engine.live.lag(head),
+            events_per_s: self.engine.rate.per_second(),
+            stream_events: head.0,
+            royalty_entries: entries as u64,
+            seals: seals as u64,
+            vouchers_pending: pending as u64,
+            vouchers_delivered: delivered as u64,
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl pb::admin_service_server::AdminService for Api {
+    async fn get_stats(&self, request: Request<pb::GetStatsRequest>) -> Result<Response<pb::StatsResponse>, Status> {
+        let result = async {
+            Self::operator(&request)?;
+            self.stats().await
+        }
+        .await;
+        self.answer(result)
+    }
+
+    async fn get_config(&self, request: Request<pb::GetConfigRequest>) -> Result<Response<pb::ConfigResponse>, Status> {
+        let result = async {
+            Self::operator(&request)?;
+            let config = self.market().handler().load::<engine::domain::config::Config>(CONFIG_AGGREGATE).await.map_err(|e| fail(e.into()))?.state;
+            Ok(config_response(&config))
+        }
+        .await;
+        self.answer(result)
+    }
+
+    async fn set_config(&self, request: Request<pb::SetConfigRequest>) -> Result<Response<pb::ConfigResponse>, Status> {
+        let result = async {
+            let operator = Self::operator(&request)?;
+            let message = request.get_ref();
+            let request_id = request_id(&message.request_id)?;
+            self.market().set_config(&operator, &request_id, &message.key, &message.value).await.map_err(fail)?;
+            self.engine.apply_configuration().await;
+            let config = self.market().handler().load::<engine::domain::config::Config>(CONFIG_AGGREGATE).await.map_err(|e| fail(e.into()))?.state;
+            Ok(config_response(&config))
+        }
+        .await;
+        self.answer(result)
+    }
+
+    async fn drain_node(&self, request: Request<pb::NodeAdminRequest>) -> Result<Response<pb::NodeAdminResponse>, Status> {
+        let result = async {
+            let operator = Self::operator(&request)?;
+            let message = request.get_ref();
+            let request_id = request_id(&message.request_id)?;
+            let node = id("node_id", &message.node_id, NodeId)?;
+            self.market().drain_node(&operator, &request_id, &node).await.map_err(fail)?;
+            Ok(pb::NodeAdminResponse { node_id: node.0, status: "drained".into() })
+        }
+        .await;
+        self.answer(result)
+    }
+
+    async fn remove_node(&self, request: Request<pb::NodeAdminRequest>) -> Result<Response<pb::NodeAdminResponse>, Status> {
+        let result = async {
+            let operator = Self::operator(&request)?;
+            let message = request.get_ref();
+            let request_id = request_id(&message.request_id)?;
+            let node = id("node_id", &message.node_id, NodeId)?;
+            self.market().remove_node(&operator, &request_id, &node).await.map_err(fail)?;
+            Ok(pb::NodeAdminResponse { node_id: node.0, status: "removed".into() })
+        }
+        .await;
+        self.answer(result)
     }
 }

@@ -106,6 +106,35 @@ fn serve_node_publish_buy_fetch_then_demo_connect_and_sigterm() {
     assert_eq!(code, 1, "{again}");
     assert_eq!(again["refused"], "FailedPrecondition");
 
+    // The operator's administration.
+    let (code, stats) = json(vouchsafe().args(["admin", "stats", "--connect", &url, "--keys", "keys", "--json"]), root);
+    assert_eq!(code, 0, "{stats}");
+    for key in ["uptime_s", "vouchers_issued", "nodes", "projection_lag", "events_per_s"] {
+        assert!(stats.get(key).is_some(), "admin stats --json lacks {key}: {stats}");
+    }
+    assert_eq!(stats["vouchers_issued"], 1);
+    let node = &stats["nodes"][0];
+    for key in ["node_id", "streams_max", "streams_in_use", "cache_items", "cache_accesses", "cache_misses"] {
+        assert!(node.get(key).is_some(), "a node of admin stats lacks {key}: {node}");
+    }
+    assert_eq!(node["streams_max"], 64);
+    let node_id = node["node_id"].as_str().expect("node id").to_string();
+    let (code, config) = json(vouchsafe().args(["admin", "config", "set", "access.ttl_ms", "120000", "--connect", &url, "--keys", "keys", "--json"]), root);
+    assert_eq!(code, 0, "{config}");
+    let entry = config["config"].as_array().expect("entries").iter().find(|e| e["key"] == "access.ttl_ms").expect("the key").clone();
+    assert_eq!((entry["value"].as_u64(), entry["set"].as_bool()), (Some(120_000), Some(true)));
+    let (code, refused) = json(vouchsafe().args(["admin", "config", "set", "no.such.key", "1", "--connect", &url, "--keys", "keys", "--json"]), root);
+    assert_eq!((code, refused["refused"].as_str()), (1, Some("InvalidArgument")), "{refused}");
+    let (code, drained) = json(vouchsafe().args(["admin", "node", "drain", &node_id, "--connect", &url, "--keys", "keys", "--json"]), root);
+    assert_eq!((code, drained["status"].as_str()), (0, Some("drained")), "{drained}");
+    let (code, refused) = json(vouchsafe().args(["merchant", "buy", "--media", &media_id, "--connect", &url, "--cred", "shop.cred", "--json"]), root);
+    assert_eq!((code, refused["refused"].as_str()), (1, Some("ResourceExhausted")), "a drained node gets no new work: {refused}");
+    // A merchant credential may not administer.
+    std::fs::create_dir(root.join("merchant-keys")).expect("mkdir");
+    std::fs::copy(root.join("shop.cred"), root.join("merchant-keys/operator.cred")).expect("copy");
+    let (code, refused) = json(vouchsafe().args(["admin", "stats", "--connect", &url, "--keys", "merchant-keys", "--json"]), root);
+    assert_eq!((code, refused["refused"].as_str()), (1, Some("PermissionDenied")), "{refused}");
+
     // The demo drives the same engine.
     let (code, summary) = json(vouchsafe().args(["demo", "--connect", &url, "--keys", "keys", "--data-dir", "demo", "--vouchers", "20", "--json"]), root);
     assert_eq!(code, 0, "{summary}");
