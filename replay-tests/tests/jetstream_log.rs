@@ -155,7 +155,7 @@ async fn existing_streams_with_weaker_settings_are_refused_by_name() {
         (info.max_messages, info.max_bytes, info.max_age),
         (-1, -1, Duration::ZERO)
     );
-    assert_eq!(again.node_stream_name(), "GOOD_NODES");
+    assert_eq!(again.node_stream_name(), Some("GOOD_NODES"));
 
     // The server enforces what was verified: events cannot be deleted or purged.
     let appended = again

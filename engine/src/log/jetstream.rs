@@ -3,6 +3,8 @@
 //!
 //! What lives here: connecting (explicit client and JetStream options), creating and
 //! verifying the two streams (the primary stream on `vs.>` and the node feed on `vsn.>`),
+//! or, read-only (`connect_read_only`, for auditors), only looking up and verifying the
+//! primary stream,
 //! `EventLog` on top of them (append with `Nats-Msg-Id` and
 //! `Nats-Expected-Last-Subject-Sequence`, reads by direct get and by ephemeral pull
 //! consumers, `follow` that survives server restarts), and the node feed
@@ -27,6 +29,9 @@
 //!   call that created it (a cancelled call hands it to async-nats' background acker).
 //! - Both the connection's request timeout and the JetStream context's timeout are set
 //!   (nats.rs #1558).
+//! - async-nats 0.51 ignores credentials in a server URL (nats.rs #1623: CONNECT goes out
+//!   with no user), so `connect` takes `user:password@` (or a bare `token@`) from the URL
+//!   itself and passes it as a connect option.
 //! - `follow` does not trust any client's ordered consumer (nats.go #2107, nats.rs #585):
 //!   it runs its own ephemeral pull consumer and checks both the consumer sequence (nothing
 //!   lost inside one consumer) and the stream sequence (contiguous; the stream denies
@@ -63,6 +68,10 @@ pub const EVENT_SUBJECTS: &str = "vs.>";
 /// Subjects of the node feed; a node's assignments are on `vsn.<node_id>`.
 pub const NODE_SUBJECTS: &str = "vsn.>";
 const NODE_SUBJECT_PREFIX: &str = "vsn.";
+/// The inbox prefix of a read-only connection: its answers (API responses, consumer
+/// deliveries) arrive on `_INBOX_AUDIT.>`, so read-only users need no subscribe permission
+/// on `_INBOX.>`, where the engine's answers arrive (deploy/nats-auth.conf).
+pub const READ_ONLY_INBOX_PREFIX: &str = "_INBOX_AUDIT";
 
 /// How long the server remembers a `Nats-Msg-Id`. Retries of one append (ours and the
 /// caller's) land well inside it; beyond it, ids derived from the request still send a late
@@ -169,9 +178,13 @@ pub enum ConnectError {
         reason: String,
     },
     #[error(
-        "cannot read stream {stream}: {reason}; is JetStream ready (a cluster needs a quorum)?"
+        "cannot read stream {stream}: {reason}; is JetStream ready (a cluster needs a quorum), and may this user read it ($JS.API.STREAM.INFO.{stream})?"
     )]
     StreamInfo { stream: String, reason: String },
+    #[error(
+        "stream {stream} does not exist at {url}, and a read-only connection never creates it; check --stream, or start the engine on this server first (it creates the stream)"
+    )]
+    MissingStream { url: String, stream: String },
 }
 
 /// The JetStream event log. Cloning the connection is cheap; `follow` and `node_feed`
@@ -179,8 +192,13 @@ pub enum ConnectError {
 pub struct JetStreamLog {
     context: Context,
     events: stream::Stream,
-    nodes: stream::Stream,
+    /// The node feed; `None` exactly on a read-only connection, which neither appends nor
+    /// touches the node feed.
+    nodes: Option<stream::Stream>,
 }
+
+/// What a read-only connection answers to an append or a node-feed operation.
+const READ_ONLY: &str = "this connection is read-only (connect_read_only); appends and the node feed need the engine's connection";
 
 type AppendResult = Result<Result<Appended, VersionConflict>, AppendError>;
 
@@ -203,51 +221,7 @@ impl JetStreamLog {
                 return Err(ConnectError::InvalidStreamName(name.to_owned()));
             }
         }
-        let shown = redact_url(url);
-        let addresses = url
-            .split(',')
-            .map(str::trim)
-            .filter(|part| !part.is_empty())
-            .map(|part| {
-                part.parse::<ServerAddr>()
-                    .map_err(|error| ConnectError::InvalidUrl {
-                        url: redact_url(part),
-                        reason: error.to_string(),
-                    })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        if addresses.is_empty() {
-            return Err(ConnectError::InvalidUrl {
-                url: shown,
-                reason: "no server given".to_owned(),
-            });
-        }
-        let client = connect_options()
-            .connect(addresses)
-            .await
-            .map_err(|error| ConnectError::Unreachable {
-                url: shown.clone(),
-                reason: error.to_string(),
-            })?;
-        let info = client.server_info();
-        if !info.jetstream {
-            return Err(ConnectError::JetStreamDisabled { url: shown });
-        }
-        match parse_server_version(&info.version) {
-            Some(version) if version >= NATS_SERVER_MIN => {}
-            _ => {
-                return Err(ConnectError::ServerTooOld {
-                    url: shown,
-                    found: info.version.clone(),
-                });
-            }
-        }
-        let context = ContextBuilder::new()
-            .timeout(Duration::from_millis(REQUEST_TIMEOUT_MS))
-            .ack_timeout(Duration::from_millis(REQUEST_TIMEOUT_MS))
-            .max_ack_inflight(APPENDS_IN_FLIGHT_MAX)
-            .backpressure_on_inflight(true)
-            .build(client);
+        let context = connect_context(url, None).await?;
         let events = ensure_stream(
             &context,
             required_config(stream, EVENT_SUBJECTS, options.replicas),
@@ -261,7 +235,35 @@ impl JetStreamLog {
         Ok(JetStreamLog {
             context,
             events,
-            nodes,
+            nodes: Some(nodes),
+        })
+    }
+
+    /// Connects read-only, as an auditor: looks up the primary stream `stream` and verifies
+    /// it as `connect` does, but never creates or changes a stream and never touches the
+    /// node feed. Reads need only what deploy/nats-auth.conf grants its `auditor` user
+    /// (stream info, ephemeral pull consumers and direct gets on `stream`, answers on
+    /// `READ_ONLY_INBOX_PREFIX`); appends are refused without reaching the server.
+    pub async fn connect_read_only(url: &str, stream: &str) -> Result<JetStreamLog, ConnectError> {
+        if !is_valid_stream_name(stream) {
+            return Err(ConnectError::InvalidStreamName(stream.to_owned()));
+        }
+        let context = connect_context(url, Some(READ_ONLY_INBOX_PREFIX)).await?;
+        let required = required_config(stream, EVENT_SUBJECTS, StreamOptions::default().replicas);
+        let events = match context.get_stream(stream).await {
+            Ok(events) => events,
+            Err(error) if is_stream_not_found(&error) => {
+                return Err(ConnectError::MissingStream {
+                    url: redact_url(url),
+                    stream: stream.to_owned(),
+                });
+            }
+            Err(error) => return Err(stream_info_error(stream, &error)),
+        };
+        Ok(JetStreamLog {
+            context,
+            events: verified(events, &required)?,
+            nodes: None,
         })
     }
 
@@ -270,9 +272,11 @@ impl JetStreamLog {
         &self.events.cached_info().config.name
     }
 
-    /// The node feed's stream name.
-    pub fn node_stream_name(&self) -> &str {
-        &self.nodes.cached_info().config.name
+    /// The node feed's stream name; `None` on a read-only connection.
+    pub fn node_stream_name(&self) -> Option<&str> {
+        self.nodes
+            .as_ref()
+            .map(|nodes| nodes.cached_info().config.name.as_str())
     }
 
     /// Republishes an assignment (a `VoucherIssued` at `source_seq` of the primary stream)
@@ -291,9 +295,11 @@ impl JetStreamLog {
             return Err(AppendError::InvalidSubject(subject));
         }
         check_payload(&payload)?;
+        let Some(stream) = self.node_stream_name() else {
+            return Err(AppendError::Storage(READ_ONLY.to_owned()));
+        };
         let mut headers = HeaderMap::new();
         headers.insert(header::NATS_MESSAGE_ID, source_seq.0.to_string());
-        let stream = &self.nodes.cached_info().config.name;
         match publish(&self.context, stream, subject.clone(), headers, payload).await? {
             Published::Acked(ack) => Ok(Appended {
                 seq: Seq(ack.sequence),
@@ -310,7 +316,10 @@ impl JetStreamLog {
     /// or `Seq(0)` when the feed is empty: where a restarted dispatcher resumes. Read from
     /// the leader (`get_raw_message`), never a lagging replica.
     pub async fn last_dispatched_source_seq(&self) -> Result<Seq, ReadError> {
-        let mut nodes = self.nodes.clone();
+        let mut nodes = self
+            .nodes
+            .clone()
+            .ok_or_else(|| ReadError::Storage(READ_ONLY.to_owned()))?;
         let last = nodes.info().await.map_err(|error| ReadError::Unavailable(format!("node feed info: {error}")))?.state.last_sequence;
         if last == 0 {
             return Ok(Seq(0));
@@ -334,11 +343,11 @@ impl JetStreamLog {
             ));
             return futures::stream::once(async move { Err(error) }).boxed();
         }
-        let follower = Follower::new(
-            self.nodes.clone(),
-            Some(format!("{NODE_SUBJECT_PREFIX}{node_id}")),
-            from,
-        );
+        let Some(nodes) = self.nodes.clone() else {
+            let error = ReadError::Storage(READ_ONLY.to_owned());
+            return futures::stream::once(async move { Err(error) }).boxed();
+        };
+        let follower = Follower::new(nodes, Some(format!("{NODE_SUBJECT_PREFIX}{node_id}")), from);
         futures::stream::unfold(follower, Follower::next_event)
             .map(|item| item.map(|event| (event.seq.0, event.payload)))
             .boxed()
@@ -392,6 +401,9 @@ impl EventLog for JetStreamLog {
             return Err(AppendError::InvalidSubject(request.subject));
         }
         check_payload(&request.payload)?;
+        if self.nodes.is_none() {
+            return Err(AppendError::Storage(READ_ONLY.to_owned()));
+        }
         let message_id = encode_idempotency_key(&request.idempotency_key);
         if message_id.len() > IDEMPOTENCY_KEY_BYTES_MAX {
             return Err(AppendError::Storage(format!(
@@ -556,6 +568,113 @@ fn connect_options() -> ConnectOptions {
         })
 }
 
+/// Checks the URL, connects, checks the server (JetStream on, version) and builds the
+/// JetStream context; answers arrive on `inbox_prefix` (async-nats' `_INBOX` when `None`).
+async fn connect_context(url: &str, inbox_prefix: Option<&str>) -> Result<Context, ConnectError> {
+    let shown = redact_url(url);
+    let addresses = url
+        .split(',')
+        .map(str::trim)
+        .filter(|part| !part.is_empty())
+        .map(|part| {
+            part.parse::<ServerAddr>()
+                .map_err(|error| ConnectError::InvalidUrl {
+                    url: redact_url(part),
+                    reason: error.to_string(),
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if addresses.is_empty() {
+        return Err(ConnectError::InvalidUrl {
+            url: shown,
+            reason: "no server given".to_owned(),
+        });
+    }
+    let credentials = url_credentials(&addresses).map_err(|reason| ConnectError::InvalidUrl {
+        url: shown.clone(),
+        reason,
+    })?;
+    let mut options = connect_options();
+    if let Some(prefix) = inbox_prefix {
+        options = options.custom_inbox_prefix(prefix);
+    }
+    match credentials {
+        Some((user, Some(password))) => options = options.user_and_password(user, password),
+        Some((token, None)) => options = options.token(token),
+        None => {}
+    }
+    let client = options
+        .connect(addresses)
+        .await
+        .map_err(|error| ConnectError::Unreachable {
+            url: shown.clone(),
+            reason: error.to_string(),
+        })?;
+    let info = client.server_info();
+    if !info.jetstream {
+        return Err(ConnectError::JetStreamDisabled { url: shown });
+    }
+    match parse_server_version(&info.version) {
+        Some(version) if version >= NATS_SERVER_MIN => {}
+        _ => {
+            return Err(ConnectError::ServerTooOld {
+                url: shown,
+                found: info.version.clone(),
+            });
+        }
+    }
+    Ok(ContextBuilder::new()
+        .timeout(Duration::from_millis(REQUEST_TIMEOUT_MS))
+        .ack_timeout(Duration::from_millis(REQUEST_TIMEOUT_MS))
+        .max_ack_inflight(APPENDS_IN_FLIGHT_MAX)
+        .backpressure_on_inflight(true)
+        .build(client))
+}
+
+/// The credentials in the servers' URLs, percent-decoded: `(user, Some(password))` for
+/// `user:password@`, `(token, None)` for a bare `token@`. Every server that names some must
+/// name the same. The reason for a refusal never shows them.
+fn url_credentials(addresses: &[ServerAddr]) -> Result<Option<(String, Option<String>)>, String> {
+    let decode = |text: &str| {
+        percent_decode(text)
+            .ok_or_else(|| "the credentials are not valid percent-encoded UTF-8".to_owned())
+    };
+    let mut found = None;
+    for address in addresses {
+        let Some(user) = address.username() else {
+            continue;
+        };
+        let credentials = (decode(user)?, address.password().map(decode).transpose()?);
+        match &found {
+            Some(previous) if *previous != credentials => {
+                return Err(
+                    "the servers' URLs carry different credentials; give every server the same"
+                        .to_owned(),
+                );
+            }
+            _ => found = Some(credentials),
+        }
+    }
+    Ok(found)
+}
+
+/// `%XX` escapes decoded; `None` for a broken escape or bytes that are not UTF-8.
+fn percent_decode(text: &str) -> Option<String> {
+    let mut bytes = Vec::with_capacity(text.len());
+    let mut rest = text.as_bytes();
+    while let Some((&first, tail)) = rest.split_first() {
+        if first == b'%' {
+            let hex = std::str::from_utf8(tail.get(..2)?).ok()?;
+            bytes.push(u8::from_str_radix(hex, 16).ok()?);
+            rest = &tail[2..];
+        } else {
+            bytes.push(first);
+            rest = tail;
+        }
+    }
+    String::from_utf8(bytes).ok()
+}
+
 /// The settings vouchsafe requires of a stream, passed explicitly rather than relying on
 /// server defaults.
 fn required_config(name: &str, subjects: &str, replicas: usize) -> stream::Config {
@@ -613,12 +732,20 @@ async fn ensure_stream(
         }
         Err(error) => return Err(stream_info_error(&name, &error)),
     };
-    let differences = weaker_settings(&stream.cached_info().config, &required);
+    verified(stream, &required)
+}
+
+/// The stream, unless it is weaker than `required`.
+fn verified(
+    stream: stream::Stream,
+    required: &stream::Config,
+) -> Result<stream::Stream, ConnectError> {
+    let differences = weaker_settings(&stream.cached_info().config, required);
     if differences.is_empty() {
         Ok(stream)
     } else {
         Err(ConnectError::WeakerStream {
-            stream: name,
+            stream: required.name.clone(),
             differences,
         })
     }
@@ -1255,6 +1382,47 @@ mod tests {
         );
         assert_eq!(redact_url("tok@host:4222"), "***@host:4222");
         assert_eq!(redact_url("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
+    }
+
+    #[test]
+    fn credentials_are_taken_from_the_urls() {
+        let addresses = |url: &str| -> Vec<ServerAddr> {
+            url.split(',')
+                .map(|part| part.parse().expect("a server address"))
+                .collect()
+        };
+        let user = |user: &str, password: Option<&str>| {
+            Ok(Some((user.to_owned(), password.map(str::to_owned))))
+        };
+        assert_eq!(
+            url_credentials(&addresses("nats://127.0.0.1:4222")),
+            Ok(None)
+        );
+        assert_eq!(
+            url_credentials(&addresses("nats://auditor:s3cret@h1:4222,nats://h2:4222")),
+            user("auditor", Some("s3cret"))
+        );
+        assert_eq!(
+            url_credentials(&addresses("nats://a%40b:p%3Aw%25d@h1:4222")),
+            user("a@b", Some("p:w%d"))
+        );
+        assert_eq!(
+            url_credentials(&addresses("nats://tok@h1:4222")),
+            user("tok", None)
+        );
+        assert_eq!(
+            url_credentials(&addresses("nats://u:p@h1:4222,nats://u:p@h2:4222")),
+            user("u", Some("p"))
+        );
+        let refused = url_credentials(&addresses("nats://u:p@h1:4222,nats://u:q@h2:4222"))
+            .expect_err("different credentials");
+        assert!(
+            !refused.contains(":p") && !refused.contains(":q"),
+            "{refused}"
+        );
+        assert!(url_credentials(&addresses("nats://u:%ff@h1:4222")).is_err());
+        assert_eq!(percent_decode("%zz"), None);
+        assert_eq!(percent_decode("50%"), None);
     }
 
     #[test]
