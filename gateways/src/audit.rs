@@ -1,5 +1,7 @@
 //! `vouchsafe audit …`: the auditor's commands. An auditor needs only `engine.pub.pem` and
-//! `royalty-master.key` (no engine private key) and read access to the stream.
+//! `royalty-master.key` (no engine private key) and read access to the stream: on
+//! JetStream the commands connect read-only (`BackendArgs::open_read_only`), which the
+//! `auditor` user of deploy/nats-auth.conf allows.
 
 use anyhow::{bail, Context};
 use engine::domain::event::RightsReportSealed;
@@ -61,7 +63,7 @@ pub fn parse_pin(pin: &str) -> anyhow::Result<[u8; 32]> {
 pub async fn replay(backend: &crate::backend::BackendArgs, keys_dir: &Path, pin: Option<[u8; 32]>) -> anyhow::Result<AuditReport> {
     let master = crate::keys::load_royalty_master(keys_dir)?;
     let public = crate::keys::load_engine_public(keys_dir)?;
-    let log = backend.open().await?;
+    let log = backend.open_read_only().await?;
     let bar = crate::progress::events(log.last_seq().await?.0, "audit replay");
     let report = audit::replay(log.as_ref(), &master, &public, pin, |events| {
         if let Some(bar) = &bar {
@@ -148,7 +150,7 @@ const USAGE_COLUMNS: [&str; 17] = [
 pub async fn rebuild(backend: &crate::backend::BackendArgs, keys_dir: &Path) -> anyhow::Result<(AuditReport, ExportedLog, Vec<Entry>)> {
     let master = crate::keys::load_royalty_master(keys_dir)?;
     let public = crate::keys::load_engine_public(keys_dir)?;
-    let log = backend.open().await?;
+    let log = backend.open_read_only().await?;
     let bar = crate::progress::events(log.last_seq().await?.0, "rebuilding the royalty log");
     let (report, projections) = audit::replay_full(log.as_ref(), &master, &public, None, |events| {
         if let Some(bar) = &bar {

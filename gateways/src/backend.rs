@@ -39,6 +39,17 @@ impl BackendArgs {
         }
     }
 
+    /// The log for reading only, as the auditor's commands open it: on JetStream a
+    /// read-only connection (`JetStreamLog::connect_read_only`) that looks up and verifies
+    /// the stream, never creates or changes one and never touches the node feed, so the
+    /// `auditor` user of deploy/nats-auth.conf suffices. The embedded log opens as usual.
+    pub async fn open_read_only(&self) -> anyhow::Result<Arc<dyn EventLog>> {
+        match &self.nats_url {
+            Some(url) => Ok(Arc::new(JetStreamLog::connect_read_only(url, &self.stream).await?)),
+            None => self.open().await,
+        }
+    }
+
     pub async fn open(&self) -> anyhow::Result<Arc<dyn EventLog>> {
         match &self.nats_url {
             Some(url) => Ok(Arc::new(JetStreamLog::connect(url, &self.stream).await?)),

@@ -1,7 +1,9 @@
 //! A real nats-server, started by the command or test that needs one: on free 127.0.0.1
 //! ports with a temporary store, stopped by its own PID (never by name). A single node
-//! (`NatsServer`) can be killed (SIGKILL) and restarted on the same port and store; a local
-//! cluster (`NatsCluster`) has nodes that can be killed and restarted one by one.
+//! (`NatsServer`) can be killed (SIGKILL) and restarted on the same port and store, and can
+//! take an extra configuration block (users and permissions: `start_with_config`,
+//! `restart_with_config`); a local cluster (`NatsCluster`) has nodes that can be killed and
+//! restarted one by one.
 //!
 //! Used by `vouchsafe bench` (and later `demo --backend jetstream`) and by the end-to-end
 //! tests (`replay_tests` re-exports this module). It never touches a server it did not
@@ -143,6 +145,9 @@ pub struct NatsServer {
     pub port: u16,
     pub store: tempfile::TempDir,
     pub version: (u32, u32, u32),
+    /// The configuration the launcher writes (listen, monitoring, JetStream), before any
+    /// block the caller added.
+    base_config: String,
 }
 
 impl NatsServer {
@@ -153,6 +158,17 @@ impl NatsServer {
 
     /// Starts a single JetStream server with the given fsync policy.
     pub fn start_with(fsync: Fsync) -> Result<Self, HarnessError> {
+        Self::start_configured(fsync, "")
+    }
+
+    /// Starts a single JetStream server with `sync_interval: always` whose configuration
+    /// ends with `extra`, e.g. an `authorization { … }` block. The port, monitoring port and
+    /// store stay the launcher's.
+    pub fn start_with_config(extra: &str) -> Result<Self, HarnessError> {
+        Self::start_configured(Fsync::Always, extra)
+    }
+
+    fn start_configured(fsync: Fsync, extra: &str) -> Result<Self, HarnessError> {
         let (binary, version) = checked_binary()?;
         let store = tempfile::tempdir()?;
         let port = free_port()?;
@@ -162,13 +178,11 @@ impl NatsServer {
             Fsync::Always => "  sync_interval: always\n",
             Fsync::ServerDefault => "",
         };
-        std::fs::write(
-            &config,
-            format!(
-                "listen: 127.0.0.1:{port}\nhttp: 127.0.0.1:{monitor_port}\njetstream {{\n  store_dir: \"{}\"\n{sync}}}\n",
-                store.path().join("js").display()
-            ),
-        )?;
+        let base_config = format!(
+            "listen: 127.0.0.1:{port}\nhttp: 127.0.0.1:{monitor_port}\njetstream {{\n  store_dir: \"{}\"\n{sync}}}\n",
+            store.path().join("js").display()
+        );
+        std::fs::write(&config, format!("{base_config}{extra}"))?;
         let mut process = Process {
             binary,
             config,
@@ -183,6 +197,7 @@ impl NatsServer {
             port,
             store,
             version,
+            base_config,
         };
         server
             .process
@@ -226,6 +241,18 @@ impl NatsServer {
         self.process.spawn()?;
         self.process
             .wait_ready(Duration::from_millis(STARTUP_TIMEOUT_MS))
+    }
+
+    /// `restart` with `extra` in place of the block the configuration ended with (as in
+    /// `start_with_config`); same port and store.
+    pub fn restart_with_config(&mut self, extra: &str) -> Result<(), HarnessError> {
+        std::fs::write(&self.process.config, format!("{}{extra}", self.base_config))?;
+        self.restart()
+    }
+
+    /// Everything the server logged so far (across its restarts).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.process.log_path()).unwrap_or_default()
     }
 }
 

@@ -8,7 +8,7 @@ use std::process::Command;
 
 fn configs() -> Vec<PathBuf> {
     let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
-    let mut found = vec![deploy.join("nats-single.conf")];
+    let mut found = vec![deploy.join("nats-single.conf"), deploy.join("nats-auth.conf")];
     let mut cluster: Vec<PathBuf> = std::fs::read_dir(deploy.join("nats-cluster"))
         .expect("deploy/nats-cluster exists")
         .map(|entry| entry.expect("readable entry").path())
@@ -29,6 +29,31 @@ fn every_shipped_nats_config_is_valid_and_fsyncs_every_write() {
         assert!(output.status.success() && said.contains("is valid"), "{} is not valid: {said}", config.display());
         let text = std::fs::read_to_string(&config).expect("readable config");
         assert!(text.lines().any(|line| line.trim() == "sync_interval: always"), "{} must fsync every write", config.display());
+    }
+}
+
+/// deploy/nats-auth.conf (run against a real server by audit_read_only.rs) grants no user a
+/// way to change, empty or remove a stream, nor a blanket wildcard; and it keeps the three
+/// kinds of users.
+#[test]
+fn the_auth_config_grants_no_one_stream_changes_or_wildcards() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/nats-auth.conf");
+    let text = std::fs::read_to_string(&path).expect("deploy/nats-auth.conf");
+    let granted: Vec<&str> = text
+        .lines()
+        .map(|line| line.split('#').next().unwrap_or_default())
+        .filter(|code| !code.contains("deny"))
+        .flat_map(|code| code.split('"').skip(1).step_by(2))
+        .collect();
+    assert!(granted.contains(&"vs.>") && granted.contains(&"$JS.API.STREAM.INFO.VOUCHSAFE"), "{granted:?}");
+    for subject in &granted {
+        for forbidden in ["STREAM.DELETE", "STREAM.PURGE", "STREAM.UPDATE", "MSG.DELETE"] {
+            assert!(!subject.contains(forbidden), "deploy/nats-auth.conf grants {subject}");
+        }
+        assert!(![">", "$JS.>", "$JS.API.>"].contains(subject), "deploy/nats-auth.conf grants {subject}");
+    }
+    for user in ["user: engine", "user: auditor", "user: node-NODE_A_ID"] {
+        assert!(text.contains(user), "deploy/nats-auth.conf has no {user}");
     }
 }
 
