@@ -27,10 +27,11 @@
 //! posting: points are the consumer's prepaid money, outside the settlement ledger until
 //! spent, so they appear here and not in the ledger. The two views meet through the points
 //! saga (hold at Reserve, post after Authorize, credit back after a refund): once every
-//! saga has completed, an account's `balance` equals what was topped up plus the ledger
-//! balance of `ConsumerPoints(account)` (minus what its sales settled, plus what refunds
-//! reversed). Between the steps of a saga the two differ by design, so that equation is
-//! checked by the tests at rest, not here. The domain never lets a points balance go
+//! saga has completed, an account's `balance` equals its top-ups (not counting the
+//! refunds' credits) plus the ledger balances of `ConsumerPoints(account)` over all
+//! currencies (what refunds reversed minus what its sales settled). Between the steps of
+//! a saga the two differ by design, so that equation is checked by the tests at rest, not
+//! here. The domain never lets a points balance go
 //! negative; a stream that does shows it here as a negative amount (it is not refused:
 //! the projection stays consistent, and the account is visible).
 //!
