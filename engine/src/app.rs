@@ -26,6 +26,7 @@ use crate::domain::{Actor, ActorKind, Aggregate, Rejection, Root};
 use crate::handler::{HandleError, Handled, Handler};
 use crate::ids::*;
 use crate::log::EventLog;
+use crate::media::TransactionRecord;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 
@@ -133,6 +134,15 @@ pub struct RedeemAnswer {
     pub voucher_id: VoucherId,
     /// Each media key wrapped (RSA-OAEP) for the consumer's certified public key.
     pub keys: Vec<(MediaId, Vec<u8>)>,
+    /// One engine-signed transaction record per media, in the order of `keys`.
+    pub transactions: Vec<SignedTransaction>,
+}
+
+/// A transaction record and the engine's RSA-PSS signature over its canonical bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignedTransaction {
+    pub record: TransactionRecord,
+    pub signature: Vec<u8>,
 }
 
 #[derive(Debug)]
@@ -565,8 +575,10 @@ impl Market {
     }
 
     /// Redeems a voucher for a consumer who proved possession of the receipt: checks the
-    /// proof and the certificate, records the redemption, and re-wraps each media key for
-    /// the consumer's public key.
+    /// proof and the certificate, records the redemption, re-wraps each media key for the
+    /// consumer's public key, and signs one transaction record per media (the delivered
+    /// copy's stamp). Signing is an RSA private-key operation per media on the blocking
+    /// pool, done only once the redemption is recorded, so a refused request costs none.
     #[allow(clippy::too_many_arguments)]
     pub async fn redeem(
         &self,
@@ -596,12 +608,26 @@ impl Market {
         };
         // Wrap keys only when the redemption can succeed: a refused request costs no RSA.
         let mut keys = Vec::new();
+        let mut records = Vec::new();
         if cert == CertCheck::Valid && proof_check == ProofCheck::Valid && root.state.node.as_ref() == Some(node) {
             let public_key_der = &consumer_root.state.certs[cert_serial].public_key_der;
             let consumer_key = RsaPublic::from_der(public_key_der)?;
             for item in &root.state.items {
                 let media = self.media(&item.media_id).await?;
+                let rendition = media.published.as_ref().and_then(|published| published.renditions.iter().find(|r| r.name == root.state.rendition));
+                let content_hash = rendition.ok_or_else(|| Rejection::NotFound { kind: "rendition", id: format!("{}/{}", item.media_id.0, root.state.rendition) })?.content_hash;
                 keys.push((item.media_id.clone(), self.rewrap_for(&media, &consumer_key).await?));
+                records.push(TransactionRecord {
+                    voucher_id: voucher_id.clone(),
+                    media_id: item.media_id.clone(),
+                    rendition: root.state.rendition.clone(),
+                    node_id: node.clone(),
+                    delivered_at: now,
+                    engine_key_id: self.keys.key_id(),
+                    consumer_id: consumer.clone(),
+                    cert_serial: cert_serial.clone(),
+                    content_hash,
+                });
             }
         }
         let command = VoucherCommand::Redeem(Redeem {
@@ -613,7 +639,9 @@ impl Market {
             wrapped_key_hashes: keys.iter().map(|(_, wrapped)| crypto::hash(wrapped)).collect(),
         });
         self.handler.handle::<Voucher>(&voucher_id.0, &actor(ActorKind::Node, &node.0), request, &command).await?;
-        Ok(RedeemAnswer { voucher_id: voucher_id.clone(), keys })
+        let signatures = futures::future::try_join_all(records.iter().map(|record| self.sign(record.message()))).await?;
+        let transactions = records.into_iter().zip(signatures).map(|(record, signature)| SignedTransaction { record, signature }).collect();
+        Ok(RedeemAnswer { voucher_id: voucher_id.clone(), keys, transactions })
     }
 
     pub async fn complete_delivery(&self, node: &NodeId, request: &RequestId, voucher_id: &VoucherId, media_id: &MediaId, content_hash: [u8; 32], size_bytes: u64) -> Result<bool, AppError> {

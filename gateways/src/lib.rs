@@ -11,6 +11,7 @@ pub mod commands;
 pub mod cred;
 pub mod demo;
 pub mod dispatcher;
+pub mod inspect;
 pub mod keys;
 pub mod media_store;
 pub mod metrics;

@@ -1,7 +1,7 @@
 //! The `vouchsafe` binary: one command-line tool with subcommands (CLI.md). Argument
 //! parsing and output live here; the work lives in the libraries.
 
-use gateways::{audit, backend, bench, commands, demo, keys, serve};
+use gateways::{audit, backend, bench, commands, demo, inspect, keys, serve};
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -33,6 +33,8 @@ enum Command {
     Player(commands::PlayerArgs),
     /// Encrypt media files under fresh keys, wrap each key for the engine, upload.
     Publish(commands::PublishArgs),
+    /// A media container or delivered copy: structure, signatures, transaction record.
+    Inspect(inspect::InspectArgs),
     /// Auditor commands: replay and verify the stream.
     Audit {
         #[command(subcommand)]
@@ -205,6 +207,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let json = args.json;
             let runtime = tokio::runtime::Runtime::new()?;
             Ok(runtime.block_on(commands::publish(args))?.report(json))
+        }
+        Command::Inspect(args) => {
+            let report = inspect::run(&args)?;
+            eprintln!("{}", inspect::describe(&report));
+            if args.json {
+                println!("{}", serde_json::to_string(&report)?);
+            }
+            Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
         Command::Serve(args) => {
             let settings = serve::settings(&args)?;

@@ -8,7 +8,10 @@
 //! receipt. Redemption proves possession of the receipt without sending it
 //! (`receipt_proof` over the node's fresh challenge); each media key arrives wrapped for the
 //! passport's key, is unwrapped on the blocking pool (RSA private-key work), and decrypts the
-//! downloaded container, whose content hash `engine::media::open` checks.
+//! downloaded container, whose content hash `engine::media::open` checks. Each key comes
+//! with the engine-signed transaction record of the delivery; the player checks that it
+//! names this voucher, media and passport and the content it decrypted, and keeps a
+//! *delivered copy*: the record, its signature and the content in one file.
 //!
 //! What deliberately does not live here: buying (the merchant's `Reserve`, `Authorize`,
 //! `IssueVoucher`), key storage beyond the passport files, playback. Receipts, proofs, media
@@ -20,7 +23,8 @@ use crate::node::{Reassembly, CHALLENGE_BYTES};
 use anyhow::{bail, Context};
 use engine::crypto::{self, RsaPrivate, RsaPublic, SecretKey};
 use engine::domain::party::Certificate;
-use engine::ids::{CertSerial, ConsumerId, Millis};
+use engine::ids::{CertSerial, ConsumerId, MediaId, Millis, NodeId, VoucherId};
+use engine::media::TransactionRecord;
 use engine::media::CONTAINER_BYTES_MAX;
 use proto::v1::node_service_client::NodeServiceClient;
 use proto::v1::{AccessGrant, CertifyConsumerRequest, ChallengeRequest, ConfirmRequest, DownloadRequest, PlayPreviewRequest, PlayerRedeemRequest};
@@ -272,8 +276,10 @@ impl std::fmt::Debug for Purchase {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeliveredCopy {
     pub media_id: String,
-    /// `<out_dir>/<voucher>-<media>.media`: the decrypted content. Not written when the
-    /// content did not decrypt.
+    /// `<out_dir>/<voucher>-<media>.media`: the delivered copy (`engine::media` delivered
+    /// copy format: the engine-signed transaction record, its signature, then the decrypted
+    /// content; `vouchsafe inspect` checks it). Not written when the content did not
+    /// decrypt and verify.
     pub path: PathBuf,
     /// blake3 of the decrypted content (the container's verified content hash); zero when the
     /// content did not decrypt.
@@ -351,35 +357,92 @@ pub async fn redeem_and_download_on(node: &mut NodeClient, purchase: &Purchase, 
         let container = download(node, grant, &key.media_id).await?;
         let private = private.clone();
         let wrapped = key.wrapped_key;
+        let expected = Expected { voucher_id: voucher_id.to_string(), media_id: key.media_id.clone(), passport: passport.certificate.clone() };
+        let (transaction, signature) = (key.transaction, key.transaction_signature);
         // RSA private-key work and decrypting up to CONTAINER_BYTES_MAX: the blocking pool.
-        let (container, container_hash, opened) = tokio::task::spawn_blocking(move || {
+        let (container_hash, stamped) = tokio::task::spawn_blocking(move || {
             let container_hash = crypto::hash(&container);
-            let opened = crypto::unwrap_key(&private, &wrapped)
-                .map_err(|error| error.to_string())
-                .and_then(|media_key| engine::media::open(&media_key, &container).map_err(|error| error.to_string()));
-            (container, container_hash, opened)
+            let stamped = transaction_from_proto(transaction.as_ref()).and_then(|record| {
+                expected.check(&record)?;
+                let media_key = crypto::unwrap_key(&private, &wrapped).map_err(|error| error.to_string())?;
+                let content = open_rendition(&media_key, &container, &record)?;
+                let content_hash = crypto::hash(&content);
+                Ok((engine::media::delivered_copy(&record, &signature, &content), content_hash))
+            });
+            (container_hash, stamped)
         })
         .await
         .context("the decryption task failed")?;
         let path = out_dir.join(format!("{voucher_id}-{}.media", key.media_id));
-        let content = match opened {
-            Ok(content) => content,
+        let (copy_bytes, content_hash) = match stamped {
+            Ok(stamped) => stamped,
             Err(reason) => {
                 // Not confirmed: the node would record a delivery the consumer cannot use.
-                warn!(%voucher_id, media_id = %key.media_id, %reason, "the media did not decrypt; not confirming it");
+                warn!(%voucher_id, media_id = %key.media_id, %reason, "the media did not decrypt and verify; not confirming it");
                 copies.push(DeliveredCopy { media_id: key.media_id, path, content_hash: [0; 32], container_hash, decrypt_ok: false, voucher_delivered: false });
                 continue;
             }
         };
-        let content_hash = crypto::hash(&content);
-        tokio::fs::write(&path, &content).await.with_context(|| format!("cannot write {}", path.display()))?;
-        drop(container);
+        tokio::fs::write(&path, &copy_bytes).await.with_context(|| format!("cannot write {}", path.display()))?;
+        drop(copy_bytes);
         let confirm = ConfirmRequest { grant: Some(grant.clone()), media_id: key.media_id.clone(), received_hash: container_hash.to_vec() };
         let confirmed = node.confirm(confirm).await.map_err(rpc_error("Confirm"))?.into_inner();
         info!(%voucher_id, media_id = %key.media_id, path = %path.display(), voucher_delivered = confirmed.voucher_delivered, "delivered");
         copies.push(DeliveredCopy { media_id: key.media_id, path, content_hash, container_hash, decrypt_ok: true, voucher_delivered: confirmed.voucher_delivered });
     }
     Ok(copies)
+}
+
+/// What a delivery's transaction record must name: this voucher and media, this passport.
+struct Expected {
+    voucher_id: String,
+    media_id: String,
+    passport: proto::v1::Certificate,
+}
+
+impl Expected {
+    /// The player cannot check the engine's signature without the engine's public key
+    /// (`vouchsafe inspect --keys` does); it checks that the record is about this delivery
+    /// and names the engine key that certified its passport.
+    fn check(&self, record: &TransactionRecord) -> Result<(), String> {
+        let fields = [
+            ("voucher", record.voucher_id.as_str(), self.voucher_id.as_str()),
+            ("media", record.media_id.as_str(), self.media_id.as_str()),
+            ("consumer", record.consumer_id.as_str(), self.passport.consumer_id.as_str()),
+            ("certificate", record.cert_serial.as_str(), self.passport.cert_serial.as_str()),
+            ("engine key", record.engine_key_id.as_str(), self.passport.engine_key_id.as_str()),
+        ];
+        match fields.iter().find(|(_, got, want)| got != want) {
+            Some((what, got, want)) => Err(format!("the transaction record names {what} {got:?} instead of {want:?}")),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The domain form of a transaction record received on the wire.
+pub fn transaction_from_proto(record: Option<&proto::v1::TransactionRecord>) -> Result<TransactionRecord, String> {
+    let record = record.ok_or("the redemption carries no transaction record")?;
+    let content_hash: [u8; 32] = record.content_hash.as_slice().try_into().map_err(|_| "the transaction record's content hash is not 32 bytes".to_string())?;
+    Ok(TransactionRecord {
+        voucher_id: VoucherId::new(record.voucher_id.clone()),
+        media_id: MediaId::new(record.media_id.clone()),
+        rendition: record.rendition.clone(),
+        node_id: NodeId::new(record.node_id.clone()),
+        delivered_at: Millis(record.delivered_at_ms),
+        engine_key_id: record.engine_key_id.clone(),
+        consumer_id: ConsumerId::new(record.consumer_id.clone()),
+        cert_serial: CertSerial::new(record.cert_serial.clone()),
+        content_hash,
+    })
+}
+
+/// Decrypts the rendition the record names and checks it is the content the record names.
+fn open_rendition(media_key: &SecretKey, container: &[u8], record: &TransactionRecord) -> Result<Vec<u8>, String> {
+    let content = engine::media::open(media_key, container).map_err(|error| error.to_string())?;
+    if !crypto::ct_eq(&crypto::hash(&content), &record.content_hash) {
+        return Err("the decrypted content is not the content the transaction record names".into());
+    }
+    Ok(content)
 }
 
 /// Whether a failed stream is worth resuming (the connection, not the request, failed).

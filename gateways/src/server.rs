@@ -871,7 +871,17 @@ impl pb::delivery_service_server::DeliveryService for Api {
             let answer = self.market().redeem(&node, &request_id, &voucher, &consumer, &serial, &message.challenge, &message.proof).await.map_err(fail)?;
             Ok(pb::RedeemResponse {
                 voucher_id: answer.voucher_id.0,
-                keys: answer.keys.into_iter().map(|(media, wrapped)| pb::WrappedKey { media_id: media.0, wrapped_key: wrapped }).collect(),
+                keys: answer
+                    .keys
+                    .into_iter()
+                    .zip(answer.transactions)
+                    .map(|((media, wrapped), signed)| pb::WrappedKey {
+                        media_id: media.0,
+                        wrapped_key: wrapped,
+                        transaction: Some(transaction_to_proto(signed.record)),
+                        transaction_signature: signed.signature,
+                    })
+                    .collect(),
             })
         }
         .await;
@@ -942,6 +952,22 @@ impl pb::delivery_service_server::DeliveryService for Api {
         }
         .await;
         self.answer(result)
+    }
+}
+
+/// The wire form of an engine-signed transaction record (the player rebuilds the canonical
+/// bytes from these fields).
+fn transaction_to_proto(record: engine::media::TransactionRecord) -> pb::TransactionRecord {
+    pb::TransactionRecord {
+        voucher_id: record.voucher_id.0,
+        media_id: record.media_id.0,
+        rendition: record.rendition,
+        node_id: record.node_id.0,
+        delivered_at_ms: record.delivered_at.0,
+        engine_key_id: record.engine_key_id,
+        consumer_id: record.consumer_id.0,
+        cert_serial: record.cert_serial.0,
+        content_hash: record.content_hash.to_vec(),
     }
 }
 

@@ -100,7 +100,12 @@ fn serve_node_publish_buy_fetch_then_demo_connect_and_sigterm() {
     assert_eq!(code, 0, "{fetched}");
     assert_eq!(fetched["decrypt_ok"], true);
     let path = fetched["copies"][0]["path"].as_str().expect("path");
-    assert_eq!(std::fs::read(root.join(path)).expect("delivered copy"), content, "the player holds the published content");
+    let copy = std::fs::read(root.join(path)).expect("delivered copy");
+    assert_eq!(engine::media::parse_delivered_copy(&copy).expect("a delivered copy").content, content.as_slice(), "the player holds the published content");
+    let (code, inspected) = json(vouchsafe().args(["inspect", path, "--keys", "keys", "--json"]), root);
+    assert_eq!(code, 0, "{inspected}");
+    assert_eq!(inspected["transaction"]["signature_ok"], true, "{inspected}");
+    assert_eq!(inspected["transaction"]["voucher_id"], sale["voucher_id"], "{inspected}");
     // Delivered at most once: the same sale again is refused with exit code 1.
     let (code, again) = json(vouchsafe().args(["player", "fetch", "--sale", "sale.json", "--consumer", "alice", "--data-dir", "players", "--json"]), root);
     assert_eq!(code, 1, "{again}");

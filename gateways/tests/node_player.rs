@@ -162,7 +162,11 @@ async fn a_player_redeems_downloads_decrypts_and_confirms_an_album_through_a_nod
     assert_eq!(copies.len(), 2);
     for (copy, expected) in copies.iter().zip([&song_a, &song_b]) {
         assert!(copy.decrypt_ok, "{copy:?}");
-        assert_eq!(&std::fs::read(&copy.path).expect("written"), expected);
+        let written = std::fs::read(&copy.path).expect("written");
+        let stamped = engine::media::parse_delivered_copy(&written).expect("a delivered copy");
+        assert_eq!(stamped.content, expected.as_slice());
+        assert!(stamped.check(&fixture.engine_public).ok(), "the engine's transaction record verifies");
+        assert_eq!((stamped.record.voucher_id.as_str(), stamped.record.media_id.as_str()), (sale.voucher_id.as_str(), copy.media_id.as_str()));
         assert_eq!(copy.content_hash, crypto::hash(expected));
         assert_eq!(copy.path, out.join(format!("{}-{}.media", sale.voucher_id, copy.media_id)));
     }
