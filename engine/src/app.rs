@@ -405,7 +405,7 @@ impl Market {
                 return Err(Rejection::AlreadyExists { kind: "voucher", id: voucher_id.0 }.into());
             };
             let hold = AccountCommand::Hold { account: account.clone(), voucher: voucher_id.clone(), amount: *price_minor, expires_at: *expires_at };
-            self.handler.handle::<Account>(&account.0, &by, request, &hold).await?;
+            self.handler.handle::<Account>(&account.0, &by, &account_request_for(request, &voucher_id), &hold).await?;
         }
         let handled = self.handler.handle::<Voucher>(&voucher_id.0, &by, request, &command).await?;
         let state = handled.root.state;
@@ -424,7 +424,7 @@ impl Market {
         let handled = self.handler.handle::<Voucher>(&voucher_id.0, &by, request, &command).await?;
         let state = handled.root.state;
         if let Some(Payment::Points { account }) = &state.payment {
-            self.handler.handle::<Account>(&account.0, &by, request, &AccountCommand::Post { voucher: voucher_id.clone() }).await?;
+            self.handler.handle::<Account>(&account.0, &by, &account_request_for(request, voucher_id), &AccountCommand::Post { voucher: voucher_id.clone() }).await?;
         }
         let receipt = crypto::derive_token(&self.keys.token_key(state.receipt_key_id), TokenPurpose::Receipt, &voucher_id.0, state.receipt_generation);
         Ok(AuthorizeAnswer { voucher_id: voucher_id.clone(), receipt, receipt_generation: state.receipt_generation })
@@ -471,9 +471,9 @@ impl Market {
         if account_root.state.posted.contains(voucher_id) {
             // Authorized, then refunded: the points come back as a credit.
             let credit = AccountCommand::Credit { account: account.clone(), amount: state.price_minor, reason: format!("refund {}", voucher_id.0) };
-            self.handler.handle::<Account>(&account.0, by, request, &credit).await?;
+            self.handler.handle::<Account>(&account.0, by, &account_request_for(request, voucher_id), &credit).await?;
         } else if account_root.state.held.contains_key(voucher_id) {
-            self.handler.handle::<Account>(&account.0, by, request, &AccountCommand::Release { voucher: voucher_id.clone(), reason }).await?;
+            self.handler.handle::<Account>(&account.0, by, &account_request_for(request, voucher_id), &AccountCommand::Release { voucher: voucher_id.clone(), reason }).await?;
         }
         Ok(())
     }

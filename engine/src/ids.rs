@@ -105,6 +105,15 @@ pub fn preview_id_for(merchant: &MerchantId, request: &RequestId) -> PreviewId {
 }
 
 /// The merchant id the operator's request registers.
+/// The request id of a points-saga step on an account, for the step of `request` on
+/// `voucher`. One account serves many vouchers, and request ids are remembered per
+/// aggregate: the merchant's own request id there would collide between vouchers (the
+/// Authorize of one taken for a retry of, or a reuse of, another's Reserve). Derived, so a
+/// retry of the same request on the same voucher lands on the same account request.
+pub fn account_request_for(request: &RequestId, voucher: &VoucherId) -> RequestId {
+    RequestId(format!("ar{}", short_hash(&[b"account request", request.0.as_bytes(), voucher.0.as_bytes()])))
+}
+
 pub fn merchant_id_for(operator: &str, request: &RequestId) -> MerchantId {
     MerchantId(format!("m{}", short_hash(&[b"merchant", operator.as_bytes(), request.0.as_bytes()])))
 }
