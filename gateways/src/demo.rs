@@ -120,6 +120,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("cannot bind a loopback port for the engine")?;
             let mut config = EngineConfig::new(data_dir.clone(), args.keys_dir.clone());
             config.sweep_interval = Duration::from_millis(100);
+            config.projections_dir = Some(data_dir.join("projections"));
             // The demo seals explicitly (below); the interval only covers long runs.
             config.seal_interval = Duration::from_secs(3600);
             let mut running = crate::server::start(config, Arc::clone(&log), listener).await?;

@@ -76,6 +76,9 @@ pub struct EngineConfig {
     /// Seal when at least this many entries wait (and `seal_interval` passed).
     pub seal_entries_min: u64,
     pub tls: Option<TlsFiles>,
+    /// The projection store's directory; `None` keeps the projections in memory only (they
+    /// are rebuilt from sequence 1 at every start).
+    pub projections_dir: Option<PathBuf>,
 }
 
 impl EngineConfig {
@@ -89,6 +92,7 @@ impl EngineConfig {
             seal_interval: Duration::from_secs(10),
             seal_entries_min: 1,
             tls: None,
+            projections_dir: None,
         }
     }
 }
@@ -353,7 +357,22 @@ pub async fn start(config: EngineConfig, log: Arc<dyn EventLog>, listener: tokio
     let royalty_master = crate::keys::load_royalty_master(&config.keys_dir)?;
     let operator = crate::cred::Credential::load(&config.keys_dir.join(crate::keys::OPERATOR_CRED))?;
     let media = MediaStore::open(&config.data_dir.join("media"))?;
-    let live = Live::with_projections(Projections::with_royalty_keys(&royalty_master, Some(keys.public.clone())));
+    let live = match &config.projections_dir {
+        // Backed by the projection store: resume at its checkpoint (after checking it belongs
+        // to this stream), or rebuild into it from sequence 1.
+        Some(dir) => {
+            let (live, outcome) = Live::open_checked(dir, Some(&royalty_master), Some(keys.public.clone()), log.as_ref()).await.with_context(|| format!("cannot open the projection store in {}", dir.display()))?;
+            match outcome {
+                projections::store::OpenOutcome::Created => tracing::info!(dir = %dir.display(), "new projection store: rebuilding from sequence 1"),
+                projections::store::OpenOutcome::Resumed { checkpoint } => tracing::info!(dir = %dir.display(), checkpoint = checkpoint.0, "projection store resumed"),
+                projections::store::OpenOutcome::Quarantined { path, reason } => {
+                    tracing::warn!(dir = %dir.display(), quarantined = %path.display(), %reason, "projection store quarantined; rebuilding from sequence 1")
+                }
+            }
+            live
+        }
+        None => Live::with_projections(Projections::with_royalty_keys(&royalty_master, Some(keys.public.clone()))),
+    };
     let runner = {
         let live = live.clone();
         let log = Arc::clone(&log);
