@@ -817,16 +817,31 @@ enum Backend {
     JetStream,
 }
 
+/// What is killed each round.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Victim {
+    /// The engine process (kill -9, restarted on the same port and data).
+    Engine,
+    /// The nats-server under the running engine (kill -9, restarted on the same port and
+    /// store; `sync_interval: always`): the engine stays up and its client reconnects.
+    Nats,
+}
+
 async fn crash_loop(backend: Backend) {
+    crash_loop_killing(backend, Victim::Engine).await;
+}
+
+async fn crash_loop_killing(backend: Backend, victim: Victim) {
     let started = Instant::now();
-    let name = match backend {
-        Backend::Embedded => "embedded",
-        Backend::JetStream => "jetstream",
+    let name = match (backend, victim) {
+        (Backend::Embedded, _) => "embedded",
+        (Backend::JetStream, Victim::Engine) => "jetstream",
+        (Backend::JetStream, Victim::Nats) => "jetstream, nats-server killed",
     };
     let (seed, rounds) = (seed(), rounds());
     eprintln!("engine_crash[{name}]: seed {seed} (VOUCHSAFE_CRASH_SEED), {rounds} kill rounds (VOUCHSAFE_CRASH_ROUNDS, default {ROUNDS_DEFAULT})");
     let mut schedule = Rng(seed);
-    let nats = match backend {
+    let mut nats = match backend {
         Backend::Embedded => None,
         Backend::JetStream => Some(replay_tests::NatsServer::start().unwrap_or_else(|error| panic!("{error}"))),
     };
@@ -885,14 +900,27 @@ async fn crash_loop(backend: Backend) {
         }
         let steps: Vec<Step> = load.steps.iter().map(|step| Step::from_u8(step.load(Ordering::Relaxed))).collect();
         let acks_at_kill = load.acks.load(Ordering::Relaxed);
-        let pid = engine.pid();
-        engine.kill_9();
-        let killed_at = Instant::now();
+        let killed_at;
+        let pid = match victim {
+            Victim::Engine => {
+                let pid = engine.pid();
+                engine.kill_9();
+                killed_at = Instant::now();
+                engine = launch.spawn();
+                wait_healthy(&url, &mut engine).await;
+                pid
+            }
+            Victim::Nats => {
+                let server = nats.as_mut().expect("the nats-server victim exists on JetStream");
+                let pid = server.pid();
+                killed_at = Instant::now();
+                server.restart().unwrap_or_else(|error| panic!("restarting nats-server: {error}"));
+                pid
+            }
+        };
         for step in &steps {
             *in_flight_at_kills.entry(*step).or_default() += 1;
         }
-        engine = launch.spawn();
-        wait_healthy(&url, &mut engine).await;
         let restart = killed_at.elapsed();
         restarts.push(restart);
         // The node agents outlive the engine: they announce themselves to the new process
@@ -979,4 +1007,11 @@ async fn kill_9_the_engine_under_load_on_the_embedded_log() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_the_engine_under_load_on_jetstream() {
     crash_loop(Backend::JetStream).await;
+}
+
+/// Issue 8 item 2: kill -9 the nats-server (single node, `sync_interval: always`) under
+/// the engine's load, again and again; the same invariants hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_the_nats_server_under_load() {
+    crash_loop_killing(Backend::JetStream, Victim::Nats).await;
 }
