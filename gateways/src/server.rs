@@ -52,6 +52,8 @@ pub const REPLAYS_IN_FLIGHT_MAX: usize = 2;
 const CONFIG_AGGREGATE: &str = "engine";
 /// How often the sealer checks whether a seal is due.
 const SEAL_CHECK_INTERVAL: Duration = Duration::from_millis(500);
+/// Longest wait between retries of the live projections after a read failure.
+const PROJECTION_RETRY_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Longest wait between dispatcher restarts after a failure.
 const DISPATCH_BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// Replay progress is reported every this many events.
@@ -377,8 +379,22 @@ pub async fn start(config: EngineConfig, log: Arc<dyn EventLog>, listener: tokio
         let live = live.clone();
         let log = Arc::clone(&log);
         tokio::spawn(async move {
-            if let Err(error) = live.run(log).await {
-                tracing::error!(%error, "the live projections stopped; restart the engine after fixing the stream");
+            // A read failure (the log unreachable for a while) is retried; a finding in the
+            // stream or a failing projection store stops the projections for good.
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                match live.run(Arc::clone(&log)).await {
+                    Ok(()) => return,
+                    Err(projections::RunError::Read(error)) => {
+                        tracing::warn!(%error, "the live projections cannot read the log; retrying");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(PROJECTION_RETRY_BACKOFF_MAX);
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "the live projections stopped; restart the engine after fixing the stream");
+                        return;
+                    }
+                }
             }
         })
     };
