@@ -467,13 +467,26 @@ impl Market {
 
     async fn settle_void(&self, by: &Actor, request: &RequestId, voucher_id: &VoucherId, state: &Voucher, reason: VoidReason) -> Result<(), AppError> {
         let Some(Payment::Points { account }) = &state.payment else { return Ok(()) };
-        let account_root = self.handler.load::<Account>(&account.0).await?;
-        if account_root.state.posted.contains(voucher_id) {
-            // Authorized, then refunded: the points come back as a credit.
-            let credit = AccountCommand::Credit { account: account.clone(), amount: state.price_minor, reason: format!("refund {}", voucher_id.0) };
-            self.handler.handle::<Account>(&account.0, by, &account_request_for(request, voucher_id), &credit).await?;
-        } else if account_root.state.held.contains_key(voucher_id) {
-            self.handler.handle::<Account>(&account.0, by, &account_request_for(request, voucher_id), &AccountCommand::Release { voucher: voucher_id.clone(), reason }).await?;
+        let account_request = account_request_for(request, voucher_id);
+        // An Authorize racing this Void (in this engine or another) may post the hold
+        // between our read of the account and our Release: the Release is then refused
+        // (the hold is posted), and the points must come back as a refund instead. The
+        // second look reads the account from the stream, not from this engine's cache.
+        for attempt in 0..2 {
+            let account_root = if attempt == 0 { self.handler.load::<Account>(&account.0).await? } else { self.handler.load_fresh::<Account>(&account.0).await? };
+            let command = if account_root.state.posted.contains(voucher_id) {
+                // Authorized, then refunded: the points come back as a credit.
+                AccountCommand::Credit { account: account.clone(), amount: state.price_minor, reason: format!("refund {}", voucher_id.0) }
+            } else if account_root.state.held.contains_key(voucher_id) {
+                AccountCommand::Release { voucher: voucher_id.clone(), reason }
+            } else {
+                return Ok(());
+            };
+            match self.handler.handle::<Account>(&account.0, by, &account_request, &command).await {
+                Ok(_) => return Ok(()),
+                Err(HandleError::Rejected(Rejection::NoSuchHold | Rejection::InvalidTransition { kind: "points hold", .. })) if attempt == 0 => continue,
+                Err(error) => return Err(error.into()),
+            }
         }
         Ok(())
     }
