@@ -4,7 +4,8 @@
 
 use crate::cred::{Credential, Present};
 use anyhow::Context;
-use engine::crypto::{self, RsaPublic, SecretKey};
+use engine::crypto::{self, RsaPrivate, RsaPublic, SecretKey};
+use engine::media::{ComponentSpec, ContainerSpec, PreviewSpec, RenditionSpec};
 use proto::v1 as pb;
 use std::sync::Arc;
 use tonic::service::interceptor::InterceptedService;
@@ -129,8 +130,13 @@ pub struct Upload {
 #[derive(Clone, Debug)]
 pub struct Published {
     pub media_id: String,
+    /// blake3 of the plaintext of the "high" rendition (or the only one).
     pub content_hash: [u8; 32],
     pub container_bytes: usize,
+    /// Every rendition's name and plaintext hash, in the container's order.
+    pub renditions: Vec<(String, [u8; 32])>,
+    /// The container's format version (1: `publish`, 2: `publish_container`).
+    pub format_version: u8,
 }
 
 /// Encrypts the content under a fresh media key, wraps the key for the engine's public
@@ -168,7 +174,141 @@ pub async fn publish(catalog: &mut CatalogClient, request_id: &str, engine_publi
         preview_clip: upload.preview_clip,
     };
     let media_id = catalog.publish_media(request).await?.into_inner().media_id;
-    Ok(Published { media_id, content_hash, container_bytes })
+    Ok(Published { media_id, content_hash, container_bytes, renditions: vec![("high".into(), content_hash)], format_version: engine::media::FORMAT_VERSION })
+}
+
+/// One quality of a media for [`publish_container`].
+#[derive(Clone, Debug)]
+pub struct RenditionUpload {
+    pub name: String,
+    pub bitrate_kbps: u32,
+    pub content: Vec<u8>,
+}
+
+/// A descriptive component beyond title, artist and authors (which are always free text):
+/// lyrics, liner notes, cover or promotional art, free to view or encrypted.
+#[derive(Clone, Debug)]
+pub struct ComponentUpload {
+    pub name: String,
+    pub media_type: String,
+    pub encrypted: bool,
+    pub data: Vec<u8>,
+}
+
+/// The free preview clip: its window in the media, its fades and its bytes.
+#[derive(Clone, Debug)]
+pub struct PreviewUpload {
+    pub start_ms: u64,
+    pub duration_ms: u64,
+    pub fade_in_ms: u32,
+    pub fade_out_ms: u32,
+    pub media_type: String,
+    pub clip: Vec<u8>,
+}
+
+/// What a publisher uploads for one media as a signed, chunked, multi-rendition
+/// (format 2) container.
+#[derive(Clone, Debug)]
+pub struct ContainerUpload {
+    pub title: String,
+    pub artist: String,
+    pub authors: Vec<String>,
+    pub length_ms: u64,
+    pub price_minor: u64,
+    pub currency: String,
+    pub terms: pb::RoyaltyTermsInput,
+    pub renditions: Vec<RenditionUpload>,
+    pub components: Vec<ComponentUpload>,
+    pub preview: Option<PreviewUpload>,
+    pub for_sale: bool,
+    pub image_descriptor: String,
+    /// Plaintext bytes per sealed chunk (`engine::media::CHUNK_BYTES_DEFAULT`).
+    pub chunk_bytes: u32,
+}
+
+const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
+
+/// Builds a format-2 container (every rendition sealed in chunks under a fresh media key,
+/// the descriptive data, the preview clip, the table of contents signed with
+/// `publisher_key`), wraps the media key for the engine and publishes it. The container is
+/// signed for the media id the engine will give it (`ids::media_id_for(publisher_id,
+/// request_id)`; `publisher_id` is the id of the credential `catalog` presents). The media
+/// key never leaves this function in clear.
+pub async fn publish_container(
+    catalog: &mut CatalogClient,
+    publisher_id: &str,
+    request_id: &str,
+    engine_public: &RsaPublic,
+    publisher_key: &RsaPrivate,
+    upload: ContainerUpload,
+) -> anyhow::Result<Published> {
+    let media_id = engine::ids::media_id_for(publisher_id, &engine::ids::RequestId::new(request_id));
+    let renditions: Vec<pb::RenditionInput> = upload
+        .renditions
+        .iter()
+        .map(|rendition| pb::RenditionInput { name: rendition.name.clone(), bitrate_kbps: rendition.bitrate_kbps, content_hash: crypto::hash(&rendition.content).to_vec(), size_bytes: rendition.content.len() as u64 })
+        .collect();
+    let hashes: Vec<(String, [u8; 32])> = upload.renditions.iter().map(|rendition| (rendition.name.clone(), crypto::hash(&rendition.content))).collect();
+    let content_hash = hashes.iter().find(|(name, _)| name == "high").or(hashes.first()).map(|(_, hash)| *hash).context("a media needs at least one rendition")?;
+    let preview = upload.preview.as_ref().map(|preview| pb::PreviewClipInput { start_ms: preview.start_ms, duration_ms: preview.duration_ms });
+    let preview_clip = upload.preview.as_ref().map(|preview| preview.clip.clone()).unwrap_or_default();
+    let (container, wrapped_media_key) = {
+        let (upload, engine_public, publisher_key, media_id) = (upload.clone(), engine_public.clone(), publisher_key.clone(), media_id.clone());
+        // AES over every chunk, hashing every section and an RSA signature: the blocking pool.
+        tokio::task::spawn_blocking(move || -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
+            let media_key = SecretKey::random();
+            let authors = upload.authors.join("\n");
+            let mut components = vec![
+                ComponentSpec { name: "title", media_type: TEXT_PLAIN, encrypted: false, data: upload.title.as_bytes() },
+                ComponentSpec { name: "artist", media_type: TEXT_PLAIN, encrypted: false, data: upload.artist.as_bytes() },
+            ];
+            if !authors.is_empty() {
+                components.push(ComponentSpec { name: "authors", media_type: TEXT_PLAIN, encrypted: false, data: authors.as_bytes() });
+            }
+            components.extend(upload.components.iter().map(|c| ComponentSpec { name: &c.name, media_type: &c.media_type, encrypted: c.encrypted, data: &c.data }));
+            let spec = ContainerSpec {
+                media_id: &media_id,
+                length_ms: upload.length_ms,
+                for_sale: upload.for_sale,
+                chunk_bytes: upload.chunk_bytes,
+                components,
+                renditions: upload.renditions.iter().map(|r| RenditionSpec { name: &r.name, bitrate_kbps: r.bitrate_kbps, content: &r.content }).collect(),
+                preview: upload.preview.as_ref().map(|p| PreviewSpec {
+                    start_ms: p.start_ms,
+                    duration_ms: p.duration_ms,
+                    fade_in_ms: p.fade_in_ms,
+                    fade_out_ms: p.fade_out_ms,
+                    media_type: &p.media_type,
+                    clip: &p.clip,
+                }),
+            };
+            let container = engine::media::seal_v2(&spec, &media_key, &publisher_key).context("cannot build the media container")?;
+            Ok((container, crypto::wrap_key(&engine_public, &media_key)?))
+        })
+        .await
+        .context("the container task failed")??
+    };
+    let container_bytes = container.len();
+    let request = pb::PublishMediaRequest {
+        request_id: request_id.to_string(),
+        title: upload.title,
+        artist: upload.artist,
+        authors: upload.authors,
+        length_ms: upload.length_ms,
+        price_minor: upload.price_minor,
+        currency: upload.currency,
+        terms: Some(upload.terms),
+        container,
+        wrapped_media_key,
+        for_sale: upload.for_sale,
+        renditions,
+        preview,
+        image_descriptor: upload.image_descriptor,
+        preview_clip,
+    };
+    let published = catalog.publish_media(request).await?.into_inner().media_id;
+    anyhow::ensure!(published == media_id.0, "the engine published media {published}, but the container is signed for {media_id}; is {publisher_id} the id of the credential in use?");
+    Ok(Published { media_id: published, content_hash, container_bytes, renditions: hashes, format_version: engine::media::FORMAT_VERSION_2 })
 }
 
 /// A sale as the merchant completes it: what the player needs to redeem.
@@ -194,13 +334,19 @@ impl Sale {
     }
 }
 
-/// Reserve → Authorize → IssueVoucher with request ids `<prefix>-reserve` etc.
+/// Reserve → Authorize → IssueVoucher with request ids `<prefix>-reserve` etc., for the
+/// "high" rendition.
 pub async fn buy(merchant: &mut MerchantClient, prefix: &str, media_ids: &[String], points_account: Option<&str>) -> Result<Sale, tonic::Status> {
+    buy_rendition(merchant, prefix, media_ids, "high", points_account).await
+}
+
+/// [`buy`] of a named rendition.
+pub async fn buy_rendition(merchant: &mut MerchantClient, prefix: &str, media_ids: &[String], rendition: &str, points_account: Option<&str>) -> Result<Sale, tonic::Status> {
     let reserved = merchant
         .reserve(pb::ReserveRequest {
             request_id: format!("{prefix}-reserve"),
             media_ids: media_ids.to_vec(),
-            rendition: "high".into(),
+            rendition: rendition.into(),
             ttl_ms: 15 * 60 * 1000,
             points_account: points_account.unwrap_or_default().to_string(),
             payment_ref: format!("card-{prefix}"),

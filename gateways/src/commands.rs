@@ -3,7 +3,7 @@
 //! last line of stdout (CLI.md). A refused command exits 1 with the engine's status code
 //! and message; a connection or usage problem exits 2.
 
-use crate::client::{self, Upload};
+use crate::client;
 use crate::cred::Credential;
 use crate::player::{Passport, Purchase};
 use anyhow::Context;
@@ -163,6 +163,16 @@ pub struct PublishArgs {
     /// The engine's public key (engine.pub.pem): media keys are wrapped for it.
     #[arg(long)]
     pub engine_key: PathBuf,
+    /// The publisher's signing key (PKCS#8 PEM RSA); default
+    /// <data-dir>/publisher/publisher.pem, created (with publisher.pub.pem) when missing.
+    #[arg(long)]
+    pub sign_key: Option<PathBuf>,
+    /// Where the default publisher key lives.
+    #[arg(long, default_value = "./vouchsafe-data")]
+    pub data_dir: PathBuf,
+    /// The title (default: the file name without extension); only with one media.
+    #[arg(long)]
+    pub title: Option<String>,
     #[arg(long, default_value = "Unknown Artist")]
     pub artist: String,
     /// Price in minor units (cents).
@@ -176,26 +186,226 @@ pub struct PublishArgs {
     /// The rights owner named in the royalty terms.
     #[arg(long, default_value = "label-1")]
     pub owner: String,
-    /// Media files to publish (the title is the file name without extension).
-    #[arg(required = true)]
+    /// One media from several renditions: NAME=FILE or NAME:KBPS=FILE, repeated
+    /// (e.g. --rendition high=song.flac --rendition low:96=song-96k.mp3).
+    #[arg(long = "rendition", value_parser = parse_rendition, conflicts_with = "files")]
+    pub renditions: Vec<RenditionArg>,
+    /// Lyrics (text file), free to view unless `--encrypt lyrics`.
+    #[arg(long)]
+    pub lyrics: Option<PathBuf>,
+    /// Liner notes (text file), free to view unless `--encrypt liner-notes`.
+    #[arg(long)]
+    pub liner_notes: Option<PathBuf>,
+    /// Cover art (image file), free to view unless `--encrypt cover`.
+    #[arg(long)]
+    pub cover: Option<PathBuf>,
+    /// Promotional art (image file), free to view unless `--encrypt promo`.
+    #[arg(long)]
+    pub promo: Option<PathBuf>,
+    /// Encrypt a descriptive component with the media key, so only buyers can read it.
+    #[arg(long = "encrypt", value_enum)]
+    pub encrypt: Vec<EncryptedPart>,
+    /// Where the free preview clip starts in the media, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub preview_start_ms: u64,
+    /// Length of the free preview clip (default: 30 s, or the whole media when shorter;
+    /// 0: no preview).
+    #[arg(long)]
+    pub preview_ms: Option<u64>,
+    #[arg(long, default_value_t = 0)]
+    pub fade_in_ms: u32,
+    #[arg(long, default_value_t = 0)]
+    pub fade_out_ms: u32,
+    /// The preview clip's bytes (default: the matching byte range of the smallest rendition).
+    #[arg(long)]
+    pub preview_clip: Option<PathBuf>,
+    /// Publish the media without offering it for sale (it can still be previewed).
+    #[arg(long)]
+    pub not_for_sale: bool,
+    /// Plaintext bytes per encrypted chunk.
+    #[arg(long, default_value_t = engine::media::CHUNK_BYTES_DEFAULT, value_parser = clap::value_parser!(u32).range(i64::from(engine::media::CHUNK_BYTES_MIN)..=i64::from(engine::media::CHUNK_BYTES_MAX)))]
+    pub chunk_bytes: u32,
+    /// Media files to publish, one media each, as its single "high" rendition (the title is
+    /// the file name without extension).
+    #[arg(required_unless_present = "renditions")]
     pub files: Vec<PathBuf>,
 }
 
+/// A `--rendition NAME[:KBPS]=FILE` argument.
+#[derive(Clone, Debug)]
+pub struct RenditionArg {
+    pub name: String,
+    pub bitrate_kbps: u32,
+    pub file: PathBuf,
+}
+
+/// The bitrate a rendition is labelled with when `--rendition` does not say.
+fn default_bitrate_kbps(name: &str) -> u32 {
+    match name {
+        "high" => 256,
+        "medium" => 160,
+        "low" => 96,
+        _ => 128,
+    }
+}
+
+fn parse_rendition(value: &str) -> Result<RenditionArg, String> {
+    let (label, file) = value.split_once('=').ok_or("expected NAME=FILE or NAME:KBPS=FILE")?;
+    let (name, bitrate_kbps) = match label.split_once(':') {
+        Some((name, kbps)) => (name, kbps.parse::<u32>().map_err(|_| format!("{kbps:?} is not a bitrate in kbps"))?),
+        None => (label, default_bitrate_kbps(label)),
+    };
+    if !engine::ids::is_valid_token(name) || file.is_empty() {
+        return Err("the rendition name must be 1-64 characters of A-Z a-z 0-9 - _, followed by =FILE".into());
+    }
+    Ok(RenditionArg { name: name.to_string(), bitrate_kbps, file: PathBuf::from(file) })
+}
+
+/// A descriptive component `--encrypt` can name.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EncryptedPart {
+    Lyrics,
+    LinerNotes,
+    Cover,
+    Promo,
+}
+
+/// A media type from a file's extension (what players show; nothing here decodes it).
+fn media_type_of(path: &std::path::Path) -> &'static str {
+    let extension = path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
+    match extension.as_str() {
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "gif" => "image/gif",
+        "webp" => "image/webp",
+        "mp3" => "audio/mpeg",
+        "flac" => "audio/flac",
+        "ogg" | "oga" | "opus" => "audio/ogg",
+        "wav" => "audio/wav",
+        "m4a" | "aac" => "audio/mp4",
+        "txt" | "md" => "text/plain; charset=utf-8",
+        _ => "application/octet-stream",
+    }
+}
+
+fn read_file(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// The publisher's signing key: `--sign-key`, or `<data-dir>/publisher/publisher.pem`,
+/// generated (RSA-2048, mode 0600, with `publisher.pub.pem` beside it) on first use.
+async fn publisher_key(args: &PublishArgs) -> anyhow::Result<(engine::crypto::RsaPrivate, PathBuf)> {
+    let path = args.sign_key.clone().unwrap_or_else(|| args.data_dir.join("publisher").join("publisher.pem"));
+    if path.exists() || args.sign_key.is_some() {
+        let pem = zeroize::Zeroizing::new(std::fs::read_to_string(&path).with_context(|| format!("cannot read the publisher key {}", path.display()))?);
+        let key = engine::crypto::RsaPrivate::from_pkcs8_pem(&pem).with_context(|| format!("{} is not a PKCS#8 RSA private key", path.display()))?;
+        return Ok((key, path));
+    }
+    let dir = path.parent().context("the publisher key path has no directory")?.to_path_buf();
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let key = tokio::task::spawn_blocking(|| engine::crypto::RsaPrivate::generate(crate::keys::ENGINE_RSA_BITS)).await.context("the key generation task failed")??;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&path).with_context(|| format!("cannot create {}", path.display()))?;
+    std::io::Write::write_all(&mut file, key.to_pkcs8_pem()?.as_bytes())?;
+    file.sync_all()?;
+    std::fs::write(dir.join("publisher.pub.pem"), key.public().to_pem()?).with_context(|| format!("cannot write the publisher's public key in {}", dir.display()))?;
+    eprintln!("created the publisher key {} (key id {})", path.display(), key.public().key_id());
+    Ok((key, path))
+}
+
+/// The descriptive components the flags name, each free or encrypted.
+fn extra_components(args: &PublishArgs) -> anyhow::Result<Vec<client::ComponentUpload>> {
+    let mut components = Vec::new();
+    let parts = [
+        (&args.lyrics, "lyrics", EncryptedPart::Lyrics, true),
+        (&args.liner_notes, "liner_notes", EncryptedPart::LinerNotes, true),
+        (&args.cover, "cover", EncryptedPart::Cover, false),
+        (&args.promo, "promo", EncryptedPart::Promo, false),
+    ];
+    for (path, name, part, text) in parts {
+        let Some(path) = path else { continue };
+        let media_type = if text { "text/plain; charset=utf-8" } else { media_type_of(path) };
+        components.push(client::ComponentUpload { name: name.into(), media_type: media_type.into(), encrypted: args.encrypt.contains(&part), data: read_file(path)? });
+    }
+    Ok(components)
+}
+
+/// The free preview: `--preview-clip`, or the byte range of the smallest rendition that
+/// matches the preview window (a real publisher cuts the clip with an audio tool; bytes
+/// in proportion to time is right for constant-bitrate files only).
+fn preview_of(args: &PublishArgs, renditions: &[(client::RenditionUpload, PathBuf)]) -> anyhow::Result<Option<client::PreviewUpload>> {
+    let duration_ms = args.preview_ms.unwrap_or_else(|| args.length_ms.saturating_sub(args.preview_start_ms).min(30_000));
+    if duration_ms == 0 || args.length_ms == 0 {
+        return Ok(None);
+    }
+    anyhow::ensure!(args.preview_start_ms.saturating_add(duration_ms) <= args.length_ms, "the preview ({} ms from {} ms) ends after the media ({} ms)", duration_ms, args.preview_start_ms, args.length_ms);
+    anyhow::ensure!(u64::from(args.fade_in_ms) + u64::from(args.fade_out_ms) <= duration_ms, "the fades are longer than the preview");
+    let (smallest, path) = renditions.iter().min_by_key(|(rendition, _)| rendition.content.len()).context("no renditions")?;
+    let (clip, media_type) = match &args.preview_clip {
+        Some(clip) => (read_file(clip)?, media_type_of(clip)),
+        None => {
+            let size = smallest.content.len() as u128;
+            let at = |ms: u64| usize::try_from(size * u128::from(ms) / u128::from(args.length_ms)).unwrap_or(usize::MAX).min(smallest.content.len());
+            (smallest.content[at(args.preview_start_ms)..at(args.preview_start_ms + duration_ms)].to_vec(), media_type_of(path))
+        }
+    };
+    Ok(Some(client::PreviewUpload { start_ms: args.preview_start_ms, duration_ms, fade_in_ms: args.fade_in_ms, fade_out_ms: args.fade_out_ms, media_type: media_type.into(), clip }))
+}
+
+/// Publishes signed format-2 containers: one per positional FILE (its single "high"
+/// rendition), or one from the `--rendition` files.
 pub async fn publish(args: PublishArgs) -> anyhow::Result<Outcome> {
     let operator = Credential::load(&args.cred)?;
     let engine_public = engine::crypto::RsaPublic::from_pem(&std::fs::read_to_string(&args.engine_key).with_context(|| format!("cannot read {}", args.engine_key.display()))?)
         .with_context(|| format!("{} is not an RSA public key", args.engine_key.display()))?;
-    let mut catalog = client::catalog(args.connect.channel().await?, operator);
-    let mut published = Vec::new();
+    anyhow::ensure!(args.title.is_none() || args.files.len() <= 1, "--title names one media; publish several files without it (each is titled by its file name)");
+    let components = extra_components(&args)?;
+    // One media per positional file, or one media from every --rendition.
+    let mut media: Vec<(String, Vec<(client::RenditionUpload, PathBuf)>)> = Vec::new();
     for file in &args.files {
-        let content = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-        anyhow::ensure!(!content.is_empty(), "{} is empty", file.display());
-        let title = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "Untitled".into());
-        // The request id is derived from the content, so publishing the same file twice
-        // is answered from the first publication instead of creating a second media.
-        let request_id = format!("publish-{}", &hex::encode(engine::crypto::hash(&content))[..32]);
-        let clip_len = content.len().min(64 * 1024);
-        let upload = Upload {
+        let title = args.title.clone().unwrap_or_else(|| file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "Untitled".into()));
+        media.push((title, vec![(client::RenditionUpload { name: "high".into(), bitrate_kbps: default_bitrate_kbps("high"), content: read_file(file)? }, file.clone())]));
+    }
+    if !args.renditions.is_empty() {
+        let mut renditions = Vec::new();
+        for rendition in &args.renditions {
+            renditions.push((client::RenditionUpload { name: rendition.name.clone(), bitrate_kbps: rendition.bitrate_kbps, content: read_file(&rendition.file)? }, rendition.file.clone()));
+        }
+        let title = args.title.clone().unwrap_or_else(|| args.renditions[0].file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "Untitled".into()));
+        media.push((title, renditions));
+    }
+    for (_, renditions) in &media {
+        for (rendition, path) in renditions {
+            anyhow::ensure!(!rendition.content.is_empty(), "{} is empty", path.display());
+        }
+    }
+    let (sign_key, sign_key_path) = publisher_key(&args).await?;
+    let mut catalog = client::catalog(args.connect.channel().await?, operator.clone());
+    let mut published = Vec::new();
+    for (title, renditions) in media {
+        let preview = preview_of(&args, &renditions)?;
+        let files: Vec<PathBuf> = renditions.iter().map(|(_, path)| path.clone()).collect();
+        // The request id is derived from what is published, so publishing the same media
+        // twice is answered from the first publication instead of creating a second one.
+        let mut summary = format!("{title}\n{}\n{}\n{}\n{}\n{}\n", args.artist, args.length_ms, args.price, args.currency, !args.not_for_sale);
+        for (rendition, _) in &renditions {
+            summary.push_str(&format!("{}:{}:{}\n", rendition.name, rendition.bitrate_kbps, hex::encode(engine::crypto::hash(&rendition.content))));
+        }
+        for component in &components {
+            summary.push_str(&format!("{}:{}:{}\n", component.name, component.encrypted, hex::encode(engine::crypto::hash(&component.data))));
+        }
+        if let Some(preview) = &preview {
+            summary.push_str(&format!("{}:{}:{}:{}:{}\n", preview.start_ms, preview.duration_ms, preview.fade_in_ms, preview.fade_out_ms, hex::encode(engine::crypto::hash(&preview.clip))));
+        }
+        let request_id = format!("publish-{}", &hex::encode(engine::crypto::hash(summary.as_bytes()))[..32]);
+        let upload = client::ContainerUpload {
             title: title.clone(),
             artist: args.artist.clone(),
             authors: vec![args.artist.clone()],
@@ -203,14 +413,28 @@ pub async fn publish(args: PublishArgs) -> anyhow::Result<Outcome> {
             price_minor: args.price,
             currency: args.currency.clone(),
             terms: client::standard_terms(&args.owner),
-            preview_clip: content[..clip_len].to_vec(),
-            content,
-            image_descriptor: String::new(),
+            renditions: renditions.into_iter().map(|(rendition, _)| rendition).collect(),
+            components: components.clone(),
+            preview,
+            for_sale: !args.not_for_sale,
+            image_descriptor: args.cover.as_ref().map(|cover| cover.display().to_string()).unwrap_or_default(),
+            chunk_bytes: args.chunk_bytes,
         };
-        match client::publish(&mut catalog, &request_id, &engine_public, upload).await {
+        match client::publish_container(&mut catalog, &operator.id, &request_id, &engine_public, &sign_key, upload).await {
             Ok(media) => {
-                eprintln!("published {} as {} ({} bytes encrypted)", file.display(), media.media_id, media.container_bytes);
-                published.push(serde_json::json!({ "file": file, "title": title, "media_id": media.media_id, "content_hash": hex::encode(media.content_hash) }));
+                eprintln!("published {title:?} as {} ({} bytes, format {}, signed by publisher key {})", media.media_id, media.container_bytes, media.format_version, sign_key.public().key_id());
+                published.push(serde_json::json!({
+                    "file": files.first(),
+                    "files": files,
+                    "title": title,
+                    "media_id": media.media_id,
+                    "content_hash": hex::encode(media.content_hash),
+                    "renditions": media.renditions.iter().map(|(name, hash)| serde_json::json!({ "name": name, "content_hash": hex::encode(hash) })).collect::<Vec<_>>(),
+                    "format_version": media.format_version,
+                    "container_bytes": media.container_bytes,
+                    "publisher_key_id": sign_key.public().key_id(),
+                    "for_sale": !args.not_for_sale,
+                }));
             }
             Err(error) => match error.downcast::<tonic::Status>() {
                 Ok(status) => return refused(status),
@@ -218,7 +442,7 @@ pub async fn publish(args: PublishArgs) -> anyhow::Result<Outcome> {
             },
         }
     }
-    Ok(Outcome::Done(serde_json::json!({ "media": published })))
+    Ok(Outcome::Done(serde_json::json!({ "media": published, "publisher_key": sign_key_path })))
 }
 
 #[derive(clap::Subcommand, Debug)]

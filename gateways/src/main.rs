@@ -31,8 +31,8 @@ enum Command {
     Node(commands::NodeCliArgs),
     /// The reference consumer: passport, redeem, download, decrypt, verify.
     Player(commands::PlayerArgs),
-    /// Encrypt media files under fresh keys, wrap each key for the engine, upload.
-    Publish(commands::PublishArgs),
+    /// Build signed media containers (renditions, descriptive data, preview clip) under fresh keys, wrap each key for the engine, upload.
+    Publish(Box<commands::PublishArgs>),
     /// A media container or delivered copy: structure, signatures, transaction record.
     Inspect(inspect::InspectArgs),
     /// Auditor commands: replay and verify the stream.
@@ -206,7 +206,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Publish(args) => {
             let json = args.json;
             let runtime = tokio::runtime::Runtime::new()?;
-            Ok(runtime.block_on(commands::publish(args))?.report(json))
+            Ok(runtime.block_on(commands::publish(*args))?.report(json))
         }
         Command::Inspect(args) => {
             let report = inspect::run(&args)?;

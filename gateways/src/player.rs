@@ -437,8 +437,25 @@ pub fn transaction_from_proto(record: Option<&proto::v1::TransactionRecord>) -> 
 }
 
 /// Decrypts the rendition the record names and checks it is the content the record names.
+/// A format-2 container must carry a publisher signature that verifies over every section
+/// and be the media the record names; its rendition is decrypted chunk by chunk, each chunk
+/// authenticated on its own (as a player decrypts while it plays), then the whole is
+/// checked against the signed content hash.
 fn open_rendition(media_key: &SecretKey, container: &[u8], record: &TransactionRecord) -> Result<Vec<u8>, String> {
-    let content = engine::media::open(media_key, container).map_err(|error| error.to_string())?;
+    let content = match engine::media::parse(container).map_err(|error| error.to_string())? {
+        engine::media::Parsed::V1(_) => engine::media::open(media_key, container).map_err(|error| error.to_string())?,
+        engine::media::Parsed::V2(container) => {
+            container.verify().map_err(|error| format!("the container's publisher signature: {error}"))?;
+            if container.media_id != record.media_id {
+                return Err(format!("the container is media {}, the transaction record names {}", container.media_id, record.media_id));
+            }
+            let (index, rendition) = container.rendition(&record.rendition).ok_or_else(|| format!("the container has no rendition {:?}", record.rendition))?;
+            if !crypto::ct_eq(&rendition.content_hash, &record.content_hash) {
+                return Err(format!("rendition {:?} is not the content the transaction record names", record.rendition));
+            }
+            container.open_rendition(media_key, index).map_err(|error| error.to_string())?
+        }
+    };
     if !crypto::ct_eq(&crypto::hash(&content), &record.content_hash) {
         return Err("the decrypted content is not the content the transaction record names".into());
     }

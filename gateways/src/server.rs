@@ -1011,9 +1011,9 @@ impl pb::catalog_service_server::CatalogService for Api {
     async fn publish_media(&self, request: Request<pb::PublishMediaRequest>) -> Result<Response<pb::PublishMediaResponse>, Status> {
         let result = async {
             let publisher = Self::operator(&request)?;
-            let message = request.into_inner();
+            let mut message = request.into_inner();
             let request_id = request_id(&message.request_id)?;
-            engine::media::parse(&message.container).map_err(|error| invalid("container", &error.to_string()))?;
+            let container = bytes::Bytes::from(std::mem::take(&mut message.container));
             let terms = message.terms.as_ref().ok_or_else(|| invalid("terms", "royalty terms are required"))?;
             let renditions = message
                 .renditions
@@ -1022,6 +1022,18 @@ impl pb::catalog_service_server::CatalogService for Api {
                 .collect::<Result<Vec<_>, Status>>()?;
             let preview = message.preview.map(|p| PreviewClip { start_ms: p.start_ms, duration_ms: p.duration_ms }).unwrap_or_default();
             let media_id = media_id_for(&publisher, &request_id);
+            // A signed (format 2) container must verify, be signed for this media id and
+            // say what the request says; refused before anything is stored.
+            let claims = engine::app::ContainerClaims {
+                title: message.title.clone(),
+                artist: message.artist.clone(),
+                length_ms: message.length_ms,
+                for_sale: message.for_sale,
+                renditions: renditions.clone(),
+                preview,
+                preview_clip: message.preview_clip.clone(),
+            };
+            self.market().check_container(&media_id, container.clone(), claims).await.map_err(fail)?;
             // One publication at a time: the check below and the bytes written after it
             // must not interleave with another publication of the same media.
             let _publishing = self.engine.publishing.lock().await;
@@ -1033,7 +1045,7 @@ impl pb::catalog_service_server::CatalogService for Api {
             // the retry overwrites.
             let fresh = existing.state.published.is_none();
             if fresh {
-                self.engine.media.put(&media_id.0, Part::Container, bytes::Bytes::from(message.container)).await.map_err(|e| Status::internal(format!("cannot store the container: {e:#}")))?;
+                self.engine.media.put(&media_id.0, Part::Container, container).await.map_err(|e| Status::internal(format!("cannot store the container: {e:#}")))?;
                 if !message.preview_clip.is_empty() {
                     self.engine.media.put(&media_id.0, Part::PreviewClip, bytes::Bytes::from(message.preview_clip)).await.map_err(|e| Status::internal(format!("cannot store the preview clip: {e:#}")))?;
                 }
