@@ -293,13 +293,32 @@ fn read_file(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
 }
 
 /// The publisher's signing key: `--sign-key`, or `<data-dir>/publisher/publisher.pem`,
-/// generated (RSA-2048, mode 0600, with `publisher.pub.pem` beside it) on first use.
+/// generated on first use.
 async fn publisher_key(args: &PublishArgs) -> anyhow::Result<(engine::crypto::RsaPrivate, PathBuf)> {
-    let path = args.sign_key.clone().unwrap_or_else(|| args.data_dir.join("publisher").join("publisher.pem"));
-    if path.exists() || args.sign_key.is_some() {
-        let pem = zeroize::Zeroizing::new(std::fs::read_to_string(&path).with_context(|| format!("cannot read the publisher key {}", path.display()))?);
-        let key = engine::crypto::RsaPrivate::from_pkcs8_pem(&pem).with_context(|| format!("{} is not a PKCS#8 RSA private key", path.display()))?;
-        return Ok((key, path));
+    match &args.sign_key {
+        Some(path) => Ok((load_publisher_key(path)?, path.clone())),
+        None => {
+            let path = default_publisher_key_path(&args.data_dir);
+            Ok((load_or_create_publisher_key(&path).await?, path))
+        }
+    }
+}
+
+/// Where `publish` and the demo keep the publisher's key by default.
+pub fn default_publisher_key_path(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("publisher").join("publisher.pem")
+}
+
+fn load_publisher_key(path: &std::path::Path) -> anyhow::Result<engine::crypto::RsaPrivate> {
+    let pem = zeroize::Zeroizing::new(std::fs::read_to_string(path).with_context(|| format!("cannot read the publisher key {}", path.display()))?);
+    engine::crypto::RsaPrivate::from_pkcs8_pem(&pem).with_context(|| format!("{} is not a PKCS#8 RSA private key", path.display()))
+}
+
+/// The publisher key at `path`, or a new RSA-2048 key written there (mode 0600, in a 0700
+/// directory, with `publisher.pub.pem` beside it) when there is none.
+pub async fn load_or_create_publisher_key(path: &std::path::Path) -> anyhow::Result<engine::crypto::RsaPrivate> {
+    if path.exists() {
+        return load_publisher_key(path);
     }
     let dir = path.parent().context("the publisher key path has no directory")?.to_path_buf();
     let mut builder = std::fs::DirBuilder::new();
@@ -312,12 +331,12 @@ async fn publisher_key(args: &PublishArgs) -> anyhow::Result<(engine::crypto::Rs
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(&path).with_context(|| format!("cannot create {}", path.display()))?;
+    let mut file = options.open(path).with_context(|| format!("cannot create {}", path.display()))?;
     std::io::Write::write_all(&mut file, key.to_pkcs8_pem()?.as_bytes())?;
     file.sync_all()?;
     std::fs::write(dir.join("publisher.pub.pem"), key.public().to_pem()?).with_context(|| format!("cannot write the publisher's public key in {}", dir.display()))?;
     eprintln!("created the publisher key {} (key id {})", path.display(), key.public().key_id());
-    Ok((key, path))
+    Ok(key)
 }
 
 /// The descriptive components the flags name, each free or encrypted.

@@ -4,14 +4,18 @@
 //! log or JetStream, `--nats-url`); with `--connect URL` it drives an engine already
 //! running under `serve`, using `operator.cred` from `--keys`. Either way everything else
 //! talks to the engine over real sockets: the operator registers merchants and delivery
-//! nodes and certifies players (RSA passports); a publisher encrypts media under fresh
-//! keys and uploads containers; two node agents register, heartbeat and follow their
-//! feeds; merchants sell concurrently (some paid in points, some albums); some
-//! reservations expire and are swept, some are voided; players challenge-and-prove at the
-//! node, download, unwrap the media key, decrypt and verify; previews play. The royalty
-//! log is sealed (witness file) and the auditor replays the whole stream at the end.
+//! nodes and certifies players (RSA passports); a publisher builds signed format-2
+//! containers (two renditions sealed in chunks under a fresh media key, descriptive data
+//! free or encrypted, a preview clip with fades) and uploads them; two node agents
+//! register, heartbeat and follow their feeds; merchants sell concurrently (some paid in
+//! points, some albums, some of the low rendition); some reservations expire and are
+//! swept, some are voided; players challenge-and-prove at the node, download, unwrap the
+//! media key, check the publisher's signature, decrypt chunk by chunk, verify and keep a
+//! delivered copy stamped with the engine-signed transaction record; previews play. The
+//! royalty log is sealed (witness file), every delivered copy is inspected (its record
+//! checked with the engine's public key) and the auditor replays the whole stream.
 
-use crate::client::{self, MerchantClient, Upload};
+use crate::client::{self, ComponentUpload, ContainerUpload, MerchantClient, PreviewUpload, RenditionUpload};
 use crate::cred::Credential;
 use crate::node::{NodeArgs, RunningNode};
 use crate::player::{Passport, Purchase};
@@ -29,8 +33,12 @@ use std::time::{Duration, Instant};
 
 /// Sales in flight at once.
 const CONCURRENT_SALES_MAX: usize = 48;
-/// Bytes of content per published media (random, so each run differs).
+/// Bytes of content per published media's high rendition (random, so each run differs);
+/// the low rendition has half as many.
 const MEDIA_BYTES: usize = 48 * 1024;
+/// Plaintext bytes per sealed chunk: the high rendition spans three chunks.
+const DEMO_CHUNK_BYTES: u32 = 16 * 1024;
+const MEDIA_LENGTH_MS: u64 = 180_000;
 const RESERVATION_TTL_MS: u64 = 15 * 60 * 1000;
 /// The TTL of the reservations the demo lets expire.
 const SHORT_TTL_MS: u64 = 1;
@@ -75,6 +83,13 @@ pub struct Summary {
     /// Always true: every party talked to the engine over gRPC.
     pub grpc: bool,
     pub engine_url: String,
+    /// Delivered copies whose engine-signed transaction record verified with the engine's
+    /// public key and whose content matched it (`vouchsafe inspect`), out of `delivered`.
+    pub copies_inspected_ok: u64,
+    /// The published containers' format version.
+    pub container_format: u8,
+    /// Deliveries of the low rendition (the rest are of the high one).
+    pub low_rendition_delivered: u64,
 }
 
 #[derive(Default)]
@@ -85,6 +100,9 @@ struct Counters {
     voided: AtomicU64,
     points_paid: AtomicU64,
     album_tracks: AtomicU64,
+    low_rendition: AtomicU64,
+    /// The delivered copies the players wrote, inspected at the end.
+    copies: std::sync::Mutex<Vec<PathBuf>>,
 }
 
 /// The engine this demo started itself (without `--connect`).
@@ -179,30 +197,43 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
     catalog.top_up_points(pb::TopUpPointsRequest { request_id: format!("{run_id}-topup"), account_id: points_account.clone(), amount: 1_000_000 }).await?;
     eprintln!("certified {} players (passports under {}); credited a points account", players.len(), players_dir.display());
 
-    // Publisher: encrypt media under fresh keys, wrap each key for the engine, upload.
+    // Publisher: signed format-2 containers (two renditions, descriptive data, a preview
+    // clip) under fresh media keys, each key wrapped for the engine.
+    let publisher_key = crate::commands::load_or_create_publisher_key(&crate::commands::default_publisher_key_path(&data_dir)).await?;
     let titles = [("Blue Vouchers", "The Receipts"), ("MAC Chain", "Schneier & Kelsey"), ("Track One", "Album Artist"), ("Track Two", "Album Artist"), ("Track Three", "Album Artist")];
     let mut media = Vec::new();
     for (i, (title, artist)) in titles.iter().enumerate() {
-        let mut content = vec![0u8; MEDIA_BYTES];
-        for (j, byte) in content.iter_mut().enumerate() {
+        let mut high = vec![0u8; MEDIA_BYTES];
+        for (j, byte) in high.iter_mut().enumerate() {
             *byte = (i * 31 + j * 7) as u8;
         }
-        content[..32].copy_from_slice(&crypto::random_bytes::<32>());
-        let upload = Upload {
+        high[..32].copy_from_slice(&crypto::random_bytes::<32>());
+        // The "low" rendition stands in for a re-encoding at a lower bitrate.
+        let low: Vec<u8> = high.iter().step_by(2).copied().collect();
+        // The free clip plays 30 s from 0:30, cut from the low rendition.
+        let clip = low[low.len() / 6..low.len() / 3].to_vec();
+        let upload = ContainerUpload {
             title: title.to_string(),
             artist: artist.to_string(),
             authors: vec![artist.to_string()],
-            length_ms: 180_000,
+            length_ms: MEDIA_LENGTH_MS,
             price_minor: 99 + 100 * i as u64,
             currency: "EUR".into(),
             terms: client::standard_terms(&format!("label-{}", i % 2)),
-            preview_clip: content[..4096].to_vec(),
-            content,
-            image_descriptor: format!("cover-{i}.jpg"),
+            renditions: vec![RenditionUpload { name: "high".into(), bitrate_kbps: 256, content: high }, RenditionUpload { name: "low".into(), bitrate_kbps: 96, content: low }],
+            components: vec![
+                ComponentUpload { name: "lyrics".into(), media_type: "text/plain; charset=utf-8".into(), encrypted: true, data: format!("the words of {title}").into_bytes() },
+                ComponentUpload { name: "liner_notes".into(), media_type: "text/plain; charset=utf-8".into(), encrypted: false, data: format!("{title}, recorded for the demo").into_bytes() },
+                ComponentUpload { name: "cover".into(), media_type: "image/png".into(), encrypted: false, data: [&[0x89, b'P', b'N', b'G'][..], title.as_bytes()].concat() },
+            ],
+            preview: Some(PreviewUpload { start_ms: 30_000, duration_ms: 30_000, fade_in_ms: 1_000, fade_out_ms: 2_000, media_type: "audio/mpeg".into(), clip }),
+            for_sale: true,
+            image_descriptor: format!("cover-{i}.png"),
+            chunk_bytes: DEMO_CHUNK_BYTES,
         };
-        media.push(client::publish(&mut catalog, &format!("{run_id}-publish-{i}"), &engine_public, upload).await?);
+        media.push(client::publish_container(&mut catalog, &operator.id, &format!("{run_id}-publish-{i}"), &engine_public, &publisher_key, upload).await?);
     }
-    eprintln!("published {} media (encrypted containers, keys wrapped for the engine)", media.len());
+    eprintln!("published {} media (signed containers with two renditions and a preview clip, publisher key {})", media.len(), publisher_key.public().key_id());
 
     let world = Arc::new(World { run_id: run_id.clone(), merchants, media, players, points_account, players_dir });
     let counters = Arc::new(Counters::default());
@@ -305,6 +336,27 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
         }
     }
 
+    // Every delivered copy names its purchase: inspect each (its record checked with the
+    // engine's public key, its content against the record), as `vouchsafe inspect` does.
+    let copies: Vec<PathBuf> = std::mem::take(&mut *counters.copies.lock().expect("copies lock is never poisoned"));
+    let inspected_public = engine_public.clone();
+    let copies_inspected_ok = tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
+        let mut ok = 0;
+        for path in &copies {
+            let bytes = std::fs::read(path).with_context(|| format!("cannot read the delivered copy {}", path.display()))?;
+            let report = crate::inspect::inspect_bytes(&bytes, Some(&inspected_public), None);
+            if report.ok() && report.transaction.as_ref().is_some_and(|transaction| transaction.signature_ok == Some(true)) {
+                ok += 1;
+            } else {
+                eprintln!("inspect {}: {}", path.display(), crate::inspect::describe(&report));
+            }
+        }
+        Ok(ok)
+    })
+    .await
+    .context("the inspection task failed")??;
+    eprintln!("inspected the delivered copies: {copies_inspected_ok} transaction records verified with the engine's key");
+
     let node_count = nodes.len();
     for node in nodes {
         node.shutdown().await;
@@ -333,6 +385,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
         album_tracks_delivered: counters.album_tracks.load(Ordering::Relaxed),
         grpc: true,
         engine_url: url,
+        copies_inspected_ok,
+        container_format: engine::media::FORMAT_VERSION_2,
+        low_rendition_delivered: counters.low_rendition.load(Ordering::Relaxed),
     })
 }
 
@@ -420,7 +475,9 @@ async fn sell_one(i: usize, world: &World, merchant: &mut MerchantClient, counte
         counters.voided.fetch_add(1, Ordering::Relaxed);
         return Ok(());
     }
-    let sale = client::buy(merchant, &prefix, &media_ids, points).await?;
+    // Every fourth single-media sale buys the low rendition.
+    let rendition = if media_ids.len() == 1 && i % 4 == 1 { "low" } else { "high" };
+    let sale = client::buy_rendition(merchant, &prefix, &media_ids, rendition, points).await?;
     counters.purchases.fetch_add(1, Ordering::Relaxed);
     // A retried Authorize with the same request id returns the first answer.
     let retried = merchant.authorize(pb::AuthorizeRequest { request_id: format!("{prefix}-authorize"), voucher_id: sale.voucher_id.clone() }).await?.into_inner();
@@ -432,10 +489,15 @@ async fn sell_one(i: usize, world: &World, merchant: &mut MerchantClient, counte
     let out_dir = world.players_dir.join(&player.consumer_id.0);
     let copies = crate::player::redeem_and_download(&purchase, player, &format!("{prefix}-redeem"), &out_dir).await?;
     for copy in &copies {
-        let expected = world.media.iter().find(|m| m.media_id == copy.media_id).context("delivered an unknown media")?;
+        let published = world.media.iter().find(|m| m.media_id == copy.media_id).context("delivered an unknown media")?;
+        let expected = published.renditions.iter().find(|(name, _)| name == rendition).map(|(_, hash)| *hash).context("delivered an unknown rendition")?;
         counters.delivered.fetch_add(1, Ordering::Relaxed);
-        if copy.decrypt_ok && copy.content_hash == expected.content_hash {
+        if copy.decrypt_ok && copy.content_hash == expected {
             counters.decrypt_ok.fetch_add(1, Ordering::Relaxed);
+            counters.copies.lock().expect("copies lock is never poisoned").push(copy.path.clone());
+        }
+        if rendition == "low" {
+            counters.low_rendition.fetch_add(1, Ordering::Relaxed);
         }
         if media_ids.len() > 1 {
             counters.album_tracks.fetch_add(1, Ordering::Relaxed);
