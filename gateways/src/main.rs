@@ -292,7 +292,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if json {
                 println!("{}", serde_json::to_string(&summary)?);
             }
-            let ok = summary.delivered > 0 && summary.decrypt_ok == summary.delivered && summary.audit_ok;
+            // Every delivered copy decrypted, verified and names its purchase; the audit passed.
+            let ok = summary.delivered > 0 && summary.decrypt_ok == summary.delivered && summary.copies_inspected_ok == summary.delivered && summary.audit_ok;
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
         Command::Bench { quick, nats_url, json, vouchers, rss_probe } => {
