@@ -30,9 +30,16 @@ impl BackendArgs {
 
     /// The log, and the same log as JetStream when it is one (for the node feed).
     pub async fn open_with_feed(&self) -> anyhow::Result<(Arc<dyn EventLog>, Option<Arc<JetStreamLog>>)> {
+        self.open_with_feed_replicated(1).await
+    }
+
+    /// As `open_with_feed`, creating the JetStream streams with `replicas` copies when they
+    /// do not exist yet (an existing stream with fewer is refused).
+    pub async fn open_with_feed_replicated(&self, replicas: usize) -> anyhow::Result<(Arc<dyn EventLog>, Option<Arc<JetStreamLog>>)> {
         match &self.nats_url {
             Some(url) => {
-                let log = Arc::new(JetStreamLog::connect(url, &self.stream).await?);
+                let options = engine::log::jetstream::StreamOptions { replicas };
+                let log = Arc::new(JetStreamLog::connect_with(url, &self.stream, options).await?);
                 Ok((Arc::clone(&log) as Arc<dyn EventLog>, Some(log)))
             }
             None => Ok((self.open().await?, None)),

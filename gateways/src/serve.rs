@@ -21,6 +21,8 @@ pub struct FileConfig {
     pub keys: Option<PathBuf>,
     pub nats_url: Option<String>,
     pub stream: Option<String>,
+    /// Stream replicas when the engine creates the stream (JetStream only; default 1).
+    pub replicas: Option<usize>,
     /// "text" (default) or "json".
     pub log_format: Option<String>,
     pub access_ttl_ms: Option<u64>,
@@ -65,6 +67,9 @@ pub struct ServeArgs {
     /// The JetStream stream name (default VOUCHSAFE).
     #[arg(long)]
     pub stream: Option<String>,
+    /// Stream replicas when the engine creates the JetStream stream (3 on a 3-node cluster).
+    #[arg(long)]
+    pub replicas: Option<usize>,
     /// Log as JSON lines.
     #[arg(long)]
     pub log_json: bool,
@@ -78,6 +83,7 @@ pub struct Settings {
     pub backend: crate::backend::BackendArgs,
     pub log_json: bool,
     pub engine: EngineConfig,
+    pub replicas: usize,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
@@ -116,6 +122,11 @@ pub fn settings(args: &ServeArgs) -> anyhow::Result<Settings> {
     let keys = args.keys.clone().or(env("VOUCHSAFE_KEYS").map(PathBuf::from)).or(file.keys).unwrap_or_else(|| data_dir.join("keys"));
     let nats_url = args.nats_url.clone().or(env("VOUCHSAFE_NATS_URL")).or(file.nats_url);
     let stream = args.stream.clone().or(env("VOUCHSAFE_STREAM")).or(file.stream).unwrap_or_else(|| engine::log::jetstream::DEFAULT_STREAM.to_string());
+    let replicas = match args.replicas {
+        Some(replicas) => replicas,
+        None => env_parsed::<usize>("VOUCHSAFE_REPLICAS")?.or(file.replicas).unwrap_or(1),
+    };
+    anyhow::ensure!((1..=5).contains(&replicas), "replicas must be 1..=5");
     let log_format = if args.log_json { Some("json".to_string()) } else { env("VOUCHSAFE_LOG_FORMAT").or(file.log_format) };
     let log_json = match log_format.as_deref() {
         None | Some("text") => false,
@@ -148,7 +159,7 @@ pub fn settings(args: &ServeArgs) -> anyhow::Result<Settings> {
     }
     engine.tls = file.tls.map(|tls| TlsFiles { cert: tls.cert, key: tls.key, client_ca: tls.client_ca });
     let backend = crate::backend::BackendArgs { data_dir, nats_url, stream };
-    Ok(Settings { listen, metrics_listen, backend, log_json, engine })
+    Ok(Settings { listen, metrics_listen, backend, log_json, engine, replicas })
 }
 
 /// Resolves on SIGTERM or ctrl-c.
@@ -181,7 +192,7 @@ pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output =
     if crate::keys::is_empty(keys_dir) {
         anyhow::bail!("no keys in {}; run `vouchsafe keys init --out {}` first", keys_dir.display(), keys_dir.display());
     }
-    let (log, feed) = settings.backend.open_with_feed().await?;
+    let (log, feed) = settings.backend.open_with_feed_replicated(settings.replicas).await?;
     let listener = tokio::net::TcpListener::bind(settings.listen).await.with_context(|| format!("cannot listen on {}", settings.listen))?;
     let mut running = crate::server::start(settings.engine.clone(), log, listener).await?;
     if let Some(feed) = feed {

@@ -245,6 +245,8 @@ struct Launch {
     root: PathBuf,
     port: u16,
     nats_url: Option<String>,
+    /// `serve --replicas` (3 on the R3 cluster).
+    replicas: usize,
     started: u32,
 }
 
@@ -268,7 +270,7 @@ impl Launch {
         let mut command = Command::new(&self.binary);
         command.arg("serve").arg("--listen").arg(format!("127.0.0.1:{}", self.port)).arg("--data-dir").arg(self.data_dir()).arg("--keys").arg(self.keys());
         if let Some(url) = &self.nats_url {
-            command.arg("--nats-url").arg(url);
+            command.arg("--nats-url").arg(url).arg("--replicas").arg(self.replicas.to_string());
         }
         for (name, _) in std::env::vars() {
             if name.starts_with("VOUCHSAFE_") {
@@ -825,6 +827,9 @@ enum Victim {
     /// The nats-server under the running engine (kill -9, restarted on the same port and
     /// store; `sync_interval: always`): the engine stays up and its client reconnects.
     Nats,
+    /// One node of a 3-node cluster holding the stream with replicas 3 (each round the
+    /// next node, leader or not), restarted on the same ports and store.
+    ClusterNode,
 }
 
 async fn crash_loop(backend: Backend) {
@@ -837,16 +842,20 @@ async fn crash_loop_killing(backend: Backend, victim: Victim) {
         (Backend::Embedded, _) => "embedded",
         (Backend::JetStream, Victim::Engine) => "jetstream",
         (Backend::JetStream, Victim::Nats) => "jetstream, nats-server killed",
+        (Backend::JetStream, Victim::ClusterNode) => "jetstream R3, a cluster node killed",
     };
     let (seed, rounds) = (seed(), rounds());
     eprintln!("engine_crash[{name}]: seed {seed} (VOUCHSAFE_CRASH_SEED), {rounds} kill rounds (VOUCHSAFE_CRASH_ROUNDS, default {ROUNDS_DEFAULT})");
     let mut schedule = Rng(seed);
-    let mut nats = match backend {
-        Backend::Embedded => None,
-        Backend::JetStream => Some(replay_tests::NatsServer::start().unwrap_or_else(|error| panic!("{error}"))),
+    let mut nats = match (backend, victim) {
+        (Backend::Embedded, _) | (Backend::JetStream, Victim::ClusterNode) => None,
+        (Backend::JetStream, _) => Some(replay_tests::NatsServer::start().unwrap_or_else(|error| panic!("{error}"))),
     };
+    let mut cluster = (victim == Victim::ClusterNode).then(|| replay_tests::NatsCluster::start(3).unwrap_or_else(|error| panic!("{error}")));
+    let nats_url = nats.as_ref().map(|server| server.url()).or_else(|| cluster.as_ref().map(|cluster| cluster.url()));
+    let replicas = if cluster.is_some() { 3 } else { 1 };
     let run_dir = RunDir::new();
-    let mut launch = Launch { binary: vouchsafe_binary(), root: run_dir.path.clone(), port: free_port(), nats_url: nats.as_ref().map(|server| server.url()), started: 0 };
+    let mut launch = Launch { binary: vouchsafe_binary(), root: run_dir.path.clone(), port: free_port(), nats_url, replicas, started: 0 };
     gateways::keys::init(&launch.keys()).expect("keys init");
     let url = launch.url();
     let mut engine = launch.spawn();
@@ -915,6 +924,14 @@ async fn crash_loop_killing(backend: Backend, victim: Victim) {
                 let pid = server.pid();
                 killed_at = Instant::now();
                 server.restart().unwrap_or_else(|error| panic!("restarting nats-server: {error}"));
+                pid
+            }
+            Victim::ClusterNode => {
+                let cluster = cluster.as_mut().expect("the cluster exists");
+                let index = (round as usize) % cluster.len();
+                let pid = cluster.pid(index);
+                killed_at = Instant::now();
+                cluster.restart(index).unwrap_or_else(|error| panic!("restarting cluster node {index}: {error}"));
                 pid
             }
         };
@@ -997,6 +1014,7 @@ async fn crash_loop_killing(backend: Backend, victim: Victim) {
         started.elapsed().as_secs_f64()
     );
     drop(nats);
+    drop(cluster);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -1014,4 +1032,11 @@ async fn kill_9_the_engine_under_load_on_jetstream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_the_nats_server_under_load() {
     crash_loop_killing(Backend::JetStream, Victim::Nats).await;
+}
+
+/// Issue 8 item 2: kill -9 one node of a 3-node cluster (replicas 3) under the engine's
+/// load, round after round; the same invariants hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_a_cluster_node_under_load() {
+    crash_loop_killing(Backend::JetStream, Victim::ClusterNode).await;
 }

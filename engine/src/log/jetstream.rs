@@ -501,11 +501,45 @@ impl EventLog for JetStreamLog {
     }
 
     async fn read_from(&self, from: Seq, limit: usize) -> Result<Vec<StoredEvent>, ReadError> {
+        // A cluster that just lost or regained a node answers "no responders" or times out
+        // until it has elected a stream leader again: retry an unavailable read a few times
+        // with backoff (about 6 s in all) before giving up. Corruption is never retried.
+        let mut backoff = Duration::from_millis(READ_RETRY_BACKOFF_MIN_MS);
+        for attempt in 1.. {
+            match self.read_from_once(from, limit).await {
+                Err(ReadError::Unavailable(reason)) if attempt < READ_ATTEMPTS_MAX => {
+                    tracing::debug!(attempt, %reason, "read unavailable; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                }
+                other => return other,
+            }
+        }
+        unreachable!("the loop returns by its last attempt")
+    }
+
+    async fn last_seq(&self) -> Result<Seq, ReadError> {
+        self.last_seq_once().await
+    }
+
+    fn follow(&self, from: Seq) -> BoxStream<'static, Result<StoredEvent, ReadError>> {
+        let follower = Follower::new(self.events.clone(), None, from.0);
+        futures::stream::unfold(follower, Follower::next_event).boxed()
+    }
+}
+
+/// Attempts of one `read_from` while the stream is unavailable.
+const READ_ATTEMPTS_MAX: u32 = 6;
+/// The first wait between those attempts (doubled each time).
+const READ_RETRY_BACKOFF_MIN_MS: u64 = 200;
+
+impl JetStreamLog {
+    async fn read_from_once(&self, from: Seq, limit: usize) -> Result<Vec<StoredEvent>, ReadError> {
         let first = from.0.max(1);
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let last = self.last_seq().await?.0;
+        let last = self.last_seq_once().await?.0;
         if first > last {
             return Ok(Vec::new());
         }
@@ -526,18 +560,13 @@ impl EventLog for JetStreamLog {
         read
     }
 
-    async fn last_seq(&self) -> Result<Seq, ReadError> {
+    async fn last_seq_once(&self) -> Result<Seq, ReadError> {
         let info = self
             .events
             .get_info()
             .await
             .map_err(|error| ReadError::Unavailable(format!("stream info: {error}")))?;
         Ok(Seq(info.state.last_sequence))
-    }
-
-    fn follow(&self, from: Seq) -> BoxStream<'static, Result<StoredEvent, ReadError>> {
-        let follower = Follower::new(self.events.clone(), None, from.0);
-        futures::stream::unfold(follower, Follower::next_event).boxed()
     }
 }
 
