@@ -380,14 +380,23 @@ impl JetStreamLog {
         if actual.is_some_and(|actual| actual <= after) {
             return None;
         }
-        let candidate = self
-            .events
-            .raw_message_builder()
-            .next_by_subject(subject.to_owned())
-            .sequence(after + 1)
-            .send()
-            .await
-            .ok()?;
+        // During a leader change the lookup itself can fail for a moment ("no responders",
+        // a timeout): retry it briefly, since a wrongly reported conflict makes the caller
+        // re-decide on a state that already holds its own append. "Not found" is an answer.
+        let mut backoff = Duration::from_millis(READ_RETRY_BACKOFF_MIN_MS);
+        let mut attempt = 1;
+        let candidate = loop {
+            match self.events.raw_message_builder().next_by_subject(subject.to_owned()).sequence(after + 1).send().await {
+                Ok(candidate) => break candidate,
+                Err(error) if attempt < READ_ATTEMPTS_MAX && !matches!(error.kind(), async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound) => {
+                    tracing::debug!(%error, attempt, "looking up our own append failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                    attempt += 1;
+                }
+                Err(_) => return None,
+            }
+        };
         let stored_id = candidate.headers.get(header::NATS_MESSAGE_ID)?;
         (candidate.subject.as_str() == subject && stored_id.as_str() == message_id)
             .then_some(candidate.sequence)
