@@ -65,12 +65,11 @@ impl MediaStore {
     /// left behind is referred to by no event).
     pub async fn remove(&self, media_id: &str) {
         for part in [Part::Container, Part::PreviewClip] {
-            if let Ok(path) = self.path(media_id, part) {
-                if let Err(error) = tokio::fs::remove_file(&path).await
-                    && error.kind() != std::io::ErrorKind::NotFound
-                {
-                    tracing::warn!(path = %path.display(), %error, "cannot remove the bytes of a refused publication");
-                }
+            if let Ok(path) = self.path(media_id, part)
+                && let Err(error) = tokio::fs::remove_file(&path).await
+                && error.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(path = %path.display(), %error, "cannot remove the bytes of a refused publication");
             }
         }
     }

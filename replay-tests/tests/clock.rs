@@ -111,7 +111,7 @@ async fn two_engines_with_skewed_clocks_expire_once() {
     // The engine whose clock is ahead sees the reservation due and voids it; the one behind
     // then finds it voided (the event is the fact), and its own sweep writes nothing.
     let (first, second) = tokio::join!(ahead.expire(&voucher), behind.expire(&voucher));
-    assert_eq!(first.expect("the engine ahead expires it"), true);
+    assert!(first.expect("the engine ahead expires it"), "the engine ahead voids it");
     assert!(second.is_err() || second.as_ref().is_ok_and(|voided| !voided), "the engine behind never voids it a second time: {second:?}");
     assert_eq!(voided_events(&world, &voucher).await, 1);
     let late = behind.authorize(&world.merchant, &RequestId::new("a1"), &voucher).await.expect_err("voided by the other engine");
