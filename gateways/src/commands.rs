@@ -32,6 +32,17 @@ fn read_pem(what: &str, path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
 }
 
 impl ConnectArgs {
+    /// The PEM files of `--ca`, `--client-cert` and `--client-key`, for a client (the node
+    /// agent) that builds its own connection.
+    pub fn engine_tls(&self) -> anyhow::Result<crate::node::EngineTls> {
+        let ca_pem = self.ca.as_ref().map(|path| read_pem("CA", path)).transpose()?;
+        let client_identity = match (&self.client_cert, &self.client_key) {
+            (Some(cert), Some(key)) => Some((read_pem("client certificate", cert)?, read_pem("client key", key)?)),
+            _ => None,
+        };
+        Ok(crate::node::EngineTls { ca_pem, client_identity })
+    }
+
     pub async fn channel(&self) -> anyhow::Result<tonic::transport::Channel> {
         let ca = self.ca.as_ref().map(|path| read_pem("CA", path)).transpose()?;
         let cert_pem = self.client_cert.as_ref().map(|path| read_pem("client certificate", path)).transpose()?;
@@ -638,6 +649,7 @@ pub async fn node(args: NodeCliArgs) -> anyhow::Result<()> {
         region: args.region,
         data_dir: args.data_dir,
         cache_bytes_max: args.cache_bytes_max,
+        engine_tls: args.connect.engine_tls()?,
     };
     crate::node::run(node_args, crate::serve::terminate_signal()).await
 }

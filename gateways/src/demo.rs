@@ -179,6 +179,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
             region: region.to_string(),
             data_dir: data_dir.join("nodes"),
             cache_bytes_max: NODE_CACHE_BYTES_MAX,
+            engine_tls: Default::default(),
         })
         .await?;
         nodes.push(node);

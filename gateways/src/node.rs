@@ -129,6 +129,17 @@ pub struct NodeArgs {
     pub data_dir: PathBuf,
     /// Bound of the media cache, in bytes.
     pub cache_bytes_max: u64,
+    /// TLS to an `https://` engine: the CA that signed its certificate, and the node's own
+    /// certificate for an engine that requires client certificates (mTLS).
+    pub engine_tls: EngineTls,
+}
+
+/// PEM material for the node's connection to an `https://` engine.
+#[derive(Clone, Debug, Default)]
+pub struct EngineTls {
+    pub ca_pem: Option<Vec<u8>>,
+    /// (certificate, private key) presented in the handshake.
+    pub client_identity: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 /// A snapshot of the node's counters.
@@ -1041,12 +1052,25 @@ fn advertised_endpoint(local_addr: SocketAddr) -> String {
 /// Connects to the engine and registers; the client and the registration's node id and
 /// access key.
 async fn register(args: &NodeArgs, credential: Credential, endpoint: &str) -> anyhow::Result<(EngineClient, String, SecretKey)> {
-    let channel = Endpoint::from_shared(args.connect.clone())
+    let mut engine_endpoint = Endpoint::from_shared(args.connect.clone())
         .with_context(|| format!("--connect {} is not a URL such as http://127.0.0.1:7400", args.connect))?
         .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_millis(ENGINE_KEEPALIVE_MS))
-        .keep_alive_while_idle(true)
+        .keep_alive_while_idle(true);
+    if args.connect.starts_with("https://") {
+        let mut tls = tonic::transport::ClientTlsConfig::new().with_enabled_roots();
+        if let Some(ca) = &args.engine_tls.ca_pem {
+            tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(ca));
+        }
+        if let Some((cert, key)) = &args.engine_tls.client_identity {
+            tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
+        }
+        engine_endpoint = engine_endpoint.tls_config(tls).context("TLS configuration for the engine connection")?;
+    } else if args.engine_tls.client_identity.is_some() {
+        bail!("a client certificate needs an https:// engine URL, not {}", args.connect);
+    }
+    let channel = engine_endpoint
         .connect()
         .await
         .with_context(|| format!("cannot reach the engine at {}; is `vouchsafe serve` running there?", args.connect))?;

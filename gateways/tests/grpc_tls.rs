@@ -316,3 +316,36 @@ fn serve_with_a_tls_section_and_the_cli_with_ca_and_client_certificate() {
     assert_eq!(code, 1, "{said}");
     drop(serve);
 }
+
+/// The delivery node agent reaches an engine that requires mTLS: with the CA and a client
+/// certificate it registers and is allocated work; without the certificate it cannot start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_agent_connects_to_an_mtls_engine() {
+    let fixture = start(true).await;
+    let ca = fixture.pki.ca.cert_pem.as_bytes().to_vec();
+    let url = format!("https://localhost:{}", fixture.port());
+    let channel = client::connect_tls(&url, Some(&ca), Some(fixture.pki.client.identity())).await.expect("mTLS connect");
+    let mut catalog = client::catalog(channel.clone(), fixture.operator.clone());
+    let response = catalog.register_node_credential(pb::RegisterNodeCredentialRequest { request_id: request_id(), region: "eu".into(), slots_max: 4 }).await.expect("node credential");
+    let node_cred = client::credential_of(response.into_inner()).expect("credential");
+    let data = tempfile::tempdir().expect("temp dir");
+    let args = |identity: bool| gateways::node::NodeArgs {
+        connect: url.clone(),
+        cred: node_cred.clone(),
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        slots_max: 4,
+        region: "eu".into(),
+        data_dir: data.path().to_path_buf(),
+        cache_bytes_max: 1024 * 1024,
+        engine_tls: gateways::node::EngineTls {
+            ca_pem: Some(ca.clone()),
+            client_identity: identity.then(|| (fixture.pki.client.cert.clone().into_bytes(), fixture.pki.client.key.clone().into_bytes())),
+        },
+    };
+    // Negative control: without its client certificate the node cannot register.
+    assert!(gateways::node::start(args(false)).await.is_err(), "an mTLS engine refuses a node without a client certificate");
+    let node = gateways::node::start(args(true)).await.expect("the node registers over mTLS");
+    assert_eq!(node.node_id(), node_cred.id);
+    node.shutdown().await;
+    fixture.engine.shutdown().await.expect("graceful shutdown");
+}

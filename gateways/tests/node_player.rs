@@ -64,6 +64,7 @@ async fn start_node(fixture: &Fixture) -> RunningNode {
         region: "eu".into(),
         data_dir: fixture.dir.path().join("node"),
         cache_bytes_max: 16 * 1024 * 1024,
+        engine_tls: Default::default(),
     })
     .await
     .expect("node starts")
@@ -310,6 +311,7 @@ async fn run_stops_when_its_shutdown_future_completes() {
         region: "eu".into(),
         data_dir: fixture.dir.path().join("node"),
         cache_bytes_max: 1024 * 1024,
+        engine_tls: Default::default(),
     };
     let running = tokio::spawn(node::run(args, async move {
         stopped.await.ok();
@@ -327,6 +329,7 @@ async fn run_stops_when_its_shutdown_future_completes() {
         region: "eu".into(),
         data_dir: fixture.dir.path().join("node"),
         cache_bytes_max: 1024 * 1024,
+        engine_tls: Default::default(),
     };
     let refused = node::start(wrong).await.expect_err("unauthenticated");
     assert!(format!("{refused:#}").contains("Unauthenticated"), "{refused:#}");
