@@ -986,7 +986,20 @@ async fn crash_loop_killing(backend: Backend, victim: Victim) {
         let witness = launch.data_dir().join(gateways::audit::WITNESS_FILE);
         witness.is_file().then(|| gateways::audit::parse_pin(witness.to_str().expect("utf-8 path")).expect("the witness file names a seal"))
     };
-    let log = BackendArgs { data_dir: launch.data_dir(), nats_url: launch.nats_url.clone(), stream: engine::log::jetstream::DEFAULT_STREAM.to_string() }.open().await.expect("open the log");
+    // A cluster whose node was just restarted may still be electing the streams' leaders:
+    // opening (stream info on both streams) is retried for a while.
+    let backend = BackendArgs { data_dir: launch.data_dir(), nats_url: launch.nats_url.clone(), stream: engine::log::jetstream::DEFAULT_STREAM.to_string() };
+    let open_deadline = Instant::now() + Duration::from_secs(30);
+    let log = loop {
+        match backend.open().await {
+            Ok(log) => break log,
+            Err(error) if Instant::now() < open_deadline => {
+                eprintln!("engine_crash[{name}]: opening the log for the checks: {error:#}; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(error) => panic!("open the log: {error:#}"),
+        }
+    };
     let ledger = load.ledger.lock().expect("ledger lock").clone();
     let figures = check_stream(log.as_ref(), &ledger, &launch.keys(), pin, &live).await;
 
