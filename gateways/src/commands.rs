@@ -59,6 +59,23 @@ impl ConnectArgs {
     }
 }
 
+/// Keys of a command's answer that hold a secret for its recipient (the player).
+const SECRET_KEYS: &[&str] = &["receipt", "access_token"];
+
+/// The human form of an answer, for stderr. Stderr ends up in logs, so the receipt and the
+/// access token are handed over only on stdout, with --json.
+fn human(value: &serde_json::Value) -> String {
+    let mut shown = value.clone();
+    if let Some(object) = shown.as_object_mut() {
+        for secret in SECRET_KEYS {
+            if object.contains_key(*secret) {
+                object.insert((*secret).to_string(), serde_json::Value::String("(not shown; use --json to receive it on stdout)".into()));
+            }
+        }
+    }
+    serde_json::to_string_pretty(&shown).unwrap_or_else(|_| shown.to_string())
+}
+
 /// A command's outcome: the engine refused (exit 1) or it worked (exit 0).
 pub enum Outcome {
     Done(serde_json::Value),
@@ -74,7 +91,7 @@ impl Outcome {
                 if json {
                     println!("{value}");
                 } else {
-                    eprintln!("{}", serde_json::to_string_pretty(&value).unwrap_or_else(|_| value.to_string()));
+                    eprintln!("{}", human(&value));
                 }
                 std::process::ExitCode::SUCCESS
             }
@@ -868,5 +885,18 @@ pub async fn admin(args: AdminArgs) -> anyhow::Result<Outcome> {
     match answer {
         Ok(value) => Ok(Outcome::Done(value)),
         Err(status) => refused(status),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_output_never_shows_a_receipt_or_an_access_token() {
+        let sale = serde_json::json!({ "voucher_id": "v1", "receipt": "ab12cd34", "access_token": "ef56", "node_id": "n1" });
+        let shown = human(&sale);
+        assert!(shown.contains("v1") && shown.contains("n1"), "{shown}");
+        assert!(!shown.contains("ab12cd34") && !shown.contains("ef56"), "{shown}");
     }
 }
