@@ -64,7 +64,7 @@ use engine::log::EventLog;
 use engine::log::jetstream::JetStreamLog;
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
-use projections::{Live, Projections};
+use projections::Live;
 use proto::v1 as pb;
 use std::path::Path;
 use std::sync::Arc;
@@ -1006,7 +1006,7 @@ impl EngineUnderTest {
     async fn start(url: &str, keys: &BenchKeys, vouchers: usize) -> anyhow::Result<Self> {
         let log: Arc<dyn EventLog> = Arc::new(JetStreamLog::connect(url, BENCH_STREAM).await?);
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let live = Live::with_projections(Projections::with_royalty_keys(&keys.royalty_master, Some(keys.engine.public.clone())));
+        let live = Live::with_keys(Some(&keys.royalty_master), Some(keys.engine.public.clone()));
         let runner = {
             let (live, log) = (live.clone(), Arc::clone(&log));
             tokio::spawn(async move { live.run(log).await })

@@ -22,7 +22,7 @@ use engine::domain::{validate, Event, Rejection};
 use engine::ids::*;
 use engine::log::EventLog;
 use futures::StreamExt;
-use projections::{Live, Projections};
+use projections::Live;
 use proto::v1 as pb;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -373,7 +373,7 @@ pub async fn start(config: EngineConfig, log: Arc<dyn EventLog>, listener: tokio
             }
             live
         }
-        None => Live::with_projections(Projections::with_royalty_keys(&royalty_master, Some(keys.public.clone()))),
+        None => Live::with_keys(Some(&royalty_master), Some(keys.public.clone())),
     };
     let runner = {
         let live = live.clone();

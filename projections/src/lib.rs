@@ -241,6 +241,29 @@ pub struct Live {
     /// The last sequence committed to the store.
     committed: Arc<tokio::sync::watch::Sender<Seq>>,
     batch_events_max: usize,
+    /// Empty projections with the same keys, for a rebuild from sequence 1 when the log
+    /// went back under `run` (`rebuild`); `None` (`with_projections`): such a log stops
+    /// `run` with `RunError::Diverged`.
+    fresh: Option<Arc<dyn Fn() -> Projections + Send + Sync>>,
+}
+
+/// Empty projections: with `master`, computing the royalty chain; with `engine_key`,
+/// checking seal signatures.
+fn empty_projections(master: Option<&SecretKey>, engine_key: Option<RsaPublic>) -> Projections {
+    match master {
+        Some(master) => Projections::with_royalty_keys(master, engine_key),
+        None => {
+            let mut projections = Projections::default();
+            projections.royalty.engine_key = engine_key;
+            projections
+        }
+    }
+}
+
+/// A factory of `empty_projections` for these keys.
+fn fresh_factory(master: Option<&SecretKey>, engine_key: Option<RsaPublic>) -> Arc<dyn Fn() -> Projections + Send + Sync> {
+    let master = master.cloned();
+    Arc::new(move || empty_projections(master.as_ref(), engine_key.clone()))
 }
 
 impl Default for Live {
@@ -250,14 +273,26 @@ impl Default for Live {
 }
 
 impl Live {
+    /// Empty projections in memory, without keys.
     pub fn new() -> Self {
-        Self::with_projections(Projections::default())
+        Self::with_keys(None, None)
     }
 
+    /// Empty projections in memory: with `master` they compute the royalty chain, with
+    /// `engine_key` they check seal signatures. They rebuild themselves when the log goes
+    /// back under `run`.
+    pub fn with_keys(master: Option<&SecretKey>, engine_key: Option<RsaPublic>) -> Self {
+        let mut live = Self::with_projections(empty_projections(master, engine_key.clone()));
+        live.fresh = Some(fresh_factory(master, engine_key));
+        live
+    }
+
+    /// These projections in memory. `run` cannot rebuild them (it does not know their
+    /// keys): a log that goes back under it stops it with `RunError::Diverged`.
     pub fn with_projections(projections: Projections) -> Self {
         let (applied, _) = tokio::sync::watch::channel(Seq(0));
         let (committed, _) = tokio::sync::watch::channel(Seq(0));
-        Self { inner: Arc::new(Mutex::new(projections)), applied: Arc::new(applied), store: None, committed: Arc::new(committed), batch_events_max: BATCH_EVENTS_MAX }
+        Self { inner: Arc::new(Mutex::new(projections)), applied: Arc::new(applied), store: None, committed: Arc::new(committed), batch_events_max: BATCH_EVENTS_MAX, fresh: None }
     }
 
     /// Live projections backed by the projection store in `dir`: opens it (quarantining a
@@ -280,11 +315,11 @@ impl Live {
             Err(LoadError::Storage(reason)) => return Err(storage(reason)),
             Err(rebuild @ (LoadError::ChainNotFromStart | LoadError::Inconsistent(_))) => {
                 let (store, outcome) = store.quarantine(&rebuild.to_string())?;
-                let projections = store.load(master, engine_key).map_err(|e| storage(e.to_string()))?;
+                let projections = store.load(master, engine_key.clone()).map_err(|e| storage(e.to_string()))?;
                 (store, outcome, projections)
             }
         };
-        Ok((Self::from_store(store, projections), outcome))
+        Ok((Self::from_store(store, projections, fresh_factory(master, engine_key)), outcome))
     }
 
     /// `open`, then a check that `log` is the stream the store was built from: the log's
@@ -306,20 +341,21 @@ impl Live {
         let Some(mismatch) = stream_mismatch(&checkpoint, log).await.map_err(|reason| StoreError::Log { path: dir.to_path_buf(), reason })? else {
             return Ok((live, outcome));
         };
-        let Live { store, .. } = live;
+        let Live { store, fresh, .. } = live;
         let store = store.and_then(Arc::into_inner).ok_or_else(|| StoreError::Storage { path: dir.to_path_buf(), reason: "the store is still shared".into() })?;
+        let fresh = fresh.ok_or_else(|| StoreError::Storage { path: dir.to_path_buf(), reason: "a store-backed Live without a factory".into() })?;
         let (path, key) = (dir.to_path_buf(), master.cloned());
         tokio::task::spawn_blocking(move || {
             let (store, outcome) = store.quarantine(&mismatch)?;
             let projections = store.load(key.as_ref(), engine_key).map_err(|e| StoreError::Storage { path, reason: e.to_string() })?;
-            Ok((Self::from_store(store, projections), outcome))
+            Ok((Self::from_store(store, projections, fresh), outcome))
         })
         .await
         .map_err(task_failed)?
     }
 
     /// A `Live` on a store and the projections loaded from it.
-    fn from_store(store: ProjectionStore, projections: Projections) -> Live {
+    fn from_store(store: ProjectionStore, projections: Projections, fresh: Arc<dyn Fn() -> Projections + Send + Sync>) -> Live {
         let last_seq = projections.last_seq;
         let (applied, _) = tokio::sync::watch::channel(last_seq);
         let (committed, _) = tokio::sync::watch::channel(last_seq);
@@ -329,6 +365,7 @@ impl Live {
             store: Some(Arc::new(store)),
             committed: Arc::new(committed),
             batch_events_max: BATCH_EVENTS_MAX,
+            fresh: Some(fresh),
         }
     }
 
@@ -397,19 +434,85 @@ impl Live {
     /// Follows the log from the next unapplied sequence until the stream ends or a
     /// finding stops it. Backed by a store, it commits each batch of applied events
     /// (`BATCH_EVENTS_MAX`); the events before a finding are committed before it returns.
+    ///
+    /// When the log goes back under it (`ReadError::Diverged`: a server lost a tail it
+    /// had already delivered), the projections are rebuilt from sequence 1 (`rebuild`)
+    /// and the follow goes on from there; `with_projections` ones stop with
+    /// `RunError::Diverged` instead.
     pub async fn run(&self, log: Arc<dyn EventLog>) -> Result<(), RunError> {
-        if let Some(store) = &self.store {
-            return self.run_stored(log, Arc::clone(store)).await;
+        loop {
+            let followed = match &self.store {
+                Some(store) => self.run_stored(Arc::clone(&log), Arc::clone(store)).await,
+                None => self.run_in_memory(Arc::clone(&log)).await,
+            };
+            match followed {
+                Err(RunError::Diverged(reason)) if self.fresh.is_some() => {
+                    tracing::warn!(%reason, "the stream went back under the live projections; rebuilding them from sequence 1");
+                    let rebuilt = self.rebuild(log.as_ref()).await?;
+                    tracing::info!(last_seq = rebuilt.0, "live projections rebuilt; following on");
+                }
+                other => return other,
+            }
         }
+    }
+
+    async fn run_in_memory(&self, log: Arc<dyn EventLog>) -> Result<(), RunError> {
         let from = Seq(self.read(|p| p.last_seq.0) + 1);
         let mut events = log.follow(from);
         while let Some(stored) = events.next().await {
-            let stored = stored.map_err(|e| RunError::Read(e.to_string()))?;
+            let stored = stored.map_err(RunError::from_read)?;
             let seq = stored.seq;
             self.inner.lock().expect("projection lock is never poisoned: apply does not panic").apply(&stored)?;
             self.applied.send_replace(seq);
         }
         Ok(())
+    }
+
+    /// Rebuilds the projections from sequence 1 beside the current ones (which go on
+    /// answering meanwhile), then swaps them in; a store-backed `Live` empties its store
+    /// and commits the whole rebuilt state in one batch. Returns the last sequence applied.
+    /// Process-local allocation holds (`Allocator::choose`) are dropped with the old state.
+    pub async fn rebuild(&self, log: &dyn EventLog) -> Result<Seq, RunError> {
+        let fresh = self.fresh.as_ref().ok_or_else(|| RunError::Diverged("these projections cannot rebuild themselves (made by with_projections)".into()))?;
+        let mut projections = fresh();
+        if self.store.is_some() {
+            projections.track_changes();
+        }
+        let mut from = Seq(1);
+        loop {
+            let events = log.read_from(from, REBUILD_PAGE_EVENTS).await.map_err(RunError::from_read)?;
+            let Some(last) = events.last() else { break };
+            from = Seq(last.seq.0 + 1);
+            for event in &events {
+                projections.apply(event)?;
+            }
+            tokio::task::yield_now().await;
+        }
+        let last_seq = projections.last_seq;
+        match &self.store {
+            None => {
+                *self.lock() = projections;
+                self.applied.send_replace(last_seq);
+            }
+            Some(store) => {
+                let emptied = Arc::clone(store);
+                tokio::task::spawn_blocking(move || emptied.reset())
+                    .await
+                    .map_err(|e| RunError::Store(CommitError::Storage(format!("the reset task failed: {e}"))))??;
+                let prepared = {
+                    let mut current = self.lock();
+                    *current = projections;
+                    self.applied.send_replace(last_seq);
+                    store.prepare(&mut current)?
+                };
+                let writer = Arc::clone(store);
+                let committed = tokio::task::spawn_blocking(move || writer.write(prepared))
+                    .await
+                    .map_err(|e| RunError::Store(CommitError::Storage(format!("the commit task failed: {e}"))))??;
+                self.committed.send_replace(committed.checkpoint.last_seq);
+            }
+        }
+        Ok(last_seq)
     }
 
     async fn run_stored(&self, log: Arc<dyn EventLog>, store: Arc<ProjectionStore>) -> Result<(), RunError> {
@@ -421,7 +524,7 @@ impl Live {
             let mut stop = None;
             let mut applied_any = false;
             for stored in batch {
-                let outcome = stored.map_err(|e| RunError::Read(e.to_string())).and_then(|stored| {
+                let outcome = stored.map_err(RunError::from_read).and_then(|stored| {
                     // Locked per event, not per batch, so the allocator never waits long.
                     self.lock().apply(&stored).map(|_| stored.seq).map_err(RunError::from)
                 });
@@ -510,6 +613,18 @@ impl Allocator for Live {
     }
 }
 
+impl RunError {
+    fn from_read(error: engine::log::ReadError) -> Self {
+        match error {
+            diverged @ engine::log::ReadError::Diverged { .. } => RunError::Diverged(diverged.to_string()),
+            other => RunError::Read(other.to_string()),
+        }
+    }
+}
+
+/// Events read per page by `Live::rebuild`.
+pub const REBUILD_PAGE_EVENTS: usize = 4096;
+
 /// The start of the quarantine reason `Live::open_checked` gives when the log is not the
 /// stream the store was built from (or the store cannot tell).
 pub const STREAM_MISMATCH: &str = "not the stream this projection store was built from";
@@ -554,6 +669,9 @@ pub enum SealError {
 pub enum RunError {
     #[error("reading the log failed: {0}")]
     Read(String),
+    /// The log no longer holds events the projections applied (`ReadError::Diverged`).
+    #[error("{0}")]
+    Diverged(String),
     #[error(transparent)]
     Finding(#[from] Finding),
     #[error("committing to the projection store failed: {0}")]

@@ -999,6 +999,27 @@ impl ProjectionStore {
         self.write(prepared)
     }
 
+    /// Empties the store in place, for projections rebuilt from sequence 1 beside it
+    /// (`Live::rebuild`), whose next commit writes their whole state: every key removed,
+    /// then the format marker and an empty checkpoint in one flushed batch. A crash in
+    /// between leaves an empty directory, which the next `open` initialises (`Created`), so
+    /// a rebuild from sequence 1 follows either way. Clears a failed commit's stop too.
+    /// Blocking I/O.
+    pub(crate) fn reset(&self) -> Result<(), CommitError> {
+        let mut writer = self.lock_writer();
+        let storage = |error: sled::Error| CommitError::Storage(error.to_string());
+        self.db.clear().map_err(storage)?;
+        let mut batch = sled::Batch::default();
+        batch.insert(FORMAT_KEY, FORMAT_MARKER);
+        batch.insert(CHECKPOINT_KEY, encode_checkpoint(&CheckpointRecord::empty())?);
+        self.db.apply_batch(batch).map_err(storage)?;
+        self.db.flush().map_err(|e| CommitError::FlushFailed(e.to_string()))?;
+        *writer = Writer { record: CheckpointRecord::empty(), entries: 0, seals: 0, faults: 0, heads: None, failed: None };
+        *self.loaded.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        tracing::warn!(dir = %self.dir.display(), "projection store emptied for a rebuild from sequence 1");
+        Ok(())
+    }
+
     fn lock_writer(&self) -> std::sync::MutexGuard<'_, Writer> {
         // A panic while holding the lock leaves `failed` or the old state: both safe to read.
         self.writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -766,7 +766,7 @@ fn violations_are_caught(view: &StreamView, ledger: &[Ack]) {
     assert!(violations(&twice, ledger).iter().any(|v| v.contains(voucher.as_str()) && v.contains("delivered twice")), "a second delivery is caught");
 }
 
-async fn check_stream(log: &dyn EventLog, ledger: &[Ack], keys: &Path, pin: Option<[u8; 32]>, live_totals: &BTreeMap<(String, String), (u64, u64, u64)>, victim: Victim) -> Figures {
+async fn check_stream(log: &dyn EventLog, ledger: &[Ack], keys: &Path, pin: Option<[u8; 32]>, live_totals: &BTreeMap<(String, String), (u64, u64, u64)>) -> Figures {
     let master = gateways::keys::load_royalty_master(keys).expect("royalty master key");
     let public = gateways::keys::load_engine_public(keys).expect("engine public key");
     let (view, rebuilt) = read_stream(log, &master, &public).await;
@@ -785,19 +785,8 @@ async fn check_stream(log: &dyn EventLog, ledger: &[Ack], keys: &Path, pin: Opti
     assert_eq!(report.state_digest, hex::encode(rebuilt.digest()), "the audit's state digest is a clean rebuild's");
     let rebuilt_totals: BTreeMap<(String, String), (u64, u64, u64)> =
         rebuilt.royalty.totals.iter().map(|((dimension, key), line)| ((format!("{dimension:?}"), key.clone()), (line.deliveries, line.previews, line.amount_minor))).collect();
-    if victim == Victim::Engine {
-        assert_eq!(&rebuilt_totals, live_totals, "the royalty totals the engine served from its live projections equal a clean rebuild's");
-    } else if &rebuilt_totals != live_totals {
-        // KNOWN WRONG (open, issue 8): when the nats-server (or a cluster node) is killed,
-        // the engine's live projections, which follow the stream through a consumer, can
-        // apply a message the server delivered before it was durable and then lost in the
-        // crash (the append was not acknowledged and its retry was stored again at a new
-        // sequence), so the totals the running engine serves count it twice until a
-        // restart rebuilds them. The stream itself, the audit and every acknowledged
-        // command are right (checked above). The fix: the follower must notice that the
-        // stream went back under it and the projections must then rebuild.
-        eprintln!("engine_crash: KNOWN WRONG: the live royalty totals differ from a clean rebuild after a nats-server crash: live {live_totals:?}, rebuilt {rebuilt_totals:?}");
-    }
+    assert_eq!(&rebuilt_totals, live_totals, "the royalty totals the engine served from its live projections equal a clean rebuild's");
+
     Figures {
         events: report.events,
         vouchers: view.by_voucher.len(),
@@ -1013,7 +1002,7 @@ async fn crash_loop_killing(backend: Backend, victim: Victim) {
         }
     };
     let ledger = load.ledger.lock().expect("ledger lock").clone();
-    let figures = check_stream(log.as_ref(), &ledger, &launch.keys(), pin, &live, victim).await;
+    let figures = check_stream(log.as_ref(), &ledger, &launch.keys(), pin, &live).await;
 
     let retries: Vec<String> = STEPS[1..].iter().map(|step| format!("{step:?} {}", load.stats.retries[*step as usize].load(Ordering::Relaxed))).collect();
     let restart_ms: Vec<u128> = restarts.iter().map(Duration::as_millis).collect();

@@ -347,7 +347,8 @@ impl JetStreamLog {
             let error = ReadError::Storage(READ_ONLY.to_owned());
             return futures::stream::once(async move { Err(error) }).boxed();
         };
-        let follower = Follower::new(nodes, Some(format!("{NODE_SUBJECT_PREFIX}{node_id}")), from);
+        let connects = self.context.client().statistics();
+        let follower = Follower::new(nodes, connects, Some(format!("{NODE_SUBJECT_PREFIX}{node_id}")), from);
         futures::stream::unfold(follower, Follower::next_event)
             .map(|item| item.map(|event| (event.seq.0, event.payload)))
             .boxed()
@@ -532,7 +533,7 @@ impl EventLog for JetStreamLog {
     }
 
     fn follow(&self, from: Seq) -> BoxStream<'static, Result<StoredEvent, ReadError>> {
-        let follower = Follower::new(self.events.clone(), None, from.0);
+        let follower = Follower::new(self.events.clone(), self.context.client().statistics(), None, from.0);
         futures::stream::unfold(follower, Follower::next_event).boxed()
     }
 }
@@ -1225,14 +1226,30 @@ fn stored_event(message: &async_nats::jetstream::Message) -> Result<StoredEvent,
 }
 
 /// The state of one `follow` (or `node_feed`) stream: its own ephemeral consumer, recreated
-/// at `next` whenever anything looks wrong.
+/// at `next` whenever anything looks wrong, or after the connection was re-established.
+///
+/// A server can come back from a crash with less than it delivered (a tail it had not made
+/// durable; nats-server #3402, #5412 and Jepsen's 2025 analysis), and new appends then
+/// take the lost sequence numbers. A reader that just went on at `next` would keep events
+/// the stream no longer has and skip the ones that replaced them. So every consumer after
+/// the first starts with a check that the last event yielded is still in the stream, byte
+/// for byte; when it is not, the follow ends with `ReadError::Diverged` and the reader
+/// rebuilds from sequence 1. (A lost tail is a suffix: the last event yielded is the one
+/// that goes first.)
 struct Follower {
     stream: stream::Stream,
+    /// The connection's statistics: `connects` grows on every (re)connection, after which
+    /// the consumer is recreated (and the check above runs), even if it survived.
+    connection: std::sync::Arc<async_nats::Statistics>,
+    /// `connection.connects` when the current consumer was created.
+    connects: u64,
     /// `None`: every subject, and stream sequences must be contiguous. `Some`: one subject,
     /// whose sequences only increase (other subjects sit between them).
     filter: Option<String>,
     /// The next stream sequence to yield: everything before it was yielded exactly once.
     next: u64,
+    /// The sequence and content hash of the last event yielded.
+    last: Option<(u64, [u8; 32])>,
     messages: Option<pull::Stream>,
     /// The last consumer sequence delivered by the current consumer (each consumer starts
     /// at 1 and counts every delivery, so a jump means a lost delivery).
@@ -1245,12 +1262,24 @@ struct Follower {
     finished: bool,
 }
 
+/// What `Follower` remembers of an event it yielded: its subject and payload, hashed.
+fn event_hash(subject: &str, payload: &[u8]) -> [u8; 32] {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&(subject.len() as u64).to_le_bytes());
+    hasher.update(subject.as_bytes());
+    hasher.update(payload);
+    *hasher.finalize().as_bytes()
+}
+
 impl Follower {
-    fn new(stream: stream::Stream, filter: Option<String>, from: u64) -> Follower {
+    fn new(stream: stream::Stream, connection: std::sync::Arc<async_nats::Statistics>, filter: Option<String>, from: u64) -> Follower {
         Follower {
             stream,
+            connection,
+            connects: 0,
             filter,
             next: from.max(1),
+            last: None,
             messages: None,
             consumer_seq: 0,
             outage_since: None,
@@ -1302,6 +1331,13 @@ impl Follower {
                 continue;
             }
             self.consumer_seq = consumer_seq;
+            if self.connection.connects.load(std::sync::atomic::Ordering::Relaxed) != self.connects {
+                // Reconnected since the consumer was created: what it delivers may no longer
+                // be the stream (struct docs). Check, and go on from a new consumer.
+                tracing::info!(next = self.next, "follow: the connection was re-established; checking the stream and recreating the consumer");
+                self.messages = None;
+                continue;
+            }
             if stream_seq < self.next {
                 // Already yielded (a redelivery): never twice.
                 continue;
@@ -1341,6 +1377,7 @@ impl Follower {
                 subject: message.subject.to_string(),
                 payload: message.payload.clone(),
             };
+            self.last = Some((stream_seq, event_hash(&event.subject, &event.payload)));
             return Some((Ok(event), self));
         }
     }
@@ -1349,16 +1386,21 @@ impl Follower {
     /// `FOLLOW_OUTAGE_MAX_MS`.
     async fn start(&mut self) -> Result<(), ReadError> {
         loop {
-            let created =
-                match create_consumer(&self.stream, self.filter.as_deref(), self.next).await {
+            let connects = self.connection.connects.load(std::sync::atomic::Ordering::Relaxed);
+            let created = match self.check_last().await {
+                Err(CheckFailed::Diverged(error)) => return Err(error),
+                Err(CheckFailed::Unavailable(reason)) => Err(reason),
+                Ok(()) => match create_consumer(&self.stream, self.filter.as_deref(), self.next).await {
                     Ok(consumer) => pull_messages(&consumer)
                         .await
                         .map_err(|error| error.to_string()),
                     Err(error) => Err(error.to_string()),
-                };
+                },
+            };
             match created {
                 Ok(messages) => {
                     self.messages = Some(messages);
+                    self.connects = connects;
                     self.consumer_seq = 0;
                     self.outage_since = None;
                     self.failures = 0;
@@ -1381,6 +1423,30 @@ impl Follower {
             }
         }
     }
+
+    /// Whether the last event yielded is still in the stream at its sequence, byte for
+    /// byte (struct docs); nothing to check before the first.
+    async fn check_last(&self) -> Result<(), CheckFailed> {
+        let Some((seq, hash)) = self.last else { return Ok(()) };
+        let diverged = |reason: String| {
+            CheckFailed::Diverged(ReadError::Diverged { seq: Seq(seq), reason })
+        };
+        match self.stream.get_raw_message(seq).await {
+            Ok(message) if event_hash(message.subject.as_str(), &message.payload) == hash => Ok(()),
+            Ok(_) => Err(diverged("the stream holds another event there now (it lost a tail in a crash and new appends took its sequences)".to_owned())),
+            Err(error) if matches!(error.kind(), async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound) => {
+                Err(diverged("the stream no longer holds an event there (it lost a tail in a crash, or was re-created)".to_owned()))
+            }
+            Err(error) => Err(CheckFailed::Unavailable(format!("checking event {seq}: {error}"))),
+        }
+    }
+}
+
+/// Why `Follower::check_last` did not pass.
+enum CheckFailed {
+    Diverged(ReadError),
+    /// The stream could not be asked; retried like a failed consumer creation.
+    Unavailable(String),
 }
 
 #[cfg(test)]

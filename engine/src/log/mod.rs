@@ -99,6 +99,11 @@ pub enum ReadError {
     Storage(String),
     #[error("stored record at sequence {seq} is corrupt: {reason}")]
     Corrupt { seq: Seq, reason: String },
+    /// A `follow` found that the log no longer holds what it yielded at `seq` (a server
+    /// came back from a crash without its last writes): whatever was built from the
+    /// events yielded must be rebuilt from sequence 1.
+    #[error("the stream went back under this reader: at sequence {seq}, {reason}; rebuild from sequence 1")]
+    Diverged { seq: Seq, reason: String },
 }
 
 /// The stream of record.
