@@ -1004,6 +1004,11 @@ async fn crash_loop_killing(backend: Backend, victim: Victim) {
     let ledger = load.ledger.lock().expect("ledger lock").clone();
     let figures = check_stream(log.as_ref(), &ledger, &launch.keys(), pin, &live).await;
 
+    // How often an engine's follower found the stream had gone back (a server that lost a
+    // tail it had delivered) and its live projections rebuilt: read from the engines' logs.
+    let rebuilds: usize = (1..=launch.started)
+        .map(|n| std::fs::read_to_string(run_dir.path.join(format!("engine-{n}.log"))).unwrap_or_default().matches("rebuilding them from sequence 1").count())
+        .sum();
     let retries: Vec<String> = STEPS[1..].iter().map(|step| format!("{step:?} {}", load.stats.retries[*step as usize].load(Ordering::Relaxed))).collect();
     let restart_ms: Vec<u128> = restarts.iter().map(Duration::as_millis).collect();
     let nodes_back_ms: Vec<u128> = nodes_back_after.iter().map(Duration::as_millis).collect();
@@ -1011,7 +1016,7 @@ async fn crash_loop_killing(backend: Backend, victim: Victim) {
         "engine_crash[{name}]: {rounds} kills survived; {} acknowledged commands checked ({purchases} purchases, {} media deliveries) over {} events and {} vouchers; \
          retries with the same request id: {} ({}), {} steps recovered by a retry, {} deliberate repeats returned the first answer; errors seen {:?}; \
          workers in flight at the kills {in_flight_at_kills:?}; restarts (kill to serving) {restart_ms:?} ms, kill to a node allocated again {nodes_back_ms:?} ms; {} seals verified over {} royalty entries, pinned {}; \
-         setup {:.1} s, load {:.1} s, total {:.1} s",
+         live projections rebuilt after the stream went back under them: {rebuilds}; setup {:.1} s, load {:.1} s, total {:.1} s",
         ledger.len(),
         figures.delivered_media,
         figures.events,
