@@ -171,6 +171,8 @@ pub struct Market {
     keys: Arc<EngineKeys>,
     allocator: Arc<dyn Allocator>,
     media_keys: Mutex<lru::LruCache<MediaId, SecretKey>>,
+    /// Signs redemptions' transaction records, many per RSA signature.
+    transactions: Arc<crate::batch_signer::BatchSigner>,
 }
 
 fn actor(kind: ActorKind, id: &str) -> Actor {
@@ -181,6 +183,7 @@ impl Market {
     pub fn new(log: Arc<dyn EventLog>, clock: Arc<dyn Clock>, keys: Arc<EngineKeys>, allocator: Arc<dyn Allocator>) -> Self {
         Self {
             handler: Handler::new(log, clock),
+            transactions: crate::batch_signer::BatchSigner::new(keys.private.clone()),
             keys,
             allocator,
             media_keys: Mutex::new(lru::LruCache::new(NonZeroUsize::new(MEDIA_KEY_CACHE_MAX).unwrap_or(NonZeroUsize::MIN))),
@@ -598,8 +601,9 @@ impl Market {
     /// Redeems a voucher for a consumer who proved possession of the receipt: checks the
     /// proof and the certificate, records the redemption, re-wraps each media key for the
     /// consumer's public key, and signs one transaction record per media (the delivered
-    /// copy's stamp). Signing is an RSA private-key operation per media on the blocking
-    /// pool, done only once the redemption is recorded, so a refused request costs none.
+    /// copy's stamp). The records are signed in batches (`BatchSigner`: one RSA private-key
+    /// operation on the blocking pool per batch of concurrent redemptions), only once the
+    /// redemption is recorded, so a refused request costs none.
     #[allow(clippy::too_many_arguments)]
     pub async fn redeem(
         &self,
@@ -660,7 +664,9 @@ impl Market {
             wrapped_key_hashes: keys.iter().map(|(_, wrapped)| crypto::hash(wrapped)).collect(),
         });
         self.handler.handle::<Voucher>(&voucher_id.0, &actor(ActorKind::Node, &node.0), request, &command).await?;
-        let signatures = futures::future::try_join_all(records.iter().map(|record| self.sign(record.message()))).await?;
+        let signatures = futures::future::try_join_all(records.iter().map(|record| self.transactions.sign(record.message())))
+            .await
+            .map_err(|error| AppError::Task(error.to_string()))?;
         let transactions = records.into_iter().zip(signatures).map(|(record, signature)| SignedTransaction { record, signature }).collect();
         Ok(RedeemAnswer { voucher_id: voucher_id.clone(), keys, transactions })
     }

@@ -2,6 +2,7 @@
 //! the event log abstraction with its backends.
 
 pub mod app;
+pub mod batch_signer;
 pub mod clock;
 pub mod crypto;
 pub mod domain;
@@ -9,4 +10,5 @@ pub mod handler;
 pub mod ids;
 pub mod log;
 pub mod media;
+pub mod merkle;
 pub mod wire;

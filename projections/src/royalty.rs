@@ -230,81 +230,11 @@ impl Chain {
     }
 }
 
-// ---- Merkle tree over Y_j (RFC 6962 hashing: leaves and nodes domain-separated) ----
+// ---- Merkle tree over Y_j: `engine::merkle` (shared with the transaction batches) ----
 
-fn leaf_hash(y: &[u8; 32]) -> [u8; 32] {
-    let mut bytes = [0u8; 33];
-    bytes[1..].copy_from_slice(y);
-    crypto::hash(&bytes)
-}
-
-fn node_hash(left: &[u8; 32], right: &[u8; 32]) -> [u8; 32] {
-    let mut bytes = [0u8; 65];
-    bytes[0] = 1;
-    bytes[1..33].copy_from_slice(left);
-    bytes[33..].copy_from_slice(right);
-    crypto::hash(&bytes)
-}
-
-fn split(n: usize) -> usize {
-    // The largest power of two smaller than n (RFC 6962 §2.1).
-    let mut k = 1;
-    while k * 2 < n {
-        k *= 2;
-    }
-    k
-}
-
-/// The Merkle root over the leaves `ys` (the hash of nothing for an empty range).
-pub fn merkle_root(ys: &[[u8; 32]]) -> [u8; 32] {
-    match ys.len() {
-        0 => crypto::hash(b""),
-        1 => leaf_hash(&ys[0]),
-        n => {
-            let k = split(n);
-            node_hash(&merkle_root(&ys[..k]), &merkle_root(&ys[k..]))
-        }
-    }
-}
-
-/// The audit path of leaf `index` (siblings from the leaf up).
-pub fn merkle_proof(ys: &[[u8; 32]], index: usize) -> Vec<[u8; 32]> {
-    let mut path = Vec::new();
-    fn walk(ys: &[[u8; 32]], index: usize, path: &mut Vec<[u8; 32]>) {
-        if ys.len() <= 1 {
-            return;
-        }
-        let k = split(ys.len());
-        if index < k {
-            walk(&ys[..k], index, path);
-            path.push(merkle_root(&ys[k..]));
-        } else {
-            walk(&ys[k..], index - k, path);
-            path.push(merkle_root(&ys[..k]));
-        }
-    }
-    if index < ys.len() {
-        walk(ys, index, &mut path);
-    }
-    path
-}
-
-/// Checks that `y` is leaf `index` of a tree of `size` leaves with root `root`.
-pub fn verify_merkle_proof(y: &[u8; 32], index: usize, size: usize, path: &[[u8; 32]], root: &[u8; 32]) -> bool {
-    fn climb(hash: [u8; 32], index: usize, size: usize, path: &[[u8; 32]]) -> Option<[u8; 32]> {
-        if size <= 1 {
-            return path.is_empty().then_some(hash);
-        }
-        let (last, rest) = path.split_last()?;
-        let k = split(size);
-        if index < k {
-            climb(hash, index, k, rest).map(|left| node_hash(&left, last))
-        } else {
-            climb(hash, index - k, size - k, rest).map(|right| node_hash(last, &right))
-        }
-    }
-    index < size && climb(leaf_hash(y), index, size, path).is_some_and(|computed| crypto::ct_eq(&computed, root))
-}
+pub use engine::merkle::{merkle_proof, merkle_root, verify_merkle_proof};
+#[cfg(test)]
+use engine::merkle::{leaf_hash, node_hash};
 
 // ---- seals ----
 
