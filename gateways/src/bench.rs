@@ -331,6 +331,8 @@ pub struct BenchReport {
     pub redeem: Rate,
     /// How redemptions were driven: in process, until DeliveryService runs over gRPC.
     pub redeem_path: String,
+    /// Case 4 also measured in process (Market::redeem, no gRPC): what the wire costs.
+    pub redeem_in_process: Rate,
     pub durable_raw_append: Option<Rate>,
     pub durable_engine_append: Option<Rate>,
     pub durable_ratio: Option<f64>,
@@ -423,9 +425,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
     engine.caught_up().await?;
     let engine_append = mark.attach(engine_append);
     eprintln!("    {:.0} commands/s (p50 {} ms, p99 {} ms)", engine_append.per_s, ms(engine_append.p50_ms), ms(engine_append.p99_ms));
-    eprintln!("[4] engine: {} redemptions through Market::redeem, in process (DeliveryService over gRPC does not exist yet)", to_deliver.len());
-    let redeem = engine.redeem_and_deliver(to_deliver, meter).await?;
-    eprintln!("    {:.0} redemptions/s (p50 {} ms, p99 {} ms)", redeem.per_s, ms(redeem.p50_ms), ms(redeem.p99_ms));
+    eprintln!("[4] in process: {} redemptions through Market::redeem, then their deliveries (the royalty entries case 3 replays)", to_deliver.len());
+    let redeem_in_process = engine.redeem_and_deliver(to_deliver, meter).await?;
+    eprintln!("    {:.0} redemptions/s (p50 {} ms, p99 {} ms)", redeem_in_process.per_s, ms(redeem_in_process.p50_ms), ms(redeem_in_process.p99_ms));
     let small_events = engine.finish().await?;
     let engine_event_bytes_mean = raw.mean_voucher_event_bytes().await?;
 
@@ -446,16 +448,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
         "[2] purchases over gRPC: {} purchases (Reserve → Authorize → IssueVoucher) from {PURCHASE_MERCHANTS} merchants on their own channels, {VOUCHERS_IN_FLIGHT} in flight",
         plan.vouchers
     );
-    let purchase_market = GrpcMarket::start(&url, &keys_dir, &scratch.path().join("purchase"), plan.warmup_vouchers + plan.vouchers).await?;
-    purchase_market.purchase_all(0..plan.warmup_vouchers).await?;
+    let purchase_market = GrpcMarket::start(&url, &keys_dir, &scratch.path().join("purchase"), plan.warmup_vouchers + plan.vouchers, &keys.player_public_der).await?;
+    let (_, _, redeem_warmup) = purchase_market.purchase_all(0..plan.warmup_vouchers).await?;
     purchase_market.caught_up().await?;
     let mark = meter.mark();
-    let (purchase, purchase_steps) = purchase_market.purchase_all(plan.warmup_vouchers..plan.warmup_vouchers + plan.vouchers).await?;
+    let (purchase, purchase_steps, to_redeem) = purchase_market.purchase_all(plan.warmup_vouchers..plan.warmup_vouchers + plan.vouchers).await?;
     // As in case 1, the projections' work on these events counts in the CPU figures.
     purchase_market.caught_up().await?;
     let purchase = mark.attach(purchase);
     let purchase_nodes = purchase_market.nodes;
-    purchase_market.stop().await?;
     eprintln!(
         "    {:.0} purchases/s (p50 {} ms, p99 {} ms; Reserve {:.2} / Authorize {:.2} / IssueVoucher {:.2} ms p50)",
         purchase.per_s,
@@ -465,6 +466,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
         purchase_steps.authorize_p50_ms,
         purchase_steps.issue_p50_ms
     );
+
+    // Case 4, engine side: redemptions of one purchase in DELIVERED_ONE_IN through
+    // DeliveryService over gRPC, as the nodes the vouchers were issued to.
+    eprintln!("[4] engine: {} redemptions through DeliveryService over gRPC (node credentials, {VOUCHERS_IN_FLIGHT} in flight) after {} for warm-up", to_redeem.len(), redeem_warmup.len());
+    purchase_market.redeem_all(redeem_warmup).await?;
+    let mark = meter.mark();
+    let redeem = mark.attach(purchase_market.redeem_all(to_redeem).await?);
+    purchase_market.caught_up().await?;
+    purchase_market.stop().await?;
+    eprintln!("    {:.0} redemptions/s (p50 {} ms, p99 {} ms)", redeem.per_s, ms(redeem.p50_ms), ms(redeem.p99_ms));
 
     // Case 6 in a child process, then case 7 (large) on the stream it wrote.
     raw.delete_engine_streams().await?;
@@ -580,7 +591,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
         raw_rsa_oaep,
         rsa_threads: cpus,
         redeem,
-        redeem_path: "in process: Market::redeem (DeliveryService over gRPC awaits the gateways issue)".to_string(),
+        redeem_path: "DeliveryService.Redeem over gRPC with node credentials".to_string(),
+        redeem_in_process,
         durable_raw_append,
         durable_engine_append,
         durable_ratio,
@@ -676,7 +688,7 @@ pub fn describe(report: &BenchReport) -> String {
     let _ = writeln!(
         out,
         "{:<44} {:>14.0} {:>14.0} {:>7.3}  >= 0.7 {}",
-        format!("4 redeem in process/s (raw: rsa, {} thr)", report.rsa_threads),
+        format!("4 redeem over gRPC/s (raw: rsa, {} thr)", report.rsa_threads),
         report.raw_rsa_oaep_per_s,
         report.redeem_per_s,
         report.redeem_ratio,
@@ -684,6 +696,7 @@ pub fn describe(report: &BenchReport) -> String {
     );
     let _ = writeln!(out, "{:<44} {:>14} {:>14}", "  CPU us per op: client + nats-server", cpu(&report.raw_rsa_oaep), cpu(&report.redeem));
     let _ = writeln!(out, "{:<44} {:>14} {:>14}", "  redeem p50 / p99 ms", "-", format!("{} / {}", ms(report.redeem.p50_ms), ms(report.redeem.p99_ms)));
+    let _ = writeln!(out, "{:<44} {:>14} {:>14.0}", "  redeem in process/s (Market::redeem)", "-", report.redeem_in_process.per_s);
     match (&report.durable_raw_append, &report.durable_engine_append, report.durable_ratio) {
         (Some(raw), Some(engine), Some(ratio)) => {
             let _ = writeln!(
@@ -1160,14 +1173,26 @@ struct GrpcMarket {
     merchants: Vec<MerchantClient>,
     media_id: String,
     nodes: usize,
+    /// Each node's DeliveryService client, with the node's own credential.
+    node_clients: std::collections::HashMap<String, DeliveryClient>,
+    /// The certified consumer the redemptions are for: (consumer id, certificate serial).
+    consumer: (String, String),
     heartbeat: tokio::task::JoinHandle<()>,
     run_id: String,
+}
+
+/// A purchase over gRPC kept for a redemption through DeliveryService.
+struct GrpcToDeliver {
+    index: usize,
+    voucher_id: String,
+    node_id: String,
+    receipt: SecretKey,
 }
 
 impl GrpcMarket {
     /// Starts the server on 127.0.0.1:0 and sets up, over gRPC as the operator, what
     /// `purchases` sales need.
-    async fn start(url: &str, keys_dir: &Path, data_dir: &Path, purchases: usize) -> anyhow::Result<Self> {
+    async fn start(url: &str, keys_dir: &Path, data_dir: &Path, purchases: usize, player_public_der: &[u8]) -> anyhow::Result<Self> {
         let log: Arc<dyn EventLog> = Arc::new(JetStreamLog::connect(url, PURCHASE_STREAM).await?);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("cannot listen on 127.0.0.1 for the bench's gRPC engine")?;
         let engine = crate::server::start(EngineConfig::new(data_dir.to_path_buf(), keys_dir.to_path_buf()), log, listener).await?;
@@ -1189,18 +1214,28 @@ impl GrpcMarket {
         let slots_max = engine::domain::party::SLOTS_MAX;
         let nodes = purchases / slots_max as usize + 2;
         let mut delivery_nodes = Vec::with_capacity(nodes);
+        let mut node_clients = std::collections::HashMap::with_capacity(nodes);
         for index in 0..nodes {
             let registered = catalog
                 .register_node_credential(pb::RegisterNodeCredentialRequest { request_id: request(&run_id, "node", index).0, region: "eu".into(), slots_max })
                 .await
                 .context("the bench's RegisterNodeCredential was refused")?;
-            let mut delivery = client::delivery(operator_channel.clone(), client::credential_of(registered.into_inner())?);
+            let credential = client::credential_of(registered.into_inner())?;
+            let node_id = credential.id.clone();
+            let mut delivery = client::delivery(operator_channel.clone(), credential);
             delivery
                 .register_node(pb::RegisterNodeRequest { region: "eu".into(), slots_max, endpoint: PURCHASE_NODE_ENDPOINT.into() })
                 .await
                 .context("the bench's RegisterNode was refused")?;
+            node_clients.insert(node_id, delivery.clone());
             delivery_nodes.push(delivery);
         }
+        let consumer_id = format!("{run_id}-player");
+        let certificate = catalog
+            .certify_consumer(pb::CertifyConsumerRequest { request_id: request(&run_id, "certify", 0).0, consumer_id: consumer_id.clone(), public_key_der: player_public_der.to_vec(), validity_ms: CERT_VALIDITY_MS })
+            .await
+            .context("the bench's CertifyConsumer was refused")?
+            .into_inner();
         let heartbeat = tokio::spawn(heartbeats(delivery_nodes));
         let engine_public = crate::keys::load_engine_public(keys_dir)?;
         let mut content = vec![0u8; MEDIA_BYTES];
@@ -1218,13 +1253,13 @@ impl GrpcMarket {
             image_descriptor: "cover.jpg".into(),
         };
         let published = client::publish(&mut catalog, &request(&run_id, "publish", 0).0, &engine_public, upload).await.context("the bench's PublishMedia failed")?;
-        Ok(GrpcMarket { engine, merchants, media_id: published.media_id, nodes, heartbeat, run_id })
+        Ok(GrpcMarket { engine, merchants, media_id: published.media_id, nodes, node_clients, consumer: (consumer_id, certificate.cert_serial), heartbeat, run_id })
     }
 
     /// Buys vouchers `range` over gRPC, each Reserve → Authorize → IssueVoucher in
     /// sequence as merchant `index mod PURCHASE_MERCHANTS`, `VOUCHERS_IN_FLIGHT` at once:
     /// the rate and latency per purchase, and the latency per step.
-    async fn purchase_all(&self, range: std::ops::Range<usize>) -> anyhow::Result<(Rate, PurchaseSteps)> {
+    async fn purchase_all(&self, range: std::ops::Range<usize>) -> anyhow::Result<(Rate, PurchaseSteps, Vec<GrpcToDeliver>)> {
         let count = range.len();
         let started = Instant::now();
         let results = drive(range, |index| {
@@ -1246,10 +1281,11 @@ impl GrpcMarket {
                 let voucher_id = merchant.reserve(reserve).await.with_context(|| format!("Reserve of purchase {index}"))?.into_inner().voucher_id;
                 latencies[0] = micros(purchase.elapsed());
                 let step = Instant::now();
-                merchant
+                let authorized = merchant
                     .authorize(pb::AuthorizeRequest { request_id: request(&run_id, "authorize", index).0, voucher_id: voucher_id.clone() })
                     .await
-                    .with_context(|| format!("Authorize of purchase {index}"))?;
+                    .with_context(|| format!("Authorize of purchase {index}"))?
+                    .into_inner();
                 latencies[1] = micros(step.elapsed());
                 let step = Instant::now();
                 let issued = merchant
@@ -1260,11 +1296,18 @@ impl GrpcMarket {
                 latencies[2] = micros(step.elapsed());
                 latencies[3] = micros(purchase.elapsed());
                 ensure!(!issued.node_id.is_empty() && !issued.access_token.is_empty(), "IssueVoucher of purchase {index} answered without a node or an access token");
-                anyhow::Ok(latencies)
+                let kept = if index % DELIVERED_ONE_IN == 0 {
+                    let receipt: [u8; crypto::KEY_BYTES] = authorized.receipt.as_slice().try_into().map_err(|_| anyhow::anyhow!("Authorize of purchase {index} answered a receipt of {} bytes", authorized.receipt.len()))?;
+                    Some(GrpcToDeliver { index, voucher_id: issued.voucher_id, node_id: issued.node_id, receipt: SecretKey::from_bytes(receipt) })
+                } else {
+                    None
+                };
+                anyhow::Ok((latencies, kept))
             }
         })
         .await?;
         let elapsed = started.elapsed();
+        let (results, kept): (Vec<[u32; 4]>, Vec<Option<GrpcToDeliver>>) = results.into_iter().unzip();
         let step = |which: usize| {
             let mut latencies: Vec<u32> = results.iter().map(|purchase| purchase[which]).collect();
             let rate = Rate::new(count as u64, elapsed, &mut latencies);
@@ -1273,7 +1316,39 @@ impl GrpcMarket {
         let ((reserve_p50_ms, reserve_p99_ms), (authorize_p50_ms, authorize_p99_ms), (issue_p50_ms, issue_p99_ms)) = (step(0), step(1), step(2));
         let mut latencies: Vec<u32> = results.iter().map(|purchase| purchase[3]).collect();
         let steps = PurchaseSteps { reserve_p50_ms, reserve_p99_ms, authorize_p50_ms, authorize_p99_ms, issue_p50_ms, issue_p99_ms };
-        Ok((Rate::new(count as u64, elapsed, &mut latencies), steps))
+        Ok((Rate::new(count as u64, elapsed, &mut latencies), steps, kept.into_iter().flatten().collect()))
+    }
+
+    /// Redeems every voucher in `vouchers` through DeliveryService over gRPC, as the node
+    /// it was issued to (the node's credential) with the player's proof, `VOUCHERS_IN_FLIGHT`
+    /// at once: each answer carries the media key re-wrapped for the consumer (RSA-OAEP)
+    /// and the signed transaction record.
+    async fn redeem_all(&self, vouchers: Vec<GrpcToDeliver>) -> anyhow::Result<Rate> {
+        let count = vouchers.len();
+        let vouchers: Vec<Arc<GrpcToDeliver>> = vouchers.into_iter().map(Arc::new).collect();
+        let started = Instant::now();
+        let mut latencies = drive(0..vouchers.len(), |position| {
+            let voucher = Arc::clone(&vouchers[position]);
+            let node = self.node_clients.get(&voucher.node_id).cloned();
+            let (consumer_id, cert_serial) = self.consumer.clone();
+            let run_id = self.run_id.clone();
+            async move {
+                let mut node = node.with_context(|| format!("voucher {} was issued to node {}, which the bench did not register", voucher.voucher_id, voucher.node_id))?;
+                let challenge = crypto::random_bytes::<32>();
+                let proof = crypto::receipt_proof(&voucher.receipt, &voucher.voucher_id, &voucher.node_id, &challenge);
+                let step = Instant::now();
+                let redeemed = node
+                    .redeem(pb::RedeemRequest { request_id: request(&run_id, "redeem", voucher.index).0, voucher_id: voucher.voucher_id.clone(), cert_serial, consumer_id, challenge: challenge.to_vec(), proof: proof.to_vec() })
+                    .await
+                    .with_context(|| format!("Redeem of voucher {}", voucher.voucher_id))?
+                    .into_inner();
+                let latency = micros(step.elapsed());
+                ensure!(redeemed.keys.len() == 1 && redeemed.keys.iter().all(|key| !key.wrapped_key.is_empty() && !key.transaction_signature.is_empty()), "Redeem of voucher {} answered without a wrapped key and a signed transaction", voucher.voucher_id);
+                anyhow::Ok(latency)
+            }
+        })
+        .await?;
+        Ok(Rate::new(count as u64, started.elapsed(), &mut latencies))
     }
 
     /// Waits until the engine's projections applied every event stored so far.
