@@ -36,9 +36,13 @@ impl BackendArgs {
     /// As `open_with_feed`, creating the JetStream streams with `replicas` copies when they
     /// do not exist yet (an existing stream with fewer is refused).
     pub async fn open_with_feed_replicated(&self, replicas: usize) -> anyhow::Result<(Arc<dyn EventLog>, Option<Arc<JetStreamLog>>)> {
+        self.open_with_feed_options(engine::log::jetstream::StreamOptions { replicas, ..Default::default() }).await
+    }
+
+    /// As `open_with_feed`, with these JetStream stream options (ignored on the embedded log).
+    pub async fn open_with_feed_options(&self, options: engine::log::jetstream::StreamOptions) -> anyhow::Result<(Arc<dyn EventLog>, Option<Arc<JetStreamLog>>)> {
         match &self.nats_url {
             Some(url) => {
-                let options = engine::log::jetstream::StreamOptions { replicas };
                 let log = Arc::new(JetStreamLog::connect_with(url, &self.stream, options).await?);
                 Ok((Arc::clone(&log) as Arc<dyn EventLog>, Some(log)))
             }

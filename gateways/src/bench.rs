@@ -511,15 +511,25 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
         let raw_rate = raw.voucher_workload(&durable_plan, plan.durable_vouchers, meter).await?;
         eprintln!("    raw {:.0} publishes/s", raw_rate.per_s);
         flush_dirty_pages().await;
-        let engine = EngineUnderTest::start(&url, &keys, durable_plan.warmup_vouchers + plan.durable_vouchers).await?;
+        // The engine with group commit, as `serve --group-commit` runs against such a server.
+        let engine = EngineUnderTest::start_with(&url, &keys, durable_plan.warmup_vouchers + plan.durable_vouchers, true).await?;
         engine.sell(0..durable_plan.warmup_vouchers, None).await?;
         engine.caught_up().await?;
+        let before = engine.jetstream.group_commit_stats().unwrap_or_default();
         let mark = meter.mark();
         let (engine_rate, _) = engine.sell(durable_plan.warmup_vouchers..durable_plan.warmup_vouchers + plan.durable_vouchers, None).await?;
         engine.caught_up().await?;
         let engine_rate = mark.attach(engine_rate);
+        let after = engine.jetstream.group_commit_stats().unwrap_or_default();
         engine.finish().await?;
-        eprintln!("    engine {:.0} commands/s", engine_rate.per_s);
+        let (batches, batched) = (after.batches - before.batches, after.batched - before.batched);
+        eprintln!(
+            "    engine {:.0} commands/s with group commit: {batches} atomic batches of {:.1} appends on average, {} appends alone, {} batches refused and sent one by one",
+            engine_rate.per_s,
+            batched as f64 / batches.max(1) as f64,
+            after.single - before.single,
+            after.refused - before.refused
+        );
         (Some(raw_rate), Some(engine_rate))
     };
 
@@ -1004,6 +1014,7 @@ struct EngineUnderTest {
     market: Arc<Market>,
     live: Live,
     log: Arc<dyn EventLog>,
+    jetstream: Arc<JetStreamLog>,
     runner: tokio::task::JoinHandle<Result<(), projections::RunError>>,
     merchants: Vec<MerchantId>,
     media_id: MediaId,
@@ -1017,7 +1028,14 @@ impl EngineUnderTest {
     /// Connects, starts the projections and registers what the workload needs: merchants,
     /// enough delivery nodes for `vouchers` issued at once, one media, one consumer.
     async fn start(url: &str, keys: &BenchKeys, vouchers: usize) -> anyhow::Result<Self> {
-        let log: Arc<dyn EventLog> = Arc::new(JetStreamLog::connect(url, BENCH_STREAM).await?);
+        Self::start_with(url, keys, vouchers, false).await
+    }
+
+    /// `start`, with group commit (`StreamOptions::group_commit`) on or off.
+    async fn start_with(url: &str, keys: &BenchKeys, vouchers: usize, group_commit: bool) -> anyhow::Result<Self> {
+        let options = engine::log::jetstream::StreamOptions { group_commit, ..Default::default() };
+        let jetstream = Arc::new(JetStreamLog::connect_with(url, BENCH_STREAM, options).await?);
+        let log: Arc<dyn EventLog> = Arc::clone(&jetstream) as Arc<dyn EventLog>;
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let live = Live::with_keys(Some(&keys.royalty_master), Some(keys.engine.public.clone()));
         let runner = {
@@ -1058,7 +1076,7 @@ impl EngineUnderTest {
         let media_id = market.publish_media("bench-publisher", &request(&run_id, "publish", 0), input).await?;
         let consumer = ConsumerId(format!("{run_id}-player"));
         let cert = market.certify_consumer(operator, &request(&run_id, "certify", 0), &consumer, &keys.player_public_der, CERT_VALIDITY_MS).await?;
-        Ok(EngineUnderTest { market, live, log, runner, merchants, media_id, content_hash, consumer, cert_serial: cert.serial, run_id })
+        Ok(EngineUnderTest { market, live, log, jetstream, runner, merchants, media_id, content_hash, consumer, cert_serial: cert.serial, run_id })
     }
 
     /// Sells vouchers `range` (Reserve → Authorize → IssueVoucher each), one task per

@@ -23,6 +23,9 @@ pub struct FileConfig {
     pub stream: Option<String>,
     /// Stream replicas when the engine creates the stream (JetStream only; default 1).
     pub replicas: Option<usize>,
+    /// Group commit: appends waiting together go as one atomic batch (JetStream only; for
+    /// a server with `sync_interval: always`; default false).
+    pub group_commit: Option<bool>,
     /// "text" (default) or "json".
     pub log_format: Option<String>,
     pub access_ttl_ms: Option<u64>,
@@ -70,6 +73,10 @@ pub struct ServeArgs {
     /// Stream replicas when the engine creates the JetStream stream (3 on a 3-node cluster).
     #[arg(long)]
     pub replicas: Option<usize>,
+    /// Group commit on JetStream: appends waiting together go as one atomic batch, made
+    /// durable by one fsync (nats-server >= 2.15 with sync_interval: always).
+    #[arg(long)]
+    pub group_commit: bool,
     /// Log as JSON lines.
     #[arg(long)]
     pub log_json: bool,
@@ -84,6 +91,7 @@ pub struct Settings {
     pub log_json: bool,
     pub engine: EngineConfig,
     pub replicas: usize,
+    pub group_commit: bool,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
@@ -127,6 +135,7 @@ pub fn settings(args: &ServeArgs) -> anyhow::Result<Settings> {
         None => env_parsed::<usize>("VOUCHSAFE_REPLICAS")?.or(file.replicas).unwrap_or(1),
     };
     anyhow::ensure!((1..=5).contains(&replicas), "replicas must be 1..=5");
+    let group_commit = args.group_commit || env_parsed::<bool>("VOUCHSAFE_GROUP_COMMIT")?.or(file.group_commit).unwrap_or(false);
     let log_format = if args.log_json { Some("json".to_string()) } else { env("VOUCHSAFE_LOG_FORMAT").or(file.log_format) };
     let log_json = match log_format.as_deref() {
         None | Some("text") => false,
@@ -159,7 +168,7 @@ pub fn settings(args: &ServeArgs) -> anyhow::Result<Settings> {
     }
     engine.tls = file.tls.map(|tls| TlsFiles { cert: tls.cert, key: tls.key, client_ca: tls.client_ca });
     let backend = crate::backend::BackendArgs { data_dir, nats_url, stream };
-    Ok(Settings { listen, metrics_listen, backend, log_json, engine, replicas })
+    Ok(Settings { listen, metrics_listen, backend, log_json, engine, replicas, group_commit })
 }
 
 /// Resolves on SIGTERM or ctrl-c.
@@ -192,7 +201,8 @@ pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output =
     if crate::keys::is_empty(keys_dir) {
         anyhow::bail!("no keys in {}; run `vouchsafe keys init --out {}` first", keys_dir.display(), keys_dir.display());
     }
-    let (log, feed) = settings.backend.open_with_feed_replicated(settings.replicas).await?;
+    let options = engine::log::jetstream::StreamOptions { replicas: settings.replicas, group_commit: settings.group_commit };
+    let (log, feed) = settings.backend.open_with_feed_options(options).await?;
     let listener = tokio::net::TcpListener::bind(settings.listen).await.with_context(|| format!("cannot listen on {}", settings.listen))?;
     let mut running = crate::server::start(settings.engine.clone(), log, listener).await?;
     if let Some(feed) = feed {

@@ -94,7 +94,7 @@ async fn killing_the_stream_leader_during_load_loses_nothing_and_appends_continu
         .unwrap_or_else(|error| panic!("{error}"));
     let url = cluster.url();
     let log = Arc::new(
-        JetStreamLog::connect_with(&url, STREAM, StreamOptions { replicas: NODES })
+        JetStreamLog::connect_with(&url, STREAM, StreamOptions { replicas: NODES, ..Default::default() })
             .await
             .unwrap_or_else(|error| panic!("connect: {error}")),
     );

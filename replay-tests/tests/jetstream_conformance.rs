@@ -2,11 +2,13 @@
 //! own server (started on a free loopback port with `sync_interval: always`, stopped by PID
 //! when the case ends), and `reopen` drops the connection and connects again to the same
 //! server and stream. The suite includes the regression test for nats-server #2242
-//! (`duplicate_does_not_break_next_expected_append`).
+//! (`duplicate_does_not_break_next_expected_append`). The whole suite runs twice: with
+//! single publishes, and with group commit (`StreamOptions::group_commit`, atomic batches),
+//! whose own concurrency cases are in `jetstream_group_commit.rs`.
 
 use engine::log::EventLog;
 use engine::log::conformance::Harness;
-use engine::log::jetstream::JetStreamLog;
+use engine::log::jetstream::{JetStreamLog, StreamOptions};
 use replay_tests::NatsServer;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -18,6 +20,7 @@ const STREAM: &str = "CONFORMANCE";
 struct JetStreamHarness {
     servers: Mutex<Vec<NatsServer>>,
     urls: Mutex<HashMap<usize, String>>,
+    group_commit: bool,
 }
 
 fn address(log: &Arc<dyn EventLog>) -> usize {
@@ -27,7 +30,7 @@ fn address(log: &Arc<dyn EventLog>) -> usize {
 impl JetStreamHarness {
     async fn open(&self, url: String) -> Arc<dyn EventLog> {
         let log: Arc<dyn EventLog> = Arc::new(
-            JetStreamLog::connect(&url, STREAM)
+            JetStreamLog::connect_with(&url, STREAM, StreamOptions { group_commit: self.group_commit, ..StreamOptions::default() })
                 .await
                 .unwrap_or_else(|error| panic!("connect to {url}: {error}")),
         );
@@ -64,3 +67,9 @@ impl Harness for JetStreamHarness {
 }
 
 engine::conformance_tests!(JetStreamHarness::default());
+
+mod group_commit {
+    use super::*;
+
+    engine::conformance_tests!(JetStreamHarness { group_commit: true, ..JetStreamHarness::default() });
+}
