@@ -131,14 +131,31 @@ impl Handler {
     }
 
     /// Decides `command` on aggregate `id` and appends what it decides.
+    ///
+    /// An aggregate not in the cache is first assumed new: a creating command (a Reserve
+    /// of a voucher id never seen) is decided on the empty aggregate and appended with the
+    /// expectation that its subject is empty, which saves reading the subject (a server
+    /// round trip per new voucher). When the subject is not empty the append is refused
+    /// as a version conflict, and the command is decided again on what the log holds; any
+    /// other outcome on the assumed-empty aggregate (a refusal, a repeat) is never
+    /// answered but decided again on the log's state too.
     pub async fn handle<A: Aggregate>(&self, id: &str, actor: &Actor, request: &RequestId, command: &A::Command) -> Result<Handled<A>, HandleError> {
         let aggregate = AggregateRef::new(A::KIND, id);
         let subject = aggregate.subject();
         let _serialized = self.stripe(&aggregate).lock().await;
-        let mut root = self.load::<A>(id).await?;
+        let (mut root, mut assumed_empty) = match self.cached::<A>(&aggregate) {
+            Some(root) => (root, false),
+            None => (Root::<A>::default(), true),
+        };
         for _attempt in 0..=APPEND_RETRIES_MAX {
             let now = self.clock.now();
-            let events = match root.decide(actor, request, command, now)? {
+            let decided = root.decide(actor, request, command, now);
+            if assumed_empty && !matches!(decided, Ok(Outcome::Emit(_))) {
+                assumed_empty = false;
+                root = self.load_fresh::<A>(id).await?;
+                continue;
+            }
+            let events = match decided? {
                 Outcome::Repeated => return Ok(Handled { root, appended: vec![], repeated: true, now }),
                 Outcome::Emit(events) => events,
             };
@@ -148,8 +165,10 @@ impl Handler {
                     return Ok(Handled { root: next, appended, repeated: false, now });
                 }
                 Err(()) => {
-                    // Lost a race with another writer (another engine process): reload and
-                    // decide again on the state that won.
+                    // Lost a race with another writer (another engine process), or the
+                    // aggregate assumed new was not: reload and decide again on the state
+                    // that won.
+                    assumed_empty = false;
                     self.forget(&aggregate);
                     root = self.load_fresh::<A>(id).await?;
                 }

@@ -766,7 +766,7 @@ fn violations_are_caught(view: &StreamView, ledger: &[Ack]) {
     assert!(violations(&twice, ledger).iter().any(|v| v.contains(voucher.as_str()) && v.contains("delivered twice")), "a second delivery is caught");
 }
 
-async fn check_stream(log: &dyn EventLog, ledger: &[Ack], keys: &Path, pin: Option<[u8; 32]>, live_totals: &BTreeMap<(String, String), (u64, u64, u64)>) -> Figures {
+async fn check_stream(log: &dyn EventLog, ledger: &[Ack], keys: &Path, pin: Option<[u8; 32]>, live_totals: &BTreeMap<(String, String), (u64, u64, u64)>, projections_dir: &Path) -> Figures {
     let master = gateways::keys::load_royalty_master(keys).expect("royalty master key");
     let public = gateways::keys::load_engine_public(keys).expect("engine public key");
     let (view, rebuilt) = read_stream(log, &master, &public).await;
@@ -785,6 +785,9 @@ async fn check_stream(log: &dyn EventLog, ledger: &[Ack], keys: &Path, pin: Opti
     assert_eq!(report.state_digest, hex::encode(rebuilt.digest()), "the audit's state digest is a clean rebuild's");
     let rebuilt_totals: BTreeMap<(String, String), (u64, u64, u64)> =
         rebuilt.royalty.totals.iter().map(|((dimension, key), line)| ((format!("{dimension:?}"), key.clone()), (line.deliveries, line.previews, line.amount_minor))).collect();
+    if &rebuilt_totals != live_totals {
+        explain_live_difference(log, projections_dir, &master, &public, &rebuilt).await;
+    }
     assert_eq!(&rebuilt_totals, live_totals, "the royalty totals the engine served from its live projections equal a clean rebuild's");
 
     Figures {
@@ -793,6 +796,36 @@ async fn check_stream(log: &dyn EventLog, ledger: &[Ack], keys: &Path, pin: Opti
         delivered_media: ledger.iter().filter(|ack| matches!(ack, Ack::Delivered { .. })).count(),
         seals: report.seals_verified,
         royalty_entries: report.royalty_entries,
+    }
+}
+
+/// Before a failed comparison of live and rebuilt totals: which usages the last engine's
+/// projection store counted that a rebuild does not (and the reverse), by source sequence,
+/// with what the stream holds at each of those sequences.
+async fn explain_live_difference(log: &dyn EventLog, projections_dir: &Path, master: &engine::crypto::SecretKey, public: &engine::crypto::RsaPublic, rebuilt: &projections::Projections) {
+    let opened = projections::Live::open(projections_dir, Some(master), Some(public.clone()));
+    let Ok((stored, _)) = opened else {
+        eprintln!("engine_crash: the engine's projection store in {} does not open: {:?}", projections_dir.display(), opened.err());
+        return;
+    };
+    let (stored_seqs, stored_last) = stored.read(|p| (p.royalty.source_seqs.clone(), p.last_seq));
+    let rebuilt_seqs: std::collections::BTreeSet<u64> = rebuilt.royalty.source_seqs.iter().copied().collect();
+    let stored_set: std::collections::BTreeSet<u64> = stored_seqs.iter().copied().collect();
+    eprintln!(
+        "engine_crash: the engine's projection store: checkpoint {stored_last}, {} usages; rebuild: last {}, {} usages",
+        stored_seqs.len(),
+        rebuilt.last_seq,
+        rebuilt_seqs.len()
+    );
+    for (label, seqs) in [("only in the engine's store", stored_set.difference(&rebuilt_seqs)), ("only in the rebuild", rebuilt_seqs.difference(&stored_set))] {
+        for seq in seqs.take(20) {
+            let at = log.read_from(Seq(*seq), 1).await.ok().and_then(|events| events.into_iter().next());
+            let described = at.map(|event| match engine::wire::decode(&event.payload) {
+                Ok(recorded) => format!("{} {:?} request {}", event.subject, engine::domain::Event::name(&recorded.event), recorded.request_id),
+                Err(error) => format!("{} undecodable: {error}", event.subject),
+            });
+            eprintln!("engine_crash:   usage at seq {seq} {label}; the stream holds there: {described:?}");
+        }
     }
 }
 
@@ -1002,7 +1035,7 @@ async fn crash_loop_killing(backend: Backend, victim: Victim) {
         }
     };
     let ledger = load.ledger.lock().expect("ledger lock").clone();
-    let figures = check_stream(log.as_ref(), &ledger, &launch.keys(), pin, &live).await;
+    let figures = check_stream(log.as_ref(), &ledger, &launch.keys(), pin, &live, &launch.data_dir().join("projections")).await;
 
     // How often an engine's follower found the stream had gone back (a server that lost a
     // tail it had delivered) and its live projections rebuilt: read from the engines' logs.

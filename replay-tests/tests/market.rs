@@ -93,6 +93,38 @@ async fn retried_commands_return_the_first_answer_and_write_nothing() {
     assert_eq!(stream_len(&f.log).await, len);
 }
 
+/// A new engine process (empty cache) first assumes an aggregate it has not seen is new
+/// (`Handler::handle`): retries of creating commands must still get the first answer and
+/// write nothing, and other commands on existing aggregates must see their real state.
+#[tokio::test]
+async fn a_restarted_engine_answers_retries_from_the_stream_not_from_an_assumed_empty_aggregate() {
+    let f = fixture().await;
+    let pay = || Payment::Merchant { payment_ref: "card".into() };
+    let first = f.market.reserve(&f.merchant, &req("r1"), std::slice::from_ref(&f.media), "high", 60_000, pay()).await.expect("reserve");
+    f.clock.advance_ms(1_000);
+    let keys = Arc::new(EngineKeys::new(test_keys::fixed_rsa()).expect("engine keys"));
+    let restarted = Market::new(Arc::clone(&f.log), f.clock.clone() as Arc<dyn Clock>, keys, Arc::new(OneNode(f.node.clone())));
+    let len = stream_len(&f.log).await;
+    let again = restarted.reserve(&f.merchant, &req("r1"), std::slice::from_ref(&f.media), "high", 60_000, pay()).await.expect("retried reserve");
+    assert_eq!((again.voucher_id.clone(), again.expires_at), (first.voucher_id.clone(), first.expires_at), "the first answer");
+    assert_eq!(stream_len(&f.log).await, len, "a retry writes nothing");
+    // Another merchant's request id that derives another voucher is a new voucher.
+    let other = restarted.reserve(&f.other_merchant, &req("r1"), std::slice::from_ref(&f.media), "high", 60_000, pay()).await.expect("reserve");
+    assert_ne!(other.voucher_id, first.voucher_id);
+    assert_eq!(stream_len(&f.log).await, len + 1);
+    // A command on an existing voucher is decided on its state, not on an empty one.
+    let fresh = Market::new(Arc::clone(&f.log), f.clock.clone() as Arc<dyn Clock>, Arc::new(EngineKeys::new(test_keys::fixed_rsa()).expect("keys")), Arc::new(OneNode(f.node.clone())));
+    fresh.authorize(&f.merchant, &req("a1"), &first.voucher_id).await.expect("authorize an existing voucher from a new process");
+    let len = stream_len(&f.log).await;
+    let refused = fresh.void(&f.other_merchant, &req("v2"), &first.voucher_id).await.expect_err("another merchant's voucher");
+    assert!(matches!(rejection(refused), Rejection::NotYourVoucher), "refused for the voucher's owner: an empty aggregate would have said NotFound");
+    assert_eq!(stream_len(&f.log).await, len, "a refusal writes nothing");
+    // The voucher is authorized (its real state): voiding it as its merchant refunds, which
+    // an empty aggregate would have refused as unknown.
+    fresh.void(&f.merchant, &req("v1"), &first.voucher_id).await.expect("the owner voids its authorized voucher");
+    assert_eq!(stream_len(&f.log).await, len + 1);
+}
+
 #[tokio::test]
 async fn refusals_write_nothing() {
     let f = fixture().await;
