@@ -829,21 +829,51 @@ async fn explain_live_difference(log: &dyn EventLog, projections_dir: &Path, mas
     }
 }
 
-/// The royalty totals from the engine's live projections, once two reads in a row agree
-/// (the projections follow the log a moment behind the last append).
+/// The royalty totals from the engine's live projections, once they have applied the
+/// whole stream (the engine's `projection_lag` is 0: after the last kill its follower may
+/// still be recreating its consumer) and two reads in a row agree.
 async fn live_totals(url: &str, operator: &Credential) -> BTreeMap<(String, String), (u64, u64, u64)> {
-    let mut audit = client::audit(client::connect(url, None).await.expect("connect"), operator.clone());
+    let channel = client::connect(url, None).await.expect("connect");
+    let mut audit = client::audit(channel.clone(), operator.clone());
+    let mut admin = client::admin(channel, operator.clone());
     let mut previous = None;
-    for _ in 0..50 {
-        let lines = audit.totals(pb::TotalsRequest {}).await.expect("Totals").into_inner().lines;
-        let totals: BTreeMap<_, _> = lines.into_iter().map(|line| ((line.dimension, line.key), (line.deliveries, line.previews, line.amount_minor))).collect();
-        if previous.as_ref() == Some(&totals) {
-            return totals;
+    for _ in 0..200 {
+        let lag = admin.get_stats(pb::GetStatsRequest {}).await.map(|stats| stats.into_inner().projection_lag);
+        if lag.as_ref().is_ok_and(|lag| *lag == 0) {
+            let lines = audit.totals(pb::TotalsRequest {}).await.expect("Totals").into_inner().lines;
+            let totals: BTreeMap<_, _> = lines.into_iter().map(|line| ((line.dimension, line.key), (line.deliveries, line.previews, line.amount_minor))).collect();
+            if previous.as_ref() == Some(&totals) {
+                return totals;
+            }
+            previous = Some(totals);
         }
-        previous = Some(totals);
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    panic!("the engine's royalty totals did not settle");
+    panic!("the engine's live projections did not catch up with the stream and settle within 60 s");
+}
+
+/// Waits until every replica of the stream is current (a cluster node restarted in the last
+/// round may still be catching up, and a leader elected a moment ago may still be applying
+/// what was committed): the checks must read the whole stream.
+async fn settled_cluster(url: &str) {
+    let addresses: Vec<async_nats::ServerAddr> = url.split(',').map(|address| address.parse().expect("a server address")).collect();
+    let client = async_nats::connect(addresses).await.expect("connect to the cluster");
+    let context = async_nats::jetstream::new(client);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let current = match context.get_stream(engine::log::jetstream::DEFAULT_STREAM).await {
+            Ok(mut stream) => match stream.info().await {
+                Ok(info) => info.cluster.as_ref().is_some_and(|cluster| cluster.leader.is_some() && cluster.replicas.iter().all(|peer| peer.current && !peer.offline && peer.lag.unwrap_or(0) == 0)),
+                Err(_) => false,
+            },
+            Err(_) => false,
+        };
+        if current {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the stream's replicas did not all become current within 60 s of the last restart");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 // ---- the loop ------------------------------------------------------------------------------
@@ -1009,6 +1039,9 @@ async fn crash_loop_killing(backend: Backend, victim: Victim) {
         purchases += joined.expect("a worker failed");
     }
     let load_time = load_started.elapsed();
+    if let Some(cluster) = &cluster {
+        settled_cluster(&cluster.url()).await;
+    }
     let live = live_totals(&url, &market.operator).await;
     for node in nodes {
         node.shutdown().await;
@@ -1034,6 +1067,9 @@ async fn crash_loop_killing(backend: Backend, victim: Victim) {
             Err(error) => panic!("open the log: {error:#}"),
         }
     };
+    if let Some(cluster) = &cluster {
+        settled_cluster(&cluster.url()).await;
+    }
     let ledger = load.ledger.lock().expect("ledger lock").clone();
     let figures = check_stream(log.as_ref(), &ledger, &launch.keys(), pin, &live, &launch.data_dir().join("projections")).await;
 
