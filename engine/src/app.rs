@@ -204,10 +204,10 @@ impl Market {
 
     async fn media(&self, media_id: &MediaId) -> Result<Media, AppError> {
         crate::domain::validate::id("media_id", &media_id.0)?;
-        Ok(self.handler.load::<Media>(&media_id.0).await?.state)
+        Ok(self.handler.load::<Media>(&media_id.0).await?.state.clone())
     }
 
-    async fn voucher_of(&self, voucher_id: &VoucherId) -> Result<Root<Voucher>, AppError> {
+    async fn voucher_of(&self, voucher_id: &VoucherId) -> Result<Arc<Root<Voucher>>, AppError> {
         crate::domain::validate::id("voucher_id", &voucher_id.0)?;
         Ok(self.handler.load::<Voucher>(&voucher_id.0).await?)
     }
@@ -419,8 +419,8 @@ impl Market {
             self.handler.handle::<Account>(&account.0, &by, &account_request_for(request, &voucher_id), &hold).await?;
         }
         let handled = self.handler.handle::<Voucher>(&voucher_id.0, &by, request, &command).await?;
-        let state = handled.root.state;
-        Ok(ReserveAnswer { voucher_id, expires_at: state.expires_at, price_minor: state.price_minor, currency: state.currency })
+        let state = &handled.root.state;
+        Ok(ReserveAnswer { voucher_id, expires_at: state.expires_at, price_minor: state.price_minor, currency: state.currency.clone() })
     }
 
     pub async fn authorize(&self, merchant: &MerchantId, request: &RequestId, voucher_id: &VoucherId) -> Result<AuthorizeAnswer, AppError> {
@@ -433,7 +433,7 @@ impl Market {
         let by = actor(ActorKind::Merchant, &merchant.0);
         let command = VoucherCommand::Authorize(Authorize { merchant: merchant.clone(), receipt_key_id: TOKEN_KEY_ID, media });
         let handled = self.handler.handle::<Voucher>(&voucher_id.0, &by, request, &command).await?;
-        let state = handled.root.state;
+        let state = &handled.root.state;
         if let Some(Payment::Points { account }) = &state.payment {
             self.handler.handle::<Account>(&account.0, &by, &account_request_for(request, voucher_id), &AccountCommand::Post { voucher: voucher_id.clone() }).await?;
         }
@@ -466,7 +466,7 @@ impl Market {
     pub async fn settle_hold(&self, account: &AccountId, voucher_id: &VoucherId) -> Result<(), AppError> {
         let by = Actor::engine();
         let request = RequestId(format!("settle-{}", voucher_id.0));
-        let voucher = self.voucher_of(voucher_id).await?.state;
+        let voucher = self.voucher_of(voucher_id).await?.state.clone();
         let command = match voucher.status {
             voucher::VoucherStatus::Pending => return self.expire(voucher_id).await.map(|_| ()),
             voucher::VoucherStatus::None | voucher::VoucherStatus::Voided => AccountCommand::Release { voucher: voucher_id.clone(), reason: VoidReason::TimedOut },
@@ -516,7 +516,8 @@ impl Market {
         if held && result.as_ref().map_or(true, |handled| handled.appended.is_empty()) {
             self.allocator.cancel(&voucher_id.0);
         }
-        let state = result?.root.state;
+        let handled = result?;
+        let state = &handled.root.state;
         let node_id = state.node.clone().ok_or(Rejection::NoNodeAvailable)?;
         let media_ids = state.media_ids();
         let media_refs: Vec<&str> = media_ids.iter().map(|m| m.0.as_str()).collect();
@@ -532,7 +533,7 @@ impl Market {
         if root.state.merchant.as_ref() != Some(merchant) {
             return Err(Rejection::NotYourVoucher.into());
         }
-        Ok(root.state)
+        Ok(root.state.clone())
     }
 
     pub async fn preview(&self, merchant: &MerchantId, request: &RequestId, media_id: &MediaId, region: Option<&str>) -> Result<(PreviewId, NodeId), AppError> {
@@ -549,7 +550,7 @@ impl Market {
         if held && result.as_ref().map_or(true, |handled| handled.appended.is_empty()) {
             self.allocator.cancel(&preview.0);
         }
-        let node = result?.root.state.node.ok_or(Rejection::NoNodeAvailable)?;
+        let node = result?.root.state.node.clone().ok_or(Rejection::NoNodeAvailable)?;
         Ok((preview, node))
     }
 

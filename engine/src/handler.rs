@@ -45,8 +45,8 @@ pub enum HandleError {
 /// What a handled command did.
 #[derive(Debug, Clone)]
 pub struct Handled<A> {
-    /// The aggregate after the command.
-    pub root: Root<A>,
+    /// The aggregate after the command (shared with the cache: no copy per command).
+    pub root: Arc<Root<A>>,
     /// The sequences of the events this command appended (empty when repeated or no-op).
     pub appended: Vec<Seq>,
     /// The same request had been applied before; nothing was written.
@@ -93,12 +93,20 @@ impl Handler {
         &self.stripes[index % LOCK_STRIPES]
     }
 
-    fn cached<A: Aggregate>(&self, aggregate: &AggregateRef) -> Option<Root<A>> {
+    fn cached<A: Aggregate>(&self, aggregate: &AggregateRef) -> Option<Arc<Root<A>>> {
         let mut cache = self.cache.lock().expect("cache lock is never poisoned: no code panics while holding it");
-        cache.get(aggregate).and_then(|root| root.downcast_ref::<Root<A>>()).cloned()
+        cache.get(aggregate).and_then(|root| root.downcast_ref::<Arc<Root<A>>>()).cloned()
     }
 
-    fn remember<A: Aggregate>(&self, aggregate: AggregateRef, root: Root<A>) {
+    /// Takes the aggregate out of the cache (the caller holds its stripe lock and puts the
+    /// next state back), so that the only other holders are readers of a moment ago and
+    /// the next state is usually made without copying.
+    fn take_cached<A: Aggregate>(&self, aggregate: &AggregateRef) -> Option<Arc<Root<A>>> {
+        let mut cache = self.cache.lock().expect("cache lock is never poisoned: no code panics while holding it");
+        cache.pop(aggregate).and_then(|root| root.downcast::<Arc<Root<A>>>().ok()).map(|root| *root)
+    }
+
+    fn remember<A: Aggregate>(&self, aggregate: AggregateRef, root: Arc<Root<A>>) {
         let mut cache = self.cache.lock().expect("cache lock is never poisoned: no code panics while holding it");
         cache.put(aggregate, Box::new(root));
     }
@@ -109,7 +117,7 @@ impl Handler {
     }
 
     /// The aggregate as of the log (reading its subject), bypassing the cache.
-    pub async fn load_fresh<A: Aggregate>(&self, id: &str) -> Result<Root<A>, HandleError> {
+    pub async fn load_fresh<A: Aggregate>(&self, id: &str) -> Result<Arc<Root<A>>, HandleError> {
         let aggregate = AggregateRef::new(A::KIND, id);
         let stored = self.log.read_subject(&aggregate.subject()).await?;
         let mut root = Root::<A>::default();
@@ -117,12 +125,13 @@ impl Handler {
             let recorded = wire::decode(&event.payload).map_err(|error| HandleError::Decode { seq: event.seq, error })?;
             root.apply(event.seq, &recorded);
         }
-        self.remember(aggregate, root.clone());
+        let root = Arc::new(root);
+        self.remember(aggregate, Arc::clone(&root));
         Ok(root)
     }
 
-    /// The aggregate, from the cache when present.
-    pub async fn load<A: Aggregate>(&self, id: &str) -> Result<Root<A>, HandleError> {
+    /// The aggregate, from the cache when present (shared, not copied).
+    pub async fn load<A: Aggregate>(&self, id: &str) -> Result<Arc<Root<A>>, HandleError> {
         let aggregate = AggregateRef::new(A::KIND, id);
         match self.cached::<A>(&aggregate) {
             Some(root) => Ok(root),
@@ -143,9 +152,9 @@ impl Handler {
         let aggregate = AggregateRef::new(A::KIND, id);
         let subject = aggregate.subject();
         let _serialized = self.stripe(&aggregate).lock().await;
-        let (mut root, mut assumed_empty) = match self.cached::<A>(&aggregate) {
+        let (mut root, mut assumed_empty) = match self.take_cached::<A>(&aggregate) {
             Some(root) => (root, false),
-            None => (Root::<A>::default(), true),
+            None => (Arc::new(Root::<A>::default()), true),
         };
         for _attempt in 0..=APPEND_RETRIES_MAX {
             let now = self.clock.now();
@@ -155,19 +164,38 @@ impl Handler {
                 root = self.load_fresh::<A>(id).await?;
                 continue;
             }
-            let events = match decided? {
-                Outcome::Repeated => return Ok(Handled { root, appended: vec![], repeated: true, now }),
-                Outcome::Emit(events) => events,
+            let events = match decided {
+                Ok(Outcome::Repeated) => {
+                    self.remember(aggregate, Arc::clone(&root));
+                    return Ok(Handled { root, appended: vec![], repeated: true, now });
+                }
+                Ok(Outcome::Emit(events)) => events,
+                Err(rejection) => {
+                    if !assumed_empty {
+                        self.remember(aggregate, root);
+                    }
+                    return Err(rejection.into());
+                }
             };
-            match self.append_all(&aggregate, &subject, actor, request, A::command_name(command), &root, events, now).await? {
-                Ok((next, appended)) => {
-                    self.remember(aggregate, next.clone());
+            let cached = (!assumed_empty).then(|| Arc::clone(&root));
+            match self.append_all(&aggregate, &subject, actor, request, A::command_name(command), root, events, now).await {
+                Ok(Ok((next, appended))) => {
+                    let next = Arc::new(next);
+                    self.remember(aggregate, Arc::clone(&next));
                     return Ok(Handled { root: next, appended, repeated: false, now });
                 }
-                Err(()) => {
+                Err(error) => {
+                    // The log failed (the outcome may be unknown): keep what we knew.
+                    if let Some(cached) = cached {
+                        self.remember(aggregate, cached);
+                    }
+                    return Err(error);
+                }
+                Ok(Err(())) => {
                     // Lost a race with another writer (another engine process), or the
                     // aggregate assumed new was not: reload and decide again on the state
                     // that won.
+                    drop(cached);
                     assumed_empty = false;
                     self.forget(&aggregate);
                     root = self.load_fresh::<A>(id).await?;
@@ -186,11 +214,12 @@ impl Handler {
         actor: &Actor,
         request: &RequestId,
         command: &str,
-        root: &Root<A>,
+        root: Arc<Root<A>>,
         events: Vec<Event>,
         now: Millis,
     ) -> Result<Result<(Root<A>, Vec<Seq>), ()>, HandleError> {
-        let mut next = root.clone();
+        // Copies only when someone else still holds this state (a reader a moment ago).
+        let mut next = Arc::unwrap_or_clone(root);
         let mut appended = Vec::with_capacity(events.len());
         for (index, event) in events.into_iter().enumerate() {
             let key = idempotency_key(&format!("{:?}:{}", actor.kind, actor.id), request, subject, index);

@@ -49,7 +49,7 @@ fn req(id: &str) -> RequestId {
 }
 
 async fn auditor_state(fixture: &Fixture, auditor: &AuditorId) -> Auditor {
-    fixture.market.handler().load_fresh::<Auditor>(&auditor.0).await.expect("load auditor").state
+    fixture.market.handler().load_fresh::<Auditor>(&auditor.0).await.expect("load auditor").state.clone()
 }
 
 async fn events_on(fixture: &Fixture, auditor: &AuditorId) -> Vec<Event> {

@@ -125,14 +125,14 @@ impl Authenticator {
         let (identity, recorded, active) = if id == self.operator_id {
             (Identity::Operator(id.to_string()), self.operator_hash, true)
         } else if id.starts_with('a') {
-            let auditor = self.market.handler().load::<Auditor>(id).await.map_err(unavailable)?.state;
+            let auditor = self.market.handler().load::<Auditor>(id).await.map_err(unavailable)?.state.clone();
             (Identity::Auditor(id.to_string()), auditor.credential_hash, auditor.status == AuditorStatus::Active)
         } else if id.starts_with('m') {
-            let merchant = self.market.handler().load::<Merchant>(id).await.map_err(unavailable)?.state;
+            let merchant = self.market.handler().load::<Merchant>(id).await.map_err(unavailable)?.state.clone();
             // A suspended merchant still authenticates: the use cases refuse what it may not do.
             (Identity::Merchant(MerchantId(id.to_string())), merchant.credential_hash, merchant.status != MerchantStatus::Unknown)
         } else if id.starts_with('n') {
-            let node = self.market.handler().load::<Node>(id).await.map_err(unavailable)?.state;
+            let node = self.market.handler().load::<Node>(id).await.map_err(unavailable)?.state.clone();
             (Identity::Node(NodeId(id.to_string())), node.credential_hash, matches!(node.status, NodeStatus::Active | NodeStatus::Drained))
         } else {
             return Err(refused());

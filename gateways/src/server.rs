@@ -1321,7 +1321,7 @@ impl pb::admin_service_server::AdminService for Api {
     async fn get_config(&self, request: Request<pb::GetConfigRequest>) -> Result<Response<pb::ConfigResponse>, Status> {
         let result = async {
             Self::operator(&request)?;
-            let config = self.market().handler().load::<engine::domain::config::Config>(CONFIG_AGGREGATE).await.map_err(|e| fail(e.into()))?.state;
+            let config = self.market().handler().load::<engine::domain::config::Config>(CONFIG_AGGREGATE).await.map_err(|e| fail(e.into()))?.state.clone();
             Ok(config_response(&config))
         }
         .await;
@@ -1335,7 +1335,7 @@ impl pb::admin_service_server::AdminService for Api {
             let request_id = request_id(&message.request_id)?;
             self.market().set_config(&operator, &request_id, &message.key, &message.value).await.map_err(fail)?;
             self.engine.apply_configuration().await;
-            let config = self.market().handler().load::<engine::domain::config::Config>(CONFIG_AGGREGATE).await.map_err(|e| fail(e.into()))?.state;
+            let config = self.market().handler().load::<engine::domain::config::Config>(CONFIG_AGGREGATE).await.map_err(|e| fail(e.into()))?.state.clone();
             Ok(config_response(&config))
         }
         .await;

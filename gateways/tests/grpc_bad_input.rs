@@ -1316,7 +1316,7 @@ async fn a_node_changes_its_capacity_back_and_forth() {
     for slots_max in [8, 4, 8, 4] {
         let head = fx.head().await;
         delivery.register_node(pb::RegisterNodeRequest { region: String::new(), slots_max, endpoint: "http://127.0.0.1:1".into() }).await.expect("register node");
-        let state = fx.engine.engine.market.handler().load::<engine::domain::party::Node>(&node.id).await.expect("load the node").state;
+        let state = fx.engine.engine.market.handler().load::<engine::domain::party::Node>(&node.id).await.expect("load the node").state.clone();
         recorded.push((slots_max, state.slots_max, fx.head().await - head));
     }
     assert_eq!(recorded, vec![(8, 8, 1), (4, 4, 1), (8, 8, 1), (4, 4, 1)], "(announced, recorded, events appended) per RegisterNode");

@@ -1639,7 +1639,7 @@ async fn points_reservations(world: &World, request_ids: &[&str]) -> Vec<String>
 }
 
 async fn points_account(world: &World) -> engine::domain::account::Account {
-    world.fx.engine.engine.market.handler().load::<engine::domain::account::Account>("acct-1").await.expect("load acct-1").state
+    world.fx.engine.engine.market.handler().load::<engine::domain::account::Account>("acct-1").await.expect("load acct-1").state.clone()
 }
 
 /// Found by `hostile_requests_against_every_rpc` (seeds 7, 8 and the default seed at

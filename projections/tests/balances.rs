@@ -188,7 +188,7 @@ async fn check_world(w: World) {
     // ledger once every saga has completed (the script leaves none half done).
     for index in 0..ACCOUNTS {
         let id = account(index);
-        let domain = w.market.handler().load_fresh::<Account>(&id.0).await.expect("load the account").state;
+        let domain = w.market.handler().load_fresh::<Account>(&id.0).await.expect("load the account").state.clone();
         let points = rebuilt.balances.points_of(&id);
         assert_eq!((points.balance, points.held), (i128::from(domain.balance), i128::from(domain.held_total())), "{id}: as the domain has it");
         assert_eq!(points.available(), i128::from(domain.available()));

@@ -201,7 +201,7 @@ async fn concurrent_point_holds_never_overdraw() {
         }
     }
     assert_eq!(reserved, 4);
-    let state = f.market.handler().load_fresh::<engine::domain::account::Account>(&account.0).await.expect("account").state;
+    let state = f.market.handler().load_fresh::<engine::domain::account::Account>(&account.0).await.expect("account").state.clone();
     assert_eq!(state.available(), 0);
     assert_eq!(state.held_total(), 1000);
 }
@@ -229,7 +229,7 @@ async fn certification_is_idempotent_and_concurrent_requests_never_collide() {
         serials.insert(result.expect("task").expect("every concurrent certification succeeds"));
     }
     assert_eq!(serials.len(), 8);
-    let state = f.market.handler().load_fresh::<engine::domain::party::Consumer>(&consumer.0).await.expect("consumer").state;
+    let state = f.market.handler().load_fresh::<engine::domain::party::Consumer>(&consumer.0).await.expect("consumer").state.clone();
     assert_eq!(state.certs.len(), 9);
 }
 
@@ -396,14 +396,14 @@ async fn the_sweeper_settles_holds_left_by_interrupted_sagas() {
 
     // A crash between the authorization and the posting.
     let paid = f.market.reserve(&f.merchant, &req("r-paid"), std::slice::from_ref(&f.media), "high", 60_000, Payment::Points { account: account.clone() }).await.expect("reserve").voucher_id;
-    let media = vec![f.market.handler().load::<engine::domain::catalog::Media>(&f.media.0).await.expect("media").state];
+    let media = vec![f.market.handler().load::<engine::domain::catalog::Media>(&f.media.0).await.expect("media").state.clone()];
     let authorize = VoucherCommand::Authorize(Authorize { merchant: f.merchant.clone(), receipt_key_id: engine::app::TOKEN_KEY_ID, media });
     f.market.handler().handle::<Voucher>(&paid.0, &merchant_actor, &req("a-paid"), &authorize).await.expect("authorize without posting");
 
     // A reservation nobody authorizes: the sweeper expires it and releases its points.
     let abandoned = f.market.reserve(&f.merchant, &req("r-abandoned"), std::slice::from_ref(&f.media), "high", 60_000, Payment::Points { account: account.clone() }).await.expect("reserve").voucher_id;
 
-    let before = f.market.handler().load_fresh::<Account>(&account.0).await.expect("account").state;
+    let before = f.market.handler().load_fresh::<Account>(&account.0).await.expect("account").state.clone();
     assert_eq!((before.available(), before.held_total()), (250, 750), "negative control: three holds outstanding");
 
     live.caught_up(f.log.last_seq().await.expect("seq")).await;
@@ -417,7 +417,7 @@ async fn the_sweeper_settles_holds_left_by_interrupted_sagas() {
     assert_eq!(expired_again, 0, "a reservation is expired once");
     runner.abort();
 
-    let after = f.market.handler().load_fresh::<Account>(&account.0).await.expect("account").state;
+    let after = f.market.handler().load_fresh::<Account>(&account.0).await.expect("account").state.clone();
     assert_eq!(after.held_total(), 0, "no hold is left");
     assert!(after.posted.contains(&paid), "the authorized sale is paid");
     assert!(after.released.contains(&orphan) && after.released.contains(&abandoned));
