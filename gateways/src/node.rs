@@ -103,6 +103,11 @@ pub const PREVIEW_PLAYED_MS: u64 = 30_000;
 pub const CONNECT_TIMEOUT_MS: u64 = 10_000;
 /// How long `shutdown` lets in-flight streams finish before cutting them.
 pub const SHUTDOWN_GRACE_MS: u64 = 30_000;
+/// How long `shutdown` waits after the last stream handed over its last chunk before it
+/// closes the connections (doc of `RunningNode::shutdown`).
+pub const SHUTDOWN_LINGER_MS: u64 = 500;
+/// How often `shutdown` looks whether the streams in flight are done.
+const SHUTDOWN_POLL_MS: u64 = 20;
 /// The default of `--cache-bytes-max`.
 pub const CACHE_BYTES_MAX_DEFAULT: u64 = 1024 * 1024 * 1024;
 /// Stripes of the fetch lock: concurrent misses on one media part fetch it from the engine
@@ -510,6 +515,8 @@ struct Shared {
     confirmed: Mutex<LruCache<String, BTreeSet<String>>>,
     slots_in_use: AtomicU32,
     requests: Arc<Semaphore>,
+    /// Set by `shutdown`: new requests are refused while the streams in flight finish.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -534,6 +541,9 @@ impl Shared {
     }
 
     fn permit(&self) -> Result<OwnedSemaphorePermit, Status> {
+        if self.draining.load(Ordering::Relaxed) {
+            return Err(Status::unavailable("this node is shutting down; retry with another node or later"));
+        }
         self.requests.clone().try_acquire_owned().map_err(|_| Status::resource_exhausted("this node is at its limit of requests in flight; retry shortly"))
     }
 
@@ -1014,12 +1024,26 @@ impl RunningNode {
         self.shared.assignments.lock().expect("the assignments lock is never poisoned").voucher(voucher_id).cloned()
     }
 
-    /// Stops gracefully: no new connections, in-flight calls and streams finish (for at
-    /// most [`SHUTDOWN_GRACE_MS`]), then the heartbeat and the feed stop.
+    /// Stops gracefully: new requests are refused (Unavailable) while the calls and
+    /// streams in flight finish, then the server stops accepting and closes its connections
+    /// (all of it within [`SHUTDOWN_GRACE_MS`]), then the heartbeat and the feed stop.
+    ///
+    /// The server is told to stop only once every download has handed its last chunk over
+    /// and `SHUTDOWN_LINGER_MS` more have passed: hyper closes an HTTP/2 connection as soon
+    /// as its last stream is written, and a close with the client's window updates still
+    /// unread makes the kernel send a reset that can destroy the stream's tail before a
+    /// slow player reads it.
     pub async fn shutdown(self) {
         let Self { shared, shutdown, mut server, tasks, .. } = self;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(SHUTDOWN_GRACE_MS);
+        shared.draining.store(true, Ordering::Relaxed);
+        let idle = || shared.slots_in_use.load(Ordering::Relaxed) == 0 && shared.requests.available_permits() == REQUESTS_IN_FLIGHT_MAX;
+        while !idle() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(SHUTDOWN_POLL_MS)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(SHUTDOWN_LINGER_MS).min(deadline.saturating_duration_since(tokio::time::Instant::now()))).await;
         shutdown.send_replace(true);
-        match tokio::time::timeout(Duration::from_millis(SHUTDOWN_GRACE_MS), &mut server).await {
+        match tokio::time::timeout_at(deadline.max(tokio::time::Instant::now() + Duration::from_millis(SHUTDOWN_LINGER_MS)), &mut server).await {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(error))) => warn!(node_id = %shared.node_id, %error, "the node server stopped with an error"),
             Ok(Err(error)) => warn!(node_id = %shared.node_id, %error, "the node server task failed"),
@@ -1126,6 +1150,7 @@ pub async fn start_with_clock(args: NodeArgs, clock: Arc<dyn Clock>) -> anyhow::
         confirmed: Mutex::new(LruCache::new(NonZeroUsize::new(CONFIRMED_VOUCHERS_MAX).expect("CONFIRMED_VOUCHERS_MAX is not zero"))),
         slots_in_use: AtomicU32::new(0),
         requests: Arc::new(Semaphore::new(REQUESTS_IN_FLIGHT_MAX)),
+        draining: std::sync::atomic::AtomicBool::new(false),
     });
 
     let (shutdown, shutdown_receiver) = watch::channel(false);

@@ -261,7 +261,8 @@ async fn a_restarted_node_resumes_its_feed_from_the_checkpoint() {
     let seen_seq = node.stats().last_seq;
     let node_id = node.node_id().to_string();
     let data_dir = fixture.dir.path().join("node");
-    assert_eq!(checkpoint(&data_dir, &node_id), seen_seq, "persisted after handling it");
+    // The checkpoint file is written right after the assignment is recorded.
+    wait_for("the checkpoint persisted after handling the assignment", || checkpoint(&data_dir, &node_id) == seen_seq).await;
     node.shutdown().await;
 
     // Sold while the node is down: the engine still assigns it here (its heartbeat is recent).
@@ -274,7 +275,7 @@ async fn a_restarted_node_resumes_its_feed_from_the_checkpoint() {
     assert_eq!(stats.assignments_seen, 1, "the first assignment is not handled again: {stats:?}");
     assert!(node.assignment(&first.voucher_id).is_none());
     assert!(stats.last_seq > seen_seq);
-    assert_eq!(checkpoint(&data_dir, &node_id), stats.last_seq);
+    wait_for("the checkpoint persisted after the second assignment", || checkpoint(&data_dir, &node_id) == stats.last_seq).await;
 
     // A request over the node's size limit is refused before it is decoded.
     let mut at_node = player::connect_node(node.endpoint()).await.expect("connect");
