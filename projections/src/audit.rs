@@ -11,12 +11,16 @@ use engine::crypto::{RsaPublic, SecretKey};
 use engine::domain::report::Report;
 use engine::ids::Seq;
 
-use engine::log::EventLog;
+use engine::log::{EventLog, ReadError, StoredEvent};
+use futures::StreamExt;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-/// Events read per batch.
-pub const REPLAY_BATCH_EVENTS: usize = 4096;
+/// Events handed to the applying side per batch: small, so that applying starts soon after
+/// reading does and little is left to apply once the read ends.
+pub const REPLAY_BATCH_EVENTS: usize = 256;
+/// Batches read ahead of the applying side (bounds the replay's memory to 16,384 events).
+const REPLAY_CHANNEL_BATCHES: usize = 64;
 
 /// The first thing that is wrong, with its position.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -69,26 +73,41 @@ pub async fn replay_full(
     mut progress: impl FnMut(u64),
 ) -> Result<(AuditReport, Projections), AuditError> {
     let started = Instant::now();
-    let mut projections = Projections::with_royalty_keys(master, Some(engine_key.clone()));
-    let mut first_bad: Option<FirstBad> = None;
-    // Pipelined: while one batch is decoded and applied (royalty chain included) on the
-    // blocking pool, the next one is fetched from the log.
-    let mut batch = log.read_from(Seq(1), REPLAY_BATCH_EVENTS).await.map_err(|e| AuditError::Read(e.to_string()))?;
-    while let Some(last) = batch.last() {
-        let from = Seq(last.seq.0 + 1);
-        let apply = tokio::task::spawn_blocking(move || {
+    let projections = Projections::with_royalty_keys(master, Some(engine_key.clone()));
+    // Pipelined: this task reads the stream with one long-lived ordered read (`follow`) and
+    // hands batches through a bounded channel to the blocking pool, where they are decoded
+    // and applied (royalty chain included) in order, so reading and applying overlap.
+    let (batches, mut to_apply) = tokio::sync::mpsc::channel::<Result<Vec<StoredEvent>, ReadError>>(REPLAY_CHANNEL_BATCHES);
+    let (applied_sender, mut applied) = tokio::sync::mpsc::unbounded_channel::<u64>();
+    let apply = tokio::task::spawn_blocking(move || {
+        let mut projections = projections;
+        while let Some(batch) = to_apply.blocking_recv() {
+            // A read error after the events before it: those are applied first, and a
+            // finding among them wins (as it would have with one read after another).
+            let batch = match batch {
+                Ok(batch) => batch,
+                Err(error) => return (projections, Err(AuditError::Read(error.to_string()))),
+            };
             let result = apply_batch(&mut projections, &batch);
-            (projections, result)
-        });
-        let (next, applied) = tokio::join!(log.read_from(from, REPLAY_BATCH_EVENTS), apply);
-        let (applied_projections, result) = applied.map_err(|e| AuditError::Read(format!("the replay task failed: {e}")))?;
-        projections = applied_projections;
-        progress(projections.events);
-        if let Err(bad) = result {
-            first_bad = Some(bad);
-            break;
+            let _ = applied_sender.send(projections.events);
+            if let Err(bad) = result {
+                return (projections, Ok(Some(bad)));
+            }
         }
-        batch = next.map_err(|e| AuditError::Read(e.to_string()))?;
+        (projections, Ok(None))
+    });
+    let reading = read_all(log, batches);
+    let reporting = async {
+        while let Some(events) = applied.recv().await {
+            progress(events);
+        }
+    };
+    let (read, (), applied) = tokio::join!(reading, reporting, apply);
+    let (projections, result) = applied.map_err(|e| AuditError::Read(format!("the replay task failed: {e}")))?;
+    let mut first_bad = result?;
+    if first_bad.is_none() {
+        // A finding among the events read wins over a later failure to read on.
+        read?;
     }
     let royalty = &projections.royalty;
     if first_bad.is_none()
@@ -127,8 +146,55 @@ pub async fn replay_full(
     Ok((report, projections))
 }
 
+/// Reads every event from sequence 1 up to the stream's head into `batches`, in order, as
+/// one long-lived read. The head is read once at the start, and again whenever it is
+/// reached: the read ends once it is caught up (as reading batch after batch until an empty
+/// one did). Stops early when the applying side is gone (it found something). A read error
+/// is sent after the events before it; an error reading the head is returned.
+async fn read_all(log: &dyn EventLog, batches: tokio::sync::mpsc::Sender<Result<Vec<StoredEvent>, ReadError>>) -> Result<(), AuditError> {
+    let head = |error: ReadError| AuditError::Read(error.to_string());
+    let mut last = log.last_seq().await.map_err(head)?;
+    if last.0 == 0 {
+        return Ok(());
+    }
+    let mut events = log.follow(Seq(1));
+    let mut batch = Vec::with_capacity(REPLAY_BATCH_EVENTS);
+    loop {
+        let (failed, ended, at_head) = match events.next().await {
+            Some(Ok(stored)) => {
+                let at_head = stored.seq >= last;
+                batch.push(stored);
+                (None, false, at_head)
+            }
+            Some(Err(error)) => (Some(error), true, true),
+            None => (None, true, true),
+        };
+        if batch.len() >= REPLAY_BATCH_EVENTS || (at_head && !batch.is_empty()) {
+            let full = std::mem::replace(&mut batch, Vec::with_capacity(REPLAY_BATCH_EVENTS));
+            if batches.send(Ok(full)).await.is_err() {
+                return Ok(());
+            }
+        }
+        if let Some(error) = failed {
+            let _ = batches.send(Err(error)).await;
+            return Ok(());
+        }
+        if ended {
+            return Ok(());
+        }
+        if at_head {
+            // Caught up with the head read last: go on only if the stream has grown since.
+            let now = log.last_seq().await.map_err(head)?;
+            if now <= last {
+                return Ok(());
+            }
+            last = now;
+        }
+    }
+}
+
 /// Applies a batch in order; the first finding stops it.
-fn apply_batch(projections: &mut Projections, batch: &[engine::log::StoredEvent]) -> Result<(), FirstBad> {
+fn apply_batch(projections: &mut Projections, batch: &[StoredEvent]) -> Result<(), FirstBad> {
     for stored in batch {
         if let Err(finding) = projections.apply(stored) {
             return Err(FirstBad { seq: finding.seq().0, entry: None, reason: finding.to_string() });
