@@ -37,6 +37,18 @@ pub struct Allocation {
 }
 
 impl Allocation {
+    /// Feeds every node to the state digest (`Projections::digest`), in a canonical order.
+    pub fn digest_into(&self, field: &mut dyn FnMut(&[u8])) {
+        field(&(self.nodes.len() as u64).to_le_bytes());
+        for (id, node) in &self.nodes {
+            field(id.0.as_bytes());
+            field(node.region.as_bytes());
+            field(&node.slots_max.to_le_bytes());
+            field(&node.in_use.to_le_bytes());
+            field(&[u8::from(node.active)]);
+        }
+    }
+
     pub fn apply(&mut self, event: &Event) {
         match event {
             Event::NodeRegistered { node_id, region, slots_max, .. } => {

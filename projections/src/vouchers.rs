@@ -36,6 +36,24 @@ pub struct VoucherBook {
 }
 
 impl VoucherBook {
+    /// Feeds every row and hold to the state digest (`Projections::digest`), in a canonical order.
+    pub fn digest_into(&self, field: &mut dyn FnMut(&[u8])) {
+        field(&(self.vouchers.len() as u64).to_le_bytes());
+        for (id, row) in &self.vouchers {
+            field(id.0.as_bytes());
+            field(row.merchant.0.as_bytes());
+            field(row.status.name().as_bytes());
+            field(&row.expires_at.0.to_le_bytes());
+            field(&row.media_delivered.to_le_bytes());
+        }
+        field(&(self.holds.len() as u64).to_le_bytes());
+        for (expires_at, account, voucher) in &self.holds {
+            field(&expires_at.0.to_le_bytes());
+            field(account.0.as_bytes());
+            field(voucher.0.as_bytes());
+        }
+    }
+
     pub fn apply(&mut self, event: &Event) {
         match event {
             Event::Reserved { voucher_id, merchant_id, expires_at, .. } => {
