@@ -38,7 +38,8 @@
 //!    writeback of earlier cases.
 //! 6. Memory: the engine's resident set (VmRSS) after N and after [`MEMORY_MULTIPLIER`]×N
 //!    vouchers, measured in a child process (`--rss-probe`) so nothing the other cases
-//!    allocated counts.
+//!    allocated counts; its live projections are kept in a projection store, as `serve`
+//!    keeps them.
 //! 7. Cost growth: the audit replay's time over case 3's stream and over case 6's
 //!    ten-times-larger stream.
 //!
@@ -512,7 +513,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
         eprintln!("    raw {:.0} publishes/s", raw_rate.per_s);
         flush_dirty_pages().await;
         // The engine with group commit, as `serve --group-commit` runs against such a server.
-        let engine = EngineUnderTest::start_with(&url, &keys, durable_plan.warmup_vouchers + plan.durable_vouchers, true).await?;
+        let engine = EngineUnderTest::start_with(&url, &keys, durable_plan.warmup_vouchers + plan.durable_vouchers, true, None).await?;
         engine.sell(0..durable_plan.warmup_vouchers, None).await?;
         engine.caught_up().await?;
         let before = engine.jetstream.group_commit_stats().unwrap_or_default();
@@ -1028,16 +1029,21 @@ impl EngineUnderTest {
     /// Connects, starts the projections and registers what the workload needs: merchants,
     /// enough delivery nodes for `vouchers` issued at once, one media, one consumer.
     async fn start(url: &str, keys: &BenchKeys, vouchers: usize) -> anyhow::Result<Self> {
-        Self::start_with(url, keys, vouchers, false).await
+        Self::start_with(url, keys, vouchers, false, None).await
     }
 
-    /// `start`, with group commit (`StreamOptions::group_commit`) on or off.
-    async fn start_with(url: &str, keys: &BenchKeys, vouchers: usize, group_commit: bool) -> anyhow::Result<Self> {
+    /// `start`, with group commit (`StreamOptions::group_commit`) on or off, and the live
+    /// projections in memory or, as `serve` keeps them, in a projection store at
+    /// `projection_dir`.
+    async fn start_with(url: &str, keys: &BenchKeys, vouchers: usize, group_commit: bool, projection_dir: Option<&Path>) -> anyhow::Result<Self> {
         let options = engine::log::jetstream::StreamOptions { group_commit, ..Default::default() };
         let jetstream = Arc::new(JetStreamLog::connect_with(url, BENCH_STREAM, options).await?);
         let log: Arc<dyn EventLog> = Arc::clone(&jetstream) as Arc<dyn EventLog>;
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let live = Live::with_keys(Some(&keys.royalty_master), Some(keys.engine.public.clone()));
+        let live = match projection_dir {
+            None => Live::with_keys(Some(&keys.royalty_master), Some(keys.engine.public.clone())),
+            Some(dir) => Live::open_checked(dir, Some(&keys.royalty_master), Some(keys.engine.public.clone()), log.as_ref()).await?.0,
+        };
         let runner = {
             let (live, log) = (live.clone(), Arc::clone(&log));
             tokio::spawn(async move { live.run(log).await })
@@ -1470,7 +1476,9 @@ async fn rss_probe_child(url: &str, keys_dir: &Path, vouchers: usize) -> anyhow:
 pub async fn rss_probe(url: &str, keys_dir: &Path, vouchers: usize) -> anyhow::Result<RssProbe> {
     let keys = BenchKeys::load(keys_dir)?;
     let large = vouchers * MEMORY_MULTIPLIER;
-    let engine = EngineUnderTest::start(url, &keys, large).await?;
+    // As `serve` runs: the live projections in a projection store.
+    let projection_dir = tempfile::tempdir().context("cannot create a temporary directory for the memory probe's projection store")?;
+    let engine = EngineUnderTest::start_with(url, &keys, large, false, Some(projection_dir.path())).await?;
     let meter = CpuMeter { server_pid: None };
     let (_, to_deliver) = engine.sell(0..vouchers, Some(DELIVERED_ONE_IN)).await?;
     engine.redeem_and_deliver(to_deliver, meter).await?;
