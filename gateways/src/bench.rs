@@ -17,14 +17,19 @@
 //!    `projections::Live` following the log as the allocator.
 //! 2. Purchases over gRPC: the engine's gRPC server (`server::start`) in this process on
 //!    127.0.0.1, on a fresh stream of the same nats-server (same durability as case 1).
-//!    [`PURCHASE_MERCHANTS`] merchants, each with its own tonic channel, buy N vouchers of
-//!    one published media, each Reserve → Authorize → IssueVoucher in sequence,
-//!    [`VOUCHERS_IN_FLIGHT`] purchases at a time, after an untimed warm-up. The delivery
-//!    nodes announce themselves and heartbeat over DeliveryService but run no agent (no
-//!    feed subscription, no player service), so the case measures the purchase path alone.
-//!    Latency is per purchase, from Reserve sent to IssueVoucher answered; the same is kept
-//!    per step. The raw baseline is case 1's: `purchase_ratio` = purchases/s × 3 over
-//!    `raw_append_per_s` (commands/s over raw publishes/s).
+//!    [`PURCHASE_MERCHANTS`] merchants, each with its own tonic channel, buy vouchers of
+//!    one published media, each Reserve → Authorize → IssueVoucher in sequence, after an
+//!    untimed warm-up, in two phases of N purchases: the maximum, a closed loop of
+//!    [`VOUCHERS_IN_FLIGHT`] purchases at a time (`purchase_per_s`); then the latency, an
+//!    open loop that starts purchases on a fixed schedule at
+//!    [`PURCHASE_LATENCY_LOAD_SHARE`] of that maximum whatever the answers, each latency
+//!    counted from its scheduled start (`purchase_p50_ms`, `purchase_p99_ms`). A closed
+//!    loop at its maximum only measures its own queue (mean latency = in flight / rate).
+//!    The delivery nodes announce themselves and heartbeat over DeliveryService but run no
+//!    agent (no feed subscription, no player service), so the case measures the purchase
+//!    path alone. Latency is per purchase, from Reserve due to IssueVoucher answered; the
+//!    same is kept per step. The raw baseline is case 1's: `purchase_ratio` = purchases/s
+//!    × 3 over `raw_append_per_s` (commands/s over raw publishes/s).
 //! 3. Replay: a raw pull consumer (AckNone, [`RAW_CONSUME_BATCH_EVENTS`] per batch) over
 //!    the engine's stream after case 1 (one voucher in [`DELIVERED_ONE_IN`] redeemed and
 //!    delivered, the royalty log sealed) vs `projections::audit::replay` of that stream
@@ -110,6 +115,13 @@ pub const RAW_STREAM: &str = "VSBENCH_RAW";
 /// Merchants buying in the gRPC purchase case, each on its own tonic channel (one HTTP/2
 /// connection; purchase i belongs to merchant i mod this).
 pub const PURCHASE_MERCHANTS: usize = 16;
+/// The share of case 2's measured maximum purchase rate at which the latency is measured
+/// (open loop, a fixed schedule): latency at the maximum of a closed loop is queueing
+/// (Little's law: in-flight over rate), not the engine's answer time.
+pub const PURCHASE_LATENCY_LOAD_SHARE: f64 = 0.8;
+/// Purchases started on schedule and not yet answered, at most, in the open-loop phase;
+/// beyond it a start waits (its latency still counts from its scheduled time).
+const PURCHASES_OPEN_IN_FLIGHT_MAX: usize = 4_096;
 /// The purchase p99 the issue asks for, in milliseconds, at the measured rate.
 pub const PURCHASE_P99_TARGET_MS: f64 = 20.0;
 /// Where the bench's delivery nodes say players reach them. No player connects in the
@@ -311,10 +323,17 @@ pub struct BenchReport {
     pub purchase_ratio: f64,
     /// `purchase_p99_ms` <= [`PURCHASE_P99_TARGET_MS`].
     pub purchase_p99_target_met: bool,
-    /// Case 2 in full: operations are purchases (three RPCs each); CPU "client" is this
+    /// Case 2's maximum, in full: a closed loop of [`VOUCHERS_IN_FLIGHT`] purchases
+    /// (`purchase_per_s`); operations are purchases (three RPCs each); CPU "client" is this
     /// process, which runs both the gRPC clients and the engine.
     pub purchase: Rate,
-    /// Case 2 per RPC.
+    /// Case 2's latency phase, in full: purchases started on a fixed schedule at
+    /// [`PURCHASE_LATENCY_LOAD_SHARE`] of the maximum, each latency from its scheduled
+    /// start (`purchase_p50_ms`, `purchase_p99_ms`).
+    pub purchase_paced: Rate,
+    /// The rate the latency phase offered, in purchases/s.
+    pub purchase_offered_per_s: f64,
+    /// Case 2 per RPC, in the latency phase.
     pub purchase_steps: PurchaseSteps,
     pub purchase_merchants: usize,
     pub purchase_nodes: usize,
@@ -449,20 +468,28 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
         "[2] purchases over gRPC: {} purchases (Reserve → Authorize → IssueVoucher) from {PURCHASE_MERCHANTS} merchants on their own channels, {VOUCHERS_IN_FLIGHT} in flight",
         plan.vouchers
     );
-    let purchase_market = GrpcMarket::start(&url, &keys_dir, &scratch.path().join("purchase"), plan.warmup_vouchers + plan.vouchers, &keys.player_public_der).await?;
-    let (_, _, redeem_warmup) = purchase_market.purchase_all(0..plan.warmup_vouchers).await?;
+    let (maximum, paced) = (plan.warmup_vouchers..plan.warmup_vouchers + plan.vouchers, plan.warmup_vouchers + plan.vouchers..plan.warmup_vouchers + 2 * plan.vouchers);
+    let purchase_market = GrpcMarket::start(&url, &keys_dir, &scratch.path().join("purchase"), paced.end, &keys.player_public_der).await?;
+    let (_, _, redeem_warmup) = purchase_market.purchase_all(0..plan.warmup_vouchers, Pace::Closed).await?;
     purchase_market.caught_up().await?;
     let mark = meter.mark();
-    let (purchase, purchase_steps, to_redeem) = purchase_market.purchase_all(plan.warmup_vouchers..plan.warmup_vouchers + plan.vouchers).await?;
+    let (purchase, _, to_redeem) = purchase_market.purchase_all(maximum, Pace::Closed).await?;
     // As in case 1, the projections' work on these events counts in the CPU figures.
     purchase_market.caught_up().await?;
     let purchase = mark.attach(purchase);
+    eprintln!("    maximum: {:.0} purchases/s with {VOUCHERS_IN_FLIGHT} in flight (p50 {} ms, p99 {} ms: queueing)", purchase.per_s, ms(purchase.p50_ms), ms(purchase.p99_ms));
+    let purchase_offered_per_s = purchase.per_s * PURCHASE_LATENCY_LOAD_SHARE;
+    let mark = meter.mark();
+    let (purchase_paced, purchase_steps, _) = purchase_market.purchase_all(paced, Pace::Open { per_s: purchase_offered_per_s }).await?;
+    purchase_market.caught_up().await?;
+    let purchase_paced = mark.attach(purchase_paced);
     let purchase_nodes = purchase_market.nodes;
     eprintln!(
-        "    {:.0} purchases/s (p50 {} ms, p99 {} ms; Reserve {:.2} / Authorize {:.2} / IssueVoucher {:.2} ms p50)",
-        purchase.per_s,
-        ms(purchase.p50_ms),
-        ms(purchase.p99_ms),
+        "    latency at {:.0} purchases/s offered ({PURCHASE_LATENCY_LOAD_SHARE} of the maximum, open loop): {:.0} purchases/s, p50 {} ms, p99 {} ms (Reserve {:.2} / Authorize {:.2} / IssueVoucher {:.2} ms p50)",
+        purchase_offered_per_s,
+        purchase_paced.per_s,
+        ms(purchase_paced.p50_ms),
+        ms(purchase_paced.p99_ms),
         purchase_steps.reserve_p50_ms,
         purchase_steps.authorize_p50_ms,
         purchase_steps.issue_p50_ms
@@ -537,8 +564,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
     let ratio = |engine: f64, raw: f64| if raw > 0.0 { engine / raw } else { f64::NAN };
     let ingest_ratio = ratio(engine_append.per_s, raw_append.per_s);
     let purchase_ratio = ratio(purchase.per_s * 3.0, raw_append.per_s);
-    let purchase_p50_ms = purchase.p50_ms.unwrap_or(f64::NAN);
-    let purchase_p99_ms = purchase.p99_ms.unwrap_or(f64::NAN);
+    let purchase_p50_ms = purchase_paced.p50_ms.unwrap_or(f64::NAN);
+    let purchase_p99_ms = purchase_paced.p99_ms.unwrap_or(f64::NAN);
     let purchase_p99_target_met = purchase_p99_ms <= PURCHASE_P99_TARGET_MS;
     let replay_ratio = ratio(replay.per_s, raw_consume.per_s);
     let redeem_ratio = ratio(redeem.per_s, raw_rsa_oaep.per_s);
@@ -588,6 +615,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
         purchase_ratio,
         purchase_p99_target_met,
         purchase,
+        purchase_paced,
+        purchase_offered_per_s,
         purchase_steps,
         purchase_merchants: PURCHASE_MERCHANTS,
         purchase_nodes,
@@ -675,8 +704,14 @@ pub fn describe(report: &BenchReport) -> String {
         report.purchase_ratio,
         target("purchase_p99_ms <= 20")
     );
-    let _ = writeln!(out, "{:<44} {:>14} {:>14.0}", "  purchases/s", "-", report.purchase_per_s);
-    let _ = writeln!(out, "{:<44} {:>14} {:>14}", "  per purchase p50 / p99 ms", "-", format!("{:.2} / {:.2}", report.purchase_p50_ms, report.purchase_p99_ms));
+    let _ = writeln!(out, "{:<44} {:>14} {:>14.0}", format!("  purchases/s, {VOUCHERS_IN_FLIGHT} in flight"), "-", report.purchase_per_s);
+    let _ = writeln!(
+        out,
+        "{:<44} {:>14} {:>14}",
+        format!("  p50 / p99 ms, open loop at {:.0}/s", report.purchase_offered_per_s),
+        "-",
+        format!("{:.2} / {:.2}", report.purchase_p50_ms, report.purchase_p99_ms)
+    );
     let steps = &report.purchase_steps;
     let _ = writeln!(
         out,
@@ -685,6 +720,7 @@ pub fn describe(report: &BenchReport) -> String {
         "-",
         format!("{:.1} / {:.1} / {:.1}", steps.reserve_p50_ms, steps.authorize_p50_ms, steps.issue_p50_ms)
     );
+    let _ = writeln!(out, "{:<44} {:>14} {:>14}", format!("  p50 / p99 ms at the maximum ({VOUCHERS_IN_FLIGHT} queued)"), "-", format!("{} / {}", ms(report.purchase.p50_ms), ms(report.purchase.p99_ms)));
     let _ = writeln!(out, "{:<44} {:>14} {:>14}", "  CPU us per purchase: process + nats-server", "-", cpu(&report.purchase));
     let _ = writeln!(
         out,
@@ -1281,19 +1317,19 @@ impl GrpcMarket {
     }
 
     /// Buys vouchers `range` over gRPC, each Reserve → Authorize → IssueVoucher in
-    /// sequence as merchant `index mod PURCHASE_MERCHANTS`, `VOUCHERS_IN_FLIGHT` at once:
-    /// the rate and latency per purchase, and the latency per step.
-    async fn purchase_all(&self, range: std::ops::Range<usize>) -> anyhow::Result<(Rate, PurchaseSteps, Vec<GrpcToDeliver>)> {
+    /// sequence as merchant `index mod PURCHASE_MERCHANTS`, started as `pace` says: the
+    /// rate and latency per purchase (from its scheduled start), and the latency per step.
+    async fn purchase_all(&self, range: std::ops::Range<usize>, pace: Pace) -> anyhow::Result<(Rate, PurchaseSteps, Vec<GrpcToDeliver>)> {
         let count = range.len();
         let started = Instant::now();
-        let results = drive(range, |index| {
+        let results = drive_paced(range, pace, |index, scheduled| {
             let mut merchant = self.merchants[index % self.merchants.len()].clone();
             let media_id = self.media_id.clone();
             let run_id = self.run_id.clone();
             async move {
                 // Reserve, Authorize, IssueVoucher, and the whole purchase, in microseconds.
                 let mut latencies = [0u32; 4];
-                let purchase = Instant::now();
+                let purchase = scheduled;
                 let reserve = pb::ReserveRequest {
                     request_id: request(&run_id, "reserve", index).0,
                     media_ids: vec![media_id],
@@ -1302,8 +1338,9 @@ impl GrpcMarket {
                     points_account: String::new(),
                     payment_ref: format!("card-{index}"),
                 };
+                let step = Instant::now();
                 let voucher_id = merchant.reserve(reserve).await.with_context(|| format!("Reserve of purchase {index}"))?.into_inner().voucher_id;
-                latencies[0] = micros(purchase.elapsed());
+                latencies[0] = micros(step.elapsed());
                 let step = Instant::now();
                 let authorized = merchant
                     .authorize(pb::AuthorizeRequest { request_id: request(&run_id, "authorize", index).0, voucher_id: voucher_id.clone() })
@@ -1423,6 +1460,51 @@ where
             results.push(joined.context("a bench task panicked")??);
         }
         tasks.spawn(make(index));
+    }
+    while let Some(joined) = tasks.join_next().await {
+        results.push(joined.context("a bench task panicked")??);
+    }
+    Ok(results)
+}
+
+/// How case 2 starts its purchases.
+#[derive(Clone, Copy, Debug)]
+enum Pace {
+    /// The next one as soon as one of [`VOUCHERS_IN_FLIGHT`] ends: the most the engine
+    /// sustains, with the latency that depth implies.
+    Closed,
+    /// On a fixed schedule, `per_s` a second, whatever the answers (an open loop, as wrk2
+    /// measures): a slow answer does not delay later starts, and each latency counts from
+    /// the scheduled start, so no queueing is hidden.
+    Open { per_s: f64 },
+}
+
+/// [`drive`] for case 2: `make(index, scheduled)` gets the instant its purchase was due.
+async fn drive_paced<T, F, Fut>(range: std::ops::Range<usize>, pace: Pace, mut make: F) -> anyhow::Result<Vec<T>>
+where
+    T: Send + 'static,
+    F: FnMut(usize, Instant) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>> + Send + 'static,
+{
+    let per_s = match pace {
+        Pace::Closed => return drive(range, |index| make(index, Instant::now())).await,
+        Pace::Open { per_s } => per_s.max(1.0),
+    };
+    let mut results = Vec::with_capacity(range.len());
+    let mut tasks = tokio::task::JoinSet::new();
+    let started = Instant::now();
+    for (position, index) in range.enumerate() {
+        let scheduled = started + Duration::from_secs_f64(position as f64 / per_s);
+        tokio::time::sleep_until(scheduled.into()).await;
+        while let Some(joined) = tasks.try_join_next() {
+            results.push(joined.context("a bench task panicked")??);
+        }
+        if tasks.len() >= PURCHASES_OPEN_IN_FLIGHT_MAX
+            && let Some(joined) = tasks.join_next().await
+        {
+            results.push(joined.context("a bench task panicked")??);
+        }
+        tasks.spawn(make(index, scheduled));
     }
     while let Some(joined) = tasks.join_next().await {
         results.push(joined.context("a bench task panicked")??);

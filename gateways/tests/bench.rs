@@ -68,6 +68,13 @@ fn a_tiny_bench_prints_every_key_with_finite_positive_rates() {
     // Case 2 ran over gRPC: every timed purchase counted, the target judged (met or not:
     // nothing here times anything), and the median no slower than the 99th percentile.
     assert_eq!(report["purchase"]["operations"].as_u64(), Some(200), "every timed purchase counts once: {report}");
+    // The latency phase is a second set of purchases, offered at a share of the maximum;
+    // its percentiles are the reported ones.
+    assert_eq!(report["purchase_paced"]["operations"].as_u64(), Some(200), "every paced purchase counts once: {report}");
+    let offered = report["purchase_offered_per_s"].as_f64().expect("purchase_offered_per_s");
+    let maximum = report["purchase_per_s"].as_f64().expect("purchase_per_s");
+    assert!(offered > 0.0 && offered < maximum, "the latency phase offers less than the maximum: {report}");
+    assert_eq!(report["purchase_p99_ms"], report["purchase_paced"]["p99_ms"], "{report}");
     assert!(report["purchase_p99_target_met"].is_boolean(), "purchase_p99_target_met is not a bool: {report}");
     assert_eq!(report["targets"]["purchase_p99_ms <= 20"], report["purchase_p99_target_met"], "{report}");
     assert!(report["purchase_p50_ms"].as_f64() <= report["purchase_p99_ms"].as_f64(), "{report}");
