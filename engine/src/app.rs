@@ -408,15 +408,20 @@ impl Market {
             token_key_id: TOKEN_KEY_ID,
         });
         let by = actor(ActorKind::Merchant, &merchant.0);
-        let existing = self.handler.load::<Voucher>(&voucher_id.0).await?;
-        if let (Payment::Points { account }, false) = (&payment, existing.has_applied(&by, request)) {
-            // Check the reservation itself before holding points for it.
-            let decided = existing.state.decide(&command, self.now())?;
-            let Some(crate::domain::Event::Reserved { price_minor, expires_at, .. }) = decided.first() else {
-                return Err(Rejection::AlreadyExists { kind: "voucher", id: voucher_id.0 }.into());
-            };
-            let hold = AccountCommand::Hold { account: account.clone(), voucher: voucher_id.clone(), amount: *price_minor, expires_at: *expires_at };
-            self.handler.handle::<Account>(&account.0, &by, &account_request_for(request, &voucher_id), &hold).await?;
+        // Only a points payment needs the voucher before its reservation (to hold points
+        // once); a new voucher is not in the cache, and loading it costs a subject read
+        // that `handle` saves by assuming a new aggregate.
+        if let Payment::Points { account } = &payment {
+            let existing = self.handler.load::<Voucher>(&voucher_id.0).await?;
+            if !existing.has_applied(&by, request) {
+                // Check the reservation itself before holding points for it.
+                let decided = existing.state.decide(&command, self.now())?;
+                let Some(crate::domain::Event::Reserved { price_minor, expires_at, .. }) = decided.first() else {
+                    return Err(Rejection::AlreadyExists { kind: "voucher", id: voucher_id.0 }.into());
+                };
+                let hold = AccountCommand::Hold { account: account.clone(), voucher: voucher_id.clone(), amount: *price_minor, expires_at: *expires_at };
+                self.handler.handle::<Account>(&account.0, &by, &account_request_for(request, &voucher_id), &hold).await?;
+            }
         }
         let handled = self.handler.handle::<Voucher>(&voucher_id.0, &by, request, &command).await?;
         let state = &handled.root.state;

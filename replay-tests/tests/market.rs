@@ -125,6 +125,58 @@ async fn a_restarted_engine_answers_retries_from_the_stream_not_from_an_assumed_
     assert_eq!(stream_len(&f.log).await, len + 1);
 }
 
+/// A log that counts subject reads: what a command costs in server round trips.
+struct CountingReads {
+    inner: Arc<dyn EventLog>,
+    subject_reads: std::sync::atomic::AtomicU64,
+}
+
+#[async_trait::async_trait]
+impl EventLog for CountingReads {
+    async fn append(&self, request: engine::log::AppendRequest) -> Result<Result<engine::log::Appended, engine::log::VersionConflict>, engine::log::AppendError> {
+        self.inner.append(request).await
+    }
+    async fn read_subject(&self, subject: &str) -> Result<Vec<engine::log::StoredEvent>, engine::log::ReadError> {
+        self.subject_reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.read_subject(subject).await
+    }
+    async fn read_from(&self, from: Seq, limit: usize) -> Result<Vec<engine::log::StoredEvent>, engine::log::ReadError> {
+        self.inner.read_from(from, limit).await
+    }
+    async fn last_seq(&self) -> Result<Seq, engine::log::ReadError> {
+        self.inner.last_seq().await
+    }
+    fn follow(&self, from: Seq) -> futures::stream::BoxStream<'static, Result<engine::log::StoredEvent, engine::log::ReadError>> {
+        self.inner.follow(from)
+    }
+}
+
+#[tokio::test]
+async fn a_new_voucher_is_sold_without_reading_its_subject() {
+    let f = fixture().await;
+    let counting = Arc::new(CountingReads { inner: Arc::clone(&f.log), subject_reads: Default::default() });
+    let keys = Arc::new(EngineKeys::new(test_keys::fixed_rsa()).expect("engine keys"));
+    let market = Market::new(Arc::clone(&counting) as Arc<dyn EventLog>, f.clock.clone() as Arc<dyn Clock>, keys, Arc::new(OneNode(f.node.clone())));
+    let pay = || Payment::Merchant { payment_ref: "card".into() };
+    // Warm the cache with what every sale reads (merchant, media, node).
+    let warm = market.reserve(&f.merchant, &req("warm"), std::slice::from_ref(&f.media), "high", 60_000, pay()).await.expect("reserve");
+    market.authorize(&f.merchant, &req("warm-a"), &warm.voucher_id).await.expect("authorize");
+    market.issue(&f.merchant, &req("warm-i"), &warm.voucher_id, None, 60_000).await.expect("issue");
+    let reads = || counting.subject_reads.load(std::sync::atomic::Ordering::Relaxed);
+    let before = reads();
+    let sold = market.reserve(&f.merchant, &req("new"), std::slice::from_ref(&f.media), "high", 60_000, pay()).await.expect("reserve");
+    market.authorize(&f.merchant, &req("new-a"), &sold.voucher_id).await.expect("authorize");
+    market.issue(&f.merchant, &req("new-i"), &sold.voucher_id, None, 60_000).await.expect("issue");
+    assert_eq!(reads(), before, "a sale of a new voucher is decided from the cache and its own appends");
+    // The control: a retry in a process that never saw the voucher must read the stream.
+    let keys = Arc::new(EngineKeys::new(test_keys::fixed_rsa()).expect("engine keys"));
+    let restarted = Market::new(Arc::clone(&counting) as Arc<dyn EventLog>, f.clock.clone() as Arc<dyn Clock>, keys, Arc::new(OneNode(f.node.clone())));
+    let before = reads();
+    let again = restarted.reserve(&f.merchant, &req("new"), std::slice::from_ref(&f.media), "high", 60_000, pay()).await.expect("retried reserve");
+    assert_eq!(again.voucher_id, sold.voucher_id);
+    assert!(reads() > before, "a retry on an unknown (to this process) voucher reads its subject");
+}
+
 #[tokio::test]
 async fn refusals_write_nothing() {
     let f = fixture().await;
