@@ -32,6 +32,8 @@ use std::sync::{Arc, Mutex};
 
 /// Unwrapped media keys kept in memory (each zeroized when evicted).
 pub const MEDIA_KEY_CACHE_MAX: usize = 4096;
+/// Consumers' parsed public keys kept in memory (a redemption re-wraps for one).
+pub const CONSUMER_KEY_CACHE_MAX: usize = 4096;
 /// The token key id in use (rotation bumps it; older ids stay derivable).
 pub const TOKEN_KEY_ID: u32 = 1;
 
@@ -171,6 +173,12 @@ pub struct Market {
     keys: Arc<EngineKeys>,
     allocator: Arc<dyn Allocator>,
     media_keys: Mutex<lru::LruCache<MediaId, SecretKey>>,
+    /// Consumers' public keys, parsed once, by blake3 of their SPKI DER.
+    consumer_keys: Mutex<lru::LruCache<[u8; 32], RsaPublic>>,
+    /// RSA work on the blocking pool at once, at most: one task per core keeps the pool's
+    /// threads few and busy; hundreds of redemptions at once otherwise each wake or start
+    /// a thread for 200 µs of work and contend on the pool's queue.
+    rsa_tasks: tokio::sync::Semaphore,
     /// Signs redemptions' transaction records, many per RSA signature.
     transactions: Arc<crate::batch_signer::BatchSigner>,
 }
@@ -187,6 +195,8 @@ impl Market {
             keys,
             allocator,
             media_keys: Mutex::new(lru::LruCache::new(NonZeroUsize::new(MEDIA_KEY_CACHE_MAX).unwrap_or(NonZeroUsize::MIN))),
+            consumer_keys: Mutex::new(lru::LruCache::new(NonZeroUsize::new(CONSUMER_KEY_CACHE_MAX).unwrap_or(NonZeroUsize::MIN))),
+            rsa_tasks: tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(1, NonZeroUsize::get)),
         }
     }
 
@@ -642,7 +652,7 @@ impl Market {
         let mut records = Vec::new();
         if cert == CertCheck::Valid && proof_check == ProofCheck::Valid && root.state.node.as_ref() == Some(node) {
             let public_key_der = &consumer_root.state.certs[cert_serial].public_key_der;
-            let consumer_key = RsaPublic::from_der(public_key_der)?;
+            let consumer_key = self.consumer_key(public_key_der)?;
             for item in &root.state.items {
                 let media = self.media(&item.media_id).await?;
                 let rendition = media.published.as_ref().and_then(|published| published.renditions.iter().find(|r| r.name == root.state.rendition));
@@ -702,6 +712,7 @@ impl Market {
 
     async fn sign(&self, message: Vec<u8>) -> Result<Vec<u8>, AppError> {
         let keys = Arc::clone(&self.keys);
+        let _permit = self.rsa_tasks.acquire().await.map_err(|error| AppError::Task(error.to_string()))?;
         tokio::task::spawn_blocking(move || crypto::sign(&keys.private, &message))
             .await
             .map_err(|e| AppError::Task(e.to_string()))?
@@ -711,6 +722,7 @@ impl Market {
     async fn unwrap_media_key_uncached(&self, wrapped: &[u8]) -> Result<SecretKey, AppError> {
         let keys = Arc::clone(&self.keys);
         let wrapped = wrapped.to_vec();
+        let _permit = self.rsa_tasks.acquire().await.map_err(|error| AppError::Task(error.to_string()))?;
         tokio::task::spawn_blocking(move || crypto::unwrap_key(&keys.private, &wrapped))
             .await
             .map_err(|e| AppError::Task(e.to_string()))?
@@ -728,9 +740,21 @@ impl Market {
         Ok(key)
     }
 
+    /// A consumer's public key, parsed once per key (an LRU of [`CONSUMER_KEY_CACHE_MAX`]).
+    fn consumer_key(&self, public_key_der: &[u8]) -> Result<RsaPublic, AppError> {
+        let id = crypto::hash(public_key_der);
+        if let Some(key) = self.consumer_keys.lock().expect("consumer key cache lock is never poisoned").get(&id) {
+            return Ok(key.clone());
+        }
+        let key = RsaPublic::from_der(public_key_der)?;
+        self.consumer_keys.lock().expect("consumer key cache lock is never poisoned").put(id, key.clone());
+        Ok(key)
+    }
+
     async fn rewrap_for(&self, media: &Media, recipient: &RsaPublic) -> Result<Vec<u8>, AppError> {
         let key = self.media_key(media).await?;
         let recipient = recipient.clone();
+        let _permit = self.rsa_tasks.acquire().await.map_err(|error| AppError::Task(error.to_string()))?;
         tokio::task::spawn_blocking(move || crypto::wrap_key(&recipient, &key))
             .await
             .map_err(|e| AppError::Task(e.to_string()))?
