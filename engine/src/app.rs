@@ -445,6 +445,8 @@ impl Market {
         for item in &root.state.items {
             media.push(self.media(&item.media_id).await?);
         }
+        // The handler builds the next state in place when it holds the only reference.
+        drop(root);
         let by = actor(ActorKind::Merchant, &merchant.0);
         let command = VoucherCommand::Authorize(Authorize { merchant: merchant.clone(), receipt_key_id: TOKEN_KEY_ID, media });
         let handled = self.handler.handle::<Voucher>(&voucher_id.0, &by, request, &command).await?;
@@ -526,6 +528,8 @@ impl Market {
             Some(node) => (node.clone(), false),
             None => (self.allocator.choose(region, &voucher_id.0).ok_or(Rejection::NoNodeAvailable)?, true),
         };
+        // The handler builds the next state in place when it holds the only reference.
+        drop(root);
         let command = VoucherCommand::Issue { merchant: merchant.clone(), node, access_ttl_ms };
         let result = self.handler.handle::<Voucher>(&voucher_id.0, &by, request, &command).await;
         if held && result.as_ref().map_or(true, |handled| handled.appended.is_empty()) {
@@ -671,6 +675,8 @@ impl Market {
                 });
             }
         }
+        // The handler builds the next state in place when it holds the only reference.
+        drop((root, consumer_root));
         let command = VoucherCommand::Redeem(Redeem {
             node: node.clone(),
             consumer: consumer.clone(),
