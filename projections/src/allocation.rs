@@ -5,11 +5,15 @@
 //!
 //! Tentative holds (`choose_and_hold`) are not derived from the stream: they live in
 //! memory only, are not persisted by the projection store and are not in the digest.
+//!
+//! The slot holders and the released slots grow with the number of vouchers, so they are
+//! `store::Rows`: in memory for replays, cold in the projection store for a store-backed
+//! `Live` (only `Delivered` reads a holder back).
 
 use engine::domain::event::Event;
-use crate::store::Touched;
-use engine::ids::{NodeId, PreviewId, VoucherId};
-use std::collections::{BTreeMap, BTreeSet};
+use crate::store::{ReleasedRows, Rows, SlotRows, Touched};
+use engine::ids::{NodeId, PreviewId};
+use std::collections::BTreeMap;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeSlots {
@@ -23,17 +27,16 @@ pub struct NodeSlots {
 pub struct Allocation {
     pub nodes: BTreeMap<NodeId, NodeSlots>,
     /// Vouchers holding a slot, by node.
-    pub(crate) vouchers: BTreeMap<VoucherId, NodeId>,
+    pub(crate) vouchers: Rows<SlotRows>,
     pub(crate) previews: BTreeMap<PreviewId, NodeId>,
-    pub(crate) released: BTreeSet<VoucherId>,
+    /// Vouchers whose slot came back (complete delivery).
+    pub(crate) released: Rows<ReleasedRows>,
     /// Slots chosen but whose event this projection has not applied yet, by holder
     /// (voucher or preview id). Not derived from the stream, so not in the digest.
     tentative: BTreeMap<String, NodeId>,
     /// What changed since the projection store last committed this allocation.
     pub(crate) touched_nodes: Touched<NodeId>,
-    pub(crate) touched_vouchers: Touched<VoucherId>,
     pub(crate) touched_previews: Touched<PreviewId>,
-    pub(crate) touched_released: Touched<VoucherId>,
 }
 
 impl Allocation {
@@ -71,14 +74,11 @@ impl Allocation {
                 self.tentative.remove(voucher_id.as_str());
                 self.take(node_id);
                 self.vouchers.insert(voucher_id.clone(), node_id.clone());
-                self.touched_vouchers.touch(voucher_id);
             }
             Event::Delivered { voucher_id, voucher_complete: true, .. } => {
                 if let Some(node_id) = self.vouchers.remove(voucher_id) {
                     self.give_back(&node_id);
-                    self.released.insert(voucher_id.clone());
-                    self.touched_vouchers.touch(voucher_id);
-                    self.touched_released.touch(voucher_id);
+                    self.released.insert(voucher_id.clone(), ());
                 }
             }
             Event::PreviewStarted { preview_id, node_id, .. } => {
@@ -115,9 +115,9 @@ impl Allocation {
     /// derived from the stream, so a restarted process starts without any).
     pub(crate) fn from_parts(
         nodes: BTreeMap<NodeId, NodeSlots>,
-        vouchers: BTreeMap<VoucherId, NodeId>,
+        vouchers: Rows<SlotRows>,
         previews: BTreeMap<PreviewId, NodeId>,
-        released: BTreeSet<VoucherId>,
+        released: Rows<ReleasedRows>,
     ) -> Self {
         Allocation { nodes, vouchers, previews, released, ..Allocation::default() }
     }
@@ -125,9 +125,9 @@ impl Allocation {
     /// Starts noting changes for the projection store.
     pub(crate) fn track_changes(&mut self) {
         self.touched_nodes.start();
-        self.touched_vouchers.start();
+        self.vouchers.track_changes();
         self.touched_previews.start();
-        self.touched_released.start();
+        self.released.track_changes();
     }
 
     /// Slots of `node_id` in use or held tentatively.
@@ -189,6 +189,7 @@ impl Allocation {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use engine::ids::VoucherId;
     use engine::domain::event::Event;
     use engine::ids::{MediaId, MerchantId, Millis};
 

@@ -300,6 +300,9 @@ impl Live {
                 let committed = tokio::task::spawn_blocking(move || writer.write(prepared))
                     .await
                     .map_err(|e| RunError::Store(CommitError::Storage(format!("the commit task failed: {e}"))))??;
+                // The whole state is stored now: the rows that grow with the vouchers leave
+                // memory, as after a load.
+                store.spill(&mut self.lock());
                 self.committed.send_replace(committed.checkpoint.last_seq);
             }
         }
@@ -336,6 +339,8 @@ impl Live {
                 let committed = tokio::task::spawn_blocking(move || writer.write(prepared))
                     .await
                     .map_err(|e| RunError::Store(CommitError::Storage(format!("the commit task failed: {e}"))))??;
+                // Stored: the batch's rows need no longer be held in memory.
+                ProjectionStore::rows_committed(&mut self.lock());
                 self.committed.send_replace(committed.checkpoint.last_seq);
             }
             if let Some(error) = stop {

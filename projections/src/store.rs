@@ -174,6 +174,388 @@ impl<K: Ord + Clone> Touched<K> {
 }
 
 // ---------------------------------------------------------------------------------------
+// Rows that grow with the number of vouchers: in memory, or cold in the store.
+
+/// One kind of row that grows with the number of vouchers (voucher rows, slot holders,
+/// released slots): its key prefix and its one conversion to and from bytes, the same
+/// bytes `Change::write` stores and `read_state` checks.
+pub trait RowKind {
+    type Key: Ord + Clone + std::fmt::Debug;
+    type Value: Clone + PartialEq + std::fmt::Debug;
+    const PREFIX: &'static [u8; PREFIX_BYTES];
+    fn key_bytes(key: &Self::Key) -> &[u8];
+    fn key_of(id: &[u8]) -> Result<Self::Key, String>;
+    fn encode(value: &Self::Value) -> Result<Vec<u8>, CommitError>;
+    fn decode(key: &Self::Key, bytes: &[u8]) -> Result<Self::Value, String>;
+}
+
+/// Voucher rows: `vr/` voucher → JSON `VoucherRecord`.
+#[derive(Debug)]
+pub enum VoucherRows {}
+
+/// Slot holders: `av/` voucher → node.
+#[derive(Debug)]
+pub enum SlotRows {}
+
+/// Released slots: `ar/` voucher → empty.
+#[derive(Debug)]
+pub enum ReleasedRows {}
+
+impl RowKind for VoucherRows {
+    type Key = VoucherId;
+    type Value = VoucherRow;
+    const PREFIX: &'static [u8; PREFIX_BYTES] = VOUCHER_PREFIX;
+    fn key_bytes(key: &VoucherId) -> &[u8] {
+        key.0.as_bytes()
+    }
+    fn key_of(id: &[u8]) -> Result<VoucherId, String> {
+        Ok(VoucherId(utf8(id, "voucher")?))
+    }
+    fn encode(row: &VoucherRow) -> Result<Vec<u8>, CommitError> {
+        voucher_value(row)
+    }
+    fn decode(key: &VoucherId, bytes: &[u8]) -> Result<VoucherRow, String> {
+        let record: VoucherRecord = decode_json(bytes, "voucher row", &key.0)?;
+        let status = status_of(&record.status).ok_or_else(|| format!("voucher {:?} has an unknown status", key.0))?;
+        Ok(VoucherRow { merchant: MerchantId(record.merchant), status, expires_at: Millis(record.expires_at_ms), media_delivered: record.media_delivered })
+    }
+}
+
+impl RowKind for SlotRows {
+    type Key = VoucherId;
+    type Value = NodeId;
+    const PREFIX: &'static [u8; PREFIX_BYTES] = SLOT_VOUCHER_PREFIX;
+    fn key_bytes(key: &VoucherId) -> &[u8] {
+        key.0.as_bytes()
+    }
+    fn key_of(id: &[u8]) -> Result<VoucherId, String> {
+        Ok(VoucherId(utf8(id, "voucher")?))
+    }
+    fn encode(node: &NodeId) -> Result<Vec<u8>, CommitError> {
+        Ok(node.0.as_bytes().to_vec())
+    }
+    fn decode(_key: &VoucherId, bytes: &[u8]) -> Result<NodeId, String> {
+        Ok(NodeId(utf8(bytes, "node")?))
+    }
+}
+
+impl RowKind for ReleasedRows {
+    type Key = VoucherId;
+    type Value = ();
+    const PREFIX: &'static [u8; PREFIX_BYTES] = RELEASED_PREFIX;
+    fn key_bytes(key: &VoucherId) -> &[u8] {
+        key.0.as_bytes()
+    }
+    fn key_of(id: &[u8]) -> Result<VoucherId, String> {
+        Ok(VoucherId(utf8(id, "voucher")?))
+    }
+    fn encode(_: &()) -> Result<Vec<u8>, CommitError> {
+        Ok(Vec::new())
+    }
+    fn decode(key: &VoucherId, bytes: &[u8]) -> Result<(), String> {
+        if bytes.is_empty() { Ok(()) } else { Err(format!("the released slot of {:?} carries a value", key.0)) }
+    }
+}
+
+/// A map of rows that grow with the number of vouchers. In memory (`Memory`: replays,
+/// audits, `Live::with_keys`) it is a `BTreeMap` and notes changed keys for a store. Backed
+/// by the projection store (`Stored`) only the rows changed since the last commit are in
+/// memory (`dirty`, and `committing` while a prepared batch is being written); every
+/// other row is read from sled when an event needs it, so memory does not grow with the
+/// number of vouchers. Both give the same answers and the same iteration order (sled
+/// orders keys bytewise, as `String`'s `Ord` does).
+pub struct Rows<R: RowKind> {
+    inner: RowsInner<R>,
+}
+
+enum RowsInner<R: RowKind> {
+    Memory { rows: BTreeMap<R::Key, R::Value>, touched: Touched<R::Key> },
+    Stored(StoredRows<R>),
+}
+
+struct StoredRows<R: RowKind> {
+    db: sled::Db,
+    /// Rows changed since the last `prepare` (`None`: removed).
+    dirty: BTreeMap<R::Key, Option<R::Value>>,
+    /// Rows of the batch `prepare` took and `write` is storing, until `rows_committed`.
+    committing: BTreeMap<R::Key, Option<R::Value>>,
+    len: usize,
+    /// The first row that could not be read or decoded: the next `prepare` fails with it,
+    /// which stops the store (a reopen resumes from the last good checkpoint).
+    fault: Option<String>,
+}
+
+impl<R: RowKind> Default for Rows<R> {
+    fn default() -> Self {
+        Rows { inner: RowsInner::Memory { rows: BTreeMap::new(), touched: Touched::default() } }
+    }
+}
+
+impl<R: RowKind> Clone for Rows<R> {
+    /// A stored copy shares the sled rows and copies the uncommitted ones: a snapshot for
+    /// reading, not a second writer.
+    fn clone(&self) -> Self {
+        let inner = match &self.inner {
+            RowsInner::Memory { rows, touched } => RowsInner::Memory { rows: rows.clone(), touched: touched.clone() },
+            RowsInner::Stored(stored) => RowsInner::Stored(StoredRows {
+                db: stored.db.clone(),
+                dirty: stored.dirty.clone(),
+                committing: stored.committing.clone(),
+                len: stored.len,
+                fault: stored.fault.clone(),
+            }),
+        };
+        Rows { inner }
+    }
+}
+
+impl<R: RowKind> std::fmt::Debug for Rows<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.inner {
+            RowsInner::Memory { rows, .. } => f.debug_map().entries(rows.iter()).finish(),
+            RowsInner::Stored(stored) => f.debug_struct("StoredRows").field("len", &stored.len).field("dirty", &stored.dirty.len()).finish_non_exhaustive(),
+        }
+    }
+}
+
+/// Equal when they hold the same rows, whichever their mode (O(rows): for tests).
+impl<R: RowKind> PartialEq for Rows<R> {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl<R: RowKind> Eq for Rows<R> {}
+
+impl<R: RowKind> FromIterator<(R::Key, R::Value)> for Rows<R> {
+    fn from_iter<I: IntoIterator<Item = (R::Key, R::Value)>>(rows: I) -> Self {
+        Rows { inner: RowsInner::Memory { rows: rows.into_iter().collect(), touched: Touched::default() } }
+    }
+}
+
+impl<R: RowKind> Rows<R> {
+    /// Rows kept in sled (`db`), of which `len` are stored; none is in memory.
+    fn stored(db: sled::Db, len: usize) -> Self {
+        Rows { inner: RowsInner::Stored(StoredRows { db, dirty: BTreeMap::new(), committing: BTreeMap::new(), len, fault: None }) }
+    }
+
+    /// Whether the rows live in the projection store (cold rows read from sled).
+    pub fn is_stored(&self) -> bool {
+        matches!(self.inner, RowsInner::Stored(_))
+    }
+
+    pub fn len(&self) -> usize {
+        match &self.inner {
+            RowsInner::Memory { rows, .. } => rows.len(),
+            RowsInner::Stored(stored) => stored.len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// How many rows are held in memory: all of them in memory, only the uncommitted ones
+    /// when stored.
+    pub fn resident(&self) -> usize {
+        match &self.inner {
+            RowsInner::Memory { rows, .. } => rows.len(),
+            RowsInner::Stored(stored) => stored.dirty.len() + stored.committing.len(),
+        }
+    }
+
+    /// The row of `key` (a copy: a stored row may come from sled).
+    pub fn get(&self, key: &R::Key) -> Option<R::Value> {
+        match &self.inner {
+            RowsInner::Memory { rows, .. } => rows.get(key).cloned(),
+            RowsInner::Stored(stored) => match stored.read(key) {
+                Ok(row) => row,
+                Err(reason) => {
+                    tracing::error!(%reason, "a projection row in the store cannot be read");
+                    None
+                }
+            },
+        }
+    }
+
+    pub fn contains_key(&self, key: &R::Key) -> bool {
+        self.get(key).is_some()
+    }
+
+    /// Sets the row of `key`; returns the previous one.
+    pub fn insert(&mut self, key: R::Key, value: R::Value) -> Option<R::Value> {
+        match &mut self.inner {
+            RowsInner::Memory { rows, touched } => {
+                touched.touch(&key);
+                rows.insert(key, value)
+            }
+            RowsInner::Stored(stored) => stored.set(key, Some(value)),
+        }
+    }
+
+    /// Removes the row of `key`; returns it.
+    pub fn remove(&mut self, key: &R::Key) -> Option<R::Value> {
+        match &mut self.inner {
+            RowsInner::Memory { rows, touched } => {
+                let old = rows.remove(key);
+                if old.is_some() {
+                    touched.touch(key);
+                }
+                old
+            }
+            RowsInner::Stored(stored) => match stored.read(key) {
+                Ok(Some(_)) => stored.set(key.clone(), None),
+                Ok(None) => None,
+                Err(reason) => {
+                    stored.fault.get_or_insert(reason);
+                    None
+                }
+            },
+        }
+    }
+
+    /// Every row in key order (stored: sled's rows overlaid with the uncommitted ones).
+    pub fn iter(&self) -> Box<dyn Iterator<Item = (R::Key, R::Value)> + '_> {
+        match &self.inner {
+            RowsInner::Memory { rows, .. } => Box::new(rows.iter().map(|(key, value)| (key.clone(), value.clone()))),
+            RowsInner::Stored(stored) => Box::new(stored.iter()),
+        }
+    }
+
+    /// Starts noting changed keys (in memory; stored rows always know theirs).
+    pub(crate) fn track_changes(&mut self) {
+        if let RowsInner::Memory { touched, .. } = &mut self.inner {
+            touched.start();
+        }
+    }
+
+    /// The rows changed since the last call, with their new values (`None`: removed), for
+    /// a commit; stored, they stay readable from memory until `rows_committed`.
+    pub(crate) fn take_changes(&mut self) -> Result<Vec<(R::Key, Option<R::Value>)>, CommitError> {
+        match &mut self.inner {
+            RowsInner::Memory { rows, touched } => Ok(touched.take().into_iter().map(|key| {
+                let value = rows.get(&key).cloned();
+                (key, value)
+            }).collect()),
+            RowsInner::Stored(stored) => {
+                if let Some(reason) = &stored.fault {
+                    return Err(CommitError::Storage(format!("a projection row could not be read: {reason}")));
+                }
+                // A batch whose write failed stays in `committing` (the store is stopped
+                // then, and reads must still see it); newer changes go on top.
+                let mut dirty = std::mem::take(&mut stored.dirty);
+                stored.committing.append(&mut dirty);
+                Ok(stored.committing.iter().map(|(key, value)| (key.clone(), value.clone())).collect())
+            }
+        }
+    }
+
+    /// The batch taken by `take_changes` is stored: its rows need not stay in memory.
+    pub(crate) fn rows_committed(&mut self) {
+        if let RowsInner::Stored(stored) = &mut self.inner {
+            stored.committing.clear();
+        }
+    }
+
+    /// Moves rows that are all committed to `db` out of memory (after a rebuild committed
+    /// the whole state in one batch). Stored rows are left as they are.
+    pub(crate) fn spill(&mut self, db: &sled::Db) {
+        if let RowsInner::Memory { rows, .. } = &self.inner {
+            let len = rows.len();
+            *self = Rows::stored(db.clone(), len);
+        }
+    }
+}
+
+impl<R: RowKind> StoredRows<R> {
+    fn sled_key(key: &R::Key) -> Vec<u8> {
+        [&R::PREFIX[..], R::key_bytes(key)].concat()
+    }
+
+    fn read(&self, key: &R::Key) -> Result<Option<R::Value>, String> {
+        if let Some(value) = self.dirty.get(key).or_else(|| self.committing.get(key)) {
+            return Ok(value.clone());
+        }
+        match self.db.get(Self::sled_key(key)).map_err(|e| e.to_string())? {
+            Some(bytes) => R::decode(key, &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Sets (or with `None` removes) the row of `key`; returns the previous one.
+    fn set(&mut self, key: R::Key, value: Option<R::Value>) -> Option<R::Value> {
+        let old = match self.read(&key) {
+            Ok(old) => old,
+            Err(reason) => {
+                self.fault.get_or_insert(reason);
+                None
+            }
+        };
+        match (&old, &value) {
+            (None, Some(_)) => self.len += 1,
+            (Some(_), None) => self.len -= 1,
+            _ => {}
+        }
+        self.dirty.insert(key, value);
+        old
+    }
+
+    /// sled's rows of this kind merged with the uncommitted ones, in key order. A row that
+    /// cannot be read ends the iteration early (and is logged): the digest then differs,
+    /// which is how a damaged store shows.
+    fn iter(&self) -> impl Iterator<Item = (R::Key, R::Value)> + '_ {
+        let mut overlay: BTreeMap<&R::Key, &Option<R::Value>> = self.committing.iter().collect();
+        overlay.extend(self.dirty.iter());
+        let mut overlay = overlay.into_iter().peekable();
+        let mut stored = self.db.scan_prefix(R::PREFIX).map(|pair| {
+            let (key, value) = pair.map_err(|e| e.to_string())?;
+            let key = R::key_of(&key[PREFIX_BYTES..])?;
+            Ok::<_, String>((key, value))
+        }).peekable();
+        let mut failed = false;
+        std::iter::from_fn(move || loop {
+            if failed {
+                return None;
+            }
+            let next_stored = match stored.peek() {
+                Some(Ok((key, _))) => Some(key),
+                Some(Err(reason)) => {
+                    tracing::error!(%reason, "a projection row in the store cannot be read");
+                    failed = true;
+                    return None;
+                }
+                None => None,
+            };
+            let take_overlay = match (overlay.peek(), next_stored) {
+                (Some((overlay_key, _)), Some(stored_key)) => *overlay_key <= stored_key,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => return None,
+            };
+            if take_overlay {
+                let (key, value) = overlay.next().expect("peeked");
+                if next_stored == Some(key) {
+                    stored.next();
+                }
+                match value {
+                    Some(value) => return Some((key.clone(), value.clone())),
+                    None => continue,
+                }
+            }
+            let Some(Ok((key, bytes))) = stored.next() else { return None };
+            match R::decode(&key, &bytes) {
+                Ok(value) => return Some((key, value)),
+                Err(reason) => {
+                    tracing::error!(%reason, "a projection row in the store does not decode");
+                    failed = true;
+                    return None;
+                }
+            }
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // Public types.
 
 /// What a commit made durable.
@@ -592,12 +974,13 @@ fn read_state(db: &sled::Db) -> Result<Stored, String> {
     let record = decode_checkpoint(&checkpoint)?;
 
     let mut digest = [0u8; 32];
-    let mut vouchers = BTreeMap::new();
+    // Voucher rows, slot holders and released slots stay in sled (`Rows`): here they are
+    // decoded to check them, counted, and voucher rows feed the indexes.
+    let mut voucher_indexes = VoucherBook::default();
+    let (mut vouchers, mut slot_vouchers, mut released) = (0usize, 0usize, 0usize);
     let mut holds = BTreeSet::new();
     let mut nodes = BTreeMap::new();
-    let mut slot_vouchers = BTreeMap::new();
     let mut slot_previews = BTreeMap::new();
-    let mut released = BTreeSet::new();
     let mut catalog = BTreeMap::new();
     let mut sales = BTreeMap::new();
     let mut preview_merchants = BTreeMap::new();
@@ -621,11 +1004,10 @@ fn read_state(db: &sled::Db) -> Result<Stored, String> {
         let (prefix, id) = key.split_at(PREFIX_BYTES);
         match prefix {
             p if p == VOUCHER_PREFIX => {
-                let id = utf8(id, "voucher")?;
-                let record: VoucherRecord = decode_json(&value, "voucher row", &id)?;
-                let status = status_of(&record.status).ok_or_else(|| format!("voucher {id:?} has an unknown status"))?;
-                let row = VoucherRow { merchant: MerchantId(record.merchant), status, expires_at: Millis(record.expires_at_ms), media_delivered: record.media_delivered };
-                vouchers.insert(VoucherId(id), row);
+                let id = VoucherRows::key_of(id)?;
+                let row = VoucherRows::decode(&id, &value)?;
+                voucher_indexes.index_row(&id, &row);
+                vouchers += 1;
             }
             p if p == HOLD_PREFIX => {
                 let (expires_at, account, voucher): (i64, String, String) = decode_json(id, "hold", "key")?;
@@ -640,13 +1022,15 @@ fn read_state(db: &sled::Db) -> Result<Stored, String> {
                 nodes.insert(NodeId(id), NodeSlots { region: record.region, slots_max: record.slots_max, in_use: record.in_use, active: record.active });
             }
             p if p == SLOT_VOUCHER_PREFIX => {
-                slot_vouchers.insert(VoucherId(utf8(id, "voucher")?), NodeId(utf8(&value, "node")?));
+                SlotRows::decode(&SlotRows::key_of(id)?, &value)?;
+                slot_vouchers += 1;
             }
             p if p == SLOT_PREVIEW_PREFIX => {
                 slot_previews.insert(PreviewId(utf8(id, "preview")?), NodeId(utf8(&value, "node")?));
             }
             p if p == RELEASED_PREFIX => {
-                released.insert(VoucherId(utf8(id, "voucher")?));
+                ReleasedRows::decode(&ReleasedRows::key_of(id)?, &value)?;
+                released += 1;
             }
             p if p == CATALOG_PREFIX => {
                 let id = utf8(id, "media")?;
@@ -782,8 +1166,8 @@ fn read_state(db: &sled::Db) -> Result<Stored, String> {
         stream_head: record.stream_head,
         stream_head_before: record.stream_head_before,
         stream_heads,
-        vouchers: VoucherBook::from_parts(vouchers, holds),
-        allocation: Allocation::from_parts(nodes, slot_vouchers, slot_previews, released),
+        vouchers: VoucherBook::stored(Rows::stored(db.clone(), vouchers), voucher_indexes, holds),
+        allocation: Allocation::from_parts(nodes, Rows::stored(db.clone(), slot_vouchers), slot_previews, Rows::stored(db.clone(), released)),
         royalty,
         balances,
         tracked: false,
@@ -996,7 +1380,25 @@ impl ProjectionStore {
     /// sled batch, and flushes. `projections` must come from this store's `load`.
     pub fn commit(&self, projections: &mut Projections) -> Result<Committed, CommitError> {
         let prepared = self.prepare(projections)?;
-        self.write(prepared)
+        let committed = self.write(prepared)?;
+        Self::rows_committed(projections);
+        Ok(committed)
+    }
+
+    /// After `write` stored a prepared batch: its rows of the kinds kept cold in sled
+    /// (`Rows`) leave memory. Call under the projections' lock.
+    pub(crate) fn rows_committed(projections: &mut Projections) {
+        projections.vouchers.vouchers.rows_committed();
+        projections.allocation.vouchers.rows_committed();
+        projections.allocation.released.rows_committed();
+    }
+
+    /// After a rebuild in memory was committed whole: its rows of the kinds kept cold in
+    /// sled leave memory, as if the projections had been loaded from the store.
+    pub(crate) fn spill(&self, projections: &mut Projections) {
+        projections.vouchers.vouchers.spill(&self.db);
+        projections.allocation.vouchers.spill(&self.db);
+        projections.allocation.released.spill(&self.db);
     }
 
     /// Empties the store in place, for projections rebuilt from sequence 1 beside it
@@ -1047,8 +1449,7 @@ impl ProjectionStore {
         // costly part) waits for `write`, which runs without it.
         let mut changes = Vec::new();
         let book = &mut projections.vouchers;
-        for id in book.touched_vouchers.take() {
-            let row = book.vouchers.get(&id).cloned();
+        for (id, row) in book.vouchers.take_changes()? {
             changes.push(Change::Voucher(id, row));
         }
         for hold in book.touched_holds.take() {
@@ -1061,17 +1462,15 @@ impl ProjectionStore {
             let node = allocation.nodes.get(&id).cloned();
             changes.push(Change::Node(id, node));
         }
-        for id in allocation.touched_vouchers.take() {
-            let node = allocation.vouchers.get(&id).cloned();
+        for (id, node) in allocation.vouchers.take_changes()? {
             changes.push(Change::SlotVoucher(id, node));
         }
         for id in allocation.touched_previews.take() {
             let node = allocation.previews.get(&id).cloned();
             changes.push(Change::SlotPreview(id, node));
         }
-        for id in allocation.touched_released.take() {
-            let released = allocation.released.contains(&id);
-            changes.push(Change::Released(id, released));
+        for (id, released) in allocation.released.take_changes()? {
+            changes.push(Change::Released(id, released.is_some()));
         }
 
         let royalty = &mut projections.royalty;
@@ -1528,7 +1927,7 @@ mod tests {
     fn change_notes_are_inert_until_a_store_tracks_the_projections() {
         let mut memory = keyed();
         apply_all(&mut memory, script(), true);
-        assert!(memory.vouchers.touched_vouchers.keys.is_empty() && memory.royalty.touched_totals.keys.is_empty(), "an in-memory replay keeps no change notes");
+        assert!(memory.vouchers.touched_holds.keys.is_empty() && memory.royalty.touched_totals.keys.is_empty(), "an in-memory replay keeps no change notes");
         memory.track_changes();
         apply_all(&mut memory, vec![Event::NodeDrained { node_id: NodeId::new("n1") }], false);
         assert_eq!(memory.allocation.touched_nodes.keys.len(), 1, "negative control: tracked projections do");
@@ -1652,7 +2051,8 @@ mod tests {
         let stale = Prepared { base: Seq(99), ..prepared };
         assert!(matches!(store.write(stale), Err(CommitError::OutOfOrder { .. })));
         assert!(matches!(store.commit(&mut projections), Err(CommitError::Stopped(_))));
-        drop(store);
+        // Loaded projections read their cold rows from the store, so they hold it open too.
+        drop((store, projections));
         let (store, outcome) = ProjectionStore::open(dir.path()).expect("reopen");
         assert_eq!(outcome, OpenOutcome::Resumed { checkpoint: Seq(0) }, "nothing was stored");
         drop(store);

@@ -1,18 +1,27 @@
-//! Voucher state: the status of every voucher, the seed's three sets, lookups by merchant
-//! and the expiry index that drives the timeout sweeper.
+//! Voucher state: the status of every voucher, the seed's three sets, how many vouchers
+//! are in each status and the expiry index that drives the timeout sweeper.
 //!
-//! The rows and the points holds are the state; the by-merchant and expiry indexes are a
-//! function of the rows (`from_parts` rebuilds them), so the projection store persists
-//! rows and holds only. Which rows and holds changed is noted for the store (`Touched`).
+//! The rows and the points holds are the state; the expiry index and the status counts are
+//! a function of the rows (the store rebuilds them at load, `index_row`), so the projection store persists
+//! rows and holds only. The rows are a `store::Rows`: in memory for replays and audits,
+//! cold in the projection store for a store-backed `Live` (only the rows changed since the
+//! last commit stay in memory), so the engine's memory does not grow with the number of
+//! vouchers. The expiry index holds Pending vouchers only and the holds unsettled points,
+//! both live work rather than history. There is no index by merchant: nothing on the hot
+//! path asks, and one would grow with every voucher (`by_merchant` scans instead).
+//! Which rows and holds changed is noted for the store.
 
 use engine::domain::event::Event;
 use engine::domain::voucher::{PurchaseSet, VoucherStatus};
-use crate::store::Touched;
+use crate::store::{Rows, Touched, VoucherRows};
 use engine::ids::{AccountId, MerchantId, Millis, VoucherId};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// A points hold: its expiry, the account and the voucher it pays for.
 pub type Hold = (Millis, AccountId, VoucherId);
+
+/// How many statuses there are (`VoucherStatus`), for the per-status counts.
+const STATUSES: usize = 7;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VoucherRow {
@@ -24,22 +33,35 @@ pub struct VoucherRow {
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct VoucherBook {
-    pub vouchers: BTreeMap<VoucherId, VoucherRow>,
-    by_merchant: BTreeMap<MerchantId, BTreeSet<VoucherId>>,
+    pub vouchers: Rows<VoucherRows>,
+    /// How many rows are in each status (`status_index`): `count` without a scan.
+    counts: [usize; STATUSES],
     /// Pending reservations by expiry time.
     expiry: BTreeSet<(Millis, VoucherId)>,
     /// Points held and not yet posted or released, by expiry time.
     pub holds: BTreeSet<Hold>,
-    /// Rows and holds changed since the projection store last committed this book.
-    pub(crate) touched_vouchers: Touched<VoucherId>,
+    /// Holds changed since the projection store last committed this book (rows note
+    /// their own changes).
     pub(crate) touched_holds: Touched<Hold>,
+}
+
+fn status_index(status: VoucherStatus) -> usize {
+    match status {
+        VoucherStatus::None => 0,
+        VoucherStatus::Pending => 1,
+        VoucherStatus::Authorized => 2,
+        VoucherStatus::Issued => 3,
+        VoucherStatus::Redeeming => 4,
+        VoucherStatus::Delivered => 5,
+        VoucherStatus::Voided => 6,
+    }
 }
 
 impl VoucherBook {
     /// Feeds every row and hold to the state digest (`Projections::digest`), in a canonical order.
     pub fn digest_into(&self, field: &mut dyn FnMut(&[u8])) {
         field(&(self.vouchers.len() as u64).to_le_bytes());
-        for (id, row) in &self.vouchers {
+        for (id, row) in self.vouchers.iter() {
             field(id.0.as_bytes());
             field(row.merchant.0.as_bytes());
             field(row.status.name().as_bytes());
@@ -61,12 +83,10 @@ impl VoucherBook {
                 // A second Reserved for the same voucher (only in a malformed stream) replaces
                 // the row; its old index entries go too, so the indexes stay a function of
                 // the rows, which is what lets the store persist rows only.
-                if let Some(old) = self.vouchers.insert(voucher_id.clone(), row) {
+                if let Some(old) = self.vouchers.insert(voucher_id.clone(), row.clone()) {
                     self.unindex(voucher_id, &old);
                 }
-                self.by_merchant.entry(merchant_id.clone()).or_default().insert(voucher_id.clone());
-                self.expiry.insert((*expires_at, voucher_id.clone()));
-                self.touched_vouchers.touch(voucher_id);
+                self.index(voucher_id, &row);
             }
             Event::Authorized { voucher_id, .. } => self.set_status(voucher_id, VoucherStatus::Authorized),
             Event::PointsHeld { account_id, voucher_id, expires_at, .. } => {
@@ -85,12 +105,13 @@ impl VoucherBook {
             Event::VoucherIssued { voucher_id, .. } | Event::DeliveryFailed { voucher_id, .. } => self.set_status(voucher_id, VoucherStatus::Issued),
             Event::RedemptionAccepted { voucher_id, .. } => self.set_status(voucher_id, VoucherStatus::Redeeming),
             Event::Delivered { voucher_id, voucher_complete, .. } => {
-                if let Some(row) = self.vouchers.get_mut(voucher_id) {
+                // One read and one write of the row, however many fields change.
+                if let Some(mut row) = self.vouchers.get(voucher_id) {
                     row.media_delivered += 1;
-                    self.touched_vouchers.touch(voucher_id);
-                }
-                if *voucher_complete {
-                    self.set_status(voucher_id, VoucherStatus::Delivered);
+                    if *voucher_complete {
+                        self.restatus(voucher_id, &mut row, VoucherStatus::Delivered);
+                    }
+                    self.vouchers.insert(voucher_id.clone(), row);
                 }
             }
             _ => {}
@@ -98,43 +119,50 @@ impl VoucherBook {
     }
 
     fn set_status(&mut self, voucher_id: &VoucherId, status: VoucherStatus) {
-        if let Some(row) = self.vouchers.get_mut(voucher_id) {
-            if row.status == VoucherStatus::Pending && status != VoucherStatus::Pending {
-                self.expiry.remove(&(row.expires_at, voucher_id.clone()));
-            }
-            row.status = status;
-            self.touched_vouchers.touch(voucher_id);
+        if let Some(mut row) = self.vouchers.get(voucher_id) {
+            self.restatus(voucher_id, &mut row, status);
+            self.vouchers.insert(voucher_id.clone(), row);
         }
     }
 
-    /// Removes a row's entries from the by-merchant and expiry indexes.
-    fn unindex(&mut self, voucher_id: &VoucherId, row: &VoucherRow) {
-        if let Some(vouchers) = self.by_merchant.get_mut(&row.merchant) {
-            vouchers.remove(voucher_id);
-            if vouchers.is_empty() {
-                self.by_merchant.remove(&row.merchant);
-            }
+    /// Changes `row`'s status, keeping the expiry index and the counts in step.
+    fn restatus(&mut self, voucher_id: &VoucherId, row: &mut VoucherRow, status: VoucherStatus) {
+        if row.status == VoucherStatus::Pending && status != VoucherStatus::Pending {
+            self.expiry.remove(&(row.expires_at, voucher_id.clone()));
         }
+        self.counts[status_index(row.status)] -= 1;
+        self.counts[status_index(status)] += 1;
+        row.status = status;
+    }
+
+    /// Adds a row's entries to the expiry index and the counts.
+    fn index(&mut self, voucher_id: &VoucherId, row: &VoucherRow) {
+        self.counts[status_index(row.status)] += 1;
+        if row.status == VoucherStatus::Pending {
+            self.expiry.insert((row.expires_at, voucher_id.clone()));
+        }
+    }
+
+    /// Removes a row's entries from the expiry index and the counts.
+    fn unindex(&mut self, voucher_id: &VoucherId, row: &VoucherRow) {
+        self.counts[status_index(row.status)] -= 1;
         self.expiry.remove(&(row.expires_at, voucher_id.clone()));
     }
 
-    /// A book from its persisted parts (rows and holds), with the indexes rebuilt: a
-    /// voucher is listed under its merchant, and in the expiry index while it is Pending.
-    pub(crate) fn from_parts(vouchers: BTreeMap<VoucherId, VoucherRow>, holds: BTreeSet<Hold>) -> Self {
-        let mut book = VoucherBook { holds, ..VoucherBook::default() };
-        for (voucher_id, row) in &vouchers {
-            book.by_merchant.entry(row.merchant.clone()).or_default().insert(voucher_id.clone());
-            if row.status == VoucherStatus::Pending {
-                book.expiry.insert((row.expires_at, voucher_id.clone()));
-            }
-        }
-        book.vouchers = vouchers;
-        book
+    /// A book whose rows are in the projection store, with the indexes the store rebuilt
+    /// while it checked the rows (`index_row` for each).
+    pub(crate) fn stored(vouchers: Rows<VoucherRows>, indexes: VoucherBook, holds: BTreeSet<Hold>) -> Self {
+        VoucherBook { vouchers, holds, ..indexes }
+    }
+
+    /// Adds one stored row to the indexes only (the store keeps the row itself).
+    pub(crate) fn index_row(&mut self, voucher_id: &VoucherId, row: &VoucherRow) {
+        self.index(voucher_id, row);
     }
 
     /// Starts noting changed rows and holds for the projection store.
     pub(crate) fn track_changes(&mut self) {
-        self.touched_vouchers.start();
+        self.vouchers.track_changes();
         self.touched_holds.start();
     }
 
@@ -148,27 +176,29 @@ impl VoucherBook {
         self.holds.iter().take_while(|(expires_at, ..)| *expires_at < now).take(limit).map(|(_, a, v)| (a.clone(), v.clone())).collect()
     }
 
-    pub fn by_merchant(&self, merchant: &MerchantId) -> impl Iterator<Item = &VoucherId> {
-        self.by_merchant.get(merchant).into_iter().flatten()
+    /// The vouchers of `merchant`, in id order. A scan of every row (there is no index by
+    /// merchant, module docs): for tools and tests, not for the hot path.
+    pub fn by_merchant(&self, merchant: &MerchantId) -> Vec<VoucherId> {
+        self.vouchers.iter().filter(|(_, row)| row.merchant == *merchant).map(|(id, _)| id).collect()
     }
 
     /// How many vouchers are in each of the seed's three sets.
     pub fn set_sizes(&self) -> BTreeMap<PurchaseSet, usize> {
         let mut sizes = BTreeMap::new();
-        for row in self.vouchers.values() {
-            let set = match row.status {
-                VoucherStatus::Pending => PurchaseSet::Pending,
-                VoucherStatus::Authorized | VoucherStatus::Issued | VoucherStatus::Redeeming => PurchaseSet::PurchasedNotDelivered,
-                VoucherStatus::Delivered => PurchaseSet::Delivered,
-                VoucherStatus::None | VoucherStatus::Voided => continue,
-            };
-            *sizes.entry(set).or_insert(0) += 1;
+        let pending = self.count(VoucherStatus::Pending);
+        let not_delivered = [VoucherStatus::Authorized, VoucherStatus::Issued, VoucherStatus::Redeeming].into_iter().map(|status| self.count(status)).sum::<usize>();
+        let delivered = self.count(VoucherStatus::Delivered);
+        for (set, size) in [(PurchaseSet::Pending, pending), (PurchaseSet::PurchasedNotDelivered, not_delivered), (PurchaseSet::Delivered, delivered)] {
+            if size > 0 {
+                sizes.insert(set, size);
+            }
         }
         sizes
     }
 
+    /// How many vouchers are in `status` (kept as events apply, no scan).
     pub fn count(&self, status: VoucherStatus) -> usize {
-        self.vouchers.values().filter(|row| row.status == status).count()
+        self.counts[status_index(status)]
     }
 }
 
@@ -203,6 +233,6 @@ mod tests {
         assert_eq!(book.due(Millis(15), 10), vec![VoucherId::new("a")]);
         assert_eq!(book.due(Millis(25), 10), vec![VoucherId::new("a"), VoucherId::new("b")]);
         assert_eq!(book.set_sizes().get(&PurchaseSet::Pending), Some(&2));
-        assert_eq!(book.by_merchant(&MerchantId::new("m")).count(), 3);
+        assert_eq!(book.by_merchant(&MerchantId::new("m")).len(), 3);
     }
 }
