@@ -67,6 +67,7 @@ pub struct Handler {
     clock: Arc<dyn Clock>,
     cache: Mutex<lru::LruCache<AggregateRef, CachedRoot>>,
     stripes: Vec<tokio::sync::Mutex<()>>,
+    stripe_hasher: std::hash::RandomState,
 }
 
 impl Handler {
@@ -81,6 +82,7 @@ impl Handler {
             clock,
             cache: Mutex::new(lru::LruCache::new(capacity)),
             stripes: (0..LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            stripe_hasher: std::hash::RandomState::new(),
         }
     }
 
@@ -92,9 +94,11 @@ impl Handler {
         &self.clock
     }
 
-    fn stripe(&self, aggregate: &AggregateRef) -> &tokio::sync::Mutex<()> {
-        let hash = blake3::hash(aggregate.subject().as_bytes());
-        let index = u64::from_le_bytes(hash.as_bytes()[..8].try_into().expect("8 bytes of a 32-byte hash")) as usize;
+    /// The lock stripe of the aggregate on `subject` (a fast keyed hash: the stripe only
+    /// spreads aggregates over locks, nothing depends on its value).
+    fn stripe(&self, subject: &str) -> &tokio::sync::Mutex<()> {
+        use std::hash::BuildHasher as _;
+        let index = self.stripe_hasher.hash_one(subject) as usize;
         &self.stripes[index % LOCK_STRIPES]
     }
 
@@ -156,7 +160,7 @@ impl Handler {
     pub async fn handle<A: Aggregate>(&self, id: &str, actor: &Actor, request: &RequestId, command: &A::Command) -> Result<Handled<A>, HandleError> {
         let aggregate = AggregateRef::new(A::KIND, id);
         let subject = aggregate.subject();
-        let _serialized = self.stripe(&aggregate).lock().await;
+        let _serialized = self.stripe(&subject).lock().await;
         let (mut root, mut assumed_empty) = match self.take_cached::<A>(&aggregate) {
             Some(root) => (root, false),
             None => (Arc::new(Root::<A>::default()), true),
