@@ -378,6 +378,22 @@ impl<R: RowKind> Rows<R> {
         }
     }
 
+    /// Changes the row of `key` with `change`; whether there was one. In memory this is one
+    /// lookup and no copy (replays change rows on most events); stored, the row is read,
+    /// changed and set.
+    pub fn update(&mut self, key: &R::Key, change: impl FnOnce(&mut R::Value)) -> bool {
+        if let RowsInner::Memory { rows, touched } = &mut self.inner {
+            let Some(row) = rows.get_mut(key) else { return false };
+            change(row);
+            touched.touch(key);
+            return true;
+        }
+        let Some(mut row) = self.get(key) else { return false };
+        change(&mut row);
+        self.insert(key.clone(), row);
+        true
+    }
+
     pub fn contains_key(&self, key: &R::Key) -> bool {
         self.get(key).is_some()
     }

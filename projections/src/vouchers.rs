@@ -105,13 +105,17 @@ impl VoucherBook {
             Event::VoucherIssued { voucher_id, .. } | Event::DeliveryFailed { voucher_id, .. } => self.set_status(voucher_id, VoucherStatus::Issued),
             Event::RedemptionAccepted { voucher_id, .. } => self.set_status(voucher_id, VoucherStatus::Redeeming),
             Event::Delivered { voucher_id, voucher_complete, .. } => {
-                // One read and one write of the row, however many fields change.
-                if let Some(mut row) = self.vouchers.get(voucher_id) {
+                // One change of the row, however many fields change.
+                let mut before = None;
+                self.vouchers.update(voucher_id, |row| {
                     row.media_delivered += 1;
                     if *voucher_complete {
-                        self.restatus(voucher_id, &mut row, VoucherStatus::Delivered);
+                        before = Some((row.status, row.expires_at));
+                        row.status = VoucherStatus::Delivered;
                     }
-                    self.vouchers.insert(voucher_id.clone(), row);
+                });
+                if let Some((old, expires_at)) = before {
+                    self.restatused(voucher_id, old, expires_at, VoucherStatus::Delivered);
                 }
             }
             _ => {}
@@ -119,20 +123,24 @@ impl VoucherBook {
     }
 
     fn set_status(&mut self, voucher_id: &VoucherId, status: VoucherStatus) {
-        if let Some(mut row) = self.vouchers.get(voucher_id) {
-            self.restatus(voucher_id, &mut row, status);
-            self.vouchers.insert(voucher_id.clone(), row);
+        let mut before = None;
+        self.vouchers.update(voucher_id, |row| {
+            before = Some((row.status, row.expires_at));
+            row.status = status;
+        });
+        if let Some((old, expires_at)) = before {
+            self.restatused(voucher_id, old, expires_at, status);
         }
     }
 
-    /// Changes `row`'s status, keeping the expiry index and the counts in step.
-    fn restatus(&mut self, voucher_id: &VoucherId, row: &mut VoucherRow, status: VoucherStatus) {
-        if row.status == VoucherStatus::Pending && status != VoucherStatus::Pending {
-            self.expiry.remove(&(row.expires_at, voucher_id.clone()));
+    /// Keeps the expiry index and the counts in step with a row whose status went from
+    /// `old` to `status`.
+    fn restatused(&mut self, voucher_id: &VoucherId, old: VoucherStatus, expires_at: Millis, status: VoucherStatus) {
+        if old == VoucherStatus::Pending && status != VoucherStatus::Pending {
+            self.expiry.remove(&(expires_at, voucher_id.clone()));
         }
-        self.counts[status_index(row.status)] -= 1;
+        self.counts[status_index(old)] -= 1;
         self.counts[status_index(status)] += 1;
-        row.status = status;
     }
 
     /// Adds a row's entries to the expiry index and the counts.
