@@ -381,17 +381,28 @@ impl<R: RowKind> Rows<R> {
     /// Changes the row of `key` with `change`; whether there was one. In memory this is one
     /// lookup and no copy (replays change rows on most events); stored, the row is read,
     /// changed and set.
+    /// A stored row that cannot be read is a fault, as in `remove`: the next commit fails.
     pub fn update(&mut self, key: &R::Key, change: impl FnOnce(&mut R::Value)) -> bool {
-        if let RowsInner::Memory { rows, touched } = &mut self.inner {
-            let Some(row) = rows.get_mut(key) else { return false };
-            change(row);
-            touched.touch(key);
-            return true;
+        match &mut self.inner {
+            RowsInner::Memory { rows, touched } => {
+                let Some(row) = rows.get_mut(key) else { return false };
+                change(row);
+                touched.touch(key);
+                true
+            }
+            RowsInner::Stored(stored) => match stored.read(key) {
+                Ok(Some(mut row)) => {
+                    change(&mut row);
+                    stored.set(key.clone(), Some(row));
+                    true
+                }
+                Ok(None) => false,
+                Err(reason) => {
+                    stored.fault.get_or_insert(reason);
+                    false
+                }
+            },
         }
-        let Some(mut row) = self.get(key) else { return false };
-        change(&mut row);
-        self.insert(key.clone(), row);
-        true
     }
 
     pub fn contains_key(&self, key: &R::Key) -> bool {
