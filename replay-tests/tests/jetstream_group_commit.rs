@@ -69,19 +69,28 @@ async fn a_refused_batch_answers_every_member_as_a_single_publish_would() {
         Repeat(u64),
         Race,
     }
+    let mut bad = Vec::new();
+    for n in 0..10u64 {
+        bad.push((Kind::Stale, request(&format!("vs.g.old{n}"), Expected::Empty, &format!("stale{n}"))));
+    }
+    for n in 10..20u64 {
+        bad.push((Kind::Repeat(n + 1), request(&format!("vs.g.old{n}"), Expected::Empty, &format!("old{n}"))));
+    }
+    for racer in 0..2 {
+        bad.push((Kind::Race, request("vs.g.contested", Expected::Empty, &format!("racer{racer}"))));
+    }
+    // The others spread among the good ones, one after every ninth: whichever rounds the
+    // log cuts, a batch holds some of them (all at the end, a loaded machine once sent
+    // them alone, after one batch of good appends, and no batch was refused).
+    let mut bad = bad.into_iter();
     let mut requests = Vec::new();
     for n in 0..200 {
         requests.push((Kind::Good, request(&format!("vs.g.new{n}"), Expected::Empty, &format!("new{n}"))));
+        if n % 9 == 8 {
+            requests.extend(bad.next());
+        }
     }
-    for n in 0..10u64 {
-        requests.push((Kind::Stale, request(&format!("vs.g.old{n}"), Expected::Empty, &format!("stale{n}"))));
-    }
-    for n in 10..20u64 {
-        requests.push((Kind::Repeat(n + 1), request(&format!("vs.g.old{n}"), Expected::Empty, &format!("old{n}"))));
-    }
-    for racer in 0..2 {
-        requests.push((Kind::Race, request("vs.g.contested", Expected::Empty, &format!("racer{racer}"))));
-    }
+    requests.extend(bad);
     let answers = futures::future::join_all(requests.into_iter().map(|(kind, request)| {
         let log = Arc::clone(&log);
         async move { (kind, log.append(request).await) }
