@@ -1542,11 +1542,14 @@ async fn rss_probe_child(url: &str, keys_dir: &Path, vouchers: usize) -> anyhow:
         .arg("--rss-probe")
         .arg(keys_dir)
         .stdin(std::process::Stdio::null())
-        .stderr(std::process::Stdio::inherit())
+        .stderr(std::process::Stdio::piped())
         .output()
         .await
         .with_context(|| format!("cannot run {} for the memory probe", executable.display()))?;
-    ensure!(output.status.success(), "the memory probe failed ({})", output.status);
+    // The probe's own lines, passed on (and kept in the error when it fails).
+    let probe_stderr = String::from_utf8_lossy(&output.stderr);
+    eprint!("{probe_stderr}");
+    ensure!(output.status.success(), "the memory probe failed ({}); it said: {}", output.status, probe_stderr.trim());
     let stdout = String::from_utf8_lossy(&output.stdout);
     let last = stdout.lines().last().unwrap_or_default();
     serde_json::from_str(last).with_context(|| format!("the memory probe's last line is not its answer: {last:?}"))
