@@ -537,6 +537,43 @@ pub async fn read_subject_returns_only_that_subject_in_order(h: &dyn Harness) {
     );
 }
 
+/// `read_subject` returns every event of a subject however many there are and however
+/// large (the JetStream backend reads in batches bounded by count and by bytes, so a long
+/// subject and a subject of large events each take several batches).
+pub async fn read_subject_reads_long_and_large_subjects_whole(h: &dyn Harness) {
+    let log = h.fresh().await;
+    const LONG_EVENTS: usize = 600;
+    const LARGE_EVENTS: usize = 20;
+    let mut wanted: Vec<(&str, String, Bytes)> = Vec::new();
+    for index in 0..LONG_EVENTS {
+        wanted.push(("vs.long.a", format!("a-{index}"), Bytes::from(format!("a#{index}"))));
+        wanted.push(("vs.long.ab", format!("ab-{index}"), Bytes::from(format!("ab#{index}"))));
+    }
+    for index in 0..LARGE_EVENTS {
+        wanted.push(("vs.long.big", format!("big-{index}"), Bytes::from(vec![index as u8; PAYLOAD_BYTES_MAX])));
+    }
+    let mut appends: futures::stream::FuturesUnordered<_> = wanted
+        .into_iter()
+        .map(|(subject, key, payload)| {
+            let log = Arc::clone(&log);
+            async move {
+                let appended = expect_appended(log.append(request(subject, Expected::Any, &key, payload.clone())).await, "append");
+                (subject, appended.seq.0, payload)
+            }
+        })
+        .collect();
+    let mut expected: BTreeMap<&str, Vec<(u64, Bytes)>> = BTreeMap::new();
+    while let Some((subject, seq, payload)) = appends.next().await {
+        expected.entry(subject).or_default().push((seq, payload));
+    }
+    for (subject, events) in &mut expected {
+        events.sort_by_key(|(seq, _)| *seq);
+        let read: Vec<(u64, Bytes)> = log.read_subject(subject).await.expect("read_subject").into_iter().map(|event| (event.seq.0, event.payload)).collect();
+        assert_eq!(read.len(), events.len(), "read_subject({subject}) count");
+        assert!(read == *events, "read_subject({subject}) returned other events than were appended");
+    }
+}
+
 /// `read_from` starts at `from` (0 means the start) and returns at most `limit` events.
 pub async fn read_from_respects_from_and_limit(h: &dyn Harness) {
     let log = h.fresh().await;
@@ -1143,6 +1180,7 @@ macro_rules! conformance_tests {
             dedupe_precedes_expectation,
             duplicate_does_not_break_next_expected_append,
             read_subject_returns_only_that_subject_in_order,
+            read_subject_reads_long_and_large_subjects_whole,
             read_from_respects_from_and_limit,
             last_seq_tracks_appends,
             follow_from_start_sees_existing_and_new_events,

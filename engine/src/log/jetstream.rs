@@ -51,13 +51,15 @@ use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy, ReplayPoli
 use async_nats::jetstream::context::{Context, ContextBuilder, PublishErrorKind};
 use async_nats::jetstream::publish::PublishAck;
 use async_nats::jetstream::stream::{
-    self, DirectGetErrorKind, DiscardPolicy, PersistenceMode, RetentionPolicy, StorageType,
+    self, DiscardPolicy, PersistenceMode, RetentionPolicy, StorageType,
 };
 use async_nats::{ConnectOptions, HeaderMap, ServerAddr, header};
 use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt as _};
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
+
+mod direct;
 
 /// The primary stream's name when none is configured.
 pub const DEFAULT_STREAM: &str = "VOUCHSAFE";
@@ -203,6 +205,8 @@ pub struct JetStreamLog {
     nodes: Option<stream::Stream>,
     /// `Some` with `StreamOptions::group_commit`.
     group_commit: Option<std::sync::Arc<GroupCommit>>,
+    /// Batched direct gets for `read_subject`.
+    direct: direct::DirectBatches,
 }
 
 /// What a read-only connection answers to an append or a node-feed operation.
@@ -253,11 +257,13 @@ impl JetStreamLog {
         let group_commit = options.group_commit.then(|| {
             std::sync::Arc::new(GroupCommit::new(context.clone(), stream.to_owned()))
         });
+        let direct = start_direct(&context, stream).await?;
         Ok(JetStreamLog {
             context,
             events,
             nodes: Some(nodes),
             group_commit,
+            direct,
         })
     }
 
@@ -282,11 +288,14 @@ impl JetStreamLog {
             }
             Err(error) => return Err(stream_info_error(stream, &error)),
         };
+        let events = verified(events, &required)?;
+        let direct = start_direct(&context, stream).await?;
         Ok(JetStreamLog {
             context,
-            events: verified(events, &required)?,
+            events,
             nodes: None,
             group_commit: None,
+            direct,
         })
     }
 
@@ -515,30 +524,22 @@ impl EventLog for JetStreamLog {
         let mut events = Vec::new();
         let mut next = 1u64;
         loop {
-            match self
-                .events
-                .direct_get_next_for_subject(subject, Some(next))
-                .await
-            {
-                Ok(message) => {
-                    if message.sequence < next || message.subject.as_str() != subject {
-                        return Err(ReadError::Corrupt {
-                            seq: Seq(message.sequence),
-                            reason: format!(
-                                "asked for {subject} at or after {next}, got {} at {}",
-                                message.subject, message.sequence
-                            ),
-                        });
-                    }
-                    next = message.sequence + 1;
-                    events.push(StoredEvent {
-                        seq: Seq(message.sequence),
-                        subject: subject.to_owned(),
-                        payload: message.payload,
+            let batch = self.direct.next_batch(subject, next).await?;
+            for message in batch.messages {
+                if message.seq.0 < next || message.subject != subject {
+                    return Err(ReadError::Corrupt {
+                        seq: message.seq,
+                        reason: format!(
+                            "asked for {subject} at or after {next}, got {} at {}",
+                            message.subject, message.seq
+                        ),
                     });
                 }
-                Err(error) if error.kind() == DirectGetErrorKind::NotFound => return Ok(events),
-                Err(error) => return Err(direct_get_error(&error)),
+                next = message.seq.0 + 1;
+                events.push(StoredEvent { seq: message.seq, subject: message.subject, payload: message.payload });
+            }
+            if !batch.more {
+                return Ok(events);
             }
         }
     }
@@ -1146,16 +1147,10 @@ fn parse_wrong_last_sequence(text: &str) -> Option<u64> {
 // ---------------------------------------------------------------------------------------
 // Reading.
 
-fn direct_get_error(error: &async_nats::jetstream::stream::DirectGetError) -> ReadError {
-    match error.kind() {
-        DirectGetErrorKind::TimedOut | DirectGetErrorKind::Request => {
-            ReadError::Unavailable(format!("direct get: {error}"))
-        }
-        DirectGetErrorKind::ErrorResponse(status, _) if status.as_u16() == 503 => {
-            ReadError::Unavailable(format!("direct get: {error}"))
-        }
-        _ => ReadError::Storage(format!("direct get: {error}")),
-    }
+async fn start_direct(context: &Context, stream: &str) -> Result<direct::DirectBatches, ConnectError> {
+    direct::DirectBatches::start(context.client(), stream, Duration::from_millis(REQUEST_TIMEOUT_MS))
+        .await
+        .map_err(|error| ConnectError::StreamInfo { stream: stream.to_owned(), reason: format!("cannot subscribe to this connection's inbox for direct gets: {error}") })
 }
 
 /// An ephemeral pull consumer from stream sequence `from`, optionally on one subject: no
