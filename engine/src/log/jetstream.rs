@@ -6,8 +6,8 @@
 //! or, read-only (`connect_read_only`, for auditors), only looking up and verifying the
 //! primary stream,
 //! `EventLog` on top of them (append with `Nats-Msg-Id` and
-//! `Nats-Expected-Last-Subject-Sequence`, reads by direct get and by ephemeral pull
-//! consumers, `follow` that survives server restarts), and the node feed
+//! `Nats-Expected-Last-Subject-Sequence`, reads by batched direct get (`direct`) and by
+//! ephemeral pull consumers, `follow` that survives server restarts), and the node feed
 //! (`publish_assignment`, `node_feed`).
 //! What does not: event contents (`crate::wire`), server configuration (deploy/; the
 //! durability of an acknowledged append rests on `sync_interval: always` on a single node,
