@@ -72,9 +72,9 @@ fn recorded_of(envelope: pb::Envelope) -> Result<Recorded, DecodeError> {
     let aggregate = AggregateRef::new(aggregate_kind_of(aggregate.r#type)?, aggregate.id);
     let actor = envelope.actor.ok_or(DecodeError::Missing("actor"))?;
     let event = event_of_pb(envelope.event.ok_or(DecodeError::Missing("event"))?)?;
-    let actual = event.aggregate();
-    if actual != aggregate {
-        return Err(DecodeError::WrongAggregate { named: aggregate, actual });
+    let (kind, id) = event.aggregate_key();
+    if !aggregate.is(kind, id) {
+        return Err(DecodeError::WrongAggregate { named: aggregate, actual: event.aggregate() });
     }
     Ok(Recorded {
         event_id: array::<16>("event_id", &envelope.event_id)?,

@@ -145,9 +145,8 @@ impl Projections {
             return Err(Finding::Gap { expected, found: stored.seq });
         }
         let recorded = engine::wire::decode(&stored.payload).map_err(|e| Finding::Undecodable { seq: stored.seq, reason: e.to_string() })?;
-        let subject = recorded.aggregate.subject();
-        if subject != stored.subject {
-            return Err(Finding::WrongSubject { seq: stored.seq, subject: stored.subject.clone(), expected: subject });
+        if !recorded.aggregate.has_subject(&stored.subject) {
+            return Err(Finding::WrongSubject { seq: stored.seq, subject: stored.subject.clone(), expected: recorded.aggregate.subject() });
         }
         // The only projection that can refuse an event goes first: a refused event leaves
         // every projection as it was.
