@@ -58,9 +58,14 @@ impl Finding {
 /// Stream heads remembered between seals (a seal names the head at its `last_stream_seq`).
 pub const STREAM_HEADS_MAX: usize = 1_000_000;
 
+/// The hasher every stream link starts from: blake3 in derive-key mode for the stream
+/// head's context. Deriving the context's key is a hash of its own, so it is done once and
+/// each link starts from a copy (the same hasher state `new_derive_key` gives).
+static STREAM_LINK_HASHER: std::sync::LazyLock<blake3::Hasher> = std::sync::LazyLock::new(|| blake3::Hasher::new_derive_key("vouchsafe 2026 stream head"));
+
 /// The running hash over stored events: `H_s = blake3(H_{s-1} ‖ s ‖ subject ‖ payload)`.
 pub fn stream_link(previous: &[u8; 32], stored: &StoredEvent) -> [u8; 32] {
-    let mut hasher = blake3::Hasher::new_derive_key("vouchsafe 2026 stream head");
+    let mut hasher = STREAM_LINK_HASHER.clone();
     hasher.update(previous);
     hasher.update(&stored.seq.0.to_le_bytes());
     hasher.update(&(stored.subject.len() as u64).to_le_bytes());

@@ -3,7 +3,8 @@
 //! royalty keys, as the code before the per-event CPU work (commit e477a80)
 //! computed them. Work that makes applying cheaper must leave all of it byte-identical; these tests
 //! fail on any difference. Also the subject check's findings, now that it compares
-//! without building the subject.
+//! without building the subject, and the hashes now computed without copying their input
+//! against their definitions.
 
 mod support;
 
@@ -95,4 +96,40 @@ fn an_event_on_another_subject_is_a_finding_and_changes_nothing() {
     let mut projections = Projections::default();
     projections.apply(&stored(1, "vs.node.n1", drained())).expect("its own subject");
     assert_eq!(projections.last_seq, Seq(1));
+}
+
+/// Inputs around blake3's block (64 bytes) and chunk (1,024 bytes) boundaries.
+const LENGTHS: [usize; 10] = [0, 1, 31, 32, 63, 64, 65, 1_023, 1_024, 4_097];
+
+fn bytes(length: usize, seed: u8) -> Vec<u8> {
+    (0..length).map(|index| (index as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+}
+
+#[test]
+fn the_running_hash_is_blake3_of_the_concatenation() {
+    for length in LENGTHS {
+        let (y_prev, ciphertext) = ([length as u8; 32], bytes(length, 7));
+        let concatenated = [&y_prev[..], &ciphertext].concat();
+        assert_eq!(projections::royalty::running_hash(&y_prev, &ciphertext), engine::crypto::hash(&concatenated), "{length} bytes");
+        // Control: a different previous Y gives a different hash.
+        assert_ne!(projections::royalty::running_hash(&[!(length as u8); 32], &ciphertext), engine::crypto::hash(&concatenated));
+    }
+}
+
+#[test]
+fn a_stream_link_is_the_derive_key_hash_of_its_parts() {
+    for (round, length) in LENGTHS.into_iter().enumerate() {
+        let stored = StoredEvent { seq: Seq(round as u64 + 1), subject: format!("vs.node.n{round}"), payload: Bytes::from(bytes(length, 3)) };
+        let previous = [round as u8; 32];
+        let mut expected = blake3::Hasher::new_derive_key("vouchsafe 2026 stream head");
+        expected.update(&previous);
+        expected.update(&stored.seq.0.to_le_bytes());
+        expected.update(&(stored.subject.len() as u64).to_le_bytes());
+        expected.update(stored.subject.as_bytes());
+        expected.update(&stored.payload);
+        // Twice: each link starts from a fresh copy of the keyed hasher, not from the last.
+        assert_eq!(projections::stream_link(&previous, &stored), *expected.finalize().as_bytes(), "{length} bytes");
+        assert_eq!(projections::stream_link(&previous, &stored), *expected.finalize().as_bytes());
+        assert_ne!(projections::stream_link(&[0xff; 32], &stored), *expected.finalize().as_bytes(), "control: another previous head");
+    }
 }
