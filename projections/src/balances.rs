@@ -161,7 +161,8 @@ pub struct Balances {
 impl Balances {
     /// Applies one event: all of it, or (with an error) nothing. `currency` is the
     /// currency of the sale the event settles (an `Authorized` or `Voided` voucher's
-    /// `Reserved` currency; empty when unknown or for any other event).
+    /// `Reserved` currency; empty when unknown, when the event carries no postings, or for
+    /// any other event).
     pub fn apply(&mut self, event: &Event, currency: &str) -> Result<(), BalanceError> {
         match event {
             Event::Authorized { postings, .. } | Event::Voided { reversal: postings, .. } => self.post(postings, currency),

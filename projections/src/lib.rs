@@ -155,8 +155,12 @@ impl Projections {
         }
         // The only projection that can refuse an event goes first: a refused event leaves
         // every projection as it was.
+        // The sale's currency names the ledger accounts of postings; without postings (a
+        // voucher voided before it was authorized) there is none to name and no lookup.
         let currency = match &recorded.event {
-            engine::domain::event::Event::Authorized { voucher_id, .. } | engine::domain::event::Event::Voided { voucher_id, .. } => {
+            engine::domain::event::Event::Authorized { voucher_id, postings, .. } | engine::domain::event::Event::Voided { voucher_id, reversal: postings, .. }
+                if !postings.is_empty() =>
+            {
                 self.royalty.sales.get(voucher_id).map_or("", |sale| sale.currency.as_str())
             }
             _ => "",

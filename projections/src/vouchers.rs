@@ -89,11 +89,13 @@ impl VoucherBook {
                 let row = VoucherRow { merchant: merchant_id.clone(), status: VoucherStatus::Pending, expires_at: *expires_at, media_delivered: 0 };
                 // A second Reserved for the same voucher (only in a malformed stream) replaces
                 // the row; its old index entries go too, so the indexes stay a function of
-                // the rows, which is what lets the store persist rows only.
-                if let Some(old) = self.vouchers.insert(voucher_id.clone(), row.clone()) {
-                    self.unindex(voucher_id, &old);
+                // the rows, which is what lets the store persist rows only. The indexes need
+                // only the row's status and expiry, so the row itself moves into the rows.
+                let (status, expires_at) = (row.status, row.expires_at);
+                if let Some(old) = self.vouchers.insert(voucher_id.clone(), row) {
+                    self.unindex(voucher_id, old.status, old.expires_at);
                 }
-                self.index(voucher_id, &row);
+                self.index(voucher_id, status, expires_at);
             }
             Event::Authorized { voucher_id, .. } => self.set_status(voucher_id, VoucherStatus::Authorized),
             Event::PointsHeld { account_id, voucher_id, expires_at, .. } => self.hold(*expires_at, account_id, voucher_id),
@@ -174,18 +176,18 @@ impl VoucherBook {
         self.counts[status_index(status)] += 1;
     }
 
-    /// Adds a row's entries to the expiry index and the counts.
-    fn index(&mut self, voucher_id: &VoucherId, row: &VoucherRow) {
-        self.counts[status_index(row.status)] += 1;
-        if row.status == VoucherStatus::Pending {
-            self.expiry.insert((row.expires_at, voucher_id.clone()));
+    /// Adds the entries of a row (its status and expiry) to the expiry index and the counts.
+    fn index(&mut self, voucher_id: &VoucherId, status: VoucherStatus, expires_at: Millis) {
+        self.counts[status_index(status)] += 1;
+        if status == VoucherStatus::Pending {
+            self.expiry.insert((expires_at, voucher_id.clone()));
         }
     }
 
-    /// Removes a row's entries from the expiry index and the counts.
-    fn unindex(&mut self, voucher_id: &VoucherId, row: &VoucherRow) {
-        self.counts[status_index(row.status)] -= 1;
-        self.expiry.remove(&(row.expires_at, voucher_id.clone()));
+    /// Removes the entries of a row (its status and expiry) from the expiry index and the counts.
+    fn unindex(&mut self, voucher_id: &VoucherId, status: VoucherStatus, expires_at: Millis) {
+        self.counts[status_index(status)] -= 1;
+        self.expiry.remove(&(expires_at, voucher_id.clone()));
     }
 
     /// A book whose rows are in the projection store, with the indexes the store rebuilt
@@ -196,7 +198,7 @@ impl VoucherBook {
 
     /// Adds one stored row to the indexes only (the store keeps the row itself).
     pub(crate) fn index_row(&mut self, voucher_id: &VoucherId, row: &VoucherRow) {
-        self.index(voucher_id, row);
+        self.index(voucher_id, row.status, row.expires_at);
     }
 
     /// Starts noting changed rows and holds for the projection store.
