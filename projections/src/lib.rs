@@ -149,7 +149,7 @@ impl Projections {
         if stored.seq != expected {
             return Err(Finding::Gap { expected, found: stored.seq });
         }
-        let recorded = engine::wire::decode(&stored.payload).map_err(|e| Finding::Undecodable { seq: stored.seq, reason: e.to_string() })?;
+        let recorded = engine::wire::decode_shared(&stored.payload).map_err(|e| Finding::Undecodable { seq: stored.seq, reason: e.to_string() })?;
         if !recorded.aggregate.has_subject(&stored.subject) {
             return Err(Finding::WrongSubject { seq: stored.seq, subject: stored.subject.clone(), expected: recorded.aggregate.subject() });
         }
