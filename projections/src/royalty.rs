@@ -57,7 +57,10 @@ pub struct Entry {
 const ENTRY_ENCODED_BYTES: usize = 512;
 
 impl Entry {
-    fn encode(&self) -> Vec<u8> {
+    /// The entry's bytes as the chain encrypts them: its serde_json encoding, which is also
+    /// what the usage digest hashes (`royalty_log::usage_digest`), so a caller that needs
+    /// both can encode once and use `Chain::append_encoded`.
+    pub fn encode(&self) -> Vec<u8> {
         let mut bytes = Vec::with_capacity(ENTRY_ENCODED_BYTES);
         serde_json::to_writer(&mut bytes, self).expect("an Entry of strings and integers always serializes");
         bytes
@@ -198,8 +201,13 @@ impl Chain {
 
     /// Appends an entry: encrypts it under `K_j` and extends the hash and MAC chains.
     pub fn append(&mut self, entry: &Entry) -> ChainedEntry {
+        self.append_encoded(&entry.encode())
+    }
+
+    /// As `append`, for an entry already encoded (`Entry::encode`): the same chained entry.
+    pub fn append_encoded(&mut self, encoded: &[u8]) -> ChainedEntry {
         let entry_key = self.next_entry_key();
-        let ciphertext = crypto::aead_seal(&entry_key, &nonce(), &aad(self.epoch, self.next_index), &entry.encode());
+        let ciphertext = crypto::aead_seal(&entry_key, &nonce(), &aad(self.epoch, self.next_index), encoded);
         let y = running_hash(&self.y_prev, &ciphertext);
         let z = crypto::hmac_sha256(self.a.expose(), &y);
         let chained = ChainedEntry { epoch: self.epoch, index: self.next_index, ciphertext, y, z };

@@ -133,3 +133,34 @@ fn a_stream_link_is_the_derive_key_hash_of_its_parts() {
         assert_ne!(projections::stream_link(&[0xff; 32], &stored), *expected.finalize().as_bytes(), "control: another previous head");
     }
 }
+
+#[test]
+fn an_entry_appended_encoded_is_the_entry_appended() {
+    use projections::royalty::{Chain, Entry, UsageKind};
+    let master = engine::crypto::SecretKey::from_bytes([9; 32]);
+    let (mut plain, mut encoded) = (Chain::start(&master, 1), Chain::start(&master, 1));
+    for index in 0..3u64 {
+        let entry = Entry {
+            kind: UsageKind::Preview,
+            source_seq: index,
+            timestamp_ms: 5,
+            title: "t\"q".into(),
+            artist: "a".into(),
+            authors: vec!["x".into()],
+            length_ms: 1,
+            sale_price_minor: 0,
+            currency: String::new(),
+            consumer_cert: String::new(),
+            voucher_id: String::new(),
+            media_id: format!("m{index}"),
+            image_descriptor: String::new(),
+            merchant: "m".into(),
+            rights_agent: "r".into(),
+            distributor: "d".into(),
+            owner: "o".into(),
+            played_ms: index,
+        };
+        assert_eq!(entry.encode(), serde_json::to_vec(&entry).expect("serializes"), "the encoding the usage digest hashes");
+        assert_eq!(encoded.append_encoded(&entry.encode()), plain.append(&entry), "entry {index}");
+    }
+}
