@@ -40,6 +40,17 @@ pub fn decode(bytes: &[u8]) -> Result<Recorded, DecodeError> {
     recorded_of(upcast(envelope)?)
 }
 
+/// As `decode`, from bytes held in a `Bytes` (a stored event's payload), with the same
+/// result for the same bytes. The envelope's byte fields (the event id, hashes) are then
+/// sliced from the payload and copied once into their field; decoding from a `&[u8]`, prost
+/// copies each into a `Bytes` of its own first: one allocation more per byte field, and
+/// every event has one (its id). Cloning `bytes` is a reference count (or, for bytes not
+/// yet shared, their one promotion to shared).
+pub fn decode_shared(bytes: &bytes::Bytes) -> Result<Recorded, DecodeError> {
+    let envelope = pb::Envelope::decode(bytes.clone()).map_err(|e| DecodeError::Protobuf(e.to_string()))?;
+    recorded_of(upcast(envelope)?)
+}
+
 /// Brings an envelope of an older schema version to the current layout. Version 1 is the
 /// first; later versions add their conversions here.
 fn upcast(envelope: pb::Envelope) -> Result<pb::Envelope, DecodeError> {
@@ -72,9 +83,9 @@ fn recorded_of(envelope: pb::Envelope) -> Result<Recorded, DecodeError> {
     let aggregate = AggregateRef::new(aggregate_kind_of(aggregate.r#type)?, aggregate.id);
     let actor = envelope.actor.ok_or(DecodeError::Missing("actor"))?;
     let event = event_of_pb(envelope.event.ok_or(DecodeError::Missing("event"))?)?;
-    let actual = event.aggregate();
-    if actual != aggregate {
-        return Err(DecodeError::WrongAggregate { named: aggregate, actual });
+    let (kind, id) = event.aggregate_key();
+    if !aggregate.is(kind, id) {
+        return Err(DecodeError::WrongAggregate { named: aggregate, actual: event.aggregate() });
     }
     Ok(Recorded {
         event_id: array::<16>("event_id", &envelope.event_id)?,

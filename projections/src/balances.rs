@@ -67,6 +67,53 @@ impl LedgerAccount {
     }
 }
 
+/// A ledger account's parts, borrowed: what looking an account up needs, so that
+/// applying a posting to an account the ledger already holds builds no key (a posting
+/// names an account by the sale's currency and its kind and name, not by a
+/// `LedgerAccount`). Ordered as `LedgerAccount` is (currency, kind, name), which is what
+/// lets `LedgerAccount` lend itself as one (`Borrow`).
+trait LedgerKey {
+    fn parts(&self) -> (&str, LedgerAccountKind, &str);
+}
+
+impl LedgerKey for LedgerAccount {
+    fn parts(&self) -> (&str, LedgerAccountKind, &str) {
+        (&self.currency, self.kind, &self.name)
+    }
+}
+
+impl LedgerKey for (&str, LedgerAccountKind, &str) {
+    fn parts(&self) -> (&str, LedgerAccountKind, &str) {
+        *self
+    }
+}
+
+impl<'a> std::borrow::Borrow<dyn LedgerKey + 'a> for LedgerAccount {
+    fn borrow(&self) -> &(dyn LedgerKey + 'a) {
+        self
+    }
+}
+
+impl PartialEq for dyn LedgerKey + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for dyn LedgerKey + '_ {}
+
+impl PartialOrd for dyn LedgerKey + '_ {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for dyn LedgerKey + '_ {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.parts().cmp(&other.parts())
+    }
+}
+
 impl std::fmt::Display for LedgerAccount {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}:{} ({})", kind_name(self.kind), self.name, self.currency)
@@ -114,7 +161,8 @@ pub struct Balances {
 impl Balances {
     /// Applies one event: all of it, or (with an error) nothing. `currency` is the
     /// currency of the sale the event settles (an `Authorized` or `Voided` voucher's
-    /// `Reserved` currency; empty when unknown or for any other event).
+    /// `Reserved` currency; empty when unknown, when the event carries no postings, or for
+    /// any other event).
     pub fn apply(&mut self, event: &Event, currency: &str) -> Result<(), BalanceError> {
         match event {
             Event::Authorized { postings, .. } | Event::Voided { reversal: postings, .. } => self.post(postings, currency),
@@ -136,36 +184,57 @@ impl Balances {
         if debits_minor != credits_minor {
             return Err(BalanceError::Unbalanced { debits_minor, credits_minor });
         }
-        // New balances first, so an overflow leaves every balance as it was. An account
-        // named twice in one event takes both lines.
-        let mut updated: BTreeMap<LedgerAccount, i128> = BTreeMap::new();
-        for posting in postings {
-            let account = LedgerAccount::new(currency, posting.kind, posting.account.as_str());
-            let current = match updated.get(&account) {
-                Some(balance) => *balance,
-                None => self.ledger.get(&account).copied().unwrap_or(0),
+        let key = |posting| ledger_key(currency, posting);
+        // New balances first, so an overflow leaves every balance as it was: `next[i]` is
+        // the balance of posting i's account after it. An account named twice in one
+        // event takes both lines (the later line starts from the earlier one's balance).
+        // Accounts are looked up by their borrowed parts: no key is built unless an
+        // account is new (or the store is noting changes).
+        let mut next: Vec<i128> = Vec::with_capacity(postings.len());
+        for (index, posting) in postings.iter().enumerate() {
+            let account = key(posting);
+            let current = match postings[..index].iter().rposition(|earlier| key(earlier) == account) {
+                Some(earlier) => next[earlier],
+                None => self.ledger.get(&account as &dyn LedgerKey).copied().unwrap_or(0),
             };
-            let next = current
+            let balance = current
                 .checked_add(i128::from(posting.credit_minor))
                 .and_then(|balance| balance.checked_sub(i128::from(posting.debit_minor)))
-                .ok_or_else(|| BalanceError::Overflow { account: account.to_string() })?;
-            updated.insert(account, next);
+                .ok_or_else(|| BalanceError::Overflow { account: LedgerAccount::new(currency, posting.kind, posting.account.as_str()).to_string() })?;
+            next.push(balance);
         }
-        for (account, balance) in updated {
-            self.touched_ledger.touch(&account);
-            self.ledger.insert(account, balance);
+        // Each account takes the balance after the last line that names it.
+        for (index, (posting, balance)) in postings.iter().zip(next).enumerate() {
+            let account = key(posting);
+            if postings[index + 1..].iter().any(|later| key(later) == account) {
+                continue;
+            }
+            if self.touched_ledger.tracking() {
+                self.touched_ledger.touch(&LedgerAccount::new(currency, posting.kind, posting.account.as_str()));
+            }
+            match self.ledger.get_mut(&account as &dyn LedgerKey) {
+                Some(stored) => *stored = balance,
+                None => {
+                    self.ledger.insert(LedgerAccount::new(currency, posting.kind, posting.account.as_str()), balance);
+                }
+            }
         }
         Ok(())
     }
 
     fn points_change(&mut self, account_id: &AccountId, balance_delta: i128, held_delta: i128) -> Result<(), BalanceError> {
-        let current = self.points.get(account_id).copied().unwrap_or_default();
         let overflow = || BalanceError::Overflow { account: format!("points:{}", account_id.0) };
-        let next = PointsBalance {
-            balance: current.balance.checked_add(balance_delta).ok_or_else(overflow)?,
-            held: current.held.checked_add(held_delta).ok_or_else(overflow)?,
+        let changed = |current: PointsBalance| -> Result<PointsBalance, BalanceError> {
+            Ok(PointsBalance { balance: current.balance.checked_add(balance_delta).ok_or_else(overflow)?, held: current.held.checked_add(held_delta).ok_or_else(overflow)? })
         };
-        self.points.insert(account_id.clone(), next);
+        // One lookup for an account the projection knows; its id is copied only when new.
+        match self.points.get_mut(account_id) {
+            Some(points) => *points = changed(*points)?,
+            None => {
+                let next = changed(PointsBalance::default())?;
+                self.points.insert(account_id.clone(), next);
+            }
+        }
         self.touched_points.touch(account_id);
         Ok(())
     }
@@ -188,7 +257,7 @@ impl Balances {
 
     /// The balance of one ledger account (zero if no posting named it).
     pub fn ledger_balance(&self, currency: &str, kind: LedgerAccountKind, name: &str) -> i128 {
-        self.ledger.get(&LedgerAccount::new(currency, kind, name)).copied().unwrap_or(0)
+        self.ledger.get(&(currency, kind, name) as &dyn LedgerKey).copied().unwrap_or(0)
     }
 
     /// A points account (zeros if no event named it).
@@ -225,6 +294,11 @@ impl Balances {
             field(&points.held.to_le_bytes());
         }
     }
+}
+
+/// The account a posting of a sale in `currency` names, as borrowed parts (`LedgerKey`).
+fn ledger_key<'a>(currency: &'a str, posting: &'a Posting) -> (&'a str, LedgerAccountKind, &'a str) {
+    (currency, posting.kind, posting.account.as_str())
 }
 
 /// The stable one-byte code of a ledger account kind (digest and store keys).
@@ -389,6 +463,49 @@ mod tests {
         assert_eq!(balances.sum(), Some(1));
         balances.ledger.insert(LedgerAccount::new("USD", Retailer, "m1"), i128::MAX);
         assert_eq!(balances.sum(), None);
+    }
+
+    #[test]
+    fn an_account_named_twice_in_one_event_takes_both_lines() {
+        let line = |kind, account: &str, debit_minor, credit_minor| Posting { kind, account: account.into(), debit_minor, credit_minor };
+        let mut balances = Balances::default();
+        balances.apply(&authorized(vec![line(MerchantClearing, "m1", 10, 0), line(Retailer, "m1", 0, 4), line(Owner, "o", 0, 1), line(Retailer, "m1", 0, 5)]), "EUR").expect("balanced");
+        assert_eq!(balances.ledger_balance("EUR", Retailer, "m1"), 9);
+        assert_eq!(balances.ledger.len(), 3);
+        assert_eq!(balances.sum(), Some(0));
+        // The second line of the same account overflows: nothing of the event is applied,
+        // not even the first line, and the account named is the one that overflowed.
+        balances.ledger.insert(LedgerAccount::new("EUR", Owner, "o"), i128::MAX - 2);
+        balances.ledger.insert(LedgerAccount::new("EUR", Distributor, "sink"), -(i128::MAX - 2) - 1);
+        let before = balances.clone();
+        let error = balances.apply(&authorized(vec![line(MerchantClearing, "m1", 4, 0), line(Owner, "o", 0, 2), line(Owner, "o", 0, 2)]), "EUR").expect_err("overflows");
+        assert_eq!(error, BalanceError::Overflow { account: "owner:o (EUR)".into() });
+        assert_eq!(balances, before);
+    }
+
+    fn arb_account() -> impl proptest::strategy::Strategy<Value = LedgerAccount> {
+        use proptest::prelude::*;
+        ("[A-Z]{0,2}", 0usize..5, "[a-c]{0,3}").prop_map(|(currency, kind, name)| {
+            LedgerAccount::new(currency, [ConsumerPoints, MerchantClearing, Retailer, Distributor, Owner][kind], name)
+        })
+    }
+
+    proptest::proptest! {
+        /// The contract that lets `LedgerAccount` lend itself as a `LedgerKey`: the
+        /// borrowed parts order as the account does, so a lookup by parts finds exactly the
+        /// account with those parts (and a lookup with any part different finds nothing).
+        #[test]
+        fn borrowed_ledger_keys_order_and_find_as_accounts_do(accounts in proptest::collection::vec(arb_account(), 1..20), probe in arb_account()) {
+            for pair in accounts.windows(2) {
+                let (a, b) = (&pair[0], &pair[1]);
+                proptest::prop_assert_eq!(a.cmp(b), (a as &dyn LedgerKey).cmp(&(b.currency.as_str(), b.kind, b.name.as_str()) as &dyn LedgerKey));
+            }
+            let ledger: BTreeMap<LedgerAccount, i128> = accounts.iter().enumerate().map(|(index, account)| (account.clone(), index as i128)).collect();
+            for account in accounts.iter().chain([&probe]) {
+                let parts = (account.currency.as_str(), account.kind, account.name.as_str());
+                proptest::prop_assert_eq!(ledger.get(&parts as &dyn LedgerKey), ledger.get(account));
+            }
+        }
     }
 
     #[test]

@@ -58,9 +58,14 @@ impl Finding {
 /// Stream heads remembered between seals (a seal names the head at its `last_stream_seq`).
 pub const STREAM_HEADS_MAX: usize = 1_000_000;
 
+/// The hasher every stream link starts from: blake3 in derive-key mode for the stream
+/// head's context. Deriving the context's key is a hash of its own, so it is done once and
+/// each link starts from a copy (the same hasher state `new_derive_key` gives).
+static STREAM_LINK_HASHER: std::sync::LazyLock<blake3::Hasher> = std::sync::LazyLock::new(|| blake3::Hasher::new_derive_key("vouchsafe 2026 stream head"));
+
 /// The running hash over stored events: `H_s = blake3(H_{s-1} ‖ s ‖ subject ‖ payload)`.
 pub fn stream_link(previous: &[u8; 32], stored: &StoredEvent) -> [u8; 32] {
-    let mut hasher = blake3::Hasher::new_derive_key("vouchsafe 2026 stream head");
+    let mut hasher = STREAM_LINK_HASHER.clone();
     hasher.update(previous);
     hasher.update(&stored.seq.0.to_le_bytes());
     hasher.update(&(stored.subject.len() as u64).to_le_bytes());
@@ -144,15 +149,18 @@ impl Projections {
         if stored.seq != expected {
             return Err(Finding::Gap { expected, found: stored.seq });
         }
-        let recorded = engine::wire::decode(&stored.payload).map_err(|e| Finding::Undecodable { seq: stored.seq, reason: e.to_string() })?;
-        let subject = recorded.aggregate.subject();
-        if subject != stored.subject {
-            return Err(Finding::WrongSubject { seq: stored.seq, subject: stored.subject.clone(), expected: subject });
+        let recorded = engine::wire::decode_shared(&stored.payload).map_err(|e| Finding::Undecodable { seq: stored.seq, reason: e.to_string() })?;
+        if !recorded.aggregate.has_subject(&stored.subject) {
+            return Err(Finding::WrongSubject { seq: stored.seq, subject: stored.subject.clone(), expected: recorded.aggregate.subject() });
         }
         // The only projection that can refuse an event goes first: a refused event leaves
         // every projection as it was.
+        // The sale's currency names the ledger accounts of postings; without postings (a
+        // voucher voided before it was authorized) there is none to name and no lookup.
         let currency = match &recorded.event {
-            engine::domain::event::Event::Authorized { voucher_id, .. } | engine::domain::event::Event::Voided { voucher_id, .. } => {
+            engine::domain::event::Event::Authorized { voucher_id, postings, .. } | engine::domain::event::Event::Voided { voucher_id, reversal: postings, .. }
+                if !postings.is_empty() =>
+            {
                 self.royalty.sales.get(voucher_id).map_or("", |sale| sale.currency.as_str())
             }
             _ => "",

@@ -52,9 +52,18 @@ pub struct Entry {
     pub played_ms: u64,
 }
 
+/// Room for an encoded entry: its field names alone take about 230 bytes, and the writer
+/// grows from this instead of from nothing (three or four copies for a typical entry).
+const ENTRY_ENCODED_BYTES: usize = 512;
+
 impl Entry {
-    fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("an Entry of strings and integers always serializes")
+    /// The entry's bytes as the chain encrypts them: its serde_json encoding, which is also
+    /// what the usage digest hashes (`royalty_log::usage_digest`), so a caller that needs
+    /// both can encode once and use `Chain::append_encoded`.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(ENTRY_ENCODED_BYTES);
+        serde_json::to_writer(&mut bytes, self).expect("an Entry of strings and integers always serializes");
+        bytes
     }
 }
 
@@ -109,12 +118,13 @@ pub fn aad(epoch: u64, index: u64) -> [u8; 16] {
     aad
 }
 
-/// `Y_j = blake3(Y_{j-1} ‖ C_j)`.
+/// `Y_j = blake3(Y_{j-1} ‖ C_j)` (`crypto::hash` of the concatenation), hashed in two
+/// parts rather than copied into one buffer first.
 pub fn running_hash(y_prev: &[u8; 32], ciphertext: &[u8]) -> [u8; 32] {
-    let mut bytes = Vec::with_capacity(32 + ciphertext.len());
-    bytes.extend_from_slice(y_prev);
-    bytes.extend_from_slice(ciphertext);
-    crypto::hash(&bytes)
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(y_prev);
+    hasher.update(ciphertext);
+    *hasher.finalize().as_bytes()
 }
 
 /// The chain's position: the secret for the next entry and the last running hash. Used
@@ -191,8 +201,13 @@ impl Chain {
 
     /// Appends an entry: encrypts it under `K_j` and extends the hash and MAC chains.
     pub fn append(&mut self, entry: &Entry) -> ChainedEntry {
+        self.append_encoded(&entry.encode())
+    }
+
+    /// As `append`, for an entry already encoded (`Entry::encode`): the same chained entry.
+    pub fn append_encoded(&mut self, encoded: &[u8]) -> ChainedEntry {
         let entry_key = self.next_entry_key();
-        let ciphertext = crypto::aead_seal(&entry_key, &nonce(), &aad(self.epoch, self.next_index), &entry.encode());
+        let ciphertext = crypto::aead_seal(&entry_key, &nonce(), &aad(self.epoch, self.next_index), encoded);
         let y = running_hash(&self.y_prev, &ciphertext);
         let z = crypto::hmac_sha256(self.a.expose(), &y);
         let chained = ChainedEntry { epoch: self.epoch, index: self.next_index, ciphertext, y, z };

@@ -3,7 +3,7 @@
 //!
 //! The rows and the points holds are the state; the expiry index and the status counts are
 //! a function of the rows (the store rebuilds them at load, `index_row`), so the projection store persists
-//! rows and holds only. The rows are a `store::Rows`: in memory for replays and audits,
+//! rows and holds only (the holds' index by voucher is rebuilt from them too). The rows are a `store::Rows`: in memory for replays and audits,
 //! cold in the projection store for a store-backed `Live` (only the rows changed since the
 //! last commit stay in memory), so the engine's memory does not grow with the number of
 //! vouchers. The expiry index holds Pending vouchers only and the holds unsettled points,
@@ -40,6 +40,13 @@ pub struct VoucherBook {
     expiry: BTreeSet<(Millis, VoucherId)>,
     /// Points held and not yet posted or released, by expiry time.
     pub holds: BTreeSet<Hold>,
+    /// The same holds by voucher (each with its expiry and account): HoldPosted and
+    /// HoldReleased name a hold by account and voucher only, and `holds` is ordered by
+    /// expiry, so without this they would scan every hold (holds left by interrupted sagas
+    /// stay until the sweeper settles them, so there can be many). A function of `holds`
+    /// (`hold_index_of`), changed with it in `hold` and `settle`, each list in `holds`'
+    /// order, so that it is the same however it was built (the store rebuilds it).
+    holds_by_voucher: BTreeMap<VoucherId, Vec<(Millis, AccountId)>>,
     /// Holds changed since the projection store last committed this book (rows note
     /// their own changes).
     pub(crate) touched_holds: Touched<Hold>,
@@ -82,25 +89,17 @@ impl VoucherBook {
                 let row = VoucherRow { merchant: merchant_id.clone(), status: VoucherStatus::Pending, expires_at: *expires_at, media_delivered: 0 };
                 // A second Reserved for the same voucher (only in a malformed stream) replaces
                 // the row; its old index entries go too, so the indexes stay a function of
-                // the rows, which is what lets the store persist rows only.
-                if let Some(old) = self.vouchers.insert(voucher_id.clone(), row.clone()) {
-                    self.unindex(voucher_id, &old);
+                // the rows, which is what lets the store persist rows only. The indexes need
+                // only the row's status and expiry, so the row itself moves into the rows.
+                let (status, expires_at) = (row.status, row.expires_at);
+                if let Some(old) = self.vouchers.insert(voucher_id.clone(), row) {
+                    self.unindex(voucher_id, old.status, old.expires_at);
                 }
-                self.index(voucher_id, &row);
+                self.index(voucher_id, status, expires_at);
             }
             Event::Authorized { voucher_id, .. } => self.set_status(voucher_id, VoucherStatus::Authorized),
-            Event::PointsHeld { account_id, voucher_id, expires_at, .. } => {
-                let hold = (*expires_at, account_id.clone(), voucher_id.clone());
-                self.touched_holds.touch(&hold);
-                self.holds.insert(hold);
-            }
-            Event::HoldPosted { account_id, voucher_id, .. } | Event::HoldReleased { account_id, voucher_id, .. } => {
-                let settled: Vec<Hold> = self.holds.iter().filter(|(_, account, voucher)| account == account_id && voucher == voucher_id).cloned().collect();
-                for hold in settled {
-                    self.holds.remove(&hold);
-                    self.touched_holds.touch(&hold);
-                }
-            }
+            Event::PointsHeld { account_id, voucher_id, expires_at, .. } => self.hold(*expires_at, account_id, voucher_id),
+            Event::HoldPosted { account_id, voucher_id, .. } | Event::HoldReleased { account_id, voucher_id, .. } => self.settle(account_id, voucher_id),
             Event::Voided { voucher_id, .. } => self.set_status(voucher_id, VoucherStatus::Voided),
             Event::VoucherIssued { voucher_id, .. } | Event::DeliveryFailed { voucher_id, .. } => self.set_status(voucher_id, VoucherStatus::Issued),
             Event::RedemptionAccepted { voucher_id, .. } => self.set_status(voucher_id, VoucherStatus::Redeeming),
@@ -119,6 +118,40 @@ impl VoucherBook {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Adds a hold to `holds` and to its index.
+    fn hold(&mut self, expires_at: Millis, account_id: &AccountId, voucher_id: &VoucherId) {
+        let hold = (expires_at, account_id.clone(), voucher_id.clone());
+        self.touched_holds.touch(&hold);
+        // A repeated PointsHeld (only in a malformed stream) is one hold, in the index too.
+        if self.holds.insert(hold) {
+            // Kept in `holds`' order, so that the index is the same however it was built.
+            let held = self.holds_by_voucher.entry(voucher_id.clone()).or_default();
+            let entry = (expires_at, account_id.clone());
+            let at = held.binary_search(&entry).unwrap_or_else(|at| at);
+            held.insert(at, entry);
+        }
+    }
+
+    /// Removes every hold of `account_id` for `voucher_id` (whatever its expiry), as the
+    /// index finds them: one lookup by voucher, not a scan of every hold.
+    fn settle(&mut self, account_id: &AccountId, voucher_id: &VoucherId) {
+        let Some(held) = self.holds_by_voucher.get_mut(voucher_id) else { return };
+        let mut index = 0;
+        while index < held.len() {
+            if held[index].1 != *account_id {
+                index += 1;
+                continue;
+            }
+            let (expires_at, account) = held.remove(index);
+            let hold = (expires_at, account, voucher_id.clone());
+            self.holds.remove(&hold);
+            self.touched_holds.touch(&hold);
+        }
+        if held.is_empty() {
+            self.holds_by_voucher.remove(voucher_id);
         }
     }
 
@@ -143,29 +176,29 @@ impl VoucherBook {
         self.counts[status_index(status)] += 1;
     }
 
-    /// Adds a row's entries to the expiry index and the counts.
-    fn index(&mut self, voucher_id: &VoucherId, row: &VoucherRow) {
-        self.counts[status_index(row.status)] += 1;
-        if row.status == VoucherStatus::Pending {
-            self.expiry.insert((row.expires_at, voucher_id.clone()));
+    /// Adds the entries of a row (its status and expiry) to the expiry index and the counts.
+    fn index(&mut self, voucher_id: &VoucherId, status: VoucherStatus, expires_at: Millis) {
+        self.counts[status_index(status)] += 1;
+        if status == VoucherStatus::Pending {
+            self.expiry.insert((expires_at, voucher_id.clone()));
         }
     }
 
-    /// Removes a row's entries from the expiry index and the counts.
-    fn unindex(&mut self, voucher_id: &VoucherId, row: &VoucherRow) {
-        self.counts[status_index(row.status)] -= 1;
-        self.expiry.remove(&(row.expires_at, voucher_id.clone()));
+    /// Removes the entries of a row (its status and expiry) from the expiry index and the counts.
+    fn unindex(&mut self, voucher_id: &VoucherId, status: VoucherStatus, expires_at: Millis) {
+        self.counts[status_index(status)] -= 1;
+        self.expiry.remove(&(expires_at, voucher_id.clone()));
     }
 
     /// A book whose rows are in the projection store, with the indexes the store rebuilt
     /// while it checked the rows (`index_row` for each).
     pub(crate) fn stored(vouchers: Rows<VoucherRows>, indexes: VoucherBook, holds: BTreeSet<Hold>) -> Self {
-        VoucherBook { vouchers, holds, ..indexes }
+        VoucherBook { vouchers, holds_by_voucher: hold_index_of(&holds), holds, ..indexes }
     }
 
     /// Adds one stored row to the indexes only (the store keeps the row itself).
     pub(crate) fn index_row(&mut self, voucher_id: &VoucherId, row: &VoucherRow) {
-        self.index(voucher_id, row);
+        self.index(voucher_id, row.status, row.expires_at);
     }
 
     /// Starts noting changed rows and holds for the projection store.
@@ -210,6 +243,15 @@ impl VoucherBook {
     }
 }
 
+/// The index of `holds` by voucher (`VoucherBook::holds_by_voucher`), built from scratch.
+fn hold_index_of(holds: &BTreeSet<Hold>) -> BTreeMap<VoucherId, Vec<(Millis, AccountId)>> {
+    let mut index: BTreeMap<VoucherId, Vec<(Millis, AccountId)>> = BTreeMap::new();
+    for (expires_at, account, voucher) in holds {
+        index.entry(voucher.clone()).or_default().push((*expires_at, account.clone()));
+    }
+    index
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -242,5 +284,97 @@ mod tests {
         assert_eq!(book.due(Millis(25), 10), vec![VoucherId::new("a"), VoucherId::new("b")]);
         assert_eq!(book.set_sizes().get(&PurchaseSet::Pending), Some(&2));
         assert_eq!(book.by_merchant(&MerchantId::new("m")).len(), 3);
+    }
+
+    fn held(account: &str, voucher: &str, expires_at: i64) -> Event {
+        Event::PointsHeld { account_id: AccountId::new(account), voucher_id: VoucherId::new(voucher), amount: 1, expires_at: Millis(expires_at) }
+    }
+
+    fn posted(account: &str, voucher: &str) -> Event {
+        Event::HoldPosted { account_id: AccountId::new(account), voucher_id: VoucherId::new(voucher), amount: 1 }
+    }
+
+    fn released(account: &str, voucher: &str) -> Event {
+        Event::HoldReleased { account_id: AccountId::new(account), voucher_id: VoucherId::new(voucher), amount: 1, reason: VoidReason::TimedOut }
+    }
+
+    /// What settling meant before the index: every hold of the account for the voucher,
+    /// found by a scan of all holds.
+    fn settled_by_scan(holds: &mut BTreeSet<Hold>, account: &str, voucher: &str) {
+        holds.retain(|(_, a, v)| !(a.as_str() == account && v.as_str() == voucher));
+    }
+
+    #[test]
+    fn a_hold_is_settled_through_the_index_by_account_and_voucher() {
+        let mut book = VoucherBook::default();
+        for event in [held("a", "v1", 30), held("a", "v1", 10), held("b", "v1", 20), held("a", "v2", 5), held("a", "v1", 10)] {
+            book.apply(&event);
+        }
+        assert_eq!(book.holds.len(), 4, "the repeated hold is one");
+        assert_eq!(book.holds_by_voucher, hold_index_of(&book.holds), "the index is in step, in holds' order");
+        book.apply(&posted("a", "v1"));
+        let left: Vec<Hold> = book.holds.iter().cloned().collect();
+        assert_eq!(left, vec![(Millis(5), AccountId::new("a"), VoucherId::new("v2")), (Millis(20), AccountId::new("b"), VoucherId::new("v1"))], "both of a's holds for v1 went, whatever their expiry");
+        book.apply(&released("b", "v1"));
+        book.apply(&released("a", "v9"));
+        assert_eq!(book.holds.len(), 1);
+        assert_eq!(book.holds_by_voucher, hold_index_of(&book.holds));
+        assert!(!book.holds_by_voucher.contains_key(&VoucherId::new("v1")), "a voucher without holds leaves the index");
+    }
+
+    #[test]
+    fn an_index_out_of_step_with_the_holds_would_leave_a_hold_unsettled() {
+        // Negative control: the index, not a scan, is what finds a hold to settle, so one
+        // out of step with `holds` is visible both to the check the tests use and in the result.
+        let mut book = VoucherBook::default();
+        book.apply(&held("a", "v1", 10));
+        book.holds_by_voucher.clear();
+        assert_ne!(book.holds_by_voucher, hold_index_of(&book.holds), "the check sees an index out of step");
+        book.apply(&posted("a", "v1"));
+        assert_eq!(book.holds.len(), 1, "the hold the index lost is not settled");
+    }
+
+    #[test]
+    fn a_stored_book_rebuilds_the_hold_index() {
+        let mut book = VoucherBook::default();
+        for event in [held("b", "v1", 20), held("a", "v1", 20), held("a", "v2", 5), posted("a", "v2"), held("c", "v3", 1)] {
+            book.apply(&event);
+        }
+        let stored = VoucherBook::stored(book.vouchers.clone(), VoucherBook::default(), book.holds.clone());
+        assert_eq!(stored, book, "the same book, index included, however it was built");
+        let mut stored = stored;
+        stored.apply(&released("a", "v1"));
+        book.apply(&released("a", "v1"));
+        assert_eq!(stored.holds, book.holds);
+        assert_eq!(stored.holds.len(), 2);
+    }
+
+    proptest::proptest! {
+        /// The index settles exactly the holds a scan of every hold would, and stays a
+        /// function of the holds, over any mix of holds, posts and releases.
+        #[test]
+        fn the_hold_index_settles_what_a_scan_would(ops in proptest::collection::vec((0u8..3, 0u8..3, 0u8..4, 0i64..4), 0..60)) {
+            let mut book = VoucherBook::default();
+            let mut model: BTreeSet<Hold> = BTreeSet::new();
+            for (op, account, voucher, expires_at) in ops {
+                let (account, voucher) = (format!("a{account}"), format!("v{voucher}"));
+                match op {
+                    0 => {
+                        book.apply(&held(&account, &voucher, expires_at));
+                        model.insert((Millis(expires_at), AccountId::new(&account), VoucherId::new(&voucher)));
+                    }
+                    1 => {
+                        book.apply(&posted(&account, &voucher));
+                        settled_by_scan(&mut model, &account, &voucher);
+                    }
+                    _ => {
+                        book.apply(&released(&account, &voucher));
+                        settled_by_scan(&mut model, &account, &voucher);
+                    }
+                }
+                proptest::prop_assert_eq!(&book.holds, &model);
+                proptest::prop_assert_eq!(&book.holds_by_voucher, &hold_index_of(&book.holds));
+            }
+        }
     }
 }

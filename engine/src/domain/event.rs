@@ -51,6 +51,18 @@ impl AggregateRef {
     pub fn subject(&self) -> String {
         format!("vs.{}.{}", self.kind.subject_token(), self.id)
     }
+
+    /// Whether `subject` is this aggregate's `subject()`, without building it: projections
+    /// check every stored event's subject, and a string built per event only to compare it
+    /// was one allocation of the replay's per event.
+    pub fn has_subject(&self, subject: &str) -> bool {
+        subject.strip_prefix("vs.").and_then(|rest| rest.strip_prefix(self.kind.subject_token())).and_then(|rest| rest.strip_prefix('.')) == Some(self.id.as_str())
+    }
+
+    /// Whether this is the aggregate of kind `kind` and id `id` (`Event::aggregate_key`).
+    pub fn is(&self, kind: AggregateKind, id: &str) -> bool {
+        self.kind == kind && self.id == id
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -258,8 +270,15 @@ pub enum Event {
 impl Event {
     /// The aggregate this event belongs to (and so the subject it is appended on).
     pub fn aggregate(&self) -> AggregateRef {
+        let (kind, id) = self.aggregate_key();
+        AggregateRef::new(kind, id)
+    }
+
+    /// The kind and id of `aggregate()`, borrowed: what checking an envelope against its
+    /// event needs, without copying the id.
+    pub fn aggregate_key(&self) -> (AggregateKind, &str) {
         use AggregateKind as K;
-        let (kind, id): (AggregateKind, &str) = match self {
+        match self {
             Event::MediaPublished(e) => (K::Media, e.media_id.as_str()),
             Event::MediaWithdrawn { media_id, .. } | Event::PriceChanged { media_id, .. } => (K::Media, media_id.as_str()),
             Event::MerchantRegistered { merchant_id, .. } | Event::MerchantSuspended { merchant_id, .. } => {
@@ -292,8 +311,7 @@ impl Event {
                 (K::Order, order_id.as_str())
             }
             Event::ConfigChanged { .. } => (K::Config, "engine"),
-        };
-        AggregateRef::new(kind, id)
+        }
     }
 
     /// A short stable name, for logs, metrics and findings.
@@ -347,4 +365,64 @@ pub struct Recorded {
     /// The command that produced the event ("Reserve", "Expire" …).
     pub command: String,
     pub event: Event,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const KINDS: [AggregateKind; 11] = [
+        AggregateKind::Voucher,
+        AggregateKind::Media,
+        AggregateKind::Merchant,
+        AggregateKind::Node,
+        AggregateKind::Consumer,
+        AggregateKind::Account,
+        AggregateKind::Order,
+        AggregateKind::Preview,
+        AggregateKind::Report,
+        AggregateKind::Config,
+        AggregateKind::Auditor,
+    ];
+
+    #[test]
+    fn has_subject_is_equality_with_the_built_subject() {
+        let voucher = AggregateRef::new(AggregateKind::Voucher, "v1");
+        assert!(voucher.has_subject("vs.voucher.v1"));
+        // Negative controls: every near miss is refused, as comparing with `subject()` does.
+        for other in ["vs.voucher.v12", "vs.voucher.v", "vs.voucher.", "vs.voucher", "vs.vouchers.v1", "vs.media.v1", "xs.voucher.v1", "voucher.v1", "vs.voucher.V1", "vs.voucher..v1", ""] {
+            assert!(!voucher.has_subject(other), "{other}");
+        }
+        let dotted = AggregateRef::new(AggregateKind::Node, "a.b");
+        assert!(dotted.has_subject("vs.node.a.b") && !dotted.has_subject("vs.node.a"));
+        assert!(AggregateRef::new(AggregateKind::Config, "").has_subject("vs.config."));
+    }
+
+    proptest! {
+        #[test]
+        fn has_subject_agrees_with_subject(kind in 0..KINDS.len(), other in 0..KINDS.len(), id in "[a-z.]{0,6}", candidate in "(vs\\.)?[a-z.]{0,14}", cut in 0usize..20) {
+            let aggregate = AggregateRef::new(KINDS[kind], id.clone());
+            let subject = aggregate.subject();
+            prop_assert!(aggregate.has_subject(&subject));
+            let near = [
+                candidate.clone(),
+                subject[..cut.min(subject.len())].to_string(),
+                format!("{subject}{candidate}"),
+                AggregateRef::new(KINDS[other], id.clone()).subject(),
+                AggregateRef::new(KINDS[kind], candidate.clone()).subject(),
+            ];
+            for candidate in near {
+                prop_assert_eq!(aggregate.has_subject(&candidate), candidate == subject, "{}", candidate);
+            }
+        }
+    }
+
+    #[test]
+    fn aggregate_key_is_aggregate_borrowed() {
+        let event = Event::NodeDrained { node_id: NodeId::new("n1") };
+        assert_eq!(event.aggregate_key(), (AggregateKind::Node, "n1"));
+        assert!(event.aggregate().is(AggregateKind::Node, "n1"));
+        assert!(!event.aggregate().is(AggregateKind::Node, "n2") && !event.aggregate().is(AggregateKind::Media, "n1"));
+    }
 }

@@ -6,7 +6,7 @@
 //! What does not live here: how the log backends store these bytes (the EventLog
 //! conformance suite) and whether an event's contents make sense (the domain's `decide`).
 
-use super::{DecodeError, SCHEMA_VERSION, decode, encode};
+use super::{DecodeError, SCHEMA_VERSION, decode, decode_shared, encode};
 use crate::domain::event::{
     Actor, ActorKind, AggregateKind, AggregateRef, Event, LedgerAccountKind, MediaPublished, Payment, Posting, PreviewClip,
     Recorded, Rendition, ReservedItem, RightsReportSealed, RoyaltyTerms, VoidReason,
@@ -571,7 +571,8 @@ fn every_example_encodes_to_the_fields_the_schema_names_and_back() {
         let bytes = encode(&recorded);
         let written = pb::Envelope::decode(bytes.as_slice()).expect("encode writes a protobuf envelope");
         assert_eq!(written, expected, "{name}: encode must write each field where the schema names it");
-        assert_eq!(decode(&expected.encode_to_vec()), Ok(recorded), "{name}: decode must read each field from where the schema names it");
+        assert_eq!(decode(&expected.encode_to_vec()), Ok(recorded.clone()), "{name}: decode must read each field from where the schema names it");
+        assert_eq!(decode_shared(&bytes::Bytes::from(bytes)), Ok(recorded), "{name}: decode_shared reads what decode reads");
     }
 }
 
@@ -919,6 +920,8 @@ fn mutate(bytes: &mut Vec<u8>, mutation: &Mutation) {
 /// Whatever `decode` accepts must be an event `encode` can write and read back unchanged:
 /// the decoder never hands the domain a value the wire cannot represent.
 fn check_decoded_is_canonical(bytes: &[u8]) -> Result<(), TestCaseError> {
+    // Decoding from a shared payload gives the same event or the same error.
+    prop_assert_eq!(decode_shared(&bytes::Bytes::copy_from_slice(bytes)), decode(bytes));
     if let Ok(decoded) = decode(bytes) {
         prop_assert_eq!(&decoded.aggregate, &decoded.event.aggregate());
         prop_assert_eq!(decode(&encode(&decoded)), Ok(decoded));
