@@ -16,6 +16,9 @@ use support::{engine_public, generate, keyed, master, VecLog};
 
 const SEAL_EVERY_USAGES: u64 = 1_000;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// CPU time used by this process so far (user and system, every thread).
 fn cpu_time() -> Duration {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
