@@ -32,11 +32,6 @@
 //! - async-nats 0.51 ignores credentials in a server URL (nats.rs #1623: CONNECT goes out
 //!   with no user), so `connect` takes `user:password@` (or a bare `token@`) from the URL
 //!   itself and passes it as a connect option.
-//! - `follow` is fed by the connection's own appends as their acks arrive (the append
-//!   tap, `Tap`): the engine's projections follow its own writes, and a consumer would
-//!   cost the server about as much per event as storing it. The consumer stays the
-//!   authority: the follower starts on one, and goes back to one whenever the tap misses a
-//!   sequence (another writer's event, a lost ack), lags, or the connection is re-established.
 //! - `follow` does not trust any client's ordered consumer (nats.go #2107, nats.rs #585):
 //!   it runs its own ephemeral pull consumer and checks both the consumer sequence (nothing
 //!   lost inside one consumer) and the stream sequence (contiguous; the stream denies
@@ -131,22 +126,6 @@ pub const FOLLOW_RETRY_DELAY_MAX_MS: u64 = 2_000;
 /// Consecutive consumers that skip the same sequence before `follow` reports the stream as
 /// corrupt instead of recreating again (the stream denies deletes, so a gap is never real).
 pub const FOLLOW_GAPS_MAX: u32 = 5;
-/// Own appends a `follow` can be behind on before it reads from a consumer instead
-/// (`AppendTap`); the bound of the tap's channel.
-pub const TAP_EVENTS_MAX: usize = 8_192;
-/// How long a `follow` fed by the tap waits for a missing sequence before it reads from a
-/// consumer, while none of the connection's appends awaits its ack: the sequence is then
-/// another writer's event.
-pub const TAP_GAP_WAIT_MS: u64 = 50;
-/// The same wait while some of the connection's appends await their acks: the missing
-/// sequence is most likely one of them (acks come back out of order, and late under load).
-pub const TAP_GAP_WAIT_APPENDING_MS: u64 = 250;
-/// How often a `follow` fed by the tap, with nothing to yield, asks the stream for its last
-/// sequence, to notice other writers' events: the longest they wait to be followed.
-pub const TAP_IDLE_CHECK_MS: u64 = 100;
-/// After the tap missed events, how long `follow` stays on its consumer before it tries
-/// the tap again (so a steady other writer does not make it switch back and forth).
-pub const TAP_RESUME_AFTER_MS: u64 = 2_000;
 /// How long `read_from` waits for an event below the last sequence before failing.
 pub const READ_EVENT_WAIT_MS: u64 = 10_000;
 
@@ -228,27 +207,6 @@ pub struct JetStreamLog {
     group_commit: Option<std::sync::Arc<GroupCommit>>,
     /// Batched direct gets for `read_subject`.
     direct: direct::DirectBatches,
-    /// This connection's own appends, as their acks arrive, for its `follow` streams.
-    tap: tokio::sync::broadcast::Sender<StoredEvent>,
-    /// This connection's appends awaiting their acks (a tapped append counts until it is
-    /// in the tap).
-    appending: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-}
-
-/// Counts an append in `JetStreamLog::appending` until dropped, however the append ends.
-struct Appending<'a>(&'a std::sync::atomic::AtomicUsize);
-
-impl<'a> Appending<'a> {
-    fn start(count: &'a std::sync::atomic::AtomicUsize) -> Self {
-        count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        Appending(count)
-    }
-}
-
-impl Drop for Appending<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-    }
 }
 
 /// What a read-only connection answers to an append or a node-feed operation.
@@ -306,8 +264,6 @@ impl JetStreamLog {
             nodes: Some(nodes),
             group_commit,
             direct,
-            tap: tokio::sync::broadcast::channel(TAP_EVENTS_MAX).0,
-            appending: std::sync::Arc::default(),
         })
     }
 
@@ -340,8 +296,6 @@ impl JetStreamLog {
             nodes: None,
             group_commit: None,
             direct,
-            tap: tokio::sync::broadcast::channel(TAP_EVENTS_MAX).0,
-            appending: std::sync::Arc::default(),
         })
     }
 
@@ -518,9 +472,6 @@ impl EventLog for JetStreamLog {
                 );
             }
         }
-        // What the tap hands to this connection's followers once the append is acked.
-        let tapped = (self.tap.receiver_count() > 0).then(|| request.payload.clone());
-        let _appending = Appending::start(&self.appending);
         let published = match &self.group_commit {
             Some(group) => group.publish(request.subject.clone(), headers, request.payload).await?,
             None => {
@@ -535,17 +486,10 @@ impl EventLog for JetStreamLog {
             }
         };
         Ok(match published {
-            Published::Acked(ack) => {
-                // A duplicate names an event stored earlier, which its own append tapped
-                // (or another writer stored): never tapped twice.
-                if let Some(payload) = tapped
-                    && !ack.duplicate
-                {
-                    // No follower listening is not an error.
-                    let _ = self.tap.send(StoredEvent { seq: Seq(ack.sequence), subject: request.subject.clone(), payload });
-                }
-                Ok(Appended { seq: Seq(ack.sequence), duplicate: ack.duplicate })
-            }
+            Published::Acked(ack) => Ok(Appended {
+                seq: Seq(ack.sequence),
+                duplicate: ack.duplicate,
+            }),
             Published::WrongLastSequence(actual) => {
                 let actual = actual.filter(|seq| *seq > 0);
                 if let Some(original) = self
@@ -623,12 +567,7 @@ impl EventLog for JetStreamLog {
     }
 
     fn follow(&self, from: Seq) -> BoxStream<'static, Result<StoredEvent, ReadError>> {
-        let connection = self.context.client().statistics();
-        let mut follower = Follower::new(self.events.clone(), std::sync::Arc::clone(&connection), None, from.0);
-        // Subscribed before anything else, so no append acked from here on is missed; a
-        // reconnection from here on sends the follower to a consumer.
-        follower.tap = Some(Tap { events: self.tap.subscribe(), waiting: std::collections::BTreeMap::new(), on_consumer: true, resume_at: Instant::now(), stream_last: 0, appending: std::sync::Arc::clone(&self.appending), recent: std::collections::VecDeque::new() });
-        follower.connects = connection.connects.load(std::sync::atomic::Ordering::Relaxed);
+        let follower = Follower::new(self.events.clone(), self.context.client().statistics(), None, from.0);
         futures::stream::unfold(follower, Follower::next_event).boxed()
     }
 }
@@ -1557,70 +1496,6 @@ struct Follower {
     /// Consecutive recreations for a gap at `next`.
     gaps: u32,
     finished: bool,
-    /// The connection's own appends (`follow` on the primary stream only).
-    tap: Option<Tap>,
-    /// The current consumer's name, deleted when the tap takes over.
-    consumer_name: Option<String>,
-    /// The consumer's last delivery left nothing pending: the tap may take over.
-    consumer_caught_up: bool,
-}
-
-/// A follower's side of the append tap: acks come back out of order, so events wait here
-/// until they are next.
-///
-/// While the tap has every event, the follower needs no consumer, and the server delivers
-/// nothing twice (the engine's projections follow its own appends: a consumer would cost
-/// the server about as much per event as storing it). The consumer stays the authority:
-/// a sequence missing for `TAP_GAP_WAIT_MS` (another writer's event, an append whose ack
-/// was lost), an idle check that finds the stream ahead, a lagging channel, or a
-/// reconnection (after which the stream may have gone back: `start` checks) each send the
-/// follower to a consumer, from `next`, for at least `TAP_RESUME_AFTER_MS`. Either way it
-/// yields exactly the sequences `next, next + 1, …`, each once.
-struct Tap {
-    events: tokio::sync::broadcast::Receiver<StoredEvent>,
-    /// Tapped events at or after `next`, by sequence; at most `TAP_EVENTS_MAX`.
-    waiting: std::collections::BTreeMap<u64, StoredEvent>,
-    /// Whether the follower reads from a consumer; it starts on one (events stored before
-    /// the follow never come through the tap).
-    on_consumer: bool,
-    /// While on a consumer: when the tap may take over again.
-    resume_at: Instant,
-    /// The stream's last sequence when it was last asked: the tap must bring everything up
-    /// to it.
-    stream_last: u64,
-    /// `JetStreamLog::appending`.
-    appending: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    /// The sequences and content hashes of the last `TAP_EVENTS_MAX` events followed,
-    /// contiguous: a late tapped event before `next` must be one of them, byte for byte.
-    recent: std::collections::VecDeque<(u64, [u8; 32])>,
-}
-
-impl Tap {
-    /// Whether `event` (before `next`) is the event followed at its sequence, as far as the
-    /// recent ones tell.
-    fn followed(&self, event: &StoredEvent) -> bool {
-        let Some(&(first, _)) = self.recent.front() else { return false };
-        let index = event.seq.0.checked_sub(first).and_then(|index| usize::try_from(index).ok());
-        index.and_then(|index| self.recent.get(index)).is_some_and(|&(seq, hash)| seq == event.seq.0 && hash == event_hash(&event.subject, &event.payload))
-    }
-
-    /// Notes a followed event among the recent ones.
-    fn remember(&mut self, seq: u64, hash: [u8; 32]) {
-        if self.recent.back().is_some_and(|&(last, _)| last + 1 != seq) {
-            self.recent.clear();
-        }
-        if self.recent.len() == TAP_EVENTS_MAX {
-            self.recent.pop_front();
-        }
-        self.recent.push_back((seq, hash));
-    }
-}
-
-/// What the tap gave a follower that is not on a consumer.
-enum Tapped {
-    Event(StoredEvent),
-    /// Go to a consumer from `next` (the reason is logged at debug level).
-    Consumer(&'static str),
 }
 
 /// What `Follower` remembers of an event it yielded: its subject and payload, hashed.
@@ -1647,139 +1522,6 @@ impl Follower {
             failures: 0,
             gaps: 0,
             finished: false,
-            tap: None,
-            consumer_name: None,
-            consumer_caught_up: false,
-        }
-    }
-
-    /// The next event from the tap, when the follower is not on a consumer and the tap may
-    /// serve it (`Tap`).
-    async fn from_tap(&mut self) -> Option<Tapped> {
-        let (next, connects) = (self.next, self.connects);
-        let tap = self.tap.as_mut()?;
-        if tap.on_consumer {
-            return None;
-        }
-        let reconnected = || self.connection.connects.load(std::sync::atomic::Ordering::Relaxed) != connects;
-        let mut idle_check_at = Instant::now() + Duration::from_millis(TAP_IDLE_CHECK_MS);
-        // Since when `next` has been missing while the tap holds later events, or the
-        // stream said it holds `next`.
-        let mut gap_since: Option<Instant> = None;
-        loop {
-            if reconnected() {
-                return Some(Tapped::Consumer("the connection was re-established"));
-            }
-            if let Some(event) = tap.waiting.remove(&next) {
-                return Some(Tapped::Event(event));
-            }
-            let gap = !tap.waiting.is_empty() || tap.stream_last >= next;
-            let deadline = match gap {
-                true => {
-                    let since = *gap_since.get_or_insert_with(Instant::now);
-                    match tap.appending.load(std::sync::atomic::Ordering::Acquire) {
-                        0 => since + Duration::from_millis(TAP_GAP_WAIT_MS),
-                        _ => since + Duration::from_millis(TAP_GAP_WAIT_APPENDING_MS),
-                    }
-                }
-                false => idle_check_at,
-            };
-            // A gap's deadline depends on the appends in flight: looked at again at least
-            // every `TAP_GAP_WAIT_MS`.
-            let wake = match gap {
-                true => deadline.min(Instant::now() + Duration::from_millis(TAP_GAP_WAIT_MS)),
-                false => deadline,
-            };
-            match tokio::time::timeout_at(wake.into(), tap.events.recv()).await {
-                Ok(Ok(event)) if event.seq.0 < next => {
-                    // A late ack of an event the follower took from a consumer, or an own
-                    // append that took a sequence already followed: the stream went back.
-                    if !tap.followed(&event) {
-                        return Some(Tapped::Consumer("an own append took a sequence already followed, with other contents"));
-                    }
-                }
-                Ok(Ok(event)) => {
-                    if tap.waiting.len() >= TAP_EVENTS_MAX {
-                        return Some(Tapped::Consumer("too many tapped events wait for a missing sequence"));
-                    }
-                    tap.waiting.insert(event.seq.0, event);
-                }
-                Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => return Some(Tapped::Consumer("the tap overflowed")),
-                Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => return Some(Tapped::Consumer("the log was dropped")),
-                Err(_) if gap && Instant::now() < deadline => {}
-                Err(_) if gap => return Some(Tapped::Consumer("a sequence did not come through the tap")),
-                Err(_) => {
-                    // Idle: has another writer appended? If the stream holds `next`, the
-                    // tap gets `TAP_GAP_WAIT_MS` to bring it (its ack may be on the way).
-                    match self.stream.get_info().await {
-                        Ok(info) if info.state.last_sequence + 1 < next => {
-                            return Some(Tapped::Consumer("the stream is shorter than what was followed"));
-                        }
-                        Ok(info) => {
-                            tap.stream_last = tap.stream_last.max(info.state.last_sequence);
-                            idle_check_at = Instant::now() + Duration::from_millis(TAP_IDLE_CHECK_MS);
-                        }
-                        Err(_) => return Some(Tapped::Consumer("the stream could not be asked for its last sequence")),
-                    }
-                }
-            }
-        }
-    }
-
-    /// The follower goes to a consumer from `next` for `TAP_RESUME_AFTER_MS`.
-    fn leave_tap(&mut self, reason: &str) {
-        tracing::debug!(next = self.next, reason, "follow: reading from a consumer");
-        if let Some(tap) = self.tap.as_mut() {
-            tap.on_consumer = true;
-            tap.resume_at = Instant::now() + Duration::from_millis(TAP_RESUME_AFTER_MS);
-        }
-    }
-
-    /// Hands the follower from its consumer to the tap when the tap may take over and
-    /// already holds `next`; otherwise keeps the tap's channel drained.
-    fn drain_tap(&mut self) {
-        let next = self.next;
-        let Some(tap) = self.tap.as_mut() else { return };
-        loop {
-            match tap.events.try_recv() {
-                Ok(event) if event.seq.0 >= next && tap.waiting.len() < TAP_EVENTS_MAX => {
-                    tap.waiting.insert(event.seq.0, event);
-                }
-                Ok(_) => {}
-                Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => tap.waiting.clear(),
-                Err(_) => break,
-            }
-        }
-        // What the consumer already yielded is no longer waited for.
-        tap.waiting = tap.waiting.split_off(&next);
-        // The tap takes over once it holds `next`, or once the consumer has delivered all
-        // it had (what follows comes through the tap, or its gap and idle checks notice).
-        if tap.on_consumer && Instant::now() >= tap.resume_at && (tap.waiting.contains_key(&next) || self.consumer_caught_up) {
-            tap.on_consumer = false;
-            tap.stream_last = 0;
-            self.messages = None;
-            // Best effort: a consumer left behind expires after CONSUMER_INACTIVE_MS.
-            if let Some(name) = self.consumer_name.take() {
-                let stream = self.stream.clone();
-                tokio::spawn(async move { stream.delete_consumer(&name).await });
-            }
-            tracing::debug!(next, "follow: on the tap");
-        }
-    }
-
-    /// Yields a tapped event (the same bookkeeping as one from a consumer).
-    fn yield_event(&mut self, event: StoredEvent) -> StoredEvent {
-        self.gaps = 0;
-        self.next = event.seq.0 + 1;
-        self.followed(event.seq.0, event_hash(&event.subject, &event.payload));
-        event
-    }
-
-    /// Notes the event just yielded (`last`, and the tap's recent ones).
-    fn followed(&mut self, seq: u64, hash: [u8; 32]) {
-        self.last = Some((seq, hash));
-        if let Some(tap) = self.tap.as_mut() {
-            tap.remember(seq, hash);
         }
     }
 
@@ -1787,22 +1529,6 @@ impl Follower {
         loop {
             if self.finished {
                 return None;
-            }
-            if self.messages.is_none() {
-                match self.from_tap().await {
-                    Some(Tapped::Event(event)) => {
-                        let event = self.yield_event(event);
-                        return Some((Ok(event), self));
-                    }
-                    Some(Tapped::Consumer(reason)) => self.leave_tap(reason),
-                    None => {}
-                }
-            } else {
-                self.drain_tap();
-                if self.messages.is_none() {
-                    // The tap took over.
-                    continue;
-                }
             }
             let Some(messages) = self.messages.as_mut() else {
                 if let Err(error) = self.start().await {
@@ -1823,8 +1549,8 @@ impl Follower {
                     continue;
                 }
             };
-            let (consumer_seq, stream_seq, pending) = match message.info() {
-                Ok(info) => (info.consumer_sequence, info.stream_sequence, info.pending),
+            let (consumer_seq, stream_seq) = match message.info() {
+                Ok(info) => (info.consumer_sequence, info.stream_sequence),
                 Err(error) => {
                     tracing::warn!(%error, "follow: malformed delivery; recreating the consumer");
                     self.messages = None;
@@ -1887,8 +1613,7 @@ impl Follower {
                 subject: message.subject.to_string(),
                 payload: message.payload.clone(),
             };
-            self.followed(stream_seq, event_hash(&event.subject, &event.payload));
-            self.consumer_caught_up = pending == 0;
+            self.last = Some((stream_seq, event_hash(&event.subject, &event.payload)));
             return Some((Ok(event), self));
         }
     }
@@ -1902,10 +1627,9 @@ impl Follower {
                 Err(CheckFailed::Diverged(error)) => return Err(error),
                 Err(CheckFailed::Unavailable(reason)) => Err(reason),
                 Ok(()) => match create_consumer(&self.stream, self.filter.as_deref(), self.next).await {
-                    Ok(consumer) => {
-                        self.consumer_name = Some(consumer.cached_info().name.clone());
-                        pull_messages(&consumer).await.map_err(|error| error.to_string())
-                    }
+                    Ok(consumer) => pull_messages(&consumer)
+                        .await
+                        .map_err(|error| error.to_string()),
                     Err(error) => Err(error.to_string()),
                 },
             };
