@@ -150,9 +150,10 @@ impl RoyaltyLog {
                 self.touched_previews.touch(preview_id);
             }
             Event::Delivered { voucher_id, media_id, cert_serial, .. } => {
-                let sale = self.sales.get(voucher_id).cloned().unwrap_or_default();
-                let price = sale.prices.get(media_id).copied().unwrap_or(0);
-                let entry = self.entry(UsageKind::Delivery, seq, recorded_at_ms, media_id, voucher_id.as_str(), &cert_serial.0, &sale.merchant, price, &sale.currency, 0);
+                let sale = self.sales.get(voucher_id);
+                let price = sale.and_then(|sale| sale.prices.get(media_id).copied()).unwrap_or(0);
+                let (merchant, currency) = sale.map_or(("", ""), |sale| (sale.merchant.as_str(), sale.currency.as_str()));
+                let entry = self.entry(UsageKind::Delivery, seq, recorded_at_ms, media_id, voucher_id.as_str(), &cert_serial.0, merchant, price, currency, 0);
                 self.record(entry);
             }
             Event::PreviewEnded { preview_id, played_ms, media_id, .. } => {
@@ -212,9 +213,13 @@ impl RoyaltyLog {
         self.usages += 1;
         if let Some(chain) = &mut self.chain {
             let previous = self.usage_digests.last().copied().unwrap_or([0; 32]);
-            self.usage_digests.push(usage_digest(&previous, &entry));
+            let encoded = entry.encode();
+            let mut hasher = blake3::Hasher::new();
+            hasher.update(&previous);
+            hasher.update(&encoded);
+            self.usage_digests.push(*hasher.finalize().as_bytes());
             self.source_seqs.push(entry.source_seq);
-            self.entries.push(chain.append(&entry));
+            self.entries.push(chain.append_encoded(&encoded));
         }
     }
 
@@ -295,10 +300,49 @@ fn totals_keys(entry: &Entry) -> [(Dimension, String); 5] {
     ]
 }
 
+trait TotalsKey {
+    fn parts(&self) -> (Dimension, &str);
+}
+impl TotalsKey for (Dimension, String) {
+    fn parts(&self) -> (Dimension, &str) {
+        (self.0, &self.1)
+    }
+}
+impl TotalsKey for (Dimension, &str) {
+    fn parts(&self) -> (Dimension, &str) {
+        *self
+    }
+}
+impl<'a> std::borrow::Borrow<dyn TotalsKey + 'a> for (Dimension, String) {
+    fn borrow(&self) -> &(dyn TotalsKey + 'a) {
+        self
+    }
+}
+impl PartialEq for dyn TotalsKey + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+impl Eq for dyn TotalsKey + '_ {}
+impl PartialOrd for dyn TotalsKey + '_ {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for dyn TotalsKey + '_ {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.parts().cmp(&other.parts())
+    }
+}
+
 /// Adds one usage to the totals of every dimension.
 pub fn add_to_totals(totals: &mut BTreeMap<(Dimension, String), TotalsLine>, entry: &Entry) {
-    for (dimension, key) in totals_keys(entry) {
-        let line = totals.entry((dimension, key)).or_default();
+    let month = month_of(entry.timestamp_ms);
+    for (dimension, key) in [(Dimension::Artist, entry.artist.as_str()), (Dimension::Media, entry.media_id.as_str()), (Dimension::RightsAgent, entry.rights_agent.as_str()), (Dimension::Merchant, entry.merchant.as_str()), (Dimension::Period, month.as_str())] {
+        let line = match totals.get_mut(&(dimension, key) as &dyn TotalsKey) {
+            Some(line) => line,
+            None => totals.entry((dimension, key.to_string())).or_default(),
+        };
         match entry.kind {
             UsageKind::Delivery => {
                 line.deliveries += 1;
