@@ -67,51 +67,13 @@ impl LedgerAccount {
     }
 }
 
-/// A ledger account's parts, borrowed: what looking an account up needs, so that
-/// applying a posting to an account the ledger already holds builds no key (a posting
-/// names an account by the sale's currency and its kind and name, not by a
-/// `LedgerAccount`). Ordered as `LedgerAccount` is (currency, kind, name), which is what
-/// lets `LedgerAccount` lend itself as one (`Borrow`).
-trait LedgerKey {
-    fn parts(&self) -> (&str, LedgerAccountKind, &str);
-}
-
-impl LedgerKey for LedgerAccount {
-    fn parts(&self) -> (&str, LedgerAccountKind, &str) {
-        (&self.currency, self.kind, &self.name)
-    }
-}
-
-impl LedgerKey for (&str, LedgerAccountKind, &str) {
-    fn parts(&self) -> (&str, LedgerAccountKind, &str) {
-        *self
-    }
-}
-
-impl<'a> std::borrow::Borrow<dyn LedgerKey + 'a> for LedgerAccount {
-    fn borrow(&self) -> &(dyn LedgerKey + 'a) {
-        self
-    }
-}
-
-impl PartialEq for dyn LedgerKey + '_ {
-    fn eq(&self, other: &Self) -> bool {
-        self.parts() == other.parts()
-    }
-}
-
-impl Eq for dyn LedgerKey + '_ {}
-
-impl PartialOrd for dyn LedgerKey + '_ {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for dyn LedgerKey + '_ {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.parts().cmp(&other.parts())
-    }
+crate::borrowed_key::borrowed_key! {
+    /// A ledger account's parts, borrowed: what looking an account up needs, so that
+    /// applying a posting to an account the ledger already holds builds no key (a posting
+    /// names an account by the sale's currency and its kind and name, not by a
+    /// `LedgerAccount`). Ordered as `LedgerAccount` is (currency, kind, name), which is what
+    /// lets `LedgerAccount` lend itself as one (`Borrow`).
+    trait LedgerKey for LedgerAccount, parts (&str, LedgerAccountKind, &str) = |account| (&account.currency, account.kind, &account.name)
 }
 
 impl std::fmt::Display for LedgerAccount {

@@ -14,6 +14,7 @@
 pub mod allocation;
 pub mod audit;
 pub mod balances;
+mod borrowed_key;
 pub mod export;
 mod live;
 pub mod royalty;

@@ -214,10 +214,7 @@ impl RoyaltyLog {
         if let Some(chain) = &mut self.chain {
             let previous = self.usage_digests.last().copied().unwrap_or([0; 32]);
             let encoded = entry.encode();
-            let mut hasher = blake3::Hasher::new();
-            hasher.update(&previous);
-            hasher.update(&encoded);
-            self.usage_digests.push(*hasher.finalize().as_bytes());
+            self.usage_digests.push(usage_digest_of_encoded(&previous, &encoded));
             self.source_seqs.push(entry.source_seq);
             self.entries.push(chain.append_encoded(&encoded));
         }
@@ -284,9 +281,16 @@ impl RoyaltyLog {
 
 /// The running digest of usage lines: `T_j = blake3(T_{j-1} ‖ canonical entry j)`.
 pub fn usage_digest(previous: &[u8; 32], entry: &Entry) -> [u8; 32] {
-    let mut bytes = previous.to_vec();
-    bytes.extend_from_slice(&serde_json::to_vec(entry).expect("an Entry always serializes"));
-    engine::crypto::hash(&bytes)
+    usage_digest_of_encoded(previous, &entry.encode())
+}
+
+/// The same over an entry already encoded (`Entry::encode`), which the royalty log has
+/// anyway for its chain link.
+fn usage_digest_of_encoded(previous: &[u8; 32], encoded: &[u8]) -> [u8; 32] {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(previous);
+    hasher.update(encoded);
+    *hasher.finalize().as_bytes()
 }
 
 /// The totals line of every dimension that one usage counts in.
@@ -300,39 +304,10 @@ fn totals_keys(entry: &Entry) -> [(Dimension, String); 5] {
     ]
 }
 
-trait TotalsKey {
-    fn parts(&self) -> (Dimension, &str);
-}
-impl TotalsKey for (Dimension, String) {
-    fn parts(&self) -> (Dimension, &str) {
-        (self.0, &self.1)
-    }
-}
-impl TotalsKey for (Dimension, &str) {
-    fn parts(&self) -> (Dimension, &str) {
-        *self
-    }
-}
-impl<'a> std::borrow::Borrow<dyn TotalsKey + 'a> for (Dimension, String) {
-    fn borrow(&self) -> &(dyn TotalsKey + 'a) {
-        self
-    }
-}
-impl PartialEq for dyn TotalsKey + '_ {
-    fn eq(&self, other: &Self) -> bool {
-        self.parts() == other.parts()
-    }
-}
-impl Eq for dyn TotalsKey + '_ {}
-impl PartialOrd for dyn TotalsKey + '_ {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for dyn TotalsKey + '_ {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.parts().cmp(&other.parts())
-    }
+crate::borrowed_key::borrowed_key! {
+    /// A totals line's key, borrowed: adding a usage to a line the totals already hold
+    /// builds no `String`.
+    trait TotalsKey for (Dimension, String), parts (Dimension, &str) = |line| (line.0, &line.1)
 }
 
 /// Adds one usage to the totals of every dimension.
