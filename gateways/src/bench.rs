@@ -43,8 +43,8 @@
 //!    writeback of earlier cases.
 //! 6. Memory: the engine's resident set (VmRSS) after N and after [`MEMORY_MULTIPLIER`]×N
 //!    vouchers, measured in a child process (`--rss-probe`) so nothing the other cases
-//!    allocated counts; its live projections are kept in a projection store, as `serve`
-//!    keeps them.
+//!    allocated counts; its live projections are kept in a projection store, and it seals
+//!    the royalty log every `server::SEAL_INTERVAL_DEFAULT`, as `serve` does.
 //! 7. Cost growth: the audit replay's time over case 3's stream and over case 6's
 //!    ten-times-larger stream.
 //!
@@ -1564,6 +1564,20 @@ pub async fn rss_probe(url: &str, keys_dir: &Path, vouchers: usize) -> anyhow::R
     // As `serve` runs: the live projections in a projection store.
     let projection_dir = tempfile::tempdir().context("cannot create a temporary directory for the memory probe's projection store")?;
     let engine = EngineUnderTest::start_with(url, &keys, large, false, Some(projection_dir.path())).await?;
+    // As `serve` runs: a seal every `SEAL_INTERVAL_DEFAULT`. The live projections keep the
+    // stream head of every event since the last seal (a seal names a position whose head
+    // it must match), so an engine that never sealed would hold one per event.
+    let sealer = {
+        let (live, market) = (engine.live.clone(), Arc::clone(&engine.market));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(crate::server::SEAL_INTERVAL_DEFAULT).await;
+                if let Err(error) = live.seal(&market, 1).await {
+                    return Err::<(), _>(error);
+                }
+            }
+        })
+    };
     let meter = CpuMeter { server_pid: None };
     let (_, to_deliver) = engine.sell(0..vouchers, Some(DELIVERED_ONE_IN)).await?;
     engine.redeem_and_deliver(to_deliver, meter).await?;
@@ -1573,6 +1587,11 @@ pub async fn rss_probe(url: &str, keys_dir: &Path, vouchers: usize) -> anyhow::R
     engine.redeem_and_deliver(to_deliver, meter).await?;
     engine.caught_up().await?;
     let rss_mb_large = vm_rss_mb()?;
+    if sealer.is_finished() {
+        sealer.await.context("the memory probe's sealer panicked")?.context("the memory probe's sealer failed")?;
+    } else {
+        sealer.abort();
+    }
     let stream_events = engine.finish().await?;
     Ok(RssProbe { rss_mb_small, rss_mb_large, vouchers_small: vouchers as u64, vouchers_large: large as u64, stream_events })
 }

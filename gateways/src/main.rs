@@ -9,6 +9,10 @@ use std::process::ExitCode;
 
 /// mimalloc instead of glibc malloc: the engine allocates per command (roots, events,
 /// headers), and in the bench profile glibc's malloc and free took about 15 % of its CPU.
+///
+/// The `system-allocator` feature keeps glibc's, for heap profilers that hook malloc
+/// (`heaptrack`), which never see mimalloc's allocations.
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -56,6 +56,8 @@ const SEAL_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 const PROJECTION_RETRY_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Longest wait between dispatcher restarts after a failure.
 const DISPATCH_BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// How often `serve` seals the royalty log by default (`seal_interval_ms` changes it).
+pub const SEAL_INTERVAL_DEFAULT: Duration = Duration::from_secs(10);
 /// Replay progress is reported every this many events.
 const REPLAY_PROGRESS_EVERY_EVENTS: u64 = 10_000;
 
@@ -91,7 +93,7 @@ impl EngineConfig {
             limits: Limits::default(),
             access_ttl_ms: ACCESS_TTL_MS,
             sweep_interval: Duration::from_secs(1),
-            seal_interval: Duration::from_secs(10),
+            seal_interval: SEAL_INTERVAL_DEFAULT,
             seal_entries_min: 1,
             tls: None,
             projections_dir: None,

@@ -158,15 +158,16 @@ impl Projections {
         // every projection as it was.
         // The sale's currency names the ledger accounts of postings; without postings (a
         // voucher voided before it was authorized) there is none to name and no lookup.
-        let currency = match &recorded.event {
+        let balances = &mut self.balances;
+        let applied = match &recorded.event {
             engine::domain::event::Event::Authorized { voucher_id, postings, .. } | engine::domain::event::Event::Voided { voucher_id, reversal: postings, .. }
                 if !postings.is_empty() =>
             {
-                self.royalty.sales.get(voucher_id).map_or("", |sale| sale.currency.as_str())
+                self.royalty.sales.with_row(voucher_id, |sale| balances.apply(&recorded.event, sale.map_or("", |sale| sale.currency.as_str())))
             }
-            _ => "",
+            _ => balances.apply(&recorded.event, ""),
         };
-        self.balances.apply(&recorded.event, currency).map_err(|error| Finding::Ledger { seq: stored.seq, error })?;
+        applied.map_err(|error| Finding::Ledger { seq: stored.seq, error })?;
         self.stream_head_before = Some(self.stream_head);
         self.stream_head = stream_link(&self.stream_head, stored);
         self.stream_heads.push_back((stored.seq.0, self.stream_head));

@@ -6,15 +6,16 @@
 //! only in the engine's and the auditor's key files. Without it this projection still
 //! computes totals, and says that the royalty chain needs `A_0`.
 //!
-//! Which catalog, sale, preview and totals entries changed is noted for the projection
-//! store (`Touched`); entries, seals and faults only grow, so the store writes their tails.
+//! Which catalog, preview and totals entries changed is noted for the projection store
+//! (`Touched`); sales, one per voucher, are `Rows`, which a store keeps in sled rather than
+//! in memory; entries, seals and faults only grow, so the store writes their tails.
 
 use crate::royalty::{self, Chain, ChainedEntry, Entry, UsageKind};
-use crate::store::Touched;
+use crate::store::{Rows, SaleRows, Touched};
 use engine::crypto::{RsaPublic, SecretKey};
 use engine::domain::event::{Event, RightsReportSealed, RoyaltyTerms};
 use engine::domain::report::Report;
-use engine::ids::{MediaId, PreviewId, Seq, VoucherId};
+use engine::ids::{MediaId, PreviewId, Seq};
 use std::collections::BTreeMap;
 
 /// The epoch every chain currently starts in (key rotation will add epochs).
@@ -69,7 +70,8 @@ pub struct SealFault {
 #[derive(Debug, Default)]
 pub struct RoyaltyLog {
     pub(crate) catalog: BTreeMap<MediaId, MediaInfo>,
-    pub(crate) sales: BTreeMap<VoucherId, Sale>,
+    /// The sale of every reserved voucher: what a delivery's entry names.
+    pub(crate) sales: Rows<SaleRows>,
     /// The merchant of each started preview.
     pub(crate) previews: BTreeMap<PreviewId, String>,
     pub(crate) chain: Option<Chain>,
@@ -88,7 +90,6 @@ pub struct RoyaltyLog {
     pub seal_faults: Vec<SealFault>,
     /// What changed since the projection store last committed this log.
     pub(crate) touched_catalog: Touched<MediaId>,
-    pub(crate) touched_sales: Touched<VoucherId>,
     pub(crate) touched_previews: Touched<PreviewId>,
     pub(crate) touched_totals: Touched<(Dimension, String)>,
 }
@@ -102,7 +103,7 @@ impl RoyaltyLog {
     /// Starts noting changes for the projection store.
     pub(crate) fn track_changes(&mut self) {
         self.touched_catalog.start();
-        self.touched_sales.start();
+        self.sales.track_changes();
         self.touched_previews.start();
         self.touched_totals.start();
     }
@@ -143,17 +144,17 @@ impl RoyaltyLog {
             Event::Reserved { voucher_id, merchant_id, items, currency, .. } => {
                 let prices = items.iter().map(|item| (item.media_id.clone(), item.price_minor)).collect();
                 self.sales.insert(voucher_id.clone(), Sale { merchant: merchant_id.0.clone(), currency: currency.clone(), prices });
-                self.touched_sales.touch(voucher_id);
             }
             Event::PreviewStarted { preview_id, merchant_id, .. } => {
                 self.previews.insert(preview_id.clone(), merchant_id.0.clone());
                 self.touched_previews.touch(preview_id);
             }
             Event::Delivered { voucher_id, media_id, cert_serial, .. } => {
-                let sale = self.sales.get(voucher_id);
-                let price = sale.and_then(|sale| sale.prices.get(media_id).copied()).unwrap_or(0);
-                let (merchant, currency) = sale.map_or(("", ""), |sale| (sale.merchant.as_str(), sale.currency.as_str()));
-                let entry = self.entry(UsageKind::Delivery, seq, recorded_at_ms, media_id, voucher_id.as_str(), &cert_serial.0, merchant, price, currency, 0);
+                let entry = self.sales.with_row(voucher_id, |sale| {
+                    let price = sale.and_then(|sale| sale.prices.get(media_id).copied()).unwrap_or(0);
+                    let (merchant, currency) = sale.map_or(("", ""), |sale| (sale.merchant.as_str(), sale.currency.as_str()));
+                    self.entry(UsageKind::Delivery, seq, recorded_at_ms, media_id, voucher_id.as_str(), &cert_serial.0, merchant, price, currency, 0)
+                });
                 self.record(entry);
             }
             Event::PreviewEnded { preview_id, played_ms, media_id, .. } => {

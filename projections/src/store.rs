@@ -20,14 +20,20 @@
 //!   `rc/` media → catalog data, `rs/` voucher → sale, `rp/` preview → merchant,
 //!   `re/` index → chained royalty entry with its source sequence and usage digest,
 //!   `rt/` dimension byte ‖ key → totals line, `rl/` index → seal, `rf/` index → seal fault,
-//!   `sh/` sequence → stream head at that sequence (only since the last seal: a seal names
-//!   a stream position whose head it must match),
+//!   `sh/` sequence → the stream heads of the consecutive sequences that end there, 32
+//!   bytes each, at most `STREAM_HEADS_PER_ROW` per row (only since the last seal: a seal
+//!   names a stream position whose head it must match),
 //!   `bl/` JSON (currency, kind code, name) → ledger balance, `bp/` account → points
 //!   balance and held.
 //!
 //! Format 2 added the balances and the stream head before the last event; a store of
 //! format 1 fails the marker check at open and is quarantined and rebuilt (its rows would
-//! read as a state without balances, which is not what its checkpoint describes).
+//! read as a state without balances, which is not what its checkpoint describes). Format 3
+//! keeps the stream heads in rows of up to `STREAM_HEADS_PER_ROW` instead of one row per
+//! event: a seal lets go of every head before its position, and sled copies a tree node
+//! for every key a batch removes, so the commit after a seal 10 s into a busy stream
+//! (~100k rows removed) took about a gigabyte (heaptrack, bench memory probe); a format-2
+//! store is quarantined and rebuilt.
 //!
 //! Commit: the state keys a batch of events changed (the projections' `Touched` sets; the
 //! tails of the append-only entries, seals, faults and stream heads) and the checkpoint
@@ -86,7 +92,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 /// The value of `@format`; a new layout gets a new marker (and old stores are rebuilt).
-pub const FORMAT_MARKER: &[u8] = b"vouchsafe-projection-store/2";
+pub const FORMAT_MARKER: &[u8] = b"vouchsafe-projection-store/3";
 /// sled's page cache, in bytes: the state is also held in memory, so sled's cache only
 /// serves the commit's reads of old values.
 const CACHE_BYTES_MAX: u64 = 64 * 1024 * 1024;
@@ -119,6 +125,10 @@ const TOTALS_PREFIX: &[u8; PREFIX_BYTES] = b"rt/";
 const SEAL_PREFIX: &[u8; PREFIX_BYTES] = b"rl/";
 const FAULT_PREFIX: &[u8; PREFIX_BYTES] = b"rf/";
 const STREAM_HEAD_PREFIX: &[u8; PREFIX_BYTES] = b"sh/";
+/// Stream heads in one `sh/` row, at most (32 KiB of heads).
+const STREAM_HEADS_PER_ROW: u64 = 1_024;
+/// Bytes of one stream head.
+const STREAM_HEAD_BYTES: usize = 32;
 const LEDGER_PREFIX: &[u8; PREFIX_BYTES] = b"bl/";
 const POINTS_PREFIX: &[u8; PREFIX_BYTES] = b"bp/";
 
@@ -201,6 +211,10 @@ pub enum SlotRows {}
 #[derive(Debug)]
 pub enum ReleasedRows {}
 
+/// Sales: `rs/` voucher → JSON `SaleRecord`.
+#[derive(Debug)]
+pub(crate) enum SaleRows {}
+
 impl RowKind for VoucherRows {
     type Key = VoucherId;
     type Value = VoucherRow;
@@ -236,6 +250,26 @@ impl RowKind for SlotRows {
     }
     fn decode(_key: &VoucherId, bytes: &[u8]) -> Result<NodeId, String> {
         Ok(NodeId(utf8(bytes, "node")?))
+    }
+}
+
+impl RowKind for SaleRows {
+    type Key = VoucherId;
+    type Value = Sale;
+    const PREFIX: &'static [u8; PREFIX_BYTES] = SALE_PREFIX;
+    fn key_bytes(key: &VoucherId) -> &[u8] {
+        key.0.as_bytes()
+    }
+    fn key_of(id: &[u8]) -> Result<VoucherId, String> {
+        Ok(VoucherId(utf8(id, "voucher")?))
+    }
+    fn encode(sale: &Sale) -> Result<Vec<u8>, CommitError> {
+        sale_value(sale)
+    }
+    fn decode(key: &VoucherId, bytes: &[u8]) -> Result<Sale, String> {
+        let record: SaleRecord = decode_json(bytes, "sale", &key.0)?;
+        let prices = record.prices.into_iter().map(|(media, price)| (MediaId(media), price)).collect();
+        Ok(Sale { merchant: record.merchant, currency: record.currency, prices })
     }
 }
 
@@ -375,6 +409,15 @@ impl<R: RowKind> Rows<R> {
                     None
                 }
             },
+        }
+    }
+
+    /// `f` of the row of `key`: in memory a borrow, no copy (a replay reads rows on most
+    /// events); stored, the row read from sled.
+    pub fn with_row<T>(&self, key: &R::Key, f: impl FnOnce(Option<&R::Value>) -> T) -> T {
+        match &self.inner {
+            RowsInner::Memory { rows, .. } => f(rows.get(key)),
+            RowsInner::Stored(_) => f(self.get(key).as_ref()),
         }
     }
 
@@ -970,6 +1013,8 @@ fn xor_into(digest: &mut [u8; 32], hash: &[u8; 32]) {
 struct Stored {
     projections: Projections,
     record: CheckpointRecord,
+    /// The `sh/` rows, as (first, last) sequence, in order.
+    head_rows: VecDeque<(u64, u64)>,
 }
 
 fn utf8(bytes: &[u8], what: &str) -> Result<String, String> {
@@ -1001,21 +1046,21 @@ fn read_state(db: &sled::Db) -> Result<Stored, String> {
     let record = decode_checkpoint(&checkpoint)?;
 
     let mut digest = [0u8; 32];
-    // Voucher rows, slot holders and released slots stay in sled (`Rows`): here they are
-    // decoded to check them, counted, and voucher rows feed the indexes.
+    // Voucher rows, slot holders, released slots and sales stay in sled (`Rows`): here
+    // they are decoded to check them, counted, and voucher rows feed the indexes.
     let mut voucher_indexes = VoucherBook::default();
-    let (mut vouchers, mut slot_vouchers, mut released) = (0usize, 0usize, 0usize);
+    let (mut vouchers, mut slot_vouchers, mut released, mut sales) = (0usize, 0usize, 0usize, 0usize);
     let mut holds = BTreeSet::new();
     let mut nodes = BTreeMap::new();
     let mut slot_previews = BTreeMap::new();
     let mut catalog = BTreeMap::new();
-    let mut sales = BTreeMap::new();
     let mut preview_merchants = BTreeMap::new();
     let mut entries = BTreeMap::new();
     let mut totals = BTreeMap::new();
     let mut seals = BTreeMap::new();
     let mut faults = BTreeMap::new();
     let mut heads: BTreeMap<u64, [u8; 32]> = BTreeMap::new();
+    let mut head_rows: VecDeque<(u64, u64)> = VecDeque::new();
     let mut ledger = BTreeMap::new();
     let mut points = BTreeMap::new();
 
@@ -1074,10 +1119,8 @@ fn read_state(db: &sled::Db) -> Result<Stored, String> {
                 catalog.insert(MediaId(id), media);
             }
             p if p == SALE_PREFIX => {
-                let id = utf8(id, "voucher")?;
-                let record: SaleRecord = decode_json(&value, "sale", &id)?;
-                let prices = record.prices.into_iter().map(|(media, price)| (MediaId(media), price)).collect();
-                sales.insert(VoucherId(id), Sale { merchant: record.merchant, currency: record.currency, prices });
+                SaleRows::decode(&SaleRows::key_of(id)?, &value)?;
+                sales += 1;
             }
             p if p == PREVIEW_MERCHANT_PREFIX => {
                 preview_merchants.insert(PreviewId(utf8(id, "preview")?), utf8(&value, "merchant")?);
@@ -1123,9 +1166,19 @@ fn read_state(db: &sled::Db) -> Result<Stored, String> {
                 faults.insert(index, SealFault { seq: Seq(record.seq), first_entry: record.first_entry, last_entry: record.last_entry, reason: record.reason });
             }
             p if p == STREAM_HEAD_PREFIX => {
-                let seq = index_of(id, "stream head")?;
-                let head: [u8; 32] = value.as_ref().try_into().map_err(|_| format!("the stream head at {seq} is not 32 bytes"))?;
-                heads.insert(seq, head);
+                let last = index_of(id, "stream head")?;
+                let count = value.len() / STREAM_HEAD_BYTES;
+                if value.is_empty() || value.len() % STREAM_HEAD_BYTES != 0 || count as u64 > STREAM_HEADS_PER_ROW || count as u64 > last {
+                    return Err(format!("the stream heads ending at {last} are {} bytes", value.len()));
+                }
+                let first = last + 1 - count as u64;
+                for (seq, head) in (first..=last).zip(value.chunks_exact(STREAM_HEAD_BYTES)) {
+                    let head: [u8; 32] = head.try_into().expect("chunks_exact yields STREAM_HEAD_BYTES");
+                    if heads.insert(seq, head).is_some() {
+                        return Err(format!("two rows hold the stream head at {seq}"));
+                    }
+                }
+                head_rows.push_back((first, last));
             }
             p if p == LEDGER_PREFIX => {
                 let (currency, code, name): (String, u8, String) = decode_json(id, "ledger account", "key")?;
@@ -1173,7 +1226,7 @@ fn read_state(db: &sled::Db) -> Result<Stored, String> {
 
     let mut royalty = RoyaltyLog {
         catalog,
-        sales,
+        sales: Rows::stored(db.clone(), sales),
         previews: preview_merchants,
         usages: record.usages,
         totals,
@@ -1199,7 +1252,7 @@ fn read_state(db: &sled::Db) -> Result<Stored, String> {
         balances,
         tracked: false,
     };
-    Ok(Stored { projections, record })
+    Ok(Stored { projections, record, head_rows })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1211,8 +1264,8 @@ struct Writer {
     entries: u64,
     seals: u64,
     faults: u64,
-    /// The stored stream heads, as a range of sequences.
-    heads: Option<(u64, u64)>,
+    /// The stored `sh/` rows, as (first, last) sequence, in order.
+    head_rows: VecDeque<(u64, u64)>,
     /// Set after a failed commit: the store is behind the projections for good.
     failed: Option<String>,
 }
@@ -1220,13 +1273,12 @@ struct Writer {
 impl Writer {
     fn of(stored: &Stored) -> Self {
         let royalty = &stored.projections.royalty;
-        let heads = &stored.projections.stream_heads;
         Writer {
             record: stored.record,
             entries: royalty.entries.len() as u64,
             seals: royalty.seals.len() as u64,
             faults: royalty.seal_faults.len() as u64,
-            heads: heads.front().zip(heads.back()).map(|(front, back)| (front.0, back.0)),
+            head_rows: stored.head_rows.clone(),
             failed: None,
         }
     }
@@ -1257,8 +1309,11 @@ enum Change {
     Entry(u64, Box<EntryRecord>),
     Seal(u64, Box<RightsReportSealed>),
     Fault(u64, SealFault),
-    StreamHead(u64, [u8; 32]),
-    StreamHeadGone(u64),
+    /// A new `sh/` row: its last sequence and its heads.
+    StreamHeads(u64, Vec<u8>),
+    /// The row ending at this sequence, rewritten without the heads a seal let go of.
+    StreamHeadsTrimmed(u64, Vec<u8>),
+    StreamHeadsGone(u64),
     Ledger(LedgerAccount, Option<i128>),
     Points(AccountId, Option<PointsBalance>),
 }
@@ -1287,8 +1342,9 @@ impl Change {
             Change::Entry(index, record) => Write::Append { key: index_key(ENTRY_PREFIX, index), value: json(&*record)? },
             Change::Seal(index, seal) => Write::Append { key: index_key(SEAL_PREFIX, index), value: seal_value(&seal)? },
             Change::Fault(index, fault) => Write::Append { key: index_key(FAULT_PREFIX, index), value: fault_value(&fault)? },
-            Change::StreamHead(seq, head) => Write::Append { key: index_key(STREAM_HEAD_PREFIX, seq), value: head.to_vec() },
-            Change::StreamHeadGone(seq) => Write::Remove { key: index_key(STREAM_HEAD_PREFIX, seq) },
+            Change::StreamHeads(last, heads) => Write::Append { key: index_key(STREAM_HEAD_PREFIX, last), value: heads },
+            Change::StreamHeadsTrimmed(last, heads) => Write::Put { key: index_key(STREAM_HEAD_PREFIX, last), value: heads },
+            Change::StreamHeadsGone(last) => Write::Remove { key: index_key(STREAM_HEAD_PREFIX, last) },
             Change::Ledger(account, balance) => {
                 let value = balance.map(|balance_minor| json(&LedgerRecord { balance_minor })).transpose()?;
                 put_or_remove(ledger_key(&account).map_err(CommitError::Storage)?, value)
@@ -1307,7 +1363,7 @@ pub(crate) struct Prepared {
     entries: u64,
     seals: u64,
     faults: u64,
-    heads: Option<(u64, u64)>,
+    head_rows: VecDeque<(u64, u64)>,
 }
 
 /// The durable projection store (module docs). One runner commits to it at a time.
@@ -1418,6 +1474,7 @@ impl ProjectionStore {
         projections.vouchers.vouchers.rows_committed();
         projections.allocation.vouchers.rows_committed();
         projections.allocation.released.rows_committed();
+        projections.royalty.sales.rows_committed();
     }
 
     /// After a rebuild in memory was committed whole: its rows of the kinds kept cold in
@@ -1426,6 +1483,7 @@ impl ProjectionStore {
         projections.vouchers.vouchers.spill(&self.db);
         projections.allocation.vouchers.spill(&self.db);
         projections.allocation.released.spill(&self.db);
+        projections.royalty.sales.spill(&self.db);
     }
 
     /// Empties the store in place, for projections rebuilt from sequence 1 beside it
@@ -1443,7 +1501,7 @@ impl ProjectionStore {
         batch.insert(CHECKPOINT_KEY, encode_checkpoint(&CheckpointRecord::empty())?);
         self.db.apply_batch(batch).map_err(storage)?;
         self.db.flush().map_err(|e| CommitError::FlushFailed(e.to_string()))?;
-        *writer = Writer { record: CheckpointRecord::empty(), entries: 0, seals: 0, faults: 0, heads: None, failed: None };
+        *writer = Writer { record: CheckpointRecord::empty(), entries: 0, seals: 0, faults: 0, head_rows: VecDeque::new(), failed: None };
         *self.loaded.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
         tracing::warn!(dir = %self.dir.display(), "projection store emptied for a rebuild from sequence 1");
         Ok(())
@@ -1505,8 +1563,7 @@ impl ProjectionStore {
             let media = royalty.catalog.get(&id).cloned();
             changes.push(Change::Catalog(id, media));
         }
-        for id in royalty.touched_sales.take() {
-            let sale = royalty.sales.get(&id).cloned();
+        for (id, sale) in royalty.sales.take_changes()? {
             changes.push(Change::Sale(id, sale));
         }
         for id in royalty.touched_previews.take() {
@@ -1548,20 +1605,40 @@ impl ProjectionStore {
             changes.push(Change::Fault(index as u64, fault.clone()));
         }
 
-        // Stream heads: the deque holds a contiguous range of sequences; remove what fell
-        // off its front, append what joined at its back. Each head is written once and
+        // Stream heads: the deque holds a contiguous range of sequences; remove the rows
+        // that fell off its front whole, rewrite the one it now starts in, append rows for
+        // what joined at its back. A row is written once, trimmed at most once per seal and
         // removed once, so this is amortized O(1) per event.
-        let memory = projections.stream_heads.front().zip(projections.stream_heads.back()).map(|(front, back)| (front.0, back.0));
-        if let Some((stored_first, stored_last)) = writer.heads {
-            let keep_from = memory.map_or(u64::MAX, |(first, _)| first);
-            for seq in stored_first..=stored_last.min(keep_from.saturating_sub(1)) {
-                changes.push(Change::StreamHeadGone(seq));
+        let heads = &projections.stream_heads;
+        let memory = heads.front().zip(heads.back()).map(|(front, back)| (front.0, back.0));
+        let heads_between = |first: u64, last: u64| -> Vec<u8> {
+            let front = memory.map_or(first, |(front, _)| front);
+            let skip = usize::try_from(first - front).unwrap_or(usize::MAX);
+            heads.range(skip.min(heads.len())..).take_while(|(seq, _)| *seq <= last).flat_map(|(_, head)| *head).collect()
+        };
+        let mut head_rows = writer.head_rows.clone();
+        while let Some(&(first, last)) = head_rows.front() {
+            match memory {
+                Some((front, _)) if last >= front => {
+                    if first < front {
+                        changes.push(Change::StreamHeadsTrimmed(last, heads_between(front, last)));
+                        head_rows[0] = (front, last);
+                    }
+                    break;
+                }
+                _ => {
+                    changes.push(Change::StreamHeadsGone(last));
+                    head_rows.pop_front();
+                }
             }
         }
-        if let Some((first, _)) = memory {
-            let append_from = writer.heads.map_or(first, |(_, stored_last)| first.max(stored_last + 1));
-            for (seq, head) in projections.stream_heads.iter().skip(usize::try_from(append_from - first).unwrap_or(usize::MAX)) {
-                changes.push(Change::StreamHead(*seq, *head));
+        if let Some((front, back)) = memory {
+            let mut next = head_rows.back().map_or(front, |&(_, last)| last + 1).max(front);
+            while next <= back {
+                let last = back.min(next + STREAM_HEADS_PER_ROW - 1);
+                changes.push(Change::StreamHeads(last, heads_between(next, last)));
+                head_rows.push_back((next, last));
+                next = last + 1;
             }
         }
 
@@ -1575,7 +1652,7 @@ impl ProjectionStore {
             chain_complete: writer.record.chain_complete && royalty.chained(),
             content_digest: [0; 32],
         };
-        Ok(Prepared { base, changes, record, entries, seals, faults, heads: memory })
+        Ok(Prepared { base, changes, record, entries, seals, faults, head_rows })
     }
 
     /// Writes a prepared batch and its checkpoint atomically and flushes (blocking I/O).
@@ -1594,7 +1671,7 @@ impl ProjectionStore {
         match outcome {
             Ok((committed, record, lengths)) => {
                 writer.record = record;
-                (writer.entries, writer.seals, writer.faults, writer.heads) = lengths;
+                (writer.entries, writer.seals, writer.faults, writer.head_rows) = lengths;
                 Ok(committed)
             }
             Err(error) => {
@@ -1606,7 +1683,7 @@ impl ProjectionStore {
     }
 
     #[allow(clippy::type_complexity)]
-    fn write_batch(&self, writer: &Writer, prepared: Prepared) -> Result<(Committed, CheckpointRecord, (u64, u64, u64, Option<(u64, u64)>)), CommitError> {
+    fn write_batch(&self, writer: &Writer, prepared: Prepared) -> Result<(Committed, CheckpointRecord, (u64, u64, u64, VecDeque<(u64, u64)>)), CommitError> {
         let storage = |error: sled::Error| CommitError::Storage(error.to_string());
         let mut digest = writer.record.content_digest;
         let mut batch = sled::Batch::default();
@@ -1643,7 +1720,7 @@ impl ProjectionStore {
         self.db.apply_batch(batch).map_err(storage)?;
         self.db.flush().map_err(|e| CommitError::FlushFailed(e.to_string()))?;
         let committed = Committed { checkpoint: record.checkpoint(), keys_written, keys_removed };
-        Ok((committed, record, (prepared.entries, prepared.seals, prepared.faults, prepared.heads)))
+        Ok((committed, record, (prepared.entries, prepared.seals, prepared.faults, prepared.head_rows)))
     }
 
     fn open_checked(dir: &Path) -> Result<(ProjectionStore, OpenOutcome), Refusal> {
@@ -1932,6 +2009,7 @@ mod tests {
             apply_stored(&mut projections, &apply_all(&mut memory, second.to_vec(), true));
             let committed = store.commit(&mut projections).expect("commit");
             assert!(committed.keys_removed > 0, "holds, slots and stream heads were removed");
+            assert!(projections.royalty.sales.is_stored() && projections.royalty.sales.resident() == 0, "committed sales leave memory");
             assert_identical(&projections, &memory);
         }
         assert_eq!(memory.royalty.seals_verified, 1);
@@ -1948,6 +2026,26 @@ mod tests {
         apply_stored(&mut loaded, &apply_all(&mut memory, more, true));
         assert_identical(&loaded, &memory);
         assert_eq!(memory.royalty.seals_verified, 2);
+    }
+
+    #[test]
+    fn a_seal_trims_the_stored_row_of_stream_heads_it_falls_in() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let mut memory = keyed();
+        {
+            let (store, _) = ProjectionStore::open(dir.path()).expect("open");
+            let mut projections = store.load(Some(&master()), Some(test_keys::fixed_rsa().public())).expect("load");
+            apply_stored(&mut projections, &apply_all(&mut memory, script(), false));
+            store.commit(&mut projections).expect("commit");
+            // The seal names the last stored event: the one row keeps only its head.
+            apply_stored(&mut projections, &apply_all(&mut memory, vec![], true));
+            store.commit(&mut projections).expect("commit");
+            assert_eq!(memory.stream_heads.len(), 2, "the sealed position's head and the seal's");
+            assert_eq!(store.lock_writer().head_rows.iter().map(|(first, last)| last - first + 1).sum::<u64>(), 2);
+        }
+        let (store, _) = ProjectionStore::open(dir.path()).expect("reopen");
+        let loaded = store.load(Some(&master()), Some(test_keys::fixed_rsa().public())).expect("load");
+        assert_identical(&loaded, &memory);
     }
 
     #[test]

@@ -218,12 +218,41 @@ fn a_batch_writes_what_it_changed_not_the_whole_state() {
         let (history, batch) = reservations(vouchers, 1);
         written.push(commit_batch(&dir.path().join(format!("small-{vouchers}")), &history, &batch));
     }
-    // The voucher row, the stream head and the checkpoint.
+    // The voucher row, the row of the batch's stream heads and the checkpoint.
     assert_eq!(written, vec![3, 3], "one voucher changed: the same few keys whatever the state's size");
     // Negative control: the count does grow with what the batch changes.
     let (history, batch) = reservations(10_000, 500);
     let grown = commit_batch(&dir.path().join("large"), &history, &batch);
-    assert!(grown > 500 + 500, "500 changed vouchers, 500 stream heads and the checkpoint, wrote {grown}");
+    assert!(grown > 500 + 1, "500 changed vouchers, their stream heads (one row) and the checkpoint, wrote {grown}");
+}
+
+/// The stream heads since the last seal are stored many to a row (format 3): with rare
+/// seals they span several rows, a seal trims the row its position falls
+/// in and removes the rows before it, and a reopened store resumes as a clean rebuild.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_heads_are_stored_many_to_a_row() {
+    let events = generate(8, 10_000, 900);
+    let clean = rebuild(&events, keyed());
+    let sealed_at = clean.royalty.seals.last().expect("the stream carries a seal").last_stream_seq;
+    let heads = events.len() as u64 - sealed_at + 1;
+    assert!(heads > 2 * 1_024, "the heads since the last seal span several rows: {heads}");
+    for (split, batch_events_max) in [(1_500, 5_000), (7_100, 700), (9_999, 10_000)] {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let store = dir.path().join("projections");
+        drop(run_to_end(&store, Some(&master()), &events[..split], batch_events_max).await);
+        let (resumed, outcome) = run_to_end(&store, Some(&master()), &events, batch_events_max).await;
+        assert_eq!(outcome, OpenOutcome::Resumed { checkpoint: Seq(split as u64) });
+        resumed.read(|p| assert_same(p, &clean, &format!("resumed at {split}")));
+        drop(resumed);
+        let mut rows = 0;
+        damage(&store, |db| rows = db.scan_prefix(b"sh/").count());
+        // One row per commit (of up to 1,024 heads each), not one per event: `Live` commits
+        // whatever batch the follower had ready, dozens of events at least from a `VecLog`.
+        assert!(rows >= 2 && rows as u64 * 8 <= heads, "{heads} heads in {rows} rows, split {split}");
+        let (store, outcome) = ProjectionStore::open(&store).expect("reopen");
+        assert_eq!(outcome, OpenOutcome::Resumed { checkpoint: Seq(events.len() as u64) });
+        assert_eq!(store.stored_digest().expect("stored digest"), clean.digest());
+    }
 }
 
 /// Damages a closed store's sled database directly (waiting, as `open` does, for sled's
