@@ -56,8 +56,12 @@ impl Finding {
 }
 
 /// Every projection, applied in stream order.
-/// Stream heads remembered between seals (a seal names the head at its `last_stream_seq`).
-pub const STREAM_HEADS_MAX: usize = 1_000_000;
+/// Stream heads remembered between seals (a seal names the head at its `last_stream_seq`),
+/// at most: the newest this many. A seal that names a position further back than that
+/// from itself is a seal fault, so `Live::seal` does not seal while its projections lag
+/// the log by more than half of it. 100,000 heads are 4 MB; the limit was 1,000,000, and
+/// a stream with no usage for a while (nothing to seal) kept up to 40 MB of heads.
+pub const STREAM_HEADS_MAX: usize = 100_000;
 
 /// The hasher every stream link starts from: blake3 in derive-key mode for the stream
 /// head's context. Deriving the context's key is a hash of its own, so it is done once and
@@ -218,5 +222,7 @@ pub enum SealError {
     NoMasterKey,
     #[error("appending the seal failed: {0}")]
     Append(String),
+    #[error("cannot read the log's head to check the projections' lag: {0}")]
+    ReadHead(String),
 }
 

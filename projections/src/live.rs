@@ -196,6 +196,13 @@ impl Live {
     /// another sealer sealed first.
     pub async fn seal(&self, market: &engine::app::Market, entries_min: u64) -> Result<Option<RightsReportSealed>, SealError> {
         use engine::domain::report::{Report, ReportCommand};
+        // The seal names the projections' position; it must still be among the stream heads
+        // a replay keeps (`STREAM_HEADS_MAX`) when the seal lands after the log's head.
+        let head = market.handler().log().last_seq().await.map_err(|e| SealError::ReadHead(e.to_string()))?;
+        if head.0.saturating_sub(self.read(|p| p.last_seq.0)) > (crate::STREAM_HEADS_MAX / 2) as u64 {
+            tracing::info!(log_head = head.0, "not sealing while the projections lag the log by more than half the stream heads kept");
+            return Ok(None);
+        }
         let unsigned = self.read(|p| p.unsigned_seal(entries_min))?;
         let Some(mut seal) = unsigned else { return Ok(None) };
         let keys = Arc::clone(market.keys());

@@ -232,6 +232,12 @@ impl RoyaltyLog {
             Some("signature does not verify with the engine key".to_string())
         } else if seal.last_stream_seq >= seq.0 {
             Some(format!("names stream position {}, not before the seal itself", seal.last_stream_seq))
+        } else if sealed_head.is_none() {
+            Some(format!(
+                "names stream position {}, whose head is no longer known (before the previous seal's position, or more than {} events before the seal)",
+                seal.last_stream_seq,
+                crate::STREAM_HEADS_MAX
+            ))
         } else if sealed_head != Some(seal.stream_head) {
             Some(format!("the stream up to sequence {} differs from what the seal signed (an event was altered)", seal.last_stream_seq))
         } else {

@@ -93,9 +93,13 @@ use std::sync::Mutex;
 
 /// The value of `@format`; a new layout gets a new marker (and old stores are rebuilt).
 pub const FORMAT_MARKER: &[u8] = b"vouchsafe-projection-store/3";
-/// sled's page cache, in bytes: the state is also held in memory, so sled's cache only
-/// serves the commit's reads of old values.
-const CACHE_BYTES_MAX: u64 = 64 * 1024 * 1024;
+/// sled's page cache, in bytes. It serves the commit's reads of old values and the reads
+/// of cold rows (`Rows`). sled's memory is several times what it counts against this, so
+/// it is what the engine's memory grows with: in the bench's memory probe (20k → 200k
+/// vouchers) RSS went 224 → 507 MB with 64 MiB, 233 → 444 MB with 16 MiB, 209 → 333 MB
+/// with 8 MiB. The price is CPU: a store-backed rebuild (`examples/rebuild_rate`, 200k
+/// events) ran 38.7–41.2k events/s with 64 MiB and 28.3–34.8k with 8 MiB.
+const CACHE_BYTES_MAX: u64 = 8 * 1024 * 1024;
 /// sled's own background flush interval. Durability of a checkpoint never depends on it
 /// (every commit flushes); it only bounds how long sled's housekeeping stays in memory.
 const BACKGROUND_FLUSH_INTERVAL_MS: u64 = 1_000;
@@ -2046,6 +2050,36 @@ mod tests {
         let (store, _) = ProjectionStore::open(dir.path()).expect("reopen");
         let loaded = store.load(Some(&master()), Some(test_keys::fixed_rsa().public())).expect("load");
         assert_identical(&loaded, &memory);
+    }
+
+    /// A seal must name a position whose head a replay still holds: not one before the
+    /// previous seal's position (heads before it are let go), reported as such, not as an
+    /// altered event.
+    #[test]
+    fn a_seal_naming_a_position_whose_head_is_gone_is_a_fault() {
+        let mut memory = keyed();
+        let history = apply_all(&mut memory, script(), true);
+        let sealed_at = memory.royalty.seals.last().expect("sealed").last_stream_seq;
+        let more = apply_all(&mut memory, vec![Event::PreviewEnded { preview_id: PreviewId::new("p2"), played_ms: 3, media_id: MediaId::new("md1"), node_id: NodeId::new("n2") }], false);
+        // Negative control first: the same seal naming the projections' own position verifies.
+        for (position, verifies) in [(None, true), (Some(sealed_at - 1), false)] {
+            let mut seal = memory.unsigned_seal(1).expect("chained").expect("an entry to seal");
+            if let Some(position) = position {
+                seal.last_stream_seq = position;
+            }
+            crate::royalty::sign_seal(&test_keys::fixed_rsa(), &mut seal).expect("sign");
+            let mut replay = keyed();
+            for event in history.iter().chain(&more) {
+                replay.apply(event).expect("apply");
+            }
+            replay.apply(&stored(memory.last_seq.0 + 1, Event::RightsReportSealed(seal))).expect("apply the seal");
+            if verifies {
+                assert_eq!((replay.royalty.seals_verified, replay.royalty.seal_faults.len()), (2, 0));
+            } else {
+                let fault = replay.royalty.seal_faults.last().expect("a seal fault");
+                assert!(fault.reason.contains("no longer known"), "{}", fault.reason);
+            }
+        }
     }
 
     #[test]
