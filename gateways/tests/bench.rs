@@ -25,6 +25,8 @@ const REQUIRED_KEYS: &[&str] = &[
     "nats_server_version",
     "replay_ms_small",
     "replay_ms_large",
+    "purchase_max_per_s",
+    "purchase_load_share",
 ];
 
 /// Keys that must hold a finite, positive number in a run with its own servers.
@@ -68,18 +70,27 @@ fn a_tiny_bench_prints_every_key_with_finite_positive_rates() {
     // Case 2 ran over gRPC: every timed purchase counted, the target judged (met or not:
     // nothing here times anything), and the median no slower than the 99th percentile.
     assert_eq!(report["purchase"]["operations"].as_u64(), Some(200), "every timed purchase counts once: {report}");
-    // The latency phase is a second set of purchases, offered at a share of the maximum;
-    // its percentiles are the reported ones.
-    assert_eq!(report["purchase_paced"]["operations"].as_u64(), Some(200), "every paced purchase counts once: {report}");
-    let offered = report["purchase_offered_per_s"].as_f64().expect("purchase_offered_per_s");
-    let maximum = report["purchase_per_s"].as_f64().expect("purchase_per_s");
+    // The latency phases are further sets of purchases, offered at shares of the maximum
+    // until one keeps p99 within 20 ms; the last phase run is the reported one.
+    let phases = report["purchase_latency_phases"].as_array().unwrap_or_else(|| panic!("no purchase_latency_phases: {report}"));
+    assert!((1..=3).contains(&phases.len()), "one to three latency phases: {report}");
+    let reported = phases.last().expect("a phase");
+    for (index, phase) in phases.iter().enumerate() {
+        assert_eq!(phase["rate"]["operations"].as_u64(), Some(200), "every paced purchase counts once: {report}");
+        let within = phase["rate"]["p99_ms"].as_f64().is_some_and(|p99| p99 <= 20.0);
+        assert!(within != (index + 1 < phases.len()), "phases stop at the first within 20 ms: {report}");
+    }
+    let maximum = report["purchase_max_per_s"].as_f64().expect("purchase_max_per_s");
+    let offered = reported["offered_per_s"].as_f64().expect("offered_per_s");
     assert!(offered > 0.0 && offered < maximum, "the latency phase offers less than the maximum: {report}");
-    assert_eq!(report["purchase_p99_ms"], report["purchase_paced"]["p99_ms"], "{report}");
+    assert_eq!(report["purchase_load_share"], reported["load_share"], "{report}");
+    assert_eq!(report["purchase_per_s"], reported["rate"]["per_s"], "{report}");
+    assert_eq!(report["purchase_p99_ms"], reported["rate"]["p99_ms"], "{report}");
     assert!(report["purchase_p99_target_met"].is_boolean(), "purchase_p99_target_met is not a bool: {report}");
     assert_eq!(report["targets"]["purchase_p99_ms <= 20"], report["purchase_p99_target_met"], "{report}");
     assert!(report["purchase_p50_ms"].as_f64() <= report["purchase_p99_ms"].as_f64(), "{report}");
     for step in ["reserve", "authorize", "issue"] {
-        let p50 = report["purchase_steps"][format!("{step}_p50_ms")].as_f64().unwrap_or_else(|| panic!("no {step} p50: {report}"));
+        let p50 = reported["steps"][format!("{step}_p50_ms")].as_f64().unwrap_or_else(|| panic!("no {step} p50: {report}"));
         assert!(p50.is_finite() && p50 > 0.0, "{step} p50 = {p50}");
     }
     assert!(stderr.contains("2 purchases over gRPC"), "the human table has a row for case 2: {stderr}");
