@@ -22,7 +22,8 @@
 //!    untimed warm-up, in phases of N purchases: the maximum, a closed loop of
 //!    [`VOUCHERS_IN_FLIGHT`] purchases at a time (`purchase_max_per_s`); then the latency,
 //!    an open loop that starts purchases on a fixed schedule whatever the answers, each
-//!    latency counted from its scheduled start, at each of [`PURCHASE_LATENCY_LOAD_SHARES`]
+//!    latency counted from its scheduled start, after an untimed warm-up at the same rate,
+//!    at each of [`PURCHASE_LATENCY_LOAD_SHARES`]
 //!    of that maximum in turn until one keeps p99 within [`PURCHASE_P99_TARGET_MS`]: that
 //!    phase's achieved rate and latency are `purchase_per_s`, `purchase_p50_ms` and
 //!    `purchase_p99_ms` (the rate the engine sustains with that p99, the figure a merchant
@@ -489,7 +490,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
         plan.vouchers
     );
     let maximum = plan.warmup_vouchers..plan.warmup_vouchers + plan.vouchers;
-    let purchases_total = maximum.end + PURCHASE_LATENCY_LOAD_SHARES.len() * plan.vouchers;
+    // Each latency phase: its warm-up, then its timed purchases.
+    let phase_purchases = plan.warmup_vouchers + plan.vouchers;
+    let purchases_total = maximum.end + PURCHASE_LATENCY_LOAD_SHARES.len() * phase_purchases;
     let purchase_market = GrpcMarket::start(&url, &keys_dir, &scratch.path().join("purchase"), purchases_total, &keys.player_public_der).await?;
     let (_, _, redeem_warmup) = purchase_market.purchase_all(0..plan.warmup_vouchers, Pace::Closed).await?;
     purchase_market.caught_up().await?;
@@ -501,10 +504,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
     eprintln!("    maximum: {:.0} purchases/s with {VOUCHERS_IN_FLIGHT} in flight (p50 {} ms, p99 {} ms: queueing)", purchase.per_s, ms(purchase.p50_ms), ms(purchase.p99_ms));
     let mut purchase_latency_phases: Vec<LatencyPhase> = Vec::with_capacity(PURCHASE_LATENCY_LOAD_SHARES.len());
     for (index, load_share) in PURCHASE_LATENCY_LOAD_SHARES.into_iter().enumerate() {
-        let start = maximum.end + index * plan.vouchers;
+        let start = maximum.end + index * phase_purchases;
         let offered_per_s = purchase.per_s * load_share;
+        // Untimed, at the phase's own rate: the first seconds after a change of rate are a
+        // transient (the previous phase's writeback and queues drain), not this rate's
+        // steady state.
+        purchase_market.purchase_all(start..start + plan.warmup_vouchers, Pace::Open { per_s: offered_per_s }).await?;
+        purchase_market.caught_up().await?;
+        let timed = start + plan.warmup_vouchers..start + phase_purchases;
         let mark = meter.mark();
-        let (rate, steps, _) = purchase_market.purchase_all(start..start + plan.vouchers, Pace::Open { per_s: offered_per_s }).await?;
+        let (rate, steps, _) = purchase_market.purchase_all(timed, Pace::Open { per_s: offered_per_s }).await?;
         purchase_market.caught_up().await?;
         let rate = mark.attach(rate);
         eprintln!(
