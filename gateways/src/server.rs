@@ -458,8 +458,8 @@ pub async fn start(config: EngineConfig, log: Arc<dyn EventLog>, listener: tokio
         .add_service(pb::admin_service_server::AdminServiceServer::new(api).max_decoding_message_size(decode_max));
     let addr = listener.local_addr()?;
     // `serve_with_incoming` ignores the builder's `tcp_nodelay`, so it is set here: without
-    // it Nagle's algorithm held a response's last small write until the client's delayed
-    // ACK (up to 40 ms on Linux), which was the purchase latency's long tail.
+    // it Nagle's algorithm can hold a response's last small write until the client's
+    // delayed ACK (up to 40 ms on Linux).
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let mut stop_server = shutdown.clone();
     let server = tokio::spawn(async move {

@@ -55,7 +55,6 @@ impl Finding {
     }
 }
 
-/// Every projection, applied in stream order.
 /// Stream heads remembered between seals (a seal names the head at its `last_stream_seq`),
 /// at most: the newest this many. A seal that names a position further back than that
 /// from itself is a seal fault, so `Live::seal` does not seal while its projections lag
@@ -79,6 +78,7 @@ pub fn stream_link(previous: &[u8; 32], stored: &StoredEvent) -> [u8; 32] {
     *hasher.finalize().as_bytes()
 }
 
+/// Every projection, applied in stream order.
 #[derive(Debug, Default)]
 pub struct Projections {
     pub last_seq: Seq,

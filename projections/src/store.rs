@@ -219,16 +219,23 @@ pub enum ReleasedRows {}
 #[derive(Debug)]
 pub(crate) enum SaleRows {}
 
+/// The key of a row kind keyed by voucher id (its bytes are the id's).
+macro_rules! keyed_by_voucher {
+    () => {
+        type Key = VoucherId;
+        fn key_bytes(key: &VoucherId) -> &[u8] {
+            key.0.as_bytes()
+        }
+        fn key_of(id: &[u8]) -> Result<VoucherId, String> {
+            Ok(VoucherId(utf8(id, "voucher")?))
+        }
+    };
+}
+
 impl RowKind for VoucherRows {
-    type Key = VoucherId;
     type Value = VoucherRow;
     const PREFIX: &'static [u8; PREFIX_BYTES] = VOUCHER_PREFIX;
-    fn key_bytes(key: &VoucherId) -> &[u8] {
-        key.0.as_bytes()
-    }
-    fn key_of(id: &[u8]) -> Result<VoucherId, String> {
-        Ok(VoucherId(utf8(id, "voucher")?))
-    }
+    keyed_by_voucher!();
     fn encode(row: &VoucherRow) -> Result<Vec<u8>, CommitError> {
         voucher_value(row)
     }
@@ -240,15 +247,9 @@ impl RowKind for VoucherRows {
 }
 
 impl RowKind for SlotRows {
-    type Key = VoucherId;
     type Value = NodeId;
     const PREFIX: &'static [u8; PREFIX_BYTES] = SLOT_VOUCHER_PREFIX;
-    fn key_bytes(key: &VoucherId) -> &[u8] {
-        key.0.as_bytes()
-    }
-    fn key_of(id: &[u8]) -> Result<VoucherId, String> {
-        Ok(VoucherId(utf8(id, "voucher")?))
-    }
+    keyed_by_voucher!();
     fn encode(node: &NodeId) -> Result<Vec<u8>, CommitError> {
         Ok(node.0.as_bytes().to_vec())
     }
@@ -258,15 +259,9 @@ impl RowKind for SlotRows {
 }
 
 impl RowKind for SaleRows {
-    type Key = VoucherId;
     type Value = Sale;
     const PREFIX: &'static [u8; PREFIX_BYTES] = SALE_PREFIX;
-    fn key_bytes(key: &VoucherId) -> &[u8] {
-        key.0.as_bytes()
-    }
-    fn key_of(id: &[u8]) -> Result<VoucherId, String> {
-        Ok(VoucherId(utf8(id, "voucher")?))
-    }
+    keyed_by_voucher!();
     fn encode(sale: &Sale) -> Result<Vec<u8>, CommitError> {
         sale_value(sale)
     }
@@ -278,15 +273,9 @@ impl RowKind for SaleRows {
 }
 
 impl RowKind for ReleasedRows {
-    type Key = VoucherId;
     type Value = ();
     const PREFIX: &'static [u8; PREFIX_BYTES] = RELEASED_PREFIX;
-    fn key_bytes(key: &VoucherId) -> &[u8] {
-        key.0.as_bytes()
-    }
-    fn key_of(id: &[u8]) -> Result<VoucherId, String> {
-        Ok(VoucherId(utf8(id, "voucher")?))
-    }
+    keyed_by_voucher!();
     fn encode(_: &()) -> Result<Vec<u8>, CommitError> {
         Ok(Vec::new())
     }
