@@ -78,6 +78,24 @@ pub fn stream_link(previous: &[u8; 32], stored: &StoredEvent) -> [u8; 32] {
     *hasher.finalize().as_bytes()
 }
 
+/// A stored event, decoded ahead of applying: the auditor's reader decodes events while
+/// the applying side applies earlier ones, so the two share the work
+/// (`Projections::apply_prepared`). A profile of a 680k-event replay put decoding at about
+/// a third of the applying side's work, and the stream link (`stream_link`, left to the
+/// applying side since it chains) at a sixth.
+#[derive(Debug)]
+pub struct Prepared {
+    pub stored: StoredEvent,
+    recorded: Result<Recorded, engine::wire::DecodeError>,
+}
+
+impl Prepared {
+    pub fn new(stored: StoredEvent) -> Prepared {
+        let recorded = engine::wire::decode_shared(&stored.payload);
+        Prepared { stored, recorded }
+    }
+}
+
 /// Every projection, applied in stream order.
 #[derive(Debug, Default)]
 pub struct Projections {
@@ -150,11 +168,21 @@ impl Projections {
 
     /// Applies one stored event; the next sequence must follow the last one applied.
     pub fn apply(&mut self, stored: &StoredEvent) -> Result<Recorded, Finding> {
+        self.apply_decoded(stored, engine::wire::decode_shared(&stored.payload))
+    }
+
+    /// Applies one prepared event, as `apply` does.
+    pub fn apply_prepared(&mut self, prepared: Prepared) -> Result<Recorded, Finding> {
+        self.apply_decoded(&prepared.stored, prepared.recorded)
+    }
+
+    /// `apply` of an event already decoded.
+    fn apply_decoded(&mut self, stored: &StoredEvent, recorded: Result<Recorded, engine::wire::DecodeError>) -> Result<Recorded, Finding> {
         let expected = Seq(self.last_seq.0 + 1);
         if stored.seq != expected {
             return Err(Finding::Gap { expected, found: stored.seq });
         }
-        let recorded = engine::wire::decode_shared(&stored.payload).map_err(|e| Finding::Undecodable { seq: stored.seq, reason: e.to_string() })?;
+        let recorded = recorded.map_err(|e| Finding::Undecodable { seq: stored.seq, reason: e.to_string() })?;
         if !recorded.aggregate.has_subject(&stored.subject) {
             return Err(Finding::WrongSubject { seq: stored.seq, subject: stored.subject.clone(), expected: recorded.aggregate.subject() });
         }

@@ -109,8 +109,12 @@ pub const APPEND_ATTEMPTS_MAX: u32 = 3;
 /// Pause before a retry, multiplied by the attempt number.
 pub const APPEND_RETRY_DELAY_MS: u64 = 250;
 
-/// Events one pull request asks for while reading or following.
-pub const PULL_BATCH_EVENTS_MAX: usize = 1_024;
+/// Events one pull request asks for while reading or following (a read of fewer asks
+/// for what it reads). A 680k-event audit replay ran about 15 % faster with 8,192 than
+/// with 1,024 (paired runs; fewer pull requests for the server to serve).
+pub const PULL_BATCH_EVENTS_MAX: usize = 8_192;
+/// The most events `read_range` reserves room for ahead.
+const READ_RANGE_RESERVE_EVENTS_MAX: usize = 65_536;
 /// How long one pull request waits on the server for events before it is renewed.
 pub const PULL_EXPIRES_MS: u64 = 5_000;
 /// The server's heartbeat on an idle pull request; two missed ones mean the consumer or the
@@ -1179,12 +1183,14 @@ async fn create_consumer(
         .await
 }
 
+/// Pull requests of `batch_events` (at most `PULL_BATCH_EVENTS_MAX`) events each.
 async fn pull_messages(
     consumer: &consumer::Consumer<pull::Config>,
+    batch_events: usize,
 ) -> Result<pull::Stream, async_nats::jetstream::consumer::StreamError> {
     consumer
         .stream()
-        .max_messages_per_batch(PULL_BATCH_EVENTS_MAX)
+        .max_messages_per_batch(batch_events.clamp(1, PULL_BATCH_EVENTS_MAX))
         .expires(Duration::from_millis(PULL_EXPIRES_MS))
         .heartbeat(Duration::from_millis(PULL_HEARTBEAT_MS))
         .messages()
@@ -1198,13 +1204,11 @@ async fn read_range(
     first: u64,
     end: u64,
 ) -> Result<Vec<StoredEvent>, ReadError> {
-    let mut messages = pull_messages(consumer)
+    let count = usize::try_from(end - first + 1).unwrap_or(usize::MAX);
+    let mut messages = pull_messages(consumer, count)
         .await
         .map_err(|error| ReadError::Unavailable(format!("pull: {error}")))?;
-    let capacity = usize::try_from(end - first + 1)
-        .unwrap_or(usize::MAX)
-        .min(PULL_BATCH_EVENTS_MAX * 64);
-    let mut events = Vec::with_capacity(capacity);
+    let mut events = Vec::with_capacity(count.min(READ_RANGE_RESERVE_EVENTS_MAX));
     let mut next = first;
     while next <= end {
         let message = tokio::time::timeout(
@@ -1484,8 +1488,9 @@ struct Follower {
     filter: Option<String>,
     /// The next stream sequence to yield: everything before it was yielded exactly once.
     next: u64,
-    /// The sequence and content hash of the last event yielded.
-    last: Option<(u64, [u8; 32])>,
+    /// The sequence, subject and payload of the last event yielded (shared with the event,
+    /// not copied: hashing them instead cost the auditor's reader ~3 % of a replay).
+    last: Option<(u64, async_nats::Subject, Bytes)>,
     messages: Option<pull::Stream>,
     /// The last consumer sequence delivered by the current consumer (each consumer starts
     /// at 1 and counts every delivery, so a jump means a lost delivery).
@@ -1496,15 +1501,6 @@ struct Follower {
     /// Consecutive recreations for a gap at `next`.
     gaps: u32,
     finished: bool,
-}
-
-/// What `Follower` remembers of an event it yielded: its subject and payload, hashed.
-fn event_hash(subject: &str, payload: &[u8]) -> [u8; 32] {
-    let mut hasher = blake3::Hasher::new();
-    hasher.update(&(subject.len() as u64).to_le_bytes());
-    hasher.update(subject.as_bytes());
-    hasher.update(payload);
-    *hasher.finalize().as_bytes()
 }
 
 impl Follower {
@@ -1613,7 +1609,7 @@ impl Follower {
                 subject: message.subject.to_string(),
                 payload: message.payload.clone(),
             };
-            self.last = Some((stream_seq, event_hash(&event.subject, &event.payload)));
+            self.last = Some((stream_seq, message.subject.clone(), message.payload.clone()));
             return Some((Ok(event), self));
         }
     }
@@ -1627,7 +1623,7 @@ impl Follower {
                 Err(CheckFailed::Diverged(error)) => return Err(error),
                 Err(CheckFailed::Unavailable(reason)) => Err(reason),
                 Ok(()) => match create_consumer(&self.stream, self.filter.as_deref(), self.next).await {
-                    Ok(consumer) => pull_messages(&consumer)
+                    Ok(consumer) => pull_messages(&consumer, PULL_BATCH_EVENTS_MAX)
                         .await
                         .map_err(|error| error.to_string()),
                     Err(error) => Err(error.to_string()),
@@ -1663,12 +1659,13 @@ impl Follower {
     /// Whether the last event yielded is still in the stream at its sequence, byte for
     /// byte (struct docs); nothing to check before the first.
     async fn check_last(&self) -> Result<(), CheckFailed> {
-        let Some((seq, hash)) = self.last else { return Ok(()) };
+        let Some((seq, subject, payload)) = &self.last else { return Ok(()) };
+        let seq = *seq;
         let diverged = |reason: String| {
             CheckFailed::Diverged(ReadError::Diverged { seq: Seq(seq), reason })
         };
         match self.stream.get_raw_message(seq).await {
-            Ok(message) if event_hash(message.subject.as_str(), &message.payload) == hash => Ok(()),
+            Ok(message) if message.subject == *subject && message.payload == *payload => Ok(()),
             Ok(_) => Err(diverged("the stream holds another event there now (it lost a tail in a crash and new appends took its sequences)".to_owned())),
             Err(error) if matches!(error.kind(), async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound) => {
                 Err(diverged("the stream no longer holds an event there (it lost a tail in a crash, or was re-created)".to_owned()))
