@@ -381,6 +381,64 @@ async fn royalty_entries_are_sealed_verified_and_rebuilt_by_replay() {
     assert!(checker.seal_faults[0].reason.contains("totals digest"), "{:?}", checker.seal_faults);
 }
 
+/// A log that says its head is `ahead` events past the one it wraps (it appends and reads
+/// through to it): what a sealer sees while the projections lag a busy log.
+struct HeadAhead {
+    inner: Arc<dyn EventLog>,
+    ahead: u64,
+}
+
+#[async_trait::async_trait]
+impl EventLog for HeadAhead {
+    async fn append(&self, request: engine::log::AppendRequest) -> Result<Result<engine::log::Appended, engine::log::VersionConflict>, engine::log::AppendError> {
+        self.inner.append(request).await
+    }
+    async fn read_subject(&self, subject: &str) -> Result<Vec<engine::log::StoredEvent>, engine::log::ReadError> {
+        self.inner.read_subject(subject).await
+    }
+    async fn read_from(&self, from: Seq, limit: usize) -> Result<Vec<engine::log::StoredEvent>, engine::log::ReadError> {
+        self.inner.read_from(from, limit).await
+    }
+    async fn last_seq(&self) -> Result<Seq, engine::log::ReadError> {
+        Ok(Seq(self.inner.last_seq().await?.0 + self.ahead))
+    }
+    fn follow(&self, from: Seq) -> futures::stream::BoxStream<'static, Result<engine::log::StoredEvent, engine::log::ReadError>> {
+        self.inner.follow(from)
+    }
+}
+
+#[tokio::test]
+async fn no_seal_is_made_while_the_projections_lag_the_log_by_more_than_half_the_stream_heads_kept() {
+    let f = fixture().await;
+    let master = crypto::SecretKey::from_bytes([5; 32]);
+    let live = projections::Live::with_projections(projections::Projections::with_royalty_keys(&master, Some(f.market.keys().public.clone())));
+    let runner = {
+        let (live, log) = (live.clone(), Arc::clone(&f.log));
+        tokio::spawn(async move { live.run(log).await })
+    };
+    sell_and_deliver(&f, 2, "lag").await;
+    live.caught_up(f.log.last_seq().await.expect("seq")).await;
+    let before = stream_len(&f.log).await;
+    let market_over = |ahead: u64| {
+        let log: Arc<dyn EventLog> = Arc::new(HeadAhead { inner: Arc::clone(&f.log), ahead });
+        Market::new(log, f.clock.clone() as Arc<dyn Clock>, Arc::clone(f.market.keys()), Arc::new(OneNode(f.node.clone())))
+    };
+
+    // A seal names the projections' position, whose stream head a replay must still hold
+    // when the seal lands after the log's head: more than half the heads behind, no seal.
+    let lagging = market_over(projections::STREAM_HEADS_MAX as u64 / 2 + 1);
+    assert!(live.seal(&lagging, 1).await.expect("seal").is_none(), "no seal while the projections lag that far");
+    assert_eq!(stream_len(&f.log).await, before, "nothing was appended");
+
+    // Negative control: exactly half behind still seals, through the same wrapper.
+    let at_limit = market_over(projections::STREAM_HEADS_MAX as u64 / 2);
+    let seal = live.seal(&at_limit, 1).await.expect("seal").expect("a seal at the limit");
+    assert_eq!(stream_len(&f.log).await, before + 1, "the seal was appended");
+    live.caught_up(f.log.last_seq().await.expect("seq")).await;
+    runner.abort();
+    assert_eq!(live.read(|p| (p.royalty.seals_verified, p.royalty.seal_faults.len())), (1, 0), "the seal verifies: {seal:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_issues_never_exceed_a_nodes_slots() {
     let f = fixture().await;
