@@ -402,35 +402,17 @@ impl Live {
 impl Live {
     /// The allocator's choice among the nodes `eligible` accepts (see `Allocator::choose`).
     pub fn choose_where(&self, region: Option<&str>, holder: &str, eligible: &dyn Fn(&NodeId) -> bool) -> Option<NodeId> {
-        self.lock_on_request_path().allocation.choose_and_hold_where(region, holder, eligible)
-    }
-
-    /// The projections' lock for a request (the allocator's choice in IssueVoucher and
-    /// Preview), which runs on a runtime thread. Held briefly, but its holder can be
-    /// descheduled while holding it (client, engine and nats-server share the cores): probes
-    /// in the purchase bench saw ~500 waits of 1–7.5 ms per `--quick` run. Waiting inside
-    /// `block_in_place` lets the runtime move this thread's other tasks to another thread
-    /// meanwhile, instead of stalling them all behind one purchase.
-    fn lock_on_request_path(&self) -> std::sync::MutexGuard<'_, Projections> {
-        match self.inner.try_lock() {
-            Ok(projections) => projections,
-            Err(std::sync::TryLockError::WouldBlock) => {
-                let multi_thread = tokio::runtime::Handle::try_current().is_ok_and(|runtime| runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-                // `block_in_place` needs the multi-thread runtime (it panics elsewhere).
-                if multi_thread { tokio::task::block_in_place(|| self.lock()) } else { self.lock() }
-            }
-            Err(std::sync::TryLockError::Poisoned(_)) => panic!("projection lock is never poisoned: apply does not panic"),
-        }
+        self.lock().allocation.choose_and_hold_where(region, holder, eligible)
     }
 }
 
 impl Allocator for Live {
     fn choose(&self, region: Option<&str>, holder: &str) -> Option<NodeId> {
-        self.lock_on_request_path().allocation.choose_and_hold(region, holder)
+        self.inner.lock().expect("projection lock is never poisoned: apply does not panic").allocation.choose_and_hold(region, holder)
     }
 
     fn cancel(&self, holder: &str) {
-        self.lock_on_request_path().allocation.cancel(holder);
+        self.inner.lock().expect("projection lock is never poisoned: apply does not panic").allocation.cancel(holder);
     }
 }
 
@@ -490,60 +472,4 @@ pub enum RunError {
     Finding(#[from] Finding),
     #[error("committing to the projection store failed: {0}")]
     Store(#[from] CommitError),
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::atomic::{AtomicU32, Ordering};
-    use std::time::Duration;
-
-    /// How long another thread holds the projections' lock in the test below.
-    const HELD_MS: u64 = 300;
-
-    #[test]
-    fn a_choice_waiting_for_the_projections_lock_does_not_stall_its_runtime_thread() {
-        // One worker thread: a task blocked on it would stall every other task.
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_time().build().expect("runtime");
-        let live = Live::with_projections(Projections::default());
-        let ticks = Arc::new(AtomicU32::new(0));
-        let (locked, is_locked) = std::sync::mpsc::channel();
-        let during = runtime.block_on(async {
-            let ticker = {
-                let ticks = Arc::clone(&ticks);
-                tokio::spawn(async move {
-                    loop {
-                        tokio::time::sleep(Duration::from_millis(1)).await;
-                        ticks.fetch_add(1, Ordering::Relaxed);
-                    }
-                })
-            };
-            while ticks.load(Ordering::Relaxed) < 3 {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-            let holder = {
-                let live = live.clone();
-                std::thread::spawn(move || {
-                    live.read(|_| {
-                        locked.send(()).expect("the test waits");
-                        std::thread::sleep(Duration::from_millis(HELD_MS));
-                    })
-                })
-            };
-            is_locked.recv().expect("the holder locks");
-            let before = ticks.load(Ordering::Relaxed);
-            let chooser = {
-                let live = live.clone();
-                tokio::spawn(async move { engine::app::Allocator::choose(&live, None, "v1") })
-            };
-            assert_eq!(chooser.await.expect("the choice"), None, "no node is registered");
-            let during = ticks.load(Ordering::Relaxed) - before;
-            holder.join().expect("the holder");
-            ticker.abort();
-            during
-        });
-        // The ticker ran on while the choice waited ~300 ms (with the worker blocked it
-        // ticked about once).
-        assert!(during >= 20, "the ticker ticked {during} times while the choice waited for the lock");
-    }
 }
