@@ -58,6 +58,9 @@ pub struct DemoArgs {
     pub vouchers: usize,
     /// Drive an engine already running under `serve`.
     pub connect: Option<String>,
+    /// With `connect` to an `https://` engine: the CA to trust and, for an engine that
+    /// requires client certificates, the certificate the demo and its nodes present.
+    pub engine_tls: crate::node::EngineTls,
 }
 
 #[derive(serde::Serialize, Debug, Default)]
@@ -154,7 +157,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
         (None, None) => bail!("no engine to talk to"),
     };
     eprintln!("engine at {url} ({})", if local.is_some() { "started by the demo" } else { "already running" });
-    let channel = client::connect(&url, None).await?;
+    let identity = args.engine_tls.client_identity.as_ref().map(|(cert_pem, key_pem)| client::ClientIdentity { cert_pem, key_pem });
+    let channel = client::connect_tls(&url, args.engine_tls.ca_pem.as_deref(), identity).await?;
     let mut catalog = client::catalog(channel.clone(), operator.clone());
     // Each run adds a new market session to the same stream, so request ids carry a run id.
     let run_id = format!("r{}", hex::encode(crypto::random_bytes::<6>()));
@@ -179,7 +183,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
             region: region.to_string(),
             data_dir: data_dir.join("nodes"),
             cache_bytes_max: NODE_CACHE_BYTES_MAX,
-            engine_tls: Default::default(),
+            engine_tls: args.engine_tls.clone(),
         })
         .await?;
         nodes.push(node);

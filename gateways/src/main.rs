@@ -65,6 +65,16 @@ enum Command {
         /// Drive an engine already running under `serve` (uses operator.cred from --keys).
         #[arg(long)]
         connect: Option<String>,
+        /// With --connect https://…: PEM of the CA that signed the engine's certificate.
+        #[arg(long, requires = "connect")]
+        ca: Option<PathBuf>,
+        /// With --connect to an engine that requires client certificates (mTLS): the PEM
+        /// certificate the demo and its delivery nodes present.
+        #[arg(long, requires_all = ["connect", "client_key"])]
+        client_cert: Option<PathBuf>,
+        /// PEM private key of --client-cert.
+        #[arg(long, requires = "client_cert")]
+        client_key: Option<PathBuf>,
     },
     /// Benchmarks with raw-substrate baselines measured in the same run.
     Bench {
@@ -288,10 +298,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
-        Command::Demo { backend, keys, vouchers, json, connect } => {
+        Command::Demo { backend, keys, vouchers, json, connect, ca, client_cert, client_key } => {
             let keys_dir = keys.unwrap_or_else(|| backend.data_dir.join("keys"));
+            let engine_tls = match connect.clone() {
+                Some(connect) => commands::ConnectArgs { connect, ca, client_cert, client_key }.engine_tls()?,
+                None => Default::default(),
+            };
             let runtime = tokio::runtime::Runtime::new()?;
-            let summary = runtime.block_on(demo::run(demo::DemoArgs { backend, keys_dir, vouchers: usize::try_from(vouchers)?, connect }))?;
+            let summary = runtime.block_on(demo::run(demo::DemoArgs { backend, keys_dir, vouchers: usize::try_from(vouchers)?, connect, engine_tls }))?;
             eprintln!(
                 "demo: {} purchases, {} delivered ({} decrypted and verified, {} album tracks), {} points-paid, {} previews, {} expired, {} voided; {} events in the stream; state digest {}; {} ms",
                 summary.purchases, summary.delivered, summary.decrypt_ok, summary.album_tracks_delivered, summary.points_paid, summary.previews, summary.expired, summary.voided,

@@ -314,6 +314,20 @@ fn serve_with_a_tls_section_and_the_cli_with_ca_and_client_certificate() {
     // Still serving after the refused handshakes.
     let (code, said) = run(root, &[&get[..], &tls[..]].concat());
     assert_eq!(code, 1, "{said}");
+
+    // The demo drives the mTLS engine: it and its delivery nodes present the client
+    // certificate, and everything sold is delivered and audits clean.
+    let demo = ["demo", "--keys", "keys", "--data-dir", "demo", "--vouchers", "12", "--json"];
+    let output = vouchsafe().args([&demo[..], &tls[..]].concat()).current_dir(root).output().expect("run the demo");
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "demo over mTLS: {said}");
+    let summary: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&output.stdout).lines().last().expect("a JSON line")).expect("JSON");
+    assert_eq!(summary["backend"], "connect", "{summary}");
+    assert_eq!(summary["audit_ok"], true, "{summary}");
+    assert!(summary["delivered"].as_u64().is_some_and(|delivered| delivered > 0), "{summary}");
+    // Negative control: without the client certificate the demo cannot connect (exit 2).
+    let (code, said) = run(root, &[&demo[..], &["--connect", &url, "--ca", "ca.pem"][..]].concat());
+    assert_eq!(code, 2, "demo without a client certificate: {said}");
     drop(serve);
 }
 
