@@ -81,7 +81,7 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Long enough that neither the sweeper nor the sealer appends during the run: every
 /// refusal is checked against an unchanged stream head.
 const QUIET: Duration = Duration::from_secs(3600);
-/// The front door's limit for MerchantService, DeliveryService, AuditService and all of
+/// The front door's limit for MerchantService, DeliveryService, AuditService, AdminService and all of
 /// CatalogService but PublishMedia.
 const REQUEST_BYTES_MAX: usize = 64 * 1024;
 /// The front door's limit for PublishMedia bodies (a media container plus 1 MiB).
@@ -168,6 +168,7 @@ enum Service {
     Delivery,
     Catalog,
     Audit,
+    Admin,
 }
 
 impl Service {
@@ -177,6 +178,7 @@ impl Service {
             Service::Delivery => "vouchsafe.v1.DeliveryService",
             Service::Catalog => "vouchsafe.v1.CatalogService",
             Service::Audit => "vouchsafe.v1.AuditService",
+            Service::Admin => "vouchsafe.v1.AdminService",
         }
     }
 }
@@ -194,6 +196,7 @@ macro_rules! rpcs {
     (@client Delivery, $channel:expr, $who:expr) => { pb::delivery_service_client::DeliveryServiceClient::with_interceptor($channel, $who) };
     (@client Catalog, $channel:expr, $who:expr) => { pb::catalog_service_client::CatalogServiceClient::with_interceptor($channel, $who) };
     (@client Audit, $channel:expr, $who:expr) => { pb::audit_service_client::AuditServiceClient::with_interceptor($channel, $who) };
+    (@client Admin, $channel:expr, $who:expr) => { pb::admin_service_client::AdminServiceClient::with_interceptor($channel, $who) };
     ($($variant:ident = $service:ident . $method:ident ($message:ident) $shape:ident;)*) => {
         #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
         enum Rpc { $($variant),* }
@@ -269,6 +272,11 @@ rpcs! {
     Replay = Audit.replay(ReplayRequest) stream;
     VerifyChain = Audit.verify_chain(VerifyChainRequest) unary;
     Totals = Audit.totals(TotalsRequest) unary;
+    GetStats = Admin.get_stats(GetStatsRequest) unary;
+    GetConfig = Admin.get_config(GetConfigRequest) unary;
+    SetConfig = Admin.set_config(SetConfigRequest) unary;
+    DrainNode = Admin.drain_node(NodeAdminRequest) unary;
+    RemoveNode = Admin.remove_node(NodeAdminRequest) unary;
 }
 
 impl Rpc {
@@ -608,6 +616,7 @@ fn may_call(service: Service, role: Role) -> bool {
         Service::Delivery => matches!(role, Role::NodeX | Role::NodeY | Role::NodeZ),
         Service::Catalog => role == Role::Operator,
         Service::Audit => matches!(role, Role::Operator | Role::Auditor),
+        Service::Admin => role == Role::Operator,
     }
 }
 
@@ -617,6 +626,7 @@ fn rightful(service: Service) -> Role {
         Service::Delivery => Role::NodeX,
         Service::Catalog => Role::Operator,
         Service::Audit => Role::Auditor,
+        Service::Admin => Role::Operator,
     }
 }
 
@@ -721,6 +731,11 @@ struct Pools {
     serials: Ids,
     consumers: Ids,
     accounts: Ids,
+    /// Nodes X, Y and Z (never the known-good node W, which no generated case names).
+    nodes: Ids,
+    /// Nodes the cases may create (RegisterNodeCredential with a shared request id), which
+    /// no case calls as: what RemoveNode may remove.
+    removable_nodes: Ids,
     regions: Vec<String>,
     /// Every id of every kind, for fields that expect another kind.
     any_ids: Vec<String>,
@@ -765,6 +780,8 @@ impl Pools {
         let serials = Ids::new(vec![w.alice_serial.clone(), w.bob_serial.clone(), w.erin_serial.clone(), w.dave_serial.clone()], other_serials);
         let accounts = Ids::new(vec!["acct-1".into()], ["acct-empty", "fz-acct-0", "fz-acct-1"].map(String::from).to_vec());
         let request_ids = Ids::new(shared.clone(), world_requests.map(String::from).to_vec());
+        let nodes = Ids::new([&w.x, &w.y, &w.z].map(|c| c.id.clone()).to_vec(), vec!["nd-never".into()]);
+        let removable_nodes = Ids::new(shared.iter().map(|r| engine::ids::node_id_for(&w.operator.id, &RequestId(r.clone())).0).collect(), vec!["nd-never".into()]);
         let regions: Vec<String> = ["", "eu", "us", "ap"].map(String::from).to_vec();
         let mut any_ids: Vec<String> = [&w.operator, &w.a, &w.b, &w.x, &w.y, &w.z, &w.auditor].map(|c| c.id.clone()).to_vec();
         for ids in [&vouchers, &orders, &previews, &media, &serials, &consumers, &accounts, &request_ids] {
@@ -791,7 +808,7 @@ impl Pools {
             }
         }
         let ders = vec![w.consumer_der.clone(), w.fx.engine_public.to_der().expect("der")];
-        Pools { request_ids, vouchers, media, orders, previews, serials, consumers, accounts, regions, any_ids, ders, proofs, uploads: w.uploads.clone(), redemptions }
+        Pools { request_ids, vouchers, media, orders, previews, serials, consumers, accounts, nodes, removable_nodes, regions, any_ids, ders, proofs, uploads: w.uploads.clone(), redemptions }
     }
 }
 
@@ -1020,6 +1037,34 @@ fn arb_request(rpc: Rpc, p: &Pools, b: Bias) -> BoxedStrategy<Req> {
         Rpc::Replay => bytes_field(&[], b).prop_map(|pinned_seal_hash| Req::Replay(pb::ReplayRequest { pinned_seal_hash })).boxed(),
         Rpc::VerifyChain => Just(Req::VerifyChain(pb::VerifyChainRequest {})).boxed(),
         Rpc::Totals => Just(Req::Totals(pb::TotalsRequest {})).boxed(),
+        Rpc::GetStats => Just(Req::GetStats(pb::GetStatsRequest {})).boxed(),
+        Rpc::GetConfig => Just(Req::GetConfig(pb::GetConfigRequest {})).boxed(),
+        Rpc::SetConfig => {
+            // The known keys, at and beyond their bounds, as numbers and as anything else;
+            // but not the sealer's (`seal.interval_ms`, `seal.entries_max`): an accepted one
+            // lets the sealer append in the middle of later cases, which this harness must
+            // see as quiet (`QUIET`) to tell what each case wrote. Their values are checked
+            // by the same code as the others'.
+            let settable = || engine::domain::config::KEYS.iter().filter(|(key, ..)| !key.starts_with("seal."));
+            let known: Vec<String> = settable().map(|(key, ..)| key.to_string()).collect();
+            let key = one_of(vec![(b.plausible(4), select(known).boxed()), (2, hostile_text())]);
+            let bounds: Vec<String> = settable().flat_map(|(_, min, max, default)| [*min, *max, *default, min.saturating_sub(1), max.saturating_add(1)]).map(|n| n.to_string()).collect();
+            let value = one_of(vec![
+                (b.plausible(4), select(bounds).boxed()),
+                (2, u64_field(60_000, b).prop_map(|n| n.to_string()).boxed()),
+                (1, select(vec!["-1".to_string(), "1e6".into(), "0x10".into(), " 5000".into(), "18446744073709551616".into()]).boxed()),
+                (2, hostile_text()),
+            ]);
+            (rid, key, value).prop_map(|(request_id, key, value)| Req::SetConfig(pb::SetConfigRequest { request_id, key, value })).boxed()
+        }
+        Rpc::DrainNode => (rid, id_field(&p.nodes, &p.any_ids, b)).prop_map(|(request_id, node_id)| Req::DrainNode(pb::NodeAdminRequest { request_id, node_id })).boxed(),
+        Rpc::RemoveNode => {
+            // A removed node's credential stops working, so the nodes the cases call as
+            // (X, Y, Z) are never removed: their later calls would be judged as theirs.
+            let callers = &p.nodes.real;
+            let others: Vec<String> = p.any_ids.iter().filter(|id| !callers.contains(id)).cloned().collect();
+            (rid, id_field(&p.removable_nodes, &others, b)).prop_map(|(request_id, node_id)| Req::RemoveNode(pb::NodeAdminRequest { request_id, node_id })).boxed()
+        }
     }
 }
 
