@@ -20,73 +20,26 @@
 //! Not here: expired or replayed access tokens. The node agent checks those locally
 //! (`gateways::node`), the engine never sees an access token.
 
+mod support;
+
+use support::{start, Fixture, FRAME_HEADER_BYTES, REQUEST_BYTES_MAX, UPLOAD_BYTES_MAX};
 use engine::crypto::{self, RsaPrivate, SecretKey};
-use engine::log::embedded::EmbeddedLog;
-use engine::log::EventLog;
 use gateways::client::{self, Upload};
 use gateways::cred::{Credential, ID_HEADER, SECRET_HEADER};
-use gateways::server::{self, EngineConfig, RunningEngine};
 use proto::v1 as pb;
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-// ---- the fixture ----
+// ---- the fixture (tests/support) and this file's limits ----
 
-/// Long enough that neither the sweeper nor the sealer appends during a test: every
-/// refusal is checked against an unchanged stream head.
-const QUIET: Duration = Duration::from_secs(3600);
 /// A call that takes longer than this is reported as hanging.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
-/// The front door's limit for MerchantService, DeliveryService and AuditService bodies.
-const REQUEST_BYTES_MAX: usize = 64 * 1024;
-/// The front door's limit for CatalogService bodies (a media container plus 1 MiB).
-const UPLOAD_BYTES_MAX: usize = engine::media::CONTAINER_BYTES_MAX + 1024 * 1024;
-/// gRPC's frame header: compression flag and length, before each message.
-const FRAME_HEADER_BYTES: usize = 5;
 /// How often, and after how long, the access matrix retries a call refused because the
 /// engine's full replays (started by earlier cells) are still running.
 const REPLAY_BUSY_RETRIES_MAX: usize = 100;
 const REPLAY_BUSY_RETRY_AFTER: Duration = Duration::from_millis(100);
-
-struct Fixture {
-    _dir: tempfile::TempDir,
-    engine: RunningEngine,
-    log: Arc<dyn EventLog>,
-    operator: Credential,
-    channel: Channel,
-    engine_public: crypto::RsaPublic,
-}
-
-async fn start() -> Fixture {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let keys = dir.path().join("keys");
-    gateways::keys::init(&keys).expect("keys init");
-    let log: Arc<dyn EventLog> = Arc::new(EmbeddedLog::open(&dir.path().join("log")).expect("embedded log"));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
-    let config = EngineConfig { sweep_interval: QUIET, seal_interval: QUIET, ..EngineConfig::new(dir.path().to_path_buf(), keys.clone()) };
-    assert_eq!(config.limits.request_bytes_max, REQUEST_BYTES_MAX, "the limits this test probes");
-    assert_eq!(config.limits.upload_bytes_max, UPLOAD_BYTES_MAX, "the limits this test probes");
-    let engine = server::start(config, Arc::clone(&log), listener).await.expect("engine starts");
-    let channel = client::connect(&engine.url(), None).await.expect("connect");
-    let operator = Credential::load(&keys.join("operator.cred")).expect("operator credential");
-    let engine_public = gateways::keys::load_engine_public(&keys).expect("public key");
-    Fixture { _dir: dir, engine, log, operator, channel, engine_public }
-}
-
-impl Fixture {
-    async fn head(&self) -> u64 {
-        self.log.last_seq().await.expect("the stream head").0
-    }
-
-    /// Waits until the live projections (the allocator among them) have applied the stream.
-    async fn settle(&self) {
-        let head = self.log.last_seq().await.expect("the stream head");
-        self.engine.engine.live.caught_up(head).await;
-    }
-}
 
 // ---- callers: what metadata a request carries ----
 

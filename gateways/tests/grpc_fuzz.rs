@@ -42,16 +42,15 @@
 //! exported royalty log's (projections/tests/export_fuzz.rs). Malformed HTTP/2 framing
 //! below the gRPC message (hyper's and h2's business) is not generated.
 //!
-//! The fixture is copied from grpc_bad_input.rs (test files cannot share modules without a
-//! `tests/support` module, and that file is edited by other work in parallel).
+//! The engine fixture is shared with grpc_bad_input.rs (`tests/support`).
 
+mod support;
+
+use support::{start, Fixture, FRAME_HEADER_BYTES, REQUEST_BYTES_MAX, UPLOAD_BYTES_MAX};
 use engine::crypto::{self, RsaPrivate, SecretKey};
 use engine::ids::{MerchantId, RequestId};
-use engine::log::embedded::EmbeddedLog;
-use engine::log::EventLog;
 use gateways::client::{self, Upload};
 use gateways::cred::{Credential, ID_HEADER, SECRET_HEADER};
-use gateways::server::{self, EngineConfig, RunningEngine};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::{select, Index};
@@ -60,7 +59,7 @@ use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 use proto::v1 as pb;
 use std::collections::BTreeMap;
 use std::fmt::Debug;
-use std::sync::{Arc, Mutex, Once, PoisonError};
+use std::sync::{Mutex, Once, PoisonError};
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
@@ -76,61 +75,14 @@ const CHECK_EVERY_CASES: usize = 100;
 /// A call that takes longer than this is reported as hanging.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
-// ---- the fixture (as in grpc_bad_input.rs) ----
+// ---- the fixture (tests/support) ----
 
-/// Long enough that neither the sweeper nor the sealer appends during the run: every
-/// refusal is checked against an unchanged stream head.
-const QUIET: Duration = Duration::from_secs(3600);
-/// The front door's limit for MerchantService, DeliveryService, AuditService, AdminService and all of
-/// CatalogService but PublishMedia.
-const REQUEST_BYTES_MAX: usize = 64 * 1024;
-/// The front door's limit for PublishMedia bodies (a media container plus 1 MiB).
-const UPLOAD_BYTES_MAX: usize = engine::media::CONTAINER_BYTES_MAX + 1024 * 1024;
-/// gRPC's frame header: compression flag and length, before each message.
-const FRAME_HEADER_BYTES: usize = 5;
 /// The region of the known-good node W: no generated request names it.
 const KNOWN_GOOD_REGION: &str = "known-good-region-w";
 /// The consumer of the known-good sales: no generated request names it.
 const KNOWN_GOOD_CONSUMER: &str = "known-good-consumer";
 /// The name of the runtime's threads: panics on them are the engine's (or tonic's).
 const RUNTIME_THREAD: &str = "grpc-fuzz-runtime";
-
-struct Fixture {
-    _dir: tempfile::TempDir,
-    engine: RunningEngine,
-    log: Arc<dyn EventLog>,
-    operator: Credential,
-    channel: Channel,
-    engine_public: crypto::RsaPublic,
-}
-
-async fn start() -> Fixture {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let keys = dir.path().join("keys");
-    gateways::keys::init(&keys).expect("keys init");
-    let log: Arc<dyn EventLog> = Arc::new(EmbeddedLog::open(&dir.path().join("log")).expect("embedded log"));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
-    let config = EngineConfig { sweep_interval: QUIET, seal_interval: QUIET, ..EngineConfig::new(dir.path().to_path_buf(), keys.clone()) };
-    assert_eq!(config.limits.request_bytes_max, REQUEST_BYTES_MAX, "the limits this test probes");
-    assert_eq!(config.limits.upload_bytes_max, UPLOAD_BYTES_MAX, "the limits this test probes");
-    let engine = server::start(config, Arc::clone(&log), listener).await.expect("engine starts");
-    let channel = client::connect(&engine.url(), None).await.expect("connect");
-    let operator = Credential::load(&keys.join("operator.cred")).expect("operator credential");
-    let engine_public = gateways::keys::load_engine_public(&keys).expect("public key");
-    Fixture { _dir: dir, engine, log, operator, channel, engine_public }
-}
-
-impl Fixture {
-    async fn head(&self) -> u64 {
-        self.log.last_seq().await.expect("the stream head").0
-    }
-
-    /// Waits until the live projections (the allocator among them) have applied the stream.
-    async fn settle(&self) {
-        let head = self.log.last_seq().await.expect("the stream head");
-        self.engine.engine.live.caught_up(head).await;
-    }
-}
 
 /// The credential metadata a call presents (or fails to present), as an interceptor.
 /// Every value generated here is visible ASCII, so the interceptor never fails.
