@@ -78,7 +78,15 @@ fn a_tiny_bench_prints_every_key_with_finite_positive_rates() {
     for (index, phase) in phases.iter().enumerate() {
         assert_eq!(phase["rate"]["operations"].as_u64(), Some(200), "every paced purchase counts once: {report}");
         let within = phase["rate"]["p99_ms"].as_f64().is_some_and(|p99| p99 <= 20.0);
-        assert!(within != (index + 1 < phases.len()), "phases stop at the first within 20 ms: {report}");
+        // Only the last phase may be within 20 ms, and one stops early only when it is: a
+        // run where no share meets the target (it depends on the machine's load, which a
+        // test must not assume) tries every share.
+        if index + 1 < phases.len() {
+            assert!(!within, "phases stop at the first within 20 ms: {report}");
+        } else {
+            let shares = gateways::bench::PURCHASE_LATENCY_LOAD_SHARES.len();
+            assert!(within || phases.len() == shares, "phases go on until one is within 20 ms or every share was tried: {report}");
+        }
     }
     let maximum = report["purchase_max_per_s"].as_f64().expect("purchase_max_per_s");
     let offered = reported["offered_per_s"].as_f64().expect("offered_per_s");
