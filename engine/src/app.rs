@@ -17,15 +17,17 @@ use crate::crypto::{self, RsaPrivate, RsaPublic, SecretKey, TokenPurpose};
 use crate::domain::account::{Account, AccountCommand};
 use crate::domain::catalog::{Media, MediaCommand};
 use crate::domain::config::{Config, ConfigCommand};
-use crate::domain::event::{MediaPublished, Payment, VoidReason};
+use crate::domain::event::{MediaPublished, Payment, RightsReportSealed, VoidReason};
 use crate::domain::order::{Order, OrderCommand};
 use crate::domain::party::{Certificate, Consumer, ConsumerCommand, Merchant, MerchantCommand, MerchantStatus, Node, NodeCommand, NodeStatus};
 use crate::domain::preview::{Preview, PreviewCommand};
+use crate::domain::report::{Report, ReportCommand};
 use crate::domain::voucher::{self, Authorize, CertCheck, CompleteDelivery, ProofCheck, Redeem, Reserve, Voucher, VoucherCommand};
 use crate::domain::{Actor, ActorKind, Aggregate, Rejection, Root};
 use crate::handler::{HandleError, Handled, Handler};
 use crate::ids::*;
 use crate::log::EventLog;
+use crate::media_store::{MediaStore, MediaStoreError, Part};
 use crate::media::TransactionRecord;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
@@ -34,19 +36,14 @@ use std::sync::{Arc, Mutex};
 pub const MEDIA_KEY_CACHE_MAX: usize = 4096;
 /// Consumers' parsed public keys kept in memory (a redemption re-wraps for one).
 pub const CONSUMER_KEY_CACHE_MAX: usize = 4096;
+/// The one configuration aggregate (ConfigChanged events).
+pub const CONFIG_AGGREGATE: &str = "engine";
+/// The one report aggregate: the chain of royalty seals.
+pub const REPORT_AGGREGATE: &str = "rights";
 /// The token key id in use (rotation bumps it; older ids stay derivable).
 pub const TOKEN_KEY_ID: u32 = 1;
 
-/// Chooses the delivery node for an IssueVoucher or Preview: the least loaded healthy
-/// node with a free slot, in `region` when asked. Implemented by the allocation projection.
-///
-/// `choose` holds the slot for `holder` (the voucher or preview id) until the projection
-/// applies the holder's event, so concurrent choices in this process never exceed a
-/// node's slots; `cancel` gives the slot back when the command did not append.
-pub trait Allocator: Send + Sync + 'static {
-    fn choose(&self, region: Option<&str>, holder: &str) -> Option<NodeId>;
-    fn cancel(&self, holder: &str);
-}
+pub use crate::placement::Allocator;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -58,6 +55,8 @@ pub enum AppError {
     Crypto(#[from] crypto::CryptoError),
     #[error("internal task failed: {0}")]
     Task(String),
+    #[error("the media store failed")]
+    MediaStore(#[from] MediaStoreError),
 }
 
 impl From<HandleError> for AppError {
@@ -168,8 +167,26 @@ pub struct PublishInput {
     pub wrapped_media_key: Vec<u8>,
 }
 
+impl PublishInput {
+    /// What a signed container must say for this publication to be accepted.
+    pub fn claims(&self, preview_clip: bytes::Bytes) -> ContainerClaims {
+        ContainerClaims {
+            title: self.title.clone(),
+            artist: self.artist.clone(),
+            length_ms: self.length_ms,
+            for_sale: self.for_sale,
+            renditions: self.renditions.clone(),
+            preview: self.preview,
+            preview_clip,
+        }
+    }
+}
+
 pub struct Market {
     handler: Handler,
+    /// Serializes publications (rare), so a publication's bytes and its event never
+    /// interleave with another publication of the same media.
+    publishing: tokio::sync::Mutex<()>,
     keys: Arc<EngineKeys>,
     allocator: Arc<dyn Allocator>,
     media_keys: Mutex<lru::LruCache<MediaId, SecretKey>>,
@@ -191,6 +208,7 @@ impl Market {
     pub fn new(log: Arc<dyn EventLog>, clock: Arc<dyn Clock>, keys: Arc<EngineKeys>, allocator: Arc<dyn Allocator>) -> Self {
         Self {
             handler: Handler::new(log, clock),
+            publishing: tokio::sync::Mutex::new(()),
             transactions: crate::batch_signer::BatchSigner::new(keys.private.clone()),
             keys,
             allocator,
@@ -283,6 +301,59 @@ impl Market {
     /// The node's key for checking access tokens locally.
     pub fn node_access_key(&self, node: &NodeId) -> SecretKey {
         crypto::node_access_key(&self.keys.token_key(TOKEN_KEY_ID), &node.0)
+    }
+
+    /// Publishes a media with its bytes (PublishMedia): the container (and preview clip) is
+    /// checked against the request before anything is stored or appended; then, unless the
+    /// media is already published, the bytes go to `store` first, so a published media
+    /// always has them; a refused publication removes them again, and a crash before the
+    /// append leaves a file no event refers to, which the retry overwrites. A media that is
+    /// published keeps its bytes: a retry (or a refused reuse of its request id) is
+    /// answered without touching them.
+    pub async fn publish(&self, publisher: &str, request: &RequestId, input: PublishInput, container: bytes::Bytes, preview_clip: bytes::Bytes, store: &MediaStore) -> Result<MediaId, AppError> {
+        let media_id = media_id_for(publisher, request);
+        self.check_container(&media_id, container.clone(), input.claims(preview_clip.clone())).await?;
+        let _publishing = self.publishing.lock().await;
+        let fresh = self.handler.load::<Media>(&media_id.0).await?.state.published.is_none();
+        if fresh {
+            store.put(&media_id.0, Part::Container, container).await?;
+            if !preview_clip.is_empty() {
+                store.put(&media_id.0, Part::PreviewClip, preview_clip).await?;
+            }
+        }
+        match self.publish_media(publisher, request, input).await {
+            Ok(media) => Ok(media),
+            Err(error) => {
+                if fresh {
+                    store.remove(&media_id.0).await;
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// A node announced itself (RegisterNode) with the capacity it declares (0: unchanged):
+    /// a change is recorded as an event, and the node gets its access key. The request id
+    /// names the version it changes, so 8 → 4 → 8 is two changes, while a retried
+    /// announcement of the same change stays one.
+    pub async fn announce_node(&self, node: &NodeId, slots_max: u32) -> Result<SecretKey, AppError> {
+        let root = self.handler.load::<Node>(&node.0).await?;
+        if slots_max != 0 && slots_max != root.state.slots_max {
+            let request = RequestId(format!("capacity-v{}-{}", root.version, slots_max));
+            self.handler.handle::<Node>(&node.0, &actor(ActorKind::Node, &node.0), &request, &NodeCommand::ChangeCapacity { slots_max }).await?;
+        }
+        Ok(self.node_access_key(node))
+    }
+
+    /// The audited configuration (ConfigChanged events).
+    pub async fn config(&self) -> Result<Config, AppError> {
+        Ok(self.handler.load::<Config>(CONFIG_AGGREGATE).await?.state.clone())
+    }
+
+    /// A configuration value the operator set with `admin config set`, or `None` while it
+    /// is unset (the serve setting applies).
+    pub async fn configured(&self, key: &str) -> Result<Option<u64>, AppError> {
+        Ok(self.config().await?.values.get(key).copied())
     }
 
     pub async fn publish_media(&self, publisher: &str, request: &RequestId, input: PublishInput) -> Result<MediaId, AppError> {
@@ -383,7 +454,7 @@ impl Market {
 
     pub async fn set_config(&self, operator: &str, request: &RequestId, key: &str, value: &str) -> Result<(), AppError> {
         let command = ConfigCommand::Set { key: key.to_string(), value: value.to_string() };
-        self.handler.handle::<Config>("engine", &actor(ActorKind::Operator, operator), request, &command).await?;
+        self.handler.handle::<Config>(CONFIG_AGGREGATE, &actor(ActorKind::Operator, operator), request, &command).await?;
         Ok(())
     }
 
@@ -714,6 +785,58 @@ impl Market {
         Ok(())
     }
 
+    // ---- the engine's own jobs: sealing and sweeping ----
+
+    /// Signs a seal the royalty-log projection drafted (`Projections::seal_draft`) with the
+    /// engine's key on the blocking pool, and appends it to the report aggregate, which
+    /// checks that it extends the chain of seals. `None` when another sealer covered these
+    /// entries first (the same seal retried, or a seal over an overlapping range): the
+    /// chain stands and nothing is appended.
+    pub async fn seal(&self, draft: RightsReportSealed) -> Result<Option<RightsReportSealed>, AppError> {
+        let keys = Arc::clone(&self.keys);
+        let seal = {
+            let _permit = self.rsa_tasks.acquire().await.map_err(|error| AppError::Task(error.to_string()))?;
+            tokio::task::spawn_blocking(move || {
+                let mut seal = draft;
+                crate::seal::sign_seal(&keys.private, &mut seal).map(|()| seal)
+            })
+            .await
+            .map_err(|e| AppError::Task(e.to_string()))??
+        };
+        let request = RequestId(format!("seal-{}-{}", seal.epoch, seal.first_entry));
+        match self.handler.handle::<Report>(REPORT_AGGREGATE, &Actor::engine(), &request, &ReportCommand::Seal(seal.clone())).await {
+            Ok(handled) if handled.repeated => Ok(None),
+            Ok(_) => Ok(Some(seal)),
+            // Another sealer covered these entries first: the chain of seals stands.
+            Err(HandleError::Rejected(Rejection::InvalidArgument { .. })) => Ok(None),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// One sweep at the engine clock's now over what the projections found due: voids each
+    /// reservation past due, then settles each points hold past due (an interrupted saga).
+    /// A refusal means another sweeper, or the merchant, got there first. Returns
+    /// (expired, holds settled).
+    pub async fn sweep(&self, due: &[VoucherId], due_holds: &[(AccountId, VoucherId)]) -> Result<(usize, usize), AppError> {
+        let mut expired = 0;
+        for voucher in due {
+            match self.expire(voucher).await {
+                Ok(true) => expired += 1,
+                Ok(false) | Err(AppError::Rejected(_)) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        let mut settled = 0;
+        for (account, voucher) in due_holds {
+            match self.settle_hold(account, voucher).await {
+                Ok(()) => settled += 1,
+                Err(AppError::Rejected(_)) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Ok((expired, settled))
+    }
+
     // ---- crypto on the blocking pool ----
 
     async fn sign(&self, message: Vec<u8>) -> Result<Vec<u8>, AppError> {
@@ -778,7 +901,7 @@ pub struct ContainerClaims {
     pub for_sale: bool,
     pub renditions: Vec<crate::domain::event::Rendition>,
     pub preview: crate::domain::event::PreviewClip,
-    pub preview_clip: Vec<u8>,
+    pub preview_clip: bytes::Bytes,
 }
 
 fn container_refused(reason: impl Into<String>) -> Rejection {

@@ -10,5 +10,8 @@ pub mod handler;
 pub mod ids;
 pub mod log;
 pub mod media;
+pub mod media_store;
 pub mod merkle;
+pub mod placement;
+pub mod seal;
 pub mod wire;

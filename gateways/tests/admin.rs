@@ -5,8 +5,8 @@
 
 use engine::log::embedded::EmbeddedLog;
 use engine::log::EventLog;
-use gateways::client::{self, Upload};
-use gateways::cred::Credential;
+use gateways::common::client::{self, Upload};
+use gateways::common::cred::Credential;
 use gateways::server::{self, EngineConfig, RunningEngine};
 use proto::v1 as pb;
 use std::sync::Arc;
@@ -35,7 +35,7 @@ async fn credential(catalog: &mut client::CatalogClient, kind: &str, i: usize) -
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_is_for_the_operator_config_replays_and_drained_nodes_finish_their_work() {
     let dir = tempfile::tempdir().expect("temp dir");
-    gateways::keys::init(&dir.path().join("keys")).expect("keys");
+    gateways::common::keys::init(&dir.path().join("keys")).expect("keys");
     let log: Arc<dyn EventLog> = Arc::new(EmbeddedLog::open(&dir.path().join("log")).expect("log"));
     let (engine, channel) = start(dir.path(), Arc::clone(&log)).await;
     let operator = Credential::load(&dir.path().join("keys/operator.cred")).expect("operator");
@@ -85,7 +85,7 @@ async fn admin_is_for_the_operator_config_replays_and_drained_nodes_finish_their
     assert_eq!(replayed, set, "the restarted engine replays the same configuration");
 
     // The configured access TTL is what IssueVoucher grants.
-    let engine_public = gateways::keys::load_engine_public(&dir.path().join("keys")).expect("public");
+    let engine_public = gateways::common::keys::load_engine_public(&dir.path().join("keys")).expect("public");
     let mut catalog = client::catalog(channel.clone(), operator.clone());
     let upload = Upload { title: "S".into(), artist: "A".into(), authors: vec![], length_ms: 60_000, price_minor: 100, currency: "EUR".into(), terms: client::standard_terms("o"), content: vec![3; 2000], preview_clip: vec![], image_descriptor: String::new() };
     let media = client::publish(&mut catalog, "p", &engine_public, upload).await.expect("publish");

@@ -2,7 +2,7 @@
 //! sockets. Two tables, each run in full before anything is asserted so one run shows
 //! every difference:
 //!
-//! - the bad-input matrix: for every RPC of the four services, the empty message, bytes
+//! - the bad-input matrix: for every RPC of the five services, the empty message, bytes
 //!   that do not decode, a body over the size limit (and one exactly at it), missing and
 //!   invalid credentials; and, where an RPC takes one, unknown ids, invalid fields,
 //!   another merchant's voucher, another node's assignment, a wrong receipt proof, a
@@ -11,7 +11,7 @@
 //!   did not grow; afterwards the server still answers health checks and completes a sale.
 //! - the access matrix: every role (operator, merchant owner and non-owner, node owner and
 //!   non-owner, auditor, anonymous) × every RPC of MerchantService, DeliveryService,
-//!   CatalogService and AuditService, printed as a table (`--nocapture`) and compared
+//!   CatalogService, AuditService and AdminService, printed as a table (`--nocapture`) and compared
 //!   with the expected table below.
 //!
 //! And two retries that must not change what was recorded: a PublishMedia reusing a
@@ -22,14 +22,14 @@
 
 mod support;
 
+use support::rpc::{padded_empty, send_raw, send_typed, Meta, Req, Rpc, Service};
 use support::{start, Fixture, FRAME_HEADER_BYTES, REQUEST_BYTES_MAX, UPLOAD_BYTES_MAX};
 use engine::crypto::{self, RsaPrivate, SecretKey};
-use gateways::client::{self, Upload};
-use gateways::cred::{Credential, ID_HEADER, SECRET_HEADER};
+use gateways::common::client::{self, Upload};
+use gateways::common::cred::Credential;
 use proto::v1 as pb;
 use std::collections::BTreeMap;
 use std::time::Duration;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 // ---- the fixture (tests/support) and this file's limits ----
@@ -41,268 +41,12 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 const REPLAY_BUSY_RETRIES_MAX: usize = 100;
 const REPLAY_BUSY_RETRY_AFTER: Duration = Duration::from_millis(100);
 
-// ---- callers: what metadata a request carries ----
-
-/// The credential metadata a call presents (or fails to present), as an interceptor.
-#[derive(Clone)]
-struct Meta {
-    label: String,
-    id: Option<String>,
-    secret_hex: Option<String>,
-}
-
-impl Meta {
-    fn of(label: &str, credential: &Credential) -> Self {
-        Self { label: label.to_string(), id: Some(credential.id.clone()), secret_hex: Some(hex::encode(credential.secret.expose())) }
-    }
-
-    fn anonymous() -> Self {
-        Self { label: "anonymous".into(), id: None, secret_hex: None }
-    }
-
-    fn wrong_secret(label: &str, credential: &Credential) -> Self {
-        Self { label: format!("{label}, wrong secret"), id: Some(credential.id.clone()), secret_hex: Some(hex::encode(SecretKey::random().expose())) }
-    }
-
-    fn unknown_id(label: &str, credential: &Credential) -> Self {
-        let id = format!("{}0unknown", &credential.id[..1]);
-        Self { label: format!("unknown {label} id"), id: Some(id), secret_hex: Some(hex::encode(credential.secret.expose())) }
-    }
-
-    fn id_only(label: &str, credential: &Credential) -> Self {
-        Self { label: format!("{label}, no secret"), id: Some(credential.id.clone()), secret_hex: None }
-    }
-
-    fn secret_not_hex(label: &str, credential: &Credential) -> Self {
-        Self { label: format!("{label}, secret not hex"), id: Some(credential.id.clone()), secret_hex: Some("zz".repeat(32)) }
-    }
-}
-
-impl tonic::service::Interceptor for Meta {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
-        let value = |text: &str| text.parse::<tonic::metadata::AsciiMetadataValue>().map_err(|_| Status::internal("test metadata is ASCII"));
-        if let Some(id) = &self.id {
-            request.metadata_mut().insert(ID_HEADER, value(id)?);
-        }
-        if let Some(secret) = &self.secret_hex {
-            request.metadata_mut().insert(SECRET_HEADER, value(secret)?);
-        }
-        Ok(request)
-    }
-}
-
-// ---- every RPC, typed and raw ----
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Service {
-    Merchant,
-    Delivery,
-    Catalog,
-    Audit,
-}
-
-impl Service {
-    fn full_name(self) -> &'static str {
-        match self {
-            Service::Merchant => "vouchsafe.v1.MerchantService",
-            Service::Delivery => "vouchsafe.v1.DeliveryService",
-            Service::Catalog => "vouchsafe.v1.CatalogService",
-            Service::Audit => "vouchsafe.v1.AuditService",
-        }
-    }
-
-    fn body_limit(self) -> usize {
-        if self == Service::Catalog { UPLOAD_BYTES_MAX } else { REQUEST_BYTES_MAX }
-    }
-}
-
-/// Declares the RPCs once: the `Rpc` enum, the `Req` enum of typed requests, and the typed
-/// dispatch through the generated clients.
-macro_rules! rpcs {
-    (@streaming unary) => { false };
-    (@streaming stream) => { true };
-    (@answer unary, $call:expr) => { Ok(format!("{:?}", $call.await?.into_inner())) };
-    // The headers arrived (no error before the first message): that is the answer.
-    (@answer stream, $call:expr) => {{ drop($call.await?); Ok(String::from("a stream")) }};
-    (@client Merchant, $channel:expr, $who:expr) => { pb::merchant_service_client::MerchantServiceClient::with_interceptor($channel, $who) };
-    (@client Delivery, $channel:expr, $who:expr) => { pb::delivery_service_client::DeliveryServiceClient::with_interceptor($channel, $who) };
-    (@client Catalog, $channel:expr, $who:expr) => { pb::catalog_service_client::CatalogServiceClient::with_interceptor($channel, $who) };
-    (@client Audit, $channel:expr, $who:expr) => { pb::audit_service_client::AuditServiceClient::with_interceptor($channel, $who) };
-    ($($variant:ident = $service:ident . $method:ident ($message:ident) $shape:ident;)*) => {
-        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-        enum Rpc { $($variant),* }
-
-        impl Rpc {
-            const ALL: &[Rpc] = &[$(Rpc::$variant),*];
-
-            fn service(self) -> Service {
-                match self { $(Rpc::$variant => Service::$service),* }
-            }
-
-            fn name(self) -> &'static str {
-                match self { $(Rpc::$variant => stringify!($variant)),* }
-            }
-
-            fn streaming(self) -> bool {
-                match self { $(Rpc::$variant => rpcs!(@streaming $shape)),* }
-            }
-
-            fn empty(self) -> Req {
-                match self { $(Rpc::$variant => Req::$variant(pb::$message::default())),* }
-            }
-        }
-
-        // Test requests, built once each: their size does not matter.
-        #[allow(clippy::large_enum_variant)]
-        #[derive(Clone)]
-        enum Req { $($variant(pb::$message)),* }
-
-        impl Req {
-            fn rpc(&self) -> Rpc {
-                match self { $(Req::$variant(_) => Rpc::$variant),* }
-            }
-        }
-
-        /// Sends a typed request; the answer is the response's Debug text (compared, never printed).
-        async fn send_typed(channel: &Channel, who: &Meta, request: Req) -> Result<String, Status> {
-            match request {
-                $(Req::$variant(message) => {
-                    let mut client = rpcs!(@client $service, channel.clone(), who.clone());
-                    rpcs!(@answer $shape, client.$method(message))
-                })*
-            }
-        }
-    };
-}
-
-rpcs! {
-    Reserve = Merchant.reserve(ReserveRequest) unary;
-    Authorize = Merchant.authorize(AuthorizeRequest) unary;
-    Void = Merchant.void(VoidRequest) unary;
-    IssueVoucher = Merchant.issue_voucher(IssueVoucherRequest) unary;
-    Preview = Merchant.preview(PreviewRequest) unary;
-    GetVoucher = Merchant.get_voucher(GetVoucherRequest) unary;
-    PlaceOrder = Merchant.place_order(PlaceOrderRequest) unary;
-    BindUnit = Merchant.bind_unit(BindUnitRequest) unary;
-    CompleteUnit = Merchant.complete_unit(CompleteUnitRequest) unary;
-    RegisterNode = Delivery.register_node(RegisterNodeRequest) unary;
-    Heartbeat = Delivery.heartbeat(HeartbeatRequest) unary;
-    SubscribeAssignments = Delivery.subscribe_assignments(SubscribeAssignmentsRequest) stream;
-    Redeem = Delivery.redeem(RedeemRequest) unary;
-    CompleteDelivery = Delivery.complete_delivery(CompleteDeliveryRequest) unary;
-    FailDelivery = Delivery.fail_delivery(FailDeliveryRequest) unary;
-    EndPreview = Delivery.end_preview(EndPreviewRequest) unary;
-    FetchMedia = Delivery.fetch_media(FetchMediaRequest) stream;
-    PublishMedia = Catalog.publish_media(PublishMediaRequest) unary;
-    RegisterMerchant = Catalog.register_merchant(RegisterMerchantRequest) unary;
-    RegisterNodeCredential = Catalog.register_node_credential(RegisterNodeCredentialRequest) unary;
-    CertifyConsumer = Catalog.certify_consumer(CertifyConsumerRequest) unary;
-    RevokeCert = Catalog.revoke_cert(RevokeCertRequest) unary;
-    TopUpPoints = Catalog.top_up_points(TopUpPointsRequest) unary;
-    RegisterAuditor = Catalog.register_auditor(RegisterAuditorRequest) unary;
-    Replay = Audit.replay(ReplayRequest) stream;
-    VerifyChain = Audit.verify_chain(VerifyChainRequest) unary;
-    Totals = Audit.totals(TotalsRequest) unary;
-}
-
-impl Rpc {
-    fn path(self) -> String {
-        format!("/{}/{}", self.service().full_name(), self.name())
-    }
-
-    /// Whether field 1 of the request is a `string` (so invalid UTF-8 there cannot decode).
-    fn field_one_is_string(self) -> bool {
-        !matches!(self, Rpc::Heartbeat | Rpc::SubscribeAssignments | Rpc::Replay | Rpc::VerifyChain | Rpc::Totals)
-    }
-}
-
-/// Writes and reads message bytes as they are: for bodies no generated client would send.
-#[derive(Clone, Copy, Default)]
-struct RawCodec;
-
-struct RawBytes;
-
-impl tonic::codec::Codec for RawCodec {
-    type Encode = Vec<u8>;
-    type Decode = Vec<u8>;
-    type Encoder = RawBytes;
-    type Decoder = RawBytes;
-
-    fn encoder(&mut self) -> RawBytes {
-        RawBytes
-    }
-
-    fn decoder(&mut self) -> RawBytes {
-        RawBytes
-    }
-}
-
-impl tonic::codec::Encoder for RawBytes {
-    type Item = Vec<u8>;
-    type Error = Status;
-
-    fn encode(&mut self, item: Vec<u8>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), Status> {
-        bytes::BufMut::put_slice(dst, &item);
-        Ok(())
-    }
-}
-
-impl tonic::codec::Decoder for RawBytes {
-    type Item = Vec<u8>;
-    type Error = Status;
-
-    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
-        let mut out = vec![0; bytes::Buf::remaining(src)];
-        bytes::Buf::copy_to_slice(src, &mut out);
-        Ok(Some(out))
-    }
-}
-
-async fn send_raw(channel: &Channel, who: &Meta, path: &str, streaming: bool, message: Vec<u8>) -> Result<String, Status> {
-    let mut grpc = tonic::client::Grpc::new(tonic::service::interceptor::InterceptedService::new(channel.clone(), who.clone()));
-    grpc.ready().await.map_err(|error| Status::unavailable(format!("the channel is not ready: {error}")))?;
-    let path: http::uri::PathAndQuery = path.parse().expect("a valid URI path");
-    if streaming {
-        drop(grpc.server_streaming(tonic::Request::new(message), path, RawCodec).await?);
-        Ok(String::from("a stream"))
-    } else {
-        let answer = grpc.unary(tonic::Request::new(message), path, RawCodec).await?;
-        Ok(format!("{} bytes", answer.get_ref().len()))
-    }
-}
-
 /// Bytes that are no protobuf message: a varint that never ends.
 const UNTERMINATED_VARINT: &[u8] = &[0xff, 0xff, 0xff];
 /// Field 1, length-delimited, announcing 5 bytes and carrying 1.
 const TRUNCATED_FIELD: &[u8] = &[0x0a, 0x05, 0x61];
 /// Field 1, length-delimited, 2 bytes that are not UTF-8 (for a `string` field 1).
 const INVALID_UTF8: &[u8] = &[0x0a, 0x02, 0xc3, 0x28];
-
-fn varint(mut value: u64, out: &mut Vec<u8>) {
-    while value >= 0x80 {
-        out.push((value as u8) | 0x80);
-        value >>= 7;
-    }
-    out.push(value as u8);
-}
-
-/// A valid encoding of exactly `bytes` bytes of the empty message: one length-delimited
-/// field numbered 1000, which no request has, so a decoder skips it. A body of this size
-/// is refused only for its size, never for its content.
-fn padded_empty(bytes: usize) -> Vec<u8> {
-    let mut key = Vec::new();
-    varint((1000 << 3) | 2, &mut key);
-    for length_bytes in 1..=5 {
-        let length = bytes - key.len() - length_bytes;
-        let mut message = key.clone();
-        varint(length as u64, &mut message);
-        if message.len() == key.len() + length_bytes {
-            message.resize(bytes, 0x5a);
-            return message;
-        }
-    }
-    panic!("no padding of {bytes} bytes");
-}
 
 // ---- one table of cases, run in full, then compared ----
 
@@ -612,6 +356,7 @@ impl World {
             Service::Delivery => Meta::of("node X", &self.x),
             Service::Catalog => Meta::of("operator", &self.operator),
             Service::Audit => Meta::of("auditor", &self.auditor),
+            Service::Admin => Meta::of("operator", &self.operator),
         }
     }
 
@@ -621,6 +366,7 @@ impl World {
             Service::Delivery => ("node X", &self.x),
             Service::Catalog => ("operator", &self.operator),
             Service::Audit => ("auditor", &self.auditor),
+            Service::Admin => ("operator", &self.operator),
         }
     }
 
@@ -631,6 +377,7 @@ impl World {
             Service::Delivery => Meta::of("merchant A", &self.a),
             Service::Catalog => Meta::of("auditor", &self.auditor),
             Service::Audit => Meta::of("merchant A", &self.a),
+            Service::Admin => Meta::of("auditor", &self.auditor),
         }
     }
 
@@ -684,7 +431,7 @@ impl World {
 /// no required field answer; every other one names the missing field.
 fn empty_message_code(rpc: Rpc) -> Code {
     match rpc {
-        Rpc::Heartbeat | Rpc::SubscribeAssignments | Rpc::Replay | Rpc::VerifyChain | Rpc::Totals => Code::Ok,
+        Rpc::Heartbeat | Rpc::SubscribeAssignments | Rpc::Replay | Rpc::VerifyChain | Rpc::Totals | Rpc::GetStats | Rpc::GetConfig => Code::Ok,
         _ => Code::InvalidArgument,
     }
 }
@@ -714,7 +461,7 @@ fn bad_input_cases(w: &World) -> Vec<Case> {
         cases.push(raw("undecodable, no credential", "unterminated varint", &Meta::anonymous(), rpc, UNTERMINATED_VARINT.to_vec(), Code::Unauthenticated));
         cases.push(raw("undecodable, wrong role", "unterminated varint", &w.wrong_role(service), rpc, UNTERMINATED_VARINT.to_vec(), Code::PermissionDenied));
         if service != Service::Catalog {
-            let limit = service.body_limit();
+            let limit = rpc.body_limit();
             cases.push(raw("oversized", format!("body {} bytes (limit + 1)", limit + 1), &rightful, rpc, padded_empty(limit + 1 - FRAME_HEADER_BYTES), Code::ResourceExhausted).message_has("limit"));
             cases.push(raw("oversized, no credential", format!("body {} bytes", limit + 1), &Meta::anonymous(), rpc, padded_empty(limit + 1 - FRAME_HEADER_BYTES), Code::Unauthenticated));
             // Negative control: a body exactly at the limit is served (as the empty message).
@@ -1079,6 +826,11 @@ const EXPECTED_ACCESS: &[(&str, [&str; 7])] = &[
     ("Replay", /*              */ ["allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "allowed", "Unauthenticated"]),
     ("VerifyChain", /*         */ ["allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "allowed", "Unauthenticated"]),
     ("Totals", /*              */ ["allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "allowed", "Unauthenticated"]),
+    ("GetStats", /*            */ ["allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"]),
+    ("GetConfig", /*           */ ["allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"]),
+    ("SetConfig", /*           */ ["allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"]),
+    ("DrainNode", /*           */ ["allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"]),
+    ("RemoveNode", /*          */ ["allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"]),
 ];
 
 impl World {
@@ -1136,6 +888,13 @@ impl World {
             Rpc::Replay => Req::Replay(pb::ReplayRequest::default()),
             Rpc::VerifyChain => Req::VerifyChain(pb::VerifyChainRequest {}),
             Rpc::Totals => Req::Totals(pb::TotalsRequest {}),
+            Rpc::GetStats => Req::GetStats(pb::GetStatsRequest {}),
+            Rpc::GetConfig => Req::GetConfig(pb::GetConfigRequest {}),
+            // The value every engine starts with: the row changes nothing a later row sees.
+            Rpc::SetConfig => Req::SetConfig(pb::SetConfigRequest { request_id: "acc-config".into(), key: "access.ttl_ms".into(), value: "600000".into() }),
+            // Node Z never announced itself: draining and removing it disturbs no other row.
+            Rpc::DrainNode => Req::DrainNode(pb::NodeAdminRequest { request_id: "acc-drain".into(), node_id: self.z.id.clone() }),
+            Rpc::RemoveNode => Req::RemoveNode(pb::NodeAdminRequest { request_id: "acc-remove".into(), node_id: self.z.id.clone() }),
         }
     }
 }
@@ -1262,7 +1021,7 @@ async fn a_refused_or_retried_publish_stores_no_bytes() {
     let refused = catalog.publish_media(fresh).await.expect_err("refused");
     assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
     let orphan = engine::ids::media_id_for(&world.operator.id, &engine::ids::RequestId("fresh-refused".into()));
-    if fx.engine.engine.media.get(&orphan.0, gateways::media_store::Part::Container).await.expect("read the media store").is_some() {
+    if fx.engine.engine.media.get(&orphan.0, engine::media_store::Part::Container).await.expect("read the media store").is_some() {
         problems.push("a refused PublishMedia left its container in the media store");
     }
     assert_eq!(fx.head().await, head, "nothing appended");

@@ -8,8 +8,8 @@ use engine::crypto::{self, RsaPrivate};
 use engine::log::embedded::EmbeddedLog;
 use engine::log::EventLog;
 use futures::StreamExt;
-use gateways::client::{self, Upload};
-use gateways::cred::Credential;
+use gateways::common::client::{self, Upload};
+use gateways::common::cred::Credential;
 use gateways::server::{self, EngineConfig, RunningEngine};
 use proto::v1 as pb;
 use std::sync::Arc;
@@ -27,13 +27,13 @@ struct Fixture {
 async fn start() -> Fixture {
     let dir = tempfile::tempdir().expect("temp dir");
     let keys = dir.path().join("keys");
-    gateways::keys::init(&keys).expect("keys init");
+    gateways::common::keys::init(&keys).expect("keys init");
     let log: Arc<dyn EventLog> = Arc::new(EmbeddedLog::open(&dir.path().join("log")).expect("embedded log"));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
     let engine = server::start(EngineConfig::new(dir.path().to_path_buf(), keys.clone()), Arc::clone(&log), listener).await.expect("engine starts");
     let channel = client::connect(&engine.url(), None).await.expect("connect");
     let operator = Credential::load(&keys.join("operator.cred")).expect("operator credential");
-    let engine_public = gateways::keys::load_engine_public(&keys).expect("public key");
+    let engine_public = gateways::common::keys::load_engine_public(&keys).expect("public key");
     Fixture { _dir: dir, engine, log, operator, channel, engine_public }
 }
 

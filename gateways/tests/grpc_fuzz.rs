@@ -46,11 +46,12 @@
 
 mod support;
 
-use support::{start, Fixture, FRAME_HEADER_BYTES, REQUEST_BYTES_MAX, UPLOAD_BYTES_MAX};
+use support::rpc::{key, padded_empty, send_raw, send_typed, varint, Meta, Req, Rpc, Service};
+use support::{start, Fixture, FRAME_HEADER_BYTES, REQUEST_BYTES_MAX};
 use engine::crypto::{self, RsaPrivate, SecretKey};
 use engine::ids::{MerchantId, RequestId};
-use gateways::client::{self, Upload};
-use gateways::cred::{Credential, ID_HEADER, SECRET_HEADER};
+use gateways::common::client::{self, Upload};
+use gateways::common::cred::Credential;
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::{select, Index};
@@ -61,7 +62,6 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::sync::{Mutex, Once, PoisonError};
 use std::time::{Duration, Instant};
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 // ---- the run's size ----
@@ -83,247 +83,6 @@ const KNOWN_GOOD_REGION: &str = "known-good-region-w";
 const KNOWN_GOOD_CONSUMER: &str = "known-good-consumer";
 /// The name of the runtime's threads: panics on them are the engine's (or tonic's).
 const RUNTIME_THREAD: &str = "grpc-fuzz-runtime";
-
-/// The credential metadata a call presents (or fails to present), as an interceptor.
-/// Every value generated here is visible ASCII, so the interceptor never fails.
-#[derive(Clone)]
-struct Meta {
-    id: Option<String>,
-    secret_hex: Option<String>,
-}
-
-impl Meta {
-    fn of(credential: &Credential) -> Self {
-        Self { id: Some(credential.id.clone()), secret_hex: Some(hex::encode(credential.secret.expose())) }
-    }
-}
-
-impl tonic::service::Interceptor for Meta {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
-        // A client-side failure is told apart from the engine's answers by its code.
-        let value = |text: &str| text.parse::<tonic::metadata::AsciiMetadataValue>().map_err(|_| Status::cancelled("test metadata is not ASCII"));
-        if let Some(id) = &self.id {
-            request.metadata_mut().insert(ID_HEADER, value(id)?);
-        }
-        if let Some(secret) = &self.secret_hex {
-            request.metadata_mut().insert(SECRET_HEADER, value(secret)?);
-        }
-        Ok(request)
-    }
-}
-
-// ---- every RPC, typed and raw ----
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Service {
-    Merchant,
-    Delivery,
-    Catalog,
-    Audit,
-    Admin,
-}
-
-impl Service {
-    fn full_name(self) -> &'static str {
-        match self {
-            Service::Merchant => "vouchsafe.v1.MerchantService",
-            Service::Delivery => "vouchsafe.v1.DeliveryService",
-            Service::Catalog => "vouchsafe.v1.CatalogService",
-            Service::Audit => "vouchsafe.v1.AuditService",
-            Service::Admin => "vouchsafe.v1.AdminService",
-        }
-    }
-}
-
-/// Declares the RPCs once: the `Rpc` enum, the `Req` enum of typed requests, their
-/// encoding, whether bytes decode as an RPC's request, and the typed dispatch through the
-/// generated clients.
-macro_rules! rpcs {
-    (@streaming unary) => { false };
-    (@streaming stream) => { true };
-    (@answer unary, $call:expr) => {{ drop($call.await?); Ok(()) }};
-    // The headers arrived (no error before the first message): that is the answer.
-    (@answer stream, $call:expr) => {{ drop($call.await?); Ok(()) }};
-    (@client Merchant, $channel:expr, $who:expr) => { pb::merchant_service_client::MerchantServiceClient::with_interceptor($channel, $who) };
-    (@client Delivery, $channel:expr, $who:expr) => { pb::delivery_service_client::DeliveryServiceClient::with_interceptor($channel, $who) };
-    (@client Catalog, $channel:expr, $who:expr) => { pb::catalog_service_client::CatalogServiceClient::with_interceptor($channel, $who) };
-    (@client Audit, $channel:expr, $who:expr) => { pb::audit_service_client::AuditServiceClient::with_interceptor($channel, $who) };
-    (@client Admin, $channel:expr, $who:expr) => { pb::admin_service_client::AdminServiceClient::with_interceptor($channel, $who) };
-    ($($variant:ident = $service:ident . $method:ident ($message:ident) $shape:ident;)*) => {
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-        enum Rpc { $($variant),* }
-
-        impl Rpc {
-            const ALL: &[Rpc] = &[$(Rpc::$variant),*];
-
-            fn service(self) -> Service {
-                match self { $(Rpc::$variant => Service::$service),* }
-            }
-
-            fn name(self) -> &'static str {
-                match self { $(Rpc::$variant => stringify!($variant)),* }
-            }
-
-            fn streaming(self) -> bool {
-                match self { $(Rpc::$variant => rpcs!(@streaming $shape)),* }
-            }
-
-            /// Whether `bytes` decode as this RPC's request message (as tonic will try).
-            fn decodes(self, bytes: &[u8]) -> bool {
-                match self { $(Rpc::$variant => <pb::$message as prost::Message>::decode(bytes).is_ok()),* }
-            }
-        }
-
-        #[allow(clippy::large_enum_variant)]
-        #[derive(Clone, Debug)]
-        enum Req { $($variant(pb::$message)),* }
-
-        impl Req {
-            fn encode(&self) -> Vec<u8> {
-                match self { $(Req::$variant(message) => prost::Message::encode_to_vec(message)),* }
-            }
-        }
-
-        /// Sends a typed request; only the status matters here.
-        async fn send_typed(channel: &Channel, who: &Meta, request: Req) -> Result<(), Status> {
-            match request {
-                $(Req::$variant(message) => {
-                    let mut client = rpcs!(@client $service, channel.clone(), who.clone()).max_decoding_message_size(usize::MAX);
-                    rpcs!(@answer $shape, client.$method(message))
-                })*
-            }
-        }
-    };
-}
-
-rpcs! {
-    Reserve = Merchant.reserve(ReserveRequest) unary;
-    Authorize = Merchant.authorize(AuthorizeRequest) unary;
-    Void = Merchant.void(VoidRequest) unary;
-    IssueVoucher = Merchant.issue_voucher(IssueVoucherRequest) unary;
-    Preview = Merchant.preview(PreviewRequest) unary;
-    GetVoucher = Merchant.get_voucher(GetVoucherRequest) unary;
-    PlaceOrder = Merchant.place_order(PlaceOrderRequest) unary;
-    BindUnit = Merchant.bind_unit(BindUnitRequest) unary;
-    CompleteUnit = Merchant.complete_unit(CompleteUnitRequest) unary;
-    RegisterNode = Delivery.register_node(RegisterNodeRequest) unary;
-    Heartbeat = Delivery.heartbeat(HeartbeatRequest) unary;
-    SubscribeAssignments = Delivery.subscribe_assignments(SubscribeAssignmentsRequest) stream;
-    Redeem = Delivery.redeem(RedeemRequest) unary;
-    CompleteDelivery = Delivery.complete_delivery(CompleteDeliveryRequest) unary;
-    FailDelivery = Delivery.fail_delivery(FailDeliveryRequest) unary;
-    EndPreview = Delivery.end_preview(EndPreviewRequest) unary;
-    FetchMedia = Delivery.fetch_media(FetchMediaRequest) stream;
-    PublishMedia = Catalog.publish_media(PublishMediaRequest) unary;
-    RegisterMerchant = Catalog.register_merchant(RegisterMerchantRequest) unary;
-    RegisterNodeCredential = Catalog.register_node_credential(RegisterNodeCredentialRequest) unary;
-    CertifyConsumer = Catalog.certify_consumer(CertifyConsumerRequest) unary;
-    RevokeCert = Catalog.revoke_cert(RevokeCertRequest) unary;
-    TopUpPoints = Catalog.top_up_points(TopUpPointsRequest) unary;
-    RegisterAuditor = Catalog.register_auditor(RegisterAuditorRequest) unary;
-    Replay = Audit.replay(ReplayRequest) stream;
-    VerifyChain = Audit.verify_chain(VerifyChainRequest) unary;
-    Totals = Audit.totals(TotalsRequest) unary;
-    GetStats = Admin.get_stats(GetStatsRequest) unary;
-    GetConfig = Admin.get_config(GetConfigRequest) unary;
-    SetConfig = Admin.set_config(SetConfigRequest) unary;
-    DrainNode = Admin.drain_node(NodeAdminRequest) unary;
-    RemoveNode = Admin.remove_node(NodeAdminRequest) unary;
-}
-
-impl Rpc {
-    fn path(self) -> String {
-        format!("/{}/{}", self.service().full_name(), self.name())
-    }
-
-    /// The front door's body limit for this RPC, gRPC frame header included.
-    fn body_limit(self) -> usize {
-        if self == Rpc::PublishMedia { UPLOAD_BYTES_MAX } else { REQUEST_BYTES_MAX }
-    }
-}
-
-/// Writes and reads message bytes as they are: for bodies no generated client would send.
-#[derive(Clone, Copy, Default)]
-struct RawCodec;
-
-struct RawBytes;
-
-impl tonic::codec::Codec for RawCodec {
-    type Encode = Vec<u8>;
-    type Decode = Vec<u8>;
-    type Encoder = RawBytes;
-    type Decoder = RawBytes;
-
-    fn encoder(&mut self) -> RawBytes {
-        RawBytes
-    }
-
-    fn decoder(&mut self) -> RawBytes {
-        RawBytes
-    }
-}
-
-impl tonic::codec::Encoder for RawBytes {
-    type Item = Vec<u8>;
-    type Error = Status;
-
-    fn encode(&mut self, item: Vec<u8>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), Status> {
-        bytes::BufMut::put_slice(dst, &item);
-        Ok(())
-    }
-}
-
-impl tonic::codec::Decoder for RawBytes {
-    type Item = Vec<u8>;
-    type Error = Status;
-
-    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
-        let mut out = vec![0; bytes::Buf::remaining(src)];
-        bytes::Buf::copy_to_slice(src, &mut out);
-        Ok(Some(out))
-    }
-}
-
-async fn send_raw(channel: &Channel, who: &Meta, rpc: Rpc, message: Vec<u8>) -> Result<(), Status> {
-    let mut grpc = tonic::client::Grpc::new(tonic::service::interceptor::InterceptedService::new(channel.clone(), who.clone()));
-    grpc.ready().await.map_err(|error| Status::cancelled(format!("the channel is not ready: {error}")))?;
-    let path: http::uri::PathAndQuery = rpc.path().parse().expect("a valid URI path");
-    if rpc.streaming() {
-        drop(grpc.server_streaming(tonic::Request::new(message), path, RawCodec).await?);
-    } else {
-        drop(grpc.unary(tonic::Request::new(message), path, RawCodec).await?);
-    }
-    Ok(())
-}
-
-fn varint(mut value: u64, out: &mut Vec<u8>) {
-    while value >= 0x80 {
-        out.push((value as u8) | 0x80);
-        value >>= 7;
-    }
-    out.push(value as u8);
-}
-
-fn key(field: u32, wire_type: u8, out: &mut Vec<u8>) {
-    varint((u64::from(field) << 3) | u64::from(wire_type), out);
-}
-
-/// A valid encoding of exactly `bytes` bytes of the empty message: one length-delimited
-/// field numbered 1000, which no request has, so a decoder skips it.
-fn padded_empty(bytes: usize) -> Vec<u8> {
-    let mut field = Vec::new();
-    key(1000, 2, &mut field);
-    for length_bytes in 1..=5 {
-        let length = bytes - field.len() - length_bytes;
-        let mut message = field.clone();
-        varint(length as u64, &mut message);
-        if message.len() == field.len() + length_bytes {
-            message.resize(bytes, 0x5a);
-            return message;
-        }
-    }
-    panic!("no padding of {bytes} bytes");
-}
 
 // ---- the world: two merchants, three nodes, an auditor, media, vouchers, certificates ----
 
@@ -613,19 +372,19 @@ impl World {
         let secret = hex::encode(credential.secret.expose());
         let Caller::Broken(broken, _) = caller else {
             let gate = if may_call(service, role) { Gate::Pass } else { Gate::PermissionDenied };
-            return (Meta::of(credential), gate, format!("{role:?}"));
+            return (Meta::of("", credential), gate, format!("{role:?}"));
         };
         let id = credential.id.clone();
         let meta = match broken {
-            Broken::Anonymous => Meta { id: None, secret_hex: None },
-            Broken::WrongSecret => Meta { id: Some(id), secret_hex: Some(hex::encode(SecretKey::random().expose())) },
-            Broken::UnknownId => Meta { id: Some(format!("{}0unknown", &id[..1])), secret_hex: Some(secret) },
-            Broken::IdOnly => Meta { id: Some(id), secret_hex: None },
-            Broken::SecretOnly => Meta { id: None, secret_hex: Some(secret) },
-            Broken::SecretNotHex => Meta { id: Some(id), secret_hex: Some("zz".repeat(32)) },
-            Broken::SecretShort => Meta { id: Some(id), secret_hex: Some(secret[..62].to_string()) },
-            Broken::IdHuge => Meta { id: Some(format!("{id}{}", "x".repeat(4000))), secret_hex: Some(secret) },
-            Broken::IdPunctuation => Meta { id: Some(format!("{id} .*>'\"")), secret_hex: Some(secret) },
+            Broken::Anonymous => Meta { label: String::new(), id: None, secret_hex: None },
+            Broken::WrongSecret => Meta { label: String::new(), id: Some(id), secret_hex: Some(hex::encode(SecretKey::random().expose())) },
+            Broken::UnknownId => Meta { label: String::new(), id: Some(format!("{}0unknown", &id[..1])), secret_hex: Some(secret) },
+            Broken::IdOnly => Meta { label: String::new(), id: Some(id), secret_hex: None },
+            Broken::SecretOnly => Meta { label: String::new(), id: None, secret_hex: Some(secret) },
+            Broken::SecretNotHex => Meta { label: String::new(), id: Some(id), secret_hex: Some("zz".repeat(32)) },
+            Broken::SecretShort => Meta { label: String::new(), id: Some(id), secret_hex: Some(secret[..62].to_string()) },
+            Broken::IdHuge => Meta { label: String::new(), id: Some(format!("{id}{}", "x".repeat(4000))), secret_hex: Some(secret) },
+            Broken::IdPunctuation => Meta { label: String::new(), id: Some(format!("{id} .*>'\"")), secret_hex: Some(secret) },
         };
         (meta, Gate::Unauthenticated, format!("{role:?} {broken:?}"))
     }
@@ -1370,7 +1129,7 @@ async fn send(world: &World, meta: &Meta, case: &Case) -> Answer {
     let call = async {
         match &case.body {
             Body::Typed { request, .. } => send_typed(&fx.channel, meta, request.clone()).await,
-            Body::Raw { bytes, .. } => send_raw(&fx.channel, meta, case.rpc, bytes.clone()).await,
+            Body::Raw { bytes, .. } => send_raw(&fx.channel, meta, &case.rpc.path(), case.rpc.streaming(), bytes.clone()).await,
         }
     };
     let (result, timed_out) = match tokio::time::timeout(CALL_TIMEOUT, call).await {
@@ -1379,7 +1138,7 @@ async fn send(world: &World, meta: &Meta, case: &Case) -> Answer {
     };
     let wrote = fx.head().await - before;
     match result {
-        Ok(()) => Answer { code: Code::Ok, message: String::new(), wrote, timed_out },
+        Ok(_) => Answer { code: Code::Ok, message: String::new(), wrote, timed_out },
         Err(status) => Answer { code: status.code(), message: status.message().chars().take(160).collect(), wrote, timed_out },
     }
 }
@@ -1440,7 +1199,7 @@ async fn publish_left_bytes(world: &World, case: &Case, gate: Gate, code: Code) 
     if media.state.published.is_some() {
         return None;
     }
-    let stored = engine.media.get(&media_id.0, gateways::media_store::Part::Container).await.expect("read the media store");
+    let stored = engine.media.get(&media_id.0, engine::media_store::Part::Container).await.expect("read the media store");
     stored.map(|_| format!("a refused PublishMedia ({code:?}) left a container in the media store under {}", media_id.0))
 }
 

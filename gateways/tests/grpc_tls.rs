@@ -5,8 +5,8 @@
 //! negative control: no CA, plain http, no client certificate, a client certificate from
 //! another CA, and mTLS without a credential.
 
-use gateways::client::{self, ClientIdentity};
-use gateways::cred::Credential;
+use gateways::common::client::{self, ClientIdentity};
+use gateways::common::cred::Credential;
 use gateways::server::{self, EngineConfig, RunningEngine, TlsFiles};
 use proto::v1 as pb;
 use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose};
@@ -101,7 +101,7 @@ async fn start(mutual: bool) -> Fixture {
     let pki = pki();
     let dir = tempfile::tempdir().expect("temp dir");
     let keys = dir.path().join("keys");
-    gateways::keys::init(&keys).expect("keys init");
+    gateways::common::keys::init(&keys).expect("keys init");
     let log: Arc<dyn engine::log::EventLog> = Arc::new(engine::log::embedded::EmbeddedLog::open(&dir.path().join("log")).expect("embedded log"));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
     let mut config = EngineConfig::new(dir.path().to_path_buf(), keys.clone());

@@ -11,8 +11,8 @@ use engine::ids::{ConsumerId, MediaId, RequestId};
 use engine::log::embedded::EmbeddedLog;
 use engine::log::EventLog;
 use engine::media::{self, Parsed};
-use gateways::client::{self, ComponentUpload, ContainerUpload, PreviewUpload, RenditionUpload};
-use gateways::cred::Credential;
+use gateways::common::client::{self, ComponentUpload, ContainerUpload, PreviewUpload, RenditionUpload};
+use gateways::common::cred::Credential;
 use gateways::node::{self, NodeArgs};
 use gateways::player::{self, Purchase};
 use gateways::server::{self, EngineConfig};
@@ -114,13 +114,13 @@ fn seal_with_key(media_id: &MediaId, upload: &ContainerUpload, engine_public: &c
 async fn a_signed_multi_rendition_container_is_checked_published_streamed_and_delivered() {
     let dir = tempfile::tempdir().expect("temp dir");
     let keys = dir.path().join("keys");
-    gateways::keys::init(&keys).expect("keys init");
+    gateways::common::keys::init(&keys).expect("keys init");
     let log: Arc<dyn EventLog> = Arc::new(EmbeddedLog::open(&dir.path().join("log")).expect("embedded log"));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
     let engine = server::start(EngineConfig::new(dir.path().to_path_buf(), keys.clone()), Arc::clone(&log), listener).await.expect("engine starts");
     let channel = client::connect(&engine.url(), None).await.expect("connect");
     let operator = Credential::load(&keys.join("operator.cred")).expect("operator credential");
-    let engine_public = gateways::keys::load_engine_public(&keys).expect("public key");
+    let engine_public = gateways::common::keys::load_engine_public(&keys).expect("public key");
     let mut catalog = client::catalog(channel.clone(), operator.clone());
 
     // Refusals first: each is InvalidArgument and writes nothing.
@@ -153,15 +153,15 @@ async fn a_signed_multi_rendition_container_is_checked_published_streamed_and_de
     renamed.renditions[1].name = "medium".into();
     assert_eq!(refuse(renamed).await.code(), Code::InvalidArgument);
     assert_eq!(log.last_seq().await.expect("head"), head, "refused publications write nothing");
-    assert!(engine.engine.media.get(&own_id("pub-1").0, gateways::media_store::Part::Container).await.expect("store").is_none(), "nor store bytes");
+    assert!(engine.engine.media.get(&own_id("pub-1").0, engine::media_store::Part::Container).await.expect("store").is_none(), "nor store bytes");
 
     // The real publication.
     let published = client::publish_container(&mut catalog, &operator.id, "pub-1", &engine_public, &publisher_key(), song.clone()).await.expect("publish");
     assert_eq!(published.format_version, 2);
     assert_eq!(published.media_id, own_id("pub-1").0);
     assert_eq!(published.content_hash, crypto::hash(&high));
-    let stored = engine.engine.media.get(&published.media_id, gateways::media_store::Part::Container).await.expect("store").expect("stored");
-    let report = gateways::inspect::inspect_bytes(&stored, None, Some(&publisher_key().public()));
+    let stored = engine.engine.media.get(&published.media_id, engine::media_store::Part::Container).await.expect("store").expect("stored");
+    let report = gateways::cli::inspect::inspect_bytes(&stored, None, Some(&publisher_key().public()));
     assert_eq!((report.kind, report.format_version, report.signature_ok, report.publisher_key_ok), (Some("container"), Some(2), Some(true), Some(true)), "{report:?}");
     assert_eq!(report.media_id.as_deref(), Some(published.media_id.as_str()));
     assert_eq!(report.renditions.iter().map(|r| (r.name.as_str(), r.size_bytes, r.chunks)).collect::<Vec<_>>(), [("high", Some(100_000), Some(7)), ("low", Some(40_000), Some(3))]);
@@ -173,7 +173,7 @@ async fn a_signed_multi_rendition_container_is_checked_published_streamed_and_de
     assert_eq!((preview.start_ms, preview.duration_ms, preview.fade_in_ms, preview.fade_out_ms, preview.clip_bytes), (10_000, 20_000, 1_000, 2_000, 4096));
     // Pinned to another publisher key, the same container fails.
     let other = RsaPrivate::from_pkcs8_pem(include_str!("../../engine/testdata/rsa-2048-a.pem")).expect("key a");
-    assert!(!gateways::inspect::inspect_bytes(&stored, None, Some(&other.public())).ok());
+    assert!(!gateways::cli::inspect::inspect_bytes(&stored, None, Some(&other.public())).ok());
 
     // A node, a player and a sale of the low rendition.
     let merchant_cred = client::credential_of(catalog.register_merchant(pb::RegisterMerchantRequest { request_id: "m-1".into(), name: "Shop".into() }).await.expect("merchant").into_inner()).expect("cred");
@@ -245,7 +245,7 @@ async fn a_signed_multi_rendition_container_is_checked_published_streamed_and_de
     assert_eq!(copy.content, low.as_slice());
     assert_eq!((copy.record.rendition.as_str(), copy.record.media_id.as_str(), copy.record.voucher_id.as_str()), ("low", published.media_id.as_str(), sale.voucher_id.as_str()));
     assert!(copy.check(&engine_public).ok());
-    let report = gateways::inspect::inspect_bytes(&written, Some(&engine_public), None);
+    let report = gateways::cli::inspect::inspect_bytes(&written, Some(&engine_public), None);
     assert!(report.ok() && report.signature_ok == Some(true), "{report:?}");
     let second_copy = media::parse_delivered_copy(&std::fs::read(&copies[1].path).expect("written")).map(|copy| copy.content.to_vec()).expect("a delivered copy");
     assert_eq!(second_copy, full, "the second track's low rendition");
@@ -259,7 +259,7 @@ async fn the_publish_command_builds_a_signed_container_from_files_and_inspect_sh
     let dir = tempfile::tempdir().expect("temp dir");
     let root = dir.path().to_path_buf();
     let keys = root.join("keys");
-    gateways::keys::init(&keys).expect("keys init");
+    gateways::common::keys::init(&keys).expect("keys init");
     let log: Arc<dyn EventLog> = Arc::new(EmbeddedLog::open(&root.join("log")).expect("embedded log"));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
     let engine = server::start(EngineConfig::new(root.join("engine"), keys.clone()), Arc::clone(&log), listener).await.expect("engine starts");
@@ -295,7 +295,7 @@ async fn the_publish_command_builds_a_signed_container_from_files_and_inspect_sh
     let (code, again, stderr) = run(publish).await.expect("publish ran");
     assert_eq!((code, again["media"][0]["media_id"].as_str()), (0, Some(media_id.as_str())), "{stderr}");
 
-    let stored = engine.engine.media.get(&media_id, gateways::media_store::Part::Container).await.expect("store").expect("stored");
+    let stored = engine.engine.media.get(&media_id, engine::media_store::Part::Container).await.expect("store").expect("stored");
     std::fs::write(root.join("published.vsmc"), &stored).expect("write");
     let inspect = ["inspect", "published.vsmc", "--publisher-key", "publisher-data/publisher/publisher.pub.pem", "--json"].map(String::from).to_vec();
     let (code, report, stderr) = run(inspect.clone()).await.expect("inspect ran");

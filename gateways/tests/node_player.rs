@@ -9,8 +9,8 @@ use engine::crypto::{self, SecretKey};
 use engine::ids::ConsumerId;
 use engine::log::embedded::EmbeddedLog;
 use engine::log::EventLog;
-use gateways::client::{self, MerchantClient, Upload};
-use gateways::cred::Credential;
+use gateways::common::client::{self, MerchantClient, Upload};
+use gateways::common::cred::Credential;
 use gateways::node::{self, NodeArgs, RunningNode};
 use gateways::player::{self, Purchase, RpcError};
 use gateways::server::{self, EngineConfig, RunningEngine};
@@ -38,13 +38,13 @@ struct Fixture {
 async fn start_engine() -> Fixture {
     let dir = tempfile::tempdir().expect("temp dir");
     let keys = dir.path().join("keys");
-    gateways::keys::init(&keys).expect("keys init");
+    gateways::common::keys::init(&keys).expect("keys init");
     let log: Arc<dyn EventLog> = Arc::new(EmbeddedLog::open(&dir.path().join("log")).expect("embedded log"));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
     let engine = server::start(EngineConfig::new(dir.path().to_path_buf(), keys.clone()), Arc::clone(&log), listener).await.expect("engine starts");
     let channel = client::connect(&engine.url(), None).await.expect("connect");
     let operator = Credential::load(&keys.join("operator.cred")).expect("operator credential");
-    let engine_public = gateways::keys::load_engine_public(&keys).expect("public key");
+    let engine_public = gateways::common::keys::load_engine_public(&keys).expect("public key");
     let mut catalog = client::catalog(channel.clone(), operator.clone());
     let merchant_cred = client::credential_of(catalog.register_merchant(pb::RegisterMerchantRequest { request_id: "m-1".into(), name: "Shop".into() }).await.expect("merchant").into_inner()).expect("cred");
     let node_cred = client::credential_of(
@@ -286,7 +286,7 @@ async fn a_restarted_node_resumes_its_feed_from_the_checkpoint() {
     // Graceful shutdown: a download in flight finishes, new connections are refused.
     let endpoint = node.endpoint().to_string();
     let mut stream = at_node.download(pb::DownloadRequest { grant: Some(second.grant()), media_id: song.media_id.clone(), offset: 0 }).await.expect("download").into_inner();
-    let mut reassembly = node::Reassembly::new(engine::media::CONTAINER_BYTES_MAX);
+    let mut reassembly = gateways::common::transfer::Reassembly::new(engine::media::CONTAINER_BYTES_MAX);
     reassembly.push(stream.message().await.expect("first chunk").expect("a chunk")).expect("contiguous");
     assert_eq!(node.stats().slots_in_use, 1, "a slot is in use while streaming");
     let stopping = tokio::spawn(node.shutdown());

@@ -73,10 +73,10 @@ async fn no_secret_reaches_the_stream_the_files_or_the_logs() {
     assert!(output.status.success(), "demo failed: {}", String::from_utf8_lossy(&output.stderr));
 
     let keys_dir = data_dir.join("keys");
-    let engine_private = gateways::keys::load_engine_private(&keys_dir).expect("engine key");
-    let master = gateways::keys::load_royalty_master(&keys_dir).expect("master");
+    let engine_private = gateways::common::keys::load_engine_private(&keys_dir).expect("engine key");
+    let master = gateways::common::keys::load_royalty_master(&keys_dir).expect("master");
     let keys = EngineKeys::new(engine_private.clone()).expect("keys");
-    let log = gateways::backend::BackendArgs { data_dir: data_dir.clone(), nats_url: None, stream: "VOUCHSAFE".into() }.open().await.expect("log");
+    let log = gateways::common::backend::BackendArgs { data_dir: data_dir.clone(), nats_url: None, stream: "VOUCHSAFE".into() }.open().await.expect("log");
     let stored = log.read_from(Seq(1), usize::MAX).await.expect("read");
     drop(log);
 

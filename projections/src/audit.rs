@@ -80,7 +80,9 @@ pub async fn replay_full(
     // order, so reading and applying overlap and share the work. (With decoding on the
     // applying side it was the bottleneck, at ~80 % of a core, while the reader idled.)
     let (batches, mut to_apply) = tokio::sync::mpsc::channel::<Result<Vec<Prepared>, ReadError>>(REPLAY_CHANNEL_BATCHES);
-    let (applied_sender, mut applied) = tokio::sync::mpsc::unbounded_channel::<u64>();
+    // Progress needs only the newest count: a watch holds one value however slowly the
+    // reporter reads, so the applier never waits for it and nothing queues up.
+    let (applied_sender, mut applied) = tokio::sync::watch::channel::<u64>(0);
     let apply = tokio::task::spawn_blocking(move || {
         let mut projections = projections;
         while let Some(batch) = to_apply.blocking_recv() {
@@ -91,7 +93,7 @@ pub async fn replay_full(
                 Err(error) => return (projections, Err(AuditError::Read(error.to_string()))),
             };
             let result = apply_batch(&mut projections, batch);
-            let _ = applied_sender.send(projections.events);
+            applied_sender.send_replace(projections.events);
             if let Err(bad) = result {
                 return (projections, Ok(Some(bad)));
             }
@@ -100,7 +102,9 @@ pub async fn replay_full(
     });
     let reading = read_all(log, batches);
     let reporting = async {
-        while let Some(events) = applied.recv().await {
+        // Ends when the applier is done (its sender dropped).
+        while applied.changed().await.is_ok() {
+            let events = *applied.borrow_and_update();
             progress(events);
         }
     };

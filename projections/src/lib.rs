@@ -248,9 +248,5 @@ impl Projections {
 pub enum SealError {
     #[error("the royalty chain needs the royalty master key (A_0 of the epoch); pass --keys with royalty-master.key")]
     NoMasterKey,
-    #[error("appending the seal failed: {0}")]
-    Append(String),
-    #[error("cannot read the log's head to check the projections' lag: {0}")]
-    ReadHead(String),
 }
 

@@ -5,7 +5,7 @@
 //! What is deliberately not here: the projections themselves (`crate::Projections`).
 
 use crate::store::{CommitError, LoadError, OpenOutcome, ProjectionStore, StoreError};
-use crate::{royalty, store};
+use crate::store;
 use crate::{stream_link, Finding, Projections, SealError};
 use engine::app::Allocator;
 use engine::crypto::{RsaPublic, SecretKey};
@@ -190,38 +190,20 @@ impl Live {
         head.0.saturating_sub(self.read(|p| p.last_seq.0))
     }
 
-    /// Seals the royalty entries not sealed yet, when at least `entries_min` (≥ 1) are
-    /// waiting: builds `RightsReportSealed` from the chain, signs it with the engine's key
-    /// on the blocking pool, and appends it. `Ok(None)` when there is nothing to seal, or
-    /// another sealer sealed first.
-    pub async fn seal(&self, market: &engine::app::Market, entries_min: u64) -> Result<Option<RightsReportSealed>, SealError> {
-        use engine::domain::report::{Report, ReportCommand};
-        // The seal names the projections' position; it must still be among the stream heads
-        // a replay keeps (`STREAM_HEADS_MAX`) when the seal lands after the log's head.
-        let head = market.handler().log().last_seq().await.map_err(|e| SealError::ReadHead(e.to_string()))?;
-        if head.0.saturating_sub(self.read(|p| p.last_seq.0)) > (crate::STREAM_HEADS_MAX / 2) as u64 {
-            tracing::info!(log_head = head.0, "not sealing while the projections lag the log by more than half the stream heads kept");
-            return Ok(None);
-        }
-        let unsigned = self.read(|p| p.unsigned_seal(entries_min))?;
-        let Some(mut seal) = unsigned else { return Ok(None) };
-        let keys = Arc::clone(market.keys());
-        let seal_to_sign = seal.clone();
-        seal = tokio::task::spawn_blocking(move || {
-            let mut seal = seal_to_sign;
-            royalty::sign_seal(&keys.private, &mut seal).map(|()| seal)
+    /// A draft seal of the royalty entries not sealed yet, when at least `entries_min`
+    /// (≥ 1) are waiting (`Projections::unsigned_seal`), for `engine::app::Market::seal` to
+    /// sign and append. `None` when there is nothing to seal, or while the projections lag
+    /// the log's `head` by more than half the stream heads kept (`STREAM_HEADS_MAX`): the
+    /// seal names the projections' position, which must still be among the heads a replay
+    /// keeps when the seal lands after the log's head.
+    pub fn seal_draft(&self, head: Seq, entries_min: u64) -> Result<Option<RightsReportSealed>, SealError> {
+        self.read(|p| {
+            if head.0.saturating_sub(p.last_seq.0) > (crate::STREAM_HEADS_MAX / 2) as u64 {
+                tracing::info!(log_head = head.0, "not sealing while the projections lag the log by more than half the stream heads kept");
+                return Ok(None);
+            }
+            p.unsigned_seal(entries_min)
         })
-        .await
-        .map_err(|e| SealError::Append(e.to_string()))?
-        .map_err(|e| SealError::Append(e.to_string()))?;
-        let request = engine::ids::RequestId(format!("seal-{}-{}", seal.epoch, seal.first_entry));
-        match market.handler().handle::<Report>("rights", &engine::domain::Actor::engine(), &request, &ReportCommand::Seal(seal.clone())).await {
-            Ok(handled) if handled.repeated => Ok(None),
-            Ok(_) => Ok(Some(seal)),
-            // Another sealer covered these entries first: the chain of seals stands.
-            Err(engine::handler::HandleError::Rejected(engine::domain::Rejection::InvalidArgument { .. })) => Ok(None),
-            Err(error) => Err(SealError::Append(error.to_string())),
-        }
     }
 
     /// Runs `f` on the current projections.
@@ -373,29 +355,9 @@ impl Live {
         self.read(|p| p.vouchers.due(now, limit))
     }
 
-    /// One sweep at the engine clock's now: voids every reservation past due, then settles
-    /// every points hold past due (an interrupted saga). Returns (expired, holds settled).
-    pub async fn sweep(&self, market: &engine::app::Market, limit: usize) -> Result<(usize, usize), engine::app::AppError> {
-        let now = market.now();
-        let mut expired = 0;
-        for voucher in self.due(now, limit) {
-            match market.expire(&voucher).await {
-                Ok(true) => expired += 1,
-                Ok(false) => {}
-                // Another sweeper, or the merchant, got there first.
-                Err(engine::app::AppError::Rejected(_)) => {}
-                Err(error) => return Err(error),
-            }
-        }
-        let mut settled = 0;
-        for (account, voucher) in self.read(|p| p.vouchers.due_holds(now, limit)) {
-            match market.settle_hold(&account, &voucher).await {
-                Ok(()) => settled += 1,
-                Err(engine::app::AppError::Rejected(_)) => {}
-                Err(error) => return Err(error),
-            }
-        }
-        Ok((expired, settled))
+    /// Points holds past due at `now` (interrupted sagas), for the sweeper.
+    pub fn due_holds(&self, now: Millis, limit: usize) -> Vec<(engine::ids::AccountId, engine::ids::VoucherId)> {
+        self.read(|p| p.vouchers.due_holds(now, limit))
     }
 }
 
@@ -403,6 +365,16 @@ impl Live {
     /// The allocator's choice among the nodes `eligible` accepts (see `Allocator::choose`).
     pub fn choose_where(&self, region: Option<&str>, holder: &str, eligible: &dyn Fn(&NodeId) -> bool) -> Option<NodeId> {
         self.lock().allocation.choose_and_hold_where(region, holder, eligible)
+    }
+}
+
+impl engine::placement::SlotChooser for Live {
+    fn choose_where(&self, region: Option<&str>, holder: &str, eligible: &dyn Fn(&NodeId) -> bool) -> Option<NodeId> {
+        Live::choose_where(self, region, holder, eligible)
+    }
+
+    fn cancel(&self, holder: &str) {
+        Allocator::cancel(self, holder);
     }
 }
 

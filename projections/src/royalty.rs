@@ -13,8 +13,7 @@
 //! and a Merkle root over the range's `Y_j`) and an auditor's pin of the newest seal close
 //! that gap; entries after the last seal are protected by the MAC chain only.
 
-use engine::crypto::{self, RsaPrivate, RsaPublic, SecretKey};
-use engine::domain::event::RightsReportSealed;
+use engine::crypto::{self, SecretKey};
 use serde::{Deserialize, Serialize};
 
 /// Entries larger than this (encoded) are refused when read from an untrusted export.
@@ -253,31 +252,7 @@ use engine::merkle::{leaf_hash, node_hash};
 
 // ---- seals ----
 
-/// The bytes a seal's signature covers: every field but the signature.
-pub fn seal_message(seal: &RightsReportSealed) -> Vec<u8> {
-    let mut message = b"vouchsafe rights report seal v1\0".to_vec();
-    for number in [seal.epoch, seal.first_entry, seal.last_entry, seal.last_stream_seq] {
-        message.extend_from_slice(&number.to_le_bytes());
-    }
-    for hash in [&seal.head_y, &seal.head_z, &seal.merkle_root, &seal.totals_digest, &seal.prev_seal_hash, &seal.stream_head] {
-        message.extend_from_slice(hash);
-    }
-    message.extend_from_slice(&(seal.engine_key_id.len() as u64).to_le_bytes());
-    message.extend_from_slice(seal.engine_key_id.as_bytes());
-    message
-}
-
-/// Signs a seal (RSA-PSS) in place with the engine's key.
-pub fn sign_seal(private: &RsaPrivate, seal: &mut RightsReportSealed) -> Result<(), crypto::CryptoError> {
-    seal.engine_key_id = private.public().key_id();
-    seal.signature = crypto::sign(private, &seal_message(seal))?;
-    Ok(())
-}
-
-/// Checks a seal's signature with the engine's public key.
-pub fn verify_seal(public: &RsaPublic, seal: &RightsReportSealed) -> bool {
-    seal.engine_key_id == public.key_id() && crypto::verify(public, &seal_message(seal), &seal.signature).is_ok()
-}
+pub use engine::seal::{seal_message, sign_seal, verify_seal};
 
 mod hex_bytes {
     pub fn serialize<S: serde::Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {

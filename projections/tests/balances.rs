@@ -153,7 +153,10 @@ async fn run_script(w: &mut World, steps: &[Step]) {
             Step::Advance { ms } => w.clock.advance_ms(*ms as i64),
             Step::Sweep => {
                 w.live.caught_up(w.log.last_seq().await.expect("last seq")).await;
-                w.live.sweep(&w.market, 100).await.expect("sweep");
+                {
+                    let now = w.market.now();
+                    w.market.sweep(&w.live.due(now, 100), &w.live.due_holds(now, 100)).await.expect("sweep");
+                }
             }
         }
     }

@@ -2,8 +2,8 @@
 //! that a test starts on free 127.0.0.1 ports with temporary stores and stops by their own
 //! PIDs (`NatsServer`, `NatsCluster`, `find_binary` …).
 //!
-//! The launcher itself lives in `gateways::natsd`, because `vouchsafe bench` starts its
+//! The launcher itself lives in `gateways::common::natsd`, because `vouchsafe bench` starts its
 //! own servers the same way; it is re-exported here unchanged so the tests keep their
 //! imports.
 
-pub use gateways::natsd::*;
+pub use gateways::common::natsd::*;

@@ -4,7 +4,7 @@
 //! auditor's key directory has no engine private key (least privilege).
 
 use gateways::audit::{self, ExportFormat};
-use gateways::backend::BackendArgs;
+use gateways::common::backend::BackendArgs;
 use gateways::demo::{self, DemoArgs};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -28,8 +28,8 @@ async fn exports_agree_and_need_no_engine_private_key() {
     assert_eq!(entries.len() as u64, summary.royalty_entries);
 
     // Live totals (the engine's projection) equal the auditor's replay totals.
-    let live_master = gateways::keys::load_royalty_master(&engine_keys).expect("master");
-    let live_public = gateways::keys::load_engine_public(&engine_keys).expect("public");
+    let live_master = gateways::common::keys::load_royalty_master(&engine_keys).expect("master");
+    let live_public = gateways::common::keys::load_engine_public(&engine_keys).expect("public");
     let log = backend.open().await.expect("log");
     let live = projections::Live::with_projections(projections::Projections::with_royalty_keys(&live_master, Some(live_public)));
     let runner = {

@@ -16,7 +16,7 @@ use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use engine::log::jetstream::{ConnectError, JetStreamLog, READ_ONLY_INBOX_PREFIX};
 use engine::log::{AppendError, AppendRequest, EventLog, Expected};
 use futures::StreamExt;
-use gateways::backend::BackendArgs;
+use gateways::common::backend::BackendArgs;
 use gateways::demo::{self, DemoArgs};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -150,7 +150,7 @@ async fn read_own_feed(server: &replay_tests::NatsServer, node: &str, password: 
         assert!(info.stream_sequence > last_seq, "feed order");
         last_seq = info.stream_sequence;
         let recorded = engine::wire::decode(&message.payload).expect("the feed carries the source envelope");
-        let assigned = gateways::dispatcher::assigned_node(&recorded.event).map(|id| id.as_str().to_owned());
+        let assigned = gateways::server::dispatcher::assigned_node(&recorded.event).map(|id| id.as_str().to_owned());
         assert_eq!(assigned.as_deref(), Some(node), "an assignment of this node");
         read += 1;
     }
@@ -184,7 +184,7 @@ async fn audit_replay_needs_read_only_credentials_and_each_node_reads_only_its_f
     // `audit replay` as `auditor`, with only the two keys an auditor holds.
     let auditor_keys = dir.path().join("auditor-keys");
     std::fs::create_dir_all(&auditor_keys).expect("auditor keys dir");
-    for file in [gateways::keys::ENGINE_PUB_PEM, gateways::keys::ROYALTY_MASTER] {
+    for file in [gateways::common::keys::ENGINE_PUB_PEM, gateways::common::keys::ROYALTY_MASTER] {
         std::fs::copy(keys_dir.join(file), auditor_keys.join(file)).expect("copy a public key");
     }
     let auditor_backend = BackendArgs { data_dir: dir.path().join("auditor"), nats_url: Some(auditor_url.clone()), stream: STREAM.into() };

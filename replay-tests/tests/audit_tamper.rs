@@ -8,7 +8,7 @@ use engine::domain::report::Report;
 use engine::ids::Seq;
 use engine::log::{AppendError, AppendRequest, Appended, EventLog, ReadError, StoredEvent, VersionConflict};
 use futures::stream::BoxStream;
-use gateways::backend::BackendArgs;
+use gateways::common::backend::BackendArgs;
 use gateways::demo::{self, DemoArgs};
 use projections::audit::{self, AuditReport};
 
@@ -50,8 +50,8 @@ async fn recorded_stream() -> Recorded {
     assert!(summary.audit_ok && summary.seals >= 2);
     let log = backend.open().await.expect("open");
     let events = log.read_from(Seq(1), usize::MAX).await.expect("read");
-    let master = gateways::keys::load_royalty_master(&keys_dir).expect("master");
-    let public = gateways::keys::load_engine_public(&keys_dir).expect("public");
+    let master = gateways::common::keys::load_royalty_master(&keys_dir).expect("master");
+    let public = gateways::common::keys::load_engine_public(&keys_dir).expect("public");
     let last_seal_hash = seals(&events).last().map(|(_, seal)| Report::seal_hash(seal)).expect("a seal");
     Recorded { _dir: dir, events, master, public, last_seal_hash }
 }
@@ -141,7 +141,7 @@ async fn every_tampering_is_caught_at_its_first_bad_position() {
     cases.push(("seal signed with another key", foreign, None, last_seal_index as u64 + 1));
 
     // A seal whose totals disagree (validly signed with the engine key: an insider).
-    let engine_private = gateways::keys::load_engine_private(r._dir.path().join("keys").as_path()).expect("engine key");
+    let engine_private = gateways::common::keys::load_engine_private(r._dir.path().join("keys").as_path()).expect("engine key");
     let mut wrong_totals = r.events.clone();
     wrong_totals[last_seal_index] = reencode(&r.events[last_seal_index], |rec| {
         if let Event::RightsReportSealed(seal) = &mut rec.event {

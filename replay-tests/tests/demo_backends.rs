@@ -2,7 +2,7 @@
 //! royalty log has one entry per delivery and preview and at least one seal; and the state
 //! digest the demo reports is the one a rebuild from sequence 1 reproduces.
 
-use gateways::backend::BackendArgs;
+use gateways::common::backend::BackendArgs;
 use gateways::demo::{self, DemoArgs, Summary};
 
 async fn rebuild_digest(backend: &BackendArgs, keys_dir: &std::path::Path) -> [u8; 32] {
@@ -13,8 +13,8 @@ async fn rebuild_digest(backend: &BackendArgs, keys_dir: &std::path::Path) -> [u
 /// seals after the demo audited its stream).
 async fn rebuild_digest_until(backend: &BackendArgs, keys_dir: &std::path::Path, last_seq: u64) -> [u8; 32] {
     let log = backend.open().await.expect("open log");
-    let master = gateways::keys::load_royalty_master(keys_dir).expect("master key");
-    let public = gateways::keys::load_engine_private(keys_dir).expect("engine key").public();
+    let master = gateways::common::keys::load_royalty_master(keys_dir).expect("master key");
+    let public = gateways::common::keys::load_engine_private(keys_dir).expect("engine key").public();
     let mut projections = projections::Projections::with_royalty_keys(&master, Some(public));
     let mut from = engine::ids::Seq(1);
     loop {
@@ -66,7 +66,7 @@ async fn demo_connects_to_a_running_engine_on_jetstream() {
     let server = replay_tests::NatsServer::start().unwrap_or_else(|e| panic!("{e}"));
     let dir = tempfile::tempdir().expect("temp dir");
     let keys_dir = dir.path().join("keys");
-    gateways::keys::init(&keys_dir).expect("keys init");
+    gateways::common::keys::init(&keys_dir).expect("keys init");
     let engine_backend = BackendArgs { data_dir: dir.path().join("engine"), nats_url: Some(server.url()), stream: "VOUCHSAFE".into() };
     let log = engine_backend.open().await.expect("open log");
     let mut config = gateways::server::EngineConfig::new(engine_backend.data_dir.clone(), keys_dir.clone());

@@ -74,9 +74,9 @@ fn deploy_dir() -> PathBuf {
 #[test]
 fn the_engine_example_config_parses_and_sets_every_key() {
     let path = deploy_dir().join("engine.toml");
-    let config = gateways::serve::load_file(&path).unwrap_or_else(|e| panic!("{e:#}"));
+    let config = gateways::server::serve::load_file(&path).unwrap_or_else(|e| panic!("{e:#}"));
     // No `..`: a new key in `FileConfig` fails to compile here until the example has it.
-    let gateways::serve::FileConfig {
+    let gateways::server::serve::FileConfig {
         listen,
         metrics_listen,
         data_dir,
@@ -120,7 +120,7 @@ fn the_engine_example_config_parses_and_sets_every_key() {
     let tls = tls.expect("checked above");
     assert!(tls.client_ca.is_some(), "deploy/engine.toml shows mTLS (tls.client_ca)");
     // The values pass the same checks `serve` applies at start (ranges, log format).
-    let settings = gateways::serve::settings(&gateways::serve::ServeArgs { config: Some(path), ..Default::default() }).unwrap_or_else(|e| panic!("{e:#}"));
+    let settings = gateways::server::serve::settings(&gateways::server::serve::ServeArgs { config: Some(path), ..Default::default() }).unwrap_or_else(|e| panic!("{e:#}"));
     assert!(settings.engine.tls.is_some());
 }
 
@@ -154,13 +154,13 @@ fn the_tls_example_in_the_deploy_readme_is_a_valid_serve_config() {
     for (index, block) in blocks.iter().enumerate() {
         let path = dir.path().join(format!("readme-{index}.toml"));
         std::fs::write(&path, block).expect("write");
-        let config = gateways::serve::load_file(&path).unwrap_or_else(|e| panic!("deploy/README.md block {index}: {e:#}\n{block}"));
+        let config = gateways::server::serve::load_file(&path).unwrap_or_else(|e| panic!("deploy/README.md block {index}: {e:#}\n{block}"));
         let tls = config.tls.unwrap_or_else(|| panic!("deploy/README.md block {index} has no [tls] section:\n{block}"));
         assert!(tls.client_ca.is_some(), "the README's example shows mTLS");
     }
     // Negative control: a misspelt key in the same example is refused.
     let misspelt = dir.path().join("misspelt.toml");
     std::fs::write(&misspelt, blocks[0].replace("client_ca", "client_cert_authority")).expect("write");
-    let error = gateways::serve::load_file(&misspelt).expect_err("an unknown key is refused");
+    let error = gateways::server::serve::load_file(&misspelt).expect_err("an unknown key is refused");
     assert!(format!("{error:#}").contains("client_cert_authority"), "{error:#}");
 }

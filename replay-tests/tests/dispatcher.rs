@@ -6,8 +6,8 @@ use engine::domain::Event;
 use engine::log::jetstream::JetStreamLog;
 use engine::log::EventLog;
 use futures::StreamExt;
-use gateways::client::{self, Upload};
-use gateways::cred::Credential;
+use gateways::common::client::{self, Upload};
+use gateways::common::cred::Credential;
 use gateways::server::{self, EngineConfig, RunningEngine};
 use proto::v1 as pb;
 use std::collections::BTreeMap;
@@ -51,7 +51,7 @@ async fn feed_of(log: &JetStreamLog, node: &str, expected: usize) -> Vec<(u64, S
 async fn every_assignment_reaches_exactly_its_node_once_across_restarts_and_rebuilds() {
     let server = replay_tests::NatsServer::start().unwrap_or_else(|e| panic!("{e}"));
     let dir = tempfile::tempdir().expect("temp dir");
-    gateways::keys::init(&dir.path().join("keys")).expect("keys");
+    gateways::common::keys::init(&dir.path().join("keys")).expect("keys");
     let log = Arc::new(JetStreamLog::connect(&server.url(), "VOUCHSAFE").await.expect("connect"));
     let engine = start_engine(dir.path(), Arc::clone(&log)).await;
     let channel = client::connect(&engine.url(), None).await.expect("connect");
@@ -68,7 +68,7 @@ async fn every_assignment_reaches_exactly_its_node_once_across_restarts_and_rebu
         delivery.register_node(pb::RegisterNodeRequest { region: "eu".into(), slots_max: 100, endpoint: format!("http://127.0.0.1:{}", 1 + i) }).await.expect("announce");
         nodes.push(cred.id);
     }
-    let engine_public = gateways::keys::load_engine_public(&dir.path().join("keys")).expect("public");
+    let engine_public = gateways::common::keys::load_engine_public(&dir.path().join("keys")).expect("public");
     let upload = Upload {
         title: "Song".into(),
         artist: "A".into(),

@@ -25,9 +25,9 @@ use engine::domain::voucher::VoucherStatus;
 use engine::domain::Event;
 use engine::ids::Seq;
 use engine::log::EventLog;
-use gateways::backend::BackendArgs;
-use gateways::client::{self, MerchantClient, Upload};
-use gateways::cred::Credential;
+use gateways::common::backend::BackendArgs;
+use gateways::common::client::{self, MerchantClient, Upload};
+use gateways::common::cred::Credential;
 use gateways::node::{NodeArgs, RunningNode};
 use gateways::player::{Passport, Purchase, RpcError};
 use proto::v1 as pb;
@@ -585,7 +585,7 @@ async fn set_up_market(url: &str, keys: &Path) -> Market {
     let channel = client::connect(url, None).await.expect("connect");
     let operator = Credential::load(&keys.join("operator.cred")).expect("operator credential");
     let mut catalog = client::catalog(channel, operator.clone());
-    let engine_public = gateways::keys::load_engine_public(keys).expect("engine public key");
+    let engine_public = gateways::common::keys::load_engine_public(keys).expect("engine public key");
     let mut media = Vec::new();
     for index in 0..MEDIA {
         let upload = Upload {
@@ -767,8 +767,8 @@ fn violations_are_caught(view: &StreamView, ledger: &[Ack]) {
 }
 
 async fn check_stream(log: &dyn EventLog, ledger: &[Ack], keys: &Path, pin: Option<[u8; 32]>, live_totals: &BTreeMap<(String, String), (u64, u64, u64)>, projections_dir: &Path) -> Figures {
-    let master = gateways::keys::load_royalty_master(keys).expect("royalty master key");
-    let public = gateways::keys::load_engine_public(keys).expect("engine public key");
+    let master = gateways::common::keys::load_royalty_master(keys).expect("royalty master key");
+    let public = gateways::common::keys::load_engine_public(keys).expect("engine public key");
     let (view, rebuilt) = read_stream(log, &master, &public).await;
     let found = violations(&view, ledger);
     assert!(found.is_empty(), "{} violations, first ones: {:#?}", found.len(), &found[..found.len().min(10)]);
@@ -921,7 +921,7 @@ async fn crash_loop_killing(backend: Backend, victim: Victim) {
     let replicas = if cluster.is_some() { 3 } else { 1 };
     let run_dir = RunDir::new();
     let mut launch = Launch { binary: vouchsafe_binary(), root: run_dir.path.clone(), port: free_port(), nats_url, replicas, started: 0 };
-    gateways::keys::init(&launch.keys()).expect("keys init");
+    gateways::common::keys::init(&launch.keys()).expect("keys init");
     let url = launch.url();
     let mut engine = launch.spawn();
     wait_healthy(&url, &mut engine).await;

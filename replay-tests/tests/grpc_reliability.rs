@@ -3,9 +3,9 @@
 //! delivery still delivers the voucher exactly once.
 
 use engine::log::EventLog;
-use gateways::backend::BackendArgs;
-use gateways::client::{self, Upload};
-use gateways::cred::Credential;
+use gateways::common::backend::BackendArgs;
+use gateways::common::client::{self, Upload};
+use gateways::common::cred::Credential;
 use gateways::node::{NodeArgs, RunningNode};
 use gateways::player::Purchase;
 use gateways::server::{self, EngineConfig, RunningEngine};
@@ -24,7 +24,7 @@ struct World {
 
 async fn start(backend: &BackendArgs) -> World {
     let keys = backend.data_dir.join("keys");
-    gateways::keys::init(&keys).expect("keys init");
+    gateways::common::keys::init(&keys).expect("keys init");
     let log = backend.open().await.expect("open log");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let engine = server::start(EngineConfig::new(backend.data_dir.join("engine"), keys.clone()), Arc::clone(&log), listener).await.expect("engine starts");
@@ -35,7 +35,7 @@ async fn start(backend: &BackendArgs) -> World {
 
 async fn publish(world: &World) -> client::Published {
     let mut catalog = client::catalog(world.channel.clone(), world.operator.clone());
-    let engine_public = gateways::keys::load_engine_public(&world.keys).expect("public key");
+    let engine_public = gateways::common::keys::load_engine_public(&world.keys).expect("public key");
     let upload = Upload {
         title: "Song".into(),
         artist: "Artist".into(),
@@ -129,7 +129,7 @@ async fn node_restart_during_delivery_delivers_exactly_once(backend: BackendArgs
     let node_dir = backend.data_dir.join("node");
     let node = start_node(&world, &node_cred, &node_dir).await;
     let mut catalog = client::catalog(world.channel.clone(), world.operator.clone());
-    let engine_public = gateways::keys::load_engine_public(&world.keys).expect("public key");
+    let engine_public = gateways::common::keys::load_engine_public(&world.keys).expect("public key");
     let consumer = engine::ids::ConsumerId("alice".into());
     let passport = gateways::player::create_passport(&mut catalog, "cert-alice", &consumer, &engine_public).await.expect("passport");
     let mut merchant = client::merchant(world.channel.clone(), merchant_cred);

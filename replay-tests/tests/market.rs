@@ -325,12 +325,12 @@ async fn royalty_entries_are_sealed_verified_and_rebuilt_by_replay() {
 
     let first_batch = sell_and_deliver(&f, 3, "b1").await;
     live.caught_up(f.log.last_seq().await.expect("seq")).await;
-    assert!(live.seal(&f.market, 100).await.expect("seal").is_none(), "fewer entries than the threshold: no seal");
-    let seal = live.seal(&f.market, 1).await.expect("seal").expect("a seal");
+    assert!(gateways::server::seal_once(&live, &f.market, 100).await.expect("seal").is_none(), "fewer entries than the threshold: no seal");
+    let seal = gateways::server::seal_once(&live, &f.market, 1).await.expect("seal").expect("a seal");
     assert_eq!((seal.first_entry, seal.last_entry), (0, first_batch - 1));
     sell_and_deliver(&f, 2, "b2").await;
     live.caught_up(f.log.last_seq().await.expect("seq")).await;
-    let second = live.seal(&f.market, 1).await.expect("seal").expect("a second seal");
+    let second = gateways::server::seal_once(&live, &f.market, 1).await.expect("seal").expect("a second seal");
     assert_eq!(second.first_entry, first_batch);
     assert_eq!(second.prev_seal_hash, engine::domain::report::Report::seal_hash(&seal));
     live.caught_up(f.log.last_seq().await.expect("seq")).await;
@@ -427,12 +427,12 @@ async fn no_seal_is_made_while_the_projections_lag_the_log_by_more_than_half_the
     // A seal names the projections' position, whose stream head a replay must still hold
     // when the seal lands after the log's head: more than half the heads behind, no seal.
     let lagging = market_over(projections::STREAM_HEADS_MAX as u64 / 2 + 1);
-    assert!(live.seal(&lagging, 1).await.expect("seal").is_none(), "no seal while the projections lag that far");
+    assert!(gateways::server::seal_once(&live, &lagging, 1).await.expect("seal").is_none(), "no seal while the projections lag that far");
     assert_eq!(stream_len(&f.log).await, before, "nothing was appended");
 
     // Negative control: exactly half behind still seals, through the same wrapper.
     let at_limit = market_over(projections::STREAM_HEADS_MAX as u64 / 2);
-    let seal = live.seal(&at_limit, 1).await.expect("seal").expect("a seal at the limit");
+    let seal = gateways::server::seal_once(&live, &at_limit, 1).await.expect("seal").expect("a seal at the limit");
     assert_eq!(stream_len(&f.log).await, before + 1, "the seal was appended");
     live.caught_up(f.log.last_seq().await.expect("seq")).await;
     runner.abort();
@@ -517,13 +517,13 @@ async fn the_sweeper_settles_holds_left_by_interrupted_sagas() {
     assert_eq!((before.available(), before.held_total()), (250, 750), "negative control: three holds outstanding");
 
     live.caught_up(f.log.last_seq().await.expect("seq")).await;
-    assert_eq!(live.sweep(&f.market, 100).await.expect("sweep"), (0, 0), "nothing is due yet");
+    assert_eq!(gateways::server::sweep_once(&live, &f.market, 100).await.expect("sweep"), (0, 0), "nothing is due yet");
     f.clock.advance_ms(60_001);
-    let (expired, settled) = live.sweep(&f.market, 100).await.expect("sweep");
+    let (expired, settled) = gateways::server::sweep_once(&live, &f.market, 100).await.expect("sweep");
     assert_eq!(expired, 1, "the abandoned reservation");
     assert!(settled >= 2, "the orphan hold and the unposted authorization ({settled})");
     live.caught_up(f.log.last_seq().await.expect("seq")).await;
-    let (expired_again, _) = live.sweep(&f.market, 100).await.expect("second sweep");
+    let (expired_again, _) = gateways::server::sweep_once(&live, &f.market, 100).await.expect("second sweep");
     assert_eq!(expired_again, 0, "a reservation is expired once");
     runner.abort();
 

@@ -125,11 +125,11 @@ async fn run_script(w: &World, steps: &[Step]) {
             Step::Advance { ms } => w.clock.advance_ms(*ms as i64),
             Step::Sweep => {
                 w.live.caught_up(w.log.last_seq().await.expect("seq")).await;
-                w.live.sweep(&w.market, 100).await.expect("sweep");
+                gateways::server::sweep_once(&w.live, &w.market, 100).await.expect("sweep");
             }
             Step::Seal => {
                 w.live.caught_up(w.log.last_seq().await.expect("seq")).await;
-                w.live.seal(&w.market, 1).await.expect("seal");
+                gateways::server::seal_once(&w.live, &w.market, 1).await.expect("seal");
             }
         }
     }
@@ -180,7 +180,7 @@ async fn two_sweepers_racing_void_each_reservation_once() {
     let head = w.log.last_seq().await.expect("seq");
     w.live.caught_up(head).await;
     other_live.caught_up(head).await;
-    let (first, second) = tokio::join!(w.live.sweep(&w.market, 100), other_live.sweep(&other, 100));
+    let (first, second) = tokio::join!(gateways::server::sweep_once(&w.live, &w.market, 100), gateways::server::sweep_once(&other_live, &other, 100));
     let (first, second) = (first.expect("sweep").0, second.expect("sweep").0);
     assert_eq!(first + second, 12, "each reservation is expired by exactly one sweeper ({first} + {second})");
     let stored = w.log.read_from(Seq(1), usize::MAX).await.expect("read");

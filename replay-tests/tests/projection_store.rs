@@ -121,7 +121,7 @@ async fn a_stopped_engine_resumes_its_projections_and_a_deleted_store_rebuilds()
     let (merchant, media) = setup(&running.market, &keys).await;
     sell(&running.market, &merchant, &media, 3, "b1").await;
     running.live.caught_up(log.last_seq().await.expect("seq")).await;
-    let first_seal = running.live.seal(&running.market, 1).await.expect("seal").expect("a seal");
+    let first_seal = gateways::server::seal_once(&running.live, &running.market, 1).await.expect("seal").expect("a seal");
     let stopped_at = log.last_seq().await.expect("seq");
     running.stop(&log).await;
 
@@ -130,7 +130,7 @@ async fn a_stopped_engine_resumes_its_projections_and_a_deleted_store_rebuilds()
     assert_eq!(outcome, OpenOutcome::Resumed { checkpoint: stopped_at });
     sell(&running.market, &merchant, &media, 2, "b2").await;
     running.live.caught_up(log.last_seq().await.expect("seq")).await;
-    let second_seal = running.live.seal(&running.market, 1).await.expect("seal").expect("a second seal");
+    let second_seal = gateways::server::seal_once(&running.live, &running.market, 1).await.expect("seal").expect("a second seal");
     assert_eq!(second_seal.first_entry, first_seal.last_entry + 1, "the resumed chain continues the sealed range");
     assert_eq!(second_seal.prev_seal_hash, engine::domain::report::Report::seal_hash(&first_seal));
     let (due, sizes) = running.live.read(|p| (p.vouchers.due(Millis(i64::MAX), 10).len(), p.vouchers.set_sizes()));

@@ -4,11 +4,13 @@
 //! and the front door's limits they probe. Each test binary uses its own part of it.
 #![allow(dead_code)]
 
+pub mod rpc;
+
 use engine::crypto;
 use engine::log::embedded::EmbeddedLog;
 use engine::log::EventLog;
-use gateways::client;
-use gateways::cred::Credential;
+use gateways::common::client;
+use gateways::common::cred::Credential;
 use gateways::server::{self, EngineConfig, RunningEngine};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,10 +18,8 @@ use tonic::transport::Channel;
 
 /// Long enough that neither the sweeper nor the sealer appends during a test.
 pub const QUIET: Duration = Duration::from_secs(3600);
-/// The front door's limit for the bodies of every RPC but PublishMedia.
-pub const REQUEST_BYTES_MAX: usize = 64 * 1024;
-/// The front door's limit for PublishMedia bodies (a media container plus 1 MiB).
-pub const UPLOAD_BYTES_MAX: usize = engine::media::CONTAINER_BYTES_MAX + 1024 * 1024;
+/// The front door's limits these tests probe, as the server defines them.
+pub use gateways::server::front_door::{REQUEST_BYTES_MAX, UPLOAD_BYTES_MAX};
 /// gRPC's frame header: compression flag and length, before each message.
 pub const FRAME_HEADER_BYTES: usize = 5;
 
@@ -36,16 +36,16 @@ pub struct Fixture {
 pub async fn start() -> Fixture {
     let dir = tempfile::tempdir().expect("temp dir");
     let keys = dir.path().join("keys");
-    gateways::keys::init(&keys).expect("keys init");
+    gateways::common::keys::init(&keys).expect("keys init");
     let log: Arc<dyn EventLog> = Arc::new(EmbeddedLog::open(&dir.path().join("log")).expect("embedded log"));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
     let config = EngineConfig { sweep_interval: QUIET, seal_interval: QUIET, ..EngineConfig::new(dir.path().to_path_buf(), keys.clone()) };
-    assert_eq!(config.limits.request_bytes_max, REQUEST_BYTES_MAX, "the limits these tests probe");
-    assert_eq!(config.limits.upload_bytes_max, UPLOAD_BYTES_MAX, "the limits these tests probe");
+    assert_eq!(config.limits.request_bytes_max, REQUEST_BYTES_MAX, "the engine runs with the default limits these tests probe");
+    assert_eq!(config.limits.upload_bytes_max, UPLOAD_BYTES_MAX, "the engine runs with the default limits these tests probe");
     let engine = server::start(config, Arc::clone(&log), listener).await.expect("engine starts");
     let channel = client::connect(&engine.url(), None).await.expect("connect");
     let operator = Credential::load(&keys.join("operator.cred")).expect("operator credential");
-    let engine_public = gateways::keys::load_engine_public(&keys).expect("public key");
+    let engine_public = gateways::common::keys::load_engine_public(&keys).expect("public key");
     Fixture { _dir: dir, engine, log, operator, channel, engine_public }
 }
 

@@ -1,5 +1,6 @@
 use super::*;
 use engine::crypto::test_keys;
+use engine::domain::event::RightsReportSealed;
 
 fn entry(i: u64) -> Entry {
     Entry {

@@ -18,8 +18,8 @@
 //! keys and private keys are never logged or printed: `Purchase` and `Passport` print only
 //! ids.
 
-use crate::client::CatalogClient;
-use crate::node::{Reassembly, CHALLENGE_BYTES};
+use crate::common::client::CatalogClient;
+use crate::common::transfer::{Reassembly, CHALLENGE_BYTES};
 use anyhow::{bail, Context};
 use engine::crypto::{self, RsaPrivate, RsaPublic, SecretKey};
 use engine::domain::party::Certificate;
@@ -513,11 +513,11 @@ mod tests {
     use super::*;
 
     fn engine_key() -> RsaPrivate {
-        RsaPrivate::from_pkcs8_pem(include_str!("../../engine/testdata/rsa-2048-a.pem")).expect("test key a")
+        RsaPrivate::from_pkcs8_pem(include_str!("../../../engine/testdata/rsa-2048-a.pem")).expect("test key a")
     }
 
     fn consumer_key() -> RsaPrivate {
-        RsaPrivate::from_pkcs8_pem(include_str!("../../engine/testdata/rsa-2048-b.pem")).expect("test key b")
+        RsaPrivate::from_pkcs8_pem(include_str!("../../../engine/testdata/rsa-2048-b.pem")).expect("test key b")
     }
 
     /// A certificate as the engine would sign it.

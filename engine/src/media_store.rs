@@ -3,11 +3,27 @@
 //! from here with `DeliveryService.FetchMedia` and cache them. Files are written to a
 //! temporary name, synced and renamed, so a crash never leaves half a container; a part is
 //! written before its `MediaPublished` event is appended, so every published media has
-//! its bytes. (With several engine replicas on one JetStream stream the parts belong in a
-//! shared store such as a JetStream object store; see ARCHITECTURE.md.)
+//! its bytes (`app::Market::publish` does both, and removes the bytes again when the
+//! publication is refused). With several engine replicas on one JetStream stream the
+//! parts belong in a shared store such as a JetStream object store (ARCHITECTURE.md).
 
-use anyhow::Context;
 use std::path::{Path, PathBuf};
+
+/// Why the media store could not do what was asked. Paths name the engine's own files;
+/// the edge never sends this text to a caller without its own words around it.
+#[derive(Debug, thiserror::Error)]
+pub enum MediaStoreError {
+    #[error("invalid media id")]
+    InvalidId,
+    #[error("cannot create the media directory {path}")]
+    CreateDir { path: PathBuf, #[source] source: std::io::Error },
+    #[error("cannot write {path}")]
+    Write { path: PathBuf, #[source] source: std::io::Error },
+    #[error("cannot read {path}")]
+    Read { path: PathBuf, #[source] source: std::io::Error },
+    #[error("the media store's task failed")]
+    Task(#[source] tokio::task::JoinError),
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Part {
@@ -30,35 +46,38 @@ pub struct MediaStore {
 }
 
 impl MediaStore {
-    pub fn open(dir: &Path) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create the media directory {}", dir.display()))?;
+    pub fn open(dir: &Path) -> Result<Self, MediaStoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| MediaStoreError::CreateDir { path: dir.to_path_buf(), source })?;
         Ok(Self { dir: dir.to_path_buf() })
     }
 
-    fn path(&self, media_id: &str, part: Part) -> anyhow::Result<PathBuf> {
+    fn path(&self, media_id: &str, part: Part) -> Result<PathBuf, MediaStoreError> {
         // Ids are checked tokens ([A-Za-z0-9_-]), so they cannot leave the directory.
-        anyhow::ensure!(engine::ids::is_valid_token(media_id), "invalid media id");
+        if !crate::ids::is_valid_token(media_id) {
+            return Err(MediaStoreError::InvalidId);
+        }
         Ok(self.dir.join(format!("{media_id}.{}", part.extension())))
     }
 
-    pub async fn put(&self, media_id: &str, part: Part, bytes: bytes::Bytes) -> anyhow::Result<()> {
+    pub async fn put(&self, media_id: &str, part: Part, bytes: bytes::Bytes) -> Result<(), MediaStoreError> {
         let path = self.path(media_id, part)?;
-        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        tokio::task::spawn_blocking(move || {
             let temporary = path.with_extension("tmp");
+            let write = |source| MediaStoreError::Write { path: path.clone(), source };
             {
                 use std::io::Write;
-                let mut file = std::fs::File::create(&temporary).with_context(|| format!("cannot write {}", temporary.display()))?;
-                file.write_all(&bytes)?;
-                file.sync_all()?;
+                let mut file = std::fs::File::create(&temporary).map_err(write)?;
+                file.write_all(&bytes).map_err(write)?;
+                file.sync_all().map_err(write)?;
             }
-            std::fs::rename(&temporary, &path).with_context(|| format!("cannot rename into {}", path.display()))?;
+            std::fs::rename(&temporary, &path).map_err(write)?;
             if let Some(dir) = path.parent() {
-                std::fs::File::open(dir)?.sync_all()?;
+                std::fs::File::open(dir).and_then(|dir| dir.sync_all()).map_err(write)?;
             }
             Ok(())
         })
         .await
-        .context("the media write task failed")?
+        .map_err(MediaStoreError::Task)?
     }
 
     /// Removes every part of a media whose publication was refused (best effort: a file
@@ -75,15 +94,15 @@ impl MediaStore {
     }
 
     /// The part's bytes, or `None` when this engine holds no such part.
-    pub async fn get(&self, media_id: &str, part: Part) -> anyhow::Result<Option<bytes::Bytes>> {
+    pub async fn get(&self, media_id: &str, part: Part) -> Result<Option<bytes::Bytes>, MediaStoreError> {
         let path = self.path(media_id, part)?;
         tokio::task::spawn_blocking(move || match std::fs::read(&path) {
             Ok(bytes) => Ok(Some(bytes::Bytes::from(bytes))),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(error) => Err(anyhow::Error::new(error).context(format!("cannot read {}", path.display()))),
+            Err(source) => Err(MediaStoreError::Read { path, source }),
         })
         .await
-        .context("the media read task failed")?
+        .map_err(MediaStoreError::Task)?
     }
 }
 

@@ -15,8 +15,8 @@
 //! royalty log is sealed (witness file), every delivered copy is inspected (its record
 //! checked with the engine's public key) and the auditor replays the whole stream.
 
-use crate::client::{self, ComponentUpload, ContainerUpload, MerchantClient, PreviewUpload, RenditionUpload};
-use crate::cred::Credential;
+use crate::common::client::{self, ComponentUpload, ContainerUpload, MerchantClient, PreviewUpload, RenditionUpload};
+use crate::common::cred::Credential;
 use crate::node::{NodeArgs, RunningNode};
 use crate::player::{Passport, Purchase};
 use crate::server::{EngineConfig, RunningEngine};
@@ -53,7 +53,7 @@ const NODE_SLOTS: u32 = 256;
 const NODE_CACHE_BYTES_MAX: u64 = 64 * 1024 * 1024;
 
 pub struct DemoArgs {
-    pub backend: crate::backend::BackendArgs,
+    pub backend: crate::common::backend::BackendArgs,
     pub keys_dir: PathBuf,
     pub vouchers: usize,
     /// Drive an engine already running under `serve`.
@@ -127,12 +127,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
     let started = Instant::now();
     let data_dir = args.backend.data_dir.clone();
     std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
-    if args.connect.is_none() && crate::keys::is_empty(&args.keys_dir) {
+    if args.connect.is_none() && crate::common::keys::is_empty(&args.keys_dir) {
         eprintln!("creating keys in {}", args.keys_dir.display());
-        crate::keys::init(&args.keys_dir)?;
+        crate::common::keys::init(&args.keys_dir)?;
     }
-    let operator = Credential::load(&args.keys_dir.join(crate::keys::OPERATOR_CRED))?;
-    let engine_public = crate::keys::load_engine_public(&args.keys_dir)?;
+    let operator = Credential::load(&args.keys_dir.join(crate::common::keys::OPERATOR_CRED))?;
+    let engine_public = crate::common::keys::load_engine_public(&args.keys_dir)?;
 
     let local = match &args.connect {
         Some(_) => None,
@@ -204,7 +204,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
 
     // Publisher: signed format-2 containers (two renditions, descriptive data, a preview
     // clip) under fresh media keys, each key wrapped for the engine.
-    let publisher_key = crate::commands::load_or_create_publisher_key(&crate::commands::default_publisher_key_path(&data_dir)).await?;
+    let publisher_key = crate::cli::load_or_create_publisher_key(&crate::cli::default_publisher_key_path(&data_dir)).await?;
     let titles = [("Blue Vouchers", "The Receipts"), ("MAC Chain", "Schneier & Kelsey"), ("Track One", "Album Artist"), ("Track Two", "Album Artist"), ("Track Three", "Album Artist")];
     let mut media = Vec::new();
     for (i, (title, artist)) in titles.iter().enumerate() {
@@ -304,7 +304,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
             }
             // The auditor's view: the whole stream with the public key and the master key
             // only, pinned to the newest seal; it must find nothing and reach the same digest.
-            let royalty_master = crate::keys::load_royalty_master(&args.keys_dir)?;
+            let royalty_master = crate::common::keys::load_royalty_master(&args.keys_dir)?;
             let audit = projections::audit::replay(local.log.as_ref(), &royalty_master, &engine_public, pin, |_| {}).await?;
             if !audit.ok() {
                 eprintln!("{}", crate::audit::describe(&audit));
@@ -349,11 +349,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
         let mut ok = 0;
         for path in &copies {
             let bytes = std::fs::read(path).with_context(|| format!("cannot read the delivered copy {}", path.display()))?;
-            let report = crate::inspect::inspect_bytes(&bytes, Some(&inspected_public), None);
+            let report = crate::cli::inspect::inspect_bytes(&bytes, Some(&inspected_public), None);
             if report.ok() && report.transaction.as_ref().is_some_and(|transaction| transaction.signature_ok == Some(true)) {
                 ok += 1;
             } else {
-                eprintln!("inspect {}: {}", path.display(), crate::inspect::describe(&report));
+                eprintln!("inspect {}: {}", path.display(), crate::cli::inspect::describe(&report));
             }
         }
         Ok(ok)
@@ -401,8 +401,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
 async fn seal(local: &LocalEngine, data_dir: &std::path::Path) -> anyhow::Result<Option<[u8; 32]>> {
     let engine = &local.running.engine;
     engine.live.caught_up(local.log.last_seq().await?).await;
-    let Some(seal) = engine.live.seal(&engine.market, 1).await? else { return Ok(None) };
-    crate::audit::witness(data_dir, &seal)?;
+    let Some(seal) = crate::server::seal_once(&engine.live, &engine.market, 1).await? else { return Ok(None) };
+    crate::common::witness::append(data_dir, &seal)?;
     Ok(Some(engine::domain::report::Report::seal_hash(&seal)))
 }
 

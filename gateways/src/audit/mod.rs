@@ -4,43 +4,10 @@
 //! `auditor` user of deploy/nats-auth.conf allows.
 
 use anyhow::{bail, Context};
-use engine::domain::event::RightsReportSealed;
-use engine::domain::report::Report;
 use projections::audit::{self, AuditReport};
-use std::io::Write;
+pub use crate::common::witness::WITNESS_FILE;
+use crate::common::witness::Witness;
 use std::path::Path;
-
-/// The witness file, under the data dir: one JSON line per seal the engine appended, so an
-/// auditor can pin the newest seal it has seen.
-pub const WITNESS_FILE: &str = "witness/seals.jsonl";
-
-#[derive(serde::Serialize, serde::Deserialize)]
-pub struct Witness {
-    pub seal_hash: String,
-    pub epoch: u64,
-    pub first_entry: u64,
-    pub last_entry: u64,
-    pub last_stream_seq: u64,
-}
-
-/// Appends a seal to the witness file (and syncs it).
-pub fn witness(data_dir: &Path, seal: &RightsReportSealed) -> anyhow::Result<()> {
-    let path = data_dir.join(WITNESS_FILE);
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    let line = serde_json::to_string(&Witness {
-        seal_hash: hex::encode(Report::seal_hash(seal)),
-        epoch: seal.epoch,
-        first_entry: seal.first_entry,
-        last_entry: seal.last_entry,
-        last_stream_seq: seal.last_stream_seq,
-    })?;
-    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&path).with_context(|| format!("cannot open {}", path.display()))?;
-    writeln!(file, "{line}")?;
-    file.sync_all()?;
-    Ok(())
-}
 
 /// `--pin`: a seal hash in hex, or a witness file whose last line names the seal.
 pub fn parse_pin(pin: &str) -> anyhow::Result<[u8; 32]> {
@@ -60,11 +27,11 @@ pub fn parse_pin(pin: &str) -> anyhow::Result<[u8; 32]> {
 }
 
 /// Replays the stream as an auditor.
-pub async fn replay(backend: &crate::backend::BackendArgs, keys_dir: &Path, pin: Option<[u8; 32]>) -> anyhow::Result<AuditReport> {
-    let master = crate::keys::load_royalty_master(keys_dir)?;
-    let public = crate::keys::load_engine_public(keys_dir)?;
+pub async fn replay(backend: &crate::common::backend::BackendArgs, keys_dir: &Path, pin: Option<[u8; 32]>) -> anyhow::Result<AuditReport> {
+    let master = crate::common::keys::load_royalty_master(keys_dir)?;
+    let public = crate::common::keys::load_engine_public(keys_dir)?;
     let log = backend.open_read_only().await?;
-    let bar = crate::progress::events(log.last_seq().await?.0, "audit replay");
+    let bar = crate::common::progress::events(log.last_seq().await?.0, "audit replay");
     let report = audit::replay(log.as_ref(), &master, &public, pin, |events| {
         if let Some(bar) = &bar {
             bar.set_position(events);
@@ -147,11 +114,11 @@ const USAGE_COLUMNS: [&str; 17] = [
 
 /// Rebuilds the royalty log from the stream and checks it; refuses to export a stream that
 /// does not audit clean (an export must not launder tampering).
-pub async fn rebuild(backend: &crate::backend::BackendArgs, keys_dir: &Path) -> anyhow::Result<(AuditReport, ExportedLog, Vec<Entry>)> {
-    let master = crate::keys::load_royalty_master(keys_dir)?;
-    let public = crate::keys::load_engine_public(keys_dir)?;
+pub async fn rebuild(backend: &crate::common::backend::BackendArgs, keys_dir: &Path) -> anyhow::Result<(AuditReport, ExportedLog, Vec<Entry>)> {
+    let master = crate::common::keys::load_royalty_master(keys_dir)?;
+    let public = crate::common::keys::load_engine_public(keys_dir)?;
     let log = backend.open_read_only().await?;
-    let bar = crate::progress::events(log.last_seq().await?.0, "rebuilding the royalty log");
+    let bar = crate::common::progress::events(log.last_seq().await?.0, "rebuilding the royalty log");
     let (report, projections) = audit::replay_full(log.as_ref(), &master, &public, None, |events| {
         if let Some(bar) = &bar {
             bar.set_position(events);
@@ -226,24 +193,24 @@ pub fn dsr(report: &AuditReport, entries: &[Entry]) -> String {
 
 /// `audit verify FILE`: an exported log alone.
 pub fn verify_file(file: &Path, keys_dir: &Path, pin: Option<[u8; 32]>) -> anyhow::Result<VerifyReport> {
-    let master = crate::keys::load_royalty_master(keys_dir)?;
-    let public = crate::keys::load_engine_public(keys_dir)?;
+    let master = crate::common::keys::load_royalty_master(keys_dir)?;
+    let public = crate::common::keys::load_engine_public(keys_dir)?;
     let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let log: ExportedLog = serde_json::from_str(&text).with_context(|| format!("{} is not an exported royalty log (audit export --format log)", file.display()))?;
     Ok(export::verify_log(&log, &master, &public, pin))
 }
 
 /// `audit prove --voucher ID`: inclusion bundles for the voucher's deliveries.
-pub async fn prove(backend: &crate::backend::BackendArgs, keys_dir: &Path, voucher: &str) -> anyhow::Result<Vec<ProofBundle>> {
+pub async fn prove(backend: &crate::common::backend::BackendArgs, keys_dir: &Path, voucher: &str) -> anyhow::Result<Vec<ProofBundle>> {
     let (_, exported, _) = rebuild(backend, keys_dir).await?;
-    let master = crate::keys::load_royalty_master(keys_dir)?;
-    let public = crate::keys::load_engine_public(keys_dir)?;
+    let master = crate::common::keys::load_royalty_master(keys_dir)?;
+    let public = crate::common::keys::load_engine_public(keys_dir)?;
     Ok(export::prove(&exported, &master, &public, voucher)?)
 }
 
 /// `audit check-proof BUNDLE`: with the engine's public key alone.
 pub fn check_proof_file(file: &Path, keys_dir: &Path) -> anyhow::Result<Vec<Result<Entry, String>>> {
-    let public = crate::keys::load_engine_public(keys_dir)?;
+    let public = crate::common::keys::load_engine_public(keys_dir)?;
     let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let bundles: Vec<ProofBundle> = serde_json::from_str(&text).with_context(|| format!("{} is not a proof bundle (audit prove)", file.display()))?;
     if bundles.is_empty() {

@@ -1,10 +1,18 @@
-//! The network clients' subcommands (`keys issue`, `merchant`, `publish`): argument shapes
-//! and what each prints. Human output goes to stderr, `--json` prints one object on the
+//! The command line: `args` (clap's view of every subcommand), `dispatch` (runs a parsed
+//! command and turns it into an exit code), `inspect` (media containers and delivered
+//! copies), and here the network clients' subcommands (`keys issue`, `merchant`,
+//! `publish`, `admin`, `player`, `node`): argument shapes and what each prints. Human output goes to stderr, `--json` prints one object on the
 //! last line of stdout (CLI.md). A refused command exits 1 with the engine's status code
 //! and message; a connection or usage problem exits 2.
 
-use crate::client;
-use crate::cred::Credential;
+pub mod args;
+pub mod dispatch;
+pub mod inspect;
+
+pub use args::Cli;
+
+use crate::common::client;
+use crate::common::cred::Credential;
 use crate::player::{Passport, Purchase};
 use anyhow::Context;
 use proto::v1 as pb;
@@ -161,7 +169,7 @@ fn fresh_request_id(prefix: &str) -> String {
 }
 
 pub async fn issue(args: IssueArgs) -> anyhow::Result<Outcome> {
-    let operator = Credential::load(&args.keys.join(crate::keys::OPERATOR_CRED))?;
+    let operator = Credential::load(&args.keys.join(crate::common::keys::OPERATOR_CRED))?;
     let mut catalog = client::catalog(args.connect.channel().await?, operator);
     let request_id = args.request_id.clone().unwrap_or_else(|| fresh_request_id("cred"));
     let (kind, answer) = match args.kind {
@@ -354,7 +362,7 @@ pub async fn load_or_create_publisher_key(path: &std::path::Path) -> anyhow::Res
     #[cfg(unix)]
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
     builder.create(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let key = tokio::task::spawn_blocking(|| engine::crypto::RsaPrivate::generate(crate::keys::ENGINE_RSA_BITS)).await.context("the key generation task failed")??;
+    let key = tokio::task::spawn_blocking(|| engine::crypto::RsaPrivate::generate(crate::common::keys::ENGINE_RSA_BITS)).await.context("the key generation task failed")??;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -668,7 +676,7 @@ pub async fn node(args: NodeCliArgs) -> anyhow::Result<()> {
         cache_bytes_max: args.cache_bytes_max,
         engine_tls: args.connect.engine_tls()?,
     };
-    crate::node::run(node_args, crate::serve::terminate_signal()).await
+    crate::node::run(node_args, crate::server::serve::terminate_signal()).await
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -843,7 +851,7 @@ fn config_json(config: &pb::ConfigResponse) -> serde_json::Value {
 
 pub async fn admin(args: AdminArgs) -> anyhow::Result<Outcome> {
     let keys = args.keys.as_ref().context("--keys DIR (holding operator.cred) is required")?;
-    let operator = Credential::load(&keys.join(crate::keys::OPERATOR_CRED))?;
+    let operator = Credential::load(&keys.join(crate::common::keys::OPERATOR_CRED))?;
     let mut admin = client::admin(args.connect.channel().await?, operator);
     let request_id = args.request_id.clone().unwrap_or_else(|| fresh_request_id("admin"));
     let answer: Result<serde_json::Value, tonic::Status> = async {

@@ -11,7 +11,8 @@
 //! comparisons of `crypto::credential_hash(secret)` with the hash recorded at registration;
 //! an unknown id and a wrong secret get the same answer.
 
-use crate::cred::{ID_HEADER, SECRET_HEADER};
+use crate::common::cred::{ID_HEADER, SECRET_HEADER};
+use crate::server::status;
 use engine::crypto::{self, SecretKey};
 use engine::domain::party::{Auditor, AuditorStatus, Merchant, MerchantStatus, Node, NodeStatus};
 use engine::app::Market;
@@ -91,9 +92,16 @@ pub struct Limits {
     pub requests_in_flight_max: usize,
 }
 
+/// The default limit for every request body but PublishMedia's.
+pub const REQUEST_BYTES_MAX: usize = 64 * 1024;
+/// The default limit for PublishMedia bodies: a media container plus 1 MiB of fields.
+pub const UPLOAD_BYTES_MAX: usize = engine::media::CONTAINER_BYTES_MAX + 1024 * 1024;
+/// The default number of requests the whole server serves at once.
+pub const REQUESTS_IN_FLIGHT_MAX: usize = 2048;
+
 impl Default for Limits {
     fn default() -> Self {
-        Self { request_bytes_max: 64 * 1024, upload_bytes_max: engine::media::CONTAINER_BYTES_MAX + 1024 * 1024, requests_in_flight_max: 2048 }
+        Self { request_bytes_max: REQUEST_BYTES_MAX, upload_bytes_max: UPLOAD_BYTES_MAX, requests_in_flight_max: REQUESTS_IN_FLIGHT_MAX }
     }
 }
 
@@ -111,17 +119,17 @@ impl Authenticator {
 
     /// The identity behind `id` + `secret_hex`, or UNAUTHENTICATED.
     pub async fn authenticate(&self, id: &str, secret_hex: &str) -> Result<Identity, Status> {
-        let refused = || Status::unauthenticated("unknown credential id or wrong secret; check the credential file");
+        let refused = status::unknown_credential;
         let mut secret = [0u8; 32];
         if secret_hex.len() != 64 || hex::decode_to_slice(secret_hex, &mut secret).is_err() {
-            return Err(Status::unauthenticated(format!("{SECRET_HEADER} must be 64 hex digits")));
+            return Err(status::malformed_secret(SECRET_HEADER));
         }
         let presented = crypto::credential_hash(&secret);
         zeroize::Zeroize::zeroize(&mut secret);
         if !engine::ids::is_valid_token(id) {
             return Err(refused());
         }
-        let unavailable = |e: engine::handler::HandleError| Status::unavailable(format!("cannot check the credential now: {e}"));
+        let unavailable = |e: engine::handler::HandleError| status::credential_check_unavailable(&e);
         let (identity, recorded, active) = if id == self.operator_id {
             (Identity::Operator(id.to_string()), self.operator_hash, true)
         } else if id.starts_with('a') {
@@ -211,34 +219,32 @@ where
 
 async fn admit(door: &FrontDoor, request: Request) -> Result<(Request, Option<tokio::sync::OwnedSemaphorePermit>), Status> {
     let Some(service) = service_of(request.uri().path()) else {
-        return Err(Status::unimplemented(format!("no such service: {}", request.uri().path())));
+        return Err(status::no_such_service(request.uri().path()));
     };
     if service == Service::Open {
         return Ok((request, None));
     }
-    let permit = Arc::clone(&door.in_flight).try_acquire_owned().map_err(|_| {
-        Status::resource_exhausted(format!("the engine is serving its limit of {} requests; retry shortly", door.limits.requests_in_flight_max))
-    })?;
+    let permit = Arc::clone(&door.in_flight).try_acquire_owned().map_err(|_| status::requests_in_flight_limit(door.limits.requests_in_flight_max))?;
     let (mut parts, body) = request.into_parts();
     let (id, secret) = {
         let header = |name: &str| parts.headers.get(name).and_then(|value| value.to_str().ok()).map(str::to_string);
         (header(ID_HEADER), header(SECRET_HEADER).map(zeroize::Zeroizing::new))
     };
     let (Some(id), Some(secret)) = (id, secret) else {
-        return Err(Status::unauthenticated(format!("missing {ID_HEADER} / {SECRET_HEADER} metadata; pass a credential file with --cred")));
+        return Err(status::missing_credential(ID_HEADER, SECRET_HEADER));
     };
     let identity = door.authenticator.authenticate(&id, &secret).await?;
     if !allowed(service, &identity) {
-        return Err(Status::permission_denied(format!("a {} credential may not call {}", identity.role(), parts.uri.path().trim_start_matches('/'))));
+        return Err(status::role_may_not_call(identity.role(), parts.uri.path().trim_start_matches('/')));
     }
     // Only PublishMedia carries a media container; every other call is small.
     let limit = if parts.uri.path() == "/vouchsafe.v1.CatalogService/PublishMedia" { door.limits.upload_bytes_max } else { door.limits.request_bytes_max };
     // Every RPC takes a single request message: buffer it whole, within the limit.
     let collected = http_body_util::Limited::new(body, limit).collect().await.map_err(|error| {
         if error.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-            Status::resource_exhausted(format!("the request is over the {limit}-byte limit of this service"))
+            status::request_too_large(limit)
         } else {
-            Status::cancelled(format!("the request body did not arrive: {error}"))
+            status::request_body_lost(&error)
         }
     })?;
     parts.extensions.insert(identity);
@@ -248,7 +254,7 @@ async fn admit(door: &FrontDoor, request: Request) -> Result<(Request, Option<to
 
 /// The caller's identity, put there by the front door.
 pub fn identity<T>(request: &tonic::Request<T>) -> Result<Identity, Status> {
-    request.extensions().get::<Identity>().cloned().ok_or_else(|| Status::unauthenticated("no credential was checked for this call"))
+    request.extensions().get::<Identity>().cloned().ok_or_else(status::no_checked_credential)
 }
 
 #[cfg(test)]

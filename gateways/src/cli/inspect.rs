@@ -274,7 +274,7 @@ fn delivered_copy(copy: &media::DeliveredCopy<'_>, engine: Option<&RsaPublic>, s
 
 /// Reads the file and the keys and inspects; `Err` only for usage or environment errors.
 pub fn run(args: &InspectArgs) -> anyhow::Result<Report> {
-    let engine = args.keys.as_deref().map(crate::keys::load_engine_public).transpose()?;
+    let engine = args.keys.as_deref().map(crate::common::keys::load_engine_public).transpose()?;
     let publisher = args
         .publisher_key
         .as_deref()

@@ -2,7 +2,7 @@
 //! `merchant` and `publish` commands, the demo and the end-to-end tests all go through
 //! here. Each client presents one credential on every call (`cred::Present`).
 
-use crate::cred::{Credential, Present};
+use crate::common::cred::{Credential, Present};
 use anyhow::Context;
 use engine::crypto::{self, RsaPrivate, RsaPublic, SecretKey};
 use engine::media::{ComponentSpec, ContainerSpec, PreviewSpec, RenditionSpec};

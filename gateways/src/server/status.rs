@@ -63,7 +63,86 @@ pub fn from_app_error(error: &AppError) -> Status {
         // Crypto errors carry no key material; still, say no more than that it failed.
         AppError::Crypto(_) => Status::internal("a cryptographic operation failed"),
         AppError::Task(_) => Status::internal(error.to_string()),
+        AppError::MediaStore(store) => media_store_failed("the media store failed", store),
     }
+}
+
+// ---- the edge's own refusals ------------------------------------------------------------
+// Refusals that come from the server itself rather than from a use case: credentials,
+// limits, the caller's role, and failures of the stream or the media store while serving.
+
+/// A credential that is unknown or whose secret is wrong: one answer for both, so the
+/// answer does not tell which ids exist.
+pub fn unknown_credential() -> Status {
+    Status::unauthenticated("unknown credential id or wrong secret; check the credential file")
+}
+
+pub fn malformed_secret(header: &str) -> Status {
+    Status::unauthenticated(format!("{header} must be 64 hex digits"))
+}
+
+pub fn missing_credential(id_header: &str, secret_header: &str) -> Status {
+    Status::unauthenticated(format!("missing {id_header} / {secret_header} metadata; pass a credential file with --cred"))
+}
+
+/// A handler reached without the front door's identity: a wiring bug, refused safely.
+pub fn no_checked_credential() -> Status {
+    Status::unauthenticated("no credential was checked for this call")
+}
+
+pub fn credential_check_unavailable(error: &HandleError) -> Status {
+    Status::unavailable(format!("cannot check the credential now: {error}"))
+}
+
+pub fn no_such_service(path: &str) -> Status {
+    Status::unimplemented(format!("no such service: {path}"))
+}
+
+pub fn role_may_not_call(role: &str, method: &str) -> Status {
+    Status::permission_denied(format!("a {role} credential may not call {method}"))
+}
+
+/// `acting_as` is the role the handler needs, with its article ("a merchant").
+pub fn role_may_not_act_as(role: &str, acting_as: &str) -> Status {
+    Status::permission_denied(format!("a {role} credential may not act as {acting_as}"))
+}
+
+pub fn requests_in_flight_limit(requests_in_flight_max: usize) -> Status {
+    Status::resource_exhausted(format!("the engine is serving its limit of {requests_in_flight_max} requests; retry shortly"))
+}
+
+pub fn request_too_large(request_bytes_max: usize) -> Status {
+    Status::resource_exhausted(format!("the request is over the {request_bytes_max}-byte limit of this service"))
+}
+
+pub fn request_body_lost(error: &dyn std::fmt::Display) -> Status {
+    Status::cancelled(format!("the request body did not arrive: {error}"))
+}
+
+pub fn replays_busy(replays_in_flight_max: usize) -> Status {
+    Status::resource_exhausted(format!("{replays_in_flight_max} full replays are running; retry when one has finished"))
+}
+
+/// The stream could not be read while serving (a replay, a feed, the head).
+pub fn stream_unreadable(what: &str, error: &dyn std::fmt::Display) -> Status {
+    Status::unavailable(format!("{what} could not read the stream: {error}; retry"))
+}
+
+/// An event of the stream does not decode: the stream is damaged, not the request.
+pub fn event_undecodable(seq: u64, error: &dyn std::fmt::Display) -> Status {
+    Status::data_loss(format!("event {seq} does not decode: {error}"))
+}
+
+pub fn media_store_failed(what: &str, error: &engine::media_store::MediaStoreError) -> Status {
+    Status::internal(format!("{what}: {error}"))
+}
+
+pub fn node_not_announced(node: &str) -> Status {
+    Status::unavailable(format!("delivery node {node} has not announced itself to this engine yet; retry with the same request id shortly"))
+}
+
+pub fn node_must_register() -> Status {
+    Status::failed_precondition("this node has not announced itself to this engine; call RegisterNode")
 }
 
 #[cfg(test)]

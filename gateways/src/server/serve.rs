@@ -3,7 +3,7 @@
 //! file (`--config FILE`), then defaults. Key material is never a setting: only the key
 //! directory's path is. Stops gracefully on SIGTERM or ctrl-c (`server::RunningEngine::shutdown`).
 
-use crate::auth::Limits;
+use crate::server::front_door::Limits;
 use crate::server::{EngineConfig, TlsFiles};
 use anyhow::Context;
 use std::net::SocketAddr;
@@ -87,7 +87,7 @@ pub struct ServeArgs {
 pub struct Settings {
     pub listen: SocketAddr,
     pub metrics_listen: Option<SocketAddr>,
-    pub backend: crate::backend::BackendArgs,
+    pub backend: crate::common::backend::BackendArgs,
     pub log_json: bool,
     pub engine: EngineConfig,
     pub replicas: usize,
@@ -167,7 +167,7 @@ pub fn settings(args: &ServeArgs) -> anyhow::Result<Settings> {
         engine.seal_entries_min = entries;
     }
     engine.tls = file.tls.map(|tls| TlsFiles { cert: tls.cert, key: tls.key, client_ca: tls.client_ca });
-    let backend = crate::backend::BackendArgs { data_dir, nats_url, stream };
+    let backend = crate::common::backend::BackendArgs { data_dir, nats_url, stream };
     Ok(Settings { listen, metrics_listen, backend, log_json, engine, replicas, group_commit })
 }
 
@@ -198,7 +198,7 @@ pub async fn terminate_signal() {
 pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
     std::fs::create_dir_all(&settings.backend.data_dir).with_context(|| format!("cannot create {}", settings.backend.data_dir.display()))?;
     let keys_dir = &settings.engine.keys_dir;
-    if crate::keys::is_empty(keys_dir) {
+    if crate::common::keys::is_empty(keys_dir) {
         anyhow::bail!("no keys in {}; run `vouchsafe keys init --out {}` first", keys_dir.display(), keys_dir.display());
     }
     let options = engine::log::jetstream::StreamOptions { replicas: settings.replicas, group_commit: settings.group_commit };
@@ -220,7 +220,7 @@ pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output =
                 Box::pin(async move { engine.refresh_metrics().await })
             });
             let mut stopping = running.stopping();
-            Some(tokio::spawn(crate::metrics::serve(listener, Arc::clone(&running.engine.metrics), refresh, async move {
+            Some(tokio::spawn(crate::server::metrics::serve(listener, Arc::clone(&running.engine.metrics), refresh, async move {
                 let _ = stopping.wait_for(|stop| *stop).await;
             })))
         }

@@ -1,0 +1,178 @@
+//! Node placement, in one place: which delivery node serves a voucher or a preview.
+//!
+//! Three inputs decide it. The allocation projection (`projections::allocation`) counts
+//! each node's licensed slots and the slots its issued vouchers and running previews hold
+//! (the read model, rebuilt from the stream); it offers the least loaded node with a free
+//! slot, in a region when asked, and holds that slot tentatively for the holder until its
+//! event is applied (`SlotChooser`). This engine's view of node health (`NodeHealth`:
+//! announced endpoints and heartbeats, in memory, never on the stream) filters out nodes
+//! that have not announced themselves or whose heartbeat is older than the stale limit.
+//! `HealthyAllocator` combines the two into the `Allocator` that `app::Market` asks at
+//! IssueVoucher and Preview. Not here: the slot arithmetic (the projection) and the
+//! decision to issue (the voucher aggregate, which records the chosen node).
+
+use crate::clock::Clock;
+use crate::ids::NodeId;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// How long a node may stay silent before it stops getting new work, unless the operator
+/// set `node.heartbeat_timeout_ms`.
+pub const HEARTBEAT_STALE_MS: u64 = 30_000;
+
+/// Chooses the delivery node for an IssueVoucher or Preview: the least loaded healthy
+/// node with a free slot, in `region` when asked.
+///
+/// `choose` holds the slot for `holder` (the voucher or preview id) until the projection
+/// applies the holder's event, so concurrent choices in this process never exceed a
+/// node's slots; `cancel` gives the slot back when the command did not append.
+pub trait Allocator: Send + Sync + 'static {
+    fn choose(&self, region: Option<&str>, holder: &str) -> Option<NodeId>;
+    fn cancel(&self, holder: &str);
+}
+
+/// The slots side of placement, implemented by the allocation projection: a choice among
+/// the nodes `eligible` accepts, held for `holder` (see `Allocator`).
+pub trait SlotChooser: Send + Sync + 'static {
+    fn choose_where(&self, region: Option<&str>, holder: &str, eligible: &dyn Fn(&NodeId) -> bool) -> Option<NodeId>;
+    fn cancel(&self, holder: &str);
+}
+
+/// What a node reports with each heartbeat.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Heartbeat {
+    pub slots_in_use: u32,
+    pub cache_items: u64,
+    pub cache_accesses: u64,
+    pub cache_misses: u64,
+}
+
+/// What the engine knows of a node between events: its endpoint and its last heartbeat.
+#[derive(Clone, Debug, Default)]
+pub struct NodeLive {
+    pub endpoint: String,
+    pub last_heartbeat_ms: i64,
+    pub beat: Heartbeat,
+}
+
+/// Nodes that announced themselves (RegisterNode) and their heartbeats: the engine's
+/// health view, in memory only. After an engine restart nodes announce themselves again
+/// (a heartbeat from an unknown node is refused, which tells the node agent to register).
+pub struct NodeHealth {
+    nodes: Mutex<HashMap<NodeId, NodeLive>>,
+    clock: Arc<dyn Clock>,
+    /// `node.heartbeat_timeout_ms` once the operator set it, else `HEARTBEAT_STALE_MS`.
+    stale_ms: AtomicU64,
+}
+
+impl NodeHealth {
+    pub fn new(clock: Arc<dyn Clock>, stale_ms: u64) -> Self {
+        Self { nodes: Mutex::new(HashMap::new()), clock, stale_ms: AtomicU64::new(stale_ms) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, NodeLive>> {
+        self.nodes.lock().expect("node health lock is never poisoned")
+    }
+
+    /// A node announced itself at `endpoint` (it counts as a heartbeat).
+    pub fn announce(&self, node: &NodeId, endpoint: &str) {
+        let now = self.clock.now().0;
+        self.lock().insert(node.clone(), NodeLive { endpoint: endpoint.to_string(), last_heartbeat_ms: now, beat: Heartbeat::default() });
+    }
+
+    /// Records a heartbeat; `false` when the node has not announced itself.
+    pub fn heartbeat(&self, node: &NodeId, beat: Heartbeat) -> bool {
+        let now = self.clock.now().0;
+        let mut nodes = self.lock();
+        let Some(live) = nodes.get_mut(node) else { return false };
+        live.last_heartbeat_ms = now;
+        live.beat = beat;
+        true
+    }
+
+    /// The endpoint of a node that announced itself to this engine; `None` for one that
+    /// has not (yet): a retried IssueVoucher or Preview after an engine restart names a
+    /// node the new engine has not heard from, and an empty endpoint is of no use to a player.
+    pub fn endpoint(&self, node: &NodeId) -> Option<String> {
+        self.lock().get(node).map(|live| live.endpoint.clone()).filter(|endpoint| !endpoint.is_empty())
+    }
+
+    /// Announced, with a heartbeat no older than the stale limit.
+    pub fn healthy(&self, node: &NodeId) -> bool {
+        let now = self.clock.now().0;
+        let stale_ms = i64::try_from(self.stale_ms.load(Ordering::Relaxed)).unwrap_or(i64::MAX);
+        self.lock().get(node).is_some_and(|live| now.saturating_sub(live.last_heartbeat_ms) <= stale_ms)
+    }
+
+    /// Applies the operator's `node.heartbeat_timeout_ms`.
+    pub fn set_stale_ms(&self, stale_ms: u64) {
+        self.stale_ms.store(stale_ms, Ordering::Relaxed);
+    }
+
+    /// Every announced node, in id order.
+    pub fn snapshot(&self) -> Vec<(NodeId, NodeLive)> {
+        let mut nodes: Vec<_> = self.lock().iter().map(|(id, live)| (id.clone(), live.clone())).collect();
+        nodes.sort_by(|a, b| a.0.cmp(&b.0));
+        nodes
+    }
+}
+
+/// The allocator the engine uses: the allocation projection's choice among healthy nodes.
+pub struct HealthyAllocator {
+    slots: Arc<dyn SlotChooser>,
+    health: Arc<NodeHealth>,
+}
+
+impl HealthyAllocator {
+    pub fn new(slots: Arc<dyn SlotChooser>, health: Arc<NodeHealth>) -> Self {
+        Self { slots, health }
+    }
+}
+
+impl Allocator for HealthyAllocator {
+    fn choose(&self, region: Option<&str>, holder: &str) -> Option<NodeId> {
+        self.slots.choose_where(region, holder, &|node| self.health.healthy(node))
+    }
+
+    fn cancel(&self, holder: &str) {
+        self.slots.cancel(holder);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::ids::Millis;
+
+    struct FirstEligible(Vec<NodeId>);
+
+    impl SlotChooser for FirstEligible {
+        fn choose_where(&self, _region: Option<&str>, _holder: &str, eligible: &dyn Fn(&NodeId) -> bool) -> Option<NodeId> {
+            self.0.iter().find(|node| eligible(node)).cloned()
+        }
+        fn cancel(&self, _holder: &str) {}
+    }
+
+    #[test]
+    fn only_announced_nodes_with_a_fresh_heartbeat_get_work() {
+        let clock = Arc::new(ManualClock::new(Millis(1_000)));
+        let health = Arc::new(NodeHealth::new(clock.clone(), 5_000));
+        let (a, b) = (NodeId("na".into()), NodeId("nb".into()));
+        let allocator = HealthyAllocator::new(Arc::new(FirstEligible(vec![a.clone(), b.clone()])), Arc::clone(&health));
+        assert_eq!(allocator.choose(None, "v1"), None, "nobody announced");
+        assert!(!health.heartbeat(&a, Heartbeat::default()), "a heartbeat before the announcement is refused");
+        health.announce(&b, "http://127.0.0.1:1");
+        assert_eq!(allocator.choose(None, "v1"), Some(b.clone()));
+        assert_eq!(health.endpoint(&b).as_deref(), Some("http://127.0.0.1:1"));
+        assert_eq!(health.endpoint(&a), None);
+        clock.advance_ms(5_001);
+        assert_eq!(allocator.choose(None, "v2"), None, "b went silent past the stale limit");
+        assert!(health.heartbeat(&b, Heartbeat { slots_in_use: 1, ..Heartbeat::default() }));
+        assert_eq!(allocator.choose(None, "v2"), Some(b.clone()), "a heartbeat brings it back");
+        health.set_stale_ms(1);
+        clock.advance_ms(2);
+        assert!(!health.healthy(&b), "the operator's shorter timeout applies");
+    }
+}

@@ -1,0 +1,34 @@
+//! The royalty seal's signature: the bytes a `RightsReportSealed` signature covers, and
+//! signing and checking them with the engine's RSA key. The engine signs a seal the
+//! projections drafted (`app::Market::seal`); auditors and exports check it. Not here:
+//! what a seal commits to (the royalty-log projection computes it) and whether it may
+//! extend the chain (the report aggregate decides).
+
+use crate::crypto::{self, RsaPrivate, RsaPublic};
+use crate::domain::event::RightsReportSealed;
+
+/// The bytes a seal's signature covers: every field but the signature.
+pub fn seal_message(seal: &RightsReportSealed) -> Vec<u8> {
+    let mut message = b"vouchsafe rights report seal v1\0".to_vec();
+    for number in [seal.epoch, seal.first_entry, seal.last_entry, seal.last_stream_seq] {
+        message.extend_from_slice(&number.to_le_bytes());
+    }
+    for hash in [&seal.head_y, &seal.head_z, &seal.merkle_root, &seal.totals_digest, &seal.prev_seal_hash, &seal.stream_head] {
+        message.extend_from_slice(hash);
+    }
+    message.extend_from_slice(&(seal.engine_key_id.len() as u64).to_le_bytes());
+    message.extend_from_slice(seal.engine_key_id.as_bytes());
+    message
+}
+
+/// Signs a seal (RSA-PSS) in place with the engine's key.
+pub fn sign_seal(private: &RsaPrivate, seal: &mut RightsReportSealed) -> Result<(), crypto::CryptoError> {
+    seal.engine_key_id = private.public().key_id();
+    seal.signature = crypto::sign(private, &seal_message(seal))?;
+    Ok(())
+}
+
+/// Checks a seal's signature with the engine's public key.
+pub fn verify_seal(public: &RsaPublic, seal: &RightsReportSealed) -> bool {
+    seal.engine_key_id == public.key_id() && crypto::verify(public, &seal_message(seal), &seal.signature).is_ok()
+}

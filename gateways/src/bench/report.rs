@@ -1,0 +1,170 @@
+//! The bench's report printed for a person: every rate next to its raw baseline and ratio.
+
+use super::*;
+
+pub(super) fn cpu(rate: &Rate) -> String {
+    match (rate.client_cpu_us, rate.server_cpu_us) {
+        (Some(client), Some(server)) => format!("{client:.0} + {server:.0}"),
+        (Some(client), None) => format!("{client:.0} + ?"),
+        _ => "-".to_string(),
+    }
+}
+
+pub(super) fn ms(value: Option<f64>) -> String {
+    value.map_or_else(|| "-".to_string(), |v| format!("{v:.2}"))
+}
+
+/// The human table (stderr).
+pub fn describe(report: &BenchReport) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let mode = match (report.quick, report.plan.vouchers) {
+        (true, VOUCHERS_QUICK) => "quick",
+        (false, VOUCHERS_DEFAULT) => "full",
+        _ => "custom size",
+    };
+    let target = |name: &str| match report.targets.get(name) {
+        Some(Some(true)) => "met",
+        Some(Some(false)) => "MISSED",
+        _ => "n/a",
+    };
+    let _ = writeln!(out, "\nvouchsafe bench ({mode}, {} vouchers, {VOUCHERS_IN_FLIGHT} in flight) on nats-server {}, {} cpus, {} servers, {:.0} s", report.plan.vouchers, report.nats_server_version, report.cpus, report.servers, report.elapsed_s);
+    if let Some(busy) = report.cpu_busy_before.filter(|busy| *busy > BUSY_CPU_SHARE) {
+        let _ = writeln!(out, "other work kept {:.0}% of the CPU busy just before the run: rates are lower than on an idle machine", busy * 100.0);
+    }
+    let _ = writeln!(out, "{:<44} {:>14} {:>14} {:>7}  target", "case", "raw", "engine", "ratio");
+    let _ = writeln!(
+        out,
+        "{:<44} {:>14.0} {:>14.0} {:>7.3}  >= 0.75 {}",
+        "1 vouchers: commands/s (default sync)",
+        report.raw_append_per_s,
+        report.engine_append_per_s,
+        report.ingest_ratio,
+        target("ingest_ratio >= 0.75")
+    );
+    let _ = writeln!(
+        out,
+        "{:<44} {:>14} {:>14}",
+        "  per command p50 / p99 ms",
+        format!("{} / {}", ms(report.raw_append.p50_ms), ms(report.raw_append.p99_ms)),
+        format!("{} / {}", ms(report.engine_append.p50_ms), ms(report.engine_append.p99_ms))
+    );
+    let _ = writeln!(out, "{:<44} {:>14} {:>14}", "  CPU us per command: client + nats-server", cpu(&report.raw_append), cpu(&report.engine_append));
+    let _ = writeln!(out, "{:<44} {:>14} {:>14.0}", "  payload bytes (raw fixed, engine mean)", report.raw_payload_bytes, report.engine_event_bytes_mean);
+    let _ = writeln!(
+        out,
+        "{:<44} {:>14.0} {:>14.0} {:>7.3}",
+        "2 purchases over gRPC: commands/s at the max",
+        report.raw_append_per_s,
+        report.purchase_max_per_s * 3.0,
+        report.purchase_ratio,
+    );
+    let _ = writeln!(out, "{:<44} {:>14} {:>14.0}", format!("  purchases/s at the maximum, {VOUCHERS_IN_FLIGHT} in flight"), "-", report.purchase_max_per_s);
+    let _ = writeln!(out, "{:<44} {:>14} {:>14}", format!("  p50 / p99 ms at the maximum ({VOUCHERS_IN_FLIGHT} queued)"), "-", format!("{} / {}", ms(report.purchase.p50_ms), ms(report.purchase.p99_ms)));
+    let _ = writeln!(
+        out,
+        "{:<44} {:>14} {:>14.0} {:>7.2}  p99 <= {PURCHASE_P99_TARGET_MS} ms {}",
+        "  purchases/s, open loop (share of the max)",
+        "-",
+        report.purchase_per_s,
+        report.purchase_load_share,
+        target("purchase_p99_ms <= 20")
+    );
+    let _ = writeln!(out, "{:<44} {:>14} {:>14}", "  p50 / p99 ms at that rate", "-", format!("{:.2} / {:.2}", report.purchase_p50_ms, report.purchase_p99_ms));
+    if let Some(phase) = report.purchase_latency_phases.last() {
+        let steps = &phase.steps;
+        let _ = writeln!(
+            out,
+            "{:<44} {:>14} {:>14}",
+            "  p50 ms Reserve / Authorize / IssueVoucher",
+            "-",
+            format!("{:.1} / {:.1} / {:.1}", steps.reserve_p50_ms, steps.authorize_p50_ms, steps.issue_p50_ms)
+        );
+    }
+    for phase in &report.purchase_latency_phases[..report.purchase_latency_phases.len().saturating_sub(1)] {
+        let _ = writeln!(
+            out,
+            "{:<44} {:>14} {:>14}",
+            format!("  (tried {} of the max: {:.0}/s achieved)", phase.load_share, phase.rate.per_s),
+            "-",
+            format!("{} / {}", ms(phase.rate.p50_ms), ms(phase.rate.p99_ms))
+        );
+    }
+    let _ = writeln!(out, "{:<44} {:>14} {:>14}", "  CPU us per purchase: process + nats-server", "-", cpu(&report.purchase));
+    let _ = writeln!(
+        out,
+        "{:<44} {:>14.0} {:>14.0} {:>7.3}  >= 0.5 {}",
+        format!("3 replay: events/s ({} events)", report.replay_events_small),
+        report.raw_consume_per_s,
+        report.replay_per_s,
+        report.replay_ratio,
+        target("replay_ratio >= 0.5")
+    );
+    let _ = writeln!(out, "{:<44} {:>14} {:>14}", "  CPU us per event: client + nats-server", cpu(&report.raw_consume), cpu(&report.replay));
+    let _ = writeln!(
+        out,
+        "{:<44} {:>14.0} {:>14.0} {:>7.3}  >= 0.7 {}",
+        format!("4 redeem over gRPC/s (raw: rsa, {} thr)", report.rsa_threads),
+        report.raw_rsa_oaep_per_s,
+        report.redeem_per_s,
+        report.redeem_ratio,
+        target("redeem_ratio >= 0.7")
+    );
+    let _ = writeln!(out, "{:<44} {:>14} {:>14}", "  CPU us per op: client + nats-server", cpu(&report.raw_rsa_oaep), cpu(&report.redeem));
+    let _ = writeln!(out, "{:<44} {:>14} {:>14}", "  redeem p50 / p99 ms", "-", format!("{} / {}", ms(report.redeem.p50_ms), ms(report.redeem.p99_ms)));
+    let _ = writeln!(out, "{:<44} {:>14} {:>14.0}", "  redeem in process/s (Market::redeem)", "-", report.redeem_in_process.per_s);
+    match (&report.durable_raw_append, &report.durable_engine_append, report.durable_ratio) {
+        (Some(raw), Some(engine), Some(ratio)) => {
+            let _ = writeln!(
+                out,
+                "{:<44} {:>14.0} {:>14.0} {:>7.3}  >= 2.0 {}",
+                "5 durable: commands/s (sync_interval always)",
+                raw.per_s,
+                engine.per_s,
+                ratio,
+                target("durable engine >= 2x durable raw")
+            );
+            let _ = writeln!(out, "{:<44} {:>14} {:>14}", "  per command p50 / p99 ms", format!("{} / {}", ms(raw.p50_ms), ms(raw.p99_ms)), format!("{} / {}", ms(engine.p50_ms), ms(engine.p99_ms)));
+            let _ = writeln!(out, "{:<44} {:>14} {:>14}", "  CPU us per command: client + nats-server", cpu(raw), cpu(engine));
+        }
+        _ => {
+            let _ = writeln!(out, "{:<44} {:>14} {:>14} {:>7}  skipped (--nats-url)", "5 durable (sync_interval always)", "-", "-", "-");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "{:<44} {:>14} {:>14} {:>7.2}  <= 1.5x {}",
+        "6 engine RSS MB (N vs 10xN vouchers)",
+        format!("{:.1} @ {}", report.rss_mb_small, report.rss_vouchers_small),
+        format!("{:.1} @ {}", report.rss_mb_large, report.rss_vouchers_large),
+        report.rss_mb_large / report.rss_mb_small,
+        target("rss growth <= 1.5x for 10x vouchers")
+    );
+    let _ = writeln!(
+        out,
+        "{:<44} {:>14} {:>14} {:>7.2}  linear {}",
+        "7 audit replay ms (N vs 10xN; growth/event)",
+        format!("{:.0} @ {}", report.replay_ms_small, report.replay_events_small),
+        format!("{:.0} @ {}", report.replay_ms_large, report.replay_events_large),
+        report.replay_cost_growth,
+        target("replay cost linear (per-event time at 10x <= 1.25x)")
+    );
+    let _ = writeln!(out, "notes: case 1 raw = async-nats publishes from one task; engine = one task per voucher through Market.");
+    let _ = writeln!(out, "       case 3 raw = {}; engine = projections::audit::replay (royalty chain and seals).", report.raw_consume_method);
+    let _ = writeln!(out, "       case 4 engine = {}.", report.redeem_path);
+    let _ = writeln!(
+        out,
+        "       case 2 raw = case 1's raw publishes; engine = the gRPC server in this process, {} merchants on their own channels, {} nodes (no agents).",
+        report.purchase_merchants, report.purchase_nodes
+    );
+    let _ = writeln!(
+        out,
+        "       case 2 at the maximum is queueing: with {VOUCHERS_IN_FLIGHT} purchases in flight the mean is in flight / rate = {:.1} ms (Little's law); the open loop is tried at {:?} of it until p99 <= {PURCHASE_P99_TARGET_MS} ms.",
+        VOUCHERS_IN_FLIGHT as f64 * 1000.0 / report.purchase_max_per_s,
+        PURCHASE_LATENCY_LOAD_SHARES
+    );
+    if !report.audit_ok {
+        let _ = writeln!(out, "AUDIT REPLAY FOUND A PROBLEM: the numbers above are not valid");
+    }
+    out
+}

@@ -1,0 +1,158 @@
+//! The `vouchsafe` command line (clap): every subcommand and its flags (CLI.md is the
+//! contract). Parsing only; `dispatch` runs what was parsed.
+
+use crate::common::backend;
+use crate::{audit, bench};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "vouchsafe", version, about = "Event-sourced sale and delivery of digital media")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Key management.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// The engine: gRPC services, projections, sweeper, sealer; stops gracefully on SIGTERM/ctrl-c.
+    Serve(crate::server::serve::ServeArgs),
+    /// A merchant client: reserve, authorize, void, issue, buy, preview, get.
+    Merchant(super::MerchantArgs),
+    /// Operator administration: stats, config get|set, node drain|remove.
+    Admin(super::AdminArgs),
+    /// A delivery node agent: registers, follows its feed, serves media to players.
+    Node(super::NodeCliArgs),
+    /// The reference consumer: passport, redeem, download, decrypt, verify.
+    Player(super::PlayerArgs),
+    /// Build signed media containers (renditions, descriptive data, preview clip) under fresh keys, wrap each key for the engine, upload.
+    Publish(Box<super::PublishArgs>),
+    /// A media container or delivered copy: structure, signatures, transaction record.
+    Inspect(super::inspect::InspectArgs),
+    /// Auditor commands: replay and verify the stream.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// The whole market end to end in one process (the main job).
+    Demo {
+        #[command(flatten)]
+        backend: backend::BackendArgs,
+        /// Key directory (created with `keys init` when empty); default <data-dir>/keys.
+        #[arg(long)]
+        keys: Option<PathBuf>,
+        /// How many vouchers to sell.
+        #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+        vouchers: u64,
+        /// Print one JSON summary object on the last line of stdout.
+        #[arg(long)]
+        json: bool,
+        /// Drive an engine already running under `serve` (uses operator.cred from --keys).
+        #[arg(long)]
+        connect: Option<String>,
+        /// With --connect https://…: PEM of the CA that signed the engine's certificate.
+        #[arg(long, requires = "connect")]
+        ca: Option<PathBuf>,
+        /// With --connect to an engine that requires client certificates (mTLS): the PEM
+        /// certificate the demo and its delivery nodes present.
+        #[arg(long, requires_all = ["connect", "client_key"])]
+        client_cert: Option<PathBuf>,
+        /// PEM private key of --client-cert.
+        #[arg(long, requires = "client_cert")]
+        client_key: Option<PathBuf>,
+    },
+    /// Benchmarks with raw-substrate baselines measured in the same run.
+    Bench {
+        /// Smaller workloads (3,000 vouchers): under 2 minutes on 2 cores.
+        #[arg(long)]
+        quick: bool,
+        /// Run against this nats-server instead of starting our own: the bench creates (and
+        /// deletes) its streams VSBENCH, VSBENCH_NODES and VSBENCH_RAW there, so no other
+        /// stream may claim vs.>, vsn.> or vb.>; the durable case is skipped.
+        #[arg(long)]
+        nats_url: Option<String>,
+        /// Print one JSON object on the last line of stdout.
+        #[arg(long)]
+        json: bool,
+        /// Override the number of vouchers N (tiny runs for tests).
+        #[arg(long, hide = true, value_parser = clap::value_parser!(u64).range(1..=bench::VOUCHERS_MAX as u64))]
+        vouchers: Option<u64>,
+        /// Internal: the memory case's child process, with the key directory to use.
+        #[arg(long, hide = true, requires = "nats_url", requires = "vouchers")]
+        rss_probe: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AuditCommand {
+    /// Rebuild every projection from sequence 1 and verify everything.
+    Replay {
+        #[command(flatten)]
+        backend: backend::BackendArgs,
+        /// Key directory holding engine.pub.pem and royalty-master.key.
+        #[arg(long)]
+        keys: PathBuf,
+        /// The newest seal seen: its hash in hex, or a witness file.
+        #[arg(long)]
+        pin: Option<String>,
+        /// Print one JSON object on the last line of stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Export the royalty log (log), usage records (csv, json) or a DSR-style report (dsr).
+    Export {
+        #[command(flatten)]
+        backend: backend::BackendArgs,
+        #[arg(long)]
+        keys: PathBuf,
+        #[arg(long, value_enum)]
+        format: audit::ExportFormat,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Verify an exported royalty log (--format log) alone.
+    Verify {
+        file: PathBuf,
+        #[arg(long)]
+        keys: PathBuf,
+        #[arg(long)]
+        pin: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write inclusion proofs for a voucher's deliveries, checkable with the public key alone.
+    Prove {
+        #[command(flatten)]
+        backend: backend::BackendArgs,
+        #[arg(long)]
+        keys: PathBuf,
+        #[arg(long)]
+        voucher: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Check inclusion proofs with the engine's public key (engine.pub.pem in --keys).
+    CheckProof {
+        bundle: PathBuf,
+        #[arg(long)]
+        keys: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum KeysCommand {
+    /// Write engine.pem, engine.pub.pem, royalty-master.key and operator.cred.
+    Init {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Issue a merchant, node or auditor credential from a running engine (operator only).
+    Issue(super::IssueArgs),
+}

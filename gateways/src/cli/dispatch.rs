@@ -1,0 +1,171 @@
+//! Runs a parsed command line: sets up logging, starts a runtime where the command needs
+//! one, prints the command's human output to stderr and its `--json` object to stdout, and
+//! turns the outcome into the exit code (0 ok, 1 the check found a problem, 2 usage or
+//! environment error).
+
+use super::args::{AuditCommand, Cli, Command, KeysCommand};
+use crate::{audit, bench, demo};
+use std::process::ExitCode;
+
+/// Logs go to stderr; long-running processes log at info by default, one-shot commands
+/// only warn; `serve --log-json` (or `VOUCHSAFE_LOG_FORMAT=json`) logs JSON lines.
+pub fn init_logging(cli: &Cli) {
+    let (json_logs, default_level) = match &cli.command {
+        Command::Serve(args) => (args.log_json || std::env::var("VOUCHSAFE_LOG_FORMAT").is_ok_and(|format| format == "json"), "info"),
+        Command::Node(_) => (false, "info"),
+        _ => (false, "warn"),
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    if json_logs {
+        tracing_subscriber::fmt().json().with_writer(std::io::stderr).with_env_filter(filter).init();
+    } else {
+        tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter).init();
+    }
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Keys { command: KeysCommand::Init { out } } => {
+            crate::common::keys::init(&out)?;
+            eprintln!("wrote engine.pem, engine.pub.pem, royalty-master.key and operator.cred to {}", out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keys { command: KeysCommand::Issue(args) } => {
+            let json = args.json;
+            let runtime = tokio::runtime::Runtime::new()?;
+            Ok(runtime.block_on(super::issue(args))?.report(json))
+        }
+        Command::Merchant(args) => {
+            let json = args.json;
+            let runtime = tokio::runtime::Runtime::new()?;
+            Ok(runtime.block_on(super::merchant(args))?.report(json))
+        }
+        Command::Admin(args) => {
+            let json = args.json;
+            let runtime = tokio::runtime::Runtime::new()?;
+            Ok(runtime.block_on(super::admin(args))?.report(json))
+        }
+        Command::Node(args) => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(super::node(args))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Player(args) => {
+            let json = args.json;
+            let runtime = tokio::runtime::Runtime::new()?;
+            Ok(runtime.block_on(super::player(args))?.report(json))
+        }
+        Command::Publish(args) => {
+            let json = args.json;
+            let runtime = tokio::runtime::Runtime::new()?;
+            Ok(runtime.block_on(super::publish(*args))?.report(json))
+        }
+        Command::Inspect(args) => {
+            let report = super::inspect::run(&args)?;
+            eprintln!("{}", super::inspect::describe(&report));
+            if args.json {
+                println!("{}", serde_json::to_string(&report)?);
+            }
+            Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Command::Serve(args) => {
+            let settings = crate::server::serve::settings(&args)?;
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(crate::server::serve::run(settings, crate::server::serve::terminate_signal()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit { command: AuditCommand::Replay { backend, keys, pin, json } } => {
+            let pin = pin.as_deref().map(audit::parse_pin).transpose()?;
+            let runtime = tokio::runtime::Runtime::new()?;
+            let report = runtime.block_on(audit::replay(&backend, &keys, pin))?;
+            eprintln!("{}", audit::describe(&report));
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            }
+            Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Command::Audit { command: AuditCommand::Export { backend, keys, format, out } } => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            let (report, exported, entries) = runtime.block_on(audit::rebuild(&backend, &keys))?;
+            audit::write_export(format, &report, &exported, &entries, &out)?;
+            eprintln!("exported {} usage records ({} entries, {} seals) to {}", entries.len(), exported.entries.len(), exported.seals.len(), out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit { command: AuditCommand::Verify { file, keys, pin, json } } => {
+            let pin = pin.as_deref().map(audit::parse_pin).transpose()?;
+            let report = audit::verify_file(&file, &keys, pin)?;
+            match &report.first_bad {
+                None => eprintln!("verify: {} entries, {} seals verified, {} entries not yet sealed: OK", report.entries, report.seals_verified, report.unsealed_entries),
+                Some(bad) => eprintln!("verify: FAILED at entry {:?} seal {:?}: {}", bad.entry, bad.seal, bad.reason),
+            }
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            }
+            Ok(if report.chain_ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Command::Audit { command: AuditCommand::Prove { backend, keys, voucher, out } } => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            let bundles = runtime.block_on(audit::prove(&backend, &keys, &voucher))?;
+            std::fs::write(&out, serde_json::to_vec_pretty(&bundles)?)?;
+            eprintln!("wrote {} inclusion proof(s) for voucher {voucher} to {}", bundles.len(), out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit { command: AuditCommand::CheckProof { bundle, keys, json } } => {
+            let results = audit::check_proof_file(&bundle, &keys)?;
+            let ok = results.iter().all(Result::is_ok);
+            for result in &results {
+                match result {
+                    Ok(entry) => eprintln!("proof OK: entry for voucher {} media {:?} ({}), {} minor units", entry.voucher_id, entry.title, entry.media_id, entry.sale_price_minor),
+                    Err(reason) => eprintln!("proof FAILED: {reason}"),
+                }
+            }
+            if json {
+                let proofs: Vec<serde_json::Value> = results
+                    .iter()
+                    .map(|result| match result {
+                        Ok(entry) => serde_json::json!({ "ok": true, "entry": entry }),
+                        Err(reason) => serde_json::json!({ "ok": false, "reason": reason }),
+                    })
+                    .collect();
+                println!("{}", serde_json::json!({ "ok": ok, "proofs": proofs }));
+            }
+            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Command::Demo { backend, keys, vouchers, json, connect, ca, client_cert, client_key } => {
+            let keys_dir = keys.unwrap_or_else(|| backend.data_dir.join("keys"));
+            let engine_tls = match connect.clone() {
+                Some(connect) => super::ConnectArgs { connect, ca, client_cert, client_key }.engine_tls()?,
+                None => Default::default(),
+            };
+            let runtime = tokio::runtime::Runtime::new()?;
+            let summary = runtime.block_on(demo::run(demo::DemoArgs { backend, keys_dir, vouchers: usize::try_from(vouchers)?, connect, engine_tls }))?;
+            eprintln!(
+                "demo: {} purchases, {} delivered ({} decrypted and verified, {} album tracks), {} points-paid, {} previews, {} expired, {} voided; {} events in the stream; state digest {}; {} ms",
+                summary.purchases, summary.delivered, summary.decrypt_ok, summary.album_tracks_delivered, summary.points_paid, summary.previews, summary.expired, summary.voided,
+                summary.stream_events, summary.state_digest, summary.elapsed_ms
+            );
+            eprintln!("royalty log: {} entries, {} seals; audit replay {}", summary.royalty_entries, summary.seals, if summary.audit_ok { "OK" } else { "FAILED" });
+            if json {
+                println!("{}", serde_json::to_string(&summary)?);
+            }
+            // Every delivered copy decrypted, verified and names its purchase; the audit passed.
+            let ok = summary.delivered > 0 && summary.decrypt_ok == summary.delivered && summary.copies_inspected_ok == summary.delivered && summary.audit_ok;
+            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Command::Bench { quick, nats_url, json, vouchers, rss_probe } => {
+            let vouchers = vouchers.map(usize::try_from).transpose()?;
+            let runtime = tokio::runtime::Runtime::new()?;
+            if let (Some(keys_dir), Some(url), Some(vouchers)) = (rss_probe, &nats_url, vouchers) {
+                let probe = runtime.block_on(bench::rss_probe(url, &keys_dir, vouchers))?;
+                println!("{}", serde_json::to_string(&probe)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let report = runtime.block_on(bench::run(bench::BenchArgs { quick, nats_url, vouchers }))?;
+            eprintln!("{}", bench::describe(&report));
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            }
+            Ok(if report.audit_ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+    }
+}

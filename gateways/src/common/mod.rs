@@ -1,0 +1,16 @@
+//! What several programs share: the engine's gRPC client (`client`), credential files and
+//! their gRPC metadata (`cred`), key files (`keys`), backend selection (`backend`), the
+//! nats-server launcher for tests and the bench (`natsd`), progress bars (`progress`), the
+//! seal witness file the sealer writes and auditors pin (`witness`), the chunked transfer
+//! nodes and players share (`transfer`).
+//! Nothing here imports a program (`server`, `node`, `player`, `cli`, `demo`, `bench`,
+//! `audit`).
+
+pub mod backend;
+pub mod client;
+pub mod cred;
+pub mod keys;
+pub mod natsd;
+pub mod progress;
+pub mod witness;
+pub mod transfer;

@@ -1,0 +1,384 @@
+//! The delivery node agent (`vouchsafe node`). It registers with the engine
+//! (`DeliveryService.RegisterNode`), reports its load every [`HEARTBEAT_INTERVAL_MS`],
+//! follows its assignment feed (`SubscribeAssignments`) from a checkpoint persisted in
+//! `<data_dir>/node-<node_id>.seq`, and serves `NodeService` to players:
+//!
+//! - every player call carries an access grant that the node checks locally with its access
+//!   key (DESIGN.md, "Delivery access": no engine call, today's CDN signed URL);
+//! - `Challenge` hands out a fresh random challenge per voucher (bounded, single use, with a
+//!   TTL); `Redeem` consumes it and forwards the player's receipt proof to the engine, which
+//!   decides and answers with the media keys wrapped for the player;
+//! - `Download` streams the encrypted media container in [`CHUNK_BYTES`] chunks from a
+//!   byte-bounded LRU cache filled from the engine's `FetchMedia`; `Confirm` compares the
+//!   player's hash of what it received with the container's and reports `CompleteDelivery`
+//!   or `FailDelivery`;
+//! - `PlayPreview` streams the free preview clip of a preview assigned to this node and
+//!   reports `EndPreview`.
+//!
+//! What deliberately does not live here: any decision beyond the access grant (the engine
+//! checks receipt proofs, certificates and the voucher's state), any media key (the node
+//! never sees one; it serves ciphertext), TLS (terminated in front of the node for now).
+//! The node never logs or prints a token, proof, receipt, wrapped key or its access key:
+//!
+//! Files: `state` (grants, challenges, the media cache, assignments, the feed checkpoint),
+//! `service` (`NodeService` and its request guard), `feed` (heartbeats and the assignment
+//! feed), this file (arguments, registration, start and stop).
+
+mod feed;
+mod service;
+mod state;
+pub mod status;
+#[cfg(test)]
+mod tests;
+
+pub use state::{check_grant, checkpoint_path, read_checkpoint, require_grant, write_checkpoint, Assignments, CachedPart, Challenges, MediaCache, PartKey, VoucherAssignment};
+use crate::common::transfer::{Reassembly, CHALLENGE_BYTES};
+use feed::{feed_loop, heartbeat_loop, stopped};
+use service::{NodeApi, RequestSizeLimit, Shared};
+
+
+use crate::common::cred::{Credential, Present};
+use anyhow::{bail, Context};
+use engine::clock::{Clock, SystemClock};
+use engine::crypto::{self, SecretKey};
+use lru::LruCache;
+use proto::v1::delivery_service_client::DeliveryServiceClient;
+use proto::v1::node_service_server::NodeServiceServer;
+use proto::v1::RegisterNodeRequest;
+use std::future::Future;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{watch, Notify, Semaphore};
+use tokio::task::JoinHandle;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Channel, Endpoint, Server};
+use tracing::{info, warn};
+
+/// How often the node reports its load to the engine.
+pub const HEARTBEAT_INTERVAL_MS: u64 = 5_000;
+/// Longest wait for the engine to answer a heartbeat before it counts as failed.
+pub const HEARTBEAT_TIMEOUT_MS: u64 = 5_000;
+/// Bytes of media per streamed chunk, to players.
+pub const CHUNK_BYTES: usize = 64 * 1024;
+/// Bytes of a challenge.
+/// Outstanding challenges remembered (one per voucher); the least recently issued is
+/// forgotten first.
+pub const CHALLENGES_MAX: usize = 16_384;
+/// How long an issued challenge may be answered.
+pub const CHALLENGE_TTL_MS: i64 = 2 * 60 * 1000;
+/// Voucher assignments remembered from the feed.
+pub const ASSIGNMENTS_MAX: usize = 100_000;
+/// Preview assignments remembered from the feed.
+pub const PREVIEWS_MAX: usize = 16_384;
+/// Vouchers whose confirmed media this node tracks, to answer `voucher_delivered`.
+pub const CONFIRMED_VOUCHERS_MAX: usize = 16_384;
+/// Largest request a player may send (a grant names at most 64 media; this is generous).
+pub const REQUEST_BYTES_MAX: usize = 64 * 1024;
+/// Largest message the node sends to a player (a chunk plus its framing).
+pub const RESPONSE_BYTES_MAX: usize = 1024 * 1024;
+/// Largest message accepted from the engine (a media chunk, a redeem answer).
+pub const ENGINE_MESSAGE_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Player calls in flight at once, over all connections; more are refused with
+/// `ResourceExhausted`.
+pub const REQUESTS_IN_FLIGHT_MAX: usize = 1024;
+/// Player calls in flight at once on one connection (HTTP/2 streams and tonic's limit).
+pub const REQUESTS_PER_CONNECTION_MAX: usize = 64;
+/// Chunks queued ahead of a slow player per response stream (flow control: the sender
+/// waits when the player does not read).
+pub const STREAM_BUFFER_CHUNKS: usize = 8;
+/// First and largest wait before re-subscribing to the assignment feed.
+pub const FEED_BACKOFF_MIN_MS: u64 = 200;
+pub const FEED_BACKOFF_MAX_MS: u64 = 10_000;
+/// How long `PlayPreview` waits for the feed to deliver a preview it does not know yet (a
+/// player may ask right after the merchant's `Preview`).
+pub const PREVIEW_WAIT_MS: u64 = 2_000;
+/// The played time `EndPreview` reports for a fully streamed clip. The feed does not carry
+/// the clip's duration (the engine recorded it in `PreviewStarted`) and a clip's byte length
+/// is not a duration, so the node reports this fixed figure, scaled by the share of the
+/// clip's bytes streamed when a player stops early.
+pub const PREVIEW_PLAYED_MS: u64 = 30_000;
+/// Longest wait for a TCP connection to the engine.
+pub const CONNECT_TIMEOUT_MS: u64 = 10_000;
+/// How long `shutdown` lets in-flight streams finish before cutting them.
+pub const SHUTDOWN_GRACE_MS: u64 = 30_000;
+/// How long `shutdown` waits after the last stream handed over its last chunk before it
+/// closes the connections (doc of `RunningNode::shutdown`).
+pub const SHUTDOWN_LINGER_MS: u64 = 500;
+/// How often `shutdown` looks whether the streams in flight are done.
+const SHUTDOWN_POLL_MS: u64 = 20;
+/// The default of `--cache-bytes-max`.
+pub const CACHE_BYTES_MAX_DEFAULT: u64 = 1024 * 1024 * 1024;
+/// Stripes of the fetch lock: concurrent misses on one media part fetch it from the engine
+/// once (striped, so the lock table is bounded).
+const FETCH_STRIPES: usize = 64;
+/// Keepalive on the engine connection, so a dead engine is noticed by the feed.
+const ENGINE_KEEPALIVE_MS: u64 = 20_000;
+
+/// The engine's delivery API as this node calls it (its credential on every call).
+pub type EngineClient = DeliveryServiceClient<InterceptedService<Channel, Present>>;
+
+/// What `vouchsafe node` is started with.
+#[derive(Debug)]
+pub struct NodeArgs {
+    /// The engine's gRPC address, e.g. `http://127.0.0.1:7400`.
+    pub connect: String,
+    /// The node credential (`RegisterNodeCredential`).
+    pub cred: Credential,
+    /// Where to serve players; port 0 picks a free port.
+    pub listen: SocketAddr,
+    pub slots_max: u32,
+    pub region: String,
+    /// Where the feed checkpoint lives.
+    pub data_dir: PathBuf,
+    /// Bound of the media cache, in bytes.
+    pub cache_bytes_max: u64,
+    /// TLS to an `https://` engine: the CA that signed its certificate, and the node's own
+    /// certificate for an engine that requires client certificates (mTLS).
+    pub engine_tls: EngineTls,
+}
+
+/// PEM material for the node's connection to an `https://` engine.
+#[derive(Clone, Debug, Default)]
+pub struct EngineTls {
+    pub ca_pem: Option<Vec<u8>>,
+    /// (certificate, private key) presented in the handshake.
+    pub client_identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+/// A snapshot of the node's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct NodeStats {
+    pub cache_items: u64,
+    pub cache_bytes: u64,
+    pub cache_accesses: u64,
+    pub cache_misses: u64,
+    pub slots_in_use: u32,
+    pub assignments_seen: u64,
+    /// The stream sequence of the newest assignment handled (the checkpoint).
+    pub last_seq: u64,
+}
+
+// ---- access grants -------------------------------------------------------------------------
+
+/// A started node: its identity, address and counters, and the handle to stop it.
+pub struct RunningNode {
+    shared: Arc<Shared>,
+    endpoint: String,
+    local_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for RunningNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningNode").field("node_id", &self.shared.node_id).field("endpoint", &self.endpoint).finish_non_exhaustive()
+    }
+}
+
+impl RunningNode {
+    pub fn node_id(&self) -> &str {
+        &self.shared.node_id
+    }
+
+    /// Where players reach this node, e.g. `http://127.0.0.1:40123` (as registered).
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn stats(&self) -> NodeStats {
+        self.shared.stats()
+    }
+
+    /// What the feed said about a voucher, if it has been assigned here.
+    pub fn assignment(&self, voucher_id: &str) -> Option<VoucherAssignment> {
+        self.shared.assignments.lock().expect("the assignments lock is never poisoned").voucher(voucher_id).cloned()
+    }
+
+    /// Stops gracefully: new requests are refused (Unavailable) while the calls and
+    /// streams in flight finish, then the server stops accepting and closes its connections
+    /// (all of it within [`SHUTDOWN_GRACE_MS`]), then the heartbeat and the feed stop.
+    ///
+    /// The server is told to stop only once every download has handed its last chunk over
+    /// and `SHUTDOWN_LINGER_MS` more have passed: hyper closes an HTTP/2 connection as soon
+    /// as its last stream is written, and a close with the client's window updates still
+    /// unread makes the kernel send a reset that can destroy the stream's tail before a
+    /// slow player reads it.
+    pub async fn shutdown(self) {
+        let Self { shared, shutdown, mut server, tasks, .. } = self;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(SHUTDOWN_GRACE_MS);
+        shared.draining.store(true, Ordering::Relaxed);
+        let idle = || shared.slots_in_use.load(Ordering::Relaxed) == 0 && shared.requests.available_permits() == REQUESTS_IN_FLIGHT_MAX;
+        while !idle() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(SHUTDOWN_POLL_MS)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(SHUTDOWN_LINGER_MS).min(deadline.saturating_duration_since(tokio::time::Instant::now()))).await;
+        shutdown.send_replace(true);
+        match tokio::time::timeout_at(deadline.max(tokio::time::Instant::now() + Duration::from_millis(SHUTDOWN_LINGER_MS)), &mut server).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(error))) => warn!(node_id = %shared.node_id, %error, "the node server stopped with an error"),
+            Ok(Err(error)) => warn!(node_id = %shared.node_id, %error, "the node server task failed"),
+            Err(_) => {
+                warn!(node_id = %shared.node_id, grace_ms = SHUTDOWN_GRACE_MS, "streams still running after the grace period; cutting them");
+                server.abort();
+            }
+        }
+        for task in tasks {
+            task.await.ok();
+        }
+        info!(node_id = %shared.node_id, "node stopped");
+    }
+}
+
+/// The address players are told: the bound address, with loopback instead of an unspecified
+/// ("all interfaces") address, which no client can dial.
+fn advertised_endpoint(local_addr: SocketAddr) -> String {
+    let advertised = match local_addr {
+        SocketAddr::V4(addr) if addr.ip().is_unspecified() => SocketAddr::from((Ipv4Addr::LOCALHOST, addr.port())),
+        SocketAddr::V6(addr) if addr.ip().is_unspecified() => SocketAddr::from((Ipv6Addr::LOCALHOST, addr.port())),
+        other => other,
+    };
+    if advertised != local_addr {
+        warn!(%local_addr, %advertised, "listening on all interfaces; registering the loopback address, which only local players can reach");
+    }
+    format!("http://{advertised}")
+}
+
+/// Connects to the engine and registers; the client and the registration's node id and
+/// access key.
+async fn register(args: &NodeArgs, credential: Credential, endpoint: &str) -> anyhow::Result<(EngineClient, String, SecretKey)> {
+    let mut engine_endpoint = Endpoint::from_shared(args.connect.clone())
+        .with_context(|| format!("--connect {} is not a URL such as http://127.0.0.1:7400", args.connect))?
+        .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_millis(ENGINE_KEEPALIVE_MS))
+        .keep_alive_while_idle(true);
+    if args.connect.starts_with("https://") {
+        let mut tls = tonic::transport::ClientTlsConfig::new().with_enabled_roots();
+        if let Some(ca) = &args.engine_tls.ca_pem {
+            tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(ca));
+        }
+        if let Some((cert, key)) = &args.engine_tls.client_identity {
+            tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
+        }
+        engine_endpoint = engine_endpoint.tls_config(tls).context("TLS configuration for the engine connection")?;
+    } else if args.engine_tls.client_identity.is_some() {
+        bail!("a client certificate needs an https:// engine URL, not {}", args.connect);
+    }
+    let channel = engine_endpoint
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the engine at {}; is `vouchsafe serve` running there?", args.connect))?;
+    let mut engine = DeliveryServiceClient::with_interceptor(channel, Present(Arc::new(credential)))
+        .max_decoding_message_size(ENGINE_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(ENGINE_MESSAGE_BYTES_MAX);
+    let request = RegisterNodeRequest { region: args.region.clone(), slots_max: args.slots_max, endpoint: endpoint.to_string() };
+    let mut registered = engine
+        .register_node(request)
+        .await
+        .map_err(|status| anyhow::anyhow!("the engine refused RegisterNode ({:?}): {}", status.code(), status.message()))?
+        .into_inner();
+    if !engine::ids::is_valid_token(&registered.node_id) {
+        bail!("the engine answered RegisterNode with an unusable node id");
+    }
+    let access_key: [u8; crypto::KEY_BYTES] = registered.access_key.as_slice().try_into().map_err(|_| anyhow::anyhow!("the engine answered RegisterNode with an access key of the wrong length"))?;
+    zeroize::Zeroize::zeroize(&mut registered.access_key);
+    Ok((engine, registered.node_id, SecretKey::from_bytes(access_key)))
+}
+
+/// Starts a node on the system clock: binds `listen`, registers, starts the heartbeat, the
+/// feed and the player service.
+pub async fn start(args: NodeArgs) -> anyhow::Result<RunningNode> {
+    start_with_clock(args, Arc::new(SystemClock)).await
+}
+
+/// [`start`] with the clock that access tokens and challenges are checked against.
+pub async fn start_with_clock(args: NodeArgs, clock: Arc<dyn Clock>) -> anyhow::Result<RunningNode> {
+    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("cannot create the data directory {}", args.data_dir.display()))?;
+    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+    let local_addr = listener.local_addr().context("the listener has no local address")?;
+    let endpoint = advertised_endpoint(local_addr);
+    let (engine, node_id, access_key) = register(&args, args.cred.clone(), &endpoint).await?;
+    let checkpoint = checkpoint_path(&args.data_dir, &node_id);
+    let last_seq = read_checkpoint(&checkpoint)?;
+    info!(%node_id, region = %args.region, %endpoint, slots_max = args.slots_max, last_seq, "registered with the engine");
+
+    let shared = Arc::new(Shared {
+        node_id,
+        access_key,
+        engine,
+        announcement: RegisterNodeRequest { region: args.region.clone(), slots_max: args.slots_max, endpoint: endpoint.clone() },
+        clock,
+        assignments: Mutex::new(Assignments::new(
+            NonZeroUsize::new(ASSIGNMENTS_MAX).expect("ASSIGNMENTS_MAX is not zero"),
+            NonZeroUsize::new(PREVIEWS_MAX).expect("PREVIEWS_MAX is not zero"),
+            last_seq,
+        )),
+        assignment_recorded: Notify::new(),
+        challenges: Mutex::new(Challenges::new(NonZeroUsize::new(CHALLENGES_MAX).expect("CHALLENGES_MAX is not zero"))),
+        cache: Mutex::new(MediaCache::new(args.cache_bytes_max)),
+        fetch_stripes: (0..FETCH_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+        confirmed: Mutex::new(LruCache::new(NonZeroUsize::new(CONFIRMED_VOUCHERS_MAX).expect("CONFIRMED_VOUCHERS_MAX is not zero"))),
+        slots_in_use: AtomicU32::new(0),
+        requests: Arc::new(Semaphore::new(REQUESTS_IN_FLIGHT_MAX)),
+        draining: std::sync::atomic::AtomicBool::new(false),
+    });
+
+    let (shutdown, shutdown_receiver) = watch::channel(false);
+    let tasks = vec![
+        tokio::spawn(heartbeat_loop(shared.clone(), shutdown_receiver.clone())),
+        tokio::spawn(feed_loop(shared.clone(), checkpoint, shutdown_receiver.clone())),
+    ];
+    let service = NodeServiceServer::new(NodeApi { shared: shared.clone() })
+        .max_decoding_message_size(REQUEST_BYTES_MAX)
+        .max_encoding_message_size(RESPONSE_BYTES_MAX);
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let mut server_shutdown = shutdown_receiver;
+    let server = tokio::spawn(
+        Server::builder()
+            .layer(tower_layer::layer_fn(|inner| RequestSizeLimit { inner }))
+            .concurrency_limit_per_connection(REQUESTS_PER_CONNECTION_MAX)
+            .max_concurrent_streams(u32::try_from(REQUESTS_PER_CONNECTION_MAX).expect("a small limit fits in u32"))
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming, async move { stopped(&mut server_shutdown).await }),
+    );
+    Ok(RunningNode { shared, endpoint, local_addr, shutdown, server, tasks })
+}
+
+/// Runs a node until `shutdown` completes, then stops it gracefully. Fails when the node
+/// cannot start or its server stops on its own.
+pub async fn run(args: NodeArgs, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let mut node = start(args).await?;
+    tokio::pin!(shutdown);
+    let server_ended = tokio::select! {
+        () = &mut shutdown => None,
+        ended = &mut node.server => Some(ended),
+    };
+    match server_ended {
+        None => {
+            node.shutdown().await;
+            Ok(())
+        }
+        Some(ended) => {
+            node.shutdown.send_replace(true);
+            for task in node.tasks.drain(..) {
+                task.await.ok();
+            }
+            match ended {
+                Ok(Ok(())) => bail!("the node server stopped on its own"),
+                Ok(Err(error)) => Err(error).context("the node server failed"),
+                Err(error) => Err(error).context("the node server task failed"),
+            }
+        }
+    }
+}
+

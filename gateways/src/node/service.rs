@@ -1,0 +1,394 @@
+//! `NodeService`, served to players, with what its handlers share (`Shared`): the engine
+//! client, the state, the slot guard, chunked sending, and the request-size guard.
+
+
+use engine::clock::Clock;
+use engine::crypto::{self, SecretKey};
+use engine::media::CONTAINER_BYTES_MAX;
+use lru::LruCache;
+use proto::v1::node_service_server::NodeService;
+use proto::v1::{
+    AccessGrant, ChallengeRequest, ChallengeResponse, CompleteDeliveryRequest, ConfirmRequest, ConfirmResponse, DownloadRequest, EndPreviewRequest,
+    FailDeliveryRequest, FetchMediaRequest, MediaChunk, MediaPart, PlayPreviewRequest, PlayerRedeemRequest, RedeemRequest, RedeemResponse,
+    RegisterNodeRequest,
+};
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::hash::{Hash, Hasher};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
+use tonic::{Request, Response, Status};
+use tracing::{debug, info, warn};
+use super::*;
+use super::status::{self, relay};
+use super::state::*;
+
+// ---- the node ------------------------------------------------------------------------------
+
+/// Everything the node's tasks and its `NodeService` share.
+pub(super) struct Shared {
+    pub(super) node_id: String,
+    pub(super) access_key: SecretKey,
+    pub(super) engine: EngineClient,
+    /// What RegisterNode announced, sent again when a restarted engine no longer knows
+    /// this node (its health registry is in memory).
+    pub(super) announcement: RegisterNodeRequest,
+    pub(super) clock: Arc<dyn Clock>,
+    pub(super) assignments: Mutex<Assignments>,
+    /// Woken whenever the feed records an assignment (previews wait on it).
+    pub(super) assignment_recorded: Notify,
+    pub(super) challenges: Mutex<Challenges>,
+    pub(super) cache: Mutex<MediaCache>,
+    pub(super) fetch_stripes: Vec<tokio::sync::Mutex<()>>,
+    /// voucher → media this node confirmed (and reported delivered).
+    pub(super) confirmed: Mutex<LruCache<String, BTreeSet<String>>>,
+    pub(super) slots_in_use: AtomicU32,
+    pub(super) requests: Arc<Semaphore>,
+    /// Set by `shutdown`: new requests are refused while the streams in flight finish.
+    pub(super) draining: std::sync::atomic::AtomicBool,
+}
+
+impl Shared {
+    pub(super) fn now_ms(&self) -> i64 {
+        self.clock.now().0
+    }
+
+    pub(super) fn stats(&self) -> NodeStats {
+        let (cache_items, cache_bytes, cache_accesses, cache_misses) = {
+            let cache = self.cache.lock().expect("the cache lock is never poisoned");
+            (cache.items(), cache.bytes(), cache.accesses(), cache.misses())
+        };
+        let (assignments_seen, last_seq) = {
+            let assignments = self.assignments.lock().expect("the assignments lock is never poisoned");
+            (assignments.seen(), assignments.last_seq())
+        };
+        NodeStats { cache_items, cache_bytes, cache_accesses, cache_misses, slots_in_use: self.slots_in_use.load(Ordering::Relaxed), assignments_seen, last_seq }
+    }
+
+    pub(super) fn check(&self, grant: &AccessGrant) -> Result<(), Status> {
+        check_grant(&self.access_key, &self.node_id, grant, self.now_ms())
+    }
+
+    pub(super) fn permit(&self) -> Result<OwnedSemaphorePermit, Status> {
+        if self.draining.load(Ordering::Relaxed) {
+            return Err(status::shutting_down());
+        }
+        self.requests.clone().try_acquire_owned().map_err(|_| status::requests_in_flight_limit())
+    }
+
+    /// A media part from the cache, or fetched from the engine (once, however many callers
+    /// miss at the same time).
+    pub(super) async fn part(&self, media_id: &str, part: MediaPart) -> Result<CachedPart, Status> {
+        let key = PartKey { media_id: media_id.to_string(), part };
+        if let Some(hit) = self.cache.lock().expect("the cache lock is never poisoned").get(&key) {
+            return Ok(hit);
+        }
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut hasher);
+        let stripe = &self.fetch_stripes[(hasher.finish() % FETCH_STRIPES as u64) as usize];
+        let _fetching = stripe.lock().await;
+        if let Some(hit) = self.cache.lock().expect("the cache lock is never poisoned").get_uncounted(&key) {
+            return Ok(hit);
+        }
+        let fetched = self.fetch(media_id, part).await?;
+        self.cache.lock().expect("the cache lock is never poisoned").insert(key, fetched.clone());
+        Ok(fetched)
+    }
+
+    pub(super) async fn fetch(&self, media_id: &str, part: MediaPart) -> Result<CachedPart, Status> {
+        let mut engine = self.engine.clone();
+        let request = FetchMediaRequest { media_id: media_id.to_string(), part: part.into() };
+        let mut stream = engine.fetch_media(request).await.map_err(relay)?.into_inner();
+        let mut reassembly = Reassembly::new(CONTAINER_BYTES_MAX);
+        while let Some(chunk) = stream.message().await.map_err(relay)? {
+            reassembly.push(chunk).map_err(|error| status::engine_stream_malformed(media_id, &error))?;
+        }
+        let bytes = reassembly.finish().map_err(|error| status::engine_stream_broke_off(media_id, &error))?;
+        let media_id_owned = media_id.to_string();
+        // Parsing and hashing up to CONTAINER_BYTES_MAX is CPU work: off the async threads.
+        let checked = tokio::task::spawn_blocking(move || {
+            if part == MediaPart::Container {
+                engine::media::parse(&bytes).map_err(|error| status::engine_container_malformed(&media_id_owned, &error))?;
+            }
+            let hash = crypto::hash(&bytes);
+            Ok::<_, Status>(CachedPart { bytes: Arc::new(bytes), hash })
+        })
+        .await
+        .map_err(|_| status::check_task_failed())??;
+        debug!(node_id = %self.node_id, media_id, part = part.as_str_name(), size_bytes = checked.bytes.len(), "fetched media from the engine");
+        Ok(checked)
+    }
+
+    /// Waits up to [`PREVIEW_WAIT_MS`] for the feed to assign `preview_id` to this node.
+    pub(super) async fn preview_media(&self, preview_id: &str) -> Option<String> {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(PREVIEW_WAIT_MS);
+        loop {
+            let recorded = self.assignment_recorded.notified();
+            tokio::pin!(recorded);
+            // Registered before the look-up, so an assignment recorded in between wakes us.
+            recorded.as_mut().enable();
+            if let Some(media_id) = self.assignments.lock().expect("the assignments lock is never poisoned").preview_media(preview_id) {
+                return Some(media_id.clone());
+            }
+            if tokio::time::timeout_at(deadline, recorded).await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    /// Notes that this node confirmed `media_id` of the grant's voucher; true when every
+    /// media of the grant has now been confirmed here.
+    pub(super) fn note_confirmed(&self, grant: &AccessGrant, media_id: &str) -> bool {
+        let mut confirmed = self.confirmed.lock().expect("the confirmed lock is never poisoned");
+        let media = confirmed.get_or_insert_mut(grant.voucher_id.clone(), BTreeSet::new);
+        media.insert(media_id.to_string());
+        let complete = grant.media_ids.iter().all(|granted| media.contains(granted));
+        if complete {
+            confirmed.pop(&grant.voucher_id);
+        }
+        complete
+    }
+}
+
+
+/// A request id derived from its parts, so a retried report lands on the same id, and short
+/// enough for the engine's id rules (64 characters) however long the ids are.
+pub(super) fn derived_request_id(prefix: &str, parts: &[&str]) -> String {
+    let mut framed = Vec::new();
+    for part in [prefix].iter().chain(parts) {
+        framed.extend_from_slice(&(part.len() as u64).to_le_bytes());
+        framed.extend_from_slice(part.as_bytes());
+    }
+    format!("{prefix}-{}", hex::encode(&crypto::hash(&framed)[..16]))
+}
+
+/// Holds one of the node's slots while a stream runs.
+pub(super) struct SlotGuard(Arc<Shared>);
+
+impl SlotGuard {
+    pub(super) fn new(shared: &Arc<Shared>) -> Self {
+        shared.slots_in_use.fetch_add(1, Ordering::Relaxed);
+        Self(shared.clone())
+    }
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        self.0.slots_in_use.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pub(super) type ChunkStream = Pin<Box<dyn futures::Stream<Item = Result<MediaChunk, Status>> + Send>>;
+
+pub(super) fn receiver_stream(receiver: mpsc::Receiver<Result<MediaChunk, Status>>) -> ChunkStream {
+    Box::pin(futures::stream::unfold(receiver, |mut receiver| async move { receiver.recv().await.map(|item| (item, receiver)) }))
+}
+
+/// Sends `bytes[offset..]` in chunks; the number of bytes the player took.
+pub(super) async fn send_chunks(sender: &mpsc::Sender<Result<MediaChunk, Status>>, bytes: &[u8], offset: usize) -> usize {
+    let total_bytes = bytes.len() as u64;
+    if bytes.is_empty() {
+        // One empty chunk tells the player the total is zero.
+        sender.send(Ok(MediaChunk { offset: 0, data: Vec::new(), total_bytes })).await.ok();
+        return 0;
+    }
+    let mut position = offset;
+    while position < bytes.len() {
+        let end = usize::min(position + CHUNK_BYTES, bytes.len());
+        let chunk = MediaChunk { offset: position as u64, data: bytes[position..end].to_vec(), total_bytes };
+        if sender.send(Ok(chunk)).await.is_err() {
+            // The player went away.
+            return position - offset;
+        }
+        position = end;
+    }
+    position - offset
+}
+
+/// Refuses a player request over [`REQUEST_BYTES_MAX`] with `ResourceExhausted` (DESIGN.md,
+/// "Gateways"), before anything is decoded; tonic's own decode limit would answer
+/// `OutOfRange`. Every `NodeService` call takes one small message, so buffering it is cheap.
+#[derive(Clone)]
+pub(super) struct RequestSizeLimit<S> {
+    pub(super) inner: S,
+}
+
+pub(super) type HttpRequest = http::Request<tonic::body::Body>;
+pub(super) type HttpResponse = http::Response<tonic::body::Body>;
+
+impl<S> tower_service::Service<HttpRequest> for RequestSizeLimit<S>
+where
+    S: tower_service::Service<HttpRequest, Response = HttpResponse, Error = std::convert::Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = HttpResponse;
+    type Error = std::convert::Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<HttpResponse, std::convert::Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: HttpRequest) -> Self::Future {
+        use http_body_util::BodyExt;
+        // The clone that was made ready serves this call (tower's rule for `call`).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            let (parts, body) = request.into_parts();
+            match http_body_util::Limited::new(body, REQUEST_BYTES_MAX).collect().await {
+                Ok(collected) => {
+                    let body = tonic::body::Body::new(http_body_util::Full::new(collected.to_bytes()));
+                    inner.call(http::Request::from_parts(parts, body)).await
+                }
+                Err(error) if error.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+                    Ok(status::request_too_large(REQUEST_BYTES_MAX).into_http())
+                }
+                Err(error) => Ok(status::request_body_lost(&error).into_http()),
+            }
+        })
+    }
+}
+
+/// `NodeService`, served to players.
+pub(super) struct NodeApi {
+    pub(super) shared: Arc<Shared>,
+}
+
+#[tonic::async_trait]
+impl NodeService for NodeApi {
+    async fn challenge(&self, request: Request<ChallengeRequest>) -> Result<Response<ChallengeResponse>, Status> {
+        let _permit = self.shared.permit()?;
+        let grant = require_grant(request.into_inner().grant)?;
+        self.shared.check(&grant)?;
+        let challenge = self.shared.challenges.lock().expect("the challenges lock is never poisoned").issue(&grant.voucher_id, self.shared.now_ms());
+        Ok(Response::new(ChallengeResponse { challenge: challenge.to_vec() }))
+    }
+
+    async fn redeem(&self, request: Request<PlayerRedeemRequest>) -> Result<Response<RedeemResponse>, Status> {
+        let _permit = self.shared.permit()?;
+        let request = request.into_inner();
+        let grant = require_grant(request.grant)?;
+        self.shared.check(&grant)?;
+        let issued_here = self.shared.challenges.lock().expect("the challenges lock is never poisoned").take(&grant.voucher_id, &request.challenge, self.shared.now_ms());
+        if !issued_here {
+            return Err(status::challenge_refused());
+        }
+        let mut engine = self.shared.engine.clone();
+        let answer = engine
+            .redeem(RedeemRequest {
+                request_id: request.request_id,
+                voucher_id: grant.voucher_id.clone(),
+                cert_serial: request.cert_serial,
+                consumer_id: request.consumer_id,
+                challenge: request.challenge,
+                proof: request.proof,
+            })
+            .await
+            .map_err(relay)?
+            .into_inner();
+        info!(node_id = %self.shared.node_id, voucher_id = %grant.voucher_id, keys = answer.keys.len(), "redeemed");
+        Ok(Response::new(answer))
+    }
+
+    type DownloadStream = ChunkStream;
+
+    async fn download(&self, request: Request<DownloadRequest>) -> Result<Response<Self::DownloadStream>, Status> {
+        let permit = self.shared.permit()?;
+        let request = request.into_inner();
+        let grant = require_grant(request.grant)?;
+        self.shared.check(&grant)?;
+        require_media_in_grant(&grant, &request.media_id)?;
+        let container = self.shared.part(&request.media_id, MediaPart::Container).await?;
+        let offset = usize::try_from(request.offset).ok().filter(|offset| *offset <= container.bytes.len()).ok_or_else(|| status::offset_past_end(request.offset, container.bytes.len()))?;
+        let (sender, receiver) = mpsc::channel(STREAM_BUFFER_CHUNKS);
+        let slot = SlotGuard::new(&self.shared);
+        let node_id = self.shared.node_id.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let _permit = permit;
+            let sent = send_chunks(&sender, &container.bytes, offset).await;
+            debug!(%node_id, voucher_id = %grant.voucher_id, media_id = %request.media_id, offset, sent_bytes = sent, "download stream ended");
+        });
+        Ok(Response::new(receiver_stream(receiver)))
+    }
+
+    async fn confirm(&self, request: Request<ConfirmRequest>) -> Result<Response<ConfirmResponse>, Status> {
+        let _permit = self.shared.permit()?;
+        let request = request.into_inner();
+        let grant = require_grant(request.grant)?;
+        self.shared.check(&grant)?;
+        require_media_in_grant(&grant, &request.media_id)?;
+        let container = self.shared.part(&request.media_id, MediaPart::Container).await?;
+        let mut engine = self.shared.engine.clone();
+        if crypto::ct_eq(&request.received_hash, &container.hash) {
+            engine
+                .complete_delivery(CompleteDeliveryRequest {
+                    request_id: derived_request_id("deliver", &[&grant.voucher_id, &request.media_id]),
+                    voucher_id: grant.voucher_id.clone(),
+                    media_id: request.media_id.clone(),
+                    content_hash: container.hash.to_vec(),
+                    size_bytes: container.bytes.len() as u64,
+                })
+                .await
+                .map_err(relay)?;
+            // The engine's answer does not say whether the voucher is complete, and a node
+            // cannot ask (GetVoucher is the merchant's); this node knows what it confirmed.
+            let voucher_delivered = self.shared.note_confirmed(&grant, &request.media_id);
+            info!(node_id = %self.shared.node_id, voucher_id = %grant.voucher_id, media_id = %request.media_id, voucher_delivered, "delivered");
+            Ok(Response::new(ConfirmResponse { voucher_delivered }))
+        } else {
+            // Each failure is its own report: a later failure of the same media must not be
+            // taken for a retry of this one.
+            let request_id = format!("fail-{}", hex::encode(crypto::random_bytes::<16>()));
+            engine
+                .fail_delivery(FailDeliveryRequest { request_id, voucher_id: grant.voucher_id.clone(), reason: "content hash mismatch".to_string() })
+                .await
+                .map_err(relay)?;
+            warn!(node_id = %self.shared.node_id, voucher_id = %grant.voucher_id, media_id = %request.media_id, "delivery failed: content hash mismatch");
+            Err(status::content_mismatch())
+        }
+    }
+
+    type PlayPreviewStream = ChunkStream;
+
+    async fn play_preview(&self, request: Request<PlayPreviewRequest>) -> Result<Response<Self::PlayPreviewStream>, Status> {
+        let permit = self.shared.permit()?;
+        let preview_id = request.into_inner().preview_id;
+        if !engine::ids::is_valid_token(&preview_id) {
+            return Err(status::malformed_preview_id());
+        }
+        let media_id = self
+            .shared
+            .preview_media(&preview_id)
+            .await
+            .ok_or_else(|| status::preview_not_here(&preview_id))?;
+        let clip = self.shared.part(&media_id, MediaPart::PreviewClip).await?;
+        let (sender, receiver) = mpsc::channel(STREAM_BUFFER_CHUNKS);
+        let slot = SlotGuard::new(&self.shared);
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let _permit = permit;
+            let sent = send_chunks(&sender, &clip.bytes, 0).await;
+            let played_ms = if clip.bytes.is_empty() { PREVIEW_PLAYED_MS } else { PREVIEW_PLAYED_MS.saturating_mul(sent as u64) / clip.bytes.len() as u64 };
+            let mut engine = shared.engine.clone();
+            let ended = engine
+                .end_preview(EndPreviewRequest { request_id: derived_request_id("end", &[&preview_id]), preview_id: preview_id.clone(), played_ms })
+                .await;
+            match ended {
+                Ok(_) => info!(node_id = %shared.node_id, %preview_id, %media_id, played_ms, "preview ended"),
+                Err(status) => {
+                    warn!(node_id = %shared.node_id, %preview_id, code = ?status.code(), message = status.message(), "EndPreview failed");
+                    sender.send(Err(relay(status))).await.ok();
+                }
+            }
+        });
+        Ok(Response::new(receiver_stream(receiver)))
+    }
+}
+
+// ---- background tasks ----------------------------------------------------------------------

@@ -1,0 +1,80 @@
+//! The node's one mapping to gRPC statuses: every refusal a player (or the engine's
+//! stream to this node) can get from the node is chosen here, so one situation never gets
+//! two codes. Messages say what to do next and never contain a token, proof or key.
+
+use engine::crypto::AccessDenied;
+use tonic::Status;
+
+pub fn grant_required() -> Status {
+    Status::invalid_argument("grant is required: pass the access grant the merchant received at IssueVoucher")
+}
+
+pub fn access_denied(denied: AccessDenied) -> Status {
+    match denied {
+        AccessDenied::Expired => Status::permission_denied("access token expired; ask the merchant for a new access token"),
+        AccessDenied::Invalid => Status::permission_denied("access token invalid for this node, voucher, media or expiry; use the grant exactly as the merchant received it at IssueVoucher"),
+    }
+}
+
+pub fn media_not_in_grant(media_id: &str) -> Status {
+    Status::permission_denied(format!("media {media_id} is not part of this grant; ask for one of the grant's media"))
+}
+
+pub fn challenge_refused() -> Status {
+    Status::permission_denied("challenge unknown, already used or expired; ask this node for a new challenge and answer it promptly")
+}
+
+pub fn shutting_down() -> Status {
+    Status::unavailable("this node is shutting down; retry with another node or later")
+}
+
+pub fn requests_in_flight_limit() -> Status {
+    Status::resource_exhausted("this node is at its limit of requests in flight; retry shortly")
+}
+
+pub fn request_too_large(request_bytes_max: usize) -> Status {
+    Status::resource_exhausted(format!("the request is over this node's {request_bytes_max}-byte limit"))
+}
+
+pub fn request_body_lost(error: &dyn std::fmt::Display) -> Status {
+    Status::cancelled(format!("the request body did not arrive: {error}"))
+}
+
+pub fn offset_past_end(offset: u64, container_bytes: usize) -> Status {
+    Status::out_of_range(format!("offset {offset} is past the end of the {container_bytes}-byte container; resume from at most its size"))
+}
+
+pub fn content_mismatch() -> Status {
+    Status::data_loss("the received bytes do not match the media container; the delivery was reported failed, redeem and download again")
+}
+
+pub fn malformed_preview_id() -> Status {
+    Status::invalid_argument("preview_id must be 1-64 characters of A-Z a-z 0-9 - _")
+}
+
+pub fn preview_not_here(preview_id: &str) -> Status {
+    Status::not_found(format!("preview {preview_id} is not assigned to this node; ask the merchant for a preview and play it on the node it names"))
+}
+
+/// The engine's media stream to this node broke the chunking rules.
+pub fn engine_stream_malformed(media_id: &str, error: &dyn std::fmt::Display) -> Status {
+    Status::internal(format!("the engine's stream of media {media_id} is malformed: {error}"))
+}
+
+pub fn engine_stream_broke_off(media_id: &str, error: &dyn std::fmt::Display) -> Status {
+    Status::unavailable(format!("the engine's stream of media {media_id} broke off: {error}; retry"))
+}
+
+pub fn engine_container_malformed(media_id: &str, error: &dyn std::fmt::Display) -> Status {
+    Status::data_loss(format!("the engine sent media {media_id} as a malformed container: {error}"))
+}
+
+pub fn check_task_failed() -> Status {
+    Status::internal("the media check task failed")
+}
+
+/// The engine's status, as the player should see it: code and message, without the
+/// engine's response metadata.
+pub fn relay(status: tonic::Status) -> Status {
+    Status::new(status.code(), status.message().to_string())
+}

@@ -1,0 +1,131 @@
+//! AdminService: statistics, audited configuration, draining and removing nodes
+//! (operator only).
+
+use engine::domain::voucher::VoucherStatus;
+use engine::ids::*;
+use proto::v1 as pb;
+use std::collections::HashMap;
+use tonic::{Request, Response, Status};
+use super::api::*;
+
+pub(super) fn config_response(config: &engine::domain::config::Config) -> pb::ConfigResponse {
+    pb::ConfigResponse {
+        entries: engine::domain::config::KEYS
+            .iter()
+            .map(|&(key, min, max, default)| pb::ConfigEntry { key: key.to_string(), value: config.values.get(key).copied().unwrap_or(default), min, max, set: config.values.contains_key(key) })
+            .collect(),
+    }
+}
+
+pub(super) fn node_status_name(status: engine::domain::party::NodeStatus) -> &'static str {
+    match status {
+        engine::domain::party::NodeStatus::Unknown => "unknown",
+        engine::domain::party::NodeStatus::Active => "active",
+        engine::domain::party::NodeStatus::Drained => "drained",
+        engine::domain::party::NodeStatus::Removed => "removed",
+    }
+}
+
+impl Api {
+    /// The statistics the seed's administration module lists, and a modern operator expects.
+    pub async fn stats(&self) -> Result<pb::StatsResponse, Status> {
+        let head = self.engine.log.last_seq().await.map_err(|error| crate::server::status::stream_unreadable("the engine", &error))?;
+        let (allocation, issued, pending, delivered, entries, seals) = self.engine.live.read(|p| {
+            let allocation: Vec<(NodeId, projections::allocation::NodeSlots)> = p.allocation.nodes.iter().map(|(id, slots)| (id.clone(), slots.clone())).collect();
+            let issued = [VoucherStatus::Issued, VoucherStatus::Redeeming, VoucherStatus::Delivered].into_iter().map(|status| p.vouchers.count(status)).sum::<usize>();
+            (allocation, issued, p.vouchers.count(VoucherStatus::Pending), p.vouchers.count(VoucherStatus::Delivered), p.royalty.entries.len(), p.royalty.seals.len())
+        });
+        let live: HashMap<NodeId, engine::placement::NodeLive> = self.engine.nodes.snapshot().into_iter().collect();
+        let mut nodes = Vec::with_capacity(allocation.len());
+        for (node_id, slots) in allocation {
+            let status = self.market().handler().load::<engine::domain::party::Node>(&node_id.0).await.map_err(|e| fail(e.into()))?.state.status;
+            let announced = live.get(&node_id).cloned().unwrap_or_default();
+            nodes.push(pb::NodeStatsView {
+                healthy: self.engine.nodes.healthy(&node_id),
+                node_id: node_id.0,
+                streams_max: slots.slots_max,
+                streams_in_use: slots.in_use,
+                cache_items: announced.beat.cache_items,
+                cache_accesses: announced.beat.cache_accesses,
+                cache_misses: announced.beat.cache_misses,
+                endpoint: announced.endpoint,
+                status: node_status_name(status).to_string(),
+                region: slots.region,
+            });
+        }
+        Ok(pb::StatsResponse {
+            uptime_s: self.engine.uptime().as_secs(),
+            vouchers_issued: issued as u64,
+            nodes,
+            projection_lag: self.engine.live.lag(head),
+            events_per_s: self.engine.rate.per_second(),
+            stream_events: head.0,
+            royalty_entries: entries as u64,
+            seals: seals as u64,
+            vouchers_pending: pending as u64,
+            vouchers_delivered: delivered as u64,
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl pb::admin_service_server::AdminService for Api {
+    async fn get_stats(&self, request: Request<pb::GetStatsRequest>) -> Result<Response<pb::StatsResponse>, Status> {
+        let result = async {
+            Self::operator(&request)?;
+            self.stats().await
+        }
+        .await;
+        self.answer(result)
+    }
+
+    async fn get_config(&self, request: Request<pb::GetConfigRequest>) -> Result<Response<pb::ConfigResponse>, Status> {
+        let result = async {
+            Self::operator(&request)?;
+            let config = self.market().config().await.map_err(fail)?;
+            Ok(config_response(&config))
+        }
+        .await;
+        self.answer(result)
+    }
+
+    async fn set_config(&self, request: Request<pb::SetConfigRequest>) -> Result<Response<pb::ConfigResponse>, Status> {
+        let result = async {
+            let operator = Self::operator(&request)?;
+            let message = request.get_ref();
+            let request_id = request_id(&message.request_id)?;
+            self.market().set_config(&operator, &request_id, &message.key, &message.value).await.map_err(fail)?;
+            self.engine.apply_configuration().await;
+            let config = self.market().config().await.map_err(fail)?;
+            Ok(config_response(&config))
+        }
+        .await;
+        self.answer(result)
+    }
+
+    async fn drain_node(&self, request: Request<pb::NodeAdminRequest>) -> Result<Response<pb::NodeAdminResponse>, Status> {
+        let result = async {
+            let operator = Self::operator(&request)?;
+            let message = request.get_ref();
+            let request_id = request_id(&message.request_id)?;
+            let node = id("node_id", &message.node_id, NodeId)?;
+            self.market().drain_node(&operator, &request_id, &node).await.map_err(fail)?;
+            Ok(pb::NodeAdminResponse { node_id: node.0, status: "drained".into() })
+        }
+        .await;
+        self.answer(result)
+    }
+
+    async fn remove_node(&self, request: Request<pb::NodeAdminRequest>) -> Result<Response<pb::NodeAdminResponse>, Status> {
+        let result = async {
+            let operator = Self::operator(&request)?;
+            let message = request.get_ref();
+            let request_id = request_id(&message.request_id)?;
+            let node = id("node_id", &message.node_id, NodeId)?;
+            self.market().remove_node(&operator, &request_id, &node).await.map_err(fail)?;
+            Ok(pb::NodeAdminResponse { node_id: node.0, status: "removed".into() })
+        }
+        .await;
+        self.answer(result)
+    }
+}

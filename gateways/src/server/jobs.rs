@@ -1,0 +1,132 @@
+//! The engine's background jobs: the sweeper (reservations past due, interrupted points
+//! holds), the sealer (royalty seals on the configured interval) and the rate sampler
+//! (`events_per_s`). Not here: what to expire or seal (the projections compute it) and the
+//! decision (`engine::app`).
+
+use engine::app::Market;
+use projections::Live;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use super::*;
+use engine::domain::event::RightsReportSealed;
+
+/// Events appended per second over the last minute, from (time, stream head) samples.
+#[derive(Default)]
+pub struct RateMeter {
+    samples: Mutex<std::collections::VecDeque<(Instant, u64)>>,
+}
+
+/// Samples kept by the rate meter (one per second: a minute).
+pub(super) const RATE_SAMPLES_MAX: usize = 60;
+
+impl RateMeter {
+    pub fn record(&self, at: Instant, head: u64) {
+        let mut samples = self.samples.lock().expect("rate meter lock is never poisoned");
+        samples.push_back((at, head));
+        while samples.len() > RATE_SAMPLES_MAX {
+            samples.pop_front();
+        }
+    }
+
+    pub fn per_second(&self) -> f64 {
+        let samples = self.samples.lock().expect("rate meter lock is never poisoned");
+        match (samples.front(), samples.back()) {
+            (Some((t0, h0)), Some((t1, h1))) if t1 > t0 => h1.saturating_sub(*h0) as f64 / t1.duration_since(*t0).as_secs_f64(),
+            _ => 0.0,
+        }
+    }
+}
+
+/// Reservations and points holds the sweeper settles per round at most.
+pub const SWEEP_BATCH_MAX: usize = 1024;
+
+/// Why one round of sealing failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SealJobError {
+    #[error("cannot read the log's head to check the projections' lag")]
+    ReadHead(#[source] engine::log::ReadError),
+    #[error("cannot draft the seal")]
+    Draft(#[source] projections::SealError),
+    #[error("cannot sign or append the seal")]
+    Append(#[source] engine::app::AppError),
+}
+
+/// One round of sealing: the projections draft a seal of the entries not sealed yet (when
+/// at least `entries_min` wait and they do not lag the log too far), the market signs and
+/// appends it. `None` when there is nothing to seal or another sealer sealed first.
+pub async fn seal_once(live: &Live, market: &Market, entries_min: u64) -> Result<Option<RightsReportSealed>, SealJobError> {
+    let head = market.handler().log().last_seq().await.map_err(SealJobError::ReadHead)?;
+    let Some(draft) = live.seal_draft(head, entries_min).map_err(SealJobError::Draft)? else { return Ok(None) };
+    market.seal(draft).await.map_err(SealJobError::Append)
+}
+
+/// One round of sweeping at the engine clock's now: the projections list what is due (at
+/// most `limit` of each kind), the market expires and settles it. Returns (expired, holds
+/// settled).
+pub async fn sweep_once(live: &Live, market: &Market, limit: usize) -> Result<(usize, usize), engine::app::AppError> {
+    let now = market.now();
+    let (due, due_holds) = live.read(|p| (p.vouchers.due(now, limit), p.vouchers.due_holds(now, limit)));
+    market.sweep(&due, &due_holds).await
+}
+
+/// Voids reservations past due and settles interrupted points holds, every interval.
+pub(super) async fn sweeper(engine: Arc<Engine>) {
+    let mut shutdown = engine.shutdown.clone();
+    let mut tick = tokio::time::interval(engine.config.sweep_interval);
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(error) = sweep_once(&engine.live, &engine.market, SWEEP_BATCH_MAX).await {
+            tracing::warn!(%error, "sweep failed; retrying at the next interval");
+        }
+    }
+}
+
+/// Seals the royalty log when `seal.entries_max` entries wait, or when the seal interval
+/// passed with at least `seal_entries_min` waiting (DESIGN.md: every N entries or T
+/// seconds), and appends each seal to the witness file for auditors to pin. The operator's
+/// `seal.*` configuration (events) wins over the serve settings.
+pub(super) async fn sealer(engine: Arc<Engine>) {
+    let mut shutdown = engine.shutdown.clone();
+    let mut last_seal = Instant::now();
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => return,
+            _ = tokio::time::sleep(SEAL_CHECK_INTERVAL.min(engine.config.seal_interval)) => {}
+        }
+        let interval = engine.configured("seal.interval_ms").await.map_or(engine.config.seal_interval, Duration::from_millis);
+        let entries_max = engine.configured("seal.entries_max").await.unwrap_or(u64::MAX);
+        let waiting = engine.live.read(|p| (p.royalty.entries.len() as u64).saturating_sub(p.royalty.next_seal_entry()));
+        let due = waiting >= entries_max.max(1) || (last_seal.elapsed() >= interval && waiting >= engine.config.seal_entries_min.max(1));
+        if !due {
+            continue;
+        }
+        match seal_once(&engine.live, &engine.market, engine.config.seal_entries_min.max(1)).await {
+            Ok(Some(seal)) => {
+                last_seal = Instant::now();
+                if let Err(error) = crate::common::witness::append(&engine.config.data_dir, &seal) {
+                    tracing::warn!(%error, "cannot write the witness file");
+                }
+            }
+            Ok(None) => {}
+            Err(error) => tracing::warn!(%error, "sealing failed; retrying at the next interval"),
+        }
+    }
+}
+
+/// Samples the stream head every second for `events_per_s`.
+pub(super) async fn rate_sampler(engine: Arc<Engine>) {
+    let mut shutdown = engine.shutdown.clone();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => return,
+            _ = tick.tick() => {}
+        }
+        if let Ok(head) = engine.log.last_seq().await {
+            engine.rate.record(Instant::now(), head.0);
+        }
+    }
+}

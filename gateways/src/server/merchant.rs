@@ -1,0 +1,145 @@
+//! MerchantService: reserve, authorize, void, issue, preview, get, duplication orders.
+//! Each handler checks and converts its request, calls one `Market` method and maps the
+//! answer through `status`.
+
+use engine::domain::event::Payment;
+use engine::domain::validate;
+use engine::ids::*;
+use proto::v1 as pb;
+use tonic::{Request, Response, Status};
+use super::api::*;
+
+#[tonic::async_trait]
+impl pb::merchant_service_server::MerchantService for Api {
+    async fn reserve(&self, request: Request<pb::ReserveRequest>) -> Result<Response<pb::ReserveResponse>, Status> {
+        let result = async {
+            let merchant = Self::merchant(&request)?;
+            let message = request.get_ref();
+            let request_id = request_id(&message.request_id)?;
+            let media_ids = message.media_ids.iter().map(|m| id("media_ids", m, MediaId)).collect::<Result<Vec<_>, _>>()?;
+            let payment = if message.points_account.is_empty() {
+                Payment::Merchant { payment_ref: message.payment_ref.clone() }
+            } else {
+                Payment::Points { account: id("points_account", &message.points_account, AccountId)? }
+            };
+            let answer = self.market().reserve(&merchant, &request_id, &media_ids, &message.rendition, message.ttl_ms, payment).await.map_err(fail)?;
+            Ok(pb::ReserveResponse { voucher_id: answer.voucher_id.0, expires_at_ms: answer.expires_at.0, price_minor: answer.price_minor, currency: answer.currency })
+        }
+        .await;
+        self.answer(result)
+    }
+
+    async fn authorize(&self, request: Request<pb::AuthorizeRequest>) -> Result<Response<pb::AuthorizeResponse>, Status> {
+        let result = async {
+            let merchant = Self::merchant(&request)?;
+            let message = request.get_ref();
+            let request_id = request_id(&message.request_id)?;
+            let voucher = id("voucher_id", &message.voucher_id, VoucherId)?;
+            let answer = self.market().authorize(&merchant, &request_id, &voucher).await.map_err(fail)?;
+            Ok(pb::AuthorizeResponse { voucher_id: answer.voucher_id.0, receipt: answer.receipt.expose().to_vec(), receipt_generation: answer.receipt_generation })
+        }
+        .await;
+        self.answer(result)
+    }
+
+    async fn void(&self, request: Request<pb::VoidRequest>) -> Result<Response<pb::VoidResponse>, Status> {
+        let result = async {
+            let merchant = Self::merchant(&request)?;
+            let message = request.get_ref();
+            let request_id = request_id(&message.request_id)?;
+            let voucher = id("voucher_id", &message.voucher_id, VoucherId)?;
+            self.market().void(&merchant, &request_id, &voucher).await.map_err(fail)?;
+            Ok(pb::VoidResponse { voucher_id: voucher.0 })
+        }
+        .await;
+        self.answer(result)
+    }
+
+    async fn issue_voucher(&self, request: Request<pb::IssueVoucherRequest>) -> Result<Response<pb::IssueVoucherResponse>, Status> {
+        let result = async {
+            let merchant = Self::merchant(&request)?;
+            let message = request.get_ref();
+            let request_id = request_id(&message.request_id)?;
+            let voucher = id("voucher_id", &message.voucher_id, VoucherId)?;
+            let access_ttl_ms = self.engine.configured("access.ttl_ms").await.unwrap_or(self.engine.config.access_ttl_ms);
+            let answer = self.market().issue(&merchant, &request_id, &voucher, region(&message.region), access_ttl_ms).await.map_err(fail)?;
+            Ok(pb::IssueVoucherResponse {
+                voucher_id: answer.voucher_id.0,
+                node_endpoint: self.engine.nodes.endpoint(&answer.node_id).ok_or_else(|| crate::server::status::node_not_announced(&answer.node_id.0))?,
+                node_id: answer.node_id.0,
+                access_token: answer.access_token.to_vec(),
+                access_expires_at_ms: answer.access_expires_at.0,
+            })
+        }
+        .await;
+        self.answer(result)
+    }
+
+    async fn preview(&self, request: Request<pb::PreviewRequest>) -> Result<Response<pb::PreviewResponse>, Status> {
+        let result = async {
+            let merchant = Self::merchant(&request)?;
+            let message = request.get_ref();
+            let request_id = request_id(&message.request_id)?;
+            let media = id("media_id", &message.media_id, MediaId)?;
+            let (preview, node) = self.market().preview(&merchant, &request_id, &media, region(&message.region)).await.map_err(fail)?;
+            Ok(pb::PreviewResponse { preview_id: preview.0, node_endpoint: self.engine.nodes.endpoint(&node).ok_or_else(|| crate::server::status::node_not_announced(&node.0))?, node_id: node.0 })
+        }
+        .await;
+        self.answer(result)
+    }
+
+    async fn get_voucher(&self, request: Request<pb::GetVoucherRequest>) -> Result<Response<pb::VoucherView>, Status> {
+        let result = async {
+            let merchant = Self::merchant(&request)?;
+            let voucher = id("voucher_id", &request.get_ref().voucher_id, VoucherId)?;
+            let state = self.market().get_voucher(&merchant, &voucher).await.map_err(fail)?;
+            Ok(voucher_view(&state))
+        }
+        .await;
+        self.answer(result)
+    }
+
+    async fn place_order(&self, request: Request<pb::PlaceOrderRequest>) -> Result<Response<pb::PlaceOrderResponse>, Status> {
+        let result = async {
+            let merchant = Self::merchant(&request)?;
+            let message = request.get_ref();
+            let request_id = request_id(&message.request_id)?;
+            let media = id("media_id", &message.media_id, MediaId)?;
+            let order = self.market().place_order(&merchant, &request_id, &media, message.units).await.map_err(fail)?;
+            Ok(pb::PlaceOrderResponse { order_id: order.0 })
+        }
+        .await;
+        self.answer(result)
+    }
+
+    async fn bind_unit(&self, request: Request<pb::BindUnitRequest>) -> Result<Response<pb::BindUnitResponse>, Status> {
+        let result = async {
+            let merchant = Self::merchant(&request)?;
+            let message = request.get_ref();
+            let request_id = request_id(&message.request_id)?;
+            let order = id("order_id", &message.order_id, OrderId)?;
+            validate::id("device_id", &message.device_id).map_err(|r| crate::server::status::from_rejection(&r))?;
+            let wrapped = self
+                .market()
+                .bind_unit(&merchant, &request_id, &order, message.unit, &message.device_id, &message.device_public_key_der)
+                .await
+                .map_err(fail)?;
+            Ok(pb::BindUnitResponse { wrapped_media_key: wrapped })
+        }
+        .await;
+        self.answer(result)
+    }
+
+    async fn complete_unit(&self, request: Request<pb::CompleteUnitRequest>) -> Result<Response<pb::CompleteUnitResponse>, Status> {
+        let result = async {
+            let merchant = Self::merchant(&request)?;
+            let message = request.get_ref();
+            let request_id = request_id(&message.request_id)?;
+            let order = id("order_id", &message.order_id, OrderId)?;
+            self.market().complete_unit(&merchant, &request_id, &order, message.unit).await.map_err(fail)?;
+            Ok(pb::CompleteUnitResponse {})
+        }
+        .await;
+        self.answer(result)
+    }
+}

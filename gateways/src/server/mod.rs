@@ -1,0 +1,373 @@
+//! The engine's gRPC server: MerchantService, DeliveryService, CatalogService and
+//! AuditService over `engine::app::Market`, with grpc.health.v1 and server reflection, the
+//! live projections (allocator, sweeper, sealer) and graceful shutdown. Request messages
+//! are checked and converted here (the one place RPC messages meet domain types); every
+//! refusal goes through `status::from_app_error`, one exhaustive mapping.
+//!
+//! Identity comes only from the credential checked by `auth::FrontDoor`; no handler reads
+//! an id of the caller from a request field. Secrets (credential secrets, receipts, access
+//! keys) appear only in the responses that hand them to their owner, never in a log line.
+
+
+mod admin;
+mod api;
+mod audit;
+mod catalog;
+mod delivery;
+pub mod dispatcher;
+pub mod front_door;
+pub mod jobs;
+mod merchant;
+pub mod metrics;
+pub mod serve;
+pub mod status;
+
+pub use api::Api;
+pub use jobs::{seal_once, sweep_once, RateMeter};
+use jobs::{rate_sampler, sealer, sweeper};
+
+use crate::server::front_door::{Authenticator, FrontDoor, Limits};
+use engine::media_store::MediaStore;
+use engine::placement::{HealthyAllocator, NodeHealth, HEARTBEAT_STALE_MS};
+use crate::server::metrics::{Metrics, NodeLabel};
+use anyhow::Context;
+use engine::app::{EngineKeys, Market};
+use engine::clock::{Clock, SystemClock};
+use engine::crypto::{RsaPublic, SecretKey};
+use engine::domain::voucher::VoucherStatus;
+use engine::ids::*;
+use engine::log::EventLog;
+use projections::Live;
+use proto::v1 as pb;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// Bytes per MediaChunk message.
+pub const CHUNK_BYTES: usize = 64 * 1024;
+/// Messages buffered per server stream before the sender waits (flow control).
+pub const STREAM_BUFFER_MESSAGES: usize = 64;
+/// How long an access token is valid after IssueVoucher.
+pub const ACCESS_TTL_MS: u64 = 10 * 60 * 1000;
+/// Concurrent requests per connection (on top of the server-wide limit).
+pub const REQUESTS_PER_CONNECTION_MAX: usize = 256;
+/// Longest endpoint a node may announce.
+pub(crate) const ENDPOINT_CHARS_MAX: usize = 256;
+/// Full replays (AuditService Replay and VerifyChain) running at once; more are refused
+/// with ResourceExhausted (each reads and re-verifies the whole stream).
+pub const REPLAYS_IN_FLIGHT_MAX: usize = 2;
+/// How often the sealer checks whether a seal is due.
+pub(crate) const SEAL_CHECK_INTERVAL: Duration = Duration::from_millis(500);
+/// Longest wait between retries of the live projections after a read failure.
+pub(crate) const PROJECTION_RETRY_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Longest wait between dispatcher restarts after a failure.
+pub(crate) const DISPATCH_BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// How often `serve` seals the royalty log by default (`seal_interval_ms` changes it).
+pub const SEAL_INTERVAL_DEFAULT: Duration = Duration::from_secs(10);
+/// Replay progress is reported every this many events.
+pub(crate) const REPLAY_PROGRESS_EVERY_EVENTS: u64 = 10_000;
+
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// With a client CA, clients must present a certificate it signed (mTLS).
+    pub client_ca: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    pub data_dir: PathBuf,
+    pub keys_dir: PathBuf,
+    pub limits: Limits,
+    pub access_ttl_ms: u64,
+    pub sweep_interval: Duration,
+    pub seal_interval: Duration,
+    /// Seal when at least this many entries wait (and `seal_interval` passed).
+    pub seal_entries_min: u64,
+    pub tls: Option<TlsFiles>,
+    /// The projection store's directory; `None` keeps the projections in memory only (they
+    /// are rebuilt from sequence 1 at every start).
+    pub projections_dir: Option<PathBuf>,
+}
+
+impl EngineConfig {
+    pub fn new(data_dir: PathBuf, keys_dir: PathBuf) -> Self {
+        Self {
+            data_dir,
+            keys_dir,
+            limits: Limits::default(),
+            access_ttl_ms: ACCESS_TTL_MS,
+            sweep_interval: Duration::from_secs(1),
+            seal_interval: SEAL_INTERVAL_DEFAULT,
+            seal_entries_min: 1,
+            tls: None,
+            projections_dir: None,
+        }
+    }
+}
+
+
+/// The engine's shared state.
+pub struct Engine {
+    pub market: Arc<Market>,
+    pub live: Live,
+    pub log: Arc<dyn EventLog>,
+    pub metrics: Arc<Metrics>,
+    pub media: MediaStore,
+    pub nodes: Arc<NodeHealth>,
+    pub rate: RateMeter,
+    /// Bounds the full replays running at once (`REPLAYS_IN_FLIGHT_MAX`).
+    pub(super) replays: Arc<tokio::sync::Semaphore>,
+    pub(super) royalty_master: SecretKey,
+    pub(super) engine_public: RsaPublic,
+    pub(super) config: EngineConfig,
+    pub(super) started: Instant,
+    pub(super) shutdown: watch::Receiver<bool>,
+}
+
+impl Engine {
+    /// Brings the gauges up to date (before a scrape or a stats answer).
+    pub async fn refresh_metrics(&self) {
+        let head = self.log.last_seq().await.map(|seq| seq.0).unwrap_or(0);
+        self.metrics.stream_last_seq.set(head as i64);
+        self.metrics.projection_lag.set(self.live.lag(Seq(head)) as i64);
+        self.metrics.uptime_seconds.set(self.started.elapsed().as_secs() as i64);
+        let (slots, issued, entries) = self.live.read(|p| {
+            let slots: Vec<(NodeId, u32, u32)> = p.allocation.nodes.iter().map(|(id, n)| (id.clone(), n.in_use, n.slots_max)).collect();
+            let issued = [VoucherStatus::Issued, VoucherStatus::Redeeming, VoucherStatus::Delivered].into_iter().map(|status| p.vouchers.count(status)).sum::<usize>();
+            (slots, issued, p.royalty.entries.len())
+        });
+        for (node, in_use, max) in slots {
+            let label = NodeLabel { node: node.0 };
+            self.metrics.slots_in_use.get_or_create(&label).set(i64::from(in_use));
+            self.metrics.slots_max.get_or_create(&label).set(i64::from(max));
+        }
+        for (node, live) in self.nodes.snapshot() {
+            let label = NodeLabel { node: node.0 };
+            self.metrics.node_cache_items.get_or_create(&label).set(live.beat.cache_items as i64);
+            self.metrics.node_cache_accesses.get_or_create(&label).set(live.beat.cache_accesses as i64);
+            self.metrics.node_cache_misses.get_or_create(&label).set(live.beat.cache_misses as i64);
+        }
+        self.metrics.events_per_second.set(self.rate.per_second());
+        self.metrics.vouchers_issued.set(issued as i64);
+        self.metrics.royalty_entries.set(entries as i64);
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// A configuration value the operator set with `admin config set` (a ConfigChanged
+    /// event), or `None` while it is unset (the serve setting applies).
+    pub async fn configured(&self, key: &str) -> Option<u64> {
+        match self.market.configured(key).await {
+            Ok(value) => value,
+            Err(error) => {
+                tracing::warn!(%error, key, "cannot read the configuration; using the serve setting");
+                None
+            }
+        }
+    }
+
+    /// Applies the configuration recorded on the stream to what reads it synchronously.
+    pub(super) async fn apply_configuration(&self) {
+        if let Some(stale_ms) = self.configured("node.heartbeat_timeout_ms").await {
+            self.nodes.set_stale_ms(stale_ms);
+        }
+    }
+}
+
+/// A running engine: its bound address and how to stop it.
+pub struct RunningEngine {
+    pub addr: SocketAddr,
+    pub engine: Arc<Engine>,
+    stop: watch::Sender<bool>,
+    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    background: Vec<tokio::task::JoinHandle<()>>,
+    runner: tokio::task::JoinHandle<()>,
+}
+
+impl RunningEngine {
+    /// `http://ADDR` (or https with TLS) for clients.
+    pub fn url(&self) -> String {
+        let scheme = if self.engine.config.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// Graceful shutdown: stop accepting, end the server streams, let in-flight requests
+    /// finish (their events are appended and acknowledged), then stop the sweeper, the
+    /// sealer and the projection runner.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        let served = self.server.await.context("the gRPC server task failed")?;
+        for task in self.background {
+            let _ = task.await;
+        }
+        self.runner.abort();
+        served.context("the gRPC server failed")?;
+        Ok(())
+    }
+
+    /// Runs the dispatcher (`crate::server::dispatcher`) onto `feed`'s node-feed stream until the
+    /// engine stops; a failure is logged and retried with capped backoff.
+    pub fn dispatch_to(&mut self, feed: Arc<engine::log::jetstream::JetStreamLog>) {
+        let log = Arc::clone(&self.engine.log);
+        let mut shutdown = self.stop.subscribe();
+        self.background.push(tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                match crate::server::dispatcher::run(Arc::clone(&log), Arc::clone(&feed), shutdown.clone()).await {
+                    Ok(_) if *shutdown.borrow() => return,
+                    Ok(published) => tracing::warn!(published, "the stream ended under the dispatcher; following again"),
+                    Err(error) => tracing::warn!(%error, "the dispatcher stopped; retrying"),
+                }
+                tokio::select! {
+                    _ = shutdown.wait_for(|stop| *stop) => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(DISPATCH_BACKOFF_MAX);
+            }
+        }));
+    }
+
+    /// Resolves when the engine has been told to stop.
+    pub fn stopping(&self) -> watch::Receiver<bool> {
+        self.stop.subscribe()
+    }
+}
+
+/// Starts the engine on `listener` with `log`: loads the keys, rebuilds the projections
+/// from the stream, then serves.
+pub async fn start(config: EngineConfig, log: Arc<dyn EventLog>, listener: tokio::net::TcpListener) -> anyhow::Result<RunningEngine> {
+    crate::common::keys::check_dir(&config.keys_dir)?;
+    let keys = Arc::new(EngineKeys::new(crate::common::keys::load_engine_private(&config.keys_dir)?)?);
+    let royalty_master = crate::common::keys::load_royalty_master(&config.keys_dir)?;
+    let operator = crate::common::cred::Credential::load(&config.keys_dir.join(crate::common::keys::OPERATOR_CRED))?;
+    let media = MediaStore::open(&config.data_dir.join("media"))?;
+    let live = match &config.projections_dir {
+        // Backed by the projection store: resume at its checkpoint (after checking it belongs
+        // to this stream), or rebuild into it from sequence 1.
+        Some(dir) => {
+            let (live, outcome) = Live::open_checked(dir, Some(&royalty_master), Some(keys.public.clone()), log.as_ref()).await.with_context(|| format!("cannot open the projection store in {}", dir.display()))?;
+            match outcome {
+                projections::store::OpenOutcome::Created => tracing::info!(dir = %dir.display(), "new projection store: rebuilding from sequence 1"),
+                projections::store::OpenOutcome::Resumed { checkpoint } => tracing::info!(dir = %dir.display(), checkpoint = checkpoint.0, "projection store resumed"),
+                projections::store::OpenOutcome::Quarantined { path, reason } => {
+                    tracing::warn!(dir = %dir.display(), quarantined = %path.display(), %reason, "projection store quarantined; rebuilding from sequence 1")
+                }
+            }
+            live
+        }
+        None => Live::with_keys(Some(&royalty_master), Some(keys.public.clone())),
+    };
+    let runner = {
+        let live = live.clone();
+        let log = Arc::clone(&log);
+        tokio::spawn(async move {
+            // A read failure (the log unreachable for a while) is retried; a finding in the
+            // stream or a failing projection store stops the projections for good.
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                match live.run(Arc::clone(&log)).await {
+                    Ok(()) => return,
+                    Err(projections::RunError::Read(error)) => {
+                        tracing::warn!(%error, "the live projections cannot read the log; retrying");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(PROJECTION_RETRY_BACKOFF_MAX);
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "the live projections stopped; restart the engine after fixing the stream");
+                        return;
+                    }
+                }
+            }
+        })
+    };
+    // Serve once the projections have caught up: the allocator must know every node.
+    let head = log.last_seq().await.context("cannot read the stream's head")?;
+    live.caught_up(head).await;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let nodes = Arc::new(NodeHealth::new(Arc::clone(&clock), HEARTBEAT_STALE_MS));
+    let allocator = Arc::new(HealthyAllocator::new(Arc::new(live.clone()), Arc::clone(&nodes)));
+    let market = Arc::new(Market::new(Arc::clone(&log), clock, Arc::clone(&keys), allocator));
+    let (stop, shutdown) = watch::channel(false);
+    let metrics = Arc::new(Metrics::new());
+    let engine = Arc::new(Engine {
+        market: Arc::clone(&market),
+        live: live.clone(),
+        log: Arc::clone(&log),
+        metrics: Arc::clone(&metrics),
+        media,
+        nodes,
+        rate: RateMeter::default(),
+        replays: Arc::new(tokio::sync::Semaphore::new(REPLAYS_IN_FLIGHT_MAX)),
+        royalty_master,
+        engine_public: keys.public.clone(),
+        config: config.clone(),
+        started: Instant::now(),
+        shutdown: shutdown.clone(),
+    });
+
+    let authenticator = Arc::new(Authenticator::new(Arc::clone(&market), operator.id.clone(), &operator.secret));
+    let counted = Arc::clone(&metrics);
+    let door = FrontDoor::new(authenticator, config.limits, Arc::new(move |code| counted.count_code(code)));
+    let api = Api { engine: Arc::clone(&engine) };
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<pb::merchant_service_server::MerchantServiceServer<Api>>().await;
+    health.set_serving::<pb::delivery_service_server::DeliveryServiceServer<Api>>().await;
+    health.set_serving::<pb::catalog_service_server::CatalogServiceServer<Api>>().await;
+    health.set_serving::<pb::audit_service_server::AuditServiceServer<Api>>().await;
+    health.set_serving::<pb::admin_service_server::AdminServiceServer<Api>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("server reflection")?;
+    // The front door enforces the real limits; tonic's own decoding limit is a backstop.
+    let decode_max = config.limits.upload_bytes_max + 1024;
+    let mut builder = tonic::transport::Server::builder().concurrency_limit_per_connection(REQUESTS_PER_CONNECTION_MAX);
+    if let Some(tls) = &config.tls {
+        builder = builder.tls_config(tls_config(tls)?).context("TLS configuration")?;
+    }
+    let router = builder
+        .layer(door)
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(pb::merchant_service_server::MerchantServiceServer::new(api.clone()).max_decoding_message_size(decode_max))
+        .add_service(pb::delivery_service_server::DeliveryServiceServer::new(api.clone()).max_decoding_message_size(decode_max))
+        .add_service(pb::catalog_service_server::CatalogServiceServer::new(api.clone()).max_decoding_message_size(decode_max))
+        .add_service(pb::audit_service_server::AuditServiceServer::new(api.clone()).max_decoding_message_size(decode_max))
+        .add_service(pb::admin_service_server::AdminServiceServer::new(api).max_decoding_message_size(decode_max));
+    let addr = listener.local_addr()?;
+    // `serve_with_incoming` ignores the builder's `tcp_nodelay`, so it is set here: without
+    // it Nagle's algorithm can hold a response's last small write until the client's
+    // delayed ACK (up to 40 ms on Linux).
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let mut stop_server = shutdown.clone();
+    let server = tokio::spawn(async move {
+        router
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = stop_server.wait_for(|stop| *stop).await;
+            })
+            .await
+    });
+    engine.apply_configuration().await;
+    let background = vec![tokio::spawn(sweeper(Arc::clone(&engine))), tokio::spawn(sealer(Arc::clone(&engine))), tokio::spawn(rate_sampler(Arc::clone(&engine)))];
+    tracing::info!(%addr, "engine serving");
+    Ok(RunningEngine { addr, engine, stop, server, background, runner })
+}
+
+fn tls_config(tls: &TlsFiles) -> anyhow::Result<tonic::transport::ServerTlsConfig> {
+    let cert = std::fs::read(&tls.cert).with_context(|| format!("cannot read TLS certificate {}", tls.cert.display()))?;
+    let key = std::fs::read(&tls.key).with_context(|| format!("cannot read TLS key {}", tls.key.display()))?;
+    let mut config = tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(cert, key));
+    if let Some(ca) = &tls.client_ca {
+        let ca = std::fs::read(ca).with_context(|| format!("cannot read client CA {}", ca.display()))?;
+        config = config.client_ca_root(tonic::transport::Certificate::from_pem(ca));
+    }
+    Ok(config)
+}
+
