@@ -22,10 +22,11 @@
 
 mod support;
 
+use support::sale::{buy_in, credential, reserve_request, upload};
 use support::rpc::{padded_empty, send_raw, send_typed, Meta, Req, Rpc, Service};
 use support::{start, Fixture, FRAME_HEADER_BYTES, REQUEST_BYTES_MAX, UPLOAD_BYTES_MAX};
 use engine::crypto::{self, RsaPrivate, SecretKey};
-use gateways::common::client::{self, Upload};
+use gateways::common::client;
 use gateways::common::cred::Credential;
 use proto::v1 as pb;
 use std::collections::BTreeMap;
@@ -221,50 +222,6 @@ struct World {
     dave_serial: String,
 }
 
-fn upload(title: &str) -> Upload {
-    Upload {
-        title: title.into(),
-        artist: "Artist".into(),
-        authors: vec!["Author".into()],
-        length_ms: 180_000,
-        price_minor: 199,
-        currency: "EUR".into(),
-        terms: client::standard_terms("label-1"),
-        content: (0..20_000u32).map(|i| (i % 251) as u8).collect(),
-        preview_clip: b"free preview clip".to_vec(),
-        image_descriptor: "cover.jpg".into(),
-    }
-}
-
-fn credential(response: Result<tonic::Response<pb::CredentialResponse>, Status>) -> Credential {
-    client::credential_of(response.expect("the operator registers a party").into_inner()).expect("a 32-byte secret")
-}
-
-/// Reserve → Authorize → IssueVoucher, issued in `region` (so to the node of that region).
-async fn buy_in(merchant: &mut client::MerchantClient, prefix: &str, media: &str, region: &str) -> client::Sale {
-    let reserved = merchant.reserve(reserve_request(&format!("{prefix}-reserve"), media)).await.expect("reserve").into_inner();
-    let authorized =
-        merchant.authorize(pb::AuthorizeRequest { request_id: format!("{prefix}-authorize"), voucher_id: reserved.voucher_id.clone() }).await.expect("authorize").into_inner();
-    let issued = merchant
-        .issue_voucher(pb::IssueVoucherRequest { request_id: format!("{prefix}-issue"), voucher_id: reserved.voucher_id.clone(), region: region.into() })
-        .await
-        .expect("issue")
-        .into_inner();
-    client::Sale {
-        voucher_id: reserved.voucher_id,
-        receipt: authorized.receipt,
-        node_id: issued.node_id,
-        node_endpoint: issued.node_endpoint,
-        access_token: issued.access_token,
-        access_expires_at_ms: issued.access_expires_at_ms,
-        media_ids: vec![media.to_string()],
-    }
-}
-
-fn reserve_request(request_id: &str, media: &str) -> pb::ReserveRequest {
-    pb::ReserveRequest { request_id: request_id.into(), media_ids: vec![media.into()], rendition: "high".into(), ttl_ms: 15 * 60 * 1000, points_account: String::new(), payment_ref: "card".into() }
-}
-
 async fn build_world() -> World {
     let fx = start().await;
     let operator = fx.operator.clone();
@@ -287,7 +244,7 @@ async fn build_world() -> World {
     let mut merchant = client::merchant(fx.channel.clone(), a.clone());
     let sale = client::buy(&mut merchant, "sale", std::slice::from_ref(&media), None).await.expect("buy");
     let (x, y, x_region) = if sale.node_id == node_eu.id { (node_eu, node_us, "eu") } else { (node_us, node_eu, "us") };
-    let second = buy_in(&mut merchant, "second", &media, x_region).await;
+    let second = buy_in(&mut merchant, "second", &media, x_region).await.expect("a sale in X's region");
     assert_eq!(second.node_id, x.id, "issued in X's region, so to X");
     let pending = merchant.reserve(reserve_request("pending-1", &media)).await.expect("reserve").into_inner().voucher_id;
     let pending_to_void = merchant.reserve(reserve_request("pending-2", &media)).await.expect("reserve").into_inner().voucher_id;
@@ -383,8 +340,7 @@ impl World {
 
     /// A proof of `sale`'s receipt, bound to `node` and `challenge`.
     fn proof(receipt: &[u8], voucher: &str, node: &str, challenge: &[u8]) -> Vec<u8> {
-        let receipt = SecretKey::from_bytes(receipt.try_into().expect("a 32-byte receipt"));
-        crypto::receipt_proof(&receipt, voucher, node, challenge).to_vec()
+        support::sale::proof(receipt, voucher, node, challenge)
     }
 
     /// A redemption of the sale by consumer alice, with a proof made for `node`.

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod rpc;
+pub mod sale;
 
 use engine::crypto;
 use engine::log::embedded::EmbeddedLog;

@@ -1,0 +1,56 @@
+//! The sale-building helpers the gRPC matrix tests share: a standard upload, credentials
+//! from registration answers, Reserve requests, a sale issued in a region, receipt proofs.
+
+use engine::crypto::{self, SecretKey};
+use gateways::common::client::{self, Upload};
+use gateways::common::cred::Credential;
+use proto::v1 as pb;
+use tonic::Status;
+
+pub fn upload(title: &str) -> Upload {
+    Upload {
+        title: title.into(),
+        artist: "Artist".into(),
+        authors: vec!["Author".into()],
+        length_ms: 180_000,
+        price_minor: 199,
+        currency: "EUR".into(),
+        terms: client::standard_terms("label-1"),
+        content: (0..20_000u32).map(|i| (i % 251) as u8).collect(),
+        preview_clip: b"free preview clip".to_vec(),
+        image_descriptor: "cover.jpg".into(),
+    }
+}
+
+pub fn credential(response: Result<tonic::Response<pb::CredentialResponse>, Status>) -> Credential {
+    client::credential_of(response.expect("the operator registers a party").into_inner()).expect("a 32-byte secret")
+}
+
+pub fn reserve_request(request_id: &str, media: &str) -> pb::ReserveRequest {
+    pb::ReserveRequest { request_id: request_id.into(), media_ids: vec![media.into()], rendition: "high".into(), ttl_ms: 15 * 60 * 1000, points_account: String::new(), payment_ref: "card".into() }
+}
+
+/// Reserve → Authorize → IssueVoucher, issued in `region` (so to the node of that region).
+pub async fn buy_in(merchant: &mut client::MerchantClient, prefix: &str, media: &str, region: &str) -> Result<client::Sale, Status> {
+    let reserved = merchant.reserve(reserve_request(&format!("{prefix}-reserve"), media)).await?.into_inner();
+    let authorized = merchant.authorize(pb::AuthorizeRequest { request_id: format!("{prefix}-authorize"), voucher_id: reserved.voucher_id.clone() }).await?.into_inner();
+    let issued = merchant
+        .issue_voucher(pb::IssueVoucherRequest { request_id: format!("{prefix}-issue"), voucher_id: reserved.voucher_id.clone(), region: region.into() })
+        .await?
+        .into_inner();
+    Ok(client::Sale {
+        voucher_id: reserved.voucher_id,
+        receipt: authorized.receipt,
+        node_id: issued.node_id,
+        node_endpoint: issued.node_endpoint,
+        access_token: issued.access_token,
+        access_expires_at_ms: issued.access_expires_at_ms,
+        media_ids: vec![media.to_string()],
+    })
+}
+
+/// A proof of a receipt, bound to `node` and `challenge`.
+pub fn proof(receipt: &[u8], voucher: &str, node: &str, challenge: &[u8]) -> Vec<u8> {
+    let receipt = SecretKey::from_bytes(receipt.try_into().expect("a 32-byte receipt"));
+    crypto::receipt_proof(&receipt, voucher, node, challenge).to_vec()
+}
