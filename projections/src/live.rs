@@ -7,7 +7,7 @@
 use crate::store::{CommitError, LoadError, OpenOutcome, ProjectionStore, StoreError};
 use crate::store;
 use crate::{stream_link, Finding, Projections, SealError};
-use engine::app::Allocator;
+use engine::placement::Allocator;
 use engine::crypto::{RsaPublic, SecretKey};
 use engine::domain::event::RightsReportSealed;
 use engine::ids::{Millis, NodeId, Seq};

@@ -216,6 +216,24 @@ fn grpc_statuses_are_built_only_in_the_status_mapping_modules() {
     )
 }
 
+/// Projections only read (DESIGN.md, "Layout"): they compute advice (a node, what is due,
+/// a seal draft) and never decide or append; `engine::app` does. So nothing in
+/// `projections/src` names the use cases (`engine::app`), the command handler
+/// (`engine::handler`, `Handler`) or an append.
+#[test]
+fn projections_name_no_use_case_handler_or_append() {
+    let mut hits = Vec::new();
+    for source in sources(&["projections"]) {
+        for (line, text) in &source.lines {
+            let writes = ["engine::app", "engine::handler", "Handler", "Market", ".handle::<", "log.append(", "EventLog::append"].iter().any(|needle| text.contains(needle));
+            if writes {
+                hits.push((source.path.clone(), *line, text.clone()));
+            }
+        }
+    }
+    judge("projections name a use case, the handler or an append", hits, &[])
+}
+
 /// Every queue has a limit (STYLE.md): an unbounded channel turns a slow consumer into
 /// unbounded memory.
 #[test]
