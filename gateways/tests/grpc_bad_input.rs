@@ -977,7 +977,7 @@ async fn a_refused_or_retried_publish_stores_no_bytes() {
     let refused = catalog.publish_media(fresh).await.expect_err("refused");
     assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
     let orphan = engine::ids::media_id_for(&world.operator.id, &engine::ids::RequestId("fresh-refused".into()));
-    if fx.engine.engine.media.get(&orphan.0, engine::media_store::Part::Container).await.expect("read the media store").is_some() {
+    if fx.engine.state.media.get(&orphan.0, engine::media_store::Part::Container).await.expect("read the media store").is_some() {
         problems.push("a refused PublishMedia left its container in the media store");
     }
     assert_eq!(fx.head().await, head, "nothing appended");
@@ -1001,7 +1001,7 @@ async fn a_node_changes_its_capacity_back_and_forth() {
     for slots_max in [8, 4, 8, 4] {
         let head = fx.head().await;
         delivery.register_node(pb::RegisterNodeRequest { region: String::new(), slots_max, endpoint: "http://127.0.0.1:1".into() }).await.expect("register node");
-        let state = fx.engine.engine.market.handler().load::<engine::domain::party::Node>(&node.id).await.expect("load the node").state.clone();
+        let state = fx.engine.state.market.handler().load::<engine::domain::party::Node>(&node.id).await.expect("load the node").state.clone();
         recorded.push((slots_max, state.slots_max, fx.head().await - head));
     }
     assert_eq!(recorded, vec![(8, 8, 1), (4, 4, 1), (8, 8, 1), (4, 4, 1)], "(announced, recorded, events appended) per RegisterNode");

@@ -154,7 +154,7 @@ async fn publish_buy_deliver_decrypt_over_grpc() {
     let last = last.expect("a final message");
     assert!(last.done && last.chain_ok && last.first_bad.is_empty(), "{last:?}");
     assert_eq!(last.state_digest.len(), 32);
-    fixture.engine.engine.live.caught_up(fixture.log.last_seq().await.expect("head")).await;
+    fixture.engine.state.live.caught_up(fixture.log.last_seq().await.expect("head")).await;
     let totals = audit.totals(pb::TotalsRequest {}).await.expect("totals").into_inner();
     assert!(totals.lines.iter().any(|line| line.dimension == "Media" && line.key == published.media_id && line.deliveries == 1), "{totals:?}");
     fixture.engine.shutdown().await.expect("graceful shutdown");

@@ -534,12 +534,12 @@ async fn publish_left_bytes(world: &World, case: &Case, gate: Gate, code: Code) 
         return None;
     }
     let media_id = engine::ids::media_id_for(&world.operator.id, &RequestId(request.request_id.clone()));
-    let engine = &world.fx.engine.engine;
-    let media = engine.market.handler().load::<engine::domain::catalog::Media>(&media_id.0).await.expect("load the media");
+    let state = &world.fx.engine.state;
+    let media = state.market.handler().load::<engine::domain::catalog::Media>(&media_id.0).await.expect("load the media");
     if media.state.published.is_some() {
         return None;
     }
-    let stored = engine.media.get(&media_id.0, engine::media_store::Part::Container).await.expect("read the media store");
+    let stored = state.media.get(&media_id.0, engine::media_store::Part::Container).await.expect("read the media store");
     stored.map(|_| format!("a refused PublishMedia ({code:?}) left a container in the media store under {}", media_id.0))
 }
 
@@ -735,7 +735,7 @@ async fn points_reservations(world: &World, request_ids: &[&str]) -> Vec<String>
 }
 
 async fn points_account(world: &World) -> engine::domain::account::Account {
-    world.fx.engine.engine.market.handler().load::<engine::domain::account::Account>("acct-1").await.expect("load acct-1").state.clone()
+    world.fx.engine.state.market.handler().load::<engine::domain::account::Account>("acct-1").await.expect("load acct-1").state.clone()
 }
 
 /// Found by `hostile_requests_against_every_rpc` (seeds 7, 8 and the default seed at

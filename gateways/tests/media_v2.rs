@@ -153,14 +153,14 @@ async fn a_signed_multi_rendition_container_is_checked_published_streamed_and_de
     renamed.renditions[1].name = "medium".into();
     assert_eq!(refuse(renamed).await.code(), Code::InvalidArgument);
     assert_eq!(log.last_seq().await.expect("head"), head, "refused publications write nothing");
-    assert!(engine.engine.media.get(&own_id("pub-1").0, engine::media_store::Part::Container).await.expect("store").is_none(), "nor store bytes");
+    assert!(engine.state.media.get(&own_id("pub-1").0, engine::media_store::Part::Container).await.expect("store").is_none(), "nor store bytes");
 
     // The real publication.
     let published = client::publish_container(&mut catalog, &operator.id, "pub-1", &engine_public, &publisher_key(), song.clone()).await.expect("publish");
     assert_eq!(published.format_version, 2);
     assert_eq!(published.media_id, own_id("pub-1").0);
     assert_eq!(published.content_hash, crypto::hash(&high));
-    let stored = engine.engine.media.get(&published.media_id, engine::media_store::Part::Container).await.expect("store").expect("stored");
+    let stored = engine.state.media.get(&published.media_id, engine::media_store::Part::Container).await.expect("store").expect("stored");
     let report = gateways::cli::inspect::inspect_bytes(&stored, None, Some(&publisher_key().public()));
     assert_eq!((report.kind, report.format_version, report.signature_ok, report.publisher_key_ok), (Some("container"), Some(2), Some(true), Some(true)), "{report:?}");
     assert_eq!(report.media_id.as_deref(), Some(published.media_id.as_str()));
@@ -295,7 +295,7 @@ async fn the_publish_command_builds_a_signed_container_from_files_and_inspect_sh
     let (code, again, stderr) = run(publish).await.expect("publish ran");
     assert_eq!((code, again["media"][0]["media_id"].as_str()), (0, Some(media_id.as_str())), "{stderr}");
 
-    let stored = engine.engine.media.get(&media_id, engine::media_store::Part::Container).await.expect("store").expect("stored");
+    let stored = engine.state.media.get(&media_id, engine::media_store::Part::Container).await.expect("store").expect("stored");
     std::fs::write(root.join("published.vsmc"), &stored).expect("write");
     let inspect = ["inspect", "published.vsmc", "--publisher-key", "publisher-data/publisher/publisher.pub.pem", "--json"].map(String::from).to_vec();
     let (code, report, stderr) = run(inspect.clone()).await.expect("inspect ran");

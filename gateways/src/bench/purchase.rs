@@ -202,8 +202,8 @@ impl GrpcMarket {
 
     /// Waits until the engine's projections applied every event stored so far.
     pub(super) async fn caught_up(&self) -> anyhow::Result<()> {
-        let engine = &self.engine.engine;
-        engine.live.caught_up(engine.log.last_seq().await?).await;
+        let state = &self.engine.state;
+        state.live.caught_up(state.log.last_seq().await?).await;
         Ok(())
     }
 

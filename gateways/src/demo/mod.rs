@@ -293,12 +293,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
     let (stream_events, state_digest, audit_ok);
     match &local {
         Some(local) => {
-            let engine = &local.running.engine;
+            let state = &local.running.state;
             pin = seal(local, &data_dir).await?;
             let last = local.log.last_seq().await?;
-            engine.live.caught_up(last).await;
+            state.live.caught_up(last).await;
             let (live_digest, entries, seal_count, seal_faults) =
-                engine.live.read(|p| (p.digest(), p.royalty.entries.len() as u64, p.royalty.seals.len() as u64, p.royalty.seal_faults.len()));
+                state.live.read(|p| (p.digest(), p.royalty.entries.len() as u64, p.royalty.seals.len() as u64, p.royalty.seal_faults.len()));
             if seal_faults > 0 {
                 bail!("{seal_faults} rights-report seals in this stream do not match the royalty chain (were other keys used with this data dir?)");
             }
@@ -399,9 +399,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
 /// Seals the royalty entries not sealed yet and appends the seal to the witness file;
 /// returns the new seal's hash (to pin the audit to).
 async fn seal(local: &LocalEngine, data_dir: &std::path::Path) -> anyhow::Result<Option<[u8; 32]>> {
-    let engine = &local.running.engine;
-    engine.live.caught_up(local.log.last_seq().await?).await;
-    let Some(seal) = crate::server::seal_once(&engine.live, &engine.market, 1).await? else { return Ok(None) };
+    let state = &local.running.state;
+    state.live.caught_up(local.log.last_seq().await?).await;
+    let Some(seal) = crate::server::seal_once(&state.live, &state.market, 1).await? else { return Ok(None) };
     crate::common::witness::append(data_dir, &seal)?;
     Ok(Some(engine::domain::report::Report::seal_hash(&seal)))
 }

@@ -29,19 +29,19 @@ pub(super) fn node_status_name(status: engine::domain::party::NodeStatus) -> &'s
 impl Api {
     /// The statistics the seed's administration module lists, and a modern operator expects.
     pub async fn stats(&self) -> Result<pb::StatsResponse, Status> {
-        let head = self.engine.log.last_seq().await.map_err(|error| crate::server::status::stream_unreadable("the engine", &error))?;
-        let (allocation, issued, pending, delivered, entries, seals) = self.engine.live.read(|p| {
+        let head = self.state.log.last_seq().await.map_err(|error| crate::server::status::stream_unreadable("the engine", &error))?;
+        let (allocation, issued, pending, delivered, entries, seals) = self.state.live.read(|p| {
             let allocation: Vec<(NodeId, projections::allocation::NodeSlots)> = p.allocation.nodes.iter().map(|(id, slots)| (id.clone(), slots.clone())).collect();
             let issued = [VoucherStatus::Issued, VoucherStatus::Redeeming, VoucherStatus::Delivered].into_iter().map(|status| p.vouchers.count(status)).sum::<usize>();
             (allocation, issued, p.vouchers.count(VoucherStatus::Pending), p.vouchers.count(VoucherStatus::Delivered), p.royalty.entries.len(), p.royalty.seals.len())
         });
-        let live: HashMap<NodeId, engine::placement::NodeLive> = self.engine.nodes.snapshot().into_iter().collect();
+        let live: HashMap<NodeId, engine::placement::NodeLive> = self.state.nodes.snapshot().into_iter().collect();
         let mut nodes = Vec::with_capacity(allocation.len());
         for (node_id, slots) in allocation {
             let status = self.market().handler().load::<engine::domain::party::Node>(&node_id.0).await.map_err(|e| fail(e.into()))?.state.status;
             let announced = live.get(&node_id).cloned().unwrap_or_default();
             nodes.push(pb::NodeStatsView {
-                healthy: self.engine.nodes.healthy(&node_id),
+                healthy: self.state.nodes.healthy(&node_id),
                 node_id: node_id.0,
                 streams_max: slots.slots_max,
                 streams_in_use: slots.in_use,
@@ -54,11 +54,11 @@ impl Api {
             });
         }
         Ok(pb::StatsResponse {
-            uptime_s: self.engine.uptime().as_secs(),
+            uptime_s: self.state.uptime().as_secs(),
             vouchers_issued: issued as u64,
             nodes,
-            projection_lag: self.engine.live.lag(head),
-            events_per_s: self.engine.rate.per_second(),
+            projection_lag: self.state.live.lag(head),
+            events_per_s: self.state.rate.per_second(),
             stream_events: head.0,
             royalty_entries: entries as u64,
             seals: seals as u64,
@@ -95,7 +95,7 @@ impl pb::admin_service_server::AdminService for Api {
             let message = request.get_ref();
             let request_id = request_id(&message.request_id)?;
             self.market().set_config(&operator, &request_id, &message.key, &message.value).await.map_err(fail)?;
-            self.engine.apply_configuration().await;
+            self.state.apply_configuration().await;
             let config = self.market().config().await.map_err(fail)?;
             Ok(config_response(&config))
         }

@@ -15,7 +15,7 @@ use super::*;
 /// All four services over one engine.
 #[derive(Clone)]
 pub struct Api {
-    pub(super) engine: Arc<Engine>,
+    pub(super) state: Arc<EngineState>,
 }
 
 pub(super) fn fail(error: engine::app::AppError) -> Status {
@@ -48,11 +48,11 @@ impl Api {
     pub(super) fn answer<T>(&self, result: Result<T, Status>) -> Result<Response<T>, Status> {
         match result {
             Ok(message) => {
-                self.engine.metrics.count_code(tonic::Code::Ok);
+                self.state.metrics.count_code(tonic::Code::Ok);
                 Ok(Response::new(message))
             }
             Err(status) => {
-                self.engine.metrics.count_code(status.code());
+                self.state.metrics.count_code(status.code());
                 Err(status)
             }
         }
@@ -80,7 +80,7 @@ impl Api {
     }
 
     pub(super) fn market(&self) -> &Market {
-        &self.engine.market
+        &self.state.market
     }
 }
 

@@ -29,17 +29,17 @@ impl pb::audit_service_server::AuditService for Api {
                 Err(status) => return self.answer(Err(status)),
             },
         };
-        let permit = match Arc::clone(&self.engine.replays).try_acquire_owned() {
+        let permit = match Arc::clone(&self.state.replays).try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => return self.answer(Err(replays_busy())),
         };
         let (sender, receiver) = mpsc::channel(STREAM_BUFFER_MESSAGES);
-        let engine = Arc::clone(&self.engine);
+        let state = Arc::clone(&self.state);
         tokio::spawn(async move {
             let _permit = permit;
             let progress_sender = sender.clone();
             let mut reported = 0u64;
-            let report = projections::audit::replay(engine.log.as_ref(), &engine.royalty_master, &engine.engine_public, pin, move |events| {
+            let report = projections::audit::replay(state.log.as_ref(), &state.royalty_master, &state.engine_public, pin, move |events| {
                 if events >= reported + REPLAY_PROGRESS_EVERY_EVENTS {
                     reported = events;
                     // Progress is best effort: a slow reader skips updates, never the result.
@@ -65,8 +65,8 @@ impl pb::audit_service_server::AuditService for Api {
 
     async fn verify_chain(&self, _request: Request<pb::VerifyChainRequest>) -> Result<Response<pb::VerifyChainResponse>, Status> {
         let result = async {
-            let _permit = Arc::clone(&self.engine.replays).try_acquire_owned().map_err(|_| replays_busy())?;
-            let report = projections::audit::replay(self.engine.log.as_ref(), &self.engine.royalty_master, &self.engine.engine_public, None, |_| {})
+            let _permit = Arc::clone(&self.state.replays).try_acquire_owned().map_err(|_| replays_busy())?;
+            let report = projections::audit::replay(self.state.log.as_ref(), &self.state.royalty_master, &self.state.engine_public, None, |_| {})
                 .await
                 .map_err(|error| crate::server::status::stream_unreadable("the replay", &error))?;
             Ok(pb::VerifyChainResponse { entries: report.royalty_entries, seals_verified: report.seals_verified, chain_ok: report.chain_ok, first_bad: first_bad_text(&report) })
@@ -76,7 +76,7 @@ impl pb::audit_service_server::AuditService for Api {
     }
 
     async fn totals(&self, _request: Request<pb::TotalsRequest>) -> Result<Response<pb::TotalsResponse>, Status> {
-        let lines = self.engine.live.read(|p| {
+        let lines = self.state.live.read(|p| {
             p.royalty
                 .totals
                 .iter()

@@ -45,7 +45,7 @@ impl pb::catalog_service_server::CatalogService for Api {
                 wrapped_media_key: message.wrapped_media_key,
             };
             let preview_clip = bytes::Bytes::from(message.preview_clip);
-            let media = self.market().publish(&publisher, &request_id, input, container, preview_clip, &self.engine.media).await.map_err(fail)?;
+            let media = self.market().publish(&publisher, &request_id, input, container, preview_clip, &self.state.media).await.map_err(fail)?;
             Ok(pb::PublishMediaResponse { media_id: media.0 })
         }
         .await;

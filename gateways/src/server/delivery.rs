@@ -42,7 +42,7 @@ impl pb::delivery_service_server::DeliveryService for Api {
                 return Err(invalid("endpoint", "must be an http:// or https:// URL of at most 256 characters"));
             }
             let access_key = self.market().announce_node(&node, message.slots_max).await.map_err(fail)?;
-            self.engine.nodes.announce(&node, endpoint);
+            self.state.nodes.announce(&node, endpoint);
             Ok(pb::RegisterNodeResponse { node_id: node.0, access_key: access_key.expose().to_vec() })
         }
         .await;
@@ -54,7 +54,7 @@ impl pb::delivery_service_server::DeliveryService for Api {
             let node = Self::node(&request)?;
             let message = request.get_ref();
             let beat = Heartbeat { slots_in_use: message.slots_in_use, cache_items: message.cache_items, cache_accesses: message.cache_accesses, cache_misses: message.cache_misses };
-            if !self.engine.nodes.heartbeat(&node, beat) {
+            if !self.state.nodes.heartbeat(&node, beat) {
                 return Err(crate::server::status::node_must_register());
             }
             Ok(pb::HeartbeatResponse {})
@@ -71,8 +71,8 @@ impl pb::delivery_service_server::DeliveryService for Api {
         };
         let from = Seq(request.get_ref().after_seq.saturating_add(1));
         let (sender, receiver) = mpsc::channel(STREAM_BUFFER_MESSAGES);
-        let mut events = self.engine.log.follow(from);
-        let mut shutdown = self.engine.shutdown.clone();
+        let mut events = self.state.log.follow(from);
+        let mut shutdown = self.state.shutdown.clone();
         tokio::spawn(async move {
             loop {
                 let next = tokio::select! {
@@ -208,7 +208,7 @@ impl pb::delivery_service_server::DeliveryService for Api {
                 Ok(pb::MediaPart::Unspecified) | Err(_) => return Err(invalid("part", "must be MEDIA_PART_CONTAINER or MEDIA_PART_PREVIEW_CLIP")),
             };
             let bytes = self
-                .engine
+                .state
                 .media
                 .get(&media.0, part)
                 .await

@@ -70,15 +70,15 @@ pub async fn sweep_once(live: &Live, market: &Market, limit: usize) -> Result<(u
 }
 
 /// Voids reservations past due and settles interrupted points holds, every interval.
-pub(super) async fn sweeper(engine: Arc<Engine>) {
-    let mut shutdown = engine.shutdown.clone();
-    let mut tick = tokio::time::interval(engine.config.sweep_interval);
+pub(super) async fn sweeper(state: Arc<EngineState>) {
+    let mut shutdown = state.shutdown.clone();
+    let mut tick = tokio::time::interval(state.config.sweep_interval);
     loop {
         tokio::select! {
             _ = shutdown.wait_for(|stop| *stop) => return,
             _ = tick.tick() => {}
         }
-        if let Err(error) = sweep_once(&engine.live, &engine.market, SWEEP_BATCH_MAX).await {
+        if let Err(error) = sweep_once(&state.live, &state.market, SWEEP_BATCH_MAX).await {
             tracing::warn!(%error, "sweep failed; retrying at the next interval");
         }
     }
@@ -88,25 +88,25 @@ pub(super) async fn sweeper(engine: Arc<Engine>) {
 /// passed with at least `seal_entries_min` waiting (DESIGN.md: every N entries or T
 /// seconds), and appends each seal to the witness file for auditors to pin. The operator's
 /// `seal.*` configuration (events) wins over the serve settings.
-pub(super) async fn sealer(engine: Arc<Engine>) {
-    let mut shutdown = engine.shutdown.clone();
+pub(super) async fn sealer(state: Arc<EngineState>) {
+    let mut shutdown = state.shutdown.clone();
     let mut last_seal = Instant::now();
     loop {
         tokio::select! {
             _ = shutdown.wait_for(|stop| *stop) => return,
-            _ = tokio::time::sleep(SEAL_CHECK_INTERVAL.min(engine.config.seal_interval)) => {}
+            _ = tokio::time::sleep(SEAL_CHECK_INTERVAL.min(state.config.seal_interval)) => {}
         }
-        let interval = engine.configured("seal.interval_ms").await.map_or(engine.config.seal_interval, Duration::from_millis);
-        let entries_max = engine.configured("seal.entries_max").await.unwrap_or(u64::MAX);
-        let waiting = engine.live.read(|p| (p.royalty.entries.len() as u64).saturating_sub(p.royalty.next_seal_entry()));
-        let due = waiting >= entries_max.max(1) || (last_seal.elapsed() >= interval && waiting >= engine.config.seal_entries_min.max(1));
+        let interval = state.configured("seal.interval_ms").await.map_or(state.config.seal_interval, Duration::from_millis);
+        let entries_max = state.configured("seal.entries_max").await.unwrap_or(u64::MAX);
+        let waiting = state.live.read(|p| (p.royalty.entries.len() as u64).saturating_sub(p.royalty.next_seal_entry()));
+        let due = waiting >= entries_max.max(1) || (last_seal.elapsed() >= interval && waiting >= state.config.seal_entries_min.max(1));
         if !due {
             continue;
         }
-        match seal_once(&engine.live, &engine.market, engine.config.seal_entries_min.max(1)).await {
+        match seal_once(&state.live, &state.market, state.config.seal_entries_min.max(1)).await {
             Ok(Some(seal)) => {
                 last_seal = Instant::now();
-                if let Err(error) = crate::common::witness::append(&engine.config.data_dir, &seal) {
+                if let Err(error) = crate::common::witness::append(&state.config.data_dir, &seal) {
                     tracing::warn!(%error, "cannot write the witness file");
                 }
             }
@@ -117,16 +117,16 @@ pub(super) async fn sealer(engine: Arc<Engine>) {
 }
 
 /// Samples the stream head every second for `events_per_s`.
-pub(super) async fn rate_sampler(engine: Arc<Engine>) {
-    let mut shutdown = engine.shutdown.clone();
+pub(super) async fn rate_sampler(state: Arc<EngineState>) {
+    let mut shutdown = state.shutdown.clone();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             _ = shutdown.wait_for(|stop| *stop) => return,
             _ = tick.tick() => {}
         }
-        if let Ok(head) = engine.log.last_seq().await {
-            engine.rate.record(Instant::now(), head.0);
+        if let Ok(head) = state.log.last_seq().await {
+            state.rate.record(Instant::now(), head.0);
         }
     }
 }

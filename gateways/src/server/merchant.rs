@@ -61,11 +61,11 @@ impl pb::merchant_service_server::MerchantService for Api {
             let message = request.get_ref();
             let request_id = request_id(&message.request_id)?;
             let voucher = id("voucher_id", &message.voucher_id, VoucherId)?;
-            let access_ttl_ms = self.engine.configured("access.ttl_ms").await.unwrap_or(self.engine.config.access_ttl_ms);
+            let access_ttl_ms = self.state.configured("access.ttl_ms").await.unwrap_or(self.state.config.access_ttl_ms);
             let answer = self.market().issue(&merchant, &request_id, &voucher, region(&message.region), access_ttl_ms).await.map_err(fail)?;
             Ok(pb::IssueVoucherResponse {
                 voucher_id: answer.voucher_id.0,
-                node_endpoint: self.engine.nodes.endpoint(&answer.node_id).ok_or_else(|| crate::server::status::node_not_announced(&answer.node_id.0))?,
+                node_endpoint: self.state.nodes.endpoint(&answer.node_id).ok_or_else(|| crate::server::status::node_not_announced(&answer.node_id.0))?,
                 node_id: answer.node_id.0,
                 access_token: answer.access_token.to_vec(),
                 access_expires_at_ms: answer.access_expires_at.0,
@@ -82,7 +82,7 @@ impl pb::merchant_service_server::MerchantService for Api {
             let request_id = request_id(&message.request_id)?;
             let media = id("media_id", &message.media_id, MediaId)?;
             let (preview, node) = self.market().preview(&merchant, &request_id, &media, region(&message.region)).await.map_err(fail)?;
-            Ok(pb::PreviewResponse { preview_id: preview.0, node_endpoint: self.engine.nodes.endpoint(&node).ok_or_else(|| crate::server::status::node_not_announced(&node.0))?, node_id: node.0 })
+            Ok(pb::PreviewResponse { preview_id: preview.0, node_endpoint: self.state.nodes.endpoint(&node).ok_or_else(|| crate::server::status::node_not_announced(&node.0))?, node_id: node.0 })
         }
         .await;
         self.answer(result)

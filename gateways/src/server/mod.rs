@@ -110,8 +110,9 @@ impl EngineConfig {
 }
 
 
-/// The engine's shared state.
-pub struct Engine {
+/// What the server's handlers and jobs share: the market, the live projections, the log,
+/// the media store, node health, metrics and the settings it was started with.
+pub struct EngineState {
     pub market: Arc<Market>,
     pub live: Live,
     pub log: Arc<dyn EventLog>,
@@ -128,7 +129,7 @@ pub struct Engine {
     pub(super) shutdown: watch::Receiver<bool>,
 }
 
-impl Engine {
+impl EngineState {
     /// Brings the gauges up to date (before a scrape or a stats answer).
     pub async fn refresh_metrics(&self) {
         let head = self.log.last_seq().await.map(|seq| seq.0).unwrap_or(0);
@@ -183,7 +184,7 @@ impl Engine {
 /// A running engine: its bound address and how to stop it.
 pub struct RunningEngine {
     pub addr: SocketAddr,
-    pub engine: Arc<Engine>,
+    pub state: Arc<EngineState>,
     stop: watch::Sender<bool>,
     server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     background: Vec<tokio::task::JoinHandle<()>>,
@@ -193,7 +194,7 @@ pub struct RunningEngine {
 impl RunningEngine {
     /// `http://ADDR` (or https with TLS) for clients.
     pub fn url(&self) -> String {
-        let scheme = if self.engine.config.tls.is_some() { "https" } else { "http" };
+        let scheme = if self.state.config.tls.is_some() { "https" } else { "http" };
         format!("{scheme}://{}", self.addr)
     }
 
@@ -214,7 +215,7 @@ impl RunningEngine {
     /// Runs the dispatcher (`crate::server::dispatcher`) onto `feed`'s node-feed stream until the
     /// engine stops; a failure is logged and retried with capped backoff.
     pub fn dispatch_to(&mut self, feed: Arc<engine::log::jetstream::JetStreamLog>) {
-        let log = Arc::clone(&self.engine.log);
+        let log = Arc::clone(&self.state.log);
         let mut shutdown = self.stop.subscribe();
         self.background.push(tokio::spawn(async move {
             let mut backoff = Duration::from_millis(100);
@@ -295,7 +296,7 @@ pub async fn start(config: EngineConfig, log: Arc<dyn EventLog>, listener: tokio
     let market = Arc::new(Market::new(Arc::clone(&log), clock, Arc::clone(&keys), allocator));
     let (stop, shutdown) = watch::channel(false);
     let metrics = Arc::new(Metrics::new());
-    let engine = Arc::new(Engine {
+    let state = Arc::new(EngineState {
         market: Arc::clone(&market),
         live: live.clone(),
         log: Arc::clone(&log),
@@ -314,7 +315,7 @@ pub async fn start(config: EngineConfig, log: Arc<dyn EventLog>, listener: tokio
     let authenticator = Arc::new(Authenticator::new(Arc::clone(&market), operator.id.clone(), &operator.secret));
     let counted = Arc::clone(&metrics);
     let door = FrontDoor::new(authenticator, config.limits, Arc::new(move |code| counted.count_code(code)));
-    let api = Api { engine: Arc::clone(&engine) };
+    let api = Api { state: Arc::clone(&state) };
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<pb::merchant_service_server::MerchantServiceServer<Api>>().await;
     health.set_serving::<pb::delivery_service_server::DeliveryServiceServer<Api>>().await;
@@ -354,10 +355,10 @@ pub async fn start(config: EngineConfig, log: Arc<dyn EventLog>, listener: tokio
             })
             .await
     });
-    engine.apply_configuration().await;
-    let background = vec![tokio::spawn(sweeper(Arc::clone(&engine))), tokio::spawn(sealer(Arc::clone(&engine))), tokio::spawn(rate_sampler(Arc::clone(&engine)))];
+    state.apply_configuration().await;
+    let background = vec![tokio::spawn(sweeper(Arc::clone(&state))), tokio::spawn(sealer(Arc::clone(&state))), tokio::spawn(rate_sampler(Arc::clone(&state)))];
     tracing::info!(%addr, "engine serving");
-    Ok(RunningEngine { addr, engine, stop, server, background, runner })
+    Ok(RunningEngine { addr, state, stop, server, background, runner })
 }
 
 fn tls_config(tls: &TlsFiles) -> anyhow::Result<tonic::transport::ServerTlsConfig> {

@@ -214,13 +214,13 @@ pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output =
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} for metrics"))?;
             eprintln!("metrics on http://{}/metrics", listener.local_addr()?);
-            let engine = Arc::clone(&running.engine);
+            let state = Arc::clone(&running.state);
             let refresh: Arc<dyn Fn() -> futures::future::BoxFuture<'static, ()> + Send + Sync> = Arc::new(move || {
-                let engine = Arc::clone(&engine);
-                Box::pin(async move { engine.refresh_metrics().await })
+                let state = Arc::clone(&state);
+                Box::pin(async move { state.refresh_metrics().await })
             });
             let mut stopping = running.stopping();
-            Some(tokio::spawn(crate::server::metrics::serve(listener, Arc::clone(&running.engine.metrics), refresh, async move {
+            Some(tokio::spawn(crate::server::metrics::serve(listener, Arc::clone(&running.state.metrics), refresh, async move {
                 let _ = stopping.wait_for(|stop| *stop).await;
             })))
         }

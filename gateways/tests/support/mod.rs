@@ -58,6 +58,6 @@ impl Fixture {
     /// Waits until the live projections (the allocator among them) have applied the stream.
     pub async fn settle(&self) {
         let head = self.log.last_seq().await.expect("the stream head");
-        self.engine.engine.live.caught_up(head).await;
+        self.engine.state.live.caught_up(head).await;
     }
 }
