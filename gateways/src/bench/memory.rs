@@ -46,14 +46,7 @@ pub async fn rss_probe(url: &str, keys_dir: &Path, vouchers: usize) -> anyhow::R
     // it must match), so an engine that never sealed would hold one per event.
     let sealer = {
         let (live, market) = (engine.live.clone(), Arc::clone(&engine.market));
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(crate::server::SEAL_INTERVAL_DEFAULT).await;
-                if let Err(error) = crate::server::seal_once(&live, &market, 1).await {
-                    return Err::<(), _>(error);
-                }
-            }
-        })
+        tokio::spawn(async move { seal_every(&live, &market).await })
     };
     let meter = CpuMeter { server_pid: None };
     let (_, to_deliver) = engine.sell(0..vouchers, Some(DELIVERED_ONE_IN)).await?;
@@ -83,4 +76,12 @@ pub fn vm_rss_mb() -> anyhow::Result<f64> {
         .and_then(|number| number.parse().ok())
         .context("no VmRSS line in /proc/self/status")?;
     Ok(kib / 1024.0)
+}
+
+/// Seals every `SEAL_INTERVAL_DEFAULT`, as `serve` does, until a seal fails.
+async fn seal_every(live: &projections::Live, market: &engine::app::Market) -> Result<(), crate::server::jobs::SealJobError> {
+    loop {
+        tokio::time::sleep(crate::server::SEAL_INTERVAL_DEFAULT).await;
+        crate::server::seal_once(live, market, 1).await?;
+    }
 }

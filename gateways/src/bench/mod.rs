@@ -684,8 +684,6 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
     })
 }
 
-/// "client + server" CPU microseconds per operation, or "-".
-
 // ---------------------------------------------------------------------------------------
 // Helpers.
 
