@@ -115,36 +115,32 @@ fn judge(rule: &str, hits: Vec<(String, usize, String)>, allowed: &[(&str, &str)
 /// The functional core stays pure: `engine::domain` names nothing but std, itself and the
 /// id types (no async runtime, log, store, network, serialisation or clock), so replay
 /// never re-decides and the domain tests need no I/O.
-#[test]
-fn the_domain_imports_only_std_itself_and_the_id_types() {
+/// A line of the domain that names a path outside std, the domain and the id types.
+fn domain_line_reaches_out(text: &str) -> bool {
     // thiserror derives `Rejection`'s Display at compile time (no runtime, no I/O); the
     // primitive types' associated functions (`u64::from`) are std.
     const ROOTS_ALLOWED: &[&str] = &["std", "core", "alloc", "crate", "super", "self", "Self", "thiserror", "u8", "u16", "u32", "u64", "u128", "usize", "i8", "i16", "i32", "i64", "i128", "isize", "f32", "f64", "str", "char", "bool"];
     const CRATE_PATHS_ALLOWED: &[&str] = &["crate::domain", "crate::ids"];
+    let trimmed = text.trim_start();
+    // Lint attributes (`#[allow(clippy::…)]`) name no crate the code uses.
+    if trimmed.starts_with("#[allow(") || trimmed.starts_with("#[expect(") {
+        return false;
+    }
+    let foreign_root = path_words(text).into_iter().any(|word| word.chars().next().is_some_and(|c| c.is_ascii_lowercase()) && !is_local_module(word) && !ROOTS_ALLOWED.contains(&word));
+    let foreign_crate_path = text.match_indices("crate::").any(|(at, _)| !CRATE_PATHS_ALLOWED.iter().any(|allowed| text[at..].starts_with(allowed)));
+    foreign_root || foreign_crate_path
+}
+
+#[test]
+fn the_domain_imports_only_std_itself_and_the_id_types() {
     let mut hits = Vec::new();
     for source in sources(&["engine"]).into_iter().filter(|source| source.path.starts_with("engine/src/domain/")) {
         for (line, text) in &source.lines {
-            let trimmed = text.trim_start();
-            // Lint attributes (`#[allow(clippy::…)]`) name no crate the code uses.
-            if trimmed.starts_with("#[allow(") || trimmed.starts_with("#[expect(") {
-                continue;
-            }
-            let is_use = trimmed.starts_with("use ") || trimmed.starts_with("pub use ");
-            for word in path_words(text) {
-                let is_root = word.chars().next().is_some_and(|c| c.is_ascii_lowercase()) && !is_local_module(word);
-                if is_root && !ROOTS_ALLOWED.contains(&word) {
-                    hits.push((source.path.clone(), *line, text.clone()));
-                }
-            }
-            if is_use || text.contains("crate::") {
-                let bad_crate_path = text.match_indices("crate::").any(|(at, _)| !CRATE_PATHS_ALLOWED.iter().any(|allowed| text[at..].starts_with(allowed)));
-                if bad_crate_path {
-                    hits.push((source.path.clone(), *line, text.clone()));
-                }
+            if domain_line_reaches_out(text) {
+                hits.push((source.path.clone(), *line, text.clone()));
             }
         }
     }
-    hits.dedup_by(|a, b| a.0 == b.0 && a.1 == b.1);
     judge(
         "engine::domain may use only std, crate::domain and crate::ids",
         hits,
@@ -161,16 +157,20 @@ fn is_local_module(word: &str) -> bool {
 /// Crypto lives in one module (DESIGN.md, "Crypto (one module, one place)"): a primitive
 /// called elsewhere escapes the review that module gets (constant-time compares, zeroized
 /// keys, domain-separated derivations).
+fn calls_a_crypto_primitive(text: &str) -> bool {
+    const PRIMITIVES: &[&str] = &["rsa", "aes_gcm", "hmac", "blake3", "sha2", "subtle", "getrandom", "ed25519_dalek", "aws_lc_rs", "ring"];
+    path_words(text).iter().any(|word| PRIMITIVES.contains(word))
+}
+
 #[test]
 fn crypto_primitives_are_called_only_in_engine_crypto() {
-    const PRIMITIVES: &[&str] = &["rsa", "aes_gcm", "hmac", "blake3", "sha2", "subtle", "getrandom", "ed25519_dalek", "aws_lc_rs", "ring"];
     let mut hits = Vec::new();
     for source in sources(&["proto", "engine", "projections", "gateways"]) {
         if source.path.starts_with("engine/src/crypto") {
             continue;
         }
         for (line, text) in &source.lines {
-            if path_words(text).iter().any(|word| PRIMITIVES.contains(word)) {
+            if calls_a_crypto_primitive(text) {
                 hits.push((source.path.clone(), *line, text.clone()));
             }
         }
@@ -188,6 +188,15 @@ fn crypto_primitives_are_called_only_in_engine_crypto() {
 /// One status mapping: a refusal's gRPC code is chosen in one place per program
 /// (`server/status.rs`, `node/status.rs`), so the same rejection never gets two codes and
 /// no internal text slips into a status by accident.
+/// `Status::new(…)`, `Status::permission_denied(…)` and the like (a constructor call).
+fn builds_a_status(text: &str) -> bool {
+    text.match_indices("Status::").any(|(at, _)| {
+        let rest = &text[at + "Status::".len()..];
+        let name: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+        name.chars().next().is_some_and(|c| c.is_ascii_lowercase()) && rest[name.len()..].starts_with('(')
+    })
+}
+
 #[test]
 fn grpc_statuses_are_built_only_in_the_status_mapping_modules() {
     let mut hits = Vec::new();
@@ -196,12 +205,7 @@ fn grpc_statuses_are_built_only_in_the_status_mapping_modules() {
             continue;
         }
         for (line, text) in &source.lines {
-            let builds = text.match_indices("Status::").any(|(at, _)| {
-                let rest = &text[at + "Status::".len()..];
-                let name: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
-                name.chars().next().is_some_and(|c| c.is_ascii_lowercase()) && rest[name.len()..].starts_with('(')
-            });
-            if builds {
+            if builds_a_status(text) {
                 hits.push((source.path.clone(), *line, text.clone()));
             }
         }
@@ -220,13 +224,16 @@ fn grpc_statuses_are_built_only_in_the_status_mapping_modules() {
 /// a seal draft) and never decide or append; `engine::app` does. So nothing in
 /// `projections/src` names the use cases (`engine::app`), the command handler
 /// (`engine::handler`, `Handler`) or an append.
+fn names_a_writer(text: &str) -> bool {
+    ["engine::app", "engine::handler", "Handler", "Market", ".handle::<", "log.append(", "EventLog::append"].iter().any(|needle| text.contains(needle))
+}
+
 #[test]
 fn projections_name_no_use_case_handler_or_append() {
     let mut hits = Vec::new();
     for source in sources(&["projections"]) {
         for (line, text) in &source.lines {
-            let writes = ["engine::app", "engine::handler", "Handler", "Market", ".handle::<", "log.append(", "EventLog::append"].iter().any(|needle| text.contains(needle));
-            if writes {
+            if names_a_writer(text) {
                 hits.push((source.path.clone(), *line, text.clone()));
             }
         }
@@ -236,12 +243,16 @@ fn projections_name_no_use_case_handler_or_append() {
 
 /// Every queue has a limit (STYLE.md): an unbounded channel turns a slow consumer into
 /// unbounded memory.
+fn opens_an_unbounded_channel(text: &str) -> bool {
+    ["unbounded_channel", "UnboundedSender", "UnboundedReceiver", "mpsc::unbounded"].iter().any(|needle| text.contains(needle))
+}
+
 #[test]
 fn no_unbounded_channel_in_src() {
     let mut hits = Vec::new();
     for source in sources(&["proto", "engine", "projections", "gateways"]) {
         for (line, text) in &source.lines {
-            if ["unbounded_channel", "UnboundedSender", "UnboundedReceiver", "mpsc::unbounded"].iter().any(|needle| text.contains(needle)) {
+            if opens_an_unbounded_channel(text) {
                 hits.push((source.path.clone(), *line, text.clone()));
             }
         }
@@ -288,6 +299,10 @@ fn collect_all(dir: &Path, files: &mut Vec<PathBuf>) {
 /// The edge is one folder per program; the server, the node agent and the player never
 /// import each other (a node must be deployable without the engine's code paths, a player
 /// without either), and `common` imports no program.
+fn imports_a_program(text: &str, programs: &[&str]) -> bool {
+    programs.iter().any(|program| text.contains(&format!("crate::{program}::")) || text.contains(&format!("crate::{program};")) || text.contains(&format!("crate::{{{program}")))
+}
+
 #[test]
 fn gateway_programs_do_not_import_each_other() {
     const PROGRAMS: &[&str] = &["server", "node", "player"];
@@ -303,7 +318,7 @@ fn gateway_programs_do_not_import_each_other() {
             continue;
         };
         for (line, text) in &source.lines {
-            if forbidden.iter().any(|program| text.contains(&format!("crate::{program}::")) || text.contains(&format!("crate::{program};")) || text.contains(&format!("crate::{{{program}"))) {
+            if imports_a_program(text, &forbidden) {
                 hits.push((source.path.clone(), *line, text.clone()));
             }
         }
@@ -328,6 +343,21 @@ fn each_detector_catches_a_planted_violation() {
     assert_eq!(path_words("let x = tokio::spawn(async {});"), vec!["tokio"]);
     assert_eq!(path_words("use blake3::Hasher;"), vec!["blake3"]);
     assert!(path_words("engine::crypto::hash(x)") == vec!["engine"], "only the root of a path counts");
+    // Each rule's detector, on a line that breaks it and on one that does not.
+    assert!(domain_line_reaches_out("use tokio::sync::Mutex;") && domain_line_reaches_out("let now = std::time::SystemTime::now(); sled::open(p)"));
+    assert!(domain_line_reaches_out("use crate::log::EventLog;"), "a crate path outside domain and ids");
+    assert!(!domain_line_reaches_out("use crate::ids::{Millis, VoucherId};") && !domain_line_reaches_out("let total = u64::from(x) + std::cmp::max(a, b);"));
+    assert!(calls_a_crypto_primitive("let hash = blake3::hash(bytes);") && calls_a_crypto_primitive("use rsa::Oaep;"));
+    assert!(!calls_a_crypto_primitive("let hash = crypto::hash(bytes);"));
+    assert!(builds_a_status(r#"Err(Status::permission_denied("no"))"#) && builds_a_status("tonic::Status::new(code, text)"));
+    assert!(!builds_a_status("fn f() -> Result<(), Status> { status::wrong_role() }"), "naming the type is not building one");
+    assert!(builds_a_status("Status::from(error)"), "a conversion builds a status too");
+    assert!(names_a_writer("market.handler().handle::<Voucher>(…)") && names_a_writer("use engine::app::Market;"));
+    assert!(!names_a_writer("let seal = p.unsigned_seal(1);"));
+    assert!(opens_an_unbounded_channel("let (tx, rx) = tokio::sync::mpsc::unbounded_channel();"));
+    assert!(!opens_an_unbounded_channel("let (tx, rx) = tokio::sync::mpsc::channel(64);"));
+    assert!(imports_a_program("use crate::node::{Reassembly, CHALLENGE_BYTES};", &["server", "node"]) && imports_a_program("crate::server::start(config)", &["server"]));
+    assert!(!imports_a_program("use crate::common::transfer::Reassembly;", &["server", "node"]));
     let planted = vec![("engine/src/domain/voucher.rs".to_string(), 1, "tokio::spawn".to_string())];
     let caught = std::panic::catch_unwind(|| judge("planted", planted, &[]));
     assert!(caught.is_err(), "a violation without an allowlist entry fails");
