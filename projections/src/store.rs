@@ -2032,6 +2032,46 @@ mod tests {
         assert_eq!(memory.royalty.seals_verified, 2);
     }
 
+    /// The on-disk format, byte for byte: every key and value of a store that holds every
+    /// kind of row, from a stream that gives the same bytes on every run (fixed clock and
+    /// keys, the chain's fixed nonce, and a seal with a fixed signature, which does not
+    /// verify, so that a seal fault is stored too). A change of this digest is a change of
+    /// the format, which needs a new `FORMAT_MARKER` so that old stores are rebuilt rather
+    /// than misread.
+    #[test]
+    fn the_stored_bytes_are_those_of_format_3() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let (store, _) = ProjectionStore::open(dir.path()).expect("open");
+        let mut projections = store.load(Some(&master()), Some(test_keys::fixed_rsa().public())).expect("load");
+        let events = script();
+        let (first, second) = events.split_at(12);
+        apply_all(&mut projections, first.to_vec(), false);
+        store.commit(&mut projections).expect("commit");
+        apply_all(&mut projections, second.to_vec(), false);
+        let mut seal = projections.unsigned_seal(1).expect("chained").expect("entries to seal");
+        seal.engine_key_id = "k1".into();
+        seal.signature = vec![0x5a; 8];
+        apply_all(&mut projections, vec![Event::RightsReportSealed(seal)], false);
+        store.commit(&mut projections).expect("commit");
+        assert_eq!(projections.royalty.seal_faults.len(), 1, "the seal is stored with its fault");
+
+        let mut hasher = blake3::Hasher::new();
+        let mut dump = String::new();
+        let mut prefixes = BTreeSet::new();
+        for pair in store.db.iter() {
+            let (key, value) = pair.expect("read");
+            for part in [&key, &value] {
+                hasher.update(&(part.len() as u64).to_le_bytes());
+                hasher.update(part);
+            }
+            prefixes.insert(String::from_utf8_lossy(&key[..PREFIX_BYTES.min(key.len())]).into_owned());
+            dump.push_str(&format!("{} = {}\n", hex::encode(&key), String::from_utf8_lossy(&value).escape_debug()));
+        }
+        let expected = ["@ch", "@fo", "an/", "ap/", "ar/", "av/", "bl/", "bp/", "rc/", "re/", "rf/", "rl/", "rp/", "rs/", "rt/", "sh/", "vh/", "vr/"];
+        assert_eq!(prefixes, expected.into_iter().map(str::to_owned).collect(), "every kind of row is stored");
+        assert_eq!(hex::encode(hasher.finalize().as_bytes()), "8c4aa95837102d059e850b42fedf5a5530276861ff5282bb432fda5609370309", "the stored bytes changed:\n{dump}");
+    }
+
     #[test]
     fn a_seal_trims_the_stored_row_of_stream_heads_it_falls_in() {
         let dir = tempfile::tempdir().expect("temporary directory");
