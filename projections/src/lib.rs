@@ -19,6 +19,7 @@ pub mod export;
 mod live;
 pub mod royalty;
 pub mod royalty_log;
+mod serde_hex;
 pub mod store;
 pub mod vouchers;
 

@@ -15,6 +15,7 @@
 
 use engine::crypto::{self, RsaPrivate, RsaPublic, SecretKey};
 use engine::domain::event::RightsReportSealed;
+use crate::serde_hex::{hex_array, hex_bytes};
 use serde::{Deserialize, Serialize};
 
 /// Entries larger than this (encoded) are refused when read from an untrusted export.
@@ -277,28 +278,6 @@ pub fn sign_seal(private: &RsaPrivate, seal: &mut RightsReportSealed) -> Result<
 /// Checks a seal's signature with the engine's public key.
 pub fn verify_seal(public: &RsaPublic, seal: &RightsReportSealed) -> bool {
     seal.engine_key_id == public.key_id() && crypto::verify(public, &seal_message(seal), &seal.signature).is_ok()
-}
-
-mod hex_bytes {
-    pub fn serialize<S: serde::Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&hex::encode(bytes))
-    }
-    pub fn deserialize<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
-        let text: String = serde::Deserialize::deserialize(deserializer)?;
-        hex::decode(text).map_err(serde::de::Error::custom)
-    }
-}
-
-mod hex_array {
-    pub fn serialize<S: serde::Serializer>(bytes: &[u8; 32], serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&hex::encode(bytes))
-    }
-    pub fn deserialize<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<[u8; 32], D::Error> {
-        let text: String = serde::Deserialize::deserialize(deserializer)?;
-        let mut bytes = [0u8; 32];
-        hex::decode_to_slice(text, &mut bytes).map_err(serde::de::Error::custom)?;
-        Ok(bytes)
-    }
 }
 
 #[cfg(test)]

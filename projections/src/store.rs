@@ -86,6 +86,7 @@ use engine::crypto::{RsaPublic, SecretKey};
 use engine::domain::event::{RightsReportSealed, RoyaltyTerms};
 use engine::domain::voucher::VoucherStatus;
 use engine::ids::{AccountId, MediaId, MerchantId, Millis, NodeId, PreviewId, Seq, VoucherId};
+use crate::serde_hex::{hex_array, hex_option};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -1811,35 +1812,6 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         message.clone()
     } else {
         "unknown panic payload".to_owned()
-    }
-}
-
-mod hex_option {
-    pub fn serialize<S: serde::Serializer>(bytes: &Option<[u8; 32]>, serializer: S) -> Result<S::Ok, S::Error> {
-        match bytes {
-            Some(bytes) => serializer.serialize_some(&hex::encode(bytes)),
-            None => serializer.serialize_none(),
-        }
-    }
-    pub fn deserialize<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<[u8; 32]>, D::Error> {
-        let text: Option<String> = serde::Deserialize::deserialize(deserializer)?;
-        text.map(|text| {
-            let mut bytes = [0u8; 32];
-            hex::decode_to_slice(text, &mut bytes).map_err(serde::de::Error::custom).map(|()| bytes)
-        })
-        .transpose()
-    }
-}
-
-mod hex_array {
-    pub fn serialize<S: serde::Serializer>(bytes: &[u8; 32], serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&hex::encode(bytes))
-    }
-    pub fn deserialize<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<[u8; 32], D::Error> {
-        let text: String = serde::Deserialize::deserialize(deserializer)?;
-        let mut bytes = [0u8; 32];
-        hex::decode_to_slice(text, &mut bytes).map_err(serde::de::Error::custom)?;
-        Ok(bytes)
     }
 }
 
