@@ -7,13 +7,16 @@
 //! memory only, are not persisted by the projection store and are not in the digest.
 //!
 //! The slot holders and the released slots grow with the number of vouchers, so they are
-//! `store::Rows`: in memory for replays, cold in the projection store for a store-backed
-//! `Live` (only `Delivered` reads a holder back).
+//! `rows::Rows`: in memory for replays, cold in the projection store for a store-backed
+//! `Live` (only `Delivered` reads a holder back). How the store keeps all of it: `format`.
 
 use engine::domain::event::Event;
-use crate::store::{ReleasedRows, Rows, SlotRows, Touched};
+use crate::rows::{Rows, Touched};
 use engine::ids::{NodeId, PreviewId};
+use format::{ReleasedRows, SlotRows};
 use std::collections::BTreeMap;
+
+pub(crate) mod format;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeSlots {
@@ -113,7 +116,7 @@ impl Allocation {
 
     /// An allocation from its persisted parts, with no tentative holds (they are not
     /// derived from the stream, so a restarted process starts without any).
-    pub(crate) fn from_parts(
+    fn from_parts(
         nodes: BTreeMap<NodeId, NodeSlots>,
         vouchers: Rows<SlotRows>,
         previews: BTreeMap<PreviewId, NodeId>,

@@ -43,14 +43,17 @@
 //! sums to zero in each currency. Points are one currency of their own: a sale paid in
 //! points debits the points 1:1 in the sale's minor units, as the domain decides it.
 //!
-//! Which ledger and points accounts changed is noted for the projection store (`Touched`).
+//! Which ledger and points accounts changed is noted for the projection store (`Touched`);
+//! how the store keeps them: `format`.
 //! What is not here: deciding anything (the domain splits and checks) and the history of
 //! postings (the stream is the history).
 
-use crate::store::Touched;
+use crate::rows::Touched;
 use engine::domain::event::{Event, LedgerAccountKind, Posting};
 use engine::ids::AccountId;
 use std::collections::BTreeMap;
+
+pub(crate) mod format;
 
 /// One account of the settlement ledger: the currency of the sales it settles, and a
 /// posting's kind and account name.
@@ -228,7 +231,7 @@ impl Balances {
     }
 
     /// Balances from their persisted parts.
-    pub(crate) fn from_parts(ledger: BTreeMap<LedgerAccount, i128>, points: BTreeMap<AccountId, PointsBalance>) -> Self {
+    fn from_parts(ledger: BTreeMap<LedgerAccount, i128>, points: BTreeMap<AccountId, PointsBalance>) -> Self {
         Balances { ledger, points, ..Balances::default() }
     }
 

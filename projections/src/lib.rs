@@ -7,7 +7,10 @@
 //! durable projection store with its checkpoints in sled (`store`), which `Live::open`
 //! runs on: batches of applied events are committed with their checkpoint, and a restart
 //! resumes at `checkpoint + 1` (`Live::open_checked` first checks that the log it resumes
-//! on is the stream the store was built from).
+//! on is the stream the store was built from). Each projection keeps its storage format
+//! beside it (its `format` module), on the row machinery they and the store share
+//! (`rows`), so that imports run one way: `rows`, then the projections, then `store`,
+//! then `Live`.
 //! What is deliberately not here: decisions. A projection advises (the allocator's
 //! choice); the decision and its inputs are recorded in events by the engine.
 
@@ -19,6 +22,8 @@ pub mod export;
 mod live;
 pub mod royalty;
 pub mod royalty_log;
+mod rows;
+mod serde_hex;
 pub mod store;
 pub mod vouchers;
 

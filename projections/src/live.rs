@@ -102,7 +102,7 @@ impl Live {
         let storage = |reason: String| StoreError::Storage { path: dir.to_path_buf(), reason };
         let (store, outcome, projections) = match store.load(master, engine_key.clone()) {
             Ok(projections) => (store, outcome, projections),
-            Err(LoadError::MasterKeyMismatch(reason)) => return Err(StoreError::MasterKeyMismatch { path: dir.to_path_buf(), reason }),
+            Err(LoadError::MasterKeyMismatch(fault)) => return Err(StoreError::MasterKeyMismatch { path: dir.to_path_buf(), reason: fault.to_string() }),
             Err(LoadError::Storage(reason)) => return Err(storage(reason)),
             Err(rebuild @ (LoadError::ChainNotFromStart | LoadError::Inconsistent(_))) => {
                 let (store, outcome) = store.quarantine(&rebuild.to_string())?;
@@ -122,7 +122,7 @@ impl Live {
     /// store is quarantined (moved aside, never deleted) and a new one rebuilds from
     /// sequence 1: `OpenOutcome::Quarantined`, whose reason starts with `STREAM_MISMATCH`.
     /// What one event cannot see: a log equal at the checkpoint but different before it
-    /// (`store` module docs). The store is opened and checked on the blocking pool.
+    /// (`store::checkpoint` module docs). The store is opened and checked on the blocking pool.
     pub async fn open_checked(dir: &Path, master: Option<&SecretKey>, engine_key: Option<RsaPublic>, log: &dyn EventLog) -> Result<(Live, OpenOutcome), StoreError> {
         let task_failed = |error: tokio::task::JoinError| StoreError::Storage { path: dir.to_path_buf(), reason: format!("the open task failed: {error}") };
         let (path, key, public) = (dir.to_path_buf(), master.cloned(), engine_key.clone());
@@ -278,7 +278,7 @@ impl Live {
                 let emptied = Arc::clone(store);
                 tokio::task::spawn_blocking(move || emptied.reset())
                     .await
-                    .map_err(|e| RunError::Store(CommitError::Storage(format!("the reset task failed: {e}"))))??;
+                    .map_err(|error| RunError::Store(CommitError::Task { task: "reset", error }))??;
                 let prepared = {
                     let mut current = self.lock();
                     *current = projections;
@@ -288,7 +288,7 @@ impl Live {
                 let writer = Arc::clone(store);
                 let committed = tokio::task::spawn_blocking(move || writer.write(prepared))
                     .await
-                    .map_err(|e| RunError::Store(CommitError::Storage(format!("the commit task failed: {e}"))))??;
+                    .map_err(|error| RunError::Store(CommitError::Task { task: "commit", error }))??;
                 // The whole state is stored now: the rows that grow with the vouchers leave
                 // memory, as after a load.
                 store.spill(&mut self.lock());
@@ -327,7 +327,7 @@ impl Live {
                 let writer = Arc::clone(&store);
                 let committed = tokio::task::spawn_blocking(move || writer.write(prepared))
                     .await
-                    .map_err(|e| RunError::Store(CommitError::Storage(format!("the commit task failed: {e}"))))??;
+                    .map_err(|error| RunError::Store(CommitError::Task { task: "commit", error }))??;
                 // Stored: the batch's rows need no longer be held in memory.
                 ProjectionStore::rows_committed(&mut self.lock());
                 self.committed.send_replace(committed.checkpoint.last_seq);

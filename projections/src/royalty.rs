@@ -13,6 +13,7 @@
 //! and a Merkle root over the range's `Y_j`) and an auditor's pin of the newest seal close
 //! that gap; entries after the last seal are protected by the MAC chain only.
 
+use crate::serde_hex::{hex_array, hex_bytes};
 use engine::crypto::{self, SecretKey};
 use serde::{Deserialize, Serialize};
 
@@ -253,28 +254,6 @@ use engine::merkle::{leaf_hash, node_hash};
 // ---- seals ----
 
 pub use engine::seal::{seal_message, sign_seal, verify_seal};
-
-mod hex_bytes {
-    pub fn serialize<S: serde::Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&hex::encode(bytes))
-    }
-    pub fn deserialize<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
-        let text: String = serde::Deserialize::deserialize(deserializer)?;
-        hex::decode(text).map_err(serde::de::Error::custom)
-    }
-}
-
-mod hex_array {
-    pub fn serialize<S: serde::Serializer>(bytes: &[u8; 32], serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&hex::encode(bytes))
-    }
-    pub fn deserialize<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<[u8; 32], D::Error> {
-        let text: String = serde::Deserialize::deserialize(deserializer)?;
-        let mut bytes = [0u8; 32];
-        hex::decode_to_slice(text, &mut bytes).map_err(serde::de::Error::custom)?;
-        Ok(bytes)
-    }
-}
 
 #[cfg(test)]
 mod tests;

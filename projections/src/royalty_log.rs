@@ -8,15 +8,19 @@
 //!
 //! Which catalog, preview and totals entries changed is noted for the projection store
 //! (`Touched`); sales, one per voucher, are `Rows`, which a store keeps in sled rather than
-//! in memory; entries, seals and faults only grow, so the store writes their tails.
+//! in memory; entries, seals and faults only grow, so the store writes their tails. How the
+//! store keeps all of it: `format`.
 
 use crate::royalty::{self, Chain, ChainedEntry, Entry, UsageKind};
-use crate::store::{Rows, SaleRows, Touched};
+use crate::rows::{Rows, Touched};
 use engine::crypto::{RsaPublic, SecretKey};
 use engine::domain::event::{Event, RightsReportSealed, RoyaltyTerms};
 use engine::domain::report::Report;
 use engine::ids::{MediaId, PreviewId, Seq};
+use format::SaleRows;
 use std::collections::BTreeMap;
+
+pub(crate) mod format;
 
 /// The epoch every chain currently starts in (key rotation will add epochs).
 pub const EPOCH: u64 = 1;

@@ -3,7 +3,8 @@
 //!
 //! The rows and the points holds are the state; the expiry index and the status counts are
 //! a function of the rows (the store rebuilds them at load, `index_row`), so the projection store persists
-//! rows and holds only (the holds' index by voucher is rebuilt from them too). The rows are a `store::Rows`: in memory for replays and audits,
+//! rows and holds only (the holds' index by voucher is rebuilt from them too; how it keeps
+//! them: `format`). The rows are a `rows::Rows`: in memory for replays and audits,
 //! cold in the projection store for a store-backed `Live` (only the rows changed since the
 //! last commit stay in memory), so the engine's memory does not grow with the number of
 //! vouchers. The expiry index holds Pending vouchers only and the holds unsettled points,
@@ -13,9 +14,12 @@
 
 use engine::domain::event::Event;
 use engine::domain::voucher::{PurchaseSet, VoucherStatus};
-use crate::store::{Rows, Touched, VoucherRows};
+use crate::rows::{Rows, Touched};
 use engine::ids::{AccountId, MerchantId, Millis, VoucherId};
+use format::VoucherRows;
 use std::collections::{BTreeMap, BTreeSet};
+
+pub(crate) mod format;
 
 /// A points hold: its expiry, the account and the voucher it pays for.
 pub type Hold = (Millis, AccountId, VoucherId);
@@ -192,12 +196,12 @@ impl VoucherBook {
 
     /// A book whose rows are in the projection store, with the indexes the store rebuilt
     /// while it checked the rows (`index_row` for each).
-    pub(crate) fn stored(vouchers: Rows<VoucherRows>, indexes: VoucherBook, holds: BTreeSet<Hold>) -> Self {
+    fn stored(vouchers: Rows<VoucherRows>, indexes: VoucherBook, holds: BTreeSet<Hold>) -> Self {
         VoucherBook { vouchers, holds_by_voucher: hold_index_of(&holds), holds, ..indexes }
     }
 
     /// Adds one stored row to the indexes only (the store keeps the row itself).
-    pub(crate) fn index_row(&mut self, voucher_id: &VoucherId, row: &VoucherRow) {
+    fn index_row(&mut self, voucher_id: &VoucherId, row: &VoucherRow) {
         self.index(voucher_id, row.status, row.expires_at);
     }
 

@@ -1,0 +1,455 @@
+//! The store's own tests, from inside: every kind of row round-trips through a commit and
+//! a reopen, the stored bytes are exactly format 3's, and a checkpoint or a row that does
+//! not describe the state sends the store to quarantine. (The public API is tested in
+//! `tests/store*.rs`.)
+
+use super::checkpoint::{decode_checkpoint, encode_checkpoint, pair_hash, xor_into, CheckpointRecord};
+use super::*;
+use crate::allocation::format::{NodeRecord, NODE_PREFIX};
+use crate::balances::format::{LedgerRecord, LEDGER_PREFIX, POINTS_PREFIX};
+use crate::rows::{key, PREFIX_BYTES};
+use crate::royalty::ChainedEntry;
+use engine::crypto::test_keys;
+use engine::domain::event::{Event, MediaPublished, Payment, PreviewClip, ReservedItem, RoyaltyTerms};
+use engine::domain::{Actor, Recorded};
+use engine::ids::{AccountId, MediaId, MerchantId, Millis, NodeId, PreviewId, Seq, VoucherId};
+use engine::log::StoredEvent;
+use std::collections::BTreeSet;
+
+fn master() -> SecretKey {
+    SecretKey::from_bytes([3; 32])
+}
+
+fn stored(seq: u64, event: Event) -> StoredEvent {
+    let recorded = Recorded {
+        event_id: [seq as u8; 16],
+        aggregate: event.aggregate(),
+        aggregate_version: 1,
+        recorded_at: Millis(1_767_225_600_000 + seq as i64 * 40 * 86_400_000),
+        request_id: format!("r{seq}"),
+        actor: Actor::engine(),
+        command: "Test".into(),
+        event,
+    };
+    StoredEvent { seq: Seq(seq), subject: recorded.aggregate.subject(), payload: engine::wire::encode(&recorded).into() }
+}
+
+/// One of every kind of stored row: a scripted stream through the whole lifecycle, with
+/// points holds, settlement postings (points and merchant-paid, one refunded), a
+/// drained node, a preview and a signed seal.
+fn script() -> Vec<Event> {
+    use engine::domain::event::LedgerAccountKind;
+    use engine::domain::settlement::{settle, Payer, SaleLine};
+    let voucher = |n: u32| VoucherId::new(format!("v{n}"));
+    let split = RoyaltyTerms { retailer_bps: 3000, distributor_bps: 2000, owner_bps: 5000, distributor: "d".into(), owner: "o".into(), rights_agent: "agent".into() };
+    let postings = |kind: LedgerAccountKind, payer: &str, merchant: &str| {
+        settle(&Payer { kind, account: payer.into() }, merchant, &[SaleLine { price_minor: 250, terms: &split }])
+    };
+    let node = NodeId::new("n1");
+    let media = MediaId::new("md1");
+    let reserved = |n: u32, account: Option<&str>| Event::Reserved {
+        voucher_id: voucher(n),
+        merchant_id: MerchantId::new(format!("m{}", n % 2)),
+        items: vec![ReservedItem { media_id: media.clone(), price_minor: 250 }],
+        rendition: "high".into(),
+        price_minor: 250,
+        currency: "EUR".into(),
+        expires_at: Millis(2_000_000_000_000 + i64::from(n)),
+        payment: account.map_or(Payment::Merchant { payment_ref: "card".into() }, |account| Payment::Points { account: AccountId::new(account) }),
+        token_key_id: 1,
+        auth_generation: 1,
+    };
+    let delivered = |n: u32| Event::Delivered {
+        voucher_id: voucher(n),
+        node_id: node.clone(),
+        media_id: media.clone(),
+        cert_serial: engine::ids::CertSerial::new("c1"),
+        content_hash: [4; 32],
+        size_bytes: 10,
+        voucher_complete: true,
+    };
+    vec![
+        Event::NodeRegistered { node_id: node.clone(), region: "eu".into(), slots_max: 4, credential_hash: [1; 32] },
+        Event::NodeRegistered { node_id: NodeId::new("n2"), region: "us".into(), slots_max: 2, credential_hash: [2; 32] },
+        Event::MediaPublished(MediaPublished {
+            media_id: media.clone(),
+            publisher: "p".into(),
+            title: "Song".into(),
+            artist: "Artist".into(),
+            authors: vec!["A".into(), "B".into()],
+            length_ms: 1_000,
+            price_minor: 250,
+            currency: "EUR".into(),
+            terms: RoyaltyTerms { retailer_bps: 1, distributor_bps: 2, owner_bps: 3, distributor: "d".into(), owner: "o".into(), rights_agent: "agent".into() },
+            renditions: vec![],
+            preview: PreviewClip::default(),
+            image_descriptor: "cover".into(),
+            for_sale: true,
+            engine_key_id: String::new(),
+            wrapped_media_key: vec![],
+        }),
+        Event::PointsCredited { account_id: AccountId::new("a1"), amount: 1_000, reason: "top-up".into() },
+        Event::PointsHeld { account_id: AccountId::new("a1"), voucher_id: voucher(1), amount: 250, expires_at: Millis(5) },
+        reserved(1, Some("a1")),
+        reserved(2, None),
+        reserved(3, None),
+        Event::PointsHeld { account_id: AccountId::new("a1"), voucher_id: voucher(4), amount: 250, expires_at: Millis(6) },
+        Event::Authorized { voucher_id: voucher(1), receipt_key_id: 1, receipt_generation: 1, postings: postings(LedgerAccountKind::ConsumerPoints, "a1", "m1") },
+        Event::HoldPosted { account_id: AccountId::new("a1"), voucher_id: voucher(1), amount: 250 },
+        Event::VoucherIssued { voucher_id: voucher(1), node_id: node.clone(), merchant_id: MerchantId::new("m1"), media_ids: vec![media.clone()], rendition: "high".into(), access_expires_at: Millis(9) },
+        Event::Authorized { voucher_id: voucher(2), receipt_key_id: 1, receipt_generation: 1, postings: postings(LedgerAccountKind::MerchantClearing, "m0", "m0") },
+        Event::VoucherIssued { voucher_id: voucher(2), node_id: node.clone(), merchant_id: MerchantId::new("m0"), media_ids: vec![media.clone()], rendition: "high".into(), access_expires_at: Millis(9) },
+        delivered(1),
+        Event::PreviewStarted { preview_id: PreviewId::new("p1"), media_id: media.clone(), node_id: NodeId::new("n2"), merchant_id: MerchantId::new("m0"), clip_ms: 10 },
+        Event::PreviewStarted { preview_id: PreviewId::new("p2"), media_id: media.clone(), node_id: NodeId::new("n2"), merchant_id: MerchantId::new("m1"), clip_ms: 10 },
+        Event::PreviewEnded { preview_id: PreviewId::new("p1"), played_ms: 7, media_id: media.clone(), node_id: NodeId::new("n2") },
+        Event::NodeDrained { node_id: NodeId::new("n2") },
+        Event::Voided { voucher_id: voucher(3), reason: engine::domain::event::VoidReason::TimedOut, reversal: vec![] },
+        reserved(5, None),
+        Event::Authorized { voucher_id: voucher(5), receipt_key_id: 1, receipt_generation: 1, postings: postings(LedgerAccountKind::MerchantClearing, "m1", "m1") },
+        Event::Voided {
+            voucher_id: voucher(5),
+            reason: engine::domain::event::VoidReason::Refunded,
+            reversal: engine::domain::voucher::reverse(&postings(LedgerAccountKind::MerchantClearing, "m1", "m1")),
+        },
+    ]
+}
+
+fn keyed() -> Projections {
+    Projections::with_royalty_keys(&master(), Some(test_keys::fixed_rsa().public()))
+}
+
+/// Applies `events` to `projections` (and, when `seal`, a signed seal of the entries
+/// not sealed yet); returns the stored events, for applying elsewhere byte for byte
+/// (a seal's signature is randomized).
+fn apply_all(projections: &mut Projections, events: Vec<Event>, seal: bool) -> Vec<StoredEvent> {
+    let mut applied = Vec::new();
+    for event in events {
+        applied.push(stored(projections.last_seq.0 + 1, event));
+        projections.apply(applied.last().expect("just pushed")).expect("apply");
+    }
+    if seal {
+        let mut seal = projections.unsigned_seal(1).expect("chained").expect("entries to seal");
+        crate::royalty::sign_seal(&test_keys::fixed_rsa(), &mut seal).expect("sign");
+        applied.push(stored(projections.last_seq.0 + 1, Event::RightsReportSealed(seal)));
+        projections.apply(applied.last().expect("just pushed")).expect("apply the seal");
+    }
+    applied
+}
+
+fn apply_stored(projections: &mut Projections, events: &[StoredEvent]) {
+    for event in events {
+        projections.apply(event).expect("apply");
+    }
+}
+
+#[track_caller]
+fn assert_identical(loaded: &Projections, memory: &Projections) {
+    assert_eq!((loaded.last_seq, loaded.events, loaded.stream_head), (memory.last_seq, memory.events, memory.stream_head));
+    assert_eq!(loaded.stream_heads, memory.stream_heads);
+    assert_eq!(loaded.vouchers, memory.vouchers);
+    assert_eq!(loaded.allocation, memory.allocation);
+    assert_eq!(loaded.balances, memory.balances);
+    assert_eq!(loaded.stream_head_before, memory.stream_head_before);
+    let (l, m) = (&loaded.royalty, &memory.royalty);
+    assert_eq!(l.catalog, m.catalog);
+    assert_eq!(l.sales, m.sales);
+    assert_eq!(l.previews, m.previews);
+    assert_eq!((&l.entries, &l.source_seqs, &l.usage_digests), (&m.entries, &m.source_seqs, &m.usage_digests));
+    assert_eq!((l.usages, &l.totals), (m.usages, &m.totals));
+    assert_eq!((&l.seals, l.seals_verified, &l.seal_faults), (&m.seals, m.seals_verified, &m.seal_faults));
+    assert_eq!(l.chain.as_ref().map(|c| (c.epoch(), c.next_index(), c.head_y())), m.chain.as_ref().map(|c| (c.epoch(), c.next_index(), c.head_y())));
+    assert_eq!(loaded.digest(), memory.digest());
+}
+
+#[test]
+fn every_kind_of_row_round_trips() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let mut memory = keyed();
+    {
+        let (store, outcome) = ProjectionStore::open(dir.path()).expect("open");
+        assert_eq!(outcome, OpenOutcome::Created);
+        let mut projections = store.load(Some(&master()), Some(test_keys::fixed_rsa().public())).expect("load");
+        // Two commits: the second rewrites and removes rows the first wrote.
+        let events = script();
+        let (first, second) = events.split_at(12);
+        apply_stored(&mut projections, &apply_all(&mut memory, first.to_vec(), false));
+        store.commit(&mut projections).expect("commit");
+        apply_stored(&mut projections, &apply_all(&mut memory, second.to_vec(), true));
+        let committed = store.commit(&mut projections).expect("commit");
+        assert!(committed.keys_removed > 0, "holds, slots and stream heads were removed");
+        assert!(projections.royalty.sales.is_stored() && projections.royalty.sales.resident() == 0, "committed sales leave memory");
+        assert_identical(&projections, &memory);
+    }
+    assert_eq!(memory.royalty.seals_verified, 1);
+    assert_eq!(memory.balances.sum(), Some(0));
+    assert!(memory.balances.ledger.len() >= 6 && !memory.balances.points.is_empty(), "ledger and points rows: {:?}", memory.balances);
+    assert!(memory.vouchers.holds.len() == 1 && memory.allocation.released.len() == 1, "a hold and a released slot remain");
+    let (store, outcome) = ProjectionStore::open(dir.path()).expect("reopen");
+    assert_eq!(outcome, OpenOutcome::Resumed { checkpoint: memory.last_seq });
+    let loaded = store.load(Some(&master()), Some(test_keys::fixed_rsa().public())).expect("load");
+    assert_identical(&loaded, &memory);
+    // Resumed, the chain continues exactly as the uninterrupted one.
+    let (mut loaded, mut memory) = (loaded, memory);
+    let more = vec![Event::PreviewEnded { preview_id: PreviewId::new("p2"), played_ms: 3, media_id: MediaId::new("md1"), node_id: NodeId::new("n2") }];
+    apply_stored(&mut loaded, &apply_all(&mut memory, more, true));
+    assert_identical(&loaded, &memory);
+    assert_eq!(memory.royalty.seals_verified, 2);
+}
+
+/// The on-disk format, byte for byte: every key and value of a store that holds every
+/// kind of row, from a stream that gives the same bytes on every run (fixed clock and
+/// keys, the chain's fixed nonce, and a seal with a fixed signature, which does not
+/// verify, so that a seal fault is stored too). A change of this digest is a change of
+/// the format, which needs a new `FORMAT_MARKER` so that old stores are rebuilt rather
+/// than misread.
+#[test]
+fn the_stored_bytes_are_those_of_format_3() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let (store, _) = ProjectionStore::open(dir.path()).expect("open");
+    let mut projections = store.load(Some(&master()), Some(test_keys::fixed_rsa().public())).expect("load");
+    let events = script();
+    let (first, second) = events.split_at(12);
+    apply_all(&mut projections, first.to_vec(), false);
+    store.commit(&mut projections).expect("commit");
+    apply_all(&mut projections, second.to_vec(), false);
+    let mut seal = projections.unsigned_seal(1).expect("chained").expect("entries to seal");
+    seal.engine_key_id = "k1".into();
+    seal.signature = vec![0x5a; 8];
+    apply_all(&mut projections, vec![Event::RightsReportSealed(seal)], false);
+    store.commit(&mut projections).expect("commit");
+    assert_eq!(projections.royalty.seal_faults.len(), 1, "the seal is stored with its fault");
+
+    let mut hasher = blake3::Hasher::new();
+    let mut dump = String::new();
+    let mut prefixes = BTreeSet::new();
+    for pair in store.db.iter() {
+        let (key, value) = pair.expect("read");
+        for part in [&key, &value] {
+            hasher.update(&(part.len() as u64).to_le_bytes());
+            hasher.update(part);
+        }
+        prefixes.insert(String::from_utf8_lossy(&key[..PREFIX_BYTES.min(key.len())]).into_owned());
+        dump.push_str(&format!("{} = {}\n", hex::encode(&key), String::from_utf8_lossy(&value).escape_debug()));
+    }
+    let expected = ["@ch", "@fo", "an/", "ap/", "ar/", "av/", "bl/", "bp/", "rc/", "re/", "rf/", "rl/", "rp/", "rs/", "rt/", "sh/", "vh/", "vr/"];
+    assert_eq!(prefixes, expected.into_iter().map(str::to_owned).collect(), "every kind of row is stored");
+    assert_eq!(hex::encode(hasher.finalize().as_bytes()), "8c4aa95837102d059e850b42fedf5a5530276861ff5282bb432fda5609370309", "the stored bytes changed:\n{dump}");
+}
+
+#[test]
+fn a_seal_trims_the_stored_row_of_stream_heads_it_falls_in() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let mut memory = keyed();
+    {
+        let (store, _) = ProjectionStore::open(dir.path()).expect("open");
+        let mut projections = store.load(Some(&master()), Some(test_keys::fixed_rsa().public())).expect("load");
+        apply_stored(&mut projections, &apply_all(&mut memory, script(), false));
+        store.commit(&mut projections).expect("commit");
+        // The seal names the last stored event: the one row keeps only its head.
+        apply_stored(&mut projections, &apply_all(&mut memory, vec![], true));
+        store.commit(&mut projections).expect("commit");
+        assert_eq!(memory.stream_heads.len(), 2, "the sealed position's head and the seal's");
+        assert_eq!(store.lock_writer().head_rows.iter().map(|(first, last)| last - first + 1).sum::<u64>(), 2);
+    }
+    let (store, _) = ProjectionStore::open(dir.path()).expect("reopen");
+    let loaded = store.load(Some(&master()), Some(test_keys::fixed_rsa().public())).expect("load");
+    assert_identical(&loaded, &memory);
+}
+
+/// A seal must name a position whose head a replay still holds: not one before the
+/// previous seal's position (heads before it are let go), reported as such, not as an
+/// altered event.
+#[test]
+fn a_seal_naming_a_position_whose_head_is_gone_is_a_fault() {
+    let mut memory = keyed();
+    let history = apply_all(&mut memory, script(), true);
+    let sealed_at = memory.royalty.seals.last().expect("sealed").last_stream_seq;
+    let more = apply_all(&mut memory, vec![Event::PreviewEnded { preview_id: PreviewId::new("p2"), played_ms: 3, media_id: MediaId::new("md1"), node_id: NodeId::new("n2") }], false);
+    // Negative control first: the same seal naming the projections' own position verifies.
+    for (position, verifies) in [(None, true), (Some(sealed_at - 1), false)] {
+        let mut seal = memory.unsigned_seal(1).expect("chained").expect("an entry to seal");
+        if let Some(position) = position {
+            seal.last_stream_seq = position;
+        }
+        crate::royalty::sign_seal(&test_keys::fixed_rsa(), &mut seal).expect("sign");
+        let mut replay = keyed();
+        for event in history.iter().chain(&more) {
+            replay.apply(event).expect("apply");
+        }
+        replay.apply(&stored(memory.last_seq.0 + 1, Event::RightsReportSealed(seal))).expect("apply the seal");
+        if verifies {
+            assert_eq!((replay.royalty.seals_verified, replay.royalty.seal_faults.len()), (2, 0));
+        } else {
+            let fault = replay.royalty.seal_faults.last().expect("a seal fault");
+            assert!(fault.reason.contains("no longer known"), "{}", fault.reason);
+        }
+    }
+}
+
+#[test]
+fn change_notes_are_inert_until_a_store_tracks_the_projections() {
+    let mut memory = keyed();
+    apply_all(&mut memory, script(), true);
+    assert!(memory.vouchers.touched_holds.noted() == 0 && memory.royalty.touched_totals.noted() == 0, "an in-memory replay keeps no change notes");
+    memory.track_changes();
+    apply_all(&mut memory, vec![Event::NodeDrained { node_id: NodeId::new("n1") }], false);
+    assert_eq!(memory.allocation.touched_nodes.noted(), 1, "negative control: tracked projections do");
+}
+
+/// Builds a committed store from the script, then rewrites its checkpoint with `edit`
+/// applied (and a valid checksum), and reopens it.
+fn reopen_with_checkpoint(edit: impl FnOnce(&mut CheckpointRecord)) -> OpenOutcome {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    {
+        let (store, _) = ProjectionStore::open(dir.path()).expect("open");
+        let mut projections = store.load(Some(&master()), None).expect("load");
+        apply_all(&mut projections, script(), true);
+        store.commit(&mut projections).expect("commit");
+        let mut record = decode_checkpoint(&store.db.get(CHECKPOINT_KEY).expect("get").expect("checkpoint")).expect("decode");
+        edit(&mut record);
+        store.db.insert(CHECKPOINT_KEY, encode_checkpoint(&record).expect("encode")).expect("insert");
+        store.db.flush().expect("flush");
+    }
+    let (_store, outcome) = ProjectionStore::open(dir.path()).expect("reopen");
+    outcome
+}
+
+#[test]
+fn a_checkpoint_that_does_not_describe_the_state_is_quarantined() {
+    // Negative control: rewriting the checkpoint unchanged keeps the store.
+    assert!(matches!(reopen_with_checkpoint(|_| {}), OpenOutcome::Resumed { .. }));
+    let wrong_digest = reopen_with_checkpoint(|record| record.content_digest[0] ^= 1);
+    assert!(matches!(&wrong_digest, OpenOutcome::Quarantined { reason, .. } if reason.contains("content digest")), "{wrong_digest:?}");
+    let ahead = reopen_with_checkpoint(|record| {
+        record.last_seq += 1;
+        record.events += 1;
+    });
+    assert!(matches!(&ahead, OpenOutcome::Quarantined { reason, .. } if reason.contains("stream heads")), "{ahead:?}");
+    let counts = reopen_with_checkpoint(|record| record.events += 1);
+    assert!(matches!(counts, OpenOutcome::Quarantined { .. }), "{counts:?}");
+    let usages = reopen_with_checkpoint(|record| record.usages += 1);
+    assert!(matches!(&usages, OpenOutcome::Quarantined { reason, .. } if reason.contains("usages")), "{usages:?}");
+}
+
+#[test]
+fn a_stored_ledger_that_does_not_sum_to_zero_is_quarantined() {
+    // Rewrites one ledger row and the checkpoint's content digest to match, so that
+    // only the ledger check can see it; unchanged (`delta` 0) it is the negative control.
+    let reopen_with_ledger_delta = |delta: i128| {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        // A store below the temporary directory, so that its quarantine stays in it.
+        let path = dir.path().join("store");
+        {
+            let (store, _) = ProjectionStore::open(&path).expect("open");
+            let mut projections = store.load(None, None).expect("load");
+            apply_all(&mut projections, script(), false);
+            store.commit(&mut projections).expect("commit");
+            let (key, old) = store.db.scan_prefix(LEDGER_PREFIX).next().expect("a ledger row").expect("read");
+            let mut record: LedgerRecord = serde_json::from_slice(&old).expect("decode");
+            record.balance_minor += delta;
+            let new = serde_json::to_vec(&record).expect("encode");
+            let mut checkpoint = decode_checkpoint(&store.db.get(CHECKPOINT_KEY).expect("get").expect("checkpoint")).expect("decode");
+            xor_into(&mut checkpoint.content_digest, &pair_hash(&key, &old));
+            xor_into(&mut checkpoint.content_digest, &pair_hash(&key, &new));
+            store.db.insert(&key, new).expect("insert");
+            store.db.insert(CHECKPOINT_KEY, encode_checkpoint(&checkpoint).expect("encode")).expect("insert");
+            store.db.flush().expect("flush");
+        }
+        let (_store, outcome) = ProjectionStore::open(&path).expect("reopen");
+        outcome
+    };
+    assert!(matches!(reopen_with_ledger_delta(0), OpenOutcome::Resumed { .. }));
+    let outcome = reopen_with_ledger_delta(1);
+    assert!(matches!(&outcome, OpenOutcome::Quarantined { reason, .. } if reason.contains("does not sum to zero")), "{outcome:?}");
+}
+
+#[test]
+fn a_store_of_format_1_is_quarantined_and_rebuilt() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().join("store");
+    {
+        let (store, _) = ProjectionStore::open(&path).expect("open");
+        let mut projections = store.load(None, None).expect("load");
+        apply_all(&mut projections, script(), false);
+        store.commit(&mut projections).expect("commit");
+        // What a format-1 store was: no balance rows, the old marker.
+        for key in store.db.scan_prefix(LEDGER_PREFIX).keys().chain(store.db.scan_prefix(POINTS_PREFIX).keys()).collect::<Vec<_>>() {
+            store.db.remove(key.expect("key")).expect("remove");
+        }
+        store.db.insert(FORMAT_KEY, &b"vouchsafe-projection-store/1"[..]).expect("insert");
+        store.db.flush().expect("flush");
+    }
+    let (store, outcome) = ProjectionStore::open(&path).expect("reopen");
+    assert!(matches!(&outcome, OpenOutcome::Quarantined { reason, .. } if reason.contains("format marker")), "{outcome:?}");
+    assert_eq!(store.checkpoint().last_seq, Seq(0), "rebuilt from sequence 1");
+}
+
+#[test]
+fn an_altered_value_that_still_decodes_is_caught_by_the_content_digest() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    {
+        let (store, _) = ProjectionStore::open(dir.path()).expect("open");
+        let mut projections = store.load(None, None).expect("load");
+        apply_all(&mut projections, script(), false);
+        store.commit(&mut projections).expect("commit");
+        let key = key(NODE_PREFIX, b"n1");
+        let mut node: NodeRecord = serde_json::from_slice(&store.db.get(&key).expect("get").expect("node")).expect("decode");
+        node.slots_max += 1;
+        store.db.insert(key, serde_json::to_vec(&node).expect("encode")).expect("insert");
+        store.db.flush().expect("flush");
+    }
+    let (_store, outcome) = ProjectionStore::open(dir.path()).expect("reopen");
+    assert!(matches!(&outcome, OpenOutcome::Quarantined { reason, .. } if reason.contains("content digest")), "{outcome:?}");
+}
+
+#[test]
+fn a_failed_commit_stops_the_store_until_it_is_reopened() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let (store, _) = ProjectionStore::open(dir.path()).expect("open");
+    let mut projections = store.load(None, None).expect("load");
+    apply_all(&mut projections, script(), false);
+    let prepared = store.prepare(&mut projections).expect("prepare");
+    // A batch built on another checkpoint (a second runner) is refused, and so is
+    // everything after it: the projections in memory are ahead of the store for good.
+    let mut stale = prepared;
+    stale.base = Seq(99);
+    assert!(matches!(store.write(stale), Err(CommitError::OutOfOrder { .. })));
+    assert!(matches!(store.commit(&mut projections), Err(CommitError::Stopped(_))));
+    // Loaded projections read their cold rows from the store, so they hold it open too.
+    drop((store, projections));
+    let (store, outcome) = ProjectionStore::open(dir.path()).expect("reopen");
+    assert_eq!(outcome, OpenOutcome::Resumed { checkpoint: Seq(0) }, "nothing was stored");
+    drop(store);
+}
+
+#[test]
+fn a_resumed_chain_continues_the_uninterrupted_one() {
+    let entry = |n: u64| crate::royalty::Entry {
+        kind: crate::royalty::UsageKind::Delivery,
+        source_seq: n,
+        timestamp_ms: 0,
+        title: String::new(),
+        artist: String::new(),
+        authors: vec![],
+        length_ms: 0,
+        sale_price_minor: n,
+        currency: String::new(),
+        consumer_cert: String::new(),
+        voucher_id: String::new(),
+        media_id: String::new(),
+        image_descriptor: String::new(),
+        merchant: String::new(),
+        rights_agent: String::new(),
+        distributor: String::new(),
+        owner: String::new(),
+        played_ms: 0,
+    };
+    let mut chain = Chain::start(&master(), EPOCH);
+    let entries: Vec<ChainedEntry> = (0..5).map(|n| chain.append(&entry(n))).collect();
+    let mut resumed = Chain::resume(&master(), EPOCH, entries.last()).expect("the right key");
+    assert_eq!((resumed.next_index(), resumed.head_y()), (chain.next_index(), chain.head_y()));
+    assert_eq!(resumed.append(&entry(5)), chain.append(&entry(5)), "the same next entry: the same A_5");
+    assert!(Chain::resume(&SecretKey::from_bytes([4; 32]), EPOCH, entries.last()).is_err(), "another master key");
+    assert!(Chain::resume(&master(), EPOCH + 1, entries.last()).is_err(), "another epoch");
+}
