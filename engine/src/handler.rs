@@ -231,7 +231,7 @@ impl Handler {
         let mut next = Arc::unwrap_or_clone(root);
         let mut appended = Vec::with_capacity(events.len());
         for (index, event) in events.into_iter().enumerate() {
-            let key = idempotency_key(&format!("{:?}:{}", actor.kind, actor.id), request, subject, index);
+            let key = idempotency_key(&format!("{}:{}", actor.kind.name(), actor.id), request, subject, index);
             let recorded = Recorded {
                 event_id: event_id_of(&key),
                 aggregate: aggregate.clone(),

@@ -75,6 +75,22 @@ pub enum ActorKind {
     Engine,
 }
 
+impl ActorKind {
+    /// The kind's stable name. Idempotency keys (and so `Nats-Msg-Id`s and event ids) are
+    /// built from it, so it must never change: it is spelled out here rather than taken
+    /// from `Debug`, whose output is not a format.
+    pub fn name(self) -> &'static str {
+        match self {
+            ActorKind::Operator => "Operator",
+            ActorKind::Merchant => "Merchant",
+            ActorKind::Node => "Node",
+            ActorKind::Publisher => "Publisher",
+            ActorKind::Auditor => "Auditor",
+            ActorKind::Engine => "Engine",
+        }
+    }
+}
+
 /// Who caused an event, as derived from the caller's credential.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Actor {
@@ -424,5 +440,26 @@ mod tests {
         assert_eq!(event.aggregate_key(), (AggregateKind::Node, "n1"));
         assert!(event.aggregate().is(AggregateKind::Node, "n1"));
         assert!(!event.aggregate().is(AggregateKind::Node, "n2") && !event.aggregate().is(AggregateKind::Media, "n1"));
+    }
+}
+
+#[cfg(test)]
+mod actor_kind_tests {
+    use super::ActorKind;
+
+    /// Stored idempotency keys were built from `Debug` before `name` existed: the names
+    /// must stay exactly those, or a retry after an upgrade would not dedupe.
+    #[test]
+    fn names_are_the_spellings_stored_keys_were_built_with() {
+        for (kind, stored) in [
+            (ActorKind::Operator, "Operator"),
+            (ActorKind::Merchant, "Merchant"),
+            (ActorKind::Node, "Node"),
+            (ActorKind::Publisher, "Publisher"),
+            (ActorKind::Auditor, "Auditor"),
+            (ActorKind::Engine, "Engine"),
+        ] {
+            assert_eq!(kind.name(), stored);
+        }
     }
 }

@@ -65,7 +65,7 @@ struct Changes {
 }
 
 /// A batch's changes, copied under the projections' lock and encoded and written without it.
-pub(crate) struct Prepared {
+pub(crate) struct PendingCommit {
     /// The checkpoint this batch builds on.
     pub(super) base: Seq,
     changes: Changes,
@@ -77,7 +77,7 @@ pub(crate) struct Prepared {
 impl ProjectionStore {
     /// Copies what `projections` changed since the last commit and drains their change
     /// notes: cheap (no encoding, no I/O), so it runs under the projections' lock.
-    pub(crate) fn prepare(&self, projections: &mut Projections) -> Result<Prepared, CommitError> {
+    pub(crate) fn prepare(&self, projections: &mut Projections) -> Result<PendingCommit, CommitError> {
         let writer = self.lock_writer();
         if let Some(reason) = &writer.failed {
             return Err(CommitError::Stopped(reason.clone()));
@@ -109,11 +109,11 @@ impl ProjectionStore {
             content_digest: [0; 32],
         };
         let changes = Changes { vouchers, allocation, royalty, balances, heads };
-        Ok(Prepared { base, changes, record, tails, head_rows })
+        Ok(PendingCommit { base, changes, record, tails, head_rows })
     }
 
     /// Writes a prepared batch and its checkpoint atomically and flushes (blocking I/O).
-    pub(crate) fn write(&self, prepared: Prepared) -> Result<Committed, CommitError> {
+    pub(crate) fn write(&self, prepared: PendingCommit) -> Result<Committed, CommitError> {
         let mut writer = self.lock_writer();
         if let Some(reason) = &writer.failed {
             return Err(CommitError::Stopped(reason.clone()));
@@ -138,8 +138,8 @@ impl ProjectionStore {
     }
 
     /// Encodes and writes a prepared batch; returns what it wrote and what is durable now.
-    fn write_batch(&self, writer: &Writer, prepared: Prepared) -> Result<(Committed, Durable), CommitError> {
-        let Prepared { changes, record, tails, head_rows, .. } = prepared;
+    fn write_batch(&self, writer: &Writer, prepared: PendingCommit) -> Result<(Committed, Durable), CommitError> {
+        let PendingCommit { changes, record, tails, head_rows, .. } = prepared;
         let Changes { vouchers, allocation, royalty, balances, heads } = changes;
         let writes = vouchers
             .into_iter()
