@@ -55,8 +55,12 @@ impl AuditReport {
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
+    // The cause is in the message (callers log with `%`), so it is not also a `source`,
+    // which `{:#}` would print twice.
     #[error("reading the stream failed: {0}")]
-    Read(String),
+    Read(ReadError),
+    #[error("the replay's apply task failed: {0}")]
+    Task(tokio::task::JoinError),
 }
 
 /// Replays the whole stream. `pin` is the hash of the newest seal the auditor has seen.
@@ -90,7 +94,7 @@ pub async fn replay_full(
             // finding among them wins (as it would have with one read after another).
             let batch = match batch {
                 Ok(batch) => batch,
-                Err(error) => return (projections, Err(AuditError::Read(error.to_string()))),
+                Err(error) => return (projections, Err(AuditError::Read(error))),
             };
             let result = apply_batch(&mut projections, batch);
             applied_sender.send_replace(projections.events);
@@ -109,7 +113,7 @@ pub async fn replay_full(
         }
     };
     let (read, (), applied) = tokio::join!(reading, reporting, apply);
-    let (projections, result) = applied.map_err(|e| AuditError::Read(format!("the replay task failed: {e}")))?;
+    let (projections, result) = applied.map_err(AuditError::Task)?;
     let mut first_bad = result?;
     if first_bad.is_none() {
         // A finding among the events read wins over a later failure to read on.
@@ -158,7 +162,7 @@ pub async fn replay_full(
 /// one did). Stops early when the applying side is gone (it found something). A read error
 /// is sent after the events before it; an error reading the head is returned.
 async fn read_all(log: &dyn EventLog, batches: tokio::sync::mpsc::Sender<Result<Vec<Prepared>, ReadError>>) -> Result<(), AuditError> {
-    let head = |error: ReadError| AuditError::Read(error.to_string());
+    let head = AuditError::Read;
     let mut last = log.last_seq().await.map_err(head)?;
     if last.0 == 0 {
         return Ok(());
