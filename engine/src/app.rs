@@ -53,8 +53,12 @@ pub enum AppError {
     Handle(HandleError),
     #[error("crypto failure: {0}")]
     Crypto(#[from] crypto::CryptoError),
-    #[error("internal task failed: {0}")]
-    Task(String),
+    #[error("a blocking task failed: {0}")]
+    Task(tokio::task::JoinError),
+    #[error("the RSA worker pool is closed")]
+    PoolClosed,
+    #[error("signing a transaction record failed: {0}")]
+    Sign(crate::batch_signer::SignError),
     #[error("the media store failed")]
     MediaStore(#[from] MediaStoreError),
 }
@@ -394,7 +398,7 @@ impl Market {
     /// [`check_container`]); hashing up to `CONTAINER_BYTES_MAX` runs on the blocking pool.
     pub async fn check_container(&self, media_id: &MediaId, container: bytes::Bytes, claims: ContainerClaims) -> Result<u8, AppError> {
         let media_id = media_id.clone();
-        let checked = tokio::task::spawn_blocking(move || check_container(&container, &media_id, &claims)).await.map_err(|e| AppError::Task(e.to_string()))?;
+        let checked = tokio::task::spawn_blocking(move || check_container(&container, &media_id, &claims)).await.map_err(AppError::Task)?;
         Ok(checked?)
     }
 
@@ -759,7 +763,7 @@ impl Market {
         self.handler.handle::<Voucher>(&voucher_id.0, &actor(ActorKind::Node, &node.0), request, &command).await?;
         let signatures = futures::future::try_join_all(records.iter().map(|record| self.transactions.sign(record.message())))
             .await
-            .map_err(|error| AppError::Task(error.to_string()))?;
+            .map_err(AppError::Sign)?;
         let transactions = records.into_iter().zip(signatures).map(|(record, signature)| SignedTransaction { record, signature }).collect();
         Ok(RedeemAnswer { voucher_id: voucher_id.clone(), keys, transactions })
     }
@@ -795,13 +799,13 @@ impl Market {
     pub async fn seal(&self, draft: RightsReportSealed) -> Result<Option<RightsReportSealed>, AppError> {
         let keys = Arc::clone(&self.keys);
         let seal = {
-            let _permit = self.rsa_tasks.acquire().await.map_err(|error| AppError::Task(error.to_string()))?;
+            let _permit = self.rsa_tasks.acquire().await.map_err(|_| AppError::PoolClosed)?;
             tokio::task::spawn_blocking(move || {
                 let mut seal = draft;
                 crate::seal::sign_seal(&keys.private, &mut seal).map(|()| seal)
             })
             .await
-            .map_err(|e| AppError::Task(e.to_string()))??
+            .map_err(AppError::Task)??
         };
         let request = RequestId(format!("seal-{}-{}", seal.epoch, seal.first_entry));
         match self.handler.handle::<Report>(REPORT_AGGREGATE, &Actor::engine(), &request, &ReportCommand::Seal(seal.clone())).await {
@@ -841,20 +845,20 @@ impl Market {
 
     async fn sign(&self, message: Vec<u8>) -> Result<Vec<u8>, AppError> {
         let keys = Arc::clone(&self.keys);
-        let _permit = self.rsa_tasks.acquire().await.map_err(|error| AppError::Task(error.to_string()))?;
+        let _permit = self.rsa_tasks.acquire().await.map_err(|_| AppError::PoolClosed)?;
         tokio::task::spawn_blocking(move || crypto::sign(&keys.private, &message))
             .await
-            .map_err(|e| AppError::Task(e.to_string()))?
+            .map_err(AppError::Task)?
             .map_err(AppError::from)
     }
 
     async fn unwrap_media_key_uncached(&self, wrapped: &[u8]) -> Result<SecretKey, AppError> {
         let keys = Arc::clone(&self.keys);
         let wrapped = wrapped.to_vec();
-        let _permit = self.rsa_tasks.acquire().await.map_err(|error| AppError::Task(error.to_string()))?;
+        let _permit = self.rsa_tasks.acquire().await.map_err(|_| AppError::PoolClosed)?;
         tokio::task::spawn_blocking(move || crypto::unwrap_key(&keys.private, &wrapped))
             .await
-            .map_err(|e| AppError::Task(e.to_string()))?
+            .map_err(AppError::Task)?
             .map_err(AppError::from)
     }
 
@@ -883,10 +887,10 @@ impl Market {
     async fn rewrap_for(&self, media: &Media, recipient: &RsaPublic) -> Result<Vec<u8>, AppError> {
         let key = self.media_key(media).await?;
         let recipient = recipient.clone();
-        let _permit = self.rsa_tasks.acquire().await.map_err(|error| AppError::Task(error.to_string()))?;
+        let _permit = self.rsa_tasks.acquire().await.map_err(|_| AppError::PoolClosed)?;
         tokio::task::spawn_blocking(move || crypto::wrap_key(&recipient, &key))
             .await
-            .map_err(|e| AppError::Task(e.to_string()))?
+            .map_err(AppError::Task)?
             .map_err(AppError::from)
     }
 }

@@ -62,7 +62,7 @@ pub fn from_app_error(error: &AppError) -> Status {
         },
         // Crypto errors carry no key material; still, say no more than that it failed.
         AppError::Crypto(_) => Status::internal("a cryptographic operation failed"),
-        AppError::Task(_) => Status::internal(error.to_string()),
+        AppError::Task(_) | AppError::PoolClosed | AppError::Sign(_) => Status::internal(error.to_string()),
         AppError::MediaStore(store) => media_store_failed("the media store failed", store),
     }
 }
