@@ -28,7 +28,7 @@ mod rsa;
 mod tokens;
 
 pub use self::aead::{aead_open, aead_seal};
-pub use self::hashing::{credential_hash, derive_key, hash, keyed_hash};
+pub use self::hashing::{Hasher, credential_hash, derive_hash, derive_key, hash, keyed_hash};
 pub use self::rsa::{RsaPrivate, RsaPublic, sign, unwrap_key, verify, wrap_key};
 pub use self::tokens::{
     AccessDenied, TokenPurpose, access_token, check_access_token, derive_token, hmac_sha256, hmac_sha256_framed,

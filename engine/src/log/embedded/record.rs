@@ -73,13 +73,13 @@ pub(super) fn dedupe_key(idempotency_key: &str) -> Vec<u8> {
 }
 
 fn checksum(seq: u64, body: &[u8]) -> [u8; CHECKSUM_BYTES] {
-    let mut hasher = blake3::Hasher::new_derive_key(CHECKSUM_CONTEXT);
+    let mut hasher = crate::crypto::Hasher::new_derive_key(CHECKSUM_CONTEXT);
     // The sequence is hashed although it is not stored in the value: a record copied or
     // misplaced under another key fails the check.
     hasher.update(&seq.to_be_bytes());
     hasher.update(body);
     let mut truncated = [0; CHECKSUM_BYTES];
-    truncated.copy_from_slice(&hasher.finalize().as_bytes()[..CHECKSUM_BYTES]);
+    truncated.copy_from_slice(&hasher.finalize()[..CHECKSUM_BYTES]);
     truncated
 }
 

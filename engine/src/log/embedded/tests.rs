@@ -551,3 +551,11 @@ fn records_round_trip_and_carry_their_key() {
         );
     }
 }
+
+/// The checksum is part of every stored record, so its bytes must never change: pinned to
+/// what it was before the hash moved behind `crypto::Hasher`.
+#[test]
+fn the_record_checksum_is_stable() {
+    let record = encode_record(42, "vs.a.b", "key-1", b"payload").expect("encode");
+    assert_eq!(hex::encode(&record[1..17]), "be9f46dedf535615ba80d61694828b7a");
+}
