@@ -82,9 +82,12 @@ pub enum AppendError {
     InvalidSubject(String),
     #[error("payload of {size} bytes exceeds the log's limit of {max} bytes")]
     TooLarge { size: usize, max: usize },
-    /// The append may or may not have been stored: retry with the same idempotency key.
+    /// The append may or may not have been stored: retry with the same idempotency key. The
+    /// source says why the outcome is unknown (no ack after the last attempt, a failed
+    /// flush, a writer or task that stopped); each backend supplies its own typed cause, so
+    /// the shared type names no backend's errors.
     #[error("append outcome unknown ({0}); retry with the same request id")]
-    Unknown(String),
+    Unknown(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("event log unavailable: {0}")]
     Unavailable(String),
     #[error("event log storage failed: {0}")]

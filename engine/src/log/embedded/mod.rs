@@ -155,11 +155,7 @@ impl EventLog for EmbeddedLog {
             })?;
         // The writer dropped the request without answering only if it died mid-batch, after
         // which the batch may or may not be on disk.
-        answer.await.map_err(|_| {
-            AppendError::Unknown(
-                "the event log writer stopped while this append was in flight".to_owned(),
-            )
-        })?
+        answer.await.map_err(|_| AppendError::Unknown(Box::new(WriterStopped)))?
     }
 
     async fn read_subject(&self, subject: &str) -> Result<Vec<StoredEvent>, ReadError> {
@@ -191,6 +187,12 @@ impl EventLog for EmbeddedLog {
         futures::stream::unfold(state, Follow::next_event).boxed()
     }
 }
+
+/// Why an append's outcome is unknown when the writer thread died with it in flight (a
+/// panic in the writer; its batch may or may not be on disk).
+#[derive(Debug, thiserror::Error)]
+#[error("the event log writer stopped while this append was in flight")]
+struct WriterStopped;
 
 #[cfg(test)]
 mod tests;

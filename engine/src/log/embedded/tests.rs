@@ -483,6 +483,15 @@ async fn a_failed_flush_answers_unknown_hides_the_event_and_stops_appends() {
         matches!(outcome, Err(AppendError::Unknown(_))),
         "a failed flush is an unknown outcome, got {outcome:?}"
     );
+    // The cause travels as typed sources (the flush failure, then sled's error), and the
+    // message still names it and tells the caller how to retry.
+    let error = outcome.expect_err("an unknown outcome");
+    let message = error.to_string();
+    assert!(message.contains("flush failed: ") && message.contains("injected flush failure") && message.ends_with("retry with the same request id"), "{message}");
+    let flush = std::error::Error::source(&error).expect("the flush failure is the source");
+    assert!(flush.to_string().starts_with("flush failed: "), "{flush}");
+    let sled = flush.source().expect("sled's error is the flush failure's source");
+    assert!(sled.to_string().contains("injected flush failure"), "{sled}");
     assert_eq!(
         log.last_seq().await.expect("last_seq"),
         Seq(1),

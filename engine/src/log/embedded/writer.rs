@@ -115,7 +115,7 @@ pub(super) fn run_writer(
             }
             Err(failure) => {
                 tracing::error!(error = %failure.reason(), "event log write failed; refusing further appends");
-                stopped = Some(failure.reason().to_owned());
+                stopped = Some(failure.reason());
                 for pending in batch.drain(..) {
                     let _ = pending.reply.send(Err(failure.to_append_error()));
                 }
@@ -143,14 +143,16 @@ fn run_command(command: WriterCommand) -> Option<Pending> {
 enum CommitFailure {
     /// Deciding or applying failed; sled batches are atomic, so nothing was stored.
     NotStored(String),
-    /// The batch was applied but the flush failed: it may or may not be on disk.
-    FlushFailed(String),
+    /// The batch was applied but the flush failed: it may or may not be on disk. Shared,
+    /// because every append of the batch is answered with it.
+    FlushFailed(Arc<sled::Error>),
 }
 
 impl CommitFailure {
-    fn reason(&self) -> &str {
+    fn reason(&self) -> String {
         match self {
-            CommitFailure::NotStored(reason) | CommitFailure::FlushFailed(reason) => reason,
+            CommitFailure::NotStored(reason) => reason.clone(),
+            CommitFailure::FlushFailed(error) => error.to_string(),
         }
     }
 
@@ -158,12 +160,16 @@ impl CommitFailure {
         match self {
             CommitFailure::NotStored(reason) => AppendError::Storage(reason.clone()),
             // Not "failed": a retry with the same idempotency key finds out (dedupe).
-            CommitFailure::FlushFailed(reason) => {
-                AppendError::Unknown(format!("flush failed: {reason}"))
-            }
+            CommitFailure::FlushFailed(error) => AppendError::Unknown(Box::new(FlushFailed(Arc::clone(error)))),
         }
     }
 }
+
+/// Why an append's outcome is unknown after its batch was applied but not flushed; the
+/// source is sled's error.
+#[derive(Debug, thiserror::Error)]
+#[error("flush failed: {0}")]
+struct FlushFailed(#[source] Arc<sled::Error>);
 
 /// Decides every append of `batch` in order, writes the accepted ones in one sled batch and
 /// flushes once. Returns the decisions and the new head.
@@ -236,7 +242,7 @@ fn commit(
     }
     writes.insert(HEAD_KEY, &new_head.to_be_bytes()[..]);
     db.apply_batch(writes).map_err(not_stored)?;
-    flush(db, stats).map_err(|error| CommitFailure::FlushFailed(error.to_string()))?;
+    flush(db, stats).map_err(|error| CommitFailure::FlushFailed(Arc::new(error)))?;
     stats.flushes.fetch_add(1, Ordering::Relaxed);
     Ok((decisions, new_head))
 }

@@ -21,7 +21,7 @@ use super::{
     APPEND_ATTEMPTS_MAX, APPEND_RETRY_DELAY_MS, AppendError, Expected, JetStreamLog, MESSAGE_BYTES_MAX, PAYLOAD_BYTES_MAX,
     READ_ATTEMPTS_MAX, READ_RETRY_BACKOFF_MIN_MS,
 };
-use async_nats::jetstream::context::{Context, PublishErrorKind};
+use async_nats::jetstream::context::{Context, PublishError, PublishErrorKind};
 use async_nats::jetstream::publish::PublishAck;
 use async_nats::{HeaderMap, header};
 use bytes::Bytes;
@@ -127,7 +127,7 @@ pub(super) async fn publish(
     payload: Bytes,
 ) -> Result<Published, AppendError> {
     // Whether some attempt may have been stored: then the final answer is Unknown.
-    let mut unknown: Option<String> = None;
+    let mut unknown: Option<PublishError> = None;
     let mut unavailable = String::new();
     for attempt in 1..=APPEND_ATTEMPTS_MAX {
         if attempt > 1 {
@@ -159,7 +159,7 @@ pub(super) async fn publish(
                     )));
                 }
                 PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe => {
-                    unknown = Some(error.to_string());
+                    unknown = Some(error);
                 }
                 // No responders: nothing received the message, so nothing was stored.
                 PublishErrorKind::StreamNotFound => unavailable = error.to_string(),
@@ -189,13 +189,21 @@ pub(super) async fn publish(
         }
     }
     match unknown {
-        Some(reason) => Err(AppendError::Unknown(format!(
-            "{reason} after {APPEND_ATTEMPTS_MAX} attempts"
-        ))),
+        Some(error) => Err(AppendError::Unknown(Box::new(NoAck { attempts: APPEND_ATTEMPTS_MAX, source: error }))),
         None => Err(AppendError::Unavailable(format!(
             "{unavailable} after {APPEND_ATTEMPTS_MAX} attempts; is JetStream up and the stream present?"
         ))),
     }
+}
+
+/// Why a publish's outcome is unknown: its last attempt got no ack (a timeout or a lost
+/// connection), so the server may have stored it; the source is async-nats' error.
+#[derive(Debug, thiserror::Error)]
+#[error("{source} after {attempts} attempts")]
+struct NoAck {
+    attempts: u32,
+    #[source]
+    source: PublishError,
 }
 
 /// nats-server's `JSStreamWrongLastSequenceConstantErr` (error code 10164): the expected

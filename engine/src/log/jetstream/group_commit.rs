@@ -116,7 +116,7 @@ impl GroupCommit {
         if start {
             tokio::spawn(std::sync::Arc::clone(self).drain());
         }
-        answer.await.map_err(|_| AppendError::Unknown("the group commit task stopped before answering".to_owned()))?
+        answer.await.map_err(|_| AppendError::Unknown(Box::new(DrainStopped)))?
     }
 
     /// Sends rounds until nothing waits.
@@ -202,6 +202,12 @@ impl GroupCommit {
         Err("an empty batch".to_owned())
     }
 }
+
+/// Why an append's outcome is unknown when the drain task went away with it queued or in
+/// flight (a panic in the task, or a runtime shutting down).
+#[derive(Debug, thiserror::Error)]
+#[error("the group commit task stopped before answering")]
+struct DrainStopped;
 
 /// Up to `GROUP_COMMIT_BATCH_MAX` waiting members, at most one per subject (a batch may
 /// name a subject with an expectation once); the rest keep their order in the queue.
