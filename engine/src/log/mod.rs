@@ -143,3 +143,18 @@ pub fn is_valid_subject(subject: &str) -> bool {
             !token.is_empty() && token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::AppendError;
+
+    /// Callers build an unknown outcome from plain text too (`"timeout".into()`, as the
+    /// gateways' status mapping tests do); the message keeps its shape either way.
+    #[test]
+    fn an_unknown_outcome_names_its_cause_and_how_to_retry() {
+        let error = AppendError::Unknown("timeout".into());
+        assert_eq!(error.to_string(), "append outcome unknown (timeout); retry with the same request id");
+        let source = std::error::Error::source(&error).expect("the cause is the source");
+        assert_eq!(source.to_string(), "timeout");
+    }
+}
