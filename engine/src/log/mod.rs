@@ -82,9 +82,12 @@ pub enum AppendError {
     InvalidSubject(String),
     #[error("payload of {size} bytes exceeds the log's limit of {max} bytes")]
     TooLarge { size: usize, max: usize },
-    /// The append may or may not have been stored: retry with the same idempotency key.
+    /// The append may or may not have been stored: retry with the same idempotency key. The
+    /// source says why the outcome is unknown (no ack after the last attempt, a failed
+    /// flush, a writer or task that stopped); each backend supplies its own typed cause, so
+    /// the shared type names no backend's errors.
     #[error("append outcome unknown ({0}); retry with the same request id")]
-    Unknown(String),
+    Unknown(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("event log unavailable: {0}")]
     Unavailable(String),
     #[error("event log storage failed: {0}")]
@@ -139,4 +142,19 @@ pub fn is_valid_subject(subject: &str) -> bool {
         && rest.split('.').all(|token| {
             !token.is_empty() && token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AppendError;
+
+    /// Callers build an unknown outcome from plain text too (`"timeout".into()`, as the
+    /// gateways' status mapping tests do); the message keeps its shape either way.
+    #[test]
+    fn an_unknown_outcome_names_its_cause_and_how_to_retry() {
+        let error = AppendError::Unknown("timeout".into());
+        assert_eq!(error.to_string(), "append outcome unknown (timeout); retry with the same request id");
+        let source = std::error::Error::source(&error).expect("the cause is the source");
+        assert_eq!(source.to_string(), "timeout");
+    }
 }
