@@ -70,7 +70,7 @@ pub const STREAM_HEADS_MAX: usize = 100_000;
 /// The hasher every stream link starts from: blake3 in derive-key mode for the stream
 /// head's context. Deriving the context's key is a hash of its own, so it is done once and
 /// each link starts from a copy (the same hasher state `new_derive_key` gives).
-static STREAM_LINK_HASHER: std::sync::LazyLock<blake3::Hasher> = std::sync::LazyLock::new(|| blake3::Hasher::new_derive_key("vouchsafe 2026 stream head"));
+static STREAM_LINK_HASHER: std::sync::LazyLock<engine::crypto::Hasher> = std::sync::LazyLock::new(|| engine::crypto::Hasher::new_derive_key("vouchsafe 2026 stream head"));
 
 /// The running hash over stored events: `H_s = blake3(H_{s-1} ‖ s ‖ subject ‖ payload)`.
 pub fn stream_link(previous: &[u8; 32], stored: &StoredEvent) -> [u8; 32] {
@@ -80,7 +80,7 @@ pub fn stream_link(previous: &[u8; 32], stored: &StoredEvent) -> [u8; 32] {
     hasher.update(&(stored.subject.len() as u64).to_le_bytes());
     hasher.update(stored.subject.as_bytes());
     hasher.update(&stored.payload);
-    *hasher.finalize().as_bytes()
+    hasher.finalize()
 }
 
 /// A stored event, decoded ahead of applying: the auditor's reader decodes events while
@@ -234,7 +234,7 @@ impl Projections {
     /// stream whatever the backend and however the events were batched.
     pub fn digest(&self) -> [u8; 32] {
         // v2: with the balances.
-        let mut hasher = blake3::Hasher::new_derive_key("vouchsafe 2026 state digest v2");
+        let mut hasher = engine::crypto::Hasher::new_derive_key("vouchsafe 2026 state digest v2");
         let mut field = |bytes: &[u8]| {
             hasher.update(&(bytes.len() as u64).to_le_bytes());
             hasher.update(bytes);
@@ -245,7 +245,7 @@ impl Projections {
         self.allocation.digest_into(&mut field);
         self.royalty.digest_into(&mut field);
         self.balances.digest_into(&mut field);
-        *hasher.finalize().as_bytes()
+        hasher.finalize()
     }
 }
 

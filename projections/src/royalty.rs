@@ -121,10 +121,10 @@ pub fn aad(epoch: u64, index: u64) -> [u8; 16] {
 /// `Y_j = blake3(Y_{j-1} ‖ C_j)` (`crypto::hash` of the concatenation), hashed in two
 /// parts rather than copied into one buffer first.
 pub fn running_hash(y_prev: &[u8; 32], ciphertext: &[u8]) -> [u8; 32] {
-    let mut hasher = blake3::Hasher::new();
+    let mut hasher = engine::crypto::Hasher::new();
     hasher.update(y_prev);
     hasher.update(ciphertext);
-    *hasher.finalize().as_bytes()
+    hasher.finalize()
 }
 
 /// The chain's position: the secret for the next entry and the last running hash. Used

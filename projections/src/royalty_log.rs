@@ -298,10 +298,10 @@ pub fn usage_digest(previous: &[u8; 32], entry: &Entry) -> [u8; 32] {
 /// The same over an entry already encoded (`Entry::encode`), which the royalty log has
 /// anyway for its chain link.
 fn usage_digest_of_encoded(previous: &[u8; 32], encoded: &[u8]) -> [u8; 32] {
-    let mut hasher = blake3::Hasher::new();
+    let mut hasher = engine::crypto::Hasher::new();
     hasher.update(previous);
     hasher.update(encoded);
-    *hasher.finalize().as_bytes()
+    hasher.finalize()
 }
 
 /// The totals line of every dimension that one usage counts in.

@@ -101,7 +101,7 @@ impl CheckpointRecord {
 
 pub(super) fn encode_checkpoint(record: &CheckpointRecord) -> Result<Vec<u8>, RowError> {
     let body = json(record, "checkpoint")?;
-    let check = blake3::derive_key(CHECKPOINT_CHECK_CONTEXT, &body);
+    let check = engine::crypto::derive_hash(CHECKPOINT_CHECK_CONTEXT, &body);
     Ok([&check[..], &body].concat())
 }
 
@@ -110,7 +110,7 @@ pub(super) fn decode_checkpoint(bytes: &[u8]) -> Result<CheckpointRecord, Checkp
         return Err(CheckpointError::Truncated);
     }
     let (check, body) = bytes.split_at(CHECKPOINT_CHECK_BYTES);
-    if blake3::derive_key(CHECKPOINT_CHECK_CONTEXT, body) != check {
+    if engine::crypto::derive_hash(CHECKPOINT_CHECK_CONTEXT, body) != check {
         return Err(CheckpointError::Checksum);
     }
     serde_json::from_slice(body).map_err(CheckpointError::Json)
@@ -118,11 +118,11 @@ pub(super) fn decode_checkpoint(bytes: &[u8]) -> Result<CheckpointRecord, Checkp
 
 /// `blake3(len(key) ‖ key ‖ value)`: one pair's share of the content digest.
 pub(super) fn pair_hash(key: &[u8], value: &[u8]) -> [u8; 32] {
-    let mut hasher = blake3::Hasher::new_derive_key(PAIR_CONTEXT);
+    let mut hasher = engine::crypto::Hasher::new_derive_key(PAIR_CONTEXT);
     hasher.update(&(key.len() as u64).to_le_bytes());
     hasher.update(key);
     hasher.update(value);
-    *hasher.finalize().as_bytes()
+    hasher.finalize()
 }
 
 /// Adds (or, the same operation, removes) one pair's hash to a content digest.
