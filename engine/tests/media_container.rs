@@ -38,7 +38,7 @@ fn container() -> &'static (Vec<u8>, SecretKey) {
             renditions: vec![RenditionSpec { name: "high", bitrate_kbps: 256, content: &high }, RenditionSpec { name: "low", bitrate_kbps: 96, content: &low }],
             preview: Some(PreviewSpec { start_ms: 0, duration_ms: 1000, fade_in_ms: 100, fade_out_ms: 100, media_type: "audio/mpeg", clip: b"clip" }),
         };
-        (media::seal_v2(&spec, &key, publisher()).expect("seals"), key)
+        (media::encrypt_v2(&spec, &key, publisher()).expect("builds"), key)
     })
 }
 

@@ -372,7 +372,7 @@ impl World {
             price_minor: 99,
             currency: "EUR".into(),
             terms: Some(client::standard_terms("label-1")),
-            container: engine::media::seal(&key, &content),
+            container: engine::media::encrypt_v1(&key, &content),
             wrapped_media_key: crypto::wrap_key(&self.fx.engine_public, &key).expect("wrap for the engine"),
             for_sale: true,
             renditions: vec![pb::RenditionInput { name: "high".into(), bitrate_kbps: 256, content_hash: crypto::hash(&content).to_vec(), size_bytes: content.len() as u64 }],

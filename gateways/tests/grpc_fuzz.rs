@@ -194,7 +194,7 @@ async fn build_world() -> World {
         (0..2u8)
             .map(|i| {
                 let key = SecretKey::random();
-                (engine::media::seal(&key, &[i; 300]), crypto::wrap_key(&engine_public, &key).expect("wrap for the engine"))
+                (engine::media::encrypt_v1(&key, &[i; 300]), crypto::wrap_key(&engine_public, &key).expect("wrap for the engine"))
             })
             .collect::<Vec<_>>()
     })

@@ -117,7 +117,7 @@ fn a_container_shows_its_structure_and_garbage_and_missing_keys_fail() {
     let root = dir.path();
     keys_dir(root, "keys", &key_a());
     let content = b"published content".repeat(10);
-    std::fs::write(root.join("song.vsmc"), media::seal(&crypto::SecretKey::random(), &content)).expect("write");
+    std::fs::write(root.join("song.vsmc"), media::encrypt_v1(&crypto::SecretKey::random(), &content)).expect("write");
     let (code, report, stderr) = inspect(root, &["song.vsmc", "--keys", "keys"]);
     assert_eq!(code, 0, "{report} {stderr}");
     assert_eq!(report["kind"], "container");

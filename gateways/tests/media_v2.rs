@@ -77,7 +77,7 @@ fn request_for(request_id: &str, container: Vec<u8>, wrapped_media_key: Vec<u8>,
 
 /// A signed container for `media_id`, built from `upload` (title/artist components as
 /// `publish_container` writes them), and the media key wrapped for the engine.
-fn seal(media_id: &MediaId, upload: &ContainerUpload, engine_public: &crypto::RsaPublic) -> (Vec<u8>, Vec<u8>) {
+fn container_for(media_id: &MediaId, upload: &ContainerUpload, engine_public: &crypto::RsaPublic) -> (Vec<u8>, Vec<u8>) {
     let (container, wrapped, _) = seal_with_key(media_id, upload, engine_public);
     (container, wrapped)
 }
@@ -105,7 +105,7 @@ fn seal_with_key(media_id: &MediaId, upload: &ContainerUpload, engine_public: &c
             clip: &preview.clip,
         }),
     };
-    let container = media::seal_v2(&spec, &key, &publisher_key()).expect("seals");
+    let container = media::encrypt_v2(&spec, &key, &publisher_key()).expect("builds");
     let wrapped = crypto::wrap_key(engine_public, &key).expect("wraps");
     (container, wrapped, key)
 }
@@ -133,18 +133,18 @@ async fn a_signed_multi_rendition_container_is_checked_published_streamed_and_de
     };
     let own_id = |request_id: &str| engine::ids::media_id_for(&operator.id, &RequestId::new(request_id));
     // Signed for another media id (another request id).
-    let (container, wrapped) = seal(&own_id("other-request"), &song, &engine_public);
+    let (container, wrapped) = container_for(&own_id("other-request"), &song, &engine_public);
     let refused = refuse(request_for("pub-1", container, wrapped, &song)).await;
     assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
     assert!(refused.message().contains("signed for media"), "{}", refused.message());
     // A flipped byte in a signed part (the free cover or the title; here: the last byte).
-    let (mut container, wrapped) = seal(&own_id("pub-1"), &song, &engine_public);
+    let (mut container, wrapped) = container_for(&own_id("pub-1"), &song, &engine_public);
     let last = container.len() - 1;
     container[last] ^= 1;
     let refused = refuse(request_for("pub-1", container, wrapped, &song)).await;
     assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
     // A request that disagrees with the signed container (another title, another clip).
-    let (container, wrapped) = seal(&own_id("pub-1"), &song, &engine_public);
+    let (container, wrapped) = container_for(&own_id("pub-1"), &song, &engine_public);
     let refused = refuse(pb::PublishMediaRequest { title: "Another Title".into(), ..request_for("pub-1", container.clone(), wrapped.clone(), &song) }).await;
     assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
     let refused = refuse(pb::PublishMediaRequest { preview_clip: b"another clip".to_vec(), ..request_for("pub-1", container.clone(), wrapped.clone(), &song) }).await;

@@ -304,7 +304,7 @@ pub fn check_proof(bundle: &ProofBundle, engine_key: &RsaPublic) -> Result<Entry
         return Err("Y is not in the sealed Merkle tree at this position".into());
     }
     let entry_key = SecretKey::from_bytes(hash32("entry_key", &bundle.entry_key)?);
-    let plaintext = crypto::aead_open(&entry_key, &royalty::nonce(), &royalty::aad(bundle.epoch, bundle.entry_index), &ciphertext)
+    let plaintext = crypto::aead_decrypt(&entry_key, &royalty::nonce(), &royalty::aad(bundle.epoch, bundle.entry_index), &ciphertext)
         .map_err(|_| "the entry key does not decrypt the ciphertext".to_string())?;
     serde_json::from_slice(&plaintext).map_err(|_| "the plaintext is not a royalty entry".to_string())
 }

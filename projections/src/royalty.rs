@@ -207,7 +207,7 @@ impl Chain {
     /// As `append`, for an entry already encoded (`Entry::encode`): the same chained entry.
     pub fn append_encoded(&mut self, encoded: &[u8]) -> ChainedEntry {
         let entry_key = self.next_entry_key();
-        let ciphertext = crypto::aead_seal(&entry_key, &nonce(), &aad(self.epoch, self.next_index), encoded);
+        let ciphertext = crypto::aead_encrypt(&entry_key, &nonce(), &aad(self.epoch, self.next_index), encoded);
         let y = running_hash(&self.y_prev, &ciphertext);
         let z = crypto::hmac_sha256(self.a.expose(), &y);
         let chained = ChainedEntry { epoch: self.epoch, index: self.next_index, ciphertext, y, z };
@@ -237,7 +237,7 @@ impl Chain {
             return Err(fault("MAC Z does not verify under this epoch's key"));
         }
         let entry_key = self.next_entry_key();
-        let plaintext = crypto::aead_open(&entry_key, &nonce(), &aad(self.epoch, self.next_index), &chained.ciphertext)
+        let plaintext = crypto::aead_decrypt(&entry_key, &nonce(), &aad(self.epoch, self.next_index), &chained.ciphertext)
             .map_err(|_| fault("ciphertext does not decrypt"))?;
         let entry: Entry = serde_json::from_slice(&plaintext).map_err(|_| fault("plaintext is not an entry"))?;
         self.advance(y);

@@ -1,4 +1,4 @@
-//! AES-256-GCM: sealing and opening with a caller-chosen nonce and associated data.
+//! AES-256-GCM: encrypting and decrypting with a caller-chosen nonce and associated data.
 //!
 //! What does not live here: nonce bookkeeping (a nonce must never repeat under one key, and
 //! only the caller knows its positions or counters) and the container formats built on it
@@ -17,7 +17,7 @@ fn aead_cipher(key: &SecretKey) -> Aes256Gcm {
 ///
 /// # Panics
 /// If `plaintext` is longer than AES-GCM's limit (about 64 GiB).
-pub fn aead_seal(
+pub fn aead_encrypt(
     key: &SecretKey,
     nonce: &[u8; NONCE_BYTES],
     aad: &[u8],
@@ -36,7 +36,7 @@ pub fn aead_seal(
 
 /// AES-256-GCM decryption of `ciphertext ‖ tag`; fails on a wrong key, nonce or `aad`, or any
 /// altered byte.
-pub fn aead_open(
+pub fn aead_decrypt(
     key: &SecretKey,
     nonce: &[u8; NONCE_BYTES],
     aad: &[u8],

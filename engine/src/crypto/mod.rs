@@ -27,7 +27,7 @@ mod hashing;
 mod rsa;
 mod tokens;
 
-pub use self::aead::{aead_open, aead_seal};
+pub use self::aead::{aead_decrypt, aead_encrypt};
 pub use self::hashing::{Hasher, credential_hash, derive_hash, derive_key, hash, keyed_hash};
 pub use self::rsa::{RsaPrivate, RsaPublic, sign, unwrap_key, verify, wrap_key};
 pub use self::tokens::{

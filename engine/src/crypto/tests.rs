@@ -195,9 +195,9 @@ fn check_gcm(key_hex: &str, iv_hex: &str, aad_hex: &str, plain_hex: &str, sealed
     let key = SecretKey::from_bytes(unhex(key_hex).try_into().unwrap());
     let nonce: [u8; NONCE_BYTES] = unhex(iv_hex).try_into().unwrap();
     let (aad, plain) = (unhex(aad_hex), unhex(plain_hex));
-    let sealed = aead_seal(&key, &nonce, &aad, &plain);
+    let sealed = aead_encrypt(&key, &nonce, &aad, &plain);
     assert_eq!(hex::encode(&sealed), sealed_hex);
-    assert_eq!(aead_open(&key, &nonce, &aad, &sealed).unwrap(), plain);
+    assert_eq!(aead_decrypt(&key, &nonce, &aad, &sealed).unwrap(), plain);
 }
 
 #[test]
@@ -245,28 +245,28 @@ fn aes256gcm_spec_case_16() {
 #[test]
 fn aead_round_trip_and_tamper() {
     let (key, nonce) = (SecretKey::random(), random_bytes::<NONCE_BYTES>());
-    let sealed = aead_seal(&key, &nonce, b"media-1", b"the media bytes");
+    let sealed = aead_encrypt(&key, &nonce, b"media-1", b"the media bytes");
     assert_eq!(sealed.len(), b"the media bytes".len() + AEAD_TAG_BYTES);
     assert_eq!(
-        aead_open(&key, &nonce, b"media-1", &sealed).unwrap(),
+        aead_decrypt(&key, &nonce, b"media-1", &sealed).unwrap(),
         b"the media bytes"
     );
     assert!(matches!(
-        aead_open(&SecretKey::random(), &nonce, b"media-1", &sealed),
+        aead_decrypt(&SecretKey::random(), &nonce, b"media-1", &sealed),
         Err(CryptoError::Decrypt)
     ));
-    assert!(aead_open(&key, &nonce, b"media-2", &sealed).is_err());
-    assert!(aead_open(&key, &[0u8; NONCE_BYTES], b"media-1", &sealed).is_err());
+    assert!(aead_decrypt(&key, &nonce, b"media-2", &sealed).is_err());
+    assert!(aead_decrypt(&key, &[0u8; NONCE_BYTES], b"media-1", &sealed).is_err());
     for index in [0, sealed.len() - 1] {
         let mut flipped = sealed.clone();
         flipped[index] ^= 0x01;
         assert!(
-            aead_open(&key, &nonce, b"media-1", &flipped).is_err(),
+            aead_decrypt(&key, &nonce, b"media-1", &flipped).is_err(),
             "bit flip at {index}"
         );
     }
-    assert!(aead_open(&key, &nonce, b"media-1", &sealed[..AEAD_TAG_BYTES - 1]).is_err());
-    assert!(aead_open(&key, &nonce, b"media-1", &sealed[..sealed.len() - 1]).is_err());
+    assert!(aead_decrypt(&key, &nonce, b"media-1", &sealed[..AEAD_TAG_BYTES - 1]).is_err());
+    assert!(aead_decrypt(&key, &nonce, b"media-1", &sealed[..sealed.len() - 1]).is_err());
 }
 
 // ---- RSA ----

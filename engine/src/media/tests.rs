@@ -10,10 +10,10 @@ use crate::crypto::{self, SecretKey};
 use crate::ids::{CertSerial, ConsumerId, MediaId, Millis, NodeId, VoucherId};
 
 #[test]
-fn seal_then_open_round_trips_and_a_wrong_key_fails() {
+fn encrypt_then_open_round_trips_and_a_wrong_key_fails() {
     let key = SecretKey::random();
     let content = b"a song, for sale".repeat(100);
-    let bytes = seal(&key, &content);
+    let bytes = encrypt_v1(&key, &content);
     assert_eq!(open(&key, &bytes).expect("opens"), content);
     assert_eq!(parse_v1(&bytes).expect("parses").content_hash, crypto::hash(&content));
     assert_eq!(open(&SecretKey::random(), &bytes), Err(ContainerError::Decrypt));
@@ -22,7 +22,7 @@ fn seal_then_open_round_trips_and_a_wrong_key_fails() {
 #[test]
 fn every_truncation_and_every_flipped_bit_is_refused_without_panic() {
     let key = SecretKey::random();
-    let bytes = seal(&key, b"short content");
+    let bytes = encrypt_v1(&key, b"short content");
     for cut in 0..bytes.len() {
         assert!(open(&key, &bytes[..cut]).is_err(), "cut at {cut}");
     }
@@ -135,7 +135,7 @@ fn content(seed: u8, len: usize) -> Vec<u8> {
 
 /// A small format-2 container: two renditions (the first spans several chunks, the
 /// last one partial), free and encrypted components, and a preview clip.
-fn sealed_v2(media_key: &SecretKey) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+fn encrypted_v2(media_key: &SecretKey) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
     let (high, low) = (content(1, 5000), content(2, 1500));
     let media_id = MediaId::new("md1");
     let spec = ContainerSpec {
@@ -151,13 +151,13 @@ fn sealed_v2(media_key: &SecretKey) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
         renditions: vec![RenditionSpec { name: "high", bitrate_kbps: 256, content: &high }, RenditionSpec { name: "low", bitrate_kbps: 96, content: &low }],
         preview: Some(PreviewSpec { start_ms: 1000, duration_ms: 3000, fade_in_ms: 500, fade_out_ms: 500, media_type: "audio/mpeg", clip: b"free clip" }),
     };
-    (seal_v2(&spec, media_key, &crypto::test_keys::fixed_rsa()).expect("seals"), high, low)
+    (encrypt_v2(&spec, media_key, &crypto::test_keys::fixed_rsa()).expect("builds"), high, low)
 }
 
 #[test]
 fn a_format_2_container_round_trips() {
     let key = SecretKey::random();
-    let (bytes, high, low) = sealed_v2(&key);
+    let (bytes, high, low) = encrypted_v2(&key);
     let Parsed::V2(container) = parse(&bytes).expect("parses") else { panic!("format 2") };
     assert_eq!(container.verify().expect("verifies").key_id(), crypto::test_keys::fixed_rsa().public().key_id());
     assert_eq!(container.media_id, MediaId::new("md1"));
@@ -175,17 +175,17 @@ fn a_format_2_container_round_trips() {
     // Chunks cannot be swapped between positions or renditions.
     let (first, _) = container.chunk_range(0, 0).expect("chunk 0");
     let (second, len) = container.chunk_range(0, 1).expect("chunk 1");
-    let sealed_second = &bytes[second as usize..(second + len) as usize];
-    assert!(container.open_chunk(&key, 0, 1, sealed_second).is_ok());
-    assert_eq!(container.open_chunk(&key, 0, 0, sealed_second), Err(ContainerError::Decrypt));
-    assert_eq!(container.open_chunk(&key, 1, 1, sealed_second), Err(ContainerError::Decrypt));
+    let encrypted_second = &bytes[second as usize..(second + len) as usize];
+    assert!(container.open_chunk(&key, 0, 1, encrypted_second).is_ok());
+    assert_eq!(container.open_chunk(&key, 0, 0, encrypted_second), Err(ContainerError::Decrypt));
+    assert_eq!(container.open_chunk(&key, 1, 1, encrypted_second), Err(ContainerError::Decrypt));
     assert!(first < second);
 }
 
 #[test]
 fn seeking_decrypts_from_any_chunk_the_same_bytes_as_a_full_decryption() {
     let key = SecretKey::random();
-    let (bytes, high, _) = sealed_v2(&key);
+    let (bytes, high, _) = encrypted_v2(&key);
     let Parsed::V2(container) = parse(&bytes).expect("parses") else { panic!("format 2") };
     let full = container.open_rendition(&key, 0).expect("full");
     assert_eq!(full, high);
@@ -210,7 +210,7 @@ fn seeking_decrypts_from_any_chunk_the_same_bytes_as_a_full_decryption() {
 #[test]
 fn every_flipped_byte_and_truncation_of_a_format_2_container_is_refused() {
     let key = SecretKey::random();
-    let (bytes, _, _) = sealed_v2(&key);
+    let (bytes, _, _) = encrypted_v2(&key);
     for cut in 0..bytes.len() {
         assert!(parse(&bytes[..cut]).is_err(), "cut at {cut}");
     }
@@ -249,15 +249,15 @@ fn a_container_re_signed_by_another_key_names_that_key() {
         preview: None,
     };
     let other = crypto::test_keys::fixed_rsa_2();
-    let bytes = seal_v2(&spec, &key, &other).expect("seals");
+    let bytes = encrypt_v2(&spec, &key, &other).expect("builds");
     let Parsed::V2(container) = parse(&bytes).expect("parses") else { panic!("format 2") };
     assert_eq!(container.verify().expect("self-consistent").key_id(), other.public().key_id());
     assert_ne!(container.verify().expect("verifies").key_id(), crypto::test_keys::fixed_rsa().public().key_id());
-    // Bad specs are refused before anything is sealed.
+    // Bad specs are refused before anything is encrypted.
     let bad = ContainerSpec { chunk_bytes: 10, ..spec.clone() };
-    assert!(matches!(seal_v2(&bad, &key, &other), Err(ContainerError::Malformed(_))));
+    assert!(matches!(encrypt_v2(&bad, &key, &other), Err(ContainerError::Malformed(_))));
     let bad = ContainerSpec { renditions: Vec::new(), ..spec.clone() };
-    assert!(seal_v2(&bad, &key, &other).is_err());
+    assert!(encrypt_v2(&bad, &key, &other).is_err());
     let bad = ContainerSpec { preview: Some(PreviewSpec { start_ms: 0, duration_ms: 1, fade_in_ms: 0, fade_out_ms: 0, media_type: "audio/mpeg", clip: b"" }), ..spec };
-    assert!(seal_v2(&bad, &key, &other).is_err(), "a preview past the media's end");
+    assert!(encrypt_v2(&bad, &key, &other).is_err(), "a preview past the media's end");
 }

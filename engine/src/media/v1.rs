@@ -34,10 +34,10 @@ fn aad(content_hash: &[u8; 32]) -> Vec<u8> {
 }
 
 /// Encrypts `content` under `media_key` with a fresh random nonce.
-pub fn seal(media_key: &SecretKey, content: &[u8]) -> Vec<u8> {
+pub fn encrypt_v1(media_key: &SecretKey, content: &[u8]) -> Vec<u8> {
     let nonce = crypto::random_bytes::<12>();
     let content_hash = crypto::hash(content);
-    let ciphertext = crypto::aead_seal(media_key, &nonce, &aad(&content_hash), content);
+    let ciphertext = crypto::aead_encrypt(media_key, &nonce, &aad(&content_hash), content);
     let mut bytes = Vec::with_capacity(HEADER_BYTES + ciphertext.len());
     bytes.extend_from_slice(MAGIC);
     bytes.push(FORMAT_VERSION);
@@ -86,7 +86,7 @@ pub fn parse_v1(bytes: &[u8]) -> Result<Container<'_>, ContainerError> {
 /// Decrypts a format-1 container and checks the content against its hash.
 pub fn open(media_key: &SecretKey, bytes: &[u8]) -> Result<Vec<u8>, ContainerError> {
     let container = parse_v1(bytes)?;
-    let content = crypto::aead_open(media_key, &container.nonce, &aad(&container.content_hash), container.ciphertext).map_err(|_: CryptoError| ContainerError::Decrypt)?;
+    let content = crypto::aead_decrypt(media_key, &container.nonce, &aad(&container.content_hash), container.ciphertext).map_err(|_: CryptoError| ContainerError::Decrypt)?;
     if !crypto::ct_eq(&crypto::hash(&content), &container.content_hash) {
         return Err(ContainerError::ContentHash);
     }

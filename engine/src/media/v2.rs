@@ -1,7 +1,7 @@
-//! Container format 2: signed by the publisher, sealed chunk by chunk, with free and
+//! Container format 2: signed by the publisher, encrypted chunk by chunk, with free and
 //! encrypted components and a free preview clip.
 //!
-//! **Container format 2** ([`seal_v2`], [`parse_v2`], [`ContainerV2`]):
+//! **Container format 2** ([`encrypt_v2`], [`parse_v2`], [`ContainerV2`]):
 //! ```text
 //! magic "VSMC" | u8 2 | u8 0 | u16 signature_len | u32 toc_len | u64 toc_offset
 //! | publisher signature (RSA-PSS over label ‖ toc) | table of contents | body
@@ -9,10 +9,10 @@
 //! The table of contents names the media id it is signed for, the publisher's public key,
 //! the length, the for-sale flag, and every body section with its offset, length and
 //! blake3 hash: descriptive components (title, artist, authors, lyrics, liner notes, cover
-//! and promotional art; each free to view or sealed with the media key), the unencrypted
-//! preview clip (start, duration, fades), and per rendition its chunks (each sealed on its
+//! and promotional art; each free to view or encrypted with the media key), the unencrypted
+//! preview clip (start, duration, fades), and per rendition its chunks (each encrypted on its
 //! own with AES-256-GCM under a nonce derived from rendition and chunk index, the position
-//! bound into the associated data) and its index table (chunk offset, sealed length,
+//! bound into the associated data) and its index table (chunk offset, encrypted length,
 //! plaintext offset, play time). Signing the table signs every byte: a container that
 //! verifies is exactly what the publisher signed. A player decrypts chunk by chunk while
 //! it plays; a node streams the bytes opaquely from any offset.
@@ -47,7 +47,7 @@ pub const CHUNK_BYTES_MIN: u32 = 1024;
 pub const CHUNK_BYTES_MAX: u32 = 1024 * 1024;
 /// The chunk size `vouchsafe publish` uses.
 pub const CHUNK_BYTES_DEFAULT: u32 = 64 * 1024;
-/// Bytes of one index table entry: chunk offset u64, sealed length u32, plaintext offset
+/// Bytes of one index table entry: chunk offset u64, encrypted length u32, plaintext offset
 /// u64, time u64.
 pub const INDEX_ENTRY_BYTES: usize = 8 + 4 + 8 + 8;
 const AEAD_TAG_BYTES: u64 = 16;
@@ -57,7 +57,7 @@ const COMPONENT_AAD_LABEL: &[u8] = b"vouchsafe media component v2\0";
 const NONCE_KIND_CHUNK: u8 = 1;
 const NONCE_KIND_COMPONENT: u8 = 2;
 
-/// A descriptive component for [`seal_v2`]: title, artist, authors, lyrics, liner notes,
+/// A descriptive component for [`encrypt_v2`]: title, artist, authors, lyrics, liner notes,
 /// cover or promotional art; free to view, or encrypted with the media key.
 #[derive(Clone, Copy, Debug)]
 pub struct ComponentSpec<'a> {
@@ -67,7 +67,7 @@ pub struct ComponentSpec<'a> {
     pub data: &'a [u8],
 }
 
-/// One quality of the media for [`seal_v2`].
+/// One quality of the media for [`encrypt_v2`].
 #[derive(Clone, Copy, Debug)]
 pub struct RenditionSpec<'a> {
     pub name: &'a str,
@@ -75,7 +75,7 @@ pub struct RenditionSpec<'a> {
     pub content: &'a [u8],
 }
 
-/// The free preview clip for [`seal_v2`]: where it starts in the media, how long it plays,
+/// The free preview clip for [`encrypt_v2`]: where it starts in the media, how long it plays,
 /// how it fades in and out, and its (unencrypted) bytes.
 #[derive(Clone, Copy, Debug)]
 pub struct PreviewSpec<'a> {
@@ -120,11 +120,11 @@ pub struct Component {
 }
 
 /// One entry of a rendition's index table: where chunk `i` starts (from the start of the
-/// rendition's data), its sealed length, the plaintext offset and the play time it starts at.
+/// rendition's data), its encrypted length, the plaintext offset and the play time it starts at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IndexEntry {
     pub offset: u64,
-    pub sealed_len: u32,
+    pub encrypted_len: u32,
     pub plain_offset: u64,
     pub time_ms: u64,
 }
@@ -139,7 +139,7 @@ pub struct RenditionEntry {
     pub content_hash: [u8; 32],
     pub chunk_bytes: u32,
     pub chunk_count: u64,
-    /// The sealed chunks, back to back.
+    /// The encrypted chunks, back to back.
     pub data: Section,
     /// The index table.
     pub index: Section,
@@ -307,12 +307,12 @@ fn signed_message_v2(toc: &[u8]) -> Vec<u8> {
     message
 }
 
-/// Builds a format-2 container: each encrypted component and every rendition chunk sealed
+/// Builds a format-2 container: each encrypted component and every rendition chunk encrypted
 /// with `media_key` (AES-256-GCM, a distinct nonce per chunk), an index table per rendition,
 /// the free preview clip, and a table of contents signed with the publisher's key.
 ///
-/// A media key must seal exactly one container: the nonces are derived from positions.
-pub fn seal_v2(spec: &ContainerSpec<'_>, media_key: &SecretKey, publisher: &RsaPrivate) -> Result<Vec<u8>, ContainerError> {
+/// A media key must encrypt exactly one container: the nonces are derived from positions.
+pub fn encrypt_v2(spec: &ContainerSpec<'_>, media_key: &SecretKey, publisher: &RsaPrivate) -> Result<Vec<u8>, ContainerError> {
     check_spec(spec)?;
     let publisher_key_der = publisher.public().to_der().map_err(|error| ContainerError::Sign(error.to_string()))?;
     let mut body = Vec::new();
@@ -324,7 +324,7 @@ pub fn seal_v2(spec: &ContainerSpec<'_>, media_key: &SecretKey, publisher: &RsaP
     toc.extend_from_slice(&(spec.components.len() as u32).to_le_bytes());
     for (i, component) in spec.components.iter().enumerate() {
         let section = if component.encrypted {
-            push_section(&mut body, &crypto::aead_seal(media_key, &component_nonce(i), &component_aad(spec.media_id, component.name), component.data))
+            push_section(&mut body, &crypto::aead_encrypt(media_key, &component_nonce(i), &component_aad(spec.media_id, component.name), component.data))
         } else {
             push_section(&mut body, component.data)
         };
@@ -356,10 +356,10 @@ pub fn seal_v2(spec: &ContainerSpec<'_>, media_key: &SecretKey, publisher: &RsaP
         index.extend_from_slice(&u32::try_from(count).map_err(|_| malformed("too many chunks"))?.to_le_bytes());
         for (i, chunk) in rendition.content.chunks(spec.chunk_bytes as usize).enumerate() {
             let i = i as u64;
-            let (offset, sealed_len, plain_offset) = index_entry(i, size_bytes, spec.chunk_bytes);
-            body.extend_from_slice(&crypto::aead_seal(media_key, &chunk_nonce(r, i), &chunk_aad(spec.media_id, rendition.name, &content_hash, i, count), chunk));
+            let (offset, encrypted_len, plain_offset) = index_entry(i, size_bytes, spec.chunk_bytes);
+            body.extend_from_slice(&crypto::aead_encrypt(media_key, &chunk_nonce(r, i), &chunk_aad(spec.media_id, rendition.name, &content_hash, i, count), chunk));
             index.extend_from_slice(&offset.to_le_bytes());
-            index.extend_from_slice(&sealed_len.to_le_bytes());
+            index.extend_from_slice(&encrypted_len.to_le_bytes());
             index.extend_from_slice(&plain_offset.to_le_bytes());
             index.extend_from_slice(&time_at(plain_offset, size_bytes, spec.length_ms).to_le_bytes());
         }
@@ -446,8 +446,8 @@ fn read_index(bytes: &[u8], size_bytes: u64, chunk_bytes: u32, count: u64, lengt
     let mut entries = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
     let mut previous_time_ms = 0;
     for i in 0..count {
-        let entry = IndexEntry { offset: reader.u64()?, sealed_len: reader.u32()?, plain_offset: reader.u64()?, time_ms: reader.u64()? };
-        if (entry.offset, entry.sealed_len, entry.plain_offset) != index_entry(i, size_bytes, chunk_bytes) {
+        let entry = IndexEntry { offset: reader.u64()?, encrypted_len: reader.u32()?, plain_offset: reader.u64()?, time_ms: reader.u64()? };
+        if (entry.offset, entry.encrypted_len, entry.plain_offset) != index_entry(i, size_bytes, chunk_bytes) {
             return Err(malformed(format!("index entry {i} does not locate chunk {i}")));
         }
         if entry.time_ms < previous_time_ms || entry.time_ms > length_ms {
@@ -552,7 +552,7 @@ pub fn parse_v2(bytes: &[u8]) -> Result<ContainerV2<'_>, ContainerError> {
         let data = read_section(&mut reader, &mut next_offset, body_len)?;
         // Bounded: size ≤ CONTAINER_BYTES_MAX and count ≤ size / CHUNK_BYTES_MIN + 1.
         if data.len != size_bytes + count * AEAD_TAG_BYTES {
-            return Err(malformed(format!("rendition {name:?}'s data is {} bytes, not {} sealed bytes", data.len, size_bytes + count * AEAD_TAG_BYTES)));
+            return Err(malformed(format!("rendition {name:?}'s data is {} bytes, not {} encrypted bytes", data.len, size_bytes + count * AEAD_TAG_BYTES)));
         }
         let index = read_section(&mut reader, &mut next_offset, body_len)?;
         if index.len != 4 + count * INDEX_ENTRY_BYTES as u64 {
@@ -627,7 +627,7 @@ impl<'a> ContainerV2<'a> {
         if !component.encrypted {
             return Ok(bytes.to_vec());
         }
-        crypto::aead_open(media_key, &component_nonce(index), &component_aad(&self.media_id, &component.name), bytes).map_err(|_| ContainerError::Decrypt)
+        crypto::aead_decrypt(media_key, &component_nonce(index), &component_aad(&self.media_id, &component.name), bytes).map_err(|_| ContainerError::Decrypt)
     }
 
     /// The free preview clip.
@@ -640,7 +640,7 @@ impl<'a> ContainerV2<'a> {
     pub fn chunk_range(&self, rendition: usize, chunk: u64) -> Option<(u64, u64)> {
         let entry = self.renditions.get(rendition)?;
         let index = entry.index_entries.get(usize::try_from(chunk).ok()?)?;
-        Some((self.body_start + entry.data.offset + index.offset, u64::from(index.sealed_len)))
+        Some((self.body_start + entry.data.offset + index.offset, u64::from(index.encrypted_len)))
     }
 
     /// The chunk that plays at `time_ms` (the last chunk starting at or before it).
@@ -650,23 +650,23 @@ impl<'a> ContainerV2<'a> {
         Some(after.saturating_sub(1) as u64)
     }
 
-    /// Decrypts and authenticates one chunk of a rendition, given the sealed chunk's bytes
+    /// Decrypts and authenticates one chunk of a rendition, given the encrypted chunk's bytes
     /// (from this container, or from a node's stream at [`ContainerV2::chunk_range`]).
-    pub fn open_chunk(&self, media_key: &SecretKey, rendition: usize, chunk: u64, sealed: &[u8]) -> Result<Vec<u8>, ContainerError> {
+    pub fn open_chunk(&self, media_key: &SecretKey, rendition: usize, chunk: u64, encrypted: &[u8]) -> Result<Vec<u8>, ContainerError> {
         let entry = self.renditions.get(rendition).ok_or_else(|| malformed(format!("no rendition {rendition}")))?;
         if chunk >= entry.chunk_count {
             return Err(malformed(format!("rendition {:?} has {} chunks", entry.name, entry.chunk_count)));
         }
         let aad = chunk_aad(&self.media_id, &entry.name, &entry.content_hash, chunk, entry.chunk_count);
-        crypto::aead_open(media_key, &chunk_nonce(rendition, chunk), &aad, sealed).map_err(|_| ContainerError::Decrypt)
+        crypto::aead_decrypt(media_key, &chunk_nonce(rendition, chunk), &aad, encrypted).map_err(|_| ContainerError::Decrypt)
     }
 
     /// Decrypts chunk `chunk` of a rendition from this container's bytes.
     pub fn decrypt_chunk(&self, media_key: &SecretKey, rendition: usize, chunk: u64) -> Result<Vec<u8>, ContainerError> {
         let (offset, len) = self.chunk_range(rendition, chunk).ok_or_else(|| malformed(format!("no chunk {chunk} in rendition {rendition}")))?;
         let start = offset.checked_sub(self.body_start).ok_or_else(|| malformed("a chunk lies before the body"))?;
-        let sealed = section_slice(self.body, &Section { offset: start, len, hash: [0; 32] }).ok_or_else(|| malformed("a chunk lies outside the body"))?;
-        self.open_chunk(media_key, rendition, chunk, sealed)
+        let encrypted = section_slice(self.body, &Section { offset: start, len, hash: [0; 32] }).ok_or_else(|| malformed("a chunk lies outside the body"))?;
+        self.open_chunk(media_key, rendition, chunk, encrypted)
     }
 
     /// Decrypts a whole rendition chunk by chunk (each authenticated as it comes, as a

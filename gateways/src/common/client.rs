@@ -149,7 +149,7 @@ pub async fn publish(catalog: &mut CatalogClient, request_id: &str, engine_publi
         let content = upload.content;
         let engine_public = engine_public.clone();
         tokio::task::spawn_blocking(move || -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
-            Ok((engine::media::seal(&media_key, &content), crypto::wrap_key(&engine_public, &media_key)?))
+            Ok((engine::media::encrypt_v1(&media_key, &content), crypto::wrap_key(&engine_public, &media_key)?))
         })
         .await
         .context("the encryption task failed")??
@@ -282,7 +282,7 @@ pub async fn publish_container(
                     clip: &p.clip,
                 }),
             };
-            let container = engine::media::seal_v2(&spec, &media_key, &publisher_key).context("cannot build the media container")?;
+            let container = engine::media::encrypt_v2(&spec, &media_key, &publisher_key).context("cannot build the media container")?;
             Ok((container, crypto::wrap_key(&engine_public, &media_key)?))
         })
         .await
