@@ -191,12 +191,12 @@ const GCM_IV: &str = "cafebabefacedbaddecaf888";
 const GCM_PLAIN: &str = "d9313225f88406e5a55909c5aff5269a86a7a9531534f7da2e4c303d8a318a721c3c0c95956809532fcf0e2449a6b525b16aedf5aa0de657ba637b391aafd255";
 const GCM_CIPHER: &str = "522dc1f099567d07f47f37a32a84427d643a8cdcbfe5c0c97598a2bd2555d1aa8cb08e48590dbb3da7b08b1056828838c5f61e6393ba7a0abcc9f662898015ad";
 
-fn check_gcm(key_hex: &str, iv_hex: &str, aad_hex: &str, plain_hex: &str, sealed_hex: &str) {
+fn check_gcm(key_hex: &str, iv_hex: &str, aad_hex: &str, plain_hex: &str, ciphertext_hex: &str) {
     let key = SecretKey::from_bytes(unhex(key_hex).try_into().unwrap());
     let nonce: [u8; NONCE_BYTES] = unhex(iv_hex).try_into().unwrap();
     let (aad, plain) = (unhex(aad_hex), unhex(plain_hex));
     let sealed = aead_encrypt(&key, &nonce, &aad, &plain);
-    assert_eq!(hex::encode(&sealed), sealed_hex);
+    assert_eq!(hex::encode(&sealed), ciphertext_hex);
     assert_eq!(aead_decrypt(&key, &nonce, &aad, &sealed).unwrap(), plain);
 }
 

@@ -98,7 +98,7 @@ pub struct RenditionView {
     /// Plaintext bytes, when the file says.
     pub size_bytes: Option<u64>,
     pub bitrate_kbps: Option<u32>,
-    /// Format 2: the rendition's chunks (each sealed on its own) and their plaintext size.
+    /// Format 2: the rendition's chunks (each encrypted on its own) and their plaintext size.
     pub chunks: Option<u64>,
     pub chunk_bytes: Option<u32>,
 }

@@ -222,13 +222,13 @@ pub struct ContainerUpload {
     pub preview: Option<PreviewUpload>,
     pub for_sale: bool,
     pub image_descriptor: String,
-    /// Plaintext bytes per sealed chunk (`engine::media::CHUNK_BYTES_DEFAULT`).
+    /// Plaintext bytes per encrypted chunk (`engine::media::CHUNK_BYTES_DEFAULT`).
     pub chunk_bytes: u32,
 }
 
 const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
 
-/// Builds a format-2 container (every rendition sealed in chunks under a fresh media key,
+/// Builds a format-2 container (every rendition encrypted in chunks under a fresh media key,
 /// the descriptive data, the preview clip, the table of contents signed with
 /// `publisher_key`), wraps the media key for the engine and publishes it. The container is
 /// signed for the media id the engine will give it (`ids::media_id_for(publisher_id,
