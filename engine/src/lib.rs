@@ -12,6 +12,7 @@ pub mod log;
 pub mod media;
 pub mod media_store;
 pub mod merkle;
+pub mod panic;
 pub mod placement;
 pub mod seal;
 pub mod wire;

@@ -88,7 +88,7 @@ impl ProjectionStore {
         // (sled #1533), and reading a damaged page could too: neither may take the
         // process down.
         let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Self::open_unguarded(dir)));
-        attempt.unwrap_or_else(|panic| Err(Refusal::Damaged(Damage::Panic(panic_message(panic.as_ref())))))
+        attempt.unwrap_or_else(|panic| Err(Refusal::Damaged(Damage::Panic(engine::panic::message(panic.as_ref())))))
     }
 
     fn open_unguarded(dir: &Path) -> Result<(ProjectionStore, OpenOutcome), Refusal> {
@@ -160,15 +160,5 @@ fn classify_open_error(path: &Path, error: sled::Error) -> Refusal {
             Refusal::Refuse(StoreError::Unavailable { path: path.to_path_buf(), reason: io.to_string() })
         }
         _ => Refusal::Damaged(Damage::Open(error)),
-    }
-}
-
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    if let Some(message) = panic.downcast_ref::<&str>() {
-        (*message).to_owned()
-    } else if let Some(message) = panic.downcast_ref::<String>() {
-        message.clone()
-    } else {
-        "unknown panic payload".to_owned()
     }
 }

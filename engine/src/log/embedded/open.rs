@@ -53,7 +53,7 @@ impl EmbeddedLog {
             Err(panic) => {
                 return Err(OpenError::Panicked {
                     path,
-                    reason: panic_message(panic.as_ref()),
+                    reason: crate::panic::message(panic.as_ref()),
                 });
             }
         };
@@ -92,16 +92,6 @@ fn open_error(path: &Path, error: sled::Error) -> OpenError {
             path: path.to_path_buf(),
             reason: other.to_string(),
         },
-    }
-}
-
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    if let Some(message) = panic.downcast_ref::<&str>() {
-        (*message).to_owned()
-    } else if let Some(message) = panic.downcast_ref::<String>() {
-        message.clone()
-    } else {
-        "unknown panic payload".to_owned()
     }
 }
 
