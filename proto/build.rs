@@ -11,11 +11,6 @@ fn main() {
     }
     let descriptors = protox::compile(files, ["proto"]).expect("proto files compile");
     let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
-    std::fs::write(out_dir.join("vouchsafe_descriptor.bin"), descriptors.encode_to_vec())
-        .expect("descriptor set written to OUT_DIR");
-    tonic_prost_build::configure()
-        .build_server(true)
-        .build_client(true)
-        .compile_fds(descriptors)
-        .expect("tonic code generation");
+    std::fs::write(out_dir.join("vouchsafe_descriptor.bin"), descriptors.encode_to_vec()).expect("descriptor set written to OUT_DIR");
+    tonic_prost_build::configure().build_server(true).build_client(true).compile_fds(descriptors).expect("tonic code generation");
 }

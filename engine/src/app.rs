@@ -27,8 +27,8 @@ use crate::domain::{Actor, ActorKind, Aggregate, Rejection, Root};
 use crate::handler::{HandleError, Handled, Handler};
 use crate::ids::*;
 use crate::log::EventLog;
-use crate::media_store::{MediaStore, MediaStoreError, Part};
 use crate::media::TransactionRecord;
+use crate::media_store::{MediaStore, MediaStoreError, Part};
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 
@@ -257,7 +257,8 @@ impl Market {
     pub async fn register_merchant(&self, operator: &str, request: &RequestId, name: &str) -> Result<Credential, AppError> {
         let merchant = merchant_id_for(operator, request);
         let secret = SecretKey::random();
-        let command = MerchantCommand::Register { merchant: merchant.clone(), name: name.to_string(), credential_hash: crypto::credential_hash(secret.expose()) };
+        let command =
+            MerchantCommand::Register { merchant: merchant.clone(), name: name.to_string(), credential_hash: crypto::credential_hash(secret.expose()) };
         let handled = self.handler.handle::<Merchant>(&merchant.0, &actor(ActorKind::Operator, operator), request, &command).await?;
         if handled.repeated {
             // The secret was shown once; a retry cannot show it again.
@@ -293,7 +294,8 @@ impl Market {
     pub async fn register_node(&self, operator: &str, request: &RequestId, region: &str, slots_max: u32) -> Result<(Credential, SecretKey), AppError> {
         let node = node_id_for(operator, request);
         let secret = SecretKey::random();
-        let command = NodeCommand::Register { node: node.clone(), region: region.to_string(), slots_max, credential_hash: crypto::credential_hash(secret.expose()) };
+        let command =
+            NodeCommand::Register { node: node.clone(), region: region.to_string(), slots_max, credential_hash: crypto::credential_hash(secret.expose()) };
         let handled = self.handler.handle::<Node>(&node.0, &actor(ActorKind::Operator, operator), request, &command).await?;
         if handled.repeated {
             return Err(Rejection::AlreadyExists { kind: "node credential", id: node.0 }.into());
@@ -314,7 +316,15 @@ impl Market {
     /// append leaves a file no event refers to, which the retry overwrites. A media that is
     /// published keeps its bytes: a retry (or a refused reuse of its request id) is
     /// answered without touching them.
-    pub async fn publish(&self, publisher: &str, request: &RequestId, input: PublishInput, container: bytes::Bytes, preview_clip: bytes::Bytes, store: &MediaStore) -> Result<MediaId, AppError> {
+    pub async fn publish(
+        &self,
+        publisher: &str,
+        request: &RequestId,
+        input: PublishInput,
+        container: bytes::Bytes,
+        preview_clip: bytes::Bytes,
+        store: &MediaStore,
+    ) -> Result<MediaId, AppError> {
         let media_id = media_id_for(publisher, request);
         self.check_container(&media_id, container.clone(), input.claims(preview_clip.clone())).await?;
         let _publishing = self.publishing.lock().await;
@@ -402,7 +412,14 @@ impl Market {
         Ok(checked?)
     }
 
-    pub async fn certify_consumer(&self, operator: &str, request: &RequestId, consumer: &ConsumerId, public_key_der: &[u8], validity_ms: u64) -> Result<Certificate, AppError> {
+    pub async fn certify_consumer(
+        &self,
+        operator: &str,
+        request: &RequestId,
+        consumer: &ConsumerId,
+        public_key_der: &[u8],
+        validity_ms: u64,
+    ) -> Result<Certificate, AppError> {
         crate::domain::validate::id("consumer_id", &consumer.0)?;
         RsaPublic::from_der(public_key_der)
             .map_err(|_| Rejection::InvalidArgument { field: "public_key_der", reason: "not an RSA-2048+ SubjectPublicKeyInfo".into() })?;
@@ -527,7 +544,9 @@ impl Market {
         let handled = self.handler.handle::<Voucher>(&voucher_id.0, &by, request, &command).await?;
         let state = &handled.root.state;
         if let Some(Payment::Points { account }) = &state.payment {
-            self.handler.handle::<Account>(&account.0, &by, &account_request_for(request, voucher_id), &AccountCommand::Post { voucher: voucher_id.clone() }).await?;
+            self.handler
+                .handle::<Account>(&account.0, &by, &account_request_for(request, voucher_id), &AccountCommand::Post { voucher: voucher_id.clone() })
+                .await?;
         }
         let receipt = crypto::derive_token(&self.keys.token_key(state.receipt_key_id), TokenPurpose::Receipt, &voucher_id.0, state.receipt_generation);
         Ok(AuthorizeAnswer { voucher_id: voucher_id.clone(), receipt, receipt_generation: state.receipt_generation })
@@ -561,7 +580,9 @@ impl Market {
         let voucher = self.voucher_of(voucher_id).await?.state.clone();
         let command = match voucher.status {
             voucher::VoucherStatus::Pending => return self.expire(voucher_id).await.map(|_| ()),
-            voucher::VoucherStatus::None | voucher::VoucherStatus::Voided => AccountCommand::Release { voucher: voucher_id.clone(), reason: VoidReason::TimedOut },
+            voucher::VoucherStatus::None | voucher::VoucherStatus::Voided => {
+                AccountCommand::Release { voucher: voucher_id.clone(), reason: VoidReason::TimedOut }
+            }
             _ => AccountCommand::Post { voucher: voucher_id.clone() },
         };
         self.handler.handle::<Account>(&account.0, &by, &request, &command).await?;
@@ -576,7 +597,8 @@ impl Market {
         // (the hold is posted), and the points must come back as a refund instead. The
         // second look reads the account from the stream, not from this engine's cache.
         for attempt in 0..2 {
-            let account_root = if attempt == 0 { self.handler.load::<Account>(&account.0).await? } else { self.handler.load_fresh::<Account>(&account.0).await? };
+            let account_root =
+                if attempt == 0 { self.handler.load::<Account>(&account.0).await? } else { self.handler.load_fresh::<Account>(&account.0).await? };
             let command = if account_root.state.posted.contains(voucher_id) {
                 // Authorized, then refunded: the points come back as a credit.
                 AccountCommand::Credit { account: account.clone(), amount: state.price_minor, reason: format!("refund {}", voucher_id.0) }
@@ -594,7 +616,14 @@ impl Market {
         Ok(())
     }
 
-    pub async fn issue(&self, merchant: &MerchantId, request: &RequestId, voucher_id: &VoucherId, region: Option<&str>, access_ttl_ms: u64) -> Result<IssueAnswer, AppError> {
+    pub async fn issue(
+        &self,
+        merchant: &MerchantId,
+        request: &RequestId,
+        voucher_id: &VoucherId,
+        region: Option<&str>,
+        access_ttl_ms: u64,
+    ) -> Result<IssueAnswer, AppError> {
         self.active_merchant(merchant).await?;
         let root = self.voucher_of(voucher_id).await?;
         let by = actor(ActorKind::Merchant, &merchant.0);
@@ -659,7 +688,15 @@ impl Market {
 
     /// Binds one unit of a duplication order to a device and returns the media key
     /// wrapped for that device's public key.
-    pub async fn bind_unit(&self, merchant: &MerchantId, request: &RequestId, order: &OrderId, unit: u32, device_id: &str, device_public_key_der: &[u8]) -> Result<Vec<u8>, AppError> {
+    pub async fn bind_unit(
+        &self,
+        merchant: &MerchantId,
+        request: &RequestId,
+        order: &OrderId,
+        unit: u32,
+        device_id: &str,
+        device_public_key_der: &[u8],
+    ) -> Result<Vec<u8>, AppError> {
         let device_key = RsaPublic::from_der(device_public_key_der)
             .map_err(|_| Rejection::InvalidArgument { field: "device_public_key_der", reason: "not an RSA-2048+ SubjectPublicKeyInfo".into() })?;
         let root = self.handler.load::<Order>(&order.0).await?;
@@ -720,7 +757,8 @@ impl Market {
         let now = self.now();
         let consumer_root = self.handler.load::<Consumer>(&consumer.0).await?;
         let cert = consumer_root.state.cert_check(cert_serial, now);
-        let receipt = crypto::derive_token(&self.keys.token_key(root.state.receipt_key_id), TokenPurpose::Receipt, &voucher_id.0, root.state.receipt_generation);
+        let receipt =
+            crypto::derive_token(&self.keys.token_key(root.state.receipt_key_id), TokenPurpose::Receipt, &voucher_id.0, root.state.receipt_generation);
         let proof_check = if root.state.receipt_generation > 0 && crypto::verify_receipt_proof(&receipt, &voucher_id.0, &node.0, challenge, proof) {
             ProofCheck::Valid
         } else {
@@ -735,7 +773,9 @@ impl Market {
             for item in &root.state.items {
                 let media = self.media(&item.media_id).await?;
                 let rendition = media.published.as_ref().and_then(|published| published.renditions.iter().find(|r| r.name == root.state.rendition));
-                let content_hash = rendition.ok_or_else(|| Rejection::NotFound { kind: "rendition", id: format!("{}/{}", item.media_id.0, root.state.rendition) })?.content_hash;
+                let content_hash = rendition
+                    .ok_or_else(|| Rejection::NotFound { kind: "rendition", id: format!("{}/{}", item.media_id.0, root.state.rendition) })?
+                    .content_hash;
                 keys.push((item.media_id.clone(), self.rewrap_for(&media, &consumer_key).await?));
                 records.push(TransactionRecord {
                     voucher_id: voucher_id.clone(),
@@ -761,14 +801,20 @@ impl Market {
             wrapped_key_hashes: keys.iter().map(|(_, wrapped)| crypto::hash(wrapped)).collect(),
         });
         self.handler.handle::<Voucher>(&voucher_id.0, &actor(ActorKind::Node, &node.0), request, &command).await?;
-        let signatures = futures::future::try_join_all(records.iter().map(|record| self.transactions.sign(record.message())))
-            .await
-            .map_err(AppError::Sign)?;
+        let signatures = futures::future::try_join_all(records.iter().map(|record| self.transactions.sign(record.message()))).await.map_err(AppError::Sign)?;
         let transactions = records.into_iter().zip(signatures).map(|(record, signature)| SignedTransaction { record, signature }).collect();
         Ok(RedeemAnswer { voucher_id: voucher_id.clone(), keys, transactions })
     }
 
-    pub async fn complete_delivery(&self, node: &NodeId, request: &RequestId, voucher_id: &VoucherId, media_id: &MediaId, content_hash: [u8; 32], size_bytes: u64) -> Result<bool, AppError> {
+    pub async fn complete_delivery(
+        &self,
+        node: &NodeId,
+        request: &RequestId,
+        voucher_id: &VoucherId,
+        media_id: &MediaId,
+        content_hash: [u8; 32],
+        size_bytes: u64,
+    ) -> Result<bool, AppError> {
         self.voucher_of(voucher_id).await?;
         let command = VoucherCommand::CompleteDelivery(CompleteDelivery { node: node.clone(), media_id: media_id.clone(), content_hash, size_bytes });
         let handled = self.handler.handle::<Voucher>(&voucher_id.0, &actor(ActorKind::Node, &node.0), request, &command).await?;
@@ -846,20 +892,14 @@ impl Market {
     async fn sign(&self, message: Vec<u8>) -> Result<Vec<u8>, AppError> {
         let keys = Arc::clone(&self.keys);
         let _permit = self.rsa_tasks.acquire().await.map_err(|_| AppError::PoolClosed)?;
-        tokio::task::spawn_blocking(move || crypto::sign(&keys.private, &message))
-            .await
-            .map_err(AppError::Task)?
-            .map_err(AppError::from)
+        tokio::task::spawn_blocking(move || crypto::sign(&keys.private, &message)).await.map_err(AppError::Task)?.map_err(AppError::from)
     }
 
     async fn unwrap_media_key_uncached(&self, wrapped: &[u8]) -> Result<SecretKey, AppError> {
         let keys = Arc::clone(&self.keys);
         let wrapped = wrapped.to_vec();
         let _permit = self.rsa_tasks.acquire().await.map_err(|_| AppError::PoolClosed)?;
-        tokio::task::spawn_blocking(move || crypto::unwrap_key(&keys.private, &wrapped))
-            .await
-            .map_err(AppError::Task)?
-            .map_err(AppError::from)
+        tokio::task::spawn_blocking(move || crypto::unwrap_key(&keys.private, &wrapped)).await.map_err(AppError::Task)?.map_err(AppError::from)
     }
 
     /// The media key, unwrapped once (an RSA private-key operation) and then cached.
@@ -888,10 +928,7 @@ impl Market {
         let key = self.media_key(media).await?;
         let recipient = recipient.clone();
         let _permit = self.rsa_tasks.acquire().await.map_err(|_| AppError::PoolClosed)?;
-        tokio::task::spawn_blocking(move || crypto::wrap_key(&recipient, &key))
-            .await
-            .map_err(AppError::Task)?
-            .map_err(AppError::from)
+        tokio::task::spawn_blocking(move || crypto::wrap_key(&recipient, &key)).await.map_err(AppError::Task)?.map_err(AppError::from)
     }
 }
 
@@ -939,13 +976,16 @@ pub fn check_container(container: &[u8], media_id: &MediaId, claims: &ContainerC
     if container.length_ms != claims.length_ms || container.for_sale != claims.for_sale {
         return Err(container_refused("the request's length_ms and for_sale must equal the container's"));
     }
-    let signed: Vec<(&str, u32, u64, [u8; 32])> = container.renditions.iter().map(|r| (r.name.as_str(), r.bitrate_kbps, r.size_bytes, r.content_hash)).collect();
+    let signed: Vec<(&str, u32, u64, [u8; 32])> =
+        container.renditions.iter().map(|r| (r.name.as_str(), r.bitrate_kbps, r.size_bytes, r.content_hash)).collect();
     let claimed: Vec<(&str, u32, u64, [u8; 32])> = claims.renditions.iter().map(|r| (r.name.as_str(), r.bitrate_kbps, r.size_bytes, r.content_hash)).collect();
     if signed != claimed {
         return Err(container_refused("the request's renditions must list the container's renditions (name, bitrate, size, content hash) in order"));
     }
     let (window, clip) = match &container.preview {
-        Some(preview) => (crate::domain::event::PreviewClip { start_ms: preview.start_ms, duration_ms: preview.duration_ms }, container.preview_clip().unwrap_or_default()),
+        Some(preview) => {
+            (crate::domain::event::PreviewClip { start_ms: preview.start_ms, duration_ms: preview.duration_ms }, container.preview_clip().unwrap_or_default())
+        }
         None => (crate::domain::event::PreviewClip::default(), &[][..]),
     };
     if window != claims.preview || !crypto::ct_eq(clip, &claims.preview_clip) {

@@ -115,7 +115,7 @@ mod tests {
     use super::*;
     use crate::crypto::test_keys;
     use crate::ids::*;
-    use crate::media::{verify_transaction, BatchSignature, TransactionRecord};
+    use crate::media::{BatchSignature, TransactionRecord, verify_transaction};
 
     fn record(n: usize) -> TransactionRecord {
         TransactionRecord {

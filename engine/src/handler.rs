@@ -14,7 +14,7 @@
 use crate::clock::Clock;
 use crate::crypto;
 use crate::domain::{Actor, Aggregate, AggregateRef, Event, Outcome, Recorded, Rejection, Root};
-use crate::ids::{idempotency_key, Millis, RequestId, Seq};
+use crate::ids::{Millis, RequestId, Seq, idempotency_key};
 use crate::log::{AppendError, AppendRequest, EventLog, Expected, ReadError};
 use crate::wire;
 use std::any::Any;

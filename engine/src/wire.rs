@@ -4,13 +4,13 @@
 //! rewritten in the stream.
 
 use crate::domain::event::{
-    Actor, ActorKind, AggregateKind, AggregateRef, Event, LedgerAccountKind, MediaPublished, Payment, Posting, PreviewClip,
-    Recorded, Rendition, ReservedItem, RightsReportSealed, RoyaltyTerms, VoidReason,
+    Actor, ActorKind, AggregateKind, AggregateRef, Event, LedgerAccountKind, MediaPublished, Payment, Posting, PreviewClip, Recorded, Rendition, ReservedItem,
+    RightsReportSealed, RoyaltyTerms, VoidReason,
 };
 use crate::ids::{AccountId, AuditorId, CertSerial, ConsumerId, MediaId, MerchantId, Millis, NodeId, OrderId, PreviewId, VoucherId};
+use pb::envelope::Event as E;
 use prost::Message;
 use proto::v1 as pb;
-use pb::envelope::Event as E;
 
 /// The envelope layout this build writes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -308,22 +308,16 @@ fn event_to_pb(event: &Event) -> E {
         Event::MediaPublished(m) => E::MediaPublished(media_published_to_pb(m)),
         Event::MediaWithdrawn { media_id, reason } => E::MediaWithdrawn(pb::MediaWithdrawn { media_id: media_id.0.clone(), reason: reason.clone() }),
         Event::PriceChanged { media_id, price_minor } => E::PriceChanged(pb::PriceChanged { media_id: media_id.0.clone(), price_minor: *price_minor }),
-        Event::MerchantRegistered { merchant_id, name, credential_hash } => E::MerchantRegistered(pb::MerchantRegistered {
-            merchant_id: merchant_id.0.clone(),
-            name: name.clone(),
-            credential_hash: credential_hash.to_vec(),
-        }),
+        Event::MerchantRegistered { merchant_id, name, credential_hash } => {
+            E::MerchantRegistered(pb::MerchantRegistered { merchant_id: merchant_id.0.clone(), name: name.clone(), credential_hash: credential_hash.to_vec() })
+        }
         Event::MerchantSuspended { merchant_id, reason } => {
             E::MerchantSuspended(pb::MerchantSuspended { merchant_id: merchant_id.0.clone(), reason: reason.clone() })
         }
-        Event::AuditorRegistered { auditor_id, name, credential_hash } => E::AuditorRegistered(pb::AuditorRegistered {
-            auditor_id: auditor_id.0.clone(),
-            name: name.clone(),
-            credential_hash: credential_hash.to_vec(),
-        }),
-        Event::AuditorRevoked { auditor_id, reason } => {
-            E::AuditorRevoked(pb::AuditorRevoked { auditor_id: auditor_id.0.clone(), reason: reason.clone() })
+        Event::AuditorRegistered { auditor_id, name, credential_hash } => {
+            E::AuditorRegistered(pb::AuditorRegistered { auditor_id: auditor_id.0.clone(), name: name.clone(), credential_hash: credential_hash.to_vec() })
         }
+        Event::AuditorRevoked { auditor_id, reason } => E::AuditorRevoked(pb::AuditorRevoked { auditor_id: auditor_id.0.clone(), reason: reason.clone() }),
         Event::NodeRegistered { node_id, region, slots_max, credential_hash } => E::NodeRegistered(pb::NodeRegistered {
             node_id: node_id.0.clone(),
             region: region.clone(),
@@ -346,11 +340,9 @@ fn event_to_pb(event: &Event) -> E {
                 signature: signature.clone(),
             })
         }
-        Event::CertRevoked { consumer_id, cert_serial, reason } => E::CertRevoked(pb::CertRevoked {
-            consumer_id: consumer_id.0.clone(),
-            cert_serial: cert_serial.0.clone(),
-            reason: reason.clone(),
-        }),
+        Event::CertRevoked { consumer_id, cert_serial, reason } => {
+            E::CertRevoked(pb::CertRevoked { consumer_id: consumer_id.0.clone(), cert_serial: cert_serial.0.clone(), reason: reason.clone() })
+        }
         Event::Reserved { voucher_id, merchant_id, items, rendition, price_minor, currency, expires_at, payment, token_key_id, auth_generation } => {
             E::Reserved(pb::Reserved {
                 voucher_id: voucher_id.0.clone(),
@@ -374,11 +366,9 @@ fn event_to_pb(event: &Event) -> E {
             receipt_generation: *receipt_generation,
             postings: postings_to_pb(postings),
         }),
-        Event::Voided { voucher_id, reason, reversal } => E::Voided(pb::Voided {
-            voucher_id: voucher_id.0.clone(),
-            reason: void_reason(*reason) as i32,
-            reversal: postings_to_pb(reversal),
-        }),
+        Event::Voided { voucher_id, reason, reversal } => {
+            E::Voided(pb::Voided { voucher_id: voucher_id.0.clone(), reason: void_reason(*reason) as i32, reversal: postings_to_pb(reversal) })
+        }
         Event::VoucherIssued { voucher_id, node_id, merchant_id, media_ids, rendition, access_expires_at } => E::VoucherIssued(pb::VoucherIssued {
             voucher_id: voucher_id.0.clone(),
             node_id: node_id.0.clone(),
@@ -387,20 +377,16 @@ fn event_to_pb(event: &Event) -> E {
             rendition: rendition.clone(),
             access_expires_at_ms: access_expires_at.0,
         }),
-        Event::RedemptionAccepted { voucher_id, node_id, consumer_id, cert_serial, wrapped_key_hashes } => {
-            E::RedemptionAccepted(pb::RedemptionAccepted {
-                voucher_id: voucher_id.0.clone(),
-                node_id: node_id.0.clone(),
-                consumer_id: consumer_id.0.clone(),
-                cert_serial: cert_serial.0.clone(),
-                wrapped_key_hashes: wrapped_key_hashes.iter().map(|h| h.to_vec()).collect(),
-            })
-        }
-        Event::DeliveryFailed { voucher_id, node_id, reason } => E::DeliveryFailed(pb::DeliveryFailed {
+        Event::RedemptionAccepted { voucher_id, node_id, consumer_id, cert_serial, wrapped_key_hashes } => E::RedemptionAccepted(pb::RedemptionAccepted {
             voucher_id: voucher_id.0.clone(),
             node_id: node_id.0.clone(),
-            reason: reason.clone(),
+            consumer_id: consumer_id.0.clone(),
+            cert_serial: cert_serial.0.clone(),
+            wrapped_key_hashes: wrapped_key_hashes.iter().map(|h| h.to_vec()).collect(),
         }),
+        Event::DeliveryFailed { voucher_id, node_id, reason } => {
+            E::DeliveryFailed(pb::DeliveryFailed { voucher_id: voucher_id.0.clone(), node_id: node_id.0.clone(), reason: reason.clone() })
+        }
         Event::Delivered { voucher_id, node_id, media_id, cert_serial, content_hash, size_bytes, voucher_complete } => E::Delivered(pb::Delivered {
             voucher_id: voucher_id.0.clone(),
             node_id: node_id.0.clone(),
@@ -440,12 +426,9 @@ fn event_to_pb(event: &Event) -> E {
         Event::PointsCredited { account_id, amount, reason } => {
             E::PointsCredited(pb::PointsCredited { account_id: account_id.0.clone(), amount: *amount, reason: reason.clone() })
         }
-        Event::PointsHeld { account_id, voucher_id, amount, expires_at } => E::PointsHeld(pb::PointsHeld {
-            account_id: account_id.0.clone(),
-            voucher_id: voucher_id.0.clone(),
-            amount: *amount,
-            expires_at_ms: expires_at.0,
-        }),
+        Event::PointsHeld { account_id, voucher_id, amount, expires_at } => {
+            E::PointsHeld(pb::PointsHeld { account_id: account_id.0.clone(), voucher_id: voucher_id.0.clone(), amount: *amount, expires_at_ms: expires_at.0 })
+        }
         Event::HoldPosted { account_id, voucher_id, amount } => {
             E::HoldPosted(pb::HoldPosted { account_id: account_id.0.clone(), voucher_id: voucher_id.0.clone(), amount: *amount })
         }
@@ -479,17 +462,13 @@ fn event_of_pb(event: E) -> Result<Event, DecodeError> {
         E::MediaPublished(m) => Event::MediaPublished(media_published_of(m)?),
         E::MediaWithdrawn(e) => Event::MediaWithdrawn { media_id: MediaId(e.media_id), reason: e.reason },
         E::PriceChanged(e) => Event::PriceChanged { media_id: MediaId(e.media_id), price_minor: e.price_minor },
-        E::MerchantRegistered(e) => Event::MerchantRegistered {
-            merchant_id: MerchantId(e.merchant_id),
-            name: e.name,
-            credential_hash: array("credential_hash", &e.credential_hash)?,
-        },
+        E::MerchantRegistered(e) => {
+            Event::MerchantRegistered { merchant_id: MerchantId(e.merchant_id), name: e.name, credential_hash: array("credential_hash", &e.credential_hash)? }
+        }
         E::MerchantSuspended(e) => Event::MerchantSuspended { merchant_id: MerchantId(e.merchant_id), reason: e.reason },
-        E::AuditorRegistered(e) => Event::AuditorRegistered {
-            auditor_id: AuditorId(e.auditor_id),
-            name: e.name,
-            credential_hash: array("credential_hash", &e.credential_hash)?,
-        },
+        E::AuditorRegistered(e) => {
+            Event::AuditorRegistered { auditor_id: AuditorId(e.auditor_id), name: e.name, credential_hash: array("credential_hash", &e.credential_hash)? }
+        }
         E::AuditorRevoked(e) => Event::AuditorRevoked { auditor_id: AuditorId(e.auditor_id), reason: e.reason },
         E::NodeRegistered(e) => Event::NodeRegistered {
             node_id: NodeId(e.node_id),
@@ -564,12 +543,9 @@ fn event_of_pb(event: E) -> Result<Event, DecodeError> {
             merchant_id: MerchantId(e.merchant_id),
             clip_ms: e.clip_ms,
         },
-        E::PreviewEnded(e) => Event::PreviewEnded {
-            preview_id: PreviewId(e.preview_id),
-            played_ms: e.played_ms,
-            media_id: MediaId(e.media_id),
-            node_id: NodeId(e.node_id),
-        },
+        E::PreviewEnded(e) => {
+            Event::PreviewEnded { preview_id: PreviewId(e.preview_id), played_ms: e.played_ms, media_id: MediaId(e.media_id), node_id: NodeId(e.node_id) }
+        }
         E::RightsReportSealed(s) => Event::RightsReportSealed(RightsReportSealed {
             epoch: s.epoch,
             first_entry: s.first_entry,

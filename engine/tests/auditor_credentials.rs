@@ -8,12 +8,12 @@
 use engine::app::{Allocator, AppError, EngineKeys, Market};
 use engine::clock::{Clock, ManualClock};
 use engine::crypto::{self, RsaPrivate};
+use engine::domain::Rejection;
 use engine::domain::event::Event;
 use engine::domain::party::{Auditor, AuditorStatus};
-use engine::domain::Rejection;
 use engine::ids::*;
-use engine::log::embedded::EmbeddedLog;
 use engine::log::EventLog;
+use engine::log::embedded::EmbeddedLog;
 use std::sync::Arc;
 
 /// Auditors never need a delivery node.
@@ -72,10 +72,7 @@ async fn register_auditor_shows_the_secret_once_and_records_only_its_hash() {
 
     // A retry cannot show the secret again, and writes nothing.
     let retry = fixture.market.register_auditor("op", &req("aud-1"), "Licensing Center").await;
-    assert!(
-        matches!(&retry, Err(AppError::Rejected(Rejection::AlreadyExists { kind: "auditor credential", id })) if *id == auditor.0),
-        "{retry:?}"
-    );
+    assert!(matches!(&retry, Err(AppError::Rejected(Rejection::AlreadyExists { kind: "auditor credential", id })) if *id == auditor.0), "{retry:?}");
     assert_eq!(events_on(&fixture, &auditor).await.len(), 1);
 
     // Another request registers another auditor.

@@ -51,11 +51,7 @@ fn payload_for(key: &str) -> Vec<u8> {
 }
 
 fn key_of(event: &StoredEvent) -> String {
-    let end = event
-        .payload
-        .iter()
-        .position(|byte| *byte == b'|')
-        .unwrap_or(event.payload.len());
+    let end = event.payload.iter().position(|byte| *byte == b'|').unwrap_or(event.payload.len());
     String::from_utf8_lossy(&event.payload[..end]).into_owned()
 }
 
@@ -67,10 +63,7 @@ fn embedded_log_keeps_every_acknowledged_append_across_kill_9() {
     }
 
     let dir = tempfile::tempdir().expect("temporary directory");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     // Every acknowledgement of every round: seq → (subject, key).
     let mut acked: BTreeMap<u64, (String, String)> = BTreeMap::new();
     for (round, acks_before_kill) in ACKS_BEFORE_KILL.into_iter().enumerate() {
@@ -101,10 +94,7 @@ fn embedded_log_keeps_every_acknowledged_append_across_kill_9() {
             }
             if let Some((seq, subject, key)) = parse_ack(&line) {
                 let previous = acked.insert(seq, (subject, key.clone()));
-                assert!(
-                    previous.is_none(),
-                    "sequence {seq} acknowledged twice ({key} and {previous:?})"
-                );
+                assert!(previous.is_none(), "sequence {seq} acknowledged twice ({key} and {previous:?})");
                 round_acks += 1;
                 if round_acks == acks_before_kill && !killed {
                     child.0.kill().expect("SIGKILL the child");
@@ -113,15 +103,8 @@ fn embedded_log_keeps_every_acknowledged_append_across_kill_9() {
             }
         }
         let status = child.0.wait().expect("wait for the child");
-        assert!(
-            killed,
-            "round {round}: the child exited ({status}) after {round_acks} acknowledgements, before the kill"
-        );
-        assert_eq!(
-            status.signal(),
-            Some(9),
-            "round {round}: the child must die of SIGKILL, not {status}"
-        );
+        assert!(killed, "round {round}: the child exited ({status}) after {round_acks} acknowledgements, before the kill");
+        assert_eq!(status.signal(), Some(9), "round {round}: the child must die of SIGKILL, not {status}");
 
         runtime.block_on(verify(dir.path(), round, &acked));
     }
@@ -146,47 +129,24 @@ async fn verify(dir: &Path, round: usize, acked: &BTreeMap<u64, (String, String)
     let head = log.last_seq().await.expect("last_seq").0;
     let mut events = Vec::new();
     while (events.len() as u64) < head {
-        let page = log
-            .read_from(Seq(events.len() as u64 + 1), READ_PAGE_EVENTS)
-            .await
-            .expect("read after the crash");
+        let page = log.read_from(Seq(events.len() as u64 + 1), READ_PAGE_EVENTS).await.expect("read after the crash");
         assert!(!page.is_empty(), "read_from stopped before the head {head}");
         events.extend(page);
     }
     for (index, event) in events.iter().enumerate() {
-        assert_eq!(
-            event.seq,
-            Seq(index as u64 + 1),
-            "round {round}: sequences contiguous from 1"
-        );
+        assert_eq!(event.seq, Seq(index as u64 + 1), "round {round}: sequences contiguous from 1");
     }
     let mut seq_by_key: HashMap<String, u64> = HashMap::new();
     for event in &events {
         let key = key_of(event);
-        assert_eq!(
-            &event.payload[..],
-            &payload_for(&key)[..],
-            "round {round}: event {} intact",
-            event.seq
-        );
+        assert_eq!(&event.payload[..], &payload_for(&key)[..], "round {round}: event {} intact", event.seq);
         if let Some(first) = seq_by_key.insert(key.clone(), event.seq.0) {
-            panic!(
-                "round {round}: key {key} stored twice, at {first} and {}",
-                event.seq
-            );
+            panic!("round {round}: key {key} stored twice, at {first} and {}", event.seq);
         }
     }
     for (seq, (subject, key)) in acked {
-        let event = events.get(*seq as usize - 1).unwrap_or_else(|| {
-            panic!(
-                "round {round}: acknowledged sequence {seq} ({key}) lost; the log ends at {head}"
-            )
-        });
-        assert_eq!(
-            (&event.subject, &key_of(event)),
-            (subject, key),
-            "round {round}: event {seq}"
-        );
+        let event = events.get(*seq as usize - 1).unwrap_or_else(|| panic!("round {round}: acknowledged sequence {seq} ({key}) lost; the log ends at {head}"));
+        assert_eq!((&event.subject, &key_of(event)), (subject, key), "round {round}: event {seq}");
     }
     let unacknowledged = events.len() - acked.len();
     eprintln!(
@@ -198,20 +158,11 @@ async fn verify(dir: &Path, round: usize, acked: &BTreeMap<u64, (String, String)
     // the sequence continues.
     if let Some((seq, (subject, key))) = acked.iter().next_back() {
         let retry = log
-            .append(AppendRequest {
-                subject: subject.clone(),
-                expected: Expected::Any,
-                idempotency_key: key.clone(),
-                payload: payload_for(key).into(),
-            })
+            .append(AppendRequest { subject: subject.clone(), expected: Expected::Any, idempotency_key: key.clone(), payload: payload_for(key).into() })
             .await
             .expect("append after recovery")
             .expect("no conflict with Any");
-        assert_eq!(
-            (retry.seq.0, retry.duplicate),
-            (*seq, true),
-            "round {round}: dedupe survives the crash"
-        );
+        assert_eq!((retry.seq.0, retry.duplicate), (*seq, true), "round {round}: dedupe survives the crash");
     }
 }
 
@@ -227,10 +178,7 @@ impl Drop for KillOnDrop {
 
 /// The child: appends until killed, printing one line per acknowledgement.
 fn run_child(dir: &Path, round: &str) -> ! {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("child runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("child runtime");
     runtime.block_on(async {
         let log = Arc::new(EmbeddedLog::open(dir).expect("child: open the log"));
         let deadline = Instant::now() + Duration::from_millis(CHILD_LIFETIME_MAX_MS);
@@ -268,9 +216,7 @@ fn run_child(dir: &Path, round: &str) -> ! {
                         };
                         expected = Expected::LastSeq(appended.seq);
                         let mut stdout = std::io::stdout().lock();
-                        let printed =
-                            writeln!(stdout, "{ACK_PREFIX}{} {subject} {key}", appended.seq)
-                                .and_then(|()| stdout.flush());
+                        let printed = writeln!(stdout, "{ACK_PREFIX}{} {subject} {key}", appended.seq).and_then(|()| stdout.flush());
                         if printed.is_err() {
                             // The parent is gone.
                             std::process::exit(1);

@@ -44,13 +44,31 @@ fn container() -> &'static (Vec<u8>, SecretKey) {
 
 #[derive(Debug, Clone)]
 enum Mutation {
-    FlipBit { at: usize, bit: u8 },
-    Overwrite { at: usize, byte: u8 },
+    FlipBit {
+        at: usize,
+        bit: u8,
+    },
+    Overwrite {
+        at: usize,
+        byte: u8,
+    },
     /// A little-endian length field set to a huge or random value.
-    Length { at: usize, value: u64, width: u8 },
-    Insert { at: usize, bytes: Vec<u8> },
-    Delete { at: usize, len: usize },
-    Truncate { len: usize },
+    Length {
+        at: usize,
+        value: u64,
+        width: u8,
+    },
+    Insert {
+        at: usize,
+        bytes: Vec<u8>,
+    },
+    Delete {
+        at: usize,
+        len: usize,
+    },
+    Truncate {
+        len: usize,
+    },
 }
 
 fn mutation() -> impl Strategy<Value = Mutation> {

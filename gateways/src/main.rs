@@ -2,7 +2,7 @@
 //! dispatch and output live in `gateways::cli`; the work lives in the libraries.
 
 use clap::Parser;
-use gateways::cli::{dispatch, Cli};
+use gateways::cli::{Cli, dispatch};
 use std::process::ExitCode;
 
 /// mimalloc instead of glibc malloc: the engine allocates per command (roots, events,

@@ -3,8 +3,8 @@
 //! same configuration; a drained node gets no new vouchers while it finishes its current
 //! ones; removed, it can no longer redeem.
 
-use engine::log::embedded::EmbeddedLog;
 use engine::log::EventLog;
+use engine::log::embedded::EmbeddedLog;
 use gateways::common::client::{self, Upload};
 use gateways::common::cred::Credential;
 use gateways::server::{self, EngineConfig, RunningEngine};
@@ -58,9 +58,23 @@ async fn admin_is_for_the_operator_config_replays_and_drained_nodes_finish_their
         let codes = [
             ("GetStats", admin.get_stats(pb::GetStatsRequest {}).await.map(|_| ()).err().map(|s| s.code())),
             ("GetConfig", admin.get_config(pb::GetConfigRequest {}).await.map(|_| ()).err().map(|s| s.code())),
-            ("SetConfig", admin.set_config(pb::SetConfigRequest { request_id: "c".into(), key: "access.ttl_ms".into(), value: "5000".into() }).await.map(|_| ()).err().map(|s| s.code())),
-            ("DrainNode", admin.drain_node(pb::NodeAdminRequest { request_id: "d".into(), node_id: node_x.id.clone() }).await.map(|_| ()).err().map(|s| s.code())),
-            ("RemoveNode", admin.remove_node(pb::NodeAdminRequest { request_id: "r".into(), node_id: node_x.id.clone() }).await.map(|_| ()).err().map(|s| s.code())),
+            (
+                "SetConfig",
+                admin
+                    .set_config(pb::SetConfigRequest { request_id: "c".into(), key: "access.ttl_ms".into(), value: "5000".into() })
+                    .await
+                    .map(|_| ())
+                    .err()
+                    .map(|s| s.code()),
+            ),
+            (
+                "DrainNode",
+                admin.drain_node(pb::NodeAdminRequest { request_id: "d".into(), node_id: node_x.id.clone() }).await.map(|_| ()).err().map(|s| s.code()),
+            ),
+            (
+                "RemoveNode",
+                admin.remove_node(pb::NodeAdminRequest { request_id: "r".into(), node_id: node_x.id.clone() }).await.map(|_| ()).err().map(|s| s.code()),
+            ),
         ];
         for (rpc, code) in codes {
             table.push(format!("{role:>9} × {rpc:<10} → {code:?}"));
@@ -74,8 +88,13 @@ async fn admin_is_for_the_operator_config_replays_and_drained_nodes_finish_their
     let mut admin = client::admin(channel.clone(), operator.clone());
     let before = admin.get_config(pb::GetConfigRequest {}).await.expect("get").into_inner();
     assert!(before.entries.iter().all(|e| !e.set), "nothing set yet");
-    let set = admin.set_config(pb::SetConfigRequest { request_id: "c1".into(), key: "access.ttl_ms".into(), value: "120000".into() }).await.expect("set").into_inner();
-    let bad = admin.set_config(pb::SetConfigRequest { request_id: "c2".into(), key: "access.ttl_ms".into(), value: "1".into() }).await.expect_err("out of range");
+    let set = admin
+        .set_config(pb::SetConfigRequest { request_id: "c1".into(), key: "access.ttl_ms".into(), value: "120000".into() })
+        .await
+        .expect("set")
+        .into_inner();
+    let bad =
+        admin.set_config(pb::SetConfigRequest { request_id: "c2".into(), key: "access.ttl_ms".into(), value: "1".into() }).await.expect_err("out of range");
     assert_eq!(bad.code(), Code::InvalidArgument);
     assert_eq!(log.last_seq().await.expect("head").0, head.0 + 1, "one ConfigChanged event");
     engine.shutdown().await.expect("shutdown");
@@ -87,7 +106,18 @@ async fn admin_is_for_the_operator_config_replays_and_drained_nodes_finish_their
     // The configured access TTL is what IssueVoucher grants.
     let engine_public = gateways::common::keys::load_engine_public(&dir.path().join("keys")).expect("public");
     let mut catalog = client::catalog(channel.clone(), operator.clone());
-    let upload = Upload { title: "S".into(), artist: "A".into(), authors: vec![], length_ms: 60_000, price_minor: 100, currency: "EUR".into(), terms: client::standard_terms("o"), content: vec![3; 2000], preview_clip: vec![], image_descriptor: String::new() };
+    let upload = Upload {
+        title: "S".into(),
+        artist: "A".into(),
+        authors: vec![],
+        length_ms: 60_000,
+        price_minor: 100,
+        currency: "EUR".into(),
+        terms: client::standard_terms("o"),
+        content: vec![3; 2000],
+        preview_clip: vec![],
+        image_descriptor: String::new(),
+    };
     let media = client::publish(&mut catalog, "p", &engine_public, upload).await.expect("publish");
     let mut x = client::delivery(channel.clone(), node_x.clone());
     x.register_node(pb::RegisterNodeRequest { region: "eu".into(), slots_max: 8, endpoint: "http://127.0.0.1:1".into() }).await.expect("x announces");
@@ -112,7 +142,12 @@ async fn admin_is_for_the_operator_config_replays_and_drained_nodes_finish_their
     // X still delivers its current voucher.
     let consumer_key = tokio::task::spawn_blocking(|| engine::crypto::RsaPrivate::generate(2048)).await.expect("task").expect("rsa");
     let cert = catalog
-        .certify_consumer(pb::CertifyConsumerRequest { request_id: "cert".into(), consumer_id: "alice".into(), public_key_der: consumer_key.public().to_der().expect("der"), validity_ms: 86_400_000 })
+        .certify_consumer(pb::CertifyConsumerRequest {
+            request_id: "cert".into(),
+            consumer_id: "alice".into(),
+            public_key_der: consumer_key.public().to_der().expect("der"),
+            validity_ms: 86_400_000,
+        })
         .await
         .expect("certify")
         .into_inner();

@@ -53,7 +53,17 @@ fn serve_node_publish_buy_fetch_then_demo_connect_and_sigterm() {
     let url = format!("http://127.0.0.1:{port}");
     let metrics_port = free_port();
     let serve = vouchsafe()
-        .args(["serve", "--data-dir", "engine", "--keys", "keys", "--listen", &format!("127.0.0.1:{port}"), "--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
+        .args([
+            "serve",
+            "--data-dir",
+            "engine",
+            "--keys",
+            "keys",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--metrics-listen",
+            &format!("127.0.0.1:{metrics_port}"),
+        ])
         .env("VOUCHSAFE_SEAL_INTERVAL_MS", "300")
         .current_dir(root)
         .stderr(Stdio::null())
@@ -62,7 +72,8 @@ fn serve_node_publish_buy_fetch_then_demo_connect_and_sigterm() {
     let mut serve = Running(serve);
     wait_for_port(port);
 
-    let (code, merchant) = json(vouchsafe().args(["keys", "issue", "merchant", "--name", "Shop", "--keys", "keys", "--out", "shop.cred", "--connect", &url, "--json"]), root);
+    let (code, merchant) =
+        json(vouchsafe().args(["keys", "issue", "merchant", "--name", "Shop", "--keys", "keys", "--out", "shop.cred", "--connect", &url, "--json"]), root);
     assert_eq!(code, 0, "{merchant}");
     let (code, _) = json(vouchsafe().args(["keys", "issue", "node", "--keys", "keys", "--out", "node.cred", "--connect", &url, "--json"]), root);
     assert_eq!(code, 0);
@@ -78,10 +89,30 @@ fn serve_node_publish_buy_fetch_then_demo_connect_and_sigterm() {
 
     let content: Vec<u8> = (0..150_000u32).map(|i| (i * 7 % 256) as u8).collect();
     std::fs::write(root.join("song.bin"), &content).expect("write song");
-    let (code, published) = json(vouchsafe().args(["publish", "--connect", &url, "--cred", "keys/operator.cred", "--engine-key", "keys/engine.pub.pem", "song.bin", "--json"]), root);
+    let (code, published) = json(
+        vouchsafe().args(["publish", "--connect", &url, "--cred", "keys/operator.cred", "--engine-key", "keys/engine.pub.pem", "song.bin", "--json"]),
+        root,
+    );
     assert_eq!(code, 0, "{published}");
     let media_id = published["media"][0]["media_id"].as_str().expect("media id").to_string();
-    let (code, passport) = json(vouchsafe().args(["player", "passport", "--connect", &url, "--cred", "keys/operator.cred", "--engine-key", "keys/engine.pub.pem", "--consumer", "alice", "--data-dir", "players", "--json"]), root);
+    let (code, passport) = json(
+        vouchsafe().args([
+            "player",
+            "passport",
+            "--connect",
+            &url,
+            "--cred",
+            "keys/operator.cred",
+            "--engine-key",
+            "keys/engine.pub.pem",
+            "--consumer",
+            "alice",
+            "--data-dir",
+            "players",
+            "--json",
+        ]),
+        root,
+    );
     assert_eq!(code, 0, "{passport}");
 
     // The node heartbeats before the allocator may choose it; retry the purchase briefly.

@@ -4,8 +4,22 @@
 use std::process::Command;
 
 const REQUIRED_KEYS: &[&str] = &[
-    "backend", "merchants", "nodes", "media", "purchases", "delivered", "decrypt_ok", "previews", "expired", "voided",
-    "royalty_entries", "seals", "stream_events", "state_digest", "audit_ok", "elapsed_ms",
+    "backend",
+    "merchants",
+    "nodes",
+    "media",
+    "purchases",
+    "delivered",
+    "decrypt_ok",
+    "previews",
+    "expired",
+    "voided",
+    "royalty_entries",
+    "seals",
+    "stream_events",
+    "state_digest",
+    "audit_ok",
+    "elapsed_ms",
 ];
 
 fn demo(data_dir: &std::path::Path, vouchers: &str) -> (std::process::ExitStatus, serde_json::Value) {
@@ -16,7 +30,8 @@ fn demo(data_dir: &std::path::Path, vouchers: &str) -> (std::process::ExitStatus
         .expect("run vouchsafe demo");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let last = stdout.lines().last().unwrap_or_default();
-    let summary = serde_json::from_str(last).unwrap_or_else(|e| panic!("last stdout line is not JSON ({e}): {stdout}\nstderr: {}", String::from_utf8_lossy(&output.stderr)));
+    let summary = serde_json::from_str(last)
+        .unwrap_or_else(|e| panic!("last stdout line is not JSON ({e}): {stdout}\nstderr: {}", String::from_utf8_lossy(&output.stderr)));
     (output.status, summary)
 }
 

@@ -44,16 +44,24 @@ fn every_copy_the_demo_delivers_names_its_purchase_and_its_containers_verify() {
     assert_eq!(report["kind"], "delivered_copy");
     let transaction = &report["transaction"];
     assert_eq!(transaction["signature_ok"], true, "{report}");
-    assert!(transaction["voucher_id"].as_str().is_some_and(|id| copies[0].file_name().and_then(|n| n.to_str()).is_some_and(|name| name.starts_with(id))), "{report}");
+    assert!(
+        transaction["voucher_id"].as_str().is_some_and(|id| copies[0].file_name().and_then(|n| n.to_str()).is_some_and(|name| name.starts_with(id))),
+        "{report}"
+    );
     assert!(transaction["delivered_at"].as_i64() > Some(0) && transaction["consumer_cert"].as_str().is_some_and(|c| !c.is_empty()), "{report}");
 
     let mut containers = Vec::new();
     files_with_extension(&dir.path().join("media"), "vsmc", &mut containers);
     assert_eq!(containers.len(), 5, "the demo publishes five media");
     let publisher = dir.path().join("publisher/publisher.pub.pem");
-    let (code, report, stderr) = vouchsafe(&["inspect", containers[0].to_str().expect("utf-8"), "--publisher-key", publisher.to_str().expect("utf-8"), "--json"]);
+    let (code, report, stderr) =
+        vouchsafe(&["inspect", containers[0].to_str().expect("utf-8"), "--publisher-key", publisher.to_str().expect("utf-8"), "--json"]);
     assert_eq!(code, 0, "{report} {stderr}");
-    assert_eq!((report["format_version"].as_u64(), report["signature_ok"].as_bool(), report["publisher_key_ok"].as_bool()), (Some(2), Some(true), Some(true)), "{report}");
+    assert_eq!(
+        (report["format_version"].as_u64(), report["signature_ok"].as_bool(), report["publisher_key_ok"].as_bool()),
+        (Some(2), Some(true), Some(true)),
+        "{report}"
+    );
     assert_eq!(report["renditions"].as_array().map(Vec::len), Some(2));
     assert!(report["preview"]["clip_bytes"].as_u64() > Some(0), "{report}");
     assert_eq!(report["transaction"], serde_json::Value::Null);

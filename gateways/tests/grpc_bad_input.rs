@@ -22,15 +22,15 @@
 
 mod support;
 
-use support::sale::{buy_in, credential, reserve_request, upload};
-use support::rpc::{padded_empty, send_raw, send_typed, Meta, Req, Rpc, Service};
-use support::{start, Fixture, FRAME_HEADER_BYTES, REQUEST_BYTES_MAX, UPLOAD_BYTES_MAX};
 use engine::crypto::{self, RsaPrivate, SecretKey};
 use gateways::common::client;
 use gateways::common::cred::Credential;
 use proto::v1 as pb;
 use std::collections::BTreeMap;
 use std::time::Duration;
+use support::rpc::{Meta, Req, Rpc, Service, padded_empty, send_raw, send_typed};
+use support::sale::{buy_in, credential, reserve_request, upload};
+use support::{FRAME_HEADER_BYTES, Fixture, REQUEST_BYTES_MAX, UPLOAD_BYTES_MAX, start};
 use tonic::{Code, Status};
 
 // ---- the fixture (tests/support) and this file's limits ----
@@ -171,7 +171,16 @@ fn report(title: &str, outcomes: &[Outcome]) -> Vec<String> {
     let mut mismatches = Vec::new();
     for o in outcomes {
         let flag = if o.problem.is_some() { "  <-- MISMATCH" } else { "" };
-        println!("{:<28} {:<22} {:<26} {:<52} {:<18} {:<18} {}{flag}", o.category, o.rpc, o.caller, o.what, format!("{:?}", o.expect), format!("{:?}", o.got), o.wrote);
+        println!(
+            "{:<28} {:<22} {:<26} {:<52} {:<18} {:<18} {}{flag}",
+            o.category,
+            o.rpc,
+            o.caller,
+            o.what,
+            format!("{:?}", o.expect),
+            format!("{:?}", o.got),
+            o.wrote
+        );
         if let Some(problem) = &o.problem {
             mismatches.push(format!("[{}] {} as {} ({}): {problem}", o.category, o.rpc, o.caller, o.what));
         }
@@ -228,8 +237,12 @@ async fn build_world() -> World {
     let mut catalog = client::catalog(fx.channel.clone(), operator.clone());
     let a = credential(catalog.register_merchant(pb::RegisterMerchantRequest { request_id: "merchant-a".into(), name: "Shop A".into() }).await);
     let b = credential(catalog.register_merchant(pb::RegisterMerchantRequest { request_id: "merchant-b".into(), name: "Shop B".into() }).await);
-    let node_eu = credential(catalog.register_node_credential(pb::RegisterNodeCredentialRequest { request_id: "node-eu".into(), region: "eu".into(), slots_max: 16 }).await);
-    let node_us = credential(catalog.register_node_credential(pb::RegisterNodeCredentialRequest { request_id: "node-us".into(), region: "us".into(), slots_max: 16 }).await);
+    let node_eu = credential(
+        catalog.register_node_credential(pb::RegisterNodeCredentialRequest { request_id: "node-eu".into(), region: "eu".into(), slots_max: 16 }).await,
+    );
+    let node_us = credential(
+        catalog.register_node_credential(pb::RegisterNodeCredentialRequest { request_id: "node-us".into(), region: "us".into(), slots_max: 16 }).await,
+    );
     let auditor = credential(catalog.register_auditor(pb::RegisterAuditorRequest { request_id: "auditor-1".into(), name: "Agent 1".into() }).await);
     for (node, endpoint) in [(&node_eu, "http://127.0.0.1:1"), (&node_us, "http://127.0.0.1:2")] {
         client::delivery(fx.channel.clone(), node.clone())
@@ -251,16 +264,30 @@ async fn build_world() -> World {
     let authorized = merchant.reserve(reserve_request("authorized-1", &media)).await.expect("reserve").into_inner().voucher_id;
     merchant.authorize(pb::AuthorizeRequest { request_id: "authorized-1-authorize".into(), voucher_id: authorized.clone() }).await.expect("authorize");
     let expired = merchant.reserve(pb::ReserveRequest { ttl_ms: 1, ..reserve_request("expired-1", &media) }).await.expect("reserve").into_inner().voucher_id;
-    let preview = merchant.preview(pb::PreviewRequest { request_id: "preview-1".into(), media_id: media.clone(), region: x_region.into() }).await.expect("preview").into_inner();
+    let preview = merchant
+        .preview(pb::PreviewRequest { request_id: "preview-1".into(), media_id: media.clone(), region: x_region.into() })
+        .await
+        .expect("preview")
+        .into_inner();
     assert_eq!(preview.node_id, x.id, "started in X's region, so on X");
-    let order = merchant.place_order(pb::PlaceOrderRequest { request_id: "order-1".into(), media_id: media.clone(), units: 2 }).await.expect("order").into_inner().order_id;
+    let order = merchant
+        .place_order(pb::PlaceOrderRequest { request_id: "order-1".into(), media_id: media.clone(), units: 2 })
+        .await
+        .expect("order")
+        .into_inner()
+        .order_id;
 
     // One consumer key pair for every certificate (and as a device key).
     let consumer_key = tokio::task::spawn_blocking(|| RsaPrivate::generate(2048)).await.expect("task").expect("rsa");
     let consumer_der = consumer_key.public().to_der().expect("der");
     let mut certify = async |request_id: &str, consumer: &str, validity_ms: u64| {
         catalog
-            .certify_consumer(pb::CertifyConsumerRequest { request_id: request_id.into(), consumer_id: consumer.into(), public_key_der: consumer_der.clone(), validity_ms })
+            .certify_consumer(pb::CertifyConsumerRequest {
+                request_id: request_id.into(),
+                consumer_id: consumer.into(),
+                public_key_der: consumer_der.clone(),
+                validity_ms,
+            })
             .await
             .expect("certify")
             .into_inner()
@@ -271,12 +298,19 @@ async fn build_world() -> World {
     let erin_serial = certify("cert-erin", "erin", 1).await;
     let dave_serial = certify("cert-dave", "dave", 86_400_000).await;
     catalog
-        .revoke_cert(pb::RevokeCertRequest { request_id: "revoke-bob".into(), cert_serial: bob_serial.clone(), reason: "lost".into(), consumer_id: "bob".into() })
+        .revoke_cert(pb::RevokeCertRequest {
+            request_id: "revoke-bob".into(),
+            cert_serial: bob_serial.clone(),
+            reason: "lost".into(),
+            consumer_id: "bob".into(),
+        })
         .await
         .expect("revoke");
     catalog.top_up_points(pb::TopUpPointsRequest { request_id: "topup-1".into(), account_id: "acct-1".into(), amount: 500 }).await.expect("top up");
     // Registered last, so the allocator never chose it for the vouchers above.
-    let z = credential(catalog.register_node_credential(pb::RegisterNodeCredentialRequest { request_id: "node-ap".into(), region: "ap".into(), slots_max: 1 }).await);
+    let z = credential(
+        catalog.register_node_credential(pb::RegisterNodeCredentialRequest { request_id: "node-ap".into(), region: "ap".into(), slots_max: 1 }).await,
+    );
     tokio::time::sleep(Duration::from_millis(5)).await;
     fx.settle().await;
     World {
@@ -357,7 +391,13 @@ impl World {
     }
 
     fn complete(&self, request_id: &str, voucher: &str) -> pb::CompleteDeliveryRequest {
-        pb::CompleteDeliveryRequest { request_id: request_id.into(), voucher_id: voucher.into(), media_id: self.media.clone(), content_hash: vec![1; 32], size_bytes: 20_000 }
+        pb::CompleteDeliveryRequest {
+            request_id: request_id.into(),
+            voucher_id: voucher.into(),
+            media_id: self.media.clone(),
+            content_hash: vec![1; 32],
+            size_bytes: 20_000,
+        }
     }
 
     fn publish_request(&self, request_id: &str) -> pb::PublishMediaRequest {
@@ -375,7 +415,12 @@ impl World {
             container: engine::media::encrypt_v1(&key, &content),
             wrapped_media_key: crypto::wrap_key(&self.fx.engine_public, &key).expect("wrap for the engine"),
             for_sale: true,
-            renditions: vec![pb::RenditionInput { name: "high".into(), bitrate_kbps: 256, content_hash: crypto::hash(&content).to_vec(), size_bytes: content.len() as u64 }],
+            renditions: vec![pb::RenditionInput {
+                name: "high".into(),
+                bitrate_kbps: 256,
+                content_hash: crypto::hash(&content).to_vec(),
+                size_bytes: content.len() as u64,
+            }],
             preview: Some(pb::PreviewClipInput { start_ms: 0, duration_ms: 30_000 }),
             image_descriptor: "cover.jpg".into(),
             preview_clip: Vec::new(),
@@ -418,10 +463,34 @@ fn bad_input_cases(w: &World) -> Vec<Case> {
         cases.push(raw("undecodable, wrong role", "unterminated varint", &w.wrong_role(service), rpc, UNTERMINATED_VARINT.to_vec(), Code::PermissionDenied));
         if service != Service::Catalog {
             let limit = rpc.body_limit();
-            cases.push(raw("oversized", format!("body {} bytes (limit + 1)", limit + 1), &rightful, rpc, padded_empty(limit + 1 - FRAME_HEADER_BYTES), Code::ResourceExhausted).message_has("limit"));
-            cases.push(raw("oversized, no credential", format!("body {} bytes", limit + 1), &Meta::anonymous(), rpc, padded_empty(limit + 1 - FRAME_HEADER_BYTES), Code::Unauthenticated));
+            cases.push(
+                raw(
+                    "oversized",
+                    format!("body {} bytes (limit + 1)", limit + 1),
+                    &rightful,
+                    rpc,
+                    padded_empty(limit + 1 - FRAME_HEADER_BYTES),
+                    Code::ResourceExhausted,
+                )
+                .message_has("limit"),
+            );
+            cases.push(raw(
+                "oversized, no credential",
+                format!("body {} bytes", limit + 1),
+                &Meta::anonymous(),
+                rpc,
+                padded_empty(limit + 1 - FRAME_HEADER_BYTES),
+                Code::Unauthenticated,
+            ));
             // Negative control: a body exactly at the limit is served (as the empty message).
-            cases.push(raw("at the size limit", format!("body {limit} bytes (the limit)"), &rightful, rpc, padded_empty(limit - FRAME_HEADER_BYTES), empty_message_code(rpc)));
+            cases.push(raw(
+                "at the size limit",
+                format!("body {limit} bytes (the limit)"),
+                &rightful,
+                rpc,
+                padded_empty(limit - FRAME_HEADER_BYTES),
+                empty_message_code(rpc),
+            ));
         }
         let (label, credential) = w.rightful_credential(service);
         cases.push(case("credentials", "no metadata", &Meta::anonymous(), rpc.empty(), Code::Unauthenticated));
@@ -431,12 +500,42 @@ fn bad_input_cases(w: &World) -> Vec<Case> {
         cases.push(case("credentials", "secret not hex", &Meta::secret_not_hex(label, credential), rpc.empty(), Code::Unauthenticated));
     }
     // Only PublishMedia takes uploads: the catalog's other calls have the small limit.
-    cases.push(raw("oversized", "RegisterMerchant body 70000 bytes (over the 64 KiB limit)", &op, Rpc::RegisterMerchant, padded_empty(70_000), Code::ResourceExhausted).message_has("limit"));
-    cases.push(raw("at the size limit", format!("RegisterMerchant body {REQUEST_BYTES_MAX} bytes (the limit)"), &op, Rpc::RegisterMerchant, padded_empty(REQUEST_BYTES_MAX - FRAME_HEADER_BYTES), Code::InvalidArgument));
-    cases.push(raw("oversized", format!("body {} bytes (upload limit + 1)", UPLOAD_BYTES_MAX + 1), &op, Rpc::PublishMedia, padded_empty(UPLOAD_BYTES_MAX + 1 - FRAME_HEADER_BYTES), Code::ResourceExhausted).message_has("limit"));
+    cases.push(
+        raw(
+            "oversized",
+            "RegisterMerchant body 70000 bytes (over the 64 KiB limit)",
+            &op,
+            Rpc::RegisterMerchant,
+            padded_empty(70_000),
+            Code::ResourceExhausted,
+        )
+        .message_has("limit"),
+    );
+    cases.push(raw(
+        "at the size limit",
+        format!("RegisterMerchant body {REQUEST_BYTES_MAX} bytes (the limit)"),
+        &op,
+        Rpc::RegisterMerchant,
+        padded_empty(REQUEST_BYTES_MAX - FRAME_HEADER_BYTES),
+        Code::InvalidArgument,
+    ));
+    cases.push(
+        raw(
+            "oversized",
+            format!("body {} bytes (upload limit + 1)", UPLOAD_BYTES_MAX + 1),
+            &op,
+            Rpc::PublishMedia,
+            padded_empty(UPLOAD_BYTES_MAX + 1 - FRAME_HEADER_BYTES),
+            Code::ResourceExhausted,
+        )
+        .message_has("limit"),
+    );
 
     // Paths no RPC has: the front door knows the services, tonic the methods.
-    let nope = |what: &str, who: &Meta, path: &'static str, expect: Code| Case { body: Body::Path(path, Vec::new()), ..case("unknown method", what, who, Rpc::Totals.empty(), expect) };
+    let nope = |what: &str, who: &Meta, path: &'static str, expect: Code| Case {
+        body: Body::Path(path, Vec::new()),
+        ..case("unknown method", what, who, Rpc::Totals.empty(), expect)
+    };
     cases.push(nope("a method MerchantService lacks", &a, "/vouchsafe.v1.MerchantService/Refund", Code::Unimplemented));
     cases.push(nope("a method MerchantService lacks", &Meta::anonymous(), "/vouchsafe.v1.MerchantService/Refund", Code::Unauthenticated));
     cases.push(nope("NodeService (served by nodes)", &a, "/vouchsafe.v1.NodeService/Redeem", Code::Unimplemented));
@@ -447,113 +546,402 @@ fn bad_input_cases(w: &World) -> Vec<Case> {
     let unknown = "unknown";
     let nf = Code::NotFound;
     cases.push(case("unknown id", "media never published", &a, Req::Reserve(reserve_request("unk-reserve", "md-never")), nf));
-    cases.push(case("unknown id", "voucher never reserved", &a, Req::Authorize(pb::AuthorizeRequest { request_id: "unk-authorize".into(), voucher_id: "v-never".into() }), nf));
-    cases.push(case("unknown id", "voucher never reserved", &a, Req::Void(pb::VoidRequest { request_id: "unk-void".into(), voucher_id: "v-never".into() }), nf));
-    cases.push(case("unknown id", "voucher never reserved", &a, Req::IssueVoucher(pb::IssueVoucherRequest { request_id: "unk-issue".into(), voucher_id: "v-never".into(), region: String::new() }), nf));
-    cases.push(case("unknown id", "media never published", &a, Req::Preview(pb::PreviewRequest { request_id: "unk-preview".into(), media_id: "md-never".into(), region: String::new() }), nf));
+    cases.push(case(
+        "unknown id",
+        "voucher never reserved",
+        &a,
+        Req::Authorize(pb::AuthorizeRequest { request_id: "unk-authorize".into(), voucher_id: "v-never".into() }),
+        nf,
+    ));
+    cases.push(case(
+        "unknown id",
+        "voucher never reserved",
+        &a,
+        Req::Void(pb::VoidRequest { request_id: "unk-void".into(), voucher_id: "v-never".into() }),
+        nf,
+    ));
+    cases.push(case(
+        "unknown id",
+        "voucher never reserved",
+        &a,
+        Req::IssueVoucher(pb::IssueVoucherRequest { request_id: "unk-issue".into(), voucher_id: "v-never".into(), region: String::new() }),
+        nf,
+    ));
+    cases.push(case(
+        "unknown id",
+        "media never published",
+        &a,
+        Req::Preview(pb::PreviewRequest { request_id: "unk-preview".into(), media_id: "md-never".into(), region: String::new() }),
+        nf,
+    ));
     cases.push(case("unknown id", "voucher never reserved", &a, Req::GetVoucher(pb::GetVoucherRequest { voucher_id: "v-never".into() }), nf));
-    cases.push(case("unknown id", "media never published", &a, Req::PlaceOrder(pb::PlaceOrderRequest { request_id: "unk-order".into(), media_id: "md-never".into(), units: 1 }), nf));
+    cases.push(case(
+        "unknown id",
+        "media never published",
+        &a,
+        Req::PlaceOrder(pb::PlaceOrderRequest { request_id: "unk-order".into(), media_id: "md-never".into(), units: 1 }),
+        nf,
+    ));
     cases.push(case(
         "unknown id",
         "order never placed",
         &a,
-        Req::BindUnit(pb::BindUnitRequest { request_id: "unk-bind".into(), order_id: "o-never".into(), unit: 0, device_id: "dev-1".into(), device_public_key_der: w.consumer_der.clone() }),
+        Req::BindUnit(pb::BindUnitRequest {
+            request_id: "unk-bind".into(),
+            order_id: "o-never".into(),
+            unit: 0,
+            device_id: "dev-1".into(),
+            device_public_key_der: w.consumer_der.clone(),
+        }),
         nf,
     ));
-    cases.push(case("unknown id", "order never placed", &a, Req::CompleteUnit(pb::CompleteUnitRequest { request_id: "unk-unit".into(), order_id: "o-never".into(), unit: 0 }), nf));
-    cases.push(case("unknown id", "voucher never reserved", &x, Req::Redeem(pb::RedeemRequest { voucher_id: "v-never".into(), ..w.redeem("unk-redeem-1", &w.x.id) }), nf));
-    cases.push(case("unknown id", "certificate serial unknown", &x, Req::Redeem(pb::RedeemRequest { cert_serial: unknown.into(), ..w.redeem("unk-redeem-2", &w.x.id) }), nf));
-    cases.push(case("unknown id", "consumer never certified", &x, Req::Redeem(pb::RedeemRequest { consumer_id: "nobody".into(), ..w.redeem("unk-redeem-3", &w.x.id) }), nf));
-    cases.push(case("unknown id", "bob's serial, consumer alice", &x, Req::Redeem(pb::RedeemRequest { cert_serial: w.bob_serial.clone(), ..w.redeem("unk-redeem-4", &w.x.id) }), nf));
+    cases.push(case(
+        "unknown id",
+        "order never placed",
+        &a,
+        Req::CompleteUnit(pb::CompleteUnitRequest { request_id: "unk-unit".into(), order_id: "o-never".into(), unit: 0 }),
+        nf,
+    ));
+    cases.push(case(
+        "unknown id",
+        "voucher never reserved",
+        &x,
+        Req::Redeem(pb::RedeemRequest { voucher_id: "v-never".into(), ..w.redeem("unk-redeem-1", &w.x.id) }),
+        nf,
+    ));
+    cases.push(case(
+        "unknown id",
+        "certificate serial unknown",
+        &x,
+        Req::Redeem(pb::RedeemRequest { cert_serial: unknown.into(), ..w.redeem("unk-redeem-2", &w.x.id) }),
+        nf,
+    ));
+    cases.push(case(
+        "unknown id",
+        "consumer never certified",
+        &x,
+        Req::Redeem(pb::RedeemRequest { consumer_id: "nobody".into(), ..w.redeem("unk-redeem-3", &w.x.id) }),
+        nf,
+    ));
+    cases.push(case(
+        "unknown id",
+        "bob's serial, consumer alice",
+        &x,
+        Req::Redeem(pb::RedeemRequest { cert_serial: w.bob_serial.clone(), ..w.redeem("unk-redeem-4", &w.x.id) }),
+        nf,
+    ));
     cases.push(case("unknown id", "voucher never reserved", &x, Req::CompleteDelivery(w.complete("unk-complete", "v-never")), nf));
-    cases.push(case("unknown id", "voucher never reserved", &x, Req::FailDelivery(pb::FailDeliveryRequest { request_id: "unk-fail".into(), voucher_id: "v-never".into(), reason: "disk".into() }), nf));
-    cases.push(case("unknown id", "preview never started", &x, Req::EndPreview(pb::EndPreviewRequest { request_id: "unk-end".into(), preview_id: "p-never".into(), played_ms: 1 }), nf));
-    cases.push(case("unknown id", "media never published", &x, Req::FetchMedia(pb::FetchMediaRequest { media_id: "md-never".into(), part: pb::MediaPart::Container as i32 }), nf));
-    cases.push(case("unknown id", "consumer never certified", &op, Req::RevokeCert(pb::RevokeCertRequest { request_id: "unk-revoke-1".into(), cert_serial: w.alice_serial.clone(), reason: "lost".into(), consumer_id: "nobody".into() }), nf));
-    cases.push(case("unknown id", "serial unknown for alice", &op, Req::RevokeCert(pb::RevokeCertRequest { request_id: "unk-revoke-2".into(), cert_serial: unknown.into(), reason: "lost".into(), consumer_id: "alice".into() }), nf));
+    cases.push(case(
+        "unknown id",
+        "voucher never reserved",
+        &x,
+        Req::FailDelivery(pb::FailDeliveryRequest { request_id: "unk-fail".into(), voucher_id: "v-never".into(), reason: "disk".into() }),
+        nf,
+    ));
+    cases.push(case(
+        "unknown id",
+        "preview never started",
+        &x,
+        Req::EndPreview(pb::EndPreviewRequest { request_id: "unk-end".into(), preview_id: "p-never".into(), played_ms: 1 }),
+        nf,
+    ));
+    cases.push(case(
+        "unknown id",
+        "media never published",
+        &x,
+        Req::FetchMedia(pb::FetchMediaRequest { media_id: "md-never".into(), part: pb::MediaPart::Container as i32 }),
+        nf,
+    ));
+    cases.push(case(
+        "unknown id",
+        "consumer never certified",
+        &op,
+        Req::RevokeCert(pb::RevokeCertRequest {
+            request_id: "unk-revoke-1".into(),
+            cert_serial: w.alice_serial.clone(),
+            reason: "lost".into(),
+            consumer_id: "nobody".into(),
+        }),
+        nf,
+    ));
+    cases.push(case(
+        "unknown id",
+        "serial unknown for alice",
+        &op,
+        Req::RevokeCert(pb::RevokeCertRequest {
+            request_id: "unk-revoke-2".into(),
+            cert_serial: unknown.into(),
+            reason: "lost".into(),
+            consumer_id: "alice".into(),
+        }),
+        nf,
+    ));
 
     // Fields that decode but break a rule.
     let ia = Code::InvalidArgument;
     cases.push(case("invalid field", "voucher id with a space", &a, Req::GetVoucher(pb::GetVoucherRequest { voucher_id: "not an id".into() }), ia));
     cases.push(case("invalid field", "voucher id of 65 characters", &a, Req::GetVoucher(pb::GetVoucherRequest { voucher_id: "v".repeat(65) }), ia));
-    cases.push(case("invalid field", "request id with a slash", &a, Req::Authorize(pb::AuthorizeRequest { request_id: "a/b".into(), voucher_id: sale.clone() }), ia));
+    cases.push(case(
+        "invalid field",
+        "request id with a slash",
+        &a,
+        Req::Authorize(pb::AuthorizeRequest { request_id: "a/b".into(), voucher_id: sale.clone() }),
+        ia,
+    ));
     cases.push(case("invalid field", "ttl_ms 0", &a, Req::Reserve(pb::ReserveRequest { ttl_ms: 0, ..reserve_request("inv-reserve-1", &w.media) }), ia));
-    cases.push(case("invalid field", "ttl_ms 10 years", &a, Req::Reserve(pb::ReserveRequest { ttl_ms: 10 * 365 * 86_400_000, ..reserve_request("inv-reserve-2", &w.media) }), ia));
-    cases.push(case("invalid field", "a media listed twice", &a, Req::Reserve(pb::ReserveRequest { media_ids: vec![w.media.clone(), w.media.clone()], ..reserve_request("inv-reserve-3", &w.media) }), ia));
+    cases.push(case(
+        "invalid field",
+        "ttl_ms 10 years",
+        &a,
+        Req::Reserve(pb::ReserveRequest { ttl_ms: 10 * 365 * 86_400_000, ..reserve_request("inv-reserve-2", &w.media) }),
+        ia,
+    ));
+    cases.push(case(
+        "invalid field",
+        "a media listed twice",
+        &a,
+        Req::Reserve(pb::ReserveRequest { media_ids: vec![w.media.clone(), w.media.clone()], ..reserve_request("inv-reserve-3", &w.media) }),
+        ia,
+    ));
     cases.push(case("invalid field", "no media", &a, Req::Reserve(pb::ReserveRequest { media_ids: vec![], ..reserve_request("inv-reserve-4", &w.media) }), ia));
-    cases.push(case("invalid field", "unknown rendition", &a, Req::Reserve(pb::ReserveRequest { rendition: "8k".into(), ..reserve_request("inv-reserve-5", &w.media) }), ia));
-    cases.push(case("invalid field", "points account with a space", &a, Req::Reserve(pb::ReserveRequest { points_account: "my account".into(), ..reserve_request("inv-reserve-6", &w.media) }), ia));
-    cases.push(case("invalid field", "units 0", &a, Req::PlaceOrder(pb::PlaceOrderRequest { request_id: "inv-order".into(), media_id: w.media.clone(), units: 0 }), ia));
+    cases.push(case(
+        "invalid field",
+        "unknown rendition",
+        &a,
+        Req::Reserve(pb::ReserveRequest { rendition: "8k".into(), ..reserve_request("inv-reserve-5", &w.media) }),
+        ia,
+    ));
+    cases.push(case(
+        "invalid field",
+        "points account with a space",
+        &a,
+        Req::Reserve(pb::ReserveRequest { points_account: "my account".into(), ..reserve_request("inv-reserve-6", &w.media) }),
+        ia,
+    ));
+    cases.push(case(
+        "invalid field",
+        "units 0",
+        &a,
+        Req::PlaceOrder(pb::PlaceOrderRequest { request_id: "inv-order".into(), media_id: w.media.clone(), units: 0 }),
+        ia,
+    ));
     cases.push(case(
         "invalid field",
         "unit 5 of a 2-unit order",
         &a,
-        Req::BindUnit(pb::BindUnitRequest { request_id: "inv-bind-1".into(), order_id: w.order.clone(), unit: 5, device_id: "dev-1".into(), device_public_key_der: w.consumer_der.clone() }),
+        Req::BindUnit(pb::BindUnitRequest {
+            request_id: "inv-bind-1".into(),
+            order_id: w.order.clone(),
+            unit: 5,
+            device_id: "dev-1".into(),
+            device_public_key_der: w.consumer_der.clone(),
+        }),
         ia,
     ));
     cases.push(case(
         "invalid field",
         "device key not RSA",
         &a,
-        Req::BindUnit(pb::BindUnitRequest { request_id: "inv-bind-2".into(), order_id: w.order.clone(), unit: 0, device_id: "dev-1".into(), device_public_key_der: vec![1, 2, 3] }),
+        Req::BindUnit(pb::BindUnitRequest {
+            request_id: "inv-bind-2".into(),
+            order_id: w.order.clone(),
+            unit: 0,
+            device_id: "dev-1".into(),
+            device_public_key_der: vec![1, 2, 3],
+        }),
         ia,
     ));
-    cases.push(case("invalid field", "endpoint ftp://", &x, Req::RegisterNode(pb::RegisterNodeRequest { region: String::new(), slots_max: 0, endpoint: "ftp://127.0.0.1:1".into() }), ia));
-    cases.push(case("invalid field", "endpoint of 300 characters", &x, Req::RegisterNode(pb::RegisterNodeRequest { region: String::new(), slots_max: 0, endpoint: format!("http://{}", "h".repeat(293)) }), ia));
-    cases.push(case("invalid field", "challenge of 8 bytes", &x, Req::Redeem(pb::RedeemRequest { challenge: vec![7; 8], ..w.redeem("inv-redeem", &w.x.id) }), ia));
-    cases.push(case("invalid field", "content hash of 5 bytes", &x, Req::CompleteDelivery(pb::CompleteDeliveryRequest { content_hash: vec![1; 5], ..w.complete("inv-complete-1", sale) }), ia));
-    cases.push(case("invalid field", "media not in the voucher", &x, Req::CompleteDelivery(pb::CompleteDeliveryRequest { media_id: "md-other".into(), ..w.complete("inv-complete-2", sale) }), ia));
-    cases.push(case("invalid field", "empty reason", &x, Req::FailDelivery(pb::FailDeliveryRequest { request_id: "inv-fail".into(), voucher_id: sale.clone(), reason: String::new() }), ia));
+    cases.push(case(
+        "invalid field",
+        "endpoint ftp://",
+        &x,
+        Req::RegisterNode(pb::RegisterNodeRequest { region: String::new(), slots_max: 0, endpoint: "ftp://127.0.0.1:1".into() }),
+        ia,
+    ));
+    cases.push(case(
+        "invalid field",
+        "endpoint of 300 characters",
+        &x,
+        Req::RegisterNode(pb::RegisterNodeRequest { region: String::new(), slots_max: 0, endpoint: format!("http://{}", "h".repeat(293)) }),
+        ia,
+    ));
+    cases.push(case(
+        "invalid field",
+        "challenge of 8 bytes",
+        &x,
+        Req::Redeem(pb::RedeemRequest { challenge: vec![7; 8], ..w.redeem("inv-redeem", &w.x.id) }),
+        ia,
+    ));
+    cases.push(case(
+        "invalid field",
+        "content hash of 5 bytes",
+        &x,
+        Req::CompleteDelivery(pb::CompleteDeliveryRequest { content_hash: vec![1; 5], ..w.complete("inv-complete-1", sale) }),
+        ia,
+    ));
+    cases.push(case(
+        "invalid field",
+        "media not in the voucher",
+        &x,
+        Req::CompleteDelivery(pb::CompleteDeliveryRequest { media_id: "md-other".into(), ..w.complete("inv-complete-2", sale) }),
+        ia,
+    ));
+    cases.push(case(
+        "invalid field",
+        "empty reason",
+        &x,
+        Req::FailDelivery(pb::FailDeliveryRequest { request_id: "inv-fail".into(), voucher_id: sale.clone(), reason: String::new() }),
+        ia,
+    ));
     cases.push(case("invalid field", "part unspecified", &x, Req::FetchMedia(pb::FetchMediaRequest { media_id: w.media.clone(), part: 0 }), ia));
     cases.push(case("invalid field", "part 99", &x, Req::FetchMedia(pb::FetchMediaRequest { media_id: w.media.clone(), part: 99 }), ia));
-    cases.push(case("invalid field", "container not a container", &op, Req::PublishMedia(pb::PublishMediaRequest { container: vec![1, 2, 3], ..w.publish_request("inv-publish-1") }), ia));
-    cases.push(case("invalid field", "wrapped key not for the engine", &op, Req::PublishMedia(pb::PublishMediaRequest { wrapped_media_key: vec![9; 256], ..w.publish_request("inv-publish-2") }), ia));
-    cases.push(case("invalid field", "no royalty terms", &op, Req::PublishMedia(pb::PublishMediaRequest { terms: None, ..w.publish_request("inv-publish-3") }), ia));
-    cases.push(case("invalid field", "empty name", &op, Req::RegisterMerchant(pb::RegisterMerchantRequest { request_id: "inv-merchant".into(), name: String::new() }), ia));
-    cases.push(case("invalid field", "slots_max 0", &op, Req::RegisterNodeCredential(pb::RegisterNodeCredentialRequest { request_id: "inv-node".into(), region: "eu".into(), slots_max: 0 }), ia));
+    cases.push(case(
+        "invalid field",
+        "container not a container",
+        &op,
+        Req::PublishMedia(pb::PublishMediaRequest { container: vec![1, 2, 3], ..w.publish_request("inv-publish-1") }),
+        ia,
+    ));
+    cases.push(case(
+        "invalid field",
+        "wrapped key not for the engine",
+        &op,
+        Req::PublishMedia(pb::PublishMediaRequest { wrapped_media_key: vec![9; 256], ..w.publish_request("inv-publish-2") }),
+        ia,
+    ));
+    cases.push(case(
+        "invalid field",
+        "no royalty terms",
+        &op,
+        Req::PublishMedia(pb::PublishMediaRequest { terms: None, ..w.publish_request("inv-publish-3") }),
+        ia,
+    ));
+    cases.push(case(
+        "invalid field",
+        "empty name",
+        &op,
+        Req::RegisterMerchant(pb::RegisterMerchantRequest { request_id: "inv-merchant".into(), name: String::new() }),
+        ia,
+    ));
+    cases.push(case(
+        "invalid field",
+        "slots_max 0",
+        &op,
+        Req::RegisterNodeCredential(pb::RegisterNodeCredentialRequest { request_id: "inv-node".into(), region: "eu".into(), slots_max: 0 }),
+        ia,
+    ));
     cases.push(case(
         "invalid field",
         "public key not RSA",
         &op,
-        Req::CertifyConsumer(pb::CertifyConsumerRequest { request_id: "inv-cert-1".into(), consumer_id: "carol".into(), public_key_der: vec![1, 2, 3], validity_ms: 1000 }),
+        Req::CertifyConsumer(pb::CertifyConsumerRequest {
+            request_id: "inv-cert-1".into(),
+            consumer_id: "carol".into(),
+            public_key_der: vec![1, 2, 3],
+            validity_ms: 1000,
+        }),
         ia,
     ));
     cases.push(case(
         "invalid field",
         "validity 0",
         &op,
-        Req::CertifyConsumer(pb::CertifyConsumerRequest { request_id: "inv-cert-2".into(), consumer_id: "carol".into(), public_key_der: w.consumer_der.clone(), validity_ms: 0 }),
+        Req::CertifyConsumer(pb::CertifyConsumerRequest {
+            request_id: "inv-cert-2".into(),
+            consumer_id: "carol".into(),
+            public_key_der: w.consumer_der.clone(),
+            validity_ms: 0,
+        }),
         ia,
     ));
     cases.push(case(
         "invalid field",
         "empty reason",
         &op,
-        Req::RevokeCert(pb::RevokeCertRequest { request_id: "inv-revoke".into(), cert_serial: w.alice_serial.clone(), reason: String::new(), consumer_id: "alice".into() }),
+        Req::RevokeCert(pb::RevokeCertRequest {
+            request_id: "inv-revoke".into(),
+            cert_serial: w.alice_serial.clone(),
+            reason: String::new(),
+            consumer_id: "alice".into(),
+        }),
         ia,
     ));
-    cases.push(case("invalid field", "amount 0", &op, Req::TopUpPoints(pb::TopUpPointsRequest { request_id: "inv-topup".into(), account_id: "acct-2".into(), amount: 0 }), ia));
-    cases.push(case("invalid field", "empty name", &op, Req::RegisterAuditor(pb::RegisterAuditorRequest { request_id: "inv-auditor".into(), name: String::new() }), ia));
+    cases.push(case(
+        "invalid field",
+        "amount 0",
+        &op,
+        Req::TopUpPoints(pb::TopUpPointsRequest { request_id: "inv-topup".into(), account_id: "acct-2".into(), amount: 0 }),
+        ia,
+    ));
+    cases.push(case(
+        "invalid field",
+        "empty name",
+        &op,
+        Req::RegisterAuditor(pb::RegisterAuditorRequest { request_id: "inv-auditor".into(), name: String::new() }),
+        ia,
+    ));
     cases.push(case("invalid field", "pinned seal hash of 5 bytes", &auditor, Req::Replay(pb::ReplayRequest { pinned_seal_hash: vec![1; 5] }), ia));
 
     // Merchant B on merchant A's vouchers and order.
     let pd = Code::PermissionDenied;
     cases.push(case("merchant B on A's", "A's issued voucher", &b, Req::GetVoucher(pb::GetVoucherRequest { voucher_id: sale.clone() }), pd));
     cases.push(case("merchant B on A's", "A's pending voucher", &b, Req::GetVoucher(pb::GetVoucherRequest { voucher_id: w.pending.clone() }), pd));
-    cases.push(case("merchant B on A's", "A's issued voucher", &b, Req::Authorize(pb::AuthorizeRequest { request_id: "b-authorize-1".into(), voucher_id: sale.clone() }), pd));
-    cases.push(case("merchant B on A's", "A's pending voucher", &b, Req::Authorize(pb::AuthorizeRequest { request_id: "b-authorize-2".into(), voucher_id: w.pending.clone() }), pd));
+    cases.push(case(
+        "merchant B on A's",
+        "A's issued voucher",
+        &b,
+        Req::Authorize(pb::AuthorizeRequest { request_id: "b-authorize-1".into(), voucher_id: sale.clone() }),
+        pd,
+    ));
+    cases.push(case(
+        "merchant B on A's",
+        "A's pending voucher",
+        &b,
+        Req::Authorize(pb::AuthorizeRequest { request_id: "b-authorize-2".into(), voucher_id: w.pending.clone() }),
+        pd,
+    ));
     cases.push(case("merchant B on A's", "A's issued voucher", &b, Req::Void(pb::VoidRequest { request_id: "b-void-1".into(), voucher_id: sale.clone() }), pd));
-    cases.push(case("merchant B on A's", "A's pending voucher", &b, Req::Void(pb::VoidRequest { request_id: "b-void-2".into(), voucher_id: w.pending.clone() }), pd));
-    cases.push(case("merchant B on A's", "A's issued voucher", &b, Req::IssueVoucher(pb::IssueVoucherRequest { request_id: "b-issue-1".into(), voucher_id: sale.clone(), region: String::new() }), pd));
-    cases.push(case("merchant B on A's", "A's authorized voucher", &b, Req::IssueVoucher(pb::IssueVoucherRequest { request_id: "b-issue-2".into(), voucher_id: w.authorized.clone(), region: String::new() }), pd));
+    cases.push(case(
+        "merchant B on A's",
+        "A's pending voucher",
+        &b,
+        Req::Void(pb::VoidRequest { request_id: "b-void-2".into(), voucher_id: w.pending.clone() }),
+        pd,
+    ));
+    cases.push(case(
+        "merchant B on A's",
+        "A's issued voucher",
+        &b,
+        Req::IssueVoucher(pb::IssueVoucherRequest { request_id: "b-issue-1".into(), voucher_id: sale.clone(), region: String::new() }),
+        pd,
+    ));
+    cases.push(case(
+        "merchant B on A's",
+        "A's authorized voucher",
+        &b,
+        Req::IssueVoucher(pb::IssueVoucherRequest { request_id: "b-issue-2".into(), voucher_id: w.authorized.clone(), region: String::new() }),
+        pd,
+    ));
     cases.push(case(
         "merchant B on A's",
         "A's order",
         &b,
-        Req::BindUnit(pb::BindUnitRequest { request_id: "b-bind".into(), order_id: w.order.clone(), unit: 0, device_id: "dev-b".into(), device_public_key_der: w.consumer_der.clone() }),
+        Req::BindUnit(pb::BindUnitRequest {
+            request_id: "b-bind".into(),
+            order_id: w.order.clone(),
+            unit: 0,
+            device_id: "dev-b".into(),
+            device_public_key_der: w.consumer_der.clone(),
+        }),
         pd,
     ));
-    cases.push(case("merchant B on A's", "A's order", &b, Req::CompleteUnit(pb::CompleteUnitRequest { request_id: "b-unit".into(), order_id: w.order.clone(), unit: 0 }), pd));
+    cases.push(case(
+        "merchant B on A's",
+        "A's order",
+        &b,
+        Req::CompleteUnit(pb::CompleteUnitRequest { request_id: "b-unit".into(), order_id: w.order.clone(), unit: 0 }),
+        pd,
+    ));
     // A's reservation ids are derived from (merchant, request id): B's same request id is B's own.
     cases.push(case("merchant B on A's", "A's request id is B's own voucher", &b, Req::Reserve(reserve_request("sale-reserve", "md-never")), nf));
 
@@ -561,12 +949,26 @@ fn bad_input_cases(w: &World) -> Vec<Case> {
     cases.push(case("node Y on X's", "a valid proof made for Y", &y, Req::Redeem(w.redeem("y-redeem-1", &w.y.id)), pd));
     cases.push(case("node Y on X's", "X's proof", &y, Req::Redeem(w.redeem("y-redeem-2", &w.x.id)), pd));
     cases.push(case("node Y on X's", "X's voucher", &y, Req::CompleteDelivery(w.complete("y-complete", sale)), pd));
-    cases.push(case("node Y on X's", "X's voucher", &y, Req::FailDelivery(pb::FailDeliveryRequest { request_id: "y-fail".into(), voucher_id: sale.clone(), reason: "disk".into() }), pd));
-    cases.push(case("node Y on X's", "X's preview", &y, Req::EndPreview(pb::EndPreviewRequest { request_id: "y-end".into(), preview_id: w.preview.clone(), played_ms: 1000 }), pd));
+    cases.push(case(
+        "node Y on X's",
+        "X's voucher",
+        &y,
+        Req::FailDelivery(pb::FailDeliveryRequest { request_id: "y-fail".into(), voucher_id: sale.clone(), reason: "disk".into() }),
+        pd,
+    ));
+    cases.push(case(
+        "node Y on X's",
+        "X's preview",
+        &y,
+        Req::EndPreview(pb::EndPreviewRequest { request_id: "y-end".into(), preview_id: w.preview.clone(), played_ms: 1000 }),
+        pd,
+    ));
 
     // Wrong receipt proofs, presented by the assigned node for a valid certificate.
     let challenge = vec![7u8; 32];
-    let proof_case = |what: &str, request_id: &str, proof: Vec<u8>| case("wrong receipt proof", what, &x, Req::Redeem(pb::RedeemRequest { proof, ..w.redeem(request_id, &w.x.id) }), pd);
+    let proof_case = |what: &str, request_id: &str, proof: Vec<u8>| {
+        case("wrong receipt proof", what, &x, Req::Redeem(pb::RedeemRequest { proof, ..w.redeem(request_id, &w.x.id) }), pd)
+    };
     cases.push(proof_case("32 random bytes", "bad-proof-1", crypto::random_bytes::<32>().to_vec()));
     cases.push(proof_case("empty", "bad-proof-2", Vec::new()));
     cases.push(proof_case("bound to node Y", "bad-proof-3", World::proof(&w.sale.receipt, sale, &w.y.id, &challenge)));
@@ -577,51 +979,169 @@ fn bad_input_cases(w: &World) -> Vec<Case> {
 
     // Certificates.
     cases.push(
-        case("certificate", "revoked (bob)", &x, Req::Redeem(pb::RedeemRequest { consumer_id: "bob".into(), cert_serial: w.bob_serial.clone(), ..w.redeem("cert-redeem-1", &w.x.id) }), pd)
-            .message_has("revoked"),
+        case(
+            "certificate",
+            "revoked (bob)",
+            &x,
+            Req::Redeem(pb::RedeemRequest { consumer_id: "bob".into(), cert_serial: w.bob_serial.clone(), ..w.redeem("cert-redeem-1", &w.x.id) }),
+            pd,
+        )
+        .message_has("revoked"),
     );
     cases.push(
-        case("certificate", "expired (erin)", &x, Req::Redeem(pb::RedeemRequest { consumer_id: "erin".into(), cert_serial: w.erin_serial.clone(), ..w.redeem("cert-redeem-2", &w.x.id) }), pd)
-            .message_has("not valid at this time"),
+        case(
+            "certificate",
+            "expired (erin)",
+            &x,
+            Req::Redeem(pb::RedeemRequest { consumer_id: "erin".into(), cert_serial: w.erin_serial.clone(), ..w.redeem("cert-redeem-2", &w.x.id) }),
+            pd,
+        )
+        .message_has("not valid at this time"),
     );
 
     // The voucher's state forbids the command.
     let fp = Code::FailedPrecondition;
-    cases.push(case("wrong state", "reservation expired", &a, Req::Authorize(pb::AuthorizeRequest { request_id: "st-authorize-1".into(), voucher_id: w.expired.clone() }), fp).message_has("expired at"));
-    cases.push(case("wrong state", "already issued", &a, Req::Authorize(pb::AuthorizeRequest { request_id: "st-authorize-2".into(), voucher_id: sale.clone() }), fp));
+    cases.push(
+        case(
+            "wrong state",
+            "reservation expired",
+            &a,
+            Req::Authorize(pb::AuthorizeRequest { request_id: "st-authorize-1".into(), voucher_id: w.expired.clone() }),
+            fp,
+        )
+        .message_has("expired at"),
+    );
+    cases.push(case(
+        "wrong state",
+        "already issued",
+        &a,
+        Req::Authorize(pb::AuthorizeRequest { request_id: "st-authorize-2".into(), voucher_id: sale.clone() }),
+        fp,
+    ));
     cases.push(case("wrong state", "already issued", &a, Req::Void(pb::VoidRequest { request_id: "st-void".into(), voucher_id: sale.clone() }), fp));
-    cases.push(case("wrong state", "still pending", &a, Req::IssueVoucher(pb::IssueVoucherRequest { request_id: "st-issue".into(), voucher_id: w.pending.clone(), region: String::new() }), fp));
-    cases.push(case("wrong state", "unit not bound", &a, Req::CompleteUnit(pb::CompleteUnitRequest { request_id: "st-unit".into(), order_id: w.order.clone(), unit: 1 }), fp));
-    cases.push(case("wrong state", "points account empty", &a, Req::Reserve(pb::ReserveRequest { points_account: "acct-empty".into(), ..reserve_request("st-reserve", &w.media) }), fp));
+    cases.push(case(
+        "wrong state",
+        "still pending",
+        &a,
+        Req::IssueVoucher(pb::IssueVoucherRequest { request_id: "st-issue".into(), voucher_id: w.pending.clone(), region: String::new() }),
+        fp,
+    ));
+    cases.push(case(
+        "wrong state",
+        "unit not bound",
+        &a,
+        Req::CompleteUnit(pb::CompleteUnitRequest { request_id: "st-unit".into(), order_id: w.order.clone(), unit: 1 }),
+        fp,
+    ));
+    cases.push(case(
+        "wrong state",
+        "points account empty",
+        &a,
+        Req::Reserve(pb::ReserveRequest { points_account: "acct-empty".into(), ..reserve_request("st-reserve", &w.media) }),
+        fp,
+    ));
     cases.push(case("wrong state", "not redeemed yet", &x, Req::CompleteDelivery(w.complete("st-complete", sale)), fp));
     cases.push(case("wrong state", "never announced (RegisterNode)", &z, Req::Heartbeat(pb::HeartbeatRequest::default()), fp));
 
     // A request id reused for another command on the same voucher.
-    cases.push(case("request id reused", "Authorize's id for Void", &a, Req::Void(pb::VoidRequest { request_id: "sale-authorize".into(), voucher_id: sale.clone() }), ia));
-    cases.push(case("request id reused", "IssueVoucher's id for Authorize", &a, Req::Authorize(pb::AuthorizeRequest { request_id: "sale-issue".into(), voucher_id: sale.clone() }), ia));
-    cases.push(case("request id reused", "Reserve's id for IssueVoucher", &a, Req::IssueVoucher(pb::IssueVoucherRequest { request_id: "sale-reserve".into(), voucher_id: sale.clone(), region: String::new() }), ia));
-    cases.push(case("request id reused", "Certify's id for Revoke", &op, Req::RevokeCert(pb::RevokeCertRequest { request_id: "cert-alice".into(), cert_serial: w.alice_serial.clone(), reason: "lost".into(), consumer_id: "alice".into() }), ia));
+    cases.push(case(
+        "request id reused",
+        "Authorize's id for Void",
+        &a,
+        Req::Void(pb::VoidRequest { request_id: "sale-authorize".into(), voucher_id: sale.clone() }),
+        ia,
+    ));
+    cases.push(case(
+        "request id reused",
+        "IssueVoucher's id for Authorize",
+        &a,
+        Req::Authorize(pb::AuthorizeRequest { request_id: "sale-issue".into(), voucher_id: sale.clone() }),
+        ia,
+    ));
+    cases.push(case(
+        "request id reused",
+        "Reserve's id for IssueVoucher",
+        &a,
+        Req::IssueVoucher(pb::IssueVoucherRequest { request_id: "sale-reserve".into(), voucher_id: sale.clone(), region: String::new() }),
+        ia,
+    ));
+    cases.push(case(
+        "request id reused",
+        "Certify's id for Revoke",
+        &op,
+        Req::RevokeCert(pb::RevokeCertRequest {
+            request_id: "cert-alice".into(),
+            cert_serial: w.alice_serial.clone(),
+            reason: "lost".into(),
+            consumer_id: "alice".into(),
+        }),
+        ia,
+    ));
 
     // The same request retried: the first answer, nothing new written.
     let debug = |bytes: &[u8]| format!("{bytes:?}");
     cases.push(
-        case("retried request", "Reserve sale-reserve", &a, Req::Reserve(pb::ReserveRequest { payment_ref: "card-sale".into(), ..reserve_request("sale-reserve", &w.media) }), Code::Ok)
-            .answer_has(sale.clone()),
+        case(
+            "retried request",
+            "Reserve sale-reserve",
+            &a,
+            Req::Reserve(pb::ReserveRequest { payment_ref: "card-sale".into(), ..reserve_request("sale-reserve", &w.media) }),
+            Code::Ok,
+        )
+        .answer_has(sale.clone()),
     );
-    cases.push(case("retried request", "Authorize sale-authorize", &a, Req::Authorize(pb::AuthorizeRequest { request_id: "sale-authorize".into(), voucher_id: sale.clone() }), Code::Ok).answer_has(debug(&w.sale.receipt)));
     cases.push(
-        case("retried request", "IssueVoucher sale-issue", &a, Req::IssueVoucher(pb::IssueVoucherRequest { request_id: "sale-issue".into(), voucher_id: sale.clone(), region: String::new() }), Code::Ok)
-            .answer_has(w.sale.node_id.clone())
-            .answer_has(debug(&w.sale.access_token)),
+        case(
+            "retried request",
+            "Authorize sale-authorize",
+            &a,
+            Req::Authorize(pb::AuthorizeRequest { request_id: "sale-authorize".into(), voucher_id: sale.clone() }),
+            Code::Ok,
+        )
+        .answer_has(debug(&w.sale.receipt)),
     );
-    cases.push(case("retried request", "Preview preview-1", &a, Req::Preview(pb::PreviewRequest { request_id: "preview-1".into(), media_id: w.media.clone(), region: String::new() }), Code::Ok).answer_has(w.preview.clone()));
-    cases.push(case("retried request", "PlaceOrder order-1", &a, Req::PlaceOrder(pb::PlaceOrderRequest { request_id: "order-1".into(), media_id: w.media.clone(), units: 2 }), Code::Ok).answer_has(w.order.clone()));
+    cases.push(
+        case(
+            "retried request",
+            "IssueVoucher sale-issue",
+            &a,
+            Req::IssueVoucher(pb::IssueVoucherRequest { request_id: "sale-issue".into(), voucher_id: sale.clone(), region: String::new() }),
+            Code::Ok,
+        )
+        .answer_has(w.sale.node_id.clone())
+        .answer_has(debug(&w.sale.access_token)),
+    );
+    cases.push(
+        case(
+            "retried request",
+            "Preview preview-1",
+            &a,
+            Req::Preview(pb::PreviewRequest { request_id: "preview-1".into(), media_id: w.media.clone(), region: String::new() }),
+            Code::Ok,
+        )
+        .answer_has(w.preview.clone()),
+    );
+    cases.push(
+        case(
+            "retried request",
+            "PlaceOrder order-1",
+            &a,
+            Req::PlaceOrder(pb::PlaceOrderRequest { request_id: "order-1".into(), media_id: w.media.clone(), units: 2 }),
+            Code::Ok,
+        )
+        .answer_has(w.order.clone()),
+    );
     cases.push(
         case(
             "retried request",
             "CertifyConsumer cert-alice",
             &op,
-            Req::CertifyConsumer(pb::CertifyConsumerRequest { request_id: "cert-alice".into(), consumer_id: "alice".into(), public_key_der: w.consumer_der.clone(), validity_ms: 86_400_000 }),
+            Req::CertifyConsumer(pb::CertifyConsumerRequest {
+                request_id: "cert-alice".into(),
+                consumer_id: "alice".into(),
+                public_key_der: w.consumer_der.clone(),
+                validity_ms: 86_400_000,
+            }),
             Code::Ok,
         )
         .answer_has(w.alice_serial.clone()),
@@ -630,18 +1150,44 @@ fn bad_input_cases(w: &World) -> Vec<Case> {
         "retried request",
         "RevokeCert revoke-bob",
         &op,
-        Req::RevokeCert(pb::RevokeCertRequest { request_id: "revoke-bob".into(), cert_serial: w.bob_serial.clone(), reason: "lost".into(), consumer_id: "bob".into() }),
+        Req::RevokeCert(pb::RevokeCertRequest {
+            request_id: "revoke-bob".into(),
+            cert_serial: w.bob_serial.clone(),
+            reason: "lost".into(),
+            consumer_id: "bob".into(),
+        }),
         Code::Ok,
     ));
-    cases.push(case("retried request", "TopUpPoints topup-1", &op, Req::TopUpPoints(pb::TopUpPointsRequest { request_id: "topup-1".into(), account_id: "acct-1".into(), amount: 500 }), Code::Ok).answer_has("balance: 500"));
+    cases.push(
+        case(
+            "retried request",
+            "TopUpPoints topup-1",
+            &op,
+            Req::TopUpPoints(pb::TopUpPointsRequest { request_id: "topup-1".into(), account_id: "acct-1".into(), amount: 500 }),
+            Code::Ok,
+        )
+        .answer_has("balance: 500"),
+    );
     // By the documented idempotency rule (same request id, same command: the first answer),
     // a "retry" that asks for something else gets the first reservation, not a refusal.
     cases.push(
-        case("retried request", "Reserve sale-reserve, other ttl", &a, Req::Reserve(pb::ReserveRequest { ttl_ms: 60_000, ..reserve_request("sale-reserve", &w.media) }), Code::Ok)
-            .answer_has(sale.clone()),
+        case(
+            "retried request",
+            "Reserve sale-reserve, other ttl",
+            &a,
+            Req::Reserve(pb::ReserveRequest { ttl_ms: 60_000, ..reserve_request("sale-reserve", &w.media) }),
+            Code::Ok,
+        )
+        .answer_has(sale.clone()),
     );
     // A credential's secret is shown once: its retry is refused, not answered.
-    cases.push(case("retried request", "RegisterMerchant merchant-a", &op, Req::RegisterMerchant(pb::RegisterMerchantRequest { request_id: "merchant-a".into(), name: "Shop A".into() }), Code::AlreadyExists));
+    cases.push(case(
+        "retried request",
+        "RegisterMerchant merchant-a",
+        &op,
+        Req::RegisterMerchant(pb::RegisterMerchantRequest { request_id: "merchant-a".into(), name: "Shop A".into() }),
+        Code::AlreadyExists,
+    ));
     cases.push(case(
         "retried request",
         "RegisterNodeCredential node-eu",
@@ -649,12 +1195,23 @@ fn bad_input_cases(w: &World) -> Vec<Case> {
         Req::RegisterNodeCredential(pb::RegisterNodeCredentialRequest { request_id: "node-eu".into(), region: "eu".into(), slots_max: 16 }),
         Code::AlreadyExists,
     ));
-    cases.push(case("retried request", "RegisterAuditor auditor-1", &op, Req::RegisterAuditor(pb::RegisterAuditorRequest { request_id: "auditor-1".into(), name: "Agent 1".into() }), Code::AlreadyExists));
+    cases.push(case(
+        "retried request",
+        "RegisterAuditor auditor-1",
+        &op,
+        Req::RegisterAuditor(pb::RegisterAuditorRequest { request_id: "auditor-1".into(), name: "Agent 1".into() }),
+        Code::AlreadyExists,
+    ));
     cases.push(case(
         "retried request",
         "RevokeCert of a revoked cert, new id",
         &op,
-        Req::RevokeCert(pb::RevokeCertRequest { request_id: "revoke-bob-again".into(), cert_serial: w.bob_serial.clone(), reason: "lost".into(), consumer_id: "bob".into() }),
+        Req::RevokeCert(pb::RevokeCertRequest {
+            request_id: "revoke-bob-again".into(),
+            cert_serial: w.bob_serial.clone(),
+            reason: "lost".into(),
+            consumer_id: "bob".into(),
+        }),
         Code::Ok,
     ));
 
@@ -688,7 +1245,11 @@ async fn every_rpc_refuses_bad_input_with_the_exact_code_and_writes_nothing() {
     let mut health = tonic_health::pb::health_client::HealthClient::new(fx.channel.clone());
     let serving = health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.expect("health").into_inner();
     assert_eq!(serving.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
-    let view = client::merchant(fx.channel.clone(), world.a.clone()).get_voucher(pb::GetVoucherRequest { voucher_id: world.sale.voucher_id.clone() }).await.expect("get").into_inner();
+    let view = client::merchant(fx.channel.clone(), world.a.clone())
+        .get_voucher(pb::GetVoucherRequest { voucher_id: world.sale.voucher_id.clone() })
+        .await
+        .expect("get")
+        .into_inner();
     assert_eq!((view.status.as_str(), view.node_id.as_str()), ("Issued", world.x.id.as_str()), "the refusals left the sale as it was");
 
     // Each node's assignment feed carries its own assignments only: X gets the two sales
@@ -700,7 +1261,8 @@ async fn every_rpc_refuses_bad_input_with_the_exact_code_and_writes_nothing() {
     }
     let mut got = Vec::new();
     for _ in 0..3 {
-        let next = tokio::time::timeout(CALL_TIMEOUT, feeds[0].message()).await.expect("X's assignments arrive").expect("the feed is open").expect("an assignment");
+        let next =
+            tokio::time::timeout(CALL_TIMEOUT, feeds[0].message()).await.expect("X's assignments arrive").expect("the feed is open").expect("an assignment");
         got.push(if next.preview_id.is_empty() { next.voucher_id } else { next.preview_id });
     }
     got.sort();
@@ -720,12 +1282,25 @@ async fn every_rpc_refuses_bad_input_with_the_exact_code_and_writes_nothing() {
         case("after the refusals", "the same redemption retried", &x, Req::Redeem(world.redeem("good-redeem", &world.x.id)), Code::Ok),
         case("after the refusals", "alice again, new id (node restart)", &x, Req::Redeem(world.redeem("good-redeem-2", &world.x.id)), Code::Ok),
         case("after the refusals", "Redeem's id for CompleteDelivery", &x, Req::CompleteDelivery(world.complete("good-redeem", sale)), ia),
-        case("after the refusals", "Authorize's id for Void", &a, Req::Void(pb::VoidRequest { request_id: "sale-authorize".into(), voucher_id: sale.clone() }), ia),
+        case(
+            "after the refusals",
+            "Authorize's id for Void",
+            &a,
+            Req::Void(pb::VoidRequest { request_id: "sale-authorize".into(), voucher_id: sale.clone() }),
+            ia,
+        ),
         case("after the refusals", "X completes", &x, Req::CompleteDelivery(world.complete("good-complete", sale)), Code::Ok).writes(1),
         case("after the refusals", "the completion retried", &x, Req::CompleteDelivery(world.complete("good-complete", sale)), Code::Ok),
         case("after the refusals", "redeem a delivered voucher", &x, Req::Redeem(world.redeem("late-redeem", &world.x.id)), Code::FailedPrecondition),
-        case("after the refusals", "void a delivered voucher", &a, Req::Void(pb::VoidRequest { request_id: "late-void".into(), voucher_id: sale.clone() }), Code::FailedPrecondition),
-        case("after the refusals", "the delivered voucher", &a, Req::GetVoucher(pb::GetVoucherRequest { voucher_id: sale.clone() }), Code::Ok).answer_has("status: \"Delivered\""),
+        case(
+            "after the refusals",
+            "void a delivered voucher",
+            &a,
+            Req::Void(pb::VoidRequest { request_id: "late-void".into(), voucher_id: sale.clone() }),
+            Code::FailedPrecondition,
+        ),
+        case("after the refusals", "the delivered voucher", &a, Req::GetVoucher(pb::GetVoucherRequest { voucher_id: sale.clone() }), Code::Ok)
+            .answer_has("status: \"Delivered\""),
     ];
     let outcomes = run(fx, after).await;
     mismatches.extend(report("after the refusals", &outcomes));
@@ -755,38 +1330,146 @@ const ROLE_NAMES: [&str; 7] = ["operator", "merchant owner", "merchant other", "
 /// SubscribeAssignments, FetchMedia) the "other" merchant or node is simply another one.
 const EXPECTED_ACCESS: &[(&str, [&str; 7])] = &[
     //                              operator            merchant owner      merchant other      node owner          node other          auditor             anonymous
-    ("Reserve", /*             */ ["PermissionDenied", "allowed", "allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"]),
-    ("Authorize", /*           */ ["PermissionDenied", "allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"]),
-    ("Void", /*                */ ["PermissionDenied", "allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"]),
-    ("IssueVoucher", /*        */ ["PermissionDenied", "allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"]),
-    ("Preview", /*             */ ["PermissionDenied", "allowed", "allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"]),
-    ("GetVoucher", /*          */ ["PermissionDenied", "allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"]),
-    ("PlaceOrder", /*          */ ["PermissionDenied", "allowed", "allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"]),
-    ("BindUnit", /*            */ ["PermissionDenied", "allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"]),
-    ("CompleteUnit", /*        */ ["PermissionDenied", "allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"]),
-    ("RegisterNode", /*        */ ["PermissionDenied", "PermissionDenied", "PermissionDenied", "allowed", "allowed", "PermissionDenied", "Unauthenticated"]),
-    ("Heartbeat", /*           */ ["PermissionDenied", "PermissionDenied", "PermissionDenied", "allowed", "allowed", "PermissionDenied", "Unauthenticated"]),
-    ("SubscribeAssignments", /**/ ["PermissionDenied", "PermissionDenied", "PermissionDenied", "allowed", "allowed", "PermissionDenied", "Unauthenticated"]),
-    ("Redeem", /*              */ ["PermissionDenied", "PermissionDenied", "PermissionDenied", "allowed", "PermissionDenied", "PermissionDenied", "Unauthenticated"]),
-    ("CompleteDelivery", /*    */ ["PermissionDenied", "PermissionDenied", "PermissionDenied", "allowed", "PermissionDenied", "PermissionDenied", "Unauthenticated"]),
-    ("FailDelivery", /*        */ ["PermissionDenied", "PermissionDenied", "PermissionDenied", "allowed", "PermissionDenied", "PermissionDenied", "Unauthenticated"]),
-    ("EndPreview", /*          */ ["PermissionDenied", "PermissionDenied", "PermissionDenied", "allowed", "PermissionDenied", "PermissionDenied", "Unauthenticated"]),
-    ("FetchMedia", /*          */ ["PermissionDenied", "PermissionDenied", "PermissionDenied", "allowed", "allowed", "PermissionDenied", "Unauthenticated"]),
-    ("PublishMedia", /*        */ ["allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"]),
-    ("RegisterMerchant", /*    */ ["allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"]),
-    ("RegisterNodeCredential", ["allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"]),
-    ("CertifyConsumer", /*     */ ["allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"]),
-    ("RevokeCert", /*          */ ["allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"]),
-    ("TopUpPoints", /*         */ ["allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"]),
-    ("RegisterAuditor", /*     */ ["allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"]),
-    ("Replay", /*              */ ["allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "allowed", "Unauthenticated"]),
-    ("VerifyChain", /*         */ ["allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "allowed", "Unauthenticated"]),
-    ("Totals", /*              */ ["allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "allowed", "Unauthenticated"]),
-    ("GetStats", /*            */ ["allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"]),
-    ("GetConfig", /*           */ ["allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"]),
-    ("SetConfig", /*           */ ["allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"]),
-    ("DrainNode", /*           */ ["allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"]),
-    ("RemoveNode", /*          */ ["allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"]),
+    (
+        "Reserve",
+        /*             */ ["PermissionDenied", "allowed", "allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"],
+    ),
+    (
+        "Authorize",
+        /*           */
+        ["PermissionDenied", "allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"],
+    ),
+    (
+        "Void",
+        /*                */
+        ["PermissionDenied", "allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"],
+    ),
+    (
+        "IssueVoucher",
+        /*        */ ["PermissionDenied", "allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"],
+    ),
+    (
+        "Preview",
+        /*             */ ["PermissionDenied", "allowed", "allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"],
+    ),
+    (
+        "GetVoucher",
+        /*          */
+        ["PermissionDenied", "allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"],
+    ),
+    (
+        "PlaceOrder",
+        /*          */ ["PermissionDenied", "allowed", "allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"],
+    ),
+    (
+        "BindUnit",
+        /*            */
+        ["PermissionDenied", "allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"],
+    ),
+    (
+        "CompleteUnit",
+        /*        */ ["PermissionDenied", "allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"],
+    ),
+    (
+        "RegisterNode",
+        /*        */ ["PermissionDenied", "PermissionDenied", "PermissionDenied", "allowed", "allowed", "PermissionDenied", "Unauthenticated"],
+    ),
+    (
+        "Heartbeat",
+        /*           */ ["PermissionDenied", "PermissionDenied", "PermissionDenied", "allowed", "allowed", "PermissionDenied", "Unauthenticated"],
+    ),
+    (
+        "SubscribeAssignments",
+        /**/ ["PermissionDenied", "PermissionDenied", "PermissionDenied", "allowed", "allowed", "PermissionDenied", "Unauthenticated"],
+    ),
+    (
+        "Redeem",
+        /*              */
+        ["PermissionDenied", "PermissionDenied", "PermissionDenied", "allowed", "PermissionDenied", "PermissionDenied", "Unauthenticated"],
+    ),
+    (
+        "CompleteDelivery",
+        /*    */ ["PermissionDenied", "PermissionDenied", "PermissionDenied", "allowed", "PermissionDenied", "PermissionDenied", "Unauthenticated"],
+    ),
+    (
+        "FailDelivery",
+        /*        */ ["PermissionDenied", "PermissionDenied", "PermissionDenied", "allowed", "PermissionDenied", "PermissionDenied", "Unauthenticated"],
+    ),
+    (
+        "EndPreview",
+        /*          */
+        ["PermissionDenied", "PermissionDenied", "PermissionDenied", "allowed", "PermissionDenied", "PermissionDenied", "Unauthenticated"],
+    ),
+    (
+        "FetchMedia",
+        /*          */ ["PermissionDenied", "PermissionDenied", "PermissionDenied", "allowed", "allowed", "PermissionDenied", "Unauthenticated"],
+    ),
+    (
+        "PublishMedia",
+        /*        */ ["allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"],
+    ),
+    (
+        "RegisterMerchant",
+        /*    */ ["allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"],
+    ),
+    (
+        "RegisterNodeCredential",
+        ["allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"],
+    ),
+    (
+        "CertifyConsumer",
+        /*     */ ["allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"],
+    ),
+    (
+        "RevokeCert",
+        /*          */
+        ["allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"],
+    ),
+    (
+        "TopUpPoints",
+        /*         */ ["allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"],
+    ),
+    (
+        "RegisterAuditor",
+        /*     */ ["allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"],
+    ),
+    (
+        "Replay",
+        /*              */ ["allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "allowed", "Unauthenticated"],
+    ),
+    (
+        "VerifyChain",
+        /*         */ ["allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "allowed", "Unauthenticated"],
+    ),
+    (
+        "Totals",
+        /*              */ ["allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "allowed", "Unauthenticated"],
+    ),
+    (
+        "GetStats",
+        /*            */
+        ["allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"],
+    ),
+    (
+        "GetConfig",
+        /*           */
+        ["allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"],
+    ),
+    (
+        "SetConfig",
+        /*           */
+        ["allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"],
+    ),
+    (
+        "DrainNode",
+        /*           */
+        ["allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"],
+    ),
+    (
+        "RemoveNode",
+        /*          */
+        ["allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"],
+    ),
 ];
 
 impl World {
@@ -809,7 +1492,9 @@ impl World {
             Rpc::Reserve => Req::Reserve(reserve_request("acc-reserve", &self.media)),
             Rpc::Authorize => Req::Authorize(pb::AuthorizeRequest { request_id: "acc-authorize".into(), voucher_id: self.pending.clone() }),
             Rpc::Void => Req::Void(pb::VoidRequest { request_id: "acc-void".into(), voucher_id: self.pending_to_void.clone() }),
-            Rpc::IssueVoucher => Req::IssueVoucher(pb::IssueVoucherRequest { request_id: "acc-issue".into(), voucher_id: self.authorized.clone(), region: String::new() }),
+            Rpc::IssueVoucher => {
+                Req::IssueVoucher(pb::IssueVoucherRequest { request_id: "acc-issue".into(), voucher_id: self.authorized.clone(), region: String::new() })
+            }
             Rpc::Preview => Req::Preview(pb::PreviewRequest { request_id: "acc-preview".into(), media_id: self.media.clone(), region: String::new() }),
             Rpc::GetVoucher => Req::GetVoucher(pb::GetVoucherRequest { voucher_id: sale }),
             Rpc::PlaceOrder => Req::PlaceOrder(pb::PlaceOrderRequest { request_id: "acc-order".into(), media_id: self.media.clone(), units: 1 }),
@@ -826,19 +1511,30 @@ impl World {
             Rpc::SubscribeAssignments => Req::SubscribeAssignments(pb::SubscribeAssignmentsRequest { after_seq: 0 }),
             Rpc::Redeem => Req::Redeem(self.redeem("acc-redeem", &self.x.id)),
             Rpc::CompleteDelivery => Req::CompleteDelivery(self.complete("acc-complete", &sale)),
-            Rpc::FailDelivery => Req::FailDelivery(pb::FailDeliveryRequest { request_id: "acc-fail".into(), voucher_id: self.second.voucher_id.clone(), reason: "disk full".into() }),
+            Rpc::FailDelivery => Req::FailDelivery(pb::FailDeliveryRequest {
+                request_id: "acc-fail".into(),
+                voucher_id: self.second.voucher_id.clone(),
+                reason: "disk full".into(),
+            }),
             Rpc::EndPreview => Req::EndPreview(pb::EndPreviewRequest { request_id: "acc-end".into(), preview_id: self.preview.clone(), played_ms: 1000 }),
             Rpc::FetchMedia => Req::FetchMedia(pb::FetchMediaRequest { media_id: self.media.clone(), part: pb::MediaPart::Container as i32 }),
             Rpc::PublishMedia => Req::PublishMedia(self.publish_request("acc-publish")),
             Rpc::RegisterMerchant => Req::RegisterMerchant(pb::RegisterMerchantRequest { request_id: "acc-merchant".into(), name: "Shop C".into() }),
-            Rpc::RegisterNodeCredential => Req::RegisterNodeCredential(pb::RegisterNodeCredentialRequest { request_id: "acc-node".into(), region: "sa".into(), slots_max: 1 }),
+            Rpc::RegisterNodeCredential => {
+                Req::RegisterNodeCredential(pb::RegisterNodeCredentialRequest { request_id: "acc-node".into(), region: "sa".into(), slots_max: 1 })
+            }
             Rpc::CertifyConsumer => Req::CertifyConsumer(pb::CertifyConsumerRequest {
                 request_id: "acc-cert".into(),
                 consumer_id: "carol".into(),
                 public_key_der: self.consumer_der.clone(),
                 validity_ms: 86_400_000,
             }),
-            Rpc::RevokeCert => Req::RevokeCert(pb::RevokeCertRequest { request_id: "acc-revoke".into(), cert_serial: self.dave_serial.clone(), reason: "lost".into(), consumer_id: "dave".into() }),
+            Rpc::RevokeCert => Req::RevokeCert(pb::RevokeCertRequest {
+                request_id: "acc-revoke".into(),
+                cert_serial: self.dave_serial.clone(),
+                reason: "lost".into(),
+                consumer_id: "dave".into(),
+            }),
             Rpc::TopUpPoints => Req::TopUpPoints(pb::TopUpPointsRequest { request_id: "acc-topup".into(), account_id: "acct-1".into(), amount: 100 }),
             Rpc::RegisterAuditor => Req::RegisterAuditor(pb::RegisterAuditorRequest { request_id: "acc-auditor".into(), name: "Agent 2".into() }),
             Rpc::Replay => Req::Replay(pb::ReplayRequest::default()),
@@ -929,7 +1625,8 @@ async fn access_matrix_every_role_by_every_rpc() {
 
 async fn fetch_container(delivery: &mut client::DeliveryClient, media: &str) -> Vec<u8> {
     use futures::StreamExt;
-    let mut chunks = delivery.fetch_media(pb::FetchMediaRequest { media_id: media.into(), part: pb::MediaPart::Container as i32 }).await.expect("fetch").into_inner();
+    let mut chunks =
+        delivery.fetch_media(pb::FetchMediaRequest { media_id: media.into(), part: pb::MediaPart::Container as i32 }).await.expect("fetch").into_inner();
     let mut container = Vec::new();
     while let Some(chunk) = chunks.next().await {
         container.extend_from_slice(&chunk.expect("chunk").data);
@@ -995,12 +1692,17 @@ async fn a_refused_or_retried_publish_stores_no_bytes() {
 async fn a_node_changes_its_capacity_back_and_forth() {
     let fx = start().await;
     let mut catalog = client::catalog(fx.channel.clone(), fx.operator.clone());
-    let node = credential(catalog.register_node_credential(pb::RegisterNodeCredentialRequest { request_id: "node-1".into(), region: "eu".into(), slots_max: 4 }).await);
+    let node = credential(
+        catalog.register_node_credential(pb::RegisterNodeCredentialRequest { request_id: "node-1".into(), region: "eu".into(), slots_max: 4 }).await,
+    );
     let mut delivery = client::delivery(fx.channel.clone(), node.clone());
     let mut recorded = Vec::new();
     for slots_max in [8, 4, 8, 4] {
         let head = fx.head().await;
-        delivery.register_node(pb::RegisterNodeRequest { region: String::new(), slots_max, endpoint: "http://127.0.0.1:1".into() }).await.expect("register node");
+        delivery
+            .register_node(pb::RegisterNodeRequest { region: String::new(), slots_max, endpoint: "http://127.0.0.1:1".into() })
+            .await
+            .expect("register node");
         let state = fx.engine.state.market.handler().load::<engine::domain::party::Node>(&node.id).await.expect("load the node").state.clone();
         recorded.push((slots_max, state.slots_max, fx.head().await - head));
     }

@@ -5,8 +5,8 @@
 //! before anything else, and graceful shutdown keeps every acknowledged sale.
 
 use engine::crypto::{self, RsaPrivate};
-use engine::log::embedded::EmbeddedLog;
 use engine::log::EventLog;
+use engine::log::embedded::EmbeddedLog;
 use futures::StreamExt;
 use gateways::common::client::{self, Upload};
 use gateways::common::cred::Credential;
@@ -56,9 +56,16 @@ fn upload(title: &str, content: Vec<u8>) -> Upload {
 async fn publish_buy_deliver_decrypt_over_grpc() {
     let fixture = start().await;
     let mut catalog = client::catalog(fixture.channel.clone(), fixture.operator.clone());
-    let merchant_cred = client::credential_of(catalog.register_merchant(pb::RegisterMerchantRequest { request_id: "m-1".into(), name: "Shop".into() }).await.expect("merchant").into_inner()).expect("cred");
+    let merchant_cred = client::credential_of(
+        catalog.register_merchant(pb::RegisterMerchantRequest { request_id: "m-1".into(), name: "Shop".into() }).await.expect("merchant").into_inner(),
+    )
+    .expect("cred");
     let node_cred = client::credential_of(
-        catalog.register_node_credential(pb::RegisterNodeCredentialRequest { request_id: "n-1".into(), region: "eu".into(), slots_max: 4 }).await.expect("node").into_inner(),
+        catalog
+            .register_node_credential(pb::RegisterNodeCredentialRequest { request_id: "n-1".into(), region: "eu".into(), slots_max: 4 })
+            .await
+            .expect("node")
+            .into_inner(),
     )
     .expect("cred");
     let content = (0..100_000u32).map(|i| (i % 251) as u8).collect::<Vec<_>>();
@@ -71,7 +78,11 @@ async fn publish_buy_deliver_decrypt_over_grpc() {
 
     // The node announces itself and subscribes to its assignments.
     let mut delivery = client::delivery(fixture.channel.clone(), node_cred.clone());
-    let registered = delivery.register_node(pb::RegisterNodeRequest { region: "eu".into(), slots_max: 4, endpoint: "http://127.0.0.1:1".into() }).await.expect("register node").into_inner();
+    let registered = delivery
+        .register_node(pb::RegisterNodeRequest { region: "eu".into(), slots_max: 4, endpoint: "http://127.0.0.1:1".into() })
+        .await
+        .expect("register node")
+        .into_inner();
     assert_eq!(registered.node_id, node_cred.id);
     let mut assignments = delivery.subscribe_assignments(pb::SubscribeAssignmentsRequest { after_seq: 0 }).await.expect("subscribe").into_inner();
 
@@ -79,7 +90,11 @@ async fn publish_buy_deliver_decrypt_over_grpc() {
     let sale = client::buy(&mut merchant, "sale-1", std::slice::from_ref(&published.media_id), None).await.expect("buy");
     assert_eq!(sale.node_id, node_cred.id);
     assert_eq!(sale.node_endpoint, "http://127.0.0.1:1");
-    let assignment = tokio::time::timeout(std::time::Duration::from_secs(10), assignments.next()).await.expect("assignment arrives").expect("stream open").expect("assignment");
+    let assignment = tokio::time::timeout(std::time::Duration::from_secs(10), assignments.next())
+        .await
+        .expect("assignment arrives")
+        .expect("stream open")
+        .expect("assignment");
     assert_eq!(assignment.voucher_id, sale.voucher_id);
     assert_eq!(assignment.media_ids, vec![published.media_id.clone()]);
 
@@ -87,12 +102,18 @@ async fn publish_buy_deliver_decrypt_over_grpc() {
     let access_key = engine::crypto::SecretKey::from_bytes(registered.access_key.as_slice().try_into().expect("32-byte access key"));
     let media_refs: Vec<&str> = sale.media_ids.iter().map(String::as_str).collect();
     let now = chrono_now_ms();
-    crypto::check_access_token(&access_key, &sale.node_id, &sale.voucher_id, &media_refs, sale.access_expires_at_ms, now, &sale.access_token).expect("the node accepts the grant");
+    crypto::check_access_token(&access_key, &sale.node_id, &sale.voucher_id, &media_refs, sale.access_expires_at_ms, now, &sale.access_token)
+        .expect("the node accepts the grant");
 
     // A certified consumer proves the receipt; the engine re-wraps the key for it.
     let consumer_key = tokio::task::spawn_blocking(|| RsaPrivate::generate(2048)).await.expect("task").expect("rsa");
     let cert = catalog
-        .certify_consumer(pb::CertifyConsumerRequest { request_id: "cert-1".into(), consumer_id: "alice".into(), public_key_der: consumer_key.public().to_der().expect("der"), validity_ms: 86_400_000 })
+        .certify_consumer(pb::CertifyConsumerRequest {
+            request_id: "cert-1".into(),
+            consumer_id: "alice".into(),
+            public_key_der: consumer_key.public().to_der().expect("der"),
+            validity_ms: 86_400_000,
+        })
         .await
         .expect("certify")
         .into_inner();
@@ -111,7 +132,11 @@ async fn publish_buy_deliver_decrypt_over_grpc() {
     assert_eq!(redeemed.keys.len(), 1);
 
     // The node fetches the container; the consumer decrypts it.
-    let mut chunks = delivery.fetch_media(pb::FetchMediaRequest { media_id: published.media_id.clone(), part: pb::MediaPart::Container as i32 }).await.expect("fetch").into_inner();
+    let mut chunks = delivery
+        .fetch_media(pb::FetchMediaRequest { media_id: published.media_id.clone(), part: pb::MediaPart::Container as i32 })
+        .await
+        .expect("fetch")
+        .into_inner();
     let mut container = Vec::new();
     while let Some(chunk) = chunks.next().await {
         let chunk = chunk.expect("chunk");
@@ -173,14 +198,19 @@ async fn health_and_reflection_answer_without_a_credential() {
     let overall = health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.expect("health").into_inner();
     assert_eq!(overall.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
 
-    use tonic_reflection::pb::v1::{server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest, server_reflection_response::MessageResponse, ServerReflectionRequest};
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest,
+        server_reflection_response::MessageResponse,
+    };
     let mut reflection = ServerReflectionClient::new(fixture.channel.clone());
     let request = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
     let mut responses = reflection.server_reflection_info(futures::stream::iter(vec![request])).await.expect("reflection").into_inner();
     let response = responses.next().await.expect("one answer").expect("ok");
     let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else { panic!("not a service list: {response:?}") };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    for expected in ["vouchsafe.v1.MerchantService", "vouchsafe.v1.DeliveryService", "vouchsafe.v1.CatalogService", "vouchsafe.v1.AuditService", "grpc.health.v1.Health"] {
+    for expected in
+        ["vouchsafe.v1.MerchantService", "vouchsafe.v1.DeliveryService", "vouchsafe.v1.CatalogService", "vouchsafe.v1.AuditService", "grpc.health.v1.Health"]
+    {
         assert!(names.iter().any(|name| name == expected), "{expected} missing from {names:?}");
     }
     fixture.engine.shutdown().await.expect("graceful shutdown");
@@ -196,17 +226,26 @@ async fn credentials_are_checked_before_the_body_is_decoded() {
     assert_eq!(status.code(), Code::Unauthenticated);
     // A wrong secret for the operator's id gets the same answer as an unknown id.
     let wrong = Credential::new("operator", engine::crypto::SecretKey::random());
-    let status = client::catalog(fixture.channel.clone(), wrong).register_merchant(pb::RegisterMerchantRequest { request_id: "m".into(), name: "x".into() }).await.expect_err("refused");
+    let status = client::catalog(fixture.channel.clone(), wrong)
+        .register_merchant(pb::RegisterMerchantRequest { request_id: "m".into(), name: "x".into() })
+        .await
+        .expect_err("refused");
     assert_eq!(status.code(), Code::Unauthenticated);
     let unknown = Credential::new("m0000", engine::crypto::SecretKey::random());
     let other = client::merchant(fixture.channel.clone(), unknown).get_voucher(pb::GetVoucherRequest { voucher_id: "v1".into() }).await.expect_err("refused");
     assert_eq!((other.code(), other.message()), (status.code(), status.message()), "no oracle for which ids exist");
     // The operator may not act as a merchant.
-    let status = client::merchant(fixture.channel.clone(), fixture.operator.clone()).get_voucher(pb::GetVoucherRequest { voucher_id: "v1".into() }).await.expect_err("refused");
+    let status = client::merchant(fixture.channel.clone(), fixture.operator.clone())
+        .get_voucher(pb::GetVoucherRequest { voucher_id: "v1".into() })
+        .await
+        .expect_err("refused");
     assert_eq!(status.code(), Code::PermissionDenied);
     // Oversized: ResourceExhausted, not tonic's OutOfRange.
     let mut catalog = client::catalog(fixture.channel.clone(), fixture.operator.clone());
-    let merchant_cred = client::credential_of(catalog.register_merchant(pb::RegisterMerchantRequest { request_id: "m-1".into(), name: "Shop".into() }).await.expect("merchant").into_inner()).expect("cred");
+    let merchant_cred = client::credential_of(
+        catalog.register_merchant(pb::RegisterMerchantRequest { request_id: "m-1".into(), name: "Shop".into() }).await.expect("merchant").into_inner(),
+    )
+    .expect("cred");
     let head_after_register = fixture.log.last_seq().await.expect("head");
     assert_eq!(head_after_register.0, head.0 + 1);
     let status = client::merchant(fixture.channel.clone(), merchant_cred)

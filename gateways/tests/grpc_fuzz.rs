@@ -46,16 +46,13 @@
 
 mod support;
 
-use support::sale::{buy_in, credential, proof, reserve_request, upload};
-use support::rpc::{key, padded_empty, send_raw, send_typed, varint, Meta, Req, Rpc, Service};
-use support::{start, Fixture, FRAME_HEADER_BYTES, REQUEST_BYTES_MAX};
 use engine::crypto::{self, RsaPrivate, SecretKey};
 use engine::ids::{MerchantId, RequestId};
 use gateways::common::client;
 use gateways::common::cred::Credential;
 use proptest::collection::vec;
 use proptest::prelude::*;
-use proptest::sample::{select, Index};
+use proptest::sample::{Index, select};
 use proptest::strategy::{Union, ValueTree};
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 use proto::v1 as pb;
@@ -63,6 +60,9 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::sync::{Mutex, Once, PoisonError};
 use std::time::{Duration, Instant};
+use support::rpc::{Meta, Req, Rpc, Service, key, padded_empty, send_raw, send_typed, varint};
+use support::sale::{buy_in, credential, proof, reserve_request, upload};
+use support::{FRAME_HEADER_BYTES, Fixture, REQUEST_BYTES_MAX, start};
 use tonic::{Code, Status};
 
 // ---- the run's size ----
@@ -126,8 +126,12 @@ async fn build_world() -> World {
     let mut catalog = client::catalog(fx.channel.clone(), operator.clone());
     let a = credential(catalog.register_merchant(pb::RegisterMerchantRequest { request_id: "merchant-a".into(), name: "Shop A".into() }).await);
     let b = credential(catalog.register_merchant(pb::RegisterMerchantRequest { request_id: "merchant-b".into(), name: "Shop B".into() }).await);
-    let node_eu = credential(catalog.register_node_credential(pb::RegisterNodeCredentialRequest { request_id: "node-eu".into(), region: "eu".into(), slots_max: 16 }).await);
-    let node_us = credential(catalog.register_node_credential(pb::RegisterNodeCredentialRequest { request_id: "node-us".into(), region: "us".into(), slots_max: 16 }).await);
+    let node_eu = credential(
+        catalog.register_node_credential(pb::RegisterNodeCredentialRequest { request_id: "node-eu".into(), region: "eu".into(), slots_max: 16 }).await,
+    );
+    let node_us = credential(
+        catalog.register_node_credential(pb::RegisterNodeCredentialRequest { request_id: "node-us".into(), region: "us".into(), slots_max: 16 }).await,
+    );
     let auditor = credential(catalog.register_auditor(pb::RegisterAuditorRequest { request_id: "auditor-1".into(), name: "Agent 1".into() }).await);
     for (node, endpoint) in [(&node_eu, "http://127.0.0.1:1"), (&node_us, "http://127.0.0.1:2")] {
         client::delivery(fx.channel.clone(), node.clone())
@@ -148,15 +152,29 @@ async fn build_world() -> World {
     let authorized = merchant.reserve(reserve_request("authorized-1", &media)).await.expect("reserve").into_inner().voucher_id;
     merchant.authorize(pb::AuthorizeRequest { request_id: "authorized-1-authorize".into(), voucher_id: authorized.clone() }).await.expect("authorize");
     let expired = merchant.reserve(pb::ReserveRequest { ttl_ms: 1, ..reserve_request("expired-1", &media) }).await.expect("reserve").into_inner().voucher_id;
-    let preview = merchant.preview(pb::PreviewRequest { request_id: "preview-1".into(), media_id: media.clone(), region: x_region.into() }).await.expect("preview").into_inner();
-    let order = merchant.place_order(pb::PlaceOrderRequest { request_id: "order-1".into(), media_id: media.clone(), units: 2 }).await.expect("order").into_inner().order_id;
+    let preview = merchant
+        .preview(pb::PreviewRequest { request_id: "preview-1".into(), media_id: media.clone(), region: x_region.into() })
+        .await
+        .expect("preview")
+        .into_inner();
+    let order = merchant
+        .place_order(pb::PlaceOrderRequest { request_id: "order-1".into(), media_id: media.clone(), units: 2 })
+        .await
+        .expect("order")
+        .into_inner()
+        .order_id;
 
     // One consumer key pair for every certificate (and as a device key).
     let consumer_key = tokio::task::spawn_blocking(|| RsaPrivate::generate(2048)).await.expect("task").expect("rsa");
     let consumer_der = consumer_key.public().to_der().expect("der");
     let mut certify = async |request_id: &str, consumer: &str, validity_ms: u64| {
         catalog
-            .certify_consumer(pb::CertifyConsumerRequest { request_id: request_id.into(), consumer_id: consumer.into(), public_key_der: consumer_der.clone(), validity_ms })
+            .certify_consumer(pb::CertifyConsumerRequest {
+                request_id: request_id.into(),
+                consumer_id: consumer.into(),
+                public_key_der: consumer_der.clone(),
+                validity_ms,
+            })
             .await
             .expect("certify")
             .into_inner()
@@ -168,13 +186,20 @@ async fn build_world() -> World {
     let dave_serial = certify("cert-dave", "dave", 86_400_000).await;
     let known_good_serial = certify("cert-known-good", KNOWN_GOOD_CONSUMER, 86_400_000).await;
     catalog
-        .revoke_cert(pb::RevokeCertRequest { request_id: "revoke-bob".into(), cert_serial: bob_serial.clone(), reason: "lost".into(), consumer_id: "bob".into() })
+        .revoke_cert(pb::RevokeCertRequest {
+            request_id: "revoke-bob".into(),
+            cert_serial: bob_serial.clone(),
+            reason: "lost".into(),
+            consumer_id: "bob".into(),
+        })
         .await
         .expect("revoke");
     // Enough points for every reservation the cases make on acct-1.
     catalog.top_up_points(pb::TopUpPointsRequest { request_id: "topup-1".into(), account_id: "acct-1".into(), amount: 1_000_000 }).await.expect("top up");
     // Registered after the sales above, so the allocator never chose them for those.
-    let z = credential(catalog.register_node_credential(pb::RegisterNodeCredentialRequest { request_id: "node-ap".into(), region: "ap".into(), slots_max: 1 }).await);
+    let z = credential(
+        catalog.register_node_credential(pb::RegisterNodeCredentialRequest { request_id: "node-ap".into(), region: "ap".into(), slots_max: 1 }).await,
+    );
     let w = credential(
         catalog
             .register_node_credential(pb::RegisterNodeCredentialRequest {
@@ -499,9 +524,15 @@ fn judge(case: &Case, gate: Gate, answer: &Answer, previous_accepted: Option<boo
         problems.push(format!("{code:?} {why}: {}", answer.message));
     }
     match gate {
-        Gate::Unauthenticated if code != Code::Unauthenticated => problems.push(format!("a bad credential got {code:?}, not Unauthenticated: {}", answer.message)),
-        Gate::PermissionDenied if code != Code::PermissionDenied => problems.push(format!("a role that may not call the service got {code:?}, not PermissionDenied: {}", answer.message)),
-        Gate::Pass if oversized && code != Code::ResourceExhausted => problems.push(format!("a body over the limit got {code:?}, not ResourceExhausted: {}", answer.message)),
+        Gate::Unauthenticated if code != Code::Unauthenticated => {
+            problems.push(format!("a bad credential got {code:?}, not Unauthenticated: {}", answer.message))
+        }
+        Gate::PermissionDenied if code != Code::PermissionDenied => {
+            problems.push(format!("a role that may not call the service got {code:?}, not PermissionDenied: {}", answer.message))
+        }
+        Gate::Pass if oversized && code != Code::ResourceExhausted => {
+            problems.push(format!("a body over the limit got {code:?}, not ResourceExhausted: {}", answer.message))
+        }
         Gate::Pass if !oversized && !decodes && (code != Code::Internal || !answer.message.contains("decode")) => {
             problems.push(format!("a body that does not decode got {code:?}, not Internal (decode): {}", answer.message))
         }
@@ -518,7 +549,8 @@ fn judge(case: &Case, gate: Gate, answer: &Answer, previous_accepted: Option<boo
         // refused while earlier ones still hold the permits. Anything else answers again.
         let documented = matches!(
             (case.rpc, code),
-            (Rpc::RegisterMerchant | Rpc::RegisterNodeCredential | Rpc::RegisterAuditor, Code::AlreadyExists) | (Rpc::Replay | Rpc::VerifyChain, Code::ResourceExhausted)
+            (Rpc::RegisterMerchant | Rpc::RegisterNodeCredential | Rpc::RegisterAuditor, Code::AlreadyExists)
+                | (Rpc::Replay | Rpc::VerifyChain, Code::ResourceExhausted)
         );
         if code != Code::Ok && !documented {
             problems.push(format!("the immediate retry of an accepted request was refused with {code:?}: {}", answer.message));
@@ -554,7 +586,9 @@ async fn known_good(world: &World, round: usize) -> Result<(), String> {
         return Err(format!("known-good sale {round}: health answers {}", serving.status));
     }
     let mut w = client::delivery(fx.channel.clone(), world.w.clone());
-    w.register_node(pb::RegisterNodeRequest { region: String::new(), slots_max: 0, endpoint: "http://127.0.0.1:4".into() }).await.map_err(step("W announces"))?;
+    w.register_node(pb::RegisterNodeRequest { region: String::new(), slots_max: 0, endpoint: "http://127.0.0.1:4".into() })
+        .await
+        .map_err(step("W announces"))?;
     let mut merchant = client::merchant(fx.channel.clone(), world.a.clone());
     let sale = buy_in(&mut merchant, &format!("known-good-{round}"), &world.media, KNOWN_GOOD_REGION).await.map_err(step("buy"))?;
     if sale.node_id != world.w.id {
@@ -660,7 +694,6 @@ fn hostile_requests_against_every_rpc() {
     runtime.block_on(fuzz(cases, seed));
 }
 
-
 // ---- negative controls: the harness sees what it looks for ----
 
 /// A panic planted on a runtime built like the fuzz run's is counted.
@@ -690,7 +723,9 @@ fn the_judge_flags_every_broken_property() {
         let problems = judge(&case, gate, &answer, previous);
         match expect {
             None => assert!(problems.is_empty(), "{:?} {gate:?} {:?}: {problems:?}", case.rpc, answer.code),
-            Some(text) => assert!(problems.iter().any(|p| p.contains(text)), "{:?} {gate:?} {:?} should be flagged with {text:?}: {problems:?}", case.rpc, answer.code),
+            Some(text) => {
+                assert!(problems.iter().any(|p| p.contains(text)), "{:?} {gate:?} {:?} should be flagged with {text:?}: {problems:?}", case.rpc, answer.code)
+            }
         }
     };
     let (authorize_case, pass) = (case(Rpc::Authorize, &authorize, false), Gate::Pass);
@@ -719,7 +754,6 @@ fn the_judge_flags_every_broken_property() {
     flags(retry, pass, answer(Code::NotFound, "unknown", 0), Some(false), None);
     flags(case(Rpc::RegisterMerchant, &register, true), pass, answer(Code::AlreadyExists, "exists", 0), Some(true), None);
 }
-
 
 // ---- findings: bugs the generator found, as failing tests until they are fixed ----
 
@@ -775,7 +809,11 @@ async fn a_refused_authorize_or_void_of_a_points_voucher_appends_nothing() {
     if let Err(status) = &answer
         && wrote != 0
     {
-        problems.push(format!("Authorize with another voucher's Reserve id: refused with {:?} ({}) after appending {wrote} events", status.code(), status.message()));
+        problems.push(format!(
+            "Authorize with another voucher's Reserve id: refused with {:?} ({}) after appending {wrote} events",
+            status.code(),
+            status.message()
+        ));
         // What the merchant can do next: nothing gets it the receipt.
         let again = merchant.authorize(pb::AuthorizeRequest { request_id: "pts-1".into(), voucher_id: vouchers[1].clone() }).await;
         let fresh = merchant.authorize(pb::AuthorizeRequest { request_id: "pts-2-authorize".into(), voucher_id: vouchers[1].clone() }).await;
@@ -794,7 +832,11 @@ async fn a_refused_authorize_or_void_of_a_points_voucher_appends_nothing() {
     if let Err(status) = &answer
         && wrote != 0
     {
-        problems.push(format!("Void with another voucher's Reserve id: refused with {:?} ({}) after appending {wrote} events", status.code(), status.message()));
+        problems.push(format!(
+            "Void with another voucher's Reserve id: refused with {:?} ({}) after appending {wrote} events",
+            status.code(),
+            status.message()
+        ));
     }
     assert!(problems.is_empty(), "refused requests appended events:\n{}", problems.join("\n"));
     world.fx.engine.shutdown().await.expect("graceful shutdown");

@@ -176,7 +176,9 @@ async fn tls_with_the_ca_works_and_without_it_or_over_http_fails() {
     refused_by_transport(&localhost, Some(&other_ca.cert_pem), None, &fixture.operator).await;
     refused_by_transport(&format!("http://127.0.0.1:{}", fixture.port()), ca, None, &fixture.operator).await;
     // A client identity over http is a usage error, not a silent plain-text connection.
-    let plain = client::connect_tls(&format!("http://127.0.0.1:{}", fixture.port()), None, Some(fixture.pki.client.identity())).await.expect_err("identity needs https");
+    let plain = client::connect_tls(&format!("http://127.0.0.1:{}", fixture.port()), None, Some(fixture.pki.client.identity()))
+        .await
+        .expect_err("identity needs https");
     assert!(format!("{plain:#}").contains("https://"), "{plain:#}");
 
     // The failed handshakes did not hurt the server.
@@ -300,7 +302,8 @@ fn serve_with_a_tls_section_and_the_cli_with_ca_and_client_certificate() {
     let (code, said) = run(root, &[&get[..], &["--connect", &url, "--ca", "ca.pem"][..]].concat());
     assert_eq!(code, 2, "no client certificate: {said}");
     assert!(said.contains("did not answer") || said.contains("cannot connect"), "a connection failure, said so: {said}");
-    let (code, said) = run(root, &[&get[..], &["--connect", &url, "--ca", "ca.pem", "--client-cert", "intruder.pem", "--client-key", "intruder.key"][..]].concat());
+    let (code, said) =
+        run(root, &[&get[..], &["--connect", &url, "--ca", "ca.pem", "--client-cert", "intruder.pem", "--client-key", "intruder.key"][..]].concat());
     assert_eq!(code, 2, "a client certificate from another CA: {said}");
     let (code, said) = run(root, &[&get[..], &["--connect", &url, "--client-cert", "client.pem", "--client-key", "client.key"][..]].concat());
     assert_eq!(code, 2, "without the CA the server is not trusted: {said}");
@@ -340,7 +343,10 @@ async fn the_node_agent_connects_to_an_mtls_engine() {
     let url = format!("https://localhost:{}", fixture.port());
     let channel = client::connect_tls(&url, Some(&ca), Some(fixture.pki.client.identity())).await.expect("mTLS connect");
     let mut catalog = client::catalog(channel.clone(), fixture.operator.clone());
-    let response = catalog.register_node_credential(pb::RegisterNodeCredentialRequest { request_id: request_id(), region: "eu".into(), slots_max: 4 }).await.expect("node credential");
+    let response = catalog
+        .register_node_credential(pb::RegisterNodeCredentialRequest { request_id: request_id(), region: "eu".into(), slots_max: 4 })
+        .await
+        .expect("node credential");
     let node_cred = client::credential_of(response.into_inner()).expect("credential");
     let data = tempfile::tempdir().expect("temp dir");
     let args = |identity: bool| gateways::node::NodeArgs {

@@ -47,7 +47,8 @@ fn stamped_copy(engine: &RsaPrivate, content: &[u8]) -> Vec<u8> {
 }
 
 fn inspect(root: &Path, args: &[&str]) -> (i32, serde_json::Value, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_vouchsafe")).arg("inspect").args(args).arg("--json").current_dir(root).output().expect("run vouchsafe inspect");
+    let output =
+        Command::new(env!("CARGO_BIN_EXE_vouchsafe")).arg("inspect").args(args).arg("--json").current_dir(root).output().expect("run vouchsafe inspect");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     let value = serde_json::from_str(stdout.lines().last().unwrap_or("null")).unwrap_or(serde_json::Value::Null);

@@ -8,8 +8,8 @@
 
 use engine::crypto::{self, RsaPrivate, SecretKey};
 use engine::ids::{ConsumerId, MediaId, RequestId};
-use engine::log::embedded::EmbeddedLog;
 use engine::log::EventLog;
+use engine::log::embedded::EmbeddedLog;
 use engine::media::{self, Parsed};
 use gateways::common::client::{self, ComponentUpload, ContainerUpload, PreviewUpload, RenditionUpload};
 use gateways::common::cred::Credential;
@@ -37,12 +37,22 @@ fn upload(title: &str, high: &[u8], low: &[u8]) -> ContainerUpload {
         price_minor: 150,
         currency: "EUR".into(),
         terms: client::standard_terms("label-1"),
-        renditions: vec![RenditionUpload { name: "high".into(), bitrate_kbps: 256, content: high.to_vec() }, RenditionUpload { name: "low".into(), bitrate_kbps: 96, content: low.to_vec() }],
+        renditions: vec![
+            RenditionUpload { name: "high".into(), bitrate_kbps: 256, content: high.to_vec() },
+            RenditionUpload { name: "low".into(), bitrate_kbps: 96, content: low.to_vec() },
+        ],
         components: vec![
             ComponentUpload { name: "lyrics".into(), media_type: "text/plain; charset=utf-8".into(), encrypted: true, data: b"only buyers read this".to_vec() },
             ComponentUpload { name: "cover".into(), media_type: "image/png".into(), encrypted: false, data: vec![0x89, b'P', b'N', b'G', 1, 2, 3] },
         ],
-        preview: Some(PreviewUpload { start_ms: 10_000, duration_ms: 20_000, fade_in_ms: 1_000, fade_out_ms: 2_000, media_type: "audio/mpeg".into(), clip: low[..4096].to_vec() }),
+        preview: Some(PreviewUpload {
+            start_ms: 10_000,
+            duration_ms: 20_000,
+            fade_in_ms: 1_000,
+            fade_out_ms: 2_000,
+            media_type: "audio/mpeg".into(),
+            clip: low[..4096].to_vec(),
+        }),
         for_sale: true,
         image_descriptor: "cover.png".into(),
         chunk_bytes: 16 * 1024,
@@ -67,7 +77,12 @@ fn request_for(request_id: &str, container: Vec<u8>, wrapped_media_key: Vec<u8>,
         renditions: upload
             .renditions
             .iter()
-            .map(|r| pb::RenditionInput { name: r.name.clone(), bitrate_kbps: r.bitrate_kbps, content_hash: crypto::hash(&r.content).to_vec(), size_bytes: r.content.len() as u64 })
+            .map(|r| pb::RenditionInput {
+                name: r.name.clone(),
+                bitrate_kbps: r.bitrate_kbps,
+                content_hash: crypto::hash(&r.content).to_vec(),
+                size_bytes: r.content.len() as u64,
+            })
             .collect(),
         preview: Some(pb::PreviewClipInput { start_ms: preview.start_ms, duration_ms: preview.duration_ms }),
         image_descriptor: String::new(),
@@ -147,7 +162,8 @@ async fn a_signed_multi_rendition_container_is_checked_published_streamed_and_de
     let (container, wrapped) = container_for(&own_id("pub-1"), &song, &engine_public);
     let refused = refuse(pb::PublishMediaRequest { title: "Another Title".into(), ..request_for("pub-1", container.clone(), wrapped.clone(), &song) }).await;
     assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
-    let refused = refuse(pb::PublishMediaRequest { preview_clip: b"another clip".to_vec(), ..request_for("pub-1", container.clone(), wrapped.clone(), &song) }).await;
+    let refused =
+        refuse(pb::PublishMediaRequest { preview_clip: b"another clip".to_vec(), ..request_for("pub-1", container.clone(), wrapped.clone(), &song) }).await;
     assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
     let mut renamed = request_for("pub-1", container, wrapped, &song);
     renamed.renditions[1].name = "medium".into();
@@ -162,9 +178,16 @@ async fn a_signed_multi_rendition_container_is_checked_published_streamed_and_de
     assert_eq!(published.content_hash, crypto::hash(&high));
     let stored = engine.state.media.get(&published.media_id, engine::media_store::Part::Container).await.expect("store").expect("stored");
     let report = gateways::cli::inspect::inspect_bytes(&stored, None, Some(&publisher_key().public()));
-    assert_eq!((report.kind, report.format_version, report.signature_ok, report.publisher_key_ok), (Some("container"), Some(2), Some(true), Some(true)), "{report:?}");
+    assert_eq!(
+        (report.kind, report.format_version, report.signature_ok, report.publisher_key_ok),
+        (Some("container"), Some(2), Some(true), Some(true)),
+        "{report:?}"
+    );
     assert_eq!(report.media_id.as_deref(), Some(published.media_id.as_str()));
-    assert_eq!(report.renditions.iter().map(|r| (r.name.as_str(), r.size_bytes, r.chunks)).collect::<Vec<_>>(), [("high", Some(100_000), Some(7)), ("low", Some(40_000), Some(3))]);
+    assert_eq!(
+        report.renditions.iter().map(|r| (r.name.as_str(), r.size_bytes, r.chunks)).collect::<Vec<_>>(),
+        [("high", Some(100_000), Some(7)), ("low", Some(40_000), Some(3))]
+    );
     assert_eq!((report.title.as_deref(), report.for_sale, report.transaction.is_none()), (Some("Blue Vouchers"), Some(true), true));
     let lyrics = report.components.iter().find(|c| c.name == "lyrics").expect("lyrics");
     assert!(lyrics.encrypted && lyrics.text.is_none(), "{lyrics:?}");
@@ -176,10 +199,17 @@ async fn a_signed_multi_rendition_container_is_checked_published_streamed_and_de
     assert!(!gateways::cli::inspect::inspect_bytes(&stored, None, Some(&other.public())).ok());
 
     // A node, a player and a sale of the low rendition.
-    let merchant_cred = client::credential_of(catalog.register_merchant(pb::RegisterMerchantRequest { request_id: "m-1".into(), name: "Shop".into() }).await.expect("merchant").into_inner()).expect("cred");
+    let merchant_cred = client::credential_of(
+        catalog.register_merchant(pb::RegisterMerchantRequest { request_id: "m-1".into(), name: "Shop".into() }).await.expect("merchant").into_inner(),
+    )
+    .expect("cred");
     let mut merchant = client::merchant(channel.clone(), merchant_cred);
     let node_cred = client::credential_of(
-        catalog.register_node_credential(pb::RegisterNodeCredentialRequest { request_id: "n-1".into(), region: "eu".into(), slots_max: 4 }).await.expect("node").into_inner(),
+        catalog
+            .register_node_credential(pb::RegisterNodeCredentialRequest { request_id: "n-1".into(), region: "eu".into(), slots_max: 4 })
+            .await
+            .expect("node")
+            .into_inner(),
     )
     .expect("cred");
     let node = node::start(NodeArgs {
@@ -198,7 +228,11 @@ async fn a_signed_multi_rendition_container_is_checked_published_streamed_and_de
     let passport = player::create_passport(&mut catalog, "cert-alice", &alice, &engine_public).await.expect("passport");
 
     // The free preview plays the container's clip.
-    let previewed = merchant.preview(pb::PreviewRequest { request_id: "preview-1".into(), media_id: published.media_id.clone(), region: String::new() }).await.expect("preview").into_inner();
+    let previewed = merchant
+        .preview(pb::PreviewRequest { request_id: "preview-1".into(), media_id: published.media_id.clone(), region: String::new() })
+        .await
+        .expect("preview")
+        .into_inner();
     assert_eq!(player::play_preview(&previewed.node_endpoint, &previewed.preview_id).await.expect("plays"), low[..4096]);
 
     // A second media published from a container built here, so the test knows its media
@@ -219,7 +253,8 @@ async fn a_signed_multi_rendition_container_is_checked_published_streamed_and_de
     let mut at_node = player::connect_node(node.endpoint()).await.expect("connect");
     for start in 0..low_entry.chunk_count {
         let (offset, _) = container.chunk_range(low_index, start).expect("chunk");
-        let mut stream = at_node.download(pb::DownloadRequest { grant: Some(sale.grant()), media_id: second_id.clone(), offset }).await.expect("download").into_inner();
+        let mut stream =
+            at_node.download(pb::DownloadRequest { grant: Some(sale.grant()), media_id: second_id.clone(), offset }).await.expect("download").into_inner();
         let mut tail = Vec::new();
         while let Some(chunk) = stream.message().await.expect("stream") {
             tail.extend_from_slice(&chunk.data);
@@ -243,11 +278,15 @@ async fn a_signed_multi_rendition_container_is_checked_published_streamed_and_de
     let written = std::fs::read(&copies[0].path).expect("written");
     let copy = media::parse_delivered_copy(&written).expect("a delivered copy");
     assert_eq!(copy.content, low.as_slice());
-    assert_eq!((copy.record.rendition.as_str(), copy.record.media_id.as_str(), copy.record.voucher_id.as_str()), ("low", published.media_id.as_str(), sale.voucher_id.as_str()));
+    assert_eq!(
+        (copy.record.rendition.as_str(), copy.record.media_id.as_str(), copy.record.voucher_id.as_str()),
+        ("low", published.media_id.as_str(), sale.voucher_id.as_str())
+    );
     assert!(copy.check(&engine_public).ok());
     let report = gateways::cli::inspect::inspect_bytes(&written, Some(&engine_public), None);
     assert!(report.ok() && report.signature_ok == Some(true), "{report:?}");
-    let second_copy = media::parse_delivered_copy(&std::fs::read(&copies[1].path).expect("written")).map(|copy| copy.content.to_vec()).expect("a delivered copy");
+    let second_copy =
+        media::parse_delivered_copy(&std::fs::read(&copies[1].path).expect("written")).map(|copy| copy.content.to_vec()).expect("a delivered copy");
     assert_eq!(second_copy, full, "the second track's low rendition");
 
     node.shutdown().await;
@@ -264,7 +303,13 @@ async fn the_publish_command_builds_a_signed_container_from_files_and_inspect_sh
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
     let engine = server::start(EngineConfig::new(root.join("engine"), keys.clone()), Arc::clone(&log), listener).await.expect("engine starts");
     let (high, low) = (content(5, 70_000), content(6, 20_000));
-    for (name, bytes) in [("song.flac", &high[..]), ("song-96k.mp3", &low[..]), ("lyrics.txt", b"la la la"), ("notes.txt", b"recorded live"), ("cover.png", &[0x89, b'P', b'N', b'G'])] {
+    for (name, bytes) in [
+        ("song.flac", &high[..]),
+        ("song-96k.mp3", &low[..]),
+        ("lyrics.txt", b"la la la"),
+        ("notes.txt", b"recorded live"),
+        ("cover.png", &[0x89, b'P', b'N', b'G']),
+    ] {
         std::fs::write(root.join(name), bytes).expect("write input");
     }
     let url = engine.url();
@@ -278,10 +323,43 @@ async fn the_publish_command_builds_a_signed_container_from_files_and_inspect_sh
         })
     };
     let publish: Vec<String> = [
-        "publish", "--connect", &url, "--cred", "keys/operator.cred", "--engine-key", "keys/engine.pub.pem", "--data-dir", "publisher-data",
-        "--rendition", "high=song.flac", "--rendition", "low:96=song-96k.mp3", "--title", "Live Song", "--artist", "The Band",
-        "--lyrics", "lyrics.txt", "--encrypt", "lyrics", "--liner-notes", "notes.txt", "--cover", "cover.png",
-        "--length-ms", "60000", "--preview-start-ms", "6000", "--preview-ms", "12000", "--fade-in-ms", "500", "--fade-out-ms", "1500", "--not-for-sale", "--json",
+        "publish",
+        "--connect",
+        &url,
+        "--cred",
+        "keys/operator.cred",
+        "--engine-key",
+        "keys/engine.pub.pem",
+        "--data-dir",
+        "publisher-data",
+        "--rendition",
+        "high=song.flac",
+        "--rendition",
+        "low:96=song-96k.mp3",
+        "--title",
+        "Live Song",
+        "--artist",
+        "The Band",
+        "--lyrics",
+        "lyrics.txt",
+        "--encrypt",
+        "lyrics",
+        "--liner-notes",
+        "notes.txt",
+        "--cover",
+        "cover.png",
+        "--length-ms",
+        "60000",
+        "--preview-start-ms",
+        "6000",
+        "--preview-ms",
+        "12000",
+        "--fade-in-ms",
+        "500",
+        "--fade-out-ms",
+        "1500",
+        "--not-for-sale",
+        "--json",
     ]
     .map(String::from)
     .to_vec();
@@ -289,7 +367,10 @@ async fn the_publish_command_builds_a_signed_container_from_files_and_inspect_sh
     assert_eq!(code, 0, "{published} {stderr}");
     let media = &published["media"][0];
     assert_eq!((media["format_version"].as_u64(), media["for_sale"].as_bool()), (Some(2), Some(false)), "{published}");
-    assert!(root.join("publisher-data/publisher/publisher.pem").is_file() && root.join("publisher-data/publisher/publisher.pub.pem").is_file(), "the default publisher key is kept");
+    assert!(
+        root.join("publisher-data/publisher/publisher.pem").is_file() && root.join("publisher-data/publisher/publisher.pub.pem").is_file(),
+        "the default publisher key is kept"
+    );
     let media_id = media["media_id"].as_str().expect("media id").to_string();
     // Publishing the same files again is answered from the first publication.
     let (code, again, stderr) = run(publish).await.expect("publish ran");
@@ -300,17 +381,27 @@ async fn the_publish_command_builds_a_signed_container_from_files_and_inspect_sh
     let inspect = ["inspect", "published.vsmc", "--publisher-key", "publisher-data/publisher/publisher.pub.pem", "--json"].map(String::from).to_vec();
     let (code, report, stderr) = run(inspect.clone()).await.expect("inspect ran");
     assert_eq!(code, 0, "{report} {stderr}");
-    assert_eq!((report["format_version"].as_u64(), report["signature_ok"].as_bool(), report["publisher_key_ok"].as_bool()), (Some(2), Some(true), Some(true)), "{report}");
+    assert_eq!(
+        (report["format_version"].as_u64(), report["signature_ok"].as_bool(), report["publisher_key_ok"].as_bool()),
+        (Some(2), Some(true), Some(true)),
+        "{report}"
+    );
     assert_eq!(report["media_id"], media_id.as_str());
     assert_eq!(report["transaction"], serde_json::Value::Null);
-    assert_eq!(report["renditions"].as_array().map(|r| r.iter().map(|r| (r["name"].as_str(), r["bitrate_kbps"].as_u64())).collect::<Vec<_>>()), Some(vec![(Some("high"), Some(256)), (Some("low"), Some(96))]));
+    assert_eq!(
+        report["renditions"].as_array().map(|r| r.iter().map(|r| (r["name"].as_str(), r["bitrate_kbps"].as_u64())).collect::<Vec<_>>()),
+        Some(vec![(Some("high"), Some(256)), (Some("low"), Some(96))])
+    );
     assert_eq!((report["title"].as_str(), report["artist"].as_str(), report["for_sale"].as_bool()), (Some("Live Song"), Some("The Band"), Some(false)));
     let components = report["components"].as_array().expect("components");
     let component = |name: &str| components.iter().find(|c| c["name"] == name).cloned().unwrap_or_default();
     assert_eq!((component("lyrics")["encrypted"].as_bool(), component("liner_notes")["text"].as_str()), (Some(true), Some("recorded live")));
     assert_eq!(component("cover")["media_type"], "image/png");
     let preview = &report["preview"];
-    assert_eq!((preview["start_ms"].as_u64(), preview["duration_ms"].as_u64(), preview["fade_in_ms"].as_u64(), preview["fade_out_ms"].as_u64()), (Some(6000), Some(12000), Some(500), Some(1500)));
+    assert_eq!(
+        (preview["start_ms"].as_u64(), preview["duration_ms"].as_u64(), preview["fade_in_ms"].as_u64(), preview["fade_out_ms"].as_u64()),
+        (Some(6000), Some(12000), Some(500), Some(1500))
+    );
     // The clip is the matching byte range of the smallest rendition: 20 000 bytes over 60 s.
     assert_eq!(preview["clip_bytes"].as_u64(), Some(4000));
     assert!(stderr.contains("free to view") && stderr.contains("encrypted"), "{stderr}");

@@ -7,8 +7,8 @@
 
 use engine::crypto::{self, SecretKey};
 use engine::ids::ConsumerId;
-use engine::log::embedded::EmbeddedLog;
 use engine::log::EventLog;
+use engine::log::embedded::EmbeddedLog;
 use gateways::common::client::{self, MerchantClient, Upload};
 use gateways::common::cred::Credential;
 use gateways::node::{self, NodeArgs, RunningNode};
@@ -46,9 +46,16 @@ async fn start_engine() -> Fixture {
     let operator = Credential::load(&keys.join("operator.cred")).expect("operator credential");
     let engine_public = gateways::common::keys::load_engine_public(&keys).expect("public key");
     let mut catalog = client::catalog(channel.clone(), operator.clone());
-    let merchant_cred = client::credential_of(catalog.register_merchant(pb::RegisterMerchantRequest { request_id: "m-1".into(), name: "Shop".into() }).await.expect("merchant").into_inner()).expect("cred");
+    let merchant_cred = client::credential_of(
+        catalog.register_merchant(pb::RegisterMerchantRequest { request_id: "m-1".into(), name: "Shop".into() }).await.expect("merchant").into_inner(),
+    )
+    .expect("cred");
     let node_cred = client::credential_of(
-        catalog.register_node_credential(pb::RegisterNodeCredentialRequest { request_id: "n-1".into(), region: "eu".into(), slots_max: 4 }).await.expect("node").into_inner(),
+        catalog
+            .register_node_credential(pb::RegisterNodeCredentialRequest { request_id: "n-1".into(), region: "eu".into(), slots_max: 4 })
+            .await
+            .expect("node")
+            .into_inner(),
     )
     .expect("cred");
     let merchant = client::merchant(channel.clone(), merchant_cred);
@@ -210,17 +217,28 @@ async fn a_player_redeems_downloads_decrypts_and_confirms_an_album_through_a_nod
         .expect_err("hash mismatch");
     assert_eq!(mismatch.code(), Code::DataLoss, "{mismatch:?}");
     assert_eq!(status_of(&mut fixture.merchant, &sale.voucher_id).await, "Issued", "the failed delivery hands the voucher back");
-    let not_granted = at_node.download(pb::DownloadRequest { grant: grant.clone(), media_id: a.media_id.clone(), offset: 0 }).await.expect_err("not in the grant");
+    let not_granted =
+        at_node.download(pb::DownloadRequest { grant: grant.clone(), media_id: a.media_id.clone(), offset: 0 }).await.expect_err("not in the grant");
     assert_eq!(not_granted.code(), Code::PermissionDenied);
     let copies = player::redeem_and_download(&purchase, &passport, "redeem-5", &out).await.expect("the retry delivers");
     assert!(copies[0].decrypt_ok && copies[0].voucher_delivered, "{copies:?}");
     assert_eq!(status_of(&mut fixture.merchant, &sale.voucher_id).await, "Delivered");
 
     // Previews: the clip plays at the node the engine chose, and the node ends the preview.
-    let preview = fixture.merchant.preview(pb::PreviewRequest { request_id: "preview-1".into(), media_id: a.media_id.clone(), region: String::new() }).await.expect("preview").into_inner();
+    let preview = fixture
+        .merchant
+        .preview(pb::PreviewRequest { request_id: "preview-1".into(), media_id: a.media_id.clone(), region: String::new() })
+        .await
+        .expect("preview")
+        .into_inner();
     assert_eq!(preview.node_id, node.node_id());
     assert_eq!(player::play_preview(node.endpoint(), &preview.preview_id).await.expect("plays"), clip);
-    let preview = fixture.merchant.preview(pb::PreviewRequest { request_id: "preview-2".into(), media_id: b.media_id.clone(), region: String::new() }).await.expect("preview").into_inner();
+    let preview = fixture
+        .merchant
+        .preview(pb::PreviewRequest { request_id: "preview-2".into(), media_id: b.media_id.clone(), region: String::new() })
+        .await
+        .expect("preview")
+        .into_inner();
     // Published without a clip: the engine stores none, and the node relays its NotFound.
     let no_clip = player::play_preview(node.endpoint(), &preview.preview_id).await.expect_err("no clip");
     assert_eq!(rpc_code(&no_clip), Some(("PlayPreview", Code::NotFound)), "{no_clip:#}");
@@ -285,7 +303,8 @@ async fn a_restarted_node_resumes_its_feed_from_the_checkpoint() {
 
     // Graceful shutdown: a download in flight finishes, new connections are refused.
     let endpoint = node.endpoint().to_string();
-    let mut stream = at_node.download(pb::DownloadRequest { grant: Some(second.grant()), media_id: song.media_id.clone(), offset: 0 }).await.expect("download").into_inner();
+    let mut stream =
+        at_node.download(pb::DownloadRequest { grant: Some(second.grant()), media_id: song.media_id.clone(), offset: 0 }).await.expect("download").into_inner();
     let mut reassembly = gateways::common::transfer::Reassembly::new(engine::media::CONTAINER_BYTES_MAX);
     reassembly.push(stream.message().await.expect("first chunk").expect("a chunk")).expect("contiguous");
     assert_eq!(node.stats().slots_in_use, 1, "a slot is in use while streaming");

@@ -159,7 +159,14 @@ async fn no_secret_reaches_the_stream_the_files_or_the_logs() {
     haystacks.push(("stdout".into(), output.stdout.clone()));
     let found = hits(&secrets, &haystacks);
     assert!(found.is_empty(), "secrets found: {found:?}");
-    eprintln!("secrets scan: {} secrets x {} forms over {} places ({} stream messages, {} bytes of files and logs): 0 hits", secrets.len(), forms(&[0]).len(), haystacks.len(), stored.len(), haystacks.iter().map(|(_, h)| h.len()).sum::<usize>());
+    eprintln!(
+        "secrets scan: {} secrets x {} forms over {} places ({} stream messages, {} bytes of files and logs): 0 hits",
+        secrets.len(),
+        forms(&[0]).len(),
+        haystacks.len(),
+        stored.len(),
+        haystacks.iter().map(|(_, h)| h.len()).sum::<usize>()
+    );
 
     // Negative control: a receipt planted in a payload, in hex in a log line, in base64 in a file.
     let (name, receipt) = secrets.iter().find(|(name, _)| name.starts_with("receipt")).expect("a receipt").clone();

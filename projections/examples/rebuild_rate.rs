@@ -12,7 +12,7 @@ mod support;
 use projections::Live;
 use std::sync::Arc;
 use std::time::Instant;
-use support::{engine_public, generate, keyed, master, VecLog};
+use support::{VecLog, engine_public, generate, keyed, master};
 
 const SEAL_EVERY_USAGES: u64 = 1_000;
 

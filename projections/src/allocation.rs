@@ -10,8 +10,8 @@
 //! `rows::Rows`: in memory for replays, cold in the projection store for a store-backed
 //! `Live` (only `Delivered` reads a holder back). How the store keeps all of it: `format`.
 
-use engine::domain::event::Event;
 use crate::rows::{Rows, Touched};
+use engine::domain::event::Event;
 use engine::ids::{NodeId, PreviewId};
 use format::{ReleasedRows, SlotRows};
 use std::collections::BTreeMap;
@@ -116,12 +116,7 @@ impl Allocation {
 
     /// An allocation from its persisted parts, with no tentative holds (they are not
     /// derived from the stream, so a restarted process starts without any).
-    fn from_parts(
-        nodes: BTreeMap<NodeId, NodeSlots>,
-        vouchers: Rows<SlotRows>,
-        previews: BTreeMap<PreviewId, NodeId>,
-        released: Rows<ReleasedRows>,
-    ) -> Self {
+    fn from_parts(nodes: BTreeMap<NodeId, NodeSlots>, vouchers: Rows<SlotRows>, previews: BTreeMap<PreviewId, NodeId>, released: Rows<ReleasedRows>) -> Self {
         Allocation { nodes, vouchers, previews, released, ..Allocation::default() }
     }
 
@@ -192,8 +187,8 @@ impl Allocation {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use engine::ids::VoucherId;
     use engine::domain::event::Event;
+    use engine::ids::VoucherId;
     use engine::ids::{MediaId, MerchantId, Millis};
 
     fn register(id: &str, region: &str, slots_max: u32) -> Event {

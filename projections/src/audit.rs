@@ -64,7 +64,13 @@ pub enum AuditError {
 }
 
 /// Replays the whole stream. `pin` is the hash of the newest seal the auditor has seen.
-pub async fn replay(log: &dyn EventLog, master: &SecretKey, engine_key: &RsaPublic, pin: Option<[u8; 32]>, progress: impl FnMut(u64)) -> Result<AuditReport, AuditError> {
+pub async fn replay(
+    log: &dyn EventLog,
+    master: &SecretKey,
+    engine_key: &RsaPublic,
+    pin: Option<[u8; 32]>,
+    progress: impl FnMut(u64),
+) -> Result<AuditReport, AuditError> {
     Ok(replay_full(log, master, engine_key, pin, progress).await?.0)
 }
 

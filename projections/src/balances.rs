@@ -190,7 +190,10 @@ impl Balances {
     fn points_change(&mut self, account_id: &AccountId, balance_delta: i128, held_delta: i128) -> Result<(), BalanceError> {
         let overflow = || BalanceError::Overflow { account: format!("points:{}", account_id.0) };
         let changed = |current: PointsBalance| -> Result<PointsBalance, BalanceError> {
-            Ok(PointsBalance { balance: current.balance.checked_add(balance_delta).ok_or_else(overflow)?, held: current.held.checked_add(held_delta).ok_or_else(overflow)? })
+            Ok(PointsBalance {
+                balance: current.balance.checked_add(balance_delta).ok_or_else(overflow)?,
+                held: current.held.checked_add(held_delta).ok_or_else(overflow)?,
+            })
         };
         // One lookup for an account the projection knows; its id is copied only when new.
         match self.points.get_mut(account_id) {
@@ -302,14 +305,21 @@ pub fn kind_name(kind: LedgerAccountKind) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use LedgerAccountKind::*;
     use engine::domain::event::{RoyaltyTerms, VoidReason};
-    use engine::domain::settlement::{settle, Payer, SaleLine};
+    use engine::domain::settlement::{Payer, SaleLine, settle};
     use engine::domain::voucher::reverse;
     use engine::ids::{Millis, VoucherId};
-    use LedgerAccountKind::*;
 
     fn terms() -> RoyaltyTerms {
-        RoyaltyTerms { retailer_bps: 3000, distributor_bps: 2000, owner_bps: 5000, distributor: "dist".into(), owner: "label".into(), rights_agent: "agent".into() }
+        RoyaltyTerms {
+            retailer_bps: 3000,
+            distributor_bps: 2000,
+            owner_bps: 5000,
+            distributor: "dist".into(),
+            owner: "label".into(),
+            rights_agent: "agent".into(),
+        }
     }
 
     /// The postings the domain writes for a sale of `prices` by merchant `m1`.
@@ -373,19 +383,18 @@ mod tests {
     #[test]
     fn points_accounts_follow_hold_post_release_and_credit() {
         let account = AccountId::new("a1");
-        let held = |voucher: &str, amount: u64| Event::PointsHeld { account_id: account.clone(), voucher_id: VoucherId::new(voucher), amount, expires_at: Millis(9) };
+        let held =
+            |voucher: &str, amount: u64| Event::PointsHeld { account_id: account.clone(), voucher_id: VoucherId::new(voucher), amount, expires_at: Millis(9) };
         let mut balances = Balances::default();
-        for event in [
-            Event::PointsCredited { account_id: account.clone(), amount: 500, reason: "top-up".into() },
-            held("v1", 200),
-            held("v2", 100),
-        ] {
+        for event in [Event::PointsCredited { account_id: account.clone(), amount: 500, reason: "top-up".into() }, held("v1", 200), held("v2", 100)] {
             balances.apply(&event, "").expect("apply");
         }
         assert_eq!(balances.points_of(&account), PointsBalance { balance: 500, held: 300 });
         assert_eq!(balances.points_of(&account).available(), 200);
         balances.apply(&Event::HoldPosted { account_id: account.clone(), voucher_id: VoucherId::new("v1"), amount: 200 }, "").expect("post");
-        balances.apply(&Event::HoldReleased { account_id: account.clone(), voucher_id: VoucherId::new("v2"), amount: 100, reason: VoidReason::TimedOut }, "").expect("release");
+        balances
+            .apply(&Event::HoldReleased { account_id: account.clone(), voucher_id: VoucherId::new("v2"), amount: 100, reason: VoidReason::TimedOut }, "")
+            .expect("release");
         assert_eq!(balances.points_of(&account), PointsBalance { balance: 300, held: 0 });
         assert!(balances.ledger.is_empty(), "points movements are not ledger postings");
         assert_eq!(balances.points_of(&AccountId::new("other")), PointsBalance::default());
@@ -434,7 +443,12 @@ mod tests {
     fn an_account_named_twice_in_one_event_takes_both_lines() {
         let line = |kind, account: &str, debit_minor, credit_minor| Posting { kind, account: account.into(), debit_minor, credit_minor };
         let mut balances = Balances::default();
-        balances.apply(&authorized(vec![line(MerchantClearing, "m1", 10, 0), line(Retailer, "m1", 0, 4), line(Owner, "o", 0, 1), line(Retailer, "m1", 0, 5)]), "EUR").expect("balanced");
+        balances
+            .apply(
+                &authorized(vec![line(MerchantClearing, "m1", 10, 0), line(Retailer, "m1", 0, 4), line(Owner, "o", 0, 1), line(Retailer, "m1", 0, 5)]),
+                "EUR",
+            )
+            .expect("balanced");
         assert_eq!(balances.ledger_balance("EUR", Retailer, "m1"), 9);
         assert_eq!(balances.ledger.len(), 3);
         assert_eq!(balances.sum(), Some(0));
@@ -443,16 +457,17 @@ mod tests {
         balances.ledger.insert(LedgerAccount::new("EUR", Owner, "o"), i128::MAX - 2);
         balances.ledger.insert(LedgerAccount::new("EUR", Distributor, "sink"), -(i128::MAX - 2) - 1);
         let before = balances.clone();
-        let error = balances.apply(&authorized(vec![line(MerchantClearing, "m1", 4, 0), line(Owner, "o", 0, 2), line(Owner, "o", 0, 2)]), "EUR").expect_err("overflows");
+        let error = balances
+            .apply(&authorized(vec![line(MerchantClearing, "m1", 4, 0), line(Owner, "o", 0, 2), line(Owner, "o", 0, 2)]), "EUR")
+            .expect_err("overflows");
         assert_eq!(error, BalanceError::Overflow { account: "owner:o (EUR)".into() });
         assert_eq!(balances, before);
     }
 
     fn arb_account() -> impl proptest::strategy::Strategy<Value = LedgerAccount> {
         use proptest::prelude::*;
-        ("[A-Z]{0,2}", 0usize..5, "[a-c]{0,3}").prop_map(|(currency, kind, name)| {
-            LedgerAccount::new(currency, [ConsumerPoints, MerchantClearing, Retailer, Distributor, Owner][kind], name)
-        })
+        ("[A-Z]{0,2}", 0usize..5, "[a-c]{0,3}")
+            .prop_map(|(currency, kind, name)| LedgerAccount::new(currency, [ConsumerPoints, MerchantClearing, Retailer, Distributor, Owner][kind], name))
     }
 
     proptest::proptest! {

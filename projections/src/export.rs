@@ -9,7 +9,7 @@
 //! verifier pins the newest seal it has seen.
 
 use crate::royalty::{self, Chain, ChainedEntry, Entry, UsageKind};
-use crate::royalty_log::{usage_digest, RoyaltyLog};
+use crate::royalty_log::{RoyaltyLog, usage_digest};
 use engine::crypto::{self, RsaPublic, SecretKey};
 use engine::domain::event::RightsReportSealed;
 use engine::domain::report::Report;
@@ -199,7 +199,8 @@ pub fn verify_log(log: &ExportedLog, master: &SecretKey, engine_key: &RsaPublic,
         pinned |= pin == Some(prev_hash);
     }
     if !pinned && first_bad.is_none() {
-        first_bad = Some(VerifyBad { entry: Some(next_entry), seal: None, reason: "the log does not contain the pinned seal (truncated, or another log)".into() });
+        first_bad =
+            Some(VerifyBad { entry: Some(next_entry), seal: None, reason: "the log does not contain the pinned seal (truncated, or another log)".into() });
     }
     report.unsealed_entries = verified_entries.saturating_sub(next_entry);
     report.chain_ok = first_bad.is_none();

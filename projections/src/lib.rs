@@ -20,17 +20,17 @@ pub mod balances;
 mod borrowed_key;
 pub mod export;
 mod live;
+mod rows;
 pub mod royalty;
 pub mod royalty_log;
-mod rows;
 mod serde_hex;
 pub mod store;
 pub mod vouchers;
 
 pub use live::*;
 
-use engine::domain::event::RightsReportSealed;
 use engine::domain::Recorded;
+use engine::domain::event::RightsReportSealed;
 use engine::ids::Seq;
 use engine::log::StoredEvent;
 
@@ -70,7 +70,8 @@ pub const STREAM_HEADS_MAX: usize = 100_000;
 /// The hasher every stream link starts from: blake3 in derive-key mode for the stream
 /// head's context. Deriving the context's key is a hash of its own, so it is done once and
 /// each link starts from a copy (the same hasher state `new_derive_key` gives).
-static STREAM_LINK_HASHER: std::sync::LazyLock<engine::crypto::Hasher> = std::sync::LazyLock::new(|| engine::crypto::Hasher::new_derive_key("vouchsafe 2026 stream head"));
+static STREAM_LINK_HASHER: std::sync::LazyLock<engine::crypto::Hasher> =
+    std::sync::LazyLock::new(|| engine::crypto::Hasher::new_derive_key("vouchsafe 2026 stream head"));
 
 /// The running hash over stored events: `H_s = blake3(H_{s-1} ‖ s ‖ subject ‖ payload)`.
 pub fn stream_link(previous: &[u8; 32], stored: &StoredEvent) -> [u8; 32] {
@@ -197,7 +198,8 @@ impl Projections {
         // voucher voided before it was authorized) there is none to name and no lookup.
         let balances = &mut self.balances;
         let applied = match &recorded.event {
-            engine::domain::event::Event::Authorized { voucher_id, postings, .. } | engine::domain::event::Event::Voided { voucher_id, reversal: postings, .. }
+            engine::domain::event::Event::Authorized { voucher_id, postings, .. }
+            | engine::domain::event::Event::Voided { voucher_id, reversal: postings, .. }
                 if !postings.is_empty() =>
             {
                 self.royalty.sales.with_row(voucher_id, |sale| balances.apply(&recorded.event, sale.map_or("", |sale| sale.currency.as_str())))
@@ -254,4 +256,3 @@ pub enum SealError {
     #[error("the royalty chain needs the royalty master key (A_0 of the epoch); pass --keys with royalty-master.key")]
     NoMasterKey,
 }
-

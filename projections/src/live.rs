@@ -4,14 +4,14 @@
 //! checkpoint. Rebuilds itself when the log went back under it (`RunError::Diverged`).
 //! What is deliberately not here: the projections themselves (`crate::Projections`).
 
-use crate::store::{CommitError, LoadError, OpenOutcome, ProjectionStore, StoreError};
 use crate::store;
-use crate::{stream_link, Finding, Projections, SealError};
-use engine::placement::Allocator;
+use crate::store::{CommitError, LoadError, OpenOutcome, ProjectionStore, StoreError};
+use crate::{Finding, Projections, SealError, stream_link};
 use engine::crypto::{RsaPublic, SecretKey};
 use engine::domain::event::RightsReportSealed;
 use engine::ids::{Millis, NodeId, Seq};
 use engine::log::EventLog;
+use engine::placement::Allocator;
 use futures::StreamExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -83,7 +83,14 @@ impl Live {
     pub fn with_projections(projections: Projections) -> Self {
         let (applied, _) = tokio::sync::watch::channel(Seq(0));
         let (committed, _) = tokio::sync::watch::channel(Seq(0));
-        Self { inner: Arc::new(Mutex::new(projections)), applied: Arc::new(applied), store: None, committed: Arc::new(committed), batch_events_max: BATCH_EVENTS_MAX, fresh: None }
+        Self {
+            inner: Arc::new(Mutex::new(projections)),
+            applied: Arc::new(applied),
+            store: None,
+            committed: Arc::new(committed),
+            batch_events_max: BATCH_EVENTS_MAX,
+            fresh: None,
+        }
     }
 
     /// Live projections backed by the projection store in `dir`: opens it (quarantining a
@@ -123,7 +130,12 @@ impl Live {
     /// sequence 1: `OpenOutcome::Quarantined`, whose reason starts with `STREAM_MISMATCH`.
     /// What one event cannot see: a log equal at the checkpoint but different before it
     /// (`store::checkpoint` module docs). The store is opened and checked on the blocking pool.
-    pub async fn open_checked(dir: &Path, master: Option<&SecretKey>, engine_key: Option<RsaPublic>, log: &dyn EventLog) -> Result<(Live, OpenOutcome), StoreError> {
+    pub async fn open_checked(
+        dir: &Path,
+        master: Option<&SecretKey>,
+        engine_key: Option<RsaPublic>,
+        log: &dyn EventLog,
+    ) -> Result<(Live, OpenOutcome), StoreError> {
         let task_failed = |error: tokio::task::JoinError| StoreError::Storage { path: dir.to_path_buf(), reason: format!("the open task failed: {error}") };
         let (path, key, public) = (dir.to_path_buf(), master.cloned(), engine_key.clone());
         let (live, outcome) = tokio::task::spawn_blocking(move || Self::open(&path, key.as_ref(), public)).await.map_err(task_failed)??;
@@ -133,7 +145,8 @@ impl Live {
             return Ok((live, outcome));
         };
         let Live { store, fresh, .. } = live;
-        let store = store.and_then(Arc::into_inner).ok_or_else(|| StoreError::Storage { path: dir.to_path_buf(), reason: "the store is still shared".into() })?;
+        let store =
+            store.and_then(Arc::into_inner).ok_or_else(|| StoreError::Storage { path: dir.to_path_buf(), reason: "the store is still shared".into() })?;
         let fresh = fresh.ok_or_else(|| StoreError::Storage { path: dir.to_path_buf(), reason: "a store-backed Live without a factory".into() })?;
         let (path, key) = (dir.to_path_buf(), master.cloned());
         tokio::task::spawn_blocking(move || {
@@ -276,9 +289,7 @@ impl Live {
             }
             Some(store) => {
                 let emptied = Arc::clone(store);
-                tokio::task::spawn_blocking(move || emptied.reset())
-                    .await
-                    .map_err(|error| RunError::Store(CommitError::Task { task: "reset", error }))??;
+                tokio::task::spawn_blocking(move || emptied.reset()).await.map_err(|error| RunError::Store(CommitError::Task { task: "reset", error }))??;
                 let prepared = {
                     let mut current = self.lock();
                     *current = projections;
@@ -427,11 +438,12 @@ async fn stream_mismatch(checkpoint: &store::Checkpoint, log: &dyn EventLog) -> 
         }
         _ => {
             let log_last = log.last_seq().await.map_err(|e| e.to_string())?;
-            Ok(Some(format!("{STREAM_MISMATCH}: the log ends at sequence {log_last}, before the store's checkpoint at {last_seq} (another stream, or the log was re-created)")))
+            Ok(Some(format!(
+                "{STREAM_MISMATCH}: the log ends at sequence {log_last}, before the store's checkpoint at {last_seq} (another stream, or the log was re-created)"
+            )))
         }
     }
 }
-
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {

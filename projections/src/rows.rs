@@ -376,10 +376,14 @@ impl<R: RowKind> Rows<R> {
     /// the first stored row that could not be read since the last commit.
     pub(crate) fn take_changes(&mut self) -> Result<Changed<R>, Arc<RowError>> {
         match &mut self.inner {
-            RowsInner::Memory { rows, touched } => Ok(touched.take().into_iter().map(|key| {
-                let value = rows.get(&key).cloned();
-                (key, value)
-            }).collect()),
+            RowsInner::Memory { rows, touched } => Ok(touched
+                .take()
+                .into_iter()
+                .map(|key| {
+                    let value = rows.get(&key).cloned();
+                    (key, value)
+                })
+                .collect()),
             RowsInner::Stored(stored) => {
                 if let Some(fault) = &stored.fault {
                     return Err(Arc::clone(fault));
@@ -460,48 +464,54 @@ impl<R: RowKind> StoredRows<R> {
         let mut overlay: BTreeMap<&R::Key, &Option<R::Value>> = self.committing.iter().collect();
         overlay.extend(self.dirty.iter());
         let mut overlay = overlay.into_iter().peekable();
-        let mut stored = self.db.scan_prefix(R::PREFIX).map(|pair| {
-            let (key, value) = pair.map_err(RowError::Read)?;
-            let key = R::key_of(&key[PREFIX_BYTES..])?;
-            Ok::<_, RowError>((key, value))
-        }).peekable();
+        let mut stored = self
+            .db
+            .scan_prefix(R::PREFIX)
+            .map(|pair| {
+                let (key, value) = pair.map_err(RowError::Read)?;
+                let key = R::key_of(&key[PREFIX_BYTES..])?;
+                Ok::<_, RowError>((key, value))
+            })
+            .peekable();
         let mut failed = false;
-        std::iter::from_fn(move || loop {
-            if failed {
-                return None;
-            }
-            let next_stored = match stored.peek() {
-                Some(Ok((key, _))) => Some(key),
-                Some(Err(error)) => {
-                    tracing::error!(reason = %Causes(error), "a projection row in the store cannot be read");
-                    failed = true;
+        std::iter::from_fn(move || {
+            loop {
+                if failed {
                     return None;
                 }
-                None => None,
-            };
-            let take_overlay = match (overlay.peek(), next_stored) {
-                (Some((overlay_key, _)), Some(stored_key)) => *overlay_key <= stored_key,
-                (Some(_), None) => true,
-                (None, Some(_)) => false,
-                (None, None) => return None,
-            };
-            if take_overlay {
-                let (key, value) = overlay.next().expect("peeked");
-                if next_stored == Some(key) {
-                    stored.next();
+                let next_stored = match stored.peek() {
+                    Some(Ok((key, _))) => Some(key),
+                    Some(Err(error)) => {
+                        tracing::error!(reason = %Causes(error), "a projection row in the store cannot be read");
+                        failed = true;
+                        return None;
+                    }
+                    None => None,
+                };
+                let take_overlay = match (overlay.peek(), next_stored) {
+                    (Some((overlay_key, _)), Some(stored_key)) => *overlay_key <= stored_key,
+                    (Some(_), None) => true,
+                    (None, Some(_)) => false,
+                    (None, None) => return None,
+                };
+                if take_overlay {
+                    let (key, value) = overlay.next().expect("peeked");
+                    if next_stored == Some(key) {
+                        stored.next();
+                    }
+                    match value {
+                        Some(value) => return Some((key.clone(), value.clone())),
+                        None => continue,
+                    }
                 }
-                match value {
-                    Some(value) => return Some((key.clone(), value.clone())),
-                    None => continue,
-                }
-            }
-            let Some(Ok((key, bytes))) = stored.next() else { return None };
-            match R::decode(&key, &bytes) {
-                Ok(value) => return Some((key, value)),
-                Err(error) => {
-                    tracing::error!(reason = %Causes(&error), "a projection row in the store does not decode");
-                    failed = true;
-                    return None;
+                let Some(Ok((key, bytes))) = stored.next() else { return None };
+                match R::decode(&key, &bytes) {
+                    Ok(value) => return Some((key, value)),
+                    Err(error) => {
+                        tracing::error!(reason = %Causes(&error), "a projection row in the store does not decode");
+                        failed = true;
+                        return None;
+                    }
                 }
             }
         })
@@ -514,10 +524,18 @@ impl<R: RowKind> StoredRows<R> {
 /// One key of a commit, as a storage format hands it to the store.
 pub(crate) enum RowWrite {
     /// Insert or overwrite.
-    Put { key: Vec<u8>, value: Vec<u8> },
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
     /// Insert a key known to be absent (the tail of an append-only sequence).
-    Append { key: Vec<u8>, value: Vec<u8> },
-    Remove { key: Vec<u8> },
+    Append {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Remove {
+        key: Vec<u8>,
+    },
 }
 
 impl RowWrite {

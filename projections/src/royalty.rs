@@ -247,9 +247,9 @@ impl Chain {
 
 // ---- Merkle tree over Y_j: `engine::merkle` (shared with the transaction batches) ----
 
-pub use engine::merkle::{merkle_proof, merkle_root, verify_merkle_proof};
 #[cfg(test)]
 use engine::merkle::{leaf_hash, node_hash};
+pub use engine::merkle::{merkle_proof, merkle_root, verify_merkle_proof};
 
 // ---- seals ----
 

@@ -11,8 +11,8 @@
 //! in memory; entries, seals and faults only grow, so the store writes their tails. How the
 //! store keeps all of it: `format`.
 
-use crate::royalty::{self, Chain, ChainedEntry, Entry, UsageKind};
 use crate::rows::{Rows, Touched};
+use crate::royalty::{self, Chain, ChainedEntry, Entry, UsageKind};
 use engine::crypto::{RsaPublic, SecretKey};
 use engine::domain::event::{Event, RightsReportSealed, RoyaltyTerms};
 use engine::domain::report::Report;
@@ -324,7 +324,13 @@ crate::borrowed_key::borrowed_key! {
 /// Adds one usage to the totals of every dimension.
 pub fn add_to_totals(totals: &mut BTreeMap<(Dimension, String), TotalsLine>, entry: &Entry) {
     let month = month_of(entry.timestamp_ms);
-    for (dimension, key) in [(Dimension::Artist, entry.artist.as_str()), (Dimension::Media, entry.media_id.as_str()), (Dimension::RightsAgent, entry.rights_agent.as_str()), (Dimension::Merchant, entry.merchant.as_str()), (Dimension::Period, month.as_str())] {
+    for (dimension, key) in [
+        (Dimension::Artist, entry.artist.as_str()),
+        (Dimension::Media, entry.media_id.as_str()),
+        (Dimension::RightsAgent, entry.rights_agent.as_str()),
+        (Dimension::Merchant, entry.merchant.as_str()),
+        (Dimension::Period, month.as_str()),
+    ] {
         let line = match totals.get_mut(&(dimension, key) as &dyn TotalsKey) {
             Some(line) => line,
             None => totals.entry((dimension, key.to_string())).or_default(),

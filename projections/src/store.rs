@@ -53,12 +53,12 @@ pub use commit::Committed;
 pub use errors::{CheckpointError, CommitError, LoadError, StateError, StoreError};
 pub use open::OpenOutcome;
 
+use crate::Projections;
 use crate::royalty::Chain;
 use crate::royalty_log::EPOCH;
-use crate::Projections;
 use commit::Writer;
 use engine::crypto::{RsaPublic, SecretKey};
-use read::{read_state, Stored};
+use read::{Stored, read_state};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 

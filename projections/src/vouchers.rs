@@ -12,9 +12,9 @@
 //! path asks, and one would grow with every voucher (`by_merchant` scans instead).
 //! Which rows and holds changed is noted for the store.
 
+use crate::rows::{Rows, Touched};
 use engine::domain::event::Event;
 use engine::domain::voucher::{PurchaseSet, VoucherStatus};
-use crate::rows::{Rows, Touched};
 use engine::ids::{AccountId, MerchantId, Millis, VoucherId};
 use format::VoucherRows;
 use std::collections::{BTreeMap, BTreeSet};
@@ -231,7 +231,8 @@ impl VoucherBook {
     pub fn set_sizes(&self) -> BTreeMap<PurchaseSet, usize> {
         let mut sizes = BTreeMap::new();
         let pending = self.count(VoucherStatus::Pending);
-        let not_delivered = [VoucherStatus::Authorized, VoucherStatus::Issued, VoucherStatus::Redeeming].into_iter().map(|status| self.count(status)).sum::<usize>();
+        let not_delivered =
+            [VoucherStatus::Authorized, VoucherStatus::Issued, VoucherStatus::Redeeming].into_iter().map(|status| self.count(status)).sum::<usize>();
         let delivered = self.count(VoucherStatus::Delivered);
         for (set, size) in [(PurchaseSet::Pending, pending), (PurchaseSet::PurchasedNotDelivered, not_delivered), (PurchaseSet::Delivered, delivered)] {
             if size > 0 {
@@ -318,7 +319,11 @@ mod tests {
         assert_eq!(book.holds_by_voucher, hold_index_of(&book.holds), "the index is in step, in holds' order");
         book.apply(&posted("a", "v1"));
         let left: Vec<Hold> = book.holds.iter().cloned().collect();
-        assert_eq!(left, vec![(Millis(5), AccountId::new("a"), VoucherId::new("v2")), (Millis(20), AccountId::new("b"), VoucherId::new("v1"))], "both of a's holds for v1 went, whatever their expiry");
+        assert_eq!(
+            left,
+            vec![(Millis(5), AccountId::new("a"), VoucherId::new("v2")), (Millis(20), AccountId::new("b"), VoucherId::new("v1"))],
+            "both of a's holds for v1 went, whatever their expiry"
+        );
         book.apply(&released("b", "v1"));
         book.apply(&released("a", "v9"));
         assert_eq!(book.holds.len(), 1);

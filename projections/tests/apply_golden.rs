@@ -13,8 +13,8 @@ use engine::domain::event::Event;
 use engine::domain::{Actor, Recorded};
 use engine::ids::{Millis, NodeId, Seq};
 use engine::log::StoredEvent;
-use projections::{audit, Finding, Projections};
-use support::{engine_public, generate, keyed, master, rebuild, VecLog};
+use projections::{Finding, Projections, audit};
+use support::{VecLog, engine_public, generate, keyed, master, rebuild};
 
 const STREAM_EVENTS: usize = 30_000;
 /// The pinned stream has no seals: a seal carries an RSA-PSS signature, whose random salt
@@ -63,7 +63,12 @@ async fn every_seal_of_a_sealed_stream_verifies_in_a_replay_and_an_audit() {
     let applied = rebuild(&events, keyed());
     let royalty = &applied.royalty;
     assert!(royalty.seal_faults.is_empty(), "{:?}", royalty.seal_faults.first());
-    assert!(royalty.seals.len() > 10 && royalty.seals_verified == royalty.seals.len() as u64, "{} of {} seals verified", royalty.seals_verified, royalty.seals.len());
+    assert!(
+        royalty.seals.len() > 10 && royalty.seals_verified == royalty.seals.len() as u64,
+        "{} of {} seals verified",
+        royalty.seals_verified,
+        royalty.seals.len()
+    );
     let (report, _) = audit::replay_full(&VecLog::new(events), &master(), &engine_public(), None, |_| {}).await.expect("replay");
     assert!(report.ok(), "{:?}", report.first_bad);
     assert_eq!((report.state_digest, report.seals_verified), (hex::encode(applied.digest()), royalty.seals_verified));

@@ -13,7 +13,7 @@ use engine::log::StoredEvent;
 use projections::store::OpenOutcome;
 use projections::{Live, Projections};
 use std::sync::Arc;
-use support::{engine_public, generate, keyed, master, rebuild, VecLog};
+use support::{VecLog, engine_public, generate, keyed, master, rebuild};
 
 const STREAM_EVENTS: usize = 800;
 const SEAL_EVERY_USAGES: u64 = 60;

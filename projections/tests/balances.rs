@@ -68,7 +68,14 @@ fn song(title: &str, price_minor: u64, currency: &str, terms: RoyaltyTerms, keys
 }
 
 fn terms(retailer_bps: u32, distributor_bps: u32, distributor: &str, owner: &str) -> RoyaltyTerms {
-    RoyaltyTerms { retailer_bps, distributor_bps, owner_bps: 10_000 - retailer_bps - distributor_bps, distributor: distributor.into(), owner: owner.into(), rights_agent: "agent".into() }
+    RoyaltyTerms {
+        retailer_bps,
+        distributor_bps,
+        owner_bps: 10_000 - retailer_bps - distributor_bps,
+        distributor: distributor.into(),
+        owner: owner.into(),
+        rights_agent: "agent".into(),
+    }
 }
 
 async fn world() -> World {
@@ -102,10 +109,23 @@ async fn world() -> World {
 #[derive(Clone, Debug)]
 enum Step {
     /// `items`: 0, 1, 2 a single media; 3 the album of both EUR media.
-    Sell { merchant: usize, items: usize, points: Option<usize>, authorize: bool },
-    Void { voucher: usize, merchant: usize },
-    TopUp { account: usize, amount: u64 },
-    Advance { ms: u64 },
+    Sell {
+        merchant: usize,
+        items: usize,
+        points: Option<usize>,
+        authorize: bool,
+    },
+    Void {
+        voucher: usize,
+        merchant: usize,
+    },
+    TopUp {
+        account: usize,
+        amount: u64,
+    },
+    Advance {
+        ms: u64,
+    },
     Sweep,
 }
 
@@ -195,7 +215,8 @@ async fn check_world(w: World) {
         let points = rebuilt.balances.points_of(&id);
         assert_eq!((points.balance, points.held), (i128::from(domain.balance), i128::from(domain.held_total())), "{id}: as the domain has it");
         assert_eq!(points.available(), i128::from(domain.available()));
-        let spent: i128 = rebuilt.balances.ledger.iter().filter(|(a, _)| a.kind == LedgerAccountKind::ConsumerPoints && a.name == id.0).map(|(_, balance)| *balance).sum();
+        let spent: i128 =
+            rebuilt.balances.ledger.iter().filter(|(a, _)| a.kind == LedgerAccountKind::ConsumerPoints && a.name == id.0).map(|(_, balance)| *balance).sum();
         let topped_up = i128::from(w.topped_up.get(&id).copied().unwrap_or(0));
         assert_eq!(points.balance, topped_up + spent, "{id}: topped up {topped_up}, ledger {spent}");
         assert!(points.balance >= 0 && points.available() >= 0, "{id}: never negative");
@@ -271,10 +292,15 @@ async fn a_scripted_market_exercises_every_kind_of_ledger_account() {
 async fn an_unbalanced_posting_is_a_finding_for_the_runner_and_the_auditor() {
     let w = world().await;
     let merchant = &w.merchants[0];
-    let reserved = w.market.reserve(merchant, &req("r"), std::slice::from_ref(&w.media[0]), "high", 60_000, Payment::Merchant { payment_ref: "card".into() }).await.expect("reserve");
+    let reserved = w
+        .market
+        .reserve(merchant, &req("r"), std::slice::from_ref(&w.media[0]), "high", 60_000, Payment::Merchant { payment_ref: "card".into() })
+        .await
+        .expect("reserve");
     w.market.authorize(merchant, &req("a"), &reserved.voucher_id).await.expect("authorize");
     let events = w.log.read_from(Seq(1), usize::MAX).await.expect("read");
-    let position = events.iter().position(|e| matches!(engine::wire::decode(&e.payload).expect("decode").event, Event::Authorized { .. })).expect("an Authorized");
+    let position =
+        events.iter().position(|e| matches!(engine::wire::decode(&e.payload).expect("decode").event, Event::Authorized { .. })).expect("an Authorized");
 
     // Negative control: untouched, the stream applies.
     rebuild_checked(&events);
@@ -299,7 +325,9 @@ async fn an_unbalanced_posting_is_a_finding_for_the_runner_and_the_auditor() {
     assert!(matches!(&error, projections::RunError::Finding(Finding::Ledger { seq: at, .. }) if *at == seq), "{error}");
 
     // The auditor's replay names it as the first bad position.
-    let report = projections::audit::replay(&Served(tampered), &crypto::SecretKey::from_bytes([1; 32]), &test_keys::fixed_rsa().public(), None, |_| {}).await.expect("replay");
+    let report = projections::audit::replay(&Served(tampered), &crypto::SecretKey::from_bytes([1; 32]), &test_keys::fixed_rsa().public(), None, |_| {})
+        .await
+        .expect("replay");
     let bad = report.first_bad.expect("caught");
     assert_eq!(bad.seq, seq.0);
     assert!(bad.reason.contains("settlement ledger"), "{}", bad.reason);
@@ -310,7 +338,10 @@ struct Served(Vec<StoredEvent>);
 
 #[async_trait::async_trait]
 impl EventLog for Served {
-    async fn append(&self, _request: engine::log::AppendRequest) -> Result<Result<engine::log::Appended, engine::log::VersionConflict>, engine::log::AppendError> {
+    async fn append(
+        &self,
+        _request: engine::log::AppendRequest,
+    ) -> Result<Result<engine::log::Appended, engine::log::VersionConflict>, engine::log::AppendError> {
         Err(engine::log::AppendError::Unavailable("read-only".into()))
     }
     async fn read_subject(&self, subject: &str) -> Result<Vec<StoredEvent>, engine::log::ReadError> {

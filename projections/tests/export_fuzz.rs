@@ -27,7 +27,7 @@ use engine::domain::report::Report;
 use projections::export::{self, ExportedLog, VerifyReport};
 use proptest::collection::vec;
 use proptest::prelude::*;
-use proptest::sample::{select, Index};
+use proptest::sample::{Index, select};
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 use serde_json::Value;
 use std::cell::RefCell;
@@ -104,13 +104,30 @@ fn only_unsealed_tail_cut(original: &ExportedLog, mutated: &ExportedLog) -> bool
 /// One edit of the file's bytes.
 #[derive(Clone, Debug)]
 enum ByteEdit {
-    FlipBit { at: Index, bit: u8 },
-    Overwrite { at: Index, byte: u8 },
-    Insert { at: Index, bytes: Vec<u8> },
-    Delete { at: Index, len: usize },
-    Truncate { at: Index },
+    FlipBit {
+        at: Index,
+        bit: u8,
+    },
+    Overwrite {
+        at: Index,
+        byte: u8,
+    },
+    Insert {
+        at: Index,
+        bytes: Vec<u8>,
+    },
+    Delete {
+        at: Index,
+        len: usize,
+    },
+    Truncate {
+        at: Index,
+    },
     /// A hex digit (anywhere in the file) replaced by another character.
-    HexDigit { at: Index, to: u8 },
+    HexDigit {
+        at: Index,
+        to: u8,
+    },
 }
 
 fn arb_byte_edit() -> impl Strategy<Value = ByteEdit> {
@@ -167,26 +184,53 @@ fn arb_json_scalar() -> impl Strategy<Value = Value> {
 /// One edit of the parsed JSON, at a node picked among all of the document's nodes.
 #[derive(Clone, Debug)]
 enum JsonEdit {
-    Replace { at: Index, with: Value },
+    Replace {
+        at: Index,
+        with: Value,
+    },
     /// Replace a string with other hex or a number with another number: the file still
     /// reads, so the verifier has to find it.
-    SameType { at: Index, hex: String, number: u64 },
+    SameType {
+        at: Index,
+        hex: String,
+        number: u64,
+    },
     /// Remove an object's key or an array's element.
-    Remove { at: Index },
+    Remove {
+        at: Index,
+    },
     /// Insert a copy of an array element next to it.
-    Duplicate { at: Index },
+    Duplicate {
+        at: Index,
+    },
     /// Swap an array element with its neighbour.
-    Swap { at: Index },
+    Swap {
+        at: Index,
+    },
     /// Change one hex digit of a string (to another digit, or the same one in the other case).
-    HexDigit { at: Index, digit: Index, to: char },
+    HexDigit {
+        at: Index,
+        digit: Index,
+        to: char,
+    },
     /// Add a key to an object.
-    AddKey { at: Index, key: String, with: Value },
+    AddKey {
+        at: Index,
+        key: String,
+        with: Value,
+    },
     /// A number one more or one less.
-    Nudge { at: Index, up: bool },
+    Nudge {
+        at: Index,
+        up: bool,
+    },
 }
 
 fn arb_json_edit() -> impl Strategy<Value = JsonEdit> {
-    let key = prop_oneof![select(vec!["format", "epoch", "entries", "seals", "index", "y", "z", "ciphertext", "signature", "unknown"]).prop_map(String::from), "[a-z_]{1,8}"];
+    let key = prop_oneof![
+        select(vec!["format", "epoch", "entries", "seals", "index", "y", "z", "ciphertext", "signature", "unknown"]).prop_map(String::from),
+        "[a-z_]{1,8}"
+    ];
     prop_oneof![
         3 => (any::<Index>(), arb_json_scalar()).prop_map(|(at, with)| JsonEdit::Replace { at, with }),
         4 => (any::<Index>(), prop_oneof!["[0-9a-f]{64}", "([0-9a-f]{2}){0,40}"], prop_oneof![0u64..64, Just(u64::MAX), any::<u64>()])
@@ -427,7 +471,12 @@ fn mutated_exported_logs_never_verify_unless_only_their_spelling_changed() {
         Ok(())
     });
     let verdicts = verdicts.into_inner();
-    println!("exported log fuzz: {cases} mutations of a log of {} entries and {} seals in {:.1?} (VOUCHSAFE_FUZZ_CASES)", sample.log.entries.len(), sample.log.seals.len(), started.elapsed());
+    println!(
+        "exported log fuzz: {cases} mutations of a log of {} entries and {} seals in {:.1?} (VOUCHSAFE_FUZZ_CASES)",
+        sample.log.entries.len(),
+        sample.log.seals.len(),
+        started.elapsed()
+    );
     for ((kind, verdict), count) in &verdicts {
         println!("  {kind:<14} {verdict:?}: {count}");
     }
@@ -438,4 +487,3 @@ fn mutated_exported_logs_never_verify_unless_only_their_spelling_changed() {
     let caught: u64 = verdicts.iter().filter(|((_, verdict), _)| *verdict == Verdict::Caught).map(|(_, count)| count).sum();
     assert!(caught * 5 >= u64::from(cases), "at least a fifth of the mutations are read and then caught by verification: {verdicts:?}");
 }
-

@@ -13,7 +13,7 @@ use projections::store::{OpenOutcome, ProjectionStore, StoreError};
 use projections::{Live, Projections, SealError};
 use std::path::Path;
 use std::sync::Arc;
-use support::{engine_public, generate, keyed, master, rebuild, VecLog};
+use support::{VecLog, engine_public, generate, keyed, master, rebuild};
 
 const STREAM_EVENTS: usize = 6_000;
 const SEAL_EVERY_USAGES: u64 = 150;
@@ -55,7 +55,11 @@ async fn resume_after_reopen_equals_a_clean_rebuild() {
     let clean = rebuild(&events, keyed());
     assert!(clean.royalty.seals.len() >= 3 && clean.royalty.seals_verified == clean.royalty.seals.len() as u64, "the stream carries verified seals");
     assert!(!clean.vouchers.holds.is_empty() && clean.royalty.entries.len() > 300, "the stream exercises holds and the royalty log");
-    assert!(clean.balances.ledger.len() >= 8 && clean.balances.points.len() == 4 && clean.balances.sum() == Some(0), "the stream exercises the balances: {:?}", clean.balances);
+    assert!(
+        clean.balances.ledger.len() >= 8 && clean.balances.points.len() == 4 && clean.balances.sum() == Some(0),
+        "the stream exercises the balances: {:?}",
+        clean.balances
+    );
     for split in [1, 9, 1_000, 2_345, STREAM_EVENTS - 1] {
         let dir = tempfile::tempdir().expect("temporary directory");
         let store = dir.path().join("projections");
@@ -190,22 +194,27 @@ fn reservations(vouchers: usize, authorize: usize) -> (Vec<StoredEvent>, Vec<Sto
     };
     let history = (1..=vouchers)
         .map(|n| {
-            stored(n, Event::Reserved {
-                voucher_id: VoucherId::new(format!("v{n}")),
-                merchant_id: MerchantId::new("m"),
-                items: vec![ReservedItem { media_id: MediaId::new("md"), price_minor: 1 }],
-                rendition: "high".into(),
-                price_minor: 1,
-                currency: "EUR".into(),
-                expires_at: Millis(1_000),
-                payment: Payment::Merchant { payment_ref: "p".into() },
-                token_key_id: 1,
-                auth_generation: 1,
-            })
+            stored(
+                n,
+                Event::Reserved {
+                    voucher_id: VoucherId::new(format!("v{n}")),
+                    merchant_id: MerchantId::new("m"),
+                    items: vec![ReservedItem { media_id: MediaId::new("md"), price_minor: 1 }],
+                    rendition: "high".into(),
+                    price_minor: 1,
+                    currency: "EUR".into(),
+                    expires_at: Millis(1_000),
+                    payment: Payment::Merchant { payment_ref: "p".into() },
+                    token_key_id: 1,
+                    auth_generation: 1,
+                },
+            )
         })
         .collect();
     let batch = (1..=authorize)
-        .map(|n| stored(vouchers + n, Event::Authorized { voucher_id: VoucherId::new(format!("v{n}")), receipt_key_id: 1, receipt_generation: 1, postings: vec![] }))
+        .map(|n| {
+            stored(vouchers + n, Event::Authorized { voucher_id: VoucherId::new(format!("v{n}")), receipt_key_id: 1, receipt_generation: 1, postings: vec![] })
+        })
         .collect();
     (history, batch)
 }
@@ -262,7 +271,9 @@ fn damage(dir: &Path, harm: impl FnOnce(&sled::Db)) {
     let db = loop {
         match sled::open(dir) {
             Ok(db) => break db,
-            Err(error) if std::time::Instant::now() < deadline && error.to_string().contains("could not acquire lock") => std::thread::sleep(std::time::Duration::from_millis(10)),
+            Err(error) if std::time::Instant::now() < deadline && error.to_string().contains("could not acquire lock") => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
             Err(error) => panic!("raw open: {error}"),
         }
     };
@@ -311,29 +322,47 @@ async fn damaged_stores_are_quarantined_and_rebuilt() {
         ("a flipped byte in a voucher row", Box::new(flip_last_byte(b"vr/"))),
         ("a flipped byte in a royalty entry", Box::new(flip_last_byte(b"re/"))),
         ("a flipped byte in a stream head", Box::new(flip_last_byte(b"sh/"))),
-        ("a value that does not decode", Box::new(|db: &sled::Db| {
-            let key = first_key_with_prefix(db, b"an/");
-            db.insert(key, &b"not a node"[..]).expect("insert");
-        })),
-        ("a lost row", Box::new(|db: &sled::Db| {
-            let key = first_key_with_prefix(db, b"rt/");
-            db.remove(key).expect("remove");
-        })),
-        ("a left-over row", Box::new(|db: &sled::Db| {
-            db.insert(&b"ar/ghost"[..], &b""[..]).expect("insert");
-        })),
-        ("a flipped byte in the checkpoint", Box::new(|db: &sled::Db| {
-            let mut value = db.get(b"@checkpoint").expect("get").expect("checkpoint").to_vec();
-            let middle = value.len() / 2;
-            value[middle] ^= 0x20;
-            db.insert(b"@checkpoint", value).expect("insert");
-        })),
-        ("a wrong format marker", Box::new(|db: &sled::Db| {
-            db.insert(b"@format", &b"vouchsafe-projection-store/0"[..]).expect("insert");
-        })),
-        ("a missing format marker", Box::new(|db: &sled::Db| {
-            db.remove(b"@format").expect("remove");
-        })),
+        (
+            "a value that does not decode",
+            Box::new(|db: &sled::Db| {
+                let key = first_key_with_prefix(db, b"an/");
+                db.insert(key, &b"not a node"[..]).expect("insert");
+            }),
+        ),
+        (
+            "a lost row",
+            Box::new(|db: &sled::Db| {
+                let key = first_key_with_prefix(db, b"rt/");
+                db.remove(key).expect("remove");
+            }),
+        ),
+        (
+            "a left-over row",
+            Box::new(|db: &sled::Db| {
+                db.insert(&b"ar/ghost"[..], &b""[..]).expect("insert");
+            }),
+        ),
+        (
+            "a flipped byte in the checkpoint",
+            Box::new(|db: &sled::Db| {
+                let mut value = db.get(b"@checkpoint").expect("get").expect("checkpoint").to_vec();
+                let middle = value.len() / 2;
+                value[middle] ^= 0x20;
+                db.insert(b"@checkpoint", value).expect("insert");
+            }),
+        ),
+        (
+            "a wrong format marker",
+            Box::new(|db: &sled::Db| {
+                db.insert(b"@format", &b"vouchsafe-projection-store/0"[..]).expect("insert");
+            }),
+        ),
+        (
+            "a missing format marker",
+            Box::new(|db: &sled::Db| {
+                db.remove(b"@format").expect("remove");
+            }),
+        ),
     ];
     for (what, harm) in cases {
         let outcome = damaged_then_reopened(&events, harm).await;
@@ -369,7 +398,12 @@ async fn an_event_log_directory_is_refused_and_left_untouched() {
     let log_dir = dir.path().join("log");
     {
         let log = engine::log::embedded::EmbeddedLog::open(&log_dir).expect("open the log");
-        let request = engine::log::AppendRequest { subject: "vs.test.a".into(), expected: engine::log::Expected::Any, idempotency_key: "k".into(), payload: bytes::Bytes::from_static(b"x") };
+        let request = engine::log::AppendRequest {
+            subject: "vs.test.a".into(),
+            expected: engine::log::Expected::Any,
+            idempotency_key: "k".into(),
+            payload: bytes::Bytes::from_static(b"x"),
+        };
         engine::log::EventLog::append(&log, request).await.expect("append").expect("no conflict");
     }
     match ProjectionStore::open(&log_dir) {

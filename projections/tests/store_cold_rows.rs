@@ -9,12 +9,19 @@ use engine::domain::voucher::VoucherStatus;
 use engine::ids::Millis;
 use projections::Live;
 use std::sync::Arc;
-use support::{engine_public, generate, keyed, master, rebuild, VecLog};
+use support::{VecLog, engine_public, generate, keyed, master, rebuild};
 
 const STREAM_EVENTS: usize = 4_000;
 const SEAL_EVERY_USAGES: u64 = 150;
-const STATUSES: [VoucherStatus; 7] =
-    [VoucherStatus::None, VoucherStatus::Pending, VoucherStatus::Authorized, VoucherStatus::Issued, VoucherStatus::Redeeming, VoucherStatus::Delivered, VoucherStatus::Voided];
+const STATUSES: [VoucherStatus; 7] = [
+    VoucherStatus::None,
+    VoucherStatus::Pending,
+    VoucherStatus::Authorized,
+    VoucherStatus::Issued,
+    VoucherStatus::Redeeming,
+    VoucherStatus::Delivered,
+    VoucherStatus::Voided,
+];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_backed_live_reads_cold_rows_from_the_store_with_the_same_answers() {

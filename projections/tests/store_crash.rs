@@ -19,16 +19,16 @@ mod support;
 
 use engine::ids::Seq;
 use engine::log::StoredEvent;
-use projections::store::{OpenOutcome, ProjectionStore};
 use projections::Live;
+use projections::store::{OpenOutcome, ProjectionStore};
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::sync::Arc;
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
-use support::{engine_public, generate, keyed, master, rebuild, Rng, VecLog};
+use support::{Rng, VecLog, engine_public, generate, keyed, master, rebuild};
 
 /// Set in the child's environment: the store directory (its presence makes a child).
 const CHILD_STORE_ENV: &str = "VOUCHSAFE_STORE_CRASH_STORE";
@@ -82,9 +82,10 @@ fn crash_rounds(test_name: &str, kill_at: KillAt, seed: u64) {
     let events = generate(seed, STREAM_EVENTS, SEAL_EVERY_USAGES);
     support::write_stream(&stream_file, &events);
     // Each run kills at different points; the seed is printed so a failure can be repeated.
-    let kill_seed = std::env::var(KILL_SEED_ENV).ok().and_then(|seed| seed.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(seed, |elapsed| elapsed.as_nanos() as u64)
-    });
+    let kill_seed = std::env::var(KILL_SEED_ENV)
+        .ok()
+        .and_then(|seed| seed.parse().ok())
+        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(seed, |elapsed| elapsed.as_nanos() as u64));
     eprintln!("{test_name}: kill points from seed {kill_seed} (set {KILL_SEED_ENV} to repeat them)");
     let mut rng = Rng::new(kill_seed);
     let mut resumed_rounds = 0;
@@ -169,7 +170,10 @@ fn crash_rounds(test_name: &str, kill_at: KillAt, seed: u64) {
             assert_eq!(hex::encode(p.digest()), hex::encode(clean.digest()), "final digest");
             assert_eq!((p.last_seq, p.events, p.stream_head), (clean.last_seq, clean.events, clean.stream_head));
             assert_eq!(p.royalty.entries, clean.royalty.entries);
-            assert_eq!((&p.royalty.seals, p.royalty.seals_verified, &p.royalty.seal_faults), (&clean.royalty.seals, clean.royalty.seals_verified, &clean.royalty.seal_faults));
+            assert_eq!(
+                (&p.royalty.seals, p.royalty.seals_verified, &p.royalty.seal_faults),
+                (&clean.royalty.seals, clean.royalty.seals_verified, &clean.royalty.seal_faults)
+            );
         });
     });
 }

@@ -12,7 +12,7 @@ use projections::store::{OpenOutcome, StoreError};
 use projections::{Live, STREAM_MISMATCH};
 use std::path::Path;
 use std::sync::Arc;
-use support::{engine_public, generate, keyed, master, rebuild, VecLog};
+use support::{VecLog, engine_public, generate, keyed, master, rebuild};
 
 const STREAM_EVENTS: usize = 2_000;
 const SEAL_EVERY_USAGES: u64 = 150;

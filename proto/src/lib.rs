@@ -9,5 +9,4 @@ pub mod v1 {
 }
 
 /// The encoded `FileDescriptorSet` of every Vouchsafe proto file, for server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/vouchsafe_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/vouchsafe_descriptor.bin"));

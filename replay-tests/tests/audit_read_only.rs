@@ -12,7 +12,7 @@
 //! Every refusal is shown with its positive control: the same mechanism succeeds when the
 //! permission is there, and the server's "Permissions Violation" names the refused subject.
 
-use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use engine::log::jetstream::{ConnectError, JetStreamLog, READ_ONLY_INBOX_PREFIX};
 use engine::log::{AppendError, AppendRequest, EventLog, Expected};
 use futures::StreamExt;
@@ -139,8 +139,10 @@ fn node_consumer(name: &str, node: &str) -> pull::Config {
 /// assignments, in feed order.
 async fn read_own_feed(server: &replay_tests::NatsServer, node: &str, password: &str, expected: u64) -> Raw {
     let raw = Raw::connect(server, &format!("node-{node}"), password, &format!("_INBOX_{node}")).await;
-    let consumer = raw.js.create_consumer_on_stream(node_consumer(node, node), NODE_STREAM).await.unwrap_or_else(|e| panic!("node {node} creates its consumer: {e}"));
-    let mut messages = consumer.fetch().max_messages(usize::try_from(expected).expect("small") + 1).expires(Duration::from_secs(2)).messages().await.expect("pull");
+    let consumer =
+        raw.js.create_consumer_on_stream(node_consumer(node, node), NODE_STREAM).await.unwrap_or_else(|e| panic!("node {node} creates its consumer: {e}"));
+    let mut messages =
+        consumer.fetch().max_messages(usize::try_from(expected).expect("small") + 1).expires(Duration::from_secs(2)).messages().await.expect("pull");
     let mut read = 0u64;
     let mut last_seq = 0;
     while let Some(message) = messages.next().await {
@@ -177,7 +179,9 @@ async fn audit_replay_needs_read_only_credentials_and_each_node_reads_only_its_f
     // The demo as `engine`: it creates both streams, and the dispatcher fills the node feeds.
     let engine_backend = BackendArgs { data_dir: dir.path().join("engine"), nats_url: Some(engine_url.clone()), stream: STREAM.into() };
     let keys_dir = dir.path().join("keys");
-    let summary = demo::run(DemoArgs { backend: engine_backend, keys_dir: keys_dir.clone(), vouchers: 30, connect: None, engine_tls: Default::default() }).await.expect("the demo runs as the engine user");
+    let summary = demo::run(DemoArgs { backend: engine_backend, keys_dir: keys_dir.clone(), vouchers: 30, connect: None, engine_tls: Default::default() })
+        .await
+        .expect("the demo runs as the engine user");
     assert!(summary.delivered > 0 && summary.seals >= 1, "{summary:?}");
     assert_eq!(violations(&server), Vec::<String>::new(), "the engine user lacks a permission the engine needs");
 
@@ -193,7 +197,8 @@ async fn audit_replay_needs_read_only_credentials_and_each_node_reads_only_its_f
     assert!(report.chain_ok && report.first_bad.is_none(), "{}", gateways::audit::describe(&report));
     assert_eq!(report.state_digest, summary.state_digest, "the auditor's replay reproduces the demo's digest");
     assert_eq!(report.last_seq, summary.stream_events);
-    let (rebuilt, _, entries) = gateways::audit::rebuild(&auditor_backend, &auditor_keys).await.unwrap_or_else(|e| panic!("audit export's rebuild as auditor: {e:#}"));
+    let (rebuilt, _, entries) =
+        gateways::audit::rebuild(&auditor_backend, &auditor_keys).await.unwrap_or_else(|e| panic!("audit export's rebuild as auditor: {e:#}"));
     assert_eq!(rebuilt.state_digest, summary.state_digest);
     assert_eq!(entries.len() as u64, summary.royalty_entries);
     assert_eq!(violations(&server), Vec::<String>::new(), "the auditor user lacks a permission audit replay needs");
@@ -207,7 +212,11 @@ async fn audit_replay_needs_read_only_credentials_and_each_node_reads_only_its_f
     // Positive control of the auditor's refused append: the engine user's append lands.
     let engine_log = JetStreamLog::connect(&url_as(&server, "engine", ENGINE_PASSWORD), STREAM).await.expect("engine connects");
     let before = engine_log.last_seq().await.expect("last seq").0;
-    engine_log.append(AppendRequest { subject: "vs.voucher.x".into(), expected: Expected::Any, idempotency_key: "control".into(), payload: "control".into() }).await.expect("append").expect("no conflict");
+    engine_log
+        .append(AppendRequest { subject: "vs.voucher.x".into(), expected: Expected::Any, idempotency_key: "control".into(), payload: "control".into() })
+        .await
+        .expect("append")
+        .expect("no conflict");
     assert_eq!(engine_log.last_seq().await.expect("last seq").0, before + 1);
 }
 
@@ -216,7 +225,8 @@ async fn check_auditor_refusals(server: &replay_tests::NatsServer, auditor_url: 
     // The read-only log itself refuses appends and the node feed, without asking the server.
     let log = JetStreamLog::connect_read_only(auditor_url, STREAM).await.expect("read-only connect");
     assert_eq!(log.node_stream_name(), None);
-    let append = log.append(AppendRequest { subject: "vs.voucher.x".into(), expected: Expected::Any, idempotency_key: "k".into(), payload: "forged".into() }).await;
+    let append =
+        log.append(AppendRequest { subject: "vs.voucher.x".into(), expected: Expected::Any, idempotency_key: "k".into(), payload: "forged".into() }).await;
     assert!(matches!(&append, Err(AppendError::Storage(reason)) if reason.contains("read-only")), "{append:?}");
     let feed = log.node_feed("n1", 1).next().await.expect("one item");
     assert!(feed.is_err_and(|error| error.to_string().contains("read-only")));
@@ -319,7 +329,12 @@ async fn check_node_feeds(server: &mut replay_tests::NatsServer) {
     let refused = node_a.js.create_consumer_on_stream(node_consumer(&a, &b), NODE_STREAM).await;
     assert!(refused.is_err(), "node {a} created a consumer on vsn.{b}");
     node_a.assert_violation(&format!("Publish to \"$JS.API.CONSUMER.CREATE.{NODE_STREAM}.{a}.vsn.{b}\"")).await;
-    node_a.assert_refused(&format!("$JS.API.CONSUMER.CREATE.{NODE_STREAM}"), &format!(r#"{{"stream_name":"{NODE_STREAM}","config":{{"filter_subject":"vsn.{b}"}}}}"#)).await;
+    node_a
+        .assert_refused(
+            &format!("$JS.API.CONSUMER.CREATE.{NODE_STREAM}"),
+            &format!(r#"{{"stream_name":"{NODE_STREAM}","config":{{"filter_subject":"vsn.{b}"}}}}"#),
+        )
+        .await;
     node_a.assert_refused(&format!("$JS.API.CONSUMER.MSG.NEXT.{NODE_STREAM}.{b}"), r#"{"batch":1}"#).await;
     node_a.assert_refused(&format!("$JS.API.DIRECT.GET.{NODE_STREAM}"), r#"{"seq":1}"#).await;
     node_a.assert_refused(&format!("$JS.API.DIRECT.GET.{NODE_STREAM}.vsn.{b}"), "").await;
@@ -336,8 +351,16 @@ async fn check_node_feeds(server: &mut replay_tests::NatsServer) {
     let deleted = node_a.answer(&format!("$JS.API.CONSUMER.DELETE.{NODE_STREAM}.{a}"), "").await;
     assert_eq!(deleted["success"], true, "{deleted}");
     let own_create = format!("$JS.API.CONSUMER.CREATE.{NODE_STREAM}.{a}.vsn.{a}");
-    let create = |filter: &str| format!(r#"{{"stream_name":"{NODE_STREAM}","config":{{"name":"{a}",{filter},"deliver_policy":"all","ack_policy":"none"}},"action":"create"}}"#);
-    for filter in [format!(r#""filter_subject":"vsn.{b}""#), r#""filter_subject":"vsn.>""#.to_owned(), format!(r#""filter_subjects":["vsn.{b}"]"#), format!(r#""filter_subjects":["vsn.{a}","vsn.{b}"]"#), String::from(r#""filter_subject":"""#)] {
+    let create = |filter: &str| {
+        format!(r#"{{"stream_name":"{NODE_STREAM}","config":{{"name":"{a}",{filter},"deliver_policy":"all","ack_policy":"none"}},"action":"create"}}"#)
+    };
+    for filter in [
+        format!(r#""filter_subject":"vsn.{b}""#),
+        r#""filter_subject":"vsn.>""#.to_owned(),
+        format!(r#""filter_subjects":["vsn.{b}"]"#),
+        format!(r#""filter_subjects":["vsn.{a}","vsn.{b}"]"#),
+        String::from(r#""filter_subject":"""#),
+    ] {
         let answer = node_a.answer(&own_create, &create(&filter)).await;
         // 10131: does not match the filtered subject of the create subject; 10137: multiple
         // filters cannot use the subject-based API.

@@ -2,7 +2,7 @@
 //! and each case has a negative control: the untouched stream passes, and the mutation
 //! really changed what the auditor reads.
 
-use engine::crypto::{test_keys, SecretKey};
+use engine::crypto::{SecretKey, test_keys};
 use engine::domain::event::Event;
 use engine::domain::report::Report;
 use engine::ids::Seq;
@@ -46,7 +46,9 @@ async fn recorded_stream() -> Recorded {
     let dir = tempfile::tempdir().expect("temp dir");
     let backend = BackendArgs { data_dir: dir.path().to_path_buf(), nats_url: None, stream: "VOUCHSAFE".into() };
     let keys_dir = dir.path().join("keys");
-    let summary = demo::run(DemoArgs { backend: backend.clone(), keys_dir: keys_dir.clone(), vouchers: 30, connect: None, engine_tls: Default::default() }).await.expect("demo");
+    let summary = demo::run(DemoArgs { backend: backend.clone(), keys_dir: keys_dir.clone(), vouchers: 30, connect: None, engine_tls: Default::default() })
+        .await
+        .expect("demo");
     assert!(summary.audit_ok && summary.seals >= 2);
     let log = backend.open().await.expect("open");
     let events = log.read_from(Seq(1), usize::MAX).await.expect("read");

@@ -11,8 +11,8 @@ use engine::crypto::{self, test_keys};
 use engine::domain::event::Payment;
 use engine::domain::{Event, Rejection};
 use engine::ids::*;
-use engine::log::embedded::EmbeddedLog;
 use engine::log::EventLog;
+use engine::log::embedded::EmbeddedLog;
 use std::sync::Arc;
 
 struct OneNode(NodeId);
@@ -64,7 +64,14 @@ async fn voided_events(world: &World, voucher: &VoucherId) -> usize {
 
 async fn reserve(market: &Market, world: &World, request: &str) -> VoucherId {
     market
-        .reserve(&world.merchant, &RequestId::new(request), std::slice::from_ref(&world.media), "high", TTL_MS, Payment::Merchant { payment_ref: "card".into() })
+        .reserve(
+            &world.merchant,
+            &RequestId::new(request),
+            std::slice::from_ref(&world.media),
+            "high",
+            TTL_MS,
+            Payment::Merchant { payment_ref: "card".into() },
+        )
         .await
         .expect("reserve")
         .voucher_id

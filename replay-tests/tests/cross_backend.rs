@@ -13,9 +13,9 @@ use engine::clock::{Clock, ManualClock};
 use engine::crypto::{self, test_keys};
 use engine::domain::event::{Event, Payment, Recorded};
 use engine::ids::*;
+use engine::log::EventLog;
 use engine::log::embedded::EmbeddedLog;
 use engine::log::jetstream::JetStreamLog;
-use engine::log::EventLog;
 use std::sync::Arc;
 
 struct OneNode(NodeId);
@@ -52,7 +52,8 @@ async fn script(log: Arc<dyn EventLog>, wrapped_media_key: Vec<u8>) {
     for i in 0..6 {
         clock.advance_ms(10);
         let payment = if i % 2 == 0 { merchant_pays() } else { Payment::Points { account: account.clone() } };
-        let voucher = market.reserve(&merchant, &req(&format!("r{i}")), std::slice::from_ref(&media), "high", 60_000, payment).await.expect("reserve").voucher_id;
+        let voucher =
+            market.reserve(&merchant, &req(&format!("r{i}")), std::slice::from_ref(&media), "high", 60_000, payment).await.expect("reserve").voucher_id;
         match i {
             0 => {
                 market.void(&merchant, &req("void0"), &voucher).await.expect("void");

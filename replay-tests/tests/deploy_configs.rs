@@ -120,7 +120,8 @@ fn the_engine_example_config_parses_and_sets_every_key() {
     let tls = tls.expect("checked above");
     assert!(tls.client_ca.is_some(), "deploy/engine.toml shows mTLS (tls.client_ca)");
     // The values pass the same checks `serve` applies at start (ranges, log format).
-    let settings = gateways::server::serve::settings(&gateways::server::serve::ServeArgs { config: Some(path), ..Default::default() }).unwrap_or_else(|e| panic!("{e:#}"));
+    let settings =
+        gateways::server::serve::settings(&gateways::server::serve::ServeArgs { config: Some(path), ..Default::default() }).unwrap_or_else(|e| panic!("{e:#}"));
     assert!(settings.engine.tls.is_some());
 }
 

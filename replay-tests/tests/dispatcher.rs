@@ -3,8 +3,8 @@
 //! repeating; a deleted feed is rebuilt from sequence 1.
 
 use engine::domain::Event;
-use engine::log::jetstream::JetStreamLog;
 use engine::log::EventLog;
+use engine::log::jetstream::JetStreamLog;
 use futures::StreamExt;
 use gateways::common::client::{self, Upload};
 use gateways::common::cred::Credential;
@@ -16,7 +16,8 @@ use std::time::Duration;
 
 async fn start_engine(dir: &std::path::Path, log: Arc<JetStreamLog>) -> RunningEngine {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let mut engine = server::start(EngineConfig::new(dir.join("engine"), dir.join("keys")), Arc::clone(&log) as Arc<dyn EventLog>, listener).await.expect("engine");
+    let mut engine =
+        server::start(EngineConfig::new(dir.join("engine"), dir.join("keys")), Arc::clone(&log) as Arc<dyn EventLog>, listener).await.expect("engine");
     engine.dispatch_to(log);
     engine
 }
@@ -57,15 +58,25 @@ async fn every_assignment_reaches_exactly_its_node_once_across_restarts_and_rebu
     let channel = client::connect(&engine.url(), None).await.expect("connect");
     let operator = Credential::load(&dir.path().join("keys/operator.cred")).expect("operator");
     let mut catalog = client::catalog(channel.clone(), operator);
-    let merchant = client::credential_of(catalog.register_merchant(pb::RegisterMerchantRequest { request_id: "m".into(), name: "Shop".into() }).await.expect("m").into_inner()).expect("cred");
+    let merchant = client::credential_of(
+        catalog.register_merchant(pb::RegisterMerchantRequest { request_id: "m".into(), name: "Shop".into() }).await.expect("m").into_inner(),
+    )
+    .expect("cred");
     let mut nodes = Vec::new();
     for i in 0..2 {
         let cred = client::credential_of(
-            catalog.register_node_credential(pb::RegisterNodeCredentialRequest { request_id: format!("n{i}"), region: "eu".into(), slots_max: 100 }).await.expect("n").into_inner(),
+            catalog
+                .register_node_credential(pb::RegisterNodeCredentialRequest { request_id: format!("n{i}"), region: "eu".into(), slots_max: 100 })
+                .await
+                .expect("n")
+                .into_inner(),
         )
         .expect("cred");
         let mut delivery = client::delivery(channel.clone(), cred.clone());
-        delivery.register_node(pb::RegisterNodeRequest { region: "eu".into(), slots_max: 100, endpoint: format!("http://127.0.0.1:{}", 1 + i) }).await.expect("announce");
+        delivery
+            .register_node(pb::RegisterNodeRequest { region: "eu".into(), slots_max: 100, endpoint: format!("http://127.0.0.1:{}", 1 + i) })
+            .await
+            .expect("announce");
         nodes.push(cred.id);
     }
     let engine_public = gateways::common::keys::load_engine_public(&dir.path().join("keys")).expect("public");
@@ -88,7 +99,11 @@ async fn every_assignment_reaches_exactly_its_node_once_across_restarts_and_rebu
         let sale = client::buy(&mut merchant_client, &format!("s{i}"), std::slice::from_ref(&media.media_id), None).await.expect("buy");
         expected.entry(sale.node_id).or_default().push(sale.voucher_id);
     }
-    let preview = merchant_client.preview(pb::PreviewRequest { request_id: "pv".into(), media_id: media.media_id.clone(), region: String::new() }).await.expect("preview").into_inner();
+    let preview = merchant_client
+        .preview(pb::PreviewRequest { request_id: "pv".into(), media_id: media.media_id.clone(), region: String::new() })
+        .await
+        .expect("preview")
+        .into_inner();
     expected.entry(preview.node_id).or_default().push(preview.preview_id);
     assert_eq!(expected.len(), 2, "the least-loaded allocator spreads the sales over both nodes: {expected:?}");
 

@@ -21,8 +21,8 @@
 //! outlive every engine restart: each new engine process knows no node until the agents
 //! announce themselves again at their next heartbeat, which the loop waits for and times.
 
-use engine::domain::voucher::VoucherStatus;
 use engine::domain::Event;
+use engine::domain::voucher::VoucherStatus;
 use engine::ids::Seq;
 use engine::log::EventLog;
 use gateways::common::backend::BackendArgs;
@@ -35,7 +35,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tonic::Code;
@@ -337,13 +337,29 @@ impl Step {
 /// One acknowledged answer.
 #[derive(Clone, Debug)]
 enum Ack {
-    Reserved { voucher: String, request: String },
-    Authorized { voucher: String, request: String },
-    Issued { voucher: String, request: String, node: String },
+    Reserved {
+        voucher: String,
+        request: String,
+    },
+    Authorized {
+        voucher: String,
+        request: String,
+    },
+    Issued {
+        voucher: String,
+        request: String,
+        node: String,
+    },
     /// Redeem answered OK (inside a delivery that completed).
-    Redeemed { voucher: String, request: String },
+    Redeemed {
+        voucher: String,
+        request: String,
+    },
     /// Confirm answered OK for this media: the node's CompleteDelivery was acknowledged.
-    Delivered { voucher: String, media: String },
+    Delivered {
+        voucher: String,
+        media: String,
+    },
 }
 
 #[derive(Default)]
@@ -449,7 +465,12 @@ fn issue_call(merchant: &MerchantClient, request: &pb::IssueVoucherRequest) -> i
 /// IssueVoucher until it names the node's endpoint. A repeated IssueVoucher reaching an
 /// engine process that the chosen node has not announced itself to yet is answered OK with
 /// an empty endpoint; the merchant asks again with the same request id.
-async fn issue_with_endpoint(load: &Load, merchant: &MerchantClient, request: &pb::IssueVoucherRequest, first: &mut Option<pb::IssueVoucherResponse>) -> pb::IssueVoucherResponse {
+async fn issue_with_endpoint(
+    load: &Load,
+    merchant: &MerchantClient,
+    request: &pb::IssueVoucherRequest,
+    first: &mut Option<pb::IssueVoucherResponse>,
+) -> pb::IssueVoucherResponse {
     let deadline = Instant::now() + Duration::from_millis(STEP_DEADLINE_MS);
     loop {
         let issued = retry(load, Step::Issue, || issue_call(merchant, request)).await;
@@ -492,7 +513,11 @@ async fn purchase(load: &Load, worker: usize, merchant: &MerchantClient, rng: &m
     load.ack(Ack::Reserved { voucher: voucher.clone(), request: reserve.request_id.clone() });
     if rng.below(REPEAT_ONE_IN) == 0 {
         let again = retry(load, Step::Reserve, || reserve_call(merchant, &reserve)).await;
-        assert_eq!((&again.voucher_id, again.expires_at_ms, again.price_minor), (&voucher, reserved.expires_at_ms, reserved.price_minor), "a repeated Reserve returns the first answer");
+        assert_eq!(
+            (&again.voucher_id, again.expires_at_ms, again.price_minor),
+            (&voucher, reserved.expires_at_ms, reserved.price_minor),
+            "a repeated Reserve returns the first answer"
+        );
         load.stats.repeats.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -502,7 +527,11 @@ async fn purchase(load: &Load, worker: usize, merchant: &MerchantClient, rng: &m
     load.ack(Ack::Authorized { voucher: voucher.clone(), request: authorize.request_id.clone() });
     if rng.below(REPEAT_ONE_IN) == 0 {
         let again = retry(load, Step::Authorize, || authorize_call(merchant, &authorize)).await;
-        assert_eq!((&again.receipt, again.receipt_generation), (&authorized.receipt, authorized.receipt_generation), "a repeated Authorize returns the first receipt");
+        assert_eq!(
+            (&again.receipt, again.receipt_generation),
+            (&authorized.receipt, authorized.receipt_generation),
+            "a repeated Authorize returns the first receipt"
+        );
         load.stats.repeats.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -604,7 +633,10 @@ async fn set_up_market(url: &str, keys: &Path) -> Market {
     }
     let mut merchants = Vec::new();
     for index in 0..WORKERS {
-        let response = catalog.register_merchant(pb::RegisterMerchantRequest { request_id: format!("merchant-{index}"), name: format!("Shop {index}") }).await.expect("register merchant");
+        let response = catalog
+            .register_merchant(pb::RegisterMerchantRequest { request_id: format!("merchant-{index}"), name: format!("Shop {index}") })
+            .await
+            .expect("register merchant");
         merchants.push(client::credential_of(response.into_inner()).expect("merchant credential"));
     }
     let mut nodes = Vec::new();
@@ -710,7 +742,9 @@ fn violations(view: &StreamView, ledger: &[Ack]) -> Vec<String> {
                 (voucher, count(voucher, "VoucherIssued", request))
             }
             Ack::Redeemed { voucher, request } => (voucher, count(voucher, "RedemptionAccepted", request)),
-            Ack::Delivered { voucher, media } => (voucher, events_of(voucher).iter().filter(|(n, _, m)| *n == "Delivered" && m.as_deref() == Some(media.as_str())).count()),
+            Ack::Delivered { voucher, media } => {
+                (voucher, events_of(voucher).iter().filter(|(n, _, m)| *n == "Delivered" && m.as_deref() == Some(media.as_str())).count())
+            }
         };
         if times != 1 {
             found.push(format!("{voucher}: the acknowledged {ack:?} is in the stream {times} times, not exactly once"));
@@ -757,7 +791,10 @@ fn violations_are_caught(view: &StreamView, ledger: &[Ack]) {
     let first_reserve = ledger.iter().position(|ack| matches!(ack, Ack::Reserved { .. })).expect("something was reserved");
     let Ack::Reserved { voucher: unexplained, .. } = &ledger[first_reserve] else { unreachable!("found above") };
     let forgotten: Vec<Ack> = ledger.iter().filter(|ack| !matches!(ack, Ack::Reserved { voucher, .. } | Ack::Authorized { voucher, .. } | Ack::Issued { voucher, .. } | Ack::Redeemed { voucher, .. } | Ack::Delivered { voucher, .. } if voucher == unexplained)).cloned().collect();
-    assert!(violations(view, &forgotten).iter().any(|v| v.contains(unexplained.as_str()) && v.contains("no acknowledged request")), "an unexplained write is caught");
+    assert!(
+        violations(view, &forgotten).iter().any(|v| v.contains(unexplained.as_str()) && v.contains("no acknowledged request")),
+        "an unexplained write is caught"
+    );
     let mut twice = StreamView { by_voucher: view.by_voucher.clone(), issued_to: view.issued_to.clone(), statuses: view.statuses.clone() };
     let (voucher, events) = twice.by_voucher.iter_mut().find(|(_, events)| events.iter().any(|(n, _, _)| *n == "Delivered")).expect("something was delivered");
     let delivered = events.iter().find(|(n, _, _)| *n == "Delivered").cloned().expect("found above");
@@ -766,7 +803,14 @@ fn violations_are_caught(view: &StreamView, ledger: &[Ack]) {
     assert!(violations(&twice, ledger).iter().any(|v| v.contains(voucher.as_str()) && v.contains("delivered twice")), "a second delivery is caught");
 }
 
-async fn check_stream(log: &dyn EventLog, ledger: &[Ack], keys: &Path, pin: Option<[u8; 32]>, live_totals: &BTreeMap<(String, String), (u64, u64, u64)>, projections_dir: &Path) -> Figures {
+async fn check_stream(
+    log: &dyn EventLog,
+    ledger: &[Ack],
+    keys: &Path,
+    pin: Option<[u8; 32]>,
+    live_totals: &BTreeMap<(String, String), (u64, u64, u64)>,
+    projections_dir: &Path,
+) -> Figures {
     let master = gateways::common::keys::load_royalty_master(keys).expect("royalty master key");
     let public = gateways::common::keys::load_engine_public(keys).expect("engine public key");
     let (view, rebuilt) = read_stream(log, &master, &public).await;
@@ -783,8 +827,12 @@ async fn check_stream(log: &dyn EventLog, ledger: &[Ack], keys: &Path, pin: Opti
     let report = projections::audit::replay(log, &master, &public, pin, |_| {}).await.expect("audit replay reads the stream");
     assert!(report.ok(), "the audit fails: chain_ok {}, first bad {:?}", report.chain_ok, report.first_bad);
     assert_eq!(report.state_digest, hex::encode(rebuilt.digest()), "the audit's state digest is a clean rebuild's");
-    let rebuilt_totals: BTreeMap<(String, String), (u64, u64, u64)> =
-        rebuilt.royalty.totals.iter().map(|((dimension, key), line)| ((format!("{dimension:?}"), key.clone()), (line.deliveries, line.previews, line.amount_minor))).collect();
+    let rebuilt_totals: BTreeMap<(String, String), (u64, u64, u64)> = rebuilt
+        .royalty
+        .totals
+        .iter()
+        .map(|((dimension, key), line)| ((format!("{dimension:?}"), key.clone()), (line.deliveries, line.previews, line.amount_minor)))
+        .collect();
     if &rebuilt_totals != live_totals {
         explain_live_difference(log, projections_dir, &master, &public, &rebuilt).await;
     }
@@ -802,7 +850,13 @@ async fn check_stream(log: &dyn EventLog, ledger: &[Ack], keys: &Path, pin: Opti
 /// Before a failed comparison of live and rebuilt totals: which usages the last engine's
 /// projection store counted that a rebuild does not (and the reverse), by source sequence,
 /// with what the stream holds at each of those sequences.
-async fn explain_live_difference(log: &dyn EventLog, projections_dir: &Path, master: &engine::crypto::SecretKey, public: &engine::crypto::RsaPublic, rebuilt: &projections::Projections) {
+async fn explain_live_difference(
+    log: &dyn EventLog,
+    projections_dir: &Path,
+    master: &engine::crypto::SecretKey,
+    public: &engine::crypto::RsaPublic,
+    rebuilt: &projections::Projections,
+) {
     let opened = projections::Live::open(projections_dir, Some(master), Some(public.clone()));
     let Ok((stored, _)) = opened else {
         eprintln!("engine_crash: the engine's projection store in {} does not open: {:?}", projections_dir.display(), opened.err());
@@ -841,7 +895,8 @@ async fn live_totals(url: &str, operator: &Credential) -> BTreeMap<(String, Stri
         let lag = admin.get_stats(pb::GetStatsRequest {}).await.map(|stats| stats.into_inner().projection_lag);
         if lag.as_ref().is_ok_and(|lag| *lag == 0) {
             let lines = audit.totals(pb::TotalsRequest {}).await.expect("Totals").into_inner().lines;
-            let totals: BTreeMap<_, _> = lines.into_iter().map(|line| ((line.dimension, line.key), (line.deliveries, line.previews, line.amount_minor))).collect();
+            let totals: BTreeMap<_, _> =
+                lines.into_iter().map(|line| ((line.dimension, line.key), (line.deliveries, line.previews, line.amount_minor))).collect();
             if previous.as_ref() == Some(&totals) {
                 return totals;
             }
@@ -863,7 +918,9 @@ async fn settled_cluster(url: &str) {
     loop {
         let current = match context.get_stream(engine::log::jetstream::DEFAULT_STREAM).await {
             Ok(mut stream) => match stream.info().await {
-                Ok(info) => info.cluster.as_ref().is_some_and(|cluster| cluster.leader.is_some() && cluster.replicas.iter().all(|peer| peer.current && !peer.offline && peer.lag.unwrap_or(0) == 0)),
+                Ok(info) => info.cluster.as_ref().is_some_and(|cluster| {
+                    cluster.leader.is_some() && cluster.replicas.iter().all(|peer| peer.current && !peer.offline && peer.lag.unwrap_or(0) == 0)
+                }),
                 Err(_) => false,
             },
             Err(_) => false,

@@ -102,8 +102,18 @@ async fn graceful_shutdown_keeps_every_acknowledged_request(backend: BackendArgs
             missing.push(voucher.clone());
         }
     }
-    assert!(missing.is_empty(), "{} of {} acknowledged reservations are not in the stream: {:?}", missing.len(), acknowledged.len(), &missing[..missing.len().min(5)]);
-    eprintln!("graceful shutdown under load: {} acknowledged reservations, all in the stream ({} before the shutdown began)", acknowledged.len(), before_shutdown);
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged reservations are not in the stream: {:?}",
+        missing.len(),
+        acknowledged.len(),
+        &missing[..missing.len().min(5)]
+    );
+    eprintln!(
+        "graceful shutdown under load: {} acknowledged reservations, all in the stream ({} before the shutdown began)",
+        acknowledged.len(),
+        before_shutdown
+    );
 }
 
 async fn start_node(world: &World, cred: &Credential, data_dir: &Path) -> RunningNode {
@@ -167,7 +177,8 @@ async fn node_restart_during_delivery_delivers_exactly_once(backend: BackendArgs
         .into_inner();
     assert_eq!(reissued.node_id, node.node_id());
     assert_eq!(reissued.node_endpoint, node.endpoint());
-    let purchase = Purchase { node_endpoint: reissued.node_endpoint.clone(), node_id: reissued.node_id.clone(), grant: sale.grant(), receipt: sale.receipt.clone() };
+    let purchase =
+        Purchase { node_endpoint: reissued.node_endpoint.clone(), node_id: reissued.node_id.clone(), grant: sale.grant(), receipt: sale.receipt.clone() };
     let out = backend.data_dir.join("copies");
     let copies = gateways::player::redeem_and_download(&purchase, &passport, "redeem-2", &out).await.expect("delivered after the restart");
     assert_eq!(copies.len(), 1);
@@ -177,10 +188,8 @@ async fn node_restart_during_delivery_delivers_exactly_once(backend: BackendArgs
     let code = again.downcast_ref::<gateways::player::RpcError>().map(|e| e.code);
     assert_eq!(code, Some(tonic::Code::FailedPrecondition), "{again:#}");
     let events = world.log.read_subject(&format!("vs.voucher.{}", sale.voucher_id)).await.expect("read");
-    let delivered = events
-        .iter()
-        .filter(|stored| matches!(engine::wire::decode(&stored.payload).expect("decodes").event, engine::domain::Event::Delivered { .. }))
-        .count();
+    let delivered =
+        events.iter().filter(|stored| matches!(engine::wire::decode(&stored.payload).expect("decodes").event, engine::domain::Event::Delivered { .. })).count();
     assert_eq!(delivered, 1, "exactly one Delivered event");
     node.shutdown().await;
     world.engine.shutdown().await.expect("graceful shutdown");
@@ -200,7 +209,12 @@ async fn graceful_shutdown_under_load_on_the_embedded_log() {
 async fn graceful_shutdown_under_load_on_jetstream() {
     let server = replay_tests::NatsServer::start().unwrap_or_else(|e| panic!("{e}"));
     let dir = tempfile::tempdir().expect("temp dir");
-    graceful_shutdown_keeps_every_acknowledged_request(BackendArgs { data_dir: dir.path().to_path_buf(), nats_url: Some(server.url()), stream: "VOUCHSAFE".into() }).await;
+    graceful_shutdown_keeps_every_acknowledged_request(BackendArgs {
+        data_dir: dir.path().to_path_buf(),
+        nats_url: Some(server.url()),
+        stream: "VOUCHSAFE".into(),
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -213,5 +227,10 @@ async fn node_restart_during_delivery_on_the_embedded_log() {
 async fn node_restart_during_delivery_on_jetstream() {
     let server = replay_tests::NatsServer::start().unwrap_or_else(|e| panic!("{e}"));
     let dir = tempfile::tempdir().expect("temp dir");
-    node_restart_during_delivery_delivers_exactly_once(BackendArgs { data_dir: dir.path().to_path_buf(), nats_url: Some(server.url()), stream: "VOUCHSAFE".into() }).await;
+    node_restart_during_delivery_delivers_exactly_once(BackendArgs {
+        data_dir: dir.path().to_path_buf(),
+        nats_url: Some(server.url()),
+        stream: "VOUCHSAFE".into(),
+    })
+    .await;
 }

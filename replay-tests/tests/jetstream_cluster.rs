@@ -31,23 +31,13 @@ struct Record {
 
 /// Appends on `subject` until `stop`, each append expecting the previous one, retrying an
 /// append with the same key and expectation through the failover.
-async fn append_until(
-    log: Arc<JetStreamLog>,
-    subject: String,
-    stop: Arc<AtomicBool>,
-    acks: Arc<AtomicU64>,
-) -> Record {
+async fn append_until(log: Arc<JetStreamLog>, subject: String, stop: Arc<AtomicBool>, acks: Arc<AtomicU64>) -> Record {
     let mut record = Record::default();
     let mut expected = Expected::Empty;
     let mut index = 0u64;
     while !stop.load(Ordering::Relaxed) {
         let key = format!("{subject}#{index}");
-        let request = AppendRequest {
-            subject: subject.clone(),
-            expected,
-            idempotency_key: key.clone(),
-            payload: Bytes::from(key.clone()),
-        };
+        let request = AppendRequest { subject: subject.clone(), expected, idempotency_key: key.clone(), payload: Bytes::from(key.clone()) };
         let deadline = Instant::now() + Duration::from_millis(RECOVERY_DEADLINE_MS);
         loop {
             match log.append(request.clone()).await {
@@ -60,10 +50,7 @@ async fn append_until(
                 Ok(Err(conflict)) => panic!("{key}: nobody else writes here, yet {conflict}"),
                 Err(AppendError::Unknown(_) | AppendError::Unavailable(_)) => {
                     record.errors += 1;
-                    assert!(
-                        Instant::now() < deadline,
-                        "{key}: the cluster did not recover"
-                    );
+                    assert!(Instant::now() < deadline, "{key}: the cluster did not recover");
                     tokio::time::sleep(Duration::from_millis(RETRY_PAUSE_MS)).await;
                 }
                 Err(other) => panic!("{key}: {other}"),
@@ -77,21 +64,14 @@ async fn append_until(
 async fn wait_for(acks: &AtomicU64, target: u64) {
     let deadline = Instant::now() + Duration::from_millis(RECOVERY_DEADLINE_MS);
     while acks.load(Ordering::Relaxed) < target {
-        assert!(
-            Instant::now() < deadline,
-            "appends stalled at {} (waiting for {target})",
-            acks.load(Ordering::Relaxed)
-        );
+        assert!(Instant::now() < deadline, "appends stalled at {} (waiting for {target})", acks.load(Ordering::Relaxed));
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killing_the_stream_leader_during_load_loses_nothing_and_appends_continue() {
-    let mut cluster = tokio::task::spawn_blocking(|| NatsCluster::start(NODES))
-        .await
-        .expect("start task")
-        .unwrap_or_else(|error| panic!("{error}"));
+    let mut cluster = tokio::task::spawn_blocking(|| NatsCluster::start(NODES)).await.expect("start task").unwrap_or_else(|error| panic!("{error}"));
     let url = cluster.url();
     let log = Arc::new(
         JetStreamLog::connect_with(&url, STREAM, StreamOptions { replicas: NODES, ..Default::default() })
@@ -106,88 +86,45 @@ async fn killing_the_stream_leader_during_load_loses_nothing_and_appends_continu
         idempotency_key: "dedupe-1".to_owned(),
         payload: Bytes::from_static(b"dedupe-1"),
     };
-    let stored = log
-        .append(first.clone())
-        .await
-        .expect("append")
-        .expect("no conflict");
-    assert_eq!(
-        log.append(first)
-            .await
-            .expect("append")
-            .expect("a duplicate"),
-        Appended {
-            seq: stored.seq,
-            duplicate: true
-        }
-    );
+    let stored = log.append(first.clone()).await.expect("append").expect("no conflict");
+    assert_eq!(log.append(first).await.expect("append").expect("a duplicate"), Appended { seq: stored.seq, duplicate: true });
 
-    let client = async_nats::connect(url.split(',').collect::<Vec<_>>())
-        .await
-        .expect("raw client");
+    let client = async_nats::connect(url.split(',').collect::<Vec<_>>()).await.expect("raw client");
     let context = async_nats::jetstream::new(client);
     let leader = |context: async_nats::jetstream::Context| async move {
-        let info = context
-            .get_stream(STREAM)
-            .await
-            .expect("stream info")
-            .cached_info()
-            .clone();
+        let info = context.get_stream(STREAM).await.expect("stream info").cached_info().clone();
         let cluster = info.cluster.expect("a clustered stream");
         assert_eq!(info.config.num_replicas, NODES);
         cluster.leader.expect("a leader")
     };
     let leader_before = leader(context.clone()).await;
-    let leader_index: usize = leader_before
-        .trim_start_matches('n')
-        .parse()
-        .expect("server names are n<index>");
+    let leader_index: usize = leader_before.trim_start_matches('n').parse().expect("server names are n<index>");
 
     let stop = Arc::new(AtomicBool::new(false));
     let acks = Arc::new(AtomicU64::new(0));
     let appenders: Vec<_> = (0..APPENDERS)
-        .map(|index| {
-            tokio::spawn(append_until(
-                Arc::clone(&log),
-                format!("vs.cluster.a{index}"),
-                Arc::clone(&stop),
-                Arc::clone(&acks),
-            ))
-        })
+        .map(|index| tokio::spawn(append_until(Arc::clone(&log), format!("vs.cluster.a{index}"), Arc::clone(&stop), Arc::clone(&acks))))
         .collect();
     wait_for(&acks, ACKS_PER_PHASE).await;
     cluster.kill(leader_index);
     let acked_at_kill = acks.load(Ordering::Relaxed);
     let killed_at = Instant::now();
     wait_for(&acks, acked_at_kill + ACKS_PER_PHASE).await;
-    eprintln!(
-        "{ACKS_PER_PHASE} appends acknowledged {:?} after killing leader {leader_before}",
-        killed_at.elapsed()
-    );
+    eprintln!("{ACKS_PER_PHASE} appends acknowledged {:?} after killing leader {leader_before}", killed_at.elapsed());
     stop.store(true, Ordering::Relaxed);
     let mut records = Vec::new();
     for appender in appenders {
         records.push(appender.await.expect("appender task"));
     }
     let leader_after = leader(context.clone()).await;
-    assert_ne!(
-        leader_after, leader_before,
-        "a surviving node leads the stream"
-    );
-    eprintln!(
-        "outage errors seen by appenders: {}",
-        records.iter().map(|record| record.errors).sum::<u64>()
-    );
+    assert_ne!(leader_after, leader_before, "a surviving node leads the stream");
+    eprintln!("outage errors seen by appenders: {}", records.iter().map(|record| record.errors).sum::<u64>());
 
     // Every acknowledged append is stored once, at its sequence, in its subject's order;
     // nothing else is stored. read_from runs on the leader. Right after a leader change a
     // read can time out while the cluster settles; it is answered Unavailable (retryable),
     // so the test retries as a caller would, within a deadline.
-    let total: usize = records
-        .iter()
-        .map(|record| record.acked.len())
-        .sum::<usize>()
-        + 1;
+    let total: usize = records.iter().map(|record| record.acked.len()).sum::<usize>() + 1;
     let read_deadline = Instant::now() + Duration::from_secs(30);
     let last_seq = loop {
         match log.last_seq().await {
@@ -211,25 +148,13 @@ async fn killing_the_stream_leader_during_load_loses_nothing_and_appends_continu
         }
     };
     assert_eq!(events.len(), total);
-    assert!(
-        events
-            .iter()
-            .enumerate()
-            .all(|(index, event)| event.seq.0 == index as u64 + 1),
-        "contiguous"
-    );
+    assert!(events.iter().enumerate().all(|(index, event)| event.seq.0 == index as u64 + 1), "contiguous");
     let by_seq: BTreeMap<u64, _> = events.iter().map(|event| (event.seq.0, event)).collect();
     for record in &records {
         let mut previous = 0;
         for (key, seq) in &record.acked {
-            let event = by_seq
-                .get(&seq.0)
-                .unwrap_or_else(|| panic!("acknowledged {key} at {seq} is lost"));
-            assert_eq!(
-                event.payload,
-                Bytes::from(key.clone()),
-                "{seq} holds another append"
-            );
+            let event = by_seq.get(&seq.0).unwrap_or_else(|| panic!("acknowledged {key} at {seq} is lost"));
+            assert_eq!(event.payload, Bytes::from(key.clone()), "{seq} holds another append");
             assert!(seq.0 > previous, "a subject's appends are stored in order");
             previous = seq.0;
         }
@@ -237,9 +162,7 @@ async fn killing_the_stream_leader_during_load_loses_nothing_and_appends_continu
 
     // The killed node comes back and catches up.
     tokio::task::spawn_blocking(move || {
-        cluster
-            .restart(leader_index)
-            .unwrap_or_else(|error| panic!("restart: {error}"));
+        cluster.restart(leader_index).unwrap_or_else(|error| panic!("restart: {error}"));
         cluster
     })
     .await

@@ -34,10 +34,7 @@ impl JetStreamHarness {
                 .await
                 .unwrap_or_else(|error| panic!("connect to {url}: {error}")),
         );
-        self.urls
-            .lock()
-            .expect("harness lock")
-            .insert(address(&log), url);
+        self.urls.lock().expect("harness lock").insert(address(&log), url);
         log
     }
 }
@@ -45,22 +42,14 @@ impl JetStreamHarness {
 #[async_trait::async_trait]
 impl Harness for JetStreamHarness {
     async fn fresh(&self) -> Arc<dyn EventLog> {
-        let server = tokio::task::spawn_blocking(NatsServer::start)
-            .await
-            .expect("start task")
-            .unwrap_or_else(|error| panic!("{error}"));
+        let server = tokio::task::spawn_blocking(NatsServer::start).await.expect("start task").unwrap_or_else(|error| panic!("{error}"));
         let url = server.url();
         self.servers.lock().expect("harness lock").push(server);
         self.open(url).await
     }
 
     async fn reopen(&self, log: Arc<dyn EventLog>) -> Arc<dyn EventLog> {
-        let url = self
-            .urls
-            .lock()
-            .expect("harness lock")
-            .remove(&address(&log))
-            .expect("a log this harness opened");
+        let url = self.urls.lock().expect("harness lock").remove(&address(&log)).expect("a log this harness opened");
         drop(log);
         self.open(url).await
     }

@@ -5,8 +5,8 @@
 //! bad member makes the server refuse the whole batch. (The whole `EventLog` conformance
 //! suite also runs with group commit, in `jetstream_conformance.rs`.)
 
-use engine::log::jetstream::{JetStreamLog, StreamOptions, GROUP_COMMIT_MIN};
 use engine::ids::Seq;
+use engine::log::jetstream::{GROUP_COMMIT_MIN, JetStreamLog, StreamOptions};
 use engine::log::{AppendRequest, EventLog, Expected};
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -18,7 +18,9 @@ fn request(subject: &str, expected: Expected, key: &str) -> AppendRequest {
 }
 
 async fn grouped(url: &str) -> Arc<JetStreamLog> {
-    Arc::new(JetStreamLog::connect_with(url, STREAM, StreamOptions { group_commit: true, ..StreamOptions::default() }).await.expect("connect with group commit"))
+    Arc::new(
+        JetStreamLog::connect_with(url, STREAM, StreamOptions { group_commit: true, ..StreamOptions::default() }).await.expect("connect with group commit"),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -27,18 +27,11 @@ fn server() -> NatsServer {
 }
 
 fn request(subject: &str, expected: Expected, key: &str) -> AppendRequest {
-    AppendRequest {
-        subject: subject.to_owned(),
-        expected,
-        idempotency_key: key.to_owned(),
-        payload: Bytes::from(key.to_owned()),
-    }
+    AppendRequest { subject: subject.to_owned(), expected, idempotency_key: key.to_owned(), payload: Bytes::from(key.to_owned()) }
 }
 
 async fn connect(server: &NatsServer, stream: &str) -> JetStreamLog {
-    JetStreamLog::connect(&server.url(), stream)
-        .await
-        .unwrap_or_else(|error| panic!("connect: {error}"))
+    JetStreamLog::connect(&server.url(), stream).await.unwrap_or_else(|error| panic!("connect: {error}"))
 }
 
 /// The settings `JetStreamLog` creates, minus deny_delete: what an operator might create by
@@ -63,24 +56,12 @@ fn almost_right(name: &str, subjects: &str) -> jetstream::stream::Config {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connecting_without_a_server_says_what_to_check() {
     // A port that was free a moment ago: nothing listens on it.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-        .port();
-    let error = JetStreamLog::connect(&format!("nats://user:hunter2@127.0.0.1:{port}"), "VS")
-        .await
-        .err()
-        .expect("no server, no log");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|listener| listener.local_addr()).expect("a free port").port();
+    let error = JetStreamLog::connect(&format!("nats://user:hunter2@127.0.0.1:{port}"), "VS").await.err().expect("no server, no log");
     let message = error.to_string();
-    assert!(
-        matches!(error, ConnectError::Unreachable { .. }),
-        "{message}"
-    );
+    assert!(matches!(error, ConnectError::Unreachable { .. }), "{message}");
     assert!(message.contains("is nats-server running"), "{message}");
-    assert!(
-        !message.contains("hunter2"),
-        "credentials leak into the message: {message}"
-    );
+    assert!(!message.contains("hunter2"), "credentials leak into the message: {message}");
     assert!(message.contains(&port.to_string()), "{message}");
 }
 
@@ -91,30 +72,15 @@ async fn existing_streams_with_weaker_settings_are_refused_by_name() {
     let context = jetstream::new(client);
 
     // Primary stream without deny_delete.
-    context
-        .create_stream(almost_right("WEAK", "vs.>"))
-        .await
-        .expect("create the weak stream");
-    let error = JetStreamLog::connect(&server.url(), "WEAK")
-        .await
-        .err()
-        .expect("a weaker stream is refused");
+    context.create_stream(almost_right("WEAK", "vs.>")).await.expect("create the weak stream");
+    let error = JetStreamLog::connect(&server.url(), "WEAK").await.err().expect("a weaker stream is refused");
     let message = error.to_string();
-    assert!(
-        matches!(&error, ConnectError::WeakerStream { stream, differences } if stream == "WEAK" && differences.len() == 1),
-        "{message}"
-    );
-    assert!(
-        message.contains("deny_delete is false (required: true)"),
-        "{message}"
-    );
+    assert!(matches!(&error, ConnectError::WeakerStream { stream, differences } if stream == "WEAK" && differences.len() == 1), "{message}");
+    assert!(message.contains("deny_delete is false (required: true)"), "{message}");
 
     // Memory storage and a short dedupe window on the node feed of another primary stream
     // (the subjects must not overlap the weak one's, so that one goes first).
-    context
-        .delete_stream("WEAK")
-        .await
-        .expect("delete the weak stream");
+    context.delete_stream("WEAK").await.expect("delete the weak stream");
     context
         .create_stream(jetstream::stream::Config {
             storage: jetstream::stream::StorageType::Memory,
@@ -124,11 +90,7 @@ async fn existing_streams_with_weaker_settings_are_refused_by_name() {
         })
         .await
         .expect("create the weak node stream");
-    let message = JetStreamLog::connect(&server.url(), "OTHER")
-        .await
-        .err()
-        .expect("a weaker node stream is refused")
-        .to_string();
+    let message = JetStreamLog::connect(&server.url(), "OTHER").await.err().expect("a weaker node stream is refused").to_string();
     assert!(message.contains("stream OTHER_NODES"), "{message}");
     assert!(message.contains("storage is Memory"), "{message}");
     assert!(message.contains("duplicate_window"), "{message}");
@@ -141,33 +103,17 @@ async fn existing_streams_with_weaker_settings_are_refused_by_name() {
     let first = connect(&server, "GOOD").await;
     drop(first);
     let again = connect(&server, "GOOD").await;
-    let info = context
-        .get_stream("GOOD")
-        .await
-        .expect("GOOD exists")
-        .cached_info()
-        .config
-        .clone();
+    let info = context.get_stream("GOOD").await.expect("GOOD exists").cached_info().config.clone();
     assert!(info.deny_delete && info.deny_purge && info.allow_direct);
     assert_eq!(info.storage, jetstream::stream::StorageType::File);
     assert_eq!(info.discard, jetstream::stream::DiscardPolicy::New);
-    assert_eq!(
-        (info.max_messages, info.max_bytes, info.max_age),
-        (-1, -1, Duration::ZERO)
-    );
+    assert_eq!((info.max_messages, info.max_bytes, info.max_age), (-1, -1, Duration::ZERO));
     assert_eq!(again.node_stream_name(), Some("GOOD_NODES"));
 
     // The server enforces what was verified: events cannot be deleted or purged.
-    let appended = again
-        .append(request("vs.good.a", Expected::Empty, "g1"))
-        .await
-        .expect("append")
-        .expect("no conflict");
+    let appended = again.append(request("vs.good.a", Expected::Empty, "g1")).await.expect("append").expect("no conflict");
     let stream = context.get_stream("GOOD").await.expect("GOOD");
-    assert!(
-        stream.delete_message(appended.seq.0).await.is_err(),
-        "deny_delete"
-    );
+    assert!(stream.delete_message(appended.seq.0).await.is_err(), "deny_delete");
     assert!(stream.purge().await.is_err(), "deny_purge");
     assert_eq!(again.last_seq().await.expect("last_seq"), Seq(1));
 }
@@ -183,40 +129,18 @@ async fn two_connections_racing_on_one_subject_admit_exactly_one() {
             let request = request("vs.race.a", expected, &format!("{side}-{round}"));
             tokio::spawn(async move { log.append(request).await })
         };
-        let (left_outcome, right_outcome) =
-            (race(Arc::clone(&left), "l"), race(Arc::clone(&right), "r"));
-        let outcomes = [
-            left_outcome.await.expect("task").expect("left append"),
-            right_outcome.await.expect("task").expect("right append"),
-        ];
-        let winners: Vec<Appended> = outcomes
-            .iter()
-            .filter_map(|outcome| outcome.clone().ok())
-            .collect();
-        let losers: Vec<_> = outcomes
-            .iter()
-            .filter_map(|outcome| outcome.clone().err())
-            .collect();
-        assert_eq!(
-            (winners.len(), losers.len()),
-            (1, 1),
-            "round {round}: {outcomes:?}"
-        );
+        let (left_outcome, right_outcome) = (race(Arc::clone(&left), "l"), race(Arc::clone(&right), "r"));
+        let outcomes = [left_outcome.await.expect("task").expect("left append"), right_outcome.await.expect("task").expect("right append")];
+        let winners: Vec<Appended> = outcomes.iter().filter_map(|outcome| outcome.clone().ok()).collect();
+        let losers: Vec<_> = outcomes.iter().filter_map(|outcome| outcome.clone().err()).collect();
+        assert_eq!((winners.len(), losers.len()), (1, 1), "round {round}: {outcomes:?}");
         assert!(!winners[0].duplicate);
-        assert_eq!(
-            losers[0].actual,
-            Some(winners[0].seq),
-            "the loser learns the winner's sequence"
-        );
+        assert_eq!(losers[0].actual, Some(winners[0].seq), "the loser learns the winner's sequence");
         assert_eq!(losers[0].expected, expected);
         expected = Expected::LastSeq(winners[0].seq);
     }
     let stored = left.read_subject("vs.race.a").await.expect("read_subject");
-    assert_eq!(
-        stored.len() as u64,
-        RACE_ROUNDS,
-        "the losers stored nothing"
-    );
+    assert_eq!(stored.len() as u64, RACE_ROUNDS, "the losers stored nothing");
 }
 
 /// A single (non-clustered) nats-server (2.15.1 here) checks
@@ -231,51 +155,21 @@ async fn the_server_checks_expectations_before_dedupe_and_the_log_compensates() 
     let server = server();
     let log = connect(&server, "ORDER").await;
     let first = request("vs.order.a", Expected::Empty, "k1");
-    assert_eq!(
-        log.append(first.clone())
-            .await
-            .expect("append")
-            .expect("no conflict"),
-        Appended {
-            seq: Seq(1),
-            duplicate: false
-        }
-    );
+    assert_eq!(log.append(first.clone()).await.expect("append").expect("no conflict"), Appended { seq: Seq(1), duplicate: false });
 
     let client = async_nats::connect(server.url()).await.expect("raw client");
     let context = jetstream::new(client);
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("Nats-Msg-Id", "k1");
     headers.insert("Nats-Expected-Last-Subject-Sequence", "0");
-    let raw = context
-        .publish_with_headers("vs.order.a", headers, Bytes::from_static(b"k1"))
-        .await
-        .expect("publish")
-        .await;
+    let raw = context.publish_with_headers("vs.order.a", headers, Bytes::from_static(b"k1")).await.expect("publish").await;
     // Wrong by the contract (it is a retry of a stored append), but what the server does.
     let error = raw.expect_err("the server refuses the stale expectation before deduping");
-    assert_eq!(
-        error.kind(),
-        jetstream::context::PublishErrorKind::WrongLastSequence,
-        "{error}"
-    );
+    assert_eq!(error.kind(), jetstream::context::PublishErrorKind::WrongLastSequence, "{error}");
 
-    assert_eq!(
-        log.append(first)
-            .await
-            .expect("append")
-            .expect("answered as a duplicate"),
-        Appended {
-            seq: Seq(1),
-            duplicate: true
-        }
-    );
+    assert_eq!(log.append(first).await.expect("append").expect("answered as a duplicate"), Appended { seq: Seq(1), duplicate: true });
     // A different key with the same stale expectation is a genuine conflict.
-    let conflict = log
-        .append(request("vs.order.a", Expected::Empty, "k2"))
-        .await
-        .expect("append")
-        .expect_err("a genuine conflict");
+    let conflict = log.append(request("vs.order.a", Expected::Empty, "k2")).await.expect("append").expect_err("a genuine conflict");
     assert_eq!(conflict.actual, Some(Seq(1)));
     assert_eq!(log.last_seq().await.expect("last_seq"), Seq(1));
 }
@@ -287,79 +181,30 @@ async fn node_feed_dedupes_by_source_sequence_and_each_node_sees_only_its_own() 
     let assign = |node: &'static str, source: u64| {
         let payload = Bytes::from(format!("{node}:{source}"));
         let log = &log;
-        async move {
-            log.publish_assignment(node, Seq(source), payload)
-                .await
-                .expect("publish_assignment")
-        }
+        async move { log.publish_assignment(node, Seq(source), payload).await.expect("publish_assignment") }
     };
-    assert_eq!(
-        assign("node-a", 10).await,
-        Appended {
-            seq: Seq(1),
-            duplicate: false
-        }
-    );
-    assert_eq!(
-        assign("node-b", 11).await,
-        Appended {
-            seq: Seq(2),
-            duplicate: false
-        }
-    );
+    assert_eq!(assign("node-a", 10).await, Appended { seq: Seq(1), duplicate: false });
+    assert_eq!(assign("node-b", 11).await, Appended { seq: Seq(2), duplicate: false });
     // The dispatcher republishes source 10 (a restart, a rebuild): stored once.
-    assert_eq!(
-        assign("node-a", 10).await,
-        Appended {
-            seq: Seq(1),
-            duplicate: true
-        }
-    );
-    assert_eq!(
-        assign("node-a", 12).await,
-        Appended {
-            seq: Seq(3),
-            duplicate: false
-        }
-    );
-    assert!(matches!(
-        log.publish_assignment("node.a", Seq(13), Bytes::new())
-            .await,
-        Err(AppendError::InvalidSubject(_))
-    ));
+    assert_eq!(assign("node-a", 10).await, Appended { seq: Seq(1), duplicate: true });
+    assert_eq!(assign("node-a", 12).await, Appended { seq: Seq(3), duplicate: false });
+    assert!(matches!(log.publish_assignment("node.a", Seq(13), Bytes::new()).await, Err(AppendError::InvalidSubject(_))));
     // The primary stream is untouched.
     assert_eq!(log.last_seq().await.expect("last_seq"), Seq(0));
 
     let mut feed_a = log.node_feed("node-a", 1);
     let mut feed_b = log.node_feed("node-b", 1);
-    assert_eq!(
-        next_assignment(&mut feed_a).await,
-        (1, Bytes::from_static(b"node-a:10"))
-    );
-    assert_eq!(
-        next_assignment(&mut feed_a).await,
-        (3, Bytes::from_static(b"node-a:12"))
-    );
-    assert_eq!(
-        next_assignment(&mut feed_b).await,
-        (2, Bytes::from_static(b"node-b:11"))
-    );
+    assert_eq!(next_assignment(&mut feed_a).await, (1, Bytes::from_static(b"node-a:10")));
+    assert_eq!(next_assignment(&mut feed_a).await, (3, Bytes::from_static(b"node-a:12")));
+    assert_eq!(next_assignment(&mut feed_b).await, (2, Bytes::from_static(b"node-b:11")));
     // New assignments arrive live, on the right feed only.
     assign("node-b", 14).await;
     assign("node-a", 15).await;
-    assert_eq!(
-        next_assignment(&mut feed_a).await,
-        (5, Bytes::from_static(b"node-a:15"))
-    );
-    assert_eq!(
-        next_assignment(&mut feed_b).await,
-        (4, Bytes::from_static(b"node-b:14"))
-    );
+    assert_eq!(next_assignment(&mut feed_a).await, (5, Bytes::from_static(b"node-a:15")));
+    assert_eq!(next_assignment(&mut feed_b).await, (4, Bytes::from_static(b"node-b:14")));
     for feed in [&mut feed_a, &mut feed_b] {
         assert!(
-            tokio::time::timeout(Duration::from_millis(QUIET_WAIT_MS), feed.next())
-                .await
-                .is_err(),
+            tokio::time::timeout(Duration::from_millis(QUIET_WAIT_MS), feed.next()).await.is_err(),
             "a feed yielded an assignment that is not its node's, or a duplicate"
         );
     }
@@ -368,16 +213,10 @@ async fn node_feed_dedupes_by_source_sequence_and_each_node_sees_only_its_own() 
     assert_eq!(next_assignment(&mut resumed).await.0, 3);
     // A node named like a prefix of another sees nothing of it.
     let mut prefix = log.node_feed("node", 1);
-    assert!(
-        tokio::time::timeout(Duration::from_millis(QUIET_WAIT_MS), prefix.next())
-            .await
-            .is_err()
-    );
+    assert!(tokio::time::timeout(Duration::from_millis(QUIET_WAIT_MS), prefix.next()).await.is_err());
 }
 
-async fn next_assignment(
-    feed: &mut futures::stream::BoxStream<'static, Result<(u64, Bytes), engine::log::ReadError>>,
-) -> (u64, Bytes) {
+async fn next_assignment(feed: &mut futures::stream::BoxStream<'static, Result<(u64, Bytes), engine::log::ReadError>>) -> (u64, Bytes) {
     match tokio::time::timeout(Duration::from_millis(FEED_WAIT_MS), feed.next()).await {
         Ok(Some(Ok(item))) => item,
         other => panic!("expected an assignment, got {other:?}"),

@@ -7,11 +7,11 @@ mod common;
 use engine::app::{Allocator, EngineKeys, Market};
 use engine::clock::{Clock, ManualClock};
 use engine::crypto::{self, test_keys};
-use engine::domain::event::Payment;
 use engine::domain::Rejection;
+use engine::domain::event::Payment;
 use engine::ids::*;
-use engine::log::embedded::EmbeddedLog;
 use engine::log::EventLog;
+use engine::log::embedded::EmbeddedLog;
 use std::sync::Arc;
 
 /// Always the same node: allocation has its own tests; here it must be predictable.
@@ -113,7 +113,12 @@ async fn a_restarted_engine_answers_retries_from_the_stream_not_from_an_assumed_
     assert_ne!(other.voucher_id, first.voucher_id);
     assert_eq!(stream_len(&f.log).await, len + 1);
     // A command on an existing voucher is decided on its state, not on an empty one.
-    let fresh = Market::new(Arc::clone(&f.log), f.clock.clone() as Arc<dyn Clock>, Arc::new(EngineKeys::new(test_keys::fixed_rsa()).expect("keys")), Arc::new(OneNode(f.node.clone())));
+    let fresh = Market::new(
+        Arc::clone(&f.log),
+        f.clock.clone() as Arc<dyn Clock>,
+        Arc::new(EngineKeys::new(test_keys::fixed_rsa()).expect("keys")),
+        Arc::new(OneNode(f.node.clone())),
+    );
     fresh.authorize(&f.merchant, &req("a1"), &first.voucher_id).await.expect("authorize an existing voucher from a new process");
     let len = stream_len(&f.log).await;
     let refused = fresh.void(&f.other_merchant, &req("v2"), &first.voucher_id).await.expect_err("another merchant's voucher");
@@ -133,7 +138,10 @@ struct CountingReads {
 
 #[async_trait::async_trait]
 impl EventLog for CountingReads {
-    async fn append(&self, request: engine::log::AppendRequest) -> Result<Result<engine::log::Appended, engine::log::VersionConflict>, engine::log::AppendError> {
+    async fn append(
+        &self,
+        request: engine::log::AppendRequest,
+    ) -> Result<Result<engine::log::Appended, engine::log::VersionConflict>, engine::log::AppendError> {
         self.inner.append(request).await
     }
     async fn read_subject(&self, subject: &str) -> Result<Vec<engine::log::StoredEvent>, engine::log::ReadError> {
@@ -180,15 +188,32 @@ async fn a_new_voucher_is_sold_without_reading_its_subject() {
 #[tokio::test]
 async fn refusals_write_nothing() {
     let f = fixture().await;
-    let voucher = f.market.reserve(&f.merchant, &req("r1"), std::slice::from_ref(&f.media), "high", 60_000, Payment::Merchant { payment_ref: "c".into() }).await.expect("reserve").voucher_id;
+    let voucher = f
+        .market
+        .reserve(&f.merchant, &req("r1"), std::slice::from_ref(&f.media), "high", 60_000, Payment::Merchant { payment_ref: "c".into() })
+        .await
+        .expect("reserve")
+        .voucher_id;
     let len = stream_len(&f.log).await;
 
     let cases: Vec<(&str, engine::app::AppError)> = vec![
         ("wrong merchant authorizes", f.market.authorize(&f.other_merchant, &req("x1"), &voucher).await.expect_err("refused")),
         ("wrong merchant voids", f.market.void(&f.other_merchant, &req("x2"), &voucher).await.expect_err("refused")),
         ("issue before authorize", f.market.issue(&f.merchant, &req("x3"), &voucher, None, 60_000).await.expect_err("refused")),
-        ("unknown media", f.market.reserve(&f.merchant, &req("x4"), &[MediaId::new("nope")], "high", 1000, Payment::Merchant { payment_ref: "c".into() }).await.expect_err("refused")),
-        ("bad ttl", f.market.reserve(&f.merchant, &req("x5"), std::slice::from_ref(&f.media), "high", 0, Payment::Merchant { payment_ref: "c".into() }).await.expect_err("refused")),
+        (
+            "unknown media",
+            f.market
+                .reserve(&f.merchant, &req("x4"), &[MediaId::new("nope")], "high", 1000, Payment::Merchant { payment_ref: "c".into() })
+                .await
+                .expect_err("refused"),
+        ),
+        (
+            "bad ttl",
+            f.market
+                .reserve(&f.merchant, &req("x5"), std::slice::from_ref(&f.media), "high", 0, Payment::Merchant { payment_ref: "c".into() })
+                .await
+                .expect_err("refused"),
+        ),
         ("invalid voucher id", f.market.authorize(&f.merchant, &req("x6"), &VoucherId::new("a.b")).await.expect_err("refused")),
     ];
     for (what, error) in cases {
@@ -206,7 +231,12 @@ async fn refusals_write_nothing() {
 #[tokio::test]
 async fn a_redemption_needs_the_receipt_and_the_assigned_node() {
     let f = fixture().await;
-    let voucher = f.market.reserve(&f.merchant, &req("r1"), std::slice::from_ref(&f.media), "high", 60_000, Payment::Merchant { payment_ref: "c".into() }).await.expect("reserve").voucher_id;
+    let voucher = f
+        .market
+        .reserve(&f.merchant, &req("r1"), std::slice::from_ref(&f.media), "high", 60_000, Payment::Merchant { payment_ref: "c".into() })
+        .await
+        .expect("reserve")
+        .voucher_id;
     let receipt = f.market.authorize(&f.merchant, &req("a1"), &voucher).await.expect("authorize").receipt;
     let issued = f.market.issue(&f.merchant, &req("i1"), &voucher, None, 60_000).await.expect("issue");
     assert_eq!(issued.node_id, f.node);
@@ -289,10 +319,16 @@ async fn certification_is_idempotent_and_concurrent_requests_never_collide() {
 async fn sell_and_deliver(f: &Fixture, n: usize, tag: &str) -> u64 {
     let player = test_keys::fixed_rsa_2();
     let consumer = ConsumerId::new("carol");
-    let cert = f.market.certify_consumer("op", &req(&format!("{tag}-cert")), &consumer, &player.public().to_der().expect("der"), 86_400_000).await.expect("certify");
+    let cert =
+        f.market.certify_consumer("op", &req(&format!("{tag}-cert")), &consumer, &player.public().to_der().expect("der"), 86_400_000).await.expect("certify");
     let mut usages = 0;
     for i in 0..n {
-        let voucher = f.market.reserve(&f.merchant, &req(&format!("{tag}-r{i}")), std::slice::from_ref(&f.media), "high", 60_000, Payment::Merchant { payment_ref: "c".into() }).await.expect("reserve").voucher_id;
+        let voucher = f
+            .market
+            .reserve(&f.merchant, &req(&format!("{tag}-r{i}")), std::slice::from_ref(&f.media), "high", 60_000, Payment::Merchant { payment_ref: "c".into() })
+            .await
+            .expect("reserve")
+            .voucher_id;
         let receipt = f.market.authorize(&f.merchant, &req(&format!("{tag}-a{i}")), &voucher).await.expect("authorize").receipt;
         f.market.issue(&f.merchant, &req(&format!("{tag}-i{i}")), &voucher, None, 60_000).await.expect("issue");
         let challenge = [i as u8; 32];
@@ -336,7 +372,8 @@ async fn royalty_entries_are_sealed_verified_and_rebuilt_by_replay() {
     live.caught_up(f.log.last_seq().await.expect("seq")).await;
     runner.abort();
 
-    let (entries, verified, faults, live_digest) = live.read(|p| (p.royalty.entries.len(), p.royalty.seals_verified, p.royalty.seal_faults.clone(), p.digest()));
+    let (entries, verified, faults, live_digest) =
+        live.read(|p| (p.royalty.entries.len(), p.royalty.seals_verified, p.royalty.seal_faults.clone(), p.digest()));
     assert_eq!(entries as u64, first_batch + 4, "one entry per delivery and per preview");
     assert_eq!(verified, 2);
     assert!(faults.is_empty(), "{faults:?}");
@@ -390,7 +427,10 @@ struct HeadAhead {
 
 #[async_trait::async_trait]
 impl EventLog for HeadAhead {
-    async fn append(&self, request: engine::log::AppendRequest) -> Result<Result<engine::log::Appended, engine::log::VersionConflict>, engine::log::AppendError> {
+    async fn append(
+        &self,
+        request: engine::log::AppendRequest,
+    ) -> Result<Result<engine::log::Appended, engine::log::VersionConflict>, engine::log::AppendError> {
         self.inner.append(request).await
     }
     async fn read_subject(&self, subject: &str) -> Result<Vec<engine::log::StoredEvent>, engine::log::ReadError> {
@@ -455,7 +495,11 @@ async fn concurrent_issues_never_exceed_a_nodes_slots() {
     market.drain_node("op", &req("drain-big"), &f.node).await.expect("drain the fixture's node");
     let mut vouchers = Vec::new();
     for i in 0..10 {
-        let voucher = market.reserve(&f.merchant, &req(&format!("cr{i}")), std::slice::from_ref(&f.media), "high", 60_000, Payment::Merchant { payment_ref: "c".into() }).await.expect("reserve").voucher_id;
+        let voucher = market
+            .reserve(&f.merchant, &req(&format!("cr{i}")), std::slice::from_ref(&f.media), "high", 60_000, Payment::Merchant { payment_ref: "c".into() })
+            .await
+            .expect("reserve")
+            .voucher_id;
         market.authorize(&f.merchant, &req(&format!("ca{i}")), &voucher).await.expect("authorize");
         vouchers.push(voucher);
     }
@@ -505,13 +549,23 @@ async fn the_sweeper_settles_holds_left_by_interrupted_sagas() {
     f.market.handler().handle::<Account>(&account.0, &merchant_actor, &req("crashed-reserve"), &hold).await.expect("hold");
 
     // A crash between the authorization and the posting.
-    let paid = f.market.reserve(&f.merchant, &req("r-paid"), std::slice::from_ref(&f.media), "high", 60_000, Payment::Points { account: account.clone() }).await.expect("reserve").voucher_id;
+    let paid = f
+        .market
+        .reserve(&f.merchant, &req("r-paid"), std::slice::from_ref(&f.media), "high", 60_000, Payment::Points { account: account.clone() })
+        .await
+        .expect("reserve")
+        .voucher_id;
     let media = vec![f.market.handler().load::<engine::domain::catalog::Media>(&f.media.0).await.expect("media").state.clone()];
     let authorize = VoucherCommand::Authorize(Authorize { merchant: f.merchant.clone(), receipt_key_id: engine::app::TOKEN_KEY_ID, media });
     f.market.handler().handle::<Voucher>(&paid.0, &merchant_actor, &req("a-paid"), &authorize).await.expect("authorize without posting");
 
     // A reservation nobody authorizes: the sweeper expires it and releases its points.
-    let abandoned = f.market.reserve(&f.merchant, &req("r-abandoned"), std::slice::from_ref(&f.media), "high", 60_000, Payment::Points { account: account.clone() }).await.expect("reserve").voucher_id;
+    let abandoned = f
+        .market
+        .reserve(&f.merchant, &req("r-abandoned"), std::slice::from_ref(&f.media), "high", 60_000, Payment::Points { account: account.clone() })
+        .await
+        .expect("reserve")
+        .voucher_id;
 
     let before = f.market.handler().load_fresh::<Account>(&account.0).await.expect("account").state.clone();
     assert_eq!((before.available(), before.held_total()), (250, 750), "negative control: three holds outstanding");

@@ -9,8 +9,8 @@ use engine::clock::{Clock, ManualClock};
 use engine::crypto::{self, test_keys};
 use engine::domain::event::{Event, Payment};
 use engine::ids::*;
-use engine::log::embedded::EmbeddedLog;
 use engine::log::EventLog;
+use engine::log::embedded::EmbeddedLog;
 use proptest::prelude::*;
 use std::sync::Arc;
 
@@ -57,7 +57,11 @@ async fn world() -> World {
         media.push(market.publish_media("pub", &req(&format!("media{i}")), input).await.expect("publish"));
     }
     let consumer = ConsumerId::new("alice");
-    let cert = market.certify_consumer("op", &req("cert"), &consumer, &test_keys::fixed_rsa_2().public().to_der().expect("der"), 365 * 86_400_000).await.expect("cert").serial;
+    let cert = market
+        .certify_consumer("op", &req("cert"), &consumer, &test_keys::fixed_rsa_2().public().to_der().expect("der"), 365 * 86_400_000)
+        .await
+        .expect("cert")
+        .serial;
     market.top_up("op", &req("top"), &AccountId::new("acct"), 500).await.expect("top up");
     World { _dir: dir, log, clock, keys, live, market, merchants, media, consumer, cert, master }
 }
@@ -91,7 +95,10 @@ async fn run_script(w: &World, steps: &[Step]) {
             Step::Sell { merchant, media, points, until } => {
                 let merchant = &w.merchants[*merchant];
                 let payment = if *points { Payment::Points { account: AccountId::new("acct") } } else { Payment::Merchant { payment_ref: "c".into() } };
-                let Ok(reserved) = w.market.reserve(merchant, &req(&format!("r{i}")), std::slice::from_ref(&w.media[*media]), "high", 60_000, payment).await else { continue };
+                let Ok(reserved) = w.market.reserve(merchant, &req(&format!("r{i}")), std::slice::from_ref(&w.media[*media]), "high", 60_000, payment).await
+                else {
+                    continue;
+                };
                 vouchers.push((merchant.clone(), reserved.voucher_id.clone()));
                 if *until == 0 {
                     continue;
@@ -106,7 +113,9 @@ async fn run_script(w: &World, steps: &[Step]) {
                 }
                 let challenge = [i as u8; 32];
                 let proof = crypto::receipt_proof(&authorized.receipt, &issued.voucher_id.0, &issued.node_id.0, &challenge);
-                if w.market.redeem(&issued.node_id, &req(&format!("d{i}")), &issued.voucher_id, &w.consumer, &w.cert, &challenge, &proof).await.is_err() || *until == 3 {
+                if w.market.redeem(&issued.node_id, &req(&format!("d{i}")), &issued.voucher_id, &w.consumer, &w.cert, &challenge, &proof).await.is_err()
+                    || *until == 3
+                {
                     continue;
                 }
                 let _ = w.market.complete_delivery(&issued.node_id, &req(&format!("c{i}")), &issued.voucher_id, &w.media[0], [1; 32], 1).await;
@@ -166,7 +175,19 @@ async fn two_sweepers_racing_void_each_reservation_once() {
     let w = world().await;
     let mut reserved = Vec::new();
     for i in 0..12 {
-        let voucher = w.market.reserve(&w.merchants[i % 2], &req(&format!("race{i}")), std::slice::from_ref(&w.media[0]), "high", 1_000, Payment::Merchant { payment_ref: "c".into() }).await.expect("reserve").voucher_id;
+        let voucher = w
+            .market
+            .reserve(
+                &w.merchants[i % 2],
+                &req(&format!("race{i}")),
+                std::slice::from_ref(&w.media[0]),
+                "high",
+                1_000,
+                Payment::Merchant { payment_ref: "c".into() },
+            )
+            .await
+            .expect("reserve")
+            .voucher_id;
         reserved.push(voucher);
     }
     // A second engine instance on the same stream: its own cache, its own projections.

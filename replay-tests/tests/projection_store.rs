@@ -8,11 +8,11 @@ mod common;
 
 use engine::app::{EngineKeys, Market};
 use engine::clock::{Clock, ManualClock};
-use engine::crypto::{self, test_keys, SecretKey};
+use engine::crypto::{self, SecretKey, test_keys};
 use engine::domain::event::Payment;
 use engine::ids::*;
-use engine::log::embedded::EmbeddedLog;
 use engine::log::EventLog;
+use engine::log::embedded::EmbeddedLog;
 use projections::store::OpenOutcome;
 use projections::{Live, Projections};
 use std::path::Path;
@@ -53,7 +53,12 @@ impl Running {
         assert_eq!((self.live.lag(head), self.live.checkpoint()), (0, head));
         self.runner.abort();
         let _ = self.runner.await;
-        let snapshot = self.live.read(|p| Snapshot { digest: p.digest(), entries: p.royalty.entries.clone(), seals: p.royalty.seals.len(), seals_verified: p.royalty.seals_verified });
+        let snapshot = self.live.read(|p| Snapshot {
+            digest: p.digest(),
+            entries: p.royalty.entries.clone(),
+            seals: p.royalty.seals.len(),
+            seals_verified: p.royalty.seals_verified,
+        });
         drop(self.market);
         drop(self.live);
         snapshot
@@ -82,9 +87,14 @@ async fn setup(market: &Market, keys: &EngineKeys) -> (MerchantId, MediaId) {
 async fn sell(market: &Market, merchant: &MerchantId, media: &MediaId, n: usize, tag: &str) {
     let player = test_keys::fixed_rsa_2();
     let consumer = ConsumerId::new("carol");
-    let cert = market.certify_consumer("op", &req(&format!("{tag}-cert")), &consumer, &player.public().to_der().expect("der"), 86_400_000).await.expect("certify");
+    let cert =
+        market.certify_consumer("op", &req(&format!("{tag}-cert")), &consumer, &player.public().to_der().expect("der"), 86_400_000).await.expect("certify");
     for i in 0..n {
-        let voucher = market.reserve(merchant, &req(&format!("{tag}-r{i}")), std::slice::from_ref(media), "high", 60_000, Payment::Merchant { payment_ref: "c".into() }).await.expect("reserve").voucher_id;
+        let voucher = market
+            .reserve(merchant, &req(&format!("{tag}-r{i}")), std::slice::from_ref(media), "high", 60_000, Payment::Merchant { payment_ref: "c".into() })
+            .await
+            .expect("reserve")
+            .voucher_id;
         let receipt = market.authorize(merchant, &req(&format!("{tag}-a{i}")), &voucher).await.expect("authorize").receipt;
         let node = market.issue(merchant, &req(&format!("{tag}-i{i}")), &voucher, None, 60_000).await.expect("issue").node_id;
         let challenge = [i as u8; 32];
@@ -95,7 +105,10 @@ async fn sell(market: &Market, merchant: &MerchantId, media: &MediaId, n: usize,
         market.end_preview(&node, &req(&format!("{tag}-pe{i}")), &preview, 1_000).await.expect("end preview");
     }
     // One reservation left pending, for the sweeper's index.
-    market.reserve(merchant, &req(&format!("{tag}-pending")), std::slice::from_ref(media), "high", 60_000, Payment::Merchant { payment_ref: "c".into() }).await.expect("reserve");
+    market
+        .reserve(merchant, &req(&format!("{tag}-pending")), std::slice::from_ref(media), "high", 60_000, Payment::Merchant { payment_ref: "c".into() })
+        .await
+        .expect("reserve");
 }
 
 async fn clean_rebuild(log: &Arc<dyn EventLog>, keys: &EngineKeys) -> Projections {
@@ -143,7 +156,9 @@ async fn a_stopped_engine_resumes_its_projections_and_a_deleted_store_rebuilds()
     assert_eq!(resumed.entries, clean.royalty.entries);
     assert_eq!((resumed.seals, resumed.seals_verified), (2, 2), "both seals verified by the resumed projection");
     assert!(clean.royalty.seal_faults.is_empty(), "{:?}", clean.royalty.seal_faults);
-    let audit = projections::audit::replay(log.as_ref(), &master(), &keys.public, Some(engine::domain::report::Report::seal_hash(&second_seal)), |_| {}).await.expect("audit replay");
+    let audit = projections::audit::replay(log.as_ref(), &master(), &keys.public, Some(engine::domain::report::Report::seal_hash(&second_seal)), |_| {})
+        .await
+        .expect("audit replay");
     assert!(audit.ok(), "{:?}", audit.first_bad);
     assert_eq!(audit.state_digest, hex::encode(clean.digest()));
 

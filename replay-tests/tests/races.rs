@@ -11,8 +11,8 @@ mod common;
 use engine::app::{Allocator, EngineKeys, Market};
 use engine::clock::{Clock, ManualClock};
 use engine::crypto::{self, test_keys};
-use engine::domain::event::Payment;
 use engine::domain::Event;
+use engine::domain::event::Payment;
 use engine::ids::*;
 use engine::log::EventLog;
 use std::sync::Arc;
@@ -53,7 +53,13 @@ fn model(events: &[Event]) -> Result<(), String> {
             (S::Authorized, Event::VoucherIssued { .. }) => S::Issued,
             (S::Issued | S::Redeeming, Event::RedemptionAccepted { .. }) => S::Redeeming,
             (S::Redeeming, Event::DeliveryFailed { .. }) => S::Issued,
-            (S::Redeeming, Event::Delivered { voucher_complete, .. }) => if *voucher_complete { S::Delivered } else { S::Redeeming },
+            (S::Redeeming, Event::Delivered { voucher_complete, .. }) => {
+                if *voucher_complete {
+                    S::Delivered
+                } else {
+                    S::Redeeming
+                }
+            }
             (state, event) => return Err(format!("{} in state {state:?}", event.name())),
         };
         state = next;
@@ -75,7 +81,10 @@ async fn race(log: Arc<dyn EventLog>) {
     let wrapped = crypto::wrap_key(&keys.public, &crypto::SecretKey::random()).expect("wrap");
     let media = setup.publish_media("pub", &RequestId::new("md"), common::song("Song", PRICE, wrapped)).await.expect("publish");
     let consumer = ConsumerId::new("alice");
-    let cert = setup.certify_consumer("op", &RequestId::new("c"), &consumer, &test_keys::fixed_rsa_2().public().to_der().expect("der"), 86_400_000).await.expect("certify");
+    let cert = setup
+        .certify_consumer("op", &RequestId::new("c"), &consumer, &test_keys::fixed_rsa_2().public().to_der().expect("der"), 86_400_000)
+        .await
+        .expect("certify");
     let account = AccountId::new("acct-race");
     // Enough points for about half the reservations: concurrent holds must never overdraw.
     setup.top_up("op", &RequestId::new("topup"), &account, PRICE * (VOUCHERS as u64) / 2).await.expect("top up");
@@ -93,7 +102,10 @@ async fn race(log: Arc<dyn EventLog>) {
         let (merchant, media, account) = (merchant.clone(), media.clone(), account.clone());
         reserves.spawn(async move {
             let payment = if i % 2 == 0 { Payment::Points { account } } else { Payment::Merchant { payment_ref: format!("card-{i}") } };
-            market.reserve(&merchant, &RequestId::new(format!("r{i}")), std::slice::from_ref(&media), "high", TTL_MS, payment).await.map(|answer| answer.voucher_id)
+            market
+                .reserve(&merchant, &RequestId::new(format!("r{i}")), std::slice::from_ref(&media), "high", TTL_MS, payment)
+                .await
+                .map(|answer| answer.voucher_id)
         });
     }
     let mut vouchers = Vec::new();
@@ -108,7 +120,8 @@ async fn race(log: Arc<dyn EventLog>) {
     let mut racers = tokio::task::JoinSet::new();
     for voucher in &vouchers {
         for racer in 0..5 {
-            let (a, b, merchant, voucher, node, consumer, serial, media) = (Arc::clone(&a), Arc::clone(&b), merchant.clone(), voucher.clone(), node.clone(), consumer.clone(), cert.serial.clone(), media.clone());
+            let (a, b, merchant, voucher, node, consumer, serial, media) =
+                (Arc::clone(&a), Arc::clone(&b), merchant.clone(), voucher.clone(), node.clone(), consumer.clone(), cert.serial.clone(), media.clone());
             racers.spawn(async move {
                 match racer {
                     0 => {

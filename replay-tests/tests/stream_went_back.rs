@@ -25,7 +25,12 @@ const STREAM: &str = "BACK";
 const WAIT: Duration = Duration::from_secs(20);
 
 async fn append(log: &JetStreamLog, subject: &str, payload: &str) -> Seq {
-    let request = AppendRequest { subject: subject.into(), expected: Expected::Any, idempotency_key: format!("{subject}-{payload}"), payload: bytes::Bytes::from(payload.to_owned()) };
+    let request = AppendRequest {
+        subject: subject.into(),
+        expected: Expected::Any,
+        idempotency_key: format!("{subject}-{payload}"),
+        payload: bytes::Bytes::from(payload.to_owned()),
+    };
     log.append(request).await.expect("append").expect("no expectation, no conflict").seq
 }
 
@@ -104,7 +109,8 @@ async fn a_follower_goes_on_across_a_restart_that_lost_nothing() {
     // The client reconnects on its own; the append retries until the stream answers.
     let deadline = tokio::time::Instant::now() + WAIT;
     let sixth = loop {
-        let request = AppendRequest { subject: "vs.t.e6".into(), expected: Expected::Any, idempotency_key: "e6".into(), payload: bytes::Bytes::from_static(b"event 6") };
+        let request =
+            AppendRequest { subject: "vs.t.e6".into(), expected: Expected::Any, idempotency_key: "e6".into(), payload: bytes::Bytes::from_static(b"event 6") };
         match log.append(request).await {
             Ok(appended) => break appended.expect("no expectation, no conflict").seq,
             Err(error) if tokio::time::Instant::now() < deadline => {
@@ -123,7 +129,10 @@ async fn a_follower_goes_on_across_a_restart_that_lost_nothing() {
 /// Sells and delivers one voucher through `market`; request ids from `tag`.
 async fn deliver_one(market: &Market, merchant: &MerchantId, media: &MediaId, consumer: &ConsumerId, cert: &CertSerial, tag: &str) {
     let req = |step: &str| RequestId::new(format!("{tag}-{step}"));
-    let reserved = market.reserve(merchant, &req("r"), std::slice::from_ref(media), "high", 600_000, Payment::Merchant { payment_ref: tag.into() }).await.expect("reserve");
+    let reserved = market
+        .reserve(merchant, &req("r"), std::slice::from_ref(media), "high", 600_000, Payment::Merchant { payment_ref: tag.into() })
+        .await
+        .expect("reserve");
     let authorized = market.authorize(merchant, &req("a"), &reserved.voucher_id).await.expect("authorize");
     let issued = market.issue(merchant, &req("i"), &reserved.voucher_id, None, 600_000).await.expect("issue");
     let challenge = [7; 32];
@@ -160,7 +169,8 @@ async fn live_projections_rebuild_when_the_stream_goes_back() {
     let keys = Arc::new(EngineKeys::new(test_keys::fixed_rsa()).expect("keys"));
     let master = crypto::SecretKey::from_bytes([11; 32]);
     let store_dir = tempfile::tempdir().expect("temp dir");
-    let (live, _) = projections::Live::open_checked(store_dir.path(), Some(&master), Some(keys.public.clone()), log.as_ref()).await.expect("open the projection store");
+    let (live, _) =
+        projections::Live::open_checked(store_dir.path(), Some(&master), Some(keys.public.clone()), log.as_ref()).await.expect("open the projection store");
     let runner = {
         let (live, log) = (live.clone(), Arc::clone(&dyn_log));
         tokio::spawn(async move { live.run(log).await })
@@ -171,7 +181,11 @@ async fn live_projections_rebuild_when_the_stream_goes_back() {
     let input = common::song("Song", 100, crypto::wrap_key(&keys.public, &crypto::SecretKey::random()).expect("wrap"));
     let media = market.publish_media("pub", &RequestId::new("media"), input).await.expect("publish");
     let consumer = ConsumerId::new("alice");
-    let cert = market.certify_consumer("op", &RequestId::new("cert"), &consumer, &test_keys::fixed_rsa_2().public().to_der().expect("der"), 86_400_000).await.expect("cert").serial;
+    let cert = market
+        .certify_consumer("op", &RequestId::new("cert"), &consumer, &test_keys::fixed_rsa_2().public().to_der().expect("der"), 86_400_000)
+        .await
+        .expect("cert")
+        .serial;
     let setup_head = log.last_seq().await.expect("head");
     for n in 0..3 {
         deliver_one(&market, &merchant, &media, &consumer, &cert, &format!("first-{n}")).await;
@@ -187,7 +201,12 @@ async fn live_projections_rebuild_when_the_stream_goes_back() {
     let kept = setup_head.0 as usize + 6;
     let back = recreate(&url).await;
     for event in &history[..kept] {
-        let request = AppendRequest { subject: event.subject.clone(), expected: Expected::Any, idempotency_key: format!("replay-{}", event.seq.0), payload: event.payload.clone() };
+        let request = AppendRequest {
+            subject: event.subject.clone(),
+            expected: Expected::Any,
+            idempotency_key: format!("replay-{}", event.seq.0),
+            payload: event.payload.clone(),
+        };
         let appended = back.append(request).await.expect("append").expect("no conflict");
         assert_eq!(appended.seq, event.seq);
     }
@@ -201,7 +220,11 @@ async fn live_projections_rebuild_when_the_stream_goes_back() {
     assert_eq!(delivered, 3, "the stream now holds 3 deliveries");
     let deadline = tokio::time::Instant::now() + WAIT;
     while live.read(projections::Projections::digest) != digest {
-        assert!(tokio::time::Instant::now() < deadline, "the live projections did not rebuild within 20 s: {} deliveries counted, the stream holds {delivered}", live.read(deliveries));
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the live projections did not rebuild within 20 s: {} deliveries counted, the stream holds {delivered}",
+            live.read(deliveries)
+        );
         assert!(!runner.is_finished(), "the live runner stopped: {:?}", runner.await);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -212,8 +235,12 @@ async fn live_projections_rebuild_when_the_stream_goes_back() {
     runner.abort();
     drop(live);
     drop(market);
-    let (reopened, outcome) = projections::Live::open_checked(store_dir.path(), Some(&master), Some(keys.public.clone()), log.as_ref()).await.expect("reopen the store");
-    assert!(matches!(outcome, projections::store::OpenOutcome::Resumed { checkpoint } if checkpoint == head), "the rebuilt store resumes at the head: {outcome:?}");
+    let (reopened, outcome) =
+        projections::Live::open_checked(store_dir.path(), Some(&master), Some(keys.public.clone()), log.as_ref()).await.expect("reopen the store");
+    assert!(
+        matches!(outcome, projections::store::OpenOutcome::Resumed { checkpoint } if checkpoint == head),
+        "the rebuilt store resumes at the head: {outcome:?}"
+    );
     assert_eq!(reopened.read(projections::Projections::digest), digest, "the rebuilt store holds the rebuilt state");
     drop(server);
 }

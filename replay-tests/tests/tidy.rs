@@ -119,14 +119,42 @@ fn judge(rule: &str, hits: Vec<(String, usize, String)>, allowed: &[(&str, &str)
 fn domain_line_reaches_out(text: &str) -> bool {
     // thiserror derives `Rejection`'s Display at compile time (no runtime, no I/O); the
     // primitive types' associated functions (`u64::from`) are std.
-    const ROOTS_ALLOWED: &[&str] = &["std", "core", "alloc", "crate", "super", "self", "Self", "thiserror", "u8", "u16", "u32", "u64", "u128", "usize", "i8", "i16", "i32", "i64", "i128", "isize", "f32", "f64", "str", "char", "bool"];
+    const ROOTS_ALLOWED: &[&str] = &[
+        "std",
+        "core",
+        "alloc",
+        "crate",
+        "super",
+        "self",
+        "Self",
+        "thiserror",
+        "u8",
+        "u16",
+        "u32",
+        "u64",
+        "u128",
+        "usize",
+        "i8",
+        "i16",
+        "i32",
+        "i64",
+        "i128",
+        "isize",
+        "f32",
+        "f64",
+        "str",
+        "char",
+        "bool",
+    ];
     const CRATE_PATHS_ALLOWED: &[&str] = &["crate::domain", "crate::ids"];
     let trimmed = text.trim_start();
     // Lint attributes (`#[allow(clippy::…)]`) name no crate the code uses.
     if trimmed.starts_with("#[allow(") || trimmed.starts_with("#[expect(") {
         return false;
     }
-    let foreign_root = path_words(text).into_iter().any(|word| word.chars().next().is_some_and(|c| c.is_ascii_lowercase()) && !is_local_module(word) && !ROOTS_ALLOWED.contains(&word));
+    let foreign_root = path_words(text)
+        .into_iter()
+        .any(|word| word.chars().next().is_some_and(|c| c.is_ascii_lowercase()) && !is_local_module(word) && !ROOTS_ALLOWED.contains(&word));
     let foreign_crate_path = text.match_indices("crate::").any(|(at, _)| !CRATE_PATHS_ALLOWED.iter().any(|allowed| text[at..].starts_with(allowed)));
     foreign_root || foreign_crate_path
 }
@@ -144,13 +172,33 @@ fn the_domain_imports_only_std_itself_and_the_id_types() {
     judge(
         "engine::domain may use only std, crate::domain and crate::ids",
         hits,
-        &[("engine/src/domain/report.rs", "the seal chain's hash (blake3 derive_key over the seal's fields) is a pure function the report aggregate's decide and evolve need; no I/O")],
+        &[(
+            "engine/src/domain/report.rs",
+            "the seal chain's hash (blake3 derive_key over the seal's fields) is a pure function the report aggregate's decide and evolve need; no I/O",
+        )],
     )
 }
 
 /// Lower-case words that are the domain's own modules or enum paths, not crates.
 fn is_local_module(word: &str) -> bool {
-    const LOCAL: &[&str] = &["account", "catalog", "config", "event", "order", "party", "preview", "rejection", "report", "settlement", "voucher", "validate", "testing", "fixtures", "ids", "domain"];
+    const LOCAL: &[&str] = &[
+        "account",
+        "catalog",
+        "config",
+        "event",
+        "order",
+        "party",
+        "preview",
+        "rejection",
+        "report",
+        "settlement",
+        "voucher",
+        "validate",
+        "testing",
+        "fixtures",
+        "ids",
+        "domain",
+    ];
     LOCAL.contains(&word)
 }
 
@@ -300,7 +348,9 @@ fn collect_all(dir: &Path, files: &mut Vec<PathBuf>) {
 /// import each other (a node must be deployable without the engine's code paths, a player
 /// without either), and `common` imports no program.
 fn imports_a_program(text: &str, programs: &[&str]) -> bool {
-    programs.iter().any(|program| text.contains(&format!("crate::{program}::")) || text.contains(&format!("crate::{program};")) || text.contains(&format!("crate::{{{program}")))
+    programs.iter().any(|program| {
+        text.contains(&format!("crate::{program}::")) || text.contains(&format!("crate::{program};")) || text.contains(&format!("crate::{{{program}"))
+    })
 }
 
 #[test]
@@ -309,7 +359,9 @@ fn gateway_programs_do_not_import_each_other() {
     const ALL_PROGRAMS: &[&str] = &["server", "node", "player", "cli", "demo", "bench", "audit"];
     let mut hits = Vec::new();
     for source in sources(&["gateways"]) {
-        let Some(folder) = source.path.strip_prefix("gateways/src/").and_then(|rest| rest.split_once('/')).map(|(folder, _)| folder.to_string()) else { continue };
+        let Some(folder) = source.path.strip_prefix("gateways/src/").and_then(|rest| rest.split_once('/')).map(|(folder, _)| folder.to_string()) else {
+            continue;
+        };
         let forbidden: Vec<&str> = if PROGRAMS.contains(&folder.as_str()) {
             PROGRAMS.iter().copied().filter(|program| *program != folder).collect()
         } else if folder == "common" {
@@ -356,7 +408,10 @@ fn each_detector_catches_a_planted_violation() {
     assert!(!names_a_writer("let seal = p.unsigned_seal(1);"));
     assert!(opens_an_unbounded_channel("let (tx, rx) = tokio::sync::mpsc::unbounded_channel();"));
     assert!(!opens_an_unbounded_channel("let (tx, rx) = tokio::sync::mpsc::channel(64);"));
-    assert!(imports_a_program("use crate::node::{Reassembly, CHALLENGE_BYTES};", &["server", "node"]) && imports_a_program("crate::server::start(config)", &["server"]));
+    assert!(
+        imports_a_program("use crate::node::{Reassembly, CHALLENGE_BYTES};", &["server", "node"])
+            && imports_a_program("crate::server::start(config)", &["server"])
+    );
     assert!(!imports_a_program("use crate::common::transfer::Reassembly;", &["server", "node"]));
     let planted = vec![("engine/src/domain/voucher.rs".to_string(), 1, "tokio::spawn".to_string())];
     let caught = std::panic::catch_unwind(|| judge("planted", planted, &[]));

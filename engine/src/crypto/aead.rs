@@ -17,41 +17,15 @@ fn aead_cipher(key: &SecretKey) -> Aes256Gcm {
 ///
 /// # Panics
 /// If `plaintext` is longer than AES-GCM's limit (about 64 GiB).
-pub fn aead_encrypt(
-    key: &SecretKey,
-    nonce: &[u8; NONCE_BYTES],
-    aad: &[u8],
-    plaintext: &[u8],
-) -> Vec<u8> {
-    aead_cipher(key)
-        .encrypt(
-            nonce.into(),
-            Payload {
-                msg: plaintext,
-                aad,
-            },
-        )
-        .expect("aes-gcm refuses only plaintexts over 64 GiB, which callers never build")
+pub fn aead_encrypt(key: &SecretKey, nonce: &[u8; NONCE_BYTES], aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
+    aead_cipher(key).encrypt(nonce.into(), Payload { msg: plaintext, aad }).expect("aes-gcm refuses only plaintexts over 64 GiB, which callers never build")
 }
 
 /// AES-256-GCM decryption of `ciphertext ‖ tag`; fails on a wrong key, nonce or `aad`, or any
 /// altered byte.
-pub fn aead_decrypt(
-    key: &SecretKey,
-    nonce: &[u8; NONCE_BYTES],
-    aad: &[u8],
-    ciphertext: &[u8],
-) -> Result<Vec<u8>, CryptoError> {
+pub fn aead_decrypt(key: &SecretKey, nonce: &[u8; NONCE_BYTES], aad: &[u8], ciphertext: &[u8]) -> Result<Vec<u8>, CryptoError> {
     if ciphertext.len() < AEAD_TAG_BYTES {
         return Err(CryptoError::Decrypt);
     }
-    aead_cipher(key)
-        .decrypt(
-            nonce.into(),
-            Payload {
-                msg: ciphertext,
-                aad,
-            },
-        )
-        .map_err(|_| CryptoError::Decrypt)
+    aead_cipher(key).decrypt(nonce.into(), Payload { msg: ciphertext, aad }).map_err(|_| CryptoError::Decrypt)
 }

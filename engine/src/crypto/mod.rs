@@ -31,8 +31,8 @@ pub use self::aead::{aead_decrypt, aead_encrypt};
 pub use self::hashing::{Hasher, credential_hash, derive_hash, derive_key, hash, keyed_hash};
 pub use self::rsa::{RsaPrivate, RsaPublic, sign, unwrap_key, verify, wrap_key};
 pub use self::tokens::{
-    AccessDenied, TokenPurpose, access_token, check_access_token, derive_token, hmac_sha256, hmac_sha256_framed,
-    node_access_key, receipt_proof, verify_hmac_sha256_framed, verify_receipt_proof,
+    AccessDenied, TokenPurpose, access_token, check_access_token, derive_token, hmac_sha256, hmac_sha256_framed, node_access_key, receipt_proof,
+    verify_hmac_sha256_framed, verify_receipt_proof,
 };
 
 use std::fmt;
@@ -134,11 +134,7 @@ pub mod test_keys {
     use std::sync::OnceLock;
 
     fn parse(cell: &'static OnceLock<RsaPrivate>, pem: &str) -> RsaPrivate {
-        cell.get_or_init(|| {
-            RsaPrivate::from_pkcs8_pem(pem)
-                .expect("engine/testdata holds valid rsa-2048 pkcs#8 keys")
-        })
-        .clone()
+        cell.get_or_init(|| RsaPrivate::from_pkcs8_pem(pem).expect("engine/testdata holds valid rsa-2048 pkcs#8 keys")).clone()
     }
 
     /// Test key "a" (engine/testdata/rsa-2048-a.pem).

@@ -46,9 +46,7 @@ impl rsa::rand_core::CryptoRng for OsRng {}
 
 fn check_bits(bits: usize) -> Result<(), CryptoError> {
     if bits < RSA_BITS_MIN {
-        return Err(CryptoError::BadKey(format!(
-            "rsa key has {bits} bits, at least {RSA_BITS_MIN} are required; generate a larger key"
-        )));
+        return Err(CryptoError::BadKey(format!("rsa key has {bits} bits, at least {RSA_BITS_MIN} are required; generate a larger key")));
     }
     Ok(())
 }
@@ -77,23 +75,19 @@ impl RsaPrivate {
     /// Generates a fresh key of `bits` bits (at least [`RSA_BITS_MIN`]). Slow: seconds.
     pub fn generate(bits: usize) -> Result<Self, CryptoError> {
         check_bits(bits)?;
-        let key =
-            RsaPrivateKey::new(&mut OsRng, bits).map_err(|e| CryptoError::Rsa(e.to_string()))?;
+        let key = RsaPrivateKey::new(&mut OsRng, bits).map_err(|e| CryptoError::Rsa(e.to_string()))?;
         Self::from_key(key)
     }
 
     /// Parses a PKCS#8 PEM private key (`-----BEGIN PRIVATE KEY-----`).
     pub fn from_pkcs8_pem(pem: &str) -> Result<Self, CryptoError> {
-        let key = RsaPrivateKey::from_pkcs8_pem(pem)
-            .map_err(|e| CryptoError::BadKey(format!("not a pkcs#8 pem rsa private key: {e}")))?;
+        let key = RsaPrivateKey::from_pkcs8_pem(pem).map_err(|e| CryptoError::BadKey(format!("not a pkcs#8 pem rsa private key: {e}")))?;
         Self::from_key(key)
     }
 
     /// Encodes the key as PKCS#8 PEM, in memory that is zeroized on drop.
     pub fn to_pkcs8_pem(&self) -> Result<Zeroizing<String>, CryptoError> {
-        self.key
-            .to_pkcs8_pem(LineEnding::LF)
-            .map_err(|e| CryptoError::Rsa(format!("cannot encode private key: {e}")))
+        self.key.to_pkcs8_pem(LineEnding::LF).map_err(|e| CryptoError::Rsa(format!("cannot encode private key: {e}")))
     }
 
     /// The matching public key.
@@ -104,19 +98,14 @@ impl RsaPrivate {
 
 impl fmt::Debug for RsaPrivate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RsaPrivate")
-            .field("key_id", &self.public.key_id())
-            .field("private", &"<redacted>")
-            .finish()
+        f.debug_struct("RsaPrivate").field("key_id", &self.public.key_id()).field("private", &"<redacted>").finish()
     }
 }
 
 impl RsaPublic {
     fn from_key(key: RsaPublicKey) -> Result<Self, CryptoError> {
         check_bits(key.n().bits())?;
-        let der = key
-            .to_public_key_der()
-            .map_err(|e| CryptoError::Rsa(format!("cannot encode public key: {e}")))?;
+        let der = key.to_public_key_der().map_err(|e| CryptoError::Rsa(format!("cannot encode public key: {e}")))?;
         let mut id = [0u8; 8];
         id.copy_from_slice(&hash(der.as_bytes())[..8]);
         Ok(Self { key, id })
@@ -124,31 +113,24 @@ impl RsaPublic {
 
     /// Parses an SPKI PEM public key (`-----BEGIN PUBLIC KEY-----`).
     pub fn from_pem(pem: &str) -> Result<Self, CryptoError> {
-        let key = RsaPublicKey::from_public_key_pem(pem)
-            .map_err(|e| CryptoError::BadKey(format!("not an spki pem rsa public key: {e}")))?;
+        let key = RsaPublicKey::from_public_key_pem(pem).map_err(|e| CryptoError::BadKey(format!("not an spki pem rsa public key: {e}")))?;
         Self::from_key(key)
     }
 
     /// Encodes the key as SPKI PEM.
     pub fn to_pem(&self) -> Result<String, CryptoError> {
-        self.key
-            .to_public_key_pem(LineEnding::LF)
-            .map_err(|e| CryptoError::Rsa(format!("cannot encode public key: {e}")))
+        self.key.to_public_key_pem(LineEnding::LF).map_err(|e| CryptoError::Rsa(format!("cannot encode public key: {e}")))
     }
 
     /// Parses an SPKI DER public key.
     pub fn from_der(der: &[u8]) -> Result<Self, CryptoError> {
-        let key = RsaPublicKey::from_public_key_der(der)
-            .map_err(|e| CryptoError::BadKey(format!("not an spki der rsa public key: {e}")))?;
+        let key = RsaPublicKey::from_public_key_der(der).map_err(|e| CryptoError::BadKey(format!("not an spki der rsa public key: {e}")))?;
         Self::from_key(key)
     }
 
     /// Encodes the key as SPKI DER.
     pub fn to_der(&self) -> Result<Vec<u8>, CryptoError> {
-        self.key
-            .to_public_key_der()
-            .map(|der| der.into_vec())
-            .map_err(|e| CryptoError::Rsa(format!("cannot encode public key: {e}")))
+        self.key.to_public_key_der().map(|der| der.into_vec()).map_err(|e| CryptoError::Rsa(format!("cannot encode public key: {e}")))
     }
 
     /// Hex of the first 8 bytes of blake3(SPKI DER): a short, stable name for the key.
@@ -159,50 +141,31 @@ impl RsaPublic {
 
 impl fmt::Debug for RsaPublic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RsaPublic")
-            .field("key_id", &self.key_id())
-            .finish()
+        f.debug_struct("RsaPublic").field("key_id", &self.key_id()).finish()
     }
 }
 
 /// Wraps a symmetric key for `recipient` with RSA-OAEP-SHA256 (fresh OS randomness each call).
 pub fn wrap_key(recipient: &RsaPublic, key: &SecretKey) -> Result<Vec<u8>, CryptoError> {
-    recipient
-        .key
-        .encrypt(&mut OsRng, Oaep::new::<PaddingSha256>(), key.expose())
-        .map_err(|e| CryptoError::Rsa(e.to_string()))
+    recipient.key.encrypt(&mut OsRng, Oaep::new::<PaddingSha256>(), key.expose()).map_err(|e| CryptoError::Rsa(e.to_string()))
 }
 
 /// Unwraps a [`wrap_key`] result (blinded RSA-OAEP-SHA256). Any failure, including a
 /// plaintext that is not exactly [`KEY_BYTES`] long, is [`CryptoError::Decrypt`].
 pub fn unwrap_key(private: &RsaPrivate, wrapped: &[u8]) -> Result<SecretKey, CryptoError> {
-    let plaintext = Zeroizing::new(
-        private
-            .key
-            .decrypt_blinded(&mut OsRng, Oaep::new::<PaddingSha256>(), wrapped)
-            .map_err(|_| CryptoError::Decrypt)?,
-    );
-    let bytes: [u8; KEY_BYTES] = plaintext
-        .as_slice()
-        .try_into()
-        .map_err(|_| CryptoError::Decrypt)?;
+    let plaintext = Zeroizing::new(private.key.decrypt_blinded(&mut OsRng, Oaep::new::<PaddingSha256>(), wrapped).map_err(|_| CryptoError::Decrypt)?);
+    let bytes: [u8; KEY_BYTES] = plaintext.as_slice().try_into().map_err(|_| CryptoError::Decrypt)?;
     Ok(SecretKey(bytes))
 }
 
 /// Signs `message` with RSA-PSS-SHA256 (blinded, 32-byte salt).
 pub fn sign(private: &RsaPrivate, message: &[u8]) -> Result<Vec<u8>, CryptoError> {
     let digest = PaddingSha256::digest(message);
-    private
-        .key
-        .sign_with_rng(&mut OsRng, Pss::new_blinded::<PaddingSha256>(), &digest)
-        .map_err(|e| CryptoError::Rsa(e.to_string()))
+    private.key.sign_with_rng(&mut OsRng, Pss::new_blinded::<PaddingSha256>(), &digest).map_err(|e| CryptoError::Rsa(e.to_string()))
 }
 
 /// Verifies an RSA-PSS-SHA256 signature made by [`sign`].
 pub fn verify(public: &RsaPublic, message: &[u8], signature: &[u8]) -> Result<(), CryptoError> {
     let digest = PaddingSha256::digest(message);
-    public
-        .key
-        .verify(Pss::new::<PaddingSha256>(), &digest, signature)
-        .map_err(|_| CryptoError::BadSignature)
+    public.key.verify(Pss::new::<PaddingSha256>(), &digest, signature).map_err(|_| CryptoError::BadSignature)
 }

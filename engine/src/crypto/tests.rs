@@ -113,25 +113,11 @@ const BLAKE3_VECTORS: [(usize, &str, &str, &str); 7] = [
 fn blake3_official_vectors() {
     let key = SecretKey::from_bytes(*BLAKE3_KEY);
     for (input_len, expected_hash, expected_keyed, expected_derived) in BLAKE3_VECTORS {
-        let input: Vec<u8> = (0..input_len)
-            .map(|i| u8::try_from(i % 251).unwrap())
-            .collect();
-        assert_eq!(
-            hex::encode(hash(&input)),
-            expected_hash,
-            "hash, len {input_len}"
-        );
-        assert_eq!(
-            hex::encode(keyed_hash(&key, &input)),
-            expected_keyed,
-            "keyed, len {input_len}"
-        );
+        let input: Vec<u8> = (0..input_len).map(|i| u8::try_from(i % 251).unwrap()).collect();
+        assert_eq!(hex::encode(hash(&input)), expected_hash, "hash, len {input_len}");
+        assert_eq!(hex::encode(keyed_hash(&key, &input)), expected_keyed, "keyed, len {input_len}");
         let derived = derive_key(BLAKE3_CONTEXT, &input);
-        assert_eq!(
-            hex::encode(derived.expose()),
-            expected_derived,
-            "derive, len {input_len}"
-        );
+        assert_eq!(hex::encode(derived.expose()), expected_derived, "derive, len {input_len}");
     }
 }
 
@@ -141,10 +127,7 @@ fn credential_hash_is_context_separated() {
     assert_eq!(credential_hash(secret), credential_hash(secret));
     assert_ne!(credential_hash(secret), credential_hash(b"merchant secreT"));
     assert_ne!(credential_hash(secret), hash(secret));
-    assert_ne!(
-        credential_hash(secret),
-        *derive_key("another context", secret).expose()
-    );
+    assert_ne!(credential_hash(secret), *derive_key("another context", secret).expose());
 }
 
 /// The incremental `Hasher` and `derive_hash` give exactly blake3's answers (the official
@@ -202,25 +185,13 @@ fn check_gcm(key_hex: &str, iv_hex: &str, aad_hex: &str, plain_hex: &str, cipher
 
 #[test]
 fn aes256gcm_spec_case_13() {
-    check_gcm(
-        &"00".repeat(32),
-        &"00".repeat(12),
-        "",
-        "",
-        "530f8afbc74536b9a963b4f1c4cb738b",
-    );
+    check_gcm(&"00".repeat(32), &"00".repeat(12), "", "", "530f8afbc74536b9a963b4f1c4cb738b");
 }
 
 #[test]
 fn aes256gcm_spec_case_14() {
     let sealed = "cea7403d4d606b6e074ec5d3baf39d18d0d1c8a799996bf0265b98b5d48ab919";
-    check_gcm(
-        &"00".repeat(32),
-        &"00".repeat(12),
-        "",
-        &"00".repeat(16),
-        sealed,
-    );
+    check_gcm(&"00".repeat(32), &"00".repeat(12), "", &"00".repeat(16), sealed);
 }
 
 #[test]
@@ -233,13 +204,7 @@ fn aes256gcm_spec_case_15() {
 fn aes256gcm_spec_case_16() {
     // 60-byte plaintext (a partial final block) and 20 bytes of associated data.
     let sealed = format!("{}76fc6ece0f4e1768cddf8853bb2d551b", &GCM_CIPHER[..120]);
-    check_gcm(
-        GCM_KEY,
-        GCM_IV,
-        "feedfacedeadbeeffeedfacedeadbeefabaddad2",
-        &GCM_PLAIN[..120],
-        &sealed,
-    );
+    check_gcm(GCM_KEY, GCM_IV, "feedfacedeadbeeffeedfacedeadbeefabaddad2", &GCM_PLAIN[..120], &sealed);
 }
 
 #[test]
@@ -247,23 +212,14 @@ fn aead_round_trip_and_tamper() {
     let (key, nonce) = (SecretKey::random(), random_bytes::<NONCE_BYTES>());
     let sealed = aead_encrypt(&key, &nonce, b"media-1", b"the media bytes");
     assert_eq!(sealed.len(), b"the media bytes".len() + AEAD_TAG_BYTES);
-    assert_eq!(
-        aead_decrypt(&key, &nonce, b"media-1", &sealed).unwrap(),
-        b"the media bytes"
-    );
-    assert!(matches!(
-        aead_decrypt(&SecretKey::random(), &nonce, b"media-1", &sealed),
-        Err(CryptoError::Decrypt)
-    ));
+    assert_eq!(aead_decrypt(&key, &nonce, b"media-1", &sealed).unwrap(), b"the media bytes");
+    assert!(matches!(aead_decrypt(&SecretKey::random(), &nonce, b"media-1", &sealed), Err(CryptoError::Decrypt)));
     assert!(aead_decrypt(&key, &nonce, b"media-2", &sealed).is_err());
     assert!(aead_decrypt(&key, &[0u8; NONCE_BYTES], b"media-1", &sealed).is_err());
     for index in [0, sealed.len() - 1] {
         let mut flipped = sealed.clone();
         flipped[index] ^= 0x01;
-        assert!(
-            aead_decrypt(&key, &nonce, b"media-1", &flipped).is_err(),
-            "bit flip at {index}"
-        );
+        assert!(aead_decrypt(&key, &nonce, b"media-1", &flipped).is_err(), "bit flip at {index}");
     }
     assert!(aead_decrypt(&key, &nonce, b"media-1", &sealed[..AEAD_TAG_BYTES - 1]).is_err());
     assert!(aead_decrypt(&key, &nonce, b"media-1", &sealed[..sealed.len() - 1]).is_err());
@@ -280,10 +236,7 @@ fn rsa_wrap_unwrap() {
     assert!(unwrap_key(&private, &wrapped).unwrap().ct_eq(&media_key));
     // OAEP is randomized: wrapping twice gives different ciphertexts.
     assert_ne!(wrapped, wrap_key(&private.public(), &media_key).unwrap());
-    assert!(matches!(
-        unwrap_key(&other, &wrapped),
-        Err(CryptoError::Decrypt)
-    ));
+    assert!(matches!(unwrap_key(&other, &wrapped), Err(CryptoError::Decrypt)));
     let mut flipped = wrapped.clone();
     flipped[100] ^= 0x01;
     assert!(unwrap_key(&private, &flipped).is_err());
@@ -292,15 +245,8 @@ fn rsa_wrap_unwrap() {
 #[test]
 fn rsa_unwrap_refuses_wrong_length_plaintext() {
     let private = fixed_rsa();
-    let short = private
-        .public
-        .key
-        .encrypt(&mut OsRng, Oaep::new::<PaddingSha256>(), &[7u8; 16])
-        .unwrap();
-    assert!(matches!(
-        unwrap_key(&private, &short),
-        Err(CryptoError::Decrypt)
-    ));
+    let short = private.public.key.encrypt(&mut OsRng, Oaep::new::<PaddingSha256>(), &[7u8; 16]).unwrap();
+    assert!(matches!(unwrap_key(&private, &short), Err(CryptoError::Decrypt)));
 }
 
 #[test]
@@ -309,10 +255,7 @@ fn rsa_sign_verify() {
     let public = private.public();
     let signature = sign(&private, b"sealed report 42").unwrap();
     verify(&public, b"sealed report 42", &signature).unwrap();
-    assert!(matches!(
-        verify(&public, b"sealed report 43", &signature),
-        Err(CryptoError::BadSignature)
-    ));
+    assert!(matches!(verify(&public, b"sealed report 43", &signature), Err(CryptoError::BadSignature)));
     let mut altered = signature.clone();
     altered[10] ^= 0x80;
     assert!(verify(&public, b"sealed report 42", &altered).is_err());
@@ -328,10 +271,7 @@ fn rsa_encoding_round_trips() {
     assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----"));
     let reparsed = RsaPrivate::from_pkcs8_pem(&pem).unwrap();
     assert_eq!(reparsed.public(), public);
-    assert_eq!(
-        RsaPublic::from_pem(&public.to_pem().unwrap()).unwrap(),
-        public
-    );
+    assert_eq!(RsaPublic::from_pem(&public.to_pem().unwrap()).unwrap(), public);
     let der = public.to_der().unwrap();
     assert_eq!(RsaPublic::from_der(&der).unwrap(), public);
     assert_eq!(public.key_id(), hex::encode(&hash(&der)[..8]));
@@ -339,37 +279,19 @@ fn rsa_encoding_round_trips() {
     assert_ne!(public, other.public());
     assert_ne!(public.key_id(), other.public().key_id());
     assert!(RsaPublic::from_der(&der[1..]).is_err());
-    assert!(matches!(
-        RsaPrivate::from_pkcs8_pem("not a key"),
-        Err(CryptoError::BadKey(_))
-    ));
+    assert!(matches!(RsaPrivate::from_pkcs8_pem("not a key"), Err(CryptoError::BadKey(_))));
 }
 
 #[test]
 fn rsa_small_keys_are_refused() {
-    assert!(matches!(
-        RsaPrivate::generate(1024),
-        Err(CryptoError::BadKey(_))
-    ));
+    assert!(matches!(RsaPrivate::generate(1024), Err(CryptoError::BadKey(_))));
     let small = RsaPrivateKey::new(&mut OsRng, 1024).unwrap();
     let pem = small.to_pkcs8_pem(LineEnding::LF).unwrap();
-    assert!(matches!(
-        RsaPrivate::from_pkcs8_pem(&pem),
-        Err(CryptoError::BadKey(_))
-    ));
+    assert!(matches!(RsaPrivate::from_pkcs8_pem(&pem), Err(CryptoError::BadKey(_))));
     let der = small.to_public_key().to_public_key_der().unwrap();
-    assert!(matches!(
-        RsaPublic::from_der(der.as_bytes()),
-        Err(CryptoError::BadKey(_))
-    ));
-    let public_pem = small
-        .to_public_key()
-        .to_public_key_pem(LineEnding::LF)
-        .unwrap();
-    assert!(matches!(
-        RsaPublic::from_pem(&public_pem),
-        Err(CryptoError::BadKey(_))
-    ));
+    assert!(matches!(RsaPublic::from_der(der.as_bytes()), Err(CryptoError::BadKey(_))));
+    let public_pem = small.to_public_key().to_public_key_pem(LineEnding::LF).unwrap();
+    assert!(matches!(RsaPublic::from_pem(&public_pem), Err(CryptoError::BadKey(_))));
 }
 
 #[test]
@@ -390,10 +312,7 @@ fn derive_token_is_deterministic_and_separated() {
     assert!(!token.ct_eq(&derive_token(&key(1), TokenPurpose::Auth, "v-2", 0)));
     assert!(!token.ct_eq(&derive_token(&key(1), TokenPurpose::Auth, "v-1", 1)));
     assert!(!token.ct_eq(&derive_token(&key(2), TokenPurpose::Auth, "v-1", 0)));
-    assert_ne!(
-        TokenPurpose::Auth.as_bytes(),
-        TokenPurpose::Receipt.as_bytes()
-    );
+    assert_ne!(TokenPurpose::Auth.as_bytes(), TokenPurpose::Receipt.as_bytes());
 }
 
 #[test]
@@ -401,48 +320,12 @@ fn receipt_proof_binds_node_challenge_voucher_and_receipt() {
     let receipt = derive_token(&key(1), TokenPurpose::Receipt, "v-1", 0);
     let other_receipt = derive_token(&key(1), TokenPurpose::Receipt, "v-1", 1);
     let proof = receipt_proof(&receipt, "v-1", "node-a", b"challenge-1");
-    assert!(verify_receipt_proof(
-        &receipt,
-        "v-1",
-        "node-a",
-        b"challenge-1",
-        &proof
-    ));
-    assert!(!verify_receipt_proof(
-        &receipt,
-        "v-1",
-        "node-b",
-        b"challenge-1",
-        &proof
-    ));
-    assert!(!verify_receipt_proof(
-        &receipt,
-        "v-1",
-        "node-a",
-        b"challenge-2",
-        &proof
-    ));
-    assert!(!verify_receipt_proof(
-        &receipt,
-        "v-2",
-        "node-a",
-        b"challenge-1",
-        &proof
-    ));
-    assert!(!verify_receipt_proof(
-        &other_receipt,
-        "v-1",
-        "node-a",
-        b"challenge-1",
-        &proof
-    ));
-    assert!(!verify_receipt_proof(
-        &receipt,
-        "v-1",
-        "node-a",
-        b"challenge-1",
-        &proof[..31]
-    ));
+    assert!(verify_receipt_proof(&receipt, "v-1", "node-a", b"challenge-1", &proof));
+    assert!(!verify_receipt_proof(&receipt, "v-1", "node-b", b"challenge-1", &proof));
+    assert!(!verify_receipt_proof(&receipt, "v-1", "node-a", b"challenge-2", &proof));
+    assert!(!verify_receipt_proof(&receipt, "v-2", "node-a", b"challenge-1", &proof));
+    assert!(!verify_receipt_proof(&other_receipt, "v-1", "node-a", b"challenge-1", &proof));
+    assert!(!verify_receipt_proof(&receipt, "v-1", "node-a", b"challenge-1", &proof[..31]));
 }
 
 #[test]
@@ -451,59 +334,24 @@ fn access_token_checks() {
     let node_key = node_access_key(&token_key, "node-a");
     let media: &[&str] = &["m-1", "m-2"];
     let token = access_token(&node_key, "node-a", "v-1", media, 1_000);
-    let check = |node_key: &SecretKey,
-                 node: &str,
-                 voucher: &str,
-                 media: &[&str],
-                 expires: i64,
-                 now: i64| {
+    let check = |node_key: &SecretKey, node: &str, voucher: &str, media: &[&str], expires: i64, now: i64| {
         check_access_token(node_key, node, voucher, media, expires, now, &token)
     };
     assert_eq!(check(&node_key, "node-a", "v-1", media, 1_000, 999), Ok(()));
-    assert_eq!(
-        check(&node_key, "node-a", "v-1", media, 1_000, 1_000),
-        Ok(())
-    );
-    assert_eq!(
-        check(&node_key, "node-a", "v-1", media, 1_000, 1_001),
-        Err(AccessDenied::Expired)
-    );
-    assert_eq!(
-        check(&node_key, "node-a", "v-1", media, 2_000, 1_001),
-        Err(AccessDenied::Invalid)
-    );
-    assert_eq!(
-        check(&node_key, "node-a", "v-2", media, 1_000, 0),
-        Err(AccessDenied::Invalid)
-    );
-    assert_eq!(
-        check(&node_key, "node-a", "v-1", &["m-1"], 1_000, 0),
-        Err(AccessDenied::Invalid)
-    );
-    assert_eq!(
-        check(&node_key, "node-a", "v-1", &["m-2", "m-1"], 1_000, 0),
-        Err(AccessDenied::Invalid)
-    );
-    assert_eq!(
-        check(&node_key, "node-a", "v-1", &["m-1m-2"], 1_000, 0),
-        Err(AccessDenied::Invalid)
-    );
-    assert_eq!(
-        check(&node_key, "node-b", "v-1", media, 1_000, 0),
-        Err(AccessDenied::Invalid)
-    );
+    assert_eq!(check(&node_key, "node-a", "v-1", media, 1_000, 1_000), Ok(()));
+    assert_eq!(check(&node_key, "node-a", "v-1", media, 1_000, 1_001), Err(AccessDenied::Expired));
+    assert_eq!(check(&node_key, "node-a", "v-1", media, 2_000, 1_001), Err(AccessDenied::Invalid));
+    assert_eq!(check(&node_key, "node-a", "v-2", media, 1_000, 0), Err(AccessDenied::Invalid));
+    assert_eq!(check(&node_key, "node-a", "v-1", &["m-1"], 1_000, 0), Err(AccessDenied::Invalid));
+    assert_eq!(check(&node_key, "node-a", "v-1", &["m-2", "m-1"], 1_000, 0), Err(AccessDenied::Invalid));
+    assert_eq!(check(&node_key, "node-a", "v-1", &["m-1m-2"], 1_000, 0), Err(AccessDenied::Invalid));
+    assert_eq!(check(&node_key, "node-b", "v-1", media, 1_000, 0), Err(AccessDenied::Invalid));
     let other_node_key = node_access_key(&token_key, "node-b");
     assert!(!other_node_key.ct_eq(&node_key));
     assert!(node_access_key(&token_key, "node-a").ct_eq(&node_key));
     assert!(!node_access_key(&key(8), "node-a").ct_eq(&node_key));
-    assert_eq!(
-        check(&other_node_key, "node-a", "v-1", media, 1_000, 0),
-        Err(AccessDenied::Invalid)
-    );
-    assert_eq!(
-        check_access_token(&node_key, "node-a", "v-1", media, 1_000, 0, &token[..16]),
-        Err(AccessDenied::Invalid)
-    );
+    assert_eq!(check(&other_node_key, "node-a", "v-1", media, 1_000, 0), Err(AccessDenied::Invalid));
+    assert_eq!(check_access_token(&node_key, "node-a", "v-1", media, 1_000, 0, &token[..16]), Err(AccessDenied::Invalid));
 }
 
 // ---- secrets never print; constant-time comparison ----

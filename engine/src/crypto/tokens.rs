@@ -76,56 +76,20 @@ impl TokenPurpose {
 
 /// `HMAC(token_key, purpose ‖ voucher_id ‖ generation)` (framed). Deterministic, so the
 /// engine re-derives a token instead of storing it; a new generation revokes the old token.
-pub fn derive_token(
-    token_key: &SecretKey,
-    purpose: TokenPurpose,
-    voucher_id: &str,
-    generation: u32,
-) -> Token {
+pub fn derive_token(token_key: &SecretKey, purpose: TokenPurpose, voucher_id: &str, generation: u32) -> Token {
     let generation_bytes = generation.to_le_bytes();
-    SecretKey(hmac_sha256_framed(
-        token_key.expose(),
-        &[purpose.as_bytes(), voucher_id.as_bytes(), &generation_bytes],
-    ))
+    SecretKey(hmac_sha256_framed(token_key.expose(), &[purpose.as_bytes(), voucher_id.as_bytes(), &generation_bytes]))
 }
 
 /// The player's proof that it holds `receipt`, bound to the voucher, the node and a fresh
 /// `challenge` chosen by the node, so a proof cannot be replayed elsewhere or later.
-pub fn receipt_proof(
-    receipt: &Token,
-    voucher_id: &str,
-    node_id: &str,
-    challenge: &[u8],
-) -> [u8; 32] {
-    hmac_sha256_framed(
-        receipt.expose(),
-        &[
-            LABEL_RECEIPT_PROOF,
-            voucher_id.as_bytes(),
-            node_id.as_bytes(),
-            challenge,
-        ],
-    )
+pub fn receipt_proof(receipt: &Token, voucher_id: &str, node_id: &str, challenge: &[u8]) -> [u8; 32] {
+    hmac_sha256_framed(receipt.expose(), &[LABEL_RECEIPT_PROOF, voucher_id.as_bytes(), node_id.as_bytes(), challenge])
 }
 
 /// Checks a [`receipt_proof`] in constant time.
-pub fn verify_receipt_proof(
-    receipt: &Token,
-    voucher_id: &str,
-    node_id: &str,
-    challenge: &[u8],
-    proof: &[u8],
-) -> bool {
-    verify_hmac_sha256_framed(
-        receipt.expose(),
-        &[
-            LABEL_RECEIPT_PROOF,
-            voucher_id.as_bytes(),
-            node_id.as_bytes(),
-            challenge,
-        ],
-        proof,
-    )
+pub fn verify_receipt_proof(receipt: &Token, voucher_id: &str, node_id: &str, challenge: &[u8], proof: &[u8]) -> bool {
+    verify_hmac_sha256_framed(receipt.expose(), &[LABEL_RECEIPT_PROOF, voucher_id.as_bytes(), node_id.as_bytes(), challenge], proof)
 }
 
 /// The per-node key for delivery access tokens, derived from the engine token key with
@@ -138,13 +102,7 @@ pub fn node_access_key(token_key: &SecretKey, node_id: &str) -> SecretKey {
     SecretKey(*hasher.finalize().as_bytes())
 }
 
-fn access_token_mac(
-    node_key: &SecretKey,
-    node_id: &str,
-    voucher_id: &str,
-    media_ids: &[&str],
-    expires_at_ms: i64,
-) -> HmacSha256 {
+fn access_token_mac(node_key: &SecretKey, node_id: &str, voucher_id: &str, media_ids: &[&str], expires_at_ms: i64) -> HmacSha256 {
     let media_count = u64::try_from(media_ids.len()).expect("a slice length fits in u64");
     let mut parts: Vec<&[u8]> = Vec::with_capacity(media_ids.len() + 5);
     let media_count_bytes = media_count.to_le_bytes();
@@ -160,17 +118,8 @@ fn access_token_mac(
 
 /// A delivery access token (a CDN signed URL's signature):
 /// `HMAC(node_key, node ‖ media ids ‖ voucher ‖ expires_at_ms)` (framed, media ids counted).
-pub fn access_token(
-    node_key: &SecretKey,
-    node_id: &str,
-    voucher_id: &str,
-    media_ids: &[&str],
-    expires_at_ms: i64,
-) -> [u8; 32] {
-    access_token_mac(node_key, node_id, voucher_id, media_ids, expires_at_ms)
-        .finalize()
-        .into_bytes()
-        .into()
+pub fn access_token(node_key: &SecretKey, node_id: &str, voucher_id: &str, media_ids: &[&str], expires_at_ms: i64) -> [u8; 32] {
+    access_token_mac(node_key, node_id, voucher_id, media_ids, expires_at_ms).finalize().into_bytes().into()
 }
 
 /// Why a delivery access token was refused.

@@ -4,7 +4,7 @@
 //! any interleaving, because every hold is decided on this one aggregate under OCC.
 
 use super::event::{Event, VoidReason};
-use super::{validate, Aggregate, AggregateKind, Rejection};
+use super::{Aggregate, AggregateKind, Rejection, validate};
 use crate::ids::{AccountId, Millis, VoucherId};
 use std::collections::{BTreeMap, BTreeSet};
 

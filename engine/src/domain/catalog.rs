@@ -2,7 +2,7 @@
 //! is still for sale.
 
 use super::event::{Event, MediaPublished};
-use super::{validate, Aggregate, AggregateKind, Rejection};
+use super::{Aggregate, AggregateKind, Rejection, validate};
 use crate::ids::{MediaId, Millis};
 
 /// Longest title, artist or author name accepted, in characters.
@@ -193,12 +193,7 @@ pub(crate) mod tests {
         let media = sample("m1", 100);
         check::<Media>(&[], MediaCommand::Publish(media.clone()), Millis(0), Ok(vec![Event::MediaPublished(media.clone())]));
         let published = [Event::MediaPublished(media.clone())];
-        check::<Media>(
-            &published,
-            MediaCommand::Publish(media.clone()),
-            Millis(0),
-            Err(Rejection::AlreadyExists { kind: "media", id: "m1".into() }),
-        );
+        check::<Media>(&published, MediaCommand::Publish(media.clone()), Millis(0), Err(Rejection::AlreadyExists { kind: "media", id: "m1".into() }));
         check::<Media>(
             &published,
             MediaCommand::ChangePrice { price_minor: 250 },
@@ -219,22 +214,13 @@ pub(crate) mod tests {
     fn publish_validation() {
         let mut bad_terms = sample("m1", 100);
         bad_terms.terms.owner_bps = 4000;
-        assert!(matches!(
-            Media::default().decide(&MediaCommand::Publish(bad_terms), Millis(0)),
-            Err(Rejection::InvalidArgument { field: "terms", .. })
-        ));
+        assert!(matches!(Media::default().decide(&MediaCommand::Publish(bad_terms), Millis(0)), Err(Rejection::InvalidArgument { field: "terms", .. })));
         let mut no_title = sample("m1", 100);
         no_title.title = "  ".into();
-        assert!(matches!(
-            Media::default().decide(&MediaCommand::Publish(no_title), Millis(0)),
-            Err(Rejection::InvalidArgument { field: "title", .. })
-        ));
+        assert!(matches!(Media::default().decide(&MediaCommand::Publish(no_title), Millis(0)), Err(Rejection::InvalidArgument { field: "title", .. })));
         let mut bad_id = sample("m.1", 100);
         bad_id.media_id = MediaId::new("m.1");
-        assert!(matches!(
-            Media::default().decide(&MediaCommand::Publish(bad_id), Millis(0)),
-            Err(Rejection::InvalidArgument { field: "media_id", .. })
-        ));
+        assert!(matches!(Media::default().decide(&MediaCommand::Publish(bad_id), Millis(0)), Err(Rejection::InvalidArgument { field: "media_id", .. })));
         assert!(matches!(
             Media::default().decide(&MediaCommand::Publish(sample("m1", 0)), Millis(0)),
             Err(Rejection::InvalidArgument { field: "price_minor", .. })

@@ -23,10 +23,7 @@ pub struct Config {
 
 impl Config {
     pub fn get(&self, key: &str) -> Option<u64> {
-        self.values
-            .get(key)
-            .copied()
-            .or_else(|| KEYS.iter().find(|(k, ..)| *k == key).map(|&(.., default)| default))
+        self.values.get(key).copied().or_else(|| KEYS.iter().find(|(k, ..)| *k == key).map(|&(.., default)| default))
     }
 }
 
@@ -45,9 +42,7 @@ impl Aggregate for Config {
             let known: Vec<&str> = KEYS.iter().map(|(k, ..)| *k).collect();
             return Err(Rejection::InvalidArgument { field: "key", reason: format!("unknown key; known keys: {}", known.join(", ")) });
         };
-        let parsed: u64 = value
-            .parse()
-            .map_err(|_| Rejection::InvalidArgument { field: "value", reason: format!("{key} takes a whole number") })?;
+        let parsed: u64 = value.parse().map_err(|_| Rejection::InvalidArgument { field: "value", reason: format!("{key} takes a whole number") })?;
         if !(min..=max).contains(&parsed) {
             return Err(Rejection::InvalidArgument { field: "value", reason: format!("{key} must be {min}..={max}") });
         }

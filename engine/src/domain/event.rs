@@ -56,7 +56,8 @@ impl AggregateRef {
     /// check every stored event's subject, and a string built per event only to compare it
     /// was one allocation of the replay's per event.
     pub fn has_subject(&self, subject: &str) -> bool {
-        subject.strip_prefix("vs.").and_then(|rest| rest.strip_prefix(self.kind.subject_token())).and_then(|rest| rest.strip_prefix('.')) == Some(self.id.as_str())
+        subject.strip_prefix("vs.").and_then(|rest| rest.strip_prefix(self.kind.subject_token())).and_then(|rest| rest.strip_prefix('.'))
+            == Some(self.id.as_str())
     }
 
     /// Whether this is the aggregate of kind `kind` and id `id` (`Event::aggregate_key`).
@@ -211,16 +212,48 @@ pub struct RightsReportSealed {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     MediaPublished(MediaPublished),
-    MediaWithdrawn { media_id: MediaId, reason: String },
-    PriceChanged { media_id: MediaId, price_minor: u64 },
-    MerchantRegistered { merchant_id: MerchantId, name: String, credential_hash: [u8; 32] },
-    MerchantSuspended { merchant_id: MerchantId, reason: String },
-    AuditorRegistered { auditor_id: AuditorId, name: String, credential_hash: [u8; 32] },
-    AuditorRevoked { auditor_id: AuditorId, reason: String },
-    NodeRegistered { node_id: NodeId, region: String, slots_max: u32, credential_hash: [u8; 32] },
-    NodeCapacityChanged { node_id: NodeId, slots_max: u32 },
-    NodeDrained { node_id: NodeId },
-    NodeRemoved { node_id: NodeId },
+    MediaWithdrawn {
+        media_id: MediaId,
+        reason: String,
+    },
+    PriceChanged {
+        media_id: MediaId,
+        price_minor: u64,
+    },
+    MerchantRegistered {
+        merchant_id: MerchantId,
+        name: String,
+        credential_hash: [u8; 32],
+    },
+    MerchantSuspended {
+        merchant_id: MerchantId,
+        reason: String,
+    },
+    AuditorRegistered {
+        auditor_id: AuditorId,
+        name: String,
+        credential_hash: [u8; 32],
+    },
+    AuditorRevoked {
+        auditor_id: AuditorId,
+        reason: String,
+    },
+    NodeRegistered {
+        node_id: NodeId,
+        region: String,
+        slots_max: u32,
+        credential_hash: [u8; 32],
+    },
+    NodeCapacityChanged {
+        node_id: NodeId,
+        slots_max: u32,
+    },
+    NodeDrained {
+        node_id: NodeId,
+    },
+    NodeRemoved {
+        node_id: NodeId,
+    },
     ConsumerCertified {
         consumer_id: ConsumerId,
         cert_serial: CertSerial,
@@ -230,7 +263,11 @@ pub enum Event {
         engine_key_id: String,
         signature: Vec<u8>,
     },
-    CertRevoked { consumer_id: ConsumerId, cert_serial: CertSerial, reason: String },
+    CertRevoked {
+        consumer_id: ConsumerId,
+        cert_serial: CertSerial,
+        reason: String,
+    },
     Reserved {
         voucher_id: VoucherId,
         merchant_id: MerchantId,
@@ -243,8 +280,17 @@ pub enum Event {
         token_key_id: u32,
         auth_generation: u32,
     },
-    Authorized { voucher_id: VoucherId, receipt_key_id: u32, receipt_generation: u32, postings: Vec<Posting> },
-    Voided { voucher_id: VoucherId, reason: VoidReason, reversal: Vec<Posting> },
+    Authorized {
+        voucher_id: VoucherId,
+        receipt_key_id: u32,
+        receipt_generation: u32,
+        postings: Vec<Posting>,
+    },
+    Voided {
+        voucher_id: VoucherId,
+        reason: VoidReason,
+        reversal: Vec<Posting>,
+    },
     VoucherIssued {
         voucher_id: VoucherId,
         node_id: NodeId,
@@ -260,7 +306,11 @@ pub enum Event {
         cert_serial: CertSerial,
         wrapped_key_hashes: Vec<[u8; 32]>,
     },
-    DeliveryFailed { voucher_id: VoucherId, node_id: NodeId, reason: String },
+    DeliveryFailed {
+        voucher_id: VoucherId,
+        node_id: NodeId,
+        reason: String,
+    },
     Delivered {
         voucher_id: VoucherId,
         node_id: NodeId,
@@ -270,17 +320,64 @@ pub enum Event {
         size_bytes: u64,
         voucher_complete: bool,
     },
-    PreviewStarted { preview_id: PreviewId, media_id: MediaId, node_id: NodeId, merchant_id: MerchantId, clip_ms: u64 },
-    PreviewEnded { preview_id: PreviewId, played_ms: u64, media_id: MediaId, node_id: NodeId },
+    PreviewStarted {
+        preview_id: PreviewId,
+        media_id: MediaId,
+        node_id: NodeId,
+        merchant_id: MerchantId,
+        clip_ms: u64,
+    },
+    PreviewEnded {
+        preview_id: PreviewId,
+        played_ms: u64,
+        media_id: MediaId,
+        node_id: NodeId,
+    },
     RightsReportSealed(RightsReportSealed),
-    PointsCredited { account_id: AccountId, amount: u64, reason: String },
-    PointsHeld { account_id: AccountId, voucher_id: VoucherId, amount: u64, expires_at: Millis },
-    HoldPosted { account_id: AccountId, voucher_id: VoucherId, amount: u64 },
-    HoldReleased { account_id: AccountId, voucher_id: VoucherId, amount: u64, reason: VoidReason },
-    OrderPlaced { order_id: OrderId, merchant_id: MerchantId, media_id: MediaId, units: u32, price_per_unit_minor: u64 },
-    UnitBound { order_id: OrderId, unit: u32, device_id: String, device_public_key_hash: [u8; 32], wrapped_key_hash: [u8; 32] },
-    UnitCompleted { order_id: OrderId, unit: u32 },
-    ConfigChanged { key: String, value: String },
+    PointsCredited {
+        account_id: AccountId,
+        amount: u64,
+        reason: String,
+    },
+    PointsHeld {
+        account_id: AccountId,
+        voucher_id: VoucherId,
+        amount: u64,
+        expires_at: Millis,
+    },
+    HoldPosted {
+        account_id: AccountId,
+        voucher_id: VoucherId,
+        amount: u64,
+    },
+    HoldReleased {
+        account_id: AccountId,
+        voucher_id: VoucherId,
+        amount: u64,
+        reason: VoidReason,
+    },
+    OrderPlaced {
+        order_id: OrderId,
+        merchant_id: MerchantId,
+        media_id: MediaId,
+        units: u32,
+        price_per_unit_minor: u64,
+    },
+    UnitBound {
+        order_id: OrderId,
+        unit: u32,
+        device_id: String,
+        device_public_key_hash: [u8; 32],
+        wrapped_key_hash: [u8; 32],
+    },
+    UnitCompleted {
+        order_id: OrderId,
+        unit: u32,
+    },
+    ConfigChanged {
+        key: String,
+        value: String,
+    },
 }
 
 impl Event {
@@ -297,17 +394,13 @@ impl Event {
         match self {
             Event::MediaPublished(e) => (K::Media, e.media_id.as_str()),
             Event::MediaWithdrawn { media_id, .. } | Event::PriceChanged { media_id, .. } => (K::Media, media_id.as_str()),
-            Event::MerchantRegistered { merchant_id, .. } | Event::MerchantSuspended { merchant_id, .. } => {
-                (K::Merchant, merchant_id.as_str())
-            }
+            Event::MerchantRegistered { merchant_id, .. } | Event::MerchantSuspended { merchant_id, .. } => (K::Merchant, merchant_id.as_str()),
             Event::AuditorRegistered { auditor_id, .. } | Event::AuditorRevoked { auditor_id, .. } => (K::Auditor, auditor_id.as_str()),
             Event::NodeRegistered { node_id, .. }
             | Event::NodeCapacityChanged { node_id, .. }
             | Event::NodeDrained { node_id }
             | Event::NodeRemoved { node_id } => (K::Node, node_id.as_str()),
-            Event::ConsumerCertified { consumer_id, .. } | Event::CertRevoked { consumer_id, .. } => {
-                (K::Consumer, consumer_id.as_str())
-            }
+            Event::ConsumerCertified { consumer_id, .. } | Event::CertRevoked { consumer_id, .. } => (K::Consumer, consumer_id.as_str()),
             Event::Reserved { voucher_id, .. }
             | Event::Authorized { voucher_id, .. }
             | Event::Voided { voucher_id, .. }
@@ -315,17 +408,13 @@ impl Event {
             | Event::RedemptionAccepted { voucher_id, .. }
             | Event::DeliveryFailed { voucher_id, .. }
             | Event::Delivered { voucher_id, .. } => (K::Voucher, voucher_id.as_str()),
-            Event::PreviewStarted { preview_id, .. } | Event::PreviewEnded { preview_id, .. } => {
-                (K::Preview, preview_id.as_str())
-            }
+            Event::PreviewStarted { preview_id, .. } | Event::PreviewEnded { preview_id, .. } => (K::Preview, preview_id.as_str()),
             Event::RightsReportSealed(_) => (K::Report, "rights"),
             Event::PointsCredited { account_id, .. }
             | Event::PointsHeld { account_id, .. }
             | Event::HoldPosted { account_id, .. }
             | Event::HoldReleased { account_id, .. } => (K::Account, account_id.as_str()),
-            Event::OrderPlaced { order_id, .. } | Event::UnitBound { order_id, .. } | Event::UnitCompleted { order_id, .. } => {
-                (K::Order, order_id.as_str())
-            }
+            Event::OrderPlaced { order_id, .. } | Event::UnitBound { order_id, .. } | Event::UnitCompleted { order_id, .. } => (K::Order, order_id.as_str()),
             Event::ConfigChanged { .. } => (K::Config, "engine"),
         }
     }
@@ -407,7 +496,19 @@ mod tests {
         let voucher = AggregateRef::new(AggregateKind::Voucher, "v1");
         assert!(voucher.has_subject("vs.voucher.v1"));
         // Negative controls: every near miss is refused, as comparing with `subject()` does.
-        for other in ["vs.voucher.v12", "vs.voucher.v", "vs.voucher.", "vs.voucher", "vs.vouchers.v1", "vs.media.v1", "xs.voucher.v1", "voucher.v1", "vs.voucher.V1", "vs.voucher..v1", ""] {
+        for other in [
+            "vs.voucher.v12",
+            "vs.voucher.v",
+            "vs.voucher.",
+            "vs.voucher",
+            "vs.vouchers.v1",
+            "vs.media.v1",
+            "xs.voucher.v1",
+            "voucher.v1",
+            "vs.voucher.V1",
+            "vs.voucher..v1",
+            "",
+        ] {
             assert!(!voucher.has_subject(other), "{other}");
         }
         let dotted = AggregateRef::new(AggregateKind::Node, "a.b");

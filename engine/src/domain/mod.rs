@@ -67,11 +67,7 @@ impl<A: Aggregate> Root<A> {
     pub fn decide(&self, actor: &Actor, request: &RequestId, command: &A::Command, now: Millis) -> Result<Outcome, Rejection> {
         let name = A::command_name(command);
         if let Some(first) = self.requests.get(&(actor.clone(), request.0.clone())) {
-            return if first == name {
-                Ok(Outcome::Repeated)
-            } else {
-                Err(Rejection::RequestIdReused { first: first.clone() })
-            };
+            return if first == name { Ok(Outcome::Repeated) } else { Err(Rejection::RequestIdReused { first: first.clone() }) };
         }
         self.state.decide(command, now).map(Outcome::Emit)
     }
@@ -81,9 +77,7 @@ impl<A: Aggregate> Root<A> {
         self.state = state.evolve(&recorded.event);
         self.version += 1;
         self.last_seq = Some(seq);
-        self.requests
-            .entry((recorded.actor.clone(), recorded.request_id.clone()))
-            .or_insert_with(|| recorded.command.clone());
+        self.requests.entry((recorded.actor.clone(), recorded.request_id.clone())).or_insert_with(|| recorded.command.clone());
     }
 
     /// Whether a request was already applied.

@@ -5,7 +5,7 @@
 
 use super::catalog::Media;
 use super::event::Event;
-use super::{validate, Aggregate, AggregateKind, Rejection};
+use super::{Aggregate, AggregateKind, Rejection, validate};
 use crate::ids::{MediaId, MerchantId, Millis, OrderId};
 use std::collections::{BTreeMap, BTreeSet};
 

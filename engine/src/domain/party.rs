@@ -5,7 +5,7 @@
 //! aggregate only records who holds a credential and whether it still counts.
 
 use super::event::Event;
-use super::{validate, Aggregate, AggregateKind, Rejection};
+use super::{Aggregate, AggregateKind, Rejection, validate};
 use crate::ids::{AuditorId, CertSerial, ConsumerId, MerchantId, Millis, NodeId};
 use std::collections::BTreeMap;
 
@@ -201,9 +201,7 @@ impl Aggregate for Node {
     fn decide(&self, command: &NodeCommand, _now: Millis) -> Result<Vec<Event>, Rejection> {
         let node_id = || self.id.clone().unwrap_or_else(|| NodeId::new(""));
         match (command, self.status) {
-            (NodeCommand::Register { node, .. }, status) if status != NodeStatus::Unknown => {
-                Err(Rejection::AlreadyExists { kind: "node", id: node.0.clone() })
-            }
+            (NodeCommand::Register { node, .. }, status) if status != NodeStatus::Unknown => Err(Rejection::AlreadyExists { kind: "node", id: node.0.clone() }),
             (NodeCommand::Register { node, region, slots_max, credential_hash }, _) => {
                 validate::id("node_id", &node.0)?;
                 validate::id("region", region)?;
@@ -284,8 +282,14 @@ impl Consumer {
 #[derive(Clone, Debug)]
 pub enum ConsumerCommand {
     /// The shell has signed the certificate; the domain checks and records it.
-    Certify { consumer: ConsumerId, cert: Certificate },
-    Revoke { serial: CertSerial, reason: String },
+    Certify {
+        consumer: ConsumerId,
+        cert: Certificate,
+    },
+    Revoke {
+        serial: CertSerial,
+        reason: String,
+    },
 }
 
 impl Aggregate for Consumer {

@@ -3,7 +3,7 @@
 
 use super::catalog::Media;
 use super::event::Event;
-use super::{validate, Aggregate, AggregateKind, Rejection};
+use super::{Aggregate, AggregateKind, Rejection, validate};
 use crate::ids::{MediaId, MerchantId, Millis, NodeId, PreviewId};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -21,8 +21,17 @@ pub struct Preview {
 #[derive(Clone, Debug)]
 pub enum PreviewCommand {
     /// `node` is the allocator's choice.
-    Start { preview: PreviewId, merchant: MerchantId, media_id: MediaId, media: Media, node: NodeId },
-    End { node: NodeId, played_ms: u64 },
+    Start {
+        preview: PreviewId,
+        merchant: MerchantId,
+        media_id: MediaId,
+        media: Media,
+        node: NodeId,
+    },
+    End {
+        node: NodeId,
+        played_ms: u64,
+    },
 }
 
 impl Aggregate for Preview {

@@ -54,10 +54,7 @@ impl Aggregate for Report {
             return Err(Rejection::InvalidArgument { field: "prev_seal_hash", reason: "does not name the last seal".into() });
         }
         if seal.first_entry != self.next_entry() || seal.last_entry < seal.first_entry {
-            return Err(Rejection::InvalidArgument {
-                field: "first_entry",
-                reason: format!("the next seal covers entries from {}", self.next_entry()),
-            });
+            return Err(Rejection::InvalidArgument { field: "first_entry", reason: format!("the next seal covers entries from {}", self.next_entry()) });
         }
         if self.last.as_ref().is_some_and(|last| seal.epoch < last.epoch) {
             return Err(Rejection::InvalidArgument { field: "epoch", reason: "epochs never go back".into() });

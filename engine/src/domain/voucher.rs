@@ -13,8 +13,8 @@
 
 use super::catalog::Media;
 use super::event::{Event, LedgerAccountKind, Payment, Posting, ReservedItem, VoidReason};
-use super::settlement::{settle, Payer, SaleLine};
-use super::{validate, Aggregate, AggregateKind, Rejection};
+use super::settlement::{Payer, SaleLine, settle};
+use super::{Aggregate, AggregateKind, Rejection, validate};
 use crate::ids::{CertSerial, ConsumerId, MediaId, MerchantId, Millis, NodeId, VoucherId};
 use std::collections::BTreeSet;
 
@@ -137,13 +137,22 @@ pub struct CompleteDelivery {
 pub enum VoucherCommand {
     Reserve(Reserve),
     Authorize(Authorize),
-    Void { merchant: MerchantId },
+    Void {
+        merchant: MerchantId,
+    },
     /// The sweeper's timeout of a Pending reservation, decided at `now`.
     Expire,
     /// `node` is the allocator's choice, recorded in the event so replay never re-decides.
-    Issue { merchant: MerchantId, node: NodeId, access_ttl_ms: u64 },
+    Issue {
+        merchant: MerchantId,
+        node: NodeId,
+        access_ttl_ms: u64,
+    },
     Redeem(Redeem),
-    FailDelivery { node: NodeId, reason: String },
+    FailDelivery {
+        node: NodeId,
+        reason: String,
+    },
     CompleteDelivery(CompleteDelivery),
 }
 
@@ -153,11 +162,7 @@ impl Voucher {
     }
 
     fn exists(&self) -> Result<(), Rejection> {
-        if self.status == VoucherStatus::None {
-            Err(Rejection::NotFound { kind: "voucher", id: String::new() })
-        } else {
-            Ok(())
-        }
+        if self.status == VoucherStatus::None { Err(Rejection::NotFound { kind: "voucher", id: String::new() }) } else { Ok(()) }
     }
 
     fn owned_by(&self, merchant: &MerchantId) -> Result<(), Rejection> {
@@ -217,10 +222,7 @@ impl Voucher {
                 return Err(Rejection::NotForSale(media_id.0.clone()));
             }
             if !published.renditions.iter().any(|r| r.name == reserve.rendition) {
-                return Err(Rejection::InvalidArgument {
-                    field: "rendition",
-                    reason: format!("media {media_id} has no rendition {:?}", reserve.rendition),
-                });
+                return Err(Rejection::InvalidArgument { field: "rendition", reason: format!("media {media_id} has no rendition {:?}", reserve.rendition) });
             }
             match currency {
                 None => currency = Some(&published.currency),
@@ -273,12 +275,7 @@ impl Voucher {
         }
         let retailer = self.merchant.as_ref().map(|m| m.0.as_str()).unwrap_or_default();
         let postings = settle(&payer, retailer, &lines);
-        Ok(vec![Event::Authorized {
-            voucher_id: self.id_or_empty(),
-            receipt_key_id: authorize.receipt_key_id,
-            receipt_generation: FIRST_GENERATION,
-            postings,
-        }])
+        Ok(vec![Event::Authorized { voucher_id: self.id_or_empty(), receipt_key_id: authorize.receipt_key_id, receipt_generation: FIRST_GENERATION, postings }])
     }
 
     fn decide_redeem(&self, redeem: &Redeem) -> Result<Vec<Event>, Rejection> {
@@ -326,11 +323,7 @@ impl Voucher {
         if self.status != VoucherStatus::Redeeming {
             return Err(self.transition("CompleteDelivery"));
         }
-        let (_, cert_serial) = self.consumer.clone().ok_or(Rejection::InvalidTransition {
-            kind: "voucher",
-            command: "CompleteDelivery",
-            state: "Issued",
-        })?;
+        let (_, cert_serial) = self.consumer.clone().ok_or(Rejection::InvalidTransition { kind: "voucher", command: "CompleteDelivery", state: "Issued" })?;
         Ok(vec![Event::Delivered {
             voucher_id: self.id_or_empty(),
             node_id: complete.node.clone(),
@@ -345,10 +338,7 @@ impl Voucher {
 
 /// The postings that undo `postings` (debits become credits and back).
 pub fn reverse(postings: &[Posting]) -> Vec<Posting> {
-    postings
-        .iter()
-        .map(|p| Posting { kind: p.kind, account: p.account.clone(), debit_minor: p.credit_minor, credit_minor: p.debit_minor })
-        .collect()
+    postings.iter().map(|p| Posting { kind: p.kind, account: p.account.clone(), debit_minor: p.credit_minor, credit_minor: p.debit_minor }).collect()
 }
 
 /// The seed's three sets of purchases.
@@ -370,11 +360,9 @@ impl Aggregate for Voucher {
             VoucherCommand::Void { merchant } => {
                 self.owned_by(merchant)?;
                 match self.status {
-                    VoucherStatus::Pending | VoucherStatus::Authorized => Ok(vec![Event::Voided {
-                        voucher_id: self.id_or_empty(),
-                        reason: VoidReason::Refunded,
-                        reversal: reverse(&self.postings),
-                    }]),
+                    VoucherStatus::Pending | VoucherStatus::Authorized => {
+                        Ok(vec![Event::Voided { voucher_id: self.id_or_empty(), reason: VoidReason::Refunded, reversal: reverse(&self.postings) }])
+                    }
                     _ => Err(self.transition("Void")),
                 }
             }
@@ -411,11 +399,9 @@ impl Aggregate for Voucher {
                 self.assigned_to(node)?;
                 validate::text("reason", reason, 512)?;
                 match self.status {
-                    VoucherStatus::Redeeming | VoucherStatus::Issued => Ok(vec![Event::DeliveryFailed {
-                        voucher_id: self.id_or_empty(),
-                        node_id: node.clone(),
-                        reason: reason.clone(),
-                    }]),
+                    VoucherStatus::Redeeming | VoucherStatus::Issued => {
+                        Ok(vec![Event::DeliveryFailed { voucher_id: self.id_or_empty(), node_id: node.clone(), reason: reason.clone() }])
+                    }
                     _ => Err(self.transition("FailDelivery")),
                 }
             }

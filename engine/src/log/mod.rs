@@ -20,10 +20,10 @@
 //! - reads return events in sequence order; `follow` yields every event from a sequence on,
 //!   then waits for new ones, with no gap and no duplicate.
 
-pub mod embedded;
-pub mod jetstream;
 #[cfg(any(test, feature = "test-util"))]
 pub mod conformance;
+pub mod embedded;
+pub mod jetstream;
 
 use crate::ids::Seq;
 use bytes::Bytes;
@@ -139,9 +139,7 @@ pub fn is_valid_subject(subject: &str) -> bool {
     let Some(rest) = subject.strip_prefix("vs.") else { return false };
     !rest.is_empty()
         && subject.len() <= 256
-        && rest.split('.').all(|token| {
-            !token.is_empty() && token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        })
+        && rest.split('.').all(|token| !token.is_empty() && token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
 }
 
 #[cfg(test)]

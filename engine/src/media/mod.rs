@@ -21,18 +21,16 @@ mod transaction;
 mod v1;
 mod v2;
 
-pub use self::delivered::{
-    CopyCheck, DELIVERED_FORMAT_VERSION, DELIVERED_MAGIC, DeliveredCopy, delivered_copy, delivered_copy_header, parse_delivered_copy,
-};
+pub use self::delivered::{CopyCheck, DELIVERED_FORMAT_VERSION, DELIVERED_MAGIC, DeliveredCopy, delivered_copy, delivered_copy_header, parse_delivered_copy};
 pub use self::transaction::{
-    BATCH_SIGNATURE_MAGIC, BATCH_SIGNATURE_VERSION, BatchSignature, RECORD_FIELD_BYTES_MAX, SIGNATURE_BYTES_MAX, TRANSACTION_BATCH_MAX,
-    TransactionError, TransactionRecord, batch_root_message, sign_transaction_batch, transaction_message, verify_transaction,
+    BATCH_SIGNATURE_MAGIC, BATCH_SIGNATURE_VERSION, BatchSignature, RECORD_FIELD_BYTES_MAX, SIGNATURE_BYTES_MAX, TRANSACTION_BATCH_MAX, TransactionError,
+    TransactionRecord, batch_root_message, sign_transaction_batch, transaction_message, verify_transaction,
 };
-pub use self::v1::{Container, FORMAT_VERSION, open, parse_v1, encrypt_v1};
+pub use self::v1::{Container, FORMAT_VERSION, encrypt_v1, open, parse_v1};
 pub use self::v2::{
-    CHUNK_BYTES_DEFAULT, CHUNK_BYTES_MAX, CHUNK_BYTES_MIN, COMPONENTS_MAX, Component, ComponentSpec, ContainerSpec, ContainerV2,
-    FORMAT_VERSION_2, HEADER_V2_BYTES, INDEX_ENTRY_BYTES, IndexEntry, MEDIA_TYPE_BYTES_MAX, NAME_BYTES_MAX, PUBLISHER_KEY_BYTES_MAX,
-    Preview, PreviewSpec, RENDITIONS_MAX, RenditionEntry, RenditionSpec, Section, TOC_BYTES_MAX, parse_v2, encrypt_v2,
+    CHUNK_BYTES_DEFAULT, CHUNK_BYTES_MAX, CHUNK_BYTES_MIN, COMPONENTS_MAX, Component, ComponentSpec, ContainerSpec, ContainerV2, FORMAT_VERSION_2,
+    HEADER_V2_BYTES, INDEX_ENTRY_BYTES, IndexEntry, MEDIA_TYPE_BYTES_MAX, NAME_BYTES_MAX, PUBLISHER_KEY_BYTES_MAX, Preview, PreviewSpec, RENDITIONS_MAX,
+    RenditionEntry, RenditionSpec, Section, TOC_BYTES_MAX, encrypt_v2, parse_v2,
 };
 
 pub const MAGIC: &[u8; 4] = b"VSMC";

@@ -53,7 +53,10 @@ impl<'a> Reader<'a> {
 
     /// A length read from the input, refused above `max` before anything is allocated.
     pub(super) fn bounded(&mut self, declared: u64, max: usize, what: &str) -> Result<usize, ContainerError> {
-        usize::try_from(declared).ok().filter(|len| *len <= max).ok_or_else(|| ContainerError::Malformed(format!("{what} of {declared} bytes is over the {max}-byte limit")))
+        usize::try_from(declared)
+            .ok()
+            .filter(|len| *len <= max)
+            .ok_or_else(|| ContainerError::Malformed(format!("{what} of {declared} bytes is over the {max}-byte limit")))
     }
 
     /// Bytes framed by a u64 length (the canonical framing of signed messages).

@@ -258,6 +258,9 @@ fn a_container_re_signed_by_another_key_names_that_key() {
     assert!(matches!(encrypt_v2(&bad, &key, &other), Err(ContainerError::Malformed(_))));
     let bad = ContainerSpec { renditions: Vec::new(), ..spec.clone() };
     assert!(encrypt_v2(&bad, &key, &other).is_err());
-    let bad = ContainerSpec { preview: Some(PreviewSpec { start_ms: 0, duration_ms: 1, fade_in_ms: 0, fade_out_ms: 0, media_type: "audio/mpeg", clip: b"" }), ..spec };
+    let bad = ContainerSpec {
+        preview: Some(PreviewSpec { start_ms: 0, duration_ms: 1, fade_in_ms: 0, fade_out_ms: 0, media_type: "audio/mpeg", clip: b"" }),
+        ..spec
+    };
     assert!(encrypt_v2(&bad, &key, &other).is_err(), "a preview past the media's end");
 }

@@ -75,7 +75,8 @@ impl TransactionRecord {
             return Err(ContainerError::Malformed("not a version 1 transaction record".into()));
         }
         let mut text = || reader.framed_str(RECORD_FIELD_BYTES_MAX, "a transaction record field").map(str::to_string);
-        let (voucher_id, media_id, rendition, node_id, engine_key_id, consumer_id, cert_serial) = (text()?, text()?, text()?, text()?, text()?, text()?, text()?);
+        let (voucher_id, media_id, rendition, node_id, engine_key_id, consumer_id, cert_serial) =
+            (text()?, text()?, text()?, text()?, text()?, text()?, text()?);
         let delivered_at = Millis(reader.i64()?);
         let content_hash = reader.array::<32>()?;
         reader.finish()?;

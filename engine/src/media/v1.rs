@@ -86,7 +86,8 @@ pub fn parse_v1(bytes: &[u8]) -> Result<Container<'_>, ContainerError> {
 /// Decrypts a format-1 container and checks the content against its hash.
 pub fn open(media_key: &SecretKey, bytes: &[u8]) -> Result<Vec<u8>, ContainerError> {
     let container = parse_v1(bytes)?;
-    let content = crypto::aead_decrypt(media_key, &container.nonce, &aad(&container.content_hash), container.ciphertext).map_err(|_: CryptoError| ContainerError::Decrypt)?;
+    let content = crypto::aead_decrypt(media_key, &container.nonce, &aad(&container.content_hash), container.ciphertext)
+        .map_err(|_: CryptoError| ContainerError::Decrypt)?;
     if !crypto::ct_eq(&crypto::hash(&content), &container.content_hash) {
         return Err(ContainerError::ContentHash);
     }

@@ -357,7 +357,12 @@ pub fn encrypt_v2(spec: &ContainerSpec<'_>, media_key: &SecretKey, publisher: &R
         for (i, chunk) in rendition.content.chunks(spec.chunk_bytes as usize).enumerate() {
             let i = i as u64;
             let (offset, encrypted_len, plain_offset) = index_entry(i, size_bytes, spec.chunk_bytes);
-            body.extend_from_slice(&crypto::aead_encrypt(media_key, &chunk_nonce(r, i), &chunk_aad(spec.media_id, rendition.name, &content_hash, i, count), chunk));
+            body.extend_from_slice(&crypto::aead_encrypt(
+                media_key,
+                &chunk_nonce(r, i),
+                &chunk_aad(spec.media_id, rendition.name, &content_hash, i, count),
+                chunk,
+            ));
             index.extend_from_slice(&offset.to_le_bytes());
             index.extend_from_slice(&encrypted_len.to_le_bytes());
             index.extend_from_slice(&plain_offset.to_le_bytes());
@@ -407,7 +412,10 @@ fn read_section(reader: &mut Reader<'_>, next_offset: &mut u64, body_len: u64) -
     if offset != *next_offset {
         return Err(malformed(format!("a section starts at body offset {offset} instead of {next_offset}")));
     }
-    let end = offset.checked_add(len).filter(|end| *end <= body_len).ok_or_else(|| malformed(format!("a section of {len} bytes at body offset {offset} ends past the body ({body_len} bytes)")))?;
+    let end = offset
+        .checked_add(len)
+        .filter(|end| *end <= body_len)
+        .ok_or_else(|| malformed(format!("a section of {len} bytes at body offset {offset} ends past the body ({body_len} bytes)")))?;
     *next_offset = end;
     Ok(Section { offset, len, hash })
 }
@@ -598,7 +606,9 @@ impl<'a> ContainerV2<'a> {
             .iter()
             .map(|component| (format!("component {:?}", component.name), component.section))
             .chain(self.preview.iter().map(|preview| ("the preview clip".to_string(), preview.section)))
-            .chain(self.renditions.iter().flat_map(|rendition| [(format!("rendition {:?}", rendition.name), rendition.data), (format!("the index of {:?}", rendition.name), rendition.index)]));
+            .chain(self.renditions.iter().flat_map(|rendition| {
+                [(format!("rendition {:?}", rendition.name), rendition.data), (format!("the index of {:?}", rendition.name), rendition.index)]
+            }));
         for (what, section) in sections {
             if !crypto::ct_eq(&crypto::hash(self.section(&section)), &section.hash) {
                 return Err(ContainerError::SectionHash(what));

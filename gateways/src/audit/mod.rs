@@ -3,10 +3,10 @@
 //! JetStream the commands connect read-only (`BackendArgs::open_read_only`), which the
 //! `auditor` user of deploy/nats-auth.conf allows.
 
-use anyhow::{bail, Context};
-use projections::audit::{self, AuditReport};
 pub use crate::common::witness::WITNESS_FILE;
 use crate::common::witness::Witness;
+use anyhow::{Context, bail};
+use projections::audit::{self, AuditReport};
 use std::path::Path;
 
 /// `--pin`: a seal hash in hex, or a witness file whose last line names the seal.
@@ -48,7 +48,14 @@ pub async fn replay(backend: &crate::common::backend::BackendArgs, keys_dir: &Pa
 pub fn describe(report: &AuditReport) -> String {
     let mut text = format!(
         "audit replay: {} events (seq {}..={}), {} royalty entries, {} seals verified, {} entries not yet sealed (MAC chain only), {:.0} events/s\nstate digest {}",
-        report.events, report.first_seq, report.last_seq, report.royalty_entries, report.seals_verified, report.unsealed_entries, report.events_per_s, report.state_digest
+        report.events,
+        report.first_seq,
+        report.last_seq,
+        report.royalty_entries,
+        report.seals_verified,
+        report.unsealed_entries,
+        report.events_per_s,
+        report.state_digest
     );
     match &report.first_bad {
         None => text.push_str("\nOK: sequences contiguous, every event applies, the royalty chain and every seal verify"),
@@ -108,8 +115,23 @@ fn usage_row(line: usize, entry: &Entry) -> Vec<String> {
 }
 
 const USAGE_COLUMNS: [&str; 17] = [
-    "line", "usage", "royalty_bearing", "media_id", "title", "artist", "rights_agent", "owner", "distributor", "merchant",
-    "territory", "voucher_id", "timestamp_ms", "price_minor", "currency", "played_ms", "stream_seq",
+    "line",
+    "usage",
+    "royalty_bearing",
+    "media_id",
+    "title",
+    "artist",
+    "rights_agent",
+    "owner",
+    "distributor",
+    "merchant",
+    "territory",
+    "voucher_id",
+    "timestamp_ms",
+    "price_minor",
+    "currency",
+    "played_ms",
+    "stream_seq",
 ];
 
 /// Rebuilds the royalty log from the stream and checks it; refuses to export a stream that
@@ -166,7 +188,18 @@ pub fn dsr(report: &AuditReport, entries: &[Entry]) -> String {
     let first_month = months.iter().min().cloned().unwrap_or_default();
     let last_month = months.iter().max().cloned().unwrap_or_default();
     let currency = entries.iter().find(|e| !e.currency.is_empty()).map(|e| e.currency.clone()).unwrap_or_default();
-    lines.push(["HEAD", "VOUCHSAFE-DSR/1", &report.state_digest[..16.min(report.state_digest.len())], &report.last_seq.to_string(), &first_month, &last_month, &currency].join("\t"));
+    lines.push(
+        [
+            "HEAD",
+            "VOUCHSAFE-DSR/1",
+            &report.state_digest[..16.min(report.state_digest.len())],
+            &report.last_seq.to_string(),
+            &first_month,
+            &last_month,
+            &currency,
+        ]
+        .join("\t"),
+    );
     let mut summary: BTreeMap<(String, String), (u64, u64, u64)> = BTreeMap::new();
     for entry in entries {
         let line = summary.entry((entry.merchant.clone(), DSR_TERRITORY.to_string())).or_default();
@@ -179,7 +212,10 @@ pub fn dsr(report: &AuditReport, entries: &[Entry]) -> String {
         }
     }
     for ((merchant, territory), (deliveries, previews, amount)) in &summary {
-        lines.push(["SY01", merchant, territory, &(deliveries + previews).to_string(), &deliveries.to_string(), &previews.to_string(), &amount.to_string(), &currency].join("\t"));
+        lines.push(
+            ["SY01", merchant, territory, &(deliveries + previews).to_string(), &deliveries.to_string(), &previews.to_string(), &amount.to_string(), &currency]
+                .join("\t"),
+        );
     }
     for (line, entry) in entries.iter().enumerate() {
         lines.push(format!("RU01\t{}", usage_row(line + 1, entry).join("\t")));
@@ -196,7 +232,8 @@ pub fn verify_file(file: &Path, keys_dir: &Path, pin: Option<[u8; 32]>) -> anyho
     let master = crate::common::keys::load_royalty_master(keys_dir)?;
     let public = crate::common::keys::load_engine_public(keys_dir)?;
     let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let log: ExportedLog = serde_json::from_str(&text).with_context(|| format!("{} is not an exported royalty log (audit export --format log)", file.display()))?;
+    let log: ExportedLog =
+        serde_json::from_str(&text).with_context(|| format!("{} is not an exported royalty log (audit export --format log)", file.display()))?;
     Ok(export::verify_log(&log, &master, &public, pin))
 }
 

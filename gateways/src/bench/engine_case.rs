@@ -1,6 +1,7 @@
 //! The engine in process (cases 1, 3, 4, 5): `Market` on `JetStreamLog` with live
 //! projections as the allocator, the keys every case uses, and the audit replay.
 
+use super::*;
 use anyhow::ensure;
 use engine::app::{EngineKeys, Market, PublishInput};
 use engine::clock::{Clock, SystemClock};
@@ -13,7 +14,6 @@ use projections::Live;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
-use super::*;
 
 /// The key material every engine case uses: `keys init` output plus a player's key.
 pub(super) struct BenchKeys {
@@ -30,7 +30,12 @@ impl BenchKeys {
         // Only its public half matters here, and any 2048-bit key costs the same, so the
         // engine's own modulus stands in (no second key generation).
         let player_public_der = engine.public.to_der()?;
-        Ok(BenchKeys { engine, royalty_master: crate::common::keys::load_royalty_master(dir)?, operator: crate::common::keys::load_operator_id(dir)?, player_public_der })
+        Ok(BenchKeys {
+            engine,
+            royalty_master: crate::common::keys::load_royalty_master(dir)?,
+            operator: crate::common::keys::load_operator_id(dir)?,
+            player_public_der,
+        })
     }
 }
 
@@ -104,7 +109,14 @@ impl EngineUnderTest {
             length_ms: 180_000,
             price_minor: 199,
             currency: "EUR".into(),
-            terms: RoyaltyTerms { retailer_bps: 3000, distributor_bps: 2000, owner_bps: 5000, distributor: "dist-1".into(), owner: "label-1".into(), rights_agent: "agent-1".into() },
+            terms: RoyaltyTerms {
+                retailer_bps: 3000,
+                distributor_bps: 2000,
+                owner_bps: 5000,
+                distributor: "dist-1".into(),
+                owner: "label-1".into(),
+                rights_agent: "agent-1".into(),
+            },
             renditions: vec![Rendition { name: "high".into(), bitrate_kbps: 256, content_hash, size_bytes: MEDIA_BYTES as u64 }],
             preview: PreviewClip { start_ms: 30_000, duration_ms: 30_000 },
             image_descriptor: "cover.jpg".into(),
@@ -132,7 +144,14 @@ impl EngineUnderTest {
                 let mut latencies = [0u32; 3];
                 let step = Instant::now();
                 let reserved = market
-                    .reserve(&merchant, &request(&run_id, "reserve", index), std::slice::from_ref(&media_id), "high", RESERVATION_TTL_MS, Payment::Merchant { payment_ref: format!("card-{index}") })
+                    .reserve(
+                        &merchant,
+                        &request(&run_id, "reserve", index),
+                        std::slice::from_ref(&media_id),
+                        "high",
+                        RESERVATION_TTL_MS,
+                        Payment::Merchant { payment_ref: format!("card-{index}") },
+                    )
                     .await?;
                 latencies[0] = micros(step.elapsed());
                 let step = Instant::now();
@@ -191,7 +210,9 @@ impl EngineUnderTest {
                 let challenge = crypto::random_bytes::<32>();
                 let proof = crypto::receipt_proof(&voucher.receipt, &voucher.voucher_id.0, &voucher.node_id.0, &challenge);
                 let started = Instant::now();
-                let redeemed = market.redeem(&voucher.node_id, &request(&run_id, "redeem", voucher.index), &voucher.voucher_id, &consumer, &cert_serial, &challenge, &proof).await?;
+                let redeemed = market
+                    .redeem(&voucher.node_id, &request(&run_id, "redeem", voucher.index), &voucher.voucher_id, &consumer, &cert_serial, &challenge, &proof)
+                    .await?;
                 let latency = micros(started.elapsed());
                 ensure!(redeemed.keys.len() == 1, "redeeming {} returned {} keys instead of 1", voucher.voucher_id, redeemed.keys.len());
                 anyhow::Ok((latency, (voucher.index, voucher.voucher_id.clone(), voucher.node_id.clone())))

@@ -1,10 +1,10 @@
 //! Case 6: the engine's resident set after N and 10×N vouchers, measured in a child process
 //! (`--rss-probe`) so nothing the other cases allocated counts.
 
-use anyhow::{Context as _, ensure};
+use super::*;
+use anyhow::ensure;
 use std::path::Path;
 use std::sync::Arc;
-use super::*;
 
 /// Runs `vouchsafe bench --rss-probe KEYS --nats-url URL --vouchers N` and reads its
 /// answer.

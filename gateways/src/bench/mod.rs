@@ -74,13 +74,12 @@ mod raw;
 mod report;
 
 use engine_case::*;
+use memory::rss_probe_child;
+pub use memory::{rss_probe, vm_rss_mb};
 use purchase::*;
 use raw::*;
-use memory::rss_probe_child;
-use report::ms;
-pub use memory::{rss_probe, vm_rss_mb};
 pub use report::describe;
-
+use report::ms;
 
 /// Vouchers in the workload by default (issue 10).
 pub const VOUCHERS_DEFAULT: usize = 20_000;
@@ -217,7 +216,15 @@ impl Rate {
             let index = ((last as f64) * q).round() as usize;
             Some(f64::from(latencies_us[index.min(last)]) / 1000.0)
         };
-        Rate { operations, seconds, per_s: operations as f64 / seconds, p50_ms: percentile(0.5), p99_ms: percentile(0.99), client_cpu_us: None, server_cpu_us: None }
+        Rate {
+            operations,
+            seconds,
+            per_s: operations as f64 / seconds,
+            p50_ms: percentile(0.5),
+            p99_ms: percentile(0.99),
+            client_cpu_us: None,
+            server_cpu_us: None,
+        }
     }
 }
 
@@ -416,7 +423,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
     let plan = Plan::new(&args);
     let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     let cpu_busy_before = cpu_busy_share(Duration::from_millis(BUSY_SAMPLE_MS)).await;
-    eprintln!("bench: {} vouchers ({} warm-up, {} durable, {} for memory), {VOUCHERS_IN_FLIGHT} in flight, {cpus} cpus", plan.vouchers, plan.warmup_vouchers, plan.durable_vouchers, plan.memory_vouchers_large);
+    eprintln!(
+        "bench: {} vouchers ({} warm-up, {} durable, {} for memory), {VOUCHERS_IN_FLIGHT} in flight, {cpus} cpus",
+        plan.vouchers, plan.warmup_vouchers, plan.durable_vouchers, plan.memory_vouchers_large
+    );
     if let Some(busy) = cpu_busy_before.filter(|busy| *busy > BUSY_CPU_SHARE) {
         eprintln!("warning: other work kept {:.0}% of the CPU busy just before the run: every rate shares the cores with it", busy * 100.0);
     }
@@ -479,7 +489,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
     let mark = meter.mark();
     let (replay, replay_report) = audit_replay(&url, &keys, small_events).await?;
     let replay = mark.attach(replay);
-    eprintln!("    raw {:.0} events/s; audit replay {:.0} events/s ({} royalty entries, {} seal(s) verified)", raw_consume.per_s, replay.per_s, replay_report.royalty_entries, replay_report.seals_verified);
+    eprintln!(
+        "    raw {:.0} events/s; audit replay {:.0} events/s ({} royalty entries, {} seal(s) verified)",
+        raw_consume.per_s, replay.per_s, replay_report.royalty_entries, replay_report.seals_verified
+    );
     let mut audit_ok = replay_report.ok();
 
     // Case 2: purchases over gRPC, on a fresh stream of the same server.
@@ -500,7 +513,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
     // As in case 1, the projections' work on these events counts in the CPU figures.
     purchase_market.caught_up().await?;
     let purchase = mark.attach(purchase);
-    eprintln!("    maximum: {:.0} purchases/s with {VOUCHERS_IN_FLIGHT} in flight (p50 {} ms, p99 {} ms: queueing)", purchase.per_s, ms(purchase.p50_ms), ms(purchase.p99_ms));
+    eprintln!(
+        "    maximum: {:.0} purchases/s with {VOUCHERS_IN_FLIGHT} in flight (p50 {} ms, p99 {} ms: queueing)",
+        purchase.per_s,
+        ms(purchase.p50_ms),
+        ms(purchase.p99_ms)
+    );
     let mut purchase_latency_phases: Vec<LatencyPhase> = Vec::with_capacity(PURCHASE_LATENCY_LOAD_SHARES.len());
     for (index, load_share) in PURCHASE_LATENCY_LOAD_SHARES.into_iter().enumerate() {
         let start = maximum.end + index * phase_purchases;
@@ -534,7 +552,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
 
     // Case 4, engine side: redemptions of one purchase in DELIVERED_ONE_IN through
     // DeliveryService over gRPC, as the nodes the vouchers were issued to.
-    eprintln!("[4] engine: {} redemptions through DeliveryService over gRPC (node credentials, {VOUCHERS_IN_FLIGHT} in flight) after {} for warm-up", to_redeem.len(), redeem_warmup.len());
+    eprintln!(
+        "[4] engine: {} redemptions through DeliveryService over gRPC (node credentials, {VOUCHERS_IN_FLIGHT} in flight) after {} for warm-up",
+        to_redeem.len(),
+        redeem_warmup.len()
+    );
     purchase_market.redeem_all(redeem_warmup).await?;
     let mark = meter.mark();
     let redeem = mark.attach(purchase_market.redeem_all(to_redeem).await?);
@@ -561,7 +583,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
 
     // Case 5: both sides of case 1 against a server that fsyncs every write.
     let (durable_raw_append, durable_engine_append) = if args.nats_url.is_some() {
-        eprintln!("[5] durable: not measured, reported as null: it needs a server this command starts itself with sync_interval: always, and --nats-url was given");
+        eprintln!(
+            "[5] durable: not measured, reported as null: it needs a server this command starts itself with sync_interval: always, and --nats-url was given"
+        );
         (None, None)
     } else {
         // The earlier cases left dirty pages (the default-sync server writes lazily); with

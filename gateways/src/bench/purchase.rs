@@ -1,10 +1,11 @@
 //! Case 2: purchases over gRPC against the engine's server in this process, closed loop for
 //! the maximum and paced open loops for the latency.
 
+use super::*;
 use crate::common::client::{self, DeliveryClient, MerchantClient};
 use crate::common::cred::Credential;
 use crate::server::{EngineConfig, RunningEngine};
-use anyhow::{Context as _, ensure};
+use anyhow::ensure;
 use engine::crypto::{self, SecretKey};
 use engine::log::EventLog;
 use engine::log::jetstream::JetStreamLog;
@@ -12,7 +13,6 @@ use proto::v1 as pb;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use super::*;
 
 /// The engine's gRPC server in this process on [`PURCHASE_STREAM`], with merchants (one
 /// channel each), announced delivery nodes and one published media, ready to sell.
@@ -80,7 +80,12 @@ impl GrpcMarket {
         }
         let consumer_id = format!("{run_id}-player");
         let certificate = catalog
-            .certify_consumer(pb::CertifyConsumerRequest { request_id: request(&run_id, "certify", 0).0, consumer_id: consumer_id.clone(), public_key_der: player_public_der.to_vec(), validity_ms: CERT_VALIDITY_MS })
+            .certify_consumer(pb::CertifyConsumerRequest {
+                request_id: request(&run_id, "certify", 0).0,
+                consumer_id: consumer_id.clone(),
+                public_key_der: player_public_der.to_vec(),
+                validity_ms: CERT_VALIDITY_MS,
+            })
             .await
             .context("the bench's CertifyConsumer was refused")?
             .into_inner();
@@ -100,8 +105,18 @@ impl GrpcMarket {
             preview_clip: vec![0u8; 1024],
             image_descriptor: "cover.jpg".into(),
         };
-        let published = client::publish(&mut catalog, &request(&run_id, "publish", 0).0, &engine_public, upload).await.context("the bench's PublishMedia failed")?;
-        Ok(GrpcMarket { engine, merchants, media_id: published.media_id, nodes, node_clients, consumer: (consumer_id, certificate.cert_serial), heartbeat, run_id })
+        let published =
+            client::publish(&mut catalog, &request(&run_id, "publish", 0).0, &engine_public, upload).await.context("the bench's PublishMedia failed")?;
+        Ok(GrpcMarket {
+            engine,
+            merchants,
+            media_id: published.media_id,
+            nodes,
+            node_clients,
+            consumer: (consumer_id, certificate.cert_serial),
+            heartbeat,
+            run_id,
+        })
     }
 
     /// Buys vouchers `range` over gRPC, each Reserve → Authorize → IssueVoucher in
@@ -144,9 +159,16 @@ impl GrpcMarket {
                     .into_inner();
                 latencies[2] = micros(step.elapsed());
                 latencies[3] = micros(purchase.elapsed());
-                ensure!(!issued.node_id.is_empty() && !issued.access_token.is_empty(), "IssueVoucher of purchase {index} answered without a node or an access token");
+                ensure!(
+                    !issued.node_id.is_empty() && !issued.access_token.is_empty(),
+                    "IssueVoucher of purchase {index} answered without a node or an access token"
+                );
                 let kept = if index % DELIVERED_ONE_IN == 0 {
-                    let receipt: [u8; crypto::KEY_BYTES] = authorized.receipt.as_slice().try_into().map_err(|_| anyhow::anyhow!("Authorize of purchase {index} answered a receipt of {} bytes", authorized.receipt.len()))?;
+                    let receipt: [u8; crypto::KEY_BYTES] = authorized
+                        .receipt
+                        .as_slice()
+                        .try_into()
+                        .map_err(|_| anyhow::anyhow!("Authorize of purchase {index} answered a receipt of {} bytes", authorized.receipt.len()))?;
                     Some(GrpcToDeliver { index, voucher_id: issued.voucher_id, node_id: issued.node_id, receipt: SecretKey::from_bytes(receipt) })
                 } else {
                     None
@@ -182,17 +204,29 @@ impl GrpcMarket {
             let (consumer_id, cert_serial) = self.consumer.clone();
             let run_id = self.run_id.clone();
             async move {
-                let mut node = node.with_context(|| format!("voucher {} was issued to node {}, which the bench did not register", voucher.voucher_id, voucher.node_id))?;
+                let mut node =
+                    node.with_context(|| format!("voucher {} was issued to node {}, which the bench did not register", voucher.voucher_id, voucher.node_id))?;
                 let challenge = crypto::random_bytes::<32>();
                 let proof = crypto::receipt_proof(&voucher.receipt, &voucher.voucher_id, &voucher.node_id, &challenge);
                 let step = Instant::now();
                 let redeemed = node
-                    .redeem(pb::RedeemRequest { request_id: request(&run_id, "redeem", voucher.index).0, voucher_id: voucher.voucher_id.clone(), cert_serial, consumer_id, challenge: challenge.to_vec(), proof: proof.to_vec() })
+                    .redeem(pb::RedeemRequest {
+                        request_id: request(&run_id, "redeem", voucher.index).0,
+                        voucher_id: voucher.voucher_id.clone(),
+                        cert_serial,
+                        consumer_id,
+                        challenge: challenge.to_vec(),
+                        proof: proof.to_vec(),
+                    })
                     .await
                     .with_context(|| format!("Redeem of voucher {}", voucher.voucher_id))?
                     .into_inner();
                 let latency = micros(step.elapsed());
-                ensure!(redeemed.keys.len() == 1 && redeemed.keys.iter().all(|key| !key.wrapped_key.is_empty() && !key.transaction_signature.is_empty()), "Redeem of voucher {} answered without a wrapped key and a signed transaction", voucher.voucher_id);
+                ensure!(
+                    redeemed.keys.len() == 1 && redeemed.keys.iter().all(|key| !key.wrapped_key.is_empty() && !key.transaction_signature.is_empty()),
+                    "Redeem of voucher {} answered without a wrapped key and a signed transaction",
+                    voucher.voucher_id
+                );
                 anyhow::Ok(latency)
             }
         })

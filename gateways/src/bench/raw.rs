@@ -1,13 +1,13 @@
 //! The raw substrate: async-nats publishes and pull consumption with the substrate anchors'
 //! settings, and RSA-OAEP encryption with the `rsa` crate, timed without the engine.
 
-use anyhow::{Context as _, ensure};
+use super::*;
+use anyhow::ensure;
 use async_nats::jetstream::{self, consumer, context::Context, stream};
 use bytes::Bytes;
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
 use std::time::{Duration, Instant};
-use super::*;
 
 /// A plain async-nats client with the substrate anchors' settings.
 pub(super) struct RawClient {
@@ -30,10 +30,8 @@ impl RawClient {
             .await
             .with_context(|| format!("cannot connect to nats at {url}; is nats-server running and reachable?"))?;
         let server_version = client.server_info().version.clone();
-        let context = jetstream::ContextBuilder::new()
-            .timeout(Duration::from_millis(RAW_REQUEST_TIMEOUT_MS))
-            .max_ack_inflight(RAW_ACKS_IN_FLIGHT_MAX)
-            .build(client);
+        let context =
+            jetstream::ContextBuilder::new().timeout(Duration::from_millis(RAW_REQUEST_TIMEOUT_MS)).max_ack_inflight(RAW_ACKS_IN_FLIGHT_MAX).build(client);
         Ok(RawClient { context, server_version, run_id: run_id() })
     }
 
@@ -139,7 +137,8 @@ impl RawClient {
             })
             .await
             .context("cannot create the raw pull consumer")?;
-        let mut messages = consumer.stream().max_messages_per_batch(RAW_CONSUME_BATCH_EVENTS).messages().await.context("cannot pull from the engine's stream")?;
+        let mut messages =
+            consumer.stream().max_messages_per_batch(RAW_CONSUME_BATCH_EVENTS).messages().await.context("cannot pull from the engine's stream")?;
         let started = Instant::now();
         let mut read = 0u64;
         while read < expected {
@@ -195,7 +194,11 @@ pub(super) fn raw_rsa_oaep(public_key_der: &[u8], threads: usize, measure_ms: u6
                 let key = &key;
                 scope.spawn(move || -> anyhow::Result<(u64, Duration)> {
                     let mut rng = rand_08::thread_rng();
-                    let mut encrypt = || key.encrypt(&mut rng, rsa::Oaep::new::<rsa::sha2::Sha256>(), &secret).map(std::hint::black_box).map_err(|e| anyhow::anyhow!("rsa encrypt: {e}"));
+                    let mut encrypt = || {
+                        key.encrypt(&mut rng, rsa::Oaep::new::<rsa::sha2::Sha256>(), &secret)
+                            .map(std::hint::black_box)
+                            .map_err(|e| anyhow::anyhow!("rsa encrypt: {e}"))
+                    };
                     for _ in 0..3 {
                         encrypt()?;
                     }

@@ -28,7 +28,11 @@ pub fn describe(report: &BenchReport) -> String {
         Some(Some(false)) => "MISSED",
         _ => "n/a",
     };
-    let _ = writeln!(out, "\nvouchsafe bench ({mode}, {} vouchers, {VOUCHERS_IN_FLIGHT} in flight) on nats-server {}, {} cpus, {} servers, {:.0} s", report.plan.vouchers, report.nats_server_version, report.cpus, report.servers, report.elapsed_s);
+    let _ = writeln!(
+        out,
+        "\nvouchsafe bench ({mode}, {} vouchers, {VOUCHERS_IN_FLIGHT} in flight) on nats-server {}, {} cpus, {} servers, {:.0} s",
+        report.plan.vouchers, report.nats_server_version, report.cpus, report.servers, report.elapsed_s
+    );
     if let Some(busy) = report.cpu_busy_before.filter(|busy| *busy > BUSY_CPU_SHARE) {
         let _ = writeln!(out, "other work kept {:.0}% of the CPU busy just before the run: rates are lower than on an idle machine", busy * 100.0);
     }
@@ -60,7 +64,13 @@ pub fn describe(report: &BenchReport) -> String {
         report.purchase_ratio,
     );
     let _ = writeln!(out, "{:<44} {:>14} {:>14.0}", format!("  purchases/s at the maximum, {VOUCHERS_IN_FLIGHT} in flight"), "-", report.purchase_max_per_s);
-    let _ = writeln!(out, "{:<44} {:>14} {:>14}", format!("  p50 / p99 ms at the maximum ({VOUCHERS_IN_FLIGHT} queued)"), "-", format!("{} / {}", ms(report.purchase.p50_ms), ms(report.purchase.p99_ms)));
+    let _ = writeln!(
+        out,
+        "{:<44} {:>14} {:>14}",
+        format!("  p50 / p99 ms at the maximum ({VOUCHERS_IN_FLIGHT} queued)"),
+        "-",
+        format!("{} / {}", ms(report.purchase.p50_ms), ms(report.purchase.p99_ms))
+    );
     let _ = writeln!(
         out,
         "{:<44} {:>14} {:>14.0} {:>7.2}  p99 <= {PURCHASE_P99_TARGET_MS} ms {}",
@@ -124,7 +134,13 @@ pub fn describe(report: &BenchReport) -> String {
                 ratio,
                 target("durable engine >= 2x durable raw")
             );
-            let _ = writeln!(out, "{:<44} {:>14} {:>14}", "  per command p50 / p99 ms", format!("{} / {}", ms(raw.p50_ms), ms(raw.p99_ms)), format!("{} / {}", ms(engine.p50_ms), ms(engine.p99_ms)));
+            let _ = writeln!(
+                out,
+                "{:<44} {:>14} {:>14}",
+                "  per command p50 / p99 ms",
+                format!("{} / {}", ms(raw.p50_ms), ms(raw.p99_ms)),
+                format!("{} / {}", ms(engine.p50_ms), ms(engine.p99_ms))
+            );
             let _ = writeln!(out, "{:<44} {:>14} {:>14}", "  CPU us per command: client + nats-server", cpu(raw), cpu(engine));
         }
         _ => {

@@ -95,7 +95,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let pin = pin.as_deref().map(audit::parse_pin).transpose()?;
             let report = audit::verify_file(&file, &keys, pin)?;
             match &report.first_bad {
-                None => eprintln!("verify: {} entries, {} seals verified, {} entries not yet sealed: OK", report.entries, report.seals_verified, report.unsealed_entries),
+                None => eprintln!(
+                    "verify: {} entries, {} seals verified, {} entries not yet sealed: OK",
+                    report.entries, report.seals_verified, report.unsealed_entries
+                ),
                 Some(bad) => eprintln!("verify: FAILED at entry {:?} seal {:?}: {}", bad.entry, bad.seal, bad.reason),
             }
             if json {
@@ -115,7 +118,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let ok = results.iter().all(Result::is_ok);
             for result in &results {
                 match result {
-                    Ok(entry) => eprintln!("proof OK: entry for voucher {} media {:?} ({}), {} minor units", entry.voucher_id, entry.title, entry.media_id, entry.sale_price_minor),
+                    Ok(entry) => eprintln!(
+                        "proof OK: entry for voucher {} media {:?} ({}), {} minor units",
+                        entry.voucher_id, entry.title, entry.media_id, entry.sale_price_minor
+                    ),
                     Err(reason) => eprintln!("proof FAILED: {reason}"),
                 }
             }
@@ -141,10 +147,24 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let summary = runtime.block_on(demo::run(demo::DemoArgs { backend, keys_dir, vouchers: usize::try_from(vouchers)?, connect, engine_tls }))?;
             eprintln!(
                 "demo: {} purchases, {} delivered ({} decrypted and verified, {} album tracks), {} points-paid, {} previews, {} expired, {} voided; {} events in the stream; state digest {}; {} ms",
-                summary.purchases, summary.delivered, summary.decrypt_ok, summary.album_tracks_delivered, summary.points_paid, summary.previews, summary.expired, summary.voided,
-                summary.stream_events, summary.state_digest, summary.elapsed_ms
+                summary.purchases,
+                summary.delivered,
+                summary.decrypt_ok,
+                summary.album_tracks_delivered,
+                summary.points_paid,
+                summary.previews,
+                summary.expired,
+                summary.voided,
+                summary.stream_events,
+                summary.state_digest,
+                summary.elapsed_ms
             );
-            eprintln!("royalty log: {} entries, {} seals; audit replay {}", summary.royalty_entries, summary.seals, if summary.audit_ok { "OK" } else { "FAILED" });
+            eprintln!(
+                "royalty log: {} entries, {} seals; audit replay {}",
+                summary.royalty_entries,
+                summary.seals,
+                if summary.audit_ok { "OK" } else { "FAILED" }
+            );
             if json {
                 println!("{}", serde_json::to_string(&summary)?);
             }

@@ -128,7 +128,10 @@ pub struct TransactionView {
 impl Report {
     /// Whether the check passed: the file parsed, and nothing that was checked failed.
     pub fn ok(&self) -> bool {
-        self.error.is_none() && self.signature_ok != Some(false) && self.publisher_key_ok != Some(false) && self.transaction.as_ref().is_none_or(|transaction| transaction.content_ok && transaction.signature_ok != Some(false))
+        self.error.is_none()
+            && self.signature_ok != Some(false)
+            && self.publisher_key_ok != Some(false)
+            && self.transaction.as_ref().is_none_or(|transaction| transaction.content_ok && transaction.signature_ok != Some(false))
     }
 
     fn empty(kind: Option<&'static str>, size_bytes: u64) -> Self {
@@ -171,7 +174,14 @@ pub fn inspect_bytes(bytes: &[u8], engine: Option<&RsaPublic>, publisher: Option
             Ok(media::Parsed::V1(container)) => Report {
                 format_version: Some(container.format_version),
                 // Format 1 names neither its media nor its renditions, and is not signed.
-                renditions: vec![RenditionView { name: "content".into(), content_hash: hex::encode(container.content_hash), size_bytes: None, bitrate_kbps: None, chunks: None, chunk_bytes: None }],
+                renditions: vec![RenditionView {
+                    name: "content".into(),
+                    content_hash: hex::encode(container.content_hash),
+                    size_bytes: None,
+                    bitrate_kbps: None,
+                    chunks: None,
+                    chunk_bytes: None,
+                }],
                 ..Report::empty(Some("container"), size_bytes)
             },
             Ok(media::Parsed::V2(container)) => container_v2(&container, publisher, size_bytes),
@@ -317,7 +327,13 @@ pub fn describe(report: &Report) -> String {
         lines.push(format!("  {length_ms} ms, {}", if for_sale { "for sale" } else { "not for sale" }));
     }
     for component in &report.components {
-        lines.push(format!("  component {:?} ({}): {} bytes, {}", component.name, component.media_type, component.size_bytes, if component.encrypted { "encrypted" } else { "free to view" }));
+        lines.push(format!(
+            "  component {:?} ({}): {} bytes, {}",
+            component.name,
+            component.media_type,
+            component.size_bytes,
+            if component.encrypted { "encrypted" } else { "free to view" }
+        ));
     }
     for rendition in &report.renditions {
         let chunks = match (rendition.chunks, rendition.chunk_bytes) {
@@ -325,7 +341,12 @@ pub fn describe(report: &Report) -> String {
             _ => String::new(),
         };
         let bitrate = rendition.bitrate_kbps.map(|kbps| format!(", {kbps} kbps")).unwrap_or_default();
-        lines.push(format!("  rendition {:?}: content {}{}{bitrate}{chunks}", rendition.name, rendition.content_hash, rendition.size_bytes.map(|size| format!(", {size} bytes")).unwrap_or_default()));
+        lines.push(format!(
+            "  rendition {:?}: content {}{}{bitrate}{chunks}",
+            rendition.name,
+            rendition.content_hash,
+            rendition.size_bytes.map(|size| format!(", {size} bytes")).unwrap_or_default()
+        ));
     }
     if let Some(preview) = &report.preview {
         lines.push(format!(
@@ -334,25 +355,40 @@ pub fn describe(report: &Report) -> String {
         ));
     }
     if let Some(key_id) = &report.publisher_key_id {
-        lines.push(format!("  publisher key {key_id}{}", match report.publisher_key_ok {
-            Some(true) => " (the pinned key)",
-            Some(false) => " (NOT the pinned --publisher-key)",
-            None => "",
-        }));
+        lines.push(format!(
+            "  publisher key {key_id}{}",
+            match report.publisher_key_ok {
+                Some(true) => " (the pinned key)",
+                Some(false) => " (NOT the pinned --publisher-key)",
+                None => "",
+            }
+        ));
     }
     if let Some(transaction) = &report.transaction {
         lines.push(format!(
             "  transaction: voucher {}, delivered at {} ms, consumer {} (certificate {}), node {}, engine key {}",
-            transaction.voucher_id, transaction.delivered_at, transaction.consumer_id, transaction.consumer_cert, transaction.node_id, transaction.engine_key_id
+            transaction.voucher_id,
+            transaction.delivered_at,
+            transaction.consumer_id,
+            transaction.consumer_cert,
+            transaction.node_id,
+            transaction.engine_key_id
         ));
-        lines.push(format!("  engine signature: {}{}", verdict(transaction.signature_ok), transaction.signature_error.as_ref().map(|why| format!(" ({why})")).unwrap_or_default()));
+        lines.push(format!(
+            "  engine signature: {}{}",
+            verdict(transaction.signature_ok),
+            transaction.signature_error.as_ref().map(|why| format!(" ({why})")).unwrap_or_default()
+        ));
         if transaction.signature_ok.is_none() {
             lines.push("  (pass --keys DIR with the engine's engine.pub.pem to check the signature)".into());
         }
         lines.push(format!("  content matches the record: {}", if transaction.content_ok { "OK" } else { "FAILED" }));
     } else {
         let why = report.signature_error.as_ref().map(|why| format!(" ({why})")).unwrap_or_default();
-        lines.push(format!("  publisher signature: {}{why}", if report.signature_ok.is_none() { "none (format 1 containers are not signed)" } else { verdict(report.signature_ok) }));
+        lines.push(format!(
+            "  publisher signature: {}{why}",
+            if report.signature_ok.is_none() { "none (format 1 containers are not signed)" } else { verdict(report.signature_ok) }
+        ));
     }
     lines.join("\n")
 }

@@ -174,7 +174,10 @@ pub async fn issue(args: IssueArgs) -> anyhow::Result<Outcome> {
     let request_id = args.request_id.clone().unwrap_or_else(|| fresh_request_id("cred"));
     let (kind, answer) = match args.kind {
         IssueKind::Merchant => ("merchant", catalog.register_merchant(pb::RegisterMerchantRequest { request_id, name: args.name.clone() }).await),
-        IssueKind::Node => ("node", catalog.register_node_credential(pb::RegisterNodeCredentialRequest { request_id, region: args.region.clone(), slots_max: args.slots }).await),
+        IssueKind::Node => (
+            "node",
+            catalog.register_node_credential(pb::RegisterNodeCredentialRequest { request_id, region: args.region.clone(), slots_max: args.slots }).await,
+        ),
         IssueKind::Auditor => ("auditor", catalog.register_auditor(pb::RegisterAuditorRequest { request_id, name: args.name.clone() }).await),
     };
     let credential = match answer {
@@ -362,7 +365,9 @@ pub async fn load_or_create_publisher_key(path: &std::path::Path) -> anyhow::Res
     #[cfg(unix)]
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
     builder.create(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let key = tokio::task::spawn_blocking(|| engine::crypto::RsaPrivate::generate(crate::common::keys::ENGINE_RSA_BITS)).await.context("the key generation task failed")??;
+    let key = tokio::task::spawn_blocking(|| engine::crypto::RsaPrivate::generate(crate::common::keys::ENGINE_RSA_BITS))
+        .await
+        .context("the key generation task failed")??;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -370,7 +375,8 @@ pub async fn load_or_create_publisher_key(path: &std::path::Path) -> anyhow::Res
     let mut file = options.open(path).with_context(|| format!("cannot create {}", path.display()))?;
     std::io::Write::write_all(&mut file, key.to_pkcs8_pem()?.as_bytes())?;
     file.sync_all()?;
-    std::fs::write(dir.join("publisher.pub.pem"), key.public().to_pem()?).with_context(|| format!("cannot write the publisher's public key in {}", dir.display()))?;
+    std::fs::write(dir.join("publisher.pub.pem"), key.public().to_pem()?)
+        .with_context(|| format!("cannot write the publisher's public key in {}", dir.display()))?;
     eprintln!("created the publisher key {} (key id {})", path.display(), key.public().key_id());
     Ok(key)
 }
@@ -387,7 +393,12 @@ fn extra_components(args: &PublishArgs) -> anyhow::Result<Vec<client::ComponentU
     for (path, name, part, text) in parts {
         let Some(path) = path else { continue };
         let media_type = if text { "text/plain; charset=utf-8" } else { media_type_of(path) };
-        components.push(client::ComponentUpload { name: name.into(), media_type: media_type.into(), encrypted: args.encrypt.contains(&part), data: read_file(path)? });
+        components.push(client::ComponentUpload {
+            name: name.into(),
+            media_type: media_type.into(),
+            encrypted: args.encrypt.contains(&part),
+            data: read_file(path)?,
+        });
     }
     Ok(components)
 }
@@ -400,7 +411,13 @@ fn preview_of(args: &PublishArgs, renditions: &[(client::RenditionUpload, PathBu
     if duration_ms == 0 || args.length_ms == 0 {
         return Ok(None);
     }
-    anyhow::ensure!(args.preview_start_ms.saturating_add(duration_ms) <= args.length_ms, "the preview ({} ms from {} ms) ends after the media ({} ms)", duration_ms, args.preview_start_ms, args.length_ms);
+    anyhow::ensure!(
+        args.preview_start_ms.saturating_add(duration_ms) <= args.length_ms,
+        "the preview ({} ms from {} ms) ends after the media ({} ms)",
+        duration_ms,
+        args.preview_start_ms,
+        args.length_ms
+    );
     anyhow::ensure!(u64::from(args.fade_in_ms) + u64::from(args.fade_out_ms) <= duration_ms, "the fades are longer than the preview");
     let (smallest, path) = renditions.iter().min_by_key(|(rendition, _)| rendition.content.len()).context("no renditions")?;
     let (clip, media_type) = match &args.preview_clip {
@@ -411,29 +428,49 @@ fn preview_of(args: &PublishArgs, renditions: &[(client::RenditionUpload, PathBu
             (smallest.content[at(args.preview_start_ms)..at(args.preview_start_ms + duration_ms)].to_vec(), media_type_of(path))
         }
     };
-    Ok(Some(client::PreviewUpload { start_ms: args.preview_start_ms, duration_ms, fade_in_ms: args.fade_in_ms, fade_out_ms: args.fade_out_ms, media_type: media_type.into(), clip }))
+    Ok(Some(client::PreviewUpload {
+        start_ms: args.preview_start_ms,
+        duration_ms,
+        fade_in_ms: args.fade_in_ms,
+        fade_out_ms: args.fade_out_ms,
+        media_type: media_type.into(),
+        clip,
+    }))
 }
 
 /// Publishes signed format-2 containers: one per positional FILE (its single "high"
 /// rendition), or one from the `--rendition` files.
 pub async fn publish(args: PublishArgs) -> anyhow::Result<Outcome> {
     let operator = Credential::load(&args.cred)?;
-    let engine_public = engine::crypto::RsaPublic::from_pem(&std::fs::read_to_string(&args.engine_key).with_context(|| format!("cannot read {}", args.engine_key.display()))?)
-        .with_context(|| format!("{} is not an RSA public key", args.engine_key.display()))?;
-    anyhow::ensure!(args.title.is_none() || args.files.len() <= 1, "--title names one media; publish several files without it (each is titled by its file name)");
+    let engine_public =
+        engine::crypto::RsaPublic::from_pem(&std::fs::read_to_string(&args.engine_key).with_context(|| format!("cannot read {}", args.engine_key.display()))?)
+            .with_context(|| format!("{} is not an RSA public key", args.engine_key.display()))?;
+    anyhow::ensure!(
+        args.title.is_none() || args.files.len() <= 1,
+        "--title names one media; publish several files without it (each is titled by its file name)"
+    );
     let components = extra_components(&args)?;
     // One media per positional file, or one media from every --rendition.
     let mut media: Vec<(String, Vec<(client::RenditionUpload, PathBuf)>)> = Vec::new();
     for file in &args.files {
         let title = args.title.clone().unwrap_or_else(|| file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "Untitled".into()));
-        media.push((title, vec![(client::RenditionUpload { name: "high".into(), bitrate_kbps: default_bitrate_kbps("high"), content: read_file(file)? }, file.clone())]));
+        media.push((
+            title,
+            vec![(client::RenditionUpload { name: "high".into(), bitrate_kbps: default_bitrate_kbps("high"), content: read_file(file)? }, file.clone())],
+        ));
     }
     if !args.renditions.is_empty() {
         let mut renditions = Vec::new();
         for rendition in &args.renditions {
-            renditions.push((client::RenditionUpload { name: rendition.name.clone(), bitrate_kbps: rendition.bitrate_kbps, content: read_file(&rendition.file)? }, rendition.file.clone()));
+            renditions.push((
+                client::RenditionUpload { name: rendition.name.clone(), bitrate_kbps: rendition.bitrate_kbps, content: read_file(&rendition.file)? },
+                rendition.file.clone(),
+            ));
         }
-        let title = args.title.clone().unwrap_or_else(|| args.renditions[0].file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "Untitled".into()));
+        let title = args
+            .title
+            .clone()
+            .unwrap_or_else(|| args.renditions[0].file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "Untitled".into()));
         media.push((title, renditions));
     }
     for (_, renditions) in &media {
@@ -457,7 +494,14 @@ pub async fn publish(args: PublishArgs) -> anyhow::Result<Outcome> {
             summary.push_str(&format!("{}:{}:{}\n", component.name, component.encrypted, hex::encode(engine::crypto::hash(&component.data))));
         }
         if let Some(preview) = &preview {
-            summary.push_str(&format!("{}:{}:{}:{}:{}\n", preview.start_ms, preview.duration_ms, preview.fade_in_ms, preview.fade_out_ms, hex::encode(engine::crypto::hash(&preview.clip))));
+            summary.push_str(&format!(
+                "{}:{}:{}:{}:{}\n",
+                preview.start_ms,
+                preview.duration_ms,
+                preview.fade_in_ms,
+                preview.fade_out_ms,
+                hex::encode(engine::crypto::hash(&preview.clip))
+            ));
         }
         let request_id = format!("publish-{}", &hex::encode(engine::crypto::hash(summary.as_bytes()))[..32]);
         let upload = client::ContainerUpload {
@@ -477,7 +521,13 @@ pub async fn publish(args: PublishArgs) -> anyhow::Result<Outcome> {
         };
         match client::publish_container(&mut catalog, &operator.id, &request_id, &engine_public, &sign_key, upload).await {
             Ok(media) => {
-                eprintln!("published {title:?} as {} ({} bytes, format {}, signed by publisher key {})", media.media_id, media.container_bytes, media.format_version, sign_key.public().key_id());
+                eprintln!(
+                    "published {title:?} as {} ({} bytes, format {}, signed by publisher key {})",
+                    media.media_id,
+                    media.container_bytes,
+                    media.format_version,
+                    sign_key.public().key_id()
+                );
                 published.push(serde_json::json!({
                     "file": files.first(),
                     "files": files,
@@ -738,8 +788,9 @@ pub async fn player(args: PlayerArgs) -> anyhow::Result<Outcome> {
     let dir = crate::player::passport_dir(&args.data_dir, &consumer)?;
     match args.command {
         PlayerCommand::Passport { connect, cred, engine_key } => {
-            let engine_public = engine::crypto::RsaPublic::from_pem(&std::fs::read_to_string(&engine_key).with_context(|| format!("cannot read {}", engine_key.display()))?)
-                .with_context(|| format!("{} is not an RSA public key", engine_key.display()))?;
+            let engine_public =
+                engine::crypto::RsaPublic::from_pem(&std::fs::read_to_string(&engine_key).with_context(|| format!("cannot read {}", engine_key.display()))?)
+                    .with_context(|| format!("{} is not an RSA public key", engine_key.display()))?;
             let mut catalog = client::catalog(connect.channel().await?, Credential::load(&cred)?);
             let passport = match crate::player::create_passport(&mut catalog, &fresh_request_id("passport"), &consumer, &engine_public).await {
                 Ok(passport) => passport,
@@ -765,7 +816,12 @@ pub async fn player(args: PlayerArgs) -> anyhow::Result<Outcome> {
                 node_id: field("node_id")?,
                 grant: pb::AccessGrant {
                     voucher_id: field("voucher_id")?,
-                    media_ids: sale["media_ids"].as_array().context("the sale has no media_ids")?.iter().filter_map(|m| m.as_str().map(str::to_string)).collect(),
+                    media_ids: sale["media_ids"]
+                        .as_array()
+                        .context("the sale has no media_ids")?
+                        .iter()
+                        .filter_map(|m| m.as_str().map(str::to_string))
+                        .collect(),
                     access_expires_at_ms: sale["access_expires_at_ms"].as_i64().context("the sale has no access_expires_at_ms")?,
                     access_token: hex::decode(field("access_token")?).context("access_token is not hex")?,
                 },

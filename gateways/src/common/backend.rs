@@ -3,9 +3,9 @@
 //! stream `--stream`. `--data-dir` always holds the command's local state.
 
 use anyhow::Context;
-use engine::log::embedded::EmbeddedLog;
-use engine::log::jetstream::{JetStreamLog, DEFAULT_STREAM};
 use engine::log::EventLog;
+use engine::log::embedded::EmbeddedLog;
+use engine::log::jetstream::{DEFAULT_STREAM, JetStreamLog};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -40,7 +40,10 @@ impl BackendArgs {
     }
 
     /// As `open_with_feed`, with these JetStream stream options (ignored on the embedded log).
-    pub async fn open_with_feed_options(&self, options: engine::log::jetstream::StreamOptions) -> anyhow::Result<(Arc<dyn EventLog>, Option<Arc<JetStreamLog>>)> {
+    pub async fn open_with_feed_options(
+        &self,
+        options: engine::log::jetstream::StreamOptions,
+    ) -> anyhow::Result<(Arc<dyn EventLog>, Option<Arc<JetStreamLog>>)> {
         match &self.nats_url {
             Some(url) => {
                 let log = Arc::new(JetStreamLog::connect_with(url, &self.stream, options).await?);

@@ -246,10 +246,16 @@ pub async fn publish_container(
     let renditions: Vec<pb::RenditionInput> = upload
         .renditions
         .iter()
-        .map(|rendition| pb::RenditionInput { name: rendition.name.clone(), bitrate_kbps: rendition.bitrate_kbps, content_hash: crypto::hash(&rendition.content).to_vec(), size_bytes: rendition.content.len() as u64 })
+        .map(|rendition| pb::RenditionInput {
+            name: rendition.name.clone(),
+            bitrate_kbps: rendition.bitrate_kbps,
+            content_hash: crypto::hash(&rendition.content).to_vec(),
+            size_bytes: rendition.content.len() as u64,
+        })
         .collect();
     let hashes: Vec<(String, [u8; 32])> = upload.renditions.iter().map(|rendition| (rendition.name.clone(), crypto::hash(&rendition.content))).collect();
-    let content_hash = hashes.iter().find(|(name, _)| name == "high").or(hashes.first()).map(|(_, hash)| *hash).context("a media needs at least one rendition")?;
+    let content_hash =
+        hashes.iter().find(|(name, _)| name == "high").or(hashes.first()).map(|(_, hash)| *hash).context("a media needs at least one rendition")?;
     let preview = upload.preview.as_ref().map(|preview| pb::PreviewClipInput { start_ms: preview.start_ms, duration_ms: preview.duration_ms });
     let preview_clip = upload.preview.as_ref().map(|preview| preview.clip.clone()).unwrap_or_default();
     let (container, wrapped_media_key) = {
@@ -265,7 +271,12 @@ pub async fn publish_container(
             if !authors.is_empty() {
                 components.push(ComponentSpec { name: "authors", media_type: TEXT_PLAIN, encrypted: false, data: authors.as_bytes() });
             }
-            components.extend(upload.components.iter().map(|c| ComponentSpec { name: &c.name, media_type: &c.media_type, encrypted: c.encrypted, data: &c.data }));
+            components.extend(upload.components.iter().map(|c| ComponentSpec {
+                name: &c.name,
+                media_type: &c.media_type,
+                encrypted: c.encrypted,
+                data: &c.data,
+            }));
             let spec = ContainerSpec {
                 media_id: &media_id,
                 length_ms: upload.length_ms,
@@ -307,7 +318,10 @@ pub async fn publish_container(
         preview_clip,
     };
     let published = catalog.publish_media(request).await?.into_inner().media_id;
-    anyhow::ensure!(published == media_id.0, "the engine published media {published}, but the container is signed for {media_id}; is {publisher_id} the id of the credential in use?");
+    anyhow::ensure!(
+        published == media_id.0,
+        "the engine published media {published}, but the container is signed for {media_id}; is {publisher_id} the id of the credential in use?"
+    );
     Ok(Published { media_id: published, content_hash, container_bytes, renditions: hashes, format_version: engine::media::FORMAT_VERSION_2 })
 }
 
@@ -341,7 +355,13 @@ pub async fn buy(merchant: &mut MerchantClient, prefix: &str, media_ids: &[Strin
 }
 
 /// [`buy`] of a named rendition.
-pub async fn buy_rendition(merchant: &mut MerchantClient, prefix: &str, media_ids: &[String], rendition: &str, points_account: Option<&str>) -> Result<Sale, tonic::Status> {
+pub async fn buy_rendition(
+    merchant: &mut MerchantClient,
+    prefix: &str,
+    media_ids: &[String],
+    rendition: &str,
+    points_account: Option<&str>,
+) -> Result<Sale, tonic::Status> {
     let reserved = merchant
         .reserve(pb::ReserveRequest {
             request_id: format!("{prefix}-reserve"),
@@ -353,7 +373,8 @@ pub async fn buy_rendition(merchant: &mut MerchantClient, prefix: &str, media_id
         })
         .await?
         .into_inner();
-    let authorized = merchant.authorize(pb::AuthorizeRequest { request_id: format!("{prefix}-authorize"), voucher_id: reserved.voucher_id.clone() }).await?.into_inner();
+    let authorized =
+        merchant.authorize(pb::AuthorizeRequest { request_id: format!("{prefix}-authorize"), voucher_id: reserved.voucher_id.clone() }).await?.into_inner();
     let issued = merchant
         .issue_voucher(pb::IssueVoucherRequest { request_id: format!("{prefix}-issue"), voucher_id: reserved.voucher_id.clone(), region: String::new() })
         .await?
@@ -371,5 +392,12 @@ pub async fn buy_rendition(merchant: &mut MerchantClient, prefix: &str, media_id
 
 /// Royalty terms used by the demo and tests: 30% retailer, 20% distributor, 50% owner.
 pub fn standard_terms(owner: &str) -> pb::RoyaltyTermsInput {
-    pb::RoyaltyTermsInput { retailer_bps: 3000, distributor_bps: 2000, owner_bps: 5000, distributor: "dist-1".into(), owner: owner.into(), rights_agent: "agent-1".into() }
+    pb::RoyaltyTermsInput {
+        retailer_bps: 3000,
+        distributor_bps: 2000,
+        owner_bps: 5000,
+        distributor: "dist-1".into(),
+        owner: owner.into(),
+        rights_agent: "agent-1".into(),
+    }
 }

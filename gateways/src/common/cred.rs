@@ -4,7 +4,7 @@
 //! `crypto::credential_hash` of the secret. On the wire the id and the secret travel as
 //! gRPC metadata (`x-vouchsafe-id`, `x-vouchsafe-secret`), over TLS outside loopback.
 
-use anyhow::{bail, Context};
+use anyhow::{Context, bail};
 use engine::crypto::SecretKey;
 use std::io::Write;
 use std::path::Path;

@@ -2,7 +2,7 @@
 //! 0600), `engine.pub.pem`, `royalty-master.key` (0600) and `operator.cred` (0600).
 //! Key material lives only in these files; nothing here prints or logs it.
 
-use anyhow::{bail, Context};
+use anyhow::{Context, bail};
 use engine::crypto::{self, RsaPrivate, SecretKey};
 use std::io::Write;
 use std::path::Path;

@@ -12,5 +12,5 @@ pub mod cred;
 pub mod keys;
 pub mod natsd;
 pub mod progress;
-pub mod witness;
 pub mod transfer;
+pub mod witness;

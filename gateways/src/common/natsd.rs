@@ -48,9 +48,7 @@ pub enum HarnessError {
     TooOld { found: String },
     #[error("cannot run {binary}: {reason}")]
     Spawn { binary: PathBuf, reason: String },
-    #[error(
-        "nats-server did not accept connections on 127.0.0.1:{port} (or JetStream was not healthy) in time; its log ends with:\n{log_tail}"
-    )]
+    #[error("nats-server did not accept connections on 127.0.0.1:{port} (or JetStream was not healthy) in time; its log ends with:\n{log_tail}")]
     NotReady { port: u16, log_tail: String },
     #[error("harness I/O failed: {0}")]
     Io(#[from] std::io::Error),
@@ -62,11 +60,7 @@ pub enum HarnessError {
 /// project's `.venv` from anywhere).
 pub fn find_binary() -> Result<PathBuf, HarnessError> {
     if let Some(path) = std::env::var_os(NATS_SERVER_ENV).map(PathBuf::from) {
-        return if path.is_file() {
-            Ok(path)
-        } else {
-            Err(HarnessError::EnvNotAFile { path })
-        };
+        return if path.is_file() { Ok(path) } else { Err(HarnessError::EnvNotAFile { path }) };
     }
     if let Some(paths) = std::env::var_os("PATH") {
         for dir in std::env::split_paths(&paths) {
@@ -76,11 +70,7 @@ pub fn find_binary() -> Result<PathBuf, HarnessError> {
             }
         }
     }
-    local_install_roots()
-        .into_iter()
-        .map(|root| root.join(LOCAL_INSTALL))
-        .find(|candidate| candidate.is_file())
-        .ok_or(HarnessError::NotFound)
+    local_install_roots().into_iter().map(|root| root.join(LOCAL_INSTALL)).find(|candidate| candidate.is_file()).ok_or(HarnessError::NotFound)
 }
 
 /// Where a project's local install may be: the current directory and every directory
@@ -104,30 +94,16 @@ fn local_install_roots() -> Vec<PathBuf> {
 
 /// Parses `nats-server: v2.15.1` into (2, 15, 1).
 pub fn parse_version(output: &str) -> Option<(u32, u32, u32)> {
-    let version = output
-        .split_whitespace()
-        .find_map(|word| word.strip_prefix('v'))?;
+    let version = output.split_whitespace().find_map(|word| word.strip_prefix('v'))?;
     let mut parts = version.split(['.', '-']).map(|part| part.parse::<u32>());
-    Some((
-        parts.next()?.ok()?,
-        parts.next()?.ok()?,
-        parts.next()?.ok()?,
-    ))
+    Some((parts.next()?.ok()?, parts.next()?.ok()?, parts.next()?.ok()?))
 }
 
 /// The version a nats-server binary reports with `--version`.
 pub fn binary_version(binary: &Path) -> Result<(u32, u32, u32), HarnessError> {
-    let output = Command::new(binary)
-        .arg("--version")
-        .output()
-        .map_err(|e| HarnessError::Spawn {
-            binary: binary.into(),
-            reason: e.to_string(),
-        })?;
+    let output = Command::new(binary).arg("--version").output().map_err(|e| HarnessError::Spawn { binary: binary.into(), reason: e.to_string() })?;
     let text = String::from_utf8_lossy(&output.stdout).to_string();
-    parse_version(&text).ok_or(HarnessError::TooOld {
-        found: text.trim().to_string(),
-    })
+    parse_version(&text).ok_or(HarnessError::TooOld { found: text.trim().to_string() })
 }
 
 /// When JetStream fsyncs: `Always` (every write, before its ack: what vouchsafe requires)
@@ -183,25 +159,10 @@ impl NatsServer {
             store.path().join("js").display()
         );
         std::fs::write(&config, format!("{base_config}{extra}"))?;
-        let mut process = Process {
-            binary,
-            config,
-            child: None,
-            pid: 0,
-            port,
-            monitor_port,
-        };
+        let mut process = Process { binary, config, child: None, pid: 0, port, monitor_port };
         process.spawn()?;
-        let server = Self {
-            process,
-            port,
-            store,
-            version,
-            base_config,
-        };
-        server
-            .process
-            .wait_ready(Duration::from_millis(STARTUP_TIMEOUT_MS))?;
+        let server = Self { process, port, store, version, base_config };
+        server.process.wait_ready(Duration::from_millis(STARTUP_TIMEOUT_MS))?;
         Ok(server)
     }
 
@@ -239,8 +200,7 @@ impl NatsServer {
     pub fn restart(&mut self) -> Result<(), HarnessError> {
         self.process.kill();
         self.process.spawn()?;
-        self.process
-            .wait_ready(Duration::from_millis(STARTUP_TIMEOUT_MS))
+        self.process.wait_ready(Duration::from_millis(STARTUP_TIMEOUT_MS))
     }
 
     /// `restart` with `extra` in place of the block the configuration ended with (as in
@@ -277,14 +237,8 @@ impl NatsCluster {
     /// on each (a meta leader is elected).
     pub fn start(size: usize) -> Result<Self, HarnessError> {
         let (binary, version) = checked_binary()?;
-        let ports = (0..size)
-            .map(|_| Ok((free_port()?, free_port()?, free_port()?)))
-            .collect::<Result<Vec<_>, HarnessError>>()?;
-        let routes = ports
-            .iter()
-            .map(|(_, cluster_port, _)| format!("nats-route://127.0.0.1:{cluster_port}"))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let ports = (0..size).map(|_| Ok((free_port()?, free_port()?, free_port()?))).collect::<Result<Vec<_>, HarnessError>>()?;
+        let routes = ports.iter().map(|(_, cluster_port, _)| format!("nats-route://127.0.0.1:{cluster_port}")).collect::<Vec<_>>().join(", ");
         let mut nodes = Vec::with_capacity(size);
         for (index, (port, cluster_port, monitor_port)) in ports.iter().copied().enumerate() {
             let store = tempfile::tempdir()?;
@@ -298,34 +252,20 @@ impl NatsCluster {
                     store.path().join("js").display()
                 ),
             )?;
-            let mut process = Process {
-                binary: binary.clone(),
-                config,
-                child: None,
-                pid: 0,
-                port,
-                monitor_port,
-            };
+            let mut process = Process { binary: binary.clone(), config, child: None, pid: 0, port, monitor_port };
             process.spawn()?;
-            nodes.push(ClusterNode {
-                process,
-                _store: store,
-            });
+            nodes.push(ClusterNode { process, _store: store });
         }
         let cluster = Self { nodes, version };
         for node in &cluster.nodes {
-            node.process
-                .wait_ready(Duration::from_millis(CLUSTER_STARTUP_TIMEOUT_MS))?;
+            node.process.wait_ready(Duration::from_millis(CLUSTER_STARTUP_TIMEOUT_MS))?;
         }
         Ok(cluster)
     }
 
     /// Every node's client URL, comma-separated (what `JetStreamLog::connect` takes).
     pub fn url(&self) -> String {
-        (0..self.nodes.len())
-            .map(|index| self.node_url(index))
-            .collect::<Vec<_>>()
-            .join(",")
+        (0..self.nodes.len()).map(|index| self.node_url(index)).collect::<Vec<_>>().join(",")
     }
 
     pub fn node_url(&self, index: usize) -> String {
@@ -382,20 +322,14 @@ impl Process {
     fn spawn(&mut self) -> Result<(), HarnessError> {
         // The server logs to stderr; every run of this process appends to one file next to
         // its configuration, so a failure can show what the server said.
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path())?;
         let child = Command::new(&self.binary)
             .arg("-c")
             .arg(&self.config)
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
             .spawn()
-            .map_err(|e| HarnessError::Spawn {
-                binary: self.binary.clone(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| HarnessError::Spawn { binary: self.binary.clone(), reason: e.to_string() })?;
         self.pid = child.id();
         self.child = Some(child);
         Ok(())
@@ -419,10 +353,7 @@ impl Process {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Err(HarnessError::NotReady {
-            port: self.port,
-            log_tail: self.log_tail(),
-        })
+        Err(HarnessError::NotReady { port: self.port, log_tail: self.log_tail() })
     }
 
     fn log_path(&self) -> PathBuf {
@@ -448,9 +379,7 @@ fn checked_binary() -> Result<(PathBuf, (u32, u32, u32)), HarnessError> {
     let binary = find_binary()?;
     let version = binary_version(&binary)?;
     if version < NATS_SERVER_MIN {
-        return Err(HarnessError::TooOld {
-            found: format!("{}.{}.{}", version.0, version.1, version.2),
-        });
+        return Err(HarnessError::TooOld { found: format!("{}.{}.{}", version.0, version.1, version.2) });
     }
     Ok((binary, version))
 }

@@ -20,15 +20,15 @@ use crate::common::cred::Credential;
 use crate::node::{NodeArgs, RunningNode};
 use crate::player::{Passport, Purchase};
 use crate::server::{EngineConfig, RunningEngine};
-use anyhow::{bail, Context};
+use anyhow::{Context, bail};
 use engine::crypto;
 use engine::ids::ConsumerId;
 use engine::log::EventLog;
 use futures::StreamExt;
 use proto::v1 as pb;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Sales in flight at once.
@@ -166,13 +166,18 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
     // Operator: merchants, nodes, players, a points account.
     let mut merchants = Vec::new();
     for i in 0..MERCHANTS {
-        let response = catalog.register_merchant(pb::RegisterMerchantRequest { request_id: format!("{run_id}-merchant-{i}"), name: format!("Shop {i}") }).await?;
+        let response =
+            catalog.register_merchant(pb::RegisterMerchantRequest { request_id: format!("{run_id}-merchant-{i}"), name: format!("Shop {i}") }).await?;
         merchants.push(client::credential_of(response.into_inner())?);
     }
     let mut nodes: Vec<RunningNode> = Vec::new();
     for (i, region) in NODE_REGIONS.iter().enumerate() {
         let response = catalog
-            .register_node_credential(pb::RegisterNodeCredentialRequest { request_id: format!("{run_id}-node-{i}"), region: region.to_string(), slots_max: NODE_SLOTS })
+            .register_node_credential(pb::RegisterNodeCredentialRequest {
+                request_id: format!("{run_id}-node-{i}"),
+                region: region.to_string(),
+                slots_max: NODE_SLOTS,
+            })
             .await?;
         let cred = client::credential_of(response.into_inner())?;
         let node = crate::node::start(NodeArgs {
@@ -188,7 +193,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
         .await?;
         nodes.push(node);
     }
-    eprintln!("registered {} merchants; {} delivery nodes serving at {}", merchants.len(), nodes.len(), nodes.iter().map(|n| n.endpoint()).collect::<Vec<_>>().join(", "));
+    eprintln!(
+        "registered {} merchants; {} delivery nodes serving at {}",
+        merchants.len(),
+        nodes.len(),
+        nodes.iter().map(|n| n.endpoint()).collect::<Vec<_>>().join(", ")
+    );
 
     let players_dir = data_dir.join("players");
     let mut players = Vec::new();
@@ -205,7 +215,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
     // Publisher: signed format-2 containers (two renditions, descriptive data, a preview
     // clip) under fresh media keys, each key wrapped for the engine.
     let publisher_key = crate::cli::load_or_create_publisher_key(&crate::cli::default_publisher_key_path(&data_dir)).await?;
-    let titles = [("Blue Vouchers", "The Receipts"), ("MAC Chain", "Schneier & Kelsey"), ("Track One", "Album Artist"), ("Track Two", "Album Artist"), ("Track Three", "Album Artist")];
+    let titles = [
+        ("Blue Vouchers", "The Receipts"),
+        ("MAC Chain", "Schneier & Kelsey"),
+        ("Track One", "Album Artist"),
+        ("Track Two", "Album Artist"),
+        ("Track Three", "Album Artist"),
+    ];
     let mut media = Vec::new();
     for (i, (title, artist)) in titles.iter().enumerate() {
         let mut high = vec![0u8; MEDIA_BYTES];
@@ -225,13 +241,38 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
             price_minor: 99 + 100 * i as u64,
             currency: "EUR".into(),
             terms: client::standard_terms(&format!("label-{}", i % 2)),
-            renditions: vec![RenditionUpload { name: "high".into(), bitrate_kbps: 256, content: high }, RenditionUpload { name: "low".into(), bitrate_kbps: 96, content: low }],
-            components: vec![
-                ComponentUpload { name: "lyrics".into(), media_type: "text/plain; charset=utf-8".into(), encrypted: true, data: format!("the words of {title}").into_bytes() },
-                ComponentUpload { name: "liner_notes".into(), media_type: "text/plain; charset=utf-8".into(), encrypted: false, data: format!("{title}, recorded for the demo").into_bytes() },
-                ComponentUpload { name: "cover".into(), media_type: "image/png".into(), encrypted: false, data: [&[0x89, b'P', b'N', b'G'][..], title.as_bytes()].concat() },
+            renditions: vec![
+                RenditionUpload { name: "high".into(), bitrate_kbps: 256, content: high },
+                RenditionUpload { name: "low".into(), bitrate_kbps: 96, content: low },
             ],
-            preview: Some(PreviewUpload { start_ms: 30_000, duration_ms: 30_000, fade_in_ms: 1_000, fade_out_ms: 2_000, media_type: "audio/mpeg".into(), clip }),
+            components: vec![
+                ComponentUpload {
+                    name: "lyrics".into(),
+                    media_type: "text/plain; charset=utf-8".into(),
+                    encrypted: true,
+                    data: format!("the words of {title}").into_bytes(),
+                },
+                ComponentUpload {
+                    name: "liner_notes".into(),
+                    media_type: "text/plain; charset=utf-8".into(),
+                    encrypted: false,
+                    data: format!("{title}, recorded for the demo").into_bytes(),
+                },
+                ComponentUpload {
+                    name: "cover".into(),
+                    media_type: "image/png".into(),
+                    encrypted: false,
+                    data: [&[0x89, b'P', b'N', b'G'][..], title.as_bytes()].concat(),
+                },
+            ],
+            preview: Some(PreviewUpload {
+                start_ms: 30_000,
+                duration_ms: 30_000,
+                fade_in_ms: 1_000,
+                fade_out_ms: 2_000,
+                media_type: "audio/mpeg".into(),
+                clip,
+            }),
             for_sale: true,
             image_descriptor: format!("cover-{i}.png"),
             chunk_bytes: DEMO_CHUNK_BYTES,
@@ -272,7 +313,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
     for i in 0..(args.vouchers / 20).max(2) {
         let mut merchant = client::merchant(channel.clone(), world.merchants[i % world.merchants.len()].clone());
         let preview = merchant
-            .preview(pb::PreviewRequest { request_id: format!("{run_id}-preview-{i}"), media_id: world.media[i % world.media.len()].media_id.clone(), region: String::new() })
+            .preview(pb::PreviewRequest {
+                request_id: format!("{run_id}-preview-{i}"),
+                media_id: world.media[i % world.media.len()].media_id.clone(),
+                region: String::new(),
+            })
             .await?
             .into_inner();
         let clip = crate::player::play_preview(&preview.node_endpoint, &preview.preview_id).await?;
@@ -458,7 +503,8 @@ async fn sell_one(i: usize, world: &World, merchant: &mut MerchantClient, counte
         return Ok(());
     }
     // Every 25th sale is the album (three tracks on one voucher); every 7th is paid in points.
-    let media_ids: Vec<String> = if i % 25 == 3 { world.media[2..5].iter().map(|m| m.media_id.clone()).collect() } else { vec![world.media[i % 2].media_id.clone()] };
+    let media_ids: Vec<String> =
+        if i % 25 == 3 { world.media[2..5].iter().map(|m| m.media_id.clone()).collect() } else { vec![world.media[i % 2].media_id.clone()] };
     let points = (i % 7 == 2).then_some(world.points_account.as_str());
     if points.is_some() {
         counters.points_paid.fetch_add(1, Ordering::Relaxed);
@@ -485,7 +531,8 @@ async fn sell_one(i: usize, world: &World, merchant: &mut MerchantClient, counte
     let sale = client::buy_rendition(merchant, &prefix, &media_ids, rendition, points).await?;
     counters.purchases.fetch_add(1, Ordering::Relaxed);
     // A retried Authorize with the same request id returns the first answer.
-    let retried = merchant.authorize(pb::AuthorizeRequest { request_id: format!("{prefix}-authorize"), voucher_id: sale.voucher_id.clone() }).await?.into_inner();
+    let retried =
+        merchant.authorize(pb::AuthorizeRequest { request_id: format!("{prefix}-authorize"), voucher_id: sale.voucher_id.clone() }).await?.into_inner();
     if !crypto::ct_eq(&retried.receipt, &sale.receipt) {
         bail!("a retried Authorize returned a different receipt");
     }

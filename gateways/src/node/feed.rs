@@ -1,18 +1,15 @@
 //! The node's loops: heartbeats to the engine and the assignment feed, resumed from its
 //! checkpoint.
 
-
+use super::state::*;
+use super::*;
 use anyhow::Context;
-use proto::v1::{
-    Assignment, HeartbeatRequest, SubscribeAssignmentsRequest,
-};
+use proto::v1::{Assignment, HeartbeatRequest, SubscribeAssignmentsRequest};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
-use super::*;
-use super::state::*;
 
 pub(super) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     // A dropped sender also means stop.
@@ -28,7 +25,12 @@ pub(super) async fn heartbeat_loop(shared: Arc<Shared>, mut shutdown: watch::Rec
             _ = ticker.tick() => {}
         }
         let stats = shared.stats();
-        let request = HeartbeatRequest { slots_in_use: stats.slots_in_use, cache_items: stats.cache_items, cache_accesses: stats.cache_accesses, cache_misses: stats.cache_misses };
+        let request = HeartbeatRequest {
+            slots_in_use: stats.slots_in_use,
+            cache_items: stats.cache_items,
+            cache_accesses: stats.cache_accesses,
+            cache_misses: stats.cache_misses,
+        };
         let mut engine = shared.engine.clone();
         match tokio::time::timeout(Duration::from_millis(HEARTBEAT_TIMEOUT_MS), engine.heartbeat(request)).await {
             Ok(Ok(_)) => debug!(node_id = %shared.node_id, slots_in_use = stats.slots_in_use, "heartbeat"),
@@ -36,10 +38,14 @@ pub(super) async fn heartbeat_loop(shared: Arc<Shared>, mut shutdown: watch::Rec
                 // The engine restarted and forgot this node: announce it again.
                 match engine.register_node(shared.announcement.clone()).await {
                     Ok(_) => info!(node_id = %shared.node_id, "announced again to a restarted engine"),
-                    Err(status) => warn!(node_id = %shared.node_id, code = ?status.code(), message = status.message(), "announcing again failed; retrying at the next interval"),
+                    Err(status) => {
+                        warn!(node_id = %shared.node_id, code = ?status.code(), message = status.message(), "announcing again failed; retrying at the next interval")
+                    }
                 }
             }
-            Ok(Err(status)) => warn!(node_id = %shared.node_id, code = ?status.code(), message = status.message(), "heartbeat failed; retrying at the next interval"),
+            Ok(Err(status)) => {
+                warn!(node_id = %shared.node_id, code = ?status.code(), message = status.message(), "heartbeat failed; retrying at the next interval")
+            }
             Err(_) => warn!(node_id = %shared.node_id, timeout_ms = HEARTBEAT_TIMEOUT_MS, "heartbeat timed out; retrying at the next interval"),
         }
     }
@@ -102,7 +108,9 @@ pub(super) async fn feed_loop(shared: Arc<Shared>, checkpoint: PathBuf, mut shut
                     }
                 }
             }
-            Err(status) => warn!(node_id = %shared.node_id, code = ?status.code(), message = status.message(), backoff_ms, "cannot subscribe to the assignment feed; retrying"),
+            Err(status) => {
+                warn!(node_id = %shared.node_id, code = ?status.code(), message = status.message(), backoff_ms, "cannot subscribe to the assignment feed; retrying")
+            }
         }
         tokio::select! {
             () = stopped(&mut shutdown) => return,

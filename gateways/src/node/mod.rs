@@ -31,20 +31,21 @@ pub mod status;
 #[cfg(test)]
 mod tests;
 
-pub use state::{check_grant, checkpoint_path, read_checkpoint, require_grant, write_checkpoint, Assignments, CachedPart, Challenges, MediaCache, PartKey, VoucherAssignment};
-use crate::common::transfer::{Reassembly, CHALLENGE_BYTES};
+use crate::common::transfer::{CHALLENGE_BYTES, Reassembly};
 use feed::{feed_loop, heartbeat_loop, stopped};
 use service::{NodeApi, RequestSizeLimit, Shared};
-
+pub use state::{
+    Assignments, CachedPart, Challenges, MediaCache, PartKey, VoucherAssignment, check_grant, checkpoint_path, read_checkpoint, require_grant, write_checkpoint,
+};
 
 use crate::common::cred::{Credential, Present};
-use anyhow::{bail, Context};
+use anyhow::{Context, bail};
 use engine::clock::{Clock, SystemClock};
 use engine::crypto::{self, SecretKey};
 use lru::LruCache;
+use proto::v1::RegisterNodeRequest;
 use proto::v1::delivery_service_client::DeliveryServiceClient;
 use proto::v1::node_service_server::NodeServiceServer;
-use proto::v1::RegisterNodeRequest;
 use std::future::Future;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::num::NonZeroUsize;
@@ -52,7 +53,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{watch, Notify, Semaphore};
+use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinHandle;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
@@ -274,10 +275,8 @@ async fn register(args: &NodeArgs, credential: Credential, endpoint: &str) -> an
     } else if args.engine_tls.client_identity.is_some() {
         bail!("a client certificate needs an https:// engine URL, not {}", args.connect);
     }
-    let channel = engine_endpoint
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach the engine at {}; is `vouchsafe serve` running there?", args.connect))?;
+    let channel =
+        engine_endpoint.connect().await.with_context(|| format!("cannot reach the engine at {}; is `vouchsafe serve` running there?", args.connect))?;
     let mut engine = DeliveryServiceClient::with_interceptor(channel, Present(Arc::new(credential)))
         .max_decoding_message_size(ENGINE_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(ENGINE_MESSAGE_BYTES_MAX);
@@ -290,7 +289,8 @@ async fn register(args: &NodeArgs, credential: Credential, endpoint: &str) -> an
     if !engine::ids::is_valid_token(&registered.node_id) {
         bail!("the engine answered RegisterNode with an unusable node id");
     }
-    let access_key: [u8; crypto::KEY_BYTES] = registered.access_key.as_slice().try_into().map_err(|_| anyhow::anyhow!("the engine answered RegisterNode with an access key of the wrong length"))?;
+    let access_key: [u8; crypto::KEY_BYTES] =
+        registered.access_key.as_slice().try_into().map_err(|_| anyhow::anyhow!("the engine answered RegisterNode with an access key of the wrong length"))?;
     zeroize::Zeroize::zeroize(&mut registered.access_key);
     Ok((engine, registered.node_id, SecretKey::from_bytes(access_key)))
 }
@@ -338,9 +338,8 @@ pub async fn start_with_clock(args: NodeArgs, clock: Arc<dyn Clock>) -> anyhow::
         tokio::spawn(heartbeat_loop(shared.clone(), shutdown_receiver.clone())),
         tokio::spawn(feed_loop(shared.clone(), checkpoint, shutdown_receiver.clone())),
     ];
-    let service = NodeServiceServer::new(NodeApi { shared: shared.clone() })
-        .max_decoding_message_size(REQUEST_BYTES_MAX)
-        .max_encoding_message_size(RESPONSE_BYTES_MAX);
+    let service =
+        NodeServiceServer::new(NodeApi { shared: shared.clone() }).max_decoding_message_size(REQUEST_BYTES_MAX).max_encoding_message_size(RESPONSE_BYTES_MAX);
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let mut server_shutdown = shutdown_receiver;
     let server = tokio::spawn(
@@ -381,4 +380,3 @@ pub async fn run(args: NodeArgs, shutdown: impl Future<Output = ()> + Send + 'st
         }
     }
 }
-

@@ -1,7 +1,9 @@
 //! `NodeService`, served to players, with what its handlers share (`Shared`): the engine
 //! client, the state, the slot guard, chunked sending, and the request-size guard.
 
-
+use super::state::*;
+use super::status::{self, relay};
+use super::*;
 use engine::clock::Clock;
 use engine::crypto::{self, SecretKey};
 use engine::media::CONTAINER_BYTES_MAX;
@@ -9,8 +11,7 @@ use lru::LruCache;
 use proto::v1::node_service_server::NodeService;
 use proto::v1::{
     AccessGrant, ChallengeRequest, ChallengeResponse, CompleteDeliveryRequest, ConfirmRequest, ConfirmResponse, DownloadRequest, EndPreviewRequest,
-    FailDeliveryRequest, FetchMediaRequest, MediaChunk, MediaPart, PlayPreviewRequest, PlayerRedeemRequest, RedeemRequest, RedeemResponse,
-    RegisterNodeRequest,
+    FailDeliveryRequest, FetchMediaRequest, MediaChunk, MediaPart, PlayPreviewRequest, PlayerRedeemRequest, RedeemRequest, RedeemResponse, RegisterNodeRequest,
 };
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -19,12 +20,9 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tonic::{Request, Response, Status};
 use tracing::{debug, info, warn};
-use super::*;
-use super::status::{self, relay};
-use super::state::*;
 
 // ---- the node ------------------------------------------------------------------------------
 
@@ -65,7 +63,15 @@ impl Shared {
             let assignments = self.assignments.lock().expect("the assignments lock is never poisoned");
             (assignments.seen(), assignments.last_seq())
         };
-        NodeStats { cache_items, cache_bytes, cache_accesses, cache_misses, slots_in_use: self.slots_in_use.load(Ordering::Relaxed), assignments_seen, last_seq }
+        NodeStats {
+            cache_items,
+            cache_bytes,
+            cache_accesses,
+            cache_misses,
+            slots_in_use: self.slots_in_use.load(Ordering::Relaxed),
+            assignments_seen,
+            last_seq,
+        }
     }
 
     pub(super) fn check(&self, grant: &AccessGrant) -> Result<(), Status> {
@@ -152,7 +158,6 @@ impl Shared {
         complete
     }
 }
-
 
 /// A request id derived from its parts, so a retried report lands on the same id, and short
 /// enough for the engine's id rules (64 characters) however long the ids are.
@@ -273,7 +278,8 @@ impl NodeService for NodeApi {
         let request = request.into_inner();
         let grant = require_grant(request.grant)?;
         self.shared.check(&grant)?;
-        let issued_here = self.shared.challenges.lock().expect("the challenges lock is never poisoned").take(&grant.voucher_id, &request.challenge, self.shared.now_ms());
+        let issued_here =
+            self.shared.challenges.lock().expect("the challenges lock is never poisoned").take(&grant.voucher_id, &request.challenge, self.shared.now_ms());
         if !issued_here {
             return Err(status::challenge_refused());
         }
@@ -303,7 +309,10 @@ impl NodeService for NodeApi {
         self.shared.check(&grant)?;
         require_media_in_grant(&grant, &request.media_id)?;
         let container = self.shared.part(&request.media_id, MediaPart::Container).await?;
-        let offset = usize::try_from(request.offset).ok().filter(|offset| *offset <= container.bytes.len()).ok_or_else(|| status::offset_past_end(request.offset, container.bytes.len()))?;
+        let offset = usize::try_from(request.offset)
+            .ok()
+            .filter(|offset| *offset <= container.bytes.len())
+            .ok_or_else(|| status::offset_past_end(request.offset, container.bytes.len()))?;
         let (sender, receiver) = mpsc::channel(STREAM_BUFFER_CHUNKS);
         let slot = SlotGuard::new(&self.shared);
         let node_id = self.shared.node_id.clone();
@@ -361,11 +370,7 @@ impl NodeService for NodeApi {
         if !engine::ids::is_valid_token(&preview_id) {
             return Err(status::malformed_preview_id());
         }
-        let media_id = self
-            .shared
-            .preview_media(&preview_id)
-            .await
-            .ok_or_else(|| status::preview_not_here(&preview_id))?;
+        let media_id = self.shared.preview_media(&preview_id).await.ok_or_else(|| status::preview_not_here(&preview_id))?;
         let clip = self.shared.part(&media_id, MediaPart::PreviewClip).await?;
         let (sender, receiver) = mpsc::channel(STREAM_BUFFER_CHUNKS);
         let slot = SlotGuard::new(&self.shared);

@@ -1,20 +1,17 @@
 //! The node's local state: access-grant checks, single-use challenges, the byte-bounded
 //! media cache, the assignments its feed delivered, and the feed checkpoint file.
 
-
+use super::status::{self};
+use super::*;
 use anyhow::Context;
 use engine::crypto::{self, SecretKey};
 use lru::LruCache;
-use proto::v1::{
-    AccessGrant, Assignment, MediaPart,
-};
+use proto::v1::{AccessGrant, Assignment, MediaPart};
 use std::hash::Hash;
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tonic::Status;
-use super::*;
-use super::status::{self};
 
 /// The grant of a player call, which every `NodeService` call requires.
 pub fn require_grant(grant: Option<AccessGrant>) -> Result<AccessGrant, Status> {
@@ -25,15 +22,12 @@ pub fn require_grant(grant: Option<AccessGrant>) -> Result<AccessGrant, Status> 
 /// refusals are `PermissionDenied`; the messages never contain the token.
 pub fn check_grant(access_key: &SecretKey, node_id: &str, grant: &AccessGrant, now_ms: i64) -> Result<(), Status> {
     let media_ids: Vec<&str> = grant.media_ids.iter().map(String::as_str).collect();
-    crypto::check_access_token(access_key, node_id, &grant.voucher_id, &media_ids, grant.access_expires_at_ms, now_ms, &grant.access_token).map_err(status::access_denied)
+    crypto::check_access_token(access_key, node_id, &grant.voucher_id, &media_ids, grant.access_expires_at_ms, now_ms, &grant.access_token)
+        .map_err(status::access_denied)
 }
 
 pub(super) fn require_media_in_grant(grant: &AccessGrant, media_id: &str) -> Result<(), Status> {
-    if grant.media_ids.iter().any(|granted| granted == media_id) {
-        Ok(())
-    } else {
-        Err(status::media_not_in_grant(media_id))
-    }
+    if grant.media_ids.iter().any(|granted| granted == media_id) { Ok(()) } else { Err(status::media_not_in_grant(media_id)) }
 }
 
 // ---- challenges ----------------------------------------------------------------------------

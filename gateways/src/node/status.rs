@@ -12,7 +12,9 @@ pub fn grant_required() -> Status {
 pub fn access_denied(denied: AccessDenied) -> Status {
     match denied {
         AccessDenied::Expired => Status::permission_denied("access token expired; ask the merchant for a new access token"),
-        AccessDenied::Invalid => Status::permission_denied("access token invalid for this node, voucher, media or expiry; use the grant exactly as the merchant received it at IssueVoucher"),
+        AccessDenied::Invalid => Status::permission_denied(
+            "access token invalid for this node, voucher, media or expiry; use the grant exactly as the merchant received it at IssueVoucher",
+        ),
     }
 }
 

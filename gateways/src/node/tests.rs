@@ -1,8 +1,8 @@
 //! Unit tests of the node agent.
 
-use super::*;
 use super::service::*;
 use super::state::*;
+use super::*;
 use crate::common::transfer::Reassembly;
 use proto::v1::{AccessGrant, Assignment, MediaChunk, MediaPart};
 use tokio::sync::mpsc;
@@ -175,7 +175,6 @@ fn the_checkpoint_round_trips_replaces_atomically_and_refuses_garbage() {
     let error = read_checkpoint(&path).expect_err("garbage");
     assert!(format!("{error:#}").contains("delete it"), "{error:#}");
 }
-
 
 #[tokio::test]
 async fn chunks_are_sent_from_the_offset_and_reassemble() {

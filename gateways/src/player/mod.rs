@@ -19,21 +19,21 @@
 //! ids.
 
 use crate::common::client::CatalogClient;
-use crate::common::transfer::{Reassembly, CHALLENGE_BYTES};
-use anyhow::{bail, Context};
+use crate::common::transfer::{CHALLENGE_BYTES, Reassembly};
+use anyhow::{Context, bail};
 use engine::crypto::{self, RsaPrivate, RsaPublic, SecretKey};
 use engine::domain::party::Certificate;
 use engine::ids::{CertSerial, ConsumerId, MediaId, Millis, NodeId, VoucherId};
-use engine::media::TransactionRecord;
 use engine::media::CONTAINER_BYTES_MAX;
+use engine::media::TransactionRecord;
 use proto::v1::node_service_client::NodeServiceClient;
 use proto::v1::{AccessGrant, CertifyConsumerRequest, ChallengeRequest, ConfirmRequest, DownloadRequest, PlayPreviewRequest, PlayerRedeemRequest};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
+use tonic::transport::{Channel, Endpoint};
 use tracing::{debug, info, warn};
 
 /// Bits of a passport's RSA key.
@@ -312,7 +312,13 @@ pub async fn redeem_and_download(purchase: &Purchase, passport: &Passport, reque
 }
 
 /// [`redeem_and_download`] over an existing connection to the purchase's node.
-pub async fn redeem_and_download_on(node: &mut NodeClient, purchase: &Purchase, passport: &Passport, request_id: &str, out_dir: &Path) -> anyhow::Result<Vec<DeliveredCopy>> {
+pub async fn redeem_and_download_on(
+    node: &mut NodeClient,
+    purchase: &Purchase,
+    passport: &Passport,
+    request_id: &str,
+    out_dir: &Path,
+) -> anyhow::Result<Vec<DeliveredCopy>> {
     let grant = &purchase.grant;
     let voucher_id = grant.voucher_id.as_str();
     // The ids name the output files: refuse anything that is not a plain token.
@@ -321,7 +327,11 @@ pub async fn redeem_and_download_on(node: &mut NodeClient, purchase: &Purchase, 
             bail!("the grant holds an id that is not 1-64 characters of A-Z a-z 0-9 - _; ask the merchant for the grant again");
         }
     }
-    let receipt: [u8; crypto::KEY_BYTES] = purchase.receipt.as_slice().try_into().map_err(|_| anyhow::anyhow!("the receipt must be {} bytes; ask the merchant for it again", crypto::KEY_BYTES))?;
+    let receipt: [u8; crypto::KEY_BYTES] = purchase
+        .receipt
+        .as_slice()
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("the receipt must be {} bytes; ask the merchant for it again", crypto::KEY_BYTES))?;
     let receipt = SecretKey::from_bytes(receipt);
 
     let challenge = node.challenge(ChallengeRequest { grant: Some(grant.clone()) }).await.map_err(rpc_error("Challenge"))?.into_inner().challenge;
@@ -388,7 +398,14 @@ pub async fn redeem_and_download_on(node: &mut NodeClient, purchase: &Purchase, 
         let confirm = ConfirmRequest { grant: Some(grant.clone()), media_id: key.media_id.clone(), received_hash: container_hash.to_vec() };
         let confirmed = node.confirm(confirm).await.map_err(rpc_error("Confirm"))?.into_inner();
         info!(%voucher_id, media_id = %key.media_id, path = %path.display(), voucher_delivered = confirmed.voucher_delivered, "delivered");
-        copies.push(DeliveredCopy { media_id: key.media_id, path, content_hash, container_hash, decrypt_ok: true, voucher_delivered: confirmed.voucher_delivered });
+        copies.push(DeliveredCopy {
+            media_id: key.media_id,
+            path,
+            content_hash,
+            container_hash,
+            decrypt_ok: true,
+            voucher_delivered: confirmed.voucher_delivered,
+        });
     }
     Ok(copies)
 }

@@ -1,18 +1,24 @@
 //! AdminService: statistics, audited configuration, draining and removing nodes
 //! (operator only).
 
+use super::api::*;
 use engine::domain::voucher::VoucherStatus;
 use engine::ids::*;
 use proto::v1 as pb;
 use std::collections::HashMap;
 use tonic::{Request, Response, Status};
-use super::api::*;
 
 pub(super) fn config_response(config: &engine::domain::config::Config) -> pb::ConfigResponse {
     pb::ConfigResponse {
         entries: engine::domain::config::KEYS
             .iter()
-            .map(|&(key, min, max, default)| pb::ConfigEntry { key: key.to_string(), value: config.values.get(key).copied().unwrap_or(default), min, max, set: config.values.contains_key(key) })
+            .map(|&(key, min, max, default)| pb::ConfigEntry {
+                key: key.to_string(),
+                value: config.values.get(key).copied().unwrap_or(default),
+                min,
+                max,
+                set: config.values.contains_key(key),
+            })
             .collect(),
     }
 }
@@ -31,9 +37,18 @@ impl Api {
     pub async fn stats(&self) -> Result<pb::StatsResponse, Status> {
         let head = self.state.log.last_seq().await.map_err(|error| crate::server::status::stream_unreadable("the engine", &error))?;
         let (allocation, issued, pending, delivered, entries, seals) = self.state.live.read(|p| {
-            let allocation: Vec<(NodeId, projections::allocation::NodeSlots)> = p.allocation.nodes.iter().map(|(id, slots)| (id.clone(), slots.clone())).collect();
-            let issued = [VoucherStatus::Issued, VoucherStatus::Redeeming, VoucherStatus::Delivered].into_iter().map(|status| p.vouchers.count(status)).sum::<usize>();
-            (allocation, issued, p.vouchers.count(VoucherStatus::Pending), p.vouchers.count(VoucherStatus::Delivered), p.royalty.entries.len(), p.royalty.seals.len())
+            let allocation: Vec<(NodeId, projections::allocation::NodeSlots)> =
+                p.allocation.nodes.iter().map(|(id, slots)| (id.clone(), slots.clone())).collect();
+            let issued =
+                [VoucherStatus::Issued, VoucherStatus::Redeeming, VoucherStatus::Delivered].into_iter().map(|status| p.vouchers.count(status)).sum::<usize>();
+            (
+                allocation,
+                issued,
+                p.vouchers.count(VoucherStatus::Pending),
+                p.vouchers.count(VoucherStatus::Delivered),
+                p.royalty.entries.len(),
+                p.royalty.seals.len(),
+            )
         });
         let live: HashMap<NodeId, engine::placement::NodeLive> = self.state.nodes.snapshot().into_iter().collect();
         let mut nodes = Vec::with_capacity(allocation.len());

@@ -2,15 +2,15 @@
 //! from the front door's identity, and the request conversions (ids, hashes, regions) that
 //! refuse with InvalidArgument through the one status mapping.
 
+use super::*;
 use crate::server::front_door::{self, Identity};
 use crate::server::status::from_app_error;
 use engine::app::Market;
-use engine::domain::{validate, Rejection};
+use engine::domain::{Rejection, validate};
 use engine::ids::*;
 use proto::v1 as pb;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
-use super::*;
 
 /// All four services over one engine.
 #[derive(Clone)]

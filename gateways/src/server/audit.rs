@@ -1,13 +1,13 @@
 //! AuditService: a full replay streamed to the auditor, chain verification and totals,
 //! bounded by `REPLAYS_IN_FLIGHT_MAX` replays at once.
 
+use super::api::*;
+use super::*;
 use proto::v1 as pb;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
-use super::*;
-use super::api::*;
 
 pub(super) fn replays_busy() -> Status {
     crate::server::status::replays_busy(REPLAYS_IN_FLIGHT_MAX)
@@ -69,7 +69,12 @@ impl pb::audit_service_server::AuditService for Api {
             let report = projections::audit::replay(self.state.log.as_ref(), &self.state.royalty_master, &self.state.engine_public, None, |_| {})
                 .await
                 .map_err(|error| crate::server::status::stream_unreadable("the replay", &error))?;
-            Ok(pb::VerifyChainResponse { entries: report.royalty_entries, seals_verified: report.seals_verified, chain_ok: report.chain_ok, first_bad: first_bad_text(&report) })
+            Ok(pb::VerifyChainResponse {
+                entries: report.royalty_entries,
+                seals_verified: report.seals_verified,
+                chain_ok: report.chain_ok,
+                first_bad: first_bad_text(&report),
+            })
         }
         .await;
         self.answer(result)

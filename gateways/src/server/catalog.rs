@@ -1,12 +1,12 @@
 //! CatalogService: publishing media, registering parties, certifying consumers, revoking
 //! certificates, points top-ups (operator only).
 
+use super::api::*;
 use engine::app::PublishInput;
 use engine::domain::event::{PreviewClip, Rendition, RoyaltyTerms};
 use engine::ids::*;
 use proto::v1 as pb;
 use tonic::{Request, Response, Status};
-use super::api::*;
 
 #[tonic::async_trait]
 impl pb::catalog_service_server::CatalogService for Api {
@@ -20,7 +20,14 @@ impl pb::catalog_service_server::CatalogService for Api {
             let renditions = message
                 .renditions
                 .iter()
-                .map(|r| Ok(Rendition { name: r.name.clone(), bitrate_kbps: r.bitrate_kbps, content_hash: hash32("renditions.content_hash", &r.content_hash)?, size_bytes: r.size_bytes }))
+                .map(|r| {
+                    Ok(Rendition {
+                        name: r.name.clone(),
+                        bitrate_kbps: r.bitrate_kbps,
+                        content_hash: hash32("renditions.content_hash", &r.content_hash)?,
+                        size_bytes: r.size_bytes,
+                    })
+                })
                 .collect::<Result<Vec<_>, Status>>()?;
             let preview = message.preview.map(|p| PreviewClip { start_ms: p.start_ms, duration_ms: p.duration_ms }).unwrap_or_default();
             let input = PublishInput {

@@ -1,17 +1,17 @@
 //! DeliveryService: node registration and heartbeats, assignment feeds, redemption,
 //! delivery completion and failure, previews, media fetches by nodes.
 
-use engine::media_store::Part;
+use super::api::*;
+use super::*;
 use engine::domain::{Event, Rejection};
 use engine::ids::*;
+use engine::media_store::Part;
+use engine::placement::Heartbeat;
 use futures::StreamExt;
 use proto::v1 as pb;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
-use super::*;
-use engine::placement::Heartbeat;
-use super::api::*;
 
 /// Streams `bytes` from `offset` as MediaChunks through a bounded channel.
 pub(super) fn chunk_stream(bytes: bytes::Bytes, offset: usize) -> ReceiverStream<Result<pb::MediaChunk, Status>> {
@@ -53,7 +53,12 @@ impl pb::delivery_service_server::DeliveryService for Api {
         let result = (|| {
             let node = Self::node(&request)?;
             let message = request.get_ref();
-            let beat = Heartbeat { slots_in_use: message.slots_in_use, cache_items: message.cache_items, cache_accesses: message.cache_accesses, cache_misses: message.cache_misses };
+            let beat = Heartbeat {
+                slots_in_use: message.slots_in_use,
+                cache_items: message.cache_items,
+                cache_accesses: message.cache_accesses,
+                cache_misses: message.cache_misses,
+            };
             if !self.state.nodes.heartbeat(&node, beat) {
                 return Err(crate::server::status::node_must_register());
             }

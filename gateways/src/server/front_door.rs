@@ -13,9 +13,9 @@
 
 use crate::common::cred::{ID_HEADER, SECRET_HEADER};
 use crate::server::status;
+use engine::app::Market;
 use engine::crypto::{self, SecretKey};
 use engine::domain::party::{Auditor, AuditorStatus, Merchant, MerchantStatus, Node, NodeStatus};
-use engine::app::Market;
 use engine::ids::{MerchantId, NodeId};
 use http_body_util::BodyExt;
 use std::convert::Infallible;
@@ -241,11 +241,7 @@ async fn admit(door: &FrontDoor, request: Request) -> Result<(Request, Option<to
     let limit = if parts.uri.path() == "/vouchsafe.v1.CatalogService/PublishMedia" { door.limits.upload_bytes_max } else { door.limits.request_bytes_max };
     // Every RPC takes a single request message: buffer it whole, within the limit.
     let collected = http_body_util::Limited::new(body, limit).collect().await.map_err(|error| {
-        if error.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-            status::request_too_large(limit)
-        } else {
-            status::request_body_lost(&error)
-        }
+        if error.downcast_ref::<http_body_util::LengthLimitError>().is_some() { status::request_too_large(limit) } else { status::request_body_lost(&error) }
     })?;
     parts.extensions.insert(identity);
     let body = tonic::body::Body::new(http_body_util::Full::new(collected.to_bytes()));

@@ -3,12 +3,12 @@
 //! (`events_per_s`). Not here: what to expire or seal (the projections compute it) and the
 //! decision (`engine::app`).
 
+use super::*;
 use engine::app::Market;
+use engine::domain::event::RightsReportSealed;
 use projections::Live;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use super::*;
-use engine::domain::event::RightsReportSealed;
 
 /// Events appended per second over the last minute, from (time, stream head) samples.
 #[derive(Default)]

@@ -2,12 +2,12 @@
 //! Each handler checks and converts its request, calls one `Market` method and maps the
 //! answer through `status`.
 
+use super::api::*;
 use engine::domain::event::Payment;
 use engine::domain::validate;
 use engine::ids::*;
 use proto::v1 as pb;
 use tonic::{Request, Response, Status};
-use super::api::*;
 
 #[tonic::async_trait]
 impl pb::merchant_service_server::MerchantService for Api {
@@ -23,7 +23,12 @@ impl pb::merchant_service_server::MerchantService for Api {
                 Payment::Points { account: id("points_account", &message.points_account, AccountId)? }
             };
             let answer = self.market().reserve(&merchant, &request_id, &media_ids, &message.rendition, message.ttl_ms, payment).await.map_err(fail)?;
-            Ok(pb::ReserveResponse { voucher_id: answer.voucher_id.0, expires_at_ms: answer.expires_at.0, price_minor: answer.price_minor, currency: answer.currency })
+            Ok(pb::ReserveResponse {
+                voucher_id: answer.voucher_id.0,
+                expires_at_ms: answer.expires_at.0,
+                price_minor: answer.price_minor,
+                currency: answer.currency,
+            })
         }
         .await;
         self.answer(result)
@@ -36,7 +41,11 @@ impl pb::merchant_service_server::MerchantService for Api {
             let request_id = request_id(&message.request_id)?;
             let voucher = id("voucher_id", &message.voucher_id, VoucherId)?;
             let answer = self.market().authorize(&merchant, &request_id, &voucher).await.map_err(fail)?;
-            Ok(pb::AuthorizeResponse { voucher_id: answer.voucher_id.0, receipt: answer.receipt.expose().to_vec(), receipt_generation: answer.receipt_generation })
+            Ok(pb::AuthorizeResponse {
+                voucher_id: answer.voucher_id.0,
+                receipt: answer.receipt.expose().to_vec(),
+                receipt_generation: answer.receipt_generation,
+            })
         }
         .await;
         self.answer(result)
@@ -82,7 +91,11 @@ impl pb::merchant_service_server::MerchantService for Api {
             let request_id = request_id(&message.request_id)?;
             let media = id("media_id", &message.media_id, MediaId)?;
             let (preview, node) = self.market().preview(&merchant, &request_id, &media, region(&message.region)).await.map_err(fail)?;
-            Ok(pb::PreviewResponse { preview_id: preview.0, node_endpoint: self.state.nodes.endpoint(&node).ok_or_else(|| crate::server::status::node_not_announced(&node.0))?, node_id: node.0 })
+            Ok(pb::PreviewResponse {
+                preview_id: preview.0,
+                node_endpoint: self.state.nodes.endpoint(&node).ok_or_else(|| crate::server::status::node_not_announced(&node.0))?,
+                node_id: node.0,
+            })
         }
         .await;
         self.answer(result)

@@ -8,7 +8,6 @@
 //! an id of the caller from a request field. Secrets (credential secrets, receipts, access
 //! keys) appear only in the responses that hand them to their owner, never in a log line.
 
-
 mod admin;
 mod api;
 mod audit;
@@ -23,12 +22,10 @@ pub mod serve;
 pub mod status;
 
 pub use api::Api;
-pub use jobs::{seal_once, sweep_once, RateMeter};
+pub use jobs::{RateMeter, seal_once, sweep_once};
 use jobs::{rate_sampler, sealer, sweeper};
 
 use crate::server::front_door::{Authenticator, FrontDoor, Limits};
-use engine::media_store::MediaStore;
-use engine::placement::{HealthyAllocator, NodeHealth, HEARTBEAT_STALE_MS};
 use crate::server::metrics::{Metrics, NodeLabel};
 use anyhow::Context;
 use engine::app::{EngineKeys, Market};
@@ -37,6 +34,8 @@ use engine::crypto::{RsaPublic, SecretKey};
 use engine::domain::voucher::VoucherStatus;
 use engine::ids::*;
 use engine::log::EventLog;
+use engine::media_store::MediaStore;
+use engine::placement::{HEARTBEAT_STALE_MS, HealthyAllocator, NodeHealth};
 use projections::Live;
 use proto::v1 as pb;
 use std::net::SocketAddr;
@@ -109,7 +108,6 @@ impl EngineConfig {
     }
 }
 
-
 /// What the server's handlers and jobs share: the market, the live projections, the log,
 /// the media store, node health, metrics and the settings it was started with.
 pub struct EngineState {
@@ -138,7 +136,8 @@ impl EngineState {
         self.metrics.uptime_seconds.set(self.started.elapsed().as_secs() as i64);
         let (slots, issued, entries) = self.live.read(|p| {
             let slots: Vec<(NodeId, u32, u32)> = p.allocation.nodes.iter().map(|(id, n)| (id.clone(), n.in_use, n.slots_max)).collect();
-            let issued = [VoucherStatus::Issued, VoucherStatus::Redeeming, VoucherStatus::Delivered].into_iter().map(|status| p.vouchers.count(status)).sum::<usize>();
+            let issued =
+                [VoucherStatus::Issued, VoucherStatus::Redeeming, VoucherStatus::Delivered].into_iter().map(|status| p.vouchers.count(status)).sum::<usize>();
             (slots, issued, p.royalty.entries.len())
         });
         for (node, in_use, max) in slots {
@@ -252,10 +251,14 @@ pub async fn start(config: EngineConfig, log: Arc<dyn EventLog>, listener: tokio
         // Backed by the projection store: resume at its checkpoint (after checking it belongs
         // to this stream), or rebuild into it from sequence 1.
         Some(dir) => {
-            let (live, outcome) = Live::open_checked(dir, Some(&royalty_master), Some(keys.public.clone()), log.as_ref()).await.with_context(|| format!("cannot open the projection store in {}", dir.display()))?;
+            let (live, outcome) = Live::open_checked(dir, Some(&royalty_master), Some(keys.public.clone()), log.as_ref())
+                .await
+                .with_context(|| format!("cannot open the projection store in {}", dir.display()))?;
             match outcome {
                 projections::store::OpenOutcome::Created => tracing::info!(dir = %dir.display(), "new projection store: rebuilding from sequence 1"),
-                projections::store::OpenOutcome::Resumed { checkpoint } => tracing::info!(dir = %dir.display(), checkpoint = checkpoint.0, "projection store resumed"),
+                projections::store::OpenOutcome::Resumed { checkpoint } => {
+                    tracing::info!(dir = %dir.display(), checkpoint = checkpoint.0, "projection store resumed")
+                }
                 projections::store::OpenOutcome::Quarantined { path, reason } => {
                     tracing::warn!(dir = %dir.display(), quarantined = %path.display(), %reason, "projection store quarantined; rebuilding from sequence 1")
                 }
@@ -371,4 +374,3 @@ fn tls_config(tls: &TlsFiles) -> anyhow::Result<tonic::transport::ServerTlsConfi
     }
     Ok(config)
 }
-

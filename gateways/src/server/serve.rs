@@ -126,7 +126,8 @@ pub fn settings(args: &ServeArgs) -> anyhow::Result<Settings> {
         },
     };
     let metrics_listen = args.metrics_listen.or(env_parsed("VOUCHSAFE_METRICS_LISTEN")?).or(file.metrics_listen);
-    let data_dir = args.data_dir.clone().or(env("VOUCHSAFE_DATA_DIR").map(PathBuf::from)).or(file.data_dir).unwrap_or_else(|| PathBuf::from("./vouchsafe-data"));
+    let data_dir =
+        args.data_dir.clone().or(env("VOUCHSAFE_DATA_DIR").map(PathBuf::from)).or(file.data_dir).unwrap_or_else(|| PathBuf::from("./vouchsafe-data"));
     let keys = args.keys.clone().or(env("VOUCHSAFE_KEYS").map(PathBuf::from)).or(file.keys).unwrap_or_else(|| data_dir.join("keys"));
     let nats_url = args.nats_url.clone().or(env("VOUCHSAFE_NATS_URL")).or(file.nats_url);
     let stream = args.stream.clone().or(env("VOUCHSAFE_STREAM")).or(file.stream).unwrap_or_else(|| engine::log::jetstream::DEFAULT_STREAM.to_string());
@@ -244,14 +245,16 @@ mod tests {
     fn flags_beat_the_file_and_the_file_beats_defaults() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("engine.toml");
-        std::fs::write(&path, "listen = \"127.0.0.1:6000\"\ndata_dir = \"/tmp/vs\"\nseal_interval_ms = 500\n[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n").expect("write");
+        std::fs::write(&path, "listen = \"127.0.0.1:6000\"\ndata_dir = \"/tmp/vs\"\nseal_interval_ms = 500\n[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n")
+            .expect("write");
         let from_file = settings(&ServeArgs { config: Some(path.clone()), ..ServeArgs::default() }).expect("settings");
         assert_eq!(from_file.listen.port(), 6000);
         assert_eq!(from_file.backend.data_dir, PathBuf::from("/tmp/vs"));
         assert_eq!(from_file.engine.keys_dir, PathBuf::from("/tmp/vs/keys"));
         assert_eq!(from_file.engine.seal_interval, Duration::from_millis(500));
         assert!(from_file.engine.tls.is_some());
-        let flagged = settings(&ServeArgs { config: Some(path), listen: Some("127.0.0.1:7000".parse().expect("addr")), ..ServeArgs::default() }).expect("settings");
+        let flagged =
+            settings(&ServeArgs { config: Some(path), listen: Some("127.0.0.1:7000".parse().expect("addr")), ..ServeArgs::default() }).expect("settings");
         assert_eq!(flagged.listen.port(), 7000);
         let defaults = settings(&ServeArgs::default()).expect("settings");
         assert_eq!(defaults.listen.to_string(), DEFAULT_LISTEN);

@@ -62,7 +62,21 @@ pub(super) const SHARED_REQUEST_IDS: usize = 16;
 impl Pools {
     pub(super) fn of(w: &World) -> Pools {
         let shared: Vec<String> = (0..SHARED_REQUEST_IDS).map(|i| format!("fz-{i}")).collect();
-        let world_requests = ["sale-reserve", "sale-authorize", "sale-issue", "pending-1", "preview-1", "order-1", "cert-alice", "revoke-bob", "topup-1", "merchant-a", "node-eu", "auditor-1", "media-1"];
+        let world_requests = [
+            "sale-reserve",
+            "sale-authorize",
+            "sale-issue",
+            "pending-1",
+            "preview-1",
+            "order-1",
+            "cert-alice",
+            "revoke-bob",
+            "topup-1",
+            "merchant-a",
+            "node-eu",
+            "auditor-1",
+            "media-1",
+        ];
         let merchants = [MerchantId(w.a.id.clone()), MerchantId(w.b.id.clone())];
         let derived = |f: &dyn Fn(&MerchantId, &RequestId) -> String| -> Vec<String> {
             merchants.iter().flat_map(|m| shared.iter().map(move |r| (m, RequestId(r.clone())))).map(|(m, r)| f(m, &r)).collect()
@@ -87,7 +101,8 @@ impl Pools {
         let accounts = Ids::new(vec!["acct-1".into()], ["acct-empty", "fz-acct-0", "fz-acct-1"].map(String::from).to_vec());
         let request_ids = Ids::new(shared.clone(), world_requests.map(String::from).to_vec());
         let nodes = Ids::new([&w.x, &w.y, &w.z].map(|c| c.id.clone()).to_vec(), vec!["nd-never".into()]);
-        let removable_nodes = Ids::new(shared.iter().map(|r| engine::ids::node_id_for(&w.operator.id, &RequestId(r.clone())).0).collect(), vec!["nd-never".into()]);
+        let removable_nodes =
+            Ids::new(shared.iter().map(|r| engine::ids::node_id_for(&w.operator.id, &RequestId(r.clone())).0).collect(), vec!["nd-never".into()]);
         let regions: Vec<String> = ["", "eu", "us", "ap"].map(String::from).to_vec();
         let mut any_ids: Vec<String> = [&w.operator, &w.a, &w.b, &w.x, &w.y, &w.z, &w.auditor].map(|c| c.id.clone()).to_vec();
         for ids in [&vouchers, &orders, &previews, &media, &serials, &consumers, &accounts, &request_ids] {
@@ -114,7 +129,24 @@ impl Pools {
             }
         }
         let ders = vec![w.consumer_der.clone(), w.fx.engine_public.to_der().expect("der")];
-        Pools { request_ids, vouchers, media, orders, previews, serials, consumers, accounts, nodes, removable_nodes, regions, any_ids, ders, proofs, uploads: w.uploads.clone(), redemptions }
+        Pools {
+            request_ids,
+            vouchers,
+            media,
+            orders,
+            previews,
+            serials,
+            consumers,
+            accounts,
+            nodes,
+            removable_nodes,
+            regions,
+            any_ids,
+            ders,
+            proofs,
+            uploads: w.uploads.clone(),
+            redemptions,
+        }
     }
 }
 
@@ -145,9 +177,38 @@ pub(super) fn one_of<T: Debug + 'static>(arms: Vec<(u32, BoxedStrategy<T>)>) -> 
 /// characters, emoji and ZWJ sequences, combining marks, lookalikes, path and subject
 /// syntax, quotes and escapes.
 pub(super) const WEIRD: &[&str] = &[
-    "\u{202E}", "\u{202D}", "\u{200F}", "\u{200B}", "\u{FEFF}", "\0", "\u{1F3B5}", "\u{1F468}\u{200D}\u{1F469}\u{200D}\u{1F467}", "e\u{301}", "\u{301}", "\u{FFFD}",
-    "\u{10FFFF}", "\u{130}", "\u{FB01}", "\u{2028}", "\u{7F}", "\u{1B}[31m", "\u{FF21}", "\u{430}", "%00", "../", "/", ".", "*", ">", " ", "\\", "\"", "'", "vs.voucher.>",
-    "${x}", "\r\n",
+    "\u{202E}",
+    "\u{202D}",
+    "\u{200F}",
+    "\u{200B}",
+    "\u{FEFF}",
+    "\0",
+    "\u{1F3B5}",
+    "\u{1F468}\u{200D}\u{1F469}\u{200D}\u{1F467}",
+    "e\u{301}",
+    "\u{301}",
+    "\u{FFFD}",
+    "\u{10FFFF}",
+    "\u{130}",
+    "\u{FB01}",
+    "\u{2028}",
+    "\u{7F}",
+    "\u{1B}[31m",
+    "\u{FF21}",
+    "\u{430}",
+    "%00",
+    "../",
+    "/",
+    ".",
+    "*",
+    ">",
+    " ",
+    "\\",
+    "\"",
+    "'",
+    "vs.voucher.>",
+    "${x}",
+    "\r\n",
 ];
 
 /// Text that no field should choke on.
@@ -169,7 +230,8 @@ pub(super) fn hostile_text() -> BoxedStrategy<String> {
 /// hostile text.
 pub(super) fn id_field(ids: &Ids, any_ids: &[String], b: Bias) -> BoxedStrategy<String> {
     let all = ids.all();
-    let near_miss = (select(all.clone()), select(WEIRD), any::<bool>()).prop_map(|(id, weird, before)| if before { format!("{weird}{id}") } else { format!("{id}{weird}") });
+    let near_miss = (select(all.clone()), select(WEIRD), any::<bool>())
+        .prop_map(|(id, weird, before)| if before { format!("{weird}{id}") } else { format!("{id}{weird}") });
     one_of(vec![
         (b.plausible(5), select(ids.real.clone()).boxed()),
         (b.plausible(3), select(ids.derived.clone()).boxed()),
@@ -186,7 +248,10 @@ pub(super) fn request_id(p: &Pools, b: Bias) -> BoxedStrategy<String> {
 
 /// Free text (names, reasons, titles): plausible or hostile.
 pub(super) fn free_text(b: Bias) -> BoxedStrategy<String> {
-    one_of(vec![(b.plausible(2), select(vec!["Shop C", "disk full", "lost", "Song", "EUR", "cover.jpg", "label-1"]).prop_map(String::from).boxed()), (5, hostile_text())])
+    one_of(vec![
+        (b.plausible(2), select(vec!["Shop C", "disk full", "lost", "Song", "EUR", "cover.jpg", "label-1"]).prop_map(String::from).boxed()),
+        (5, hostile_text()),
+    ])
 }
 
 pub(super) fn u64_field(plausible: u64, b: Bias) -> BoxedStrategy<u64> {
@@ -194,7 +259,21 @@ pub(super) fn u64_field(plausible: u64, b: Bias) -> BoxedStrategy<u64> {
         (b.plausible(3), Just(plausible).boxed()),
         (
             6,
-            select(vec![0, 1, 2, 999, 1000, u64::from(u32::MAX), u64::from(u32::MAX) + 1, i64::MAX as u64 - 1, i64::MAX as u64, i64::MAX as u64 + 1, u64::MAX - 1, u64::MAX]).boxed(),
+            select(vec![
+                0,
+                1,
+                2,
+                999,
+                1000,
+                u64::from(u32::MAX),
+                u64::from(u32::MAX) + 1,
+                i64::MAX as u64 - 1,
+                i64::MAX as u64,
+                i64::MAX as u64 + 1,
+                u64::MAX - 1,
+                u64::MAX,
+            ])
+            .boxed(),
         ),
         (2, any::<u64>().boxed()),
     ])
@@ -241,7 +320,12 @@ pub(super) fn region(p: &Pools, b: Bias) -> BoxedStrategy<String> {
 pub(super) fn endpoint(b: Bias) -> BoxedStrategy<String> {
     one_of(vec![
         (b.plausible(3), Just("http://127.0.0.1:1".to_string()).boxed()),
-        (2, (select(vec!["http://", "https://", "ftp://", "HTTP://", " http://", "", "http:/", "javascript:"]), hostile_text()).prop_map(|(scheme, rest)| format!("{scheme}{rest}")).boxed()),
+        (
+            2,
+            (select(vec!["http://", "https://", "ftp://", "HTTP://", " http://", "", "http:/", "javascript:"]), hostile_text())
+                .prop_map(|(scheme, rest)| format!("{scheme}{rest}"))
+                .boxed(),
+        ),
         (1, select(vec![249usize, 250, 256, 257, 10_000]).prop_map(|n| format!("http://{}", "h".repeat(n))).boxed()),
         (2, hostile_text()),
     ])
@@ -277,9 +361,13 @@ pub(super) fn arb_request(rpc: Rpc, p: &Pools, b: Bias) -> BoxedStrategy<Req> {
         Rpc::IssueVoucher => (rid, voucher(), region(p, b))
             .prop_map(|(request_id, voucher_id, region)| Req::IssueVoucher(pb::IssueVoucherRequest { request_id, voucher_id, region }))
             .boxed(),
-        Rpc::Preview => (rid, media(), region(p, b)).prop_map(|(request_id, media_id, region)| Req::Preview(pb::PreviewRequest { request_id, media_id, region })).boxed(),
+        Rpc::Preview => {
+            (rid, media(), region(p, b)).prop_map(|(request_id, media_id, region)| Req::Preview(pb::PreviewRequest { request_id, media_id, region })).boxed()
+        }
         Rpc::GetVoucher => voucher().prop_map(|voucher_id| Req::GetVoucher(pb::GetVoucherRequest { voucher_id })).boxed(),
-        Rpc::PlaceOrder => (rid, media(), u32_field(2, b)).prop_map(|(request_id, media_id, units)| Req::PlaceOrder(pb::PlaceOrderRequest { request_id, media_id, units })).boxed(),
+        Rpc::PlaceOrder => (rid, media(), u32_field(2, b))
+            .prop_map(|(request_id, media_id, units)| Req::PlaceOrder(pb::PlaceOrderRequest { request_id, media_id, units }))
+            .boxed(),
         Rpc::BindUnit => {
             let device = id_field(&Ids::new(vec!["dev-1".into()], vec!["dev-2".into()]), &p.any_ids, b);
             (rid, order(), u32_field(0, b), device, bytes_field(&p.ders, b))
@@ -288,24 +376,28 @@ pub(super) fn arb_request(rpc: Rpc, p: &Pools, b: Bias) -> BoxedStrategy<Req> {
                 })
                 .boxed()
         }
-        Rpc::CompleteUnit => {
-            (rid, order(), u32_field(0, b)).prop_map(|(request_id, order_id, unit)| Req::CompleteUnit(pb::CompleteUnitRequest { request_id, order_id, unit })).boxed()
-        }
+        Rpc::CompleteUnit => (rid, order(), u32_field(0, b))
+            .prop_map(|(request_id, order_id, unit)| Req::CompleteUnit(pb::CompleteUnitRequest { request_id, order_id, unit }))
+            .boxed(),
         Rpc::RegisterNode => (region(p, b), u32_field(0, b), endpoint(b))
             .prop_map(|(region, slots_max, endpoint)| Req::RegisterNode(pb::RegisterNodeRequest { region, slots_max, endpoint }))
             .boxed(),
         Rpc::Heartbeat => (u32_field(1, b), u64_field(1, b), u64_field(1, b), u64_field(0, b))
-            .prop_map(|(slots_in_use, cache_items, cache_accesses, cache_misses)| Req::Heartbeat(pb::HeartbeatRequest { slots_in_use, cache_items, cache_accesses, cache_misses }))
+            .prop_map(|(slots_in_use, cache_items, cache_accesses, cache_misses)| {
+                Req::Heartbeat(pb::HeartbeatRequest { slots_in_use, cache_items, cache_accesses, cache_misses })
+            })
             .boxed(),
         Rpc::SubscribeAssignments => u64_field(0, b).prop_map(|after_seq| Req::SubscribeAssignments(pb::SubscribeAssignmentsRequest { after_seq })).boxed(),
         Rpc::Redeem => {
             let pair = one_of(vec![(b.plausible(3), select(p.proofs.clone()).boxed()), (3, (bytes_field(&[vec![7u8; 32]], b), bytes_field(&[], b)).boxed())]);
-            let fields = (rid.clone(), voucher(), serial(), consumer(), pair).prop_map(|(request_id, voucher_id, cert_serial, consumer_id, (challenge, proof))| {
-                Req::Redeem(pb::RedeemRequest { request_id, voucher_id, cert_serial, consumer_id, challenge, proof })
-            });
+            let fields =
+                (rid.clone(), voucher(), serial(), consumer(), pair).prop_map(|(request_id, voucher_id, cert_serial, consumer_id, (challenge, proof))| {
+                    Req::Redeem(pb::RedeemRequest { request_id, voucher_id, cert_serial, consumer_id, challenge, proof })
+                });
             // A redemption whose parts belong together (a sale, its proof, a certificate),
             // so that some get past every check.
-            let coherent = (select(p.redemptions.clone()), rid).prop_map(|(redemption, request_id)| Req::Redeem(pb::RedeemRequest { request_id, ..redemption }));
+            let coherent =
+                (select(p.redemptions.clone()), rid).prop_map(|(redemption, request_id)| Req::Redeem(pb::RedeemRequest { request_id, ..redemption }));
             one_of(vec![(b.plausible(1), coherent.boxed()), (2, fields.boxed())])
         }
         Rpc::CompleteDelivery => (rid, voucher(), media(), bytes_field(&[vec![1u8; 32]], b), u64_field(20_000, b))
@@ -320,11 +412,14 @@ pub(super) fn arb_request(rpc: Rpc, p: &Pools, b: Bias) -> BoxedStrategy<Req> {
             .prop_map(|(request_id, preview_id, played_ms)| Req::EndPreview(pb::EndPreviewRequest { request_id, preview_id, played_ms }))
             .boxed(),
         Rpc::FetchMedia => {
-            let part = one_of(vec![(b.plausible(4), select(vec![1, 2]).boxed()), (2, select(vec![0, 3, -1, i32::MAX, i32::MIN]).boxed()), (1, any::<i32>().boxed())]);
+            let part =
+                one_of(vec![(b.plausible(4), select(vec![1, 2]).boxed()), (2, select(vec![0, 3, -1, i32::MAX, i32::MIN]).boxed()), (1, any::<i32>().boxed())]);
             (media(), part).prop_map(|(media_id, part)| Req::FetchMedia(pb::FetchMediaRequest { media_id, part })).boxed()
         }
         Rpc::PublishMedia => arb_publish(p, rid, b),
-        Rpc::RegisterMerchant => (rid, free_text(b)).prop_map(|(request_id, name)| Req::RegisterMerchant(pb::RegisterMerchantRequest { request_id, name })).boxed(),
+        Rpc::RegisterMerchant => {
+            (rid, free_text(b)).prop_map(|(request_id, name)| Req::RegisterMerchant(pb::RegisterMerchantRequest { request_id, name })).boxed()
+        }
         Rpc::RegisterNodeCredential => (rid, region(p, b), u32_field(4, b))
             .prop_map(|(request_id, region, slots_max)| Req::RegisterNodeCredential(pb::RegisterNodeCredentialRequest { request_id, region, slots_max }))
             .boxed(),
@@ -339,7 +434,9 @@ pub(super) fn arb_request(rpc: Rpc, p: &Pools, b: Bias) -> BoxedStrategy<Req> {
         Rpc::TopUpPoints => (rid, account(), u64_field(100, b))
             .prop_map(|(request_id, account_id, amount)| Req::TopUpPoints(pb::TopUpPointsRequest { request_id, account_id, amount }))
             .boxed(),
-        Rpc::RegisterAuditor => (rid, free_text(b)).prop_map(|(request_id, name)| Req::RegisterAuditor(pb::RegisterAuditorRequest { request_id, name })).boxed(),
+        Rpc::RegisterAuditor => {
+            (rid, free_text(b)).prop_map(|(request_id, name)| Req::RegisterAuditor(pb::RegisterAuditorRequest { request_id, name })).boxed()
+        }
         Rpc::Replay => bytes_field(&[], b).prop_map(|pinned_seal_hash| Req::Replay(pb::ReplayRequest { pinned_seal_hash })).boxed(),
         Rpc::VerifyChain => Just(Req::VerifyChain(pb::VerifyChainRequest {})).boxed(),
         Rpc::Totals => Just(Req::Totals(pb::TotalsRequest {})).boxed(),
@@ -354,7 +451,10 @@ pub(super) fn arb_request(rpc: Rpc, p: &Pools, b: Bias) -> BoxedStrategy<Req> {
             let settable = || engine::domain::config::KEYS.iter().filter(|(key, ..)| !key.starts_with("seal."));
             let known: Vec<String> = settable().map(|(key, ..)| key.to_string()).collect();
             let key = one_of(vec![(b.plausible(4), select(known).boxed()), (2, hostile_text())]);
-            let bounds: Vec<String> = settable().flat_map(|(_, min, max, default)| [*min, *max, *default, min.saturating_sub(1), max.saturating_add(1)]).map(|n| n.to_string()).collect();
+            let bounds: Vec<String> = settable()
+                .flat_map(|(_, min, max, default)| [*min, *max, *default, min.saturating_sub(1), max.saturating_add(1)])
+                .map(|n| n.to_string())
+                .collect();
             let value = one_of(vec![
                 (b.plausible(4), select(bounds).boxed()),
                 (2, u64_field(60_000, b).prop_map(|n| n.to_string()).boxed()),
@@ -363,29 +463,44 @@ pub(super) fn arb_request(rpc: Rpc, p: &Pools, b: Bias) -> BoxedStrategy<Req> {
             ]);
             (rid, key, value).prop_map(|(request_id, key, value)| Req::SetConfig(pb::SetConfigRequest { request_id, key, value })).boxed()
         }
-        Rpc::DrainNode => (rid, id_field(&p.nodes, &p.any_ids, b)).prop_map(|(request_id, node_id)| Req::DrainNode(pb::NodeAdminRequest { request_id, node_id })).boxed(),
+        Rpc::DrainNode => {
+            (rid, id_field(&p.nodes, &p.any_ids, b)).prop_map(|(request_id, node_id)| Req::DrainNode(pb::NodeAdminRequest { request_id, node_id })).boxed()
+        }
         Rpc::RemoveNode => {
             // A removed node's credential stops working, so the nodes the cases call as
             // (X, Y, Z) are never removed: their later calls would be judged as theirs.
             let callers = &p.nodes.real;
             let others: Vec<String> = p.any_ids.iter().filter(|id| !callers.contains(id)).cloned().collect();
-            (rid, id_field(&p.removable_nodes, &others, b)).prop_map(|(request_id, node_id)| Req::RemoveNode(pb::NodeAdminRequest { request_id, node_id })).boxed()
+            (rid, id_field(&p.removable_nodes, &others, b))
+                .prop_map(|(request_id, node_id)| Req::RemoveNode(pb::NodeAdminRequest { request_id, node_id }))
+                .boxed()
         }
     }
 }
 
 pub(super) fn arb_publish(p: &Pools, rid: BoxedStrategy<String>, b: Bias) -> BoxedStrategy<Req> {
     let bps = || u32_field(3000, b);
-    let terms = (bps(), bps(), bps(), free_text(b), free_text(b), free_text(b)).prop_map(|(retailer_bps, distributor_bps, owner_bps, distributor, owner, rights_agent)| {
-        pb::RoyaltyTermsInput { retailer_bps, distributor_bps, owner_bps, distributor, owner, rights_agent }
-    });
-    let terms = one_of(vec![(b.plausible(3), Just(Some(client::standard_terms("label-1"))).boxed()), (3, terms.prop_map(Some).boxed()), (1, Just(None).boxed())]);
+    let terms = (bps(), bps(), bps(), free_text(b), free_text(b), free_text(b)).prop_map(
+        |(retailer_bps, distributor_bps, owner_bps, distributor, owner, rights_agent)| pb::RoyaltyTermsInput {
+            retailer_bps,
+            distributor_bps,
+            owner_bps,
+            distributor,
+            owner,
+            rights_agent,
+        },
+    );
+    let terms =
+        one_of(vec![(b.plausible(3), Just(Some(client::standard_terms("label-1"))).boxed()), (3, terms.prop_map(Some).boxed()), (1, Just(None).boxed())]);
     let containers: Vec<Vec<u8>> = p.uploads.iter().map(|(container, _)| container.clone()).collect();
     let wrapped: Vec<Vec<u8>> = p.uploads.iter().map(|(_, key)| key.clone()).collect();
     let upload = one_of(vec![(b.plausible(3), select(p.uploads.clone()).boxed()), (3, (bytes_field(&containers, b), bytes_field(&wrapped, b)).boxed())]);
     let rendition = (free_text(b), u32_field(256, b), bytes_field(&[vec![3u8; 32]], b), u64_field(300, b))
         .prop_map(|(name, bitrate_kbps, content_hash, size_bytes)| pb::RenditionInput { name, bitrate_kbps, content_hash, size_bytes });
-    let renditions = one_of(vec![(b.plausible(3), Just(vec![pb::RenditionInput { name: "high".into(), bitrate_kbps: 256, content_hash: vec![3; 32], size_bytes: 300 }]).boxed()), (3, vec(rendition, 0..4).boxed())]);
+    let renditions = one_of(vec![
+        (b.plausible(3), Just(vec![pb::RenditionInput { name: "high".into(), bitrate_kbps: 256, content_hash: vec![3; 32], size_bytes: 300 }]).boxed()),
+        (3, vec(rendition, 0..4).boxed()),
+    ]);
     let preview = one_of(vec![
         (b.plausible(2), Just(Some(pb::PreviewClipInput { start_ms: 0, duration_ms: 30_000 })).boxed()),
         (2, (u64_field(0, b), u64_field(30_000, b)).prop_map(|(start_ms, duration_ms)| Some(pb::PreviewClipInput { start_ms, duration_ms })).boxed()),
@@ -394,25 +509,30 @@ pub(super) fn arb_publish(p: &Pools, rid: BoxedStrategy<String>, b: Bias) -> Box
     let head = (rid, free_text(b), free_text(b), vec(free_text(b), 0..3), u64_field(60_000, b), u64_field(99, b), free_text(b));
     let tail = (terms, upload, any::<bool>(), renditions, preview, free_text(b), bytes_field(&[], b));
     (head, tail)
-        .prop_map(|((request_id, title, artist, authors, length_ms, price_minor, currency), (terms, (container, wrapped_media_key), for_sale, renditions, preview, image_descriptor, preview_clip))| {
-            Req::PublishMedia(pb::PublishMediaRequest {
-                request_id,
-                title,
-                artist,
-                authors,
-                length_ms,
-                price_minor,
-                currency,
-                terms,
-                container,
-                wrapped_media_key,
-                for_sale,
-                renditions,
-                preview,
-                image_descriptor,
-                preview_clip,
-            })
-        })
+        .prop_map(
+            |(
+                (request_id, title, artist, authors, length_ms, price_minor, currency),
+                (terms, (container, wrapped_media_key), for_sale, renditions, preview, image_descriptor, preview_clip),
+            )| {
+                Req::PublishMedia(pb::PublishMediaRequest {
+                    request_id,
+                    title,
+                    artist,
+                    authors,
+                    length_ms,
+                    price_minor,
+                    currency,
+                    terms,
+                    container,
+                    wrapped_media_key,
+                    for_sale,
+                    renditions,
+                    preview,
+                    image_descriptor,
+                    preview_clip,
+                })
+            },
+        )
         .boxed()
 }
 
@@ -585,7 +705,9 @@ pub(super) fn arb_body(rpc: Rpc, p: &Pools) -> BoxedStrategy<Body> {
     // Another RPC's request, well-formed: fields of the wrong types and meanings.
     let others: Vec<Rpc> = Rpc::ALL.iter().copied().filter(|other| *other != rpc).collect();
     let pools = p.clone();
-    let other = select(others).prop_flat_map(move |other| arb_request(other, &pools, Bias::NearValid)).prop_map(|request| Body::Raw { how: "raw: another RPC's message", bytes: request.encode() });
+    let other = select(others)
+        .prop_flat_map(move |other| arb_request(other, &pools, Bias::NearValid))
+        .prop_map(|request| Body::Raw { how: "raw: another RPC's message", bytes: request.encode() });
     let mut arms = vec![
         (7, typed.prop_map(|request| Body::Typed { near_valid: false, request }).boxed()),
         (7, near_valid.boxed()),
@@ -616,7 +738,12 @@ pub(super) fn arb_case(p: &Pools) -> BoxedStrategy<Case> {
     let pools = p.clone();
     // Every RPC, with the steps of a sale more often than the rest, so that vouchers get
     // past Reserve before a Void ends them and the later steps meet live state.
-    let rpc = one_of(Rpc::ALL.iter().map(|&rpc| (if matches!(rpc, Rpc::Reserve | Rpc::Authorize | Rpc::IssueVoucher | Rpc::Redeem) { 3 } else { 1 }, Just(rpc).boxed())).collect());
+    let rpc = one_of(
+        Rpc::ALL
+            .iter()
+            .map(|&rpc| (if matches!(rpc, Rpc::Reserve | Rpc::Authorize | Rpc::IssueVoucher | Rpc::Redeem) { 3 } else { 1 }, Just(rpc).boxed()))
+            .collect(),
+    );
     rpc.prop_flat_map(move |rpc| (Just(rpc), arb_caller(), arb_body(rpc, &pools), proptest::bool::weighted(0.08)))
         .prop_map(|(rpc, caller, body, retry)| Case { rpc, caller, body, retry })
         .boxed()

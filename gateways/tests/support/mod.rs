@@ -8,8 +8,8 @@ pub mod rpc;
 pub mod sale;
 
 use engine::crypto;
-use engine::log::embedded::EmbeddedLog;
 use engine::log::EventLog;
+use engine::log::embedded::EmbeddedLog;
 use gateways::common::client;
 use gateways::common::cred::Credential;
 use gateways::server::{self, EngineConfig, RunningEngine};

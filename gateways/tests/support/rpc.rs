@@ -3,11 +3,11 @@
 //! dispatch through the generated clients, raw bodies no generated client would send, the
 //! credential metadata a call presents (`Meta`), and protobuf encoding helpers.
 
-use gateways::common::cred::{Credential, ID_HEADER, SECRET_HEADER};
 use engine::crypto::SecretKey;
+use gateways::common::cred::{Credential, ID_HEADER, SECRET_HEADER};
 use proto::v1 as pb;
-use tonic::transport::Channel;
 use tonic::Status;
+use tonic::transport::Channel;
 
 use super::{REQUEST_BYTES_MAX, UPLOAD_BYTES_MAX};
 

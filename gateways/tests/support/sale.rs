@@ -27,13 +27,21 @@ pub fn credential(response: Result<tonic::Response<pb::CredentialResponse>, Stat
 }
 
 pub fn reserve_request(request_id: &str, media: &str) -> pb::ReserveRequest {
-    pb::ReserveRequest { request_id: request_id.into(), media_ids: vec![media.into()], rendition: "high".into(), ttl_ms: 15 * 60 * 1000, points_account: String::new(), payment_ref: "card".into() }
+    pb::ReserveRequest {
+        request_id: request_id.into(),
+        media_ids: vec![media.into()],
+        rendition: "high".into(),
+        ttl_ms: 15 * 60 * 1000,
+        points_account: String::new(),
+        payment_ref: "card".into(),
+    }
 }
 
 /// Reserve → Authorize → IssueVoucher, issued in `region` (so to the node of that region).
 pub async fn buy_in(merchant: &mut client::MerchantClient, prefix: &str, media: &str, region: &str) -> Result<client::Sale, Status> {
     let reserved = merchant.reserve(reserve_request(&format!("{prefix}-reserve"), media)).await?.into_inner();
-    let authorized = merchant.authorize(pb::AuthorizeRequest { request_id: format!("{prefix}-authorize"), voucher_id: reserved.voucher_id.clone() }).await?.into_inner();
+    let authorized =
+        merchant.authorize(pb::AuthorizeRequest { request_id: format!("{prefix}-authorize"), voucher_id: reserved.voucher_id.clone() }).await?.into_inner();
     let issued = merchant
         .issue_voucher(pb::IssueVoucherRequest { request_id: format!("{prefix}-issue"), voucher_id: reserved.voucher_id.clone(), region: region.into() })
         .await?

@@ -13,7 +13,7 @@
 //! as a whole and its checkpoint (`store`).
 
 use super::{Allocation, NodeSlots};
-use crate::rows::{decode_json, json, key, keyed_by_voucher, utf8, Prefix, RowError, RowKind, RowWrite, Rows};
+use crate::rows::{Prefix, RowError, RowKind, RowWrite, Rows, decode_json, json, key, keyed_by_voucher, utf8};
 use engine::ids::{NodeId, PreviewId, VoucherId};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

@@ -9,8 +9,8 @@
 //! What is not here: the check that the stored ledger sums to zero, which the store makes
 //! with its other checks of the state as a whole (`store`).
 
-use super::{kind_code, kind_of_code, Balances, LedgerAccount, PointsBalance};
-use crate::rows::{decode_json, json, key, utf8, Prefix, RowError, RowWrite};
+use super::{Balances, LedgerAccount, PointsBalance, kind_code, kind_of_code};
+use crate::rows::{Prefix, RowError, RowWrite, decode_json, json, key, utf8};
 use engine::ids::AccountId;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -87,7 +87,12 @@ impl Reader {
         match prefix {
             p if p == LEDGER_PREFIX => {
                 let (currency, code, name): (String, u8, String) = decode_json(id, "ledger account", "key")?;
-                let kind = kind_of_code(code).ok_or_else(|| RowError::Unknown { kind: "ledger account", id: format!("{currency}:{name}"), field: "kind", value: code.to_string() })?;
+                let kind = kind_of_code(code).ok_or_else(|| RowError::Unknown {
+                    kind: "ledger account",
+                    id: format!("{currency}:{name}"),
+                    field: "kind",
+                    value: code.to_string(),
+                })?;
                 let account = LedgerAccount::new(currency, kind, name);
                 let record: LedgerRecord = decode_json(value, "ledger account", &account.to_string())?;
                 self.ledger.insert(account, record.balance_minor);

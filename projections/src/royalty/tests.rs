@@ -121,7 +121,11 @@ fn merkle_proofs_verify_for_every_leaf_and_fail_when_altered() {
             assert!(!verify_merkle_proof(&wrong_leaf, index, size, &path, &root));
             if let Some(first) = path.first() {
                 let mut bad_path = path.clone();
-                bad_path[0] = { let mut h = *first; h[5] ^= 1; h };
+                bad_path[0] = {
+                    let mut h = *first;
+                    h[5] ^= 1;
+                    h
+                };
                 assert!(!verify_merkle_proof(&ys[index], index, size, &bad_path, &root));
             }
             if size > 1 {

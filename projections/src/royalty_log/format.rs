@@ -16,8 +16,8 @@
 //! the chain's current `A_j` (re-derived at load from the master key, `store` module docs)
 //! and the engine's public key (the caller passes it).
 
-use super::{Dimension, MediaInfo, RoyaltyLog, Sale, SealFault, TotalsLine, EPOCH};
-use crate::rows::{contiguous, decode_json, index_key, index_of, json, key, keyed_by_voucher, utf8, Prefix, RowError, RowKind, RowWrite, Rows};
+use super::{Dimension, EPOCH, MediaInfo, RoyaltyLog, Sale, SealFault, TotalsLine};
+use crate::rows::{Prefix, RowError, RowKind, RowWrite, Rows, contiguous, decode_json, index_key, index_of, json, key, keyed_by_voucher, utf8};
 use crate::royalty::ChainedEntry;
 use crate::serde_hex::hex_array;
 use engine::domain::event::{RightsReportSealed, RoyaltyTerms};
@@ -110,7 +110,14 @@ impl RowKind for SaleRows {
     const PREFIX: &'static Prefix = SALE_PREFIX;
     keyed_by_voucher!();
     fn encode(sale: &Sale) -> Result<Vec<u8>, RowError> {
-        json(&SaleRecord { merchant: sale.merchant.clone(), currency: sale.currency.clone(), prices: sale.prices.iter().map(|(media, price)| (media.0.clone(), *price)).collect() }, "sale")
+        json(
+            &SaleRecord {
+                merchant: sale.merchant.clone(),
+                currency: sale.currency.clone(),
+                prices: sale.prices.iter().map(|(media, price)| (media.0.clone(), *price)).collect(),
+            },
+            "sale",
+        )
     }
     fn decode(key: &VoucherId, bytes: &[u8]) -> Result<Sale, RowError> {
         let record: SaleRecord = decode_json(bytes, "sale", &key.0)?;
@@ -308,7 +315,14 @@ impl Reader {
                     owner: record.owner,
                     rights_agent: record.rights_agent,
                 };
-                let media = MediaInfo { title: record.title, artist: record.artist, authors: record.authors, length_ms: record.length_ms, image_descriptor: record.image_descriptor, terms };
+                let media = MediaInfo {
+                    title: record.title,
+                    artist: record.artist,
+                    authors: record.authors,
+                    length_ms: record.length_ms,
+                    image_descriptor: record.image_descriptor,
+                    terms,
+                };
                 self.catalog.insert(MediaId(id), media);
             }
             p if p == SALE_PREFIX => {
@@ -322,21 +336,32 @@ impl Reader {
                 let index = index_of(id, "royalty entry")?;
                 let record: EntryRecord = decode_json(value, "royalty entry", &index.to_string())?;
                 if record.entry.index != index || record.entry.epoch != EPOCH {
-                    return Err(RowError::Misplaced { kind: "royalty entry", id: index.to_string(), stored: format!("entry {} of epoch {}", record.entry.index, record.entry.epoch) });
+                    return Err(RowError::Misplaced {
+                        kind: "royalty entry",
+                        id: index.to_string(),
+                        stored: format!("entry {} of epoch {}", record.entry.index, record.entry.epoch),
+                    });
                 }
                 self.entries.insert(index, record);
             }
             p if p == TOTALS_PREFIX => {
                 let (&byte, name) = id.split_first().ok_or(RowError::Key { kind: "totals", expected: "a dimension byte and a name" })?;
-                let dimension = dimension_of(byte).ok_or_else(|| RowError::Unknown { kind: "totals line", id: String::from_utf8_lossy(name).into_owned(), field: "dimension", value: byte.to_string() })?;
+                let dimension = dimension_of(byte).ok_or_else(|| RowError::Unknown {
+                    kind: "totals line",
+                    id: String::from_utf8_lossy(name).into_owned(),
+                    field: "dimension",
+                    value: byte.to_string(),
+                })?;
                 let name = utf8(name, "totals")?;
                 let record: TotalsRecord = decode_json(value, "totals line", &name)?;
-                self.totals.insert((dimension, name), TotalsLine { deliveries: record.deliveries, previews: record.previews, amount_minor: record.amount_minor });
+                self.totals
+                    .insert((dimension, name), TotalsLine { deliveries: record.deliveries, previews: record.previews, amount_minor: record.amount_minor });
             }
             p if p == SEAL_PREFIX => {
                 let index = index_of(id, "seal")?;
                 let record: SealRecord = decode_json(value, "seal", &index.to_string())?;
-                let signature = hex::decode(&record.signature).map_err(|source| RowError::Hex { kind: "seal", id: index.to_string(), field: "signature", source })?;
+                let signature =
+                    hex::decode(&record.signature).map_err(|source| RowError::Hex { kind: "seal", id: index.to_string(), field: "signature", source })?;
                 let seal = RightsReportSealed {
                     epoch: record.epoch,
                     first_entry: record.first_entry,
@@ -356,7 +381,8 @@ impl Reader {
             p if p == FAULT_PREFIX => {
                 let index = index_of(id, "seal fault")?;
                 let record: FaultRecord = decode_json(value, "seal fault", &index.to_string())?;
-                self.faults.insert(index, SealFault { seq: Seq(record.seq), first_entry: record.first_entry, last_entry: record.last_entry, reason: record.reason });
+                self.faults
+                    .insert(index, SealFault { seq: Seq(record.seq), first_entry: record.first_entry, last_entry: record.last_entry, reason: record.reason });
             }
             _ => return Ok(false),
         }

@@ -30,7 +30,7 @@
 //! hand-edited store lacks it) cannot be checked, and is quarantined and rebuilt too.
 
 use super::errors::CheckpointError;
-use crate::rows::{json, RowError};
+use crate::rows::{RowError, json};
 use crate::serde_hex::{hex_array, hex_option};
 use engine::ids::Seq;
 use serde::{Deserialize, Serialize};

@@ -14,14 +14,14 @@
 //! the projections in memory are then ahead of the store, and only a reopen, which
 //! resumes from the last good checkpoint, brings the two together again.
 
-use super::checkpoint::{encode_checkpoint, pair_hash, xor_into, CheckpointRecord};
+use super::checkpoint::{CheckpointRecord, encode_checkpoint, pair_hash, xor_into};
 use super::errors::CommitError;
 use super::heads::{self, HeadRows};
 use super::read::Stored;
-use super::{Checkpoint, ProjectionStore, CHECKPOINT_KEY, FORMAT_KEY, FORMAT_MARKER};
-use crate::royalty_log::format::Tails;
+use super::{CHECKPOINT_KEY, Checkpoint, FORMAT_KEY, FORMAT_MARKER, ProjectionStore};
 use crate::rows::RowWrite;
-use crate::{allocation, balances, royalty_log, vouchers, Projections};
+use crate::royalty_log::format::Tails;
+use crate::{Projections, allocation, balances, royalty_log, vouchers};
 use engine::ids::Seq;
 use std::collections::VecDeque;
 

@@ -26,9 +26,13 @@ pub enum StoreError {
     Quarantine { path: PathBuf, reason: String },
     #[error("cannot create a projection store at {path}: {reason}; check the disk and the path")]
     Storage { path: PathBuf, reason: String },
-    #[error("the royalty master key does not match the royalty chain in the projection store at {path} ({reason}); pass the key the chain was written with, or move the store away to rebuild it")]
+    #[error(
+        "the royalty master key does not match the royalty chain in the projection store at {path} ({reason}); pass the key the chain was written with, or move the store away to rebuild it"
+    )]
     MasterKeyMismatch { path: PathBuf, reason: String },
-    #[error("cannot read the event log to check that it is the stream the projection store at {path} was built from ({reason}); make the log reachable and start again")]
+    #[error(
+        "cannot read the event log to check that it is the stream the projection store at {path} was built from ({reason}); make the log reachable and start again"
+    )]
     Log { path: PathBuf, reason: String },
 }
 

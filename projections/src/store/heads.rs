@@ -10,7 +10,7 @@
 //! format lives with the store rather than beside a projection module.
 
 use super::errors::StateError;
-use crate::rows::{index_key, index_of, Prefix, RowWrite};
+use crate::rows::{Prefix, RowWrite, index_key, index_of};
 use std::collections::{BTreeMap, VecDeque};
 
 pub(super) const STREAM_HEAD_PREFIX: &Prefix = b"sh/";

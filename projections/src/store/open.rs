@@ -12,11 +12,11 @@
 //! rows would read as a state other than the one its checkpoint describes (format 1 had no
 //! balances; format 2 kept one stream head row per event, `heads`).
 
+use super::checkpoint::{CheckpointRecord, encode_checkpoint};
 use super::commit::Writer;
 use super::errors::{Damage, StoreError};
 use super::read::read_state;
-use super::checkpoint::{encode_checkpoint, CheckpointRecord};
-use super::{ProjectionStore, CHECKPOINT_KEY, FORMAT_KEY, FORMAT_MARKER};
+use super::{CHECKPOINT_KEY, FORMAT_KEY, FORMAT_MARKER, ProjectionStore};
 use crate::rows::Causes;
 use engine::ids::Seq;
 use std::path::{Path, PathBuf};
@@ -147,7 +147,9 @@ impl ProjectionStore {
         match Self::open_checked(dir) {
             Ok((store, _)) => Ok((store, OpenOutcome::Quarantined { path, reason })),
             Err(Refusal::Refuse(error)) => Err(error),
-            Err(Refusal::Damaged(fresh)) => Err(StoreError::Storage { path: dir.to_path_buf(), reason: format!("a new store is damaged at once: {}", Causes(&fresh)) }),
+            Err(Refusal::Damaged(fresh)) => {
+                Err(StoreError::Storage { path: dir.to_path_buf(), reason: format!("a new store is damaged at once: {}", Causes(&fresh)) })
+            }
         }
     }
 }

@@ -8,12 +8,12 @@
 //! The rows that grow with the number of vouchers are decoded here to check them, and
 //! then left in sled (`Rows`): the state handed out keeps only their count in memory.
 
-use super::checkpoint::{decode_checkpoint, pair_hash, xor_into, CheckpointRecord};
+use super::checkpoint::{CheckpointRecord, decode_checkpoint, pair_hash, xor_into};
 use super::errors::StateError;
 use super::heads::{self, HeadRows};
 use super::{CHECKPOINT_KEY, META_PREFIX};
 use crate::rows::PREFIX_BYTES;
-use crate::{allocation, balances, royalty_log, vouchers, Projections};
+use crate::{Projections, allocation, balances, royalty_log, vouchers};
 use engine::ids::Seq;
 
 /// Everything a store holds, decoded and checked.

@@ -3,11 +3,11 @@
 //! not describe the state sends the store to quarantine. (The public API is tested in
 //! `tests/store*.rs`.)
 
-use super::checkpoint::{decode_checkpoint, encode_checkpoint, pair_hash, xor_into, CheckpointRecord};
+use super::checkpoint::{CheckpointRecord, decode_checkpoint, encode_checkpoint, pair_hash, xor_into};
 use super::*;
-use crate::allocation::format::{NodeRecord, NODE_PREFIX};
-use crate::balances::format::{LedgerRecord, LEDGER_PREFIX, POINTS_PREFIX};
-use crate::rows::{key, PREFIX_BYTES};
+use crate::allocation::format::{NODE_PREFIX, NodeRecord};
+use crate::balances::format::{LEDGER_PREFIX, LedgerRecord, POINTS_PREFIX};
+use crate::rows::{PREFIX_BYTES, key};
 use crate::royalty::ChainedEntry;
 use engine::crypto::test_keys;
 use engine::domain::event::{Event, MediaPublished, Payment, PreviewClip, ReservedItem, RoyaltyTerms};
@@ -39,9 +39,10 @@ fn stored(seq: u64, event: Event) -> StoredEvent {
 /// drained node, a preview and a signed seal.
 fn script() -> Vec<Event> {
     use engine::domain::event::LedgerAccountKind;
-    use engine::domain::settlement::{settle, Payer, SaleLine};
+    use engine::domain::settlement::{Payer, SaleLine, settle};
     let voucher = |n: u32| VoucherId::new(format!("v{n}"));
-    let split = RoyaltyTerms { retailer_bps: 3000, distributor_bps: 2000, owner_bps: 5000, distributor: "d".into(), owner: "o".into(), rights_agent: "agent".into() };
+    let split =
+        RoyaltyTerms { retailer_bps: 3000, distributor_bps: 2000, owner_bps: 5000, distributor: "d".into(), owner: "o".into(), rights_agent: "agent".into() };
     let postings = |kind: LedgerAccountKind, payer: &str, merchant: &str| {
         settle(&Payer { kind, account: payer.into() }, merchant, &[SaleLine { price_minor: 250, terms: &split }])
     };
@@ -94,19 +95,60 @@ fn script() -> Vec<Event> {
         reserved(2, None),
         reserved(3, None),
         Event::PointsHeld { account_id: AccountId::new("a1"), voucher_id: voucher(4), amount: 250, expires_at: Millis(6) },
-        Event::Authorized { voucher_id: voucher(1), receipt_key_id: 1, receipt_generation: 1, postings: postings(LedgerAccountKind::ConsumerPoints, "a1", "m1") },
+        Event::Authorized {
+            voucher_id: voucher(1),
+            receipt_key_id: 1,
+            receipt_generation: 1,
+            postings: postings(LedgerAccountKind::ConsumerPoints, "a1", "m1"),
+        },
         Event::HoldPosted { account_id: AccountId::new("a1"), voucher_id: voucher(1), amount: 250 },
-        Event::VoucherIssued { voucher_id: voucher(1), node_id: node.clone(), merchant_id: MerchantId::new("m1"), media_ids: vec![media.clone()], rendition: "high".into(), access_expires_at: Millis(9) },
-        Event::Authorized { voucher_id: voucher(2), receipt_key_id: 1, receipt_generation: 1, postings: postings(LedgerAccountKind::MerchantClearing, "m0", "m0") },
-        Event::VoucherIssued { voucher_id: voucher(2), node_id: node.clone(), merchant_id: MerchantId::new("m0"), media_ids: vec![media.clone()], rendition: "high".into(), access_expires_at: Millis(9) },
+        Event::VoucherIssued {
+            voucher_id: voucher(1),
+            node_id: node.clone(),
+            merchant_id: MerchantId::new("m1"),
+            media_ids: vec![media.clone()],
+            rendition: "high".into(),
+            access_expires_at: Millis(9),
+        },
+        Event::Authorized {
+            voucher_id: voucher(2),
+            receipt_key_id: 1,
+            receipt_generation: 1,
+            postings: postings(LedgerAccountKind::MerchantClearing, "m0", "m0"),
+        },
+        Event::VoucherIssued {
+            voucher_id: voucher(2),
+            node_id: node.clone(),
+            merchant_id: MerchantId::new("m0"),
+            media_ids: vec![media.clone()],
+            rendition: "high".into(),
+            access_expires_at: Millis(9),
+        },
         delivered(1),
-        Event::PreviewStarted { preview_id: PreviewId::new("p1"), media_id: media.clone(), node_id: NodeId::new("n2"), merchant_id: MerchantId::new("m0"), clip_ms: 10 },
-        Event::PreviewStarted { preview_id: PreviewId::new("p2"), media_id: media.clone(), node_id: NodeId::new("n2"), merchant_id: MerchantId::new("m1"), clip_ms: 10 },
+        Event::PreviewStarted {
+            preview_id: PreviewId::new("p1"),
+            media_id: media.clone(),
+            node_id: NodeId::new("n2"),
+            merchant_id: MerchantId::new("m0"),
+            clip_ms: 10,
+        },
+        Event::PreviewStarted {
+            preview_id: PreviewId::new("p2"),
+            media_id: media.clone(),
+            node_id: NodeId::new("n2"),
+            merchant_id: MerchantId::new("m1"),
+            clip_ms: 10,
+        },
         Event::PreviewEnded { preview_id: PreviewId::new("p1"), played_ms: 7, media_id: media.clone(), node_id: NodeId::new("n2") },
         Event::NodeDrained { node_id: NodeId::new("n2") },
         Event::Voided { voucher_id: voucher(3), reason: engine::domain::event::VoidReason::TimedOut, reversal: vec![] },
         reserved(5, None),
-        Event::Authorized { voucher_id: voucher(5), receipt_key_id: 1, receipt_generation: 1, postings: postings(LedgerAccountKind::MerchantClearing, "m1", "m1") },
+        Event::Authorized {
+            voucher_id: voucher(5),
+            receipt_key_id: 1,
+            receipt_generation: 1,
+            postings: postings(LedgerAccountKind::MerchantClearing, "m1", "m1"),
+        },
         Event::Voided {
             voucher_id: voucher(5),
             reason: engine::domain::event::VoidReason::Refunded,
@@ -265,7 +307,11 @@ fn a_seal_naming_a_position_whose_head_is_gone_is_a_fault() {
     let mut memory = keyed();
     let history = apply_all(&mut memory, script(), true);
     let sealed_at = memory.royalty.seals.last().expect("sealed").last_stream_seq;
-    let more = apply_all(&mut memory, vec![Event::PreviewEnded { preview_id: PreviewId::new("p2"), played_ms: 3, media_id: MediaId::new("md1"), node_id: NodeId::new("n2") }], false);
+    let more = apply_all(
+        &mut memory,
+        vec![Event::PreviewEnded { preview_id: PreviewId::new("p2"), played_ms: 3, media_id: MediaId::new("md1"), node_id: NodeId::new("n2") }],
+        false,
+    );
     // Negative control first: the same seal naming the projections' own position verifies.
     for (position, verifies) in [(None, true), (Some(sealed_at - 1), false)] {
         let mut seal = memory.unsigned_seal(1).expect("chained").expect("an entry to seal");

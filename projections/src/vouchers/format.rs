@@ -12,7 +12,7 @@
 //! its checkpoint (`store`).
 
 use super::{Hold, VoucherBook, VoucherRow};
-use crate::rows::{decode_json, json, key, keyed_by_voucher, Prefix, RowError, RowKind, RowWrite, Rows};
+use crate::rows::{Prefix, RowError, RowKind, RowWrite, Rows, decode_json, json, key, keyed_by_voucher};
 use engine::domain::voucher::VoucherStatus;
 use engine::ids::{AccountId, MerchantId, Millis, VoucherId};
 use serde::{Deserialize, Serialize};
@@ -39,11 +39,24 @@ impl RowKind for VoucherRows {
     const PREFIX: &'static Prefix = VOUCHER_PREFIX;
     keyed_by_voucher!();
     fn encode(row: &VoucherRow) -> Result<Vec<u8>, RowError> {
-        json(&VoucherRecord { merchant: row.merchant.0.clone(), status: row.status.name().to_owned(), expires_at_ms: row.expires_at.0, media_delivered: row.media_delivered }, "voucher row")
+        json(
+            &VoucherRecord {
+                merchant: row.merchant.0.clone(),
+                status: row.status.name().to_owned(),
+                expires_at_ms: row.expires_at.0,
+                media_delivered: row.media_delivered,
+            },
+            "voucher row",
+        )
     }
     fn decode(key: &VoucherId, bytes: &[u8]) -> Result<VoucherRow, RowError> {
         let record: VoucherRecord = decode_json(bytes, "voucher row", &key.0)?;
-        let status = status_of(&record.status).ok_or_else(|| RowError::Unknown { kind: "voucher row", id: key.0.clone(), field: "status", value: format!("{:?}", record.status) })?;
+        let status = status_of(&record.status).ok_or_else(|| RowError::Unknown {
+            kind: "voucher row",
+            id: key.0.clone(),
+            field: "status",
+            value: format!("{:?}", record.status),
+        })?;
         Ok(VoucherRow { merchant: MerchantId(record.merchant), status, expires_at: Millis(record.expires_at_ms), media_delivered: record.media_delivered })
     }
 }

@@ -9,9 +9,9 @@
 #![allow(dead_code)]
 
 use bytes::Bytes;
-use engine::crypto::{test_keys, RsaPublic, SecretKey};
+use engine::crypto::{RsaPublic, SecretKey, test_keys};
 use engine::domain::event::{Event, LedgerAccountKind, MediaPublished, Payment, Posting, PreviewClip, ReservedItem, RoyaltyTerms, VoidReason};
-use engine::domain::settlement::{settle, Payer, SaleLine};
+use engine::domain::settlement::{Payer, SaleLine, settle};
 use engine::domain::{Actor, Recorded};
 use engine::ids::*;
 use engine::log::{AppendError, AppendRequest, Appended, EventLog, ReadError, StoredEvent, VersionConflict};
@@ -85,7 +85,14 @@ struct Sale {
 
 /// Every generated media's split.
 fn terms(index: u64) -> RoyaltyTerms {
-    RoyaltyTerms { retailer_bps: 3000, distributor_bps: 2000, owner_bps: 5000, distributor: "dist".into(), owner: "label".into(), rights_agent: format!("agent{}", index % 2) }
+    RoyaltyTerms {
+        retailer_bps: 3000,
+        distributor_bps: 2000,
+        owner_bps: 5000,
+        distributor: "dist".into(),
+        owner: "label".into(),
+        rights_agent: format!("agent{}", index % 2),
+    }
 }
 
 /// Builds the stream event by event.
@@ -316,7 +323,14 @@ impl Generator {
         let sale = self.sales.get_mut(&voucher_id).expect("sale of an authorized voucher");
         sale.node = Some(node_id.clone());
         let (merchant_id, media_ids) = (sale.merchant.clone(), sale.items.clone());
-        self.push(Event::VoucherIssued { voucher_id: voucher_id.clone(), node_id, merchant_id, media_ids, rendition: "high".into(), access_expires_at: Millis(self.now_ms + 60_000) });
+        self.push(Event::VoucherIssued {
+            voucher_id: voucher_id.clone(),
+            node_id,
+            merchant_id,
+            media_ids,
+            rendition: "high".into(),
+            access_expires_at: Millis(self.now_ms + 60_000),
+        });
         self.issued.push(voucher_id);
     }
 

@@ -83,12 +83,7 @@ fn hold_again_for_the_same_voucher_takes_nothing_more() {
 #[test]
 fn hold_again_after_release_is_refused() {
     let given = [credited(500), held("v1", 300), released("v1", 300)];
-    check::<Account>(
-        &given,
-        hold("v1", 300),
-        T0,
-        Err(Rejection::InvalidTransition { kind: "points hold", command: "Hold", state: "Released" }),
-    );
+    check::<Account>(&given, hold("v1", 300), T0, Err(Rejection::InvalidTransition { kind: "points hold", command: "Hold", state: "Released" }));
 }
 
 #[test]
@@ -126,12 +121,7 @@ fn release_twice_releases_once() {
 #[test]
 fn release_after_post_is_refused() {
     let given = [credited(500), held("v1", 300), posted("v1", 300)];
-    check::<Account>(
-        &given,
-        release("v1"),
-        T0,
-        Err(Rejection::InvalidTransition { kind: "points hold", command: "Release", state: "Posted" }),
-    );
+    check::<Account>(&given, release("v1"), T0, Err(Rejection::InvalidTransition { kind: "points hold", command: "Release", state: "Posted" }));
 }
 
 #[test]

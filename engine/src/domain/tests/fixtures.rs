@@ -107,12 +107,7 @@ pub fn posting(kind: LedgerAccountKind, account: &str, debit_minor: u64, credit_
 /// The settlement of `SONG` paid by the merchant, worked out by hand (30 / 20 / 50 %).
 pub fn song_postings() -> Vec<Posting> {
     use LedgerAccountKind::*;
-    vec![
-        posting(MerchantClearing, "shop1", 100, 0),
-        posting(Retailer, "shop1", 0, 30),
-        posting(Distributor, "dist1", 0, 20),
-        posting(Owner, "label1", 0, 50),
-    ]
+    vec![posting(MerchantClearing, "shop1", 100, 0), posting(Retailer, "shop1", 0, 30), posting(Distributor, "dist1", 0, 20), posting(Owner, "label1", 0, 50)]
 }
 
 /// `song_postings` undone, as a refund records it.
@@ -160,13 +155,7 @@ pub fn redeem() -> VoucherCommand {
 }
 
 pub fn redemption_by(consumer: ConsumerId, cert: CertSerial) -> Event {
-    Event::RedemptionAccepted {
-        voucher_id: voucher_id(),
-        node_id: node(),
-        consumer_id: consumer,
-        cert_serial: cert,
-        wrapped_key_hashes: vec![[9; 32]],
-    }
+    Event::RedemptionAccepted { voucher_id: voucher_id(), node_id: node(), consumer_id: consumer, cert_serial: cert, wrapped_key_hashes: vec![[9; 32]] }
 }
 pub fn redemption() -> Event {
     redemption_by(consumer(), cert())

@@ -10,9 +10,7 @@ use crate::domain::catalog::Media;
 use crate::domain::catalog::tests::sample;
 use crate::domain::event::{Actor, ActorKind, Event, Payment, Posting, Recorded, VoidReason};
 use crate::domain::settlement::balanced;
-use crate::domain::voucher::{
-    Authorize, CertCheck, CompleteDelivery, ProofCheck, Redeem, Reserve, Voucher, VoucherCommand, VoucherStatus, reverse,
-};
+use crate::domain::voucher::{Authorize, CertCheck, CompleteDelivery, ProofCheck, Redeem, Reserve, Voucher, VoucherCommand, VoucherStatus, reverse};
 use crate::domain::{Aggregate, Outcome, Rejection, Root, fold};
 use crate::ids::{AccountId, CertSerial, ConsumerId, MediaId, MerchantId, Millis, NodeId, RequestId, Seq, VoucherId};
 use proptest::prelude::*;
@@ -226,14 +224,7 @@ fn points_payment(voucher: &Voucher) -> bool {
 
 impl World {
     fn new() -> Self {
-        Self {
-            now: T0,
-            requests: 0,
-            catalog: catalog(),
-            vouchers: (0..VOUCHERS).map(|_| Stream::new()).collect(),
-            account: Stream::new(),
-            applied: Vec::new(),
-        }
+        Self { now: T0, requests: 0, catalog: catalog(), vouchers: (0..VOUCHERS).map(|_| Stream::new()).collect(), account: Stream::new(), applied: Vec::new() }
     }
 
     fn request(&mut self) -> RequestId {
@@ -273,12 +264,11 @@ impl World {
             return Ok(decided);
         }
         let before = self.vouchers[v].root.state.clone();
-        let account_command =
-            if points_payment(&before) || matches!(&command, VoucherCommand::Reserve(r) if matches!(r.payment, Payment::Points { .. })) {
-                self.account_command(&before, &events[0])
-            } else {
-                None
-            };
+        let account_command = if points_payment(&before) || matches!(&command, VoucherCommand::Reserve(r) if matches!(r.payment, Payment::Points { .. })) {
+            self.account_command(&before, &events[0])
+        } else {
+            None
+        };
         if let Some(account_command) = account_command {
             let engine = Actor::engine();
             match emitted(self.account.decide(&engine, &request, &account_command, self.now))? {
@@ -300,9 +290,7 @@ impl World {
     /// The points-account side of a voucher event, if it has one.
     fn account_command(&self, before: &Voucher, event: &Event) -> Option<AccountCommand> {
         let voucher = match event {
-            Event::Reserved { voucher_id, .. } | Event::Authorized { voucher_id, .. } | Event::Voided { voucher_id, .. } => {
-                voucher_id.clone()
-            }
+            Event::Reserved { voucher_id, .. } | Event::Authorized { voucher_id, .. } | Event::Voided { voucher_id, .. } => voucher_id.clone(),
             _ => return None,
         };
         match event {
@@ -310,13 +298,9 @@ impl World {
                 Some(AccountCommand::Hold { account: account_id(), voucher, amount: *price_minor, expires_at: *expires_at })
             }
             Event::Authorized { .. } => Some(AccountCommand::Post { voucher }),
-            Event::Voided { reason, .. } if before.status == VoucherStatus::Pending => {
-                Some(AccountCommand::Release { voucher, reason: *reason })
-            }
+            Event::Voided { reason, .. } if before.status == VoucherStatus::Pending => Some(AccountCommand::Release { voucher, reason: *reason }),
             // A refund after the points were spent gives them back as a credit.
-            Event::Voided { .. } => {
-                Some(AccountCommand::Credit { account: account_id(), amount: before.price_minor, reason: format!("refund {voucher}") })
-            }
+            Event::Voided { .. } => Some(AccountCommand::Credit { account: account_id(), amount: before.price_minor, reason: format!("refund {voucher}") }),
             _ => None,
         }
     }
@@ -328,13 +312,7 @@ impl World {
         match state.status {
             VoucherStatus::None => {
                 let masks = [0b001, 0b011, 0b101, 0b110, 0b111, 0b1000];
-                Op::Reserve {
-                    v,
-                    merchant: pick % 2,
-                    mask: masks[pick % masks.len()],
-                    points: pick % 3 == 0,
-                    ttl_ms: 30_000 + 1_000 * (pick as u64),
-                }
+                Op::Reserve { v, merchant: pick % 2, mask: masks[pick % masks.len()], points: pick % 3 == 0, ttl_ms: 30_000 + 1_000 * (pick as u64) }
             }
             VoucherStatus::Pending => Op::Authorize { v, right },
             VoucherStatus::Authorized => Op::Issue { v, right, node: pick % 2, ttl_ok: pick % 16 != 0 },
@@ -368,8 +346,7 @@ impl World {
             }
             Op::Reserve { v, merchant: m, mask, points, ttl_ms } => {
                 let items = self.catalog.iter().enumerate().filter(|(i, _)| mask & (1 << i) != 0).map(|(_, item)| item.clone()).collect();
-                let payment =
-                    if points { Payment::Points { account: account_id() } } else { Payment::Merchant { payment_ref: format!("pay-{v}") } };
+                let payment = if points { Payment::Points { account: account_id() } } else { Payment::Merchant { payment_ref: format!("pay-{v}") } };
                 let command = VoucherCommand::Reserve(Reserve {
                     voucher_id: voucher_id(v),
                     merchant: merchant(m),
@@ -419,8 +396,7 @@ impl World {
             Op::Issue { v, right, node: n, ttl_ok } => {
                 let by = self.owner_or(v, right);
                 let exists = self.vouchers[v].root.state.status != VoucherStatus::None;
-                let command =
-                    VoucherCommand::Issue { merchant: by.clone(), node: node(n), access_ttl_ms: if ttl_ok { 3_600_000 } else { 0 } };
+                let command = VoucherCommand::Issue { merchant: by.clone(), node: node(n), access_ttl_ms: if ttl_ok { 3_600_000 } else { 0 } };
                 let decided = self.voucher_step(v, shop(&by), command)?;
                 if exists && !right {
                     prop_assert_eq!(&decided, &Err(Rejection::NotYourVoucher), "another merchant issued");
@@ -429,8 +405,7 @@ impl World {
             Op::Redeem { v, right, consumer: c, cert, proof_ok } => {
                 let at = self.node_or(v, right);
                 let state = &self.vouchers[v].root.state;
-                let (exists, assigned, failures) =
-                    (state.status != VoucherStatus::None, state.node.as_ref() == Some(&at), state.delivery_failures);
+                let (exists, assigned, failures) = (state.status != VoucherStatus::None, state.node.as_ref() == Some(&at), state.delivery_failures);
                 let (consumer_id, cert_serial) = consumer(c);
                 let proof = if proof_ok { ProofCheck::Valid } else { ProofCheck::Invalid };
                 let command = VoucherCommand::Redeem(Redeem {
@@ -456,11 +431,7 @@ impl World {
                 let at = self.node_or(v, right);
                 let state = &self.vouchers[v].root.state;
                 let (exists, assigned) = (state.status != VoucherStatus::None, state.node.as_ref() == Some(&at));
-                let decided = self.voucher_step(
-                    v,
-                    node_actor(&at),
-                    VoucherCommand::FailDelivery { node: at.clone(), reason: "stream reset".into() },
-                )?;
+                let decided = self.voucher_step(v, node_actor(&at), VoucherCommand::FailDelivery { node: at.clone(), reason: "stream reset".into() })?;
                 if exists && !assigned {
                     prop_assert_eq!(&decided, &Err(Rejection::NotYourAssignment), "an unassigned node failed a delivery");
                 }
@@ -474,21 +445,14 @@ impl World {
                     self.catalog[item % self.catalog.len()].0.clone()
                 };
                 let (exists, assigned) = (state.status != VoucherStatus::None, state.node.as_ref() == Some(&at));
-                let command = VoucherCommand::CompleteDelivery(CompleteDelivery {
-                    node: at.clone(),
-                    media_id,
-                    content_hash: [3; 32],
-                    size_bytes: 10,
-                });
+                let command = VoucherCommand::CompleteDelivery(CompleteDelivery { node: at.clone(), media_id, content_hash: [3; 32], size_bytes: 10 });
                 let decided = self.voucher_step(v, node_actor(&at), command)?;
                 if exists && !assigned {
                     prop_assert_eq!(&decided, &Err(Rejection::NotYourAssignment), "an unassigned node delivered");
                 }
                 match &decided {
                     Ok(events) if events.is_empty() => bump(&coverage.repeated_completions),
-                    Ok(events) if events.iter().any(|e| matches!(e, Event::Delivered { voucher_complete: true, .. })) => {
-                        bump(&coverage.delivered_vouchers)
-                    }
+                    Ok(events) if events.iter().any(|e| matches!(e, Event::Delivered { voucher_complete: true, .. })) => bump(&coverage.delivered_vouchers),
                     Ok(_) => bump(&coverage.partial_albums),
                     Err(_) => {}
                 }
@@ -506,10 +470,7 @@ impl World {
                     bump(&coverage.repeated);
                 } else {
                     let other = if first == "Expire" { VoucherCommand::Void { merchant: merchant(0) } } else { VoucherCommand::Expire };
-                    prop_assert_eq!(
-                        stream.decide(&actor, &request, &other, self.now),
-                        Err(Rejection::RequestIdReused { first: first.to_string() })
-                    );
+                    prop_assert_eq!(stream.decide(&actor, &request, &other, self.now), Err(Rejection::RequestIdReused { first: first.to_string() }));
                 }
             }
         }

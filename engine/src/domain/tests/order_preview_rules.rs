@@ -45,13 +45,11 @@ fn place_order_twice_is_refused() {
 
 #[test]
 fn place_order_of_unknown_or_unsellable_media_is_refused() {
-    let unknown =
-        OrderCommand::Place { order: order_id(), merchant: merchant(), media_id: mid("song1"), media: Default::default(), units: 3 };
+    let unknown = OrderCommand::Place { order: order_id(), merchant: merchant(), media_id: mid("song1"), media: Default::default(), units: 3 };
     check::<Order>(&[], unknown, T0, Err(Rejection::NotFound { kind: "media", id: "song1".into() }));
     let mut published = sample("song1", 100);
     published.for_sale = false;
-    let unsellable =
-        OrderCommand::Place { order: order_id(), merchant: merchant(), media_id: mid("song1"), media: media_from(published), units: 3 };
+    let unsellable = OrderCommand::Place { order: order_id(), merchant: merchant(), media_id: mid("song1"), media: media_from(published), units: 3 };
     check::<Order>(&[], unsellable, T0, Err(Rejection::NotForSale("song1".into())));
 }
 
@@ -74,12 +72,7 @@ fn rebind_to_the_same_device_is_already_in_effect() {
 
 #[test]
 fn rebind_to_another_device_is_refused() {
-    check::<Order>(
-        &[placed(), bound(0, "dev-a")],
-        bind(0, "dev-b"),
-        T0,
-        Err(Rejection::AlreadyExists { kind: "unit binding", id: "0".into() }),
-    );
+    check::<Order>(&[placed(), bound(0, "dev-a")], bind(0, "dev-b"), T0, Err(Rejection::AlreadyExists { kind: "unit binding", id: "0".into() }));
 }
 
 #[test]
@@ -95,12 +88,7 @@ fn bind_to_a_malformed_device_id_is_refused() {
 
 #[test]
 fn complete_unit_before_bind_is_an_invalid_transition() {
-    check::<Order>(
-        &[placed()],
-        complete_unit(0),
-        T0,
-        Err(Rejection::InvalidTransition { kind: "unit", command: "CompleteUnit", state: "Unbound" }),
-    );
+    check::<Order>(&[placed()], complete_unit(0), T0, Err(Rejection::InvalidTransition { kind: "unit", command: "CompleteUnit", state: "Unbound" }));
 }
 
 #[test]
@@ -150,18 +138,10 @@ fn start_preview_twice_is_refused() {
 
 #[test]
 fn start_preview_of_unknown_or_withdrawn_media_is_refused() {
-    let unknown = PreviewCommand::Start {
-        preview: preview_id(),
-        merchant: merchant(),
-        media_id: mid("song1"),
-        media: Default::default(),
-        node: node(),
-    };
+    let unknown = PreviewCommand::Start { preview: preview_id(), merchant: merchant(), media_id: mid("song1"), media: Default::default(), node: node() };
     check::<Preview>(&[], unknown, T0, Err(Rejection::NotFound { kind: "media", id: "song1".into() }));
-    let withdrawn =
-        fold(&[Event::MediaPublished(sample("song1", 100)), Event::MediaWithdrawn { media_id: mid("song1"), reason: "gone".into() }]);
-    let when =
-        PreviewCommand::Start { preview: preview_id(), merchant: merchant(), media_id: mid("song1"), media: withdrawn, node: node() };
+    let withdrawn = fold(&[Event::MediaPublished(sample("song1", 100)), Event::MediaWithdrawn { media_id: mid("song1"), reason: "gone".into() }]);
+    let when = PreviewCommand::Start { preview: preview_id(), merchant: merchant(), media_id: mid("song1"), media: withdrawn, node: node() };
     check::<Preview>(&[], when, T0, Err(Rejection::NotForSale("song1".into())));
 }
 
@@ -179,12 +159,7 @@ fn end_preview_caps_the_played_time_at_the_clip() {
 #[test]
 fn end_preview_twice_is_an_invalid_transition() {
     let when = PreviewCommand::End { node: node(), played_ms: 1 };
-    check::<Preview>(
-        &[started(), ended(10)],
-        when,
-        T0,
-        Err(Rejection::InvalidTransition { kind: "preview", command: "EndPreview", state: "Ended" }),
-    );
+    check::<Preview>(&[started(), ended(10)], when, T0, Err(Rejection::InvalidTransition { kind: "preview", command: "EndPreview", state: "Ended" }));
 }
 
 #[test]
@@ -194,10 +169,5 @@ fn end_preview_on_another_node_is_refused() {
 
 #[test]
 fn end_of_an_unknown_preview_is_not_found() {
-    check::<Preview>(
-        &[],
-        PreviewCommand::End { node: node(), played_ms: 1 },
-        T0,
-        Err(Rejection::NotFound { kind: "preview", id: String::new() }),
-    );
+    check::<Preview>(&[], PreviewCommand::End { node: node(), played_ms: 1 }, T0, Err(Rejection::NotFound { kind: "preview", id: String::new() }));
 }

@@ -3,8 +3,8 @@
 use super::fixtures::{T0, check_invalid, consumer, merchant, node};
 use crate::domain::event::Event;
 use crate::domain::party::{
-    Auditor, AuditorCommand, AuditorStatus, CERTS_PER_CONSUMER_MAX, Certificate, Consumer, ConsumerCommand, Merchant, MerchantCommand,
-    Node, NodeCommand, SLOTS_MAX,
+    Auditor, AuditorCommand, AuditorStatus, CERTS_PER_CONSUMER_MAX, Certificate, Consumer, ConsumerCommand, Merchant, MerchantCommand, Node, NodeCommand,
+    SLOTS_MAX,
 };
 use crate::domain::testing::check;
 use crate::domain::voucher::CertCheck;
@@ -30,12 +30,7 @@ fn register_merchant_records_name_and_credential_hash() {
 
 #[test]
 fn register_merchant_twice_is_refused() {
-    check::<Merchant>(
-        &[merchant_registered()],
-        register_merchant("shop1"),
-        T0,
-        Err(Rejection::AlreadyExists { kind: "merchant", id: "shop1".into() }),
-    );
+    check::<Merchant>(&[merchant_registered()], register_merchant("shop1"), T0, Err(Rejection::AlreadyExists { kind: "merchant", id: "shop1".into() }));
 }
 
 #[test]
@@ -75,10 +70,7 @@ fn revoke_auditor() -> AuditorCommand {
 fn register_auditor_records_name_and_credential_hash() {
     check::<Auditor>(&[], register_auditor("aud1"), T0, Ok(vec![auditor_registered()]));
     let registered: Auditor = fold(&[auditor_registered()]);
-    assert_eq!(
-        registered,
-        Auditor { status: AuditorStatus::Active, id: Some(auditor()), name: "Licensing Center".into(), credential_hash: [6; 32] }
-    );
+    assert_eq!(registered, Auditor { status: AuditorStatus::Active, id: Some(auditor()), name: "Licensing Center".into(), credential_hash: [6; 32] });
 }
 
 #[test]
@@ -99,12 +91,7 @@ fn register_auditor_with_a_malformed_id_or_bad_name_is_refused() {
     }
     // Negative control: 256 characters is the most a name may have.
     let longest = AuditorCommand::Register { auditor: auditor(), name: "x".repeat(256), credential_hash: [6; 32] };
-    check::<Auditor>(
-        &[],
-        longest,
-        T0,
-        Ok(vec![Event::AuditorRegistered { auditor_id: auditor(), name: "x".repeat(256), credential_hash: [6; 32] }]),
-    );
+    check::<Auditor>(&[], longest, T0, Ok(vec![Event::AuditorRegistered { auditor_id: auditor(), name: "x".repeat(256), credential_hash: [6; 32] }]));
 }
 
 #[test]

@@ -69,10 +69,7 @@ fn retry_after_later_events_is_still_repeated() {
 #[test]
 fn request_id_reused_for_another_command_is_refused() {
     let root = reserved_root();
-    assert_eq!(
-        root.decide(&shop("shop1"), &request("r1"), &authorize(&[SONG]), T0),
-        Err(Rejection::RequestIdReused { first: "Reserve".into() })
-    );
+    assert_eq!(root.decide(&shop("shop1"), &request("r1"), &authorize(&[SONG]), T0), Err(Rejection::RequestIdReused { first: "Reserve".into() }));
 }
 
 #[test]
@@ -83,10 +80,7 @@ fn same_request_id_from_another_actor_is_decided_on_its_own() {
     assert_eq!(root.decide(&shop("shop2"), &request("r1"), &theirs, T0), Err(Rejection::NotYourVoucher));
     // The engine's own r1 is decided too: here the sweeper expires the reservation.
     let after = Millis(EXPIRES.0 + 1);
-    assert_eq!(
-        root.decide(&Actor::engine(), &request("r1"), &VoucherCommand::Expire, after),
-        Ok(Outcome::Emit(vec![voided(VoidReason::TimedOut, vec![])]))
-    );
+    assert_eq!(root.decide(&Actor::engine(), &request("r1"), &VoucherCommand::Expire, after), Ok(Outcome::Emit(vec![voided(VoidReason::TimedOut, vec![])])));
     // The same id from a node actor named like the merchant is another actor as well.
     let node_actor = Actor::new(ActorKind::Node, "shop1");
     assert_eq!(root.decide(&node_actor, &request("r1"), &authorize(&[SONG]), T0), Ok(Outcome::Emit(vec![authorized(song_postings())])));
@@ -96,10 +90,7 @@ fn same_request_id_from_another_actor_is_decided_on_its_own() {
 fn a_new_request_is_decided_on_the_current_state() {
     let root = reserved_root();
     assert_eq!(root.decide(&shop("shop1"), &request("r2"), &authorize(&[SONG]), T0), Ok(Outcome::Emit(vec![authorized(song_postings())])));
-    assert_eq!(
-        root.decide(&shop("shop1"), &request("r3"), &reserve(), T0),
-        Err(Rejection::AlreadyExists { kind: "voucher", id: "v1".into() })
-    );
+    assert_eq!(root.decide(&shop("shop1"), &request("r3"), &reserve(), T0), Err(Rejection::AlreadyExists { kind: "voucher", id: "v1".into() }));
 }
 
 #[test]
@@ -109,8 +100,5 @@ fn the_first_command_of_a_request_is_the_one_remembered() {
     let mut root = reserved_root();
     root.apply(Seq(6), &record(2, &shop("shop1"), "r1", "Authorize", authorized(song_postings())));
     assert_eq!(root.decide(&shop("shop1"), &request("r1"), &reserve(), T0), Ok(Outcome::Repeated));
-    assert_eq!(
-        root.decide(&shop("shop1"), &request("r1"), &authorize(&[SONG]), T0),
-        Err(Rejection::RequestIdReused { first: "Reserve".into() })
-    );
+    assert_eq!(root.decide(&shop("shop1"), &request("r1"), &authorize(&[SONG]), T0), Err(Rejection::RequestIdReused { first: "Reserve".into() }));
 }

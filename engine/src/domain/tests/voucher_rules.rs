@@ -61,10 +61,7 @@ fn reserve_of_media_not_for_sale_is_refused() {
 #[test]
 fn reserve_of_withdrawn_media_is_refused() {
     let mut reserve = reserve_cmd(&[("t1", 100), SONG], card());
-    reserve.items[1].1 = fold(&[
-        Event::MediaPublished(sample("song1", 100)),
-        Event::MediaWithdrawn { media_id: mid("song1"), reason: "rights lapsed".into() },
-    ]);
+    reserve.items[1].1 = fold(&[Event::MediaPublished(sample("song1", 100)), Event::MediaWithdrawn { media_id: mid("song1"), reason: "rights lapsed".into() }]);
     check::<Voucher>(&[], VoucherCommand::Reserve(reserve), T0, Err(Rejection::NotForSale("song1".into())));
 }
 
@@ -178,12 +175,8 @@ fn authorize_settles_the_price_in_balanced_double_entry() {
 #[test]
 fn authorize_of_a_points_sale_debits_the_consumer_points_account() {
     use LedgerAccountKind::*;
-    let postings = vec![
-        posting(ConsumerPoints, "a1", 100, 0),
-        posting(Retailer, "shop1", 0, 30),
-        posting(Distributor, "dist1", 0, 20),
-        posting(Owner, "label1", 0, 50),
-    ];
+    let postings =
+        vec![posting(ConsumerPoints, "a1", 100, 0), posting(Retailer, "shop1", 0, 30), posting(Distributor, "dist1", 0, 20), posting(Owner, "label1", 0, 50)];
     check::<Voucher>(&[reserved(&[SONG], points())], authorize(&[SONG]), T0, Ok(vec![authorized(postings)]));
 }
 
@@ -262,12 +255,7 @@ fn void_of_an_authorized_voucher_reverses_its_postings() {
         posting(Owner, "label1", 50, 0),
     ];
     assert!(balanced(&reversal));
-    check::<Voucher>(
-        &song_authorized(),
-        VoucherCommand::Void { merchant: merchant() },
-        T0,
-        Ok(vec![voided(VoidReason::Refunded, reversal)]),
-    );
+    check::<Voucher>(&song_authorized(), VoucherCommand::Void { merchant: merchant() }, T0, Ok(vec![voided(VoidReason::Refunded, reversal)]));
 }
 
 #[test]

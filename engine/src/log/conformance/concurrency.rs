@@ -44,13 +44,7 @@ pub async fn concurrent_appenders_get_distinct_contiguous_sequences(h: &dyn Harn
             for index in 0..CONCURRENT_APPENDS_PER_TASK {
                 let payload = format!("{task}/{index}");
                 let appended = expect_appended(
-                    log.append(request(
-                        &subject,
-                        last,
-                        &format!("conc-{task}-{index}"),
-                        payload.clone(),
-                    ))
-                    .await,
+                    log.append(request(&subject, last, &format!("conc-{task}-{index}"), payload.clone())).await,
                     "an append on the task's own subject, with the right expectation",
                 );
                 assert!(!appended.duplicate);
@@ -73,25 +67,16 @@ pub async fn concurrent_appenders_get_distinct_contiguous_sequences(h: &dyn Harn
                     // Decide on what is stored now, as an aggregate reload does.
                     let last = subject_seqs(&*log, &subject).await.last().copied();
                     let expected = last.map_or(Expected::Empty, |seq| Expected::LastSeq(Seq(seq)));
-                    match log
-                        .append(request(&subject, expected, &key, payload.clone()))
-                        .await
-                    {
+                    match log.append(request(&subject, expected, &key, payload.clone())).await {
                         Ok(Ok(appended)) => break appended,
                         Ok(Err(_conflict)) => {
                             retries += 1;
-                            assert!(
-                                retries <= OCC_RETRIES_MAX,
-                                "shared subject: more than {OCC_RETRIES_MAX} conflicts"
-                            );
+                            assert!(retries <= OCC_RETRIES_MAX, "shared subject: more than {OCC_RETRIES_MAX} conflicts");
                         }
                         Err(error) => panic!("shared subject append failed: {error}"),
                     }
                 };
-                assert!(
-                    !appended.duplicate,
-                    "a key that never succeeded cannot be a duplicate"
-                );
+                assert!(!appended.duplicate, "a key that never succeeded cannot be a duplicate");
                 acked.push((appended.seq.0, subject.clone(), payload));
             }
             acked
@@ -102,73 +87,35 @@ pub async fn concurrent_appenders_get_distinct_contiguous_sequences(h: &dyn Harn
         acked.extend(task.await.expect("appending task"));
     }
 
-    let total = CONCURRENT_TASKS * CONCURRENT_APPENDS_PER_TASK
-        + SHARED_SUBJECT_TASKS * SHARED_SUBJECT_APPENDS_PER_TASK;
+    let total = CONCURRENT_TASKS * CONCURRENT_APPENDS_PER_TASK + SHARED_SUBJECT_TASKS * SHARED_SUBJECT_APPENDS_PER_TASK;
     assert_eq!(acked.len(), total);
     let distinct: BTreeSet<u64> = acked.iter().map(|(seq, _, _)| *seq).collect();
     assert_eq!(distinct.len(), total, "acknowledged sequences are distinct");
-    assert_eq!(
-        distinct.iter().copied().collect::<Vec<_>>(),
-        (1..=total as u64).collect::<Vec<_>>(),
-        "and contiguous"
-    );
+    assert_eq!(distinct.iter().copied().collect::<Vec<_>>(), (1..=total as u64).collect::<Vec<_>>(), "and contiguous");
     assert_eq!(last_seq(&*log).await, total as u64);
 
     let stored = all_events(&*log).await;
-    assert_eq!(
-        stored.len(),
-        total,
-        "exactly the successful appends are stored"
-    );
+    assert_eq!(stored.len(), total, "exactly the successful appends are stored");
     for (seq, subject, payload) in &acked {
         let event = &stored[(*seq - 1) as usize];
-        assert_eq!(
-            (&event.subject, &event.payload),
-            (subject, &Bytes::from(payload.clone())),
-            "event {seq}"
-        );
+        assert_eq!((&event.subject, &event.payload), (subject, &Bytes::from(payload.clone())), "event {seq}");
     }
     // Per-subject order: each task's appends in its own order.
     for task in 0..CONCURRENT_TASKS {
-        let events = log
-            .read_subject(&format!("vs.conc.t{task}"))
-            .await
-            .expect("read_subject");
+        let events = log.read_subject(&format!("vs.conc.t{task}")).await.expect("read_subject");
         let payloads: Vec<Bytes> = events.into_iter().map(|event| event.payload).collect();
-        let expected: Vec<Bytes> = (0..CONCURRENT_APPENDS_PER_TASK)
-            .map(|index| Bytes::from(format!("{task}/{index}")))
-            .collect();
+        let expected: Vec<Bytes> = (0..CONCURRENT_APPENDS_PER_TASK).map(|index| Bytes::from(format!("{task}/{index}"))).collect();
         assert_eq!(payloads, expected, "task {task}'s subject keeps its order");
     }
-    let shared = log
-        .read_subject("vs.conc.shared")
-        .await
-        .expect("read_subject");
-    assert_eq!(
-        shared.len(),
-        SHARED_SUBJECT_TASKS * SHARED_SUBJECT_APPENDS_PER_TASK
-    );
+    let shared = log.read_subject("vs.conc.shared").await.expect("read_subject");
+    assert_eq!(shared.len(), SHARED_SUBJECT_TASKS * SHARED_SUBJECT_APPENDS_PER_TASK);
     let unique: HashSet<&Bytes> = shared.iter().map(|event| &event.payload).collect();
-    assert_eq!(
-        unique.len(),
-        shared.len(),
-        "each shared-subject append stored once"
-    );
+    assert_eq!(unique.len(), shared.len(), "each shared-subject append stored once");
     for task in 0..SHARED_SUBJECT_TASKS {
         let prefix = format!("shared/{task}/");
-        let order: Vec<&Bytes> = shared
-            .iter()
-            .map(|event| &event.payload)
-            .filter(|payload| payload.starts_with(prefix.as_bytes()))
-            .collect();
-        let expected: Vec<Bytes> = (0..SHARED_SUBJECT_APPENDS_PER_TASK)
-            .map(|index| Bytes::from(format!("{prefix}{index}")))
-            .collect();
-        assert_eq!(
-            order,
-            expected.iter().collect::<Vec<_>>(),
-            "shared-subject task {task} keeps its order"
-        );
+        let order: Vec<&Bytes> = shared.iter().map(|event| &event.payload).filter(|payload| payload.starts_with(prefix.as_bytes())).collect();
+        let expected: Vec<Bytes> = (0..SHARED_SUBJECT_APPENDS_PER_TASK).map(|index| Bytes::from(format!("{prefix}{index}"))).collect();
+        assert_eq!(order, expected.iter().collect::<Vec<_>>(), "shared-subject task {task} keeps its order");
     }
 }
 
@@ -176,28 +123,19 @@ pub async fn concurrent_appenders_get_distinct_contiguous_sequences(h: &dyn Harn
 /// others conflict and store nothing.
 pub async fn racing_expectations_admit_exactly_one(h: &dyn Harness) {
     let log = h.fresh().await;
-    expect_stored(
-        log.append(request("vs.race.other", Expected::Any, "race-0", "x"))
-            .await,
-        1,
-        "an unrelated event first",
-    );
+    expect_stored(log.append(request("vs.race.other", Expected::Any, "race-0", "x")).await, 1, "an unrelated event first");
     let racers = |expected: Expected, round: &'static str| {
         (0..RACERS)
             .map(|index| {
                 let log = Arc::clone(&log);
                 tokio::spawn(async move {
                     let key = format!("race-{round}-{index}");
-                    log.append(request("vs.race.a", expected, &key, key.clone()))
-                        .await
+                    log.append(request("vs.race.a", expected, &key, key.clone())).await
                 })
             })
             .collect::<Vec<_>>()
     };
-    for (expected, round) in [
-        (Expected::Empty, "empty"),
-        (Expected::LastSeq(Seq(2)), "last"),
-    ] {
+    for (expected, round) in [(Expected::Empty, "empty"), (Expected::LastSeq(Seq(2)), "last")] {
         let mut winners = Vec::new();
         for task in racers(expected, round) {
             match task.await.expect("racing task") {
@@ -206,11 +144,7 @@ pub async fn racing_expectations_admit_exactly_one(h: &dyn Harness) {
                 Err(error) => panic!("racing append failed: {error}"),
             }
         }
-        assert_eq!(
-            winners.len(),
-            1,
-            "{expected:?}: exactly one racer wins, got {winners:?}"
-        );
+        assert_eq!(winners.len(), 1, "{expected:?}: exactly one racer wins, got {winners:?}");
     }
     assert_eq!(subject_seqs(&*log, "vs.race.a").await, vec![2, 3]);
     assert_eq!(last_seq(&*log).await, 3, "the losers stored nothing");
@@ -224,27 +158,15 @@ pub async fn racing_duplicates_store_once(h: &dyn Harness) {
         .map(|index| {
             let log = Arc::clone(&log);
             let subject = format!("vs.race.s{}", index % 3);
-            tokio::spawn(async move {
-                log.append(request(&subject, Expected::Any, "the-key", "x"))
-                    .await
-            })
+            tokio::spawn(async move { log.append(request(&subject, Expected::Any, "the-key", "x")).await })
         })
         .collect();
     let mut answers = Vec::new();
     for task in tasks {
-        answers.push(expect_appended(
-            task.await.expect("racing task"),
-            "a racing duplicate",
-        ));
+        answers.push(expect_appended(task.await.expect("racing task"), "a racing duplicate"));
     }
-    assert!(
-        answers.iter().all(|appended| appended.seq == Seq(1)),
-        "{answers:?}"
-    );
-    let originals = answers
-        .iter()
-        .filter(|appended| !appended.duplicate)
-        .count();
+    assert!(answers.iter().all(|appended| appended.seq == Seq(1)), "{answers:?}");
+    let originals = answers.iter().filter(|appended| !appended.duplicate).count();
     assert_eq!(originals, 1, "exactly one answer is the original");
     assert_eq!(all_events(&*log).await.len(), 1, "one event stored");
 }

@@ -18,17 +18,7 @@ pub async fn follow_from_start_sees_existing_and_new_events(h: &dyn Harness) {
     let log = h.fresh().await;
     let mut from_empty = log.follow(Seq(1));
     for index in 1..=3u64 {
-        expect_stored(
-            log.append(request(
-                "vs.follow.a",
-                Expected::Any,
-                &format!("f{index}"),
-                format!("{index}"),
-            ))
-            .await,
-            index,
-            "existing",
-        );
+        expect_stored(log.append(request("vs.follow.a", Expected::Any, &format!("f{index}"), format!("{index}"))).await, index, "existing");
     }
     let mut from_start = log.follow(Seq(1));
     let mut seen_empty = Vec::new();
@@ -39,17 +29,7 @@ pub async fn follow_from_start_sees_existing_and_new_events(h: &dyn Harness) {
     }
     // New events while both streams are caught up and waiting.
     for index in 4..=6u64 {
-        expect_stored(
-            log.append(request(
-                "vs.follow.b",
-                Expected::Any,
-                &format!("f{index}"),
-                format!("{index}"),
-            ))
-            .await,
-            index,
-            "new",
-        );
+        expect_stored(log.append(request("vs.follow.b", Expected::Any, &format!("f{index}"), format!("{index}"))).await, index, "new");
         seen_start.push(next_event(&mut from_start, "a new event").await);
     }
     // A concurrent burst.
@@ -59,16 +39,7 @@ pub async fn follow_from_start_sees_existing_and_new_events(h: &dyn Harness) {
             let log = Arc::clone(&log);
             tokio::spawn(async move {
                 let subject = format!("vs.follow.burst{}", index % 5);
-                expect_appended(
-                    log.append(request(
-                        &subject,
-                        Expected::Any,
-                        &format!("burst-{index}"),
-                        "b",
-                    ))
-                    .await,
-                    "burst",
-                )
+                expect_appended(log.append(request(&subject, Expected::Any, &format!("burst-{index}"), "b")).await, "burst")
             })
         })
         .collect();
@@ -84,14 +55,8 @@ pub async fn follow_from_start_sees_existing_and_new_events(h: &dyn Harness) {
     }
     let stored = all_events(&*log).await;
     assert_eq!(stored.len() as u64, total);
-    assert_eq!(
-        seen_start, stored,
-        "follow(1) yields exactly the stored events, in order"
-    );
-    assert_eq!(
-        seen_empty, stored,
-        "follow(1) opened on an empty log yields the same"
-    );
+    assert_eq!(seen_start, stored, "follow(1) yields exactly the stored events, in order");
+    assert_eq!(seen_empty, stored, "follow(1) opened on an empty log yields the same");
     assert_quiet(&mut from_start, "after the burst").await;
     assert_quiet(&mut from_empty, "after the burst").await;
 }
@@ -100,45 +65,17 @@ pub async fn follow_from_start_sees_existing_and_new_events(h: &dyn Harness) {
 pub async fn follow_from_the_middle(h: &dyn Harness) {
     let log = h.fresh().await;
     for index in 1..=5u64 {
-        expect_stored(
-            log.append(request(
-                "vs.follow.a",
-                Expected::Any,
-                &format!("m{index}"),
-                format!("{index}"),
-            ))
-            .await,
-            index,
-            "fill",
-        );
+        expect_stored(log.append(request("vs.follow.a", Expected::Any, &format!("m{index}"), format!("{index}"))).await, index, "fill");
     }
     let mut middle = log.follow(Seq(3));
     let mut ahead = log.follow(Seq(8));
     for expected in 3..=5u64 {
-        assert_eq!(
-            next_event(&mut middle, "existing from the middle")
-                .await
-                .seq,
-            Seq(expected)
-        );
+        assert_eq!(next_event(&mut middle, "existing from the middle").await.seq, Seq(expected));
     }
     assert_quiet(&mut ahead, "follow(8) before 8 exists").await;
     for index in 6..=8u64 {
-        expect_stored(
-            log.append(request(
-                "vs.follow.a",
-                Expected::Any,
-                &format!("m{index}"),
-                format!("{index}"),
-            ))
-            .await,
-            index,
-            "new",
-        );
-        assert_eq!(
-            next_event(&mut middle, "new from the middle").await.seq,
-            Seq(index)
-        );
+        expect_stored(log.append(request("vs.follow.a", Expected::Any, &format!("m{index}"), format!("{index}"))).await, index, "new");
+        assert_eq!(next_event(&mut middle, "new from the middle").await.seq, Seq(index));
     }
     let first_ahead = next_event(&mut ahead, "follow(8) once 8 exists").await;
     assert_eq!(first_ahead.seq, Seq(8));

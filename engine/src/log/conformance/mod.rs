@@ -27,29 +27,18 @@ mod reopen;
 mod support;
 
 pub use self::appends::{
-    conflict_stores_nothing, expected_any_always_appends,
-    expected_empty_succeeds_on_empty_subject_and_conflicts_otherwise, expected_last_seq_right_succeeds_wrong_conflicts,
-    invalid_subject_rejected_and_nothing_stored, oversized_payload_rejected_and_nothing_stored,
+    conflict_stores_nothing, expected_any_always_appends, expected_empty_succeeds_on_empty_subject_and_conflicts_otherwise,
+    expected_last_seq_right_succeeds_wrong_conflicts, invalid_subject_rejected_and_nothing_stored, oversized_payload_rejected_and_nothing_stored,
     sequences_start_at_one_and_are_contiguous,
 };
-pub use self::concurrency::{
-    concurrent_appenders_get_distinct_contiguous_sequences, racing_duplicates_store_once,
-    racing_expectations_admit_exactly_one,
-};
-pub use self::dedupe::{
-    dedupe_precedes_expectation, duplicate_does_not_break_next_expected_append,
-    duplicate_returns_original_seq_and_stores_nothing,
-};
-pub use self::follow::{
-    follow_from_start_sees_existing_and_new_events, follow_from_the_middle,
-};
+pub use self::concurrency::{concurrent_appenders_get_distinct_contiguous_sequences, racing_duplicates_store_once, racing_expectations_admit_exactly_one};
+pub use self::dedupe::{dedupe_precedes_expectation, duplicate_does_not_break_next_expected_append, duplicate_returns_original_seq_and_stores_nothing};
+pub use self::follow::{follow_from_start_sees_existing_and_new_events, follow_from_the_middle};
 pub use self::reads::{
     last_seq_tracks_appends, read_from_respects_from_and_limit, read_subject_reads_long_and_large_subjects_whole,
     read_subject_returns_only_that_subject_in_order,
 };
-pub use self::reopen::{
-    reopen_preserves_events_and_continues_sequence,
-};
+pub use self::reopen::reopen_preserves_events_and_continues_sequence;
 
 /// Creates and reopens logs for the suite.
 #[async_trait::async_trait]

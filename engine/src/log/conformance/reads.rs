@@ -16,31 +16,14 @@ use std::sync::Arc;
 /// subjects share its prefix.
 pub async fn read_subject_returns_only_that_subject_in_order(h: &dyn Harness) {
     let log = h.fresh().await;
-    let subjects = [
-        "vs.voucher.a",
-        "vs.voucher.ab",
-        "vs.voucher.a.b",
-        "vs.voucher.b",
-        "vs.voucher",
-    ];
+    let subjects = ["vs.voucher.a", "vs.voucher.ab", "vs.voucher.a.b", "vs.voucher.b", "vs.voucher"];
     let mut expected: BTreeMap<&str, Vec<(u64, Bytes)>> = BTreeMap::new();
     for round in 0..4 {
         for subject in subjects {
             let payload = Bytes::from(format!("{subject}#{round}"));
-            let appended = expect_appended(
-                log.append(request(
-                    subject,
-                    Expected::Any,
-                    &format!("{subject}-{round}"),
-                    payload.clone(),
-                ))
-                .await,
-                "interleaved append",
-            );
-            expected
-                .entry(subject)
-                .or_default()
-                .push((appended.seq.0, payload));
+            let appended =
+                expect_appended(log.append(request(subject, Expected::Any, &format!("{subject}-{round}"), payload.clone())).await, "interleaved append");
+            expected.entry(subject).or_default().push((appended.seq.0, payload));
         }
     }
     for (subject, events) in &expected {
@@ -48,29 +31,14 @@ pub async fn read_subject_returns_only_that_subject_in_order(h: &dyn Harness) {
         let read: Vec<(u64, Bytes)> = read
             .into_iter()
             .map(|event| {
-                assert_eq!(
-                    event.subject, *subject,
-                    "read_subject({subject}) returned another subject"
-                );
+                assert_eq!(event.subject, *subject, "read_subject({subject}) returned another subject");
                 (event.seq.0, event.payload)
             })
             .collect();
         assert_eq!(&read, events, "read_subject({subject})");
     }
-    assert!(
-        log.read_subject("vs.voucher.c")
-            .await
-            .expect("read_subject")
-            .is_empty(),
-        "unknown subject"
-    );
-    assert!(
-        log.read_subject("vs.vouch")
-            .await
-            .expect("read_subject")
-            .is_empty(),
-        "a prefix is not a subject"
-    );
+    assert!(log.read_subject("vs.voucher.c").await.expect("read_subject").is_empty(), "unknown subject");
+    assert!(log.read_subject("vs.vouch").await.expect("read_subject").is_empty(), "a prefix is not a subject");
 }
 
 /// `read_subject` returns every event of a subject however many there are and however
@@ -114,24 +82,9 @@ pub async fn read_subject_reads_long_and_large_subjects_whole(h: &dyn Harness) {
 pub async fn read_from_respects_from_and_limit(h: &dyn Harness) {
     let log = h.fresh().await;
     for index in 1..=10u64 {
-        expect_stored(
-            log.append(request(
-                "vs.read.a",
-                Expected::Any,
-                &format!("r{index}"),
-                format!("{index}"),
-            ))
-            .await,
-            index,
-            "fill",
-        );
+        expect_stored(log.append(request("vs.read.a", Expected::Any, &format!("r{index}"), format!("{index}"))).await, index, "fill");
     }
-    let seqs = |events: Vec<StoredEvent>| {
-        events
-            .into_iter()
-            .map(|event| event.seq.0)
-            .collect::<Vec<_>>()
-    };
+    let seqs = |events: Vec<StoredEvent>| events.into_iter().map(|event| event.seq.0).collect::<Vec<_>>();
     let read = |from: u64, limit: usize| {
         let log = Arc::clone(&log);
         async move { log.read_from(Seq(from), limit).await.expect("read_from") }
@@ -139,11 +92,7 @@ pub async fn read_from_respects_from_and_limit(h: &dyn Harness) {
     assert_eq!(seqs(read(1, 3).await), vec![1, 2, 3]);
     assert_eq!(seqs(read(4, 3).await), vec![4, 5, 6]);
     assert_eq!(seqs(read(9, 5).await), vec![9, 10], "a limit past the end");
-    assert_eq!(
-        seqs(read(0, 2).await),
-        vec![1, 2],
-        "from 0 is from the start"
-    );
+    assert_eq!(seqs(read(0, 2).await), vec![1, 2], "from 0 is from the start");
     assert_eq!(seqs(read(1, 1000).await), (1..=10).collect::<Vec<_>>());
     assert!(read(11, 5).await.is_empty(), "from past the end");
     assert!(read(3, 0).await.is_empty(), "limit 0");
@@ -155,33 +104,11 @@ pub async fn read_from_respects_from_and_limit(h: &dyn Harness) {
 pub async fn last_seq_tracks_appends(h: &dyn Harness) {
     let log = h.fresh().await;
     assert_eq!(last_seq(&*log).await, 0);
-    expect_stored(
-        log.append(request("vs.last.a", Expected::Any, "s1", "x"))
-            .await,
-        1,
-        "first",
-    );
+    expect_stored(log.append(request("vs.last.a", Expected::Any, "s1", "x")).await, 1, "first");
     assert_eq!(last_seq(&*log).await, 1);
-    expect_stored(
-        log.append(request("vs.last.b", Expected::Any, "s2", "x"))
-            .await,
-        2,
-        "second",
-    );
+    expect_stored(log.append(request("vs.last.b", Expected::Any, "s2", "x")).await, 2, "second");
     assert_eq!(last_seq(&*log).await, 2);
-    expect_appended(
-        log.append(request("vs.last.a", Expected::Any, "s1", "x"))
-            .await,
-        "duplicate",
-    );
-    expect_conflict(
-        log.append(request("vs.last.a", Expected::Empty, "s3", "x"))
-            .await,
-        "conflict",
-    );
-    assert_eq!(
-        last_seq(&*log).await,
-        2,
-        "duplicates and conflicts store nothing"
-    );
+    expect_appended(log.append(request("vs.last.a", Expected::Any, "s1", "x")).await, "duplicate");
+    expect_conflict(log.append(request("vs.last.a", Expected::Empty, "s3", "x")).await, "conflict");
+    assert_eq!(last_seq(&*log).await, 2, "duplicates and conflicts store nothing");
 }

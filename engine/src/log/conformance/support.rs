@@ -19,25 +19,12 @@ const QUIET_WAIT_MS: u64 = 300;
 /// Enough to read every event any case writes in one call.
 const READ_ALL_LIMIT: usize = 100_000;
 
-pub(super) fn request(
-    subject: &str,
-    expected: Expected,
-    key: &str,
-    payload: impl Into<Bytes>,
-) -> AppendRequest {
-    AppendRequest {
-        subject: subject.to_owned(),
-        expected,
-        idempotency_key: key.to_owned(),
-        payload: payload.into(),
-    }
+pub(super) fn request(subject: &str, expected: Expected, key: &str, payload: impl Into<Bytes>) -> AppendRequest {
+    AppendRequest { subject: subject.to_owned(), expected, idempotency_key: key.to_owned(), payload: payload.into() }
 }
 
 #[track_caller]
-pub(super) fn expect_appended(
-    outcome: Result<Result<Appended, VersionConflict>, AppendError>,
-    what: &str,
-) -> Appended {
+pub(super) fn expect_appended(outcome: Result<Result<Appended, VersionConflict>, AppendError>, what: &str) -> Appended {
     match outcome {
         Ok(Ok(appended)) => appended,
         Ok(Err(conflict)) => {
@@ -48,27 +35,13 @@ pub(super) fn expect_appended(
 }
 
 #[track_caller]
-pub(super) fn expect_stored(
-    outcome: Result<Result<Appended, VersionConflict>, AppendError>,
-    seq: u64,
-    what: &str,
-) {
+pub(super) fn expect_stored(outcome: Result<Result<Appended, VersionConflict>, AppendError>, seq: u64, what: &str) {
     let appended = expect_appended(outcome, what);
-    assert_eq!(
-        appended,
-        Appended {
-            seq: Seq(seq),
-            duplicate: false
-        },
-        "{what}"
-    );
+    assert_eq!(appended, Appended { seq: Seq(seq), duplicate: false }, "{what}");
 }
 
 #[track_caller]
-pub(super) fn expect_conflict(
-    outcome: Result<Result<Appended, VersionConflict>, AppendError>,
-    what: &str,
-) -> VersionConflict {
+pub(super) fn expect_conflict(outcome: Result<Result<Appended, VersionConflict>, AppendError>, what: &str) -> VersionConflict {
     match outcome {
         Ok(Err(conflict)) => conflict,
         Ok(Ok(appended)) => panic!("{what}: expected a version conflict, got {appended:?}"),
@@ -77,10 +50,7 @@ pub(super) fn expect_conflict(
 }
 
 pub(super) async fn all_events(log: &dyn EventLog) -> Vec<StoredEvent> {
-    let events = log
-        .read_from(Seq(1), READ_ALL_LIMIT)
-        .await
-        .expect("read_from(1) must succeed");
+    let events = log.read_from(Seq(1), READ_ALL_LIMIT).await.expect("read_from(1) must succeed");
     assert_contiguous(&events, 1);
     events
 }
@@ -97,21 +67,12 @@ pub(super) async fn last_seq(log: &dyn EventLog) -> u64 {
 }
 
 pub(super) async fn subject_seqs(log: &dyn EventLog, subject: &str) -> Vec<u64> {
-    let events = log
-        .read_subject(subject)
-        .await
-        .expect("read_subject must succeed");
-    assert!(
-        events.iter().all(|event| event.subject == subject),
-        "read_subject({subject}) returned another subject"
-    );
+    let events = log.read_subject(subject).await.expect("read_subject must succeed");
+    assert!(events.iter().all(|event| event.subject == subject), "read_subject({subject}) returned another subject");
     events.iter().map(|event| event.seq.0).collect()
 }
 
-pub(super) async fn next_event(
-    stream: &mut BoxStream<'static, Result<StoredEvent, ReadError>>,
-    what: &str,
-) -> StoredEvent {
+pub(super) async fn next_event(stream: &mut BoxStream<'static, Result<StoredEvent, ReadError>>, what: &str) -> StoredEvent {
     match tokio::time::timeout(Duration::from_millis(FOLLOW_WAIT_MS), stream.next()).await {
         Ok(Some(Ok(event))) => event,
         Ok(Some(Err(error))) => panic!("{what}: follow yielded an error: {error}"),
@@ -120,13 +81,8 @@ pub(super) async fn next_event(
     }
 }
 
-pub(super) async fn assert_quiet(
-    stream: &mut BoxStream<'static, Result<StoredEvent, ReadError>>,
-    what: &str,
-) {
-    if let Ok(item) =
-        tokio::time::timeout(Duration::from_millis(QUIET_WAIT_MS), stream.next()).await
-    {
+pub(super) async fn assert_quiet(stream: &mut BoxStream<'static, Result<StoredEvent, ReadError>>, what: &str) {
+    if let Ok(item) = tokio::time::timeout(Duration::from_millis(QUIET_WAIT_MS), stream.next()).await {
         panic!("{what}: follow yielded {item:?} although no event was appended (a duplicate?)");
     }
 }

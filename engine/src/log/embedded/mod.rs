@@ -52,24 +52,13 @@ const BACKGROUND_FLUSH_INTERVAL_MS: u64 = 500;
 /// (the quickstart tells the operator; a test fails with the message).
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
-    #[error(
-        "cannot open the event log at {path}: {reason}; check the path and that no other process has it open"
-    )]
+    #[error("cannot open the event log at {path}: {reason}; check the path and that no other process has it open")]
     Storage { path: PathBuf, reason: String },
-    #[error(
-        "the event log at {path} is corrupt: {reason}; restore it from a backup or a JetStream copy"
-    )]
+    #[error("the event log at {path} is corrupt: {reason}; restore it from a backup or a JetStream copy")]
     Corrupt { path: PathBuf, reason: String },
-    #[error(
-        "{path} holds a sled database that is not a vouchsafe event log (format marker {found:?}); choose another directory"
-    )]
-    NotAnEventLog {
-        path: PathBuf,
-        found: Option<String>,
-    },
-    #[error(
-        "sled panicked while opening {path}: {reason}; the directory is probably damaged, restore it from a backup"
-    )]
+    #[error("{path} holds a sled database that is not a vouchsafe event log (format marker {found:?}); choose another directory")]
+    NotAnEventLog { path: PathBuf, found: Option<String> },
+    #[error("sled panicked while opening {path}: {reason}; the directory is probably damaged, restore it from a backup")]
     Panicked { path: PathBuf, reason: String },
     #[error("cannot start the event log writer thread: {0}")]
     Thread(String),
@@ -110,9 +99,7 @@ impl EmbeddedLog {
     }
 
     fn sender(&self) -> Result<&mpsc::Sender<WriterCommand>, AppendError> {
-        self.sender
-            .as_ref()
-            .ok_or_else(|| AppendError::Unavailable("the event log is closing".to_owned()))
+        self.sender.as_ref().ok_or_else(|| AppendError::Unavailable("the event log is closing".to_owned()))
     }
 }
 
@@ -123,9 +110,7 @@ impl Drop for EmbeddedLog {
         if let Some(writer) = self.writer.take()
             && writer.join().is_err()
         {
-            tracing::error!(
-                "the event log writer thread had panicked; appends were answered as failed"
-            );
+            tracing::error!("the event log writer thread had panicked; appends were answered as failed");
         }
     }
 }
@@ -139,20 +124,13 @@ impl EventLog for EmbeddedLog {
             return Err(AppendError::InvalidSubject(request.subject));
         }
         if request.payload.len() > PAYLOAD_BYTES_MAX {
-            return Err(AppendError::TooLarge {
-                size: request.payload.len(),
-                max: PAYLOAD_BYTES_MAX,
-            });
+            return Err(AppendError::TooLarge { size: request.payload.len(), max: PAYLOAD_BYTES_MAX });
         }
         let (reply, answer) = oneshot::channel();
         self.sender()?
             .send(WriterCommand::Append(Pending { request, reply }))
             .await
-            .map_err(|_| {
-                AppendError::Unavailable(
-                    "the event log writer has stopped; reopen the log".to_owned(),
-                )
-            })?;
+            .map_err(|_| AppendError::Unavailable("the event log writer has stopped; reopen the log".to_owned()))?;
         // The writer dropped the request without answering only if it died mid-batch, after
         // which the batch may or may not be on disk.
         answer.await.map_err(|_| AppendError::Unknown(Box::new(WriterStopped)))?

@@ -51,10 +51,7 @@ impl EmbeddedLog {
             Ok(Ok(db)) => db,
             Ok(Err(error)) => return Err(open_error(&path, error)),
             Err(panic) => {
-                return Err(OpenError::Panicked {
-                    path,
-                    reason: crate::panic::message(panic.as_ref()),
-                });
+                return Err(OpenError::Panicked { path, reason: crate::panic::message(panic.as_ref()) });
             }
         };
         let head = recover_head(&db, &path)?;
@@ -70,28 +67,14 @@ impl EmbeddedLog {
                 .spawn(move || run_writer(db, receiver, head_sender, stats, head))
                 .map_err(|error| OpenError::Thread(error.to_string()))?
         };
-        Ok(EmbeddedLog {
-            shared: Arc::new(Shared {
-                db,
-                head: head_receiver,
-            }),
-            stats,
-            sender: Some(sender),
-            writer: Some(writer),
-        })
+        Ok(EmbeddedLog { shared: Arc::new(Shared { db, head: head_receiver }), stats, sender: Some(sender), writer: Some(writer) })
     }
 }
 
 fn open_error(path: &Path, error: sled::Error) -> OpenError {
     match error {
-        sled::Error::Corruption { at, .. } => OpenError::Corrupt {
-            path: path.to_path_buf(),
-            reason: format!("sled found corruption at {at:?}"),
-        },
-        other => OpenError::Storage {
-            path: path.to_path_buf(),
-            reason: other.to_string(),
-        },
+        sled::Error::Corruption { at, .. } => OpenError::Corrupt { path: path.to_path_buf(), reason: format!("sled found corruption at {at:?}") },
+        other => OpenError::Storage { path: path.to_path_buf(), reason: other.to_string() },
     }
 }
 
@@ -99,19 +82,13 @@ fn open_error(path: &Path, error: sled::Error) -> OpenError {
 /// the head. A fresh directory gets its marker here (flushed, so a crash cannot leave a
 /// half-initialised log).
 fn recover_head(db: &sled::Db, path: &Path) -> Result<u64, OpenError> {
-    let corrupt = |reason: String| OpenError::Corrupt {
-        path: path.to_path_buf(),
-        reason,
-    };
+    let corrupt = |reason: String| OpenError::Corrupt { path: path.to_path_buf(), reason };
     let storage = |error: sled::Error| open_error(path, error);
 
     match db.get(FORMAT_KEY).map_err(storage)? {
         Some(marker) if marker.as_ref() == FORMAT_MARKER => {}
         Some(marker) => {
-            return Err(OpenError::NotAnEventLog {
-                path: path.to_path_buf(),
-                found: Some(String::from_utf8_lossy(&marker).into_owned()),
-            });
+            return Err(OpenError::NotAnEventLog { path: path.to_path_buf(), found: Some(String::from_utf8_lossy(&marker).into_owned()) });
         }
         None if db.is_empty() => {
             db.insert(FORMAT_KEY, FORMAT_MARKER).map_err(storage)?;
@@ -119,17 +96,12 @@ fn recover_head(db: &sled::Db, path: &Path) -> Result<u64, OpenError> {
             return Ok(0);
         }
         None => {
-            return Err(OpenError::NotAnEventLog {
-                path: path.to_path_buf(),
-                found: None,
-            });
+            return Err(OpenError::NotAnEventLog { path: path.to_path_buf(), found: None });
         }
     }
 
     let head = match db.get(HEAD_KEY).map_err(storage)? {
-        Some(bytes) => {
-            decode_u64(&bytes).ok_or_else(|| corrupt("the head key is not 8 bytes".to_owned()))?
-        }
+        Some(bytes) => decode_u64(&bytes).ok_or_else(|| corrupt("the head key is not 8 bytes".to_owned()))?,
         None => 0,
     };
     // Batches are atomic, so the last record is exactly the head; anything else means the
@@ -138,16 +110,13 @@ fn recover_head(db: &sled::Db, path: &Path) -> Result<u64, OpenError> {
         None => None,
         Some(entry) => {
             let (key, record) = entry.map_err(storage)?;
-            let seq = decode_event_key(&key)
-                .ok_or_else(|| corrupt("a record key is malformed".to_owned()))?;
+            let seq = decode_event_key(&key).ok_or_else(|| corrupt("a record key is malformed".to_owned()))?;
             decode_record(seq, &record).map_err(|error| corrupt(error.to_string()))?;
             Some(seq)
         }
     };
     if last_record.unwrap_or(0) != head {
-        return Err(corrupt(format!(
-            "the head says {head} but the last record is {last_record:?}"
-        )));
+        return Err(corrupt(format!("the head says {head} but the last record is {last_record:?}")));
     }
     Ok(head)
 }

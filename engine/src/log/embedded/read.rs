@@ -14,12 +14,8 @@ use std::collections::VecDeque;
 use std::sync::Weak;
 use tokio::sync::watch;
 
-pub(super) async fn run_blocking<T: Send + 'static>(
-    read: impl FnOnce() -> Result<T, ReadError> + Send + 'static,
-) -> Result<T, ReadError> {
-    tokio::task::spawn_blocking(read)
-        .await
-        .map_err(|error| ReadError::Storage(format!("the read task failed: {error}")))?
+pub(super) async fn run_blocking<T: Send + 'static>(read: impl FnOnce() -> Result<T, ReadError> + Send + 'static) -> Result<T, ReadError> {
+    tokio::task::spawn_blocking(read).await.map_err(|error| ReadError::Storage(format!("the read task failed: {error}")))?
 }
 
 /// The state of one `follow` stream.
@@ -53,16 +49,11 @@ impl Follow {
             let head = *self.head.borrow_and_update();
             if head >= self.next {
                 let Some(shared) = self.shared.upgrade() else {
-                    self.failure = Some(ReadError::Unavailable(
-                        "the event log was closed".to_owned(),
-                    ));
+                    self.failure = Some(ReadError::Unavailable("the event log was closed".to_owned()));
                     continue;
                 };
                 let from = Seq(self.next);
-                let read = run_blocking(move || {
-                    Ok(read_range_blocking(&shared, from, FOLLOW_BATCH_EVENTS_MAX))
-                })
-                .await;
+                let read = run_blocking(move || Ok(read_range_blocking(&shared, from, FOLLOW_BATCH_EVENTS_MAX))).await;
                 let (events, failure) = match read {
                     Ok(read) => read,
                     Err(error) => (Vec::new(), Some(error)),
@@ -71,13 +62,8 @@ impl Follow {
                     // read_range already checks contiguity; this guards the no-gap,
                     // no-duplicate promise locally as well.
                     if event.seq.0 != self.next {
-                        self.failure = Some(ReadError::Corrupt {
-                            seq: Seq(self.next),
-                            reason: format!(
-                                "expected sequence {} next, read {}",
-                                self.next, event.seq
-                            ),
-                        });
+                        self.failure =
+                            Some(ReadError::Corrupt { seq: Seq(self.next), reason: format!("expected sequence {} next, read {}", self.next, event.seq) });
                         break;
                     }
                     self.next += 1;
@@ -85,28 +71,19 @@ impl Follow {
                 }
                 self.failure = self.failure.take().or(failure);
                 if self.buffered.is_empty() && self.failure.is_none() {
-                    self.failure = Some(ReadError::Corrupt {
-                        seq: from,
-                        reason: "record missing below the head".to_owned(),
-                    });
+                    self.failure = Some(ReadError::Corrupt { seq: from, reason: "record missing below the head".to_owned() });
                 }
                 continue;
             }
             if self.head.changed().await.is_err() {
                 // The writer is gone (log dropped or writer died): nothing new will come.
-                self.failure = Some(ReadError::Unavailable(
-                    "the event log was closed".to_owned(),
-                ));
+                self.failure = Some(ReadError::Unavailable("the event log was closed".to_owned()));
             }
         }
     }
 }
 
-pub(super) fn read_from_blocking(
-    shared: &Shared,
-    from: Seq,
-    limit: usize,
-) -> Result<Vec<StoredEvent>, ReadError> {
+pub(super) fn read_from_blocking(shared: &Shared, from: Seq, limit: usize) -> Result<Vec<StoredEvent>, ReadError> {
     match read_range_blocking(shared, from, limit) {
         (events, None) => Ok(events),
         (_, Some(error)) => Err(error),
@@ -115,11 +92,7 @@ pub(super) fn read_from_blocking(
 
 /// Up to `limit` durable events from `from` on, and the error that stopped the read early,
 /// if any, with the good events before it (so `follow` can yield them first).
-fn read_range_blocking(
-    shared: &Shared,
-    from: Seq,
-    limit: usize,
-) -> (Vec<StoredEvent>, Option<ReadError>) {
+fn read_range_blocking(shared: &Shared, from: Seq, limit: usize) -> (Vec<StoredEvent>, Option<ReadError>) {
     let head = shared.durable_head();
     let first = from.0.max(1);
     if limit == 0 || first > head {
@@ -128,22 +101,13 @@ fn read_range_blocking(
     // Contiguity is checked against what must be there, so a lost record is reported as
     // corrupt instead of silently skipped.
     let last = head.min(first.saturating_add(limit as u64 - 1));
-    let capacity = usize::try_from(last - first + 1)
-        .unwrap_or(usize::MAX)
-        .min(FOLLOW_BATCH_EVENTS_MAX);
+    let capacity = usize::try_from(last - first + 1).unwrap_or(usize::MAX).min(FOLLOW_BATCH_EVENTS_MAX);
     let mut events = Vec::with_capacity(capacity);
     let mut expected = first;
     for entry in shared.db.range(event_key(first)..=event_key(last)) {
-        let decoded = entry.map_err(read_storage_error).and_then(|(key, record)| {
-            match decode_event_key(&key) {
-                Some(seq) if seq == expected => {
-                    decode_record(seq, &record).map(|decoded| decoded.into_event(seq))
-                }
-                _ => Err(ReadError::Corrupt {
-                    seq: Seq(expected),
-                    reason: "record missing".to_owned(),
-                }),
-            }
+        let decoded = entry.map_err(read_storage_error).and_then(|(key, record)| match decode_event_key(&key) {
+            Some(seq) if seq == expected => decode_record(seq, &record).map(|decoded| decoded.into_event(seq)),
+            _ => Err(ReadError::Corrupt { seq: Seq(expected), reason: "record missing".to_owned() }),
         });
         match decoded {
             Ok(event) => events.push(event),
@@ -152,13 +116,7 @@ fn read_range_blocking(
         expected += 1;
     }
     if expected <= last {
-        return (
-            events,
-            Some(ReadError::Corrupt {
-                seq: Seq(expected),
-                reason: "record missing".to_owned(),
-            }),
-        );
+        return (events, Some(ReadError::Corrupt { seq: Seq(expected), reason: "record missing".to_owned() }));
     }
     (events, None)
 }
@@ -173,10 +131,7 @@ pub(super) fn read_subject_blocking(shared: &Shared, subject: &str) -> Result<Ve
     let mut events = Vec::new();
     for entry in shared.db.scan_prefix(&prefix) {
         let (key, _) = entry.map_err(read_storage_error)?;
-        let seq = key
-            .get(prefix.len()..)
-            .and_then(decode_u64)
-            .ok_or_else(|| ReadError::Storage(format!("malformed index key for {subject}")))?;
+        let seq = key.get(prefix.len()..).and_then(decode_u64).ok_or_else(|| ReadError::Storage(format!("malformed index key for {subject}")))?;
         if seq > head {
             // Written but not yet flushed: not acknowledged, not visible.
             break;
@@ -185,19 +140,10 @@ pub(super) fn read_subject_blocking(shared: &Shared, subject: &str) -> Result<Ve
             .db
             .get(event_key(seq))
             .map_err(read_storage_error)?
-            .ok_or_else(|| ReadError::Corrupt {
-                seq: Seq(seq),
-                reason: "indexed record missing".to_owned(),
-            })?;
+            .ok_or_else(|| ReadError::Corrupt { seq: Seq(seq), reason: "indexed record missing".to_owned() })?;
         let decoded = decode_record(seq, &record)?;
         if decoded.subject != subject {
-            return Err(ReadError::Corrupt {
-                seq: Seq(seq),
-                reason: format!(
-                    "indexed under {subject} but stored under {}",
-                    decoded.subject
-                ),
-            });
+            return Err(ReadError::Corrupt { seq: Seq(seq), reason: format!("indexed under {subject} but stored under {}", decoded.subject) });
         }
         events.push(decoded.into_event(seq));
     }

@@ -86,19 +86,10 @@ fn checksum(seq: u64, body: &[u8]) -> [u8; CHECKSUM_BYTES] {
 /// `[format][checksum][subject len u16][subject][key len u32][key][payload]`; the checksum
 /// covers the sequence and everything after it. The key is kept so that the dedupe index
 /// can be rebuilt and audited from the records alone.
-pub(super) fn encode_record(
-    seq: u64,
-    subject: &str,
-    idempotency_key: &str,
-    payload: &[u8],
-) -> Result<Vec<u8>, &'static str> {
-    let subject_len =
-        u16::try_from(subject.len()).map_err(|_| "subject longer than 65535 bytes")?;
-    let key_len =
-        u32::try_from(idempotency_key.len()).map_err(|_| "idempotency key longer than 4 GiB")?;
-    let mut record = Vec::with_capacity(
-        RECORD_HEADER_BYTES + subject.len() + idempotency_key.len() + payload.len(),
-    );
+pub(super) fn encode_record(seq: u64, subject: &str, idempotency_key: &str, payload: &[u8]) -> Result<Vec<u8>, &'static str> {
+    let subject_len = u16::try_from(subject.len()).map_err(|_| "subject longer than 65535 bytes")?;
+    let key_len = u32::try_from(idempotency_key.len()).map_err(|_| "idempotency key longer than 4 GiB")?;
+    let mut record = Vec::with_capacity(RECORD_HEADER_BYTES + subject.len() + idempotency_key.len() + payload.len());
     record.push(RECORD_FORMAT_V1);
     record.extend_from_slice(&[0; CHECKSUM_BYTES]);
     record.extend_from_slice(&subject_len.to_be_bytes());
@@ -120,50 +111,30 @@ pub(super) struct DecodedRecord<'a> {
 
 impl DecodedRecord<'_> {
     pub(super) fn into_event(self, seq: u64) -> StoredEvent {
-        StoredEvent {
-            seq: Seq(seq),
-            subject: self.subject.to_owned(),
-            payload: Bytes::copy_from_slice(self.payload),
-        }
+        StoredEvent { seq: Seq(seq), subject: self.subject.to_owned(), payload: Bytes::copy_from_slice(self.payload) }
     }
 }
 
 pub(super) fn decode_record(seq: u64, record: &[u8]) -> Result<DecodedRecord<'_>, ReadError> {
-    let corrupt = |reason: &str| ReadError::Corrupt {
-        seq: Seq(seq),
-        reason: reason.to_owned(),
-    };
-    let (&format, rest) = record
-        .split_first()
-        .ok_or_else(|| corrupt("empty record"))?;
+    let corrupt = |reason: &str| ReadError::Corrupt { seq: Seq(seq), reason: reason.to_owned() };
+    let (&format, rest) = record.split_first().ok_or_else(|| corrupt("empty record"))?;
     if format != RECORD_FORMAT_V1 {
         return Err(corrupt(&format!("unknown record format {format}")));
     }
-    let (stored_sum, body) = rest
-        .split_at_checked(CHECKSUM_BYTES)
-        .ok_or_else(|| corrupt("truncated record"))?;
+    let (stored_sum, body) = rest.split_at_checked(CHECKSUM_BYTES).ok_or_else(|| corrupt("truncated record"))?;
     if stored_sum != checksum(seq, body) {
         return Err(corrupt("checksum mismatch"));
     }
-    let (subject_len, body) = body
-        .split_at_checked(2)
-        .ok_or_else(|| corrupt("truncated record"))?;
+    let (subject_len, body) = body.split_at_checked(2).ok_or_else(|| corrupt("truncated record"))?;
     let subject_len = usize::from(u16::from_be_bytes([subject_len[0], subject_len[1]]));
-    let (subject, body) = body
-        .split_at_checked(subject_len)
-        .ok_or_else(|| corrupt("truncated subject"))?;
-    let (key_len, body) = body
-        .split_at_checked(4)
-        .ok_or_else(|| corrupt("truncated record"))?;
+    let (subject, body) = body.split_at_checked(subject_len).ok_or_else(|| corrupt("truncated subject"))?;
+    let (key_len, body) = body.split_at_checked(4).ok_or_else(|| corrupt("truncated record"))?;
     let key_len = u32::from_be_bytes([key_len[0], key_len[1], key_len[2], key_len[3]]);
     let key_len = usize::try_from(key_len).map_err(|_| corrupt("key length overflows"))?;
-    let (key, payload) = body
-        .split_at_checked(key_len)
-        .ok_or_else(|| corrupt("truncated key"))?;
+    let (key, payload) = body.split_at_checked(key_len).ok_or_else(|| corrupt("truncated key"))?;
     Ok(DecodedRecord {
         subject: std::str::from_utf8(subject).map_err(|_| corrupt("subject is not UTF-8"))?,
-        idempotency_key: std::str::from_utf8(key)
-            .map_err(|_| corrupt("idempotency key is not UTF-8"))?,
+        idempotency_key: std::str::from_utf8(key).map_err(|_| corrupt("idempotency key is not UTF-8"))?,
         payload,
     })
 }

@@ -12,8 +12,8 @@ use super::*;
 use crate::log::Expected;
 use crate::log::conformance::Harness;
 use bytes::Bytes;
-use std::path::Path;
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -32,34 +32,17 @@ fn address(log: &Arc<dyn EventLog>) -> usize {
 impl Harness for TempDirHarness {
     async fn fresh(&self) -> Arc<dyn EventLog> {
         let dir = tempfile::tempdir().expect("temporary directory");
-        let log: Arc<dyn EventLog> =
-            Arc::new(EmbeddedLog::open(dir.path()).expect("open a fresh log"));
-        self.dirs
-            .lock()
-            .expect("harness lock")
-            .insert(address(&log), dir);
+        let log: Arc<dyn EventLog> = Arc::new(EmbeddedLog::open(dir.path()).expect("open a fresh log"));
+        self.dirs.lock().expect("harness lock").insert(address(&log), dir);
         log
     }
 
     async fn reopen(&self, log: Arc<dyn EventLog>) -> Arc<dyn EventLog> {
-        let dir = self
-            .dirs
-            .lock()
-            .expect("harness lock")
-            .remove(&address(&log))
-            .expect("a log this harness opened");
-        assert_eq!(
-            Arc::strong_count(&log),
-            1,
-            "the case must hold no other reference to the log it reopens"
-        );
+        let dir = self.dirs.lock().expect("harness lock").remove(&address(&log)).expect("a log this harness opened");
+        assert_eq!(Arc::strong_count(&log), 1, "the case must hold no other reference to the log it reopens");
         drop(log);
-        let log: Arc<dyn EventLog> =
-            Arc::new(EmbeddedLog::open(dir.path()).expect("reopen the log"));
-        self.dirs
-            .lock()
-            .expect("harness lock")
-            .insert(address(&log), dir);
+        let log: Arc<dyn EventLog> = Arc::new(EmbeddedLog::open(dir.path()).expect("reopen the log"));
+        self.dirs.lock().expect("harness lock").insert(address(&log), dir);
         log
     }
 }
@@ -69,31 +52,12 @@ mod conformance {
     crate::conformance_tests!(TempDirHarness::default());
 }
 
-fn request(
-    subject: &str,
-    expected: Expected,
-    key: &str,
-    payload: &'static [u8],
-) -> AppendRequest {
-    AppendRequest {
-        subject: subject.to_owned(),
-        expected,
-        idempotency_key: key.to_owned(),
-        payload: Bytes::from_static(payload),
-    }
+fn request(subject: &str, expected: Expected, key: &str, payload: &'static [u8]) -> AppendRequest {
+    AppendRequest { subject: subject.to_owned(), expected, idempotency_key: key.to_owned(), payload: Bytes::from_static(payload) }
 }
 
-async fn append_stored(
-    log: &EmbeddedLog,
-    subject: &str,
-    key: &str,
-    payload: &'static [u8],
-) -> u64 {
-    let appended = log
-        .append(request(subject, Expected::Any, key, payload))
-        .await
-        .expect("append")
-        .expect("no conflict");
+async fn append_stored(log: &EmbeddedLog, subject: &str, key: &str, payload: &'static [u8]) -> u64 {
+    let appended = log.append(request(subject, Expected::Any, key, payload)).await.expect("append").expect("no conflict");
     assert!(!appended.duplicate);
     appended.seq.0
 }
@@ -106,13 +70,7 @@ fn writer(log: &EmbeddedLog) -> &mpsc::Sender<WriterCommand> {
 async fn pause_writer(log: &EmbeddedLog) -> std::sync::mpsc::Sender<()> {
     let (paused, writer_paused) = oneshot::channel();
     let (resume, resume_receiver) = std::sync::mpsc::channel();
-    writer(log)
-        .send(WriterCommand::Pause {
-            paused,
-            resume: resume_receiver,
-        })
-        .await
-        .expect("writer running");
+    writer(log).send(WriterCommand::Pause { paused, resume: resume_receiver }).await.expect("writer running");
     writer_paused.await.expect("writer paused");
     resume
 }
@@ -157,29 +115,14 @@ async fn decisions_in_one_batch_see_the_batch() {
     for task in tasks {
         outcomes.push(task.await.expect("task").expect("append"));
     }
-    let conflict = |expected, actual| {
-        Err(VersionConflict {
-            subject: "vs.batch.a".to_owned(),
-            expected,
-            actual: Some(Seq(actual)),
-        })
-    };
+    let conflict = |expected, actual| Err(VersionConflict { subject: "vs.batch.a".to_owned(), expected, actual: Some(Seq(actual)) });
     assert_eq!(
         outcomes,
         vec![
-            Ok(Appended {
-                seq: Seq(1),
-                duplicate: false
-            }),
+            Ok(Appended { seq: Seq(1), duplicate: false }),
             conflict(Expected::Empty, 1),
-            Ok(Appended {
-                seq: Seq(1),
-                duplicate: true
-            }),
-            Ok(Appended {
-                seq: Seq(2),
-                duplicate: false
-            }),
+            Ok(Appended { seq: Seq(1), duplicate: true }),
+            Ok(Appended { seq: Seq(2), duplicate: false }),
             conflict(Expected::LastSeq(Seq(1)), 2),
         ]
     );
@@ -201,13 +144,8 @@ async fn group_commit_flushes_once_per_batch() {
             let log = Arc::clone(&log);
             tokio::spawn(async move {
                 let subject = format!("vs.group.s{}", index % 7);
-                log.append(AppendRequest {
-                    subject,
-                    expected: Expected::Any,
-                    idempotency_key: format!("g{index}"),
-                    payload: Bytes::from(format!("{index}")),
-                })
-                .await
+                log.append(AppendRequest { subject, expected: Expected::Any, idempotency_key: format!("g{index}"), payload: Bytes::from(format!("{index}")) })
+                    .await
             })
         })
         .collect();
@@ -217,11 +155,7 @@ async fn group_commit_flushes_once_per_batch() {
 
     let mut seqs = Vec::new();
     for task in tasks {
-        let appended = task
-            .await
-            .expect("task")
-            .expect("append")
-            .expect("no conflict");
+        let appended = task.await.expect("task").expect("append").expect("no conflict");
         seqs.push(appended.seq.0);
     }
     seqs.sort_unstable();
@@ -253,17 +187,11 @@ async fn concurrent_appends_share_flushes() {
         })
         .collect();
     for task in tasks {
-        task.await
-            .expect("task")
-            .expect("append")
-            .expect("no conflict");
+        task.await.expect("task").expect("append").expect("no conflict");
     }
     let flushes = log.flush_count();
     eprintln!("{GROUP_COMMIT_APPENDS} concurrent appends took {flushes} flushes");
-    assert!(
-        flushes * 5 <= GROUP_COMMIT_APPENDS as u64,
-        "{flushes} flushes for {GROUP_COMMIT_APPENDS} appends"
-    );
+    assert!(flushes * 5 <= GROUP_COMMIT_APPENDS as u64, "{flushes} flushes for {GROUP_COMMIT_APPENDS} appends");
 }
 
 /// Opens the log's directory with plain sled, for tests that damage it on purpose.
@@ -279,11 +207,7 @@ async fn three_events(dir: &Path) {
         append_stored(&log, "vs.corrupt.a", key, payload).await;
     }
     let events = log.read_from(Seq(1), 10).await.expect("intact log reads");
-    assert_eq!(
-        events.len(),
-        3,
-        "negative control: before the damage every read works"
-    );
+    assert_eq!(events.len(), 3, "negative control: before the damage every read works");
 }
 
 #[tokio::test]
@@ -291,11 +215,7 @@ async fn flipped_byte_is_reported_corrupt_with_its_sequence() {
     let dir = tempfile::tempdir().expect("temporary directory");
     three_events(dir.path()).await;
     with_raw_db(dir.path(), |db| {
-        let mut record = db
-            .get(event_key(2))
-            .expect("get")
-            .expect("record 2")
-            .to_vec();
+        let mut record = db.get(event_key(2)).expect("get").expect("record 2").to_vec();
         let last = record.len() - 1;
         record[last] ^= 0x01;
         db.insert(event_key(2), record).expect("insert");
@@ -305,30 +225,12 @@ async fn flipped_byte_is_reported_corrupt_with_its_sequence() {
         Err(ReadError::Corrupt { seq, .. }) => assert_eq!(seq, Seq(2)),
         other => panic!("expected Corrupt at 2, got {other:?}"),
     }
-    assert!(matches!(
-        log.read_subject("vs.corrupt.a").await,
-        Err(ReadError::Corrupt { seq: Seq(2), .. })
-    ));
-    assert_eq!(
-        log.read_from(Seq(3), 10)
-            .await
-            .expect("past the damage")
-            .len(),
-        1
-    );
+    assert!(matches!(log.read_subject("vs.corrupt.a").await, Err(ReadError::Corrupt { seq: Seq(2), .. })));
+    assert_eq!(log.read_from(Seq(3), 10).await.expect("past the damage").len(), 1);
     let mut following = log.follow(Seq(1));
-    assert_eq!(
-        following.next().await.expect("item").expect("event 1").seq,
-        Seq(1)
-    );
-    assert!(matches!(
-        following.next().await,
-        Some(Err(ReadError::Corrupt { seq: Seq(2), .. }))
-    ));
-    assert!(
-        following.next().await.is_none(),
-        "follow ends at a corrupt record instead of skipping it"
-    );
+    assert_eq!(following.next().await.expect("item").expect("event 1").seq, Seq(1));
+    assert!(matches!(following.next().await, Some(Err(ReadError::Corrupt { seq: Seq(2), .. }))));
+    assert!(following.next().await.is_none(), "follow ends at a corrupt record instead of skipping it");
 }
 
 #[tokio::test]
@@ -342,10 +244,7 @@ async fn misplaced_record_is_reported_corrupt() {
         db.insert(event_key(2), record).expect("insert");
     });
     let log = EmbeddedLog::open(dir.path()).expect("open");
-    assert!(matches!(
-        log.read_from(Seq(1), 10).await,
-        Err(ReadError::Corrupt { seq: Seq(2), .. })
-    ));
+    assert!(matches!(log.read_from(Seq(1), 10).await, Err(ReadError::Corrupt { seq: Seq(2), .. })));
 }
 
 #[tokio::test]
@@ -356,14 +255,8 @@ async fn missing_record_is_reported_not_skipped() {
         db.remove(event_key(2)).expect("remove");
     });
     let log = EmbeddedLog::open(dir.path()).expect("open");
-    assert!(matches!(
-        log.read_from(Seq(1), 10).await,
-        Err(ReadError::Corrupt { seq: Seq(2), .. })
-    ));
-    assert!(matches!(
-        log.read_subject("vs.corrupt.a").await,
-        Err(ReadError::Corrupt { seq: Seq(2), .. })
-    ));
+    assert!(matches!(log.read_from(Seq(1), 10).await, Err(ReadError::Corrupt { seq: Seq(2), .. })));
+    assert!(matches!(log.read_subject("vs.corrupt.a").await, Err(ReadError::Corrupt { seq: Seq(2), .. })));
 }
 
 #[tokio::test]
@@ -385,13 +278,9 @@ async fn open_refuses_a_damaged_last_record() {
     let dir = tempfile::tempdir().expect("temporary directory");
     three_events(dir.path()).await;
     with_raw_db(dir.path(), |db| {
-        db.insert(event_key(3), &[RECORD_FORMAT_V1, 0, 0][..])
-            .expect("insert");
+        db.insert(event_key(3), &[RECORD_FORMAT_V1, 0, 0][..]).expect("insert");
     });
-    assert!(matches!(
-        EmbeddedLog::open(dir.path()),
-        Err(OpenError::Corrupt { .. })
-    ));
+    assert!(matches!(EmbeddedLog::open(dir.path()), Err(OpenError::Corrupt { .. })));
 }
 
 #[test]
@@ -400,20 +289,14 @@ fn open_refuses_a_foreign_sled_database() {
     with_raw_db(dir.path(), |db| {
         db.insert(b"projection", &b"state"[..]).expect("insert");
     });
-    assert!(matches!(
-        EmbeddedLog::open(dir.path()),
-        Err(OpenError::NotAnEventLog { found: None, .. })
-    ));
+    assert!(matches!(EmbeddedLog::open(dir.path()), Err(OpenError::NotAnEventLog { found: None, .. })));
 }
 
 #[test]
 fn open_of_a_directory_in_use_is_an_error() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let _first = EmbeddedLog::open(dir.path()).expect("first open");
-    assert!(matches!(
-        EmbeddedLog::open(dir.path()),
-        Err(OpenError::Storage { .. })
-    ));
+    assert!(matches!(EmbeddedLog::open(dir.path()), Err(OpenError::Storage { .. })));
 }
 
 #[test]
@@ -439,30 +322,13 @@ async fn a_dead_writer_fails_appends_instead_of_hanging() {
     let log = EmbeddedLog::open(dir.path()).expect("open");
     append_stored(&log, "vs.crash.a", "k1", b"x").await;
     let mut following = log.follow(Seq(2));
-    writer(&log)
-        .send(WriterCommand::Crash)
+    writer(&log).send(WriterCommand::Crash).await.expect("writer running");
+    let outcome = tokio::time::timeout(Duration::from_secs(10), log.append(request("vs.crash.a", Expected::Any, "k2", b"y")))
         .await
-        .expect("writer running");
-    let outcome = tokio::time::timeout(
-        Duration::from_secs(10),
-        log.append(request("vs.crash.a", Expected::Any, "k2", b"y")),
-    )
-    .await
-    .expect("an append to a dead writer must not hang");
-    assert!(
-        matches!(
-            outcome,
-            Err(AppendError::Unavailable(_) | AppendError::Unknown(_))
-        ),
-        "expected Unavailable or Unknown, got {outcome:?}"
-    );
-    let ended = tokio::time::timeout(Duration::from_secs(10), following.next())
-        .await
-        .expect("follow must not hang");
-    assert!(
-        matches!(ended, Some(Err(ReadError::Unavailable(_)))),
-        "got {ended:?}"
-    );
+        .expect("an append to a dead writer must not hang");
+    assert!(matches!(outcome, Err(AppendError::Unavailable(_) | AppendError::Unknown(_))), "expected Unavailable or Unknown, got {outcome:?}");
+    let ended = tokio::time::timeout(Duration::from_secs(10), following.next()).await.expect("follow must not hang");
+    assert!(matches!(ended, Some(Err(ReadError::Unavailable(_)))), "got {ended:?}");
     // Reads of what was acknowledged still work.
     assert_eq!(log.read_from(Seq(1), 10).await.expect("read").len(), 1);
     drop(log);
@@ -476,51 +342,30 @@ async fn a_failed_flush_answers_unknown_hides_the_event_and_stops_appends() {
     let log = EmbeddedLog::open(dir.path()).expect("open");
     append_stored(&log, "vs.flush.a", "k1", b"x").await;
     log.stats.fail_next_flush.store(true, Ordering::Relaxed);
-    let outcome = log
-        .append(request("vs.flush.a", Expected::Any, "k2", b"y"))
-        .await;
-    assert!(
-        matches!(outcome, Err(AppendError::Unknown(_))),
-        "a failed flush is an unknown outcome, got {outcome:?}"
-    );
+    let outcome = log.append(request("vs.flush.a", Expected::Any, "k2", b"y")).await;
+    assert!(matches!(outcome, Err(AppendError::Unknown(_))), "a failed flush is an unknown outcome, got {outcome:?}");
     // The cause travels as typed sources (the flush failure, then sled's error), and the
     // message still names it and tells the caller how to retry.
     let error = outcome.expect_err("an unknown outcome");
     let message = error.to_string();
-    assert!(message.contains("flush failed: ") && message.contains("injected flush failure") && message.ends_with("retry with the same request id"), "{message}");
+    assert!(
+        message.contains("flush failed: ") && message.contains("injected flush failure") && message.ends_with("retry with the same request id"),
+        "{message}"
+    );
     let flush = std::error::Error::source(&error).expect("the flush failure is the source");
     assert!(flush.to_string().starts_with("flush failed: "), "{flush}");
     let sled = flush.source().expect("sled's error is the flush failure's source");
     assert!(sled.to_string().contains("injected flush failure"), "{sled}");
-    assert_eq!(
-        log.last_seq().await.expect("last_seq"),
-        Seq(1),
-        "the unflushed event is not visible"
-    );
+    assert_eq!(log.last_seq().await.expect("last_seq"), Seq(1), "the unflushed event is not visible");
     assert_eq!(log.read_subject("vs.flush.a").await.expect("read").len(), 1);
-    let outcome = log
-        .append(request("vs.flush.a", Expected::Any, "k3", b"z"))
-        .await;
-    assert!(
-        matches!(outcome, Err(AppendError::Unavailable(_))),
-        "later appends are refused, got {outcome:?}"
-    );
+    let outcome = log.append(request("vs.flush.a", Expected::Any, "k3", b"z")).await;
+    assert!(matches!(outcome, Err(AppendError::Unavailable(_))), "later appends are refused, got {outcome:?}");
     drop(log);
     // sled wrote the batch after all (the injected failure was ours): the retry with
     // the same key finds it, which is why the answer was Unknown, not "failed".
     let log = EmbeddedLog::open(dir.path()).expect("reopen");
-    let retry = log
-        .append(request("vs.flush.a", Expected::Any, "k2", b"y"))
-        .await
-        .expect("append")
-        .expect("no conflict");
-    assert_eq!(
-        retry,
-        Appended {
-            seq: Seq(2),
-            duplicate: true
-        }
-    );
+    let retry = log.append(request("vs.flush.a", Expected::Any, "k2", b"y")).await.expect("append").expect("no conflict");
+    assert_eq!(retry, Appended { seq: Seq(2), duplicate: true });
 }
 
 #[tokio::test]
@@ -529,13 +374,8 @@ async fn follow_ends_when_the_log_is_dropped() {
     let log = EmbeddedLog::open(dir.path()).expect("open");
     let mut following = log.follow(Seq(1));
     drop(log);
-    let ended = tokio::time::timeout(Duration::from_secs(10), following.next())
-        .await
-        .expect("follow must not hang");
-    assert!(
-        matches!(ended, Some(Err(ReadError::Unavailable(_)))),
-        "got {ended:?}"
-    );
+    let ended = tokio::time::timeout(Duration::from_secs(10), following.next()).await.expect("follow must not hang");
+    assert!(matches!(ended, Some(Err(ReadError::Unavailable(_)))), "got {ended:?}");
     assert!(following.next().await.is_none());
     // The stream held the database only weakly: the directory can be opened again.
     EmbeddedLog::open(dir.path()).expect("reopen while an ended stream is alive");
@@ -545,19 +385,10 @@ async fn follow_ends_when_the_log_is_dropped() {
 fn records_round_trip_and_carry_their_key() {
     let record = encode_record(42, "vs.a.b", "key-1", b"payload").expect("encode");
     let decoded = decode_record(42, &record).expect("decode");
-    assert_eq!(
-        (decoded.subject, decoded.idempotency_key, decoded.payload),
-        ("vs.a.b", "key-1", &b"payload"[..])
-    );
-    assert!(matches!(
-        decode_record(43, &record),
-        Err(ReadError::Corrupt { seq: Seq(43), .. })
-    ));
+    assert_eq!((decoded.subject, decoded.idempotency_key, decoded.payload), ("vs.a.b", "key-1", &b"payload"[..]));
+    assert!(matches!(decode_record(43, &record), Err(ReadError::Corrupt { seq: Seq(43), .. })));
     for cut in 0..record.len() {
-        assert!(
-            decode_record(42, &record[..cut]).is_err(),
-            "a record cut at {cut} bytes decoded"
-        );
+        assert!(decode_record(42, &record[..cut]).is_err(), "a record cut at {cut} bytes decoded");
     }
 }
 

@@ -55,13 +55,7 @@ enum Decision {
     Conflict(VersionConflict),
 }
 
-pub(super) fn run_writer(
-    db: sled::Db,
-    mut commands: mpsc::Receiver<WriterCommand>,
-    head_sender: watch::Sender<u64>,
-    stats: Arc<WriterStats>,
-    mut head: u64,
-) {
+pub(super) fn run_writer(db: sled::Db, mut commands: mpsc::Receiver<WriterCommand>, head_sender: watch::Sender<u64>, stats: Arc<WriterStats>, mut head: u64) {
     // Set after a failed write or flush: the database's state is then unknown to us, so
     // every later append is refused until the log is reopened (which re-reads the truth).
     let mut stopped: Option<String> = None;
@@ -85,9 +79,7 @@ pub(super) fn run_writer(
         }
         if let Some(reason) = &stopped {
             for pending in batch.drain(..) {
-                let _ = pending.reply.send(Err(AppendError::Unavailable(format!(
-                    "the event log stopped after a storage failure ({reason}); reopen the log"
-                ))));
+                let _ = pending.reply.send(Err(AppendError::Unavailable(format!("the event log stopped after a storage failure ({reason}); reopen the log"))));
             }
             continue;
         }
@@ -99,14 +91,8 @@ pub(super) fn run_writer(
                 }
                 for (pending, decision) in batch.drain(..).zip(decisions) {
                     let answer = match decision {
-                        Decision::Stored(seq) => Ok(Appended {
-                            seq: Seq(seq),
-                            duplicate: false,
-                        }),
-                        Decision::Duplicate(seq) => Ok(Appended {
-                            seq: Seq(seq),
-                            duplicate: true,
-                        }),
+                        Decision::Stored(seq) => Ok(Appended { seq: Seq(seq), duplicate: false }),
+                        Decision::Duplicate(seq) => Ok(Appended { seq: Seq(seq), duplicate: true }),
                         Decision::Conflict(conflict) => Err(conflict),
                     };
                     // A caller that stopped waiting still had its append stored; nothing to do.
@@ -173,12 +159,7 @@ struct FlushFailed(#[source] Arc<sled::Error>);
 
 /// Decides every append of `batch` in order, writes the accepted ones in one sled batch and
 /// flushes once. Returns the decisions and the new head.
-fn commit(
-    db: &sled::Db,
-    head: u64,
-    batch: &[Pending],
-    stats: &WriterStats,
-) -> Result<(Vec<Decision>, u64), CommitFailure> {
+fn commit(db: &sled::Db, head: u64, batch: &[Pending], stats: &WriterStats) -> Result<(Vec<Decision>, u64), CommitFailure> {
     let not_stored = |error: sled::Error| CommitFailure::NotStored(error.to_string());
     let mut new_head = head;
     let mut writes = sled::Batch::default();
@@ -214,16 +195,11 @@ fn commit(
             Expected::LastSeq(expected) => last.unwrap_or(0) == expected.0,
         };
         if !accepted {
-            decisions.push(Decision::Conflict(VersionConflict {
-                subject: request.subject.clone(),
-                expected: request.expected,
-                actual: last.map(Seq),
-            }));
+            decisions.push(Decision::Conflict(VersionConflict { subject: request.subject.clone(), expected: request.expected, actual: last.map(Seq) }));
             continue;
         }
         let seq = new_head + 1;
-        let record = encode_record(seq, subject, key, &request.payload)
-            .map_err(|reason| CommitFailure::NotStored(reason.to_owned()))?;
+        let record = encode_record(seq, subject, key, &request.payload).map_err(|reason| CommitFailure::NotStored(reason.to_owned()))?;
         writes.insert(event_key(seq), record);
         writes.insert(index_key(subject, seq), &[][..]);
         writes.insert(last_key(subject), &seq.to_be_bytes()[..]);
@@ -255,9 +231,7 @@ fn flush(
 ) -> Result<(), sled::Error> {
     #[cfg(test)]
     if stats.fail_next_flush.swap(false, Ordering::Relaxed) {
-        return Err(sled::Error::Io(std::io::Error::other(
-            "test hook: injected flush failure",
-        )));
+        return Err(sled::Error::Io(std::io::Error::other("test hook: injected flush failure")));
     }
     db.flush().map(|_| ())
 }
@@ -265,11 +239,8 @@ fn flush(
 fn read_u64(db: &sled::Db, key: &[u8]) -> Result<Option<u64>, sled::Error> {
     match db.get(key)? {
         None => Ok(None),
-        Some(bytes) => decode_u64(&bytes).map(Some).ok_or_else(|| {
-            sled::Error::Unsupported(format!(
-                "value under {:?} is not 8 bytes",
-                String::from_utf8_lossy(key)
-            ))
-        }),
+        Some(bytes) => {
+            decode_u64(&bytes).map(Some).ok_or_else(|| sled::Error::Unsupported(format!("value under {:?} is not 8 bytes", String::from_utf8_lossy(key))))
+        }
     }
 }

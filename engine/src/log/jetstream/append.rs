@@ -18,8 +18,8 @@
 //!   call that created it (a cancelled call hands it to async-nats' background acker).
 
 use super::{
-    APPEND_ATTEMPTS_MAX, APPEND_RETRY_DELAY_MS, AppendError, Expected, JetStreamLog, MESSAGE_BYTES_MAX, PAYLOAD_BYTES_MAX,
-    READ_ATTEMPTS_MAX, READ_RETRY_BACKOFF_MIN_MS,
+    APPEND_ATTEMPTS_MAX, APPEND_RETRY_DELAY_MS, AppendError, Expected, JetStreamLog, MESSAGE_BYTES_MAX, PAYLOAD_BYTES_MAX, READ_ATTEMPTS_MAX,
+    READ_RETRY_BACKOFF_MIN_MS,
 };
 use async_nats::jetstream::context::{Context, PublishError, PublishErrorKind};
 use async_nats::jetstream::publish::PublishAck;
@@ -39,13 +39,7 @@ impl JetStreamLog {
     /// conflict path, from the stream leader (never a lagging replica). Any failure of that
     /// read reports the conflict, which is safe: the caller reloads and finds its request
     /// already applied.
-    pub(super) async fn stored_by_expected_append(
-        &self,
-        subject: &str,
-        expected: Expected,
-        actual: Option<u64>,
-        message_id: &str,
-    ) -> Option<u64> {
+    pub(super) async fn stored_by_expected_append(&self, subject: &str, expected: Expected, actual: Option<u64>, message_id: &str) -> Option<u64> {
         let after = match expected {
             Expected::Any => return None,
             Expected::Empty => 0,
@@ -74,17 +68,13 @@ impl JetStreamLog {
             }
         };
         let stored_id = candidate.headers.get(header::NATS_MESSAGE_ID)?;
-        (candidate.subject.as_str() == subject && stored_id.as_str() == message_id)
-            .then_some(candidate.sequence)
+        (candidate.subject.as_str() == subject && stored_id.as_str() == message_id).then_some(candidate.sequence)
     }
 }
 
 pub(super) fn check_payload(payload: &Bytes) -> Result<(), AppendError> {
     if payload.len() > PAYLOAD_BYTES_MAX {
-        return Err(AppendError::TooLarge {
-            size: payload.len(),
-            max: PAYLOAD_BYTES_MAX,
-        });
+        return Err(AppendError::TooLarge { size: payload.len(), max: PAYLOAD_BYTES_MAX });
     }
     Ok(())
 }
@@ -119,27 +109,15 @@ pub(super) enum Published {
 
 /// One publish, answered from its ack. Retries (same headers, hence same id and
 /// expectation) when the outcome is unknown or no stream answered.
-pub(super) async fn publish(
-    context: &Context,
-    stream: &str,
-    subject: String,
-    headers: HeaderMap,
-    payload: Bytes,
-) -> Result<Published, AppendError> {
+pub(super) async fn publish(context: &Context, stream: &str, subject: String, headers: HeaderMap, payload: Bytes) -> Result<Published, AppendError> {
     // Whether some attempt may have been stored: then the final answer is Unknown.
     let mut unknown: Option<PublishError> = None;
     let mut unavailable = String::new();
     for attempt in 1..=APPEND_ATTEMPTS_MAX {
         if attempt > 1 {
-            tokio::time::sleep(Duration::from_millis(
-                APPEND_RETRY_DELAY_MS * u64::from(attempt - 1),
-            ))
-            .await;
+            tokio::time::sleep(Duration::from_millis(APPEND_RETRY_DELAY_MS * u64::from(attempt - 1))).await;
         }
-        let ack = match context
-            .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
-            .await
-        {
+        let ack = match context.publish_with_headers(subject.clone(), headers.clone(), payload.clone()).await {
             // The ack future is awaited right here, by the call that answers the caller.
             Ok(ack_future) => ack_future.await,
             Err(error) => Err(error),
@@ -154,9 +132,7 @@ pub(super) async fn publish(
             }
             Err(error) => match error.kind() {
                 PublishErrorKind::WrongLastSequence => {
-                    return Ok(Published::WrongLastSequence(parse_wrong_last_sequence(
-                        &error.to_string(),
-                    )));
+                    return Ok(Published::WrongLastSequence(parse_wrong_last_sequence(&error.to_string())));
                 }
                 PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe => {
                     unknown = Some(error);
@@ -168,9 +144,7 @@ pub(super) async fn publish(
                         "the server refused the message size ({error}); raise max_payload to at least {MESSAGE_BYTES_MAX} bytes"
                     )));
                 }
-                PublishErrorKind::WrongLastMessageId
-                | PublishErrorKind::MaxAckPending
-                | PublishErrorKind::Other => {
+                PublishErrorKind::WrongLastMessageId | PublishErrorKind::MaxAckPending | PublishErrorKind::Other => {
                     let text = error.to_string();
                     // A replicated stream reports a lost race as 10164, "wrong last
                     // sequence" without the stored sequence; async-nats knows only 10071.
@@ -190,9 +164,7 @@ pub(super) async fn publish(
     }
     match unknown {
         Some(error) => Err(AppendError::Unknown(Box::new(NoAck { attempts: APPEND_ATTEMPTS_MAX, source: error }))),
-        None => Err(AppendError::Unavailable(format!(
-            "{unavailable} after {APPEND_ATTEMPTS_MAX} attempts; is JetStream up and the stream present?"
-        ))),
+        None => Err(AppendError::Unavailable(format!("{unavailable} after {APPEND_ATTEMPTS_MAX} attempts; is JetStream up and the stream present?"))),
     }
 }
 
@@ -219,10 +191,7 @@ fn parse_wrong_last_sequence(text: &str) -> Option<u64> {
     // last sequence: 3 (code 400, ...)"): take the occurrence followed by digits.
     const MARKER: &str = "wrong last sequence: ";
     text.match_indices(MARKER).find_map(|(index, _)| {
-        let digits: String = text[index + MARKER.len()..]
-            .chars()
-            .take_while(char::is_ascii_digit)
-            .collect();
+        let digits: String = text[index + MARKER.len()..].chars().take_while(char::is_ascii_digit).collect();
         digits.parse().ok()
     })
 }
@@ -233,12 +202,7 @@ mod tests {
 
     #[test]
     fn parses_the_servers_wrong_last_sequence() {
-        assert_eq!(
-            parse_wrong_last_sequence(
-                "wrong last sequence: wrong last sequence: 3 (code 400, error code 10071)"
-            ),
-            Some(3)
-        );
+        assert_eq!(parse_wrong_last_sequence("wrong last sequence: wrong last sequence: 3 (code 400, error code 10071)"), Some(3));
         assert_eq!(parse_wrong_last_sequence("wrong last sequence: 0"), Some(0));
         assert!(is_wrong_last_sequence_without_seq("publish failed: wrong last sequence (code 400, error code 10164)"));
         assert!(!is_wrong_last_sequence_without_seq("wrong last sequence: 3 (code 400, error code 10071)"));

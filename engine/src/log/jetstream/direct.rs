@@ -145,7 +145,11 @@ impl DirectBatches {
         loop {
             let reply = match tokio::time::timeout(self.timeout, replies.recv()).await {
                 Ok(Some(reply)) => reply,
-                Ok(None) => return Err(ReadError::Storage(format!("direct get of {subject}: the server sent more than the {DIRECT_BATCH_EVENTS_MAX} messages asked for"))),
+                Ok(None) => {
+                    return Err(ReadError::Storage(format!(
+                        "direct get of {subject}: the server sent more than the {DIRECT_BATCH_EVENTS_MAX} messages asked for"
+                    )));
+                }
                 Err(_) => return Err(ReadError::Unavailable(format!("direct get of {subject}: no answer within {} ms", self.timeout.as_millis()))),
             };
             match reply.status {
@@ -178,6 +182,9 @@ fn batch_message(reply: &Message) -> Result<BatchMessage, ReadError> {
     if header_number(reply, "Nats-Num-Pending").is_none() {
         return Err(ReadError::Storage(format!("direct get: the server answered without batching (needs nats-server >= 2.11), at sequence {seq}")));
     }
-    let subject = headers.get("Nats-Subject").map(|value| value.as_str().to_owned()).ok_or_else(|| ReadError::Storage(format!("direct get: the message at {seq} has no Nats-Subject")))?;
+    let subject = headers
+        .get("Nats-Subject")
+        .map(|value| value.as_str().to_owned())
+        .ok_or_else(|| ReadError::Storage(format!("direct get: the message at {seq} has no Nats-Subject")))?;
     Ok(BatchMessage { seq: Seq(seq), subject, payload: reply.payload.clone() })
 }

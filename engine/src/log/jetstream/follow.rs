@@ -13,10 +13,7 @@
 //! yielded.
 
 use super::read::{create_consumer, pull_messages};
-use super::{
-    FOLLOW_GAPS_MAX, FOLLOW_OUTAGE_MAX_MS, FOLLOW_RETRY_DELAY_MAX_MS, PULL_BATCH_EVENTS_MAX, RECONNECT_DELAY_STEP_MS, ReadError,
-    StoredEvent,
-};
+use super::{FOLLOW_GAPS_MAX, FOLLOW_OUTAGE_MAX_MS, FOLLOW_RETRY_DELAY_MAX_MS, PULL_BATCH_EVENTS_MAX, RECONNECT_DELAY_STEP_MS, ReadError, StoredEvent};
 use crate::ids::Seq;
 use async_nats::jetstream::consumer::pull;
 use async_nats::jetstream::stream;
@@ -113,11 +110,7 @@ impl Follower {
                 }
             };
             if consumer_seq != self.consumer_seq + 1 {
-                tracing::warn!(
-                    expected = self.consumer_seq + 1,
-                    delivered = consumer_seq,
-                    "follow: the consumer skipped a delivery; recreating it"
-                );
+                tracing::warn!(expected = self.consumer_seq + 1, delivered = consumer_seq, "follow: the consumer skipped a delivery; recreating it");
                 self.messages = None;
                 continue;
             }
@@ -139,18 +132,11 @@ impl Follower {
                     self.finished = true;
                     let error = ReadError::Corrupt {
                         seq: Seq(self.next),
-                        reason: format!(
-                            "consumers skip from {} to {stream_seq} although the stream denies deletes",
-                            self.next
-                        ),
+                        reason: format!("consumers skip from {} to {stream_seq} although the stream denies deletes", self.next),
                     };
                     return Some((Err(error), self));
                 }
-                tracing::warn!(
-                    expected = self.next,
-                    delivered = stream_seq,
-                    "follow: gap in stream sequences; recreating the consumer"
-                );
+                tracing::warn!(expected = self.next, delivered = stream_seq, "follow: gap in stream sequences; recreating the consumer");
                 self.messages = None;
                 continue;
             }
@@ -163,11 +149,7 @@ impl Follower {
             }
             self.gaps = 0;
             self.next = stream_seq + 1;
-            let event = StoredEvent {
-                seq: Seq(stream_seq),
-                subject: message.subject.to_string(),
-                payload: message.payload.clone(),
-            };
+            let event = StoredEvent { seq: Seq(stream_seq), subject: message.subject.to_string(), payload: message.payload.clone() };
             self.last = Some((stream_seq, message.subject.clone(), message.payload.clone()));
             return Some((Ok(event), self));
         }
@@ -182,9 +164,7 @@ impl Follower {
                 Err(CheckFailed::Diverged(error)) => return Err(error),
                 Err(CheckFailed::Unavailable(reason)) => Err(reason),
                 Ok(()) => match create_consumer(&self.stream, self.filter.as_deref(), self.next).await {
-                    Ok(consumer) => pull_messages(&consumer, PULL_BATCH_EVENTS_MAX)
-                        .await
-                        .map_err(|error| error.to_string()),
+                    Ok(consumer) => pull_messages(&consumer, PULL_BATCH_EVENTS_MAX).await.map_err(|error| error.to_string()),
                     Err(error) => Err(error.to_string()),
                 },
             };
@@ -200,15 +180,11 @@ impl Follower {
                 Err(reason) => {
                     let since = *self.outage_since.get_or_insert_with(Instant::now);
                     if since.elapsed() > Duration::from_millis(FOLLOW_OUTAGE_MAX_MS) {
-                        return Err(ReadError::Unavailable(format!(
-                            "cannot follow from {} for {FOLLOW_OUTAGE_MAX_MS} ms: {reason}",
-                            self.next
-                        )));
+                        return Err(ReadError::Unavailable(format!("cannot follow from {} for {FOLLOW_OUTAGE_MAX_MS} ms: {reason}", self.next)));
                     }
                     self.failures = self.failures.saturating_add(1);
                     tracing::warn!(%reason, next = self.next, "follow: cannot create a consumer; retrying");
-                    let pause = (RECONNECT_DELAY_STEP_MS * u64::from(self.failures))
-                        .min(FOLLOW_RETRY_DELAY_MAX_MS);
+                    let pause = (RECONNECT_DELAY_STEP_MS * u64::from(self.failures)).min(FOLLOW_RETRY_DELAY_MAX_MS);
                     tokio::time::sleep(Duration::from_millis(pause)).await;
                 }
             }
@@ -220,9 +196,7 @@ impl Follower {
     async fn check_last(&self) -> Result<(), CheckFailed> {
         let Some((seq, subject, payload)) = &self.last else { return Ok(()) };
         let seq = *seq;
-        let diverged = |reason: String| {
-            CheckFailed::Diverged(ReadError::Diverged { seq: Seq(seq), reason })
-        };
+        let diverged = |reason: String| CheckFailed::Diverged(ReadError::Diverged { seq: Seq(seq), reason });
         match self.stream.get_raw_message(seq).await {
             Ok(message) if message.subject == *subject && message.payload == *payload => Ok(()),
             Ok(_) => Err(diverged("the stream holds another event there now (it lost a tail in a crash and new appends took its sequences)".to_owned())),

@@ -187,7 +187,8 @@ impl GroupCommit {
                 client.publish_with_headers(member.subject.clone(), headers, member.payload.clone()).await.map_err(|error| error.to_string())?;
             } else {
                 headers.insert("Nats-Batch-Commit", "1");
-                let request = async_nats::Request::new().headers(headers).payload(member.payload.clone()).timeout(Some(Duration::from_millis(REQUEST_TIMEOUT_MS)));
+                let request =
+                    async_nats::Request::new().headers(headers).payload(member.payload.clone()).timeout(Some(Duration::from_millis(REQUEST_TIMEOUT_MS)));
                 let answer = client.send_request(member.subject.clone(), request).await.map_err(|error| error.to_string())?;
                 let ack: BatchAck = serde_json::from_slice(&answer.payload).map_err(|error| format!("unreadable batch ack: {error}"))?;
                 if let Some(error) = ack.error {

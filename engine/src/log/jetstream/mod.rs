@@ -28,10 +28,7 @@
 //! stale read and the handler reloads), and `read_from` and `follow` use consumers, which
 //! live on the stream leader.
 
-use super::{
-    AppendError, AppendRequest, Appended, EventLog, Expected, PAYLOAD_BYTES_MAX, ReadError,
-    StoredEvent, VersionConflict,
-};
+use super::{AppendError, AppendRequest, Appended, EventLog, Expected, PAYLOAD_BYTES_MAX, ReadError, StoredEvent, VersionConflict};
 use crate::ids::Seq;
 use async_nats::jetstream::context::Context;
 use async_nats::jetstream::stream;
@@ -176,9 +173,7 @@ impl JetStreamLog {
 
     /// The node feed's stream name; `None` on a read-only connection.
     pub fn node_stream_name(&self) -> Option<&str> {
-        self.nodes
-            .as_ref()
-            .map(|nodes| nodes.cached_info().config.name.as_str())
+        self.nodes.as_ref().map(|nodes| nodes.cached_info().config.name.as_str())
     }
 }
 
@@ -207,51 +202,21 @@ impl EventLog for JetStreamLog {
                 headers.insert(header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, "0");
             }
             Expected::LastSeq(seq) => {
-                headers.insert(
-                    header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
-                    seq.0.to_string(),
-                );
+                headers.insert(header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, seq.0.to_string());
             }
         }
         let published = match &self.group_commit {
             Some(group) => group.publish(request.subject.clone(), headers, request.payload).await?,
-            None => {
-                publish(
-                    &self.context,
-                    self.stream_name(),
-                    request.subject.clone(),
-                    headers,
-                    request.payload,
-                )
-                .await?
-            }
+            None => publish(&self.context, self.stream_name(), request.subject.clone(), headers, request.payload).await?,
         };
         Ok(match published {
-            Published::Acked(ack) => Ok(Appended {
-                seq: Seq(ack.sequence),
-                duplicate: ack.duplicate,
-            }),
+            Published::Acked(ack) => Ok(Appended { seq: Seq(ack.sequence), duplicate: ack.duplicate }),
             Published::WrongLastSequence(actual) => {
                 let actual = actual.filter(|seq| *seq > 0);
-                if let Some(original) = self
-                    .stored_by_expected_append(
-                        &request.subject,
-                        request.expected,
-                        actual,
-                        &message_id,
-                    )
-                    .await
-                {
-                    return Ok(Ok(Appended {
-                        seq: Seq(original),
-                        duplicate: true,
-                    }));
+                if let Some(original) = self.stored_by_expected_append(&request.subject, request.expected, actual, &message_id).await {
+                    return Ok(Ok(Appended { seq: Seq(original), duplicate: true }));
                 }
-                Err(VersionConflict {
-                    subject: request.subject,
-                    expected: request.expected,
-                    actual: actual.map(Seq),
-                })
+                Err(VersionConflict { subject: request.subject, expected: request.expected, actual: actual.map(Seq) })
             }
         })
     }
@@ -270,10 +235,7 @@ impl EventLog for JetStreamLog {
                 if message.seq.0 < next || message.subject != subject {
                     return Err(ReadError::Corrupt {
                         seq: message.seq,
-                        reason: format!(
-                            "asked for {subject} at or after {next}, got {} at {}",
-                            message.subject, message.seq
-                        ),
+                        reason: format!("asked for {subject} at or after {next}, got {} at {}", message.subject, message.seq),
                     });
                 }
                 next = message.seq.0 + 1;

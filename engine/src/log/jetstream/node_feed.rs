@@ -19,12 +19,7 @@ impl JetStreamLog {
     /// republishing the same source event inside the duplicate window stores nothing and
     /// answers the original feed sequence with `duplicate = true`. Beyond the window (a feed
     /// rebuilt later) it is stored again: nodes treat assignments idempotently.
-    pub async fn publish_assignment(
-        &self,
-        node_id: &str,
-        source_seq: Seq,
-        payload: Bytes,
-    ) -> Result<Appended, AppendError> {
+    pub async fn publish_assignment(&self, node_id: &str, source_seq: Seq, payload: Bytes) -> Result<Appended, AppendError> {
         let subject = format!("{NODE_SUBJECT_PREFIX}{node_id}");
         if !crate::ids::is_valid_token(node_id) {
             return Err(AppendError::InvalidSubject(subject));
@@ -36,14 +31,11 @@ impl JetStreamLog {
         let mut headers = HeaderMap::new();
         headers.insert(header::NATS_MESSAGE_ID, source_seq.0.to_string());
         match publish(&self.context, stream, subject.clone(), headers, payload).await? {
-            Published::Acked(ack) => Ok(Appended {
-                seq: Seq(ack.sequence),
-                duplicate: ack.duplicate,
-            }),
+            Published::Acked(ack) => Ok(Appended { seq: Seq(ack.sequence), duplicate: ack.duplicate }),
             // We never send an expectation on the feed.
-            Published::WrongLastSequence(_) => Err(AppendError::Storage(format!(
-                "the server refused an assignment on {subject} for an expectation it was not sent"
-            ))),
+            Published::WrongLastSequence(_) => {
+                Err(AppendError::Storage(format!("the server refused an assignment on {subject} for an expectation it was not sent")))
+            }
         }
     }
 
@@ -51,31 +43,24 @@ impl JetStreamLog {
     /// or `Seq(0)` when the feed is empty: where a restarted dispatcher resumes. Read from
     /// the leader (`get_raw_message`), never a lagging replica.
     pub async fn last_dispatched_source_seq(&self) -> Result<Seq, ReadError> {
-        let mut nodes = self
-            .nodes
-            .clone()
-            .ok_or_else(|| ReadError::Storage(READ_ONLY.to_owned()))?;
+        let mut nodes = self.nodes.clone().ok_or_else(|| ReadError::Storage(READ_ONLY.to_owned()))?;
         let last = nodes.info().await.map_err(|error| ReadError::Unavailable(format!("node feed info: {error}")))?.state.last_sequence;
         if last == 0 {
             return Ok(Seq(0));
         }
         let message = nodes.get_raw_message(last).await.map_err(|error| ReadError::Unavailable(format!("node feed message {last}: {error}")))?;
         let id = message.headers.get(header::NATS_MESSAGE_ID).map(|value| value.as_str().to_string()).unwrap_or_default();
-        id.parse::<u64>().map(Seq).map_err(|_| ReadError::Corrupt { seq: Seq(last), reason: format!("the node feed message has Nats-Msg-Id {id:?}, not a source sequence") })
+        id.parse::<u64>()
+            .map(Seq)
+            .map_err(|_| ReadError::Corrupt { seq: Seq(last), reason: format!("the node feed message has Nats-Msg-Id {id:?}, not a source sequence") })
     }
 
     /// Node `node_id`'s assignments from feed sequence `from` on (1 = the start), then each
     /// new one: `(feed sequence, payload)`, in order, without duplicates. Only
     /// `vsn.<node_id>` is read; other nodes' assignments never reach this stream.
-    pub fn node_feed(
-        &self,
-        node_id: &str,
-        from: u64,
-    ) -> BoxStream<'static, Result<(u64, Bytes), ReadError>> {
+    pub fn node_feed(&self, node_id: &str, from: u64) -> BoxStream<'static, Result<(u64, Bytes), ReadError>> {
         if !crate::ids::is_valid_token(node_id) {
-            let error = ReadError::Unavailable(format!(
-                "node id {node_id:?} is not valid (1 to 64 of [A-Za-z0-9_-]); no feed to follow"
-            ));
+            let error = ReadError::Unavailable(format!("node id {node_id:?} is not valid (1 to 64 of [A-Za-z0-9_-]); no feed to follow"));
             return futures::stream::once(async move { Err(error) }).boxed();
         }
         let Some(nodes) = self.nodes.clone() else {
@@ -84,8 +69,6 @@ impl JetStreamLog {
         };
         let connects = self.context.client().statistics();
         let follower = Follower::new(nodes, connects, Some(format!("{NODE_SUBJECT_PREFIX}{node_id}")), from);
-        futures::stream::unfold(follower, Follower::next_event)
-            .map(|item| item.map(|event| (event.seq.0, event.payload)))
-            .boxed()
+        futures::stream::unfold(follower, Follower::next_event).map(|item| item.map(|event| (event.seq.0, event.payload))).boxed()
     }
 }

@@ -66,11 +66,15 @@ fn missing_parts_are_named() {
     assert_eq!(decode(&with(|e| e.aggregate = None)), Err(DecodeError::Missing("aggregate")));
     assert_eq!(decode(&with(|e| e.actor = None)), Err(DecodeError::Missing("actor")));
     assert_eq!(
-        decode(&with_event(11, |e| if let E::Reserved(r) = e { r.payment = None })),
+        decode(&with_event(11, |e| if let E::Reserved(r) = e {
+            r.payment = None
+        })),
         Err(DecodeError::Missing("payment"))
     );
     assert_eq!(
-        decode(&with_event(0, |e| if let E::MediaPublished(m) = e { m.terms = None })),
+        decode(&with_event(0, |e| if let E::MediaPublished(m) = e {
+            m.terms = None
+        })),
         Err(DecodeError::Missing("terms"))
     );
 }
@@ -81,10 +85,22 @@ fn unspecified_enum_values_are_missing() {
     assert_eq!(decode(&unspecified_aggregate), Err(DecodeError::Missing("aggregate.type")));
     let unspecified_actor = with(|e| e.actor.as_mut().expect("base has an actor").kind = 0);
     assert_eq!(decode(&unspecified_actor), Err(DecodeError::Missing("actor.kind")));
-    assert_eq!(decode(&with_event(13, |e| if let E::Voided(v) = e { v.reason = 0 })), Err(DecodeError::Missing("reason")));
-    assert_eq!(decode(&with_event(24, |e| if let E::HoldReleased(h) = e { h.reason = 0 })), Err(DecodeError::Missing("reason")));
     assert_eq!(
-        decode(&with_event(12, |e| if let E::Authorized(a) = e { a.postings[2].kind = 0 })),
+        decode(&with_event(13, |e| if let E::Voided(v) = e {
+            v.reason = 0
+        })),
+        Err(DecodeError::Missing("reason"))
+    );
+    assert_eq!(
+        decode(&with_event(24, |e| if let E::HoldReleased(h) = e {
+            h.reason = 0
+        })),
+        Err(DecodeError::Missing("reason"))
+    );
+    assert_eq!(
+        decode(&with_event(12, |e| if let E::Authorized(a) = e {
+            a.postings[2].kind = 0
+        })),
         Err(DecodeError::Missing("posting.kind"))
     );
 }
@@ -98,12 +114,40 @@ fn unknown_enum_values_are_invalid() {
         assert_invalid(&with(|e| e.actor.as_mut().expect("base has an actor").kind = value), "actor.kind");
     }
     for value in [42, 3, -1] {
-        assert_invalid(&with_event(13, |e| if let E::Voided(v) = e { v.reason = value }), "reason");
-        assert_invalid(&with_event(24, |e| if let E::HoldReleased(h) = e { h.reason = value }), "reason");
+        assert_invalid(
+            &with_event(13, |e| {
+                if let E::Voided(v) = e {
+                    v.reason = value
+                }
+            }),
+            "reason",
+        );
+        assert_invalid(
+            &with_event(24, |e| {
+                if let E::HoldReleased(h) = e {
+                    h.reason = value
+                }
+            }),
+            "reason",
+        );
     }
     for value in [42, 6, -1] {
-        assert_invalid(&with_event(12, |e| if let E::Authorized(a) = e { a.postings[1].kind = value }), "posting.kind");
-        assert_invalid(&with_event(13, |e| if let E::Voided(v) = e { v.reversal[0].kind = value }), "posting.kind");
+        assert_invalid(
+            &with_event(12, |e| {
+                if let E::Authorized(a) = e {
+                    a.postings[1].kind = value
+                }
+            }),
+            "posting.kind",
+        );
+        assert_invalid(
+            &with_event(13, |e| {
+                if let E::Voided(v) = e {
+                    v.reversal[0].kind = value
+                }
+            }),
+            "posting.kind",
+        );
     }
 }
 
@@ -112,20 +156,76 @@ fn unknown_enum_values_are_invalid() {
 type HashField = (&'static str, usize, fn(&mut E, Vec<u8>));
 
 const HASH_FIELDS: [HashField; 14] = [
-    ("credential_hash", 3, |e, b| if let E::MerchantRegistered(m) = e { m.credential_hash = b }),
-    ("credential_hash", 29, |e, b| if let E::AuditorRegistered(a) = e { a.credential_hash = b }),
-    ("credential_hash", 5, |e, b| if let E::NodeRegistered(n) = e { n.credential_hash = b }),
-    ("renditions.content_hash", 0, |e, b| if let E::MediaPublished(m) = e { m.renditions[1].content_hash = b }),
-    ("wrapped_key_hashes", 15, |e, b| if let E::RedemptionAccepted(r) = e { r.wrapped_key_hashes[1] = b }),
-    ("content_hash", 17, |e, b| if let E::Delivered(d) = e { d.content_hash = b }),
-    ("head_y", 20, |e, b| if let E::RightsReportSealed(s) = e { s.head_y = b }),
-    ("head_z", 20, |e, b| if let E::RightsReportSealed(s) = e { s.head_z = b }),
-    ("merkle_root", 20, |e, b| if let E::RightsReportSealed(s) = e { s.merkle_root = b }),
-    ("totals_digest", 20, |e, b| if let E::RightsReportSealed(s) = e { s.totals_digest = b }),
-    ("prev_seal_hash", 20, |e, b| if let E::RightsReportSealed(s) = e { s.prev_seal_hash = b }),
-    ("stream_head", 20, |e, b| if let E::RightsReportSealed(s) = e { s.stream_head = b }),
-    ("device_public_key_hash", 26, |e, b| if let E::UnitBound(u) = e { u.device_public_key_hash = b }),
-    ("wrapped_key_hash", 26, |e, b| if let E::UnitBound(u) = e { u.wrapped_key_hash = b }),
+    ("credential_hash", 3, |e, b| {
+        if let E::MerchantRegistered(m) = e {
+            m.credential_hash = b
+        }
+    }),
+    ("credential_hash", 29, |e, b| {
+        if let E::AuditorRegistered(a) = e {
+            a.credential_hash = b
+        }
+    }),
+    ("credential_hash", 5, |e, b| {
+        if let E::NodeRegistered(n) = e {
+            n.credential_hash = b
+        }
+    }),
+    ("renditions.content_hash", 0, |e, b| {
+        if let E::MediaPublished(m) = e {
+            m.renditions[1].content_hash = b
+        }
+    }),
+    ("wrapped_key_hashes", 15, |e, b| {
+        if let E::RedemptionAccepted(r) = e {
+            r.wrapped_key_hashes[1] = b
+        }
+    }),
+    ("content_hash", 17, |e, b| {
+        if let E::Delivered(d) = e {
+            d.content_hash = b
+        }
+    }),
+    ("head_y", 20, |e, b| {
+        if let E::RightsReportSealed(s) = e {
+            s.head_y = b
+        }
+    }),
+    ("head_z", 20, |e, b| {
+        if let E::RightsReportSealed(s) = e {
+            s.head_z = b
+        }
+    }),
+    ("merkle_root", 20, |e, b| {
+        if let E::RightsReportSealed(s) = e {
+            s.merkle_root = b
+        }
+    }),
+    ("totals_digest", 20, |e, b| {
+        if let E::RightsReportSealed(s) = e {
+            s.totals_digest = b
+        }
+    }),
+    ("prev_seal_hash", 20, |e, b| {
+        if let E::RightsReportSealed(s) = e {
+            s.prev_seal_hash = b
+        }
+    }),
+    ("stream_head", 20, |e, b| {
+        if let E::RightsReportSealed(s) = e {
+            s.stream_head = b
+        }
+    }),
+    ("device_public_key_hash", 26, |e, b| {
+        if let E::UnitBound(u) = e {
+            u.device_public_key_hash = b
+        }
+    }),
+    ("wrapped_key_hash", 26, |e, b| {
+        if let E::UnitBound(u) = e {
+            u.wrapped_key_hash = b
+        }
+    }),
 ];
 
 #[test]
@@ -162,15 +262,9 @@ fn event_ids_other_than_16_bytes_are_invalid() {
 fn an_envelope_naming_another_aggregate_is_refused() {
     let voucher = AggregateRef::new(AggregateKind::Voucher, "vou-1");
     let other_id = with(|e| e.aggregate = Some(pb::AggregateRef { r#type: pb::AggregateType::Voucher as i32, id: "vou-2".into() }));
-    assert_eq!(
-        decode(&other_id),
-        Err(DecodeError::WrongAggregate { named: AggregateRef::new(AggregateKind::Voucher, "vou-2"), actual: voucher.clone() })
-    );
+    assert_eq!(decode(&other_id), Err(DecodeError::WrongAggregate { named: AggregateRef::new(AggregateKind::Voucher, "vou-2"), actual: voucher.clone() }));
     let other_kind = with(|e| e.aggregate = Some(pb::AggregateRef { r#type: pb::AggregateType::Media as i32, id: "vou-1".into() }));
-    assert_eq!(
-        decode(&other_kind),
-        Err(DecodeError::WrongAggregate { named: AggregateRef::new(AggregateKind::Media, "vou-1"), actual: voucher })
-    );
+    assert_eq!(decode(&other_kind), Err(DecodeError::WrongAggregate { named: AggregateRef::new(AggregateKind::Media, "vou-1"), actual: voucher }));
     // Events with a fixed aggregate id are checked too.
     let (sealed, pb_sealed) = example(20);
     let mut envelope = envelope_of(&recorded(sealed), pb_sealed);
@@ -218,7 +312,11 @@ fn a_media_published_without_preview_decodes_as_no_preview_clip() {
     // zero clip (`unwrap_or_default` in wire.rs). encode always writes `preview`, so only
     // a foreign writer could omit it.
     let (event, _) = example(0);
-    let bytes = with_event(0, |e| if let E::MediaPublished(m) = e { m.preview = None });
+    let bytes = with_event(0, |e| {
+        if let E::MediaPublished(m) = e {
+            m.preview = None
+        }
+    });
     let Ok(Recorded { event: Event::MediaPublished(decoded), .. }) = decode(&bytes) else {
         panic!("a MediaPublished without preview must decode");
     };

@@ -6,7 +6,10 @@
 //! `errors`); the examples are shared with them (`example`, `recorded`, `envelope_of`).
 
 use super::golden::{golden_reserved_event, golden_reserved_pb};
-use crate::domain::event::{Actor, ActorKind, AggregateKind, AggregateRef, Event, LedgerAccountKind, MediaPublished, Payment, Posting, PreviewClip, Recorded, Rendition, RightsReportSealed, RoyaltyTerms, VoidReason};
+use crate::domain::event::{
+    Actor, ActorKind, AggregateKind, AggregateRef, Event, LedgerAccountKind, MediaPublished, Payment, Posting, PreviewClip, Recorded, Rendition,
+    RightsReportSealed, RoyaltyTerms, VoidReason,
+};
 use crate::ids::{AccountId, AuditorId, CertSerial, ConsumerId, MediaId, MerchantId, Millis, NodeId, OrderId, PreviewId, VoucherId};
 use crate::wire::{decode, decode_shared, encode};
 use pb::envelope::Event as E;
@@ -192,11 +195,7 @@ pub(super) fn examples() -> Vec<(Event, E)> {
         ),
         (
             Event::MerchantRegistered { merchant_id: MerchantId::new("mer-1"), name: "Record Shop".into(), credential_hash: hash(3) },
-            E::MerchantRegistered(pb::MerchantRegistered {
-                merchant_id: "mer-1".into(),
-                name: "Record Shop".into(),
-                credential_hash: hash(3).to_vec(),
-            }),
+            E::MerchantRegistered(pb::MerchantRegistered { merchant_id: "mer-1".into(), name: "Record Shop".into(), credential_hash: hash(3).to_vec() }),
         ),
         (
             Event::MerchantSuspended { merchant_id: MerchantId::new("mer-1"), reason: "chargebacks".into() },
@@ -204,11 +203,7 @@ pub(super) fn examples() -> Vec<(Event, E)> {
         ),
         (
             Event::AuditorRegistered { auditor_id: AuditorId::new("aud-1"), name: "Licensing Center".into(), credential_hash: hash(8) },
-            E::AuditorRegistered(pb::AuditorRegistered {
-                auditor_id: "aud-1".into(),
-                name: "Licensing Center".into(),
-                credential_hash: hash(8).to_vec(),
-            }),
+            E::AuditorRegistered(pb::AuditorRegistered { auditor_id: "aud-1".into(), name: "Licensing Center".into(), credential_hash: hash(8).to_vec() }),
         ),
         (
             Event::AuditorRevoked { auditor_id: AuditorId::new("aud-1"), reason: "contract ended".into() },
@@ -216,12 +211,7 @@ pub(super) fn examples() -> Vec<(Event, E)> {
         ),
         (
             Event::NodeRegistered { node_id: NodeId::new("node-1"), region: "eu-west".into(), slots_max: 64, credential_hash: hash(4) },
-            E::NodeRegistered(pb::NodeRegistered {
-                node_id: "node-1".into(),
-                region: "eu-west".into(),
-                slots_max: 64,
-                credential_hash: hash(4).to_vec(),
-            }),
+            E::NodeRegistered(pb::NodeRegistered { node_id: "node-1".into(), region: "eu-west".into(), slots_max: 64, credential_hash: hash(4).to_vec() }),
         ),
         (
             Event::NodeCapacityChanged { node_id: NodeId::new("node-1"), slots_max: 128 },
@@ -395,12 +385,7 @@ pub(super) fn examples() -> Vec<(Event, E)> {
             }),
         ),
         (
-            Event::PreviewEnded {
-                preview_id: PreviewId::new("pre-1"),
-                played_ms: 12_000,
-                media_id: MediaId::new("med-1"),
-                node_id: NodeId::new("node-1"),
-            },
+            Event::PreviewEnded { preview_id: PreviewId::new("pre-1"), played_ms: 12_000, media_id: MediaId::new("med-1"), node_id: NodeId::new("node-1") },
             E::PreviewEnded(pb::PreviewEnded { preview_id: "pre-1".into(), played_ms: 12_000, media_id: "med-1".into(), node_id: "node-1".into() }),
         ),
         (
@@ -438,12 +423,7 @@ pub(super) fn examples() -> Vec<(Event, E)> {
             E::PointsCredited(pb::PointsCredited { account_id: "acc-1".into(), amount: 5000, reason: "top-up".into() }),
         ),
         (
-            Event::PointsHeld {
-                account_id: AccountId::new("acc-1"),
-                voucher_id: VoucherId::new("vou-1"),
-                amount: 129,
-                expires_at: Millis(1_767_225_900_000),
-            },
+            Event::PointsHeld { account_id: AccountId::new("acc-1"), voucher_id: VoucherId::new("vou-1"), amount: 129, expires_at: Millis(1_767_225_900_000) },
             E::PointsHeld(pb::PointsHeld { account_id: "acc-1".into(), voucher_id: "vou-1".into(), amount: 129, expires_at_ms: 1_767_225_900_000 }),
         ),
         (
@@ -451,18 +431,8 @@ pub(super) fn examples() -> Vec<(Event, E)> {
             E::HoldPosted(pb::HoldPosted { account_id: "acc-1".into(), voucher_id: "vou-1".into(), amount: 129 }),
         ),
         (
-            Event::HoldReleased {
-                account_id: AccountId::new("acc-1"),
-                voucher_id: VoucherId::new("vou-2"),
-                amount: 77,
-                reason: VoidReason::TimedOut,
-            },
-            E::HoldReleased(pb::HoldReleased {
-                account_id: "acc-1".into(),
-                voucher_id: "vou-2".into(),
-                amount: 77,
-                reason: pb::VoidReason::TimedOut as i32,
-            }),
+            Event::HoldReleased { account_id: AccountId::new("acc-1"), voucher_id: VoucherId::new("vou-2"), amount: 77, reason: VoidReason::TimedOut },
+            E::HoldReleased(pb::HoldReleased { account_id: "acc-1".into(), voucher_id: "vou-2".into(), amount: 77, reason: pb::VoidReason::TimedOut as i32 }),
         ),
         (
             Event::OrderPlaced {
@@ -496,10 +466,7 @@ pub(super) fn examples() -> Vec<(Event, E)> {
                 wrapped_key_hash: hash(14).to_vec(),
             }),
         ),
-        (
-            Event::UnitCompleted { order_id: OrderId::new("ord-1"), unit: 18 },
-            E::UnitCompleted(pb::UnitCompleted { order_id: "ord-1".into(), unit: 18 }),
-        ),
+        (Event::UnitCompleted { order_id: OrderId::new("ord-1"), unit: 18 }, E::UnitCompleted(pb::UnitCompleted { order_id: "ord-1".into(), unit: 18 })),
         (
             Event::ConfigChanged { key: "reservation_ttl_ms".into(), value: "300000".into() },
             E::ConfigChanged(pb::ConfigChanged { key: "reservation_ttl_ms".into(), value: "300000".into() }),

@@ -297,9 +297,9 @@ fn enum_fields(event: &mut E) -> Vec<(&'static str, &mut i32, i32)> {
     let void_max = pb::VoidReason::TimedOut as i32;
     match event {
         E::Authorized(a) => a.postings.iter_mut().map(|p| ("posting.kind", &mut p.kind, ledger_max)).collect(),
-        E::Voided(v) => std::iter::once(("reason", &mut v.reason, void_max))
-            .chain(v.reversal.iter_mut().map(|p| ("posting.kind", &mut p.kind, ledger_max)))
-            .collect(),
+        E::Voided(v) => {
+            std::iter::once(("reason", &mut v.reason, void_max)).chain(v.reversal.iter_mut().map(|p| ("posting.kind", &mut p.kind, ledger_max))).collect()
+        }
         E::HoldReleased(h) => vec![("reason", &mut h.reason, void_max)],
         E::MediaPublished(_)
         | E::MediaWithdrawn(_)

@@ -15,10 +15,7 @@ pub(super) fn golden_reserved_event() -> Event {
     Event::Reserved {
         voucher_id: VoucherId::new("vou-1"),
         merchant_id: MerchantId::new("mer-1"),
-        items: vec![
-            ReservedItem { media_id: MediaId::new("med-1"), price_minor: 100 },
-            ReservedItem { media_id: MediaId::new("med-2"), price_minor: 29 },
-        ],
+        items: vec![ReservedItem { media_id: MediaId::new("med-1"), price_minor: 100 }, ReservedItem { media_id: MediaId::new("med-2"), price_minor: 29 }],
         rendition: "high".into(),
         price_minor: 129,
         currency: "EUR".into(),
@@ -33,10 +30,7 @@ pub(super) fn golden_reserved_pb() -> E {
     E::Reserved(pb::Reserved {
         voucher_id: "vou-1".into(),
         merchant_id: "mer-1".into(),
-        items: vec![
-            pb::ReservedItem { media_id: "med-1".into(), price_minor: 100 },
-            pb::ReservedItem { media_id: "med-2".into(), price_minor: 29 },
-        ],
+        items: vec![pb::ReservedItem { media_id: "med-1".into(), price_minor: 100 }, pb::ReservedItem { media_id: "med-2".into(), price_minor: 29 }],
         rendition: "high".into(),
         price_minor: 129,
         currency: "EUR".into(),
@@ -95,11 +89,7 @@ fn golden_auditor_recorded() -> [Recorded; 2] {
         event,
     };
     [
-        recorded(
-            1,
-            "RegisterAuditor",
-            Event::AuditorRegistered { auditor_id: auditor_id.clone(), name: "Licensing Center".into(), credential_hash: hash(8) },
-        ),
+        recorded(1, "RegisterAuditor", Event::AuditorRegistered { auditor_id: auditor_id.clone(), name: "Licensing Center".into(), credential_hash: hash(8) }),
         recorded(2, "RevokeAuditor", Event::AuditorRevoked { auditor_id, reason: "contract ended".into() }),
     ]
 }

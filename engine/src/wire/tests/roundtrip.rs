@@ -5,7 +5,9 @@
 //! (`fuzz`), which reuses these strategies (`arb_recorded`).
 
 use super::examples::{ACTOR_KINDS, LEDGER_KINDS, VARIANT_COUNT, VOID_REASONS, variant_index};
-use crate::domain::event::{Actor, Event, MediaPublished, Payment, Posting, PreviewClip, Recorded, Rendition, ReservedItem, RightsReportSealed, RoyaltyTerms, VoidReason};
+use crate::domain::event::{
+    Actor, Event, MediaPublished, Payment, Posting, PreviewClip, Recorded, Rendition, ReservedItem, RightsReportSealed, RoyaltyTerms, VoidReason,
+};
 use crate::ids::{AccountId, AuditorId, CertSerial, ConsumerId, MediaId, MerchantId, Millis, NodeId, OrderId, PreviewId, VoucherId};
 use crate::wire::{decode, encode};
 use proptest::collection::vec;
@@ -50,24 +52,25 @@ fn void_reason() -> impl Strategy<Value = VoidReason> {
 }
 
 fn postings() -> impl Strategy<Value = Vec<Posting>> {
-    let posting = (select(LEDGER_KINDS.to_vec()), text(), u64s(), u64s())
-        .prop_map(|(kind, account, debit_minor, credit_minor)| Posting { kind, account, debit_minor, credit_minor });
+    let posting = (select(LEDGER_KINDS.to_vec()), text(), u64s(), u64s()).prop_map(|(kind, account, debit_minor, credit_minor)| Posting {
+        kind,
+        account,
+        debit_minor,
+        credit_minor,
+    });
     vec(posting, 0..5)
 }
 
 fn arb_media_published() -> impl Strategy<Value = MediaPublished> {
-    let terms = (u32s(), u32s(), u32s(), text(), text(), text()).prop_map(
-        |(retailer_bps, distributor_bps, owner_bps, distributor, owner, rights_agent)| RoyaltyTerms {
-            retailer_bps,
-            distributor_bps,
-            owner_bps,
-            distributor,
-            owner,
-            rights_agent,
-        },
-    );
-    let rendition = (text(), u32s(), hash32(), u64s())
-        .prop_map(|(name, bitrate_kbps, content_hash, size_bytes)| Rendition { name, bitrate_kbps, content_hash, size_bytes });
+    let terms = (u32s(), u32s(), u32s(), text(), text(), text()).prop_map(|(retailer_bps, distributor_bps, owner_bps, distributor, owner, rights_agent)| {
+        RoyaltyTerms { retailer_bps, distributor_bps, owner_bps, distributor, owner, rights_agent }
+    });
+    let rendition = (text(), u32s(), hash32(), u64s()).prop_map(|(name, bitrate_kbps, content_hash, size_bytes)| Rendition {
+        name,
+        bitrate_kbps,
+        content_hash,
+        size_bytes,
+    });
     (
         (id(MediaId), text(), text(), text(), vec(text(), 0..4), u64s(), u64s(), text()),
         (terms, vec(rendition, 0..4), u64s(), u64s(), text(), any::<bool>(), text(), bytes()),
@@ -98,20 +101,38 @@ fn arb_media_published() -> impl Strategy<Value = MediaPublished> {
 
 fn arb_reserved() -> impl Strategy<Value = Event> {
     let item = (id(MediaId), u64s()).prop_map(|(media_id, price_minor)| ReservedItem { media_id, price_minor });
-    let payment = prop_oneof![
-        text().prop_map(|payment_ref| Payment::Merchant { payment_ref }),
-        id(AccountId).prop_map(|account| Payment::Points { account }),
-    ];
+    let payment = prop_oneof![text().prop_map(|payment_ref| Payment::Merchant { payment_ref }), id(AccountId).prop_map(|account| Payment::Points { account }),];
     (id(VoucherId), id(MerchantId), vec(item, 0..5), text(), u64s(), text(), millis(), payment, u32s(), u32s()).prop_map(
-        |(voucher_id, merchant_id, items, rendition, price_minor, currency, expires_at, payment, token_key_id, auth_generation)| {
-            Event::Reserved { voucher_id, merchant_id, items, rendition, price_minor, currency, expires_at, payment, token_key_id, auth_generation }
+        |(voucher_id, merchant_id, items, rendition, price_minor, currency, expires_at, payment, token_key_id, auth_generation)| Event::Reserved {
+            voucher_id,
+            merchant_id,
+            items,
+            rendition,
+            price_minor,
+            currency,
+            expires_at,
+            payment,
+            token_key_id,
+            auth_generation,
         },
     )
 }
 
 fn arb_rights_report_sealed() -> impl Strategy<Value = Event> {
     (u64s(), u64s(), u64s(), hash32(), hash32(), hash32(), hash32(), hash32(), text(), bytes(), (u64s(), hash32())).prop_map(
-        |(epoch, first_entry, last_entry, head_y, head_z, merkle_root, totals_digest, prev_seal_hash, engine_key_id, signature, (last_stream_seq, stream_head))| {
+        |(
+            epoch,
+            first_entry,
+            last_entry,
+            head_y,
+            head_z,
+            merkle_root,
+            totals_digest,
+            prev_seal_hash,
+            engine_key_id,
+            signature,
+            (last_stream_seq, stream_head),
+        )| {
             Event::RightsReportSealed(RightsReportSealed {
                 epoch,
                 first_entry,
@@ -137,14 +158,16 @@ fn arb_event() -> BoxedStrategy<Event> {
         arb_media_published().prop_map(Event::MediaPublished),
         (id(MediaId), text()).prop_map(|(media_id, reason)| Event::MediaWithdrawn { media_id, reason }),
         (id(MediaId), u64s()).prop_map(|(media_id, price_minor)| Event::PriceChanged { media_id, price_minor }),
-        (id(MerchantId), text(), hash32())
-            .prop_map(|(merchant_id, name, credential_hash)| Event::MerchantRegistered { merchant_id, name, credential_hash }),
+        (id(MerchantId), text(), hash32()).prop_map(|(merchant_id, name, credential_hash)| Event::MerchantRegistered { merchant_id, name, credential_hash }),
         (id(MerchantId), text()).prop_map(|(merchant_id, reason)| Event::MerchantSuspended { merchant_id, reason }),
-        (id(AuditorId), text(), hash32())
-            .prop_map(|(auditor_id, name, credential_hash)| Event::AuditorRegistered { auditor_id, name, credential_hash }),
+        (id(AuditorId), text(), hash32()).prop_map(|(auditor_id, name, credential_hash)| Event::AuditorRegistered { auditor_id, name, credential_hash }),
         (id(AuditorId), text()).prop_map(|(auditor_id, reason)| Event::AuditorRevoked { auditor_id, reason }),
-        (id(NodeId), text(), u32s(), hash32())
-            .prop_map(|(node_id, region, slots_max, credential_hash)| Event::NodeRegistered { node_id, region, slots_max, credential_hash }),
+        (id(NodeId), text(), u32s(), hash32()).prop_map(|(node_id, region, slots_max, credential_hash)| Event::NodeRegistered {
+            node_id,
+            region,
+            slots_max,
+            credential_hash
+        }),
         (id(NodeId), u32s()).prop_map(|(node_id, slots_max)| Event::NodeCapacityChanged { node_id, slots_max }),
         id(NodeId).prop_map(|node_id| Event::NodeDrained { node_id }),
         id(NodeId).prop_map(|node_id| Event::NodeRemoved { node_id }),
@@ -159,8 +182,7 @@ fn arb_event() -> BoxedStrategy<Event> {
                 signature,
             }
         ),
-        (id(ConsumerId), id(CertSerial), text())
-            .prop_map(|(consumer_id, cert_serial, reason)| Event::CertRevoked { consumer_id, cert_serial, reason }),
+        (id(ConsumerId), id(CertSerial), text()).prop_map(|(consumer_id, cert_serial, reason)| Event::CertRevoked { consumer_id, cert_serial, reason }),
         arb_reserved(),
         (id(VoucherId), u32s(), u32s(), postings()).prop_map(|(voucher_id, receipt_key_id, receipt_generation, postings)| {
             Event::Authorized { voucher_id, receipt_key_id, receipt_generation, postings }
@@ -200,15 +222,27 @@ fn arb_event() -> BoxedStrategy<Event> {
         (id(PreviewId), id(MediaId), id(NodeId), id(MerchantId), u64s()).prop_map(|(preview_id, media_id, node_id, merchant_id, clip_ms)| {
             Event::PreviewStarted { preview_id, media_id, node_id, merchant_id, clip_ms }
         }),
-        (id(PreviewId), u64s(), id(MediaId), id(NodeId))
-            .prop_map(|(preview_id, played_ms, media_id, node_id)| Event::PreviewEnded { preview_id, played_ms, media_id, node_id }),
+        (id(PreviewId), u64s(), id(MediaId), id(NodeId)).prop_map(|(preview_id, played_ms, media_id, node_id)| Event::PreviewEnded {
+            preview_id,
+            played_ms,
+            media_id,
+            node_id
+        }),
         arb_rights_report_sealed(),
         (id(AccountId), u64s(), text()).prop_map(|(account_id, amount, reason)| Event::PointsCredited { account_id, amount, reason }),
-        (id(AccountId), id(VoucherId), u64s(), millis())
-            .prop_map(|(account_id, voucher_id, amount, expires_at)| Event::PointsHeld { account_id, voucher_id, amount, expires_at }),
+        (id(AccountId), id(VoucherId), u64s(), millis()).prop_map(|(account_id, voucher_id, amount, expires_at)| Event::PointsHeld {
+            account_id,
+            voucher_id,
+            amount,
+            expires_at
+        }),
         (id(AccountId), id(VoucherId), u64s()).prop_map(|(account_id, voucher_id, amount)| Event::HoldPosted { account_id, voucher_id, amount }),
-        (id(AccountId), id(VoucherId), u64s(), void_reason())
-            .prop_map(|(account_id, voucher_id, amount, reason)| Event::HoldReleased { account_id, voucher_id, amount, reason }),
+        (id(AccountId), id(VoucherId), u64s(), void_reason()).prop_map(|(account_id, voucher_id, amount, reason)| Event::HoldReleased {
+            account_id,
+            voucher_id,
+            amount,
+            reason
+        }),
         (id(OrderId), id(MerchantId), id(MediaId), u32s(), u64s()).prop_map(|(order_id, merchant_id, media_id, units, price_per_unit_minor)| {
             Event::OrderPlaced { order_id, merchant_id, media_id, units, price_per_unit_minor }
         }),
