@@ -1,0 +1,809 @@
+//! The bad-input table: per RPC the empty message, undecodable bytes, size limits and
+//! credentials, then the hand-picked refusals RPC by RPC, each with its exact code.
+
+use super::*;
+
+/// What the default (all-empty) message gets from the rightful caller: the RPCs that take
+/// no required field answer; every other one names the missing field.
+pub(super) fn empty_message_code(rpc: Rpc) -> Code {
+    match rpc {
+        Rpc::Heartbeat | Rpc::SubscribeAssignments | Rpc::Replay | Rpc::VerifyChain | Rpc::Totals | Rpc::GetStats | Rpc::GetConfig => Code::Ok,
+        _ => Code::InvalidArgument,
+    }
+}
+
+pub(super) fn bad_input_cases(w: &World) -> Vec<Case> {
+    let mut cases = Vec::new();
+    let a = Meta::of("merchant A", &w.a);
+    let b = Meta::of("merchant B", &w.b);
+    let x = Meta::of("node X (assigned)", &w.x);
+    let y = Meta::of("node Y (not assigned)", &w.y);
+    let z = Meta::of("node Z (never announced)", &w.z);
+    let op = Meta::of("operator", &w.operator);
+    let auditor = Meta::of("auditor", &w.auditor);
+    let sale = &w.sale.voucher_id;
+
+    // Per RPC: the empty message, undecodable bytes, size limits, credentials.
+    for &rpc in Rpc::ALL {
+        let service = rpc.service();
+        let rightful = w.rightful(service);
+        cases.push(case("empty message", "all fields empty", &rightful, rpc.empty(), empty_message_code(rpc)));
+        // gRPC's status for a message that does not parse (tonic: "failed to decode Protobuf message").
+        cases.push(raw("undecodable bytes", "unterminated varint", &rightful, rpc, UNTERMINATED_VARINT.to_vec(), Code::Internal).message_has("decode"));
+        cases.push(raw("undecodable bytes", "truncated field 1", &rightful, rpc, TRUNCATED_FIELD.to_vec(), Code::Internal).message_has("decode"));
+        if rpc.field_one_is_string() {
+            cases.push(raw("undecodable bytes", "string field 1 not UTF-8", &rightful, rpc, INVALID_UTF8.to_vec(), Code::Internal).message_has("decode"));
+        }
+        cases.push(raw("undecodable, no credential", "unterminated varint", &Meta::anonymous(), rpc, UNTERMINATED_VARINT.to_vec(), Code::Unauthenticated));
+        cases.push(raw("undecodable, wrong role", "unterminated varint", &w.wrong_role(service), rpc, UNTERMINATED_VARINT.to_vec(), Code::PermissionDenied));
+        if service != Service::Catalog {
+            let limit = rpc.body_limit();
+            cases.push(
+                raw(
+                    "oversized",
+                    format!("body {} bytes (limit + 1)", limit + 1),
+                    &rightful,
+                    rpc,
+                    padded_empty(limit + 1 - FRAME_HEADER_BYTES),
+                    Code::ResourceExhausted,
+                )
+                .message_has("limit"),
+            );
+            cases.push(raw(
+                "oversized, no credential",
+                format!("body {} bytes", limit + 1),
+                &Meta::anonymous(),
+                rpc,
+                padded_empty(limit + 1 - FRAME_HEADER_BYTES),
+                Code::Unauthenticated,
+            ));
+            // Negative control: a body exactly at the limit is served (as the empty message).
+            cases.push(raw(
+                "at the size limit",
+                format!("body {limit} bytes (the limit)"),
+                &rightful,
+                rpc,
+                padded_empty(limit - FRAME_HEADER_BYTES),
+                empty_message_code(rpc),
+            ));
+        }
+        let (label, credential) = w.rightful_credential(service);
+        cases.push(case("credentials", "no metadata", &Meta::anonymous(), rpc.empty(), Code::Unauthenticated));
+        cases.push(case("credentials", "right id, wrong secret", &Meta::wrong_secret(label, credential), rpc.empty(), Code::Unauthenticated));
+        cases.push(case("credentials", "unknown id", &Meta::unknown_id(label, credential), rpc.empty(), Code::Unauthenticated));
+        cases.push(case("credentials", "id without secret", &Meta::id_only(label, credential), rpc.empty(), Code::Unauthenticated));
+        cases.push(case("credentials", "secret not hex", &Meta::secret_not_hex(label, credential), rpc.empty(), Code::Unauthenticated));
+    }
+    // Only PublishMedia takes uploads: the catalog's other calls have the small limit.
+    cases.push(
+        raw(
+            "oversized",
+            "RegisterMerchant body 70000 bytes (over the 64 KiB limit)",
+            &op,
+            Rpc::RegisterMerchant,
+            padded_empty(70_000),
+            Code::ResourceExhausted,
+        )
+        .message_has("limit"),
+    );
+    cases.push(raw(
+        "at the size limit",
+        format!("RegisterMerchant body {REQUEST_BYTES_MAX} bytes (the limit)"),
+        &op,
+        Rpc::RegisterMerchant,
+        padded_empty(REQUEST_BYTES_MAX - FRAME_HEADER_BYTES),
+        Code::InvalidArgument,
+    ));
+    cases.push(
+        raw(
+            "oversized",
+            format!("body {} bytes (upload limit + 1)", UPLOAD_BYTES_MAX + 1),
+            &op,
+            Rpc::PublishMedia,
+            padded_empty(UPLOAD_BYTES_MAX + 1 - FRAME_HEADER_BYTES),
+            Code::ResourceExhausted,
+        )
+        .message_has("limit"),
+    );
+
+    // Paths no RPC has: the front door knows the services, tonic the methods.
+    let nope = |what: &str, who: &Meta, path: &'static str, expect: Code| Case {
+        body: Body::Path(path, Vec::new()),
+        ..case("unknown method", what, who, Rpc::Totals.empty(), expect)
+    };
+    cases.push(nope("a method MerchantService lacks", &a, "/vouchsafe.v1.MerchantService/Refund", Code::Unimplemented));
+    cases.push(nope("a method MerchantService lacks", &Meta::anonymous(), "/vouchsafe.v1.MerchantService/Refund", Code::Unauthenticated));
+    cases.push(nope("NodeService (served by nodes)", &a, "/vouchsafe.v1.NodeService/Redeem", Code::Unimplemented));
+    cases.push(nope("a service that does not exist", &a, "/vouchsafe.v1.Nope/Reserve", Code::Unimplemented));
+    cases.push(nope("a service that does not exist", &Meta::anonymous(), "/vouchsafe.v1.Nope/Reserve", Code::Unimplemented));
+
+    // Unknown ids.
+    let unknown = "unknown";
+    let nf = Code::NotFound;
+    cases.push(case("unknown id", "media never published", &a, Req::Reserve(reserve_request("unk-reserve", "md-never")), nf));
+    cases.push(case(
+        "unknown id",
+        "voucher never reserved",
+        &a,
+        Req::Authorize(pb::AuthorizeRequest { request_id: "unk-authorize".into(), voucher_id: "v-never".into() }),
+        nf,
+    ));
+    cases.push(case(
+        "unknown id",
+        "voucher never reserved",
+        &a,
+        Req::Void(pb::VoidRequest { request_id: "unk-void".into(), voucher_id: "v-never".into() }),
+        nf,
+    ));
+    cases.push(case(
+        "unknown id",
+        "voucher never reserved",
+        &a,
+        Req::IssueVoucher(pb::IssueVoucherRequest { request_id: "unk-issue".into(), voucher_id: "v-never".into(), region: String::new() }),
+        nf,
+    ));
+    cases.push(case(
+        "unknown id",
+        "media never published",
+        &a,
+        Req::Preview(pb::PreviewRequest { request_id: "unk-preview".into(), media_id: "md-never".into(), region: String::new() }),
+        nf,
+    ));
+    cases.push(case("unknown id", "voucher never reserved", &a, Req::GetVoucher(pb::GetVoucherRequest { voucher_id: "v-never".into() }), nf));
+    cases.push(case(
+        "unknown id",
+        "media never published",
+        &a,
+        Req::PlaceOrder(pb::PlaceOrderRequest { request_id: "unk-order".into(), media_id: "md-never".into(), units: 1 }),
+        nf,
+    ));
+    cases.push(case(
+        "unknown id",
+        "order never placed",
+        &a,
+        Req::BindUnit(pb::BindUnitRequest {
+            request_id: "unk-bind".into(),
+            order_id: "o-never".into(),
+            unit: 0,
+            device_id: "dev-1".into(),
+            device_public_key_der: w.consumer_der.clone(),
+        }),
+        nf,
+    ));
+    cases.push(case(
+        "unknown id",
+        "order never placed",
+        &a,
+        Req::CompleteUnit(pb::CompleteUnitRequest { request_id: "unk-unit".into(), order_id: "o-never".into(), unit: 0 }),
+        nf,
+    ));
+    cases.push(case(
+        "unknown id",
+        "voucher never reserved",
+        &x,
+        Req::Redeem(pb::RedeemRequest { voucher_id: "v-never".into(), ..w.redeem("unk-redeem-1", &w.x.id) }),
+        nf,
+    ));
+    cases.push(case(
+        "unknown id",
+        "certificate serial unknown",
+        &x,
+        Req::Redeem(pb::RedeemRequest { cert_serial: unknown.into(), ..w.redeem("unk-redeem-2", &w.x.id) }),
+        nf,
+    ));
+    cases.push(case(
+        "unknown id",
+        "consumer never certified",
+        &x,
+        Req::Redeem(pb::RedeemRequest { consumer_id: "nobody".into(), ..w.redeem("unk-redeem-3", &w.x.id) }),
+        nf,
+    ));
+    cases.push(case(
+        "unknown id",
+        "bob's serial, consumer alice",
+        &x,
+        Req::Redeem(pb::RedeemRequest { cert_serial: w.bob_serial.clone(), ..w.redeem("unk-redeem-4", &w.x.id) }),
+        nf,
+    ));
+    cases.push(case("unknown id", "voucher never reserved", &x, Req::CompleteDelivery(w.complete("unk-complete", "v-never")), nf));
+    cases.push(case(
+        "unknown id",
+        "voucher never reserved",
+        &x,
+        Req::FailDelivery(pb::FailDeliveryRequest { request_id: "unk-fail".into(), voucher_id: "v-never".into(), reason: "disk".into() }),
+        nf,
+    ));
+    cases.push(case(
+        "unknown id",
+        "preview never started",
+        &x,
+        Req::EndPreview(pb::EndPreviewRequest { request_id: "unk-end".into(), preview_id: "p-never".into(), played_ms: 1 }),
+        nf,
+    ));
+    cases.push(case(
+        "unknown id",
+        "media never published",
+        &x,
+        Req::FetchMedia(pb::FetchMediaRequest { media_id: "md-never".into(), part: pb::MediaPart::Container as i32 }),
+        nf,
+    ));
+    cases.push(case(
+        "unknown id",
+        "consumer never certified",
+        &op,
+        Req::RevokeCert(pb::RevokeCertRequest {
+            request_id: "unk-revoke-1".into(),
+            cert_serial: w.alice_serial.clone(),
+            reason: "lost".into(),
+            consumer_id: "nobody".into(),
+        }),
+        nf,
+    ));
+    cases.push(case(
+        "unknown id",
+        "serial unknown for alice",
+        &op,
+        Req::RevokeCert(pb::RevokeCertRequest {
+            request_id: "unk-revoke-2".into(),
+            cert_serial: unknown.into(),
+            reason: "lost".into(),
+            consumer_id: "alice".into(),
+        }),
+        nf,
+    ));
+
+    // Fields that decode but break a rule.
+    let ia = Code::InvalidArgument;
+    cases.push(case("invalid field", "voucher id with a space", &a, Req::GetVoucher(pb::GetVoucherRequest { voucher_id: "not an id".into() }), ia));
+    cases.push(case("invalid field", "voucher id of 65 characters", &a, Req::GetVoucher(pb::GetVoucherRequest { voucher_id: "v".repeat(65) }), ia));
+    cases.push(case(
+        "invalid field",
+        "request id with a slash",
+        &a,
+        Req::Authorize(pb::AuthorizeRequest { request_id: "a/b".into(), voucher_id: sale.clone() }),
+        ia,
+    ));
+    cases.push(case("invalid field", "ttl_ms 0", &a, Req::Reserve(pb::ReserveRequest { ttl_ms: 0, ..reserve_request("inv-reserve-1", &w.media) }), ia));
+    cases.push(case(
+        "invalid field",
+        "ttl_ms 10 years",
+        &a,
+        Req::Reserve(pb::ReserveRequest { ttl_ms: 10 * 365 * 86_400_000, ..reserve_request("inv-reserve-2", &w.media) }),
+        ia,
+    ));
+    cases.push(case(
+        "invalid field",
+        "a media listed twice",
+        &a,
+        Req::Reserve(pb::ReserveRequest { media_ids: vec![w.media.clone(), w.media.clone()], ..reserve_request("inv-reserve-3", &w.media) }),
+        ia,
+    ));
+    cases.push(case("invalid field", "no media", &a, Req::Reserve(pb::ReserveRequest { media_ids: vec![], ..reserve_request("inv-reserve-4", &w.media) }), ia));
+    cases.push(case(
+        "invalid field",
+        "unknown rendition",
+        &a,
+        Req::Reserve(pb::ReserveRequest { rendition: "8k".into(), ..reserve_request("inv-reserve-5", &w.media) }),
+        ia,
+    ));
+    cases.push(case(
+        "invalid field",
+        "points account with a space",
+        &a,
+        Req::Reserve(pb::ReserveRequest { points_account: "my account".into(), ..reserve_request("inv-reserve-6", &w.media) }),
+        ia,
+    ));
+    cases.push(case(
+        "invalid field",
+        "units 0",
+        &a,
+        Req::PlaceOrder(pb::PlaceOrderRequest { request_id: "inv-order".into(), media_id: w.media.clone(), units: 0 }),
+        ia,
+    ));
+    cases.push(case(
+        "invalid field",
+        "unit 5 of a 2-unit order",
+        &a,
+        Req::BindUnit(pb::BindUnitRequest {
+            request_id: "inv-bind-1".into(),
+            order_id: w.order.clone(),
+            unit: 5,
+            device_id: "dev-1".into(),
+            device_public_key_der: w.consumer_der.clone(),
+        }),
+        ia,
+    ));
+    cases.push(case(
+        "invalid field",
+        "device key not RSA",
+        &a,
+        Req::BindUnit(pb::BindUnitRequest {
+            request_id: "inv-bind-2".into(),
+            order_id: w.order.clone(),
+            unit: 0,
+            device_id: "dev-1".into(),
+            device_public_key_der: vec![1, 2, 3],
+        }),
+        ia,
+    ));
+    cases.push(case(
+        "invalid field",
+        "endpoint ftp://",
+        &x,
+        Req::RegisterNode(pb::RegisterNodeRequest { region: String::new(), slots_max: 0, endpoint: "ftp://127.0.0.1:1".into() }),
+        ia,
+    ));
+    cases.push(case(
+        "invalid field",
+        "endpoint of 300 characters",
+        &x,
+        Req::RegisterNode(pb::RegisterNodeRequest { region: String::new(), slots_max: 0, endpoint: format!("http://{}", "h".repeat(293)) }),
+        ia,
+    ));
+    cases.push(case(
+        "invalid field",
+        "challenge of 8 bytes",
+        &x,
+        Req::Redeem(pb::RedeemRequest { challenge: vec![7; 8], ..w.redeem("inv-redeem", &w.x.id) }),
+        ia,
+    ));
+    cases.push(case(
+        "invalid field",
+        "content hash of 5 bytes",
+        &x,
+        Req::CompleteDelivery(pb::CompleteDeliveryRequest { content_hash: vec![1; 5], ..w.complete("inv-complete-1", sale) }),
+        ia,
+    ));
+    cases.push(case(
+        "invalid field",
+        "media not in the voucher",
+        &x,
+        Req::CompleteDelivery(pb::CompleteDeliveryRequest { media_id: "md-other".into(), ..w.complete("inv-complete-2", sale) }),
+        ia,
+    ));
+    cases.push(case(
+        "invalid field",
+        "empty reason",
+        &x,
+        Req::FailDelivery(pb::FailDeliveryRequest { request_id: "inv-fail".into(), voucher_id: sale.clone(), reason: String::new() }),
+        ia,
+    ));
+    cases.push(case("invalid field", "part unspecified", &x, Req::FetchMedia(pb::FetchMediaRequest { media_id: w.media.clone(), part: 0 }), ia));
+    cases.push(case("invalid field", "part 99", &x, Req::FetchMedia(pb::FetchMediaRequest { media_id: w.media.clone(), part: 99 }), ia));
+    cases.push(case(
+        "invalid field",
+        "container not a container",
+        &op,
+        Req::PublishMedia(pb::PublishMediaRequest { container: vec![1, 2, 3], ..w.publish_request("inv-publish-1") }),
+        ia,
+    ));
+    cases.push(case(
+        "invalid field",
+        "wrapped key not for the engine",
+        &op,
+        Req::PublishMedia(pb::PublishMediaRequest { wrapped_media_key: vec![9; 256], ..w.publish_request("inv-publish-2") }),
+        ia,
+    ));
+    cases.push(case(
+        "invalid field",
+        "no royalty terms",
+        &op,
+        Req::PublishMedia(pb::PublishMediaRequest { terms: None, ..w.publish_request("inv-publish-3") }),
+        ia,
+    ));
+    cases.push(case(
+        "invalid field",
+        "empty name",
+        &op,
+        Req::RegisterMerchant(pb::RegisterMerchantRequest { request_id: "inv-merchant".into(), name: String::new() }),
+        ia,
+    ));
+    cases.push(case(
+        "invalid field",
+        "slots_max 0",
+        &op,
+        Req::RegisterNodeCredential(pb::RegisterNodeCredentialRequest { request_id: "inv-node".into(), region: "eu".into(), slots_max: 0 }),
+        ia,
+    ));
+    cases.push(case(
+        "invalid field",
+        "public key not RSA",
+        &op,
+        Req::CertifyConsumer(pb::CertifyConsumerRequest {
+            request_id: "inv-cert-1".into(),
+            consumer_id: "carol".into(),
+            public_key_der: vec![1, 2, 3],
+            validity_ms: 1000,
+        }),
+        ia,
+    ));
+    cases.push(case(
+        "invalid field",
+        "validity 0",
+        &op,
+        Req::CertifyConsumer(pb::CertifyConsumerRequest {
+            request_id: "inv-cert-2".into(),
+            consumer_id: "carol".into(),
+            public_key_der: w.consumer_der.clone(),
+            validity_ms: 0,
+        }),
+        ia,
+    ));
+    cases.push(case(
+        "invalid field",
+        "empty reason",
+        &op,
+        Req::RevokeCert(pb::RevokeCertRequest {
+            request_id: "inv-revoke".into(),
+            cert_serial: w.alice_serial.clone(),
+            reason: String::new(),
+            consumer_id: "alice".into(),
+        }),
+        ia,
+    ));
+    cases.push(case(
+        "invalid field",
+        "amount 0",
+        &op,
+        Req::TopUpPoints(pb::TopUpPointsRequest { request_id: "inv-topup".into(), account_id: "acct-2".into(), amount: 0 }),
+        ia,
+    ));
+    cases.push(case(
+        "invalid field",
+        "empty name",
+        &op,
+        Req::RegisterAuditor(pb::RegisterAuditorRequest { request_id: "inv-auditor".into(), name: String::new() }),
+        ia,
+    ));
+    cases.push(case("invalid field", "pinned seal hash of 5 bytes", &auditor, Req::Replay(pb::ReplayRequest { pinned_seal_hash: vec![1; 5] }), ia));
+
+    // Merchant B on merchant A's vouchers and order.
+    let pd = Code::PermissionDenied;
+    cases.push(case("merchant B on A's", "A's issued voucher", &b, Req::GetVoucher(pb::GetVoucherRequest { voucher_id: sale.clone() }), pd));
+    cases.push(case("merchant B on A's", "A's pending voucher", &b, Req::GetVoucher(pb::GetVoucherRequest { voucher_id: w.pending.clone() }), pd));
+    cases.push(case(
+        "merchant B on A's",
+        "A's issued voucher",
+        &b,
+        Req::Authorize(pb::AuthorizeRequest { request_id: "b-authorize-1".into(), voucher_id: sale.clone() }),
+        pd,
+    ));
+    cases.push(case(
+        "merchant B on A's",
+        "A's pending voucher",
+        &b,
+        Req::Authorize(pb::AuthorizeRequest { request_id: "b-authorize-2".into(), voucher_id: w.pending.clone() }),
+        pd,
+    ));
+    cases.push(case("merchant B on A's", "A's issued voucher", &b, Req::Void(pb::VoidRequest { request_id: "b-void-1".into(), voucher_id: sale.clone() }), pd));
+    cases.push(case(
+        "merchant B on A's",
+        "A's pending voucher",
+        &b,
+        Req::Void(pb::VoidRequest { request_id: "b-void-2".into(), voucher_id: w.pending.clone() }),
+        pd,
+    ));
+    cases.push(case(
+        "merchant B on A's",
+        "A's issued voucher",
+        &b,
+        Req::IssueVoucher(pb::IssueVoucherRequest { request_id: "b-issue-1".into(), voucher_id: sale.clone(), region: String::new() }),
+        pd,
+    ));
+    cases.push(case(
+        "merchant B on A's",
+        "A's authorized voucher",
+        &b,
+        Req::IssueVoucher(pb::IssueVoucherRequest { request_id: "b-issue-2".into(), voucher_id: w.authorized.clone(), region: String::new() }),
+        pd,
+    ));
+    cases.push(case(
+        "merchant B on A's",
+        "A's order",
+        &b,
+        Req::BindUnit(pb::BindUnitRequest {
+            request_id: "b-bind".into(),
+            order_id: w.order.clone(),
+            unit: 0,
+            device_id: "dev-b".into(),
+            device_public_key_der: w.consumer_der.clone(),
+        }),
+        pd,
+    ));
+    cases.push(case(
+        "merchant B on A's",
+        "A's order",
+        &b,
+        Req::CompleteUnit(pb::CompleteUnitRequest { request_id: "b-unit".into(), order_id: w.order.clone(), unit: 0 }),
+        pd,
+    ));
+    // A's reservation ids are derived from (merchant, request id): B's same request id is B's own.
+    cases.push(case("merchant B on A's", "A's request id is B's own voucher", &b, Req::Reserve(reserve_request("sale-reserve", "md-never")), nf));
+
+    // Node Y on node X's assignments.
+    cases.push(case("node Y on X's", "a valid proof made for Y", &y, Req::Redeem(w.redeem("y-redeem-1", &w.y.id)), pd));
+    cases.push(case("node Y on X's", "X's proof", &y, Req::Redeem(w.redeem("y-redeem-2", &w.x.id)), pd));
+    cases.push(case("node Y on X's", "X's voucher", &y, Req::CompleteDelivery(w.complete("y-complete", sale)), pd));
+    cases.push(case(
+        "node Y on X's",
+        "X's voucher",
+        &y,
+        Req::FailDelivery(pb::FailDeliveryRequest { request_id: "y-fail".into(), voucher_id: sale.clone(), reason: "disk".into() }),
+        pd,
+    ));
+    cases.push(case(
+        "node Y on X's",
+        "X's preview",
+        &y,
+        Req::EndPreview(pb::EndPreviewRequest { request_id: "y-end".into(), preview_id: w.preview.clone(), played_ms: 1000 }),
+        pd,
+    ));
+
+    // Wrong receipt proofs, presented by the assigned node for a valid certificate.
+    let challenge = vec![7u8; 32];
+    let proof_case = |what: &str, request_id: &str, proof: Vec<u8>| {
+        case("wrong receipt proof", what, &x, Req::Redeem(pb::RedeemRequest { proof, ..w.redeem(request_id, &w.x.id) }), pd)
+    };
+    cases.push(proof_case("32 random bytes", "bad-proof-1", crypto::random_bytes::<32>().to_vec()));
+    cases.push(proof_case("empty", "bad-proof-2", Vec::new()));
+    cases.push(proof_case("bound to node Y", "bad-proof-3", World::proof(&w.sale.receipt, sale, &w.y.id, &challenge)));
+    cases.push(proof_case("another voucher's receipt", "bad-proof-4", World::proof(&w.second.receipt, sale, &w.x.id, &challenge)));
+    cases.push(proof_case("bound to another voucher", "bad-proof-5", World::proof(&w.sale.receipt, &w.second.voucher_id, &w.x.id, &challenge)));
+    cases.push(proof_case("over another challenge", "bad-proof-6", World::proof(&w.sale.receipt, sale, &w.x.id, &[8u8; 32])));
+    cases.push(proof_case("the access token instead", "bad-proof-7", w.sale.access_token.clone()));
+
+    // Certificates.
+    cases.push(
+        case(
+            "certificate",
+            "revoked (bob)",
+            &x,
+            Req::Redeem(pb::RedeemRequest { consumer_id: "bob".into(), cert_serial: w.bob_serial.clone(), ..w.redeem("cert-redeem-1", &w.x.id) }),
+            pd,
+        )
+        .message_has("revoked"),
+    );
+    cases.push(
+        case(
+            "certificate",
+            "expired (erin)",
+            &x,
+            Req::Redeem(pb::RedeemRequest { consumer_id: "erin".into(), cert_serial: w.erin_serial.clone(), ..w.redeem("cert-redeem-2", &w.x.id) }),
+            pd,
+        )
+        .message_has("not valid at this time"),
+    );
+
+    // The voucher's state forbids the command.
+    let fp = Code::FailedPrecondition;
+    cases.push(
+        case(
+            "wrong state",
+            "reservation expired",
+            &a,
+            Req::Authorize(pb::AuthorizeRequest { request_id: "st-authorize-1".into(), voucher_id: w.expired.clone() }),
+            fp,
+        )
+        .message_has("expired at"),
+    );
+    cases.push(case(
+        "wrong state",
+        "already issued",
+        &a,
+        Req::Authorize(pb::AuthorizeRequest { request_id: "st-authorize-2".into(), voucher_id: sale.clone() }),
+        fp,
+    ));
+    cases.push(case("wrong state", "already issued", &a, Req::Void(pb::VoidRequest { request_id: "st-void".into(), voucher_id: sale.clone() }), fp));
+    cases.push(case(
+        "wrong state",
+        "still pending",
+        &a,
+        Req::IssueVoucher(pb::IssueVoucherRequest { request_id: "st-issue".into(), voucher_id: w.pending.clone(), region: String::new() }),
+        fp,
+    ));
+    cases.push(case(
+        "wrong state",
+        "unit not bound",
+        &a,
+        Req::CompleteUnit(pb::CompleteUnitRequest { request_id: "st-unit".into(), order_id: w.order.clone(), unit: 1 }),
+        fp,
+    ));
+    cases.push(case(
+        "wrong state",
+        "points account empty",
+        &a,
+        Req::Reserve(pb::ReserveRequest { points_account: "acct-empty".into(), ..reserve_request("st-reserve", &w.media) }),
+        fp,
+    ));
+    cases.push(case("wrong state", "not redeemed yet", &x, Req::CompleteDelivery(w.complete("st-complete", sale)), fp));
+    cases.push(case("wrong state", "never announced (RegisterNode)", &z, Req::Heartbeat(pb::HeartbeatRequest::default()), fp));
+
+    // A request id reused for another command on the same voucher.
+    cases.push(case(
+        "request id reused",
+        "Authorize's id for Void",
+        &a,
+        Req::Void(pb::VoidRequest { request_id: "sale-authorize".into(), voucher_id: sale.clone() }),
+        ia,
+    ));
+    cases.push(case(
+        "request id reused",
+        "IssueVoucher's id for Authorize",
+        &a,
+        Req::Authorize(pb::AuthorizeRequest { request_id: "sale-issue".into(), voucher_id: sale.clone() }),
+        ia,
+    ));
+    cases.push(case(
+        "request id reused",
+        "Reserve's id for IssueVoucher",
+        &a,
+        Req::IssueVoucher(pb::IssueVoucherRequest { request_id: "sale-reserve".into(), voucher_id: sale.clone(), region: String::new() }),
+        ia,
+    ));
+    cases.push(case(
+        "request id reused",
+        "Certify's id for Revoke",
+        &op,
+        Req::RevokeCert(pb::RevokeCertRequest {
+            request_id: "cert-alice".into(),
+            cert_serial: w.alice_serial.clone(),
+            reason: "lost".into(),
+            consumer_id: "alice".into(),
+        }),
+        ia,
+    ));
+
+    // The same request retried: the first answer, nothing new written.
+    let debug = |bytes: &[u8]| format!("{bytes:?}");
+    cases.push(
+        case(
+            "retried request",
+            "Reserve sale-reserve",
+            &a,
+            Req::Reserve(pb::ReserveRequest { payment_ref: "card-sale".into(), ..reserve_request("sale-reserve", &w.media) }),
+            Code::Ok,
+        )
+        .answer_has(sale.clone()),
+    );
+    cases.push(
+        case(
+            "retried request",
+            "Authorize sale-authorize",
+            &a,
+            Req::Authorize(pb::AuthorizeRequest { request_id: "sale-authorize".into(), voucher_id: sale.clone() }),
+            Code::Ok,
+        )
+        .answer_has(debug(&w.sale.receipt)),
+    );
+    cases.push(
+        case(
+            "retried request",
+            "IssueVoucher sale-issue",
+            &a,
+            Req::IssueVoucher(pb::IssueVoucherRequest { request_id: "sale-issue".into(), voucher_id: sale.clone(), region: String::new() }),
+            Code::Ok,
+        )
+        .answer_has(w.sale.node_id.clone())
+        .answer_has(debug(&w.sale.access_token)),
+    );
+    cases.push(
+        case(
+            "retried request",
+            "Preview preview-1",
+            &a,
+            Req::Preview(pb::PreviewRequest { request_id: "preview-1".into(), media_id: w.media.clone(), region: String::new() }),
+            Code::Ok,
+        )
+        .answer_has(w.preview.clone()),
+    );
+    cases.push(
+        case(
+            "retried request",
+            "PlaceOrder order-1",
+            &a,
+            Req::PlaceOrder(pb::PlaceOrderRequest { request_id: "order-1".into(), media_id: w.media.clone(), units: 2 }),
+            Code::Ok,
+        )
+        .answer_has(w.order.clone()),
+    );
+    cases.push(
+        case(
+            "retried request",
+            "CertifyConsumer cert-alice",
+            &op,
+            Req::CertifyConsumer(pb::CertifyConsumerRequest {
+                request_id: "cert-alice".into(),
+                consumer_id: "alice".into(),
+                public_key_der: w.consumer_der.clone(),
+                validity_ms: 86_400_000,
+            }),
+            Code::Ok,
+        )
+        .answer_has(w.alice_serial.clone()),
+    );
+    cases.push(case(
+        "retried request",
+        "RevokeCert revoke-bob",
+        &op,
+        Req::RevokeCert(pb::RevokeCertRequest {
+            request_id: "revoke-bob".into(),
+            cert_serial: w.bob_serial.clone(),
+            reason: "lost".into(),
+            consumer_id: "bob".into(),
+        }),
+        Code::Ok,
+    ));
+    cases.push(
+        case(
+            "retried request",
+            "TopUpPoints topup-1",
+            &op,
+            Req::TopUpPoints(pb::TopUpPointsRequest { request_id: "topup-1".into(), account_id: "acct-1".into(), amount: 500 }),
+            Code::Ok,
+        )
+        .answer_has("balance: 500"),
+    );
+    // By the documented idempotency rule (same request id, same command: the first answer),
+    // a "retry" that asks for something else gets the first reservation, not a refusal.
+    cases.push(
+        case(
+            "retried request",
+            "Reserve sale-reserve, other ttl",
+            &a,
+            Req::Reserve(pb::ReserveRequest { ttl_ms: 60_000, ..reserve_request("sale-reserve", &w.media) }),
+            Code::Ok,
+        )
+        .answer_has(sale.clone()),
+    );
+    // A credential's secret is shown once: its retry is refused, not answered.
+    cases.push(case(
+        "retried request",
+        "RegisterMerchant merchant-a",
+        &op,
+        Req::RegisterMerchant(pb::RegisterMerchantRequest { request_id: "merchant-a".into(), name: "Shop A".into() }),
+        Code::AlreadyExists,
+    ));
+    cases.push(case(
+        "retried request",
+        "RegisterNodeCredential node-eu",
+        &op,
+        Req::RegisterNodeCredential(pb::RegisterNodeCredentialRequest { request_id: "node-eu".into(), region: "eu".into(), slots_max: 16 }),
+        Code::AlreadyExists,
+    ));
+    cases.push(case(
+        "retried request",
+        "RegisterAuditor auditor-1",
+        &op,
+        Req::RegisterAuditor(pb::RegisterAuditorRequest { request_id: "auditor-1".into(), name: "Agent 1".into() }),
+        Code::AlreadyExists,
+    ));
+    cases.push(case(
+        "retried request",
+        "RevokeCert of a revoked cert, new id",
+        &op,
+        Req::RevokeCert(pb::RevokeCertRequest {
+            request_id: "revoke-bob-again".into(),
+            cert_serial: w.bob_serial.clone(),
+            reason: "lost".into(),
+            consumer_id: "bob".into(),
+        }),
+        Code::Ok,
+    ));
+
+    // Which check refused it, where the code alone could come from another one.
+    for case in &mut cases {
+        if case.message_has.is_none() {
+            case.message_has = match (case.category, case.expect) {
+                ("merchant B on A's", Code::PermissionDenied) => Some("belongs to another merchant"),
+                ("node Y on X's", _) => Some("not assigned to this delivery node"),
+                ("wrong receipt proof", _) => Some("receipt proof does not verify"),
+                ("request id reused", _) => Some("request id was already used"),
+                ("undecodable, wrong role", _) => Some("may not call"),
+                ("undecodable, no credential" | "oversized, no credential", _) => Some("missing"),
+                (_, Code::NotFound) => Some("unknown"),
+                _ => None,
+            };
+        }
+    }
+    cases
+}
