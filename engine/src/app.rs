@@ -757,39 +757,17 @@ impl Market {
         let now = self.now();
         let consumer_root = self.handler.load::<Consumer>(&consumer.0).await?;
         let cert = consumer_root.state.cert_check(cert_serial, now);
+        // The certificate's key as the engine recorded it: the proof must name exactly this
+        // consumer, certificate and key, or another passport could take the keys.
+        let public_key_der = consumer_root.state.certs.get(cert_serial).map(|cert| cert.public_key_der.clone()).unwrap_or_default();
+        let subject = crypto::ProofConsumer::new(&consumer.0, &cert_serial.0, &public_key_der);
         let receipt =
             crypto::derive_token(&self.keys.token_key(root.state.receipt_key_id), TokenPurpose::Receipt, &voucher_id.0, root.state.receipt_generation);
-        let proof_check = if root.state.receipt_generation > 0 && crypto::verify_receipt_proof(&receipt, &voucher_id.0, &node.0, challenge, proof) {
+        let proof_check = if root.state.receipt_generation > 0 && crypto::verify_receipt_proof(&receipt, &voucher_id.0, &node.0, challenge, &subject, proof) {
             ProofCheck::Valid
         } else {
             ProofCheck::Invalid
         };
-        // Wrap keys only when the redemption can succeed: a refused request costs no RSA.
-        let mut keys = Vec::new();
-        let mut records = Vec::new();
-        if cert == CertCheck::Valid && proof_check == ProofCheck::Valid && root.state.node.as_ref() == Some(node) {
-            let public_key_der = &consumer_root.state.certs[cert_serial].public_key_der;
-            let consumer_key = self.consumer_key(public_key_der)?;
-            for item in &root.state.items {
-                let media = self.media(&item.media_id).await?;
-                let rendition = media.published.as_ref().and_then(|published| published.renditions.iter().find(|r| r.name == root.state.rendition));
-                let content_hash = rendition
-                    .ok_or_else(|| Rejection::NotFound { kind: "rendition", id: format!("{}/{}", item.media_id.0, root.state.rendition) })?
-                    .content_hash;
-                keys.push((item.media_id.clone(), self.rewrap_for(&media, &consumer_key).await?));
-                records.push(TransactionRecord {
-                    voucher_id: voucher_id.clone(),
-                    media_id: item.media_id.clone(),
-                    rendition: root.state.rendition.clone(),
-                    node_id: node.clone(),
-                    delivered_at: now,
-                    engine_key_id: self.keys.key_id(),
-                    consumer_id: consumer.clone(),
-                    cert_serial: cert_serial.clone(),
-                    content_hash,
-                });
-            }
-        }
         // The handler builds the next state in place when it holds the only reference.
         drop((root, consumer_root));
         let command = VoucherCommand::Redeem(Redeem {
@@ -798,9 +776,51 @@ impl Market {
             cert_serial: cert_serial.clone(),
             cert,
             proof: proof_check,
-            wrapped_key_hashes: keys.iter().map(|(_, wrapped)| crypto::hash(wrapped)).collect(),
+            challenge_hash: crypto::hash(challenge),
+            consumer_key_hash: subject.key_hash,
         });
-        self.handler.handle::<Voucher>(&voucher_id.0, &actor(ActorKind::Node, &node.0), request, &command).await?;
+        let handled = self.handler.handle::<Voucher>(&voucher_id.0, &actor(ActorKind::Node, &node.0), request, &command).await?;
+        // A repeated request is answered without deciding again, so what the first decided
+        // is checked here: the answer goes only to the consumer and certificate the first
+        // Redeem recorded, with a certificate still valid and a proof that verifies.
+        if handled.repeated {
+            if handled.root.state.consumer.as_ref() != Some(&(consumer.clone(), cert_serial.clone())) {
+                return Err(Rejection::AlreadyRedeemed.into());
+            }
+            match cert {
+                CertCheck::Valid => {}
+                CertCheck::Revoked => return Err(Rejection::CertRevoked.into()),
+                CertCheck::NotValid => return Err(Rejection::CertNotValid.into()),
+                CertCheck::Unknown => return Err(Rejection::NotFound { kind: "certificate", id: cert_serial.0.clone() }.into()),
+            }
+            if proof_check != ProofCheck::Valid {
+                return Err(Rejection::BadProof.into());
+            }
+        }
+        // Keys are wrapped only now, after the decision: a refused request costs no RSA and
+        // gets no key.
+        let state = &handled.root.state;
+        let consumer_key = self.consumer_key(&public_key_der)?;
+        let mut keys = Vec::new();
+        let mut records = Vec::new();
+        for item in &state.items {
+            let media = self.media(&item.media_id).await?;
+            let rendition = media.published.as_ref().and_then(|published| published.renditions.iter().find(|r| r.name == state.rendition));
+            let content_hash =
+                rendition.ok_or_else(|| Rejection::NotFound { kind: "rendition", id: format!("{}/{}", item.media_id.0, state.rendition) })?.content_hash;
+            keys.push((item.media_id.clone(), self.rewrap_for(&media, &consumer_key).await?));
+            records.push(TransactionRecord {
+                voucher_id: voucher_id.clone(),
+                media_id: item.media_id.clone(),
+                rendition: state.rendition.clone(),
+                node_id: node.clone(),
+                delivered_at: now,
+                engine_key_id: self.keys.key_id(),
+                consumer_id: consumer.clone(),
+                cert_serial: cert_serial.clone(),
+                content_hash,
+            });
+        }
         let signatures = futures::future::try_join_all(records.iter().map(|record| self.transactions.sign(record.message()))).await.map_err(AppError::Sign)?;
         let transactions = records.into_iter().zip(signatures).map(|(record, signature)| SignedTransaction { record, signature }).collect();
         Ok(RedeemAnswer { voucher_id: voucher_id.clone(), keys, transactions })

@@ -223,6 +223,11 @@ fn hashes_of(field: &'static str, hashes: Vec<Vec<u8>>) -> Result<Vec<[u8; 32]>,
     hashes.iter().map(|h| array::<32>(field, h)).collect()
 }
 
+/// An optional 32-byte hash: absent (empty) in events written before the field existed.
+fn optional_hash(field: &'static str, bytes: &[u8]) -> Result<Option<[u8; 32]>, DecodeError> {
+    if bytes.is_empty() { Ok(None) } else { array::<32>(field, bytes).map(Some) }
+}
+
 fn ids_to_strings<T: AsRef<str>>(ids: &[T]) -> Vec<String> {
     ids.iter().map(|id| id.as_ref().to_string()).collect()
 }
@@ -377,13 +382,17 @@ fn event_to_pb(event: &Event) -> E {
             rendition: rendition.clone(),
             access_expires_at_ms: access_expires_at.0,
         }),
-        Event::RedemptionAccepted { voucher_id, node_id, consumer_id, cert_serial, wrapped_key_hashes } => E::RedemptionAccepted(pb::RedemptionAccepted {
-            voucher_id: voucher_id.0.clone(),
-            node_id: node_id.0.clone(),
-            consumer_id: consumer_id.0.clone(),
-            cert_serial: cert_serial.0.clone(),
-            wrapped_key_hashes: wrapped_key_hashes.iter().map(|h| h.to_vec()).collect(),
-        }),
+        Event::RedemptionAccepted { voucher_id, node_id, consumer_id, cert_serial, wrapped_key_hashes, challenge_hash, consumer_key_hash } => {
+            E::RedemptionAccepted(pb::RedemptionAccepted {
+                voucher_id: voucher_id.0.clone(),
+                node_id: node_id.0.clone(),
+                consumer_id: consumer_id.0.clone(),
+                cert_serial: cert_serial.0.clone(),
+                wrapped_key_hashes: wrapped_key_hashes.iter().map(|h| h.to_vec()).collect(),
+                challenge_hash: challenge_hash.map(|h| h.to_vec()).unwrap_or_default(),
+                consumer_key_hash: consumer_key_hash.map(|h| h.to_vec()).unwrap_or_default(),
+            })
+        }
         Event::DeliveryFailed { voucher_id, node_id, reason } => {
             E::DeliveryFailed(pb::DeliveryFailed { voucher_id: voucher_id.0.clone(), node_id: node_id.0.clone(), reason: reason.clone() })
         }
@@ -525,6 +534,8 @@ fn event_of_pb(event: E) -> Result<Event, DecodeError> {
             consumer_id: ConsumerId(e.consumer_id),
             cert_serial: CertSerial(e.cert_serial),
             wrapped_key_hashes: hashes_of("wrapped_key_hashes", e.wrapped_key_hashes)?,
+            challenge_hash: optional_hash("challenge_hash", &e.challenge_hash)?,
+            consumer_key_hash: optional_hash("consumer_key_hash", &e.consumer_key_hash)?,
         },
         E::DeliveryFailed(e) => Event::DeliveryFailed { voucher_id: VoucherId(e.voucher_id), node_id: NodeId(e.node_id), reason: e.reason },
         E::Delivered(e) => Event::Delivered {

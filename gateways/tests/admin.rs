@@ -151,6 +151,7 @@ async fn admin_is_for_the_operator_config_replays_and_drained_nodes_finish_their
         .await
         .expect("certify")
         .into_inner();
+    let consumer_der = consumer_key.public().to_der().expect("der");
     let redeem = |voucher: &str, receipt: &[u8], node: &str, request: &str| {
         let challenge = engine::crypto::random_bytes::<32>();
         let receipt = engine::crypto::SecretKey::from_bytes(receipt.try_into().expect("receipt"));
@@ -160,7 +161,14 @@ async fn admin_is_for_the_operator_config_replays_and_drained_nodes_finish_their
             cert_serial: cert.cert_serial.clone(),
             consumer_id: "alice".into(),
             challenge: challenge.to_vec(),
-            proof: engine::crypto::receipt_proof(&receipt, voucher, node, &challenge).to_vec(),
+            proof: engine::crypto::receipt_proof(
+                &receipt,
+                voucher,
+                node,
+                &challenge,
+                &engine::crypto::ProofConsumer::new("alice", &cert.cert_serial, &consumer_der),
+            )
+            .to_vec(),
         }
     };
     x.redeem(redeem(&first.voucher_id, &first.receipt, &node_x.id, "r1")).await.expect("a drained node redeems what it holds");

@@ -373,8 +373,10 @@ impl World {
     }
 
     /// A proof of `sale`'s receipt, bound to `node` and `challenge`.
-    fn proof(receipt: &[u8], voucher: &str, node: &str, challenge: &[u8]) -> Vec<u8> {
-        support::sale::proof(receipt, voucher, node, challenge)
+    /// A proof naming consumer alice, as the sale's redemptions do.
+    fn proof(&self, receipt: &[u8], voucher: &str, node: &str, challenge: &[u8]) -> Vec<u8> {
+        let alice = support::sale::Named { consumer: "alice", cert_serial: &self.alice_serial, public_key_der: &self.consumer_der };
+        support::sale::proof(receipt, voucher, node, challenge, &alice)
     }
 
     /// A redemption of the sale by consumer alice, with a proof made for `node`.
@@ -385,7 +387,7 @@ impl World {
             voucher_id: self.sale.voucher_id.clone(),
             cert_serial: self.alice_serial.clone(),
             consumer_id: "alice".into(),
-            proof: Self::proof(&self.sale.receipt, &self.sale.voucher_id, node, &challenge),
+            proof: self.proof(&self.sale.receipt, &self.sale.voucher_id, node, &challenge),
             challenge,
         }
     }

@@ -119,7 +119,9 @@ async fn publish_buy_deliver_decrypt_over_grpc() {
         .into_inner();
     let challenge = crypto::random_bytes::<32>();
     let receipt = engine::crypto::SecretKey::from_bytes(sale.receipt.as_slice().try_into().expect("32-byte receipt"));
-    let proof = crypto::receipt_proof(&receipt, &sale.voucher_id, &sale.node_id, &challenge);
+    let consumer_der = consumer_key.public().to_der().expect("der");
+    let proof =
+        crypto::receipt_proof(&receipt, &sale.voucher_id, &sale.node_id, &challenge, &crypto::ProofConsumer::new("alice", &cert.cert_serial, &consumer_der));
     let redeem = pb::RedeemRequest {
         request_id: "redeem-1".into(),
         voucher_id: sale.voucher_id.clone(),

@@ -600,7 +600,13 @@ async fn known_good(world: &World, round: usize) -> Result<(), String> {
         voucher_id: sale.voucher_id.clone(),
         cert_serial: world.known_good_serial.clone(),
         consumer_id: KNOWN_GOOD_CONSUMER.into(),
-        proof: proof(&sale.receipt, &sale.voucher_id, &world.w.id, &challenge),
+        proof: proof(
+            &sale.receipt,
+            &sale.voucher_id,
+            &world.w.id,
+            &challenge,
+            &support::sale::Named { consumer: KNOWN_GOOD_CONSUMER, cert_serial: &world.known_good_serial, public_key_der: &world.consumer_der },
+        ),
         challenge,
     };
     let keys = w.redeem(redeem).await.map_err(step("redeem"))?.into_inner().keys;

@@ -198,7 +198,8 @@ async fn a_player_redeems_downloads_decrypts_and_confirms_an_album_through_a_nod
     let grant = Some(sale.grant());
     let challenge = at_node.challenge(pb::ChallengeRequest { grant: grant.clone() }).await.expect("challenge").into_inner().challenge;
     let receipt = SecretKey::from_bytes(sale.receipt.as_slice().try_into().expect("32 bytes"));
-    let proof = crypto::receipt_proof(&receipt, &sale.voucher_id, &sale.node_id, &challenge).to_vec();
+    let alice_subject = crypto::ProofConsumer::new(alice.as_str(), &passport.certificate.cert_serial, &passport.certificate.public_key_der);
+    let proof = crypto::receipt_proof(&receipt, &sale.voucher_id, &sale.node_id, &challenge, &alice_subject).to_vec();
     let redeem = pb::PlayerRedeemRequest {
         grant: grant.clone(),
         request_id: "redeem-3".into(),

@@ -45,7 +45,8 @@ async fn script(log: Arc<dyn EventLog>, wrapped_media_key: Vec<u8>) {
     let media = market.publish_media("pub", &req("media-1"), input).await.expect("publish");
     let consumer = ConsumerId::new("alice");
     let player = test_keys::fixed_rsa_2();
-    let cert = market.certify_consumer("op", &req("c-1"), &consumer, &player.public().to_der().expect("der"), 86_400_000).await.expect("cert");
+    let player_der = player.public().to_der().expect("der");
+    let cert = market.certify_consumer("op", &req("c-1"), &consumer, &player_der, 86_400_000).await.expect("cert");
     let account = AccountId::new("acct");
     market.top_up("op", &req("top"), &account, 1_000).await.expect("top up");
     let merchant_pays = || Payment::Merchant { payment_ref: "card".into() };
@@ -66,7 +67,8 @@ async fn script(log: Arc<dyn EventLog>, wrapped_media_key: Vec<u8>) {
                 let receipt = market.authorize(&merchant, &req(&format!("a{i}")), &voucher).await.expect("authorize").receipt;
                 market.issue(&merchant, &req(&format!("i{i}")), &voucher, None, 60_000).await.expect("issue");
                 let challenge = [i as u8; 32];
-                let proof = crypto::receipt_proof(&receipt, &voucher.0, &node.0, &challenge);
+                let proof =
+                    crypto::receipt_proof(&receipt, &voucher.0, &node.0, &challenge, &crypto::ProofConsumer::new(&consumer.0, &cert.serial.0, &player_der));
                 market.redeem(&node, &req(&format!("d{i}")), &voucher, &consumer, &cert.serial, &challenge, &proof).await.expect("redeem");
                 market.complete_delivery(&node, &req(&format!("done{i}")), &voucher, &media, [2; 32], 10).await.expect("deliver");
             }

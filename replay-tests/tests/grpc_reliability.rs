@@ -150,7 +150,8 @@ async fn node_restart_during_delivery_delivers_exactly_once(backend: BackendArgs
     let mut node_client = gateways::player::connect_node(&sale.node_endpoint).await.expect("node");
     let challenge = node_client.challenge(pb::ChallengeRequest { grant: Some(sale.grant()) }).await.expect("challenge").into_inner().challenge;
     let receipt = engine::crypto::SecretKey::from_bytes(sale.receipt.as_slice().try_into().expect("receipt"));
-    let proof = engine::crypto::receipt_proof(&receipt, &sale.voucher_id, &sale.node_id, &challenge);
+    let subject = engine::crypto::ProofConsumer::new(&consumer.0, &passport.certificate.cert_serial, &passport.certificate.public_key_der);
+    let proof = engine::crypto::receipt_proof(&receipt, &sale.voucher_id, &sale.node_id, &challenge, &subject);
     node_client
         .redeem(pb::PlayerRedeemRequest {
             grant: Some(sale.grant()),

@@ -247,12 +247,13 @@ async fn a_redemption_needs_the_receipt_and_the_assigned_node() {
     let len = stream_len(&f.log).await;
 
     let wrong_receipt = crypto::SecretKey::random();
-    let bad = crypto::receipt_proof(&wrong_receipt, &voucher.0, &f.node.0, &challenge);
+    let alice = crypto::ProofConsumer::new(&consumer.0, &cert.serial.0, &test_keys::fixed_rsa_2().public().to_der().expect("der"));
+    let bad = crypto::receipt_proof(&wrong_receipt, &voucher.0, &f.node.0, &challenge, &alice);
     let refused = f.market.redeem(&f.node, &req("d1"), &voucher, &consumer, &cert.serial, &challenge, &bad).await.expect_err("bad proof");
     assert_eq!(rejection(refused), Rejection::BadProof);
     assert_eq!(stream_len(&f.log).await, len, "a refused redemption writes nothing");
 
-    let proof = crypto::receipt_proof(&receipt, &voucher.0, &f.node.0, &challenge);
+    let proof = crypto::receipt_proof(&receipt, &voucher.0, &f.node.0, &challenge, &alice);
     let answer = f.market.redeem(&f.node, &req("d2"), &voucher, &consumer, &cert.serial, &challenge, &proof).await.expect("redeem");
     assert_eq!(answer.keys.len(), 1);
     assert!(crypto::unwrap_key(&player, &answer.keys[0].1).is_ok(), "the key is wrapped for the player");
@@ -332,7 +333,13 @@ async fn sell_and_deliver(f: &Fixture, n: usize, tag: &str) -> u64 {
         let receipt = f.market.authorize(&f.merchant, &req(&format!("{tag}-a{i}")), &voucher).await.expect("authorize").receipt;
         f.market.issue(&f.merchant, &req(&format!("{tag}-i{i}")), &voucher, None, 60_000).await.expect("issue");
         let challenge = [i as u8; 32];
-        let proof = crypto::receipt_proof(&receipt, &voucher.0, &f.node.0, &challenge);
+        let proof = crypto::receipt_proof(
+            &receipt,
+            &voucher.0,
+            &f.node.0,
+            &challenge,
+            &crypto::ProofConsumer::new(&consumer.0, &cert.serial.0, &test_keys::fixed_rsa_2().public().to_der().expect("der")),
+        );
         f.market.redeem(&f.node, &req(&format!("{tag}-d{i}")), &voucher, &consumer, &cert.serial, &challenge, &proof).await.expect("redeem");
         f.market.complete_delivery(&f.node, &req(&format!("{tag}-done{i}")), &voucher, &f.media, [3; 32], 10).await.expect("deliver");
         let (preview, node) = f.market.preview(&f.merchant, &req(&format!("{tag}-p{i}")), &f.media, None).await.expect("preview");

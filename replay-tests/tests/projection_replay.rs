@@ -112,7 +112,8 @@ async fn run_script(w: &World, steps: &[Step]) {
                     continue;
                 }
                 let challenge = [i as u8; 32];
-                let proof = crypto::receipt_proof(&authorized.receipt, &issued.voucher_id.0, &issued.node_id.0, &challenge);
+                let subject = crypto::ProofConsumer::new(&w.consumer.0, &w.cert.0, &test_keys::fixed_rsa_2().public().to_der().expect("der"));
+                let proof = crypto::receipt_proof(&authorized.receipt, &issued.voucher_id.0, &issued.node_id.0, &challenge, &subject);
                 if w.market.redeem(&issued.node_id, &req(&format!("d{i}")), &issued.voucher_id, &w.consumer, &w.cert, &challenge, &proof).await.is_err()
                     || *until == 3
                 {

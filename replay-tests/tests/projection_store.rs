@@ -87,8 +87,8 @@ async fn setup(market: &Market, keys: &EngineKeys) -> (MerchantId, MediaId) {
 async fn sell(market: &Market, merchant: &MerchantId, media: &MediaId, n: usize, tag: &str) {
     let player = test_keys::fixed_rsa_2();
     let consumer = ConsumerId::new("carol");
-    let cert =
-        market.certify_consumer("op", &req(&format!("{tag}-cert")), &consumer, &player.public().to_der().expect("der"), 86_400_000).await.expect("certify");
+    let player_der = player.public().to_der().expect("der");
+    let cert = market.certify_consumer("op", &req(&format!("{tag}-cert")), &consumer, &player_der, 86_400_000).await.expect("certify");
     for i in 0..n {
         let voucher = market
             .reserve(merchant, &req(&format!("{tag}-r{i}")), std::slice::from_ref(media), "high", 60_000, Payment::Merchant { payment_ref: "c".into() })
@@ -98,7 +98,7 @@ async fn sell(market: &Market, merchant: &MerchantId, media: &MediaId, n: usize,
         let receipt = market.authorize(merchant, &req(&format!("{tag}-a{i}")), &voucher).await.expect("authorize").receipt;
         let node = market.issue(merchant, &req(&format!("{tag}-i{i}")), &voucher, None, 60_000).await.expect("issue").node_id;
         let challenge = [i as u8; 32];
-        let proof = crypto::receipt_proof(&receipt, &voucher.0, &node.0, &challenge);
+        let proof = crypto::receipt_proof(&receipt, &voucher.0, &node.0, &challenge, &crypto::ProofConsumer::new(&consumer.0, &cert.serial.0, &player_der));
         market.redeem(&node, &req(&format!("{tag}-d{i}")), &voucher, &consumer, &cert.serial, &challenge, &proof).await.expect("redeem");
         market.complete_delivery(&node, &req(&format!("{tag}-done{i}")), &voucher, media, [3; 32], 10).await.expect("deliver");
         let (preview, node) = market.preview(merchant, &req(&format!("{tag}-p{i}")), media, None).await.expect("preview");

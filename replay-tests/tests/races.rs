@@ -129,7 +129,8 @@ async fn race(log: Arc<dyn EventLog>) {
                             && a.issue(&merchant, &RequestId::new(format!("i-{voucher}")), &voucher, None, 600_000).await.is_ok()
                         {
                             let challenge = [7u8; 32];
-                            let proof = crypto::receipt_proof(&authorized.receipt, &voucher.0, &node.0, &challenge);
+                            let subject = crypto::ProofConsumer::new(&consumer.0, &serial.0, &test_keys::fixed_rsa_2().public().to_der().expect("der"));
+                            let proof = crypto::receipt_proof(&authorized.receipt, &voucher.0, &node.0, &challenge, &subject);
                             if a.redeem(&node, &RequestId::new(format!("d-{voucher}")), &voucher, &consumer, &serial, &challenge, &proof).await.is_ok() {
                                 let _ = a.complete_delivery(&node, &RequestId::new(format!("c-{voucher}")), &voucher, &media, [1; 32], 10).await;
                             }

@@ -136,7 +136,8 @@ async fn deliver_one(market: &Market, merchant: &MerchantId, media: &MediaId, co
     let authorized = market.authorize(merchant, &req("a"), &reserved.voucher_id).await.expect("authorize");
     let issued = market.issue(merchant, &req("i"), &reserved.voucher_id, None, 600_000).await.expect("issue");
     let challenge = [7; 32];
-    let proof = crypto::receipt_proof(&authorized.receipt, &issued.voucher_id.0, &issued.node_id.0, &challenge);
+    let subject = crypto::ProofConsumer::new(&consumer.0, &cert.0, &test_keys::fixed_rsa_2().public().to_der().expect("der"));
+    let proof = crypto::receipt_proof(&authorized.receipt, &issued.voucher_id.0, &issued.node_id.0, &challenge, &subject);
     market.redeem(&issued.node_id, &req("d"), &issued.voucher_id, consumer, cert, &challenge, &proof).await.expect("redeem");
     market.complete_delivery(&issued.node_id, &req("c"), &issued.voucher_id, media, [1; 32], 10).await.expect("deliver");
 }

@@ -316,16 +316,26 @@ fn derive_token_is_deterministic_and_separated() {
 }
 
 #[test]
-fn receipt_proof_binds_node_challenge_voucher_and_receipt() {
+fn receipt_proof_binds_node_challenge_voucher_receipt_and_consumer() {
     let receipt = derive_token(&key(1), TokenPurpose::Receipt, "v-1", 0);
     let other_receipt = derive_token(&key(1), TokenPurpose::Receipt, "v-1", 1);
-    let proof = receipt_proof(&receipt, "v-1", "node-a", b"challenge-1");
-    assert!(verify_receipt_proof(&receipt, "v-1", "node-a", b"challenge-1", &proof));
-    assert!(!verify_receipt_proof(&receipt, "v-1", "node-b", b"challenge-1", &proof));
-    assert!(!verify_receipt_proof(&receipt, "v-1", "node-a", b"challenge-2", &proof));
-    assert!(!verify_receipt_proof(&receipt, "v-2", "node-a", b"challenge-1", &proof));
-    assert!(!verify_receipt_proof(&other_receipt, "v-1", "node-a", b"challenge-1", &proof));
-    assert!(!verify_receipt_proof(&receipt, "v-1", "node-a", b"challenge-1", &proof[..31]));
+    let alice = ProofConsumer::new("alice", "c-1", b"alice's public key");
+    let proof = receipt_proof(&receipt, "v-1", "node-a", b"challenge-1", &alice);
+    assert!(verify_receipt_proof(&receipt, "v-1", "node-a", b"challenge-1", &alice, &proof));
+    assert!(!verify_receipt_proof(&receipt, "v-1", "node-b", b"challenge-1", &alice, &proof));
+    assert!(!verify_receipt_proof(&receipt, "v-1", "node-a", b"challenge-2", &alice, &proof));
+    assert!(!verify_receipt_proof(&receipt, "v-2", "node-a", b"challenge-1", &alice, &proof));
+    assert!(!verify_receipt_proof(&other_receipt, "v-1", "node-a", b"challenge-1", &alice, &proof));
+    assert!(!verify_receipt_proof(&receipt, "v-1", "node-a", b"challenge-1", &alice, &proof[..31]));
+    // Another passport in the Redeem: another consumer, another certificate of the same
+    // consumer, or the same serial with another key (a forged certificate) all fail.
+    for other in [
+        ProofConsumer::new("mallory", "c-1", b"alice's public key"),
+        ProofConsumer::new("alice", "c-2", b"alice's public key"),
+        ProofConsumer::new("alice", "c-1", b"mallory's public key"),
+    ] {
+        assert!(!verify_receipt_proof(&receipt, "v-1", "node-a", b"challenge-1", &other, &proof), "{other:?}");
+    }
 }
 
 #[test]

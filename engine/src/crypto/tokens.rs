@@ -12,7 +12,7 @@ use hmac::{Hmac, KeyInit as _, Mac};
 // so they carry a version.
 const LABEL_AUTH_TOKEN: &[u8] = b"vouchsafe.auth-token.v1";
 const LABEL_RECEIPT_TOKEN: &[u8] = b"vouchsafe.receipt-token.v1";
-const LABEL_RECEIPT_PROOF: &[u8] = b"vouchsafe.receipt-proof.v1";
+const LABEL_RECEIPT_PROOF: &[u8] = b"vouchsafe.receipt-proof.v2";
 const LABEL_ACCESS_TOKEN: &[u8] = b"vouchsafe.access-token.v1";
 const CONTEXT_NODE_ACCESS_KEY: &str = "vouchsafe 2025-01-01 node access key v1";
 
@@ -81,15 +81,45 @@ pub fn derive_token(token_key: &SecretKey, purpose: TokenPurpose, voucher_id: &s
     SecretKey(hmac_sha256_framed(token_key.expose(), &[purpose.as_bytes(), voucher_id.as_bytes(), &generation_bytes]))
 }
 
-/// The player's proof that it holds `receipt`, bound to the voucher, the node and a fresh
-/// `challenge` chosen by the node, so a proof cannot be replayed elsewhere or later.
-pub fn receipt_proof(receipt: &Token, voucher_id: &str, node_id: &str, challenge: &[u8]) -> [u8; 32] {
-    hmac_sha256_framed(receipt.expose(), &[LABEL_RECEIPT_PROOF, voucher_id.as_bytes(), node_id.as_bytes(), challenge])
+/// The consumer a receipt proof names: whoever answers the node's challenge also says who
+/// receives the media keys, and the proof covers it, so nobody between the player and the
+/// engine (the node, or anyone on the link) can put another passport in the Redeem.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProofConsumer<'a> {
+    pub consumer_id: &'a str,
+    pub cert_serial: &'a str,
+    /// `hash` of the certificate's public key (SPKI DER).
+    pub key_hash: [u8; 32],
+}
+
+impl<'a> ProofConsumer<'a> {
+    pub fn new(consumer_id: &'a str, cert_serial: &'a str, public_key_der: &[u8]) -> Self {
+        Self { consumer_id, cert_serial, key_hash: super::hash(public_key_der) }
+    }
+}
+
+fn receipt_proof_parts<'a>(voucher_id: &'a str, node_id: &'a str, challenge: &'a [u8], consumer: &'a ProofConsumer<'a>) -> [&'a [u8]; 7] {
+    [
+        LABEL_RECEIPT_PROOF,
+        voucher_id.as_bytes(),
+        node_id.as_bytes(),
+        challenge,
+        consumer.consumer_id.as_bytes(),
+        consumer.cert_serial.as_bytes(),
+        &consumer.key_hash,
+    ]
+}
+
+/// The player's proof that it holds `receipt`, bound to the voucher, the node, a fresh
+/// `challenge` chosen by the node (so a proof cannot be replayed elsewhere or later) and
+/// the consumer who will receive the keys (so it cannot be used for another passport).
+pub fn receipt_proof(receipt: &Token, voucher_id: &str, node_id: &str, challenge: &[u8], consumer: &ProofConsumer<'_>) -> [u8; 32] {
+    hmac_sha256_framed(receipt.expose(), &receipt_proof_parts(voucher_id, node_id, challenge, consumer))
 }
 
 /// Checks a [`receipt_proof`] in constant time.
-pub fn verify_receipt_proof(receipt: &Token, voucher_id: &str, node_id: &str, challenge: &[u8], proof: &[u8]) -> bool {
-    verify_hmac_sha256_framed(receipt.expose(), &[LABEL_RECEIPT_PROOF, voucher_id.as_bytes(), node_id.as_bytes(), challenge], proof)
+pub fn verify_receipt_proof(receipt: &Token, voucher_id: &str, node_id: &str, challenge: &[u8], consumer: &ProofConsumer<'_>, proof: &[u8]) -> bool {
+    verify_hmac_sha256_framed(receipt.expose(), &receipt_proof_parts(voucher_id, node_id, challenge, consumer), proof)
 }
 
 /// The per-node key for delivery access tokens, derived from the engine token key with

@@ -304,7 +304,13 @@ pub enum Event {
         node_id: NodeId,
         consumer_id: ConsumerId,
         cert_serial: CertSerial,
+        /// Hashes of the wrapped keys, in events written before keys were wrapped after the
+        /// decision; empty since.
         wrapped_key_hashes: Vec<[u8; 32]>,
+        /// The challenge the proof answered (`None` in older events): it redeems once.
+        challenge_hash: Option<[u8; 32]>,
+        /// The public key the keys are wrapped for (`None` in older events).
+        consumer_key_hash: Option<[u8; 32]>,
     },
     DeliveryFailed {
         voucher_id: VoucherId,

@@ -31,6 +31,8 @@ pub enum Rejection {
     InvalidTransition { kind: &'static str, command: &'static str, state: &'static str },
     #[error("the receipt proof does not verify")]
     BadProof,
+    #[error("this challenge was already answered; ask the node for a new challenge")]
+    ChallengeUsed,
     #[error("the consumer certificate is revoked")]
     CertRevoked,
     #[error("the consumer certificate is not valid at this time")]

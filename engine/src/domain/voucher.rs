@@ -74,6 +74,9 @@ pub struct Voucher {
     pub delivered: BTreeSet<MediaId>,
     pub void_reason: Option<VoidReason>,
     pub delivery_failures: u32,
+    /// Challenges accepted redemptions answered (one per redemption: bounded by the
+    /// voucher's redemptions, which failed deliveries bound).
+    pub used_challenges: Vec<[u8; 32]>,
     /// The settlement postings of the Authorized event (reversed by a refund).
     pub postings: Vec<Posting>,
 }
@@ -122,7 +125,10 @@ pub struct Redeem {
     pub cert_serial: CertSerial,
     pub cert: CertCheck,
     pub proof: ProofCheck,
-    pub wrapped_key_hashes: Vec<[u8; 32]>,
+    /// The challenge the proof answers: refused when it was answered before.
+    pub challenge_hash: [u8; 32],
+    /// The public key of the certificate the keys will be wrapped for.
+    pub consumer_key_hash: [u8; 32],
 }
 
 #[derive(Clone, Debug)]
@@ -298,6 +304,11 @@ impl Voucher {
         if redeem.proof != ProofCheck::Valid {
             return Err(Rejection::BadProof);
         }
+        // A challenge answered once is spent at the engine too: a Redeem replayed by
+        // whoever saw it (the node, the link) gets nothing.
+        if self.used_challenges.contains(&redeem.challenge_hash) {
+            return Err(Rejection::ChallengeUsed);
+        }
         if retry {
             return Ok(vec![]);
         }
@@ -306,7 +317,9 @@ impl Voucher {
             node_id: redeem.node.clone(),
             consumer_id: redeem.consumer.clone(),
             cert_serial: redeem.cert_serial.clone(),
-            wrapped_key_hashes: redeem.wrapped_key_hashes.clone(),
+            wrapped_key_hashes: Vec::new(),
+            challenge_hash: Some(redeem.challenge_hash),
+            consumer_key_hash: Some(redeem.consumer_key_hash),
         }])
     }
 
@@ -439,9 +452,10 @@ impl Aggregate for Voucher {
                 self.node = Some(node_id.clone());
                 self.access_expires_at = *access_expires_at;
             }
-            Event::RedemptionAccepted { consumer_id, cert_serial, .. } => {
+            Event::RedemptionAccepted { consumer_id, cert_serial, challenge_hash, .. } => {
                 self.status = VoucherStatus::Redeeming;
                 self.consumer = Some((consumer_id.clone(), cert_serial.clone()));
+                self.used_challenges.extend(challenge_hash);
             }
             Event::DeliveryFailed { .. } => {
                 self.status = VoucherStatus::Issued;

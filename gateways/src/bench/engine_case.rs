@@ -59,6 +59,8 @@ pub(super) struct EngineUnderTest {
     pub(super) content_hash: [u8; 32],
     pub(super) consumer: ConsumerId,
     pub(super) cert_serial: CertSerial,
+    /// The certified public key (SPKI DER) the receipt proofs name.
+    pub(super) consumer_key_der: Arc<Vec<u8>>,
     pub(super) run_id: String,
 }
 
@@ -126,7 +128,20 @@ impl EngineUnderTest {
         let media_id = market.publish_media("bench-publisher", &request(&run_id, "publish", 0), input).await?;
         let consumer = ConsumerId(format!("{run_id}-player"));
         let cert = market.certify_consumer(operator, &request(&run_id, "certify", 0), &consumer, &keys.player_public_der, CERT_VALIDITY_MS).await?;
-        Ok(EngineUnderTest { market, live, log, jetstream, runner, merchants, media_id, content_hash, consumer, cert_serial: cert.serial, run_id })
+        Ok(EngineUnderTest {
+            market,
+            live,
+            log,
+            jetstream,
+            runner,
+            merchants,
+            media_id,
+            content_hash,
+            consumer,
+            cert_serial: cert.serial,
+            consumer_key_der: Arc::new(keys.player_public_der.clone()),
+            run_id,
+        })
     }
 
     /// Sells vouchers `range` (Reserve → Authorize → IssueVoucher each), one task per
@@ -206,9 +221,11 @@ impl EngineUnderTest {
             let market = Arc::clone(&self.market);
             let voucher = Arc::clone(&vouchers[position]);
             let (consumer, cert_serial, run_id) = (self.consumer.clone(), self.cert_serial.clone(), self.run_id.clone());
+            let consumer_key_der = Arc::clone(&self.consumer_key_der);
             async move {
                 let challenge = crypto::random_bytes::<32>();
-                let proof = crypto::receipt_proof(&voucher.receipt, &voucher.voucher_id.0, &voucher.node_id.0, &challenge);
+                let subject = crypto::ProofConsumer::new(&consumer.0, &cert_serial.0, &consumer_key_der);
+                let proof = crypto::receipt_proof(&voucher.receipt, &voucher.voucher_id.0, &voucher.node_id.0, &challenge, &subject);
                 let started = Instant::now();
                 let redeemed = market
                     .redeem(&voucher.node_id, &request(&run_id, "redeem", voucher.index), &voucher.voucher_id, &consumer, &cert_serial, &challenge, &proof)

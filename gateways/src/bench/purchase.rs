@@ -25,6 +25,8 @@ pub(super) struct GrpcMarket {
     pub(super) node_clients: std::collections::HashMap<String, DeliveryClient>,
     /// The certified consumer the redemptions are for: (consumer id, certificate serial).
     pub(super) consumer: (String, String),
+    /// The certified public key (SPKI DER) the receipt proofs name.
+    pub(super) consumer_key_der: Arc<Vec<u8>>,
     pub(super) heartbeat: tokio::task::JoinHandle<()>,
     pub(super) run_id: String,
 }
@@ -114,6 +116,7 @@ impl GrpcMarket {
             nodes,
             node_clients,
             consumer: (consumer_id, certificate.cert_serial),
+            consumer_key_der: Arc::new(player_public_der.to_vec()),
             heartbeat,
             run_id,
         })
@@ -202,12 +205,19 @@ impl GrpcMarket {
             let voucher = Arc::clone(&vouchers[position]);
             let node = self.node_clients.get(&voucher.node_id).cloned();
             let (consumer_id, cert_serial) = self.consumer.clone();
+            let consumer_key_der = Arc::clone(&self.consumer_key_der);
             let run_id = self.run_id.clone();
             async move {
                 let mut node =
                     node.with_context(|| format!("voucher {} was issued to node {}, which the bench did not register", voucher.voucher_id, voucher.node_id))?;
                 let challenge = crypto::random_bytes::<32>();
-                let proof = crypto::receipt_proof(&voucher.receipt, &voucher.voucher_id, &voucher.node_id, &challenge);
+                let proof = crypto::receipt_proof(
+                    &voucher.receipt,
+                    &voucher.voucher_id,
+                    &voucher.node_id,
+                    &challenge,
+                    &crypto::ProofConsumer::new(&consumer_id, &cert_serial, &consumer_key_der),
+                );
                 let step = Instant::now();
                 let redeemed = node
                     .redeem(pb::RedeemRequest {

@@ -170,6 +170,13 @@ pub(super) fn derived_request_id(prefix: &str, parts: &[&str]) -> String {
     format!("{prefix}-{}", hex::encode(&crypto::hash(&framed)[..16]))
 }
 
+/// The request id the node forwards for a player's Redeem: derived from the player's own
+/// (so a player's retry is the engine's retry) in the "player" namespace, which no id the
+/// node derives for itself shares.
+pub(super) fn player_request_id(voucher_id: &str, player_request_id: &str) -> String {
+    derived_request_id("player", &[voucher_id, player_request_id])
+}
+
 /// Holds one of the node's slots while a stream runs.
 pub(super) struct SlotGuard(Arc<Shared>);
 
@@ -278,6 +285,9 @@ impl NodeService for NodeApi {
         let request = request.into_inner();
         let grant = require_grant(request.grant)?;
         self.shared.check(&grant)?;
+        if !engine::ids::is_valid_token(&request.request_id) {
+            return Err(status::malformed_request_id());
+        }
         let issued_here =
             self.shared.challenges.lock().expect("the challenges lock is never poisoned").take(&grant.voucher_id, &request.challenge, self.shared.now_ms());
         if !issued_here {
@@ -286,7 +296,10 @@ impl NodeService for NodeApi {
         let mut engine = self.shared.engine.clone();
         let answer = engine
             .redeem(RedeemRequest {
-                request_id: request.request_id,
+                // The engine knows requests by (this node, request id): a player's id goes
+                // into a namespace of its own, so it can never equal an id the node derives
+                // for its own reports ("deliver-…", "end-…") and make them fail for good.
+                request_id: player_request_id(&grant.voucher_id, &request.request_id),
                 voucher_id: grant.voucher_id.clone(),
                 cert_serial: request.cert_serial,
                 consumer_id: request.consumer_id,

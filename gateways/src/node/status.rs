@@ -50,6 +50,10 @@ pub fn content_mismatch() -> Status {
     Status::data_loss("the received bytes do not match the media container; the delivery was reported failed, redeem and download again")
 }
 
+pub fn malformed_request_id() -> Status {
+    Status::invalid_argument("request_id must be 1-64 characters of A-Z a-z 0-9 - _")
+}
+
 pub fn malformed_preview_id() -> Status {
     Status::invalid_argument("preview_id must be 1-64 characters of A-Z a-z 0-9 - _")
 }

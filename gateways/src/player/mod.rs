@@ -338,7 +338,10 @@ pub async fn redeem_and_download_on(
     if challenge.len() != CHALLENGE_BYTES {
         bail!("the node sent a {}-byte challenge instead of {CHALLENGE_BYTES}", challenge.len());
     }
-    let proof = crypto::receipt_proof(&receipt, voucher_id, &purchase.node_id, &challenge);
+    // The proof names this passport: the node (or anyone on the link) cannot put another
+    // consumer in the Redeem.
+    let subject = crypto::ProofConsumer::new(passport.consumer_id.as_str(), &passport.certificate.cert_serial, &passport.certificate.public_key_der);
+    let proof = crypto::receipt_proof(&receipt, voucher_id, &purchase.node_id, &challenge, &subject);
     drop(receipt);
     let redeem = PlayerRedeemRequest {
         grant: Some(grant.clone()),

@@ -19,6 +19,7 @@ pub fn rejection_code(rejection: &Rejection) -> Code {
         Rejection::NotYourVoucher => Code::PermissionDenied,
         Rejection::NotYourAssignment => Code::PermissionDenied,
         Rejection::BadProof => Code::PermissionDenied,
+        Rejection::ChallengeUsed => Code::PermissionDenied,
         Rejection::CertRevoked => Code::PermissionDenied,
         Rejection::CertNotValid => Code::PermissionDenied,
         Rejection::MerchantSuspended => Code::PermissionDenied,

@@ -546,10 +546,10 @@ pub(super) fn bad_input_cases(w: &World) -> Vec<Case> {
     };
     cases.push(proof_case("32 random bytes", "bad-proof-1", crypto::random_bytes::<32>().to_vec()));
     cases.push(proof_case("empty", "bad-proof-2", Vec::new()));
-    cases.push(proof_case("bound to node Y", "bad-proof-3", World::proof(&w.sale.receipt, sale, &w.y.id, &challenge)));
-    cases.push(proof_case("another voucher's receipt", "bad-proof-4", World::proof(&w.second.receipt, sale, &w.x.id, &challenge)));
-    cases.push(proof_case("bound to another voucher", "bad-proof-5", World::proof(&w.sale.receipt, &w.second.voucher_id, &w.x.id, &challenge)));
-    cases.push(proof_case("over another challenge", "bad-proof-6", World::proof(&w.sale.receipt, sale, &w.x.id, &[8u8; 32])));
+    cases.push(proof_case("bound to node Y", "bad-proof-3", w.proof(&w.sale.receipt, sale, &w.y.id, &challenge)));
+    cases.push(proof_case("another voucher's receipt", "bad-proof-4", w.proof(&w.second.receipt, sale, &w.x.id, &challenge)));
+    cases.push(proof_case("bound to another voucher", "bad-proof-5", w.proof(&w.sale.receipt, &w.second.voucher_id, &w.x.id, &challenge)));
+    cases.push(proof_case("over another challenge", "bad-proof-6", w.proof(&w.sale.receipt, sale, &w.x.id, &[8u8; 32])));
     cases.push(proof_case("the access token instead", "bad-proof-7", w.sale.access_token.clone()));
 
     // Certificates.

@@ -112,7 +112,8 @@ impl Pools {
         let mut proofs = Vec::new();
         for sale in [&w.sale, &w.second] {
             for node in [&w.x.id, &w.y.id] {
-                proofs.push((challenge.clone(), proof(&sale.receipt, &sale.voucher_id, node, &challenge)));
+                let alice = support::sale::Named { consumer: "alice", cert_serial: &w.alice_serial, public_key_der: &w.consumer_der };
+                proofs.push((challenge.clone(), proof(&sale.receipt, &sale.voucher_id, node, &challenge, &alice)));
             }
         }
         let mut redemptions = Vec::new();
@@ -123,7 +124,13 @@ impl Pools {
                     voucher_id: sale.voucher_id.clone(),
                     cert_serial: serial.clone(),
                     consumer_id: consumer.into(),
-                    proof: proof(&sale.receipt, &sale.voucher_id, &w.x.id, &challenge),
+                    proof: proof(
+                        &sale.receipt,
+                        &sale.voucher_id,
+                        &w.x.id,
+                        &challenge,
+                        &support::sale::Named { consumer, cert_serial: serial, public_key_der: &w.consumer_der },
+                    ),
                     challenge: challenge.clone(),
                 });
             }

@@ -57,8 +57,16 @@ pub async fn buy_in(merchant: &mut client::MerchantClient, prefix: &str, media: 
     })
 }
 
-/// A proof of a receipt, bound to `node` and `challenge`.
-pub fn proof(receipt: &[u8], voucher: &str, node: &str, challenge: &[u8]) -> Vec<u8> {
+/// Who a proof names: the consumer, its certificate serial and the certified key.
+pub struct Named<'a> {
+    pub consumer: &'a str,
+    pub cert_serial: &'a str,
+    pub public_key_der: &'a [u8],
+}
+
+/// A proof of a receipt, bound to `node`, `challenge` and the consumer it names.
+pub fn proof(receipt: &[u8], voucher: &str, node: &str, challenge: &[u8], named: &Named<'_>) -> Vec<u8> {
     let receipt = SecretKey::from_bytes(receipt.try_into().expect("a 32-byte receipt"));
-    crypto::receipt_proof(&receipt, voucher, node, challenge).to_vec()
+    let subject = crypto::ProofConsumer::new(named.consumer, named.cert_serial, named.public_key_der);
+    crypto::receipt_proof(&receipt, voucher, node, challenge, &subject).to_vec()
 }

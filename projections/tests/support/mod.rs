@@ -345,6 +345,9 @@ impl Generator {
             consumer_id: ConsumerId::new(consumer.clone()),
             cert_serial: CertSerial::new(format!("cert-{consumer}")),
             wrapped_key_hashes: vec![[1; 32]],
+            // As events written before these fields existed: the golden digests stay.
+            challenge_hash: None,
+            consumer_key_hash: None,
         });
         self.redeeming.push(voucher_id);
     }

@@ -147,7 +147,12 @@ pub fn issued(items: &[(&str, u64)]) -> Event {
 }
 
 pub fn redeem_as(node: NodeId, consumer: ConsumerId, cert: CertSerial, check: CertCheck, proof: ProofCheck) -> VoucherCommand {
-    VoucherCommand::Redeem(Redeem { node, consumer, cert_serial: cert, cert: check, proof, wrapped_key_hashes: vec![[9; 32]] })
+    redeem_answering(node, consumer, cert, check, proof, CHALLENGE)
+}
+/// The challenge fixture redemptions answer.
+pub const CHALLENGE: [u8; 32] = [9; 32];
+pub fn redeem_answering(node: NodeId, consumer: ConsumerId, cert: CertSerial, check: CertCheck, proof: ProofCheck, challenge_hash: [u8; 32]) -> VoucherCommand {
+    VoucherCommand::Redeem(Redeem { node, consumer, cert_serial: cert, cert: check, proof, challenge_hash, consumer_key_hash: [8; 32] })
 }
 /// A redemption by `c1` on `node1` with a valid certificate and proof.
 pub fn redeem() -> VoucherCommand {
@@ -155,7 +160,18 @@ pub fn redeem() -> VoucherCommand {
 }
 
 pub fn redemption_by(consumer: ConsumerId, cert: CertSerial) -> Event {
-    Event::RedemptionAccepted { voucher_id: voucher_id(), node_id: node(), consumer_id: consumer, cert_serial: cert, wrapped_key_hashes: vec![[9; 32]] }
+    redemption_answering(consumer, cert, CHALLENGE)
+}
+pub fn redemption_answering(consumer: ConsumerId, cert: CertSerial, challenge_hash: [u8; 32]) -> Event {
+    Event::RedemptionAccepted {
+        voucher_id: voucher_id(),
+        node_id: node(),
+        consumer_id: consumer,
+        cert_serial: cert,
+        wrapped_key_hashes: Vec::new(),
+        challenge_hash: Some(challenge_hash),
+        consumer_key_hash: Some([8; 32]),
+    }
 }
 pub fn redemption() -> Event {
     redemption_by(consumer(), cert())

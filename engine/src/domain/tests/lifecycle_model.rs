@@ -414,7 +414,14 @@ impl World {
                     cert_serial,
                     cert,
                     proof,
-                    wrapped_key_hashes: vec![[c as u8; 32]],
+                    // A fresh challenge per step (the node issues one per Redeem); the request
+                    // counter never repeats.
+                    challenge_hash: {
+                        let mut challenge = [0u8; 32];
+                        challenge[..8].copy_from_slice(&self.requests.to_le_bytes());
+                        challenge
+                    },
+                    consumer_key_hash: [c as u8; 32],
                 });
                 let decided = self.voucher_step(v, node_actor(&at), command)?;
                 if exists && !assigned {

@@ -397,9 +397,25 @@ fn redeem_with_an_unknown_cert_is_not_found() {
     check::<Voucher>(&song_issued(), when, ISSUED_AT, Err(Rejection::NotFound { kind: "certificate", id: "s1".into() }));
 }
 
+/// A challenge the node issued for the retry (the one the first redemption answered is spent).
+const FRESH_CHALLENGE: [u8; 32] = [10; 32];
+
 #[test]
 fn redeem_retry_by_the_same_consumer_is_already_in_effect() {
-    check::<Voucher>(&song_redeeming(), redeem(), ISSUED_AT, Ok(vec![]));
+    let retry = redeem_answering(node(), consumer(), cert(), CertCheck::Valid, ProofCheck::Valid, FRESH_CHALLENGE);
+    check::<Voucher>(&song_redeeming(), retry, ISSUED_AT, Ok(vec![]));
+}
+
+/// A Redeem replayed by whoever saw it (the node, the link) answers a spent challenge and
+/// gets nothing, even for the consumer the voucher is being redeemed by. Control: the same
+/// Redeem over a fresh challenge is in effect.
+#[test]
+fn a_challenge_answered_once_redeems_nothing_again() {
+    check::<Voucher>(&song_redeeming(), redeem(), ISSUED_AT, Err(Rejection::ChallengeUsed));
+    let given = with(song_redeeming(), [delivery_failed()]);
+    check::<Voucher>(&given, redeem(), ISSUED_AT, Err(Rejection::ChallengeUsed));
+    let fresh = redeem_answering(node(), consumer(), cert(), CertCheck::Valid, ProofCheck::Valid, FRESH_CHALLENGE);
+    check::<Voucher>(&given, fresh, ISSUED_AT, Ok(vec![redemption_answering(consumer(), cert(), FRESH_CHALLENGE)]));
 }
 
 #[test]
@@ -460,9 +476,12 @@ fn fail_delivery_returns_the_voucher_to_issued() {
 #[test]
 fn redeem_after_a_failed_delivery_is_accepted_again() {
     let given = with(song_redeeming(), [delivery_failed()]);
-    check::<Voucher>(&given, redeem(), ISSUED_AT, Ok(vec![redemption()]));
-    let other = redeem_as(node(), ConsumerId::new("c2"), CertSerial::new("s2"), CertCheck::Valid, ProofCheck::Valid);
-    check::<Voucher>(&given, other, ISSUED_AT, Ok(vec![redemption_by(ConsumerId::new("c2"), CertSerial::new("s2"))]));
+    let again = redeem_answering(node(), consumer(), cert(), CertCheck::Valid, ProofCheck::Valid, FRESH_CHALLENGE);
+    check::<Voucher>(&given, again, ISSUED_AT, Ok(vec![redemption_answering(consumer(), cert(), FRESH_CHALLENGE)]));
+    // Known wrong, kept until "key release is the usage" lands (issue 20, item 4): the first
+    // consumer already holds the keys, yet another consumer may redeem after the failure.
+    let other = redeem_answering(node(), ConsumerId::new("c2"), CertSerial::new("s2"), CertCheck::Valid, ProofCheck::Valid, FRESH_CHALLENGE);
+    check::<Voucher>(&given, other, ISSUED_AT, Ok(vec![redemption_answering(ConsumerId::new("c2"), CertSerial::new("s2"), FRESH_CHALLENGE)]));
 }
 
 #[test]

@@ -335,6 +335,8 @@ pub(super) fn examples() -> Vec<(Event, E)> {
                 consumer_id: ConsumerId::new("con-1"),
                 cert_serial: CertSerial::new("serial-1"),
                 wrapped_key_hashes: vec![hash(5), hash(6)],
+                challenge_hash: Some(hash(7)),
+                consumer_key_hash: Some(hash(8)),
             },
             E::RedemptionAccepted(pb::RedemptionAccepted {
                 voucher_id: "vou-1".into(),
@@ -342,6 +344,8 @@ pub(super) fn examples() -> Vec<(Event, E)> {
                 consumer_id: "con-1".into(),
                 cert_serial: "serial-1".into(),
                 wrapped_key_hashes: vec![hash(5).to_vec(), hash(6).to_vec()],
+                challenge_hash: hash(7).to_vec(),
+                consumer_key_hash: hash(8).to_vec(),
             }),
         ),
         (
