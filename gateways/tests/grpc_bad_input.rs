@@ -381,7 +381,11 @@ impl World {
 
     /// A redemption of the sale by consumer alice, with a proof made for `node`.
     fn redeem(&self, request_id: &str, node: &str) -> pb::RedeemRequest {
-        let challenge = vec![7u8; 32];
+        self.redeem_over(request_id, node, vec![7u8; 32])
+    }
+
+    /// The same over another challenge.
+    fn redeem_over(&self, request_id: &str, node: &str, challenge: Vec<u8>) -> pb::RedeemRequest {
         pb::RedeemRequest {
             request_id: request_id.into(),
             voucher_id: self.sale.voucher_id.clone(),
@@ -482,7 +486,21 @@ async fn every_rpc_refuses_bad_input_with_the_exact_code_and_writes_nothing() {
     let after = vec![
         case("after the refusals", "alice redeems", &x, Req::Redeem(world.redeem("good-redeem", &world.x.id)), Code::Ok).writes(1),
         case("after the refusals", "the same redemption retried", &x, Req::Redeem(world.redeem("good-redeem", &world.x.id)), Code::Ok),
-        case("after the refusals", "alice again, new id (node restart)", &x, Req::Redeem(world.redeem("good-redeem-2", &world.x.id)), Code::Ok),
+        case(
+            "after the refusals",
+            "alice again, new id, the spent challenge (a replay)",
+            &x,
+            Req::Redeem(world.redeem("good-redeem-2", &world.x.id)),
+            Code::PermissionDenied,
+        )
+        .message_has("challenge"),
+        case(
+            "after the refusals",
+            "alice again, new id, a new challenge (node restart)",
+            &x,
+            Req::Redeem(world.redeem_over("good-redeem-3", &world.x.id, vec![11u8; 32])),
+            Code::Ok,
+        ),
         case("after the refusals", "Redeem's id for CompleteDelivery", &x, Req::CompleteDelivery(world.complete("good-redeem", sale)), ia),
         case(
             "after the refusals",

@@ -161,7 +161,7 @@ impl Shared {
 
 /// A request id derived from its parts, so a retried report lands on the same id, and short
 /// enough for the engine's id rules (64 characters) however long the ids are.
-pub(super) fn derived_request_id(prefix: &str, parts: &[&str]) -> String {
+pub fn derived_request_id(prefix: &str, parts: &[&str]) -> String {
     let mut framed = Vec::new();
     for part in [prefix].iter().chain(parts) {
         framed.extend_from_slice(&(part.len() as u64).to_le_bytes());

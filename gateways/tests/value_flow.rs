@@ -1,0 +1,253 @@
+//! The value-flow attacks that were tried by hand against a running engine, replayed end to
+//! end over gRPC (engine, delivery node agent and player on loopback sockets), each next to
+//! its control: the same request without the attack goes through, so the refusal is the
+//! protection's doing and not a broken fixture.
+//!
+//! - A repeated Redeem request id answered the first redemption's keys to whatever consumer
+//!   the repeat named: now only to the consumer and certificate the voucher recorded.
+//! - The receipt proof did not name the consumer, so the node (or anyone on the link) could
+//!   put its own passport in a player's Redeem: now the proof names consumer, certificate
+//!   and key.
+//! - A player could redeem under the request id the node derives for its own
+//!   CompleteDelivery ("deliver-…"), which then failed for good (RequestIdReused): now a
+//!   player's id reaches the engine in a namespace of its own.
+//!
+//! Not here yet (issue 20): points consent, key release as the usage, per-rendition keys,
+//! paid duplication units.
+
+use engine::crypto::{self, SecretKey};
+use engine::ids::ConsumerId;
+use engine::log::EventLog;
+use engine::log::embedded::EmbeddedLog;
+use gateways::common::client::{self, MerchantClient, Upload};
+use gateways::common::cred::Credential;
+use gateways::node::{self, NodeArgs, RunningNode};
+use gateways::player::{self, Passport, Purchase};
+use gateways::server::{self, EngineConfig, RunningEngine};
+use proto::v1 as pb;
+use std::sync::Arc;
+use tonic::Code;
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    engine: RunningEngine,
+    log: Arc<dyn EventLog>,
+    channel: tonic::transport::Channel,
+    catalog: client::CatalogClient,
+    merchant: MerchantClient,
+    node_cred: Credential,
+    engine_public: crypto::RsaPublic,
+    media_id: String,
+}
+
+async fn start() -> (Fixture, RunningNode) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let keys = dir.path().join("keys");
+    gateways::common::keys::init(&keys).expect("keys init");
+    let log: Arc<dyn EventLog> = Arc::new(EmbeddedLog::open(&dir.path().join("log")).expect("embedded log"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+    let engine = server::start(EngineConfig::new(dir.path().to_path_buf(), keys.clone()), Arc::clone(&log), listener).await.expect("engine starts");
+    let channel = client::connect(&engine.url(), None).await.expect("connect");
+    let operator = Credential::load(&keys.join("operator.cred")).expect("operator credential");
+    let engine_public = gateways::common::keys::load_engine_public(&keys).expect("public key");
+    let mut catalog = client::catalog(channel.clone(), operator);
+    let registered = catalog.register_merchant(pb::RegisterMerchantRequest { request_id: "m-1".into(), name: "Shop".into() }).await.expect("merchant");
+    let merchant = client::merchant(channel.clone(), client::credential_of(registered.into_inner()).expect("cred"));
+    let registered = catalog
+        .register_node_credential(pb::RegisterNodeCredentialRequest { request_id: "n-1".into(), region: "eu".into(), slots_max: 4 })
+        .await
+        .expect("node");
+    let node_cred = client::credential_of(registered.into_inner()).expect("cred");
+    let upload = Upload {
+        title: "Song".into(),
+        artist: "Artist".into(),
+        authors: vec!["Author".into()],
+        length_ms: 180_000,
+        price_minor: 199,
+        currency: "EUR".into(),
+        terms: client::standard_terms("label-1"),
+        content: (0..20_000u32).map(|i| (i % 251) as u8).collect(),
+        preview_clip: Vec::new(),
+        image_descriptor: "cover.jpg".into(),
+    };
+    let media_id = client::publish(&mut catalog, "pub-1", &engine_public, upload).await.expect("publish").media_id;
+    let fixture = Fixture { dir, engine, log, channel, catalog, merchant, node_cred, engine_public, media_id };
+    let node = node::start(NodeArgs {
+        connect: fixture.engine.url(),
+        cred: fixture.node_cred.clone(),
+        listen: "127.0.0.1:0".parse().expect("loopback"),
+        slots_max: 4,
+        region: "eu".into(),
+        data_dir: fixture.dir.path().join("node"),
+        cache_bytes_max: 16 * 1024 * 1024,
+        engine_tls: Default::default(),
+    })
+    .await
+    .expect("node starts");
+    (fixture, node)
+}
+
+impl Fixture {
+    async fn passport(&mut self, consumer: &str) -> Passport {
+        player::create_passport(&mut self.catalog, &format!("cert-{consumer}"), &ConsumerId::new(consumer), &self.engine_public).await.expect("passport")
+    }
+
+    async fn buy(&mut self, request_id: &str) -> client::Sale {
+        client::buy(&mut self.merchant, request_id, std::slice::from_ref(&self.media_id), None).await.expect("buy")
+    }
+
+    async fn head(&self) -> u64 {
+        self.log.last_seq().await.expect("head").0
+    }
+
+    async fn status_of(&mut self, voucher_id: &str) -> String {
+        self.merchant.get_voucher(pb::GetVoucherRequest { voucher_id: voucher_id.into() }).await.expect("get voucher").into_inner().status
+    }
+}
+
+fn purchase_of(sale: &client::Sale) -> Purchase {
+    Purchase { node_endpoint: sale.node_endpoint.clone(), node_id: sale.node_id.clone(), grant: sale.grant(), receipt: sale.receipt.clone() }
+}
+
+fn receipt_of(sale: &client::Sale) -> SecretKey {
+    SecretKey::from_bytes(sale.receipt.as_slice().try_into().expect("a 32-byte receipt"))
+}
+
+/// What the buyer (who holds the receipt) sends a node to redeem for `passport`.
+async fn player_redeem(node: &mut player::NodeClient, sale: &client::Sale, passport: &Passport, request_id: &str) -> pb::PlayerRedeemRequest {
+    let challenge = node.challenge(pb::ChallengeRequest { grant: Some(sale.grant()) }).await.expect("challenge").into_inner().challenge;
+    let certificate = &passport.certificate;
+    let subject = crypto::ProofConsumer::new(passport.consumer_id.as_str(), &certificate.cert_serial, &certificate.public_key_der);
+    let proof = crypto::receipt_proof(&receipt_of(sale), &sale.voucher_id, &sale.node_id, &challenge, &subject).to_vec();
+    pb::PlayerRedeemRequest {
+        grant: Some(sale.grant()),
+        request_id: request_id.into(),
+        consumer_id: passport.consumer_id.as_str().into(),
+        cert_serial: certificate.cert_serial.clone(),
+        challenge,
+        proof,
+    }
+}
+
+/// The attack: alice redeemed with request id r1 and the voucher was delivered; the buyer
+/// then sent r1 again naming bob (with a fresh challenge and a proof naming bob, which the
+/// receipt holder can make). It got the real media key, wrapped for bob.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_repeated_redeem_request_id_is_answered_only_to_the_first_consumer() {
+    let (mut fixture, node) = start().await;
+    let alice = fixture.passport("alice").await;
+    let bob = fixture.passport("bob").await;
+    let sale = fixture.buy("sale-1").await;
+    let copies = player::redeem_and_download(&purchase_of(&sale), &alice, "r1", &fixture.dir.path().join("alice")).await.expect("alice's delivery");
+    assert_eq!(copies.len(), 1);
+    assert_eq!(fixture.status_of(&sale.voucher_id).await, "Delivered");
+
+    let mut at_node = player::connect_node(node.endpoint()).await.expect("connect");
+    let head = fixture.head().await;
+    let as_bob = player_redeem(&mut at_node, &sale, &bob, "r1").await;
+    let refused = at_node.redeem(as_bob).await.expect_err("the repeat names another consumer");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains("another consumer"), "{refused:?}");
+    assert_eq!(fixture.head().await, head, "a refused repeat writes nothing");
+
+    // Control: the same repeat for alice is answered (idempotency), with keys only alice's
+    // passport opens. Without the consumer check, bob's repeat took this path.
+    let as_alice = player_redeem(&mut at_node, &sale, &alice, "r1").await;
+    let answer = at_node.redeem(as_alice).await.expect("alice's repeat").into_inner();
+    assert_eq!(answer.keys.len(), 1);
+    assert!(crypto::unwrap_key(&alice.private, &answer.keys[0].wrapped_key).is_ok(), "wrapped for alice");
+    assert!(crypto::unwrap_key(&bob.private, &answer.keys[0].wrapped_key).is_err(), "not for bob");
+    assert_eq!(fixture.head().await, head, "a repeat writes nothing");
+    node.shutdown().await;
+    fixture.engine.shutdown().await.expect("shutdown");
+}
+
+/// The attack: the node (or anyone on the player↔node link) takes a player's Redeem and
+/// sends it to the engine with its own passport, to get the media key wrapped for itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_cannot_put_its_own_passport_in_a_players_redeem() {
+    let (mut fixture, node) = start().await;
+    let alice = fixture.passport("alice").await;
+    let mallory = fixture.passport("mallory").await;
+    let sale = fixture.buy("sale-1").await;
+    let mut at_node = player::connect_node(node.endpoint()).await.expect("connect");
+    let alices = player_redeem(&mut at_node, &sale, &alice, "r1").await;
+
+    // The node calls the engine with its own credential, alice's challenge and proof, and
+    // mallory's certificate.
+    let mut engine = client::delivery(fixture.channel.clone(), fixture.node_cred.clone());
+    let swapped = pb::RedeemRequest {
+        request_id: "swap-1".into(),
+        voucher_id: sale.voucher_id.clone(),
+        consumer_id: "mallory".into(),
+        cert_serial: mallory.certificate.cert_serial.clone(),
+        challenge: alices.challenge.clone(),
+        proof: alices.proof.clone(),
+    };
+    let head = fixture.head().await;
+    let refused = engine.redeem(swapped.clone()).await.expect_err("the proof names alice");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().contains("proof"), "{refused:?}");
+    // Mallory's certificate under alice's name is no certificate of alice's.
+    let refused = engine.redeem(pb::RedeemRequest { consumer_id: "alice".into(), ..swapped.clone() }).await.expect_err("mallory's certificate");
+    assert_eq!(refused.code(), Code::NotFound, "{refused:?}");
+    assert_eq!(fixture.head().await, head, "refusals write nothing");
+
+    // Control: alice's own Redeem, unchanged, goes through the same engine.
+    let answer = engine
+        .redeem(pb::RedeemRequest { consumer_id: "alice".into(), cert_serial: alice.certificate.cert_serial.clone(), ..swapped })
+        .await
+        .expect("alice's redeem")
+        .into_inner();
+    assert!(crypto::unwrap_key(&alice.private, &answer.keys[0].wrapped_key).is_ok());
+    assert!(crypto::unwrap_key(&mallory.private, &answer.keys[0].wrapped_key).is_err());
+    node.shutdown().await;
+    fixture.engine.shutdown().await.expect("shutdown");
+}
+
+/// The attack: a player redeems under the request id the node derives for its own
+/// CompleteDelivery of that media, so the node's report is refused as a reused id for
+/// another command, for good: the voucher stays Redeeming, with no royalty entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_player_cannot_take_the_request_id_the_node_reports_under() {
+    let (mut fixture, node) = start().await;
+    let alice = fixture.passport("alice").await;
+    let sale = fixture.buy("sale-1").await;
+    let nodes_own_id = node::derived_request_id("deliver", &[&sale.voucher_id, &fixture.media_id]);
+    player::redeem_and_download(&purchase_of(&sale), &alice, &nodes_own_id, &fixture.dir.path().join("alice")).await.expect("delivered");
+    assert_eq!(fixture.status_of(&sale.voucher_id).await, "Delivered", "the node's CompleteDelivery went through");
+
+    // Control, the protection off: a node that forwarded the player's id as it is (what
+    // the node did before) collides with its own report.
+    let second = fixture.buy("sale-2").await;
+    let mut engine = client::delivery(fixture.channel.clone(), fixture.node_cred.clone());
+    let nodes_own_id = node::derived_request_id("deliver", &[&second.voucher_id, &fixture.media_id]);
+    let challenge = crypto::random_bytes::<32>();
+    let subject = crypto::ProofConsumer::new("alice", &alice.certificate.cert_serial, &alice.certificate.public_key_der);
+    let proof = crypto::receipt_proof(&receipt_of(&second), &second.voucher_id, &second.node_id, &challenge, &subject);
+    engine
+        .redeem(pb::RedeemRequest {
+            request_id: nodes_own_id.clone(),
+            voucher_id: second.voucher_id.clone(),
+            consumer_id: "alice".into(),
+            cert_serial: alice.certificate.cert_serial.clone(),
+            challenge: challenge.to_vec(),
+            proof: proof.to_vec(),
+        })
+        .await
+        .expect("redeemed under the node's id");
+    let collided = engine
+        .complete_delivery(pb::CompleteDeliveryRequest {
+            request_id: nodes_own_id,
+            voucher_id: second.voucher_id.clone(),
+            media_id: fixture.media_id.clone(),
+            content_hash: vec![1; 32],
+            size_bytes: 20_000,
+        })
+        .await
+        .expect_err("the id is taken");
+    assert_eq!(collided.code(), Code::InvalidArgument, "{collided:?}");
+    assert_eq!(fixture.status_of(&second.voucher_id).await, "Redeeming");
+    node.shutdown().await;
+    fixture.engine.shutdown().await.expect("shutdown");
+}
