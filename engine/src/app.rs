@@ -38,6 +38,8 @@ pub const MEDIA_KEY_CACHE_MAX: usize = 4096;
 pub const CONSUMER_KEY_CACHE_MAX: usize = 4096;
 /// The one configuration aggregate (ConfigChanged events).
 pub const CONFIG_AGGREGATE: &str = "engine";
+/// The audited configuration key that caps redemptions after failed deliveries.
+pub const RETRIES_MAX_KEY: &str = "delivery.retries_max";
 /// The one report aggregate: the chain of royalty seals.
 pub const REPORT_AGGREGATE: &str = "rights";
 /// The token key id in use (rotation bumps it; older ids stay derivable).
@@ -768,6 +770,7 @@ impl Market {
         } else {
             ProofCheck::Invalid
         };
+        let retries_max = self.config().await?.get(RETRIES_MAX_KEY).map_or(u32::MAX, |max| u32::try_from(max).unwrap_or(u32::MAX));
         // The handler builds the next state in place when it holds the only reference.
         drop((root, consumer_root));
         let command = VoucherCommand::Redeem(Redeem {
@@ -778,6 +781,7 @@ impl Market {
             proof: proof_check,
             challenge_hash: crypto::hash(challenge),
             consumer_key_hash: subject.key_hash,
+            retries_max,
         });
         let handled = self.handler.handle::<Voucher>(&voucher_id.0, &actor(ActorKind::Node, &node.0), request, &command).await?;
         // A repeated request is answered without deciding again, so what the first decided

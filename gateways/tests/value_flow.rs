@@ -11,9 +11,12 @@
 //! - A player could redeem under the request id the node derives for its own
 //!   CompleteDelivery ("deliver-…"), which then failed for good (RequestIdReused): now a
 //!   player's id reaches the engine in a namespace of its own.
+//! - A Confirm with a wrong hash reopened the voucher for any consumer while the first
+//!   held the keys: now the keys' first recipient is the only one who may redeem again,
+//!   `delivery.retries_max` times.
 //!
-//! Not here yet (issue 20): points consent, key release as the usage, per-rendition keys,
-//! paid duplication units.
+//! Not here yet (issue 20): points consent, the royalty entry at key release, Confirm with
+//! the receipt proof, per-rendition keys, paid duplication units.
 
 use engine::crypto::{self, SecretKey};
 use engine::ids::ConsumerId;
@@ -248,6 +251,39 @@ async fn a_player_cannot_take_the_request_id_the_node_reports_under() {
         .expect_err("the id is taken");
     assert_eq!(collided.code(), Code::InvalidArgument, "{collided:?}");
     assert_eq!(fixture.status_of(&second.voucher_id).await, "Redeeming");
+    node.shutdown().await;
+    fixture.engine.shutdown().await.expect("shutdown");
+}
+
+/// The attack: the buyer redeems for alice, sends a Confirm with a wrong hash (the node
+/// reports the delivery failed, the voucher goes back to Issued), then redeems for bob:
+/// 22 alternations gave both consumers the key while the royalty log counted one use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn after_a_failed_confirm_only_the_consumer_holding_the_keys_redeems() {
+    let (mut fixture, node) = start().await;
+    let alice = fixture.passport("alice").await;
+    let bob = fixture.passport("bob").await;
+    let sale = fixture.buy("sale-1").await;
+    let mut at_node = player::connect_node(node.endpoint()).await.expect("connect");
+    let first = player_redeem(&mut at_node, &sale, &alice, "r1").await;
+    at_node.redeem(first).await.expect("alice redeems");
+    let failed = at_node
+        .confirm(pb::ConfirmRequest { grant: Some(sale.grant()), media_id: fixture.media_id.clone(), received_hash: vec![0; 32] })
+        .await
+        .expect_err("a wrong hash");
+    assert_eq!(failed.code(), Code::DataLoss, "{failed:?}");
+    assert_eq!(fixture.status_of(&sale.voucher_id).await, "Issued", "the delivery was reported failed");
+
+    let head = fixture.head().await;
+    let as_bob = player_redeem(&mut at_node, &sale, &bob, "r2").await;
+    let refused = at_node.redeem(as_bob).await.expect_err("alice holds the keys");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert_eq!(fixture.head().await, head, "a refused redemption writes nothing");
+
+    // Control: alice, who holds the keys, may retry the failed delivery.
+    let again = player_redeem(&mut at_node, &sale, &alice, "r3").await;
+    let answer = at_node.redeem(again).await.expect("alice retries").into_inner();
+    assert!(crypto::unwrap_key(&alice.private, &answer.keys[0].wrapped_key).is_ok());
     node.shutdown().await;
     fixture.engine.shutdown().await.expect("shutdown");
 }

@@ -14,6 +14,8 @@ pub const KEYS: &[(&str, u64, u64, u64)] = &[
     ("reservation.ttl_ms_default", 1_000, 7 * 86_400_000, 900_000),
     ("access.ttl_ms", 1_000, 86_400_000, 3_600_000),
     ("node.heartbeat_timeout_ms", 1_000, 3_600_000, 15_000),
+    // Redemptions a voucher's consumer may make again after failed deliveries.
+    ("delivery.retries_max", 0, 100, 3),
 ];
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

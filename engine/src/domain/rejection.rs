@@ -33,6 +33,8 @@ pub enum Rejection {
     BadProof,
     #[error("this challenge was already answered; ask the node for a new challenge")]
     ChallengeUsed,
+    #[error("the delivery failed more than {retries_max} times; ask the merchant for a refund or a reissue")]
+    DeliveryRetriesExhausted { retries_max: u32 },
     #[error("the consumer certificate is revoked")]
     CertRevoked,
     #[error("the consumer certificate is not valid at this time")]

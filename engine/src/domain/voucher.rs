@@ -77,6 +77,9 @@ pub struct Voucher {
     /// Challenges accepted redemptions answered (one per redemption: bounded by the
     /// voucher's redemptions, which failed deliveries bound).
     pub used_challenges: Vec<[u8; 32]>,
+    /// Who the media keys were released to (the first accepted redemption). Kept after a
+    /// failed delivery: that consumer holds the keys, so nobody else may redeem.
+    pub released_to: Option<(ConsumerId, CertSerial)>,
     /// The settlement postings of the Authorized event (reversed by a refund).
     pub postings: Vec<Posting>,
 }
@@ -129,6 +132,8 @@ pub struct Redeem {
     pub challenge_hash: [u8; 32],
     /// The public key of the certificate the keys will be wrapped for.
     pub consumer_key_hash: [u8; 32],
+    /// `delivery.retries_max` at decision time: redemptions allowed after failed deliveries.
+    pub retries_max: u32,
 }
 
 #[derive(Clone, Debug)]
@@ -286,12 +291,19 @@ impl Voucher {
 
     fn decide_redeem(&self, redeem: &Redeem) -> Result<Vec<Event>, Rejection> {
         self.assigned_to(&redeem.node)?;
+        let redeemer = (redeem.consumer.clone(), redeem.cert_serial.clone());
         let retry = match self.status {
+            // Once released, the keys are that consumer's: a failed delivery may be retried
+            // by the same consumer and certificate only, and only so often.
+            VoucherStatus::Issued if self.released_to.as_ref().is_some_and(|released| *released != redeemer) => return Err(Rejection::AlreadyRedeemed),
+            VoucherStatus::Issued if self.delivery_failures > redeem.retries_max => {
+                return Err(Rejection::DeliveryRetriesExhausted { retries_max: redeem.retries_max });
+            }
             VoucherStatus::Issued => false,
             // A node restarted mid-delivery and asks again for the same consumer: the
             // redemption stands (after the same checks: a certificate revoked since must
             // not get keys re-wrapped); anyone else is refused.
-            VoucherStatus::Redeeming if self.consumer.as_ref() == Some(&(redeem.consumer.clone(), redeem.cert_serial.clone())) => true,
+            VoucherStatus::Redeeming if self.consumer.as_ref() == Some(&redeemer) => true,
             VoucherStatus::Redeeming => return Err(Rejection::AlreadyRedeemed),
             _ => return Err(self.transition("Redeem")),
         };
@@ -455,6 +467,7 @@ impl Aggregate for Voucher {
             Event::RedemptionAccepted { consumer_id, cert_serial, challenge_hash, .. } => {
                 self.status = VoucherStatus::Redeeming;
                 self.consumer = Some((consumer_id.clone(), cert_serial.clone()));
+                self.released_to.get_or_insert_with(|| (consumer_id.clone(), cert_serial.clone()));
                 self.used_challenges.extend(challenge_hash);
             }
             Event::DeliveryFailed { .. } => {

@@ -20,6 +20,7 @@ pub fn rejection_code(rejection: &Rejection) -> Code {
         Rejection::NotYourAssignment => Code::PermissionDenied,
         Rejection::BadProof => Code::PermissionDenied,
         Rejection::ChallengeUsed => Code::PermissionDenied,
+        Rejection::DeliveryRetriesExhausted { .. } => Code::FailedPrecondition,
         Rejection::CertRevoked => Code::PermissionDenied,
         Rejection::CertNotValid => Code::PermissionDenied,
         Rejection::MerchantSuspended => Code::PermissionDenied,

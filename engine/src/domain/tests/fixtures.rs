@@ -152,8 +152,19 @@ pub fn redeem_as(node: NodeId, consumer: ConsumerId, cert: CertSerial, check: Ce
 /// The challenge fixture redemptions answer.
 pub const CHALLENGE: [u8; 32] = [9; 32];
 pub fn redeem_answering(node: NodeId, consumer: ConsumerId, cert: CertSerial, check: CertCheck, proof: ProofCheck, challenge_hash: [u8; 32]) -> VoucherCommand {
-    VoucherCommand::Redeem(Redeem { node, consumer, cert_serial: cert, cert: check, proof, challenge_hash, consumer_key_hash: [8; 32] })
+    VoucherCommand::Redeem(Redeem {
+        node,
+        consumer,
+        cert_serial: cert,
+        cert: check,
+        proof,
+        challenge_hash,
+        consumer_key_hash: [8; 32],
+        retries_max: RETRIES_MAX,
+    })
 }
+/// `delivery.retries_max` in the fixtures.
+pub const RETRIES_MAX: u32 = 2;
 /// A redemption by `c1` on `node1` with a valid certificate and proof.
 pub fn redeem() -> VoucherCommand {
     redeem_as(node(), consumer(), cert(), CertCheck::Valid, ProofCheck::Valid)

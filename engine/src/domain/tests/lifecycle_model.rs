@@ -14,6 +14,9 @@ use crate::domain::voucher::{Authorize, CertCheck, CompleteDelivery, ProofCheck,
 use crate::domain::{Aggregate, Outcome, Rejection, Root, fold};
 use crate::ids::{AccountId, CertSerial, ConsumerId, MediaId, MerchantId, Millis, NodeId, RequestId, Seq, VoucherId};
 use proptest::prelude::*;
+
+/// `delivery.retries_max` in the model.
+const RETRIES_MAX: u32 = 2;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -422,6 +425,7 @@ impl World {
                         challenge
                     },
                     consumer_key_hash: [c as u8; 32],
+                    retries_max: RETRIES_MAX,
                 });
                 let decided = self.voucher_step(v, node_actor(&at), command)?;
                 if exists && !assigned {
@@ -429,6 +433,9 @@ impl World {
                 }
                 if decided.as_ref().is_ok_and(|events| !events.is_empty()) {
                     prop_assert!(cert == CertCheck::Valid && proof_ok, "redemption accepted with {cert:?}, proof ok {proof_ok}");
+                    // A voucher's keys go to one consumer and certificate, ever.
+                    let released = self.vouchers[v].root.state.released_to.clone();
+                    prop_assert_eq!(released, Some(consumer(c)), "keys released to a second consumer");
                     if failures > 0 {
                         bump(&coverage.redelivered_after_failure);
                     }

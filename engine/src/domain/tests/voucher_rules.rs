@@ -478,10 +478,40 @@ fn redeem_after_a_failed_delivery_is_accepted_again() {
     let given = with(song_redeeming(), [delivery_failed()]);
     let again = redeem_answering(node(), consumer(), cert(), CertCheck::Valid, ProofCheck::Valid, FRESH_CHALLENGE);
     check::<Voucher>(&given, again, ISSUED_AT, Ok(vec![redemption_answering(consumer(), cert(), FRESH_CHALLENGE)]));
-    // Known wrong, kept until "key release is the usage" lands (issue 20, item 4): the first
-    // consumer already holds the keys, yet another consumer may redeem after the failure.
+}
+
+/// The attack: a Confirm with a wrong hash put the voucher back to Issued, and another
+/// consumer redeemed it while the first held the keys (22 redemptions alternating two
+/// consumers, one royalty entry). The keys were released to the first consumer: nobody
+/// else redeems, whatever the certificate. Control: the first consumer may (above).
+#[test]
+fn after_a_failed_delivery_only_the_consumer_holding_the_keys_redeems() {
+    let given = with(song_redeeming(), [delivery_failed()]);
     let other = redeem_answering(node(), ConsumerId::new("c2"), CertSerial::new("s2"), CertCheck::Valid, ProofCheck::Valid, FRESH_CHALLENGE);
-    check::<Voucher>(&given, other, ISSUED_AT, Ok(vec![redemption_answering(ConsumerId::new("c2"), CertSerial::new("s2"), FRESH_CHALLENGE)]));
+    check::<Voucher>(&given, other, ISSUED_AT, Err(Rejection::AlreadyRedeemed));
+    let other_cert = redeem_answering(node(), consumer(), CertSerial::new("s2"), CertCheck::Valid, ProofCheck::Valid, FRESH_CHALLENGE);
+    check::<Voucher>(&given, other_cert, ISSUED_AT, Err(Rejection::AlreadyRedeemed));
+    let after: Voucher = fold(&given);
+    assert_eq!(after.released_to, Some((consumer(), cert())), "the release outlives the failure");
+}
+
+/// Failed deliveries may be retried `delivery.retries_max` times, no more: each retry is a
+/// key release the royalty log must account for.
+#[test]
+fn redemptions_after_failed_deliveries_are_capped_by_retries_max() {
+    let mut given = song_redeeming();
+    for failure in 0..=RETRIES_MAX {
+        given.push(delivery_failed());
+        let mut challenge = FRESH_CHALLENGE;
+        challenge[0] = failure as u8 + 100;
+        let again = redeem_answering(node(), consumer(), cert(), CertCheck::Valid, ProofCheck::Valid, challenge);
+        if failure < RETRIES_MAX {
+            check::<Voucher>(&given, again, ISSUED_AT, Ok(vec![redemption_answering(consumer(), cert(), challenge)]));
+            given.push(redemption_answering(consumer(), cert(), challenge));
+        } else {
+            check::<Voucher>(&given, again, ISSUED_AT, Err(Rejection::DeliveryRetriesExhausted { retries_max: RETRIES_MAX }));
+        }
+    }
 }
 
 #[test]
