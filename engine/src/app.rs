@@ -701,19 +701,25 @@ impl Market {
     ) -> Result<Vec<u8>, AppError> {
         let device_key = RsaPublic::from_der(device_public_key_der)
             .map_err(|_| Rejection::InvalidArgument { field: "device_public_key_der", reason: "not an RSA-2048+ SubjectPublicKeyInfo".into() })?;
-        let root = self.handler.load::<Order>(&order.0).await?;
-        let media_id = root.state.media_id.clone().ok_or(Rejection::NotFound { kind: "order", id: order.0.clone() })?;
-        let media = self.media(&media_id).await?;
-        let wrapped = self.rewrap_for(&media, &device_key).await?;
+        let merchant_active = matches!(self.handler.load::<Merchant>(&merchant.0).await?.state.status, MerchantStatus::Active);
         let command = OrderCommand::BindUnit {
             merchant: merchant.clone(),
             unit,
             device_id: device_id.to_string(),
             device_public_key_hash: crypto::hash(device_public_key_der),
-            wrapped_key_hash: crypto::hash(&wrapped),
+            merchant_active,
         };
-        self.handler.handle::<Order>(&order.0, &actor(ActorKind::Merchant, &merchant.0), request, &command).await?;
-        Ok(wrapped)
+        // Decided first (ownership, suspension, the unit, one key per unit); the media key is
+        // wrapped only for the key the order records for the unit, after the decision.
+        let handled = self.handler.handle::<Order>(&order.0, &actor(ActorKind::Merchant, &merchant.0), request, &command).await?;
+        let order_state = &handled.root.state;
+        if order_state.merchant.as_ref() != Some(merchant) || order_state.bound_keys.get(&unit) != Some(&crypto::hash(device_public_key_der)) {
+            // A repeated request id answered without deciding: it must name what was bound.
+            return Err(Rejection::AlreadyExists { kind: "unit binding", id: unit.to_string() }.into());
+        }
+        let media_id = order_state.media_id.clone().ok_or(Rejection::NotFound { kind: "order", id: order.0.clone() })?;
+        let media = self.media(&media_id).await?;
+        self.rewrap_for(&media, &device_key).await
     }
 
     pub async fn complete_unit(&self, merchant: &MerchantId, request: &RequestId, order: &OrderId, unit: u32) -> Result<(), AppError> {

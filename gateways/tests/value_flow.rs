@@ -287,3 +287,45 @@ async fn after_a_failed_confirm_only_the_consumer_holding_the_keys_redeems() {
     node.shutdown().await;
     fixture.engine.shutdown().await.expect("shutdown");
 }
+
+/// The attack: a one-unit duplication order bound three times, each with a new device key,
+/// handed the merchant the media key three times, with nothing recorded for the second and
+/// third. A unit binds once, to one key; the media key is wrapped only after the decision,
+/// and only for the key the order records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_duplication_unit_binds_one_device_key_once() {
+    let (mut fixture, node) = start().await;
+    let order = fixture
+        .merchant
+        .place_order(pb::PlaceOrderRequest { request_id: "order-1".into(), media_id: fixture.media_id.clone(), units: 1 })
+        .await
+        .expect("order")
+        .into_inner()
+        .order_id;
+    let device = fixture.passport("device-1").await;
+    let other = fixture.passport("device-2").await;
+    let bind = |request_id: &str, device_id: &str, key: &Passport| pb::BindUnitRequest {
+        request_id: request_id.into(),
+        order_id: order.clone(),
+        unit: 0,
+        device_id: device_id.into(),
+        device_public_key_der: key.certificate.public_key_der.clone(),
+    };
+    let first = fixture.merchant.bind_unit(bind("bind-1", "dev-1", &device)).await.expect("bound").into_inner();
+    assert!(crypto::unwrap_key(&device.private, &first.wrapped_media_key).is_ok(), "wrapped for the device");
+    let head = fixture.head().await;
+    for (request_id, device_id) in [("bind-2", "dev-1"), ("bind-3", "dev-2")] {
+        let refused = fixture.merchant.bind_unit(bind(request_id, device_id, &other)).await.expect_err("the unit is bound");
+        assert_eq!(refused.code(), Code::AlreadyExists, "{request_id}: {refused:?}");
+    }
+    // The first request id again, with the other key: a repeat must name what was bound.
+    let refused = fixture.merchant.bind_unit(bind("bind-1", "dev-1", &other)).await.expect_err("a repeat naming another key");
+    assert_eq!(refused.code(), Code::AlreadyExists, "{refused:?}");
+    assert_eq!(fixture.head().await, head, "refusals write nothing");
+    // Control: the same device and key again is in effect, and still only that key opens it.
+    let again = fixture.merchant.bind_unit(bind("bind-4", "dev-1", &device)).await.expect("the same binding").into_inner();
+    assert!(crypto::unwrap_key(&device.private, &again.wrapped_media_key).is_ok());
+    assert!(crypto::unwrap_key(&other.private, &again.wrapped_media_key).is_err());
+    node.shutdown().await;
+    fixture.engine.shutdown().await.expect("shutdown");
+}

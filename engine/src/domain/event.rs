@@ -374,7 +374,9 @@ pub enum Event {
         unit: u32,
         device_id: String,
         device_public_key_hash: [u8; 32],
-        wrapped_key_hash: [u8; 32],
+        /// The hash of the wrapped key, in events written before keys were wrapped after
+        /// the decision; `None` since (the key is named by `device_public_key_hash`).
+        wrapped_key_hash: Option<[u8; 32]>,
     },
     UnitCompleted {
         order_id: OrderId,

@@ -21,6 +21,9 @@ pub struct Order {
     pub price_per_unit_minor: u64,
     /// unit -> device id
     pub bound: BTreeMap<u32, String>,
+    /// unit -> blake3 of the device key its media key is wrapped for (a unit binds once,
+    /// to one key).
+    pub bound_keys: BTreeMap<u32, [u8; 32]>,
     pub completed: BTreeSet<u32>,
 }
 
@@ -29,7 +32,7 @@ pub struct Order {
 #[derive(Clone, Debug)]
 pub enum OrderCommand {
     Place { order: OrderId, merchant: MerchantId, media_id: MediaId, media: Media, units: u32 },
-    BindUnit { merchant: MerchantId, unit: u32, device_id: String, device_public_key_hash: [u8; 32], wrapped_key_hash: [u8; 32] },
+    BindUnit { merchant: MerchantId, unit: u32, device_id: String, device_public_key_hash: [u8; 32], merchant_active: bool },
     CompleteUnit { merchant: MerchantId, unit: u32 },
 }
 
@@ -75,18 +78,23 @@ impl Aggregate for Order {
                     price_per_unit_minor: media.price_minor,
                 }])
             }
-            OrderCommand::BindUnit { merchant, unit, device_id, device_public_key_hash, wrapped_key_hash } => {
+            OrderCommand::BindUnit { merchant, unit, device_id, device_public_key_hash, merchant_active } => {
                 self.owned_unit(merchant, *unit)?;
+                if !merchant_active {
+                    return Err(Rejection::MerchantSuspended);
+                }
                 validate::id("device_id", device_id)?;
-                match self.bound.get(unit) {
-                    Some(existing) if existing == device_id => Ok(vec![]),
-                    Some(_) => Err(Rejection::AlreadyExists { kind: "unit binding", id: unit.to_string() }),
-                    None => Ok(vec![Event::UnitBound {
+                // A unit binds once, to one device and one key: binding it again is in
+                // effect only for that same pair, so no second key ever gets the media key.
+                match (self.bound.get(unit), self.bound_keys.get(unit)) {
+                    (Some(existing), Some(key)) if existing == device_id && key == device_public_key_hash => Ok(vec![]),
+                    (Some(_), _) => Err(Rejection::AlreadyExists { kind: "unit binding", id: unit.to_string() }),
+                    (None, _) => Ok(vec![Event::UnitBound {
                         order_id: self.id.clone().unwrap_or_else(|| OrderId::new("")),
                         unit: *unit,
                         device_id: device_id.clone(),
                         device_public_key_hash: *device_public_key_hash,
-                        wrapped_key_hash: *wrapped_key_hash,
+                        wrapped_key_hash: None,
                     }]),
                 }
             }
@@ -112,8 +120,9 @@ impl Aggregate for Order {
                 self.units = *units;
                 self.price_per_unit_minor = *price_per_unit_minor;
             }
-            Event::UnitBound { unit, device_id, .. } => {
+            Event::UnitBound { unit, device_id, device_public_key_hash, .. } => {
                 self.bound.insert(*unit, device_id.clone());
+                self.bound_keys.insert(*unit, *device_public_key_hash);
             }
             Event::UnitCompleted { unit, .. } => {
                 self.completed.insert(*unit);

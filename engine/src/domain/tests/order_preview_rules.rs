@@ -24,10 +24,13 @@ fn bind(unit: u32, device: &str) -> OrderCommand {
     bind_by(merchant(), unit, device)
 }
 fn bind_by(merchant: MerchantId, unit: u32, device: &str) -> OrderCommand {
-    OrderCommand::BindUnit { merchant, unit, device_id: device.into(), device_public_key_hash: [1; 32], wrapped_key_hash: [2; 32] }
+    bind_with_key(merchant, unit, device, [1; 32])
+}
+fn bind_with_key(merchant: MerchantId, unit: u32, device: &str, device_public_key_hash: [u8; 32]) -> OrderCommand {
+    OrderCommand::BindUnit { merchant, unit, device_id: device.into(), device_public_key_hash, merchant_active: true }
 }
 fn bound(unit: u32, device: &str) -> Event {
-    Event::UnitBound { order_id: order_id(), unit, device_id: device.into(), device_public_key_hash: [1; 32], wrapped_key_hash: [2; 32] }
+    Event::UnitBound { order_id: order_id(), unit, device_id: device.into(), device_public_key_hash: [1; 32], wrapped_key_hash: None }
 }
 fn complete_unit(unit: u32) -> OrderCommand {
     OrderCommand::CompleteUnit { merchant: merchant(), unit }
@@ -73,6 +76,24 @@ fn rebind_to_the_same_device_is_already_in_effect() {
 #[test]
 fn rebind_to_another_device_is_refused() {
     check::<Order>(&[placed(), bound(0, "dev-a")], bind(0, "dev-b"), T0, Err(Rejection::AlreadyExists { kind: "unit binding", id: "0".into() }));
+}
+
+/// The attack: a one-unit order bound three times, each time with a new key, gave the
+/// merchant the clear media key three times (and no charge). A unit binds once, to one
+/// key: the same device id with another key is refused. Control: the same pair is in effect.
+#[test]
+fn a_bound_unit_never_binds_another_key() {
+    let given = [placed(), bound(0, "dev-a")];
+    let other_key = bind_with_key(merchant(), 0, "dev-a", [7; 32]);
+    check::<Order>(&given, other_key, T0, Err(Rejection::AlreadyExists { kind: "unit binding", id: "0".into() }));
+    check::<Order>(&given, bind(0, "dev-a"), T0, Ok(vec![]));
+}
+
+#[test]
+fn a_suspended_merchant_binds_nothing() {
+    let suspended =
+        OrderCommand::BindUnit { merchant: merchant(), unit: 0, device_id: "dev-a".into(), device_public_key_hash: [1; 32], merchant_active: false };
+    check::<Order>(&[placed()], suspended, T0, Err(Rejection::MerchantSuspended));
 }
 
 #[test]

@@ -155,7 +155,7 @@ fn unknown_enum_values_are_invalid() {
 /// function that overwrites it in that example's protobuf.
 type HashField = (&'static str, usize, fn(&mut E, Vec<u8>));
 
-const HASH_FIELDS: [HashField; 14] = [
+const HASH_FIELDS: [HashField; 16] = [
     ("credential_hash", 3, |e, b| {
         if let E::MerchantRegistered(m) = e {
             m.credential_hash = b
@@ -226,7 +226,20 @@ const HASH_FIELDS: [HashField; 14] = [
             u.wrapped_key_hash = b
         }
     }),
+    ("challenge_hash", 15, |e, b| {
+        if let E::RedemptionAccepted(r) = e {
+            r.challenge_hash = b
+        }
+    }),
+    ("consumer_key_hash", 15, |e, b| {
+        if let E::RedemptionAccepted(r) = e {
+            r.consumer_key_hash = b
+        }
+    }),
 ];
+
+/// Hashes that events written before the field existed lack: empty decodes as absent.
+const OPTIONAL_HASH_FIELDS: [&str; 3] = ["wrapped_key_hash", "challenge_hash", "consumer_key_hash"];
 
 #[test]
 fn hashes_of_the_wrong_length_are_invalid() {
@@ -235,7 +248,14 @@ fn hashes_of_the_wrong_length_are_invalid() {
         let (event, _) = example(index);
         let fine = with_event(index, |e| set(e, vec![0xab; 32]));
         assert!(decode(&fine).is_ok(), "{field} of {}: 32 bytes must decode", event.name());
+        if OPTIONAL_HASH_FIELDS.contains(&field) {
+            let absent = with_event(index, |e| set(e, Vec::new()));
+            assert!(decode(&absent).is_ok(), "{field} of {}: absent decodes", event.name());
+        }
         for len in [31, 33, 0, 16] {
+            if len == 0 && OPTIONAL_HASH_FIELDS.contains(&field) {
+                continue;
+            }
             let bytes = with_event(index, |e| set(e, vec![0xab; len]));
             match decode(&bytes) {
                 Err(DecodeError::Invalid { field: got, reason }) => {

@@ -460,7 +460,7 @@ pub(super) fn examples() -> Vec<(Event, E)> {
                 unit: 17,
                 device_id: "dev-1".into(),
                 device_public_key_hash: hash(13),
-                wrapped_key_hash: hash(14),
+                wrapped_key_hash: Some(hash(14)),
             },
             E::UnitBound(pb::UnitBound {
                 order_id: "ord-1".into(),

@@ -247,9 +247,11 @@ fn arb_event() -> BoxedStrategy<Event> {
         (id(OrderId), id(MerchantId), id(MediaId), u32s(), u64s()).prop_map(|(order_id, merchant_id, media_id, units, price_per_unit_minor)| {
             Event::OrderPlaced { order_id, merchant_id, media_id, units, price_per_unit_minor }
         }),
-        (id(OrderId), u32s(), text(), hash32(), hash32()).prop_map(|(order_id, unit, device_id, device_public_key_hash, wrapped_key_hash)| {
-            Event::UnitBound { order_id, unit, device_id, device_public_key_hash, wrapped_key_hash }
-        }),
+        (id(OrderId), u32s(), text(), hash32(), proptest::option::of(hash32())).prop_map(
+            |(order_id, unit, device_id, device_public_key_hash, wrapped_key_hash)| {
+                Event::UnitBound { order_id, unit, device_id, device_public_key_hash, wrapped_key_hash }
+            }
+        ),
         (id(OrderId), u32s()).prop_map(|(order_id, unit)| Event::UnitCompleted { order_id, unit }),
         (text(), text()).prop_map(|(key, value)| Event::ConfigChanged { key, value }),
     ]
