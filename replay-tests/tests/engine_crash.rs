@@ -581,7 +581,9 @@ async fn purchase(load: &Load, worker: usize, merchant: &MerchantClient, rng: &m
     let delivered: BTreeSet<&String> = copies.iter().map(|copy| &copy.media_id).collect();
     assert_eq!(delivered, media_ids.iter().collect(), "{voucher}: every media of the grant is delivered");
     assert!(copies.iter().all(|copy| copy.decrypt_ok), "{voucher}: every delivered copy decrypts");
-    load.ack(Ack::Redeemed { voucher: voucher.clone(), request: redeem_request });
+    // The node forwards the player's request id in its own namespace; that id is what the
+    // stream records.
+    load.ack(Ack::Redeemed { voucher: voucher.clone(), request: gateways::node::player_request_id(&voucher, &redeem_request) });
     for copy in copies {
         load.ack(Ack::Delivered { voucher: voucher.clone(), media: copy.media_id });
     }

@@ -33,8 +33,8 @@ mod tests;
 
 use crate::common::transfer::{CHALLENGE_BYTES, Reassembly};
 use feed::{feed_loop, heartbeat_loop, stopped};
-pub use service::derived_request_id;
 use service::{NodeApi, RequestSizeLimit, Shared};
+pub use service::{derived_request_id, player_request_id};
 pub use state::{
     Assignments, CachedPart, Challenges, MediaCache, PartKey, VoucherAssignment, check_grant, checkpoint_path, read_checkpoint, require_grant, write_checkpoint,
 };

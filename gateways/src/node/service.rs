@@ -173,7 +173,7 @@ pub fn derived_request_id(prefix: &str, parts: &[&str]) -> String {
 /// The request id the node forwards for a player's Redeem: derived from the player's own
 /// (so a player's retry is the engine's retry) in the "player" namespace, which no id the
 /// node derives for itself shares.
-pub(super) fn player_request_id(voucher_id: &str, player_request_id: &str) -> String {
+pub fn player_request_id(voucher_id: &str, player_request_id: &str) -> String {
     derived_request_id("player", &[voucher_id, player_request_id])
 }
 
