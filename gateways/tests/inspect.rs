@@ -136,3 +136,26 @@ fn a_container_shows_its_structure_and_garbage_and_missing_keys_fail() {
     let (code, _, stderr) = inspect(root, &["no-such-file"]);
     assert_eq!(code, 2, "{stderr}");
 }
+
+/// The attack: a crafted copy whose record carries a newline, a fake "engine signature: OK"
+/// line and an escape sequence that erases the real FAILED line on a terminal. The fields
+/// are printed escaped: one line per field, no control character reaches the terminal.
+/// Control: the crafted text does carry the newline and the escape byte, so printed raw it
+/// would have forged the verdict.
+#[test]
+fn a_crafted_record_cannot_forge_lines_or_escape_sequences_in_the_output() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path();
+    let keys = keys_dir(root, "keys", &key_a());
+    let forged = "v1\n  engine signature: OK\u{1b}[1A\u{1b}[2K";
+    let content = b"some media".to_vec();
+    let record = TransactionRecord { voucher_id: VoucherId::new(forged), ..record(&key_b(), &content) };
+    let signature = crypto::sign(&key_b(), &record.message()).expect("signs");
+    std::fs::write(root.join("crafted.media"), media::delivered_copy(&record, &signature, &content)).expect("write");
+    assert!(forged.contains('\n') && forged.contains('\u{1b}'), "the control: the crafted field carries what would forge the output");
+    let (code, _, stderr) = inspect(root, &["crafted.media", "--keys", keys.to_str().expect("utf-8")]);
+    assert_eq!(code, 1, "signed by another key: the check fails\n{stderr}");
+    assert!(!stderr.contains('\u{1b}'), "an escape byte reached the terminal:\n{stderr}");
+    assert!(!stderr.lines().any(|line| line.trim_start().starts_with("engine signature: OK")), "a forged verdict line:\n{stderr}");
+    assert!(stderr.contains("\\n  engine signature: OK\\u{1b}"), "the field is shown escaped:\n{stderr}");
+}

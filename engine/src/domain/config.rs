@@ -6,6 +6,18 @@ use super::{Aggregate, AggregateKind, Rejection};
 use crate::ids::Millis;
 use std::collections::BTreeMap;
 
+/// How often the delivery node agent heartbeats (`gateways::node` uses this value).
+pub const NODE_HEARTBEAT_INTERVAL_MS: u64 = 5_000;
+
+/// Lower bounds a key takes from what it depends on, with the constraint in words: a value
+/// that passes its plain range can still break the market (a heartbeat timeout below the
+/// heartbeat interval makes every node look dead between two heartbeats).
+pub const CONSTRAINTS: &[(&str, u64, &str)] = &[(
+    "node.heartbeat_timeout_ms",
+    2 * NODE_HEARTBEAT_INTERVAL_MS,
+    "at least twice the nodes' heartbeat interval (5000 ms), so one late heartbeat does not take a node out",
+)];
+
 /// The configurable keys, each with its accepted range (inclusive) and default.
 pub const KEYS: &[(&str, u64, u64, u64)] = &[
     // (key, min, max, default)
@@ -47,6 +59,11 @@ impl Aggregate for Config {
         let parsed: u64 = value.parse().map_err(|_| Rejection::InvalidArgument { field: "value", reason: format!("{key} takes a whole number") })?;
         if !(min..=max).contains(&parsed) {
             return Err(Rejection::InvalidArgument { field: "value", reason: format!("{key} must be {min}..={max}") });
+        }
+        if let Some(&(_, floor, constraint)) = CONSTRAINTS.iter().find(|(k, ..)| k == key)
+            && parsed < floor
+        {
+            return Err(Rejection::InvalidArgument { field: "value", reason: format!("{key} must be {constraint}: {floor}..={max}") });
         }
         if self.get(key) == Some(parsed) && self.values.contains_key(key) {
             return Ok(vec![]);

@@ -305,6 +305,13 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<Report> {
 }
 
 /// A few lines for a person (stderr).
+/// Text read from the file, shown as text: control characters (a newline that would start
+/// a fake "signature: OK" line, an escape sequence that erases the real verdict on a
+/// terminal) are printed escaped, never raw.
+fn shown(text: &str) -> String {
+    text.chars().map(|c| if c.is_control() { c.escape_default().collect::<String>() } else { c.to_string() }).collect()
+}
+
 pub fn describe(report: &Report) -> String {
     let verdict = |ok: Option<bool>| match ok {
         Some(true) => "OK",
@@ -312,13 +319,13 @@ pub fn describe(report: &Report) -> String {
         None => "not checked",
     };
     let Some(kind) = report.kind else {
-        return format!("not a readable media file: {}", report.error.as_deref().unwrap_or("unknown error"));
+        return format!("not a readable media file: {}", shown(report.error.as_deref().unwrap_or("unknown error")));
     };
     let mut lines = vec![format!(
         "{kind}, format {}, {} bytes{}",
         report.format_version.map_or_else(|| "?".into(), |version| version.to_string()),
         report.size_bytes,
-        report.media_id.as_ref().map(|id| format!(", media {id}")).unwrap_or_default()
+        report.media_id.as_ref().map(|id| format!(", media {}", shown(id))).unwrap_or_default()
     )];
     if let (Some(title), Some(artist)) = (&report.title, &report.artist) {
         lines.push(format!("  {title:?} by {artist:?}"));
@@ -330,7 +337,7 @@ pub fn describe(report: &Report) -> String {
         lines.push(format!(
             "  component {:?} ({}): {} bytes, {}",
             component.name,
-            component.media_type,
+            shown(&component.media_type),
             component.size_bytes,
             if component.encrypted { "encrypted" } else { "free to view" }
         ));
@@ -344,19 +351,25 @@ pub fn describe(report: &Report) -> String {
         lines.push(format!(
             "  rendition {:?}: content {}{}{bitrate}{chunks}",
             rendition.name,
-            rendition.content_hash,
+            shown(&rendition.content_hash),
             rendition.size_bytes.map(|size| format!(", {size} bytes")).unwrap_or_default()
         ));
     }
     if let Some(preview) = &report.preview {
         lines.push(format!(
             "  preview clip (free): {} bytes of {}, from {} ms for {} ms, fades {} ms in / {} ms out",
-            preview.clip_bytes, preview.media_type, preview.start_ms, preview.duration_ms, preview.fade_in_ms, preview.fade_out_ms
+            preview.clip_bytes,
+            shown(&preview.media_type),
+            preview.start_ms,
+            preview.duration_ms,
+            preview.fade_in_ms,
+            preview.fade_out_ms
         ));
     }
     if let Some(key_id) = &report.publisher_key_id {
         lines.push(format!(
-            "  publisher key {key_id}{}",
+            "  publisher key {}{}",
+            shown(key_id),
             match report.publisher_key_ok {
                 Some(true) => " (the pinned key)",
                 Some(false) => " (NOT the pinned --publisher-key)",
@@ -367,24 +380,24 @@ pub fn describe(report: &Report) -> String {
     if let Some(transaction) = &report.transaction {
         lines.push(format!(
             "  transaction: voucher {}, delivered at {} ms, consumer {} (certificate {}), node {}, engine key {}",
-            transaction.voucher_id,
+            shown(&transaction.voucher_id),
             transaction.delivered_at,
-            transaction.consumer_id,
-            transaction.consumer_cert,
-            transaction.node_id,
-            transaction.engine_key_id
+            shown(&transaction.consumer_id),
+            shown(&transaction.consumer_cert),
+            shown(&transaction.node_id),
+            shown(&transaction.engine_key_id)
         ));
         lines.push(format!(
             "  engine signature: {}{}",
             verdict(transaction.signature_ok),
-            transaction.signature_error.as_ref().map(|why| format!(" ({why})")).unwrap_or_default()
+            transaction.signature_error.as_ref().map(|why| format!(" ({})", shown(why))).unwrap_or_default()
         ));
         if transaction.signature_ok.is_none() {
             lines.push("  (pass --keys DIR with the engine's engine.pub.pem to check the signature)".into());
         }
         lines.push(format!("  content matches the record: {}", if transaction.content_ok { "OK" } else { "FAILED" }));
     } else {
-        let why = report.signature_error.as_ref().map(|why| format!(" ({why})")).unwrap_or_default();
+        let why = report.signature_error.as_ref().map(|why| format!(" ({})", shown(why))).unwrap_or_default();
         lines.push(format!(
             "  publisher signature: {}{why}",
             if report.signature_ok.is_none() { "none (format 1 containers are not signed)" } else { verdict(report.signature_ok) }

@@ -62,7 +62,7 @@ use tonic::transport::{Channel, Endpoint, Server};
 use tracing::{info, warn};
 
 /// How often the node reports its load to the engine.
-pub const HEARTBEAT_INTERVAL_MS: u64 = 5_000;
+pub const HEARTBEAT_INTERVAL_MS: u64 = engine::domain::config::NODE_HEARTBEAT_INTERVAL_MS;
 /// Longest wait for the engine to answer a heartbeat before it counts as failed.
 pub const HEARTBEAT_TIMEOUT_MS: u64 = 5_000;
 /// Bytes of media per streamed chunk, to players.

@@ -459,8 +459,20 @@ pub(super) fn bad_input_cases(w: &World) -> Vec<Case> {
 
     // Merchant B on merchant A's vouchers and order.
     let pd = Code::PermissionDenied;
-    cases.push(case("merchant B on A's", "A's issued voucher", &b, Req::GetVoucher(pb::GetVoucherRequest { voucher_id: sale.clone() }), pd));
-    cases.push(case("merchant B on A's", "A's pending voucher", &b, Req::GetVoucher(pb::GetVoucherRequest { voucher_id: w.pending.clone() }), pd));
+    // No existence oracle: another merchant's voucher answers as an unknown one, word for
+    // word (`unknown voucher "<id>"`); a voucher id that was never reserved is the control.
+    cases.push(
+        case("merchant B on A's", "A's issued voucher", &b, Req::GetVoucher(pb::GetVoucherRequest { voucher_id: sale.clone() }), nf)
+            .message_has(format!("unknown voucher {sale:?}")),
+    );
+    cases.push(
+        case("merchant B on A's", "A's pending voucher", &b, Req::GetVoucher(pb::GetVoucherRequest { voucher_id: w.pending.clone() }), nf)
+            .message_has(format!("unknown voucher {:?}", w.pending)),
+    );
+    cases.push(
+        case("merchant B on A's", "a voucher never reserved (control)", &b, Req::GetVoucher(pb::GetVoucherRequest { voucher_id: "v-never".into() }), nf)
+            .message_has("unknown voucher \"v-never\""),
+    );
     cases.push(case(
         "merchant B on A's",
         "A's issued voucher",
@@ -802,7 +814,8 @@ pub(super) fn bad_input_cases(w: &World) -> Vec<Case> {
                 ("undecodable, no credential" | "oversized, no credential", _) => Some("missing"),
                 (_, Code::NotFound) => Some("unknown"),
                 _ => None,
-            };
+            }
+            .map(String::from);
         }
     }
     cases

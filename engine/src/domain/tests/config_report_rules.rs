@@ -43,6 +43,22 @@ fn set_a_value_out_of_range_is_refused() {
     check_invalid::<Config>(&[], set("seal.entries_max", "1000001"), T0, "value");
 }
 
+/// The attack: `node.heartbeat_timeout_ms` = 1000 passed its range, and since nodes
+/// heartbeat every 5 s, 7 of 10 previews failed (the setting, an event, outlived restarts).
+/// Control: a value at the constraint's floor is accepted.
+#[test]
+fn a_value_that_breaks_a_dependent_constraint_is_refused_naming_it() {
+    let refused = crate::domain::Aggregate::decide(&Config::default(), &set("node.heartbeat_timeout_ms", "1000"), T0);
+    match refused {
+        Err(crate::domain::Rejection::InvalidArgument { field: "value", reason }) => {
+            assert!(reason.contains("twice the nodes' heartbeat interval") && reason.contains("10000"), "{reason}");
+        }
+        other => panic!("expected the constraint to refuse 1000, got {other:?}"),
+    }
+    check_invalid::<Config>(&[], set("node.heartbeat_timeout_ms", "9999"), T0, "value");
+    check::<Config>(&[], set("node.heartbeat_timeout_ms", "10000"), T0, Ok(vec![changed("node.heartbeat_timeout_ms", "10000")]));
+}
+
 #[test]
 fn set_a_value_that_is_not_a_whole_number_is_refused() {
     for value in ["ten", "-1", "1.5", "", " 5"] {
