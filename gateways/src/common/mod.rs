@@ -2,7 +2,7 @@
 //! their gRPC metadata (`cred`), key files (`keys`), backend selection (`backend`), the
 //! nats-server launcher for tests and the bench (`natsd`), progress bars (`progress`), the
 //! seal witness file the sealer writes and auditors pin (`witness`), the chunked transfer
-//! nodes and players share (`transfer`).
+//! nodes and players share (`transfer`), internal failures as error ids (`status`).
 //! Nothing here imports a program (`server`, `node`, `player`, `cli`, `demo`, `bench`,
 //! `audit`).
 
@@ -12,5 +12,6 @@ pub mod cred;
 pub mod keys;
 pub mod natsd;
 pub mod progress;
+pub mod status;
 pub mod transfer;
 pub mod witness;

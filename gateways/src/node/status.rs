@@ -2,8 +2,9 @@
 //! stream to this node) can get from the node is chosen here, so one situation never gets
 //! two codes. Messages say what to do next and never contain a token, proof or key.
 
+use crate::common::status::with_error_id;
 use engine::crypto::AccessDenied;
-use tonic::Status;
+use tonic::{Code, Status};
 
 pub fn grant_required() -> Status {
     Status::invalid_argument("grant is required: pass the access grant the merchant received at IssueVoucher")
@@ -64,15 +65,15 @@ pub fn preview_not_here(preview_id: &str) -> Status {
 
 /// The engine's media stream to this node broke the chunking rules.
 pub fn engine_stream_malformed(media_id: &str, error: &dyn std::fmt::Display) -> Status {
-    Status::internal(format!("the engine's stream of media {media_id} is malformed: {error}"))
+    with_error_id(Code::Internal, &format!("the engine's stream of media {media_id} is malformed"), error)
 }
 
 pub fn engine_stream_broke_off(media_id: &str, error: &dyn std::fmt::Display) -> Status {
-    Status::unavailable(format!("the engine's stream of media {media_id} broke off: {error}; retry"))
+    with_error_id(Code::Unavailable, &format!("the engine's stream of media {media_id} broke off; retry"), error)
 }
 
 pub fn engine_container_malformed(media_id: &str, error: &dyn std::fmt::Display) -> Status {
-    Status::data_loss(format!("the engine sent media {media_id} as a malformed container: {error}"))
+    with_error_id(Code::DataLoss, &format!("the engine sent media {media_id} as a malformed container"), error)
 }
 
 pub fn check_task_failed() -> Status {

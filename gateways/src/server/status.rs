@@ -55,19 +55,21 @@ pub fn from_app_error(error: &AppError) -> Status {
                 AppendError::InvalidSubject(_) => Status::invalid_argument(append.to_string()),
                 AppendError::TooLarge { .. } => Status::resource_exhausted(append.to_string()),
                 // It may have been stored: the client retries with the same request id.
-                AppendError::Unknown(_) => Status::unavailable(append.to_string()),
-                AppendError::Unavailable(_) => Status::unavailable(append.to_string()),
-                AppendError::Storage(_) => Status::internal(append.to_string()),
+                AppendError::Unknown(_) => with_error_id(Code::Unavailable, "the append's outcome is unknown; retry with the same request id", append),
+                AppendError::Unavailable(_) => with_error_id(Code::Unavailable, "the event log is unavailable; retry with the same request id", append),
+                AppendError::Storage(_) => with_error_id(Code::Internal, "the event log failed to store the event", append),
             },
-            HandleError::Read(_) => Status::unavailable(handle.to_string()),
-            HandleError::Decode { .. } => Status::data_loss(handle.to_string()),
+            HandleError::Read(_) => with_error_id(Code::Unavailable, "the event log could not be read; retry with the same request id", handle),
+            HandleError::Decode { .. } => with_error_id(Code::DataLoss, "a stored event does not decode", handle),
         },
         // Crypto errors carry no key material; still, say no more than that it failed.
-        AppError::Crypto(_) => Status::internal("a cryptographic operation failed"),
-        AppError::Task(_) | AppError::PoolClosed | AppError::Sign(_) => Status::internal(error.to_string()),
+        AppError::Crypto(_) => with_error_id(Code::Internal, "a cryptographic operation failed", error),
+        AppError::Task(_) | AppError::PoolClosed | AppError::Sign(_) => with_error_id(Code::Internal, "an internal task failed", error),
         AppError::MediaStore(store) => media_store_failed("the media store failed", store),
     }
 }
+
+pub use crate::common::status::with_error_id;
 
 // ---- the edge's own refusals ------------------------------------------------------------
 // Refusals that come from the server itself rather than from a use case: credentials,
@@ -93,7 +95,7 @@ pub fn no_checked_credential() -> Status {
 }
 
 pub fn credential_check_unavailable(error: &HandleError) -> Status {
-    Status::unavailable(format!("cannot check the credential now: {error}"))
+    with_error_id(Code::Unavailable, "cannot check the credential now; retry", error)
 }
 
 pub fn no_such_service(path: &str) -> Status {
@@ -127,16 +129,16 @@ pub fn replays_busy(replays_in_flight_max: usize) -> Status {
 
 /// The stream could not be read while serving (a replay, a feed, the head).
 pub fn stream_unreadable(what: &str, error: &dyn std::fmt::Display) -> Status {
-    Status::unavailable(format!("{what} could not read the stream: {error}; retry"))
+    with_error_id(Code::Unavailable, &format!("{what} could not read the stream; retry"), error)
 }
 
 /// An event of the stream does not decode: the stream is damaged, not the request.
 pub fn event_undecodable(seq: u64, error: &dyn std::fmt::Display) -> Status {
-    Status::data_loss(format!("event {seq} does not decode: {error}"))
+    with_error_id(Code::DataLoss, &format!("event {seq} does not decode"), error)
 }
 
 pub fn media_store_failed(what: &str, error: &engine::media_store::MediaStoreError) -> Status {
-    Status::internal(format!("{what}: {error}"))
+    with_error_id(Code::Internal, what, error)
 }
 
 pub fn node_not_announced(node: &str) -> Status {
@@ -176,6 +178,8 @@ mod tests {
             Rejection::NodeUnavailable,
             Rejection::NoNodeAvailable,
             Rejection::Overflow,
+            Rejection::ChallengeUsed,
+            Rejection::DeliveryRetriesExhausted { retries_max: 3 },
         ]
     }
 
@@ -204,6 +208,8 @@ mod tests {
             Code::FailedPrecondition,
             Code::ResourceExhausted,
             Code::OutOfRange,
+            Code::PermissionDenied,
+            Code::FailedPrecondition,
         ];
         let rejections = every_rejection();
         assert_eq!(rejections.len(), expected.len());
@@ -233,5 +239,43 @@ mod tests {
         }
         let unknown = from_app_error(&AppError::Handle(HandleError::Append(AppendError::Unknown("timeout".into()))));
         assert!(unknown.message().contains("same request id"), "tells the caller how to retry: {}", unknown.message());
+    }
+
+    /// The attack: internal error text (file paths, backend messages) reached callers,
+    /// unauthenticated ones too. Now the caller gets what to do and an error id; the detail
+    /// goes to the log. Control: the errors themselves do carry the detail.
+    #[test]
+    fn internal_failures_reach_the_caller_as_an_error_id_without_their_detail() {
+        let path = "/var/lib/vouchsafe/secret-layout/log.sled";
+        let failures: Vec<(Box<dyn std::fmt::Display>, Status)> = vec![
+            {
+                let error = AppError::Handle(HandleError::Append(AppendError::Storage(format!("{path}: permission denied"))));
+                let status = from_app_error(&error);
+                (Box::new(error), status)
+            },
+            {
+                let error = AppError::Handle(HandleError::Append(AppendError::Unavailable(format!("nats://10.1.2.3:4222 {path}"))));
+                let status = from_app_error(&error);
+                (Box::new(error), status)
+            },
+            {
+                let error = engine::media_store::MediaStoreError::Write { path: path.into(), source: std::io::Error::other("disk full") };
+                let status = media_store_failed("cannot store the container", &error);
+                (Box::new(error), status)
+            },
+            {
+                let error = HandleError::Read(engine::log::ReadError::Storage(path.into()));
+                let status = credential_check_unavailable(&error);
+                (Box::new(error), status)
+            },
+        ];
+        for (error, status) in failures {
+            assert!(error.to_string().contains(path), "the control: the error carries the detail: {error}");
+            assert!(!status.message().contains(path) && !status.message().contains("10.1.2.3"), "the detail leaked: {}", status.message());
+            let id = status.message().split("error id ").nth(1).and_then(|rest| rest.split(';').next()).expect("an error id");
+            assert!(id.len() == 12 && id.chars().all(|c| c.is_ascii_hexdigit()), "{}", status.message());
+        }
+        let retry = from_app_error(&AppError::Handle(HandleError::Append(AppendError::Unavailable("down".into()))));
+        assert!(retry.message().contains("retry with the same request id"), "what to do survives: {}", retry.message());
     }
 }
