@@ -118,7 +118,8 @@ fn serve_node_publish_buy_fetch_then_demo_connect_and_sigterm() {
     // The node heartbeats before the allocator may choose it; retry the purchase briefly.
     let deadline = Instant::now() + Duration::from_secs(20);
     let sale = loop {
-        let (code, sale) = json(vouchsafe().args(["merchant", "buy", "--media", &media_id, "--connect", &url, "--cred", "shop.cred", "--json"]), root);
+        let (code, sale) =
+            json(vouchsafe().args(["merchant", "buy", "--media", &media_id, "--connect", &url, "--cred", "shop.cred", "--out", "sale.json", "--json"]), root);
         if code == 0 {
             break sale;
         }
@@ -126,7 +127,14 @@ fn serve_node_publish_buy_fetch_then_demo_connect_and_sigterm() {
         std::thread::sleep(Duration::from_millis(200));
     };
     assert_eq!(sale["node_endpoint"], format!("http://127.0.0.1:{node_port}"));
-    std::fs::write(root.join("sale.json"), sale.to_string()).expect("write sale");
+    // `--out` wrote the sale, receipt included, for its owner only.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(root.join("sale.json")).expect("sale.json").permissions().mode() & 0o777, 0o600);
+    }
+    let written: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(root.join("sale.json")).expect("read")).expect("JSON");
+    assert_eq!(written, sale, "the file holds what --json printed");
     let (code, fetched) = json(vouchsafe().args(["player", "fetch", "--sale", "sale.json", "--consumer", "alice", "--data-dir", "players", "--json"]), root);
     assert_eq!(code, 0, "{fetched}");
     assert_eq!(fetched["decrypt_ok"], true);

@@ -618,6 +618,10 @@ pub struct MerchantArgs {
     /// a fresh one is made up when absent.
     #[arg(long, global = true)]
     pub request_id: Option<String>,
+    /// Also write the answer's JSON (for `buy`, the sale a player redeems) to this file,
+    /// readable by its owner only (0600): it holds the receipt.
+    #[arg(long, global = true)]
+    pub out: Option<PathBuf>,
 }
 
 /// The JSON a player needs to redeem a sale (`merchant buy --json` prints it).
@@ -688,7 +692,13 @@ pub async fn merchant(args: MerchantArgs) -> anyhow::Result<Outcome> {
     }
     .await;
     match answer {
-        Ok(value) => Ok(Outcome::Done(value)),
+        Ok(value) => {
+            if let Some(out) = &args.out {
+                crate::common::keys::write_private(out, format!("{value}\n").as_bytes())?;
+                eprintln!("wrote {} (0600: it holds the receipt)", out.display());
+            }
+            Ok(Outcome::Done(value))
+        }
         Err(status) => refused(status),
     }
 }

@@ -32,6 +32,7 @@ impl Credential {
     }
 
     pub fn load(path: &Path) -> anyhow::Result<Self> {
+        crate::common::keys::warn_if_loose(path);
         let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).with_context(|| format!("cannot read credential file {}", path.display()))?);
         let mut lines = text.lines();
         let id = lines.next().unwrap_or_default().trim().to_string();

@@ -14,6 +14,55 @@ pub const OPERATOR_CRED: &str = "operator.cred";
 /// The engine's RSA key size.
 pub const ENGINE_RSA_BITS: usize = 2048;
 
+/// Permission bits a file holding a secret must not have: any access by group or others.
+const LOOSE_BITS: u32 = 0o077;
+
+/// The mode of `path` when group or others may access it (a key or credential file that
+/// should be 0600, a key directory that should be 0700); `None` when it is tight, or on
+/// platforms without Unix modes.
+pub fn loose_mode(path: &Path) -> Option<u32> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+        (mode & LOOSE_BITS != 0).then_some(mode)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
+}
+
+/// Warns (at load, never refusing: the operator decides) when a secret's file is open to
+/// group or others, naming the file and the fix. The warning carries no key material.
+pub fn warn_if_loose(path: &Path) {
+    if let Some(mode) = loose_mode(path) {
+        tracing::warn!(path = %path.display(), mode = format!("{mode:o}"), "a key or credential file is readable by others; chmod 600 it (700 for a directory)");
+    }
+}
+
+/// Writes `contents` to a new file only its owner may read (0600).
+pub fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path).with_context(|| format!("cannot write {}", path.display()))?;
+    // An existing file keeps its mode through `open`: tighten it.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600)).with_context(|| format!("cannot make {} private", path.display()))?;
+    }
+    file.write_all(contents)?;
+    file.sync_all()?;
+    Ok(())
+}
+
 fn write_secret(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
@@ -31,6 +80,12 @@ fn write_secret(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
 /// Writes a fresh key directory; refuses to overwrite existing keys.
 pub fn init(dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create key directory {}", dir.display()))?;
+    // Only the owner may list or enter the key directory.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).with_context(|| format!("cannot make {} private", dir.display()))?;
+    }
     for name in [ENGINE_PEM, ENGINE_PUB_PEM, ROYALTY_MASTER, OPERATOR_CRED] {
         if dir.join(name).exists() {
             bail!("{} already exists; keys init never overwrites keys (use another --out directory)", dir.join(name).display());
@@ -55,6 +110,8 @@ pub fn is_empty(dir: &Path) -> bool {
 
 pub fn load_engine_private(dir: &Path) -> anyhow::Result<RsaPrivate> {
     let path = dir.join(ENGINE_PEM);
+    warn_if_loose(dir);
+    warn_if_loose(&path);
     let pem = zeroize::Zeroizing::new(
         std::fs::read_to_string(&path).with_context(|| format!("cannot read {}; run `vouchsafe keys init --out {}`", path.display(), dir.display()))?,
     );
@@ -70,6 +127,7 @@ pub fn load_engine_public(dir: &Path) -> anyhow::Result<crypto::RsaPublic> {
 
 pub fn load_royalty_master(dir: &Path) -> anyhow::Result<SecretKey> {
     let path = dir.join(ROYALTY_MASTER);
+    warn_if_loose(&path);
     let text = zeroize::Zeroizing::new(std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?);
     let mut bytes = [0u8; 32];
     hex::decode_to_slice(text.trim(), &mut bytes).map_err(|_| anyhow::anyhow!("{} must hold 64 hex digits", path.display()))?;
@@ -121,5 +179,42 @@ mod tests {
         }
         let again = init(dir.path()).expect_err("second init must refuse");
         assert!(again.to_string().contains("never overwrites"));
+    }
+
+    /// The key directory was created with default permissions (0755 under a usual umask):
+    /// now it is 0700, so only the owner may list it. Control: the temp dir's parent is
+    /// not (`loose_mode` sees what it should).
+    #[cfg(unix)]
+    #[test]
+    fn the_key_directory_is_private_and_loose_files_are_seen() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().expect("temp dir");
+        std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let keys = root.path().join("keys");
+        init(&keys).expect("keys init");
+        assert_eq!(std::fs::metadata(&keys).expect("dir").permissions().mode() & 0o777, 0o700);
+        assert_eq!(loose_mode(&keys), None);
+        assert_eq!(loose_mode(root.path()), Some(0o755), "the control: a 0755 directory is loose");
+        // A key file someone opened up is seen (and warned about at load).
+        let pem = keys.join(ENGINE_PEM);
+        std::fs::set_permissions(&pem, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        assert_eq!(loose_mode(&pem), Some(0o644));
+        load_engine_private(&keys).expect("a loose key still loads (with a warning)");
+    }
+
+    /// `merchant buy --out FILE` writes the sale (which holds the receipt) 0600, also over
+    /// an existing world-readable file, which a shell redirect would have kept.
+    #[cfg(unix)]
+    #[test]
+    fn private_files_are_written_0600_even_over_a_readable_one() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let sale = dir.path().join("sale.json");
+        std::fs::write(&sale, "old").expect("write");
+        std::fs::set_permissions(&sale, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        assert_eq!(loose_mode(&sale), Some(0o644), "the control: a redirect's file is readable by others");
+        write_private(&sale, b"{\"receipt\":\"..\"}").expect("write");
+        assert_eq!(std::fs::metadata(&sale).expect("file").permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::read_to_string(&sale).expect("read"), "{\"receipt\":\"..\"}");
     }
 }
