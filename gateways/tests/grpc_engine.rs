@@ -258,3 +258,50 @@ async fn credentials_are_checked_before_the_body_is_decoded() {
     assert_eq!(fixture.log.last_seq().await.expect("head"), head_after_register, "nothing written for refusals");
     fixture.engine.shutdown().await.expect("graceful shutdown");
 }
+
+/// Draining is visible: from the moment shutdown begins, health answers NOT_SERVING (for
+/// the server and each service) while requests are still served, for the drain grace,
+/// so a load balancer stops sending before the server goes away. Control: SERVING before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_answers_not_serving_from_the_moment_shutdown_begins() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let keys = dir.path().join("keys");
+    gateways::common::keys::init(&keys).expect("keys init");
+    let log: Arc<dyn EventLog> = Arc::new(EmbeddedLog::open(&dir.path().join("log")).expect("embedded log"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+    let config = EngineConfig { drain_grace: std::time::Duration::from_secs(3), ..EngineConfig::new(dir.path().to_path_buf(), keys.clone()) };
+    let engine = server::start(config, log, listener).await.expect("engine starts");
+    let channel = client::connect(&engine.url(), None).await.expect("connect");
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let check = |service: &str| tonic_health::pb::HealthCheckRequest { service: service.into() };
+    let merchant_service = "vouchsafe.v1.MerchantService";
+    for service in ["", merchant_service] {
+        let status = health.check(check(service)).await.expect("health").into_inner().status;
+        assert_eq!(status, ServingStatus::Serving as i32, "the control: {service:?} serves before shutdown");
+    }
+    let stopping = tokio::spawn(engine.shutdown());
+    // Polls until the answer changes (the shutdown task runs concurrently); bounded by the
+    // grace, within which the server still answers.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+    let mut seen = Vec::new();
+    loop {
+        let status = health.check(check("")).await.expect("still answering during the grace").into_inner().status;
+        if status == ServingStatus::NotServing as i32 {
+            break;
+        }
+        seen.push(status);
+        assert!(tokio::time::Instant::now() < deadline, "health never turned NOT_SERVING: {seen:?}");
+        tokio::task::yield_now().await;
+    }
+    let service_status = health.check(check(merchant_service)).await.expect("health").into_inner().status;
+    assert_eq!(service_status, ServingStatus::NotServing as i32, "each service drains too");
+    // Requests are still answered during the grace: the catalog refuses an anonymous call
+    // by its credential, not by a closed connection.
+    let refused = client::catalog(channel, Credential { id: "operator".into(), secret: engine::crypto::SecretKey::random() })
+        .register_merchant(pb::RegisterMerchantRequest { request_id: "m".into(), name: "Shop".into() })
+        .await
+        .expect_err("a wrong secret");
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    stopping.await.expect("shutdown task").expect("graceful shutdown");
+}

@@ -90,7 +90,14 @@ pub struct EngineConfig {
     /// The projection store's directory; `None` keeps the projections in memory only (they
     /// are rebuilt from sequence 1 at every start).
     pub projections_dir: Option<PathBuf>,
+    /// How long health answers NOT_SERVING before a shutdown stops serving, so a load
+    /// balancer probing it stops sending first (`serve`: `DRAIN_GRACE_DEFAULT`; in-process
+    /// engines: none).
+    pub drain_grace: Duration,
 }
+
+/// `serve`'s drain grace: a few health probes' worth.
+pub const DRAIN_GRACE_DEFAULT: Duration = Duration::from_secs(2);
 
 impl EngineConfig {
     pub fn new(data_dir: PathBuf, keys_dir: PathBuf) -> Self {
@@ -104,6 +111,7 @@ impl EngineConfig {
             seal_entries_min: 1,
             tls: None,
             projections_dir: None,
+            drain_grace: Duration::ZERO,
         }
     }
 }
@@ -188,6 +196,22 @@ pub struct RunningEngine {
     server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     background: Vec<tokio::task::JoinHandle<()>>,
     runner: tokio::task::JoinHandle<()>,
+    health: tonic_health::server::HealthReporter,
+}
+
+/// Every service the engine reports health for (the empty name, the whole server, too).
+async fn set_health(health: &tonic_health::server::HealthReporter, serving: bool) {
+    let status = if serving { tonic_health::ServingStatus::Serving } else { tonic_health::ServingStatus::NotServing };
+    for service in [
+        "",
+        <pb::merchant_service_server::MerchantServiceServer<Api> as tonic::server::NamedService>::NAME,
+        <pb::delivery_service_server::DeliveryServiceServer<Api> as tonic::server::NamedService>::NAME,
+        <pb::catalog_service_server::CatalogServiceServer<Api> as tonic::server::NamedService>::NAME,
+        <pb::audit_service_server::AuditServiceServer<Api> as tonic::server::NamedService>::NAME,
+        <pb::admin_service_server::AdminServiceServer<Api> as tonic::server::NamedService>::NAME,
+    ] {
+        health.set_service_status(service, status).await;
+    }
 }
 
 impl RunningEngine {
@@ -201,6 +225,12 @@ impl RunningEngine {
     /// finish (their events are appended and acknowledged), then stop the sweeper, the
     /// sealer and the projection runner.
     pub async fn shutdown(self) -> anyhow::Result<()> {
+        // Draining is visible from the moment it begins: health says NOT_SERVING while the
+        // server still answers, for `drain_grace`, then the server stops.
+        set_health(&self.health, false).await;
+        if !self.state.config.drain_grace.is_zero() {
+            tokio::time::sleep(self.state.config.drain_grace).await;
+        }
         let _ = self.stop.send(true);
         let served = self.server.await.context("the gRPC server task failed")?;
         for task in self.background {
@@ -320,11 +350,7 @@ pub async fn start(config: EngineConfig, log: Arc<dyn EventLog>, listener: tokio
     let door = FrontDoor::new(authenticator, config.limits, Arc::new(move |code| counted.count_code(code)));
     let api = Api { state: Arc::clone(&state) };
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<pb::merchant_service_server::MerchantServiceServer<Api>>().await;
-    health.set_serving::<pb::delivery_service_server::DeliveryServiceServer<Api>>().await;
-    health.set_serving::<pb::catalog_service_server::CatalogServiceServer<Api>>().await;
-    health.set_serving::<pb::audit_service_server::AuditServiceServer<Api>>().await;
-    health.set_serving::<pb::admin_service_server::AdminServiceServer<Api>>().await;
+    set_health(&health, true).await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -361,7 +387,7 @@ pub async fn start(config: EngineConfig, log: Arc<dyn EventLog>, listener: tokio
     state.apply_configuration().await;
     let background = vec![tokio::spawn(sweeper(Arc::clone(&state))), tokio::spawn(sealer(Arc::clone(&state))), tokio::spawn(rate_sampler(Arc::clone(&state)))];
     tracing::info!(%addr, "engine serving");
-    Ok(RunningEngine { addr, state, stop, server, background, runner })
+    Ok(RunningEngine { addr, state, stop, server, background, runner, health })
 }
 
 fn tls_config(tls: &TlsFiles) -> anyhow::Result<tonic::transport::ServerTlsConfig> {

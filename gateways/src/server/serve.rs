@@ -153,6 +153,7 @@ pub fn settings(args: &ServeArgs) -> anyhow::Result<Settings> {
     anyhow::ensure!(limits.requests_in_flight_max >= 1, "requests_in_flight_max must be at least 1");
     let mut engine = EngineConfig::new(data_dir.clone(), keys);
     engine.projections_dir = Some(data_dir.join("projections"));
+    engine.drain_grace = crate::server::DRAIN_GRACE_DEFAULT;
     engine.limits = limits;
     if let Some(ttl) = env_parsed("VOUCHSAFE_ACCESS_TTL_MS")?.or(file.access_ttl_ms) {
         anyhow::ensure!(ttl >= 1000, "access_ttl_ms must be at least 1000");
