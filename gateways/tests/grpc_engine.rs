@@ -305,3 +305,55 @@ async fn health_answers_not_serving_from_the_moment_shutdown_begins() {
     assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
     stopping.await.expect("shutdown task").expect("graceful shutdown");
 }
+
+/// A node has one assignment feed, and the engine a bounded number: each feed reads the
+/// whole stream, so one node credential opening feeds without end exhausted the server (or
+/// JetStream's consumers). A second feed of a node ends the first (Aborted); past
+/// `assignment_feeds_max` a new node's feed is refused (ResourceExhausted) and counted in
+/// /metrics. Controls: the first feed is open until replaced; a node replacing its own feed
+/// needs no extra slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_assignment_feed_per_node_and_a_bounded_number_in_all() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let keys = dir.path().join("keys");
+    gateways::common::keys::init(&keys).expect("keys init");
+    let log: Arc<dyn EventLog> = Arc::new(EmbeddedLog::open(&dir.path().join("log")).expect("embedded log"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+    let mut config = EngineConfig::new(dir.path().to_path_buf(), keys.clone());
+    config.limits.assignment_feeds_max = 1;
+    let engine = server::start(config, log, listener).await.expect("engine starts");
+    let channel = client::connect(&engine.url(), None).await.expect("connect");
+    let operator = Credential::load(&keys.join("operator.cred")).expect("operator credential");
+    let catalog = client::catalog(channel.clone(), operator);
+    let node = |request_id: &'static str| {
+        let mut catalog = catalog.clone();
+        async move {
+            let registered = catalog
+                .register_node_credential(pb::RegisterNodeCredentialRequest { request_id: request_id.into(), region: "eu".into(), slots_max: 4 })
+                .await
+                .expect("node credential");
+            client::credential_of(registered.into_inner()).expect("cred")
+        }
+    };
+    let (x, y) = (node("node-x").await, node("node-y").await);
+    let mut x_delivery = client::delivery(channel.clone(), x);
+    let mut first = x_delivery.subscribe_assignments(pb::SubscribeAssignmentsRequest { after_seq: 0 }).await.expect("X's first feed").into_inner();
+    let open = tokio::time::timeout(std::time::Duration::from_millis(200), first.message()).await;
+    assert!(open.is_err(), "the control: X's first feed is open and quiet: {open:?}");
+
+    let mut second =
+        x_delivery.subscribe_assignments(pb::SubscribeAssignmentsRequest { after_seq: 0 }).await.expect("X's second feed replaces the first").into_inner();
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), first.message()).await.expect("the first feed ends");
+    let status = ended.expect_err("ended with a status");
+    assert_eq!(status.code(), Code::Aborted, "{status:?}");
+    assert!(status.message().contains("one feed per node"), "{status:?}");
+
+    let mut y_delivery = client::delivery(channel.clone(), y);
+    let refused = y_delivery.subscribe_assignments(pb::SubscribeAssignmentsRequest { after_seq: 0 }).await.expect_err("the engine's one feed is X's");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(engine.state.metrics.encode().contains("limit_hits_total{limit=\"assignment_feeds_max\"} 1"), "counted in /metrics");
+    let still = tokio::time::timeout(std::time::Duration::from_millis(200), second.message()).await;
+    assert!(still.is_err(), "X's second feed is still open: {still:?}");
+    drop((first, second));
+    engine.shutdown().await.expect("shutdown");
+}

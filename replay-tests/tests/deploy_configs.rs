@@ -93,6 +93,7 @@ fn the_engine_example_config_parses_and_sets_every_key() {
         request_bytes_max,
         upload_bytes_max,
         requests_in_flight_max,
+        assignment_feeds_max,
         tls,
     } = config;
     let set = [
@@ -112,6 +113,7 @@ fn the_engine_example_config_parses_and_sets_every_key() {
         ("request_bytes_max", request_bytes_max.is_some()),
         ("upload_bytes_max", upload_bytes_max.is_some()),
         ("requests_in_flight_max", requests_in_flight_max.is_some()),
+        ("assignment_feeds_max", assignment_feeds_max.is_some()),
         ("tls", tls.is_some()),
     ];
     for (key, present) in set {

@@ -74,17 +74,37 @@ impl pb::delivery_service_server::DeliveryService for Api {
             Ok(node) => node,
             Err(status) => return self.answer(Err(status)),
         };
+        let feeds_max = self.state.config.limits.assignment_feeds_max;
+        let mut feed = match self.state.feeds.open(&node, feeds_max).await {
+            Ok(feed) => feed,
+            Err(full) => {
+                self.state.metrics.count_limit("assignment_feeds_max");
+                return self.answer(Err(crate::server::status::assignment_feeds_full(full.feeds_max)));
+            }
+        };
         let from = Seq(request.get_ref().after_seq.saturating_add(1));
         let (sender, receiver) = mpsc::channel(STREAM_BUFFER_MESSAGES);
         let mut events = self.state.log.follow(from);
         let mut shutdown = self.state.shutdown.clone();
         tokio::spawn(async move {
+            let mut replaced = false;
             loop {
                 let next = tokio::select! {
                     _ = shutdown.wait_for(|stop| *stop) => return,
+                    // The only change is to true (a newer feed of this node); a dropped
+                    // sender (the map forgot this feed) ends it too.
+                    _ = feed.replaced.changed() => {
+                        replaced = true;
+                        None
+                    }
                     _ = sender.closed() => return,
                     next = events.next() => next,
                 };
+                if replaced {
+                    // Never waits on a client that stopped reading: the slot must come back.
+                    let _ = sender.try_send(Err(crate::server::status::assignment_feed_replaced()));
+                    return;
+                }
                 let Some(stored) = next else { return };
                 let stored = match stored {
                     Ok(stored) => stored,

@@ -90,6 +90,9 @@ pub struct Limits {
     pub upload_bytes_max: usize,
     /// Requests served at once by the whole server.
     pub requests_in_flight_max: usize,
+    /// Assignment feeds (SubscribeAssignments streams) open at once; each node has at most
+    /// one (a new one replaces the old).
+    pub assignment_feeds_max: usize,
 }
 
 /// The default limit for every request body but PublishMedia's.
@@ -98,10 +101,17 @@ pub const REQUEST_BYTES_MAX: usize = 64 * 1024;
 pub const UPLOAD_BYTES_MAX: usize = engine::media::CONTAINER_BYTES_MAX + 1024 * 1024;
 /// The default number of requests the whole server serves at once.
 pub const REQUESTS_IN_FLIGHT_MAX: usize = 2048;
+/// The default number of assignment feeds open at once (each reads the whole stream).
+pub const ASSIGNMENT_FEEDS_MAX: usize = 256;
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { request_bytes_max: REQUEST_BYTES_MAX, upload_bytes_max: UPLOAD_BYTES_MAX, requests_in_flight_max: REQUESTS_IN_FLIGHT_MAX }
+        Self {
+            request_bytes_max: REQUEST_BYTES_MAX,
+            upload_bytes_max: UPLOAD_BYTES_MAX,
+            requests_in_flight_max: REQUESTS_IN_FLIGHT_MAX,
+            assignment_feeds_max: ASSIGNMENT_FEEDS_MAX,
+        }
     }
 }
 

@@ -38,6 +38,13 @@ pub struct Metrics {
     pub vouchers_issued: Gauge,
     pub royalty_entries: Gauge,
     pub uptime_seconds: Gauge,
+    /// Requests refused (or streams ended) by a named limit.
+    pub limit_hits: Family<LimitLabel, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabel {
+    pub limit: String,
 }
 
 impl Default for Metrics {
@@ -75,6 +82,8 @@ impl Metrics {
         registry.register("royalty_entries", "entries in the royalty log", royalty_entries.clone());
         let uptime_seconds = Gauge::default();
         registry.register("uptime_seconds", "seconds since the engine started", uptime_seconds.clone());
+        let limit_hits = Family::<LimitLabel, Counter>::default();
+        registry.register("limit_hits", "requests refused or streams ended by a named limit", limit_hits.clone());
         Self {
             registry,
             rejections,
@@ -90,7 +99,13 @@ impl Metrics {
             vouchers_issued,
             royalty_entries,
             uptime_seconds,
+            limit_hits,
         }
+    }
+
+    /// A named limit was hit (`assignment_feeds_max`, …).
+    pub fn count_limit(&self, limit: &str) {
+        self.limit_hits.get_or_create(&LimitLabel { limit: limit.to_string() }).inc();
     }
 
     pub fn count_code(&self, code: tonic::Code) {

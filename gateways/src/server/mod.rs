@@ -14,6 +14,7 @@ mod audit;
 mod catalog;
 mod delivery;
 pub mod dispatcher;
+pub mod feeds;
 pub mod front_door;
 pub mod jobs;
 mod merchant;
@@ -125,6 +126,8 @@ pub struct EngineState {
     pub metrics: Arc<Metrics>,
     pub media: MediaStore,
     pub nodes: Arc<NodeHealth>,
+    /// The assignment feeds open now (one per node, `Limits::assignment_feeds_max` in all).
+    pub feeds: Arc<feeds::AssignmentFeeds>,
     pub rate: RateMeter,
     /// Bounds the full replays running at once (`REPLAYS_IN_FLIGHT_MAX`).
     pub(super) replays: Arc<tokio::sync::Semaphore>,
@@ -336,6 +339,7 @@ pub async fn start(config: EngineConfig, log: Arc<dyn EventLog>, listener: tokio
         metrics: Arc::clone(&metrics),
         media,
         nodes,
+        feeds: feeds::AssignmentFeeds::new(config.limits.assignment_feeds_max),
         rate: RateMeter::default(),
         replays: Arc::new(tokio::sync::Semaphore::new(REPLAYS_IN_FLIGHT_MAX)),
         royalty_master,

@@ -35,6 +35,7 @@ pub struct FileConfig {
     pub request_bytes_max: Option<usize>,
     pub upload_bytes_max: Option<usize>,
     pub requests_in_flight_max: Option<usize>,
+    pub assignment_feeds_max: Option<usize>,
     pub tls: Option<TlsSection>,
 }
 
@@ -148,7 +149,9 @@ pub fn settings(args: &ServeArgs) -> anyhow::Result<Settings> {
         request_bytes_max: env_parsed("VOUCHSAFE_REQUEST_BYTES_MAX")?.or(file.request_bytes_max).unwrap_or(defaults.request_bytes_max),
         upload_bytes_max: env_parsed("VOUCHSAFE_UPLOAD_BYTES_MAX")?.or(file.upload_bytes_max).unwrap_or(defaults.upload_bytes_max),
         requests_in_flight_max: env_parsed("VOUCHSAFE_REQUESTS_IN_FLIGHT_MAX")?.or(file.requests_in_flight_max).unwrap_or(defaults.requests_in_flight_max),
+        assignment_feeds_max: env_parsed("VOUCHSAFE_ASSIGNMENT_FEEDS_MAX")?.or(file.assignment_feeds_max).unwrap_or(defaults.assignment_feeds_max),
     };
+    anyhow::ensure!(limits.assignment_feeds_max >= 1, "assignment_feeds_max must be at least 1");
     anyhow::ensure!(limits.request_bytes_max >= 1024, "request_bytes_max must be at least 1024");
     anyhow::ensure!(limits.requests_in_flight_max >= 1, "requests_in_flight_max must be at least 1");
     let mut engine = EngineConfig::new(data_dir.clone(), keys);

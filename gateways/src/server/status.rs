@@ -145,6 +145,15 @@ pub fn node_not_announced(node: &str) -> Status {
     Status::unavailable(format!("delivery node {node} has not announced itself to this engine yet; retry with the same request id shortly"))
 }
 
+pub fn assignment_feeds_full(feeds_max: usize) -> Status {
+    Status::resource_exhausted(format!("the engine serves its limit of {feeds_max} assignment feeds; retry later"))
+}
+
+/// A newer SubscribeAssignments of the same node ended this one.
+pub fn assignment_feed_replaced() -> Status {
+    Status::aborted("a newer SubscribeAssignments of this node replaced this feed; one feed per node")
+}
+
 pub fn node_must_register() -> Status {
     Status::failed_precondition("this node has not announced itself to this engine; call RegisterNode")
 }
