@@ -2,7 +2,7 @@
 //! us (sled opening a damaged file is the known case: PITFALLS.md, sled #1533). Not here:
 //! catching panics (the callers decide where `catch_unwind` is sound).
 
-/// The message a panic carried, when it was a string; a placeholder otherwise.
+/// The message a panic carried, when it was a string; "unknown panic payload" otherwise.
 pub fn message(panic: &(dyn std::any::Any + Send)) -> String {
     if let Some(message) = panic.downcast_ref::<&str>() {
         (*message).to_owned()
