@@ -65,6 +65,9 @@ pub enum Command {
         /// PEM private key of --client-cert.
         #[arg(long, requires = "client_cert")]
         client_key: Option<PathBuf>,
+        /// With --connect http:// to a non-loopback engine: send credentials in plain text.
+        #[arg(long, requires = "connect")]
+        insecure_plaintext: bool,
     },
     /// Benchmarks with raw-substrate baselines measured in the same run.
     Bench {
@@ -154,5 +157,5 @@ pub enum KeysCommand {
         out: PathBuf,
     },
     /// Issue a merchant, node or auditor credential from a running engine (operator only).
-    Issue(super::IssueArgs),
+    Issue(Box<super::IssueArgs>),
 }

@@ -33,7 +33,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Keys { command: KeysCommand::Issue(args) } => {
             let json = args.json;
             let runtime = tokio::runtime::Runtime::new()?;
-            Ok(runtime.block_on(super::issue(args))?.report(json))
+            Ok(runtime.block_on(super::issue(*args))?.report(json))
         }
         Command::Merchant(args) => {
             let json = args.json;
@@ -137,10 +137,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
-        Command::Demo { backend, keys, vouchers, json, connect, ca, client_cert, client_key } => {
+        Command::Demo { backend, keys, vouchers, json, connect, ca, client_cert, client_key, insecure_plaintext } => {
             let keys_dir = keys.unwrap_or_else(|| backend.data_dir.join("keys"));
             let engine_tls = match connect.clone() {
-                Some(connect) => super::ConnectArgs { connect, ca, client_cert, client_key }.engine_tls()?,
+                Some(connect) => {
+                    crate::common::plaintext::check_url(&connect, insecure_plaintext)?;
+                    super::ConnectArgs { connect, ca, client_cert, client_key, insecure_plaintext }.engine_tls()?
+                }
                 None => Default::default(),
             };
             let runtime = tokio::runtime::Runtime::new()?;

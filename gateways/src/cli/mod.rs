@@ -33,6 +33,10 @@ pub struct ConnectArgs {
     /// PEM private key of --client-cert.
     #[arg(long, global = true, requires = "client_cert")]
     pub client_key: Option<PathBuf>,
+    /// Send the credential over http:// to a non-loopback engine (a private network of
+    /// your own); without it only loopback may be plain text.
+    #[arg(long, global = true)]
+    pub insecure_plaintext: bool,
 }
 
 fn read_pem(what: &str, path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
@@ -52,6 +56,7 @@ impl ConnectArgs {
     }
 
     pub async fn channel(&self) -> anyhow::Result<tonic::transport::Channel> {
+        crate::common::plaintext::check_url(&self.connect, self.insecure_plaintext)?;
         let ca = self.ca.as_ref().map(|path| read_pem("CA", path)).transpose()?;
         let cert_pem = self.client_cert.as_ref().map(|path| read_pem("client certificate", path)).transpose()?;
         let key_pem = self.client_key.as_ref().map(|path| read_pem("client key", path)).transpose()?;
@@ -726,6 +731,10 @@ pub struct NodeCliArgs {
 }
 
 pub async fn node(args: NodeCliArgs) -> anyhow::Result<()> {
+    // The node's credential goes to the engine, and players' grants and proofs come to the
+    // node (which serves plain gRPC): both only on loopback unless asked.
+    crate::common::plaintext::check_url(&args.connect.connect, args.connect.insecure_plaintext)?;
+    crate::common::plaintext::check_listen(args.listen, false, args.connect.insecure_plaintext, "players")?;
     let node_args = crate::node::NodeArgs {
         connect: args.connect.connect.clone(),
         cred: Credential::load(&args.cred)?,

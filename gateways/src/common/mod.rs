@@ -11,6 +11,7 @@ pub mod client;
 pub mod cred;
 pub mod keys;
 pub mod natsd;
+pub mod plaintext;
 pub mod progress;
 pub mod status;
 pub mod transfer;

@@ -81,6 +81,9 @@ pub struct ServeArgs {
     /// Log as JSON lines.
     #[arg(long)]
     pub log_json: bool,
+    /// Serve plain text on a non-loopback address (TLS terminated in front of the engine).
+    #[arg(long)]
+    pub insecure_plaintext: bool,
 }
 
 /// Settings after merging flags, environment, file and defaults.
@@ -173,6 +176,11 @@ pub fn settings(args: &ServeArgs) -> anyhow::Result<Settings> {
     }
     engine.tls = file.tls.map(|tls| TlsFiles { cert: tls.cert, key: tls.key, client_ca: tls.client_ca });
     let backend = crate::common::backend::BackendArgs { data_dir, nats_url, stream };
+    crate::common::plaintext::check_listen(listen, engine.tls.is_some(), args.insecure_plaintext, "gRPC")?;
+    if let Some(metrics) = metrics_listen {
+        // /metrics is always plain HTTP: on a non-loopback address only when asked.
+        crate::common::plaintext::check_listen(metrics, false, args.insecure_plaintext, "/metrics")?;
+    }
     Ok(Settings { listen, metrics_listen, backend, log_json, engine, replicas, group_commit })
 }
 
@@ -271,5 +279,20 @@ mod tests {
         std::fs::write(&path, "listn = \"127.0.0.1:6000\"\n").expect("write");
         let error = settings(&ServeArgs { config: Some(path), ..ServeArgs::default() }).expect_err("typo refused");
         assert!(format!("{error:#}").contains("listn"), "{error:#}");
+    }
+
+    /// `serve` on a non-loopback address without TLS is refused unless asked (plain text
+    /// would carry credentials, receipts and proofs where others can listen), and so is a
+    /// non-loopback /metrics. Controls: loopback, and the explicit flag.
+    #[test]
+    fn plain_text_off_loopback_is_refused_unless_asked() {
+        let public = ServeArgs { listen: Some("0.0.0.0:50051".parse().expect("addr")), ..Default::default() };
+        let refused = settings(&public).expect_err("plain text on 0.0.0.0");
+        assert!(format!("{refused:#}").contains("--insecure-plaintext"), "{refused:#}");
+        settings(&ServeArgs { insecure_plaintext: true, ..public.clone() }).expect("asked for");
+        settings(&ServeArgs { listen: Some("127.0.0.1:50051".parse().expect("addr")), ..Default::default() }).expect("loopback");
+        let metrics = ServeArgs { metrics_listen: Some("0.0.0.0:9464".parse().expect("addr")), ..Default::default() };
+        assert!(settings(&metrics).is_err(), "a public /metrics needs the flag");
+        settings(&ServeArgs { insecure_plaintext: true, ..metrics }).expect("asked for");
     }
 }
