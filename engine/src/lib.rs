@@ -15,4 +15,7 @@ pub mod merkle;
 pub mod panic;
 pub mod placement;
 pub mod seal;
+pub mod spend;
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing;
 pub mod wire;

@@ -4,8 +4,8 @@
 //! rewritten in the stream.
 
 use crate::domain::event::{
-    Actor, ActorKind, AggregateKind, AggregateRef, Event, LedgerAccountKind, MediaPublished, Payment, Posting, PreviewClip, Recorded, Rendition, ReservedItem,
-    RightsReportSealed, RoyaltyTerms, VoidReason,
+    Actor, ActorKind, AggregateKind, AggregateRef, Event, LedgerAccountKind, MediaPublished, Payment, PointsSale, Posting, PreviewClip, Recorded, Rendition,
+    ReservedItem, RightsReportSealed, RoyaltyTerms, VoidReason,
 };
 use crate::ids::{AccountId, AuditorId, CertSerial, ConsumerId, MediaId, MerchantId, Millis, NodeId, OrderId, PreviewId, VoucherId};
 use pb::envelope::Event as E;
@@ -432,12 +432,21 @@ fn event_to_pb(event: &Event) -> E {
             last_stream_seq: s.last_stream_seq,
             stream_head: s.stream_head.to_vec(),
         }),
-        Event::PointsCredited { account_id, amount, reason } => {
-            E::PointsCredited(pb::PointsCredited { account_id: account_id.0.clone(), amount: *amount, reason: reason.clone() })
-        }
-        Event::PointsHeld { account_id, voucher_id, amount, expires_at } => {
-            E::PointsHeld(pb::PointsHeld { account_id: account_id.0.clone(), voucher_id: voucher_id.0.clone(), amount: *amount, expires_at_ms: expires_at.0 })
-        }
+        Event::PointsCredited { account_id, amount, reason, sale } => E::PointsCredited(pb::PointsCredited {
+            account_id: account_id.0.clone(),
+            amount: *amount,
+            reason: reason.clone(),
+            seller_merchant_id: sale.as_ref().map(|sale| sale.merchant.0.clone()).unwrap_or_default(),
+            currency: sale.as_ref().map(|sale| sale.currency.clone()).unwrap_or_default(),
+            postings: sale.as_ref().map(|sale| postings_to_pb(&sale.postings)).unwrap_or_default(),
+        }),
+        Event::PointsHeld { account_id, voucher_id, amount, expires_at, nonce_hash } => E::PointsHeld(pb::PointsHeld {
+            account_id: account_id.0.clone(),
+            voucher_id: voucher_id.0.clone(),
+            amount: *amount,
+            expires_at_ms: expires_at.0,
+            authorization_nonce_hash: nonce_hash.map(|h| h.to_vec()).unwrap_or_default(),
+        }),
         Event::HoldPosted { account_id, voucher_id, amount } => {
             E::HoldPosted(pb::HoldPosted { account_id: account_id.0.clone(), voucher_id: voucher_id.0.clone(), amount: *amount })
         }
@@ -571,12 +580,22 @@ fn event_of_pb(event: E) -> Result<Event, DecodeError> {
             last_stream_seq: s.last_stream_seq,
             stream_head: array("stream_head", &s.stream_head)?,
         }),
-        E::PointsCredited(e) => Event::PointsCredited { account_id: AccountId(e.account_id), amount: e.amount, reason: e.reason },
+        E::PointsCredited(e) => Event::PointsCredited {
+            account_id: AccountId(e.account_id),
+            amount: e.amount,
+            reason: e.reason,
+            sale: if e.seller_merchant_id.is_empty() {
+                None
+            } else {
+                Some(PointsSale { merchant: MerchantId(e.seller_merchant_id), currency: e.currency, postings: postings_of(e.postings)? })
+            },
+        },
         E::PointsHeld(e) => Event::PointsHeld {
             account_id: AccountId(e.account_id),
             voucher_id: VoucherId(e.voucher_id),
             amount: e.amount,
             expires_at: Millis(e.expires_at_ms),
+            nonce_hash: optional_hash("authorization_nonce_hash", &e.authorization_nonce_hash)?,
         },
         E::HoldPosted(e) => Event::HoldPosted { account_id: AccountId(e.account_id), voucher_id: VoucherId(e.voucher_id), amount: e.amount },
         E::HoldReleased(e) => Event::HoldReleased {

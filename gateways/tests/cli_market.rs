@@ -150,13 +150,81 @@ fn serve_node_publish_buy_fetch_then_demo_connect_and_sigterm() {
     assert_eq!(code, 1, "{again}");
     assert_eq!(again["refused"], "FailedPrecondition");
 
+    // Points: the operator and the shop credit alice; the shop spends them only with her
+    // authorization, once; alice reads her balance with her passport.
+    let (code, topped) = json(
+        vouchsafe().args([
+            "points",
+            "top-up",
+            "--account",
+            "alice",
+            "--amount",
+            "1000",
+            "--reference",
+            "inv-1",
+            "--connect",
+            &url,
+            "--cred",
+            "keys/operator.cred",
+            "--json",
+        ]),
+        root,
+    );
+    assert_eq!((code, topped["available"].as_u64()), (0, Some(1000)), "{topped}");
+    let (code, sold) = json(
+        vouchsafe().args(["points", "top-up", "--account", "alice", "--amount", "50", "--currency", "EUR", "--connect", &url, "--cred", "shop.cred", "--json"]),
+        root,
+    );
+    assert_eq!((code, sold["available"].as_u64(), sold["by"].as_str()), (0, Some(1050), Some("merchant")), "{sold}");
+    let (code, refused) = json(
+        vouchsafe().args(["merchant", "buy", "--media", &media_id, "--points-account", "alice", "--connect", &url, "--cred", "shop.cred", "--json"]),
+        root,
+    );
+    assert_eq!((code, refused["refused"].as_str()), (1, Some("PermissionDenied")), "no consent: {refused}");
+    let shop_id = merchant["id"].as_str().expect("the shop's id");
+    let (code, authorized) = json(
+        vouchsafe().args([
+            "player",
+            "authorize-spend",
+            "--consumer",
+            "alice",
+            "--data-dir",
+            "players",
+            "--merchant",
+            shop_id,
+            "--amount",
+            "500",
+            "--media",
+            &media_id,
+            "--out",
+            "spend.json",
+            "--json",
+        ]),
+        root,
+    );
+    assert_eq!((code, authorized["account_id"].as_str()), (0, Some("alice")), "{authorized}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(root.join("spend.json")).expect("spend.json").permissions().mode() & 0o777, 0o600);
+    }
+    let buy_with_consent = ["merchant", "buy", "--media", &media_id, "--spend-authorization", "spend.json", "--connect", &url, "--cred", "shop.cred", "--json"];
+    let (code, paid) = json(vouchsafe().args(buy_with_consent), root);
+    assert_eq!(code, 0, "{paid}");
+    let (code, refused) = json(vouchsafe().args(buy_with_consent), root);
+    assert_eq!((code, refused["refused"].as_str()), (1, Some("PermissionDenied")), "a consent is good once: {refused}");
+    let (code, points) = json(vouchsafe().args(["player", "points", "--consumer", "alice", "--data-dir", "players", "--connect", &url, "--json"]), root);
+    assert_eq!(code, 0, "{points}");
+    let (balance, available) = (points["balance"].as_u64().expect("balance"), points["available"].as_u64().expect("available"));
+    assert!(balance < 1050 && balance == available && points["held"] == 0, "the purchase was paid from alice's points: {points}");
+
     // The operator's administration.
     let (code, stats) = json(vouchsafe().args(["admin", "stats", "--connect", &url, "--keys", "keys", "--json"]), root);
     assert_eq!(code, 0, "{stats}");
     for key in ["uptime_s", "vouchers_issued", "nodes", "projection_lag", "events_per_s"] {
         assert!(stats.get(key).is_some(), "admin stats --json lacks {key}: {stats}");
     }
-    assert_eq!(stats["vouchers_issued"], 1);
+    assert_eq!(stats["vouchers_issued"], 2, "the card sale and the points sale");
     let node = &stats["nodes"][0];
     for key in ["node_id", "streams_max", "streams_in_use", "cache_items", "cache_accesses", "cache_misses"] {
         assert!(node.get(key).is_some(), "a node of admin stats lacks {key}: {node}");

@@ -229,6 +229,11 @@ struct World {
     erin_serial: String,
     /// Revoked by the access matrix.
     dave_serial: String,
+    /// The key of every consumer certificate (it signs spend authorizations and balance reads).
+    consumer_key: RsaPrivate,
+    /// The certificates of the points accounts acct-1 (topped up) and acct-empty.
+    acct_serial: String,
+    empty_serial: String,
 }
 
 async fn build_world() -> World {
@@ -297,6 +302,9 @@ async fn build_world() -> World {
     let bob_serial = certify("cert-bob", "bob", 86_400_000).await;
     let erin_serial = certify("cert-erin", "erin", 1).await;
     let dave_serial = certify("cert-dave", "dave", 86_400_000).await;
+    // Points accounts are consumers': acct-1 has points, acct-empty none.
+    let acct_serial = certify("cert-acct-1", "acct-1", 86_400_000).await;
+    let empty_serial = certify("cert-acct-empty", "acct-empty", 86_400_000).await;
     catalog
         .revoke_cert(pb::RevokeCertRequest {
             request_id: "revoke-bob".into(),
@@ -306,7 +314,10 @@ async fn build_world() -> World {
         })
         .await
         .expect("revoke");
-    catalog.top_up_points(pb::TopUpPointsRequest { request_id: "topup-1".into(), account_id: "acct-1".into(), amount: 500 }).await.expect("top up");
+    catalog
+        .top_up_points(pb::TopUpPointsRequest { request_id: "topup-1".into(), account_id: "acct-1".into(), amount: 500, ..Default::default() })
+        .await
+        .expect("top up");
     // Registered last, so the allocator never chose it for the vouchers above.
     let z = credential(
         catalog.register_node_credential(pb::RegisterNodeCredentialRequest { request_id: "node-ap".into(), region: "ap".into(), slots_max: 1 }).await,
@@ -336,10 +347,40 @@ async fn build_world() -> World {
         bob_serial,
         erin_serial,
         dave_serial,
+        consumer_key,
+        acct_serial,
+        empty_serial,
     }
 }
 
 impl World {
+    /// `account`'s consent (acct-1 or acct-empty, both certified with `consumer_key`) for
+    /// `merchant` to spend up to `amount_max`, expiring `ttl_ms` from now (negative: past).
+    fn spend(&self, account: &str, merchant: &str, amount_max: u64, ttl_ms: i64) -> pb::SpendAuthorization {
+        let serial = if account == "acct-empty" { &self.empty_serial } else { &self.acct_serial };
+        let expires_at = engine::ids::Millis(engine::clock::Clock::now(&engine::clock::SystemClock).0 + ttl_ms);
+        let authorization = engine::spend::SpendAuthorization::sign(
+            &self.consumer_key,
+            &engine::ids::ConsumerId::new(account),
+            &engine::ids::CertSerial::new(serial.clone()),
+            &engine::ids::MerchantId::new(merchant),
+            amount_max,
+            Vec::new(),
+            expires_at,
+        )
+        .expect("sign");
+        gateways::common::spend::to_pb(&authorization)
+    }
+
+    /// `account`'s signed balance read, issued `skew_ms` from now.
+    fn points_request(&self, account: &str, skew_ms: i64) -> pb::GetPointsRequest {
+        let serial = engine::ids::CertSerial::new(if account == "acct-empty" { self.empty_serial.clone() } else { self.acct_serial.clone() });
+        let issued_at = engine::ids::Millis(engine::clock::Clock::now(&engine::clock::SystemClock).0 + skew_ms);
+        let consumer = engine::ids::ConsumerId::new(account);
+        let signature = engine::spend::sign_points_request(&self.consumer_key, &consumer, &serial, issued_at).expect("sign");
+        pb::GetPointsRequest { consumer_id: account.into(), cert_serial: serial.0, issued_at_ms: issued_at.0, signature }
+    }
+
     /// The rightful caller of each service.
     fn rightful(&self, service: Service) -> Meta {
         match service {
@@ -348,6 +389,7 @@ impl World {
             Service::Catalog => Meta::of("operator", &self.operator),
             Service::Audit => Meta::of("auditor", &self.auditor),
             Service::Admin => Meta::of("operator", &self.operator),
+            Service::Consumer => Meta::anonymous(),
         }
     }
 
@@ -357,7 +399,7 @@ impl World {
             Service::Delivery => ("node X", &self.x),
             Service::Catalog => ("operator", &self.operator),
             Service::Audit => ("auditor", &self.auditor),
-            Service::Admin => ("operator", &self.operator),
+            Service::Admin | Service::Consumer => ("operator", &self.operator),
         }
     }
 
@@ -369,6 +411,8 @@ impl World {
             Service::Catalog => Meta::of("auditor", &self.auditor),
             Service::Audit => Meta::of("merchant A", &self.a),
             Service::Admin => Meta::of("auditor", &self.auditor),
+            // Every role may ask (the signature decides): the anonymous caller stands in.
+            Service::Consumer => Meta::anonymous(),
         }
     }
 
@@ -591,6 +635,10 @@ const EXPECTED_ACCESS: &[(&str, [&str; 7])] = &[
         /*        */ ["PermissionDenied", "allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"],
     ),
     (
+        "SellPoints",
+        /*          */ ["PermissionDenied", "allowed", "allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"],
+    ),
+    (
         "RegisterNode",
         /*        */ ["PermissionDenied", "PermissionDenied", "PermissionDenied", "allowed", "allowed", "PermissionDenied", "Unauthenticated"],
     ),
@@ -690,6 +738,8 @@ const EXPECTED_ACCESS: &[(&str, [&str; 7])] = &[
         /*          */
         ["allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"],
     ),
+    // No credential: a request signed with acct-1's passport is answered whoever sends it.
+    ("GetPoints", /*     */ ["allowed", "allowed", "allowed", "allowed", "allowed", "allowed", "allowed"]),
 ];
 
 impl World {
@@ -755,7 +805,17 @@ impl World {
                 reason: "lost".into(),
                 consumer_id: "dave".into(),
             }),
-            Rpc::TopUpPoints => Req::TopUpPoints(pb::TopUpPointsRequest { request_id: "acc-topup".into(), account_id: "acct-1".into(), amount: 100 }),
+            Rpc::TopUpPoints => {
+                Req::TopUpPoints(pb::TopUpPointsRequest { request_id: "acc-topup".into(), account_id: "acct-1".into(), amount: 100, ..Default::default() })
+            }
+            Rpc::SellPoints => Req::SellPoints(pb::TopUpPointsRequest {
+                request_id: "acc-sell".into(),
+                account_id: "acct-1".into(),
+                amount: 100,
+                currency: "EUR".into(),
+                ..Default::default()
+            }),
+            Rpc::GetPoints => Req::GetPoints(self.points_request("acct-1", 0)),
             Rpc::RegisterAuditor => Req::RegisterAuditor(pb::RegisterAuditorRequest { request_id: "acc-auditor".into(), name: "Agent 2".into() }),
             Rpc::Replay => Req::Replay(pb::ReplayRequest::default()),
             Rpc::VerifyChain => Req::VerifyChain(pb::VerifyChainRequest {}),

@@ -116,6 +116,11 @@ struct World {
     erin_serial: String,
     dave_serial: String,
     known_good_serial: String,
+    /// The key of every consumer certificate: it signs spend authorizations and balance reads.
+    consumer_key: RsaPrivate,
+    /// The certificates of the points accounts acct-1 (topped up) and acct-empty.
+    acct_serial: String,
+    empty_serial: String,
     /// Valid (container, wrapped key) pairs for PublishMedia.
     uploads: Vec<(Vec<u8>, Vec<u8>)>,
 }
@@ -185,6 +190,9 @@ async fn build_world() -> World {
     let erin_serial = certify("cert-erin", "erin", 1).await;
     let dave_serial = certify("cert-dave", "dave", 86_400_000).await;
     let known_good_serial = certify("cert-known-good", KNOWN_GOOD_CONSUMER, 86_400_000).await;
+    // Points accounts are consumers': acct-1 has points, acct-empty none.
+    let acct_serial = certify("cert-acct-1", "acct-1", 86_400_000).await;
+    let empty_serial = certify("cert-acct-empty", "acct-empty", 86_400_000).await;
     catalog
         .revoke_cert(pb::RevokeCertRequest {
             request_id: "revoke-bob".into(),
@@ -195,7 +203,10 @@ async fn build_world() -> World {
         .await
         .expect("revoke");
     // Enough points for every reservation the cases make on acct-1.
-    catalog.top_up_points(pb::TopUpPointsRequest { request_id: "topup-1".into(), account_id: "acct-1".into(), amount: 1_000_000 }).await.expect("top up");
+    catalog
+        .top_up_points(pb::TopUpPointsRequest { request_id: "topup-1".into(), account_id: "acct-1".into(), amount: 1_000_000, ..Default::default() })
+        .await
+        .expect("top up");
     // Registered after the sales above, so the allocator never chose them for those.
     let z = credential(
         catalog.register_node_credential(pb::RegisterNodeCredentialRequest { request_id: "node-ap".into(), region: "ap".into(), slots_max: 1 }).await,
@@ -252,6 +263,9 @@ async fn build_world() -> World {
         erin_serial,
         dave_serial,
         known_good_serial,
+        consumer_key,
+        acct_serial,
+        empty_serial,
         uploads,
     }
 }
@@ -306,6 +320,8 @@ fn may_call(service: Service, role: Role) -> bool {
         Service::Catalog => role == Role::Operator,
         Service::Audit => matches!(role, Role::Operator | Role::Auditor),
         Service::Admin => role == Role::Operator,
+        // No credential: the request's passport signature decides, whoever sends it.
+        Service::Consumer => true,
     }
 }
 
@@ -316,6 +332,7 @@ fn rightful(service: Service) -> Role {
         Service::Catalog => Role::Operator,
         Service::Audit => Role::Auditor,
         Service::Admin => Role::Operator,
+        Service::Consumer => Role::MerchantA,
     }
 }
 
@@ -328,6 +345,32 @@ enum Gate {
 }
 
 impl World {
+    /// `account`'s consent (acct-1 or acct-empty) for `merchant` to spend up to
+    /// `amount_max`, expiring `ttl_ms` from now (negative: already expired).
+    fn spend(&self, account: &str, merchant: &str, amount_max: u64, ttl_ms: i64) -> pb::SpendAuthorization {
+        let serial = if account == "acct-empty" { &self.empty_serial } else { &self.acct_serial };
+        let expires_at = engine::ids::Millis(engine::clock::Clock::now(&engine::clock::SystemClock).0 + ttl_ms);
+        let authorization = engine::spend::SpendAuthorization::sign(
+            &self.consumer_key,
+            &engine::ids::ConsumerId::new(account),
+            &engine::ids::CertSerial::new(serial.clone()),
+            &MerchantId::new(merchant),
+            amount_max,
+            Vec::new(),
+            expires_at,
+        )
+        .expect("sign");
+        gateways::common::spend::to_pb(&authorization)
+    }
+
+    /// A balance read of `consumer` with certificate `serial`, issued `skew_ms` from now.
+    fn points_request(&self, consumer: &str, serial: &str, skew_ms: i64) -> pb::GetPointsRequest {
+        let issued_at = engine::ids::Millis(engine::clock::Clock::now(&engine::clock::SystemClock).0 + skew_ms);
+        let (id, cert) = (engine::ids::ConsumerId::new(consumer), engine::ids::CertSerial::new(serial));
+        let signature = engine::spend::sign_points_request(&self.consumer_key, &id, &cert, issued_at).expect("sign");
+        pb::GetPointsRequest { consumer_id: consumer.into(), cert_serial: serial.into(), issued_at_ms: issued_at.0, signature }
+    }
+
     fn credential_of(&self, role: Role) -> &Credential {
         match role {
             Role::Operator => &self.operator,
@@ -364,7 +407,9 @@ impl World {
             Broken::IdHuge => Meta { label: String::new(), id: Some(format!("{id}{}", "x".repeat(4000))), secret_hex: Some(secret) },
             Broken::IdPunctuation => Meta { label: String::new(), id: Some(format!("{id} .*>'\"")), secret_hex: Some(secret) },
         };
-        (meta, Gate::Unauthenticated, format!("{role:?} {broken:?}"))
+        // ConsumerService reads no credential: a broken one is no credential at all.
+        let gate = if service == Service::Consumer { Gate::Pass } else { Gate::Unauthenticated };
+        (meta, gate, format!("{role:?} {broken:?}"))
     }
 }
 
@@ -441,6 +486,8 @@ struct Tally {
     by_kind: BTreeMap<&'static str, BTreeMap<String, usize>>,
     total: BTreeMap<String, usize>,
     accepted_writes: u64,
+    /// Accepted Reserves that held points (each checked by the points oracle).
+    points_spent: u64,
 }
 
 impl Tally {
@@ -461,7 +508,7 @@ impl Tally {
         for (kind, codes) in &self.by_kind {
             println!("  {kind:<32} {:>5}  {}", codes.values().sum::<usize>(), line(codes));
         }
-        println!("all: {}; events appended by accepted cases: {}", line(&self.total), self.accepted_writes);
+        println!("all: {}; events appended by accepted cases: {}; points purchases accepted: {}", line(&self.total), self.accepted_writes, self.points_spent);
     }
 }
 
@@ -481,6 +528,7 @@ const EXPECTED_CODES: &[Code] = &[
     Code::OutOfRange,
 ];
 
+#[derive(Clone)]
 struct Answer {
     code: Code,
     message: String,
@@ -557,6 +605,39 @@ fn judge(case: &Case, gate: Gate, answer: &Answer, previous_accepted: Option<boo
         }
     }
     problems
+}
+
+/// The value oracle for points: an accepted Reserve that wrote something and names a
+/// points account spent that account's points, so it must carry the account owner's
+/// consent, for the calling merchant, verifying with the owner's certificate key
+/// (`consumer_der`: every certificate of the world is on that key), unexpired, and with a
+/// nonce no earlier accepted Reserve used (`nonces`).
+fn points_spent_without_consent(case: &Case, caller_id: Option<&str>, answer: &Answer, consumer_der: &[u8], nonces: &mut Vec<Vec<u8>>) -> Option<String> {
+    let Body::Typed { request: Req::Reserve(request), .. } = &case.body else { return None };
+    if answer.code != Code::Ok || answer.wrote == 0 || request.points_account.is_empty() {
+        return None;
+    }
+    let Some(authorization) = &request.spend_authorization else {
+        return Some(format!("points of {:?} spent without any spend authorization", request.points_account));
+    };
+    if authorization.account_id != request.points_account || Some(authorization.merchant_id.as_str()) != caller_id {
+        return Some(format!(
+            "points of {:?} spent by {caller_id:?} on an authorization for {:?} by {:?}",
+            request.points_account, authorization.account_id, authorization.merchant_id
+        ));
+    }
+    let checked = gateways::common::spend::from_pb(authorization).ok().filter(|a| a.verifies_with(consumer_der));
+    if checked.is_none() {
+        return Some(format!("points of {:?} spent on an authorization that does not verify", request.points_account));
+    }
+    if authorization.expires_at_ms < engine::clock::Clock::now(&engine::clock::SystemClock).0 {
+        return Some(format!("points of {:?} spent on an expired authorization", request.points_account));
+    }
+    if nonces.contains(&authorization.nonce) {
+        return Some(format!("points of {:?} spent twice on one authorization", request.points_account));
+    }
+    nonces.push(authorization.nonce.clone());
+    None
 }
 
 /// A refused PublishMedia leaves no bytes behind under the media id it would have had.
@@ -643,6 +724,7 @@ async fn fuzz(cases: usize, seed: u64) {
     let mut previous: Option<(Case, bool)> = None;
     let mut checks = 0;
     let mut retries = 0;
+    let mut spent_nonces = Vec::new();
     let fuzz_started = Instant::now();
     for index in 0..cases {
         let generated = strategy.new_tree(&mut runner).expect("a case").current();
@@ -662,6 +744,10 @@ async fn fuzz(cases: usize, seed: u64) {
         }
         let mut found = judge(&case, gate, &answer, previous.as_ref().map(|(_, accepted)| *accepted));
         found.extend(publish_left_bytes(&world, &case, gate, answer.code).await);
+        found.extend(points_spent_without_consent(&case, meta.id.as_deref(), &answer, &world.consumer_der, &mut spent_nonces));
+        if answer.code == Code::Ok && answer.wrote > 0 && matches!(&case.body, Body::Typed { request: Req::Reserve(r), .. } if !r.points_account.is_empty()) {
+            tally.points_spent += 1;
+        }
         for problem in found {
             problems.push(format!("case {index}: {}\n    {problem}", describe(&case, &caller)));
         }
@@ -713,6 +799,55 @@ fn a_panic_on_the_engine_runtime_is_counted() {
     let joined = runtime.block_on(async { tokio::spawn(async { panic!("a planted panic (negative control)") }).await });
     assert!(joined.is_err_and(|error| error.is_panic()));
     assert_eq!(panics_on(thread), before + 1, "the hook counted the planted panic");
+}
+
+/// The points oracle flags each way points could be spent without consent, and passes
+/// the consented purchase (its control).
+#[test]
+fn the_points_oracle_flags_spending_without_consent() {
+    let passport = engine::crypto::test_keys::fixed_rsa();
+    let der = passport.public().to_der().expect("der");
+    let sign = |merchant: &str, expires_ms: i64| {
+        let expires_at = engine::ids::Millis(engine::clock::Clock::now(&engine::clock::SystemClock).0 + expires_ms);
+        let authorization = engine::spend::SpendAuthorization::sign(
+            &passport,
+            &engine::ids::ConsumerId::new("acct-1"),
+            &engine::ids::CertSerial::new("c1"),
+            &MerchantId::new(merchant),
+            500,
+            Vec::new(),
+            expires_at,
+        )
+        .expect("sign");
+        gateways::common::spend::to_pb(&authorization)
+    };
+    let reserve = |spend: Option<pb::SpendAuthorization>| Case {
+        rpc: Rpc::Reserve,
+        caller: Caller::Rightful,
+        body: Body::Typed {
+            near_valid: true,
+            request: Req::Reserve(pb::ReserveRequest { points_account: "acct-1".into(), spend_authorization: spend, ..reserve_request("r-1", "md-1") }),
+        },
+        retry: false,
+    };
+    let accepted = Answer { code: Code::Ok, message: String::new(), wrote: 3, timed_out: false };
+    let genuine = sign("m-a", 60_000);
+    let cases = [
+        (reserve(None), "without any spend authorization"),
+        (reserve(Some(sign("m-b", 60_000))), "on an authorization for"),
+        (reserve(Some(pb::SpendAuthorization { amount_max: 9, ..genuine.clone() })), "does not verify"),
+        (reserve(Some(sign("m-a", -60_000))), "expired"),
+    ];
+    for (case, expect) in cases {
+        let found = points_spent_without_consent(&case, Some("m-a"), &accepted, &der, &mut Vec::new());
+        assert!(found.as_deref().is_some_and(|p| p.contains(expect)), "{expect}: {found:?}");
+    }
+    let mut nonces = Vec::new();
+    assert_eq!(points_spent_without_consent(&reserve(Some(genuine.clone())), Some("m-a"), &accepted, &der, &mut nonces), None, "control");
+    let again = points_spent_without_consent(&reserve(Some(genuine.clone())), Some("m-a"), &accepted, &der, &mut nonces);
+    assert!(again.is_some_and(|p| p.contains("twice")));
+    let refused = Answer { code: Code::PermissionDenied, wrote: 0, ..accepted.clone() };
+    assert_eq!(points_spent_without_consent(&reserve(None), Some("m-a"), &refused, &der, &mut nonces), None, "a refusal spent nothing");
 }
 
 /// Each property `judge` checks flags a planted violation, and passes its clean twin.
@@ -768,7 +903,8 @@ async fn points_reservations(world: &World, request_ids: &[&str]) -> Vec<String>
     let mut merchant = client::merchant(world.fx.channel.clone(), world.a.clone());
     let mut vouchers = Vec::new();
     for request_id in request_ids {
-        let request = pb::ReserveRequest { points_account: "acct-1".into(), ..reserve_request(request_id, &world.media) };
+        let spend = world.spend("acct-1", &world.a.id, u64::MAX, 600_000);
+        let request = pb::ReserveRequest { points_account: "acct-1".into(), spend_authorization: Some(spend), ..reserve_request(request_id, &world.media) };
         vouchers.push(merchant.reserve(request).await.expect("a reservation paid in points").into_inner().voucher_id);
     }
     vouchers

@@ -15,8 +15,12 @@
 //!   held the keys: now the keys' first recipient is the only one who may redeem again,
 //!   `delivery.retries_max` times.
 //!
-//! Not here yet (issue 20): points consent, the royalty entry at key release, Confirm with
-//! the receipt proof, per-rendition keys, paid duplication units.
+//! - Any merchant could spend any consumer's points (the account was a free string), and
+//!   the refusal told it the balance: now only with the consumer's spend authorization,
+//!   for that merchant, once, within its ceiling and time; refusals state no balance.
+//!
+//! Not here yet (issue 20): the royalty entry at key release, Confirm with the receipt
+//! proof, per-rendition keys, paid duplication units.
 
 use engine::crypto::{self, SecretKey};
 use engine::ids::ConsumerId;
@@ -38,6 +42,7 @@ struct Fixture {
     channel: tonic::transport::Channel,
     catalog: client::CatalogClient,
     merchant: MerchantClient,
+    merchant_id: String,
     node_cred: Credential,
     engine_public: crypto::RsaPublic,
     media_id: String,
@@ -55,7 +60,9 @@ async fn start() -> (Fixture, RunningNode) {
     let engine_public = gateways::common::keys::load_engine_public(&keys).expect("public key");
     let mut catalog = client::catalog(channel.clone(), operator);
     let registered = catalog.register_merchant(pb::RegisterMerchantRequest { request_id: "m-1".into(), name: "Shop".into() }).await.expect("merchant");
-    let merchant = client::merchant(channel.clone(), client::credential_of(registered.into_inner()).expect("cred"));
+    let merchant_cred = client::credential_of(registered.into_inner()).expect("cred");
+    let merchant_id = merchant_cred.id.clone();
+    let merchant = client::merchant(channel.clone(), merchant_cred);
     let registered = catalog
         .register_node_credential(pb::RegisterNodeCredentialRequest { request_id: "n-1".into(), region: "eu".into(), slots_max: 4 })
         .await
@@ -74,7 +81,7 @@ async fn start() -> (Fixture, RunningNode) {
         image_descriptor: "cover.jpg".into(),
     };
     let media_id = client::publish(&mut catalog, "pub-1", &engine_public, upload).await.expect("publish").media_id;
-    let fixture = Fixture { dir, engine, log, channel, catalog, merchant, node_cred, engine_public, media_id };
+    let fixture = Fixture { dir, engine, log, channel, catalog, merchant, merchant_id, node_cred, engine_public, media_id };
     let node = node::start(NodeArgs {
         connect: fixture.engine.url(),
         cred: fixture.node_cred.clone(),
@@ -326,6 +333,85 @@ async fn a_duplication_unit_binds_one_device_key_once() {
     let again = fixture.merchant.bind_unit(bind("bind-4", "dev-1", &device)).await.expect("the same binding").into_inner();
     assert!(crypto::unwrap_key(&device.private, &again.wrapped_media_key).is_ok());
     assert!(crypto::unwrap_key(&other.private, &again.wrapped_media_key).is_err());
+    node.shutdown().await;
+    fixture.engine.shutdown().await.expect("shutdown");
+}
+
+/// The attack: the operator credited alice 1,000 points; a merchant alice never dealt with
+/// named her account in ten Reserves and spent 990 of them, and a refusal told it her
+/// balance ("10 available, 99 needed"). Now each points purchase needs alice's spend
+/// authorization for that merchant, good once, within its ceiling, media and time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_merchant_spends_a_consumers_points_only_with_her_authorization() {
+    let (mut fixture, node) = start().await;
+    let alice = fixture.passport("alice").await;
+    let mallory = fixture.passport("mallory").await;
+    fixture
+        .catalog
+        .top_up_points(pb::TopUpPointsRequest { request_id: "top-1".into(), account_id: "alice".into(), amount: 1_000, ..Default::default() })
+        .await
+        .expect("top up");
+    let registered = fixture.catalog.register_merchant(pb::RegisterMerchantRequest { request_id: "m-2".into(), name: "Stranger".into() }).await.expect("m");
+    let stranger_cred = client::credential_of(registered.into_inner()).expect("cred");
+    let mut stranger = client::merchant(fixture.channel.clone(), stranger_cred.clone());
+    let expires = engine::ids::Millis(engine::clock::Clock::now(&engine::clock::SystemClock).0 + 600_000);
+    let media = std::slice::from_ref(&fixture.media_id);
+    let for_shop = |ceiling: u64| gateways::common::spend::to_pb(&alice.authorize_spend(&fixture.merchant_id, ceiling, media, expires).expect("sign"));
+    let reserve = |request_id: &str, account: &str, spend: Option<pb::SpendAuthorization>| pb::ReserveRequest {
+        request_id: request_id.into(),
+        media_ids: media.to_vec(),
+        rendition: "high".into(),
+        ttl_ms: 60_000,
+        points_account: account.into(),
+        payment_ref: String::new(),
+        spend_authorization: spend,
+    };
+    let head = fixture.head().await;
+    let refused = |status: tonic::Status, code: Code, has: &str| {
+        assert_eq!(status.code(), code, "{status:?}");
+        assert!(status.message().contains(has), "{status:?}");
+        assert!(!status.message().contains("1000") && !status.message().contains("1,000"), "no balance in {status:?}");
+    };
+
+    // The attack as tried: a stranger names alice's account.
+    refused(stranger.reserve(reserve("steal-1", "alice", None)).await.expect_err("no consent"), Code::PermissionDenied, "spend authorization");
+    // Alice's consent for the shop, taken by the stranger.
+    let shops = for_shop(500);
+    refused(stranger.reserve(reserve("steal-2", "alice", Some(shops.clone()))).await.expect_err("not for it"), Code::PermissionDenied, "another merchant");
+    // The stranger's passport signs "alice's" consent: not alice's certificate.
+    let forged = pb::SpendAuthorization { merchant_id: stranger_cred.id.clone(), ..shops.clone() };
+    refused(stranger.reserve(reserve("steal-3", "alice", Some(forged))).await.expect_err("forged"), Code::PermissionDenied, "signature");
+    let mallorys = mallory.authorize_spend(&stranger_cred.id, 500, media, expires).expect("sign");
+    let as_alice = pb::SpendAuthorization { account_id: "alice".into(), ..gateways::common::spend::to_pb(&mallorys) };
+    refused(stranger.reserve(reserve("steal-4", "alice", Some(as_alice))).await.expect_err("mallory's key"), Code::PermissionDenied, "");
+    // The shop itself, beyond the ceiling alice set.
+    refused(fixture.merchant.reserve(reserve("over-1", "alice", Some(for_shop(100)))).await.expect_err("ceiling"), Code::PermissionDenied, "exceeds");
+    assert_eq!(fixture.head().await, head, "refusals write nothing");
+
+    // Control: the shop with alice's consent buys; the points are held, then spent.
+    let sale = client::buy(&mut fixture.merchant, "paid-1", media, Some(&client::PointsPayment::authorized(shops.clone()))).await.expect("paid in points");
+    // The same consent again, for a second purchase: used.
+    refused(fixture.merchant.reserve(reserve("again-1", "alice", Some(shops))).await.expect_err("used"), Code::PermissionDenied, "already used");
+    // Alice reads her own balance; a balance too low for a purchase is refused without it.
+    let mut consumer = client::consumer(fixture.channel.clone());
+    let points = alice.points(&mut consumer).await.expect("alice's balance");
+    assert_eq!((points.balance, points.held, points.available), (801, 0, 801), "1,000 less the 199 paid for {}", sale.voucher_id);
+    // Four more paid purchases (reserved and authorized; the node's four slots are not needed).
+    for i in 0..4 {
+        let reserved = fixture.merchant.reserve(reserve(&format!("more-{i}-reserve"), "alice", Some(for_shop(500)))).await.expect("reserved").into_inner();
+        let authorize = pb::AuthorizeRequest { request_id: format!("more-{i}-authorize"), voucher_id: reserved.voucher_id };
+        fixture.merchant.authorize(authorize).await.expect("paid");
+    }
+    let points = alice.points(&mut consumer).await.expect("alice's balance");
+    assert_eq!((points.balance, points.held, points.available), (5, 0, 5), "four more paid");
+    let short = fixture.merchant.reserve(reserve("short-1", "alice", Some(for_shop(500)))).await.expect_err("5 points left");
+    refused(short, Code::FailedPrecondition, "cannot cover");
+    assert!(!fixture.merchant.reserve(reserve("short-2", "alice", Some(for_shop(500)))).await.expect_err("5 left").message().contains('5'));
+    // Mallory cannot read alice's balance with her own passport.
+    let spoofed = Passport { consumer_id: ConsumerId::new("alice"), ..mallory.clone() };
+    let denied = spoofed.points(&mut consumer).await.expect_err("not alice");
+    let denied = denied.downcast::<player::RpcError>().expect("an rpc error");
+    assert_eq!(denied.code, Code::PermissionDenied, "{}", denied.message);
     node.shutdown().await;
     fixture.engine.shutdown().await.expect("shutdown");
 }

@@ -23,13 +23,16 @@
 //! **Points accounts** follow the account aggregate's events, as
 //! `engine::domain::account::Account` computes them: `balance` = points credited minus
 //! points posted, `held` = points held and not yet posted or released, `available` =
-//! `balance - held`. A top-up (`PointsCredited`) is recorded by the domain without a
-//! posting: points are the consumer's prepaid money, outside the settlement ledger until
-//! spent, so they appear here and not in the ledger. The two views meet through the points
-//! saga (hold at Reserve, post after Authorize, credit back after a refund): once every
-//! saga has completed, an account's `balance` equals its top-ups (not counting the
-//! refunds' credits) plus the ledger balances of `ConsumerPoints(account)` over all
-//! currencies (what refunds reversed minus what its sales settled). Between the steps of
+//! `balance - held`. An operator's top-up (`PointsCredited` without a sale) is recorded
+//! by the domain without a posting: points are the consumer's prepaid money, outside the
+//! settlement ledger until spent, so they appear here and not in the ledger. Points a
+//! merchant sold carry their postings (`MerchantClearing(merchant)` debit,
+//! `ConsumerPoints(account)` credit, in the currency the consumer paid), posted like a
+//! sale's. The two views meet through the points saga (hold at Reserve, post after
+//! Authorize, credit back after a refund): once every saga has completed, an account's
+//! `balance` equals its operator top-ups (not counting the refunds' credits) plus the
+//! ledger balances of `ConsumerPoints(account)` over all currencies (what merchants sold
+//! plus what refunds reversed minus what its sales settled). Between the steps of
 //! a saga the two differ by design, so that equation is checked by the tests at rest, not
 //! here. The domain never lets a points balance go
 //! negative; a stream that does shows it here as a negative amount (it is not refused:
@@ -131,7 +134,16 @@ impl Balances {
     pub fn apply(&mut self, event: &Event, currency: &str) -> Result<(), BalanceError> {
         match event {
             Event::Authorized { postings, .. } | Event::Voided { reversal: postings, .. } => self.post(postings, currency),
-            Event::PointsCredited { account_id, amount, .. } => self.points_change(account_id, i128::from(*amount), 0),
+            Event::PointsCredited { account_id, amount, sale: None, .. } => self.points_change(account_id, i128::from(*amount), 0),
+            Event::PointsCredited { account_id, amount, sale: Some(sale), .. } => {
+                // Points a merchant sold: its clearing account owes them to the consumer's
+                // points (in the currency paid). All or nothing: the points change cannot
+                // fail once the postings are in, so check it first.
+                let current = self.points_of(account_id);
+                current.balance.checked_add(i128::from(*amount)).ok_or_else(|| BalanceError::Overflow { account: format!("points:{}", account_id.0) })?;
+                self.post(&sale.postings, &sale.currency)?;
+                self.points_change(account_id, i128::from(*amount), 0)
+            }
             Event::PointsHeld { account_id, amount, .. } => self.points_change(account_id, 0, i128::from(*amount)),
             Event::HoldPosted { account_id, amount, .. } => self.points_change(account_id, -i128::from(*amount), -i128::from(*amount)),
             Event::HoldReleased { account_id, amount, .. } => self.points_change(account_id, 0, -i128::from(*amount)),
@@ -383,10 +395,16 @@ mod tests {
     #[test]
     fn points_accounts_follow_hold_post_release_and_credit() {
         let account = AccountId::new("a1");
-        let held =
-            |voucher: &str, amount: u64| Event::PointsHeld { account_id: account.clone(), voucher_id: VoucherId::new(voucher), amount, expires_at: Millis(9) };
+        let held = |voucher: &str, amount: u64| Event::PointsHeld {
+            account_id: account.clone(),
+            voucher_id: VoucherId::new(voucher),
+            amount,
+            expires_at: Millis(9),
+            nonce_hash: None,
+        };
         let mut balances = Balances::default();
-        for event in [Event::PointsCredited { account_id: account.clone(), amount: 500, reason: "top-up".into() }, held("v1", 200), held("v2", 100)] {
+        for event in [Event::PointsCredited { account_id: account.clone(), amount: 500, reason: "top-up".into(), sale: None }, held("v1", 200), held("v2", 100)]
+        {
             balances.apply(&event, "").expect("apply");
         }
         assert_eq!(balances.points_of(&account), PointsBalance { balance: 500, held: 300 });
@@ -425,8 +443,37 @@ mod tests {
 
         let account = AccountId::new("a1");
         balances.points.insert(account.clone(), PointsBalance { balance: i128::MAX, held: 0 });
-        let credited = Event::PointsCredited { account_id: account.clone(), amount: 1, reason: "top-up".into() };
+        let credited = Event::PointsCredited { account_id: account.clone(), amount: 1, reason: "top-up".into(), sale: None };
         assert_eq!(balances.apply(&credited, ""), Err(BalanceError::Overflow { account: "points:a1".into() }));
+    }
+
+    #[test]
+    fn points_a_merchant_sold_are_owed_by_its_clearing_account_all_or_nothing() {
+        let account = AccountId::new("alice");
+        let sold = |amount: u64| Event::PointsCredited {
+            account_id: account.clone(),
+            amount,
+            reason: "top-up".into(),
+            sale: Some(engine::domain::event::PointsSale {
+                merchant: engine::ids::MerchantId::new("m1"),
+                currency: "EUR".into(),
+                postings: vec![
+                    Posting { kind: MerchantClearing, account: "m1".into(), debit_minor: amount, credit_minor: 0 },
+                    Posting { kind: ConsumerPoints, account: "alice".into(), debit_minor: 0, credit_minor: amount },
+                ],
+            }),
+        };
+        let mut balances = Balances::default();
+        balances.apply(&sold(300), "").expect("sold");
+        assert_eq!(balances.points_of(&account), PointsBalance { balance: 300, held: 0 });
+        assert_eq!(balances.ledger_balance("EUR", MerchantClearing, "m1"), -300);
+        assert_eq!(balances.ledger_balance("EUR", ConsumerPoints, "alice"), 300);
+        assert_eq!(balances.sum(), Some(0));
+        // A points overflow refuses the whole event: the postings are not applied either.
+        balances.points.insert(account.clone(), PointsBalance { balance: i128::MAX, held: 0 });
+        let before = balances.clone();
+        assert_eq!(balances.apply(&sold(1), ""), Err(BalanceError::Overflow { account: "points:alice".into() }));
+        assert_eq!(balances, before);
     }
 
     #[test]

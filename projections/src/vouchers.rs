@@ -292,7 +292,13 @@ mod tests {
     }
 
     fn held(account: &str, voucher: &str, expires_at: i64) -> Event {
-        Event::PointsHeld { account_id: AccountId::new(account), voucher_id: VoucherId::new(voucher), amount: 1, expires_at: Millis(expires_at) }
+        Event::PointsHeld {
+            account_id: AccountId::new(account),
+            voucher_id: VoucherId::new(voucher),
+            amount: 1,
+            expires_at: Millis(expires_at),
+            nonce_hash: None,
+        }
     }
 
     fn posted(account: &str, voucher: &str) -> Event {

@@ -19,6 +19,7 @@ use engine::domain::event::{Event, LedgerAccountKind, Payment, PreviewClip, Rend
 use engine::ids::*;
 use engine::log::embedded::EmbeddedLog;
 use engine::log::{EventLog, StoredEvent};
+use engine::testing::TestConsumer;
 use projections::store::OpenOutcome;
 use projections::{Finding, Live, Projections};
 use proptest::prelude::*;
@@ -44,9 +45,12 @@ struct World {
     runner: tokio::task::JoinHandle<Result<(), projections::RunError>>,
     market: Market,
     merchants: Vec<MerchantId>,
+    /// The certified consumers owning the points accounts (`account(i)` is consumer i's).
+    consumers: Vec<TestConsumer>,
     /// Two media in EUR (different splits), one in USD.
     media: Vec<MediaId>,
-    /// Points topped up per account, by the script.
+    /// Points the operator topped up per account, by the script (points merchants sold
+    /// are in the ledger).
     topped_up: BTreeMap<AccountId, u64>,
 }
 
@@ -94,6 +98,10 @@ async fn world() -> World {
     for index in 0..MERCHANTS {
         merchants.push(MerchantId(market.register_merchant("op", &req(&format!("m{index}")), "Shop").await.expect("merchant").id));
     }
+    let mut consumers = Vec::new();
+    for index in 0..ACCOUNTS {
+        consumers.push(TestConsumer::certify(&market, "op", &account(index).0).await.expect("certify"));
+    }
     let catalog = [
         song("Song A", 199, "EUR", terms(3000, 2000, "dist", "label"), &keys),
         song("Song B", 1_001, "EUR", terms(1500, 1000, "dist2", "label2"), &keys),
@@ -103,7 +111,7 @@ async fn world() -> World {
     for (index, input) in catalog.into_iter().enumerate() {
         media.push(market.publish_media("pub", &req(&format!("media{index}")), input).await.expect("publish"));
     }
-    World { dir, log, clock, live, runner, market, merchants, media, topped_up: BTreeMap::new() }
+    World { dir, log, clock, live, runner, market, merchants, consumers, media, topped_up: BTreeMap::new() }
 }
 
 #[derive(Clone, Debug)]
@@ -119,9 +127,11 @@ enum Step {
         voucher: usize,
         merchant: usize,
     },
+    /// By the operator (`sold_by: None`) or sold by a merchant.
     TopUp {
         account: usize,
         amount: u64,
+        sold_by: Option<usize>,
     },
     Advance {
         ms: u64,
@@ -134,7 +144,7 @@ fn step() -> impl Strategy<Value = Step> {
         5 => (0..MERCHANTS, 0..4usize, proptest::option::of(0..ACCOUNTS), proptest::bool::weighted(0.7))
             .prop_map(|(merchant, items, points, authorize)| Step::Sell { merchant, items, points, authorize }),
         2 => (0..12usize, 0..MERCHANTS).prop_map(|(voucher, merchant)| Step::Void { voucher, merchant }),
-        1 => (0..ACCOUNTS, 1..3_000u64).prop_map(|(account, amount)| Step::TopUp { account, amount }),
+        1 => (0..ACCOUNTS, 1..3_000u64, proptest::option::of(0..MERCHANTS)).prop_map(|(account, amount, sold_by)| Step::TopUp { account, amount, sold_by }),
         1 => (1..90_000u64).prop_map(|ms| Step::Advance { ms }),
         1 => Just(Step::Sweep),
     ]
@@ -150,12 +160,13 @@ async fn run_script(w: &mut World, steps: &[Step]) {
                     3 => vec![w.media[0].clone(), w.media[1].clone()],
                     single => vec![w.media[*single].clone()],
                 };
-                let payment = match points {
-                    Some(index) => Payment::Points { account: account(*index) },
-                    None => Payment::Merchant { payment_ref: "card".into() },
+                // A points sale carries the consumer's authorization for this merchant.
+                let (payment, spend) = match points {
+                    Some(index) => (Payment::Points { account: account(*index) }, Some(w.consumers[*index].authorize_any(&w.market, merchant))),
+                    None => (Payment::Merchant { payment_ref: "card".into() }, None),
                 };
                 // Refusals (not enough points) are part of the script: they write nothing.
-                let Ok(reserved) = w.market.reserve(merchant, &req(&format!("r{i}")), &media, "high", 60_000, payment).await else { continue };
+                let Ok(reserved) = w.market.reserve(merchant, &req(&format!("r{i}")), &media, "high", 60_000, payment, spend.as_ref()).await else { continue };
                 vouchers.push(reserved.voucher_id.clone());
                 if *authorize {
                     let _ = w.market.authorize(merchant, &req(&format!("a{i}")), &reserved.voucher_id).await;
@@ -166,9 +177,12 @@ async fn run_script(w: &mut World, steps: &[Step]) {
                     let _ = w.market.void(&w.merchants[*merchant], &req(&format!("v{i}")), voucher).await;
                 }
             }
-            Step::TopUp { account: index, amount } => {
-                w.market.top_up("op", &req(&format!("t{i}")), &account(*index), *amount).await.expect("top up");
+            Step::TopUp { account: index, amount, sold_by: None } => {
+                w.market.top_up("op", &req(&format!("t{i}")), &account(*index), *amount, "").await.expect("top up");
                 *w.topped_up.entry(account(*index)).or_default() += amount;
+            }
+            Step::TopUp { account: index, amount, sold_by: Some(merchant) } => {
+                w.market.sell_points(&w.merchants[*merchant], &req(&format!("t{i}")), &account(*index), *amount, "EUR", "").await.expect("sell points");
             }
             Step::Advance { ms } => w.clock.advance_ms(*ms as i64),
             Step::Sweep => {
@@ -245,7 +259,7 @@ proptest! {
             let mut w = world().await;
             // Points to spend from the start, so points sales do not all fail.
             for index in 0..ACCOUNTS {
-                w.market.top_up("op", &req(&format!("seed{index}")), &account(index), 2_000).await.expect("top up");
+                w.market.top_up("op", &req(&format!("seed{index}")), &account(index), 2_000, "").await.expect("top up");
                 w.topped_up.insert(account(index), 2_000);
             }
             run_script(&mut w, &steps).await;
@@ -259,7 +273,7 @@ async fn a_scripted_market_exercises_every_kind_of_ledger_account() {
     // A fixed script, so that one run is known to reach every account kind, a refund of a
     // points sale, an expiry and both currencies.
     let mut w = world().await;
-    w.market.top_up("op", &req("seed"), &account(0), 5_000).await.expect("top up");
+    w.market.top_up("op", &req("seed"), &account(0), 5_000, "").await.expect("top up");
     w.topped_up.insert(account(0), 5_000);
     let steps = [
         Step::Sell { merchant: 0, items: 3, points: Some(0), authorize: true },
@@ -294,7 +308,7 @@ async fn an_unbalanced_posting_is_a_finding_for_the_runner_and_the_auditor() {
     let merchant = &w.merchants[0];
     let reserved = w
         .market
-        .reserve(merchant, &req("r"), std::slice::from_ref(&w.media[0]), "high", 60_000, Payment::Merchant { payment_ref: "card".into() })
+        .reserve(merchant, &req("r"), std::slice::from_ref(&w.media[0]), "high", 60_000, Payment::Merchant { payment_ref: "card".into() }, None)
         .await
         .expect("reserve");
     w.market.authorize(merchant, &req("a"), &reserved.voucher_id).await.expect("authorize");

@@ -71,6 +71,7 @@ async fn reserve(market: &Market, world: &World, request: &str) -> VoucherId {
             "high",
             TTL_MS,
             Payment::Merchant { payment_ref: "card".into() },
+            None,
         )
         .await
         .expect("reserve")

@@ -47,14 +47,19 @@ async fn script(log: Arc<dyn EventLog>, wrapped_media_key: Vec<u8>) {
     let player = test_keys::fixed_rsa_2();
     let player_der = player.public().to_der().expect("der");
     let cert = market.certify_consumer("op", &req("c-1"), &consumer, &player_der, 86_400_000).await.expect("cert");
-    let account = AccountId::new("acct");
-    market.top_up("op", &req("top"), &account, 1_000).await.expect("top up");
+    let payer = engine::testing::TestConsumer::certify(&market, "op", "acct").await.expect("certify the payer");
+    let account = payer.account();
+    market.top_up("op", &req("top"), &account, 1_000, "").await.expect("top up");
     let merchant_pays = || Payment::Merchant { payment_ref: "card".into() };
     for i in 0..6 {
         clock.advance_ms(10);
-        let payment = if i % 2 == 0 { merchant_pays() } else { Payment::Points { account: account.clone() } };
-        let voucher =
-            market.reserve(&merchant, &req(&format!("r{i}")), std::slice::from_ref(&media), "high", 60_000, payment).await.expect("reserve").voucher_id;
+        let (payment, spend) =
+            if i % 2 == 0 { (merchant_pays(), None) } else { (Payment::Points { account: account.clone() }, Some(payer.authorize_any(&market, &merchant))) };
+        let voucher = market
+            .reserve(&merchant, &req(&format!("r{i}")), std::slice::from_ref(&media), "high", 60_000, payment, spend.as_ref())
+            .await
+            .expect("reserve")
+            .voucher_id;
         match i {
             0 => {
                 market.void(&merchant, &req("void0"), &voucher).await.expect("void");

@@ -507,6 +507,7 @@ async fn purchase(load: &Load, worker: usize, merchant: &MerchantClient, rng: &m
         ttl_ms: 15 * 60 * 1000,
         points_account: String::new(),
         payment_ref: format!("card-{prefix}"),
+        spend_authorization: None,
     };
     let reserved = retry(load, Step::Reserve, || reserve_call(merchant, &reserve)).await;
     let voucher = reserved.voucher_id.clone();

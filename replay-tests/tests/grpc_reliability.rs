@@ -78,6 +78,7 @@ async fn graceful_shutdown_keeps_every_acknowledged_request(backend: BackendArgs
                     ttl_ms: 600_000,
                     points_account: String::new(),
                     payment_ref: String::new(),
+                    spend_authorization: None,
                 };
                 match client.reserve(request).await {
                     Ok(reserved) => acknowledged.lock().expect("lock").push(reserved.into_inner().voucher_id),

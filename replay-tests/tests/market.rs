@@ -73,10 +73,10 @@ fn rejection(error: engine::app::AppError) -> Rejection {
 async fn retried_commands_return_the_first_answer_and_write_nothing() {
     let f = fixture().await;
     let pay = || Payment::Merchant { payment_ref: "card".into() };
-    let first = f.market.reserve(&f.merchant, &req("r1"), std::slice::from_ref(&f.media), "high", 60_000, pay()).await.expect("reserve");
+    let first = f.market.reserve(&f.merchant, &req("r1"), std::slice::from_ref(&f.media), "high", 60_000, pay(), None).await.expect("reserve");
     let len = stream_len(&f.log).await;
     f.clock.advance_ms(1_000);
-    let again = f.market.reserve(&f.merchant, &req("r1"), std::slice::from_ref(&f.media), "high", 60_000, pay()).await.expect("retried reserve");
+    let again = f.market.reserve(&f.merchant, &req("r1"), std::slice::from_ref(&f.media), "high", 60_000, pay(), None).await.expect("retried reserve");
     assert_eq!(again.voucher_id, first.voucher_id);
     assert_eq!(again.expires_at, first.expires_at, "the first answer, not a new decision");
     assert_eq!(stream_len(&f.log).await, len, "a retry writes nothing");
@@ -100,16 +100,16 @@ async fn retried_commands_return_the_first_answer_and_write_nothing() {
 async fn a_restarted_engine_answers_retries_from_the_stream_not_from_an_assumed_empty_aggregate() {
     let f = fixture().await;
     let pay = || Payment::Merchant { payment_ref: "card".into() };
-    let first = f.market.reserve(&f.merchant, &req("r1"), std::slice::from_ref(&f.media), "high", 60_000, pay()).await.expect("reserve");
+    let first = f.market.reserve(&f.merchant, &req("r1"), std::slice::from_ref(&f.media), "high", 60_000, pay(), None).await.expect("reserve");
     f.clock.advance_ms(1_000);
     let keys = Arc::new(EngineKeys::new(test_keys::fixed_rsa()).expect("engine keys"));
     let restarted = Market::new(Arc::clone(&f.log), f.clock.clone() as Arc<dyn Clock>, keys, Arc::new(OneNode(f.node.clone())));
     let len = stream_len(&f.log).await;
-    let again = restarted.reserve(&f.merchant, &req("r1"), std::slice::from_ref(&f.media), "high", 60_000, pay()).await.expect("retried reserve");
+    let again = restarted.reserve(&f.merchant, &req("r1"), std::slice::from_ref(&f.media), "high", 60_000, pay(), None).await.expect("retried reserve");
     assert_eq!((again.voucher_id.clone(), again.expires_at), (first.voucher_id.clone(), first.expires_at), "the first answer");
     assert_eq!(stream_len(&f.log).await, len, "a retry writes nothing");
     // Another merchant's request id that derives another voucher is a new voucher.
-    let other = restarted.reserve(&f.other_merchant, &req("r1"), std::slice::from_ref(&f.media), "high", 60_000, pay()).await.expect("reserve");
+    let other = restarted.reserve(&f.other_merchant, &req("r1"), std::slice::from_ref(&f.media), "high", 60_000, pay(), None).await.expect("reserve");
     assert_ne!(other.voucher_id, first.voucher_id);
     assert_eq!(stream_len(&f.log).await, len + 1);
     // A command on an existing voucher is decided on its state, not on an empty one.
@@ -167,12 +167,12 @@ async fn a_new_voucher_is_sold_without_reading_its_subject() {
     let market = Market::new(Arc::clone(&counting) as Arc<dyn EventLog>, f.clock.clone() as Arc<dyn Clock>, keys, Arc::new(OneNode(f.node.clone())));
     let pay = || Payment::Merchant { payment_ref: "card".into() };
     // Warm the cache with what every sale reads (merchant, media, node).
-    let warm = market.reserve(&f.merchant, &req("warm"), std::slice::from_ref(&f.media), "high", 60_000, pay()).await.expect("reserve");
+    let warm = market.reserve(&f.merchant, &req("warm"), std::slice::from_ref(&f.media), "high", 60_000, pay(), None).await.expect("reserve");
     market.authorize(&f.merchant, &req("warm-a"), &warm.voucher_id).await.expect("authorize");
     market.issue(&f.merchant, &req("warm-i"), &warm.voucher_id, None, 60_000).await.expect("issue");
     let reads = || counting.subject_reads.load(std::sync::atomic::Ordering::Relaxed);
     let before = reads();
-    let sold = market.reserve(&f.merchant, &req("new"), std::slice::from_ref(&f.media), "high", 60_000, pay()).await.expect("reserve");
+    let sold = market.reserve(&f.merchant, &req("new"), std::slice::from_ref(&f.media), "high", 60_000, pay(), None).await.expect("reserve");
     market.authorize(&f.merchant, &req("new-a"), &sold.voucher_id).await.expect("authorize");
     market.issue(&f.merchant, &req("new-i"), &sold.voucher_id, None, 60_000).await.expect("issue");
     assert_eq!(reads(), before, "a sale of a new voucher is decided from the cache and its own appends");
@@ -180,7 +180,7 @@ async fn a_new_voucher_is_sold_without_reading_its_subject() {
     let keys = Arc::new(EngineKeys::new(test_keys::fixed_rsa()).expect("engine keys"));
     let restarted = Market::new(Arc::clone(&counting) as Arc<dyn EventLog>, f.clock.clone() as Arc<dyn Clock>, keys, Arc::new(OneNode(f.node.clone())));
     let before = reads();
-    let again = restarted.reserve(&f.merchant, &req("new"), std::slice::from_ref(&f.media), "high", 60_000, pay()).await.expect("retried reserve");
+    let again = restarted.reserve(&f.merchant, &req("new"), std::slice::from_ref(&f.media), "high", 60_000, pay(), None).await.expect("retried reserve");
     assert_eq!(again.voucher_id, sold.voucher_id);
     assert!(reads() > before, "a retry on an unknown (to this process) voucher reads its subject");
 }
@@ -190,7 +190,7 @@ async fn refusals_write_nothing() {
     let f = fixture().await;
     let voucher = f
         .market
-        .reserve(&f.merchant, &req("r1"), std::slice::from_ref(&f.media), "high", 60_000, Payment::Merchant { payment_ref: "c".into() })
+        .reserve(&f.merchant, &req("r1"), std::slice::from_ref(&f.media), "high", 60_000, Payment::Merchant { payment_ref: "c".into() }, None)
         .await
         .expect("reserve")
         .voucher_id;
@@ -203,14 +203,14 @@ async fn refusals_write_nothing() {
         (
             "unknown media",
             f.market
-                .reserve(&f.merchant, &req("x4"), &[MediaId::new("nope")], "high", 1000, Payment::Merchant { payment_ref: "c".into() })
+                .reserve(&f.merchant, &req("x4"), &[MediaId::new("nope")], "high", 1000, Payment::Merchant { payment_ref: "c".into() }, None)
                 .await
                 .expect_err("refused"),
         ),
         (
             "bad ttl",
             f.market
-                .reserve(&f.merchant, &req("x5"), std::slice::from_ref(&f.media), "high", 0, Payment::Merchant { payment_ref: "c".into() })
+                .reserve(&f.merchant, &req("x5"), std::slice::from_ref(&f.media), "high", 0, Payment::Merchant { payment_ref: "c".into() }, None)
                 .await
                 .expect_err("refused"),
         ),
@@ -233,7 +233,7 @@ async fn a_redemption_needs_the_receipt_and_the_assigned_node() {
     let f = fixture().await;
     let voucher = f
         .market
-        .reserve(&f.merchant, &req("r1"), std::slice::from_ref(&f.media), "high", 60_000, Payment::Merchant { payment_ref: "c".into() })
+        .reserve(&f.merchant, &req("r1"), std::slice::from_ref(&f.media), "high", 60_000, Payment::Merchant { payment_ref: "c".into() }, None)
         .await
         .expect("reserve")
         .voucher_id;
@@ -265,22 +265,28 @@ async fn a_redemption_needs_the_receipt_and_the_assigned_node() {
 #[tokio::test]
 async fn concurrent_point_holds_never_overdraw() {
     let f = Arc::new(fixture().await);
-    let account = AccountId::new("acct");
-    // 250 per sale; 1000 points pay for exactly four of twenty concurrent reservations.
-    f.market.top_up("op", &req("top"), &account, 1000).await.expect("top up");
+    let consumer = engine::testing::TestConsumer::certify(&f.market, "op", "acct").await.expect("certify");
+    let account = consumer.account();
+    // 250 per sale; 1000 points pay for exactly four of twenty concurrent reservations,
+    // each with its own authorization from the consumer.
+    f.market.top_up("op", &req("top"), &account, 1000, "").await.expect("top up");
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..20 {
         let f = Arc::clone(&f);
         let account = account.clone();
+        let spend = consumer.authorize_any(&f.market, &f.merchant);
         tasks.spawn(async move {
-            f.market.reserve(&f.merchant, &req(&format!("p{i}")), std::slice::from_ref(&f.media), "high", 60_000, Payment::Points { account }).await.map(|_| ())
+            f.market
+                .reserve(&f.merchant, &req(&format!("p{i}")), std::slice::from_ref(&f.media), "high", 60_000, Payment::Points { account }, Some(&spend))
+                .await
+                .map(|_| ())
         });
     }
     let mut reserved = 0;
     while let Some(result) = tasks.join_next().await {
         match result.expect("task") {
             Ok(()) => reserved += 1,
-            Err(error) => assert!(matches!(rejection(error), Rejection::InsufficientPoints { .. })),
+            Err(error) => assert_eq!(rejection(error), Rejection::InsufficientPoints),
         }
     }
     assert_eq!(reserved, 4);
@@ -326,7 +332,15 @@ async fn sell_and_deliver(f: &Fixture, n: usize, tag: &str) -> u64 {
     for i in 0..n {
         let voucher = f
             .market
-            .reserve(&f.merchant, &req(&format!("{tag}-r{i}")), std::slice::from_ref(&f.media), "high", 60_000, Payment::Merchant { payment_ref: "c".into() })
+            .reserve(
+                &f.merchant,
+                &req(&format!("{tag}-r{i}")),
+                std::slice::from_ref(&f.media),
+                "high",
+                60_000,
+                Payment::Merchant { payment_ref: "c".into() },
+                None,
+            )
             .await
             .expect("reserve")
             .voucher_id;
@@ -503,7 +517,7 @@ async fn concurrent_issues_never_exceed_a_nodes_slots() {
     let mut vouchers = Vec::new();
     for i in 0..10 {
         let voucher = market
-            .reserve(&f.merchant, &req(&format!("cr{i}")), std::slice::from_ref(&f.media), "high", 60_000, Payment::Merchant { payment_ref: "c".into() })
+            .reserve(&f.merchant, &req(&format!("cr{i}")), std::slice::from_ref(&f.media), "high", 60_000, Payment::Merchant { payment_ref: "c".into() }, None)
             .await
             .expect("reserve")
             .voucher_id;
@@ -545,20 +559,39 @@ async fn the_sweeper_settles_holds_left_by_interrupted_sagas() {
         let (live, log) = (live.clone(), Arc::clone(&f.log));
         tokio::spawn(async move { live.run(log).await })
     };
-    let account = AccountId::new("acct");
-    f.market.top_up("op", &req("top"), &account, 1_000).await.expect("top up");
+    let consumer = engine::testing::TestConsumer::certify(&f.market, "op", "acct").await.expect("certify");
+    let account = consumer.account();
+    f.market.top_up("op", &req("top"), &account, 1_000, "").await.expect("top up");
     let merchant_actor = engine::domain::Actor::new(engine::domain::ActorKind::Merchant, &f.merchant.0);
     let now = f.clock.now();
 
     // A crash between the hold and the reservation: points held for a voucher that never came to be.
     let orphan = voucher_id_for(&f.merchant, &req("crashed-reserve"));
-    let hold = AccountCommand::Hold { account: account.clone(), voucher: orphan.clone(), amount: 250, expires_at: now.plus_ms(60_000) };
+    let public_der = consumer.passport.public().to_der().expect("der");
+    let consent = consumer.authorize_any(&f.market, &f.merchant).consent(engine::domain::voucher::CertCheck::Valid, &public_der);
+    let hold = AccountCommand::Hold {
+        account: account.clone(),
+        voucher: orphan.clone(),
+        amount: 250,
+        expires_at: now.plus_ms(60_000),
+        merchant: f.merchant.clone(),
+        media: vec![f.media.clone()],
+        consent: Some(consent),
+    };
     f.market.handler().handle::<Account>(&account.0, &merchant_actor, &req("crashed-reserve"), &hold).await.expect("hold");
 
     // A crash between the authorization and the posting.
     let paid = f
         .market
-        .reserve(&f.merchant, &req("r-paid"), std::slice::from_ref(&f.media), "high", 60_000, Payment::Points { account: account.clone() })
+        .reserve(
+            &f.merchant,
+            &req("r-paid"),
+            std::slice::from_ref(&f.media),
+            "high",
+            60_000,
+            Payment::Points { account: account.clone() },
+            Some(&consumer.authorize_any(&f.market, &f.merchant)),
+        )
         .await
         .expect("reserve")
         .voucher_id;
@@ -569,7 +602,15 @@ async fn the_sweeper_settles_holds_left_by_interrupted_sagas() {
     // A reservation nobody authorizes: the sweeper expires it and releases its points.
     let abandoned = f
         .market
-        .reserve(&f.merchant, &req("r-abandoned"), std::slice::from_ref(&f.media), "high", 60_000, Payment::Points { account: account.clone() })
+        .reserve(
+            &f.merchant,
+            &req("r-abandoned"),
+            std::slice::from_ref(&f.media),
+            "high",
+            60_000,
+            Payment::Points { account: account.clone() },
+            Some(&consumer.authorize_any(&f.market, &f.merchant)),
+        )
         .await
         .expect("reserve")
         .voucher_id;

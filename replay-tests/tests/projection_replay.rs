@@ -29,6 +29,8 @@ struct World {
     media: Vec<MediaId>,
     consumer: ConsumerId,
     cert: CertSerial,
+    /// The consumer whose points account pays the points sales.
+    payer: engine::testing::TestConsumer,
     master: crypto::SecretKey,
 }
 
@@ -62,8 +64,9 @@ async fn world() -> World {
         .await
         .expect("cert")
         .serial;
-    market.top_up("op", &req("top"), &AccountId::new("acct"), 500).await.expect("top up");
-    World { _dir: dir, log, clock, keys, live, market, merchants, media, consumer, cert, master }
+    let payer = engine::testing::TestConsumer::certify(&market, "op", "acct").await.expect("certify the payer");
+    market.top_up("op", &req("top"), &payer.account(), 500, "").await.expect("top up");
+    World { _dir: dir, log, clock, keys, live, market, merchants, media, consumer, cert, payer, master }
 }
 
 /// One step of a random script; refusals are part of the script (they write nothing).
@@ -94,9 +97,13 @@ async fn run_script(w: &World, steps: &[Step]) {
         match step {
             Step::Sell { merchant, media, points, until } => {
                 let merchant = &w.merchants[*merchant];
-                let payment = if *points { Payment::Points { account: AccountId::new("acct") } } else { Payment::Merchant { payment_ref: "c".into() } };
-                let Ok(reserved) = w.market.reserve(merchant, &req(&format!("r{i}")), std::slice::from_ref(&w.media[*media]), "high", 60_000, payment).await
-                else {
+                let (payment, spend) = if *points {
+                    (Payment::Points { account: w.payer.account() }, Some(w.payer.authorize_any(&w.market, merchant)))
+                } else {
+                    (Payment::Merchant { payment_ref: "c".into() }, None)
+                };
+                let media = std::slice::from_ref(&w.media[*media]);
+                let Ok(reserved) = w.market.reserve(merchant, &req(&format!("r{i}")), media, "high", 60_000, payment, spend.as_ref()).await else {
                     continue;
                 };
                 vouchers.push((merchant.clone(), reserved.voucher_id.clone()));
@@ -185,6 +192,7 @@ async fn two_sweepers_racing_void_each_reservation_once() {
                 "high",
                 1_000,
                 Payment::Merchant { payment_ref: "c".into() },
+                None,
             )
             .await
             .expect("reserve")

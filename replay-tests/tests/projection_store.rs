@@ -91,7 +91,7 @@ async fn sell(market: &Market, merchant: &MerchantId, media: &MediaId, n: usize,
     let cert = market.certify_consumer("op", &req(&format!("{tag}-cert")), &consumer, &player_der, 86_400_000).await.expect("certify");
     for i in 0..n {
         let voucher = market
-            .reserve(merchant, &req(&format!("{tag}-r{i}")), std::slice::from_ref(media), "high", 60_000, Payment::Merchant { payment_ref: "c".into() })
+            .reserve(merchant, &req(&format!("{tag}-r{i}")), std::slice::from_ref(media), "high", 60_000, Payment::Merchant { payment_ref: "c".into() }, None)
             .await
             .expect("reserve")
             .voucher_id;
@@ -106,7 +106,7 @@ async fn sell(market: &Market, merchant: &MerchantId, media: &MediaId, n: usize,
     }
     // One reservation left pending, for the sweeper's index.
     market
-        .reserve(merchant, &req(&format!("{tag}-pending")), std::slice::from_ref(media), "high", 60_000, Payment::Merchant { payment_ref: "c".into() })
+        .reserve(merchant, &req(&format!("{tag}-pending")), std::slice::from_ref(media), "high", 60_000, Payment::Merchant { payment_ref: "c".into() }, None)
         .await
         .expect("reserve");
 }

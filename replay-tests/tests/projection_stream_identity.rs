@@ -32,10 +32,16 @@ async fn market_log(server: &NatsServer, now_ms: i64, sales: usize) -> Arc<dyn E
     let merchant = MerchantId(market.register_merchant("op", &req("m"), "Shop").await.expect("merchant").id);
     let input = common::song("Song", 250, crypto::wrap_key(&keys.public, &crypto::SecretKey::random()).expect("wrap"));
     let media = market.publish_media("pub", &req("media"), input).await.expect("publish");
-    market.top_up("op", &req("top"), &AccountId::new("acct"), 10_000).await.expect("top up");
+    let payer = engine::testing::TestConsumer::certify(&market, "op", "acct").await.expect("certify the payer");
+    market.top_up("op", &req("top"), &payer.account(), 10_000, "").await.expect("top up");
     for sale in 0..sales {
-        let payment = if sale % 2 == 0 { Payment::Points { account: AccountId::new("acct") } } else { Payment::Merchant { payment_ref: "card".into() } };
-        let reserved = market.reserve(&merchant, &req(&format!("r{sale}")), std::slice::from_ref(&media), "high", 60_000, payment).await.expect("reserve");
+        let (payment, spend) = if sale % 2 == 0 {
+            (Payment::Points { account: payer.account() }, Some(payer.authorize_any(&market, &merchant)))
+        } else {
+            (Payment::Merchant { payment_ref: "card".into() }, None)
+        };
+        let reserved =
+            market.reserve(&merchant, &req(&format!("r{sale}")), std::slice::from_ref(&media), "high", 60_000, payment, spend.as_ref()).await.expect("reserve");
         market.authorize(&merchant, &req(&format!("a{sale}")), &reserved.voucher_id).await.expect("authorize");
     }
     log

@@ -85,9 +85,10 @@ async fn race(log: Arc<dyn EventLog>) {
         .certify_consumer("op", &RequestId::new("c"), &consumer, &test_keys::fixed_rsa_2().public().to_der().expect("der"), 86_400_000)
         .await
         .expect("certify");
-    let account = AccountId::new("acct-race");
+    let payer = engine::testing::TestConsumer::certify(&setup, "op", "acct-race").await.expect("certify the payer");
+    let account = payer.account();
     // Enough points for about half the reservations: concurrent holds must never overdraw.
-    setup.top_up("op", &RequestId::new("topup"), &account, PRICE * (VOUCHERS as u64) / 2).await.expect("top up");
+    setup.top_up("op", &RequestId::new("topup"), &account, PRICE * (VOUCHERS as u64) / 2, "").await.expect("top up");
 
     // Two engines on the same stream; B's clock is past every reservation's expiry.
     let a = Arc::new(Market::new(Arc::clone(&log), clock_a.clone() as Arc<dyn Clock>, Arc::clone(&keys), Arc::new(OneNode(node.clone()))));
@@ -100,10 +101,12 @@ async fn race(log: Arc<dyn EventLog>) {
         // Both engines reserve (B's reservations expire later by B's clock; the race below is about A's).
         let market = if i % 4 == 3 { Arc::clone(&b) } else { Arc::clone(&a) };
         let (merchant, media, account) = (merchant.clone(), media.clone(), account.clone());
+        // Each points reservation carries its own authorization from the payer.
+        let spend = (i % 2 == 0).then(|| payer.authorize(&merchant, u64::MAX, &[], Millis(T0 + 3_600_000)));
         reserves.spawn(async move {
             let payment = if i % 2 == 0 { Payment::Points { account } } else { Payment::Merchant { payment_ref: format!("card-{i}") } };
             market
-                .reserve(&merchant, &RequestId::new(format!("r{i}")), std::slice::from_ref(&media), "high", TTL_MS, payment)
+                .reserve(&merchant, &RequestId::new(format!("r{i}")), std::slice::from_ref(&media), "high", TTL_MS, payment, spend.as_ref())
                 .await
                 .map(|answer| answer.voucher_id)
         });

@@ -130,7 +130,7 @@ async fn a_follower_goes_on_across_a_restart_that_lost_nothing() {
 async fn deliver_one(market: &Market, merchant: &MerchantId, media: &MediaId, consumer: &ConsumerId, cert: &CertSerial, tag: &str) {
     let req = |step: &str| RequestId::new(format!("{tag}-{step}"));
     let reserved = market
-        .reserve(merchant, &req("r"), std::slice::from_ref(media), "high", 600_000, Payment::Merchant { payment_ref: tag.into() })
+        .reserve(merchant, &req("r"), std::slice::from_ref(media), "high", 600_000, Payment::Merchant { payment_ref: tag.into() }, None)
         .await
         .expect("reserve");
     let authorized = market.authorize(merchant, &req("a"), &reserved.voucher_id).await.expect("authorize");

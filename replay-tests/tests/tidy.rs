@@ -262,7 +262,7 @@ fn grpc_statuses_are_built_only_in_the_status_mapping_modules() {
         "a gRPC status is built outside a status mapping module",
         hits,
         &[
-            ("gateways/src/cli/mod.rs", "the CLI re-wraps a refusal it received (or a failed local check) for its exit code; nothing is served"),
+            ("gateways/src/cli/player.rs", "the CLI re-wraps a refusal it received (or a failed local check) for its exit code; nothing is served"),
             ("gateways/src/common/cred.rs", "the client's interceptor refuses a credential it cannot send; the status never leaves the client"),
         ],
     )

@@ -126,9 +126,7 @@ fn validate_published(media: &MediaPublished) -> Result<(), Rejection> {
         validate::text("authors", author, TEXT_CHARS_MAX)?;
     }
     check_price(media.price_minor)?;
-    if media.currency.len() != 3 || !media.currency.bytes().all(|b| b.is_ascii_uppercase()) {
-        return Err(Rejection::InvalidArgument { field: "currency", reason: "must be an ISO 4217 code like EUR".into() });
-    }
+    validate::currency(&media.currency)?;
     let terms = &media.terms;
     let total_bps = u64::from(terms.retailer_bps) + u64::from(terms.distributor_bps) + u64::from(terms.owner_bps);
     if total_bps != 10_000 {

@@ -108,6 +108,15 @@ impl Actor {
     }
 }
 
+/// Points a merchant sold a consumer: the merchant's clearing account owes the points
+/// account their price, one point per minor unit of `currency`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PointsSale {
+    pub merchant: MerchantId,
+    pub currency: String,
+    pub postings: Vec<Posting>,
+}
+
 /// How a sale's price is split, in basis points of the price.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct RoyaltyTerms {
@@ -344,12 +353,18 @@ pub enum Event {
         account_id: AccountId,
         amount: u64,
         reason: String,
+        /// Points a merchant sold (it took the consumer's payment); `None` for an
+        /// operator's credit or a refund.
+        sale: Option<PointsSale>,
     },
     PointsHeld {
         account_id: AccountId,
         voucher_id: VoucherId,
         amount: u64,
         expires_at: Millis,
+        /// blake3 of the consumer's spend authorization nonce: each is good for one hold.
+        /// `None` only in streams written before spending needed consent.
+        nonce_hash: Option<[u8; 32]>,
     },
     HoldPosted {
         account_id: AccountId,

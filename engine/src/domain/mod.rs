@@ -115,6 +115,14 @@ pub mod validate {
         }
         Ok(())
     }
+
+    pub fn currency(value: &str) -> Result<(), Rejection> {
+        if value.len() == 3 && value.bytes().all(|b| b.is_ascii_uppercase()) {
+            Ok(())
+        } else {
+            Err(Rejection::InvalidArgument { field: "currency", reason: "must be an ISO 4217 code like EUR".into() })
+        }
+    }
 }
 
 #[cfg(test)]

@@ -39,8 +39,14 @@ pub enum Rejection {
     CertRevoked,
     #[error("the consumer certificate is not valid at this time")]
     CertNotValid,
-    #[error("insufficient points: {available} available, {needed} needed")]
-    InsufficientPoints { available: u64, needed: u64 },
+    /// Never states a balance: the refusal reaches the merchant, not the account's owner.
+    #[error("the points account cannot cover this purchase")]
+    InsufficientPoints,
+    #[error("{reason}")]
+    SpendNotAuthorized { reason: &'static str },
+    /// A request signed with a consumer's passport that does not verify (or is stale).
+    #[error("{reason}")]
+    UnverifiedRequest { reason: &'static str },
     #[error("no points are held for this voucher")]
     NoSuchHold,
     #[error("the media {0:?} is not for sale")]

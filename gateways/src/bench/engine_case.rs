@@ -166,6 +166,7 @@ impl EngineUnderTest {
                         "high",
                         RESERVATION_TTL_MS,
                         Payment::Merchant { payment_ref: format!("card-{index}") },
+                        None,
                     )
                     .await?;
                 latencies[0] = micros(step.elapsed());

@@ -28,8 +28,11 @@ pub enum Command {
     Admin(super::AdminArgs),
     /// A delivery node agent: registers, follows its feed, serves media to players.
     Node(super::NodeCliArgs),
-    /// The reference consumer: passport, redeem, download, decrypt, verify.
-    Player(super::PlayerArgs),
+    /// The reference consumer: passport, redeem, download, decrypt, verify; spend
+    /// authorizations and the consumer's own points.
+    Player(super::player::PlayerArgs),
+    /// Points accounts: top-ups by the operator or by a merchant selling points.
+    Points(super::points::PointsArgs),
     /// Build signed media containers (renditions, descriptive data, preview clip) under fresh keys, wrap each key for the engine, upload.
     Publish(Box<super::PublishArgs>),
     /// A media container or delivered copy: structure, signatures, transaction record.

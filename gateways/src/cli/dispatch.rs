@@ -53,7 +53,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Player(args) => {
             let json = args.json;
             let runtime = tokio::runtime::Runtime::new()?;
-            Ok(runtime.block_on(super::player(args))?.report(json))
+            Ok(runtime.block_on(super::player::player(args))?.report(json))
+        }
+        Command::Points(args) => {
+            let json = args.json;
+            let runtime = tokio::runtime::Runtime::new()?;
+            Ok(runtime.block_on(super::points::points(args))?.report(json))
         }
         Command::Publish(args) => {
             let json = args.json;

@@ -1,19 +1,21 @@
 //! The command line: `args` (clap's view of every subcommand), `dispatch` (runs a parsed
 //! command and turns it into an exit code), `inspect` (media containers and delivered
-//! copies), and here the network clients' subcommands (`keys issue`, `merchant`,
-//! `publish`, `admin`, `player`, `node`): argument shapes and what each prints. Human output goes to stderr, `--json` prints one object on the
+//! copies), `player` (the reference consumer), `points` (top-ups), and here the other
+//! network clients' subcommands (`keys issue`, `merchant`, `publish`, `admin`, `node`):
+//! argument shapes and what each prints. Human output goes to stderr, `--json` prints one object on the
 //! last line of stdout (CLI.md). A refused command exits 1 with the engine's status code
 //! and message; a connection or usage problem exits 2.
 
 pub mod args;
 pub mod dispatch;
 pub mod inspect;
+pub mod player;
+pub mod points;
 
 pub use args::Cli;
 
 use crate::common::client;
 use crate::common::cred::Credential;
-use crate::player::{Passport, Purchase};
 use anyhow::Context;
 use proto::v1 as pb;
 use std::path::PathBuf;
@@ -563,9 +565,13 @@ pub enum MerchantCommand {
         media_ids: Vec<String>,
         #[arg(long, default_value_t = 15 * 60 * 1000)]
         ttl_ms: u64,
-        /// Pay from this consumer points account instead of the merchant's own payment.
+        /// Pay from this consumer points account instead of the merchant's own payment
+        /// (the account the spend authorization names, when absent).
         #[arg(long)]
         points_account: Option<String>,
+        /// The consumer's consent (`player authorize-spend --out FILE`).
+        #[arg(long)]
+        spend_authorization: Option<PathBuf>,
         #[arg(long, default_value = "high")]
         rendition: String,
     },
@@ -590,8 +596,12 @@ pub enum MerchantCommand {
     Buy {
         #[arg(long = "media", required = true)]
         media_ids: Vec<String>,
+        /// Pay from this consumer points account (the authorization's, when absent).
         #[arg(long)]
         points_account: Option<String>,
+        /// The consumer's consent (`player authorize-spend --out FILE`).
+        #[arg(long)]
+        spend_authorization: Option<PathBuf>,
     },
     /// Start a preview of one media on a node.
     Preview {
@@ -642,22 +652,40 @@ pub fn sale_json(sale: &client::Sale) -> serde_json::Value {
     })
 }
 
+/// A points payment from the flags: the account named, or the one the authorization
+/// file names. An account without an authorization is sent as it is (the engine refuses it).
+fn points_payment(account: Option<&str>, authorization: Option<&std::path::Path>) -> anyhow::Result<Option<client::PointsPayment>> {
+    let authorization = authorization.map(crate::common::spend::load).transpose()?;
+    Ok(match (account, authorization) {
+        (None, None) => None,
+        (Some(account), authorization) => Some(client::PointsPayment { account: account.to_string(), authorization }),
+        (None, Some(authorization)) => Some(client::PointsPayment::authorized(authorization)),
+    })
+}
+
 pub async fn merchant(args: MerchantArgs) -> anyhow::Result<Outcome> {
     let cred = args.cred.as_ref().context("--cred FILE (the merchant's credential) is required")?;
     let credential = Credential::load(cred)?;
     let mut merchant = client::merchant(args.connect.channel().await?, credential);
     let request_id = args.request_id.clone().unwrap_or_else(|| fresh_request_id("cli"));
+    let points = match &args.command {
+        MerchantCommand::Reserve { points_account, spend_authorization, .. } | MerchantCommand::Buy { points_account, spend_authorization, .. } => {
+            points_payment(points_account.as_deref(), spend_authorization.as_deref())?
+        }
+        _ => None,
+    };
     let answer: Result<serde_json::Value, tonic::Status> = async {
         Ok(match &args.command {
-            MerchantCommand::Reserve { media_ids, ttl_ms, points_account, rendition } => {
+            MerchantCommand::Reserve { media_ids, ttl_ms, rendition, .. } => {
                 let reserved = merchant
                     .reserve(pb::ReserveRequest {
                         request_id,
                         media_ids: media_ids.clone(),
                         rendition: rendition.clone(),
                         ttl_ms: *ttl_ms,
-                        points_account: points_account.clone().unwrap_or_default(),
+                        points_account: points.as_ref().map(|p| p.account.clone()).unwrap_or_default(),
                         payment_ref: String::new(),
+                        spend_authorization: points.as_ref().and_then(|p| p.authorization.clone()),
                     })
                     .await?
                     .into_inner();
@@ -681,7 +709,7 @@ pub async fn merchant(args: MerchantArgs) -> anyhow::Result<Outcome> {
                     "access_token": hex::encode(&issued.access_token), "access_expires_at_ms": issued.access_expires_at_ms,
                 })
             }
-            MerchantCommand::Buy { media_ids, points_account } => sale_json(&client::buy(&mut merchant, &request_id, media_ids, points_account.as_deref()).await?),
+            MerchantCommand::Buy { media_ids, .. } => sale_json(&client::buy(&mut merchant, &request_id, media_ids, points.as_ref()).await?),
             MerchantCommand::Preview { media, region } => {
                 let preview = merchant.preview(pb::PreviewRequest { request_id, media_id: media.clone(), region: region.clone().unwrap_or_default() }).await?.into_inner();
                 serde_json::json!({ "preview_id": preview.preview_id, "node_id": preview.node_id, "node_endpoint": preview.node_endpoint })
@@ -746,127 +774,6 @@ pub async fn node(args: NodeCliArgs) -> anyhow::Result<()> {
         engine_tls: args.connect.engine_tls()?,
     };
     crate::node::run(node_args, crate::server::serve::terminate_signal()).await
-}
-
-#[derive(clap::Subcommand, Debug)]
-pub enum PlayerCommand {
-    /// Create a passport: an RSA key pair and a certificate from the engine.
-    Passport {
-        #[command(flatten)]
-        connect: ConnectArgs,
-        /// A credential allowed to certify consumers (the operator's).
-        #[arg(long)]
-        cred: PathBuf,
-        /// The engine's public key (engine.pub.pem), to check the certificate.
-        #[arg(long)]
-        engine_key: PathBuf,
-    },
-    /// Redeem a sale (the JSON `merchant buy --json` printed) at its node, download,
-    /// decrypt and verify every media.
-    Fetch {
-        /// The sale JSON file, or - for stdin.
-        #[arg(long)]
-        sale: PathBuf,
-    },
-    /// Play a preview at a node.
-    Preview {
-        #[arg(long)]
-        endpoint: String,
-        #[arg(long)]
-        preview: String,
-    },
-}
-
-#[derive(clap::Args, Debug)]
-pub struct PlayerArgs {
-    #[command(subcommand)]
-    pub command: PlayerCommand,
-    /// The consumer id (names the passport under <data-dir>/players/).
-    #[arg(long, global = true, default_value = "player")]
-    pub consumer: String,
-    /// Where passports and delivered copies live.
-    #[arg(long, global = true, default_value = "./vouchsafe-data")]
-    pub data_dir: PathBuf,
-    /// Print one JSON object on the last line of stdout.
-    #[arg(long, global = true)]
-    pub json: bool,
-}
-
-fn rpc_refusal(error: anyhow::Error) -> anyhow::Result<Outcome> {
-    match error.downcast::<crate::player::RpcError>() {
-        Ok(rpc) => Ok(Outcome::Refused(tonic::Status::new(rpc.code, format!("{}: {}", rpc.call, rpc.message)))),
-        Err(error) => match error.downcast::<tonic::Status>() {
-            Ok(status) => refused(status),
-            Err(error) => Err(error),
-        },
-    }
-}
-
-pub async fn player(args: PlayerArgs) -> anyhow::Result<Outcome> {
-    let consumer = engine::ids::ConsumerId(args.consumer.clone());
-    let dir = crate::player::passport_dir(&args.data_dir, &consumer)?;
-    match args.command {
-        PlayerCommand::Passport { connect, cred, engine_key } => {
-            let engine_public =
-                engine::crypto::RsaPublic::from_pem(&std::fs::read_to_string(&engine_key).with_context(|| format!("cannot read {}", engine_key.display()))?)
-                    .with_context(|| format!("{} is not an RSA public key", engine_key.display()))?;
-            let mut catalog = client::catalog(connect.channel().await?, Credential::load(&cred)?);
-            let passport = match crate::player::create_passport(&mut catalog, &fresh_request_id("passport"), &consumer, &engine_public).await {
-                Ok(passport) => passport,
-                Err(error) => return rpc_refusal(error),
-            };
-            passport.save(&dir)?;
-            eprintln!("passport for {} (certificate {}) saved in {}", consumer.0, passport.certificate.cert_serial, dir.display());
-            Ok(Outcome::Done(serde_json::json!({ "consumer_id": consumer.0, "cert_serial": passport.certificate.cert_serial, "dir": dir })))
-        }
-        PlayerCommand::Fetch { sale } => {
-            let text = if sale.as_os_str() == "-" {
-                let mut text = String::new();
-                std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)?;
-                text
-            } else {
-                std::fs::read_to_string(&sale).with_context(|| format!("cannot read {}", sale.display()))?
-            };
-            let last = text.lines().rev().find(|line| !line.trim().is_empty()).context("the sale file is empty")?;
-            let sale: serde_json::Value = serde_json::from_str(last).context("the sale is not the JSON `merchant buy --json` prints")?;
-            let field = |name: &str| sale[name].as_str().map(str::to_string).with_context(|| format!("the sale has no {name:?}"));
-            let purchase = Purchase {
-                node_endpoint: field("node_endpoint")?,
-                node_id: field("node_id")?,
-                grant: pb::AccessGrant {
-                    voucher_id: field("voucher_id")?,
-                    media_ids: sale["media_ids"]
-                        .as_array()
-                        .context("the sale has no media_ids")?
-                        .iter()
-                        .filter_map(|m| m.as_str().map(str::to_string))
-                        .collect(),
-                    access_expires_at_ms: sale["access_expires_at_ms"].as_i64().context("the sale has no access_expires_at_ms")?,
-                    access_token: hex::decode(field("access_token")?).context("access_token is not hex")?,
-                },
-                receipt: hex::decode(field("receipt")?).context("receipt is not hex")?,
-            };
-            let passport = Passport::load(&dir).with_context(|| format!("no passport for {}; run `vouchsafe player passport` first", consumer.0))?;
-            let copies = match crate::player::redeem_and_download(&purchase, &passport, &fresh_request_id("redeem"), &dir).await {
-                Ok(copies) => copies,
-                Err(error) => return rpc_refusal(error),
-            };
-            let all_ok = copies.iter().all(|copy| copy.decrypt_ok);
-            for copy in &copies {
-                eprintln!("{} {}: {}", copy.media_id, if copy.decrypt_ok { "decrypted and verified" } else { "FAILED to decrypt" }, copy.path.display());
-            }
-            let value = serde_json::json!({
-                "voucher_id": purchase.grant.voucher_id,
-                "copies": copies.iter().map(|c| serde_json::json!({ "media_id": c.media_id, "path": c.path, "content_hash": hex::encode(c.content_hash), "decrypt_ok": c.decrypt_ok })).collect::<Vec<_>>(),
-                "decrypt_ok": all_ok,
-            });
-            if all_ok { Ok(Outcome::Done(value)) } else { Ok(Outcome::Refused(tonic::Status::data_loss("a delivered copy did not decrypt and verify"))) }
-        }
-        PlayerCommand::Preview { endpoint, preview } => match crate::player::play_preview(&endpoint, &preview).await {
-            Ok(clip) => Ok(Outcome::Done(serde_json::json!({ "preview_id": preview, "clip_bytes": clip.len() }))),
-            Err(error) => rpc_refusal(error),
-        },
-    }
 }
 
 #[derive(clap::Subcommand, Debug)]

@@ -17,6 +17,8 @@ pub type MerchantClient = pb::merchant_service_client::MerchantServiceClient<Aut
 pub type DeliveryClient = pb::delivery_service_client::DeliveryServiceClient<Authed>;
 pub type AuditClient = pb::audit_service_client::AuditServiceClient<Authed>;
 pub type AdminClient = pb::admin_service_client::AdminServiceClient<Authed>;
+/// ConsumerService takes no credential: each request is signed with a passport.
+pub type ConsumerClient = pb::consumer_service_client::ConsumerServiceClient<Channel>;
 
 /// Largest message a client accepts or sends (a media container plus framing).
 pub const CLIENT_MESSAGE_BYTES_MAX: usize = engine::media::CONTAINER_BYTES_MAX + 2 * 1024 * 1024;
@@ -104,6 +106,10 @@ pub fn audit(channel: Channel, credential: Credential) -> AuditClient {
 
 pub fn admin(channel: Channel, credential: Credential) -> AdminClient {
     pb::admin_service_client::AdminServiceClient::new(authed(channel, credential))
+}
+
+pub fn consumer(channel: Channel) -> ConsumerClient {
+    pb::consumer_service_client::ConsumerServiceClient::new(channel)
 }
 
 /// A credential from a CredentialResponse.
@@ -350,8 +356,24 @@ impl Sale {
 
 /// Reserve → Authorize → IssueVoucher with request ids `<prefix>-reserve` etc., for the
 /// "high" rendition.
-pub async fn buy(merchant: &mut MerchantClient, prefix: &str, media_ids: &[String], points_account: Option<&str>) -> Result<Sale, tonic::Status> {
-    buy_rendition(merchant, prefix, media_ids, "high", points_account).await
+/// A purchase paid in points: the account and the consumer's spend authorization
+/// (`player authorize-spend`); without one the engine refuses the purchase.
+#[derive(Clone, Debug)]
+pub struct PointsPayment {
+    pub account: String,
+    pub authorization: Option<pb::SpendAuthorization>,
+}
+
+impl PointsPayment {
+    /// Paid from the account the authorization names.
+    pub fn authorized(authorization: pb::SpendAuthorization) -> Self {
+        Self { account: authorization.account_id.clone(), authorization: Some(authorization) }
+    }
+}
+
+/// With `points`, the purchase is paid from a consumer's points account.
+pub async fn buy(merchant: &mut MerchantClient, prefix: &str, media_ids: &[String], points: Option<&PointsPayment>) -> Result<Sale, tonic::Status> {
+    buy_rendition(merchant, prefix, media_ids, "high", points).await
 }
 
 /// [`buy`] of a named rendition.
@@ -360,7 +382,7 @@ pub async fn buy_rendition(
     prefix: &str,
     media_ids: &[String],
     rendition: &str,
-    points_account: Option<&str>,
+    points: Option<&PointsPayment>,
 ) -> Result<Sale, tonic::Status> {
     let reserved = merchant
         .reserve(pb::ReserveRequest {
@@ -368,8 +390,9 @@ pub async fn buy_rendition(
             media_ids: media_ids.to_vec(),
             rendition: rendition.into(),
             ttl_ms: 15 * 60 * 1000,
-            points_account: points_account.unwrap_or_default().to_string(),
-            payment_ref: format!("card-{prefix}"),
+            points_account: points.map(|points| points.account.clone()).unwrap_or_default(),
+            payment_ref: if points.is_some() { String::new() } else { format!("card-{prefix}") },
+            spend_authorization: points.and_then(|points| points.authorization.clone()),
         })
         .await?
         .into_inner();

@@ -13,6 +13,7 @@ pub mod keys;
 pub mod natsd;
 pub mod plaintext;
 pub mod progress;
+pub mod spend;
 pub mod status;
 pub mod transfer;
 pub mod witness;

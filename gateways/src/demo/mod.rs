@@ -47,6 +47,12 @@ const EXPIRY_WAIT: Duration = Duration::from_secs(60);
 /// How long, with `--connect`, the demo waits for the engine's sealer.
 const SEAL_WAIT: Duration = Duration::from_secs(60);
 const MERCHANTS: usize = 3;
+/// Points the operator credits each player (a merchant sells each a tenth more).
+const PLAYER_POINTS: u64 = 100_000_000;
+/// The most a player lets a merchant spend on one purchase, in points.
+const SPEND_CEILING: u64 = 10_000;
+/// How long a player's spend authorization is good for.
+const SPEND_AUTHORIZATION_TTL_MS: u64 = 10 * 60 * 1000;
 const NODE_REGIONS: [&str; 2] = ["eu", "us"];
 const PLAYERS: usize = 6;
 const NODE_SLOTS: u32 = 256;
@@ -118,8 +124,8 @@ struct World {
     run_id: String,
     merchants: Vec<Credential>,
     media: Vec<client::Published>,
+    /// Each player's points account is their consumer id.
     players: Vec<Passport>,
-    points_account: String,
     players_dir: PathBuf,
 }
 
@@ -208,9 +214,28 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
         passport.save(&crate::player::passport_dir(&data_dir, &consumer)?)?;
         players.push(passport);
     }
-    let points_account = format!("{run_id}-points");
-    catalog.top_up_points(pb::TopUpPointsRequest { request_id: format!("{run_id}-topup"), account_id: points_account.clone(), amount: 1_000_000 }).await?;
-    eprintln!("certified {} players (passports under {}); credited a points account", players.len(), players_dir.display());
+    // Each player's points: credited by the operator, and some sold by the first merchant
+    // (it took the player's money; its clearing account owes the points).
+    for player in &players {
+        let account_id = player.consumer_id.as_str().to_string();
+        let top_up = pb::TopUpPointsRequest {
+            request_id: format!("{run_id}-topup-{account_id}"),
+            account_id: account_id.clone(),
+            amount: PLAYER_POINTS,
+            reference: "demo".into(),
+            currency: String::new(),
+        };
+        catalog.top_up_points(top_up.clone()).await?;
+        client::merchant(channel.clone(), merchants[0].clone())
+            .sell_points(pb::TopUpPointsRequest {
+                request_id: format!("{run_id}-sold-{account_id}"),
+                currency: "EUR".into(),
+                amount: PLAYER_POINTS / 10,
+                ..top_up
+            })
+            .await?;
+    }
+    eprintln!("certified {} players (passports under {}); credited their points accounts", players.len(), players_dir.display());
 
     // Publisher: signed format-2 containers (two renditions, descriptive data, a preview
     // clip) under fresh media keys, each key wrapped for the engine.
@@ -281,7 +306,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
     }
     eprintln!("published {} media (signed containers with two renditions and a preview clip, publisher key {})", media.len(), publisher_key.public().key_id());
 
-    let world = Arc::new(World { run_id: run_id.clone(), merchants, media, players, points_account, players_dir });
+    let world = Arc::new(World { run_id: run_id.clone(), merchants, media, players, players_dir });
     let counters = Arc::new(Counters::default());
 
     // Merchants sell concurrently.
@@ -496,6 +521,7 @@ async fn sell_one(i: usize, world: &World, merchant: &mut MerchantClient, counte
                 ttl_ms: SHORT_TTL_MS,
                 points_account: String::new(),
                 payment_ref: format!("card-{i}"),
+                spend_authorization: None,
             })
             .await?
             .into_inner();
@@ -506,10 +532,17 @@ async fn sell_one(i: usize, world: &World, merchant: &mut MerchantClient, counte
     // Every 25th sale is the album (three tracks on one voucher); every 7th is paid in points.
     let media_ids: Vec<String> =
         if i % 25 == 3 { world.media[2..5].iter().map(|m| m.media_id.clone()).collect() } else { vec![world.media[i % 2].media_id.clone()] };
-    let points = (i % 7 == 2).then_some(world.points_account.as_str());
-    if points.is_some() {
+    // A points purchase is paid from the account of the player who gets the media, with
+    // that player's spend authorization for this merchant and these media.
+    let points = if i % 7 == 2 {
+        let player = &world.players[i % world.players.len()];
+        let merchant_id = &world.merchants[i % world.merchants.len()].id;
+        let expires_at = engine::clock::Clock::now(&engine::clock::SystemClock).plus_ms(SPEND_AUTHORIZATION_TTL_MS);
         counters.points_paid.fetch_add(1, Ordering::Relaxed);
-    }
+        Some(client::PointsPayment::authorized(crate::common::spend::to_pb(&player.authorize_spend(merchant_id, SPEND_CEILING, &media_ids, expires_at)?)))
+    } else {
+        None
+    };
     if i % 10 == 8 {
         let reserved = merchant
             .reserve(pb::ReserveRequest {
@@ -517,8 +550,9 @@ async fn sell_one(i: usize, world: &World, merchant: &mut MerchantClient, counte
                 media_ids,
                 rendition: "high".into(),
                 ttl_ms: RESERVATION_TTL_MS,
-                points_account: points.unwrap_or_default().to_string(),
+                points_account: points.as_ref().map(|p| p.account.clone()).unwrap_or_default(),
                 payment_ref: format!("card-{i}"),
+                spend_authorization: points.as_ref().and_then(|p| p.authorization.clone()),
             })
             .await?
             .into_inner();
@@ -529,7 +563,7 @@ async fn sell_one(i: usize, world: &World, merchant: &mut MerchantClient, counte
     }
     // Every fourth single-media sale buys the low rendition.
     let rendition = if media_ids.len() == 1 && i % 4 == 1 { "low" } else { "high" };
-    let sale = client::buy_rendition(merchant, &prefix, &media_ids, rendition, points).await?;
+    let sale = client::buy_rendition(merchant, &prefix, &media_ids, rendition, points.as_ref()).await?;
     counters.purchases.fetch_add(1, Ordering::Relaxed);
     // A retried Authorize with the same request id returns the first answer.
     let retried =

@@ -26,6 +26,7 @@ use engine::domain::party::Certificate;
 use engine::ids::{CertSerial, ConsumerId, MediaId, Millis, NodeId, VoucherId};
 use engine::media::CONTAINER_BYTES_MAX;
 use engine::media::TransactionRecord;
+use engine::spend::SpendAuthorization;
 use proto::v1::node_service_client::NodeServiceClient;
 use proto::v1::{AccessGrant, CertifyConsumerRequest, ChallengeRequest, ConfirmRequest, DownloadRequest, PlayPreviewRequest, PlayerRedeemRequest};
 use std::io::Write;
@@ -229,6 +230,24 @@ impl Passport {
             bail!("{} certifies another key than {}; the passport files do not belong together", cert_path.display(), pem_path.display());
         }
         Ok(passport)
+    }
+
+    /// The consumer's single-use consent for `merchant` to spend up to `amount_max` of their
+    /// points on `media` (empty: any), until `expires_at`, signed with this passport.
+    pub fn authorize_spend(&self, merchant: &str, amount_max: u64, media: &[String], expires_at: Millis) -> anyhow::Result<SpendAuthorization> {
+        let serial = CertSerial::new(self.certificate.cert_serial.clone());
+        let media = media.iter().map(|m| MediaId::new(m.clone())).collect();
+        Ok(SpendAuthorization::sign(&self.private, &self.consumer_id, &serial, &engine::ids::MerchantId::new(merchant), amount_max, media, expires_at)?)
+    }
+
+    /// The consumer's own points, asked with a request signed now.
+    pub async fn points(&self, client: &mut crate::common::client::ConsumerClient) -> anyhow::Result<proto::v1::PointsBalanceResponse> {
+        let serial = CertSerial::new(self.certificate.cert_serial.clone());
+        let issued_at = engine::clock::Clock::now(&engine::clock::SystemClock);
+        let signature = engine::spend::sign_points_request(&self.private, &self.consumer_id, &serial, issued_at)?;
+        let request =
+            proto::v1::GetPointsRequest { consumer_id: self.consumer_id.as_str().to_string(), cert_serial: serial.0, issued_at_ms: issued_at.0, signature };
+        Ok(client.get_points(request).await.map(tonic::Response::into_inner).map_err(rpc_error("GetPoints"))?)
     }
 }
 

@@ -128,7 +128,10 @@ impl pb::catalog_service_server::CatalogService for Api {
             let message = request.get_ref();
             let request_id = request_id(&message.request_id)?;
             let account = id("account_id", &message.account_id, AccountId)?;
-            let balance = self.market().top_up(&operator, &request_id, &account, message.amount).await.map_err(fail)?;
+            if !message.currency.is_empty() {
+                return Err(invalid("currency", "only a merchant's SellPoints names a currency"));
+            }
+            let balance = self.market().top_up(&operator, &request_id, &account, message.amount, &message.reference).await.map_err(fail)?;
             Ok(pb::TopUpPointsResponse { balance })
         }
         .await;

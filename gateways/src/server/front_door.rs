@@ -7,7 +7,9 @@
 //! anything. The caller's identity travels to the handlers as a request extension and is
 //! the only identity they use (never a request field).
 //!
-//! Health and reflection need no credential. Credential checks are constant-time
+//! Health and reflection need no credential; ConsumerService needs none either (its
+//! requests are signed with a consumer's passport and checked by the handler) but is
+//! limited and bounded like the others. Credential checks are constant-time
 //! comparisons of `crypto::credential_hash(secret)` with the hash recorded at registration;
 //! an unknown id and a wrong secret get the same answer.
 
@@ -53,6 +55,9 @@ enum Service {
     Catalog,
     Audit,
     Admin,
+    /// ConsumerService: no credential; each request is signed with a passport, which the
+    /// handler checks. It still counts against the limits and its body is bounded.
+    Signed,
     /// Health checking and reflection: open to anyone.
     Open,
 }
@@ -65,6 +70,7 @@ fn service_of(path: &str) -> Option<Service> {
         "vouchsafe.v1.CatalogService" => Some(Service::Catalog),
         "vouchsafe.v1.AuditService" => Some(Service::Audit),
         "vouchsafe.v1.AdminService" => Some(Service::Admin),
+        "vouchsafe.v1.ConsumerService" => Some(Service::Signed),
         "grpc.health.v1.Health" | "grpc.reflection.v1.ServerReflection" | "grpc.reflection.v1alpha.ServerReflection" => Some(Service::Open),
         _ => None,
     }
@@ -72,7 +78,7 @@ fn service_of(path: &str) -> Option<Service> {
 
 fn allowed(service: Service, identity: &Identity) -> bool {
     match (service, identity) {
-        (Service::Open, _) => true,
+        (Service::Open | Service::Signed, _) => true,
         (Service::Merchant, Identity::Merchant(_)) => true,
         (Service::Delivery, Identity::Node(_)) => true,
         (Service::Catalog | Service::Admin, Identity::Operator(_)) => true,
@@ -236,24 +242,31 @@ async fn admit(door: &FrontDoor, request: Request) -> Result<(Request, Option<to
     }
     let permit = Arc::clone(&door.in_flight).try_acquire_owned().map_err(|_| status::requests_in_flight_limit(door.limits.requests_in_flight_max))?;
     let (mut parts, body) = request.into_parts();
-    let (id, secret) = {
-        let header = |name: &str| parts.headers.get(name).and_then(|value| value.to_str().ok()).map(str::to_string);
-        (header(ID_HEADER), header(SECRET_HEADER).map(zeroize::Zeroizing::new))
+    let identity = if service == Service::Signed {
+        None
+    } else {
+        let (id, secret) = {
+            let header = |name: &str| parts.headers.get(name).and_then(|value| value.to_str().ok()).map(str::to_string);
+            (header(ID_HEADER), header(SECRET_HEADER).map(zeroize::Zeroizing::new))
+        };
+        let (Some(id), Some(secret)) = (id, secret) else {
+            return Err(status::missing_credential(ID_HEADER, SECRET_HEADER));
+        };
+        let identity = door.authenticator.authenticate(&id, &secret).await?;
+        if !allowed(service, &identity) {
+            return Err(status::role_may_not_call(identity.role(), parts.uri.path().trim_start_matches('/')));
+        }
+        Some(identity)
     };
-    let (Some(id), Some(secret)) = (id, secret) else {
-        return Err(status::missing_credential(ID_HEADER, SECRET_HEADER));
-    };
-    let identity = door.authenticator.authenticate(&id, &secret).await?;
-    if !allowed(service, &identity) {
-        return Err(status::role_may_not_call(identity.role(), parts.uri.path().trim_start_matches('/')));
-    }
     // Only PublishMedia carries a media container; every other call is small.
     let limit = if parts.uri.path() == "/vouchsafe.v1.CatalogService/PublishMedia" { door.limits.upload_bytes_max } else { door.limits.request_bytes_max };
     // Every RPC takes a single request message: buffer it whole, within the limit.
     let collected = http_body_util::Limited::new(body, limit).collect().await.map_err(|error| {
         if error.downcast_ref::<http_body_util::LengthLimitError>().is_some() { status::request_too_large(limit) } else { status::request_body_lost(&error) }
     })?;
-    parts.extensions.insert(identity);
+    if let Some(identity) = identity {
+        parts.extensions.insert(identity);
+    }
     let body = tonic::body::Body::new(http_body_util::Full::new(collected.to_bytes()));
     Ok((http::Request::from_parts(parts, body), Some(permit)))
 }
@@ -281,6 +294,7 @@ mod tests {
             (Service::Catalog, [true, false, false, false]),
             (Service::Audit, [true, false, false, true]),
             (Service::Admin, [true, false, false, false]),
+            (Service::Signed, [true, true, true, true]),
             (Service::Open, [true, true, true, true]),
         ];
         for (service, allowed_roles) in expected {
@@ -290,6 +304,7 @@ mod tests {
         }
         assert_eq!(service_of("/vouchsafe.v1.MerchantService/Reserve"), Some(Service::Merchant));
         assert_eq!(service_of("/grpc.health.v1.Health/Check"), Some(Service::Open));
+        assert_eq!(service_of("/vouchsafe.v1.ConsumerService/GetPoints"), Some(Service::Signed));
         assert_eq!(service_of("/vouchsafe.v1.Nope/Reserve"), None);
         assert_eq!(service_of(""), None);
     }

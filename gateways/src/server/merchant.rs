@@ -22,7 +22,12 @@ impl pb::merchant_service_server::MerchantService for Api {
             } else {
                 Payment::Points { account: id("points_account", &message.points_account, AccountId)? }
             };
-            let answer = self.market().reserve(&merchant, &request_id, &media_ids, &message.rendition, message.ttl_ms, payment).await.map_err(fail)?;
+            let spend = match &message.spend_authorization {
+                Some(authorization) => Some(crate::common::spend::from_pb(authorization).map_err(|(field, reason)| invalid(field, &reason))?),
+                None => None,
+            };
+            let answer =
+                self.market().reserve(&merchant, &request_id, &media_ids, &message.rendition, message.ttl_ms, payment, spend.as_ref()).await.map_err(fail)?;
             Ok(pb::ReserveResponse {
                 voucher_id: answer.voucher_id.0,
                 expires_at_ms: answer.expires_at.0,
@@ -151,6 +156,20 @@ impl pb::merchant_service_server::MerchantService for Api {
             let order = id("order_id", &message.order_id, OrderId)?;
             self.market().complete_unit(&merchant, &request_id, &order, message.unit).await.map_err(fail)?;
             Ok(pb::CompleteUnitResponse {})
+        }
+        .await;
+        self.answer(result)
+    }
+
+    async fn sell_points(&self, request: Request<pb::TopUpPointsRequest>) -> Result<Response<pb::TopUpPointsResponse>, Status> {
+        let result = async {
+            let merchant = Self::merchant(&request)?;
+            let message = request.get_ref();
+            let request_id = request_id(&message.request_id)?;
+            let account = id("account_id", &message.account_id, AccountId)?;
+            let balance =
+                self.market().sell_points(&merchant, &request_id, &account, message.amount, &message.currency, &message.reference).await.map_err(fail)?;
+            Ok(pb::TopUpPointsResponse { balance })
         }
         .await;
         self.answer(result)

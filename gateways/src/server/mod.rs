@@ -12,6 +12,7 @@ mod admin;
 mod api;
 mod audit;
 mod catalog;
+mod consumer;
 mod delivery;
 pub mod dispatcher;
 pub mod feeds;
@@ -212,6 +213,7 @@ async fn set_health(health: &tonic_health::server::HealthReporter, serving: bool
         <pb::catalog_service_server::CatalogServiceServer<Api> as tonic::server::NamedService>::NAME,
         <pb::audit_service_server::AuditServiceServer<Api> as tonic::server::NamedService>::NAME,
         <pb::admin_service_server::AdminServiceServer<Api> as tonic::server::NamedService>::NAME,
+        <pb::consumer_service_server::ConsumerServiceServer<Api> as tonic::server::NamedService>::NAME,
     ] {
         health.set_service_status(service, status).await;
     }
@@ -374,7 +376,8 @@ pub async fn start(config: EngineConfig, log: Arc<dyn EventLog>, listener: tokio
         .add_service(pb::delivery_service_server::DeliveryServiceServer::new(api.clone()).max_decoding_message_size(decode_max))
         .add_service(pb::catalog_service_server::CatalogServiceServer::new(api.clone()).max_decoding_message_size(decode_max))
         .add_service(pb::audit_service_server::AuditServiceServer::new(api.clone()).max_decoding_message_size(decode_max))
-        .add_service(pb::admin_service_server::AdminServiceServer::new(api).max_decoding_message_size(decode_max));
+        .add_service(pb::admin_service_server::AdminServiceServer::new(api.clone()).max_decoding_message_size(decode_max))
+        .add_service(pb::consumer_service_server::ConsumerServiceServer::new(api).max_decoding_message_size(decode_max));
     let addr = listener.local_addr()?;
     // `serve_with_incoming` ignores the builder's `tcp_nodelay`, so it is set here: without
     // it Nagle's algorithm can hold a response's last small write until the client's

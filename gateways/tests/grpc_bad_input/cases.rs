@@ -34,6 +34,15 @@ pub(super) fn bad_input_cases(w: &World) -> Vec<Case> {
         if rpc.field_one_is_string() {
             cases.push(raw("undecodable bytes", "string field 1 not UTF-8", &rightful, rpc, INVALID_UTF8.to_vec(), Code::Internal).message_has("decode"));
         }
+        if service == Service::Consumer {
+            // No credential to check: the signed request is the handler's, whoever sends it;
+            // the body limit holds all the same.
+            let limit = rpc.body_limit();
+            let body = padded_empty(limit + 1 - FRAME_HEADER_BYTES);
+            cases.push(raw("oversized", format!("body {} bytes (limit + 1)", limit + 1), &rightful, rpc, body, Code::ResourceExhausted).message_has("limit"));
+            cases.push(case("credentials", "an operator credential signs nothing", &op, rpc.empty(), Code::InvalidArgument));
+            continue;
+        }
         cases.push(raw("undecodable, no credential", "unterminated varint", &Meta::anonymous(), rpc, UNTERMINATED_VARINT.to_vec(), Code::Unauthenticated));
         cases.push(raw("undecodable, wrong role", "unterminated varint", &w.wrong_role(service), rpc, UNTERMINATED_VARINT.to_vec(), Code::PermissionDenied));
         if service != Service::Catalog {
@@ -445,7 +454,7 @@ pub(super) fn bad_input_cases(w: &World) -> Vec<Case> {
         "invalid field",
         "amount 0",
         &op,
-        Req::TopUpPoints(pb::TopUpPointsRequest { request_id: "inv-topup".into(), account_id: "acct-2".into(), amount: 0 }),
+        Req::TopUpPoints(pb::TopUpPointsRequest { request_id: "inv-topup".into(), account_id: "acct-1".into(), amount: 0, ..Default::default() }),
         ia,
     ));
     cases.push(case(
@@ -620,13 +629,92 @@ pub(super) fn bad_input_cases(w: &World) -> Vec<Case> {
         Req::CompleteUnit(pb::CompleteUnitRequest { request_id: "st-unit".into(), order_id: w.order.clone(), unit: 1 }),
         fp,
     ));
+    // Points: the consumer's consent, and refusals that never state a balance.
+    let empty_account = w.spend("acct-empty", &w.a.id, 10_000, 60_000);
+    cases.push(
+        case(
+            "wrong state",
+            "points account empty (with its owner's consent)",
+            &a,
+            Req::Reserve(pb::ReserveRequest {
+                points_account: "acct-empty".into(),
+                spend_authorization: Some(empty_account),
+                ..reserve_request("st-reserve", &w.media)
+            }),
+            fp,
+        )
+        .message_has("cannot cover"),
+    );
+    let points = |label: &'static str, account: &str, authorization: Option<pb::SpendAuthorization>, request_id: &str, expect: Code, has: &'static str| {
+        case(
+            "spend authorization",
+            label,
+            &a,
+            Req::Reserve(pb::ReserveRequest { points_account: account.into(), spend_authorization: authorization, ..reserve_request(request_id, &w.media) }),
+            expect,
+        )
+        .message_has(has)
+    };
+    let genuine = w.spend("acct-1", &w.a.id, 10_000, 60_000);
+    let pd = Code::PermissionDenied;
+    cases.push(points("none (another's account)", "acct-1", None, "sp-none", pd, "needs the consumer's spend authorization"));
+    cases.push(points("for merchant B", "acct-1", Some(w.spend("acct-1", &w.b.id, 10_000, 60_000)), "sp-other", pd, "another merchant"));
+    let forged = pb::SpendAuthorization { amount_max: 1_000_000, ..genuine.clone() };
+    cases.push(points("ceiling raised after signing", "acct-1", Some(forged), "sp-forged", pd, "signature does not verify"));
+    cases.push(points("expired", "acct-1", Some(w.spend("acct-1", &w.a.id, 10_000, -1)), "sp-expired", pd, "expired"));
+    cases.push(points("ceiling under the price", "acct-1", Some(w.spend("acct-1", &w.a.id, 1, 60_000)), "sp-ceiling", pd, "exceeds"));
+    cases.push(points("for another account", "acct-empty", Some(genuine.clone()), "sp-account", pd, "another points account"));
+    let revoked = pb::SpendAuthorization { cert_serial: w.bob_serial.clone(), ..w.spend("acct-1", &w.a.id, 10_000, 60_000) };
+    cases.push(points("by an unknown certificate", "acct-1", Some(revoked), "sp-cert", pd, "no certificate"));
+    let short_nonce = pb::SpendAuthorization { nonce: vec![1; 3], ..genuine.clone() };
+    cases.push(points("nonce of 3 bytes", "acct-1", Some(short_nonce), "sp-nonce", ia, "spend_authorization.nonce"));
+    cases.push(points("without a points account", "", Some(genuine), "sp-card", ia, "spend_authorization"));
+    cases.push(
+        case(
+            "spend authorization",
+            "SellPoints to no consumer",
+            &a,
+            Req::SellPoints(pb::TopUpPointsRequest {
+                request_id: "sp-sell".into(),
+                account_id: "nobody".into(),
+                amount: 5,
+                currency: "EUR".into(),
+                ..Default::default()
+            }),
+            Code::NotFound,
+        )
+        .message_has("consumer"),
+    );
     cases.push(case(
-        "wrong state",
-        "points account empty",
+        "spend authorization",
+        "SellPoints in no currency",
         &a,
-        Req::Reserve(pb::ReserveRequest { points_account: "acct-empty".into(), ..reserve_request("st-reserve", &w.media) }),
-        fp,
+        Req::SellPoints(pb::TopUpPointsRequest { request_id: "sp-sell-2".into(), account_id: "acct-1".into(), amount: 5, ..Default::default() }),
+        ia,
     ));
+    cases.push(case(
+        "spend authorization",
+        "TopUpPoints by the operator with a currency",
+        &op,
+        Req::TopUpPoints(pb::TopUpPointsRequest {
+            request_id: "sp-top".into(),
+            account_id: "acct-1".into(),
+            amount: 5,
+            currency: "EUR".into(),
+            ..Default::default()
+        }),
+        ia,
+    ));
+    let anonymous = Meta::anonymous();
+    let read =
+        |label: &'static str, request: pb::GetPointsRequest, expect: Code| case("consumer's balance", label, &anonymous, Req::GetPoints(request), expect);
+    cases.push(read("signed now by the consumer", w.points_request("acct-1", 0), Code::Ok).answer_has("balance: 500"));
+    cases.push(read("signed 10 minutes ago", w.points_request("acct-1", -600_000), pd));
+    let other = pb::GetPointsRequest { consumer_id: "alice".into(), cert_serial: w.alice_serial.clone(), ..w.points_request("acct-1", 0) };
+    cases.push(read("acct-1's signature for alice", other, pd));
+    cases.push(read("no signature", pb::GetPointsRequest { signature: Vec::new(), ..w.points_request("acct-1", 0) }, ia));
+    let unknown = pb::GetPointsRequest { consumer_id: "nobody".into(), ..w.points_request("acct-1", 0) };
+    cases.push(read("an unknown consumer", unknown, pd).message_has("not signed by a valid certificate"));
     cases.push(case("wrong state", "not redeemed yet", &x, Req::CompleteDelivery(w.complete("st-complete", sale)), fp));
     cases.push(case("wrong state", "never announced (RegisterNode)", &z, Req::Heartbeat(pb::HeartbeatRequest::default()), fp));
 
@@ -750,7 +838,7 @@ pub(super) fn bad_input_cases(w: &World) -> Vec<Case> {
             "retried request",
             "TopUpPoints topup-1",
             &op,
-            Req::TopUpPoints(pb::TopUpPointsRequest { request_id: "topup-1".into(), account_id: "acct-1".into(), amount: 500 }),
+            Req::TopUpPoints(pb::TopUpPointsRequest { request_id: "topup-1".into(), account_id: "acct-1".into(), amount: 500, ..Default::default() }),
             Code::Ok,
         )
         .answer_has("balance: 500"),

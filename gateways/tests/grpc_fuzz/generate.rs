@@ -54,6 +54,11 @@ pub(super) struct Pools {
     /// Redemptions of the world's sales by X with a proof made for X, by consumers with a
     /// valid, a revoked and an expired certificate.
     pub(super) redemptions: Vec<pb::RedeemRequest>,
+    /// Spend authorizations: acct-1's for merchant A (genuine, each good once) and for B,
+    /// acct-empty's for A, expired, forged (a field changed after signing), garbage.
+    pub(super) spends: Vec<pb::SpendAuthorization>,
+    /// Balance reads: acct-1's signed now, stale, another consumer's signature, garbage.
+    pub(super) points_reads: Vec<pb::GetPointsRequest>,
 }
 
 /// Request ids the generated cases share.
@@ -98,7 +103,21 @@ impl Pools {
             }
         }
         let serials = Ids::new(vec![w.alice_serial.clone(), w.bob_serial.clone(), w.erin_serial.clone(), w.dave_serial.clone()], other_serials);
-        let accounts = Ids::new(vec!["acct-1".into()], ["acct-empty", "fz-acct-0", "fz-acct-1"].map(String::from).to_vec());
+        let accounts = Ids::new(vec!["acct-1".into()], ["acct-empty", "alice", "fz-acct-0", "fz-acct-1"].map(String::from).to_vec());
+        let mut spends: Vec<pb::SpendAuthorization> = (0..6).map(|_| w.spend("acct-1", &w.a.id, 1_000_000, 600_000)).collect();
+        spends.push(w.spend("acct-1", &w.b.id, 1_000_000, 600_000));
+        spends.push(w.spend("acct-empty", &w.a.id, 1_000_000, 600_000));
+        spends.push(w.spend("acct-1", &w.a.id, 1_000_000, -1));
+        spends.push(w.spend("acct-1", &w.a.id, 1, 600_000));
+        spends.push(pb::SpendAuthorization { amount_max: u64::MAX, ..w.spend("acct-1", &w.a.id, 1, 600_000) });
+        spends.push(pb::SpendAuthorization { nonce: vec![0; 3], signature: vec![1; 5000], ..pb::SpendAuthorization::default() });
+        let points_reads = vec![
+            w.points_request("acct-1", &w.acct_serial, 0),
+            w.points_request("acct-1", &w.acct_serial, -3_600_000),
+            pb::GetPointsRequest { consumer_id: "alice".into(), cert_serial: w.alice_serial.clone(), ..w.points_request("acct-1", &w.acct_serial, 0) },
+            w.points_request("bob", &w.bob_serial, 0),
+            pb::GetPointsRequest { signature: vec![0; 256], ..w.points_request("acct-1", &w.acct_serial, 0) },
+        ];
         let request_ids = Ids::new(shared.clone(), world_requests.map(String::from).to_vec());
         let nodes = Ids::new([&w.x, &w.y, &w.z].map(|c| c.id.clone()).to_vec(), vec!["nd-never".into()]);
         let removable_nodes =
@@ -153,6 +172,8 @@ impl Pools {
             proofs,
             uploads: w.uploads.clone(),
             redemptions,
+            spends,
+            points_reads,
         }
     }
 }
@@ -357,9 +378,14 @@ pub(super) fn arb_request(rpc: Rpc, p: &Pools, b: Bias) -> BoxedStrategy<Req> {
             ]);
             let rendition = one_of(vec![(b.plausible(4), Just("high".to_string()).boxed()), (2, hostile_text())]);
             let points = one_of(vec![(b.plausible(3), Just(String::new()).boxed()), (b.plausible(2), Just("acct-1".to_string()).boxed()), (2, account())]);
-            (rid, media_ids, rendition, u64_field(900_000, b), points, free_text(b))
-                .prop_map(|(request_id, media_ids, rendition, ttl_ms, points_account, payment_ref)| {
-                    Req::Reserve(pb::ReserveRequest { request_id, media_ids, rendition, ttl_ms, points_account, payment_ref })
+            let spend = one_of(vec![
+                (b.plausible(2), Just(None).boxed()),
+                (b.plausible(3), select(p.spends.clone()).prop_map(Some).boxed()),
+                (1, Just(Some(pb::SpendAuthorization::default())).boxed()),
+            ]);
+            (rid, media_ids, rendition, u64_field(900_000, b), points, free_text(b), spend)
+                .prop_map(|(request_id, media_ids, rendition, ttl_ms, points_account, payment_ref, spend_authorization)| {
+                    Req::Reserve(pb::ReserveRequest { request_id, media_ids, rendition, ttl_ms, points_account, payment_ref, spend_authorization })
                 })
                 .boxed()
         }
@@ -438,9 +464,38 @@ pub(super) fn arb_request(rpc: Rpc, p: &Pools, b: Bias) -> BoxedStrategy<Req> {
         Rpc::RevokeCert => (rid, serial(), free_text(b), consumer())
             .prop_map(|(request_id, cert_serial, reason, consumer_id)| Req::RevokeCert(pb::RevokeCertRequest { request_id, cert_serial, reason, consumer_id }))
             .boxed(),
-        Rpc::TopUpPoints => (rid, account(), u64_field(100, b))
-            .prop_map(|(request_id, account_id, amount)| Req::TopUpPoints(pb::TopUpPointsRequest { request_id, account_id, amount }))
+        Rpc::TopUpPoints => (rid, account(), u64_field(100, b), free_text(b))
+            .prop_map(|(request_id, account_id, amount, reference)| {
+                Req::TopUpPoints(pb::TopUpPointsRequest { request_id, account_id, amount, reference, currency: String::new() })
+            })
             .boxed(),
+        Rpc::SellPoints => {
+            let currency = one_of(vec![(b.plausible(3), Just("EUR".to_string()).boxed()), (2, hostile_text())]);
+            (rid, account(), u64_field(100, b), free_text(b), currency)
+                .prop_map(|(request_id, account_id, amount, reference, currency)| {
+                    Req::SellPoints(pb::TopUpPointsRequest { request_id, account_id, amount, reference, currency })
+                })
+                .boxed()
+        }
+        Rpc::GetPoints => {
+            let reads = p.points_reads.clone();
+            one_of(vec![
+                (b.plausible(3), select(reads).boxed()),
+                (
+                    2,
+                    (consumer(), serial(), any::<i64>(), vec(any::<u8>(), 0..600))
+                        .prop_map(|(consumer_id, cert_serial, issued_at_ms, signature)| pb::GetPointsRequest {
+                            consumer_id,
+                            cert_serial,
+                            issued_at_ms,
+                            signature,
+                        })
+                        .boxed(),
+                ),
+            ])
+            .prop_map(Req::GetPoints)
+            .boxed()
+        }
         Rpc::RegisterAuditor => {
             (rid, free_text(b)).prop_map(|(request_id, name)| Req::RegisterAuditor(pb::RegisterAuditorRequest { request_id, name })).boxed()
         }

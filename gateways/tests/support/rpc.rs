@@ -1,4 +1,4 @@
-//! Every RPC of the engine's five services, declared once for the tests that call them all
+//! Every RPC of the engine's six services, declared once for the tests that call them all
 //! (`grpc_bad_input.rs`, `grpc_fuzz.rs`): the `Rpc` enum, typed requests (`Req`) and their
 //! dispatch through the generated clients, raw bodies no generated client would send, the
 //! credential metadata a call presents (`Meta`), and protobuf encoding helpers.
@@ -71,10 +71,12 @@ pub enum Service {
     Catalog,
     Audit,
     Admin,
+    /// No credential: each request is signed with a consumer's passport.
+    Consumer,
 }
 
 impl Service {
-    pub const ALL: [Service; 5] = [Service::Merchant, Service::Delivery, Service::Catalog, Service::Audit, Service::Admin];
+    pub const ALL: [Service; 6] = [Service::Merchant, Service::Delivery, Service::Catalog, Service::Audit, Service::Admin, Service::Consumer];
 
     pub fn full_name(self) -> &'static str {
         match self {
@@ -83,6 +85,7 @@ impl Service {
             Service::Catalog => "vouchsafe.v1.CatalogService",
             Service::Audit => "vouchsafe.v1.AuditService",
             Service::Admin => "vouchsafe.v1.AdminService",
+            Service::Consumer => "vouchsafe.v1.ConsumerService",
         }
     }
 }
@@ -101,6 +104,7 @@ macro_rules! rpcs {
     (@client Catalog, $channel:expr, $who:expr) => { pb::catalog_service_client::CatalogServiceClient::with_interceptor($channel, $who) };
     (@client Audit, $channel:expr, $who:expr) => { pb::audit_service_client::AuditServiceClient::with_interceptor($channel, $who) };
     (@client Admin, $channel:expr, $who:expr) => { pb::admin_service_client::AdminServiceClient::with_interceptor($channel, $who) };
+    (@client Consumer, $channel:expr, $who:expr) => { pb::consumer_service_client::ConsumerServiceClient::with_interceptor($channel, $who) };
     ($($variant:ident = $service:ident . $method:ident ($message:ident) $shape:ident;)*) => {
         #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
         pub enum Rpc { $($variant),* }
@@ -168,6 +172,7 @@ rpcs! {
     PlaceOrder = Merchant.place_order(PlaceOrderRequest) unary;
     BindUnit = Merchant.bind_unit(BindUnitRequest) unary;
     CompleteUnit = Merchant.complete_unit(CompleteUnitRequest) unary;
+    SellPoints = Merchant.sell_points(TopUpPointsRequest) unary;
     RegisterNode = Delivery.register_node(RegisterNodeRequest) unary;
     Heartbeat = Delivery.heartbeat(HeartbeatRequest) unary;
     SubscribeAssignments = Delivery.subscribe_assignments(SubscribeAssignmentsRequest) stream;
@@ -191,6 +196,7 @@ rpcs! {
     SetConfig = Admin.set_config(SetConfigRequest) unary;
     DrainNode = Admin.drain_node(NodeAdminRequest) unary;
     RemoveNode = Admin.remove_node(NodeAdminRequest) unary;
+    GetPoints = Consumer.get_points(GetPointsRequest) unary;
 }
 
 impl Rpc {

@@ -34,6 +34,7 @@ pub fn reserve_request(request_id: &str, media: &str) -> pb::ReserveRequest {
         ttl_ms: 15 * 60 * 1000,
         points_account: String::new(),
         payment_ref: "card".into(),
+        spend_authorization: None,
     }
 }
 

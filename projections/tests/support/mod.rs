@@ -196,7 +196,7 @@ impl Generator {
 
     fn top_up(&mut self, account_id: AccountId) {
         let amount = 1_000 + self.rng.below(100_000);
-        self.push(Event::PointsCredited { account_id, amount, reason: "top-up".into() });
+        self.push(Event::PointsCredited { account_id, amount, reason: "top-up".into(), sale: None });
     }
 
     fn step(&mut self) {
@@ -249,7 +249,7 @@ impl Generator {
         let price_minor: u64 = prices.iter().sum();
         let account = self.rng.chance(30).then(|| AccountId::new(format!("acct{}", self.rng.below(4))));
         if let Some(account_id) = &account {
-            self.push(Event::PointsHeld { account_id: account_id.clone(), voucher_id: voucher_id.clone(), amount: price_minor, expires_at });
+            self.push(Event::PointsHeld { account_id: account_id.clone(), voucher_id: voucher_id.clone(), amount: price_minor, expires_at, nonce_hash: None });
         }
         let payment = match &account {
             Some(account) => Payment::Points { account: account.clone() },
@@ -312,7 +312,7 @@ impl Generator {
         self.push(Event::Voided { voucher_id: voucher_id.clone(), reason: VoidReason::Refunded, reversal: engine::domain::voucher::reverse(&sale.postings) });
         if let (Some(account_id), true) = (sale.account, sale.posted) {
             let amount = sale.prices.iter().sum();
-            self.push(Event::PointsCredited { account_id, amount, reason: format!("refund {voucher_id}") });
+            self.push(Event::PointsCredited { account_id, amount, reason: format!("refund {voucher_id}"), sale: None });
         }
     }
 

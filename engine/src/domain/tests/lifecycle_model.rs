@@ -5,7 +5,7 @@
 //! with plausible right-or-wrong inputs; what is emitted is appended. After every step the
 //! histories are checked against DESIGN.md's rules and replayed from scratch.
 
-use crate::domain::account::{Account, AccountCommand};
+use crate::domain::account::{Account, AccountCommand, SpendConsent};
 use crate::domain::catalog::Media;
 use crate::domain::catalog::tests::sample;
 use crate::domain::event::{Actor, ActorKind, Event, Payment, Posting, Recorded, VoidReason};
@@ -279,8 +279,8 @@ impl World {
                     prop_assert!(!account_events.is_empty(), "{account_command:?} changed nothing on the account");
                     self.account.append(&engine, &request, &account_command, account_events, self.now);
                 }
-                Err(Rejection::InsufficientPoints { .. }) if matches!(account_command, AccountCommand::Hold { .. }) => {
-                    return Ok(Err(Rejection::InsufficientPoints { available: 0, needed: 0 }));
+                Err(Rejection::InsufficientPoints) if matches!(account_command, AccountCommand::Hold { .. }) => {
+                    return Ok(Err(Rejection::InsufficientPoints));
                 }
                 Err(rejection) => return Err(TestCaseError::fail(format!("{account_command:?} refused: {rejection:?}"))),
             }
@@ -297,13 +297,38 @@ impl World {
             _ => return None,
         };
         match event {
-            Event::Reserved { price_minor, expires_at, .. } => {
-                Some(AccountCommand::Hold { account: account_id(), voucher, amount: *price_minor, expires_at: *expires_at })
+            Event::Reserved { price_minor, expires_at, merchant_id, items, .. } => {
+                // The consumer signed one authorization for this purchase, for this merchant
+                // (the shell checked its signature; the account rules test each refusal).
+                let media: Vec<MediaId> = items.iter().map(|item| item.media_id.clone()).collect();
+                let mut nonce_hash = [0u8; 32];
+                nonce_hash[..voucher.0.len().min(32)].copy_from_slice(&voucher.0.as_bytes()[..voucher.0.len().min(32)]);
+                let consent = SpendConsent {
+                    account: account_id(),
+                    merchant: merchant_id.clone(),
+                    amount_max: *price_minor,
+                    media: media.clone(),
+                    nonce_hash,
+                    expires_at: *expires_at,
+                    cert: CertCheck::Valid,
+                    signature_valid: true,
+                };
+                Some(AccountCommand::Hold {
+                    account: account_id(),
+                    voucher,
+                    amount: *price_minor,
+                    expires_at: *expires_at,
+                    merchant: merchant_id.clone(),
+                    media,
+                    consent: Some(consent),
+                })
             }
             Event::Authorized { .. } => Some(AccountCommand::Post { voucher }),
             Event::Voided { reason, .. } if before.status == VoucherStatus::Pending => Some(AccountCommand::Release { voucher, reason: *reason }),
             // A refund after the points were spent gives them back as a credit.
-            Event::Voided { .. } => Some(AccountCommand::Credit { account: account_id(), amount: before.price_minor, reason: format!("refund {voucher}") }),
+            Event::Voided { .. } => {
+                Some(AccountCommand::Credit { account: account_id(), amount: before.price_minor, reason: format!("refund {voucher}"), seller: None })
+            }
             _ => None,
         }
     }
@@ -341,7 +366,7 @@ impl World {
             }
             Op::Credit(amount) => {
                 let request = self.request();
-                let command = AccountCommand::Credit { account: account_id(), amount, reason: "top-up".into() };
+                let command = AccountCommand::Credit { account: account_id(), amount, reason: "top-up".into(), seller: None };
                 let engine = Actor::new(ActorKind::Operator, "op");
                 let events = emitted(self.account.decide(&engine, &request, &command, self.now))?;
                 prop_assert!(events.is_ok(), "credit refused: {events:?}");
@@ -359,7 +384,7 @@ impl World {
                     payment,
                     token_key_id: 1,
                 });
-                if let Err(Rejection::InsufficientPoints { .. }) = self.voucher_step(v, shop(&merchant(m)), command)? {
+                if let Err(Rejection::InsufficientPoints) = self.voucher_step(v, shop(&merchant(m)), command)? {
                     bump(&coverage.insufficient_points);
                 }
             }
@@ -781,8 +806,8 @@ fn model_catches_unbalanced_postings() {
 fn model_catches_an_account_that_spends_points_not_held() {
     let v = VoucherId::new("v1");
     let events = vec![
-        (T0, Event::PointsCredited { account_id: account_id(), amount: 100, reason: "x".into() }),
-        (T0, Event::PointsHeld { account_id: account_id(), voucher_id: v.clone(), amount: 60, expires_at: T0 }),
+        (T0, Event::PointsCredited { account_id: account_id(), amount: 100, reason: "x".into(), sale: None }),
+        (T0, Event::PointsHeld { account_id: account_id(), voucher_id: v.clone(), amount: 60, expires_at: T0, nonce_hash: None }),
         (T0, Event::HoldPosted { account_id: account_id(), voucher_id: v.clone(), amount: 60 }),
     ];
     let account: Account = fold(&events.iter().map(|(_, e)| e.clone()).collect::<Vec<_>>());
@@ -797,7 +822,7 @@ fn model_catches_an_account_that_spends_points_not_held() {
     let over_held = vec![
         events[0].clone(),
         events[1].clone(),
-        (T0, Event::PointsHeld { account_id: account_id(), voucher_id: VoucherId::new("v2"), amount: 60, expires_at: T0 }),
+        (T0, Event::PointsHeld { account_id: account_id(), voucher_id: VoucherId::new("v2"), amount: 60, expires_at: T0, nonce_hash: None }),
     ];
     let state: Account = fold(&over_held.iter().map(|(_, e)| e.clone()).collect::<Vec<_>>());
     assert_eq!(state.available(), 0, "saturation hides the underflow");

@@ -7,7 +7,7 @@
 
 use super::golden::{golden_reserved_event, golden_reserved_pb};
 use crate::domain::event::{
-    Actor, ActorKind, AggregateKind, AggregateRef, Event, LedgerAccountKind, MediaPublished, Payment, Posting, PreviewClip, Recorded, Rendition,
+    Actor, ActorKind, AggregateKind, AggregateRef, Event, LedgerAccountKind, MediaPublished, Payment, PointsSale, Posting, PreviewClip, Recorded, Rendition,
     RightsReportSealed, RoyaltyTerms, VoidReason,
 };
 use crate::ids::{AccountId, AuditorId, CertSerial, ConsumerId, MediaId, MerchantId, Millis, NodeId, OrderId, PreviewId, VoucherId};
@@ -423,12 +423,50 @@ pub(super) fn examples() -> Vec<(Event, E)> {
             }),
         ),
         (
-            Event::PointsCredited { account_id: AccountId::new("acc-1"), amount: 5000, reason: "top-up".into() },
-            E::PointsCredited(pb::PointsCredited { account_id: "acc-1".into(), amount: 5000, reason: "top-up".into() }),
+            Event::PointsCredited { account_id: AccountId::new("acc-1"), amount: 5000, reason: "top-up".into(), sale: None },
+            E::PointsCredited(pb::PointsCredited { account_id: "acc-1".into(), amount: 5000, reason: "top-up".into(), ..Default::default() }),
         ),
         (
-            Event::PointsHeld { account_id: AccountId::new("acc-1"), voucher_id: VoucherId::new("vou-1"), amount: 129, expires_at: Millis(1_767_225_900_000) },
-            E::PointsHeld(pb::PointsHeld { account_id: "acc-1".into(), voucher_id: "vou-1".into(), amount: 129, expires_at_ms: 1_767_225_900_000 }),
+            Event::PointsCredited {
+                account_id: AccountId::new("acc-1"),
+                amount: 700,
+                reason: "top-up inv-9".into(),
+                sale: Some(PointsSale {
+                    merchant: MerchantId::new("mer-1"),
+                    currency: "EUR".into(),
+                    postings: vec![
+                        Posting { kind: LedgerAccountKind::MerchantClearing, account: "mer-1".into(), debit_minor: 700, credit_minor: 0 },
+                        Posting { kind: LedgerAccountKind::ConsumerPoints, account: "acc-1".into(), debit_minor: 0, credit_minor: 700 },
+                    ],
+                }),
+            },
+            E::PointsCredited(pb::PointsCredited {
+                account_id: "acc-1".into(),
+                amount: 700,
+                reason: "top-up inv-9".into(),
+                seller_merchant_id: "mer-1".into(),
+                currency: "EUR".into(),
+                postings: vec![
+                    pb::Posting { kind: pb::LedgerAccountKind::MerchantClearing as i32, account: "mer-1".into(), debit_minor: 700, credit_minor: 0 },
+                    pb::Posting { kind: pb::LedgerAccountKind::ConsumerPoints as i32, account: "acc-1".into(), debit_minor: 0, credit_minor: 700 },
+                ],
+            }),
+        ),
+        (
+            Event::PointsHeld {
+                account_id: AccountId::new("acc-1"),
+                voucher_id: VoucherId::new("vou-1"),
+                amount: 129,
+                expires_at: Millis(1_767_225_900_000),
+                nonce_hash: Some(hash(21)),
+            },
+            E::PointsHeld(pb::PointsHeld {
+                account_id: "acc-1".into(),
+                voucher_id: "vou-1".into(),
+                amount: 129,
+                expires_at_ms: 1_767_225_900_000,
+                authorization_nonce_hash: hash(21).to_vec(),
+            }),
         ),
         (
             Event::HoldPosted { account_id: AccountId::new("acc-1"), voucher_id: VoucherId::new("vou-1"), amount: 129 },

@@ -6,7 +6,7 @@
 
 use super::examples::{ACTOR_KINDS, LEDGER_KINDS, VARIANT_COUNT, VOID_REASONS, variant_index};
 use crate::domain::event::{
-    Actor, Event, MediaPublished, Payment, Posting, PreviewClip, Recorded, Rendition, ReservedItem, RightsReportSealed, RoyaltyTerms, VoidReason,
+    Actor, Event, MediaPublished, Payment, PointsSale, Posting, PreviewClip, Recorded, Rendition, ReservedItem, RightsReportSealed, RoyaltyTerms, VoidReason,
 };
 use crate::ids::{AccountId, AuditorId, CertSerial, ConsumerId, MediaId, MerchantId, Millis, NodeId, OrderId, PreviewId, VoucherId};
 use crate::wire::{decode, encode};
@@ -230,13 +230,14 @@ fn arb_event() -> BoxedStrategy<Event> {
             node_id
         }),
         arb_rights_report_sealed(),
-        (id(AccountId), u64s(), text()).prop_map(|(account_id, amount, reason)| Event::PointsCredited { account_id, amount, reason }),
-        (id(AccountId), id(VoucherId), u64s(), millis()).prop_map(|(account_id, voucher_id, amount, expires_at)| Event::PointsHeld {
-            account_id,
-            voucher_id,
-            amount,
-            expires_at
-        }),
+        (id(AccountId), u64s(), text(), proptest::option::of(("[a-z0-9]{1,12}".prop_map(MerchantId), text(), postings()))).prop_map(
+            |(account_id, amount, reason, sale)| {
+                let sale = sale.map(|(merchant, currency, postings)| PointsSale { merchant, currency, postings });
+                Event::PointsCredited { account_id, amount, reason, sale }
+            }
+        ),
+        (id(AccountId), id(VoucherId), u64s(), millis(), proptest::option::of(hash32()))
+            .prop_map(|(account_id, voucher_id, amount, expires_at, nonce_hash)| Event::PointsHeld { account_id, voucher_id, amount, expires_at, nonce_hash }),
         (id(AccountId), id(VoucherId), u64s()).prop_map(|(account_id, voucher_id, amount)| Event::HoldPosted { account_id, voucher_id, amount }),
         (id(AccountId), id(VoucherId), u64s(), void_reason()).prop_map(|(account_id, voucher_id, amount, reason)| Event::HoldReleased {
             account_id,

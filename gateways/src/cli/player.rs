@@ -1,0 +1,181 @@
+//! `vouchsafe player …`: the reference consumer's commands — a passport, redeeming and
+//! fetching a sale, previews, and the consumer's own points: spend authorizations signed
+//! with the passport and the balance read through ConsumerService.
+
+use super::{ConnectArgs, Outcome, fresh_request_id, refused};
+use crate::common::client;
+use crate::common::cred::Credential;
+use crate::player::{Passport, Purchase};
+use anyhow::Context;
+use proto::v1 as pb;
+use std::path::PathBuf;
+
+/// Default life of a spend authorization: an hour.
+const SPEND_TTL_MS_DEFAULT: u64 = 60 * 60 * 1000;
+
+#[derive(clap::Subcommand, Debug)]
+pub enum PlayerCommand {
+    /// Create a passport: an RSA key pair and a certificate from the engine.
+    Passport {
+        #[command(flatten)]
+        connect: ConnectArgs,
+        /// A credential allowed to certify consumers (the operator's).
+        #[arg(long)]
+        cred: PathBuf,
+        /// The engine's public key (engine.pub.pem), to check the certificate.
+        #[arg(long)]
+        engine_key: PathBuf,
+    },
+    /// Redeem a sale (the JSON `merchant buy --json` printed) at its node, download,
+    /// decrypt and verify every media.
+    Fetch {
+        /// The sale JSON file, or - for stdin.
+        #[arg(long)]
+        sale: PathBuf,
+    },
+    /// Play a preview at a node.
+    Preview {
+        #[arg(long)]
+        endpoint: String,
+        #[arg(long)]
+        preview: String,
+    },
+    /// Sign a single-use consent for one merchant to spend up to --amount of your points
+    /// (on the --media named, or any), written 0600 to --out for the merchant's
+    /// `merchant reserve|buy --spend-authorization FILE`.
+    AuthorizeSpend {
+        /// The merchant id (from the merchant's credential) the consent is for.
+        #[arg(long)]
+        merchant: String,
+        /// The most the purchase may cost, in points.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        amount: u64,
+        /// Media the purchase may reserve (repeat); none: any.
+        #[arg(long = "media")]
+        media_ids: Vec<String>,
+        /// How long the consent is good for.
+        #[arg(long, default_value_t = SPEND_TTL_MS_DEFAULT, value_parser = clap::value_parser!(u64).range(1..=engine::spend::TTL_MS_MAX))]
+        ttl_ms: u64,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Your own points balance, asked with a request signed by your passport.
+    Points {
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct PlayerArgs {
+    #[command(subcommand)]
+    pub command: PlayerCommand,
+    /// The consumer id (names the passport under <data-dir>/players/).
+    #[arg(long, global = true, default_value = "player")]
+    pub consumer: String,
+    /// Where passports and delivered copies live.
+    #[arg(long, global = true, default_value = "./vouchsafe-data")]
+    pub data_dir: PathBuf,
+    /// Print one JSON object on the last line of stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+fn rpc_refusal(error: anyhow::Error) -> anyhow::Result<Outcome> {
+    match error.downcast::<crate::player::RpcError>() {
+        Ok(rpc) => Ok(Outcome::Refused(tonic::Status::new(rpc.code, format!("{}: {}", rpc.call, rpc.message)))),
+        Err(error) => match error.downcast::<tonic::Status>() {
+            Ok(status) => refused(status),
+            Err(error) => Err(error),
+        },
+    }
+}
+
+pub async fn player(args: PlayerArgs) -> anyhow::Result<Outcome> {
+    let consumer = engine::ids::ConsumerId(args.consumer.clone());
+    let dir = crate::player::passport_dir(&args.data_dir, &consumer)?;
+    match args.command {
+        PlayerCommand::Passport { connect, cred, engine_key } => {
+            let engine_public =
+                engine::crypto::RsaPublic::from_pem(&std::fs::read_to_string(&engine_key).with_context(|| format!("cannot read {}", engine_key.display()))?)
+                    .with_context(|| format!("{} is not an RSA public key", engine_key.display()))?;
+            let mut catalog = client::catalog(connect.channel().await?, Credential::load(&cred)?);
+            let passport = match crate::player::create_passport(&mut catalog, &fresh_request_id("passport"), &consumer, &engine_public).await {
+                Ok(passport) => passport,
+                Err(error) => return rpc_refusal(error),
+            };
+            passport.save(&dir)?;
+            eprintln!("passport for {} (certificate {}) saved in {}", consumer.0, passport.certificate.cert_serial, dir.display());
+            Ok(Outcome::Done(serde_json::json!({ "consumer_id": consumer.0, "cert_serial": passport.certificate.cert_serial, "dir": dir })))
+        }
+        PlayerCommand::Fetch { sale } => {
+            let text = if sale.as_os_str() == "-" {
+                let mut text = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)?;
+                text
+            } else {
+                std::fs::read_to_string(&sale).with_context(|| format!("cannot read {}", sale.display()))?
+            };
+            let last = text.lines().rev().find(|line| !line.trim().is_empty()).context("the sale file is empty")?;
+            let sale: serde_json::Value = serde_json::from_str(last).context("the sale is not the JSON `merchant buy --json` prints")?;
+            let field = |name: &str| sale[name].as_str().map(str::to_string).with_context(|| format!("the sale has no {name:?}"));
+            let purchase = Purchase {
+                node_endpoint: field("node_endpoint")?,
+                node_id: field("node_id")?,
+                grant: pb::AccessGrant {
+                    voucher_id: field("voucher_id")?,
+                    media_ids: sale["media_ids"]
+                        .as_array()
+                        .context("the sale has no media_ids")?
+                        .iter()
+                        .filter_map(|m| m.as_str().map(str::to_string))
+                        .collect(),
+                    access_expires_at_ms: sale["access_expires_at_ms"].as_i64().context("the sale has no access_expires_at_ms")?,
+                    access_token: hex::decode(field("access_token")?).context("access_token is not hex")?,
+                },
+                receipt: hex::decode(field("receipt")?).context("receipt is not hex")?,
+            };
+            let passport = Passport::load(&dir).with_context(|| format!("no passport for {}; run `vouchsafe player passport` first", consumer.0))?;
+            let copies = match crate::player::redeem_and_download(&purchase, &passport, &fresh_request_id("redeem"), &dir).await {
+                Ok(copies) => copies,
+                Err(error) => return rpc_refusal(error),
+            };
+            let all_ok = copies.iter().all(|copy| copy.decrypt_ok);
+            for copy in &copies {
+                eprintln!("{} {}: {}", copy.media_id, if copy.decrypt_ok { "decrypted and verified" } else { "FAILED to decrypt" }, copy.path.display());
+            }
+            let value = serde_json::json!({
+                "voucher_id": purchase.grant.voucher_id,
+                "copies": copies.iter().map(|c| serde_json::json!({ "media_id": c.media_id, "path": c.path, "content_hash": hex::encode(c.content_hash), "decrypt_ok": c.decrypt_ok })).collect::<Vec<_>>(),
+                "decrypt_ok": all_ok,
+            });
+            if all_ok { Ok(Outcome::Done(value)) } else { Ok(Outcome::Refused(tonic::Status::data_loss("a delivered copy did not decrypt and verify"))) }
+        }
+        PlayerCommand::AuthorizeSpend { merchant, amount, media_ids, ttl_ms, out } => {
+            let passport = Passport::load(&dir).with_context(|| format!("no passport for {}; run `vouchsafe player passport` first", consumer.0))?;
+            let expires_at = engine::clock::Clock::now(&engine::clock::SystemClock).plus_ms(ttl_ms);
+            let authorization = passport.authorize_spend(&merchant, amount, &media_ids, expires_at)?;
+            let value = crate::common::spend::to_json(&authorization);
+            crate::common::keys::write_private(&out, format!("{value}\n").as_bytes())?;
+            eprintln!("wrote {} (0600): {} may spend up to {amount} points of {} once, until {}", out.display(), merchant, consumer.0, expires_at.0);
+            Ok(Outcome::Done(serde_json::json!({
+                "account_id": authorization.account.0, "merchant_id": authorization.merchant.0, "amount_max": authorization.amount_max,
+                "expires_at_ms": authorization.expires_at.0, "out": out,
+            })))
+        }
+        PlayerCommand::Points { connect } => {
+            let passport = Passport::load(&dir).with_context(|| format!("no passport for {}; run `vouchsafe player passport` first", consumer.0))?;
+            let mut consumer_client = client::consumer(connect.channel().await?);
+            match passport.points(&mut consumer_client).await {
+                Ok(points) => Ok(Outcome::Done(serde_json::json!({
+                    "account_id": points.account_id, "balance": points.balance, "held": points.held, "available": points.available,
+                }))),
+                Err(error) => rpc_refusal(error),
+            }
+        }
+        PlayerCommand::Preview { endpoint, preview } => match crate::player::play_preview(&endpoint, &preview).await {
+            Ok(clip) => Ok(Outcome::Done(serde_json::json!({ "preview_id": preview, "clip_bytes": clip.len() }))),
+            Err(error) => rpc_refusal(error),
+        },
+    }
+}
