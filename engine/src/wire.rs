@@ -382,7 +382,7 @@ fn event_to_pb(event: &Event) -> E {
             rendition: rendition.clone(),
             access_expires_at_ms: access_expires_at.0,
         }),
-        Event::RedemptionAccepted { voucher_id, node_id, consumer_id, cert_serial, wrapped_key_hashes, challenge_hash, consumer_key_hash } => {
+        Event::RedemptionAccepted { voucher_id, node_id, consumer_id, cert_serial, wrapped_key_hashes, challenge_hash, consumer_key_hash, released_media } => {
             E::RedemptionAccepted(pb::RedemptionAccepted {
                 voucher_id: voucher_id.0.clone(),
                 node_id: node_id.0.clone(),
@@ -391,6 +391,7 @@ fn event_to_pb(event: &Event) -> E {
                 wrapped_key_hashes: wrapped_key_hashes.iter().map(|h| h.to_vec()).collect(),
                 challenge_hash: challenge_hash.map(|h| h.to_vec()).unwrap_or_default(),
                 consumer_key_hash: consumer_key_hash.map(|h| h.to_vec()).unwrap_or_default(),
+                released_media_ids: released_media.iter().map(|m| m.0.clone()).collect(),
             })
         }
         Event::DeliveryFailed { voucher_id, node_id, reason } => {
@@ -545,6 +546,7 @@ fn event_of_pb(event: E) -> Result<Event, DecodeError> {
             wrapped_key_hashes: hashes_of("wrapped_key_hashes", e.wrapped_key_hashes)?,
             challenge_hash: optional_hash("challenge_hash", &e.challenge_hash)?,
             consumer_key_hash: optional_hash("consumer_key_hash", &e.consumer_key_hash)?,
+            released_media: e.released_media_ids.into_iter().map(MediaId).collect(),
         },
         E::DeliveryFailed(e) => Event::DeliveryFailed { voucher_id: VoucherId(e.voucher_id), node_id: NodeId(e.node_id), reason: e.reason },
         E::Delivered(e) => Event::Delivered {

@@ -19,8 +19,11 @@
 //!   the refusal told it the balance: now only with the consumer's spend authorization,
 //!   for that merchant, once, within its ceiling and time; refusals state no balance.
 //!
-//! Not here yet (issue 20): the royalty entry at key release, Confirm with the receipt
-//! proof, per-rendition keys, paid duplication units.
+//! - Key release is the usage: the royalty log counts the first redemption, so a failed
+//!   Confirm no longer keeps a released key out of the record.
+//!
+//! Not here yet (issue 20): Confirm with the receipt proof, per-rendition keys, paid
+//! duplication units.
 
 use engine::crypto::{self, SecretKey};
 use engine::ids::ConsumerId;
@@ -108,6 +111,13 @@ impl Fixture {
 
     async fn head(&self) -> u64 {
         self.log.last_seq().await.expect("head").0
+    }
+
+    /// Usages in the engine's royalty log, once it has caught up with the stream.
+    async fn usages(&self) -> u64 {
+        let live = &self.engine.state.live;
+        live.caught_up(engine::ids::Seq(self.head().await)).await;
+        live.read(|projections| projections.royalty.usages)
     }
 
     async fn status_of(&mut self, voucher_id: &str) -> String {
@@ -287,10 +297,14 @@ async fn after_a_failed_confirm_only_the_consumer_holding_the_keys_redeems() {
     assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
     assert_eq!(fixture.head().await, head, "a refused redemption writes nothing");
 
+    // The keys left at alice's redemption: that was the usage, counted before any Confirm.
+    assert_eq!(fixture.usages().await, 1, "the release is in the royalty log");
+
     // Control: alice, who holds the keys, may retry the failed delivery.
     let again = player_redeem(&mut at_node, &sale, &alice, "r3").await;
     let answer = at_node.redeem(again).await.expect("alice retries").into_inner();
     assert!(crypto::unwrap_key(&alice.private, &answer.keys[0].wrapped_key).is_ok());
+    assert_eq!(fixture.usages().await, 1, "a retry is no new usage");
     node.shutdown().await;
     fixture.engine.shutdown().await.expect("shutdown");
 }

@@ -1,6 +1,11 @@
-//! The royalty-log projection: one chained entry per `Delivered` media item and per
+//! The royalty-log projection: one chained entry per released media item and per
 //! `PreviewEnded`, in stream order, enriched from the catalog and the sale; royalty
 //! totals; and the check of every `RightsReportSealed` against the chain it covers.
+//!
+//! Key release is the usage: a `RedemptionAccepted` names the media whose keys it releases
+//! for the first time, and each gets its entry there, once per (voucher, media) however
+//! many retries follow. A `Delivered` adds an entry only for a media no release counted:
+//! the streams written before releases were named count at delivery, as they were sealed.
 //!
 //! The chain needs the epoch's `A_0`, derived from the royalty master key, which lives
 //! only in the engine's and the auditor's key files. Without it this projection still
@@ -18,7 +23,7 @@ use engine::domain::event::{Event, RightsReportSealed, RoyaltyTerms};
 use engine::domain::report::Report;
 use engine::ids::{MediaId, PreviewId, Seq};
 use format::SaleRows;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 pub(crate) mod format;
 
@@ -40,6 +45,8 @@ pub(crate) struct Sale {
     pub(crate) merchant: String,
     pub(crate) currency: String,
     pub(crate) prices: BTreeMap<MediaId, u64>,
+    /// The media of this sale whose usage has an entry.
+    pub(crate) counted: BTreeSet<MediaId>,
 }
 
 /// A totals dimension (DESIGN.md: by artist, track, rights agent, merchant, period).
@@ -147,20 +154,18 @@ impl RoyaltyLog {
             }
             Event::Reserved { voucher_id, merchant_id, items, currency, .. } => {
                 let prices = items.iter().map(|item| (item.media_id.clone(), item.price_minor)).collect();
-                self.sales.insert(voucher_id.clone(), Sale { merchant: merchant_id.0.clone(), currency: currency.clone(), prices });
+                self.sales.insert(voucher_id.clone(), Sale { merchant: merchant_id.0.clone(), currency: currency.clone(), prices, counted: BTreeSet::new() });
             }
             Event::PreviewStarted { preview_id, merchant_id, .. } => {
                 self.previews.insert(preview_id.clone(), merchant_id.0.clone());
                 self.touched_previews.touch(preview_id);
             }
-            Event::Delivered { voucher_id, media_id, cert_serial, .. } => {
-                let entry = self.sales.with_row(voucher_id, |sale| {
-                    let price = sale.and_then(|sale| sale.prices.get(media_id).copied()).unwrap_or(0);
-                    let (merchant, currency) = sale.map_or(("", ""), |sale| (sale.merchant.as_str(), sale.currency.as_str()));
-                    self.entry(UsageKind::Delivery, seq, recorded_at_ms, media_id, voucher_id.as_str(), &cert_serial.0, merchant, price, currency, 0)
-                });
-                self.record(entry);
+            Event::RedemptionAccepted { voucher_id, cert_serial, released_media, .. } => {
+                for media_id in released_media {
+                    self.count_usage(seq, recorded_at_ms, voucher_id, media_id, &cert_serial.0);
+                }
             }
+            Event::Delivered { voucher_id, media_id, cert_serial, .. } => self.count_usage(seq, recorded_at_ms, voucher_id, media_id, &cert_serial.0),
             Event::PreviewEnded { preview_id, played_ms, media_id, .. } => {
                 let merchant = self.previews.get(preview_id).cloned().unwrap_or_default();
                 let entry = self.entry(UsageKind::Preview, seq, recorded_at_ms, media_id, "", "", &merchant, 0, "", *played_ms);
@@ -169,6 +174,23 @@ impl RoyaltyLog {
             Event::RightsReportSealed(seal) => self.check_seal(seq, seal, sealed_head),
             _ => {}
         }
+    }
+
+    /// The entry of one media item's usage on `voucher_id`, unless it has one already.
+    fn count_usage(&mut self, seq: Seq, recorded_at_ms: i64, voucher_id: &engine::ids::VoucherId, media_id: &MediaId, cert_serial: &str) {
+        let entry = self.sales.with_row(voucher_id, |sale| {
+            if sale.is_some_and(|sale| sale.counted.contains(media_id)) {
+                return None;
+            }
+            let price = sale.and_then(|sale| sale.prices.get(media_id).copied()).unwrap_or(0);
+            let (merchant, currency) = sale.map_or(("", ""), |sale| (sale.merchant.as_str(), sale.currency.as_str()));
+            Some(self.entry(UsageKind::Delivery, seq, recorded_at_ms, media_id, voucher_id.as_str(), cert_serial, merchant, price, currency, 0))
+        });
+        let Some(entry) = entry else { return };
+        self.sales.update(voucher_id, |sale| {
+            sale.counted.insert(media_id.clone());
+        });
+        self.record(entry);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -362,6 +384,76 @@ pub fn month_of(ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use engine::domain::event::{Payment, ReservedItem};
+    use engine::ids::{CertSerial, ConsumerId, MerchantId, Millis, NodeId, VoucherId};
+
+    fn reserved(voucher: &str, media: &[&str]) -> Event {
+        Event::Reserved {
+            voucher_id: VoucherId::new(voucher),
+            merchant_id: MerchantId::new("m1"),
+            items: media.iter().map(|m| ReservedItem { media_id: MediaId::new(*m), price_minor: 100 }).collect(),
+            rendition: "high".into(),
+            price_minor: 100 * media.len() as u64,
+            currency: "EUR".into(),
+            expires_at: Millis(9),
+            payment: Payment::Merchant { payment_ref: "card".into() },
+            token_key_id: 1,
+            auth_generation: 1,
+        }
+    }
+    fn redeemed(voucher: &str, released: &[&str]) -> Event {
+        Event::RedemptionAccepted {
+            voucher_id: VoucherId::new(voucher),
+            node_id: NodeId::new("n1"),
+            consumer_id: ConsumerId::new("alice"),
+            cert_serial: CertSerial::new("c1"),
+            wrapped_key_hashes: Vec::new(),
+            challenge_hash: None,
+            consumer_key_hash: None,
+            released_media: released.iter().map(|m| MediaId::new(*m)).collect(),
+        }
+    }
+    fn delivered(voucher: &str, media: &str) -> Event {
+        Event::Delivered {
+            voucher_id: VoucherId::new(voucher),
+            node_id: NodeId::new("n1"),
+            media_id: MediaId::new(media),
+            cert_serial: CertSerial::new("c1"),
+            content_hash: [1; 32],
+            size_bytes: 1,
+            voucher_complete: false,
+        }
+    }
+    fn usages_after(events: &[Event]) -> (u64, Vec<u64>) {
+        let mut log = RoyaltyLog::default();
+        for (index, event) in events.iter().enumerate() {
+            log.apply(Seq(index as u64 + 1), event, 0, None);
+        }
+        (log.usages, log.totals.get(&(Dimension::Media, "md1".into())).map(|line| line.deliveries).into_iter().collect())
+    }
+
+    /// The attack this closes: 22 redemptions of one voucher after failed Confirms gave
+    /// two consumers the key while the log counted the one delivery. Now the release is the
+    /// usage: counted at the first redemption, before any Confirm, and once however many
+    /// retries and deliveries follow.
+    #[test]
+    fn key_release_is_the_usage_counted_once() {
+        let released = [reserved("v1", &["md1", "md2"]), redeemed("v1", &["md1", "md2"])];
+        assert_eq!(usages_after(&released), (2, vec![1]), "counted at release, with no Confirm");
+        let mut retried = released.to_vec();
+        for _ in 0..3 {
+            retried.push(redeemed("v1", &[]));
+        }
+        retried.extend([delivered("v1", "md1"), delivered("v1", "md2")]);
+        assert_eq!(usages_after(&retried), (2, vec![1]), "retries and deliveries add nothing");
+        // A stream written before releases were named (the protection's absence): the
+        // redemption counts nothing and the delivery counts, as it was sealed.
+        let legacy = [reserved("v1", &["md1"]), redeemed("v1", &[]), redeemed("v1", &[])];
+        assert_eq!(usages_after(&legacy), (0, vec![]), "redemptions of old streams count nothing");
+        let legacy = [reserved("v1", &["md1"]), redeemed("v1", &[]), delivered("v1", "md1"), delivered("v1", "md1")];
+        assert_eq!(usages_after(&legacy), (1, vec![1]), "old streams count each media at its first delivery");
+    }
 
     #[test]
     fn months_from_unix_time() {

@@ -320,6 +320,9 @@ pub enum Event {
         challenge_hash: Option<[u8; 32]>,
         /// The public key the keys are wrapped for (`None` in older events).
         consumer_key_hash: Option<[u8; 32]>,
+        /// The media whose keys are released here for the first time: the usage the
+        /// royalty log counts (empty on a retry, and in events from before that rule).
+        released_media: Vec<MediaId>,
     },
     DeliveryFailed {
         voucher_id: VoucherId,

@@ -324,6 +324,9 @@ impl Voucher {
         if retry {
             return Ok(vec![]);
         }
+        // The first release of the keys is the usage; a retry after a failed delivery
+        // re-wraps them for the same consumer and is not counted again.
+        let released_media = if self.released_to.is_none() { self.items.iter().map(|item| item.media_id.clone()).collect() } else { Vec::new() };
         Ok(vec![Event::RedemptionAccepted {
             voucher_id: self.id_or_empty(),
             node_id: redeem.node.clone(),
@@ -332,6 +335,7 @@ impl Voucher {
             wrapped_key_hashes: Vec::new(),
             challenge_hash: Some(redeem.challenge_hash),
             consumer_key_hash: Some(redeem.consumer_key_hash),
+            released_media,
         }])
     }
 

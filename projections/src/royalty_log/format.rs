@@ -58,6 +58,9 @@ struct SaleRecord {
     merchant: String,
     currency: String,
     prices: Vec<(String, u64)>,
+    /// The media whose usage has an entry.
+    #[serde(default)]
+    counted: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -115,6 +118,7 @@ impl RowKind for SaleRows {
                 merchant: sale.merchant.clone(),
                 currency: sale.currency.clone(),
                 prices: sale.prices.iter().map(|(media, price)| (media.0.clone(), *price)).collect(),
+                counted: sale.counted.iter().map(|media| media.0.clone()).collect(),
             },
             "sale",
         )
@@ -122,7 +126,8 @@ impl RowKind for SaleRows {
     fn decode(key: &VoucherId, bytes: &[u8]) -> Result<Sale, RowError> {
         let record: SaleRecord = decode_json(bytes, "sale", &key.0)?;
         let prices = record.prices.into_iter().map(|(media, price)| (MediaId(media), price)).collect();
-        Ok(Sale { merchant: record.merchant, currency: record.currency, prices })
+        let counted = record.counted.into_iter().map(MediaId).collect();
+        Ok(Sale { merchant: record.merchant, currency: record.currency, prices, counted })
     }
 }
 

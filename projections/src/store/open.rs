@@ -10,7 +10,8 @@
 //!
 //! A store of an older format fails the marker check and is quarantined and rebuilt: its
 //! rows would read as a state other than the one its checkpoint describes (format 1 had no
-//! balances; format 2 kept one stream head row per event, `heads`).
+//! balances; format 2 kept one stream head row per event, `heads`; format 3 counted a
+//! sale's usage at delivery only).
 
 use super::checkpoint::{CheckpointRecord, encode_checkpoint};
 use super::commit::Writer;

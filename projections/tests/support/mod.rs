@@ -348,6 +348,7 @@ impl Generator {
             // As events written before these fields existed: the golden digests stay.
             challenge_hash: None,
             consumer_key_hash: None,
+            released_media: Vec::new(),
         });
         self.redeeming.push(voucher_id);
     }

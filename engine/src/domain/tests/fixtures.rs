@@ -173,7 +173,12 @@ pub fn redeem() -> VoucherCommand {
 pub fn redemption_by(consumer: ConsumerId, cert: CertSerial) -> Event {
     redemption_answering(consumer, cert, CHALLENGE)
 }
+/// The first redemption of the song voucher: it releases the song's key.
 pub fn redemption_answering(consumer: ConsumerId, cert: CertSerial, challenge_hash: [u8; 32]) -> Event {
+    redemption_releasing(consumer, cert, challenge_hash, &[SONG.0])
+}
+/// A redemption releasing the keys of `media` for the first time (none on a retry).
+pub fn redemption_releasing(consumer: ConsumerId, cert: CertSerial, challenge_hash: [u8; 32], media: &[&str]) -> Event {
     Event::RedemptionAccepted {
         voucher_id: voucher_id(),
         node_id: node(),
@@ -182,6 +187,7 @@ pub fn redemption_answering(consumer: ConsumerId, cert: CertSerial, challenge_ha
         wrapped_key_hashes: Vec::new(),
         challenge_hash: Some(challenge_hash),
         consumer_key_hash: Some([8; 32]),
+        released_media: media.iter().map(|m| mid(m)).collect(),
     }
 }
 pub fn redemption() -> Event {
@@ -249,8 +255,13 @@ pub fn song_voided() -> Vec<Event> {
     events
 }
 
+pub fn album_issued() -> Vec<Event> {
+    vec![reserved(&ALBUM, card()), authorized(album_postings()), issued(&ALBUM)]
+}
 pub fn album_redeeming() -> Vec<Event> {
-    vec![reserved(&ALBUM, card()), authorized(album_postings()), issued(&ALBUM), redemption()]
+    let mut events = album_issued();
+    events.push(redemption_releasing(consumer(), cert(), CHALLENGE, &[ALBUM[0].0, ALBUM[1].0, ALBUM[2].0]));
+    events
 }
 
 /// Like `testing::check` for refusals whose reason is prose: only the refused field is

@@ -415,7 +415,7 @@ fn a_challenge_answered_once_redeems_nothing_again() {
     let given = with(song_redeeming(), [delivery_failed()]);
     check::<Voucher>(&given, redeem(), ISSUED_AT, Err(Rejection::ChallengeUsed));
     let fresh = redeem_answering(node(), consumer(), cert(), CertCheck::Valid, ProofCheck::Valid, FRESH_CHALLENGE);
-    check::<Voucher>(&given, fresh, ISSUED_AT, Ok(vec![redemption_answering(consumer(), cert(), FRESH_CHALLENGE)]));
+    check::<Voucher>(&given, fresh, ISSUED_AT, Ok(vec![redemption_releasing(consumer(), cert(), FRESH_CHALLENGE, &[])]));
 }
 
 #[test]
@@ -477,7 +477,24 @@ fn fail_delivery_returns_the_voucher_to_issued() {
 fn redeem_after_a_failed_delivery_is_accepted_again() {
     let given = with(song_redeeming(), [delivery_failed()]);
     let again = redeem_answering(node(), consumer(), cert(), CertCheck::Valid, ProofCheck::Valid, FRESH_CHALLENGE);
-    check::<Voucher>(&given, again, ISSUED_AT, Ok(vec![redemption_answering(consumer(), cert(), FRESH_CHALLENGE)]));
+    // The keys were released at the first redemption (the usage); the retry releases none.
+    check::<Voucher>(&given, again, ISSUED_AT, Ok(vec![redemption_releasing(consumer(), cert(), FRESH_CHALLENGE, &[])]));
+}
+
+/// Key release is the usage: the first redemption names every media whose key it releases
+/// (what the royalty log counts), a retry names none, so a delivery counts once however
+/// many retries.
+#[test]
+fn the_first_redemption_releases_every_item_and_a_retry_none() {
+    let album = [ALBUM[0].0, ALBUM[1].0, ALBUM[2].0];
+    let first: Vec<Event> = with(album_issued(), []);
+    let redeemed = fold::<Voucher>(&first).decide(&redeem(), ISSUED_AT).expect("the first redemption");
+    assert!(matches!(&redeemed[..], [Event::RedemptionAccepted { released_media, .. }] if released_media.iter().map(|m| m.0.as_str()).eq(album)));
+    let mut given = first;
+    given.extend(redeemed);
+    given.push(delivery_failed());
+    let retry = redeem_answering(node(), consumer(), cert(), CertCheck::Valid, ProofCheck::Valid, FRESH_CHALLENGE);
+    check::<Voucher>(&given, retry, ISSUED_AT, Ok(vec![redemption_releasing(consumer(), cert(), FRESH_CHALLENGE, &[])]));
 }
 
 /// The attack: a Confirm with a wrong hash put the voucher back to Issued, and another
@@ -506,8 +523,8 @@ fn redemptions_after_failed_deliveries_are_capped_by_retries_max() {
         challenge[0] = failure as u8 + 100;
         let again = redeem_answering(node(), consumer(), cert(), CertCheck::Valid, ProofCheck::Valid, challenge);
         if failure < RETRIES_MAX {
-            check::<Voucher>(&given, again, ISSUED_AT, Ok(vec![redemption_answering(consumer(), cert(), challenge)]));
-            given.push(redemption_answering(consumer(), cert(), challenge));
+            check::<Voucher>(&given, again, ISSUED_AT, Ok(vec![redemption_releasing(consumer(), cert(), challenge, &[])]));
+            given.push(redemption_releasing(consumer(), cert(), challenge, &[]));
         } else {
             check::<Voucher>(&given, again, ISSUED_AT, Err(Rejection::DeliveryRetriesExhausted { retries_max: RETRIES_MAX }));
         }

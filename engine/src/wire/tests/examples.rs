@@ -337,6 +337,7 @@ pub(super) fn examples() -> Vec<(Event, E)> {
                 wrapped_key_hashes: vec![hash(5), hash(6)],
                 challenge_hash: Some(hash(7)),
                 consumer_key_hash: Some(hash(8)),
+                released_media: vec![MediaId::new("med-1"), MediaId::new("med-2")],
             },
             E::RedemptionAccepted(pb::RedemptionAccepted {
                 voucher_id: "vou-1".into(),
@@ -346,6 +347,7 @@ pub(super) fn examples() -> Vec<(Event, E)> {
                 wrapped_key_hashes: vec![hash(5).to_vec(), hash(6).to_vec()],
                 challenge_hash: hash(7).to_vec(),
                 consumer_key_hash: hash(8).to_vec(),
+                released_media_ids: vec!["med-1".into(), "med-2".into()],
             }),
         ),
         (

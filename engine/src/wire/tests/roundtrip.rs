@@ -198,15 +198,21 @@ fn arb_event() -> BoxedStrategy<Event> {
                 access_expires_at,
             }
         ),
-        (id(VoucherId), id(NodeId), id(ConsumerId), id(CertSerial), vec(hash32(), 0..4), proptest::option::of(hash32()), proptest::option::of(hash32()))
-            .prop_map(|(voucher_id, node_id, consumer_id, cert_serial, wrapped_key_hashes, challenge_hash, consumer_key_hash)| Event::RedemptionAccepted {
-                voucher_id,
-                node_id,
-                consumer_id,
-                cert_serial,
-                wrapped_key_hashes,
-                challenge_hash,
-                consumer_key_hash,
+        (
+            (id(VoucherId), id(NodeId), id(ConsumerId), id(CertSerial)),
+            (vec(hash32(), 0..4), proptest::option::of(hash32()), proptest::option::of(hash32()), vec(id(MediaId), 0..4))
+        )
+            .prop_map(|((voucher_id, node_id, consumer_id, cert_serial), (wrapped_key_hashes, challenge_hash, consumer_key_hash, released_media))| {
+                Event::RedemptionAccepted {
+                    voucher_id,
+                    node_id,
+                    consumer_id,
+                    cert_serial,
+                    wrapped_key_hashes,
+                    challenge_hash,
+                    consumer_key_hash,
+                    released_media,
+                }
             }),
         (id(VoucherId), id(NodeId), text()).prop_map(|(voucher_id, node_id, reason)| Event::DeliveryFailed { voucher_id, node_id, reason }),
         (id(VoucherId), id(NodeId), id(MediaId), id(CertSerial), hash32(), u64s(), any::<bool>()).prop_map(
