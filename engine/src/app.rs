@@ -927,6 +927,9 @@ impl Market {
         Ok(RedeemAnswer { voucher_id: voucher_id.clone(), keys, transactions })
     }
 
+    /// The node reports a delivery the player confirmed, with the player's confirm proof
+    /// over the content hash (`crypto::confirm_proof`).
+    #[allow(clippy::too_many_arguments)] // the fields of one CompleteDeliveryRequest
     pub async fn complete_delivery(
         &self,
         node: &NodeId,
@@ -935,18 +938,56 @@ impl Market {
         media_id: &MediaId,
         content_hash: [u8; 32],
         size_bytes: u64,
+        confirm_proof: &[u8],
     ) -> Result<bool, AppError> {
-        self.voucher_of(voucher_id).await?;
-        let command = VoucherCommand::CompleteDelivery(CompleteDelivery { node: node.clone(), media_id: media_id.clone(), content_hash, size_bytes });
+        let root = self.voucher_of(voucher_id).await?;
+        let proof = self.confirm_check(&root.state, voucher_id, node, media_id, &content_hash, confirm_proof).await?;
+        drop(root);
+        let command = VoucherCommand::CompleteDelivery(CompleteDelivery { node: node.clone(), media_id: media_id.clone(), content_hash, size_bytes, proof });
         let handled = self.handler.handle::<Voucher>(&voucher_id.0, &actor(ActorKind::Node, &node.0), request, &command).await?;
         Ok(handled.root.state.status == voucher::VoucherStatus::Delivered)
     }
 
-    pub async fn fail_delivery(&self, node: &NodeId, request: &RequestId, voucher_id: &VoucherId, reason: &str) -> Result<(), AppError> {
-        self.voucher_of(voucher_id).await?;
-        let command = VoucherCommand::FailDelivery { node: node.clone(), reason: reason.to_string() };
+    /// The node reports a delivery the player found broken (`received_hash` is not the
+    /// container's), with the player's confirm proof over what it received.
+    #[allow(clippy::too_many_arguments)] // the fields of one FailDeliveryRequest
+    pub async fn fail_delivery(
+        &self,
+        node: &NodeId,
+        request: &RequestId,
+        voucher_id: &VoucherId,
+        reason: &str,
+        media_id: &MediaId,
+        received_hash: &[u8],
+        confirm_proof: &[u8],
+    ) -> Result<(), AppError> {
+        let root = self.voucher_of(voucher_id).await?;
+        let proof = self.confirm_check(&root.state, voucher_id, node, media_id, received_hash, confirm_proof).await?;
+        drop(root);
+        let command = VoucherCommand::FailDelivery { node: node.clone(), reason: reason.to_string(), proof };
         self.handler.handle::<Voucher>(&voucher_id.0, &actor(ActorKind::Node, &node.0), request, &command).await?;
         Ok(())
+    }
+
+    /// Whether `proof` is the confirm proof of the consumer the voucher's keys were
+    /// released to, over this node, media and hash (public data and the receipt the engine
+    /// derives; no RSA). No release yet: no proof can be valid.
+    async fn confirm_check(
+        &self,
+        state: &Voucher,
+        voucher_id: &VoucherId,
+        node: &NodeId,
+        media_id: &MediaId,
+        hash: &[u8],
+        proof: &[u8],
+    ) -> Result<ProofCheck, AppError> {
+        let Some((consumer, cert_serial)) = state.released_to.clone() else { return Ok(ProofCheck::Invalid) };
+        let consumer_root = self.handler.load::<Consumer>(&consumer.0).await?;
+        let public_key_der = consumer_root.state.certs.get(&cert_serial).map(|cert| cert.public_key_der.as_slice()).unwrap_or_default();
+        let subject = crypto::ProofConsumer::new(&consumer.0, &cert_serial.0, public_key_der);
+        let receipt = crypto::derive_token(&self.keys.token_key(state.receipt_key_id), TokenPurpose::Receipt, &voucher_id.0, state.receipt_generation);
+        let valid = crypto::verify_confirm_proof(&receipt, &voucher_id.0, &node.0, &media_id.0, hash, &subject, proof);
+        Ok(if valid { ProofCheck::Valid } else { ProofCheck::Invalid })
     }
 
     pub async fn end_preview(&self, node: &NodeId, request: &RequestId, preview: &PreviewId, played_ms: u64) -> Result<(), AppError> {

@@ -299,6 +299,23 @@ async fn build_world() -> World {
             .cert_serial
     };
     let alice_serial = certify("cert-alice", "alice", 86_400_000).await;
+    // Alice redeems the second sale at X: its keys are released to her, so a failure
+    // report with her confirm proof is X's to make (FailDelivery's access row).
+    let second_redeem = pb::RedeemRequest {
+        request_id: "second-redeem".into(),
+        voucher_id: second.voucher_id.clone(),
+        cert_serial: alice_serial.clone(),
+        consumer_id: "alice".into(),
+        proof: support::sale::proof(
+            &second.receipt,
+            &second.voucher_id,
+            &x.id,
+            &[5; 32],
+            &support::sale::Named { consumer: "alice", cert_serial: &alice_serial, public_key_der: &consumer_der },
+        ),
+        challenge: vec![5; 32],
+    };
+    client::delivery(fx.channel.clone(), x.clone()).redeem(second_redeem).await.expect("alice redeems the second sale");
     let bob_serial = certify("cert-bob", "bob", 86_400_000).await;
     let erin_serial = certify("cert-erin", "erin", 1).await;
     let dave_serial = certify("cert-dave", "dave", 86_400_000).await;
@@ -440,13 +457,30 @@ impl World {
         }
     }
 
+    /// A failure report by node X of `sale` (redeemed by alice), with her confirm proof of a wrong hash.
+    fn fail(&self, request_id: &str, sale: &client::Sale, reason: &str) -> pb::FailDeliveryRequest {
+        let alice = support::sale::Named { consumer: "alice", cert_serial: &self.alice_serial, public_key_der: &self.consumer_der };
+        pb::FailDeliveryRequest {
+            request_id: request_id.into(),
+            voucher_id: sale.voucher_id.clone(),
+            reason: reason.into(),
+            media_id: self.media.clone(),
+            received_hash: vec![0; 32],
+            confirm_proof: support::sale::confirm(&sale.receipt, &sale.voucher_id, &self.x.id, &self.media, &[0; 32], &alice),
+        }
+    }
+
+    /// A delivery report by node X of `voucher` (the sale or another), with alice's
+    /// confirm proof for the sale.
     fn complete(&self, request_id: &str, voucher: &str) -> pb::CompleteDeliveryRequest {
+        let alice = support::sale::Named { consumer: "alice", cert_serial: &self.alice_serial, public_key_der: &self.consumer_der };
         pb::CompleteDeliveryRequest {
             request_id: request_id.into(),
             voucher_id: voucher.into(),
             media_id: self.media.clone(),
             content_hash: vec![1; 32],
             size_bytes: 20_000,
+            confirm_proof: support::sale::confirm(&self.sale.receipt, &self.sale.voucher_id, &self.x.id, &self.media, &[1; 32], &alice),
         }
     }
 
@@ -781,11 +815,7 @@ impl World {
             Rpc::SubscribeAssignments => Req::SubscribeAssignments(pb::SubscribeAssignmentsRequest { after_seq: 0 }),
             Rpc::Redeem => Req::Redeem(self.redeem("acc-redeem", &self.x.id)),
             Rpc::CompleteDelivery => Req::CompleteDelivery(self.complete("acc-complete", &sale)),
-            Rpc::FailDelivery => Req::FailDelivery(pb::FailDeliveryRequest {
-                request_id: "acc-fail".into(),
-                voucher_id: self.second.voucher_id.clone(),
-                reason: "disk full".into(),
-            }),
+            Rpc::FailDelivery => Req::FailDelivery(self.fail("acc-fail", &self.second, "disk full")),
             Rpc::EndPreview => Req::EndPreview(pb::EndPreviewRequest { request_id: "acc-end".into(), preview_id: self.preview.clone(), played_ms: 1000 }),
             Rpc::FetchMedia => Req::FetchMedia(pb::FetchMediaRequest { media_id: self.media.clone(), part: pb::MediaPart::Container as i32 }),
             Rpc::PublishMedia => Req::PublishMedia(self.publish_request("acc-publish")),

@@ -149,6 +149,8 @@ async fn publish_buy_deliver_decrypt_over_grpc() {
     let media_key = crypto::unwrap_key(&consumer_key, &redeemed.keys[0].wrapped_key).expect("unwrap");
     let plaintext = engine::media::open(&media_key, &container).expect("decrypts and verifies");
     assert_eq!(plaintext, content);
+    let subject = crypto::ProofConsumer::new("alice", &cert.cert_serial, &consumer_der);
+    let confirm_proof = crypto::confirm_proof(&receipt, &sale.voucher_id, &sale.node_id, &published.media_id, &crypto::hash(&container), &subject);
     delivery
         .complete_delivery(pb::CompleteDeliveryRequest {
             request_id: "deliver-1".into(),
@@ -156,6 +158,7 @@ async fn publish_buy_deliver_decrypt_over_grpc() {
             media_id: published.media_id.clone(),
             content_hash: crypto::hash(&container).to_vec(),
             size_bytes: container.len() as u64,
+            confirm_proof: confirm_proof.to_vec(),
         })
         .await
         .expect("complete delivery");

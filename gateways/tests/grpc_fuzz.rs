@@ -694,12 +694,14 @@ async fn known_good(world: &World, round: usize) -> Result<(), String> {
     if keys.len() != 1 {
         return Err(format!("known-good sale {round}: redeemed {} keys, not 1", keys.len()));
     }
+    let named = support::sale::Named { consumer: KNOWN_GOOD_CONSUMER, cert_serial: &world.known_good_serial, public_key_der: &world.consumer_der };
     let complete = pb::CompleteDeliveryRequest {
         request_id: format!("known-good-{round}-complete"),
         voucher_id: sale.voucher_id.clone(),
         media_id: world.media.clone(),
         content_hash: vec![1; 32],
         size_bytes: 20_000,
+        confirm_proof: support::sale::confirm(&sale.receipt, &sale.voucher_id, &world.w.id, &world.media, &[1; 32], &named),
     };
     w.complete_delivery(complete).await.map_err(step("complete"))?;
     let view = merchant.get_voucher(pb::GetVoucherRequest { voucher_id: sale.voucher_id }).await.map_err(step("get"))?.into_inner();

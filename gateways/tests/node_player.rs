@@ -212,8 +212,23 @@ async fn a_player_redeems_downloads_decrypts_and_confirms_an_album_through_a_nod
     let replayed = at_node.redeem(pb::PlayerRedeemRequest { request_id: "redeem-4".into(), ..redeem }).await.expect_err("a challenge is answered once");
     assert_eq!(replayed.code(), Code::PermissionDenied, "{replayed:?}");
     assert_eq!(status_of(&mut fixture.merchant, &sale.voucher_id).await, "Redeeming");
+    // The grant alone (what the node and the link see) fails no delivery: a Confirm needs
+    // the buyer's proof. With it, a wrong hash reports the delivery failed.
+    let head = fixture.log.last_seq().await.expect("head");
+    let without = at_node
+        .confirm(pb::ConfirmRequest { grant: grant.clone(), media_id: b.media_id.clone(), received_hash: vec![0; 32], proof: Vec::new() })
+        .await
+        .expect_err("no proof");
+    assert_eq!(without.code(), Code::InvalidArgument, "{without:?}");
+    let forged = at_node
+        .confirm(pb::ConfirmRequest { grant: grant.clone(), media_id: b.media_id.clone(), received_hash: vec![0; 32], proof: vec![9; 32] })
+        .await
+        .expect_err("a forged proof");
+    assert_eq!(forged.code(), Code::PermissionDenied, "{forged:?}");
+    assert_eq!(fixture.log.last_seq().await.expect("head"), head, "neither failed the delivery");
+    let confirm_proof = crypto::confirm_proof(&receipt, &sale.voucher_id, &sale.node_id, &b.media_id, &[0; 32], &alice_subject).to_vec();
     let mismatch = at_node
-        .confirm(pb::ConfirmRequest { grant: grant.clone(), media_id: b.media_id.clone(), received_hash: vec![0; 32] })
+        .confirm(pb::ConfirmRequest { grant: grant.clone(), media_id: b.media_id.clone(), received_hash: vec![0; 32], proof: confirm_proof })
         .await
         .expect_err("hash mismatch");
     assert_eq!(mismatch.code(), Code::DataLoss, "{mismatch:?}");

@@ -263,6 +263,7 @@ async fn a_player_cannot_take_the_request_id_the_node_reports_under() {
             media_id: fixture.media_id.clone(),
             content_hash: vec![1; 32],
             size_bytes: 20_000,
+            confirm_proof: crypto::confirm_proof(&receipt_of(&second), &second.voucher_id, &second.node_id, &fixture.media_id, &[1; 32], &subject).to_vec(),
         })
         .await
         .expect_err("the id is taken");
@@ -284,8 +285,10 @@ async fn after_a_failed_confirm_only_the_consumer_holding_the_keys_redeems() {
     let mut at_node = player::connect_node(node.endpoint()).await.expect("connect");
     let first = player_redeem(&mut at_node, &sale, &alice, "r1").await;
     at_node.redeem(first).await.expect("alice redeems");
+    let subject = crypto::ProofConsumer::new("alice", &alice.certificate.cert_serial, &alice.certificate.public_key_der);
+    let proof = crypto::confirm_proof(&receipt_of(&sale), &sale.voucher_id, &sale.node_id, &fixture.media_id, &[0; 32], &subject).to_vec();
     let failed = at_node
-        .confirm(pb::ConfirmRequest { grant: Some(sale.grant()), media_id: fixture.media_id.clone(), received_hash: vec![0; 32] })
+        .confirm(pb::ConfirmRequest { grant: Some(sale.grant()), media_id: fixture.media_id.clone(), received_hash: vec![0; 32], proof })
         .await
         .expect_err("a wrong hash");
     assert_eq!(failed.code(), Code::DataLoss, "{failed:?}");

@@ -72,10 +72,11 @@ async fn script(log: Arc<dyn EventLog>, wrapped_media_key: Vec<u8>) {
                 let receipt = market.authorize(&merchant, &req(&format!("a{i}")), &voucher).await.expect("authorize").receipt;
                 market.issue(&merchant, &req(&format!("i{i}")), &voucher, None, 60_000).await.expect("issue");
                 let challenge = [i as u8; 32];
-                let proof =
-                    crypto::receipt_proof(&receipt, &voucher.0, &node.0, &challenge, &crypto::ProofConsumer::new(&consumer.0, &cert.serial.0, &player_der));
+                let subject = crypto::ProofConsumer::new(&consumer.0, &cert.serial.0, &player_der);
+                let proof = crypto::receipt_proof(&receipt, &voucher.0, &node.0, &challenge, &subject);
                 market.redeem(&node, &req(&format!("d{i}")), &voucher, &consumer, &cert.serial, &challenge, &proof).await.expect("redeem");
-                market.complete_delivery(&node, &req(&format!("done{i}")), &voucher, &media, [2; 32], 10).await.expect("deliver");
+                let confirm = crypto::confirm_proof(&receipt, &voucher.0, &node.0, &media.0, &[2; 32], &subject);
+                market.complete_delivery(&node, &req(&format!("done{i}")), &voucher, &media, [2; 32], 10, &confirm).await.expect("deliver");
             }
         }
     }

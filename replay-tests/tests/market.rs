@@ -257,7 +257,11 @@ async fn a_redemption_needs_the_receipt_and_the_assigned_node() {
     let answer = f.market.redeem(&f.node, &req("d2"), &voucher, &consumer, &cert.serial, &challenge, &proof).await.expect("redeem");
     assert_eq!(answer.keys.len(), 1);
     assert!(crypto::unwrap_key(&player, &answer.keys[0].1).is_ok(), "the key is wrapped for the player");
-    assert!(f.market.complete_delivery(&f.node, &req("done"), &voucher, &f.media, [0; 32], 10).await.expect("complete"));
+    let forged = crypto::confirm_proof(&wrong_receipt, &voucher.0, &f.node.0, &f.media.0, &[0; 32], &alice);
+    let refused = f.market.complete_delivery(&f.node, &req("done"), &voucher, &f.media, [0; 32], 10, &forged).await.expect_err("not the buyer's");
+    assert_eq!(rejection(refused), Rejection::BadProof, "only the receipt's holder confirms");
+    let confirm = crypto::confirm_proof(&receipt, &voucher.0, &f.node.0, &f.media.0, &[0; 32], &alice);
+    assert!(f.market.complete_delivery(&f.node, &req("done"), &voucher, &f.media, [0; 32], 10, &confirm).await.expect("complete"));
     let again = f.market.redeem(&f.node, &req("d3"), &voucher, &consumer, &cert.serial, &challenge, &proof).await.expect_err("delivered");
     assert_eq!(rejection(again), Rejection::AlreadyDelivered, "delivered at most once");
 }
@@ -347,15 +351,12 @@ async fn sell_and_deliver(f: &Fixture, n: usize, tag: &str) -> u64 {
         let receipt = f.market.authorize(&f.merchant, &req(&format!("{tag}-a{i}")), &voucher).await.expect("authorize").receipt;
         f.market.issue(&f.merchant, &req(&format!("{tag}-i{i}")), &voucher, None, 60_000).await.expect("issue");
         let challenge = [i as u8; 32];
-        let proof = crypto::receipt_proof(
-            &receipt,
-            &voucher.0,
-            &f.node.0,
-            &challenge,
-            &crypto::ProofConsumer::new(&consumer.0, &cert.serial.0, &test_keys::fixed_rsa_2().public().to_der().expect("der")),
-        );
+        let der = test_keys::fixed_rsa_2().public().to_der().expect("der");
+        let subject = crypto::ProofConsumer::new(&consumer.0, &cert.serial.0, &der);
+        let proof = crypto::receipt_proof(&receipt, &voucher.0, &f.node.0, &challenge, &subject);
         f.market.redeem(&f.node, &req(&format!("{tag}-d{i}")), &voucher, &consumer, &cert.serial, &challenge, &proof).await.expect("redeem");
-        f.market.complete_delivery(&f.node, &req(&format!("{tag}-done{i}")), &voucher, &f.media, [3; 32], 10).await.expect("deliver");
+        let confirm = crypto::confirm_proof(&receipt, &voucher.0, &f.node.0, &f.media.0, &[3; 32], &subject);
+        f.market.complete_delivery(&f.node, &req(&format!("{tag}-done{i}")), &voucher, &f.media, [3; 32], 10, &confirm).await.expect("deliver");
         let (preview, node) = f.market.preview(&f.merchant, &req(&format!("{tag}-p{i}")), &f.media, None).await.expect("preview");
         f.market.end_preview(&node, &req(&format!("{tag}-pe{i}")), &preview, 1_000).await.expect("end preview");
         usages += 2;

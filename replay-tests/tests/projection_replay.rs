@@ -126,8 +126,12 @@ async fn run_script(w: &World, steps: &[Step]) {
                 {
                     continue;
                 }
-                let _ = w.market.complete_delivery(&issued.node_id, &req(&format!("c{i}")), &issued.voucher_id, &w.media[0], [1; 32], 1).await;
-                let _ = w.market.complete_delivery(&issued.node_id, &req(&format!("c{i}")), &issued.voucher_id, &issued.media_ids[0], [1; 32], 1).await;
+                let confirm =
+                    |media: &MediaId| crypto::confirm_proof(&authorized.receipt, &issued.voucher_id.0, &issued.node_id.0, &media.0, &[1; 32], &subject);
+                let (voucher, node) = (&issued.voucher_id, &issued.node_id);
+                let _ = w.market.complete_delivery(node, &req(&format!("c{i}")), voucher, &w.media[0], [1; 32], 1, &confirm(&w.media[0])).await;
+                let _ =
+                    w.market.complete_delivery(node, &req(&format!("c{i}")), voucher, &issued.media_ids[0], [1; 32], 1, &confirm(&issued.media_ids[0])).await;
             }
             Step::Void { voucher, merchant } => {
                 if let Some((_, voucher)) = vouchers.get(*voucher) {

@@ -98,9 +98,11 @@ async fn sell(market: &Market, merchant: &MerchantId, media: &MediaId, n: usize,
         let receipt = market.authorize(merchant, &req(&format!("{tag}-a{i}")), &voucher).await.expect("authorize").receipt;
         let node = market.issue(merchant, &req(&format!("{tag}-i{i}")), &voucher, None, 60_000).await.expect("issue").node_id;
         let challenge = [i as u8; 32];
-        let proof = crypto::receipt_proof(&receipt, &voucher.0, &node.0, &challenge, &crypto::ProofConsumer::new(&consumer.0, &cert.serial.0, &player_der));
+        let subject = crypto::ProofConsumer::new(&consumer.0, &cert.serial.0, &player_der);
+        let proof = crypto::receipt_proof(&receipt, &voucher.0, &node.0, &challenge, &subject);
         market.redeem(&node, &req(&format!("{tag}-d{i}")), &voucher, &consumer, &cert.serial, &challenge, &proof).await.expect("redeem");
-        market.complete_delivery(&node, &req(&format!("{tag}-done{i}")), &voucher, media, [3; 32], 10).await.expect("deliver");
+        let confirm = crypto::confirm_proof(&receipt, &voucher.0, &node.0, &media.0, &[3; 32], &subject);
+        market.complete_delivery(&node, &req(&format!("{tag}-done{i}")), &voucher, media, [3; 32], 10, &confirm).await.expect("deliver");
         let (preview, node) = market.preview(merchant, &req(&format!("{tag}-p{i}")), media, None).await.expect("preview");
         market.end_preview(&node, &req(&format!("{tag}-pe{i}")), &preview, 1_000).await.expect("end preview");
     }

@@ -135,7 +135,8 @@ async fn race(log: Arc<dyn EventLog>) {
                             let subject = crypto::ProofConsumer::new(&consumer.0, &serial.0, &test_keys::fixed_rsa_2().public().to_der().expect("der"));
                             let proof = crypto::receipt_proof(&authorized.receipt, &voucher.0, &node.0, &challenge, &subject);
                             if a.redeem(&node, &RequestId::new(format!("d-{voucher}")), &voucher, &consumer, &serial, &challenge, &proof).await.is_ok() {
-                                let _ = a.complete_delivery(&node, &RequestId::new(format!("c-{voucher}")), &voucher, &media, [1; 32], 10).await;
+                                let confirm = crypto::confirm_proof(&authorized.receipt, &voucher.0, &node.0, &media.0, &[1; 32], &subject);
+                                let _ = a.complete_delivery(&node, &RequestId::new(format!("c-{voucher}")), &voucher, &media, [1; 32], 10, &confirm).await;
                             }
                         }
                     }

@@ -139,7 +139,8 @@ async fn deliver_one(market: &Market, merchant: &MerchantId, media: &MediaId, co
     let subject = crypto::ProofConsumer::new(&consumer.0, &cert.0, &test_keys::fixed_rsa_2().public().to_der().expect("der"));
     let proof = crypto::receipt_proof(&authorized.receipt, &issued.voucher_id.0, &issued.node_id.0, &challenge, &subject);
     market.redeem(&issued.node_id, &req("d"), &issued.voucher_id, consumer, cert, &challenge, &proof).await.expect("redeem");
-    market.complete_delivery(&issued.node_id, &req("c"), &issued.voucher_id, media, [1; 32], 10).await.expect("deliver");
+    let confirm = crypto::confirm_proof(&authorized.receipt, &issued.voucher_id.0, &issued.node_id.0, &media.0, &[1; 32], &subject);
+    market.complete_delivery(&issued.node_id, &req("c"), &issued.voucher_id, media, [1; 32], 10, &confirm).await.expect("deliver");
 }
 
 /// The state digest and delivery count of a clean rebuild of `log`.

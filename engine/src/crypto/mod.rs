@@ -31,8 +31,8 @@ pub use self::aead::{aead_decrypt, aead_encrypt};
 pub use self::hashing::{Hasher, credential_hash, derive_hash, derive_key, hash, keyed_hash};
 pub use self::rsa::{RsaPrivate, RsaPublic, sign, unwrap_key, verify, wrap_key};
 pub use self::tokens::{
-    AccessDenied, ProofConsumer, TokenPurpose, access_token, check_access_token, derive_token, hmac_sha256, hmac_sha256_framed, node_access_key, receipt_proof,
-    verify_hmac_sha256_framed, verify_receipt_proof,
+    AccessDenied, ProofConsumer, TokenPurpose, access_token, check_access_token, confirm_proof, derive_token, hmac_sha256, hmac_sha256_framed, node_access_key,
+    receipt_proof, verify_confirm_proof, verify_hmac_sha256_framed, verify_receipt_proof,
 };
 
 use std::fmt;

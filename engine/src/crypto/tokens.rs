@@ -13,6 +13,7 @@ use hmac::{Hmac, KeyInit as _, Mac};
 const LABEL_AUTH_TOKEN: &[u8] = b"vouchsafe.auth-token.v1";
 const LABEL_RECEIPT_TOKEN: &[u8] = b"vouchsafe.receipt-token.v1";
 const LABEL_RECEIPT_PROOF: &[u8] = b"vouchsafe.receipt-proof.v2";
+const LABEL_CONFIRM_PROOF: &[u8] = b"vouchsafe.confirm-proof.v1";
 const LABEL_ACCESS_TOKEN: &[u8] = b"vouchsafe.access-token.v1";
 const CONTEXT_NODE_ACCESS_KEY: &str = "vouchsafe 2025-01-01 node access key v1";
 
@@ -120,6 +121,45 @@ pub fn receipt_proof(receipt: &Token, voucher_id: &str, node_id: &str, challenge
 /// Checks a [`receipt_proof`] in constant time.
 pub fn verify_receipt_proof(receipt: &Token, voucher_id: &str, node_id: &str, challenge: &[u8], consumer: &ProofConsumer<'_>, proof: &[u8]) -> bool {
     verify_hmac_sha256_framed(receipt.expose(), &receipt_proof_parts(voucher_id, node_id, challenge, consumer), proof)
+}
+
+fn confirm_proof_parts<'a>(
+    voucher_id: &'a str,
+    node_id: &'a str,
+    media_id: &'a str,
+    received_hash: &'a [u8],
+    consumer: &'a ProofConsumer<'a>,
+) -> [&'a [u8]; 8] {
+    [
+        LABEL_CONFIRM_PROOF,
+        voucher_id.as_bytes(),
+        node_id.as_bytes(),
+        media_id.as_bytes(),
+        received_hash,
+        consumer.consumer_id.as_bytes(),
+        consumer.cert_serial.as_bytes(),
+        &consumer.key_hash,
+    ]
+}
+
+/// The player's proof, with its Confirm, that the buyer (who holds `receipt`) reports this
+/// delivery of `media_id` with `received_hash`: the node forwards it, and the engine
+/// completes or fails a delivery only with it. Its own label: never a redemption proof.
+pub fn confirm_proof(receipt: &Token, voucher_id: &str, node_id: &str, media_id: &str, received_hash: &[u8], consumer: &ProofConsumer<'_>) -> [u8; 32] {
+    hmac_sha256_framed(receipt.expose(), &confirm_proof_parts(voucher_id, node_id, media_id, received_hash, consumer))
+}
+
+/// Checks a [`confirm_proof`] in constant time.
+pub fn verify_confirm_proof(
+    receipt: &Token,
+    voucher_id: &str,
+    node_id: &str,
+    media_id: &str,
+    received_hash: &[u8],
+    consumer: &ProofConsumer<'_>,
+    proof: &[u8],
+) -> bool {
+    verify_hmac_sha256_framed(receipt.expose(), &confirm_proof_parts(voucher_id, node_id, media_id, received_hash, consumer), proof)
 }
 
 /// The per-node key for delivery access tokens, derived from the engine token key with

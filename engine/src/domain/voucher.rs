@@ -142,6 +142,9 @@ pub struct CompleteDelivery {
     pub media_id: MediaId,
     pub content_hash: [u8; 32],
     pub size_bytes: u64,
+    /// The player's confirm proof, as the shell found it against the receipt and the
+    /// consumer the keys were released to.
+    pub proof: ProofCheck,
 }
 
 #[derive(Clone, Debug)]
@@ -163,6 +166,8 @@ pub enum VoucherCommand {
     FailDelivery {
         node: NodeId,
         reason: String,
+        /// The player's confirm proof of what it received (checked by the shell).
+        proof: ProofCheck,
     },
     CompleteDelivery(CompleteDelivery),
 }
@@ -352,6 +357,9 @@ impl Voucher {
         if self.status != VoucherStatus::Redeeming {
             return Err(self.transition("CompleteDelivery"));
         }
+        if complete.proof != ProofCheck::Valid {
+            return Err(Rejection::BadProof);
+        }
         let (_, cert_serial) = self.consumer.clone().ok_or(Rejection::InvalidTransition { kind: "voucher", command: "CompleteDelivery", state: "Issued" })?;
         Ok(vec![Event::Delivered {
             voucher_id: self.id_or_empty(),
@@ -424,10 +432,13 @@ impl Aggregate for Voucher {
                 }])
             }
             VoucherCommand::Redeem(redeem) => self.decide_redeem(redeem),
-            VoucherCommand::FailDelivery { node, reason } => {
+            VoucherCommand::FailDelivery { node, reason, proof } => {
                 self.assigned_to(node)?;
                 validate::text("reason", reason, 512)?;
                 match self.status {
+                    // Only the buyer reports a failure: a node or a link that saw the grant
+                    // cannot spend the consumer's retries.
+                    VoucherStatus::Redeeming | VoucherStatus::Issued if *proof != ProofCheck::Valid => Err(Rejection::BadProof),
                     VoucherStatus::Redeeming | VoucherStatus::Issued => {
                         Ok(vec![Event::DeliveryFailed { voucher_id: self.id_or_empty(), node_id: node.clone(), reason: reason.clone() }])
                     }

@@ -205,10 +205,11 @@ impl EngineUnderTest {
         delivered.extend(redeemed);
         drive(0..delivered.len(), |position| {
             let market = Arc::clone(&self.market);
-            let (index, voucher_id, node_id) = delivered[position].clone();
+            let (index, voucher_id, node_id, confirm_proof) = delivered[position].clone();
             let (media_id, content_hash, run_id) = (self.media_id.clone(), self.content_hash, self.run_id.clone());
             async move {
-                market.complete_delivery(&node_id, &request(&run_id, "deliver", index), &voucher_id, &media_id, content_hash, MEDIA_BYTES as u64).await?;
+                let request = request(&run_id, "deliver", index);
+                market.complete_delivery(&node_id, &request, &voucher_id, &media_id, content_hash, MEDIA_BYTES as u64, &confirm_proof).await?;
                 anyhow::Ok(())
             }
         })
@@ -216,24 +217,28 @@ impl EngineUnderTest {
         Ok(rate)
     }
 
-    pub(super) async fn redeem_all(&self, vouchers: Vec<ToDeliver>) -> anyhow::Result<(Vec<u32>, Vec<(usize, VoucherId, NodeId)>)> {
+    /// Redeems each voucher; answers the latencies and, per voucher, what its delivery
+    /// report needs (the player's confirm proof of the media's content hash).
+    pub(super) async fn redeem_all(&self, vouchers: Vec<ToDeliver>) -> anyhow::Result<(Vec<u32>, Vec<(usize, VoucherId, NodeId, [u8; 32])>)> {
         let vouchers: Vec<Arc<ToDeliver>> = vouchers.into_iter().map(Arc::new).collect();
         let results = drive(0..vouchers.len(), |position| {
             let market = Arc::clone(&self.market);
             let voucher = Arc::clone(&vouchers[position]);
             let (consumer, cert_serial, run_id) = (self.consumer.clone(), self.cert_serial.clone(), self.run_id.clone());
+            let (media_id, content_hash) = (self.media_id.clone(), self.content_hash);
             let consumer_key_der = Arc::clone(&self.consumer_key_der);
             async move {
                 let challenge = crypto::random_bytes::<32>();
                 let subject = crypto::ProofConsumer::new(&consumer.0, &cert_serial.0, &consumer_key_der);
                 let proof = crypto::receipt_proof(&voucher.receipt, &voucher.voucher_id.0, &voucher.node_id.0, &challenge, &subject);
+                let confirm = crypto::confirm_proof(&voucher.receipt, &voucher.voucher_id.0, &voucher.node_id.0, &media_id.0, &content_hash, &subject);
                 let started = Instant::now();
                 let redeemed = market
                     .redeem(&voucher.node_id, &request(&run_id, "redeem", voucher.index), &voucher.voucher_id, &consumer, &cert_serial, &challenge, &proof)
                     .await?;
                 let latency = micros(started.elapsed());
                 ensure!(redeemed.keys.len() == 1, "redeeming {} returned {} keys instead of 1", voucher.voucher_id, redeemed.keys.len());
-                anyhow::Ok((latency, (voucher.index, voucher.voucher_id.clone(), voucher.node_id.clone())))
+                anyhow::Ok((latency, (voucher.index, voucher.voucher_id.clone(), voucher.node_id.clone(), confirm)))
             }
         })
         .await?;

@@ -344,6 +344,10 @@ impl NodeService for NodeApi {
         let grant = require_grant(request.grant)?;
         self.shared.check(&grant)?;
         require_media_in_grant(&grant, &request.media_id)?;
+        // The node cannot check the proof (it never sees the receipt): the engine does.
+        if request.proof.len() != 32 || request.received_hash.len() != 32 {
+            return Err(status::malformed_confirm());
+        }
         let container = self.shared.part(&request.media_id, MediaPart::Container).await?;
         let mut engine = self.shared.engine.clone();
         if crypto::ct_eq(&request.received_hash, &container.hash) {
@@ -354,6 +358,7 @@ impl NodeService for NodeApi {
                     media_id: request.media_id.clone(),
                     content_hash: container.hash.to_vec(),
                     size_bytes: container.bytes.len() as u64,
+                    confirm_proof: request.proof.clone(),
                 })
                 .await
                 .map_err(relay)?;
@@ -367,7 +372,14 @@ impl NodeService for NodeApi {
             // taken for a retry of this one.
             let request_id = format!("fail-{}", hex::encode(crypto::random_bytes::<16>()));
             engine
-                .fail_delivery(FailDeliveryRequest { request_id, voucher_id: grant.voucher_id.clone(), reason: "content hash mismatch".to_string() })
+                .fail_delivery(FailDeliveryRequest {
+                    request_id,
+                    voucher_id: grant.voucher_id.clone(),
+                    reason: "content hash mismatch".to_string(),
+                    media_id: request.media_id.clone(),
+                    received_hash: request.received_hash.clone(),
+                    confirm_proof: request.proof.clone(),
+                })
                 .await
                 .map_err(relay)?;
             warn!(node_id = %self.shared.node_id, voucher_id = %grant.voucher_id, media_id = %request.media_id, "delivery failed: content hash mismatch");

@@ -47,6 +47,10 @@ pub fn offset_past_end(offset: u64, container_bytes: usize) -> Status {
     Status::out_of_range(format!("offset {offset} is past the end of the {container_bytes}-byte container; resume from at most its size"))
 }
 
+pub fn malformed_confirm() -> Status {
+    Status::invalid_argument("a Confirm needs the 32-byte received_hash and the 32-byte proof of the receipt (crypto::confirm_proof)")
+}
+
 pub fn content_mismatch() -> Status {
     Status::data_loss("the received bytes do not match the media container; the delivery was reported failed, redeem and download again")
 }

@@ -361,7 +361,6 @@ pub async fn redeem_and_download_on(
     // consumer in the Redeem.
     let subject = crypto::ProofConsumer::new(passport.consumer_id.as_str(), &passport.certificate.cert_serial, &passport.certificate.public_key_der);
     let proof = crypto::receipt_proof(&receipt, voucher_id, &purchase.node_id, &challenge, &subject);
-    drop(receipt);
     let redeem = PlayerRedeemRequest {
         grant: Some(grant.clone()),
         request_id: request_id.to_string(),
@@ -417,7 +416,9 @@ pub async fn redeem_and_download_on(
         };
         tokio::fs::write(&path, &copy_bytes).await.with_context(|| format!("cannot write {}", path.display()))?;
         drop(copy_bytes);
-        let confirm = ConfirmRequest { grant: Some(grant.clone()), media_id: key.media_id.clone(), received_hash: container_hash.to_vec() };
+        // The Confirm proves the receipt too: only the buyer completes (or fails) it.
+        let proof = crypto::confirm_proof(&receipt, voucher_id, &purchase.node_id, &key.media_id, &container_hash, &subject).to_vec();
+        let confirm = ConfirmRequest { grant: Some(grant.clone()), media_id: key.media_id.clone(), received_hash: container_hash.to_vec(), proof };
         let confirmed = node.confirm(confirm).await.map_err(rpc_error("Confirm"))?.into_inner();
         info!(%voucher_id, media_id = %key.media_id, path = %path.display(), voucher_delivered = confirmed.voucher_delivered, "delivered");
         copies.push(DeliveredCopy {

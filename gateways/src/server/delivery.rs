@@ -187,7 +187,8 @@ impl pb::delivery_service_server::DeliveryService for Api {
             let voucher = id("voucher_id", &message.voucher_id, VoucherId)?;
             let media = id("media_id", &message.media_id, MediaId)?;
             let content_hash = hash32("content_hash", &message.content_hash)?;
-            self.market().complete_delivery(&node, &request_id, &voucher, &media, content_hash, message.size_bytes).await.map_err(fail)?;
+            let proof = hash32("confirm_proof", &message.confirm_proof)?;
+            self.market().complete_delivery(&node, &request_id, &voucher, &media, content_hash, message.size_bytes, &proof).await.map_err(fail)?;
             Ok(pb::CompleteDeliveryResponse {})
         }
         .await;
@@ -200,7 +201,10 @@ impl pb::delivery_service_server::DeliveryService for Api {
             let message = request.get_ref();
             let request_id = request_id(&message.request_id)?;
             let voucher = id("voucher_id", &message.voucher_id, VoucherId)?;
-            self.market().fail_delivery(&node, &request_id, &voucher, &message.reason).await.map_err(fail)?;
+            let media = id("media_id", &message.media_id, MediaId)?;
+            let received_hash = hash32("received_hash", &message.received_hash)?;
+            let proof = hash32("confirm_proof", &message.confirm_proof)?;
+            self.market().fail_delivery(&node, &request_id, &voucher, &message.reason, &media, &received_hash, &proof).await.map_err(fail)?;
             Ok(pb::FailDeliveryResponse {})
         }
         .await;

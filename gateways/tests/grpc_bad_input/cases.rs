@@ -219,7 +219,7 @@ pub(super) fn bad_input_cases(w: &World) -> Vec<Case> {
         "unknown id",
         "voucher never reserved",
         &x,
-        Req::FailDelivery(pb::FailDeliveryRequest { request_id: "unk-fail".into(), voucher_id: "v-never".into(), reason: "disk".into() }),
+        Req::FailDelivery(pb::FailDeliveryRequest { voucher_id: "v-never".into(), ..w.fail("unk-fail", &w.sale, "disk") }),
         nf,
     ));
     cases.push(case(
@@ -370,13 +370,7 @@ pub(super) fn bad_input_cases(w: &World) -> Vec<Case> {
         Req::CompleteDelivery(pb::CompleteDeliveryRequest { media_id: "md-other".into(), ..w.complete("inv-complete-2", sale) }),
         ia,
     ));
-    cases.push(case(
-        "invalid field",
-        "empty reason",
-        &x,
-        Req::FailDelivery(pb::FailDeliveryRequest { request_id: "inv-fail".into(), voucher_id: sale.clone(), reason: String::new() }),
-        ia,
-    ));
+    cases.push(case("invalid field", "empty reason", &x, Req::FailDelivery(w.fail("inv-fail", &w.sale, "")), ia));
     cases.push(case("invalid field", "part unspecified", &x, Req::FetchMedia(pb::FetchMediaRequest { media_id: w.media.clone(), part: 0 }), ia));
     cases.push(case("invalid field", "part 99", &x, Req::FetchMedia(pb::FetchMediaRequest { media_id: w.media.clone(), part: 99 }), ia));
     cases.push(case(
@@ -545,13 +539,20 @@ pub(super) fn bad_input_cases(w: &World) -> Vec<Case> {
     cases.push(case("node Y on X's", "a valid proof made for Y", &y, Req::Redeem(w.redeem("y-redeem-1", &w.y.id)), pd));
     cases.push(case("node Y on X's", "X's proof", &y, Req::Redeem(w.redeem("y-redeem-2", &w.x.id)), pd));
     cases.push(case("node Y on X's", "X's voucher", &y, Req::CompleteDelivery(w.complete("y-complete", sale)), pd));
-    cases.push(case(
-        "node Y on X's",
-        "X's voucher",
-        &y,
-        Req::FailDelivery(pb::FailDeliveryRequest { request_id: "y-fail".into(), voucher_id: sale.clone(), reason: "disk".into() }),
-        pd,
-    ));
+    // Only the buyer completes or fails a delivery: the node alone (or the link) cannot.
+    // (The second sale is being redeemed by alice; `complete` proves the first sale's receipt.)
+    let second = &w.second.voucher_id;
+    let forged = pb::CompleteDeliveryRequest { confirm_proof: vec![9; 32], ..w.complete("cp-complete", second) };
+    cases.push(case("confirm proof", "CompleteDelivery, forged", &x, Req::CompleteDelivery(forged), pd).message_has("proof"));
+    let other_voucher = w.complete("cp-complete-2", second);
+    cases.push(case("confirm proof", "CompleteDelivery, another voucher's proof", &x, Req::CompleteDelivery(other_voucher), pd).message_has("proof"));
+    let missing = pb::CompleteDeliveryRequest { confirm_proof: Vec::new(), ..w.complete("cp-complete-3", second) };
+    cases.push(case("confirm proof", "CompleteDelivery, none", &x, Req::CompleteDelivery(missing), ia).message_has("confirm_proof"));
+    let forged = pb::FailDeliveryRequest { confirm_proof: vec![9; 32], ..w.fail("cp-fail", &w.second, "disk") };
+    cases.push(case("confirm proof", "FailDelivery, forged", &x, Req::FailDelivery(forged), pd).message_has("proof"));
+    let other_media = pb::FailDeliveryRequest { received_hash: vec![3; 32], ..w.fail("cp-fail-2", &w.second, "disk") };
+    cases.push(case("confirm proof", "FailDelivery, proof of another hash", &x, Req::FailDelivery(other_media), pd).message_has("proof"));
+    cases.push(case("node Y on X's", "X's voucher", &y, Req::FailDelivery(w.fail("y-fail", &w.sale, "disk")), pd));
     cases.push(case(
         "node Y on X's",
         "X's preview",

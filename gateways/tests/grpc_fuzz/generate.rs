@@ -59,6 +59,8 @@ pub(super) struct Pools {
     pub(super) spends: Vec<pb::SpendAuthorization>,
     /// Balance reads: acct-1's signed now, stale, another consumer's signature, garbage.
     pub(super) points_reads: Vec<pb::GetPointsRequest>,
+    /// Alice's confirm proofs for the world's sales at X (hash of ones, of zeros).
+    pub(super) confirms: Vec<Vec<u8>>,
 }
 
 /// Request ids the generated cases share.
@@ -135,6 +137,13 @@ impl Pools {
                 proofs.push((challenge.clone(), proof(&sale.receipt, &sale.voucher_id, node, &challenge, &alice)));
             }
         }
+        let mut confirms = Vec::new();
+        for sale in [&w.sale, &w.second] {
+            let alice = support::sale::Named { consumer: "alice", cert_serial: &w.alice_serial, public_key_der: &w.consumer_der };
+            for hash in [[1u8; 32], [0u8; 32]] {
+                confirms.push(support::sale::confirm(&sale.receipt, &sale.voucher_id, &w.x.id, &w.media, &hash, &alice));
+            }
+        }
         let mut redemptions = Vec::new();
         for sale in [&w.sale, &w.second] {
             for (consumer, serial) in [("alice", &w.alice_serial), ("bob", &w.bob_serial), ("erin", &w.erin_serial)] {
@@ -174,6 +183,7 @@ impl Pools {
             redemptions,
             spends,
             points_reads,
+            confirms,
         }
     }
 }
@@ -433,13 +443,18 @@ pub(super) fn arb_request(rpc: Rpc, p: &Pools, b: Bias) -> BoxedStrategy<Req> {
                 (select(p.redemptions.clone()), rid).prop_map(|(redemption, request_id)| Req::Redeem(pb::RedeemRequest { request_id, ..redemption }));
             one_of(vec![(b.plausible(1), coherent.boxed()), (2, fields.boxed())])
         }
-        Rpc::CompleteDelivery => (rid, voucher(), media(), bytes_field(&[vec![1u8; 32]], b), u64_field(20_000, b))
-            .prop_map(|(request_id, voucher_id, media_id, content_hash, size_bytes)| {
-                Req::CompleteDelivery(pb::CompleteDeliveryRequest { request_id, voucher_id, media_id, content_hash, size_bytes })
+        Rpc::CompleteDelivery => {
+            let confirm = bytes_field(&p.confirms, b);
+            (rid, voucher(), media(), bytes_field(&[vec![1u8; 32]], b), u64_field(20_000, b), confirm)
+                .prop_map(|(request_id, voucher_id, media_id, content_hash, size_bytes, confirm_proof)| {
+                    Req::CompleteDelivery(pb::CompleteDeliveryRequest { request_id, voucher_id, media_id, content_hash, size_bytes, confirm_proof })
+                })
+                .boxed()
+        }
+        Rpc::FailDelivery => (rid, voucher(), free_text(b), media(), bytes_field(&[vec![0u8; 32]], b), bytes_field(&p.confirms, b))
+            .prop_map(|(request_id, voucher_id, reason, media_id, received_hash, confirm_proof)| {
+                Req::FailDelivery(pb::FailDeliveryRequest { request_id, voucher_id, reason, media_id, received_hash, confirm_proof })
             })
-            .boxed(),
-        Rpc::FailDelivery => (rid, voucher(), free_text(b))
-            .prop_map(|(request_id, voucher_id, reason)| Req::FailDelivery(pb::FailDeliveryRequest { request_id, voucher_id, reason }))
             .boxed(),
         Rpc::EndPreview => (rid, id_field(&p.previews, &p.any_ids, b), u64_field(1000, b))
             .prop_map(|(request_id, preview_id, played_ms)| Req::EndPreview(pb::EndPreviewRequest { request_id, preview_id, played_ms }))

@@ -71,3 +71,10 @@ pub fn proof(receipt: &[u8], voucher: &str, node: &str, challenge: &[u8], named:
     let subject = crypto::ProofConsumer::new(named.consumer, named.cert_serial, named.public_key_der);
     crypto::receipt_proof(&receipt, voucher, node, challenge, &subject).to_vec()
 }
+
+/// The buyer's confirm proof of `media` received with `hash` at `node`, for the consumer it names.
+pub fn confirm(receipt: &[u8], voucher: &str, node: &str, media: &str, hash: &[u8], named: &Named<'_>) -> Vec<u8> {
+    let receipt = SecretKey::from_bytes(receipt.try_into().expect("a 32-byte receipt"));
+    let subject = crypto::ProofConsumer::new(named.consumer, named.cert_serial, named.public_key_der);
+    crypto::confirm_proof(&receipt, voucher, node, media, hash, &subject).to_vec()
+}

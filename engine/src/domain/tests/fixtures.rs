@@ -195,7 +195,7 @@ pub fn redemption() -> Event {
 }
 
 pub fn complete_on(node: NodeId, media_id: &str) -> VoucherCommand {
-    VoucherCommand::CompleteDelivery(CompleteDelivery { node, media_id: mid(media_id), content_hash: [7; 32], size_bytes: 1000 })
+    VoucherCommand::CompleteDelivery(CompleteDelivery { node, media_id: mid(media_id), content_hash: [7; 32], size_bytes: 1000, proof: ProofCheck::Valid })
 }
 pub fn complete(media_id: &str) -> VoucherCommand {
     complete_on(node(), media_id)

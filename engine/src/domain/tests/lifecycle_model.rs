@@ -470,7 +470,9 @@ impl World {
                 let at = self.node_or(v, right);
                 let state = &self.vouchers[v].root.state;
                 let (exists, assigned) = (state.status != VoucherStatus::None, state.node.as_ref() == Some(&at));
-                let decided = self.voucher_step(v, node_actor(&at), VoucherCommand::FailDelivery { node: at.clone(), reason: "stream reset".into() })?;
+                // The player's confirm proof verifies only once keys were released (the shell).
+                let proof = if state.released_to.is_some() { ProofCheck::Valid } else { ProofCheck::Invalid };
+                let decided = self.voucher_step(v, node_actor(&at), VoucherCommand::FailDelivery { node: at.clone(), reason: "stream reset".into(), proof })?;
                 if exists && !assigned {
                     prop_assert_eq!(&decided, &Err(Rejection::NotYourAssignment), "an unassigned node failed a delivery");
                 }
@@ -484,7 +486,8 @@ impl World {
                     self.catalog[item % self.catalog.len()].0.clone()
                 };
                 let (exists, assigned) = (state.status != VoucherStatus::None, state.node.as_ref() == Some(&at));
-                let command = VoucherCommand::CompleteDelivery(CompleteDelivery { node: at.clone(), media_id, content_hash: [3; 32], size_bytes: 10 });
+                let proof = if state.released_to.is_some() { ProofCheck::Valid } else { ProofCheck::Invalid };
+                let command = VoucherCommand::CompleteDelivery(CompleteDelivery { node: at.clone(), media_id, content_hash: [3; 32], size_bytes: 10, proof });
                 let decided = self.voucher_step(v, node_actor(&at), command)?;
                 if exists && !assigned {
                     prop_assert_eq!(&decided, &Err(Rejection::NotYourAssignment), "an unassigned node delivered");

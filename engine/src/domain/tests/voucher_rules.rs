@@ -463,7 +463,21 @@ fn redeem_of_an_unknown_voucher_is_not_found() {
 // ---------------------------------------------------------------- FailDelivery
 
 fn fail_on(node: NodeId, reason: &str) -> VoucherCommand {
-    VoucherCommand::FailDelivery { node, reason: reason.into() }
+    VoucherCommand::FailDelivery { node, reason: reason.into(), proof: ProofCheck::Valid }
+}
+
+/// The attack: whoever saw the access grant (the node, the link) sent Confirms with a
+/// wrong hash and so failed the buyer's delivery, spending the consumer's retries. Now
+/// a delivery is completed or failed only with the buyer's confirm proof; control: the
+/// same reports with a valid proof (the other tests here).
+#[test]
+fn a_delivery_is_completed_or_failed_only_with_the_buyers_confirm_proof() {
+    let forged = VoucherCommand::FailDelivery { node: node(), reason: "content hash mismatch".into(), proof: ProofCheck::Invalid };
+    check::<Voucher>(&song_redeeming(), forged, ISSUED_AT, Err(Rejection::BadProof));
+    let VoucherCommand::CompleteDelivery(complete) = complete("song1") else { unreachable!("complete builds a CompleteDelivery") };
+    let forged = VoucherCommand::CompleteDelivery(crate::domain::voucher::CompleteDelivery { proof: ProofCheck::Invalid, ..complete });
+    check::<Voucher>(&song_redeeming(), forged, ISSUED_AT, Err(Rejection::BadProof));
+    check::<Voucher>(&song_redeeming(), fail_on(node(), "disk full"), ISSUED_AT, Ok(vec![delivery_failed()]));
 }
 
 #[test]
