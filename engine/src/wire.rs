@@ -5,7 +5,7 @@
 
 use crate::domain::event::{
     Actor, ActorKind, AggregateKind, AggregateRef, Event, LedgerAccountKind, MediaPublished, Payment, PointsSale, Posting, PreviewClip, Recorded, Rendition,
-    ReservedItem, RightsReportSealed, RoyaltyTerms, VoidReason,
+    ReservedItem, RightsReportSealed, RoyaltyTerms, UnitCharge, VoidReason,
 };
 use crate::ids::{AccountId, AuditorId, CertSerial, ConsumerId, MediaId, MerchantId, Millis, NodeId, OrderId, PreviewId, VoucherId};
 use pb::envelope::Event as E;
@@ -237,6 +237,28 @@ macro_rules! impl_as_ref {
 }
 impl_as_ref!(MediaId);
 
+fn terms_to_pb(terms: &RoyaltyTerms) -> pb::RoyaltyTerms {
+    pb::RoyaltyTerms {
+        retailer_bps: terms.retailer_bps,
+        distributor_bps: terms.distributor_bps,
+        owner_bps: terms.owner_bps,
+        distributor: terms.distributor.clone(),
+        owner: terms.owner.clone(),
+        rights_agent: terms.rights_agent.clone(),
+    }
+}
+
+fn terms_of(terms: pb::RoyaltyTerms) -> RoyaltyTerms {
+    RoyaltyTerms {
+        retailer_bps: terms.retailer_bps,
+        distributor_bps: terms.distributor_bps,
+        owner_bps: terms.owner_bps,
+        distributor: terms.distributor,
+        owner: terms.owner,
+        rights_agent: terms.rights_agent,
+    }
+}
+
 fn media_published_to_pb(m: &MediaPublished) -> pb::MediaPublished {
     pb::MediaPublished {
         media_id: m.media_id.0.clone(),
@@ -247,14 +269,7 @@ fn media_published_to_pb(m: &MediaPublished) -> pb::MediaPublished {
         length_ms: m.length_ms,
         price_minor: m.price_minor,
         currency: m.currency.clone(),
-        terms: Some(pb::RoyaltyTerms {
-            retailer_bps: m.terms.retailer_bps,
-            distributor_bps: m.terms.distributor_bps,
-            owner_bps: m.terms.owner_bps,
-            distributor: m.terms.distributor.clone(),
-            owner: m.terms.owner.clone(),
-            rights_agent: m.terms.rights_agent.clone(),
-        }),
+        terms: Some(terms_to_pb(&m.terms)),
         renditions: m
             .renditions
             .iter()
@@ -280,14 +295,7 @@ fn media_published_of(m: pb::MediaPublished) -> Result<MediaPublished, DecodeErr
         length_ms: m.length_ms,
         price_minor: m.price_minor,
         currency: m.currency,
-        terms: RoyaltyTerms {
-            retailer_bps: terms.retailer_bps,
-            distributor_bps: terms.distributor_bps,
-            owner_bps: terms.owner_bps,
-            distributor: terms.distributor,
-            owner: terms.owner,
-            rights_agent: terms.rights_agent,
-        },
+        terms: terms_of(terms),
         renditions: m
             .renditions
             .into_iter()
@@ -457,19 +465,26 @@ fn event_to_pb(event: &Event) -> E {
             amount: *amount,
             reason: void_reason(*reason) as i32,
         }),
-        Event::OrderPlaced { order_id, merchant_id, media_id, units, price_per_unit_minor } => E::OrderPlaced(pb::OrderPlaced {
+        Event::OrderPlaced { order_id, merchant_id, media_id, units, price_per_unit_minor, settles_by } => E::OrderPlaced(pb::OrderPlaced {
             order_id: order_id.0.clone(),
             merchant_id: merchant_id.0.clone(),
             media_id: media_id.0.clone(),
             units: *units,
             price_per_unit_minor: *price_per_unit_minor,
+            currency: settles_by.as_ref().map(|(currency, _)| currency.clone()).unwrap_or_default(),
+            terms: settles_by.as_ref().map(|(_, terms)| terms_to_pb(terms)),
         }),
-        Event::UnitBound { order_id, unit, device_id, device_public_key_hash, wrapped_key_hash } => E::UnitBound(pb::UnitBound {
+        Event::UnitBound { order_id, unit, device_id, device_public_key_hash, wrapped_key_hash, charge } => E::UnitBound(pb::UnitBound {
             order_id: order_id.0.clone(),
             unit: *unit,
             device_id: device_id.clone(),
             device_public_key_hash: device_public_key_hash.to_vec(),
             wrapped_key_hash: wrapped_key_hash.map(|h| h.to_vec()).unwrap_or_default(),
+            merchant_id: charge.as_ref().map(|c| c.merchant.0.clone()).unwrap_or_default(),
+            media_id: charge.as_ref().map(|c| c.media_id.0.clone()).unwrap_or_default(),
+            price_minor: charge.as_ref().map_or(0, |c| c.price_minor),
+            currency: charge.as_ref().map(|c| c.currency.clone()).unwrap_or_default(),
+            postings: charge.as_ref().map(|c| postings_to_pb(&c.postings)).unwrap_or_default(),
         }),
         Event::UnitCompleted { order_id, unit } => E::UnitCompleted(pb::UnitCompleted { order_id: order_id.0.clone(), unit: *unit }),
         Event::ConfigChanged { key, value } => E::ConfigChanged(pb::ConfigChanged { key: key.clone(), value: value.clone() }),
@@ -612,6 +627,7 @@ fn event_of_pb(event: E) -> Result<Event, DecodeError> {
             media_id: MediaId(e.media_id),
             units: e.units,
             price_per_unit_minor: e.price_per_unit_minor,
+            settles_by: e.terms.map(|terms| (e.currency, terms_of(terms))),
         },
         E::UnitBound(e) => Event::UnitBound {
             order_id: OrderId(e.order_id),
@@ -619,6 +635,17 @@ fn event_of_pb(event: E) -> Result<Event, DecodeError> {
             device_id: e.device_id,
             device_public_key_hash: array("device_public_key_hash", &e.device_public_key_hash)?,
             wrapped_key_hash: optional_hash("wrapped_key_hash", &e.wrapped_key_hash)?,
+            charge: if e.media_id.is_empty() {
+                None
+            } else {
+                Some(UnitCharge {
+                    merchant: MerchantId(e.merchant_id),
+                    media_id: MediaId(e.media_id),
+                    price_minor: e.price_minor,
+                    currency: e.currency,
+                    postings: postings_of(e.postings)?,
+                })
+            },
         },
         E::UnitCompleted(e) => Event::UnitCompleted { order_id: OrderId(e.order_id), unit: e.unit },
         E::ConfigChanged(e) => Event::ConfigChanged { key: e.key, value: e.value },

@@ -22,8 +22,10 @@
 //! - Key release is the usage: the royalty log counts the first redemption, so a failed
 //!   Confirm no longer keeps a released key out of the record.
 //!
-//! Not here yet (issue 20): Confirm with the receipt proof, per-rendition keys, paid
-//! duplication units.
+//! - A duplication order released the media key for free: now a unit pays as it binds
+//!   (merchant clearing → the split) and is a usage in the royalty log.
+//!
+//! Not here yet (issue 20): per-rendition keys.
 
 use engine::crypto::{self, SecretKey};
 use engine::ids::ConsumerId;
@@ -335,8 +337,15 @@ async fn a_duplication_unit_binds_one_device_key_once() {
         device_id: device_id.into(),
         device_public_key_der: key.certificate.public_key_der.clone(),
     };
+    let usages = fixture.usages().await;
     let first = fixture.merchant.bind_unit(bind("bind-1", "dev-1", &device)).await.expect("bound").into_inner();
     assert!(crypto::unwrap_key(&device.private, &first.wrapped_media_key).is_ok(), "wrapped for the device");
+    // The unit was paid before its key left: a charge on the merchant's clearing account
+    // in the ledger, and a usage in the royalty log.
+    assert_eq!(fixture.usages().await, usages + 1, "the bound unit is a usage");
+    let clearing =
+        fixture.engine.state.live.read(|p| p.balances.ledger_balance("EUR", engine::domain::event::LedgerAccountKind::MerchantClearing, &fixture.merchant_id));
+    assert_eq!(clearing, -199, "the merchant pays the unit's price");
     let head = fixture.head().await;
     for (request_id, device_id) in [("bind-2", "dev-1"), ("bind-3", "dev-2")] {
         let refused = fixture.merchant.bind_unit(bind(request_id, device_id, &other)).await.expect_err("the unit is bound");
@@ -350,6 +359,7 @@ async fn a_duplication_unit_binds_one_device_key_once() {
     let again = fixture.merchant.bind_unit(bind("bind-4", "dev-1", &device)).await.expect("the same binding").into_inner();
     assert!(crypto::unwrap_key(&device.private, &again.wrapped_media_key).is_ok());
     assert!(crypto::unwrap_key(&other.private, &again.wrapped_media_key).is_err());
+    assert_eq!(fixture.usages().await, usages + 1, "one unit, one usage, however often it is asked");
     node.shutdown().await;
     fixture.engine.shutdown().await.expect("shutdown");
 }

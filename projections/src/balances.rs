@@ -3,7 +3,8 @@
 //! **The settlement ledger** mirrors the postings the domain records, and nothing else:
 //! an `Authorized` sale carries its settlement (`engine::domain::settlement::settle`), a
 //! `Voided` refund carries the reversal of it (`engine::domain::voucher::reverse`; a
-//! voucher voided before it was authorized carries none). A ledger account is named by
+//! voucher voided before it was authorized carries none), and a bound duplication unit
+//! (`UnitBound`) carries its own charge, in the currency it names. A ledger account is named by
 //! the sale's currency and the posting's kind and account name:
 //! - `ConsumerPoints(account)`: the payer of a sale paid in prepaid points;
 //! - `MerchantClearing(merchant)`: the payer of a sale whose payment the merchant took
@@ -134,6 +135,8 @@ impl Balances {
     pub fn apply(&mut self, event: &Event, currency: &str) -> Result<(), BalanceError> {
         match event {
             Event::Authorized { postings, .. } | Event::Voided { reversal: postings, .. } => self.post(postings, currency),
+            // A duplication unit is a sale of its own, in the currency it names.
+            Event::UnitBound { charge: Some(charge), .. } => self.post(&charge.postings, &charge.currency),
             Event::PointsCredited { account_id, amount, sale: None, .. } => self.points_change(account_id, i128::from(*amount), 0),
             Event::PointsCredited { account_id, amount, sale: Some(sale), .. } => {
                 // Points a merchant sold: its clearing account owes them to the consumer's

@@ -26,6 +26,8 @@ pub enum UsageKind {
     Delivery,
     /// A preview play: usage, not a sale.
     Preview,
+    /// A licensed duplication unit bound to a device: royalty-bearing.
+    Duplication,
 }
 
 /// One usage record, with the seed's fields.

@@ -6,6 +6,8 @@
 //! for the first time, and each gets its entry there, once per (voucher, media) however
 //! many retries follow. A `Delivered` adds an entry only for a media no release counted:
 //! the streams written before releases were named count at delivery, as they were sealed.
+//! A duplication unit's entry is its `UnitBound` (the event that pays for it, before its
+//! key leaves): voucher field = the order, consumer field = the device.
 //!
 //! The chain needs the epoch's `A_0`, derived from the royalty master key, which lives
 //! only in the engine's and the auditor's key files. Without it this projection still
@@ -64,8 +66,10 @@ pub enum Dimension {
 pub struct TotalsLine {
     pub deliveries: u64,
     pub previews: u64,
-    /// Royalty-bearing sale amount (deliveries only), in minor units.
+    /// Royalty-bearing sale amount (deliveries and duplication units), in minor units.
     pub amount_minor: u64,
+    /// Licensed duplication units bound.
+    pub units: u64,
 }
 
 /// Why a recorded seal does not match the chain.
@@ -169,6 +173,12 @@ impl RoyaltyLog {
             Event::PreviewEnded { preview_id, played_ms, media_id, .. } => {
                 let merchant = self.previews.get(preview_id).cloned().unwrap_or_default();
                 let entry = self.entry(UsageKind::Preview, seq, recorded_at_ms, media_id, "", "", &merchant, 0, "", *played_ms);
+                self.record(entry);
+            }
+            Event::UnitBound { order_id, device_id, charge: Some(charge), .. } => {
+                let (media, price, currency) = (&charge.media_id, charge.price_minor, charge.currency.as_str());
+                let entry =
+                    self.entry(UsageKind::Duplication, seq, recorded_at_ms, media, order_id.as_str(), device_id, &charge.merchant.0, price, currency, 0);
                 self.record(entry);
             }
             Event::RightsReportSealed(seal) => self.check_seal(seq, seal, sealed_head),
@@ -363,6 +373,10 @@ pub fn add_to_totals(totals: &mut BTreeMap<(Dimension, String), TotalsLine>, ent
                 line.amount_minor = line.amount_minor.saturating_add(entry.sale_price_minor);
             }
             UsageKind::Preview => line.previews += 1,
+            UsageKind::Duplication => {
+                line.units += 1;
+                line.amount_minor = line.amount_minor.saturating_add(entry.sale_price_minor);
+            }
         }
     }
 }
@@ -453,6 +467,30 @@ mod tests {
         assert_eq!(usages_after(&legacy), (0, vec![]), "redemptions of old streams count nothing");
         let legacy = [reserved("v1", &["md1"]), redeemed("v1", &[]), delivered("v1", "md1"), delivered("v1", "md1")];
         assert_eq!(usages_after(&legacy), (1, vec![1]), "old streams count each media at its first delivery");
+    }
+
+    /// A bound duplication unit is a royalty-bearing usage (its own kind), at its charge's
+    /// price; a unit bound before units were paid (no charge) counts nothing.
+    #[test]
+    fn a_paid_unit_is_a_duplication_usage() {
+        use engine::domain::event::UnitCharge;
+        use engine::ids::OrderId;
+        let bound = |charge: Option<UnitCharge>| Event::UnitBound {
+            order_id: OrderId::new("o1"),
+            unit: 0,
+            device_id: "dev-1".into(),
+            device_public_key_hash: [1; 32],
+            wrapped_key_hash: None,
+            charge,
+        };
+        let charge =
+            UnitCharge { merchant: MerchantId::new("m1"), media_id: MediaId::new("md1"), price_minor: 80, currency: "EUR".into(), postings: Vec::new() };
+        let mut log = RoyaltyLog::default();
+        log.apply(Seq(1), &bound(Some(charge)), 0, None);
+        log.apply(Seq(2), &bound(None), 0, None);
+        assert_eq!(log.usages, 1, "the paid unit, not the unpaid one");
+        let line = log.totals[&(Dimension::Media, "md1".to_string())];
+        assert_eq!((line.units, line.deliveries, line.amount_minor), (1, 0, 80));
     }
 
     #[test]

@@ -108,6 +108,17 @@ impl Actor {
     }
 }
 
+/// What one bound duplication unit costs and how it settles: the merchant's clearing
+/// account pays the media's price, split by its terms.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnitCharge {
+    pub merchant: MerchantId,
+    pub media_id: MediaId,
+    pub price_minor: u64,
+    pub currency: String,
+    pub postings: Vec<Posting>,
+}
+
 /// Points a merchant sold a consumer: the merchant's clearing account owes the points
 /// account their price, one point per minor unit of `currency`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -386,6 +397,9 @@ pub enum Event {
         media_id: MediaId,
         units: u32,
         price_per_unit_minor: u64,
+        /// The currency and the media's terms each bound unit settles by (`None` in orders
+        /// placed before units were paid: they bind no more units).
+        settles_by: Option<(String, RoyaltyTerms)>,
     },
     UnitBound {
         order_id: OrderId,
@@ -395,6 +409,9 @@ pub enum Event {
         /// The hash of the wrapped key, in events written before keys were wrapped after
         /// the decision; `None` since (the key is named by `device_public_key_hash`).
         wrapped_key_hash: Option<[u8; 32]>,
+        /// The unit's charge, settled as it binds: a usage and a sale (`None` in events
+        /// written before units were paid).
+        charge: Option<UnitCharge>,
     },
     UnitCompleted {
         order_id: OrderId,

@@ -1,10 +1,13 @@
 //! Licensed duplication orders (the mastering seeds): an order reserves N units of one
 //! media; each unit is later bound to one device or medium identity (the "media ID"), the
-//! media key is wrapped for that device, and completion is reported. Each completed unit
-//! is one royalty entry.
+//! media key is wrapped for that device, and completion is reported. A unit is paid as it
+//! binds, before its key leaves: `UnitBound` carries its charge (the merchant's clearing
+//! account pays the media's price, split by the terms recorded at placing), which is the
+//! ledger's sale and the royalty log's usage.
 
 use super::catalog::Media;
-use super::event::Event;
+use super::event::{Event, LedgerAccountKind, RoyaltyTerms, UnitCharge};
+use super::settlement::{Payer, SaleLine, settle};
 use super::{Aggregate, AggregateKind, Rejection, validate};
 use crate::ids::{MediaId, MerchantId, Millis, OrderId};
 use std::collections::{BTreeMap, BTreeSet};
@@ -19,6 +22,8 @@ pub struct Order {
     pub media_id: Option<MediaId>,
     pub units: u32,
     pub price_per_unit_minor: u64,
+    /// The currency and terms each unit settles by (`None`: placed before units were paid).
+    pub settles_by: Option<(String, RoyaltyTerms)>,
     /// unit -> device id
     pub bound: BTreeMap<u32, String>,
     /// unit -> blake3 of the device key its media key is wrapped for (a unit binds once,
@@ -37,6 +42,16 @@ pub enum OrderCommand {
 }
 
 impl Order {
+    /// What binding one unit costs `merchant`: the price recorded at placing, settled from
+    /// its clearing account by the terms recorded then.
+    fn unit_charge(&self, merchant: &MerchantId) -> Result<UnitCharge, Rejection> {
+        let (currency, terms) = self.settles_by.as_ref().ok_or(Rejection::InvalidTransition { kind: "order", command: "BindUnit", state: "Unpaid" })?;
+        let media_id = self.media_id.clone().ok_or(Rejection::NotFound { kind: "order", id: String::new() })?;
+        let payer = Payer { kind: LedgerAccountKind::MerchantClearing, account: merchant.0.clone() };
+        let postings = settle(&payer, &merchant.0, &[SaleLine { price_minor: self.price_per_unit_minor, terms }]);
+        Ok(UnitCharge { merchant: merchant.clone(), media_id, price_minor: self.price_per_unit_minor, currency: currency.clone(), postings })
+    }
+
     fn owned_unit(&self, merchant: &MerchantId, unit: u32) -> Result<(), Rejection> {
         if self.id.is_none() {
             return Err(Rejection::NotFound { kind: "order", id: String::new() });
@@ -70,12 +85,14 @@ impl Aggregate for Order {
                 if *units == 0 || *units > UNITS_MAX {
                     return Err(Rejection::InvalidArgument { field: "units", reason: format!("must be 1..={UNITS_MAX}") });
                 }
+                let settles_by = media.published.as_ref().map(|published| (published.currency.clone(), published.terms.clone()));
                 Ok(vec![Event::OrderPlaced {
                     order_id: order.clone(),
                     merchant_id: merchant.clone(),
                     media_id: media_id.clone(),
                     units: *units,
                     price_per_unit_minor: media.price_minor,
+                    settles_by,
                 }])
             }
             OrderCommand::BindUnit { merchant, unit, device_id, device_public_key_hash, merchant_active } => {
@@ -95,6 +112,7 @@ impl Aggregate for Order {
                         device_id: device_id.clone(),
                         device_public_key_hash: *device_public_key_hash,
                         wrapped_key_hash: None,
+                        charge: Some(self.unit_charge(merchant)?),
                     }]),
                 }
             }
@@ -113,12 +131,13 @@ impl Aggregate for Order {
 
     fn evolve(mut self, event: &Event) -> Self {
         match event {
-            Event::OrderPlaced { order_id, merchant_id, media_id, units, price_per_unit_minor } => {
+            Event::OrderPlaced { order_id, merchant_id, media_id, units, price_per_unit_minor, settles_by } => {
                 self.id = Some(order_id.clone());
                 self.merchant = Some(merchant_id.clone());
                 self.media_id = Some(media_id.clone());
                 self.units = *units;
                 self.price_per_unit_minor = *price_per_unit_minor;
+                self.settles_by = settles_by.clone();
             }
             Event::UnitBound { unit, device_id, device_public_key_hash, .. } => {
                 self.bound.insert(*unit, device_id.clone());

@@ -95,8 +95,9 @@ fn usage_row(line: usize, entry: &Entry) -> Vec<String> {
         match entry.kind {
             UsageKind::Delivery => "DELIVERY".into(),
             UsageKind::Preview => "PREVIEW".into(),
+            UsageKind::Duplication => "DUPLICATION".into(),
         },
-        if entry.kind == UsageKind::Delivery { "Y".into() } else { "N".into() },
+        if entry.kind == UsageKind::Preview { "N".into() } else { "Y".into() },
         clean(&entry.media_id),
         clean(&entry.title),
         clean(&entry.artist),
@@ -204,7 +205,8 @@ pub fn dsr(report: &AuditReport, entries: &[Entry]) -> String {
     for entry in entries {
         let line = summary.entry((entry.merchant.clone(), DSR_TERRITORY.to_string())).or_default();
         match entry.kind {
-            UsageKind::Delivery => {
+            // Royalty-bearing usages: deliveries and licensed duplication units.
+            UsageKind::Delivery | UsageKind::Duplication => {
                 line.0 += 1;
                 line.2 += entry.sale_price_minor;
             }
@@ -220,7 +222,7 @@ pub fn dsr(report: &AuditReport, entries: &[Entry]) -> String {
     for (line, entry) in entries.iter().enumerate() {
         lines.push(format!("RU01\t{}", usage_row(line + 1, entry).join("\t")));
     }
-    let total: u64 = entries.iter().filter(|e| e.kind == UsageKind::Delivery).map(|e| e.sale_price_minor).sum();
+    let total: u64 = entries.iter().filter(|e| e.kind != UsageKind::Preview).map(|e| e.sale_price_minor).sum();
     lines.push(["FOOT", &summary.len().to_string(), &entries.len().to_string(), &total.to_string()].join("\t"));
     let mut text = lines.join("\n");
     text.push('\n');

@@ -91,6 +91,7 @@ impl pb::audit_service_server::AuditService for Api {
                     deliveries: line.deliveries,
                     previews: line.previews,
                     amount_minor: line.amount_minor,
+                    units: line.units,
                 })
                 .collect()
         });

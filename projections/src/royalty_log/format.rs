@@ -76,6 +76,8 @@ struct TotalsRecord {
     deliveries: u64,
     previews: u64,
     amount_minor: u64,
+    #[serde(default)]
+    units: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -176,7 +178,7 @@ fn media_value(media: &MediaInfo) -> Result<Vec<u8>, RowError> {
 }
 
 fn totals_value(line: &TotalsLine) -> Result<Vec<u8>, RowError> {
-    json(&TotalsRecord { deliveries: line.deliveries, previews: line.previews, amount_minor: line.amount_minor }, "totals line")
+    json(&TotalsRecord { deliveries: line.deliveries, previews: line.previews, amount_minor: line.amount_minor, units: line.units }, "totals line")
 }
 
 fn seal_value(seal: &RightsReportSealed) -> Result<Vec<u8>, RowError> {
@@ -359,8 +361,10 @@ impl Reader {
                 })?;
                 let name = utf8(name, "totals")?;
                 let record: TotalsRecord = decode_json(value, "totals line", &name)?;
-                self.totals
-                    .insert((dimension, name), TotalsLine { deliveries: record.deliveries, previews: record.previews, amount_minor: record.amount_minor });
+                self.totals.insert(
+                    (dimension, name),
+                    TotalsLine { deliveries: record.deliveries, previews: record.previews, amount_minor: record.amount_minor, units: record.units },
+                );
             }
             p if p == SEAL_PREFIX => {
                 let index = index_of(id, "seal")?;

@@ -2,11 +2,12 @@
 
 use super::fixtures::{T0, check_invalid, media, media_from, merchant, mid, node, other_merchant, other_node};
 use crate::domain::catalog::tests::sample;
-use crate::domain::event::Event;
+use crate::domain::event::{Event, LedgerAccountKind, UnitCharge};
 use crate::domain::order::{Order, OrderCommand, UNITS_MAX};
 use crate::domain::preview::{Preview, PreviewCommand};
+use crate::domain::settlement::{Payer, SaleLine, balanced, settle};
 use crate::domain::testing::check;
-use crate::domain::{Rejection, fold};
+use crate::domain::{Aggregate, Rejection, fold};
 use crate::ids::{MerchantId, OrderId, PreviewId};
 
 // ---------------------------------------------------------------- order
@@ -18,7 +19,22 @@ fn place(units: u32) -> OrderCommand {
     OrderCommand::Place { order: order_id(), merchant: merchant(), media_id: mid("song1"), media: media("song1", 100), units }
 }
 fn placed() -> Event {
-    Event::OrderPlaced { order_id: order_id(), merchant_id: merchant(), media_id: mid("song1"), units: 3, price_per_unit_minor: 100 }
+    let published = sample("song1", 100);
+    Event::OrderPlaced {
+        order_id: order_id(),
+        merchant_id: merchant(),
+        media_id: mid("song1"),
+        units: 3,
+        price_per_unit_minor: 100,
+        settles_by: Some((published.currency, published.terms)),
+    }
+}
+/// One unit's charge: merchant clearing pays 100, split by the sample terms.
+fn charge() -> UnitCharge {
+    let published = sample("song1", 100);
+    let payer = Payer { kind: LedgerAccountKind::MerchantClearing, account: merchant().0 };
+    let postings = settle(&payer, &merchant().0, &[SaleLine { price_minor: 100, terms: &published.terms }]);
+    UnitCharge { merchant: merchant(), media_id: mid("song1"), price_minor: 100, currency: "EUR".into(), postings }
 }
 fn bind(unit: u32, device: &str) -> OrderCommand {
     bind_by(merchant(), unit, device)
@@ -30,10 +46,26 @@ fn bind_with_key(merchant: MerchantId, unit: u32, device: &str, device_public_ke
     OrderCommand::BindUnit { merchant, unit, device_id: device.into(), device_public_key_hash, merchant_active: true }
 }
 fn bound(unit: u32, device: &str) -> Event {
-    Event::UnitBound { order_id: order_id(), unit, device_id: device.into(), device_public_key_hash: [1; 32], wrapped_key_hash: None }
+    Event::UnitBound { order_id: order_id(), unit, device_id: device.into(), device_public_key_hash: [1; 32], wrapped_key_hash: None, charge: Some(charge()) }
 }
 fn complete_unit(unit: u32) -> OrderCommand {
     OrderCommand::CompleteUnit { merchant: merchant(), unit }
+}
+
+/// The attack: a one-unit order bound three times handed the merchant the key for free,
+/// with no charge, ledger line or royalty entry. Now each unit pays as it binds: its
+/// charge (a balanced settlement from the merchant's clearing account) is in the event
+/// that precedes any key; an order without recorded terms binds nothing (control: the
+/// same bind on an order placed with them).
+#[test]
+fn a_unit_pays_as_it_binds() {
+    let bound = fold::<Order>(&[placed()]).decide(&bind(0, "dev-1"), T0).expect("bound");
+    let [Event::UnitBound { charge: Some(charge), .. }] = &bound[..] else { panic!("one charged UnitBound: {bound:?}") };
+    assert!(balanced(&charge.postings), "{charge:?}");
+    assert_eq!(charge.postings[0].debit_minor, 100, "the clearing account pays the unit's price");
+    let Event::OrderPlaced { order_id, merchant_id, media_id, units, price_per_unit_minor, .. } = placed() else { unreachable!("placed") };
+    let unpaid = Event::OrderPlaced { order_id, merchant_id, media_id, units, price_per_unit_minor, settles_by: None };
+    check::<Order>(&[unpaid], bind(0, "dev-1"), T0, Err(Rejection::InvalidTransition { kind: "order", command: "BindUnit", state: "Unpaid" }));
 }
 
 #[test]

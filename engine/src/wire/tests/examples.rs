@@ -8,7 +8,7 @@
 use super::golden::{golden_reserved_event, golden_reserved_pb};
 use crate::domain::event::{
     Actor, ActorKind, AggregateKind, AggregateRef, Event, LedgerAccountKind, MediaPublished, Payment, PointsSale, Posting, PreviewClip, Recorded, Rendition,
-    RightsReportSealed, RoyaltyTerms, VoidReason,
+    RightsReportSealed, RoyaltyTerms, UnitCharge, VoidReason,
 };
 use crate::ids::{AccountId, AuditorId, CertSerial, ConsumerId, MediaId, MerchantId, Millis, NodeId, OrderId, PreviewId, VoucherId};
 use crate::wire::{decode, decode_shared, encode};
@@ -485,6 +485,17 @@ pub(super) fn examples() -> Vec<(Event, E)> {
                 media_id: MediaId::new("med-1"),
                 units: 500,
                 price_per_unit_minor: 80,
+                settles_by: Some((
+                    "EUR".into(),
+                    RoyaltyTerms {
+                        retailer_bps: 3000,
+                        distributor_bps: 2000,
+                        owner_bps: 5000,
+                        distributor: "dist-1".into(),
+                        owner: "own-1".into(),
+                        rights_agent: "agent-1".into(),
+                    },
+                )),
             },
             E::OrderPlaced(pb::OrderPlaced {
                 order_id: "ord-1".into(),
@@ -492,6 +503,15 @@ pub(super) fn examples() -> Vec<(Event, E)> {
                 media_id: "med-1".into(),
                 units: 500,
                 price_per_unit_minor: 80,
+                currency: "EUR".into(),
+                terms: Some(pb::RoyaltyTerms {
+                    retailer_bps: 3000,
+                    distributor_bps: 2000,
+                    owner_bps: 5000,
+                    distributor: "dist-1".into(),
+                    owner: "own-1".into(),
+                    rights_agent: "agent-1".into(),
+                }),
             }),
         ),
         (
@@ -501,6 +521,16 @@ pub(super) fn examples() -> Vec<(Event, E)> {
                 device_id: "dev-1".into(),
                 device_public_key_hash: hash(13),
                 wrapped_key_hash: Some(hash(14)),
+                charge: Some(UnitCharge {
+                    merchant: MerchantId::new("mer-1"),
+                    media_id: MediaId::new("med-1"),
+                    price_minor: 80,
+                    currency: "EUR".into(),
+                    postings: vec![
+                        Posting { kind: LedgerAccountKind::MerchantClearing, account: "mer-1".into(), debit_minor: 80, credit_minor: 0 },
+                        Posting { kind: LedgerAccountKind::Owner, account: "own-1".into(), debit_minor: 0, credit_minor: 80 },
+                    ],
+                }),
             },
             E::UnitBound(pb::UnitBound {
                 order_id: "ord-1".into(),
@@ -508,6 +538,14 @@ pub(super) fn examples() -> Vec<(Event, E)> {
                 device_id: "dev-1".into(),
                 device_public_key_hash: hash(13).to_vec(),
                 wrapped_key_hash: hash(14).to_vec(),
+                merchant_id: "mer-1".into(),
+                media_id: "med-1".into(),
+                price_minor: 80,
+                currency: "EUR".into(),
+                postings: vec![
+                    pb::Posting { kind: pb::LedgerAccountKind::MerchantClearing as i32, account: "mer-1".into(), debit_minor: 80, credit_minor: 0 },
+                    pb::Posting { kind: pb::LedgerAccountKind::Owner as i32, account: "own-1".into(), debit_minor: 0, credit_minor: 80 },
+                ],
             }),
         ),
         (Event::UnitCompleted { order_id: OrderId::new("ord-1"), unit: 18 }, E::UnitCompleted(pb::UnitCompleted { order_id: "ord-1".into(), unit: 18 })),

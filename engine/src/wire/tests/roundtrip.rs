@@ -6,7 +6,8 @@
 
 use super::examples::{ACTOR_KINDS, LEDGER_KINDS, VARIANT_COUNT, VOID_REASONS, variant_index};
 use crate::domain::event::{
-    Actor, Event, MediaPublished, Payment, PointsSale, Posting, PreviewClip, Recorded, Rendition, ReservedItem, RightsReportSealed, RoyaltyTerms, VoidReason,
+    Actor, Event, MediaPublished, Payment, PointsSale, Posting, PreviewClip, Recorded, Rendition, ReservedItem, RightsReportSealed, RoyaltyTerms, UnitCharge,
+    VoidReason,
 };
 use crate::ids::{AccountId, AuditorId, CertSerial, ConsumerId, MediaId, MerchantId, Millis, NodeId, OrderId, PreviewId, VoucherId};
 use crate::wire::{decode, encode};
@@ -61,10 +62,19 @@ fn postings() -> impl Strategy<Value = Vec<Posting>> {
     vec(posting, 0..5)
 }
 
+fn arb_terms() -> impl Strategy<Value = RoyaltyTerms> {
+    (u32s(), u32s(), u32s(), text(), text(), text()).prop_map(|(retailer_bps, distributor_bps, owner_bps, distributor, owner, rights_agent)| RoyaltyTerms {
+        retailer_bps,
+        distributor_bps,
+        owner_bps,
+        distributor,
+        owner,
+        rights_agent,
+    })
+}
+
 fn arb_media_published() -> impl Strategy<Value = MediaPublished> {
-    let terms = (u32s(), u32s(), u32s(), text(), text(), text()).prop_map(|(retailer_bps, distributor_bps, owner_bps, distributor, owner, rights_agent)| {
-        RoyaltyTerms { retailer_bps, distributor_bps, owner_bps, distributor, owner, rights_agent }
-    });
+    let terms = arb_terms();
     let rendition = (text(), u32s(), hash32(), u64s()).prop_map(|(name, bitrate_kbps, content_hash, size_bytes)| Rendition {
         name,
         bitrate_kbps,
@@ -251,14 +261,25 @@ fn arb_event() -> BoxedStrategy<Event> {
             amount,
             reason
         }),
-        (id(OrderId), id(MerchantId), id(MediaId), u32s(), u64s()).prop_map(|(order_id, merchant_id, media_id, units, price_per_unit_minor)| {
-            Event::OrderPlaced { order_id, merchant_id, media_id, units, price_per_unit_minor }
-        }),
-        (id(OrderId), u32s(), text(), hash32(), proptest::option::of(hash32())).prop_map(
-            |(order_id, unit, device_id, device_public_key_hash, wrapped_key_hash)| {
-                Event::UnitBound { order_id, unit, device_id, device_public_key_hash, wrapped_key_hash }
+        (id(OrderId), id(MerchantId), id(MediaId), u32s(), u64s(), proptest::option::of((text(), arb_terms()))).prop_map(
+            |(order_id, merchant_id, media_id, units, price_per_unit_minor, settles_by)| Event::OrderPlaced {
+                order_id,
+                merchant_id,
+                media_id,
+                units,
+                price_per_unit_minor,
+                settles_by
             }
         ),
+        (
+            (id(OrderId), u32s(), text(), hash32(), proptest::option::of(hash32())),
+            proptest::option::of((id(MerchantId), "[a-z0-9]{1,12}".prop_map(MediaId), u64s(), text(), postings()))
+        )
+            .prop_map(|((order_id, unit, device_id, device_public_key_hash, wrapped_key_hash), charge)| {
+                let charge =
+                    charge.map(|(merchant, media_id, price_minor, currency, postings)| UnitCharge { merchant, media_id, price_minor, currency, postings });
+                Event::UnitBound { order_id, unit, device_id, device_public_key_hash, wrapped_key_hash, charge }
+            }),
         (id(OrderId), u32s()).prop_map(|(order_id, unit)| Event::UnitCompleted { order_id, unit }),
         (text(), text()).prop_map(|(key, value)| Event::ConfigChanged { key, value }),
     ]
