@@ -14,7 +14,7 @@
 
 use crate::clock::Clock;
 use crate::crypto::{self, RsaPrivate, RsaPublic, SecretKey, TokenPurpose};
-use crate::domain::account::{Account, AccountCommand, Seller, SpendConsent};
+use crate::domain::account::{Account, AccountCommand};
 use crate::domain::catalog::{Media, MediaCommand};
 use crate::domain::config::{Config, ConfigCommand};
 use crate::domain::event::{MediaPublished, Payment, RightsReportSealed, VoidReason};
@@ -29,9 +29,14 @@ use crate::ids::*;
 use crate::log::EventLog;
 use crate::media::TransactionRecord;
 use crate::media_store::{MediaStore, MediaStoreError, Part};
-use crate::spend::{self, SpendAuthorization};
+use crate::spend::SpendAuthorization;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
+
+mod container;
+mod points;
+
+pub use container::{ContainerClaims, check_container};
 
 /// Unwrapped media keys kept in memory (each zeroized when evicted).
 pub const MEDIA_KEY_CACHE_MAX: usize = 4096;
@@ -329,7 +334,7 @@ impl Market {
         store: &MediaStore,
     ) -> Result<MediaId, AppError> {
         let media_id = media_id_for(publisher, request);
-        self.check_container(&media_id, container.clone(), input.claims(preview_clip.clone())).await?;
+        let container_format = self.check_container(&media_id, container.clone(), input.claims(preview_clip.clone())).await?;
         let _publishing = self.publishing.lock().await;
         let fresh = self.handler.load::<Media>(&media_id.0).await?.state.published.is_none();
         if fresh {
@@ -338,7 +343,7 @@ impl Market {
                 store.put(&media_id.0, Part::PreviewClip, preview_clip).await?;
             }
         }
-        match self.publish_media(publisher, request, input).await {
+        match self.publish_media_as(publisher, request, input, container_format).await {
             Ok(media) => Ok(media),
             Err(error) => {
                 if fresh {
@@ -374,6 +379,11 @@ impl Market {
     }
 
     pub async fn publish_media(&self, publisher: &str, request: &RequestId, input: PublishInput) -> Result<MediaId, AppError> {
+        self.publish_media_as(publisher, request, input, 0).await
+    }
+
+    /// [`Market::publish_media`] of a container in `container_format` (checked by the caller).
+    async fn publish_media_as(&self, publisher: &str, request: &RequestId, input: PublishInput, container_format: u8) -> Result<MediaId, AppError> {
         let media_id = media_id_for(publisher, request);
         let published = MediaPublished {
             media_id: media_id.clone(),
@@ -391,6 +401,7 @@ impl Market {
             for_sale: input.for_sale,
             engine_key_id: self.keys.key_id(),
             wrapped_media_key: input.wrapped_media_key,
+            container_format,
         };
         // A wrapped key that does not unwrap with our key would make every sale
         // undeliverable: refuse it now, and keep the key so the first redemption does not
@@ -454,86 +465,6 @@ impl Market {
         let command = ConsumerCommand::Revoke { serial: serial.clone(), reason: reason.to_string() };
         self.handler.handle::<Consumer>(&consumer.0, &actor(ActorKind::Operator, operator), request, &command).await?;
         Ok(())
-    }
-
-    /// The operator's credit of a certified consumer's points account; answers what is available.
-    pub async fn top_up(&self, operator: &str, request: &RequestId, account: &AccountId, amount: u64, reference: &str) -> Result<u64, AppError> {
-        self.credit_points(&actor(ActorKind::Operator, operator), request, account, amount, reference, None).await
-    }
-
-    /// Points a merchant sold a consumer (the merchant took the payment, in `currency`):
-    /// its clearing account owes them to the consumer's points account.
-    pub async fn sell_points(
-        &self,
-        merchant: &MerchantId,
-        request: &RequestId,
-        account: &AccountId,
-        amount: u64,
-        currency: &str,
-        reference: &str,
-    ) -> Result<u64, AppError> {
-        self.active_merchant(merchant).await?;
-        let seller = Seller { merchant: merchant.clone(), currency: currency.to_string() };
-        self.credit_points(&actor(ActorKind::Merchant, &merchant.0), request, account, amount, reference, Some(seller)).await
-    }
-
-    async fn credit_points(
-        &self,
-        by: &Actor,
-        request: &RequestId,
-        account: &AccountId,
-        amount: u64,
-        reference: &str,
-        seller: Option<Seller>,
-    ) -> Result<u64, AppError> {
-        crate::domain::validate::id("request_id", &request.0)?;
-        crate::domain::validate::id("account_id", &account.0)?;
-        // Points belong to a consumer: an account no certificate names could never spend.
-        if self.handler.load::<Consumer>(&account.0).await?.state.id.is_none() {
-            return Err(Rejection::NotFound { kind: "consumer", id: account.0.clone() }.into());
-        }
-        if !reference.is_empty() {
-            crate::domain::validate::text("reference", reference, 200)?;
-        }
-        let reason = if reference.is_empty() { "top-up".to_string() } else { format!("top-up {reference}") };
-        let command = AccountCommand::Credit { account: account.clone(), amount, reason, seller };
-        let handled = self.handler.handle::<Account>(&account.0, by, request, &command).await?;
-        Ok(handled.root.state.available())
-    }
-
-    /// A consumer's own points, read with a request signed by their passport within
-    /// `spend::POINTS_REQUEST_SKEW_MS` of the engine's clock. An unknown consumer or
-    /// certificate and a bad signature get the same refusal.
-    pub async fn points_of_consumer(&self, consumer: &ConsumerId, cert_serial: &CertSerial, issued_at: Millis, signature: &[u8]) -> Result<Account, AppError> {
-        crate::domain::validate::id("consumer_id", &consumer.0)?;
-        crate::domain::validate::id("cert_serial", &cert_serial.0)?;
-        let now = self.now();
-        if now.0.abs_diff(issued_at.0) > spend::POINTS_REQUEST_SKEW_MS {
-            return Err(Rejection::UnverifiedRequest { reason: "the request's issued_at_ms is more than 5 minutes from the engine's clock" }.into());
-        }
-        let consumer_root = self.handler.load::<Consumer>(&consumer.0).await?;
-        let verified = consumer_root.state.cert_check(cert_serial, now) == CertCheck::Valid
-            && consumer_root
-                .state
-                .certs
-                .get(cert_serial)
-                .is_some_and(|cert| spend::verify_points_request(&cert.public_key_der, consumer, cert_serial, issued_at, signature));
-        if !verified {
-            return Err(Rejection::UnverifiedRequest { reason: "the request is not signed by a valid certificate of this consumer" }.into());
-        }
-        Ok(self.handler.load::<Account>(&consumer.0).await?.state.clone())
-    }
-
-    /// A spend authorization checked against the consumer's certificate (public-key work);
-    /// the account aggregate decides the rest.
-    async fn spend_consent(&self, authorization: &SpendAuthorization) -> Result<SpendConsent, AppError> {
-        crate::domain::validate::id("spend_authorization.account_id", &authorization.account.0)?;
-        crate::domain::validate::id("spend_authorization.cert_serial", &authorization.cert_serial.0)?;
-        let consumer_root = self.handler.load::<Consumer>(&authorization.account.0).await?;
-        let cert = consumer_root.state.cert_check(&authorization.cert_serial, self.now());
-        let public_key_der = consumer_root.state.certs.get(&authorization.cert_serial).map(|cert| cert.public_key_der.as_slice()).unwrap_or_default();
-        let consent = authorization.consent(cert, public_key_der);
-        Ok(consent)
     }
 
     pub async fn drain_node(&self, operator: &str, request: &RequestId, node: &NodeId) -> Result<(), AppError> {
@@ -909,7 +840,7 @@ impl Market {
             let rendition = media.published.as_ref().and_then(|published| published.renditions.iter().find(|r| r.name == state.rendition));
             let content_hash =
                 rendition.ok_or_else(|| Rejection::NotFound { kind: "rendition", id: format!("{}/{}", item.media_id.0, state.rendition) })?.content_hash;
-            keys.push((item.media_id.clone(), self.rewrap_for(&media, &consumer_key).await?));
+            keys.push((item.media_id.clone(), self.wrap_purchase(&media, &item.media_id, &state.rendition, &consumer_key).await?));
             records.push(TransactionRecord {
                 voucher_id: voucher_id.clone(),
                 media_id: item.media_id.clone(),
@@ -1086,75 +1017,29 @@ impl Market {
         Ok(key)
     }
 
+    /// The keys a buyer of `rendition` gets, wrapped for it in one RSA-OAEP operation: for
+    /// a format-3 container only that rendition's key and the components key; otherwise
+    /// the media key (formats 1 and 2 have one key for everything).
+    async fn wrap_purchase(&self, media: &Media, media_id: &MediaId, rendition: &str, recipient: &RsaPublic) -> Result<Vec<u8>, AppError> {
+        let format = media.published.as_ref().map_or(0, |published| published.container_format);
+        if format != crate::media::FORMAT_VERSION_3 {
+            return self.rewrap_for(media, recipient).await;
+        }
+        let keys = crate::media::purchase_keys(format, &self.media_key(media).await?, media_id, rendition);
+        let recipient = recipient.clone();
+        let _permit = self.rsa_tasks.acquire().await.map_err(|_| AppError::PoolClosed)?;
+        tokio::task::spawn_blocking(move || crypto::wrap_keys(&recipient, &[&keys.rendition, &keys.components]))
+            .await
+            .map_err(AppError::Task)?
+            .map_err(AppError::from)
+    }
+
     async fn rewrap_for(&self, media: &Media, recipient: &RsaPublic) -> Result<Vec<u8>, AppError> {
         let key = self.media_key(media).await?;
         let recipient = recipient.clone();
         let _permit = self.rsa_tasks.acquire().await.map_err(|_| AppError::PoolClosed)?;
         tokio::task::spawn_blocking(move || crypto::wrap_key(&recipient, &key)).await.map_err(AppError::Task)?.map_err(AppError::from)
     }
-}
-
-/// What a PublishMedia request says about its media, which a signed (format 2) container
-/// must say too: the catalog entry and the signed file never disagree.
-#[derive(Clone, Debug)]
-pub struct ContainerClaims {
-    pub title: String,
-    pub artist: String,
-    pub length_ms: u64,
-    pub for_sale: bool,
-    pub renditions: Vec<crate::domain::event::Rendition>,
-    pub preview: crate::domain::event::PreviewClip,
-    pub preview_clip: bytes::Bytes,
-}
-
-fn container_refused(reason: impl Into<String>) -> Rejection {
-    Rejection::InvalidArgument { field: "container", reason: reason.into() }
-}
-
-/// Checks an uploaded media container. Format 1 (legacy, unsigned) is checked for
-/// structure only. Format 2 must carry a publisher signature that verifies over every
-/// section, be signed for `media_id` (the id this publication gets, so a signed container
-/// cannot be published as another media), and agree with `claims`: the same renditions
-/// (name, bitrate, size, content hash, in order), free `title` and `artist` components equal
-/// to the request's, the same length, for-sale flag, preview window and preview clip bytes.
-/// Returns the format version.
-pub fn check_container(container: &[u8], media_id: &MediaId, claims: &ContainerClaims) -> Result<u8, Rejection> {
-    use crate::media::{ContainerError, Parsed};
-    let container = match crate::media::parse(container).map_err(|error: ContainerError| container_refused(error.to_string()))? {
-        Parsed::V1(_) => return Ok(crate::media::FORMAT_VERSION),
-        Parsed::V2(container) => container,
-    };
-    let publisher = container.verify().map_err(|error| container_refused(format!("{error}; sign the container with the publisher key it names")))?;
-    if container.media_id != *media_id {
-        return Err(container_refused(format!(
-            "the container is signed for media {}, but this publication is media {} (media_id_for(publisher, request_id)); build it for that id",
-            container.media_id, media_id
-        )));
-    }
-    let text = |name: &str| container.free_component(name).and_then(|bytes| std::str::from_utf8(bytes).ok());
-    if text("title") != Some(claims.title.as_str()) || text("artist") != Some(claims.artist.as_str()) {
-        return Err(container_refused("the request's title and artist must equal the container's free title and artist components"));
-    }
-    if container.length_ms != claims.length_ms || container.for_sale != claims.for_sale {
-        return Err(container_refused("the request's length_ms and for_sale must equal the container's"));
-    }
-    let signed: Vec<(&str, u32, u64, [u8; 32])> =
-        container.renditions.iter().map(|r| (r.name.as_str(), r.bitrate_kbps, r.size_bytes, r.content_hash)).collect();
-    let claimed: Vec<(&str, u32, u64, [u8; 32])> = claims.renditions.iter().map(|r| (r.name.as_str(), r.bitrate_kbps, r.size_bytes, r.content_hash)).collect();
-    if signed != claimed {
-        return Err(container_refused("the request's renditions must list the container's renditions (name, bitrate, size, content hash) in order"));
-    }
-    let (window, clip) = match &container.preview {
-        Some(preview) => {
-            (crate::domain::event::PreviewClip { start_ms: preview.start_ms, duration_ms: preview.duration_ms }, container.preview_clip().unwrap_or_default())
-        }
-        None => (crate::domain::event::PreviewClip::default(), &[][..]),
-    };
-    if window != claims.preview || !crypto::ct_eq(clip, &claims.preview_clip) {
-        return Err(container_refused("the request's preview window and preview clip must be the container's"));
-    }
-    tracing::debug!(media_id = %media_id, publisher_key_id = %publisher.key_id(), "signed container checked");
-    Ok(crate::media::FORMAT_VERSION_2)
 }
 
 /// The canonical bytes a consumer certificate's signature covers.

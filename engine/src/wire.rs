@@ -280,6 +280,7 @@ fn media_published_to_pb(m: &MediaPublished) -> pb::MediaPublished {
         for_sale: m.for_sale,
         engine_key_id: m.engine_key_id.clone(),
         wrapped_media_key: m.wrapped_media_key.clone(),
+        container_format: u32::from(m.container_format),
     }
 }
 
@@ -313,6 +314,7 @@ fn media_published_of(m: pb::MediaPublished) -> Result<MediaPublished, DecodeErr
         for_sale: m.for_sale,
         engine_key_id: m.engine_key_id,
         wrapped_media_key: m.wrapped_media_key,
+        container_format: u8::try_from(m.container_format).map_err(|_| DecodeError::Invalid { field: "container_format", reason: "must be 0..=255".into() })?,
     })
 }
 

@@ -32,7 +32,7 @@ fn every_copy_the_demo_delivers_names_its_purchase_and_its_containers_verify() {
     let delivered = summary["delivered"].as_u64().expect("delivered");
     assert!(delivered > 0);
     assert_eq!(summary["copies_inspected_ok"].as_u64(), Some(delivered), "{summary}");
-    assert_eq!(summary["container_format"].as_u64(), Some(2), "{summary}");
+    assert_eq!(summary["container_format"].as_u64(), Some(3), "{summary}");
     assert!(summary["low_rendition_delivered"].as_u64() > Some(0), "some sales are of the low rendition: {summary}");
 
     let mut copies = Vec::new();
@@ -59,7 +59,7 @@ fn every_copy_the_demo_delivers_names_its_purchase_and_its_containers_verify() {
     assert_eq!(code, 0, "{report} {stderr}");
     assert_eq!(
         (report["format_version"].as_u64(), report["signature_ok"].as_bool(), report["publisher_key_ok"].as_bool()),
-        (Some(2), Some(true), Some(true)),
+        (Some(3), Some(true), Some(true)),
         "{report}"
     );
     assert_eq!(report["renditions"].as_array().map(Vec::len), Some(2));

@@ -173,14 +173,14 @@ async fn a_signed_multi_rendition_container_is_checked_published_streamed_and_de
 
     // The real publication.
     let published = client::publish_container(&mut catalog, &operator.id, "pub-1", &engine_public, &publisher_key(), song.clone()).await.expect("publish");
-    assert_eq!(published.format_version, 2);
+    assert_eq!(published.format_version, 3, "new publications have a key per rendition");
     assert_eq!(published.media_id, own_id("pub-1").0);
     assert_eq!(published.content_hash, crypto::hash(&high));
     let stored = engine.state.media.get(&published.media_id, engine::media_store::Part::Container).await.expect("store").expect("stored");
     let report = gateways::cli::inspect::inspect_bytes(&stored, None, Some(&publisher_key().public()));
     assert_eq!(
         (report.kind, report.format_version, report.signature_ok, report.publisher_key_ok),
-        (Some("container"), Some(2), Some(true), Some(true)),
+        (Some("container"), Some(3), Some(true), Some(true)),
         "{report:?}"
     );
     assert_eq!(report.media_id.as_deref(), Some(published.media_id.as_str()));
@@ -289,6 +289,44 @@ async fn a_signed_multi_rendition_container_is_checked_published_streamed_and_de
         media::parse_delivered_copy(&std::fs::read(&copies[1].path).expect("written")).map(|copy| copy.content.to_vec()).expect("a delivered copy");
     assert_eq!(second_copy, full, "the second track's low rendition");
 
+    // The first media is format 3: a buyer of its low rendition gets keys that open the low
+    // rendition and the lyrics and not one chunk of the high rendition (the attack: one key
+    // opened every rendition); control, a buyer of the high rendition opens it.
+    let Parsed::V2(sealed) = media::parse(&stored).expect("parses") else { panic!("format 3 container") };
+    assert_eq!(sealed.format_version, media::FORMAT_VERSION_3);
+    let (high_index, high_entry) = sealed.rendition("high").expect("high");
+    let (low_index, _) = sealed.rendition("low").expect("low");
+    let (lyrics, _) = sealed.component("lyrics").expect("lyrics");
+    for (rendition, request) in [("low", "sale-low"), ("high", "sale-high")] {
+        let sale = client::buy_rendition(&mut merchant, request, std::slice::from_ref(&published.media_id), rendition, None).await.expect("buy");
+        let challenge = at_node.challenge(pb::ChallengeRequest { grant: Some(sale.grant()) }).await.expect("challenge").into_inner().challenge;
+        let receipt = SecretKey::from_bytes(sale.receipt.as_slice().try_into().expect("32-byte receipt"));
+        let subject = crypto::ProofConsumer::new("alice", &passport.certificate.cert_serial, &passport.certificate.public_key_der);
+        let redeem = pb::PlayerRedeemRequest {
+            grant: Some(sale.grant()),
+            request_id: format!("{request}-redeem"),
+            consumer_id: "alice".into(),
+            cert_serial: passport.certificate.cert_serial.clone(),
+            proof: crypto::receipt_proof(&receipt, &sale.voucher_id, &sale.node_id, &challenge, &subject).to_vec(),
+            challenge,
+        };
+        let answer = at_node.redeem(redeem).await.expect("redeemed").into_inner();
+        let keys = crypto::unwrap_keys(&passport.private, &answer.keys[0].wrapped_key, 2).expect("the rendition and components keys");
+        assert!(crypto::unwrap_key(&passport.private, &answer.keys[0].wrapped_key).is_err(), "not the media key");
+        assert_eq!(sealed.open_component(&keys[1], lyrics).expect("lyrics"), b"only buyers read this");
+        if rendition == "low" {
+            assert_eq!(sealed.open_rendition(&keys[0], low_index).expect("the low rendition"), low);
+            for chunk in 0..high_entry.chunk_count {
+                for key in &keys {
+                    assert!(sealed.decrypt_chunk(key, high_index, chunk).is_err(), "a low buyer's key opened high chunk {chunk}");
+                }
+            }
+        } else {
+            assert_eq!(sealed.open_rendition(&keys[0], high_index).expect("control: the high buyer's"), high);
+            assert!(sealed.decrypt_chunk(&keys[0], low_index, 0).is_err(), "and not the low one");
+        }
+    }
+
     node.shutdown().await;
     engine.shutdown().await.expect("graceful shutdown");
 }
@@ -366,7 +404,7 @@ async fn the_publish_command_builds_a_signed_container_from_files_and_inspect_sh
     let (code, published, stderr) = run(publish.clone()).await.expect("publish ran");
     assert_eq!(code, 0, "{published} {stderr}");
     let media = &published["media"][0];
-    assert_eq!((media["format_version"].as_u64(), media["for_sale"].as_bool()), (Some(2), Some(false)), "{published}");
+    assert_eq!((media["format_version"].as_u64(), media["for_sale"].as_bool()), (Some(3), Some(false)), "{published}");
     assert!(
         root.join("publisher-data/publisher/publisher.pem").is_file() && root.join("publisher-data/publisher/publisher.pub.pem").is_file(),
         "the default publisher key is kept"
@@ -383,7 +421,7 @@ async fn the_publish_command_builds_a_signed_container_from_files_and_inspect_sh
     assert_eq!(code, 0, "{report} {stderr}");
     assert_eq!(
         (report["format_version"].as_u64(), report["signature_ok"].as_bool(), report["publisher_key_ok"].as_bool()),
-        (Some(2), Some(true), Some(true)),
+        (Some(3), Some(true), Some(true)),
         "{report}"
     );
     assert_eq!(report["media_id"], media_id.as_str());

@@ -29,7 +29,7 @@ mod tokens;
 
 pub use self::aead::{aead_decrypt, aead_encrypt};
 pub use self::hashing::{Hasher, credential_hash, derive_hash, derive_key, hash, keyed_hash};
-pub use self::rsa::{RsaPrivate, RsaPublic, sign, unwrap_key, verify, wrap_key};
+pub use self::rsa::{RsaPrivate, RsaPublic, sign, unwrap_key, unwrap_keys, verify, wrap_key, wrap_keys};
 pub use self::tokens::{
     AccessDenied, ProofConsumer, TokenPurpose, access_token, check_access_token, confirm_proof, derive_token, hmac_sha256, hmac_sha256_framed, node_access_key,
     receipt_proof, verify_confirm_proof, verify_hmac_sha256_framed, verify_receipt_proof,

@@ -158,6 +158,26 @@ pub fn unwrap_key(private: &RsaPrivate, wrapped: &[u8]) -> Result<SecretKey, Cry
     Ok(SecretKey(bytes))
 }
 
+/// Wraps several symmetric keys for `recipient` in one RSA-OAEP-SHA256 operation (their
+/// concatenation; OAEP-SHA256 with a 2048-bit key carries up to 190 bytes, five keys).
+pub fn wrap_keys(recipient: &RsaPublic, keys: &[&SecretKey]) -> Result<Vec<u8>, CryptoError> {
+    let mut plaintext = Zeroizing::new(Vec::with_capacity(keys.len() * KEY_BYTES));
+    for key in keys {
+        plaintext.extend_from_slice(key.expose());
+    }
+    recipient.key.encrypt(&mut OsRng, Oaep::new::<PaddingSha256>(), &plaintext).map_err(|e| CryptoError::Rsa(e.to_string()))
+}
+
+/// Unwraps a [`wrap_keys`] result of exactly `count` keys (blinded); anything else is
+/// [`CryptoError::Decrypt`].
+pub fn unwrap_keys(private: &RsaPrivate, wrapped: &[u8], count: usize) -> Result<Vec<SecretKey>, CryptoError> {
+    let plaintext = Zeroizing::new(private.key.decrypt_blinded(&mut OsRng, Oaep::new::<PaddingSha256>(), wrapped).map_err(|_| CryptoError::Decrypt)?);
+    if plaintext.len() != count * KEY_BYTES {
+        return Err(CryptoError::Decrypt);
+    }
+    Ok(plaintext.chunks_exact(KEY_BYTES).map(|chunk| SecretKey(chunk.try_into().expect("chunks_exact gives KEY_BYTES"))).collect())
+}
+
 /// Signs `message` with RSA-PSS-SHA256 (blinded, 32-byte salt).
 pub fn sign(private: &RsaPrivate, message: &[u8]) -> Result<Vec<u8>, CryptoError> {
     let digest = PaddingSha256::digest(message);

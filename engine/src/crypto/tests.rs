@@ -243,6 +243,19 @@ fn rsa_wrap_unwrap() {
 }
 
 #[test]
+fn several_keys_wrap_in_one_operation_and_unwrap_only_as_that_many() {
+    let private = fixed_rsa();
+    let (first, second) = (SecretKey::random(), SecretKey::random());
+    let wrapped = wrap_keys(&private.public(), &[&first, &second]).unwrap();
+    assert_eq!(wrapped.len(), 256, "one RSA block");
+    let keys = unwrap_keys(&private, &wrapped, 2).unwrap();
+    assert!(keys[0].ct_eq(&first) && keys[1].ct_eq(&second));
+    assert!(matches!(unwrap_keys(&private, &wrapped, 1), Err(CryptoError::Decrypt)));
+    assert!(matches!(unwrap_key(&private, &wrapped), Err(CryptoError::Decrypt)), "two keys are not one");
+    assert!(matches!(unwrap_keys(&fixed_rsa_2(), &wrapped, 2), Err(CryptoError::Decrypt)));
+}
+
+#[test]
 fn rsa_unwrap_refuses_wrong_length_plaintext() {
     let private = fixed_rsa();
     let short = private.public.key.encrypt(&mut OsRng, Oaep::new::<PaddingSha256>(), &[7u8; 16]).unwrap();

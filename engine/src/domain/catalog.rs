@@ -183,6 +183,7 @@ pub(crate) mod tests {
             for_sale: true,
             engine_key_id: "k1".into(),
             wrapped_media_key: vec![1; 256],
+            container_format: 0,
         }
     }
 

@@ -171,6 +171,9 @@ pub struct MediaPublished {
     pub engine_key_id: String,
     /// The media key wrapped for the engine's RSA key: ciphertext, not a secret.
     pub wrapped_media_key: Vec<u8>,
+    /// The container format checked at publication (3: a key per rendition; 0: not
+    /// recorded, in events written before, and for media published without a container).
+    pub container_format: u8,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -29,8 +29,9 @@ pub use self::transaction::{
 pub use self::v1::{Container, FORMAT_VERSION, encrypt_v1, open, parse_v1};
 pub use self::v2::{
     CHUNK_BYTES_DEFAULT, CHUNK_BYTES_MAX, CHUNK_BYTES_MIN, COMPONENTS_MAX, Component, ComponentSpec, ContainerSpec, ContainerV2, FORMAT_VERSION_2,
-    HEADER_V2_BYTES, INDEX_ENTRY_BYTES, IndexEntry, MEDIA_TYPE_BYTES_MAX, NAME_BYTES_MAX, PUBLISHER_KEY_BYTES_MAX, Preview, PreviewSpec, RENDITIONS_MAX,
-    RenditionEntry, RenditionSpec, Section, TOC_BYTES_MAX, encrypt_v2, parse_v2,
+    FORMAT_VERSION_3, HEADER_V2_BYTES, INDEX_ENTRY_BYTES, IndexEntry, MEDIA_TYPE_BYTES_MAX, NAME_BYTES_MAX, PUBLISHER_KEY_BYTES_MAX, Preview, PreviewSpec,
+    PurchaseKeys, RENDITIONS_MAX, RenditionEntry, RenditionSpec, Section, TOC_BYTES_MAX, components_key, encrypt_v2, encrypt_v3, parse_v2, purchase_keys,
+    rendition_key,
 };
 
 pub const MAGIC: &[u8; 4] = b"VSMC";
@@ -74,7 +75,7 @@ impl Parsed<'_> {
     pub fn format_version(&self) -> u8 {
         match self {
             Parsed::V1(_) => FORMAT_VERSION,
-            Parsed::V2(_) => FORMAT_VERSION_2,
+            Parsed::V2(container) => container.format_version,
         }
     }
 }
@@ -85,7 +86,9 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed<'_>, ContainerError> {
         return Err(ContainerError::TooLarge(bytes.len()));
     }
     match bytes.get(4) {
-        Some(&FORMAT_VERSION_2) if bytes.get(..4) == Some(MAGIC.as_slice()) => parse_v2(bytes).map(|container| Parsed::V2(Box::new(container))),
+        Some(&(FORMAT_VERSION_2 | FORMAT_VERSION_3)) if bytes.get(..4) == Some(MAGIC.as_slice()) => {
+            parse_v2(bytes).map(|container| Parsed::V2(Box::new(container)))
+        }
         _ => parse_v1(bytes).map(Parsed::V1),
     }
 }

@@ -136,6 +136,10 @@ fn content(seed: u8, len: usize) -> Vec<u8> {
 /// A small format-2 container: two renditions (the first spans several chunks, the
 /// last one partial), free and encrypted components, and a preview clip.
 fn encrypted_v2(media_key: &SecretKey) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    encrypted_as(media_key, FORMAT_VERSION_2)
+}
+
+fn encrypted_as(media_key: &SecretKey, version: u8) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
     let (high, low) = (content(1, 5000), content(2, 1500));
     let media_id = MediaId::new("md1");
     let spec = ContainerSpec {
@@ -151,7 +155,51 @@ fn encrypted_v2(media_key: &SecretKey) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
         renditions: vec![RenditionSpec { name: "high", bitrate_kbps: 256, content: &high }, RenditionSpec { name: "low", bitrate_kbps: 96, content: &low }],
         preview: Some(PreviewSpec { start_ms: 1000, duration_ms: 3000, fade_in_ms: 500, fade_out_ms: 500, media_type: "audio/mpeg", clip: b"free clip" }),
     };
-    (encrypt_v2(&spec, media_key, &crypto::test_keys::fixed_rsa()).expect("builds"), high, low)
+    let encrypt = if version == FORMAT_VERSION_3 { encrypt_v3 } else { encrypt_v2 };
+    (encrypt(&spec, media_key, &crypto::test_keys::fixed_rsa()).expect("builds"), high, low)
+}
+
+/// The attack this closes: a buyer of the low rendition received the key that opens the
+/// high one too. In format 3 the low buyer's keys open the low rendition and the
+/// encrypted components, and not one chunk of the high rendition; the control is format
+/// 2, where the same purchase keys (the media key) open everything.
+#[test]
+fn a_low_rendition_buyer_cannot_decrypt_a_byte_of_the_high_one() {
+    let media_key = SecretKey::random();
+    let media_id = MediaId::new("md1");
+    let (bytes, high, low) = encrypted_as(&media_key, FORMAT_VERSION_3);
+    let Parsed::V2(container) = parse(&bytes).expect("parses") else { panic!("format 3 parses as the format-2 layout") };
+    assert_eq!(container.format_version, FORMAT_VERSION_3);
+    container.verify().expect("verifies");
+    let keys = purchase_keys(FORMAT_VERSION_3, &media_key, &media_id, "low");
+    assert_eq!(container.open_rendition(&keys.rendition, 1).expect("the low rendition"), low);
+    let (lyrics, _) = container.component("lyrics").expect("lyrics");
+    assert_eq!(container.open_component(&keys.components, lyrics).expect("the components key opens lyrics"), b"la la la");
+    let high_chunks = container.renditions[0].chunk_count;
+    for chunk in 0..high_chunks {
+        assert_eq!(container.decrypt_chunk(&keys.rendition, 0, chunk), Err(ContainerError::Decrypt), "high chunk {chunk}");
+        assert_eq!(container.decrypt_chunk(&keys.components, 0, chunk), Err(ContainerError::Decrypt), "high chunk {chunk}");
+        assert_eq!(container.decrypt_chunk(&media_key, 0, chunk), Err(ContainerError::Decrypt), "the media key itself opens no part");
+    }
+    let high_keys = purchase_keys(FORMAT_VERSION_3, &media_key, &media_id, "high");
+    assert_eq!(container.open_rendition(&high_keys.rendition, 0).expect("the high buyer's"), high);
+    assert!(!keys.rendition.ct_eq(&high_keys.rendition) && !keys.rendition.ct_eq(&keys.components));
+
+    // Control, the protection off: format 2, where a buyer of either gets the media key.
+    let (bytes, high, _) = encrypted_v2(&media_key);
+    let Parsed::V2(container) = parse(&bytes).expect("parses") else { panic!("format 2") };
+    let keys = purchase_keys(FORMAT_VERSION_2, &media_key, &media_id, "low");
+    assert_eq!(container.open_rendition(&keys.rendition, 0).expect("format 2: the low buyer opens the high rendition"), high);
+}
+
+/// A format-3 container relabelled format 2 (or back) no longer verifies: the signature
+/// covers the version's label.
+#[test]
+fn the_format_version_is_signed() {
+    let (mut bytes, _, _) = encrypted_as(&SecretKey::random(), FORMAT_VERSION_3);
+    bytes[4] = FORMAT_VERSION_2;
+    let Parsed::V2(container) = parse(&bytes).expect("parses") else { panic!("format 2 layout") };
+    assert_eq!(container.verify().map(|_| ()), Err(ContainerError::BadSignature));
 }
 
 #[test]

@@ -17,6 +17,13 @@
 //! verifies is exactly what the publisher signed. A player decrypts chunk by chunk while
 //! it plays; a node streams the bytes opaquely from any offset.
 //!
+//! **Container format 3** ([`encrypt_v3`]) is format 2 with a key per part: each rendition
+//! is sealed under its own key and the encrypted components under a components key, both
+//! derived from the media key with blake3 `derive_key` under labels naming the part
+//! ([`rendition_key`], [`components_key`]). The engine hands a buyer only the keys of the
+//! rendition bought (and the components key), so a low-rendition buyer cannot open a byte
+//! of the high one. Format 2 stays readable: its parts all use the media key.
+//!
 //! What does not live here: format 1 (`v1`), the bounded reader (`reader`), and which
 //! publisher key a caller trusts (`verify` returns the key the container names; trusting
 //! it is the caller's decision).
@@ -28,6 +35,8 @@ use crate::crypto::{self, RsaPrivate, RsaPublic, SecretKey};
 use crate::ids::MediaId;
 
 pub const FORMAT_VERSION_2: u8 = 2;
+/// Format 2's layout with a key per rendition and one for the encrypted components.
+pub const FORMAT_VERSION_3: u8 = 3;
 /// Bytes of the fixed format-2 header (before the signature).
 pub const HEADER_V2_BYTES: usize = 4 + 1 + 1 + 2 + 4 + 8;
 /// Largest table of contents accepted, in bytes.
@@ -52,6 +61,9 @@ pub const CHUNK_BYTES_DEFAULT: u32 = 64 * 1024;
 pub const INDEX_ENTRY_BYTES: usize = 8 + 4 + 8 + 8;
 const AEAD_TAG_BYTES: u64 = 16;
 const SIGNED_LABEL_V2: &[u8] = b"vouchsafe media container v2\0";
+const SIGNED_LABEL_V3: &[u8] = b"vouchsafe media container v3\0";
+const CONTEXT_RENDITION_KEY: &str = "vouchsafe media rendition key v1";
+const CONTEXT_COMPONENTS_KEY: &str = "vouchsafe media components key v1";
 const CHUNK_AAD_LABEL: &[u8] = b"vouchsafe media chunk v2\0";
 const COMPONENT_AAD_LABEL: &[u8] = b"vouchsafe media component v2\0";
 const NONCE_KIND_CHUNK: u8 = 1;
@@ -160,6 +172,8 @@ pub struct Preview {
 /// bounds only; [`ContainerV2::verify`] checks the publisher's signature and every hash.
 #[derive(Debug)]
 pub struct ContainerV2<'a> {
+    /// 2 (every part under the media key) or 3 (a key per part).
+    pub format_version: u8,
     pub signature: &'a [u8],
     toc: &'a [u8],
     body: &'a [u8],
@@ -301,10 +315,45 @@ fn push_section(body: &mut Vec<u8>, bytes: &[u8]) -> Section {
 
 /// The message the publisher signs: a versioned label and the table of contents, which
 /// holds the hash of every section (so every byte of the container is signed).
-fn signed_message_v2(toc: &[u8]) -> Vec<u8> {
-    let mut message = SIGNED_LABEL_V2.to_vec();
+fn signed_message(version: u8, toc: &[u8]) -> Vec<u8> {
+    let mut message = if version == FORMAT_VERSION_3 { SIGNED_LABEL_V3 } else { SIGNED_LABEL_V2 }.to_vec();
     message.extend_from_slice(toc);
     message
+}
+
+/// The key of rendition `name` of a format-3 container of `media_id`.
+pub fn rendition_key(media_key: &SecretKey, media_id: &MediaId, name: &str) -> SecretKey {
+    let mut material = media_key.expose().to_vec();
+    put_framed(&mut material, media_id.0.as_bytes());
+    put_framed(&mut material, name.as_bytes());
+    let key = crypto::derive_key(CONTEXT_RENDITION_KEY, &material);
+    zeroize::Zeroize::zeroize(&mut material);
+    key
+}
+
+/// The key of the encrypted components of a format-3 container of `media_id`.
+pub fn components_key(media_key: &SecretKey, media_id: &MediaId) -> SecretKey {
+    let mut material = media_key.expose().to_vec();
+    put_framed(&mut material, media_id.0.as_bytes());
+    let key = crypto::derive_key(CONTEXT_COMPONENTS_KEY, &material);
+    zeroize::Zeroize::zeroize(&mut material);
+    key
+}
+
+/// What a buyer of one rendition needs: its key and the components key (format 2: the
+/// media key for both).
+pub struct PurchaseKeys {
+    pub rendition: SecretKey,
+    pub components: SecretKey,
+}
+
+/// The keys a buyer of `rendition` of a container of `format_version` gets.
+pub fn purchase_keys(format_version: u8, media_key: &SecretKey, media_id: &MediaId, rendition: &str) -> PurchaseKeys {
+    if format_version == FORMAT_VERSION_3 {
+        PurchaseKeys { rendition: rendition_key(media_key, media_id, rendition), components: components_key(media_key, media_id) }
+    } else {
+        PurchaseKeys { rendition: media_key.clone(), components: media_key.clone() }
+    }
 }
 
 /// Builds a format-2 container: each encrypted component and every rendition chunk encrypted
@@ -313,7 +362,23 @@ fn signed_message_v2(toc: &[u8]) -> Vec<u8> {
 ///
 /// A media key must encrypt exactly one container: the nonces are derived from positions.
 pub fn encrypt_v2(spec: &ContainerSpec<'_>, media_key: &SecretKey, publisher: &RsaPrivate) -> Result<Vec<u8>, ContainerError> {
+    encrypt_signed(spec, media_key, publisher, FORMAT_VERSION_2)
+}
+
+/// Builds a format-3 container: as [`encrypt_v2`], each rendition under its
+/// [`rendition_key`] and the encrypted components under the [`components_key`].
+pub fn encrypt_v3(spec: &ContainerSpec<'_>, media_key: &SecretKey, publisher: &RsaPrivate) -> Result<Vec<u8>, ContainerError> {
+    encrypt_signed(spec, media_key, publisher, FORMAT_VERSION_3)
+}
+
+fn encrypt_signed(spec: &ContainerSpec<'_>, media_key: &SecretKey, publisher: &RsaPrivate, version: u8) -> Result<Vec<u8>, ContainerError> {
     check_spec(spec)?;
+    let part_key = |rendition: Option<&str>| match (version, rendition) {
+        (FORMAT_VERSION_3, Some(name)) => rendition_key(media_key, spec.media_id, name),
+        (FORMAT_VERSION_3, None) => components_key(media_key, spec.media_id),
+        _ => media_key.clone(),
+    };
+    let components_key = part_key(None);
     let publisher_key_der = publisher.public().to_der().map_err(|error| ContainerError::Sign(error.to_string()))?;
     let mut body = Vec::new();
     let mut toc = Vec::new();
@@ -324,7 +389,7 @@ pub fn encrypt_v2(spec: &ContainerSpec<'_>, media_key: &SecretKey, publisher: &R
     toc.extend_from_slice(&(spec.components.len() as u32).to_le_bytes());
     for (i, component) in spec.components.iter().enumerate() {
         let section = if component.encrypted {
-            push_section(&mut body, &crypto::aead_encrypt(media_key, &component_nonce(i), &component_aad(spec.media_id, component.name), component.data))
+            push_section(&mut body, &crypto::aead_encrypt(&components_key, &component_nonce(i), &component_aad(spec.media_id, component.name), component.data))
         } else {
             push_section(&mut body, component.data)
         };
@@ -351,18 +416,14 @@ pub fn encrypt_v2(spec: &ContainerSpec<'_>, media_key: &SecretKey, publisher: &R
         let size_bytes = rendition.content.len() as u64;
         let content_hash = crypto::hash(rendition.content);
         let count = chunk_count(size_bytes, spec.chunk_bytes);
+        let key = part_key(Some(rendition.name));
         let data_start = body.len();
         let mut index = Vec::with_capacity(4 + INDEX_ENTRY_BYTES * usize::try_from(count).unwrap_or(0));
         index.extend_from_slice(&u32::try_from(count).map_err(|_| malformed("too many chunks"))?.to_le_bytes());
         for (i, chunk) in rendition.content.chunks(spec.chunk_bytes as usize).enumerate() {
             let i = i as u64;
             let (offset, encrypted_len, plain_offset) = index_entry(i, size_bytes, spec.chunk_bytes);
-            body.extend_from_slice(&crypto::aead_encrypt(
-                media_key,
-                &chunk_nonce(r, i),
-                &chunk_aad(spec.media_id, rendition.name, &content_hash, i, count),
-                chunk,
-            ));
+            body.extend_from_slice(&crypto::aead_encrypt(&key, &chunk_nonce(r, i), &chunk_aad(spec.media_id, rendition.name, &content_hash, i, count), chunk));
             index.extend_from_slice(&offset.to_le_bytes());
             index.extend_from_slice(&encrypted_len.to_le_bytes());
             index.extend_from_slice(&plain_offset.to_le_bytes());
@@ -382,7 +443,7 @@ pub fn encrypt_v2(spec: &ContainerSpec<'_>, media_key: &SecretKey, publisher: &R
     if toc.len() > TOC_BYTES_MAX {
         return Err(malformed(format!("the table of contents is over {TOC_BYTES_MAX} bytes")));
     }
-    let signature = crypto::sign(publisher, &signed_message_v2(&toc)).map_err(|error| ContainerError::Sign(error.to_string()))?;
+    let signature = crypto::sign(publisher, &signed_message(version, &toc)).map_err(|error| ContainerError::Sign(error.to_string()))?;
     if signature.is_empty() || signature.len() > SIGNATURE_BYTES_MAX {
         return Err(ContainerError::Sign(format!("a {}-byte signature does not fit the format", signature.len())));
     }
@@ -392,7 +453,7 @@ pub fn encrypt_v2(spec: &ContainerSpec<'_>, media_key: &SecretKey, publisher: &R
     }
     let mut bytes = Vec::with_capacity(total);
     bytes.extend_from_slice(MAGIC);
-    bytes.push(FORMAT_VERSION_2);
+    bytes.push(version);
     bytes.push(0);
     bytes.extend_from_slice(&(signature.len() as u16).to_le_bytes());
     bytes.extend_from_slice(&(toc.len() as u32).to_le_bytes());
@@ -480,7 +541,7 @@ pub fn parse_v2(bytes: &[u8]) -> Result<ContainerV2<'_>, ContainerError> {
         return Err(ContainerError::BadMagic);
     }
     let version = header.u8()?;
-    if version != FORMAT_VERSION_2 {
+    if version != FORMAT_VERSION_2 && version != FORMAT_VERSION_3 {
         return Err(ContainerError::Version(version));
     }
     if header.u8()? != 0 {
@@ -574,7 +635,20 @@ pub fn parse_v2(bytes: &[u8]) -> Result<ContainerV2<'_>, ContainerError> {
     if next_offset != body_len {
         return Err(ContainerError::Trailing(usize::try_from(body_len - next_offset).unwrap_or(usize::MAX)));
     }
-    Ok(ContainerV2 { signature, toc, body, body_start: body_start as u64, media_id, publisher_key_der, length_ms, for_sale, components, renditions, preview })
+    Ok(ContainerV2 {
+        format_version: version,
+        signature,
+        toc,
+        body,
+        body_start: body_start as u64,
+        media_id,
+        publisher_key_der,
+        length_ms,
+        for_sale,
+        components,
+        renditions,
+        preview,
+    })
 }
 
 fn section_slice<'a>(body: &'a [u8], section: &Section) -> Option<&'a [u8]> {
@@ -600,7 +674,7 @@ impl<'a> ContainerV2<'a> {
     /// the publisher key signed.
     pub fn verify(&self) -> Result<RsaPublic, ContainerError> {
         let publisher = self.publisher_key()?;
-        crypto::verify(&publisher, &signed_message_v2(self.toc), self.signature).map_err(|_| ContainerError::BadSignature)?;
+        crypto::verify(&publisher, &signed_message(self.format_version, self.toc), self.signature).map_err(|_| ContainerError::BadSignature)?;
         let sections = self
             .components
             .iter()
@@ -630,7 +704,8 @@ impl<'a> ContainerV2<'a> {
         self.component(name).filter(|(_, component)| !component.encrypted).map(|(_, component)| self.section(&component.section))
     }
 
-    /// A component's plaintext: free ones as they are, encrypted ones opened with the key.
+    /// A component's plaintext: free ones as they are, encrypted ones opened with the key
+    /// (format 2: the media key; format 3: the components key).
     pub fn open_component(&self, media_key: &SecretKey, index: usize) -> Result<Vec<u8>, ContainerError> {
         let component = self.components.get(index).ok_or_else(|| malformed(format!("no component {index}")))?;
         let bytes = self.section(&component.section);
@@ -661,7 +736,8 @@ impl<'a> ContainerV2<'a> {
     }
 
     /// Decrypts and authenticates one chunk of a rendition, given the encrypted chunk's bytes
-    /// (from this container, or from a node's stream at [`ContainerV2::chunk_range`]).
+    /// (from this container, or from a node's stream at [`ContainerV2::chunk_range`]), with
+    /// the rendition's key (format 2: the media key; format 3: its [`rendition_key`]).
     pub fn open_chunk(&self, media_key: &SecretKey, rendition: usize, chunk: u64, encrypted: &[u8]) -> Result<Vec<u8>, ContainerError> {
         let entry = self.renditions.get(rendition).ok_or_else(|| malformed(format!("no rendition {rendition}")))?;
         if chunk >= entry.chunk_count {

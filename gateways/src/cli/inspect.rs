@@ -230,7 +230,7 @@ fn container_v2(container: &media::ContainerV2<'_>, publisher: Option<&RsaPublic
     });
     let publisher_key_id = container.publisher_key().ok().map(|key| key.key_id());
     Report {
-        format_version: Some(media::FORMAT_VERSION_2),
+        format_version: Some(container.format_version),
         media_id: Some(container.media_id.0.clone()),
         renditions,
         signature_ok: Some(verified.is_ok()),

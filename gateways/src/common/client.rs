@@ -299,7 +299,8 @@ pub async fn publish_container(
                     clip: &p.clip,
                 }),
             };
-            let container = engine::media::encrypt_v2(&spec, &media_key, &publisher_key).context("cannot build the media container")?;
+            // Format 3: a key per rendition, so a buyer gets the key of what it bought only.
+            let container = engine::media::encrypt_v3(&spec, &media_key, &publisher_key).context("cannot build the media container")?;
             Ok((container, crypto::wrap_key(&engine_public, &media_key)?))
         })
         .await
@@ -328,7 +329,7 @@ pub async fn publish_container(
         published == media_id.0,
         "the engine published media {published}, but the container is signed for {media_id}; is {publisher_id} the id of the credential in use?"
     );
-    Ok(Published { media_id: published, content_hash, container_bytes, renditions: hashes, format_version: engine::media::FORMAT_VERSION_2 })
+    Ok(Published { media_id: published, content_hash, container_bytes, renditions: hashes, format_version: engine::media::FORMAT_VERSION_3 })
 }
 
 /// A sale as the merchant completes it: what the player needs to redeem.

@@ -461,7 +461,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
         grpc: true,
         engine_url: url,
         copies_inspected_ok,
-        container_format: engine::media::FORMAT_VERSION_2,
+        container_format: engine::media::FORMAT_VERSION_3,
         low_rendition_delivered: counters.low_rendition.load(Ordering::Relaxed),
     })
 }

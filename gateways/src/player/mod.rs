@@ -395,8 +395,7 @@ pub async fn redeem_and_download_on(
             let container_hash = crypto::hash(&container);
             let stamped = transaction_from_proto(transaction.as_ref()).and_then(|record| {
                 expected.check(&record)?;
-                let media_key = crypto::unwrap_key(&private, &wrapped).map_err(|error| error.to_string())?;
-                let content = open_rendition(&media_key, &container, &record)?;
+                let content = open_rendition(&private, &wrapped, &container, &record)?;
                 let content_hash = crypto::hash(&content);
                 Ok((engine::media::delivered_copy(&record, &signature, &content), content_hash))
             });
@@ -481,10 +480,21 @@ pub fn transaction_from_proto(record: Option<&proto::v1::TransactionRecord>) -> 
 /// and be the media the record names; its rendition is decrypted chunk by chunk, each chunk
 /// authenticated on its own (as a player decrypts while it plays), then the whole is
 /// checked against the signed content hash.
-fn open_rendition(media_key: &SecretKey, container: &[u8], record: &TransactionRecord) -> Result<Vec<u8>, String> {
+/// Unwraps the keys the engine sent for this purchase and decrypts the rendition the
+/// transaction record names: format 3 sends that rendition's key (and the components key)
+/// only, formats 1 and 2 the media key.
+fn open_rendition(private: &RsaPrivate, wrapped: &[u8], container: &[u8], record: &TransactionRecord) -> Result<Vec<u8>, String> {
+    let unwrap_media_key = || crypto::unwrap_key(private, wrapped).map_err(|error| error.to_string());
     let content = match engine::media::parse(container).map_err(|error| error.to_string())? {
-        engine::media::Parsed::V1(_) => engine::media::open(media_key, container).map_err(|error| error.to_string())?,
+        engine::media::Parsed::V1(_) => engine::media::open(&unwrap_media_key()?, container).map_err(|error| error.to_string())?,
         engine::media::Parsed::V2(container) => {
+            let key = if container.format_version == engine::media::FORMAT_VERSION_3 {
+                let mut keys = crypto::unwrap_keys(private, wrapped, 2).map_err(|error| format!("the purchase keys: {error}"))?;
+                keys.swap_remove(0)
+            } else {
+                unwrap_media_key()?
+            };
+            let media_key = &key;
             container.verify().map_err(|error| format!("the container's publisher signature: {error}"))?;
             if container.media_id != record.media_id {
                 return Err(format!("the container is media {}, the transaction record names {}", container.media_id, record.media_id));

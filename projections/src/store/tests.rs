@@ -88,6 +88,7 @@ fn script() -> Vec<Event> {
             for_sale: true,
             engine_key_id: String::new(),
             wrapped_media_key: vec![],
+            container_format: 0,
         }),
         Event::PointsCredited { account_id: AccountId::new("a1"), amount: 1_000, reason: "top-up".into(), sale: None },
         Event::PointsHeld { account_id: AccountId::new("a1"), voucher_id: voucher(1), amount: 250, expires_at: Millis(5), nonce_hash: None },

@@ -186,6 +186,7 @@ impl Generator {
                 for_sale: true,
                 engine_key_id: String::new(),
                 wrapped_media_key: vec![index as u8; 8],
+                container_format: 0,
             }));
             self.media.push(media_id);
         }

@@ -156,6 +156,7 @@ pub(super) fn examples() -> Vec<(Event, E)> {
                 for_sale: true,
                 engine_key_id: "ek-1".into(),
                 wrapped_media_key: vec![9, 8, 7, 6],
+                container_format: 3,
             }),
             E::MediaPublished(pb::MediaPublished {
                 media_id: "med-1".into(),
@@ -183,6 +184,7 @@ pub(super) fn examples() -> Vec<(Event, E)> {
                 for_sale: true,
                 engine_key_id: "ek-1".into(),
                 wrapped_media_key: vec![9, 8, 7, 6],
+                container_format: 3,
             }),
         ),
         (

@@ -84,11 +84,13 @@ fn arb_media_published() -> impl Strategy<Value = MediaPublished> {
     (
         (id(MediaId), text(), text(), text(), vec(text(), 0..4), u64s(), u64s(), text()),
         (terms, vec(rendition, 0..4), u64s(), u64s(), text(), any::<bool>(), text(), bytes()),
+        any::<u8>(),
     )
         .prop_map(
             |(
                 (media_id, publisher, title, artist, authors, length_ms, price_minor, currency),
                 (terms, renditions, start_ms, duration_ms, image_descriptor, for_sale, engine_key_id, wrapped_media_key),
+                container_format,
             )| MediaPublished {
                 media_id,
                 publisher,
@@ -105,6 +107,7 @@ fn arb_media_published() -> impl Strategy<Value = MediaPublished> {
                 for_sale,
                 engine_key_id,
                 wrapped_media_key,
+                container_format,
             },
         )
 }
