@@ -33,6 +33,12 @@
 //! likely) and the steps of a sale are drawn more often, so that cases get past the field
 //! checks and meet live state (points holds, issued and redeemed vouchers).
 //!
+//! What an accepted case did is checked too, by the model oracle (`grpc_fuzz/oracle.rs`):
+//! the events each case appended, against a model of who owns what (points held only with
+//! the owner's consent, a voucher's keys to one consumer with the release as the usage, a
+//! unit bound once and paid, balanced postings, a merchant reading only its own), and the
+//! ledger summing to zero at every check.
+//!
 //! Negative controls check that the harness sees what it looks for (a planted panic is
 //! counted, every property of `judge` flags a planted violation), and the bugs the
 //! generator found are pinned by their own tests at the end ("findings").
@@ -434,6 +440,8 @@ fn arb_caller() -> impl Strategy<Value = Caller> {
 
 #[path = "grpc_fuzz/generate.rs"]
 mod generate;
+#[path = "grpc_fuzz/oracle.rs"]
+mod oracle;
 
 use generate::*;
 
@@ -530,6 +538,9 @@ const EXPECTED_CODES: &[Code] = &[
 
 #[derive(Clone)]
 struct Answer {
+    /// The stream head before the call: the call's events (and any the engine's jobs
+    /// appended meanwhile) follow it.
+    before: u64,
     code: Code,
     message: String,
     wrote: u64,
@@ -551,8 +562,8 @@ async fn send(world: &World, meta: &Meta, case: &Case) -> Answer {
     };
     let wrote = fx.head().await - before;
     match result {
-        Ok(_) => Answer { code: Code::Ok, message: String::new(), wrote, timed_out },
-        Err(status) => Answer { code: status.code(), message: status.message().chars().take(160).collect(), wrote, timed_out },
+        Ok(_) => Answer { before, code: Code::Ok, message: String::new(), wrote, timed_out },
+        Err(status) => Answer { before, code: status.code(), message: status.message().chars().take(160).collect(), wrote, timed_out },
     }
 }
 
@@ -638,6 +649,15 @@ fn points_spent_without_consent(case: &Case, caller_id: Option<&str>, answer: &A
     }
     nonces.push(authorization.nonce.clone());
     None
+}
+
+/// The events stored after sequence `after`, at most `count`, decoded.
+async fn recorded_between(world: &World, after: u64, count: u64) -> Vec<engine::domain::event::Recorded> {
+    if count == 0 {
+        return Vec::new();
+    }
+    let stored = world.fx.log.read_from(engine::ids::Seq(after + 1), usize::try_from(count).expect("a count")).await.expect("read the stream");
+    stored.iter().map(|event| engine::wire::decode(&event.payload).expect("the engine writes events that decode")).collect()
 }
 
 /// A refused PublishMedia leaves no bytes behind under the media id it would have had.
@@ -727,6 +747,9 @@ async fn fuzz(cases: usize, seed: u64) {
     let mut checks = 0;
     let mut retries = 0;
     let mut spent_nonces = Vec::new();
+    let mut model = oracle::Oracle::default();
+    let mut seen = world.fx.head().await;
+    model.learn(&recorded_between(&world, 0, seen).await);
     let fuzz_started = Instant::now();
     for index in 0..cases {
         let generated = strategy.new_tree(&mut runner).expect("a case").current();
@@ -747,6 +770,11 @@ async fn fuzz(cases: usize, seed: u64) {
         let mut found = judge(&case, gate, &answer, previous.as_ref().map(|(_, accepted)| *accepted));
         found.extend(publish_left_bytes(&world, &case, gate, answer.code).await);
         found.extend(points_spent_without_consent(&case, meta.id.as_deref(), &answer, &world.consumer_der, &mut spent_nonces));
+        // What happened between cases (known-good sales, the engine's jobs) first, then the case.
+        model.learn(&recorded_between(&world, seen, answer.before.saturating_sub(seen)).await);
+        let appended = recorded_between(&world, answer.before, answer.wrote).await;
+        found.extend(model.observe(&case, meta.id.as_deref(), &answer, &appended, &world.consumer_der));
+        seen = answer.before + answer.wrote;
         if answer.code == Code::Ok && answer.wrote > 0 && matches!(&case.body, Body::Typed { request: Req::Reserve(r), .. } if !r.points_account.is_empty()) {
             tally.points_spent += 1;
         }
@@ -759,8 +787,11 @@ async fn fuzz(cases: usize, seed: u64) {
             if let Err(problem) = known_good(&world, checks).await {
                 problems.push(format!("after case {index}: {problem}"));
             }
+            world.fx.settle().await;
+            problems.extend(oracle::state_problems(&world).into_iter().map(|problem| format!("after case {index}: {problem}")));
         }
     }
+    println!("model oracle: {} points holds, {} key releases, {} charged units checked", model.points_holds, model.releases, model.units_charged);
     checks += 1;
     if let Err(problem) = known_good(&world, checks).await {
         problems.push(format!("after the run: {problem}"));
@@ -832,7 +863,7 @@ fn the_points_oracle_flags_spending_without_consent() {
         },
         retry: false,
     };
-    let accepted = Answer { code: Code::Ok, message: String::new(), wrote: 3, timed_out: false };
+    let accepted = Answer { before: 0, code: Code::Ok, message: String::new(), wrote: 3, timed_out: false };
     let genuine = sign("m-a", 60_000);
     let cases = [
         (reserve(None), "without any spend authorization"),
@@ -861,7 +892,7 @@ fn the_judge_flags_every_broken_property() {
     let undecodable = Body::Raw { how: "raw: random bytes", bytes: vec![0xff, 0xff, 0xff] };
     let oversized = Body::Raw { how: "raw: at or over the size limit", bytes: padded_empty(REQUEST_BYTES_MAX + 1 - FRAME_HEADER_BYTES) };
     let case = |rpc: Rpc, body: &Body, retry: bool| Case { rpc, caller: Caller::Rightful, body: body.clone(), retry };
-    let answer = |code: Code, message: &str, wrote: u64| Answer { code, message: message.into(), wrote, timed_out: false };
+    let answer = |code: Code, message: &str, wrote: u64| Answer { before: 0, code, message: message.into(), wrote, timed_out: false };
     let flags = |case: Case, gate: Gate, answer: Answer, previous: Option<bool>, expect: Option<&str>| {
         let problems = judge(&case, gate, &answer, previous);
         match expect {

@@ -65,6 +65,8 @@ pub(super) struct Pools {
 
 /// Request ids the generated cases share.
 pub(super) const SHARED_REQUEST_IDS: usize = 16;
+/// Genuine spend authorizations for merchant A on acct-1 in the pool.
+const GENUINE_SPENDS: usize = 48;
 
 impl Pools {
     pub(super) fn of(w: &World) -> Pools {
@@ -106,7 +108,9 @@ impl Pools {
         }
         let serials = Ids::new(vec![w.alice_serial.clone(), w.bob_serial.clone(), w.erin_serial.clone(), w.dave_serial.clone()], other_serials);
         let accounts = Ids::new(vec!["acct-1".into()], ["acct-empty", "alice", "fz-acct-0", "fz-acct-1"].map(String::from).to_vec());
-        let mut spends: Vec<pb::SpendAuthorization> = (0..6).map(|_| w.spend("acct-1", &w.a.id, 1_000_000, 600_000)).collect();
+        // Each genuine authorization is good once: enough of them that accepted points
+        // purchases keep happening through a long run.
+        let mut spends: Vec<pb::SpendAuthorization> = (0..GENUINE_SPENDS).map(|_| w.spend("acct-1", &w.a.id, 1_000_000, 600_000)).collect();
         spends.push(w.spend("acct-1", &w.b.id, 1_000_000, 600_000));
         spends.push(w.spend("acct-empty", &w.a.id, 1_000_000, 600_000));
         spends.push(w.spend("acct-1", &w.a.id, 1_000_000, -1));
@@ -390,7 +394,7 @@ pub(super) fn arb_request(rpc: Rpc, p: &Pools, b: Bias) -> BoxedStrategy<Req> {
             let points = one_of(vec![(b.plausible(3), Just(String::new()).boxed()), (b.plausible(2), Just("acct-1".to_string()).boxed()), (2, account())]);
             let spend = one_of(vec![
                 (b.plausible(2), Just(None).boxed()),
-                (b.plausible(3), select(p.spends.clone()).prop_map(Some).boxed()),
+                (b.plausible(6), select(p.spends.clone()).prop_map(Some).boxed()),
                 (1, Just(Some(pb::SpendAuthorization::default())).boxed()),
             ]);
             (rid, media_ids, rendition, u64_field(900_000, b), points, free_text(b), spend)

@@ -1,0 +1,299 @@
+//! The model oracle: what every accepted fuzz case did, checked against a small model of
+//! who owns what (as TigerBeetle checks its state machine against a reference). The fuzz
+//! reads the events each case appended and hands them here with the request and the
+//! caller; every few cases it also checks the engine's projections as a whole.
+//!
+//! Invariants, per appended event and per answer:
+//! - points are held only by a Reserve that carries the account owner's authorization for
+//!   the calling merchant, verifying with the owner's key, unexpired, its nonce used once;
+//! - a voucher's keys go to one consumer: every redemption of a voucher names the consumer
+//!   of its first, an answered repeat of a Redeem names that consumer, and the first
+//!   release names the voucher's media (the usage the royalty log counts) and later ones
+//!   none;
+//! - a delivery is completed or failed only after a release;
+//! - a unit binds to one device key and carries a balanced charge; a repeated BindUnit
+//!   answered names the recorded key;
+//! - every posting set balances; a merchant reads only its own vouchers.
+//!
+//! And over the state, every check: the ledger sums to zero in each currency. (Node slots
+//! are not checked here: a node may lower its capacity below what it holds, which the
+//! allocation tests cover.)
+
+use super::*;
+use engine::domain::event::{ActorKind, Event, Recorded};
+use engine::domain::settlement::balanced;
+use std::collections::{BTreeMap, BTreeSet};
+
+#[derive(Default)]
+pub(super) struct Oracle {
+    /// voucher → the merchant that reserved it.
+    owners: BTreeMap<String, String>,
+    /// voucher → the consumer its keys were released to.
+    released_to: BTreeMap<String, String>,
+    /// (order, unit) → blake3 of the device key it is bound to.
+    unit_keys: BTreeMap<(String, u32), [u8; 32]>,
+    /// Spend authorization nonces (hashed by the engine) seen in holds.
+    nonce_hashes: BTreeSet<[u8; 32]>,
+    pub(super) points_holds: u64,
+    pub(super) releases: u64,
+    pub(super) units_charged: u64,
+}
+
+impl Oracle {
+    /// Learns what the world built before the fuzz (its events are not cases).
+    pub(super) fn learn(&mut self, events: &[Recorded]) {
+        for recorded in events {
+            let _ = self.apply(recorded, None, None);
+        }
+    }
+
+    /// The problems with one answered case: `events` are those appended while it ran (the
+    /// engine's own jobs may have appended some of them), `caller` its credential id.
+    pub(super) fn observe(&mut self, case: &Case, caller: Option<&str>, answer: &Answer, events: &[Recorded], consumer_der: &[u8]) -> Vec<String> {
+        let mut problems = Vec::new();
+        let Body::Typed { request, .. } = &case.body else {
+            for recorded in events {
+                problems.extend(self.apply(recorded, None, None));
+            }
+            return problems;
+        };
+        for recorded in events {
+            let by_caller = caller.is_some_and(|caller| recorded.actor.id == caller);
+            let request = by_caller.then_some(request);
+            problems.extend(self.apply(recorded, request, Some(consumer_der)));
+        }
+        if answer.code == Code::Ok {
+            problems.extend(self.answered(request, caller));
+        }
+        problems
+    }
+
+    /// Checks one appended event (against the request that caused it, when known) and
+    /// updates the model.
+    fn apply(&mut self, recorded: &Recorded, request: Option<&Req>, consumer_der: Option<&[u8]>) -> Vec<String> {
+        let mut problems = Vec::new();
+        match &recorded.event {
+            Event::Reserved { voucher_id, merchant_id, .. } => {
+                self.owners.insert(voucher_id.0.clone(), merchant_id.0.clone());
+            }
+            Event::PointsHeld { account_id, nonce_hash, .. } => {
+                self.points_holds += 1;
+                let Some(nonce_hash) = nonce_hash else {
+                    problems.push(format!("points of {account_id} held with no authorization recorded"));
+                    return problems;
+                };
+                if !self.nonce_hashes.insert(*nonce_hash) {
+                    problems.push(format!("points of {account_id} held twice on one authorization"));
+                }
+                if recorded.actor.kind != ActorKind::Merchant {
+                    problems.push(format!("points of {account_id} held by a {:?}", recorded.actor.kind));
+                }
+                if let (Some(Req::Reserve(reserve)), Some(der)) = (request, consumer_der) {
+                    problems.extend(consent_problem(reserve, &recorded.actor.id, &account_id.0, der));
+                }
+            }
+            Event::RedemptionAccepted { voucher_id, consumer_id, released_media, .. } => match self.released_to.get(&voucher_id.0) {
+                None => {
+                    self.released_to.insert(voucher_id.0.clone(), consumer_id.0.clone());
+                    self.releases += 1;
+                    if released_media.is_empty() {
+                        problems.push(format!("the first release of {voucher_id} names no media: a key left without a usage"));
+                    }
+                }
+                Some(first) if first != &consumer_id.0 => {
+                    problems.push(format!("{voucher_id}'s keys went to {consumer_id} after {first}"));
+                }
+                Some(_) if !released_media.is_empty() => problems.push(format!("{voucher_id} released its media twice")),
+                Some(_) => {}
+            },
+            Event::Delivered { voucher_id, .. } | Event::DeliveryFailed { voucher_id, .. } if !self.released_to.contains_key(&voucher_id.0) => {
+                problems.push(format!("{voucher_id} delivered or failed before any release"));
+            }
+            Event::UnitBound { order_id, unit, device_public_key_hash, charge, .. } => {
+                match charge {
+                    Some(charge) if balanced(&charge.postings) && charge.postings.first().is_some_and(|p| p.debit_minor == charge.price_minor) => {
+                        self.units_charged += 1;
+                    }
+                    _ => problems.push(format!("unit {unit} of {order_id} bound without a balanced charge")),
+                }
+                if let Some(first) = self.unit_keys.insert((order_id.0.clone(), *unit), *device_public_key_hash)
+                    && first != *device_public_key_hash
+                {
+                    problems.push(format!("unit {unit} of {order_id} bound to a second key"));
+                }
+            }
+            Event::Authorized { postings, .. } | Event::Voided { reversal: postings, .. } if !balanced(postings) => {
+                problems.push(format!("{} postings do not balance", recorded.event.name()));
+            }
+            Event::PointsCredited { sale: Some(sale), .. } if !balanced(&sale.postings) => problems.push("a points sale does not balance".into()),
+            _ => {}
+        }
+        problems
+    }
+
+    /// Checks what an accepted request was answered, beyond what it appended.
+    fn answered(&self, request: &Req, caller: Option<&str>) -> Vec<String> {
+        let mut problems = Vec::new();
+        match request {
+            Req::GetVoucher(get) => {
+                if let Some(owner) = self.owners.get(&get.voucher_id)
+                    && Some(owner.as_str()) != caller
+                {
+                    problems.push(format!("{caller:?} read {}, which {owner} reserved", get.voucher_id));
+                }
+            }
+            Req::Redeem(redeem) if self.released_to.get(&redeem.voucher_id).is_some_and(|first| first != &redeem.consumer_id) => {
+                problems.push(format!("a Redeem of {} was answered to {}, not to the consumer holding its keys", redeem.voucher_id, redeem.consumer_id));
+            }
+            Req::BindUnit(bind) => {
+                let key = crypto::hash(&bind.device_public_key_der);
+                if self.unit_keys.get(&(bind.order_id.clone(), bind.unit)).is_some_and(|bound| *bound != key) {
+                    problems.push(format!("a BindUnit of unit {} of {} was answered for a key it is not bound to", bind.unit, bind.order_id));
+                }
+            }
+            _ => {}
+        }
+        problems
+    }
+}
+
+/// Whether `reserve`, by `merchant`, carried the consent of `account`'s owner: the engine
+/// held points, so an authorization must name them both and verify with the owner's key.
+fn consent_problem(reserve: &pb::ReserveRequest, merchant: &str, account: &str, consumer_der: &[u8]) -> Option<String> {
+    let Some(authorization) = &reserve.spend_authorization else {
+        return Some(format!("points of {account} held without any spend authorization"));
+    };
+    if authorization.account_id != account || authorization.merchant_id != merchant {
+        return Some(format!(
+            "points of {account} held for {merchant} on an authorization for {:?} by {:?}",
+            authorization.account_id, authorization.merchant_id
+        ));
+    }
+    if !gateways::common::spend::from_pb(authorization).is_ok_and(|a| a.verifies_with(consumer_der)) {
+        return Some(format!("points of {account} held on an authorization that does not verify"));
+    }
+    if authorization.expires_at_ms < engine::clock::Clock::now(&engine::clock::SystemClock).0 {
+        return Some(format!("points of {account} held on an expired authorization"));
+    }
+    None
+}
+
+/// The state as a whole: the ledger sums to zero in each currency.
+pub(super) fn state_problems(world: &World) -> Vec<String> {
+    world.fx.engine.state.live.read(|projections| {
+        projections
+            .balances
+            .sums_by_currency()
+            .into_iter()
+            .filter(|(_, sum)| *sum != Some(0))
+            .map(|(currency, sum)| format!("the ledger sums to {sum:?} in {currency}"))
+            .collect()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use engine::domain::event::{Actor, LedgerAccountKind, Posting, UnitCharge};
+    use engine::ids::{AccountId, CertSerial, ConsumerId, MediaId, MerchantId, Millis, NodeId, OrderId, VoucherId};
+
+    fn recorded(actor: Actor, event: Event) -> Recorded {
+        Recorded {
+            event_id: [0; 16],
+            aggregate: event.aggregate(),
+            aggregate_version: 1,
+            recorded_at: Millis(0),
+            request_id: "r".into(),
+            actor,
+            command: "Test".into(),
+            event,
+        }
+    }
+    fn node() -> Actor {
+        Actor::new(ActorKind::Node, "n1")
+    }
+    fn redeemed(consumer: &str, released: &[&str]) -> Recorded {
+        recorded(
+            node(),
+            Event::RedemptionAccepted {
+                voucher_id: VoucherId::new("v1"),
+                node_id: NodeId::new("n1"),
+                consumer_id: ConsumerId::new(consumer),
+                cert_serial: CertSerial::new("c"),
+                wrapped_key_hashes: Vec::new(),
+                challenge_hash: None,
+                consumer_key_hash: None,
+                released_media: released.iter().map(|m| MediaId::new(*m)).collect(),
+            },
+        )
+    }
+    fn bound(key: u8, charged: bool) -> Recorded {
+        let postings = vec![
+            Posting { kind: LedgerAccountKind::MerchantClearing, account: "m1".into(), debit_minor: 5, credit_minor: 0 },
+            Posting { kind: LedgerAccountKind::Owner, account: "o".into(), debit_minor: 0, credit_minor: 5 },
+        ];
+        let charge =
+            charged.then(|| UnitCharge { merchant: MerchantId::new("m1"), media_id: MediaId::new("md"), price_minor: 5, currency: "EUR".into(), postings });
+        recorded(
+            Actor::new(ActorKind::Merchant, "m1"),
+            Event::UnitBound {
+                order_id: OrderId::new("o1"),
+                unit: 0,
+                device_id: "d".into(),
+                device_public_key_hash: [key; 32],
+                wrapped_key_hash: None,
+                charge,
+            },
+        )
+    }
+    fn held(nonce: Option<[u8; 32]>) -> Recorded {
+        recorded(
+            Actor::new(ActorKind::Merchant, "m1"),
+            Event::PointsHeld { account_id: AccountId::new("alice"), voucher_id: VoucherId::new("v9"), amount: 1, expires_at: Millis(9), nonce_hash: nonce },
+        )
+    }
+    fn flags(events: &[Recorded], expect: Option<&str>) {
+        let mut oracle = Oracle::default();
+        let problems: Vec<String> = events.iter().flat_map(|event| oracle.apply(event, None, None)).collect();
+        match expect {
+            None => assert!(problems.is_empty(), "{problems:?}"),
+            Some(text) => assert!(problems.iter().any(|p| p.contains(text)), "expected {text:?} in {problems:?}"),
+        }
+    }
+
+    /// Each invariant flags a planted violation, and passes its clean twin.
+    #[test]
+    fn the_model_oracle_flags_each_broken_invariant() {
+        flags(&[redeemed("alice", &["md"]), redeemed("alice", &[])], None);
+        flags(&[redeemed("alice", &["md"]), redeemed("bob", &[])], Some("went to bob after alice"));
+        flags(&[redeemed("alice", &[])], Some("without a usage"));
+        flags(&[redeemed("alice", &["md"]), redeemed("alice", &["md"])], Some("released its media twice"));
+        let delivered = recorded(
+            node(),
+            Event::Delivered {
+                voucher_id: VoucherId::new("v1"),
+                node_id: NodeId::new("n1"),
+                media_id: MediaId::new("md"),
+                cert_serial: CertSerial::new("c"),
+                content_hash: [0; 32],
+                size_bytes: 1,
+                voucher_complete: true,
+            },
+        );
+        flags(&[redeemed("alice", &["md"]), delivered.clone()], None);
+        flags(&[delivered], Some("before any release"));
+        flags(&[bound(1, true), bound(1, true)], None);
+        flags(&[bound(1, false)], Some("without a balanced charge"));
+        flags(&[bound(1, true), bound(2, true)], Some("second key"));
+        flags(&[held(Some([1; 32])), held(Some([2; 32]))], None);
+        flags(&[held(None)], Some("no authorization recorded"));
+        flags(&[held(Some([1; 32])), held(Some([1; 32]))], Some("twice on one authorization"));
+
+        // Answers: a merchant reads only its own vouchers.
+        let mut oracle = Oracle::default();
+        oracle.owners.insert("v1".into(), "m1".into());
+        let get = Req::GetVoucher(pb::GetVoucherRequest { voucher_id: "v1".into() });
+        assert!(oracle.answered(&get, Some("m1")).is_empty());
+        assert!(oracle.answered(&get, Some("m2")).iter().any(|p| p.contains("which m1 reserved")));
+    }
+}
