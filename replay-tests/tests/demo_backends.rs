@@ -36,6 +36,8 @@ fn check(summary: &Summary) {
     assert_eq!(summary.decrypt_ok, summary.delivered);
     assert_eq!(summary.royalty_entries, summary.delivered + summary.previews);
     assert!(summary.seals >= 1);
+    assert!(summary.audit_ok, "the demo's own audit passed");
+    assert!(summary.points_paid > 0, "some sales were paid in points, each with its player's authorization");
 }
 
 async fn run(backend: BackendArgs) {

@@ -45,7 +45,14 @@ fn model(events: &[Event]) -> Result<(), String> {
         Voided,
     }
     let mut state = S::None;
+    let mut keys_to: Option<&ConsumerId> = None;
     for event in events {
+        if let Event::RedemptionAccepted { consumer_id, .. } = event {
+            match keys_to {
+                Some(first) if first != consumer_id => return Err(format!("keys released to {first} and to {consumer_id}")),
+                _ => keys_to = Some(consumer_id),
+            }
+        }
         let next = match (state, event) {
             (S::None, Event::Reserved { .. }) => S::Pending,
             (S::Pending, Event::Authorized { .. }) => S::Authorized,
@@ -85,6 +92,8 @@ async fn race(log: Arc<dyn EventLog>) {
         .certify_consumer("op", &RequestId::new("c"), &consumer, &test_keys::fixed_rsa_2().public().to_der().expect("der"), 86_400_000)
         .await
         .expect("certify");
+    // Bob races alice for every voucher's keys (with a valid proof of the receipt).
+    let bob = engine::testing::TestConsumer::certify(&setup, "op", "bob").await.expect("certify bob");
     let payer = engine::testing::TestConsumer::certify(&setup, "op", "acct-race").await.expect("certify the payer");
     let account = payer.account();
     // Enough points for about half the reservations: concurrent holds must never overdraw.
@@ -119,12 +128,15 @@ async fn race(log: Arc<dyn EventLog>) {
     }
     assert!(vouchers.len() >= VOUCHERS / 2, "the merchant-paid half and some points-paid ones reserve: {}", vouchers.len());
 
-    // Every voucher at once: A authorizes, issues and redeems; A and B void; B expires.
+    // Every voucher at once: A authorizes, issues, then redeems for alice while B redeems
+    // the same voucher for bob (both proofs valid); A and B void; B expires; B authorizes
+    // under its own request id.
     let mut racers = tokio::task::JoinSet::new();
     for voucher in &vouchers {
         for racer in 0..5 {
             let (a, b, merchant, voucher, node, consumer, serial, media) =
                 (Arc::clone(&a), Arc::clone(&b), merchant.clone(), voucher.clone(), node.clone(), consumer.clone(), cert.serial.clone(), media.clone());
+            let bob = bob.clone();
             racers.spawn(async move {
                 match racer {
                     0 => {
@@ -134,7 +146,17 @@ async fn race(log: Arc<dyn EventLog>) {
                             let challenge = [7u8; 32];
                             let subject = crypto::ProofConsumer::new(&consumer.0, &serial.0, &test_keys::fixed_rsa_2().public().to_der().expect("der"));
                             let proof = crypto::receipt_proof(&authorized.receipt, &voucher.0, &node.0, &challenge, &subject);
-                            if a.redeem(&node, &RequestId::new(format!("d-{voucher}")), &voucher, &consumer, &serial, &challenge, &proof).await.is_ok() {
+                            let bob_der = bob.passport.public().to_der().expect("der");
+                            let bob_subject = crypto::ProofConsumer::new(&bob.id.0, &bob.serial.0, &bob_der);
+                            let bob_challenge = [8u8; 32];
+                            let bob_proof = crypto::receipt_proof(&authorized.receipt, &voucher.0, &node.0, &bob_challenge, &bob_subject);
+                            let (alice_request, bob_request) = (RequestId::new(format!("d-{voucher}")), RequestId::new(format!("d2-{voucher}")));
+                            let (for_alice, for_bob) = tokio::join!(
+                                a.redeem(&node, &alice_request, &voucher, &consumer, &serial, &challenge, &proof),
+                                b.redeem(&node, &bob_request, &voucher, &bob.id, &bob.serial, &bob_challenge, &bob_proof),
+                            );
+                            assert!(for_alice.is_err() || for_bob.is_err(), "{voucher}: both consumers got the keys");
+                            if for_alice.is_ok() {
                                 let confirm = crypto::confirm_proof(&authorized.receipt, &voucher.0, &node.0, &media.0, &[1; 32], &subject);
                                 let _ = a.complete_delivery(&node, &RequestId::new(format!("c-{voucher}")), &voucher, &media, [1; 32], 10, &confirm).await;
                             }
@@ -150,9 +172,8 @@ async fn race(log: Arc<dyn EventLog>) {
                         let _ = b.expire(&voucher).await;
                     }
                     _ => {
-                        // A second redemption attempt from the other engine.
-                        let challenge = [8u8; 32];
-                        let _ = b.redeem(&node, &RequestId::new(format!("d2-{voucher}")), &voucher, &consumer, &serial, &challenge, &[0; 32]).await;
+                        // A second authorization from the other engine, under its own request id.
+                        let _ = b.authorize(&merchant, &RequestId::new(format!("a2-{voucher}")), &voucher).await;
                     }
                 }
             });
