@@ -480,6 +480,20 @@ impl Market {
         Ok(())
     }
 
+    /// Turns on binding each royalty entry to its stream sequence, on a stream that lacks
+    /// it (an engine does this as it starts; every engine under the same request id, so the
+    /// stream records it once). The entries after the event use it; earlier ones, sealed as
+    /// they were, keep the fixed nonce.
+    pub async fn bind_royalty_entries(&self) -> Result<(), AppError> {
+        let key = crate::domain::config::ROYALTY_ENTRY_BINDING_KEY;
+        if self.config().await?.get(key) == Some(1) {
+            return Ok(());
+        }
+        let command = ConfigCommand::Set { key: key.to_string(), value: "1".into() };
+        self.handler.handle::<Config>(CONFIG_AGGREGATE, &Actor::engine(), &RequestId::new("royalty-entry-binding-v1"), &command).await?;
+        Ok(())
+    }
+
     pub async fn set_config(&self, operator: &str, request: &RequestId, key: &str, value: &str) -> Result<(), AppError> {
         let command = ConfigCommand::Set { key: key.to_string(), value: value.to_string() };
         self.handler.handle::<Config>(CONFIG_AGGREGATE, &actor(ActorKind::Operator, operator), request, &command).await?;

@@ -304,6 +304,13 @@ async fn after_a_failed_confirm_only_the_consumer_holding_the_keys_redeems() {
 
     // The keys left at alice's redemption: that was the usage, counted before any Confirm.
     assert_eq!(fixture.usages().await, 1, "the release is in the royalty log");
+    // A served stream binds each entry's nonce to its source sequence (`serve` records
+    // royalty.entry_binding = 1 as it starts).
+    let (entries, bound) = fixture.engine.state.live.read(|p| {
+        let entries = &p.royalty.entries;
+        (entries.len(), entries.iter().zip(&p.royalty.source_seqs).filter(|(e, seq)| e.bound_seq == Some(**seq)).count())
+    });
+    assert_eq!((entries, bound), (1, 1), "the entry binds its stream sequence");
 
     // Control: alice, who holds the keys, may retry the failed delivery.
     let again = player_redeem(&mut at_node, &sale, &alice, "r3").await;

@@ -222,6 +222,9 @@ pub struct ProofBundle {
     pub y: String,
     /// `K_j`: decrypts this entry only; derived one-way from `A_j`.
     pub entry_key: String,
+    /// The stream sequence the entry's nonce binds (absent for fixed-nonce entries).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bound_seq: Option<u64>,
     pub merkle_path: Vec<String>,
     pub seal: ExportedSeal,
 }
@@ -265,6 +268,7 @@ pub fn prove(log: &ExportedLog, master: &SecretKey, engine_key: &RsaPublic, vouc
                 ciphertext: hex::encode(&chained.ciphertext),
                 y: hex::encode(chained.y),
                 entry_key: hex::encode(entry_key.expose()),
+                bound_seq: chained.bound_seq,
                 merkle_path: path.iter().map(hex::encode).collect(),
                 seal: seal.clone(),
             });
@@ -305,7 +309,7 @@ pub fn check_proof(bundle: &ProofBundle, engine_key: &RsaPublic) -> Result<Entry
         return Err("Y is not in the sealed Merkle tree at this position".into());
     }
     let entry_key = SecretKey::from_bytes(hash32("entry_key", &bundle.entry_key)?);
-    let plaintext = crypto::aead_decrypt(&entry_key, &royalty::nonce(), &royalty::aad(bundle.epoch, bundle.entry_index), &ciphertext)
+    let plaintext = crypto::aead_decrypt(&entry_key, &royalty::nonce(bundle.bound_seq), &royalty::aad(bundle.epoch, bundle.entry_index), &ciphertext)
         .map_err(|_| "the entry key does not decrypt the ciphertext".to_string())?;
     serde_json::from_slice(&plaintext).map_err(|_| "the plaintext is not a royalty entry".to_string())
 }

@@ -80,6 +80,10 @@ pub struct ChainedEntry {
     pub y: [u8; 32],
     #[serde(with = "hex_array")]
     pub z: [u8; 32],
+    /// The stream sequence of the entry's source event, when its nonce binds it (streams
+    /// that record `royalty.entry_binding` = 1); absent for fixed-nonce entries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bound_seq: Option<u64>,
 }
 
 /// Where a chain stops verifying, and why.
@@ -106,10 +110,16 @@ pub fn genesis(epoch: u64) -> [u8; 32] {
     crypto::hash(&bytes)
 }
 
-/// The nonce of every entry ciphertext.
-pub fn nonce() -> [u8; crypto::NONCE_BYTES] {
-    // Each K_j encrypts exactly one message, so a fixed nonce never repeats under a key.
-    [0; crypto::NONCE_BYTES]
+/// The nonce of an entry ciphertext: fixed for entries that bind no sequence (`K_j`
+/// encrypts one message, unless a chain is rebuilt after a lost tail), else the entry's
+/// stream sequence, so a rebuilt chain's entry j, from another event, gets another nonce.
+pub fn nonce(bound_seq: Option<u64>) -> [u8; crypto::NONCE_BYTES] {
+    let mut nonce = [0; crypto::NONCE_BYTES];
+    if let Some(seq) = bound_seq {
+        nonce[0] = 1;
+        nonce[4..].copy_from_slice(&seq.to_le_bytes());
+    }
+    nonce
 }
 
 /// The associated data of entry `index` of `epoch` (binds a ciphertext to its position).
@@ -208,11 +218,16 @@ impl Chain {
 
     /// As `append`, for an entry already encoded (`Entry::encode`): the same chained entry.
     pub fn append_encoded(&mut self, encoded: &[u8]) -> ChainedEntry {
+        self.append_encoded_bound(encoded, None)
+    }
+
+    /// As `append_encoded`, the nonce binding the source event's stream sequence when given.
+    pub fn append_encoded_bound(&mut self, encoded: &[u8], bound_seq: Option<u64>) -> ChainedEntry {
         let entry_key = self.next_entry_key();
-        let ciphertext = crypto::aead_encrypt(&entry_key, &nonce(), &aad(self.epoch, self.next_index), encoded);
+        let ciphertext = crypto::aead_encrypt(&entry_key, &nonce(bound_seq), &aad(self.epoch, self.next_index), encoded);
         let y = running_hash(&self.y_prev, &ciphertext);
         let z = crypto::hmac_sha256(self.a.expose(), &y);
-        let chained = ChainedEntry { epoch: self.epoch, index: self.next_index, ciphertext, y, z };
+        let chained = ChainedEntry { epoch: self.epoch, index: self.next_index, ciphertext, y, z, bound_seq };
         self.advance(y);
         chained
     }
@@ -239,9 +254,12 @@ impl Chain {
             return Err(fault("MAC Z does not verify under this epoch's key"));
         }
         let entry_key = self.next_entry_key();
-        let plaintext = crypto::aead_decrypt(&entry_key, &nonce(), &aad(self.epoch, self.next_index), &chained.ciphertext)
+        let plaintext = crypto::aead_decrypt(&entry_key, &nonce(chained.bound_seq), &aad(self.epoch, self.next_index), &chained.ciphertext)
             .map_err(|_| fault("ciphertext does not decrypt"))?;
         let entry: Entry = serde_json::from_slice(&plaintext).map_err(|_| fault("plaintext is not an entry"))?;
+        if chained.bound_seq.is_some_and(|seq| seq != entry.source_seq) {
+            return Err(fault("binds another stream sequence than its event's"));
+        }
         self.advance(y);
         Ok(entry)
     }

@@ -103,6 +103,9 @@ pub struct RoyaltyLog {
     pub seals: Vec<RightsReportSealed>,
     pub seals_verified: u64,
     pub seal_faults: Vec<SealFault>,
+    /// Entries bind their source event's stream sequence (the stream recorded
+    /// `royalty.entry_binding` = 1 before them).
+    pub(crate) bind_seq: bool,
     /// What changed since the projection store last committed this log.
     pub(crate) touched_catalog: Touched<MediaId>,
     pub(crate) touched_previews: Touched<PreviewId>,
@@ -182,6 +185,7 @@ impl RoyaltyLog {
                 self.record(entry);
             }
             Event::RightsReportSealed(seal) => self.check_seal(seq, seal, sealed_head),
+            Event::ConfigChanged { key, value } if key == engine::domain::config::ROYALTY_ENTRY_BINDING_KEY => self.bind_seq = value == "1",
             _ => {}
         }
     }
@@ -253,7 +257,7 @@ impl RoyaltyLog {
             let encoded = entry.encode();
             self.usage_digests.push(usage_digest_of_encoded(&previous, &encoded));
             self.source_seqs.push(entry.source_seq);
-            self.entries.push(chain.append_encoded(&encoded));
+            self.entries.push(chain.append_encoded_bound(&encoded, self.bind_seq.then_some(entry.source_seq)));
         }
     }
 

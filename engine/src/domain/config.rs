@@ -28,7 +28,16 @@ pub const KEYS: &[(&str, u64, u64, u64)] = &[
     ("node.heartbeat_timeout_ms", 1_000, 3_600_000, 15_000),
     // Redemptions a voucher's consumer may make again after failed deliveries.
     ("delivery.retries_max", 0, 100, 3),
+    // 1: each royalty entry's nonce binds its stream sequence (from this event on), so a
+    // chain rebuilt after a lost tail never reuses an entry key and nonce. The engine sets
+    // it on a stream that lacks it; it is never lowered. 0 in streams written before.
+    (ROYALTY_ENTRY_BINDING_KEY, 0, 1, 0),
 ];
+
+/// The key that turns on binding royalty entries to their stream sequence.
+pub const ROYALTY_ENTRY_BINDING_KEY: &str = "royalty.entry_binding";
+/// Keys that may only be raised: what they turned on stays on for every later event.
+pub const ONLY_RAISED: &[&str] = &[ROYALTY_ENTRY_BINDING_KEY];
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Config {
@@ -64,6 +73,9 @@ impl Aggregate for Config {
             && parsed < floor
         {
             return Err(Rejection::InvalidArgument { field: "value", reason: format!("{key} must be {constraint}: {floor}..={max}") });
+        }
+        if ONLY_RAISED.contains(&key.as_str()) && self.get(key).is_some_and(|current| parsed < current) {
+            return Err(Rejection::InvalidArgument { field: "value", reason: format!("{key} can only be raised") });
         }
         if self.get(key) == Some(parsed) && self.values.contains_key(key) {
             return Ok(vec![]);

@@ -332,6 +332,8 @@ pub async fn start(config: EngineConfig, log: Arc<dyn EventLog>, listener: tokio
     let nodes = Arc::new(NodeHealth::new(Arc::clone(&clock), HEARTBEAT_STALE_MS));
     let allocator = Arc::new(HealthyAllocator::new(Arc::new(live.clone()), Arc::clone(&nodes)));
     let market = Arc::new(Market::new(Arc::clone(&log), clock, Arc::clone(&keys), allocator));
+    // Royalty entries from here on bind their stream sequence (once per stream).
+    market.bind_royalty_entries().await.context("cannot record the royalty entry binding")?;
     let (stop, shutdown) = watch::channel(false);
     let metrics = Arc::new(Metrics::new());
     let state = Arc::new(EngineState {

@@ -40,6 +40,27 @@ fn verify(master: &SecretKey, entries: &[ChainedEntry]) -> Result<Vec<Entry>, Ch
     entries.iter().map(|chained| chain.verify_next(chained)).collect()
 }
 
+/// The attack: a chain rebuilt after a lost tail encrypts a different entry at the same
+/// index under the same `K_j`; with the fixed nonce (control) that is a nonce reuse, with
+/// the nonce bound to the source sequence it is not. A binding that is altered, or that
+/// names another sequence than the entry's, does not verify.
+#[test]
+fn an_entry_bound_to_its_stream_sequence_never_reuses_a_nonce() {
+    let (first, rebuilt) = (entry(1), Entry { source_seq: 999, ..entry(7) });
+    let fixed = (Chain::start(&master(), 1).append_encoded(&first.encode()), Chain::start(&master(), 1).append_encoded(&rebuilt.encode()));
+    assert_eq!(nonce(fixed.0.bound_seq), nonce(fixed.1.bound_seq), "control: two entries at index 0 under one key and one nonce");
+    let bound = (
+        Chain::start(&master(), 1).append_encoded_bound(&first.encode(), Some(first.source_seq)),
+        Chain::start(&master(), 1).append_encoded_bound(&rebuilt.encode(), Some(rebuilt.source_seq)),
+    );
+    assert_ne!(nonce(bound.0.bound_seq), nonce(bound.1.bound_seq));
+    assert_eq!(verify(&master(), std::slice::from_ref(&bound.0)).expect("verifies"), vec![first.clone()]);
+    let altered = ChainedEntry { bound_seq: Some(first.source_seq + 1), ..bound.0.clone() };
+    assert!(verify(&master(), &[altered]).is_err(), "an altered binding does not decrypt");
+    let misbound = Chain::start(&master(), 1).append_encoded_bound(&first.encode(), Some(5));
+    assert!(verify(&master(), &[misbound]).expect_err("names sequence 5").reason.contains("another stream sequence"));
+}
+
 #[test]
 fn a_chain_verifies_and_decrypts_to_its_entries() {
     let entries = log(12);

@@ -400,7 +400,7 @@ impl Reader {
 
     /// The log, its sales left in `db`, with the counters the store's checkpoint holds.
     /// Entries, seals and faults must be numbered 0..len.
-    pub(crate) fn finish(self, db: &sled::Db, usages: u64, seals_verified: u64) -> Result<RoyaltyLog, RowError> {
+    pub(crate) fn finish(self, db: &sled::Db, usages: u64, seals_verified: u64, bind_seq: bool) -> Result<RoyaltyLog, RowError> {
         let entries = contiguous(self.entries, "royalty entry")?;
         let seals = contiguous(self.seals, "seal")?;
         let seal_faults = contiguous(self.faults, "seal fault")?;
@@ -413,6 +413,7 @@ impl Reader {
             seals,
             seals_verified,
             seal_faults,
+            bind_seq,
             ..RoyaltyLog::default()
         };
         for stored in entries {

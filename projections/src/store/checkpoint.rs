@@ -70,6 +70,9 @@ pub(super) struct CheckpointRecord {
     /// Every event so far was applied with the royalty chain (the master key was given
     /// from sequence 1 on): only then can the chain be resumed.
     pub(super) chain_complete: bool,
+    /// Royalty entries bind their stream sequence from here on (`royalty.entry_binding`).
+    #[serde(default)]
+    pub(super) royalty_entries_bound: bool,
     #[serde(with = "hex_array")]
     pub(super) content_digest: [u8; 32],
 }
@@ -84,6 +87,7 @@ impl CheckpointRecord {
             usages: 0,
             seals_verified: 0,
             chain_complete: true,
+            royalty_entries_bound: false,
             content_digest: [0; 32],
         }
     }

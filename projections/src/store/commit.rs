@@ -106,6 +106,7 @@ impl ProjectionStore {
             usages: log.usages,
             seals_verified: log.seals_verified,
             chain_complete: writer.record.chain_complete && log.chained(),
+            royalty_entries_bound: log.bind_seq,
             content_digest: [0; 32],
         };
         let changes = Changes { vouchers, allocation, royalty, balances, heads };

@@ -11,7 +11,8 @@
 //! A store of an older format fails the marker check and is quarantined and rebuilt: its
 //! rows would read as a state other than the one its checkpoint describes (format 1 had no
 //! balances; format 2 kept one stream head row per event, `heads`; format 3 counted a
-//! sale's usage at delivery only).
+//! sale's usage at delivery only; format 4 did not record whether entries bind their
+//! stream sequence).
 
 use super::checkpoint::{CheckpointRecord, encode_checkpoint};
 use super::commit::Writer;

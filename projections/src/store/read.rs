@@ -59,7 +59,7 @@ pub(super) fn read_state(db: &sled::Db) -> Result<Stored, StateError> {
         return Err(StateError::ContentDigest);
     }
 
-    let royalty = royalty.finish(db, record.usages, record.seals_verified)?;
+    let royalty = royalty.finish(db, record.usages, record.seals_verified, record.royalty_entries_bound)?;
     if record.events != record.last_seq {
         return Err(StateError::EventCount { events: record.events, last_seq: record.last_seq });
     }

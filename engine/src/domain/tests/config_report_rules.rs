@@ -32,6 +32,17 @@ fn set_the_value_already_set_changes_nothing() {
     check::<Config>(&[], set("seal.entries_max", "100"), T0, Ok(vec![changed("seal.entries_max", "100")]));
 }
 
+/// What `royalty.entry_binding` turned on stays on: lowering it would put fixed nonces
+/// back on later entries. Control: raising it, and setting it again, go through.
+#[test]
+fn the_royalty_entry_binding_is_only_raised() {
+    let key = crate::domain::config::ROYALTY_ENTRY_BINDING_KEY;
+    check::<Config>(&[], set(key, "1"), T0, Ok(vec![changed(key, "1")]));
+    check::<Config>(&[changed(key, "1")], set(key, "1"), T0, Ok(vec![]));
+    check_invalid::<Config>(&[changed(key, "1")], set(key, "0"), T0, "value");
+    check_invalid::<Config>(&[], set(key, "2"), T0, "value");
+}
+
 #[test]
 fn set_an_unknown_key_is_refused() {
     check_invalid::<Config>(&[], set("seal.entries", "5"), T0, "key");
