@@ -358,13 +358,19 @@ impl Market {
     /// a change is recorded as an event, and the node gets its access key. The request id
     /// names the version it changes, so 8 → 4 → 8 is two changes, while a retried
     /// announcement of the same change stays one.
-    pub async fn announce_node(&self, node: &NodeId, slots_max: u32) -> Result<SecretKey, AppError> {
+    /// Answers the node's access key and what the engine records of it: the slots it
+    /// serves (its announcement, within the licence) and its registered region.
+    pub async fn announce_node(&self, node: &NodeId, slots_max: u32) -> Result<(SecretKey, Node), AppError> {
         let root = self.handler.load::<Node>(&node.0).await?;
-        if slots_max != 0 && slots_max != root.state.slots_max {
-            let request = RequestId(format!("capacity-v{}-{}", root.version, slots_max));
-            self.handler.handle::<Node>(&node.0, &actor(ActorKind::Node, &node.0), &request, &NodeCommand::ChangeCapacity { slots_max }).await?;
-        }
-        Ok(self.node_access_key(node))
+        let granted = slots_max.min(root.state.licensed_slots);
+        let state = if slots_max != 0 && granted != root.state.slots_max {
+            let request = RequestId(format!("capacity-v{}-{}", root.version, granted));
+            let handled = self.handler.handle::<Node>(&node.0, &actor(ActorKind::Node, &node.0), &request, &NodeCommand::ChangeCapacity { slots_max }).await?;
+            handled.root.state.clone()
+        } else {
+            root.state.clone()
+        };
+        Ok((self.node_access_key(node), state))
     }
 
     /// The audited configuration (ConfigChanged events).

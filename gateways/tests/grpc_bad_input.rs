@@ -992,8 +992,9 @@ async fn a_refused_or_retried_publish_stores_no_bytes() {
     world.fx.engine.shutdown().await.expect("graceful shutdown");
 }
 
-/// RegisterNode carries the node's capacity; every change is an event. Changing it back
-/// and forth must keep working (each change is a new request, not a retry of an old one).
+/// RegisterNode carries the node's capacity, within its licence; every change is an event.
+/// Changing it back and forth must keep working (each change is a new request, not a
+/// retry of an old one).
 ///
 /// The bug this catches: `register_node` in gateways/src/server.rs names the change
 /// `capacity-{node}-{slots_max}`, so a change to a value the node had announced before is
@@ -1003,19 +1004,23 @@ async fn a_node_changes_its_capacity_back_and_forth() {
     let fx = start().await;
     let mut catalog = client::catalog(fx.channel.clone(), fx.operator.clone());
     let node = credential(
-        catalog.register_node_credential(pb::RegisterNodeCredentialRequest { request_id: "node-1".into(), region: "eu".into(), slots_max: 4 }).await,
+        catalog.register_node_credential(pb::RegisterNodeCredentialRequest { request_id: "node-1".into(), region: "eu".into(), slots_max: 8 }).await,
     );
     let mut delivery = client::delivery(fx.channel.clone(), node.clone());
     let mut recorded = Vec::new();
-    for slots_max in [8, 4, 8, 4] {
+    // Licensed for 8: below it the node's announcement stands; above it the licence does
+    // (the node decided its own capacity: `--slots 64` on a node licensed for 4 got 64).
+    for slots_max in [4, 8, 4, 64, 2] {
         let head = fx.head().await;
-        delivery
-            .register_node(pb::RegisterNodeRequest { region: String::new(), slots_max, endpoint: "http://127.0.0.1:1".into() })
+        let answer = delivery
+            .register_node(pb::RegisterNodeRequest { region: "us".into(), slots_max, endpoint: "http://127.0.0.1:1".into() })
             .await
-            .expect("register node");
+            .expect("register node")
+            .into_inner();
         let state = fx.engine.state.market.handler().load::<engine::domain::party::Node>(&node.id).await.expect("load the node").state.clone();
+        assert_eq!((answer.slots_max, answer.region.as_str(), state.region.as_str()), (state.slots_max, "eu", "eu"), "the registered region stands");
         recorded.push((slots_max, state.slots_max, fx.head().await - head));
     }
-    assert_eq!(recorded, vec![(8, 8, 1), (4, 4, 1), (8, 8, 1), (4, 4, 1)], "(announced, recorded, events appended) per RegisterNode");
+    assert_eq!(recorded, vec![(4, 4, 1), (8, 8, 1), (4, 4, 1), (64, 8, 1), (2, 2, 1)], "(announced, recorded, events appended) per RegisterNode");
     fx.engine.shutdown().await.expect("graceful shutdown");
 }

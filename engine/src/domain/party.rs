@@ -174,8 +174,12 @@ pub enum NodeStatus {
 pub struct Node {
     pub status: NodeStatus,
     pub id: Option<NodeId>,
+    /// The region the operator registered the node in (the node cannot change it).
     pub region: String,
+    /// The slots the node serves now: what it announced, within its licence.
     pub slots_max: u32,
+    /// The slots the operator licensed at registration: the most the node may announce.
+    pub licensed_slots: u32,
     pub credential_hash: [u8; 32],
 }
 
@@ -212,7 +216,12 @@ impl Aggregate for Node {
             (_, NodeStatus::Removed) => Err(Rejection::NodeUnavailable),
             (NodeCommand::ChangeCapacity { slots_max }, _) => {
                 check_slots(*slots_max)?;
-                Ok(vec![Event::NodeCapacityChanged { node_id: node_id(), slots_max: *slots_max }])
+                // The operator licensed the capacity: a node may announce less, never more.
+                let granted = (*slots_max).min(self.licensed_slots);
+                if granted == self.slots_max {
+                    return Ok(vec![]);
+                }
+                Ok(vec![Event::NodeCapacityChanged { node_id: node_id(), slots_max: granted }])
             }
             (NodeCommand::Drain, NodeStatus::Drained) => Ok(vec![]),
             (NodeCommand::Drain, _) => Ok(vec![Event::NodeDrained { node_id: node_id() }]),
@@ -227,6 +236,7 @@ impl Aggregate for Node {
                 self.id = Some(node_id.clone());
                 self.region = region.clone();
                 self.slots_max = *slots_max;
+                self.licensed_slots = *slots_max;
                 self.credential_hash = *credential_hash;
             }
             Event::NodeCapacityChanged { slots_max, .. } => self.slots_max = *slots_max,

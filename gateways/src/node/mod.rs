@@ -293,6 +293,14 @@ async fn register(args: &NodeArgs, credential: Credential, endpoint: &str) -> an
     let access_key: [u8; crypto::KEY_BYTES] =
         registered.access_key.as_slice().try_into().map_err(|_| anyhow::anyhow!("the engine answered RegisterNode with an access key of the wrong length"))?;
     zeroize::Zeroize::zeroize(&mut registered.access_key);
+    // The operator's licence decides: the engine records at most the licensed slots and the
+    // registered region, whatever the flags say.
+    if registered.slots_max != 0 && registered.slots_max < args.slots_max {
+        warn!(announced = args.slots_max, licensed = registered.slots_max, "the engine records the slots this node is licensed for, fewer than --slots");
+    }
+    if !registered.region.is_empty() && registered.region != args.region {
+        warn!(flag = %args.region, registered = %registered.region, "this node was registered in another region than --region; the engine uses the registered one");
+    }
     Ok((engine, registered.node_id, SecretKey::from_bytes(access_key)))
 }
 

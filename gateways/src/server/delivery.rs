@@ -41,9 +41,9 @@ impl pb::delivery_service_server::DeliveryService for Api {
             if endpoint.len() > ENDPOINT_CHARS_MAX || !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
                 return Err(invalid("endpoint", "must be an http:// or https:// URL of at most 256 characters"));
             }
-            let access_key = self.market().announce_node(&node, message.slots_max).await.map_err(fail)?;
+            let (access_key, recorded) = self.market().announce_node(&node, message.slots_max).await.map_err(fail)?;
             self.state.nodes.announce(&node, endpoint);
-            Ok(pb::RegisterNodeResponse { node_id: node.0, access_key: access_key.expose().to_vec() })
+            Ok(pb::RegisterNodeResponse { node_id: node.0, access_key: access_key.expose().to_vec(), slots_max: recorded.slots_max, region: recorded.region })
         }
         .await;
         self.answer(result)

@@ -155,14 +155,26 @@ fn node_capacity_drain_and_removal() {
     let drained = Event::NodeDrained { node_id: node() };
     check::<Node>(
         &[node_registered()],
-        NodeCommand::ChangeCapacity { slots_max: 20 },
+        NodeCommand::ChangeCapacity { slots_max: 6 },
         T0,
-        Ok(vec![Event::NodeCapacityChanged { node_id: node(), slots_max: 20 }]),
+        Ok(vec![Event::NodeCapacityChanged { node_id: node(), slots_max: 6 }]),
     );
     check_invalid::<Node>(&[node_registered()], NodeCommand::ChangeCapacity { slots_max: 0 }, T0, "slots_max");
     check::<Node>(&[node_registered()], NodeCommand::Drain, T0, Ok(vec![drained.clone()]));
     check::<Node>(&[node_registered(), drained.clone()], NodeCommand::Drain, T0, Ok(vec![]));
     check::<Node>(&[node_registered(), drained], NodeCommand::Remove, T0, Ok(vec![Event::NodeRemoved { node_id: node() }]));
+}
+
+/// The node decided its own capacity (`--slots 64` on a node licensed for 4): now the
+/// operator's licence is the ceiling; a node may announce less and come back up to it.
+#[test]
+fn a_node_announces_at_most_the_slots_it_is_licensed_for() {
+    let changed = |slots_max| Event::NodeCapacityChanged { node_id: node(), slots_max };
+    check::<Node>(&[node_registered()], NodeCommand::ChangeCapacity { slots_max: 64 }, T0, Ok(vec![]));
+    check::<Node>(&[node_registered(), changed(4)], NodeCommand::ChangeCapacity { slots_max: 64 }, T0, Ok(vec![changed(10)]));
+    check::<Node>(&[node_registered()], NodeCommand::ChangeCapacity { slots_max: 4 }, T0, Ok(vec![changed(4)]));
+    let node: Node = crate::domain::fold(&[node_registered(), changed(4)]);
+    assert_eq!((node.slots_max, node.licensed_slots), (4, 10));
 }
 
 #[test]
