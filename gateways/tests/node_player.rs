@@ -375,3 +375,52 @@ async fn run_stops_when_its_shutdown_future_completes() {
     assert!(format!("{refused:#}").contains("Unauthenticated"), "{refused:#}");
     fixture.engine.shutdown().await.expect("graceful shutdown");
 }
+
+/// The attack that worked: a flood of PlayPreview calls (no credential) with made-up ids,
+/// 20 connections × 60 streams, each waiting for the feed while holding one of the node's
+/// request permits, made 17 of 20 calls with a valid grant fail with ResourceExhausted.
+/// Now a call takes a permit only after its checks (the grant's MAC, a preview this node
+/// was assigned): during the same flood every call with a grant is served. The flood's
+/// calls end NotFound after the bounded wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flood_of_unknown_previews_starves_no_player_holding_a_grant() {
+    let mut fixture = start_engine().await;
+    let song = publish(&mut fixture, "pub-flood", content(9, 4096), Vec::new()).await;
+    let node = start_node(&fixture).await;
+    let sale = client::buy(&mut fixture.merchant, "sale-flood", std::slice::from_ref(&song.media_id), None).await.expect("buy");
+    wait_for("the assignment", || node.assignment(&sale.voucher_id).is_some()).await;
+
+    let (connections, streams) = (20, 60);
+    assert!(connections * streams > node::REQUESTS_IN_FLIGHT_MAX, "the flood outnumbers the node's permits");
+    let mut flood = tokio::task::JoinSet::new();
+    for connection in 0..connections {
+        let at_node = player::connect_node(node.endpoint()).await.expect("connect");
+        for stream in 0..streams {
+            let mut at_node = at_node.clone();
+            flood.spawn(async move {
+                let preview_id = format!("made-up-{connection}-{stream}");
+                at_node.play_preview(pb::PlayPreviewRequest { preview_id }).await.map(|_| ()).map_err(|status| status.code())
+            });
+        }
+    }
+    // While the flood waits at the node (more waiting calls than the node has permits):
+    // twenty calls with the buyer's grant.
+    wait_for("the flood to wait at the node", || node.stats().preview_waits as usize > node::REQUESTS_IN_FLIGHT_MAX).await;
+    let mut served = 0;
+    for _ in 0..20 {
+        let mut at_node = player::connect_node(node.endpoint()).await.expect("connect");
+        match at_node.challenge(pb::ChallengeRequest { grant: Some(sale.grant()) }).await {
+            Ok(_) => served += 1,
+            Err(status) => panic!("a call with a valid grant was refused during the flood: {status:?}"),
+        }
+    }
+    assert_eq!(served, 20);
+    let mut codes = std::collections::BTreeMap::new();
+    while let Some(joined) = flood.join_next().await {
+        let code = joined.expect("flood task").expect_err("a made-up preview id plays nothing");
+        *codes.entry(format!("{code:?}")).or_insert(0) += 1;
+    }
+    assert_eq!(codes.get("NotFound"), Some(&(connections * streams)), "{codes:?}");
+    node.shutdown().await;
+    fixture.engine.shutdown().await.expect("shutdown");
+}

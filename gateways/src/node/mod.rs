@@ -93,6 +93,9 @@ pub const REQUESTS_PER_CONNECTION_MAX: usize = 64;
 /// Chunks queued ahead of a slow player per response stream (flow control: the sender
 /// waits when the player does not read).
 pub const STREAM_BUFFER_CHUNKS: usize = 8;
+/// Longest a response stream waits for a player to read the next chunk before it ends the
+/// stream and frees the permit (the player resumes from its offset).
+pub const SEND_IDLE_MS: u64 = 30_000;
 /// First and largest wait before re-subscribing to the assignment feed.
 pub const FEED_BACKOFF_MIN_MS: u64 = 200;
 pub const FEED_BACKOFF_MAX_MS: u64 = 10_000;
@@ -160,6 +163,8 @@ pub struct NodeStats {
     pub cache_accesses: u64,
     pub cache_misses: u64,
     pub slots_in_use: u32,
+    /// PlayPreview calls waiting for their preview to be assigned here (they hold no permit).
+    pub preview_waits: u32,
     pub assignments_seen: u64,
     /// The stream sequence of the newest assignment handled (the checkpoint).
     pub last_seq: u64,
@@ -338,6 +343,7 @@ pub async fn start_with_clock(args: NodeArgs, clock: Arc<dyn Clock>) -> anyhow::
         fetch_stripes: (0..FETCH_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
         confirmed: Mutex::new(LruCache::new(NonZeroUsize::new(CONFIRMED_VOUCHERS_MAX).expect("CONFIRMED_VOUCHERS_MAX is not zero"))),
         slots_in_use: AtomicU32::new(0),
+        preview_waits: AtomicU32::new(0),
         requests: Arc::new(Semaphore::new(REQUESTS_IN_FLIGHT_MAX)),
         draining: std::sync::atomic::AtomicBool::new(false),
     });

@@ -44,6 +44,8 @@ pub(super) struct Shared {
     /// voucher → media this node confirmed (and reported delivered).
     pub(super) confirmed: Mutex<LruCache<String, BTreeSet<String>>>,
     pub(super) slots_in_use: AtomicU32,
+    /// PlayPreview calls waiting for the feed to assign their preview id here.
+    pub(super) preview_waits: AtomicU32,
     pub(super) requests: Arc<Semaphore>,
     /// Set by `shutdown`: new requests are refused while the streams in flight finish.
     pub(super) draining: std::sync::atomic::AtomicBool,
@@ -69,6 +71,7 @@ impl Shared {
             cache_accesses,
             cache_misses,
             slots_in_use: self.slots_in_use.load(Ordering::Relaxed),
+            preview_waits: self.preview_waits.load(Ordering::Relaxed),
             assignments_seen,
             last_seq,
         }
@@ -128,9 +131,11 @@ impl Shared {
         Ok(checked)
     }
 
-    /// Waits up to [`PREVIEW_WAIT_MS`] for the feed to assign `preview_id` to this node.
+    /// Waits up to [`PREVIEW_WAIT_MS`] for the feed to assign `preview_id` to this node
+    /// (counted in `preview_waits` meanwhile).
     pub(super) async fn preview_media(&self, preview_id: &str) -> Option<String> {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(PREVIEW_WAIT_MS);
+        let _waiting = WaitGuard::enter(&self.preview_waits);
         loop {
             let recorded = self.assignment_recorded.notified();
             tokio::pin!(recorded);
@@ -211,9 +216,11 @@ pub(super) async fn send_chunks(sender: &mpsc::Sender<Result<MediaChunk, Status>
     while position < bytes.len() {
         let end = usize::min(position + CHUNK_BYTES, bytes.len());
         let chunk = MediaChunk { offset: position as u64, data: bytes[position..end].to_vec(), total_bytes };
-        if sender.send(Ok(chunk)).await.is_err() {
-            // The player went away.
-            return position - offset;
+        // A player that stops reading holds its permit only so long: the stream ends.
+        match tokio::time::timeout(Duration::from_millis(SEND_IDLE_MS), sender.send(Ok(chunk))).await {
+            Ok(Ok(())) => {}
+            // The player went away, or did not read for SEND_IDLE_MS.
+            Ok(Err(_)) | Err(_) => return position - offset,
         }
         position = end;
     }
@@ -273,18 +280,19 @@ pub(super) struct NodeApi {
 #[tonic::async_trait]
 impl NodeService for NodeApi {
     async fn challenge(&self, request: Request<ChallengeRequest>) -> Result<Response<ChallengeResponse>, Status> {
-        let _permit = self.shared.permit()?;
+        // Checks before permits: a request without a valid grant takes no slot of the node.
         let grant = require_grant(request.into_inner().grant)?;
         self.shared.check(&grant)?;
+        let _permit = self.shared.permit()?;
         let challenge = self.shared.challenges.lock().expect("the challenges lock is never poisoned").issue(&grant.voucher_id, self.shared.now_ms());
         Ok(Response::new(ChallengeResponse { challenge: challenge.to_vec() }))
     }
 
     async fn redeem(&self, request: Request<PlayerRedeemRequest>) -> Result<Response<RedeemResponse>, Status> {
-        let _permit = self.shared.permit()?;
         let request = request.into_inner();
         let grant = require_grant(request.grant)?;
         self.shared.check(&grant)?;
+        let _permit = self.shared.permit()?;
         if !engine::ids::is_valid_token(&request.request_id) {
             return Err(status::malformed_request_id());
         }
@@ -316,11 +324,11 @@ impl NodeService for NodeApi {
     type DownloadStream = ChunkStream;
 
     async fn download(&self, request: Request<DownloadRequest>) -> Result<Response<Self::DownloadStream>, Status> {
-        let permit = self.shared.permit()?;
         let request = request.into_inner();
         let grant = require_grant(request.grant)?;
         self.shared.check(&grant)?;
         require_media_in_grant(&grant, &request.media_id)?;
+        let permit = self.shared.permit()?;
         let container = self.shared.part(&request.media_id, MediaPart::Container).await?;
         let offset = usize::try_from(request.offset)
             .ok()
@@ -339,11 +347,11 @@ impl NodeService for NodeApi {
     }
 
     async fn confirm(&self, request: Request<ConfirmRequest>) -> Result<Response<ConfirmResponse>, Status> {
-        let _permit = self.shared.permit()?;
         let request = request.into_inner();
         let grant = require_grant(request.grant)?;
         self.shared.check(&grant)?;
         require_media_in_grant(&grant, &request.media_id)?;
+        let _permit = self.shared.permit()?;
         // The node cannot check the proof (it never sees the receipt): the engine does.
         if request.proof.len() != 32 || request.received_hash.len() != 32 {
             return Err(status::malformed_confirm());
@@ -390,12 +398,15 @@ impl NodeService for NodeApi {
     type PlayPreviewStream = ChunkStream;
 
     async fn play_preview(&self, request: Request<PlayPreviewRequest>) -> Result<Response<Self::PlayPreviewStream>, Status> {
-        let permit = self.shared.permit()?;
         let preview_id = request.into_inner().preview_id;
         if !engine::ids::is_valid_token(&preview_id) {
             return Err(status::malformed_preview_id());
         }
+        // PlayPreview takes no credential: a preview id this node was not assigned waits for
+        // the feed (bounded) without holding a permit, so a flood of made-up ids starves no
+        // player holding a grant.
         let media_id = self.shared.preview_media(&preview_id).await.ok_or_else(|| status::preview_not_here(&preview_id))?;
+        let permit = self.shared.permit()?;
         let clip = self.shared.part(&media_id, MediaPart::PreviewClip).await?;
         let (sender, receiver) = mpsc::channel(STREAM_BUFFER_CHUNKS);
         let slot = SlotGuard::new(&self.shared);
@@ -422,3 +433,19 @@ impl NodeService for NodeApi {
 }
 
 // ---- background tasks ----------------------------------------------------------------------
+
+/// Counts a waiting call up, and down when it ends, however it ends.
+struct WaitGuard<'a>(&'a AtomicU32);
+
+impl<'a> WaitGuard<'a> {
+    fn enter(counter: &'a AtomicU32) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Self(counter)
+    }
+}
+
+impl Drop for WaitGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
