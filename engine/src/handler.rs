@@ -140,6 +140,33 @@ impl Handler {
         Ok(root)
     }
 
+    /// The aggregate if it is in the cache; never reads the log.
+    pub fn peek<A: Aggregate>(&self, id: &str) -> Option<Arc<Root<A>>> {
+        self.cached::<A>(&AggregateRef::new(A::KIND, id))
+    }
+
+    /// The aggregate if it exists (has events): from the cache, or read from the log and
+    /// then cached. An aggregate with no events is not cached, so looking up ids nobody
+    /// created (a credential check of a made-up id) evicts nothing.
+    pub async fn load_existing<A: Aggregate>(&self, id: &str) -> Result<Option<Arc<Root<A>>>, HandleError> {
+        let aggregate = AggregateRef::new(A::KIND, id);
+        if let Some(root) = self.cached::<A>(&aggregate) {
+            return Ok(Some(root));
+        }
+        let stored = self.log.read_subject(&aggregate.subject()).await?;
+        if stored.is_empty() {
+            return Ok(None);
+        }
+        let mut root = Root::<A>::default();
+        for event in stored {
+            let recorded = wire::decode(&event.payload).map_err(|error| HandleError::Decode { seq: event.seq, error })?;
+            root.apply(event.seq, &recorded);
+        }
+        let root = Arc::new(root);
+        self.remember(aggregate, Arc::clone(&root));
+        Ok(Some(root))
+    }
+
     /// The aggregate, from the cache when present (shared, not copied).
     pub async fn load<A: Aggregate>(&self, id: &str) -> Result<Arc<Root<A>>, HandleError> {
         let aggregate = AggregateRef::new(A::KIND, id);

@@ -1024,3 +1024,28 @@ async fn a_node_changes_its_capacity_back_and_forth() {
     assert_eq!(recorded, vec![(4, 4, 1), (8, 8, 1), (4, 4, 1), (64, 8, 1), (2, 2, 1)], "(announced, recorded, events appended) per RegisterNode");
     fx.engine.shutdown().await.expect("graceful shutdown");
 }
+
+/// The hole: each request with a made-up credential id cost a stream read and left an
+/// empty aggregate in the engine's cache (4,096 entries), evicting vouchers in flight, and
+/// took a request slot before its credential was checked. Now made-up ids are answered
+/// Unauthenticated and leave nothing in the cache; control, the lookup the front door used
+/// before (`Handler::load`) caches every one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn made_up_credential_ids_leave_nothing_in_the_aggregate_cache() {
+    let fx = start().await;
+    let handler = fx.engine.state.market.handler();
+    let ids: Vec<String> = (0..200).map(|i| format!("m-made-up-{i}")).collect();
+    let head = fx.head().await;
+    for id in &ids {
+        let who = Meta { label: "made up".into(), id: Some(id.clone()), secret_hex: Some("ab".repeat(32)) };
+        let refused = send_typed(&fx.channel, &who, Rpc::GetVoucher.empty()).await.expect_err("unknown id");
+        assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    }
+    assert_eq!(fx.head().await, head, "nothing written");
+    let cached = ids.iter().filter(|id| handler.peek::<engine::domain::party::Merchant>(id).is_some()).count();
+    assert_eq!(cached, 0, "made-up ids left aggregates in the cache");
+    // Control: the lookup without the protection caches each id it is asked for.
+    handler.load::<engine::domain::party::Merchant>(&ids[0]).await.expect("load");
+    assert!(handler.peek::<engine::domain::party::Merchant>(&ids[0]).is_some(), "Handler::load caches an empty aggregate");
+    fx.engine.shutdown().await.expect("graceful shutdown");
+}

@@ -1,6 +1,8 @@
-//! The engine's front door, as one tower layer in front of every gRPC service: it counts
-//! the request against the server's concurrency limit, authenticates the caller from its
-//! credential metadata, checks that the caller's role may call the service, and buffers
+//! The engine's front door, as one tower layer in front of every gRPC service: it
+//! authenticates the caller from its credential metadata (parties in the aggregate cache
+//! at once; others with a bounded number of stream reads, and made-up ids leave nothing in
+//! the cache), checks that the caller's role may call the service, only then counts the
+//! request against the server's concurrency limit, and buffers
 //! the (unary) request body up to the service's size limit. All of it happens before
 //! tonic decodes a byte, so unauthenticated garbage gets UNAUTHENTICATED and an oversized
 //! request RESOURCE_EXHAUSTED (tonic alone would say OUT_OF_RANGE), and neither writes
@@ -121,16 +123,35 @@ impl Default for Limits {
     }
 }
 
+/// Credential checks that read the stream at once (a party not in the aggregate cache):
+/// made-up ids cost at most this many reads, and parties in the cache never wait for them.
+pub const CREDENTIAL_READS_MAX: usize = 64;
+
 /// Checks credentials against what the stream recorded.
 pub struct Authenticator {
     market: Arc<Market>,
     operator_id: String,
     operator_hash: [u8; 32],
+    reads: Arc<tokio::sync::Semaphore>,
 }
 
 impl Authenticator {
     pub fn new(market: Arc<Market>, operator_id: String, operator_secret: &SecretKey) -> Self {
-        Self { market, operator_id, operator_hash: crypto::credential_hash(operator_secret.expose()) }
+        let reads = Arc::new(tokio::sync::Semaphore::new(CREDENTIAL_READS_MAX));
+        Self { market, operator_id, operator_hash: crypto::credential_hash(operator_secret.expose()), reads }
+    }
+
+    /// The party `id` as recorded: from the aggregate cache, or read from the stream under
+    /// a bounded number of reads. A party that does not exist is not cached (made-up ids
+    /// evict nothing) and reads as the default (unknown) state.
+    async fn party<A: engine::domain::Aggregate + Clone>(&self, id: &str) -> Result<A, Status> {
+        let handler = self.market.handler();
+        if let Some(root) = handler.peek::<A>(id) {
+            return Ok(root.state.clone());
+        }
+        let _read = self.reads.try_acquire().map_err(|_| status::credential_reads_busy(CREDENTIAL_READS_MAX))?;
+        let root = handler.load_existing::<A>(id).await.map_err(|e| status::credential_check_unavailable(&e))?;
+        Ok(root.map(|root| root.state.clone()).unwrap_or_default())
     }
 
     /// The identity behind `id` + `secret_hex`, or UNAUTHENTICATED.
@@ -145,18 +166,17 @@ impl Authenticator {
         if !engine::ids::is_valid_token(id) {
             return Err(refused());
         }
-        let unavailable = |e: engine::handler::HandleError| status::credential_check_unavailable(&e);
         let (identity, recorded, active) = if id == self.operator_id {
             (Identity::Operator(id.to_string()), self.operator_hash, true)
         } else if id.starts_with('a') {
-            let auditor = self.market.handler().load::<Auditor>(id).await.map_err(unavailable)?.state.clone();
+            let auditor = self.party::<Auditor>(id).await?;
             (Identity::Auditor(id.to_string()), auditor.credential_hash, auditor.status == AuditorStatus::Active)
         } else if id.starts_with('m') {
-            let merchant = self.market.handler().load::<Merchant>(id).await.map_err(unavailable)?.state.clone();
+            let merchant = self.party::<Merchant>(id).await?;
             // A suspended merchant still authenticates: the use cases refuse what it may not do.
             (Identity::Merchant(MerchantId(id.to_string())), merchant.credential_hash, merchant.status != MerchantStatus::Unknown)
         } else if id.starts_with('n') {
-            let node = self.market.handler().load::<Node>(id).await.map_err(unavailable)?.state.clone();
+            let node = self.party::<Node>(id).await?;
             (Identity::Node(NodeId(id.to_string())), node.credential_hash, matches!(node.status, NodeStatus::Active | NodeStatus::Drained))
         } else {
             return Err(refused());
@@ -240,7 +260,6 @@ async fn admit(door: &FrontDoor, request: Request) -> Result<(Request, Option<to
     if service == Service::Open {
         return Ok((request, None));
     }
-    let permit = Arc::clone(&door.in_flight).try_acquire_owned().map_err(|_| status::requests_in_flight_limit(door.limits.requests_in_flight_max))?;
     let (mut parts, body) = request.into_parts();
     let identity = if service == Service::Signed {
         None
@@ -258,6 +277,8 @@ async fn admit(door: &FrontDoor, request: Request) -> Result<(Request, Option<to
         }
         Some(identity)
     };
+    // Only now, checked, does the request take one of the server's request slots.
+    let permit = Arc::clone(&door.in_flight).try_acquire_owned().map_err(|_| status::requests_in_flight_limit(door.limits.requests_in_flight_max))?;
     // Only PublishMedia carries a media container; every other call is small.
     let limit = if parts.uri.path() == "/vouchsafe.v1.CatalogService/PublishMedia" { door.limits.upload_bytes_max } else { door.limits.request_bytes_max };
     // Every RPC takes a single request message: buffer it whole, within the limit.

@@ -113,6 +113,10 @@ pub fn role_may_not_act_as(role: &str, acting_as: &str) -> Status {
     Status::permission_denied(format!("a {role} credential may not act as {acting_as}"))
 }
 
+pub fn credential_reads_busy(reads_max: usize) -> Status {
+    Status::resource_exhausted(format!("{reads_max} credential checks are reading the stream; retry shortly"))
+}
+
 pub fn requests_in_flight_limit(requests_in_flight_max: usize) -> Status {
     Status::resource_exhausted(format!("the engine is serving its limit of {requests_in_flight_max} requests; retry shortly"))
 }
