@@ -980,6 +980,22 @@ impl Market {
     /// reservation past due, then settles each points hold past due (an interrupted saga).
     /// A refusal means another sweeper, or the merchant, got there first. Returns
     /// (expired, holds settled).
+    /// Ends each due voucher's unused access window at the engine clock's now (`AccessLapsed`:
+    /// the node's slot comes back, the voucher can be issued anew); how many this call
+    /// lapsed. A voucher redeemed or lapsed meanwhile is left as it is.
+    pub async fn lapse_accesses(&self, due: &[VoucherId]) -> Result<usize, AppError> {
+        let mut lapsed = 0;
+        for voucher_id in due {
+            let request = RequestId(format!("lapse-{}-{}", voucher_id.0, self.voucher_of(voucher_id).await?.version));
+            match self.handler.handle::<Voucher>(&voucher_id.0, &Actor::engine(), &request, &VoucherCommand::LapseAccess).await {
+                Ok(handled) if !handled.appended.is_empty() => lapsed += 1,
+                Ok(_) | Err(HandleError::Rejected(_)) => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Ok(lapsed)
+    }
+
     pub async fn sweep(&self, due: &[VoucherId], due_holds: &[(AccountId, VoucherId)]) -> Result<(usize, usize), AppError> {
         let mut expired = 0;
         for voucher in due {

@@ -333,6 +333,7 @@ fn event_to_pb(event: &Event) -> E {
             E::AuditorRegistered(pb::AuditorRegistered { auditor_id: auditor_id.0.clone(), name: name.clone(), credential_hash: credential_hash.to_vec() })
         }
         Event::AuditorRevoked { auditor_id, reason } => E::AuditorRevoked(pb::AuditorRevoked { auditor_id: auditor_id.0.clone(), reason: reason.clone() }),
+        Event::AccessLapsed { voucher_id, node_id } => E::AccessLapsed(pb::AccessLapsed { voucher_id: voucher_id.0.clone(), node_id: node_id.0.clone() }),
         Event::NodeRegistered { node_id, region, slots_max, credential_hash } => E::NodeRegistered(pb::NodeRegistered {
             node_id: node_id.0.clone(),
             region: region.clone(),
@@ -506,6 +507,7 @@ fn event_of_pb(event: E) -> Result<Event, DecodeError> {
             Event::AuditorRegistered { auditor_id: AuditorId(e.auditor_id), name: e.name, credential_hash: array("credential_hash", &e.credential_hash)? }
         }
         E::AuditorRevoked(e) => Event::AuditorRevoked { auditor_id: AuditorId(e.auditor_id), reason: e.reason },
+        E::AccessLapsed(e) => Event::AccessLapsed { voucher_id: VoucherId(e.voucher_id), node_id: NodeId(e.node_id) },
         E::NodeRegistered(e) => Event::NodeRegistered {
             node_id: NodeId(e.node_id),
             region: e.region,

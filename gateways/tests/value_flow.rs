@@ -449,3 +449,48 @@ async fn a_merchant_spends_a_consumers_points_only_with_her_authorization() {
     node.shutdown().await;
     fixture.engine.shutdown().await.expect("shutdown");
 }
+
+/// The slot leak tried by hand: a node's slots held by vouchers bought and never redeemed
+/// stayed taken after their access window, so every later purchase got ResourceExhausted
+/// for good, and the lapsed vouchers could not be issued again. Now the sweeper lapses an
+/// unused window: the slots come back and the merchant issues the voucher anew.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slots_of_unused_access_windows_come_back_and_the_voucher_is_issued_anew() {
+    let (mut fixture, node) = start().await;
+    let operator = Credential::load(&fixture.dir.path().join("keys/operator.cred")).expect("operator");
+    let mut admin = client::admin(fixture.channel.clone(), operator);
+    admin.set_config(pb::SetConfigRequest { request_id: "ttl".into(), key: "access.ttl_ms".into(), value: "1000".into() }).await.expect("short windows");
+    // The node's four slots, taken by four sales nobody redeems.
+    let mut sales = Vec::new();
+    for i in 0..4 {
+        sales.push(fixture.buy(&format!("unused-{i}")).await);
+    }
+    let full = client::buy(&mut fixture.merchant, "one-more", std::slice::from_ref(&fixture.media_id), None).await.expect_err("the node is full");
+    assert_eq!(full.code(), Code::ResourceExhausted, "{full:?}");
+
+    // Past the windows, the sweeper's round lapses them (polled: no fixed sleep decides).
+    let state = &fixture.engine.state;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut lapsed = 0;
+    while lapsed < sales.len() {
+        assert!(std::time::Instant::now() < deadline, "only {lapsed} windows lapsed");
+        state.live.caught_up(engine::ids::Seq(fixture.head().await)).await;
+        lapsed += server::lapse_once(&state.live, &state.market, 100).await.expect("lapse");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    state.live.caught_up(engine::ids::Seq(fixture.head().await)).await;
+    assert_eq!(state.live.read(|p| p.allocation.nodes.values().map(|n| n.in_use).sum::<u32>()), 0, "every slot came back");
+    assert_eq!(fixture.status_of(&sales[0].voucher_id).await, "Authorized", "paid and unissued again");
+
+    // A purchase goes through again, and a lapsed voucher is issued anew (a new token).
+    fixture.buy("after-lapse").await;
+    let reissued = fixture
+        .merchant
+        .issue_voucher(pb::IssueVoucherRequest { request_id: "reissue-0".into(), voucher_id: sales[0].voucher_id.clone(), region: String::new() })
+        .await
+        .expect("issued anew")
+        .into_inner();
+    assert_ne!(reissued.access_token, sales[0].access_token, "a new access window, a new token");
+    node.shutdown().await;
+    fixture.engine.shutdown().await.expect("shutdown");
+}

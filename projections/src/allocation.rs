@@ -78,6 +78,12 @@ impl Allocation {
                 self.take(node_id);
                 self.vouchers.insert(voucher_id.clone(), node_id.clone());
             }
+            Event::AccessLapsed { voucher_id, .. } => {
+                // The access window ended unused: the slot comes back (a reissue takes one again).
+                if let Some(node_id) = self.vouchers.remove(voucher_id) {
+                    self.give_back(&node_id);
+                }
+            }
             Event::Delivered { voucher_id, voucher_complete: true, .. } => {
                 if let Some(node_id) = self.vouchers.remove(voucher_id) {
                     self.give_back(&node_id);

@@ -31,6 +31,8 @@ const STATUSES: usize = 7;
 pub struct VoucherRow {
     pub merchant: MerchantId,
     pub status: VoucherStatus,
+    /// When the row's current window ends: the reservation's expiry while Pending, the
+    /// access window's once issued.
     pub expires_at: Millis,
     pub media_delivered: u32,
 }
@@ -42,6 +44,9 @@ pub struct VoucherBook {
     counts: [usize; STATUSES],
     /// Pending reservations by expiry time.
     expiry: BTreeSet<(Millis, VoucherId)>,
+    /// Issued vouchers (not being redeemed) by the end of their access window: the
+    /// sweeper lapses them so their node's slot comes back.
+    lapsing: BTreeSet<(Millis, VoucherId)>,
     /// Points held and not yet posted or released, by expiry time.
     pub holds: BTreeSet<Hold>,
     /// The same holds by voucher (each with its expiry and account): HoldPosted and
@@ -105,7 +110,21 @@ impl VoucherBook {
             Event::PointsHeld { account_id, voucher_id, expires_at, .. } => self.hold(*expires_at, account_id, voucher_id),
             Event::HoldPosted { account_id, voucher_id, .. } | Event::HoldReleased { account_id, voucher_id, .. } => self.settle(account_id, voucher_id),
             Event::Voided { voucher_id, .. } => self.set_status(voucher_id, VoucherStatus::Voided),
-            Event::VoucherIssued { voucher_id, .. } | Event::DeliveryFailed { voucher_id, .. } => self.set_status(voucher_id, VoucherStatus::Issued),
+            Event::VoucherIssued { voucher_id, access_expires_at, .. } => {
+                // The row's window is now the access window.
+                let mut before = None;
+                self.vouchers.update(voucher_id, |row| {
+                    before = Some((row.status, row.expires_at));
+                    row.status = VoucherStatus::Issued;
+                    row.expires_at = *access_expires_at;
+                });
+                if let Some((old, expires_at)) = before {
+                    self.unindex(voucher_id, old, expires_at);
+                    self.index(voucher_id, VoucherStatus::Issued, *access_expires_at);
+                }
+            }
+            Event::DeliveryFailed { voucher_id, .. } => self.set_status(voucher_id, VoucherStatus::Issued),
+            Event::AccessLapsed { voucher_id, .. } => self.set_status(voucher_id, VoucherStatus::Authorized),
             Event::RedemptionAccepted { voucher_id, .. } => self.set_status(voucher_id, VoucherStatus::Redeeming),
             Event::Delivered { voucher_id, voucher_complete, .. } => {
                 // One change of the row, however many fields change.
@@ -176,6 +195,12 @@ impl VoucherBook {
         if old == VoucherStatus::Pending && status != VoucherStatus::Pending {
             self.expiry.remove(&(expires_at, voucher_id.clone()));
         }
+        if old == VoucherStatus::Issued && status != VoucherStatus::Issued {
+            self.lapsing.remove(&(expires_at, voucher_id.clone()));
+        }
+        if status == VoucherStatus::Issued && old != VoucherStatus::Issued {
+            self.lapsing.insert((expires_at, voucher_id.clone()));
+        }
         self.counts[status_index(old)] -= 1;
         self.counts[status_index(status)] += 1;
     }
@@ -186,12 +211,16 @@ impl VoucherBook {
         if status == VoucherStatus::Pending {
             self.expiry.insert((expires_at, voucher_id.clone()));
         }
+        if status == VoucherStatus::Issued {
+            self.lapsing.insert((expires_at, voucher_id.clone()));
+        }
     }
 
     /// Removes the entries of a row (its status and expiry) from the expiry index and the counts.
     fn unindex(&mut self, voucher_id: &VoucherId, status: VoucherStatus, expires_at: Millis) {
         self.counts[status_index(status)] -= 1;
         self.expiry.remove(&(expires_at, voucher_id.clone()));
+        self.lapsing.remove(&(expires_at, voucher_id.clone()));
     }
 
     /// A book whose rows are in the projection store, with the indexes the store rebuilt
@@ -214,6 +243,12 @@ impl VoucherBook {
     /// Pending reservations whose expiry is before `now`: the sweeper's work list.
     pub fn due(&self, now: Millis, limit: usize) -> Vec<VoucherId> {
         self.expiry.iter().take_while(|(expires_at, _)| *expires_at < now).take(limit).map(|(_, id)| id.clone()).collect()
+    }
+
+    /// Issued vouchers whose access window ended before `now`: the sweeper lapses each (its
+    /// node's slot comes back; the merchant may issue it anew).
+    pub fn due_lapses(&self, now: Millis, limit: usize) -> Vec<VoucherId> {
+        self.lapsing.iter().take_while(|(expires_at, _)| *expires_at < now).take(limit).map(|(_, id)| id.clone()).collect()
     }
 
     /// Holds past their expiry at `now`: the sweeper settles each against its voucher.

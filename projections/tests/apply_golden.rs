@@ -24,9 +24,9 @@ const NO_SEALS: u64 = u64::MAX;
 const SEAL_EVERY_USAGES: u64 = 300;
 
 /// `Projections::digest` after the generated stream, with the royalty keys.
-const KEYED_DIGEST: &str = "b9ed2aca463af1755baef9a9a5c6ccd2a3cb95f830401de8da2c906fa7711b08";
+const KEYED_DIGEST: &str = "9d741d166fca29514db6e6b60c8af1e7096d1e86c455715ee5527f2be74e4b37";
 /// The same without the keys (no royalty chain).
-const UNKEYED_DIGEST: &str = "4e968bef3aeb421e5556665917cd56c072e88e8c7796a447cb5ebfa2d6e7d589";
+const UNKEYED_DIGEST: &str = "77acb90a1926d45703dc0219187852cff291b4710f943142d00926fc821e1e92";
 /// The running stream hash after the generated stream.
 const STREAM_HEAD: &str = "6731e40c7e7f6e979f98ee1d860a4e542293ad1c4fb9e3f6c08ef1402a3f1222";
 /// `Y` of the last royalty entry.

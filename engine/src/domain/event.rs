@@ -257,6 +257,12 @@ pub enum Event {
         name: String,
         credential_hash: [u8; 32],
     },
+    /// An issued voucher's access window ended with no delivery under way: the node's slot
+    /// comes back and the voucher can be issued again.
+    AccessLapsed {
+        voucher_id: VoucherId,
+        node_id: NodeId,
+    },
     AuditorRevoked {
         auditor_id: AuditorId,
         reason: String,
@@ -453,7 +459,8 @@ impl Event {
             | Event::VoucherIssued { voucher_id, .. }
             | Event::RedemptionAccepted { voucher_id, .. }
             | Event::DeliveryFailed { voucher_id, .. }
-            | Event::Delivered { voucher_id, .. } => (K::Voucher, voucher_id.as_str()),
+            | Event::Delivered { voucher_id, .. }
+            | Event::AccessLapsed { voucher_id, .. } => (K::Voucher, voucher_id.as_str()),
             Event::PreviewStarted { preview_id, .. } | Event::PreviewEnded { preview_id, .. } => (K::Preview, preview_id.as_str()),
             Event::RightsReportSealed(_) => (K::Report, "rights"),
             Event::PointsCredited { account_id, .. }
@@ -475,6 +482,7 @@ impl Event {
             Event::MerchantSuspended { .. } => "MerchantSuspended",
             Event::AuditorRegistered { .. } => "AuditorRegistered",
             Event::AuditorRevoked { .. } => "AuditorRevoked",
+            Event::AccessLapsed { .. } => "AccessLapsed",
             Event::NodeRegistered { .. } => "NodeRegistered",
             Event::NodeCapacityChanged { .. } => "NodeCapacityChanged",
             Event::NodeDrained { .. } => "NodeDrained",

@@ -5,6 +5,7 @@
 //!   Pending -Expire/Void-> Voided;  Authorized -Void-> Voided
 //!   Issued -Redeem-> Redeeming(node, consumer) -CompleteDelivery (last item)-> Delivered
 //!   Redeeming -FailDelivery-> Issued
+//!   Issued -LapseAccess (access window over)-> Authorized (issue it anew)
 //! ```
 //! A voucher is delivered at most once (each of its media at most once); a Voided voucher
 //! is never authorized or delivered; an Authorize after `expires_at` is refused; only the
@@ -156,6 +157,9 @@ pub enum VoucherCommand {
     },
     /// The sweeper's timeout of a Pending reservation, decided at `now`.
     Expire,
+    /// The sweeper's end of an Issued voucher's access window, decided at `now`: the node's
+    /// slot comes back and the voucher can be issued anew.
+    LapseAccess,
     /// `node` is the allocator's choice, recorded in the event so replay never re-decides.
     Issue {
         merchant: MerchantId,
@@ -403,6 +407,17 @@ impl Aggregate for Voucher {
                     _ => Err(self.transition("Void")),
                 }
             }
+            VoucherCommand::LapseAccess => {
+                self.exists()?;
+                let node = self.node.clone().ok_or_else(|| self.transition("LapseAccess"))?;
+                match self.status {
+                    // Issued (never redeemed, or back after a failed delivery): the window
+                    // is over, the slot comes back. A delivery under way is left to finish.
+                    VoucherStatus::Issued if now > self.access_expires_at => Ok(vec![Event::AccessLapsed { voucher_id: self.id_or_empty(), node_id: node }]),
+                    VoucherStatus::Issued => Err(Rejection::NotExpired { expires_at: self.access_expires_at }),
+                    _ => Err(self.transition("LapseAccess")),
+                }
+            }
             VoucherCommand::Expire => {
                 self.exists()?;
                 match self.status {
@@ -485,6 +500,11 @@ impl Aggregate for Voucher {
                 self.released_to.get_or_insert_with(|| (consumer_id.clone(), cert_serial.clone()));
                 self.used_challenges.extend(challenge_hash);
             }
+            Event::AccessLapsed { .. } => {
+                // Paid and unissued again: the merchant may issue it anew.
+                self.status = VoucherStatus::Authorized;
+                self.node = None;
+            }
             Event::DeliveryFailed { .. } => {
                 self.status = VoucherStatus::Issued;
                 self.consumer = None;
@@ -507,6 +527,7 @@ impl Aggregate for Voucher {
             VoucherCommand::Authorize(_) => "Authorize",
             VoucherCommand::Void { .. } => "Void",
             VoucherCommand::Expire => "Expire",
+            VoucherCommand::LapseAccess => "LapseAccess",
             VoucherCommand::Issue { .. } => "IssueVoucher",
             VoucherCommand::Redeem(_) => "Redeem",
             VoucherCommand::FailDelivery { .. } => "FailDelivery",

@@ -592,6 +592,14 @@ pub enum MerchantCommand {
         #[arg(long)]
         region: Option<String>,
     },
+    /// Issue a paid voucher anew once its access window lapsed unused (the engine gave its
+    /// node's slot back): a node and a new access token.
+    Reissue {
+        #[arg(long)]
+        voucher: String,
+        #[arg(long)]
+        region: Option<String>,
+    },
     /// Reserve, authorize and issue in one go: prints everything a player needs.
     Buy {
         #[arg(long = "media", required = true)]
@@ -699,7 +707,7 @@ pub async fn merchant(args: MerchantArgs) -> anyhow::Result<Outcome> {
                 let voided = merchant.void(pb::VoidRequest { request_id, voucher_id: voucher.clone() }).await?.into_inner();
                 serde_json::json!({ "voucher_id": voided.voucher_id, "status": "Voided" })
             }
-            MerchantCommand::Issue { voucher, region } => {
+            MerchantCommand::Issue { voucher, region } | MerchantCommand::Reissue { voucher, region } => {
                 let issued = merchant
                     .issue_voucher(pb::IssueVoucherRequest { request_id, voucher_id: voucher.clone(), region: region.clone().unwrap_or_default() })
                     .await?

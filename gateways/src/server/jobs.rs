@@ -69,7 +69,16 @@ pub async fn sweep_once(live: &Live, market: &Market, limit: usize) -> Result<(u
     market.sweep(&due, &due_holds).await
 }
 
-/// Voids reservations past due and settles interrupted points holds, every interval.
+/// Lapses issued vouchers whose access window ended unused (their node's slot comes back);
+/// how many this call lapsed.
+pub async fn lapse_once(live: &Live, market: &Market, limit: usize) -> Result<usize, engine::app::AppError> {
+    let now = market.now();
+    let due = live.read(|p| p.vouchers.due_lapses(now, limit));
+    market.lapse_accesses(&due).await
+}
+
+/// Voids reservations past due, settles interrupted points holds and lapses unused access
+/// windows, every interval.
 pub(super) async fn sweeper(state: Arc<EngineState>) {
     let mut shutdown = state.shutdown.clone();
     let mut tick = tokio::time::interval(state.config.sweep_interval);
@@ -80,6 +89,9 @@ pub(super) async fn sweeper(state: Arc<EngineState>) {
         }
         if let Err(error) = sweep_once(&state.live, &state.market, SWEEP_BATCH_MAX).await {
             tracing::warn!(%error, "sweep failed; retrying at the next interval");
+        }
+        if let Err(error) = lapse_once(&state.live, &state.market, SWEEP_BATCH_MAX).await {
+            tracing::warn!(%error, "lapsing access windows failed; retrying at the next interval");
         }
     }
 }

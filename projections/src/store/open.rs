@@ -12,7 +12,8 @@
 //! rows would read as a state other than the one its checkpoint describes (format 1 had no
 //! balances; format 2 kept one stream head row per event, `heads`; format 3 counted a
 //! sale's usage at delivery only; format 4 did not record whether entries bind their
-//! stream sequence).
+//! stream sequence; format 5 kept an issued voucher's reservation expiry, not its access
+//! window).
 
 use super::checkpoint::{CheckpointRecord, encode_checkpoint};
 use super::commit::Writer;

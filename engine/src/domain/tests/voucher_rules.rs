@@ -666,3 +666,38 @@ fn folding_the_history_rebuilds_every_field() {
     assert_eq!(voucher.postings, song_postings());
     assert_eq!(fold::<Voucher>(&song_voided()).void_reason, Some(VoidReason::Refunded));
 }
+
+// ---------------------------------------------------------------- access lapses
+
+/// The hole: a voucher never redeemed kept its node slot for good, and could not be issued
+/// again ("not allowed while the voucher is Issued"). Past its access window it lapses:
+/// the slot comes back (the event names the node) and the voucher is paid and unissued,
+/// so the merchant issues it anew. Controls: inside the window, or while a delivery is
+/// under way, nothing lapses.
+#[test]
+fn an_unused_access_window_lapses_and_the_voucher_can_be_issued_again() {
+    let window_end = ISSUED_AT.plus_ms(ACCESS_TTL);
+    let after = Millis(window_end.0 + 1);
+    let lapsed = Event::AccessLapsed { voucher_id: voucher_id(), node_id: node() };
+    check::<Voucher>(&song_issued(), VoucherCommand::LapseAccess, after, Ok(vec![lapsed.clone()]));
+    check::<Voucher>(&song_issued(), VoucherCommand::LapseAccess, window_end, Err(Rejection::NotExpired { expires_at: window_end }));
+    check::<Voucher>(
+        &song_redeeming(),
+        VoucherCommand::LapseAccess,
+        after,
+        Err(Rejection::InvalidTransition { kind: "voucher", command: "LapseAccess", state: "Redeeming" }),
+    );
+    // After a failed delivery the window still ends it.
+    check::<Voucher>(&with(song_redeeming(), [delivery_failed()]), VoucherCommand::LapseAccess, after, Ok(vec![lapsed.clone()]));
+    let state: Voucher = fold(&with(song_issued(), [lapsed.clone()]));
+    assert_eq!((state.status, state.node.clone()), (VoucherStatus::Authorized, None));
+    let reissue = issue_by(merchant(), other_node(), ACCESS_TTL);
+    let decided = state.decide(&reissue, after).expect("issued anew");
+    assert!(matches!(&decided[..], [Event::VoucherIssued { node_id, .. }] if *node_id == other_node()), "{decided:?}");
+    check::<Voucher>(
+        &with(song_issued(), [lapsed]),
+        VoucherCommand::LapseAccess,
+        after,
+        Err(Rejection::InvalidTransition { kind: "voucher", command: "LapseAccess", state: "Authorized" }),
+    );
+}

@@ -20,7 +20,7 @@ use std::collections::BTreeSet;
 /// How many variants `Event` has. Adding a variant stops `variant_index` from compiling:
 /// give the new variant the next index, raise this count, add a hand-written example with
 /// its protobuf counterpart to `examples` and an arm to `arb_event`.
-pub(super) const VARIANT_COUNT: usize = 31;
+pub(super) const VARIANT_COUNT: usize = 32;
 
 /// The position of an event's variant, by a `match` with no wildcard arm, so that a new
 /// variant cannot be added without these tests being told about it.
@@ -57,6 +57,7 @@ pub(super) fn variant_index(event: &Event) -> usize {
         Event::ConfigChanged { .. } => 28,
         Event::AuditorRegistered { .. } => 29,
         Event::AuditorRevoked { .. } => 30,
+        Event::AccessLapsed { .. } => 31,
     }
 }
 
@@ -210,6 +211,10 @@ pub(super) fn examples() -> Vec<(Event, E)> {
         (
             Event::AuditorRevoked { auditor_id: AuditorId::new("aud-1"), reason: "contract ended".into() },
             E::AuditorRevoked(pb::AuditorRevoked { auditor_id: "aud-1".into(), reason: "contract ended".into() }),
+        ),
+        (
+            Event::AccessLapsed { voucher_id: VoucherId::new("vou-1"), node_id: NodeId::new("node-1") },
+            E::AccessLapsed(pb::AccessLapsed { voucher_id: "vou-1".into(), node_id: "node-1".into() }),
         ),
         (
             Event::NodeRegistered { node_id: NodeId::new("node-1"), region: "eu-west".into(), slots_max: 64, credential_hash: hash(4) },

@@ -175,6 +175,7 @@ fn arb_event() -> BoxedStrategy<Event> {
         (id(MerchantId), text()).prop_map(|(merchant_id, reason)| Event::MerchantSuspended { merchant_id, reason }),
         (id(AuditorId), text(), hash32()).prop_map(|(auditor_id, name, credential_hash)| Event::AuditorRegistered { auditor_id, name, credential_hash }),
         (id(AuditorId), text()).prop_map(|(auditor_id, reason)| Event::AuditorRevoked { auditor_id, reason }),
+        (id(VoucherId), id(NodeId)).prop_map(|(voucher_id, node_id)| Event::AccessLapsed { voucher_id, node_id }),
         (id(NodeId), text(), u32s(), hash32()).prop_map(|(node_id, region, slots_max, credential_hash)| Event::NodeRegistered {
             node_id,
             region,
