@@ -374,28 +374,17 @@ impl World {
     /// `account`'s consent (acct-1 or acct-empty, both certified with `consumer_key`) for
     /// `merchant` to spend up to `amount_max`, expiring `ttl_ms` from now (negative: past).
     fn spend(&self, account: &str, merchant: &str, amount_max: u64, ttl_ms: i64) -> pb::SpendAuthorization {
-        let serial = if account == "acct-empty" { &self.empty_serial } else { &self.acct_serial };
-        let expires_at = engine::ids::Millis(engine::clock::Clock::now(&engine::clock::SystemClock).0 + ttl_ms);
-        let authorization = engine::spend::SpendAuthorization::sign(
-            &self.consumer_key,
-            &engine::ids::ConsumerId::new(account),
-            &engine::ids::CertSerial::new(serial.clone()),
-            &engine::ids::MerchantId::new(merchant),
-            amount_max,
-            Vec::new(),
-            expires_at,
-        )
-        .expect("sign");
-        gateways::common::spend::to_pb(&authorization)
+        support::sale::spend(&self.consumer_key, account, self.serial_of(account), merchant, amount_max, ttl_ms)
     }
 
     /// `account`'s signed balance read, issued `skew_ms` from now.
     fn points_request(&self, account: &str, skew_ms: i64) -> pb::GetPointsRequest {
-        let serial = engine::ids::CertSerial::new(if account == "acct-empty" { self.empty_serial.clone() } else { self.acct_serial.clone() });
-        let issued_at = engine::ids::Millis(engine::clock::Clock::now(&engine::clock::SystemClock).0 + skew_ms);
-        let consumer = engine::ids::ConsumerId::new(account);
-        let signature = engine::spend::sign_points_request(&self.consumer_key, &consumer, &serial, issued_at).expect("sign");
-        pb::GetPointsRequest { consumer_id: account.into(), cert_serial: serial.0, issued_at_ms: issued_at.0, signature }
+        support::sale::points_request(&self.consumer_key, account, self.serial_of(account), skew_ms)
+    }
+
+    /// The certificate of points account acct-1 or acct-empty.
+    fn serial_of(&self, account: &str) -> &str {
+        if account == "acct-empty" { &self.empty_serial } else { &self.acct_serial }
     }
 
     /// The rightful caller of each service.

@@ -355,26 +355,12 @@ impl World {
     /// `amount_max`, expiring `ttl_ms` from now (negative: already expired).
     fn spend(&self, account: &str, merchant: &str, amount_max: u64, ttl_ms: i64) -> pb::SpendAuthorization {
         let serial = if account == "acct-empty" { &self.empty_serial } else { &self.acct_serial };
-        let expires_at = engine::ids::Millis(engine::clock::Clock::now(&engine::clock::SystemClock).0 + ttl_ms);
-        let authorization = engine::spend::SpendAuthorization::sign(
-            &self.consumer_key,
-            &engine::ids::ConsumerId::new(account),
-            &engine::ids::CertSerial::new(serial.clone()),
-            &MerchantId::new(merchant),
-            amount_max,
-            Vec::new(),
-            expires_at,
-        )
-        .expect("sign");
-        gateways::common::spend::to_pb(&authorization)
+        support::sale::spend(&self.consumer_key, account, serial, merchant, amount_max, ttl_ms)
     }
 
     /// A balance read of `consumer` with certificate `serial`, issued `skew_ms` from now.
     fn points_request(&self, consumer: &str, serial: &str, skew_ms: i64) -> pb::GetPointsRequest {
-        let issued_at = engine::ids::Millis(engine::clock::Clock::now(&engine::clock::SystemClock).0 + skew_ms);
-        let (id, cert) = (engine::ids::ConsumerId::new(consumer), engine::ids::CertSerial::new(serial));
-        let signature = engine::spend::sign_points_request(&self.consumer_key, &id, &cert, issued_at).expect("sign");
-        pb::GetPointsRequest { consumer_id: consumer.into(), cert_serial: serial.into(), issued_at_ms: issued_at.0, signature }
+        support::sale::points_request(&self.consumer_key, consumer, serial, skew_ms)
     }
 
     fn credential_of(&self, role: Role) -> &Credential {

@@ -78,3 +78,29 @@ pub fn confirm(receipt: &[u8], voucher: &str, node: &str, media: &str, hash: &[u
     let subject = crypto::ProofConsumer::new(named.consumer, named.cert_serial, named.public_key_der);
     crypto::confirm_proof(&receipt, voucher, node, media, hash, &subject).to_vec()
 }
+
+/// A consumer's spend authorization (signed with `passport`, certificate `serial`) for
+/// `merchant` to spend up to `amount_max` of `account`, expiring `ttl_ms` from now
+/// (negative: already expired).
+pub fn spend(passport: &engine::crypto::RsaPrivate, account: &str, serial: &str, merchant: &str, amount_max: u64, ttl_ms: i64) -> pb::SpendAuthorization {
+    let expires_at = engine::ids::Millis(engine::clock::Clock::now(&engine::clock::SystemClock).0 + ttl_ms);
+    let authorization = engine::spend::SpendAuthorization::sign(
+        passport,
+        &engine::ids::ConsumerId::new(account),
+        &engine::ids::CertSerial::new(serial),
+        &engine::ids::MerchantId::new(merchant),
+        amount_max,
+        Vec::new(),
+        expires_at,
+    )
+    .expect("sign");
+    gateways::common::spend::to_pb(&authorization)
+}
+
+/// A consumer's balance read signed with `passport` (certificate `serial`), issued `skew_ms` from now.
+pub fn points_request(passport: &engine::crypto::RsaPrivate, consumer: &str, serial: &str, skew_ms: i64) -> pb::GetPointsRequest {
+    let issued_at = engine::ids::Millis(engine::clock::Clock::now(&engine::clock::SystemClock).0 + skew_ms);
+    let (id, cert) = (engine::ids::ConsumerId::new(consumer), engine::ids::CertSerial::new(serial));
+    let signature = engine::spend::sign_points_request(passport, &id, &cert, issued_at).expect("sign");
+    pb::GetPointsRequest { consumer_id: consumer.into(), cert_serial: serial.into(), issued_at_ms: issued_at.0, signature }
+}
