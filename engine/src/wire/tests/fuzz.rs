@@ -246,7 +246,7 @@ proptest! {
 }
 
 /// Hash fields that events written before them lack: empty means absent.
-const OPTIONAL_HASHES: [&str; 3] = ["wrapped_key_hash", "challenge_hash", "consumer_key_hash"];
+const OPTIONAL_HASHES: [&str; 4] = ["wrapped_key_hash", "challenge_hash", "consumer_key_hash", "authorization_nonce_hash"];
 
 /// The 32-byte fields of a protobuf event, each with the name `DecodeError` gives it. The
 /// `match` has no wildcard arm, so a new event forces a look at its fixed-size fields.
@@ -272,6 +272,7 @@ fn hash_fields(event: &mut E) -> Vec<(&'static str, &mut Vec<u8>)> {
             ("stream_head", &mut s.stream_head),
         ],
         E::UnitBound(u) => vec![("device_public_key_hash", &mut u.device_public_key_hash), ("wrapped_key_hash", &mut u.wrapped_key_hash)],
+        E::PointsHeld(p) => vec![("authorization_nonce_hash", &mut p.authorization_nonce_hash)],
         E::MediaWithdrawn(_)
         | E::PriceChanged(_)
         | E::MerchantSuspended(_)
@@ -290,7 +291,6 @@ fn hash_fields(event: &mut E) -> Vec<(&'static str, &mut Vec<u8>)> {
         | E::PreviewStarted(_)
         | E::PreviewEnded(_)
         | E::PointsCredited(_)
-        | E::PointsHeld(_)
         | E::HoldPosted(_)
         | E::HoldReleased(_)
         | E::OrderPlaced(_)
