@@ -22,7 +22,8 @@ async fn start_engine(dir: &std::path::Path, log: Arc<JetStreamLog>) -> RunningE
     engine
 }
 
-/// Reads a node's whole feed until `expected` assignments arrived (or 10 s passed).
+/// Reads a node's feed until `expected` assignments arrived (or 10 s passed). Whether more
+/// than expected arrived is `all_feeds`' question, answered without waiting.
 async fn feed_of(log: &JetStreamLog, node: &str, expected: usize) -> Vec<(u64, String)> {
     let mut feed = log.node_feed(node, 1);
     let mut seen = Vec::new();
@@ -43,9 +44,47 @@ async fn feed_of(log: &JetStreamLog, node: &str, expected: usize) -> Vec<(u64, S
         };
         seen.push((feed_seq, id));
     }
-    // Nothing more than expected arrives.
-    assert!(tokio::time::timeout(Duration::from_millis(300), feed.next()).await.is_err(), "more assignments than expected on {node}'s feed");
     seen
+}
+
+/// Every node's feed holds exactly its expected assignments, in stream order, once each.
+/// `sentinel_node`'s feed ends with the newest assignment in the stream; the dispatcher
+/// publishes in source order, so once that one is read everything before it has been
+/// published, and the feed stream's message count is final: equal to the expected total
+/// (a repeat anywhere would make it larger). No waiting for something not to happen.
+async fn all_feeds(log: &JetStreamLog, server_url: &str, expected: &BTreeMap<String, Vec<String>>, sentinel_node: &str) {
+    let order = std::iter::once(sentinel_node).chain(expected.keys().map(String::as_str).filter(|node| *node != sentinel_node));
+    for node in order {
+        let seen = feed_of(log, node, expected[node].len()).await;
+        let ids: Vec<&String> = seen.iter().map(|(_, id)| id).collect();
+        let want: Vec<&String> = expected[node].iter().collect();
+        assert_eq!(ids, want, "{node}'s feed holds its assignments in stream order, once each");
+    }
+    let context = async_nats::jetstream::new(async_nats::connect(server_url).await.expect("nats"));
+    let mut feeds = context.get_stream("VOUCHSAFE_NODES").await.expect("the feed stream");
+    let stored = feeds.info().await.expect("feed info").state.messages;
+    let total: usize = expected.values().map(Vec::len).sum();
+    assert_eq!(stored, total as u64, "the feed stream holds each assignment once, nothing more: {expected:?}");
+}
+
+async fn announce(channel: &tonic::transport::Channel, node: &Credential, i: usize) {
+    let mut delivery = client::delivery(channel.clone(), node.clone());
+    delivery
+        .register_node(pb::RegisterNodeRequest { region: "eu".into(), slots_max: 100, endpoint: format!("http://127.0.0.1:{}", 1 + i) })
+        .await
+        .expect("announce");
+}
+
+/// Buys one more voucher, the newest assignment in the stream; returns the node it went to.
+async fn sentinel(
+    merchant: &mut client::MerchantClient,
+    media_id: &str,
+    name: &str,
+    expected: &mut BTreeMap<String, Vec<String>>,
+) -> String {
+    let sale = client::buy(merchant, name, &[media_id.to_owned()], None).await.expect("sentinel sale");
+    expected.entry(sale.node_id.clone()).or_default().push(sale.voucher_id);
+    sale.node_id
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -72,12 +111,8 @@ async fn every_assignment_reaches_exactly_its_node_once_across_restarts_and_rebu
                 .into_inner(),
         )
         .expect("cred");
-        let mut delivery = client::delivery(channel.clone(), cred.clone());
-        delivery
-            .register_node(pb::RegisterNodeRequest { region: "eu".into(), slots_max: 100, endpoint: format!("http://127.0.0.1:{}", 1 + i) })
-            .await
-            .expect("announce");
-        nodes.push(cred.id);
+        announce(&channel, &cred, i).await;
+        nodes.push(cred);
     }
     let engine_public = gateways::common::keys::load_engine_public(&dir.path().join("keys")).expect("public");
     let upload = Upload {
@@ -107,25 +142,20 @@ async fn every_assignment_reaches_exactly_its_node_once_across_restarts_and_rebu
     expected.entry(preview.node_id).or_default().push(preview.preview_id);
     assert_eq!(expected.len(), 2, "the least-loaded allocator spreads the sales over both nodes: {expected:?}");
 
-    let check = |seen: &[(u64, String)], node: &str| {
-        let ids: Vec<&String> = seen.iter().map(|(_, id)| id).collect();
-        let want: Vec<&String> = expected[node].iter().collect();
-        assert_eq!(ids, want, "{node}'s feed holds its assignments in stream order, once each");
-    };
-    for node in &nodes {
-        check(&feed_of(&log, node, expected[node].len()).await, node);
-    }
+    let last = sentinel(&mut merchant_client, &media.media_id, "sentinel-first", &mut expected).await;
+    all_feeds(&log, &server.url(), &expected, &last).await;
 
     // A restarted engine's dispatcher resumes after the last dispatched source sequence:
-    // nothing is published twice.
+    // nothing is published twice (the feed count stays exact once a new sentinel is through).
     engine.shutdown().await.expect("shutdown");
-    let before = log.last_dispatched_source_seq().await.expect("resume point");
     let engine = start_engine(dir.path(), Arc::clone(&log)).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    for node in &nodes {
-        check(&feed_of(&log, node, expected[node].len()).await, node);
+    let channel = client::connect(&engine.url(), None).await.expect("connect");
+    for (i, cred) in nodes.iter().enumerate() {
+        announce(&channel, cred, i).await; // node health is the engine's memory
     }
-    assert_eq!(log.last_dispatched_source_seq().await.expect("resume point"), before);
+    let mut merchant_client = client::merchant(channel, merchant.clone());
+    let last = sentinel(&mut merchant_client, &media.media_id, "sentinel-restart", &mut expected).await;
+    all_feeds(&log, &server.url(), &expected, &last).await;
     engine.shutdown().await.expect("shutdown");
 
     // The feed is a projection: delete its stream and it is rebuilt from sequence 1.
@@ -135,8 +165,6 @@ async fn every_assignment_reaches_exactly_its_node_once_across_restarts_and_rebu
     let log = Arc::new(JetStreamLog::connect(&server.url(), "VOUCHSAFE").await.expect("reconnect re-creates the feed stream"));
     assert_eq!(log.last_dispatched_source_seq().await.expect("empty feed"), engine::ids::Seq(0));
     let engine = start_engine(dir.path(), Arc::clone(&log)).await;
-    for node in &nodes {
-        check(&feed_of(&log, node, expected[node].len()).await, node);
-    }
+    all_feeds(&log, &server.url(), &expected, &last).await;
     engine.shutdown().await.expect("shutdown");
 }
