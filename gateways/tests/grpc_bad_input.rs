@@ -542,8 +542,12 @@ async fn every_rpc_refuses_bad_input_with_the_exact_code_and_writes_nothing() {
     let mut want = vec![world.sale.voucher_id.clone(), world.second.voucher_id.clone(), world.preview.clone()];
     want.sort();
     assert_eq!(got, want, "X's feed");
-    let leaked = tokio::time::timeout(Duration::from_millis(300), feeds[1].message()).await;
-    assert!(leaked.is_err(), "node Y's feed carried someone else's assignment: {:?}", leaked.map(|m| m.map(|a| a.map(|a| a.voucher_id))));
+    // A sentinel sale goes to Y (the least loaded): the feed is in stream order, so if any
+    // of X's assignments had leaked to Y it would arrive before the sentinel.
+    let sentinel = buy_in(&mut client::merchant(fx.channel.clone(), world.a.clone()), "sentinel-y", &world.media, "").await.expect("sentinel");
+    assert_eq!(sentinel.node_id, world.y.id, "the least-loaded allocator gives the sentinel to Y");
+    let first = tokio::time::timeout(CALL_TIMEOUT, feeds[1].message()).await.expect("Y's sentinel arrives").expect("the feed is open").expect("an assignment");
+    assert_eq!(first.voucher_id, sentinel.voucher_id, "node Y's feed carried someone else's assignment before its own");
     drop(feeds);
 
     let x = Meta::of("node X (assigned)", &world.x);

@@ -76,12 +76,7 @@ async fn announce(channel: &tonic::transport::Channel, node: &Credential, i: usi
 }
 
 /// Buys one more voucher, the newest assignment in the stream; returns the node it went to.
-async fn sentinel(
-    merchant: &mut client::MerchantClient,
-    media_id: &str,
-    name: &str,
-    expected: &mut BTreeMap<String, Vec<String>>,
-) -> String {
+async fn sentinel(merchant: &mut client::MerchantClient, media_id: &str, name: &str, expected: &mut BTreeMap<String, Vec<String>>) -> String {
     let sale = client::buy(merchant, name, &[media_id.to_owned()], None).await.expect("sentinel sale");
     expected.entry(sale.node_id.clone()).or_default().push(sale.voucher_id);
     sale.node_id
