@@ -28,6 +28,8 @@ const ENGINE_PASSWORD: &str = "CHANGE-ME-engine-password";
 const AUDITOR_PASSWORD: &str = "CHANGE-ME-auditor-password";
 const NODE_A_PASSWORD: &str = "CHANGE-ME-node-a-password";
 const NODE_B_PASSWORD: &str = "CHANGE-ME-node-b-password";
+/// Where `check_auditor_refusals` stores its sentinel on the node feed (no node's subject).
+const SENTINEL_SUBJECT: &str = "vsn.sentinel";
 /// How long a raw client waits for an answer: a refused request never gets one.
 const REFUSED_WAIT: Duration = Duration::from_millis(1_000);
 
@@ -262,24 +264,30 @@ async fn check_auditor_refusals(server: &replay_tests::NatsServer, auditor_url: 
     // permissions (nats-server 2.15.1): the auditor can have what it may read delivered to
     // any subject someone listens on (control: the engine listening on an inbox subject of
     // its own receives the stream). Such deliveries carry nothing the auditor could not read
-    // anyway, and no stream stores them: the node feed stays as it was, and the stream
-    // itself refuses the deliver subject as a cycle.
+    // anyway; the server delivers nothing to vsn.n0, where no one listens (the feed stream
+    // capturing the subject does not count as interest), so the feed stays as it was; and
+    // the stream itself refuses its own subjects as a cycle.
     let push = |deliver: &str| format!(r#"{{"stream_name":"{STREAM}","config":{{"deliver_subject":"{deliver}","deliver_policy":"all","ack_policy":"none"}}}}"#);
     let create = format!("$JS.API.CONSUMER.CREATE.{STREAM}");
     let mut listening = engine_raw.client.subscribe("_INBOX.control").await.expect("subscribe");
     engine_raw.client.flush().await.expect("flush");
     let answer = auditor.answer(&create, &push("_INBOX.control")).await;
     assert!(answer["error"].is_null(), "{answer}");
+    assert_eq!(answer["push_bound"], true, "the engine listens on the control's deliver subject: {answer}");
     let delivered = tokio::time::timeout(Duration::from_secs(5), listening.next()).await.expect("a delivery").expect("subscribed");
     assert!(delivered.subject.starts_with("vs."), "a stream event: {}", delivered.subject);
     let feed_before = engine_raw.answer(&format!("$JS.API.STREAM.INFO.{NODE_STREAM}"), "").await["state"].clone();
     let answer = auditor.answer(&create, &push("vsn.n0")).await;
     assert!(answer["error"].is_null(), "{answer}");
+    // Nobody listens on vsn.n0 (the node stream capturing the subject is not interest), so
+    // the server says the consumer is not bound and delivers nothing, as it says.
+    assert_eq!(answer["push_bound"], serde_json::Value::Null, "no one is bound to vsn.n0: {answer}");
     let answer = auditor.answer(&create, &push("vs.voucher.y")).await;
     assert_eq!(answer["error"]["err_code"], 10081, "deliver subject forms a cycle: {answer}");
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let feed_after = engine_raw.answer(&format!("$JS.API.STREAM.INFO.{NODE_STREAM}"), "").await["state"].clone();
-    assert_eq!(feed_after["last_seq"], feed_before["last_seq"], "a push delivery reached the node feed");
+    // A sentinel the engine stores on the feed lands right after what the feed held before:
+    // nothing reached the feed in between (no waiting for something not to happen).
+    let sentinel = engine_raw.js.publish(SENTINEL_SUBJECT, "sentinel".into()).await.expect("publish").await.expect("the feed stores the sentinel");
+    assert_eq!(serde_json::json!(sentinel.sequence - 1), feed_before["last_seq"], "a push delivery reached the node feed");
     // The node feed.
     auditor.assert_refused(&format!("$JS.API.STREAM.INFO.{NODE_STREAM}"), "").await;
     auditor.assert_refused(&format!("$JS.API.DIRECT.GET.{NODE_STREAM}"), r#"{"seq":1}"#).await;
@@ -309,6 +317,7 @@ async fn check_node_feeds(server: &mut replay_tests::NatsServer) {
         .expect("subjects")
         .map(|entry| entry.expect("subject count"))
         .map(|(subject, count)| (subject.strip_prefix("vsn.").expect("vsn subject").to_owned(), count as u64))
+        .filter(|(node, _)| std::future::ready(format!("vsn.{node}") != SENTINEL_SUBJECT))
         .collect()
         .await;
     feeds.sort();
