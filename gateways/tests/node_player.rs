@@ -321,7 +321,8 @@ async fn a_restarted_node_resumes_its_feed_from_the_checkpoint() {
     let refused = at_node.challenge(pb::ChallengeRequest { grant: Some(oversized) }).await.expect_err("too large");
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
 
-    // Graceful shutdown: a download in flight finishes, new connections are refused.
+    // Graceful shutdown: new requests are refused, a download in flight finishes, then new
+    // connections are refused.
     let endpoint = node.endpoint().to_string();
     let mut stream =
         at_node.download(pb::DownloadRequest { grant: Some(second.grant()), media_id: song.media_id.clone(), offset: 0 }).await.expect("download").into_inner();
@@ -329,7 +330,17 @@ async fn a_restarted_node_resumes_its_feed_from_the_checkpoint() {
     reassembly.push(stream.message().await.expect("first chunk").expect("a chunk")).expect("contiguous");
     assert_eq!(node.stats().slots_in_use, 1, "a slot is in use while streaming");
     let stopping = tokio::spawn(node.shutdown());
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Shutdown has begun once the node refuses new requests as shutting down, while the
+    // download is still open (the node keeps its connections until the download is done).
+    let deadline = std::time::Instant::now() + Duration::from_millis(WAIT_MS);
+    loop {
+        match at_node.challenge(pb::ChallengeRequest { grant: Some(second.grant()) }).await {
+            Err(refused) if refused.code() == Code::Unavailable => break,
+            other => assert!(std::time::Instant::now() < deadline, "{WAIT_MS} ms into its shutdown the node still answers {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!stopping.is_finished(), "the node waits for the download in flight");
     while let Some(chunk) = stream.message().await.expect("the stream finishes") {
         reassembly.push(chunk).expect("contiguous");
     }
