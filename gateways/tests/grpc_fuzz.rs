@@ -79,8 +79,9 @@ const CASES_DEFAULT: usize = 500;
 const SEED_DEFAULT: u64 = 0x5afe_f022;
 /// How often the engine is asked to prove it still serves (health and a known-good sale).
 const CHECK_EVERY_CASES: usize = 100;
-/// A call that takes longer than this is reported as hanging.
-const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// A call that takes longer than this is reported as hanging: far beyond any answer on a
+/// busy machine (the engine's own deadlines are seconds), so only a hang reaches it.
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 // ---- the fixture (tests/support) ----
 
