@@ -160,11 +160,30 @@ async fn killing_the_stream_leader_during_load_loses_nothing_and_appends_continu
         }
     }
 
-    // The killed node comes back and catches up.
-    tokio::task::spawn_blocking(move || {
+    // The killed node comes back and catches up: the leader reports it behind while it is
+    // down (it missed every append since the kill), then current with no lag.
+    let killed_name = format!("n{leader_index}");
+    let replica = |context: async_nats::jetstream::Context, name: String| async move {
+        let mut stream = context.get_stream(STREAM).await.expect("stream");
+        let info = stream.info().await.expect("stream info").clone();
+        info.cluster.expect("a clustered stream").replicas.into_iter().find(|peer| peer.name == name)
+    };
+    let down = replica(context.clone(), killed_name.clone()).await.expect("the killed node is still a peer of the stream");
+    assert!(down.offline || !down.current, "the killed node is reported behind while down: {down:?}");
+    let cluster = tokio::task::spawn_blocking(move || {
         cluster.restart(leader_index).unwrap_or_else(|error| panic!("restart: {error}"));
         cluster
     })
     .await
     .expect("restart task");
+    let caught_up_deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let peer = replica(context.clone(), killed_name.clone()).await;
+        if peer.as_ref().is_some_and(|peer| peer.current && !peer.offline && peer.lag.unwrap_or(0) == 0) {
+            break;
+        }
+        assert!(Instant::now() < caught_up_deadline, "{killed_name} did not catch up within 60 s: {peer:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(cluster);
 }
