@@ -50,3 +50,16 @@ impl TestConsumer {
         self.authorize(merchant, u64::MAX, &[], market.now().plus_ms(3_600_000))
     }
 }
+
+/// The seed of a randomized test that has no fixed one: `PROPTEST_RNG_SEED` when set
+/// (proptest's own variable), else drawn from the clock. Printed with the test's name (the
+/// harness shows it when the test fails), so any run can be repeated with
+/// `PROPTEST_RNG_SEED=<seed>`.
+pub fn proptest_seed(test: &str) -> u64 {
+    let seed = std::env::var("PROPTEST_RNG_SEED")
+        .ok()
+        .and_then(|seed| seed.parse().ok())
+        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |elapsed| elapsed.as_nanos() as u64));
+    eprintln!("{test}: seed {seed} (PROPTEST_RNG_SEED={seed} repeats this run)");
+    seed
+}

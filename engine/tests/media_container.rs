@@ -124,7 +124,7 @@ fn accepted_as_signed(bytes: &[u8]) -> bool {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 2000, rng_seed: proptest::test_runner::RngSeed::Fixed(engine::testing::proptest_seed(module_path!())), ..ProptestConfig::default() })]
 
     #[test]
     fn mutated_format_2_containers_never_panic_and_are_never_accepted(mutations in proptest::collection::vec(mutation(), 1..4)) {

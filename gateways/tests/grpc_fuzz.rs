@@ -75,6 +75,8 @@ use tonic::{Code, Status};
 
 /// Cases in a default (CI) run; `VOUCHSAFE_FUZZ_CASES` overrides it.
 const CASES_DEFAULT: usize = 500;
+/// Cases from the fresh seed each CI run adds to the fixed one.
+const CASES_FRESH_SEED: usize = 200;
 /// The seed of a default run; `VOUCHSAFE_FUZZ_SEED` overrides it.
 const SEED_DEFAULT: u64 = 0x5afe_f022;
 /// How often the engine is asked to prove it still serves (health and a known-good sale).
@@ -804,6 +806,18 @@ fn hostile_requests_against_every_rpc() {
     let seed = env_number("VOUCHSAFE_FUZZ_SEED", SEED_DEFAULT);
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name(RUNTIME_THREAD).enable_all().build().expect("a tokio runtime");
     runtime.block_on(fuzz(cases, seed));
+}
+
+/// Besides the fixed seed, each run of the suite fuzzes from a fresh seed (printed: a failure
+/// repeats with `VOUCHSAFE_FUZZ_SEED=<seed>` on `hostile_requests_against_every_rpc`), so CI
+/// keeps exploring while its fixed run stays repeatable.
+#[test]
+fn hostile_requests_from_a_fresh_seed_each_run() {
+    count_runtime_panics();
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |elapsed| elapsed.as_nanos() as u64);
+    println!("grpc fuzz from a fresh seed: {seed} (repeat with VOUCHSAFE_FUZZ_SEED={seed} VOUCHSAFE_FUZZ_CASES={CASES_FRESH_SEED})");
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name(RUNTIME_THREAD).enable_all().build().expect("a tokio runtime");
+    runtime.block_on(fuzz(CASES_FRESH_SEED, seed));
 }
 
 // ---- negative controls: the harness sees what it looks for ----

@@ -521,6 +521,8 @@ mod tests {
     }
 
     proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config { rng_seed: proptest::test_runner::RngSeed::Fixed(engine::testing::proptest_seed(module_path!())), ..proptest::test_runner::Config::default() })]
+
         /// The contract that lets `LedgerAccount` lend itself as a `LedgerKey`: the
         /// borrowed parts order as the account does, so a lookup by parts finds exactly the
         /// account with those parts (and a lookup with any part different finds nothing).

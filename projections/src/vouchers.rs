@@ -400,6 +400,8 @@ mod tests {
     }
 
     proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config { rng_seed: proptest::test_runner::RngSeed::Fixed(engine::testing::proptest_seed(module_path!())), ..proptest::test_runner::Config::default() })]
+
         /// The index settles exactly the holds a scan of every hold would, and stays a
         /// function of the holds, over any mix of holds, posts and releases.
         #[test]

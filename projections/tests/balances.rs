@@ -250,7 +250,7 @@ async fn check_world(w: World) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 32, rng_seed: proptest::test_runner::RngSeed::Fixed(engine::testing::proptest_seed(module_path!())), ..ProptestConfig::default() })]
 
     #[test]
     fn the_ledger_sums_to_zero_and_a_rebuild_equals_the_live_balances(steps in proptest::collection::vec(step(), 1..40)) {

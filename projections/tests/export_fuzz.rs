@@ -35,6 +35,8 @@ use std::collections::BTreeMap;
 use std::sync::OnceLock;
 use support::{engine_public, generate, keyed, master, rebuild};
 
+/// The seed of a default run; `VOUCHSAFE_FUZZ_SEED` overrides it.
+const SEED_DEFAULT: u64 = 0x00e4_9057;
 /// Mutations in a default (CI) run; `VOUCHSAFE_FUZZ_CASES` overrides it.
 const CASES_DEFAULT: u32 = 1000;
 /// Events in the stream the export is made from.
@@ -462,7 +464,13 @@ fn mutated_exported_logs_never_verify_unless_only_their_spelling_changed() {
     let cases = cases();
     let verdicts: RefCell<BTreeMap<(&str, Verdict), u64>> = RefCell::new(BTreeMap::new());
     let config = Config { cases, failure_persistence: None, ..Config::default() };
-    let mut runner = TestRunner::new_with_rng(config, TestRng::deterministic_rng(RngAlgorithm::ChaCha));
+    // A fixed seed by default (CI is repeatable); `VOUCHSAFE_FUZZ_SEED` sets another.
+    let seed = std::env::var("VOUCHSAFE_FUZZ_SEED")
+        .ok()
+        .map_or(SEED_DEFAULT, |text| text.trim().parse().unwrap_or_else(|_| panic!("VOUCHSAFE_FUZZ_SEED must be a number, not {text:?}")));
+    let mut seed_bytes = [0u8; 32];
+    seed_bytes[..8].copy_from_slice(&seed.to_le_bytes());
+    let mut runner = TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &seed_bytes));
     let started = std::time::Instant::now();
     let result = runner.run(&arb_mutation(), |mutation| {
         let bytes = apply(sample, &mutation);
@@ -472,7 +480,7 @@ fn mutated_exported_logs_never_verify_unless_only_their_spelling_changed() {
     });
     let verdicts = verdicts.into_inner();
     println!(
-        "exported log fuzz: {cases} mutations of a log of {} entries and {} seals in {:.1?} (VOUCHSAFE_FUZZ_CASES)",
+        "exported log fuzz: {cases} mutations, seed {seed}, of a log of {} entries and {} seals in {:.1?} (VOUCHSAFE_FUZZ_CASES, VOUCHSAFE_FUZZ_SEED)",
         sample.log.entries.len(),
         sample.log.seals.len(),
         started.elapsed()
@@ -481,7 +489,7 @@ fn mutated_exported_logs_never_verify_unless_only_their_spelling_changed() {
         println!("  {kind:<14} {verdict:?}: {count}");
     }
     if let Err(failure) = result {
-        panic!("{failure}");
+        panic!("seed {seed}: {failure}");
     }
     // Negative control: the mutations get past the parser often enough to test the verifier.
     let caught: u64 = verdicts.iter().filter(|((_, verdict), _)| *verdict == Verdict::Caught).map(|(_, count)| count).sum();

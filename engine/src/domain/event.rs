@@ -571,6 +571,8 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig { rng_seed: proptest::test_runner::RngSeed::Fixed(crate::testing::proptest_seed(module_path!())), ..ProptestConfig::default() })]
+
         #[test]
         fn has_subject_agrees_with_subject(kind in 0..KINDS.len(), other in 0..KINDS.len(), id in "[a-z.]{0,6}", candidate in "(vs\\.)?[a-z.]{0,14}", cut in 0usize..20) {
             let aggregate = AggregateRef::new(KINDS[kind], id.clone());

@@ -90,6 +90,8 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig { rng_seed: proptest::test_runner::RngSeed::Fixed(crate::testing::proptest_seed(module_path!())), ..ProptestConfig::default() })]
+
         #[test]
         fn debits_always_equal_credits(prices in proptest::collection::vec(1u64..1_000_000_000_000, 1..8), r in 0u32..=10_000, d in 0u32..=10_000) {
             prop_assume!(r + d <= 10_000);

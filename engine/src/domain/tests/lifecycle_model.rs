@@ -700,7 +700,8 @@ fn ops() -> impl Strategy<Value = Vec<Op>> {
 
 #[test]
 fn lifecycle_rules_hold_under_any_interleaving() {
-    let config = Config { cases: Config::default().cases.max(256), failure_persistence: None, ..Config::default() };
+    let rng_seed = proptest::test_runner::RngSeed::Fixed(crate::testing::proptest_seed("lifecycle_rules_hold_under_any_interleaving"));
+    let config = Config { cases: Config::default().cases.max(256), failure_persistence: None, rng_seed, ..Config::default() };
     let coverage = Coverage::default();
     let result = TestRunner::new(config).run(&ops(), |ops| {
         let mut world = World::new();

@@ -323,7 +323,8 @@ fn arb_event_reaches_every_variant() {
 /// giving the decoder over 10 000 hostile inputs.
 pub(super) fn config(cases: u32) -> ProptestConfig {
     // No persistence file: a failure prints its minimal input; record it as a test here.
-    ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() }
+    let rng_seed = proptest::test_runner::RngSeed::Fixed(crate::testing::proptest_seed(module_path!()));
+    ProptestConfig { cases, failure_persistence: None, rng_seed, ..ProptestConfig::default() }
 }
 
 proptest! {
