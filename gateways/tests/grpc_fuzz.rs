@@ -31,7 +31,11 @@
 //! prints its count, seed, duration and the codes by RPC and by kind of body
 //! (`--nocapture`). Half the typed requests are nearly valid (plausible values much more
 //! likely) and the steps of a sale are drawn more often, so that cases get past the field
-//! checks and meet live state (points holds, issued and redeemed vouchers).
+//! checks and meet live state (points holds, issued and redeemed vouchers). About a third
+//! of the cases are linked (`chain`): built from what the fuzz's own accepted calls
+//! answered (its reservations, receipts, issued nodes), with hostile twists (the other
+//! merchant or node, other consumers, revoked and expired certificates, shared request
+//! ids), so the model oracle sees points held and keys released hundreds of times a run.
 //!
 //! What an accepted case did is checked too, by the model oracle (`grpc_fuzz/oracle.rs`):
 //! the events each case appended, against a model of who owns what (points held only with
@@ -74,9 +78,9 @@ use tonic::{Code, Status};
 // ---- the run's size ----
 
 /// Cases in a default (CI) run; `VOUCHSAFE_FUZZ_CASES` overrides it.
-const CASES_DEFAULT: usize = 500;
+const CASES_DEFAULT: usize = 3_000;
 /// Cases from the fresh seed each CI run adds to the fixed one.
-const CASES_FRESH_SEED: usize = 200;
+const CASES_FRESH_SEED: usize = 1_000;
 /// The seed of a default run; `VOUCHSAFE_FUZZ_SEED` overrides it.
 const SEED_DEFAULT: u64 = 0x5afe_f022;
 /// How often the engine is asked to prove it still serves (health and a known-good sale).
@@ -427,6 +431,8 @@ fn arb_caller() -> impl Strategy<Value = Caller> {
     ]
 }
 
+#[path = "grpc_fuzz/chain.rs"]
+mod chain;
 #[path = "grpc_fuzz/generate.rs"]
 mod generate;
 #[path = "grpc_fuzz/oracle.rs"]
@@ -532,6 +538,8 @@ struct Answer {
     before: u64,
     code: Code,
     message: String,
+    /// An accepted unary call's response, encoded, in hex (`chain` decodes it).
+    response: String,
     wrote: u64,
     timed_out: bool,
 }
@@ -551,8 +559,8 @@ async fn send(world: &World, meta: &Meta, case: &Case) -> Answer {
     };
     let wrote = fx.head().await - before;
     match result {
-        Ok(_) => Answer { before, code: Code::Ok, message: String::new(), wrote, timed_out },
-        Err(status) => Answer { before, code: status.code(), message: status.message().chars().take(160).collect(), wrote, timed_out },
+        Ok(response) => Answer { before, code: Code::Ok, message: String::new(), response, wrote, timed_out },
+        Err(status) => Answer { before, code: status.code(), message: status.message().chars().take(160).collect(), response: String::new(), wrote, timed_out },
     }
 }
 
@@ -737,6 +745,7 @@ async fn fuzz(cases: usize, seed: u64) {
     let mut retries = 0;
     let mut spent_nonces = Vec::new();
     let mut model = oracle::Oracle::default();
+    let mut memory = chain::Memory::default();
     let mut seen = world.fx.head().await;
     model.learn(&recorded_between(&world, 0, seen).await);
     let fuzz_started = Instant::now();
@@ -749,8 +758,18 @@ async fn fuzz(cases: usize, seed: u64) {
             }
             _ => Case { retry: false, ..generated },
         };
+        let linked = case.link.as_ref().and_then(|link| memory.resolve(link, &world, &pools));
+        let was_linked = linked.is_some();
+        let case = linked.unwrap_or(case);
         let (meta, gate, caller) = world.caller(case.caller, case.rpc.service());
         let answer = send(&world, &meta, &case).await;
+        if let Caller::Rightful | Caller::As(_) = case.caller {
+            let role = if let Caller::As(role) = case.caller { role } else { rightful(case.rpc.service()) };
+            memory.learn(&world, &case, role, &answer);
+        }
+        if was_linked && answer.code == Code::Ok {
+            memory.accepted(&case);
+        }
         let kind = if case.retry { "retry of the previous case" } else { case.body.kind() };
         tally.count(case.rpc, kind, answer.code);
         if answer.code == Code::Ok {
@@ -781,6 +800,7 @@ async fn fuzz(cases: usize, seed: u64) {
         }
     }
     println!("model oracle: {} points holds, {} key releases, {} charged units checked", model.points_holds, model.releases, model.units_charged);
+    println!("linked cases (resolved, accepted): {:?}", memory.resolved);
     checks += 1;
     if let Err(problem) = known_good(&world, checks).await {
         problems.push(format!("after the run: {problem}"));
@@ -863,8 +883,9 @@ fn the_points_oracle_flags_spending_without_consent() {
             request: Req::Reserve(pb::ReserveRequest { points_account: "acct-1".into(), spend_authorization: spend, ..reserve_request("r-1", "md-1") }),
         },
         retry: false,
+        link: None,
     };
-    let accepted = Answer { before: 0, code: Code::Ok, message: String::new(), wrote: 3, timed_out: false };
+    let accepted = Answer { before: 0, code: Code::Ok, message: String::new(), response: String::new(), wrote: 3, timed_out: false };
     let genuine = sign("m-a", 60_000);
     let cases = [
         (reserve(None), "without any spend authorization"),
@@ -892,8 +913,8 @@ fn the_judge_flags_every_broken_property() {
     let register = typed(Req::RegisterMerchant(pb::RegisterMerchantRequest { request_id: "r-1".into(), name: "Shop".into() }));
     let undecodable = Body::Raw { how: "raw: random bytes", bytes: vec![0xff, 0xff, 0xff] };
     let oversized = Body::Raw { how: "raw: at or over the size limit", bytes: padded_empty(REQUEST_BYTES_MAX + 1 - FRAME_HEADER_BYTES) };
-    let case = |rpc: Rpc, body: &Body, retry: bool| Case { rpc, caller: Caller::Rightful, body: body.clone(), retry };
-    let answer = |code: Code, message: &str, wrote: u64| Answer { before: 0, code, message: message.into(), wrote, timed_out: false };
+    let case = |rpc: Rpc, body: &Body, retry: bool| Case { rpc, caller: Caller::Rightful, body: body.clone(), retry, link: None };
+    let answer = |code: Code, message: &str, wrote: u64| Answer { before: 0, code, message: message.into(), response: String::new(), wrote, timed_out: false };
     let flags = |case: Case, gate: Gate, answer: Answer, previous: Option<bool>, expect: Option<&str>| {
         let problems = judge(&case, gate, &answer, previous);
         match expect {

@@ -813,6 +813,8 @@ pub(super) struct Case {
     pub(super) body: Body,
     /// Send the previous case again instead (an immediate retry).
     pub(super) retry: bool,
+    /// Build the request from the fuzz's own earlier sales instead, when one fits (`chain`).
+    pub(super) link: Option<super::chain::Link>,
 }
 
 pub(super) fn arb_case(p: &Pools) -> BoxedStrategy<Case> {
@@ -825,7 +827,9 @@ pub(super) fn arb_case(p: &Pools) -> BoxedStrategy<Case> {
             .map(|&rpc| (if matches!(rpc, Rpc::Reserve | Rpc::Authorize | Rpc::IssueVoucher | Rpc::Redeem) { 3 } else { 1 }, Just(rpc).boxed()))
             .collect(),
     );
-    rpc.prop_flat_map(move |rpc| (Just(rpc), arb_caller(), arb_body(rpc, &pools), proptest::bool::weighted(0.08)))
-        .prop_map(|(rpc, caller, body, retry)| Case { rpc, caller, body, retry })
-        .boxed()
+    rpc.prop_flat_map(move |rpc| {
+        (Just(rpc), arb_caller(), arb_body(rpc, &pools), proptest::bool::weighted(0.08), proptest::option::weighted(0.35, super::chain::arb_link()))
+    })
+    .prop_map(|(rpc, caller, body, retry, link)| Case { rpc, caller, body, retry, link })
+    .boxed()
 }

@@ -96,7 +96,7 @@ impl Service {
 macro_rules! rpcs {
     (@streaming unary) => { false };
     (@streaming stream) => { true };
-    (@answer unary, $call:expr) => { Ok(format!("{:?}", $call.await?.into_inner())) };
+    (@answer unary, $call:expr) => { Ok(hex::encode(prost::Message::encode_to_vec(&$call.await?.into_inner()))) };
     // The headers arrived (no error before the first message): that is the answer.
     (@answer stream, $call:expr) => {{ drop($call.await?); Ok(String::from("a stream")) }};
     (@client Merchant, $channel:expr, $who:expr) => { pb::merchant_service_client::MerchantServiceClient::with_interceptor($channel, $who) };
@@ -149,8 +149,8 @@ macro_rules! rpcs {
             }
         }
 
-        /// Sends a typed request; the answer is the response's Debug text (compared, never
-        /// printed), or "a stream" once a stream's headers arrived.
+        /// Sends a typed request; the answer is the response's encoding in hex (compared or
+        /// decoded, never printed), or "a stream" once a stream's headers arrived.
         pub async fn send_typed(channel: &Channel, who: &Meta, request: Req) -> Result<String, Status> {
             match request {
                 $(Req::$variant(message) => {
