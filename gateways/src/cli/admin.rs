@@ -113,8 +113,10 @@ pub enum CertAdminCommand {
     /// Revoke the consumer's certificate --serial, or without it every certificate it
     /// holds that is not revoked yet (CertRevoked each).
     Revoke {
+        /// The consumer whose certificates are revoked.
         #[arg(long = "consumer", value_name = "ID")]
         consumer_id: String,
+        /// The one certificate to revoke; without it, every certificate not yet revoked.
         #[arg(long = "serial", value_name = "S", value_parser = clap::builder::NonEmptyStringValueParser::new())]
         cert_serial: Option<String>,
         /// Why, as recorded in the event.
