@@ -33,9 +33,11 @@ use crate::spend::SpendAuthorization;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 
+mod admin;
 mod container;
 mod points;
 
+pub use admin::Administered;
 pub use container::{ContainerClaims, check_container};
 
 /// Unwrapped media keys kept in memory (each zeroized when evicted).
@@ -288,15 +290,6 @@ impl Market {
             return Err(Rejection::AlreadyExists { kind: "auditor credential", id: auditor.0 }.into());
         }
         Ok(Credential { id: auditor.0, secret })
-    }
-
-    /// Revokes an auditor's credential; revoking a revoked auditor changes nothing.
-    pub async fn revoke_auditor(&self, operator: &str, request: &RequestId, auditor: &AuditorId, reason: &str) -> Result<(), AppError> {
-        use crate::domain::party::{Auditor, AuditorCommand};
-        crate::domain::validate::id("auditor_id", &auditor.0)?;
-        let command = AuditorCommand::Revoke { reason: reason.to_string() };
-        self.handler.handle::<Auditor>(&auditor.0, &actor(ActorKind::Operator, operator), request, &command).await?;
-        Ok(())
     }
 
     pub async fn register_node(&self, operator: &str, request: &RequestId, region: &str, slots_max: u32) -> Result<(Credential, SecretKey), AppError> {

@@ -329,6 +329,9 @@ fn event_to_pb(event: &Event) -> E {
         Event::MerchantSuspended { merchant_id, reason } => {
             E::MerchantSuspended(pb::MerchantSuspended { merchant_id: merchant_id.0.clone(), reason: reason.clone() })
         }
+        Event::MerchantReinstated { merchant_id, reason } => {
+            E::MerchantReinstated(pb::MerchantReinstated { merchant_id: merchant_id.0.clone(), reason: reason.clone() })
+        }
         Event::AuditorRegistered { auditor_id, name, credential_hash } => {
             E::AuditorRegistered(pb::AuditorRegistered { auditor_id: auditor_id.0.clone(), name: name.clone(), credential_hash: credential_hash.to_vec() })
         }
@@ -503,6 +506,7 @@ fn event_of_pb(event: E) -> Result<Event, DecodeError> {
             Event::MerchantRegistered { merchant_id: MerchantId(e.merchant_id), name: e.name, credential_hash: array("credential_hash", &e.credential_hash)? }
         }
         E::MerchantSuspended(e) => Event::MerchantSuspended { merchant_id: MerchantId(e.merchant_id), reason: e.reason },
+        E::MerchantReinstated(e) => Event::MerchantReinstated { merchant_id: MerchantId(e.merchant_id), reason: e.reason },
         E::AuditorRegistered(e) => {
             Event::AuditorRegistered { auditor_id: AuditorId(e.auditor_id), name: e.name, credential_hash: array("credential_hash", &e.credential_hash)? }
         }

@@ -252,6 +252,11 @@ pub enum Event {
         merchant_id: MerchantId,
         reason: String,
     },
+    /// The operator lifted a suspension: the merchant may sell again.
+    MerchantReinstated {
+        merchant_id: MerchantId,
+        reason: String,
+    },
     AuditorRegistered {
         auditor_id: AuditorId,
         name: String,
@@ -446,7 +451,9 @@ impl Event {
         match self {
             Event::MediaPublished(e) => (K::Media, e.media_id.as_str()),
             Event::MediaWithdrawn { media_id, .. } | Event::PriceChanged { media_id, .. } => (K::Media, media_id.as_str()),
-            Event::MerchantRegistered { merchant_id, .. } | Event::MerchantSuspended { merchant_id, .. } => (K::Merchant, merchant_id.as_str()),
+            Event::MerchantRegistered { merchant_id, .. } | Event::MerchantSuspended { merchant_id, .. } | Event::MerchantReinstated { merchant_id, .. } => {
+                (K::Merchant, merchant_id.as_str())
+            }
             Event::AuditorRegistered { auditor_id, .. } | Event::AuditorRevoked { auditor_id, .. } => (K::Auditor, auditor_id.as_str()),
             Event::NodeRegistered { node_id, .. }
             | Event::NodeCapacityChanged { node_id, .. }
@@ -480,6 +487,7 @@ impl Event {
             Event::PriceChanged { .. } => "PriceChanged",
             Event::MerchantRegistered { .. } => "MerchantRegistered",
             Event::MerchantSuspended { .. } => "MerchantSuspended",
+            Event::MerchantReinstated { .. } => "MerchantReinstated",
             Event::AuditorRegistered { .. } => "AuditorRegistered",
             Event::AuditorRevoked { .. } => "AuditorRevoked",
             Event::AccessLapsed { .. } => "AccessLapsed",

@@ -36,8 +36,18 @@ pub struct Merchant {
 
 #[derive(Clone, Debug)]
 pub enum MerchantCommand {
-    Register { merchant: MerchantId, name: String, credential_hash: [u8; 32] },
-    Suspend { reason: String },
+    Register {
+        merchant: MerchantId,
+        name: String,
+        credential_hash: [u8; 32],
+    },
+    Suspend {
+        reason: String,
+    },
+    /// Lifts a suspension: the merchant may sell again.
+    Reinstate {
+        reason: String,
+    },
 }
 
 impl Aggregate for Merchant {
@@ -62,6 +72,15 @@ impl Aggregate for Merchant {
                     Ok(vec![Event::MerchantSuspended { merchant_id: self.id.clone().unwrap_or_else(|| MerchantId::new("")), reason: reason.clone() }])
                 }
             },
+            // As a second suspension does, reinstating an active merchant changes nothing.
+            MerchantCommand::Reinstate { reason } => match self.status {
+                MerchantStatus::Unknown => Err(Rejection::NotFound { kind: "merchant", id: String::new() }),
+                MerchantStatus::Active => Ok(vec![]),
+                MerchantStatus::Suspended => {
+                    validate::text("reason", reason, 256)?;
+                    Ok(vec![Event::MerchantReinstated { merchant_id: self.id.clone().unwrap_or_else(|| MerchantId::new("")), reason: reason.clone() }])
+                }
+            },
         }
     }
 
@@ -74,6 +93,7 @@ impl Aggregate for Merchant {
                 self.credential_hash = *credential_hash;
             }
             Event::MerchantSuspended { .. } => self.status = MerchantStatus::Suspended,
+            Event::MerchantReinstated { .. } => self.status = MerchantStatus::Active,
             _ => {}
         }
         self
@@ -83,6 +103,7 @@ impl Aggregate for Merchant {
         match command {
             MerchantCommand::Register { .. } => "RegisterMerchant",
             MerchantCommand::Suspend { .. } => "SuspendMerchant",
+            MerchantCommand::Reinstate { .. } => "ReinstateMerchant",
         }
     }
 }
@@ -300,6 +321,11 @@ pub enum ConsumerCommand {
         serial: CertSerial,
         reason: String,
     },
+    /// Revokes every certificate the consumer holds that is not revoked yet (one
+    /// `CertRevoked` each); a consumer with none left changes nothing.
+    RevokeAll {
+        reason: String,
+    },
 }
 
 impl Aggregate for Consumer {
@@ -346,6 +372,18 @@ impl Aggregate for Consumer {
                     reason: reason.clone(),
                 }])
             }
+            ConsumerCommand::RevokeAll { reason } => {
+                let consumer_id = self.id.clone().ok_or_else(|| Rejection::NotFound { kind: "consumer", id: String::new() })?;
+                let valid: Vec<&CertSerial> = self.certs.values().filter(|cert| !cert.revoked).map(|cert| &cert.serial).collect();
+                if valid.is_empty() {
+                    return Ok(vec![]);
+                }
+                validate::text("reason", reason, 256)?;
+                Ok(valid
+                    .into_iter()
+                    .map(|serial| Event::CertRevoked { consumer_id: consumer_id.clone(), cert_serial: serial.clone(), reason: reason.clone() })
+                    .collect())
+            }
         }
     }
 
@@ -380,6 +418,7 @@ impl Aggregate for Consumer {
         match command {
             ConsumerCommand::Certify { .. } => "CertifyConsumer",
             ConsumerCommand::Revoke { .. } => "RevokeCert",
+            ConsumerCommand::RevokeAll { .. } => "RevokeAllCerts",
         }
     }
 }

@@ -24,8 +24,8 @@ pub enum Command {
     Serve(crate::server::serve::ServeArgs),
     /// A merchant client: reserve, authorize, void, issue, buy, preview, get.
     Merchant(super::MerchantArgs),
-    /// Operator administration: stats, config get|set, node drain|remove.
-    Admin(super::AdminArgs),
+    /// Operator administration: stats, config, nodes, merchants, auditors, media, certificates.
+    Admin(super::admin::AdminArgs),
     /// A delivery node agent: registers, follows its feed, serves media to players.
     Node(super::NodeCliArgs),
     /// The reference consumer: passport, redeem, download, decrypt, verify; spend

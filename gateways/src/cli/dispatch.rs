@@ -43,7 +43,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Admin(args) => {
             let json = args.json;
             let runtime = tokio::runtime::Runtime::new()?;
-            Ok(runtime.block_on(super::admin(args))?.report(json))
+            Ok(runtime.block_on(super::admin::admin(args))?.report(json))
         }
         Command::Node(args) => {
             let runtime = tokio::runtime::Runtime::new()?;

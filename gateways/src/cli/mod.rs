@@ -1,11 +1,13 @@
 //! The command line: `args` (clap's view of every subcommand), `dispatch` (runs a parsed
-//! command and turns it into an exit code), `inspect` (media containers and delivered
-//! copies), `player` (the reference consumer), `points` (top-ups), and here the other
-//! network clients' subcommands (`keys issue`, `merchant`, `publish`, `admin`, `node`):
+//! command and turns it into an exit code), `admin` (the operator's administration),
+//! `inspect` (media containers and delivered copies), `player` (the reference consumer),
+//! `points` (top-ups), and here the other network clients' subcommands (`keys issue`,
+//! `merchant`, `publish`, `node`):
 //! argument shapes and what each prints. Human output goes to stderr, `--json` prints one object on the
 //! last line of stdout (CLI.md). A refused command exits 1 with the engine's status code
 //! and message; a connection or usage problem exits 2.
 
+pub mod admin;
 pub mod args;
 pub mod dispatch;
 pub mod inspect;
@@ -782,108 +784,6 @@ pub async fn node(args: NodeCliArgs) -> anyhow::Result<()> {
         engine_tls: args.connect.engine_tls()?,
     };
     crate::node::run(node_args, crate::server::serve::terminate_signal()).await
-}
-
-#[derive(clap::Subcommand, Debug)]
-pub enum AdminCommand {
-    /// Uptime, vouchers issued, per-node streams and cache figures, projection lag, events/s.
-    Stats,
-    /// Engine configuration (audited: a change is an event).
-    Config {
-        #[command(subcommand)]
-        command: ConfigCommand,
-    },
-    /// Delivery nodes.
-    Node {
-        #[command(subcommand)]
-        command: NodeAdminCommand,
-    },
-}
-
-#[derive(clap::Subcommand, Debug)]
-pub enum ConfigCommand {
-    /// Every key with its value, range and whether it was set.
-    Get,
-    /// Set one key (validated by the engine).
-    Set { key: String, value: String },
-}
-
-#[derive(clap::Subcommand, Debug)]
-pub enum NodeAdminCommand {
-    /// No new work for the node; what it holds finishes.
-    Drain { node_id: String },
-    /// Remove the node for good: no new work, no redemptions.
-    Remove { node_id: String },
-}
-
-#[derive(clap::Args, Debug)]
-pub struct AdminArgs {
-    #[command(subcommand)]
-    pub command: AdminCommand,
-    #[command(flatten)]
-    pub connect: ConnectArgs,
-    /// The key directory holding operator.cred.
-    #[arg(long, global = true)]
-    pub keys: Option<PathBuf>,
-    /// Request id for a change (a fresh one when absent).
-    #[arg(long, global = true)]
-    pub request_id: Option<String>,
-    /// Print one JSON object on the last line of stdout.
-    #[arg(long, global = true)]
-    pub json: bool,
-}
-
-fn config_json(config: &pb::ConfigResponse) -> serde_json::Value {
-    serde_json::json!({
-        "config": config.entries.iter().map(|e| serde_json::json!({ "key": e.key, "value": e.value, "min": e.min, "max": e.max, "set": e.set })).collect::<Vec<_>>(),
-    })
-}
-
-pub async fn admin(args: AdminArgs) -> anyhow::Result<Outcome> {
-    let keys = args.keys.as_ref().context("--keys DIR (holding operator.cred) is required")?;
-    let operator = Credential::load(&keys.join(crate::common::keys::OPERATOR_CRED))?;
-    let mut admin = client::admin(args.connect.channel().await?, operator);
-    let request_id = args.request_id.clone().unwrap_or_else(|| fresh_request_id("admin"));
-    let answer: Result<serde_json::Value, tonic::Status> = async {
-        Ok(match &args.command {
-            AdminCommand::Stats => {
-                let stats = admin.get_stats(pb::GetStatsRequest {}).await?.into_inner();
-                serde_json::json!({
-                    "uptime_s": stats.uptime_s,
-                    "vouchers_issued": stats.vouchers_issued,
-                    "nodes": stats.nodes.iter().map(|n| serde_json::json!({
-                        "node_id": n.node_id, "streams_max": n.streams_max, "streams_in_use": n.streams_in_use,
-                        "cache_items": n.cache_items, "cache_accesses": n.cache_accesses, "cache_misses": n.cache_misses,
-                        "healthy": n.healthy, "endpoint": n.endpoint, "status": n.status, "region": n.region,
-                    })).collect::<Vec<_>>(),
-                    "projection_lag": stats.projection_lag,
-                    "events_per_s": stats.events_per_s,
-                    "stream_events": stats.stream_events,
-                    "royalty_entries": stats.royalty_entries,
-                    "seals": stats.seals,
-                    "vouchers_pending": stats.vouchers_pending,
-                    "vouchers_delivered": stats.vouchers_delivered,
-                })
-            }
-            AdminCommand::Config { command: ConfigCommand::Get } => config_json(&admin.get_config(pb::GetConfigRequest {}).await?.into_inner()),
-            AdminCommand::Config { command: ConfigCommand::Set { key, value } } => {
-                config_json(&admin.set_config(pb::SetConfigRequest { request_id, key: key.clone(), value: value.clone() }).await?.into_inner())
-            }
-            AdminCommand::Node { command: NodeAdminCommand::Drain { node_id } } => {
-                let answer = admin.drain_node(pb::NodeAdminRequest { request_id, node_id: node_id.clone() }).await?.into_inner();
-                serde_json::json!({ "node_id": answer.node_id, "status": answer.status })
-            }
-            AdminCommand::Node { command: NodeAdminCommand::Remove { node_id } } => {
-                let answer = admin.remove_node(pb::NodeAdminRequest { request_id, node_id: node_id.clone() }).await?.into_inner();
-                serde_json::json!({ "node_id": answer.node_id, "status": answer.status })
-            }
-        })
-    }
-    .await;
-    match answer {
-        Ok(value) => Ok(Outcome::Done(value)),
-        Err(status) => refused(status),
-    }
 }
 
 #[cfg(test)]

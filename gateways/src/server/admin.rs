@@ -1,5 +1,6 @@
-//! AdminService: statistics, audited configuration, draining and removing nodes
-//! (operator only).
+//! AdminService: statistics, audited configuration, draining and removing nodes,
+//! suspending and reinstating merchants, revoking auditors and consumers' certificates,
+//! withdrawing media and changing prices (operator only; each change an audited event).
 
 use super::api::*;
 use engine::domain::voucher::VoucherStatus;
@@ -29,6 +30,38 @@ pub(super) fn node_status_name(status: engine::domain::party::NodeStatus) -> &'s
         engine::domain::party::NodeStatus::Active => "active",
         engine::domain::party::NodeStatus::Drained => "drained",
         engine::domain::party::NodeStatus::Removed => "removed",
+    }
+}
+
+fn merchant_status_name(status: engine::domain::party::MerchantStatus) -> &'static str {
+    match status {
+        engine::domain::party::MerchantStatus::Unknown => "unknown",
+        engine::domain::party::MerchantStatus::Active => "active",
+        engine::domain::party::MerchantStatus::Suspended => "suspended",
+    }
+}
+
+fn auditor_status_name(status: engine::domain::party::AuditorStatus) -> &'static str {
+    match status {
+        engine::domain::party::AuditorStatus::Unknown => "unknown",
+        engine::domain::party::AuditorStatus::Active => "active",
+        engine::domain::party::AuditorStatus::Revoked => "revoked",
+    }
+}
+
+fn media_answer(media: &MediaId, done: engine::app::Administered<engine::domain::catalog::Media>) -> pb::MediaAdminResponse {
+    use engine::domain::catalog::MediaStatus;
+    let status = match done.state.status {
+        MediaStatus::Unknown => "unknown",
+        MediaStatus::Published => "published",
+        MediaStatus::Withdrawn => "withdrawn",
+    };
+    pb::MediaAdminResponse {
+        media_id: media.0.clone(),
+        status: status.into(),
+        price_minor: done.state.price_minor,
+        currency: done.state.published.as_ref().map(|published| published.currency.clone()).unwrap_or_default(),
+        changed: done.changed,
     }
 }
 
@@ -139,6 +172,95 @@ impl pb::admin_service_server::AdminService for Api {
             let node = id("node_id", &message.node_id, NodeId)?;
             self.market().remove_node(&operator, &request_id, &node).await.map_err(fail)?;
             Ok(pb::NodeAdminResponse { node_id: node.0, status: "removed".into() })
+        }
+        .await;
+        self.answer(result)
+    }
+
+    async fn suspend_merchant(&self, request: Request<pb::MerchantAdminRequest>) -> Result<Response<pb::MerchantAdminResponse>, Status> {
+        let result = async {
+            let operator = Self::operator(&request)?;
+            let message = request.get_ref();
+            let request_id = request_id(&message.request_id)?;
+            let merchant = id("merchant_id", &message.merchant_id, MerchantId)?;
+            let done = self.market().suspend_merchant(&operator, &request_id, &merchant, &message.reason).await.map_err(fail)?;
+            Ok(pb::MerchantAdminResponse { merchant_id: merchant.0, status: merchant_status_name(done.state).into(), changed: done.changed })
+        }
+        .await;
+        self.answer(result)
+    }
+
+    async fn reinstate_merchant(&self, request: Request<pb::MerchantAdminRequest>) -> Result<Response<pb::MerchantAdminResponse>, Status> {
+        let result = async {
+            let operator = Self::operator(&request)?;
+            let message = request.get_ref();
+            let request_id = request_id(&message.request_id)?;
+            let merchant = id("merchant_id", &message.merchant_id, MerchantId)?;
+            let done = self.market().reinstate_merchant(&operator, &request_id, &merchant, &message.reason).await.map_err(fail)?;
+            Ok(pb::MerchantAdminResponse { merchant_id: merchant.0, status: merchant_status_name(done.state).into(), changed: done.changed })
+        }
+        .await;
+        self.answer(result)
+    }
+
+    async fn revoke_auditor(&self, request: Request<pb::AuditorAdminRequest>) -> Result<Response<pb::AuditorAdminResponse>, Status> {
+        let result = async {
+            let operator = Self::operator(&request)?;
+            let message = request.get_ref();
+            let request_id = request_id(&message.request_id)?;
+            let auditor = id("auditor_id", &message.auditor_id, AuditorId)?;
+            let done = self.market().revoke_auditor(&operator, &request_id, &auditor, &message.reason).await.map_err(fail)?;
+            Ok(pb::AuditorAdminResponse { auditor_id: auditor.0, status: auditor_status_name(done.state).into(), changed: done.changed })
+        }
+        .await;
+        self.answer(result)
+    }
+
+    async fn withdraw_media(&self, request: Request<pb::WithdrawMediaRequest>) -> Result<Response<pb::MediaAdminResponse>, Status> {
+        let result = async {
+            let operator = Self::operator(&request)?;
+            let message = request.get_ref();
+            let request_id = request_id(&message.request_id)?;
+            let media = id("media_id", &message.media_id, MediaId)?;
+            let done = self.market().withdraw_media(&operator, &request_id, &media, &message.reason).await.map_err(fail)?;
+            Ok(media_answer(&media, done))
+        }
+        .await;
+        self.answer(result)
+    }
+
+    async fn change_price(&self, request: Request<pb::ChangePriceRequest>) -> Result<Response<pb::MediaAdminResponse>, Status> {
+        let result = async {
+            let operator = Self::operator(&request)?;
+            let message = request.get_ref();
+            let request_id = request_id(&message.request_id)?;
+            let media = id("media_id", &message.media_id, MediaId)?;
+            let done = self.market().change_price(&operator, &request_id, &media, message.price_minor).await.map_err(fail)?;
+            Ok(media_answer(&media, done))
+        }
+        .await;
+        self.answer(result)
+    }
+
+    async fn revoke_certs(&self, request: Request<pb::RevokeCertsRequest>) -> Result<Response<pb::RevokeCertsResponse>, Status> {
+        let result = async {
+            let operator = Self::operator(&request)?;
+            let message = request.get_ref();
+            let request_id = request_id(&message.request_id)?;
+            let consumer = id("consumer_id", &message.consumer_id, ConsumerId)?;
+            // One serial, or every certificate when asked in so many words: never both, and
+            // a request that forgot the serial does not revoke them all.
+            let serial = match (message.cert_serial.as_str(), message.every_cert) {
+                ("", true) => None,
+                (serial, false) => Some(id("cert_serial", serial, CertSerial)?),
+                (_, true) => return Err(invalid("every_cert", "name a cert_serial or every_cert, not both")),
+            };
+            let done = self.market().revoke_certs(&operator, &request_id, &consumer, serial.as_ref(), &message.reason).await.map_err(fail)?;
+            Ok(pb::RevokeCertsResponse {
+                consumer_id: consumer.0,
+                cert_serials: done.state.into_iter().map(|serial| serial.0).collect(),
+                changed: done.changed,
+            })
         }
         .await;
         self.answer(result)

@@ -1,5 +1,7 @@
-//! Every RPC of the engine's six services, declared once for the tests that call them all
-//! (`grpc_bad_input.rs`, `grpc_fuzz.rs`): the `Rpc` enum, typed requests (`Req`) and their
+//! The RPCs of the engine's six services, declared once for the tests that call them all
+//! (`grpc_bad_input.rs`, `grpc_fuzz.rs`); not yet AdminService's administrative changes
+//! (SuspendMerchant … RevokeCerts), whose access and refusals `admin_reach.rs` checks
+//! (TODO: add them here, with their access rows and fuzz arms): the `Rpc` enum, typed requests (`Req`) and their
 //! dispatch through the generated clients, raw bodies no generated client would send, the
 //! credential metadata a call presents (`Meta`), and protobuf encoding helpers.
 

@@ -3,8 +3,8 @@
 use super::fixtures::{T0, check_invalid, consumer, merchant, node};
 use crate::domain::event::Event;
 use crate::domain::party::{
-    Auditor, AuditorCommand, AuditorStatus, CERTS_PER_CONSUMER_MAX, Certificate, Consumer, ConsumerCommand, Merchant, MerchantCommand, Node, NodeCommand,
-    SLOTS_MAX,
+    Auditor, AuditorCommand, AuditorStatus, CERTS_PER_CONSUMER_MAX, Certificate, Consumer, ConsumerCommand, Merchant, MerchantCommand, MerchantStatus, Node,
+    NodeCommand, SLOTS_MAX,
 };
 use crate::domain::testing::check;
 use crate::domain::voucher::CertCheck;
@@ -46,6 +46,29 @@ fn suspend_merchant_once() {
     check::<Merchant>(&[merchant_registered()], suspend(), T0, Ok(vec![suspended.clone()]));
     check::<Merchant>(&[merchant_registered(), suspended], suspend(), T0, Ok(vec![]));
     check::<Merchant>(&[], suspend(), T0, Err(Rejection::NotFound { kind: "merchant", id: String::new() }));
+}
+
+fn reinstate() -> MerchantCommand {
+    MerchantCommand::Reinstate { reason: "chargebacks settled".into() }
+}
+
+#[test]
+fn reinstate_lifts_a_suspension_once() {
+    let suspended = Event::MerchantSuspended { merchant_id: merchant(), reason: "chargebacks".into() };
+    let reinstated = Event::MerchantReinstated { merchant_id: merchant(), reason: "chargebacks settled".into() };
+    check::<Merchant>(&[merchant_registered(), suspended.clone()], reinstate(), T0, Ok(vec![reinstated.clone()]));
+    let active: Merchant = fold(&[merchant_registered(), suspended.clone(), reinstated.clone()]);
+    assert_eq!(active.status, MerchantStatus::Active);
+    // Negative control: before the reinstatement the merchant is suspended.
+    let still_suspended: Merchant = fold(&[merchant_registered(), suspended.clone()]);
+    assert_eq!(still_suspended.status, MerchantStatus::Suspended);
+    // Reinstating an active merchant changes nothing, as a second suspension does; it can
+    // be suspended again.
+    check::<Merchant>(&[merchant_registered()], reinstate(), T0, Ok(vec![]));
+    check::<Merchant>(&[merchant_registered(), suspended.clone(), reinstated.clone()], reinstate(), T0, Ok(vec![]));
+    check::<Merchant>(&[merchant_registered(), suspended.clone(), reinstated], suspend(), T0, Ok(vec![suspended.clone()]));
+    check::<Merchant>(&[], reinstate(), T0, Err(Rejection::NotFound { kind: "merchant", id: String::new() }));
+    check_invalid::<Merchant>(&[merchant_registered(), suspended], MerchantCommand::Reinstate { reason: " ".into() }, T0, "reason");
 }
 
 // ---------------------------------------------------------------- auditor
@@ -260,6 +283,16 @@ fn revoke_marks_the_certificate_once() {
     check::<Consumer>(&[certified("s1")], revoke("s1"), T0, Ok(vec![revoked("s1")]));
     check::<Consumer>(&[certified("s1"), revoked("s1")], revoke("s1"), T0, Ok(vec![]));
     check::<Consumer>(&[certified("s1")], revoke("s2"), T0, Err(Rejection::NotFound { kind: "certificate", id: "s2".into() }));
+}
+
+#[test]
+fn revoke_all_revokes_every_valid_certificate_once() {
+    let revoke_all = || ConsumerCommand::RevokeAll { reason: "key lost".into() };
+    check::<Consumer>(&[certified("s1"), certified("s2")], revoke_all(), T0, Ok(vec![revoked("s1"), revoked("s2")]));
+    check::<Consumer>(&[certified("s1"), certified("s2"), revoked("s1")], revoke_all(), T0, Ok(vec![revoked("s2")]));
+    check::<Consumer>(&[certified("s1"), revoked("s1")], revoke_all(), T0, Ok(vec![]));
+    check::<Consumer>(&[], revoke_all(), T0, Err(Rejection::NotFound { kind: "consumer", id: String::new() }));
+    check_invalid::<Consumer>(&[certified("s1")], ConsumerCommand::RevokeAll { reason: "".into() }, T0, "reason");
 }
 
 #[test]

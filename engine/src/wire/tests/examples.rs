@@ -20,7 +20,7 @@ use std::collections::BTreeSet;
 /// How many variants `Event` has. Adding a variant stops `variant_index` from compiling:
 /// give the new variant the next index, raise this count, add a hand-written example with
 /// its protobuf counterpart to `examples` and an arm to `arb_event`.
-pub(super) const VARIANT_COUNT: usize = 32;
+pub(super) const VARIANT_COUNT: usize = 33;
 
 /// The position of an event's variant, by a `match` with no wildcard arm, so that a new
 /// variant cannot be added without these tests being told about it.
@@ -58,6 +58,7 @@ pub(super) fn variant_index(event: &Event) -> usize {
         Event::AuditorRegistered { .. } => 29,
         Event::AuditorRevoked { .. } => 30,
         Event::AccessLapsed { .. } => 31,
+        Event::MerchantReinstated { .. } => 32,
     }
 }
 
@@ -203,6 +204,10 @@ pub(super) fn examples() -> Vec<(Event, E)> {
         (
             Event::MerchantSuspended { merchant_id: MerchantId::new("mer-1"), reason: "chargebacks".into() },
             E::MerchantSuspended(pb::MerchantSuspended { merchant_id: "mer-1".into(), reason: "chargebacks".into() }),
+        ),
+        (
+            Event::MerchantReinstated { merchant_id: MerchantId::new("mer-1"), reason: "chargebacks settled".into() },
+            E::MerchantReinstated(pb::MerchantReinstated { merchant_id: "mer-1".into(), reason: "chargebacks settled".into() }),
         ),
         (
             Event::AuditorRegistered { auditor_id: AuditorId::new("aud-1"), name: "Licensing Center".into(), credential_hash: hash(8) },

@@ -173,6 +173,7 @@ fn arb_event() -> BoxedStrategy<Event> {
         (id(MediaId), u64s()).prop_map(|(media_id, price_minor)| Event::PriceChanged { media_id, price_minor }),
         (id(MerchantId), text(), hash32()).prop_map(|(merchant_id, name, credential_hash)| Event::MerchantRegistered { merchant_id, name, credential_hash }),
         (id(MerchantId), text()).prop_map(|(merchant_id, reason)| Event::MerchantSuspended { merchant_id, reason }),
+        (id(MerchantId), text()).prop_map(|(merchant_id, reason)| Event::MerchantReinstated { merchant_id, reason }),
         (id(AuditorId), text(), hash32()).prop_map(|(auditor_id, name, credential_hash)| Event::AuditorRegistered { auditor_id, name, credential_hash }),
         (id(AuditorId), text()).prop_map(|(auditor_id, reason)| Event::AuditorRevoked { auditor_id, reason }),
         (id(VoucherId), id(NodeId)).prop_map(|(voucher_id, node_id)| Event::AccessLapsed { voucher_id, node_id }),

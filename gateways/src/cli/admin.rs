@@ -1,0 +1,239 @@
+//! `vouchsafe admin`: the operator's administration over AdminService (statistics,
+//! configuration, nodes, merchants, auditors, media, consumers' certificates), with the
+//! operator credential from `--keys DIR`. Every change is an audited event on the stream;
+//! `--json` prints the answer's object (CLI.md), a refusal exits 1.
+
+use super::{ConnectArgs, Outcome, fresh_request_id, refused};
+use crate::common::client;
+use crate::common::cred::Credential;
+use anyhow::Context;
+use proto::v1 as pb;
+use std::path::PathBuf;
+
+#[derive(clap::Subcommand, Debug)]
+pub enum AdminCommand {
+    /// Uptime, vouchers issued, per-node streams and cache figures, projection lag, events/s.
+    Stats,
+    /// Engine configuration (audited: a change is an event).
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Delivery nodes.
+    Node {
+        #[command(subcommand)]
+        command: NodeAdminCommand,
+    },
+    /// Merchants: suspend (it sells nothing) and reinstate.
+    Merchant {
+        #[command(subcommand)]
+        command: MerchantAdminCommand,
+    },
+    /// Auditors: revoke a read-only credential.
+    Auditor {
+        #[command(subcommand)]
+        command: AuditorAdminCommand,
+    },
+    /// Media: withdraw from sale, change the price.
+    Media {
+        #[command(subcommand)]
+        command: MediaAdminCommand,
+    },
+    /// Consumers' certificates: revoke (the consumer can no longer redeem with them).
+    Cert {
+        #[command(subcommand)]
+        command: CertAdminCommand,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Every key with its value, range and whether it was set.
+    Get,
+    /// Set one key (validated by the engine).
+    Set { key: String, value: String },
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum NodeAdminCommand {
+    /// No new work for the node; what it holds finishes.
+    Drain { node_id: String },
+    /// Remove the node for good: no new work, no redemptions.
+    Remove { node_id: String },
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum MerchantAdminCommand {
+    /// The merchant sells nothing until reinstated (MerchantSuspended).
+    Suspend {
+        merchant_id: String,
+        /// Why, as recorded in the event.
+        #[arg(long, default_value = "suspended by the operator")]
+        reason: String,
+    },
+    /// The merchant sells again (MerchantReinstated).
+    Reinstate {
+        merchant_id: String,
+        /// Why, as recorded in the event.
+        #[arg(long, default_value = "reinstated by the operator")]
+        reason: String,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum AuditorAdminCommand {
+    /// The auditor's credential no longer opens AuditService (AuditorRevoked).
+    Revoke {
+        auditor_id: String,
+        /// Why, as recorded in the event.
+        #[arg(long, default_value = "revoked by the operator")]
+        reason: String,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum MediaAdminCommand {
+    /// No new reservations of the media (MediaWithdrawn); what was sold stays deliverable.
+    Withdraw {
+        media_id: String,
+        /// Why, as recorded in the event.
+        #[arg(long, default_value = "withdrawn by the operator")]
+        reason: String,
+    },
+    /// The price, in minor units, for reservations from now on (PriceChanged).
+    Price {
+        media_id: String,
+        #[arg(value_name = "MINOR")]
+        price_minor: u64,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum CertAdminCommand {
+    /// Revoke the consumer's certificate --serial, or without it every certificate it
+    /// holds that is not revoked yet (CertRevoked each).
+    Revoke {
+        /// The consumer whose certificates are revoked.
+        #[arg(long = "consumer", value_name = "ID")]
+        consumer_id: String,
+        /// The one certificate to revoke; without it, every certificate not yet revoked.
+        #[arg(long = "serial", value_name = "S", value_parser = clap::builder::NonEmptyStringValueParser::new())]
+        cert_serial: Option<String>,
+        /// Why, as recorded in the event.
+        #[arg(long, default_value = "revoked by the operator")]
+        reason: String,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct AdminArgs {
+    #[command(subcommand)]
+    pub command: AdminCommand,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// The key directory holding operator.cred.
+    #[arg(long, global = true)]
+    pub keys: Option<PathBuf>,
+    /// Request id for a change (a fresh one when absent).
+    #[arg(long, global = true)]
+    pub request_id: Option<String>,
+    /// Print one JSON object on the last line of stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+fn config_json(config: &pb::ConfigResponse) -> serde_json::Value {
+    serde_json::json!({
+        "config": config.entries.iter().map(|e| serde_json::json!({ "key": e.key, "value": e.value, "min": e.min, "max": e.max, "set": e.set })).collect::<Vec<_>>(),
+    })
+}
+
+pub async fn admin(args: AdminArgs) -> anyhow::Result<Outcome> {
+    let keys = args.keys.as_ref().context("--keys DIR (holding operator.cred) is required")?;
+    let operator = Credential::load(&keys.join(crate::common::keys::OPERATOR_CRED))?;
+    let mut admin = client::admin(args.connect.channel().await?, operator);
+    let request_id = args.request_id.clone().unwrap_or_else(|| fresh_request_id("admin"));
+    let answer: Result<serde_json::Value, tonic::Status> = async {
+        Ok(match &args.command {
+            AdminCommand::Stats => {
+                let stats = admin.get_stats(pb::GetStatsRequest {}).await?.into_inner();
+                serde_json::json!({
+                    "uptime_s": stats.uptime_s,
+                    "vouchers_issued": stats.vouchers_issued,
+                    "nodes": stats.nodes.iter().map(|n| serde_json::json!({
+                        "node_id": n.node_id, "streams_max": n.streams_max, "streams_in_use": n.streams_in_use,
+                        "cache_items": n.cache_items, "cache_accesses": n.cache_accesses, "cache_misses": n.cache_misses,
+                        "healthy": n.healthy, "endpoint": n.endpoint, "status": n.status, "region": n.region,
+                    })).collect::<Vec<_>>(),
+                    "projection_lag": stats.projection_lag,
+                    "events_per_s": stats.events_per_s,
+                    "stream_events": stats.stream_events,
+                    "royalty_entries": stats.royalty_entries,
+                    "seals": stats.seals,
+                    "vouchers_pending": stats.vouchers_pending,
+                    "vouchers_delivered": stats.vouchers_delivered,
+                })
+            }
+            AdminCommand::Config { command: ConfigCommand::Get } => config_json(&admin.get_config(pb::GetConfigRequest {}).await?.into_inner()),
+            AdminCommand::Config { command: ConfigCommand::Set { key, value } } => {
+                config_json(&admin.set_config(pb::SetConfigRequest { request_id, key: key.clone(), value: value.clone() }).await?.into_inner())
+            }
+            AdminCommand::Node { command: NodeAdminCommand::Drain { node_id } } => {
+                let answer = admin.drain_node(pb::NodeAdminRequest { request_id, node_id: node_id.clone() }).await?.into_inner();
+                serde_json::json!({ "node_id": answer.node_id, "status": answer.status })
+            }
+            AdminCommand::Node { command: NodeAdminCommand::Remove { node_id } } => {
+                let answer = admin.remove_node(pb::NodeAdminRequest { request_id, node_id: node_id.clone() }).await?.into_inner();
+                serde_json::json!({ "node_id": answer.node_id, "status": answer.status })
+            }
+            AdminCommand::Merchant { command } => {
+                let (merchant_id, reason) = match command {
+                    MerchantAdminCommand::Suspend { merchant_id, reason } | MerchantAdminCommand::Reinstate { merchant_id, reason } => (merchant_id, reason),
+                };
+                let message = pb::MerchantAdminRequest { request_id, merchant_id: merchant_id.clone(), reason: reason.clone() };
+                let answer = match command {
+                    MerchantAdminCommand::Suspend { .. } => admin.suspend_merchant(message).await?,
+                    MerchantAdminCommand::Reinstate { .. } => admin.reinstate_merchant(message).await?,
+                }
+                .into_inner();
+                serde_json::json!({ "merchant_id": answer.merchant_id, "status": answer.status, "changed": answer.changed })
+            }
+            AdminCommand::Auditor { command: AuditorAdminCommand::Revoke { auditor_id, reason } } => {
+                let message = pb::AuditorAdminRequest { request_id, auditor_id: auditor_id.clone(), reason: reason.clone() };
+                let answer = admin.revoke_auditor(message).await?.into_inner();
+                serde_json::json!({ "auditor_id": answer.auditor_id, "status": answer.status, "changed": answer.changed })
+            }
+            AdminCommand::Media { command } => {
+                let answer = match command {
+                    MediaAdminCommand::Withdraw { media_id, reason } => {
+                        admin.withdraw_media(pb::WithdrawMediaRequest { request_id, media_id: media_id.clone(), reason: reason.clone() }).await?
+                    }
+                    MediaAdminCommand::Price { media_id, price_minor } => {
+                        admin.change_price(pb::ChangePriceRequest { request_id, media_id: media_id.clone(), price_minor: *price_minor }).await?
+                    }
+                }
+                .into_inner();
+                serde_json::json!({
+                    "media_id": answer.media_id, "status": answer.status, "price_minor": answer.price_minor,
+                    "currency": answer.currency, "changed": answer.changed,
+                })
+            }
+            AdminCommand::Cert { command: CertAdminCommand::Revoke { consumer_id, cert_serial, reason } } => {
+                let message = pb::RevokeCertsRequest {
+                    request_id,
+                    consumer_id: consumer_id.clone(),
+                    cert_serial: cert_serial.clone().unwrap_or_default(),
+                    reason: reason.clone(),
+                    every_cert: cert_serial.is_none(),
+                };
+                let answer = admin.revoke_certs(message).await?.into_inner();
+                serde_json::json!({ "consumer_id": answer.consumer_id, "cert_serials": answer.cert_serials, "changed": answer.changed })
+            }
+        })
+    }
+    .await;
+    match answer {
+        Ok(value) => Ok(Outcome::Done(value)),
+        Err(status) => refused(status),
+    }
+}
