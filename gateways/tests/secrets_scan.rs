@@ -2,7 +2,8 @@
 //! run (the binary, so its log output is captured), every secret the run produced that the
 //! test can recompute is searched for, raw, hex and base64, in every stream payload, every
 //! file under the data dir except the key directory, and everything the run printed. A
-//! planted secret is found (negative control).
+//! planted secret is found (negative control), and a public id the run wrote is found in
+//! each kind of place searched (the scan read them).
 //!
 //! Recomputed secrets: the engine's private key (PKCS#8 DER), the royalty master key, each
 //! epoch's A_0 and every entry key K_j, the token key, every voucher's receipt and auth
@@ -177,5 +178,31 @@ async fn no_secret_reaches_the_stream_the_files_or_the_logs() {
     ] {
         let found = hits(&secrets, &[("planted".into(), planted)]);
         assert!(found.iter().any(|(hit, _)| *hit == name), "the planted {name} was not found");
+    }
+
+    // Control of the scan's reach: a public value the run wrote (a delivered voucher's id)
+    // is found, by the same matcher over the same haystacks, in each kind of place searched,
+    // so each was collected and read, not only named.
+    let delivered = stored
+        .iter()
+        .find_map(|e| match engine::wire::decode(&e.payload).expect("decode").event {
+            Event::Delivered { voucher_id, .. } => Some(voucher_id.0),
+            _ => None,
+        })
+        .expect("a delivery");
+    let public = [(format!("voucher id {delivered}"), delivered.as_bytes().to_vec())];
+    let found: Vec<String> = hits(&public, &haystacks).into_iter().map(|(_, place)| place).collect();
+    let under = |dir: &str| data_dir.join(dir).display().to_string();
+    for (kind, place) in [
+        ("the stream", "stream seq ".to_string()),
+        ("the event log's files", under("log")),
+        ("the projection store's files", under("projections")),
+        ("the players' copies", under("players")),
+        ("what the run printed", "stderr".to_string()),
+    ] {
+        assert!(
+            found.iter().any(|hit| hit.starts_with(&place)),
+            "{delivered} was not found in {kind} ({place}…): the scan did not read it; found in {found:?}"
+        );
     }
 }
