@@ -6,7 +6,9 @@
 //! stream lost and skipping what replaced it, and the live projections must then rebuild
 //! from sequence 1. Losing a tail on demand is not something a server does, so these tests
 //! delete the stream and re-create it with a shorter or different history, which is the
-//! same situation for a reader; a plain restart that loses nothing is the negative control.
+//! same situation for a reader. Controls: the protection off (a follower without the
+//! resume check mixes the two histories silently), and a plain restart that loses nothing
+//! (no divergence reported).
 
 mod common;
 
@@ -94,6 +96,39 @@ async fn a_follower_reports_a_stream_that_lost_what_it_delivered() {
     drop(server);
 }
 
+/// The protection off: a follower without the resume check goes on from where it was
+/// after the stream lost its tail and new appends took those sequences. It has yielded the
+/// lost events 4 and 5, never yields the ones that replaced them, and carries on with the
+/// new history's 6 as if nothing happened: what the check above reports as Diverged.
+#[tokio::test]
+async fn without_the_resume_check_a_follower_mixes_two_histories_silently() {
+    let server = replay_tests::NatsServer::start().unwrap_or_else(|error| panic!("{error}"));
+    let url = server.url();
+    let log = JetStreamLog::connect(&url, STREAM).await.expect("connect");
+    for n in 1..=5 {
+        append(&log, &format!("vs.t.e{n}"), &format!("first history {n}")).await;
+    }
+    let mut follow = log.follow_unchecked(Seq(1));
+    for n in 1..=5 {
+        assert_eq!(next(&mut follow).await.expect("reads").seq, Seq(n));
+    }
+    let shorter = recreate(&url).await;
+    for n in 1..=3 {
+        append(&shorter, &format!("vs.t.e{n}"), &format!("first history {n}")).await;
+    }
+    for n in 4..=6 {
+        append(&shorter, &format!("vs.t.e{n}"), &format!("second history {n}")).await;
+    }
+    let event = next(&mut follow).await.expect("no divergence is reported with the check off");
+    assert_eq!(
+        (event.seq, event.payload.as_ref()),
+        (Seq(6), b"second history 6".as_slice()),
+        "the unchecked follower skipped the events that replaced the lost tail"
+    );
+    drop(server);
+}
+
+/// Negative control of the check itself: a restart that lost nothing is no divergence.
 #[tokio::test]
 async fn a_follower_goes_on_across_a_restart_that_lost_nothing() {
     let mut server = replay_tests::NatsServer::start().unwrap_or_else(|error| panic!("{error}"));

@@ -57,6 +57,9 @@ pub(super) struct Follower {
     /// Consecutive recreations for a gap at `next`.
     gaps: u32,
     finished: bool,
+    /// Whether a (re)start checks that the last event yielded is still there (`check_last`);
+    /// off only in `JetStreamLog::follow_unchecked`, the protection-off control of tests.
+    check_resume: bool,
 }
 
 impl Follower {
@@ -74,7 +77,14 @@ impl Follower {
             failures: 0,
             gaps: 0,
             finished: false,
+            check_resume: true,
         }
+    }
+
+    /// The same follower without its resume check (`check_resume`).
+    #[cfg(any(test, feature = "test-util"))]
+    pub(super) fn unchecked(self) -> Follower {
+        Follower { check_resume: false, ..self }
     }
 
     pub(super) async fn next_event(mut self) -> Option<(Result<StoredEvent, ReadError>, Follower)> {
@@ -194,7 +204,7 @@ impl Follower {
     /// Whether the last event yielded is still in the stream at its sequence, byte for
     /// byte (struct docs); nothing to check before the first.
     async fn check_last(&self) -> Result<(), CheckFailed> {
-        let Some((seq, subject, payload)) = &self.last else { return Ok(()) };
+        let Some((seq, subject, payload)) = self.last.as_ref().filter(|_| self.check_resume) else { return Ok(()) };
         let seq = *seq;
         let diverged = |reason: String| CheckFailed::Diverged(ReadError::Diverged { seq: Seq(seq), reason });
         match self.stream.get_raw_message(seq).await {

@@ -275,6 +275,17 @@ impl EventLog for JetStreamLog {
     }
 }
 
+impl JetStreamLog {
+    /// `follow` with its resume check switched off: after a stream lost a tail, it goes on
+    /// from where it was, silently mixing two histories. Only for the protection-off
+    /// control of the tests that show the check (`stream_went_back.rs`).
+    #[cfg(any(test, feature = "test-util"))]
+    pub fn follow_unchecked(&self, from: Seq) -> BoxStream<'static, Result<StoredEvent, ReadError>> {
+        let follower = Follower::new(self.events.clone(), self.context.client().statistics(), None, from.0).unchecked();
+        futures::stream::unfold(follower, Follower::next_event).boxed()
+    }
+}
+
 /// Attempts of one `read_from` while the stream is unavailable.
 const READ_ATTEMPTS_MAX: u32 = 6;
 /// The first wait between those attempts (doubled each time).
