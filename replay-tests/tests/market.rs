@@ -253,6 +253,16 @@ async fn a_redemption_needs_the_receipt_and_the_assigned_node() {
     assert_eq!(rejection(refused), Rejection::BadProof);
     assert_eq!(stream_len(&f.log).await, len, "a refused redemption writes nothing");
 
+    // Another registered node, with a valid proof made for it or for the assigned node.
+    let other = NodeId(f.market.register_node("op", &req("node-2"), "eu", 8).await.expect("a second node").0.id);
+    let len = stream_len(&f.log).await;
+    for (what, proof_node) in [("made for it", &other), ("made for the assigned node", &f.node)] {
+        let proof = crypto::receipt_proof(&receipt, &voucher.0, &proof_node.0, &challenge, &alice);
+        let refused = f.market.redeem(&other, &req("d-other"), &voucher, &consumer, &cert.serial, &challenge, &proof).await.expect_err("not its voucher");
+        assert_eq!(rejection(refused), Rejection::NotYourAssignment, "another node redeems with a proof {what}");
+        assert_eq!(stream_len(&f.log).await, len, "another node's redemption writes nothing");
+    }
+
     let proof = crypto::receipt_proof(&receipt, &voucher.0, &f.node.0, &challenge, &alice);
     let answer = f.market.redeem(&f.node, &req("d2"), &voucher, &consumer, &cert.serial, &challenge, &proof).await.expect("redeem");
     assert_eq!(answer.keys.len(), 1);
