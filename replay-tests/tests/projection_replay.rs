@@ -187,8 +187,9 @@ fn live_projections_equal_a_rebuild_from_sequence_one() {
             w.live.caught_up(w.log.last_seq().await.expect("seq")).await;
             let live_digest = w.live.read(|p| p.digest());
             prop_assert_eq!(live_digest, rebuilt_digest(&w).await);
+            let stored = w.log.read_from(Seq(1), usize::MAX).await.expect("read");
             let mut reached = reached.lock().expect("coverage");
-            for stored in w.log.read_from(Seq(1), usize::MAX).await.expect("read") {
+            for stored in stored {
                 *reached.entry(engine::wire::decode(&stored.payload).expect("decode").event.name()).or_default() += 1;
             }
             Ok(())
