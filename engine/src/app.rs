@@ -701,11 +701,21 @@ impl Market {
         let preview = preview_id_for(merchant, request);
         let existing = self.handler.load::<Preview>(&preview.0).await?;
         let media = self.media(media_id).await?;
+        let grace_ms = self.configured("preview.grace_ms").await?.unwrap_or(crate::domain::preview::PREVIEW_GRACE_MS);
         let (node, held) = match &existing.state.node {
             Some(node) => (node.clone(), false),
-            None => (self.allocator.choose(region, &preview.0).ok_or(Rejection::NoNodeAvailable)?, true),
+            None => match self.allocator.choose_preview(region, &preview.0, merchant) {
+                Some(node) => (node, true),
+                None => {
+                    // Tell a full market from this merchant's preview quota: would a sale's
+                    // choice (held, then given back at once) find a node?
+                    let quota = self.allocator.choose(region, &preview.0).is_some();
+                    self.allocator.cancel(&preview.0);
+                    return Err(if quota { Rejection::PreviewQuotaReached } else { Rejection::NoNodeAvailable }.into());
+                }
+            },
         };
-        let command = PreviewCommand::Start { preview: preview.clone(), merchant: merchant.clone(), media_id: media_id.clone(), media, node };
+        let command = PreviewCommand::Start { preview: preview.clone(), merchant: merchant.clone(), media_id: media_id.clone(), media, node, grace_ms };
         let result = self.handler.handle::<Preview>(&preview.0, &actor(ActorKind::Merchant, &merchant.0), request, &command).await;
         if held && result.as_ref().map_or(true, |handled| handled.appended.is_empty()) {
             self.allocator.cancel(&preview.0);
@@ -981,6 +991,22 @@ impl Market {
         for voucher_id in due {
             let request = RequestId(format!("lapse-{}-{}", voucher_id.0, self.voucher_of(voucher_id).await?.version));
             match self.handler.handle::<Voucher>(&voucher_id.0, &Actor::engine(), &request, &VoucherCommand::LapseAccess).await {
+                Ok(handled) if !handled.appended.is_empty() => lapsed += 1,
+                Ok(_) | Err(HandleError::Rejected(_)) => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Ok(lapsed)
+    }
+
+    /// Ends started previews whose node never reported them within the clip and its grace
+    /// (`PreviewCommand::Lapse`, at the engine clock): their slots come back. Previews no
+    /// longer due (ended meanwhile) are skipped. How many it ended.
+    pub async fn lapse_previews(&self, due: &[PreviewId]) -> Result<usize, AppError> {
+        let mut lapsed = 0;
+        for preview in due {
+            let request = RequestId(format!("lapse-{}", preview.0));
+            match self.handler.handle::<Preview>(&preview.0, &Actor::engine(), &request, &PreviewCommand::Lapse).await {
                 Ok(handled) if !handled.appended.is_empty() => lapsed += 1,
                 Ok(_) | Err(HandleError::Rejected(_)) => {}
                 Err(error) => return Err(error.into()),

@@ -12,7 +12,7 @@
 //! decision to issue (the voucher aggregate, which records the chosen node).
 
 use crate::clock::Clock;
-use crate::ids::NodeId;
+use crate::ids::{MerchantId, NodeId};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -29,6 +29,14 @@ pub const HEARTBEAT_STALE_MS: u64 = 30_000;
 /// node's slots; `cancel` gives the slot back when the command did not append.
 pub trait Allocator: Send + Sync + 'static {
     fn choose(&self, region: Option<&str>, holder: &str) -> Option<NodeId>;
+    /// As `choose`, for a preview of `merchant`: the engine's allocators also keep each
+    /// merchant's previews on a node within its quota (the allocation projection's
+    /// `preview_quota`), so free previews cannot starve sales. Test doubles without a
+    /// quota choose as for a sale.
+    fn choose_preview(&self, region: Option<&str>, holder: &str, merchant: &MerchantId) -> Option<NodeId> {
+        let _ = merchant;
+        self.choose(region, holder)
+    }
     fn cancel(&self, holder: &str);
 }
 
@@ -36,6 +44,8 @@ pub trait Allocator: Send + Sync + 'static {
 /// the nodes `eligible` accepts, held for `holder` (see `Allocator`).
 pub trait SlotChooser: Send + Sync + 'static {
     fn choose_where(&self, region: Option<&str>, holder: &str, eligible: &dyn Fn(&NodeId) -> bool) -> Option<NodeId>;
+    /// As `choose_where`, for a preview of `merchant`, within its quota on each node.
+    fn choose_preview_where(&self, region: Option<&str>, holder: &str, merchant: &MerchantId, eligible: &dyn Fn(&NodeId) -> bool) -> Option<NodeId>;
     fn cancel(&self, holder: &str);
 }
 
@@ -135,6 +145,10 @@ impl Allocator for HealthyAllocator {
         self.slots.choose_where(region, holder, &|node| self.health.healthy(node))
     }
 
+    fn choose_preview(&self, region: Option<&str>, holder: &str, merchant: &MerchantId) -> Option<NodeId> {
+        self.slots.choose_preview_where(region, holder, merchant, &|node| self.health.healthy(node))
+    }
+
     fn cancel(&self, holder: &str) {
         self.slots.cancel(holder);
     }
@@ -151,6 +165,9 @@ mod tests {
     impl SlotChooser for FirstEligible {
         fn choose_where(&self, _region: Option<&str>, _holder: &str, eligible: &dyn Fn(&NodeId) -> bool) -> Option<NodeId> {
             self.0.iter().find(|node| eligible(node)).cloned()
+        }
+        fn choose_preview_where(&self, region: Option<&str>, holder: &str, _merchant: &MerchantId, eligible: &dyn Fn(&NodeId) -> bool) -> Option<NodeId> {
+            self.choose_where(region, holder, eligible)
         }
         fn cancel(&self, _holder: &str) {}
     }

@@ -420,12 +420,13 @@ fn event_to_pb(event: &Event) -> E {
             size_bytes: *size_bytes,
             voucher_complete: *voucher_complete,
         }),
-        Event::PreviewStarted { preview_id, media_id, node_id, merchant_id, clip_ms } => E::PreviewStarted(pb::PreviewStarted {
+        Event::PreviewStarted { preview_id, media_id, node_id, merchant_id, clip_ms, lapses_at } => E::PreviewStarted(pb::PreviewStarted {
             preview_id: preview_id.0.clone(),
             media_id: media_id.0.clone(),
             node_id: node_id.0.clone(),
             merchant_id: merchant_id.0.clone(),
             clip_ms: *clip_ms,
+            lapses_at_ms: lapses_at.0,
         }),
         Event::PreviewEnded { preview_id, played_ms, media_id, node_id } => E::PreviewEnded(pb::PreviewEnded {
             preview_id: preview_id.0.clone(),
@@ -587,6 +588,7 @@ fn event_of_pb(event: E) -> Result<Event, DecodeError> {
             node_id: NodeId(e.node_id),
             merchant_id: MerchantId(e.merchant_id),
             clip_ms: e.clip_ms,
+            lapses_at: Millis(e.lapses_at_ms),
         },
         E::PreviewEnded(e) => {
             Event::PreviewEnded { preview_id: PreviewId(e.preview_id), played_ms: e.played_ms, media_id: MediaId(e.media_id), node_id: NodeId(e.node_id) }

@@ -475,7 +475,7 @@ async fn slots_of_unused_access_windows_come_back_and_the_voucher_is_issued_anew
     while lapsed < sales.len() {
         assert!(std::time::Instant::now() < deadline, "only {lapsed} windows lapsed");
         state.live.caught_up(engine::ids::Seq(fixture.head().await)).await;
-        lapsed += server::lapse_once(&state.live, &state.market, 100).await.expect("lapse");
+        lapsed += server::lapse_once(&state.live, &state.market, 100).await.expect("lapse").0;
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     state.live.caught_up(engine::ids::Seq(fixture.head().await)).await;
@@ -491,6 +491,80 @@ async fn slots_of_unused_access_windows_come_back_and_the_voucher_is_issued_anew
         .expect("issued anew")
         .into_inner();
     assert_ne!(reissued.access_token, sales[0].access_token, "a new access window, a new token");
+    node.shutdown().await;
+    fixture.engine.shutdown().await.expect("shutdown");
+}
+
+/// The preview starvation tried by hand: four previews nobody played on a 4-slot node made
+/// another merchant's purchase fail, and a restart did not help. Now each merchant's
+/// previews hold at most its quota of a node (a quarter), and a preview its node never
+/// reports ends after its clip and `preview.grace_ms`: the sweeper gives the slot back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_merchants_unplayed_previews_neither_starve_sales_nor_keep_their_slots() {
+    let (mut fixture, node) = start().await;
+    let operator = Credential::load(&fixture.dir.path().join("keys/operator.cred")).expect("operator");
+    let mut admin = client::admin(fixture.channel.clone(), operator);
+    admin.set_config(pb::SetConfigRequest { request_id: "grace".into(), key: "preview.grace_ms".into(), value: "1000".into() }).await.expect("short grace");
+    // A half-second clip, so the window is 1.5 s.
+    let upload = Upload {
+        title: "Jingle".into(),
+        artist: "Artist".into(),
+        authors: vec!["Author".into()],
+        length_ms: 500,
+        price_minor: 99,
+        currency: "EUR".into(),
+        terms: client::standard_terms("label-1"),
+        content: vec![7; 2_000],
+        preview_clip: vec![1; 100],
+        image_descriptor: String::new(),
+    };
+    let jingle = client::publish(&mut fixture.catalog, "pub-jingle", &fixture.engine_public, upload).await.expect("publish").media_id;
+    let preview = |request_id: &str| pb::PreviewRequest { request_id: request_id.into(), media_id: jingle.clone(), region: String::new() };
+
+    // The shop's previews: one of the node's four slots, then refused, writing nothing.
+    let first = fixture.merchant.preview(preview("free-0")).await.expect("the shop's first preview").into_inner();
+    let head = fixture.head().await;
+    for i in 1..4 {
+        let refused = fixture.merchant.preview(preview(&format!("free-{i}"))).await.expect_err("over the shop's quota");
+        assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+        assert!(refused.message().contains("previews already hold their share"), "{refused:?}");
+    }
+    assert_eq!(fixture.head().await, head, "refused previews write nothing");
+    // Another merchant sells on the same node (and has its own preview quota there).
+    let other = client::credential_of(
+        fixture.catalog.register_merchant(pb::RegisterMerchantRequest { request_id: "m-2".into(), name: "Other".into() }).await.expect("merchant").into_inner(),
+    )
+    .expect("cred");
+    let mut other = client::merchant(fixture.channel.clone(), other);
+    let sale = client::buy(&mut other, "other-1", std::slice::from_ref(&fixture.media_id), None).await.expect("the other merchant's sale");
+    assert_eq!(sale.node_id, first.node_id, "on the node the shop's previews wanted");
+    other.preview(preview("other-free-0")).await.expect("the other merchant's own preview");
+
+    // Nobody plays the previews: past clip and grace the sweeper ends them (polled).
+    let state = &fixture.engine.state;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut ended = 0;
+    while ended < 2 {
+        assert!(std::time::Instant::now() < deadline, "only {ended} previews ended");
+        state.live.caught_up(engine::ids::Seq(fixture.head().await)).await;
+        ended += server::lapse_once(&state.live, &state.market, 100).await.expect("lapse").1;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    state.live.caught_up(engine::ids::Seq(fixture.head().await)).await;
+    assert_eq!(state.live.read(|p| p.allocation.nodes.values().map(|n| n.in_use).sum::<u32>()), 1, "only the sale's slot is in use");
+    // Recorded as ended with nothing played, by the engine; the node's late report is refused.
+    let events = fixture.log.read_subject(&format!("vs.preview.{}", first.preview_id)).await.expect("read");
+    let last = engine::wire::decode(&events.last().expect("events").payload).expect("decode");
+    assert!(matches!(last.event, engine::domain::Event::PreviewEnded { played_ms: 0, .. }), "{:?}", last.event);
+    assert_eq!(last.command, "LapsePreview");
+    let mut delivery = client::delivery(fixture.channel.clone(), fixture.node_cred.clone());
+    let late = delivery
+        .end_preview(pb::EndPreviewRequest { request_id: "late-end".into(), preview_id: first.preview_id.clone(), played_ms: 400 })
+        .await
+        .expect_err("ended");
+    assert_eq!(late.code(), Code::FailedPrecondition, "{late:?}");
+    // The shop's quota is free again.
+    fixture.merchant.preview(preview("free-again")).await.expect("the shop previews again");
     node.shutdown().await;
     fixture.engine.shutdown().await.expect("shutdown");
 }

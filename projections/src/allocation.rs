@@ -12,7 +12,7 @@
 
 use crate::rows::{Rows, Touched};
 use engine::domain::event::Event;
-use engine::ids::{NodeId, PreviewId};
+use engine::ids::{MerchantId, Millis, NodeId, PreviewId};
 use format::{ReleasedRows, SlotRows};
 use std::collections::BTreeMap;
 
@@ -26,17 +26,34 @@ pub struct NodeSlots {
     pub active: bool,
 }
 
+/// A started preview holding a slot: its node, its merchant (for the merchant's preview
+/// quota on the node) and when the sweeper may end it unreported.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PreviewSlot {
+    pub node: NodeId,
+    pub merchant: MerchantId,
+    pub lapses_at: Millis,
+}
+
+/// The share of a node's slots one merchant's previews may hold: a quarter, at least one.
+/// Free previews of one merchant then cannot starve the node's sales (or other merchants'
+/// previews).
+pub fn preview_quota(slots_max: u32) -> u32 {
+    (slots_max / 4).max(1)
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Allocation {
     pub nodes: BTreeMap<NodeId, NodeSlots>,
     /// Vouchers holding a slot, by node.
     pub(crate) vouchers: Rows<SlotRows>,
-    pub(crate) previews: BTreeMap<PreviewId, NodeId>,
+    pub(crate) previews: BTreeMap<PreviewId, PreviewSlot>,
     /// Vouchers whose slot came back (complete delivery).
     pub(crate) released: Rows<ReleasedRows>,
     /// Slots chosen but whose event this projection has not applied yet, by holder
-    /// (voucher or preview id). Not derived from the stream, so not in the digest.
-    tentative: BTreeMap<String, NodeId>,
+    /// (voucher or preview id), with the merchant of a preview. Not derived from the
+    /// stream, so not in the digest.
+    tentative: BTreeMap<String, (NodeId, Option<MerchantId>)>,
     /// What changed since the projection store last committed this allocation.
     pub(crate) touched_nodes: Touched<NodeId>,
     pub(crate) touched_previews: Touched<PreviewId>,
@@ -90,15 +107,15 @@ impl Allocation {
                     self.released.insert(voucher_id.clone(), ());
                 }
             }
-            Event::PreviewStarted { preview_id, node_id, .. } => {
+            Event::PreviewStarted { preview_id, node_id, merchant_id, lapses_at, .. } => {
                 self.tentative.remove(preview_id.as_str());
                 self.take(node_id);
-                self.previews.insert(preview_id.clone(), node_id.clone());
+                self.previews.insert(preview_id.clone(), PreviewSlot { node: node_id.clone(), merchant: merchant_id.clone(), lapses_at: *lapses_at });
                 self.touched_previews.touch(preview_id);
             }
             Event::PreviewEnded { preview_id, .. } => {
-                if let Some(node_id) = self.previews.remove(preview_id) {
-                    self.give_back(&node_id);
+                if let Some(slot) = self.previews.remove(preview_id) {
+                    self.give_back(&slot.node);
                     self.touched_previews.touch(preview_id);
                 }
             }
@@ -122,7 +139,12 @@ impl Allocation {
 
     /// An allocation from its persisted parts, with no tentative holds (they are not
     /// derived from the stream, so a restarted process starts without any).
-    fn from_parts(nodes: BTreeMap<NodeId, NodeSlots>, vouchers: Rows<SlotRows>, previews: BTreeMap<PreviewId, NodeId>, released: Rows<ReleasedRows>) -> Self {
+    fn from_parts(
+        nodes: BTreeMap<NodeId, NodeSlots>,
+        vouchers: Rows<SlotRows>,
+        previews: BTreeMap<PreviewId, PreviewSlot>,
+        released: Rows<ReleasedRows>,
+    ) -> Self {
         Allocation { nodes, vouchers, previews, released, ..Allocation::default() }
     }
 
@@ -136,8 +158,29 @@ impl Allocation {
 
     /// Slots of `node_id` in use or held tentatively.
     fn load(&self, node_id: &NodeId, node: &NodeSlots) -> u32 {
-        let held = self.tentative.values().filter(|holder_node| *holder_node == node_id).count();
+        let held = self.tentative.values().filter(|(holder_node, _)| holder_node == node_id).count();
         node.in_use.saturating_add(u32::try_from(held).unwrap_or(u32::MAX))
+    }
+
+    /// Slots of `node_id` that `merchant`'s previews hold, started or held tentatively.
+    pub fn previews_of(&self, node_id: &NodeId, merchant: &MerchantId) -> u32 {
+        let started = self.previews.values().filter(|slot| slot.node == *node_id && slot.merchant == *merchant).count();
+        let held = self.tentative.values().filter(|(node, holder)| node == node_id && holder.as_ref() == Some(merchant)).count();
+        u32::try_from(started + held).unwrap_or(u32::MAX)
+    }
+
+    /// Whether `merchant` may start one more preview on `node_id` (`preview_quota`).
+    pub fn preview_room(&self, node_id: &NodeId, merchant: &MerchantId) -> bool {
+        self.nodes.get(node_id).is_some_and(|node| self.previews_of(node_id, merchant) < preview_quota(node.slots_max))
+    }
+
+    /// Started previews whose window ended before `now` (`PreviewSlot::lapses_at`), with
+    /// their nodes: the sweeper ends each and its slot comes back. A scan of the previews
+    /// holding slots (at most the slots of all nodes).
+    pub fn due_preview_lapses(&self, now: Millis, limit: usize) -> Vec<PreviewId> {
+        let mut due: Vec<(Millis, &PreviewId)> = self.previews.iter().filter(|(_, slot)| slot.lapses_at < now).map(|(id, slot)| (slot.lapses_at, id)).collect();
+        due.sort();
+        due.into_iter().take(limit).map(|(_, id)| id.clone()).collect()
     }
 
     /// Chooses a node (as `choose`) and holds one of its slots for `holder` until the
@@ -149,11 +192,22 @@ impl Allocation {
     /// As `choose_and_hold`, among the nodes `eligible` accepts (the engine's health view:
     /// nodes that announced themselves and sent a recent heartbeat).
     pub fn choose_and_hold_where(&mut self, region: Option<&str>, holder: &str, eligible: &dyn Fn(&NodeId) -> bool) -> Option<NodeId> {
-        if let Some(node) = self.tentative.get(holder) {
+        if let Some((node, _)) = self.tentative.get(holder) {
             return Some(node.clone());
         }
         let node = self.choose_where(region, eligible)?;
-        self.tentative.insert(holder.to_string(), node.clone());
+        self.tentative.insert(holder.to_string(), (node.clone(), None));
+        Some(node)
+    }
+
+    /// As `choose_and_hold_where`, for a preview of `merchant`: only nodes where the
+    /// merchant's previews hold less than its quota (`preview_quota`).
+    pub fn choose_preview_where(&mut self, region: Option<&str>, holder: &str, merchant: &MerchantId, eligible: &dyn Fn(&NodeId) -> bool) -> Option<NodeId> {
+        if let Some((node, _)) = self.tentative.get(holder) {
+            return Some(node.clone());
+        }
+        let node = self.choose_where(region, &|node| eligible(node) && self.preview_room(node, merchant))?;
+        self.tentative.insert(holder.to_string(), (node.clone(), Some(merchant.clone())));
         Some(node)
     }
 
@@ -210,6 +264,59 @@ mod tests {
             rendition: "high".into(),
             access_expires_at: Millis(0),
         }
+    }
+
+    fn preview(id: &str, node: &str, merchant: &str, lapses_at: i64) -> Event {
+        Event::PreviewStarted {
+            preview_id: PreviewId::new(id),
+            media_id: MediaId::new("md"),
+            node_id: NodeId::new(node),
+            merchant_id: MerchantId::new(merchant),
+            clip_ms: 30_000,
+            lapses_at: Millis(lapses_at),
+        }
+    }
+
+    /// The starvation tried by hand: one merchant's free previews filled a 4-slot node and
+    /// another merchant's purchase found no slot. With the quota a merchant holds a quarter
+    /// of the node; the protection off (previews chosen as sales are) shows the attack.
+    #[test]
+    fn one_merchants_previews_cannot_fill_a_node() {
+        let mut allocation = Allocation::default();
+        allocation.apply(&register("a", "eu", 4));
+        let (shop, other) = (MerchantId::new("shop"), MerchantId::new("other"));
+        assert_eq!(allocation.choose_preview_where(None, "p1", &shop, &|_| true), Some(NodeId::new("a")));
+        assert_eq!(allocation.choose_preview_where(None, "p2", &shop, &|_| true), None, "a tentative preview counts against the quota");
+        allocation.apply(&preview("p1", "a", "shop", 100));
+        assert_eq!(allocation.choose_preview_where(None, "p2", &shop, &|_| true), None, "one of four slots is the shop's quota");
+        assert_eq!(allocation.choose_preview_where(None, "p3", &other, &|_| true), Some(NodeId::new("a")), "another merchant's preview has its own");
+        allocation.cancel("p3");
+        assert_eq!(allocation.choose(None), Some(NodeId::new("a")), "sales still find the node's free slots");
+        // The protection off: previews allocated as sales are take every slot.
+        let mut unprotected = Allocation::default();
+        unprotected.apply(&register("a", "eu", 4));
+        for n in 0..4 {
+            let id = format!("p{n}");
+            assert_eq!(unprotected.choose_and_hold(None, &id), Some(NodeId::new("a")));
+            unprotected.apply(&preview(&id, "a", "shop", 100));
+        }
+        assert_eq!(unprotected.choose(None), None, "without the quota the shop's previews starve every sale");
+        assert_eq!(preview_quota(1), 1, "a one-slot node still gives each merchant a preview");
+    }
+
+    #[test]
+    fn previews_past_their_window_are_due_oldest_first_and_end_gives_the_slot_back() {
+        let mut allocation = Allocation::default();
+        allocation.apply(&register("a", "eu", 8));
+        allocation.apply(&preview("late", "a", "m1", 300));
+        allocation.apply(&preview("early", "a", "m2", 100));
+        allocation.apply(&preview("open", "a", "m3", 10_000));
+        assert_eq!(allocation.due_preview_lapses(Millis(100), 10), Vec::<PreviewId>::new(), "due strictly after its window");
+        assert_eq!(allocation.due_preview_lapses(Millis(1_000), 10), vec![PreviewId::new("early"), PreviewId::new("late")]);
+        assert_eq!(allocation.due_preview_lapses(Millis(1_000), 1), vec![PreviewId::new("early")]);
+        allocation.apply(&Event::PreviewEnded { preview_id: PreviewId::new("early"), played_ms: 0, media_id: MediaId::new("md"), node_id: NodeId::new("a") });
+        assert_eq!(allocation.due_preview_lapses(Millis(1_000), 10), vec![PreviewId::new("late")]);
+        assert_eq!(allocation.nodes[&NodeId::new("a")].in_use, 2, "the ended preview's slot came back");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use crate::store::{CommitError, LoadError, OpenOutcome, ProjectionStore, StoreEr
 use crate::{Finding, Projections, SealError, stream_link};
 use engine::crypto::{RsaPublic, SecretKey};
 use engine::domain::event::RightsReportSealed;
-use engine::ids::{Millis, NodeId, Seq};
+use engine::ids::{MerchantId, Millis, NodeId, Seq};
 use engine::log::EventLog;
 use engine::placement::Allocator;
 use futures::StreamExt;
@@ -384,6 +384,10 @@ impl engine::placement::SlotChooser for Live {
         Live::choose_where(self, region, holder, eligible)
     }
 
+    fn choose_preview_where(&self, region: Option<&str>, holder: &str, merchant: &MerchantId, eligible: &dyn Fn(&NodeId) -> bool) -> Option<NodeId> {
+        self.lock().allocation.choose_preview_where(region, holder, merchant, eligible)
+    }
+
     fn cancel(&self, holder: &str) {
         Allocator::cancel(self, holder);
     }
@@ -392,6 +396,10 @@ impl engine::placement::SlotChooser for Live {
 impl Allocator for Live {
     fn choose(&self, region: Option<&str>, holder: &str) -> Option<NodeId> {
         self.inner.lock().expect("projection lock is never poisoned: apply does not panic").allocation.choose_and_hold(region, holder)
+    }
+
+    fn choose_preview(&self, region: Option<&str>, holder: &str, merchant: &MerchantId) -> Option<NodeId> {
+        self.lock().allocation.choose_preview_where(region, holder, merchant, &|_| true)
     }
 
     fn cancel(&self, holder: &str) {

@@ -26,6 +26,8 @@ pub const KEYS: &[(&str, u64, u64, u64)] = &[
     ("reservation.ttl_ms_default", 1_000, 7 * 86_400_000, 900_000),
     ("access.ttl_ms", 1_000, 86_400_000, 3_600_000),
     ("node.heartbeat_timeout_ms", 1_000, 3_600_000, 15_000),
+    // How long after its clip an unreported preview keeps its slot (`preview::Preview`).
+    ("preview.grace_ms", 1_000, 3_600_000, super::preview::PREVIEW_GRACE_MS),
     // Redemptions a voucher's consumer may make again after failed deliveries.
     ("delivery.retries_max", 0, 100, 3),
     // 1: each royalty entry's nonce binds its stream sequence (from this event on), so a

@@ -369,6 +369,9 @@ pub enum Event {
         node_id: NodeId,
         merchant_id: MerchantId,
         clip_ms: u64,
+        /// When the sweeper may end it unreported (`preview::PREVIEW_GRACE_MS`); `Millis(0)`
+        /// in events from before the window (due at once).
+        lapses_at: Millis,
     },
     PreviewEnded {
         preview_id: PreviewId,

@@ -1,10 +1,21 @@
 //! Previews: `Preview(media)` → `PreviewStarted(node)` → `PreviewEnded(played_ms)`.
 //! Previews count as usage in rights reports (not royalty-bearing sales).
+//!
+//! A started preview holds a slot of its node until the node reports it ended, or until
+//! its clip length plus a grace period has passed (`lapses_at`, decided at the start, with
+//! the audited `preview.grace_ms`, by default `PREVIEW_GRACE_MS`):
+//! then the sweeper ends it (`LapsePreview`), with nothing reported played, and the slot
+//! comes back.
 
 use super::catalog::Media;
 use super::event::Event;
 use super::{Aggregate, AggregateKind, Rejection, validate};
 use crate::ids::{MediaId, MerchantId, Millis, NodeId, PreviewId};
+
+/// How long after its clip's length a started preview may stay unreported before the
+/// sweeper ends it: the player's start-up, pauses and the node's report. The default of
+/// the audited `preview.grace_ms`.
+pub const PREVIEW_GRACE_MS: u64 = 60_000;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Preview {
@@ -13,6 +24,7 @@ pub struct Preview {
     pub node: Option<NodeId>,
     pub merchant: Option<MerchantId>,
     pub clip_ms: u64,
+    pub lapses_at: Millis,
     pub ended: Option<u64>,
 }
 
@@ -27,20 +39,24 @@ pub enum PreviewCommand {
         media_id: MediaId,
         media: Media,
         node: NodeId,
+        /// `preview.grace_ms` when the preview starts.
+        grace_ms: u64,
     },
     End {
         node: NodeId,
         played_ms: u64,
     },
+    /// The sweeper's end of a preview its node never reported, decided at `now`.
+    Lapse,
 }
 
 impl Aggregate for Preview {
     type Command = PreviewCommand;
     const KIND: AggregateKind = AggregateKind::Preview;
 
-    fn decide(&self, command: &PreviewCommand, _now: Millis) -> Result<Vec<Event>, Rejection> {
+    fn decide(&self, command: &PreviewCommand, now: Millis) -> Result<Vec<Event>, Rejection> {
         match command {
-            PreviewCommand::Start { preview, merchant, media_id, media, node } => {
+            PreviewCommand::Start { preview, merchant, media_id, media, node, grace_ms } => {
                 if self.id.is_some() {
                     return Err(Rejection::AlreadyExists { kind: "preview", id: preview.0.clone() });
                 }
@@ -52,12 +68,14 @@ impl Aggregate for Preview {
                     return Err(Rejection::NotForSale(media_id.0.clone()));
                 }
                 let clip_ms = media.published.as_ref().map_or(0, |published| published.preview.duration_ms);
+                let window = i64::try_from(clip_ms.saturating_add(*grace_ms)).unwrap_or(i64::MAX);
                 Ok(vec![Event::PreviewStarted {
                     preview_id: preview.clone(),
                     media_id: media_id.clone(),
                     node_id: node.clone(),
                     merchant_id: merchant.clone(),
                     clip_ms,
+                    lapses_at: Millis(now.0.saturating_add(window)),
                 }])
             }
             PreviewCommand::End { node, played_ms } => {
@@ -78,12 +96,30 @@ impl Aggregate for Preview {
                     node_id: node.clone(),
                 }])
             }
+            PreviewCommand::Lapse => {
+                let (Some(id), Some(node)) = (&self.id, &self.node) else {
+                    return Err(Rejection::NotFound { kind: "preview", id: String::new() });
+                };
+                if self.ended.is_some() {
+                    return Err(Rejection::InvalidTransition { kind: "preview", command: "LapsePreview", state: "Ended" });
+                }
+                if now <= self.lapses_at {
+                    return Err(Rejection::NotExpired { expires_at: self.lapses_at });
+                }
+                Ok(vec![Event::PreviewEnded {
+                    preview_id: id.clone(),
+                    played_ms: 0,
+                    media_id: self.media_id.clone().unwrap_or_else(|| MediaId::new("")),
+                    node_id: node.clone(),
+                }])
+            }
         }
     }
 
     fn evolve(mut self, event: &Event) -> Self {
         match event {
-            Event::PreviewStarted { preview_id, media_id, node_id, merchant_id, clip_ms } => {
+            Event::PreviewStarted { preview_id, media_id, node_id, merchant_id, clip_ms, lapses_at } => {
+                self.lapses_at = *lapses_at;
                 self.id = Some(preview_id.clone());
                 self.media_id = Some(media_id.clone());
                 self.node = Some(node_id.clone());
@@ -100,6 +136,7 @@ impl Aggregate for Preview {
         match command {
             PreviewCommand::Start { .. } => "Preview",
             PreviewCommand::End { .. } => "EndPreview",
+            PreviewCommand::Lapse => "LapsePreview",
         }
     }
 }

@@ -69,16 +69,17 @@ pub async fn sweep_once(live: &Live, market: &Market, limit: usize) -> Result<(u
     market.sweep(&due, &due_holds).await
 }
 
-/// Lapses issued vouchers whose access window ended unused (their node's slot comes back);
-/// how many this call lapsed.
-pub async fn lapse_once(live: &Live, market: &Market, limit: usize) -> Result<usize, engine::app::AppError> {
+/// Lapses issued vouchers whose access window ended unused, and ends started previews
+/// their node never reported within the clip and its grace period: their nodes' slots come
+/// back. How many of each this call lapsed: (vouchers, previews).
+pub async fn lapse_once(live: &Live, market: &Market, limit: usize) -> Result<(usize, usize), engine::app::AppError> {
     let now = market.now();
-    let due = live.read(|p| p.vouchers.due_lapses(now, limit));
-    market.lapse_accesses(&due).await
+    let (due, due_previews) = live.read(|p| (p.vouchers.due_lapses(now, limit), p.allocation.due_preview_lapses(now, limit)));
+    Ok((market.lapse_accesses(&due).await?, market.lapse_previews(&due_previews).await?))
 }
 
-/// Voids reservations past due, settles interrupted points holds and lapses unused access
-/// windows, every interval.
+/// Voids reservations past due, settles interrupted points holds, lapses unused access
+/// windows and ends unreported previews, every interval.
 pub(super) async fn sweeper(state: Arc<EngineState>) {
     let mut shutdown = state.shutdown.clone();
     let mut tick = tokio::time::interval(state.config.sweep_interval);

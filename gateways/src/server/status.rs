@@ -37,7 +37,7 @@ pub fn rejection_code(rejection: &Rejection) -> Code {
         Rejection::NotForSale(_) => Code::FailedPrecondition,
         Rejection::NodeUnavailable => Code::FailedPrecondition,
         // A capacity limit is hit: every node's slots are taken.
-        Rejection::NoNodeAvailable => Code::ResourceExhausted,
+        Rejection::NoNodeAvailable | Rejection::PreviewQuotaReached => Code::ResourceExhausted,
         Rejection::Overflow => Code::OutOfRange,
     }
 }
@@ -194,6 +194,7 @@ mod tests {
             Rejection::NotForSale("md1".into()),
             Rejection::NodeUnavailable,
             Rejection::NoNodeAvailable,
+            Rejection::PreviewQuotaReached,
             Rejection::Overflow,
             Rejection::ChallengeUsed,
             Rejection::DeliveryRetriesExhausted { retries_max: 3 },
@@ -225,6 +226,7 @@ mod tests {
             Code::FailedPrecondition,
             Code::FailedPrecondition,
             Code::FailedPrecondition,
+            Code::ResourceExhausted,
             Code::ResourceExhausted,
             Code::OutOfRange,
             Code::PermissionDenied,

@@ -5,16 +5,16 @@
 //! Keys:
 //! - `an/` node → JSON `NodeRecord`;
 //! - `av/` voucher → the node holding its slot (`SlotRows`, kept cold in sled by `Rows`);
-//! - `ap/` preview → the node holding its slot;
+//! - `ap/` preview → JSON `PreviewRecord` (its node, merchant and lapse time);
 //! - `ar/` released voucher → empty (`ReleasedRows`, kept cold in sled by `Rows`).
 //!
 //! Not stored: tentative holds, which are advice of one process and not derived from the
 //! stream (module docs of `allocation`). What is not here: the store's checks of the state
 //! as a whole and its checkpoint (`store`).
 
-use super::{Allocation, NodeSlots};
+use super::{Allocation, NodeSlots, PreviewSlot};
 use crate::rows::{Prefix, RowError, RowKind, RowWrite, Rows, decode_json, json, key, keyed_by_voucher, utf8};
-use engine::ids::{NodeId, PreviewId, VoucherId};
+use engine::ids::{MerchantId, Millis, NodeId, PreviewId, VoucherId};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -64,6 +64,17 @@ impl RowKind for ReleasedRows {
     }
 }
 
+#[derive(Serialize, Deserialize)]
+pub(crate) struct PreviewRecord {
+    pub(crate) node: String,
+    pub(crate) merchant: String,
+    pub(crate) lapses_at_ms: i64,
+}
+
+fn preview_value(slot: &PreviewSlot) -> Result<Vec<u8>, RowError> {
+    json(&PreviewRecord { node: slot.node.0.clone(), merchant: slot.merchant.0.clone(), lapses_at_ms: slot.lapses_at.0 }, "preview slot")
+}
+
 fn node_value(node: &NodeSlots) -> Result<Vec<u8>, RowError> {
     json(&NodeRecord { region: node.region.clone(), slots_max: node.slots_max, in_use: node.in_use, active: node.active }, "node")
 }
@@ -73,7 +84,7 @@ fn node_value(node: &NodeSlots) -> Result<Vec<u8>, RowError> {
 pub(crate) enum Change {
     Node(NodeId, Option<NodeSlots>),
     SlotVoucher(VoucherId, Option<NodeId>),
-    SlotPreview(PreviewId, Option<NodeId>),
+    SlotPreview(PreviewId, Option<PreviewSlot>),
     Released(VoucherId, bool),
 }
 
@@ -83,7 +94,7 @@ impl Change {
         Ok(match self {
             Change::Node(id, node) => RowWrite::put_or_remove(key(NODE_PREFIX, id.0.as_bytes()), node.as_ref().map(node_value).transpose()?),
             Change::SlotVoucher(id, node) => RowWrite::put_or_remove(key(SLOT_VOUCHER_PREFIX, id.0.as_bytes()), node.map(|node| node.0.into_bytes())),
-            Change::SlotPreview(id, node) => RowWrite::put_or_remove(key(SLOT_PREVIEW_PREFIX, id.0.as_bytes()), node.map(|node| node.0.into_bytes())),
+            Change::SlotPreview(id, slot) => RowWrite::put_or_remove(key(SLOT_PREVIEW_PREFIX, id.0.as_bytes()), slot.as_ref().map(preview_value).transpose()?),
             Change::Released(id, released) => RowWrite::present_or_remove(key(RELEASED_PREFIX, id.0.as_bytes()), released),
         })
     }
@@ -129,7 +140,7 @@ impl Allocation {
 pub(crate) struct Reader {
     nodes: BTreeMap<NodeId, NodeSlots>,
     slot_vouchers: usize,
-    slot_previews: BTreeMap<PreviewId, NodeId>,
+    slot_previews: BTreeMap<PreviewId, PreviewSlot>,
     released: usize,
 }
 
@@ -147,7 +158,10 @@ impl Reader {
                 self.slot_vouchers += 1;
             }
             p if p == SLOT_PREVIEW_PREFIX => {
-                self.slot_previews.insert(PreviewId(utf8(id, "preview")?), NodeId(utf8(value, "node")?));
+                let id = utf8(id, "preview")?;
+                let record: PreviewRecord = decode_json(value, "preview slot", &id)?;
+                let slot = PreviewSlot { node: NodeId(record.node), merchant: MerchantId(record.merchant), lapses_at: Millis(record.lapses_at_ms) };
+                self.slot_previews.insert(PreviewId(id), slot);
             }
             p if p == RELEASED_PREFIX => {
                 ReleasedRows::decode(&ReleasedRows::key_of(id)?, value)?;

@@ -390,7 +390,14 @@ impl Generator {
         let media_id = self.any_media();
         let node_id = self.any_node();
         let merchant_id = MerchantId::new(format!("merchant{}", self.rng.below(3)));
-        self.push(Event::PreviewStarted { preview_id: preview_id.clone(), media_id: media_id.clone(), node_id: node_id.clone(), merchant_id, clip_ms: 30_000 });
+        self.push(Event::PreviewStarted {
+            preview_id: preview_id.clone(),
+            media_id: media_id.clone(),
+            node_id: node_id.clone(),
+            merchant_id,
+            clip_ms: 30_000,
+            lapses_at: Millis(0),
+        });
         self.previews.push((preview_id, media_id, node_id));
     }
 

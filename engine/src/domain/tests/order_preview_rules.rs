@@ -4,11 +4,11 @@ use super::fixtures::{T0, check_invalid, media, media_from, merchant, mid, node,
 use crate::domain::catalog::tests::sample;
 use crate::domain::event::{Event, LedgerAccountKind, UnitCharge};
 use crate::domain::order::{Order, OrderCommand, UNITS_MAX};
-use crate::domain::preview::{Preview, PreviewCommand};
+use crate::domain::preview::{PREVIEW_GRACE_MS, Preview, PreviewCommand};
 use crate::domain::settlement::{Payer, SaleLine, balanced, settle};
 use crate::domain::testing::check;
 use crate::domain::{Aggregate, Rejection, fold};
-use crate::ids::{MerchantId, OrderId, PreviewId};
+use crate::ids::{MerchantId, Millis, OrderId, PreviewId};
 
 // ---------------------------------------------------------------- order
 
@@ -169,11 +169,28 @@ fn preview_id() -> PreviewId {
     PreviewId::new("p1")
 }
 fn start() -> PreviewCommand {
-    PreviewCommand::Start { preview: preview_id(), merchant: merchant(), media_id: mid("song1"), media: media("song1", 100), node: node() }
+    PreviewCommand::Start {
+        preview: preview_id(),
+        merchant: merchant(),
+        media_id: mid("song1"),
+        media: media("song1", 100),
+        node: node(),
+        grace_ms: PREVIEW_GRACE_MS,
+    }
+}
+/// When a preview started at T0 lapses: `sample`'s 30 s clip and the grace period later.
+fn lapses_at() -> Millis {
+    Millis(T0.0 + 30_000 + PREVIEW_GRACE_MS as i64)
 }
 fn started() -> Event {
-    // `sample`'s clip is 30 s.
-    Event::PreviewStarted { preview_id: preview_id(), media_id: mid("song1"), node_id: node(), merchant_id: merchant(), clip_ms: 30_000 }
+    Event::PreviewStarted {
+        preview_id: preview_id(),
+        media_id: mid("song1"),
+        node_id: node(),
+        merchant_id: merchant(),
+        clip_ms: 30_000,
+        lapses_at: lapses_at(),
+    }
 }
 fn ended(played_ms: u64) -> Event {
     Event::PreviewEnded { preview_id: preview_id(), played_ms, media_id: mid("song1"), node_id: node() }
@@ -185,16 +202,55 @@ fn start_preview_takes_the_clip_length() {
 }
 
 #[test]
+fn an_unreported_preview_lapses_after_its_clip_and_the_grace_period_with_nothing_played() {
+    let after = Millis(lapses_at().0 + 1);
+    check::<Preview>(&[started()], PreviewCommand::Lapse, after, Ok(vec![ended(0)]));
+    // Not before its window ends, not once ended (by its node or a lapse), not unknown.
+    check::<Preview>(&[started()], PreviewCommand::Lapse, lapses_at(), Err(Rejection::NotExpired { expires_at: lapses_at() }));
+    let twice = Err(Rejection::InvalidTransition { kind: "preview", command: "LapsePreview", state: "Ended" });
+    check::<Preview>(&[started(), ended(12_000)], PreviewCommand::Lapse, after, twice.clone());
+    check::<Preview>(&[started(), ended(0)], PreviewCommand::Lapse, after, twice);
+    check::<Preview>(&[], PreviewCommand::Lapse, after, Err(Rejection::NotFound { kind: "preview", id: String::new() }));
+    // A preview started before the window was recorded (lapses_at 0) is due at once.
+    let legacy = Event::PreviewStarted {
+        preview_id: preview_id(),
+        media_id: mid("song1"),
+        node_id: node(),
+        merchant_id: merchant(),
+        clip_ms: 30_000,
+        lapses_at: Millis(0),
+    };
+    check::<Preview>(&[legacy], PreviewCommand::Lapse, T0, Ok(vec![ended(0)]));
+    // The node's report after a lapse is refused: the preview ended.
+    let late = PreviewCommand::End { node: node(), played_ms: 1 };
+    check::<Preview>(&[started(), ended(0)], late, after, Err(Rejection::InvalidTransition { kind: "preview", command: "EndPreview", state: "Ended" }));
+}
+
+#[test]
 fn start_preview_twice_is_refused() {
     check::<Preview>(&[started()], start(), T0, Err(Rejection::AlreadyExists { kind: "preview", id: "p1".into() }));
 }
 
 #[test]
 fn start_preview_of_unknown_or_withdrawn_media_is_refused() {
-    let unknown = PreviewCommand::Start { preview: preview_id(), merchant: merchant(), media_id: mid("song1"), media: Default::default(), node: node() };
+    let unknown = PreviewCommand::Start {
+        preview: preview_id(),
+        merchant: merchant(),
+        media_id: mid("song1"),
+        media: Default::default(),
+        node: node(),
+        grace_ms: PREVIEW_GRACE_MS,
+    };
     check::<Preview>(&[], unknown, T0, Err(Rejection::NotFound { kind: "media", id: "song1".into() }));
     let withdrawn = fold(&[Event::MediaPublished(sample("song1", 100)), Event::MediaWithdrawn { media_id: mid("song1"), reason: "gone".into() }]);
-    let when = PreviewCommand::Start { preview: preview_id(), merchant: merchant(), media_id: mid("song1"), media: withdrawn, node: node() };
+    let when = PreviewCommand::Start {
+        preview: preview_id(),
+        merchant: merchant(),
+        media_id: mid("song1"),
+        media: withdrawn,
+        node: node(),
+        grace_ms: PREVIEW_GRACE_MS,
+    };
     check::<Preview>(&[], when, T0, Err(Rejection::NotForSale("song1".into())));
 }
 

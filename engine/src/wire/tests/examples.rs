@@ -393,6 +393,7 @@ pub(super) fn examples() -> Vec<(Event, E)> {
                 node_id: NodeId::new("node-1"),
                 merchant_id: MerchantId::new("mer-1"),
                 clip_ms: 15_000,
+                lapses_at: Millis(1_700_000_075_000),
             },
             E::PreviewStarted(pb::PreviewStarted {
                 preview_id: "pre-1".into(),
@@ -400,6 +401,7 @@ pub(super) fn examples() -> Vec<(Event, E)> {
                 node_id: "node-1".into(),
                 merchant_id: "mer-1".into(),
                 clip_ms: 15_000,
+                lapses_at_ms: 1_700_000_075_000,
             }),
         ),
         (

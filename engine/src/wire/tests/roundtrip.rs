@@ -241,9 +241,16 @@ fn arb_event() -> BoxedStrategy<Event> {
                 voucher_complete,
             }
         ),
-        (id(PreviewId), id(MediaId), id(NodeId), id(MerchantId), u64s()).prop_map(|(preview_id, media_id, node_id, merchant_id, clip_ms)| {
-            Event::PreviewStarted { preview_id, media_id, node_id, merchant_id, clip_ms }
-        }),
+        (id(PreviewId), id(MediaId), id(NodeId), id(MerchantId), u64s(), any::<i64>()).prop_map(
+            |(preview_id, media_id, node_id, merchant_id, clip_ms, lapses_at)| Event::PreviewStarted {
+                preview_id,
+                media_id,
+                node_id,
+                merchant_id,
+                clip_ms,
+                lapses_at: Millis(lapses_at)
+            }
+        ),
         (id(PreviewId), u64s(), id(MediaId), id(NodeId)).prop_map(|(preview_id, played_ms, media_id, node_id)| Event::PreviewEnded {
             preview_id,
             played_ms,
