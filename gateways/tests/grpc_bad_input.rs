@@ -127,7 +127,7 @@ async fn run(fixture: &Fixture, cases: Vec<Case>) -> Vec<Outcome> {
         let before = fixture.head().await;
         let call = async {
             match case.body {
-                Body::Typed(request) => send_typed(&fixture.channel, &case.who, request).await,
+                Body::Typed(request) => send_typed(&fixture.channel, &case.who, request).await.map(|answered| answered.text),
                 Body::Raw(rpc, message) => send_raw(&fixture.channel, &case.who, &rpc.path(), rpc.streaming(), message).await,
                 Body::Path(path, message) => send_raw(&fixture.channel, &case.who, path, false, message).await,
             }

@@ -549,7 +549,7 @@ async fn send(world: &World, meta: &Meta, case: &Case) -> Answer {
     let before = fx.head().await;
     let call = async {
         match &case.body {
-            Body::Typed { request, .. } => send_typed(&fx.channel, meta, request.clone()).await,
+            Body::Typed { request, .. } => send_typed(&fx.channel, meta, request.clone()).await.map(|answered| hex::encode(answered.encoded)),
             Body::Raw { bytes, .. } => send_raw(&fx.channel, meta, &case.rpc.path(), case.rpc.streaming(), bytes.clone()).await,
         }
     };
