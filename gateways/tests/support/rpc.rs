@@ -1,7 +1,5 @@
 //! The RPCs of the engine's six services, declared once for the tests that call them all
-//! (`grpc_bad_input.rs`, `grpc_fuzz.rs`); not yet AdminService's administrative changes
-//! (SuspendMerchant … RevokeCerts), whose access and refusals `admin_reach.rs` checks
-//! (TODO: add them here, with their access rows and fuzz arms): the `Rpc` enum, typed requests (`Req`) and their
+//! (`grpc_bad_input.rs`, `grpc_fuzz.rs`): the `Rpc` enum, typed requests (`Req`) and their
 //! dispatch through the generated clients, raw bodies no generated client would send, the
 //! credential metadata a call presents (`Meta`), and protobuf encoding helpers.
 
@@ -215,6 +213,12 @@ rpcs! {
     SetConfig = Admin.set_config(SetConfigRequest) unary;
     DrainNode = Admin.drain_node(NodeAdminRequest) unary;
     RemoveNode = Admin.remove_node(NodeAdminRequest) unary;
+    SuspendMerchant = Admin.suspend_merchant(MerchantAdminRequest) unary;
+    ReinstateMerchant = Admin.reinstate_merchant(MerchantAdminRequest) unary;
+    RevokeAuditor = Admin.revoke_auditor(AuditorAdminRequest) unary;
+    WithdrawMedia = Admin.withdraw_media(WithdrawMediaRequest) unary;
+    ChangePrice = Admin.change_price(ChangePriceRequest) unary;
+    RevokeCerts = Admin.revoke_certs(RevokeCertsRequest) unary;
     GetPoints = Consumer.get_points(GetPointsRequest) unary;
 }
 
