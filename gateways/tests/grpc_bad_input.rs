@@ -127,7 +127,7 @@ async fn run(fixture: &Fixture, cases: Vec<Case>) -> Vec<Outcome> {
         let before = fixture.head().await;
         let call = async {
             match case.body {
-                Body::Typed(request) => send_typed(&fixture.channel, &case.who, request).await,
+                Body::Typed(request) => send_typed(&fixture.channel, &case.who, request).await.map(|answered| answered.text),
                 Body::Raw(rpc, message) => send_raw(&fixture.channel, &case.who, &rpc.path(), rpc.streaming(), message).await,
                 Body::Path(path, message) => send_raw(&fixture.channel, &case.who, path, false, message).await,
             }
@@ -235,6 +235,14 @@ struct World {
     /// The certificates of the points accounts acct-1 (topped up) and acct-empty.
     acct_serial: String,
     empty_serial: String,
+    /// Made for the operator's changes, which act on nothing else: merchant C (suspended
+    /// and reinstated), a spare auditor (revoked), a spare media (withdrawn), a media
+    /// whose price changes, and consumer frank with two certificates (revoked).
+    c: Credential,
+    spare_auditor: Credential,
+    spare_media: String,
+    priced_media: String,
+    frank_serials: [String; 2],
 }
 
 async fn build_world() -> World {
@@ -323,6 +331,7 @@ async fn build_world() -> World {
     // Points accounts are consumers': acct-1 has points, acct-empty none.
     let acct_serial = certify("cert-acct-1", "acct-1", 86_400_000).await;
     let empty_serial = certify("cert-acct-empty", "acct-empty", 86_400_000).await;
+    let frank_serials = [certify("cert-frank-1", "frank", 86_400_000).await, certify("cert-frank-2", "frank", 86_400_000).await];
     catalog
         .revoke_cert(pb::RevokeCertRequest {
             request_id: "revoke-bob".into(),
@@ -340,6 +349,11 @@ async fn build_world() -> World {
     let z = credential(
         catalog.register_node_credential(pb::RegisterNodeCredentialRequest { request_id: "node-ap".into(), region: "ap".into(), slots_max: 1 }).await,
     );
+    let c = credential(catalog.register_merchant(pb::RegisterMerchantRequest { request_id: "merchant-c".into(), name: "Shop C".into() }).await);
+    let spare_auditor =
+        credential(catalog.register_auditor(pb::RegisterAuditorRequest { request_id: "auditor-spare".into(), name: "Agent spare".into() }).await);
+    let spare_media = client::publish(&mut catalog, "media-spare", &fx.engine_public, upload("Spare")).await.expect("publish").media_id;
+    let priced_media = client::publish(&mut catalog, "media-priced", &fx.engine_public, upload("Priced")).await.expect("publish").media_id;
     tokio::time::sleep(Duration::from_millis(5)).await;
     fx.settle().await;
     World {
@@ -368,6 +382,11 @@ async fn build_world() -> World {
         consumer_key,
         acct_serial,
         empty_serial,
+        c,
+        spare_auditor,
+        spare_media,
+        priced_media,
+        frank_serials,
     }
 }
 
@@ -766,6 +785,36 @@ const EXPECTED_ACCESS: &[(&str, [&str; 7])] = &[
         /*          */
         ["allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"],
     ),
+    (
+        "SuspendMerchant",
+        /*     */
+        ["allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"],
+    ),
+    (
+        "ReinstateMerchant",
+        /*   */
+        ["allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"],
+    ),
+    (
+        "RevokeAuditor",
+        /*       */
+        ["allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"],
+    ),
+    (
+        "WithdrawMedia",
+        /*       */
+        ["allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"],
+    ),
+    (
+        "ChangePrice",
+        /*         */
+        ["allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"],
+    ),
+    (
+        "RevokeCerts",
+        /*         */
+        ["allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"],
+    ),
     // No credential: a request signed with acct-1's passport is answered whoever sends it.
     ("GetPoints", /*     */ ["allowed", "allowed", "allowed", "allowed", "allowed", "allowed", "allowed"]),
 ];
@@ -851,6 +900,40 @@ impl World {
             // Node Z never announced itself: draining and removing it disturbs no other row.
             Rpc::DrainNode => Req::DrainNode(pb::NodeAdminRequest { request_id: "acc-drain".into(), node_id: self.z.id.clone() }),
             Rpc::RemoveNode => Req::RemoveNode(pb::NodeAdminRequest { request_id: "acc-remove".into(), node_id: self.z.id.clone() }),
+            // The administrative changes act on the objects made for them, which no other row
+            // uses: C is suspended, then reinstated (by the next row); the spare auditor is
+            // revoked, the spare media withdrawn, the priced media's price changed, and
+            // every certificate of frank revoked.
+            Rpc::SuspendMerchant => Req::SuspendMerchant(pb::MerchantAdminRequest {
+                request_id: "acc-suspend".into(),
+                merchant_id: self.c.id.clone(),
+                reason: "chargebacks".into(),
+            }),
+            Rpc::ReinstateMerchant => Req::ReinstateMerchant(pb::MerchantAdminRequest {
+                request_id: "acc-reinstate".into(),
+                merchant_id: self.c.id.clone(),
+                reason: "cleared".into(),
+            }),
+            Rpc::RevokeAuditor => Req::RevokeAuditor(pb::AuditorAdminRequest {
+                request_id: "acc-revoke-auditor".into(),
+                auditor_id: self.spare_auditor.id.clone(),
+                reason: "left".into(),
+            }),
+            Rpc::WithdrawMedia => Req::WithdrawMedia(pb::WithdrawMediaRequest {
+                request_id: "acc-withdraw".into(),
+                media_id: self.spare_media.clone(),
+                reason: "takedown".into(),
+            }),
+            Rpc::ChangePrice => {
+                Req::ChangePrice(pb::ChangePriceRequest { request_id: "acc-price".into(), media_id: self.priced_media.clone(), price_minor: 250 })
+            }
+            Rpc::RevokeCerts => Req::RevokeCerts(pb::RevokeCertsRequest {
+                request_id: "acc-revoke-certs".into(),
+                consumer_id: "frank".into(),
+                cert_serial: String::new(),
+                reason: "device lost".into(),
+                every_cert: true,
+            }),
         }
     }
 }

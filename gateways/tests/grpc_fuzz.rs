@@ -40,8 +40,15 @@
 //! What an accepted case did is checked too, by the model oracle (`grpc_fuzz/oracle.rs`):
 //! the events each case appended, against a model of who owns what (points held only with
 //! the owner's consent, a voucher's keys to one consumer with the release as the usage, a
-//! unit bound once and paid, balanced postings, a merchant reading only its own), and the
-//! ledger summing to zero at every check.
+//! unit bound once and paid, balanced postings, a merchant reading only its own, each sale
+//! at the catalog's current price and only of media on sale), and the ledger summing to
+//! zero at every check.
+//!
+//! The operator's changes (SuspendMerchant … RevokeCerts) act only on objects made for
+//! them (`Sacrificial`: merchant C, a spare auditor, a spare and a priced media, consumer
+//! frank), objects the cases may create, and names of nothing, with hostile strings: a
+//! suspension, withdrawal or revocation of what the other cases use would stop the rest of
+//! the run. Their accepted price changes and withdrawals are what the catalog model learns.
 //!
 //! Negative controls check that the harness sees what it looks for (a planted panic is
 //! counted, every property of `judge` flags a planted violation), and the bugs the
@@ -136,6 +143,14 @@ struct World {
     empty_serial: String,
     /// Valid (container, wrapped key) pairs for PublishMedia.
     uploads: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Made for the operator's changes, which no other case relies on (`Sacrificial`):
+    /// merchant C, a spare auditor, a spare media (withdrawn sooner or later), a media
+    /// whose price changes (never withdrawn) and consumer frank with two certificates.
+    c: Credential,
+    spare_auditor: Credential,
+    spare_media: String,
+    priced_media: String,
+    frank_serials: Vec<String>,
 }
 
 async fn build_world() -> World {
@@ -206,6 +221,7 @@ async fn build_world() -> World {
     // Points accounts are consumers': acct-1 has points, acct-empty none.
     let acct_serial = certify("cert-acct-1", "acct-1", 86_400_000).await;
     let empty_serial = certify("cert-acct-empty", "acct-empty", 86_400_000).await;
+    let frank_serials = vec![certify("cert-frank-1", "frank", 86_400_000).await, certify("cert-frank-2", "frank", 86_400_000).await];
     catalog
         .revoke_cert(pb::RevokeCertRequest {
             request_id: "revoke-bob".into(),
@@ -237,6 +253,11 @@ async fn build_world() -> World {
         .register_node(pb::RegisterNodeRequest { region: String::new(), slots_max: 0, endpoint: "http://127.0.0.1:4".into() })
         .await
         .expect("W announces its endpoint");
+    let c = credential(catalog.register_merchant(pb::RegisterMerchantRequest { request_id: "merchant-c".into(), name: "Shop C".into() }).await);
+    let spare_auditor =
+        credential(catalog.register_auditor(pb::RegisterAuditorRequest { request_id: "auditor-spare".into(), name: "Agent spare".into() }).await);
+    let spare_media = client::publish(&mut catalog, "media-spare", &fx.engine_public, upload("Spare")).await.expect("publish").media_id;
+    let priced_media = client::publish(&mut catalog, "media-priced", &fx.engine_public, upload("Priced")).await.expect("publish").media_id;
 
     let engine_public = fx.engine_public.clone();
     let uploads = tokio::task::spawn_blocking(move || {
@@ -280,6 +301,11 @@ async fn build_world() -> World {
         acct_serial,
         empty_serial,
         uploads,
+        c,
+        spare_auditor,
+        spare_media,
+        priced_media,
+        frank_serials,
     }
 }
 
@@ -549,7 +575,7 @@ async fn send(world: &World, meta: &Meta, case: &Case) -> Answer {
     let before = fx.head().await;
     let call = async {
         match &case.body {
-            Body::Typed { request, .. } => send_typed(&fx.channel, meta, request.clone()).await,
+            Body::Typed { request, .. } => send_typed(&fx.channel, meta, request.clone()).await.map(|answered| hex::encode(answered.encoded)),
             Body::Raw { bytes, .. } => send_raw(&fx.channel, meta, &case.rpc.path(), case.rpc.streaming(), bytes.clone()).await,
         }
     };
@@ -799,7 +825,10 @@ async fn fuzz(cases: usize, seed: u64) {
             problems.extend(oracle::state_problems(&world).into_iter().map(|problem| format!("after case {index}: {problem}")));
         }
     }
-    println!("model oracle: {} points holds, {} key releases, {} charged units checked", model.points_holds, model.releases, model.units_charged);
+    println!(
+        "model oracle: {} points holds, {} key releases, {} charged units, {} prices ({} price changes) checked",
+        model.points_holds, model.releases, model.units_charged, model.prices_checked, model.price_changes
+    );
     println!("linked cases (resolved, accepted): {:?}", memory.resolved);
     checks += 1;
     if let Err(problem) = known_good(&world, checks).await {
@@ -949,6 +978,48 @@ fn the_judge_flags_every_broken_property() {
     flags(retry.clone(), pass, answer(Code::Ok, "", 0), Some(true), None);
     flags(retry, pass, answer(Code::NotFound, "unknown", 0), Some(false), None);
     flags(case(Rpc::RegisterMerchant, &register, true), pass, answer(Code::AlreadyExists, "exists", 0), Some(true), None);
+}
+
+/// The id an administrative change's body names, when the body decodes as its request.
+fn administered_id(rpc: Rpc, bytes: &[u8]) -> Option<String> {
+    use prost::Message;
+    match rpc {
+        Rpc::SuspendMerchant | Rpc::ReinstateMerchant => pb::MerchantAdminRequest::decode(bytes).ok().map(|m| m.merchant_id),
+        Rpc::RevokeAuditor => pb::AuditorAdminRequest::decode(bytes).ok().map(|m| m.auditor_id),
+        Rpc::WithdrawMedia => pb::WithdrawMediaRequest::decode(bytes).ok().map(|m| m.media_id),
+        Rpc::ChangePrice => pb::ChangePriceRequest::decode(bytes).ok().map(|m| m.media_id),
+        Rpc::RevokeCerts => pb::RevokeCertsRequest::decode(bytes).ok().map(|m| m.consumer_id),
+        _ => None,
+    }
+}
+
+/// No body generated for an administrative change, typed or raw, names merchant A or B, the
+/// auditor, the world's media or a consumer other cases use (`Sacrificial`). Control: another
+/// RPC's message can (a Preview's media and region read as a WithdrawMedia's media and
+/// reason), which is why those changes get only each other's messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_administrative_changes_name_only_sacrificial_objects() {
+    let world = build_world().await;
+    let pools = Pools::of(&world);
+    let mut protected: Vec<String> = [&world.a.id, &world.b.id, &world.auditor.id, &world.media].map(String::clone).to_vec();
+    protected.extend(["alice", "bob", "erin", "dave", "acct-1", "acct-empty", KNOWN_GOOD_CONSUMER].map(String::from));
+    let mut runner = TestRunner::deterministic();
+    let mut named = BTreeMap::<&str, usize>::new();
+    for &rpc in Rpc::ALL.iter().filter(|&&rpc| administrative(rpc)) {
+        let bodies = arb_body(rpc, &pools);
+        for _ in 0..2_000 {
+            let body = bodies.new_tree(&mut runner).expect("a body").current();
+            if let Some(id) = administered_id(rpc, &body.bytes()) {
+                assert!(!protected.contains(&id), "{} names {id}: {}", rpc.name(), body.kind());
+                *named.entry(rpc.name()).or_default() += usize::from(id == world.c.id || id == world.spare_media || id == "frank");
+            }
+        }
+    }
+    assert!(named.values().filter(|&&count| count > 0).count() >= 4, "the sacrificial objects are named: {named:?}");
+    let preview = pb::PreviewRequest { request_id: "r-1".into(), media_id: world.media.clone(), region: "eu".into() };
+    let read = <pb::WithdrawMediaRequest as prost::Message>::decode(prost::Message::encode_to_vec(&preview).as_slice()).expect("decodes");
+    assert_eq!((read.media_id.as_str(), read.reason.as_str()), (world.media.as_str(), "eu"), "a Preview's message withdraws the world's media");
+    world.fx.engine.shutdown().await.expect("graceful shutdown");
 }
 
 // ---- findings: bugs the generator found, as failing tests until they are fixed ----

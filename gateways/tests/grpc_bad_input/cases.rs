@@ -891,6 +891,74 @@ pub(super) fn bad_input_cases(w: &World) -> Vec<Case> {
         Code::Ok,
     ));
 
+    // The operator's changes, refused with the codes admin_reach.rs documents and writing
+    // nothing; where a real object is named, it is one made for them (merchant C, the spare
+    // auditor, the spare and the priced media, consumer frank), never one another case uses.
+    let c = &w.c.id;
+    let suspend = |request_id: &str, merchant_id: &str, reason: &str| {
+        Req::SuspendMerchant(pb::MerchantAdminRequest { request_id: request_id.into(), merchant_id: merchant_id.into(), reason: reason.into() })
+    };
+    let reinstate = |request_id: &str, merchant_id: &str| {
+        Req::ReinstateMerchant(pb::MerchantAdminRequest { request_id: request_id.into(), merchant_id: merchant_id.into(), reason: "cleared".into() })
+    };
+    let revoke_auditor = |request_id: &str, auditor_id: &str, reason: &str| {
+        Req::RevokeAuditor(pb::AuditorAdminRequest { request_id: request_id.into(), auditor_id: auditor_id.into(), reason: reason.into() })
+    };
+    let withdraw = |request_id: &str, media_id: &str, reason: &str| {
+        Req::WithdrawMedia(pb::WithdrawMediaRequest { request_id: request_id.into(), media_id: media_id.into(), reason: reason.into() })
+    };
+    let price = |request_id: &str, media_id: &str, price_minor: u64| {
+        Req::ChangePrice(pb::ChangePriceRequest { request_id: request_id.into(), media_id: media_id.into(), price_minor })
+    };
+    let revoke_certs = |request_id: &str, consumer_id: &str, cert_serial: &str, every_cert: bool| {
+        Req::RevokeCerts(pb::RevokeCertsRequest {
+            request_id: request_id.into(),
+            consumer_id: consumer_id.into(),
+            cert_serial: cert_serial.into(),
+            reason: "device lost".into(),
+            every_cert,
+        })
+    };
+    let max = engine::domain::catalog::PRICE_MINOR_MAX;
+    let frank = &w.frank_serials[0];
+    let admin = [
+        ("unknown id", "merchant never registered", suspend("adm-suspend-1", "m0unknown", "chargebacks"), nf),
+        ("unknown id", "node X's id as a merchant's", suspend("adm-suspend-2", &w.x.id, "chargebacks"), nf),
+        ("invalid field", "empty merchant id", suspend("adm-suspend-3", "", "chargebacks"), ia),
+        ("invalid field", "merchant id m.1", suspend("adm-suspend-4", "m.1", "chargebacks"), ia),
+        ("invalid field", "merchant C, reason a space", suspend("adm-suspend-5", c, " "), ia),
+        ("invalid field", "merchant C, empty reason", suspend("adm-suspend-6", c, ""), ia),
+        ("invalid field", "merchant C, request id with a slash", suspend("a/b", c, "chargebacks"), ia),
+        ("unknown id", "merchant never registered", reinstate("adm-reinstate-1", "m0unknown"), nf),
+        ("invalid field", "empty merchant id", reinstate("adm-reinstate-2", ""), ia),
+        ("unknown id", "auditor never registered", revoke_auditor("adm-auditor-1", "a0unknown", "left"), nf),
+        ("unknown id", "merchant C's id as an auditor's", revoke_auditor("adm-auditor-2", c, "left"), nf),
+        ("invalid field", "empty auditor id", revoke_auditor("adm-auditor-3", "", "left"), ia),
+        ("invalid field", "spare auditor, empty reason", revoke_auditor("adm-auditor-4", &w.spare_auditor.id, ""), ia),
+        ("unknown id", "media never published", withdraw("adm-withdraw-1", "md-unknown", "takedown"), nf),
+        ("invalid field", "empty media id", withdraw("adm-withdraw-2", "", "takedown"), ia),
+        ("invalid field", "media id with a space", withdraw("adm-withdraw-3", "md 1", "takedown"), ia),
+        ("invalid field", "spare media, reason a space", withdraw("adm-withdraw-4", &w.spare_media, " "), ia),
+        ("unknown id", "media never published", price("adm-price-1", "md-unknown", 300), nf),
+        ("invalid field", "empty media id", price("adm-price-2", "", 300), ia),
+        ("invalid field", "price 0", price("adm-price-3", &w.priced_media, 0), ia),
+        ("invalid field", "price over the maximum", price("adm-price-4", &w.priced_media, max + 1), ia),
+        ("invalid field", "price u64::MAX", price("adm-price-5", &w.priced_media, u64::MAX), ia),
+        ("invalid field", "neither a serial nor every_cert", revoke_certs("adm-certs-1", "frank", "", false), ia),
+        ("invalid field", "a serial and every_cert", revoke_certs("adm-certs-2", "frank", frank, true), ia),
+        ("invalid field", "empty consumer id", revoke_certs("adm-certs-3", "", "", true), ia),
+        ("invalid field", "serial with a space", revoke_certs("adm-certs-4", "frank", "not a serial", false), ia),
+        ("unknown id", "consumer never certified, every_cert", revoke_certs("adm-certs-5", "nobody", "", true), nf),
+        ("unknown id", "consumer never certified, frank's serial", revoke_certs("adm-certs-6", "nobody", frank, false), nf),
+        ("unknown id", "serial unknown for frank", revoke_certs("adm-certs-7", "frank", "serial-unknown", false), nf),
+        ("unknown id", "alice's serial for frank", revoke_certs("adm-certs-8", "frank", &w.alice_serial, false), nf),
+    ];
+    for (category, what, request, expect) in admin {
+        cases.push(case(category, what, &op, request, expect));
+    }
+    // A change already in effect is answered and writes nothing (C is active).
+    cases.push(case("no change", "reinstate active merchant C", &op, reinstate("adm-reinstate-3", c), Code::Ok).answer_has("changed: false"));
+
     // Which check refused it, where the code alone could come from another one.
     for case in &mut cases {
         if case.message_has.is_none() {

@@ -61,6 +61,34 @@ pub(super) struct Pools {
     pub(super) points_reads: Vec<pb::GetPointsRequest>,
     /// Alice's confirm proofs for the world's sales at X (hash of ones, of zeros).
     pub(super) confirms: Vec<Vec<u8>>,
+    /// What the operator's administrative changes act on.
+    pub(super) admin: Sacrificial,
+}
+
+/// The ids the operator's administrative changes draw from: objects made for them, objects
+/// the cases may create, and names of nothing; never merchant A or B, the world's media,
+/// a consumer other cases use or the auditor. A suspension, withdrawal or revocation of
+/// those would stop the rest of the run: the known-good sale every `CHECK_EVERY_CASES`
+/// cases is merchant A's, of the world's media; a revoked auditor's calls would be
+/// refused at the front door.
+#[derive(Clone, Debug)]
+pub(super) struct Sacrificial {
+    /// Merchant C; merchants the cases may register (a shared request id); none.
+    pub(super) merchants: Ids,
+    /// The spare auditor; auditors the cases may register; none.
+    pub(super) auditors: Ids,
+    /// The spare media; media the cases may publish; none.
+    pub(super) withdrawable: Ids,
+    /// The spare media and the priced media (never withdrawn, so its price changes all
+    /// run long); media the cases may publish; none.
+    pub(super) priced: Ids,
+    /// Consumer frank; consumers the world never certified.
+    pub(super) consumers: Ids,
+    /// Frank's certificates; every other serial (no serial of frank's).
+    pub(super) serials: Ids,
+    /// Ids of every kind but those the changes must not touch, for fields that expect
+    /// another kind.
+    pub(super) others: Vec<String>,
 }
 
 /// Request ids the generated cases share.
@@ -168,6 +196,31 @@ impl Pools {
             }
         }
         let ders = vec![w.consumer_der.clone(), w.fx.engine_public.to_der().expect("der")];
+        let from_shared = |f: &dyn Fn(&RequestId) -> String| -> Vec<String> { shared.iter().map(|r| f(&RequestId(r.clone()))).collect() };
+        let mut merchants = from_shared(&|r| engine::ids::merchant_id_for(&w.operator.id, r).0);
+        merchants.push("m0never".into());
+        let mut auditors = from_shared(&|r| engine::ids::auditor_id_for(&w.operator.id, r).0);
+        auditors.push("a0never".into());
+        let mut fuzz_media = from_shared(&|r| engine::ids::media_id_for(&w.operator.id, r).0);
+        fuzz_media.push("md-never".into());
+        let protected: Vec<String> = [&w.a.id, &w.b.id, &w.auditor.id, &w.media]
+            .into_iter()
+            .cloned()
+            .chain(["alice", "bob", "erin", "dave", "acct-1", "acct-empty", KNOWN_GOOD_CONSUMER].map(String::from))
+            .collect();
+        let mut others: Vec<String> = any_ids.iter().filter(|id| !protected.contains(id)).cloned().collect();
+        others.extend([&w.c.id, &w.spare_auditor.id, &w.spare_media, &w.priced_media].map(String::clone));
+        others.push("frank".into());
+        others.extend(w.frank_serials.iter().cloned());
+        let admin = Sacrificial {
+            merchants: Ids::new(vec![w.c.id.clone()], merchants),
+            auditors: Ids::new(vec![w.spare_auditor.id.clone()], auditors),
+            withdrawable: Ids::new(vec![w.spare_media.clone()], fuzz_media.clone()),
+            priced: Ids::new(vec![w.spare_media.clone(), w.priced_media.clone()], fuzz_media),
+            consumers: Ids::new(vec!["frank".into()], ["carol", "nobody"].map(String::from).to_vec()),
+            serials: Ids::new(w.frank_serials.clone(), serials.all()),
+            others,
+        };
         Pools {
             request_ids,
             vouchers,
@@ -188,6 +241,7 @@ impl Pools {
             spends,
             points_reads,
             confirms,
+            admin,
         }
     }
 }
@@ -375,6 +429,11 @@ pub(super) fn endpoint(b: Bias) -> BoxedStrategy<String> {
 
 // ---- requests, RPC by RPC ----
 
+/// The operator's changes to parties and the catalog, whose ids come from `Sacrificial`.
+pub(super) fn administrative(rpc: Rpc) -> bool {
+    matches!(rpc, Rpc::SuspendMerchant | Rpc::ReinstateMerchant | Rpc::RevokeAuditor | Rpc::WithdrawMedia | Rpc::ChangePrice | Rpc::RevokeCerts)
+}
+
 pub(super) fn arb_request(rpc: Rpc, p: &Pools, b: Bias) -> BoxedStrategy<Req> {
     let rid = request_id(p, b);
     let voucher = || id_field(&p.vouchers, &p.any_ids, b);
@@ -385,8 +444,11 @@ pub(super) fn arb_request(rpc: Rpc, p: &Pools, b: Bias) -> BoxedStrategy<Req> {
     let account = || id_field(&p.accounts, &p.any_ids, b);
     match rpc {
         Rpc::Reserve => {
+            // The admin pool's priced media alone too: the model oracle checks that a
+            // reservation carries the price the last accepted ChangePrice set.
             let media_ids = one_of(vec![
                 (b.plausible(2), Just(p.media.real.clone()).boxed()),
+                (b.plausible(1), select(p.admin.priced.real.clone()).prop_map(|media| vec![media]).boxed()),
                 (4, vec(media(), 0..4).boxed()),
                 (1, vec(select(p.media.all()), 0..300).boxed()),
             ]);
@@ -554,6 +616,48 @@ pub(super) fn arb_request(rpc: Rpc, p: &Pools, b: Bias) -> BoxedStrategy<Req> {
             let others: Vec<String> = p.any_ids.iter().filter(|id| !callers.contains(id)).cloned().collect();
             (rid, id_field(&p.removable_nodes, &others, b))
                 .prop_map(|(request_id, node_id)| Req::RemoveNode(pb::NodeAdminRequest { request_id, node_id }))
+                .boxed()
+        }
+        Rpc::SuspendMerchant | Rpc::ReinstateMerchant => {
+            let suspend = rpc == Rpc::SuspendMerchant;
+            (rid, id_field(&p.admin.merchants, &p.admin.others, b), free_text(b))
+                .prop_map(move |(request_id, merchant_id, reason)| {
+                    let message = pb::MerchantAdminRequest { request_id, merchant_id, reason };
+                    if suspend { Req::SuspendMerchant(message) } else { Req::ReinstateMerchant(message) }
+                })
+                .boxed()
+        }
+        Rpc::RevokeAuditor => (rid, id_field(&p.admin.auditors, &p.admin.others, b), free_text(b))
+            .prop_map(|(request_id, auditor_id, reason)| Req::RevokeAuditor(pb::AuditorAdminRequest { request_id, auditor_id, reason }))
+            .boxed(),
+        Rpc::WithdrawMedia => (rid, id_field(&p.admin.withdrawable, &p.admin.others, b), free_text(b))
+            .prop_map(|(request_id, media_id, reason)| Req::WithdrawMedia(pb::WithdrawMediaRequest { request_id, media_id, reason }))
+            .boxed(),
+        Rpc::ChangePrice => {
+            let max = engine::domain::catalog::PRICE_MINOR_MAX;
+            let price = one_of(vec![
+                (b.plausible(3), select(vec![99u64, 199, 250, 1000]).boxed()),
+                (2, select(vec![max - 1, max, max + 1]).boxed()),
+                (3, u64_field(250, b)),
+            ]);
+            (rid, id_field(&p.admin.priced, &p.admin.others, b), price)
+                .prop_map(|(request_id, media_id, price_minor)| Req::ChangePrice(pb::ChangePriceRequest { request_id, media_id, price_minor }))
+                .boxed()
+        }
+        Rpc::RevokeCerts => {
+            // One serial, or every certificate, as the handler wants exactly one of them;
+            // and, hostile, both or neither.
+            let serial = id_field(&p.admin.serials, &p.admin.others, b);
+            let which = one_of(vec![
+                (b.plausible(3), serial.clone().prop_map(|serial| (serial, false)).boxed()),
+                (b.plausible(2), Just((String::new(), true)).boxed()),
+                (1, serial.prop_map(|serial| (serial, true)).boxed()),
+                (1, Just((String::new(), false)).boxed()),
+            ]);
+            (rid, id_field(&p.admin.consumers, &p.admin.others, b), which, free_text(b))
+                .prop_map(|(request_id, consumer_id, (cert_serial, every_cert), reason)| {
+                    Req::RevokeCerts(pb::RevokeCertsRequest { request_id, consumer_id, cert_serial, reason, every_cert })
+                })
                 .boxed()
         }
     }
@@ -783,8 +887,11 @@ pub(super) fn arb_body(rpc: Rpc, p: &Pools) -> BoxedStrategy<Body> {
         Body::Raw { how: "raw: malformed protobuf", bytes }
     });
     let random = vec(any::<u8>(), 0..300).prop_map(|bytes| Body::Raw { how: "raw: random bytes", bytes });
-    // Another RPC's request, well-formed: fields of the wrong types and meanings.
-    let others: Vec<Rpc> = Rpc::ALL.iter().copied().filter(|other| *other != rpc).collect();
+    // Another RPC's request, well-formed: fields of the wrong types and meanings. An
+    // administrative change gets only the other changes' requests, which name sacrificial
+    // objects: it would act on whatever another request names where its ids are (a
+    // Preview's media and region read as a WithdrawMedia's media and reason).
+    let others: Vec<Rpc> = Rpc::ALL.iter().copied().filter(|&other| other != rpc && (!administrative(rpc) || administrative(other))).collect();
     let pools = p.clone();
     let other = select(others)
         .prop_flat_map(move |other| arb_request(other, &pools, Bias::NearValid))

@@ -13,7 +13,11 @@
 //! - a delivery is completed or failed only after a release;
 //! - a unit binds to one device key and carries a balanced charge; a repeated BindUnit
 //!   answered names the recorded key;
-//! - every posting set balances; a merchant reads only its own vouchers.
+//! - every posting set balances; a merchant reads only its own vouchers;
+//! - a reservation or an order carries each media's price as the catalog stands (its
+//!   publication, then every PriceChanged the operator's accepted changes appended), and
+//!   names only media on sale; a preview starts only of a media not withdrawn; a price
+//!   changes only while the media is published and not withdrawn.
 //!
 //! And over the state, every check: the ledger sums to zero in each currency. (Node slots
 //! are not checked here: a node may lower its capacity below what it holds, which the
@@ -34,9 +38,36 @@ pub(super) struct Oracle {
     unit_keys: BTreeMap<(String, u32), [u8; 32]>,
     /// Spend authorization nonces (hashed by the engine) seen in holds.
     nonce_hashes: BTreeSet<[u8; 32]>,
+    /// media → its price and whether it is on sale, as the stream has it so far.
+    catalog: BTreeMap<String, Listing>,
     pub(super) points_holds: u64,
     pub(super) releases: u64,
     pub(super) units_charged: u64,
+    /// Reserved items and orders whose price was checked against `catalog`.
+    pub(super) prices_checked: u64,
+    pub(super) price_changes: u64,
+}
+
+/// A published media, as the model knows it.
+struct Listing {
+    price_minor: u64,
+    for_sale: bool,
+    withdrawn: bool,
+}
+
+impl Oracle {
+    /// The problem with selling `media` at `price_minor` now, if any.
+    fn sold(&mut self, what: &str, media: &str, price_minor: u64) -> Option<String> {
+        self.prices_checked += 1;
+        match self.catalog.get(media) {
+            None => Some(format!("{what} of {media}, which was never published")),
+            Some(listing) if !listing.for_sale || listing.withdrawn => Some(format!("{what} of {media}, which is not for sale")),
+            Some(listing) if listing.price_minor != price_minor => {
+                Some(format!("{what} of {media} at {price_minor}, while its price is {}", listing.price_minor))
+            }
+            Some(_) => None,
+        }
+    }
 }
 
 impl Oracle {
@@ -73,9 +104,31 @@ impl Oracle {
     fn apply(&mut self, recorded: &Recorded, request: Option<&Req>, consumer_der: Option<&[u8]>) -> Vec<String> {
         let mut problems = Vec::new();
         match &recorded.event {
-            Event::Reserved { voucher_id, merchant_id, .. } => {
+            Event::Reserved { voucher_id, merchant_id, items, .. } => {
                 self.owners.insert(voucher_id.0.clone(), merchant_id.0.clone());
+                for item in items {
+                    problems.extend(self.sold("a reservation", &item.media_id.0, item.price_minor));
+                }
             }
+            Event::OrderPlaced { media_id, price_per_unit_minor, .. } => problems.extend(self.sold("an order", &media_id.0, *price_per_unit_minor)),
+            Event::PreviewStarted { media_id, .. } if self.catalog.get(&media_id.0).is_none_or(|listing| listing.withdrawn) => {
+                problems.push(format!("a preview of {media_id}, which is withdrawn or was never published"));
+            }
+            Event::MediaPublished(media) => {
+                let listing = Listing { price_minor: media.price_minor, for_sale: media.for_sale, withdrawn: false };
+                self.catalog.insert(media.media_id.0.clone(), listing);
+            }
+            Event::PriceChanged { media_id, price_minor } => match self.catalog.get_mut(&media_id.0) {
+                Some(listing) if !listing.withdrawn => {
+                    listing.price_minor = *price_minor;
+                    self.price_changes += 1;
+                }
+                _ => problems.push(format!("the price of {media_id} changed, which is withdrawn or was never published")),
+            },
+            Event::MediaWithdrawn { media_id, .. } => match self.catalog.get_mut(&media_id.0) {
+                Some(listing) if !listing.withdrawn => listing.withdrawn = true,
+                _ => problems.push(format!("{media_id} withdrawn, which is withdrawn already or was never published")),
+            },
             Event::PointsHeld { account_id, nonce_hash, .. } => {
                 self.points_holds += 1;
                 let Some(nonce_hash) = nonce_hash else {
@@ -194,7 +247,7 @@ pub(super) fn state_problems(world: &World) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use engine::domain::event::{Actor, LedgerAccountKind, Posting, UnitCharge};
+    use engine::domain::event::{Actor, LedgerAccountKind, MediaPublished, Payment, Posting, PreviewClip, ReservedItem, RoyaltyTerms, UnitCharge};
     use engine::ids::{AccountId, CertSerial, ConsumerId, MediaId, MerchantId, Millis, NodeId, OrderId, VoucherId};
 
     fn recorded(actor: Actor, event: Event) -> Recorded {
@@ -252,6 +305,55 @@ mod tests {
             Event::PointsHeld { account_id: AccountId::new("alice"), voucher_id: VoucherId::new("v9"), amount: 1, expires_at: Millis(9), nonce_hash: nonce },
         )
     }
+    fn operator() -> Actor {
+        Actor::new(ActorKind::Operator, "o1")
+    }
+    fn published(price_minor: u64) -> Recorded {
+        recorded(
+            operator(),
+            Event::MediaPublished(MediaPublished {
+                media_id: MediaId::new("md"),
+                publisher: "o1".into(),
+                title: "Song".into(),
+                artist: "Artist".into(),
+                authors: Vec::new(),
+                length_ms: 1,
+                price_minor,
+                currency: "EUR".into(),
+                terms: RoyaltyTerms::default(),
+                renditions: Vec::new(),
+                preview: PreviewClip::default(),
+                image_descriptor: String::new(),
+                for_sale: true,
+                engine_key_id: String::new(),
+                wrapped_media_key: Vec::new(),
+                container_format: 0,
+            }),
+        )
+    }
+    fn repriced(price_minor: u64) -> Recorded {
+        recorded(operator(), Event::PriceChanged { media_id: MediaId::new("md"), price_minor })
+    }
+    fn withdrawn() -> Recorded {
+        recorded(operator(), Event::MediaWithdrawn { media_id: MediaId::new("md"), reason: "gone".into() })
+    }
+    fn reserved(price_minor: u64) -> Recorded {
+        recorded(
+            Actor::new(ActorKind::Merchant, "m1"),
+            Event::Reserved {
+                voucher_id: VoucherId::new("v2"),
+                merchant_id: MerchantId::new("m1"),
+                items: vec![ReservedItem { media_id: MediaId::new("md"), price_minor }],
+                rendition: "high".into(),
+                price_minor,
+                currency: "EUR".into(),
+                expires_at: Millis(9),
+                payment: Payment::Merchant { payment_ref: String::new() },
+                token_key_id: 0,
+                auth_generation: 1,
+            },
+        )
+    }
     fn flags(events: &[Recorded], expect: Option<&str>) {
         let mut oracle = Oracle::default();
         let problems: Vec<String> = events.iter().flat_map(|event| oracle.apply(event, None, None)).collect();
@@ -288,6 +390,12 @@ mod tests {
         flags(&[held(Some([1; 32])), held(Some([2; 32]))], None);
         flags(&[held(None)], Some("no authorization recorded"));
         flags(&[held(Some([1; 32])), held(Some([1; 32]))], Some("twice on one authorization"));
+        flags(&[published(199), reserved(199), repriced(250), reserved(250)], None);
+        flags(&[published(199), repriced(250), reserved(199)], Some("at 199, while its price is 250"));
+        flags(&[reserved(199)], Some("never published"));
+        flags(&[published(199), withdrawn(), reserved(199)], Some("not for sale"));
+        flags(&[published(199), withdrawn(), repriced(250)], Some("the price of md changed"));
+        flags(&[published(199), withdrawn(), withdrawn()], Some("withdrawn already"));
 
         // Answers: a merchant reads only its own vouchers.
         let mut oracle = Oracle::default();

@@ -1,7 +1,5 @@
 //! The RPCs of the engine's six services, declared once for the tests that call them all
-//! (`grpc_bad_input.rs`, `grpc_fuzz.rs`); not yet AdminService's administrative changes
-//! (SuspendMerchant … RevokeCerts), whose access and refusals `admin_reach.rs` checks
-//! (TODO: add them here, with their access rows and fuzz arms): the `Rpc` enum, typed requests (`Req`) and their
+//! (`grpc_bad_input.rs`, `grpc_fuzz.rs`): the `Rpc` enum, typed requests (`Req`) and their
 //! dispatch through the generated clients, raw bodies no generated client would send, the
 //! credential metadata a call presents (`Meta`), and protobuf encoding helpers.
 
@@ -92,15 +90,32 @@ impl Service {
     }
 }
 
+/// What an accepted typed call answered: the response's Debug text (compared with what a
+/// test expects in it, never printed: it can hold secrets) and its encoding (decoded).
+pub struct Answered {
+    pub text: String,
+    pub encoded: Vec<u8>,
+}
+
+/// Its size only, for a failed `expect_err`: the response can hold secrets.
+impl std::fmt::Debug for Answered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "a response of {} bytes", self.encoded.len())
+    }
+}
+
 /// Declares the RPCs once: the `Rpc` enum, the `Req` enum of typed requests, their
 /// encoding, whether bytes decode as an RPC's request, and the typed dispatch through the
 /// generated clients.
 macro_rules! rpcs {
     (@streaming unary) => { false };
     (@streaming stream) => { true };
-    (@answer unary, $call:expr) => { Ok(hex::encode(prost::Message::encode_to_vec(&$call.await?.into_inner()))) };
+    (@answer unary, $call:expr) => {{
+        let response = $call.await?.into_inner();
+        Ok(Answered { text: format!("{response:?}"), encoded: prost::Message::encode_to_vec(&response) })
+    }};
     // The headers arrived (no error before the first message): that is the answer.
-    (@answer stream, $call:expr) => {{ drop($call.await?); Ok(String::from("a stream")) }};
+    (@answer stream, $call:expr) => {{ drop($call.await?); Ok(Answered { text: String::from("a stream"), encoded: Vec::new() }) }};
     (@client Merchant, $channel:expr, $who:expr) => { pb::merchant_service_client::MerchantServiceClient::with_interceptor($channel, $who) };
     (@client Delivery, $channel:expr, $who:expr) => { pb::delivery_service_client::DeliveryServiceClient::with_interceptor($channel, $who) };
     (@client Catalog, $channel:expr, $who:expr) => { pb::catalog_service_client::CatalogServiceClient::with_interceptor($channel, $who) };
@@ -151,9 +166,9 @@ macro_rules! rpcs {
             }
         }
 
-        /// Sends a typed request; the answer is the response's encoding in hex (compared or
-        /// decoded, never printed), or "a stream" once a stream's headers arrived.
-        pub async fn send_typed(channel: &Channel, who: &Meta, request: Req) -> Result<String, Status> {
+        /// Sends a typed request; the answer is the response, or "a stream" once a stream's
+        /// headers arrived.
+        pub async fn send_typed(channel: &Channel, who: &Meta, request: Req) -> Result<Answered, Status> {
             match request {
                 $(Req::$variant(message) => {
                     let mut client = rpcs!(@client $service, channel.clone(), who.clone()).max_decoding_message_size(usize::MAX);
@@ -198,6 +213,12 @@ rpcs! {
     SetConfig = Admin.set_config(SetConfigRequest) unary;
     DrainNode = Admin.drain_node(NodeAdminRequest) unary;
     RemoveNode = Admin.remove_node(NodeAdminRequest) unary;
+    SuspendMerchant = Admin.suspend_merchant(MerchantAdminRequest) unary;
+    ReinstateMerchant = Admin.reinstate_merchant(MerchantAdminRequest) unary;
+    RevokeAuditor = Admin.revoke_auditor(AuditorAdminRequest) unary;
+    WithdrawMedia = Admin.withdraw_media(WithdrawMediaRequest) unary;
+    ChangePrice = Admin.change_price(ChangePriceRequest) unary;
+    RevokeCerts = Admin.revoke_certs(RevokeCertsRequest) unary;
     GetPoints = Consumer.get_points(GetPointsRequest) unary;
 }
 
