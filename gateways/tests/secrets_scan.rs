@@ -5,10 +5,13 @@
 //! planted secret is found (negative control), and a public id the run wrote is found in
 //! each kind of place searched (the scan read them).
 //!
-//! Recomputed secrets: the engine's private key (PKCS#8 DER), the royalty master key, each
-//! epoch's A_0 and every entry key K_j, the token key, every voucher's receipt and auth
-//! token, every node's access key, and every media key (unwrapped from the stream with the
-//! engine's key). The players' private keys live only in the demo process.
+//! Secrets searched (those the test can recompute or read): the engine's private key
+//! (PKCS#8 DER), the royalty master key, the operator's credential secret, each epoch's A_0
+//! and every entry key K_j, the token key, every voucher's receipt and auth token, every
+//! node's access key, and every media key (unwrapped from the stream with the engine's key).
+//! Not searched: the merchants', nodes' and auditors' credential secrets (they live only in
+//! the demo process), the per-rendition keys of format 3, and the publisher's and players'
+//! private keys (their own files under the data dir).
 
 use base64::Engine as _;
 use engine::app::{EngineKeys, TOKEN_KEY_ID};
@@ -98,6 +101,8 @@ async fn no_secret_reaches_the_stream_the_files_or_the_logs() {
         start += DER_WINDOW_BYTES;
     }
     secrets.push(("royalty master key".into(), master.expose().to_vec()));
+    let operator = gateways::common::cred::Credential::load(&keys_dir.join("operator.cred")).expect("operator credential");
+    secrets.push(("operator credential secret".into(), operator.secret.expose().to_vec()));
     let mut chain = projections::royalty::Chain::start(&master, projections::royalty_log::EPOCH);
     secrets.push(("royalty A_0".into(), projections::royalty::epoch_secret(&master, projections::royalty_log::EPOCH).expose().to_vec()));
     let token_key = keys.token_key(TOKEN_KEY_ID);

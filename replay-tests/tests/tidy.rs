@@ -313,20 +313,44 @@ const SOURCE_LINES_MAX: usize = 1_200;
 
 #[test]
 fn no_source_file_passes_1200_lines() {
-    let mut hits = Vec::new();
     let root = workspace();
+    let hits = long_files(&root, &["proto", "engine", "projections", "gateways", "replay-tests"]);
+    judge(&format!("a source file passes {SOURCE_LINES_MAX} lines"), hits, &[])
+}
+
+/// Files under `root`'s `dirs` longer than `SOURCE_LINES_MAX` lines: (path, lines, why).
+fn long_files(root: &Path, dirs: &[&str]) -> Vec<(String, usize, String)> {
     let mut files = Vec::new();
-    for dir in ["proto", "engine", "projections", "gateways", "replay-tests"] {
+    for dir in dirs {
         collect_all(&root.join(dir), &mut files);
     }
+    let mut hits = Vec::new();
     for file in files {
         let lines = std::fs::read_to_string(&file).expect("readable").lines().count();
         if lines > SOURCE_LINES_MAX {
-            let path = file.strip_prefix(&root).expect("under the workspace").to_string_lossy().to_string();
+            let path = file.strip_prefix(root).expect("under the root").to_string_lossy().to_string();
             hits.push((path, lines, format!("{lines} lines")));
         }
     }
-    judge(&format!("a source file passes {SOURCE_LINES_MAX} lines"), hits, &[])
+    hits
+}
+
+/// The line-count rule's control: a planted file one line over the limit is found (in a
+/// nested folder), one at the limit and a `target` folder's are not.
+#[test]
+fn the_line_count_finds_a_planted_long_file() {
+    let root = tempfile::tempdir().expect("temporary directory");
+    let write = |path: &str, lines: usize| {
+        let path = root.path().join(path);
+        std::fs::create_dir_all(path.parent().expect("a parent")).expect("mkdir");
+        std::fs::write(path, "x\n".repeat(lines)).expect("write");
+    };
+    write("engine/src/deep/long.rs", SOURCE_LINES_MAX + 1);
+    write("engine/src/at_limit.rs", SOURCE_LINES_MAX);
+    write("engine/target/generated.rs", SOURCE_LINES_MAX * 2);
+    let hits = long_files(root.path(), &["engine"]);
+    let found: Vec<&str> = hits.iter().map(|(path, ..)| path.as_str()).collect();
+    assert_eq!(found, vec!["engine/src/deep/long.rs"]);
 }
 
 fn collect_all(dir: &Path, files: &mut Vec<PathBuf>) {
