@@ -597,6 +597,26 @@ impl Market {
         self.settle_void(&by, request, voucher_id, &handled.root.state, VoidReason::Refunded).await
     }
 
+    /// Gives a sale's money back (`VoucherCommand::Refund`): a void with the reversal while
+    /// no key was released, else a refund or chargeback; points paid come back to the
+    /// consumer's account. The voucher's status after it (Voided or Refunded).
+    pub async fn refund(
+        &self,
+        merchant: &MerchantId,
+        request: &RequestId,
+        voucher_id: &VoucherId,
+        reason: &str,
+        chargeback: bool,
+    ) -> Result<voucher::VoucherStatus, AppError> {
+        self.voucher_of(voucher_id).await?;
+        let by = actor(ActorKind::Merchant, &merchant.0);
+        let command = VoucherCommand::Refund { merchant: merchant.clone(), reason: reason.to_string(), chargeback };
+        let handled = self.handler.handle::<Voucher>(&voucher_id.0, &by, request, &command).await?;
+        let state = &handled.root.state;
+        self.settle_void(&by, request, voucher_id, state, VoidReason::Refunded).await?;
+        Ok(state.status)
+    }
+
     /// The sweeper's timeout of one reservation (decided at the engine clock's now).
     /// `true` when this call voided it; `false` when it was already expired (another
     /// sweeper got there first: the same engine request, answered without a new event).

@@ -388,6 +388,13 @@ fn event_to_pb(event: &Event) -> E {
         Event::Voided { voucher_id, reason, reversal } => {
             E::Voided(pb::Voided { voucher_id: voucher_id.0.clone(), reason: void_reason(*reason) as i32, reversal: postings_to_pb(reversal) })
         }
+        Event::Refunded { voucher_id, reason, chargeback, reversal, media_ids } => E::Refunded(pb::Refunded {
+            voucher_id: voucher_id.0.clone(),
+            reason: reason.clone(),
+            chargeback: *chargeback,
+            reversal: postings_to_pb(reversal),
+            media_ids: media_ids.iter().map(|media| media.0.clone()).collect(),
+        }),
         Event::VoucherIssued { voucher_id, node_id, merchant_id, media_ids, rendition, access_expires_at } => E::VoucherIssued(pb::VoucherIssued {
             voucher_id: voucher_id.0.clone(),
             node_id: node_id.0.clone(),
@@ -554,6 +561,13 @@ fn event_of_pb(event: E) -> Result<Event, DecodeError> {
             postings: postings_of(e.postings)?,
         },
         E::Voided(e) => Event::Voided { voucher_id: VoucherId(e.voucher_id), reason: void_reason_of(e.reason)?, reversal: postings_of(e.reversal)? },
+        E::Refunded(e) => Event::Refunded {
+            voucher_id: VoucherId(e.voucher_id),
+            reason: e.reason,
+            chargeback: e.chargeback,
+            reversal: postings_of(e.reversal)?,
+            media_ids: e.media_ids.into_iter().map(MediaId).collect(),
+        },
         E::VoucherIssued(e) => Event::VoucherIssued {
             voucher_id: VoucherId(e.voucher_id),
             node_id: NodeId(e.node_id),

@@ -218,6 +218,8 @@ struct World {
     second: client::Sale,
     pending: String,
     pending_to_void: String,
+    /// A reservation only the Refund access row spends (a refund before release voids it).
+    pending_to_refund: String,
     authorized: String,
     expired: String,
     preview: String,
@@ -275,6 +277,7 @@ async fn build_world() -> World {
     assert_eq!(second.node_id, x.id, "issued in X's region, so to X");
     let pending = merchant.reserve(reserve_request("pending-1", &media)).await.expect("reserve").into_inner().voucher_id;
     let pending_to_void = merchant.reserve(reserve_request("pending-2", &media)).await.expect("reserve").into_inner().voucher_id;
+    let pending_to_refund = merchant.reserve(reserve_request("pending-3", &media)).await.expect("reserve").into_inner().voucher_id;
     let authorized = merchant.reserve(reserve_request("authorized-1", &media)).await.expect("reserve").into_inner().voucher_id;
     merchant.authorize(pb::AuthorizeRequest { request_id: "authorized-1-authorize".into(), voucher_id: authorized.clone() }).await.expect("authorize");
     let expired = merchant.reserve(pb::ReserveRequest { ttl_ms: 1, ..reserve_request("expired-1", &media) }).await.expect("reserve").into_inner().voucher_id;
@@ -370,6 +373,7 @@ async fn build_world() -> World {
         second,
         pending,
         pending_to_void,
+        pending_to_refund,
         authorized,
         expired,
         preview: preview.preview_id,
@@ -656,6 +660,11 @@ const EXPECTED_ACCESS: &[(&str, [&str; 7])] = &[
         ["PermissionDenied", "allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"],
     ),
     (
+        "Refund",
+        /*              */
+        ["PermissionDenied", "allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"],
+    ),
+    (
         "IssueVoucher",
         /*        */ ["PermissionDenied", "allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"],
     ),
@@ -839,6 +848,12 @@ impl World {
             Rpc::Reserve => Req::Reserve(reserve_request("acc-reserve", &self.media)),
             Rpc::Authorize => Req::Authorize(pb::AuthorizeRequest { request_id: "acc-authorize".into(), voucher_id: self.pending.clone() }),
             Rpc::Void => Req::Void(pb::VoidRequest { request_id: "acc-void".into(), voucher_id: self.pending_to_void.clone() }),
+            Rpc::Refund => Req::Refund(pb::RefundRequest {
+                request_id: "acc-refund".into(),
+                voucher_id: self.pending_to_refund.clone(),
+                reason: "the customer changed their mind".into(),
+                chargeback: false,
+            }),
             Rpc::IssueVoucher => {
                 Req::IssueVoucher(pb::IssueVoucherRequest { request_id: "acc-issue".into(), voucher_id: self.authorized.clone(), region: String::new() })
             }

@@ -826,8 +826,8 @@ async fn fuzz(cases: usize, seed: u64) {
         }
     }
     println!(
-        "model oracle: {} points holds, {} key releases, {} charged units, {} prices ({} price changes) checked",
-        model.points_holds, model.releases, model.units_charged, model.prices_checked, model.price_changes
+        "model oracle: {} points holds, {} key releases, {} refunds after release, {} charged units, {} prices ({} price changes) checked",
+        model.points_holds, model.releases, model.refunds, model.units_charged, model.prices_checked, model.price_changes
     );
     println!("linked cases (resolved, accepted): {:?}", memory.resolved);
     checks += 1;

@@ -95,6 +95,12 @@ impl Allocation {
                 self.take(node_id);
                 self.vouchers.insert(voucher_id.clone(), node_id.clone());
             }
+            Event::Voided { voucher_id, .. } | Event::Refunded { voucher_id, .. } => {
+                // Refunded (or voided once issued): the slot comes back, if it still held one.
+                if let Some(node_id) = self.vouchers.remove(voucher_id) {
+                    self.give_back(&node_id);
+                }
+            }
             Event::AccessLapsed { voucher_id, .. } => {
                 // The access window ended unused: the slot comes back (a reissue takes one again).
                 if let Some(node_id) = self.vouchers.remove(voucher_id) {

@@ -134,7 +134,9 @@ impl Balances {
     /// any other event).
     pub fn apply(&mut self, event: &Event, currency: &str) -> Result<(), BalanceError> {
         match event {
-            Event::Authorized { postings, .. } | Event::Voided { reversal: postings, .. } => self.post(postings, currency),
+            Event::Authorized { postings, .. } | Event::Voided { reversal: postings, .. } | Event::Refunded { reversal: postings, .. } => {
+                self.post(postings, currency)
+            }
             // A duplication unit is a sale of its own, in the currency it names.
             Event::UnitBound { charge: Some(charge), .. } => self.post(&charge.postings, &charge.currency),
             Event::PointsCredited { account_id, amount, sale: None, .. } => self.points_change(account_id, i128::from(*amount), 0),

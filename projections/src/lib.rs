@@ -200,6 +200,7 @@ impl Projections {
         let applied = match &recorded.event {
             engine::domain::event::Event::Authorized { voucher_id, postings, .. }
             | engine::domain::event::Event::Voided { voucher_id, reversal: postings, .. }
+            | engine::domain::event::Event::Refunded { voucher_id, reversal: postings, .. }
                 if !postings.is_empty() =>
             {
                 self.royalty.sales.with_row(voucher_id, |sale| balances.apply(&recorded.event, sale.map_or("", |sale| sale.currency.as_str())))

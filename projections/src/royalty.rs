@@ -28,6 +28,11 @@ pub enum UsageKind {
     Preview,
     /// A licensed duplication unit bound to a device: royalty-bearing.
     Duplication,
+    /// A delivered item's sale refunded by the merchant: an adjustment that takes its
+    /// amount back out of the totals (the delivery's entry stays in the chain).
+    Refund,
+    /// As `Refund`, charged back by the payment processor.
+    Chargeback,
 }
 
 /// One usage record, with the seed's fields.

@@ -70,6 +70,17 @@ pub struct TotalsLine {
     pub amount_minor: u64,
     /// Licensed duplication units bound.
     pub units: u64,
+    /// Refund and chargeback adjustments, and the sale amount they took back (the net is
+    /// `amount_minor - refunded_minor`).
+    pub refunds: u64,
+    pub refunded_minor: u64,
+}
+
+impl TotalsLine {
+    /// The royalty-bearing amount after refunds and chargebacks.
+    pub fn net_minor(&self) -> i128 {
+        i128::from(self.amount_minor) - i128::from(self.refunded_minor)
+    }
 }
 
 /// Why a recorded seal does not match the chain.
@@ -173,6 +184,12 @@ impl RoyaltyLog {
                 }
             }
             Event::Delivered { voucher_id, media_id, cert_serial, .. } => self.count_usage(seq, recorded_at_ms, voucher_id, media_id, &cert_serial.0),
+            Event::Refunded { voucher_id, chargeback, media_ids, .. } => {
+                let kind = if *chargeback { UsageKind::Chargeback } else { UsageKind::Refund };
+                for media_id in media_ids {
+                    self.count_adjustment(kind, seq, recorded_at_ms, voucher_id, media_id);
+                }
+            }
             Event::PreviewEnded { preview_id, played_ms, media_id, .. } => {
                 let merchant = self.previews.get(preview_id).cloned().unwrap_or_default();
                 let entry = self.entry(UsageKind::Preview, seq, recorded_at_ms, media_id, "", "", &merchant, 0, "", *played_ms);
@@ -205,6 +222,19 @@ impl RoyaltyLog {
             sale.counted.insert(media_id.clone());
         });
         self.record(entry);
+    }
+
+    /// The adjustment entry of a refunded (or charged back) item whose usage was counted:
+    /// its sale amount comes back out of the totals. Nothing for an item never counted.
+    fn count_adjustment(&mut self, kind: UsageKind, seq: Seq, recorded_at_ms: i64, voucher_id: &engine::ids::VoucherId, media_id: &MediaId) {
+        let entry = self.sales.with_row(voucher_id, |sale| {
+            let sale = sale.filter(|sale| sale.counted.contains(media_id))?;
+            let price = sale.prices.get(media_id).copied().unwrap_or(0);
+            Some(self.entry(kind, seq, recorded_at_ms, media_id, voucher_id.as_str(), "", &sale.merchant, price, &sale.currency, 0))
+        });
+        if let Some(entry) = entry {
+            self.record(entry);
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -320,6 +350,11 @@ impl RoyaltyLog {
             field(&line.deliveries.to_le_bytes());
             field(&line.previews.to_le_bytes());
             field(&line.amount_minor.to_le_bytes());
+            // Only lines with adjustments feed these (states without any keep their digest).
+            if line.refunds > 0 {
+                field(&line.refunds.to_le_bytes());
+                field(&line.refunded_minor.to_le_bytes());
+            }
         }
         field(&(self.seals.len() as u64).to_le_bytes());
         field(&self.seals.last().map_or([0; 32], Report::seal_hash));
@@ -380,6 +415,10 @@ pub fn add_to_totals(totals: &mut BTreeMap<(Dimension, String), TotalsLine>, ent
             UsageKind::Duplication => {
                 line.units += 1;
                 line.amount_minor = line.amount_minor.saturating_add(entry.sale_price_minor);
+            }
+            UsageKind::Refund | UsageKind::Chargeback => {
+                line.refunds += 1;
+                line.refunded_minor = line.refunded_minor.saturating_add(entry.sale_price_minor);
             }
         }
     }

@@ -25,7 +25,7 @@ pub(crate) mod format;
 pub type Hold = (Millis, AccountId, VoucherId);
 
 /// How many statuses there are (`VoucherStatus`), for the per-status counts.
-const STATUSES: usize = 7;
+const STATUSES: usize = 8;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VoucherRow {
@@ -70,6 +70,7 @@ fn status_index(status: VoucherStatus) -> usize {
         VoucherStatus::Redeeming => 4,
         VoucherStatus::Delivered => 5,
         VoucherStatus::Voided => 6,
+        VoucherStatus::Refunded => 7,
     }
 }
 
@@ -110,6 +111,7 @@ impl VoucherBook {
             Event::PointsHeld { account_id, voucher_id, expires_at, .. } => self.hold(*expires_at, account_id, voucher_id),
             Event::HoldPosted { account_id, voucher_id, .. } | Event::HoldReleased { account_id, voucher_id, .. } => self.settle(account_id, voucher_id),
             Event::Voided { voucher_id, .. } => self.set_status(voucher_id, VoucherStatus::Voided),
+            Event::Refunded { voucher_id, .. } => self.set_status(voucher_id, VoucherStatus::Refunded),
             Event::VoucherIssued { voucher_id, access_expires_at, .. } => {
                 // The row's window is now the access window.
                 let mut before = None;

@@ -325,6 +325,15 @@ pub enum Event {
         reason: VoidReason,
         reversal: Vec<Posting>,
     },
+    /// A sale refunded (or charged back) after its keys were released: the settlement
+    /// reversed, and one royalty adjustment entry per media whose usage was counted.
+    Refunded {
+        voucher_id: VoucherId,
+        reason: String,
+        chargeback: bool,
+        reversal: Vec<Posting>,
+        media_ids: Vec<MediaId>,
+    },
     VoucherIssued {
         voucher_id: VoucherId,
         node_id: NodeId,
@@ -466,6 +475,7 @@ impl Event {
             Event::Reserved { voucher_id, .. }
             | Event::Authorized { voucher_id, .. }
             | Event::Voided { voucher_id, .. }
+            | Event::Refunded { voucher_id, .. }
             | Event::VoucherIssued { voucher_id, .. }
             | Event::RedemptionAccepted { voucher_id, .. }
             | Event::DeliveryFailed { voucher_id, .. }
@@ -503,6 +513,7 @@ impl Event {
             Event::Reserved { .. } => "Reserved",
             Event::Authorized { .. } => "Authorized",
             Event::Voided { .. } => "Voided",
+            Event::Refunded { .. } => "Refunded",
             Event::VoucherIssued { .. } => "VoucherIssued",
             Event::RedemptionAccepted { .. } => "RedemptionAccepted",
             Event::DeliveryFailed { .. } => "DeliveryFailed",

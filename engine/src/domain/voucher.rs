@@ -38,6 +38,8 @@ pub enum VoucherStatus {
     Redeeming,
     Delivered,
     Voided,
+    /// Keys were released, then the sale was refunded (or charged back): never redeemed again.
+    Refunded,
 }
 
 impl VoucherStatus {
@@ -48,6 +50,7 @@ impl VoucherStatus {
             VoucherStatus::Authorized => "Authorized",
             VoucherStatus::Issued => "Issued",
             VoucherStatus::Redeeming => "Redeeming",
+            VoucherStatus::Refunded => "Refunded",
             VoucherStatus::Delivered => "Delivered",
             VoucherStatus::Voided => "Voided",
         }
@@ -155,6 +158,14 @@ pub enum VoucherCommand {
     Void {
         merchant: MerchantId,
     },
+    /// The merchant gives the money back: a void with the reversal while no key was
+    /// released; after a release (delivered or under way) a refund, or a chargeback the
+    /// payment processor made, which reverses the postings and adjusts the royalties.
+    Refund {
+        merchant: MerchantId,
+        reason: String,
+        chargeback: bool,
+    },
     /// The sweeper's timeout of a Pending reservation, decided at `now`.
     Expire,
     /// The sweeper's end of an Issued voucher's access window, decided at `now`: the node's
@@ -213,7 +224,7 @@ impl Voucher {
             VoucherStatus::Pending => Some(PurchaseSet::Pending),
             VoucherStatus::Authorized | VoucherStatus::Issued | VoucherStatus::Redeeming => Some(PurchaseSet::PurchasedNotDelivered),
             VoucherStatus::Delivered => Some(PurchaseSet::Delivered),
-            VoucherStatus::None | VoucherStatus::Voided => None,
+            VoucherStatus::None | VoucherStatus::Voided | VoucherStatus::Refunded => None,
         }
     }
 
@@ -407,6 +418,23 @@ impl Aggregate for Voucher {
                     _ => Err(self.transition("Void")),
                 }
             }
+            VoucherCommand::Refund { merchant, reason, chargeback } => {
+                self.owned_by(merchant)?;
+                validate::text("reason", reason, 256)?;
+                match (self.status, &self.released_to) {
+                    (VoucherStatus::Pending | VoucherStatus::Authorized | VoucherStatus::Issued, None) => {
+                        Ok(vec![Event::Voided { voucher_id: self.id_or_empty(), reason: VoidReason::Refunded, reversal: reverse(&self.postings) }])
+                    }
+                    (VoucherStatus::Issued | VoucherStatus::Redeeming | VoucherStatus::Delivered, Some(_)) => Ok(vec![Event::Refunded {
+                        voucher_id: self.id_or_empty(),
+                        reason: reason.clone(),
+                        chargeback: *chargeback,
+                        reversal: reverse(&self.postings),
+                        media_ids: self.items.iter().map(|item| item.media_id.clone()).collect(),
+                    }]),
+                    _ => Err(self.transition("Refund")),
+                }
+            }
             VoucherCommand::LapseAccess => {
                 self.exists()?;
                 let node = self.node.clone().ok_or_else(|| self.transition("LapseAccess"))?;
@@ -489,6 +517,10 @@ impl Aggregate for Voucher {
                 self.status = VoucherStatus::Voided;
                 self.void_reason = Some(*reason);
             }
+            Event::Refunded { .. } => {
+                self.status = VoucherStatus::Refunded;
+                self.consumer = None;
+            }
             Event::VoucherIssued { node_id, access_expires_at, .. } => {
                 self.status = VoucherStatus::Issued;
                 self.node = Some(node_id.clone());
@@ -526,6 +558,8 @@ impl Aggregate for Voucher {
             VoucherCommand::Reserve(_) => "Reserve",
             VoucherCommand::Authorize(_) => "Authorize",
             VoucherCommand::Void { .. } => "Void",
+            VoucherCommand::Refund { chargeback: false, .. } => "Refund",
+            VoucherCommand::Refund { chargeback: true, .. } => "Chargeback",
             VoucherCommand::Expire => "Expire",
             VoucherCommand::LapseAccess => "LapseAccess",
             VoucherCommand::Issue { .. } => "IssueVoucher",

@@ -88,6 +88,16 @@ pub enum ExportFormat {
 /// The territory written in DSR records: the engine sells without territories yet.
 pub const DSR_TERRITORY: &str = "WW";
 
+/// An entry's royalty-bearing amount as it counts in sums: a sale's price, minus for a
+/// refund or chargeback, nothing for a preview.
+pub fn signed_amount(entry: &Entry) -> i128 {
+    match entry.kind {
+        UsageKind::Delivery | UsageKind::Duplication => i128::from(entry.sale_price_minor),
+        UsageKind::Refund | UsageKind::Chargeback => -i128::from(entry.sale_price_minor),
+        UsageKind::Preview => 0,
+    }
+}
+
 fn usage_row(line: usize, entry: &Entry) -> Vec<String> {
     let clean = |text: &str| text.replace(['\t', '\n', '\r'], " ");
     vec![
@@ -96,6 +106,8 @@ fn usage_row(line: usize, entry: &Entry) -> Vec<String> {
             UsageKind::Delivery => "DELIVERY".into(),
             UsageKind::Preview => "PREVIEW".into(),
             UsageKind::Duplication => "DUPLICATION".into(),
+            UsageKind::Refund => "REFUND".into(),
+            UsageKind::Chargeback => "CHARGEBACK".into(),
         },
         if entry.kind == UsageKind::Preview { "N".into() } else { "Y".into() },
         clean(&entry.media_id),
@@ -108,7 +120,7 @@ fn usage_row(line: usize, entry: &Entry) -> Vec<String> {
         DSR_TERRITORY.into(),
         clean(&entry.voucher_id),
         entry.timestamp_ms.to_string(),
-        entry.sale_price_minor.to_string(),
+        signed_amount(entry).to_string(),
         clean(&entry.currency),
         entry.played_ms.to_string(),
         entry.source_seq.to_string(),
@@ -201,17 +213,17 @@ pub fn dsr(report: &AuditReport, entries: &[Entry]) -> String {
         ]
         .join("\t"),
     );
-    let mut summary: BTreeMap<(String, String), (u64, u64, u64)> = BTreeMap::new();
+    let mut summary: BTreeMap<(String, String), (u64, u64, i128)> = BTreeMap::new();
     for entry in entries {
         let line = summary.entry((entry.merchant.clone(), DSR_TERRITORY.to_string())).or_default();
         match entry.kind {
             // Royalty-bearing usages: deliveries and licensed duplication units.
-            UsageKind::Delivery | UsageKind::Duplication => {
-                line.0 += 1;
-                line.2 += entry.sale_price_minor;
-            }
+            UsageKind::Delivery | UsageKind::Duplication => line.0 += 1,
             UsageKind::Preview => line.1 += 1,
+            // Adjustments count no usage; their amount nets the sales'.
+            UsageKind::Refund | UsageKind::Chargeback => {}
         }
+        line.2 += signed_amount(entry);
     }
     for ((merchant, territory), (deliveries, previews, amount)) in &summary {
         lines.push(
@@ -222,7 +234,7 @@ pub fn dsr(report: &AuditReport, entries: &[Entry]) -> String {
     for (line, entry) in entries.iter().enumerate() {
         lines.push(format!("RU01\t{}", usage_row(line + 1, entry).join("\t")));
     }
-    let total: u64 = entries.iter().filter(|e| e.kind != UsageKind::Preview).map(|e| e.sale_price_minor).sum();
+    let total: i128 = entries.iter().map(signed_amount).sum();
     lines.push(["FOOT", &summary.len().to_string(), &entries.len().to_string(), &total.to_string()].join("\t"));
     let mut text = lines.join("\n");
     text.push('\n');

@@ -587,6 +587,16 @@ pub enum MerchantCommand {
         #[arg(long)]
         voucher: String,
     },
+    /// Give a sale's money back: a void while no key was released, else a refund (or, with
+    /// --chargeback, a chargeback) that reverses the postings and adjusts the royalties.
+    Refund {
+        #[arg(long)]
+        voucher: String,
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        chargeback: bool,
+    },
     /// Issue the media voucher to a delivery node: prints the node and the access token.
     Issue {
         #[arg(long)]
@@ -708,6 +718,11 @@ pub async fn merchant(args: MerchantArgs) -> anyhow::Result<Outcome> {
             MerchantCommand::Void { voucher } => {
                 let voided = merchant.void(pb::VoidRequest { request_id, voucher_id: voucher.clone() }).await?.into_inner();
                 serde_json::json!({ "voucher_id": voided.voucher_id, "status": "Voided" })
+            }
+            MerchantCommand::Refund { voucher, reason, chargeback } => {
+                let request = pb::RefundRequest { request_id, voucher_id: voucher.clone(), reason: reason.clone(), chargeback: *chargeback };
+                let refunded = merchant.refund(request).await?.into_inner();
+                serde_json::json!({ "voucher_id": refunded.voucher_id, "status": refunded.status })
             }
             MerchantCommand::Issue { voucher, region } | MerchantCommand::Reissue { voucher, region } => {
                 let issued = merchant

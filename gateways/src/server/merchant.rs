@@ -69,6 +69,19 @@ impl pb::merchant_service_server::MerchantService for Api {
         self.answer(result)
     }
 
+    async fn refund(&self, request: Request<pb::RefundRequest>) -> Result<Response<pb::RefundResponse>, Status> {
+        let result = async {
+            let merchant = Self::merchant(&request)?;
+            let message = request.get_ref();
+            let request_id = request_id(&message.request_id)?;
+            let voucher = id("voucher_id", &message.voucher_id, VoucherId)?;
+            let status = self.market().refund(&merchant, &request_id, &voucher, &message.reason, message.chargeback).await.map_err(fail)?;
+            Ok(pb::RefundResponse { voucher_id: voucher.0, status: status.name().to_string() })
+        }
+        .await;
+        self.answer(result)
+    }
+
     async fn issue_voucher(&self, request: Request<pb::IssueVoucherRequest>) -> Result<Response<pb::IssueVoucherResponse>, Status> {
         let result = async {
             let merchant = Self::merchant(&request)?;

@@ -5,7 +5,11 @@ use super::*;
 
 /// What the default (all-empty) message gets from the rightful caller: the RPCs that take
 /// no required field answer; every other one names the missing field.
-pub(super) fn empty_message_code(rpc: Rpc) -> Code {
+pub(super) fn refund_pb(request_id: &str, voucher_id: &str) -> pb::RefundRequest {
+    pb::RefundRequest { request_id: request_id.into(), voucher_id: voucher_id.into(), reason: "the bank reversed it".into(), chargeback: false }
+}
+
+fn empty_message_code(rpc: Rpc) -> Code {
     match rpc {
         Rpc::Heartbeat | Rpc::SubscribeAssignments | Rpc::Replay | Rpc::VerifyChain | Rpc::Totals | Rpc::GetStats | Rpc::GetConfig => Code::Ok,
         _ => Code::InvalidArgument,
@@ -120,8 +124,8 @@ pub(super) fn bad_input_cases(w: &World) -> Vec<Case> {
         body: Body::Path(path, Vec::new()),
         ..case("unknown method", what, who, Rpc::Totals.empty(), expect)
     };
-    cases.push(nope("a method MerchantService lacks", &a, "/vouchsafe.v1.MerchantService/Refund", Code::Unimplemented));
-    cases.push(nope("a method MerchantService lacks", &Meta::anonymous(), "/vouchsafe.v1.MerchantService/Refund", Code::Unauthenticated));
+    cases.push(nope("a method MerchantService lacks", &a, "/vouchsafe.v1.MerchantService/Teleport", Code::Unimplemented));
+    cases.push(nope("a method MerchantService lacks", &Meta::anonymous(), "/vouchsafe.v1.MerchantService/Teleport", Code::Unauthenticated));
     cases.push(nope("NodeService (served by nodes)", &a, "/vouchsafe.v1.NodeService/Redeem", Code::Unimplemented));
     cases.push(nope("a service that does not exist", &a, "/vouchsafe.v1.Nope/Reserve", Code::Unimplemented));
     cases.push(nope("a service that does not exist", &Meta::anonymous(), "/vouchsafe.v1.Nope/Reserve", Code::Unimplemented));
@@ -491,6 +495,21 @@ pub(super) fn bad_input_cases(w: &World) -> Vec<Case> {
         pd,
     ));
     cases.push(case("merchant B on A's", "A's issued voucher", &b, Req::Void(pb::VoidRequest { request_id: "b-void-1".into(), voucher_id: sale.clone() }), pd));
+    let refund = |request_id: &str, voucher_id: &str, reason: &str| {
+        Req::Refund(pb::RefundRequest { request_id: request_id.into(), voucher_id: voucher_id.into(), reason: reason.into(), chargeback: false })
+    };
+    cases.push(case("merchant B on A's", "A's issued voucher refunded", &b, refund("b-refund-1", sale, "mine now"), pd));
+    cases.push(case(
+        "merchant B on A's",
+        "A's issued voucher charged back",
+        &b,
+        Req::Refund(pb::RefundRequest { chargeback: true, ..refund_pb("b-refund-2", sale) }),
+        pd,
+    ));
+    cases.push(case("bad field", "refund without a reason", &a, refund("a-refund-1", sale, ""), Code::InvalidArgument));
+    cases.push(case("bad field", "refund with a blank reason", &a, refund("a-refund-2", sale, "   "), Code::InvalidArgument));
+    cases.push(case("bad field", "refund reason over 256 characters", &a, refund("a-refund-3", sale, &"r".repeat(257)), Code::InvalidArgument));
+    cases.push(case("unknown id", "refund of a voucher never reserved", &a, refund("a-refund-4", "v-never", "why"), Code::NotFound));
     cases.push(case(
         "merchant B on A's",
         "A's pending voucher",

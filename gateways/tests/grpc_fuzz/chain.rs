@@ -22,6 +22,8 @@ pub(super) enum Link {
     Redeem { pick: Index, twist: Twist, consumer: Index, challenge: u8 },
     /// Complete, or fail, a delivery with a consumer's confirm proof.
     Finish { pick: Index, twist: Twist, consumer: Index, fail: bool, hash: u8 },
+    /// Refund (or charge back) a paid sale, at whatever stage it is.
+    Refund { pick: Index, twist: Twist, chargeback: bool },
 }
 
 /// What is hostile about a linked step, if anything.
@@ -42,8 +44,9 @@ pub(super) fn arb_link() -> impl Strategy<Value = Link> {
         3 => (any::<Index>(), twist.clone()).prop_map(|(pick, twist)| Link::Authorize { pick, twist }),
         3 => (any::<Index>(), twist.clone(), any::<Index>()).prop_map(|(pick, twist, region)| Link::Issue { pick, twist, region }),
         4 => (any::<Index>(), twist.clone(), any::<Index>(), any::<u8>()).prop_map(|(pick, twist, consumer, challenge)| Link::Redeem { pick, twist, consumer, challenge }),
-        3 => (any::<Index>(), twist, any::<Index>(), proptest::bool::weighted(0.3), 0..2u8)
+        3 => (any::<Index>(), twist.clone(), any::<Index>(), proptest::bool::weighted(0.3), 0..2u8)
             .prop_map(|(pick, twist, consumer, fail, hash)| Link::Finish { pick, twist, consumer, fail, hash }),
+        1 => (any::<Index>(), twist, any::<bool>()).prop_map(|(pick, twist, chargeback)| Link::Refund { pick, twist, chargeback }),
     ]
 }
 
@@ -167,6 +170,17 @@ impl Memory {
                 };
                 ("redeem", role, Req::Redeem(request))
             }
+            Link::Refund { pick: index, twist, chargeback } => {
+                let sale = pick(&self.sales, &|sale| sale.receipt.is_some(), index)?;
+                let role = if twist.other_caller { other_merchant(sale.merchant) } else { sale.merchant };
+                let request = pb::RefundRequest {
+                    request_id: self.request_id(twist, pools),
+                    voucher_id: sale.voucher_id,
+                    reason: "the customer asked".into(),
+                    chargeback: *chargeback,
+                };
+                ("refund", role, Req::Refund(request))
+            }
             Link::Finish { pick: index, twist, consumer, fail, hash } => {
                 let sale = pick(&self.sales, &|sale| sale.node.is_some(), index)?;
                 let assigned = sale.node.expect("picked as issued");
@@ -212,6 +226,7 @@ impl Memory {
             Rpc::IssueVoucher => "issue",
             Rpc::Redeem => "redeem",
             Rpc::FailDelivery => "fail",
+            Rpc::Refund => "refund",
             _ => "complete",
         };
         self.resolved.entry(kind).or_default().1 += 1;

@@ -467,6 +467,9 @@ pub(super) fn arb_request(rpc: Rpc, p: &Pools, b: Bias) -> BoxedStrategy<Req> {
         }
         Rpc::Authorize => (rid, voucher()).prop_map(|(request_id, voucher_id)| Req::Authorize(pb::AuthorizeRequest { request_id, voucher_id })).boxed(),
         Rpc::Void => (rid, voucher()).prop_map(|(request_id, voucher_id)| Req::Void(pb::VoidRequest { request_id, voucher_id })).boxed(),
+        Rpc::Refund => (rid, voucher(), free_text(b), any::<bool>())
+            .prop_map(|(request_id, voucher_id, reason, chargeback)| Req::Refund(pb::RefundRequest { request_id, voucher_id, reason, chargeback }))
+            .boxed(),
         Rpc::IssueVoucher => (rid, voucher(), region(p, b))
             .prop_map(|(request_id, voucher_id, region)| Req::IssueVoucher(pb::IssueVoucherRequest { request_id, voucher_id, region }))
             .boxed(),

@@ -34,6 +34,9 @@ pub(super) struct Oracle {
     owners: BTreeMap<String, String>,
     /// voucher → the consumer its keys were released to.
     released_to: BTreeMap<String, String>,
+    /// Vouchers refunded (or charged back) after a release: never released again.
+    refunded: BTreeSet<String>,
+    pub(super) refunds: u64,
     /// (order, unit) → blake3 of the device key it is bound to.
     unit_keys: BTreeMap<(String, u32), [u8; 32]>,
     /// Spend authorization nonces (hashed by the engine) seen in holds.
@@ -143,6 +146,24 @@ impl Oracle {
                 }
                 if let (Some(Req::Reserve(reserve)), Some(der)) = (request, consumer_der) {
                     problems.extend(consent_problem(reserve, &recorded.actor.id, &account_id.0, der));
+                }
+            }
+            Event::RedemptionAccepted { voucher_id, .. } if self.refunded.contains(&voucher_id.0) => {
+                problems.push(format!("{voucher_id} was redeemed after its refund"));
+            }
+            Event::Refunded { voucher_id, reversal, media_ids, .. } => {
+                self.refunds += 1;
+                if !self.released_to.contains_key(&voucher_id.0) {
+                    problems.push(format!("{voucher_id} refunded as after a release, but no key was released (a void was due)"));
+                }
+                if !balanced(reversal) || media_ids.is_empty() {
+                    problems.push(format!("{voucher_id}'s refund reverses unbalanced postings or adjusts no media"));
+                }
+                if !self.refunded.insert(voucher_id.0.clone()) {
+                    problems.push(format!("{voucher_id} refunded twice"));
+                }
+                if recorded.actor.kind != ActorKind::Merchant || self.owners.get(&voucher_id.0) != Some(&recorded.actor.id) {
+                    problems.push(format!("{voucher_id} refunded by {:?} {}, not the merchant that sold it", recorded.actor.kind, recorded.actor.id));
                 }
             }
             Event::RedemptionAccepted { voucher_id, consumer_id, released_media, .. } => match self.released_to.get(&voucher_id.0) {
@@ -338,10 +359,25 @@ mod tests {
         recorded(operator(), Event::MediaWithdrawn { media_id: MediaId::new("md"), reason: "gone".into() })
     }
     fn reserved(price_minor: u64) -> Recorded {
+        reserved_as("v2", price_minor)
+    }
+    fn refunded(by: &str) -> Recorded {
+        recorded(
+            Actor::new(ActorKind::Merchant, by),
+            Event::Refunded {
+                voucher_id: VoucherId::new("v1"),
+                reason: "asked".into(),
+                chargeback: false,
+                reversal: vec![],
+                media_ids: vec![MediaId::new("md")],
+            },
+        )
+    }
+    fn reserved_as(voucher: &str, price_minor: u64) -> Recorded {
         recorded(
             Actor::new(ActorKind::Merchant, "m1"),
             Event::Reserved {
-                voucher_id: VoucherId::new("v2"),
+                voucher_id: VoucherId::new(voucher),
                 merchant_id: MerchantId::new("m1"),
                 items: vec![ReservedItem { media_id: MediaId::new("md"), price_minor }],
                 rendition: "high".into(),
@@ -396,6 +432,12 @@ mod tests {
         flags(&[published(199), withdrawn(), reserved(199)], Some("not for sale"));
         flags(&[published(199), withdrawn(), repriced(250)], Some("the price of md changed"));
         flags(&[published(199), withdrawn(), withdrawn()], Some("withdrawn already"));
+        let sold = || vec![published(199), reserved_as("v1", 199), redeemed("alice", &["md"])];
+        flags(&[sold(), vec![refunded("m1")]].concat(), None);
+        flags(&[sold(), vec![refunded("m1"), redeemed("alice", &[])]].concat(), Some("redeemed after its refund"));
+        flags(&[sold(), vec![refunded("m1"), refunded("m1")]].concat(), Some("refunded twice"));
+        flags(&[sold(), vec![refunded("m2")]].concat(), Some("not the merchant that sold it"));
+        flags(&[published(199), reserved_as("v1", 199), refunded("m1")], Some("no key was released"));
 
         // Answers: a merchant reads only its own vouchers.
         let mut oracle = Oracle::default();

@@ -183,6 +183,7 @@ rpcs! {
     Reserve = Merchant.reserve(ReserveRequest) unary;
     Authorize = Merchant.authorize(AuthorizeRequest) unary;
     Void = Merchant.void(VoidRequest) unary;
+    Refund = Merchant.refund(RefundRequest) unary;
     IssueVoucher = Merchant.issue_voucher(IssueVoucherRequest) unary;
     Preview = Merchant.preview(PreviewRequest) unary;
     GetVoucher = Merchant.get_voucher(GetVoucherRequest) unary;

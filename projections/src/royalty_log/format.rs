@@ -78,6 +78,10 @@ struct TotalsRecord {
     amount_minor: u64,
     #[serde(default)]
     units: u64,
+    #[serde(default)]
+    refunds: u64,
+    #[serde(default)]
+    refunded_minor: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -178,7 +182,15 @@ fn media_value(media: &MediaInfo) -> Result<Vec<u8>, RowError> {
 }
 
 fn totals_value(line: &TotalsLine) -> Result<Vec<u8>, RowError> {
-    json(&TotalsRecord { deliveries: line.deliveries, previews: line.previews, amount_minor: line.amount_minor, units: line.units }, "totals line")
+    let record = TotalsRecord {
+        deliveries: line.deliveries,
+        previews: line.previews,
+        amount_minor: line.amount_minor,
+        units: line.units,
+        refunds: line.refunds,
+        refunded_minor: line.refunded_minor,
+    };
+    json(&record, "totals line")
 }
 
 fn seal_value(seal: &RightsReportSealed) -> Result<Vec<u8>, RowError> {
@@ -363,7 +375,14 @@ impl Reader {
                 let record: TotalsRecord = decode_json(value, "totals line", &name)?;
                 self.totals.insert(
                     (dimension, name),
-                    TotalsLine { deliveries: record.deliveries, previews: record.previews, amount_minor: record.amount_minor, units: record.units },
+                    TotalsLine {
+                        deliveries: record.deliveries,
+                        previews: record.previews,
+                        amount_minor: record.amount_minor,
+                        units: record.units,
+                        refunds: record.refunds,
+                        refunded_minor: record.refunded_minor,
+                    },
                 );
             }
             p if p == SEAL_PREFIX => {

@@ -71,6 +71,7 @@ fn status_of(name: &str) -> Option<VoucherStatus> {
         VoucherStatus::Redeeming,
         VoucherStatus::Delivered,
         VoucherStatus::Voided,
+        VoucherStatus::Refunded,
     ]
     .into_iter()
     .find(|status| status.name() == name)

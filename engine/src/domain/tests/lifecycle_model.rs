@@ -78,6 +78,11 @@ enum Op {
         v: usize,
         right: bool,
     },
+    Refund {
+        v: usize,
+        right: bool,
+        chargeback: bool,
+    },
     Expire {
         v: usize,
     },
@@ -138,6 +143,7 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(v, merchant, mask, points, ttl_ms)| Op::Reserve { v, merchant, mask, points, ttl_ms }),
         3 => (0..VOUCHERS, right()).prop_map(|(v, right)| Op::Authorize { v, right }),
         1 => (0..VOUCHERS, right()).prop_map(|(v, right)| Op::Void { v, right }),
+        1 => (0..VOUCHERS, right(), any::<bool>()).prop_map(|(v, right, chargeback)| Op::Refund { v, right, chargeback }),
         1 => (0..VOUCHERS).prop_map(|v| Op::Expire { v }),
         3 => (0..VOUCHERS, right(), 0..2usize, prop::bool::weighted(0.9))
             .prop_map(|(v, right, node, ttl_ok)| Op::Issue { v, right, node, ttl_ok }),
@@ -191,6 +197,7 @@ struct Coverage {
     delivered_vouchers: Cell<u32>,
     timed_out: Cell<u32>,
     refunded_after_authorize: Cell<u32>,
+    refunded_after_release: Cell<u32>,
     points_posted: Cell<u32>,
     insufficient_points: Cell<u32>,
     repeated: Cell<u32>,
@@ -326,7 +333,7 @@ impl World {
             Event::Authorized { .. } => Some(AccountCommand::Post { voucher }),
             Event::Voided { reason, .. } if before.status == VoucherStatus::Pending => Some(AccountCommand::Release { voucher, reason: *reason }),
             // A refund after the points were spent gives them back as a credit.
-            Event::Voided { .. } => {
+            Event::Voided { .. } | Event::Refunded { .. } => {
                 Some(AccountCommand::Credit { account: account_id(), amount: before.price_minor, reason: format!("refund {voucher}"), seller: None })
             }
             _ => None,
@@ -346,7 +353,7 @@ impl World {
             VoucherStatus::Authorized => Op::Issue { v, right, node: pick % 2, ttl_ok: pick % 16 != 0 },
             VoucherStatus::Issued => Op::Redeem { v, right, consumer: pick % 2, cert: CertCheck::Valid, proof_ok: pick % 8 != 0 },
             VoucherStatus::Redeeming => Op::Complete { v, right, item: pick, in_voucher: true },
-            VoucherStatus::Delivered | VoucherStatus::Voided => Op::Tick(1_000),
+            VoucherStatus::Delivered | VoucherStatus::Voided | VoucherStatus::Refunded => Op::Tick(1_000),
         }
     }
 
@@ -414,6 +421,18 @@ impl World {
                 }
                 if before == VoucherStatus::Authorized && decided.is_ok() {
                     bump(&coverage.refunded_after_authorize);
+                }
+            }
+            Op::Refund { v, right, chargeback } => {
+                let by = self.owner_or(v, right);
+                let before = self.vouchers[v].root.state.status;
+                let command = VoucherCommand::Refund { merchant: by.clone(), reason: "asked".into(), chargeback };
+                let decided = self.voucher_step(v, shop(&by), command)?;
+                if before != VoucherStatus::None && !right {
+                    prop_assert_eq!(&decided, &Err(Rejection::NotYourVoucher), "another merchant refunded");
+                }
+                if decided.as_ref().is_ok_and(|events| events.iter().any(|e| matches!(e, Event::Refunded { .. }))) {
+                    bump(&coverage.refunded_after_release);
                 }
             }
             Op::Expire { v } => {
@@ -580,14 +599,19 @@ fn voucher_history(events: &[(Millis, Event)]) -> Result<(), String> {
     let mut postings: Vec<Posting> = Vec::new();
     let mut node = None;
     let mut delivered = BTreeSet::new();
+    let mut released = false;
     for (at, event) in events {
-        if status == S::Voided {
-            return Err(format!("{} after Voided", event.name()));
+        if status == S::Voided || status == S::Refunded {
+            return Err(format!("{} after {status:?}", event.name()));
         }
         let (from, to): (&[VoucherStatus], VoucherStatus) = match event {
             Event::Reserved { .. } => (&[S::None], S::Pending),
             Event::Authorized { .. } => (&[S::Pending], S::Authorized),
-            Event::Voided { .. } => (&[S::Pending, S::Authorized], S::Voided),
+            // Issued only while no key was released (then a refund is a `Refunded`).
+            Event::Voided { .. } if !released => (&[S::Pending, S::Authorized, S::Issued], S::Voided),
+            Event::Voided { .. } => return Err("Voided after a key was released".into()),
+            Event::Refunded { .. } if released => (&[S::Issued, S::Redeeming, S::Delivered], S::Refunded),
+            Event::Refunded { .. } => return Err("Refunded before any key was released".into()),
             Event::VoucherIssued { .. } => (&[S::Authorized], S::Issued),
             Event::RedemptionAccepted { .. } => (&[S::Issued], S::Redeeming),
             // The domain also accepts a failure report before redemption; it changes nothing.
@@ -631,9 +655,10 @@ fn voucher_history(events: &[(Millis, Event)]) -> Result<(), String> {
                     return Err(format!("voucher_complete {voucher_complete} after {} of {items} items", delivered.len()));
                 }
             }
-            Event::Voided { reversal, .. } if *reversal != reverse(&postings) => {
+            Event::Voided { reversal, .. } | Event::Refunded { reversal, .. } if *reversal != reverse(&postings) => {
                 return Err(format!("reversal {reversal:?} does not undo {postings:?}"));
             }
+            Event::RedemptionAccepted { .. } => released = true,
             _ => {}
         }
         status = to;
@@ -644,7 +669,8 @@ fn voucher_history(events: &[(Millis, Event)]) -> Result<(), String> {
 /// A voucher is Delivered exactly when every one of its items is.
 fn delivered_means_every_item(voucher: &Voucher) -> Result<(), String> {
     let all = !voucher.items.is_empty() && voucher.delivered.len() == voucher.items.len();
-    if all != (voucher.status == VoucherStatus::Delivered) {
+    // A refund after the delivery keeps what was delivered.
+    if all != (voucher.status == VoucherStatus::Delivered) && voucher.status != VoucherStatus::Refunded {
         return Err(format!("{:?} with {} of {} items delivered", voucher.status, voucher.delivered.len(), voucher.items.len()));
     }
     Ok(())
@@ -719,6 +745,7 @@ fn lifecycle_rules_hold_under_any_interleaving() {
         ("delivered vouchers", &coverage.delivered_vouchers),
         ("timed out reservations", &coverage.timed_out),
         ("refunds after authorize", &coverage.refunded_after_authorize),
+        ("refunds after a release", &coverage.refunded_after_release),
         ("points posted", &coverage.points_posted),
         ("insufficient points", &coverage.insufficient_points),
         ("repeated requests", &coverage.repeated),
@@ -766,8 +793,18 @@ fn model_catches_a_delivery_without_redemption() {
 fn model_catches_a_transition_off_the_diagram() {
     use super::fixtures as f;
     let mut history: Vec<(Millis, Event)> = f::song_issued().into_iter().map(|e| (T0, e)).collect();
+    let issued = history.last().expect("issued").clone();
+    history.push(issued);
+    assert!(voucher_history(&history).is_err_and(|e| e.contains("VoucherIssued while Issued")));
+    // Once a key is released, money comes back only as a refund, never a void (and a
+    // refund only after a release).
+    let mut history: Vec<(Millis, Event)> = f::song_redeeming().into_iter().map(|e| (T0, e)).collect();
     history.push((T0, f::voided(VoidReason::Refunded, f::reverse_song())));
-    assert!(voucher_history(&history).is_err_and(|e| e.contains("while Issued")));
+    assert!(voucher_history(&history).is_err_and(|e| e.contains("after a key was released")));
+    let mut history: Vec<(Millis, Event)> = f::song_issued().into_iter().map(|e| (T0, e)).collect();
+    let refunded = Event::Refunded { voucher_id: f::voucher_id(), reason: "r".into(), chargeback: false, reversal: f::reverse_song(), media_ids: vec![] };
+    history.push((T0, refunded));
+    assert!(voucher_history(&history).is_err_and(|e| e.contains("before any key was released")));
 }
 
 #[test]

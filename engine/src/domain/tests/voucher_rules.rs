@@ -701,3 +701,58 @@ fn an_unused_access_window_lapses_and_the_voucher_can_be_issued_again() {
         Err(Rejection::InvalidTransition { kind: "voucher", command: "LapseAccess", state: "Authorized" }),
     );
 }
+
+// ---------------------------------------------------------------- refunds and chargebacks
+
+fn refund(chargeback: bool) -> VoucherCommand {
+    VoucherCommand::Refund { merchant: merchant(), reason: "the customer asked".into(), chargeback }
+}
+
+fn song_reversal() -> Vec<crate::domain::event::Posting> {
+    song_postings().iter().map(|p| crate::domain::event::Posting { debit_minor: p.credit_minor, credit_minor: p.debit_minor, ..p.clone() }).collect()
+}
+
+fn refunded(chargeback: bool) -> Event {
+    Event::Refunded { voucher_id: voucher_id(), reason: "the customer asked".into(), chargeback, reversal: song_reversal(), media_ids: vec![mid("song1")] }
+}
+
+#[test]
+fn a_refund_before_any_key_is_released_voids_with_the_reversal() {
+    check::<Voucher>(&song_pending(), refund(false), T0, Ok(vec![voided(VoidReason::Refunded, vec![])]));
+    check::<Voucher>(&song_authorized(), refund(false), T0, Ok(vec![voided(VoidReason::Refunded, song_reversal())]));
+    // Issued, never redeemed: nothing was released, so a void (the slot comes back).
+    check::<Voucher>(&song_issued(), refund(true), ISSUED_AT, Ok(vec![voided(VoidReason::Refunded, song_reversal())]));
+}
+
+#[test]
+fn a_refund_after_a_release_reverses_the_sale_and_names_the_media_to_adjust() {
+    assert!(balanced(&song_reversal()));
+    check::<Voucher>(&song_delivered(), refund(false), T0, Ok(vec![refunded(false)]));
+    check::<Voucher>(&song_delivered(), refund(true), T0, Ok(vec![refunded(true)]));
+    // A delivery under way, or failed after the keys went out: refunded too.
+    check::<Voucher>(&song_redeeming(), refund(false), T0, Ok(vec![refunded(false)]));
+}
+
+#[test]
+fn a_refunded_voucher_is_never_redeemed_or_refunded_again() {
+    let given = with(song_delivered(), [refunded(false)]);
+    check::<Voucher>(&given, refund(false), T0, Err(invalid("Refund", "Refunded")));
+    check::<Voucher>(&given, redeem(), ISSUED_AT, Err(invalid("Redeem", "Refunded")));
+    let issue = VoucherCommand::Issue { merchant: merchant(), node: node(), access_ttl_ms: 1_000 };
+    check::<Voucher>(&given, issue, T0, Err(invalid("IssueVoucher", "Refunded")));
+    assert_eq!(fold::<Voucher>(&given).status, VoucherStatus::Refunded);
+    assert_eq!(fold::<Voucher>(&given).set(), None, "in none of the three sets");
+}
+
+#[test]
+fn a_refund_is_the_selling_merchants_with_a_reason_and_not_of_a_voided_voucher() {
+    check::<Voucher>(
+        &song_delivered(),
+        VoucherCommand::Refund { merchant: other_merchant(), reason: "mine".into(), chargeback: false },
+        T0,
+        Err(Rejection::NotYourVoucher),
+    );
+    check_invalid::<Voucher>(&song_delivered(), VoucherCommand::Refund { merchant: merchant(), reason: " ".into(), chargeback: false }, T0, "reason");
+    check::<Voucher>(&song_voided(), refund(false), T0, Err(Rejection::Voided));
+    check::<Voucher>(&[], refund(false), T0, Err(not_found()));
+}

@@ -20,7 +20,7 @@ use std::collections::BTreeSet;
 /// How many variants `Event` has. Adding a variant stops `variant_index` from compiling:
 /// give the new variant the next index, raise this count, add a hand-written example with
 /// its protobuf counterpart to `examples` and an arm to `arb_event`.
-pub(super) const VARIANT_COUNT: usize = 33;
+pub(super) const VARIANT_COUNT: usize = 34;
 
 /// The position of an event's variant, by a `match` with no wildcard arm, so that a new
 /// variant cannot be added without these tests being told about it.
@@ -59,6 +59,7 @@ pub(super) fn variant_index(event: &Event) -> usize {
         Event::AuditorRevoked { .. } => 30,
         Event::AccessLapsed { .. } => 31,
         Event::MerchantReinstated { .. } => 32,
+        Event::Refunded { .. } => 33,
     }
 }
 
@@ -316,6 +317,22 @@ pub(super) fn examples() -> Vec<(Event, E)> {
                 voucher_id: "vou-1".into(),
                 reason: pb::VoidReason::Refunded as i32,
                 reversal: vec![pb_posting(pb::LedgerAccountKind::ConsumerPoints, "acc-1", 0, 129)],
+            }),
+        ),
+        (
+            Event::Refunded {
+                voucher_id: VoucherId::new("vou-1"),
+                reason: "card charged back".into(),
+                chargeback: true,
+                reversal: vec![posting(LedgerAccountKind::MerchantClearing, "mer-1", 0, 129)],
+                media_ids: vec![MediaId::new("med-1")],
+            },
+            E::Refunded(pb::Refunded {
+                voucher_id: "vou-1".into(),
+                reason: "card charged back".into(),
+                chargeback: true,
+                reversal: vec![pb_posting(pb::LedgerAccountKind::MerchantClearing, "mer-1", 0, 129)],
+                media_ids: vec!["med-1".into()],
             }),
         ),
         (

@@ -287,6 +287,7 @@ fn hash_fields(event: &mut E) -> Vec<(&'static str, &mut Vec<u8>)> {
         | E::Reserved(_)
         | E::Authorized(_)
         | E::Voided(_)
+        | E::Refunded(_)
         | E::VoucherIssued(_)
         | E::DeliveryFailed(_)
         | E::PreviewStarted(_)
@@ -310,6 +311,7 @@ fn enum_fields(event: &mut E) -> Vec<(&'static str, &mut i32, i32)> {
         E::Voided(v) => {
             std::iter::once(("reason", &mut v.reason, void_max)).chain(v.reversal.iter_mut().map(|p| ("posting.kind", &mut p.kind, ledger_max))).collect()
         }
+        E::Refunded(r) => r.reversal.iter_mut().map(|p| ("posting.kind", &mut p.kind, ledger_max)).collect(),
         E::HoldReleased(h) => vec![("reason", &mut h.reason, void_max)],
         E::MediaPublished(_)
         | E::MediaWithdrawn(_)

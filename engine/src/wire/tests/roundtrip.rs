@@ -203,6 +203,8 @@ fn arb_event() -> BoxedStrategy<Event> {
             Event::Authorized { voucher_id, receipt_key_id, receipt_generation, postings }
         }),
         (id(VoucherId), void_reason(), postings()).prop_map(|(voucher_id, reason, reversal)| Event::Voided { voucher_id, reason, reversal }),
+        (id(VoucherId), text(), any::<bool>(), postings(), proptest::collection::vec(id(MediaId), 0..3))
+            .prop_map(|(voucher_id, reason, chargeback, reversal, media_ids)| Event::Refunded { voucher_id, reason, chargeback, reversal, media_ids }),
         (id(VoucherId), id(NodeId), id(MerchantId), vec(id(MediaId), 0..4), text(), millis()).prop_map(
             |(voucher_id, node_id, merchant_id, media_ids, rendition, access_expires_at)| Event::VoucherIssued {
                 voucher_id,
