@@ -568,3 +568,79 @@ async fn one_merchants_unplayed_previews_neither_starve_sales_nor_keep_their_slo
     node.shutdown().await;
     fixture.engine.shutdown().await.expect("shutdown");
 }
+
+/// After the sale: a merchant gives the money back. Before any key went out it is a void
+/// (the node's slot comes back); once the keys were released it is a refund (or a
+/// chargeback) that reverses the postings, credits the points back, writes a royalty
+/// adjustment entry (the totals net to zero) and ends the voucher: it is never redeemed
+/// again, by anyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refund_after_delivery_reverses_the_sale_nets_the_royalties_and_ends_the_voucher() {
+    let (mut fixture, node) = start().await;
+    let alice = fixture.passport("alice").await;
+    fixture
+        .catalog
+        .top_up_points(pb::TopUpPointsRequest { request_id: "top-1".into(), account_id: "alice".into(), amount: 1_000, ..Default::default() })
+        .await
+        .expect("top up");
+    let expires = engine::ids::Millis(engine::clock::Clock::now(&engine::clock::SystemClock).0 + 600_000);
+    let consent = alice.authorize_spend(&fixture.merchant_id, 500, std::slice::from_ref(&fixture.media_id), expires).expect("sign");
+    let points = client::PointsPayment::authorized(gateways::common::spend::to_pb(&consent));
+    let sale = client::buy(&mut fixture.merchant, "paid-1", std::slice::from_ref(&fixture.media_id), Some(&points)).await.expect("paid in points");
+    let mut consumer = client::consumer(fixture.channel.clone());
+    assert_eq!(alice.points(&mut consumer).await.expect("balance").available, 801, "199 spent");
+    let mut at_node = player::connect_node(node.endpoint()).await.expect("connect");
+    let redeem = player_redeem(&mut at_node, &sale, &alice, "r1").await;
+    at_node.redeem(redeem).await.expect("alice redeems: the keys are released");
+    assert_eq!(fixture.usages().await, 1);
+    let refund = |request_id: &str, voucher_id: &str, reason: &str| pb::RefundRequest {
+        request_id: request_id.into(),
+        voucher_id: voucher_id.into(),
+        reason: reason.into(),
+        chargeback: false,
+    };
+
+    // Another merchant cannot refund it, and a refund needs a reason: nothing written.
+    let other = client::credential_of(
+        fixture.catalog.register_merchant(pb::RegisterMerchantRequest { request_id: "m-2".into(), name: "Other".into() }).await.expect("m").into_inner(),
+    )
+    .expect("cred");
+    let mut other = client::merchant(fixture.channel.clone(), other);
+    let head = fixture.head().await;
+    assert_eq!(other.refund(refund("x-1", &sale.voucher_id, "mine")).await.expect_err("not its sale").code(), Code::PermissionDenied);
+    assert_eq!(fixture.merchant.refund(refund("x-2", &sale.voucher_id, "")).await.expect_err("no reason").code(), Code::InvalidArgument);
+    assert_eq!(fixture.head().await, head, "refused refunds write nothing");
+
+    // The refund after the release.
+    let answer = fixture.merchant.refund(refund("refund-1", &sale.voucher_id, "the customer asked")).await.expect("refunded").into_inner();
+    assert_eq!(answer.status, "Refunded");
+    assert_eq!(fixture.status_of(&sale.voucher_id).await, "Refunded");
+    assert_eq!(alice.points(&mut consumer).await.expect("balance").available, 1_000, "the points came back");
+    assert_eq!(fixture.usages().await, 2, "the sale's entry and its adjustment");
+    let (net, refunds, faults, ledger_sum) = fixture.engine.state.live.read(|p| {
+        let line = p.royalty.totals[&(projections::royalty_log::Dimension::Merchant, fixture.merchant_id.clone())];
+        (line.net_minor(), line.refunds, p.royalty.seal_faults.len(), p.balances.sum())
+    });
+    assert_eq!((net, refunds, faults, ledger_sum), (0, 1, 0, Some(0)), "the totals net to zero; the ledger still balances");
+    // The retry answers again; a second refund and any redemption are refused.
+    assert_eq!(fixture.merchant.refund(refund("refund-1", &sale.voucher_id, "the customer asked")).await.expect("the retry").into_inner().status, "Refunded");
+    let head = fixture.head().await;
+    let again = fixture.merchant.refund(refund("refund-2", &sale.voucher_id, "twice")).await.expect_err("refunded already");
+    assert_eq!(again.code(), Code::FailedPrecondition, "{again:?}");
+    let redeem = player_redeem(&mut at_node, &sale, &alice, "r2").await;
+    let refused = at_node.redeem(redeem).await.expect_err("a refunded voucher is never redeemed");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert_eq!(fixture.head().await, head, "refused: nothing written");
+
+    // Before any release the refund is a void, and the node's slot comes back.
+    let unused = fixture.buy("unused-1").await;
+    let slots = |fixture: &Fixture| fixture.engine.state.live.read(|p| p.allocation.nodes.values().map(|n| n.in_use).sum::<u32>());
+    fixture.engine.state.live.caught_up(engine::ids::Seq(fixture.head().await)).await;
+    let before = slots(&fixture);
+    let answer = fixture.merchant.refund(refund("refund-3", &unused.voucher_id, "changed their mind")).await.expect("voided").into_inner();
+    assert_eq!(answer.status, "Voided");
+    fixture.engine.state.live.caught_up(engine::ids::Seq(fixture.head().await)).await;
+    assert_eq!(slots(&fixture), before - 1, "the issued voucher's slot came back");
+    node.shutdown().await;
+    fixture.engine.shutdown().await.expect("shutdown");
+}

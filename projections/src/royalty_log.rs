@@ -512,6 +512,37 @@ mod tests {
         assert_eq!(usages_after(&legacy), (1, vec![1]), "old streams count each media at its first delivery");
     }
 
+    /// A refund (or chargeback) after the release is one adjustment entry per counted item,
+    /// chained like any entry: the totals keep the gross and the amount taken back, so the
+    /// net is zero; an item never counted gets no adjustment.
+    #[test]
+    fn a_refund_after_release_adjusts_each_counted_item_once() {
+        let refunded = |media: &[&str], chargeback: bool| Event::Refunded {
+            voucher_id: VoucherId::new("v1"),
+            reason: "asked".into(),
+            chargeback,
+            reversal: vec![],
+            media_ids: media.iter().map(|m| MediaId::new(*m)).collect(),
+        };
+        let master = engine::crypto::SecretKey::from_bytes([3; 32]);
+        let mut log = RoyaltyLog::with_keys(&master, None);
+        let events = [reserved("v1", &["md1", "md2"]), redeemed("v1", &["md1"]), refunded(&["md1", "md2"], true)];
+        for (index, event) in events.iter().enumerate() {
+            log.apply(Seq(index as u64 + 1), event, 0, None);
+        }
+        assert_eq!(log.usages, 2, "the delivery, then one adjustment: md2 was never counted");
+        assert_eq!(log.entries.len(), 2, "the adjustment is chained");
+        let line = log.totals[&(Dimension::Media, "md1".into())];
+        assert_eq!((line.deliveries, line.amount_minor, line.refunds, line.refunded_minor, line.net_minor()), (1, 100, 1, 100, 0));
+        assert!(!log.totals.contains_key(&(Dimension::Media, "md2".into())), "nothing for the item never counted");
+        // Control: without the refund the sale stands.
+        let mut kept = RoyaltyLog::with_keys(&master, None);
+        for (index, event) in events[..2].iter().enumerate() {
+            kept.apply(Seq(index as u64 + 1), event, 0, None);
+        }
+        assert_eq!(kept.totals[&(Dimension::Media, "md1".into())].net_minor(), 100);
+    }
+
     /// A bound duplication unit is a royalty-bearing usage (its own kind), at its charge's
     /// price; a unit bound before units were paid (no charge) counts nothing.
     #[test]
