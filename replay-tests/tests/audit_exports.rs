@@ -44,9 +44,13 @@ async fn exports_agree_and_need_no_engine_private_key() {
     let _ = runner.await;
     drop(log);
     let live_totals = live.read(|p| p.royalty.totals.clone());
-    let replay_media_amount: u64 = report.totals["media"].values().map(|line| line.amount_minor).sum();
-    let live_media_amount: u64 = live_totals.iter().filter(|((d, _), _)| *d == projections::royalty_log::Dimension::Media).map(|(_, l)| l.amount_minor).sum();
+    // Net of refunds: the demo refunds some delivered sales, each an adjustment entry.
+    let replay_media_amount: i128 = report.totals["media"].values().map(|line| line.net_minor()).sum();
+    let live_media_amount: i128 = live_totals.iter().filter(|((d, _), _)| *d == projections::royalty_log::Dimension::Media).map(|(_, l)| l.net_minor()).sum();
     assert_eq!(replay_media_amount, live_media_amount);
+    let refunds: u64 = report.totals["media"].values().map(|line| line.refunds).sum();
+    assert_eq!(refunds, summary.refunded, "one adjustment per refunded single-media sale");
+    assert!(refunds > 0, "the demo refunded some sales");
     assert_eq!(report.totals["merchant"].len(), 3);
 
     // The DSR usage records sum to the same totals, and the footer counts them.
@@ -55,7 +59,8 @@ async fn exports_agree_and_need_no_engine_private_key() {
     let dsr = std::fs::read_to_string(&dsr_path).expect("read dsr");
     let usage: Vec<Vec<&str>> = dsr.lines().filter(|l| l.starts_with("RU01\t")).map(|l| l.split('\t').collect()).collect();
     assert_eq!(usage.len(), entries.len());
-    let usage_amount: u64 = usage.iter().filter(|r| r[3] == "Y").map(|r| r[14].parse::<u64>().expect("price")).sum();
+    let usage_amount: i128 = usage.iter().filter(|r| r[3] == "Y").map(|r| r[14].parse::<i128>().expect("price")).sum();
+    assert_eq!(usage.iter().filter(|r| r[2] == "REFUND").count() as u64, refunds, "the adjustments are RU01 records too");
     assert_eq!(usage_amount, replay_media_amount);
     let footer: Vec<&str> = dsr.lines().last().expect("footer").split('\t').collect();
     assert_eq!(footer[0], "FOOT");

@@ -154,7 +154,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let runtime = tokio::runtime::Runtime::new()?;
             let summary = runtime.block_on(demo::run(demo::DemoArgs { backend, keys_dir, vouchers: usize::try_from(vouchers)?, connect, engine_tls }))?;
             eprintln!(
-                "demo: {} purchases, {} delivered ({} decrypted and verified, {} album tracks), {} points-paid, {} previews, {} expired, {} voided; {} events in the stream; state digest {}; {} ms",
+                "demo: {} purchases, {} delivered ({} decrypted and verified, {} album tracks), {} points-paid, {} previews, {} expired, {} voided, {} refunded after delivery; {} events in the stream; state digest {}; {} ms",
                 summary.purchases,
                 summary.delivered,
                 summary.decrypt_ok,
@@ -163,6 +163,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 summary.previews,
                 summary.expired,
                 summary.voided,
+                summary.refunded,
                 summary.stream_events,
                 summary.state_digest,
                 summary.elapsed_ms

@@ -9,7 +9,8 @@
 //! free or encrypted, a preview clip with fades) and uploads them; two node agents
 //! register, heartbeat and follow their feeds; merchants sell concurrently (some paid in
 //! points, some albums, some of the low rendition); some reservations expire and are
-//! swept, some are voided; players challenge-and-prove at the node, download, unwrap the
+//! swept, some are voided, some delivered sales are refunded (a royalty adjustment each);
+//! players challenge-and-prove at the node, download, unwrap the
 //! media key, check the publisher's signature, decrypt chunk by chunk, verify and keep a
 //! delivered copy stamped with the engine-signed transaction record; previews play. The
 //! royalty log is sealed (witness file), every delivered copy is inspected (its record
@@ -81,6 +82,8 @@ pub struct Summary {
     pub previews: u64,
     pub expired: u64,
     pub voided: u64,
+    /// Delivered single-media sales the merchant then refunded (each a royalty adjustment).
+    pub refunded: u64,
     pub royalty_entries: u64,
     pub seals: u64,
     pub stream_events: u64,
@@ -107,6 +110,7 @@ struct Counters {
     delivered: AtomicU64,
     decrypt_ok: AtomicU64,
     voided: AtomicU64,
+    refunded: AtomicU64,
     points_paid: AtomicU64,
     album_tracks: AtomicU64,
     low_rendition: AtomicU64,
@@ -450,6 +454,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
         previews,
         expired,
         voided: counters.voided.load(Ordering::Relaxed),
+        refunded: counters.refunded.load(Ordering::Relaxed),
         royalty_entries,
         seals,
         stream_events,
@@ -589,6 +594,21 @@ async fn sell_one(i: usize, world: &World, merchant: &mut MerchantClient, counte
         if media_ids.len() > 1 {
             counters.album_tracks.fetch_add(1, Ordering::Relaxed);
         }
+    }
+    // One in ten delivered single-media sales is refunded afterwards: the postings reversed,
+    // points credited back, one royalty adjustment entry.
+    if i % 10 == 3 && media_ids.len() == 1 && !copies.is_empty() {
+        let request = pb::RefundRequest {
+            request_id: format!("{prefix}-refund"),
+            voucher_id: sale.voucher_id.clone(),
+            reason: "the customer asked".into(),
+            chargeback: false,
+        };
+        let refunded = merchant.refund(request).await?.into_inner();
+        if refunded.status != "Refunded" {
+            bail!("a delivered sale was refunded as {}, not Refunded", refunded.status);
+        }
+        counters.refunded.fetch_add(1, Ordering::Relaxed);
     }
     Ok(())
 }

@@ -92,6 +92,8 @@ impl pb::audit_service_server::AuditService for Api {
                     previews: line.previews,
                     amount_minor: line.amount_minor,
                     units: line.units,
+                    refunds: line.refunds,
+                    refunded_minor: line.refunded_minor,
                 })
                 .collect()
         });
