@@ -35,6 +35,7 @@ use std::sync::{Arc, Mutex};
 
 mod admin;
 mod container;
+mod issue;
 mod points;
 
 pub use admin::Administered;
@@ -230,6 +231,11 @@ impl Market {
             consumer_keys: Mutex::new(lru::LruCache::new(NonZeroUsize::new(CONSUMER_KEY_CACHE_MAX).unwrap_or(NonZeroUsize::MIN))),
             rsa_tasks: tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(1, NonZeroUsize::get)),
         }
+    }
+
+    /// The node placement the market decides with (which nodes still serve, `relocate`).
+    pub fn allocator(&self) -> &Arc<dyn Allocator> {
+        &self.allocator
     }
 
     pub fn handler(&self) -> &Handler {
@@ -672,38 +678,6 @@ impl Market {
             }
         }
         Ok(())
-    }
-
-    pub async fn issue(
-        &self,
-        merchant: &MerchantId,
-        request: &RequestId,
-        voucher_id: &VoucherId,
-        region: Option<&str>,
-        access_ttl_ms: u64,
-    ) -> Result<IssueAnswer, AppError> {
-        self.active_merchant(merchant).await?;
-        let root = self.voucher_of(voucher_id).await?;
-        let by = actor(ActorKind::Merchant, &merchant.0);
-        let (node, held) = match &root.state.node {
-            // Already issued: the retry is answered (or another request refused) by decide.
-            Some(node) => (node.clone(), false),
-            None => (self.allocator.choose(region, &voucher_id.0).ok_or(Rejection::NoNodeAvailable)?, true),
-        };
-        // The handler builds the next state in place when it holds the only reference.
-        drop(root);
-        let command = VoucherCommand::Issue { merchant: merchant.clone(), node, access_ttl_ms };
-        let result = self.handler.handle::<Voucher>(&voucher_id.0, &by, request, &command).await;
-        if held && result.as_ref().map_or(true, |handled| handled.appended.is_empty()) {
-            self.allocator.cancel(&voucher_id.0);
-        }
-        let handled = result?;
-        let state = &handled.root.state;
-        let node_id = state.node.clone().ok_or(Rejection::NoNodeAvailable)?;
-        let media_ids = state.media_ids();
-        let media_refs: Vec<&str> = media_ids.iter().map(|m| m.0.as_str()).collect();
-        let access_token = crypto::access_token(&self.node_access_key(&node_id), &node_id.0, &voucher_id.0, &media_refs, state.access_expires_at.0);
-        Ok(IssueAnswer { voucher_id: voucher_id.clone(), node_id, access_token, access_expires_at: state.access_expires_at, media_ids })
     }
 
     pub async fn get_voucher(&self, merchant: &MerchantId, voucher_id: &VoucherId) -> Result<Voucher, AppError> {

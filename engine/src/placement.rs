@@ -38,6 +38,13 @@ pub trait Allocator: Send + Sync + 'static {
         self.choose(region, holder)
     }
     fn cancel(&self, holder: &str);
+    /// Whether `node` still serves what was issued to it: active (not drained or removed)
+    /// and not silent (`NodeHealth::silent`). Vouchers on a node that does not may move
+    /// (`VoucherCommand::Move`). Test doubles: every node serves.
+    fn serves(&self, node: &NodeId) -> bool {
+        let _ = node;
+        true
+    }
 }
 
 /// The slots side of placement, implemented by the allocation projection: a choice among
@@ -46,6 +53,8 @@ pub trait SlotChooser: Send + Sync + 'static {
     fn choose_where(&self, region: Option<&str>, holder: &str, eligible: &dyn Fn(&NodeId) -> bool) -> Option<NodeId>;
     /// As `choose_where`, for a preview of `merchant`, within its quota on each node.
     fn choose_preview_where(&self, region: Option<&str>, holder: &str, merchant: &MerchantId, eligible: &dyn Fn(&NodeId) -> bool) -> Option<NodeId>;
+    /// Registered and neither drained nor removed.
+    fn is_active(&self, node: &NodeId) -> bool;
     fn cancel(&self, holder: &str);
 }
 
@@ -72,13 +81,17 @@ pub struct NodeLive {
 pub struct NodeHealth {
     nodes: Mutex<HashMap<NodeId, NodeLive>>,
     clock: Arc<dyn Clock>,
+    /// When this view started (the engine's start): a node not heard from since is silent
+    /// only once the stale limit has passed from here, so a restart moves nothing.
+    started_ms: i64,
     /// `node.heartbeat_timeout_ms` once the operator set it, else `HEARTBEAT_STALE_MS`.
     stale_ms: AtomicU64,
 }
 
 impl NodeHealth {
     pub fn new(clock: Arc<dyn Clock>, stale_ms: u64) -> Self {
-        Self { nodes: Mutex::new(HashMap::new()), clock, stale_ms: AtomicU64::new(stale_ms) }
+        let started_ms = clock.now().0;
+        Self { nodes: Mutex::new(HashMap::new()), clock, started_ms, stale_ms: AtomicU64::new(stale_ms) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, NodeLive>> {
@@ -115,6 +128,17 @@ impl NodeHealth {
         self.lock().get(node).is_some_and(|live| now.saturating_sub(live.last_heartbeat_ms) <= stale_ms)
     }
 
+    /// Gone quiet: announced to this engine and no heartbeat within the stale limit since,
+    /// or not heard from at all for the stale limit since this engine started. (Unlike
+    /// `healthy`, a node the engine has not heard from yet right after a restart is not
+    /// silent: what was issued to it does not move.)
+    pub fn silent(&self, node: &NodeId) -> bool {
+        let now = self.clock.now().0;
+        let stale_ms = i64::try_from(self.stale_ms.load(Ordering::Relaxed)).unwrap_or(i64::MAX);
+        let last = self.lock().get(node).map_or(self.started_ms, |live| live.last_heartbeat_ms);
+        now.saturating_sub(last) > stale_ms
+    }
+
     /// Applies the operator's `node.heartbeat_timeout_ms`.
     pub fn set_stale_ms(&self, stale_ms: u64) {
         self.stale_ms.store(stale_ms, Ordering::Relaxed);
@@ -149,6 +173,10 @@ impl Allocator for HealthyAllocator {
         self.slots.choose_preview_where(region, holder, merchant, &|node| self.health.healthy(node))
     }
 
+    fn serves(&self, node: &NodeId) -> bool {
+        self.slots.is_active(node) && !self.health.silent(node)
+    }
+
     fn cancel(&self, holder: &str) {
         self.slots.cancel(holder);
     }
@@ -168,6 +196,9 @@ mod tests {
         }
         fn choose_preview_where(&self, region: Option<&str>, holder: &str, _merchant: &MerchantId, eligible: &dyn Fn(&NodeId) -> bool) -> Option<NodeId> {
             self.choose_where(region, holder, eligible)
+        }
+        fn is_active(&self, node: &NodeId) -> bool {
+            self.0.contains(node)
         }
         fn cancel(&self, _holder: &str) {}
     }
@@ -191,5 +222,27 @@ mod tests {
         health.set_stale_ms(1);
         clock.advance_ms(2);
         assert!(!health.healthy(&b), "the operator's shorter timeout applies");
+    }
+
+    /// What moves vouchers away: a node that stopped heartbeating, or one not heard from
+    /// for the stale limit since the engine started; not one merely not announced yet
+    /// right after a restart (which `healthy` already refuses new work).
+    #[test]
+    fn a_node_is_silent_only_past_the_stale_limit_never_just_after_a_restart() {
+        let clock = Arc::new(ManualClock::new(Millis(1_000)));
+        let health = Arc::new(NodeHealth::new(clock.clone(), 5_000));
+        let (a, b) = (NodeId("na".into()), NodeId("nb".into()));
+        let allocator = HealthyAllocator::new(Arc::new(FirstEligible(vec![a.clone(), b.clone()])), Arc::clone(&health));
+        assert!(!health.healthy(&a) && !health.silent(&a), "just started: not chosen, not silent");
+        assert!(allocator.serves(&a), "its vouchers stay");
+        health.announce(&b, "http://127.0.0.1:1");
+        clock.advance_ms(5_001);
+        assert!(health.silent(&a), "not heard from for the stale limit since the start");
+        assert!(health.silent(&b), "announced, then no heartbeat within the limit");
+        assert!(!allocator.serves(&b));
+        assert!(health.heartbeat(&b, Heartbeat::default()));
+        assert!(!health.silent(&b) && allocator.serves(&b), "a heartbeat: serving again");
+        let c = NodeId("nc".into());
+        assert!(!allocator.serves(&c), "a node the slots do not list (drained, removed, unknown) does not serve");
     }
 }

@@ -395,14 +395,17 @@ fn event_to_pb(event: &Event) -> E {
             reversal: postings_to_pb(reversal),
             media_ids: media_ids.iter().map(|media| media.0.clone()).collect(),
         }),
-        Event::VoucherIssued { voucher_id, node_id, merchant_id, media_ids, rendition, access_expires_at } => E::VoucherIssued(pb::VoucherIssued {
-            voucher_id: voucher_id.0.clone(),
-            node_id: node_id.0.clone(),
-            merchant_id: merchant_id.0.clone(),
-            media_ids: ids_to_strings(media_ids),
-            rendition: rendition.clone(),
-            access_expires_at_ms: access_expires_at.0,
-        }),
+        Event::VoucherIssued { voucher_id, node_id, merchant_id, media_ids, rendition, access_expires_at, previous_node } => {
+            E::VoucherIssued(pb::VoucherIssued {
+                voucher_id: voucher_id.0.clone(),
+                node_id: node_id.0.clone(),
+                merchant_id: merchant_id.0.clone(),
+                media_ids: ids_to_strings(media_ids),
+                rendition: rendition.clone(),
+                access_expires_at_ms: access_expires_at.0,
+                previous_node_id: previous_node.as_ref().map(|node| node.0.clone()).unwrap_or_default(),
+            })
+        }
         Event::RedemptionAccepted { voucher_id, node_id, consumer_id, cert_serial, wrapped_key_hashes, challenge_hash, consumer_key_hash, released_media } => {
             E::RedemptionAccepted(pb::RedemptionAccepted {
                 voucher_id: voucher_id.0.clone(),
@@ -575,6 +578,7 @@ fn event_of_pb(event: E) -> Result<Event, DecodeError> {
             media_ids: e.media_ids.into_iter().map(MediaId).collect(),
             rendition: e.rendition,
             access_expires_at: Millis(e.access_expires_at_ms),
+            previous_node: (!e.previous_node_id.is_empty()).then(|| NodeId(e.previous_node_id)),
         },
         E::RedemptionAccepted(e) => Event::RedemptionAccepted {
             voucher_id: VoucherId(e.voucher_id),

@@ -644,3 +644,72 @@ async fn a_refund_after_delivery_reverses_the_sale_nets_the_royalties_and_ends_t
     node.shutdown().await;
     fixture.engine.shutdown().await.expect("shutdown");
 }
+
+/// A node drained (or removed, or silent) strands what was issued to it: the player paid
+/// and cannot be served. Now the merchant's reissue moves such a voucher to a node that
+/// serves (a new node and access token, the receipt unchanged), the engine's sweeper moves
+/// the rest by itself, the old node's tokens stop working, and the slots follow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn vouchers_on_a_drained_node_move_to_a_serving_one_by_reissue_or_by_the_engine() {
+    let (mut fixture, node) = start().await;
+    let alice = fixture.passport("alice").await;
+    let first = fixture.buy("sale-1").await;
+    let second = fixture.buy("sale-2").await;
+    let node_a = fixture.node_cred.id.clone();
+    assert_eq!((first.node_id.as_str(), second.node_id.as_str()), (node_a.as_str(), node_a.as_str()), "one node so far");
+    // A second node registers and announces itself; then the operator drains the first.
+    let registered = fixture
+        .catalog
+        .register_node_credential(pb::RegisterNodeCredentialRequest { request_id: "n-2".into(), region: "eu".into(), slots_max: 4 })
+        .await
+        .expect("node B");
+    let node_b = client::credential_of(registered.into_inner()).expect("cred");
+    client::delivery(fixture.channel.clone(), node_b.clone())
+        .register_node(pb::RegisterNodeRequest { region: "eu".into(), slots_max: 4, endpoint: "http://127.0.0.1:9".into() })
+        .await
+        .expect("B announces");
+    let operator = Credential::load(&fixture.dir.path().join("keys/operator.cred")).expect("operator");
+    let mut admin = client::admin(fixture.channel.clone(), operator);
+    // Control first: while A serves, a reissue is refused and writes nothing.
+    let head = fixture.head().await;
+    let reissue =
+        |request_id: &str, voucher_id: &str| pb::IssueVoucherRequest { request_id: request_id.into(), voucher_id: voucher_id.into(), region: String::new() };
+    let refused = fixture.merchant.issue_voucher(reissue("reissue-0", &first.voucher_id)).await.expect_err("A still serves");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert_eq!(fixture.head().await, head);
+    admin.drain_node(pb::NodeAdminRequest { request_id: "drain-a".into(), node_id: node_a.clone() }).await.expect("drain A");
+
+    // The merchant's reissue moves the first voucher to B: a new node and token.
+    let moved = fixture.merchant.issue_voucher(reissue("reissue-1", &first.voucher_id)).await.expect("moved").into_inner();
+    assert_eq!(moved.node_id, node_b.id, "to the node that serves");
+    assert_ne!(moved.access_token, first.access_token, "a new access token, for B");
+    let view = fixture.merchant.get_voucher(pb::GetVoucherRequest { voucher_id: first.voucher_id.clone() }).await.expect("get").into_inner();
+    assert_eq!((view.status.as_str(), view.node_id.as_str()), ("Issued", node_b.id.as_str()), "merchant get shows the new node");
+    let events = fixture.log.read_subject(&format!("vs.voucher.{}", first.voucher_id)).await.expect("read");
+    let last = engine::wire::decode(&events.last().expect("events").payload).expect("decode").event;
+    assert!(
+        matches!(&last, engine::domain::Event::VoucherIssued { previous_node: Some(old), node_id, .. } if old.as_str() == node_a && node_id.as_str() == node_b.id),
+        "the event names the old and the new node: {last:?}"
+    );
+    // The old node's token no longer works: A cannot redeem it (nothing written).
+    let head = fixture.head().await;
+    let mut at_a = player::connect_node(node.endpoint()).await.expect("connect A");
+    let redeem = player_redeem(&mut at_a, &first, &alice, "r-old").await;
+    let refused = at_a.redeem(redeem).await.expect_err("no longer A's");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert_eq!(fixture.head().await, head, "the refused redemption wrote nothing");
+
+    // The engine moves the second by itself (the sweeper's round, run here).
+    let state = &fixture.engine.state;
+    state.live.caught_up(engine::ids::Seq(fixture.head().await)).await;
+    let moved = server::relocate_once(&state.live, &state.market, 3_600_000, 100).await.expect("relocate");
+    assert_eq!(moved, 1, "the second voucher moved");
+    state.live.caught_up(engine::ids::Seq(fixture.head().await)).await;
+    let view = fixture.merchant.get_voucher(pb::GetVoucherRequest { voucher_id: second.voucher_id.clone() }).await.expect("get").into_inner();
+    assert_eq!(view.node_id, node_b.id);
+    let in_use = |node: &str| state.live.read(|p| p.allocation.nodes[&engine::ids::NodeId::new(node)].in_use);
+    assert_eq!((in_use(&node_a), in_use(&node_b.id)), (0, 2), "the slots followed the vouchers");
+    assert_eq!(server::relocate_once(&state.live, &state.market, 3_600_000, 100).await.expect("relocate"), 0, "nothing left to move");
+    node.shutdown().await;
+    fixture.engine.shutdown().await.expect("shutdown");
+}

@@ -90,8 +90,14 @@ impl Allocation {
                     self.touched_nodes.touch(node_id);
                 }
             }
-            Event::VoucherIssued { voucher_id, node_id, .. } => {
+            Event::VoucherIssued { voucher_id, node_id, previous_node, .. } => {
                 self.tentative.remove(voucher_id.as_str());
+                // Moved off a node that no longer serves it: that node's slot comes back.
+                if let Some(previous) = previous_node
+                    && self.vouchers.remove(voucher_id).is_some()
+                {
+                    self.give_back(previous);
+                }
                 self.take(node_id);
                 self.vouchers.insert(voucher_id.clone(), node_id.clone());
             }
@@ -173,6 +179,16 @@ impl Allocation {
         let started = self.previews.values().filter(|slot| slot.node == *node_id && slot.merchant == *merchant).count();
         let held = self.tentative.values().filter(|(node, holder)| node == node_id && holder.as_ref() == Some(merchant)).count();
         u32::try_from(started + held).unwrap_or(u32::MAX)
+    }
+
+    /// Vouchers holding a slot on a node `stranded` picks (one that no longer serves them),
+    /// at most `limit`: what the sweeper moves. A scan of the slot holders (at most the
+    /// slots in use), made only when such a node holds any.
+    pub fn stranded_vouchers(&self, stranded: &dyn Fn(&NodeId) -> bool, limit: usize) -> Vec<(engine::ids::VoucherId, NodeId)> {
+        if !self.nodes.iter().any(|(id, node)| node.in_use > 0 && stranded(id)) {
+            return Vec::new();
+        }
+        self.vouchers.iter().filter(|(_, node)| stranded(node)).take(limit).collect()
     }
 
     /// Whether `merchant` may start one more preview on `node_id` (`preview_quota`).
@@ -269,6 +285,7 @@ mod tests {
             media_ids: vec![MediaId::new("md")],
             rendition: "high".into(),
             access_expires_at: Millis(0),
+            previous_node: None,
         }
     }
 

@@ -388,6 +388,10 @@ impl engine::placement::SlotChooser for Live {
         self.lock().allocation.choose_preview_where(region, holder, merchant, eligible)
     }
 
+    fn is_active(&self, node: &NodeId) -> bool {
+        self.lock().allocation.nodes.get(node).is_some_and(|slots| slots.active)
+    }
+
     fn cancel(&self, holder: &str) {
         Allocator::cancel(self, holder);
     }

@@ -341,6 +341,9 @@ pub enum Event {
         media_ids: Vec<MediaId>,
         rendition: String,
         access_expires_at: Millis,
+        /// The node the voucher was issued to before, when it moved (its node drained,
+        /// removed or silent); `None` for the first issue.
+        previous_node: Option<NodeId>,
     },
     RedemptionAccepted {
         voucher_id: VoucherId,

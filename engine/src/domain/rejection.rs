@@ -57,6 +57,8 @@ pub enum Rejection {
     NodeUnavailable,
     #[error("no healthy delivery node has a free slot; retry later")]
     NoNodeAvailable,
+    #[error("the voucher's delivery node still serves it: a reissue moves a voucher only off a drained, removed or silent node (or once its access lapsed)")]
+    NodeStillServes,
     #[error("this merchant's previews already hold their share of every node with a free slot; retry when one ends")]
     PreviewQuotaReached,
     #[error("the request id was already used for a different command ({first}); use a new request id")]

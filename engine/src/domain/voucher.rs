@@ -88,6 +88,15 @@ pub struct Voucher {
     pub postings: Vec<Posting>,
 }
 
+/// Whether the node a voucher is issued to still serves it, as the shell found it (the
+/// node is active in the allocation and heartbeats in time).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeStanding {
+    Serving,
+    /// Drained, removed, or silent past `node.heartbeat_timeout_ms`.
+    Gone,
+}
+
 /// The consumer certificate's standing at decision time, looked up by the shell.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CertCheck {
@@ -171,6 +180,17 @@ pub enum VoucherCommand {
     /// The sweeper's end of an Issued voucher's access window, decided at `now`: the node's
     /// slot comes back and the voucher can be issued anew.
     LapseAccess,
+    /// Moves an issued voucher nobody redeemed off a node that no longer serves it (drained,
+    /// removed or silent: `old_node`, the shell's finding) to `node`, the allocator's new
+    /// choice: a new access window there, the receipt unchanged; tokens for the old node
+    /// stop working (the voucher is no longer assigned to it). By its merchant (reissue) or
+    /// by the engine (`merchant` None: the sweeper).
+    Move {
+        merchant: Option<MerchantId>,
+        node: NodeId,
+        access_ttl_ms: u64,
+        old_node: NodeStanding,
+    },
     /// `node` is the allocator's choice, recorded in the event so replay never re-decides.
     Issue {
         merchant: MerchantId,
@@ -472,6 +492,38 @@ impl Aggregate for Voucher {
                     media_ids: self.media_ids(),
                     rendition: self.rendition.clone(),
                     access_expires_at: now.plus_ms(*access_ttl_ms),
+                    previous_node: None,
+                }])
+            }
+            VoucherCommand::Move { merchant, node, access_ttl_ms, old_node } => {
+                if let Some(merchant) = merchant {
+                    self.owned_by(merchant)?;
+                }
+                self.exists()?;
+                let previous = self.node.clone().ok_or_else(|| self.transition("Move"))?;
+                // Only an issued voucher whose keys never went out moves: a consumer who
+                // holds the keys finishes with the node that released them.
+                if self.status != VoucherStatus::Issued || self.released_to.is_some() {
+                    return Err(self.transition("Move"));
+                }
+                if *old_node == NodeStanding::Serving {
+                    return Err(Rejection::NodeStillServes);
+                }
+                validate::id("node_id", &node.0)?;
+                if *node == previous {
+                    return Err(Rejection::InvalidArgument { field: "node_id", reason: "is the node the voucher leaves".into() });
+                }
+                if *access_ttl_ms == 0 || *access_ttl_ms > ACCESS_TTL_MS_MAX {
+                    return Err(Rejection::InvalidArgument { field: "access_ttl_ms", reason: format!("must be 1..={ACCESS_TTL_MS_MAX}") });
+                }
+                Ok(vec![Event::VoucherIssued {
+                    voucher_id: self.id_or_empty(),
+                    node_id: node.clone(),
+                    merchant_id: self.merchant.clone().unwrap_or_else(|| MerchantId::new("")),
+                    media_ids: self.media_ids(),
+                    rendition: self.rendition.clone(),
+                    access_expires_at: now.plus_ms(*access_ttl_ms),
+                    previous_node: Some(previous),
                 }])
             }
             VoucherCommand::Redeem(redeem) => self.decide_redeem(redeem),
@@ -563,6 +615,8 @@ impl Aggregate for Voucher {
             VoucherCommand::Expire => "Expire",
             VoucherCommand::LapseAccess => "LapseAccess",
             VoucherCommand::Issue { .. } => "IssueVoucher",
+            VoucherCommand::Move { merchant: Some(_), .. } => "Reissue",
+            VoucherCommand::Move { merchant: None, .. } => "MoveVoucher",
             VoucherCommand::Redeem(_) => "Redeem",
             VoucherCommand::FailDelivery { .. } => "FailDelivery",
             VoucherCommand::CompleteDelivery(_) => "CompleteDelivery",

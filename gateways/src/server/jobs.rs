@@ -78,8 +78,22 @@ pub async fn lapse_once(live: &Live, market: &Market, limit: usize) -> Result<(u
     Ok((market.lapse_accesses(&due).await?, market.lapse_previews(&due_previews).await?))
 }
 
+/// Moves issued vouchers nobody redeemed off nodes that no longer serve them (drained,
+/// removed, silent past `node.heartbeat_timeout_ms`) to nodes that do; how many moved.
+pub async fn relocate_once(live: &Live, market: &Market, access_ttl_ms: u64, limit: usize) -> Result<usize, engine::app::AppError> {
+    // Which nodes no longer serve is asked outside the projections' lock (the allocator
+    // reads the projections itself).
+    let holding: Vec<engine::ids::NodeId> = live.read(|p| p.allocation.nodes.iter().filter(|(_, node)| node.in_use > 0).map(|(id, _)| id.clone()).collect());
+    let gone: std::collections::BTreeSet<engine::ids::NodeId> = holding.into_iter().filter(|node| !market.allocator().serves(node)).collect();
+    if gone.is_empty() {
+        return Ok(0);
+    }
+    let stranded = live.read(|p| p.allocation.stranded_vouchers(&|node| gone.contains(node), limit));
+    market.relocate_stranded(&stranded, access_ttl_ms).await
+}
+
 /// Voids reservations past due, settles interrupted points holds, lapses unused access
-/// windows and ends unreported previews, every interval.
+/// windows, ends unreported previews and moves vouchers off nodes gone, every interval.
 pub(super) async fn sweeper(state: Arc<EngineState>) {
     let mut shutdown = state.shutdown.clone();
     let mut tick = tokio::time::interval(state.config.sweep_interval);
@@ -93,6 +107,12 @@ pub(super) async fn sweeper(state: Arc<EngineState>) {
         }
         if let Err(error) = lapse_once(&state.live, &state.market, SWEEP_BATCH_MAX).await {
             tracing::warn!(%error, "lapsing access windows failed; retrying at the next interval");
+        }
+        let access_ttl_ms = state.configured("access.ttl_ms").await.unwrap_or(state.config.access_ttl_ms);
+        match relocate_once(&state.live, &state.market, access_ttl_ms, SWEEP_BATCH_MAX).await {
+            Ok(0) => {}
+            Ok(moved) => tracing::info!(moved, "moved vouchers off delivery nodes that no longer serve them"),
+            Err(error) => tracing::warn!(%error, "moving vouchers off nodes gone failed; retrying at the next interval"),
         }
     }
 }

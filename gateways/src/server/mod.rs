@@ -24,7 +24,7 @@ pub mod serve;
 pub mod status;
 
 pub use api::Api;
-pub use jobs::{RateMeter, lapse_once, seal_once, sweep_once};
+pub use jobs::{RateMeter, lapse_once, relocate_once, seal_once, sweep_once};
 use jobs::{rate_sampler, sealer, sweeper};
 
 use crate::server::front_door::{Authenticator, FrontDoor, Limits};

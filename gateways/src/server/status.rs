@@ -38,6 +38,7 @@ pub fn rejection_code(rejection: &Rejection) -> Code {
         Rejection::NodeUnavailable => Code::FailedPrecondition,
         // A capacity limit is hit: every node's slots are taken.
         Rejection::NoNodeAvailable | Rejection::PreviewQuotaReached => Code::ResourceExhausted,
+        Rejection::NodeStillServes => Code::FailedPrecondition,
         Rejection::Overflow => Code::OutOfRange,
     }
 }
@@ -195,6 +196,7 @@ mod tests {
             Rejection::NodeUnavailable,
             Rejection::NoNodeAvailable,
             Rejection::PreviewQuotaReached,
+            Rejection::NodeStillServes,
             Rejection::Overflow,
             Rejection::ChallengeUsed,
             Rejection::DeliveryRetriesExhausted { retries_max: 3 },
@@ -228,6 +230,7 @@ mod tests {
             Code::FailedPrecondition,
             Code::ResourceExhausted,
             Code::ResourceExhausted,
+            Code::FailedPrecondition,
             Code::OutOfRange,
             Code::PermissionDenied,
             Code::FailedPrecondition,

@@ -112,6 +112,7 @@ fn script() -> Vec<Event> {
             media_ids: vec![media.clone()],
             rendition: "high".into(),
             access_expires_at: Millis(9),
+            previous_node: None,
         },
         Event::Authorized {
             voucher_id: voucher(2),
@@ -126,6 +127,7 @@ fn script() -> Vec<Event> {
             media_ids: vec![media.clone()],
             rendition: "high".into(),
             access_expires_at: Millis(9),
+            previous_node: None,
         },
         delivered(1),
         Event::PreviewStarted {

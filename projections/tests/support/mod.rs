@@ -331,6 +331,7 @@ impl Generator {
             media_ids,
             rendition: "high".into(),
             access_expires_at: Millis(self.now_ms + 60_000),
+            previous_node: None,
         });
         self.issued.push(voucher_id);
     }

@@ -143,6 +143,7 @@ pub fn issued(items: &[(&str, u64)]) -> Event {
         media_ids: items.iter().map(|&(id, _)| mid(id)).collect(),
         rendition: "high".into(),
         access_expires_at: ISSUED_AT.plus_ms(ACCESS_TTL),
+        previous_node: None,
     }
 }
 

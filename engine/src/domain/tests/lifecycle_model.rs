@@ -83,6 +83,12 @@ enum Op {
         right: bool,
         chargeback: bool,
     },
+    /// Moves `v` to node `node` as if its node were gone (`gone`) or still serving.
+    Move {
+        v: usize,
+        node: usize,
+        gone: bool,
+    },
     Expire {
         v: usize,
     },
@@ -144,6 +150,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (0..VOUCHERS, right()).prop_map(|(v, right)| Op::Authorize { v, right }),
         1 => (0..VOUCHERS, right()).prop_map(|(v, right)| Op::Void { v, right }),
         1 => (0..VOUCHERS, right(), any::<bool>()).prop_map(|(v, right, chargeback)| Op::Refund { v, right, chargeback }),
+        1 => (0..VOUCHERS, 0..2usize, prop::bool::weighted(0.8)).prop_map(|(v, node, gone)| Op::Move { v, node, gone }),
         1 => (0..VOUCHERS).prop_map(|v| Op::Expire { v }),
         3 => (0..VOUCHERS, right(), 0..2usize, prop::bool::weighted(0.9))
             .prop_map(|(v, right, node, ttl_ok)| Op::Issue { v, right, node, ttl_ok }),
@@ -198,6 +205,7 @@ struct Coverage {
     timed_out: Cell<u32>,
     refunded_after_authorize: Cell<u32>,
     refunded_after_release: Cell<u32>,
+    moved: Cell<u32>,
     points_posted: Cell<u32>,
     insufficient_points: Cell<u32>,
     repeated: Cell<u32>,
@@ -435,6 +443,17 @@ impl World {
                     bump(&coverage.refunded_after_release);
                 }
             }
+            Op::Move { v, node: n, gone } => {
+                let standing = if gone { crate::domain::voucher::NodeStanding::Gone } else { crate::domain::voucher::NodeStanding::Serving };
+                let command = VoucherCommand::Move { merchant: None, node: node(n), access_ttl_ms: 3_600_000, old_node: standing };
+                let decided = self.voucher_step(v, Actor::engine(), command)?;
+                if !gone {
+                    prop_assert!(decided.as_ref().is_err(), "moved off a node that still serves it");
+                }
+                if decided.is_ok_and(|events| !events.is_empty()) {
+                    bump(&coverage.moved);
+                }
+            }
             Op::Expire { v } => {
                 if self.voucher_step(v, Actor::engine(), VoucherCommand::Expire)?.is_ok_and(|events| !events.is_empty()) {
                     bump(&coverage.timed_out);
@@ -612,7 +631,10 @@ fn voucher_history(events: &[(Millis, Event)]) -> Result<(), String> {
             Event::Voided { .. } => return Err("Voided after a key was released".into()),
             Event::Refunded { .. } if released => (&[S::Issued, S::Redeeming, S::Delivered], S::Refunded),
             Event::Refunded { .. } => return Err("Refunded before any key was released".into()),
-            Event::VoucherIssued { .. } => (&[S::Authorized], S::Issued),
+            Event::VoucherIssued { previous_node: None, .. } => (&[S::Authorized], S::Issued),
+            // A move: only an issued voucher whose keys never went out, to another node.
+            Event::VoucherIssued { previous_node: Some(_), .. } if !released => (&[S::Issued], S::Issued),
+            Event::VoucherIssued { .. } => return Err("moved after a key was released".into()),
             Event::RedemptionAccepted { .. } => (&[S::Issued], S::Redeeming),
             // The domain also accepts a failure report before redemption; it changes nothing.
             Event::DeliveryFailed { .. } => (&[S::Redeeming, S::Issued], S::Issued),
@@ -640,7 +662,12 @@ fn voucher_history(events: &[(Millis, Event)]) -> Result<(), String> {
                 }
                 postings = settled.clone();
             }
-            Event::VoucherIssued { node_id, .. } => node = Some(node_id.clone()),
+            Event::VoucherIssued { node_id, previous_node, .. } => {
+                if previous_node.is_some() && (previous_node != &node || previous_node.as_ref() == Some(node_id)) {
+                    return Err(format!("moved from {previous_node:?} while on {node:?}, to {node_id}"));
+                }
+                node = Some(node_id.clone());
+            }
             Event::RedemptionAccepted { node_id, .. } if node.as_ref() != Some(node_id) => {
                 return Err(format!("redeemed on {node_id} while assigned to {node:?}"));
             }
@@ -746,6 +773,7 @@ fn lifecycle_rules_hold_under_any_interleaving() {
         ("timed out reservations", &coverage.timed_out),
         ("refunds after authorize", &coverage.refunded_after_authorize),
         ("refunds after a release", &coverage.refunded_after_release),
+        ("vouchers moved off a node gone", &coverage.moved),
         ("points posted", &coverage.points_posted),
         ("insufficient points", &coverage.insufficient_points),
         ("repeated requests", &coverage.repeated),

@@ -756,3 +756,45 @@ fn a_refund_is_the_selling_merchants_with_a_reason_and_not_of_a_voided_voucher()
     check::<Voucher>(&song_voided(), refund(false), T0, Err(Rejection::Voided));
     check::<Voucher>(&[], refund(false), T0, Err(not_found()));
 }
+
+// ---------------------------------------------------------------- moving off a node gone
+
+fn moved_by(merchant: Option<crate::ids::MerchantId>, standing: crate::domain::voucher::NodeStanding) -> VoucherCommand {
+    VoucherCommand::Move { merchant, node: other_node(), access_ttl_ms: ACCESS_TTL, old_node: standing }
+}
+
+fn moved_to_other_node(at: Millis) -> Event {
+    Event::VoucherIssued {
+        voucher_id: voucher_id(),
+        node_id: other_node(),
+        merchant_id: merchant(),
+        media_ids: vec![mid("song1")],
+        rendition: "high".into(),
+        access_expires_at: at.plus_ms(ACCESS_TTL),
+        previous_node: Some(node()),
+    }
+}
+
+#[test]
+fn an_issued_voucher_moves_off_a_node_gone_by_its_merchant_or_the_engine() {
+    use crate::domain::voucher::NodeStanding::{Gone, Serving};
+    check::<Voucher>(&song_issued(), moved_by(Some(merchant()), Gone), T0, Ok(vec![moved_to_other_node(T0)]));
+    check::<Voucher>(&song_issued(), moved_by(None, Gone), T0, Ok(vec![moved_to_other_node(T0)]));
+    // Not while its node serves it, not by another merchant, not to the node it leaves.
+    check::<Voucher>(&song_issued(), moved_by(Some(merchant()), Serving), T0, Err(Rejection::NodeStillServes));
+    check::<Voucher>(&song_issued(), moved_by(Some(other_merchant()), Gone), T0, Err(Rejection::NotYourVoucher));
+    let same = VoucherCommand::Move { merchant: None, node: node(), access_ttl_ms: ACCESS_TTL, old_node: Gone };
+    check_invalid::<Voucher>(&song_issued(), same, T0, "node_id");
+    // Once the keys went out (a redemption, even a failed delivery since), it stays.
+    check::<Voucher>(&song_redeeming(), moved_by(None, Gone), T0, Err(invalid("Move", "Redeeming")));
+    check::<Voucher>(&song_delivered(), moved_by(None, Gone), T0, Err(Rejection::AlreadyDelivered));
+    check::<Voucher>(&song_authorized(), moved_by(None, Gone), T0, Err(invalid("Move", "Authorized")));
+}
+
+#[test]
+fn after_a_move_only_the_new_node_redeems() {
+    let given = with(song_issued(), [moved_to_other_node(T0)]);
+    check::<Voucher>(&given, redeem(), ISSUED_AT, Err(Rejection::NotYourAssignment));
+    let state = fold::<Voucher>(&given);
+    assert_eq!((state.status, state.node), (VoucherStatus::Issued, Some(other_node())));
+}

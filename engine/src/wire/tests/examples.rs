@@ -347,6 +347,7 @@ pub(super) fn examples() -> Vec<(Event, E)> {
                 media_ids: vec![MediaId::new("med-1"), MediaId::new("med-2")],
                 rendition: "high".into(),
                 access_expires_at: Millis(1_767_312_000_000),
+                previous_node: None,
             },
             E::VoucherIssued(pb::VoucherIssued {
                 voucher_id: "vou-1".into(),
@@ -355,6 +356,7 @@ pub(super) fn examples() -> Vec<(Event, E)> {
                 media_ids: strings(&["med-1", "med-2"]),
                 rendition: "high".into(),
                 access_expires_at_ms: 1_767_312_000_000,
+                previous_node_id: String::new(),
             }),
         ),
         (

@@ -205,16 +205,16 @@ fn arb_event() -> BoxedStrategy<Event> {
         (id(VoucherId), void_reason(), postings()).prop_map(|(voucher_id, reason, reversal)| Event::Voided { voucher_id, reason, reversal }),
         (id(VoucherId), text(), any::<bool>(), postings(), proptest::collection::vec(id(MediaId), 0..3))
             .prop_map(|(voucher_id, reason, chargeback, reversal, media_ids)| Event::Refunded { voucher_id, reason, chargeback, reversal, media_ids }),
-        (id(VoucherId), id(NodeId), id(MerchantId), vec(id(MediaId), 0..4), text(), millis()).prop_map(
-            |(voucher_id, node_id, merchant_id, media_ids, rendition, access_expires_at)| Event::VoucherIssued {
+        (id(VoucherId), id(NodeId), id(MerchantId), vec(id(MediaId), 0..4), text(), millis(), proptest::option::of("[a-z0-9_-]{1,24}".prop_map(NodeId)))
+            .prop_map(|(voucher_id, node_id, merchant_id, media_ids, rendition, access_expires_at, previous_node)| Event::VoucherIssued {
                 voucher_id,
                 node_id,
                 merchant_id,
                 media_ids,
                 rendition,
                 access_expires_at,
-            }
-        ),
+                previous_node,
+            }),
         (
             (id(VoucherId), id(NodeId), id(ConsumerId), id(CertSerial)),
             (vec(hash32(), 0..4), proptest::option::of(hash32()), proptest::option::of(hash32()), vec(id(MediaId), 0..4))

@@ -1,0 +1,91 @@
+//! Issuing vouchers to delivery nodes, and moving them off nodes that no longer serve
+//! them (a merchant's reissue, the sweeper's move).
+
+use super::*;
+
+impl Market {
+    pub async fn issue(
+        &self,
+        merchant: &MerchantId,
+        request: &RequestId,
+        voucher_id: &VoucherId,
+        region: Option<&str>,
+        access_ttl_ms: u64,
+    ) -> Result<IssueAnswer, AppError> {
+        self.active_merchant(merchant).await?;
+        let root = self.voucher_of(voucher_id).await?;
+        let by = actor(ActorKind::Merchant, &merchant.0);
+        // Issued to a node that no longer serves it (drained, removed, silent), keys never
+        // released: a reissue moves it to a node that does.
+        let stranded = root.state.status == voucher::VoucherStatus::Issued
+            && root.state.released_to.is_none()
+            && root.state.node.as_ref().is_some_and(|node| !self.allocator.serves(node));
+        if stranded {
+            drop(root);
+            return self.relocate(Some(merchant), request, voucher_id, region, access_ttl_ms).await;
+        }
+        let (node, held) = match &root.state.node {
+            // Already issued: the retry is answered (or another request refused) by decide.
+            Some(node) => (node.clone(), false),
+            None => (self.allocator.choose(region, &voucher_id.0).ok_or(Rejection::NoNodeAvailable)?, true),
+        };
+        // The handler builds the next state in place when it holds the only reference.
+        drop(root);
+        let command = VoucherCommand::Issue { merchant: merchant.clone(), node, access_ttl_ms };
+        let result = self.handler.handle::<Voucher>(&voucher_id.0, &by, request, &command).await;
+        if held && result.as_ref().map_or(true, |handled| handled.appended.is_empty()) {
+            self.allocator.cancel(&voucher_id.0);
+        }
+        self.issue_answer(voucher_id, &result?.root.state)
+    }
+
+    /// Moves an issued voucher whose keys never went out off a node that no longer serves it
+    /// (`Allocator::serves`) to a new choice: by its merchant (a reissue) or, with
+    /// `merchant` None, by the engine's sweeper. A new node and access token; the receipt
+    /// stays, and the old node's tokens stop working.
+    pub async fn relocate(
+        &self,
+        merchant: Option<&MerchantId>,
+        request: &RequestId,
+        voucher_id: &VoucherId,
+        region: Option<&str>,
+        access_ttl_ms: u64,
+    ) -> Result<IssueAnswer, AppError> {
+        let by = merchant.map_or_else(Actor::engine, |merchant| actor(ActorKind::Merchant, &merchant.0));
+        let old_node = match &self.voucher_of(voucher_id).await?.state.node {
+            Some(node) if !self.allocator.serves(node) => voucher::NodeStanding::Gone,
+            _ => voucher::NodeStanding::Serving,
+        };
+        let node = self.allocator.choose(region, &voucher_id.0).ok_or(Rejection::NoNodeAvailable)?;
+        let command = VoucherCommand::Move { merchant: merchant.cloned(), node, access_ttl_ms, old_node };
+        let result = self.handler.handle::<Voucher>(&voucher_id.0, &by, request, &command).await;
+        if result.as_ref().map_or(true, |handled| handled.appended.is_empty()) {
+            self.allocator.cancel(&voucher_id.0);
+        }
+        self.issue_answer(voucher_id, &result?.root.state)
+    }
+
+    /// Moves, as the engine, the vouchers stranded on nodes that no longer serve them
+    /// (`stranded`: the projections' list); one request per voucher and old node, so two
+    /// sweepers move each once. How many moved.
+    pub async fn relocate_stranded(&self, stranded: &[(VoucherId, NodeId)], access_ttl_ms: u64) -> Result<usize, AppError> {
+        let mut moved = 0;
+        for (voucher_id, old_node) in stranded {
+            let request = RequestId(format!("move-{}-{}", voucher_id.0, old_node.0));
+            match self.relocate(None, &request, voucher_id, None, access_ttl_ms).await {
+                Ok(_) => moved += 1,
+                Err(AppError::Rejected(_)) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(moved)
+    }
+
+    fn issue_answer(&self, voucher_id: &VoucherId, state: &Voucher) -> Result<IssueAnswer, AppError> {
+        let node_id = state.node.clone().ok_or(Rejection::NoNodeAvailable)?;
+        let media_ids = state.media_ids();
+        let media_refs: Vec<&str> = media_ids.iter().map(|m| m.0.as_str()).collect();
+        let access_token = crypto::access_token(&self.node_access_key(&node_id), &node_id.0, &voucher_id.0, &media_refs, state.access_expires_at.0);
+        Ok(IssueAnswer { voucher_id: voucher_id.clone(), node_id, access_token, access_expires_at: state.access_expires_at, media_ids })
+    }
+}
