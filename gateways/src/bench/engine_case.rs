@@ -128,6 +128,9 @@ impl EngineUnderTest {
         let media_id = market.publish_media("bench-publisher", &request(&run_id, "publish", 0), input).await?;
         let consumer = ConsumerId(format!("{run_id}-player"));
         let cert = market.certify_consumer(operator, &request(&run_id, "certify", 0), &consumer, &keys.player_public_der, CERT_VALIDITY_MS).await?;
+        // The allocator chooses among the nodes the projections have applied: wait for the
+        // set-up (on a busy machine the first sales could otherwise find no node at all).
+        live.caught_up(log.last_seq().await?).await;
         Ok(EngineUnderTest {
             market,
             live,
