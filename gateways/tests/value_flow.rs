@@ -685,6 +685,7 @@ async fn vouchers_on_a_drained_node_move_to_a_serving_one_by_reissue_or_by_the_e
     assert_ne!(moved.access_token, first.access_token, "a new access token, for B");
     let view = fixture.merchant.get_voucher(pb::GetVoucherRequest { voucher_id: first.voucher_id.clone() }).await.expect("get").into_inner();
     assert_eq!((view.status.as_str(), view.node_id.as_str()), ("Issued", node_b.id.as_str()), "merchant get shows the new node");
+    assert_eq!(view.node_endpoint, "http://127.0.0.1:9", "and where players reach it");
     let events = fixture.log.read_subject(&format!("vs.voucher.{}", first.voucher_id)).await.expect("read");
     let last = engine::wire::decode(&events.last().expect("events").payload).expect("decode").event;
     assert!(
@@ -696,7 +697,8 @@ async fn vouchers_on_a_drained_node_move_to_a_serving_one_by_reissue_or_by_the_e
     let mut at_a = player::connect_node(node.endpoint()).await.expect("connect A");
     let redeem = player_redeem(&mut at_a, &first, &alice, "r-old").await;
     let refused = at_a.redeem(redeem).await.expect_err("no longer A's");
-    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains("moved to another delivery node"), "the player is told where to turn: {refused:?}");
     assert_eq!(fixture.head().await, head, "the refused redemption wrote nothing");
 
     // The engine moves the second by itself (the sweeper's round, run here).

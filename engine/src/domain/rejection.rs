@@ -17,6 +17,8 @@ pub enum Rejection {
     NotYourVoucher,
     #[error("the voucher is not assigned to this delivery node")]
     NotYourAssignment,
+    #[error("the voucher moved to another delivery node (this one no longer served it): ask the merchant for its new access token")]
+    VoucherMoved,
     #[error("the reservation expired at {}; reserve again", expires_at.0)]
     Expired { expires_at: Millis },
     #[error("the reservation has not expired yet (expires at {})", expires_at.0)]

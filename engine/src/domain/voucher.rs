@@ -86,6 +86,9 @@ pub struct Voucher {
     pub released_to: Option<(ConsumerId, CertSerial)>,
     /// The settlement postings of the Authorized event (reversed by a refund).
     pub postings: Vec<Posting>,
+    /// Nodes the voucher moved away from (drained, removed, silent): one that comes back
+    /// with a player is told it moved, not that it never had it.
+    pub moved_from: Vec<NodeId>,
 }
 
 /// Whether the node a voucher is issued to still serves it, as the shell found it (the
@@ -223,7 +226,13 @@ impl Voucher {
 
     fn assigned_to(&self, node: &NodeId) -> Result<(), Rejection> {
         self.exists()?;
-        if self.node.as_ref() == Some(node) { Ok(()) } else { Err(Rejection::NotYourAssignment) }
+        if self.node.as_ref() == Some(node) {
+            Ok(())
+        } else if self.moved_from.contains(node) {
+            Err(Rejection::VoucherMoved)
+        } else {
+            Err(Rejection::NotYourAssignment)
+        }
     }
 
     fn transition(&self, command: &'static str) -> Rejection {
@@ -573,7 +582,8 @@ impl Aggregate for Voucher {
                 self.status = VoucherStatus::Refunded;
                 self.consumer = None;
             }
-            Event::VoucherIssued { node_id, access_expires_at, .. } => {
+            Event::VoucherIssued { node_id, access_expires_at, previous_node, .. } => {
+                self.moved_from.extend(previous_node.iter().cloned());
                 self.status = VoucherStatus::Issued;
                 self.node = Some(node_id.clone());
                 self.access_expires_at = *access_expires_at;

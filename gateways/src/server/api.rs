@@ -84,7 +84,7 @@ impl Api {
     }
 }
 
-pub(super) fn voucher_view(voucher: &engine::domain::voucher::Voucher) -> pb::VoucherView {
+pub(super) fn voucher_view(voucher: &engine::domain::voucher::Voucher, node_endpoint: String) -> pb::VoucherView {
     pb::VoucherView {
         voucher_id: voucher.id.as_ref().map(|v| v.0.clone()).unwrap_or_default(),
         merchant_id: voucher.merchant.as_ref().map(|m| m.0.clone()).unwrap_or_default(),
@@ -93,6 +93,7 @@ pub(super) fn voucher_view(voucher: &engine::domain::voucher::Voucher) -> pb::Vo
         node_id: voucher.node.as_ref().map(|n| n.0.clone()).unwrap_or_default(),
         expires_at_ms: voucher.expires_at.0,
         delivered_media_ids: voucher.delivered.iter().map(|m| m.0.clone()).collect(),
+        node_endpoint,
     }
 }
 

@@ -124,7 +124,8 @@ impl pb::merchant_service_server::MerchantService for Api {
             let merchant = Self::merchant(&request)?;
             let voucher = id("voucher_id", &request.get_ref().voucher_id, VoucherId)?;
             let state = self.market().get_voucher(&merchant, &voucher).await.map_err(fail)?;
-            Ok(voucher_view(&state))
+            let node_endpoint = state.node.as_ref().and_then(|node| self.state.nodes.endpoint(node)).unwrap_or_default();
+            Ok(voucher_view(&state, node_endpoint))
         }
         .await;
         self.answer(result)

@@ -794,7 +794,10 @@ fn an_issued_voucher_moves_off_a_node_gone_by_its_merchant_or_the_engine() {
 #[test]
 fn after_a_move_only_the_new_node_redeems() {
     let given = with(song_issued(), [moved_to_other_node(T0)]);
-    check::<Voucher>(&given, redeem(), ISSUED_AT, Err(Rejection::NotYourAssignment));
+    // The node it left is told it moved; any other node that it is not its voucher.
+    check::<Voucher>(&given, redeem(), ISSUED_AT, Err(Rejection::VoucherMoved));
+    let elsewhere = redeem_as(crate::ids::NodeId::new("node3"), ConsumerId::new("alice"), CertSerial::new("c1"), CertCheck::Valid, ProofCheck::Valid);
+    check::<Voucher>(&given, elsewhere, ISSUED_AT, Err(Rejection::NotYourAssignment));
     let state = fold::<Voucher>(&given);
     assert_eq!((state.status, state.node), (VoucherStatus::Issued, Some(other_node())));
 }
