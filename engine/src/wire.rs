@@ -578,7 +578,7 @@ fn event_of_pb(event: E) -> Result<Event, DecodeError> {
             media_ids: e.media_ids.into_iter().map(MediaId).collect(),
             rendition: e.rendition,
             access_expires_at: Millis(e.access_expires_at_ms),
-            previous_node: (!e.previous_node_id.is_empty()).then(|| NodeId(e.previous_node_id)),
+            previous_node: (!e.previous_node_id.is_empty()).then_some(NodeId(e.previous_node_id)),
         },
         E::RedemptionAccepted(e) => Event::RedemptionAccepted {
             voucher_id: VoucherId(e.voucher_id),
