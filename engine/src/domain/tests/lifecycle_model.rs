@@ -492,7 +492,7 @@ impl World {
                 });
                 let decided = self.voucher_step(v, node_actor(&at), command)?;
                 if exists && !assigned {
-                    prop_assert_eq!(&decided, &Err(Rejection::NotYourAssignment), "an unassigned node redeemed");
+                    prop_assert!(matches!(&decided, Err(Rejection::NotYourAssignment | Rejection::VoucherMoved)), "an unassigned node redeemed: {decided:?}");
                 }
                 if decided.as_ref().is_ok_and(|events| !events.is_empty()) {
                     prop_assert!(cert == CertCheck::Valid && proof_ok, "redemption accepted with {cert:?}, proof ok {proof_ok}");
@@ -512,7 +512,10 @@ impl World {
                 let proof = if state.released_to.is_some() { ProofCheck::Valid } else { ProofCheck::Invalid };
                 let decided = self.voucher_step(v, node_actor(&at), VoucherCommand::FailDelivery { node: at.clone(), reason: "stream reset".into(), proof })?;
                 if exists && !assigned {
-                    prop_assert_eq!(&decided, &Err(Rejection::NotYourAssignment), "an unassigned node failed a delivery");
+                    prop_assert!(
+                        matches!(&decided, Err(Rejection::NotYourAssignment | Rejection::VoucherMoved)),
+                        "an unassigned node failed a delivery: {decided:?}"
+                    );
                 }
             }
             Op::Complete { v, right, item, in_voucher } => {
@@ -528,7 +531,7 @@ impl World {
                 let command = VoucherCommand::CompleteDelivery(CompleteDelivery { node: at.clone(), media_id, content_hash: [3; 32], size_bytes: 10, proof });
                 let decided = self.voucher_step(v, node_actor(&at), command)?;
                 if exists && !assigned {
-                    prop_assert_eq!(&decided, &Err(Rejection::NotYourAssignment), "an unassigned node delivered");
+                    prop_assert!(matches!(&decided, Err(Rejection::NotYourAssignment | Rejection::VoucherMoved)), "an unassigned node delivered: {decided:?}");
                 }
                 match &decided {
                     Ok(events) if events.is_empty() => bump(&coverage.repeated_completions),
