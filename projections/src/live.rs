@@ -406,6 +406,11 @@ impl Allocator for Live {
         self.lock().allocation.choose_preview_where(region, holder, merchant, &|_| true)
     }
 
+    /// Without a health view (in-process markets, tests): a node serves while it is active.
+    fn serves(&self, node: &NodeId) -> bool {
+        engine::placement::SlotChooser::is_active(self, node)
+    }
+
     fn cancel(&self, holder: &str) {
         self.inner.lock().expect("projection lock is never poisoned: apply does not panic").allocation.cancel(holder);
     }
