@@ -49,6 +49,9 @@ pub const CONSUMER_KEY_CACHE_MAX: usize = 4096;
 pub const CONFIG_AGGREGATE: &str = "engine";
 /// The audited configuration key that caps redemptions after failed deliveries.
 pub const RETRIES_MAX_KEY: &str = "delivery.retries_max";
+/// The audited key bounding the recoveries of one delivered purchase, and its default.
+pub const RECOVERIES_MAX_KEY: &str = "delivery.recoveries_max";
+pub const RECOVERIES_MAX_DEFAULT: u32 = 3;
 /// The one report aggregate: the chain of royalty seals.
 pub const REPORT_AGGREGATE: &str = "rights";
 /// The token key id in use (rotation bumps it; older ids stay derivable).
@@ -794,6 +797,39 @@ impl Market {
         challenge: &[u8],
         proof: &[u8],
     ) -> Result<RedeemAnswer, AppError> {
+        self.release(node, request, voucher_id, consumer, cert_serial, challenge, proof, false).await
+    }
+
+    /// A delivered purchase fetched again by the consumer its keys went to (a lost copy),
+    /// checked as a redemption is, at most `delivery.recoveries_max` times: the keys
+    /// re-wrapped for the certificate named, the records marked as that recovery, and no
+    /// new usage.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn recover(
+        &self,
+        node: &NodeId,
+        request: &RequestId,
+        voucher_id: &VoucherId,
+        consumer: &ConsumerId,
+        cert_serial: &CertSerial,
+        challenge: &[u8],
+        proof: &[u8],
+    ) -> Result<RedeemAnswer, AppError> {
+        self.release(node, request, voucher_id, consumer, cert_serial, challenge, proof, true).await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn release(
+        &self,
+        node: &NodeId,
+        request: &RequestId,
+        voucher_id: &VoucherId,
+        consumer: &ConsumerId,
+        cert_serial: &CertSerial,
+        challenge: &[u8],
+        proof: &[u8],
+        recover: bool,
+    ) -> Result<RedeemAnswer, AppError> {
         self.active_node(node).await?;
         crate::domain::validate::id("consumer_id", &consumer.0)?;
         crate::domain::validate::id("cert_serial", &cert_serial.0)?;
@@ -815,10 +851,12 @@ impl Market {
         } else {
             ProofCheck::Invalid
         };
-        let retries_max = self.config().await?.get(RETRIES_MAX_KEY).map_or(u32::MAX, |max| u32::try_from(max).unwrap_or(u32::MAX));
+        let config = self.config().await?;
+        let retries_max = config.get(RETRIES_MAX_KEY).map_or(u32::MAX, |max| u32::try_from(max).unwrap_or(u32::MAX));
+        let recoveries_max = config.get(RECOVERIES_MAX_KEY).map_or(RECOVERIES_MAX_DEFAULT, |max| u32::try_from(max).unwrap_or(u32::MAX));
         // The handler builds the next state in place when it holds the only reference.
         drop((root, consumer_root));
-        let command = VoucherCommand::Redeem(Redeem {
+        let redeem = Redeem {
             node: node.clone(),
             consumer: consumer.clone(),
             cert_serial: cert_serial.clone(),
@@ -827,13 +865,20 @@ impl Market {
             challenge_hash: crypto::hash(challenge),
             consumer_key_hash: subject.key_hash,
             retries_max,
-        });
+        };
+        let command = if recover { VoucherCommand::Recover { redeem, recoveries_max } } else { VoucherCommand::Redeem(redeem) };
         let handled = self.handler.handle::<Voucher>(&voucher_id.0, &actor(ActorKind::Node, &node.0), request, &command).await?;
         // A repeated request is answered without deciding again, so what the first decided
         // is checked here: the answer goes only to the consumer and certificate the first
         // Redeem recorded, with a certificate still valid and a proof that verifies.
         if handled.repeated {
-            if handled.root.state.consumer.as_ref() != Some(&(consumer.clone(), cert_serial.clone())) {
+            // A recovery is answered again only to the consumer the keys went to.
+            let same = if recover {
+                handled.root.state.released_to.as_ref().is_some_and(|(released, _)| released == consumer)
+            } else {
+                handled.root.state.consumer.as_ref() == Some(&(consumer.clone(), cert_serial.clone()))
+            };
+            if !same {
                 return Err(Rejection::AlreadyRedeemed.into());
             }
             match cert {
@@ -868,6 +913,7 @@ impl Market {
                 consumer_id: consumer.clone(),
                 cert_serial: cert_serial.clone(),
                 content_hash,
+                recovery: if recover { state.recoveries } else { 0 },
             });
         }
         let signatures = futures::future::try_join_all(records.iter().map(|record| self.transactions.sign(record.message()))).await.map_err(AppError::Sign)?;

@@ -128,6 +128,7 @@ mod tests {
             consumer_id: ConsumerId::new("alice"),
             cert_serial: CertSerial::new("c"),
             content_hash: [n as u8; 32],
+            recovery: 0,
         }
     }
 

@@ -388,6 +388,17 @@ fn event_to_pb(event: &Event) -> E {
         Event::Voided { voucher_id, reason, reversal } => {
             E::Voided(pb::Voided { voucher_id: voucher_id.0.clone(), reason: void_reason(*reason) as i32, reversal: postings_to_pb(reversal) })
         }
+        Event::CopyRecovered { voucher_id, node_id, consumer_id, cert_serial, challenge_hash, consumer_key_hash, recovery } => {
+            E::CopyRecovered(pb::CopyRecovered {
+                voucher_id: voucher_id.0.clone(),
+                node_id: node_id.0.clone(),
+                consumer_id: consumer_id.0.clone(),
+                cert_serial: cert_serial.0.clone(),
+                challenge_hash: challenge_hash.to_vec(),
+                consumer_key_hash: consumer_key_hash.to_vec(),
+                recovery: *recovery,
+            })
+        }
         Event::Refunded { voucher_id, reason, chargeback, reversal, media_ids } => E::Refunded(pb::Refunded {
             voucher_id: voucher_id.0.clone(),
             reason: reason.clone(),
@@ -564,6 +575,15 @@ fn event_of_pb(event: E) -> Result<Event, DecodeError> {
             postings: postings_of(e.postings)?,
         },
         E::Voided(e) => Event::Voided { voucher_id: VoucherId(e.voucher_id), reason: void_reason_of(e.reason)?, reversal: postings_of(e.reversal)? },
+        E::CopyRecovered(e) => Event::CopyRecovered {
+            voucher_id: VoucherId(e.voucher_id),
+            node_id: NodeId(e.node_id),
+            consumer_id: ConsumerId(e.consumer_id),
+            cert_serial: CertSerial(e.cert_serial),
+            challenge_hash: array::<32>("challenge_hash", &e.challenge_hash)?,
+            consumer_key_hash: array::<32>("consumer_key_hash", &e.consumer_key_hash)?,
+            recovery: e.recovery,
+        },
         E::Refunded(e) => Event::Refunded {
             voucher_id: VoucherId(e.voucher_id),
             reason: e.reason,

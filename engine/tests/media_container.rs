@@ -184,6 +184,7 @@ fn delivered_copy() -> &'static Vec<u8> {
             consumer_id: ConsumerId::new("alice"),
             cert_serial: CertSerial::new("c1"),
             content_hash: crypto::hash(&content),
+            recovery: 0,
         };
         let signature = crypto::sign(engine, &record.message()).expect("signs");
         media::delivered_copy(&record, &signature, &content)

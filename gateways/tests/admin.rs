@@ -171,6 +171,7 @@ async fn admin_is_for_the_operator_config_replays_and_drained_nodes_finish_their
                 &engine::crypto::ProofConsumer::new("alice", &cert.cert_serial, &consumer_der),
             )
             .to_vec(),
+            recover: false,
         }
     };
     x.redeem(redeem(&first.voucher_id, &first.receipt, &node_x.id, "r1")).await.expect("a drained node redeems what it holds");

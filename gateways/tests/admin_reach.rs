@@ -299,6 +299,7 @@ fn redeem(sale: &client::Sale, node: &str, consumer: &str, serial: &str, key_der
         consumer_id: consumer.into(),
         challenge: challenge.to_vec(),
         proof: proof(&sale.receipt, &sale.voucher_id, node, &challenge, &named),
+        recover: false,
     }
 }
 

@@ -326,6 +326,7 @@ async fn build_world() -> World {
             &support::sale::Named { consumer: "alice", cert_serial: &alice_serial, public_key_der: &consumer_der },
         ),
         challenge: vec![5; 32],
+        recover: false,
     };
     client::delivery(fx.channel.clone(), x.clone()).redeem(second_redeem).await.expect("alice redeems the second sale");
     let bob_serial = certify("cert-bob", "bob", 86_400_000).await;
@@ -467,6 +468,7 @@ impl World {
             consumer_id: "alice".into(),
             proof: self.proof(&self.sale.receipt, &self.sale.voucher_id, node, &challenge),
             challenge,
+            recover: false,
         }
     }
 

@@ -129,6 +129,7 @@ async fn publish_buy_deliver_decrypt_over_grpc() {
         consumer_id: "alice".into(),
         challenge: challenge.to_vec(),
         proof: proof.to_vec(),
+        recover: false,
     };
     let redeemed = delivery.redeem(redeem.clone()).await.expect("redeem").into_inner();
     assert_eq!(redeemed.keys.len(), 1);

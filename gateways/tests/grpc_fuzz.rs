@@ -732,6 +732,7 @@ async fn known_good(world: &World, round: usize) -> Result<(), String> {
             &support::sale::Named { consumer: KNOWN_GOOD_CONSUMER, cert_serial: &world.known_good_serial, public_key_der: &world.consumer_der },
         ),
         challenge,
+        recover: false,
     };
     let keys = w.redeem(redeem).await.map_err(step("redeem"))?.into_inner().keys;
     if keys.len() != 1 {

@@ -37,6 +37,7 @@ fn record(engine: &RsaPrivate, content: &[u8]) -> TransactionRecord {
         consumer_id: ConsumerId::new("alice"),
         cert_serial: CertSerial::new("cabc"),
         content_hash: crypto::hash(content),
+        recovery: 0,
     }
 }
 

@@ -309,6 +309,7 @@ async fn a_signed_multi_rendition_container_is_checked_published_streamed_and_de
             cert_serial: passport.certificate.cert_serial.clone(),
             proof: crypto::receipt_proof(&receipt, &sale.voucher_id, &sale.node_id, &challenge, &subject).to_vec(),
             challenge,
+            recover: false,
         };
         let answer = at_node.redeem(redeem).await.expect("redeemed").into_inner();
         let keys = crypto::unwrap_keys(&passport.private, &answer.keys[0].wrapped_key, 2).expect("the rendition and components keys");

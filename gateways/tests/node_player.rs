@@ -207,6 +207,7 @@ async fn a_player_redeems_downloads_decrypts_and_confirms_an_album_through_a_nod
         cert_serial: passport.certificate.cert_serial.clone(),
         challenge: challenge.clone(),
         proof: proof.clone(),
+        recover: false,
     };
     at_node.redeem(redeem.clone()).await.expect("redeemed");
     let replayed = at_node.redeem(pb::PlayerRedeemRequest { request_id: "redeem-4".into(), ..redeem }).await.expect_err("a challenge is answered once");

@@ -148,6 +148,7 @@ async fn player_redeem(node: &mut player::NodeClient, sale: &client::Sale, passp
         cert_serial: certificate.cert_serial.clone(),
         challenge,
         proof,
+        recover: false,
     }
 }
 
@@ -205,6 +206,7 @@ async fn a_node_cannot_put_its_own_passport_in_a_players_redeem() {
         cert_serial: mallory.certificate.cert_serial.clone(),
         challenge: alices.challenge.clone(),
         proof: alices.proof.clone(),
+        recover: false,
     };
     let head = fixture.head().await;
     let refused = engine.redeem(swapped.clone()).await.expect_err("the proof names alice");
@@ -255,6 +257,7 @@ async fn a_player_cannot_take_the_request_id_the_node_reports_under() {
             cert_serial: alice.certificate.cert_serial.clone(),
             challenge: challenge.to_vec(),
             proof: proof.to_vec(),
+            recover: false,
         })
         .await
         .expect("redeemed under the node's id");

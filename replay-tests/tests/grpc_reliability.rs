@@ -166,6 +166,7 @@ async fn node_restart_during_delivery_delivers_exactly_once(backend: BackendArgs
             cert_serial: passport.certificate.cert_serial.clone(),
             challenge,
             proof: proof.to_vec(),
+            recover: false,
         })
         .await
         .expect("redeem accepted");

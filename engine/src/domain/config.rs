@@ -30,6 +30,8 @@ pub const KEYS: &[(&str, u64, u64, u64)] = &[
     ("preview.grace_ms", 1_000, 3_600_000, super::preview::PREVIEW_GRACE_MS),
     // Redemptions a voucher's consumer may make again after failed deliveries.
     ("delivery.retries_max", 0, 100, 3),
+    // Lost copies a consumer may fetch again per delivered purchase (`VoucherCommand::Recover`).
+    ("delivery.recoveries_max", 0, 100, 3),
     // 1: each royalty entry's nonce binds its stream sequence (from this event on), so a
     // chain rebuilt after a lost tail never reuses an entry key and nonce. The engine sets
     // it on a stream that lacks it; it is never lowered. 0 in streams written before.

@@ -325,6 +325,18 @@ pub enum Event {
         reason: VoidReason,
         reversal: Vec<Posting>,
     },
+    /// A delivered purchase fetched again by the consumer it was released to (a lost copy):
+    /// the keys re-wrapped for the certificate named, not a new usage. `recovery` counts
+    /// the voucher's recoveries (1 for the first).
+    CopyRecovered {
+        voucher_id: VoucherId,
+        node_id: NodeId,
+        consumer_id: ConsumerId,
+        cert_serial: CertSerial,
+        challenge_hash: [u8; 32],
+        consumer_key_hash: [u8; 32],
+        recovery: u32,
+    },
     /// A sale refunded (or charged back) after its keys were released: the settlement
     /// reversed, and one royalty adjustment entry per media whose usage was counted.
     Refunded {
@@ -479,6 +491,7 @@ impl Event {
             | Event::Authorized { voucher_id, .. }
             | Event::Voided { voucher_id, .. }
             | Event::Refunded { voucher_id, .. }
+            | Event::CopyRecovered { voucher_id, .. }
             | Event::VoucherIssued { voucher_id, .. }
             | Event::RedemptionAccepted { voucher_id, .. }
             | Event::DeliveryFailed { voucher_id, .. }
@@ -517,6 +530,7 @@ impl Event {
             Event::Authorized { .. } => "Authorized",
             Event::Voided { .. } => "Voided",
             Event::Refunded { .. } => "Refunded",
+            Event::CopyRecovered { .. } => "CopyRecovered",
             Event::VoucherIssued { .. } => "VoucherIssued",
             Event::RedemptionAccepted { .. } => "RedemptionAccepted",
             Event::DeliveryFailed { .. } => "DeliveryFailed",

@@ -37,6 +37,8 @@ pub enum Rejection {
     ChallengeUsed,
     #[error("the delivery failed more than {retries_max} times; ask the merchant for a refund or a reissue")]
     DeliveryRetriesExhausted { retries_max: u32 },
+    #[error("this purchase was recovered {recoveries_max} times already (delivery.recoveries_max)")]
+    RecoveriesExhausted { recoveries_max: u32 },
     #[error("the consumer certificate is revoked")]
     CertRevoked,
     #[error("the consumer certificate is not valid at this time")]

@@ -89,6 +89,8 @@ pub struct Voucher {
     /// Nodes the voucher moved away from (drained, removed, silent): one that comes back
     /// with a player is told it moved, not that it never had it.
     pub moved_from: Vec<NodeId>,
+    /// Lost copies fetched again (`CopyRecovered`).
+    pub recoveries: u32,
 }
 
 /// Whether the node a voucher is issued to still serves it, as the shell found it (the
@@ -201,6 +203,12 @@ pub enum VoucherCommand {
         access_ttl_ms: u64,
     },
     Redeem(Redeem),
+    /// A delivered purchase fetched again by the consumer it was released to (a lost
+    /// copy), at most `recoveries_max` times (`delivery.recoveries_max`).
+    Recover {
+        redeem: Redeem,
+        recoveries_max: u32,
+    },
     FailDelivery {
         node: NodeId,
         reason: String,
@@ -388,6 +396,41 @@ impl Voucher {
         }])
     }
 
+    fn decide_recover(&self, redeem: &Redeem, recoveries_max: u32) -> Result<Vec<Event>, Rejection> {
+        self.assigned_to(&redeem.node)?;
+        if self.status != VoucherStatus::Delivered {
+            return Err(Rejection::InvalidTransition { kind: "voucher", command: "Recover", state: self.status.name() });
+        }
+        // The consumer the keys went to (with this certificate or a renewed one).
+        if self.released_to.as_ref().is_none_or(|(consumer, _)| *consumer != redeem.consumer) {
+            return Err(Rejection::AlreadyRedeemed);
+        }
+        if self.recoveries >= recoveries_max {
+            return Err(Rejection::RecoveriesExhausted { recoveries_max });
+        }
+        match redeem.cert {
+            CertCheck::Valid => {}
+            CertCheck::Revoked => return Err(Rejection::CertRevoked),
+            CertCheck::NotValid => return Err(Rejection::CertNotValid),
+            CertCheck::Unknown => return Err(Rejection::NotFound { kind: "certificate", id: redeem.cert_serial.0.clone() }),
+        }
+        if redeem.proof != ProofCheck::Valid {
+            return Err(Rejection::BadProof);
+        }
+        if self.used_challenges.contains(&redeem.challenge_hash) {
+            return Err(Rejection::ChallengeUsed);
+        }
+        Ok(vec![Event::CopyRecovered {
+            voucher_id: self.id_or_empty(),
+            node_id: redeem.node.clone(),
+            consumer_id: redeem.consumer.clone(),
+            cert_serial: redeem.cert_serial.clone(),
+            challenge_hash: redeem.challenge_hash,
+            consumer_key_hash: redeem.consumer_key_hash,
+            recovery: self.recoveries + 1,
+        }])
+    }
+
     fn decide_complete(&self, complete: &CompleteDelivery) -> Result<Vec<Event>, Rejection> {
         self.assigned_to(&complete.node)?;
         let known = self.items.iter().any(|item| item.media_id == complete.media_id);
@@ -536,6 +579,7 @@ impl Aggregate for Voucher {
                 }])
             }
             VoucherCommand::Redeem(redeem) => self.decide_redeem(redeem),
+            VoucherCommand::Recover { redeem, recoveries_max } => self.decide_recover(redeem, *recoveries_max),
             VoucherCommand::FailDelivery { node, reason, proof } => {
                 self.assigned_to(node)?;
                 validate::text("reason", reason, 512)?;
@@ -577,6 +621,10 @@ impl Aggregate for Voucher {
             Event::Voided { reason, .. } => {
                 self.status = VoucherStatus::Voided;
                 self.void_reason = Some(*reason);
+            }
+            Event::CopyRecovered { challenge_hash, recovery, .. } => {
+                self.recoveries = *recovery;
+                self.used_challenges.push(*challenge_hash);
             }
             Event::Refunded { .. } => {
                 self.status = VoucherStatus::Refunded;
@@ -628,6 +676,7 @@ impl Aggregate for Voucher {
             VoucherCommand::Move { merchant: Some(_), .. } => "Reissue",
             VoucherCommand::Move { merchant: None, .. } => "MoveVoucher",
             VoucherCommand::Redeem(_) => "Redeem",
+            VoucherCommand::Recover { .. } => "Recover",
             VoucherCommand::FailDelivery { .. } => "FailDelivery",
             VoucherCommand::CompleteDelivery(_) => "CompleteDelivery",
         }

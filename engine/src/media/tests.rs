@@ -52,7 +52,26 @@ fn record() -> TransactionRecord {
         consumer_id: ConsumerId::new("alice"),
         cert_serial: CertSerial::new("c1"),
         content_hash: crypto::hash(b"the content"),
+        recovery: 0,
     }
+}
+
+/// A delivery's record is version 1 byte for byte (what copies delivered before recoveries
+/// carry); a recovered copy's is version 2 with its recovery number, and round-trips.
+#[test]
+fn a_recovered_copys_record_is_version_2_and_names_its_recovery() {
+    let delivery = transaction_message(&record());
+    assert!(delivery.starts_with(b"vouchsafe transaction record v1\0"));
+    let recovered = TransactionRecord { recovery: 2, ..record() };
+    let message = transaction_message(&recovered);
+    assert!(message.starts_with(b"vouchsafe transaction record v2\0"));
+    assert_eq!(message.len(), delivery.len() + 4);
+    assert_eq!(TransactionRecord::decode(&message).expect("decodes"), recovered);
+    // Version 2 claiming recovery 0 would be a second spelling of a delivery: refused.
+    let mut zero = message.clone();
+    let at = zero.len() - 4;
+    zero[at..].copy_from_slice(&0u32.to_le_bytes());
+    assert!(TransactionRecord::decode(&zero).is_err());
 }
 
 #[test]
@@ -72,6 +91,8 @@ fn a_transaction_record_round_trips_and_every_field_is_signed() {
         TransactionRecord { consumer_id: ConsumerId::new("bob"), ..record.clone() },
         TransactionRecord { cert_serial: CertSerial::new("c2"), ..record.clone() },
         TransactionRecord { content_hash: crypto::hash(b"other content"), ..record.clone() },
+        // A recovered copy's record (version 2) is not the delivery's.
+        TransactionRecord { recovery: 1, ..record.clone() },
         // Field boundaries are framed: moving a byte from one id to the next changes the message.
         TransactionRecord { voucher_id: VoucherId::new("v1m"), media_id: MediaId::new("d1"), ..record.clone() },
     ];

@@ -15,11 +15,14 @@ use crate::crypto::{self, CryptoError, RsaPrivate, RsaPublic};
 use crate::ids::{CertSerial, ConsumerId, MediaId, Millis, NodeId, VoucherId};
 
 const TRANSACTION_LABEL: &[u8] = b"vouchsafe transaction record v1\0";
+/// A recovered copy's record: version 1's fields, then the recovery number (u32 LE).
+/// A delivery's record stays version 1, byte for byte.
+const TRANSACTION_LABEL_V2: &[u8] = b"vouchsafe transaction record v2\0";
 /// Longest id or name in a transaction record, in bytes (ids are at most 64).
 pub const RECORD_FIELD_BYTES_MAX: usize = 256;
 /// Longest signature accepted in a delivered copy (RSA up to 8192 bits).
 pub const SIGNATURE_BYTES_MAX: usize = 1024;
-pub(super) const RECORD_BYTES_MAX: usize = TRANSACTION_LABEL.len() + 7 * (8 + RECORD_FIELD_BYTES_MAX) + 8 + 32;
+pub(super) const RECORD_BYTES_MAX: usize = TRANSACTION_LABEL.len() + 7 * (8 + RECORD_FIELD_BYTES_MAX) + 8 + 32 + 4;
 
 /// One delivery of one media, as the engine signs it at Redeem. Nothing here is secret:
 /// ids, the engine's clock and the content hash of the rendition the voucher bought.
@@ -39,6 +42,8 @@ pub struct TransactionRecord {
     pub cert_serial: CertSerial,
     /// blake3 of the rendition's plaintext content.
     pub content_hash: [u8; 32],
+    /// 0 for the delivery; n for the n-th recovery of a lost copy (`CopyRecovered`).
+    pub recovery: u32,
 }
 
 /// Why a transaction record does not name a delivery by this engine.
@@ -54,12 +59,15 @@ impl TransactionRecord {
     /// The canonical bytes the engine's signature covers: a versioned label, then each
     /// text field framed by its u64 length, then `delivered_at` (i64) and the content hash.
     pub fn message(&self) -> Vec<u8> {
-        let mut message = TRANSACTION_LABEL.to_vec();
+        let mut message = if self.recovery == 0 { TRANSACTION_LABEL.to_vec() } else { TRANSACTION_LABEL_V2.to_vec() };
         for part in self.text_fields() {
             put_framed(&mut message, part.as_bytes());
         }
         message.extend_from_slice(&self.delivered_at.0.to_le_bytes());
         message.extend_from_slice(&self.content_hash);
+        if self.recovery != 0 {
+            message.extend_from_slice(&self.recovery.to_le_bytes());
+        }
         message
     }
 
@@ -71,14 +79,20 @@ impl TransactionRecord {
     /// (another label, an over-long field, trailing bytes) is refused.
     pub fn decode(bytes: &[u8]) -> Result<Self, ContainerError> {
         let mut reader = Reader::new(bytes);
-        if reader.take(TRANSACTION_LABEL.len())? != TRANSACTION_LABEL {
-            return Err(ContainerError::Malformed("not a version 1 transaction record".into()));
-        }
+        let version2 = match reader.take(TRANSACTION_LABEL.len())? {
+            label if label == TRANSACTION_LABEL => false,
+            label if label == TRANSACTION_LABEL_V2 => true,
+            _ => return Err(ContainerError::Malformed("not a version 1 or 2 transaction record".into())),
+        };
         let mut text = || reader.framed_str(RECORD_FIELD_BYTES_MAX, "a transaction record field").map(str::to_string);
         let (voucher_id, media_id, rendition, node_id, engine_key_id, consumer_id, cert_serial) =
             (text()?, text()?, text()?, text()?, text()?, text()?, text()?);
         let delivered_at = Millis(reader.i64()?);
         let content_hash = reader.array::<32>()?;
+        let recovery = if version2 { reader.u32()? } else { 0 };
+        if version2 && recovery == 0 {
+            return Err(ContainerError::Malformed("a version 2 transaction record with recovery 0".into()));
+        }
         reader.finish()?;
         Ok(Self {
             voucher_id: VoucherId(voucher_id),
@@ -90,6 +104,7 @@ impl TransactionRecord {
             consumer_id: ConsumerId(consumer_id),
             cert_serial: CertSerial(cert_serial),
             content_hash,
+            recovery,
         })
     }
 }

@@ -228,6 +228,7 @@ impl GrpcMarket {
                         consumer_id,
                         challenge: challenge.to_vec(),
                         proof: proof.to_vec(),
+                        recover: false,
                     })
                     .await
                     .with_context(|| format!("Redeem of voucher {}", voucher.voucher_id))?

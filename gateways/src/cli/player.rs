@@ -32,6 +32,11 @@ pub enum PlayerCommand {
         /// The sale JSON file, or - for stdin.
         #[arg(long)]
         sale: PathBuf,
+        /// Fetch a delivered purchase again (a lost copy) for the consumer it went to: at
+        /// most `delivery.recoveries_max` times, within the sale's access window; the
+        /// copy's transaction record names the recovery.
+        #[arg(long)]
+        recover: bool,
     },
     /// Play a preview at a node.
     Preview {
@@ -108,7 +113,7 @@ pub async fn player(args: PlayerArgs) -> anyhow::Result<Outcome> {
             eprintln!("passport for {} (certificate {}) saved in {}", consumer.0, passport.certificate.cert_serial, dir.display());
             Ok(Outcome::Done(serde_json::json!({ "consumer_id": consumer.0, "cert_serial": passport.certificate.cert_serial, "dir": dir })))
         }
-        PlayerCommand::Fetch { sale } => {
+        PlayerCommand::Fetch { sale, recover } => {
             let text = if sale.as_os_str() == "-" {
                 let mut text = String::new();
                 std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)?;
@@ -136,7 +141,12 @@ pub async fn player(args: PlayerArgs) -> anyhow::Result<Outcome> {
                 receipt: hex::decode(field("receipt")?).context("receipt is not hex")?,
             };
             let passport = Passport::load(&dir).with_context(|| format!("no passport for {}; run `vouchsafe player passport` first", consumer.0))?;
-            let copies = match crate::player::redeem_and_download(&purchase, &passport, &fresh_request_id("redeem"), &dir).await {
+            let fetched = if recover {
+                crate::player::recover_and_download(&purchase, &passport, &fresh_request_id("recover"), &dir).await
+            } else {
+                crate::player::redeem_and_download(&purchase, &passport, &fresh_request_id("redeem"), &dir).await
+            };
+            let copies = match fetched {
                 Ok(copies) => copies,
                 Err(error) => return rpc_refusal(error),
             };

@@ -313,6 +313,7 @@ impl NodeService for NodeApi {
                 consumer_id: request.consumer_id,
                 challenge: request.challenge,
                 proof: request.proof,
+                recover: request.recover,
             })
             .await
             .map_err(relay)?

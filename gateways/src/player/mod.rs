@@ -338,6 +338,25 @@ pub async fn redeem_and_download_on(
     request_id: &str,
     out_dir: &Path,
 ) -> anyhow::Result<Vec<DeliveredCopy>> {
+    fetch_on(node, purchase, passport, request_id, out_dir, false).await
+}
+
+/// Fetches a delivered purchase again for the consumer it was released to (a lost copy),
+/// within the grant's access window: the engine allows `delivery.recoveries_max` of them,
+/// and each copy's transaction record names its recovery. Not a new sale.
+pub async fn recover_and_download(purchase: &Purchase, passport: &Passport, request_id: &str, out_dir: &Path) -> anyhow::Result<Vec<DeliveredCopy>> {
+    let mut node = connect_node(&purchase.node_endpoint).await?;
+    fetch_on(&mut node, purchase, passport, request_id, out_dir, true).await
+}
+
+async fn fetch_on(
+    node: &mut NodeClient,
+    purchase: &Purchase,
+    passport: &Passport,
+    request_id: &str,
+    out_dir: &Path,
+    recover: bool,
+) -> anyhow::Result<Vec<DeliveredCopy>> {
     let grant = &purchase.grant;
     let voucher_id = grant.voucher_id.as_str();
     // The ids name the output files: refuse anything that is not a plain token.
@@ -368,6 +387,7 @@ pub async fn redeem_and_download_on(
         cert_serial: passport.certificate.cert_serial.clone(),
         challenge,
         proof: proof.to_vec(),
+        recover,
     };
     let answer = node.redeem(redeem).await.map_err(rpc_error("Redeem"))?.into_inner();
     if answer.voucher_id != voucher_id {
@@ -472,6 +492,7 @@ pub fn transaction_from_proto(record: Option<&proto::v1::TransactionRecord>) -> 
         consumer_id: ConsumerId::new(record.consumer_id.clone()),
         cert_serial: CertSerial::new(record.cert_serial.clone()),
         content_hash,
+        recovery: record.recovery,
     })
 }
 

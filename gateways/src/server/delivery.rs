@@ -159,7 +159,13 @@ impl pb::delivery_service_server::DeliveryService for Api {
             let voucher = id("voucher_id", &message.voucher_id, VoucherId)?;
             let consumer = id("consumer_id", &message.consumer_id, ConsumerId)?;
             let serial = id("cert_serial", &message.cert_serial, CertSerial)?;
-            let answer = self.market().redeem(&node, &request_id, &voucher, &consumer, &serial, &message.challenge, &message.proof).await.map_err(fail)?;
+            let market = self.market();
+            let answer = if message.recover {
+                market.recover(&node, &request_id, &voucher, &consumer, &serial, &message.challenge, &message.proof).await
+            } else {
+                market.redeem(&node, &request_id, &voucher, &consumer, &serial, &message.challenge, &message.proof).await
+            }
+            .map_err(fail)?;
             Ok(pb::RedeemResponse {
                 voucher_id: answer.voucher_id.0,
                 keys: answer
@@ -263,5 +269,6 @@ pub(super) fn transaction_to_proto(record: engine::media::TransactionRecord) -> 
         consumer_id: record.consumer_id.0,
         cert_serial: record.cert_serial.0,
         content_hash: record.content_hash.to_vec(),
+        recovery: record.recovery,
     }
 }

@@ -21,7 +21,7 @@ pub fn rejection_code(rejection: &Rejection) -> Code {
         Rejection::VoucherMoved => Code::FailedPrecondition,
         Rejection::BadProof => Code::PermissionDenied,
         Rejection::ChallengeUsed => Code::PermissionDenied,
-        Rejection::DeliveryRetriesExhausted { .. } => Code::FailedPrecondition,
+        Rejection::DeliveryRetriesExhausted { .. } | Rejection::RecoveriesExhausted { .. } => Code::FailedPrecondition,
         Rejection::CertRevoked => Code::PermissionDenied,
         Rejection::CertNotValid => Code::PermissionDenied,
         Rejection::MerchantSuspended => Code::PermissionDenied,
@@ -202,6 +202,7 @@ mod tests {
             Rejection::Overflow,
             Rejection::ChallengeUsed,
             Rejection::DeliveryRetriesExhausted { retries_max: 3 },
+            Rejection::RecoveriesExhausted { recoveries_max: 3 },
         ]
     }
 
@@ -236,6 +237,7 @@ mod tests {
             Code::FailedPrecondition,
             Code::OutOfRange,
             Code::PermissionDenied,
+            Code::FailedPrecondition,
             Code::FailedPrecondition,
         ];
         let rejections = every_rejection();

@@ -167,6 +167,7 @@ impl Memory {
                     consumer_id: consumer.into(),
                     proof: proof(&receipt, &sale.voucher_id, &world.credential_of(role).id, &challenge, &named),
                     challenge,
+                    recover: false,
                 };
                 ("redeem", role, Req::Redeem(request))
             }

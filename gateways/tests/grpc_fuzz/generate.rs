@@ -192,6 +192,7 @@ impl Pools {
                         &support::sale::Named { consumer, cert_serial: serial, public_key_der: &w.consumer_der },
                     ),
                     challenge: challenge.clone(),
+                    recover: false,
                 });
             }
         }
@@ -504,7 +505,7 @@ pub(super) fn arb_request(rpc: Rpc, p: &Pools, b: Bias) -> BoxedStrategy<Req> {
             let pair = one_of(vec![(b.plausible(3), select(p.proofs.clone()).boxed()), (3, (bytes_field(&[vec![7u8; 32]], b), bytes_field(&[], b)).boxed())]);
             let fields =
                 (rid.clone(), voucher(), serial(), consumer(), pair).prop_map(|(request_id, voucher_id, cert_serial, consumer_id, (challenge, proof))| {
-                    Req::Redeem(pb::RedeemRequest { request_id, voucher_id, cert_serial, consumer_id, challenge, proof })
+                    Req::Redeem(pb::RedeemRequest { request_id, voucher_id, cert_serial, consumer_id, challenge, proof, recover: false })
                 });
             // A redemption whose parts belong together (a sale, its proof, a certificate),
             // so that some get past every check.

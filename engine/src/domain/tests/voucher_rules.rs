@@ -801,3 +801,48 @@ fn after_a_move_only_the_new_node_redeems() {
     let state = fold::<Voucher>(&given);
     assert_eq!((state.status, state.node), (VoucherStatus::Issued, Some(other_node())));
 }
+
+// ---------------------------------------------------------------- lost copies
+
+fn recover_as(consumer: &str, cert: &str, challenge: u8) -> VoucherCommand {
+    let VoucherCommand::Redeem(redeem) =
+        redeem_answering(node(), ConsumerId::new(consumer), CertSerial::new(cert), CertCheck::Valid, ProofCheck::Valid, [challenge; 32])
+    else {
+        unreachable!("redeem_answering builds a Redeem")
+    };
+    VoucherCommand::Recover { redeem, recoveries_max: 2 }
+}
+
+fn recovered(cert: &str, challenge: u8, recovery: u32) -> Event {
+    let Some(Event::RedemptionAccepted { consumer_key_hash: Some(consumer_key_hash), consumer_id, .. }) = song_redeeming().pop() else {
+        unreachable!("song_redeeming ends with its redemption")
+    };
+    Event::CopyRecovered {
+        voucher_id: voucher_id(),
+        node_id: node(),
+        consumer_id,
+        cert_serial: CertSerial::new(cert),
+        challenge_hash: [challenge; 32],
+        consumer_key_hash,
+        recovery,
+    }
+}
+
+#[test]
+fn a_delivered_purchase_is_recovered_by_its_consumer_a_bounded_number_of_times() {
+    let (consumer, cert) = match song_redeeming().pop() {
+        Some(Event::RedemptionAccepted { consumer_id, cert_serial, .. }) => (consumer_id.0, cert_serial.0),
+        _ => unreachable!("song_redeeming ends with its redemption"),
+    };
+    check::<Voucher>(&song_delivered(), recover_as(&consumer, &cert, 40), ISSUED_AT, Ok(vec![recovered(&cert, 40, 1)]));
+    // A renewed certificate of the same consumer recovers too.
+    check::<Voucher>(&song_delivered(), recover_as(&consumer, "renewed", 41), ISSUED_AT, Ok(vec![recovered("renewed", 41, 1)]));
+    let twice = with(song_delivered(), [recovered(&cert, 40, 1), recovered(&cert, 41, 2)]);
+    check::<Voucher>(&twice, recover_as(&consumer, &cert, 42), ISSUED_AT, Err(Rejection::RecoveriesExhausted { recoveries_max: 2 }));
+    // Another consumer, an answered challenge, a voucher not delivered: refused.
+    check::<Voucher>(&song_delivered(), recover_as("mallory", "m1", 43), ISSUED_AT, Err(Rejection::AlreadyRedeemed));
+    check::<Voucher>(&with(song_delivered(), [recovered(&cert, 40, 1)]), recover_as(&consumer, &cert, 40), ISSUED_AT, Err(Rejection::ChallengeUsed));
+    check::<Voucher>(&song_issued(), recover_as(&consumer, &cert, 44), ISSUED_AT, Err(invalid("Recover", "Issued")));
+    let state = fold::<Voucher>(&twice);
+    assert_eq!((state.status, state.recoveries), (VoucherStatus::Delivered, 2), "a recovery changes nothing else");
+}

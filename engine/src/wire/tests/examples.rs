@@ -20,7 +20,7 @@ use std::collections::BTreeSet;
 /// How many variants `Event` has. Adding a variant stops `variant_index` from compiling:
 /// give the new variant the next index, raise this count, add a hand-written example with
 /// its protobuf counterpart to `examples` and an arm to `arb_event`.
-pub(super) const VARIANT_COUNT: usize = 34;
+pub(super) const VARIANT_COUNT: usize = 35;
 
 /// The position of an event's variant, by a `match` with no wildcard arm, so that a new
 /// variant cannot be added without these tests being told about it.
@@ -60,6 +60,7 @@ pub(super) fn variant_index(event: &Event) -> usize {
         Event::AccessLapsed { .. } => 31,
         Event::MerchantReinstated { .. } => 32,
         Event::Refunded { .. } => 33,
+        Event::CopyRecovered { .. } => 34,
     }
 }
 
@@ -317,6 +318,26 @@ pub(super) fn examples() -> Vec<(Event, E)> {
                 voucher_id: "vou-1".into(),
                 reason: pb::VoidReason::Refunded as i32,
                 reversal: vec![pb_posting(pb::LedgerAccountKind::ConsumerPoints, "acc-1", 0, 129)],
+            }),
+        ),
+        (
+            Event::CopyRecovered {
+                voucher_id: VoucherId::new("vou-1"),
+                node_id: NodeId::new("node-1"),
+                consumer_id: ConsumerId::new("con-1"),
+                cert_serial: CertSerial::new("ser-2"),
+                challenge_hash: [7; 32],
+                consumer_key_hash: [8; 32],
+                recovery: 1,
+            },
+            E::CopyRecovered(pb::CopyRecovered {
+                voucher_id: "vou-1".into(),
+                node_id: "node-1".into(),
+                consumer_id: "con-1".into(),
+                cert_serial: "ser-2".into(),
+                challenge_hash: vec![7; 32],
+                consumer_key_hash: vec![8; 32],
+                recovery: 1,
             }),
         ),
         (

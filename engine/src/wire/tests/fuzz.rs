@@ -263,6 +263,7 @@ fn hash_fields(event: &mut E) -> Vec<(&'static str, &mut Vec<u8>)> {
             .chain([("challenge_hash", &mut r.challenge_hash), ("consumer_key_hash", &mut r.consumer_key_hash)])
             .collect(),
         E::Delivered(d) => vec![("content_hash", &mut d.content_hash)],
+        E::CopyRecovered(c) => vec![("challenge_hash", &mut c.challenge_hash), ("consumer_key_hash", &mut c.consumer_key_hash)],
         E::RightsReportSealed(s) => vec![
             ("head_y", &mut s.head_y),
             ("head_z", &mut s.head_z),
@@ -331,6 +332,7 @@ fn enum_fields(event: &mut E) -> Vec<(&'static str, &mut i32, i32)> {
         | E::Reserved(_)
         | E::VoucherIssued(_)
         | E::RedemptionAccepted(_)
+        | E::CopyRecovered(_)
         | E::DeliveryFailed(_)
         | E::Delivered(_)
         | E::PreviewStarted(_)

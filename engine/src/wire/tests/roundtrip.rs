@@ -203,6 +203,17 @@ fn arb_event() -> BoxedStrategy<Event> {
             Event::Authorized { voucher_id, receipt_key_id, receipt_generation, postings }
         }),
         (id(VoucherId), void_reason(), postings()).prop_map(|(voucher_id, reason, reversal)| Event::Voided { voucher_id, reason, reversal }),
+        (id(VoucherId), id(NodeId), id(ConsumerId), id(CertSerial), hash32(), hash32(), u32s()).prop_map(
+            |(voucher_id, node_id, consumer_id, cert_serial, challenge_hash, consumer_key_hash, recovery)| Event::CopyRecovered {
+                voucher_id,
+                node_id,
+                consumer_id,
+                cert_serial,
+                challenge_hash,
+                consumer_key_hash,
+                recovery
+            }
+        ),
         (id(VoucherId), text(), any::<bool>(), postings(), proptest::collection::vec(id(MediaId), 0..3))
             .prop_map(|(voucher_id, reason, chargeback, reversal, media_ids)| Event::Refunded { voucher_id, reason, chargeback, reversal, media_ids }),
         (id(VoucherId), id(NodeId), id(MerchantId), vec(id(MediaId), 0..4), text(), millis(), proptest::option::of("[a-z0-9_-]{1,24}".prop_map(NodeId)))
