@@ -718,3 +718,48 @@ async fn vouchers_on_a_drained_node_move_to_a_serving_one_by_reissue_or_by_the_e
     node.shutdown().await;
     fixture.engine.shutdown().await.expect("shutdown");
 }
+
+/// A lost copy: the consumer a purchase was delivered to fetches it again, with the same
+/// or a renewed certificate, a bounded number of times; each copy's engine-signed record
+/// names its recovery; no new usage; nobody else recovers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_buyer_recovers_a_lost_copy_a_bounded_number_of_times_and_nobody_else_does() {
+    let (mut fixture, node) = start().await;
+    let alice = fixture.passport("alice").await;
+    let bob = fixture.passport("bob").await;
+    let operator = Credential::load(&fixture.dir.path().join("keys/operator.cred")).expect("operator");
+    let mut admin = client::admin(fixture.channel.clone(), operator);
+    admin.set_config(pb::SetConfigRequest { request_id: "rec".into(), key: "delivery.recoveries_max".into(), value: "1".into() }).await.expect("one recovery");
+    let sale = fixture.buy("sale-1").await;
+    let out = fixture.dir.path().join("alice");
+    let copies = player::redeem_and_download(&purchase_of(&sale), &alice, "r1", &out).await.expect("delivered");
+    assert!(copies.iter().all(|copy| copy.decrypt_ok));
+    assert_eq!(fixture.status_of(&sale.voucher_id).await, "Delivered");
+    assert_eq!(fixture.usages().await, 1);
+    // The copy is lost; before recovering, the control: a fetch that is not a recovery is refused.
+    std::fs::remove_file(&copies[0].path).expect("lost");
+    let again = player::redeem_and_download(&purchase_of(&sale), &alice, "r2", &out).await.expect_err("delivered already");
+    assert!(format!("{again:#}").contains("delivered"), "{again:#}");
+    // Bob cannot recover alice's purchase (nothing written).
+    let head = fixture.head().await;
+    let refused = player::recover_and_download(&purchase_of(&sale), &bob, "rec-bob", &fixture.dir.path().join("bob")).await.expect_err("not bob's");
+    assert!(format!("{refused:#}").contains("FailedPrecondition"), "{refused:#}");
+    assert_eq!(fixture.head().await, head);
+    // Alice recovers it: a copy that decrypts, whose signed record names recovery 1.
+    let recovered = player::recover_and_download(&purchase_of(&sale), &alice, "rec-1", &out).await.expect("recovered");
+    assert!(recovered.iter().all(|copy| copy.decrypt_ok));
+    let bytes = std::fs::read(&recovered[0].path).expect("the recovered copy");
+    let copy = engine::media::parse_delivered_copy(&bytes).expect("a delivered copy");
+    assert_eq!(copy.record.recovery, 1, "the record names the recovery");
+    let engine_public = gateways::common::keys::load_engine_public(&fixture.dir.path().join("keys")).expect("public");
+    engine::media::verify_transaction(&engine_public, &copy.record, copy.signature).expect("signed by the engine");
+    assert_eq!(fixture.usages().await, 1, "a recovery is not a new usage");
+    assert_eq!(fixture.status_of(&sale.voucher_id).await, "Delivered");
+    // One recovery was allowed: a second is refused, nothing written.
+    let head = fixture.head().await;
+    let exhausted = player::recover_and_download(&purchase_of(&sale), &alice, "rec-2", &out).await.expect_err("recoveries_max 1");
+    assert!(format!("{exhausted:#}").contains("recovered 1 times"), "{exhausted:#}");
+    assert_eq!(fixture.head().await, head);
+    node.shutdown().await;
+    fixture.engine.shutdown().await.expect("shutdown");
+}
