@@ -83,6 +83,11 @@ enum Op {
         right: bool,
         chargeback: bool,
     },
+    /// Consumer `consumer` recovers `v`'s delivered copy at its node.
+    Recover {
+        v: usize,
+        consumer: usize,
+    },
     /// Moves `v` to node `node` as if its node were gone (`gone`) or still serving.
     Move {
         v: usize,
@@ -151,6 +156,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..VOUCHERS, right()).prop_map(|(v, right)| Op::Void { v, right }),
         1 => (0..VOUCHERS, right(), any::<bool>()).prop_map(|(v, right, chargeback)| Op::Refund { v, right, chargeback }),
         1 => (0..VOUCHERS, 0..2usize, prop::bool::weighted(0.8)).prop_map(|(v, node, gone)| Op::Move { v, node, gone }),
+        1 => (0..VOUCHERS, 0..2usize).prop_map(|(v, consumer)| Op::Recover { v, consumer }),
         1 => (0..VOUCHERS).prop_map(|v| Op::Expire { v }),
         3 => (0..VOUCHERS, right(), 0..2usize, prop::bool::weighted(0.9))
             .prop_map(|(v, right, node, ttl_ok)| Op::Issue { v, right, node, ttl_ok }),
@@ -206,6 +212,7 @@ struct Coverage {
     refunded_after_authorize: Cell<u32>,
     refunded_after_release: Cell<u32>,
     moved: Cell<u32>,
+    recovered: Cell<u32>,
     points_posted: Cell<u32>,
     insufficient_points: Cell<u32>,
     repeated: Cell<u32>,
@@ -443,6 +450,29 @@ impl World {
                     bump(&coverage.refunded_after_release);
                 }
             }
+            Op::Recover { v, consumer: c } => {
+                let state = &self.vouchers[v].root.state;
+                let Some(at) = state.node.clone() else { return Ok(()) };
+                let owner = state.released_to.as_ref().map(|(consumer, _)| consumer.clone());
+                let (consumer_id, cert_serial) = consumer(c);
+                let mut challenge = [0u8; 32];
+                challenge[..8].copy_from_slice(&self.requests.to_le_bytes());
+                let redeem = Redeem {
+                    node: at.clone(),
+                    consumer: consumer_id.clone(),
+                    cert_serial,
+                    cert: CertCheck::Valid,
+                    proof: ProofCheck::Valid,
+                    challenge_hash: challenge,
+                    consumer_key_hash: [c as u8; 32],
+                    retries_max: RETRIES_MAX,
+                };
+                let decided = self.voucher_step(v, node_actor(&at), VoucherCommand::Recover { redeem, recoveries_max: 2 })?;
+                if decided.as_ref().is_ok_and(|events| !events.is_empty()) {
+                    prop_assert_eq!(owner, Some(consumer_id), "a copy recovered by someone its keys did not go to");
+                    bump(&coverage.recovered);
+                }
+            }
             Op::Move { v, node: n, gone } => {
                 let standing = if gone { crate::domain::voucher::NodeStanding::Gone } else { crate::domain::voucher::NodeStanding::Serving };
                 let command = VoucherCommand::Move { merchant: None, node: node(n), access_ttl_ms: 3_600_000, old_node: standing };
@@ -643,6 +673,7 @@ fn voucher_history(events: &[(Millis, Event)]) -> Result<(), String> {
             Event::DeliveryFailed { .. } => (&[S::Redeeming, S::Issued], S::Issued),
             Event::Delivered { voucher_complete: true, .. } => (&[S::Redeeming], S::Delivered),
             Event::Delivered { .. } => (&[S::Redeeming], S::Redeeming),
+            Event::CopyRecovered { .. } => (&[S::Delivered], S::Delivered),
             other => return Err(format!("foreign event {}", other.name())),
         };
         if !from.contains(&status) {
@@ -777,6 +808,7 @@ fn lifecycle_rules_hold_under_any_interleaving() {
         ("refunds after authorize", &coverage.refunded_after_authorize),
         ("refunds after a release", &coverage.refunded_after_release),
         ("vouchers moved off a node gone", &coverage.moved),
+        ("lost copies recovered", &coverage.recovered),
         ("points posted", &coverage.points_posted),
         ("insufficient points", &coverage.insufficient_points),
         ("repeated requests", &coverage.repeated),
