@@ -824,6 +824,7 @@ async fn fuzz(cases: usize, seed: u64) {
             }
             world.fx.settle().await;
             problems.extend(oracle::state_problems(&world).into_iter().map(|problem| format!("after case {index}: {problem}")));
+            problems.extend(model.slot_problems(&world).into_iter().map(|problem| format!("after case {index}: {problem}")));
         }
     }
     println!(

@@ -19,9 +19,9 @@
 //!   names only media on sale; a preview starts only of a media not withdrawn; a price
 //!   changes only while the media is published and not withdrawn.
 //!
-//! And over the state, every check: the ledger sums to zero in each currency. (Node slots
-//! are not checked here: a node may lower its capacity below what it holds, which the
-//! allocation tests cover.)
+//! And over the state, every check: the ledger sums to zero in each currency, and no node
+//! holds more slots than the operator licensed at its registration (a node may announce
+//! fewer, never more).
 
 use super::*;
 use engine::domain::event::{ActorKind, Event, Recorded};
@@ -34,6 +34,8 @@ pub(super) struct Oracle {
     owners: BTreeMap<String, String>,
     /// voucher → the consumer its keys were released to.
     released_to: BTreeMap<String, String>,
+    /// node → the slots the operator licensed (its NodeRegistered).
+    licensed: BTreeMap<String, u32>,
     /// Vouchers refunded (or charged back) after a release: never released again.
     refunded: BTreeSet<String>,
     pub(super) refunds: u64,
@@ -107,6 +109,9 @@ impl Oracle {
     fn apply(&mut self, recorded: &Recorded, request: Option<&Req>, consumer_der: Option<&[u8]>) -> Vec<String> {
         let mut problems = Vec::new();
         match &recorded.event {
+            Event::NodeRegistered { node_id, slots_max, .. } => {
+                self.licensed.insert(node_id.0.clone(), *slots_max);
+            }
             Event::Reserved { voucher_id, merchant_id, items, .. } => {
                 self.owners.insert(voucher_id.0.clone(), merchant_id.0.clone());
                 for item in items {
@@ -253,6 +258,23 @@ fn consent_problem(reserve: &pb::ReserveRequest, merchant: &str, account: &str, 
 }
 
 /// The state as a whole: the ledger sums to zero in each currency.
+impl Oracle {
+    /// Node slots within their licence: no node holds more slots than the operator
+    /// licensed at its registration (announcing may lower a node's capacity, never raise it).
+    pub(super) fn slot_problems(&self, world: &World) -> Vec<String> {
+        let in_use: Vec<(String, u32)> = world.fx.engine.state.live.read(|p| p.allocation.nodes.iter().map(|(id, node)| (id.0.clone(), node.in_use)).collect());
+        self.over_licence(&in_use)
+    }
+
+    fn over_licence(&self, in_use: &[(String, u32)]) -> Vec<String> {
+        in_use
+            .iter()
+            .filter(|(id, used)| *used > self.licensed.get(id).copied().unwrap_or(0))
+            .map(|(id, used)| format!("node {id} holds {used} slots, licensed {:?}", self.licensed.get(id)))
+            .collect()
+    }
+}
+
 pub(super) fn state_problems(world: &World) -> Vec<String> {
     world.fx.engine.state.live.read(|projections| {
         projections
@@ -438,6 +460,13 @@ mod tests {
         flags(&[sold(), vec![refunded("m1"), refunded("m1")]].concat(), Some("refunded twice"));
         flags(&[sold(), vec![refunded("m2")]].concat(), Some("not the merchant that sold it"));
         flags(&[published(199), reserved_as("v1", 199), refunded("m1")], Some("no key was released"));
+
+        // Slots within the licence (control: at the licence).
+        let mut oracle = Oracle::default();
+        oracle.licensed.insert("n1".into(), 4);
+        assert!(oracle.over_licence(&[("n1".into(), 4)]).is_empty());
+        assert!(oracle.over_licence(&[("n1".into(), 5)]).iter().any(|p| p.contains("holds 5 slots")));
+        assert!(!oracle.over_licence(&[("n-unknown".into(), 1)]).is_empty(), "a node never registered holds nothing");
 
         // Answers: a merchant reads only its own vouchers.
         let mut oracle = Oracle::default();
