@@ -580,8 +580,9 @@ fn event_of_pb(event: E) -> Result<Event, DecodeError> {
             node_id: NodeId(e.node_id),
             consumer_id: ConsumerId(e.consumer_id),
             cert_serial: CertSerial(e.cert_serial),
-            challenge_hash: array::<32>("challenge_hash", &e.challenge_hash)?,
-            consumer_key_hash: array::<32>("consumer_key_hash", &e.consumer_key_hash)?,
+            // Required here (optional in RedemptionAccepted, for events from before them).
+            challenge_hash: array::<32>("copy_recovered.challenge_hash", &e.challenge_hash)?,
+            consumer_key_hash: array::<32>("copy_recovered.consumer_key_hash", &e.consumer_key_hash)?,
             recovery: e.recovery,
         },
         E::Refunded(e) => Event::Refunded {

@@ -673,7 +673,9 @@ impl Aggregate for Voucher {
             VoucherCommand::Expire => "Expire",
             VoucherCommand::LapseAccess => "LapseAccess",
             VoucherCommand::Issue { .. } => "IssueVoucher",
-            VoucherCommand::Move { merchant: Some(_), .. } => "Reissue",
+            // A merchant's move is its IssueVoucher: a retry with the same request id, routed
+            // to Issue once the voucher sits on a serving node, is the same command.
+            VoucherCommand::Move { merchant: Some(_), .. } => "IssueVoucher",
             VoucherCommand::Move { merchant: None, .. } => "MoveVoucher",
             VoucherCommand::Redeem(_) => "Redeem",
             VoucherCommand::Recover { .. } => "Recover",

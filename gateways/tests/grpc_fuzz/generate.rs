@@ -894,8 +894,11 @@ pub(super) fn arb_body(rpc: Rpc, p: &Pools) -> BoxedStrategy<Body> {
     // Another RPC's request, well-formed: fields of the wrong types and meanings. An
     // administrative change gets only the other changes' requests, which name sacrificial
     // objects: it would act on whatever another request names where its ids are (a
-    // Preview's media and region read as a WithdrawMedia's media and reason).
-    let others: Vec<Rpc> = Rpc::ALL.iter().copied().filter(|&other| other != rpc && (!administrative(rpc) || administrative(other))).collect();
+    // Preview's media and region read as a WithdrawMedia's media and reason). RemoveNode
+    // likewise: another request naming node Y where its node id is would remove Y, whose
+    // later calls the judge still takes for Y's (seed 3 at 10,000 cases found it).
+    let guarded = administrative(rpc) || rpc == Rpc::RemoveNode;
+    let others: Vec<Rpc> = Rpc::ALL.iter().copied().filter(|&other| other != rpc && (!guarded || administrative(other))).collect();
     let pools = p.clone();
     let other = select(others)
         .prop_flat_map(move |other| arb_request(other, &pools, Bias::NearValid))

@@ -263,7 +263,7 @@ fn hash_fields(event: &mut E) -> Vec<(&'static str, &mut Vec<u8>)> {
             .chain([("challenge_hash", &mut r.challenge_hash), ("consumer_key_hash", &mut r.consumer_key_hash)])
             .collect(),
         E::Delivered(d) => vec![("content_hash", &mut d.content_hash)],
-        E::CopyRecovered(c) => vec![("challenge_hash", &mut c.challenge_hash), ("consumer_key_hash", &mut c.consumer_key_hash)],
+        E::CopyRecovered(c) => vec![("copy_recovered.challenge_hash", &mut c.challenge_hash), ("copy_recovered.consumer_key_hash", &mut c.consumer_key_hash)],
         E::RightsReportSealed(s) => vec![
             ("head_y", &mut s.head_y),
             ("head_z", &mut s.head_z),
