@@ -739,8 +739,24 @@ impl Market {
         order: &OrderId,
         unit: u32,
         device_id: &str,
+        device_cert_serial: &CertSerial,
         device_public_key_der: &[u8],
     ) -> Result<Vec<u8>, AppError> {
+        // A unit binds only to a device the operator certified: its key is the certificate's.
+        crate::domain::validate::id("device_cert_serial", &device_cert_serial.0)?;
+        let device = self.handler.load::<Consumer>(device_id).await?;
+        match device.state.cert_check(device_cert_serial, self.now()) {
+            CertCheck::Valid => {}
+            CertCheck::Revoked => return Err(Rejection::CertRevoked.into()),
+            CertCheck::NotValid => return Err(Rejection::CertNotValid.into()),
+            CertCheck::Unknown => return Err(Rejection::NotFound { kind: "device certificate", id: device_cert_serial.0.clone() }.into()),
+        }
+        let certified = device.state.certs.get(device_cert_serial).map(|cert| cert.public_key_der.clone()).unwrap_or_default();
+        drop(device);
+        if !device_public_key_der.is_empty() && device_public_key_der != certified.as_slice() {
+            return Err(Rejection::InvalidArgument { field: "device_public_key_der", reason: "is not the key the device certificate names".into() }.into());
+        }
+        let device_public_key_der = certified.as_slice();
         let device_key = RsaPublic::from_der(device_public_key_der)
             .map_err(|_| Rejection::InvalidArgument { field: "device_public_key_der", reason: "not an RSA-2048+ SubjectPublicKeyInfo".into() })?;
         let merchant_active = matches!(self.handler.load::<Merchant>(&merchant.0).await?.state.status, MerchantStatus::Active);

@@ -232,6 +232,7 @@ struct World {
     erin_serial: String,
     /// Revoked by the access matrix.
     dave_serial: String,
+    device_serial: String,
     /// The key of every consumer certificate (it signs spend authorizations and balance reads).
     consumer_key: RsaPrivate,
     /// The certificates of the points accounts acct-1 (topped up) and acct-empty.
@@ -332,6 +333,8 @@ async fn build_world() -> World {
     let bob_serial = certify("cert-bob", "bob", 86_400_000).await;
     let erin_serial = certify("cert-erin", "erin", 1).await;
     let dave_serial = certify("cert-dave", "dave", 86_400_000).await;
+    // The duplicator's device, certified like a consumer (on the consumers' key).
+    let device_serial = certify("cert-dev-1", "dev-1", 86_400_000).await;
     // Points accounts are consumers': acct-1 has points, acct-empty none.
     let acct_serial = certify("cert-acct-1", "acct-1", 86_400_000).await;
     let empty_serial = certify("cert-acct-empty", "acct-empty", 86_400_000).await;
@@ -384,6 +387,7 @@ async fn build_world() -> World {
         bob_serial,
         erin_serial,
         dave_serial,
+        device_serial,
         consumer_key,
         acct_serial,
         empty_serial,
@@ -868,6 +872,7 @@ impl World {
                 unit: 0,
                 device_id: "dev-1".into(),
                 device_public_key_der: self.consumer_der.clone(),
+                device_cert_serial: self.device_serial.clone(),
             }),
             Rpc::CompleteUnit => Req::CompleteUnit(pb::CompleteUnitRequest { request_id: "acc-unit".into(), order_id: self.order.clone(), unit: 0 }),
             Rpc::RegisterNode => Req::RegisterNode(pb::RegisterNodeRequest { region: String::new(), slots_max: 0, endpoint: "http://127.0.0.1:3".into() }),

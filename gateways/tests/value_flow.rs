@@ -340,15 +340,28 @@ async fn a_duplication_unit_binds_one_device_key_once() {
         .order_id;
     let device = fixture.passport("device-1").await;
     let other = fixture.passport("device-2").await;
-    let bind = |request_id: &str, device_id: &str, key: &Passport| pb::BindUnitRequest {
+    // The devices are certified by the operator like consumers (a device certificate); a
+    // unit binds to one by id and certificate, and its key is the certificate's.
+    let bind = |request_id: &str, key: &Passport| pb::BindUnitRequest {
         request_id: request_id.into(),
         order_id: order.clone(),
         unit: 0,
-        device_id: device_id.into(),
+        device_id: key.consumer_id.as_str().into(),
         device_public_key_der: key.certificate.public_key_der.clone(),
+        device_cert_serial: key.certificate.cert_serial.clone(),
     };
     let usages = fixture.usages().await;
-    let first = fixture.merchant.bind_unit(bind("bind-1", "dev-1", &device)).await.expect("bound").into_inner();
+    // Refused before anything: a device nobody certified, another device's certificate,
+    // a key that is not the certificate's.
+    let head = fixture.head().await;
+    let uncertified = pb::BindUnitRequest { device_id: "device-x".into(), ..bind("bind-0a", &device) };
+    assert_eq!(fixture.merchant.bind_unit(uncertified).await.expect_err("uncertified").code(), Code::NotFound);
+    let borrowed = pb::BindUnitRequest { device_cert_serial: other.certificate.cert_serial.clone(), ..bind("bind-0b", &device) };
+    assert_eq!(fixture.merchant.bind_unit(borrowed).await.expect_err("another device's certificate").code(), Code::NotFound);
+    let swapped = pb::BindUnitRequest { device_public_key_der: other.certificate.public_key_der.clone(), ..bind("bind-0c", &device) };
+    assert_eq!(fixture.merchant.bind_unit(swapped).await.expect_err("not the certified key").code(), Code::InvalidArgument);
+    assert_eq!(fixture.head().await, head, "refused binds write nothing");
+    let first = fixture.merchant.bind_unit(bind("bind-1", &device)).await.expect("bound").into_inner();
     assert!(crypto::unwrap_key(&device.private, &first.wrapped_media_key).is_ok(), "wrapped for the device");
     // The unit was paid before its key left: a charge on the merchant's clearing account
     // in the ledger, and a usage in the royalty log.
@@ -357,16 +370,16 @@ async fn a_duplication_unit_binds_one_device_key_once() {
         fixture.engine.state.live.read(|p| p.balances.ledger_balance("EUR", engine::domain::event::LedgerAccountKind::MerchantClearing, &fixture.merchant_id));
     assert_eq!(clearing, -199, "the merchant pays the unit's price");
     let head = fixture.head().await;
-    for (request_id, device_id) in [("bind-2", "dev-1"), ("bind-3", "dev-2")] {
-        let refused = fixture.merchant.bind_unit(bind(request_id, device_id, &other)).await.expect_err("the unit is bound");
+    for request_id in ["bind-2", "bind-3"] {
+        let refused = fixture.merchant.bind_unit(bind(request_id, &other)).await.expect_err("the unit is bound");
         assert_eq!(refused.code(), Code::AlreadyExists, "{request_id}: {refused:?}");
     }
-    // The first request id again, with the other key: a repeat must name what was bound.
-    let refused = fixture.merchant.bind_unit(bind("bind-1", "dev-1", &other)).await.expect_err("a repeat naming another key");
+    // The first request id again, with the other device: a repeat must name what was bound.
+    let refused = fixture.merchant.bind_unit(bind("bind-1", &other)).await.expect_err("a repeat naming another key");
     assert_eq!(refused.code(), Code::AlreadyExists, "{refused:?}");
     assert_eq!(fixture.head().await, head, "refusals write nothing");
     // Control: the same device and key again is in effect, and still only that key opens it.
-    let again = fixture.merchant.bind_unit(bind("bind-4", "dev-1", &device)).await.expect("the same binding").into_inner();
+    let again = fixture.merchant.bind_unit(bind("bind-4", &device)).await.expect("the same binding").into_inner();
     assert!(crypto::unwrap_key(&device.private, &again.wrapped_media_key).is_ok());
     assert!(crypto::unwrap_key(&other.private, &again.wrapped_media_key).is_err());
     assert_eq!(fixture.usages().await, usages + 1, "one unit, one usage, however often it is asked");

@@ -151,9 +151,10 @@ impl pb::merchant_service_server::MerchantService for Api {
             let request_id = request_id(&message.request_id)?;
             let order = id("order_id", &message.order_id, OrderId)?;
             validate::id("device_id", &message.device_id).map_err(|r| crate::server::status::from_rejection(&r))?;
+            let serial = id("device_cert_serial", &message.device_cert_serial, CertSerial)?;
             let wrapped = self
                 .market()
-                .bind_unit(&merchant, &request_id, &order, message.unit, &message.device_id, &message.device_public_key_der)
+                .bind_unit(&merchant, &request_id, &order, message.unit, &message.device_id, &serial, &message.device_public_key_der)
                 .await
                 .map_err(fail)?;
             Ok(pb::BindUnitResponse { wrapped_media_key: wrapped })

@@ -180,6 +180,7 @@ pub(super) fn bad_input_cases(w: &World) -> Vec<Case> {
             unit: 0,
             device_id: "dev-1".into(),
             device_public_key_der: w.consumer_der.clone(),
+            device_cert_serial: w.device_serial.clone(),
         }),
         nf,
     ));
@@ -323,6 +324,7 @@ pub(super) fn bad_input_cases(w: &World) -> Vec<Case> {
             unit: 5,
             device_id: "dev-1".into(),
             device_public_key_der: w.consumer_der.clone(),
+            device_cert_serial: w.device_serial.clone(),
         }),
         ia,
     ));
@@ -336,6 +338,7 @@ pub(super) fn bad_input_cases(w: &World) -> Vec<Case> {
             unit: 0,
             device_id: "dev-1".into(),
             device_public_key_der: vec![1, 2, 3],
+            device_cert_serial: w.device_serial.clone(),
         }),
         ia,
     ));
@@ -539,8 +542,9 @@ pub(super) fn bad_input_cases(w: &World) -> Vec<Case> {
             request_id: "b-bind".into(),
             order_id: w.order.clone(),
             unit: 0,
-            device_id: "dev-b".into(),
+            device_id: "dev-1".into(),
             device_public_key_der: w.consumer_der.clone(),
+            device_cert_serial: w.device_serial.clone(),
         }),
         pd,
     ));

@@ -482,10 +482,11 @@ pub(super) fn arb_request(rpc: Rpc, p: &Pools, b: Bias) -> BoxedStrategy<Req> {
             .prop_map(|(request_id, media_id, units)| Req::PlaceOrder(pb::PlaceOrderRequest { request_id, media_id, units }))
             .boxed(),
         Rpc::BindUnit => {
-            let device = id_field(&Ids::new(vec!["dev-1".into()], vec!["dev-2".into()]), &p.any_ids, b);
-            (rid, order(), u32_field(0, b), device, bytes_field(&p.ders, b))
-                .prop_map(|(request_id, order_id, unit, device_id, device_public_key_der)| {
-                    Req::BindUnit(pb::BindUnitRequest { request_id, order_id, unit, device_id, device_public_key_der })
+            // Devices are certified like consumers: the consumers' ids and serials, crossed.
+            let device = id_field(&Ids::new(p.consumers.real.clone(), vec!["dev-2".into()]), &p.any_ids, b);
+            (rid, order(), u32_field(0, b), device, bytes_field(&p.ders, b), serial())
+                .prop_map(|(request_id, order_id, unit, device_id, device_public_key_der, device_cert_serial)| {
+                    Req::BindUnit(pb::BindUnitRequest { request_id, order_id, unit, device_id, device_public_key_der, device_cert_serial })
                 })
                 .boxed()
         }
