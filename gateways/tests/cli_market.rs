@@ -237,6 +237,47 @@ fn serve_node_publish_buy_fetch_then_demo_connect_and_sigterm() {
     assert_eq!((entry["value"].as_u64(), entry["set"].as_bool()), (Some(120_000), Some(true)));
     let (code, refused) = json(vouchsafe().args(["admin", "config", "set", "no.such.key", "1", "--connect", &url, "--keys", "keys", "--json"]), root);
     assert_eq!((code, refused["refused"].as_str()), (1, Some("InvalidArgument")), "{refused}");
+    // Licensed duplication from the shell: the operator certifies the duplicator's device
+    // like a consumer; the merchant places an order, binds a unit to the device (the key
+    // comes back wrapped for the device only) and completes it.
+    let (code, device) = json(
+        vouchsafe().args([
+            "player",
+            "passport",
+            "--connect",
+            &url,
+            "--cred",
+            "keys/operator.cred",
+            "--engine-key",
+            "keys/engine.pub.pem",
+            "--consumer",
+            "press-1",
+            "--data-dir",
+            "players",
+            "--json",
+        ]),
+        root,
+    );
+    assert_eq!(code, 0, "{device}");
+    let device_cert = device["cert_serial"].as_str().expect("the device certificate").to_string();
+    let merchant_args = ["--connect", url.as_str(), "--cred", "shop.cred", "--json"];
+    let (code, order) = json(vouchsafe().args(["merchant", "order", "place", "--media", &media_id, "--units", "2"]).args(merchant_args), root);
+    assert_eq!(code, 0, "{order}");
+    let order_id = order["order_id"].as_str().expect("order id").to_string();
+    let bind = ["merchant", "order", "bind", "--order", order_id.as_str(), "--unit", "0", "--device", "press-1", "--device-cert"];
+    let (code, refused) = json(vouchsafe().args(bind).arg("c-not-a-certificate").args(merchant_args), root);
+    assert_eq!((code, refused["refused"].as_str()), (1, Some("NotFound")), "an uncertified device: {refused}");
+    let (code, bound) = json(vouchsafe().args(bind).arg(&device_cert).args(merchant_args), root);
+    assert_eq!(code, 0, "{bound}");
+    let wrapped = hex::decode(bound["wrapped_media_key"].as_str().expect("the wrapped key")).expect("hex");
+    let dir_of = |answer: &serde_json::Value| root.join(answer["dir"].as_str().expect("the passport's directory"));
+    let press = gateways::player::Passport::load(&dir_of(&device)).expect("the device's passport");
+    let alice = gateways::player::Passport::load(&dir_of(&passport)).expect("alice's passport");
+    assert!(engine::crypto::unwrap_key(&press.private, &wrapped).is_ok(), "the device opens its unit's key");
+    assert!(engine::crypto::unwrap_key(&alice.private, &wrapped).is_err(), "no other key does");
+    let (code, completed) = json(vouchsafe().args(["merchant", "order", "complete", "--order", &order_id, "--unit", "0"]).args(merchant_args), root);
+    assert_eq!((code, completed["completed"].as_bool()), (0, Some(true)), "{completed}");
+
     let (code, drained) = json(vouchsafe().args(["admin", "node", "drain", &node_id, "--connect", &url, "--keys", "keys", "--json"]), root);
     assert_eq!((code, drained["status"].as_str()), (0, Some("drained")), "{drained}");
     let (code, refused) = json(vouchsafe().args(["merchant", "buy", "--media", &media_id, "--connect", &url, "--cred", "shop.cred", "--json"]), root);

@@ -560,6 +560,38 @@ pub async fn publish(args: PublishArgs) -> anyhow::Result<Outcome> {
 }
 
 #[derive(clap::Subcommand, Debug)]
+pub enum OrderCommand {
+    /// Place an order: prints the order id.
+    Place {
+        #[arg(long)]
+        media: String,
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        units: u32,
+    },
+    /// Bind unit N to a certified device: prints the media key wrapped for that device
+    /// (hex; only the device's private key opens it).
+    Bind {
+        #[arg(long)]
+        order: String,
+        #[arg(long)]
+        unit: u32,
+        /// The device's id (the consumer id its certificate names).
+        #[arg(long)]
+        device: String,
+        /// The device certificate's serial.
+        #[arg(long)]
+        device_cert: String,
+    },
+    /// Record unit N as duplicated.
+    Complete {
+        #[arg(long)]
+        order: String,
+        #[arg(long)]
+        unit: u32,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
 pub enum MerchantCommand {
     /// Reserve media for a buyer: prints the voucher id and expiry.
     Reserve {
@@ -612,6 +644,11 @@ pub enum MerchantCommand {
         #[arg(long)]
         region: Option<String>,
     },
+    /// Licensed duplication: place an order of units of one media, bind a unit to a device
+    /// the operator certified (`player passport --consumer DEVICE` certifies one; the unit
+    /// pays as it binds and its media key is wrapped for that device only), complete it.
+    #[command(subcommand)]
+    Order(OrderCommand),
     /// Reserve, authorize and issue in one go: prints everything a player needs.
     Buy {
         #[arg(long = "media", required = true)]
@@ -719,6 +756,26 @@ pub async fn merchant(args: MerchantArgs) -> anyhow::Result<Outcome> {
                 let voided = merchant.void(pb::VoidRequest { request_id, voucher_id: voucher.clone() }).await?.into_inner();
                 serde_json::json!({ "voucher_id": voided.voucher_id, "status": "Voided" })
             }
+            MerchantCommand::Order(OrderCommand::Place { media, units }) => {
+                let placed = merchant.place_order(pb::PlaceOrderRequest { request_id, media_id: media.clone(), units: *units }).await?.into_inner();
+                serde_json::json!({ "order_id": placed.order_id, "media_id": media, "units": units })
+            }
+            MerchantCommand::Order(OrderCommand::Bind { order, unit, device, device_cert }) => {
+                let request = pb::BindUnitRequest {
+                    request_id,
+                    order_id: order.clone(),
+                    unit: *unit,
+                    device_id: device.clone(),
+                    device_public_key_der: Vec::new(),
+                    device_cert_serial: device_cert.clone(),
+                };
+                let bound = merchant.bind_unit(request).await?.into_inner();
+                serde_json::json!({ "order_id": order, "unit": unit, "device_id": device, "wrapped_media_key": hex::encode(&bound.wrapped_media_key) })
+            }
+            MerchantCommand::Order(OrderCommand::Complete { order, unit }) => {
+                merchant.complete_unit(pb::CompleteUnitRequest { request_id, order_id: order.clone(), unit: *unit }).await?;
+                serde_json::json!({ "order_id": order, "unit": unit, "completed": true })
+            }
             MerchantCommand::Refund { voucher, reason, chargeback } => {
                 let request = pb::RefundRequest { request_id, voucher_id: voucher.clone(), reason: reason.clone(), chargeback: *chargeback };
                 let refunded = merchant.refund(request).await?.into_inner();
@@ -743,7 +800,8 @@ pub async fn merchant(args: MerchantArgs) -> anyhow::Result<Outcome> {
                 let view = merchant.get_voucher(pb::GetVoucherRequest { voucher_id: voucher.clone() }).await?.into_inner();
                 serde_json::json!({
                     "voucher_id": view.voucher_id, "merchant_id": view.merchant_id, "status": view.status, "media_ids": view.media_ids,
-                    "node_id": view.node_id, "expires_at_ms": view.expires_at_ms, "delivered_media_ids": view.delivered_media_ids,
+                    "node_id": view.node_id, "node_endpoint": view.node_endpoint, "expires_at_ms": view.expires_at_ms,
+                    "delivered_media_ids": view.delivered_media_ids,
                 })
             }
         })
