@@ -732,6 +732,7 @@ impl Market {
 
     /// Binds one unit of a duplication order to a device and returns the media key
     /// wrapped for that device's public key.
+    #[allow(clippy::too_many_arguments)] // the fields of one BindUnitRequest
     pub async fn bind_unit(
         &self,
         merchant: &MerchantId,
