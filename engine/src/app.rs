@@ -52,6 +52,11 @@ pub const RETRIES_MAX_KEY: &str = "delivery.retries_max";
 /// The audited key bounding the recoveries of one delivered purchase, and its default.
 pub const RECOVERIES_MAX_KEY: &str = "delivery.recoveries_max";
 pub const RECOVERIES_MAX_DEFAULT: u32 = 3;
+/// `delivery.retries_max` as configured (unbounded when never set).
+fn retries_max_of(config: &Config) -> u32 {
+    config.get(RETRIES_MAX_KEY).map_or(u32::MAX, |max| u32::try_from(max).unwrap_or(u32::MAX))
+}
+
 /// The one report aggregate: the chain of royalty seals.
 pub const REPORT_AGGREGATE: &str = "rights";
 /// The token key id in use (rotation bumps it; older ids stay derivable).
@@ -237,6 +242,11 @@ impl Market {
     }
 
     /// The node placement the market decides with (which nodes still serve, `relocate`).
+    /// `delivery.retries_max` now.
+    pub(crate) async fn retries_max(&self) -> Result<u32, AppError> {
+        Ok(retries_max_of(&self.config().await?))
+    }
+
     pub fn allocator(&self) -> &Arc<dyn Allocator> {
         &self.allocator
     }
@@ -869,7 +879,7 @@ impl Market {
             ProofCheck::Invalid
         };
         let config = self.config().await?;
-        let retries_max = config.get(RETRIES_MAX_KEY).map_or(u32::MAX, |max| u32::try_from(max).unwrap_or(u32::MAX));
+        let retries_max = retries_max_of(&config);
         let recoveries_max = config.get(RECOVERIES_MAX_KEY).map_or(RECOVERIES_MAX_DEFAULT, |max| u32::try_from(max).unwrap_or(u32::MAX));
         // The handler builds the next state in place when it holds the only reference.
         drop((root, consumer_root));

@@ -16,11 +16,12 @@ impl Market {
         let root = self.voucher_of(voucher_id).await?;
         let by = actor(ActorKind::Merchant, &merchant.0);
         // Issued to a node that no longer serves it (drained, removed, silent), keys never
-        // released: a reissue moves it to a node that does.
-        let stranded = root.state.status == voucher::VoucherStatus::Issued
-            && root.state.released_to.is_none()
-            && root.state.node.as_ref().is_some_and(|node| !self.allocator.serves(node));
-        if stranded {
+        // released; or its deliveries failed past the retries: a reissue issues it anew.
+        let retries_max = self.retries_max().await?;
+        let issued = root.state.status == voucher::VoucherStatus::Issued;
+        let gone = root.state.released_to.is_none() && root.state.node.as_ref().is_some_and(|node| !self.allocator.serves(node));
+        let exhausted = root.state.released_to.is_some() && root.state.delivery_failures > retries_max;
+        if issued && (gone || exhausted) {
             drop(root);
             return self.relocate(Some(merchant), request, voucher_id, region, access_ttl_ms).await;
         }
@@ -57,7 +58,8 @@ impl Market {
             _ => voucher::NodeStanding::Serving,
         };
         let node = self.allocator.choose(region, &voucher_id.0).ok_or(Rejection::NoNodeAvailable)?;
-        let command = VoucherCommand::Move { merchant: merchant.cloned(), node, access_ttl_ms, old_node };
+        let retries_max = self.retries_max().await?;
+        let command = VoucherCommand::Move { merchant: merchant.cloned(), node, access_ttl_ms, old_node, retries_max };
         let result = self.handler.handle::<Voucher>(&voucher_id.0, &by, request, &command).await;
         if result.as_ref().map_or(true, |handled| handled.appended.is_empty()) {
             self.allocator.cancel(&voucher_id.0);

@@ -195,6 +195,8 @@ pub enum VoucherCommand {
         node: NodeId,
         access_ttl_ms: u64,
         old_node: NodeStanding,
+        /// `delivery.retries_max`: a voucher whose deliveries failed past it is issued anew.
+        retries_max: u32,
     },
     /// `node` is the allocator's choice, recorded in the event so replay never re-decides.
     Issue {
@@ -547,22 +549,25 @@ impl Aggregate for Voucher {
                     previous_node: None,
                 }])
             }
-            VoucherCommand::Move { merchant, node, access_ttl_ms, old_node } => {
+            VoucherCommand::Move { merchant, node, access_ttl_ms, old_node, retries_max } => {
                 if let Some(merchant) = merchant {
                     self.owned_by(merchant)?;
                 }
                 self.exists()?;
                 let previous = self.node.clone().ok_or_else(|| self.transition("Move"))?;
-                // Only an issued voucher whose keys never went out moves: a consumer who
-                // holds the keys finishes with the node that released them.
-                if self.status != VoucherStatus::Issued || self.released_to.is_some() {
+                // An issued voucher whose keys never went out moves off a node gone. One whose
+                // keys went out stays with the node that released them, unless its deliveries
+                // failed past the retries: then it is issued anew (to the same consumer, with
+                // fresh retries), even on the same node.
+                let exhausted = self.released_to.is_some() && self.delivery_failures > *retries_max;
+                if self.status != VoucherStatus::Issued || (self.released_to.is_some() && !exhausted) {
                     return Err(self.transition("Move"));
                 }
-                if *old_node == NodeStanding::Serving {
+                if *old_node == NodeStanding::Serving && !exhausted {
                     return Err(Rejection::NodeStillServes);
                 }
                 validate::id("node_id", &node.0)?;
-                if *node == previous {
+                if *node == previous && !exhausted {
                     return Err(Rejection::InvalidArgument { field: "node_id", reason: "is the node the voucher leaves".into() });
                 }
                 if *access_ttl_ms == 0 || *access_ttl_ms > ACCESS_TTL_MS_MAX {
@@ -631,7 +636,11 @@ impl Aggregate for Voucher {
                 self.consumer = None;
             }
             Event::VoucherIssued { node_id, access_expires_at, previous_node, .. } => {
-                self.moved_from.extend(previous_node.iter().cloned());
+                self.moved_from.extend(previous_node.iter().filter(|previous| *previous != node_id).cloned());
+                if previous_node.is_some() {
+                    // Issued anew: fresh retries.
+                    self.delivery_failures = 0;
+                }
                 self.status = VoucherStatus::Issued;
                 self.node = Some(node_id.clone());
                 self.access_expires_at = *access_expires_at;

@@ -475,7 +475,7 @@ impl World {
             }
             Op::Move { v, node: n, gone } => {
                 let standing = if gone { crate::domain::voucher::NodeStanding::Gone } else { crate::domain::voucher::NodeStanding::Serving };
-                let command = VoucherCommand::Move { merchant: None, node: node(n), access_ttl_ms: 3_600_000, old_node: standing };
+                let command = VoucherCommand::Move { merchant: None, node: node(n), access_ttl_ms: 3_600_000, old_node: standing, retries_max: RETRIES_MAX };
                 let decided = self.voucher_step(v, Actor::engine(), command)?;
                 if !gone {
                     prop_assert!(decided.as_ref().is_err(), "moved off a node that still serves it");
@@ -652,6 +652,7 @@ fn voucher_history(events: &[(Millis, Event)]) -> Result<(), String> {
     let mut node = None;
     let mut delivered = BTreeSet::new();
     let mut released = false;
+    let mut failures = 0u32;
     for (at, event) in events {
         if status == S::Voided || status == S::Refunded {
             return Err(format!("{} after {status:?}", event.name()));
@@ -665,8 +666,9 @@ fn voucher_history(events: &[(Millis, Event)]) -> Result<(), String> {
             Event::Refunded { .. } if released => (&[S::Issued, S::Redeeming, S::Delivered], S::Refunded),
             Event::Refunded { .. } => return Err("Refunded before any key was released".into()),
             Event::VoucherIssued { previous_node: None, .. } => (&[S::Authorized], S::Issued),
-            // A move: only an issued voucher whose keys never went out, to another node.
-            Event::VoucherIssued { previous_node: Some(_), .. } if !released => (&[S::Issued], S::Issued),
+            // A move: an issued voucher whose keys never went out, or whose deliveries
+            // failed past the retries (issued anew).
+            Event::VoucherIssued { previous_node: Some(_), .. } if !released || failures > RETRIES_MAX => (&[S::Issued], S::Issued),
             Event::VoucherIssued { .. } => return Err("moved after a key was released".into()),
             Event::RedemptionAccepted { .. } => (&[S::Issued], S::Redeeming),
             // The domain also accepts a failure report before redemption; it changes nothing.
@@ -697,7 +699,11 @@ fn voucher_history(events: &[(Millis, Event)]) -> Result<(), String> {
                 postings = settled.clone();
             }
             Event::VoucherIssued { node_id, previous_node, .. } => {
-                if previous_node.is_some() && (previous_node != &node || previous_node.as_ref() == Some(node_id)) {
+                let anew = failures > RETRIES_MAX;
+                if previous_node.is_some() {
+                    failures = 0;
+                }
+                if previous_node.is_some() && (previous_node != &node || (previous_node.as_ref() == Some(node_id) && !anew)) {
                     return Err(format!("moved from {previous_node:?} while on {node:?}, to {node_id}"));
                 }
                 node = Some(node_id.clone());
@@ -720,6 +726,7 @@ fn voucher_history(events: &[(Millis, Event)]) -> Result<(), String> {
                 return Err(format!("reversal {reversal:?} does not undo {postings:?}"));
             }
             Event::RedemptionAccepted { .. } => released = true,
+            Event::DeliveryFailed { .. } => failures += 1,
             _ => {}
         }
         status = to;

@@ -760,7 +760,7 @@ fn a_refund_is_the_selling_merchants_with_a_reason_and_not_of_a_voided_voucher()
 // ---------------------------------------------------------------- moving off a node gone
 
 fn moved_by(merchant: Option<crate::ids::MerchantId>, standing: crate::domain::voucher::NodeStanding) -> VoucherCommand {
-    VoucherCommand::Move { merchant, node: other_node(), access_ttl_ms: ACCESS_TTL, old_node: standing }
+    VoucherCommand::Move { merchant, node: other_node(), access_ttl_ms: ACCESS_TTL, old_node: standing, retries_max: RETRIES_MAX }
 }
 
 fn moved_to_other_node(at: Millis) -> Event {
@@ -783,7 +783,7 @@ fn an_issued_voucher_moves_off_a_node_gone_by_its_merchant_or_the_engine() {
     // Not while its node serves it, not by another merchant, not to the node it leaves.
     check::<Voucher>(&song_issued(), moved_by(Some(merchant()), Serving), T0, Err(Rejection::NodeStillServes));
     check::<Voucher>(&song_issued(), moved_by(Some(other_merchant()), Gone), T0, Err(Rejection::NotYourVoucher));
-    let same = VoucherCommand::Move { merchant: None, node: node(), access_ttl_ms: ACCESS_TTL, old_node: Gone };
+    let same = VoucherCommand::Move { merchant: None, node: node(), access_ttl_ms: ACCESS_TTL, old_node: Gone, retries_max: RETRIES_MAX };
     check_invalid::<Voucher>(&song_issued(), same, T0, "node_id");
     // Once the keys went out (a redemption, even a failed delivery since), it stays.
     check::<Voucher>(&song_redeeming(), moved_by(None, Gone), T0, Err(invalid("Move", "Redeeming")));
@@ -845,4 +845,29 @@ fn a_delivered_purchase_is_recovered_by_its_consumer_a_bounded_number_of_times()
     check::<Voucher>(&song_issued(), recover_as(&consumer, &cert, 44), ISSUED_AT, Err(invalid("Recover", "Issued")));
     let state = fold::<Voucher>(&twice);
     assert_eq!((state.status, state.recoveries), (VoucherStatus::Delivered, 2), "a recovery changes nothing else");
+}
+
+#[test]
+fn a_voucher_whose_deliveries_failed_past_the_retries_is_issued_anew_with_fresh_retries() {
+    use crate::domain::voucher::NodeStanding::Serving;
+    // Redeemed and failed RETRIES_MAX + 1 times: the consumer holding the keys is stuck.
+    let mut given = song_issued();
+    for _ in 0..=RETRIES_MAX {
+        given.extend([redemption(), delivery_failed()]);
+    }
+    check::<Voucher>(&given, redeem(), ISSUED_AT, Err(Rejection::DeliveryRetriesExhausted { retries_max: RETRIES_MAX }));
+    // Reissued even while its node serves, even to the same node: fresh retries.
+    let anew = VoucherCommand::Move { merchant: Some(merchant()), node: node(), access_ttl_ms: ACCESS_TTL, old_node: Serving, retries_max: RETRIES_MAX };
+    let decided = crate::domain::voucher::Voucher::decide(&fold::<Voucher>(&given), &anew, T0).expect("issued anew");
+    let after = with(given.clone(), decided.clone());
+    assert!(matches!(&decided[..], [Event::VoucherIssued { previous_node: Some(previous), node_id, .. }] if previous == node_id));
+    assert_eq!(fold::<Voucher>(&after).delivery_failures, 0, "fresh retries");
+    let fresh = redeem_answering(node(), consumer(), cert(), CertCheck::Valid, ProofCheck::Valid, [77; 32]);
+    assert!(fold::<Voucher>(&after).decide(&fresh, ISSUED_AT).is_ok(), "the same consumer redeems again");
+    // Control: one failure short of the limit, the keys stay where they are.
+    let mut short = song_issued();
+    for _ in 0..RETRIES_MAX {
+        short.extend([redemption(), delivery_failed()]);
+    }
+    check::<Voucher>(&short, anew, T0, Err(invalid("Move", "Issued")));
 }
