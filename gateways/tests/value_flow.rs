@@ -780,3 +780,41 @@ async fn the_buyer_recovers_a_lost_copy_a_bounded_number_of_times_and_nobody_els
     node.shutdown().await;
     fixture.engine.shutdown().await.expect("shutdown");
 }
+
+/// A delivery that failed past `delivery.retries_max` left a paying consumer with nothing
+/// to redeem. The merchant's reissue issues the voucher anew (here on the same node, the
+/// only one): a new access token, fresh retries, and the consumer holding its keys redeems.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_voucher_whose_deliveries_failed_past_the_retries_is_reissued_to_its_consumer() {
+    let (mut fixture, node) = start().await;
+    let alice = fixture.passport("alice").await;
+    let operator = Credential::load(&fixture.dir.path().join("keys/operator.cred")).expect("operator");
+    let mut admin = client::admin(fixture.channel.clone(), operator);
+    admin.set_config(pb::SetConfigRequest { request_id: "retries".into(), key: "delivery.retries_max".into(), value: "0".into() }).await.expect("no retries");
+    let sale = fixture.buy("sale-1").await;
+    let mut at_node = player::connect_node(node.endpoint()).await.expect("connect");
+    let reissue = |request_id: &str| pb::IssueVoucherRequest { request_id: request_id.into(), voucher_id: sale.voucher_id.clone(), region: String::new() };
+    // Control first: before any failure the node serves it, so a reissue is refused.
+    assert_eq!(fixture.merchant.issue_voucher(reissue("reissue-0")).await.expect_err("it serves").code(), Code::FailedPrecondition);
+    let redeem = player_redeem(&mut at_node, &sale, &alice, "r1").await;
+    at_node.redeem(redeem).await.expect("alice redeems");
+    let subject = crypto::ProofConsumer::new("alice", &alice.certificate.cert_serial, &alice.certificate.public_key_der);
+    let proof = crypto::confirm_proof(&receipt_of(&sale), &sale.voucher_id, &sale.node_id, &fixture.media_id, &[0; 32], &subject).to_vec();
+    at_node
+        .confirm(pb::ConfirmRequest { grant: Some(sale.grant()), media_id: fixture.media_id.clone(), received_hash: vec![0; 32], proof })
+        .await
+        .expect_err("a wrong hash: the delivery failed");
+    let again = player_redeem(&mut at_node, &sale, &alice, "r2").await;
+    let stuck = at_node.redeem(again).await.expect_err("past the retries");
+    assert_eq!(stuck.code(), Code::FailedPrecondition, "{stuck:?}");
+    // The reissue: a new access token on the node that serves, fresh retries.
+    let anew = fixture.merchant.issue_voucher(reissue("reissue-1")).await.expect("issued anew").into_inner();
+    assert_ne!(anew.access_token, sale.access_token, "a new access window");
+    let reissued = client::Sale { access_token: anew.access_token.clone(), access_expires_at_ms: anew.access_expires_at_ms, ..sale.clone() };
+    let redeem = player_redeem(&mut at_node, &reissued, &alice, "r3").await;
+    let keys = at_node.redeem(redeem).await.expect("alice redeems again").into_inner().keys;
+    assert!(crypto::unwrap_key(&alice.private, &keys[0].wrapped_key).is_ok());
+    assert_eq!(fixture.usages().await, 1, "still one usage");
+    node.shutdown().await;
+    fixture.engine.shutdown().await.expect("shutdown");
+}
