@@ -250,12 +250,19 @@ async fn a_player_redeems_downloads_decrypts_and_confirms_an_album_through_a_nod
         .into_inner();
     assert_eq!(preview.node_id, node.node_id());
     assert_eq!(player::play_preview(node.endpoint(), &preview.preview_id).await.expect("plays"), clip);
-    let preview = fixture
-        .merchant
-        .preview(pb::PreviewRequest { request_id: "preview-2".into(), media_id: b.media_id.clone(), region: String::new() })
-        .await
-        .expect("preview")
-        .into_inner();
+    // The merchant's preview quota on this node is one: the second preview starts once the
+    // node has reported the first ended (the refusal says to retry then), so wait for that.
+    let deadline = std::time::Instant::now() + Duration::from_millis(WAIT_MS);
+    let preview = loop {
+        let request = pb::PreviewRequest { request_id: "preview-2".into(), media_id: b.media_id.clone(), region: String::new() };
+        match fixture.merchant.preview(request).await {
+            Ok(preview) => break preview.into_inner(),
+            Err(refused) if refused.code() == Code::ResourceExhausted && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(refused) => panic!("preview: {refused:?}"),
+        }
+    };
     // Published without a clip: the engine stores none, and the node relays its NotFound.
     let no_clip = player::play_preview(node.endpoint(), &preview.preview_id).await.expect_err("no clip");
     assert_eq!(rpc_code(&no_clip), Some(("PlayPreview", Code::NotFound)), "{no_clip:#}");
