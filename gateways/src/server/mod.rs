@@ -52,8 +52,15 @@ pub const CHUNK_BYTES: usize = 64 * 1024;
 pub const STREAM_BUFFER_MESSAGES: usize = 64;
 /// How long an access token is valid after IssueVoucher.
 pub const ACCESS_TTL_MS: u64 = 10 * 60 * 1000;
-/// Concurrent requests per connection (on top of the server-wide limit).
+/// Concurrent requests per connection (on top of the server-wide limit); also the HTTP/2
+/// `SETTINGS_MAX_CONCURRENT_STREAMS` the engine announces, so a client cannot open more
+/// streams on one connection than it may run.
 pub const REQUESTS_PER_CONNECTION_MAX: usize = 256;
+/// HTTP/2 keepalive: a ping after this much silence on a connection, which is closed when
+/// the ping is not answered within `HTTP2_KEEPALIVE_TIMEOUT`: a dead or stalled peer does
+/// not keep its connection (and the streams on it) forever.
+pub const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+pub const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Longest endpoint a node may announce.
 pub(crate) const ENDPOINT_CHARS_MAX: usize = 256;
 /// Full replays (AuditService Replay and VerifyChain) running at once; more are refused
@@ -366,7 +373,11 @@ pub async fn start(config: EngineConfig, log: Arc<dyn EventLog>, listener: tokio
         .context("server reflection")?;
     // The front door enforces the real limits; tonic's own decoding limit is a backstop.
     let decode_max = config.limits.upload_bytes_max + 1024;
-    let mut builder = tonic::transport::Server::builder().concurrency_limit_per_connection(REQUESTS_PER_CONNECTION_MAX);
+    let mut builder = tonic::transport::Server::builder()
+        .concurrency_limit_per_connection(REQUESTS_PER_CONNECTION_MAX)
+        .max_concurrent_streams(u32::try_from(REQUESTS_PER_CONNECTION_MAX).expect("a small limit fits in u32"))
+        .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT));
     if let Some(tls) = &config.tls {
         builder = builder.tls_config(tls_config(tls)?).context("TLS configuration")?;
     }
