@@ -694,6 +694,8 @@ async fn vouchers_on_a_drained_node_move_to_a_serving_one_by_reissue_or_by_the_e
     assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
     assert_eq!(fixture.head().await, head);
     admin.drain_node(pb::NodeAdminRequest { request_id: "drain-a".into(), node_id: node_a.clone() }).await.expect("drain A");
+    // Which nodes serve is read from the projections: wait until they applied the drain.
+    fixture.engine.state.live.caught_up(engine::ids::Seq(fixture.head().await)).await;
 
     // The merchant's reissue moves the first voucher to B: a new node and token.
     let moved = fixture.merchant.issue_voucher(reissue("reissue-1", &first.voucher_id)).await.expect("moved").into_inner();
