@@ -756,12 +756,7 @@ impl Market {
         // A unit binds only to a device the operator certified: its key is the certificate's.
         crate::domain::validate::id("device_cert_serial", &device_cert_serial.0)?;
         let device = self.handler.load::<Consumer>(device_id).await?;
-        match device.state.cert_check(device_cert_serial, self.now()) {
-            CertCheck::Valid => {}
-            CertCheck::Revoked => return Err(Rejection::CertRevoked.into()),
-            CertCheck::NotValid => return Err(Rejection::CertNotValid.into()),
-            CertCheck::Unknown => return Err(Rejection::NotFound { kind: "device certificate", id: device_cert_serial.0.clone() }.into()),
-        }
+        device.state.cert_check(device_cert_serial, self.now()).require("device certificate", device_cert_serial)?;
         let certified = device.state.certs.get(device_cert_serial).map(|cert| cert.public_key_der.clone()).unwrap_or_default();
         drop(device);
         if !device_public_key_der.is_empty() && device_public_key_der != certified.as_slice() {
@@ -908,12 +903,7 @@ impl Market {
             if !same {
                 return Err(Rejection::AlreadyRedeemed.into());
             }
-            match cert {
-                CertCheck::Valid => {}
-                CertCheck::Revoked => return Err(Rejection::CertRevoked.into()),
-                CertCheck::NotValid => return Err(Rejection::CertNotValid.into()),
-                CertCheck::Unknown => return Err(Rejection::NotFound { kind: "certificate", id: cert_serial.0.clone() }.into()),
-            }
+            cert.require("certificate", cert_serial)?;
             if proof_check != ProofCheck::Valid {
                 return Err(Rejection::BadProof.into());
             }

@@ -112,6 +112,19 @@ pub enum CertCheck {
     Unknown,
 }
 
+impl CertCheck {
+    /// `Ok` for a valid certificate, else the precise refusal (`kind` names what the
+    /// certificate is for in a NotFound: "certificate", "device certificate").
+    pub fn require(self, kind: &'static str, serial: &CertSerial) -> Result<(), Rejection> {
+        match self {
+            CertCheck::Valid => Ok(()),
+            CertCheck::Revoked => Err(Rejection::CertRevoked),
+            CertCheck::NotValid => Err(Rejection::CertNotValid),
+            CertCheck::Unknown => Err(Rejection::NotFound { kind, id: serial.0.clone() }),
+        }
+    }
+}
+
 /// The receipt proof's verdict, computed by the shell (crypto is not the domain's job).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProofCheck {
@@ -366,12 +379,7 @@ impl Voucher {
             VoucherStatus::Redeeming => return Err(Rejection::AlreadyRedeemed),
             _ => return Err(self.transition("Redeem")),
         };
-        match redeem.cert {
-            CertCheck::Valid => {}
-            CertCheck::Revoked => return Err(Rejection::CertRevoked),
-            CertCheck::NotValid => return Err(Rejection::CertNotValid),
-            CertCheck::Unknown => return Err(Rejection::NotFound { kind: "certificate", id: redeem.cert_serial.0.clone() }),
-        }
+        redeem.cert.require("certificate", &redeem.cert_serial)?;
         if redeem.proof != ProofCheck::Valid {
             return Err(Rejection::BadProof);
         }
@@ -410,12 +418,7 @@ impl Voucher {
         if self.recoveries >= recoveries_max {
             return Err(Rejection::RecoveriesExhausted { recoveries_max });
         }
-        match redeem.cert {
-            CertCheck::Valid => {}
-            CertCheck::Revoked => return Err(Rejection::CertRevoked),
-            CertCheck::NotValid => return Err(Rejection::CertNotValid),
-            CertCheck::Unknown => return Err(Rejection::NotFound { kind: "certificate", id: redeem.cert_serial.0.clone() }),
-        }
+        redeem.cert.require("certificate", &redeem.cert_serial)?;
         if redeem.proof != ProofCheck::Valid {
             return Err(Rejection::BadProof);
         }
