@@ -15,7 +15,7 @@ use crate::clock::Clock;
 use crate::crypto;
 use crate::domain::{Actor, Aggregate, AggregateRef, Event, Outcome, Recorded, Rejection, Root};
 use crate::ids::{Millis, RequestId, Seq, idempotency_key};
-use crate::log::{AppendError, AppendRequest, EventLog, Expected, ReadError};
+use crate::log::{AppendError, AppendRequest, EventLog, Expected, ReadError, StoredEvent};
 use crate::wire;
 use std::any::Any;
 use std::num::NonZeroUsize;
@@ -130,12 +130,7 @@ impl Handler {
     pub async fn load_fresh<A: Aggregate>(&self, id: &str) -> Result<Arc<Root<A>>, HandleError> {
         let aggregate = AggregateRef::new(A::KIND, id);
         let stored = self.log.read_subject(&aggregate.subject()).await?;
-        let mut root = Root::<A>::default();
-        for event in stored {
-            let recorded = wire::decode(&event.payload).map_err(|error| HandleError::Decode { seq: event.seq, error })?;
-            root.apply(event.seq, &recorded);
-        }
-        let root = Arc::new(root);
+        let root = Arc::new(fold_stored::<A>(stored)?);
         self.remember(aggregate, Arc::clone(&root));
         Ok(root)
     }
@@ -157,12 +152,7 @@ impl Handler {
         if stored.is_empty() {
             return Ok(None);
         }
-        let mut root = Root::<A>::default();
-        for event in stored {
-            let recorded = wire::decode(&event.payload).map_err(|error| HandleError::Decode { seq: event.seq, error })?;
-            root.apply(event.seq, &recorded);
-        }
-        let root = Arc::new(root);
+        let root = Arc::new(fold_stored::<A>(stored)?);
         self.remember(aggregate, Arc::clone(&root));
         Ok(Some(root))
     }
@@ -296,6 +286,16 @@ fn event_id_of(idempotency_key: &str) -> [u8; 16] {
     let mut id = [0u8; 16];
     id.copy_from_slice(&hash[..16]);
     id
+}
+
+/// An aggregate rebuilt from its stored events, in order.
+fn fold_stored<A: Aggregate>(stored: Vec<StoredEvent>) -> Result<Root<A>, HandleError> {
+    let mut root = Root::<A>::default();
+    for event in stored {
+        let recorded = wire::decode(&event.payload).map_err(|error| HandleError::Decode { seq: event.seq, error })?;
+        root.apply(event.seq, &recorded);
+    }
+    Ok(root)
 }
 
 #[cfg(test)]
