@@ -53,6 +53,10 @@ pub const RETRIES_MAX_KEY: &str = "delivery.retries_max";
 pub const RECOVERIES_MAX_KEY: &str = "delivery.recoveries_max";
 pub const RECOVERIES_MAX_DEFAULT: u32 = 3;
 /// `delivery.retries_max` as configured (unbounded when never set).
+fn recoveries_max_of(config: &Config) -> u32 {
+    config.get(RECOVERIES_MAX_KEY).map_or(RECOVERIES_MAX_DEFAULT, |max| u32::try_from(max).unwrap_or(u32::MAX))
+}
+
 fn retries_max_of(config: &Config) -> u32 {
     config.get(RETRIES_MAX_KEY).map_or(u32::MAX, |max| u32::try_from(max).unwrap_or(u32::MAX))
 }
@@ -875,7 +879,7 @@ impl Market {
         };
         let config = self.config().await?;
         let retries_max = retries_max_of(&config);
-        let recoveries_max = config.get(RECOVERIES_MAX_KEY).map_or(RECOVERIES_MAX_DEFAULT, |max| u32::try_from(max).unwrap_or(u32::MAX));
+        let recoveries_max = recoveries_max_of(&config);
         // The handler builds the next state in place when it holds the only reference.
         drop((root, consumer_root));
         let redeem = Redeem {

@@ -45,6 +45,12 @@ pub trait Allocator: Send + Sync + 'static {
         let _ = node;
         true
     }
+    /// Silent past the heartbeat timeout (`NodeHealth::silent`): it finishes nothing, so
+    /// even vouchers under way there move. Test doubles: never.
+    fn silent(&self, node: &NodeId) -> bool {
+        let _ = node;
+        false
+    }
 }
 
 /// The slots side of placement, implemented by the allocation projection: a choice among
@@ -175,6 +181,10 @@ impl Allocator for HealthyAllocator {
 
     fn serves(&self, node: &NodeId) -> bool {
         self.slots.is_active(node) && !self.health.silent(node)
+    }
+
+    fn silent(&self, node: &NodeId) -> bool {
+        self.health.silent(node)
     }
 
     fn cancel(&self, holder: &str) {

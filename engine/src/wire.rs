@@ -337,6 +337,12 @@ fn event_to_pb(event: &Event) -> E {
         }
         Event::AuditorRevoked { auditor_id, reason } => E::AuditorRevoked(pb::AuditorRevoked { auditor_id: auditor_id.0.clone(), reason: reason.clone() }),
         Event::AccessLapsed { voucher_id, node_id } => E::AccessLapsed(pb::AccessLapsed { voucher_id: voucher_id.0.clone(), node_id: node_id.0.clone() }),
+        Event::AccessRenewed { voucher_id, node_id, previous_node, access_expires_at } => E::AccessRenewed(pb::AccessRenewed {
+            voucher_id: voucher_id.0.clone(),
+            node_id: node_id.0.clone(),
+            previous_node_id: previous_node.as_ref().map(|node| node.0.clone()).unwrap_or_default(),
+            access_expires_at_ms: access_expires_at.0,
+        }),
         Event::NodeRegistered { node_id, region, slots_max, credential_hash } => E::NodeRegistered(pb::NodeRegistered {
             node_id: node_id.0.clone(),
             region: region.clone(),
@@ -534,6 +540,12 @@ fn event_of_pb(event: E) -> Result<Event, DecodeError> {
         }
         E::AuditorRevoked(e) => Event::AuditorRevoked { auditor_id: AuditorId(e.auditor_id), reason: e.reason },
         E::AccessLapsed(e) => Event::AccessLapsed { voucher_id: VoucherId(e.voucher_id), node_id: NodeId(e.node_id) },
+        E::AccessRenewed(e) => Event::AccessRenewed {
+            voucher_id: VoucherId(e.voucher_id),
+            node_id: NodeId(e.node_id),
+            previous_node: (!e.previous_node_id.is_empty()).then_some(NodeId(e.previous_node_id)),
+            access_expires_at: Millis(e.access_expires_at_ms),
+        },
         E::NodeRegistered(e) => Event::NodeRegistered {
             node_id: NodeId(e.node_id),
             region: e.region,

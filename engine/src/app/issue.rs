@@ -18,12 +18,25 @@ impl Market {
         // Issued to a node that no longer serves it (drained, removed, silent), keys never
         // released; or its deliveries failed past the retries: a reissue issues it anew.
         let retries_max = self.retries_max().await?;
-        let issued = root.state.status == voucher::VoucherStatus::Issued;
-        let gone = root.state.released_to.is_none() && root.state.node.as_ref().is_some_and(|node| !self.allocator.serves(node));
+        // Issued, or under way on a node that finishes nothing (removed, silent): likewise.
+        let standing = match &root.state.node {
+            Some(node) => self.standing(node).await?,
+            None => voucher::NodeStanding::Serving,
+        };
+        let status = root.state.status;
+        let issued = status == voucher::VoucherStatus::Issued;
+        let gone = root.state.released_to.is_none() && standing != voucher::NodeStanding::Serving;
         let exhausted = root.state.released_to.is_some() && root.state.delivery_failures > retries_max;
-        if issued && (gone || exhausted) {
+        let dead = standing == voucher::NodeStanding::Dead && status == voucher::VoucherStatus::Redeeming;
+        if (issued && (gone || exhausted || standing == voucher::NodeStanding::Dead)) || dead {
             drop(root);
             return self.relocate(Some(merchant), request, voucher_id, region, access_ttl_ms).await;
+        }
+        // Delivered: the access renewed, so its consumer can recover a lost copy after the
+        // window (on another node if the one that delivered it no longer serves).
+        if status == voucher::VoucherStatus::Delivered {
+            drop(root);
+            return self.renew_access(merchant, request, voucher_id, region, access_ttl_ms, standing).await;
         }
         let (node, held) = match &root.state.node {
             // Already issued: the retry is answered (or another request refused) by decide.
@@ -53,9 +66,10 @@ impl Market {
         access_ttl_ms: u64,
     ) -> Result<IssueAnswer, AppError> {
         let by = merchant.map_or_else(Actor::engine, |merchant| actor(ActorKind::Merchant, &merchant.0));
-        let old_node = match &self.voucher_of(voucher_id).await?.state.node {
-            Some(node) if !self.allocator.serves(node) => voucher::NodeStanding::Gone,
-            _ => voucher::NodeStanding::Serving,
+        let current = self.voucher_of(voucher_id).await?.state.node.clone();
+        let old_node = match &current {
+            Some(node) => self.standing(node).await?,
+            None => voucher::NodeStanding::Serving,
         };
         let node = self.allocator.choose(region, &voucher_id.0).ok_or(Rejection::NoNodeAvailable)?;
         let retries_max = self.retries_max().await?;
@@ -81,6 +95,43 @@ impl Market {
             }
         }
         Ok(moved)
+    }
+
+    /// Renews a delivered voucher's access (`VoucherCommand::RenewAccess`): on the node that
+    /// delivered it while that serves, else on a new choice (its slot hold given back at
+    /// once: a recovery holds no slot).
+    async fn renew_access(
+        &self,
+        merchant: &MerchantId,
+        request: &RequestId,
+        voucher_id: &VoucherId,
+        region: Option<&str>,
+        access_ttl_ms: u64,
+        old_node: voucher::NodeStanding,
+    ) -> Result<IssueAnswer, AppError> {
+        let current = self.voucher_of(voucher_id).await?.state.node.clone().ok_or(Rejection::NoNodeAvailable)?;
+        let node = if old_node == voucher::NodeStanding::Serving {
+            current
+        } else {
+            let chosen = self.allocator.choose(region, &voucher_id.0).ok_or(Rejection::NoNodeAvailable);
+            self.allocator.cancel(&voucher_id.0);
+            chosen?
+        };
+        let recoveries_max = recoveries_max_of(&self.config().await?);
+        let command = VoucherCommand::RenewAccess { merchant: merchant.clone(), node, access_ttl_ms, old_node, recoveries_max };
+        let by = actor(ActorKind::Merchant, &merchant.0);
+        let handled = self.handler.handle::<Voucher>(&voucher_id.0, &by, request, &command).await?;
+        self.issue_answer(voucher_id, &handled.root.state)
+    }
+
+    /// How the node a voucher sits on stands: serving; drained (finishes what it
+    /// started); or removed or silent (finishes nothing).
+    pub(crate) async fn standing(&self, node: &NodeId) -> Result<voucher::NodeStanding, AppError> {
+        if self.allocator.serves(node) {
+            return Ok(voucher::NodeStanding::Serving);
+        }
+        let removed = self.handler.load::<Node>(&node.0).await?.state.status == NodeStatus::Removed;
+        Ok(if removed || self.allocator.silent(node) { voucher::NodeStanding::Dead } else { voucher::NodeStanding::Gone })
     }
 
     fn issue_answer(&self, voucher_id: &VoucherId, state: &Voucher) -> Result<IssueAnswer, AppError> {

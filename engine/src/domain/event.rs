@@ -268,6 +268,15 @@ pub enum Event {
         voucher_id: VoucherId,
         node_id: NodeId,
     },
+    /// A delivered voucher's access renewed for a lost copy's recovery after its window:
+    /// on `node_id` until `access_expires_at`; `previous_node` when the node that delivered
+    /// it no longer serves (its tokens stop working). No slot, no usage.
+    AccessRenewed {
+        voucher_id: VoucherId,
+        node_id: NodeId,
+        previous_node: Option<NodeId>,
+        access_expires_at: Millis,
+    },
     AuditorRevoked {
         auditor_id: AuditorId,
         reason: String,
@@ -496,7 +505,8 @@ impl Event {
             | Event::RedemptionAccepted { voucher_id, .. }
             | Event::DeliveryFailed { voucher_id, .. }
             | Event::Delivered { voucher_id, .. }
-            | Event::AccessLapsed { voucher_id, .. } => (K::Voucher, voucher_id.as_str()),
+            | Event::AccessLapsed { voucher_id, .. }
+            | Event::AccessRenewed { voucher_id, .. } => (K::Voucher, voucher_id.as_str()),
             Event::PreviewStarted { preview_id, .. } | Event::PreviewEnded { preview_id, .. } => (K::Preview, preview_id.as_str()),
             Event::RightsReportSealed(_) => (K::Report, "rights"),
             Event::PointsCredited { account_id, .. }
@@ -520,6 +530,7 @@ impl Event {
             Event::AuditorRegistered { .. } => "AuditorRegistered",
             Event::AuditorRevoked { .. } => "AuditorRevoked",
             Event::AccessLapsed { .. } => "AccessLapsed",
+            Event::AccessRenewed { .. } => "AccessRenewed",
             Event::NodeRegistered { .. } => "NodeRegistered",
             Event::NodeCapacityChanged { .. } => "NodeCapacityChanged",
             Event::NodeDrained { .. } => "NodeDrained",

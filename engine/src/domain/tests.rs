@@ -3,6 +3,7 @@
 //! voucher lifecycle with a shared points account.
 
 mod account_rules;
+mod after_sale_rules;
 mod config_report_rules;
 mod fixtures;
 mod lifecycle_model;

@@ -6,6 +6,10 @@
 //!   Issued -Redeem-> Redeeming(node, consumer) -CompleteDelivery (last item)-> Delivered
 //!   Redeeming -FailDelivery-> Issued
 //!   Issued -LapseAccess (access window over)-> Authorized (issue it anew)
+//!   Issued -IssueVoucher (window open, same node)-> Issued (the token again; no event)
+//!   Issued|Redeeming -Move (node drained/removed/silent; see NodeStanding)-> Issued(new node)
+//!   Issued|Redeeming|Delivered (keys released) -Refund/Chargeback-> Refunded
+//!   Delivered -Recover-> Delivered (a lost copy);  Delivered -RenewAccess-> Delivered(node)
 //! ```
 //! A voucher is delivered at most once (each of its media at most once); a Voided voucher
 //! is never authorized or delivered; an Authorize after `expires_at` is refused; only the
@@ -98,8 +102,11 @@ pub struct Voucher {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NodeStanding {
     Serving,
-    /// Drained, removed, or silent past `node.heartbeat_timeout_ms`.
+    /// Drained: takes nothing new, finishes what it started (a delivery under way).
     Gone,
+    /// Removed, or silent past `node.heartbeat_timeout_ms`: finishes nothing, so even a
+    /// voucher whose keys it released moves (to the consumer that holds them).
+    Dead,
 }
 
 /// The consumer certificate's standing at decision time, looked up by the shell.
@@ -210,6 +217,16 @@ pub enum VoucherCommand {
         old_node: NodeStanding,
         /// `delivery.retries_max`: a voucher whose deliveries failed past it is issued anew.
         retries_max: u32,
+    },
+    /// A delivered voucher's access renewed so its consumer can recover a lost copy after
+    /// the window (`Recover`): on `node`, the node it was delivered by while that serves
+    /// (`old_node`), else the allocator's new choice. Needs a recovery left.
+    RenewAccess {
+        merchant: MerchantId,
+        node: NodeId,
+        access_ttl_ms: u64,
+        old_node: NodeStanding,
+        recoveries_max: u32,
     },
     /// `node` is the allocator's choice, recorded in the event so replay never re-decides.
     Issue {
@@ -436,6 +453,44 @@ impl Voucher {
         }])
     }
 
+    fn decide_renew(
+        &self,
+        merchant: &MerchantId,
+        node: &NodeId,
+        access_ttl_ms: u64,
+        old_node: NodeStanding,
+        recoveries_max: u32,
+        now: Millis,
+    ) -> Result<Vec<Event>, Rejection> {
+        self.owned_by(merchant)?;
+        if self.status != VoucherStatus::Delivered {
+            return Err(self.transition("IssueVoucher"));
+        }
+        if self.recoveries >= recoveries_max {
+            return Err(Rejection::RecoveriesExhausted { recoveries_max });
+        }
+        validate::id("node_id", &node.0)?;
+        let current = self.node.clone().ok_or_else(|| self.transition("IssueVoucher"))?;
+        let serving = old_node == NodeStanding::Serving;
+        if serving != (*node == current) {
+            let reason = if serving { "must be the node the voucher was delivered by, which still serves it" } else { "is the node the voucher leaves" };
+            return Err(Rejection::InvalidArgument { field: "node_id", reason: reason.into() });
+        }
+        if serving && now <= self.access_expires_at {
+            // The window is still open: the access token the merchant asks for is the one it has.
+            return Ok(vec![]);
+        }
+        if access_ttl_ms == 0 || access_ttl_ms > ACCESS_TTL_MS_MAX {
+            return Err(Rejection::InvalidArgument { field: "access_ttl_ms", reason: format!("must be 1..={ACCESS_TTL_MS_MAX}") });
+        }
+        Ok(vec![Event::AccessRenewed {
+            voucher_id: self.id_or_empty(),
+            node_id: node.clone(),
+            previous_node: (!serving).then_some(current),
+            access_expires_at: now.plus_ms(access_ttl_ms),
+        }])
+    }
+
     fn decide_complete(&self, complete: &CompleteDelivery) -> Result<Vec<Event>, Rejection> {
         self.assigned_to(&complete.node)?;
         let known = self.items.iter().any(|item| item.media_id == complete.media_id);
@@ -535,6 +590,11 @@ impl Aggregate for Voucher {
             }
             VoucherCommand::Issue { merchant, node, access_ttl_ms } => {
                 self.owned_by(merchant)?;
+                // Already issued to this node, its window open: the merchant asks again for
+                // the access token (after the engine moved it, say); nothing to record.
+                if self.status == VoucherStatus::Issued && self.node.as_ref() == Some(node) && now <= self.access_expires_at {
+                    return Ok(vec![]);
+                }
                 if self.status != VoucherStatus::Authorized {
                     return Err(self.transition("IssueVoucher"));
                 }
@@ -562,8 +622,11 @@ impl Aggregate for Voucher {
                 // keys went out stays with the node that released them, unless its deliveries
                 // failed past the retries: then it is issued anew (to the same consumer, with
                 // fresh retries), even on the same node.
+                // A node that finishes nothing (removed, silent) lets go of a voucher under
+                // way too: its keys' consumer redeems again at the new node (not a new usage).
                 let exhausted = self.released_to.is_some() && self.delivery_failures > *retries_max;
-                if self.status != VoucherStatus::Issued || (self.released_to.is_some() && !exhausted) {
+                let dead = *old_node == NodeStanding::Dead && matches!(self.status, VoucherStatus::Issued | VoucherStatus::Redeeming);
+                if !dead && (self.status != VoucherStatus::Issued || (self.released_to.is_some() && !exhausted)) {
                     return Err(self.transition("Move"));
                 }
                 if *old_node == NodeStanding::Serving && !exhausted {
@@ -585,6 +648,9 @@ impl Aggregate for Voucher {
                     access_expires_at: now.plus_ms(*access_ttl_ms),
                     previous_node: Some(previous),
                 }])
+            }
+            VoucherCommand::RenewAccess { merchant, node, access_ttl_ms, old_node, recoveries_max } => {
+                self.decide_renew(merchant, node, *access_ttl_ms, *old_node, *recoveries_max, now)
             }
             VoucherCommand::Redeem(redeem) => self.decide_redeem(redeem),
             VoucherCommand::Recover { redeem, recoveries_max } => self.decide_recover(redeem, *recoveries_max),
@@ -647,6 +713,12 @@ impl Aggregate for Voucher {
                 self.status = VoucherStatus::Issued;
                 self.node = Some(node_id.clone());
                 self.access_expires_at = *access_expires_at;
+                self.consumer = None;
+            }
+            Event::AccessRenewed { node_id, previous_node, access_expires_at, .. } => {
+                self.moved_from.extend(previous_node.iter().filter(|previous| *previous != node_id).cloned());
+                self.node = Some(node_id.clone());
+                self.access_expires_at = *access_expires_at;
             }
             Event::RedemptionAccepted { consumer_id, cert_serial, challenge_hash, .. } => {
                 self.status = VoucherStatus::Redeeming;
@@ -689,6 +761,8 @@ impl Aggregate for Voucher {
             // to Issue once the voucher sits on a serving node, is the same command.
             VoucherCommand::Move { merchant: Some(_), .. } => "IssueVoucher",
             VoucherCommand::Move { merchant: None, .. } => "MoveVoucher",
+            // Asked for with IssueVoucher, like a reissue.
+            VoucherCommand::RenewAccess { .. } => "IssueVoucher",
             VoucherCommand::Redeem(_) => "Redeem",
             VoucherCommand::Recover { .. } => "Recover",
             VoucherCommand::FailDelivery { .. } => "FailDelivery",

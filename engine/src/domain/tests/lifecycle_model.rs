@@ -10,7 +10,9 @@ use crate::domain::catalog::Media;
 use crate::domain::catalog::tests::sample;
 use crate::domain::event::{Actor, ActorKind, Event, Payment, Posting, Recorded, VoidReason};
 use crate::domain::settlement::balanced;
-use crate::domain::voucher::{Authorize, CertCheck, CompleteDelivery, ProofCheck, Redeem, Reserve, Voucher, VoucherCommand, VoucherStatus, reverse};
+use crate::domain::voucher::{
+    Authorize, CertCheck, CompleteDelivery, NodeStanding, ProofCheck, Redeem, Reserve, Voucher, VoucherCommand, VoucherStatus, reverse,
+};
 use crate::domain::{Aggregate, Outcome, Rejection, Root, fold};
 use crate::ids::{AccountId, CertSerial, ConsumerId, MediaId, MerchantId, Millis, NodeId, RequestId, Seq, VoucherId};
 use proptest::prelude::*;
@@ -88,11 +90,20 @@ enum Op {
         v: usize,
         consumer: usize,
     },
-    /// Moves `v` to node `node` as if its node were gone (`gone`) or still serving.
+    /// Moves `v` to node `node` as if its node were serving (0), drained (1), or removed
+    /// or silent (2).
     Move {
         v: usize,
         node: usize,
-        gone: bool,
+        standing: u8,
+    },
+    /// `v`'s merchant (or, not `right`, the other one) renews a delivered voucher's access
+    /// on `node`, its node standing as in `Move`.
+    Renew {
+        v: usize,
+        right: bool,
+        node: usize,
+        standing: u8,
     },
     Expire {
         v: usize,
@@ -155,7 +166,8 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (0..VOUCHERS, right()).prop_map(|(v, right)| Op::Authorize { v, right }),
         1 => (0..VOUCHERS, right()).prop_map(|(v, right)| Op::Void { v, right }),
         1 => (0..VOUCHERS, right(), any::<bool>()).prop_map(|(v, right, chargeback)| Op::Refund { v, right, chargeback }),
-        1 => (0..VOUCHERS, 0..2usize, prop::bool::weighted(0.8)).prop_map(|(v, node, gone)| Op::Move { v, node, gone }),
+        1 => (0..VOUCHERS, 0..2usize, 0..3u8).prop_map(|(v, node, standing)| Op::Move { v, node, standing }),
+        1 => (0..VOUCHERS, right(), 0..2usize, 0..3u8).prop_map(|(v, right, node, standing)| Op::Renew { v, right, node, standing }),
         1 => (0..VOUCHERS, 0..2usize).prop_map(|(v, consumer)| Op::Recover { v, consumer }),
         1 => (0..VOUCHERS).prop_map(|v| Op::Expire { v }),
         3 => (0..VOUCHERS, right(), 0..2usize, prop::bool::weighted(0.9))
@@ -212,6 +224,8 @@ struct Coverage {
     refunded_after_authorize: Cell<u32>,
     refunded_after_release: Cell<u32>,
     moved: Cell<u32>,
+    moved_under_way: Cell<u32>,
+    renewed: Cell<u32>,
     recovered: Cell<u32>,
     points_posted: Cell<u32>,
     insufficient_points: Cell<u32>,
@@ -473,15 +487,43 @@ impl World {
                     bump(&coverage.recovered);
                 }
             }
-            Op::Move { v, node: n, gone } => {
-                let standing = if gone { crate::domain::voucher::NodeStanding::Gone } else { crate::domain::voucher::NodeStanding::Serving };
-                let command = VoucherCommand::Move { merchant: None, node: node(n), access_ttl_ms: 3_600_000, old_node: standing, retries_max: RETRIES_MAX };
+            Op::Move { v, node: n, standing } => {
+                let state = &self.vouchers[v].root.state;
+                let (released, exhausted) = (state.released_to.is_some(), state.delivery_failures > RETRIES_MAX);
+                let old_node = standing_of(standing);
+                let command = VoucherCommand::Move { merchant: None, node: node(n), access_ttl_ms: 3_600_000, old_node, retries_max: RETRIES_MAX };
                 let decided = self.voucher_step(v, Actor::engine(), command)?;
-                if !gone {
-                    prop_assert!(decided.as_ref().is_err(), "moved off a node that still serves it");
+                let moved = decided.is_ok_and(|events| !events.is_empty());
+                if old_node == NodeStanding::Serving {
+                    prop_assert!(!moved || exhausted, "moved off a node that still serves it");
+                }
+                // Keys out: only a node that finishes nothing lets go (or retries ran out).
+                prop_assert!(!moved || !released || exhausted || old_node == NodeStanding::Dead, "a delivery under way moved off a node {old_node:?}");
+                if moved {
+                    bump(&coverage.moved);
+                    if released {
+                        bump(&coverage.moved_under_way);
+                    }
+                }
+            }
+            Op::Renew { v, right, node: n, standing } => {
+                let by = self.owner_or(v, right);
+                let state = &self.vouchers[v].root.state;
+                let (exists, delivered) = (state.status != VoucherStatus::None, state.status == VoucherStatus::Delivered);
+                let command = VoucherCommand::RenewAccess {
+                    merchant: by.clone(),
+                    node: node(n),
+                    access_ttl_ms: 3_600_000,
+                    old_node: standing_of(standing),
+                    recoveries_max: 2,
+                };
+                let decided = self.voucher_step(v, shop(&by), command)?;
+                if exists && !right {
+                    prop_assert_eq!(&decided, &Err(Rejection::NotYourVoucher), "another merchant renewed");
                 }
                 if decided.is_ok_and(|events| !events.is_empty()) {
-                    bump(&coverage.moved);
+                    prop_assert!(delivered, "renewed a voucher not delivered");
+                    bump(&coverage.renewed);
                 }
             }
             Op::Expire { v } => {
@@ -667,9 +709,11 @@ fn voucher_history(events: &[(Millis, Event)]) -> Result<(), String> {
             Event::Refunded { .. } => return Err("Refunded before any key was released".into()),
             Event::VoucherIssued { previous_node: None, .. } => (&[S::Authorized], S::Issued),
             // A move: an issued voucher whose keys never went out, or whose deliveries
-            // failed past the retries (issued anew).
+            // failed past the retries (issued anew); or, off a node that finishes nothing,
+            // one under way (which node stood how is checked where the move is decided).
             Event::VoucherIssued { previous_node: Some(_), .. } if !released || failures > RETRIES_MAX => (&[S::Issued], S::Issued),
-            Event::VoucherIssued { .. } => return Err("moved after a key was released".into()),
+            Event::VoucherIssued { .. } => (&[S::Issued, S::Redeeming], S::Issued),
+            Event::AccessRenewed { .. } => (&[S::Delivered], S::Delivered),
             Event::RedemptionAccepted { .. } => (&[S::Issued], S::Redeeming),
             // The domain also accepts a failure report before redemption; it changes nothing.
             Event::DeliveryFailed { .. } => (&[S::Redeeming, S::Issued], S::Issued),
@@ -707,6 +751,19 @@ fn voucher_history(events: &[(Millis, Event)]) -> Result<(), String> {
                     return Err(format!("moved from {previous_node:?} while on {node:?}, to {node_id}"));
                 }
                 node = Some(node_id.clone());
+            }
+            Event::AccessRenewed { node_id, previous_node, .. } => {
+                if previous_node.is_some() && (previous_node != &node || previous_node.as_ref() == Some(node_id)) {
+                    return Err(format!("access renewed from {previous_node:?} while on {node:?}, to {node_id}"));
+                }
+                if previous_node.is_none() && node.as_ref() != Some(node_id) {
+                    return Err(format!("access renewed on {node_id} while on {node:?} without a move"));
+                }
+                node = Some(node_id.clone());
+            }
+            // The keys go out once: a redemption after the first releases nothing anew.
+            Event::RedemptionAccepted { released_media, .. } if released && !released_media.is_empty() => {
+                return Err(format!("keys of {released_media:?} released a second time"));
             }
             Event::RedemptionAccepted { node_id, .. } if node.as_ref() != Some(node_id) => {
                 return Err(format!("redeemed on {node_id} while assigned to {node:?}"));
@@ -788,6 +845,10 @@ fn account_history(events: &[(Millis, Event)], account: &Account) -> Result<(), 
     Ok(())
 }
 
+fn standing_of(standing: u8) -> NodeStanding {
+    [NodeStanding::Serving, NodeStanding::Gone, NodeStanding::Dead][usize::from(standing % 3)]
+}
+
 fn ops() -> impl Strategy<Value = Vec<Op>> {
     prop::collection::vec(op(), 1..100)
 }
@@ -815,6 +876,8 @@ fn lifecycle_rules_hold_under_any_interleaving() {
         ("refunds after authorize", &coverage.refunded_after_authorize),
         ("refunds after a release", &coverage.refunded_after_release),
         ("vouchers moved off a node gone", &coverage.moved),
+        ("deliveries under way moved off a node that finishes nothing", &coverage.moved_under_way),
+        ("delivered vouchers' access renewed", &coverage.renewed),
         ("lost copies recovered", &coverage.recovered),
         ("points posted", &coverage.points_posted),
         ("insufficient points", &coverage.insufficient_points),

@@ -330,8 +330,14 @@ fn issue_before_authorize_is_an_invalid_transition() {
 }
 
 #[test]
-fn issue_twice_is_an_invalid_transition() {
-    check::<Voucher>(&song_issued(), issue_by(merchant(), node(), ACCESS_TTL), ISSUED_AT, Err(invalid("IssueVoucher", "Issued")));
+fn issue_of_an_issued_voucher_answers_its_token_again_while_the_window_is_open_and_records_nothing() {
+    // The merchant asks again (after the engine moved it, say): nothing to record.
+    check::<Voucher>(&song_issued(), issue_by(merchant(), node(), ACCESS_TTL), ISSUED_AT, Ok(vec![]));
+    // Not to another node, not after the window (the sweeper lapses it first), not by another merchant.
+    check::<Voucher>(&song_issued(), issue_by(merchant(), other_node(), ACCESS_TTL), ISSUED_AT, Err(invalid("IssueVoucher", "Issued")));
+    let after = Millis(ISSUED_AT.0 + ACCESS_TTL as i64 + 1);
+    check::<Voucher>(&song_issued(), issue_by(merchant(), node(), ACCESS_TTL), after, Err(invalid("IssueVoucher", "Issued")));
+    check::<Voucher>(&song_issued(), issue_by(other_merchant(), node(), ACCESS_TTL), ISSUED_AT, Err(Rejection::NotYourVoucher));
 }
 
 #[test]

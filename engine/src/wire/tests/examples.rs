@@ -20,7 +20,7 @@ use std::collections::BTreeSet;
 /// How many variants `Event` has. Adding a variant stops `variant_index` from compiling:
 /// give the new variant the next index, raise this count, add a hand-written example with
 /// its protobuf counterpart to `examples` and an arm to `arb_event`.
-pub(super) const VARIANT_COUNT: usize = 35;
+pub(super) const VARIANT_COUNT: usize = 36;
 
 /// The position of an event's variant, by a `match` with no wildcard arm, so that a new
 /// variant cannot be added without these tests being told about it.
@@ -61,6 +61,7 @@ pub(super) fn variant_index(event: &Event) -> usize {
         Event::MerchantReinstated { .. } => 32,
         Event::Refunded { .. } => 33,
         Event::CopyRecovered { .. } => 34,
+        Event::AccessRenewed { .. } => 35,
     }
 }
 
@@ -222,6 +223,20 @@ pub(super) fn examples() -> Vec<(Event, E)> {
         (
             Event::AccessLapsed { voucher_id: VoucherId::new("vou-1"), node_id: NodeId::new("node-1") },
             E::AccessLapsed(pb::AccessLapsed { voucher_id: "vou-1".into(), node_id: "node-1".into() }),
+        ),
+        (
+            Event::AccessRenewed {
+                voucher_id: VoucherId::new("vou-1"),
+                node_id: NodeId::new("node-2"),
+                previous_node: Some(NodeId::new("node-1")),
+                access_expires_at: Millis(1_700_000_300_000),
+            },
+            E::AccessRenewed(pb::AccessRenewed {
+                voucher_id: "vou-1".into(),
+                node_id: "node-2".into(),
+                previous_node_id: "node-1".into(),
+                access_expires_at_ms: 1_700_000_300_000,
+            }),
         ),
         (
             Event::NodeRegistered { node_id: NodeId::new("node-1"), region: "eu-west".into(), slots_max: 64, credential_hash: hash(4) },

@@ -177,6 +177,8 @@ fn arb_event() -> BoxedStrategy<Event> {
         (id(AuditorId), text(), hash32()).prop_map(|(auditor_id, name, credential_hash)| Event::AuditorRegistered { auditor_id, name, credential_hash }),
         (id(AuditorId), text()).prop_map(|(auditor_id, reason)| Event::AuditorRevoked { auditor_id, reason }),
         (id(VoucherId), id(NodeId)).prop_map(|(voucher_id, node_id)| Event::AccessLapsed { voucher_id, node_id }),
+        (id(VoucherId), id(NodeId), proptest::option::of("[a-z0-9_-]{1,24}".prop_map(NodeId)), millis())
+            .prop_map(|(voucher_id, node_id, previous_node, access_expires_at)| Event::AccessRenewed { voucher_id, node_id, previous_node, access_expires_at }),
         (id(NodeId), text(), u32s(), hash32()).prop_map(|(node_id, region, slots_max, credential_hash)| Event::NodeRegistered {
             node_id,
             region,
