@@ -686,12 +686,12 @@ async fn vouchers_on_a_drained_node_move_to_a_serving_one_by_reissue_or_by_the_e
         .expect("B announces");
     let operator = Credential::load(&fixture.dir.path().join("keys/operator.cred")).expect("operator");
     let mut admin = client::admin(fixture.channel.clone(), operator);
-    // Control first: while A serves, a reissue is refused and writes nothing.
+    // Control first: while A serves, a reissue moves nothing: the same node and token, nothing written.
     let head = fixture.head().await;
     let reissue =
         |request_id: &str, voucher_id: &str| pb::IssueVoucherRequest { request_id: request_id.into(), voucher_id: voucher_id.into(), region: String::new() };
-    let refused = fixture.merchant.issue_voucher(reissue("reissue-0", &first.voucher_id)).await.expect_err("A still serves");
-    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    let same = fixture.merchant.issue_voucher(reissue("reissue-0", &first.voucher_id)).await.expect("A still serves").into_inner();
+    assert_eq!((same.node_id.as_str(), &same.access_token), (node_a.as_str(), &first.access_token));
     assert_eq!(fixture.head().await, head);
     admin.drain_node(pb::NodeAdminRequest { request_id: "drain-a".into(), node_id: node_a.clone() }).await.expect("drain A");
     // Which nodes serve is read from the projections: wait until they applied the drain.
@@ -733,6 +733,12 @@ async fn vouchers_on_a_drained_node_move_to_a_serving_one_by_reissue_or_by_the_e
     assert_eq!(view.node_id, node_b.id);
     let in_use = |node: &str| state.live.read(|p| p.allocation.nodes[&engine::ids::NodeId::new(node)].in_use);
     assert_eq!((in_use(&node_a), in_use(&node_b.id)), (0, 2), "the slots followed the vouchers");
+    // The merchant asks for the moved voucher's token: B's, a new one, and nothing written.
+    let head = fixture.head().await;
+    let asked = fixture.merchant.issue_voucher(reissue("reissue-2", &second.voucher_id)).await.expect("the token").into_inner();
+    assert_eq!(asked.node_id, node_b.id);
+    assert_ne!(asked.access_token, second.access_token, "a token for B");
+    assert_eq!(fixture.head().await, head);
     assert_eq!(server::relocate_once(&state.live, &state.market, 3_600_000, 100).await.expect("relocate"), 0, "nothing left to move");
     node.shutdown().await;
     fixture.engine.shutdown().await.expect("shutdown");
@@ -796,8 +802,11 @@ async fn a_voucher_whose_deliveries_failed_past_the_retries_is_reissued_to_its_c
     let sale = fixture.buy("sale-1").await;
     let mut at_node = player::connect_node(node.endpoint()).await.expect("connect");
     let reissue = |request_id: &str| pb::IssueVoucherRequest { request_id: request_id.into(), voucher_id: sale.voucher_id.clone(), region: String::new() };
-    // Control first: before any failure the node serves it, so a reissue is refused.
-    assert_eq!(fixture.merchant.issue_voucher(reissue("reissue-0")).await.expect_err("it serves").code(), Code::FailedPrecondition);
+    // Control first: before any failure the node serves it, so a reissue issues nothing
+    // anew: the same token, nothing written.
+    let head = fixture.head().await;
+    assert_eq!(fixture.merchant.issue_voucher(reissue("reissue-0")).await.expect("it serves").into_inner().access_token, sale.access_token);
+    assert_eq!(fixture.head().await, head);
     let redeem = player_redeem(&mut at_node, &sale, &alice, "r1").await;
     at_node.redeem(redeem).await.expect("alice redeems");
     let subject = crypto::ProofConsumer::new("alice", &alice.certificate.cert_serial, &alice.certificate.public_key_der);
@@ -819,4 +828,127 @@ async fn a_voucher_whose_deliveries_failed_past_the_retries_is_reissued_to_its_c
     assert_eq!(fixture.usages().await, 1, "still one usage");
     node.shutdown().await;
     fixture.engine.shutdown().await.expect("shutdown");
+}
+
+/// A second node, started like the fixture's first, announcing itself to the engine.
+async fn second_node(fixture: &mut Fixture, request_id: &str) -> (Credential, RunningNode) {
+    let registered = fixture
+        .catalog
+        .register_node_credential(pb::RegisterNodeCredentialRequest { request_id: request_id.into(), region: "eu".into(), slots_max: 4 })
+        .await
+        .expect("node B");
+    let cred = client::credential_of(registered.into_inner()).expect("cred");
+    let node = node::start(NodeArgs {
+        connect: fixture.engine.url(),
+        cred: cred.clone(),
+        listen: "127.0.0.1:0".parse().expect("loopback"),
+        slots_max: 4,
+        region: "eu".into(),
+        data_dir: fixture.dir.path().join(request_id),
+        cache_bytes_max: 16 * 1024 * 1024,
+        engine_tls: Default::default(),
+    })
+    .await
+    .expect("node B starts");
+    (cred, node)
+}
+
+/// A node died mid-delivery: alice holds the keys, the node is gone for good. A drained
+/// node finishes what it started, so then the voucher stays (the control); once the node
+/// is removed the merchant's reissue moves the voucher to a node that serves, where alice
+/// (and nobody else) redeems again, with no second usage, and gets her copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_delivery_under_way_on_a_removed_node_moves_and_its_consumer_gets_the_copy_elsewhere() {
+    let (mut fixture, node_a) = start().await;
+    let alice = fixture.passport("alice").await;
+    let bob = fixture.passport("bob").await;
+    let sale = fixture.buy("sale-1").await;
+    let mut at_a = player::connect_node(node_a.endpoint()).await.expect("connect A");
+    let redeem = player_redeem(&mut at_a, &sale, &alice, "r1").await;
+    at_a.redeem(redeem).await.expect("alice redeems at A (the keys went out)");
+    assert_eq!((fixture.status_of(&sale.voucher_id).await.as_str(), fixture.usages().await), ("Redeeming", 1));
+    let (cred_b, node_b) = second_node(&mut fixture, "node-b").await;
+    let operator = Credential::load(&fixture.dir.path().join("keys/operator.cred")).expect("operator");
+    let mut admin = client::admin(fixture.channel.clone(), operator);
+    let reissue = |request_id: &str| pb::IssueVoucherRequest { request_id: request_id.into(), voucher_id: sale.voucher_id.clone(), region: String::new() };
+    // Control: A drained (it finishes what it started): the reissue is refused, nothing written.
+    admin.drain_node(pb::NodeAdminRequest { request_id: "drain-a".into(), node_id: sale.node_id.clone() }).await.expect("drain A");
+    fixture.engine.state.live.caught_up(engine::ids::Seq(fixture.head().await)).await;
+    let head = fixture.head().await;
+    let refused = fixture.merchant.issue_voucher(reissue("reissue-0")).await.expect_err("a drained node finishes it");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert_eq!(fixture.head().await, head);
+    // A removed: the voucher moves to B with a new token.
+    node_a.shutdown().await;
+    admin.remove_node(pb::NodeAdminRequest { request_id: "remove-a".into(), node_id: sale.node_id.clone() }).await.expect("remove A");
+    fixture.engine.state.live.caught_up(engine::ids::Seq(fixture.head().await)).await;
+    let moved = fixture.merchant.issue_voucher(reissue("reissue-1")).await.expect("moved").into_inner();
+    assert_eq!(moved.node_id, cred_b.id, "to the node that serves");
+    let at_b_sale = client::Sale {
+        node_id: moved.node_id.clone(),
+        node_endpoint: moved.node_endpoint.clone(),
+        access_token: moved.access_token.clone(),
+        access_expires_at_ms: moved.access_expires_at_ms,
+        ..sale.clone()
+    };
+    // Bob cannot take it at B (nothing written); alice gets her copy there, no second usage.
+    let head = fixture.head().await;
+    let stolen = player::redeem_and_download(&purchase_of(&at_b_sale), &bob, "rb", &fixture.dir.path().join("bob")).await.expect_err("not bob's");
+    assert!(format!("{stolen:#}").contains("FailedPrecondition"), "{stolen:#}");
+    assert_eq!(fixture.head().await, head);
+    let copies = player::redeem_and_download(&purchase_of(&at_b_sale), &alice, "r2", &fixture.dir.path().join("alice")).await.expect("delivered at B");
+    assert!(copies.iter().all(|copy| copy.decrypt_ok));
+    assert_eq!((fixture.status_of(&sale.voucher_id).await.as_str(), fixture.usages().await), ("Delivered", 1), "one usage for one sale");
+    let state = &fixture.engine.state;
+    let in_use = |node: &str| state.live.read(|p| p.allocation.nodes[&engine::ids::NodeId::new(node)].in_use);
+    assert_eq!((in_use(&sale.node_id), in_use(&cred_b.id)), (0, 0), "no slot left held");
+    node_b.shutdown().await;
+    fixture.engine.shutdown().await.expect("shutdown");
+}
+
+/// A copy lost after the access window: the node refuses the old token ("ask the merchant
+/// for a new access token"), and the merchant's reissue of the delivered voucher renews its
+/// access (an event; no slot, no usage), with which alice recovers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_copy_lost_after_the_access_window_is_recovered_through_a_renewed_access() {
+    let (mut fixture, node) = start().await;
+    let alice = fixture.passport("alice").await;
+    let operator = Credential::load(&fixture.dir.path().join("keys/operator.cred")).expect("operator");
+    let mut admin = client::admin(fixture.channel.clone(), operator);
+    admin.set_config(pb::SetConfigRequest { request_id: "ttl".into(), key: "access.ttl_ms".into(), value: "3000".into() }).await.expect("a short window");
+    let sale = fixture.buy("sale-1").await;
+    let out = fixture.dir.path().join("alice");
+    let copies = player::redeem_and_download(&purchase_of(&sale), &alice, "r1", &out).await.expect("delivered");
+    std::fs::remove_file(&copies[0].path).expect("lost");
+    // The window passes (the node's clock decides; wait past the token's expiry).
+    let wait_ms = sale.access_expires_at_ms + 50 - chrono_now_ms();
+    tokio::time::sleep(std::time::Duration::from_millis(u64::try_from(wait_ms).unwrap_or(0))).await;
+    // Control: with the sale's token the recovery is refused at the node, nothing written.
+    let head = fixture.head().await;
+    let expired = player::recover_and_download(&purchase_of(&sale), &alice, "rec-0", &out).await.expect_err("the window is over");
+    assert!(format!("{expired:#}").contains("ask the merchant for a new access token"), "{expired:#}");
+    assert_eq!(fixture.head().await, head);
+    // The merchant's reissue renews the access on the node that delivered it.
+    let renewed = fixture
+        .merchant
+        .issue_voucher(pb::IssueVoucherRequest { request_id: "renew-1".into(), voucher_id: sale.voucher_id.clone(), region: String::new() })
+        .await
+        .expect("renewed")
+        .into_inner();
+    assert_eq!(renewed.node_id, sale.node_id);
+    assert!(renewed.access_expires_at_ms > sale.access_expires_at_ms, "a new window");
+    let events = fixture.log.read_subject(&format!("vs.voucher.{}", sale.voucher_id)).await.expect("read");
+    let last = engine::wire::decode(&events.last().expect("events").payload).expect("decode").event;
+    assert!(matches!(&last, engine::domain::Event::AccessRenewed { previous_node: None, .. }), "{last:?}");
+    let again = client::Sale { access_token: renewed.access_token, access_expires_at_ms: renewed.access_expires_at_ms, ..sale.clone() };
+    let recovered = player::recover_and_download(&purchase_of(&again), &alice, "rec-1", &out).await.expect("recovered");
+    assert!(recovered.iter().all(|copy| copy.decrypt_ok));
+    assert_eq!(fixture.usages().await, 1, "a recovery is not a new usage");
+    assert_eq!(fixture.status_of(&sale.voucher_id).await, "Delivered");
+    node.shutdown().await;
+    fixture.engine.shutdown().await.expect("shutdown");
+}
+
+fn chrono_now_ms() -> i64 {
+    i64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_millis()).expect("ms fit")
 }
