@@ -149,6 +149,26 @@ fn serve_node_publish_buy_fetch_then_demo_connect_and_sigterm() {
     let (code, again) = json(vouchsafe().args(["player", "fetch", "--sale", "sale.json", "--consumer", "alice", "--data-dir", "players", "--json"]), root);
     assert_eq!(code, 1, "{again}");
     assert_eq!(again["refused"], "FailedPrecondition");
+    // The merchant's reissue of the delivered sale brings sale.json up to date in place
+    // (within the window: the same node and token), keeping the receipt and 0600; the
+    // player recovers the lost copy with it.
+    std::fs::remove_file(root.join(path)).expect("the copy is lost");
+    let voucher_id = sale["voucher_id"].as_str().expect("voucher id");
+    let (code, reissued) = json(
+        vouchsafe().args(["merchant", "reissue", "--voucher", voucher_id, "--sale", "sale.json", "--connect", &url, "--cred", "shop.cred", "--json"]),
+        root,
+    );
+    assert_eq!((code, &reissued["access_token"]), (0, &sale["access_token"]), "{reissued}");
+    let updated: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(root.join("sale.json")).expect("read")).expect("JSON");
+    assert_eq!((&updated["receipt"], &updated["node_endpoint"]), (&sale["receipt"], &reissued["node_endpoint"]), "{updated}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(root.join("sale.json")).expect("sale.json").permissions().mode() & 0o777, 0o600);
+    }
+    let (code, recovered) =
+        json(vouchsafe().args(["player", "fetch", "--sale", "sale.json", "--consumer", "alice", "--data-dir", "players", "--recover", "--json"]), root);
+    assert_eq!((code, &recovered["decrypt_ok"]), (0, &serde_json::json!(true)), "{recovered}");
 
     // Points: the operator and the shop credit alice; the shop spends them only with her
     // authorization, once; alice reads her balance with her passport.

@@ -636,13 +636,19 @@ pub enum MerchantCommand {
         #[arg(long)]
         region: Option<String>,
     },
-    /// Issue a paid voucher anew once its access window lapsed unused (the engine gave its
-    /// node's slot back): a node and a new access token.
+    /// Issue a paid voucher anew: after its access window lapsed unused, its node was
+    /// drained, removed or went silent, or its deliveries failed past the retries (a new
+    /// node or window and a new access token; the receipt stays); for a delivered one,
+    /// renew its access so its consumer can recover a lost copy after the window.
     Reissue {
         #[arg(long)]
         voucher: String,
         #[arg(long)]
         region: Option<String>,
+        /// The sale file (`buy --out`) to bring up to date in place (kept 0600): its node,
+        /// endpoint and access token become the reissue's, so `player fetch --sale` follows.
+        #[arg(long)]
+        sale: Option<PathBuf>,
     },
     /// Licensed duplication: place an order of units of one media, bind a unit to a device
     /// the operator certified (`player passport --consumer DEVICE` certifies one; the unit
@@ -696,6 +702,22 @@ pub struct MerchantArgs {
     pub out: Option<PathBuf>,
 }
 
+/// The sale file of `voucher` (`buy --out`), read to be brought up to date by a reissue.
+fn sale_of(path: &std::path::Path, voucher: &str) -> anyhow::Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let sale: serde_json::Value = serde_json::from_str(&text).context("the sale file is not the JSON `merchant buy --out` writes")?;
+    anyhow::ensure!(sale["voucher_id"].as_str() == Some(voucher), "{} is the sale of another voucher, not {voucher}", path.display());
+    Ok(sale)
+}
+
+/// An IssueVoucher answer as `merchant issue|reissue --json` print it.
+fn issued_json(issued: &pb::IssueVoucherResponse) -> serde_json::Value {
+    serde_json::json!({
+        "voucher_id": issued.voucher_id, "node_id": issued.node_id, "node_endpoint": issued.node_endpoint,
+        "access_token": hex::encode(&issued.access_token), "access_expires_at_ms": issued.access_expires_at_ms,
+    })
+}
+
 /// The JSON a player needs to redeem a sale (`merchant buy --json` prints it).
 pub fn sale_json(sale: &client::Sale) -> serde_json::Value {
     serde_json::json!({
@@ -729,6 +751,11 @@ pub async fn merchant(args: MerchantArgs) -> anyhow::Result<Outcome> {
         MerchantCommand::Reserve { points_account, spend_authorization, .. } | MerchantCommand::Buy { points_account, spend_authorization, .. } => {
             points_payment(points_account.as_deref(), spend_authorization.as_deref())?
         }
+        _ => None,
+    };
+    // Read first: a sale file of another voucher changes nothing at the engine.
+    let sale_file = match &args.command {
+        MerchantCommand::Reissue { voucher, sale: Some(path), .. } => Some((path, sale_of(path, voucher)?)),
         _ => None,
     };
     let answer: Result<serde_json::Value, tonic::Status> = async {
@@ -781,15 +808,12 @@ pub async fn merchant(args: MerchantArgs) -> anyhow::Result<Outcome> {
                 let refunded = merchant.refund(request).await?.into_inner();
                 serde_json::json!({ "voucher_id": refunded.voucher_id, "status": refunded.status })
             }
-            MerchantCommand::Issue { voucher, region } | MerchantCommand::Reissue { voucher, region } => {
+            MerchantCommand::Issue { voucher, region } | MerchantCommand::Reissue { voucher, region, .. } => {
                 let issued = merchant
                     .issue_voucher(pb::IssueVoucherRequest { request_id, voucher_id: voucher.clone(), region: region.clone().unwrap_or_default() })
                     .await?
                     .into_inner();
-                serde_json::json!({
-                    "voucher_id": issued.voucher_id, "node_id": issued.node_id, "node_endpoint": issued.node_endpoint,
-                    "access_token": hex::encode(&issued.access_token), "access_expires_at_ms": issued.access_expires_at_ms,
-                })
+                issued_json(&issued)
             }
             MerchantCommand::Buy { media_ids, .. } => sale_json(&client::buy(&mut merchant, &request_id, media_ids, points.as_ref()).await?),
             MerchantCommand::Preview { media, region } => {
@@ -809,6 +833,13 @@ pub async fn merchant(args: MerchantArgs) -> anyhow::Result<Outcome> {
     .await;
     match answer {
         Ok(value) => {
+            if let Some((path, mut sale)) = sale_file {
+                for key in ["node_id", "node_endpoint", "access_token", "access_expires_at_ms"] {
+                    sale[key] = value[key].clone();
+                }
+                crate::common::keys::write_private(path, format!("{sale}\n").as_bytes())?;
+                eprintln!("brought {} up to date (0600: it holds the receipt)", path.display());
+            }
             if let Some(out) = &args.out {
                 crate::common::keys::write_private(out, format!("{value}\n").as_bytes())?;
                 eprintln!("wrote {} (0600: it holds the receipt)", out.display());
