@@ -197,10 +197,12 @@ impl VoucherBook {
         if old == VoucherStatus::Pending && status != VoucherStatus::Pending {
             self.expiry.remove(&(expires_at, voucher_id.clone()));
         }
-        if old == VoucherStatus::Issued && status != VoucherStatus::Issued {
+        // Issued or under way: the access window can lapse.
+        let lapses = |status: VoucherStatus| matches!(status, VoucherStatus::Issued | VoucherStatus::Redeeming);
+        if lapses(old) && !lapses(status) {
             self.lapsing.remove(&(expires_at, voucher_id.clone()));
         }
-        if status == VoucherStatus::Issued && old != VoucherStatus::Issued {
+        if lapses(status) && !lapses(old) {
             self.lapsing.insert((expires_at, voucher_id.clone()));
         }
         self.counts[status_index(old)] -= 1;
@@ -213,7 +215,7 @@ impl VoucherBook {
         if status == VoucherStatus::Pending {
             self.expiry.insert((expires_at, voucher_id.clone()));
         }
-        if status == VoucherStatus::Issued {
+        if matches!(status, VoucherStatus::Issued | VoucherStatus::Redeeming) {
             self.lapsing.insert((expires_at, voucher_id.clone()));
         }
     }

@@ -1,11 +1,14 @@
 //! A long market on both backends: thousands of steps of sales stopped at every stage,
-//! access windows lapsing, nodes drained and replaced, vouchers moved and reissued,
-//! refunds before and after delivery, previews played or left to lapse. Along the way (not
-//! only at the end): the slots in use are exactly the vouchers and previews in progress.
-//! At the end: no paid voucher is stranded (each is delivered, refunded, or can be issued
-//! or redeemed on a node that serves), the live projections equal a rebuild from sequence
-//! 1 with every seal verified, and the royalty totals net exactly what the model says was
-//! released and not refunded. The seed is printed (`VOUCHSAFE_MARKET_SEED` repeats it).
+//! access windows lapsing, nodes drained, removed or gone silent (dead) and replaced,
+//! deliveries failed past their retries, vouchers moved and reissued, lost copies
+//! recovered (after the window through a renewed access), refunds before and after
+//! delivery, previews played or left to lapse, duplication orders bound and completed.
+//! Along the way (not only at the end): the slots in use are exactly the vouchers and
+//! previews in progress. At the end: no paid voucher is stranded (every one not refunded
+//! is driven to delivery through its merchant's reissue), the live projections equal a
+//! rebuild from sequence 1 with every seal verified, and the royalty totals net exactly
+//! what the model says was released, bound and not refunded, as do the DSR's usage
+//! records. The seed is printed (`VOUCHSAFE_MARKET_SEED` repeats it).
 
 mod common;
 
@@ -20,6 +23,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 const NODE_SLOTS: u32 = 6;
+/// Silent this long, a node is dead to the engine (`node.heartbeat_timeout_ms`).
+const HEARTBEAT_TIMEOUT_MS: u64 = 30_000;
+/// `delivery.retries_max` in this market: one retry, so reissues after failures happen.
+const RETRIES_MAX: &str = "1";
 const CHECK_EVERY: usize = 25;
 const SEED_DEFAULT: u64 = 0x10a6_0a55;
 
@@ -64,6 +71,13 @@ struct Market_ {
     sold: BTreeMap<VoucherId, Sold>,
     previews: Vec<(PreviewId, NodeId)>,
     step: usize,
+    health: Arc<engine::placement::NodeHealth>,
+    /// Nodes that stopped heartbeating (dead once the timeout passes).
+    silent: Vec<NodeId>,
+    device: (String, CertSerial),
+    /// What the bound duplication units charged, each a usage.
+    units_net: i128,
+    recoveries: usize,
 }
 
 async fn open(log: Arc<dyn EventLog>) -> Market_ {
@@ -75,10 +89,16 @@ async fn open(log: Arc<dyn EventLog>) -> Market_ {
         let (live, log) = (live.clone(), Arc::clone(&log));
         tokio::spawn(async move { live.run(log).await });
     }
-    let market = Arc::new(Market::new(Arc::clone(&log), clock.clone() as Arc<dyn Clock>, Arc::clone(&keys), Arc::new(live.clone())));
+    // Placement as the server has it: the projection's slots among nodes that heartbeat.
+    let health = Arc::new(engine::placement::NodeHealth::new(clock.clone() as Arc<dyn Clock>, HEARTBEAT_TIMEOUT_MS));
+    let allocator = Arc::new(engine::placement::HealthyAllocator::new(Arc::new(live.clone()), Arc::clone(&health)));
+    let market = Arc::new(Market::new(Arc::clone(&log), clock.clone() as Arc<dyn Clock>, Arc::clone(&keys), allocator));
+    market.set_config("op", &req("retries"), "delivery.retries_max", RETRIES_MAX).await.expect("retries");
     let mut nodes = Vec::new();
     for i in 0..3 {
-        nodes.push(NodeId(market.register_node("op", &req(&format!("node-{i}")), "eu", NODE_SLOTS).await.expect("node").0.id));
+        let node = NodeId(market.register_node("op", &req(&format!("node-{i}")), "eu", NODE_SLOTS).await.expect("node").0.id);
+        health.announce(&node, "http://127.0.0.1:9");
+        nodes.push(node);
     }
     let mut merchants = Vec::new();
     for i in 0..2 {
@@ -92,7 +112,30 @@ async fn open(log: Arc<dyn EventLog>) -> Market_ {
     let consumer = ConsumerId::new("alice");
     let der = test_keys::fixed_rsa_2().public().to_der().expect("der");
     let cert = market.certify_consumer("op", &req("cert"), &consumer, &der, 365 * 86_400_000).await.expect("cert").serial;
-    Market_ { log, clock, live, market, keys, master, merchants, media, nodes, consumer, cert, sold: BTreeMap::new(), previews: Vec::new(), step: 0 }
+    // A duplicator's device, certified like a consumer.
+    let device_der = test_keys::fixed_rsa_3().public().to_der().expect("der");
+    let device_cert = market.certify_consumer("op", &req("device"), &ConsumerId::new("press-1"), &device_der, 365 * 86_400_000).await.expect("device").serial;
+    Market_ {
+        log,
+        clock,
+        live,
+        market,
+        keys,
+        master,
+        merchants,
+        media,
+        nodes,
+        consumer,
+        cert,
+        sold: BTreeMap::new(),
+        previews: Vec::new(),
+        step: 0,
+        health,
+        silent: Vec::new(),
+        device: ("press-1".into(), device_cert),
+        units_net: 0,
+        recoveries: 0,
+    }
 }
 
 impl Market_ {
@@ -113,7 +156,7 @@ impl Market_ {
     async fn sell(&mut self, rng: &mut Rng) {
         let merchant = self.merchants[rng.below(2) as usize].clone();
         let (media, price) = self.media[rng.below(2) as usize].clone();
-        let until = rng.below(5);
+        let until = rng.below(6);
         let request = self.id("reserve");
         let ttl = if rng.below(4) == 0 { 1_000 } else { 600_000 };
         let Ok(reserved) =
@@ -135,11 +178,14 @@ impl Market_ {
         }
     }
 
-    /// Issues (or reissues) `voucher`, then redeems and delivers it as far as `until` says.
+    /// Issues (or reissues) `voucher`, then redeems and delivers it as far as `until` says
+    /// (5: the delivery fails, the player reporting a broken copy).
     async fn issue_and_go(&mut self, voucher: &VoucherId, until: u64) {
         let merchant = self.sold[voucher].merchant.clone();
         let request = self.id("issue");
-        let Ok(issued) = self.market.issue(&merchant, &request, voucher, None, 30_000).await else { return };
+        // Short and long access windows: some lapse within a tick, some outlive a node.
+        let ttl = if self.step % 2 == 0 { 30_000 } else { 300_000 };
+        let Ok(issued) = self.market.issue(&merchant, &request, voucher, None, ttl).await else { return };
         if until < 3 {
             return;
         }
@@ -157,9 +203,59 @@ impl Market_ {
             return;
         }
         let media = issued.media_ids[0].clone();
+        if until == 5 {
+            let broken = [2u8; 32];
+            let confirm = crypto::confirm_proof(&receipt, &voucher.0, &issued.node_id.0, &media.0, &broken, &subject);
+            let request = self.id("fail");
+            self.market.fail_delivery(&issued.node_id, &request, voucher, "broken copy", &media, &broken, &confirm).await.expect("failed");
+            return;
+        }
         let confirm = crypto::confirm_proof(&receipt, &voucher.0, &issued.node_id.0, &media.0, &[1; 32], &subject);
         let request = self.id("complete");
         self.market.complete_delivery(&issued.node_id, &request, voucher, &media, [1; 32], 1, &confirm).await.expect("delivered");
+    }
+
+    /// The buyer lost a delivered copy: the merchant's reissue gives the access (renewed
+    /// after the window, on a serving node), and alice recovers it there.
+    async fn recover(&mut self, rng: &mut Rng) {
+        let delivered: Vec<VoucherId> = self.sold.iter().filter(|(_, sold)| sold.released && !sold.refunded_after_release).map(|(id, _)| id.clone()).collect();
+        if delivered.is_empty() {
+            return;
+        }
+        let voucher = delivered[rng.below(delivered.len() as u64) as usize].clone();
+        if self.voucher(&voucher).await.status != VoucherStatus::Delivered {
+            return;
+        }
+        let merchant = self.sold[&voucher].merchant.clone();
+        let request = self.id("renew");
+        let Ok(access) = self.market.issue(&merchant, &request, &voucher, None, 30_000).await else { return };
+        let receipt = crypto::SecretKey::from_bytes(*self.sold[&voucher].receipt.as_ref().expect("paid").expose());
+        let challenge = crypto::random_bytes::<32>();
+        let der = test_keys::fixed_rsa_2().public().to_der().expect("der");
+        let subject = crypto::ProofConsumer::new(&self.consumer.0, &self.cert.0, &der);
+        let proof = crypto::receipt_proof(&receipt, &voucher.0, &access.node_id.0, &challenge, &subject);
+        let request = self.id("recover");
+        match self.market.recover(&access.node_id, &request, &voucher, &self.consumer, &self.cert, &challenge, &proof).await {
+            Ok(_) => self.recoveries += 1,
+            Err(engine::app::AppError::Rejected(engine::domain::Rejection::RecoveriesExhausted { .. })) => {}
+            Err(other) => panic!("the buyer's recovery of {voucher} failed: {other:?}"),
+        }
+    }
+
+    /// A duplication order: two units of a media, one bound to the certified device (it
+    /// pays as it binds) and completed.
+    async fn order(&mut self, rng: &mut Rng) {
+        let merchant = self.merchants[rng.below(2) as usize].clone();
+        let (media, price) = self.media[rng.below(2) as usize].clone();
+        let request = self.id("order");
+        let order = self.market.place_order(&merchant, &request, &media, 2).await.expect("order placed");
+        let request = self.id("bind");
+        let device_der = test_keys::fixed_rsa_3().public().to_der().expect("der");
+        let (device, serial) = self.device.clone();
+        self.market.bind_unit(&merchant, &request, &order, 0, &device, &serial, &device_der).await.expect("unit bound");
+        self.units_net += i128::from(price);
+        let request = self.id("unit");
+        self.market.complete_unit(&merchant, &request, &order, 0).await.expect("unit completed");
     }
 
     async fn refund(&mut self, rng: &mut Rng) {
@@ -208,6 +304,7 @@ impl Market_ {
     /// Time passes and the engine's jobs run: expiries, lapses, moves.
     async fn tick(&mut self, rng: &mut Rng) {
         self.clock.advance_ms(i64::try_from(1 + rng.below(50_000)).expect("small"));
+        self.heartbeats();
         self.caught_up().await;
         gateways::server::sweep_once(&self.live, &self.market, 1_000).await.expect("sweep");
         gateways::server::lapse_once(&self.live, &self.market, 1_000).await.expect("lapse");
@@ -215,13 +312,40 @@ impl Market_ {
         gateways::server::relocate_once(&self.live, &self.market, 30_000, 1_000).await.expect("relocate");
     }
 
-    /// The operator drains a node holding vouchers and registers a fresh one.
-    async fn drain(&mut self, rng: &mut Rng) {
+    /// Every node still running heartbeats at the engine's now.
+    fn heartbeats(&self) {
+        for node in self.nodes.iter().chain(&self.silent) {
+            if !self.silent.contains(node) {
+                self.health.heartbeat(node, engine::placement::Heartbeat::default());
+            }
+        }
+    }
+
+    /// A node leaves holding vouchers, some mid-delivery: drained (it finishes what it
+    /// started), removed, or dead (it stops heartbeating); a fresh one registers.
+    async fn retire(&mut self, rng: &mut Rng) -> &'static str {
         let node = self.nodes.remove(rng.below(self.nodes.len() as u64) as usize);
-        let request = self.id("drain");
-        self.market.drain_node("op", &request, &node).await.expect("drain");
+        let how = match rng.below(3) {
+            0 => {
+                let request = self.id("drain");
+                self.market.drain_node("op", &request, &node).await.expect("drain");
+                "drain"
+            }
+            1 => {
+                let request = self.id("remove");
+                self.market.remove_node("op", &request, &node).await.expect("remove");
+                "remove"
+            }
+            _ => {
+                self.silent.push(node);
+                "die"
+            }
+        };
         let request = self.id("node");
-        self.nodes.push(NodeId(self.market.register_node("op", &request, "eu", NODE_SLOTS).await.expect("node").0.id));
+        let fresh = NodeId(self.market.register_node("op", &request, "eu", NODE_SLOTS).await.expect("node").0.id);
+        self.health.announce(&fresh, "http://127.0.0.1:9");
+        self.nodes.push(fresh);
+        how
     }
 
     /// Slots in use = vouchers issued and not yet delivered, lapsed, moved away or
@@ -246,18 +370,26 @@ impl Market_ {
         assert_eq!(actual, expected, "{when}: the slots in use are exactly the vouchers and previews in progress");
     }
 
-    async fn finish(&self) {
+    async fn finish(&mut self) {
         self.check_slots("at the end").await;
-        // No paid voucher is stranded.
-        let mut released_net: i128 = 0;
-        for (voucher, sold) in &self.sold {
-            let state = self.voucher(voucher).await;
-            // Issued and never redeemed: on a node that serves (a drained node's vouchers
-            // moved). A delivery under way stays with the node that released the keys (a
-            // drained node finishes what it started).
-            let stranded =
-                state.status == VoucherStatus::Issued && state.released_to.is_none() && !self.market.allocator().serves(state.node.as_ref().expect("a node"));
-            assert!(!stranded, "{voucher} is {:?} on a node that no longer serves it", state.status);
+        // No paid voucher is stranded: every one not refunded is delivered, through its
+        // merchant's reissue where it lapsed, sits on a node that left, or ran out of retries.
+        let paid: Vec<VoucherId> = self.sold.iter().filter(|(_, sold)| sold.receipt.is_some()).map(|(id, _)| id.clone()).collect();
+        for voucher in &paid {
+            for _ in 0..2 {
+                match self.voucher(voucher).await.status {
+                    VoucherStatus::Authorized | VoucherStatus::Issued | VoucherStatus::Redeeming => self.issue_and_go(voucher, 4).await,
+                    _ => break,
+                }
+                self.caught_up().await;
+            }
+            let status = self.voucher(voucher).await.status;
+            assert!(matches!(status, VoucherStatus::Delivered | VoucherStatus::Refunded | VoucherStatus::Voided), "{voucher} is stranded: {status:?}");
+        }
+        let driven = paid.len();
+        self.check_slots("after every paid voucher was delivered").await;
+        let mut released_net: i128 = self.units_net;
+        for sold in self.sold.values() {
             if sold.released {
                 released_net += i128::from(sold.price);
             }
@@ -284,8 +416,24 @@ impl Market_ {
             .filter(|((dimension, _), _)| *dimension == projections::royalty_log::Dimension::Merchant)
             .map(|(_, line)| line.net_minor())
             .sum();
-        assert_eq!(net, released_net, "the totals net the released sales less the refunded ones");
+        assert_eq!(net, released_net, "the totals net the released sales and bound units less the refunded sales");
         assert_eq!(rebuilt.balances.sum(), Some(0), "the ledger balances");
+        // The DSR's usage records sum to the same (an auditor's replay, no engine secret).
+        let (report, audited) = projections::audit::replay_full(self.log.as_ref(), &self.master, &self.keys.public, None, |_| {}).await.expect("audit");
+        assert!(report.ok(), "the audit is clean");
+        let exported = projections::export::export_log(&audited.royalty);
+        let (entries, _, fault) = projections::export::open_entries(&exported, &self.master);
+        assert!(fault.is_none(), "{fault:?}");
+        let dsr = gateways::audit::dsr(&report, &entries);
+        let usage_net: i128 = dsr
+            .lines()
+            .filter(|l| l.starts_with("RU01\t"))
+            .map(|l| l.split('\t').collect::<Vec<_>>())
+            .filter(|r| r[3] == "Y")
+            .map(|r| r[14].parse::<i128>().expect("price"))
+            .sum();
+        assert_eq!(usage_net, released_net, "the DSR's usage records net the same");
+        eprintln!("finish: {driven} paid vouchers accounted for, {} recoveries, DSR net {usage_net}", self.recoveries);
     }
 }
 
@@ -297,30 +445,35 @@ async fn long_market(log: Arc<dyn EventLog>, steps: usize, name: &str) {
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
     for step in 0..steps {
         let what = match rng.below(100) {
-            0..=44 => {
+            0..=39 => {
                 m.sell(&mut rng).await;
                 "sell"
             }
-            45..=54 => {
+            40..=47 => {
                 m.refund(&mut rng).await;
                 "refund"
             }
-            55..=69 => {
+            48..=61 => {
                 m.resume(&mut rng).await;
                 "resume"
             }
-            70..=79 => {
+            62..=69 => {
                 m.preview(&mut rng).await;
                 "preview"
             }
-            80..=97 => {
+            70..=73 => {
+                m.recover(&mut rng).await;
+                "recover"
+            }
+            74..=75 => {
+                m.order(&mut rng).await;
+                "order"
+            }
+            76..=97 => {
                 m.tick(&mut rng).await;
                 "tick"
             }
-            _ => {
-                m.drain(&mut rng).await;
-                "drain"
-            }
+            _ => m.retire(&mut rng).await,
         };
         *counts.entry(what).or_default() += 1;
         if step % CHECK_EVERY == CHECK_EVERY - 1 {
@@ -335,11 +488,42 @@ async fn long_market(log: Arc<dyn EventLog>, steps: usize, name: &str) {
     }
     eprintln!("{name}: steps {counts:?}; events {events:?}");
     // The run reached what it claims to test.
-    let moved = stored
-        .iter()
-        .filter(|e| matches!(engine::wire::decode(&e.payload).expect("decode").event, engine::domain::Event::VoucherIssued { previous_node: Some(_), .. }))
-        .count();
-    for (name, floor) in [("AccessLapsed", 5), ("Refunded", 5), ("Voided", 5), ("Delivered", 20), ("PreviewEnded", 5), ("NodeDrained", 2)] {
+    // Moves, and among them deliveries under way (redeemed at the node they left).
+    let (mut moved, mut moved_under_way) = (0, 0);
+    let mut under_way = std::collections::BTreeSet::new();
+    for event in &stored {
+        match engine::wire::decode(&event.payload).expect("decode").event {
+            engine::domain::Event::RedemptionAccepted { voucher_id, .. } => {
+                under_way.insert(voucher_id);
+            }
+            engine::domain::Event::VoucherIssued { voucher_id, previous_node, .. } => {
+                moved += usize::from(previous_node.is_some());
+                moved_under_way += usize::from(under_way.remove(&voucher_id) && previous_node.is_some());
+            }
+            engine::domain::Event::Delivered { voucher_id, .. }
+            | engine::domain::Event::DeliveryFailed { voucher_id, .. }
+            | engine::domain::Event::AccessLapsed { voucher_id, .. } => {
+                under_way.remove(&voucher_id);
+            }
+            _ => {}
+        }
+    }
+    eprintln!("{name}: {moved} moves, {moved_under_way} of deliveries under way");
+    assert!(moved_under_way >= 1, "no delivery under way moved off a node that finishes nothing");
+    let floors = [
+        ("AccessLapsed", 5),
+        ("Refunded", 5),
+        ("Voided", 5),
+        ("Delivered", 20),
+        ("PreviewEnded", 5),
+        ("NodeDrained", 1),
+        ("NodeRemoved", 1),
+        ("DeliveryFailed", 5),
+        ("CopyRecovered", 3),
+        ("UnitBound", 3),
+        ("UnitCompleted", 3),
+    ];
+    for (name, floor) in floors {
         assert!(events.get(name).copied().unwrap_or(0) >= floor, "{name} fewer than {floor} times: {events:?}");
     }
     assert!(moved >= 1, "no voucher moved off a drained node: {events:?}");

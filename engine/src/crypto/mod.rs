@@ -148,6 +148,12 @@ pub mod test_keys {
         static KEY: OnceLock<RsaPrivate> = OnceLock::new();
         parse(&KEY, include_str!("../../testdata/rsa-2048-b.pem"))
     }
+
+    /// Test key "c" (engine/testdata/rsa-2048-c.pem), distinct from both.
+    pub fn fixed_rsa_3() -> RsaPrivate {
+        static KEY: OnceLock<RsaPrivate> = OnceLock::new();
+        parse(&KEY, include_str!("../../testdata/rsa-2048-c.pem"))
+    }
 }
 
 #[cfg(test)]

@@ -63,6 +63,8 @@ pub enum Rejection {
     NoNodeAvailable,
     #[error("the voucher's delivery node still serves it: a reissue moves a voucher only off a drained, removed or silent node (or once its access lapsed)")]
     NodeStillServes,
+    #[error("the voucher's media keys were released: give the money back with a refund, which also adjusts the royalties")]
+    KeysReleased,
     #[error("this merchant's previews already hold their share of every node with a free slot; retry when one ends")]
     PreviewQuotaReached,
     #[error("the request id was already used for a different command ({first}); use a new request id")]

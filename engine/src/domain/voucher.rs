@@ -5,7 +5,7 @@
 //!   Pending -Expire/Void-> Voided;  Authorized -Void-> Voided
 //!   Issued -Redeem-> Redeeming(node, consumer) -CompleteDelivery (last item)-> Delivered
 //!   Redeeming -FailDelivery-> Issued
-//!   Issued -LapseAccess (access window over)-> Authorized (issue it anew)
+//!   Issued|Redeeming -LapseAccess (access window over)-> Authorized (issue it anew)
 //!   Issued -IssueVoucher (window open, same node)-> Issued (the token again; no event)
 //!   Issued|Redeeming -Move (node drained/removed/silent; see NodeStanding)-> Issued(new node)
 //!   Issued|Redeeming|Delivered (keys released) -Refund/Chargeback-> Refunded
@@ -544,6 +544,9 @@ impl Aggregate for Voucher {
             VoucherCommand::Void { merchant } => {
                 self.owned_by(merchant)?;
                 match self.status {
+                    // Paid and unissued again after its keys went out (a delivery that lapsed):
+                    // a void would keep the usage and give the money back.
+                    VoucherStatus::Authorized if self.released_to.is_some() => Err(Rejection::KeysReleased),
                     VoucherStatus::Pending | VoucherStatus::Authorized => {
                         Ok(vec![Event::Voided { voucher_id: self.id_or_empty(), reason: VoidReason::Refunded, reversal: reverse(&self.postings) }])
                     }
@@ -557,13 +560,15 @@ impl Aggregate for Voucher {
                     (VoucherStatus::Pending | VoucherStatus::Authorized | VoucherStatus::Issued, None) => {
                         Ok(vec![Event::Voided { voucher_id: self.id_or_empty(), reason: VoidReason::Refunded, reversal: reverse(&self.postings) }])
                     }
-                    (VoucherStatus::Issued | VoucherStatus::Redeeming | VoucherStatus::Delivered, Some(_)) => Ok(vec![Event::Refunded {
-                        voucher_id: self.id_or_empty(),
-                        reason: reason.clone(),
-                        chargeback: *chargeback,
-                        reversal: reverse(&self.postings),
-                        media_ids: self.items.iter().map(|item| item.media_id.clone()).collect(),
-                    }]),
+                    (VoucherStatus::Authorized | VoucherStatus::Issued | VoucherStatus::Redeeming | VoucherStatus::Delivered, Some(_)) => {
+                        Ok(vec![Event::Refunded {
+                            voucher_id: self.id_or_empty(),
+                            reason: reason.clone(),
+                            chargeback: *chargeback,
+                            reversal: reverse(&self.postings),
+                            media_ids: self.items.iter().map(|item| item.media_id.clone()).collect(),
+                        }])
+                    }
                     _ => Err(self.transition("Refund")),
                 }
             }
@@ -571,10 +576,14 @@ impl Aggregate for Voucher {
                 self.exists()?;
                 let node = self.node.clone().ok_or_else(|| self.transition("LapseAccess"))?;
                 match self.status {
-                    // Issued (never redeemed, or back after a failed delivery): the window
-                    // is over, the slot comes back. A delivery under way is left to finish.
-                    VoucherStatus::Issued if now > self.access_expires_at => Ok(vec![Event::AccessLapsed { voucher_id: self.id_or_empty(), node_id: node }]),
-                    VoucherStatus::Issued => Err(Rejection::NotExpired { expires_at: self.access_expires_at }),
+                    // Issued (never redeemed, or back after a failed delivery), or a delivery
+                    // that did not finish in the window (the node refuses its token since):
+                    // the slot comes back; the voucher is paid and can be issued anew (for the
+                    // consumer holding its keys, if they went out).
+                    VoucherStatus::Issued | VoucherStatus::Redeeming if now > self.access_expires_at => {
+                        Ok(vec![Event::AccessLapsed { voucher_id: self.id_or_empty(), node_id: node }])
+                    }
+                    VoucherStatus::Issued | VoucherStatus::Redeeming => Err(Rejection::NotExpired { expires_at: self.access_expires_at }),
                     _ => Err(self.transition("LapseAccess")),
                 }
             }
@@ -590,9 +599,11 @@ impl Aggregate for Voucher {
             }
             VoucherCommand::Issue { merchant, node, access_ttl_ms } => {
                 self.owned_by(merchant)?;
-                // Already issued to this node, its window open: the merchant asks again for
-                // the access token (after the engine moved it, say); nothing to record.
-                if self.status == VoucherStatus::Issued && self.node.as_ref() == Some(node) && now <= self.access_expires_at {
+                // Already issued to this node (or a delivery under way there), its window
+                // open: the merchant asks again for the access token (after the engine moved
+                // it, say); nothing to record.
+                let issued = matches!(self.status, VoucherStatus::Issued | VoucherStatus::Redeeming);
+                if issued && self.node.as_ref() == Some(node) && now <= self.access_expires_at {
                     return Ok(vec![]);
                 }
                 if self.status != VoucherStatus::Authorized {
@@ -730,6 +741,7 @@ impl Aggregate for Voucher {
                 // Paid and unissued again: the merchant may issue it anew.
                 self.status = VoucherStatus::Authorized;
                 self.node = None;
+                self.consumer = None;
             }
             Event::DeliveryFailed { .. } => {
                 self.status = VoucherStatus::Issued;

@@ -39,7 +39,7 @@ pub fn rejection_code(rejection: &Rejection) -> Code {
         Rejection::NodeUnavailable => Code::FailedPrecondition,
         // A capacity limit is hit: every node's slots are taken.
         Rejection::NoNodeAvailable | Rejection::PreviewQuotaReached => Code::ResourceExhausted,
-        Rejection::NodeStillServes => Code::FailedPrecondition,
+        Rejection::NodeStillServes | Rejection::KeysReleased => Code::FailedPrecondition,
         Rejection::Overflow => Code::OutOfRange,
     }
 }
@@ -199,6 +199,7 @@ mod tests {
             Rejection::NoNodeAvailable,
             Rejection::PreviewQuotaReached,
             Rejection::NodeStillServes,
+            Rejection::KeysReleased,
             Rejection::Overflow,
             Rejection::ChallengeUsed,
             Rejection::DeliveryRetriesExhausted { retries_max: 3 },

@@ -134,3 +134,34 @@ fn recovered(recovery: u32) -> Event {
         recovery,
     }
 }
+
+/// A delivery that did not finish in its window lapsed: the voucher is paid and unissued,
+/// and its keys are with their consumer. The hole this closes: a merchant's Void then gave
+/// the money back and kept the usage in the royalties; now it is refused, and a refund
+/// (which adjusts the royalties) goes through. Reissued, only the keys' consumer redeems,
+/// and nothing is released anew.
+#[test]
+fn a_delivery_lapsed_in_its_window_is_refunded_not_voided_and_reissued_to_its_consumer() {
+    let lapsed = with(song_redeeming(), [Event::AccessLapsed { voucher_id: voucher_id(), node_id: node() }]);
+    let state = fold::<Voucher>(&lapsed);
+    assert_eq!((state.status, state.node.clone(), state.consumer.clone()), (VoucherStatus::Authorized, None, None));
+    check::<Voucher>(&lapsed, VoucherCommand::Void { merchant: merchant() }, AFTER_WINDOW, Err(Rejection::KeysReleased));
+    // Control: never redeemed, the same void goes through.
+    let unredeemed = with(song_issued(), [Event::AccessLapsed { voucher_id: voucher_id(), node_id: node() }]);
+    assert!(fold::<Voucher>(&unredeemed).decide(&VoucherCommand::Void { merchant: merchant() }, AFTER_WINDOW).is_ok());
+    let refund = VoucherCommand::Refund { merchant: merchant(), reason: "asked".into(), chargeback: false };
+    let refunded = fold::<Voucher>(&lapsed).decide(&refund, AFTER_WINDOW).expect("refunded");
+    assert!(matches!(&refunded[..], [Event::Refunded { .. }]), "{refunded:?}");
+    let issue = VoucherCommand::Issue { merchant: merchant(), node: other_node(), access_ttl_ms: ACCESS_TTL };
+    let reissued = with(
+        lapsed,
+        fold::<Voucher>(&with(song_redeeming(), [Event::AccessLapsed { voucher_id: voucher_id(), node_id: node() }]))
+            .decide(&issue, AFTER_WINDOW)
+            .expect("issued anew"),
+    );
+    let mallory = redeem_as(other_node(), crate::ids::ConsumerId::new("mallory"), crate::ids::CertSerial::new("m1"), CertCheck::Valid, ProofCheck::Valid);
+    check::<Voucher>(&reissued, mallory, AFTER_WINDOW, Err(Rejection::AlreadyRedeemed));
+    let again = redeem_answering(other_node(), consumer(), cert(), CertCheck::Valid, ProofCheck::Valid, [51; 32]);
+    let events = fold::<Voucher>(&reissued).decide(&again, AFTER_WINDOW).expect("the keys' consumer redeems again");
+    assert!(matches!(&events[..], [Event::RedemptionAccepted { released_media, .. }] if released_media.is_empty()), "{events:?}");
+}

@@ -108,6 +108,12 @@ enum Op {
     Expire {
         v: usize,
     },
+    /// The sweeper's end of `v`'s access window, at the clock's now (moved past the
+    /// window first when `past`).
+    Lapse {
+        v: usize,
+        past: bool,
+    },
     Issue {
         v: usize,
         right: bool,
@@ -170,6 +176,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..VOUCHERS, right(), 0..2usize, 0..3u8).prop_map(|(v, right, node, standing)| Op::Renew { v, right, node, standing }),
         1 => (0..VOUCHERS, 0..2usize).prop_map(|(v, consumer)| Op::Recover { v, consumer }),
         1 => (0..VOUCHERS).prop_map(|v| Op::Expire { v }),
+        1 => (0..VOUCHERS, any::<bool>()).prop_map(|(v, past)| Op::Lapse { v, past }),
         3 => (0..VOUCHERS, right(), 0..2usize, prop::bool::weighted(0.9))
             .prop_map(|(v, right, node, ttl_ok)| Op::Issue { v, right, node, ttl_ok }),
         3 => (0..VOUCHERS, right(), 0..2usize, cert, prop::bool::weighted(0.85))
@@ -225,6 +232,7 @@ struct Coverage {
     refunded_after_release: Cell<u32>,
     moved: Cell<u32>,
     moved_under_way: Cell<u32>,
+    lapsed_under_way: Cell<u32>,
     renewed: Cell<u32>,
     recovered: Cell<u32>,
     points_posted: Cell<u32>,
@@ -526,6 +534,15 @@ impl World {
                     bump(&coverage.renewed);
                 }
             }
+            Op::Lapse { v, past } => {
+                if past && self.vouchers[v].root.state.node.is_some() {
+                    self.now = self.now.max(self.vouchers[v].root.state.access_expires_at.plus_ms(1));
+                }
+                let under_way = self.vouchers[v].root.state.status == VoucherStatus::Redeeming;
+                if self.voucher_step(v, Actor::engine(), VoucherCommand::LapseAccess)?.is_ok_and(|events| !events.is_empty()) && under_way {
+                    bump(&coverage.lapsed_under_way);
+                }
+            }
             Op::Expire { v } => {
                 if self.voucher_step(v, Actor::engine(), VoucherCommand::Expire)?.is_ok_and(|events| !events.is_empty()) {
                     bump(&coverage.timed_out);
@@ -705,7 +722,8 @@ fn voucher_history(events: &[(Millis, Event)]) -> Result<(), String> {
             // Issued only while no key was released (then a refund is a `Refunded`).
             Event::Voided { .. } if !released => (&[S::Pending, S::Authorized, S::Issued], S::Voided),
             Event::Voided { .. } => return Err("Voided after a key was released".into()),
-            Event::Refunded { .. } if released => (&[S::Issued, S::Redeeming, S::Delivered], S::Refunded),
+            Event::Refunded { .. } if released => (&[S::Authorized, S::Issued, S::Redeeming, S::Delivered], S::Refunded),
+            Event::AccessLapsed { .. } => (&[S::Issued, S::Redeeming], S::Authorized),
             Event::Refunded { .. } => return Err("Refunded before any key was released".into()),
             Event::VoucherIssued { previous_node: None, .. } => (&[S::Authorized], S::Issued),
             // A move: an issued voucher whose keys never went out, or whose deliveries
@@ -784,6 +802,7 @@ fn voucher_history(events: &[(Millis, Event)]) -> Result<(), String> {
             }
             Event::RedemptionAccepted { .. } => released = true,
             Event::DeliveryFailed { .. } => failures += 1,
+            Event::AccessLapsed { .. } => node = None,
             _ => {}
         }
         status = to;
@@ -878,6 +897,7 @@ fn lifecycle_rules_hold_under_any_interleaving() {
         ("vouchers moved off a node gone", &coverage.moved),
         ("deliveries under way moved off a node that finishes nothing", &coverage.moved_under_way),
         ("delivered vouchers' access renewed", &coverage.renewed),
+        ("deliveries under way lapsed", &coverage.lapsed_under_way),
         ("lost copies recovered", &coverage.recovered),
         ("points posted", &coverage.points_posted),
         ("insufficient points", &coverage.insufficient_points),
