@@ -184,7 +184,7 @@ impl Market_ {
         let merchant = self.sold[voucher].merchant.clone();
         let request = self.id("issue");
         // Short and long access windows: some lapse within a tick, some outlive a node.
-        let ttl = if self.step % 2 == 0 { 30_000 } else { 300_000 };
+        let ttl = if self.step.is_multiple_of(2) { 30_000 } else { 300_000 };
         let Ok(issued) = self.market.issue(&merchant, &request, voucher, None, ttl).await else { return };
         if until < 3 {
             return;
