@@ -533,6 +533,10 @@ impl World {
 
 #[path = "grpc_bad_input/cases.rs"]
 mod cases;
+#[path = "grpc_bad_input/read_access.rs"]
+mod read_access;
+#[path = "grpc_bad_input/read_cases.rs"]
+mod read_cases;
 
 use cases::bad_input_cases;
 
@@ -956,6 +960,9 @@ impl World {
                 reason: "device lost".into(),
                 every_cert: true,
             }),
+            Rpc::ListVouchers | Rpc::GetStatement | Rpc::ListCatalog | Rpc::SearchCatalog | Rpc::GetLedger | Rpc::ListParties | Rpc::GetAccountPoints => {
+                read_access::access_request(rpc)
+            }
         }
     }
 }
@@ -967,12 +974,13 @@ fn cell(code: Code) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_matrix_every_role_by_every_rpc() {
     let world = build_world().await;
-    assert_eq!(EXPECTED_ACCESS.len(), Rpc::ALL.len(), "one expected row per RPC");
+    let expected_access: Vec<&(&str, [&str; 7])> = EXPECTED_ACCESS.iter().chain(read_access::READ_ACCESS).collect();
+    assert_eq!(expected_access.len(), Rpc::ALL.len(), "one expected row per RPC");
     let mut actual: Vec<(Rpc, Vec<(String, u64)>)> = Vec::new();
     let mut mismatches = Vec::new();
     // RPC by RPC, every role in turn: each request is refused before any state check for
     // every role but the rightful one, so the one allowed call changes nothing the others see.
-    for (&rpc, (name, expected)) in Rpc::ALL.iter().zip(EXPECTED_ACCESS) {
+    for (&rpc, (name, expected)) in Rpc::ALL.iter().zip(expected_access) {
         assert_eq!(rpc.name(), *name, "the expected table follows Rpc::ALL");
         let mut row = Vec::new();
         for (index, role) in ROLES.into_iter().enumerate() {

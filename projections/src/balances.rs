@@ -240,6 +240,17 @@ impl Balances {
         sums
     }
 
+    /// The ledger's balances summed per currency and account kind (what the operator's
+    /// ledger shows; each currency's kinds sum to zero, as `sums_by_currency` says).
+    pub fn by_kind(&self) -> BTreeMap<(String, LedgerAccountKind), i128> {
+        let mut sums: BTreeMap<(String, LedgerAccountKind), i128> = BTreeMap::new();
+        for (account, balance) in &self.ledger {
+            let sum = sums.entry((account.currency.clone(), account.kind)).or_default();
+            *sum = sum.saturating_add(*balance);
+        }
+        sums
+    }
+
     /// The balance of one ledger account (zero if no posting named it).
     pub fn ledger_balance(&self, currency: &str, kind: LedgerAccountKind, name: &str) -> i128 {
         self.ledger.get(&(currency, kind, name) as &dyn LedgerKey).copied().unwrap_or(0)

@@ -20,6 +20,7 @@ pub mod balances;
 mod borrowed_key;
 pub mod export;
 mod live;
+pub mod reads;
 mod rows;
 pub mod royalty;
 pub mod royalty_log;
@@ -119,6 +120,8 @@ pub struct Projections {
     pub allocation: allocation::Allocation,
     pub royalty: royalty_log::RoyaltyLog,
     pub balances: balances::Balances,
+    /// The read side's indexes (merchants' vouchers, catalog, statements, parties).
+    pub reads: reads::Reads,
     /// The projections note what they change, for a projection store (`store::load`).
     tracked: bool,
 }
@@ -137,6 +140,7 @@ impl Projections {
         self.allocation.track_changes();
         self.royalty.track_changes();
         self.balances.track_changes();
+        self.reads.track_changes();
     }
 
     /// The seal of the royalty entries not sealed yet, unsigned, when at least
@@ -196,18 +200,19 @@ impl Projections {
         // every projection as it was.
         // The sale's currency names the ledger accounts of postings; without postings (a
         // voucher voided before it was authorized) there is none to name and no lookup.
-        let balances = &mut self.balances;
-        let applied = match &recorded.event {
+        // The statements name the sale's merchant too: one lookup serves both.
+        let sale: Option<(String, String)> = match &recorded.event {
             engine::domain::event::Event::Authorized { voucher_id, postings, .. }
             | engine::domain::event::Event::Voided { voucher_id, reversal: postings, .. }
             | engine::domain::event::Event::Refunded { voucher_id, reversal: postings, .. }
                 if !postings.is_empty() =>
             {
-                self.royalty.sales.with_row(voucher_id, |sale| balances.apply(&recorded.event, sale.map_or("", |sale| sale.currency.as_str())))
+                self.royalty.sales.with_row(voucher_id, |sale| sale.map(|sale| (sale.merchant.clone(), sale.currency.clone())))
             }
-            _ => balances.apply(&recorded.event, ""),
+            _ => None,
         };
-        applied.map_err(|error| Finding::Ledger { seq: stored.seq, error })?;
+        let currency = sale.as_ref().map_or("", |(_, currency)| currency.as_str());
+        self.balances.apply(&recorded.event, currency).map_err(|error| Finding::Ledger { seq: stored.seq, error })?;
         self.stream_head_before = Some(self.stream_head);
         self.stream_head = stream_link(&self.stream_head, stored);
         self.stream_heads.push_back((stored.seq.0, self.stream_head));
@@ -228,6 +233,11 @@ impl Projections {
         self.vouchers.apply(&recorded.event);
         self.allocation.apply(&recorded.event);
         self.royalty.apply(stored.seq, &recorded.event, recorded.recorded_at.0, sealed_head);
+        let sale = sale.as_ref().map(|(merchant, currency)| (merchant.as_str(), currency.as_str()));
+        self.reads.apply(stored.seq, &recorded.event, recorded.recorded_at.0, sale);
+        for entry in self.royalty.recorded.drain(..) {
+            self.reads.count_usage(&entry);
+        }
         self.last_seq = stored.seq;
         self.events += 1;
         Ok(recorded)

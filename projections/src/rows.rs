@@ -156,6 +156,9 @@ pub trait RowKind {
     fn key_of(id: &[u8]) -> Result<Self::Key, RowError>;
     fn encode(value: &Self::Value) -> Result<Vec<u8>, RowError>;
     fn decode(key: &Self::Key, bytes: &[u8]) -> Result<Self::Value, RowError>;
+    /// Kept ordered in memory too (a `BTreeMap`), for kinds read in ranges (`range_from`):
+    /// the read indexes. Other kinds keep a `HashMap` (module docs of `Rows`).
+    const ORDERED: bool = false;
 }
 
 /// A map of rows that grow with the number of vouchers. In memory (`Memory`: replays,
@@ -173,8 +176,79 @@ pub struct Rows<R: RowKind> {
 }
 
 enum RowsInner<R: RowKind> {
-    Memory { rows: HashMap<R::Key, R::Value>, touched: Touched<R::Key> },
+    Memory { rows: MemoryRows<R::Key, R::Value>, touched: Touched<R::Key> },
     Stored(StoredRows<R>),
+}
+
+/// Rows in memory: hashed (most kinds), or ordered (`RowKind::ORDERED`, read in ranges).
+#[derive(Clone)]
+enum MemoryRows<K, V> {
+    Hashed(HashMap<K, V>),
+    Ordered(BTreeMap<K, V>),
+}
+
+impl<K: Ord + std::hash::Hash, V> MemoryRows<K, V> {
+    fn new(ordered: bool) -> Self {
+        if ordered { MemoryRows::Ordered(BTreeMap::new()) } else { MemoryRows::Hashed(HashMap::new()) }
+    }
+
+    fn get(&self, key: &K) -> Option<&V> {
+        match self {
+            MemoryRows::Hashed(rows) => rows.get(key),
+            MemoryRows::Ordered(rows) => rows.get(key),
+        }
+    }
+
+    fn get_mut(&mut self, key: &K) -> Option<&mut V> {
+        match self {
+            MemoryRows::Hashed(rows) => rows.get_mut(key),
+            MemoryRows::Ordered(rows) => rows.get_mut(key),
+        }
+    }
+
+    fn insert(&mut self, key: K, value: V) -> Option<V> {
+        match self {
+            MemoryRows::Hashed(rows) => rows.insert(key, value),
+            MemoryRows::Ordered(rows) => rows.insert(key, value),
+        }
+    }
+
+    fn remove(&mut self, key: &K) -> Option<V> {
+        match self {
+            MemoryRows::Hashed(rows) => rows.remove(key),
+            MemoryRows::Ordered(rows) => rows.remove(key),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            MemoryRows::Hashed(rows) => rows.len(),
+            MemoryRows::Ordered(rows) => rows.len(),
+        }
+    }
+
+    /// The rows from `start` on (all with `None`), in key order: a hashed map is sorted
+    /// first (O(rows)), an ordered one is read from `start` (O(log rows) to begin).
+    fn sorted_from(&self, start: Option<&K>) -> Vec<(&K, &V)> {
+        match self {
+            MemoryRows::Hashed(rows) => {
+                let mut sorted: Vec<(&K, &V)> = rows.iter().filter(|(key, _)| start.is_none_or(|start| *key >= start)).collect();
+                sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                sorted
+            }
+            MemoryRows::Ordered(rows) => match start {
+                Some(start) => rows.range(start..).collect(),
+                None => rows.iter().collect(),
+            },
+        }
+    }
+
+    fn ordered_from<'a>(&'a self, start: &'a K) -> Box<dyn Iterator<Item = (&'a K, &'a V)> + 'a> {
+        match self {
+            MemoryRows::Hashed(_) => Box::new(self.sorted_from(Some(start)).into_iter()),
+            MemoryRows::Ordered(rows) => Box::new(rows.range(start..)),
+        }
+    }
 }
 
 struct StoredRows<R: RowKind> {
@@ -192,7 +266,7 @@ struct StoredRows<R: RowKind> {
 
 impl<R: RowKind> Default for Rows<R> {
     fn default() -> Self {
-        Rows { inner: RowsInner::Memory { rows: HashMap::new(), touched: Touched::default() } }
+        Rows { inner: RowsInner::Memory { rows: MemoryRows::new(R::ORDERED), touched: Touched::default() } }
     }
 }
 
@@ -217,7 +291,7 @@ impl<R: RowKind> Clone for Rows<R> {
 impl<R: RowKind> std::fmt::Debug for Rows<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.inner {
-            RowsInner::Memory { rows, .. } => f.debug_map().entries(sorted(rows)).finish(),
+            RowsInner::Memory { rows, .. } => f.debug_map().entries(rows.sorted_from(None)).finish(),
             RowsInner::Stored(stored) => f.debug_struct("StoredRows").field("len", &stored.len).field("dirty", &stored.dirty.len()).finish_non_exhaustive(),
         }
     }
@@ -234,7 +308,11 @@ impl<R: RowKind> Eq for Rows<R> {}
 
 impl<R: RowKind> FromIterator<(R::Key, R::Value)> for Rows<R> {
     fn from_iter<I: IntoIterator<Item = (R::Key, R::Value)>>(rows: I) -> Self {
-        Rows { inner: RowsInner::Memory { rows: rows.into_iter().collect(), touched: Touched::default() } }
+        let mut memory = MemoryRows::new(R::ORDERED);
+        for (key, value) in rows {
+            memory.insert(key, value);
+        }
+        Rows { inner: RowsInner::Memory { rows: memory, touched: Touched::default() } }
     }
 }
 
@@ -359,8 +437,18 @@ impl<R: RowKind> Rows<R> {
     /// the uncommitted ones).
     pub fn iter(&self) -> Box<dyn Iterator<Item = (R::Key, R::Value)> + '_> {
         match &self.inner {
-            RowsInner::Memory { rows, .. } => Box::new(sorted(rows).into_iter().map(|(key, value)| (key.clone(), value.clone()))),
-            RowsInner::Stored(stored) => Box::new(stored.iter()),
+            RowsInner::Memory { rows, .. } => Box::new(rows.sorted_from(None).into_iter().map(|(key, value)| (key.clone(), value.clone()))),
+            RowsInner::Stored(stored) => Box::new(stored.iter(None)),
+        }
+    }
+
+    /// The rows from `start` on, in key order: what a paged read walks. Ordered kinds
+    /// (`RowKind::ORDERED`) start there at once, in memory and in sled alike; a hashed kind
+    /// in memory is sorted first.
+    pub fn range_from<'a>(&'a self, start: &'a R::Key) -> Box<dyn Iterator<Item = (R::Key, R::Value)> + 'a> {
+        match &self.inner {
+            RowsInner::Memory { rows, .. } => Box::new(rows.ordered_from(start).map(|(key, value)| (key.clone(), value.clone()))),
+            RowsInner::Stored(stored) => Box::new(stored.iter(Some(start))),
         }
     }
 
@@ -417,13 +505,6 @@ impl<R: RowKind> Rows<R> {
 /// Rows changed since the last commit, with their new values (`None`: removed).
 pub(crate) type Changed<R> = Vec<(<R as RowKind>::Key, Option<<R as RowKind>::Value>)>;
 
-/// The rows of a `HashMap` in key order.
-fn sorted<K: Ord, V>(rows: &HashMap<K, V>) -> Vec<(&K, &V)> {
-    let mut sorted: Vec<(&K, &V)> = rows.iter().collect();
-    sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
-    sorted
-}
-
 impl<R: RowKind> StoredRows<R> {
     fn sled_key(key: &R::Key) -> Vec<u8> {
         [&R::PREFIX[..], R::key_bytes(key)].concat()
@@ -457,16 +538,26 @@ impl<R: RowKind> StoredRows<R> {
         old
     }
 
-    /// sled's rows of this kind merged with the uncommitted ones, in key order. A row that
-    /// cannot be read ends the iteration early (and is logged): the digest then differs,
-    /// which is how a damaged store shows.
-    fn iter(&self) -> impl Iterator<Item = (R::Key, R::Value)> + '_ {
-        let mut overlay: BTreeMap<&R::Key, &Option<R::Value>> = self.committing.iter().collect();
-        overlay.extend(self.dirty.iter());
+    /// sled's rows of this kind merged with the uncommitted ones, in key order, from
+    /// `start` on (all with `None`). A row that cannot be read ends the iteration early (and
+    /// is logged): the digest then differs, which is how a damaged store shows.
+    fn iter<'a>(&'a self, start: Option<&'a R::Key>) -> impl Iterator<Item = (R::Key, R::Value)> + 'a {
+        let overlay: BTreeMap<&R::Key, &Option<R::Value>> = match start {
+            Some(start) => self.committing.range(start..).chain(self.dirty.range(start..)).collect(),
+            None => self.committing.iter().chain(self.dirty.iter()).collect(),
+        };
         let mut overlay = overlay.into_iter().peekable();
+        // Every key of this kind from `start`: up to the prefix's successor (prefixes end
+        // in '/', so the successor differs in the last byte only).
+        let low = match start {
+            Some(start) => Self::sled_key(start),
+            None => R::PREFIX.to_vec(),
+        };
+        let mut high = R::PREFIX.to_vec();
+        high[PREFIX_BYTES - 1] += 1;
         let mut stored = self
             .db
-            .scan_prefix(R::PREFIX)
+            .range(low..high)
             .map(|pair| {
                 let (key, value) = pair.map_err(RowError::Read)?;
                 let key = R::key_of(&key[PREFIX_BYTES..])?;

@@ -117,6 +117,9 @@ pub struct RoyaltyLog {
     /// Entries bind their source event's stream sequence (the stream recorded
     /// `royalty.entry_binding` = 1 before them).
     pub(crate) bind_seq: bool,
+    /// The entries the event being applied recorded, for the read indexes' statements
+    /// (`Projections::apply` drains it after each event; empty between events).
+    pub(crate) recorded: Vec<Entry>,
     /// What changed since the projection store last committed this log.
     pub(crate) touched_catalog: Touched<MediaId>,
     pub(crate) touched_previews: Touched<PreviewId>,
@@ -289,6 +292,7 @@ impl RoyaltyLog {
             self.source_seqs.push(entry.source_seq);
             self.entries.push(chain.append_encoded_bound(&encoded, self.bind_seq.then_some(entry.source_seq)));
         }
+        self.recorded.push(entry);
     }
 
     fn check_seal(&mut self, seq: Seq, seal: &RightsReportSealed, sealed_head: Option<[u8; 32]>) {

@@ -18,11 +18,12 @@
 //! - state keys, one per row, each a 3-byte prefix and the row's id, each prefix owned by
 //!   one format: `vr/` `vh/` (`vouchers::format`), `an/` `av/` `ap/` `ar/`
 //!   (`allocation::format`), `rc/` `rs/` `rp/` `re/` `rt/` `rl/` `rf/`
-//!   (`royalty_log::format`), `bl/` `bp/` (`balances::format`), `sh/` (`heads`).
+//!   (`royalty_log::format`), `bl/` `bp/` (`balances::format`), `qv/` `qp/` `qc/` `qs/`
+//!   (`reads::format`), `sh/` (`heads`).
 //!
 //! Format 2 added the balances and the stream head before the last event; format 3 keeps
-//! the stream heads many to a row (`heads`). A store of an older format fails the marker
-//! check at open and is quarantined and rebuilt (`open`).
+//! the stream heads many to a row (`heads`); format 8 adds the read indexes (`reads`). A
+//! store of an older format fails the marker check at open and is quarantined and rebuilt.
 //!
 //! Secrets: none is stored. The royalty chain's current `A_j` is re-derived at load from
 //! the master key (`Chain::resume`: `A_0` advanced `j` times, checked against the newest
@@ -63,7 +64,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 /// The value of `@format`; a new layout gets a new marker (and old stores are rebuilt).
-pub const FORMAT_MARKER: &[u8] = b"vouchsafe-projection-store/7";
+pub const FORMAT_MARKER: &[u8] = b"vouchsafe-projection-store/8";
 
 const FORMAT_KEY: &[u8] = b"@format";
 const CHECKPOINT_KEY: &[u8] = b"@checkpoint";
@@ -148,6 +149,7 @@ impl ProjectionStore {
         projections.vouchers.rows_committed();
         projections.allocation.rows_committed();
         projections.royalty.rows_committed();
+        projections.reads.rows_committed();
     }
 
     /// After a rebuild in memory was committed whole: its rows of the kinds kept cold in
@@ -156,6 +158,7 @@ impl ProjectionStore {
         projections.vouchers.spill(&self.db);
         projections.allocation.spill(&self.db);
         projections.royalty.spill(&self.db);
+        projections.reads.spill(&self.db);
     }
 
     fn lock_writer(&self) -> std::sync::MutexGuard<'_, Writer> {

@@ -1,5 +1,6 @@
 //! `vouchsafe admin`: the operator's administration over AdminService (statistics,
-//! configuration, nodes, merchants, auditors, media, consumers' certificates), with the
+//! configuration, nodes, merchants, auditors, media, consumers' certificates; the ledger,
+//! the parties and points accounts, read in `reads`), with the
 //! operator credential from `--keys DIR`. Every change is an audited event on the stream;
 //! `--json` prints the answer's object (CLI.md), a refusal exits 1.
 
@@ -43,6 +44,24 @@ pub enum AdminCommand {
     Cert {
         #[command(subcommand)]
         command: CertAdminCommand,
+    },
+    /// The ledger: balances per currency and account kind, and their sums (zero).
+    Ledger,
+    /// Merchants, nodes, auditors and certificates (consumers', devices') with their status.
+    Parties {
+        #[arg(long, value_enum)]
+        kind: Option<super::reads::PartyKindArg>,
+        /// At most this many parties.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        limit: u32,
+        /// Go on from a `next_cursor` an earlier answer printed.
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// One points account: balance, held, available.
+    Points {
+        #[arg(long = "account", value_name = "ID")]
+        account_id: String,
     },
 }
 
@@ -229,6 +248,11 @@ pub async fn admin(args: AdminArgs) -> anyhow::Result<Outcome> {
                 let answer = admin.revoke_certs(message).await?.into_inner();
                 serde_json::json!({ "consumer_id": answer.consumer_id, "cert_serials": answer.cert_serials, "changed": answer.changed })
             }
+            AdminCommand::Ledger => super::reads::admin_ledger(&mut admin).await?,
+            AdminCommand::Parties { kind, limit, cursor } => {
+                super::reads::admin_parties(&mut admin, kind.map(super::reads::PartyKindArg::name), *limit, cursor.as_deref()).await?
+            }
+            AdminCommand::Points { account_id } => super::reads::admin_points(&mut admin, account_id).await?,
         })
     }
     .await;

@@ -22,10 +22,13 @@ pub enum Command {
     },
     /// The engine: gRPC services, projections, sweeper, sealer; stops gracefully on SIGTERM/ctrl-c.
     Serve(crate::server::serve::ServeArgs),
-    /// A merchant client: reserve, authorize, void, issue, buy, preview, get.
+    /// A merchant client: reserve, authorize, void, issue, buy, preview, get; list, statement.
     Merchant(super::MerchantArgs),
-    /// Operator administration: stats, config, nodes, merchants, auditors, media, certificates.
+    /// Operator administration: stats, config, nodes, merchants, auditors, media, certificates;
+    /// the ledger, the parties, points accounts.
     Admin(super::admin::AdminArgs),
+    /// What is on sale, at what price (a merchant's credential): search by title or artist.
+    Catalog(super::reads::CatalogArgs),
     /// A delivery node agent: registers, follows its feed, serves media to players.
     Node(super::NodeCliArgs),
     /// The reference consumer: passport, redeem, download, decrypt, verify; spend

@@ -45,6 +45,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let runtime = tokio::runtime::Runtime::new()?;
             Ok(runtime.block_on(super::admin::admin(args))?.report(json))
         }
+        Command::Catalog(args) => {
+            let json = args.json;
+            let runtime = tokio::runtime::Runtime::new()?;
+            Ok(runtime.block_on(super::reads::catalog(args))?.report(json))
+        }
         Command::Node(args) => {
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(super::node(args))?;

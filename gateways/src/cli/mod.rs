@@ -1,7 +1,8 @@
 //! The command line: `args` (clap's view of every subcommand), `dispatch` (runs a parsed
 //! command and turns it into an exit code), `admin` (the operator's administration),
 //! `inspect` (media containers and delivered copies), `player` (the reference consumer),
-//! `points` (top-ups), and here the other network clients' subcommands (`keys issue`,
+//! `points` (top-ups), `reads` (lists, statements, catalog search, ledger, parties), and
+//! here the other network clients' subcommands (`keys issue`,
 //! `merchant`, `publish`, `node`):
 //! argument shapes and what each prints. Human output goes to stderr, `--json` prints one object on the
 //! last line of stdout (CLI.md). A refused command exits 1 with the engine's status code
@@ -13,6 +14,7 @@ pub mod dispatch;
 pub mod inspect;
 pub mod player;
 pub mod points;
+pub mod reads;
 
 pub use args::Cli;
 
@@ -678,6 +680,25 @@ pub enum MerchantCommand {
         #[arg(long)]
         voucher: String,
     },
+    /// The merchant's own vouchers, newest first: all, or one set (or status).
+    List {
+        #[arg(long, value_enum)]
+        set: Option<reads::SetArg>,
+        /// One status: Pending, Authorized, Issued, Redeeming, Delivered, Voided, Refunded.
+        #[arg(long)]
+        status: Option<String>,
+        /// At most this many vouchers.
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        limit: u32,
+        /// Go on from a `next_cursor` an earlier list printed.
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// The merchant's figures for one month (UTC): usage, sales, refunds, postings by kind.
+    Statement {
+        #[arg(long, value_parser = reads::parse_period)]
+        period: String,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -828,6 +849,8 @@ pub async fn merchant(args: MerchantArgs) -> anyhow::Result<Outcome> {
                     "delivered_media_ids": view.delivered_media_ids,
                 })
             }
+            MerchantCommand::List { set, status, limit, cursor } => reads::merchant_list(&mut merchant, *set, status.as_deref(), *limit, cursor.as_deref()).await?,
+            MerchantCommand::Statement { period } => reads::merchant_statement(&mut merchant, period).await?,
         })
     }
     .await;

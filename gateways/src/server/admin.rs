@@ -1,6 +1,7 @@
 //! AdminService: statistics, audited configuration, draining and removing nodes,
 //! suspending and reinstating merchants, revoking auditors and consumers' certificates,
-//! withdrawing media and changing prices (operator only; each change an audited event).
+//! withdrawing media and changing prices (operator only; each change an audited event);
+//! the ledger, the parties and any points account (reads, `reads`).
 
 use super::api::*;
 use engine::domain::voucher::VoucherStatus;
@@ -261,6 +262,33 @@ impl pb::admin_service_server::AdminService for Api {
                 cert_serials: done.state.into_iter().map(|serial| serial.0).collect(),
                 changed: done.changed,
             })
+        }
+        .await;
+        self.answer(result)
+    }
+
+    async fn get_ledger(&self, request: Request<pb::GetLedgerRequest>) -> Result<Response<pb::LedgerResponse>, Status> {
+        let result = async {
+            Self::operator(&request)?;
+            self.ledger().await
+        }
+        .await;
+        self.answer(result)
+    }
+
+    async fn list_parties(&self, request: Request<pb::ListPartiesRequest>) -> Result<Response<pb::PartiesPage>, Status> {
+        let result = async {
+            Self::operator(&request)?;
+            self.parties(request.get_ref()).await
+        }
+        .await;
+        self.answer(result)
+    }
+
+    async fn get_account_points(&self, request: Request<pb::AccountPointsRequest>) -> Result<Response<pb::PointsBalanceResponse>, Status> {
+        let result = async {
+            Self::operator(&request)?;
+            self.account_points(request.get_ref()).await
         }
         .await;
         self.answer(result)

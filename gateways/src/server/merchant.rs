@@ -1,4 +1,5 @@
-//! MerchantService: reserve, authorize, void, issue, preview, get, duplication orders.
+//! MerchantService: reserve, authorize, void, issue, preview, get, duplication orders, and
+//! the merchant's reads (its vouchers, statements, the catalog: `reads`).
 //! Each handler checks and converts its request, calls one `Market` method and maps the
 //! answer through `status`.
 
@@ -185,6 +186,44 @@ impl pb::merchant_service_server::MerchantService for Api {
             let balance =
                 self.market().sell_points(&merchant, &request_id, &account, message.amount, &message.currency, &message.reference).await.map_err(fail)?;
             Ok(pb::TopUpPointsResponse { balance })
+        }
+        .await;
+        self.answer(result)
+    }
+
+    async fn list_vouchers(&self, request: Request<pb::ListVouchersRequest>) -> Result<Response<pb::VoucherPage>, Status> {
+        let result = async {
+            let merchant = Self::merchant(&request)?;
+            self.list_vouchers(&merchant, request.get_ref()).await
+        }
+        .await;
+        self.answer(result)
+    }
+
+    async fn get_statement(&self, request: Request<pb::GetStatementRequest>) -> Result<Response<pb::StatementResponse>, Status> {
+        let result = async {
+            let merchant = Self::merchant(&request)?;
+            self.statement(&merchant, request.get_ref()).await
+        }
+        .await;
+        self.answer(result)
+    }
+
+    async fn list_catalog(&self, request: Request<pb::ListCatalogRequest>) -> Result<Response<pb::CatalogPage>, Status> {
+        let result = async {
+            Self::merchant(&request)?;
+            let message = request.get_ref();
+            self.catalog_page(None, &message.cursor, message.limit).await
+        }
+        .await;
+        self.answer(result)
+    }
+
+    async fn search_catalog(&self, request: Request<pb::SearchCatalogRequest>) -> Result<Response<pb::CatalogPage>, Status> {
+        let result = async {
+            Self::merchant(&request)?;
+            let message = request.get_ref();
+            self.catalog_page(Some(&message.text), &message.cursor, message.limit).await
         }
         .await;
         self.answer(result)

@@ -20,6 +20,7 @@ pub mod front_door;
 pub mod jobs;
 mod merchant;
 pub mod metrics;
+mod reads;
 pub mod serve;
 pub mod status;
 

@@ -162,6 +162,16 @@ pub fn assignment_feed_replaced() -> Status {
     Status::aborted("a newer SubscribeAssignments of this node replaced this feed; one feed per node")
 }
 
+/// A figure of a read does not fit its field (a sum past what int64 or uint64 holds).
+pub fn figure_out_of_range(what: &str) -> Status {
+    Status::out_of_range(format!("{what} does not fit its field; ask the operator to check the ledger"))
+}
+
+/// A read's cursor that no page of this engine answered.
+pub fn bad_cursor() -> Status {
+    from_rejection(&Rejection::InvalidArgument { field: "cursor", reason: "is not a next_cursor this engine answered".into() })
+}
+
 pub fn node_must_register() -> Status {
     Status::failed_precondition("this node has not announced itself to this engine; call RegisterNode")
 }

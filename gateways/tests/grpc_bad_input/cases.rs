@@ -12,6 +12,7 @@ pub(super) fn refund_pb(request_id: &str, voucher_id: &str) -> pb::RefundRequest
 fn empty_message_code(rpc: Rpc) -> Code {
     match rpc {
         Rpc::Heartbeat | Rpc::SubscribeAssignments | Rpc::Replay | Rpc::VerifyChain | Rpc::Totals | Rpc::GetStats | Rpc::GetConfig => Code::Ok,
+        Rpc::ListVouchers | Rpc::ListCatalog | Rpc::GetLedger | Rpc::ListParties => Code::Ok,
         _ => Code::InvalidArgument,
     }
 }
@@ -981,6 +982,8 @@ pub(super) fn bad_input_cases(w: &World) -> Vec<Case> {
     }
     // A change already in effect is answered and writes nothing (C is active).
     cases.push(case("no change", "reinstate active merchant C", &op, reinstate("adm-reinstate-3", c), Code::Ok).answer_has("changed: false"));
+
+    cases.extend(super::read_cases::read_cases(w));
 
     // Which check refused it, where the code alone could come from another one.
     for case in &mut cases {

@@ -665,7 +665,39 @@ pub(super) fn arb_request(rpc: Rpc, p: &Pools, b: Bias) -> BoxedStrategy<Req> {
                 })
                 .boxed()
         }
+        Rpc::ListVouchers => {
+            let set =
+                one_of(vec![(b.plausible(3), select(vec!["", "pending", "undelivered", "delivered"]).prop_map(String::from).boxed()), (2, hostile_text())]);
+            let statuses = vec!["", "Pending", "Authorized", "Issued", "Redeeming", "Delivered", "Voided", "Refunded", "None", "pending"];
+            let status = one_of(vec![(b.plausible(3), select(statuses).prop_map(String::from).boxed()), (2, hostile_text())]);
+            (set, status, u32_field(10, b), cursor(b))
+                .prop_map(|(set, status, limit, cursor)| Req::ListVouchers(pb::ListVouchersRequest { set, status, limit, cursor }))
+                .boxed()
+        }
+        Rpc::GetStatement => {
+            let period =
+                one_of(vec![(b.plausible(3), select(vec!["2026-01", "1999-12", "2026-13", "2026-00"]).prop_map(String::from).boxed()), (2, hostile_text())]);
+            period.prop_map(|period| Req::GetStatement(pb::GetStatementRequest { period })).boxed()
+        }
+        Rpc::ListCatalog => (cursor(b), u32_field(10, b)).prop_map(|(cursor, limit)| Req::ListCatalog(pb::ListCatalogRequest { cursor, limit })).boxed(),
+        Rpc::SearchCatalog => (free_text(b), cursor(b), u32_field(10, b))
+            .prop_map(|(text, cursor, limit)| Req::SearchCatalog(pb::SearchCatalogRequest { text, cursor, limit }))
+            .boxed(),
+        Rpc::GetLedger => Just(Req::GetLedger(pb::GetLedgerRequest {})).boxed(),
+        Rpc::ListParties => {
+            let kind = one_of(vec![
+                (b.plausible(3), select(vec!["", "merchant", "node", "auditor", "certificate"]).prop_map(String::from).boxed()),
+                (2, hostile_text()),
+            ]);
+            (kind, cursor(b), u32_field(10, b)).prop_map(|(kind, cursor, limit)| Req::ListParties(pb::ListPartiesRequest { kind, cursor, limit })).boxed()
+        }
+        Rpc::GetAccountPoints => account().prop_map(|account_id| Req::GetAccountPoints(pb::AccountPointsRequest { account_id })).boxed(),
     }
+}
+
+/// A read's cursor: none, the hex of bytes (what pages answer, or not), or hostile text.
+fn cursor(b: Bias) -> BoxedStrategy<String> {
+    one_of(vec![(b.plausible(3), Just(String::new()).boxed()), (3, vec(any::<u8>(), 0..300).prop_map(hex::encode).boxed()), (2, hostile_text())])
 }
 
 pub(super) fn arb_publish(p: &Pools, rid: BoxedStrategy<String>, b: Bias) -> BoxedStrategy<Req> {

@@ -221,6 +221,14 @@ rpcs! {
     ChangePrice = Admin.change_price(ChangePriceRequest) unary;
     RevokeCerts = Admin.revoke_certs(RevokeCertsRequest) unary;
     GetPoints = Consumer.get_points(GetPointsRequest) unary;
+    // The reads of issue 23, last: tables that follow this order add them at their end.
+    ListVouchers = Merchant.list_vouchers(ListVouchersRequest) unary;
+    GetStatement = Merchant.get_statement(GetStatementRequest) unary;
+    ListCatalog = Merchant.list_catalog(ListCatalogRequest) unary;
+    SearchCatalog = Merchant.search_catalog(SearchCatalogRequest) unary;
+    GetLedger = Admin.get_ledger(GetLedgerRequest) unary;
+    ListParties = Admin.list_parties(ListPartiesRequest) unary;
+    GetAccountPoints = Admin.get_account_points(AccountPointsRequest) unary;
 }
 
 impl Rpc {
@@ -235,7 +243,10 @@ impl Rpc {
 
     /// Whether field 1 of the request is a `string` (so invalid UTF-8 there cannot decode).
     pub fn field_one_is_string(self) -> bool {
-        !matches!(self, Rpc::Heartbeat | Rpc::SubscribeAssignments | Rpc::Replay | Rpc::VerifyChain | Rpc::Totals | Rpc::GetStats | Rpc::GetConfig)
+        !matches!(
+            self,
+            Rpc::Heartbeat | Rpc::SubscribeAssignments | Rpc::Replay | Rpc::VerifyChain | Rpc::Totals | Rpc::GetStats | Rpc::GetConfig | Rpc::GetLedger
+        )
     }
 }
 

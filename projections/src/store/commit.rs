@@ -21,7 +21,7 @@ use super::read::Stored;
 use super::{CHECKPOINT_KEY, Checkpoint, FORMAT_KEY, FORMAT_MARKER, ProjectionStore};
 use crate::rows::RowWrite;
 use crate::royalty_log::format::Tails;
-use crate::{Projections, allocation, balances, royalty_log, vouchers};
+use crate::{Projections, allocation, balances, reads, royalty_log, vouchers};
 use engine::ids::Seq;
 use std::collections::VecDeque;
 
@@ -61,6 +61,7 @@ struct Changes {
     allocation: Vec<allocation::format::Change>,
     royalty: Vec<royalty_log::format::Change>,
     balances: Vec<balances::format::Change>,
+    reads: Vec<reads::format::Change>,
     heads: Vec<heads::Change>,
 }
 
@@ -95,6 +96,7 @@ impl ProjectionStore {
         let allocation = projections.allocation.take_changes().map_err(CommitError::RowUnreadable)?;
         let (royalty, tails) = projections.royalty.take_changes(writer.tails).map_err(CommitError::RowUnreadable)?;
         let balances = projections.balances.take_changes();
+        let reads = projections.reads.take_changes().map_err(CommitError::RowUnreadable)?;
         let (heads, head_rows) = heads::changes(&projections.stream_heads, &writer.head_rows);
 
         let log = &projections.royalty;
@@ -109,7 +111,7 @@ impl ProjectionStore {
             royalty_entries_bound: log.bind_seq,
             content_digest: [0; 32],
         };
-        let changes = Changes { vouchers, allocation, royalty, balances, heads };
+        let changes = Changes { vouchers, allocation, royalty, balances, reads, heads };
         Ok(PendingCommit { base, changes, record, tails, head_rows })
     }
 
@@ -141,13 +143,14 @@ impl ProjectionStore {
     /// Encodes and writes a prepared batch; returns what it wrote and what is durable now.
     fn write_batch(&self, writer: &Writer, prepared: PendingCommit) -> Result<(Committed, Durable), CommitError> {
         let PendingCommit { changes, record, tails, head_rows, .. } = prepared;
-        let Changes { vouchers, allocation, royalty, balances, heads } = changes;
+        let Changes { vouchers, allocation, royalty, balances, reads, heads } = changes;
         let writes = vouchers
             .into_iter()
             .map(vouchers::format::Change::write)
             .chain(allocation.into_iter().map(allocation::format::Change::write))
             .chain(royalty.into_iter().map(royalty_log::format::Change::write))
             .chain(balances.into_iter().map(balances::format::Change::write))
+            .chain(reads.into_iter().map(reads::format::Change::write))
             .chain(heads.into_iter().map(|change| Ok(change.write())));
         let mut digest = writer.record.content_digest;
         let mut batch = sled::Batch::default();

@@ -13,7 +13,7 @@ use super::errors::StateError;
 use super::heads::{self, HeadRows};
 use super::{CHECKPOINT_KEY, META_PREFIX};
 use crate::rows::PREFIX_BYTES;
-use crate::{Projections, allocation, balances, royalty_log, vouchers};
+use crate::{Projections, allocation, balances, reads, royalty_log, vouchers};
 use engine::ids::Seq;
 
 /// Everything a store holds, decoded and checked.
@@ -33,6 +33,7 @@ pub(super) fn read_state(db: &sled::Db) -> Result<Stored, StateError> {
     let mut allocation = allocation::format::Reader::default();
     let mut royalty = royalty_log::format::Reader::default();
     let mut balances = balances::format::Reader::default();
+    let mut reads = reads::format::Reader::default();
     let mut heads = heads::Reader::default();
     for pair in db.iter() {
         let (key, value) = pair.map_err(StateError::Read)?;
@@ -50,6 +51,7 @@ pub(super) fn read_state(db: &sled::Db) -> Result<Stored, StateError> {
             || allocation.read(prefix, id, &value)?
             || royalty.read(prefix, id, &value)?
             || balances.read(prefix, id, &value)?
+            || reads.read(prefix, id, &value)?
             || heads.read(prefix, id, &value)?;
         if !taken {
             return Err(unknown());
@@ -83,6 +85,7 @@ pub(super) fn read_state(db: &sled::Db) -> Result<Stored, StateError> {
         allocation: allocation.finish(db),
         royalty,
         balances,
+        reads: reads.finish(db),
         tracked: false,
     };
     Ok(Stored { projections, record, head_rows })
