@@ -145,7 +145,7 @@ pub fn event_undecodable(seq: u64, error: &dyn std::fmt::Display) -> Status {
 }
 
 pub fn media_store_failed(what: &str, error: &engine::media_store::MediaStoreError) -> Status {
-    with_error_id(Code::Internal, what, error)
+    with_error_id(Code::Internal, what, &crate::common::status::WithCauses(error))
 }
 
 pub fn node_not_announced(node: &str) -> Status {
