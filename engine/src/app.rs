@@ -34,6 +34,7 @@ use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 
 mod admin;
+use admin::naming;
 mod container;
 mod issue;
 mod points;
@@ -275,6 +276,17 @@ impl Market {
     async fn voucher_of(&self, voucher_id: &VoucherId) -> Result<Arc<Root<Voucher>>, AppError> {
         crate::domain::validate::id("voucher_id", &voucher_id.0)?;
         Ok(self.handler.load::<Voucher>(&voucher_id.0).await?)
+    }
+
+    /// `merchant`'s own voucher. Another merchant's answers exactly as one that does not
+    /// exist (no existence oracle), and before anything else about it is looked at (its
+    /// media, its node), so no later check can tell the two apart either.
+    async fn merchants_voucher(&self, merchant: &MerchantId, voucher_id: &VoucherId) -> Result<Arc<Root<Voucher>>, AppError> {
+        let root = self.voucher_of(voucher_id).await?;
+        if root.state.status == voucher::VoucherStatus::None || root.state.merchant.as_ref() != Some(merchant) {
+            return Err(Rejection::NotFound { kind: "voucher", id: voucher_id.0.clone() }.into());
+        }
+        Ok(root)
     }
 
     async fn active_merchant(&self, merchant: &MerchantId) -> Result<(), AppError> {
@@ -593,7 +605,7 @@ impl Market {
 
     pub async fn authorize(&self, merchant: &MerchantId, request: &RequestId, voucher_id: &VoucherId) -> Result<AuthorizeAnswer, AppError> {
         self.active_merchant(merchant).await?;
-        let root = self.voucher_of(voucher_id).await?;
+        let root = self.merchants_voucher(merchant, voucher_id).await?;
         let mut media = Vec::with_capacity(root.state.items.len());
         for item in &root.state.items {
             media.push(self.media(&item.media_id).await?);
@@ -602,7 +614,7 @@ impl Market {
         drop(root);
         let by = actor(ActorKind::Merchant, &merchant.0);
         let command = VoucherCommand::Authorize(Authorize { merchant: merchant.clone(), receipt_key_id: TOKEN_KEY_ID, media });
-        let handled = self.handler.handle::<Voucher>(&voucher_id.0, &by, request, &command).await?;
+        let handled = self.handler.handle::<Voucher>(&voucher_id.0, &by, request, &command).await.map_err(|error| naming(error, &voucher_id.0))?;
         let state = &handled.root.state;
         if let Some(Payment::Points { account }) = &state.payment {
             self.handler
@@ -614,9 +626,10 @@ impl Market {
     }
 
     pub async fn void(&self, merchant: &MerchantId, request: &RequestId, voucher_id: &VoucherId) -> Result<(), AppError> {
-        self.voucher_of(voucher_id).await?;
+        self.merchants_voucher(merchant, voucher_id).await?;
         let by = actor(ActorKind::Merchant, &merchant.0);
-        let handled = self.handler.handle::<Voucher>(&voucher_id.0, &by, request, &VoucherCommand::Void { merchant: merchant.clone() }).await?;
+        let void = VoucherCommand::Void { merchant: merchant.clone() };
+        let handled = self.handler.handle::<Voucher>(&voucher_id.0, &by, request, &void).await.map_err(|error| naming(error, &voucher_id.0))?;
         self.settle_void(&by, request, voucher_id, &handled.root.state, VoidReason::Refunded).await
     }
 
@@ -631,10 +644,10 @@ impl Market {
         reason: &str,
         chargeback: bool,
     ) -> Result<voucher::VoucherStatus, AppError> {
-        self.voucher_of(voucher_id).await?;
+        self.merchants_voucher(merchant, voucher_id).await?;
         let by = actor(ActorKind::Merchant, &merchant.0);
         let command = VoucherCommand::Refund { merchant: merchant.clone(), reason: reason.to_string(), chargeback };
-        let handled = self.handler.handle::<Voucher>(&voucher_id.0, &by, request, &command).await?;
+        let handled = self.handler.handle::<Voucher>(&voucher_id.0, &by, request, &command).await.map_err(|error| naming(error, &voucher_id.0))?;
         let state = &handled.root.state;
         self.settle_void(&by, request, voucher_id, state, VoidReason::Refunded).await?;
         Ok(state.status)
@@ -698,13 +711,7 @@ impl Market {
     }
 
     pub async fn get_voucher(&self, merchant: &MerchantId, voucher_id: &VoucherId) -> Result<Voucher, AppError> {
-        let root = self.voucher_of(voucher_id).await?;
-        // Another merchant's voucher answers exactly as one that does not exist: the answer
-        // must not tell merchant B that merchant A's voucher is there.
-        if root.state.status == voucher::VoucherStatus::None || root.state.merchant.as_ref() != Some(merchant) {
-            return Err(Rejection::NotFound { kind: "voucher", id: voucher_id.0.clone() }.into());
-        }
-        Ok(root.state.clone())
+        Ok(self.merchants_voucher(merchant, voucher_id).await?.state.clone())
     }
 
     pub async fn preview(&self, merchant: &MerchantId, request: &RequestId, media_id: &MediaId, region: Option<&str>) -> Result<(PreviewId, NodeId), AppError> {
@@ -779,7 +786,11 @@ impl Market {
         };
         // Decided first (ownership, suspension, the unit, one key per unit); the media key is
         // wrapped only for the key the order records for the unit, after the decision.
-        let handled = self.handler.handle::<Order>(&order.0, &actor(ActorKind::Merchant, &merchant.0), request, &command).await?;
+        let handled = self
+            .handler
+            .handle::<Order>(&order.0, &actor(ActorKind::Merchant, &merchant.0), request, &command)
+            .await
+            .map_err(|error| naming(error, &order.0))?;
         let order_state = &handled.root.state;
         if order_state.merchant.as_ref() != Some(merchant) || order_state.bound_keys.get(&unit) != Some(&crypto::hash(device_public_key_der)) {
             // A repeated request id answered without deciding: it must name what was bound.
@@ -792,7 +803,7 @@ impl Market {
 
     pub async fn complete_unit(&self, merchant: &MerchantId, request: &RequestId, order: &OrderId, unit: u32) -> Result<(), AppError> {
         let command = OrderCommand::CompleteUnit { merchant: merchant.clone(), unit };
-        self.handler.handle::<Order>(&order.0, &actor(ActorKind::Merchant, &merchant.0), request, &command).await?;
+        self.handler.handle::<Order>(&order.0, &actor(ActorKind::Merchant, &merchant.0), request, &command).await.map_err(|error| naming(error, &order.0))?;
         Ok(())
     }
 

@@ -98,6 +98,23 @@ async fn admin_is_for_the_operator_config_replays_and_drained_nodes_finish_their
     let bad =
         admin.set_config(pb::SetConfigRequest { request_id: "c2".into(), key: "access.ttl_ms".into(), value: "1".into() }).await.expect_err("out of range");
     assert_eq!(bad.code(), Code::InvalidArgument);
+    // Values within their plain range that would break the market, refused over gRPC naming
+    // the constraint (issue 21 item 11): the tried attack, a heartbeat timeout of 1000 ms
+    // below the nodes' 5 s heartbeat, and an access window shorter than the heartbeat
+    // timeout. The control is the accepted 120000 above; the count below shows nothing written.
+    let refuse = |request_id: &str, key: &str, value: &str| {
+        let request = pb::SetConfigRequest { request_id: request_id.into(), key: key.into(), value: value.into() };
+        let mut admin = admin.clone();
+        async move { admin.set_config(request).await.expect_err("breaks a constraint") }
+    };
+    let attack = refuse("c3", "node.heartbeat_timeout_ms", "1000").await;
+    assert_eq!(attack.code(), Code::InvalidArgument, "{attack:?}");
+    assert!(attack.message().contains("twice the nodes' heartbeat interval"), "names the constraint: {}", attack.message());
+    let window = refuse("c4", "access.ttl_ms", "5000").await;
+    assert_eq!(window.code(), Code::InvalidArgument, "{window:?}");
+    assert!(window.message().contains("at least node.heartbeat_timeout_ms"), "names the constraint: {}", window.message());
+    let timeout = refuse("c5", "node.heartbeat_timeout_ms", "120001").await;
+    assert!(timeout.message().contains("at most access.ttl_ms (now 120000)"), "against the value set above: {}", timeout.message());
     assert_eq!(log.last_seq().await.expect("head").0, head.0 + 1, "one ConfigChanged event");
     engine.shutdown().await.expect("shutdown");
     let (engine, channel) = start(dir.path(), Arc::clone(&log)).await;

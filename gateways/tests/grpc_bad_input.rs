@@ -662,21 +662,21 @@ const EXPECTED_ACCESS: &[(&str, [&str; 7])] = &[
     (
         "Authorize",
         /*           */
-        ["PermissionDenied", "allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"],
+        ["PermissionDenied", "allowed", "NotFound", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"],
     ),
     (
         "Void",
         /*                */
-        ["PermissionDenied", "allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"],
+        ["PermissionDenied", "allowed", "NotFound", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"],
     ),
     (
         "Refund",
         /*              */
-        ["PermissionDenied", "allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"],
+        ["PermissionDenied", "allowed", "NotFound", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"],
     ),
     (
         "IssueVoucher",
-        /*        */ ["PermissionDenied", "allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"],
+        /*        */ ["PermissionDenied", "allowed", "NotFound", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"],
     ),
     (
         "Preview",
@@ -694,11 +694,11 @@ const EXPECTED_ACCESS: &[(&str, [&str; 7])] = &[
     (
         "BindUnit",
         /*            */
-        ["PermissionDenied", "allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"],
+        ["PermissionDenied", "allowed", "NotFound", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"],
     ),
     (
         "CompleteUnit",
-        /*        */ ["PermissionDenied", "allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"],
+        /*        */ ["PermissionDenied", "allowed", "NotFound", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"],
     ),
     (
         "SellPoints",

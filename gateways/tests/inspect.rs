@@ -160,3 +160,27 @@ fn a_crafted_record_cannot_forge_lines_or_escape_sequences_in_the_output() {
     assert!(!stderr.lines().any(|line| line.trim_start().starts_with("engine signature: OK")), "a forged verdict line:\n{stderr}");
     assert!(stderr.contains("\\n  engine signature: OK\\u{1b}"), "the field is shown escaped:\n{stderr}");
 }
+
+/// The same attack without a control character: a right-to-left override (U+202E) makes a
+/// terminal show the rest of the line reversed, and a line separator (U+2028) starts a new
+/// line on some; with zero-width marks they can make a field read as something else. They
+/// are shown escaped too. Control: the crafted field carries each of them.
+#[test]
+fn a_crafted_record_cannot_reorder_or_hide_text_with_invisible_characters() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path();
+    let keys = keys_dir(root, "keys", &key_a());
+    let forged = "v1\u{2028}  engine signature: OK\u{202e}DELIAF\u{200b}\u{2066}";
+    let content = b"some media".to_vec();
+    let record = TransactionRecord { voucher_id: VoucherId::new(forged), ..record(&key_b(), &content) };
+    let signature = crypto::sign(&key_b(), &record.message()).expect("signs");
+    std::fs::write(root.join("crafted.media"), media::delivered_copy(&record, &signature, &content)).expect("write");
+    let invisible = ['\u{2028}', '\u{202e}', '\u{200b}', '\u{2066}'];
+    assert!(invisible.iter().all(|c| forged.contains(*c)), "the control: the crafted field carries each invisible character");
+    let (code, _, stderr) = inspect(root, &["crafted.media", "--keys", keys.to_str().expect("utf-8")]);
+    assert_eq!(code, 1, "signed by another key: the check fails\n{stderr}");
+    for c in invisible {
+        assert!(!stderr.contains(c), "{c:?} reached the terminal raw:\n{stderr}");
+    }
+    assert!(stderr.contains("\\u{2028}  engine signature: OK\\u{202e}DELIAF\\u{200b}\\u{2066}"), "the field is shown escaped:\n{stderr}");
+}

@@ -22,7 +22,7 @@ pub struct Administered<S> {
 
 /// A domain refusal names the aggregate it could not find by kind only (the state of an
 /// unknown aggregate has no id): the answer names the id asked for.
-fn naming(error: HandleError, id: &str) -> AppError {
+pub(super) fn naming(error: HandleError, id: &str) -> AppError {
     match error {
         HandleError::Rejected(Rejection::NotFound { kind, id: found }) if found.is_empty() => Rejection::NotFound { kind, id: id.to_string() }.into(),
         other => other.into(),

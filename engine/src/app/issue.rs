@@ -13,7 +13,7 @@ impl Market {
         access_ttl_ms: u64,
     ) -> Result<IssueAnswer, AppError> {
         self.active_merchant(merchant).await?;
-        let root = self.voucher_of(voucher_id).await?;
+        let root = self.merchants_voucher(merchant, voucher_id).await?;
         let by = actor(ActorKind::Merchant, &merchant.0);
         // Issued to a node that no longer serves it (drained, removed, silent), keys never
         // released; or its deliveries failed past the retries: a reissue issues it anew.
@@ -46,7 +46,7 @@ impl Market {
         // The handler builds the next state in place when it holds the only reference.
         drop(root);
         let command = VoucherCommand::Issue { merchant: merchant.clone(), node, access_ttl_ms };
-        let result = self.handler.handle::<Voucher>(&voucher_id.0, &by, request, &command).await;
+        let result = self.handler.handle::<Voucher>(&voucher_id.0, &by, request, &command).await.map_err(|error| naming(error, &voucher_id.0));
         if held && result.as_ref().map_or(true, |handled| handled.appended.is_empty()) {
             self.allocator.cancel(&voucher_id.0);
         }
@@ -74,7 +74,7 @@ impl Market {
         let node = self.allocator.choose(region, &voucher_id.0).ok_or(Rejection::NoNodeAvailable)?;
         let retries_max = self.retries_max().await?;
         let command = VoucherCommand::Move { merchant: merchant.cloned(), node, access_ttl_ms, old_node, retries_max };
-        let result = self.handler.handle::<Voucher>(&voucher_id.0, &by, request, &command).await;
+        let result = self.handler.handle::<Voucher>(&voucher_id.0, &by, request, &command).await.map_err(|error| naming(error, &voucher_id.0));
         if result.as_ref().map_or(true, |handled| handled.appended.is_empty()) {
             self.allocator.cancel(&voucher_id.0);
         }

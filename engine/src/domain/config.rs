@@ -9,13 +9,24 @@ use std::collections::BTreeMap;
 /// How often the delivery node agent heartbeats (`gateways::node` uses this value).
 pub const NODE_HEARTBEAT_INTERVAL_MS: u64 = 5_000;
 
+/// The shortest heartbeat timeout: twice the nodes' heartbeat interval.
+pub const HEARTBEAT_TIMEOUT_MS_MIN: u64 = 2 * NODE_HEARTBEAT_INTERVAL_MS;
+
 /// Lower bounds a key takes from what it depends on, with the constraint in words: a value
 /// that passes its plain range can still break the market (a heartbeat timeout below the
 /// heartbeat interval makes every node look dead between two heartbeats).
 pub const CONSTRAINTS: &[(&str, u64, &str)] = &[(
     "node.heartbeat_timeout_ms",
-    2 * NODE_HEARTBEAT_INTERVAL_MS,
+    HEARTBEAT_TIMEOUT_MS_MIN,
     "at least twice the nodes' heartbeat interval (5000 ms), so one late heartbeat does not take a node out",
+)];
+
+/// Keys whose values must keep an order, `(key, at least this key, why)`: checked whichever
+/// of the two is set, against the other's value now (set, or its default).
+pub const AT_LEAST: &[(&str, &str, &str)] = &[(
+    "access.ttl_ms",
+    "node.heartbeat_timeout_ms",
+    "a voucher on a node gone silent moves to a serving node only once the node was silent that long, so a shorter access window lapses first (and a window of a second lapses before a player reaches its node)",
 )];
 
 /// The configurable keys, each with its accepted range (inclusive) and default.
@@ -77,6 +88,18 @@ impl Aggregate for Config {
             && parsed < floor
         {
             return Err(Rejection::InvalidArgument { field: "value", reason: format!("{key} must be {constraint}: {floor}..={max}") });
+        }
+        for &(longer, shorter, why) in AT_LEAST {
+            if key == longer
+                && let Some(floor) = self.get(shorter).filter(|floor| parsed < *floor)
+            {
+                return Err(Rejection::InvalidArgument { field: "value", reason: format!("{key} must be at least {shorter} (now {floor}): {why}") });
+            }
+            if key == shorter
+                && let Some(ceiling) = self.get(longer).filter(|ceiling| parsed > *ceiling)
+            {
+                return Err(Rejection::InvalidArgument { field: "value", reason: format!("{key} must be at most {longer} (now {ceiling}): {why}") });
+            }
         }
         if ONLY_RAISED.contains(&key.as_str()) && self.get(key).is_some_and(|current| parsed < current) {
             return Err(Rejection::InvalidArgument { field: "value", reason: format!("{key} can only be raised") });

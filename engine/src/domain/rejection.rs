@@ -13,8 +13,6 @@ pub enum Rejection {
     NotFound { kind: &'static str, id: String },
     #[error("{kind} {id:?} already exists")]
     AlreadyExists { kind: &'static str, id: String },
-    #[error("the voucher belongs to another merchant")]
-    NotYourVoucher,
     #[error("the voucher is not assigned to this delivery node")]
     NotYourAssignment,
     #[error("the voucher moved to another delivery node (this one no longer served it): ask the merchant for its new access token")]

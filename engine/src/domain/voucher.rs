@@ -259,9 +259,11 @@ impl Voucher {
         if self.status == VoucherStatus::None { Err(Rejection::NotFound { kind: "voucher", id: String::new() }) } else { Ok(()) }
     }
 
+    /// Another merchant's voucher is refused exactly as one that does not exist, so the
+    /// answer never tells merchant B that merchant A's voucher is there (no existence oracle).
     fn owned_by(&self, merchant: &MerchantId) -> Result<(), Rejection> {
         self.exists()?;
-        if self.merchant.as_ref() == Some(merchant) { Ok(()) } else { Err(Rejection::NotYourVoucher) }
+        if self.merchant.as_ref() == Some(merchant) { Ok(()) } else { Err(Rejection::NotFound { kind: "voucher", id: String::new() }) }
     }
 
     fn assigned_to(&self, node: &NodeId) -> Result<(), Rejection> {

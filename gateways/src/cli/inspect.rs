@@ -304,14 +304,17 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<Report> {
     Ok(inspect_bytes(&bytes, engine.as_ref(), publisher.as_ref()))
 }
 
-/// A few lines for a person (stderr).
 /// Text read from the file, shown as text: control characters (a newline that would start
 /// a fake "signature: OK" line, an escape sequence that erases the real verdict on a
-/// terminal) are printed escaped, never raw.
+/// terminal), line and paragraph separators, and the invisible characters that reorder or
+/// hide what a terminal shows (bidirectional overrides and isolates, zero-width marks) are
+/// printed escaped, never raw.
 fn shown(text: &str) -> String {
-    text.chars().map(|c| if c.is_control() { c.escape_default().collect::<String>() } else { c.to_string() }).collect()
+    let hidden = |c: char| c.is_control() || matches!(c, '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}');
+    text.chars().map(|c| if hidden(c) { c.escape_default().collect::<String>() } else { c.to_string() }).collect()
 }
 
+/// A few lines for a person (stderr).
 pub fn describe(report: &Report) -> String {
     let verdict = |ok: Option<bool>| match ok {
         Some(true) => "OK",

@@ -40,6 +40,10 @@ impl Credential {
         if id.is_empty() || secret_hex.len() != 64 {
             bail!("{} must hold an id line and a 64-hex-digit secret line", path.display());
         }
+        // The id goes into request metadata and log lines: a token, never echoed back.
+        if !engine::ids::is_valid_token(&id) {
+            bail!("{}: the id line must be 1-64 characters of A-Z a-z 0-9 - _", path.display());
+        }
         let mut bytes = [0u8; 32];
         hex::decode_to_slice(secret_hex, &mut bytes).map_err(|_| anyhow::anyhow!("{}: the secret line is not hex", path.display()))?;
         let secret = SecretKey::from_bytes(bytes);
@@ -103,5 +107,22 @@ mod tests {
         assert!(!format!("{loaded:?}").contains(&hex::encode(credential.secret.expose())), "Debug never shows the secret");
         std::fs::write(dir.path().join("bad.cred"), "m1\nnot-hex\n").expect("write");
         assert!(Credential::load(&dir.path().join("bad.cred")).is_err());
+    }
+
+    /// An id read from a file is a token: one carrying an escape sequence (or a newline, a
+    /// space) is refused, and the refusal does not echo it. Control: a token id loads.
+    #[test]
+    fn a_credential_id_that_is_not_a_token_is_refused_without_echoing_it() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let secret = hex::encode([7u8; 32]);
+        for id in ["m1\u{1b}[2K", "m 1", "m1;rm"] {
+            let path = dir.path().join("crafted.cred");
+            std::fs::write(&path, format!("{id}\n{secret}\n")).expect("write");
+            let refused = Credential::load(&path).expect_err("not a token");
+            assert!(!format!("{refused:#}").contains(id) && !format!("{refused:#}").contains('\u{1b}'), "{refused:#}");
+        }
+        let path = dir.path().join("good.cred");
+        std::fs::write(&path, format!("m1\n{secret}\n")).expect("write");
+        assert_eq!(Credential::load(&path).expect("the control: a token id").id, "m1");
     }
 }

@@ -13,7 +13,9 @@
 //!   player's hash of what it received with the container's and reports `CompleteDelivery`
 //!   or `FailDelivery`;
 //! - `PlayPreview` streams the free preview clip of a preview assigned to this node and
-//!   reports `EndPreview`.
+//!   reports `EndPreview`;
+//! - `grpc.health.v1` answers SERVING until a shutdown begins, NOT_SERVING from then on,
+//!   while the calls in flight drain (so a load balancer stops sending players here).
 //!
 //! What deliberately does not live here: any decision beyond the access grant (the engine
 //! checks receipt proofs, certificates and the voucher's state), any media key (the node
@@ -180,6 +182,7 @@ pub struct RunningNode {
     shutdown: watch::Sender<bool>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     tasks: Vec<JoinHandle<()>>,
+    health: tonic_health::server::HealthReporter,
 }
 
 impl std::fmt::Debug for RunningNode {
@@ -221,9 +224,12 @@ impl RunningNode {
     /// unread makes the kernel send a reset that can destroy the stream's tail before a
     /// slow player reads it.
     pub async fn shutdown(self) {
-        let Self { shared, shutdown, mut server, tasks, .. } = self;
+        let Self { shared, shutdown, mut server, tasks, health, .. } = self;
         let deadline = tokio::time::Instant::now() + Duration::from_millis(SHUTDOWN_GRACE_MS);
         shared.draining.store(true, Ordering::Relaxed);
+        // Draining is visible from this moment: health says NOT_SERVING while in-flight
+        // calls and streams finish.
+        set_health(&health, tonic_health::ServingStatus::NotServing).await;
         let idle = || shared.slots_in_use.load(Ordering::Relaxed) == 0 && shared.requests.available_permits() == REQUESTS_IN_FLIGHT_MAX;
         while !idle() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(SHUTDOWN_POLL_MS)).await;
@@ -355,6 +361,8 @@ pub async fn start_with_clock(args: NodeArgs, clock: Arc<dyn Clock>) -> anyhow::
     ];
     let service =
         NodeServiceServer::new(NodeApi { shared: shared.clone() }).max_decoding_message_size(REQUEST_BYTES_MAX).max_encoding_message_size(RESPONSE_BYTES_MAX);
+    let (health, health_service) = tonic_health::server::health_reporter();
+    set_health(&health, tonic_health::ServingStatus::Serving).await;
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let mut server_shutdown = shutdown_receiver;
     let server = tokio::spawn(
@@ -362,10 +370,18 @@ pub async fn start_with_clock(args: NodeArgs, clock: Arc<dyn Clock>) -> anyhow::
             .layer(tower_layer::layer_fn(|inner| RequestSizeLimit { inner }))
             .concurrency_limit_per_connection(REQUESTS_PER_CONNECTION_MAX)
             .max_concurrent_streams(u32::try_from(REQUESTS_PER_CONNECTION_MAX).expect("a small limit fits in u32"))
+            .add_service(health_service)
             .add_service(service)
             .serve_with_incoming_shutdown(incoming, async move { stopped(&mut server_shutdown).await }),
     );
-    Ok(RunningNode { shared, endpoint, local_addr, shutdown, server, tasks })
+    Ok(RunningNode { shared, endpoint, local_addr, shutdown, server, tasks, health })
+}
+
+/// The node's health, for the whole server (the empty name) and for `NodeService`.
+async fn set_health(health: &tonic_health::server::HealthReporter, status: tonic_health::ServingStatus) {
+    for service in ["", <NodeServiceServer<NodeApi> as tonic::server::NamedService>::NAME] {
+        health.set_service_status(service, status).await;
+    }
 }
 
 /// Runs a node until `shutdown` completes, then stops it gracefully. Fails when the node

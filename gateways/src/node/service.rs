@@ -126,7 +126,7 @@ impl Shared {
             Ok::<_, Status>(CachedPart { bytes: Arc::new(bytes), hash })
         })
         .await
-        .map_err(|_| status::check_task_failed())??;
+        .map_err(|error| status::check_task_failed(&error))??;
         debug!(node_id = %self.node_id, media_id, part = part.as_str_name(), size_bytes = checked.bytes.len(), "fetched media from the engine");
         Ok(checked)
     }

@@ -2,7 +2,7 @@
 //! stream to this node) can get from the node is chosen here, so one situation never gets
 //! two codes. Messages say what to do next and never contain a token, proof or key.
 
-use crate::common::status::with_error_id;
+use crate::common::status::{WithCauses, with_error_id};
 use engine::crypto::AccessDenied;
 use tonic::{Code, Status};
 
@@ -80,12 +80,18 @@ pub fn engine_container_malformed(media_id: &str, error: &dyn std::fmt::Display)
     with_error_id(Code::DataLoss, &format!("the engine sent media {media_id} as a malformed container"), error)
 }
 
-pub fn check_task_failed() -> Status {
-    Status::internal("the media check task failed")
+pub fn check_task_failed(error: &dyn std::fmt::Display) -> Status {
+    with_error_id(Code::Internal, "the media check task failed", error)
 }
 
 /// The engine's status, as the player should see it: code and message, without the
-/// engine's response metadata.
+/// engine's response metadata. A status the engine never sent (this node could not reach
+/// it: the connection failed, broke off or timed out; tonic then keeps the cause as its
+/// source) says how this node reaches the engine (addresses, OS errors): the player gets
+/// its code, advice and an error id, the log the detail.
 pub fn relay(status: tonic::Status) -> Status {
+    if std::error::Error::source(&status).is_some() {
+        return with_error_id(status.code(), "this node cannot reach the engine now; retry shortly", &WithCauses(&status));
+    }
     Status::new(status.code(), status.message().to_string())
 }

@@ -162,7 +162,10 @@ pub fn settings(args: &ServeArgs) -> anyhow::Result<Settings> {
     engine.drain_grace = crate::server::DRAIN_GRACE_DEFAULT;
     engine.limits = limits;
     if let Some(ttl) = env_parsed("VOUCHSAFE_ACCESS_TTL_MS")?.or(file.access_ttl_ms) {
-        anyhow::ensure!(ttl >= 1000, "access_ttl_ms must be at least 1000");
+        // As the audited `access.ttl_ms`: not below the shortest heartbeat timeout, or
+        // vouchers on a node gone silent lapse before they can move (engine::domain::config).
+        let floor = engine::domain::config::HEARTBEAT_TIMEOUT_MS_MIN;
+        anyhow::ensure!(ttl >= floor, "access_ttl_ms must be at least {floor} (the shortest node.heartbeat_timeout_ms)");
         engine.access_ttl_ms = ttl;
     }
     if let Some(ms) = env_parsed::<u64>("VOUCHSAFE_SWEEP_INTERVAL_MS")?.or(file.sweep_interval_ms) {
@@ -270,6 +273,20 @@ mod tests {
         assert_eq!(flagged.listen.port(), 7000);
         let defaults = settings(&ServeArgs::default()).expect("settings");
         assert_eq!(defaults.listen.to_string(), DEFAULT_LISTEN);
+    }
+
+    /// The serve setting of the access window keeps the audited key's floor: a window under
+    /// the shortest heartbeat timeout is refused naming it. Control: the floor itself is taken.
+    #[test]
+    fn an_access_window_under_the_shortest_heartbeat_timeout_is_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("engine.toml");
+        std::fs::write(&path, "access_ttl_ms = 1000\n").expect("write");
+        let error = settings(&ServeArgs { config: Some(path.clone()), ..ServeArgs::default() }).expect_err("a one-second window");
+        assert!(format!("{error:#}").contains("at least 10000 (the shortest node.heartbeat_timeout_ms)"), "{error:#}");
+        std::fs::write(&path, "access_ttl_ms = 10000\n").expect("write");
+        let taken = settings(&ServeArgs { config: Some(path), ..ServeArgs::default() }).expect("the floor");
+        assert_eq!(taken.engine.access_ttl_ms, 10_000);
     }
 
     #[test]

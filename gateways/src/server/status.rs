@@ -16,7 +16,6 @@ pub fn rejection_code(rejection: &Rejection) -> Code {
         Rejection::RequestIdReused { .. } => Code::InvalidArgument,
         Rejection::NotFound { .. } => Code::NotFound,
         Rejection::AlreadyExists { .. } => Code::AlreadyExists,
-        Rejection::NotYourVoucher => Code::PermissionDenied,
         Rejection::NotYourAssignment => Code::PermissionDenied,
         Rejection::VoucherMoved => Code::FailedPrecondition,
         Rejection::BadProof => Code::PermissionDenied,
@@ -146,7 +145,7 @@ pub fn event_undecodable(seq: u64, error: &dyn std::fmt::Display) -> Status {
 }
 
 pub fn media_store_failed(what: &str, error: &engine::media_store::MediaStoreError) -> Status {
-    with_error_id(Code::Internal, what, error)
+    with_error_id(Code::Internal, what, &crate::common::status::WithCauses(error))
 }
 
 pub fn node_not_announced(node: &str) -> Status {
@@ -187,7 +186,6 @@ mod tests {
             Rejection::RequestIdReused { first: "Reserve".into() },
             Rejection::NotFound { kind: "voucher", id: "v1".into() },
             Rejection::AlreadyExists { kind: "merchant", id: "m1".into() },
-            Rejection::NotYourVoucher,
             Rejection::NotYourAssignment,
             Rejection::VoucherMoved,
             Rejection::BadProof,
@@ -224,7 +222,6 @@ mod tests {
             Code::InvalidArgument,
             Code::NotFound,
             Code::AlreadyExists,
-            Code::PermissionDenied,
             Code::PermissionDenied,
             Code::FailedPrecondition,
             Code::PermissionDenied,

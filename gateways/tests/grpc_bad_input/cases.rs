@@ -468,10 +468,9 @@ pub(super) fn bad_input_cases(w: &World) -> Vec<Case> {
     ));
     cases.push(case("invalid field", "pinned seal hash of 5 bytes", &auditor, Req::Replay(pb::ReplayRequest { pinned_seal_hash: vec![1; 5] }), ia));
 
-    // Merchant B on merchant A's vouchers and order.
-    let pd = Code::PermissionDenied;
-    // No existence oracle: another merchant's voucher answers as an unknown one, word for
-    // word (`unknown voucher "<id>"`); a voucher id that was never reserved is the control.
+    // Merchant B on merchant A's vouchers and order. No existence oracle: another
+    // merchant's voucher (order) answers every RPC as an unknown one, word for word
+    // (`unknown voucher "<id>"`); a voucher id that was never reserved is the control.
     cases.push(
         case("merchant B on A's", "A's issued voucher", &b, Req::GetVoucher(pb::GetVoucherRequest { voucher_id: sale.clone() }), nf)
             .message_has(format!("unknown voucher {sale:?}")),
@@ -484,82 +483,107 @@ pub(super) fn bad_input_cases(w: &World) -> Vec<Case> {
         case("merchant B on A's", "a voucher never reserved (control)", &b, Req::GetVoucher(pb::GetVoucherRequest { voucher_id: "v-never".into() }), nf)
             .message_has("unknown voucher \"v-never\""),
     );
-    cases.push(case(
-        "merchant B on A's",
-        "A's issued voucher",
-        &b,
-        Req::Authorize(pb::AuthorizeRequest { request_id: "b-authorize-1".into(), voucher_id: sale.clone() }),
-        pd,
-    ));
-    cases.push(case(
-        "merchant B on A's",
-        "A's pending voucher",
-        &b,
-        Req::Authorize(pb::AuthorizeRequest { request_id: "b-authorize-2".into(), voucher_id: w.pending.clone() }),
-        pd,
-    ));
-    cases.push(case("merchant B on A's", "A's issued voucher", &b, Req::Void(pb::VoidRequest { request_id: "b-void-1".into(), voucher_id: sale.clone() }), pd));
+    cases.push(
+        case(
+            "merchant B on A's",
+            "A's issued voucher",
+            &b,
+            Req::Authorize(pb::AuthorizeRequest { request_id: "b-authorize-1".into(), voucher_id: sale.clone() }),
+            nf,
+        )
+        .message_has(format!("unknown voucher {:?}", sale)),
+    );
+    cases.push(
+        case(
+            "merchant B on A's",
+            "A's pending voucher",
+            &b,
+            Req::Authorize(pb::AuthorizeRequest { request_id: "b-authorize-2".into(), voucher_id: w.pending.clone() }),
+            nf,
+        )
+        .message_has(format!("unknown voucher {:?}", w.pending)),
+    );
+    cases.push(
+        case("merchant B on A's", "A's issued voucher", &b, Req::Void(pb::VoidRequest { request_id: "b-void-1".into(), voucher_id: sale.clone() }), nf)
+            .message_has(format!("unknown voucher {:?}", sale)),
+    );
     let refund = |request_id: &str, voucher_id: &str, reason: &str| {
         Req::Refund(pb::RefundRequest { request_id: request_id.into(), voucher_id: voucher_id.into(), reason: reason.into(), chargeback: false })
     };
-    cases.push(case("merchant B on A's", "A's issued voucher refunded", &b, refund("b-refund-1", sale, "mine now"), pd));
-    cases.push(case(
-        "merchant B on A's",
-        "A's issued voucher charged back",
-        &b,
-        Req::Refund(pb::RefundRequest { chargeback: true, ..refund_pb("b-refund-2", sale) }),
-        pd,
-    ));
+    cases.push(
+        case("merchant B on A's", "A's issued voucher refunded", &b, refund("b-refund-1", sale, "mine now"), nf)
+            .message_has(format!("unknown voucher {:?}", sale)),
+    );
+    cases.push(
+        case(
+            "merchant B on A's",
+            "A's issued voucher charged back",
+            &b,
+            Req::Refund(pb::RefundRequest { chargeback: true, ..refund_pb("b-refund-2", sale) }),
+            nf,
+        )
+        .message_has(format!("unknown voucher {:?}", sale)),
+    );
     cases.push(case("bad field", "refund without a reason", &a, refund("a-refund-1", sale, ""), Code::InvalidArgument));
     cases.push(case("bad field", "refund with a blank reason", &a, refund("a-refund-2", sale, "   "), Code::InvalidArgument));
     cases.push(case("bad field", "refund reason over 256 characters", &a, refund("a-refund-3", sale, &"r".repeat(257)), Code::InvalidArgument));
     cases.push(case("unknown id", "refund of a voucher never reserved", &a, refund("a-refund-4", "v-never", "why"), Code::NotFound));
-    cases.push(case(
-        "merchant B on A's",
-        "A's pending voucher",
-        &b,
-        Req::Void(pb::VoidRequest { request_id: "b-void-2".into(), voucher_id: w.pending.clone() }),
-        pd,
-    ));
-    cases.push(case(
-        "merchant B on A's",
-        "A's issued voucher",
-        &b,
-        Req::IssueVoucher(pb::IssueVoucherRequest { request_id: "b-issue-1".into(), voucher_id: sale.clone(), region: String::new() }),
-        pd,
-    ));
-    cases.push(case(
-        "merchant B on A's",
-        "A's authorized voucher",
-        &b,
-        Req::IssueVoucher(pb::IssueVoucherRequest { request_id: "b-issue-2".into(), voucher_id: w.authorized.clone(), region: String::new() }),
-        pd,
-    ));
-    cases.push(case(
-        "merchant B on A's",
-        "A's order",
-        &b,
-        Req::BindUnit(pb::BindUnitRequest {
-            request_id: "b-bind".into(),
-            order_id: w.order.clone(),
-            unit: 0,
-            device_id: "dev-1".into(),
-            device_public_key_der: w.consumer_der.clone(),
-            device_cert_serial: w.device_serial.clone(),
-        }),
-        pd,
-    ));
-    cases.push(case(
-        "merchant B on A's",
-        "A's order",
-        &b,
-        Req::CompleteUnit(pb::CompleteUnitRequest { request_id: "b-unit".into(), order_id: w.order.clone(), unit: 0 }),
-        pd,
-    ));
+    cases.push(
+        case("merchant B on A's", "A's pending voucher", &b, Req::Void(pb::VoidRequest { request_id: "b-void-2".into(), voucher_id: w.pending.clone() }), nf)
+            .message_has(format!("unknown voucher {:?}", w.pending)),
+    );
+    cases.push(
+        case(
+            "merchant B on A's",
+            "A's issued voucher",
+            &b,
+            Req::IssueVoucher(pb::IssueVoucherRequest { request_id: "b-issue-1".into(), voucher_id: sale.clone(), region: String::new() }),
+            nf,
+        )
+        .message_has(format!("unknown voucher {:?}", sale)),
+    );
+    cases.push(
+        case(
+            "merchant B on A's",
+            "A's authorized voucher",
+            &b,
+            Req::IssueVoucher(pb::IssueVoucherRequest { request_id: "b-issue-2".into(), voucher_id: w.authorized.clone(), region: String::new() }),
+            nf,
+        )
+        .message_has(format!("unknown voucher {:?}", w.authorized)),
+    );
+    cases.push(
+        case(
+            "merchant B on A's",
+            "A's order",
+            &b,
+            Req::BindUnit(pb::BindUnitRequest {
+                request_id: "b-bind".into(),
+                order_id: w.order.clone(),
+                unit: 0,
+                device_id: "dev-1".into(),
+                device_public_key_der: w.consumer_der.clone(),
+                device_cert_serial: w.device_serial.clone(),
+            }),
+            nf,
+        )
+        .message_has(format!("unknown order {:?}", w.order)),
+    );
+    cases.push(
+        case(
+            "merchant B on A's",
+            "A's order",
+            &b,
+            Req::CompleteUnit(pb::CompleteUnitRequest { request_id: "b-unit".into(), order_id: w.order.clone(), unit: 0 }),
+            nf,
+        )
+        .message_has(format!("unknown order {:?}", w.order)),
+    );
     // A's reservation ids are derived from (merchant, request id): B's same request id is B's own.
     cases.push(case("merchant B on A's", "A's request id is B's own voucher", &b, Req::Reserve(reserve_request("sale-reserve", "md-never")), nf));
 
     // Node Y on node X's assignments.
+    let pd = Code::PermissionDenied;
     cases.push(case("node Y on X's", "a valid proof made for Y", &y, Req::Redeem(w.redeem("y-redeem-1", &w.y.id)), pd));
     cases.push(case("node Y on X's", "X's proof", &y, Req::Redeem(w.redeem("y-redeem-2", &w.x.id)), pd));
     cases.push(case("node Y on X's", "X's voucher", &y, Req::CompleteDelivery(w.complete("y-complete", sale)), pd));
@@ -989,7 +1013,6 @@ pub(super) fn bad_input_cases(w: &World) -> Vec<Case> {
     for case in &mut cases {
         if case.message_has.is_none() {
             case.message_has = match (case.category, case.expect) {
-                ("merchant B on A's", Code::PermissionDenied) => Some("belongs to another merchant"),
                 ("node Y on X's", _) => Some("not assigned to this delivery node"),
                 ("wrong receipt proof", _) => Some("receipt proof does not verify"),
                 ("request id reused", _) => Some("request id was already used"),

@@ -22,7 +22,7 @@ fn set_a_known_key_within_range() {
     // Bounds are inclusive, and the value is recorded in canonical form.
     check::<Config>(&[], set("seal.entries_max", "1"), T0, Ok(vec![changed("seal.entries_max", "1")]));
     check::<Config>(&[], set("seal.entries_max", "1000000"), T0, Ok(vec![changed("seal.entries_max", "1000000")]));
-    check::<Config>(&[], set("access.ttl_ms", "007000"), T0, Ok(vec![changed("access.ttl_ms", "7000")]));
+    check::<Config>(&[], set("access.ttl_ms", "0030000"), T0, Ok(vec![changed("access.ttl_ms", "30000")]));
 }
 
 #[test]
@@ -68,6 +68,36 @@ fn a_value_that_breaks_a_dependent_constraint_is_refused_naming_it() {
     }
     check_invalid::<Config>(&[], set("node.heartbeat_timeout_ms", "9999"), T0, "value");
     check::<Config>(&[], set("node.heartbeat_timeout_ms", "10000"), T0, Ok(vec![changed("node.heartbeat_timeout_ms", "10000")]));
+}
+
+/// Keys that depend on each other keep their order whichever is set: an access window
+/// shorter than the heartbeat timeout lapses before the engine can move a voucher off a node
+/// gone silent (and `access.ttl_ms` = 1000, within its plain range, lapsed sales before
+/// players reached their nodes). Refused naming the other key and its value now; controls:
+/// equal values are accepted in both directions, and the default pair is in order.
+#[test]
+fn keys_that_depend_on_each_other_keep_their_order_whichever_is_set() {
+    let reason = |given: &[Event], command: ConfigCommand| match crate::domain::Aggregate::decide(&fold::<Config>(given), &command, T0) {
+        Err(crate::domain::Rejection::InvalidArgument { field: "value", reason }) => reason,
+        other => panic!("expected a refusal naming the constraint, got {other:?}"),
+    };
+    let access = reason(&[], set("access.ttl_ms", "1000"));
+    assert!(access.contains("at least node.heartbeat_timeout_ms (now 15000)") && access.contains("gone silent"), "{access}");
+    let heartbeat = reason(&[changed("access.ttl_ms", "20000")], set("node.heartbeat_timeout_ms", "20001"));
+    assert!(heartbeat.contains("at most access.ttl_ms (now 20000)"), "{heartbeat}");
+    check_invalid::<Config>(&[changed("node.heartbeat_timeout_ms", "60000")], set("access.ttl_ms", "59999"), T0, "value");
+    // The controls.
+    check::<Config>(&[changed("node.heartbeat_timeout_ms", "60000")], set("access.ttl_ms", "60000"), T0, Ok(vec![changed("access.ttl_ms", "60000")]));
+    check::<Config>(
+        &[changed("access.ttl_ms", "20000")],
+        set("node.heartbeat_timeout_ms", "20000"),
+        T0,
+        Ok(vec![changed("node.heartbeat_timeout_ms", "20000")]),
+    );
+    let defaults = Config::default();
+    for &(longer, shorter, _) in crate::domain::config::AT_LEAST {
+        assert!(defaults.get(longer) >= defaults.get(shorter), "the defaults keep {longer} >= {shorter}");
+    }
 }
 
 #[test]

@@ -443,7 +443,7 @@ impl World {
                 });
                 let decided = self.voucher_step(v, shop(&by), command)?;
                 if exists && !right {
-                    prop_assert_eq!(&decided, &Err(Rejection::NotYourVoucher), "another merchant authorized");
+                    prop_assert_eq!(&decided, &Err(Rejection::NotFound { kind: "voucher", id: String::new() }), "another merchant authorized");
                 }
                 if points && decided.as_ref().is_ok_and(|events| !events.is_empty()) {
                     bump(&coverage.points_posted);
@@ -454,7 +454,7 @@ impl World {
                 let before = self.vouchers[v].root.state.status;
                 let decided = self.voucher_step(v, shop(&by), VoucherCommand::Void { merchant: by.clone() })?;
                 if before != VoucherStatus::None && !right {
-                    prop_assert_eq!(&decided, &Err(Rejection::NotYourVoucher), "another merchant voided");
+                    prop_assert_eq!(&decided, &Err(Rejection::NotFound { kind: "voucher", id: String::new() }), "another merchant voided");
                 }
                 if before == VoucherStatus::Authorized && decided.is_ok() {
                     bump(&coverage.refunded_after_authorize);
@@ -466,7 +466,7 @@ impl World {
                 let command = VoucherCommand::Refund { merchant: by.clone(), reason: "asked".into(), chargeback };
                 let decided = self.voucher_step(v, shop(&by), command)?;
                 if before != VoucherStatus::None && !right {
-                    prop_assert_eq!(&decided, &Err(Rejection::NotYourVoucher), "another merchant refunded");
+                    prop_assert_eq!(&decided, &Err(Rejection::NotFound { kind: "voucher", id: String::new() }), "another merchant refunded");
                 }
                 if decided.as_ref().is_ok_and(|events| events.iter().any(|e| matches!(e, Event::Refunded { .. }))) {
                     bump(&coverage.refunded_after_release);
@@ -554,7 +554,7 @@ impl World {
                 let command = VoucherCommand::Issue { merchant: by.clone(), node: node(n), access_ttl_ms: if ttl_ok { 3_600_000 } else { 0 } };
                 let decided = self.voucher_step(v, shop(&by), command)?;
                 if exists && !right {
-                    prop_assert_eq!(&decided, &Err(Rejection::NotYourVoucher), "another merchant issued");
+                    prop_assert_eq!(&decided, &Err(Rejection::NotFound { kind: "voucher", id: String::new() }), "another merchant issued");
                 }
             }
             Op::Redeem { v, right, consumer: c, cert, proof_ok } => {

@@ -153,9 +153,14 @@ fn complete_unit_counts_once() {
 
 #[test]
 fn another_merchants_order_is_refused() {
-    check::<Order>(&[placed()], bind_by(other_merchant(), 0, "dev-a"), T0, Err(Rejection::NotYourVoucher));
+    check::<Order>(&[placed()], bind_by(other_merchant(), 0, "dev-a"), T0, Err(Rejection::NotFound { kind: "order", id: String::new() }));
     let given = [placed(), bound(0, "dev-a")];
-    check::<Order>(&given, OrderCommand::CompleteUnit { merchant: other_merchant(), unit: 0 }, T0, Err(Rejection::NotYourVoucher));
+    check::<Order>(
+        &given,
+        OrderCommand::CompleteUnit { merchant: other_merchant(), unit: 0 },
+        T0,
+        Err(Rejection::NotFound { kind: "order", id: String::new() }),
+    );
 }
 
 #[test]

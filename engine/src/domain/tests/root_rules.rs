@@ -77,7 +77,7 @@ fn same_request_id_from_another_actor_is_decided_on_its_own() {
     let root = reserved_root();
     // shop2's r1 is not shop1's r1: it reaches the state, which refuses shop2.
     let theirs = authorize_by(other_merchant(), &[SONG]);
-    assert_eq!(root.decide(&shop("shop2"), &request("r1"), &theirs, T0), Err(Rejection::NotYourVoucher));
+    assert_eq!(root.decide(&shop("shop2"), &request("r1"), &theirs, T0), Err(Rejection::NotFound { kind: "voucher", id: String::new() }));
     // The engine's own r1 is decided too: here the sweeper expires the reservation.
     let after = Millis(EXPIRES.0 + 1);
     assert_eq!(root.decide(&Actor::engine(), &request("r1"), &VoucherCommand::Expire, after), Ok(Outcome::Emit(vec![voided(VoidReason::TimedOut, vec![])])));

@@ -208,9 +208,37 @@ fn authorize_exactly_at_expiry_is_accepted() {
     check::<Voucher>(&song_pending(), authorize(&[SONG]), EXPIRES, Ok(vec![authorized(song_postings())]));
 }
 
+/// No existence oracle: every merchant command on another merchant's voucher, at every
+/// stage of its life, is refused exactly as on a voucher that does not exist. Control: the
+/// same commands by the owner are not refused as unknown, so the states compared are real.
+#[test]
+fn another_merchants_voucher_is_refused_exactly_as_an_unknown_one() {
+    use crate::domain::voucher::NodeStanding::Gone;
+    let commands = |by: crate::ids::MerchantId| {
+        vec![
+            authorize_by(by.clone(), &[SONG]),
+            VoucherCommand::Void { merchant: by.clone() },
+            VoucherCommand::Refund { merchant: by.clone(), reason: "mine".into(), chargeback: false },
+            VoucherCommand::Refund { merchant: by.clone(), reason: "mine".into(), chargeback: true },
+            issue_by(by.clone(), node(), ACCESS_TTL),
+            moved_by(Some(by), Gone),
+        ]
+    };
+    let stages = [song_pending(), song_authorized(), song_issued(), song_delivered()];
+    for (stage, given) in stages.iter().enumerate() {
+        let voucher: Voucher = fold(given);
+        for (foreign, owners) in commands(other_merchant()).iter().zip(commands(merchant())) {
+            let unknown = Voucher::default().decide(foreign, EXPIRES);
+            assert_eq!(unknown, Err(Rejection::NotFound { kind: "voucher", id: String::new() }), "{foreign:?}");
+            assert_eq!(voucher.decide(foreign, EXPIRES), unknown, "stage {stage}: {foreign:?}");
+            assert_ne!(voucher.decide(&owners, EXPIRES), unknown, "the control, stage {stage}: the owner's {owners:?}");
+        }
+    }
+}
+
 #[test]
 fn authorize_by_another_merchant_is_refused() {
-    check::<Voucher>(&song_pending(), authorize_by(other_merchant(), &[SONG]), T0, Err(Rejection::NotYourVoucher));
+    check::<Voucher>(&song_pending(), authorize_by(other_merchant(), &[SONG]), T0, Err(Rejection::NotFound { kind: "voucher", id: String::new() }));
 }
 
 #[test]
@@ -276,8 +304,13 @@ fn void_twice_is_refused() {
 
 #[test]
 fn void_by_another_merchant_is_refused() {
-    check::<Voucher>(&song_pending(), VoucherCommand::Void { merchant: other_merchant() }, T0, Err(Rejection::NotYourVoucher));
-    check::<Voucher>(&song_authorized(), VoucherCommand::Void { merchant: other_merchant() }, T0, Err(Rejection::NotYourVoucher));
+    check::<Voucher>(&song_pending(), VoucherCommand::Void { merchant: other_merchant() }, T0, Err(Rejection::NotFound { kind: "voucher", id: String::new() }));
+    check::<Voucher>(
+        &song_authorized(),
+        VoucherCommand::Void { merchant: other_merchant() },
+        T0,
+        Err(Rejection::NotFound { kind: "voucher", id: String::new() }),
+    );
 }
 
 #[test]
@@ -348,7 +381,12 @@ fn issue_of_a_voided_voucher_is_refused() {
 
 #[test]
 fn issue_by_another_merchant_is_refused() {
-    check::<Voucher>(&song_authorized(), issue_by(other_merchant(), node(), ACCESS_TTL), ISSUED_AT, Err(Rejection::NotYourVoucher));
+    check::<Voucher>(
+        &song_authorized(),
+        issue_by(other_merchant(), node(), ACCESS_TTL),
+        ISSUED_AT,
+        Err(Rejection::NotFound { kind: "voucher", id: String::new() }),
+    );
 }
 
 #[test]
@@ -753,7 +791,7 @@ fn a_refund_is_the_selling_merchants_with_a_reason_and_not_of_a_voided_voucher()
         &song_delivered(),
         VoucherCommand::Refund { merchant: other_merchant(), reason: "mine".into(), chargeback: false },
         T0,
-        Err(Rejection::NotYourVoucher),
+        Err(Rejection::NotFound { kind: "voucher", id: String::new() }),
     );
     check_invalid::<Voucher>(&song_delivered(), VoucherCommand::Refund { merchant: merchant(), reason: " ".into(), chargeback: false }, T0, "reason");
     check::<Voucher>(&song_voided(), refund(false), T0, Err(Rejection::Voided));
@@ -785,7 +823,7 @@ fn an_issued_voucher_moves_off_a_node_gone_by_its_merchant_or_the_engine() {
     check::<Voucher>(&song_issued(), moved_by(None, Gone), T0, Ok(vec![moved_to_other_node(T0)]));
     // Not while its node serves it, not by another merchant, not to the node it leaves.
     check::<Voucher>(&song_issued(), moved_by(Some(merchant()), Serving), T0, Err(Rejection::NodeStillServes));
-    check::<Voucher>(&song_issued(), moved_by(Some(other_merchant()), Gone), T0, Err(Rejection::NotYourVoucher));
+    check::<Voucher>(&song_issued(), moved_by(Some(other_merchant()), Gone), T0, Err(Rejection::NotFound { kind: "voucher", id: String::new() }));
     let same = VoucherCommand::Move { merchant: None, node: node(), access_ttl_ms: ACCESS_TTL, old_node: Gone, retries_max: RETRIES_MAX };
     check_invalid::<Voucher>(&song_issued(), same, T0, "node_id");
     // Once the keys went out (a redemption, even a failed delivery since), it stays.
