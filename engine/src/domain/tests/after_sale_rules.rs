@@ -107,7 +107,7 @@ fn a_delivered_vouchers_access_is_renewed_for_a_recovery_after_its_window() {
 fn a_renewal_needs_a_delivered_voucher_of_this_merchant_with_a_recovery_left() {
     check::<Voucher>(&song_issued(), renew(node(), Serving), AFTER_WINDOW, Err(invalid("IssueVoucher", "Issued")));
     let other = VoucherCommand::RenewAccess { merchant: other_merchant(), node: node(), access_ttl_ms: ACCESS_TTL, old_node: Serving, recoveries_max: 2 };
-    check::<Voucher>(&song_delivered(), other, AFTER_WINDOW, Err(Rejection::NotYourVoucher));
+    check::<Voucher>(&song_delivered(), other, AFTER_WINDOW, Err(Rejection::NotFound { kind: "voucher", id: String::new() }));
     let used = with(song_delivered(), [recovered(1), recovered(2)]);
     check::<Voucher>(&used, renew(node(), Serving), AFTER_WINDOW, Err(Rejection::RecoveriesExhausted { recoveries_max: 2 }));
     // The node must match the standing: the same node while it serves, another once it does not.
