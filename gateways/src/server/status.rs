@@ -243,6 +243,7 @@ mod tests {
             Code::ResourceExhausted,
             Code::ResourceExhausted,
             Code::FailedPrecondition,
+            Code::FailedPrecondition,
             Code::OutOfRange,
             Code::PermissionDenied,
             Code::FailedPrecondition,
