@@ -172,8 +172,8 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (0..VOUCHERS, right()).prop_map(|(v, right)| Op::Authorize { v, right }),
         1 => (0..VOUCHERS, right()).prop_map(|(v, right)| Op::Void { v, right }),
         1 => (0..VOUCHERS, right(), any::<bool>()).prop_map(|(v, right, chargeback)| Op::Refund { v, right, chargeback }),
-        1 => (0..VOUCHERS, 0..2usize, 0..3u8).prop_map(|(v, node, standing)| Op::Move { v, node, standing }),
-        1 => (0..VOUCHERS, right(), 0..2usize, 0..3u8).prop_map(|(v, right, node, standing)| Op::Renew { v, right, node, standing }),
+        2 => (0..VOUCHERS, 0..2usize, 0..3u8).prop_map(|(v, node, standing)| Op::Move { v, node, standing }),
+        2 => (0..VOUCHERS, right(), 0..2usize, 0..3u8).prop_map(|(v, right, node, standing)| Op::Renew { v, right, node, standing }),
         1 => (0..VOUCHERS, 0..2usize).prop_map(|(v, consumer)| Op::Recover { v, consumer }),
         1 => (0..VOUCHERS).prop_map(|v| Op::Expire { v }),
         1 => (0..VOUCHERS, any::<bool>()).prop_map(|(v, past)| Op::Lapse { v, past }),
@@ -515,6 +515,10 @@ impl World {
                 }
             }
             Op::Renew { v, right, node: n, standing } => {
+                // A renewal is asked for once the window is over (a lost copy found later).
+                if self.vouchers[v].root.state.status == VoucherStatus::Delivered {
+                    self.now = self.now.max(self.vouchers[v].root.state.access_expires_at.plus_ms(1));
+                }
                 let by = self.owner_or(v, right);
                 let state = &self.vouchers[v].root.state;
                 let (exists, delivered) = (state.status != VoucherStatus::None, state.status == VoucherStatus::Delivered);
