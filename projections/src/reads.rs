@@ -13,6 +13,8 @@
 //!   (so that, over every merchant and month, they sum to the ledger).
 //! - `parties`: merchants, nodes, auditors and certificates (of consumers and of
 //!   duplicators' devices) with their status.
+//! - `orders`: each merchant's duplication orders (units placed, bound, completed), newest
+//!   first; few (a business-to-business sale), so kept in memory like the catalog.
 //!
 //! The voucher and party indexes grow with vouchers and consumers, so they are ordered
 //! `Rows` (in memory, or cold in the projection store's sled, read in ranges); the catalog
@@ -27,7 +29,7 @@ use crate::royalty_log::month_of;
 use crate::vouchers::VoucherBook;
 use engine::domain::event::{Event, LedgerAccountKind, Posting};
 use engine::domain::voucher::{PurchaseSet, VoucherStatus};
-use engine::ids::{CertSerial, ConsumerId, MediaId, MerchantId, Millis, Seq, VoucherId};
+use engine::ids::{CertSerial, ConsumerId, MediaId, MerchantId, Millis, OrderId, Seq, VoucherId};
 use format::{MerchantVoucherRows, PartyRows};
 use std::collections::BTreeMap;
 
@@ -44,6 +46,8 @@ pub const CATALOG_PAGE_MAX: usize = 200;
 pub const CATALOG_SCAN_MAX: usize = 5_000;
 /// Parties a page answers at most.
 pub const PARTY_PAGE_MAX: usize = 500;
+/// Orders a page answers at most.
+pub const ORDER_PAGE_MAX: usize = 200;
 /// The longest cursor a caller may hand back, in bytes.
 pub const CURSOR_BYTES_MAX: usize = 256;
 /// The longest catalog search text, in characters.
@@ -247,10 +251,31 @@ pub struct Page<T> {
     pub scanned: usize,
 }
 
+/// A duplication order as its merchant sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OrderRow {
+    pub merchant: MerchantId,
+    pub media_id: MediaId,
+    pub units: u32,
+    pub units_bound: u32,
+    pub units_completed: u32,
+    pub price_per_unit_minor: u64,
+    /// Empty for an order placed before units were paid.
+    pub currency: String,
+    /// The stream sequence of its `OrderPlaced`: the list's order, newest first.
+    pub placed_seq: u64,
+    pub placed_at_ms: i64,
+}
+
 /// The read indexes (module docs).
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Reads {
     pub(crate) merchant_vouchers: Rows<MerchantVoucherRows>,
+    pub orders: BTreeMap<OrderId, OrderRow>,
+    /// (merchant, `u64::MAX` - the order's sequence, order): each merchant's orders, newest
+    /// first (a function of `orders`, rebuilt at load).
+    pub(crate) orders_by_merchant: std::collections::BTreeSet<(MerchantId, u64, OrderId)>,
+    pub(crate) touched_orders: Touched<OrderId>,
     pub(crate) parties: Rows<PartyRows>,
     pub catalog: BTreeMap<MediaId, Listing>,
     /// By (merchant, "YYYY-MM").
@@ -304,6 +329,7 @@ impl Reads {
         self.parties.track_changes();
         self.touched_catalog.start();
         self.touched_statements.start();
+        self.touched_orders.start();
     }
 
     /// Applies one event at stream position `seq`, recorded at `recorded_at_ms`. `sale` is
@@ -329,6 +355,21 @@ impl Reads {
                 self.catalog.insert(media.media_id.clone(), listing);
                 self.touched_catalog.touch(&media.media_id);
             }
+            Event::OrderPlaced { order_id, merchant_id, media_id, units, price_per_unit_minor, settles_by } => {
+                let row = OrderRow {
+                    merchant: merchant_id.clone(),
+                    media_id: media_id.clone(),
+                    units: *units,
+                    units_bound: 0,
+                    units_completed: 0,
+                    price_per_unit_minor: *price_per_unit_minor,
+                    currency: settles_by.as_ref().map(|(currency, _)| currency.clone()).unwrap_or_default(),
+                    placed_seq: seq.0,
+                    placed_at_ms: recorded_at_ms,
+                };
+                self.insert_order(order_id.clone(), row);
+            }
+            Event::UnitCompleted { order_id, .. } => self.order(order_id, |row| row.units_completed = row.units_completed.saturating_add(1)),
             Event::MediaWithdrawn { media_id, .. } => self.listing(media_id, |listing| listing.withdrawn = true),
             Event::PriceChanged { media_id, price_minor } => self.listing(media_id, |listing| listing.price_minor = *price_minor),
             Event::MerchantRegistered { merchant_id, name, .. } => {
@@ -374,11 +415,16 @@ impl Reads {
                     });
                 }
             }
-            Event::UnitBound { charge: Some(charge), .. } => self.statement_line(&charge.merchant.0, recorded_at_ms, &charge.currency, |line| {
-                line.sales += 1;
-                line.sold_minor = line.sold_minor.saturating_add(charge.price_minor);
-                line.post(&charge.postings);
-            }),
+            Event::UnitBound { order_id, charge, .. } => {
+                self.order(order_id, |row| row.units_bound = row.units_bound.saturating_add(1));
+                if let Some(charge) = charge {
+                    self.statement_line(&charge.merchant.0, recorded_at_ms, &charge.currency, |line| {
+                        line.sales += 1;
+                        line.sold_minor = line.sold_minor.saturating_add(charge.price_minor);
+                        line.post(&charge.postings);
+                    });
+                }
+            }
             Event::PointsCredited { amount, sale: Some(points_sale), .. } => {
                 self.statement_line(&points_sale.merchant.0, recorded_at_ms, &points_sale.currency, |line| {
                     line.points_sold = line.points_sold.saturating_add(*amount);
@@ -534,6 +580,44 @@ impl Reads {
     }
 
     /// The statement of `merchant` for `period` ("YYYY-MM"); empty when nothing happened.
+    fn insert_order(&mut self, order_id: OrderId, row: OrderRow) {
+        if let Some(old) = self.orders.get(&order_id) {
+            self.orders_by_merchant.remove(&(old.merchant.clone(), u64::MAX - old.placed_seq, order_id.clone()));
+        }
+        self.orders_by_merchant.insert((row.merchant.clone(), u64::MAX - row.placed_seq, order_id.clone()));
+        self.touched_orders.touch(&order_id);
+        self.orders.insert(order_id, row);
+    }
+
+    fn order(&mut self, order_id: &OrderId, change: impl FnOnce(&mut OrderRow)) {
+        if let Some(row) = self.orders.get_mut(order_id) {
+            change(row);
+            self.touched_orders.touch(order_id);
+        }
+    }
+
+    /// `merchant`'s orders, newest first, after the order `after` (a page's last), at most
+    /// `limit`; the page's `next` is the last order's id when more follow.
+    pub fn orders_of(&self, merchant: &MerchantId, after: Option<&OrderId>, limit: usize) -> Page<(OrderId, OrderRow)> {
+        let start = match after.and_then(|order| self.orders.get(order).filter(|row| row.merchant == *merchant).map(|row| (order, row))) {
+            Some((order, row)) => std::ops::Bound::Excluded((merchant.clone(), u64::MAX - row.placed_seq, order.clone())),
+            None if after.is_some() => return Page { items: Vec::new(), next: None, scanned: 0 },
+            None => std::ops::Bound::Included((merchant.clone(), 0, OrderId(String::new()))),
+        };
+        let mut items: Vec<(OrderId, OrderRow)> = self
+            .orders_by_merchant
+            .range((start, std::ops::Bound::Unbounded))
+            .take_while(|(owner, ..)| owner == merchant)
+            .take(limit + 1)
+            .filter_map(|(_, _, order)| self.orders.get(order).map(|row| (order.clone(), row.clone())))
+            .collect();
+        let more = items.len() > limit;
+        items.truncate(limit);
+        let next = if more { items.last().map(|(order, _)| order.0.as_bytes().to_vec()) } else { None };
+        let scanned = items.len() + usize::from(more);
+        Page { items, next, scanned }
+    }
+
     pub fn statement(&self, merchant: &MerchantId, period: &str) -> Statement {
         self.statements.get(&(merchant.clone(), period.to_string())).cloned().unwrap_or_default()
     }

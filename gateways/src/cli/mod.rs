@@ -591,6 +591,15 @@ pub enum OrderCommand {
         #[arg(long)]
         unit: u32,
     },
+    /// The merchant's orders, newest first: units placed, bound and completed.
+    List {
+        /// At most this many orders (following the engine's pages).
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        limit: u32,
+        /// Where an earlier list stopped (its next_cursor).
+        #[arg(long)]
+        cursor: Option<String>,
+    },
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -819,6 +828,26 @@ pub async fn merchant(args: MerchantArgs) -> anyhow::Result<Outcome> {
                 };
                 let bound = merchant.bind_unit(request).await?.into_inner();
                 serde_json::json!({ "order_id": order, "unit": unit, "device_id": device, "wrapped_media_key": hex::encode(&bound.wrapped_media_key) })
+            }
+            MerchantCommand::Order(OrderCommand::List { limit, cursor }) => {
+                let (mut orders, mut next) = (Vec::new(), cursor.clone().unwrap_or_default());
+                let wanted = usize::try_from(*limit).unwrap_or(usize::MAX);
+                loop {
+                    let asked = u32::try_from((wanted - orders.len()).min(projections::reads::ORDER_PAGE_MAX)).unwrap_or(u32::MAX);
+                    let page = merchant.list_orders(pb::ListOrdersRequest { limit: asked, cursor: next }).await?.into_inner();
+                    orders.extend(page.orders.into_iter().map(|order| {
+                        serde_json::json!({
+                            "order_id": order.order_id, "media_id": order.media_id, "units": order.units, "units_bound": order.units_bound,
+                            "units_completed": order.units_completed, "price_per_unit_minor": order.price_per_unit_minor,
+                            "currency": order.currency, "placed_at_ms": order.placed_at_ms,
+                        })
+                    }));
+                    next = page.next_cursor;
+                    if next.is_empty() || orders.len() >= wanted {
+                        break;
+                    }
+                }
+                serde_json::json!({ "orders": orders, "next_cursor": next })
             }
             MerchantCommand::Order(OrderCommand::Complete { order, unit }) => {
                 merchant.complete_unit(pb::CompleteUnitRequest { request_id, order_id: order.clone(), unit: *unit }).await?;

@@ -200,6 +200,15 @@ impl pb::merchant_service_server::MerchantService for Api {
         self.answer(result)
     }
 
+    async fn list_orders(&self, request: Request<pb::ListOrdersRequest>) -> Result<Response<pb::OrderPage>, Status> {
+        let result = async {
+            let merchant = Self::merchant(&request)?;
+            self.list_orders(&merchant, request.get_ref()).await
+        }
+        .await;
+        self.answer(result)
+    }
+
     async fn get_statement(&self, request: Request<pb::GetStatementRequest>) -> Result<Response<pb::StatementResponse>, Status> {
         let result = async {
             let merchant = Self::merchant(&request)?;

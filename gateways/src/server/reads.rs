@@ -1,5 +1,5 @@
-//! The read side over gRPC (issue 23): MerchantService's ListVouchers, GetStatement,
-//! ListCatalog and SearchCatalog, and AdminService's GetLedger, ListParties and
+//! The read side over gRPC (issue 23): MerchantService's ListVouchers, ListOrders,
+//! GetStatement, ListCatalog and SearchCatalog, and AdminService's GetLedger, ListParties and
 //! GetAccountPoints. Each checks and converts its request (InvalidArgument naming the
 //! field), waits a bounded time for the live projections to apply the stream as it stood
 //! when the request came, reads one bounded page of an index (`projections::reads`, the
@@ -25,6 +25,8 @@ use tonic::Status;
 pub const VOUCHER_PAGE_DEFAULT: usize = 50;
 /// Media a catalog page answers when the request names no limit.
 pub const CATALOG_PAGE_DEFAULT: usize = 50;
+/// Orders a page answers when the request names no limit.
+pub const ORDER_PAGE_DEFAULT: usize = 50;
 /// Parties a page answers when the request names no limit.
 pub const PARTY_PAGE_DEFAULT: usize = 100;
 /// How long a read waits for the projections to apply what the stream held when it came
@@ -167,6 +169,30 @@ impl Api {
                     reserved_seq: item.reserved_seq,
                     expires_at_ms: item.expires_at.0,
                     media_delivered: item.media_delivered,
+                })
+                .collect(),
+            next_cursor: next_cursor(page.next),
+        })
+    }
+
+    pub(super) async fn list_orders(&self, merchant: &MerchantId, message: &pb::ListOrdersRequest) -> Result<pb::OrderPage, Status> {
+        let limit = limit(message.limit, ORDER_PAGE_DEFAULT, reads::ORDER_PAGE_MAX)?;
+        let after = cursor(&message.cursor)?.map(|bytes| String::from_utf8(bytes).map(OrderId).map_err(|_| status::bad_cursor())).transpose()?;
+        self.read_caught_up().await?;
+        let page = self.state.live.read(|p| p.reads.orders_of(merchant, after.as_ref(), limit));
+        Ok(pb::OrderPage {
+            orders: page
+                .items
+                .into_iter()
+                .map(|(order_id, row)| pb::OrderView {
+                    order_id: order_id.0,
+                    media_id: row.media_id.0,
+                    units: row.units,
+                    units_bound: row.units_bound,
+                    units_completed: row.units_completed,
+                    price_per_unit_minor: row.price_per_unit_minor,
+                    currency: row.currency,
+                    placed_at_ms: row.placed_at_ms,
                 })
                 .collect(),
             next_cursor: next_cursor(page.next),

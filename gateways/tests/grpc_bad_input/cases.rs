@@ -12,7 +12,7 @@ pub(super) fn refund_pb(request_id: &str, voucher_id: &str) -> pb::RefundRequest
 fn empty_message_code(rpc: Rpc) -> Code {
     match rpc {
         Rpc::Heartbeat | Rpc::SubscribeAssignments | Rpc::Replay | Rpc::VerifyChain | Rpc::Totals | Rpc::GetStats | Rpc::GetConfig => Code::Ok,
-        Rpc::ListVouchers | Rpc::ListCatalog | Rpc::GetLedger | Rpc::ListParties => Code::Ok,
+        Rpc::ListVouchers | Rpc::ListCatalog | Rpc::GetLedger | Rpc::ListParties | Rpc::ListOrders => Code::Ok,
         _ => Code::InvalidArgument,
     }
 }

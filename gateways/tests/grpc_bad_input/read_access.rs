@@ -15,6 +15,7 @@ pub(super) const READ_ACCESS: &[(&str, [&str; 7])] = &[
     ("GetLedger", ["allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"]),
     ("ListParties", ["allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"]),
     ("GetAccountPoints", ["allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"]),
+    ("ListOrders", ["PermissionDenied", "allowed", "allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"]),
 ];
 
 /// The request the rightful caller of a read RPC makes (answered; nothing is written).
@@ -27,6 +28,7 @@ pub(super) fn access_request(rpc: Rpc) -> Req {
         Rpc::GetLedger => Req::GetLedger(pb::GetLedgerRequest {}),
         Rpc::ListParties => Req::ListParties(pb::ListPartiesRequest { kind: "merchant".into(), ..Default::default() }),
         Rpc::GetAccountPoints => Req::GetAccountPoints(pb::AccountPointsRequest { account_id: "acct-1".into() }),
+        Rpc::ListOrders => Req::ListOrders(pb::ListOrdersRequest { limit: 10, ..Default::default() }),
         other => panic!("{other:?} is not a read RPC"),
     }
 }

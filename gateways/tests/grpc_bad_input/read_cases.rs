@@ -1,5 +1,5 @@
 //! The bad-input cases of the read RPCs (issue 23): MerchantService's ListVouchers,
-//! GetStatement, ListCatalog and SearchCatalog, AdminService's GetLedger, ListParties and
+//! ListOrders, GetStatement, ListCatalog and SearchCatalog, AdminService's GetLedger, ListParties and
 //! GetAccountPoints. Each refusal names its field; the controls are answered. (The empty
 //! message, undecodable bytes, size limits and credentials of every RPC are in `cases`;
 //! the access matrix's rows for these RPCs in `read_access`.)
@@ -20,6 +20,10 @@ fn search(text: &str, limit: u32, cursor: &str) -> Req {
 
 fn catalog(limit: u32, cursor: &str) -> Req {
     Req::ListCatalog(pb::ListCatalogRequest { cursor: cursor.into(), limit })
+}
+
+fn orders(limit: u32, cursor: &str) -> Req {
+    Req::ListOrders(pb::ListOrdersRequest { limit, cursor: cursor.into() })
 }
 
 fn parties(kind: &str, limit: u32, cursor: &str) -> Req {
@@ -60,6 +64,11 @@ pub(super) fn read_cases(w: &World) -> Vec<Case> {
         ("invalid field", "catalog limit 201".into(), catalog(201, ""), ia, "limit"),
         ("invalid field", "catalog cursor odd hex".into(), catalog(0, "abc"), ia, "cursor"),
         ("control", "catalog limit 200".into(), catalog(200, ""), Code::Ok, ""),
+        ("invalid field", "orders limit 201".into(), orders(201, ""), ia, "limit"),
+        ("invalid field", "orders cursor not hex".into(), orders(0, "xy"), ia, "cursor"),
+        ("invalid field", "orders cursor not UTF-8".into(), orders(0, "ff"), ia, "cursor"),
+        ("control", "orders limit 200".into(), orders(200, ""), Code::Ok, ""),
+        ("control", "orders after an unknown order".into(), orders(0, "6f2d6e6f6e65"), Code::Ok, ""),
     ];
     let operator: Vec<(&str, String, Req, Code, &str)> = vec![
         ("invalid field", "kind consumer".into(), parties("consumer", 0, ""), ia, "kind"),

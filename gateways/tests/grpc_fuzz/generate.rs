@@ -684,6 +684,7 @@ pub(super) fn arb_request(rpc: Rpc, p: &Pools, b: Bias) -> BoxedStrategy<Req> {
             .prop_map(|(text, cursor, limit)| Req::SearchCatalog(pb::SearchCatalogRequest { text, cursor, limit }))
             .boxed(),
         Rpc::GetLedger => Just(Req::GetLedger(pb::GetLedgerRequest {})).boxed(),
+        Rpc::ListOrders => (u32_field(10, b), cursor(b)).prop_map(|(limit, cursor)| Req::ListOrders(pb::ListOrdersRequest { limit, cursor })).boxed(),
         Rpc::ListParties => {
             let kind = one_of(vec![
                 (b.plausible(3), select(vec!["", "merchant", "node", "auditor", "certificate"]).prop_map(String::from).boxed()),

@@ -8,14 +8,15 @@
 //! - `qp/` party key (kind byte ‖ `u16` length ‖ id ‖ serial) → JSON `PartyRecord`
 //!   (`PartyRows`, ordered, cold in sled);
 //! - `qc/` media → JSON `ListingRecord`;
-//! - `qs/` JSON (merchant, period) → JSON `StatementRecord`.
+//! - `qs/` JSON (merchant, period) → JSON `StatementRecord`;
+//! - `qo/` order → JSON `OrderRecord`.
 //!
 //! What is not here: the store's checks of the state as a whole (`store`).
 
-use super::{IndexKey, Listing, PartyRow, PostingTotals, Reads, Statement, StatementLine};
+use super::{IndexKey, Listing, OrderRow, PartyRow, PostingTotals, Reads, Statement, StatementLine};
 use crate::balances::{kind_code, kind_of_code};
 use crate::rows::{Prefix, RowError, RowKind, RowWrite, Rows, decode_json, json, key, utf8};
-use engine::ids::{MediaId, MerchantId};
+use engine::ids::{MediaId, MerchantId, OrderId};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -24,6 +25,49 @@ pub(crate) const MERCHANT_VOUCHER_PREFIX: &Prefix = b"qv/";
 pub(crate) const PARTY_PREFIX: &Prefix = b"qp/";
 pub(crate) const LISTING_PREFIX: &Prefix = b"qc/";
 pub(crate) const STATEMENT_PREFIX: &Prefix = b"qs/";
+pub(crate) const ORDER_PREFIX: &Prefix = b"qo/";
+
+#[derive(Serialize, Deserialize)]
+struct OrderRecord {
+    merchant: String,
+    media_id: String,
+    units: u32,
+    units_bound: u32,
+    units_completed: u32,
+    price_per_unit_minor: u64,
+    currency: String,
+    placed_seq: u64,
+    placed_at_ms: i64,
+}
+
+fn order_value(row: &OrderRow) -> Result<Vec<u8>, RowError> {
+    let record = OrderRecord {
+        merchant: row.merchant.0.clone(),
+        media_id: row.media_id.0.clone(),
+        units: row.units,
+        units_bound: row.units_bound,
+        units_completed: row.units_completed,
+        price_per_unit_minor: row.price_per_unit_minor,
+        currency: row.currency.clone(),
+        placed_seq: row.placed_seq,
+        placed_at_ms: row.placed_at_ms,
+    };
+    json(&record, "order")
+}
+
+fn order_of(record: OrderRecord) -> OrderRow {
+    OrderRow {
+        merchant: MerchantId(record.merchant),
+        media_id: MediaId(record.media_id),
+        units: record.units,
+        units_bound: record.units_bound,
+        units_completed: record.units_completed,
+        price_per_unit_minor: record.price_per_unit_minor,
+        currency: record.currency,
+        placed_seq: record.placed_seq,
+        placed_at_ms: record.placed_at_ms,
+    }
+}
 
 /// Each merchant's vouchers, newest first: `qv/` index key → empty.
 #[derive(Debug)]
@@ -206,6 +250,7 @@ pub(crate) enum Change {
     Party(IndexKey, Option<PartyRow>),
     Listing(MediaId, Option<Listing>),
     Statement((MerchantId, String), Option<Statement>),
+    Order(OrderId, Option<OrderRow>),
 }
 
 impl Change {
@@ -218,6 +263,7 @@ impl Change {
             Change::Statement((merchant, period), statement) => {
                 RowWrite::put_or_remove(statement_key(&merchant, &period)?, statement.as_ref().map(statement_value).transpose()?)
             }
+            Change::Order(id, row) => RowWrite::put_or_remove(key(ORDER_PREFIX, id.0.as_bytes()), row.as_ref().map(order_value).transpose()?),
         })
     }
 }
@@ -234,6 +280,10 @@ impl Reads {
         for id in self.touched_statements.take() {
             let statement = self.statements.get(&id).cloned();
             changes.push(Change::Statement(id, statement));
+        }
+        for id in self.touched_orders.take() {
+            let row = self.orders.get(&id).cloned();
+            changes.push(Change::Order(id, row));
         }
         Ok(changes)
     }
@@ -259,6 +309,7 @@ pub(crate) struct Reader {
     parties: usize,
     catalog: BTreeMap<MediaId, Listing>,
     statements: BTreeMap<(MerchantId, String), Statement>,
+    orders: BTreeMap<OrderId, OrderRow>,
 }
 
 impl Reader {
@@ -295,6 +346,11 @@ impl Reader {
                 let record: StatementRecord = decode_json(value, "statement", &name)?;
                 self.statements.insert((MerchantId(merchant), period), statement_of(record, &name)?);
             }
+            p if p == ORDER_PREFIX => {
+                let id = utf8(id, "order")?;
+                let record: OrderRecord = decode_json(value, "order", &id)?;
+                self.orders.insert(OrderId(id), order_of(record));
+            }
             _ => return Ok(false),
         }
         Ok(true)
@@ -305,8 +361,10 @@ impl Reader {
         Reads {
             merchant_vouchers: Rows::stored(db.clone(), self.vouchers),
             parties: Rows::stored(db.clone(), self.parties),
+            orders_by_merchant: self.orders.iter().map(|(id, row)| (row.merchant.clone(), u64::MAX - row.placed_seq, id.clone())).collect(),
             catalog: self.catalog,
             statements: self.statements,
+            orders: self.orders,
             ..Reads::default()
         }
     }

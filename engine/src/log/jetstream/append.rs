@@ -28,6 +28,12 @@ use bytes::Bytes;
 use std::fmt::Write as _;
 use std::time::Duration;
 
+/// Publishes of one append answered 10164 with nothing of ours found (a message on the
+/// subject in flight), before that answer is taken for a conflict.
+pub(super) const IN_FLIGHT_ATTEMPTS_MAX: u32 = 4;
+/// The first pause before publishing again after such an answer; it doubles.
+pub(super) const IN_FLIGHT_PAUSE_MIN_MS: u64 = 25;
+
 impl JetStreamLog {
     /// After a refused expectation: whether this very append (same subject, expectation and
     /// key) was stored before, and at which sequence. A single (non-clustered) nats-server

@@ -205,20 +205,32 @@ impl EventLog for JetStreamLog {
                 headers.insert(header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, seq.0.to_string());
             }
         }
-        let published = match &self.group_commit {
-            Some(group) => group.publish(request.subject.clone(), headers, request.payload).await?,
-            None => publish(&self.context, self.stream_name(), request.subject.clone(), headers, request.payload).await?,
-        };
-        Ok(match published {
-            Published::Acked(ack) => Ok(Appended { seq: Seq(ack.sequence), duplicate: ack.duplicate }),
-            Published::WrongLastSequence(actual) => {
-                let actual = actual.filter(|seq| *seq > 0);
-                if let Some(original) = self.stored_by_expected_append(&request.subject, request.expected, actual, &message_id).await {
-                    return Ok(Ok(Appended { seq: Seq(original), duplicate: true }));
-                }
-                Err(VersionConflict { subject: request.subject, expected: request.expected, actual: actual.map(Seq) })
+        // A clustered stream answers 10164 (wrong last sequence, the stored one unsaid) while
+        // a message on the subject is in flight, which after a leader change can be this
+        // very append's earlier attempt, not yet stored: then nothing is found, the outcome
+        // is open, and the same publish is sent again once it has landed (a duplicate then,
+        // or a refusal that says the sequence). Only a definite answer is a conflict.
+        let mut in_flight_pause = Duration::from_millis(append::IN_FLIGHT_PAUSE_MIN_MS);
+        for attempt in 1.. {
+            let published = match &self.group_commit {
+                Some(group) => group.publish(request.subject.clone(), headers.clone(), request.payload.clone()).await?,
+                None => publish(&self.context, self.stream_name(), request.subject.clone(), headers.clone(), request.payload.clone()).await?,
+            };
+            let actual = match published {
+                Published::Acked(ack) => return Ok(Ok(Appended { seq: Seq(ack.sequence), duplicate: ack.duplicate })),
+                Published::WrongLastSequence(actual) => actual.filter(|seq| *seq > 0),
+            };
+            if let Some(original) = self.stored_by_expected_append(&request.subject, request.expected, actual, &message_id).await {
+                return Ok(Ok(Appended { seq: Seq(original), duplicate: true }));
             }
-        })
+            if actual.is_some() || attempt >= append::IN_FLIGHT_ATTEMPTS_MAX {
+                return Ok(Err(VersionConflict { subject: request.subject, expected: request.expected, actual: actual.map(Seq) }));
+            }
+            tracing::debug!(subject = %request.subject, attempt, "wrong last sequence with a message in flight; publishing again once it landed");
+            tokio::time::sleep(in_flight_pause).await;
+            in_flight_pause *= 2;
+        }
+        unreachable!("the loop returns by its last attempt")
     }
 
     async fn read_subject(&self, subject: &str) -> Result<Vec<StoredEvent>, ReadError> {
