@@ -297,6 +297,14 @@ fn serve_node_publish_buy_fetch_then_demo_connect_and_sigterm() {
     assert!(engine::crypto::unwrap_key(&alice.private, &wrapped).is_err(), "no other key does");
     let (code, completed) = json(vouchsafe().args(["merchant", "order", "complete", "--order", &order_id, "--unit", "0"]).args(merchant_args), root);
     assert_eq!((code, completed["completed"].as_bool()), (0, Some(true)), "{completed}");
+    let (code, orders) = json(vouchsafe().args(["merchant", "order", "list"]).args(merchant_args), root);
+    assert_eq!(code, 0, "{orders}");
+    let listed = &orders["orders"][0];
+    assert_eq!(
+        (&listed["order_id"], &listed["units"], &listed["units_bound"], &listed["units_completed"]),
+        (&order["order_id"], &serde_json::json!(2), &serde_json::json!(1), &serde_json::json!(1)),
+        "{orders}"
+    );
 
     let (code, drained) = json(vouchsafe().args(["admin", "node", "drain", &node_id, "--connect", &url, "--keys", "keys", "--json"]), root);
     assert_eq!((code, drained["status"].as_str()), (0, Some("drained")), "{drained}");

@@ -135,3 +135,68 @@ fn a_reopened_store_answers_as_the_projections_in_memory() {
     assert!(!parties(&memory).items.is_empty());
     assert_eq!(parties(&loaded), parties(&memory));
 }
+
+/// Duplication orders survive a commit and a reopen: the same rows, the same pages.
+#[test]
+fn a_reopened_store_keeps_each_merchants_orders() {
+    use engine::domain::event::Event;
+    use engine::domain::{Actor, Recorded};
+    use engine::ids::{MediaId, Millis, OrderId, Seq};
+    let events: Vec<Event> = vec![
+        Event::OrderPlaced {
+            order_id: OrderId::new("o1"),
+            merchant_id: MerchantId::new("shop"),
+            media_id: MediaId::new("md"),
+            units: 3,
+            price_per_unit_minor: 40,
+            settles_by: None,
+        },
+        Event::UnitCompleted { order_id: OrderId::new("o1"), unit: 0 },
+        Event::OrderPlaced {
+            order_id: OrderId::new("o2"),
+            merchant_id: MerchantId::new("shop"),
+            media_id: MediaId::new("md"),
+            units: 1,
+            price_per_unit_minor: 40,
+            settles_by: None,
+        },
+    ];
+    let mut versions = BTreeMap::new();
+    let stored: Vec<engine::log::StoredEvent> = events
+        .into_iter()
+        .enumerate()
+        .map(|(index, event)| {
+            let version = versions.entry(event.aggregate().subject()).or_insert(0u64);
+            *version += 1;
+            let aggregate = event.aggregate();
+            let recorded = Recorded {
+                event_id: [index as u8; 16],
+                aggregate_version: *version,
+                recorded_at: Millis(1_767_225_600_000),
+                request_id: format!("o-{index}"),
+                actor: Actor::engine(),
+                command: "Test".into(),
+                aggregate,
+                event,
+            };
+            let subject = recorded.aggregate.subject();
+            engine::log::StoredEvent { seq: Seq(index as u64 + 1), subject, payload: bytes::Bytes::from(engine::wire::encode(&recorded)) }
+        })
+        .collect();
+    let memory = rebuild(&stored, keyed());
+    let dir = tempfile::tempdir().expect("temporary directory");
+    {
+        let (store, _) = ProjectionStore::open(dir.path()).expect("open");
+        let mut projections = store.load(Some(&master()), Some(engine_public())).expect("load");
+        for event in &stored {
+            projections.apply(event).expect("apply");
+        }
+        store.commit(&mut projections).expect("commit");
+    }
+    let (store, _) = ProjectionStore::open(dir.path()).expect("reopen");
+    let loaded = store.load(Some(&master()), Some(engine_public())).expect("load");
+    assert_eq!(loaded.reads, memory.reads);
+    let shop = MerchantId::new("shop");
+    let page = loaded.reads.orders_of(&shop, None, 10);
+    assert_eq!(page.items.iter().map(|(id, row)| (id.0.as_str(), row.units_completed)).collect::<Vec<_>>(), [("o2", 0), ("o1", 1)]);
+}

@@ -8,7 +8,7 @@
 //! is driven to delivery through its merchant's reissue), the live projections equal a
 //! rebuild from sequence 1 with every seal verified, and the royalty totals net exactly
 //! what the model says was released, bound and not refunded, as do the DSR's usage
-//! records. The seed is printed (`VOUCHSAFE_MARKET_SEED` repeats it).
+//! records and the merchants' statements. The seed is printed (`VOUCHSAFE_MARKET_SEED` repeats it).
 
 mod common;
 
@@ -433,6 +433,23 @@ impl Market_ {
             .map(|r| r[14].parse::<i128>().expect("price"))
             .sum();
         assert_eq!(usage_net, released_net, "the DSR's usage records net the same");
+        // And the merchants' statements (every month of every merchant), as the engine serves them.
+        let statement_net: i128 =
+            self.live.read(|p| p.reads.statements.values().flat_map(|statement| statement.lines.values()).map(|line| line.net_minor()).sum());
+        assert_eq!(statement_net, released_net, "the statements net the same");
+        for merchant in &self.merchants {
+            let months: Vec<String> = self.live.read(|p| p.reads.statements.keys().filter(|(m, _)| m == merchant).map(|(_, month)| month.clone()).collect());
+            let served: i128 =
+                months.iter().map(|month| self.live.read(|p| p.reads.statement(merchant, month)).lines.values().map(|l| l.net_minor()).sum::<i128>()).sum();
+            let totals: i128 = rebuilt
+                .royalty
+                .totals
+                .iter()
+                .filter(|((dimension, key), _)| *dimension == projections::royalty_log::Dimension::Merchant && key == &merchant.0)
+                .map(|(_, line)| line.net_minor())
+                .sum();
+            assert_eq!(served, totals, "{merchant}: its statements net its royalty totals");
+        }
         eprintln!("finish: {driven} paid vouchers accounted for, {} recoveries, DSR net {usage_net}", self.recoveries);
     }
 }

@@ -93,5 +93,8 @@ pub(super) fn read_cases(w: &World) -> Vec<Case> {
     // A merchant's reads are its own: merchant B's list holds none of A's vouchers.
     cases.push(case("control", "merchant B's list", &Meta::of("merchant B", &w.b), vouchers("", "", 0, ""), Code::Ok).answer_has("vouchers: []"));
     cases.push(case("control", "merchant A's list", &a, vouchers("undelivered", "", 0, ""), Code::Ok).answer_has(w.sale.voucher_id.clone()));
+    // Likewise its orders: B's list holds none of A's (control: A's holds it).
+    cases.push(case("control", "merchant B's orders", &Meta::of("merchant B", &w.b), orders(0, ""), Code::Ok).answer_has("orders: []"));
+    cases.push(case("control", "merchant A's orders", &a, orders(0, ""), Code::Ok).answer_has(w.order.clone()));
     cases
 }

@@ -155,3 +155,46 @@ fn periods_are_calendar_months() {
         assert!(!is_period(bad), "{bad}");
     }
 }
+
+fn placed(order: &str, merchant: &str, units: u32) -> Event {
+    Event::OrderPlaced {
+        order_id: OrderId::new(order),
+        merchant_id: MerchantId::new(merchant),
+        media_id: MediaId::new("md"),
+        units,
+        price_per_unit_minor: 40,
+        settles_by: Some(("EUR".into(), RoyaltyTerms::default())),
+    }
+}
+
+#[test]
+fn orders_are_each_merchants_own_newest_first_with_their_units() {
+    let bound = |order: &str, unit: u32| Event::UnitBound {
+        order_id: OrderId::new(order),
+        unit,
+        device_id: "press-1".into(),
+        device_public_key_hash: [1; 32],
+        wrapped_key_hash: None,
+        charge: None,
+    };
+    let (reads, _) = applied(&[
+        placed("o1", "shop", 2),
+        placed("o2", "other", 5),
+        placed("o3", "shop", 3),
+        bound("o1", 0),
+        bound("o1", 1),
+        Event::UnitCompleted { order_id: OrderId::new("o1"), unit: 0 },
+    ]);
+    let shop = MerchantId::new("shop");
+    let first = reads.orders_of(&shop, None, 1);
+    assert_eq!(first.items.iter().map(|(id, _)| id.0.as_str()).collect::<Vec<_>>(), ["o3"], "newest first");
+    let next = OrderId(String::from_utf8(first.next.clone().expect("more follow")).expect("utf-8"));
+    let second = reads.orders_of(&shop, Some(&next), 10);
+    let (id, row) = &second.items[0];
+    assert_eq!((id.0.as_str(), row.units, row.units_bound, row.units_completed, row.currency.as_str()), ("o1", 2, 2, 1, "EUR"));
+    assert_eq!((second.items.len(), second.next.clone()), (1, None), "the end");
+    // Another merchant's order as a cursor reads nothing of it or of the shop's.
+    assert!(reads.orders_of(&MerchantId::new("other"), Some(&next), 10).items.is_empty());
+    assert_eq!(reads.orders_of(&MerchantId::new("other"), None, 10).items.len(), 1);
+    assert!(reads.orders_of(&MerchantId::new("nobody"), None, 10).items.is_empty());
+}
