@@ -550,13 +550,13 @@ async fn long_market(log: Arc<dyn EventLog>, steps: usize, name: &str) {
 async fn a_long_market_on_the_embedded_log_keeps_its_slots_strands_nothing_and_nets_its_royalties() {
     let dir = tempfile::tempdir().expect("temp dir");
     let log: Arc<dyn EventLog> = Arc::new(engine::log::embedded::EmbeddedLog::open(dir.path()).expect("log"));
-    long_market(log, 2_000, "embedded").await;
+    long_market(log, 5_000, "embedded").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_market_on_jetstream_keeps_its_slots_strands_nothing_and_nets_its_royalties() {
     let server = replay_tests::NatsServer::start().unwrap_or_else(|e| panic!("{e}"));
     let log: Arc<dyn EventLog> = Arc::new(engine::log::jetstream::JetStreamLog::connect(&server.url(), "LONG").await.expect("connect"));
-    long_market(log, 600, "jetstream").await;
+    long_market(log, 1_200, "jetstream").await;
     drop(server);
 }
