@@ -12,9 +12,13 @@
 //!   totals), the sales settled and reversed, and the settlement postings by account kind
 //!   (so that, over every merchant and month, they sum to the ledger).
 //! - `parties`: merchants, nodes, auditors and certificates (of consumers and of
-//!   duplicators' devices) with their status.
+//!   duplicators' devices) with their status;
 //! - `orders`: each merchant's duplication orders (units placed, bound, completed), newest
-//!   first; few (a business-to-business sale), so kept in memory like the catalog.
+//!   first; few (a business-to-business sale), so kept in memory like the catalog;
+//! - `credentials`: the merchants', nodes' and auditors' credential hashes and standing,
+//!   in memory (they grow only with the operator's registrations), so the engine's front
+//!   door checks a credential without reading the stream (issue 21 item 1). Loaded from
+//!   the party rows when the store opens.
 //!
 //! The voucher and party indexes grow with vouchers and consumers, so they are ordered
 //! `Rows` (in memory, or cold in the projection store's sled, read in ranges); the catalog
@@ -31,7 +35,7 @@ use engine::domain::event::{Event, LedgerAccountKind, Posting};
 use engine::domain::voucher::{PurchaseSet, VoucherStatus};
 use engine::ids::{CertSerial, ConsumerId, MediaId, MerchantId, Millis, OrderId, Seq, VoucherId};
 use format::{MerchantVoucherRows, PartyRows};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 pub(crate) mod format;
 
@@ -189,6 +193,18 @@ pub struct PartyRow {
     pub slots_max: u32,
     pub not_before_ms: i64,
     pub not_after_ms: i64,
+    /// The hash of a merchant's, node's or auditor's credential secret (zeros for a
+    /// certificate), never the secret.
+    pub credential_hash: [u8; 32],
+}
+
+/// A credential as the front door checks it: whose, its hash, and the party's status
+/// ("active", "suspended", "drained", "removed", "revoked").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CredentialRow {
+    pub kind: PartyKind,
+    pub credential_hash: [u8; 32],
+    pub status: String,
 }
 
 /// One party of a page: its kind, id (a certificate's is its serial, with its consumer).
@@ -277,6 +293,8 @@ pub struct Reads {
     pub(crate) orders_by_merchant: std::collections::BTreeSet<(MerchantId, u64, OrderId)>,
     pub(crate) touched_orders: Touched<OrderId>,
     pub(crate) parties: Rows<PartyRows>,
+    /// Merchants', nodes' and auditors' credentials by id (module docs).
+    pub(crate) credentials: HashMap<String, CredentialRow>,
     pub catalog: BTreeMap<MediaId, Listing>,
     /// By (merchant, "YYYY-MM").
     pub statements: BTreeMap<(MerchantId, String), Statement>,
@@ -372,20 +390,26 @@ impl Reads {
             Event::UnitCompleted { order_id, .. } => self.order(order_id, |row| row.units_completed = row.units_completed.saturating_add(1)),
             Event::MediaWithdrawn { media_id, .. } => self.listing(media_id, |listing| listing.withdrawn = true),
             Event::PriceChanged { media_id, price_minor } => self.listing(media_id, |listing| listing.price_minor = *price_minor),
-            Event::MerchantRegistered { merchant_id, name, .. } => {
-                let row = PartyRow { name: name.clone(), status: "active".into(), ..PartyRow::default() };
-                self.parties.insert(party_key(PartyKind::Merchant, &merchant_id.0, None), row);
+            Event::MerchantRegistered { merchant_id, name, credential_hash } => {
+                let row = PartyRow { name: name.clone(), status: "active".into(), credential_hash: *credential_hash, ..PartyRow::default() };
+                self.register(PartyKind::Merchant, &merchant_id.0, row);
             }
             Event::MerchantSuspended { merchant_id, .. } => self.party_status(PartyKind::Merchant, &merchant_id.0, None, "suspended"),
             Event::MerchantReinstated { merchant_id, .. } => self.party_status(PartyKind::Merchant, &merchant_id.0, None, "active"),
-            Event::AuditorRegistered { auditor_id, name, .. } => {
-                let row = PartyRow { name: name.clone(), status: "active".into(), ..PartyRow::default() };
-                self.parties.insert(party_key(PartyKind::Auditor, &auditor_id.0, None), row);
+            Event::AuditorRegistered { auditor_id, name, credential_hash } => {
+                let row = PartyRow { name: name.clone(), status: "active".into(), credential_hash: *credential_hash, ..PartyRow::default() };
+                self.register(PartyKind::Auditor, &auditor_id.0, row);
             }
             Event::AuditorRevoked { auditor_id, .. } => self.party_status(PartyKind::Auditor, &auditor_id.0, None, "revoked"),
-            Event::NodeRegistered { node_id, region, slots_max, .. } => {
-                let row = PartyRow { status: "active".into(), region: region.clone(), slots_max: *slots_max, ..PartyRow::default() };
-                self.parties.insert(party_key(PartyKind::Node, &node_id.0, None), row);
+            Event::NodeRegistered { node_id, region, slots_max, credential_hash } => {
+                let row = PartyRow {
+                    status: "active".into(),
+                    region: region.clone(),
+                    slots_max: *slots_max,
+                    credential_hash: *credential_hash,
+                    ..PartyRow::default()
+                };
+                self.register(PartyKind::Node, &node_id.0, row);
             }
             Event::NodeCapacityChanged { node_id, slots_max } => {
                 self.parties.update(&party_key(PartyKind::Node, &node_id.0, None), |row| row.slots_max = *slots_max);
@@ -476,6 +500,26 @@ impl Reads {
 
     fn party_status(&mut self, kind: PartyKind, id: &str, serial: Option<&CertSerial>, status: &str) {
         self.parties.update(&party_key(kind, id, serial), |row| row.status = status.to_string());
+        if let Some(credential) = self.credentials.get_mut(id).filter(|credential| credential.kind == kind) {
+            credential.status = status.to_string();
+        }
+    }
+
+    /// A merchant, node or auditor registered: its party row and its credential.
+    fn register(&mut self, kind: PartyKind, id: &str, row: PartyRow) {
+        self.credentials.insert(id.to_string(), CredentialRow { kind, credential_hash: row.credential_hash, status: row.status.clone() });
+        self.parties.insert(party_key(kind, id, None), row);
+    }
+
+    /// The credential of the merchant, node or auditor `id`, if one was registered. An
+    /// in-memory look-up: no stream read, nothing cached for an id that does not exist.
+    pub fn credential(&self, id: &str) -> Option<&CredentialRow> {
+        self.credentials.get(id)
+    }
+
+    /// Credentials known (merchants, nodes and auditors registered).
+    pub fn credentials_len(&self) -> usize {
+        self.credentials.len()
     }
 
     fn statement_line(&mut self, merchant: &str, recorded_at_ms: i64, currency: &str, change: impl FnOnce(&mut StatementLine)) {

@@ -134,6 +134,12 @@ fn a_reopened_store_answers_as_the_projections_in_memory() {
     let parties = |projections: &Projections| projections.reads.parties_page(None, None, projections::reads::PARTY_PAGE_MAX);
     assert!(!parties(&memory).items.is_empty());
     assert_eq!(parties(&loaded), parties(&memory));
+    // The front door's credential table comes back from the party rows, hash and standing.
+    assert!(memory.reads.credentials_len() > 0, "the generated stream registers parties");
+    assert_eq!(loaded.reads.credentials_len(), memory.reads.credentials_len());
+    for party in parties(&memory).items.iter().filter(|party| party.kind != projections::reads::PartyKind::Certificate) {
+        assert_eq!(loaded.reads.credential(&party.id), memory.reads.credential(&party.id), "{}", party.id);
+    }
 }
 
 /// Duplication orders survive a commit and a reopen: the same rows, the same pages.

@@ -94,6 +94,15 @@ fn the_engine_example_config_parses_and_sets_every_key() {
         upload_bytes_max,
         requests_in_flight_max,
         assignment_feeds_max,
+        request_read_ms,
+        upload_read_ms,
+        credential_requests_per_s,
+        credential_requests_burst,
+        peer_refusals_per_s,
+        peer_refusals_burst,
+        connections_per_peer_max,
+        connections_max,
+        preface_ms,
         tls,
     } = config;
     let set = [
@@ -114,6 +123,15 @@ fn the_engine_example_config_parses_and_sets_every_key() {
         ("upload_bytes_max", upload_bytes_max.is_some()),
         ("requests_in_flight_max", requests_in_flight_max.is_some()),
         ("assignment_feeds_max", assignment_feeds_max.is_some()),
+        ("request_read_ms", request_read_ms.is_some()),
+        ("upload_read_ms", upload_read_ms.is_some()),
+        ("credential_requests_per_s", credential_requests_per_s.is_some()),
+        ("credential_requests_burst", credential_requests_burst.is_some()),
+        ("peer_refusals_per_s", peer_refusals_per_s.is_some()),
+        ("peer_refusals_burst", peer_refusals_burst.is_some()),
+        ("connections_per_peer_max", connections_per_peer_max.is_some()),
+        ("connections_max", connections_max.is_some()),
+        ("preface_ms", preface_ms.is_some()),
         ("tls", tls.is_some()),
     ];
     for (key, present) in set {

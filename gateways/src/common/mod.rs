@@ -2,7 +2,8 @@
 //! their gRPC metadata (`cred`), key files (`keys`), backend selection (`backend`), the
 //! nats-server launcher for tests and the bench (`natsd`), progress bars (`progress`), the
 //! seal witness file the sealer writes and auditors pin (`witness`), the chunked transfer
-//! nodes and players share (`transfer`), internal failures as error ids (`status`).
+//! nodes and players share (`transfer`), internal failures as error ids (`status`), the
+//! connection limits of the engine's and the node's servers (`peers`).
 //! Nothing here imports a program (`server`, `node`, `player`, `cli`, `demo`, `bench`,
 //! `audit`).
 
@@ -11,6 +12,7 @@ pub mod client;
 pub mod cred;
 pub mod keys;
 pub mod natsd;
+pub mod peers;
 pub mod plaintext;
 pub mod progress;
 pub mod spend;

@@ -59,7 +59,6 @@ use std::time::Duration;
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinHandle;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Channel, Endpoint, Server};
 use tracing::{info, warn};
 
@@ -96,8 +95,40 @@ pub const REQUESTS_PER_CONNECTION_MAX: usize = 64;
 /// waits when the player does not read).
 pub const STREAM_BUFFER_CHUNKS: usize = 8;
 /// Longest a response stream waits for a player to read the next chunk before it ends the
-/// stream and frees the permit (the player resumes from its offset).
+/// stream and frees the permit (the player resumes from its offset); the default of
+/// `NodeLimits::send_idle_ms`.
 pub const SEND_IDLE_MS: u64 = 30_000;
+/// PlayPreview calls that may wait at once for a preview id this node was not assigned
+/// (yet); more are refused at once (made-up ids cost a bounded number of waits).
+pub const PREVIEW_WAITS_MAX: u32 = 256;
+/// Player connections from one peer (IP address, IPv6 /64), in all, and the wait for a new
+/// connection's first bytes (`common::peers`).
+pub const CONNECTIONS_PER_PEER_MAX: usize = 128;
+pub const CONNECTIONS_MAX: usize = 4096;
+pub const PREFACE_MS: u64 = 10_000;
+
+/// The node's limits on what players may hold (`start_with_limits`; `start` takes the
+/// defaults above). Connections refused are counted in `NodeStats::connections_refused`.
+#[derive(Clone, Copy, Debug)]
+pub struct NodeLimits {
+    pub send_idle_ms: u64,
+    pub preview_waits_max: u32,
+    pub connections: crate::common::peers::ConnectionLimits,
+}
+
+impl Default for NodeLimits {
+    fn default() -> Self {
+        Self {
+            send_idle_ms: SEND_IDLE_MS,
+            preview_waits_max: PREVIEW_WAITS_MAX,
+            connections: crate::common::peers::ConnectionLimits {
+                connections_per_peer_max: CONNECTIONS_PER_PEER_MAX,
+                connections_max: CONNECTIONS_MAX,
+                preface_ms: PREFACE_MS,
+            },
+        }
+    }
+}
 /// First and largest wait before re-subscribing to the assignment feed.
 pub const FEED_BACKOFF_MIN_MS: u64 = 200;
 pub const FEED_BACKOFF_MAX_MS: u64 = 10_000;
@@ -167,6 +198,9 @@ pub struct NodeStats {
     pub slots_in_use: u32,
     /// PlayPreview calls waiting for their preview to be assigned here (they hold no permit).
     pub preview_waits: u32,
+    /// Connections closed at accept by `NodeLimits::connections` (per peer, in all) or for
+    /// a missing preface.
+    pub connections_refused: u64,
     pub assignments_seen: u64,
     /// The stream sequence of the newest assignment handled (the checkpoint).
     pub last_seq: u64,
@@ -323,6 +357,11 @@ pub async fn start(args: NodeArgs) -> anyhow::Result<RunningNode> {
 
 /// [`start`] with the clock that access tokens and challenges are checked against.
 pub async fn start_with_clock(args: NodeArgs, clock: Arc<dyn Clock>) -> anyhow::Result<RunningNode> {
+    start_with_limits(args, clock, NodeLimits::default()).await
+}
+
+/// [`start_with_clock`] with limits of its own.
+pub async fn start_with_limits(args: NodeArgs, clock: Arc<dyn Clock>, limits: NodeLimits) -> anyhow::Result<RunningNode> {
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("cannot create the data directory {}", args.data_dir.display()))?;
     let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
     let local_addr = listener.local_addr().context("the listener has no local address")?;
@@ -350,7 +389,9 @@ pub async fn start_with_clock(args: NodeArgs, clock: Arc<dyn Clock>) -> anyhow::
         confirmed: Mutex::new(LruCache::new(NonZeroUsize::new(CONFIRMED_VOUCHERS_MAX).expect("CONFIRMED_VOUCHERS_MAX is not zero"))),
         slots_in_use: AtomicU32::new(0),
         preview_waits: AtomicU32::new(0),
+        connections_refused: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         requests: Arc::new(Semaphore::new(REQUESTS_IN_FLIGHT_MAX)),
+        limits,
         draining: std::sync::atomic::AtomicBool::new(false),
     });
 
@@ -363,7 +404,14 @@ pub async fn start_with_clock(args: NodeArgs, clock: Arc<dyn Clock>) -> anyhow::
         NodeServiceServer::new(NodeApi { shared: shared.clone() }).max_decoding_message_size(REQUEST_BYTES_MAX).max_encoding_message_size(RESPONSE_BYTES_MAX);
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, tonic_health::ServingStatus::Serving).await;
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let refused_connections = Arc::clone(&shared.connections_refused);
+    let admission = crate::common::peers::Admission::new(
+        limits.connections,
+        Arc::new(move |_| {
+            refused_connections.fetch_add(1, Ordering::Relaxed);
+        }),
+    );
+    let incoming = crate::common::peers::incoming(listener, admission);
     let mut server_shutdown = shutdown_receiver;
     let server = tokio::spawn(
         Server::builder()

@@ -46,7 +46,10 @@ pub(super) struct Shared {
     pub(super) slots_in_use: AtomicU32,
     /// PlayPreview calls waiting for the feed to assign their preview id here.
     pub(super) preview_waits: AtomicU32,
+    /// Connections closed at accept (`common::peers`).
+    pub(super) connections_refused: Arc<std::sync::atomic::AtomicU64>,
     pub(super) requests: Arc<Semaphore>,
+    pub(super) limits: NodeLimits,
     /// Set by `shutdown`: new requests are refused while the streams in flight finish.
     pub(super) draining: std::sync::atomic::AtomicBool,
 }
@@ -72,6 +75,7 @@ impl Shared {
             cache_misses,
             slots_in_use: self.slots_in_use.load(Ordering::Relaxed),
             preview_waits: self.preview_waits.load(Ordering::Relaxed),
+            connections_refused: self.connections_refused.load(Ordering::Relaxed),
             assignments_seen,
             last_seq,
         }
@@ -133,19 +137,26 @@ impl Shared {
 
     /// Waits up to [`PREVIEW_WAIT_MS`] for the feed to assign `preview_id` to this node
     /// (counted in `preview_waits` meanwhile).
-    pub(super) async fn preview_media(&self, preview_id: &str) -> Option<String> {
+    pub(super) async fn preview_media(&self, preview_id: &str) -> Result<String, Status> {
+        if let Some(media_id) = self.assignments.lock().expect("the assignments lock is never poisoned").preview_media(preview_id) {
+            return Ok(media_id.clone());
+        }
+        // Not assigned here (yet): wait for the feed, unless `preview_waits_max` calls
+        // already wait (a flood of made-up ids): then this one is refused at once.
+        let Some(_waiting) = WaitGuard::enter_below(&self.preview_waits, self.limits.preview_waits_max) else {
+            return Err(status::preview_waits_limit(self.limits.preview_waits_max));
+        };
         let deadline = tokio::time::Instant::now() + Duration::from_millis(PREVIEW_WAIT_MS);
-        let _waiting = WaitGuard::enter(&self.preview_waits);
         loop {
             let recorded = self.assignment_recorded.notified();
             tokio::pin!(recorded);
             // Registered before the look-up, so an assignment recorded in between wakes us.
             recorded.as_mut().enable();
             if let Some(media_id) = self.assignments.lock().expect("the assignments lock is never poisoned").preview_media(preview_id) {
-                return Some(media_id.clone());
+                return Ok(media_id.clone());
             }
             if tokio::time::timeout_at(deadline, recorded).await.is_err() {
-                return None;
+                return Err(status::preview_not_here(preview_id));
             }
         }
     }
@@ -205,7 +216,8 @@ pub(super) fn receiver_stream(receiver: mpsc::Receiver<Result<MediaChunk, Status
 }
 
 /// Sends `bytes[offset..]` in chunks; the number of bytes the player took.
-pub(super) async fn send_chunks(sender: &mpsc::Sender<Result<MediaChunk, Status>>, bytes: &[u8], offset: usize) -> usize {
+/// A player that does not take a chunk for `idle_ms` loses the stream (and its permit).
+pub(super) async fn send_chunks(sender: &mpsc::Sender<Result<MediaChunk, Status>>, bytes: &[u8], offset: usize, idle_ms: u64) -> usize {
     let total_bytes = bytes.len() as u64;
     if bytes.is_empty() {
         // One empty chunk tells the player the total is zero.
@@ -217,9 +229,9 @@ pub(super) async fn send_chunks(sender: &mpsc::Sender<Result<MediaChunk, Status>
         let end = usize::min(position + CHUNK_BYTES, bytes.len());
         let chunk = MediaChunk { offset: position as u64, data: bytes[position..end].to_vec(), total_bytes };
         // A player that stops reading holds its permit only so long: the stream ends.
-        match tokio::time::timeout(Duration::from_millis(SEND_IDLE_MS), sender.send(Ok(chunk))).await {
+        match tokio::time::timeout(Duration::from_millis(idle_ms), sender.send(Ok(chunk))).await {
             Ok(Ok(())) => {}
-            // The player went away, or did not read for SEND_IDLE_MS.
+            // The player went away, or did not read for `idle_ms` (`NodeLimits::send_idle_ms`).
             Ok(Err(_)) | Err(_) => return position - offset,
         }
         position = end;
@@ -338,10 +350,11 @@ impl NodeService for NodeApi {
         let (sender, receiver) = mpsc::channel(STREAM_BUFFER_CHUNKS);
         let slot = SlotGuard::new(&self.shared);
         let node_id = self.shared.node_id.clone();
+        let shared_idle_ms = self.shared.limits.send_idle_ms;
         tokio::spawn(async move {
             let _slot = slot;
             let _permit = permit;
-            let sent = send_chunks(&sender, &container.bytes, offset).await;
+            let sent = send_chunks(&sender, &container.bytes, offset, shared_idle_ms).await;
             debug!(%node_id, voucher_id = %grant.voucher_id, media_id = %request.media_id, offset, sent_bytes = sent, "download stream ended");
         });
         Ok(Response::new(receiver_stream(receiver)))
@@ -406,7 +419,7 @@ impl NodeService for NodeApi {
         // PlayPreview takes no credential: a preview id this node was not assigned waits for
         // the feed (bounded) without holding a permit, so a flood of made-up ids starves no
         // player holding a grant.
-        let media_id = self.shared.preview_media(&preview_id).await.ok_or_else(|| status::preview_not_here(&preview_id))?;
+        let media_id = self.shared.preview_media(&preview_id).await?;
         let permit = self.shared.permit()?;
         let clip = self.shared.part(&media_id, MediaPart::PreviewClip).await?;
         let (sender, receiver) = mpsc::channel(STREAM_BUFFER_CHUNKS);
@@ -415,7 +428,7 @@ impl NodeService for NodeApi {
         tokio::spawn(async move {
             let _slot = slot;
             let _permit = permit;
-            let sent = send_chunks(&sender, &clip.bytes, 0).await;
+            let sent = send_chunks(&sender, &clip.bytes, 0, shared.limits.send_idle_ms).await;
             let played_ms = if clip.bytes.is_empty() { PREVIEW_PLAYED_MS } else { PREVIEW_PLAYED_MS.saturating_mul(sent as u64) / clip.bytes.len() as u64 };
             let mut engine = shared.engine.clone();
             let ended = engine
@@ -439,9 +452,10 @@ impl NodeService for NodeApi {
 struct WaitGuard<'a>(&'a AtomicU32);
 
 impl<'a> WaitGuard<'a> {
-    fn enter(counter: &'a AtomicU32) -> Self {
-        counter.fetch_add(1, Ordering::Relaxed);
-        Self(counter)
+    /// Counts a call in, unless `max` already are.
+    fn enter_below(counter: &'a AtomicU32, max: u32) -> Option<Self> {
+        counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |waiting| (waiting < max).then_some(waiting + 1)).ok()?;
+        Some(Self(counter))
     }
 }
 

@@ -63,6 +63,12 @@ pub fn malformed_preview_id() -> Status {
     Status::invalid_argument("preview_id must be 1-64 characters of A-Z a-z 0-9 - _")
 }
 
+pub fn preview_waits_limit(preview_waits_max: u32) -> Status {
+    Status::resource_exhausted(format!(
+        "{preview_waits_max} calls already wait here for previews this node does not know yet; play a preview the merchant started, or retry shortly"
+    ))
+}
+
 pub fn preview_not_here(preview_id: &str) -> Status {
     Status::not_found(format!("preview {preview_id} is not assigned to this node; ask the merchant for a preview and play it on the node it names"))
 }

@@ -182,7 +182,7 @@ async fn chunks_are_sent_from_the_offset_and_reassemble() {
     for offset in [0, 1, CHUNK_BYTES, bytes.len()] {
         let (sender, mut receiver) = mpsc::channel(STREAM_BUFFER_CHUNKS);
         let source = bytes.clone();
-        let sending = tokio::spawn(async move { send_chunks(&sender, &source, offset).await });
+        let sending = tokio::spawn(async move { send_chunks(&sender, &source, offset, SEND_IDLE_MS).await });
         let mut reassembly = Reassembly::new(bytes.len());
         // Resume as a player would: the bytes before `offset` were received earlier.
         if offset > 0 {

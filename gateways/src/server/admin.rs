@@ -159,6 +159,7 @@ impl pb::admin_service_server::AdminService for Api {
             let request_id = request_id(&message.request_id)?;
             let node = id("node_id", &message.node_id, NodeId)?;
             self.market().drain_node(&operator, &request_id, &node).await.map_err(fail)?;
+            self.state.credentials_applied().await;
             Ok(pb::NodeAdminResponse { node_id: node.0, status: "drained".into() })
         }
         .await;
@@ -172,6 +173,7 @@ impl pb::admin_service_server::AdminService for Api {
             let request_id = request_id(&message.request_id)?;
             let node = id("node_id", &message.node_id, NodeId)?;
             self.market().remove_node(&operator, &request_id, &node).await.map_err(fail)?;
+            self.state.credentials_applied().await;
             Ok(pb::NodeAdminResponse { node_id: node.0, status: "removed".into() })
         }
         .await;
@@ -185,6 +187,7 @@ impl pb::admin_service_server::AdminService for Api {
             let request_id = request_id(&message.request_id)?;
             let merchant = id("merchant_id", &message.merchant_id, MerchantId)?;
             let done = self.market().suspend_merchant(&operator, &request_id, &merchant, &message.reason).await.map_err(fail)?;
+            self.state.credentials_applied().await;
             Ok(pb::MerchantAdminResponse { merchant_id: merchant.0, status: merchant_status_name(done.state).into(), changed: done.changed })
         }
         .await;
@@ -198,6 +201,7 @@ impl pb::admin_service_server::AdminService for Api {
             let request_id = request_id(&message.request_id)?;
             let merchant = id("merchant_id", &message.merchant_id, MerchantId)?;
             let done = self.market().reinstate_merchant(&operator, &request_id, &merchant, &message.reason).await.map_err(fail)?;
+            self.state.credentials_applied().await;
             Ok(pb::MerchantAdminResponse { merchant_id: merchant.0, status: merchant_status_name(done.state).into(), changed: done.changed })
         }
         .await;
@@ -211,6 +215,7 @@ impl pb::admin_service_server::AdminService for Api {
             let request_id = request_id(&message.request_id)?;
             let auditor = id("auditor_id", &message.auditor_id, AuditorId)?;
             let done = self.market().revoke_auditor(&operator, &request_id, &auditor, &message.reason).await.map_err(fail)?;
+            self.state.credentials_applied().await;
             Ok(pb::AuditorAdminResponse { auditor_id: auditor.0, status: auditor_status_name(done.state).into(), changed: done.changed })
         }
         .await;

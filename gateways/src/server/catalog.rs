@@ -65,6 +65,7 @@ impl pb::catalog_service_server::CatalogService for Api {
             let message = request.get_ref();
             let request_id = request_id(&message.request_id)?;
             let credential = self.market().register_merchant(&operator, &request_id, &message.name).await.map_err(fail)?;
+            self.state.credentials_applied().await;
             Ok(pb::CredentialResponse { id: credential.id, secret: credential.secret.expose().to_vec() })
         }
         .await;
@@ -77,6 +78,7 @@ impl pb::catalog_service_server::CatalogService for Api {
             let message = request.get_ref();
             let request_id = request_id(&message.request_id)?;
             let (credential, _access_key) = self.market().register_node(&operator, &request_id, &message.region, message.slots_max).await.map_err(fail)?;
+            self.state.credentials_applied().await;
             Ok(pb::CredentialResponse { id: credential.id, secret: credential.secret.expose().to_vec() })
         }
         .await;
@@ -89,6 +91,7 @@ impl pb::catalog_service_server::CatalogService for Api {
             let message = request.get_ref();
             let request_id = request_id(&message.request_id)?;
             let credential = self.market().register_auditor(&operator, &request_id, &message.name).await.map_err(fail)?;
+            self.state.credentials_applied().await;
             Ok(pb::CredentialResponse { id: credential.id, secret: credential.secret.expose().to_vec() })
         }
         .await;

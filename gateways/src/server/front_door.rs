@@ -1,32 +1,42 @@
 //! The engine's front door, as one tower layer in front of every gRPC service: it
-//! authenticates the caller from its credential metadata (parties in the aggregate cache
-//! at once; others with a bounded number of stream reads, and made-up ids leave nothing in
-//! the cache), checks that the caller's role may call the service, only then counts the
-//! request against the server's concurrency limit, and buffers
-//! the (unary) request body up to the service's size limit. All of it happens before
-//! tonic decodes a byte, so unauthenticated garbage gets UNAUTHENTICATED and an oversized
-//! request RESOURCE_EXHAUSTED (tonic alone would say OUT_OF_RANGE), and neither writes
-//! anything. The caller's identity travels to the handlers as a request extension and is
-//! the only identity they use (never a request field).
+//! authenticates the caller from its credential metadata against the credential table the
+//! live projections keep in memory (`projections::reads`, fed by the stream: an unknown id
+//! costs no stream read and leaves nothing in any cache), limits the rate of each
+//! credential's requests and of each peer's refused ones, checks that the caller's role may
+//! call the service, reads the (unary) request body up to the service's size limit within
+//! its deadline, and only then counts the request against the server's concurrency limit.
+//! All of it happens before tonic decodes a byte, so unauthenticated garbage gets
+//! UNAUTHENTICATED and an oversized request RESOURCE_EXHAUSTED (tonic alone would say
+//! OUT_OF_RANGE), neither writes anything, and a slow or silent client holds no request
+//! slot. The caller's identity travels to the handlers as a request extension and is the
+//! only identity they use (never a request field).
 //!
 //! Health and reflection need no credential; ConsumerService needs none either (its
 //! requests are signed with a consumer's passport and checked by the handler) but is
-//! limited and bounded like the others. Credential checks are constant-time
-//! comparisons of `crypto::credential_hash(secret)` with the hash recorded at registration;
-//! an unknown id and a wrong secret get the same answer.
+//! limited and bounded like the others. Credential checks are constant-time comparisons of
+//! `crypto::credential_hash(secret)` with the hash recorded at registration; an unknown id
+//! and a wrong secret get the same answer. A refused sign-in is logged at warn with the
+//! peer's address and the id's shape, never the secret, while the peer is within its
+//! refusal rate; past it, refusals are counted only. Every limit hit is counted in
+//! /metrics as `limit_hits{limit="<the limit's configuration key>"}`.
 
 use crate::common::cred::{ID_HEADER, SECRET_HEADER};
+use crate::common::peers::Peer;
+use crate::server::metrics::Metrics;
 use crate::server::status;
-use engine::app::Market;
 use engine::crypto::{self, SecretKey};
-use engine::domain::party::{Auditor, AuditorStatus, Merchant, MerchantStatus, Node, NodeStatus};
 use engine::ids::{MerchantId, NodeId};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http_body_util::BodyExt;
+use projections::Live;
+use projections::reads::PartyKind;
 use std::convert::Infallible;
 use std::future::Future;
+use std::num::NonZeroU32;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tonic::Status;
 
 /// Who is calling, from its credential.
@@ -45,6 +55,14 @@ impl Identity {
             Identity::Merchant(_) => "merchant",
             Identity::Node(_) => "delivery node",
             Identity::Auditor(_) => "auditor",
+        }
+    }
+
+    fn id(&self) -> &str {
+        match self {
+            Identity::Operator(id) | Identity::Auditor(id) => id,
+            Identity::Merchant(id) => &id.0,
+            Identity::Node(id) => &id.0,
         }
     }
 }
@@ -89,18 +107,40 @@ fn allowed(service: Service, identity: &Identity) -> bool {
     }
 }
 
-/// Request body limits, in bytes.
+/// The front door's limits (`serve` reads each from its configuration key, the field's
+/// name; deploy/engine.toml documents them). A rate or deadline of 0 turns that limit off.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
-    /// Every request except the catalog's uploads.
+    /// Every request except the catalog's uploads, in bytes.
     pub request_bytes_max: usize,
-    /// CatalogService.PublishMedia (it carries the media container).
+    /// CatalogService.PublishMedia (it carries the media container), in bytes.
     pub upload_bytes_max: usize,
     /// Requests served at once by the whole server.
     pub requests_in_flight_max: usize,
     /// Assignment feeds (SubscribeAssignments streams) open at once; each node has at most
     /// one (a new one replaces the old).
     pub assignment_feeds_max: usize,
+    /// Longest a request's body may take to arrive once its headers did (every call but
+    /// uploads), in ms: a client that stops sending is answered DEADLINE_EXCEEDED.
+    pub request_read_ms: u64,
+    /// The same for PublishMedia's body (up to `upload_bytes_max`), in ms.
+    pub upload_read_ms: u64,
+    /// Requests per second one credential may make, on average ...
+    pub credential_requests_per_s: u32,
+    /// ... and at once after a quiet spell.
+    pub credential_requests_burst: u32,
+    /// Refused requests (no, or a wrong, credential; a role that may not call the
+    /// service; no such service) per second one peer may cause before its further
+    /// refusals are answered RESOURCE_EXHAUSTED and no longer logged one by one ...
+    pub peer_refusals_per_s: u32,
+    /// ... and at once.
+    pub peer_refusals_burst: u32,
+    /// Connections one peer (IP address, IPv6 /64) may hold open (`common::peers`).
+    pub connections_per_peer_max: usize,
+    /// Connections open at once over every peer.
+    pub connections_max: usize,
+    /// Longest wait for a new connection's first bytes, in ms.
+    pub preface_ms: u64,
 }
 
 /// The default limit for every request body but PublishMedia's.
@@ -111,6 +151,30 @@ pub const UPLOAD_BYTES_MAX: usize = engine::media::CONTAINER_BYTES_MAX + 1024 * 
 pub const REQUESTS_IN_FLIGHT_MAX: usize = 2048;
 /// The default number of assignment feeds open at once (each reads the whole stream).
 pub const ASSIGNMENT_FEEDS_MAX: usize = 256;
+/// The default deadline on a request body (64 KiB at most: even a slow link sends it in
+/// well under this).
+pub const REQUEST_READ_MS: u64 = 10_000;
+/// The default deadline on an upload's body (64 MiB in 10 minutes: about 110 kB/s).
+pub const UPLOAD_READ_MS: u64 = 600_000;
+/// The default rate of one credential: several times what one merchant drives in the
+/// bench (about 1,100 requests/s each at the engine's maximum on 2 cores).
+pub const CREDENTIAL_REQUESTS_PER_S: u32 = 10_000;
+pub const CREDENTIAL_REQUESTS_BURST: u32 = 20_000;
+/// The default rate of one peer's refused requests: a client with a bad credential file
+/// (or a test suite probing refusals) sees each refusal's own code; a guesser or a flood
+/// past it gets RESOURCE_EXHAUSTED, and the log a count instead of a line per request.
+pub const PEER_REFUSALS_PER_S: u32 = 50;
+pub const PEER_REFUSALS_BURST: u32 = 2_000;
+/// The default connections of one peer (the bench opens 16 merchants' channels and its
+/// nodes' from one address) and in all.
+pub const CONNECTIONS_PER_PEER_MAX: usize = 256;
+pub const CONNECTIONS_MAX: usize = 10_000;
+/// The default wait for a new connection's first bytes.
+pub const PREFACE_MS: u64 = 10_000;
+/// Peers whose refusals are tracked at once; refusing peers are forgotten once their
+/// budget has refilled (`retain_recent`), and past this many a new refusing peer counts
+/// as over its rate (it is refused all the same, only not logged).
+pub const REFUSING_PEERS_MAX: usize = 65_536;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -119,43 +183,44 @@ impl Default for Limits {
             upload_bytes_max: UPLOAD_BYTES_MAX,
             requests_in_flight_max: REQUESTS_IN_FLIGHT_MAX,
             assignment_feeds_max: ASSIGNMENT_FEEDS_MAX,
+            request_read_ms: REQUEST_READ_MS,
+            upload_read_ms: UPLOAD_READ_MS,
+            credential_requests_per_s: CREDENTIAL_REQUESTS_PER_S,
+            credential_requests_burst: CREDENTIAL_REQUESTS_BURST,
+            peer_refusals_per_s: PEER_REFUSALS_PER_S,
+            peer_refusals_burst: PEER_REFUSALS_BURST,
+            connections_per_peer_max: CONNECTIONS_PER_PEER_MAX,
+            connections_max: CONNECTIONS_MAX,
+            preface_ms: PREFACE_MS,
         }
     }
 }
 
-/// Credential checks that read the stream at once (a party not in the aggregate cache):
-/// made-up ids cost at most this many reads, and parties in the cache never wait for them.
-pub const CREDENTIAL_READS_MAX: usize = 64;
+impl Limits {
+    /// The connection part, for `common::peers`.
+    pub fn connections(&self) -> crate::common::peers::ConnectionLimits {
+        crate::common::peers::ConnectionLimits {
+            connections_per_peer_max: self.connections_per_peer_max,
+            connections_max: self.connections_max,
+            preface_ms: self.preface_ms,
+        }
+    }
+}
 
-/// Checks credentials against what the stream recorded.
+/// Checks credentials against the credential table of the live projections.
 pub struct Authenticator {
-    market: Arc<Market>,
+    live: Live,
     operator_id: String,
     operator_hash: [u8; 32],
-    reads: Arc<tokio::sync::Semaphore>,
 }
 
 impl Authenticator {
-    pub fn new(market: Arc<Market>, operator_id: String, operator_secret: &SecretKey) -> Self {
-        let reads = Arc::new(tokio::sync::Semaphore::new(CREDENTIAL_READS_MAX));
-        Self { market, operator_id, operator_hash: crypto::credential_hash(operator_secret.expose()), reads }
+    pub fn new(live: Live, operator_id: String, operator_secret: &SecretKey) -> Self {
+        Self { live, operator_id, operator_hash: crypto::credential_hash(operator_secret.expose()) }
     }
 
-    /// The party `id` as recorded: from the aggregate cache, or read from the stream under
-    /// a bounded number of reads. A party that does not exist is not cached (made-up ids
-    /// evict nothing) and reads as the default (unknown) state.
-    async fn party<A: engine::domain::Aggregate + Clone>(&self, id: &str) -> Result<A, Status> {
-        let handler = self.market.handler();
-        if let Some(root) = handler.peek::<A>(id) {
-            return Ok(root.state.clone());
-        }
-        let _read = self.reads.try_acquire().map_err(|_| status::credential_reads_busy(CREDENTIAL_READS_MAX))?;
-        let root = handler.load_existing::<A>(id).await.map_err(|e| status::credential_check_unavailable(&e))?;
-        Ok(root.map(|root| root.state.clone()).unwrap_or_default())
-    }
-
-    /// The identity behind `id` + `secret_hex`, or UNAUTHENTICATED.
-    pub async fn authenticate(&self, id: &str, secret_hex: &str) -> Result<Identity, Status> {
+    /// The identity behind `id` + `secret_hex`, or UNAUTHENTICATED. Reads memory only.
+    pub fn authenticate(&self, id: &str, secret_hex: &str) -> Result<Identity, Status> {
         let refused = status::unknown_credential;
         let mut secret = [0u8; 32];
         if secret_hex.len() != 64 || hex::decode_to_slice(secret_hex, &mut secret).is_err() {
@@ -167,24 +232,37 @@ impl Authenticator {
             return Err(refused());
         }
         let (identity, recorded, active) = if id == self.operator_id {
-            (Identity::Operator(id.to_string()), self.operator_hash, true)
-        } else if id.starts_with('a') {
-            let auditor = self.party::<Auditor>(id).await?;
-            (Identity::Auditor(id.to_string()), auditor.credential_hash, auditor.status == AuditorStatus::Active)
-        } else if id.starts_with('m') {
-            let merchant = self.party::<Merchant>(id).await?;
-            // A suspended merchant still authenticates: the use cases refuse what it may not do.
-            (Identity::Merchant(MerchantId(id.to_string())), merchant.credential_hash, merchant.status != MerchantStatus::Unknown)
-        } else if id.starts_with('n') {
-            let node = self.party::<Node>(id).await?;
-            (Identity::Node(NodeId(id.to_string())), node.credential_hash, matches!(node.status, NodeStatus::Active | NodeStatus::Drained))
+            (Some(Identity::Operator(id.to_string())), self.operator_hash, true)
         } else {
-            return Err(refused());
+            match self.live.read(|projections| projections.reads.credential(id).cloned()) {
+                Some(row) => {
+                    let status = row.status.as_str();
+                    let (identity, active) = match row.kind {
+                        PartyKind::Auditor => (Identity::Auditor(id.to_string()), status == "active"),
+                        // A suspended merchant still authenticates: the use cases refuse what it may not do.
+                        PartyKind::Merchant => (Identity::Merchant(MerchantId(id.to_string())), true),
+                        PartyKind::Node => (Identity::Node(NodeId(id.to_string())), status == "active" || status == "drained"),
+                        PartyKind::Certificate => (Identity::Auditor(id.to_string()), false),
+                    };
+                    (Some(identity), row.credential_hash, active)
+                }
+                None => (None, [0u8; 32], false),
+            }
         };
         // Compare even for unknown ids (their recorded hash is zeros), so timing says nothing.
         let matches = crypto::ct_eq(&presented, &recorded);
-        if matches && active { Ok(identity) } else { Err(refused()) }
+        match identity {
+            Some(identity) if matches && active => Ok(identity),
+            _ => Err(refused()),
+        }
     }
+}
+
+/// A keyed rate limiter, or none when its rate is 0 (the limit is off).
+fn keyed<K: std::hash::Hash + Eq + Clone>(per_s: u32, burst: u32) -> Option<Arc<DefaultKeyedRateLimiter<K>>> {
+    let per_s = NonZeroU32::new(per_s)?;
+    let burst = NonZeroU32::new(burst).unwrap_or(per_s);
+    Some(Arc::new(RateLimiter::keyed(Quota::per_second(per_s).allow_burst(burst))))
 }
 
 /// The layer: wraps the router of gRPC services.
@@ -193,13 +271,39 @@ pub struct FrontDoor {
     authenticator: Arc<Authenticator>,
     limits: Limits,
     in_flight: Arc<tokio::sync::Semaphore>,
-    refused: Arc<dyn Fn(tonic::Code) + Send + Sync>,
+    /// Keyed by credential id: only ids the table knows get a key (bounded by the parties).
+    credentials: Option<Arc<DefaultKeyedRateLimiter<String>>>,
+    /// Keyed by refusing peer (at most `REFUSING_PEERS_MAX`).
+    refusals: Option<Arc<DefaultKeyedRateLimiter<Peer>>>,
+    metrics: Arc<Metrics>,
 }
 
 impl FrontDoor {
-    /// `refused` is told the code of every request refused here (for the metrics).
-    pub fn new(authenticator: Arc<Authenticator>, limits: Limits, refused: Arc<dyn Fn(tonic::Code) + Send + Sync>) -> Self {
-        Self { authenticator, limits, in_flight: Arc::new(tokio::sync::Semaphore::new(limits.requests_in_flight_max)), refused }
+    /// Every request refused here is counted in `metrics` by code, and by limit when a
+    /// limit refused it.
+    pub fn new(authenticator: Arc<Authenticator>, limits: Limits, metrics: Arc<Metrics>) -> Self {
+        Self {
+            authenticator,
+            limits,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(limits.requests_in_flight_max)),
+            credentials: keyed(limits.credential_requests_per_s, limits.credential_requests_burst),
+            refusals: keyed(limits.peer_refusals_per_s, limits.peer_refusals_burst),
+            metrics,
+        }
+    }
+
+    /// Whether `peer` may still be told (and the log told) about a refusal one by one.
+    fn refusal_within_rate(&self, peer: Option<Peer>) -> bool {
+        let (Some(limiter), Some(peer)) = (&self.refusals, peer) else {
+            return true;
+        };
+        if limiter.len() >= REFUSING_PEERS_MAX {
+            limiter.retain_recent();
+            if limiter.len() >= REFUSING_PEERS_MAX {
+                return false;
+            }
+        }
+        limiter.check_key(&peer).is_ok()
     }
 }
 
@@ -244,18 +348,53 @@ where
                     let mut inner = inner;
                     inner.call(request).await
                 }
-                Err(status) => {
-                    (door.refused)(status.code());
-                    Ok(status.into_http())
+                Err(refusal) => {
+                    if let Some(limit) = refusal.limit {
+                        door.metrics.count_limit(limit);
+                    }
+                    door.metrics.count_code(refusal.status.code());
+                    Ok(refusal.status.into_http())
                 }
             }
         })
     }
 }
 
-async fn admit(door: &FrontDoor, request: Request) -> Result<(Request, Option<tokio::sync::OwnedSemaphorePermit>), Status> {
-    let Some(service) = service_of(request.uri().path()) else {
-        return Err(status::no_such_service(request.uri().path()));
+/// Why the front door refused a request: the answer, and the limit that refused it if one did.
+struct Refused {
+    status: Status,
+    limit: Option<&'static str>,
+}
+
+impl From<Status> for Refused {
+    fn from(status: Status) -> Self {
+        Refused { status, limit: None }
+    }
+}
+
+fn by_limit(limit: &'static str, status: Status) -> Refused {
+    Refused { status, limit: Some(limit) }
+}
+
+/// The peer a request came from (over TLS too).
+fn peer_of(request: &Request) -> Option<Peer> {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    let extensions = request.extensions();
+    let addr = extensions
+        .get::<TcpConnectInfo>()
+        .and_then(TcpConnectInfo::remote_addr)
+        .or_else(|| extensions.get::<TlsConnectInfo<TcpConnectInfo>>().and_then(|info| info.get_ref().remote_addr()))?;
+    Some(Peer::of(&addr))
+}
+
+/// The checks, in order: service, credential and role (memory only), the credential's
+/// rate, the body within its size and deadline, then a request slot.
+async fn admit(door: &FrontDoor, request: Request) -> Result<(Request, Option<tokio::sync::OwnedSemaphorePermit>), Refused> {
+    let peer = peer_of(&request);
+    let path = request.uri().path().to_string();
+    let service = match service_of(&path) {
+        Some(service) => service,
+        None => return Err(refuse_peer(door, peer, status::no_such_service(&path), "no such service")),
     };
     if service == Service::Open {
         return Ok((request, None));
@@ -269,27 +408,70 @@ async fn admit(door: &FrontDoor, request: Request) -> Result<(Request, Option<to
             (header(ID_HEADER), header(SECRET_HEADER).map(zeroize::Zeroizing::new))
         };
         let (Some(id), Some(secret)) = (id, secret) else {
-            return Err(status::missing_credential(ID_HEADER, SECRET_HEADER));
+            return Err(refuse_peer(door, peer, status::missing_credential(ID_HEADER, SECRET_HEADER), "no credential"));
         };
-        let identity = door.authenticator.authenticate(&id, &secret).await?;
+        let identity = match door.authenticator.authenticate(&id, &secret) {
+            Ok(identity) => identity,
+            Err(refusal) => return Err(refuse_peer(door, peer, refusal, "refused sign-in")),
+        };
         if !allowed(service, &identity) {
-            return Err(status::role_may_not_call(identity.role(), parts.uri.path().trim_start_matches('/')));
+            let refusal = status::role_may_not_call(identity.role(), parts.uri.path().trim_start_matches('/'));
+            return Err(refuse_peer(door, peer, refusal, "role may not call the service"));
+        }
+        if let Some(limiter) = &door.credentials
+            && limiter.check_key(&identity.id().to_string()).is_err()
+        {
+            return Err(by_limit("credential_requests_per_s", status::credential_rate_limit(door.limits.credential_requests_per_s)));
         }
         Some(identity)
     };
-    // Only now, checked, does the request take one of the server's request slots.
-    let permit = Arc::clone(&door.in_flight).try_acquire_owned().map_err(|_| status::requests_in_flight_limit(door.limits.requests_in_flight_max))?;
     // Only PublishMedia carries a media container; every other call is small.
-    let limit = if parts.uri.path() == "/vouchsafe.v1.CatalogService/PublishMedia" { door.limits.upload_bytes_max } else { door.limits.request_bytes_max };
-    // Every RPC takes a single request message: buffer it whole, within the limit.
-    let collected = http_body_util::Limited::new(body, limit).collect().await.map_err(|error| {
-        if error.downcast_ref::<http_body_util::LengthLimitError>().is_some() { status::request_too_large(limit) } else { status::request_body_lost(&error) }
+    let upload = parts.uri.path() == "/vouchsafe.v1.CatalogService/PublishMedia";
+    let (limit, limit_name, read_ms, read_name) = if upload {
+        (door.limits.upload_bytes_max, "upload_bytes_max", door.limits.upload_read_ms, "upload_read_ms")
+    } else {
+        (door.limits.request_bytes_max, "request_bytes_max", door.limits.request_read_ms, "request_read_ms")
+    };
+    // Every RPC takes a single request message: read it whole, within the limit and the
+    // deadline, before it takes a request slot, so a slow client holds none.
+    let collect = http_body_util::Limited::new(body, limit).collect();
+    let collected = if read_ms == 0 {
+        collect.await
+    } else {
+        match tokio::time::timeout(Duration::from_millis(read_ms), collect).await {
+            Ok(collected) => collected,
+            Err(_) => return Err(by_limit(read_name, status::request_read_deadline(read_ms))),
+        }
+    };
+    let collected = collected.map_err(|error| {
+        if error.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            by_limit(limit_name, status::request_too_large(limit))
+        } else {
+            Refused::from(status::request_body_lost(&error))
+        }
     })?;
+    // Only now, checked and read, does the request take one of the server's request slots.
+    let permit = Arc::clone(&door.in_flight)
+        .try_acquire_owned()
+        .map_err(|_| by_limit("requests_in_flight_max", status::requests_in_flight_limit(door.limits.requests_in_flight_max)))?;
     if let Some(identity) = identity {
         parts.extensions.insert(identity);
     }
     let body = tonic::body::Body::new(http_body_util::Full::new(collected.to_bytes()));
     Ok((http::Request::from_parts(parts, body), Some(permit)))
+}
+
+/// A refusal of `peer`'s request: logged at warn (the peer and what was wrong, never a
+/// secret) while the peer is within its refusal rate; past it, answered RESOURCE_EXHAUSTED
+/// and counted only.
+fn refuse_peer(door: &FrontDoor, peer: Option<Peer>, refusal: Status, what: &'static str) -> Refused {
+    if door.refusal_within_rate(peer) {
+        let peer = peer.map(|peer| peer.to_string()).unwrap_or_default();
+        tracing::warn!(%peer, code = ?refusal.code(), what, "request refused at the front door");
+        Refused::from(refusal)
+    } else {
+        by_limit("peer_refusals_per_s", status::peer_refusal_rate_limit(door.limits.peer_refusals_per_s))
+    }
 }
 
 /// The caller's identity, put there by the front door.

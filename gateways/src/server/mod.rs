@@ -4,7 +4,7 @@
 //! are checked and converted here (the one place RPC messages meet domain types); every
 //! refusal goes through `status::from_app_error`, one exhaustive mapping.
 //!
-//! Identity comes only from the credential checked by `auth::FrontDoor`; no handler reads
+//! Identity comes only from the credential checked by `front_door::FrontDoor`; no handler reads
 //! an id of the caller from a request field. Secrets (credential secrets, receipts, access
 //! keys) appear only in the responses that hand them to their owner, never in a log line.
 
@@ -62,6 +62,12 @@ pub const REQUESTS_PER_CONNECTION_MAX: usize = 256;
 /// not keep its connection (and the streams on it) forever.
 pub const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 pub const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Largest header block a request may carry (HTTP/2 `SETTINGS_MAX_HEADER_LIST_SIZE`): a
+/// request is handed to the front door only once its headers are complete, so a client
+/// that sends them slowly holds no request slot, and this bounds what it holds meanwhile.
+pub const HEADER_LIST_BYTES_MAX: u32 = 16 * 1024;
+/// Longest an operator's party change waits for the credential table to apply it.
+pub(crate) const CREDENTIALS_APPLY_WAIT: Duration = Duration::from_secs(2);
 /// Longest endpoint a node may announce.
 pub(crate) const ENDPOINT_CHARS_MAX: usize = 256;
 /// Full replays (AuditService Replay and VerifyChain) running at once; more are refused
@@ -189,6 +195,21 @@ impl EngineState {
                 tracing::warn!(%error, key, "cannot read the configuration; using the serve setting");
                 None
             }
+        }
+    }
+
+    /// Waits (at most `CREDENTIALS_APPLY_WAIT`) until the live projections have applied the
+    /// stream up to its head: after a registration, suspension, drain, removal or revocation,
+    /// so that the front door's credential table knows it before the operator's answer
+    /// leaves (another engine learns it as its own projections follow the stream).
+    pub(super) async fn credentials_applied(&self) {
+        match self.log.last_seq().await {
+            Ok(head) => {
+                if tokio::time::timeout(CREDENTIALS_APPLY_WAIT, self.live.caught_up(head)).await.is_err() {
+                    tracing::warn!(head = head.0, "the credential table is behind the stream; the change applies when the projections catch up");
+                }
+            }
+            Err(error) => tracing::warn!(%error, "cannot read the stream's head; the credential change applies when the projections catch up"),
         }
     }
 
@@ -361,9 +382,8 @@ pub async fn start(config: EngineConfig, log: Arc<dyn EventLog>, listener: tokio
         shutdown: shutdown.clone(),
     });
 
-    let authenticator = Arc::new(Authenticator::new(Arc::clone(&market), operator.id.clone(), &operator.secret));
-    let counted = Arc::clone(&metrics);
-    let door = FrontDoor::new(authenticator, config.limits, Arc::new(move |code| counted.count_code(code)));
+    let authenticator = Arc::new(Authenticator::new(live.clone(), operator.id.clone(), &operator.secret));
+    let door = FrontDoor::new(authenticator, config.limits, Arc::clone(&metrics));
     let api = Api { state: Arc::clone(&state) };
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, true).await;
@@ -378,7 +398,8 @@ pub async fn start(config: EngineConfig, log: Arc<dyn EventLog>, listener: tokio
         .concurrency_limit_per_connection(REQUESTS_PER_CONNECTION_MAX)
         .max_concurrent_streams(u32::try_from(REQUESTS_PER_CONNECTION_MAX).expect("a small limit fits in u32"))
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT));
+        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
+        .http2_max_header_list_size(HEADER_LIST_BYTES_MAX);
     if let Some(tls) = &config.tls {
         builder = builder.tls_config(tls_config(tls)?).context("TLS configuration")?;
     }
@@ -393,10 +414,13 @@ pub async fn start(config: EngineConfig, log: Arc<dyn EventLog>, listener: tokio
         .add_service(pb::admin_service_server::AdminServiceServer::new(api.clone()).max_decoding_message_size(decode_max))
         .add_service(pb::consumer_service_server::ConsumerServiceServer::new(api).max_decoding_message_size(decode_max));
     let addr = listener.local_addr()?;
-    // `serve_with_incoming` ignores the builder's `tcp_nodelay`, so it is set here: without
-    // it Nagle's algorithm can hold a response's last small write until the client's
-    // delayed ACK (up to 40 ms on Linux).
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    // `serve_with_incoming` ignores the builder's `tcp_nodelay`, so `peers::incoming` sets
+    // it: without it Nagle's algorithm can hold a response's last small write until the
+    // client's delayed ACK (up to 40 ms on Linux).
+    // Connections are admitted per peer and in all, and must speak within `preface_ms`.
+    let counted = Arc::clone(&metrics);
+    let admission = crate::common::peers::Admission::new(config.limits.connections(), Arc::new(move |refusal| counted.count_limit(refusal.limit_name())));
+    let incoming = crate::common::peers::incoming(listener, admission);
     let mut stop_server = shutdown.clone();
     let server = tokio::spawn(async move {
         router

@@ -36,6 +36,15 @@ pub struct FileConfig {
     pub upload_bytes_max: Option<usize>,
     pub requests_in_flight_max: Option<usize>,
     pub assignment_feeds_max: Option<usize>,
+    pub request_read_ms: Option<u64>,
+    pub upload_read_ms: Option<u64>,
+    pub credential_requests_per_s: Option<u32>,
+    pub credential_requests_burst: Option<u32>,
+    pub peer_refusals_per_s: Option<u32>,
+    pub peer_refusals_burst: Option<u32>,
+    pub connections_per_peer_max: Option<usize>,
+    pub connections_max: Option<usize>,
+    pub preface_ms: Option<u64>,
     pub tls: Option<TlsSection>,
 }
 
@@ -153,7 +162,25 @@ pub fn settings(args: &ServeArgs) -> anyhow::Result<Settings> {
         upload_bytes_max: env_parsed("VOUCHSAFE_UPLOAD_BYTES_MAX")?.or(file.upload_bytes_max).unwrap_or(defaults.upload_bytes_max),
         requests_in_flight_max: env_parsed("VOUCHSAFE_REQUESTS_IN_FLIGHT_MAX")?.or(file.requests_in_flight_max).unwrap_or(defaults.requests_in_flight_max),
         assignment_feeds_max: env_parsed("VOUCHSAFE_ASSIGNMENT_FEEDS_MAX")?.or(file.assignment_feeds_max).unwrap_or(defaults.assignment_feeds_max),
+        request_read_ms: env_parsed("VOUCHSAFE_REQUEST_READ_MS")?.or(file.request_read_ms).unwrap_or(defaults.request_read_ms),
+        upload_read_ms: env_parsed("VOUCHSAFE_UPLOAD_READ_MS")?.or(file.upload_read_ms).unwrap_or(defaults.upload_read_ms),
+        credential_requests_per_s: env_parsed("VOUCHSAFE_CREDENTIAL_REQUESTS_PER_S")?
+            .or(file.credential_requests_per_s)
+            .unwrap_or(defaults.credential_requests_per_s),
+        credential_requests_burst: env_parsed("VOUCHSAFE_CREDENTIAL_REQUESTS_BURST")?
+            .or(file.credential_requests_burst)
+            .unwrap_or(defaults.credential_requests_burst),
+        peer_refusals_per_s: env_parsed("VOUCHSAFE_PEER_REFUSALS_PER_S")?.or(file.peer_refusals_per_s).unwrap_or(defaults.peer_refusals_per_s),
+        peer_refusals_burst: env_parsed("VOUCHSAFE_PEER_REFUSALS_BURST")?.or(file.peer_refusals_burst).unwrap_or(defaults.peer_refusals_burst),
+        connections_per_peer_max: env_parsed("VOUCHSAFE_CONNECTIONS_PER_PEER_MAX")?
+            .or(file.connections_per_peer_max)
+            .unwrap_or(defaults.connections_per_peer_max),
+        connections_max: env_parsed("VOUCHSAFE_CONNECTIONS_MAX")?.or(file.connections_max).unwrap_or(defaults.connections_max),
+        preface_ms: env_parsed("VOUCHSAFE_PREFACE_MS")?.or(file.preface_ms).unwrap_or(defaults.preface_ms),
     };
+    anyhow::ensure!(limits.connections_per_peer_max >= 1, "connections_per_peer_max must be at least 1");
+    anyhow::ensure!(limits.connections_max >= limits.connections_per_peer_max, "connections_max must be at least connections_per_peer_max");
+    anyhow::ensure!(limits.preface_ms >= 100, "preface_ms must be at least 100");
     anyhow::ensure!(limits.assignment_feeds_max >= 1, "assignment_feeds_max must be at least 1");
     anyhow::ensure!(limits.request_bytes_max >= 1024, "request_bytes_max must be at least 1024");
     anyhow::ensure!(limits.requests_in_flight_max >= 1, "requests_in_flight_max must be at least 1");

@@ -97,10 +97,6 @@ pub fn no_checked_credential() -> Status {
     Status::unauthenticated("no credential was checked for this call")
 }
 
-pub fn credential_check_unavailable(error: &HandleError) -> Status {
-    with_error_id(Code::Unavailable, "cannot check the credential now; retry", error)
-}
-
 pub fn no_such_service(path: &str) -> Status {
     Status::unimplemented(format!("no such service: {path}"))
 }
@@ -114,8 +110,18 @@ pub fn role_may_not_act_as(role: &str, acting_as: &str) -> Status {
     Status::permission_denied(format!("a {role} credential may not act as {acting_as}"))
 }
 
-pub fn credential_reads_busy(reads_max: usize) -> Status {
-    Status::resource_exhausted(format!("{reads_max} credential checks are reading the stream; retry shortly"))
+pub fn credential_rate_limit(requests_per_s: u32) -> Status {
+    Status::resource_exhausted(format!("this credential is over its limit of {requests_per_s} requests per second; retry shortly, or spread the load"))
+}
+
+pub fn peer_refusal_rate_limit(refusals_per_s: u32) -> Status {
+    Status::resource_exhausted(format!(
+        "too many refused requests from this address (more than {refusals_per_s} per second); check the credential file, then retry later"
+    ))
+}
+
+pub fn request_read_deadline(read_ms: u64) -> Status {
+    Status::deadline_exceeded(format!("the request body did not arrive within {read_ms} ms; send the whole request at once"))
 }
 
 pub fn requests_in_flight_limit(requests_in_flight_max: usize) -> Status {
@@ -302,8 +308,8 @@ mod tests {
                 (Box::new(error), status)
             },
             {
-                let error = HandleError::Read(engine::log::ReadError::Storage(path.into()));
-                let status = credential_check_unavailable(&error);
+                let error = AppError::Handle(HandleError::Read(engine::log::ReadError::Storage(path.into())));
+                let status = from_app_error(&error);
                 (Box::new(error), status)
             },
         ];

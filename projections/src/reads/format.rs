@@ -13,12 +13,12 @@
 //!
 //! What is not here: the store's checks of the state as a whole (`store`).
 
-use super::{IndexKey, Listing, OrderRow, PartyRow, PostingTotals, Reads, Statement, StatementLine};
+use super::{CredentialRow, IndexKey, Listing, OrderRow, PartyKind, PartyRow, PostingTotals, Reads, Statement, StatementLine};
 use crate::balances::{kind_code, kind_of_code};
 use crate::rows::{Prefix, RowError, RowKind, RowWrite, Rows, decode_json, json, key, utf8};
 use engine::ids::{MediaId, MerchantId, OrderId};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 pub(crate) const MERCHANT_VOUCHER_PREFIX: &Prefix = b"qv/";
@@ -104,6 +104,8 @@ struct PartyRecord {
     slots_max: u32,
     not_before_ms: i64,
     not_after_ms: i64,
+    #[serde(with = "crate::serde_hex::hex_array")]
+    credential_hash: [u8; 32],
 }
 
 impl RowKind for PartyRows {
@@ -125,6 +127,7 @@ impl RowKind for PartyRows {
             slots_max: row.slots_max,
             not_before_ms: row.not_before_ms,
             not_after_ms: row.not_after_ms,
+            credential_hash: row.credential_hash,
         };
         json(&record, "party")
     }
@@ -137,6 +140,7 @@ impl RowKind for PartyRows {
             slots_max: record.slots_max,
             not_before_ms: record.not_before_ms,
             not_after_ms: record.not_after_ms,
+            credential_hash: record.credential_hash,
         })
     }
 }
@@ -307,6 +311,7 @@ impl Reads {
 pub(crate) struct Reader {
     vouchers: usize,
     parties: usize,
+    credentials: HashMap<String, CredentialRow>,
     catalog: BTreeMap<MediaId, Listing>,
     statements: BTreeMap<(MerchantId, String), Statement>,
     orders: BTreeMap<OrderId, OrderRow>,
@@ -321,7 +326,13 @@ impl Reader {
                 self.vouchers += 1;
             }
             p if p == PARTY_PREFIX => {
-                PartyRows::decode(&PartyRows::key_of(id)?, value)?;
+                let key = PartyRows::key_of(id)?;
+                let row = PartyRows::decode(&key, value)?;
+                // Merchants', nodes' and auditors' credentials stay in memory (few: the
+                // operator registers them); the rows themselves stay cold in sled.
+                if let Some((kind, party_id, _)) = super::parse_party_key(&key.0).filter(|(kind, ..)| *kind != PartyKind::Certificate) {
+                    self.credentials.insert(party_id, CredentialRow { kind, credential_hash: row.credential_hash, status: row.status });
+                }
                 self.parties += 1;
             }
             p if p == LISTING_PREFIX => {
@@ -362,6 +373,7 @@ impl Reader {
             merchant_vouchers: Rows::stored(db.clone(), self.vouchers),
             parties: Rows::stored(db.clone(), self.parties),
             orders_by_merchant: self.orders.iter().map(|(id, row)| (row.merchant.clone(), u64::MAX - row.placed_seq, id.clone())).collect(),
+            credentials: self.credentials,
             catalog: self.catalog,
             statements: self.statements,
             orders: self.orders,

@@ -75,9 +75,9 @@ fn search_finds_by_title_or_artist_and_only_what_is_on_sale() {
 #[test]
 fn parties_carry_their_status() {
     let (mut reads, _) = applied(&[
-        Event::MerchantRegistered { merchant_id: MerchantId::new("m1"), name: "Shop".into(), credential_hash: [0; 32] },
-        Event::NodeRegistered { node_id: NodeId::new("n1"), region: "eu".into(), slots_max: 4, credential_hash: [0; 32] },
-        Event::AuditorRegistered { auditor_id: AuditorId::new("a1"), name: "Agent".into(), credential_hash: [0; 32] },
+        Event::MerchantRegistered { merchant_id: MerchantId::new("m1"), name: "Shop".into(), credential_hash: [1; 32] },
+        Event::NodeRegistered { node_id: NodeId::new("n1"), region: "eu".into(), slots_max: 4, credential_hash: [2; 32] },
+        Event::AuditorRegistered { auditor_id: AuditorId::new("a1"), name: "Agent".into(), credential_hash: [3; 32] },
         Event::ConsumerCertified {
             consumer_id: ConsumerId::new("alice"),
             cert_serial: CertSerial::new("c1"),
@@ -88,6 +88,10 @@ fn parties_carry_their_status() {
             signature: vec![],
         },
     ]);
+    let standing = |reads: &Reads, id: &str| reads.credential(id).map(|row| (row.kind, row.credential_hash[0], row.status.clone()));
+    assert_eq!(standing(&reads, "m1"), Some((PartyKind::Merchant, 1, "active".to_string())));
+    assert_eq!(standing(&reads, "alice"), None, "a certificate is no credential");
+    assert_eq!(standing(&reads, "m2"), None, "an unknown id is not in the table");
     for event in [
         Event::MerchantSuspended { merchant_id: MerchantId::new("m1"), reason: "r".into() },
         Event::NodeDrained { node_id: NodeId::new("n1") },
@@ -108,6 +112,10 @@ fn parties_carry_their_status() {
         ]
     );
     assert_eq!(page.items[1].status_at(Millis(101)), "expired", "past its validity");
+    assert_eq!(standing(&reads, "m1"), Some((PartyKind::Merchant, 1, "suspended".to_string())));
+    assert_eq!(standing(&reads, "n1"), Some((PartyKind::Node, 2, "drained".to_string())));
+    assert_eq!(standing(&reads, "a1"), Some((PartyKind::Auditor, 3, "revoked".to_string())));
+    assert_eq!(reads.credentials_len(), 3);
     assert!(reads.has_certificate(&ConsumerId::new("alice"), &CertSerial::new("c1")));
     let nodes = reads.parties_page(Some(PartyKind::Node), None, 10);
     assert_eq!(nodes.items.iter().map(|p| (p.id.as_str(), p.row.region.as_str(), p.row.slots_max)).collect::<Vec<_>>(), [("n1", "eu", 4)]);
