@@ -2,7 +2,8 @@
 //! their gRPC metadata (`cred`), key files (`keys`), backend selection (`backend`), the
 //! nats-server launcher for tests and the bench (`natsd`), progress bars (`progress`), the
 //! seal witness file the sealer writes and auditors pin (`witness`), the chunked transfer
-//! nodes and players share (`transfer`), internal failures as error ids (`status`).
+//! nodes and players share (`transfer`), internal failures as error ids (`status`), TLS
+//! files checked at load (`tls`) and where plain text is allowed (`plaintext`).
 //! Nothing here imports a program (`server`, `node`, `player`, `cli`, `demo`, `bench`,
 //! `audit`).
 
@@ -15,5 +16,6 @@ pub mod plaintext;
 pub mod progress;
 pub mod spend;
 pub mod status;
+pub mod tls;
 pub mod transfer;
 pub mod witness;
