@@ -199,6 +199,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
             data_dir: data_dir.join("nodes"),
             cache_bytes_max: NODE_CACHE_BYTES_MAX,
             engine_tls: args.engine_tls.clone(),
+            player_tls: None,
         })
         .await?;
         nodes.push(node);
