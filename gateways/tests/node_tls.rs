@@ -1,7 +1,8 @@
 //! Delivery nodes serve players over TLS (issue 21 item 4), with certificates made at test
 //! time (a throwaway CA, a node certificate for 127.0.0.1 and localhost): in this process
-//! through the libraries, then from a shell (`serve`, `node --tls-cert/--tls-key`,
-//! `merchant buy`, `player fetch --node-ca`). Every protection has a negative control: a
+//! through the libraries, then from a shell with TLS for the engine and the node, each
+//! under its own CA (`serve --tls-cert/--tls-key`, clients with `--ca`,
+//! `node --tls-cert/--tls-key`, `merchant buy`, `player fetch --node-ca`). Every protection has a negative control: a
 //! player without the CA and one with another CA are refused before any grant is sent, a
 //! plain-text client gets nothing from a TLS node, and plain text to a remote node or from
 //! a node on all interfaces is refused without `--insecure-plaintext`. All traffic stays
@@ -41,10 +42,10 @@ impl Ca {
         Ca { cert_pem: cert.pem(), issuer: Issuer::new(params, key) }
     }
 
-    /// A node's certificate for 127.0.0.1 and localhost: (certificate PEM, key PEM).
-    fn node_certificate(&self) -> (String, String) {
+    /// A server's certificate for 127.0.0.1 and localhost: (certificate PEM, key PEM).
+    fn server_certificate(&self, common_name: &str) -> (String, String) {
         let mut params = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).expect("valid names");
-        params.distinguished_name.push(DnType::CommonName, "node");
+        params.distinguished_name.push(DnType::CommonName, common_name);
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.use_authority_key_identifier_extension = true;
@@ -88,7 +89,7 @@ async fn a_player_with_the_node_ca_fetches_over_tls_and_one_without_it_is_refuse
     .expect("cred");
 
     let node_ca = Ca::new("Node CA");
-    let (cert, key) = node_ca.node_certificate();
+    let (cert, key) = node_ca.server_certificate("node");
     std::fs::write(dir.path().join("node.pem"), cert).expect("write");
     std::fs::write(dir.path().join("node.key"), key).expect("write");
     let identity = ServerIdentity::load(&dir.path().join("node.pem"), &dir.path().join("node.key")).expect("the node's identity loads");
@@ -223,27 +224,39 @@ fn stderr(output: &Output) -> String {
 }
 
 #[test]
-fn node_tls_from_a_shell_buy_then_fetch_with_the_node_ca() {
+fn engine_and_node_tls_from_a_shell_buy_then_fetch_with_the_node_ca() {
     let dir = tempfile::tempdir().expect("temp dir");
     let root = dir.path();
     assert!(vouchsafe().args(["keys", "init", "--out", "keys"]).current_dir(root).status().expect("keys init").success());
+    let engine_ca = Ca::new("Engine CA");
+    let (engine_cert, engine_key) = engine_ca.server_certificate("engine");
+    std::fs::write(root.join("engine-ca.pem"), &engine_ca.cert_pem).expect("write");
+    std::fs::write(root.join("engine-tls.pem"), engine_cert).expect("write");
+    std::fs::write(root.join("engine-tls.key"), engine_key).expect("write");
     let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
+    let url = format!("https://127.0.0.1:{port}");
     let serve = vouchsafe()
         .args(["serve", "--data-dir", "engine", "--keys", "keys", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--tls-cert", "engine-tls.pem", "--tls-key", "engine-tls.key"])
         .current_dir(root)
         .stderr(Stdio::null())
         .spawn()
         .expect("serve starts");
     let _serve = Running(serve);
     wait_for_port(port);
-    let issued = run(vouchsafe().args(["keys", "issue", "merchant", "--name", "Shop", "--keys", "keys", "--out", "shop.cred", "--connect", &url]), root);
+    // Control: a client without the engine's CA cannot connect to the TLS engine.
+    let untrusting = run(vouchsafe().args(["keys", "issue", "merchant", "--name", "Shop", "--keys", "keys", "--out", "shop.cred", "--connect", &url]), root);
+    assert_eq!(untrusting.status.code(), Some(2), "{}", stderr(&untrusting));
+    let issued = run(
+        vouchsafe().args(["keys", "issue", "merchant", "--name", "Shop", "--keys", "keys", "--out", "shop.cred", "--connect", &url, "--ca", "engine-ca.pem"]),
+        root,
+    );
     assert!(issued.status.success(), "{}", stderr(&issued));
-    let issued = run(vouchsafe().args(["keys", "issue", "node", "--keys", "keys", "--out", "node.cred", "--connect", &url]), root);
+    let issued = run(vouchsafe().args(["keys", "issue", "node", "--keys", "keys", "--out", "node.cred", "--connect", &url, "--ca", "engine-ca.pem"]), root);
     assert!(issued.status.success(), "{}", stderr(&issued));
 
     let node_ca = Ca::new("Node CA");
-    let (cert, key) = node_ca.node_certificate();
+    let (cert, key) = node_ca.server_certificate("node");
     std::fs::write(root.join("node-ca.pem"), &node_ca.cert_pem).expect("write");
     std::fs::write(root.join("other-ca.pem"), Ca::new("Somebody else's CA").cert_pem).expect("write");
     std::fs::write(root.join("node.pem"), cert).expect("write");
@@ -279,6 +292,8 @@ fn node_tls_from_a_shell_buy_then_fetch_with_the_node_ca() {
             "node.pem",
             "--tls-key",
             "node.key",
+            "--ca",
+            "engine-ca.pem",
         ])
         .current_dir(root)
         .stderr(Stdio::null())
@@ -288,7 +303,10 @@ fn node_tls_from_a_shell_buy_then_fetch_with_the_node_ca() {
     wait_for_port(node_port);
 
     std::fs::write(root.join("song.bin"), content(3, 120_000)).expect("write song");
-    let published = run(vouchsafe().args(["publish", "--connect", &url, "--cred", "keys/operator.cred", "--engine-key", "keys/engine.pub.pem", "song.bin", "--json"]), root);
+    let published = run(
+        vouchsafe().args(["publish", "--connect", &url, "--ca", "engine-ca.pem", "--cred", "keys/operator.cred", "--engine-key", "keys/engine.pub.pem", "song.bin", "--json"]),
+        root,
+    );
     let (code, published) = json(&published);
     assert_eq!(code, 0, "{published}");
     let media_id = published["media"][0]["media_id"].as_str().expect("media id").to_string();
@@ -298,6 +316,8 @@ fn node_tls_from_a_shell_buy_then_fetch_with_the_node_ca() {
             "passport",
             "--connect",
             &url,
+            "--ca",
+            "engine-ca.pem",
             "--cred",
             "keys/operator.cred",
             "--engine-key",
@@ -313,7 +333,10 @@ fn node_tls_from_a_shell_buy_then_fetch_with_the_node_ca() {
     // The node heartbeats before the allocator may choose it; retry the purchase briefly.
     let deadline = Instant::now() + Duration::from_secs(20);
     let sale = loop {
-        let bought = run(vouchsafe().args(["merchant", "buy", "--media", &media_id, "--connect", &url, "--cred", "shop.cred", "--out", "sale.json", "--json"]), root);
+        let bought = run(
+            vouchsafe().args(["merchant", "buy", "--media", &media_id, "--connect", &url, "--ca", "engine-ca.pem", "--cred", "shop.cred", "--out", "sale.json", "--json"]),
+            root,
+        );
         let (code, sale) = json(&bought);
         if code == 0 {
             break sale;
