@@ -304,7 +304,19 @@ fn engine_and_node_tls_from_a_shell_buy_then_fetch_with_the_node_ca() {
 
     std::fs::write(root.join("song.bin"), content(3, 120_000)).expect("write song");
     let published = run(
-        vouchsafe().args(["publish", "--connect", &url, "--ca", "engine-ca.pem", "--cred", "keys/operator.cred", "--engine-key", "keys/engine.pub.pem", "song.bin", "--json"]),
+        vouchsafe().args([
+            "publish",
+            "--connect",
+            &url,
+            "--ca",
+            "engine-ca.pem",
+            "--cred",
+            "keys/operator.cred",
+            "--engine-key",
+            "keys/engine.pub.pem",
+            "song.bin",
+            "--json",
+        ]),
         root,
     );
     let (code, published) = json(&published);
@@ -334,7 +346,21 @@ fn engine_and_node_tls_from_a_shell_buy_then_fetch_with_the_node_ca() {
     let deadline = Instant::now() + Duration::from_secs(20);
     let sale = loop {
         let bought = run(
-            vouchsafe().args(["merchant", "buy", "--media", &media_id, "--connect", &url, "--ca", "engine-ca.pem", "--cred", "shop.cred", "--out", "sale.json", "--json"]),
+            vouchsafe().args([
+                "merchant",
+                "buy",
+                "--media",
+                &media_id,
+                "--connect",
+                &url,
+                "--ca",
+                "engine-ca.pem",
+                "--cred",
+                "shop.cred",
+                "--out",
+                "sale.json",
+                "--json",
+            ]),
             root,
         );
         let (code, sale) = json(&bought);

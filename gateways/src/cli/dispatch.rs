@@ -157,7 +157,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 None => Default::default(),
             };
             let runtime = tokio::runtime::Runtime::new()?;
-            let summary = runtime.block_on(demo::run(demo::DemoArgs { backend, keys_dir, vouchers: usize::try_from(vouchers)?, connect, engine_tls, node_tls }))?;
+            let summary =
+                runtime.block_on(demo::run(demo::DemoArgs { backend, keys_dir, vouchers: usize::try_from(vouchers)?, connect, engine_tls, node_tls }))?;
             eprintln!(
                 "demo: {} purchases, {} delivered ({} decrypted and verified, {} album tracks), {} points-paid, {} previews, {} expired, {} voided, {} refunded after delivery; {} events in the stream; state digest {}; {} ms",
                 summary.purchases,

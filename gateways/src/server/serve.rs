@@ -297,12 +297,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("engine.toml");
         std::fs::write(&path, "[tls]\ncert = \"file.pem\"\nkey = \"file.key\"\nclient_ca = \"file-ca.pem\"\n").expect("write");
-        let flagged = ServeArgs {
-            config: Some(path),
-            tls_cert: Some("flag.pem".into()),
-            tls_key: Some("flag.key".into()),
-            ..ServeArgs::default()
-        };
+        let flagged = ServeArgs { config: Some(path), tls_cert: Some("flag.pem".into()), tls_key: Some("flag.key".into()), ..ServeArgs::default() };
         let tls = settings(&flagged).expect("settings").engine.tls.expect("TLS");
         assert_eq!((tls.cert, tls.key, tls.client_ca), (PathBuf::from("flag.pem"), PathBuf::from("flag.key"), None));
         let public = ServeArgs { listen: Some("0.0.0.0:50051".parse().expect("addr")), ..ServeArgs::default() };
