@@ -37,10 +37,20 @@ impl ServerIdentity {
     pub fn load(cert: &Path, key: &Path) -> anyhow::Result<Self> {
         let cert_pem = read(cert, "TLS certificate")?;
         let key_pem = Zeroizing::new(read(key, "TLS private key")?);
-        Self::from_pem(cert_pem, key_pem).map_err(|error| match error {
+        let identity = Self::from_pem(cert_pem, key_pem).map_err(|error| match error {
             PemError::Certificate(why) => anyhow::anyhow!("the TLS certificate file {} {why}", cert.display()),
             PemError::Key(why) => anyhow::anyhow!("the TLS private key file {} {why}", key.display()),
-        })
+        })?;
+        // rustls itself: a certificate that does not parse as X.509, or a key that is not
+        // the certificate's, is refused here, naming both files, rather than at serve time.
+        if let Err(error) = tonic::transport::Server::builder().tls_config(identity.server_config()) {
+            bail!(
+                "the TLS certificate {} and private key {} do not make a TLS identity ({error}); is the key the certificate's?",
+                cert.display(),
+                key.display()
+            );
+        }
+        Ok(identity)
     }
 
     /// An identity from PEM already in memory (the demo's throwaway certificates).
@@ -117,6 +127,13 @@ mod tests {
         std::fs::write(&cert_path, &cert).expect("write");
         std::fs::write(&key_path, &key).expect("write");
         ServerIdentity::load(&cert_path, &key_path).expect("the right files load");
+        // A certificate with another certificate's key: both files named.
+        let (_, other_key) = pair();
+        let other_key_path = dir.path().join("other.key");
+        std::fs::write(&other_key_path, &other_key).expect("write");
+        let mismatched = format!("{:#}", ServerIdentity::load(&cert_path, &other_key_path).expect_err("not the certificate's key"));
+        assert!(mismatched.contains("node.pem") && mismatched.contains("other.key"), "{mismatched}");
+        assert!(!mismatched.contains(other_key.lines().nth(1).expect("a key line")), "{mismatched}");
         assert_eq!(load_ca(&cert_path, "--node-ca").expect("a certificate is a CA file"), cert.as_bytes());
 
         let missing = ServerIdentity::load(&dir.path().join("absent.pem"), &key_path).expect_err("missing");
