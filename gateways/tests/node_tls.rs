@@ -387,15 +387,22 @@ fn engine_and_node_tls_from_a_shell_buy_then_fetch_with_the_node_ca() {
     let absent_ca = fetch(&["--node-ca", "absent-ca.pem"]);
     assert_eq!(absent_ca.status.code(), Some(2), "{}", stderr(&absent_ca));
     assert!(stderr(&absent_ca).contains("absent-ca.pem"), "{}", stderr(&absent_ca));
-    // The sale pointing at a plain-text node on another machine: refused before any
-    // connection without --insecure-plaintext (with it the player would dial 10.255.255.1,
-    // which a test must not; the decision itself is tested in common::plaintext).
+    // The sale pointing at a plain-text node at a non-loopback address: refused before any
+    // connection without --insecure-plaintext. 0.0.0.0 is not loopback to the check, yet
+    // a dial to it would stay on this host had the check failed (the decision on remote
+    // addresses, and the flag allowing them, are tested in common::plaintext).
     let mut remote = sale.clone();
-    remote["node_endpoint"] = serde_json::Value::String("http://10.255.255.1:9".into());
+    remote["node_endpoint"] = serde_json::Value::String("http://0.0.0.0:9".into());
     std::fs::write(root.join("remote.json"), remote.to_string()).expect("write");
     let refused = run(vouchsafe().args(["player", "fetch", "--sale", "remote.json", "--consumer", "alice", "--data-dir", "players"]), root);
     assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
     assert!(stderr(&refused).contains("--insecure-plaintext") && stderr(&refused).contains("not loopback"), "{}", stderr(&refused));
+
+    // A client sending its credential over http:// to a non-loopback address is refused
+    // the same way, before it dials (the loopback plain-text path is cli_market.rs).
+    let remote_engine = run(vouchsafe().args(["merchant", "--connect", "http://0.0.0.0:9", "--cred", "shop.cred", "get", "--voucher", "v1"]), root);
+    assert_eq!(remote_engine.status.code(), Some(2), "{}", stderr(&remote_engine));
+    assert!(stderr(&remote_engine).contains("--insecure-plaintext"), "{}", stderr(&remote_engine));
 
     let fetched = fetch(&["--node-ca", "node-ca.pem"]);
     let (code, fetched_json) = json(&fetched);

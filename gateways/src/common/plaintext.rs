@@ -102,7 +102,7 @@ mod tests {
     /// text without --node-ca, and the flag.
     #[test]
     fn a_player_sends_a_grant_in_plain_text_only_to_loopback_unless_asked() {
-        for remote in ["http://10.1.2.3:50052", "http://node.example:50052", "HTTP://192.168.1.5:50052"] {
+        for remote in ["http://10.1.2.3:50052", "http://node.example:50052", "HTTP://192.168.1.5:50052", "http://0.0.0.0:9"] {
             let refused = check_node_url(remote, false, false).expect_err(remote).to_string();
             assert!(refused.contains("--insecure-plaintext") && refused.contains("--tls-cert"), "{refused}");
             check_node_url(remote, false, true).expect("asked for");
