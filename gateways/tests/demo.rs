@@ -1,5 +1,6 @@
 //! The main job as a user runs it: `vouchsafe demo --json` prints one JSON object with
-//! every key CLI.md requires, delivers, and every delivered media decrypts and verifies.
+//! every key CLI.md requires, delivers, and every delivered media decrypts and verifies;
+//! with `--node-tls` its players fetch and preview over TLS.
 
 use std::process::Command;
 
@@ -23,9 +24,14 @@ const REQUIRED_KEYS: &[&str] = &[
 ];
 
 fn demo(data_dir: &std::path::Path, vouchers: &str) -> (std::process::ExitStatus, serde_json::Value) {
+    demo_with(data_dir, vouchers, &[])
+}
+
+fn demo_with(data_dir: &std::path::Path, vouchers: &str, extra: &[&str]) -> (std::process::ExitStatus, serde_json::Value) {
     let output = Command::new(env!("CARGO_BIN_EXE_vouchsafe"))
         .args(["demo", "--vouchers", vouchers, "--json", "--data-dir"])
         .arg(data_dir)
+        .args(extra)
         .output()
         .expect("run vouchsafe demo");
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -53,11 +59,31 @@ fn demo_json_has_every_key_and_delivers_verified_media() {
     assert_eq!(summary["state_digest"].as_str().map(str::len), Some(64));
     assert!(dir.path().join("players").is_dir(), "players keep their copies under <data-dir>/players");
     assert!(dir.path().join("keys/engine.pem").is_file(), "keys are created in <data-dir>/keys");
+    assert_eq!(summary["node_tls"], false, "without --node-tls the nodes serve loopback plain text");
+    assert!(!dir.path().join("node-tls").exists());
 
     // A second run on the same data dir adds a new session to the same stream.
     let (status, again) = demo(dir.path(), "10");
     assert!(status.success(), "second demo failed: {again}");
     assert!(again["stream_events"].as_u64() > summary["stream_events"].as_u64());
+}
+
+/// `demo --node-tls`: the nodes announce https under a throwaway CA's certificates and the
+/// players, trusting that CA only, refuse any plain-text node, so every delivery and
+/// preview went over TLS. Control: the plain run above reports `node_tls: false`.
+#[test]
+fn demo_node_tls_delivers_and_previews_over_tls() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (status, summary) = demo_with(dir.path(), "20", &["--node-tls"]);
+    assert!(status.success(), "demo --node-tls failed: {summary}");
+    assert_eq!(summary["node_tls"], true, "{summary}");
+    let delivered = summary["delivered"].as_u64().expect("delivered is a number");
+    assert!(delivered > 0, "{summary}");
+    assert_eq!(summary["decrypt_ok"].as_u64(), Some(delivered), "{summary}");
+    assert!(summary["previews"].as_u64() > Some(0), "{summary}");
+    assert_eq!(summary["audit_ok"], true, "{summary}");
+    let ca = std::fs::read_to_string(dir.path().join("node-tls/ca.pem")).expect("the run's CA certificate is written");
+    assert!(ca.contains("BEGIN CERTIFICATE") && !ca.contains("PRIVATE KEY"), "only the CA's certificate is written");
 }
 
 #[test]

@@ -142,6 +142,7 @@ async fn the_nodes_failure_to_reach_the_engine_reaches_the_player_as_an_error_id
         data_dir: fx.dir.path().join("node"),
         cache_bytes_max: 16 * 1024 * 1024,
         engine_tls: Default::default(),
+        player_tls: None,
     })
     .await
     .expect("node starts");

@@ -361,6 +361,7 @@ async fn the_node_agent_connects_to_an_mtls_engine() {
             ca_pem: Some(ca.clone()),
             client_identity: identity.then(|| (fixture.pki.client.cert.clone().into_bytes(), fixture.pki.client.key.clone().into_bytes())),
         },
+        player_tls: None,
     };
     // Negative control: without its client certificate the node cannot register.
     assert!(gateways::node::start(args(false)).await.is_err(), "an mTLS engine refuses a node without a client certificate");

@@ -221,6 +221,7 @@ async fn a_signed_multi_rendition_container_is_checked_published_streamed_and_de
         data_dir: dir.path().join("node"),
         cache_bytes_max: 16 * 1024 * 1024,
         engine_tls: Default::default(),
+        player_tls: None,
     })
     .await
     .expect("node starts");

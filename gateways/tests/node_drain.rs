@@ -51,6 +51,7 @@ async fn node_health_answers_not_serving_from_the_moment_shutdown_begins_while_s
         data_dir: dir.path().join("node"),
         cache_bytes_max: 32 * 1024 * 1024,
         engine_tls: Default::default(),
+        player_tls: None,
     })
     .await
     .expect("node starts");

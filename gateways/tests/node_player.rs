@@ -72,6 +72,7 @@ async fn start_node(fixture: &Fixture) -> RunningNode {
         data_dir: fixture.dir.path().join("node"),
         cache_bytes_max: 16 * 1024 * 1024,
         engine_tls: Default::default(),
+        player_tls: None,
     })
     .await
     .expect("node starts")
@@ -371,6 +372,7 @@ async fn run_stops_when_its_shutdown_future_completes() {
         data_dir: fixture.dir.path().join("node"),
         cache_bytes_max: 1024 * 1024,
         engine_tls: Default::default(),
+        player_tls: None,
     };
     let running = tokio::spawn(node::run(args, async move {
         stopped.await.ok();
@@ -389,6 +391,7 @@ async fn run_stops_when_its_shutdown_future_completes() {
         data_dir: fixture.dir.path().join("node"),
         cache_bytes_max: 1024 * 1024,
         engine_tls: Default::default(),
+        player_tls: None,
     };
     let refused = node::start(wrong).await.expect_err("unauthenticated");
     assert!(format!("{refused:#}").contains("Unauthenticated"), "{refused:#}");

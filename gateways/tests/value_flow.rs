@@ -103,6 +103,7 @@ async fn start_with(adjust: impl FnOnce(&mut EngineConfig)) -> (Fixture, Running
         data_dir: fixture.dir.path().join("node"),
         cache_bytes_max: 16 * 1024 * 1024,
         engine_tls: Default::default(),
+        player_tls: None,
     })
     .await
     .expect("node starts");
@@ -853,6 +854,7 @@ async fn second_node(fixture: &mut Fixture, request_id: &str) -> (Credential, Ru
         data_dir: fixture.dir.path().join(request_id),
         cache_bytes_max: 16 * 1024 * 1024,
         engine_tls: Default::default(),
+        player_tls: None,
     })
     .await
     .expect("node B starts");

@@ -12,9 +12,16 @@ async fn exports_agree_and_need_no_engine_private_key() {
     let dir = tempfile::tempdir().expect("temp dir");
     let backend = BackendArgs { data_dir: dir.path().join("data"), nats_url: None, stream: "VOUCHSAFE".into() };
     let engine_keys = dir.path().join("engine-keys");
-    let summary = demo::run(DemoArgs { backend: backend.clone(), keys_dir: engine_keys.clone(), vouchers: 30, connect: None, engine_tls: Default::default() })
-        .await
-        .expect("demo");
+    let summary = demo::run(DemoArgs {
+        backend: backend.clone(),
+        keys_dir: engine_keys.clone(),
+        vouchers: 30,
+        connect: None,
+        engine_tls: Default::default(),
+        node_tls: false,
+    })
+    .await
+    .expect("demo");
     assert!(summary.audit_ok);
 
     // The auditor's directory: public key and royalty master key only.

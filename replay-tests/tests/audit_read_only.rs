@@ -181,9 +181,16 @@ async fn audit_replay_needs_read_only_credentials_and_each_node_reads_only_its_f
     // The demo as `engine`: it creates both streams, and the dispatcher fills the node feeds.
     let engine_backend = BackendArgs { data_dir: dir.path().join("engine"), nats_url: Some(engine_url.clone()), stream: STREAM.into() };
     let keys_dir = dir.path().join("keys");
-    let summary = demo::run(DemoArgs { backend: engine_backend, keys_dir: keys_dir.clone(), vouchers: 30, connect: None, engine_tls: Default::default() })
-        .await
-        .expect("the demo runs as the engine user");
+    let summary = demo::run(DemoArgs {
+        backend: engine_backend,
+        keys_dir: keys_dir.clone(),
+        vouchers: 30,
+        connect: None,
+        engine_tls: Default::default(),
+        node_tls: false,
+    })
+    .await
+    .expect("the demo runs as the engine user");
     assert!(summary.delivered > 0 && summary.seals >= 1, "{summary:?}");
     assert_eq!(violations(&server), Vec::<String>::new(), "the engine user lacks a permission the engine needs");
 

@@ -46,9 +46,16 @@ async fn recorded_stream() -> Recorded {
     let dir = tempfile::tempdir().expect("temp dir");
     let backend = BackendArgs { data_dir: dir.path().to_path_buf(), nats_url: None, stream: "VOUCHSAFE".into() };
     let keys_dir = dir.path().join("keys");
-    let summary = demo::run(DemoArgs { backend: backend.clone(), keys_dir: keys_dir.clone(), vouchers: 30, connect: None, engine_tls: Default::default() })
-        .await
-        .expect("demo");
+    let summary = demo::run(DemoArgs {
+        backend: backend.clone(),
+        keys_dir: keys_dir.clone(),
+        vouchers: 30,
+        connect: None,
+        engine_tls: Default::default(),
+        node_tls: false,
+    })
+    .await
+    .expect("demo");
     assert!(summary.audit_ok && summary.seals >= 2);
     let log = backend.open().await.expect("open");
     let events = log.read_from(Seq(1), usize::MAX).await.expect("read");

@@ -43,9 +43,16 @@ fn check(summary: &Summary) {
 
 async fn run(backend: BackendArgs) {
     let keys_dir = backend.data_dir.join("keys");
-    let summary = demo::run(DemoArgs { backend: backend.clone(), keys_dir: keys_dir.clone(), vouchers: 40, connect: None, engine_tls: Default::default() })
-        .await
-        .expect("demo runs");
+    let summary = demo::run(DemoArgs {
+        backend: backend.clone(),
+        keys_dir: keys_dir.clone(),
+        vouchers: 40,
+        connect: None,
+        engine_tls: Default::default(),
+        node_tls: false,
+    })
+    .await
+    .expect("demo runs");
     assert_eq!(summary.backend, backend.name());
     check(&summary);
     assert_eq!(hex::encode(rebuild_digest(&backend, &keys_dir).await), summary.state_digest, "a rebuild from sequence 1 reproduces the demo's digest");
@@ -80,10 +87,16 @@ async fn demo_connects_to_a_running_engine_on_jetstream() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let engine = gateways::server::start(config, log, listener).await.expect("engine starts");
     let demo_backend = BackendArgs { data_dir: dir.path().join("demo"), nats_url: None, stream: "VOUCHSAFE".into() };
-    let summary =
-        demo::run(DemoArgs { backend: demo_backend, keys_dir: keys_dir.clone(), vouchers: 30, connect: Some(engine.url()), engine_tls: Default::default() })
-            .await
-            .expect("demo runs");
+    let summary = demo::run(DemoArgs {
+        backend: demo_backend,
+        keys_dir: keys_dir.clone(),
+        vouchers: 30,
+        connect: Some(engine.url()),
+        engine_tls: Default::default(),
+        node_tls: false,
+    })
+    .await
+    .expect("demo runs");
     assert_eq!(summary.backend, "connect");
     assert!(summary.audit_ok, "{summary:?}");
     check(&summary);

@@ -666,6 +666,7 @@ async fn start_node(url: &str, credential: &Credential, data_dir: &Path) -> Runn
         data_dir: data_dir.to_path_buf(),
         cache_bytes_max: 16 * 1024 * 1024,
         engine_tls: Default::default(),
+        player_tls: None,
     })
     .await
     .expect("node starts")

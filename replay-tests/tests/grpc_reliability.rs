@@ -132,6 +132,7 @@ async fn start_node(world: &World, cred: &Credential, data_dir: &Path) -> Runnin
         data_dir: data_dir.to_path_buf(),
         cache_bytes_max: 16 * 1024 * 1024,
         engine_tls: Default::default(),
+        player_tls: None,
     })
     .await
     .expect("node starts")

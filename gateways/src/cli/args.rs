@@ -74,6 +74,10 @@ pub enum Command {
         /// With --connect http:// to a non-loopback engine: send credentials in plain text.
         #[arg(long, requires = "connect")]
         insecure_plaintext: bool,
+        /// Delivery nodes serve players over TLS, under certificates from a throwaway CA made
+        /// for the run (its certificate is written to <data-dir>/node-tls/ca.pem).
+        #[arg(long)]
+        node_tls: bool,
     },
     /// Benchmarks with raw-substrate baselines measured in the same run.
     Bench {

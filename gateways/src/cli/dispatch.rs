@@ -147,7 +147,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
-        Command::Demo { backend, keys, vouchers, json, connect, ca, client_cert, client_key, insecure_plaintext } => {
+        Command::Demo { backend, keys, vouchers, json, connect, ca, client_cert, client_key, insecure_plaintext, node_tls } => {
             let keys_dir = keys.unwrap_or_else(|| backend.data_dir.join("keys"));
             let engine_tls = match connect.clone() {
                 Some(connect) => {
@@ -157,7 +157,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 None => Default::default(),
             };
             let runtime = tokio::runtime::Runtime::new()?;
-            let summary = runtime.block_on(demo::run(demo::DemoArgs { backend, keys_dir, vouchers: usize::try_from(vouchers)?, connect, engine_tls }))?;
+            let summary =
+                runtime.block_on(demo::run(demo::DemoArgs { backend, keys_dir, vouchers: usize::try_from(vouchers)?, connect, engine_tls, node_tls }))?;
             eprintln!(
                 "demo: {} purchases, {} delivered ({} decrypted and verified, {} album tracks), {} points-paid, {} previews, {} expired, {} voided, {} refunded after delivery; {} events in the stream; state digest {}; {} ms",
                 summary.purchases,

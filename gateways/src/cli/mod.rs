@@ -53,7 +53,7 @@ impl ConnectArgs {
     /// The PEM files of `--ca`, `--client-cert` and `--client-key`, for a client (the node
     /// agent) that builds its own connection.
     pub fn engine_tls(&self) -> anyhow::Result<crate::node::EngineTls> {
-        let ca_pem = self.ca.as_ref().map(|path| read_pem("CA", path)).transpose()?;
+        let ca_pem = self.ca.as_ref().map(|path| crate::common::tls::load_ca(path, "--ca")).transpose()?;
         let client_identity = match (&self.client_cert, &self.client_key) {
             (Some(cert), Some(key)) => Some((read_pem("client certificate", cert)?, read_pem("client key", key)?)),
             _ => None,
@@ -63,7 +63,7 @@ impl ConnectArgs {
 
     pub async fn channel(&self) -> anyhow::Result<tonic::transport::Channel> {
         crate::common::plaintext::check_url(&self.connect, self.insecure_plaintext)?;
-        let ca = self.ca.as_ref().map(|path| read_pem("CA", path)).transpose()?;
+        let ca = self.ca.as_ref().map(|path| crate::common::tls::load_ca(path, "--ca")).transpose()?;
         let cert_pem = self.client_cert.as_ref().map(|path| read_pem("client certificate", path)).transpose()?;
         let key_pem = self.client_key.as_ref().map(|path| read_pem("client key", path)).transpose()?;
         let identity = match (&cert_pem, &key_pem) {
@@ -922,13 +922,24 @@ pub struct NodeCliArgs {
     /// Bound of the media cache, in bytes.
     #[arg(long, default_value_t = crate::node::CACHE_BYTES_MAX_DEFAULT)]
     pub cache_bytes_max: u64,
+    /// PEM certificate (leaf first, then intermediates) the node presents to players: with
+    /// it the node serves players over TLS and announces an https:// endpoint.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 pub async fn node(args: NodeCliArgs) -> anyhow::Result<()> {
     // The node's credential goes to the engine, and players' grants and proofs come to the
-    // node (which serves plain gRPC): both only on loopback unless asked.
+    // node: each in plain text only on loopback unless asked.
     crate::common::plaintext::check_url(&args.connect.connect, args.connect.insecure_plaintext)?;
-    crate::common::plaintext::check_listen(args.listen, false, args.connect.insecure_plaintext, "players")?;
+    let player_tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::common::tls::ServerIdentity::load(cert, key)?),
+        _ => None,
+    };
+    crate::common::plaintext::check_listen(args.listen, player_tls.is_some(), args.connect.insecure_plaintext, "players")?;
     let node_args = crate::node::NodeArgs {
         connect: args.connect.connect.clone(),
         cred: Credential::load(&args.cred)?,
@@ -938,6 +949,7 @@ pub async fn node(args: NodeCliArgs) -> anyhow::Result<()> {
         data_dir: args.data_dir,
         cache_bytes_max: args.cache_bytes_max,
         engine_tls: args.connect.engine_tls()?,
+        player_tls,
     };
     crate::node::run(node_args, crate::server::serve::terminate_signal()).await
 }

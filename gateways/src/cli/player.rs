@@ -37,6 +37,8 @@ pub enum PlayerCommand {
         /// copy's transaction record names the recovery.
         #[arg(long)]
         recover: bool,
+        #[command(flatten)]
+        node: NodeTrustArgs,
     },
     /// Play a preview at a node.
     Preview {
@@ -44,6 +46,8 @@ pub enum PlayerCommand {
         endpoint: String,
         #[arg(long)]
         preview: String,
+        #[command(flatten)]
+        node: NodeTrustArgs,
     },
     /// Sign a single-use consent for one merchant to spend up to --amount of your points
     /// (on the --media named, or any), written 0600 to --out for the merchant's
@@ -69,6 +73,32 @@ pub enum PlayerCommand {
         #[command(flatten)]
         connect: ConnectArgs,
     },
+}
+
+/// How the player reaches the delivery node the sale (or the preview) names.
+#[derive(clap::Args, Debug, Clone)]
+pub struct NodeTrustArgs {
+    /// PEM of the CA that signed the delivery node's TLS certificate (the node serves
+    /// https://); with it, a node in plain text is refused.
+    #[arg(long)]
+    pub node_ca: Option<PathBuf>,
+    /// Send the access grant in plain text to a node that is not on loopback (a private
+    /// network of your own); without it only loopback may be plain text.
+    #[arg(long)]
+    pub insecure_plaintext: bool,
+}
+
+impl NodeTrustArgs {
+    pub fn trust(&self) -> anyhow::Result<crate::player::NodeTrust> {
+        let ca_pem = self.node_ca.as_deref().map(|path| crate::common::tls::load_ca(path, "--node-ca")).transpose()?;
+        Ok(crate::player::NodeTrust { ca_pem, insecure_plaintext: self.insecure_plaintext })
+    }
+
+    /// Connects to the node at `endpoint`. Not reaching it, or a TLS handshake it fails, is
+    /// an environment problem (exit 2), not a refusal.
+    async fn connect(&self, endpoint: &str) -> anyhow::Result<crate::player::NodeClient> {
+        crate::player::connect_node_with(endpoint, &self.trust()?).await
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -113,7 +143,7 @@ pub async fn player(args: PlayerArgs) -> anyhow::Result<Outcome> {
             eprintln!("passport for {} (certificate {}) saved in {}", consumer.0, passport.certificate.cert_serial, dir.display());
             Ok(Outcome::Done(serde_json::json!({ "consumer_id": consumer.0, "cert_serial": passport.certificate.cert_serial, "dir": dir })))
         }
-        PlayerCommand::Fetch { sale, recover } => {
+        PlayerCommand::Fetch { sale, recover, node } => {
             let text = if sale.as_os_str() == "-" {
                 let mut text = String::new();
                 std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)?;
@@ -141,10 +171,11 @@ pub async fn player(args: PlayerArgs) -> anyhow::Result<Outcome> {
                 receipt: hex::decode(field("receipt")?).context("receipt is not hex")?,
             };
             let passport = Passport::load(&dir).with_context(|| format!("no passport for {}; run `vouchsafe player passport` first", consumer.0))?;
+            let mut at_node = node.connect(&purchase.node_endpoint).await?;
             let fetched = if recover {
-                crate::player::recover_and_download(&purchase, &passport, &fresh_request_id("recover"), &dir).await
+                crate::player::recover_and_download_on(&mut at_node, &purchase, &passport, &fresh_request_id("recover"), &dir).await
             } else {
-                crate::player::redeem_and_download(&purchase, &passport, &fresh_request_id("redeem"), &dir).await
+                crate::player::redeem_and_download_on(&mut at_node, &purchase, &passport, &fresh_request_id("redeem"), &dir).await
             };
             let copies = match fetched {
                 Ok(copies) => copies,
@@ -183,7 +214,7 @@ pub async fn player(args: PlayerArgs) -> anyhow::Result<Outcome> {
                 Err(error) => rpc_refusal(error),
             }
         }
-        PlayerCommand::Preview { endpoint, preview } => match crate::player::play_preview(&endpoint, &preview).await {
+        PlayerCommand::Preview { endpoint, preview, node } => match crate::player::play_preview_on(&mut node.connect(&endpoint).await?, &preview).await {
             Ok(clip) => Ok(Outcome::Done(serde_json::json!({ "preview_id": preview, "clip_bytes": clip.len() }))),
             Err(error) => rpc_refusal(error),
         },

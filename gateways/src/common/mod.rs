@@ -3,7 +3,8 @@
 //! nats-server launcher for tests and the bench (`natsd`), progress bars (`progress`), the
 //! seal witness file the sealer writes and auditors pin (`witness`), the chunked transfer
 //! nodes and players share (`transfer`), internal failures as error ids (`status`), the
-//! connection limits of the engine's and the node's servers (`peers`).
+//! connection limits of the engine's and the node's servers (`peers`), TLS files checked
+//! at load (`tls`) and where plain text is allowed (`plaintext`).
 //! Nothing here imports a program (`server`, `node`, `player`, `cli`, `demo`, `bench`,
 //! `audit`).
 
@@ -17,5 +18,6 @@ pub mod plaintext;
 pub mod progress;
 pub mod spend;
 pub mod status;
+pub mod tls;
 pub mod transfer;
 pub mod witness;

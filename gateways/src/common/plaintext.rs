@@ -15,6 +15,18 @@ fn is_loopback_host(host: &str) -> bool {
     }
 }
 
+/// Whether a client dialling `url` would speak plain text to another machine: the URL is
+/// not `https` (in any letter case, as the URI parser reads it) and its host is not
+/// loopback. A URL that does not parse counts as remote plain text: the connection fails
+/// on it anyway, and a check must not pass what it cannot read.
+pub fn is_plaintext_to_remote(url: &str) -> bool {
+    let Ok(uri) = url.parse::<http::Uri>() else { return true };
+    if uri.scheme_str().is_some_and(|scheme| scheme.eq_ignore_ascii_case("https")) {
+        return false;
+    }
+    !uri.host().is_some_and(is_loopback_host)
+}
+
 /// A server about to serve plain text on `addr`.
 pub fn check_listen(addr: SocketAddr, tls: bool, insecure_plaintext: bool, what: &str) -> anyhow::Result<()> {
     if tls || insecure_plaintext || addr.ip().is_loopback() {
@@ -25,17 +37,27 @@ pub fn check_listen(addr: SocketAddr, tls: bool, insecure_plaintext: bool, what:
 
 /// A client about to send its credential to `url`.
 pub fn check_url(url: &str, insecure_plaintext: bool) -> anyhow::Result<()> {
-    let Some(rest) = url.strip_prefix("http://") else { return Ok(()) };
-    let authority = rest.split('/').next().unwrap_or_default();
-    // host:port, [v6]:port, or a bare host.
-    let host = match authority.rsplit_once(':') {
-        Some((host, port)) if port.chars().all(|c| c.is_ascii_digit()) => host,
-        _ => authority,
-    };
-    if insecure_plaintext || is_loopback_host(host) {
+    if insecure_plaintext || !is_plaintext_to_remote(url) {
         return Ok(());
     }
     bail!("refusing to send a credential in plain text to {url}, which is not loopback: use https:// (with --ca), or pass --insecure-plaintext")
+}
+
+/// A player about to send an access grant and a receipt proof to the delivery node at
+/// `endpoint` (the node the engine named in the sale, so untrusted text: quoted escaped).
+/// `tls_asked`: the player named a CA for nodes (`--node-ca`), so a plain-text node is
+/// refused even on loopback rather than silently used without TLS.
+pub fn check_node_url(endpoint: &str, tls_asked: bool, insecure_plaintext: bool) -> anyhow::Result<()> {
+    let https = endpoint.parse::<http::Uri>().is_ok_and(|uri| uri.scheme_str().is_some_and(|scheme| scheme.eq_ignore_ascii_case("https")));
+    if tls_asked && !https {
+        bail!("--node-ca asks for TLS, but the delivery node at {endpoint:?} serves plain text; leave out --node-ca to use it on loopback")
+    }
+    if insecure_plaintext || !is_plaintext_to_remote(endpoint) {
+        return Ok(());
+    }
+    bail!(
+        "refusing to send an access grant in plain text to the delivery node at {endpoint:?}, which is not loopback: the node should serve TLS (node --tls-cert), or pass --insecure-plaintext"
+    )
 }
 
 #[cfg(test)]
@@ -65,5 +87,33 @@ mod tests {
         for fine in ["http://127.0.0.1:50051", "http://localhost:50051", "http://[::1]:50051", "https://engine.example:50051"] {
             assert!(check_url(fine, false).is_ok(), "{fine}");
         }
+        // The scheme's letter case does not slip plain text past the check; a URL the
+        // check cannot read is refused too.
+        for odd in ["HTTP://10.1.2.3:50051", "Http://engine.example", "10.1.2.3:50051", "http://10.1.2.3:50051 trailing"] {
+            assert!(is_plaintext_to_remote(odd), "{odd}");
+            assert!(check_url(odd, false).is_err(), "{odd}");
+        }
+        assert!(!is_plaintext_to_remote("HTTPS://engine.example:50051"));
+    }
+
+    /// The player's side: plain text to a remote node needs the flag; TLS asked for with
+    /// --node-ca refuses a plain-text node even on loopback (no silent downgrade by a sale
+    /// that names an http:// node). Controls: https with or without the CA, loopback plain
+    /// text without --node-ca, and the flag.
+    #[test]
+    fn a_player_sends_a_grant_in_plain_text_only_to_loopback_unless_asked() {
+        for remote in ["http://10.1.2.3:50052", "http://node.example:50052", "HTTP://192.168.1.5:50052", "http://0.0.0.0:9"] {
+            let refused = check_node_url(remote, false, false).expect_err(remote).to_string();
+            assert!(refused.contains("--insecure-plaintext") && refused.contains("--tls-cert"), "{refused}");
+            check_node_url(remote, false, true).expect("asked for");
+        }
+        let downgrade = check_node_url("http://127.0.0.1:50052", true, false).expect_err("TLS asked for").to_string();
+        assert!(downgrade.contains("--node-ca"), "{downgrade}");
+        assert!(check_node_url("http://10.1.2.3:50052", true, true).is_err(), "the flag does not turn a TLS request into plain text");
+        check_node_url("http://127.0.0.1:50052", false, false).expect("loopback");
+        check_node_url("https://node.example:50052", true, false).expect("TLS with the CA");
+        check_node_url("https://node.example:50052", false, false).expect("TLS (the handshake decides)");
+        let escaped = check_node_url("http://10.1.2.3:1/\x1b[2K", false, false).expect_err("remote").to_string();
+        assert!(!escaped.contains('\u{1b}'), "{escaped}");
     }
 }

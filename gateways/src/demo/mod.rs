@@ -15,11 +15,16 @@
 //! delivered copy stamped with the engine-signed transaction record; previews play. The
 //! royalty log is sealed (witness file), every delivered copy is inspected (its record
 //! checked with the engine's public key) and the auditor replays the whole stream.
+//!
+//! With `--node-tls` the nodes serve players over TLS, under certificates from a throwaway
+//! CA made for the run (`node_tls`), and players trust only that CA.
+
+mod node_tls;
 
 use crate::common::client::{self, ComponentUpload, ContainerUpload, MerchantClient, PreviewUpload, RenditionUpload};
 use crate::common::cred::Credential;
 use crate::node::{NodeArgs, RunningNode};
-use crate::player::{Passport, Purchase};
+use crate::player::{NodeTrust, Passport, Purchase};
 use crate::server::{EngineConfig, RunningEngine};
 use anyhow::{Context, bail};
 use engine::crypto;
@@ -68,6 +73,8 @@ pub struct DemoArgs {
     /// With `connect` to an `https://` engine: the CA to trust and, for an engine that
     /// requires client certificates, the certificate the demo and its nodes present.
     pub engine_tls: crate::node::EngineTls,
+    /// Delivery nodes serve players over TLS (a throwaway CA, `node_tls`).
+    pub node_tls: bool,
 }
 
 #[derive(serde::Serialize, Debug, Default)]
@@ -102,6 +109,8 @@ pub struct Summary {
     pub container_format: u8,
     /// Deliveries of the low rendition (the rest are of the high one).
     pub low_rendition_delivered: u64,
+    /// Players reached the nodes over TLS (`--node-tls`).
+    pub node_tls: bool,
 }
 
 #[derive(Default)]
@@ -131,6 +140,8 @@ struct World {
     /// Each player's points account is their consumer id.
     players: Vec<Passport>,
     players_dir: PathBuf,
+    /// How players reach the nodes (the throwaway CA with `--node-tls`).
+    node_trust: NodeTrust,
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
@@ -180,6 +191,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
             catalog.register_merchant(pb::RegisterMerchantRequest { request_id: format!("{run_id}-merchant-{i}"), name: format!("Shop {i}") }).await?;
         merchants.push(client::credential_of(response.into_inner())?);
     }
+    let node_pki = if args.node_tls { Some(node_tls::throwaway(&data_dir, NODE_REGIONS.len())?) } else { None };
+    if let Some(pki) = &node_pki {
+        eprintln!("nodes serve players over TLS; their throwaway CA is {} (player --node-ca)", pki.ca_path.display());
+    }
+    let node_trust = NodeTrust { ca_pem: node_pki.as_ref().map(|pki| pki.ca_pem.clone()), insecure_plaintext: false };
     let mut nodes: Vec<RunningNode> = Vec::new();
     for (i, region) in NODE_REGIONS.iter().enumerate() {
         let response = catalog
@@ -199,10 +215,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
             data_dir: data_dir.join("nodes"),
             cache_bytes_max: NODE_CACHE_BYTES_MAX,
             engine_tls: args.engine_tls.clone(),
+            player_tls: node_pki.as_ref().map(|pki| pki.identities[i].clone()),
         })
         .await?;
         nodes.push(node);
     }
+    // Players with the CA refuse a plain-text node, so with --node-tls every fetch and
+    // preview below went over TLS; this records that the nodes announced it.
+    let nodes_serve_tls = args.node_tls && nodes.iter().all(|node| node.endpoint().starts_with("https://"));
     eprintln!(
         "registered {} merchants; {} delivery nodes serving at {}",
         merchants.len(),
@@ -310,7 +330,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
     }
     eprintln!("published {} media (signed containers with two renditions and a preview clip, publisher key {})", media.len(), publisher_key.public().key_id());
 
-    let world = Arc::new(World { run_id: run_id.clone(), merchants, media, players, players_dir });
+    let world = Arc::new(World { run_id: run_id.clone(), merchants, media, players, players_dir, node_trust });
     let counters = Arc::new(Counters::default());
 
     // Merchants sell concurrently.
@@ -349,7 +369,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
             })
             .await?
             .into_inner();
-        let clip = crate::player::play_preview(&preview.node_endpoint, &preview.preview_id).await?;
+        let mut at_node = crate::player::connect_node_with(&preview.node_endpoint, &world.node_trust).await?;
+        let clip = crate::player::play_preview_on(&mut at_node, &preview.preview_id).await?;
         if clip.is_empty() {
             bail!("preview {} played an empty clip", preview.preview_id);
         }
@@ -468,6 +489,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
         copies_inspected_ok,
         container_format: engine::media::FORMAT_VERSION_3,
         low_rendition_delivered: counters.low_rendition.load(Ordering::Relaxed),
+        node_tls: nodes_serve_tls,
     })
 }
 
@@ -579,7 +601,8 @@ async fn sell_one(i: usize, world: &World, merchant: &mut MerchantClient, counte
     let player = &world.players[i % world.players.len()];
     let purchase = Purchase { node_endpoint: sale.node_endpoint.clone(), node_id: sale.node_id.clone(), grant: sale.grant(), receipt: sale.receipt.clone() };
     let out_dir = world.players_dir.join(&player.consumer_id.0);
-    let copies = crate::player::redeem_and_download(&purchase, player, &format!("{prefix}-redeem"), &out_dir).await?;
+    let mut at_node = crate::player::connect_node_with(&purchase.node_endpoint, &world.node_trust).await?;
+    let copies = crate::player::redeem_and_download_on(&mut at_node, &purchase, player, &format!("{prefix}-redeem"), &out_dir).await?;
     for copy in &copies {
         let published = world.media.iter().find(|m| m.media_id == copy.media_id).context("delivered an unknown media")?;
         let expected = published.renditions.iter().find(|(name, _)| name == rendition).map(|(_, hash)| *hash).context("delivered an unknown rendition")?;

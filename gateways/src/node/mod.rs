@@ -19,7 +19,9 @@
 //!
 //! What deliberately does not live here: any decision beyond the access grant (the engine
 //! checks receipt proofs, certificates and the voucher's state), any media key (the node
-//! never sees one; it serves ciphertext), TLS (terminated in front of the node for now).
+//! never sees one; it serves ciphertext). Players reach the node over TLS when it has an
+//! identity (`NodeArgs::player_tls`, `node --tls-cert/--tls-key`): it then registers an
+//! `https://` endpoint, which the engine hands to players in each sale.
 //! The node never logs or prints a token, proof, receipt, wrapped key or its access key:
 //!
 //! Files: `state` (grants, challenges, the media cache, assignments, the feed checkpoint),
@@ -178,6 +180,9 @@ pub struct NodeArgs {
     /// TLS to an `https://` engine: the CA that signed its certificate, and the node's own
     /// certificate for an engine that requires client certificates (mTLS).
     pub engine_tls: EngineTls,
+    /// The certificate and key players see: with it the node serves players over TLS and
+    /// registers an `https://` endpoint; without it, plain gRPC (`http://`).
+    pub player_tls: Option<crate::common::tls::ServerIdentity>,
 }
 
 /// PEM material for the node's connection to an `https://` engine.
@@ -230,7 +235,8 @@ impl RunningNode {
         &self.shared.node_id
     }
 
-    /// Where players reach this node, e.g. `http://127.0.0.1:40123` (as registered).
+    /// Where players reach this node, e.g. `http://127.0.0.1:40123`, or `https://…` when it
+    /// serves TLS (as registered).
     pub fn endpoint(&self) -> &str {
         &self.endpoint
     }
@@ -287,8 +293,8 @@ impl RunningNode {
 }
 
 /// The address players are told: the bound address, with loopback instead of an unspecified
-/// ("all interfaces") address, which no client can dial.
-fn advertised_endpoint(local_addr: SocketAddr) -> String {
+/// ("all interfaces") address, which no client can dial; `https` when the node serves TLS.
+fn advertised_endpoint(local_addr: SocketAddr, tls: bool) -> String {
     let advertised = match local_addr {
         SocketAddr::V4(addr) if addr.ip().is_unspecified() => SocketAddr::from((Ipv4Addr::LOCALHOST, addr.port())),
         SocketAddr::V6(addr) if addr.ip().is_unspecified() => SocketAddr::from((Ipv6Addr::LOCALHOST, addr.port())),
@@ -297,7 +303,7 @@ fn advertised_endpoint(local_addr: SocketAddr) -> String {
     if advertised != local_addr {
         warn!(%local_addr, %advertised, "listening on all interfaces; registering the loopback address, which only local players can reach");
     }
-    format!("http://{advertised}")
+    format!("{}://{advertised}", if tls { "https" } else { "http" })
 }
 
 /// Connects to the engine and registers; the client and the registration's node id and
@@ -365,7 +371,12 @@ pub async fn start_with_limits(args: NodeArgs, clock: Arc<dyn Clock>, limits: No
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("cannot create the data directory {}", args.data_dir.display()))?;
     let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
     let local_addr = listener.local_addr().context("the listener has no local address")?;
-    let endpoint = advertised_endpoint(local_addr);
+    let endpoint = advertised_endpoint(local_addr, args.player_tls.is_some());
+    // TLS is set up before registering, so a node that cannot serve it never announces it.
+    let mut builder = Server::builder();
+    if let Some(identity) = &args.player_tls {
+        builder = builder.tls_config(identity.server_config()).context("the node's TLS certificate and key do not make a TLS configuration")?;
+    }
     let (engine, node_id, access_key) = register(&args, args.cred.clone(), &endpoint).await?;
     let checkpoint = checkpoint_path(&args.data_dir, &node_id);
     let last_seq = read_checkpoint(&checkpoint)?;
@@ -414,7 +425,7 @@ pub async fn start_with_limits(args: NodeArgs, clock: Arc<dyn Clock>, limits: No
     let incoming = crate::common::peers::incoming(listener, admission);
     let mut server_shutdown = shutdown_receiver;
     let server = tokio::spawn(
-        Server::builder()
+        builder
             .layer(tower_layer::layer_fn(|inner| RequestSizeLimit { inner }))
             .concurrency_limit_per_connection(REQUESTS_PER_CONNECTION_MAX)
             .max_concurrent_streams(u32::try_from(REQUESTS_PER_CONNECTION_MAX).expect("a small limit fits in u32"))

@@ -212,9 +212,11 @@ fn derived_request_ids_are_deterministic_distinct_and_valid() {
 
 #[test]
 fn an_unspecified_listen_address_is_advertised_as_loopback() {
-    assert_eq!(advertised_endpoint("127.0.0.1:7000".parse().expect("addr")), "http://127.0.0.1:7000");
-    assert_eq!(advertised_endpoint("0.0.0.0:7001".parse().expect("addr")), "http://127.0.0.1:7001");
-    assert_eq!(advertised_endpoint("[::]:7002".parse().expect("addr")), "http://[::1]:7002");
+    assert_eq!(advertised_endpoint("127.0.0.1:7000".parse().expect("addr"), false), "http://127.0.0.1:7000");
+    assert_eq!(advertised_endpoint("0.0.0.0:7001".parse().expect("addr"), false), "http://127.0.0.1:7001");
+    assert_eq!(advertised_endpoint("[::]:7002".parse().expect("addr"), false), "http://[::1]:7002");
+    // A node serving TLS announces https, which the engine hands players in each sale.
+    assert_eq!(advertised_endpoint("127.0.0.1:7003".parse().expect("addr"), true), "https://127.0.0.1:7003");
 }
 
 fn chunk(offset: u64, data: &[u8], total_bytes: u64) -> MediaChunk {

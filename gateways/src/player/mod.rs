@@ -13,6 +13,10 @@
 //! names this voucher, media and passport and the content it decrypted, and keeps a
 //! *delivered copy*: the record, its signature and the content in one file.
 //!
+//! Nodes are reached over TLS when they serve it (an `https://` endpoint in the sale, trusted
+//! through [`NodeTrust`]), and a grant goes in plain text only to a node on loopback unless
+//! the player allows it (`common::plaintext`).
+//!
 //! What deliberately does not live here: buying (the merchant's `Reserve`, `Authorize`,
 //! `IssueVoucher`), key storage beyond the passport files, playback. Receipts, proofs, media
 //! keys and private keys are never logged or printed: `Purchase` and `Passport` print only
@@ -312,15 +316,44 @@ pub struct DeliveredCopy {
     pub voucher_delivered: bool,
 }
 
-/// Connects to a node's `NodeService`.
+/// How a player reaches delivery nodes: the CA that signed the certificates of nodes that
+/// serve TLS (`--node-ca`; tonic is built without a system root store, so an `https://`
+/// node needs it), and whether plain text to a node on another machine is allowed
+/// (`--insecure-plaintext`). The default: plain text on loopback only, no TLS trust.
+#[derive(Clone, Debug, Default)]
+pub struct NodeTrust {
+    pub ca_pem: Option<Vec<u8>>,
+    pub insecure_plaintext: bool,
+}
+
+/// Connects to a node's `NodeService` with the default [`NodeTrust`] (plain text on
+/// loopback only).
 pub async fn connect_node(endpoint: &str) -> anyhow::Result<NodeClient> {
-    let channel = Endpoint::from_shared(endpoint.to_string())
-        .with_context(|| format!("node endpoint {endpoint} is not a URL such as http://127.0.0.1:7500"))?
+    connect_node_with(endpoint, &NodeTrust::default()).await
+}
+
+/// Connects to a node's `NodeService`: over TLS to an `https://` node, trusting
+/// `trust.ca_pem`; in plain text only where `plaintext::check_node_url` allows it. The TLS
+/// handshake happens here, so a node whose certificate the CA did not sign is refused
+/// before any grant is sent.
+pub async fn connect_node_with(endpoint: &str, trust: &NodeTrust) -> anyhow::Result<NodeClient> {
+    crate::common::plaintext::check_node_url(endpoint, trust.ca_pem.is_some(), trust.insecure_plaintext)?;
+    let mut node_endpoint = Endpoint::from_shared(endpoint.to_string())
+        .with_context(|| format!("node endpoint {endpoint:?} is not a URL such as https://node.example:7500"))?
         .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
-        .tcp_nodelay(true)
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach the delivery node at {endpoint}"))?;
+        .tcp_nodelay(true);
+    let tls = node_endpoint.uri().scheme_str().is_some_and(|scheme| scheme.eq_ignore_ascii_case("https"));
+    if tls {
+        let mut config = tonic::transport::ClientTlsConfig::new().with_enabled_roots();
+        if let Some(ca) = &trust.ca_pem {
+            config = config.ca_certificate(tonic::transport::Certificate::from_pem(ca));
+        }
+        node_endpoint = node_endpoint.tls_config(config).context("TLS configuration for the delivery node")?;
+    }
+    let channel = node_endpoint.connect().await.with_context(|| {
+        let hint = if tls { "; check that --node-ca names the CA that signed the node's certificate" } else { "" };
+        format!("cannot reach the delivery node at {endpoint:?}{hint}")
+    })?;
     Ok(NodeServiceClient::new(channel).max_decoding_message_size(NODE_MESSAGE_BYTES_MAX))
 }
 
@@ -346,7 +379,18 @@ pub async fn redeem_and_download_on(
 /// and each copy's transaction record names its recovery. Not a new sale.
 pub async fn recover_and_download(purchase: &Purchase, passport: &Passport, request_id: &str, out_dir: &Path) -> anyhow::Result<Vec<DeliveredCopy>> {
     let mut node = connect_node(&purchase.node_endpoint).await?;
-    fetch_on(&mut node, purchase, passport, request_id, out_dir, true).await
+    recover_and_download_on(&mut node, purchase, passport, request_id, out_dir).await
+}
+
+/// [`recover_and_download`] over an existing connection to the purchase's node.
+pub async fn recover_and_download_on(
+    node: &mut NodeClient,
+    purchase: &Purchase,
+    passport: &Passport,
+    request_id: &str,
+    out_dir: &Path,
+) -> anyhow::Result<Vec<DeliveredCopy>> {
+    fetch_on(node, purchase, passport, request_id, out_dir, true).await
 }
 
 async fn fetch_on(
@@ -570,7 +614,11 @@ async fn download(node: &mut NodeClient, grant: &AccessGrant, media_id: &str) ->
 
 /// Plays a preview at the node the merchant's `Preview` named: the free clip's bytes.
 pub async fn play_preview(node_endpoint: &str, preview_id: &str) -> anyhow::Result<Vec<u8>> {
-    let mut node = connect_node(node_endpoint).await?;
+    play_preview_on(&mut connect_node(node_endpoint).await?, preview_id).await
+}
+
+/// [`play_preview`] over an existing connection to the node.
+pub async fn play_preview_on(node: &mut NodeClient, preview_id: &str) -> anyhow::Result<Vec<u8>> {
     let mut stream = node.play_preview(PlayPreviewRequest { preview_id: preview_id.to_string() }).await.map_err(rpc_error("PlayPreview"))?.into_inner();
     let mut reassembly = Reassembly::new(CONTAINER_BYTES_MAX);
     while let Some(chunk) = stream.message().await.map_err(rpc_error("PlayPreview"))? {

@@ -436,11 +436,9 @@ pub async fn start(config: EngineConfig, log: Arc<dyn EventLog>, listener: tokio
 }
 
 fn tls_config(tls: &TlsFiles) -> anyhow::Result<tonic::transport::ServerTlsConfig> {
-    let cert = std::fs::read(&tls.cert).with_context(|| format!("cannot read TLS certificate {}", tls.cert.display()))?;
-    let key = std::fs::read(&tls.key).with_context(|| format!("cannot read TLS key {}", tls.key.display()))?;
-    let mut config = tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(cert, key));
+    let mut config = crate::common::tls::ServerIdentity::load(&tls.cert, &tls.key)?.server_config();
     if let Some(ca) = &tls.client_ca {
-        let ca = std::fs::read(ca).with_context(|| format!("cannot read client CA {}", ca.display()))?;
+        let ca = crate::common::tls::load_ca(ca, "client CA")?;
         config = config.client_ca_root(tonic::transport::Certificate::from_pem(ca));
     }
     Ok(config)

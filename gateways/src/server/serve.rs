@@ -90,9 +90,20 @@ pub struct ServeArgs {
     /// Log as JSON lines.
     #[arg(long)]
     pub log_json: bool,
-    /// Serve plain text on a non-loopback address (TLS terminated in front of the engine).
+    /// Serve plain text on a non-loopback address (TLS terminated in front of the engine),
+    /// or /metrics (always plain HTTP) on a non-loopback address.
     #[arg(long)]
     pub insecure_plaintext: bool,
+    /// PEM certificate (leaf first, then intermediates): serve gRPC over TLS. With
+    /// --tls-key, replaces the config file's [tls] section.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM of the CA whose client certificates the engine requires (mTLS).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 /// Settings after merging flags, environment, file and defaults.
@@ -204,7 +215,10 @@ pub fn settings(args: &ServeArgs) -> anyhow::Result<Settings> {
     if let Some(entries) = env_parsed("VOUCHSAFE_SEAL_ENTRIES_MIN")?.or(file.seal_entries_min) {
         engine.seal_entries_min = entries;
     }
-    engine.tls = file.tls.map(|tls| TlsFiles { cert: tls.cert, key: tls.key, client_ca: tls.client_ca });
+    engine.tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsFiles { cert: cert.clone(), key: key.clone(), client_ca: args.tls_client_ca.clone() }),
+        _ => file.tls.map(|tls| TlsFiles { cert: tls.cert, key: tls.key, client_ca: tls.client_ca }),
+    };
     let backend = crate::common::backend::BackendArgs { data_dir, nats_url, stream };
     crate::common::plaintext::check_listen(listen, engine.tls.is_some(), args.insecure_plaintext, "gRPC")?;
     if let Some(metrics) = metrics_listen {
@@ -300,6 +314,24 @@ mod tests {
         assert_eq!(flagged.listen.port(), 7000);
         let defaults = settings(&ServeArgs::default()).expect("settings");
         assert_eq!(defaults.listen.to_string(), DEFAULT_LISTEN);
+        assert!(defaults.engine.tls.is_none());
+    }
+
+    /// `--tls-cert`/`--tls-key` replace the file's [tls] section, and TLS from the flags
+    /// lets gRPC listen off loopback. Control: the same address without them is refused.
+    #[test]
+    fn tls_flags_beat_the_file_and_allow_a_public_listen() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("engine.toml");
+        std::fs::write(&path, "[tls]\ncert = \"file.pem\"\nkey = \"file.key\"\nclient_ca = \"file-ca.pem\"\n").expect("write");
+        let flagged = ServeArgs { config: Some(path), tls_cert: Some("flag.pem".into()), tls_key: Some("flag.key".into()), ..ServeArgs::default() };
+        let tls = settings(&flagged).expect("settings").engine.tls.expect("TLS");
+        assert_eq!((tls.cert, tls.key, tls.client_ca), (PathBuf::from("flag.pem"), PathBuf::from("flag.key"), None));
+        let public = ServeArgs { listen: Some("0.0.0.0:50051".parse().expect("addr")), ..ServeArgs::default() };
+        assert!(settings(&public).is_err(), "plain text on 0.0.0.0");
+        let with_tls = ServeArgs { tls_cert: Some("flag.pem".into()), tls_key: Some("flag.key".into()), tls_client_ca: Some("ca.pem".into()), ..public };
+        let tls = settings(&with_tls).expect("TLS on 0.0.0.0").engine.tls.expect("TLS");
+        assert_eq!(tls.client_ca, Some(PathBuf::from("ca.pem")));
     }
 
     /// The serve setting of the access window keeps the audited key's floor: a window under
