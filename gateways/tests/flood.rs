@@ -124,6 +124,7 @@ impl Fixture {
             data_dir: self.dir.path().join("node"),
             cache_bytes_max: 16 * 1024 * 1024,
             engine_tls: Default::default(),
+            player_tls: None,
         };
         node::start_with_limits(args, Arc::new(engine::clock::SystemClock), limits).await.expect("node starts")
     }
