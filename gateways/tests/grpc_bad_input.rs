@@ -960,9 +960,14 @@ impl World {
                 reason: "device lost".into(),
                 every_cert: true,
             }),
-            Rpc::ListVouchers | Rpc::GetStatement | Rpc::ListCatalog | Rpc::SearchCatalog | Rpc::GetLedger | Rpc::ListParties | Rpc::GetAccountPoints => {
-                read_access::access_request(rpc)
-            }
+            Rpc::ListVouchers
+            | Rpc::GetStatement
+            | Rpc::ListCatalog
+            | Rpc::SearchCatalog
+            | Rpc::GetLedger
+            | Rpc::ListParties
+            | Rpc::GetAccountPoints
+            | Rpc::Statement => read_access::access_request(rpc),
         }
     }
 }

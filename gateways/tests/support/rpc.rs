@@ -229,6 +229,7 @@ rpcs! {
     GetLedger = Admin.get_ledger(GetLedgerRequest) unary;
     ListParties = Admin.list_parties(ListPartiesRequest) unary;
     GetAccountPoints = Admin.get_account_points(AccountPointsRequest) unary;
+    Statement = Audit.statement(RightsStatementRequest) unary;
 }
 
 impl Rpc {
