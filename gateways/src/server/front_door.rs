@@ -187,6 +187,18 @@ impl Authenticator {
     }
 }
 
+impl Authenticator {
+    /// Whether an identity checked earlier (a console session) still stands: an auditor
+    /// not revoked since, a merchant still registered. The operator and nodes always do.
+    pub async fn still_admitted(&self, identity: &Identity) -> Result<bool, Status> {
+        Ok(match identity {
+            Identity::Operator(_) | Identity::Node(_) => true,
+            Identity::Auditor(id) => self.party::<Auditor>(id).await?.status == AuditorStatus::Active,
+            Identity::Merchant(id) => self.party::<Merchant>(&id.0).await?.status != MerchantStatus::Unknown,
+        })
+    }
+}
+
 /// The layer: wraps the router of gRPC services.
 #[derive(Clone)]
 pub struct FrontDoor {
