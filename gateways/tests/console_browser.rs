@@ -14,6 +14,7 @@
 //!   naming another shows its own list;
 //! - the session cookie is HttpOnly (no script sees it), SameSite=Strict and expires;
 //!   signing out ends the session.
+//!
 //! The operator's overview is saved as docs/console.png (the README shows it).
 //!
 //! Needs Debian's chromium (`/usr/bin/chromium`, or `$CHROMIUM`) and Playwright for Python
