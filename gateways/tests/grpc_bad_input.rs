@@ -967,7 +967,8 @@ impl World {
             | Rpc::GetLedger
             | Rpc::ListParties
             | Rpc::GetAccountPoints
-            | Rpc::ListOrders => read_access::access_request(rpc),
+            | Rpc::ListOrders
+            | Rpc::Statement => read_access::access_request(rpc),
         }
     }
 }

@@ -632,7 +632,7 @@ fn judge(case: &Case, gate: Gate, answer: &Answer, previous_accepted: Option<boo
         let documented = matches!(
             (case.rpc, code),
             (Rpc::RegisterMerchant | Rpc::RegisterNodeCredential | Rpc::RegisterAuditor, Code::AlreadyExists)
-                | (Rpc::Replay | Rpc::VerifyChain, Code::ResourceExhausted)
+                | (Rpc::Replay | Rpc::VerifyChain | Rpc::Statement, Code::ResourceExhausted)
         );
         if code != Code::Ok && !documented {
             problems.push(format!("the immediate retry of an accepted request was refused with {code:?}: {}", answer.message));

@@ -25,6 +25,7 @@ mod rows;
 pub mod royalty;
 pub mod royalty_log;
 mod serde_hex;
+pub mod statement;
 pub mod store;
 pub mod vouchers;
 

@@ -77,6 +77,25 @@ pub struct TotalsLine {
 }
 
 impl TotalsLine {
+    /// Adds one usage: the one rule for every totals line and statement.
+    pub fn count(&mut self, entry: &Entry) {
+        match entry.kind {
+            UsageKind::Delivery => {
+                self.deliveries += 1;
+                self.amount_minor = self.amount_minor.saturating_add(entry.sale_price_minor);
+            }
+            UsageKind::Preview => self.previews += 1,
+            UsageKind::Duplication => {
+                self.units += 1;
+                self.amount_minor = self.amount_minor.saturating_add(entry.sale_price_minor);
+            }
+            UsageKind::Refund | UsageKind::Chargeback => {
+                self.refunds += 1;
+                self.refunded_minor = self.refunded_minor.saturating_add(entry.sale_price_minor);
+            }
+        }
+    }
+
     /// The royalty-bearing amount after refunds and chargebacks.
     pub fn net_minor(&self) -> i128 {
         i128::from(self.amount_minor) - i128::from(self.refunded_minor)
@@ -112,6 +131,9 @@ pub struct RoyaltyLog {
     pub usages: u64,
     pub totals: BTreeMap<(Dimension, String), TotalsLine>,
     pub seals: Vec<RightsReportSealed>,
+    /// When each seal was recorded (its event's `recorded_at`), beside `seals`; 0 for a
+    /// seal a store kept before the times were.
+    pub seal_times: Vec<i64>,
     pub seals_verified: u64,
     pub seal_faults: Vec<SealFault>,
     /// Entries bind their source event's stream sequence (the stream recorded
@@ -204,7 +226,10 @@ impl RoyaltyLog {
                     self.entry(UsageKind::Duplication, seq, recorded_at_ms, media, order_id.as_str(), device_id, &charge.merchant.0, price, currency, 0);
                 self.record(entry);
             }
-            Event::RightsReportSealed(seal) => self.check_seal(seq, seal, sealed_head),
+            Event::RightsReportSealed(seal) => {
+                self.check_seal(seq, seal, sealed_head);
+                self.seal_times.push(recorded_at_ms);
+            }
             Event::ConfigChanged { key, value } if key == engine::domain::config::ROYALTY_ENTRY_BINDING_KEY => self.bind_seq = value == "1",
             _ => {}
         }
@@ -410,21 +435,7 @@ pub fn add_to_totals(totals: &mut BTreeMap<(Dimension, String), TotalsLine>, ent
             Some(line) => line,
             None => totals.entry((dimension, key.to_string())).or_default(),
         };
-        match entry.kind {
-            UsageKind::Delivery => {
-                line.deliveries += 1;
-                line.amount_minor = line.amount_minor.saturating_add(entry.sale_price_minor);
-            }
-            UsageKind::Preview => line.previews += 1,
-            UsageKind::Duplication => {
-                line.units += 1;
-                line.amount_minor = line.amount_minor.saturating_add(entry.sale_price_minor);
-            }
-            UsageKind::Refund | UsageKind::Chargeback => {
-                line.refunds += 1;
-                line.refunded_minor = line.refunded_minor.saturating_add(entry.sale_price_minor);
-            }
-        }
+        line.count(entry);
     }
 }
 

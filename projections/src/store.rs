@@ -23,8 +23,9 @@
 //!
 //! Format 2 added the balances and the stream head before the last event; format 3 keeps
 //! the stream heads many to a row (`heads`); format 8 adds the read indexes (`reads`),
-//! format 9 their orders and the credential hashes in their party rows. A store of an
-//! older format fails the marker check at open and is quarantined and rebuilt.
+//! format 10 their orders, the credential hashes in their party rows and each seal's
+//! time. A store of an older format fails the marker check at open and is quarantined and
+//! rebuilt.
 //!
 //! Secrets: none is stored. The royalty chain's current `A_j` is re-derived at load from
 //! the master key (`Chain::resume`: `A_0` advanced `j` times, checked against the newest
@@ -65,7 +66,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 /// The value of `@format`; a new layout gets a new marker (and old stores are rebuilt).
-pub const FORMAT_MARKER: &[u8] = b"vouchsafe-projection-store/9";
+pub const FORMAT_MARKER: &[u8] = b"vouchsafe-projection-store/10";
 
 const FORMAT_KEY: &[u8] = b"@format";
 const CHECKPOINT_KEY: &[u8] = b"@checkpoint";

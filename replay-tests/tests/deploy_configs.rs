@@ -79,6 +79,7 @@ fn the_engine_example_config_parses_and_sets_every_key() {
     let gateways::server::serve::FileConfig {
         listen,
         metrics_listen,
+        console_listen,
         data_dir,
         keys,
         nats_url,
@@ -108,6 +109,7 @@ fn the_engine_example_config_parses_and_sets_every_key() {
     let set = [
         ("listen", listen.is_some()),
         ("metrics_listen", metrics_listen.is_some()),
+        ("console_listen", console_listen.is_some()),
         ("data_dir", data_dir.is_some()),
         ("keys", keys.is_some()),
         ("nats_url", nats_url.is_some()),

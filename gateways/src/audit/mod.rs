@@ -269,3 +269,108 @@ pub fn check_proof_file(file: &Path, keys_dir: &Path) -> anyhow::Result<Vec<Resu
     }
     Ok(bundles.iter().map(|bundle| export::check_proof(bundle, &public)).collect())
 }
+
+pub mod remote;
+
+/// Which replay a statement comes from: its events, head, digest and seals.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ReplayStamp {
+    pub events: u64,
+    pub last_seq: u64,
+    pub state_digest: String,
+    pub seals_verified: u64,
+}
+
+/// `audit statement` on the log itself: a verified replay, then the holder's month.
+pub async fn statement(
+    backend: &crate::common::backend::BackendArgs,
+    keys_dir: &Path,
+    holder: projections::statement::Holder,
+    name: &str,
+    period: &str,
+) -> anyhow::Result<(projections::statement::RightsStatement, ReplayStamp)> {
+    let master = crate::common::keys::load_royalty_master(keys_dir)?;
+    let public = crate::common::keys::load_engine_public(keys_dir)?;
+    let log = backend.open_read_only().await?;
+    let bar = crate::common::progress::events(log.last_seq().await?.0, "audit statement");
+    let verified = projections::statement::verified_statement(log.as_ref(), &master, &public, holder, name, period, |events| {
+        if let Some(bar) = &bar {
+            bar.set_position(events);
+        }
+    })
+    .await;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let (report, statement) = match verified {
+        Ok(verified) => verified,
+        Err(projections::statement::StatementError::NotClean { report, .. }) => {
+            bail!("the stream does not audit clean, no statement:\n{}", describe(&report))
+        }
+        Err(error) => return Err(error.into()),
+    };
+    let stamp = ReplayStamp { events: report.events, last_seq: report.last_seq, state_digest: report.state_digest, seals_verified: report.seals_verified };
+    Ok((statement, stamp))
+}
+
+/// The `--json` object of `audit statement` (the same keys locally and with `--connect`).
+pub fn statement_json(statement: &projections::statement::RightsStatement, stamp: &ReplayStamp) -> serde_json::Value {
+    let line = |line: &projections::royalty_log::TotalsLine| {
+        let mut value = serde_json::to_value(line).unwrap_or_default();
+        value["net_minor"] = serde_json::json!(line.net_minor());
+        value
+    };
+    serde_json::json!({
+        "holder": statement.holder.name(),
+        "name": statement.name,
+        "period": statement.period,
+        "total": line(&statement.total),
+        "currencies": statement.currencies,
+        "media": statement.media.iter().map(|media| {
+            let mut value = line(&media.line);
+            value["media_id"] = serde_json::json!(media.media_id);
+            value["title"] = serde_json::json!(media.title);
+            value["artist"] = serde_json::json!(media.artist);
+            value
+        }).collect::<Vec<_>>(),
+        "events": stamp.events,
+        "last_seq": stamp.last_seq,
+        "state_digest": stamp.state_digest,
+        "seals_verified": stamp.seals_verified,
+    })
+}
+
+/// The human form of a statement, for stderr.
+pub fn describe_statement(statement: &projections::statement::RightsStatement, stamp: &ReplayStamp) -> String {
+    let total = &statement.total;
+    let mut text = format!(
+        "statement of {} {:?} for {} (a verified replay of {} events, seq {}, {} seals verified)\n  {} deliveries, {} units, {} previews, gross {} minor units, {} refunds ({}), net {} {}",
+        statement.holder.name().replace('_', " "),
+        statement.name,
+        statement.period,
+        stamp.events,
+        stamp.last_seq,
+        stamp.seals_verified,
+        total.deliveries,
+        total.units,
+        total.previews,
+        total.amount_minor,
+        total.refunds,
+        total.refunded_minor,
+        total.net_minor(),
+        statement.currencies.join("+"),
+    );
+    for media in &statement.media {
+        text.push_str(&format!(
+            "\n  {} {:?} by {:?}: {} deliveries, {} units, {} previews, net {}",
+            media.media_id,
+            media.title,
+            media.artist,
+            media.line.deliveries,
+            media.line.units,
+            media.line.previews,
+            media.line.net_minor()
+        ));
+    }
+    text
+}

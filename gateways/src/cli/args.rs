@@ -103,19 +103,41 @@ pub enum Command {
 
 #[derive(Subcommand)]
 pub enum AuditCommand {
-    /// Rebuild every projection from sequence 1 and verify everything.
+    /// Rebuild every projection from sequence 1 and verify everything (or ask a running
+    /// engine to, with --connect).
     Replay {
         #[command(flatten)]
         backend: backend::BackendArgs,
-        /// Key directory holding engine.pub.pem and royalty-master.key.
-        #[arg(long)]
-        keys: PathBuf,
+        /// Key directory holding engine.pub.pem and royalty-master.key (not with --connect).
+        #[arg(long, required_unless_present = "connect", conflicts_with = "connect")]
+        keys: Option<PathBuf>,
         /// The newest seal seen: its hash in hex, or a witness file.
         #[arg(long)]
         pin: Option<String>,
         /// Print one JSON object on the last line of stdout.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        remote: super::audit::RemoteArgs,
+    },
+    /// A rights holder's statement for one month, from a verified replay (equal to the
+    /// totals of its usages); with --connect, from the running engine's AuditService.
+    Statement {
+        #[command(flatten)]
+        backend: backend::BackendArgs,
+        /// Key directory holding engine.pub.pem and royalty-master.key (not with --connect).
+        #[arg(long, required_unless_present = "connect", conflicts_with = "connect")]
+        keys: Option<PathBuf>,
+        #[command(flatten)]
+        holder: super::audit::HolderArgs,
+        /// The calendar month, YYYY-MM (UTC).
+        #[arg(long, value_parser = super::reads::parse_period)]
+        period: String,
+        /// Print one JSON object on the last line of stdout.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        remote: super::audit::RemoteArgs,
     },
     /// Export the royalty log (log), usage records (csv, json) or a DSR-style report (dsr).
     Export {

@@ -84,15 +84,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime.block_on(crate::server::serve::run(settings, crate::server::serve::terminate_signal()))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Audit { command: AuditCommand::Replay { backend, keys, pin, json } } => {
-            let pin = pin.as_deref().map(audit::parse_pin).transpose()?;
-            let runtime = tokio::runtime::Runtime::new()?;
-            let report = runtime.block_on(audit::replay(&backend, &keys, pin))?;
-            eprintln!("{}", audit::describe(&report));
-            if json {
-                println!("{}", serde_json::to_string(&report)?);
-            }
-            Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        Command::Audit { command: AuditCommand::Replay { backend, keys, pin, json, remote } } => {
+            super::audit::replay(&backend, keys.as_deref(), pin.as_deref(), json, &remote)
+        }
+        Command::Audit { command: AuditCommand::Statement { backend, keys, holder, period, json, remote } } => {
+            super::audit::statement(&backend, keys.as_deref(), &holder, &period, json, &remote)
         }
         Command::Audit { command: AuditCommand::Export { backend, keys, format, out } } => {
             let runtime = tokio::runtime::Runtime::new()?;

@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod args;
+pub mod audit;
 pub mod dispatch;
 pub mod inspect;
 pub mod player;

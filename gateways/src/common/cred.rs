@@ -34,18 +34,23 @@ impl Credential {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         crate::common::keys::warn_if_loose(path);
         let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).with_context(|| format!("cannot read credential file {}", path.display()))?);
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// A credential file's text (`origin` names it in errors, which never echo its lines).
+    pub fn parse(text: &str, origin: &str) -> anyhow::Result<Self> {
         let mut lines = text.lines();
         let id = lines.next().unwrap_or_default().trim().to_string();
         let secret_hex = lines.next().unwrap_or_default().trim();
         if id.is_empty() || secret_hex.len() != 64 {
-            bail!("{} must hold an id line and a 64-hex-digit secret line", path.display());
+            bail!("{origin} must hold an id line and a 64-hex-digit secret line");
         }
         // The id goes into request metadata and log lines: a token, never echoed back.
         if !engine::ids::is_valid_token(&id) {
-            bail!("{}: the id line must be 1-64 characters of A-Z a-z 0-9 - _", path.display());
+            bail!("{origin}: the id line must be 1-64 characters of A-Z a-z 0-9 - _");
         }
         let mut bytes = [0u8; 32];
-        hex::decode_to_slice(secret_hex, &mut bytes).map_err(|_| anyhow::anyhow!("{}: the secret line is not hex", path.display()))?;
+        hex::decode_to_slice(secret_hex, &mut bytes).map_err(|_| anyhow::anyhow!("{origin}: the secret line is not hex"))?;
         let secret = SecretKey::from_bytes(bytes);
         zeroize::Zeroize::zeroize(&mut bytes);
         Ok(Self { id, secret })

@@ -70,7 +70,7 @@ impl Api {
     /// The statistics the seed's administration module lists, and a modern operator expects.
     pub async fn stats(&self) -> Result<pb::StatsResponse, Status> {
         let head = self.state.log.last_seq().await.map_err(|error| crate::server::status::stream_unreadable("the engine", &error))?;
-        let (allocation, issued, pending, delivered, entries, seals) = self.state.live.read(|p| {
+        let (allocation, issued, pending, delivered, entries, seals, undelivered) = self.state.live.read(|p| {
             let allocation: Vec<(NodeId, projections::allocation::NodeSlots)> =
                 p.allocation.nodes.iter().map(|(id, slots)| (id.clone(), slots.clone())).collect();
             let issued =
@@ -82,6 +82,7 @@ impl Api {
                 p.vouchers.count(VoucherStatus::Delivered),
                 p.royalty.entries.len(),
                 p.royalty.seals.len(),
+                [VoucherStatus::Authorized, VoucherStatus::Issued, VoucherStatus::Redeeming].into_iter().map(|status| p.vouchers.count(status)).sum::<usize>(),
             )
         });
         let live: HashMap<NodeId, engine::placement::NodeLive> = self.state.nodes.snapshot().into_iter().collect();
@@ -113,6 +114,7 @@ impl Api {
             seals: seals as u64,
             vouchers_pending: pending as u64,
             vouchers_delivered: delivered as u64,
+            vouchers_undelivered: undelivered as u64,
         })
     }
 }

@@ -82,6 +82,14 @@ impl Api {
     pub(super) fn market(&self) -> &Market {
         &self.state.market
     }
+
+    /// Any voucher by id, for the operator's console (a merchant's find is GetVoucher's
+    /// `Market::get_voucher`); an unknown id is NotFound and leaves nothing in the cache.
+    pub(super) async fn any_voucher(&self, voucher: &VoucherId) -> Result<engine::domain::voucher::Voucher, Status> {
+        let root = self.market().handler().load_existing::<engine::domain::voucher::Voucher>(&voucher.0).await.map_err(|error| fail(error.into()))?;
+        root.map(|root| root.state.clone())
+            .ok_or_else(|| crate::server::status::from_rejection(&Rejection::NotFound { kind: "voucher", id: voucher.0.clone() }))
+    }
 }
 
 pub(super) fn voucher_view(voucher: &engine::domain::voucher::Voucher, node_endpoint: String) -> pb::VoucherView {

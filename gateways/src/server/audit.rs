@@ -1,8 +1,12 @@
-//! AuditService: a full replay streamed to the auditor, chain verification and totals,
-//! bounded by `REPLAYS_IN_FLIGHT_MAX` replays at once.
+//! AuditService: a full replay streamed to the auditor, chain verification, totals with
+//! the royalty log's seals, and a rights holder's statement from a verified replay; the
+//! replays bounded by `REPLAYS_IN_FLIGHT_MAX` at once.
 
 use super::api::*;
 use super::*;
+use engine::domain::report::Report;
+use engine::domain::validate;
+use projections::statement::{HOLDER_NAME_CHARS_MAX, Holder, StatementError};
 use proto::v1 as pb;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -11,6 +15,31 @@ use tonic::{Request, Response, Status};
 
 pub(super) fn replays_busy() -> Status {
     crate::server::status::replays_busy(REPLAYS_IN_FLIGHT_MAX)
+}
+
+/// Seals a Totals answer lists, newest first.
+pub const NEWEST_SEALS_MAX: usize = 20;
+
+pub(super) fn totals_line(dimension: &str, key: &str, line: &projections::royalty_log::TotalsLine) -> pb::TotalsLine {
+    pb::TotalsLine {
+        dimension: dimension.to_string(),
+        key: key.to_string(),
+        deliveries: line.deliveries,
+        previews: line.previews,
+        amount_minor: line.amount_minor,
+        units: line.units,
+        refunds: line.refunds,
+        refunded_minor: line.refunded_minor,
+    }
+}
+
+fn statement_request(message: &pb::RightsStatementRequest) -> Result<(Holder, String, String), Status> {
+    let holder = Holder::of_name(&message.holder).ok_or_else(|| invalid("holder", "must be owner, artist or rights_agent"))?;
+    validate::text("name", &message.name, HOLDER_NAME_CHARS_MAX).map_err(|r| crate::server::status::from_rejection(&r))?;
+    if !projections::reads::is_period(&message.period) {
+        return Err(invalid("period", "must be a calendar month, YYYY-MM"));
+    }
+    Ok((holder, message.name.clone(), message.period.clone()))
 }
 
 pub(super) fn first_bad_text(report: &projections::audit::AuditReport) -> String {
@@ -55,6 +84,16 @@ impl pb::audit_service_server::AuditService for Api {
                     chain_ok: report.chain_ok,
                     state_digest: hex::decode(&report.state_digest).unwrap_or_default(),
                     first_bad: first_bad_text(&report),
+                    first_seq: report.first_seq,
+                    royalty_entries: report.royalty_entries,
+                    seals_verified: report.seals_verified,
+                    unsealed_entries: report.unsealed_entries,
+                    totals: report
+                        .totals
+                        .iter()
+                        .flat_map(|(dimension, lines)| lines.iter().map(move |(key, line)| totals_line(dimension, key, line)))
+                        .collect(),
+                    events_per_s: report.events_per_s,
                 }),
                 Err(error) => Err(crate::server::status::stream_unreadable("the replay", &error)),
             };
@@ -81,22 +120,89 @@ impl pb::audit_service_server::AuditService for Api {
     }
 
     async fn totals(&self, _request: Request<pb::TotalsRequest>) -> Result<Response<pb::TotalsResponse>, Status> {
-        let lines = self.state.live.read(|p| {
-            p.royalty
-                .totals
+        self.answer(Ok(self.totals_now()))
+    }
+
+    async fn statement(&self, request: Request<pb::RightsStatementRequest>) -> Result<Response<pb::RightsStatementResponse>, Status> {
+        let result = async {
+            let (holder, name, period) = statement_request(request.get_ref())?;
+            self.rights_statement(holder, &name, &period).await
+        }
+        .await;
+        self.answer(result)
+    }
+}
+
+impl Api {
+    /// The totals and the royalty log's seals as the live projections hold them now.
+    pub(super) fn totals_now(&self) -> pb::TotalsResponse {
+        self.state.live.read(|p| {
+            let royalty = &p.royalty;
+            let newest_seals = royalty
+                .seals
                 .iter()
-                .map(|((dimension, key), line)| pb::TotalsLine {
-                    dimension: format!("{dimension:?}"),
-                    key: key.clone(),
-                    deliveries: line.deliveries,
-                    previews: line.previews,
-                    amount_minor: line.amount_minor,
-                    units: line.units,
-                    refunds: line.refunds,
-                    refunded_minor: line.refunded_minor,
+                .enumerate()
+                .rev()
+                .take(NEWEST_SEALS_MAX)
+                .map(|(index, seal)| pb::SealView {
+                    index: index as u64,
+                    seal_hash: Report::seal_hash(seal).to_vec(),
+                    sealed_at_ms: royalty.seal_times.get(index).copied().unwrap_or(0),
+                    first_entry: seal.first_entry,
+                    last_entry: seal.last_entry,
+                    last_stream_seq: seal.last_stream_seq,
                 })
-                .collect()
-        });
-        self.answer(Ok(pb::TotalsResponse { lines }))
+                .collect();
+            pb::TotalsResponse {
+                lines: royalty.totals.iter().map(|((dimension, key), line)| totals_line(&format!("{dimension:?}"), key, line)).collect(),
+                royalty_entries: royalty.entries.len() as u64,
+                seals: royalty.seals.len() as u64,
+                seals_verified: royalty.seals_verified,
+                seal_faults: royalty.seal_faults.len() as u64,
+                newest_seals,
+            }
+        })
+    }
+
+    /// A holder's month from a full replay of the stream, verified first (one of the
+    /// `REPLAYS_IN_FLIGHT_MAX` replays).
+    pub(super) async fn rights_statement(&self, holder: Holder, name: &str, period: &str) -> Result<pb::RightsStatementResponse, Status> {
+        let _permit = Arc::clone(&self.state.replays).try_acquire_owned().map_err(|_| replays_busy())?;
+        let (report, statement) = projections::statement::verified_statement(
+            self.state.log.as_ref(),
+            &self.state.royalty_master,
+            &self.state.engine_public,
+            holder,
+            name,
+            period,
+            |_| {},
+        )
+        .await
+        .map_err(|error| match error {
+            StatementError::Audit(error) => crate::server::status::stream_unreadable("the replay", &error),
+            StatementError::NotClean { seq, .. } => crate::server::status::stream_not_clean(seq),
+            StatementError::Entries { entry, reason } => crate::server::status::royalty_log_unopened(entry, &reason),
+        })?;
+        Ok(pb::RightsStatementResponse {
+            holder: holder.name().into(),
+            name: statement.name.clone(),
+            period: statement.period.clone(),
+            total: Some(totals_line(holder.name(), &statement.name, &statement.total)),
+            currencies: statement.currencies,
+            media: statement
+                .media
+                .iter()
+                .map(|media| pb::StatementMediaLine {
+                    media_id: media.media_id.clone(),
+                    title: media.title.clone(),
+                    artist: media.artist.clone(),
+                    line: Some(totals_line("media", &media.media_id, &media.line)),
+                })
+                .collect(),
+            events: report.events,
+            last_seq: report.last_seq,
+            state_digest: hex::decode(&report.state_digest).unwrap_or_default(),
+            seals_verified: report.seals_verified,
+        })
     }
 }

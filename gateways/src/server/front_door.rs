@@ -256,6 +256,18 @@ impl Authenticator {
             _ => Err(refused()),
         }
     }
+
+    /// Whether an identity checked earlier (a console session) still stands: an auditor
+    /// not revoked since, a merchant still registered. The operator and nodes always do.
+    /// Reads memory only (the credential table).
+    pub async fn still_admitted(&self, identity: &Identity) -> Result<bool, Status> {
+        let row = |id: &str| self.live.read(|projections| projections.reads.credential(id).cloned());
+        Ok(match identity {
+            Identity::Operator(_) | Identity::Node(_) => true,
+            Identity::Auditor(id) => row(id).is_some_and(|row| row.kind == PartyKind::Auditor && row.status == "active"),
+            Identity::Merchant(id) => row(&id.0).is_some_and(|row| row.kind == PartyKind::Merchant),
+        })
+    }
 }
 
 /// A keyed rate limiter, or none when its rate is 0 (the limit is off).

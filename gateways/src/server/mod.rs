@@ -12,6 +12,7 @@ mod admin;
 mod api;
 mod audit;
 mod catalog;
+pub mod console;
 mod consumer;
 mod delivery;
 pub mod dispatcher;
@@ -230,6 +231,8 @@ pub struct RunningEngine {
     background: Vec<tokio::task::JoinHandle<()>>,
     runner: tokio::task::JoinHandle<()>,
     health: tonic_health::server::HealthReporter,
+    /// The front door's credential check, which the console's sign-in uses too.
+    authenticator: Arc<Authenticator>,
 }
 
 /// Every service the engine reports health for (the empty name, the whole server, too).
@@ -293,6 +296,21 @@ impl RunningEngine {
                     _ = tokio::time::sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(DISPATCH_BACKOFF_MAX);
+            }
+        }));
+    }
+
+    /// Serves the read-only web console (`console`) on `listener` until the engine stops.
+    pub fn serve_console(&mut self, listener: tokio::net::TcpListener) {
+        let api = Api { state: Arc::clone(&self.state) };
+        let authenticator = Arc::clone(&self.authenticator);
+        let mut stopping = self.stop.subscribe();
+        self.background.push(tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stopping.wait_for(|stop| *stop).await;
+            };
+            if let Err(error) = console::serve(listener, api, authenticator, shutdown).await {
+                tracing::error!(%error, "the console stopped serving");
             }
         }));
     }
@@ -383,7 +401,7 @@ pub async fn start(config: EngineConfig, log: Arc<dyn EventLog>, listener: tokio
     });
 
     let authenticator = Arc::new(Authenticator::new(live.clone(), operator.id.clone(), &operator.secret));
-    let door = FrontDoor::new(authenticator, config.limits, Arc::clone(&metrics));
+    let door = FrontDoor::new(Arc::clone(&authenticator), config.limits, Arc::clone(&metrics));
     let api = Api { state: Arc::clone(&state) };
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, true).await;
@@ -432,7 +450,7 @@ pub async fn start(config: EngineConfig, log: Arc<dyn EventLog>, listener: tokio
     state.apply_configuration().await;
     let background = vec![tokio::spawn(sweeper(Arc::clone(&state))), tokio::spawn(sealer(Arc::clone(&state))), tokio::spawn(rate_sampler(Arc::clone(&state)))];
     tracing::info!(%addr, "engine serving");
-    Ok(RunningEngine { addr, state, stop, server, background, runner, health })
+    Ok(RunningEngine { addr, state, stop, server, background, runner, health, authenticator })
 }
 
 fn tls_config(tls: &TlsFiles) -> anyhow::Result<tonic::transport::ServerTlsConfig> {

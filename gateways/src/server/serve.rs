@@ -17,6 +17,7 @@ use std::time::Duration;
 pub struct FileConfig {
     pub listen: Option<SocketAddr>,
     pub metrics_listen: Option<SocketAddr>,
+    pub console_listen: Option<SocketAddr>,
     pub data_dir: Option<PathBuf>,
     pub keys: Option<PathBuf>,
     pub nats_url: Option<String>,
@@ -68,6 +69,10 @@ pub struct ServeArgs {
     /// Plain-HTTP address for Prometheus `/metrics` (off unless given).
     #[arg(long)]
     pub metrics_listen: Option<SocketAddr>,
+    /// Plain-HTTP address for the read-only web console (off unless given; loopback unless
+    /// --insecure-plaintext: sign-in sends a credential).
+    #[arg(long)]
+    pub console_listen: Option<SocketAddr>,
     /// Key directory from `keys init` (default <data-dir>/keys).
     #[arg(long)]
     pub keys: Option<PathBuf>,
@@ -111,6 +116,7 @@ pub struct ServeArgs {
 pub struct Settings {
     pub listen: SocketAddr,
     pub metrics_listen: Option<SocketAddr>,
+    pub console_listen: Option<SocketAddr>,
     pub backend: crate::common::backend::BackendArgs,
     pub log_json: bool,
     pub engine: EngineConfig,
@@ -150,6 +156,7 @@ pub fn settings(args: &ServeArgs) -> anyhow::Result<Settings> {
         },
     };
     let metrics_listen = args.metrics_listen.or(env_parsed("VOUCHSAFE_METRICS_LISTEN")?).or(file.metrics_listen);
+    let console_listen = args.console_listen.or(env_parsed("VOUCHSAFE_CONSOLE_LISTEN")?).or(file.console_listen);
     let data_dir =
         args.data_dir.clone().or(env("VOUCHSAFE_DATA_DIR").map(PathBuf::from)).or(file.data_dir).unwrap_or_else(|| PathBuf::from("./vouchsafe-data"));
     let keys = args.keys.clone().or(env("VOUCHSAFE_KEYS").map(PathBuf::from)).or(file.keys).unwrap_or_else(|| data_dir.join("keys"));
@@ -225,7 +232,11 @@ pub fn settings(args: &ServeArgs) -> anyhow::Result<Settings> {
         // /metrics is always plain HTTP: on a non-loopback address only when asked.
         crate::common::plaintext::check_listen(metrics, false, args.insecure_plaintext, "/metrics")?;
     }
-    Ok(Settings { listen, metrics_listen, backend, log_json, engine, replicas, group_commit })
+    if let Some(console) = console_listen {
+        // The console is plain HTTP and its sign-in carries a credential's secret.
+        crate::common::plaintext::check_listen(console, false, args.insecure_plaintext, "the console")?;
+    }
+    Ok(Settings { listen, metrics_listen, console_listen, backend, log_json, engine, replicas, group_commit })
 }
 
 /// Resolves on SIGTERM or ctrl-c.
@@ -267,6 +278,11 @@ pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output =
         running.dispatch_to(feed);
     }
     eprintln!("vouchsafe engine serving gRPC on {} ({} backend)", running.url(), settings.backend.name());
+    if let Some(addr) = settings.console_listen {
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} for the console"))?;
+        eprintln!("console on http://{}/", listener.local_addr()?);
+        running.serve_console(listener);
+    }
     let metrics_task = match settings.metrics_listen {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} for metrics"))?;
@@ -370,5 +386,12 @@ mod tests {
         let metrics = ServeArgs { metrics_listen: Some("0.0.0.0:9464".parse().expect("addr")), ..Default::default() };
         assert!(settings(&metrics).is_err(), "a public /metrics needs the flag");
         settings(&ServeArgs { insecure_plaintext: true, ..metrics }).expect("asked for");
+        let console = ServeArgs { console_listen: Some("0.0.0.0:8080".parse().expect("addr")), ..Default::default() };
+        let refused = settings(&console).expect_err("a public console needs the flag");
+        assert!(format!("{refused:#}").contains("the console") && format!("{refused:#}").contains("--insecure-plaintext"), "{refused:#}");
+        settings(&ServeArgs { insecure_plaintext: true, ..console }).expect("asked for");
+        let local = settings(&ServeArgs { console_listen: Some("127.0.0.1:8080".parse().expect("addr")), ..Default::default() }).expect("loopback");
+        assert_eq!(local.console_listen, Some("127.0.0.1:8080".parse().expect("addr")));
+        assert_eq!(settings(&ServeArgs::default()).expect("defaults").console_listen, None, "off unless given");
     }
 }

@@ -177,6 +177,18 @@ pub fn bad_cursor() -> Status {
     from_rejection(&Rejection::InvalidArgument { field: "cursor", reason: "is not a next_cursor this engine answered".into() })
 }
 
+/// A statement asked of a stream whose replay found something: the auditor replays it
+/// (`audit replay`) to see what.
+pub fn stream_not_clean(seq: u64) -> Status {
+    Status::data_loss(format!("the stream does not audit clean (first bad at sequence {seq}); no statement; run audit replay"))
+}
+
+/// The replayed royalty log's entries did not open with the master key.
+pub fn royalty_log_unopened(entry: Option<u64>, reason: &dyn std::fmt::Display) -> Status {
+    let entry = entry.map(|entry| format!(" at entry {entry}")).unwrap_or_default();
+    with_error_id(Code::DataLoss, &format!("the royalty log does not open{entry}; no statement"), reason)
+}
+
 pub fn node_must_register() -> Status {
     Status::failed_precondition("this node has not announced itself to this engine; call RegisterNode")
 }

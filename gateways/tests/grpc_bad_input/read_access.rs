@@ -16,6 +16,8 @@ pub(super) const READ_ACCESS: &[(&str, [&str; 7])] = &[
     ("ListParties", ["allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"]),
     ("GetAccountPoints", ["allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"]),
     ("ListOrders", ["PermissionDenied", "allowed", "allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"]),
+    // A rights holder's statement: AuditService, the auditor's and the operator's.
+    ("Statement", ["allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "allowed", "Unauthenticated"]),
 ];
 
 /// The request the rightful caller of a read RPC makes (answered; nothing is written).
@@ -29,6 +31,7 @@ pub(super) fn access_request(rpc: Rpc) -> Req {
         Rpc::ListParties => Req::ListParties(pb::ListPartiesRequest { kind: "merchant".into(), ..Default::default() }),
         Rpc::GetAccountPoints => Req::GetAccountPoints(pb::AccountPointsRequest { account_id: "acct-1".into() }),
         Rpc::ListOrders => Req::ListOrders(pb::ListOrdersRequest { limit: 10, ..Default::default() }),
+        Rpc::Statement => Req::Statement(pb::RightsStatementRequest { holder: "artist".into(), name: "Artist".into(), period: "2026-01".into() }),
         other => panic!("{other:?} is not a read RPC"),
     }
 }

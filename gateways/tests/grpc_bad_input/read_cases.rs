@@ -30,6 +30,10 @@ fn parties(kind: &str, limit: u32, cursor: &str) -> Req {
     Req::ListParties(pb::ListPartiesRequest { kind: kind.into(), cursor: cursor.into(), limit })
 }
 
+fn rights(holder: &str, name: &str, period: &str) -> Req {
+    Req::Statement(pb::RightsStatementRequest { holder: holder.into(), name: name.into(), period: period.into() })
+}
+
 fn points(account: &str) -> Req {
     Req::GetAccountPoints(pb::AccountPointsRequest { account_id: account.into() })
 }
@@ -80,8 +84,18 @@ pub(super) fn read_cases(w: &World) -> Vec<Case> {
         ("unknown id", "account no event named".into(), points("acct-nobody"), Code::NotFound, "unknown"),
         ("control", "acct-1".into(), points("acct-1"), Code::Ok, ""),
     ];
+    let auditor: Vec<(&str, String, Req, Code, &str)> = vec![
+        ("invalid field", "holder merchant".into(), rights("merchant", "Shop A", "2026-01"), ia, "holder"),
+        ("invalid field", "holder in capitals".into(), rights("ARTIST", "Artist", "2026-01"), ia, "holder"),
+        ("invalid field", "name blank".into(), rights("artist", "  ", "2026-01"), ia, "name"),
+        ("invalid field", "name of 257 characters".into(), rights("owner", &"a".repeat(257), "2026-01"), ia, "name"),
+        ("invalid field", "name with a control character".into(), rights("rights_agent", "age\u{1b}nt", "2026-01"), ia, "name"),
+        ("invalid field", "statement period month 13".into(), rights("artist", "Artist", "2026-13"), ia, "period"),
+        ("invalid field", "statement period a date".into(), rights("artist", "Artist", "2026-01-01"), ia, "period"),
+        ("control", "a name of 256 characters, a month without usage".into(), rights("owner", &"a".repeat(256), "1999-01"), Code::Ok, ""),
+    ];
     let mut cases = Vec::new();
-    for (who, table) in [(&a, merchant), (&op, operator)] {
+    for (who, table) in [(&a, merchant), (&op, operator), (&Meta::of("auditor", &w.auditor), auditor)] {
         for (category, what, request, expect, field) in table {
             let mut case = case(category, what, who, request, expect);
             if !field.is_empty() {

@@ -693,6 +693,14 @@ pub(super) fn arb_request(rpc: Rpc, p: &Pools, b: Bias) -> BoxedStrategy<Req> {
             (kind, cursor(b), u32_field(10, b)).prop_map(|(kind, cursor, limit)| Req::ListParties(pb::ListPartiesRequest { kind, cursor, limit })).boxed()
         }
         Rpc::GetAccountPoints => account().prop_map(|account_id| Req::GetAccountPoints(pb::AccountPointsRequest { account_id })).boxed(),
+        Rpc::Statement => {
+            let holder = one_of(vec![
+                (b.plausible(3), select(vec!["owner", "artist", "rights_agent", "merchant", ""]).prop_map(String::from).boxed()),
+                (2, hostile_text()),
+            ]);
+            let period = one_of(vec![(b.plausible(3), select(vec!["2026-01", "1999-12", "2026-13"]).prop_map(String::from).boxed()), (2, hostile_text())]);
+            (holder, free_text(b), period).prop_map(|(holder, name, period)| Req::Statement(pb::RightsStatementRequest { holder, name, period })).boxed()
+        }
     }
 }
 

@@ -230,6 +230,7 @@ rpcs! {
     ListParties = Admin.list_parties(ListPartiesRequest) unary;
     GetAccountPoints = Admin.get_account_points(AccountPointsRequest) unary;
     ListOrders = Merchant.list_orders(ListOrdersRequest) unary;
+    Statement = Audit.statement(RightsStatementRequest) unary;
 }
 
 impl Rpc {

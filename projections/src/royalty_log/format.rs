@@ -104,6 +104,9 @@ struct SealRecord {
     last_stream_seq: u64,
     #[serde(with = "hex_array")]
     stream_head: [u8; 32],
+    /// When the seal was recorded (absent in rows written before seal times were kept: 0).
+    #[serde(default)]
+    sealed_at_ms: i64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -193,7 +196,7 @@ fn totals_value(line: &TotalsLine) -> Result<Vec<u8>, RowError> {
     json(&record, "totals line")
 }
 
-fn seal_value(seal: &RightsReportSealed) -> Result<Vec<u8>, RowError> {
+fn seal_value(seal: &RightsReportSealed, sealed_at_ms: i64) -> Result<Vec<u8>, RowError> {
     let record = SealRecord {
         epoch: seal.epoch,
         first_entry: seal.first_entry,
@@ -207,6 +210,7 @@ fn seal_value(seal: &RightsReportSealed) -> Result<Vec<u8>, RowError> {
         signature: hex::encode(&seal.signature),
         last_stream_seq: seal.last_stream_seq,
         stream_head: seal.stream_head,
+        sealed_at_ms,
     };
     json(&record, "seal")
 }
@@ -224,7 +228,7 @@ pub(crate) enum Change {
     PreviewMerchant(PreviewId, Option<String>),
     Totals((Dimension, String), Option<TotalsLine>),
     Entry(u64, Box<EntryRecord>),
-    Seal(u64, Box<RightsReportSealed>),
+    Seal(u64, Box<RightsReportSealed>, i64),
     Fault(u64, SealFault),
 }
 
@@ -237,7 +241,7 @@ impl Change {
             Change::PreviewMerchant(id, merchant) => RowWrite::put_or_remove(key(PREVIEW_MERCHANT_PREFIX, id.0.as_bytes()), merchant.map(String::into_bytes)),
             Change::Totals((dimension, name), line) => RowWrite::put_or_remove(totals_key(dimension, &name), line.as_ref().map(totals_value).transpose()?),
             Change::Entry(index, record) => RowWrite::Append { key: index_key(ENTRY_PREFIX, index), value: json(&*record, "royalty entry")? },
-            Change::Seal(index, seal) => RowWrite::Append { key: index_key(SEAL_PREFIX, index), value: seal_value(&seal)? },
+            Change::Seal(index, seal, sealed_at_ms) => RowWrite::Append { key: index_key(SEAL_PREFIX, index), value: seal_value(&seal, sealed_at_ms)? },
             Change::Fault(index, fault) => RowWrite::Append { key: index_key(FAULT_PREFIX, index), value: fault_value(&fault)? },
         })
     }
@@ -282,7 +286,7 @@ impl RoyaltyLog {
             changes.push(Change::Entry(position as u64, Box::new(record)));
         }
         for (index, seal) in self.seals.iter().enumerate().skip(skip(stored.seals)) {
-            changes.push(Change::Seal(index as u64, Box::new(seal.clone())));
+            changes.push(Change::Seal(index as u64, Box::new(seal.clone()), self.seal_times.get(index).copied().unwrap_or(0)));
         }
         for (index, fault) in self.seal_faults.iter().enumerate().skip(skip(stored.faults)) {
             changes.push(Change::Fault(index as u64, fault.clone()));
@@ -315,7 +319,7 @@ pub(crate) struct Reader {
     previews: BTreeMap<PreviewId, String>,
     entries: BTreeMap<u64, EntryRecord>,
     totals: BTreeMap<(Dimension, String), TotalsLine>,
-    seals: BTreeMap<u64, RightsReportSealed>,
+    seals: BTreeMap<u64, (RightsReportSealed, i64)>,
     faults: BTreeMap<u64, SealFault>,
 }
 
@@ -404,7 +408,7 @@ impl Reader {
                     last_stream_seq: record.last_stream_seq,
                     stream_head: record.stream_head,
                 };
-                self.seals.insert(index, seal);
+                self.seals.insert(index, (seal, record.sealed_at_ms));
             }
             p if p == FAULT_PREFIX => {
                 let index = index_of(id, "seal fault")?;
@@ -421,7 +425,7 @@ impl Reader {
     /// Entries, seals and faults must be numbered 0..len.
     pub(crate) fn finish(self, db: &sled::Db, usages: u64, seals_verified: u64, bind_seq: bool) -> Result<RoyaltyLog, RowError> {
         let entries = contiguous(self.entries, "royalty entry")?;
-        let seals = contiguous(self.seals, "seal")?;
+        let (seals, seal_times) = contiguous(self.seals, "seal")?.into_iter().unzip();
         let seal_faults = contiguous(self.faults, "seal fault")?;
         let mut log = RoyaltyLog {
             catalog: self.catalog,
@@ -430,6 +434,7 @@ impl Reader {
             usages,
             totals: self.totals,
             seals,
+            seal_times,
             seals_verified,
             seal_faults,
             bind_seq,

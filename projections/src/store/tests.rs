@@ -1,5 +1,5 @@
 //! The store's own tests, from inside: every kind of row round-trips through a commit and
-//! a reopen, the stored bytes are exactly format 8's, and a checkpoint or a row that does
+//! a reopen, the stored bytes are exactly format 9's, and a checkpoint or a row that does
 //! not describe the state sends the store to quarantine. (The public API is tested in
 //! `tests/store*.rs`.)
 
@@ -215,7 +215,7 @@ fn assert_identical(loaded: &Projections, memory: &Projections) {
     assert_eq!(l.previews, m.previews);
     assert_eq!((&l.entries, &l.source_seqs, &l.usage_digests), (&m.entries, &m.source_seqs, &m.usage_digests));
     assert_eq!((l.usages, &l.totals), (m.usages, &m.totals));
-    assert_eq!((&l.seals, l.seals_verified, &l.seal_faults), (&m.seals, m.seals_verified, &m.seal_faults));
+    assert_eq!((&l.seals, &l.seal_times, l.seals_verified, &l.seal_faults), (&m.seals, &m.seal_times, m.seals_verified, &m.seal_faults));
     assert_eq!(l.chain.as_ref().map(|c| (c.epoch(), c.next_index(), c.head_y())), m.chain.as_ref().map(|c| (c.epoch(), c.next_index(), c.head_y())));
     assert_eq!(loaded.digest(), memory.digest());
 }
@@ -262,7 +262,7 @@ fn every_kind_of_row_round_trips() {
 /// the format, which needs a new `FORMAT_MARKER` so that old stores are rebuilt rather
 /// than misread.
 #[test]
-fn the_stored_bytes_are_those_of_format_9() {
+fn the_stored_bytes_are_those_of_format_10() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let (store, _) = ProjectionStore::open(dir.path()).expect("open");
     let mut projections = store.load(Some(&master()), Some(test_keys::fixed_rsa().public())).expect("load");
