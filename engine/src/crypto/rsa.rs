@@ -1,6 +1,15 @@
 //! RSA-2048+: key types with PEM/DER encoding, OAEP-SHA256 key wrapping and PSS-SHA256
 //! signatures, all drawing randomness from the OS.
 //!
+//! Two implementations, each where it serves: the operations (OAEP encryption and
+//! decryption, PSS signing and verification) run in aws-lc-rs, constant-time and about ten
+//! times faster than the `rsa` crate on this machine (ARCHITECTURE.md, "RSA"); the `rsa`
+//! crate parses, encodes and generates keys (no secret-dependent timing to speak of there:
+//! generation happens once per key, offline). A key is parsed once and held in both forms.
+//! The formats are the standard ones either way (OAEP with SHA-256 and MGF1-SHA-256, empty
+//! label; PSS with SHA-256, MGF1-SHA-256 and a 32-byte salt), so everything wrapped or
+//! signed before still opens and verifies, and the tests cross-check the two.
+//!
 //! What does not live here: the fixed test keys (`super::test_keys`, next to the key type
 //! tests share), batching signatures under a Merkle root (`crate::media`,
 //! `crate::batch_signer`), and keeping private-key work off the async runtime (the callers'
@@ -8,11 +17,13 @@
 
 use super::{CryptoError, KEY_BYTES, RSA_BITS_MIN, SecretKey, hash, random_bytes};
 use ::rsa::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, LineEnding};
-use ::rsa::sha2::{Digest as _, Sha256 as PaddingSha256};
 use ::rsa::traits::PublicKeyParts;
-use ::rsa::{Oaep, Pss, RsaPrivateKey, RsaPublicKey};
+use ::rsa::{RsaPrivateKey, RsaPublicKey};
+use aws_lc_rs::rsa::{OAEP_SHA256_MGF1SHA256, OaepPrivateDecryptingKey, OaepPublicEncryptingKey, PrivateDecryptingKey, PublicEncryptingKey};
+use aws_lc_rs::signature::{RSA_PSS_2048_8192_SHA256, RSA_PSS_SHA256, RsaKeyPair, UnparsedPublicKey};
 use std::fmt;
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use zeroize::Zeroizing;
 
 /// The OS random number generator in the `rand_core` 0.6 shape that `rsa` 0.9 expects.
@@ -51,25 +62,48 @@ fn check_bits(bits: usize) -> Result<(), CryptoError> {
     Ok(())
 }
 
-/// An RSA private key (2048 bits or more). Zeroized on drop by `rsa`; `Debug` shows only the
-/// public key id.
+/// An RSA private key (2048 bits or more), held as `rsa` parsed it (zeroized on drop) and
+/// as aws-lc-rs uses it for decryption and signing; `Debug` shows only the public key id.
 #[derive(Clone)]
 pub struct RsaPrivate {
     pub(super) key: RsaPrivateKey,
     pub(super) public: RsaPublic,
+    operations: Arc<PrivateOperations>,
+}
+
+/// The aws-lc-rs forms of one private key.
+struct PrivateOperations {
+    signing: RsaKeyPair,
+    decrypting: OaepPrivateDecryptingKey,
 }
 
 /// An RSA public key (2048 bits or more), identified by [`RsaPublic::key_id`].
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct RsaPublic {
     pub(super) key: RsaPublicKey,
     id: [u8; 8],
+    /// SubjectPublicKeyInfo DER: what verification reads.
+    der: Arc<[u8]>,
+    encrypting: Arc<OaepPublicEncryptingKey>,
 }
+
+impl PartialEq for RsaPublic {
+    fn eq(&self, other: &Self) -> bool {
+        self.der == other.der
+    }
+}
+
+impl Eq for RsaPublic {}
 
 impl RsaPrivate {
     fn from_key(key: RsaPrivateKey) -> Result<Self, CryptoError> {
         let public = RsaPublic::from_key(key.to_public_key())?;
-        Ok(Self { key, public })
+        let pkcs8 = key.to_pkcs8_der().map_err(|e| CryptoError::Rsa(format!("cannot encode private key: {e}")))?;
+        let rejected = |e: aws_lc_rs::error::KeyRejected| CryptoError::BadKey(format!("rsa private key refused: {e}"));
+        let signing = RsaKeyPair::from_pkcs8(pkcs8.as_bytes()).map_err(rejected)?;
+        let decrypting = OaepPrivateDecryptingKey::new(PrivateDecryptingKey::from_pkcs8(pkcs8.as_bytes()).map_err(rejected)?)
+            .map_err(|_| CryptoError::BadKey("rsa private key refused for oaep".into()))?;
+        Ok(Self { key, public, operations: Arc::new(PrivateOperations { signing, decrypting }) })
     }
 
     /// Generates a fresh key of `bits` bits (at least [`RSA_BITS_MIN`]). Slow: seconds.
@@ -108,7 +142,10 @@ impl RsaPublic {
         let der = key.to_public_key_der().map_err(|e| CryptoError::Rsa(format!("cannot encode public key: {e}")))?;
         let mut id = [0u8; 8];
         id.copy_from_slice(&hash(der.as_bytes())[..8]);
-        Ok(Self { key, id })
+        let rejected = |e: aws_lc_rs::error::KeyRejected| CryptoError::BadKey(format!("rsa public key refused: {e}"));
+        let encrypting = OaepPublicEncryptingKey::new(PublicEncryptingKey::from_der(der.as_bytes()).map_err(rejected)?)
+            .map_err(|_| CryptoError::BadKey("rsa public key refused for oaep".into()))?;
+        Ok(Self { key, id, der: Arc::from(der.as_bytes()), encrypting: Arc::new(encrypting) })
     }
 
     /// Parses an SPKI PEM public key (`-----BEGIN PUBLIC KEY-----`).
@@ -130,7 +167,7 @@ impl RsaPublic {
 
     /// Encodes the key as SPKI DER.
     pub fn to_der(&self) -> Result<Vec<u8>, CryptoError> {
-        self.key.to_public_key_der().map(|der| der.into_vec()).map_err(|e| CryptoError::Rsa(format!("cannot encode public key: {e}")))
+        Ok(self.der.to_vec())
     }
 
     /// Hex of the first 8 bytes of blake3(SPKI DER): a short, stable name for the key.
@@ -147,45 +184,65 @@ impl fmt::Debug for RsaPublic {
 
 /// Wraps a symmetric key for `recipient` with RSA-OAEP-SHA256 (fresh OS randomness each call).
 pub fn wrap_key(recipient: &RsaPublic, key: &SecretKey) -> Result<Vec<u8>, CryptoError> {
-    recipient.key.encrypt(&mut OsRng, Oaep::new::<PaddingSha256>(), key.expose()).map_err(|e| CryptoError::Rsa(e.to_string()))
+    encrypt(recipient, key.expose())
 }
 
-/// Unwraps a [`wrap_key`] result (blinded RSA-OAEP-SHA256). Any failure, including a
-/// plaintext that is not exactly [`KEY_BYTES`] long, is [`CryptoError::Decrypt`].
+/// Unwraps a key wrapped by [`wrap_key`]. Any failure is the same opaque `Decrypt` error.
 pub fn unwrap_key(private: &RsaPrivate, wrapped: &[u8]) -> Result<SecretKey, CryptoError> {
-    let plaintext = Zeroizing::new(private.key.decrypt_blinded(&mut OsRng, Oaep::new::<PaddingSha256>(), wrapped).map_err(|_| CryptoError::Decrypt)?);
+    let plaintext = decrypt(private, wrapped)?;
     let bytes: [u8; KEY_BYTES] = plaintext.as_slice().try_into().map_err(|_| CryptoError::Decrypt)?;
     Ok(SecretKey(bytes))
 }
 
-/// Wraps several symmetric keys for `recipient` in one RSA-OAEP-SHA256 operation (their
-/// concatenation; OAEP-SHA256 with a 2048-bit key carries up to 190 bytes, five keys).
+/// Wraps several symmetric keys for `recipient` in one RSA-OAEP-SHA256 block (at most as
+/// many as one block holds: 5 for a 2048-bit key).
 pub fn wrap_keys(recipient: &RsaPublic, keys: &[&SecretKey]) -> Result<Vec<u8>, CryptoError> {
     let mut plaintext = Zeroizing::new(Vec::with_capacity(keys.len() * KEY_BYTES));
     for key in keys {
         plaintext.extend_from_slice(key.expose());
     }
-    recipient.key.encrypt(&mut OsRng, Oaep::new::<PaddingSha256>(), &plaintext).map_err(|e| CryptoError::Rsa(e.to_string()))
+    encrypt(recipient, &plaintext)
 }
 
-/// Unwraps a [`wrap_keys`] result of exactly `count` keys (blinded); anything else is
-/// [`CryptoError::Decrypt`].
+/// Unwraps `count` keys wrapped by [`wrap_keys`]. Any failure is the same opaque `Decrypt` error.
 pub fn unwrap_keys(private: &RsaPrivate, wrapped: &[u8], count: usize) -> Result<Vec<SecretKey>, CryptoError> {
-    let plaintext = Zeroizing::new(private.key.decrypt_blinded(&mut OsRng, Oaep::new::<PaddingSha256>(), wrapped).map_err(|_| CryptoError::Decrypt)?);
-    if plaintext.len() != count * KEY_BYTES {
+    let plaintext = decrypt(private, wrapped)?;
+    if count == 0 || plaintext.len() != count * KEY_BYTES {
         return Err(CryptoError::Decrypt);
     }
     Ok(plaintext.chunks_exact(KEY_BYTES).map(|chunk| SecretKey(chunk.try_into().expect("chunks_exact gives KEY_BYTES"))).collect())
 }
 
-/// Signs `message` with RSA-PSS-SHA256 (blinded, 32-byte salt).
+fn encrypt(recipient: &RsaPublic, plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    let key = &recipient.encrypting;
+    if plaintext.len() > key.max_plaintext_size(&OAEP_SHA256_MGF1SHA256) {
+        return Err(CryptoError::Rsa(format!("{} bytes do not fit one rsa-oaep block of this key", plaintext.len())));
+    }
+    let mut ciphertext = vec![0u8; key.ciphertext_size()];
+    let written =
+        key.encrypt(&OAEP_SHA256_MGF1SHA256, plaintext, &mut ciphertext, None).map_err(|_| CryptoError::Rsa("rsa-oaep encryption failed".into()))?.len();
+    ciphertext.truncate(written);
+    Ok(ciphertext)
+}
+
+fn decrypt(private: &RsaPrivate, ciphertext: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+    let key = &private.operations.decrypting;
+    let mut plaintext = Zeroizing::new(vec![0u8; key.min_output_size()]);
+    let written = key.decrypt(&OAEP_SHA256_MGF1SHA256, ciphertext, &mut plaintext, None).map_err(|_| CryptoError::Decrypt)?.len();
+    plaintext.truncate(written);
+    Ok(plaintext)
+}
+
+/// Signs `message` with RSA-PSS-SHA256 (MGF1-SHA256, 32-byte salt; aws-lc blinds the
+/// private-key operation).
 pub fn sign(private: &RsaPrivate, message: &[u8]) -> Result<Vec<u8>, CryptoError> {
-    let digest = PaddingSha256::digest(message);
-    private.key.sign_with_rng(&mut OsRng, Pss::new_blinded::<PaddingSha256>(), &digest).map_err(|e| CryptoError::Rsa(e.to_string()))
+    let key = &private.operations.signing;
+    let mut signature = vec![0u8; key.public_modulus_len()];
+    key.sign(&RSA_PSS_SHA256, &aws_lc_rs::rand::SystemRandom::new(), message, &mut signature).map_err(|_| CryptoError::Rsa("rsa-pss signing failed".into()))?;
+    Ok(signature)
 }
 
 /// Verifies an RSA-PSS-SHA256 signature made by [`sign`].
 pub fn verify(public: &RsaPublic, message: &[u8], signature: &[u8]) -> Result<(), CryptoError> {
-    let digest = PaddingSha256::digest(message);
-    public.key.verify(Pss::new::<PaddingSha256>(), &digest, signature).map_err(|_| CryptoError::BadSignature)
+    UnparsedPublicKey::new(&RSA_PSS_2048_8192_SHA256, &public.der[..]).verify(message, signature).map_err(|_| CryptoError::BadSignature)
 }

@@ -276,6 +276,29 @@ fn rsa_sign_verify() {
     assert!(verify(&other.public(), b"sealed report 42", &signature).is_err());
 }
 
+/// The operations moved from the `rsa` crate to aws-lc-rs; what the engine wrapped and
+/// signed before must still open and verify, and the other way round (the formats are the
+/// standard ones): each direction checked against the `rsa` crate's own OAEP and PSS.
+#[test]
+fn aws_lc_and_the_rsa_crate_read_each_others_wrapped_keys_and_signatures() {
+    use ::rsa::pss::{BlindedSigningKey, Signature, VerifyingKey};
+    use ::rsa::signature::{RandomizedSigner as _, SignatureEncoding as _, Verifier as _};
+    let private = fixed_rsa();
+    let media_key = SecretKey::random();
+    // Wrapped by the rsa crate (as before), unwrapped here; and back.
+    let wrapped_before = private.public.key.encrypt(&mut OsRng, Oaep::new::<PaddingSha256>(), media_key.expose()).unwrap();
+    assert!(unwrap_key(&private, &wrapped_before).unwrap().ct_eq(&media_key));
+    let wrapped_now = wrap_key(&private.public(), &media_key).unwrap();
+    assert_eq!(private.key.decrypt(Oaep::new::<PaddingSha256>(), &wrapped_now).unwrap(), media_key.expose());
+    // Signed by the rsa crate (PSS, SHA-256, 32-byte salt), verified here; and back.
+    let signed_before = BlindedSigningKey::<PaddingSha256>::new(private.key.clone()).sign_with_rng(&mut OsRng, b"seal 7").to_vec();
+    verify(&private.public(), b"seal 7", &signed_before).unwrap();
+    let signed_now = sign(&private, b"seal 7").unwrap();
+    let verifying = VerifyingKey::<PaddingSha256>::new(private.public.key.clone());
+    verifying.verify(b"seal 7", &Signature::try_from(signed_now.as_slice()).unwrap()).unwrap();
+    assert!(verifying.verify(b"seal 8", &Signature::try_from(signed_now.as_slice()).unwrap()).is_err(), "control: another message");
+}
+
 #[test]
 fn rsa_encoding_round_trips() {
     let (private, other) = (fixed_rsa(), fixed_rsa_2());

@@ -41,7 +41,8 @@
 //!    the engine's stream after case 1 (one voucher in [`DELIVERED_ONE_IN`] redeemed and
 //!    delivered, the royalty log sealed) vs `projections::audit::replay` of that stream
 //!    (every projection, the royalty chain, the seal).
-//! 4. Redeem: raw RSA-OAEP-SHA256 encryption of a 32-byte key with `rsa` 0.9 on one thread
+//! 4. Redeem: raw RSA-OAEP-SHA256 encryption of a 32-byte key with aws-lc-rs (the engine's
+//!    implementation; the `rsa` crate's rate is reported beside it) on one thread
 //!    per core vs `Market::redeem` in process (DeliveryService over gRPC does not exist
 //!    yet): proof and certificate checks, re-wrapping the media key for the consumer
 //!    (RSA-OAEP on the blocking pool), the append.
@@ -317,6 +318,8 @@ pub struct BenchReport {
     pub replay_per_s: f64,
     pub replay_ratio: f64,
     pub raw_rsa_oaep_per_s: f64,
+    /// The same encryptions with the `rsa` crate 0.9 (the engine's former implementation).
+    pub raw_rsa_crate_oaep_per_s: f64,
     pub redeem_per_s: f64,
     pub redeem_ratio: f64,
     pub durable_raw_append_per_s: Option<f64>,
@@ -451,12 +454,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
     let meter = CpuMeter { server_pid: own_default.as_ref().map(NatsServer::pid) };
 
     // Case 4, raw side first, while nothing else runs: RSA-OAEP on every core.
-    eprintln!("[4] raw RSA-OAEP-SHA256 encrypt (rsa 0.9), {cpus} thread(s), {} ms", plan.rsa_measure_ms);
+    eprintln!("[4] raw RSA-OAEP-SHA256 encrypt (aws-lc-rs, as the engine does), {cpus} thread(s), {} ms", plan.rsa_measure_ms);
     let player_der = keys.player_public_der.clone();
     let rsa_ms = plan.rsa_measure_ms;
     let mark = meter.mark();
     let raw_rsa_oaep = mark.attach(tokio::task::spawn_blocking(move || raw_rsa_oaep(&player_der, cpus, rsa_ms)).await.context("the rsa baseline panicked")??);
     eprintln!("    {:.0} encryptions/s", raw_rsa_oaep.per_s);
+    eprintln!("[4] raw RSA-OAEP-SHA256 encrypt (rsa 0.9, the other implementation), {cpus} thread(s), {} ms", plan.rsa_measure_ms);
+    let player_der = keys.player_public_der.clone();
+    let raw_rsa_crate_oaep =
+        tokio::task::spawn_blocking(move || raw_rsa_crate_oaep(&player_der, cpus, rsa_ms)).await.context("the rsa baseline panicked")??;
+    eprintln!("    {:.0} encryptions/s ({:.1}x slower)", raw_rsa_crate_oaep.per_s, raw_rsa_oaep.per_s / raw_rsa_crate_oaep.per_s.max(1e-9));
 
     // Case 1, raw.
     eprintln!("[1] raw: {} vouchers x 3 publishes ({RAW_PAYLOAD_BYTES} B, Nats-Msg-Id + expected last subject sequence)", plan.vouchers);
@@ -661,6 +669,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
         replay_per_s: replay.per_s,
         replay_ratio,
         raw_rsa_oaep_per_s: raw_rsa_oaep.per_s,
+        raw_rsa_crate_oaep_per_s: raw_rsa_crate_oaep.per_s,
         redeem_per_s: redeem.per_s,
         redeem_ratio,
         durable_raw_append_per_s: durable_raw_append.map(|rate| rate.per_s),

@@ -1,5 +1,6 @@
 //! The raw substrate: async-nats publishes and pull consumption with the substrate anchors'
-//! settings, and RSA-OAEP encryption with the `rsa` crate, timed without the engine.
+//! settings, and RSA-OAEP encryption (aws-lc-rs, as the engine does it, and the `rsa`
+//! crate), timed without the engine.
 
 use super::*;
 use anyhow::ensure;
@@ -181,31 +182,44 @@ impl RawClient {
     }
 }
 
-/// Case 4's raw side: RSA-OAEP-SHA256 encryptions of a 32-byte key with `rsa` 0.9 for
-/// `measure_ms` on each of `threads` threads (after a short warm-up), summed.
+/// Case 4's raw side: RSA-OAEP-SHA256 encryptions of a 32-byte key with the implementation
+/// the engine uses (`engine::crypto::wrap_key`: aws-lc-rs) for `measure_ms` on each of
+/// `threads` threads (after a short warm-up), summed.
 pub(super) fn raw_rsa_oaep(public_key_der: &[u8], threads: usize, measure_ms: u64) -> anyhow::Result<Rate> {
+    let key = engine::crypto::RsaPublic::from_der(public_key_der).context("the player's public key does not parse")?;
+    let secret = engine::crypto::SecretKey::from_bytes([7u8; 32]);
+    time_threads(threads, measure_ms, || engine::crypto::wrap_key(&key, &secret).map(std::hint::black_box).map_err(|e| anyhow::anyhow!("rsa encrypt: {e}")))
+}
+
+/// The same with the `rsa` crate 0.9 (what the engine used before): the other
+/// implementation's rate beside it, so the choice stays measured.
+pub(super) fn raw_rsa_crate_oaep(public_key_der: &[u8], threads: usize, measure_ms: u64) -> anyhow::Result<Rate> {
     use rsa::pkcs8::DecodePublicKey as _;
     let key = rsa::RsaPublicKey::from_public_key_der(public_key_der).context("the player's public key does not parse")?;
     let secret = [7u8; 32];
+    time_threads(threads, measure_ms, || {
+        key.encrypt(&mut rand_08::thread_rng(), rsa::Oaep::new::<rsa::sha2::Sha256>(), &secret)
+            .map(std::hint::black_box)
+            .map_err(|e| anyhow::anyhow!("rsa encrypt: {e}"))
+    })
+}
+
+/// Runs `operation` for `measure_ms` on each of `threads` threads after three warm-up
+/// calls; the summed rate.
+fn time_threads<T>(threads: usize, measure_ms: u64, operation: impl Fn() -> anyhow::Result<T> + Sync) -> anyhow::Result<Rate> {
     let measure = Duration::from_millis(measure_ms);
     let results: Vec<anyhow::Result<(u64, Duration)>> = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..threads)
             .map(|_| {
-                let key = &key;
+                let operation = &operation;
                 scope.spawn(move || -> anyhow::Result<(u64, Duration)> {
-                    let mut rng = rand_08::thread_rng();
-                    let mut encrypt = || {
-                        key.encrypt(&mut rng, rsa::Oaep::new::<rsa::sha2::Sha256>(), &secret)
-                            .map(std::hint::black_box)
-                            .map_err(|e| anyhow::anyhow!("rsa encrypt: {e}"))
-                    };
                     for _ in 0..3 {
-                        encrypt()?;
+                        operation()?;
                     }
                     let started = Instant::now();
                     let mut done = 0u64;
                     while started.elapsed() < measure {
-                        encrypt()?;
+                        operation()?;
                         done += 1;
                     }
                     Ok((done, started.elapsed()))
