@@ -11,15 +11,16 @@
 //! private-key work on a blocking pool. Those belong to the callers, which know the
 //! context. This module does no I/O besides reading OS randomness and logs nothing.
 //!
-//! RSA comes from `rsa` 0.9, which is affected by RUSTSEC-2023-0071 (the Marvin timing side
-//! channel on private-key operations; no 0.9 release fixes it). Private-key operations here
-//! are blinded, but callers must still keep [`unwrap_key`] and [`sign`] off paths an attacker
-//! can time at volume, and run them off the async runtime (about 1.5–2 ms each).
+//! RSA operations (OAEP wrap and unwrap, PSS sign and verify) run in aws-lc-rs, whose
+//! private-key operations are constant-time and blinded; the `rsa` crate 0.9 only parses,
+//! encodes and generates keys, so RUSTSEC-2023-0071 (the Marvin timing side channel on its
+//! private-key operations) no longer reaches an operation (SECURITY.md). Callers still run
+//! private-key work off the async runtime (a signature is about 1 ms).
 //!
 //! This file holds what every primitive shares (the key type, randomness, constant-time
 //! comparison, the error, the fixed test keys); the primitives sit in private submodules by
 //! family (`tokens`: HMAC-SHA256 and the tokens built on it, `hashing`: blake3, `aead`:
-//! AES-256-GCM, `rsa`: RSA keys, wrapping and signatures) and are re-exported here, so
+//! AES-256-GCM, `rsa`: RSA keys, wrapping and signatures, aws-lc-rs inside) and are re-exported here, so
 //! callers only ever name `crate::crypto::…`.
 
 mod aead;

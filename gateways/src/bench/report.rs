@@ -114,7 +114,7 @@ pub fn describe(report: &BenchReport) -> String {
     let _ = writeln!(
         out,
         "{:<44} {:>14.0} {:>14.0} {:>7.3}  >= 0.7 {}",
-        format!("4 redeem over gRPC/s (raw: rsa, {} thr)", report.rsa_threads),
+        format!("4 redeem over gRPC/s (raw: aws-lc-rs, {} thr)", report.rsa_threads),
         report.raw_rsa_oaep_per_s,
         report.redeem_per_s,
         report.redeem_ratio,
