@@ -11,8 +11,10 @@
 use crate::royalty::{self, Chain, ChainedEntry, Entry, UsageKind};
 use crate::royalty_log::{RoyaltyLog, usage_digest};
 use engine::crypto::{self, RsaPublic, SecretKey};
-use engine::domain::event::RightsReportSealed;
+use engine::domain::event::{RightsReportSealed, SealCheckpoint};
 use engine::domain::report::Report;
+use engine::note::{Checkpoint, NoteVerifier, SignedNote};
+use engine::tlog::Tree;
 use serde::{Deserialize, Serialize};
 
 /// The format name written in every exported log.
@@ -39,6 +41,36 @@ pub struct ExportedSeal {
     pub signature: String,
     pub last_stream_seq: u64,
     pub stream_head: String,
+    /// The seal's C2SP checkpoint (absent for seals written before checkpoints were).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<ExportedCheckpoint>,
+}
+
+/// A seal's checkpoint as its signed note, and the audit path of the tree's last leaf.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportedCheckpoint {
+    pub note: String,
+    pub last_leaf_proof: Vec<String>,
+}
+
+impl ExportedCheckpoint {
+    fn of(seal: &RightsReportSealed) -> Option<Self> {
+        let checkpoint = seal.checkpoint.as_ref()?;
+        Some(Self { note: engine::seal::checkpoint_note(seal)?, last_leaf_proof: checkpoint.last_leaf_proof.iter().map(hex::encode).collect() })
+    }
+
+    /// The seal's checkpoint fields: the note's text and its signature by the origin's key.
+    pub fn to_checkpoint(&self) -> Result<SealCheckpoint, String> {
+        let note = SignedNote::parse(self.note.as_bytes()).map_err(|e| format!("checkpoint: {e}"))?;
+        let checkpoint = Checkpoint::parse(&note.text).map_err(|e| e.to_string())?;
+        let signature = note.signatures.into_iter().find(|(name, _)| *name == checkpoint.origin).map(|(_, signature)| signature);
+        let signature = signature.ok_or_else(|| "the checkpoint is not signed by its origin's key".to_string())?;
+        if self.last_leaf_proof.len() > engine::tlog::PROOF_HASHES_MAX {
+            return Err("the last leaf's proof is longer than any tree".into());
+        }
+        let last_leaf_proof = self.last_leaf_proof.iter().map(|hash| hash32("last_leaf_proof", hash)).collect::<Result<_, _>>()?;
+        Ok(SealCheckpoint { origin: checkpoint.origin, tree_size: checkpoint.size, root: checkpoint.root, signature, last_leaf_proof })
+    }
 }
 
 impl From<&RightsReportSealed> for ExportedSeal {
@@ -56,6 +88,7 @@ impl From<&RightsReportSealed> for ExportedSeal {
             signature: hex::encode(&seal.signature),
             last_stream_seq: seal.last_stream_seq,
             stream_head: hex::encode(seal.stream_head),
+            checkpoint: ExportedCheckpoint::of(seal),
         }
     }
 }
@@ -81,6 +114,7 @@ impl ExportedSeal {
             signature: hex::decode(&self.signature).map_err(|_| "signature is not hex".to_string())?,
             last_stream_seq: self.last_stream_seq,
             stream_head: hash32("stream_head", &self.stream_head)?,
+            checkpoint: self.checkpoint.as_ref().map(ExportedCheckpoint::to_checkpoint).transpose()?,
         })
     }
 }
@@ -126,24 +160,55 @@ pub struct VerifyReport {
 /// Decrypts and verifies the chain of an exported log: its entries and running usage
 /// digests, or the first entry that fails.
 pub fn open_entries(log: &ExportedLog, master: &SecretKey) -> (Vec<Entry>, Vec<[u8; 32]>, Option<VerifyBad>) {
+    let opened = open_entries_tree(log, master);
+    (opened.entries, opened.digests, opened.fault)
+}
+
+/// What `open_entries_tree` found: the entries that verify, their usage digests and the
+/// RFC 6962 tree over their leaves, and the first entry that fails.
+pub struct Opened {
+    pub entries: Vec<Entry>,
+    pub digests: Vec<[u8; 32]>,
+    pub tree: Tree,
+    pub fault: Option<VerifyBad>,
+}
+
+/// As `open_entries`, also building the tree over the verified entries' leaves.
+pub fn open_entries_tree(log: &ExportedLog, master: &SecretKey) -> Opened {
     let mut chain = Chain::start(master, log.epoch);
-    let mut entries = Vec::with_capacity(log.entries.len());
-    let mut digests = Vec::with_capacity(log.entries.len());
+    let mut opened =
+        Opened { entries: Vec::with_capacity(log.entries.len()), digests: Vec::with_capacity(log.entries.len()), tree: Tree::default(), fault: None };
     for chained in &log.entries {
-        match chain.verify_next(chained) {
-            Ok(entry) => {
-                let previous = digests.last().copied().unwrap_or([0; 32]);
-                digests.push(usage_digest(&previous, &entry));
-                entries.push(entry);
+        match chain.verify_next_committed(chained) {
+            Ok((entry, commitment)) => {
+                let previous = opened.digests.last().copied().unwrap_or([0; 32]);
+                opened.digests.push(usage_digest(&previous, &entry));
+                opened.tree.push(royalty::tree_leaf_hash(chained, &commitment));
+                opened.entries.push(entry);
             }
-            Err(fault) => return (entries, digests, Some(VerifyBad { entry: Some(fault.index), seal: None, reason: fault.reason })),
+            Err(fault) => {
+                opened.fault = Some(VerifyBad { entry: Some(fault.index), seal: None, reason: fault.reason });
+                break;
+            }
         }
     }
-    (entries, digests, None)
+    opened
 }
 
 /// Verifies an exported log with the master key and the engine's public key.
 pub fn verify_log(log: &ExportedLog, master: &SecretKey, engine_key: &RsaPublic, pin: Option<[u8; 32]>) -> VerifyReport {
+    verify_log_with(log, master, engine_key, None, pin)
+}
+
+/// As `verify_log`; seals' checkpoints are also checked against the tree of the entries,
+/// and their signatures with `checkpoint_key` when given.
+pub fn verify_log_with(
+    log: &ExportedLog,
+    master: &SecretKey,
+    engine_key: &RsaPublic,
+    checkpoint_key: Option<&NoteVerifier>,
+    pin: Option<[u8; 32]>,
+) -> VerifyReport {
     let mut report = VerifyReport { entries: log.entries.len() as u64, seals_verified: 0, unsealed_entries: 0, chain_ok: false, first_bad: None };
     if log.format != LOG_FORMAT {
         report.first_bad = Some(VerifyBad { entry: None, seal: None, reason: format!("format {:?} is not {LOG_FORMAT}", log.format) });
@@ -153,9 +218,10 @@ pub fn verify_log(log: &ExportedLog, master: &SecretKey, engine_key: &RsaPublic,
         report.first_bad = Some(VerifyBad { entry: None, seal: None, reason: "more entries or seals than a log may hold".into() });
         return report;
     }
-    let (_, digests, chain_fault) = open_entries(log, master);
+    let Opened { digests, tree, fault: chain_fault, .. } = open_entries_tree(log, master);
     let verified_entries = digests.len() as u64;
     let mut first_bad = chain_fault;
+    let mut checkpointed = false;
     let mut prev_hash = [0u8; 32];
     let mut next_entry = 0u64;
     let mut pinned = pin.is_none();
@@ -186,13 +252,14 @@ pub fn verify_log(log: &ExportedLog, master: &SecretKey, engine_key: &RsaPublic,
             } else if digests[last] != seal.totals_digest {
                 Some("totals digest differs from the entries".into())
             } else {
-                None
+                checkpoint_problem(&seal, &tree, checkpoint_key, checkpointed)
             }
         };
         if let Some(reason) = problem {
             first_bad.get_or_insert(seal_fault(reason));
             break;
         }
+        checkpointed |= seal.checkpoint.is_some();
         report.seals_verified += 1;
         prev_hash = Report::seal_hash(&seal);
         next_entry = seal.last_entry + 1;
@@ -206,6 +273,27 @@ pub fn verify_log(log: &ExportedLog, master: &SecretKey, engine_key: &RsaPublic,
     report.chain_ok = first_bad.is_none();
     report.first_bad = first_bad;
     report
+}
+
+/// What is wrong with a seal's checkpoint: its tree size must be the entries sealed, its root
+/// and last leaf's path the tree's, its signature `checkpoint_key`'s (when given); and after
+/// a seal with a checkpoint every seal has one.
+fn checkpoint_problem(seal: &RightsReportSealed, tree: &Tree, checkpoint_key: Option<&NoteVerifier>, checkpointed: bool) -> Option<String> {
+    let Some(checkpoint) = &seal.checkpoint else {
+        return checkpointed.then(|| "has no checkpoint, though an earlier seal had one".to_string());
+    };
+    if checkpoint.tree_size != seal.last_entry + 1 {
+        return Some(format!("checkpoint names tree size {}, not the {} entries sealed", checkpoint.tree_size, seal.last_entry + 1));
+    }
+    if let Some(problem) = crate::royalty_log::checkpoint_problem(tree, checkpoint) {
+        return Some(problem);
+    }
+    let verifier = checkpoint_key?;
+    let note = Checkpoint { origin: checkpoint.origin.clone(), size: checkpoint.tree_size, root: checkpoint.root };
+    if checkpoint.origin != verifier.name() || !verifier.verify(&note.text(), &checkpoint.signature) {
+        return Some("checkpoint signature does not verify with the checkpoint key".into());
+    }
+    None
 }
 
 /// Everything a rights holder needs to check one royalty entry offline, with the engine's

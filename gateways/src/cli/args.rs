@@ -183,10 +183,15 @@ pub enum AuditCommand {
 
 #[derive(Subcommand)]
 pub enum KeysCommand {
-    /// Write engine.pem, engine.pub.pem, royalty-master.key and operator.cred.
+    /// Write engine.pem, engine.pub.pem, royalty-master.key, operator.cred, checkpoint.key
+    /// and checkpoint.vkey.
     Init {
         #[arg(long)]
         out: PathBuf,
+        /// The royalty log's origin, the checkpoint key's name (default
+        /// vouchsafe.local/royalty/<engine key id>).
+        #[arg(long)]
+        origin: Option<String>,
     },
     /// Issue a merchant, node or auditor credential from a running engine (operator only).
     Issue(Box<super::IssueArgs>),

@@ -25,9 +25,9 @@ pub fn init_logging(cli: &Cli) {
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Keys { command: KeysCommand::Init { out } } => {
-            crate::common::keys::init(&out)?;
-            eprintln!("wrote engine.pem, engine.pub.pem, royalty-master.key and operator.cred to {}", out.display());
+        Command::Keys { command: KeysCommand::Init { out, origin } } => {
+            crate::common::keys::init_with_origin(&out, origin.as_deref())?;
+            eprintln!("wrote engine.pem, engine.pub.pem, royalty-master.key, operator.cred, checkpoint.key and checkpoint.vkey to {}", out.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Keys { command: KeysCommand::Issue(args) } => {

@@ -54,6 +54,7 @@ fn sample() -> ExportedLog {
             signature: vec![],
             last_stream_seq: 100 + last as u64,
             stream_head: [1; 32],
+            checkpoint: None,
         };
         royalty::sign_seal(&test_keys::fixed_rsa(), &mut seal).expect("sign");
         prev = Report::seal_hash(&seal);

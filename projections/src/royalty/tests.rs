@@ -175,6 +175,7 @@ fn seal_for(entries: &[ChainedEntry], prev: [u8; 32]) -> RightsReportSealed {
         signature: vec![],
         last_stream_seq: 500,
         stream_head: [8; 32],
+        checkpoint: None,
     };
     sign_seal(&test_keys::fixed_rsa(), &mut seal).expect("sign");
     seal

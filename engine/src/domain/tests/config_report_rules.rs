@@ -131,6 +131,7 @@ fn seal(epoch: u64, first_entry: u64, last_entry: u64, prev_seal_hash: [u8; 32])
         signature: vec![5; 256],
         last_stream_seq: last_entry + 100,
         stream_head: [4; 32],
+        checkpoint: None,
     }
 }
 fn sealed(seal: &RightsReportSealed) -> Event {

@@ -271,6 +271,7 @@ fn hash_fields(event: &mut E) -> Vec<(&'static str, &mut Vec<u8>)> {
             ("totals_digest", &mut s.totals_digest),
             ("prev_seal_hash", &mut s.prev_seal_hash),
             ("stream_head", &mut s.stream_head),
+            ("tree_root", &mut s.tree_root),
         ],
         E::UnitBound(u) => vec![("device_public_key_hash", &mut u.device_public_key_hash), ("wrapped_key_hash", &mut u.wrapped_key_hash)],
         E::PointsHeld(p) => vec![("authorization_nonce_hash", &mut p.authorization_nonce_hash)],
