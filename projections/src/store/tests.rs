@@ -179,6 +179,10 @@ fn keyed() -> Projections {
 /// Applies `events` to `projections` (and, when `seal`, a signed seal of the entries
 /// not sealed yet); returns the stored events, for applying elsewhere byte for byte
 /// (a seal's signature is randomized).
+fn checkpoint_key() -> engine::note::NoteSigner {
+    engine::note::NoteSigner::new("vouchsafe.test/royalty", engine::crypto::Ed25519Private::from_seed(&[9; 32])).expect("a valid key name")
+}
+
 fn apply_all(projections: &mut Projections, events: Vec<Event>, seal: bool) -> Vec<StoredEvent> {
     let mut applied = Vec::new();
     for event in events {
@@ -187,7 +191,8 @@ fn apply_all(projections: &mut Projections, events: Vec<Event>, seal: bool) -> V
     }
     if seal {
         let mut seal = projections.unsigned_seal(1).expect("chained").expect("entries to seal");
-        crate::royalty::sign_seal(&test_keys::fixed_rsa(), &mut seal).expect("sign");
+        // With a checkpoint, so that the stored seals carry one through every round trip.
+        engine::seal::sign_seal_with(&test_keys::fixed_rsa(), Some(&checkpoint_key()), &mut seal).expect("sign");
         applied.push(stored(projections.last_seq.0 + 1, Event::RightsReportSealed(seal)));
         projections.apply(applied.last().expect("just pushed")).expect("apply the seal");
     }
@@ -341,7 +346,7 @@ fn a_seal_naming_a_position_whose_head_is_gone_is_a_fault() {
         if let Some(position) = position {
             seal.last_stream_seq = position;
         }
-        crate::royalty::sign_seal(&test_keys::fixed_rsa(), &mut seal).expect("sign");
+        engine::seal::sign_seal_with(&test_keys::fixed_rsa(), Some(&checkpoint_key()), &mut seal).expect("sign");
         let mut replay = keyed();
         for event in history.iter().chain(&more) {
             replay.apply(event).expect("apply");

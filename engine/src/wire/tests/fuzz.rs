@@ -270,8 +270,8 @@ fn hash_fields(event: &mut E) -> Vec<(&'static str, &mut Vec<u8>)> {
             ("merkle_root", &mut s.merkle_root),
             ("totals_digest", &mut s.totals_digest),
             ("prev_seal_hash", &mut s.prev_seal_hash),
+            // Not `tree_root`: it is read only when the seal has a checkpoint (errors.rs).
             ("stream_head", &mut s.stream_head),
-            ("tree_root", &mut s.tree_root),
         ],
         E::UnitBound(u) => vec![("device_public_key_hash", &mut u.device_public_key_hash), ("wrapped_key_hash", &mut u.wrapped_key_hash)],
         E::PointsHeld(p) => vec![("authorization_nonce_hash", &mut p.authorization_nonce_hash)],
