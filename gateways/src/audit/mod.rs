@@ -26,13 +26,20 @@ pub fn parse_pin(pin: &str) -> anyhow::Result<[u8; 32]> {
     Ok(hash)
 }
 
-/// Replays the stream as an auditor.
+/// Replays the stream as an auditor; seals' checkpoints are checked with the key
+/// directory's `checkpoint.vkey` when it has one.
 pub async fn replay(backend: &crate::common::backend::BackendArgs, keys_dir: &Path, pin: Option<[u8; 32]>) -> anyhow::Result<AuditReport> {
+    let checkpoint_key = checkpoints::verifier(keys_dir, None)?;
+    replay_with(backend, keys_dir, audit::AuditOptions { checkpoint_key, pin, since: None }).await
+}
+
+/// As `replay`, with every option (an incremental audit: `since`).
+pub async fn replay_with(backend: &crate::common::backend::BackendArgs, keys_dir: &Path, options: audit::AuditOptions) -> anyhow::Result<AuditReport> {
     let master = crate::common::keys::load_royalty_master(keys_dir)?;
     let public = crate::common::keys::load_engine_public(keys_dir)?;
     let log = backend.open_read_only().await?;
     let bar = crate::common::progress::events(log.last_seq().await?.0, "audit replay");
-    let report = audit::replay(log.as_ref(), &master, &public, pin, |events| {
+    let (report, _) = audit::replay_with(log.as_ref(), &master, &public, options, |events| {
         if let Some(bar) = &bar {
             bar.set_position(events);
         }
@@ -248,7 +255,8 @@ pub fn verify_file(file: &Path, keys_dir: &Path, pin: Option<[u8; 32]>) -> anyho
     let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let log: ExportedLog =
         serde_json::from_str(&text).with_context(|| format!("{} is not an exported royalty log (audit export --format log)", file.display()))?;
-    Ok(export::verify_log(&log, &master, &public, pin))
+    let checkpoint_key = checkpoints::verifier(keys_dir, None)?;
+    Ok(export::verify_log_with(&log, &master, &public, checkpoint_key.as_ref(), pin))
 }
 
 /// `audit prove --voucher ID`: inclusion bundles for the voucher's deliveries.
@@ -270,6 +278,7 @@ pub fn check_proof_file(file: &Path, keys_dir: &Path) -> anyhow::Result<Vec<Resu
     Ok(bundles.iter().map(|bundle| export::check_proof(bundle, &public)).collect())
 }
 
+pub mod checkpoints;
 pub mod remote;
 
 /// Which replay a statement comes from: its events, head, digest and seals.

@@ -114,11 +114,41 @@ pub enum AuditCommand {
         /// The newest seal seen: its hash in hex, or a witness file.
         #[arg(long)]
         pin: Option<String>,
+        #[command(flatten)]
+        checkpoints: super::audit::CheckpointArgs,
         /// Print one JSON object on the last line of stdout.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
         remote: super::audit::RemoteArgs,
+    },
+    /// Check that one C2SP checkpoint extends another (an RFC 6962 consistency proof), with
+    /// the proof from --proof, or computed from the stream's own tree.
+    Consistency {
+        #[command(flatten)]
+        backend: backend::BackendArgs,
+        /// The older checkpoint (a signed note).
+        #[arg(long)]
+        old: PathBuf,
+        /// The newer checkpoint (a signed note).
+        #[arg(long)]
+        new: PathBuf,
+        /// Key directory: checkpoint.vkey, and for a proof from the stream engine.pub.pem and
+        /// royalty-master.key.
+        #[arg(long)]
+        keys: PathBuf,
+        /// The checkpoint verifier key, if not the key directory's checkpoint.vkey.
+        #[arg(long)]
+        vkey: Option<PathBuf>,
+        /// The proof (one base64 hash a line); without it, computed from the stream.
+        #[arg(long)]
+        proof: Option<PathBuf>,
+        /// Write the proof here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Print one JSON object on the last line of stdout.
+        #[arg(long)]
+        json: bool,
     },
     /// A rights holder's statement for one month, from a verified replay (equal to the
     /// totals of its usages); with --connect, from the running engine's AuditService.

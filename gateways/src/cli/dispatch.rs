@@ -84,8 +84,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime.block_on(crate::server::serve::run(settings, crate::server::serve::terminate_signal()))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Audit { command: AuditCommand::Replay { backend, keys, pin, json, remote } } => {
-            super::audit::replay(&backend, keys.as_deref(), pin.as_deref(), json, &remote)
+        Command::Audit { command: AuditCommand::Replay { backend, keys, pin, checkpoints, json, remote } } => {
+            super::audit::replay(&backend, keys.as_deref(), pin.as_deref(), &checkpoints, json, &remote)
+        }
+        Command::Audit { command: AuditCommand::Consistency { backend, old, new, keys, vkey, proof, out, json } } => {
+            super::audit::consistency(&backend, &super::audit::ConsistencyFiles { old, new, proof, out }, &keys, vkey.as_deref(), json)
         }
         Command::Audit { command: AuditCommand::Statement { backend, keys, holder, period, json, remote } } => {
             super::audit::statement(&backend, keys.as_deref(), &holder, &period, json, &remote)
