@@ -145,6 +145,8 @@ pub struct VerifyBad {
     pub entry: Option<u64>,
     /// The position of the seal in the log, when the problem is in a seal.
     pub seal: Option<u64>,
+    /// Where in the file the damage starts, when the file no longer parses there.
+    pub byte_offset: Option<u64>,
     pub reason: String,
 }
 
@@ -187,7 +189,7 @@ pub fn open_entries_tree(log: &ExportedLog, master: &SecretKey) -> Opened {
                 opened.entries.push(entry);
             }
             Err(fault) => {
-                opened.fault = Some(VerifyBad { entry: Some(fault.index), seal: None, reason: fault.reason });
+                opened.fault = Some(VerifyBad { entry: Some(fault.index), seal: None, byte_offset: None, reason: fault.reason });
                 break;
             }
         }
@@ -211,11 +213,11 @@ pub fn verify_log_with(
 ) -> VerifyReport {
     let mut report = VerifyReport { entries: log.entries.len() as u64, seals_verified: 0, unsealed_entries: 0, chain_ok: false, first_bad: None };
     if log.format != LOG_FORMAT {
-        report.first_bad = Some(VerifyBad { entry: None, seal: None, reason: format!("format {:?} is not {LOG_FORMAT}", log.format) });
+        report.first_bad = Some(VerifyBad { entry: None, seal: None, byte_offset: None, reason: format!("format {:?} is not {LOG_FORMAT}", log.format) });
         return report;
     }
     if log.entries.len() > LOG_ITEMS_MAX || log.seals.len() > LOG_ITEMS_MAX {
-        report.first_bad = Some(VerifyBad { entry: None, seal: None, reason: "more entries or seals than a log may hold".into() });
+        report.first_bad = Some(VerifyBad { entry: None, seal: None, byte_offset: None, reason: "more entries or seals than a log may hold".into() });
         return report;
     }
     let Opened { digests, tree, fault: chain_fault, .. } = open_entries_tree(log, master);
@@ -226,7 +228,7 @@ pub fn verify_log_with(
     let mut next_entry = 0u64;
     let mut pinned = pin.is_none();
     for (position, exported) in log.seals.iter().enumerate() {
-        let seal_fault = |reason: String| VerifyBad { entry: None, seal: Some(position as u64), reason };
+        let seal_fault = |reason: String| VerifyBad { entry: None, seal: Some(position as u64), byte_offset: None, reason };
         let seal = match exported.to_seal() {
             Ok(seal) => seal,
             Err(reason) => {
@@ -266,8 +268,12 @@ pub fn verify_log_with(
         pinned |= pin == Some(prev_hash);
     }
     if !pinned && first_bad.is_none() {
-        first_bad =
-            Some(VerifyBad { entry: Some(next_entry), seal: None, reason: "the log does not contain the pinned seal (truncated, or another log)".into() });
+        first_bad = Some(VerifyBad {
+            entry: Some(next_entry),
+            seal: None,
+            byte_offset: None,
+            reason: "the log does not contain the pinned seal (truncated, or another log)".into(),
+        });
     }
     report.unsealed_entries = verified_entries.saturating_sub(next_entry);
     report.chain_ok = first_bad.is_none();
@@ -401,6 +407,24 @@ pub fn check_proof(bundle: &ProofBundle, engine_key: &RsaPublic) -> Result<Entry
         .map_err(|_| "the entry key does not decrypt the ciphertext".to_string())?;
     serde_json::from_slice(&plaintext).map_err(|_| "the plaintext is not a royalty entry".to_string())
 }
+
+/// Verifies what a damaged file held up to its damage: the first bad position is an entry
+/// that fails before the damage, else the damage itself.
+pub fn verify_damaged(damage: &Damage, master: &SecretKey, engine_key: &RsaPublic, checkpoint_key: Option<&NoteVerifier>) -> VerifyReport {
+    let mut report = verify_log_with(&damage.partial, master, engine_key, checkpoint_key, None);
+    let earlier = report.first_bad.take().filter(|bad| bad.seal.is_none() && bad.entry.zip(damage.entry).is_some_and(|(bad, damaged)| bad < damaged));
+    report.first_bad = Some(earlier.unwrap_or_else(|| VerifyBad {
+        entry: damage.entry,
+        seal: damage.seal,
+        byte_offset: Some(damage.byte_offset),
+        reason: damage.reason.clone(),
+    }));
+    report.chain_ok = false;
+    report
+}
+
+mod lines;
+pub use lines::{Damage, LOG_FORMAT_LINES, read_log, write_lines};
 
 #[cfg(test)]
 mod tests;

@@ -105,6 +105,23 @@ fn checkpoints_verify_prove_consistency_and_pin_an_incremental_audit() {
     assert_eq!(saved_incremental, *notes.last().expect("sealed"), "the same newest checkpoint");
     assert_eq!(report(&["--checkpoint", path(&forked)]).0, ExitCode::from(1));
 
+    // An exported log verifies; cut or altered so that it no longer parses, it fails (exit
+    // 1), and the report names the entry and byte where the damage starts.
+    let export = dir.path().join("royalty.log");
+    assert_eq!(
+        vouchsafe(&["audit", "export", "--data-dir", data, "--keys", keys, "--format", "log", "--out", path(&export)]).expect("runs"),
+        ExitCode::SUCCESS
+    );
+    assert_eq!(vouchsafe(&["audit", "verify", path(&export), "--keys", keys]).expect("runs"), ExitCode::SUCCESS);
+    let bytes = std::fs::read(&export).expect("read");
+    let third_entry = bytes.iter().enumerate().filter(|(_, b)| **b == b'\n').nth(2).map(|(i, _)| i + 1).expect("lines");
+    let cut = dir.path().join("cut.log");
+    std::fs::write(&cut, &bytes[..third_entry + 40]).expect("write");
+    assert_eq!(vouchsafe(&["audit", "verify", path(&cut), "--keys", keys]).expect("runs"), ExitCode::from(1));
+    let damaged = audit::verify_file(&cut, &auditor, None).expect("verify runs").first_bad.expect("damaged");
+    assert_eq!((damaged.entry, damaged.byte_offset), (Some(2), Some(third_entry as u64)), "{}", damaged.reason);
+    assert!(vouchsafe(&["audit", "verify", path(&dir.path().join("missing.log")), "--keys", keys]).is_err(), "a missing file is exit 2");
+
     // The auditor's own inputs: a pin that does not verify, a missing vkey.
     assert!(vouchsafe(&["audit", "replay", "--data-dir", data, "--keys", keys, "--checkpoint", path(&foreign)]).is_err());
     std::fs::remove_file(auditor.join("checkpoint.vkey")).expect("remove");

@@ -82,7 +82,8 @@ use projections::royalty::{Entry, UsageKind};
 /// `audit export --format …`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ExportFormat {
-    /// The royalty log itself: entry ciphertexts, chain values, signed seals (JSON).
+    /// The royalty log itself: entry ciphertexts, chain values, signed seals (JSON, one
+    /// entry a line: a cut or damaged file names where it stops parsing).
     Log,
     /// One usage record per line (CSV with a header).
     Csv,
@@ -184,7 +185,7 @@ pub async fn rebuild(backend: &crate::common::backend::BackendArgs, keys_dir: &P
 /// Writes the export in `format` to `out`.
 pub fn write_export(format: ExportFormat, report: &AuditReport, exported: &ExportedLog, entries: &[Entry], out: &Path) -> anyhow::Result<()> {
     let bytes = match format {
-        ExportFormat::Log => serde_json::to_vec_pretty(exported)?,
+        ExportFormat::Log => export::write_lines(exported),
         ExportFormat::Json => serde_json::to_vec_pretty(&serde_json::json!({ "totals": report.totals, "usages": entries }))?,
         ExportFormat::Csv => {
             let mut writer = csv::Writer::from_writer(Vec::new());
@@ -252,11 +253,13 @@ pub fn dsr(report: &AuditReport, entries: &[Entry]) -> String {
 pub fn verify_file(file: &Path, keys_dir: &Path, pin: Option<[u8; 32]>) -> anyhow::Result<VerifyReport> {
     let master = crate::common::keys::load_royalty_master(keys_dir)?;
     let public = crate::common::keys::load_engine_public(keys_dir)?;
-    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let log: ExportedLog =
-        serde_json::from_str(&text).with_context(|| format!("{} is not an exported royalty log (audit export --format log)", file.display()))?;
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     let checkpoint_key = checkpoints::verifier(keys_dir, None)?;
-    Ok(export::verify_log_with(&log, &master, &public, checkpoint_key.as_ref(), pin))
+    // A file that no longer parses is a failed verification naming where the damage starts.
+    Ok(match export::read_log(&bytes) {
+        Ok(log) => export::verify_log_with(&log, &master, &public, checkpoint_key.as_ref(), pin),
+        Err(damage) => export::verify_damaged(&damage, &master, &public, checkpoint_key.as_ref()),
+    })
 }
 
 /// `audit prove --voucher ID`: inclusion bundles for the voucher's deliveries.

@@ -108,7 +108,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     "verify: {} entries, {} seals verified, {} entries not yet sealed: OK",
                     report.entries, report.seals_verified, report.unsealed_entries
                 ),
-                Some(bad) => eprintln!("verify: FAILED at entry {:?} seal {:?}: {}", bad.entry, bad.seal, bad.reason),
+                Some(bad) => eprintln!(
+                    "verify: FAILED at{}{}{}: {}",
+                    bad.entry.map(|entry| format!(" entry {entry}")).unwrap_or_default(),
+                    bad.seal.map(|seal| format!(" seal {seal}")).unwrap_or_default(),
+                    bad.byte_offset.map(|offset| format!(" byte {offset}")).unwrap_or_default(),
+                    bad.reason
+                ),
             }
             if json {
                 println!("{}", serde_json::to_string(&report)?);
