@@ -19,8 +19,11 @@ use serde::{Deserialize, Serialize};
 
 /// The format name written in every exported log.
 pub const LOG_FORMAT: &str = "vouchsafe-royalty-log/1";
-/// The format name written in every proof bundle.
+/// The format name of proof bundles of seals without a checkpoint.
 pub const PROOF_FORMAT: &str = "vouchsafe-inclusion-proof/1";
+/// The format name of proof bundles of checkpointed seals: they also prove the entry's leaf,
+/// which commits to its key, in the checkpoint's tree.
+pub const PROOF_FORMAT_TREE: &str = "vouchsafe-inclusion-proof/2";
 /// Most entries or seals an exported log may hold (bounds what a verifier reads).
 pub const LOG_ITEMS_MAX: usize = 50_000_000;
 /// Longest Merkle path accepted in a bundle (a tree of 2^64 leaves).
@@ -321,6 +324,20 @@ pub struct ProofBundle {
     pub bound_seq: Option<u64>,
     pub merkle_path: Vec<String>,
     pub seal: ExportedSeal,
+    /// `Z_j` (format 2): with `Y_j` and the key's commitment, the entry's tree leaf.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub z: Option<String>,
+    /// The leaf's audit path in the seal's checkpoint tree (format 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tree_proof: Option<Vec<String>>,
+}
+
+/// A proven entry, and whether its key was checked against the commitment in the signed
+/// tree (`false` only for seals from before checkpoints: their bundles carry the key alone).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Proven {
+    pub entry: Entry,
+    pub key_committed: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -339,6 +356,7 @@ pub fn prove(log: &ExportedLog, master: &SecretKey, engine_key: &RsaPublic, vouc
     if let Some(bad) = report.first_bad {
         return Err(ProveError::Unverified(bad.reason));
     }
+    let tree = open_entries_tree(log, master).tree;
     let mut chain = Chain::start(master, log.epoch);
     let mut bundles = Vec::new();
     let mut y_prev = royalty::genesis(log.epoch);
@@ -354,8 +372,17 @@ pub fn prove(log: &ExportedLog, master: &SecretKey, engine_key: &RsaPublic, vouc
             let range = &log.entries[seal.first_entry as usize..=seal.last_entry as usize];
             let ys: Vec<[u8; 32]> = range.iter().map(|e| e.y).collect();
             let path = royalty::merkle_proof(&ys, (chained.index - seal.first_entry) as usize);
+            let checkpoint = seal.to_seal().map_err(ProveError::Unverified)?.checkpoint;
+            let tree_proof = match &checkpoint {
+                None => None,
+                Some(checkpoint) => Some(
+                    tree.inclusion_proof(chained.index, checkpoint.tree_size).ok_or_else(|| ProveError::Unverified("the tree misses a sealed entry".into()))?,
+                ),
+            };
             bundles.push(ProofBundle {
-                format: PROOF_FORMAT.to_string(),
+                format: if tree_proof.is_some() { PROOF_FORMAT_TREE } else { PROOF_FORMAT }.to_string(),
+                z: tree_proof.as_ref().map(|_| hex::encode(chained.z)),
+                tree_proof: tree_proof.map(|proof| proof.iter().map(hex::encode).collect()),
                 epoch: log.epoch,
                 entry_index: chained.index,
                 y_prev: hex::encode(y_prev),
@@ -377,8 +404,15 @@ pub fn prove(log: &ExportedLog, master: &SecretKey, engine_key: &RsaPublic, vouc
 
 /// Checks a proof bundle with the engine's public key alone and returns the proven entry.
 pub fn check_proof(bundle: &ProofBundle, engine_key: &RsaPublic) -> Result<Entry, String> {
-    if bundle.format != PROOF_FORMAT {
-        return Err(format!("format {:?} is not {PROOF_FORMAT}", bundle.format));
+    check_proof_with(bundle, engine_key, None).map(|proven| proven.entry)
+}
+
+/// Checks a proof bundle with the engine's public key (and the checkpoint key, when given).
+/// A checkpointed seal's bundle must prove the entry's leaf in the checkpoint's tree, whose
+/// leaf commits to the entry key: a key the bundle carries is never trusted alone there.
+pub fn check_proof_with(bundle: &ProofBundle, engine_key: &RsaPublic, checkpoint_key: Option<&NoteVerifier>) -> Result<Proven, String> {
+    if bundle.format != PROOF_FORMAT && bundle.format != PROOF_FORMAT_TREE {
+        return Err(format!("format {:?} is neither {PROOF_FORMAT} nor {PROOF_FORMAT_TREE}", bundle.format));
     }
     if bundle.merkle_path.len() > PROOF_PATH_MAX {
         return Err("the Merkle path is longer than any tree".into());
@@ -403,9 +437,34 @@ pub fn check_proof(bundle: &ProofBundle, engine_key: &RsaPublic) -> Result<Entry
         return Err("Y is not in the sealed Merkle tree at this position".into());
     }
     let entry_key = SecretKey::from_bytes(hash32("entry_key", &bundle.entry_key)?);
+    let key_committed = match &seal.checkpoint {
+        None => false,
+        Some(checkpoint) => {
+            let (Some(z), Some(tree_proof)) = (&bundle.z, &bundle.tree_proof) else {
+                return Err("the seal has a checkpoint but the bundle does not prove the entry in its tree".into());
+            };
+            if tree_proof.len() > engine::tlog::PROOF_HASHES_MAX {
+                return Err("the tree proof is longer than any tree".into());
+            }
+            let tree_proof: Vec<[u8; 32]> = tree_proof.iter().map(|node| hash32("tree_proof", node)).collect::<Result<_, _>>()?;
+            let chained = ChainedEntry { epoch: bundle.epoch, index: bundle.entry_index, ciphertext: Vec::new(), y, z: hash32("z", z)?, bound_seq: None };
+            let leaf = royalty::tree_leaf_hash(&chained, &royalty::key_commitment(&entry_key));
+            if !engine::tlog::verify_inclusion(&leaf, bundle.entry_index, checkpoint.tree_size, &tree_proof, &checkpoint.root) {
+                return Err("the entry (its key's commitment included) is not in the checkpoint's tree at this position".into());
+            }
+            if let Some(verifier) = checkpoint_key {
+                let note = Checkpoint { origin: checkpoint.origin.clone(), size: checkpoint.tree_size, root: checkpoint.root };
+                if checkpoint.origin != verifier.name() || !verifier.verify(&note.text(), &checkpoint.signature) {
+                    return Err("the seal's checkpoint signature does not verify with the checkpoint key".into());
+                }
+            }
+            true
+        }
+    };
     let plaintext = crypto::aead_decrypt(&entry_key, &royalty::nonce(bundle.bound_seq), &royalty::aad(bundle.epoch, bundle.entry_index), &ciphertext)
         .map_err(|_| "the entry key does not decrypt the ciphertext".to_string())?;
-    serde_json::from_slice(&plaintext).map_err(|_| "the plaintext is not a royalty entry".to_string())
+    let entry = serde_json::from_slice(&plaintext).map_err(|_| "the plaintext is not a royalty entry".to_string())?;
+    Ok(Proven { entry, key_committed })
 }
 
 /// Verifies what a damaged file held up to its damage: the first bad position is an entry

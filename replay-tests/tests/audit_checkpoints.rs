@@ -122,6 +122,13 @@ fn checkpoints_verify_prove_consistency_and_pin_an_incremental_audit() {
     assert_eq!((damaged.entry, damaged.byte_offset), (Some(2), Some(third_entry as u64)), "{}", damaged.reason);
     assert!(vouchsafe(&["audit", "verify", path(&dir.path().join("missing.log")), "--keys", keys]).is_err(), "a missing file is exit 2");
 
+    // --pin takes a hash only; the witness file goes through its own flag.
+    let witness = dir.path().join("data").join(audit::WITNESS_FILE);
+    assert!(vouchsafe(&["audit", "replay", "--data-dir", data, "--keys", keys, "--pin", path(&witness)]).is_err(), "a file is no pin");
+    assert_eq!(vouchsafe(&["audit", "replay", "--data-dir", data, "--keys", keys, "--witness", path(&witness)]).expect("runs"), ExitCode::SUCCESS);
+    let hash = hex::encode(audit::pin_from_witness(&witness).expect("names a seal"));
+    assert_eq!(vouchsafe(&["audit", "replay", "--data-dir", data, "--keys", keys, "--pin", &hash]).expect("runs"), ExitCode::SUCCESS);
+
     // The auditor's own inputs: a pin that does not verify, a missing vkey.
     assert!(vouchsafe(&["audit", "replay", "--data-dir", data, "--keys", keys, "--checkpoint", path(&foreign)]).is_err());
     std::fs::remove_file(auditor.join("checkpoint.vkey")).expect("remove");

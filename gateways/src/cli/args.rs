@@ -111,9 +111,12 @@ pub enum AuditCommand {
         /// Key directory holding engine.pub.pem and royalty-master.key (not with --connect).
         #[arg(long, required_unless_present = "connect", conflicts_with = "connect")]
         keys: Option<PathBuf>,
-        /// The newest seal seen: its hash in hex, or a witness file.
+        /// The newest seal seen: its hash in hex.
         #[arg(long)]
         pin: Option<String>,
+        /// Pin the seal named on the last line of this witness file instead.
+        #[arg(long, conflicts_with = "pin")]
+        witness: Option<PathBuf>,
         #[command(flatten)]
         checkpoints: super::audit::CheckpointArgs,
         /// Print one JSON object on the last line of stdout.
@@ -185,8 +188,12 @@ pub enum AuditCommand {
         file: PathBuf,
         #[arg(long)]
         keys: PathBuf,
+        /// The newest seal seen: its hash in hex.
         #[arg(long)]
         pin: Option<String>,
+        /// Pin the seal named on the last line of this witness file instead.
+        #[arg(long, conflicts_with = "pin")]
+        witness: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },

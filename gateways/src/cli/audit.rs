@@ -119,12 +119,11 @@ fn replay_local(
 pub fn replay(
     backend: &BackendArgs,
     keys: Option<&Path>,
-    pin: Option<&str>,
+    pin: Option<[u8; 32]>,
     checkpoints: &CheckpointArgs,
     json: bool,
     remote: &RemoteArgs,
 ) -> anyhow::Result<ExitCode> {
-    let pin = pin.map(audit::parse_pin).transpose()?;
     let runtime = tokio::runtime::Runtime::new()?;
     let report = match keys {
         Some(keys) => replay_local(&runtime, backend, keys, pin, checkpoints)?,

@@ -84,8 +84,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime.block_on(crate::server::serve::run(settings, crate::server::serve::terminate_signal()))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Audit { command: AuditCommand::Replay { backend, keys, pin, checkpoints, json, remote } } => {
-            super::audit::replay(&backend, keys.as_deref(), pin.as_deref(), &checkpoints, json, &remote)
+        Command::Audit { command: AuditCommand::Replay { backend, keys, pin, witness, checkpoints, json, remote } } => {
+            let pin = audit::pin_of(pin.as_deref(), witness.as_deref())?;
+            super::audit::replay(&backend, keys.as_deref(), pin, &checkpoints, json, &remote)
         }
         Command::Audit { command: AuditCommand::Consistency { backend, old, new, keys, vkey, proof, out, json } } => {
             super::audit::consistency(&backend, &super::audit::ConsistencyFiles { old, new, proof, out }, &keys, vkey.as_deref(), json)
@@ -100,8 +101,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             eprintln!("exported {} usage records ({} entries, {} seals) to {}", entries.len(), exported.entries.len(), exported.seals.len(), out.display());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Audit { command: AuditCommand::Verify { file, keys, pin, json } } => {
-            let pin = pin.as_deref().map(audit::parse_pin).transpose()?;
+        Command::Audit { command: AuditCommand::Verify { file, keys, pin, witness, json } } => {
+            let pin = audit::pin_of(pin.as_deref(), witness.as_deref())?;
             let report = audit::verify_file(&file, &keys, pin)?;
             match &report.first_bad {
                 None => eprintln!(
@@ -133,9 +134,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let ok = results.iter().all(Result::is_ok);
             for result in &results {
                 match result {
-                    Ok(entry) => eprintln!(
-                        "proof OK: entry for voucher {} media {:?} ({}), {} minor units",
-                        entry.voucher_id, entry.title, entry.media_id, entry.sale_price_minor
+                    Ok(proven) => eprintln!(
+                        "proof OK: entry for voucher {} media {:?} ({}), {} minor units{}",
+                        proven.entry.voucher_id,
+                        proven.entry.title,
+                        proven.entry.media_id,
+                        proven.entry.sale_price_minor,
+                        if proven.key_committed { "" } else { " (sealed before checkpoints: its key is not committed, the plaintext is as revealed)" }
                     ),
                     Err(reason) => eprintln!("proof FAILED: {reason}"),
                 }
@@ -144,7 +149,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let proofs: Vec<serde_json::Value> = results
                     .iter()
                     .map(|result| match result {
-                        Ok(entry) => serde_json::json!({ "ok": true, "entry": entry }),
+                        Ok(proven) => serde_json::json!({ "ok": true, "entry": proven.entry, "key_committed": proven.key_committed }),
                         Err(reason) => serde_json::json!({ "ok": false, "reason": reason }),
                     })
                     .collect();

@@ -320,3 +320,73 @@ fn every_bit_flip_is_caught_at_its_line_or_by_the_verification() {
     }
     assert!(unparsed > 0 && unverified > 0, "{unparsed} unparsed, {unverified} failed verification, {same} unchanged");
 }
+
+/// As `sample`, each seal a checkpoint signed with `note_key()`.
+fn sample_checkpointed() -> ExportedLog {
+    let mut chain = Chain::start(&master(), 1);
+    let mut tree = engine::tlog::Tree::default();
+    let mut entries = Vec::new();
+    for i in 0..10 {
+        let (chained, commitment) = chain.append_committed(&entry(i).encode(), None);
+        tree.push(royalty::tree_leaf_hash(&chained, &commitment));
+        entries.push(chained);
+    }
+    let mut log = sample();
+    log.entries = entries;
+    let mut prev = [0u8; 32];
+    for exported in &mut log.seals {
+        let mut seal = exported.to_seal().expect("seal");
+        let size = seal.last_entry + 1;
+        seal.head_y = log.entries[seal.last_entry as usize].y;
+        seal.head_z = log.entries[seal.last_entry as usize].z;
+        seal.prev_seal_hash = prev;
+        seal.checkpoint = Some(SealCheckpoint {
+            origin: String::new(),
+            tree_size: size,
+            root: tree.root(size).expect("root"),
+            signature: Vec::new(),
+            last_leaf_proof: tree.inclusion_proof(size - 1, size).expect("proof"),
+        });
+        engine::seal::sign_seal_with(&test_keys::fixed_rsa(), Some(&note_key()), &mut seal).expect("sign");
+        prev = Report::seal_hash(&seal);
+        *exported = ExportedSeal::from(&seal);
+    }
+    log
+}
+
+fn note_key() -> engine::note::NoteSigner {
+    engine::note::NoteSigner::new("vouchsafe.test/royalty", engine::crypto::Ed25519Private::from_seed(&[5; 32])).expect("key")
+}
+
+/// A checkpointed seal's bundle proves the entry's leaf, which commits to its key, in the
+/// signed tree: another key is refused by the tree before any decryption, and a bundle
+/// without the tree proof (a downgrade to format 1) is refused. Old bundles still check,
+/// flagged as not committing their key.
+#[test]
+fn proofs_of_checkpointed_seals_do_not_trust_the_key_they_carry() {
+    let log = sample_checkpointed();
+    assert!(verify_log_with(&log, &master(), &public(), Some(&note_key().verifier()), None).chain_ok);
+    let bundles = prove(&log, &master(), &public(), "v2").expect("prove");
+    for bundle in &bundles {
+        assert_eq!(bundle.format, PROOF_FORMAT_TREE);
+        let proven = check_proof_with(bundle, &public(), Some(&note_key().verifier())).expect("valid bundle");
+        assert!(proven.key_committed);
+        assert_eq!(proven.entry, entry(bundle.entry_index));
+
+        let mut other_key = bundle.clone();
+        other_key.entry_key = hex::encode([9u8; 32]);
+        let reason = check_proof_with(&other_key, &public(), None).expect_err("another key");
+        assert!(reason.contains("tree"), "refused by the tree, not by the decryption: {reason}");
+        let mut downgraded = bundle.clone();
+        (downgraded.format, downgraded.tree_proof, downgraded.z) = (PROOF_FORMAT.into(), None, None);
+        assert!(check_proof_with(&downgraded, &public(), None).is_err(), "a bundle without its tree proof");
+        let mut altered_z = bundle.clone();
+        altered_z.z = altered_z.z.as_deref().map(flip_first_digit);
+        assert!(check_proof_with(&altered_z, &public(), None).is_err(), "another Z");
+        let stranger = engine::note::NoteSigner::new("vouchsafe.test/royalty", engine::crypto::Ed25519Private::from_seed(&[6; 32])).expect("key");
+        assert!(check_proof_with(bundle, &public(), Some(&stranger.verifier())).is_err(), "another checkpoint key");
+    }
+    // A seal from before checkpoints: the bundle checks, its key flagged as not committed.
+    let old = prove(&sample(), &master(), &public(), "v2").expect("prove");
+    assert!(old.iter().all(|bundle| bundle.format == PROOF_FORMAT && check_proof_with(bundle, &public(), None).is_ok_and(|proven| !proven.key_committed)));
+}
