@@ -107,6 +107,8 @@ impl From<Rejection> for AppError {
 pub struct EngineKeys {
     pub private: RsaPrivate,
     pub public: RsaPublic,
+    /// Signs each seal's C2SP checkpoint (`checkpoint.key`); without it seals have none.
+    pub checkpoint: Option<crate::note::NoteSigner>,
     token_key_material: SecretKey,
 }
 
@@ -117,7 +119,7 @@ impl EngineKeys {
         // Token keys are derived from the engine's private key, so there is no separate
         // secret to lose or leak; a new key id derives a new, independent token key.
         let token_key_material = crypto::derive_key("vouchsafe 2026 token key material", pem.as_bytes());
-        Ok(Self { private, public, token_key_material })
+        Ok(Self { private, public, checkpoint: None, token_key_material })
     }
 
     pub fn key_id(&self) -> String {
@@ -821,7 +823,7 @@ impl Market {
             let _permit = self.rsa_tasks.acquire().await.map_err(|_| AppError::PoolClosed)?;
             tokio::task::spawn_blocking(move || {
                 let mut seal = draft;
-                crate::seal::sign_seal(&keys.private, &mut seal).map(|()| seal)
+                crate::seal::sign_seal_with(&keys.private, keys.checkpoint.as_ref(), &mut seal).map(|()| seal)
             })
             .await
             .map_err(AppError::Task)??
@@ -830,6 +832,7 @@ impl Market {
         match self.handler.handle::<Report>(REPORT_AGGREGATE, &Actor::engine(), &request, &ReportCommand::Seal(seal.clone())).await {
             Ok(handled) if handled.repeated => Ok(None),
             Ok(_) => Ok(Some(seal)),
+            Err(HandleError::Rejected(no_key @ Rejection::InvalidArgument { field: "checkpoint", .. })) => Err(HandleError::Rejected(no_key).into()),
             // Another sealer covered these entries first: the chain of seals stands.
             Err(HandleError::Rejected(Rejection::InvalidArgument { .. })) => Ok(None),
             Err(error) => Err(error.into()),

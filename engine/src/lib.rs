@@ -12,10 +12,12 @@ pub mod log;
 pub mod media;
 pub mod media_store;
 pub mod merkle;
+pub mod note;
 pub mod panic;
 pub mod placement;
 pub mod seal;
 pub mod spend;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
+pub mod tlog;
 pub mod wire;

@@ -5,7 +5,7 @@
 
 use crate::domain::event::{
     Actor, ActorKind, AggregateKind, AggregateRef, Event, LedgerAccountKind, MediaPublished, Payment, PointsSale, Posting, PreviewClip, Recorded, Rendition,
-    ReservedItem, RightsReportSealed, RoyaltyTerms, UnitCharge, VoidReason,
+    ReservedItem, RightsReportSealed, RoyaltyTerms, SealCheckpoint, UnitCharge, VoidReason,
 };
 use crate::ids::{AccountId, AuditorId, CertSerial, ConsumerId, MediaId, MerchantId, Millis, NodeId, OrderId, PreviewId, VoucherId};
 use pb::envelope::Event as E;
@@ -101,6 +101,18 @@ fn recorded_of(envelope: pb::Envelope) -> Result<Recorded, DecodeError> {
 
 fn array<const N: usize>(field: &'static str, bytes: &[u8]) -> Result<[u8; N], DecodeError> {
     bytes.try_into().map_err(|_| DecodeError::Invalid { field, reason: format!("must be {N} bytes, not {}", bytes.len()) })
+}
+
+/// A seal's checkpoint fields: none when the origin is empty (seals written before).
+fn seal_checkpoint(origin: String, tree_size: u64, root: &[u8], signature: Vec<u8>, proof: &[Vec<u8>]) -> Result<Option<SealCheckpoint>, DecodeError> {
+    if origin.is_empty() {
+        return Ok(None);
+    }
+    if proof.len() > crate::tlog::PROOF_HASHES_MAX {
+        return Err(DecodeError::Invalid { field: "last_leaf_proof", reason: format!("at most {} hashes", crate::tlog::PROOF_HASHES_MAX) });
+    }
+    let last_leaf_proof = proof.iter().map(|hash| array("last_leaf_proof", hash)).collect::<Result<_, _>>()?;
+    Ok(Some(SealCheckpoint { origin, tree_size, root: array("tree_root", root)?, signature, last_leaf_proof }))
 }
 
 fn aggregate_type(kind: AggregateKind) -> pb::AggregateType {
@@ -474,6 +486,11 @@ fn event_to_pb(event: &Event) -> E {
             signature: s.signature.clone(),
             last_stream_seq: s.last_stream_seq,
             stream_head: s.stream_head.to_vec(),
+            checkpoint_origin: s.checkpoint.as_ref().map(|c| c.origin.clone()).unwrap_or_default(),
+            tree_size: s.checkpoint.as_ref().map_or(0, |c| c.tree_size),
+            tree_root: s.checkpoint.as_ref().map(|c| c.root.to_vec()).unwrap_or_default(),
+            checkpoint_signature: s.checkpoint.as_ref().map(|c| c.signature.clone()).unwrap_or_default(),
+            last_leaf_proof: s.checkpoint.as_ref().map(|c| c.last_leaf_proof.iter().map(|h| h.to_vec()).collect()).unwrap_or_default(),
         }),
         Event::PointsCredited { account_id, amount, reason, sale } => E::PointsCredited(pb::PointsCredited {
             account_id: account_id.0.clone(),
@@ -657,6 +674,7 @@ fn event_of_pb(event: E) -> Result<Event, DecodeError> {
             signature: s.signature,
             last_stream_seq: s.last_stream_seq,
             stream_head: array("stream_head", &s.stream_head)?,
+            checkpoint: seal_checkpoint(s.checkpoint_origin, s.tree_size, &s.tree_root, s.checkpoint_signature, &s.last_leaf_proof)?,
         }),
         E::PointsCredited(e) => Event::PointsCredited {
             account_id: AccountId(e.account_id),

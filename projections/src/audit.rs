@@ -4,12 +4,18 @@
 //! event decodes and applies, that the royalty chain recomputes and every seal matches it
 //! (signature, link, range, head, Merkle root, usage digest), and that the stream extends
 //! the pinned seal. It reports the first bad position and the totals.
+//!
+//! An incremental audit (`AuditOptions::since`, a checkpoint the auditor verified before)
+//! applies and checks every event as well, but leaves the royalty entries before the
+//! checkpoint's tree size unchained: the pinned root covers them, and the chain and the
+//! RFC 6962 tree resume at the seal carrying that checkpoint (`royalty_log::pinned`).
 
 use crate::royalty_log::{Dimension, SealFault, TotalsLine};
 use crate::{Prepared, Projections};
 use engine::crypto::{RsaPublic, SecretKey};
 use engine::domain::report::Report;
 use engine::ids::Seq;
+use engine::note::{Checkpoint, NoteVerifier};
 
 use engine::log::{EventLog, ReadError};
 use futures::StreamExt;
@@ -45,6 +51,21 @@ pub struct AuditReport {
     pub first_bad: Option<FirstBad>,
     pub totals: BTreeMap<String, BTreeMap<String, TotalsLine>>,
     pub events_per_s: f64,
+    /// The newest seal's C2SP checkpoint (a signed note), if it has one: what the auditor
+    /// keeps to pin the next, incremental, audit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<String>,
+}
+
+/// What an audit pins and checks besides the stream and the two keys.
+#[derive(Clone, Debug, Default)]
+pub struct AuditOptions {
+    /// The checkpoint key (`checkpoint.vkey`): every seal's checkpoint must be signed by it.
+    pub checkpoint_key: Option<NoteVerifier>,
+    /// The hash of the newest seal the auditor has seen.
+    pub pin: Option<[u8; 32]>,
+    /// An incremental audit from this checkpoint, which the caller verified.
+    pub since: Option<Checkpoint>,
 }
 
 impl AuditReport {
@@ -80,10 +101,26 @@ pub async fn replay_full(
     master: &SecretKey,
     engine_key: &RsaPublic,
     pin: Option<[u8; 32]>,
+    progress: impl FnMut(u64),
+) -> Result<(AuditReport, Projections), AuditError> {
+    replay_with(log, master, engine_key, AuditOptions { pin, ..AuditOptions::default() }, progress).await
+}
+
+/// As `replay_full`, with a checkpoint key and a pin of either kind.
+pub async fn replay_with(
+    log: &dyn EventLog,
+    master: &SecretKey,
+    engine_key: &RsaPublic,
+    options: AuditOptions,
     mut progress: impl FnMut(u64),
 ) -> Result<(AuditReport, Projections), AuditError> {
     let started = Instant::now();
-    let projections = Projections::with_royalty_keys(master, Some(engine_key.clone()));
+    let pin = options.pin;
+    let mut projections = Projections::with_royalty_keys(master, Some(engine_key.clone()));
+    if let Some(since) = options.since {
+        projections.royalty = crate::royalty_log::RoyaltyLog::pinned_at(master, Some(engine_key.clone()), since);
+    }
+    projections.royalty.checkpoint_key = options.checkpoint_key;
     // Pipelined: this task reads the stream with one long-lived ordered read (`follow`),
     // decodes each event (`Prepared`), and hands batches through a bounded
     // channel to the blocking pool, where they are applied (royalty chain included) in
@@ -141,6 +178,15 @@ pub async fn replay_full(
             reason: "the stream does not extend the pinned seal (truncated, or a different stream)".into(),
         });
     }
+    if first_bad.is_none()
+        && let Some(pinned) = royalty.pin_unmet()
+    {
+        first_bad = Some(FirstBad {
+            seq: projections.last_seq.0 + 1,
+            entry: Some(pinned.size),
+            reason: "the stream has no seal with the pinned checkpoint (truncated, or a different stream)".into(),
+        });
+    }
     let mut totals: BTreeMap<String, BTreeMap<String, TotalsLine>> = BTreeMap::new();
     for ((dimension, key), line) in &royalty.totals {
         totals.entry(dimension_name(*dimension).to_string()).or_default().insert(key.clone(), *line);
@@ -151,13 +197,14 @@ pub async fn replay_full(
         first_seq: u64::from(projections.events > 0),
         last_seq: projections.last_seq.0,
         state_digest: hex::encode(projections.digest()),
-        royalty_entries: royalty.entries.len() as u64,
+        royalty_entries: royalty.entry_count(),
         seals_verified: royalty.seals_verified,
-        unsealed_entries: (royalty.entries.len() as u64).saturating_sub(royalty.next_seal_entry()),
+        unsealed_entries: royalty.entry_count().saturating_sub(royalty.next_seal_entry()),
         chain_ok: royalty.seal_faults.is_empty() && first_bad.is_none(),
         first_bad,
         totals,
         events_per_s: projections.events as f64 / seconds,
+        checkpoint: royalty.seals.last().and_then(engine::seal::checkpoint_note),
     };
     Ok((report, projections))
 }

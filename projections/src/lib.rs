@@ -161,6 +161,15 @@ impl Projections {
         let range = &log.entries[first as usize..];
         let ys: Vec<[u8; 32]> = range.iter().map(|entry| entry.y).collect();
         let head = &log.entries[last as usize];
+        // The checkpoint's tree part; the engine names the origin and signs the note.
+        let size = last + 1;
+        let checkpoint = engine::domain::event::SealCheckpoint {
+            origin: String::new(),
+            tree_size: size,
+            root: log.tree.root(size).ok_or(SealError::TreeBehind { tree: log.tree.size(), entries: count })?,
+            signature: Vec::new(),
+            last_leaf_proof: log.tree.inclusion_proof(last, size).ok_or(SealError::TreeBehind { tree: log.tree.size(), entries: count })?,
+        };
         Ok(Some(RightsReportSealed {
             epoch: royalty_log::EPOCH,
             first_entry: first,
@@ -174,6 +183,7 @@ impl Projections {
             signature: vec![],
             last_stream_seq: self.last_seq.0,
             stream_head: self.stream_head,
+            checkpoint: Some(checkpoint),
         }))
     }
 
@@ -267,4 +277,7 @@ impl Projections {
 pub enum SealError {
     #[error("the royalty chain needs the royalty master key (A_0 of the epoch); pass --keys with royalty-master.key")]
     NoMasterKey,
+    /// Our own bug: every chained entry has its leaf in the tree.
+    #[error("the royalty tree has {tree} leaves but the chain {entries} entries")]
+    TreeBehind { tree: u64, entries: u64 },
 }

@@ -8,6 +8,14 @@
 //! only the current `A_j` (the previous one is zeroized when replaced), so whoever steals
 //! the projection state later cannot rewrite earlier entries.
 //!
+//! Beside the chain, an RFC 6962 tree (SHA-256, `engine::tlog`) over every entry in order,
+//! whose leaf is the entry's public form (`leaf_data`: position, `Y_j`, `Z_j` and a
+//! commitment to `K_j`; never the plaintext). Each seal signs its root as a C2SP
+//! checkpoint, so that seals are consistent with each other in O(log n) and any tlog
+//! verifier can read them; the commitment binds `K_j` (AES-GCM does not commit to its
+//! key), so an inclusion proof's key cannot be swapped for one that opens the ciphertext
+//! to another entry.
+//!
 //! What the chain alone cannot detect: a truncated tail. Seals (signed with the engine's
 //! RSA key, chained by `prev_seal_hash`, covering an entry range with its head `Y_n`, `Z_n`
 //! and a Merkle root over the range's `Y_j`) and an auditor's pin of the newest seal close
@@ -185,8 +193,22 @@ impl Chain {
     /// This is how the projection store resumes a chain without ever storing a chain
     /// secret: it costs one derivation per entry at start-up (`store` explains why).
     pub fn resume(master: &SecretKey, epoch: u64, last: Option<&ChainedEntry>) -> Result<Chain, ChainFault> {
+        match last {
+            None => Ok(Chain::start(master, epoch)),
+            Some(last) => Ok(Chain::resume_committed(master, epoch, last)?.0),
+        }
+    }
+
+    fn advance(&mut self, y: [u8; 32]) {
+        // Replacing `a` drops (and so zeroizes) A_j: forward security.
+        self.a = crypto::derive_key("vouchsafe 2026 royalty next", self.a.expose());
+        self.y_prev = y;
+        self.next_index += 1;
+    }
+
+    /// As `resume`, with the key commitment of `last` (what its tree leaf holds).
+    pub fn resume_committed(master: &SecretKey, epoch: u64, last: &ChainedEntry) -> Result<(Chain, [u8; 32]), ChainFault> {
         let mut chain = Chain::start(master, epoch);
-        let Some(last) = last else { return Ok(chain) };
         let fault = |reason: &str| ChainFault { index: last.index, reason: reason.to_string() };
         if last.epoch != epoch {
             return Err(fault(&format!("belongs to epoch {}, expected {epoch}", last.epoch)));
@@ -198,16 +220,10 @@ impl Chain {
         if !crypto::ct_eq(&z, &last.z) {
             return Err(fault("MAC Z does not verify under this master key"));
         }
+        let commitment = key_commitment(&chain.next_entry_key());
         chain.next_index = last.index;
         chain.advance(last.y);
-        Ok(chain)
-    }
-
-    fn advance(&mut self, y: [u8; 32]) {
-        // Replacing `a` drops (and so zeroizes) A_j: forward security.
-        self.a = crypto::derive_key("vouchsafe 2026 royalty next", self.a.expose());
-        self.y_prev = y;
-        self.next_index += 1;
+        Ok((chain, commitment))
     }
 
     /// `K_j` of the next entry: what an inclusion proof reveals so a rights holder can read
@@ -228,18 +244,29 @@ impl Chain {
 
     /// As `append_encoded`, the nonce binding the source event's stream sequence when given.
     pub fn append_encoded_bound(&mut self, encoded: &[u8], bound_seq: Option<u64>) -> ChainedEntry {
+        self.append_committed(encoded, bound_seq).0
+    }
+
+    /// As `append_encoded_bound`, with the entry key's commitment (`key_commitment`).
+    pub fn append_committed(&mut self, encoded: &[u8], bound_seq: Option<u64>) -> (ChainedEntry, [u8; 32]) {
         let entry_key = self.next_entry_key();
+        let commitment = key_commitment(&entry_key);
         let ciphertext = crypto::aead_encrypt(&entry_key, &nonce(bound_seq), &aad(self.epoch, self.next_index), encoded);
         let y = running_hash(&self.y_prev, &ciphertext);
         let z = crypto::hmac_sha256(self.a.expose(), &y);
         let chained = ChainedEntry { epoch: self.epoch, index: self.next_index, ciphertext, y, z, bound_seq };
         self.advance(y);
-        chained
+        (chained, commitment)
     }
 
     /// Verifies the next entry of the chain and returns its plaintext; on success the chain
     /// moves past it.
     pub fn verify_next(&mut self, chained: &ChainedEntry) -> Result<Entry, ChainFault> {
+        Ok(self.verify_next_committed(chained)?.0)
+    }
+
+    /// As `verify_next`, with the entry key's commitment (`key_commitment`).
+    pub fn verify_next_committed(&mut self, chained: &ChainedEntry) -> Result<(Entry, [u8; 32]), ChainFault> {
         let fault = |reason: &str| ChainFault { index: self.next_index, reason: reason.to_string() };
         if chained.epoch != self.epoch {
             return Err(fault(&format!("belongs to epoch {}, expected {}", chained.epoch, self.epoch)));
@@ -265,9 +292,38 @@ impl Chain {
         if chained.bound_seq.is_some_and(|seq| seq != entry.source_seq) {
             return Err(fault("binds another stream sequence than its event's"));
         }
+        let commitment = key_commitment(&entry_key);
         self.advance(y);
-        Ok(entry)
+        Ok((entry, commitment))
     }
+}
+
+// ---- the RFC 6962 tree over every entry (`engine::tlog`) ----
+
+/// Bytes of a leaf: index, epoch, `Y_j`, `Z_j`, the key commitment.
+pub const LEAF_BYTES: usize = 8 + 8 + 32 + 32 + 32;
+
+/// A commitment to an entry key `K_j`: it reveals nothing of the key and binds it, so a
+/// proof's key is checked against the tree rather than trusted.
+pub fn key_commitment(entry_key: &SecretKey) -> [u8; 32] {
+    crypto::sha256(&[b"vouchsafe 2026 royalty entry key commitment\0", entry_key.expose()])
+}
+
+/// An entry's leaf in the tree, its public form: `index ‖ epoch` (big-endian), `Y_j` (which
+/// chains the ciphertext's hash), `Z_j` (its MAC) and the commitment to `K_j`.
+pub fn leaf_data(chained: &ChainedEntry, key_commitment: &[u8; 32]) -> [u8; LEAF_BYTES] {
+    let mut leaf = [0u8; LEAF_BYTES];
+    leaf[..8].copy_from_slice(&chained.index.to_be_bytes());
+    leaf[8..16].copy_from_slice(&chained.epoch.to_be_bytes());
+    leaf[16..48].copy_from_slice(&chained.y);
+    leaf[48..80].copy_from_slice(&chained.z);
+    leaf[80..].copy_from_slice(key_commitment);
+    leaf
+}
+
+/// `SHA-256(0x00 ‖ leaf_data)`.
+pub fn tree_leaf_hash(chained: &ChainedEntry, key_commitment: &[u8; 32]) -> [u8; 32] {
+    engine::tlog::leaf_hash(&leaf_data(chained, key_commitment))
 }
 
 // ---- Merkle tree over Y_j: `engine::merkle` (shared with the transaction batches) ----

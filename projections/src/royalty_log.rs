@@ -28,6 +28,7 @@ use format::SaleRows;
 use std::collections::{BTreeMap, BTreeSet};
 
 pub(crate) mod format;
+mod pinned;
 
 /// The epoch every chain currently starts in (key rotation will add epochs).
 pub const EPOCH: u64 = 1;
@@ -123,6 +124,10 @@ pub struct RoyaltyLog {
     pub(crate) engine_key: Option<RsaPublic>,
     /// The chained entries, in order.
     pub entries: Vec<ChainedEntry>,
+    /// The RFC 6962 tree over every entry's leaf (`royalty::leaf_data`), beside the chain.
+    pub tree: engine::tlog::Tree,
+    /// The checkpoint key (`checkpoint.vkey`) seals' checkpoints are checked with, when given.
+    pub(crate) checkpoint_key: Option<engine::note::NoteVerifier>,
     /// Stream sequence of each entry's source event.
     pub source_seqs: Vec<u64>,
     /// The usage digest after each entry (what a seal's `totals_digest` commits to).
@@ -139,6 +144,12 @@ pub struct RoyaltyLog {
     /// Entries bind their source event's stream sequence (the stream recorded
     /// `royalty.entry_binding` = 1 before them).
     pub(crate) bind_seq: bool,
+    /// Index of `entries[0]`: 0, unless the log continues from a pinned checkpoint.
+    pub entry_base: u64,
+    /// The usage digest before `entries[0]` (the pinned seal's `totals_digest`).
+    pub(crate) usage_digest_base: [u8; 32],
+    /// An incremental audit's pinned checkpoint, until its seal is met (`pinned`).
+    pub(crate) pinned: Option<Box<pinned::Pinned>>,
     /// The entries the event being applied recorded, for the read indexes' statements
     /// (`Projections::apply` drains it after each event; empty between events).
     pub(crate) recorded: Vec<Entry>,
@@ -154,6 +165,12 @@ impl RoyaltyLog {
         Self { chain: Some(Chain::start(master, EPOCH)), engine_key, ..Self::default() }
     }
 
+    /// Seals' checkpoints are also checked with this key (the vkey of `checkpoint.key`).
+    pub fn with_checkpoint_key(mut self, checkpoint_key: Option<engine::note::NoteVerifier>) -> Self {
+        self.checkpoint_key = checkpoint_key;
+        self
+    }
+
     /// Starts noting changes for the projection store.
     pub(crate) fn track_changes(&mut self) {
         self.touched_catalog.start();
@@ -167,6 +184,11 @@ impl RoyaltyLog {
         self.chain.is_some()
     }
 
+    /// Entries in the log (those before a pinned checkpoint included).
+    pub fn entry_count(&self) -> u64 {
+        self.entry_base + self.entries.len() as u64
+    }
+
     /// The next entry a seal must start at.
     pub fn next_seal_entry(&self) -> u64 {
         self.seals.last().map_or(0, |seal| seal.last_entry + 1)
@@ -174,7 +196,7 @@ impl RoyaltyLog {
 
     /// The usage digest after entry `index`.
     pub fn usage_digest(&self, index: u64) -> Option<[u8; 32]> {
-        self.usage_digests.get(usize::try_from(index).ok()?).copied()
+        self.usage_digests.get(usize::try_from(index.checked_sub(self.entry_base)?).ok()?).copied()
     }
 
     /// Applies one event. For a seal, `sealed_head` is the stream head at the seal's
@@ -309,15 +331,26 @@ impl RoyaltyLog {
                 self.touched_totals.touch(&key);
             }
         }
+        let index = self.usages;
         self.usages += 1;
-        if let Some(chain) = &mut self.chain {
-            let previous = self.usage_digests.last().copied().unwrap_or([0; 32]);
-            let encoded = entry.encode();
-            self.usage_digests.push(usage_digest_of_encoded(&previous, &encoded));
-            self.source_seqs.push(entry.source_seq);
-            self.entries.push(chain.append_encoded_bound(&encoded, self.bind_seq.then_some(entry.source_seq)));
+        let bound = self.bind_seq.then_some(entry.source_seq);
+        if self.chain.is_some() {
+            self.chain_entry(&entry.encode(), bound, entry.source_seq);
+        } else if self.pinned.is_some() {
+            self.wait_for_pin(index, &entry, bound);
         }
         self.recorded.push(entry);
+    }
+
+    /// Chains one encoded entry: its ciphertext, usage digest and tree leaf.
+    fn chain_entry(&mut self, encoded: &[u8], bound: Option<u64>, source_seq: u64) {
+        let Some(chain) = &mut self.chain else { return };
+        let previous = self.usage_digests.last().copied().unwrap_or(self.usage_digest_base);
+        self.usage_digests.push(usage_digest_of_encoded(&previous, encoded));
+        self.source_seqs.push(source_seq);
+        let (chained, commitment) = chain.append_committed(encoded, bound);
+        self.tree.push(royalty::tree_leaf_hash(&chained, &commitment));
+        self.entries.push(chained);
     }
 
     fn check_seal(&mut self, seq: Seq, seal: &RightsReportSealed, sealed_head: Option<[u8; 32]>) {
@@ -342,12 +375,24 @@ impl RoyaltyLog {
         } else {
             None
         };
+        // An incremental audit: the seal of the pinned checkpoint starts the chain and tree.
+        let pinned_before = self.pinned.is_some();
+        let problem = match problem {
+            None if pinned_before => self.meet_pinned(seal),
+            problem => problem,
+        };
+        // The pinned seal itself is checked by the checkpoint it carries, not by its range.
+        let at_pin = pinned_before && self.chain.is_some();
         let problem = problem.or_else(|| {
-            // Without the chain (no master key) only the signature and links are checked.
-            self.chain.as_ref()?;
-            let last = usize::try_from(seal.last_entry).ok().filter(|&last| last < self.entries.len());
-            let Some(last) = last else { return Some(format!("covers entries up to {} but the log has {}", seal.last_entry, self.entries.len())) };
-            let first = usize::try_from(seal.first_entry).unwrap_or(usize::MAX);
+            // Without the chain (no master key, or before the pinned checkpoint) only the
+            // signature, links and stream head are checked.
+            self.chain.as_ref().filter(|_| !at_pin)?;
+            let count = self.entry_count();
+            let Some(last) = seal.last_entry.checked_sub(self.entry_base).filter(|_| seal.last_entry < count) else {
+                return Some(format!("covers entries up to {} but the log has {count}", seal.last_entry));
+            };
+            let last = usize::try_from(last).unwrap_or(usize::MAX);
+            let first = usize::try_from(seal.first_entry - self.entry_base).unwrap_or(usize::MAX);
             let ys: Vec<[u8; 32]> = self.entries[first..=last].iter().map(|e| e.y).collect();
             if self.entries[last].y != seal.head_y || self.entries[last].z != seal.head_z {
                 Some("head Y/Z differ from the chain".into())
@@ -356,9 +401,19 @@ impl RoyaltyLog {
             } else if self.usage_digests[last] != seal.totals_digest {
                 Some("totals digest differs from the entries".into())
             } else {
-                None
+                seal.checkpoint.as_ref().and_then(|checkpoint| {
+                    if checkpoint.tree_size != seal.last_entry + 1 {
+                        Some(format!("checkpoint names tree size {}, not the {} entries sealed", checkpoint.tree_size, seal.last_entry + 1))
+                    } else {
+                        checkpoint_problem(&self.tree, checkpoint)
+                    }
+                })
             }
         });
+        let problem = problem.or_else(|| self.checkpoint_signature_problem(seal));
+        if at_pin {
+            self.pinned = None;
+        }
         match problem {
             Some(reason) => self.seal_faults.push(fault(reason)),
             None => self.seals_verified += 1,
@@ -366,12 +421,36 @@ impl RoyaltyLog {
         self.seals.push(seal.clone());
     }
 
+    /// Whether a seal's checkpoint is signed by the checkpoint key (when one is given), and a
+    /// seal after one with a checkpoint has one too (dropping them is not a way back).
+    fn checkpoint_signature_problem(&self, seal: &RightsReportSealed) -> Option<String> {
+        let Some(checkpoint) = &seal.checkpoint else {
+            let earlier = self.seals.iter().any(|earlier| earlier.checkpoint.is_some());
+            return earlier.then(|| "has no checkpoint, though an earlier seal had one".to_string());
+        };
+        let verifier = self.checkpoint_key.as_ref()?;
+        let note = engine::note::Checkpoint { origin: checkpoint.origin.clone(), size: checkpoint.tree_size, root: checkpoint.root };
+        if checkpoint.origin != verifier.name() {
+            Some(format!("checkpoint origin {:?} is not the checkpoint key's {:?}", checkpoint.origin, verifier.name()))
+        } else if !verifier.verify(&note.text(), &checkpoint.signature) {
+            Some("checkpoint signature does not verify with the checkpoint key".into())
+        } else {
+            None
+        }
+    }
+
     /// Feeds the state digest: the chain head, the usage digest, the totals and seals.
     pub fn digest_into(&self, field: &mut dyn FnMut(&[u8])) {
         field(&self.usages.to_le_bytes());
-        field(&(self.entries.len() as u64).to_le_bytes());
-        field(&self.entries.last().map_or([0; 32], |e| e.y));
-        field(&self.usage_digests.last().copied().unwrap_or([0; 32]));
+        field(&self.entry_count().to_le_bytes());
+        // After a pinned checkpoint and no entry since, the chain's head is its last entry's Y.
+        let head_y = match (self.entries.last(), &self.chain) {
+            (Some(entry), _) => entry.y,
+            (None, Some(chain)) if self.entry_base > 0 => chain.head_y(),
+            (None, _) => [0; 32],
+        };
+        field(&head_y);
+        field(&self.usage_digests.last().copied().unwrap_or(self.usage_digest_base));
         field(&(self.totals.len() as u64).to_le_bytes());
         for ((dimension, key), line) in &self.totals {
             field(&[*dimension as u8]);
@@ -388,6 +467,21 @@ impl RoyaltyLog {
         field(&(self.seals.len() as u64).to_le_bytes());
         field(&self.seals.last().map_or([0; 32], Report::seal_hash));
     }
+}
+
+/// What is wrong with a seal's checkpoint against the tree: its size must be the sealed
+/// entries', its root and its last leaf's audit path the tree's.
+pub fn checkpoint_problem(tree: &engine::tlog::Tree, checkpoint: &engine::domain::event::SealCheckpoint) -> Option<String> {
+    let size = checkpoint.tree_size;
+    let Some(root) = tree.root(size) else { return Some(format!("checkpoint names tree size {size} but the tree has {}", tree.size())) };
+    if root != checkpoint.root {
+        return Some(format!("checkpoint root differs from the tree of the first {size} entries"));
+    }
+    let last = size.checked_sub(1).and_then(|last| tree.inclusion_proof(last, size));
+    if last.as_deref() != Some(checkpoint.last_leaf_proof.as_slice()) {
+        return Some("checkpoint's last-leaf proof differs from the tree".into());
+    }
+    None
 }
 
 /// The running digest of usage lines: `T_j = blake3(T_{j-1} ‖ canonical entry j)`.

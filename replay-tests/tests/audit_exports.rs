@@ -78,14 +78,12 @@ async fn exports_agree_and_need_no_engine_private_key() {
     // The exported log verifies alone, pinned to the witness file; a flipped entry does not.
     let log_path = dir.path().join("royalty.log.json");
     audit::write_export(ExportFormat::Log, &report, &exported, &entries, &log_path).expect("log");
-    let pin = audit::parse_pin(backend.data_dir.join(audit::WITNESS_FILE).to_str().expect("utf-8 path")).expect("pin");
+    let pin = audit::pin_from_witness(&backend.data_dir.join(audit::WITNESS_FILE)).expect("pin");
     let verified = audit::verify_file(&log_path, &auditor, Some(pin)).expect("verify");
     assert!(verified.chain_ok, "{:?}", verified.first_bad);
-    let mut tampered: serde_json::Value = serde_json::from_slice(&std::fs::read(&log_path).expect("read")).expect("json");
-    let ciphertext = tampered["entries"][3]["ciphertext"].as_str().expect("hex").to_string();
-    let flipped = format!("{}{}", if ciphertext.starts_with('0') { '1' } else { '0' }, &ciphertext[1..]);
-    tampered["entries"][3]["ciphertext"] = serde_json::Value::String(flipped);
-    std::fs::write(&log_path, serde_json::to_vec(&tampered).expect("json")).expect("write");
+    let mut tampered = projections::export::read_log(&std::fs::read(&log_path).expect("read")).expect("an export");
+    tampered.entries[3].ciphertext[0] ^= 1;
+    std::fs::write(&log_path, projections::export::write_lines(&tampered)).expect("write");
     let failed = audit::verify_file(&log_path, &auditor, Some(pin)).expect("verify runs");
     assert_eq!(failed.first_bad.map(|bad| bad.entry), Some(Some(3)));
 
@@ -98,5 +96,5 @@ async fn exports_agree_and_need_no_engine_private_key() {
     std::fs::create_dir_all(&public_only).expect("mkdir");
     std::fs::copy(engine_keys.join("engine.pub.pem"), public_only.join("engine.pub.pem")).expect("copy");
     let checked = audit::check_proof_file(&proof_path, &public_only).expect("check");
-    assert!(!checked.is_empty() && checked.iter().all(|r| r.as_ref().is_ok_and(|entry| entry.voucher_id == voucher)));
+    assert!(!checked.is_empty() && checked.iter().all(|r| r.as_ref().is_ok_and(|proven| proven.entry.voucher_id == voucher && proven.key_committed)));
 }

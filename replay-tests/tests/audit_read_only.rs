@@ -201,7 +201,7 @@ async fn audit_replay_needs_read_only_credentials_and_each_node_reads_only_its_f
         std::fs::copy(keys_dir.join(file), auditor_keys.join(file)).expect("copy a public key");
     }
     let auditor_backend = BackendArgs { data_dir: dir.path().join("auditor"), nats_url: Some(auditor_url.clone()), stream: STREAM.into() };
-    let pin = gateways::audit::parse_pin(&dir.path().join("engine").join(gateways::audit::WITNESS_FILE).to_string_lossy()).expect("the demo's witness file");
+    let pin = gateways::audit::pin_from_witness(&dir.path().join("engine").join(gateways::audit::WITNESS_FILE)).expect("the demo's witness file");
     let report = gateways::audit::replay(&auditor_backend, &auditor_keys, Some(pin)).await.unwrap_or_else(|e| panic!("audit replay as auditor: {e:#}"));
     assert!(report.chain_ok && report.first_bad.is_none(), "{}", gateways::audit::describe(&report));
     assert_eq!(report.state_digest, summary.state_digest, "the auditor's replay reproduces the demo's digest");

@@ -1112,7 +1112,7 @@ async fn crash_loop_killing(backend: Backend, victim: Victim) {
 
     let pin = {
         let witness = launch.data_dir().join(gateways::audit::WITNESS_FILE);
-        witness.is_file().then(|| gateways::audit::parse_pin(witness.to_str().expect("utf-8 path")).expect("the witness file names a seal"))
+        witness.is_file().then(|| gateways::audit::pin_from_witness(&witness).expect("the witness file names a seal"))
     };
     // A cluster whose node was just restarted may still be electing the streams' leaders:
     // opening (stream info on both streams) is retried for a while.

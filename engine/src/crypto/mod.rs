@@ -20,15 +20,18 @@
 //! This file holds what every primitive shares (the key type, randomness, constant-time
 //! comparison, the error, the fixed test keys); the primitives sit in private submodules by
 //! family (`tokens`: HMAC-SHA256 and the tokens built on it, `hashing`: blake3, `aead`:
-//! AES-256-GCM, `rsa`: RSA keys, wrapping and signatures, aws-lc-rs inside) and are re-exported here, so
+//! AES-256-GCM, `rsa`: RSA keys, wrapping and signatures, aws-lc-rs inside, `ed25519`:
+//! SHA-256 and Ed25519 for Merkle trees and signed notes) and are re-exported here, so
 //! callers only ever name `crate::crypto::…`.
 
 mod aead;
+mod ed25519;
 mod hashing;
 mod rsa;
 mod tokens;
 
 pub use self::aead::{aead_decrypt, aead_encrypt};
+pub use self::ed25519::{ED25519_KEY_BYTES, ED25519_SIGNATURE_BYTES, Ed25519Private, Ed25519Public, sha256};
 pub use self::hashing::{Hasher, credential_hash, derive_hash, derive_key, hash, keyed_hash};
 pub use self::rsa::{RsaPrivate, RsaPublic, sign, unwrap_key, unwrap_keys, verify, wrap_key, wrap_keys};
 pub use self::tokens::{

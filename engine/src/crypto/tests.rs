@@ -437,3 +437,26 @@ fn random_draws_differ() {
     assert_ne!(random_bytes::<32>(), random_bytes::<32>());
     assert!(!SecretKey::random().ct_eq(&SecretKey::random()));
 }
+
+/// Known answers: SHA-256 of "abc" (FIPS 180-2) and RFC 8032 §7.1 test 1 (empty message).
+#[test]
+fn sha256_and_ed25519_known_answers() {
+    assert_eq!(hex::encode(sha256(&[b"a", b"bc"])), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    let seed: [u8; 32] = hex::decode("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60").unwrap().try_into().unwrap();
+    let private = Ed25519Private::from_seed(&seed);
+    assert_eq!(hex::encode(private.public().to_bytes()), "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a");
+    let signature = private.sign(b"");
+    assert_eq!(
+        hex::encode(signature),
+        "e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e065224901555fb8821590a33bacc61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b"
+    );
+    assert!(private.public().verify(b"", &signature).is_ok());
+    // Controls: another message, a flipped bit, a short signature, another key.
+    assert!(private.public().verify(b"x", &signature).is_err());
+    let mut flipped = signature;
+    flipped[10] ^= 1;
+    assert!(private.public().verify(b"", &flipped).is_err());
+    assert!(private.public().verify(b"", &signature[..63]).is_err());
+    assert!(Ed25519Private::generate().public().verify(b"", &signature).is_err());
+    assert!(!format!("{private:?}").contains(&hex::encode(seed)), "the seed never prints");
+}

@@ -229,6 +229,45 @@ pub struct RightsReportSealed {
     pub last_stream_seq: u64,
     /// Running hash over every stored event up to `last_stream_seq`.
     pub stream_head: [u8; 32],
+    /// The seal as a C2SP checkpoint; `None` in seals written before checkpoints were.
+    pub checkpoint: Option<SealCheckpoint>,
+}
+
+/// A seal's C2SP tlog checkpoint (`crate::note::Checkpoint`): the note is
+/// `origin\ntree_size\nbase64(root)\n`, then a blank line and `— origin base64(signature)`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SealCheckpoint {
+    /// The log's origin, which is also the checkpoint key's name.
+    pub origin: String,
+    /// Entries in the tree: every entry up to the seal's `last_entry`.
+    pub tree_size: u64,
+    /// RFC 6962 SHA-256 root of the tree over the entries' leaves.
+    pub root: [u8; 32],
+    /// Key ID ‖ Ed25519 signature of the checkpoint note; empty in a draft.
+    pub signature: Vec<u8>,
+    /// Audit path of the tree's last leaf: with that leaf (rebuilt from `head_y`, `head_z`
+    /// and the entry key), where an incremental auditor's tree starts.
+    pub last_leaf_proof: Vec<[u8; 32]>,
+}
+
+impl SealCheckpoint {
+    /// Every field, framed (lengths before variable parts): what the seal's RSA signature
+    /// and the seal hash append to their older bytes when a seal has a checkpoint, so that
+    /// seals without one keep their signature and hash.
+    pub fn framed(&self) -> Vec<u8> {
+        let mut bytes = b"checkpoint v1\0".to_vec();
+        bytes.extend_from_slice(&(self.origin.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(self.origin.as_bytes());
+        bytes.extend_from_slice(&self.tree_size.to_le_bytes());
+        bytes.extend_from_slice(&self.root);
+        bytes.extend_from_slice(&(self.signature.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(&self.signature);
+        bytes.extend_from_slice(&(self.last_leaf_proof.len() as u64).to_le_bytes());
+        for hash in &self.last_leaf_proof {
+            bytes.extend_from_slice(hash);
+        }
+        bytes
+    }
 }
 
 /// Every domain event. Each belongs to exactly one aggregate (see `Event::aggregate`).

@@ -29,6 +29,9 @@ impl Report {
         hasher.update(&seal.stream_head);
         hasher.update(&(seal.signature.len() as u64).to_le_bytes());
         hasher.update(&seal.signature);
+        if let Some(checkpoint) = &seal.checkpoint {
+            hasher.update(&checkpoint.framed());
+        }
         *hasher.finalize().as_bytes()
     }
 
@@ -58,6 +61,9 @@ impl Aggregate for Report {
         }
         if self.last.as_ref().is_some_and(|last| seal.epoch < last.epoch) {
             return Err(Rejection::InvalidArgument { field: "epoch", reason: "epochs never go back".into() });
+        }
+        if seal.checkpoint.is_none() && self.last.as_ref().is_some_and(|last| last.checkpoint.is_some()) {
+            return Err(Rejection::InvalidArgument { field: "checkpoint", reason: "the seals have checkpoints: give the engine its checkpoint.key".into() });
         }
         if seal.signature.is_empty() {
             return Err(Rejection::InvalidArgument { field: "signature", reason: "a seal must be signed".into() });

@@ -9,30 +9,49 @@ use anyhow::{Context, bail};
 use projections::audit::{self, AuditReport};
 use std::path::Path;
 
-/// `--pin`: a seal hash in hex, or a witness file whose last line names the seal.
+/// `--pin`: a seal hash in hex, only (a file is named by `--witness`, never guessed from a
+/// pin that happens to name one).
 pub fn parse_pin(pin: &str) -> anyhow::Result<[u8; 32]> {
-    let hex_text = if Path::new(pin).is_file() {
-        let text = std::fs::read_to_string(pin).with_context(|| format!("cannot read witness file {pin}"))?;
-        let last = text.lines().rev().find(|line| !line.trim().is_empty()).with_context(|| format!("witness file {pin} is empty"))?;
-        let witness: Witness = serde_json::from_str(last).with_context(|| format!("the last line of {pin} is not a witness record"))?;
-        witness.seal_hash
-    } else {
-        pin.to_string()
-    };
     let mut hash = [0u8; 32];
-    if hex::decode_to_slice(hex_text.trim(), &mut hash).is_err() {
-        bail!("--pin takes a 64-hex-digit seal hash or a witness file ({WITNESS_FILE})");
+    if hex::decode_to_slice(pin.trim(), &mut hash).is_err() {
+        bail!("--pin takes a 64-hex-digit seal hash (a witness file goes to --witness)");
     }
     Ok(hash)
 }
 
-/// Replays the stream as an auditor.
+/// `--witness FILE`: the seal hash on the last line of a witness file (`WITNESS_FILE` in the
+/// engine's data directory: a convenience the engine writes, so an auditor who wants a pin
+/// the engine cannot rewrite keeps the hash, or a saved checkpoint, elsewhere).
+pub fn pin_from_witness(file: &Path) -> anyhow::Result<[u8; 32]> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read witness file {}", file.display()))?;
+    let last = text.lines().rev().find(|line| !line.trim().is_empty()).with_context(|| format!("witness file {} is empty", file.display()))?;
+    let witness: Witness = serde_json::from_str(last).with_context(|| format!("the last line of {} is not a witness record", file.display()))?;
+    parse_pin(&witness.seal_hash).with_context(|| format!("the last line of {} names no seal hash", file.display()))
+}
+
+/// The pin of `--pin HASH` or `--witness FILE` (clap lets only one through).
+pub fn pin_of(pin: Option<&str>, witness: Option<&Path>) -> anyhow::Result<Option<[u8; 32]>> {
+    match (pin, witness) {
+        (Some(pin), _) => parse_pin(pin).map(Some),
+        (None, Some(file)) => pin_from_witness(file).map(Some),
+        (None, None) => Ok(None),
+    }
+}
+
+/// Replays the stream as an auditor; seals' checkpoints are checked with the key
+/// directory's `checkpoint.vkey` when it has one.
 pub async fn replay(backend: &crate::common::backend::BackendArgs, keys_dir: &Path, pin: Option<[u8; 32]>) -> anyhow::Result<AuditReport> {
+    let checkpoint_key = checkpoints::verifier(keys_dir, None)?;
+    replay_with(backend, keys_dir, audit::AuditOptions { checkpoint_key, pin, since: None }).await
+}
+
+/// As `replay`, with every option (an incremental audit: `since`).
+pub async fn replay_with(backend: &crate::common::backend::BackendArgs, keys_dir: &Path, options: audit::AuditOptions) -> anyhow::Result<AuditReport> {
     let master = crate::common::keys::load_royalty_master(keys_dir)?;
     let public = crate::common::keys::load_engine_public(keys_dir)?;
     let log = backend.open_read_only().await?;
     let bar = crate::common::progress::events(log.last_seq().await?.0, "audit replay");
-    let report = audit::replay(log.as_ref(), &master, &public, pin, |events| {
+    let (report, _) = audit::replay_with(log.as_ref(), &master, &public, options, |events| {
         if let Some(bar) = &bar {
             bar.set_position(events);
         }
@@ -75,7 +94,8 @@ use projections::royalty::{Entry, UsageKind};
 /// `audit export --format …`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ExportFormat {
-    /// The royalty log itself: entry ciphertexts, chain values, signed seals (JSON).
+    /// The royalty log itself: entry ciphertexts, chain values, signed seals (JSON, one
+    /// entry a line: a cut or damaged file names where it stops parsing).
     Log,
     /// One usage record per line (CSV with a header).
     Csv,
@@ -98,8 +118,15 @@ pub fn signed_amount(entry: &Entry) -> i128 {
     }
 }
 
+/// A text cell of a CSV or DSR export: no tab or line break, and a cell a spreadsheet would
+/// read as a formula (starting with `=`, `+`, `-` or `@`) is quoted with a leading `'`.
+pub fn text_cell(text: &str) -> String {
+    let flat = text.replace(['\t', '\n', '\r'], " ");
+    if flat.starts_with(['=', '+', '-', '@']) { format!("'{flat}") } else { flat }
+}
+
 fn usage_row(line: usize, entry: &Entry) -> Vec<String> {
-    let clean = |text: &str| text.replace(['\t', '\n', '\r'], " ");
+    let clean = text_cell;
     vec![
         line.to_string(),
         match entry.kind {
@@ -177,7 +204,7 @@ pub async fn rebuild(backend: &crate::common::backend::BackendArgs, keys_dir: &P
 /// Writes the export in `format` to `out`.
 pub fn write_export(format: ExportFormat, report: &AuditReport, exported: &ExportedLog, entries: &[Entry], out: &Path) -> anyhow::Result<()> {
     let bytes = match format {
-        ExportFormat::Log => serde_json::to_vec_pretty(exported)?,
+        ExportFormat::Log => export::write_lines(exported),
         ExportFormat::Json => serde_json::to_vec_pretty(&serde_json::json!({ "totals": report.totals, "usages": entries }))?,
         ExportFormat::Csv => {
             let mut writer = csv::Writer::from_writer(Vec::new());
@@ -209,7 +236,7 @@ pub fn dsr(report: &AuditReport, entries: &[Entry]) -> String {
             &report.last_seq.to_string(),
             &first_month,
             &last_month,
-            &currency,
+            &text_cell(&currency),
         ]
         .join("\t"),
     );
@@ -227,8 +254,17 @@ pub fn dsr(report: &AuditReport, entries: &[Entry]) -> String {
     }
     for ((merchant, territory), (deliveries, previews, amount)) in &summary {
         lines.push(
-            ["SY01", merchant, territory, &(deliveries + previews).to_string(), &deliveries.to_string(), &previews.to_string(), &amount.to_string(), &currency]
-                .join("\t"),
+            [
+                "SY01",
+                &text_cell(merchant),
+                territory,
+                &(deliveries + previews).to_string(),
+                &deliveries.to_string(),
+                &previews.to_string(),
+                &amount.to_string(),
+                &text_cell(&currency),
+            ]
+            .join("\t"),
         );
     }
     for (line, entry) in entries.iter().enumerate() {
@@ -245,10 +281,13 @@ pub fn dsr(report: &AuditReport, entries: &[Entry]) -> String {
 pub fn verify_file(file: &Path, keys_dir: &Path, pin: Option<[u8; 32]>) -> anyhow::Result<VerifyReport> {
     let master = crate::common::keys::load_royalty_master(keys_dir)?;
     let public = crate::common::keys::load_engine_public(keys_dir)?;
-    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let log: ExportedLog =
-        serde_json::from_str(&text).with_context(|| format!("{} is not an exported royalty log (audit export --format log)", file.display()))?;
-    Ok(export::verify_log(&log, &master, &public, pin))
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let checkpoint_key = checkpoints::verifier(keys_dir, None)?;
+    // A file that no longer parses is a failed verification naming where the damage starts.
+    Ok(match export::read_log(&bytes) {
+        Ok(log) => export::verify_log_with(&log, &master, &public, checkpoint_key.as_ref(), pin),
+        Err(damage) => export::verify_damaged(&damage, &master, &public, checkpoint_key.as_ref()),
+    })
 }
 
 /// `audit prove --voucher ID`: inclusion bundles for the voucher's deliveries.
@@ -259,17 +298,20 @@ pub async fn prove(backend: &crate::common::backend::BackendArgs, keys_dir: &Pat
     Ok(export::prove(&exported, &master, &public, voucher)?)
 }
 
-/// `audit check-proof BUNDLE`: with the engine's public key alone.
-pub fn check_proof_file(file: &Path, keys_dir: &Path) -> anyhow::Result<Vec<Result<Entry, String>>> {
+/// `audit check-proof BUNDLE`: with the engine's public key alone (and `checkpoint.vkey`
+/// when the directory has it).
+pub fn check_proof_file(file: &Path, keys_dir: &Path) -> anyhow::Result<Vec<Result<export::Proven, String>>> {
     let public = crate::common::keys::load_engine_public(keys_dir)?;
+    let checkpoint_key = checkpoints::verifier(keys_dir, None)?;
     let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let bundles: Vec<ProofBundle> = serde_json::from_str(&text).with_context(|| format!("{} is not a proof bundle (audit prove)", file.display()))?;
     if bundles.is_empty() {
         bail!("{} holds no proofs", file.display());
     }
-    Ok(bundles.iter().map(|bundle| export::check_proof(bundle, &public)).collect())
+    Ok(bundles.iter().map(|bundle| export::check_proof_with(bundle, &public, checkpoint_key.as_ref())).collect())
 }
 
+pub mod checkpoints;
 pub mod remote;
 
 /// Which replay a statement comes from: its events, head, digest and seals.
@@ -373,4 +415,75 @@ pub fn describe_statement(statement: &projections::statement::RightsStatement, s
         ));
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(title: &str, merchant: &str) -> Entry {
+        Entry {
+            kind: UsageKind::Refund,
+            source_seq: 7,
+            timestamp_ms: 1_767_225_600_000,
+            title: title.into(),
+            artist: "@artist".into(),
+            authors: vec![],
+            length_ms: 1,
+            sale_price_minor: 100,
+            currency: "EUR".into(),
+            consumer_cert: String::new(),
+            voucher_id: "v1".into(),
+            media_id: "+md1".into(),
+            image_descriptor: String::new(),
+            merchant: merchant.into(),
+            rights_agent: "-agent".into(),
+            distributor: "d".into(),
+            owner: "o".into(),
+            played_ms: 0,
+        }
+    }
+
+    /// Text cells that a spreadsheet would run as formulas are quoted in CSV and DSR
+    /// exports; numbers (a refund's negative amount) stay numbers. Control: plain text is
+    /// left as it is.
+    #[test]
+    fn formula_cells_are_neutralised_in_csv_and_dsr() {
+        assert_eq!(text_cell("=HYPERLINK(\"x\")"), "'=HYPERLINK(\"x\")");
+        assert_eq!(text_cell("+1"), "'+1");
+        assert_eq!(text_cell("-2"), "'-2");
+        assert_eq!(text_cell("@SUM(A1)"), "'@SUM(A1)");
+        assert_eq!(text_cell("a\tb\nc"), "a b c");
+        assert_eq!(text_cell("Plain title"), "Plain title");
+        let entries = vec![entry("=cmd|' /C calc'!A0", "=merchant")];
+        let report = AuditReport {
+            events: 1,
+            first_seq: 1,
+            last_seq: 1,
+            state_digest: "00".repeat(32),
+            royalty_entries: 1,
+            seals_verified: 0,
+            unsealed_entries: 1,
+            chain_ok: true,
+            first_bad: None,
+            totals: Default::default(),
+            events_per_s: 1.0,
+            checkpoint: None,
+        };
+        let dir = tempfile::tempdir().expect("temp dir");
+        let csv_path = dir.path().join("usages.csv");
+        let log = ExportedLog { format: export::LOG_FORMAT.into(), epoch: 1, entries: vec![], seals: vec![] };
+        write_export(ExportFormat::Csv, &report, &log, &entries, &csv_path).expect("csv");
+        let csv = std::fs::read_to_string(&csv_path).expect("read");
+        let row: Vec<String> = csv::Reader::from_reader(csv.as_bytes()).records().next().expect("a row").expect("csv").iter().map(str::to_string).collect();
+        for cell in &row {
+            assert!(!cell.starts_with(['=', '+', '@']) && !(cell.starts_with('-') && cell.parse::<i64>().is_err()), "a live formula cell: {cell:?} in {row:?}");
+        }
+        assert!(row.contains(&"'=cmd|' /C calc'!A0".to_string()) && row.contains(&"-100".to_string()), "{row:?}");
+        let dsr = dsr(&report, &entries);
+        for cell in dsr.lines().flat_map(|line| line.split('\t')) {
+            assert!(!cell.starts_with(['=', '+', '@']) && !(cell.starts_with('-') && cell.parse::<i64>().is_err()), "a live formula cell in the DSR: {cell:?}");
+        }
+        assert!(dsr.contains("\t'=merchant\t"), "{dsr}");
+    }
 }

@@ -73,6 +73,8 @@ pub async fn replay(audit: &mut AuditClient, pin: Option<[u8; 32]>) -> anyhow::R
         first_bad: first_bad_of(&last.first_bad, last.last_seq),
         totals,
         events_per_s: last.events_per_s,
+        // AuditService does not carry checkpoints yet.
+        checkpoint: None,
     }))
 }
 

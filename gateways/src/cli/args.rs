@@ -111,14 +111,47 @@ pub enum AuditCommand {
         /// Key directory holding engine.pub.pem and royalty-master.key (not with --connect).
         #[arg(long, required_unless_present = "connect", conflicts_with = "connect")]
         keys: Option<PathBuf>,
-        /// The newest seal seen: its hash in hex, or a witness file.
+        /// The newest seal seen: its hash in hex.
         #[arg(long)]
         pin: Option<String>,
+        /// Pin the seal named on the last line of this witness file instead.
+        #[arg(long, conflicts_with = "pin")]
+        witness: Option<PathBuf>,
+        #[command(flatten)]
+        checkpoints: super::audit::CheckpointArgs,
         /// Print one JSON object on the last line of stdout.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
         remote: super::audit::RemoteArgs,
+    },
+    /// Check that one C2SP checkpoint extends another (an RFC 6962 consistency proof), with
+    /// the proof from --proof, or computed from the stream's own tree.
+    Consistency {
+        #[command(flatten)]
+        backend: backend::BackendArgs,
+        /// The older checkpoint (a signed note).
+        #[arg(long)]
+        old: PathBuf,
+        /// The newer checkpoint (a signed note).
+        #[arg(long)]
+        new: PathBuf,
+        /// Key directory: checkpoint.vkey, and for a proof from the stream engine.pub.pem and
+        /// royalty-master.key.
+        #[arg(long)]
+        keys: PathBuf,
+        /// The checkpoint verifier key, if not the key directory's checkpoint.vkey.
+        #[arg(long)]
+        vkey: Option<PathBuf>,
+        /// The proof (one base64 hash a line); without it, computed from the stream.
+        #[arg(long)]
+        proof: Option<PathBuf>,
+        /// Write the proof here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Print one JSON object on the last line of stdout.
+        #[arg(long)]
+        json: bool,
     },
     /// A rights holder's statement for one month, from a verified replay (equal to the
     /// totals of its usages); with --connect, from the running engine's AuditService.
@@ -155,8 +188,12 @@ pub enum AuditCommand {
         file: PathBuf,
         #[arg(long)]
         keys: PathBuf,
+        /// The newest seal seen: its hash in hex.
         #[arg(long)]
         pin: Option<String>,
+        /// Pin the seal named on the last line of this witness file instead.
+        #[arg(long, conflicts_with = "pin")]
+        witness: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -183,10 +220,15 @@ pub enum AuditCommand {
 
 #[derive(Subcommand)]
 pub enum KeysCommand {
-    /// Write engine.pem, engine.pub.pem, royalty-master.key and operator.cred.
+    /// Write engine.pem, engine.pub.pem, royalty-master.key, operator.cred, checkpoint.key
+    /// and checkpoint.vkey.
     Init {
         #[arg(long)]
         out: PathBuf,
+        /// The royalty log's origin, the checkpoint key's name (default
+        /// vouchsafe.local/royalty/<engine key id>).
+        #[arg(long)]
+        origin: Option<String>,
     },
     /// Issue a merchant, node or auditor credential from a running engine (operator only).
     Issue(Box<super::IssueArgs>),

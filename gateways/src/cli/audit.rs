@@ -79,21 +79,121 @@ fn refused(status: tonic::Status, json: bool) -> anyhow::Result<ExitCode> {
     }
 }
 
-pub fn replay(backend: &BackendArgs, keys: Option<&Path>, pin: Option<&str>, json: bool, remote: &RemoteArgs) -> anyhow::Result<ExitCode> {
-    let pin = pin.map(audit::parse_pin).transpose()?;
+/// `audit replay`'s checkpoint options.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct CheckpointArgs {
+    /// An incremental audit from this checkpoint (a signed note an earlier audit saved):
+    /// entries before it are covered by its root, the chain and tree resume at its seal.
+    #[arg(long, requires = "keys")]
+    pub checkpoint: Option<PathBuf>,
+    /// The checkpoint verifier key, if not the key directory's checkpoint.vkey.
+    #[arg(long, requires = "keys")]
+    pub checkpoint_vkey: Option<PathBuf>,
+    /// After a clean audit, write the newest seal's checkpoint here (the next --checkpoint).
+    #[arg(long, requires = "keys")]
+    pub save_checkpoint: Option<PathBuf>,
+}
+
+/// Runs a local replay with the checkpoint options.
+fn replay_local(
+    runtime: &tokio::runtime::Runtime,
+    backend: &BackendArgs,
+    keys: &Path,
+    pin: Option<[u8; 32]>,
+    checkpoints: &CheckpointArgs,
+) -> anyhow::Result<projections::audit::AuditReport> {
+    let checkpoint_key = audit::checkpoints::verifier(keys, checkpoints.checkpoint_vkey.as_deref())?;
+    let since = match &checkpoints.checkpoint {
+        None => None,
+        Some(file) => {
+            let verifier =
+                checkpoint_key.as_ref().context("--checkpoint needs the checkpoint verifier key: checkpoint.vkey in --keys, or --checkpoint-vkey")?;
+            // The pin is the auditor's own input: one that does not verify is a usage error.
+            let checkpoint = audit::checkpoints::read(file, verifier)?.map_err(|reason| anyhow::anyhow!("--checkpoint {reason}"))?;
+            Some(checkpoint)
+        }
+    };
+    runtime.block_on(audit::replay_with(backend, keys, projections::audit::AuditOptions { checkpoint_key, pin, since }))
+}
+
+pub fn replay(
+    backend: &BackendArgs,
+    keys: Option<&Path>,
+    pin: Option<[u8; 32]>,
+    checkpoints: &CheckpointArgs,
+    json: bool,
+    remote: &RemoteArgs,
+) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Runtime::new()?;
     let report = match keys {
-        Some(keys) => runtime.block_on(audit::replay(backend, keys, pin))?,
+        Some(keys) => replay_local(&runtime, backend, keys, pin, checkpoints)?,
         None => match runtime.block_on(async { audit::remote::replay(&mut audit_client(remote).await?, pin).await })? {
             Ok(report) => report,
             Err(status) => return refused(status, json),
         },
     };
     eprintln!("{}", audit::describe(&report));
+    if let (Some(file), Some(note), true) = (&checkpoints.save_checkpoint, &report.checkpoint, report.ok()) {
+        std::fs::write(file, note).with_context(|| format!("cannot write {}", file.display()))?;
+        eprintln!("saved the newest checkpoint to {} (pin the next audit with --checkpoint)", file.display());
+    }
     if json {
         println!("{}", serde_json::to_string(&report)?);
     }
     Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// `audit consistency`'s files.
+pub struct ConsistencyFiles {
+    pub old: PathBuf,
+    pub new: PathBuf,
+    pub proof: Option<PathBuf>,
+    pub out: Option<PathBuf>,
+}
+
+/// `audit consistency`: 0 consistent, 1 not (or a checkpoint that does not verify), 2 usage.
+pub fn consistency(backend: &BackendArgs, files: &ConsistencyFiles, keys: &Path, vkey: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
+    use audit::checkpoints;
+    let verifier = checkpoints::verifier(keys, vkey)?.context("audit consistency needs the checkpoint verifier key: checkpoint.vkey in --keys, or --vkey")?;
+    let failed = |reason: String| -> anyhow::Result<ExitCode> {
+        eprintln!("consistency: FAILED: {reason}");
+        if json {
+            println!("{}", serde_json::json!({ "consistent": false, "proof": [], "reason": reason }));
+        }
+        Ok(ExitCode::from(1))
+    };
+    let (old, new) = match (checkpoints::read(&files.old, &verifier)?, checkpoints::read(&files.new, &verifier)?) {
+        (Ok(old), Ok(new)) => (old, new),
+        (Err(reason), _) | (_, Err(reason)) => return failed(reason),
+    };
+    let proof = match &files.proof {
+        Some(file) => {
+            let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+            match checkpoints::parse_proof(&text) {
+                Ok(proof) => proof,
+                Err(reason) => return failed(format!("{}: {reason}", file.display())),
+            }
+        }
+        None => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            match runtime.block_on(checkpoints::prove_from_stream(backend, keys, &old, &new))? {
+                Ok(proof) => proof,
+                Err(reason) => return failed(reason),
+            }
+        }
+    };
+    let found = checkpoints::check(&old, &new, &proof);
+    if let (Some(out), true) = (&files.out, found.consistent) {
+        std::fs::write(out, checkpoints::format_proof(&proof)).with_context(|| format!("cannot write {}", out.display()))?;
+    }
+    match &found.reason {
+        None => eprintln!("consistency: the tree of {} entries extends the tree of {} ({} proof hashes): OK", new.size, old.size, proof.len()),
+        Some(reason) => eprintln!("consistency: FAILED: {reason}"),
+    }
+    if json {
+        println!("{}", serde_json::to_string(&found)?);
+    }
+    Ok(if found.consistent { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 pub fn statement(backend: &BackendArgs, keys: Option<&Path>, holder: &HolderArgs, period: &str, json: bool, remote: &RemoteArgs) -> anyhow::Result<ExitCode> {

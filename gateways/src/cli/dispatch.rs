@@ -25,9 +25,9 @@ pub fn init_logging(cli: &Cli) {
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Keys { command: KeysCommand::Init { out } } => {
-            crate::common::keys::init(&out)?;
-            eprintln!("wrote engine.pem, engine.pub.pem, royalty-master.key and operator.cred to {}", out.display());
+        Command::Keys { command: KeysCommand::Init { out, origin } } => {
+            crate::common::keys::init_with_origin(&out, origin.as_deref())?;
+            eprintln!("wrote engine.pem, engine.pub.pem, royalty-master.key, operator.cred, checkpoint.key and checkpoint.vkey to {}", out.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Keys { command: KeysCommand::Issue(args) } => {
@@ -84,8 +84,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime.block_on(crate::server::serve::run(settings, crate::server::serve::terminate_signal()))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Audit { command: AuditCommand::Replay { backend, keys, pin, json, remote } } => {
-            super::audit::replay(&backend, keys.as_deref(), pin.as_deref(), json, &remote)
+        Command::Audit { command: AuditCommand::Replay { backend, keys, pin, witness, checkpoints, json, remote } } => {
+            let pin = audit::pin_of(pin.as_deref(), witness.as_deref())?;
+            super::audit::replay(&backend, keys.as_deref(), pin, &checkpoints, json, &remote)
+        }
+        Command::Audit { command: AuditCommand::Consistency { backend, old, new, keys, vkey, proof, out, json } } => {
+            super::audit::consistency(&backend, &super::audit::ConsistencyFiles { old, new, proof, out }, &keys, vkey.as_deref(), json)
         }
         Command::Audit { command: AuditCommand::Statement { backend, keys, holder, period, json, remote } } => {
             super::audit::statement(&backend, keys.as_deref(), &holder, &period, json, &remote)
@@ -97,15 +101,21 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             eprintln!("exported {} usage records ({} entries, {} seals) to {}", entries.len(), exported.entries.len(), exported.seals.len(), out.display());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Audit { command: AuditCommand::Verify { file, keys, pin, json } } => {
-            let pin = pin.as_deref().map(audit::parse_pin).transpose()?;
+        Command::Audit { command: AuditCommand::Verify { file, keys, pin, witness, json } } => {
+            let pin = audit::pin_of(pin.as_deref(), witness.as_deref())?;
             let report = audit::verify_file(&file, &keys, pin)?;
             match &report.first_bad {
                 None => eprintln!(
                     "verify: {} entries, {} seals verified, {} entries not yet sealed: OK",
                     report.entries, report.seals_verified, report.unsealed_entries
                 ),
-                Some(bad) => eprintln!("verify: FAILED at entry {:?} seal {:?}: {}", bad.entry, bad.seal, bad.reason),
+                Some(bad) => eprintln!(
+                    "verify: FAILED at{}{}{}: {}",
+                    bad.entry.map(|entry| format!(" entry {entry}")).unwrap_or_default(),
+                    bad.seal.map(|seal| format!(" seal {seal}")).unwrap_or_default(),
+                    bad.byte_offset.map(|offset| format!(" byte {offset}")).unwrap_or_default(),
+                    bad.reason
+                ),
             }
             if json {
                 println!("{}", serde_json::to_string(&report)?);
@@ -124,9 +134,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let ok = results.iter().all(Result::is_ok);
             for result in &results {
                 match result {
-                    Ok(entry) => eprintln!(
-                        "proof OK: entry for voucher {} media {:?} ({}), {} minor units",
-                        entry.voucher_id, entry.title, entry.media_id, entry.sale_price_minor
+                    Ok(proven) => eprintln!(
+                        "proof OK: entry for voucher {} media {:?} ({}), {} minor units{}",
+                        proven.entry.voucher_id,
+                        proven.entry.title,
+                        proven.entry.media_id,
+                        proven.entry.sale_price_minor,
+                        if proven.key_committed { "" } else { " (sealed before checkpoints: its key is not committed, the plaintext is as revealed)" }
                     ),
                     Err(reason) => eprintln!("proof FAILED: {reason}"),
                 }
@@ -135,7 +149,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let proofs: Vec<serde_json::Value> = results
                     .iter()
                     .map(|result| match result {
-                        Ok(entry) => serde_json::json!({ "ok": true, "entry": entry }),
+                        Ok(proven) => serde_json::json!({ "ok": true, "entry": proven.entry, "key_committed": proven.key_committed }),
                         Err(reason) => serde_json::json!({ "ok": false, "reason": reason }),
                     })
                     .collect();

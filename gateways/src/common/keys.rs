@@ -1,9 +1,13 @@
 //! The key directory written by `vouchsafe keys init` (CLI.md): `engine.pem` (RSA private,
-//! 0600), `engine.pub.pem`, `royalty-master.key` (0600) and `operator.cred` (0600).
+//! 0600), `engine.pub.pem`, `royalty-master.key` (0600), `operator.cred` (0600), and the
+//! checkpoint key `checkpoint.key` (Ed25519, 0600, Go's note private key line) with its
+//! verifier key `checkpoint.vkey` (the C2SP vkey line; the key name is the log's origin).
+//! A directory written before checkpoints has neither: its engine seals without one.
 //! Key material lives only in these files; nothing here prints or logs it.
 
 use anyhow::{Context, bail};
 use engine::crypto::{self, RsaPrivate, SecretKey};
+use engine::note::{NoteSigner, NoteVerifier};
 use std::io::Write;
 use std::path::Path;
 
@@ -11,6 +15,8 @@ pub const ENGINE_PEM: &str = "engine.pem";
 pub const ENGINE_PUB_PEM: &str = "engine.pub.pem";
 pub const ROYALTY_MASTER: &str = "royalty-master.key";
 pub const OPERATOR_CRED: &str = "operator.cred";
+pub const CHECKPOINT_KEY: &str = "checkpoint.key";
+pub const CHECKPOINT_VKEY: &str = "checkpoint.vkey";
 /// The engine's RSA key size.
 pub const ENGINE_RSA_BITS: usize = 2048;
 
@@ -77,8 +83,14 @@ fn write_secret(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes a fresh key directory; refuses to overwrite existing keys.
+/// Writes a fresh key directory; refuses to overwrite existing keys. The checkpoint key's
+/// name (the log's origin) is `vouchsafe.local/royalty/<engine key id>`.
 pub fn init(dir: &Path) -> anyhow::Result<()> {
+    init_with_origin(dir, None)
+}
+
+/// As `init`, naming the log's origin (a schema-less URL, no spaces or '+').
+pub fn init_with_origin(dir: &Path, origin: Option<&str>) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create key directory {}", dir.display()))?;
     // Only the owner may list or enter the key directory.
     #[cfg(unix)]
@@ -86,12 +98,14 @@ pub fn init(dir: &Path) -> anyhow::Result<()> {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).with_context(|| format!("cannot make {} private", dir.display()))?;
     }
-    for name in [ENGINE_PEM, ENGINE_PUB_PEM, ROYALTY_MASTER, OPERATOR_CRED] {
+    for name in [ENGINE_PEM, ENGINE_PUB_PEM, ROYALTY_MASTER, OPERATOR_CRED, CHECKPOINT_KEY, CHECKPOINT_VKEY] {
         if dir.join(name).exists() {
             bail!("{} already exists; keys init never overwrites keys (use another --out directory)", dir.join(name).display());
         }
     }
     let private = RsaPrivate::generate(ENGINE_RSA_BITS)?;
+    let origin = origin.map_or_else(|| format!("vouchsafe.local/royalty/{}", private.public().key_id()), str::to_string);
+    let checkpoint = NoteSigner::generate(&origin).with_context(|| format!("--origin {origin:?} cannot name a checkpoint key"))?;
     let public_pem = private.public().to_pem()?;
     write_secret(&dir.join(ENGINE_PEM), private.to_pkcs8_pem()?.as_bytes())?;
     std::fs::write(dir.join(ENGINE_PUB_PEM), public_pem).context("cannot write engine.pub.pem")?;
@@ -100,7 +114,38 @@ pub fn init(dir: &Path) -> anyhow::Result<()> {
     let operator_secret = SecretKey::random();
     let cred = zeroize::Zeroizing::new(format!("operator\n{}\n", hex::encode(operator_secret.expose())));
     write_secret(&dir.join(OPERATOR_CRED), cred.as_bytes())?;
+    write_secret(&dir.join(CHECKPOINT_KEY), zeroize::Zeroizing::new(format!("{}\n", checkpoint.to_private_line())).as_bytes())?;
+    std::fs::write(dir.join(CHECKPOINT_VKEY), format!("{}\n", checkpoint.verifier().vkey())).context("cannot write checkpoint.vkey")?;
     Ok(())
+}
+
+/// The checkpoint signing key, `None` in a key directory written before checkpoints.
+pub fn load_checkpoint_key(dir: &Path) -> anyhow::Result<Option<NoteSigner>> {
+    let path = dir.join(CHECKPOINT_KEY);
+    if !path.exists() {
+        return Ok(None);
+    }
+    warn_if_loose(&path);
+    let text = zeroize::Zeroizing::new(std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?);
+    // The error names the file, never its contents.
+    let signer =
+        NoteSigner::from_private_line(&text).map_err(|_| anyhow::anyhow!("{} is not a note private key (PRIVATE+KEY+<name>+<id>+<key>)", path.display()))?;
+    Ok(Some(signer))
+}
+
+/// The checkpoint verifier key from `file` (a `checkpoint.vkey`).
+pub fn load_checkpoint_vkey_file(file: &Path) -> anyhow::Result<NoteVerifier> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    NoteVerifier::from_vkey(&text).with_context(|| format!("{} is not a C2SP vkey line (<name>+<key id>+<key>)", file.display()))
+}
+
+/// The checkpoint verifier key of a key directory, `None` when it has none.
+pub fn load_checkpoint_vkey(dir: &Path) -> anyhow::Result<Option<NoteVerifier>> {
+    let path = dir.join(CHECKPOINT_VKEY);
+    if !path.exists() {
+        return Ok(None);
+    }
+    load_checkpoint_vkey_file(&path).map(Some)
 }
 
 /// Whether `dir` holds no keys yet (missing or empty).
@@ -157,6 +202,11 @@ pub fn check_dir(dir: &Path) -> anyhow::Result<()> {
     }
     load_royalty_master(dir)?;
     load_operator_id(dir)?;
+    if let Some(signer) = load_checkpoint_key(dir)?
+        && load_checkpoint_vkey(dir)?.is_some_and(|verifier| verifier != signer.verifier())
+    {
+        bail!("checkpoint.vkey does not match checkpoint.key");
+    }
     Ok(())
 }
 
@@ -172,13 +222,27 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            for name in [ENGINE_PEM, ROYALTY_MASTER, OPERATOR_CRED] {
+            for name in [ENGINE_PEM, ROYALTY_MASTER, OPERATOR_CRED, CHECKPOINT_KEY] {
                 let mode = std::fs::metadata(dir.path().join(name)).expect("file exists").permissions().mode() & 0o777;
                 assert_eq!(mode, 0o600, "{name} must be private");
             }
         }
         let again = init(dir.path()).expect_err("second init must refuse");
         assert!(again.to_string().contains("never overwrites"));
+        // The checkpoint key and its vkey: one key, named after the origin.
+        let signer = load_checkpoint_key(dir.path()).expect("loads").expect("written");
+        let verifier = load_checkpoint_vkey(dir.path()).expect("loads").expect("written");
+        assert_eq!(signer.verifier(), verifier);
+        assert!(signer.name().starts_with("vouchsafe.local/royalty/"));
+        assert_eq!(std::fs::read_to_string(dir.path().join(CHECKPOINT_VKEY)).expect("vkey").lines().count(), 1);
+        // Control: a vkey of another key is refused by check_dir.
+        let other = NoteSigner::generate(signer.name()).expect("key");
+        std::fs::write(dir.path().join(CHECKPOINT_VKEY), other.verifier().vkey()).expect("write");
+        assert!(check_dir(dir.path()).is_err(), "a mismatched vkey");
+        let named = tempfile::tempdir().expect("temp dir");
+        init_with_origin(named.path(), Some("example.com/royalty")).expect("init");
+        assert_eq!(load_checkpoint_key(named.path()).expect("loads").expect("written").name(), "example.com/royalty");
+        assert!(init_with_origin(tempfile::tempdir().expect("dir").path(), Some("bad origin")).is_err());
     }
 
     /// The key directory was created with default permissions (0755 under a usual umask):

@@ -1,5 +1,7 @@
 //! The witness file: one JSON line per seal the engine appended (written by the server's
-//! sealer), so an auditor can pin the newest seal it has seen (`audit replay --pin FILE`).
+//! sealer), so an auditor can pin the newest seal it has seen (`audit replay --witness FILE`; a
+//! convenience in the engine's own directory: a pin the engine cannot rewrite is one the
+//! auditor keeps, a hash for `--pin` or a checkpoint for `--checkpoint`).
 
 use anyhow::Context;
 use engine::domain::event::RightsReportSealed;

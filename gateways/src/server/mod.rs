@@ -325,7 +325,9 @@ impl RunningEngine {
 /// from the stream, then serves.
 pub async fn start(config: EngineConfig, log: Arc<dyn EventLog>, listener: tokio::net::TcpListener) -> anyhow::Result<RunningEngine> {
     crate::common::keys::check_dir(&config.keys_dir)?;
-    let keys = Arc::new(EngineKeys::new(crate::common::keys::load_engine_private(&config.keys_dir)?)?);
+    let mut keys = EngineKeys::new(crate::common::keys::load_engine_private(&config.keys_dir)?)?;
+    keys.checkpoint = crate::common::keys::load_checkpoint_key(&config.keys_dir)?;
+    let keys = Arc::new(keys);
     let royalty_master = crate::common::keys::load_royalty_master(&config.keys_dir)?;
     let operator = crate::common::cred::Credential::load(&config.keys_dir.join(crate::common::keys::OPERATOR_CRED))?;
     let media = MediaStore::open(&config.data_dir.join("media"))?;

@@ -54,6 +54,7 @@ fn sample() -> ExportedLog {
             signature: vec![],
             last_stream_seq: 100 + last as u64,
             stream_head: [1; 32],
+            checkpoint: None,
         };
         royalty::sign_seal(&test_keys::fixed_rsa(), &mut seal).expect("sign");
         prev = Report::seal_hash(&seal);
@@ -226,4 +227,166 @@ fn proving_unsealed_or_unknown_deliveries_says_why() {
     let mut tampered = log.clone();
     tampered.entries[0].y[0] ^= 1;
     assert!(matches!(prove(&tampered, &master(), &public(), "v0"), Err(ProveError::Unverified(_))));
+}
+
+/// Where each line of a format-2 file starts, and which entry or seal it holds.
+fn line_starts(bytes: &[u8]) -> Vec<usize> {
+    std::iter::once(0).chain(bytes.iter().enumerate().filter(|(_, b)| **b == b'\n').map(|(i, _)| i + 1)).collect()
+}
+
+#[test]
+fn a_file_of_one_entry_a_line_round_trips_and_old_exports_still_read() {
+    let log = sample();
+    let bytes = write_lines(&log);
+    assert_eq!(bytes.iter().filter(|b| **b == b'\n').count(), 1 + 10 + 2 + 1, "a header, ten entries, two seals, the end");
+    assert!(bytes.starts_with(b"{\"format\":\"vouchsafe-royalty-log/2\""));
+    assert_eq!(read_log(&bytes).expect("reads"), log);
+    let old = serde_json::to_vec_pretty(&log).expect("format 1");
+    assert_eq!(read_log(&old).expect("format 1 still reads"), log);
+}
+
+/// Every cut of a format-2 file fails at the entry or seal whose line it cuts (or the first
+/// missing after a cut at a line's end), with that line's byte offset; entries before it
+/// verify. A cut format-1 file fails with a byte offset.
+#[test]
+fn every_cut_names_the_entry_or_seal_and_byte_where_the_damage_starts() {
+    let log = sample();
+    let bytes = write_lines(&log);
+    let starts = line_starts(&bytes);
+    for cut in 0..bytes.len() {
+        let damage = read_log(&bytes[..cut]).expect_err("a cut file is damaged");
+        // The line the cut falls in (line 0 is the header), or the first missing one.
+        let line = starts.iter().rposition(|&start| start <= cut).expect("a line");
+        let (entry, seal) = match line {
+            0 => (Some(0), None),
+            line if line <= 10 => (Some(line as u64 - 1), None),
+            // A seal's line, or the end line (the first missing is the seal after the last).
+            line => (None, Some((line as u64 - 11).min(2))),
+        };
+        assert_eq!((damage.entry, damage.seal), (entry, seal), "cut at {cut}: {}", damage.reason);
+        assert_eq!(damage.byte_offset, starts[line] as u64, "cut at {cut}");
+        let report = verify_damaged(&damage, &master(), &public(), None);
+        assert!(!report.chain_ok);
+        let bad = report.first_bad.expect("the damage");
+        assert_eq!((bad.entry, bad.seal, bad.byte_offset), (damage.entry, damage.seal, Some(damage.byte_offset)), "{}", bad.reason);
+    }
+    let old = serde_json::to_vec_pretty(&log).expect("format 1");
+    for cut in [1, old.len() / 3, old.len() - 2] {
+        let damage = read_log(&old[..cut]).expect_err("a cut format-1 file is damaged");
+        assert!(damage.byte_offset <= cut as u64 && damage.byte_offset + 2 >= cut as u64, "cut at {cut}: offset {}", damage.byte_offset);
+    }
+}
+
+/// Whether two logs say the same (a seal's hex fields may differ in case).
+fn same_content(a: &ExportedLog, b: &ExportedLog) -> bool {
+    let seals = |log: &ExportedLog| log.seals.iter().map(|seal| seal.to_seal().ok()).collect::<Vec<_>>();
+    a.epoch == b.epoch && a.entries == b.entries && seals(a) == seals(b)
+}
+
+/// A single-bit flip in every byte of a format-2 file (a different bit each) is caught: the
+/// file no longer parses (damage at the flipped line), or it parses and the verification
+/// fails, or it parses to the very same log (a hex digit's case). Never a panic, never a
+/// pass of another log.
+#[test]
+fn every_bit_flip_is_caught_at_its_line_or_by_the_verification() {
+    let log = sample();
+    let bytes = write_lines(&log);
+    let starts = line_starts(&bytes);
+    let (mut unparsed, mut unverified, mut same) = (0, 0, 0);
+    for position in 0..bytes.len() {
+        for bit in [(position * 5 + 3) % 8] {
+            let mut flipped = bytes.clone();
+            flipped[position] ^= 1 << bit;
+            match read_log(&flipped) {
+                Err(damage) => {
+                    let line_start = starts[starts.iter().rposition(|&start| start <= position).expect("a line")] as u64;
+                    // A flipped newline moves line boundaries: the damage is at or before it.
+                    assert!(
+                        damage.byte_offset <= position as u64 + 1
+                            && (damage.byte_offset >= line_start || bytes[position] == b'\n' || flipped[position] == b'\n'),
+                        "flip at {position}.{bit}: {}",
+                        damage.reason
+                    );
+                    assert!(!verify_damaged(&damage, &master(), &public(), None).chain_ok);
+                    unparsed += 1;
+                }
+                Ok(parsed) if same_content(&parsed, &log) => same += 1,
+                Ok(parsed) => {
+                    assert!(!verify_log(&parsed, &master(), &public(), None).chain_ok, "flip at {position}.{bit} still verifies");
+                    unverified += 1;
+                }
+            }
+        }
+    }
+    assert!(unparsed > 0 && unverified > 0, "{unparsed} unparsed, {unverified} failed verification, {same} unchanged");
+}
+
+/// As `sample`, each seal a checkpoint signed with `note_key()`.
+fn sample_checkpointed() -> ExportedLog {
+    let mut chain = Chain::start(&master(), 1);
+    let mut tree = engine::tlog::Tree::default();
+    let mut entries = Vec::new();
+    for i in 0..10 {
+        let (chained, commitment) = chain.append_committed(&entry(i).encode(), None);
+        tree.push(royalty::tree_leaf_hash(&chained, &commitment));
+        entries.push(chained);
+    }
+    let mut log = sample();
+    log.entries = entries;
+    let mut prev = [0u8; 32];
+    for exported in &mut log.seals {
+        let mut seal = exported.to_seal().expect("seal");
+        let size = seal.last_entry + 1;
+        seal.head_y = log.entries[seal.last_entry as usize].y;
+        seal.head_z = log.entries[seal.last_entry as usize].z;
+        seal.prev_seal_hash = prev;
+        seal.checkpoint = Some(SealCheckpoint {
+            origin: String::new(),
+            tree_size: size,
+            root: tree.root(size).expect("root"),
+            signature: Vec::new(),
+            last_leaf_proof: tree.inclusion_proof(size - 1, size).expect("proof"),
+        });
+        engine::seal::sign_seal_with(&test_keys::fixed_rsa(), Some(&note_key()), &mut seal).expect("sign");
+        prev = Report::seal_hash(&seal);
+        *exported = ExportedSeal::from(&seal);
+    }
+    log
+}
+
+fn note_key() -> engine::note::NoteSigner {
+    engine::note::NoteSigner::new("vouchsafe.test/royalty", engine::crypto::Ed25519Private::from_seed(&[5; 32])).expect("key")
+}
+
+/// A checkpointed seal's bundle proves the entry's leaf, which commits to its key, in the
+/// signed tree: another key is refused by the tree before any decryption, and a bundle
+/// without the tree proof (a downgrade to format 1) is refused. Old bundles still check,
+/// flagged as not committing their key.
+#[test]
+fn proofs_of_checkpointed_seals_do_not_trust_the_key_they_carry() {
+    let log = sample_checkpointed();
+    assert!(verify_log_with(&log, &master(), &public(), Some(&note_key().verifier()), None).chain_ok);
+    let bundles = prove(&log, &master(), &public(), "v2").expect("prove");
+    for bundle in &bundles {
+        assert_eq!(bundle.format, PROOF_FORMAT_TREE);
+        let proven = check_proof_with(bundle, &public(), Some(&note_key().verifier())).expect("valid bundle");
+        assert!(proven.key_committed);
+        assert_eq!(proven.entry, entry(bundle.entry_index));
+
+        let mut other_key = bundle.clone();
+        other_key.entry_key = hex::encode([9u8; 32]);
+        let reason = check_proof_with(&other_key, &public(), None).expect_err("another key");
+        assert!(reason.contains("tree"), "refused by the tree, not by the decryption: {reason}");
+        let mut downgraded = bundle.clone();
+        (downgraded.format, downgraded.tree_proof, downgraded.z) = (PROOF_FORMAT.into(), None, None);
+        assert!(check_proof_with(&downgraded, &public(), None).is_err(), "a bundle without its tree proof");
+        let mut altered_z = bundle.clone();
+        altered_z.z = altered_z.z.as_deref().map(flip_first_digit);
+        assert!(check_proof_with(&altered_z, &public(), None).is_err(), "another Z");
+        let stranger = engine::note::NoteSigner::new("vouchsafe.test/royalty", engine::crypto::Ed25519Private::from_seed(&[6; 32])).expect("key");
+        assert!(check_proof_with(bundle, &public(), Some(&stranger.verifier())).is_err(), "another checkpoint key");
+    }
+    // A seal from before checkpoints: the bundle checks, its key flagged as not committed.
+    let old = prove(&sample(), &master(), &public(), "v2").expect("prove");
+    assert!(old.iter().all(|bundle| bundle.format == PROOF_FORMAT && check_proof_with(bundle, &public(), None).is_ok_and(|proven| !proven.key_committed)));
 }

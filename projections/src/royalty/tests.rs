@@ -175,6 +175,7 @@ fn seal_for(entries: &[ChainedEntry], prev: [u8; 32]) -> RightsReportSealed {
         signature: vec![],
         last_stream_seq: 500,
         stream_head: [8; 32],
+        checkpoint: None,
     };
     sign_seal(&test_keys::fixed_rsa(), &mut seal).expect("sign");
     seal
@@ -205,6 +206,7 @@ fn seals_verify_with_the_engine_key_only_and_cover_every_field() {
         ("last_stream_seq", Box::new(|s| s.last_stream_seq += 1)),
         ("stream_head", Box::new(|s| s.stream_head[0] ^= 1)),
         ("signature", Box::new(|s| s.signature[10] ^= 1)),
+        ("checkpoint", Box::new(|s| s.checkpoint = Some(checkpoint()))),
     ];
     for (field, mutate) in mutations {
         let mut altered = seal.clone();
@@ -212,6 +214,37 @@ fn seals_verify_with_the_engine_key_only_and_cover_every_field() {
         assert_ne!(altered, seal, "negative control for {field}");
         assert!(!verify_seal(&public, &altered), "altered {field} still verifies");
     }
+}
+
+fn checkpoint() -> engine::domain::event::SealCheckpoint {
+    engine::domain::event::SealCheckpoint { origin: "o".into(), tree_size: 4, root: [1; 32], signature: vec![2; 68], last_leaf_proof: vec![[3; 32]] }
+}
+
+/// A seal with a checkpoint: the RSA signature covers every checkpoint field too.
+#[test]
+fn the_seal_signature_covers_its_checkpoint() {
+    let mut seal = seal_for(&log(4), [0; 32]);
+    seal.checkpoint = Some(checkpoint());
+    sign_seal(&test_keys::fixed_rsa(), &mut seal).expect("sign");
+    let public = test_keys::fixed_rsa().public();
+    assert!(verify_seal(&public, &seal));
+    type Mutation = Box<dyn Fn(&mut engine::domain::event::SealCheckpoint)>;
+    let mutations: Vec<(&str, Mutation)> = vec![
+        ("origin", Box::new(|c| c.origin.push('x'))),
+        ("tree_size", Box::new(|c| c.tree_size += 1)),
+        ("root", Box::new(|c| c.root[0] ^= 1)),
+        ("signature", Box::new(|c| c.signature[0] ^= 1)),
+        ("last_leaf_proof", Box::new(|c| c.last_leaf_proof[0][0] ^= 1)),
+    ];
+    for (field, mutate) in mutations {
+        let mut altered = seal.clone();
+        mutate(altered.checkpoint.as_mut().expect("checkpointed"));
+        assert!(!verify_seal(&public, &altered), "altered checkpoint {field} still verifies");
+        assert_ne!(engine::domain::report::Report::seal_hash(&altered), engine::domain::report::Report::seal_hash(&seal), "{field}");
+    }
+    let mut dropped = seal.clone();
+    dropped.checkpoint = None;
+    assert!(!verify_seal(&public, &dropped), "a dropped checkpoint");
 }
 
 #[test]

@@ -6,8 +6,9 @@
 //! - `rc/` media → JSON `MediaRecord` (catalog data and royalty terms);
 //! - `rs/` voucher → JSON `SaleRecord` (`SaleRows`, kept cold in sled by `Rows`);
 //! - `rp/` preview → merchant;
-//! - `re/` index → JSON `EntryRecord`: the chained entry with its source sequence and
-//!   the usage digest after it;
+//! - `re/` index → JSON `EntryRecord`: the chained entry with its source sequence, the
+//!   usage digest after it and its leaf hash in the tree (the tree's upper levels are
+//!   rebuilt from the leaves at load);
 //! - `rt/` dimension byte ‖ key → JSON `TotalsRecord`;
 //! - `rl/` index → JSON `SealRecord`; `rf/` index → JSON `FaultRecord`.
 //!
@@ -20,7 +21,7 @@ use super::{Dimension, EPOCH, MediaInfo, RoyaltyLog, Sale, SealFault, TotalsLine
 use crate::rows::{Prefix, RowError, RowKind, RowWrite, Rows, contiguous, decode_json, index_key, index_of, json, key, keyed_by_voucher, utf8};
 use crate::royalty::ChainedEntry;
 use crate::serde_hex::hex_array;
-use engine::domain::event::{RightsReportSealed, RoyaltyTerms};
+use engine::domain::event::{RightsReportSealed, RoyaltyTerms, SealCheckpoint};
 use engine::ids::{MediaId, PreviewId, Seq, VoucherId};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -69,6 +70,8 @@ pub(crate) struct EntryRecord {
     source_seq: u64,
     #[serde(with = "hex_array")]
     usage_digest: [u8; 32],
+    #[serde(with = "hex_array")]
+    leaf_hash: [u8; 32],
 }
 
 #[derive(Serialize, Deserialize)]
@@ -107,6 +110,43 @@ struct SealRecord {
     /// When the seal was recorded (absent in rows written before seal times were kept: 0).
     #[serde(default)]
     sealed_at_ms: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    checkpoint: Option<CheckpointRecord>,
+}
+
+/// A seal's checkpoint (`SealCheckpoint`).
+#[derive(Serialize, Deserialize)]
+struct CheckpointRecord {
+    origin: String,
+    tree_size: u64,
+    #[serde(with = "hex_array")]
+    root: [u8; 32],
+    signature: String,
+    last_leaf_proof: Vec<String>,
+}
+
+impl CheckpointRecord {
+    fn of(checkpoint: &SealCheckpoint) -> Self {
+        Self {
+            origin: checkpoint.origin.clone(),
+            tree_size: checkpoint.tree_size,
+            root: checkpoint.root,
+            signature: hex::encode(&checkpoint.signature),
+            last_leaf_proof: checkpoint.last_leaf_proof.iter().map(hex::encode).collect(),
+        }
+    }
+
+    fn checkpoint(self, index: u64) -> Result<SealCheckpoint, RowError> {
+        let hex_error = |field: &'static str| move |source| RowError::Hex { kind: "seal", id: index.to_string(), field, source };
+        let signature = hex::decode(&self.signature).map_err(hex_error("checkpoint signature"))?;
+        let mut last_leaf_proof = Vec::with_capacity(self.last_leaf_proof.len());
+        for text in &self.last_leaf_proof {
+            let mut hash = [0u8; 32];
+            hex::decode_to_slice(text, &mut hash).map_err(hex_error("last leaf proof"))?;
+            last_leaf_proof.push(hash);
+        }
+        Ok(SealCheckpoint { origin: self.origin, tree_size: self.tree_size, root: self.root, signature, last_leaf_proof })
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -211,6 +251,7 @@ fn seal_value(seal: &RightsReportSealed, sealed_at_ms: i64) -> Result<Vec<u8>, R
         last_stream_seq: seal.last_stream_seq,
         stream_head: seal.stream_head,
         sealed_at_ms,
+        checkpoint: seal.checkpoint.as_ref().map(CheckpointRecord::of),
     };
     json(&record, "seal")
 }
@@ -282,6 +323,7 @@ impl RoyaltyLog {
                 entry: entry.clone(),
                 source_seq: self.source_seqs.get(position).copied().unwrap_or(0),
                 usage_digest: self.usage_digests.get(position).copied().unwrap_or([0; 32]),
+                leaf_hash: self.tree.leaf_hashes().get(position).copied().unwrap_or([0; 32]),
             };
             changes.push(Change::Entry(position as u64, Box::new(record)));
         }
@@ -407,6 +449,7 @@ impl Reader {
                     signature,
                     last_stream_seq: record.last_stream_seq,
                     stream_head: record.stream_head,
+                    checkpoint: record.checkpoint.map(|checkpoint| checkpoint.checkpoint(index)).transpose()?,
                 };
                 self.seals.insert(index, (seal, record.sealed_at_ms));
             }
@@ -443,6 +486,7 @@ impl Reader {
         for stored in entries {
             log.source_seqs.push(stored.source_seq);
             log.usage_digests.push(stored.usage_digest);
+            log.tree.push(stored.leaf_hash);
             log.entries.push(stored.entry);
         }
         Ok(log)

@@ -179,6 +179,10 @@ fn keyed() -> Projections {
 /// Applies `events` to `projections` (and, when `seal`, a signed seal of the entries
 /// not sealed yet); returns the stored events, for applying elsewhere byte for byte
 /// (a seal's signature is randomized).
+fn checkpoint_key() -> engine::note::NoteSigner {
+    engine::note::NoteSigner::new("vouchsafe.test/royalty", engine::crypto::Ed25519Private::from_seed(&[9; 32])).expect("a valid key name")
+}
+
 fn apply_all(projections: &mut Projections, events: Vec<Event>, seal: bool) -> Vec<StoredEvent> {
     let mut applied = Vec::new();
     for event in events {
@@ -187,7 +191,8 @@ fn apply_all(projections: &mut Projections, events: Vec<Event>, seal: bool) -> V
     }
     if seal {
         let mut seal = projections.unsigned_seal(1).expect("chained").expect("entries to seal");
-        crate::royalty::sign_seal(&test_keys::fixed_rsa(), &mut seal).expect("sign");
+        // With a checkpoint, so that the stored seals carry one through every round trip.
+        engine::seal::sign_seal_with(&test_keys::fixed_rsa(), Some(&checkpoint_key()), &mut seal).expect("sign");
         applied.push(stored(projections.last_seq.0 + 1, Event::RightsReportSealed(seal)));
         projections.apply(applied.last().expect("just pushed")).expect("apply the seal");
     }
@@ -214,6 +219,7 @@ fn assert_identical(loaded: &Projections, memory: &Projections) {
     assert_eq!(l.sales, m.sales);
     assert_eq!(l.previews, m.previews);
     assert_eq!((&l.entries, &l.source_seqs, &l.usage_digests), (&m.entries, &m.source_seqs, &m.usage_digests));
+    assert_eq!(l.tree, m.tree, "the tree rebuilt from the stored leaves");
     assert_eq!((l.usages, &l.totals), (m.usages, &m.totals));
     assert_eq!((&l.seals, &l.seal_times, l.seals_verified, &l.seal_faults), (&m.seals, &m.seal_times, m.seals_verified, &m.seal_faults));
     assert_eq!(l.chain.as_ref().map(|c| (c.epoch(), c.next_index(), c.head_y())), m.chain.as_ref().map(|c| (c.epoch(), c.next_index(), c.head_y())));
@@ -262,7 +268,7 @@ fn every_kind_of_row_round_trips() {
 /// the format, which needs a new `FORMAT_MARKER` so that old stores are rebuilt rather
 /// than misread.
 #[test]
-fn the_stored_bytes_are_those_of_format_10() {
+fn the_stored_bytes_are_those_of_format_11() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let (store, _) = ProjectionStore::open(dir.path()).expect("open");
     let mut projections = store.load(Some(&master()), Some(test_keys::fixed_rsa().public())).expect("load");
@@ -274,6 +280,9 @@ fn the_stored_bytes_are_those_of_format_10() {
     let mut seal = projections.unsigned_seal(1).expect("chained").expect("entries to seal");
     seal.engine_key_id = "k1".into();
     seal.signature = vec![0x5a; 8];
+    let checkpoint = seal.checkpoint.as_mut().expect("a draft has the tree's part");
+    checkpoint.origin = "vouchsafe.test/royalty".into();
+    checkpoint.signature = vec![0xa5; 68];
     apply_all(&mut projections, vec![Event::RightsReportSealed(seal)], false);
     store.commit(&mut projections).expect("commit");
     assert_eq!(projections.royalty.seal_faults.len(), 1, "the seal is stored with its fault");
@@ -295,7 +304,7 @@ fn the_stored_bytes_are_those_of_format_10() {
         "vh/", "vr/",
     ];
     assert_eq!(prefixes, expected.into_iter().map(str::to_owned).collect(), "every kind of row is stored");
-    assert_eq!(hex::encode(hasher.finalize()), "7c81716a4c57bffc8d74da4959c4deddcd9ab24cc74b5201163c094a2f21de67", "the stored bytes changed:\n{dump}");
+    assert_eq!(hex::encode(hasher.finalize()), "0cd42754b13b6146b4c91e88ed7884d7b7caa01bd4b3ebc8850c0de25e691e90", "the stored bytes changed:\n{dump}");
 }
 
 #[test]
@@ -337,7 +346,7 @@ fn a_seal_naming_a_position_whose_head_is_gone_is_a_fault() {
         if let Some(position) = position {
             seal.last_stream_seq = position;
         }
-        crate::royalty::sign_seal(&test_keys::fixed_rsa(), &mut seal).expect("sign");
+        engine::seal::sign_seal_with(&test_keys::fixed_rsa(), Some(&checkpoint_key()), &mut seal).expect("sign");
         let mut replay = keyed();
         for event in history.iter().chain(&more) {
             replay.apply(event).expect("apply");

@@ -30,6 +30,11 @@ pub fn engine_public() -> RsaPublic {
     test_keys::fixed_rsa().public()
 }
 
+/// The checkpoint key of the checkpointed test streams (`generate_checkpointed`).
+pub fn checkpoint_key() -> engine::note::NoteSigner {
+    engine::note::NoteSigner::new("vouchsafe.test/royalty", engine::crypto::Ed25519Private::from_seed(&[9; 32])).expect("a valid key name")
+}
+
 /// Keyed projections, as the engine and the auditor run them.
 pub fn keyed() -> Projections {
     Projections::with_royalty_keys(&master(), Some(engine_public()))
@@ -113,6 +118,7 @@ struct Generator {
     next_id: u64,
     usages_since_seal: u64,
     seal_every_usages: u64,
+    checkpoint_key: Option<engine::note::NoteSigner>,
 }
 
 impl Generator {
@@ -412,7 +418,7 @@ impl Generator {
 
     fn seal(&mut self) {
         let Ok(Some(mut seal)) = self.tracker.unsigned_seal(1) else { return };
-        projections::royalty::sign_seal(&test_keys::fixed_rsa(), &mut seal).expect("sign a seal");
+        engine::seal::sign_seal_with(&test_keys::fixed_rsa(), self.checkpoint_key.as_ref(), &mut seal).expect("sign a seal");
         self.push(Event::RightsReportSealed(seal));
         self.usages_since_seal = 0;
     }
@@ -421,6 +427,15 @@ impl Generator {
 /// A deterministic stream of about `count` events (at least `count`), sealed every
 /// `seal_every_usages` royalty entries.
 pub fn generate(seed: u64, count: usize, seal_every_usages: u64) -> Vec<StoredEvent> {
+    generate_with(seed, count, seal_every_usages, None)
+}
+
+/// As `generate`, each seal a C2SP checkpoint signed with `checkpoint_key()`.
+pub fn generate_checkpointed(seed: u64, count: usize, seal_every_usages: u64) -> Vec<StoredEvent> {
+    generate_with(seed, count, seal_every_usages, Some(checkpoint_key()))
+}
+
+fn generate_with(seed: u64, count: usize, seal_every_usages: u64, checkpoint_key: Option<engine::note::NoteSigner>) -> Vec<StoredEvent> {
     let mut generator = Generator {
         rng: Rng::new(seed),
         now_ms: 1_767_225_600_000, // 2026-01-01
@@ -438,6 +453,7 @@ pub fn generate(seed: u64, count: usize, seal_every_usages: u64) -> Vec<StoredEv
         next_id: 0,
         usages_since_seal: 0,
         seal_every_usages,
+        checkpoint_key,
     };
     generator.setup();
     while generator.events.len() < count {

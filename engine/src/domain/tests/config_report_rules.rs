@@ -131,6 +131,7 @@ fn seal(epoch: u64, first_entry: u64, last_entry: u64, prev_seal_hash: [u8; 32])
         signature: vec![5; 256],
         last_stream_seq: last_entry + 100,
         stream_head: [4; 32],
+        checkpoint: None,
     }
 }
 fn sealed(seal: &RightsReportSealed) -> Event {
@@ -185,6 +186,21 @@ fn unsigned_seal_is_refused() {
     let mut unsigned = seal(1, 0, 9, [0; 32]);
     unsigned.signature.clear();
     check_invalid::<Report>(&[], ReportCommand::Seal(unsigned), T0, "signature");
+}
+
+/// Once a seal carries a checkpoint, the next must too (a way back to seals without one
+/// would drop what witnesses and incremental auditors rely on).
+#[test]
+fn a_seal_without_a_checkpoint_after_one_with_is_refused() {
+    let mut first = seal(1, 0, 9, [0; 32]);
+    first.checkpoint =
+        Some(crate::domain::event::SealCheckpoint { origin: "o".into(), tree_size: 10, root: [1; 32], signature: vec![2; 68], last_leaf_proof: vec![] });
+    let second = seal(1, 10, 19, Report::seal_hash(&first));
+    check_invalid::<Report>(&[sealed(&first)], ReportCommand::Seal(second.clone()), T0, "checkpoint");
+    // Control: after a seal without one, a seal without one is fine.
+    let plain = seal(1, 0, 9, [0; 32]);
+    let next = seal(1, 10, 19, Report::seal_hash(&plain));
+    assert!(crate::domain::Aggregate::decide(&fold::<Report>(&[sealed(&plain)]), &ReportCommand::Seal(next), T0).is_ok());
 }
 
 #[test]

@@ -155,7 +155,7 @@ fn unknown_enum_values_are_invalid() {
 /// function that overwrites it in that example's protobuf.
 type HashField = (&'static str, usize, fn(&mut E, Vec<u8>));
 
-const HASH_FIELDS: [HashField; 16] = [
+const HASH_FIELDS: [HashField; 17] = [
     ("credential_hash", 3, |e, b| {
         if let E::MerchantRegistered(m) = e {
             m.credential_hash = b
@@ -214,6 +214,11 @@ const HASH_FIELDS: [HashField; 16] = [
     ("stream_head", 20, |e, b| {
         if let E::RightsReportSealed(s) = e {
             s.stream_head = b
+        }
+    }),
+    ("tree_root", 20, |e, b| {
+        if let E::RightsReportSealed(s) = e {
+            s.tree_root = b
         }
     }),
     ("device_public_key_hash", 26, |e, b| {

@@ -8,7 +8,7 @@
 use super::golden::{golden_reserved_event, golden_reserved_pb};
 use crate::domain::event::{
     Actor, ActorKind, AggregateKind, AggregateRef, Event, LedgerAccountKind, MediaPublished, Payment, PointsSale, Posting, PreviewClip, Recorded, Rendition,
-    RightsReportSealed, RoyaltyTerms, UnitCharge, VoidReason,
+    RightsReportSealed, RoyaltyTerms, SealCheckpoint, UnitCharge, VoidReason,
 };
 use crate::ids::{AccountId, AuditorId, CertSerial, ConsumerId, MediaId, MerchantId, Millis, NodeId, OrderId, PreviewId, VoucherId};
 use crate::wire::{decode, decode_shared, encode};
@@ -477,6 +477,13 @@ pub(super) fn examples() -> Vec<(Event, E)> {
                 signature: vec![1, 2, 3, 4],
                 last_stream_seq: 4242,
                 stream_head: hash(13),
+                checkpoint: Some(SealCheckpoint {
+                    origin: "vouchsafe.example/royalty".into(),
+                    tree_size: 200,
+                    root: hash(14),
+                    signature: vec![5; 68],
+                    last_leaf_proof: vec![hash(15), hash(16)],
+                }),
             }),
             E::RightsReportSealed(pb::RightsReportSealed {
                 epoch: 3,
@@ -491,6 +498,11 @@ pub(super) fn examples() -> Vec<(Event, E)> {
                 signature: vec![1, 2, 3, 4],
                 last_stream_seq: 4242,
                 stream_head: hash(13).to_vec(),
+                checkpoint_origin: "vouchsafe.example/royalty".into(),
+                tree_size: 200,
+                tree_root: hash(14).to_vec(),
+                checkpoint_signature: vec![5; 68],
+                last_leaf_proof: vec![hash(15).to_vec(), hash(16).to_vec()],
             }),
         ),
         (

@@ -270,6 +270,7 @@ fn hash_fields(event: &mut E) -> Vec<(&'static str, &mut Vec<u8>)> {
             ("merkle_root", &mut s.merkle_root),
             ("totals_digest", &mut s.totals_digest),
             ("prev_seal_hash", &mut s.prev_seal_hash),
+            // Not `tree_root`: it is read only when the seal has a checkpoint (errors.rs).
             ("stream_head", &mut s.stream_head),
         ],
         E::UnitBound(u) => vec![("device_public_key_hash", &mut u.device_public_key_hash), ("wrapped_key_hash", &mut u.wrapped_key_hash)],

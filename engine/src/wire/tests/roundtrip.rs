@@ -6,8 +6,8 @@
 
 use super::examples::{ACTOR_KINDS, LEDGER_KINDS, VARIANT_COUNT, VOID_REASONS, variant_index};
 use crate::domain::event::{
-    Actor, Event, MediaPublished, Payment, PointsSale, Posting, PreviewClip, Recorded, Rendition, ReservedItem, RightsReportSealed, RoyaltyTerms, UnitCharge,
-    VoidReason,
+    Actor, Event, MediaPublished, Payment, PointsSale, Posting, PreviewClip, Recorded, Rendition, ReservedItem, RightsReportSealed, RoyaltyTerms,
+    SealCheckpoint, UnitCharge, VoidReason,
 };
 use crate::ids::{AccountId, AuditorId, CertSerial, ConsumerId, MediaId, MerchantId, Millis, NodeId, OrderId, PreviewId, VoucherId};
 use crate::wire::{decode, encode};
@@ -132,7 +132,7 @@ fn arb_reserved() -> impl Strategy<Value = Event> {
 }
 
 fn arb_rights_report_sealed() -> impl Strategy<Value = Event> {
-    (u64s(), u64s(), u64s(), hash32(), hash32(), hash32(), hash32(), hash32(), text(), bytes(), (u64s(), hash32())).prop_map(
+    (u64s(), u64s(), u64s(), hash32(), hash32(), hash32(), hash32(), hash32(), text(), bytes(), (u64s(), hash32(), arb_seal_checkpoint())).prop_map(
         |(
             epoch,
             first_entry,
@@ -144,7 +144,7 @@ fn arb_rights_report_sealed() -> impl Strategy<Value = Event> {
             prev_seal_hash,
             engine_key_id,
             signature,
-            (last_stream_seq, stream_head),
+            (last_stream_seq, stream_head, checkpoint),
         )| {
             Event::RightsReportSealed(RightsReportSealed {
                 epoch,
@@ -159,9 +159,17 @@ fn arb_rights_report_sealed() -> impl Strategy<Value = Event> {
                 signature,
                 last_stream_seq,
                 stream_head,
+                checkpoint,
             })
         },
     )
+}
+
+/// A seal's checkpoint or none; a present one has an origin (empty means none on the wire).
+fn arb_seal_checkpoint() -> impl Strategy<Value = Option<SealCheckpoint>> {
+    proptest::option::of((text(), u64s(), hash32(), bytes(), vec(hash32(), 0..4)).prop_map(|(origin, tree_size, root, signature, last_leaf_proof)| {
+        SealCheckpoint { origin: format!("o{origin}"), tree_size, root, signature, last_leaf_proof }
+    }))
 }
 
 /// Any event of any variant, every field arbitrary. A new variant also needs an arm here;

@@ -1,0 +1,70 @@
+use super::*;
+
+// The example of Go's reference implementation (golang.org/x/mod/sumdb/note): its key
+// files and the note it signs, byte for byte (Ed25519 is deterministic).
+const VKEY: &str = "PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW";
+const SKEY: &str = "PRIVATE+KEY+PeterNeumann+c74f20a3+AYEKFALVFGyNhPJEMzD1QIDr+Y7hfZx09iUvxdXHKDFz";
+const TEXT: &str = "If you think cryptography is the answer to your problem,\nthen you don't know what your problem is.\n";
+const NOTE: &str = "If you think cryptography is the answer to your problem,\nthen you don't know what your problem is.\n\n\u{2014} PeterNeumann x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FFYC2pZSNXgKvqfqdngotpRZb6KE6RyyBwJnAM=\n";
+
+#[test]
+fn keys_ids_and_signatures_match_the_go_reference_byte_for_byte() {
+    let signer = NoteSigner::from_private_line(SKEY).expect("the reference private key");
+    assert_eq!(signer.verifier().vkey(), VKEY, "key id and vkey encoding");
+    assert_eq!(signer.to_private_line(), SKEY);
+    let note = SignedNote { text: TEXT.into(), signatures: vec![("PeterNeumann".into(), signer.sign(TEXT).to_vec())] };
+    assert_eq!(note.format(), NOTE);
+    let verifier = NoteVerifier::from_vkey(VKEY).expect("the reference vkey");
+    let parsed = SignedNote::parse(NOTE.as_bytes()).expect("parses");
+    assert_eq!(parsed.open(&verifier).expect("verifies"), TEXT);
+    assert!(!format!("{signer:?}").contains("AYEKFALV"), "a signer never prints its key");
+}
+
+#[test]
+fn altered_notes_wrong_keys_and_bad_key_lines_are_refused() {
+    let verifier = NoteVerifier::from_vkey(VKEY).expect("vkey");
+    let altered = NOTE.replacen("cryptography", "cryptograph", 1);
+    assert!(matches!(SignedNote::parse(altered.as_bytes()).expect("parses").open(&verifier), Err(NoteError::BadSignature(_))));
+    let other = NoteSigner::generate("PeterNeumann").expect("key");
+    assert!(matches!(SignedNote::parse(NOTE.as_bytes()).expect("parses").open(&other.verifier()), Err(NoteError::Unsigned(_))), "another key, same name");
+    // An unknown key's signature beside the known one is ignored; a bad known one is not.
+    let mut both = SignedNote::parse(NOTE.as_bytes()).expect("parses");
+    both.signatures.insert(0, ("someone.else".into(), vec![1, 2, 3, 4, 5]));
+    assert!(both.open(&verifier).is_ok());
+    for bad in ["", "no signatures\n", "text\n\n— PeterNeumann !!!\n", "text\n\n\u{2014} PeterNeumann AAAA", "te\u{7}xt\n\n\u{2014} a AAAAAA==\n"] {
+        assert!(SignedNote::parse(bad.as_bytes()).is_err(), "{bad:?}");
+    }
+    for bad in [
+        "PeterNeumann+c74f20a4+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW",
+        "PeterNeumann+c74f20a3+AhpC2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW",
+        "Peter Neumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW",
+        "PeterNeumann+c74f20a3",
+    ] {
+        assert!(NoteVerifier::from_vkey(bad).is_err(), "{bad}");
+    }
+    assert!(NoteSigner::from_private_line(&SKEY.replace("c74f20a3", "c74f20a4")).is_err());
+    assert!(NoteSigner::generate("with+plus").is_err());
+}
+
+#[test]
+fn checkpoints_sign_parse_and_refuse_wrong_origins_sizes_and_roots() {
+    let signer = NoteSigner::generate("vouchsafe.example/royalty").expect("key");
+    let checkpoint = Checkpoint { origin: "vouchsafe.example/royalty".into(), size: 20852163, root: [7; 32] };
+    let (note, signature) = checkpoint.sign(&signer);
+    assert_eq!(note, checkpoint.note(signer.name(), &signature));
+    assert!(note.starts_with("vouchsafe.example/royalty\n20852163\nBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=\n\n\u{2014} vouchsafe.example/royalty "));
+    assert_eq!(Checkpoint::open(note.as_bytes(), &signer.verifier()), Ok(checkpoint.clone()));
+    // Controls: another size or root under the same signature, another origin's key.
+    let resized = note.replacen("20852163", "20852164", 1);
+    assert!(Checkpoint::open(resized.as_bytes(), &signer.verifier()).is_err());
+    let rerooted = note.replacen("BwcH", "CAcH", 1);
+    assert!(Checkpoint::open(rerooted.as_bytes(), &signer.verifier()).is_err());
+    let elsewhere = NoteSigner::generate("other.example/log").expect("key");
+    let (foreign, _) = checkpoint.sign(&elsewhere);
+    assert!(matches!(Checkpoint::open(foreign.as_bytes(), &elsewhere.verifier()), Err(NoteError::Checkpoint(_))), "the origin is the key's name");
+    for bad in ["o\n01\nBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=\n", "o\n1\nBwcH\n", "o\n1\n", "\n1\nBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=\n"] {
+        assert!(Checkpoint::parse(bad).is_err(), "{bad:?}");
+    }
+    let extended = Checkpoint::parse("o\n1\nBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=\nextension line\n").expect("extension lines are ignored");
+    assert_eq!(extended.size, 1);
+}
