@@ -129,7 +129,7 @@ impl Tree {
     /// aligned complete subtree (stored) or splits into one and a shorter right part.
     fn subtree(&self, lo: u64, hi: u64) -> Option<Hash> {
         let n = hi - lo;
-        if n.is_power_of_two() && lo % n == 0 {
+        if n.is_power_of_two() && lo.is_multiple_of(n) {
             let level = n.trailing_zeros() as usize;
             return self.levels.get(level)?.get(lo >> level);
         }
