@@ -92,7 +92,7 @@ struct Answers {
     stats: BTreeMap<&'static str, String>,
     nodes: BTreeMap<String, (u32, u32, String, String)>,
     totals: Vec<pb::TotalsLine>,
-    seals: (u64, u64, u64, Vec<(u64, String)>),
+    seals: (u64, u64, u64, Vec<(u64, String)>, String),
     ledger: pb::LedgerResponse,
     catalog: Vec<pb::CatalogItem>,
     merchants: Vec<pb::PartyView>,
@@ -123,6 +123,7 @@ async fn answers(url: &str, operator: &Credential, shop: &Credential, month: &st
             totals.seals_verified,
             totals.seal_faults,
             totals.newest_seals.iter().map(|seal| (seal.index + 1, hex::encode(&seal.seal_hash))).collect(),
+            totals.newest_seals.first().map(|seal| seal.checkpoint_note.clone()).unwrap_or_default(),
         ),
         totals: totals.lines,
         ledger: admin.get_ledger(pb::GetLedgerRequest {}).await.expect("ledger").into_inner(),
@@ -299,7 +300,7 @@ fn the_console_in_a_browser_shows_each_role_what_the_grpc_queries_answer() {
         assert!(compared >= 3, "the demo's totals are on the page");
         assert_eq!(totals["charts"], serde_json::json!(["artist", "merchant", "month"]), "an SVG chart per table");
         let royalty = page(role, "/royalty");
-        let (entries, verified, faults, newest) = &answers.seals;
+        let (entries, verified, faults, newest, checkpoint) = &answers.seals;
         assert_eq!((figure(&royalty, "royalty_entries"), figure(&royalty, "seals_verified")), (entries.to_string().as_str(), verified.to_string().as_str()));
         assert_eq!((*faults, figure(&royalty, "chain")), (0, format!("chain verified up to seal {verified}").as_str()));
         assert!(!newest.is_empty(), "the demo waited for a seal");
@@ -307,6 +308,9 @@ fn the_console_in_a_browser_shows_each_role_what_the_grpc_queries_answer() {
             assert_eq!(cell(&royalty, &format!("seal/{number}"), "hash"), hash);
             assert_ne!(cell(&royalty, &format!("seal/{number}"), "sealed_at"), "unknown", "a seal's time is kept");
         }
+        // The newest checkpoint, as AuditService.Totals gives it (a signed note).
+        assert!(checkpoint.contains("\n\n\u{2014} "), "the demo's seals carry checkpoints: {checkpoint:?}");
+        assert_eq!(figure(&royalty, "newest_checkpoint").trim(), checkpoint.trim(), "the checkpoint on the page");
         let ledger = page(role, "/ledger");
         assert_eq!((figure(&ledger, "sum_minor"), answers.ledger.sum_minor), ("0", 0), "the ledger sums to zero");
         assert!(!answers.ledger.lines.is_empty());

@@ -151,6 +151,11 @@ impl Api {
                     first_entry: seal.first_entry,
                     last_entry: seal.last_entry,
                     last_stream_seq: seal.last_stream_seq,
+                    checkpoint_note: seal
+                        .checkpoint
+                        .as_ref()
+                        .map(|c| engine::note::Checkpoint { origin: c.origin.clone(), size: c.tree_size, root: c.root }.note(&c.origin, &c.signature))
+                        .unwrap_or_default(),
                 })
                 .collect();
             pb::TotalsResponse {

@@ -372,6 +372,14 @@ pub(super) async fn royalty(State(console): State<Arc<Console>>, headers: Header
                 }
             }
         }
+        h2 { "Newest checkpoint" }
+        @match totals.newest_seals.first().map(|seal| seal.checkpoint_note.as_str()).filter(|note| !note.is_empty()) {
+            Some(note) => {
+                p { "The newest seal as a C2SP checkpoint, signed with the log's Ed25519 key (" code { "checkpoint.vkey" } "):" }
+                pre data-figure="newest_checkpoint" { (note) }
+            }
+            None => p.note { "No seal carries a checkpoint yet." }
+        }
         p.note { "An auditor verifies independently with " code { "vouchsafe audit replay --connect URL --cred auditor.cred" } "." }
     };
     page(&identity, Page::Royalty, false, body)
