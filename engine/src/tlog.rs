@@ -104,7 +104,7 @@ impl Tree {
         let mut position = self.levels[0].end();
         self.levels[0].nodes.push(leaf);
         let mut level = 0;
-        while position % 2 == 1 {
+        while !position.is_multiple_of(2) {
             let left = self.levels[level].get(position - 1).expect("a left sibling is stored or a frontier node");
             let right = self.levels[level].get(position).expect("just stored");
             level += 1;
@@ -129,7 +129,7 @@ impl Tree {
     /// aligned complete subtree (stored) or splits into one and a shorter right part.
     fn subtree(&self, lo: u64, hi: u64) -> Option<Hash> {
         let n = hi - lo;
-        if n.is_power_of_two() && lo % n == 0 {
+        if n.is_power_of_two() && lo.is_multiple_of(n) {
             let level = n.trailing_zeros() as usize;
             return self.levels.get(level)?.get(lo >> level);
         }

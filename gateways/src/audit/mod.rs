@@ -465,6 +465,11 @@ mod tests {
         }
     }
 
+    /// A cell a spreadsheet would run as a formula: `=`, `+`, `@`, or `-` not starting a number.
+    fn live_formula(cell: &str) -> bool {
+        cell.starts_with(['=', '+', '@']) || (cell.starts_with('-') && cell.parse::<i64>().is_err())
+    }
+
     /// Text cells that a spreadsheet would run as formulas are quoted in CSV and DSR
     /// exports; numbers (a refund's negative amount) stay numbers. Control: plain text is
     /// left as it is.
@@ -498,13 +503,14 @@ mod tests {
         let csv = std::fs::read_to_string(&csv_path).expect("read");
         let row: Vec<String> = csv::Reader::from_reader(csv.as_bytes()).records().next().expect("a row").expect("csv").iter().map(str::to_string).collect();
         for cell in &row {
-            assert!(!cell.starts_with(['=', '+', '@']) && !(cell.starts_with('-') && cell.parse::<i64>().is_err()), "a live formula cell: {cell:?} in {row:?}");
+            assert!(!live_formula(cell), "a live formula cell: {cell:?} in {row:?}");
         }
         assert!(row.contains(&"'=cmd|' /C calc'!A0".to_string()) && row.contains(&"-100".to_string()), "{row:?}");
         let dsr = dsr(&report, &entries);
         for cell in dsr.lines().flat_map(|line| line.split('\t')) {
-            assert!(!cell.starts_with(['=', '+', '@']) && !(cell.starts_with('-') && cell.parse::<i64>().is_err()), "a live formula cell in the DSR: {cell:?}");
+            assert!(!live_formula(cell), "a live formula cell in the DSR: {cell:?}");
         }
         assert!(dsr.contains("\t'=merchant\t"), "{dsr}");
+        assert!(live_formula("=1") && live_formula("-x") && !live_formula("-100") && !live_formula("'=x"), "the oracle itself");
     }
 }
