@@ -138,6 +138,19 @@ fn checkpoints_verify_prove_consistency_and_pin_an_incremental_audit() {
     std::fs::copy(auditor.join("checkpoint.vkey"), vkey_only.join("checkpoint.vkey")).expect("copy");
     assert_eq!(vouchsafe(&["audit", "check-proof", path(&proof_file), "--keys", path(&vkey_only)]).expect("runs"), ExitCode::SUCCESS);
     let text = std::fs::read_to_string(&proof_file).expect("read");
+    let bundles = dir.path().join("bundles.json");
+    assert_eq!(
+        vouchsafe(&["audit", "prove", "--data-dir", data, "--keys", keys, "--voucher", &voucher, "--out", path(&bundles)]).expect("runs"),
+        ExitCode::SUCCESS
+    );
+    let bundle_count = serde_json::from_slice::<Vec<serde_json::Value>>(&std::fs::read(&bundles).expect("read")).expect("json").len();
+    eprintln!(
+        "sizes: checkpoint note {} bytes; .tlog-proof {} bytes (tree of {} entries); JSON bundles {} bytes for {bundle_count} deliveries",
+        notes.last().expect("sealed").len(),
+        text.len(),
+        exported.seals.last().expect("sealed").last_entry + 1,
+        std::fs::metadata(&bundles).expect("written").len()
+    );
     let index_line = text.lines().find(|line| line.starts_with("index ")).expect("index");
     let moved = dir.path().join("moved.tlog-proof");
     std::fs::write(&moved, text.replacen(index_line, &format!("{index_line}0"), 1)).expect("write");
