@@ -103,6 +103,9 @@ fn checkpoints_verify_prove_consistency_and_pin_an_incremental_audit() {
     let (code, saved_incremental) = report(&["--checkpoint", path(&old)]);
     assert_eq!(code, ExitCode::SUCCESS);
     assert_eq!(saved_incremental, *notes.last().expect("sealed"), "the same newest checkpoint");
+    // With the same seal's hash pinned too (it binds the events before the checkpoint).
+    let first_seal = hex::encode(engine::domain::report::Report::seal_hash(&exported.seals[0].to_seal().expect("seal")));
+    assert_eq!(report(&["--checkpoint", path(&old), "--pin", &first_seal]).0, ExitCode::SUCCESS);
     assert_eq!(report(&["--checkpoint", path(&forked)]).0, ExitCode::from(1));
 
     // An exported log verifies; cut or altered so that it no longer parses, it fails (exit

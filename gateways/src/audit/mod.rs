@@ -495,6 +495,7 @@ mod tests {
             totals: Default::default(),
             events_per_s: 1.0,
             checkpoint: None,
+            newest_seal: None,
         };
         let dir = tempfile::tempdir().expect("temp dir");
         let csv_path = dir.path().join("usages.csv");
