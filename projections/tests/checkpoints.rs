@@ -171,9 +171,9 @@ async fn a_rewritten_prefix_is_caught_by_the_seal_pin_not_by_the_checkpoint_alon
         }
     });
     let (mut head, mut heads, mut previous) = ([0u8; 32], Vec::with_capacity(forged.len()), [0u8; 32]);
-    for position in 0..forged.len() {
-        if matches!(engine::wire::decode(&forged[position].payload).expect("decodes").event, Event::RightsReportSealed(_)) {
-            forged[position] = rewrite(&forged[position], |event| {
+    for stored in forged.iter_mut() {
+        if matches!(engine::wire::decode(&stored.payload).expect("decodes").event, Event::RightsReportSealed(_)) {
+            *stored = rewrite(stored, |event| {
                 if let Event::RightsReportSealed(seal) = event {
                     seal.stream_head = heads[seal.last_stream_seq as usize - 1];
                     seal.prev_seal_hash = previous;
@@ -183,7 +183,7 @@ async fn a_rewritten_prefix_is_caught_by_the_seal_pin_not_by_the_checkpoint_alon
                 }
             });
         }
-        head = projections::stream_link(&head, &forged[position]);
+        head = projections::stream_link(&head, stored);
         heads.push(head);
     }
     assert!(!audit(&forged, keyed(None)).await.ok(), "the full audit rebuilds the entries and catches it");
