@@ -292,5 +292,70 @@ impl Checkpoint {
     }
 }
 
+/// The first line of a C2SP offline proof (c2sp.org/tlog-proof).
+pub const TLOG_PROOF_HEADER: &str = "c2sp.org/tlog-proof@v1";
+
+/// A C2SP `tlog-proof@v1`: optional opaque extra data (unauthenticated: the application
+/// must bind it through the leaf), the entry's index, its inclusion proof, and the
+/// checkpoint note verbatim. Stored as `.tlog-proof` files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlogProof {
+    pub extra: Option<Vec<u8>>,
+    pub index: u64,
+    pub proof: Vec<Hash>,
+    /// The signed checkpoint note, as the log issued it.
+    pub checkpoint: String,
+}
+
+impl TlogProof {
+    pub fn format(&self) -> String {
+        let mut text = format!("{TLOG_PROOF_HEADER}\n");
+        if let Some(extra) = &self.extra {
+            text.push_str(&format!("extra {}\n", BASE64.encode(extra)));
+        }
+        text.push_str(&format!("index {}\n", self.index));
+        for hash in &self.proof {
+            text.push_str(&format!("{}\n", BASE64.encode(hash)));
+        }
+        text.push('\n');
+        text.push_str(&self.checkpoint);
+        text
+    }
+
+    /// Parses a proof (bounded like a note, plus the proof's hashes and extra data).
+    pub fn parse(text: &str) -> Result<Self, NoteError> {
+        let bad = |reason: &str| NoteError::Malformed(format!("tlog-proof: {reason}"));
+        if text.len() > NOTE_BYTES_MAX * 4 {
+            return Err(bad("larger than a proof may be"));
+        }
+        let rest =
+            text.strip_prefix(TLOG_PROOF_HEADER).and_then(|rest| rest.strip_prefix('\n')).ok_or_else(|| bad("the first line is not c2sp.org/tlog-proof@v1"))?;
+        let (head, checkpoint) = rest.split_once("\n\n").ok_or_else(|| bad("no empty line before the checkpoint"))?;
+        let mut lines = head.split('\n').peekable();
+        let extra = match lines.peek().and_then(|line| line.strip_prefix("extra ")) {
+            Some(extra) => {
+                let extra = BASE64.decode(extra).map_err(|_| bad("the extra data is not base64"))?;
+                lines.next();
+                Some(extra)
+            }
+            None => None,
+        };
+        let index = lines.next().and_then(|line| line.strip_prefix("index ")).ok_or_else(|| bad("no index line"))?;
+        if index.is_empty() || !index.bytes().all(|b| b.is_ascii_digit()) || (index.len() > 1 && index.starts_with('0')) {
+            return Err(bad("the index is not a decimal number without leading zeros"));
+        }
+        let index = index.parse().map_err(|_| bad("the index does not fit 64 bits"))?;
+        let mut proof = Vec::new();
+        for line in lines {
+            if proof.len() == crate::tlog::PROOF_HASHES_MAX {
+                return Err(bad("a longer proof than any tree needs"));
+            }
+            let hash = BASE64.decode(line).ok().and_then(|hash| Hash::try_from(hash).ok()).ok_or_else(|| bad("a proof line is not a base64 SHA-256 hash"))?;
+            proof.push(hash);
+        }
+        Ok(Self { extra, index, proof, checkpoint: checkpoint.to_string() })
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -104,7 +104,7 @@ impl Tree {
         let mut position = self.levels[0].end();
         self.levels[0].nodes.push(leaf);
         let mut level = 0;
-        while position % 2 == 1 {
+        while !position.is_multiple_of(2) {
             let left = self.levels[level].get(position - 1).expect("a left sibling is stored or a frontier node");
             let right = self.levels[level].get(position).expect("just stored");
             level += 1;

@@ -6,7 +6,8 @@
 //! each kind of place searched (the scan read them).
 //!
 //! Secrets searched (those the test can recompute or read): the engine's private key
-//! (PKCS#8 DER), the royalty master key, the operator's credential secret, each epoch's A_0
+//! (PKCS#8 DER), the royalty master key, the checkpoint key's seed and key line, the
+//! operator's credential secret, each epoch's A_0
 //! and every entry key K_j, the token key, every voucher's receipt and auth token, every
 //! node's access key, and every media key (unwrapped from the stream with the engine's key).
 //! Not searched: the merchants', nodes' and auditors' credential secrets (they live only in
@@ -101,6 +102,13 @@ async fn no_secret_reaches_the_stream_the_files_or_the_logs() {
         start += DER_WINDOW_BYTES;
     }
     secrets.push(("royalty master key".into(), master.expose().to_vec()));
+    // The checkpoint key: its Ed25519 seed (the last part of its key line), and the line.
+    let checkpoint = gateways::common::keys::load_checkpoint_key(&keys_dir).expect("checkpoint.key loads").expect("keys init wrote one");
+    let line = checkpoint.to_private_line();
+    let encoded = line.splitn(5, '+').nth(4).expect("PRIVATE+KEY+name+id+key");
+    let typed_seed = base64::engine::general_purpose::STANDARD.decode(encoded).expect("base64");
+    secrets.push(("checkpoint key seed".into(), typed_seed[1..].to_vec()));
+    secrets.push(("checkpoint key line".into(), line.into_bytes()));
     let operator = gateways::common::cred::Credential::load(&keys_dir.join("operator.cred")).expect("operator credential");
     secrets.push(("operator credential secret".into(), operator.secret.expose().to_vec()));
     let mut chain = projections::royalty::Chain::start(&master, projections::royalty_log::EPOCH);

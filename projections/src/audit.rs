@@ -8,7 +8,9 @@
 //! An incremental audit (`AuditOptions::since`, a checkpoint the auditor verified before)
 //! applies and checks every event as well, but leaves the royalty entries before the
 //! checkpoint's tree size unchained: the pinned root covers them, and the chain and the
-//! RFC 6962 tree resume at the seal carrying that checkpoint (`royalty_log::pinned`).
+//! RFC 6962 tree resume at the seal carrying that checkpoint (`royalty_log::pinned`). The
+//! checkpoint binds the entries' tree, not the events before it: pinning that seal's hash
+//! too (`pin`) binds them (a rewritten, re-signed prefix fails; `tests/checkpoints.rs`).
 
 use crate::royalty_log::{Dimension, SealFault, TotalsLine};
 use crate::{Prepared, Projections};
@@ -55,6 +57,10 @@ pub struct AuditReport {
     /// keeps to pin the next, incremental, audit.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<String>,
+    /// The newest seal's hash (hex): the `--pin` that binds the events up to it, which a
+    /// checkpoint alone does not (an incremental audit wants both).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub newest_seal: Option<String>,
 }
 
 /// What an audit pins and checks besides the stream and the two keys.
@@ -205,6 +211,7 @@ pub async fn replay_with(
         totals,
         events_per_s: projections.events as f64 / seconds,
         checkpoint: royalty.seals.last().and_then(engine::seal::checkpoint_note),
+        newest_seal: royalty.seals.last().map(|seal| hex::encode(Report::seal_hash(seal))),
     };
     Ok((report, projections))
 }

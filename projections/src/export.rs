@@ -483,7 +483,9 @@ pub fn verify_damaged(damage: &Damage, master: &SecretKey, engine_key: &RsaPubli
 }
 
 mod lines;
+mod tlog_proof;
 pub use lines::{Damage, LOG_FORMAT_LINES, read_log, write_lines};
+pub use tlog_proof::{check_tlog_proof, prove_tlog};
 
 #[cfg(test)]
 mod tests;

@@ -146,3 +146,52 @@ fn checkpoints_of_one_stream_are_consistent_with_each_other() {
         }
     }
 }
+
+/// A known limit, asserted: a checkpoint binds the tree of entries, not the events before
+/// it. An operator who alters an event before the pinned checkpoint and re-signs every seal
+/// with its own keys (new stream heads, links and signatures, the checkpoints' roots kept)
+/// passes an incremental audit from the checkpoint alone, which does not rebuild the
+/// entries it covers. The full audit catches it, and so does an incremental audit that
+/// also pins that seal's hash (`--pin`, which binds the stream head).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewritten_prefix_is_caught_by_the_seal_pin_not_by_the_checkpoint_alone() {
+    use engine::domain::report::Report;
+    let events = generate_checkpointed(45, STREAM_EVENTS, SEAL_EVERY_USAGES);
+    let seals = seals(&events);
+    let (pin_position, pinned) = seals[seals.len() / 2].clone();
+    let since = checkpoint_of(&pinned);
+    let seal_pin = Report::seal_hash(&pinned);
+    let preview = (0..pin_position)
+        .find(|&position| matches!(engine::wire::decode(&events[position].payload).expect("decodes").event, Event::PreviewEnded { .. }))
+        .expect("a preview before the pin");
+    let mut forged = events.clone();
+    forged[preview] = rewrite(&events[preview], |event| {
+        if let Event::PreviewEnded { played_ms, .. } = event {
+            *played_ms += 1;
+        }
+    });
+    let (mut head, mut heads, mut previous) = ([0u8; 32], Vec::with_capacity(forged.len()), [0u8; 32]);
+    for stored in forged.iter_mut() {
+        if matches!(engine::wire::decode(&stored.payload).expect("decodes").event, Event::RightsReportSealed(_)) {
+            *stored = rewrite(stored, |event| {
+                if let Event::RightsReportSealed(seal) = event {
+                    seal.stream_head = heads[seal.last_stream_seq as usize - 1];
+                    seal.prev_seal_hash = previous;
+                    seal.checkpoint.as_mut().expect("checkpointed").origin.clear();
+                    engine::seal::sign_seal_with(&test_keys::fixed_rsa(), Some(&checkpoint_key()), seal).expect("sign");
+                    previous = Report::seal_hash(seal);
+                }
+            });
+        }
+        head = projections::stream_link(&head, stored);
+        heads.push(head);
+    }
+    assert!(!audit(&forged, keyed(None)).await.ok(), "the full audit rebuilds the entries and catches it");
+    // Wrong, and known: the checkpoint alone passes the rewritten prefix.
+    assert!(audit(&forged, keyed(Some(since.clone()))).await.ok(), "the checkpoint binds the tree, not the events");
+    let pinned_too = AuditOptions { pin: Some(seal_pin), ..keyed(Some(since.clone())) };
+    let bad = audit(&forged, pinned_too.clone()).await.first_bad.expect("the seal pin catches it");
+    assert!(bad.reason.contains("pinned seal"), "{}", bad.reason);
+    // Control: the untouched stream passes with both pins.
+    assert!(audit(&events, pinned_too).await.ok());
+}

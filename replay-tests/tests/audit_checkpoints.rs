@@ -103,6 +103,9 @@ fn checkpoints_verify_prove_consistency_and_pin_an_incremental_audit() {
     let (code, saved_incremental) = report(&["--checkpoint", path(&old)]);
     assert_eq!(code, ExitCode::SUCCESS);
     assert_eq!(saved_incremental, *notes.last().expect("sealed"), "the same newest checkpoint");
+    // With the same seal's hash pinned too (it binds the events before the checkpoint).
+    let first_seal = hex::encode(engine::domain::report::Report::seal_hash(&exported.seals[0].to_seal().expect("seal")));
+    assert_eq!(report(&["--checkpoint", path(&old), "--pin", &first_seal]).0, ExitCode::SUCCESS);
     assert_eq!(report(&["--checkpoint", path(&forked)]).0, ExitCode::from(1));
 
     // An exported log verifies; cut or altered so that it no longer parses, it fails (exit
@@ -121,6 +124,41 @@ fn checkpoints_verify_prove_consistency_and_pin_an_incremental_audit() {
     let damaged = audit::verify_file(&cut, &auditor, None).expect("verify runs").first_bad.expect("damaged");
     assert_eq!((damaged.entry, damaged.byte_offset), (Some(2), Some(third_entry as u64)), "{}", damaged.reason);
     assert!(vouchsafe(&["audit", "verify", path(&dir.path().join("missing.log")), "--keys", keys]).is_err(), "a missing file is exit 2");
+
+    // Offline proofs in the C2SP tlog-proof format, checked with checkpoint.vkey alone; an
+    // altered one fails (exit 1); without the vkey it cannot be checked (exit 2).
+    let delivered = projections::export::open_entries(&exported, &gateways::common::keys::load_royalty_master(&auditor).expect("master")).0;
+    let voucher = delivered.iter().find(|entry| entry.kind == projections::royalty::UsageKind::Delivery).expect("a delivery").voucher_id.clone();
+    let proofs = dir.path().join("proofs");
+    assert_eq!(
+        vouchsafe(&["audit", "prove", "--data-dir", data, "--keys", keys, "--voucher", &voucher, "--tlog-proof", path(&proofs)]).expect("runs"),
+        ExitCode::SUCCESS
+    );
+    let proof_file = std::fs::read_dir(&proofs).expect("written").next().expect("a proof").expect("entry").path();
+    assert!(proof_file.extension().is_some_and(|ext| ext == "tlog-proof"));
+    let vkey_only = dir.path().join("vkey-only");
+    std::fs::create_dir_all(&vkey_only).expect("mkdir");
+    std::fs::copy(auditor.join("checkpoint.vkey"), vkey_only.join("checkpoint.vkey")).expect("copy");
+    assert_eq!(vouchsafe(&["audit", "check-proof", path(&proof_file), "--keys", path(&vkey_only)]).expect("runs"), ExitCode::SUCCESS);
+    let text = std::fs::read_to_string(&proof_file).expect("read");
+    let bundles = dir.path().join("bundles.json");
+    assert_eq!(
+        vouchsafe(&["audit", "prove", "--data-dir", data, "--keys", keys, "--voucher", &voucher, "--out", path(&bundles)]).expect("runs"),
+        ExitCode::SUCCESS
+    );
+    let bundle_count = serde_json::from_slice::<Vec<serde_json::Value>>(&std::fs::read(&bundles).expect("read")).expect("json").len();
+    eprintln!(
+        "sizes: checkpoint note {} bytes; .tlog-proof {} bytes (tree of {} entries); JSON bundles {} bytes for {bundle_count} deliveries",
+        notes.last().expect("sealed").len(),
+        text.len(),
+        exported.seals.last().expect("sealed").last_entry + 1,
+        std::fs::metadata(&bundles).expect("written").len()
+    );
+    let index_line = text.lines().find(|line| line.starts_with("index ")).expect("index");
+    let moved = dir.path().join("moved.tlog-proof");
+    std::fs::write(&moved, text.replacen(index_line, &format!("{index_line}0"), 1)).expect("write");
+    assert_eq!(vouchsafe(&["audit", "check-proof", path(&moved), "--keys", path(&vkey_only)]).expect("runs"), ExitCode::from(1));
+    assert!(vouchsafe(&["audit", "check-proof", path(&proof_file), "--keys", path(&dir.path().join("empty"))]).is_err());
 
     // --pin takes a hash only; the witness file goes through its own flag.
     let witness = dir.path().join("data").join(audit::WITNESS_FILE);

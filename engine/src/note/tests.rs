@@ -68,3 +68,27 @@ fn checkpoints_sign_parse_and_refuse_wrong_origins_sizes_and_roots() {
     let extended = Checkpoint::parse("o\n1\nBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=\nextension line\n").expect("extension lines are ignored");
     assert_eq!(extended.size, 1);
 }
+
+/// The C2SP example's shape: extra, index, hashes, a blank line, the checkpoint verbatim;
+/// malformed proofs are refused.
+#[test]
+fn tlog_proofs_format_and_parse() {
+    let signer = NoteSigner::generate("example.com/fancylog").expect("key");
+    let (checkpoint, _) = Checkpoint { origin: "example.com/fancylog".into(), size: 109482, root: [3; 32] }.sign(&signer);
+    let proof = TlogProof { extra: Some(b"age-v1.2.1".to_vec()), index: 73894, proof: vec![[1; 32], [2; 32]], checkpoint: checkpoint.clone() };
+    let text = proof.format();
+    assert!(text.starts_with("c2sp.org/tlog-proof@v1\nextra YWdlLXYxLjIuMQ==\nindex 73894\nAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=\n"));
+    assert!(text.ends_with(&format!("\n\n{checkpoint}")));
+    assert_eq!(TlogProof::parse(&text), Ok(proof.clone()));
+    let bare = TlogProof { extra: None, proof: vec![], ..proof };
+    assert_eq!(TlogProof::parse(&bare.format()), Ok(bare));
+    for bad in [
+        text.replacen("c2sp.org/tlog-proof@v1", "c2sp.org/tlog-proof@v2", 1),
+        text.replacen("index 73894", "index 073894", 1),
+        text.replacen("index 73894", "idx 73894", 1),
+        text.replacen("AQEBAQEB", "AQEB", 1),
+        text.replacen("\n\n", "\n", 1),
+    ] {
+        assert!(TlogProof::parse(&bad).is_err(), "{bad}");
+    }
+}

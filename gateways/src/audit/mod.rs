@@ -298,12 +298,33 @@ pub async fn prove(backend: &crate::common::backend::BackendArgs, keys_dir: &Pat
     Ok(export::prove(&exported, &master, &public, voucher)?)
 }
 
-/// `audit check-proof BUNDLE`: with the engine's public key alone (and `checkpoint.vkey`
-/// when the directory has it).
-pub fn check_proof_file(file: &Path, keys_dir: &Path) -> anyhow::Result<Vec<Result<export::Proven, String>>> {
+/// `audit prove --tlog-proof DIR`: a `.tlog-proof` per delivery of `voucher`, written into
+/// `dir` as `<voucher>-<entry index>.tlog-proof`; the files written.
+pub async fn prove_tlog(backend: &crate::common::backend::BackendArgs, keys_dir: &Path, voucher: &str, dir: &Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    let (_, exported, _) = rebuild(backend, keys_dir).await?;
+    let master = crate::common::keys::load_royalty_master(keys_dir)?;
     let public = crate::common::keys::load_engine_public(keys_dir)?;
+    let proofs = export::prove_tlog(&exported, &master, &public, voucher)?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut written = Vec::new();
+    for (index, text) in proofs {
+        let file = dir.join(format!("{voucher}-{index}.tlog-proof"));
+        std::fs::write(&file, text).with_context(|| format!("cannot write {}", file.display()))?;
+        written.push(file);
+    }
+    Ok(written)
+}
+
+/// `audit check-proof FILE`: a JSON bundle file with the engine's public key alone (and
+/// `checkpoint.vkey` when the directory has it), or a `.tlog-proof` with `checkpoint.vkey`.
+pub fn check_proof_file(file: &Path, keys_dir: &Path) -> anyhow::Result<Vec<Result<export::Proven, String>>> {
     let checkpoint_key = checkpoints::verifier(keys_dir, None)?;
     let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    if text.starts_with(engine::note::TLOG_PROOF_HEADER) {
+        let verifier = checkpoint_key.context("a .tlog-proof is checked with the checkpoint verifier key: checkpoint.vkey in --keys")?;
+        return Ok(vec![export::check_tlog_proof(&text, &verifier)]);
+    }
+    let public = crate::common::keys::load_engine_public(keys_dir)?;
     let bundles: Vec<ProofBundle> = serde_json::from_str(&text).with_context(|| format!("{} is not a proof bundle (audit prove)", file.display()))?;
     if bundles.is_empty() {
         bail!("{} holds no proofs", file.display());
@@ -444,6 +465,11 @@ mod tests {
         }
     }
 
+    /// A cell a spreadsheet would run as a formula: `=`, `+`, `@`, or `-` not starting a number.
+    fn live_formula(cell: &str) -> bool {
+        cell.starts_with(['=', '+', '@']) || (cell.starts_with('-') && cell.parse::<i64>().is_err())
+    }
+
     /// Text cells that a spreadsheet would run as formulas are quoted in CSV and DSR
     /// exports; numbers (a refund's negative amount) stay numbers. Control: plain text is
     /// left as it is.
@@ -469,6 +495,7 @@ mod tests {
             totals: Default::default(),
             events_per_s: 1.0,
             checkpoint: None,
+            newest_seal: None,
         };
         let dir = tempfile::tempdir().expect("temp dir");
         let csv_path = dir.path().join("usages.csv");
@@ -476,16 +503,15 @@ mod tests {
         write_export(ExportFormat::Csv, &report, &log, &entries, &csv_path).expect("csv");
         let csv = std::fs::read_to_string(&csv_path).expect("read");
         let row: Vec<String> = csv::Reader::from_reader(csv.as_bytes()).records().next().expect("a row").expect("csv").iter().map(str::to_string).collect();
-        // A live formula starts with = + @, or - unless the cell is a (negative) number.
-        let live = |cell: &str| cell.starts_with(['=', '+', '@']) || (cell.starts_with('-') && cell.parse::<i64>().is_err());
         for cell in &row {
-            assert!(!live(cell), "a live formula cell: {cell:?} in {row:?}");
+            assert!(!live_formula(cell), "a live formula cell: {cell:?} in {row:?}");
         }
         assert!(row.contains(&"'=cmd|' /C calc'!A0".to_string()) && row.contains(&"-100".to_string()), "{row:?}");
         let dsr = dsr(&report, &entries);
         for cell in dsr.lines().flat_map(|line| line.split('\t')) {
-            assert!(!live(cell), "a live formula cell in the DSR: {cell:?}");
+            assert!(!live_formula(cell), "a live formula cell in the DSR: {cell:?}");
         }
         assert!(dsr.contains("\t'=merchant\t"), "{dsr}");
+        assert!(live_formula("=1") && live_formula("-x") && !live_formula("-100") && !live_formula("'=x"), "the oracle itself");
     }
 }

@@ -73,8 +73,9 @@ pub async fn replay(audit: &mut AuditClient, pin: Option<[u8; 32]>) -> anyhow::R
         first_bad: first_bad_of(&last.first_bad, last.last_seq),
         totals,
         events_per_s: last.events_per_s,
-        // AuditService does not carry checkpoints yet.
+        // AuditService does not carry checkpoints or seal hashes yet.
         checkpoint: None,
+        newest_seal: None,
     }))
 }
 

@@ -205,10 +205,16 @@ pub enum AuditCommand {
         keys: PathBuf,
         #[arg(long)]
         voucher: String,
+        /// Write the proof bundles (JSON) here.
+        #[arg(long, required_unless_present = "tlog_proof")]
+        out: Option<PathBuf>,
+        /// Write one C2SP `.tlog-proof` per delivery into this directory (against the newest
+        /// checkpoint; checkable with checkpoint.vkey alone).
         #[arg(long)]
-        out: PathBuf,
+        tlog_proof: Option<PathBuf>,
     },
-    /// Check inclusion proofs with the engine's public key (engine.pub.pem in --keys).
+    /// Check inclusion proofs (a JSON bundle file, or a .tlog-proof) with public keys alone:
+    /// engine.pub.pem, and checkpoint.vkey when --keys has it (a .tlog-proof needs it).
     CheckProof {
         bundle: PathBuf,
         #[arg(long)]

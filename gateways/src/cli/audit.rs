@@ -135,7 +135,8 @@ pub fn replay(
     eprintln!("{}", audit::describe(&report));
     if let (Some(file), Some(note), true) = (&checkpoints.save_checkpoint, &report.checkpoint, report.ok()) {
         std::fs::write(file, note).with_context(|| format!("cannot write {}", file.display()))?;
-        eprintln!("saved the newest checkpoint to {} (pin the next audit with --checkpoint)", file.display());
+        let seal = report.newest_seal.as_deref().unwrap_or_default();
+        eprintln!("saved the newest checkpoint to {}; pin the next audit with --checkpoint {} --pin {seal}", file.display(), file.display());
     }
     if json {
         println!("{}", serde_json::to_string(&report)?);

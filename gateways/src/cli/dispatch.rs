@@ -122,11 +122,17 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(if report.chain_ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
-        Command::Audit { command: AuditCommand::Prove { backend, keys, voucher, out } } => {
+        Command::Audit { command: AuditCommand::Prove { backend, keys, voucher, out, tlog_proof } } => {
             let runtime = tokio::runtime::Runtime::new()?;
-            let bundles = runtime.block_on(audit::prove(&backend, &keys, &voucher))?;
-            std::fs::write(&out, serde_json::to_vec_pretty(&bundles)?)?;
-            eprintln!("wrote {} inclusion proof(s) for voucher {voucher} to {}", bundles.len(), out.display());
+            if let Some(out) = out {
+                let bundles = runtime.block_on(audit::prove(&backend, &keys, &voucher))?;
+                std::fs::write(&out, serde_json::to_vec_pretty(&bundles)?)?;
+                eprintln!("wrote {} inclusion proof(s) for voucher {voucher} to {}", bundles.len(), out.display());
+            }
+            if let Some(dir) = tlog_proof {
+                let written = runtime.block_on(audit::prove_tlog(&backend, &keys, &voucher, &dir))?;
+                eprintln!("wrote {} .tlog-proof file(s) for voucher {voucher} to {}", written.len(), dir.display());
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit { command: AuditCommand::CheckProof { bundle, keys, json } } => {

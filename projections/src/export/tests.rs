@@ -294,29 +294,25 @@ fn every_bit_flip_is_caught_at_its_line_or_by_the_verification() {
     let starts = line_starts(&bytes);
     let (mut unparsed, mut unverified, mut same) = (0, 0, 0);
     for position in 0..bytes.len() {
-        {
-            // One bit per byte, varied across bytes.
-            let bit = (position * 5 + 3) % 8;
-            let mut flipped = bytes.clone();
-            flipped[position] ^= 1 << bit;
-            match read_log(&flipped) {
-                Err(damage) => {
-                    let line_start = starts[starts.iter().rposition(|&start| start <= position).expect("a line")] as u64;
-                    // A flipped newline moves line boundaries: the damage is at or before it.
-                    assert!(
-                        damage.byte_offset <= position as u64 + 1
-                            && (damage.byte_offset >= line_start || bytes[position] == b'\n' || flipped[position] == b'\n'),
-                        "flip at {position}.{bit}: {}",
-                        damage.reason
-                    );
-                    assert!(!verify_damaged(&damage, &master(), &public(), None).chain_ok);
-                    unparsed += 1;
-                }
-                Ok(parsed) if same_content(&parsed, &log) => same += 1,
-                Ok(parsed) => {
-                    assert!(!verify_log(&parsed, &master(), &public(), None).chain_ok, "flip at {position}.{bit} still verifies");
-                    unverified += 1;
-                }
+        let bit = (position * 5 + 3) % 8;
+        let mut flipped = bytes.clone();
+        flipped[position] ^= 1 << bit;
+        match read_log(&flipped) {
+            Err(damage) => {
+                let line_start = starts[starts.iter().rposition(|&start| start <= position).expect("a line")] as u64;
+                // A flipped newline moves line boundaries: the damage is at or before it.
+                assert!(
+                    damage.byte_offset <= position as u64 + 1 && (damage.byte_offset >= line_start || bytes[position] == b'\n' || flipped[position] == b'\n'),
+                    "flip at {position}.{bit}: {}",
+                    damage.reason
+                );
+                assert!(!verify_damaged(&damage, &master(), &public(), None).chain_ok);
+                unparsed += 1;
+            }
+            Ok(parsed) if same_content(&parsed, &log) => same += 1,
+            Ok(parsed) => {
+                assert!(!verify_log(&parsed, &master(), &public(), None).chain_ok, "flip at {position}.{bit} still verifies");
+                unverified += 1;
             }
         }
     }
@@ -391,4 +387,47 @@ fn proofs_of_checkpointed_seals_do_not_trust_the_key_they_carry() {
     // A seal from before checkpoints: the bundle checks, its key flagged as not committed.
     let old = prove(&sample(), &master(), &public(), "v2").expect("prove");
     assert!(old.iter().all(|bundle| bundle.format == PROOF_FORMAT && check_proof_with(bundle, &public(), None).is_ok_and(|proven| !proven.key_committed)));
+}
+
+/// `.tlog-proof` files check with the checkpoint key alone and open to the entry; every
+/// altered part is refused: the extra data (ciphertext, key, Z), the index, a proof hash,
+/// the checkpoint (root, or another key's signature); an unsealed delivery has none.
+#[test]
+fn tlog_proofs_check_with_the_checkpoint_key_alone_and_refuse_any_alteration() {
+    let log = sample_checkpointed();
+    let proofs = prove_tlog(&log, &master(), &public(), "v2").expect("prove");
+    assert_eq!(proofs.iter().map(|(index, _)| *index).collect::<Vec<_>>(), vec![4, 5]);
+    let verifier = note_key().verifier();
+    for (index, text) in &proofs {
+        assert!(text.starts_with("c2sp.org/tlog-proof@v1\nextra "), "{text}");
+        let proven = check_tlog_proof(text, &verifier).expect("valid proof");
+        assert_eq!(proven.entry, entry(*index));
+        let parsed = engine::note::TlogProof::parse(text).expect("parses");
+        let mut extra: serde_json::Value = serde_json::from_slice(parsed.extra.as_deref().expect("extra")).expect("json");
+        for field in ["y_prev", "ciphertext", "z", "entry_key"] {
+            let mut altered = extra.clone();
+            altered[field] = serde_json::Value::String(flip_first_digit(altered[field].as_str().expect("hex")));
+            let altered = engine::note::TlogProof { extra: Some(serde_json::to_vec(&altered).expect("json")), ..parsed.clone() };
+            assert!(check_tlog_proof(&altered.format(), &verifier).is_err(), "altered {field}");
+        }
+        extra["bound_seq"] = serde_json::json!(99);
+        let rebound = engine::note::TlogProof { extra: Some(serde_json::to_vec(&extra).expect("json")), ..parsed.clone() };
+        assert!(check_tlog_proof(&rebound.format(), &verifier).is_err(), "another bound sequence");
+        let moved = engine::note::TlogProof { index: parsed.index + 1, ..parsed.clone() };
+        assert!(check_tlog_proof(&moved.format(), &verifier).is_err(), "another index");
+        let mut bent = parsed.clone();
+        bent.proof[0][0] ^= 1;
+        assert!(check_tlog_proof(&bent.format(), &verifier).is_err(), "an altered proof hash");
+        let stripped = engine::note::TlogProof { extra: None, ..parsed.clone() };
+        assert!(check_tlog_proof(&stripped.format(), &verifier).is_err(), "no extra data");
+        let checkpoint =
+            engine::note::Checkpoint::parse(engine::note::SignedNote::parse(parsed.checkpoint.as_bytes()).expect("note").text.as_str()).expect("checkpoint");
+        let rerooted = engine::note::Checkpoint { root: [1; 32], ..checkpoint.clone() };
+        let forged = engine::note::TlogProof { checkpoint: rerooted.note(&checkpoint.origin, &[0; 68]), ..parsed.clone() };
+        assert!(check_tlog_proof(&forged.format(), &verifier).is_err(), "another root, not signed");
+        let stranger = engine::note::NoteSigner::new("vouchsafe.test/royalty", engine::crypto::Ed25519Private::from_seed(&[6; 32])).expect("key");
+        assert!(check_tlog_proof(text, &stranger.verifier()).is_err(), "another checkpoint key");
+    }
+    assert!(matches!(prove_tlog(&log, &master(), &public(), "v4"), Err(ProveError::NotSealed { entry: 8, .. })));
+    assert!(matches!(prove_tlog(&sample(), &master(), &public(), "v2"), Err(ProveError::NotSealed { .. })), "no checkpoint before checkpoints");
 }
