@@ -24,8 +24,8 @@
 //! Format 2 added the balances and the stream head before the last event; format 3 keeps
 //! the stream heads many to a row (`heads`); format 8 adds the read indexes (`reads`),
 //! format 10 their orders, the credential hashes in their party rows and each seal's
-//! time. A store of an older format fails the marker check at open and is quarantined and
-//! rebuilt.
+//! time, format 11 the royalty log's RFC 6962 tree and its seals' checkpoints. A store of
+//! an older format fails the marker check at open and is quarantined and rebuilt.
 //!
 //! Secrets: none is stored. The royalty chain's current `A_j` is re-derived at load from
 //! the master key (`Chain::resume`: `A_0` advanced `j` times, checked against the newest
