@@ -15,36 +15,10 @@
 //! Every process is started by this test and stopped by its pid.
 
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
 
-fn vouchsafe() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_vouchsafe"));
-    command.env_remove("VOUCHSAFE_LISTEN").env_remove("RUST_LOG");
-    command
-}
-
-/// Kills the child on drop (a failed assertion must not leave a server running).
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
-fn wait_for_port(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nothing listens on {port} after 30 s");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+mod shell;
+use shell::{Running, free_port, vouchsafe, wait_for_port};
 
 fn run(command: &mut Command, dir: &Path) -> Output {
     command.current_dir(dir).output().expect("run vouchsafe")

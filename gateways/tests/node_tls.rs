@@ -21,9 +21,12 @@ use gateways::server::{self, EngineConfig};
 use proto::v1 as pb;
 use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+mod shell;
+use shell::{Running, free_port, vouchsafe, wait_for_port};
 
 /// A throwaway certificate authority.
 struct Ca {
@@ -179,34 +182,6 @@ async fn a_player_with_the_node_ca_fetches_over_tls_and_one_without_it_is_refuse
 }
 
 // ---- from a shell ------------------------------------------------------------------------
-
-fn vouchsafe() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_vouchsafe"));
-    command.env_remove("VOUCHSAFE_LISTEN").env_remove("RUST_LOG");
-    command
-}
-
-/// Kills the child on drop (a failed assertion must not leave a server running).
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
-fn wait_for_port(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nothing listens on {port} after 30 s");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 fn run(command: &mut Command, dir: &Path) -> Output {
     command.current_dir(dir).output().expect("run vouchsafe")
