@@ -38,6 +38,7 @@ use admin::naming;
 mod container;
 mod delivery;
 mod issue;
+mod leases;
 mod points;
 
 pub use admin::Administered;
@@ -723,10 +724,10 @@ impl Market {
         let existing = self.handler.load::<Preview>(&preview.0).await?;
         let media = self.media(media_id).await?;
         let grace_ms = self.configured("preview.grace_ms").await?.unwrap_or(crate::domain::preview::PREVIEW_GRACE_MS);
-        let (node, held) = match &existing.state.node {
-            Some(node) => (node.clone(), false),
-            None => match self.allocator.choose_preview(region, &preview.0, merchant) {
-                Some(node) => (node, true),
+        let (placed, held) = match &existing.state.node {
+            Some(node) => (crate::placement::Placed { node: node.clone(), lease: 0 }, false),
+            None => match self.place_preview(region, &preview.0, merchant).await? {
+                Some(placed) => (placed, true),
                 None => {
                     // Tell a full market from this merchant's preview quota: would a sale's
                     // choice (held, then given back at once) find a node?
@@ -736,7 +737,15 @@ impl Market {
                 }
             },
         };
-        let command = PreviewCommand::Start { preview: preview.clone(), merchant: merchant.clone(), media_id: media_id.clone(), media, node, grace_ms };
+        let command = PreviewCommand::Start {
+            preview: preview.clone(),
+            merchant: merchant.clone(),
+            media_id: media_id.clone(),
+            media,
+            node: placed.node,
+            lease: placed.lease,
+            grace_ms,
+        };
         let result = self.handler.handle::<Preview>(&preview.0, &actor(ActorKind::Merchant, &merchant.0), request, &command).await;
         if held && result.as_ref().map_or(true, |handled| handled.appended.is_empty()) {
             self.allocator.cancel(&preview.0);

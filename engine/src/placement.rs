@@ -12,10 +12,42 @@
 //! decision to issue (the voucher aggregate, which records the chosen node).
 
 use crate::clock::Clock;
-use crate::ids::{MerchantId, NodeId};
+use crate::ids::{MerchantId, Millis, NodeId};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+
+/// A placement: the node, and the slot lease (`SlotsLeased`) the slot came from (0: none).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Placed {
+    pub node: NodeId,
+    pub lease: u64,
+}
+
+/// What an engine should append to keep placing: a lease to create, grow, renew, shrink
+/// or give back (`lease` None: a new one), or one to take over (`take_over`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseWish {
+    pub node: NodeId,
+    pub lease: Option<u64>,
+    pub slots: u32,
+    pub take_over: bool,
+}
+
+/// How slot leases are kept (`projections::allocation`): an engine gives out slots from a
+/// lease only while `now + margin_ms < until`, renews it when less than half its `ttl_ms`
+/// is left, and takes over another engine's lease only `grace_ms` after its `until` (the
+/// margin and the grace cover an allocation decided just before `until` whose append
+/// lands after it, and clocks apart by less than the grace).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseTerms {
+    pub ttl_ms: u64,
+    pub margin_ms: u64,
+    pub grace_ms: u64,
+}
+
+/// The engines' lease terms.
+pub const LEASE_TERMS: LeaseTerms = LeaseTerms { ttl_ms: 60_000, margin_ms: 5_000, grace_ms: 20_000 };
 
 /// How long a node may stay silent before it stops getting new work, unless the operator
 /// set `node.heartbeat_timeout_ms`.
@@ -28,12 +60,12 @@ pub const HEARTBEAT_STALE_MS: u64 = 30_000;
 /// applies the holder's event, so concurrent choices in this process never exceed a
 /// node's slots; `cancel` gives the slot back when the command did not append.
 pub trait Allocator: Send + Sync + 'static {
-    fn choose(&self, region: Option<&str>, holder: &str) -> Option<NodeId>;
+    fn choose(&self, region: Option<&str>, holder: &str) -> Option<Placed>;
     /// As `choose`, for a preview of `merchant`: the engine's allocators also keep each
     /// merchant's previews on a node within its quota (the allocation projection's
     /// `preview_quota`), so free previews cannot starve sales. Test doubles without a
     /// quota choose as for a sale.
-    fn choose_preview(&self, region: Option<&str>, holder: &str, merchant: &MerchantId) -> Option<NodeId> {
+    fn choose_preview(&self, region: Option<&str>, holder: &str, merchant: &MerchantId) -> Option<Placed> {
         let _ = merchant;
         self.choose(region, holder)
     }
@@ -51,17 +83,60 @@ pub trait Allocator: Send + Sync + 'static {
         let _ = node;
         false
     }
+    /// The engine this allocator gives out slots for, from its slot leases; None: an
+    /// allocator that leases nothing (test doubles, in-process markets).
+    fn lease_holder(&self) -> Option<String> {
+        None
+    }
+    /// What to lease so that a `choose` in `region` can succeed (`LeaseWish`).
+    fn lease_wish(&self, region: Option<&str>) -> Option<LeaseWish> {
+        let _ = region;
+        None
+    }
+    /// The leases to renew, shrink, give back or take over now (the sweeper's).
+    fn lease_upkeep(&self) -> Vec<LeaseWish> {
+        Vec::new()
+    }
+    /// A lease this engine appended, to place from before the projection applies it.
+    fn note_lease(&self, node: &NodeId, lease: u64, slots: u32, until: crate::ids::Millis) {
+        let _ = (node, lease, slots, until);
+    }
 }
 
 /// The slots side of placement, implemented by the allocation projection: a choice among
 /// the nodes `eligible` accepts, held for `holder` (see `Allocator`).
 pub trait SlotChooser: Send + Sync + 'static {
-    fn choose_where(&self, region: Option<&str>, holder: &str, eligible: &dyn Fn(&NodeId) -> bool) -> Option<NodeId>;
+    fn choose_where(&self, region: Option<&str>, holder: &str, now: Millis, eligible: &dyn Fn(&NodeId) -> bool) -> Option<Placed>;
     /// As `choose_where`, for a preview of `merchant`, within its quota on each node.
-    fn choose_preview_where(&self, region: Option<&str>, holder: &str, merchant: &MerchantId, eligible: &dyn Fn(&NodeId) -> bool) -> Option<NodeId>;
+    fn choose_preview_where(
+        &self,
+        region: Option<&str>,
+        holder: &str,
+        merchant: &MerchantId,
+        now: Millis,
+        eligible: &dyn Fn(&NodeId) -> bool,
+    ) -> Option<Placed>;
     /// Registered and neither drained nor removed.
     fn is_active(&self, node: &NodeId) -> bool;
     fn cancel(&self, holder: &str);
+    /// As `Allocator::lease_holder`.
+    fn lease_holder(&self) -> Option<String> {
+        None
+    }
+    /// As `Allocator::lease_wish`, among the nodes `eligible` accepts.
+    fn lease_wish(&self, region: Option<&str>, now: Millis, eligible: &dyn Fn(&NodeId) -> bool) -> Option<LeaseWish> {
+        let _ = (region, now, eligible);
+        None
+    }
+    /// As `Allocator::lease_upkeep`.
+    fn lease_upkeep(&self, now: Millis) -> Vec<LeaseWish> {
+        let _ = now;
+        Vec::new()
+    }
+    /// As `Allocator::note_lease`.
+    fn note_lease(&self, node: &NodeId, lease: u64, slots: u32, until: Millis) {
+        let _ = (node, lease, slots, until);
+    }
 }
 
 /// What a node reports with each heartbeat.
@@ -120,6 +195,17 @@ impl NodeHealth {
         true
     }
 
+    /// What another engine heard from `node` (`gateways`' gossip): its endpoint and a
+    /// heartbeat, as if the node had announced itself and beat here.
+    pub fn hear(&self, node: &NodeId, endpoint: &str, beat: Heartbeat) {
+        let now = self.clock.now().0;
+        let mut nodes = self.lock();
+        let live = nodes.entry(node.clone()).or_default();
+        live.endpoint = endpoint.to_string();
+        live.last_heartbeat_ms = now;
+        live.beat = beat;
+    }
+
     /// The endpoint of a node that announced itself to this engine; `None` for one that
     /// has not (yet): a retried IssueVoucher or Preview after an engine restart names a
     /// node the new engine has not heard from, and an empty endpoint is of no use to a player.
@@ -171,12 +257,28 @@ impl HealthyAllocator {
 }
 
 impl Allocator for HealthyAllocator {
-    fn choose(&self, region: Option<&str>, holder: &str) -> Option<NodeId> {
-        self.slots.choose_where(region, holder, &|node| self.health.healthy(node))
+    fn choose(&self, region: Option<&str>, holder: &str) -> Option<Placed> {
+        self.slots.choose_where(region, holder, self.health.clock.now(), &|node| self.health.healthy(node))
     }
 
-    fn choose_preview(&self, region: Option<&str>, holder: &str, merchant: &MerchantId) -> Option<NodeId> {
-        self.slots.choose_preview_where(region, holder, merchant, &|node| self.health.healthy(node))
+    fn choose_preview(&self, region: Option<&str>, holder: &str, merchant: &MerchantId) -> Option<Placed> {
+        self.slots.choose_preview_where(region, holder, merchant, self.health.clock.now(), &|node| self.health.healthy(node))
+    }
+
+    fn lease_holder(&self) -> Option<String> {
+        self.slots.lease_holder()
+    }
+
+    fn lease_wish(&self, region: Option<&str>) -> Option<LeaseWish> {
+        self.slots.lease_wish(region, self.health.clock.now(), &|node| self.health.healthy(node))
+    }
+
+    fn lease_upkeep(&self) -> Vec<LeaseWish> {
+        self.slots.lease_upkeep(self.health.clock.now())
+    }
+
+    fn note_lease(&self, node: &NodeId, lease: u64, slots: u32, until: Millis) {
+        self.slots.note_lease(node, lease, slots, until);
     }
 
     fn serves(&self, node: &NodeId) -> bool {
@@ -196,16 +298,22 @@ impl Allocator for HealthyAllocator {
 mod tests {
     use super::*;
     use crate::clock::ManualClock;
-    use crate::ids::Millis;
 
     struct FirstEligible(Vec<NodeId>);
 
     impl SlotChooser for FirstEligible {
-        fn choose_where(&self, _region: Option<&str>, _holder: &str, eligible: &dyn Fn(&NodeId) -> bool) -> Option<NodeId> {
-            self.0.iter().find(|node| eligible(node)).cloned()
+        fn choose_where(&self, _region: Option<&str>, _holder: &str, _now: Millis, eligible: &dyn Fn(&NodeId) -> bool) -> Option<Placed> {
+            self.0.iter().find(|node| eligible(node)).map(|node| Placed { node: node.clone(), lease: 0 })
         }
-        fn choose_preview_where(&self, region: Option<&str>, holder: &str, _merchant: &MerchantId, eligible: &dyn Fn(&NodeId) -> bool) -> Option<NodeId> {
-            self.choose_where(region, holder, eligible)
+        fn choose_preview_where(
+            &self,
+            region: Option<&str>,
+            holder: &str,
+            _merchant: &MerchantId,
+            now: Millis,
+            eligible: &dyn Fn(&NodeId) -> bool,
+        ) -> Option<Placed> {
+            self.choose_where(region, holder, now, eligible)
         }
         fn is_active(&self, node: &NodeId) -> bool {
             self.0.contains(node)
@@ -222,13 +330,13 @@ mod tests {
         assert_eq!(allocator.choose(None, "v1"), None, "nobody announced");
         assert!(!health.heartbeat(&a, Heartbeat::default()), "a heartbeat before the announcement is refused");
         health.announce(&b, "http://127.0.0.1:1");
-        assert_eq!(allocator.choose(None, "v1"), Some(b.clone()));
+        assert_eq!(allocator.choose(None, "v1").map(|p| p.node), Some(b.clone()));
         assert_eq!(health.endpoint(&b).as_deref(), Some("http://127.0.0.1:1"));
         assert_eq!(health.endpoint(&a), None);
         clock.advance_ms(5_001);
         assert_eq!(allocator.choose(None, "v2"), None, "b went silent past the stale limit");
         assert!(health.heartbeat(&b, Heartbeat { slots_in_use: 1, ..Heartbeat::default() }));
-        assert_eq!(allocator.choose(None, "v2"), Some(b.clone()), "a heartbeat brings it back");
+        assert_eq!(allocator.choose(None, "v2").map(|p| p.node), Some(b.clone()), "a heartbeat brings it back");
         health.set_stale_ms(1);
         clock.advance_ms(2);
         assert!(!health.healthy(&b), "the operator's shorter timeout applies");

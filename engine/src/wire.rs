@@ -364,6 +364,9 @@ fn event_to_pb(event: &Event) -> E {
         Event::NodeCapacityChanged { node_id, slots_max } => {
             E::NodeCapacityChanged(pb::NodeCapacityChanged { node_id: node_id.0.clone(), slots_max: *slots_max })
         }
+        Event::SlotsLeased { node_id, lease, holder, slots, until } => {
+            E::SlotsLeased(pb::SlotsLeased { node_id: node_id.0.clone(), lease: *lease, holder: holder.clone(), slots: *slots, until_ms: until.0 })
+        }
         Event::NodeDrained { node_id } => E::NodeDrained(pb::NodeDrained { node_id: node_id.0.clone() }),
         Event::NodeRemoved { node_id } => E::NodeRemoved(pb::NodeRemoved { node_id: node_id.0.clone() }),
         Event::ConsumerCertified { consumer_id, cert_serial, public_key_der, not_before, not_after, engine_key_id, signature } => {
@@ -424,7 +427,7 @@ fn event_to_pb(event: &Event) -> E {
             reversal: postings_to_pb(reversal),
             media_ids: media_ids.iter().map(|media| media.0.clone()).collect(),
         }),
-        Event::VoucherIssued { voucher_id, node_id, merchant_id, media_ids, rendition, access_expires_at, previous_node } => {
+        Event::VoucherIssued { voucher_id, node_id, merchant_id, media_ids, rendition, access_expires_at, previous_node, lease } => {
             E::VoucherIssued(pb::VoucherIssued {
                 voucher_id: voucher_id.0.clone(),
                 node_id: node_id.0.clone(),
@@ -433,6 +436,7 @@ fn event_to_pb(event: &Event) -> E {
                 rendition: rendition.clone(),
                 access_expires_at_ms: access_expires_at.0,
                 previous_node_id: previous_node.as_ref().map(|node| node.0.clone()).unwrap_or_default(),
+                lease: *lease,
             })
         }
         Event::RedemptionAccepted { voucher_id, node_id, consumer_id, cert_serial, wrapped_key_hashes, challenge_hash, consumer_key_hash, released_media } => {
@@ -459,13 +463,14 @@ fn event_to_pb(event: &Event) -> E {
             size_bytes: *size_bytes,
             voucher_complete: *voucher_complete,
         }),
-        Event::PreviewStarted { preview_id, media_id, node_id, merchant_id, clip_ms, lapses_at } => E::PreviewStarted(pb::PreviewStarted {
+        Event::PreviewStarted { preview_id, media_id, node_id, merchant_id, clip_ms, lapses_at, lease } => E::PreviewStarted(pb::PreviewStarted {
             preview_id: preview_id.0.clone(),
             media_id: media_id.0.clone(),
             node_id: node_id.0.clone(),
             merchant_id: merchant_id.0.clone(),
             clip_ms: *clip_ms,
             lapses_at_ms: lapses_at.0,
+            lease: *lease,
         }),
         Event::PreviewEnded { preview_id, played_ms, media_id, node_id } => E::PreviewEnded(pb::PreviewEnded {
             preview_id: preview_id.0.clone(),
@@ -570,6 +575,7 @@ fn event_of_pb(event: E) -> Result<Event, DecodeError> {
             credential_hash: array("credential_hash", &e.credential_hash)?,
         },
         E::NodeCapacityChanged(e) => Event::NodeCapacityChanged { node_id: NodeId(e.node_id), slots_max: e.slots_max },
+        E::SlotsLeased(e) => Event::SlotsLeased { node_id: NodeId(e.node_id), lease: e.lease, holder: e.holder, slots: e.slots, until: Millis(e.until_ms) },
         E::NodeDrained(e) => Event::NodeDrained { node_id: NodeId(e.node_id) },
         E::NodeRemoved(e) => Event::NodeRemoved { node_id: NodeId(e.node_id) },
         E::ConsumerCertified(e) => Event::ConsumerCertified {
@@ -629,6 +635,7 @@ fn event_of_pb(event: E) -> Result<Event, DecodeError> {
             rendition: e.rendition,
             access_expires_at: Millis(e.access_expires_at_ms),
             previous_node: (!e.previous_node_id.is_empty()).then_some(NodeId(e.previous_node_id)),
+            lease: e.lease,
         },
         E::RedemptionAccepted(e) => Event::RedemptionAccepted {
             voucher_id: VoucherId(e.voucher_id),
@@ -657,6 +664,7 @@ fn event_of_pb(event: E) -> Result<Event, DecodeError> {
             merchant_id: MerchantId(e.merchant_id),
             clip_ms: e.clip_ms,
             lapses_at: Millis(e.lapses_at_ms),
+            lease: e.lease,
         },
         E::PreviewEnded(e) => {
             Event::PreviewEnded { preview_id: PreviewId(e.preview_id), played_ms: e.played_ms, media_id: MediaId(e.media_id), node_id: NodeId(e.node_id) }

@@ -20,7 +20,7 @@ use std::sync::Arc;
 struct NoNode;
 
 impl Allocator for NoNode {
-    fn choose(&self, _region: Option<&str>, _holder: &str) -> Option<NodeId> {
+    fn choose(&self, _region: Option<&str>, _holder: &str) -> Option<engine::placement::Placed> {
         None
     }
 

@@ -13,6 +13,7 @@
 use crate::rows::{Rows, Touched};
 use engine::domain::event::Event;
 use engine::ids::{MerchantId, Millis, NodeId, PreviewId};
+use engine::placement::{LeaseTerms, LeaseWish};
 use format::{ReleasedRows, SlotRows};
 use std::collections::BTreeMap;
 
@@ -24,6 +25,35 @@ pub struct NodeSlots {
     pub slots_max: u32,
     pub in_use: u32,
     pub active: bool,
+    /// The engines' slot leases on the node (`SlotsLeased`), each with the slots given out
+    /// from it that are still in use.
+    pub leases: BTreeMap<u64, LeaseSlots>,
+}
+
+impl NodeSlots {
+    pub fn new(region: String, slots_max: u32) -> Self {
+        NodeSlots { region, slots_max, in_use: 0, active: true, leases: BTreeMap::new() }
+    }
+
+    /// The slots no lease holds.
+    pub fn unleased(&self) -> u32 {
+        let leased: u64 = self.leases.values().map(|lease| u64::from(lease.slots)).sum();
+        u32::try_from(u64::from(self.slots_max).saturating_sub(leased)).unwrap_or(0)
+    }
+}
+
+/// One engine's lease of a node's slots, and the slots given out from it still in use.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LeaseSlots {
+    pub holder: String,
+    pub slots: u32,
+    pub until: Millis,
+    pub in_use: u32,
+}
+
+/// The slots a lease grows by at a time: an eighth of the node, at least one.
+pub fn lease_step(slots_max: u32) -> u32 {
+    (slots_max / 8).max(1)
 }
 
 /// A started preview holding a slot: its node, its merchant (for the merchant's preview
@@ -33,6 +63,8 @@ pub struct PreviewSlot {
     pub node: NodeId,
     pub merchant: MerchantId,
     pub lapses_at: Millis,
+    /// The lease it was given out from (0: none).
+    pub lease: u64,
 }
 
 /// The share of a node's slots one merchant's previews may hold: a quarter, at least one.
@@ -45,7 +77,7 @@ pub fn preview_quota(slots_max: u32) -> u32 {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Allocation {
     pub nodes: BTreeMap<NodeId, NodeSlots>,
-    /// Vouchers holding a slot, by node.
+    /// Vouchers holding a slot: the node and the lease it was given out from (0: none).
     pub(crate) vouchers: Rows<SlotRows>,
     pub(crate) previews: BTreeMap<PreviewId, PreviewSlot>,
     /// Vouchers whose slot came back (complete delivery).
@@ -53,10 +85,21 @@ pub struct Allocation {
     /// Slots chosen but whose event this projection has not applied yet, by holder
     /// (voucher or preview id), with the merchant of a preview. Not derived from the
     /// stream, so not in the digest.
-    tentative: BTreeMap<String, (NodeId, Option<MerchantId>)>,
+    tentative: BTreeMap<String, Held>,
+    /// The engine this allocation places for (`set_holder`): it then gives out slots only
+    /// from leases it holds. None (replays, audits): by node only.
+    holder: Option<String>,
     /// What changed since the projection store last committed this allocation.
     pub(crate) touched_nodes: Touched<NodeId>,
     pub(crate) touched_previews: Touched<PreviewId>,
+}
+
+/// A tentative hold: the node, the lease, and for a preview its merchant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Held {
+    node: NodeId,
+    lease: u64,
+    merchant: Option<MerchantId>,
 }
 
 impl Allocation {
@@ -69,18 +112,41 @@ impl Allocation {
             field(&node.slots_max.to_le_bytes());
             field(&node.in_use.to_le_bytes());
             field(&[u8::from(node.active)]);
+            // Nodes without leases (streams from before them) digest as they did.
+            if !node.leases.is_empty() {
+                field(&(node.leases.len() as u64).to_le_bytes());
+                for (id, lease) in &node.leases {
+                    field(&id.to_le_bytes());
+                    field(lease.holder.as_bytes());
+                    field(&lease.slots.to_le_bytes());
+                    field(&lease.until.0.to_le_bytes());
+                    field(&lease.in_use.to_le_bytes());
+                }
+            }
         }
     }
 
     pub fn apply(&mut self, event: &Event) {
         match event {
             Event::NodeRegistered { node_id, region, slots_max, .. } => {
-                self.nodes.insert(node_id.clone(), NodeSlots { region: region.clone(), slots_max: *slots_max, in_use: 0, active: true });
+                self.nodes.insert(node_id.clone(), NodeSlots::new(region.clone(), *slots_max));
                 self.touched_nodes.touch(node_id);
             }
             Event::NodeCapacityChanged { node_id, slots_max } => {
                 if let Some(node) = self.nodes.get_mut(node_id) {
                     node.slots_max = *slots_max;
+                    self.touched_nodes.touch(node_id);
+                }
+            }
+            Event::SlotsLeased { node_id, lease, holder, slots, until } => {
+                if let Some(node) = self.nodes.get_mut(node_id) {
+                    let entry = node.leases.entry(*lease).or_default();
+                    entry.holder = holder.clone();
+                    entry.slots = *slots;
+                    entry.until = *until;
+                    if entry.slots == 0 && entry.in_use == 0 {
+                        node.leases.remove(lease);
+                    }
                     self.touched_nodes.touch(node_id);
                 }
             }
@@ -90,44 +156,45 @@ impl Allocation {
                     self.touched_nodes.touch(node_id);
                 }
             }
-            Event::VoucherIssued { voucher_id, node_id, previous_node, .. } => {
+            Event::VoucherIssued { voucher_id, node_id, previous_node, lease, .. } => {
                 self.tentative.remove(voucher_id.as_str());
                 // Moved off a node that no longer serves it: that node's slot comes back.
-                if let Some(previous) = previous_node
-                    && self.vouchers.remove(voucher_id).is_some()
+                if previous_node.is_some()
+                    && let Some((previous, previous_lease)) = self.vouchers.remove(voucher_id)
                 {
-                    self.give_back(previous);
+                    self.give_back(&previous, previous_lease);
                 }
-                self.take(node_id);
-                self.vouchers.insert(voucher_id.clone(), node_id.clone());
+                self.take(node_id, *lease);
+                self.vouchers.insert(voucher_id.clone(), (node_id.clone(), *lease));
             }
             Event::Voided { voucher_id, .. } | Event::Refunded { voucher_id, .. } => {
                 // Refunded (or voided once issued): the slot comes back, if it still held one.
-                if let Some(node_id) = self.vouchers.remove(voucher_id) {
-                    self.give_back(&node_id);
+                if let Some((node_id, lease)) = self.vouchers.remove(voucher_id) {
+                    self.give_back(&node_id, lease);
                 }
             }
             Event::AccessLapsed { voucher_id, .. } => {
                 // The access window ended unused: the slot comes back (a reissue takes one again).
-                if let Some(node_id) = self.vouchers.remove(voucher_id) {
-                    self.give_back(&node_id);
+                if let Some((node_id, lease)) = self.vouchers.remove(voucher_id) {
+                    self.give_back(&node_id, lease);
                 }
             }
             Event::Delivered { voucher_id, voucher_complete: true, .. } => {
-                if let Some(node_id) = self.vouchers.remove(voucher_id) {
-                    self.give_back(&node_id);
+                if let Some((node_id, lease)) = self.vouchers.remove(voucher_id) {
+                    self.give_back(&node_id, lease);
                     self.released.insert(voucher_id.clone(), ());
                 }
             }
-            Event::PreviewStarted { preview_id, node_id, merchant_id, lapses_at, .. } => {
+            Event::PreviewStarted { preview_id, node_id, merchant_id, lapses_at, lease, .. } => {
                 self.tentative.remove(preview_id.as_str());
-                self.take(node_id);
-                self.previews.insert(preview_id.clone(), PreviewSlot { node: node_id.clone(), merchant: merchant_id.clone(), lapses_at: *lapses_at });
+                self.take(node_id, *lease);
+                self.previews
+                    .insert(preview_id.clone(), PreviewSlot { node: node_id.clone(), merchant: merchant_id.clone(), lapses_at: *lapses_at, lease: *lease });
                 self.touched_previews.touch(preview_id);
             }
             Event::PreviewEnded { preview_id, .. } => {
                 if let Some(slot) = self.previews.remove(preview_id) {
-                    self.give_back(&slot.node);
+                    self.give_back(&slot.node, slot.lease);
                     self.touched_previews.touch(preview_id);
                 }
             }
@@ -135,16 +202,25 @@ impl Allocation {
         }
     }
 
-    fn take(&mut self, node_id: &NodeId) {
+    fn take(&mut self, node_id: &NodeId, lease: u64) {
         if let Some(node) = self.nodes.get_mut(node_id) {
             node.in_use = node.in_use.saturating_add(1);
+            if let Some(lease) = node.leases.get_mut(&lease) {
+                lease.in_use = lease.in_use.saturating_add(1);
+            }
             self.touched_nodes.touch(node_id);
         }
     }
 
-    fn give_back(&mut self, node_id: &NodeId) {
+    fn give_back(&mut self, node_id: &NodeId, lease: u64) {
         if let Some(node) = self.nodes.get_mut(node_id) {
             node.in_use = node.in_use.saturating_sub(1);
+            if let Some(held) = node.leases.get_mut(&lease) {
+                held.in_use = held.in_use.saturating_sub(1);
+                if held.slots == 0 && held.in_use == 0 {
+                    node.leases.remove(&lease);
+                }
+            }
             self.touched_nodes.touch(node_id);
         }
     }
@@ -170,14 +246,14 @@ impl Allocation {
 
     /// Slots of `node_id` in use or held tentatively.
     fn load(&self, node_id: &NodeId, node: &NodeSlots) -> u32 {
-        let held = self.tentative.values().filter(|(holder_node, _)| holder_node == node_id).count();
+        let held = self.tentative.values().filter(|held| held.node == *node_id).count();
         node.in_use.saturating_add(u32::try_from(held).unwrap_or(u32::MAX))
     }
 
     /// Slots of `node_id` that `merchant`'s previews hold, started or held tentatively.
     pub fn previews_of(&self, node_id: &NodeId, merchant: &MerchantId) -> u32 {
         let started = self.previews.values().filter(|slot| slot.node == *node_id && slot.merchant == *merchant).count();
-        let held = self.tentative.values().filter(|(node, holder)| node == node_id && holder.as_ref() == Some(merchant)).count();
+        let held = self.tentative.values().filter(|held| held.node == *node_id && held.merchant.as_ref() == Some(merchant)).count();
         u32::try_from(started + held).unwrap_or(u32::MAX)
     }
 
@@ -188,7 +264,7 @@ impl Allocation {
         if !self.nodes.iter().any(|(id, node)| node.in_use > 0 && stranded(id)) {
             return Vec::new();
         }
-        self.vouchers.iter().filter(|(_, node)| stranded(node)).take(limit).collect()
+        self.vouchers.iter().filter(|(_, (node, _))| stranded(node)).take(limit).map(|(voucher, (node, _))| (voucher, node)).collect()
     }
 
     /// Whether `merchant` may start one more preview on `node_id` (`preview_quota`).
@@ -208,29 +284,154 @@ impl Allocation {
     /// Chooses a node (as `choose`) and holds one of its slots for `holder` until the
     /// holder's VoucherIssued or PreviewStarted is applied, or `cancel(holder)`.
     pub fn choose_and_hold(&mut self, region: Option<&str>, holder: &str) -> Option<NodeId> {
-        self.choose_and_hold_where(region, holder, &|_| true)
+        self.choose_and_hold_where(region, holder, Millis(0), None, &|_| true).map(|(node, _)| node)
     }
 
     /// As `choose_and_hold`, among the nodes `eligible` accepts (the engine's health view:
-    /// nodes that announced themselves and sent a recent heartbeat).
-    pub fn choose_and_hold_where(&mut self, region: Option<&str>, holder: &str, eligible: &dyn Fn(&NodeId) -> bool) -> Option<NodeId> {
-        if let Some((node, _)) = self.tentative.get(holder) {
-            return Some(node.clone());
-        }
-        let node = self.choose_where(region, eligible)?;
-        self.tentative.insert(holder.to_string(), (node.clone(), None));
-        Some(node)
+    /// nodes that announced themselves and sent a recent heartbeat), from a lease this
+    /// allocation's holder holds at `now` under `terms` (`set_holder`; by node only without
+    /// one): the node and the lease.
+    pub fn choose_and_hold_where(
+        &mut self,
+        region: Option<&str>,
+        holder: &str,
+        now: Millis,
+        terms: Option<LeaseTerms>,
+        eligible: &dyn Fn(&NodeId) -> bool,
+    ) -> Option<(NodeId, u64)> {
+        self.hold(region, holder, now, terms, None, eligible)
     }
 
     /// As `choose_and_hold_where`, for a preview of `merchant`: only nodes where the
     /// merchant's previews hold less than its quota (`preview_quota`).
     pub fn choose_preview_where(&mut self, region: Option<&str>, holder: &str, merchant: &MerchantId, eligible: &dyn Fn(&NodeId) -> bool) -> Option<NodeId> {
-        if let Some((node, _)) = self.tentative.get(holder) {
-            return Some(node.clone());
+        self.choose_preview_leased(region, holder, merchant, Millis(0), None, eligible).map(|(node, _)| node)
+    }
+
+    /// As `choose_preview_where`, from a lease (`choose_and_hold_where`).
+    pub fn choose_preview_leased(
+        &mut self,
+        region: Option<&str>,
+        holder: &str,
+        merchant: &MerchantId,
+        now: Millis,
+        terms: Option<LeaseTerms>,
+        eligible: &dyn Fn(&NodeId) -> bool,
+    ) -> Option<(NodeId, u64)> {
+        self.hold(region, holder, now, terms, Some(merchant), eligible)
+    }
+
+    fn hold(
+        &mut self,
+        region: Option<&str>,
+        holder: &str,
+        now: Millis,
+        terms: Option<LeaseTerms>,
+        merchant: Option<&MerchantId>,
+        eligible: &dyn Fn(&NodeId) -> bool,
+    ) -> Option<(NodeId, u64)> {
+        if let Some(held) = self.tentative.get(holder) {
+            return Some((held.node.clone(), held.lease));
         }
-        let node = self.choose_where(region, &|node| eligible(node) && self.preview_room(node, merchant))?;
-        self.tentative.insert(holder.to_string(), (node.clone(), Some(merchant.clone())));
-        Some(node)
+        let leased = |node: &NodeId| match (&self.holder, terms) {
+            (Some(me), Some(terms)) => self.lease_room(node, me, now, terms).is_some(),
+            _ => true,
+        };
+        let quota = |node: &NodeId| merchant.is_none_or(|merchant| self.preview_room(node, merchant));
+        let node = self.choose_where(region, &|node| eligible(node) && quota(node) && leased(node))?;
+        let lease = match (&self.holder, terms) {
+            (Some(me), Some(terms)) => self.lease_room(&node, me, now, terms)?.0,
+            _ => 0,
+        };
+        self.tentative.insert(holder.to_string(), Held { node: node.clone(), lease, merchant: merchant.cloned() });
+        Some((node, lease))
+    }
+
+    /// The lease of `node` that `me` holds, usable at `now`, with the most slots left to
+    /// give out (counting tentative holds), and how many.
+    fn lease_room(&self, node: &NodeId, me: &str, now: Millis, terms: LeaseTerms) -> Option<(u64, u32)> {
+        let slots = self.nodes.get(node)?;
+        slots
+            .leases
+            .iter()
+            .filter(|(_, lease)| lease.holder == me && now.plus_ms(terms.margin_ms) < lease.until)
+            .map(|(id, lease)| (*id, lease.slots.saturating_sub(lease.in_use).saturating_sub(self.held_from(node, *id))))
+            .filter(|(_, room)| *room > 0)
+            .max_by_key(|(id, room)| (*room, std::cmp::Reverse(*id)))
+    }
+
+    fn held_from(&self, node: &NodeId, lease: u64) -> u32 {
+        u32::try_from(self.tentative.values().filter(|held| held.node == *node && held.lease == lease).count()).unwrap_or(u32::MAX)
+    }
+
+    /// The engine this allocation places for (module docs of `LeaseTerms`).
+    pub fn set_holder(&mut self, holder: &str) {
+        self.holder = Some(holder.to_string());
+    }
+
+    pub fn holder(&self) -> Option<&str> {
+        self.holder.as_deref()
+    }
+
+    /// What to lease so that a choice in `region` (as `choose_and_hold_where`) can succeed:
+    /// on the least loaded eligible node with a free slot, renew this holder's lease that
+    /// runs out, or grow its lease (or start one) by `lease_step` within the unleased slots.
+    pub fn lease_wish(&self, region: Option<&str>, now: Millis, terms: LeaseTerms, eligible: &dyn Fn(&NodeId) -> bool) -> Option<LeaseWish> {
+        let me = self.holder.as_deref()?;
+        let wish = |node_id: &NodeId| -> Option<LeaseWish> {
+            let node = self.nodes.get(node_id)?;
+            let mine = node.leases.iter().filter(|(_, lease)| lease.holder == me).max_by_key(|(_, lease)| lease.slots);
+            let grow = lease_step(node.slots_max).min(node.unleased());
+            match mine {
+                Some((id, lease)) if now.plus_ms(terms.margin_ms) >= lease.until || grow > 0 => {
+                    Some(LeaseWish { node: node_id.clone(), lease: Some(*id), slots: lease.slots.saturating_add(grow), take_over: false })
+                }
+                None if grow > 0 => Some(LeaseWish { node: node_id.clone(), lease: None, slots: grow, take_over: false }),
+                _ => None,
+            }
+        };
+        let node = self.choose_where(region, &|node| eligible(node) && wish(node).is_some())?;
+        wish(&node)
+    }
+
+    /// The leases to look after at `now`: this holder's to renew (less than half the ttl
+    /// left), shrink (more than two steps unused: to one step above what is in use) or give
+    /// back (nothing in use, or its node no longer active); others' to take over (past
+    /// their `until` by the grace: a dead engine's).
+    pub fn lease_upkeep(&self, now: Millis, terms: LeaseTerms) -> Vec<LeaseWish> {
+        let Some(me) = self.holder.as_deref() else { return Vec::new() };
+        let mut wishes = Vec::new();
+        for (node_id, node) in &self.nodes {
+            let step = lease_step(node.slots_max);
+            for (id, lease) in &node.leases {
+                if lease.holder != me {
+                    if now > lease.until.plus_ms(terms.grace_ms) {
+                        wishes.push(LeaseWish { node: node_id.clone(), lease: Some(*id), slots: lease.slots, take_over: true });
+                    }
+                    continue;
+                }
+                let used = lease.in_use.saturating_add(self.held_from(node_id, *id));
+                let keep = if used == 0 || !node.active { used } else { lease.slots.min(used.saturating_add(step)) };
+                let shrink = keep == 0 || lease.slots > keep.saturating_add(step);
+                let renew = now.plus_ms(terms.ttl_ms / 2) >= lease.until;
+                if lease.slots > 0 && (shrink || renew) {
+                    let slots = if shrink { keep } else { lease.slots };
+                    wishes.push(LeaseWish { node: node_id.clone(), lease: Some(*id), slots, take_over: false });
+                }
+            }
+        }
+        wishes
+    }
+
+    /// Notes a lease this holder appended at `seq` before the projection applies it, so the
+    /// next choice can use it (applying the event later sets the same values).
+    pub fn note_lease(&mut self, node_id: &NodeId, lease: u64, holder: &str, slots: u32, until: Millis) {
+        if let Some(node) = self.nodes.get_mut(node_id) {
+            let entry = node.leases.entry(lease).or_default();
+            entry.holder = holder.to_string();
+            entry.slots = slots;
+            entry.until = until;
+        }
     }
 
     pub fn cancel(&mut self, holder: &str) {
@@ -278,6 +479,10 @@ mod tests {
     }
 
     fn issue(voucher: &str, node: &str) -> Event {
+        issue_from(voucher, node, 0)
+    }
+
+    fn issue_from(voucher: &str, node: &str, lease: u64) -> Event {
         Event::VoucherIssued {
             voucher_id: VoucherId::new(voucher),
             node_id: NodeId::new(node),
@@ -286,6 +491,7 @@ mod tests {
             rendition: "high".into(),
             access_expires_at: Millis(0),
             previous_node: None,
+            lease,
         }
     }
 
@@ -297,6 +503,7 @@ mod tests {
             merchant_id: MerchantId::new(merchant),
             clip_ms: 30_000,
             lapses_at: Millis(lapses_at),
+            lease: 0,
         }
     }
 
@@ -378,7 +585,7 @@ mod tests {
         allocation.apply(&register("b", "eu", 10));
         let only_b = |node: &NodeId| node.as_str() == "b";
         assert_eq!(allocation.choose(None), Some(NodeId::new("a")), "control: a is the first choice");
-        assert_eq!(allocation.choose_and_hold_where(None, "v1", &only_b), Some(NodeId::new("b")));
+        assert_eq!(allocation.choose_and_hold_where(None, "v1", Millis(0), None, &only_b), Some((NodeId::new("b"), 0)));
         assert_eq!(allocation.choose_where(Some("eu"), &|_| false), None, "no healthy node, no choice");
     }
 
@@ -410,5 +617,104 @@ mod tests {
             voucher_complete: true,
         });
         assert_eq!(allocation.choose(None), Some(NodeId::new("a")));
+    }
+
+    const TERMS: LeaseTerms = LeaseTerms { ttl_ms: 60_000, margin_ms: 5_000, grace_ms: 20_000 };
+
+    fn leased(node: &str, lease: u64, holder: &str, slots: u32, until: i64) -> Event {
+        Event::SlotsLeased { node_id: NodeId::new(node), lease, holder: holder.into(), slots, until: Millis(until) }
+    }
+
+    fn engine(holder: &str) -> Allocation {
+        let mut allocation = Allocation::default();
+        allocation.set_holder(holder);
+        allocation.apply(&register("a", "eu", 4));
+        allocation
+    }
+
+    /// Two engines, each with its own projection of one stream, place on a 4-slot node at
+    /// once, before either sees the other's VoucherIssued. With leases they give out at
+    /// most the node's slots between them; the protection off (no lease holder named: each
+    /// by its own view of the node) they give out eight.
+    #[test]
+    fn two_engines_with_leases_never_give_out_more_slots_than_the_node_has() {
+        let (mut a, mut b) = (engine("ea"), engine("eb"));
+        assert_eq!(a.choose_and_hold_where(None, "va0", Millis(0), Some(TERMS), &|_| true), None, "no lease, no slot");
+        let wish = a.lease_wish(None, Millis(0), TERMS, &|_| true).expect("a lease to ask for");
+        assert_eq!(wish, LeaseWish { node: NodeId::new("a"), lease: None, slots: 1, take_over: false }, "a step of the node");
+        // What the node aggregate granted, in stream order: ea 3 slots, eb the last one.
+        for event in [leased("a", 1, "ea", 3, 60_000), leased("a", 2, "eb", 1, 60_000)] {
+            a.apply(&event);
+            b.apply(&event);
+        }
+        let mut given = 0;
+        for n in 0..4 {
+            given += usize::from(a.choose_and_hold_where(None, &format!("va{n}"), Millis(0), Some(TERMS), &|_| true).is_some());
+            given += usize::from(b.choose_and_hold_where(None, &format!("vb{n}"), Millis(0), Some(TERMS), &|_| true).is_some());
+        }
+        assert_eq!(given, 4, "ea gives out its 3, eb its 1");
+        assert_eq!(a.choose_and_hold_where(None, "va1", Millis(0), Some(TERMS), &|_| true), Some((NodeId::new("a"), 1)), "from lease 1");
+        assert_eq!(a.lease_wish(None, Millis(0), TERMS, &|_| true), None, "every slot is leased: nothing to grow into");
+        // Past its until (less the margin) a lease gives out nothing more: renew first.
+        a.cancel("va2");
+        assert_eq!(a.choose_and_hold_where(None, "va9", Millis(55_000), Some(TERMS), &|_| true), None);
+        assert_eq!(a.lease_wish(None, Millis(55_000), TERMS, &|_| true).map(|wish| (wish.lease, wish.slots)), Some((Some(1), 3)), "renew lease 1");
+        // The protection off: each engine by its own view of the node.
+        let (mut a, mut b) = (Allocation::default(), Allocation::default());
+        a.apply(&register("a", "eu", 4));
+        b.apply(&register("a", "eu", 4));
+        let mut given = 0;
+        for n in 0..4 {
+            given += usize::from(a.choose_and_hold(None, &format!("va{n}")).is_some());
+            given += usize::from(b.choose_and_hold(None, &format!("vb{n}")).is_some());
+        }
+        assert_eq!(given, 8, "without leases two engines give out twice the node");
+    }
+
+    #[test]
+    fn slots_in_use_count_against_the_lease_they_came_from() {
+        let mut a = engine("ea");
+        a.apply(&leased("a", 1, "ea", 2, 60_000));
+        let issued = |voucher: &str, lease| issue_from(voucher, "a", lease);
+        a.apply(&issued("v1", 1));
+        a.apply(&issued("v2", 1));
+        assert_eq!(a.nodes[&NodeId::new("a")].leases[&1].in_use, 2);
+        assert_eq!(a.choose_and_hold_where(None, "v3", Millis(0), Some(TERMS), &|_| true), None, "lease 1 is used up");
+        a.apply(&Event::AccessLapsed { voucher_id: VoucherId::new("v1"), node_id: NodeId::new("a") });
+        assert_eq!(a.nodes[&NodeId::new("a")].leases[&1].in_use, 1, "the lapsed voucher's slot came back to its lease");
+        assert_eq!(a.choose_and_hold_where(None, "v3", Millis(0), Some(TERMS), &|_| true), Some((NodeId::new("a"), 1)));
+    }
+
+    /// The sweeper's care: renew a lease in use when half its ttl is gone, shrink one far
+    /// larger than its use to a step above it, give back one unused, and take over another
+    /// engine's lease once past its until and the grace.
+    #[test]
+    fn upkeep_renews_shrinks_gives_back_and_takes_over() {
+        let mut a = Allocation::default();
+        a.set_holder("ea");
+        a.apply(&register("big", "eu", 16));
+        a.apply(&register("idle", "eu", 4));
+        a.apply(&register("other", "eu", 4));
+        a.apply(&leased("big", 1, "ea", 16, 60_000));
+        a.apply(&leased("idle", 2, "ea", 2, 60_000));
+        a.apply(&leased("other", 3, "eb", 4, 60_000));
+        a.apply(&issue_from("v1", "big", 1));
+        assert_eq!(
+            a.lease_upkeep(Millis(0), TERMS),
+            vec![
+                LeaseWish { node: NodeId::new("big"), lease: Some(1), slots: 3, take_over: false },
+                LeaseWish { node: NodeId::new("idle"), lease: Some(2), slots: 0, take_over: false },
+            ],
+            "one in use and a step of 2 kept; the idle lease given back; eb's lease still running"
+        );
+        let wishes = a.lease_upkeep(Millis(80_001), TERMS);
+        assert!(wishes.contains(&LeaseWish { node: NodeId::new("other"), lease: Some(3), slots: 4, take_over: true }), "eb stopped renewing: {wishes:?}");
+        a.apply(&leased("big", 1, "ea", 3, 60_000));
+        assert_eq!(a.lease_upkeep(Millis(29_000), TERMS).iter().find(|wish| wish.node.as_str() == "big"), None, "more than half the ttl left");
+        assert_eq!(
+            a.lease_upkeep(Millis(31_000), TERMS).into_iter().find(|wish| wish.node.as_str() == "big"),
+            Some(LeaseWish { node: NodeId::new("big"), lease: Some(1), slots: 3, take_over: false }),
+            "renewed as it is"
+        );
     }
 }

@@ -11,7 +11,7 @@ use engine::crypto::{RsaPublic, SecretKey};
 use engine::domain::event::RightsReportSealed;
 use engine::ids::{MerchantId, Millis, NodeId, Seq};
 use engine::log::EventLog;
-use engine::placement::Allocator;
+use engine::placement::{Allocator, LEASE_TERMS, LeaseWish, Placed};
 use futures::StreamExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -268,6 +268,9 @@ impl Live {
     pub async fn rebuild(&self, log: &dyn EventLog) -> Result<Seq, RunError> {
         let fresh = self.fresh.as_ref().ok_or_else(|| RunError::Diverged("these projections cannot rebuild themselves (made by with_projections)".into()))?;
         let mut projections = fresh();
+        if let Some(holder) = self.lock().allocation.holder().map(str::to_string) {
+            projections.allocation.set_holder(&holder);
+        }
         if self.store.is_some() {
             projections.track_changes();
         }
@@ -373,19 +376,35 @@ impl Live {
 }
 
 impl Live {
-    /// The allocator's choice among the nodes `eligible` accepts (see `Allocator::choose`).
-    pub fn choose_where(&self, region: Option<&str>, holder: &str, eligible: &dyn Fn(&NodeId) -> bool) -> Option<NodeId> {
-        self.lock().allocation.choose_and_hold_where(region, holder, eligible)
+    /// The allocator's choice among the nodes `eligible` accepts (see `Allocator::choose`),
+    /// from a slot lease once `set_lease_holder` named this engine.
+    pub fn choose_where(&self, region: Option<&str>, holder: &str, now: Millis, eligible: &dyn Fn(&NodeId) -> bool) -> Option<Placed> {
+        let (node, lease) = self.lock().allocation.choose_and_hold_where(region, holder, now, Some(LEASE_TERMS), eligible)?;
+        Some(Placed { node, lease })
+    }
+
+    /// Names the engine these projections place for: slots are then given out only from
+    /// its slot leases (`Allocator::lease_wish`). Kept across a rebuild.
+    pub fn set_lease_holder(&self, holder: &str) {
+        self.lock().allocation.set_holder(holder);
     }
 }
 
 impl engine::placement::SlotChooser for Live {
-    fn choose_where(&self, region: Option<&str>, holder: &str, eligible: &dyn Fn(&NodeId) -> bool) -> Option<NodeId> {
-        Live::choose_where(self, region, holder, eligible)
+    fn choose_where(&self, region: Option<&str>, holder: &str, now: Millis, eligible: &dyn Fn(&NodeId) -> bool) -> Option<Placed> {
+        Live::choose_where(self, region, holder, now, eligible)
     }
 
-    fn choose_preview_where(&self, region: Option<&str>, holder: &str, merchant: &MerchantId, eligible: &dyn Fn(&NodeId) -> bool) -> Option<NodeId> {
-        self.lock().allocation.choose_preview_where(region, holder, merchant, eligible)
+    fn choose_preview_where(
+        &self,
+        region: Option<&str>,
+        holder: &str,
+        merchant: &MerchantId,
+        now: Millis,
+        eligible: &dyn Fn(&NodeId) -> bool,
+    ) -> Option<Placed> {
+        let (node, lease) = self.lock().allocation.choose_preview_leased(region, holder, merchant, now, Some(LEASE_TERMS), eligible)?;
+        Some(Placed { node, lease })
     }
 
     fn is_active(&self, node: &NodeId) -> bool {
@@ -395,24 +414,46 @@ impl engine::placement::SlotChooser for Live {
     fn cancel(&self, holder: &str) {
         Allocator::cancel(self, holder);
     }
+
+    fn lease_holder(&self) -> Option<String> {
+        self.lock().allocation.holder().map(str::to_string)
+    }
+
+    fn lease_wish(&self, region: Option<&str>, now: Millis, eligible: &dyn Fn(&NodeId) -> bool) -> Option<LeaseWish> {
+        self.lock().allocation.lease_wish(region, now, LEASE_TERMS, eligible)
+    }
+
+    fn lease_upkeep(&self, now: Millis) -> Vec<LeaseWish> {
+        self.lock().allocation.lease_upkeep(now, LEASE_TERMS)
+    }
+
+    fn note_lease(&self, node: &NodeId, lease: u64, slots: u32, until: Millis) {
+        let mut projections = self.lock();
+        if let Some(holder) = projections.allocation.holder().map(str::to_string) {
+            projections.allocation.note_lease(node, lease, &holder, slots, until);
+        }
+    }
 }
 
+/// Without a health view (in-process markets, tests): every active node is eligible, and
+/// slots come from leases once `set_lease_holder` named the engine (at the clock's `now`
+/// of the system: in-process markets name none).
 impl Allocator for Live {
-    fn choose(&self, region: Option<&str>, holder: &str) -> Option<NodeId> {
-        self.inner.lock().expect("projection lock is never poisoned: apply does not panic").allocation.choose_and_hold(region, holder)
+    fn choose(&self, region: Option<&str>, holder: &str) -> Option<Placed> {
+        self.lock().allocation.choose_and_hold(region, holder).map(|node| Placed { node, lease: 0 })
     }
 
-    fn choose_preview(&self, region: Option<&str>, holder: &str, merchant: &MerchantId) -> Option<NodeId> {
-        self.lock().allocation.choose_preview_where(region, holder, merchant, &|_| true)
+    fn choose_preview(&self, region: Option<&str>, holder: &str, merchant: &MerchantId) -> Option<Placed> {
+        self.lock().allocation.choose_preview_where(region, holder, merchant, &|_| true).map(|node| Placed { node, lease: 0 })
     }
 
-    /// Without a health view (in-process markets, tests): a node serves while it is active.
+    /// A node serves while it is active.
     fn serves(&self, node: &NodeId) -> bool {
         engine::placement::SlotChooser::is_active(self, node)
     }
 
     fn cancel(&self, holder: &str) {
-        self.inner.lock().expect("projection lock is never poisoned: apply does not panic").allocation.cancel(holder);
+        self.lock().allocation.cancel(holder);
     }
 }
 

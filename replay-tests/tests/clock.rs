@@ -18,8 +18,8 @@ use std::sync::Arc;
 struct OneNode(NodeId);
 
 impl Allocator for OneNode {
-    fn choose(&self, _region: Option<&str>, _holder: &str) -> Option<NodeId> {
-        Some(self.0.clone())
+    fn choose(&self, _region: Option<&str>, _holder: &str) -> Option<engine::placement::Placed> {
+        Some(engine::placement::Placed { node: self.0.clone(), lease: 0 })
     }
 
     fn cancel(&self, _holder: &str) {}

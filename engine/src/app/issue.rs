@@ -2,6 +2,7 @@
 //! them (a merchant's reissue, the sweeper's move).
 
 use super::*;
+use crate::placement::Placed;
 
 impl Market {
     pub async fn issue(
@@ -38,14 +39,14 @@ impl Market {
             drop(root);
             return self.renew_access(merchant, request, voucher_id, region, access_ttl_ms, standing).await;
         }
-        let (node, held) = match &root.state.node {
+        let (placed, held) = match &root.state.node {
             // Already issued: the retry is answered (or another request refused) by decide.
-            Some(node) => (node.clone(), false),
-            None => (self.allocator.choose(region, &voucher_id.0).ok_or(Rejection::NoNodeAvailable)?, true),
+            Some(node) => (Placed { node: node.clone(), lease: 0 }, false),
+            None => (self.place(region, &voucher_id.0).await?, true),
         };
         // The handler builds the next state in place when it holds the only reference.
         drop(root);
-        let command = VoucherCommand::Issue { merchant: merchant.clone(), node, access_ttl_ms };
+        let command = VoucherCommand::Issue { merchant: merchant.clone(), node: placed.node, lease: placed.lease, access_ttl_ms };
         let result = self.handler.handle::<Voucher>(&voucher_id.0, &by, request, &command).await.map_err(|error| naming(error, &voucher_id.0));
         if held && result.as_ref().map_or(true, |handled| handled.appended.is_empty()) {
             self.allocator.cancel(&voucher_id.0);
@@ -71,9 +72,9 @@ impl Market {
             Some(node) => self.standing(node).await?,
             None => voucher::NodeStanding::Serving,
         };
-        let node = self.allocator.choose(region, &voucher_id.0).ok_or(Rejection::NoNodeAvailable)?;
+        let placed = self.place(region, &voucher_id.0).await?;
         let retries_max = self.retries_max().await?;
-        let command = VoucherCommand::Move { merchant: merchant.cloned(), node, access_ttl_ms, old_node, retries_max };
+        let command = VoucherCommand::Move { merchant: merchant.cloned(), node: placed.node, lease: placed.lease, access_ttl_ms, old_node, retries_max };
         let result = self.handler.handle::<Voucher>(&voucher_id.0, &by, request, &command).await.map_err(|error| naming(error, &voucher_id.0));
         if result.as_ref().map_or(true, |handled| handled.appended.is_empty()) {
             self.allocator.cancel(&voucher_id.0);
@@ -113,9 +114,9 @@ impl Market {
         let node = if old_node == voucher::NodeStanding::Serving {
             current
         } else {
-            let chosen = self.allocator.choose(region, &voucher_id.0).ok_or(Rejection::NoNodeAvailable);
+            let chosen = self.place(region, &voucher_id.0).await;
             self.allocator.cancel(&voucher_id.0);
-            chosen?
+            chosen?.node
         };
         let recoveries_max = recoveries_max_of(&self.config().await?);
         let command = VoucherCommand::RenewAccess { merchant: merchant.clone(), node, access_ttl_ms, old_node, recoveries_max };

@@ -330,6 +330,15 @@ pub enum Event {
         node_id: NodeId,
         slots_max: u32,
     },
+    /// An engine's share of a node's slots (see `party::SlotLease`): created, resized,
+    /// renewed, or taken over from a holder past its `until`; slots 0 gives it back.
+    SlotsLeased {
+        node_id: NodeId,
+        lease: u64,
+        holder: String,
+        slots: u32,
+        until: Millis,
+    },
     NodeDrained {
         node_id: NodeId,
     },
@@ -404,6 +413,8 @@ pub enum Event {
         /// The node the voucher was issued to before, when it moved (its node drained,
         /// removed or silent); `None` for the first issue.
         previous_node: Option<NodeId>,
+        /// The slot lease the slot came from (`SlotsLeased`); 0 when none.
+        lease: u64,
     },
     RedemptionAccepted {
         voucher_id: VoucherId,
@@ -444,6 +455,8 @@ pub enum Event {
         /// When the sweeper may end it unreported (`preview::PREVIEW_GRACE_MS`); `Millis(0)`
         /// in events from before the window (due at once).
         lapses_at: Millis,
+        /// The slot lease the slot came from (`SlotsLeased`); 0 when none.
+        lease: u64,
     },
     PreviewEnded {
         preview_id: PreviewId,
@@ -532,6 +545,7 @@ impl Event {
             Event::AuditorRegistered { auditor_id, .. } | Event::AuditorRevoked { auditor_id, .. } => (K::Auditor, auditor_id.as_str()),
             Event::NodeRegistered { node_id, .. }
             | Event::NodeCapacityChanged { node_id, .. }
+            | Event::SlotsLeased { node_id, .. }
             | Event::NodeDrained { node_id }
             | Event::NodeRemoved { node_id } => (K::Node, node_id.as_str()),
             Event::ConsumerCertified { consumer_id, .. } | Event::CertRevoked { consumer_id, .. } => (K::Consumer, consumer_id.as_str()),
@@ -572,6 +586,7 @@ impl Event {
             Event::AccessRenewed { .. } => "AccessRenewed",
             Event::NodeRegistered { .. } => "NodeRegistered",
             Event::NodeCapacityChanged { .. } => "NodeCapacityChanged",
+            Event::SlotsLeased { .. } => "SlotsLeased",
             Event::NodeDrained { .. } => "NodeDrained",
             Event::NodeRemoved { .. } => "NodeRemoved",
             Event::ConsumerCertified { .. } => "ConsumerCertified",

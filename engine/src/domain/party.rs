@@ -202,14 +202,59 @@ pub struct Node {
     /// The slots the operator licensed at registration: the most the node may announce.
     pub licensed_slots: u32,
     pub credential_hash: [u8; 32],
+    /// The engines' shares of the slots, by lease number (`SlotsLeased`). They never sum
+    /// past `slots_max` when one grows; an engine gives out a slot only from a lease it
+    /// holds whose `until` has not passed, so engines sharing a stream cannot over-give.
+    pub leases: BTreeMap<u64, SlotLease>,
+    /// The number the next new lease gets (one past the highest seen).
+    pub next_lease: u64,
+}
+
+/// One engine's share of a node's slots, until a time it renews before.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SlotLease {
+    pub holder: String,
+    pub slots: u32,
+    pub until: Millis,
+}
+
+impl Node {
+    /// The slots every lease but `except` holds.
+    pub fn leased_except(&self, except: Option<u64>) -> u64 {
+        self.leases.iter().filter(|(id, _)| Some(**id) != except).map(|(_, lease)| u64::from(lease.slots)).sum()
+    }
 }
 
 #[derive(Clone, Debug)]
 pub enum NodeCommand {
-    Register { node: NodeId, region: String, slots_max: u32, credential_hash: [u8; 32] },
-    ChangeCapacity { slots_max: u32 },
+    Register {
+        node: NodeId,
+        region: String,
+        slots_max: u32,
+        credential_hash: [u8; 32],
+    },
+    ChangeCapacity {
+        slots_max: u32,
+    },
     Drain,
     Remove,
+    /// `holder` (an engine) sets its lease `lease` (None: a new one) to `slots` until
+    /// `now + ttl_ms`: grows it (only within the slots no other lease holds, on an active
+    /// node), shrinks it (to 0: gives it back) or renews it.
+    Lease {
+        lease: Option<u64>,
+        holder: String,
+        slots: u32,
+        ttl_ms: u64,
+    },
+    /// `holder` takes over lease `lease` whose holder let it run out more than `grace_ms`
+    /// ago (a dead engine): its slots in use are the new holder's to count.
+    TakeOver {
+        lease: u64,
+        holder: String,
+        ttl_ms: u64,
+        grace_ms: u64,
+    },
 }
 
 fn check_slots(slots_max: u32) -> Result<(), Rejection> {
@@ -223,7 +268,7 @@ impl Aggregate for Node {
     type Command = NodeCommand;
     const KIND: AggregateKind = AggregateKind::Node;
 
-    fn decide(&self, command: &NodeCommand, _now: Millis) -> Result<Vec<Event>, Rejection> {
+    fn decide(&self, command: &NodeCommand, now: Millis) -> Result<Vec<Event>, Rejection> {
         let node_id = || self.id.clone().unwrap_or_else(|| NodeId::new(""));
         match (command, self.status) {
             (NodeCommand::Register { node, .. }, status) if status != NodeStatus::Unknown => Err(Rejection::AlreadyExists { kind: "node", id: node.0.clone() }),
@@ -244,6 +289,19 @@ impl Aggregate for Node {
                 }
                 Ok(vec![Event::NodeCapacityChanged { node_id: node_id(), slots_max: granted }])
             }
+            (NodeCommand::Lease { lease, holder, slots, ttl_ms }, status) => self.decide_lease(*lease, holder, *slots, *ttl_ms, status, now),
+            (NodeCommand::TakeOver { lease, holder, ttl_ms, grace_ms }, _) => {
+                validate::id("holder", holder)?;
+                let held = self.leases.get(lease).ok_or(Rejection::NotFound { kind: "slot lease", id: lease.to_string() })?;
+                if held.holder == *holder {
+                    return Err(Rejection::InvalidArgument { field: "holder", reason: "already holds the lease: renew it".into() });
+                }
+                let free_from = held.until.plus_ms(*grace_ms);
+                if now <= free_from {
+                    return Err(Rejection::NotExpired { expires_at: free_from });
+                }
+                Ok(vec![Event::SlotsLeased { node_id: node_id(), lease: *lease, holder: holder.clone(), slots: held.slots, until: now.plus_ms(*ttl_ms) }])
+            }
             (NodeCommand::Drain, NodeStatus::Drained) => Ok(vec![]),
             (NodeCommand::Drain, _) => Ok(vec![Event::NodeDrained { node_id: node_id() }]),
             (NodeCommand::Remove, _) => Ok(vec![Event::NodeRemoved { node_id: node_id() }]),
@@ -261,6 +319,14 @@ impl Aggregate for Node {
                 self.credential_hash = *credential_hash;
             }
             Event::NodeCapacityChanged { slots_max, .. } => self.slots_max = *slots_max,
+            Event::SlotsLeased { lease, holder, slots, until, .. } => {
+                if *slots == 0 {
+                    self.leases.remove(lease);
+                } else {
+                    self.leases.insert(*lease, SlotLease { holder: holder.clone(), slots: *slots, until: *until });
+                }
+                self.next_lease = self.next_lease.max(lease.saturating_add(1));
+            }
             Event::NodeDrained { .. } => self.status = NodeStatus::Drained,
             Event::NodeRemoved { .. } => self.status = NodeStatus::Removed,
             _ => {}
@@ -274,9 +340,38 @@ impl Aggregate for Node {
             NodeCommand::ChangeCapacity { .. } => "ChangeNodeCapacity",
             NodeCommand::Drain => "DrainNode",
             NodeCommand::Remove => "RemoveNode",
+            NodeCommand::Lease { .. } => "LeaseSlots",
+            NodeCommand::TakeOver { .. } => "TakeOverSlotLease",
         }
     }
 }
+
+impl Node {
+    fn decide_lease(&self, lease: Option<u64>, holder: &str, slots: u32, ttl_ms: u64, status: NodeStatus, now: Millis) -> Result<Vec<Event>, Rejection> {
+        validate::id("holder", holder)?;
+        if ttl_ms == 0 || ttl_ms > SLOT_LEASE_TTL_MS_MAX {
+            return Err(Rejection::InvalidArgument { field: "ttl_ms", reason: format!("must be 1..={SLOT_LEASE_TTL_MS_MAX}") });
+        }
+        let current = match lease {
+            Some(id) => match self.leases.get(&id) {
+                Some(held) if held.holder == holder => held.slots,
+                _ => return Err(Rejection::SlotLeaseLost),
+            },
+            None if slots == 0 => return Err(Rejection::InvalidArgument { field: "slots", reason: "a new lease holds at least one slot".into() }),
+            None => 0,
+        };
+        // Growing takes slots no other lease holds, on a node that takes new work.
+        if slots > current && (status != NodeStatus::Active || self.leased_except(lease) + u64::from(slots) > u64::from(self.slots_max)) {
+            return Err(Rejection::NoNodeAvailable);
+        }
+        let id = lease.unwrap_or(self.next_lease.max(1));
+        let until = if slots == 0 { now } else { now.plus_ms(ttl_ms) };
+        Ok(vec![Event::SlotsLeased { node_id: self.id.clone().unwrap_or_else(|| NodeId::new("")), lease: id, holder: holder.to_string(), slots, until }])
+    }
+}
+
+/// The longest a slot lease runs before its holder must renew it.
+pub const SLOT_LEASE_TTL_MS_MAX: u64 = 3_600_000;
 
 // ---- consumer ----
 

@@ -39,6 +39,8 @@ pub enum PreviewCommand {
         media_id: MediaId,
         media: Media,
         node: NodeId,
+        /// The slot lease the allocator took the slot from (0: none).
+        lease: u64,
         /// `preview.grace_ms` when the preview starts.
         grace_ms: u64,
     },
@@ -56,7 +58,7 @@ impl Aggregate for Preview {
 
     fn decide(&self, command: &PreviewCommand, now: Millis) -> Result<Vec<Event>, Rejection> {
         match command {
-            PreviewCommand::Start { preview, merchant, media_id, media, node, grace_ms } => {
+            PreviewCommand::Start { preview, merchant, media_id, media, node, lease, grace_ms } => {
                 if self.id.is_some() {
                     return Err(Rejection::AlreadyExists { kind: "preview", id: preview.0.clone() });
                 }
@@ -76,6 +78,7 @@ impl Aggregate for Preview {
                     merchant_id: merchant.clone(),
                     clip_ms,
                     lapses_at: Millis(now.0.saturating_add(window)),
+                    lease: *lease,
                 }])
             }
             PreviewCommand::End { node, played_ms } => {
@@ -118,7 +121,7 @@ impl Aggregate for Preview {
 
     fn evolve(mut self, event: &Event) -> Self {
         match event {
-            Event::PreviewStarted { preview_id, media_id, node_id, merchant_id, clip_ms, lapses_at } => {
+            Event::PreviewStarted { preview_id, media_id, node_id, merchant_id, clip_ms, lapses_at, .. } => {
                 self.lapses_at = *lapses_at;
                 self.id = Some(preview_id.clone());
                 self.media_id = Some(media_id.clone());

@@ -59,6 +59,8 @@ pub enum Rejection {
     NodeUnavailable,
     #[error("no healthy delivery node has a free slot; retry later")]
     NoNodeAvailable,
+    #[error("the slot lease belongs to another engine now (it let the lease run out); lease anew")]
+    SlotLeaseLost,
     #[error("the voucher's delivery node still serves it: a reissue moves a voucher only off a drained, removed or silent node (or once its access lapsed)")]
     NodeStillServes,
     #[error("the voucher's media keys were released: give the money back with a refund, which also adjusts the royalties")]

@@ -6,6 +6,7 @@ mod account_rules;
 mod after_sale_rules;
 mod config_report_rules;
 mod fixtures;
+mod lease_rules;
 mod lifecycle_model;
 mod order_preview_rules;
 mod party_rules;

@@ -213,6 +213,8 @@ pub enum VoucherCommand {
     Move {
         merchant: Option<MerchantId>,
         node: NodeId,
+        /// The slot lease the allocator took the slot from (0: none), recorded in the event.
+        lease: u64,
         access_ttl_ms: u64,
         old_node: NodeStanding,
         /// `delivery.retries_max`: a voucher whose deliveries failed past it is issued anew.
@@ -232,6 +234,8 @@ pub enum VoucherCommand {
     Issue {
         merchant: MerchantId,
         node: NodeId,
+        /// The slot lease the allocator took the slot from (0: none), recorded in the event.
+        lease: u64,
         access_ttl_ms: u64,
     },
     Redeem(Redeem),
@@ -599,7 +603,7 @@ impl Aggregate for Voucher {
                     _ => Err(self.transition("Expire")),
                 }
             }
-            VoucherCommand::Issue { merchant, node, access_ttl_ms } => {
+            VoucherCommand::Issue { merchant, node, lease, access_ttl_ms } => {
                 self.owned_by(merchant)?;
                 // Already issued to this node (or a delivery under way there), its window
                 // open: the merchant asks again for the access token (after the engine moved
@@ -623,9 +627,10 @@ impl Aggregate for Voucher {
                     rendition: self.rendition.clone(),
                     access_expires_at: now.plus_ms(*access_ttl_ms),
                     previous_node: None,
+                    lease: *lease,
                 }])
             }
-            VoucherCommand::Move { merchant, node, access_ttl_ms, old_node, retries_max } => {
+            VoucherCommand::Move { merchant, node, lease, access_ttl_ms, old_node, retries_max } => {
                 if let Some(merchant) = merchant {
                     self.owned_by(merchant)?;
                 }
@@ -660,6 +665,7 @@ impl Aggregate for Voucher {
                     rendition: self.rendition.clone(),
                     access_expires_at: now.plus_ms(*access_ttl_ms),
                     previous_node: Some(previous),
+                    lease: *lease,
                 }])
             }
             VoucherCommand::RenewAccess { merchant, node, access_ttl_ms, old_node, recoveries_max } => {

@@ -128,6 +128,24 @@ pub trait EventLog: Send + Sync + 'static {
 
     /// Every event with sequence >= `from`, then each new one as it is appended.
     fn follow(&self, from: Seq) -> BoxStream<'static, Result<StoredEvent, ReadError>>;
+
+    /// What engines sharing this log tell each other without recording it (node health):
+    /// `None` for a log one process alone opens (the embedded log), where there is nobody
+    /// to tell.
+    fn gossip(&self) -> Option<std::sync::Arc<dyn Gossip>> {
+        None
+    }
+}
+
+/// Messages between the engines sharing a log, not recorded and not ordered: what is lost
+/// is sent again soon (a heartbeat), so delivery is at most once. Bounded in size by the
+/// backend (`PAYLOAD_BYTES_MAX`).
+#[async_trait::async_trait]
+pub trait Gossip: Send + Sync + 'static {
+    /// Sends `payload` on `topic` (a subject token) to every engine listening, this one too.
+    async fn publish(&self, topic: &str, payload: Vec<u8>) -> Result<(), AppendError>;
+    /// What arrives on `topic` from now on.
+    async fn listen(&self, topic: &str) -> Result<BoxStream<'static, Vec<u8>>, ReadError>;
 }
 
 /// Maximum size of one event payload, in bytes (JetStream's default max_payload is 1 MiB;

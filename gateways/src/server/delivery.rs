@@ -43,6 +43,7 @@ impl pb::delivery_service_server::DeliveryService for Api {
             }
             let (access_key, recorded) = self.market().announce_node(&node, message.slots_max).await.map_err(fail)?;
             self.state.nodes.announce(&node, endpoint);
+            super::gossip::tell(&self.state, &node, Heartbeat::default()).await;
             Ok(pb::RegisterNodeResponse { node_id: node.0, access_key: access_key.expose().to_vec(), slots_max: recorded.slots_max, region: recorded.region })
         }
         .await;
@@ -50,7 +51,7 @@ impl pb::delivery_service_server::DeliveryService for Api {
     }
 
     async fn heartbeat(&self, request: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
-        let result = (|| {
+        let result = async {
             let node = Self::node(&request)?;
             let message = request.get_ref();
             let beat = Heartbeat {
@@ -62,8 +63,10 @@ impl pb::delivery_service_server::DeliveryService for Api {
             if !self.state.nodes.heartbeat(&node, beat) {
                 return Err(crate::server::status::node_must_register());
             }
+            super::gossip::tell(&self.state, &node, beat).await;
             Ok(pb::HeartbeatResponse {})
-        })();
+        }
+        .await;
         self.answer(result)
     }
 

@@ -93,7 +93,8 @@ pub async fn relocate_once(live: &Live, market: &Market, access_ttl_ms: u64, lim
 }
 
 /// Voids reservations past due, settles interrupted points holds, lapses unused access
-/// windows, ends unreported previews and moves vouchers off nodes gone, every interval.
+/// windows, ends unreported previews, looks after the slot leases and moves vouchers off
+/// nodes gone, every interval.
 pub(super) async fn sweeper(state: Arc<EngineState>) {
     let mut shutdown = state.shutdown.clone();
     let mut tick = tokio::time::interval(state.config.sweep_interval);
@@ -107,6 +108,9 @@ pub(super) async fn sweeper(state: Arc<EngineState>) {
         }
         if let Err(error) = lapse_once(&state.live, &state.market, SWEEP_BATCH_MAX).await {
             tracing::warn!(%error, "lapsing access windows failed; retrying at the next interval");
+        }
+        if let Err(error) = state.market.keep_leases().await {
+            tracing::warn!(%error, "renewing the slot leases failed; retrying at the next interval");
         }
         let access_ttl_ms = state.configured("access.ttl_ms").await.unwrap_or(state.config.access_ttl_ms);
         match relocate_once(&state.live, &state.market, access_ttl_ms, SWEEP_BATCH_MAX).await {

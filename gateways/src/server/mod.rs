@@ -18,6 +18,7 @@ mod delivery;
 pub mod dispatcher;
 pub mod feeds;
 pub mod front_door;
+mod gossip;
 pub mod jobs;
 mod merchant;
 pub mod metrics;
@@ -111,6 +112,10 @@ pub struct EngineConfig {
     /// balancer probing it stops sending first (`serve`: `DRAIN_GRACE_DEFAULT`; in-process
     /// engines: none).
     pub drain_grace: Duration,
+    /// Give out node slots only from this engine's slot leases (`SlotsLeased`), so that
+    /// engines sharing a stream never over-give a node. Always on; off only in the test
+    /// that shows the over-allocation it prevents (`replay-tests/tests/engines.rs`).
+    pub slot_leases: bool,
 }
 
 /// `serve`'s drain grace: a few health probes' worth.
@@ -129,6 +134,7 @@ impl EngineConfig {
             tls: None,
             projections_dir: None,
             drain_grace: Duration::ZERO,
+            slot_leases: true,
         }
     }
 }
@@ -152,6 +158,8 @@ pub struct EngineState {
     pub(super) config: EngineConfig,
     pub(super) started: Instant,
     pub(super) shutdown: watch::Receiver<bool>,
+    /// This process's name on slot leases and gossip (new at each start).
+    pub(super) engine_id: String,
 }
 
 impl EngineState {
@@ -377,6 +385,14 @@ pub async fn start(config: EngineConfig, log: Arc<dyn EventLog>, listener: tokio
     // Serve once the projections have caught up: the allocator must know every node.
     let head = log.last_seq().await.context("cannot read the stream's head")?;
     live.caught_up(head).await;
+    // This process's name on the slot leases: new at each start, so two engines (or a
+    // restarted one and the leases it left) never share a lease; a dead engine's leases
+    // are taken over once they run out (`engine::placement::LEASE_TERMS`).
+    let engine_id = format!("e{}", hex::encode(engine::crypto::random_bytes::<8>()));
+    if config.slot_leases {
+        live.set_lease_holder(&engine_id);
+    }
+    tracing::info!(engine = %engine_id, "engine started");
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let nodes = Arc::new(NodeHealth::new(Arc::clone(&clock), HEARTBEAT_STALE_MS));
     let allocator = Arc::new(HealthyAllocator::new(Arc::new(live.clone()), Arc::clone(&nodes)));
@@ -400,6 +416,7 @@ pub async fn start(config: EngineConfig, log: Arc<dyn EventLog>, listener: tokio
         config: config.clone(),
         started: Instant::now(),
         shutdown: shutdown.clone(),
+        engine_id,
     });
 
     let authenticator = Arc::new(Authenticator::new(live.clone(), operator.id.clone(), &operator.secret));
@@ -450,7 +467,12 @@ pub async fn start(config: EngineConfig, log: Arc<dyn EventLog>, listener: tokio
             .await
     });
     state.apply_configuration().await;
-    let background = vec![tokio::spawn(sweeper(Arc::clone(&state))), tokio::spawn(sealer(Arc::clone(&state))), tokio::spawn(rate_sampler(Arc::clone(&state)))];
+    let background = vec![
+        tokio::spawn(sweeper(Arc::clone(&state))),
+        tokio::spawn(sealer(Arc::clone(&state))),
+        tokio::spawn(rate_sampler(Arc::clone(&state))),
+        tokio::spawn(gossip::listen(Arc::clone(&state))),
+    ];
     tracing::info!(%addr, "engine serving");
     Ok(RunningEngine { addr, state, stop, server, background, runner, health, authenticator })
 }

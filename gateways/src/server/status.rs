@@ -38,7 +38,7 @@ pub fn rejection_code(rejection: &Rejection) -> Code {
         Rejection::NodeUnavailable => Code::FailedPrecondition,
         // A capacity limit is hit: every node's slots are taken.
         Rejection::NoNodeAvailable | Rejection::PreviewQuotaReached => Code::ResourceExhausted,
-        Rejection::NodeStillServes | Rejection::KeysReleased => Code::FailedPrecondition,
+        Rejection::NodeStillServes | Rejection::KeysReleased | Rejection::SlotLeaseLost => Code::FailedPrecondition,
         Rejection::Overflow => Code::OutOfRange,
     }
 }
@@ -225,6 +225,7 @@ mod tests {
             Rejection::NoNodeAvailable,
             Rejection::PreviewQuotaReached,
             Rejection::NodeStillServes,
+            Rejection::SlotLeaseLost,
             Rejection::KeysReleased,
             Rejection::Overflow,
             Rejection::ChallengeUsed,

@@ -4,15 +4,16 @@
 //!
 //! Keys:
 //! - `an/` node → JSON `NodeRecord`;
-//! - `av/` voucher → the node holding its slot (`SlotRows`, kept cold in sled by `Rows`);
-//! - `ap/` preview → JSON `PreviewRecord` (its node, merchant and lapse time);
+//! - `av/` voucher → the node holding its slot, then `#` and its lease when it has one
+//!   (`SlotRows`, kept cold in sled by `Rows`);
+//! - `ap/` preview → JSON `PreviewRecord` (its node, merchant, lapse time and lease);
 //! - `ar/` released voucher → empty (`ReleasedRows`, kept cold in sled by `Rows`).
 //!
 //! Not stored: tentative holds, which are advice of one process and not derived from the
 //! stream (module docs of `allocation`). What is not here: the store's checks of the state
 //! as a whole and its checkpoint (`store`).
 
-use super::{Allocation, NodeSlots, PreviewSlot};
+use super::{Allocation, LeaseSlots, NodeSlots, PreviewSlot};
 use crate::rows::{Prefix, RowError, RowKind, RowWrite, Rows, decode_json, json, key, keyed_by_voucher, utf8};
 use engine::ids::{MerchantId, Millis, NodeId, PreviewId, VoucherId};
 use serde::{Deserialize, Serialize};
@@ -24,7 +25,7 @@ pub(crate) const SLOT_VOUCHER_PREFIX: &Prefix = b"av/";
 pub(crate) const SLOT_PREVIEW_PREFIX: &Prefix = b"ap/";
 pub(crate) const RELEASED_PREFIX: &Prefix = b"ar/";
 
-/// Slot holders: `av/` voucher → node.
+/// Slot holders: `av/` voucher → node and lease.
 #[derive(Debug)]
 pub enum SlotRows {}
 
@@ -38,17 +39,35 @@ pub(crate) struct NodeRecord {
     pub(crate) slots_max: u32,
     pub(crate) in_use: u32,
     pub(crate) active: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) leases: Vec<LeaseRecord>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub(crate) struct LeaseRecord {
+    pub(crate) lease: u64,
+    pub(crate) holder: String,
+    pub(crate) slots: u32,
+    pub(crate) until_ms: i64,
+    pub(crate) in_use: u32,
 }
 
 impl RowKind for SlotRows {
-    type Value = NodeId;
+    type Value = (NodeId, u64);
     const PREFIX: &'static Prefix = SLOT_VOUCHER_PREFIX;
     keyed_by_voucher!();
-    fn encode(node: &NodeId) -> Result<Vec<u8>, RowError> {
-        Ok(node.0.as_bytes().to_vec())
+    fn encode(slot: &(NodeId, u64)) -> Result<Vec<u8>, RowError> {
+        Ok(slot_value(slot))
     }
-    fn decode(_key: &VoucherId, bytes: &[u8]) -> Result<NodeId, RowError> {
-        Ok(NodeId(utf8(bytes, "node")?))
+    fn decode(key: &VoucherId, bytes: &[u8]) -> Result<(NodeId, u64), RowError> {
+        let text = utf8(bytes, "node")?;
+        match text.split_once('#') {
+            None => Ok((NodeId(text), 0)),
+            Some((node, lease)) => {
+                let lease = lease.parse().map_err(|_| RowError::Value { kind: "slot lease", id: key.0.clone() })?;
+                Ok((NodeId(node.to_string()), lease))
+            }
+        }
     }
 }
 
@@ -64,26 +83,42 @@ impl RowKind for ReleasedRows {
     }
 }
 
+/// A node id never holds `#` (ids are A-Z a-z 0-9 - _), so it separates the lease.
+fn slot_value((node, lease): &(NodeId, u64)) -> Vec<u8> {
+    if *lease == 0 { node.0.as_bytes().to_vec() } else { format!("{}#{lease}", node.0).into_bytes() }
+}
+
 #[derive(Serialize, Deserialize)]
 pub(crate) struct PreviewRecord {
     pub(crate) node: String,
     pub(crate) merchant: String,
     pub(crate) lapses_at_ms: i64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub(crate) lease: u64,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 fn preview_value(slot: &PreviewSlot) -> Result<Vec<u8>, RowError> {
-    json(&PreviewRecord { node: slot.node.0.clone(), merchant: slot.merchant.0.clone(), lapses_at_ms: slot.lapses_at.0 }, "preview slot")
+    json(&PreviewRecord { node: slot.node.0.clone(), merchant: slot.merchant.0.clone(), lapses_at_ms: slot.lapses_at.0, lease: slot.lease }, "preview slot")
 }
 
 fn node_value(node: &NodeSlots) -> Result<Vec<u8>, RowError> {
-    json(&NodeRecord { region: node.region.clone(), slots_max: node.slots_max, in_use: node.in_use, active: node.active }, "node")
+    let leases = node
+        .leases
+        .iter()
+        .map(|(lease, held)| LeaseRecord { lease: *lease, holder: held.holder.clone(), slots: held.slots, until_ms: held.until.0, in_use: held.in_use })
+        .collect();
+    json(&NodeRecord { region: node.region.clone(), slots_max: node.slots_max, in_use: node.in_use, active: node.active, leases }, "node")
 }
 
 /// One changed node, slot or released slot, copied out of the allocation under the
 /// projections' lock: the new value (`None`: removed), or whether the slot is released.
 pub(crate) enum Change {
     Node(NodeId, Option<NodeSlots>),
-    SlotVoucher(VoucherId, Option<NodeId>),
+    SlotVoucher(VoucherId, Option<(NodeId, u64)>),
     SlotPreview(PreviewId, Option<PreviewSlot>),
     Released(VoucherId, bool),
 }
@@ -93,7 +128,7 @@ impl Change {
     pub(crate) fn write(self) -> Result<RowWrite, RowError> {
         Ok(match self {
             Change::Node(id, node) => RowWrite::put_or_remove(key(NODE_PREFIX, id.0.as_bytes()), node.as_ref().map(node_value).transpose()?),
-            Change::SlotVoucher(id, node) => RowWrite::put_or_remove(key(SLOT_VOUCHER_PREFIX, id.0.as_bytes()), node.map(|node| node.0.into_bytes())),
+            Change::SlotVoucher(id, slot) => RowWrite::put_or_remove(key(SLOT_VOUCHER_PREFIX, id.0.as_bytes()), slot.as_ref().map(slot_value)),
             Change::SlotPreview(id, slot) => RowWrite::put_or_remove(key(SLOT_PREVIEW_PREFIX, id.0.as_bytes()), slot.as_ref().map(preview_value).transpose()?),
             Change::Released(id, released) => RowWrite::present_or_remove(key(RELEASED_PREFIX, id.0.as_bytes()), released),
         })
@@ -151,7 +186,13 @@ impl Reader {
             p if p == NODE_PREFIX => {
                 let id = utf8(id, "node")?;
                 let record: NodeRecord = decode_json(value, "node", &id)?;
-                self.nodes.insert(NodeId(id), NodeSlots { region: record.region, slots_max: record.slots_max, in_use: record.in_use, active: record.active });
+                let leases = record
+                    .leases
+                    .into_iter()
+                    .map(|lease| (lease.lease, LeaseSlots { holder: lease.holder, slots: lease.slots, until: Millis(lease.until_ms), in_use: lease.in_use }))
+                    .collect();
+                self.nodes
+                    .insert(NodeId(id), NodeSlots { region: record.region, slots_max: record.slots_max, in_use: record.in_use, active: record.active, leases });
             }
             p if p == SLOT_VOUCHER_PREFIX => {
                 SlotRows::decode(&SlotRows::key_of(id)?, value)?;
@@ -160,7 +201,12 @@ impl Reader {
             p if p == SLOT_PREVIEW_PREFIX => {
                 let id = utf8(id, "preview")?;
                 let record: PreviewRecord = decode_json(value, "preview slot", &id)?;
-                let slot = PreviewSlot { node: NodeId(record.node), merchant: MerchantId(record.merchant), lapses_at: Millis(record.lapses_at_ms) };
+                let slot = PreviewSlot {
+                    node: NodeId(record.node),
+                    merchant: MerchantId(record.merchant),
+                    lapses_at: Millis(record.lapses_at_ms),
+                    lease: record.lease,
+                };
                 self.slot_previews.insert(PreviewId(id), slot);
             }
             p if p == RELEASED_PREFIX => {

@@ -338,6 +338,7 @@ impl Generator {
             rendition: "high".into(),
             access_expires_at: Millis(self.now_ms + 60_000),
             previous_node: None,
+            lease: 0,
         });
         self.issued.push(voucher_id);
     }
@@ -404,6 +405,7 @@ impl Generator {
             merchant_id,
             clip_ms: 30_000,
             lapses_at: Millis(0),
+            lease: 0,
         });
         self.previews.push((preview_id, media_id, node_id));
     }

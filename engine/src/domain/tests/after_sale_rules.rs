@@ -20,7 +20,7 @@ fn invalid(command: &'static str, state: &'static str) -> Rejection {
 }
 
 fn moved_by_engine(standing: NodeStanding) -> VoucherCommand {
-    VoucherCommand::Move { merchant: None, node: other_node(), access_ttl_ms: ACCESS_TTL, old_node: standing, retries_max: RETRIES_MAX }
+    VoucherCommand::Move { merchant: None, node: other_node(), access_ttl_ms: ACCESS_TTL, old_node: standing, retries_max: RETRIES_MAX, lease: 0 }
 }
 
 const AFTER_WINDOW: Millis = Millis(ISSUED_AT.0 + ACCESS_TTL as i64 + 1);
@@ -70,6 +70,7 @@ fn moved_to_other_node(at: Millis) -> Event {
         rendition: "high".into(),
         access_expires_at: at.plus_ms(ACCESS_TTL),
         previous_node: Some(node()),
+        lease: 0,
     }
 }
 
@@ -152,7 +153,7 @@ fn a_delivery_lapsed_in_its_window_is_refunded_not_voided_and_reissued_to_its_co
     let refund = VoucherCommand::Refund { merchant: merchant(), reason: "asked".into(), chargeback: false };
     let refunded = fold::<Voucher>(&lapsed).decide(&refund, AFTER_WINDOW).expect("refunded");
     assert!(matches!(&refunded[..], [Event::Refunded { .. }]), "{refunded:?}");
-    let issue = VoucherCommand::Issue { merchant: merchant(), node: other_node(), access_ttl_ms: ACCESS_TTL };
+    let issue = VoucherCommand::Issue { merchant: merchant(), node: other_node(), access_ttl_ms: ACCESS_TTL, lease: 0 };
     let reissued = with(
         lapsed,
         fold::<Voucher>(&with(song_redeeming(), [Event::AccessLapsed { voucher_id: voucher_id(), node_id: node() }]))

@@ -132,7 +132,7 @@ pub fn authorized(postings: Vec<Posting>) -> Event {
 }
 
 pub fn issue_by(merchant: MerchantId, node: NodeId, access_ttl_ms: u64) -> VoucherCommand {
-    VoucherCommand::Issue { merchant, node, access_ttl_ms }
+    VoucherCommand::Issue { merchant, node, access_ttl_ms, lease: 0 }
 }
 
 pub fn issued(items: &[(&str, u64)]) -> Event {
@@ -144,6 +144,7 @@ pub fn issued(items: &[(&str, u64)]) -> Event {
         rendition: "high".into(),
         access_expires_at: ISSUED_AT.plus_ms(ACCESS_TTL),
         previous_node: None,
+        lease: 0,
     }
 }
 

@@ -499,7 +499,7 @@ impl World {
                 let state = &self.vouchers[v].root.state;
                 let (released, exhausted) = (state.released_to.is_some(), state.delivery_failures > RETRIES_MAX);
                 let old_node = standing_of(standing);
-                let command = VoucherCommand::Move { merchant: None, node: node(n), access_ttl_ms: 3_600_000, old_node, retries_max: RETRIES_MAX };
+                let command = VoucherCommand::Move { merchant: None, node: node(n), access_ttl_ms: 3_600_000, old_node, retries_max: RETRIES_MAX, lease: 0 };
                 let decided = self.voucher_step(v, Actor::engine(), command)?;
                 let moved = decided.is_ok_and(|events| !events.is_empty());
                 if old_node == NodeStanding::Serving {
@@ -555,7 +555,7 @@ impl World {
             Op::Issue { v, right, node: n, ttl_ok } => {
                 let by = self.owner_or(v, right);
                 let exists = self.vouchers[v].root.state.status != VoucherStatus::None;
-                let command = VoucherCommand::Issue { merchant: by.clone(), node: node(n), access_ttl_ms: if ttl_ok { 3_600_000 } else { 0 } };
+                let command = VoucherCommand::Issue { merchant: by.clone(), node: node(n), access_ttl_ms: if ttl_ok { 3_600_000 } else { 0 }, lease: 0 };
                 let decided = self.voucher_step(v, shop(&by), command)?;
                 if exists && !right {
                     prop_assert_eq!(&decided, &Err(Rejection::NotFound { kind: "voucher", id: String::new() }), "another merchant issued");

@@ -181,6 +181,7 @@ fn start() -> PreviewCommand {
         media: media("song1", 100),
         node: node(),
         grace_ms: PREVIEW_GRACE_MS,
+        lease: 0,
     }
 }
 /// When a preview started at T0 lapses: `sample`'s 30 s clip and the grace period later.
@@ -195,6 +196,7 @@ fn started() -> Event {
         merchant_id: merchant(),
         clip_ms: 30_000,
         lapses_at: lapses_at(),
+        lease: 0,
     }
 }
 fn ended(played_ms: u64) -> Event {
@@ -224,6 +226,7 @@ fn an_unreported_preview_lapses_after_its_clip_and_the_grace_period_with_nothing
         merchant_id: merchant(),
         clip_ms: 30_000,
         lapses_at: Millis(0),
+        lease: 0,
     };
     check::<Preview>(&[legacy], PreviewCommand::Lapse, T0, Ok(vec![ended(0)]));
     // The node's report after a lapse is refused: the preview ended.
@@ -245,6 +248,7 @@ fn start_preview_of_unknown_or_withdrawn_media_is_refused() {
         media: Default::default(),
         node: node(),
         grace_ms: PREVIEW_GRACE_MS,
+        lease: 0,
     };
     check::<Preview>(&[], unknown, T0, Err(Rejection::NotFound { kind: "media", id: "song1".into() }));
     let withdrawn = fold(&[Event::MediaPublished(sample("song1", 100)), Event::MediaWithdrawn { media_id: mid("song1"), reason: "gone".into() }]);
@@ -255,6 +259,7 @@ fn start_preview_of_unknown_or_withdrawn_media_is_refused() {
         media: withdrawn,
         node: node(),
         grace_ms: PREVIEW_GRACE_MS,
+        lease: 0,
     };
     check::<Preview>(&[], when, T0, Err(Rejection::NotForSale("song1".into())));
 }

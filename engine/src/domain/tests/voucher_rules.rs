@@ -784,7 +784,7 @@ fn a_refunded_voucher_is_never_redeemed_or_refunded_again() {
     let given = with(song_delivered(), [refunded(false)]);
     check::<Voucher>(&given, refund(false), T0, Err(invalid("Refund", "Refunded")));
     check::<Voucher>(&given, redeem(), ISSUED_AT, Err(invalid("Redeem", "Refunded")));
-    let issue = VoucherCommand::Issue { merchant: merchant(), node: node(), access_ttl_ms: 1_000 };
+    let issue = VoucherCommand::Issue { merchant: merchant(), node: node(), access_ttl_ms: 1_000, lease: 0 };
     check::<Voucher>(&given, issue, T0, Err(invalid("IssueVoucher", "Refunded")));
     assert_eq!(fold::<Voucher>(&given).status, VoucherStatus::Refunded);
     assert_eq!(fold::<Voucher>(&given).set(), None, "in none of the three sets");
@@ -806,7 +806,7 @@ fn a_refund_is_the_selling_merchants_with_a_reason_and_not_of_a_voided_voucher()
 // ---------------------------------------------------------------- moving off a node gone
 
 fn moved_by(merchant: Option<crate::ids::MerchantId>, standing: crate::domain::voucher::NodeStanding) -> VoucherCommand {
-    VoucherCommand::Move { merchant, node: other_node(), access_ttl_ms: ACCESS_TTL, old_node: standing, retries_max: RETRIES_MAX }
+    VoucherCommand::Move { merchant, node: other_node(), access_ttl_ms: ACCESS_TTL, old_node: standing, retries_max: RETRIES_MAX, lease: 0 }
 }
 
 fn moved_to_other_node(at: Millis) -> Event {
@@ -818,6 +818,7 @@ fn moved_to_other_node(at: Millis) -> Event {
         rendition: "high".into(),
         access_expires_at: at.plus_ms(ACCESS_TTL),
         previous_node: Some(node()),
+        lease: 0,
     }
 }
 
@@ -829,7 +830,7 @@ fn an_issued_voucher_moves_off_a_node_gone_by_its_merchant_or_the_engine() {
     // Not while its node serves it, not by another merchant, not to the node it leaves.
     check::<Voucher>(&song_issued(), moved_by(Some(merchant()), Serving), T0, Err(Rejection::NodeStillServes));
     check::<Voucher>(&song_issued(), moved_by(Some(other_merchant()), Gone), T0, Err(Rejection::NotFound { kind: "voucher", id: String::new() }));
-    let same = VoucherCommand::Move { merchant: None, node: node(), access_ttl_ms: ACCESS_TTL, old_node: Gone, retries_max: RETRIES_MAX };
+    let same = VoucherCommand::Move { merchant: None, node: node(), access_ttl_ms: ACCESS_TTL, old_node: Gone, retries_max: RETRIES_MAX, lease: 0 };
     check_invalid::<Voucher>(&song_issued(), same, T0, "node_id");
     // Once the keys went out (a redemption, even a failed delivery since), it stays.
     check::<Voucher>(&song_redeeming(), moved_by(None, Gone), T0, Err(invalid("Move", "Redeeming")));
@@ -903,7 +904,8 @@ fn a_voucher_whose_deliveries_failed_past_the_retries_is_issued_anew_with_fresh_
     }
     check::<Voucher>(&given, redeem(), ISSUED_AT, Err(Rejection::DeliveryRetriesExhausted { retries_max: RETRIES_MAX }));
     // Reissued even while its node serves, even to the same node: fresh retries.
-    let anew = VoucherCommand::Move { merchant: Some(merchant()), node: node(), access_ttl_ms: ACCESS_TTL, old_node: Serving, retries_max: RETRIES_MAX };
+    let anew =
+        VoucherCommand::Move { merchant: Some(merchant()), node: node(), access_ttl_ms: ACCESS_TTL, old_node: Serving, retries_max: RETRIES_MAX, lease: 0 };
     let decided = crate::domain::voucher::Voucher::decide(&fold::<Voucher>(&given), &anew, T0).expect("issued anew");
     let after = with(given.clone(), decided.clone());
     assert!(matches!(&decided[..], [Event::VoucherIssued { previous_node: Some(previous), node_id, .. }] if previous == node_id));

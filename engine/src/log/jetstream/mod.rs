@@ -177,6 +177,27 @@ impl JetStreamLog {
     }
 }
 
+/// Gossip over core NATS (not JetStream: nothing is stored), on `vsg.<stream>.<topic>`,
+/// outside the streams' subjects.
+struct NatsGossip {
+    client: async_nats::Client,
+    prefix: String,
+}
+
+#[async_trait::async_trait]
+impl super::Gossip for NatsGossip {
+    async fn publish(&self, topic: &str, payload: Vec<u8>) -> Result<(), AppendError> {
+        let payload = bytes::Bytes::from(payload);
+        check_payload(&payload)?;
+        self.client.publish(format!("{}.{topic}", self.prefix), payload).await.map_err(|error| AppendError::Unavailable(error.to_string()))
+    }
+
+    async fn listen(&self, topic: &str) -> Result<BoxStream<'static, Vec<u8>>, ReadError> {
+        let subscriber = self.client.subscribe(format!("{}.{topic}", self.prefix)).await.map_err(|error| ReadError::Unavailable(error.to_string()))?;
+        Ok(subscriber.map(|message| message.payload.to_vec()).boxed())
+    }
+}
+
 #[async_trait::async_trait]
 impl EventLog for JetStreamLog {
     async fn append(&self, request: AppendRequest) -> AppendResult {
@@ -279,6 +300,12 @@ impl EventLog for JetStreamLog {
 
     async fn last_seq(&self) -> Result<Seq, ReadError> {
         self.last_seq_once().await
+    }
+
+    fn gossip(&self) -> Option<std::sync::Arc<dyn super::Gossip>> {
+        // A read-only connection (an auditor) neither speaks nor needs to listen.
+        self.nodes.as_ref()?;
+        Some(std::sync::Arc::new(NatsGossip { client: self.context.client(), prefix: format!("vsg.{}", self.stream_name()) }))
     }
 
     fn follow(&self, from: Seq) -> BoxStream<'static, Result<StoredEvent, ReadError>> {

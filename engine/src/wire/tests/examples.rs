@@ -20,7 +20,7 @@ use std::collections::BTreeSet;
 /// How many variants `Event` has. Adding a variant stops `variant_index` from compiling:
 /// give the new variant the next index, raise this count, add a hand-written example with
 /// its protobuf counterpart to `examples` and an arm to `arb_event`.
-pub(super) const VARIANT_COUNT: usize = 36;
+pub(super) const VARIANT_COUNT: usize = 37;
 
 /// The position of an event's variant, by a `match` with no wildcard arm, so that a new
 /// variant cannot be added without these tests being told about it.
@@ -62,6 +62,7 @@ pub(super) fn variant_index(event: &Event) -> usize {
         Event::Refunded { .. } => 33,
         Event::CopyRecovered { .. } => 34,
         Event::AccessRenewed { .. } => 35,
+        Event::SlotsLeased { .. } => 36,
     }
 }
 
@@ -384,6 +385,7 @@ pub(super) fn examples() -> Vec<(Event, E)> {
                 rendition: "high".into(),
                 access_expires_at: Millis(1_767_312_000_000),
                 previous_node: None,
+                lease: 3,
             },
             E::VoucherIssued(pb::VoucherIssued {
                 voucher_id: "vou-1".into(),
@@ -393,6 +395,7 @@ pub(super) fn examples() -> Vec<(Event, E)> {
                 rendition: "high".into(),
                 access_expires_at_ms: 1_767_312_000_000,
                 previous_node_id: String::new(),
+                lease: 3,
             }),
         ),
         (
@@ -449,6 +452,7 @@ pub(super) fn examples() -> Vec<(Event, E)> {
                 merchant_id: MerchantId::new("mer-1"),
                 clip_ms: 15_000,
                 lapses_at: Millis(1_700_000_075_000),
+                lease: 2,
             },
             E::PreviewStarted(pb::PreviewStarted {
                 preview_id: "pre-1".into(),
@@ -457,7 +461,12 @@ pub(super) fn examples() -> Vec<(Event, E)> {
                 merchant_id: "mer-1".into(),
                 clip_ms: 15_000,
                 lapses_at_ms: 1_700_000_075_000,
+                lease: 2,
             }),
+        ),
+        (
+            Event::SlotsLeased { node_id: NodeId::new("node-1"), lease: 4, holder: "e-1a2b".into(), slots: 16, until: Millis(1_700_000_060_000) },
+            E::SlotsLeased(pb::SlotsLeased { node_id: "node-1".into(), lease: 4, holder: "e-1a2b".into(), slots: 16, until_ms: 1_700_000_060_000 }),
         ),
         (
             Event::PreviewEnded { preview_id: PreviewId::new("pre-1"), played_ms: 12_000, media_id: MediaId::new("med-1"), node_id: NodeId::new("node-1") },

@@ -187,6 +187,13 @@ fn arb_event() -> BoxedStrategy<Event> {
         (id(VoucherId), id(NodeId)).prop_map(|(voucher_id, node_id)| Event::AccessLapsed { voucher_id, node_id }),
         (id(VoucherId), id(NodeId), proptest::option::of("[a-z0-9_-]{1,24}".prop_map(NodeId)), millis())
             .prop_map(|(voucher_id, node_id, previous_node, access_expires_at)| Event::AccessRenewed { voucher_id, node_id, previous_node, access_expires_at }),
+        (id(NodeId), u64s(), id(String::from), u32s(), millis()).prop_map(|(node_id, lease, holder, slots, until)| Event::SlotsLeased {
+            node_id,
+            lease,
+            holder,
+            slots,
+            until
+        }),
         (id(NodeId), text(), u32s(), hash32()).prop_map(|(node_id, region, slots_max, credential_hash)| Event::NodeRegistered {
             node_id,
             region,
@@ -235,6 +242,7 @@ fn arb_event() -> BoxedStrategy<Event> {
                 rendition,
                 access_expires_at,
                 previous_node,
+                lease: 0,
             }),
         (
             (id(VoucherId), id(NodeId), id(ConsumerId), id(CertSerial)),
@@ -271,7 +279,8 @@ fn arb_event() -> BoxedStrategy<Event> {
                 node_id,
                 merchant_id,
                 clip_ms,
-                lapses_at: Millis(lapses_at)
+                lapses_at: Millis(lapses_at),
+                lease: 0
             }
         ),
         (id(PreviewId), u64s(), id(MediaId), id(NodeId)).prop_map(|(preview_id, played_ms, media_id, node_id)| Event::PreviewEnded {

@@ -1,0 +1,83 @@
+//! Slot leases (`SlotsLeased` on a node's subject): how this engine gets the share of a
+//! node's slots it gives out, keeps it, gives back what it does not use, and takes over
+//! the share of an engine that stopped renewing (`placement::LeaseTerms`). The node
+//! aggregate's OCC orders every lease of a node, so leases never sum past its slots;
+//! the allocation projection gives out a slot only from a lease this engine holds.
+
+use super::*;
+use crate::placement::{LEASE_TERMS, LeaseWish, Placed};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// How many leases one placement asks for before it answers NoNodeAvailable.
+const LEASE_ATTEMPTS_MAX: usize = 3;
+
+/// Makes each lease request id of this process distinct (with the holder, which is
+/// distinct per engine).
+static LEASE_REQUESTS: AtomicU64 = AtomicU64::new(0);
+
+impl Market {
+    /// A sale's placement (`Allocator::choose`) for `holder` (a voucher id), leasing slots
+    /// first when this engine's leases have none left.
+    pub(crate) async fn place(&self, region: Option<&str>, holder: &str) -> Result<Placed, AppError> {
+        self.place_with(region, &|| self.allocator.choose(region, holder)).await
+    }
+
+    /// As `place`, for a preview of `merchant` (`Allocator::choose_preview`).
+    pub(crate) async fn place_preview(&self, region: Option<&str>, holder: &str, merchant: &MerchantId) -> Result<Option<Placed>, AppError> {
+        match self.place_with(region, &|| self.allocator.choose_preview(region, holder, merchant)).await {
+            Ok(placed) => Ok(Some(placed)),
+            Err(AppError::Rejected(Rejection::NoNodeAvailable)) => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    async fn place_with(&self, region: Option<&str>, choose: &(dyn Fn() -> Option<Placed> + Sync)) -> Result<Placed, AppError> {
+        for _ in 0..LEASE_ATTEMPTS_MAX {
+            if let Some(placed) = choose() {
+                return Ok(placed);
+            }
+            let Some(wish) = self.allocator.lease_wish(region) else { break };
+            match self.lease(&wish).await {
+                // Another engine leased the slots first, or took the lease over: look again.
+                Ok(()) | Err(AppError::Rejected(_)) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        choose().ok_or_else(|| Rejection::NoNodeAvailable.into())
+    }
+
+    /// Appends what `wish` asks (a lease created, resized, renewed, given back or taken
+    /// over) and lets the allocator place from it at once.
+    async fn lease(&self, wish: &LeaseWish) -> Result<(), AppError> {
+        let Some(holder) = self.allocator.lease_holder() else { return Ok(()) };
+        let command = match wish.lease {
+            Some(lease) if wish.take_over => {
+                NodeCommand::TakeOver { lease, holder: holder.clone(), ttl_ms: LEASE_TERMS.ttl_ms, grace_ms: LEASE_TERMS.grace_ms }
+            }
+            lease => NodeCommand::Lease { lease, holder: holder.clone(), slots: wish.slots, ttl_ms: LEASE_TERMS.ttl_ms },
+        };
+        let count = LEASE_REQUESTS.fetch_add(1, Ordering::Relaxed);
+        let request = RequestId(format!("lease-{holder}-{}-{count}", self.handler.clock().now().0));
+        let handled = self.handler.handle::<Node>(&wish.node.0, &Actor::engine(), &request, &command).await?;
+        let node = &handled.root.state;
+        let lease = wish.lease.unwrap_or(node.next_lease.saturating_sub(1));
+        let (slots, until) = node.leases.get(&lease).map_or((0, handled.now), |held| (held.slots, held.until));
+        self.allocator.note_lease(&wish.node, lease, slots, until);
+        Ok(())
+    }
+
+    /// The sweeper's care of the slot leases (`Allocator::lease_upkeep`): renews this
+    /// engine's, shrinks or gives back what it does not use, takes over those of engines
+    /// that stopped renewing. How many changed; a race lost to another engine is no error.
+    pub async fn keep_leases(&self) -> Result<usize, AppError> {
+        let mut changed = 0;
+        for wish in self.allocator.lease_upkeep() {
+            match self.lease(&wish).await {
+                Ok(()) => changed += 1,
+                Err(AppError::Rejected(_)) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(changed)
+    }
+}
