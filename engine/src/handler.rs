@@ -61,12 +61,16 @@ pub struct Handled<A> {
     pub now: Millis,
 }
 
-type CachedRoot = Box<dyn Any + Send + Sync>;
+/// A cached `Arc<Root<A>>` with its last stream sequence (for `observe`), by subject.
+struct CachedRoot {
+    last_seq: Option<Seq>,
+    root: Box<dyn Any + Send + Sync>,
+}
 
 pub struct Handler {
     log: Arc<dyn EventLog>,
     clock: Arc<dyn Clock>,
-    cache: Mutex<lru::LruCache<AggregateRef, CachedRoot>>,
+    cache: Mutex<lru::LruCache<String, CachedRoot>>,
     stripes: Vec<tokio::sync::Mutex<()>>,
     stripe_hasher: std::hash::RandomState,
 }
@@ -105,7 +109,7 @@ impl Handler {
 
     fn cached<A: Aggregate>(&self, aggregate: &AggregateRef) -> Option<Arc<Root<A>>> {
         let mut cache = self.cache.lock().expect("cache lock is never poisoned: no code panics while holding it");
-        cache.get(aggregate).and_then(|root| root.downcast_ref::<Arc<Root<A>>>()).cloned()
+        cache.get(&aggregate.subject()).and_then(|cached| cached.root.downcast_ref::<Arc<Root<A>>>()).cloned()
     }
 
     /// Takes the aggregate out of the cache (the caller holds its stripe lock and puts the
@@ -113,17 +117,29 @@ impl Handler {
     /// the next state is usually made without copying.
     fn take_cached<A: Aggregate>(&self, aggregate: &AggregateRef) -> Option<Arc<Root<A>>> {
         let mut cache = self.cache.lock().expect("cache lock is never poisoned: no code panics while holding it");
-        cache.pop(aggregate).and_then(|root| root.downcast::<Arc<Root<A>>>().ok()).map(|root| *root)
+        cache.pop(&aggregate.subject()).and_then(|cached| cached.root.downcast::<Arc<Root<A>>>().ok()).map(|root| *root)
     }
 
     fn remember<A: Aggregate>(&self, aggregate: AggregateRef, root: Arc<Root<A>>) {
+        let cached = CachedRoot { last_seq: root.last_seq, root: Box::new(root) };
         let mut cache = self.cache.lock().expect("cache lock is never poisoned: no code panics while holding it");
-        cache.put(aggregate, Box::new(root));
+        cache.put(aggregate.subject(), cached);
     }
 
     fn forget(&self, aggregate: &AggregateRef) {
         let mut cache = self.cache.lock().expect("cache lock is never poisoned: no code panics while holding it");
-        cache.pop(aggregate);
+        cache.pop(&aggregate.subject());
+    }
+
+    /// The follower applied the event at `seq` on `subject`: a cached aggregate older than
+    /// it (another engine appended) is dropped, so the next load reads the subject again.
+    /// What an engine checks without appending (certificates, suspensions, node status,
+    /// configuration) is then at most the follower's lag behind the stream, whoever wrote.
+    pub fn observe(&self, subject: &str, seq: Seq) {
+        let mut cache = self.cache.lock().expect("cache lock is never poisoned: no code panics while holding it");
+        if cache.peek(subject).is_some_and(|cached| cached.last_seq.is_none_or(|last| last < seq)) {
+            cache.pop(subject);
+        }
     }
 
     /// The aggregate as of the log (reading its subject), bypassing the cache.
@@ -300,6 +316,37 @@ fn fold_stored<A: Aggregate>(stored: Vec<StoredEvent>) -> Result<Root<A>, Handle
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::domain::party::{Merchant, MerchantCommand, MerchantStatus};
+    use crate::ids::MerchantId;
+
+    /// Two engines (two handlers) on one log: a merchant suspended through one is seen
+    /// suspended by the other once its follower tells it the suspension's sequence
+    /// (`observe`); without that, the other's cache answers the stale state for good.
+    #[tokio::test]
+    async fn a_change_another_engine_appended_reaches_this_engines_checks_once_observed() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log: Arc<dyn EventLog> = Arc::new(crate::log::embedded::EmbeddedLog::open(dir.path()).expect("log"));
+        let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(Millis(1_000)));
+        let (a, b) = (Handler::new(Arc::clone(&log), Arc::clone(&clock)), Handler::new(Arc::clone(&log), Arc::clone(&clock)));
+        let operator = Actor::new(crate::domain::ActorKind::Operator, "op");
+        let register = MerchantCommand::Register { merchant: MerchantId::new("m1"), name: "Shop".into(), credential_hash: [1; 32] };
+        a.handle::<Merchant>("m1", &operator, &RequestId("r1".into()), &register).await.expect("registered");
+        assert_eq!(b.load::<Merchant>("m1").await.expect("load").state.status, MerchantStatus::Active);
+        let suspended =
+            a.handle::<Merchant>("m1", &operator, &RequestId("r2".into()), &MerchantCommand::Suspend { reason: "fraud".into() }).await.expect("suspended");
+        let seq = suspended.appended[0];
+        // The protection off: nothing told b, whose cache still answers Active.
+        assert_eq!(b.load::<Merchant>("m1").await.expect("load").state.status, MerchantStatus::Active, "stale without observe");
+        b.observe("vs.merchant.m1", Seq(seq.0 - 1));
+        assert_eq!(b.load::<Merchant>("m1").await.expect("load").state.status, MerchantStatus::Active, "an older sequence changes nothing");
+        b.observe("vs.merchant.m1", seq);
+        assert_eq!(b.load::<Merchant>("m1").await.expect("load").state.status, MerchantStatus::Suspended, "observed: read again");
+        a.observe("vs.merchant.m1", seq);
+        assert!(a.peek::<Merchant>("m1").is_some(), "its own append is not dropped from the cache");
+    }
+
     /// Event ids are inside every stored payload, so their bytes must never change: pinned
     /// to what the derivation gave before it moved to `crypto::derive_hash`.
     #[test]

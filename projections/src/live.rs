@@ -36,7 +36,13 @@ pub struct Live {
     /// went back under `run` (`rebuild`); `None` (`with_projections`): such a log stops
     /// `run` with `RunError::Diverged`.
     fresh: Option<Arc<dyn Fn() -> Projections + Send + Sync>>,
+    /// Told (subject, sequence) of each event applied (`observe_applied`): the engine's
+    /// aggregate cache drops what another engine changed.
+    observer: Arc<std::sync::OnceLock<Observer>>,
 }
+
+/// What `Live::observe_applied` calls for each event applied.
+pub type Observer = Arc<dyn Fn(&str, Seq) + Send + Sync>;
 
 /// Empty projections: with `master`, computing the royalty chain; with `engine_key`,
 /// checking seal signatures.
@@ -90,6 +96,7 @@ impl Live {
             committed: Arc::new(committed),
             batch_events_max: BATCH_EVENTS_MAX,
             fresh: None,
+            observer: Arc::default(),
         }
     }
 
@@ -170,6 +177,7 @@ impl Live {
             committed: Arc::new(committed),
             batch_events_max: BATCH_EVENTS_MAX,
             fresh: Some(fresh),
+            observer: Arc::default(),
         }
     }
 
@@ -256,6 +264,7 @@ impl Live {
             let stored = stored.map_err(RunError::from_read)?;
             let seq = stored.seq;
             self.inner.lock().expect("projection lock is never poisoned: apply does not panic").apply(&stored)?;
+            self.tell_observer(&stored);
             self.applied.send_replace(seq);
         }
         Ok(())
@@ -323,7 +332,9 @@ impl Live {
             for stored in batch {
                 let outcome = stored.map_err(RunError::from_read).and_then(|stored| {
                     // Locked per event, not per batch, so the allocator never waits long.
-                    self.lock().apply(&stored).map(|_| stored.seq).map_err(RunError::from)
+                    self.lock().apply(&stored).map_err(RunError::from)?;
+                    self.tell_observer(&stored);
+                    Ok(stored.seq)
                 });
                 match outcome {
                     Ok(seq) => {
@@ -351,6 +362,18 @@ impl Live {
             }
         }
         Ok(())
+    }
+
+    /// Calls `observer` with the subject and sequence of every event applied from now on
+    /// (once; a second observer is refused and returned).
+    pub fn observe_applied(&self, observer: Observer) -> Result<(), Observer> {
+        self.observer.set(observer)
+    }
+
+    fn tell_observer(&self, stored: &engine::log::StoredEvent) {
+        if let Some(observer) = self.observer.get() {
+            observer(&stored.subject, stored.seq);
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Projections> {

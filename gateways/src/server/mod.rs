@@ -397,6 +397,17 @@ pub async fn start(config: EngineConfig, log: Arc<dyn EventLog>, listener: tokio
     let nodes = Arc::new(NodeHealth::new(Arc::clone(&clock), HEARTBEAT_STALE_MS));
     let allocator = Arc::new(HealthyAllocator::new(Arc::new(live.clone()), Arc::clone(&nodes)));
     let market = Arc::new(Market::new(Arc::clone(&log), clock, Arc::clone(&keys), allocator));
+    // What another engine appends reaches this engine's checks once the projections apply it.
+    // (Weak: the market holds the projections as its allocator.)
+    let observing = Arc::downgrade(&market);
+    let observer = move |subject: &str, seq| {
+        if let Some(market) = observing.upgrade() {
+            market.handler().observe(subject, seq);
+        }
+    };
+    if live.observe_applied(Arc::new(observer)).is_err() {
+        anyhow::bail!("the live projections already tell another engine what they apply");
+    }
     // Royalty entries from here on bind their stream sequence (once per stream).
     market.bind_royalty_entries().await.context("cannot record the royalty entry binding")?;
     let (stop, shutdown) = watch::channel(false);
