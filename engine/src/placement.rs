@@ -24,14 +24,24 @@ pub struct Placed {
     pub lease: u64,
 }
 
-/// What an engine should append to keep placing: a lease to create, grow, renew, shrink
-/// or give back (`lease` None: a new one), or one to take over (`take_over`).
+/// What an engine should append to keep placing: a change to its lease `lease` of `node`
+/// (None: a new one), or the take-over of another engine's.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LeaseWish {
     pub node: NodeId,
     pub lease: Option<u64>,
-    pub slots: u32,
-    pub take_over: bool,
+    pub change: LeaseChange,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeaseChange {
+    /// Grow by up to this many slots, within those no lease holds (several placements
+    /// asking at once each add theirs).
+    Grow(u32),
+    /// Renew at this size: shrunk (0: given back), or as it is.
+    Set(u32),
+    /// Take over another engine's lease that ran out (`NodeCommand::TakeOver`).
+    TakeOver,
 }
 
 /// How slot leases are kept (`projections::allocation`): an engine gives out slots from a

@@ -13,7 +13,7 @@
 use crate::rows::{Rows, Touched};
 use engine::domain::event::Event;
 use engine::ids::{MerchantId, Millis, NodeId, PreviewId};
-use engine::placement::{LeaseTerms, LeaseWish};
+use engine::placement::{LeaseChange, LeaseTerms, LeaseWish};
 use format::{ReleasedRows, SlotRows};
 use std::collections::BTreeMap;
 
@@ -382,11 +382,12 @@ impl Allocation {
             let node = self.nodes.get(node_id)?;
             let mine = node.leases.iter().filter(|(_, lease)| lease.holder == me).max_by_key(|(_, lease)| lease.slots);
             let grow = lease_step(node.slots_max).min(node.unleased());
+            let change = if grow > 0 { LeaseChange::Grow(grow) } else { LeaseChange::Set(mine.map_or(0, |(_, lease)| lease.slots)) };
             match mine {
                 Some((id, lease)) if now.plus_ms(terms.margin_ms) >= lease.until || grow > 0 => {
-                    Some(LeaseWish { node: node_id.clone(), lease: Some(*id), slots: lease.slots.saturating_add(grow), take_over: false })
+                    Some(LeaseWish { node: node_id.clone(), lease: Some(*id), change })
                 }
-                None if grow > 0 => Some(LeaseWish { node: node_id.clone(), lease: None, slots: grow, take_over: false }),
+                None if grow > 0 => Some(LeaseWish { node: node_id.clone(), lease: None, change }),
                 _ => None,
             }
         };
@@ -406,7 +407,7 @@ impl Allocation {
             for (id, lease) in &node.leases {
                 if lease.holder != me {
                     if now > lease.until.plus_ms(terms.grace_ms) {
-                        wishes.push(LeaseWish { node: node_id.clone(), lease: Some(*id), slots: lease.slots, take_over: true });
+                        wishes.push(LeaseWish { node: node_id.clone(), lease: Some(*id), change: LeaseChange::TakeOver });
                     }
                     continue;
                 }
@@ -416,7 +417,7 @@ impl Allocation {
                 let renew = now.plus_ms(terms.ttl_ms / 2) >= lease.until;
                 if lease.slots > 0 && (shrink || renew) {
                     let slots = if shrink { keep } else { lease.slots };
-                    wishes.push(LeaseWish { node: node_id.clone(), lease: Some(*id), slots, take_over: false });
+                    wishes.push(LeaseWish { node: node_id.clone(), lease: Some(*id), change: LeaseChange::Set(slots) });
                 }
             }
         }
@@ -641,7 +642,7 @@ mod tests {
         let (mut a, mut b) = (engine("ea"), engine("eb"));
         assert_eq!(a.choose_and_hold_where(None, "va0", Millis(0), Some(TERMS), &|_| true), None, "no lease, no slot");
         let wish = a.lease_wish(None, Millis(0), TERMS, &|_| true).expect("a lease to ask for");
-        assert_eq!(wish, LeaseWish { node: NodeId::new("a"), lease: None, slots: 1, take_over: false }, "a step of the node");
+        assert_eq!(wish, LeaseWish { node: NodeId::new("a"), lease: None, change: LeaseChange::Grow(1) }, "a step of the node");
         // What the node aggregate granted, in stream order: ea 3 slots, eb the last one.
         for event in [leased("a", 1, "ea", 3, 60_000), leased("a", 2, "eb", 1, 60_000)] {
             a.apply(&event);
@@ -658,7 +659,11 @@ mod tests {
         // Past its until (less the margin) a lease gives out nothing more: renew first.
         a.cancel("va2");
         assert_eq!(a.choose_and_hold_where(None, "va9", Millis(55_000), Some(TERMS), &|_| true), None);
-        assert_eq!(a.lease_wish(None, Millis(55_000), TERMS, &|_| true).map(|wish| (wish.lease, wish.slots)), Some((Some(1), 3)), "renew lease 1");
+        assert_eq!(
+            a.lease_wish(None, Millis(55_000), TERMS, &|_| true).map(|wish| (wish.lease, wish.change)),
+            Some((Some(1), LeaseChange::Set(3))),
+            "renew lease 1"
+        );
         // The protection off: each engine by its own view of the node.
         let (mut a, mut b) = (Allocation::default(), Allocation::default());
         a.apply(&register("a", "eu", 4));
@@ -702,18 +707,18 @@ mod tests {
         assert_eq!(
             a.lease_upkeep(Millis(0), TERMS),
             vec![
-                LeaseWish { node: NodeId::new("big"), lease: Some(1), slots: 3, take_over: false },
-                LeaseWish { node: NodeId::new("idle"), lease: Some(2), slots: 0, take_over: false },
+                LeaseWish { node: NodeId::new("big"), lease: Some(1), change: LeaseChange::Set(3) },
+                LeaseWish { node: NodeId::new("idle"), lease: Some(2), change: LeaseChange::Set(0) },
             ],
             "one in use and a step of 2 kept; the idle lease given back; eb's lease still running"
         );
         let wishes = a.lease_upkeep(Millis(80_001), TERMS);
-        assert!(wishes.contains(&LeaseWish { node: NodeId::new("other"), lease: Some(3), slots: 4, take_over: true }), "eb stopped renewing: {wishes:?}");
+        assert!(wishes.contains(&LeaseWish { node: NodeId::new("other"), lease: Some(3), change: LeaseChange::TakeOver }), "eb stopped renewing: {wishes:?}");
         a.apply(&leased("big", 1, "ea", 3, 60_000));
         assert_eq!(a.lease_upkeep(Millis(29_000), TERMS).iter().find(|wish| wish.node.as_str() == "big"), None, "more than half the ttl left");
         assert_eq!(
             a.lease_upkeep(Millis(31_000), TERMS).into_iter().find(|wish| wish.node.as_str() == "big"),
-            Some(LeaseWish { node: NodeId::new("big"), lease: Some(1), slots: 3, take_over: false }),
+            Some(LeaseWish { node: NodeId::new("big"), lease: Some(1), change: LeaseChange::Set(3) }),
             "renewed as it is"
         );
     }

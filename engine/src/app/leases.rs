@@ -5,7 +5,7 @@
 //! the allocation projection gives out a slot only from a lease this engine holds.
 
 use super::*;
-use crate::placement::{LEASE_TERMS, LeaseWish, Placed};
+use crate::placement::{LEASE_TERMS, LeaseChange, LeaseWish, Placed};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// How many leases one placement asks for before it answers NoNodeAvailable.
@@ -50,11 +50,12 @@ impl Market {
     /// over) and lets the allocator place from it at once.
     async fn lease(&self, wish: &LeaseWish) -> Result<(), AppError> {
         let Some(holder) = self.allocator.lease_holder() else { return Ok(()) };
-        let command = match wish.lease {
-            Some(lease) if wish.take_over => {
-                NodeCommand::TakeOver { lease, holder: holder.clone(), ttl_ms: LEASE_TERMS.ttl_ms, grace_ms: LEASE_TERMS.grace_ms }
-            }
-            lease => NodeCommand::Lease { lease, holder: holder.clone(), slots: wish.slots, ttl_ms: LEASE_TERMS.ttl_ms },
+        let (lease, ttl_ms) = (wish.lease, LEASE_TERMS.ttl_ms);
+        let command = match (wish.change, lease) {
+            (LeaseChange::TakeOver, Some(lease)) => NodeCommand::TakeOver { lease, holder: holder.clone(), ttl_ms, grace_ms: LEASE_TERMS.grace_ms },
+            (LeaseChange::TakeOver, None) => return Ok(()),
+            (LeaseChange::Grow(by), lease) => NodeCommand::Grow { lease, holder: holder.clone(), by, ttl_ms },
+            (LeaseChange::Set(slots), lease) => NodeCommand::Lease { lease, holder: holder.clone(), slots, ttl_ms },
         };
         let count = LEASE_REQUESTS.fetch_add(1, Ordering::Relaxed);
         let request = RequestId(format!("lease-{holder}-{}-{count}", self.handler.clock().now().0));

@@ -247,6 +247,14 @@ pub enum NodeCommand {
         slots: u32,
         ttl_ms: u64,
     },
+    /// As `Lease`, growing lease `lease` (None: a new one) by up to `by` slots, as many as
+    /// no lease holds: placements asking at once each add theirs.
+    Grow {
+        lease: Option<u64>,
+        holder: String,
+        by: u32,
+        ttl_ms: u64,
+    },
     /// `holder` takes over lease `lease` whose holder let it run out more than `grace_ms`
     /// ago (a dead engine): its slots in use are the new holder's to count.
     TakeOver {
@@ -290,6 +298,18 @@ impl Aggregate for Node {
                 Ok(vec![Event::NodeCapacityChanged { node_id: node_id(), slots_max: granted }])
             }
             (NodeCommand::Lease { lease, holder, slots, ttl_ms }, status) => self.decide_lease(*lease, holder, *slots, *ttl_ms, status, now),
+            (NodeCommand::Grow { lease, holder, by, ttl_ms }, status) => {
+                let current = match lease {
+                    Some(id) => self.leases.get(id).filter(|held| held.holder == *holder).map(|held| held.slots).ok_or(Rejection::SlotLeaseLost)?,
+                    None => 0,
+                };
+                let free = u64::from(self.slots_max).saturating_sub(self.leased_except(None));
+                let add = u32::try_from(free.min(u64::from(*by))).unwrap_or(0);
+                if add == 0 {
+                    return Err(Rejection::NoNodeAvailable);
+                }
+                self.decide_lease(*lease, holder, current + add, *ttl_ms, status, now)
+            }
             (NodeCommand::TakeOver { lease, holder, ttl_ms, grace_ms }, _) => {
                 validate::id("holder", holder)?;
                 let held = self.leases.get(lease).ok_or(Rejection::NotFound { kind: "slot lease", id: lease.to_string() })?;
@@ -340,7 +360,7 @@ impl Aggregate for Node {
             NodeCommand::ChangeCapacity { .. } => "ChangeNodeCapacity",
             NodeCommand::Drain => "DrainNode",
             NodeCommand::Remove => "RemoveNode",
-            NodeCommand::Lease { .. } => "LeaseSlots",
+            NodeCommand::Lease { .. } | NodeCommand::Grow { .. } => "LeaseSlots",
             NodeCommand::TakeOver { .. } => "TakeOverSlotLease",
         }
     }

@@ -81,3 +81,17 @@ fn a_lease_is_taken_over_only_after_it_ran_out_and_the_grace_passed() {
     let taken = [registered(10), leased(1, "ea", 6, until), leased(1, "eb", 6, later.plus_ms(TTL))];
     check::<Node>(&taken, lease(Some(1), "ea", 6), later, Err(Rejection::SlotLeaseLost));
 }
+
+/// Placements asking at once each add their growth (an absolute size would let the
+/// second of two asks for "one more" add nothing), never past the slots no lease holds.
+#[test]
+fn growth_adds_to_the_lease_within_the_unleased_slots() {
+    let given = [registered(10), leased(1, "ea", 6, T0.plus_ms(TTL)), leased(2, "eb", 2, T0.plus_ms(TTL))];
+    let grow = |lease, holder: &str, by| NodeCommand::Grow { lease, holder: holder.into(), by, ttl_ms: TTL };
+    check::<Node>(&given, grow(Some(1), "ea", 1), T0, Ok(vec![leased(1, "ea", 7, T0.plus_ms(TTL))]));
+    check::<Node>(&given, grow(Some(1), "ea", 5), T0, Ok(vec![leased(1, "ea", 8, T0.plus_ms(TTL))]));
+    check::<Node>(&given, grow(None, "ec", 1), T0, Ok(vec![leased(3, "ec", 1, T0.plus_ms(TTL))]));
+    check::<Node>(&given, grow(Some(2), "ea", 1), T0, Err(Rejection::SlotLeaseLost));
+    let full = [registered(10), leased(1, "ea", 8, T0.plus_ms(TTL)), leased(2, "eb", 2, T0.plus_ms(TTL))];
+    check::<Node>(&full, grow(Some(1), "ea", 1), T0, Err(Rejection::NoNodeAvailable));
+}
