@@ -1,0 +1,301 @@
+//! Several engines, one market (issue 25): two engines (`gateways::server`, as two `serve`
+//! processes would run them, each with its own connection, projections, caches and node
+//! health view) on one JetStream stream.
+//!
+//! - Slots: both engines place vouchers on one node at once. Each gives out slots only from
+//!   the slot leases the node aggregate granted it, so together they never give out more
+//!   than the node has (replayed from the stream at every sequence). The protection off
+//!   (`EngineConfig::slot_leases` false: each engine by its own view of the node) they do.
+//! - Checks: a certificate revoked through one engine is refused through the other once
+//!   that one's projections applied the revocation (its cached consumer is read again).
+//! - Health: a node announced to one engine is placed on by the other (gossip).
+
+use engine::domain::Event;
+use engine::ids::{ConsumerId, Seq};
+use engine::log::EventLog;
+use gateways::common::backend::BackendArgs;
+use gateways::common::client::{self, MerchantClient, Upload};
+use gateways::common::cred::Credential;
+use gateways::node::{self, NodeArgs, RunningNode};
+use gateways::player::{self, Purchase};
+use gateways::server::{self, EngineConfig, RunningEngine};
+use proto::v1 as pb;
+use replay_tests::NatsServer;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::Code;
+
+const NODE_SLOTS: u32 = 6;
+
+struct Engines {
+    dir: tempfile::TempDir,
+    a: RunningEngine,
+    b: RunningEngine,
+    log: Arc<dyn EventLog>,
+    keys: std::path::PathBuf,
+    media_id: String,
+    merchant: Credential,
+    node: RunningNode,
+}
+
+async fn start_engine(server: &NatsServer, dir: &Path, keys: &Path, slot_leases: bool) -> (RunningEngine, Arc<dyn EventLog>) {
+    let backend = BackendArgs { data_dir: dir.to_path_buf(), nats_url: Some(server.url()), stream: "VOUCHSAFE".into() };
+    let (log, _) = backend.open_with_feed().await.expect("open the stream");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+    let config = EngineConfig { slot_leases, ..EngineConfig::new(dir.to_path_buf(), keys.to_path_buf()) };
+    (server::start(config, Arc::clone(&log), listener).await.expect("engine starts"), log)
+}
+
+async fn channel(engine: &RunningEngine) -> tonic::transport::Channel {
+    client::connect(&engine.url(), None).await.expect("connect")
+}
+
+/// Two engines on one stream; a merchant registered through A, and a node of `NODE_SLOTS`
+/// slots whose agent talks to B (`node_on_b`) or A only; media published through the
+/// node's engine (media files live in each engine's store, and a node fetches them from
+/// its engine: engines share media only through a shared media directory).
+async fn two_engines(server: &NatsServer, slot_leases: bool, node_on_b: bool) -> Engines {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let keys = dir.path().join("keys");
+    gateways::common::keys::init(&keys).expect("keys init");
+    let (a, log) = start_engine(server, &dir.path().join("a"), &keys, slot_leases).await;
+    let (b, _) = start_engine(server, &dir.path().join("b"), &keys, slot_leases).await;
+    let operator = Credential::load(&keys.join("operator.cred")).expect("operator credential");
+    let mut catalog_a = client::catalog(channel(&a).await, operator.clone());
+    let mut catalog_b = client::catalog(channel(&b).await, operator);
+    let merchant = catalog_a.register_merchant(pb::RegisterMerchantRequest { request_id: "m-1".into(), name: "Shop".into() }).await.expect("merchant");
+    let merchant = client::credential_of(merchant.into_inner()).expect("credential");
+    // Any engine takes any command: the node's credential through B.
+    let node_cred = catalog_b
+        .register_node_credential(pb::RegisterNodeCredentialRequest { request_id: "n-1".into(), region: "eu".into(), slots_max: NODE_SLOTS })
+        .await
+        .expect("node credential");
+    let node_cred = client::credential_of(node_cred.into_inner()).expect("credential");
+    let engine_public = gateways::common::keys::load_engine_public(&keys).expect("public key");
+    let upload = Upload {
+        title: "Song".into(),
+        artist: "Artist".into(),
+        authors: vec!["Author".into()],
+        length_ms: 180_000,
+        price_minor: 199,
+        currency: "EUR".into(),
+        terms: client::standard_terms("label-1"),
+        content: (0..20_000u32).map(|i| (i % 251) as u8).collect(),
+        preview_clip: Vec::new(),
+        image_descriptor: String::new(),
+    };
+    let node_catalog = if node_on_b { &mut catalog_b } else { &mut catalog_a };
+    let media_id = client::publish(node_catalog, "pub-1", &engine_public, upload).await.expect("publish").media_id;
+    let node_engine = if node_on_b { &b } else { &a };
+    let node = node::start(NodeArgs {
+        connect: node_engine.url(),
+        cred: node_cred.clone(),
+        listen: "127.0.0.1:0".parse().expect("loopback"),
+        slots_max: NODE_SLOTS,
+        region: "eu".into(),
+        data_dir: dir.path().join("node"),
+        cache_bytes_max: 16 * 1024 * 1024,
+        engine_tls: Default::default(),
+        player_tls: None,
+    })
+    .await
+    .expect("node starts");
+    // The other engine hears of the node through gossip, not from the node.
+    let node_id = engine::ids::NodeId::new(node_cred.id.as_str());
+    let started = std::time::Instant::now();
+    while !(a.state.nodes.healthy(&node_id) && b.state.nodes.healthy(&node_id)) {
+        assert!(started.elapsed() < Duration::from_secs(30), "the other engine never heard of the node");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Engines { dir, a, b, log, keys, media_id, merchant, node }
+}
+
+impl Engines {
+    async fn merchant_on(&self, engine: &RunningEngine) -> MerchantClient {
+        client::merchant(channel(engine).await, self.merchant.clone())
+    }
+
+    async fn head(&self) -> Seq {
+        self.log.last_seq().await.expect("head")
+    }
+
+    async fn stop(self) {
+        self.node.shutdown().await;
+        self.a.shutdown().await.expect("shutdown a");
+        self.b.shutdown().await.expect("shutdown b");
+    }
+}
+
+/// Reserves and authorizes `count` vouchers with request ids under `prefix`; their ids.
+async fn authorized(merchant: &mut MerchantClient, media_id: &str, prefix: &str, count: usize) -> Vec<String> {
+    let mut vouchers = Vec::new();
+    for n in 0..count {
+        let reserve = pb::ReserveRequest {
+            request_id: format!("{prefix}{n}-reserve"),
+            media_ids: vec![media_id.to_string()],
+            rendition: "high".into(),
+            ttl_ms: 600_000,
+            points_account: String::new(),
+            payment_ref: format!("card-{prefix}{n}"),
+            spend_authorization: None,
+        };
+        let voucher_id = merchant.reserve(reserve).await.expect("reserve").into_inner().voucher_id;
+        merchant.authorize(pb::AuthorizeRequest { request_id: format!("{prefix}{n}-authorize"), voucher_id: voucher_id.clone() }).await.expect("authorize");
+        vouchers.push(voucher_id);
+    }
+    vouchers
+}
+
+/// The most slots of any node in use at any sequence of the stream (issues, moves and
+/// previews take one; lapses, voids, refunds, complete deliveries and ended previews give
+/// it back), replayed from the raw events.
+async fn most_slots_in_use(log: &dyn EventLog) -> u32 {
+    let mut holding: BTreeMap<String, String> = BTreeMap::new();
+    let mut in_use: BTreeMap<String, u32> = BTreeMap::new();
+    let mut most = 0;
+    let mut from = Seq(1);
+    loop {
+        let events = log.read_from(from, 1024).await.expect("read");
+        let Some(last) = events.last() else { break };
+        from = Seq(last.seq.0 + 1);
+        for stored in &events {
+            let event = engine::wire::decode(&stored.payload).expect("decodes").event;
+            let (taken, released) = match &event {
+                Event::VoucherIssued { voucher_id, node_id, .. } => (Some((voucher_id.0.clone(), node_id.0.clone())), holding.remove(&voucher_id.0)),
+                Event::PreviewStarted { preview_id, node_id, .. } => (Some((preview_id.0.clone(), node_id.0.clone())), None),
+                Event::PreviewEnded { preview_id, .. } => (None, holding.remove(&preview_id.0)),
+                Event::Voided { voucher_id, .. } | Event::Refunded { voucher_id, .. } | Event::AccessLapsed { voucher_id, .. } => {
+                    (None, holding.remove(&voucher_id.0))
+                }
+                Event::Delivered { voucher_id, voucher_complete: true, .. } => (None, holding.remove(&voucher_id.0)),
+                _ => (None, None),
+            };
+            if let Some(node) = released {
+                *in_use.entry(node).or_default() -= 1;
+            }
+            if let Some((holder, node)) = taken {
+                let count = in_use.entry(node.clone()).or_default();
+                *count += 1;
+                most = most.max(*count);
+                holding.insert(holder, node);
+            }
+        }
+    }
+    most
+}
+
+/// Both engines issue vouchers on the one node at once; how many were issued, and the
+/// vouchers refused for want of a slot.
+async fn issue_from_both_at_once(engines: &Engines, per_engine: usize) -> (usize, Vec<String>) {
+    let mut at_a = engines.merchant_on(&engines.a).await;
+    let mut at_b = engines.merchant_on(&engines.b).await;
+    let for_a = authorized(&mut at_a, &engines.media_id, "a", per_engine).await;
+    let for_b = authorized(&mut at_b, &engines.media_id, "b", per_engine).await;
+    let start = Arc::new(tokio::sync::Barrier::new(2 * per_engine));
+    let mut issues = tokio::task::JoinSet::new();
+    for (merchant, vouchers) in [(at_a, for_a), (at_b, for_b)] {
+        for voucher_id in vouchers {
+            let (mut merchant, start) = (merchant.clone(), Arc::clone(&start));
+            issues.spawn(async move {
+                start.wait().await;
+                let request = pb::IssueVoucherRequest { request_id: format!("{voucher_id}-issue"), voucher_id, region: String::new() };
+                let voucher_id = request.voucher_id.clone();
+                match merchant.issue_voucher(request).await {
+                    Ok(_) => None,
+                    Err(status) if status.code() == Code::ResourceExhausted => Some(voucher_id),
+                    Err(status) => panic!("unexpected refusal: {status:?}"),
+                }
+            });
+        }
+    }
+    let mut refused = Vec::new();
+    while let Some(joined) = issues.join_next().await {
+        refused.extend(joined.expect("issue task"));
+    }
+    (2 * per_engine - refused.len(), refused)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_engines_never_give_out_more_slots_than_a_node_has() {
+    let server = NatsServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let engines = two_engines(&server, true, false).await;
+    let (mut issued, refused) = issue_from_both_at_once(&engines, 8).await;
+    let burst = issued;
+    // A slot one engine leased but did not use is not the other's: a merchant's retry
+    // through either engine (as a client failing over does) gets it.
+    for voucher_id in refused {
+        for engine in [&engines.a, &engines.b] {
+            let request = pb::IssueVoucherRequest { request_id: format!("{voucher_id}-issue"), voucher_id: voucher_id.clone(), region: String::new() };
+            if engines.merchant_on(engine).await.issue_voucher(request).await.is_ok() {
+                issued += 1;
+                break;
+            }
+        }
+    }
+    let most = most_slots_in_use(engines.log.as_ref()).await;
+    eprintln!(
+        "with slot leases: {burst} of 16 issued at once on a {NODE_SLOTS}-slot node, {issued} after retries; at most {most} slots in use at any sequence"
+    );
+    assert!(most <= NODE_SLOTS, "{most} slots in use on a node of {NODE_SLOTS}");
+    assert_eq!(issued, NODE_SLOTS as usize, "every slot was given out, none twice");
+    // Each engine leased its share from the node aggregate: the leases are on the stream.
+    let leases = engines.log.read_subject(&format!("vs.node.{}", engines.node.node_id())).await.expect("node events");
+    let leased = leases.iter().filter(|stored| matches!(engine::wire::decode(&stored.payload).expect("decodes").event, Event::SlotsLeased { .. })).count();
+    assert!(leased >= 2, "both engines leased slots ({leased} lease events)");
+    engines.stop().await;
+}
+
+/// The protection off: each engine gives out the node's slots by its own view (the slots
+/// in use it has applied and its own tentative holds), so placing at once they over-give.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_slot_leases_two_engines_over_give_a_node() {
+    let server = NatsServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let engines = two_engines(&server, false, false).await;
+    let (issued, _) = issue_from_both_at_once(&engines, 8).await;
+    let most = most_slots_in_use(engines.log.as_ref()).await;
+    eprintln!("without slot leases: {issued} of 16 issued on a {NODE_SLOTS}-slot node; at most {most} slots in use at any sequence");
+    assert!(most > NODE_SLOTS, "the attack: {most} slots in use on a node of {NODE_SLOTS} without leases");
+    engines.stop().await;
+}
+
+/// A certificate revoked through A is refused through B (the node talks to B), once B's
+/// projections applied the revocation; B had the consumer cached from a redemption before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_certificate_revoked_through_one_engine_is_refused_through_the_other() {
+    let server = NatsServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let engines = two_engines(&server, true, true).await;
+    let operator = Credential::load(&engines.keys.join("operator.cred")).expect("operator credential");
+    let mut catalog_a = client::catalog(channel(&engines.a).await, operator.clone());
+    let engine_public = gateways::common::keys::load_engine_public(&engines.keys).expect("public key");
+    let alice = player::create_passport(&mut catalog_a, "cert-alice", &ConsumerId::new("alice"), &engine_public).await.expect("passport");
+    let mut at_a = engines.merchant_on(&engines.a).await;
+    let first = client::buy(&mut at_a, "first", std::slice::from_ref(&engines.media_id), None).await.expect("buy through a");
+    let second = client::buy(&mut at_a, "second", std::slice::from_ref(&engines.media_id), None).await.expect("buy through a");
+    let purchase = |sale: &client::Sale| Purchase {
+        node_endpoint: sale.node_endpoint.clone(),
+        node_id: sale.node_id.clone(),
+        grant: sale.grant(),
+        receipt: sale.receipt.clone(),
+    };
+    // Redeemed through B (the node's engine): B now has alice's certificate cached.
+    let copies = player::redeem_and_download(&purchase(&first), &alice, "r1", &engines.dir.path().join("first")).await.expect("first delivery");
+    assert_eq!(copies.len(), 1);
+    let mut admin_a = client::admin(channel(&engines.a).await, operator);
+    admin_a
+        .revoke_certs(pb::RevokeCertsRequest {
+            request_id: "revoke-1".into(),
+            consumer_id: "alice".into(),
+            cert_serial: alice.certificate.cert_serial.clone(),
+            reason: "stolen".into(),
+            every_cert: false,
+        })
+        .await
+        .expect("revoked through a");
+    let revoked_at = engines.head().await;
+    engines.b.state.live.caught_up(revoked_at).await;
+    let refused = player::redeem_and_download(&purchase(&second), &alice, "r2", &engines.dir.path().join("second")).await.expect_err("revoked");
+    assert!(format!("{refused:#}").contains("revoked"), "{refused:#}");
+    engines.stop().await;
+}
