@@ -299,3 +299,34 @@ async fn a_certificate_revoked_through_one_engine_is_refused_through_the_other()
     assert!(format!("{refused:#}").contains("revoked"), "{refused:#}");
     engines.stop().await;
 }
+
+/// One sealer, one sweeper: a job lease (a key in a JetStream key-value bucket that ages
+/// out `JOB_LEASE_TTL` after its last renewal) is held by one engine at a time; when its
+/// holder stops renewing (dies), the other takes the job over within about the ttl.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_engine_at_a_time_runs_a_job_and_another_takes_it_over_when_it_stops() {
+    let server = NatsServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let engines = two_engines(&server, true, false).await;
+    let (a, b) = (&engines.a.state, &engines.b.state);
+    assert!(a.runs_job("audit-test").await, "nobody held it: a takes it");
+    assert!(!b.runs_job("audit-test").await, "a holds it");
+    assert!(a.runs_job("audit-test").await, "a renews it");
+    assert!(!b.runs_job("audit-test").await);
+    // The engines' own sealer and sweeper: exactly one engine holds each.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    for job in ["sweeper"] {
+        let held: Vec<bool> = vec![a.runs_job(job).await, b.runs_job(job).await];
+        assert_eq!(held.iter().filter(|held| **held).count(), 1, "{job}: {held:?}");
+    }
+    // a stops renewing (as a dead engine would): b takes over once the lease aged out.
+    let stopped = std::time::Instant::now();
+    while !b.runs_job("audit-test").await {
+        assert!(stopped.elapsed() < server::JOB_LEASE_TTL * 3, "b never took the job over");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let took = stopped.elapsed();
+    eprintln!("job taken over {} ms after its holder stopped renewing (ttl {} ms)", took.as_millis(), server::JOB_LEASE_TTL.as_millis());
+    assert!(took >= server::JOB_LEASE_TTL / 2, "not before the lease ran out ({took:?})");
+    assert!(!a.runs_job("audit-test").await, "a lost it");
+    engines.stop().await;
+}

@@ -135,6 +135,22 @@ pub trait EventLog: Send + Sync + 'static {
     fn gossip(&self) -> Option<std::sync::Arc<dyn Gossip>> {
         None
     }
+
+    /// Leases of the jobs one engine alone runs at a time among those sharing this log
+    /// (the sealer, the sweeper), each running out `ttl` after its last renewal: `None` for
+    /// a log one process alone opens, whose engine runs every job.
+    async fn job_leases(&self, ttl: std::time::Duration) -> Result<Option<std::sync::Arc<dyn JobLeases>>, ReadError> {
+        let _ = ttl;
+        Ok(None)
+    }
+}
+
+/// Job leases (`EventLog::job_leases`): a job is held by one holder at a time, who renews
+/// it by calling `hold` again within the ttl; once it ran out, the next caller takes it.
+#[async_trait::async_trait]
+pub trait JobLeases: Send + Sync + 'static {
+    /// Whether `holder` holds job `name` now: renewed if it held it, taken if nobody does.
+    async fn hold(&self, name: &str, holder: &str) -> Result<bool, ReadError>;
 }
 
 /// Messages between the engines sharing a log, not recorded and not ordered: what is lost

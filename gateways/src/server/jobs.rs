@@ -103,14 +103,18 @@ pub(super) async fn sweeper(state: Arc<EngineState>) {
             _ = shutdown.wait_for(|stop| *stop) => return,
             _ = tick.tick() => {}
         }
+        // Every engine looks after its own slot leases; the rest is one engine's job.
+        if let Err(error) = state.market.keep_leases().await {
+            tracing::warn!(%error, "renewing the slot leases failed; retrying at the next interval");
+        }
+        if !state.runs_job("sweeper").await {
+            continue;
+        }
         if let Err(error) = sweep_once(&state.live, &state.market, SWEEP_BATCH_MAX).await {
             tracing::warn!(%error, "sweep failed; retrying at the next interval");
         }
         if let Err(error) = lapse_once(&state.live, &state.market, SWEEP_BATCH_MAX).await {
             tracing::warn!(%error, "lapsing access windows failed; retrying at the next interval");
-        }
-        if let Err(error) = state.market.keep_leases().await {
-            tracing::warn!(%error, "renewing the slot leases failed; retrying at the next interval");
         }
         let access_ttl_ms = state.configured("access.ttl_ms").await.unwrap_or(state.config.access_ttl_ms);
         match relocate_once(&state.live, &state.market, access_ttl_ms, SWEEP_BATCH_MAX).await {
@@ -137,7 +141,7 @@ pub(super) async fn sealer(state: Arc<EngineState>) {
         let entries_max = state.configured("seal.entries_max").await.unwrap_or(u64::MAX);
         let waiting = state.live.read(|p| (p.royalty.entries.len() as u64).saturating_sub(p.royalty.next_seal_entry()));
         let due = waiting >= entries_max.max(1) || (last_seal.elapsed() >= interval && waiting >= state.config.seal_entries_min.max(1));
-        if !due {
+        if !due || !state.runs_job("sealer").await {
             continue;
         }
         match seal_once(&state.live, &state.market, state.config.seal_entries_min.max(1)).await {

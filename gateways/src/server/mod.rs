@@ -158,8 +158,35 @@ pub struct EngineState {
     pub(super) config: EngineConfig,
     pub(super) started: Instant,
     pub(super) shutdown: watch::Receiver<bool>,
-    /// This process's name on slot leases and gossip (new at each start).
+    /// This process's name on slot leases, job leases and gossip (new at each start).
     pub(super) engine_id: String,
+    /// Who runs the sealer and the sweeper among the engines on the stream (`None`: this
+    /// engine alone opens its log, and runs both).
+    pub(super) job_leases: Option<Arc<dyn engine::log::JobLeases>>,
+}
+
+/// How long after its holder's last renewal a job lease (sealer, sweeper) runs out, so
+/// another engine takes the job over within about this long after the holder died.
+pub const JOB_LEASE_TTL: Duration = Duration::from_secs(10);
+
+impl EngineState {
+    /// Whether this engine runs job `name` now (`JOB_LEASE_TTL`): always when it alone
+    /// opens its log; else while it holds the job's lease (taken, or renewed by this call).
+    pub async fn runs_job(&self, name: &str) -> bool {
+        let Some(leases) = &self.job_leases else { return true };
+        match leases.hold(name, &self.engine_id).await {
+            Ok(held) => held,
+            Err(error) => {
+                tracing::warn!(%error, job = name, "cannot reach the job lease; not running the job this round");
+                false
+            }
+        }
+    }
+
+    /// This process's name among the engines sharing the stream.
+    pub fn engine_id(&self) -> &str {
+        &self.engine_id
+    }
 }
 
 impl EngineState {
@@ -410,6 +437,7 @@ pub async fn start(config: EngineConfig, log: Arc<dyn EventLog>, listener: tokio
     }
     // Royalty entries from here on bind their stream sequence (once per stream).
     market.bind_royalty_entries().await.context("cannot record the royalty entry binding")?;
+    let job_leases = log.job_leases(JOB_LEASE_TTL).await.context("cannot open the job leases (sealer, sweeper)")?;
     let (stop, shutdown) = watch::channel(false);
     let metrics = Arc::new(Metrics::new());
     let state = Arc::new(EngineState {
@@ -428,6 +456,7 @@ pub async fn start(config: EngineConfig, log: Arc<dyn EventLog>, listener: tokio
         started: Instant::now(),
         shutdown: shutdown.clone(),
         engine_id,
+        job_leases,
     });
 
     let authenticator = Arc::new(Authenticator::new(live.clone(), operator.id.clone(), &operator.secret));

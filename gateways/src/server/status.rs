@@ -263,6 +263,7 @@ mod tests {
             Code::ResourceExhausted,
             Code::FailedPrecondition,
             Code::FailedPrecondition,
+            Code::FailedPrecondition,
             Code::OutOfRange,
             Code::PermissionDenied,
             Code::FailedPrecondition,

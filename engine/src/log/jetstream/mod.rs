@@ -198,6 +198,45 @@ impl super::Gossip for NatsGossip {
     }
 }
 
+/// Job leases in a JetStream key-value bucket (`vsjobs-<stream>`) whose entries age out
+/// after the ttl: `create` takes a job nobody holds (its key absent or aged out), `update`
+/// with the last revision renews it, and fails once another took it.
+struct KvJobLeases {
+    store: async_nats::jetstream::kv::Store,
+    /// The revision of each job this process holds, as last written.
+    held: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+}
+
+#[async_trait::async_trait]
+impl super::JobLeases for KvJobLeases {
+    async fn hold(&self, name: &str, holder: &str) -> Result<bool, ReadError> {
+        use async_nats::jetstream::kv::{CreateErrorKind, UpdateErrorKind};
+        let held = self.held.lock().expect("job lease lock is never poisoned").get(name).copied();
+        let value = bytes::Bytes::from(holder.to_string());
+        if let Some(revision) = held {
+            match self.store.update(name, value.clone(), revision).await {
+                Ok(revision) => {
+                    self.held.lock().expect("job lease lock is never poisoned").insert(name.to_string(), revision);
+                    return Ok(true);
+                }
+                // Ran out (aged away) or taken: try to take it afresh below.
+                Err(error) if error.kind() == UpdateErrorKind::WrongLastRevision => {
+                    self.held.lock().expect("job lease lock is never poisoned").remove(name);
+                }
+                Err(error) => return Err(ReadError::Unavailable(format!("cannot renew the {name} lease: {error}"))),
+            }
+        }
+        match self.store.create(name, value).await {
+            Ok(revision) => {
+                self.held.lock().expect("job lease lock is never poisoned").insert(name.to_string(), revision);
+                Ok(true)
+            }
+            Err(error) if error.kind() == CreateErrorKind::AlreadyExists => Ok(false),
+            Err(error) => Err(ReadError::Unavailable(format!("cannot take the {name} lease: {error}"))),
+        }
+    }
+}
+
 #[async_trait::async_trait]
 impl EventLog for JetStreamLog {
     async fn append(&self, request: AppendRequest) -> AppendResult {
@@ -300,6 +339,23 @@ impl EventLog for JetStreamLog {
 
     async fn last_seq(&self) -> Result<Seq, ReadError> {
         self.last_seq_once().await
+    }
+
+    async fn job_leases(&self, ttl: std::time::Duration) -> Result<Option<std::sync::Arc<dyn super::JobLeases>>, ReadError> {
+        if self.nodes.is_none() {
+            return Ok(None);
+        }
+        let config = async_nats::jetstream::kv::Config {
+            bucket: format!("vsjobs-{}", self.stream_name()),
+            description: "which engine runs the sealer and the sweeper".into(),
+            history: 1,
+            max_age: ttl,
+            num_replicas: self.events.cached_info().config.num_replicas,
+            ..Default::default()
+        };
+        let store =
+            self.context.create_key_value(config).await.map_err(|error| ReadError::Unavailable(format!("cannot open the job lease bucket: {error}")))?;
+        Ok(Some(std::sync::Arc::new(KvJobLeases { store, held: Default::default() })))
     }
 
     fn gossip(&self) -> Option<std::sync::Arc<dyn super::Gossip>> {
