@@ -724,29 +724,35 @@ impl Market {
         let existing = self.handler.load::<Preview>(&preview.0).await?;
         let media = self.media(media_id).await?;
         let grace_ms = self.configured("preview.grace_ms").await?.unwrap_or(crate::domain::preview::PREVIEW_GRACE_MS);
-        let (placed, held) = match &existing.state.node {
-            Some(node) => (crate::placement::Placed { node: node.clone(), lease: 0 }, false),
-            None => match self.place_preview(region, &preview.0, merchant).await? {
-                Some(placed) => (placed, true),
-                None => {
-                    // Tell a full market from this merchant's preview quota: would a sale's
-                    // choice (held, then given back at once) find a node?
-                    let quota = self.allocator.choose(region, &preview.0).is_some();
-                    self.allocator.cancel(&preview.0);
-                    return Err(if quota { Rejection::PreviewQuotaReached } else { Rejection::NoNodeAvailable }.into());
-                }
-            },
-        };
-        let command = PreviewCommand::Start {
+        let by = actor(ActorKind::Merchant, &merchant.0);
+        let start = |placed: crate::placement::Placed| PreviewCommand::Start {
             preview: preview.clone(),
             merchant: merchant.clone(),
             media_id: media_id.clone(),
-            media,
+            media: media.clone(),
             node: placed.node,
             lease: placed.lease,
             grace_ms,
         };
-        let result = self.handler.handle::<Preview>(&preview.0, &actor(ActorKind::Merchant, &merchant.0), request, &command).await;
+        let (placed, held) = match &existing.state.node {
+            Some(node) => (crate::placement::Placed { node: node.clone(), lease: 0 }, false),
+            None => {
+                self.refused_before_placing(&existing, &by, request, &start(crate::placement::Placed::probe()))?;
+                match self.place_preview(region, &preview.0, merchant).await? {
+                    Some(placed) => (placed, true),
+                    None => {
+                        // Tell a full market from this merchant's preview quota: would a
+                        // sale's choice (held, then given back at once) find a node, or
+                        // lease a slot for one?
+                        let quota = self.allocator.choose(region, &preview.0).is_some() || self.allocator.lease_wish(region, None).is_some();
+                        self.allocator.cancel(&preview.0);
+                        return Err(if quota { Rejection::PreviewQuotaReached } else { Rejection::NoNodeAvailable }.into());
+                    }
+                }
+            }
+        };
+        let command = start(placed);
+        let result = self.handler.handle::<Preview>(&preview.0, &by, request, &command).await;
         if held && result.as_ref().map_or(true, |handled| handled.appended.is_empty()) {
             self.allocator.cancel(&preview.0);
         }

@@ -24,6 +24,14 @@ pub struct Placed {
     pub lease: u64,
 }
 
+impl Placed {
+    /// A placement no allocator makes, for deciding a command before placing it
+    /// (`app`'s `refused_before_placing`): any valid node id.
+    pub fn probe() -> Placed {
+        Placed { node: NodeId::new("placement-probe"), lease: 0 }
+    }
+}
+
 /// What an engine should append to keep placing: a change to its lease `lease` of `node`
 /// (None: a new one), or the take-over of another engine's.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -98,18 +106,20 @@ pub trait Allocator: Send + Sync + 'static {
     fn lease_holder(&self) -> Option<String> {
         None
     }
-    /// What to lease so that a `choose` in `region` can succeed (`LeaseWish`).
-    fn lease_wish(&self, region: Option<&str>) -> Option<LeaseWish> {
-        let _ = region;
+    /// What to lease so that a `choose` in `region` (a `choose_preview` of `merchant`) can
+    /// succeed (`LeaseWish`).
+    fn lease_wish(&self, region: Option<&str>, merchant: Option<&MerchantId>) -> Option<LeaseWish> {
+        let _ = (region, merchant);
         None
     }
     /// The leases to renew, shrink, give back or take over now (the sweeper's).
     fn lease_upkeep(&self) -> Vec<LeaseWish> {
         Vec::new()
     }
-    /// A lease this engine appended, to place from before the projection applies it.
-    fn note_lease(&self, node: &NodeId, lease: u64, slots: u32, until: crate::ids::Millis) {
-        let _ = (node, lease, slots, until);
+    /// A lease this engine appended at `seq`, to place from before the projection applies
+    /// it (ignored once the projection applied `seq`: it knows better by then).
+    fn note_lease(&self, node: &NodeId, lease: u64, slots: u32, until: crate::ids::Millis, seq: crate::ids::Seq) {
+        let _ = (node, lease, slots, until, seq);
     }
 }
 
@@ -134,8 +144,8 @@ pub trait SlotChooser: Send + Sync + 'static {
         None
     }
     /// As `Allocator::lease_wish`, among the nodes `eligible` accepts.
-    fn lease_wish(&self, region: Option<&str>, now: Millis, eligible: &dyn Fn(&NodeId) -> bool) -> Option<LeaseWish> {
-        let _ = (region, now, eligible);
+    fn lease_wish(&self, region: Option<&str>, merchant: Option<&MerchantId>, now: Millis, eligible: &dyn Fn(&NodeId) -> bool) -> Option<LeaseWish> {
+        let _ = (region, merchant, now, eligible);
         None
     }
     /// As `Allocator::lease_upkeep`.
@@ -144,8 +154,8 @@ pub trait SlotChooser: Send + Sync + 'static {
         Vec::new()
     }
     /// As `Allocator::note_lease`.
-    fn note_lease(&self, node: &NodeId, lease: u64, slots: u32, until: Millis) {
-        let _ = (node, lease, slots, until);
+    fn note_lease(&self, node: &NodeId, lease: u64, slots: u32, until: Millis, seq: crate::ids::Seq) {
+        let _ = (node, lease, slots, until, seq);
     }
 }
 
@@ -279,16 +289,16 @@ impl Allocator for HealthyAllocator {
         self.slots.lease_holder()
     }
 
-    fn lease_wish(&self, region: Option<&str>) -> Option<LeaseWish> {
-        self.slots.lease_wish(region, self.health.clock.now(), &|node| self.health.healthy(node))
+    fn lease_wish(&self, region: Option<&str>, merchant: Option<&MerchantId>) -> Option<LeaseWish> {
+        self.slots.lease_wish(region, merchant, self.health.clock.now(), &|node| self.health.healthy(node))
     }
 
     fn lease_upkeep(&self) -> Vec<LeaseWish> {
         self.slots.lease_upkeep(self.health.clock.now())
     }
 
-    fn note_lease(&self, node: &NodeId, lease: u64, slots: u32, until: Millis) {
-        self.slots.note_lease(node, lease, slots, until);
+    fn note_lease(&self, node: &NodeId, lease: u64, slots: u32, until: Millis, seq: crate::ids::Seq) {
+        self.slots.note_lease(node, lease, slots, until, seq);
     }
 
     fn serves(&self, node: &NodeId) -> bool {

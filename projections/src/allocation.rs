@@ -89,6 +89,9 @@ pub struct Allocation {
     /// The engine this allocation places for (`set_holder`): it then gives out slots only
     /// from leases it holds. None (replays, audits): by node only.
     holder: Option<String>,
+    /// This engine's leases as it appended them (slots, until), by node and lease, till the
+    /// projection applies them (`note_lease`). Not derived from the stream: not in the digest.
+    noted: BTreeMap<(NodeId, u64), (u32, Millis)>,
     /// What changed since the projection store last committed this allocation.
     pub(crate) touched_nodes: Touched<NodeId>,
     pub(crate) touched_previews: Touched<PreviewId>,
@@ -139,6 +142,7 @@ impl Allocation {
                 }
             }
             Event::SlotsLeased { node_id, lease, holder, slots, until } => {
+                self.noted.remove(&(node_id.clone(), *lease));
                 if let Some(node) = self.nodes.get_mut(node_id) {
                     let entry = node.leases.entry(*lease).or_default();
                     entry.holder = holder.clone();
@@ -333,12 +337,7 @@ impl Allocation {
         if let Some(held) = self.tentative.get(holder) {
             return Some((held.node.clone(), held.lease));
         }
-        let leased = |node: &NodeId| match (&self.holder, terms) {
-            (Some(me), Some(terms)) => self.lease_room(node, me, now, terms).is_some(),
-            _ => true,
-        };
-        let quota = |node: &NodeId| merchant.is_none_or(|merchant| self.preview_room(node, merchant));
-        let node = self.choose_where(region, &|node| eligible(node) && quota(node) && leased(node))?;
+        let node = self.best_node(region, now, terms, merchant, eligible)?;
         let lease = match (&self.holder, terms) {
             (Some(me), Some(terms)) => self.lease_room(&node, me, now, terms)?.0,
             _ => 0,
@@ -350,14 +349,24 @@ impl Allocation {
     /// The lease of `node` that `me` holds, usable at `now`, with the most slots left to
     /// give out (counting tentative holds), and how many.
     fn lease_room(&self, node: &NodeId, me: &str, now: Millis, terms: LeaseTerms) -> Option<(u64, u32)> {
-        let slots = self.nodes.get(node)?;
-        slots
-            .leases
-            .iter()
-            .filter(|(_, lease)| lease.holder == me && now.plus_ms(terms.margin_ms) < lease.until)
-            .map(|(id, lease)| (*id, lease.slots.saturating_sub(lease.in_use).saturating_sub(self.held_from(node, *id))))
+        self.leases_of(node, me)
+            .into_iter()
+            .filter(|(_, lease)| now.plus_ms(terms.margin_ms) < lease.until)
+            .map(|(id, lease)| (id, lease.slots.saturating_sub(lease.in_use).saturating_sub(self.held_from(node, id))))
             .filter(|(_, room)| *room > 0)
             .max_by_key(|(id, room)| (*room, std::cmp::Reverse(*id)))
+    }
+
+    /// `me`'s leases of `node`: as applied, or as noted since (`note_lease`).
+    fn leases_of(&self, node_id: &NodeId, me: &str) -> Vec<(u64, LeaseSlots)> {
+        let Some(node) = self.nodes.get(node_id) else { return Vec::new() };
+        let mut leases: BTreeMap<u64, LeaseSlots> =
+            node.leases.iter().filter(|(_, lease)| lease.holder == me).map(|(id, lease)| (*id, lease.clone())).collect();
+        for ((_, id), noted) in self.noted.range((node_id.clone(), 0)..=(node_id.clone(), u64::MAX)) {
+            let lease = leases.entry(*id).or_default();
+            (lease.holder, lease.slots, lease.until) = (me.to_string(), noted.0, noted.1);
+        }
+        leases.into_iter().collect()
     }
 
     fn held_from(&self, node: &NodeId, lease: u64) -> u32 {
@@ -376,23 +385,52 @@ impl Allocation {
     /// What to lease so that a choice in `region` (as `choose_and_hold_where`) can succeed:
     /// on the least loaded eligible node with a free slot, renew this holder's lease that
     /// runs out, or grow its lease (or start one) by `lease_step` within the unleased slots.
-    pub fn lease_wish(&self, region: Option<&str>, now: Millis, terms: LeaseTerms, eligible: &dyn Fn(&NodeId) -> bool) -> Option<LeaseWish> {
+    pub fn lease_wish(
+        &self,
+        region: Option<&str>,
+        merchant: Option<&MerchantId>,
+        now: Millis,
+        terms: LeaseTerms,
+        eligible: &dyn Fn(&NodeId) -> bool,
+    ) -> Option<LeaseWish> {
         let me = self.holder.as_deref()?;
-        let wish = |node_id: &NodeId| -> Option<LeaseWish> {
-            let node = self.nodes.get(node_id)?;
-            let mine = node.leases.iter().filter(|(_, lease)| lease.holder == me).max_by_key(|(_, lease)| lease.slots);
-            let grow = lease_step(node.slots_max).min(node.unleased());
-            let change = if grow > 0 { LeaseChange::Grow(grow) } else { LeaseChange::Set(mine.map_or(0, |(_, lease)| lease.slots)) };
-            match mine {
-                Some((id, lease)) if now.plus_ms(terms.margin_ms) >= lease.until || grow > 0 => {
-                    Some(LeaseWish { node: node_id.clone(), lease: Some(*id), change })
-                }
-                None if grow > 0 => Some(LeaseWish { node: node_id.clone(), lease: None, change }),
-                _ => None,
-            }
+        let node = self.best_node(region, now, Some(terms), merchant, eligible)?;
+        self.wish_for(&node, me, now, terms)
+    }
+
+    /// The least loaded node (in `region` if one there will do) that `eligible` accepts,
+    /// with a free slot (and `merchant`'s preview quota not used up), where this engine has
+    /// a slot left in its leases or can lease one: the node a choice takes, or the node it
+    /// leases on first, so leases follow the least-loaded order rather than bend it.
+    fn best_node(
+        &self,
+        region: Option<&str>,
+        now: Millis,
+        terms: Option<LeaseTerms>,
+        merchant: Option<&MerchantId>,
+        eligible: &dyn Fn(&NodeId) -> bool,
+    ) -> Option<NodeId> {
+        let leased = |node: &NodeId| match (&self.holder, terms) {
+            (Some(me), Some(terms)) => self.lease_room(node, me, now, terms).is_some() || self.wish_for(node, me, now, terms).is_some(),
+            _ => true,
         };
-        let node = self.choose_where(region, &|node| eligible(node) && wish(node).is_some())?;
-        wish(&node)
+        let quota = |node: &NodeId| merchant.is_none_or(|merchant| self.preview_room(node, merchant));
+        self.choose_where(region, &|node| eligible(node) && quota(node) && leased(node))
+    }
+
+    /// What `me` would lease on `node_id`: renew its lease running out, grow it (or start
+    /// one) by `lease_step` within the unleased slots; None when neither is wanted or possible.
+    fn wish_for(&self, node_id: &NodeId, me: &str, now: Millis, terms: LeaseTerms) -> Option<LeaseWish> {
+        let node = self.nodes.get(node_id)?;
+        let leases = self.leases_of(node_id, me);
+        let mine = leases.iter().max_by_key(|(_, lease)| lease.slots);
+        let grow = lease_step(node.slots_max).min(node.unleased());
+        let change = if grow > 0 { LeaseChange::Grow(grow) } else { LeaseChange::Set(mine.map_or(0, |(_, lease)| lease.slots)) };
+        match mine {
+            Some((id, lease)) if now.plus_ms(terms.margin_ms) >= lease.until || grow > 0 => Some(LeaseWish { node: node_id.clone(), lease: Some(*id), change }),
+            None if grow > 0 => Some(LeaseWish { node: node_id.clone(), lease: None, change }),
+            _ => None,
+        }
     }
 
     /// The leases to look after at `now`: this holder's to renew (less than half the ttl
@@ -424,15 +462,16 @@ impl Allocation {
         wishes
     }
 
-    /// Notes a lease this holder appended at `seq` before the projection applies it, so the
-    /// next choice can use it (applying the event later sets the same values).
+    /// Notes a lease this holder appended before the projection applies it, so the next
+    /// choice can use it (applying the event later sets the same values; the caller notes
+    /// only what is not applied yet). A lease given back (no slots) is not noted.
+    /// Kept beside the applied state (not in the digest, not stored), till the projection
+    /// applies a `SlotsLeased` of that lease.
     pub fn note_lease(&mut self, node_id: &NodeId, lease: u64, holder: &str, slots: u32, until: Millis) {
-        if let Some(node) = self.nodes.get_mut(node_id) {
-            let entry = node.leases.entry(lease).or_default();
-            entry.holder = holder.to_string();
-            entry.slots = slots;
-            entry.until = until;
+        if slots == 0 || self.holder.as_deref() != Some(holder) || !self.nodes.contains_key(node_id) {
+            return;
         }
+        self.noted.insert((node_id.clone(), lease), (slots, until));
     }
 
     pub fn cancel(&mut self, holder: &str) {
@@ -641,7 +680,7 @@ mod tests {
     fn two_engines_with_leases_never_give_out_more_slots_than_the_node_has() {
         let (mut a, mut b) = (engine("ea"), engine("eb"));
         assert_eq!(a.choose_and_hold_where(None, "va0", Millis(0), Some(TERMS), &|_| true), None, "no lease, no slot");
-        let wish = a.lease_wish(None, Millis(0), TERMS, &|_| true).expect("a lease to ask for");
+        let wish = a.lease_wish(None, None, Millis(0), TERMS, &|_| true).expect("a lease to ask for");
         assert_eq!(wish, LeaseWish { node: NodeId::new("a"), lease: None, change: LeaseChange::Grow(1) }, "a step of the node");
         // What the node aggregate granted, in stream order: ea 3 slots, eb the last one.
         for event in [leased("a", 1, "ea", 3, 60_000), leased("a", 2, "eb", 1, 60_000)] {
@@ -655,12 +694,12 @@ mod tests {
         }
         assert_eq!(given, 4, "ea gives out its 3, eb its 1");
         assert_eq!(a.choose_and_hold_where(None, "va1", Millis(0), Some(TERMS), &|_| true), Some((NodeId::new("a"), 1)), "from lease 1");
-        assert_eq!(a.lease_wish(None, Millis(0), TERMS, &|_| true), None, "every slot is leased: nothing to grow into");
+        assert_eq!(a.lease_wish(None, None, Millis(0), TERMS, &|_| true), None, "every slot is leased: nothing to grow into");
         // Past its until (less the margin) a lease gives out nothing more: renew first.
         a.cancel("va2");
         assert_eq!(a.choose_and_hold_where(None, "va9", Millis(55_000), Some(TERMS), &|_| true), None);
         assert_eq!(
-            a.lease_wish(None, Millis(55_000), TERMS, &|_| true).map(|wish| (wish.lease, wish.change)),
+            a.lease_wish(None, None, Millis(55_000), TERMS, &|_| true).map(|wish| (wish.lease, wish.change)),
             Some((Some(1), LeaseChange::Set(3))),
             "renew lease 1"
         );
@@ -721,5 +760,31 @@ mod tests {
             Some(LeaseWish { node: NodeId::new("big"), lease: Some(1), change: LeaseChange::Set(3) }),
             "renewed as it is"
         );
+    }
+
+    /// A lease this engine appended is placed from before the projection applies it, but
+    /// is no part of the state (the digest, the store) until applied: an engine's live
+    /// state stays a function of the stream, whatever the order of noting and applying.
+    #[test]
+    fn a_noted_lease_places_at_once_and_never_changes_the_state() {
+        let digest = |allocation: &Allocation| {
+            let mut fields = Vec::new();
+            allocation.digest_into(&mut |field| fields.push(field.to_vec()));
+            fields
+        };
+        let mut a = engine("ea");
+        let before = digest(&a);
+        a.note_lease(&NodeId::new("a"), 1, "ea", 2, Millis(60_000));
+        a.note_lease(&NodeId::new("a"), 2, "eb", 2, Millis(60_000));
+        assert_eq!(digest(&a), before, "noted, not applied");
+        assert_eq!(a.choose_and_hold_where(None, "v1", Millis(0), Some(TERMS), &|_| true), Some((NodeId::new("a"), 1)));
+        assert_eq!(a.choose_and_hold_where(None, "v2", Millis(0), Some(TERMS), &|_| true), Some((NodeId::new("a"), 1)));
+        assert_eq!(a.choose_and_hold_where(None, "v3", Millis(0), Some(TERMS), &|_| true), None, "two noted slots; another engine's lease is not noted");
+        a.apply(&leased("a", 1, "ea", 2, 60_000));
+        assert!(a.noted.is_empty(), "applied: the note is dropped");
+        // A lease given back is applied, and a late note cannot bring it back.
+        a.apply(&leased("a", 1, "ea", 0, 0));
+        a.note_lease(&NodeId::new("a"), 1, "ea", 0, Millis(0));
+        assert!(a.noted.is_empty() && a.nodes[&NodeId::new("a")].leases.is_empty());
     }
 }

@@ -442,16 +442,20 @@ impl engine::placement::SlotChooser for Live {
         self.lock().allocation.holder().map(str::to_string)
     }
 
-    fn lease_wish(&self, region: Option<&str>, now: Millis, eligible: &dyn Fn(&NodeId) -> bool) -> Option<LeaseWish> {
-        self.lock().allocation.lease_wish(region, now, LEASE_TERMS, eligible)
+    fn lease_wish(&self, region: Option<&str>, merchant: Option<&MerchantId>, now: Millis, eligible: &dyn Fn(&NodeId) -> bool) -> Option<LeaseWish> {
+        self.lock().allocation.lease_wish(region, merchant, now, LEASE_TERMS, eligible)
     }
 
     fn lease_upkeep(&self, now: Millis) -> Vec<LeaseWish> {
         self.lock().allocation.lease_upkeep(now, LEASE_TERMS)
     }
 
-    fn note_lease(&self, node: &NodeId, lease: u64, slots: u32, until: Millis) {
+    fn note_lease(&self, node: &NodeId, lease: u64, slots: u32, until: Millis, seq: Seq) {
         let mut projections = self.lock();
+        // Applied already: the projection has it, and maybe later changes to it too.
+        if projections.last_seq >= seq {
+            return;
+        }
         if let Some(holder) = projections.allocation.holder().map(str::to_string) {
             projections.allocation.note_lease(node, lease, &holder, slots, until);
         }

@@ -39,14 +39,18 @@ impl Market {
             drop(root);
             return self.renew_access(merchant, request, voucher_id, region, access_ttl_ms, standing).await;
         }
+        let issue = |placed: Placed| VoucherCommand::Issue { merchant: merchant.clone(), node: placed.node, lease: placed.lease, access_ttl_ms };
         let (placed, held) = match &root.state.node {
             // Already issued: the retry is answered (or another request refused) by decide.
             Some(node) => (Placed { node: node.clone(), lease: 0 }, false),
-            None => (self.place(region, &voucher_id.0).await?, true),
+            None => {
+                self.refused_before_placing(&root, &by, request, &issue(Placed::probe()))?;
+                (self.place(region, &voucher_id.0).await?, true)
+            }
         };
         // The handler builds the next state in place when it holds the only reference.
         drop(root);
-        let command = VoucherCommand::Issue { merchant: merchant.clone(), node: placed.node, lease: placed.lease, access_ttl_ms };
+        let command = issue(placed);
         let result = self.handler.handle::<Voucher>(&voucher_id.0, &by, request, &command).await.map_err(|error| naming(error, &voucher_id.0));
         if held && result.as_ref().map_or(true, |handled| handled.appended.is_empty()) {
             self.allocator.cancel(&voucher_id.0);
@@ -67,14 +71,19 @@ impl Market {
         access_ttl_ms: u64,
     ) -> Result<IssueAnswer, AppError> {
         let by = merchant.map_or_else(Actor::engine, |merchant| actor(ActorKind::Merchant, &merchant.0));
-        let current = self.voucher_of(voucher_id).await?.state.node.clone();
-        let old_node = match &current {
+        let root = self.voucher_of(voucher_id).await?;
+        let old_node = match &root.state.node {
             Some(node) => self.standing(node).await?,
             None => voucher::NodeStanding::Serving,
         };
-        let placed = self.place(region, &voucher_id.0).await?;
         let retries_max = self.retries_max().await?;
-        let command = VoucherCommand::Move { merchant: merchant.cloned(), node: placed.node, lease: placed.lease, access_ttl_ms, old_node, retries_max };
+        let move_to =
+            |placed: Placed| VoucherCommand::Move { merchant: merchant.cloned(), node: placed.node, lease: placed.lease, access_ttl_ms, old_node, retries_max };
+        // The probe's node is not the one it leaves, so only the voucher's own state refuses.
+        self.refused_before_placing(&root, &by, request, &move_to(Placed::probe()))?;
+        drop(root);
+        let placed = self.place(region, &voucher_id.0).await?;
+        let command = move_to(placed);
         let result = self.handler.handle::<Voucher>(&voucher_id.0, &by, request, &command).await.map_err(|error| naming(error, &voucher_id.0));
         if result.as_ref().map_or(true, |handled| handled.appended.is_empty()) {
             self.allocator.cancel(&voucher_id.0);

@@ -19,24 +19,24 @@ impl Market {
     /// A sale's placement (`Allocator::choose`) for `holder` (a voucher id), leasing slots
     /// first when this engine's leases have none left.
     pub(crate) async fn place(&self, region: Option<&str>, holder: &str) -> Result<Placed, AppError> {
-        self.place_with(region, &|| self.allocator.choose(region, holder)).await
+        self.place_with(region, None, &|| self.allocator.choose(region, holder)).await
     }
 
     /// As `place`, for a preview of `merchant` (`Allocator::choose_preview`).
     pub(crate) async fn place_preview(&self, region: Option<&str>, holder: &str, merchant: &MerchantId) -> Result<Option<Placed>, AppError> {
-        match self.place_with(region, &|| self.allocator.choose_preview(region, holder, merchant)).await {
+        match self.place_with(region, Some(merchant), &|| self.allocator.choose_preview(region, holder, merchant)).await {
             Ok(placed) => Ok(Some(placed)),
             Err(AppError::Rejected(Rejection::NoNodeAvailable)) => Ok(None),
             Err(error) => Err(error),
         }
     }
 
-    async fn place_with(&self, region: Option<&str>, choose: &(dyn Fn() -> Option<Placed> + Sync)) -> Result<Placed, AppError> {
+    async fn place_with(&self, region: Option<&str>, merchant: Option<&MerchantId>, choose: &(dyn Fn() -> Option<Placed> + Sync)) -> Result<Placed, AppError> {
         for _ in 0..LEASE_ATTEMPTS_MAX {
             if let Some(placed) = choose() {
                 return Ok(placed);
             }
-            let Some(wish) = self.allocator.lease_wish(region) else { break };
+            let Some(wish) = self.allocator.lease_wish(region, merchant) else { break };
             match self.lease(&wish).await {
                 // Another engine leased the slots first, or took the lease over: look again.
                 Ok(()) | Err(AppError::Rejected(_)) => {}
@@ -44,6 +44,13 @@ impl Market {
             }
         }
         choose().ok_or_else(|| Rejection::NoNodeAvailable.into())
+    }
+
+    /// Decides `command` (with `Placed::probe()`'s node) without appending: a command
+    /// refused whatever the node is refused before a slot is sought, so a refusal never
+    /// leaves a lease appended behind it.
+    pub(crate) fn refused_before_placing<A: Aggregate>(&self, root: &Root<A>, by: &Actor, request: &RequestId, command: &A::Command) -> Result<(), AppError> {
+        root.decide(by, request, command, self.now()).map(|_| ()).map_err(AppError::from)
     }
 
     /// Appends what `wish` asks (a lease created, resized, renewed, given back or taken
@@ -60,10 +67,13 @@ impl Market {
         let count = LEASE_REQUESTS.fetch_add(1, Ordering::Relaxed);
         let request = RequestId(format!("lease-{holder}-{}-{count}", self.handler.clock().now().0));
         let handled = self.handler.handle::<Node>(&wish.node.0, &Actor::engine(), &request, &command).await?;
-        let node = &handled.root.state;
-        let lease = wish.lease.unwrap_or(node.next_lease.saturating_sub(1));
-        let (slots, until) = node.leases.get(&lease).map_or((0, handled.now), |held| (held.slots, held.until));
-        self.allocator.note_lease(&wish.node, lease, slots, until);
+        // Growth is placed from at once; what was given back needs no haste.
+        let lease = wish.lease.or(handled.root.state.next_lease.checked_sub(1));
+        if let (Some(seq), Some((lease, held))) =
+            (handled.appended.last(), lease.and_then(|lease| handled.root.state.leases.get(&lease).map(|held| (lease, held))))
+        {
+            self.allocator.note_lease(&wish.node, lease, held.slots, held.until, *seq);
+        }
         Ok(())
     }
 

@@ -77,6 +77,10 @@ pub struct DemoArgs {
     pub node_tls: bool,
 }
 
+/// How many times the demo's audit looks again for a head the engine did not move past
+/// while the auditor replayed (each replay of a demo stream takes a moment).
+const AUDIT_HEAD_ATTEMPTS_MAX: usize = 5;
+
 #[derive(serde::Serialize, Debug, Default)]
 pub struct Summary {
     pub backend: String,
@@ -390,17 +394,26 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
         Some(local) => {
             let state = &local.running.state;
             pin = seal(local, &data_dir).await?;
-            let last = local.log.last_seq().await?;
-            state.live.caught_up(last).await;
-            let (live_digest, entries, seal_count, seal_faults) =
-                state.live.read(|p| (p.digest(), p.royalty.entries.len() as u64, p.royalty.seals.len() as u64, p.royalty.seal_faults.len()));
-            if seal_faults > 0 {
-                bail!("{seal_faults} rights-report seals in this stream do not match the royalty chain (were other keys used with this data dir?)");
-            }
-            // The auditor's view: the whole stream with the public key and the master key
-            // only, pinned to the newest seal; it must find nothing and reach the same digest.
             let royalty_master = crate::common::keys::load_royalty_master(&args.keys_dir)?;
-            let audit = projections::audit::replay(local.log.as_ref(), &royalty_master, &engine_public, pin, |_| {}).await?;
+            // The engine appends on its own meanwhile (its slot leases' upkeep): the live
+            // digest and the replay are compared at one head, taken again if it moved.
+            let mut attempts = 0;
+            let (audit, live_digest, entries, seal_count) = loop {
+                let last = local.log.last_seq().await?;
+                state.live.caught_up(last).await;
+                let (live_digest, entries, seal_count, seal_faults) =
+                    state.live.read(|p| (p.digest(), p.royalty.entries.len() as u64, p.royalty.seals.len() as u64, p.royalty.seal_faults.len()));
+                if seal_faults > 0 {
+                    bail!("{seal_faults} rights-report seals in this stream do not match the royalty chain (were other keys used with this data dir?)");
+                }
+                // The auditor's view: the whole stream with the public key and the master key
+                // only, pinned to the newest seal; it must find nothing and reach the same digest.
+                let audit = projections::audit::replay(local.log.as_ref(), &royalty_master, &engine_public, pin, |_| {}).await?;
+                attempts += 1;
+                if audit.last_seq == last.0 || attempts >= AUDIT_HEAD_ATTEMPTS_MAX {
+                    break (audit, live_digest, entries, seal_count);
+                }
+            };
             if !audit.ok() {
                 eprintln!("{}", crate::audit::describe(&audit));
             }

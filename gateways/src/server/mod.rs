@@ -19,6 +19,7 @@ pub mod dispatcher;
 pub mod feeds;
 pub mod front_door;
 mod gossip;
+mod identity;
 pub mod jobs;
 mod merchant;
 pub mod metrics;
@@ -163,6 +164,8 @@ pub struct EngineState {
     /// Who runs the sealer and the sweeper among the engines on the stream (`None`: this
     /// engine alone opens its log, and runs both).
     pub(super) job_leases: Option<Arc<dyn engine::log::JobLeases>>,
+    /// The lock of the data directory, held while the engine runs (`identity`).
+    _data_lock: std::fs::File,
 }
 
 /// How long after its holder's last renewal a job lease (sealer, sweeper) runs out, so
@@ -412,10 +415,10 @@ pub async fn start(config: EngineConfig, log: Arc<dyn EventLog>, listener: tokio
     // Serve once the projections have caught up: the allocator must know every node.
     let head = log.last_seq().await.context("cannot read the stream's head")?;
     live.caught_up(head).await;
-    // This process's name on the slot leases: new at each start, so two engines (or a
-    // restarted one and the leases it left) never share a lease; a dead engine's leases
-    // are taken over once they run out (`engine::placement::LEASE_TERMS`).
-    let engine_id = format!("e{}", hex::encode(engine::crypto::random_bytes::<8>()));
+    // This engine's name on the slot leases, kept with its data directory (locked while it
+    // runs): a restart carries on with its leases; a dead engine's leases are taken over
+    // once they run out (`engine::placement::LEASE_TERMS`).
+    let (engine_id, data_lock) = identity::engine_identity(&config.data_dir)?;
     if config.slot_leases {
         live.set_lease_holder(&engine_id);
     }
@@ -457,6 +460,7 @@ pub async fn start(config: EngineConfig, log: Arc<dyn EventLog>, listener: tokio
         shutdown: shutdown.clone(),
         engine_id,
         job_leases,
+        _data_lock: data_lock,
     });
 
     let authenticator = Arc::new(Authenticator::new(live.clone(), operator.id.clone(), &operator.secret));
