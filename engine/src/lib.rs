@@ -19,5 +19,6 @@ pub mod seal;
 pub mod spend;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
+pub mod tiles;
 pub mod tlog;
 pub mod wire;

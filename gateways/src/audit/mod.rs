@@ -103,6 +103,9 @@ pub enum ExportFormat {
     Json,
     /// A DDEX-DSR-style tab-separated sales report (README: "The DSR export").
     Dsr,
+    /// The log as C2SP tlog-tiles static files in the directory --out (checkpoint, tiles,
+    /// entry bundles), as `serve --tlog-listen` serves them.
+    Tiles,
 }
 
 /// The territory written in DSR records: the engine sells without territories yet.
@@ -215,8 +218,44 @@ pub fn write_export(format: ExportFormat, report: &AuditReport, exported: &Expor
             writer.into_inner().map_err(|e| anyhow::anyhow!("csv: {e}"))?
         }
         ExportFormat::Dsr => dsr(report, entries).into_bytes(),
+        ExportFormat::Tiles => bail!("tiles are a directory of files: write_tiles writes them"),
     };
     std::fs::write(out, bytes).with_context(|| format!("cannot write {}", out.display()))
+}
+
+/// What `write_tiles` wrote.
+#[derive(Debug, serde::Serialize)]
+pub struct TilesWritten {
+    pub files: usize,
+    pub bytes: u64,
+    pub tree_size: u64,
+}
+
+/// `audit export --format tiles`: the exported log's sealed entries as C2SP tlog-tiles in
+/// `dir` (the newest seal's checkpoint, every tile and bundle of its size, the partial
+/// ones of each earlier checkpoint). The leaves commit to the entry keys, so this needs
+/// the royalty master key.
+pub fn write_tiles(exported: &ExportedLog, keys_dir: &Path, dir: &Path) -> anyhow::Result<TilesWritten> {
+    let master = crate::common::keys::load_royalty_master(keys_dir)?;
+    let mut tiled = projections::tiles::TiledLog::new(&master, exported.epoch);
+    tiled.extend(&exported.entries).map_err(|fault| anyhow::anyhow!("the royalty log does not verify: {fault}"))?;
+    for note in exported.seals.iter().filter_map(|seal| seal.checkpoint.as_ref()) {
+        tiled.publish(&note.note).map_err(|error| anyhow::anyhow!("a seal's checkpoint cannot be published: {error}"))?;
+    }
+    if tiled.note().is_none() {
+        bail!("no seal carries a checkpoint yet: nothing to tile (run the engine until it seals)");
+    }
+    let files = tiled.files();
+    let mut bytes = 0;
+    for (path, content) in &files {
+        let file = dir.join(path);
+        if let Some(parent) = file.parent() {
+            std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        std::fs::write(&file, content).with_context(|| format!("cannot write {}", file.display()))?;
+        bytes += content.len() as u64;
+    }
+    Ok(TilesWritten { files: files.len(), bytes, tree_size: tiled.size() })
 }
 
 /// The DDEX-DSR-style flat file: HEAD, one SY01 summary per merchant (service) and

@@ -172,7 +172,8 @@ pub enum AuditCommand {
         #[command(flatten)]
         remote: super::audit::RemoteArgs,
     },
-    /// Export the royalty log (log), usage records (csv, json) or a DSR-style report (dsr).
+    /// Export the royalty log (log), usage records (csv, json), a DSR-style report (dsr) or C2SP
+    /// tlog-tiles (tiles, into the directory --out).
     Export {
         #[command(flatten)]
         backend: backend::BackendArgs,

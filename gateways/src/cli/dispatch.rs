@@ -97,6 +97,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Audit { command: AuditCommand::Export { backend, keys, format, out } } => {
             let runtime = tokio::runtime::Runtime::new()?;
             let (report, exported, entries) = runtime.block_on(audit::rebuild(&backend, &keys))?;
+            if format == audit::ExportFormat::Tiles {
+                let written = audit::write_tiles(&exported, &keys, &out)?;
+                eprintln!("wrote {} tile files ({} bytes, tree of {} entries) to {}", written.files, written.bytes, written.tree_size, out.display());
+                return Ok(ExitCode::SUCCESS);
+            }
             audit::write_export(format, &report, &exported, &entries, &out)?;
             eprintln!("exported {} usage records ({} entries, {} seals) to {}", entries.len(), exported.entries.len(), exported.seals.len(), out.display());
             Ok(ExitCode::SUCCESS)

@@ -24,6 +24,7 @@ pub mod metrics;
 mod reads;
 pub mod serve;
 pub mod status;
+pub mod tlog;
 
 pub use api::Api;
 pub use jobs::{RateMeter, lapse_once, relocate_once, seal_once, sweep_once};
@@ -311,6 +312,20 @@ impl RunningEngine {
             };
             if let Err(error) = console::serve(listener, api, authenticator, shutdown).await {
                 tracing::error!(%error, "the console stopped serving");
+            }
+        }));
+    }
+
+    /// Serves the royalty log as C2SP tlog-tiles (`tlog`) on `listener` until the engine stops.
+    pub fn serve_tlog(&mut self, listener: tokio::net::TcpListener) {
+        let site = Arc::new(tlog::TlogSite::new(Arc::clone(&self.state)));
+        let mut stopping = self.stop.subscribe();
+        self.background.push(tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stopping.wait_for(|stop| *stop).await;
+            };
+            if let Err(error) = tlog::serve(listener, site, shutdown).await {
+                tracing::error!(%error, "the tiles stopped serving");
             }
         }));
     }

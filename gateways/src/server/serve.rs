@@ -18,6 +18,7 @@ pub struct FileConfig {
     pub listen: Option<SocketAddr>,
     pub metrics_listen: Option<SocketAddr>,
     pub console_listen: Option<SocketAddr>,
+    pub tlog_listen: Option<SocketAddr>,
     pub data_dir: Option<PathBuf>,
     pub keys: Option<PathBuf>,
     pub nats_url: Option<String>,
@@ -73,6 +74,10 @@ pub struct ServeArgs {
     /// --insecure-plaintext: sign-in sends a credential).
     #[arg(long)]
     pub console_listen: Option<SocketAddr>,
+    /// Plain-HTTP address serving the royalty log as C2SP tlog-tiles, read only (off unless
+    /// given; loopback unless --insecure-plaintext).
+    #[arg(long)]
+    pub tlog_listen: Option<SocketAddr>,
     /// Key directory from `keys init` (default <data-dir>/keys).
     #[arg(long)]
     pub keys: Option<PathBuf>,
@@ -117,6 +122,7 @@ pub struct Settings {
     pub listen: SocketAddr,
     pub metrics_listen: Option<SocketAddr>,
     pub console_listen: Option<SocketAddr>,
+    pub tlog_listen: Option<SocketAddr>,
     pub backend: crate::common::backend::BackendArgs,
     pub log_json: bool,
     pub engine: EngineConfig,
@@ -157,6 +163,7 @@ pub fn settings(args: &ServeArgs) -> anyhow::Result<Settings> {
     };
     let metrics_listen = args.metrics_listen.or(env_parsed("VOUCHSAFE_METRICS_LISTEN")?).or(file.metrics_listen);
     let console_listen = args.console_listen.or(env_parsed("VOUCHSAFE_CONSOLE_LISTEN")?).or(file.console_listen);
+    let tlog_listen = args.tlog_listen.or(env_parsed("VOUCHSAFE_TLOG_LISTEN")?).or(file.tlog_listen);
     let data_dir =
         args.data_dir.clone().or(env("VOUCHSAFE_DATA_DIR").map(PathBuf::from)).or(file.data_dir).unwrap_or_else(|| PathBuf::from("./vouchsafe-data"));
     let keys = args.keys.clone().or(env("VOUCHSAFE_KEYS").map(PathBuf::from)).or(file.keys).unwrap_or_else(|| data_dir.join("keys"));
@@ -236,7 +243,11 @@ pub fn settings(args: &ServeArgs) -> anyhow::Result<Settings> {
         // The console is plain HTTP and its sign-in carries a credential's secret.
         crate::common::plaintext::check_listen(console, false, args.insecure_plaintext, "the console")?;
     }
-    Ok(Settings { listen, metrics_listen, console_listen, backend, log_json, engine, replicas, group_commit })
+    if let Some(tlog) = tlog_listen {
+        // Public data, but the rule is one: plain text off loopback only when asked.
+        crate::common::plaintext::check_listen(tlog, false, args.insecure_plaintext, "the tiles")?;
+    }
+    Ok(Settings { listen, metrics_listen, console_listen, tlog_listen, backend, log_json, engine, replicas, group_commit })
 }
 
 /// Resolves on SIGTERM or ctrl-c.
@@ -282,6 +293,11 @@ pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output =
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} for the console"))?;
         eprintln!("console on http://{}/", listener.local_addr()?);
         running.serve_console(listener);
+    }
+    if let Some(addr) = settings.tlog_listen {
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} for the tiles"))?;
+        eprintln!("tiles on http://{}/checkpoint", listener.local_addr()?);
+        running.serve_tlog(listener);
     }
     let metrics_task = match settings.metrics_listen {
         Some(addr) => {
@@ -393,5 +409,9 @@ mod tests {
         let local = settings(&ServeArgs { console_listen: Some("127.0.0.1:8080".parse().expect("addr")), ..Default::default() }).expect("loopback");
         assert_eq!(local.console_listen, Some("127.0.0.1:8080".parse().expect("addr")));
         assert_eq!(settings(&ServeArgs::default()).expect("defaults").console_listen, None, "off unless given");
+        let tiles = ServeArgs { tlog_listen: Some("0.0.0.0:8081".parse().expect("addr")), ..Default::default() };
+        assert!(format!("{:#}", settings(&tiles).expect_err("public tiles need the flag")).contains("the tiles"));
+        settings(&ServeArgs { insecure_plaintext: true, ..tiles }).expect("asked for");
+        assert_eq!(settings(&ServeArgs::default()).expect("defaults").tlog_listen, None, "off unless given");
     }
 }
