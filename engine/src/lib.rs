@@ -4,6 +4,7 @@
 pub mod app;
 pub mod batch_signer;
 pub mod clock;
+pub mod cosignature;
 pub mod crypto;
 pub mod domain;
 pub mod handler;
@@ -22,3 +23,4 @@ pub mod testing;
 pub mod tiles;
 pub mod tlog;
 pub mod wire;
+pub mod witness;

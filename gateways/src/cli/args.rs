@@ -40,6 +40,8 @@ pub enum Command {
     Publish(Box<super::PublishArgs>),
     /// A media container or delivered copy: structure, signatures, transaction record.
     Inspect(super::inspect::InspectArgs),
+    /// A C2SP tlog-witness: cosigns checkpoints of the logs it knows that extend the last it saw.
+    Witness(crate::witness::WitnessArgs),
     /// Auditor commands: replay and verify the stream.
     Audit {
         #[command(subcommand)]
@@ -236,6 +238,14 @@ pub enum KeysCommand {
         /// vouchsafe.local/royalty/<engine key id>).
         #[arg(long)]
         origin: Option<String>,
+    },
+    /// Write a witness key pair: witness.key (0600) and witness.vkey (a cosignature/v1 vkey).
+    Witness {
+        /// The witness's name (a schema-less URL, e.g. witness.example/w1).
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Issue a merchant, node or auditor credential from a running engine (operator only).
     Issue(Box<super::IssueArgs>),

@@ -12,7 +12,7 @@ use std::process::ExitCode;
 pub fn init_logging(cli: &Cli) {
     let (json_logs, default_level) = match &cli.command {
         Command::Serve(args) => (args.log_json || std::env::var("VOUCHSAFE_LOG_FORMAT").is_ok_and(|format| format == "json"), "info"),
-        Command::Node(_) => (false, "info"),
+        Command::Node(_) | Command::Witness(_) => (false, "info"),
         _ => (false, "warn"),
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
@@ -28,6 +28,17 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Keys { command: KeysCommand::Init { out, origin } } => {
             crate::common::keys::init_with_origin(&out, origin.as_deref())?;
             eprintln!("wrote engine.pem, engine.pub.pem, royalty-master.key, operator.cred, checkpoint.key and checkpoint.vkey to {}", out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keys { command: KeysCommand::Witness { name, out } } => {
+            let vkey = crate::common::keys::init_witness(&out, &name)?;
+            eprintln!("wrote witness.key and witness.vkey to {}", out.display());
+            println!("{vkey}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Witness(args) => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(crate::witness::run(args, crate::server::serve::terminate_signal()))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Keys { command: KeysCommand::Issue(args) } => {
