@@ -97,6 +97,11 @@ impl TiledLog {
         Ok(())
     }
 
+    /// The consistency proof from the tree of `old` entries to the published size.
+    pub fn consistency_proof(&self, old: u64) -> Option<Vec<engine::tlog::Hash>> {
+        self.tree.consistency_proof(old, self.size())
+    }
+
     /// The file at `path` below the log's prefix: `checkpoint`, a tile or an entry bundle
     /// within the published size (`None`: no such file).
     pub fn get(&self, path: &str) -> Option<Vec<u8>> {

@@ -1,5 +1,6 @@
 """Independent verdicts on Vouchsafe's C2SP artefacts, from PyPI's aics-tlog (an
 implementation this project did not write): checkpoint signatures (signed-note, Ed25519),
+witness cosignatures (cosignature/v1, with a quorum),
 tiles (tlog-tiles: every tile and bundle authenticated against the checkpoint's root),
 inclusion proofs (from a .tlog-proof, the leaf read from the entry bundles) and consistency
 proofs (RFC 9162), each also recomputed from the tiles by aics-tlog and compared.
@@ -63,6 +64,10 @@ def run(case, vkey):
     if kind == "checkpoint":
         size, root = checkpoint(case["note"], vkey)
         return {"ok": True, "size": size}
+    if kind == "cosigned":
+        witnesses = [parse_vkey(line) for line in case["witnesses"]]
+        result = verify_checkpoint(parse_note(case["note"]), vkey, witnesses, case["quorum"])
+        return {"ok": result.ok, "error": result.error, "cosignatures": result.cosignature_count}
     if kind == "tiles":
         size, root = checkpoint(case["note"], vkey)
         reader = FileSystemTileReader(case["dir"])

@@ -1,11 +1,13 @@
 //! Interop with an independent C2SP implementation (issue 24 item 6): PyPI's `aics-tlog`
 //! (pinned, `AICS_TLOG_VERSION`; pure Python, run by tlog_interop.py) checks what a demo's
-//! royalty log publishes: the newest checkpoint's signature with `checkpoint.vkey`, every
+//! royalty log publishes: the newest checkpoint's signature with `checkpoint.vkey`, a
+//! witness's `cosignature/v1` on it under a quorum-of-one policy, every
 //! tile and entry bundle of `audit export --format tiles` against the checkpoint's root, a
 //! `.tlog-proof` from `audit prove` (the leaf read from the bundles) and the consistency
 //! proof of `audit consistency` from the first seal's checkpoint; aics-tlog also computes
 //! both proofs from our tiles and gets ours. Negative controls, each refused by aics-tlog:
-//! a checkpoint with an altered size, one signed by another key, a tile and a bundle with a
+//! a cosignature whose timestamp changed, one by a key the policy does not name, a
+//! checkpoint with an altered size, one signed by another key, a tile and a bundle with a
 //! flipped bit, an inclusion proof with an altered hash or a moved index, an altered entry,
 //! a consistency proof with an altered hash, swapped checkpoints, a forked checkpoint
 //! signed with the real key.
@@ -135,6 +137,17 @@ fn an_independent_c2sp_implementation_verifies_checkpoints_tiles_and_proofs() {
     let moved = tlog_proof.replacen(&format!("index {index}\n"), &format!("index {}\n", (index + 1) % size as usize), 1);
     let mut swapped_proof = proof_lines.clone();
     swapped_proof[0] = altered_line(&proof_lines[0], 0);
+    // A witness's cosignature (cosignature/v1) on the newest checkpoint; a control whose
+    // timestamp was changed after signing, and one by a key the policy does not name.
+    let witness = engine::cosignature::Cosigner::generate("witness.test/w1").expect("key");
+    let witness_vkey = witness.verifier().vkey();
+    let text = engine::note::SignedNote::parse(newest.as_bytes()).expect("note").text;
+    let cosigned = format!("{newest}{}", witness.line(&text, 1_767_225_600));
+    let mut retimed = engine::note::SignedNote::parse(cosigned.as_bytes()).expect("note");
+    retimed.signatures[1].1[11] ^= 1;
+    let retimed = retimed.format();
+    let other = engine::cosignature::Cosigner::generate("witness.test/w1").expect("key");
+    let by_other = format!("{newest}{}", other.line(&text, 1_767_225_600));
     let tiles_dir = path(&tiles);
     let cases = json!({
         "vkey": vkey,
@@ -143,6 +156,9 @@ fn an_independent_c2sp_implementation_verifies_checkpoints_tiles_and_proofs() {
             {"name": "checkpoint_first", "kind": "checkpoint", "note": first},
             {"name": "checkpoint_resized", "kind": "checkpoint", "note": resized},
             {"name": "checkpoint_foreign_key", "kind": "checkpoint", "note": foreign},
+            {"name": "cosigned", "kind": "cosigned", "note": cosigned, "witnesses": [witness_vkey], "quorum": 1},
+            {"name": "cosigned_retimed", "kind": "cosigned", "note": retimed, "witnesses": [witness_vkey], "quorum": 1},
+            {"name": "cosigned_by_another_key", "kind": "cosigned", "note": by_other, "witnesses": [witness_vkey], "quorum": 1},
             {"name": "tiles", "kind": "tiles", "note": newest, "dir": tiles_dir},
             {"name": "tiles_flipped_bundle", "kind": "tiles", "note": newest, "dir": path(&bad_bundle)},
             {"name": "tiles_flipped_tile", "kind": "tiles", "note": newest, "dir": path(&bad_tile)},
@@ -166,7 +182,7 @@ fn an_independent_c2sp_implementation_verifies_checkpoints_tiles_and_proofs() {
     let verdicts: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"));
     assert_eq!(verdicts["version"], AICS_TLOG_VERSION);
     let results = &verdicts["results"];
-    for name in ["checkpoint", "checkpoint_first", "tiles", "inclusion", "consistency"] {
+    for name in ["checkpoint", "checkpoint_first", "cosigned", "tiles", "inclusion", "consistency"] {
         assert_eq!(results[name]["ok"], true, "aics-tlog refuses our {name}: {}", results[name]);
     }
     for name in ["inclusion", "consistency"] {
@@ -174,7 +190,10 @@ fn an_independent_c2sp_implementation_verifies_checkpoints_tiles_and_proofs() {
     }
     assert_eq!(results["inclusion"]["leaf_bytes"], 112);
     assert_eq!(results["tiles"]["bundles"], size.div_ceil(256));
+    assert_eq!(results["cosigned"]["cosignatures"], 1);
     let controls = [
+        "cosigned_retimed",
+        "cosigned_by_another_key",
         "checkpoint_resized",
         "checkpoint_foreign_key",
         "tiles_flipped_bundle",

@@ -316,18 +316,25 @@ impl RunningEngine {
         }));
     }
 
-    /// Serves the royalty log as C2SP tlog-tiles (`tlog`) on `listener` until the engine stops.
-    pub fn serve_tlog(&mut self, listener: tokio::net::TcpListener) {
-        let site = Arc::new(tlog::TlogSite::new(Arc::clone(&self.state)));
-        let mut stopping = self.stop.subscribe();
-        self.background.push(tokio::spawn(async move {
-            let shutdown = async move {
-                let _ = stopping.wait_for(|stop| *stop).await;
-            };
-            if let Err(error) = tlog::serve(listener, site, shutdown).await {
-                tracing::error!(%error, "the tiles stopped serving");
-            }
-        }));
+    /// Publishes the royalty log as C2SP tlog-tiles (`tlog`): served on `listener` when
+    /// given, and each checkpoint sent to the witnesses when given, until the engine stops.
+    pub fn publish_tlog(&mut self, listener: Option<tokio::net::TcpListener>, witnessing: Option<tlog::Witnessing>) {
+        let witnessed = witnessing.is_some();
+        let site = Arc::new(tlog::TlogSite::new(Arc::clone(&self.state), witnessing));
+        if witnessed {
+            self.background.push(tokio::spawn(tlog::cosign_loop(Arc::clone(&site), self.stop.subscribe())));
+        }
+        if let Some(listener) = listener {
+            let mut stopping = self.stop.subscribe();
+            self.background.push(tokio::spawn(async move {
+                let shutdown = async move {
+                    let _ = stopping.wait_for(|stop| *stop).await;
+                };
+                if let Err(error) = tlog::serve(listener, site, shutdown).await {
+                    tracing::error!(%error, "the tiles stopped serving");
+                }
+            }));
+        }
     }
 
     /// Resolves when the engine has been told to stop.
