@@ -174,7 +174,7 @@ pub enum AuditCommand {
         #[command(flatten)]
         remote: super::audit::RemoteArgs,
     },
-    /// Export the royalty log (log), usage records (csv, json), a DSR-style report (dsr) or C2SP
+    /// Export the royalty log (log), usage records (csv, json), a DDEX DSR, Basic Audio Profile 1.2 (dsr) or C2SP
     /// tlog-tiles (tiles, into the directory --out).
     Export {
         #[command(flatten)]
@@ -185,6 +185,8 @@ pub enum AuditCommand {
         format: audit::ExportFormat,
         #[arg(long)]
         out: PathBuf,
+        #[command(flatten)]
+        dsr: audit::dsr::DsrParties,
     },
     /// Verify an exported royalty log (--format log) alone.
     Verify {

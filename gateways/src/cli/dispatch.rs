@@ -105,12 +105,17 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Audit { command: AuditCommand::Statement { backend, keys, holder, period, json, remote } } => {
             super::audit::statement(&backend, keys.as_deref(), &holder, &period, json, &remote)
         }
-        Command::Audit { command: AuditCommand::Export { backend, keys, format, out } } => {
+        Command::Audit { command: AuditCommand::Export { backend, keys, format, out, dsr } } => {
             let runtime = tokio::runtime::Runtime::new()?;
             let (report, exported, entries) = runtime.block_on(audit::rebuild(&backend, &keys))?;
             if format == audit::ExportFormat::Tiles {
                 let written = audit::write_tiles(&exported, &keys, &out)?;
                 eprintln!("wrote {} tile files ({} bytes, tree of {} entries) to {}", written.files, written.bytes, written.tree_size, out.display());
+                return Ok(ExitCode::SUCCESS);
+            }
+            if format == audit::ExportFormat::Dsr {
+                let path = audit::write_dsr(&report, &entries, &dsr, &out)?;
+                eprintln!("exported {} usage records as a DDEX DSR (Basic Audio Profile {}) to {}", entries.len(), audit::dsr::PROFILE_VERSION, path.display());
                 return Ok(ExitCode::SUCCESS);
             }
             audit::write_export(format, &report, &exported, &entries, &out)?;
