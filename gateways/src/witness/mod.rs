@@ -162,3 +162,31 @@ pub async fn run(args: WitnessArgs, shutdown: impl std::future::Future<Output = 
     serve(listener, witness, shutdown).await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    /// The whole command line is consistent (clap's own checks), and `witness` parses its
+    /// logs: a vkey whose name is not the origin, or that is no vkey, is refused.
+    #[test]
+    fn the_witness_command_line_parses_and_checks_its_logs() {
+        crate::cli::args::Cli::command().debug_assert();
+        let log = engine::note::NoteSigner::generate("example.test/log").expect("key").verifier().vkey();
+        let parsed = crate::cli::args::Cli::try_parse_from([
+            "vouchsafe",
+            "witness",
+            "--listen",
+            "127.0.0.1:0",
+            "--key",
+            "w.key",
+            "--log",
+            &format!("example.test/log={log}"),
+        ]);
+        assert!(matches!(parsed.map(|cli| cli.command), Ok(crate::cli::args::Command::Witness(_))));
+        assert!(parse_log(&format!("other.test/log={log}")).is_err(), "the vkey names another origin");
+        assert!(parse_log("example.test/log=not-a-vkey").is_err());
+        assert!(parse_log(&log).is_err(), "no ORIGIN=");
+    }
+}
