@@ -164,7 +164,15 @@ pub fn replay(
         // A checkpoint the witnesses did not cosign may be a view shown to this auditor only.
         eprintln!("audit replay: FAILED: the pinned checkpoint does not meet the witness policy: {reason}");
         if json {
-            println!("{}", serde_json::json!({ "chain_ok": false, "first_bad": { "reason": format!("witness policy: {reason}") } }));
+            // The contract's keys, for a replay that did not run: nothing read, the reason.
+            println!(
+                "{}",
+                serde_json::json!({
+                    "events": 0, "first_seq": 0, "last_seq": 0, "state_digest": "", "royalty_entries": 0, "seals_verified": 0,
+                    "chain_ok": false, "first_bad": { "seq": null, "entry": null, "reason": format!("witness policy: {reason}") },
+                    "totals": {}, "events_per_s": 0.0,
+                })
+            );
         }
         return Ok(ExitCode::from(1));
     }
