@@ -4,6 +4,7 @@
 pub mod app;
 pub mod batch_signer;
 pub mod clock;
+pub mod cosignature;
 pub mod crypto;
 pub mod domain;
 pub mod handler;
@@ -19,5 +20,7 @@ pub mod seal;
 pub mod spend;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
+pub mod tiles;
 pub mod tlog;
 pub mod wire;
+pub mod witness;

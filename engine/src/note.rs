@@ -25,7 +25,7 @@ pub const NOTE_SIGNATURES_MAX: usize = 100;
 /// A key ID and an Ed25519 signature: what a note's signature line carries.
 pub const NOTE_SIGNATURE_BYTES: usize = 4 + crypto::ED25519_SIGNATURE_BYTES;
 
-const PRIVATE_KEY_PREFIX: &str = "PRIVATE+KEY+";
+pub(crate) const PRIVATE_KEY_PREFIX: &str = "PRIVATE+KEY+";
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum NoteError {
@@ -43,7 +43,7 @@ pub enum NoteError {
     Checkpoint(String),
 }
 
-fn check_name(name: &str) -> Result<(), NoteError> {
+pub(crate) fn check_name(name: &str) -> Result<(), NoteError> {
     if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c == '+' || c.is_control()) {
         return Err(NoteError::KeyName(name.to_string()));
     }
@@ -58,6 +58,11 @@ pub fn key_id(name: &str, public: &Ed25519Public) -> [u8; 4] {
 
 /// Splits `name+hexid+base64(0x01 ‖ key)` and checks the type byte and the ID.
 fn parse_key_line(line: &str) -> Result<(String, [u8; 4], [u8; ED25519_KEY_BYTES]), NoteError> {
+    parse_typed_key_line(line, SIGNATURE_TYPE_ED25519)
+}
+
+/// Splits `name+hexid+base64(type ‖ key)` for an Ed25519 key of signature type `type_byte`.
+pub(crate) fn parse_typed_key_line(line: &str, type_byte: u8) -> Result<(String, [u8; 4], [u8; ED25519_KEY_BYTES]), NoteError> {
     let mut parts = line.trim().splitn(3, '+');
     let (Some(name), Some(id), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
         return Err(NoteError::KeyLine("expected <name>+<key id>+<key>"));
@@ -68,7 +73,13 @@ fn parse_key_line(line: &str) -> Result<(String, [u8; 4], [u8; ED25519_KEY_BYTES
         return Err(NoteError::KeyLine("the key id is not 8 hex digits"));
     }
     let bytes = BASE64.decode(key).map_err(|_| NoteError::KeyLine("the key is not base64"))?;
-    let Some((&SIGNATURE_TYPE_ED25519, key)) = bytes.split_first() else { return Err(NoteError::KeyLine("not an ed25519 key (type 0x01)")) };
+    let Some((_, key)) = bytes.split_first().filter(|(key_type, _)| **key_type == type_byte) else {
+        return Err(NoteError::KeyLine(if type_byte == SIGNATURE_TYPE_ED25519 {
+            "not an ed25519 key (type 0x01)"
+        } else {
+            "not an ed25519 cosignature key (type 0x04)"
+        }));
+    };
     let key: [u8; ED25519_KEY_BYTES] = key.try_into().map_err(|_| NoteError::KeyLine("an ed25519 key has 32 bytes"))?;
     Ok((name.to_string(), key_id, key))
 }

@@ -125,85 +125,124 @@ impl Tree {
         self.levels.first().map_or(&[], |leaves| leaves.nodes.as_slice())
     }
 
-    /// MTH(D[lo:hi]), 0 ≤ lo < hi ≤ size. Every run the RFC's recursion names is either an
-    /// aligned complete subtree (stored) or splits into one and a shorter right part.
-    fn subtree(&self, lo: u64, hi: u64) -> Option<Hash> {
-        let n = hi - lo;
-        if n.is_power_of_two() && lo.is_multiple_of(n) {
-            let level = n.trailing_zeros() as usize;
-            return self.levels.get(level)?.get(lo >> level);
-        }
-        let k = split(n);
-        Some(node_hash(&self.subtree(lo, lo + k)?, &self.subtree(lo + k, hi)?))
-    }
-
     /// The root of the first `size` leaves (`None`: the tree is smaller, or that size is
     /// before the frontier it started from).
     pub fn root(&self, size: u64) -> Option<Hash> {
-        match size {
-            0 => Some(empty_root()),
-            size if size <= self.size() => self.subtree(0, size),
-            _ => None,
+        if size > self.size() {
+            return None;
         }
+        root_from(self, size)
     }
 
     /// The audit path of leaf `index` in the tree of the first `size` leaves (RFC 6962 §2.1.1).
     pub fn inclusion_proof(&self, index: u64, size: u64) -> Option<Vec<Hash>> {
-        if index >= size || size > self.size() {
+        if size > self.size() {
             return None;
         }
-        let mut proof = Vec::new();
-        self.path(index, 0, size, &mut proof)?;
-        Some(proof)
-    }
-
-    fn path(&self, m: u64, lo: u64, hi: u64, proof: &mut Vec<Hash>) -> Option<()> {
-        let n = hi - lo;
-        if n <= 1 {
-            return Some(());
-        }
-        let k = split(n);
-        if m < k {
-            self.path(m, lo, lo + k, proof)?;
-            proof.push(self.subtree(lo + k, hi)?);
-        } else {
-            self.path(m - k, lo + k, hi, proof)?;
-            proof.push(self.subtree(lo, lo + k)?);
-        }
-        Some(())
+        inclusion_proof_from(self, index, size)
     }
 
     /// The proof that the tree of `old` leaves is a prefix of the tree of `new` leaves
     /// (RFC 6962 §2.1.2); empty when `old` is 0 or equals `new`.
     pub fn consistency_proof(&self, old: u64, new: u64) -> Option<Vec<Hash>> {
-        if old > new || new > self.size() {
+        if new > self.size() {
             return None;
         }
-        let mut proof = Vec::new();
-        if old > 0 && old < new {
-            self.subproof(old, 0, new, true, &mut proof)?;
-        }
-        Some(proof)
+        consistency_proof_from(self, old, new)
     }
+}
 
-    fn subproof(&self, m: u64, lo: u64, hi: u64, complete: bool, proof: &mut Vec<Hash>) -> Option<()> {
-        let n = hi - lo;
-        if m == n {
-            if !complete {
-                proof.push(self.subtree(lo, hi)?);
-            }
-            return Some(());
-        }
-        let k = split(n);
-        if m <= k {
-            self.subproof(m, lo, lo + k, complete, proof)?;
-            proof.push(self.subtree(lo + k, hi)?);
-        } else {
-            self.subproof(m - k, lo + k, hi, false, proof)?;
-            proof.push(self.subtree(lo, lo + k)?);
-        }
-        Some(())
+impl SubtreeHashes for Tree {
+    fn complete(&self, level: u32, index: u64) -> Option<Hash> {
+        self.levels.get(level as usize)?.get(index)
     }
+}
+
+/// Where proofs read the hashes of complete subtrees: a `Tree` in memory, or a client's
+/// tiles (`crate::tiles::TileHashes`). Proofs and roots at a size need only the complete
+/// subtrees inside that size.
+pub trait SubtreeHashes {
+    /// MTH of the aligned run of 2^`level` leaves at position `index` (leaves
+    /// `index·2^level ..`), or `None` when this source does not hold it.
+    fn complete(&self, level: u32, index: u64) -> Option<Hash>;
+}
+
+/// MTH(D[lo:hi]), 0 ≤ lo < hi: every run the RFC's recursion names is either an aligned
+/// complete subtree or splits into one and a shorter right part.
+fn subtree<S: SubtreeHashes + ?Sized>(source: &S, lo: u64, hi: u64) -> Option<Hash> {
+    let n = hi - lo;
+    if n.is_power_of_two() && lo.is_multiple_of(n) {
+        let level = n.trailing_zeros();
+        return source.complete(level, lo >> level);
+    }
+    let k = split(n);
+    Some(node_hash(&subtree(source, lo, lo + k)?, &subtree(source, lo + k, hi)?))
+}
+
+/// The root of the tree of the first `size` leaves, from `source`.
+pub fn root_from<S: SubtreeHashes + ?Sized>(source: &S, size: u64) -> Option<Hash> {
+    match size {
+        0 => Some(empty_root()),
+        size => subtree(source, 0, size),
+    }
+}
+
+/// The audit path of leaf `index` in the tree of `size` leaves (RFC 6962 §2.1.1), from `source`.
+pub fn inclusion_proof_from<S: SubtreeHashes + ?Sized>(source: &S, index: u64, size: u64) -> Option<Vec<Hash>> {
+    if index >= size {
+        return None;
+    }
+    let mut proof = Vec::new();
+    path(source, index, 0, size, &mut proof)?;
+    Some(proof)
+}
+
+fn path<S: SubtreeHashes + ?Sized>(source: &S, m: u64, lo: u64, hi: u64, proof: &mut Vec<Hash>) -> Option<()> {
+    let n = hi - lo;
+    if n <= 1 {
+        return Some(());
+    }
+    let k = split(n);
+    if m < k {
+        path(source, m, lo, lo + k, proof)?;
+        proof.push(subtree(source, lo + k, hi)?);
+    } else {
+        path(source, m - k, lo + k, hi, proof)?;
+        proof.push(subtree(source, lo, lo + k)?);
+    }
+    Some(())
+}
+
+/// The consistency proof from the tree of `old` leaves to the tree of `new` leaves (RFC 6962
+/// §2.1.2), from `source`; empty when `old` is 0 or equals `new`.
+pub fn consistency_proof_from<S: SubtreeHashes + ?Sized>(source: &S, old: u64, new: u64) -> Option<Vec<Hash>> {
+    if old > new {
+        return None;
+    }
+    let mut proof = Vec::new();
+    if old > 0 && old < new {
+        subproof(source, old, 0, new, true, &mut proof)?;
+    }
+    Some(proof)
+}
+
+fn subproof<S: SubtreeHashes + ?Sized>(source: &S, m: u64, lo: u64, hi: u64, complete: bool, proof: &mut Vec<Hash>) -> Option<()> {
+    let n = hi - lo;
+    if m == n {
+        if !complete {
+            proof.push(subtree(source, lo, hi)?);
+        }
+        return Some(());
+    }
+    let k = split(n);
+    if m <= k {
+        subproof(source, m, lo, lo + k, complete, proof)?;
+        proof.push(subtree(source, lo + k, hi)?);
+    } else {
+        subproof(source, m - k, lo + k, hi, false, proof)?;
+        proof.push(subtree(source, lo, lo + k)?);
+    }
+    Some(())
 }
 
 /// The root a tree of `size` leaves has if `leaf` (a leaf hash) is its leaf `index` with

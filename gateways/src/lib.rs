@@ -16,3 +16,4 @@ pub mod demo;
 pub mod node;
 pub mod player;
 pub mod server;
+pub mod witness;

@@ -27,6 +27,7 @@ pub mod royalty_log;
 mod serde_hex;
 pub mod statement;
 pub mod store;
+pub mod tiles;
 pub mod vouchers;
 
 pub use live::*;

@@ -1,5 +1,5 @@
 //! The auditor's exports agree with each other and with the live engine: replay totals =
-//! live totals = the sum of the DSR usage records; the exported log verifies alone; every
+//! live totals = the DSR's sales summaries; the exported log verifies alone; every
 //! delivery can be proven to a rights holder who holds only the engine's public key. The
 //! auditor's key directory has no engine private key (least privilege).
 
@@ -60,20 +60,34 @@ async fn exports_agree_and_need_no_engine_private_key() {
     assert!(refunds > 0, "the demo refunded some sales");
     assert_eq!(report.totals["merchant"].len(), 3);
 
-    // The DSR usage records sum to the same totals, and the footer counts them.
+    // The DSR (Basic Audio Profile 1.2): its sales summaries net the same totals in their
+    // currency, the refunds are SU01 returns, and the footer counts the lines.
     let dsr_path = dir.path().join("report.dsr");
     audit::write_export(ExportFormat::Dsr, &report, &exported, &entries, &dsr_path).expect("dsr");
     let dsr = std::fs::read_to_string(&dsr_path).expect("read dsr");
-    let usage: Vec<Vec<&str>> = dsr.lines().filter(|l| l.starts_with("RU01\t")).map(|l| l.split('\t').collect()).collect();
-    assert_eq!(usage.len(), entries.len());
-    let usage_amount: i128 = usage.iter().filter(|r| r[3] == "Y").map(|r| r[14].parse::<i128>().expect("price")).sum();
-    assert_eq!(usage.iter().filter(|r| r[2] == "REFUND").count() as u64, refunds, "the adjustments are RU01 records too");
-    assert_eq!(usage_amount, replay_media_amount);
+    let records = |kind: &str| -> Vec<Vec<String>> {
+        dsr.lines().filter(|l| l.split('\t').next() == Some(kind)).map(|l| l.split('\t').map(str::to_string).collect()).collect()
+    };
+    let summaries = records("SY01.01");
+    let sales_net: i128 = summaries
+        .iter()
+        .filter(|r| r[4] == "PayAsYouGoModel")
+        .map(|r| audit::dsr::minor_units(&r[11], &r[10]).expect("an amount in the currency's units"))
+        .sum();
+    assert_eq!(sales_net, replay_media_amount);
+    let returns: u64 = records("SU01").iter().map(|r| r[9].parse::<u64>().expect("Returns")).sum();
+    assert_eq!(returns, refunds, "the adjustments are returns");
     let footer: Vec<&str> = dsr.lines().last().expect("footer").split('\t').collect();
     assert_eq!(footer[0], "FOOT");
-    assert_eq!(footer[2], usage.len().to_string());
-    assert_eq!(footer[3], usage_amount.to_string());
-    assert!(dsr.starts_with("HEAD\tVOUCHSAFE-DSR/1\t"));
+    assert_eq!(footer[1], dsr.lines().count().to_string());
+    assert_eq!(footer[3], summaries.len().to_string());
+    assert!(dsr.starts_with("HEAD\tdsrf/"), "{dsr}");
+    // Into a directory, under the profile's file name (no recipient given: its element is empty).
+    let dsr_dir = dir.path().join("dsr");
+    std::fs::create_dir_all(&dsr_dir).expect("mkdir");
+    let written = audit::write_dsr(&report, &entries, &audit::dsr::DsrParties::default(), &dsr_dir).expect("dsr");
+    let name = written.file_name().and_then(|name| name.to_str()).expect("a name").to_string();
+    assert!(name.starts_with("DSR__PADPIDAUNREGISTERED_Downloads_") && name.contains("_Worldwide_1of1_") && name.ends_with(".tsv"), "{name}");
 
     // The exported log verifies alone, pinned to the witness file; a flipped entry does not.
     let log_path = dir.path().join("royalty.log.json");

@@ -7,7 +7,7 @@
 //! previews in progress. At the end: no paid voucher is stranded (every one not refunded
 //! is driven to delivery through its merchant's reissue), the live projections equal a
 //! rebuild from sequence 1 with every seal verified, and the royalty totals net exactly
-//! what the model says was released, bound and not refunded, as do the DSR's usage
+//! what the model says was released, bound and not refunded, as do the DSR's summary
 //! records and the merchants' statements. The seed is printed (`VOUCHSAFE_MARKET_SEED` repeats it).
 
 mod common;
@@ -418,21 +418,20 @@ impl Market_ {
             .sum();
         assert_eq!(net, released_net, "the totals net the released sales and bound units less the refunded sales");
         assert_eq!(rebuilt.balances.sum(), Some(0), "the ledger balances");
-        // The DSR's usage records sum to the same (an auditor's replay, no engine secret).
+        // The DSR's summaries net the same (an auditor's replay, no engine secret).
         let (report, audited) = projections::audit::replay_full(self.log.as_ref(), &self.master, &self.keys.public, None, |_| {}).await.expect("audit");
         assert!(report.ok(), "the audit is clean");
         let exported = projections::export::export_log(&audited.royalty);
         let (entries, _, fault) = projections::export::open_entries(&exported, &self.master);
         assert!(fault.is_none(), "{fault:?}");
-        let dsr = gateways::audit::dsr(&report, &entries);
+        let dsr = gateways::audit::dsr::dsr(&entries, &gateways::audit::dsr::DsrParties::default(), &report.state_digest[..16], 0).text;
         let usage_net: i128 = dsr
             .lines()
-            .filter(|l| l.starts_with("RU01\t"))
+            .filter(|l| l.starts_with("SY01.01\t"))
             .map(|l| l.split('\t').collect::<Vec<_>>())
-            .filter(|r| r[3] == "Y")
-            .map(|r| r[14].parse::<i128>().expect("price"))
+            .map(|r| gateways::audit::dsr::minor_units(r[11], r[10]).expect("an amount in the currency's units"))
             .sum();
-        assert_eq!(usage_net, released_net, "the DSR's usage records net the same");
+        assert_eq!(usage_net, released_net, "the DSR's summaries net the same");
         // And the merchants' statements (every month of every merchant), as the engine serves them.
         let statement_net: i128 =
             self.live.read(|p| p.reads.statements.values().flat_map(|statement| statement.lines.values()).map(|line| line.net_minor()).sum());

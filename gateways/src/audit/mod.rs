@@ -101,11 +101,15 @@ pub enum ExportFormat {
     Csv,
     /// Totals by dimension and every usage record (JSON).
     Json,
-    /// A DDEX-DSR-style tab-separated sales report (README: "The DSR export").
+    /// A DDEX DSR flat file, Basic Audio Profile 1.2 (README: "The DSR export"); into a
+    /// directory --out under the profile's file name.
     Dsr,
+    /// The log as C2SP tlog-tiles static files in the directory --out (checkpoint, tiles,
+    /// entry bundles), as `serve --tlog-listen` serves them.
+    Tiles,
 }
 
-/// The territory written in DSR records: the engine sells without territories yet.
+/// The territory written in CSV rows: the engine sells without territories yet.
 pub const DSR_TERRITORY: &str = "WW";
 
 /// An entry's royalty-bearing amount as it counts in sums: a sale's price, minus for a
@@ -214,67 +218,59 @@ pub fn write_export(format: ExportFormat, report: &AuditReport, exported: &Expor
             }
             writer.into_inner().map_err(|e| anyhow::anyhow!("csv: {e}"))?
         }
-        ExportFormat::Dsr => dsr(report, entries).into_bytes(),
+        ExportFormat::Dsr => {
+            write_dsr(report, entries, &dsr::DsrParties::default(), out)?;
+            return Ok(());
+        }
+        ExportFormat::Tiles => bail!("tiles are a directory of files: write_tiles writes them"),
     };
     std::fs::write(out, bytes).with_context(|| format!("cannot write {}", out.display()))
 }
 
-/// The DDEX-DSR-style flat file: HEAD, one SY01 summary per merchant (service) and
-/// territory, one RU01 record per usage, FOOT with the record counts.
-pub fn dsr(report: &AuditReport, entries: &[Entry]) -> String {
-    use std::collections::BTreeMap;
-    let mut lines = Vec::new();
-    let months: Vec<String> = entries.iter().map(|e| projections::royalty_log::month_of(e.timestamp_ms)).collect();
-    let first_month = months.iter().min().cloned().unwrap_or_default();
-    let last_month = months.iter().max().cloned().unwrap_or_default();
-    let currency = entries.iter().find(|e| !e.currency.is_empty()).map(|e| e.currency.clone()).unwrap_or_default();
-    lines.push(
-        [
-            "HEAD",
-            "VOUCHSAFE-DSR/1",
-            &report.state_digest[..16.min(report.state_digest.len())],
-            &report.last_seq.to_string(),
-            &first_month,
-            &last_month,
-            &text_cell(&currency),
-        ]
-        .join("\t"),
-    );
-    let mut summary: BTreeMap<(String, String), (u64, u64, i128)> = BTreeMap::new();
-    for entry in entries {
-        let line = summary.entry((entry.merchant.clone(), DSR_TERRITORY.to_string())).or_default();
-        match entry.kind {
-            // Royalty-bearing usages: deliveries and licensed duplication units.
-            UsageKind::Delivery | UsageKind::Duplication => line.0 += 1,
-            UsageKind::Preview => line.1 += 1,
-            // Adjustments count no usage; their amount nets the sales'.
-            UsageKind::Refund | UsageKind::Chargeback => {}
+/// What `write_tiles` wrote.
+#[derive(Debug, serde::Serialize)]
+pub struct TilesWritten {
+    pub files: usize,
+    pub bytes: u64,
+    pub tree_size: u64,
+}
+
+/// `audit export --format tiles`: the exported log's sealed entries as C2SP tlog-tiles in
+/// `dir` (the newest seal's checkpoint, every tile and bundle of its size, the partial
+/// ones of each earlier checkpoint). The leaves commit to the entry keys, so this needs
+/// the royalty master key.
+pub fn write_tiles(exported: &ExportedLog, keys_dir: &Path, dir: &Path) -> anyhow::Result<TilesWritten> {
+    let master = crate::common::keys::load_royalty_master(keys_dir)?;
+    let mut tiled = projections::tiles::TiledLog::new(&master, exported.epoch);
+    tiled.extend(&exported.entries).map_err(|fault| anyhow::anyhow!("the royalty log does not verify: {fault}"))?;
+    for note in exported.seals.iter().filter_map(|seal| seal.checkpoint.as_ref()) {
+        tiled.publish(&note.note).map_err(|error| anyhow::anyhow!("a seal's checkpoint cannot be published: {error}"))?;
+    }
+    if tiled.note().is_none() {
+        bail!("no seal carries a checkpoint yet: nothing to tile (run the engine until it seals)");
+    }
+    let files = tiled.files();
+    let mut bytes = 0;
+    for (path, content) in &files {
+        let file = dir.join(path);
+        if let Some(parent) = file.parent() {
+            std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
         }
-        line.2 += signed_amount(entry);
+        std::fs::write(&file, content).with_context(|| format!("cannot write {}", file.display()))?;
+        bytes += content.len() as u64;
     }
-    for ((merchant, territory), (deliveries, previews, amount)) in &summary {
-        lines.push(
-            [
-                "SY01",
-                &text_cell(merchant),
-                territory,
-                &(deliveries + previews).to_string(),
-                &deliveries.to_string(),
-                &previews.to_string(),
-                &amount.to_string(),
-                &text_cell(&currency),
-            ]
-            .join("\t"),
-        );
-    }
-    for (line, entry) in entries.iter().enumerate() {
-        lines.push(format!("RU01\t{}", usage_row(line + 1, entry).join("\t")));
-    }
-    let total: i128 = entries.iter().map(signed_amount).sum();
-    lines.push(["FOOT", &summary.len().to_string(), &entries.len().to_string(), &total.to_string()].join("\t"));
-    let mut text = lines.join("\n");
-    text.push('\n');
-    text
+    Ok(TilesWritten { files: files.len(), bytes, tree_size: tiled.size() })
+}
+
+/// Writes the DSR of `entries` (`dsr::dsr`, created now): into `out` under the profile's
+/// file name when `out` is a directory, else to `out`; the path written.
+pub fn write_dsr(report: &AuditReport, entries: &[Entry], parties: &dsr::DsrParties, out: &Path) -> anyhow::Result<std::path::PathBuf> {
+    let created_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis() as i64);
+    let message_id = &report.state_digest[..16.min(report.state_digest.len())];
+    let file = dsr::dsr(entries, parties, message_id, created_ms);
+    let path = if out.is_dir() { out.join(&file.name) } else { out.to_path_buf() };
+    std::fs::write(&path, file.text).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(path)
 }
 
 /// `audit verify FILE`: an exported log alone.
@@ -333,6 +329,7 @@ pub fn check_proof_file(file: &Path, keys_dir: &Path) -> anyhow::Result<Vec<Resu
 }
 
 pub mod checkpoints;
+pub mod dsr;
 pub mod remote;
 
 /// Which replay a statement comes from: its events, head, digest and seals.
@@ -465,9 +462,10 @@ mod tests {
         }
     }
 
-    /// A cell a spreadsheet would run as a formula: `=`, `+`, `@`, or `-` not starting a number.
+    /// A cell a spreadsheet would run as a formula: `=`, `+`, `@`, or `-` not starting a number
+    /// (an integer or a decimal amount).
     fn live_formula(cell: &str) -> bool {
-        cell.starts_with(['=', '+', '@']) || (cell.starts_with('-') && cell.parse::<i64>().is_err())
+        cell.starts_with(['=', '+', '@']) || (cell.starts_with('-') && cell.parse::<f64>().is_err())
     }
 
     /// Text cells that a spreadsheet would run as formulas are quoted in CSV and DSR
@@ -507,7 +505,7 @@ mod tests {
             assert!(!live_formula(cell), "a live formula cell: {cell:?} in {row:?}");
         }
         assert!(row.contains(&"'=cmd|' /C calc'!A0".to_string()) && row.contains(&"-100".to_string()), "{row:?}");
-        let dsr = dsr(&report, &entries);
+        let dsr = dsr::dsr(&entries, &dsr::DsrParties::default(), "m1", 0).text;
         for cell in dsr.lines().flat_map(|line| line.split('\t')) {
             assert!(!live_formula(cell), "a live formula cell in the DSR: {cell:?}");
         }

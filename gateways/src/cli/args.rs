@@ -40,6 +40,8 @@ pub enum Command {
     Publish(Box<super::PublishArgs>),
     /// A media container or delivered copy: structure, signatures, transaction record.
     Inspect(super::inspect::InspectArgs),
+    /// A C2SP tlog-witness: cosigns checkpoints of the logs it knows that extend the last it saw.
+    Witness(crate::witness::WitnessArgs),
     /// Auditor commands: replay and verify the stream.
     Audit {
         #[command(subcommand)]
@@ -172,7 +174,8 @@ pub enum AuditCommand {
         #[command(flatten)]
         remote: super::audit::RemoteArgs,
     },
-    /// Export the royalty log (log), usage records (csv, json) or a DSR-style report (dsr).
+    /// Export the royalty log (log), usage records (csv, json), a DDEX DSR, Basic Audio Profile 1.2 (dsr) or C2SP
+    /// tlog-tiles (tiles, into the directory --out).
     Export {
         #[command(flatten)]
         backend: backend::BackendArgs,
@@ -182,6 +185,8 @@ pub enum AuditCommand {
         format: audit::ExportFormat,
         #[arg(long)]
         out: PathBuf,
+        #[command(flatten)]
+        dsr: audit::dsr::DsrParties,
     },
     /// Verify an exported royalty log (--format log) alone.
     Verify {
@@ -235,6 +240,14 @@ pub enum KeysCommand {
         /// vouchsafe.local/royalty/<engine key id>).
         #[arg(long)]
         origin: Option<String>,
+    },
+    /// Write a witness key pair: witness.key (0600) and witness.vkey (a cosignature/v1 vkey).
+    Witness {
+        /// The witness's name (a schema-less URL, e.g. witness.example/w1).
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Issue a merchant, node or auditor credential from a running engine (operator only).
     Issue(Box<super::IssueArgs>),

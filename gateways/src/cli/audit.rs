@@ -92,6 +92,42 @@ pub struct CheckpointArgs {
     /// After a clean audit, write the newest seal's checkpoint here (the next --checkpoint).
     #[arg(long, requires = "keys")]
     pub save_checkpoint: Option<PathBuf>,
+    /// A witness's cosignature vkey file (repeatable): the --checkpoint must carry the
+    /// cosignatures of --witness-quorum of them, or the audit fails (exit 1).
+    #[arg(long = "witness-vkey", requires = "checkpoint")]
+    pub witness_vkeys: Vec<PathBuf>,
+    /// How many of the --witness-vkey witnesses must have cosigned (default: all of them).
+    #[arg(long, requires = "witness_vkeys")]
+    pub witness_quorum: Option<usize>,
+}
+
+/// The witness policy of `--witness-vkey`/`--witness-quorum` (`None` without witnesses).
+pub fn witness_policy(checkpoints: &CheckpointArgs) -> anyhow::Result<Option<engine::cosignature::WitnessPolicy>> {
+    if checkpoints.witness_vkeys.is_empty() {
+        return Ok(None);
+    }
+    let witnesses = checkpoints
+        .witness_vkeys
+        .iter()
+        .map(|file| {
+            let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+            engine::cosignature::CosignatureVerifier::from_vkey(&text)
+                .with_context(|| format!("{} is not a witness vkey (<name>+<id>+<key>, type 0x04)", file.display()))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let quorum = checkpoints.witness_quorum.unwrap_or(witnesses.len());
+    if quorum == 0 || quorum > witnesses.len() {
+        anyhow::bail!("--witness-quorum {quorum}: between 1 and the {} witness vkeys given", witnesses.len());
+    }
+    Ok(Some(engine::cosignature::WitnessPolicy { witnesses, quorum }))
+}
+
+/// Whether the pinned checkpoint meets the witness policy: `Err(reason)` when it does not.
+fn check_witnesses(checkpoints: &CheckpointArgs) -> anyhow::Result<Result<(), String>> {
+    let (Some(policy), Some(file)) = (witness_policy(checkpoints)?, &checkpoints.checkpoint) else { return Ok(Ok(())) };
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let note = engine::note::SignedNote::parse(&bytes).map_err(|e| anyhow::anyhow!("--checkpoint {}: {e}", file.display()))?;
+    Ok(policy.check(&note).map(|names| eprintln!("the checkpoint is cosigned by {}", names.join(", "))))
 }
 
 /// Runs a local replay with the checkpoint options.
@@ -124,6 +160,22 @@ pub fn replay(
     json: bool,
     remote: &RemoteArgs,
 ) -> anyhow::Result<ExitCode> {
+    if let Err(reason) = check_witnesses(checkpoints)? {
+        // A checkpoint the witnesses did not cosign may be a view shown to this auditor only.
+        eprintln!("audit replay: FAILED: the pinned checkpoint does not meet the witness policy: {reason}");
+        if json {
+            // The contract's keys, for a replay that did not run: nothing read, the reason.
+            println!(
+                "{}",
+                serde_json::json!({
+                    "events": 0, "first_seq": 0, "last_seq": 0, "state_digest": "", "royalty_entries": 0, "seals_verified": 0,
+                    "chain_ok": false, "first_bad": { "seq": null, "entry": null, "reason": format!("witness policy: {reason}") },
+                    "totals": {}, "events_per_s": 0.0,
+                })
+            );
+        }
+        return Ok(ExitCode::from(1));
+    }
     let runtime = tokio::runtime::Runtime::new()?;
     let report = match keys {
         Some(keys) => replay_local(&runtime, backend, keys, pin, checkpoints)?,

@@ -12,7 +12,7 @@ use std::process::ExitCode;
 pub fn init_logging(cli: &Cli) {
     let (json_logs, default_level) = match &cli.command {
         Command::Serve(args) => (args.log_json || std::env::var("VOUCHSAFE_LOG_FORMAT").is_ok_and(|format| format == "json"), "info"),
-        Command::Node(_) => (false, "info"),
+        Command::Node(_) | Command::Witness(_) => (false, "info"),
         _ => (false, "warn"),
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
@@ -28,6 +28,17 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Keys { command: KeysCommand::Init { out, origin } } => {
             crate::common::keys::init_with_origin(&out, origin.as_deref())?;
             eprintln!("wrote engine.pem, engine.pub.pem, royalty-master.key, operator.cred, checkpoint.key and checkpoint.vkey to {}", out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keys { command: KeysCommand::Witness { name, out } } => {
+            let vkey = crate::common::keys::init_witness(&out, &name)?;
+            eprintln!("wrote witness.key and witness.vkey to {}", out.display());
+            println!("{vkey}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Witness(args) => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(crate::witness::run(args, crate::server::serve::terminate_signal()))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Keys { command: KeysCommand::Issue(args) } => {
@@ -94,9 +105,19 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Audit { command: AuditCommand::Statement { backend, keys, holder, period, json, remote } } => {
             super::audit::statement(&backend, keys.as_deref(), &holder, &period, json, &remote)
         }
-        Command::Audit { command: AuditCommand::Export { backend, keys, format, out } } => {
+        Command::Audit { command: AuditCommand::Export { backend, keys, format, out, dsr } } => {
             let runtime = tokio::runtime::Runtime::new()?;
             let (report, exported, entries) = runtime.block_on(audit::rebuild(&backend, &keys))?;
+            if format == audit::ExportFormat::Tiles {
+                let written = audit::write_tiles(&exported, &keys, &out)?;
+                eprintln!("wrote {} tile files ({} bytes, tree of {} entries) to {}", written.files, written.bytes, written.tree_size, out.display());
+                return Ok(ExitCode::SUCCESS);
+            }
+            if format == audit::ExportFormat::Dsr {
+                let path = audit::write_dsr(&report, &entries, &dsr, &out)?;
+                eprintln!("exported {} usage records as a DDEX DSR (Basic Audio Profile {}) to {}", entries.len(), audit::dsr::PROFILE_VERSION, path.display());
+                return Ok(ExitCode::SUCCESS);
+            }
             audit::write_export(format, &report, &exported, &entries, &out)?;
             eprintln!("exported {} usage records ({} entries, {} seals) to {}", entries.len(), exported.entries.len(), exported.seals.len(), out.display());
             Ok(ExitCode::SUCCESS)

@@ -119,6 +119,21 @@ pub fn init_with_origin(dir: &Path, origin: Option<&str>) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// A witness's key files in `dir`: `witness.key` (0600) and `witness.vkey`; the vkey.
+pub fn init_witness(dir: &Path, name: &str) -> anyhow::Result<String> {
+    let key = dir.join("witness.key");
+    if key.exists() {
+        anyhow::bail!("{} exists: a witness keeps its key (its vkey is in logs' policies)", key.display());
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let cosigner = engine::cosignature::Cosigner::generate(name).map_err(|e| anyhow::anyhow!("--name: {e}"))?;
+    let line = zeroize::Zeroizing::new(cosigner.to_private_line());
+    write_private(&key, format!("{}\n", line.as_str()).as_bytes())?;
+    let vkey = cosigner.verifier().vkey();
+    std::fs::write(dir.join("witness.vkey"), format!("{vkey}\n")).with_context(|| format!("cannot write {}", dir.join("witness.vkey").display()))?;
+    Ok(vkey)
+}
+
 /// The checkpoint signing key, `None` in a key directory written before checkpoints.
 pub fn load_checkpoint_key(dir: &Path) -> anyhow::Result<Option<NoteSigner>> {
     let path = dir.join(CHECKPOINT_KEY);

@@ -26,6 +26,7 @@ pub mod metrics;
 mod reads;
 pub mod serve;
 pub mod status;
+pub mod tlog;
 
 pub use api::Api;
 pub use jobs::{RateMeter, lapse_once, relocate_once, seal_once, sweep_once};
@@ -351,6 +352,27 @@ impl RunningEngine {
                 tracing::error!(%error, "the console stopped serving");
             }
         }));
+    }
+
+    /// Publishes the royalty log as C2SP tlog-tiles (`tlog`): served on `listener` when
+    /// given, and each checkpoint sent to the witnesses when given, until the engine stops.
+    pub fn publish_tlog(&mut self, listener: Option<tokio::net::TcpListener>, witnessing: Option<tlog::Witnessing>) {
+        let witnessed = witnessing.is_some();
+        let site = Arc::new(tlog::TlogSite::new(Arc::clone(&self.state), witnessing));
+        if witnessed {
+            self.background.push(tokio::spawn(tlog::cosign_loop(Arc::clone(&site), self.stop.subscribe())));
+        }
+        if let Some(listener) = listener {
+            let mut stopping = self.stop.subscribe();
+            self.background.push(tokio::spawn(async move {
+                let shutdown = async move {
+                    let _ = stopping.wait_for(|stop| *stop).await;
+                };
+                if let Err(error) = tlog::serve(listener, site, shutdown).await {
+                    tracing::error!(%error, "the tiles stopped serving");
+                }
+            }));
+        }
     }
 
     /// Resolves when the engine has been told to stop.

@@ -18,6 +18,7 @@ pub struct FileConfig {
     pub listen: Option<SocketAddr>,
     pub metrics_listen: Option<SocketAddr>,
     pub console_listen: Option<SocketAddr>,
+    pub tlog_listen: Option<SocketAddr>,
     pub data_dir: Option<PathBuf>,
     pub keys: Option<PathBuf>,
     pub nats_url: Option<String>,
@@ -73,6 +74,19 @@ pub struct ServeArgs {
     /// --insecure-plaintext: sign-in sends a credential).
     #[arg(long)]
     pub console_listen: Option<SocketAddr>,
+    /// Plain-HTTP address serving the royalty log as C2SP tlog-tiles, read only (off unless
+    /// given; loopback unless --insecure-plaintext).
+    #[arg(long)]
+    pub tlog_listen: Option<SocketAddr>,
+    /// A C2SP tlog-witness to send each checkpoint to, as `URL=VKEY` (its add-checkpoint
+    /// prefix, http://…, and its cosignature vkey); repeatable. The checkpoint served on
+    /// --tlog-listen is then the newest cosigned by --witness-quorum of them.
+    #[arg(long = "witness", value_parser = parse_witness)]
+    pub witnesses: Vec<(String, String)>,
+    /// How many of the --witness witnesses must cosign a checkpoint before it is published
+    /// (default: all of them).
+    #[arg(long, requires = "witnesses")]
+    pub witness_quorum: Option<usize>,
     /// Key directory from `keys init` (default <data-dir>/keys).
     #[arg(long)]
     pub keys: Option<PathBuf>,
@@ -117,6 +131,8 @@ pub struct Settings {
     pub listen: SocketAddr,
     pub metrics_listen: Option<SocketAddr>,
     pub console_listen: Option<SocketAddr>,
+    pub tlog_listen: Option<SocketAddr>,
+    pub witnessing: Option<crate::server::tlog::Witnessing>,
     pub backend: crate::common::backend::BackendArgs,
     pub log_json: bool,
     pub engine: EngineConfig,
@@ -157,6 +173,7 @@ pub fn settings(args: &ServeArgs) -> anyhow::Result<Settings> {
     };
     let metrics_listen = args.metrics_listen.or(env_parsed("VOUCHSAFE_METRICS_LISTEN")?).or(file.metrics_listen);
     let console_listen = args.console_listen.or(env_parsed("VOUCHSAFE_CONSOLE_LISTEN")?).or(file.console_listen);
+    let tlog_listen = args.tlog_listen.or(env_parsed("VOUCHSAFE_TLOG_LISTEN")?).or(file.tlog_listen);
     let data_dir =
         args.data_dir.clone().or(env("VOUCHSAFE_DATA_DIR").map(PathBuf::from)).or(file.data_dir).unwrap_or_else(|| PathBuf::from("./vouchsafe-data"));
     let keys = args.keys.clone().or(env("VOUCHSAFE_KEYS").map(PathBuf::from)).or(file.keys).unwrap_or_else(|| data_dir.join("keys"));
@@ -236,7 +253,35 @@ pub fn settings(args: &ServeArgs) -> anyhow::Result<Settings> {
         // The console is plain HTTP and its sign-in carries a credential's secret.
         crate::common::plaintext::check_listen(console, false, args.insecure_plaintext, "the console")?;
     }
-    Ok(Settings { listen, metrics_listen, console_listen, backend, log_json, engine, replicas, group_commit })
+    if let Some(tlog) = tlog_listen {
+        // Public data, but the rule is one: plain text off loopback only when asked.
+        crate::common::plaintext::check_listen(tlog, false, args.insecure_plaintext, "the tiles")?;
+    }
+    let witnessing = match args.witnesses.as_slice() {
+        [] => None,
+        witnesses => {
+            let witnesses = witnesses
+                .iter()
+                .map(|(url, vkey)| Ok((url.clone(), engine::cosignature::CosignatureVerifier::from_vkey(vkey)?)))
+                .collect::<Result<Vec<_>, engine::note::NoteError>>()?;
+            let quorum = args.witness_quorum.unwrap_or(witnesses.len());
+            if quorum == 0 || quorum > witnesses.len() {
+                anyhow::bail!("--witness-quorum {quorum}: between 1 and the {} witnesses given", witnesses.len());
+            }
+            Some(crate::server::tlog::Witnessing { witnesses, quorum })
+        }
+    };
+    Ok(Settings { listen, metrics_listen, console_listen, tlog_listen, witnessing, backend, log_json, engine, replicas, group_commit })
+}
+
+/// `--witness URL=VKEY`: an http:// prefix and a cosignature vkey (checked here).
+pub fn parse_witness(value: &str) -> Result<(String, String), String> {
+    let (url, vkey) = value.split_once('=').ok_or("expected URL=VKEY")?;
+    if !url.starts_with("http://") {
+        return Err(format!("{url}: a witness is reached over http:// (TLS: a proxy of your own)"));
+    }
+    engine::cosignature::CosignatureVerifier::from_vkey(vkey).map_err(|e| format!("{url}: {e}"))?;
+    Ok((url.to_string(), vkey.to_string()))
 }
 
 /// Resolves on SIGTERM or ctrl-c.
@@ -282,6 +327,17 @@ pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output =
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} for the console"))?;
         eprintln!("console on http://{}/", listener.local_addr()?);
         running.serve_console(listener);
+    }
+    let tlog_listener = match settings.tlog_listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} for the tiles"))?;
+            eprintln!("tiles on http://{}/checkpoint", listener.local_addr()?);
+            Some(listener)
+        }
+        None => None,
+    };
+    if tlog_listener.is_some() || settings.witnessing.is_some() {
+        running.publish_tlog(tlog_listener, settings.witnessing.clone());
     }
     let metrics_task = match settings.metrics_listen {
         Some(addr) => {
@@ -364,6 +420,20 @@ mod tests {
         assert_eq!(taken.engine.access_ttl_ms, 10_000);
     }
 
+    /// `--witness URL=VKEY` takes an http:// prefix and a cosignature vkey; the quorum is
+    /// between 1 and the witnesses given (default all). Controls: a note vkey, https, k > n.
+    #[test]
+    fn witnesses_and_their_quorum_are_checked() {
+        let witness = engine::cosignature::Cosigner::generate("witness.test/w1").expect("key").verifier().vkey();
+        let log = engine::note::NoteSigner::generate("witness.test/w1").expect("key").verifier().vkey();
+        let parsed = parse_witness(&format!("http://127.0.0.1:8082={witness}")).expect("parses");
+        assert!(parse_witness(&format!("http://127.0.0.1:8082={log}")).is_err(), "a note key is no witness key");
+        assert!(parse_witness(&format!("https://w.example={witness}")).is_err());
+        let args = ServeArgs { witnesses: vec![parsed], ..Default::default() };
+        assert_eq!(settings(&args).expect("settings").witnessing.expect("witnesses").quorum, 1);
+        assert!(settings(&ServeArgs { witness_quorum: Some(2), ..args }).is_err(), "two of one");
+    }
+
     #[test]
     fn an_unknown_key_in_the_file_is_refused() {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -393,5 +463,9 @@ mod tests {
         let local = settings(&ServeArgs { console_listen: Some("127.0.0.1:8080".parse().expect("addr")), ..Default::default() }).expect("loopback");
         assert_eq!(local.console_listen, Some("127.0.0.1:8080".parse().expect("addr")));
         assert_eq!(settings(&ServeArgs::default()).expect("defaults").console_listen, None, "off unless given");
+        let tiles = ServeArgs { tlog_listen: Some("0.0.0.0:8081".parse().expect("addr")), ..Default::default() };
+        assert!(format!("{:#}", settings(&tiles).expect_err("public tiles need the flag")).contains("the tiles"));
+        settings(&ServeArgs { insecure_plaintext: true, ..tiles }).expect("asked for");
+        assert_eq!(settings(&ServeArgs::default()).expect("defaults").tlog_listen, None, "off unless given");
     }
 }
