@@ -72,6 +72,16 @@ impl Api {
         }
     }
 
+    /// Who publishes: the operator (its own media, any terms) or a publisher (`None` for
+    /// any other caller, which the front door never lets reach PublishMedia).
+    pub(super) fn publishing<T>(request: &Request<T>) -> Result<Result<String, PublisherId>, Status> {
+        match front_door::identity(request)? {
+            Identity::Operator(operator) => Ok(Ok(operator)),
+            Identity::Publisher(publisher) => Ok(Err(publisher)),
+            other => Err(crate::server::status::role_may_not_act_as(other.role(), "the operator or a publisher")),
+        }
+    }
+
     pub(super) fn operator<T>(request: &Request<T>) -> Result<String, Status> {
         match front_door::identity(request)? {
             Identity::Operator(operator) => Ok(operator),
