@@ -40,6 +40,7 @@ mod delivery;
 mod issue;
 mod points;
 mod publisher;
+pub use publisher::PublisherKeyAdded;
 
 pub use admin::Administered;
 pub use container::{ContainerClaims, check_container, check_container_signed};

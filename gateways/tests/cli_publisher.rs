@@ -68,6 +68,15 @@ fn keys_issue_publisher_then_publish_with_its_registered_key_only() {
     let (code, published, err) = publish("owl.cred", "owl.pem", "Owl Song");
     assert_eq!(code, 0, "{published} {err}");
     assert!(published["media"][0]["media_id"].as_str().is_some_and(|id| id.starts_with("md")), "{published}");
+    // The operator registers the other key; then it signs for the publisher too.
+    std::fs::write(root.join("other.pub.pem"), foreign.public().to_pem().expect("pem")).expect("write");
+    let (code, added, err) = run(
+        vouchsafe().args(["admin", "publisher", "add-key", &publisher_id, "--publisher-key", "other.pub.pem", "--keys", "keys", "--connect", &url, "--json"]),
+        root,
+    );
+    assert_eq!((code, added["changed"].as_bool(), added["keys"].as_u64()), (0, Some(true), Some(2)), "{err}");
+    let (code, published, err) = publish("owl.cred", "other.pem", "Second Key");
+    assert_eq!(code, 0, "{published} {err}");
     let (code, parties, err) = run(vouchsafe().args(["admin", "parties", "--kind", "publisher", "--keys", "keys", "--connect", &url, "--json"]), root);
     assert_eq!(code, 0, "{err}");
     assert!(parties.to_string().contains(&publisher_id), "the operator lists the publisher: {parties}");

@@ -136,6 +136,28 @@ async fn a_publisher_publishes_only_containers_signed_by_its_registered_keys_und
     assert_eq!((media.publisher.as_str(), &media.terms), (publisher.id.as_str(), &expected), "the account's terms");
     assert!(engine.state.media.get(&published.media_id, engine::media_store::Part::Container).await.expect("store").is_some());
 
+    // The operator registers the other key too (AdminService, an event): now it signs for
+    // the publisher. The publisher cannot add keys itself.
+    let mut as_publisher_admin = client::admin(channel.clone(), publisher.clone());
+    let add = pb::AddPublisherKeyRequest {
+        request_id: "add-1".into(),
+        publisher_id: publisher.id.clone(),
+        public_key_der: foreign_key.public().to_der().expect("der"),
+    };
+    assert_eq!(as_publisher_admin.add_publisher_key(add.clone()).await.expect_err("operator only").code(), Code::PermissionDenied);
+    let mut admin = client::admin(channel.clone(), operator.clone());
+    let added = admin.add_publisher_key(add.clone()).await.expect("added").into_inner();
+    assert_eq!((added.key_id.as_str(), added.changed, added.keys), (foreign_key.public().key_id().as_str(), true, 2));
+    let again = admin.add_publisher_key(pb::AddPublisherKeyRequest { request_id: "add-2".into(), ..add }).await.expect("in effect").into_inner();
+    assert!(!again.changed && again.keys == 2, "{again:?}");
+    let unknown =
+        pb::AddPublisherKeyRequest { request_id: "add-3".into(), publisher_id: "pu-none".into(), public_key_der: foreign_key.public().to_der().expect("der") };
+    assert_eq!(admin.add_publisher_key(unknown).await.expect_err("no such publisher").code(), Code::NotFound);
+    let published = client::publish_container(&mut as_publisher, &publisher.id, "song-x", &engine_public, &foreign_key, upload("Second Key"))
+        .await
+        .expect("now registered");
+    assert_eq!(published.media_id, media_of(&publisher.id, "song-x"));
+
     // A merchant may not publish at all.
     let merchant = client::credential_of(
         catalog.register_merchant(pb::RegisterMerchantRequest { request_id: "m-1".into(), name: "Shop".into() }).await.expect("merchant").into_inner(),

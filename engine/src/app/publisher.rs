@@ -7,6 +7,16 @@ use super::*;
 use crate::domain::event::RoyaltyTerms;
 use crate::domain::publisher::{Publisher, PublisherCommand, PublisherKey, PublisherStatus};
 
+/// What `add_publisher_key` did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublisherKeyAdded {
+    pub key_id: String,
+    /// False when the key was registered already (or the request was a retry).
+    pub changed: bool,
+    /// The publisher's keys after the command.
+    pub keys: usize,
+}
+
 impl Market {
     /// Registers a publisher with a credential (shown once), its royalty terms and its
     /// signing keys (RSA-2048+ SubjectPublicKeyInfo DER, each recorded with its key id).
@@ -41,6 +51,28 @@ impl Market {
             return Err(Rejection::AlreadyExists { kind: "publisher credential", id: publisher.0 }.into());
         }
         Ok(Credential { id: publisher.0, secret })
+    }
+
+    /// Registers another signing key for a publisher (`PublisherKeyAdded`): answers the
+    /// key's id, whether it was new, and how many keys the publisher holds now.
+    pub async fn add_publisher_key(
+        &self,
+        operator: &str,
+        request: &RequestId,
+        publisher: &PublisherId,
+        public_key_der: &[u8],
+    ) -> Result<PublisherKeyAdded, AppError> {
+        crate::domain::validate::id("publisher_id", &publisher.0)?;
+        let key = RsaPublic::from_der(public_key_der)
+            .map_err(|_| Rejection::InvalidArgument { field: "public_key_der", reason: "must be an RSA-2048+ SubjectPublicKeyInfo".into() })?;
+        let key = PublisherKey { key_id: key.key_id(), public_key_der: key.to_der()? };
+        let key_id = key.key_id.clone();
+        let handled = self
+            .handler
+            .handle::<Publisher>(&publisher.0, &actor(ActorKind::Operator, operator), request, &PublisherCommand::AddKey { key })
+            .await
+            .map_err(|error| naming(error, &publisher.0))?;
+        Ok(PublisherKeyAdded { key_id, changed: !handled.appended.is_empty(), keys: handled.root.state.keys.len() })
     }
 
     /// PublishMedia by a publisher: the container must be signed (format 2 or 3) by a key
