@@ -61,8 +61,9 @@ const SPEND_CEILING: u64 = 10_000;
 const SPEND_AUTHORIZATION_TTL_MS: u64 = 10 * 60 * 1000;
 const NODE_REGIONS: [&str; 2] = ["eu", "us"];
 const PLAYERS: usize = 6;
-/// `<data-dir>/players/passphrase`: the passphrase of the first player's protected passport.
-pub const PASSPHRASE_FILE: &str = "passphrase";
+/// `<data-dir>/players/<consumer>.passphrase`: the passphrase of each run's first player's
+/// protected passport (one file per consumer, so a later run keeps an earlier one's).
+pub const PASSPHRASE_FILE_SUFFIX: &str = ".passphrase";
 const NODE_SLOTS: u32 = 256;
 const NODE_CACHE_BYTES_MAX: u64 = 64 * 1024 * 1024;
 
@@ -243,7 +244,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
             // keeps in a 0600 file) and opened again from its files, as `player fetch
             // --passphrase-file` opens it; scrypt is CPU work, off the runtime's threads.
             std::fs::create_dir_all(&players_dir).with_context(|| format!("cannot create {}", players_dir.display()))?;
-            let passphrase_file = players_dir.join(PASSPHRASE_FILE);
+            let passphrase_file = players_dir.join(format!("{}{PASSPHRASE_FILE_SUFFIX}", consumer.0));
             let passphrase = hex::encode(engine::crypto::random_bytes::<16>());
             crate::common::keys::write_private(&passphrase_file, format!("{passphrase}\n").as_bytes())?;
             let opened = tokio::task::spawn_blocking(move || {
