@@ -18,7 +18,7 @@ impl pb::catalog_service_server::CatalogService for Api {
             let container = bytes::Bytes::from(std::mem::take(&mut message.container));
             // A publisher's terms come from its account: it may leave them out.
             let has_terms = message.terms.is_some();
-            if !has_terms && publisher.is_ok() {
+            if !has_terms && matches!(publisher, Publishing::Operator(_)) {
                 return Err(invalid("terms", "royalty terms are required"));
             }
             let terms = message.terms.clone().unwrap_or_default();
@@ -58,8 +58,8 @@ impl pb::catalog_service_server::CatalogService for Api {
             };
             let preview_clip = bytes::Bytes::from(message.preview_clip);
             let media = match publisher {
-                Ok(operator) => self.market().publish(&operator, &request_id, input, container, preview_clip, &self.state.media).await,
-                Err(publisher) => {
+                Publishing::Operator(operator) => self.market().publish(&operator, &request_id, input, container, preview_clip, &self.state.media).await,
+                Publishing::Publisher(publisher) => {
                     let request_terms = Some(input.terms.clone()).filter(|_| has_terms);
                     self.market().publish_as_publisher(&publisher, &request_id, input, request_terms, container, preview_clip, &self.state.media).await
                 }
