@@ -40,9 +40,11 @@ mod delivery;
 mod issue;
 mod leases;
 mod points;
+mod publisher;
+pub use publisher::PublisherKeyAdded;
 
 pub use admin::Administered;
-pub use container::{ContainerClaims, check_container};
+pub use container::{ContainerClaims, check_container, check_container_signed};
 
 /// Unwrapped media keys kept in memory (each zeroized when evicted).
 pub const MEDIA_KEY_CACHE_MAX: usize = 4096;
@@ -367,6 +369,23 @@ impl Market {
     ) -> Result<MediaId, AppError> {
         let media_id = media_id_for(publisher, request);
         let container_format = self.check_container(&media_id, container.clone(), input.claims(preview_clip.clone())).await?;
+        self.store_and_publish(publisher, request, input, container, preview_clip, store, container_format).await
+    }
+
+    /// The rest of [`Market::publish`], once the container is checked: the bytes stored,
+    /// the event appended, the bytes removed again if the append is refused.
+    #[allow(clippy::too_many_arguments)] // the parts of one PublishMedia request
+    async fn store_and_publish(
+        &self,
+        publisher: &str,
+        request: &RequestId,
+        input: PublishInput,
+        container: bytes::Bytes,
+        preview_clip: bytes::Bytes,
+        store: &MediaStore,
+        container_format: u8,
+    ) -> Result<MediaId, AppError> {
+        let media_id = media_id_for(publisher, request);
         let _publishing = self.publishing.lock().await;
         let fresh = self.handler.load::<Media>(&media_id.0).await?.state.published.is_none();
         if fresh {

@@ -41,6 +41,9 @@ string_id!(/// A merchant, as registered by the operator.
 string_id!(/// An auditor (rights agent, licensing center), as registered by the operator: holds
     /// a read-only credential.
     AuditorId);
+string_id!(/// A publisher (an author or label), as registered by the operator: publishes its own
+    /// media, signed by its registered keys.
+    PublisherId);
 string_id!(/// A delivery node.
     NodeId);
 string_id!(/// A published media item.
@@ -122,6 +125,18 @@ pub fn merchant_id_for(operator: &str, request: &RequestId) -> MerchantId {
 /// derived id (`v`, `o`, `p`, `m`, `n`, `md`, `c`).
 pub fn auditor_id_for(operator: &str, request: &RequestId) -> AuditorId {
     AuditorId(format!("a{}", short_hash(&[b"auditor", operator.as_bytes(), request.0.as_bytes()])))
+}
+
+/// The publisher id the operator's request registers. The prefix `pu` is no other derived
+/// id's (a preview's `p` is followed by hex digits).
+pub fn publisher_id_for(operator: &str, request: &RequestId) -> PublisherId {
+    PublisherId(format!("pu{}", short_hash(&[b"publisher", operator.as_bytes(), request.0.as_bytes()])))
+}
+
+/// Whether `id` is a publisher's (`publisher_id_for`): a client tells a publisher's
+/// credential from the operator's by it.
+pub fn is_publisher_id(id: &str) -> bool {
+    id.starts_with("pu")
 }
 
 /// The delivery node id the operator's request registers.

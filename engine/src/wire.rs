@@ -7,7 +7,7 @@ use crate::domain::event::{
     Actor, ActorKind, AggregateKind, AggregateRef, Event, LedgerAccountKind, MediaPublished, Payment, PointsSale, Posting, PreviewClip, Recorded, Rendition,
     ReservedItem, RightsReportSealed, RoyaltyTerms, SealCheckpoint, UnitCharge, VoidReason,
 };
-use crate::ids::{AccountId, AuditorId, CertSerial, ConsumerId, MediaId, MerchantId, Millis, NodeId, OrderId, PreviewId, VoucherId};
+use crate::ids::{AccountId, AuditorId, CertSerial, ConsumerId, MediaId, MerchantId, Millis, NodeId, OrderId, PreviewId, PublisherId, VoucherId};
 use pb::envelope::Event as E;
 use prost::Message;
 use proto::v1 as pb;
@@ -129,6 +129,7 @@ fn aggregate_type(kind: AggregateKind) -> pb::AggregateType {
         AggregateKind::Report => T::Report,
         AggregateKind::Config => T::Config,
         AggregateKind::Auditor => T::Auditor,
+        AggregateKind::Publisher => T::Publisher,
     }
 }
 
@@ -146,6 +147,7 @@ fn aggregate_kind_of(value: i32) -> Result<AggregateKind, DecodeError> {
         T::Report => AggregateKind::Report,
         T::Config => AggregateKind::Config,
         T::Auditor => AggregateKind::Auditor,
+        T::Publisher => AggregateKind::Publisher,
         T::Unspecified => return Err(DecodeError::Missing("aggregate.type")),
     })
 }
@@ -348,6 +350,15 @@ fn event_to_pb(event: &Event) -> E {
             E::AuditorRegistered(pb::AuditorRegistered { auditor_id: auditor_id.0.clone(), name: name.clone(), credential_hash: credential_hash.to_vec() })
         }
         Event::AuditorRevoked { auditor_id, reason } => E::AuditorRevoked(pb::AuditorRevoked { auditor_id: auditor_id.0.clone(), reason: reason.clone() }),
+        Event::PublisherRegistered { publisher_id, name, credential_hash, terms } => E::PublisherRegistered(pb::PublisherRegistered {
+            publisher_id: publisher_id.0.clone(),
+            name: name.clone(),
+            credential_hash: credential_hash.to_vec(),
+            terms: Some(terms_to_pb(terms)),
+        }),
+        Event::PublisherKeyAdded { publisher_id, key_id, public_key_der } => {
+            E::PublisherKeyAdded(pb::PublisherKeyAdded { publisher_id: publisher_id.0.clone(), key_id: key_id.clone(), public_key_der: public_key_der.clone() })
+        }
         Event::AccessLapsed { voucher_id, node_id } => E::AccessLapsed(pb::AccessLapsed { voucher_id: voucher_id.0.clone(), node_id: node_id.0.clone() }),
         Event::AccessRenewed { voucher_id, node_id, previous_node, access_expires_at } => E::AccessRenewed(pb::AccessRenewed {
             voucher_id: voucher_id.0.clone(),
@@ -561,6 +572,13 @@ fn event_of_pb(event: E) -> Result<Event, DecodeError> {
             Event::AuditorRegistered { auditor_id: AuditorId(e.auditor_id), name: e.name, credential_hash: array("credential_hash", &e.credential_hash)? }
         }
         E::AuditorRevoked(e) => Event::AuditorRevoked { auditor_id: AuditorId(e.auditor_id), reason: e.reason },
+        E::PublisherRegistered(e) => Event::PublisherRegistered {
+            publisher_id: PublisherId(e.publisher_id),
+            name: e.name,
+            credential_hash: array("credential_hash", &e.credential_hash)?,
+            terms: terms_of(e.terms.ok_or(DecodeError::Missing("terms"))?),
+        },
+        E::PublisherKeyAdded(e) => Event::PublisherKeyAdded { publisher_id: PublisherId(e.publisher_id), key_id: e.key_id, public_key_der: e.public_key_der },
         E::AccessLapsed(e) => Event::AccessLapsed { voucher_id: VoucherId(e.voucher_id), node_id: NodeId(e.node_id) },
         E::AccessRenewed(e) => Event::AccessRenewed {
             voucher_id: VoucherId(e.voucher_id),

@@ -66,6 +66,22 @@ fn demo_json_has_every_key_and_delivers_verified_media() {
     let (status, again) = demo(dir.path(), "10");
     assert!(status.success(), "second demo failed: {again}");
     assert!(again["stream_events"].as_u64() > summary["stream_events"].as_u64());
+    // Each run protects its first player's passport under a passphrase kept in
+    // players/<consumer>.passphrase: that file opens it, nothing else does, and the second
+    // run kept the first run's.
+    let players = dir.path().join("players");
+    let passphrases: Vec<_> = std::fs::read_dir(&players)
+        .expect("players")
+        .map(|entry| entry.expect("entry").path())
+        .filter(|path| path.extension().is_some_and(|extension| extension == "passphrase"))
+        .collect();
+    assert_eq!(passphrases.len(), 2, "{passphrases:?}");
+    for file in passphrases {
+        let home = players.join(file.file_stem().expect("a consumer"));
+        assert!(gateways::player::Passport::is_protected(&home).expect("a passport"), "{}", home.display());
+        assert!(gateways::player::Passport::load(&home).is_err(), "not without its passphrase");
+        gateways::player::Passport::load_with(&home, &gateways::player::PassphraseSource::File(file)).expect("opens with its file");
+    }
 }
 
 /// `demo --node-tls`: the nodes announce https under a throwaway CA's certificates and the

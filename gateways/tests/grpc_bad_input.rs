@@ -246,6 +246,10 @@ struct World {
     spare_media: String,
     priced_media: String,
     frank_serials: [String; 2],
+    /// A publisher the operator registered with `consumer_der` as its key (AddPublisherKey
+    /// adds `spare_publisher_key_der`).
+    spare_publisher: String,
+    spare_publisher_key_der: Vec<u8>,
 }
 
 async fn build_world() -> World {
@@ -361,6 +365,18 @@ async fn build_world() -> World {
         credential(catalog.register_auditor(pb::RegisterAuditorRequest { request_id: "auditor-spare".into(), name: "Agent spare".into() }).await);
     let spare_media = client::publish(&mut catalog, "media-spare", &fx.engine_public, upload("Spare")).await.expect("publish").media_id;
     let priced_media = client::publish(&mut catalog, "media-priced", &fx.engine_public, upload("Priced")).await.expect("publish").media_id;
+    let spare_publisher = credential(
+        catalog
+            .register_publisher(pb::RegisterPublisherRequest {
+                request_id: "publisher-spare".into(),
+                name: "Spare Label".into(),
+                terms: Some(client::standard_terms("label-spare")),
+                public_keys_der: vec![consumer_der.clone()],
+            })
+            .await,
+    )
+    .id;
+    let spare_publisher_key_der = engine::crypto::test_keys::fixed_rsa_3().public().to_der().expect("der");
     tokio::time::sleep(Duration::from_millis(5)).await;
     fx.settle().await;
     World {
@@ -396,6 +412,8 @@ async fn build_world() -> World {
         spare_media,
         priced_media,
         frank_serials,
+        spare_publisher,
+        spare_publisher_key_der,
     }
 }
 
@@ -653,6 +671,12 @@ const ROLE_NAMES: [&str; 7] = ["operator", "merchant owner", "merchant other", "
 /// (for vouchers, previews and orders A made) and node X (for what was assigned to X);
 /// where an RPC names nothing owned (Reserve, Preview, PlaceOrder, RegisterNode, Heartbeat,
 /// SubscribeAssignments, FetchMedia) the "other" merchant or node is simply another one.
+/// Publisher accounts (issue 28), last in `Rpc::ALL`: the operator's only.
+const PUBLISHER_ACCESS: &[(&str, [&str; 7])] = &[
+    ("RegisterPublisher", ["allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"]),
+    ("AddPublisherKey", ["allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"]),
+];
+
 const EXPECTED_ACCESS: &[(&str, [&str; 7])] = &[
     //                              operator            merchant owner      merchant other      node owner          node other          auditor             anonymous
     (
@@ -969,6 +993,17 @@ impl World {
             | Rpc::GetAccountPoints
             | Rpc::ListOrders
             | Rpc::Statement => read_access::access_request(rpc),
+            Rpc::RegisterPublisher => Req::RegisterPublisher(pb::RegisterPublisherRequest {
+                request_id: "acc-publisher".into(),
+                name: "Label 2".into(),
+                terms: Some(client::standard_terms("label-2")),
+                public_keys_der: vec![self.consumer_der.clone()],
+            }),
+            Rpc::AddPublisherKey => Req::AddPublisherKey(pb::AddPublisherKeyRequest {
+                request_id: "acc-publisher-key".into(),
+                publisher_id: self.spare_publisher.clone(),
+                public_key_der: self.spare_publisher_key_der.clone(),
+            }),
         }
     }
 }
@@ -980,7 +1015,7 @@ fn cell(code: Code) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_matrix_every_role_by_every_rpc() {
     let world = build_world().await;
-    let expected_access: Vec<&(&str, [&str; 7])> = EXPECTED_ACCESS.iter().chain(read_access::READ_ACCESS).collect();
+    let expected_access: Vec<&(&str, [&str; 7])> = EXPECTED_ACCESS.iter().chain(read_access::READ_ACCESS).chain(PUBLISHER_ACCESS).collect();
     assert_eq!(expected_access.len(), Rpc::ALL.len(), "one expected row per RPC");
     let mut actual: Vec<(Rpc, Vec<(String, u64)>)> = Vec::new();
     let mut mismatches = Vec::new();

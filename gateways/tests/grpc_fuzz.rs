@@ -631,7 +631,7 @@ fn judge(case: &Case, gate: Gate, answer: &Answer, previous_accepted: Option<boo
         // refused while earlier ones still hold the permits. Anything else answers again.
         let documented = matches!(
             (case.rpc, code),
-            (Rpc::RegisterMerchant | Rpc::RegisterNodeCredential | Rpc::RegisterAuditor, Code::AlreadyExists)
+            (Rpc::RegisterMerchant | Rpc::RegisterNodeCredential | Rpc::RegisterAuditor | Rpc::RegisterPublisher, Code::AlreadyExists)
                 | (Rpc::Replay | Rpc::VerifyChain | Rpc::Statement, Code::ResourceExhausted)
         );
         if code != Code::Ok && !documented {

@@ -959,3 +959,83 @@ async fn a_copy_lost_after_the_access_window_is_recovered_through_a_renewed_acce
 fn chrono_now_ms() -> i64 {
     i64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_millis()).expect("ms fit")
 }
+
+/// A lost passport (issue 28, item 4): alice's key is gone, so the operator certifies a new
+/// key for the same consumer and revokes the old certificate. Her purchases stay hers: a
+/// voucher stuck after a failed delivery is reissued and redeemed with the new certificate
+/// (the keys re-wrapped for it, no new usage), a delivered copy is recovered with it, an
+/// unredeemed sale is redeemed with it. Controls: bob, another consumer with a valid
+/// certificate, gets none of them; the old certificate is refused once revoked; nothing is
+/// written by a refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_passport_is_replaced_by_a_new_certificate_that_keeps_the_consumers_purchases() {
+    let (mut fixture, node) = start().await;
+    let old = fixture.passport("alice").await;
+    let bob = fixture.passport("bob").await;
+    let operator = Credential::load(&fixture.dir.path().join("keys/operator.cred")).expect("operator");
+    let mut admin = client::admin(fixture.channel.clone(), operator);
+    admin.set_config(pb::SetConfigRequest { request_id: "retries".into(), key: "delivery.retries_max".into(), value: "0".into() }).await.expect("no retries");
+    let (stuck, delivered, unredeemed) = (fixture.buy("sale-1").await, fixture.buy("sale-2").await, fixture.buy("sale-3").await);
+    let out = fixture.dir.path().join("alice");
+    // Sale 1: the keys went to the old passport, the delivery failed for good.
+    let mut at_node = player::connect_node(node.endpoint()).await.expect("connect");
+    let redeem = player_redeem(&mut at_node, &stuck, &old, "r1").await;
+    at_node.redeem(redeem).await.expect("alice redeems");
+    let subject = crypto::ProofConsumer::new("alice", &old.certificate.cert_serial, &old.certificate.public_key_der);
+    let proof = crypto::confirm_proof(&receipt_of(&stuck), &stuck.voucher_id, &stuck.node_id, &fixture.media_id, &[0; 32], &subject).to_vec();
+    let failed = pb::ConfirmRequest { grant: Some(stuck.grant()), media_id: fixture.media_id.clone(), received_hash: vec![0; 32], proof };
+    at_node.confirm(failed).await.expect_err("a wrong hash: the delivery failed");
+    // Sale 2: delivered to the old passport.
+    let copies = player::redeem_and_download(&purchase_of(&delivered), &old, "r2", &out).await.expect("delivered");
+    assert!(copies.iter().all(|copy| copy.decrypt_ok));
+    assert_eq!(fixture.usages().await, 2, "two key releases");
+
+    // The passport is lost: a new key certified for alice, the old certificate revoked.
+    let new =
+        player::create_passport(&mut fixture.catalog, "cert-alice-again", &ConsumerId::new("alice"), &fixture.engine_public).await.expect("a new passport");
+    assert_ne!(new.certificate.cert_serial, old.certificate.cert_serial);
+    assert_ne!(new.private.public(), old.private.public());
+    let revoke = pb::RevokeCertRequest {
+        request_id: "revoke-old".into(),
+        cert_serial: old.certificate.cert_serial.clone(),
+        reason: "passport lost".into(),
+        consumer_id: "alice".into(),
+    };
+    fixture.catalog.revoke_cert(revoke).await.expect("revoked");
+
+    // Sale 1 reissued; bob and the old certificate are refused, nothing written.
+    let anew = fixture
+        .merchant
+        .issue_voucher(pb::IssueVoucherRequest { request_id: "reissue-1".into(), voucher_id: stuck.voucher_id.clone(), region: String::new() })
+        .await
+        .expect("issued anew")
+        .into_inner();
+    let reissued = client::Sale { access_token: anew.access_token.clone(), access_expires_at_ms: anew.access_expires_at_ms, ..stuck.clone() };
+    let head = fixture.head().await;
+    let by_bob = player::redeem_and_download(&purchase_of(&reissued), &bob, "r1-bob", &fixture.dir.path().join("bob")).await.expect_err("not bob's");
+    assert!(format!("{by_bob:#}").contains("FailedPrecondition"), "{by_bob:#}");
+    let by_old = player::redeem_and_download(&purchase_of(&reissued), &old, "r1-old", &out).await.expect_err("the old certificate is revoked");
+    assert!(format!("{by_old:#}").contains("PermissionDenied"), "{by_old:#}");
+    assert_eq!(fixture.head().await, head, "refusals write nothing");
+    let redelivered = player::redeem_and_download(&purchase_of(&reissued), &new, "r1-new", &out).await.expect("the new certificate redeems");
+    assert!(redelivered.iter().all(|copy| copy.decrypt_ok && copy.voucher_delivered), "{redelivered:?}");
+    let bytes = std::fs::read(&redelivered[0].path).expect("the copy");
+    let copy = engine::media::parse_delivered_copy(&bytes).expect("a delivered copy");
+    assert_eq!(copy.record.cert_serial.0, new.certificate.cert_serial, "the record names the new certificate");
+    assert_eq!(fixture.status_of(&stuck.voucher_id).await, "Delivered");
+
+    // Sale 2: the lost copy is recovered with the new certificate; not by bob, not with the old one.
+    let head = fixture.head().await;
+    assert!(player::recover_and_download(&purchase_of(&delivered), &bob, "rec-bob", &fixture.dir.path().join("bob")).await.is_err());
+    assert!(player::recover_and_download(&purchase_of(&delivered), &old, "rec-old", &out).await.is_err(), "revoked");
+    assert_eq!(fixture.head().await, head);
+    let recovered = player::recover_and_download(&purchase_of(&delivered), &new, "rec-new", &out).await.expect("recovered");
+    assert!(recovered.iter().all(|copy| copy.decrypt_ok));
+
+    // Sale 3: bought before the loss, redeemed with the new passport.
+    let fetched = player::redeem_and_download(&purchase_of(&unredeemed), &new, "r3", &out).await.expect("redeemed");
+    assert!(fetched.iter().all(|copy| copy.decrypt_ok && copy.voucher_delivered));
+    assert_eq!(fixture.usages().await, 3, "one usage per sale: the reissue and the recovery release nothing anew");
+    node.shutdown().await;
+    fixture.engine.shutdown().await.expect("shutdown");
+}

@@ -150,10 +150,12 @@ pub enum PartyKind {
     Auditor,
     /// A consumer's certificate, or a duplicator device's (certified the same way).
     Certificate,
+    /// A publisher account (its credential publishes media).
+    Publisher,
 }
 
 impl PartyKind {
-    pub const ALL: [PartyKind; 4] = [PartyKind::Merchant, PartyKind::Node, PartyKind::Auditor, PartyKind::Certificate];
+    pub const ALL: [PartyKind; 5] = [PartyKind::Merchant, PartyKind::Node, PartyKind::Auditor, PartyKind::Certificate, PartyKind::Publisher];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -161,6 +163,7 @@ impl PartyKind {
             PartyKind::Node => "node",
             PartyKind::Auditor => "auditor",
             PartyKind::Certificate => "certificate",
+            PartyKind::Publisher => "publisher",
         }
     }
 
@@ -175,6 +178,7 @@ impl PartyKind {
             PartyKind::Node => b'n',
             PartyKind::Auditor => b'a',
             PartyKind::Certificate => b'c',
+            PartyKind::Publisher => b'u',
         }
     }
 
@@ -401,6 +405,10 @@ impl Reads {
                 self.register(PartyKind::Auditor, &auditor_id.0, row);
             }
             Event::AuditorRevoked { auditor_id, .. } => self.party_status(PartyKind::Auditor, &auditor_id.0, None, "revoked"),
+            Event::PublisherRegistered { publisher_id, name, credential_hash, .. } => {
+                let row = PartyRow { name: name.clone(), status: "active".into(), credential_hash: *credential_hash, ..PartyRow::default() };
+                self.register(PartyKind::Publisher, &publisher_id.0, row);
+            }
             Event::NodeRegistered { node_id, region, slots_max, credential_hash } => {
                 let row = PartyRow {
                     status: "active".into(),

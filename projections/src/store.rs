@@ -24,7 +24,8 @@
 //! Format 2 added the balances and the stream head before the last event; format 3 keeps
 //! the stream heads many to a row (`heads`); format 8 adds the read indexes (`reads`),
 //! format 10 their orders, the credential hashes in their party rows and each seal's
-//! time, format 11 the royalty log's RFC 6962 tree and its seals' checkpoints. A store of
+//! time, format 11 the royalty log's RFC 6962 tree and its seals' checkpoints, format 12
+//! publishers among the parties (kind `u`) and their credentials. A store of
 //! an older format fails the marker check at open and is quarantined and rebuilt.
 //!
 //! Secrets: none is stored. The royalty chain's current `A_j` is re-derived at load from
@@ -66,7 +67,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 /// The value of `@format`; a new layout gets a new marker (and old stores are rebuilt).
-pub const FORMAT_MARKER: &[u8] = b"vouchsafe-projection-store/12";
+pub const FORMAT_MARKER: &[u8] = b"vouchsafe-projection-store/13";
 
 const FORMAT_KEY: &[u8] = b"@format";
 const CHECKPOINT_KEY: &[u8] = b"@checkpoint";

@@ -206,7 +206,7 @@ fn is_local_module(word: &str) -> bool {
 /// called elsewhere escapes the review that module gets (constant-time compares, zeroized
 /// keys, domain-separated derivations).
 fn calls_a_crypto_primitive(text: &str) -> bool {
-    const PRIMITIVES: &[&str] = &["rsa", "aes_gcm", "hmac", "blake3", "sha2", "subtle", "getrandom", "ed25519_dalek", "aws_lc_rs", "ring"];
+    const PRIMITIVES: &[&str] = &["rsa", "aes_gcm", "hmac", "blake3", "sha2", "subtle", "getrandom", "ed25519_dalek", "aws_lc_rs", "ring", "pkcs8", "scrypt"];
     path_words(text).iter().any(|word| PRIMITIVES.contains(word))
 }
 

@@ -28,9 +28,15 @@ fn container_refused(reason: impl Into<String>) -> Rejection {
 /// to the request's, the same length, for-sale flag, preview window and preview clip bytes.
 /// Returns the format version.
 pub fn check_container(container: &[u8], media_id: &MediaId, claims: &ContainerClaims) -> Result<u8, Rejection> {
+    check_container_signed(container, media_id, claims).map(|(format_version, _)| format_version)
+}
+
+/// [`check_container`], also answering the key that signed the container (none for the
+/// unsigned format 1): what a publisher's registered keys are checked against.
+pub fn check_container_signed(container: &[u8], media_id: &MediaId, claims: &ContainerClaims) -> Result<(u8, Option<RsaPublic>), Rejection> {
     use crate::media::{ContainerError, Parsed};
     let container = match crate::media::parse(container).map_err(|error: ContainerError| container_refused(error.to_string()))? {
-        Parsed::V1(_) => return Ok(crate::media::FORMAT_VERSION),
+        Parsed::V1(_) => return Ok((crate::media::FORMAT_VERSION, None)),
         Parsed::V2(container) => container,
     };
     let publisher = container.verify().map_err(|error| container_refused(format!("{error}; sign the container with the publisher key it names")))?;
@@ -63,5 +69,5 @@ pub fn check_container(container: &[u8], media_id: &MediaId, claims: &ContainerC
         return Err(container_refused("the request's preview window and preview clip must be the container's"));
     }
     tracing::debug!(media_id = %media_id, publisher_key_id = %publisher.key_id(), "signed container checked");
-    Ok(container.format_version)
+    Ok((container.format_version, Some(publisher)))
 }

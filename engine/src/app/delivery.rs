@@ -191,8 +191,8 @@ impl Market {
         Ok(())
     }
 
-    /// Whether `proof` is the confirm proof of the consumer the voucher's keys were
-    /// released to, over this node, media and hash (public data and the receipt the engine
+    /// Whether `proof` is the confirm proof of the consumer and certificate the voucher's
+    /// keys were last wrapped for, over this node, media and hash (public data and the receipt the engine
     /// derives; no RSA). No release yet: no proof can be valid.
     async fn confirm_check(
         &self,
@@ -203,7 +203,9 @@ impl Market {
         hash: &[u8],
         proof: &[u8],
     ) -> Result<ProofCheck, AppError> {
-        let Some((consumer, cert_serial)) = state.released_to.clone() else { return Ok(ProofCheck::Invalid) };
+        // The redemption under way names the certificate the keys were wrapped for (the first
+        // one, or a consumer's newer certificate after a reissue).
+        let Some((consumer, cert_serial)) = state.consumer.clone().or_else(|| state.released_to.clone()) else { return Ok(ProofCheck::Invalid) };
         let consumer_root = self.handler.load::<Consumer>(&consumer.0).await?;
         let public_key_der = consumer_root.state.certs.get(&cert_serial).map(|cert| cert.public_key_der.as_slice()).unwrap_or_default();
         let subject = crypto::ProofConsumer::new(&consumer.0, &cert_serial.0, public_key_der);

@@ -33,7 +33,7 @@ mod tokens;
 pub use self::aead::{aead_decrypt, aead_encrypt};
 pub use self::ed25519::{ED25519_KEY_BYTES, ED25519_SIGNATURE_BYTES, Ed25519Private, Ed25519Public, sha256};
 pub use self::hashing::{Hasher, credential_hash, derive_hash, derive_key, hash, keyed_hash};
-pub use self::rsa::{RsaPrivate, RsaPublic, sign, unwrap_key, unwrap_keys, verify, wrap_key, wrap_keys};
+pub use self::rsa::{RsaPrivate, RsaPublic, SCRYPT_LOG_N_MAX, SCRYPT_R_MAX, sign, unwrap_key, unwrap_keys, verify, wrap_key, wrap_keys};
 pub use self::tokens::{
     AccessDenied, ProofConsumer, TokenPurpose, access_token, check_access_token, confirm_proof, derive_token, hmac_sha256, hmac_sha256_framed, node_access_key,
     receipt_proof, verify_confirm_proof, verify_hmac_sha256_framed, verify_receipt_proof,
@@ -68,6 +68,10 @@ pub enum CryptoError {
     /// The RSA library refused an operation.
     #[error("rsa operation failed: {0}")]
     Rsa(String),
+    /// A passphrase does not open a protected private key (or the key inside is damaged:
+    /// the two cannot be told apart, and are one answer).
+    #[error("the passphrase does not open this key")]
+    WrongPassphrase,
     /// The operating system's random number generator failed.
     #[error("os randomness unavailable; check the host's entropy source")]
     Random,

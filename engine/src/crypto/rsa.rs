@@ -21,10 +21,16 @@ use ::rsa::traits::PublicKeyParts;
 use ::rsa::{RsaPrivateKey, RsaPublicKey};
 use aws_lc_rs::rsa::{OAEP_SHA256_MGF1SHA256, OaepPrivateDecryptingKey, OaepPublicEncryptingKey, PrivateDecryptingKey, PublicEncryptingKey};
 use aws_lc_rs::signature::{RSA_PSS_2048_8192_SHA256, RSA_PSS_SHA256, RsaKeyPair, UnparsedPublicKey};
+use pkcs8::der::pem::PemLabel;
 use std::fmt;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use zeroize::Zeroizing;
+
+/// Largest scrypt work factor (log2 N) a protected key may ask for: 2^20 with r = 8 is 1 GiB.
+pub const SCRYPT_LOG_N_MAX: u32 = 20;
+/// Largest scrypt block size (r) a protected key may ask for.
+pub const SCRYPT_R_MAX: u32 = 8;
 
 /// The OS random number generator in the `rand_core` 0.6 shape that `rsa` 0.9 expects.
 pub(super) struct OsRng;
@@ -122,6 +128,47 @@ impl RsaPrivate {
     /// Encodes the key as PKCS#8 PEM, in memory that is zeroized on drop.
     pub fn to_pkcs8_pem(&self) -> Result<Zeroizing<String>, CryptoError> {
         self.key.to_pkcs8_pem(LineEnding::LF).map_err(|e| CryptoError::Rsa(format!("cannot encode private key: {e}")))
+    }
+
+    /// Encodes the key as encrypted PKCS#8 PEM (`-----BEGIN ENCRYPTED PRIVATE KEY-----`):
+    /// PBES2 with scrypt (the recommended N = 2^17, r = 8, p = 1: 128 MiB and about half a
+    /// second, so each guess costs as much), AES-256-CBC, a fresh salt and IV from the OS.
+    /// The standard form, so `openssl pkcs8` and other tools read it too.
+    pub fn to_protected_pem(&self, passphrase: &[u8]) -> Result<Zeroizing<String>, CryptoError> {
+        if passphrase.is_empty() {
+            return Err(CryptoError::BadKey("an empty passphrase protects nothing".into()));
+        }
+        self.key.to_pkcs8_encrypted_pem(OsRng, passphrase, LineEnding::LF).map_err(|e| CryptoError::Rsa(format!("cannot encrypt private key: {e}")))
+    }
+
+    /// Parses an encrypted PKCS#8 PEM private key written by [`RsaPrivate::to_protected_pem`]
+    /// (or any PBES2 one). A passphrase that does not open it is [`CryptoError::WrongPassphrase`],
+    /// whatever failed inside (padding, or garbage that is no key): the two are one answer,
+    /// so a guess learns nothing more. Scrypt costs beyond [`SCRYPT_LOG_N_MAX`] and
+    /// [`SCRYPT_R_MAX`] are refused before any work, as PBES1 (weak) is.
+    pub fn from_protected_pem(pem: &str, passphrase: &[u8]) -> Result<Self, CryptoError> {
+        let (label, document) = pkcs8::SecretDocument::from_pem(pem).map_err(|e| CryptoError::BadKey(format!("not a pem document: {e}")))?;
+        if label != pkcs8::EncryptedPrivateKeyInfo::PEM_LABEL {
+            return Err(CryptoError::BadKey(format!("a {label:?} pem, not an encrypted private key")));
+        }
+        let info = pkcs8::EncryptedPrivateKeyInfo::try_from(document.as_bytes())
+            .map_err(|e| CryptoError::BadKey(format!("not an encrypted pkcs#8 private key: {e}")))?;
+        let pkcs8::pkcs5::EncryptionScheme::Pbes2(scheme) = &info.encryption_algorithm else {
+            return Err(CryptoError::BadKey("only pbes2 protects a key (pbes1 is weak)".into()));
+        };
+        if let Some(scrypt) = scheme.kdf.scrypt()
+            && (scrypt.cost_parameter > 1 << SCRYPT_LOG_N_MAX || u32::from(scrypt.block_size) > SCRYPT_R_MAX || scrypt.parallelization > 16)
+        {
+            return Err(CryptoError::BadKey("the key's scrypt cost is beyond what this program spends".into()));
+        }
+        let plain = info.decrypt(passphrase).map_err(|_| CryptoError::WrongPassphrase)?;
+        let key = RsaPrivateKey::from_pkcs8_der(plain.as_bytes()).map_err(|_| CryptoError::WrongPassphrase)?;
+        Self::from_key(key)
+    }
+
+    /// Whether `pem` is an encrypted PKCS#8 private key (by its label; nothing is decrypted).
+    pub fn is_protected_pem(pem: &str) -> bool {
+        pem.trim_start().starts_with("-----BEGIN ENCRYPTED PRIVATE KEY-----")
     }
 
     /// The matching public key.

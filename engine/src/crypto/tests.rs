@@ -318,6 +318,56 @@ fn rsa_encoding_round_trips() {
     assert!(matches!(RsaPrivate::from_pkcs8_pem("not a key"), Err(CryptoError::BadKey(_))));
 }
 
+/// A protected key is the standard encrypted PKCS#8: PBES2 with scrypt (memory-hard) and
+/// AES-256-CBC, under a fresh salt each time; it opens with its passphrase only, and the
+/// plain PKCS#8 parser (what an attacker holding the file has without the passphrase)
+/// does not read it. Control: the plain PEM of the same key opens with no passphrase at all.
+#[test]
+fn a_protected_key_is_pbes2_scrypt_and_opens_only_with_its_passphrase() {
+    let private = fixed_rsa();
+    let protected = private.to_protected_pem(b"correct horse").unwrap();
+    assert!(RsaPrivate::is_protected_pem(&protected) && protected.starts_with("-----BEGIN ENCRYPTED PRIVATE KEY-----"));
+    assert_eq!(RsaPrivate::from_protected_pem(&protected, b"correct horse").unwrap().public(), private.public());
+    assert!(matches!(RsaPrivate::from_protected_pem(&protected, b"correct horsf"), Err(CryptoError::WrongPassphrase)));
+    assert!(matches!(RsaPrivate::from_protected_pem(&protected, b""), Err(CryptoError::WrongPassphrase)));
+    assert!(matches!(RsaPrivate::from_pkcs8_pem(&protected), Err(CryptoError::BadKey(_))), "the plain parser cannot read it");
+    // The control: the unprotected form of the same key needs nothing.
+    let plain = private.to_pkcs8_pem().unwrap();
+    assert!(!RsaPrivate::is_protected_pem(&plain));
+    assert_eq!(RsaPrivate::from_pkcs8_pem(&plain).unwrap().public(), private.public());
+    assert!(matches!(RsaPrivate::from_protected_pem(&plain, b"correct horse"), Err(CryptoError::BadKey(_))), "a plain key is not a protected one");
+    // The structure: PBES2, scrypt at the recommended cost, AES-256-CBC; salts differ.
+    let (_, document) = pkcs8::SecretDocument::from_pem(&protected).unwrap();
+    let info = pkcs8::EncryptedPrivateKeyInfo::try_from(document.as_bytes()).unwrap();
+    let pkcs8::pkcs5::EncryptionScheme::Pbes2(scheme) = &info.encryption_algorithm else { panic!("pbes2") };
+    let scrypt = scheme.kdf.scrypt().expect("scrypt, a memory-hard kdf");
+    assert_eq!((scrypt.cost_parameter, scrypt.block_size, scrypt.parallelization), (1 << 17, 8, 1));
+    assert!(matches!(scheme.encryption, pkcs8::pkcs5::pbes2::EncryptionScheme::Aes256Cbc { .. }));
+    assert!(!info.encrypted_data.windows(16).any(|w| plain.as_bytes().windows(16).any(|p| p == w)), "no plaintext in the file");
+    let again = private.to_protected_pem(b"correct horse").unwrap();
+    assert_ne!(*again, *protected, "a fresh salt and iv each time");
+    assert!(!format!("{:?}", RsaPrivate::from_protected_pem(&protected, b"x").err()).contains("horse"));
+    assert!(matches!(private.to_protected_pem(b""), Err(CryptoError::BadKey(_))), "an empty passphrase protects nothing");
+}
+
+/// A protected key that asks for more scrypt memory than the bound is refused before any
+/// work (a hostile file cannot make the player allocate gigabytes). Control: the same file
+/// at a small cost gets as far as the passphrase.
+#[test]
+fn a_protected_key_beyond_the_scrypt_bound_is_refused_before_deriving() {
+    use pkcs8::der::Encode as _;
+    let forge = |log_n: u8| {
+        let (salt, iv) = ([7u8; 16], [9u8; 16]);
+        let params = pkcs8::pkcs5::scrypt::Params::new(log_n, 8, 1, 32).unwrap();
+        let scheme = pkcs8::pkcs5::pbes2::Parameters::scrypt_aes256cbc(params, &salt, &iv).unwrap();
+        let info = pkcs8::EncryptedPrivateKeyInfo { encryption_algorithm: scheme.into(), encrypted_data: &[0u8; 64] };
+        pkcs8::der::pem::encode_string("ENCRYPTED PRIVATE KEY", LineEnding::LF, &info.to_der().unwrap()).unwrap()
+    };
+    let beyond = u8::try_from(SCRYPT_LOG_N_MAX + 1).unwrap();
+    assert!(matches!(RsaPrivate::from_protected_pem(&forge(beyond), b"pw"), Err(CryptoError::BadKey(reason)) if reason.contains("scrypt cost")));
+    assert!(matches!(RsaPrivate::from_protected_pem(&forge(10), b"pw"), Err(CryptoError::WrongPassphrase)), "the control: a small cost is tried");
+}
+
 #[test]
 fn rsa_small_keys_are_refused() {
     assert!(matches!(RsaPrivate::generate(1024), Err(CryptoError::BadKey(_))));

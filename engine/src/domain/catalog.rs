@@ -1,7 +1,7 @@
 //! The media aggregate: what a publisher published, its price and terms, and whether it
 //! is still for sale.
 
-use super::event::{Event, MediaPublished};
+use super::event::{Event, MediaPublished, RoyaltyTerms};
 use super::{Aggregate, AggregateKind, Rejection, validate};
 use crate::ids::{MediaId, Millis};
 
@@ -127,14 +127,7 @@ fn validate_published(media: &MediaPublished) -> Result<(), Rejection> {
     }
     check_price(media.price_minor)?;
     validate::currency(&media.currency)?;
-    let terms = &media.terms;
-    let total_bps = u64::from(terms.retailer_bps) + u64::from(terms.distributor_bps) + u64::from(terms.owner_bps);
-    if total_bps != 10_000 {
-        return Err(Rejection::InvalidArgument { field: "terms", reason: format!("shares must sum to 10000 basis points, not {total_bps}") });
-    }
-    validate::id("terms.distributor", &terms.distributor)?;
-    validate::id("terms.owner", &terms.owner)?;
-    validate::id("terms.rights_agent", &terms.rights_agent)?;
+    check_terms(&media.terms)?;
     if media.renditions.is_empty() || media.renditions.len() > LIST_ITEMS_MAX {
         return Err(Rejection::InvalidArgument { field: "renditions", reason: format!("need 1..={LIST_ITEMS_MAX}") });
     }
@@ -153,10 +146,23 @@ fn validate_published(media: &MediaPublished) -> Result<(), Rejection> {
     Ok(())
 }
 
+/// Royalty terms that can settle a sale: shares summing to 10000 basis points, and the
+/// distributor, owner and rights agent named by ids.
+pub fn check_terms(terms: &RoyaltyTerms) -> Result<(), Rejection> {
+    let total_bps = u64::from(terms.retailer_bps) + u64::from(terms.distributor_bps) + u64::from(terms.owner_bps);
+    if total_bps != 10_000 {
+        return Err(Rejection::InvalidArgument { field: "terms", reason: format!("shares must sum to 10000 basis points, not {total_bps}") });
+    }
+    validate::id("terms.distributor", &terms.distributor)?;
+    validate::id("terms.owner", &terms.owner)?;
+    validate::id("terms.rights_agent", &terms.rights_agent)?;
+    Ok(())
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::domain::event::{PreviewClip, Rendition, RoyaltyTerms};
+    use crate::domain::event::{PreviewClip, Rendition};
     use crate::domain::testing::check;
 
     pub fn sample(media_id: &str, price_minor: u64) -> MediaPublished {

@@ -1,7 +1,7 @@
 //! Domain events: the past-tense facts of DESIGN.md, as plain Rust types. They are
 //! converted to and from the protobuf envelope only in `crate::wire`.
 
-use crate::ids::{AccountId, AuditorId, CertSerial, ConsumerId, MediaId, MerchantId, Millis, NodeId, OrderId, PreviewId, VoucherId};
+use crate::ids::{AccountId, AuditorId, CertSerial, ConsumerId, MediaId, MerchantId, Millis, NodeId, OrderId, PreviewId, PublisherId, VoucherId};
 
 /// Which aggregate an event belongs to; also the second token of its subject.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -17,6 +17,7 @@ pub enum AggregateKind {
     Report,
     Config,
     Auditor,
+    Publisher,
 }
 
 impl AggregateKind {
@@ -33,6 +34,7 @@ impl AggregateKind {
             AggregateKind::Report => "report",
             AggregateKind::Config => "config",
             AggregateKind::Auditor => "auditor",
+            AggregateKind::Publisher => "publisher",
         }
     }
 }
@@ -320,6 +322,21 @@ pub enum Event {
         auditor_id: AuditorId,
         reason: String,
     },
+    /// The operator registered a publisher: its credential's hash and the royalty terms
+    /// every media it publishes is sold under.
+    PublisherRegistered {
+        publisher_id: PublisherId,
+        name: String,
+        credential_hash: [u8; 32],
+        terms: RoyaltyTerms,
+    },
+    /// A signing key of the publisher's (`key_id` = `RsaPublic::key_id`, SPKI DER): its
+    /// containers must be signed by one of these.
+    PublisherKeyAdded {
+        publisher_id: PublisherId,
+        key_id: String,
+        public_key_der: Vec<u8>,
+    },
     NodeRegistered {
         node_id: NodeId,
         region: String,
@@ -543,6 +560,7 @@ impl Event {
                 (K::Merchant, merchant_id.as_str())
             }
             Event::AuditorRegistered { auditor_id, .. } | Event::AuditorRevoked { auditor_id, .. } => (K::Auditor, auditor_id.as_str()),
+            Event::PublisherRegistered { publisher_id, .. } | Event::PublisherKeyAdded { publisher_id, .. } => (K::Publisher, publisher_id.as_str()),
             Event::NodeRegistered { node_id, .. }
             | Event::NodeCapacityChanged { node_id, .. }
             | Event::SlotsLeased { node_id, .. }
@@ -582,6 +600,8 @@ impl Event {
             Event::MerchantReinstated { .. } => "MerchantReinstated",
             Event::AuditorRegistered { .. } => "AuditorRegistered",
             Event::AuditorRevoked { .. } => "AuditorRevoked",
+            Event::PublisherRegistered { .. } => "PublisherRegistered",
+            Event::PublisherKeyAdded { .. } => "PublisherKeyAdded",
             Event::AccessLapsed { .. } => "AccessLapsed",
             Event::AccessRenewed { .. } => "AccessRenewed",
             Event::NodeRegistered { .. } => "NodeRegistered",
@@ -635,7 +655,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const KINDS: [AggregateKind; 11] = [
+    const KINDS: [AggregateKind; 12] = [
         AggregateKind::Voucher,
         AggregateKind::Media,
         AggregateKind::Merchant,
@@ -647,6 +667,7 @@ mod tests {
         AggregateKind::Report,
         AggregateKind::Config,
         AggregateKind::Auditor,
+        AggregateKind::Publisher,
     ];
 
     #[test]

@@ -13,6 +13,7 @@ pub mod event;
 pub mod order;
 pub mod party;
 pub mod preview;
+pub mod publisher;
 pub mod rejection;
 pub mod report;
 pub mod settlement;

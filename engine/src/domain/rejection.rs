@@ -55,6 +55,11 @@ pub enum Rejection {
     NotForSale(String),
     #[error("the merchant is suspended")]
     MerchantSuspended,
+    /// A publisher's container signed by a key the operator did not register for it.
+    #[error(
+        "the container is signed by key {key_id}, which is not a registered key of this publisher; sign with a registered key or ask the operator to register this one"
+    )]
+    UnregisteredPublisherKey { key_id: String },
     #[error("the delivery node is drained or removed")]
     NodeUnavailable,
     #[error("no healthy delivery node has a free slot; retry later")]

@@ -389,8 +389,12 @@ impl Voucher {
         let redeemer = (redeem.consumer.clone(), redeem.cert_serial.clone());
         let retry = match self.status {
             // Once released, the keys are that consumer's: a failed delivery may be retried
-            // by the same consumer and certificate only, and only so often.
-            VoucherStatus::Issued if self.released_to.as_ref().is_some_and(|released| *released != redeemer) => return Err(Rejection::AlreadyRedeemed),
+            // by the same consumer only, and only so often; with the certificate the keys
+            // went to or a newer one of the same consumer (a lost passport replaced: the
+            // keys are re-wrapped for the certificate that redeems, no new usage).
+            VoucherStatus::Issued if self.released_to.as_ref().is_some_and(|(consumer, _)| *consumer != redeem.consumer) => {
+                return Err(Rejection::AlreadyRedeemed);
+            }
             VoucherStatus::Issued if self.delivery_failures > redeem.retries_max => {
                 return Err(Rejection::DeliveryRetriesExhausted { retries_max: redeem.retries_max });
             }

@@ -35,6 +35,11 @@ pub enum AdminCommand {
         #[command(subcommand)]
         command: AuditorAdminCommand,
     },
+    /// Publishers: register another signing key.
+    Publisher {
+        #[command(subcommand)]
+        command: PublisherAdminCommand,
+    },
     /// Media: withdraw from sale, change the price.
     Media {
         #[command(subcommand)]
@@ -111,6 +116,17 @@ pub enum AuditorAdminCommand {
 }
 
 #[derive(clap::Subcommand, Debug)]
+pub enum PublisherAdminCommand {
+    /// Another key the publisher's containers may be signed with (PublisherKeyAdded).
+    AddKey {
+        publisher_id: String,
+        /// The key's public half (SPKI PEM).
+        #[arg(long = "publisher-key")]
+        publisher_key: PathBuf,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
 pub enum MediaAdminCommand {
     /// No new reservations of the media (MediaWithdrawn); what was sold stays deliverable.
     Withdraw {
@@ -172,6 +188,15 @@ pub async fn admin(args: AdminArgs) -> anyhow::Result<Outcome> {
     let operator = Credential::load(&keys.join(crate::common::keys::OPERATOR_CRED))?;
     let mut admin = client::admin(args.connect.channel().await?, operator);
     let request_id = args.request_id.clone().unwrap_or_else(|| fresh_request_id("admin"));
+    // A key file is read before anything is sent: a missing or malformed one is a usage error.
+    let publisher_key_der = match &args.command {
+        AdminCommand::Publisher { command: PublisherAdminCommand::AddKey { publisher_key, .. } } => {
+            let pem = std::fs::read_to_string(publisher_key).with_context(|| format!("cannot read {}", publisher_key.display()))?;
+            let key = engine::crypto::RsaPublic::from_pem(&pem).with_context(|| format!("{} is not an RSA public key (SPKI PEM)", publisher_key.display()))?;
+            Some(key.to_der()?)
+        }
+        _ => None,
+    };
     let answer: Result<serde_json::Value, tonic::Status> = async {
         Ok(match &args.command {
             AdminCommand::Stats => {
@@ -221,6 +246,15 @@ pub async fn admin(args: AdminArgs) -> anyhow::Result<Outcome> {
                 let message = pb::AuditorAdminRequest { request_id, auditor_id: auditor_id.clone(), reason: reason.clone() };
                 let answer = admin.revoke_auditor(message).await?.into_inner();
                 serde_json::json!({ "auditor_id": answer.auditor_id, "status": answer.status, "changed": answer.changed })
+            }
+            AdminCommand::Publisher { command: PublisherAdminCommand::AddKey { publisher_id, .. } } => {
+                let message = pb::AddPublisherKeyRequest {
+                    request_id,
+                    publisher_id: publisher_id.clone(),
+                    public_key_der: publisher_key_der.clone().unwrap_or_default(),
+                };
+                let answer = admin.add_publisher_key(message).await?.into_inner();
+                serde_json::json!({ "publisher_id": answer.publisher_id, "key_id": answer.key_id, "changed": answer.changed, "keys": answer.keys })
             }
             AdminCommand::Media { command } => {
                 let answer = match command {

@@ -144,6 +144,9 @@ pub enum IssueKind {
     Node,
     /// A read-only auditor credential (AuditService).
     Auditor,
+    /// A publisher account (CatalogService.PublishMedia): its signing keys
+    /// (--publisher-key) and the terms its media is sold under.
+    Publisher,
 }
 
 #[derive(clap::Args, Debug)]
@@ -163,6 +166,25 @@ pub struct IssueArgs {
     /// A node's stream slots.
     #[arg(long, default_value_t = 64)]
     pub slots: u32,
+    /// A publisher's signing key, its public half (SPKI PEM, e.g. publisher.pub.pem);
+    /// repeat for several. Its containers must be signed by one of them.
+    #[arg(long = "publisher-key")]
+    pub publisher_keys: Vec<PathBuf>,
+    /// A publisher's rights owner, distributor and rights agent (its royalty terms).
+    #[arg(long, default_value = "label-1")]
+    pub owner: String,
+    #[arg(long, default_value = "dist-1")]
+    pub distributor: String,
+    #[arg(long, default_value = "agent-1")]
+    pub rights_agent: String,
+    /// A publisher's shares of each sale, in basis points (retailer, distributor, owner:
+    /// together 10000).
+    #[arg(long, default_value_t = 3000)]
+    pub retailer_bps: u32,
+    #[arg(long, default_value_t = 2000)]
+    pub distributor_bps: u32,
+    #[arg(long, default_value_t = 5000)]
+    pub owner_bps: u32,
     #[command(flatten)]
     pub connect: ConnectArgs,
     /// The key directory holding operator.cred.
@@ -191,6 +213,27 @@ pub async fn issue(args: IssueArgs) -> anyhow::Result<Outcome> {
             catalog.register_node_credential(pb::RegisterNodeCredentialRequest { request_id, region: args.region.clone(), slots_max: args.slots }).await,
         ),
         IssueKind::Auditor => ("auditor", catalog.register_auditor(pb::RegisterAuditorRequest { request_id, name: args.name.clone() }).await),
+        IssueKind::Publisher => {
+            if args.publisher_keys.is_empty() {
+                anyhow::bail!("a publisher needs at least one --publisher-key PEM (the public key its containers are signed with)");
+            }
+            let mut public_keys_der = Vec::new();
+            for path in &args.publisher_keys {
+                let pem = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+                let key = engine::crypto::RsaPublic::from_pem(&pem).with_context(|| format!("{} is not an RSA public key (SPKI PEM)", path.display()))?;
+                public_keys_der.push(key.to_der()?);
+            }
+            let terms = pb::RoyaltyTermsInput {
+                retailer_bps: args.retailer_bps,
+                distributor_bps: args.distributor_bps,
+                owner_bps: args.owner_bps,
+                distributor: args.distributor.clone(),
+                owner: args.owner.clone(),
+                rights_agent: args.rights_agent.clone(),
+            };
+            let request = pb::RegisterPublisherRequest { request_id, name: args.name.clone(), terms: Some(terms), public_keys_der };
+            ("publisher", catalog.register_publisher(request).await)
+        }
     };
     let credential = match answer {
         Ok(response) => client::credential_of(response.into_inner())?,
@@ -208,7 +251,8 @@ pub struct PublishArgs {
     pub json: bool,
     #[command(flatten)]
     pub connect: ConnectArgs,
-    /// The operator's (publisher's) credential file.
+    /// The operator's or a publisher's credential file (`keys issue publisher`): a
+    /// publisher signs with a registered key and sells under its account's terms.
     #[arg(long)]
     pub cred: PathBuf,
     /// The engine's public key (engine.pub.pem): media keys are wrapped for it.

@@ -1,6 +1,7 @@
 //! `vouchsafe player …`: the reference consumer's commands — a passport, redeeming and
 //! fetching a sale, previews, and the consumer's own points: spend authorizations signed
-//! with the passport and the balance read through ConsumerService.
+//! with the passport and the balance read through ConsumerService; protecting a passport
+//! under a passphrase (`--passphrase-file`, or asked on a terminal).
 
 use super::{ConnectArgs, Outcome, fresh_request_id, refused};
 use crate::common::client;
@@ -73,6 +74,9 @@ pub enum PlayerCommand {
         #[command(flatten)]
         connect: ConnectArgs,
     },
+    /// Protect an unprotected passport: its key is rewritten as encrypted PKCS#8 (PBES2,
+    /// scrypt) under the passphrase from --passphrase-file or asked on the terminal.
+    Protect,
 }
 
 /// How the player reaches the delivery node the sale (or the preview) names.
@@ -114,6 +118,27 @@ pub struct PlayerArgs {
     /// Print one JSON object on the last line of stdout.
     #[arg(long, global = true)]
     pub json: bool,
+    /// The passport's passphrase: the first line of FILE (for scripts). Without it the
+    /// passphrase is asked on the terminal, when stdin is one. `player passport` protects
+    /// the new passport with it; commands that use a protected passport open it with it.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub passphrase_file: Option<PathBuf>,
+}
+
+/// Opens the consumer's passport (asking for its passphrase only if it is protected). A
+/// wrong passphrase is a refused check (exit 1), a missing passport or passphrase source a
+/// usage error (exit 2).
+fn open_passport(dir: &std::path::Path, consumer: &str, source: &crate::player::PassphraseSource) -> anyhow::Result<Result<Passport, Outcome>> {
+    match Passport::load_with(dir, source) {
+        Ok(passport) => Ok(Ok(passport)),
+        Err(error) => match error.downcast::<crate::player::WrongPassphrase>() {
+            Ok(wrong) => Ok(Err(Outcome::Refused(tonic::Status::unauthenticated(wrong.to_string())))),
+            Err(error) if !dir.join("passport.pem").exists() => {
+                Err(error.context(format!("no passport for {consumer}; run `vouchsafe player passport` first")))
+            }
+            Err(error) => Err(error),
+        },
+    }
 }
 
 fn rpc_refusal(error: anyhow::Error) -> anyhow::Result<Outcome> {
@@ -129,6 +154,7 @@ fn rpc_refusal(error: anyhow::Error) -> anyhow::Result<Outcome> {
 pub async fn player(args: PlayerArgs) -> anyhow::Result<Outcome> {
     let consumer = engine::ids::ConsumerId(args.consumer.clone());
     let dir = crate::player::passport_dir(&args.data_dir, &consumer)?;
+    let source = crate::player::PassphraseSource::from_args(args.passphrase_file.clone());
     match args.command {
         PlayerCommand::Passport { connect, cred, engine_key } => {
             let engine_public =
@@ -139,9 +165,16 @@ pub async fn player(args: PlayerArgs) -> anyhow::Result<Outcome> {
                 Ok(passport) => passport,
                 Err(error) => return rpc_refusal(error),
             };
-            passport.save(&dir)?;
+            let passphrase = source.to_protect(&format!("the passport of {}", consumer.0))?;
+            passport.save_with(&dir, passphrase.as_deref().map(String::as_str))?;
+            let protected = passphrase.is_some();
             eprintln!("passport for {} (certificate {}) saved in {}", consumer.0, passport.certificate.cert_serial, dir.display());
-            Ok(Outcome::Done(serde_json::json!({ "consumer_id": consumer.0, "cert_serial": passport.certificate.cert_serial, "dir": dir })))
+            if !protected {
+                eprintln!("its key is not protected by a passphrase; `vouchsafe player protect --passphrase-file FILE` protects it");
+            }
+            Ok(Outcome::Done(
+                serde_json::json!({ "consumer_id": consumer.0, "cert_serial": passport.certificate.cert_serial, "dir": dir, "protected": protected }),
+            ))
         }
         PlayerCommand::Fetch { sale, recover, node } => {
             let text = if sale.as_os_str() == "-" {
@@ -170,7 +203,10 @@ pub async fn player(args: PlayerArgs) -> anyhow::Result<Outcome> {
                 },
                 receipt: hex::decode(field("receipt")?).context("receipt is not hex")?,
             };
-            let passport = Passport::load(&dir).with_context(|| format!("no passport for {}; run `vouchsafe player passport` first", consumer.0))?;
+            let passport = match open_passport(&dir, &consumer.0, &source)? {
+                Ok(passport) => passport,
+                Err(refused) => return Ok(refused),
+            };
             let mut at_node = node.connect(&purchase.node_endpoint).await?;
             let fetched = if recover {
                 crate::player::recover_and_download_on(&mut at_node, &purchase, &passport, &fresh_request_id("recover"), &dir).await
@@ -193,7 +229,10 @@ pub async fn player(args: PlayerArgs) -> anyhow::Result<Outcome> {
             if all_ok { Ok(Outcome::Done(value)) } else { Ok(Outcome::Refused(tonic::Status::data_loss("a delivered copy did not decrypt and verify"))) }
         }
         PlayerCommand::AuthorizeSpend { merchant, amount, media_ids, ttl_ms, out } => {
-            let passport = Passport::load(&dir).with_context(|| format!("no passport for {}; run `vouchsafe player passport` first", consumer.0))?;
+            let passport = match open_passport(&dir, &consumer.0, &source)? {
+                Ok(passport) => passport,
+                Err(refused) => return Ok(refused),
+            };
             let expires_at = engine::clock::Clock::now(&engine::clock::SystemClock).plus_ms(ttl_ms);
             let authorization = passport.authorize_spend(&merchant, amount, &media_ids, expires_at)?;
             let value = crate::common::spend::to_json(&authorization);
@@ -205,7 +244,10 @@ pub async fn player(args: PlayerArgs) -> anyhow::Result<Outcome> {
             })))
         }
         PlayerCommand::Points { connect } => {
-            let passport = Passport::load(&dir).with_context(|| format!("no passport for {}; run `vouchsafe player passport` first", consumer.0))?;
+            let passport = match open_passport(&dir, &consumer.0, &source)? {
+                Ok(passport) => passport,
+                Err(refused) => return Ok(refused),
+            };
             let mut consumer_client = client::consumer(connect.channel().await?);
             match passport.points(&mut consumer_client).await {
                 Ok(points) => Ok(Outcome::Done(serde_json::json!({
@@ -213,6 +255,20 @@ pub async fn player(args: PlayerArgs) -> anyhow::Result<Outcome> {
                 }))),
                 Err(error) => rpc_refusal(error),
             }
+        }
+        PlayerCommand::Protect => {
+            if !dir.join("passport.pem").exists() {
+                anyhow::bail!("no passport for {}; run `vouchsafe player passport` first", consumer.0);
+            }
+            if Passport::is_protected(&dir)? {
+                anyhow::bail!("the passport of {} is already protected; nothing changed", consumer.0);
+            }
+            let Some(passphrase) = source.to_protect(&format!("the passport of {}", consumer.0))? else {
+                anyhow::bail!("no passphrase: give --passphrase-file FILE (or run on a terminal to be asked); nothing changed");
+            };
+            Passport::protect(&dir, &passphrase)?;
+            eprintln!("the passport of {} in {} is now protected by a passphrase", consumer.0, dir.display());
+            Ok(Outcome::Done(serde_json::json!({ "consumer_id": consumer.0, "dir": dir, "protected": true })))
         }
         PlayerCommand::Preview { endpoint, preview, node } => match crate::player::play_preview_on(&mut node.connect(&endpoint).await?, &preview).await {
             Ok(clip) => Ok(Outcome::Done(serde_json::json!({ "preview_id": preview, "clip_bytes": clip.len() }))),

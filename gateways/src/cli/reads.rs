@@ -182,6 +182,8 @@ pub enum PartyKindArg {
     Auditor,
     /// Consumers' and duplication devices' certificates.
     Certificate,
+    /// Publisher accounts.
+    Publisher,
 }
 
 impl PartyKindArg {
@@ -191,6 +193,7 @@ impl PartyKindArg {
             PartyKindArg::Node => "node",
             PartyKindArg::Auditor => "auditor",
             PartyKindArg::Certificate => "certificate",
+            PartyKindArg::Publisher => "publisher",
         }
     }
 }

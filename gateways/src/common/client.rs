@@ -315,7 +315,8 @@ pub async fn publish_container(
         length_ms: upload.length_ms,
         price_minor: upload.price_minor,
         currency: upload.currency,
-        terms: Some(upload.terms),
+        // A publisher's media is sold under its account's terms: it sends none.
+        terms: (!engine::ids::is_publisher_id(publisher_id)).then_some(upload.terms),
         container,
         wrapped_media_key,
         for_sale: upload.for_sale,

@@ -61,6 +61,9 @@ const SPEND_CEILING: u64 = 10_000;
 const SPEND_AUTHORIZATION_TTL_MS: u64 = 10 * 60 * 1000;
 const NODE_REGIONS: [&str; 2] = ["eu", "us"];
 const PLAYERS: usize = 6;
+/// `<data-dir>/players/<consumer>.passphrase`: the passphrase of each run's first player's
+/// protected passport (one file per consumer, so a later run keeps an earlier one's).
+pub const PASSPHRASE_FILE_SUFFIX: &str = ".passphrase";
 const NODE_SLOTS: u32 = 256;
 const NODE_CACHE_BYTES_MAX: u64 = 64 * 1024 * 1024;
 
@@ -239,7 +242,25 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
     for i in 0..PLAYERS {
         let consumer = ConsumerId(format!("{run_id}-player{i}"));
         let passport = crate::player::create_passport(&mut catalog, &format!("{run_id}-certify-{i}"), &consumer, &engine_public).await?;
-        passport.save(&crate::player::passport_dir(&data_dir, &consumer)?)?;
+        let home = crate::player::passport_dir(&data_dir, &consumer)?;
+        if i == 0 {
+            // The first passport is protected (encrypted PKCS#8 under a passphrase a script
+            // keeps in a 0600 file) and opened again from its files, as `player fetch
+            // --passphrase-file` opens it; scrypt is CPU work, off the runtime's threads.
+            std::fs::create_dir_all(&players_dir).with_context(|| format!("cannot create {}", players_dir.display()))?;
+            let passphrase_file = players_dir.join(format!("{}{PASSPHRASE_FILE_SUFFIX}", consumer.0));
+            let passphrase = hex::encode(engine::crypto::random_bytes::<16>());
+            crate::common::keys::write_private(&passphrase_file, format!("{passphrase}\n").as_bytes())?;
+            let opened = tokio::task::spawn_blocking(move || {
+                passport.save_with(&home, Some(&passphrase))?;
+                Passport::load_with(&home, &crate::player::PassphraseSource::File(passphrase_file))
+            })
+            .await
+            .context("the passport task failed")??;
+            players.push(opened);
+            continue;
+        }
+        passport.save(&home)?;
         players.push(passport);
     }
     // Each player's points: credited by the operator, and some sold by the first merchant

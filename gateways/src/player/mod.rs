@@ -3,7 +3,8 @@
 //!
 //! A passport is an RSA-2048 key pair plus the certificate the engine signs for it
 //! (`CatalogService.CertifyConsumer`), kept under `<data_dir>/players/<consumer_id>/` as
-//! `passport.pem` (PKCS#8, mode 0600) and `certificate.json`. A purchase is what the merchant
+//! `passport.pem` (PKCS#8, mode 0600; encrypted PKCS#8 under a passphrase when protected,
+//! `passphrase`) and `certificate.json`. A purchase is what the merchant
 //! hands the player after Authorize and IssueVoucher: the node, the access grant and the
 //! receipt. Redemption proves possession of the receipt without sending it
 //! (`receipt_proof` over the node's fresh challenge); each media key arrives wrapped for the
@@ -40,6 +41,9 @@ use std::time::Duration;
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{debug, info, warn};
+
+mod passphrase;
+pub use passphrase::{PassphraseSource, WrongPassphrase};
 
 /// Bits of a passport's RSA key.
 pub const PASSPORT_RSA_BITS: usize = 2048;
@@ -201,9 +205,15 @@ impl Passport {
         Ok(self.private.public().to_der()?)
     }
 
-    /// Writes `passport.pem` (mode 0600) and `certificate.json` into `dir` (created, mode
-    /// 0700); refuses to overwrite an existing passport, whose key would be lost.
+    /// Writes `passport.pem` (mode 0600, plain PKCS#8) and `certificate.json` into `dir`
+    /// (created, mode 0700); refuses to overwrite an existing passport, whose key would be lost.
     pub fn save(&self, dir: &Path) -> anyhow::Result<()> {
+        self.save_with(dir, None)
+    }
+
+    /// As [`Passport::save`]; with a passphrase the key is stored as encrypted PKCS#8
+    /// (PBES2, scrypt, AES-256-CBC: `RsaPrivate::to_protected_pem`; about half a second).
+    pub fn save_with(&self, dir: &Path, passphrase: Option<&str>) -> anyhow::Result<()> {
         create_private_dir(dir)?;
         let pem_path = dir.join(PASSPORT_FILE);
         let cert_path = dir.join(CERTIFICATE_FILE);
@@ -213,19 +223,39 @@ impl Passport {
             }
         }
         let certificate = serde_json::to_vec_pretty(&CertificateFile::from(&self.certificate)).context("certificate as json")?;
-        let pem = self.private.to_pkcs8_pem()?;
+        let pem = match passphrase {
+            Some(passphrase) => self.private.to_protected_pem(passphrase.as_bytes())?,
+            None => self.private.to_pkcs8_pem()?,
+        };
         write_new_file(&pem_path, pem.as_bytes(), true)?;
         write_new_file(&cert_path, &certificate, false)?;
         Ok(())
     }
 
-    /// Reads a passport saved by [`Passport::save`] and checks that its key and certificate
-    /// belong together.
+    /// Reads an unprotected passport saved by [`Passport::save`] and checks that its key and
+    /// certificate belong together; a protected one needs [`Passport::load_with`].
     pub fn load(dir: &Path) -> anyhow::Result<Self> {
+        Self::load_with(dir, &PassphraseSource::Unavailable)
+    }
+
+    /// Reads a passport, plain (as every passport before protection was: it still loads, no
+    /// passphrase asked) or protected (the passphrase from `source`, asked only then; a
+    /// wrong one is a [`WrongPassphrase`] in the error chain). Blocks: scrypt takes about
+    /// half a second.
+    pub fn load_with(dir: &Path, source: &PassphraseSource) -> anyhow::Result<Self> {
         let pem_path = dir.join(PASSPORT_FILE);
         let cert_path = dir.join(CERTIFICATE_FILE);
         let pem = zeroize::Zeroizing::new(std::fs::read_to_string(&pem_path).with_context(|| format!("cannot read {}", pem_path.display()))?);
-        let private = RsaPrivate::from_pkcs8_pem(&pem).with_context(|| format!("{} is not a PKCS#8 RSA private key", pem_path.display()))?;
+        let private = if RsaPrivate::is_protected_pem(&pem) {
+            let passphrase = source.to_open(&pem_path)?;
+            match RsaPrivate::from_protected_pem(&pem, passphrase.as_bytes()) {
+                Ok(private) => private,
+                Err(crypto::CryptoError::WrongPassphrase) => return Err(WrongPassphrase { path: pem_path }.into()),
+                Err(error) => return Err(error).with_context(|| format!("{} is not an encrypted PKCS#8 RSA private key", pem_path.display())),
+            }
+        } else {
+            RsaPrivate::from_pkcs8_pem(&pem).with_context(|| format!("{} is not a PKCS#8 RSA private key", pem_path.display()))?
+        };
         let text = std::fs::read(&cert_path).with_context(|| format!("cannot read {}", cert_path.display()))?;
         let file: CertificateFile = serde_json::from_slice(&text).with_context(|| format!("{} is not a certificate file", cert_path.display()))?;
         let certificate = proto::v1::Certificate::try_from(file).with_context(|| format!("{} is damaged", cert_path.display()))?;
@@ -234,6 +264,37 @@ impl Passport {
             bail!("{} certifies another key than {}; the passport files do not belong together", cert_path.display(), pem_path.display());
         }
         Ok(passport)
+    }
+
+    /// Whether the passport in `dir` is protected by a passphrase (nothing is decrypted).
+    pub fn is_protected(dir: &Path) -> anyhow::Result<bool> {
+        let pem_path = dir.join(PASSPORT_FILE);
+        let pem = zeroize::Zeroizing::new(std::fs::read_to_string(&pem_path).with_context(|| format!("cannot read {}", pem_path.display()))?);
+        Ok(RsaPrivate::is_protected_pem(&pem))
+    }
+
+    /// Protects the plain passport in `dir` under `passphrase`: the encrypted key is written
+    /// beside it (0600), checked to open with the passphrase and name the same key, then
+    /// renamed over `passport.pem`, so a crash leaves the old file or the new one, never
+    /// none. A protected passport is refused (nothing changes).
+    pub fn protect(dir: &Path, passphrase: &str) -> anyhow::Result<()> {
+        let pem_path = dir.join(PASSPORT_FILE);
+        let pem = zeroize::Zeroizing::new(std::fs::read_to_string(&pem_path).with_context(|| format!("cannot read {}", pem_path.display()))?);
+        if RsaPrivate::is_protected_pem(&pem) {
+            bail!("{} is already protected; nothing changed", pem_path.display());
+        }
+        let private = RsaPrivate::from_pkcs8_pem(&pem).with_context(|| format!("{} is not a PKCS#8 RSA private key", pem_path.display()))?;
+        let protected = private.to_protected_pem(passphrase.as_bytes())?;
+        if RsaPrivate::from_protected_pem(&protected, passphrase.as_bytes())?.public() != private.public() {
+            bail!("the protected key does not open to the same key; nothing changed");
+        }
+        let temporary = dir.join(format!("{PASSPORT_FILE}.protecting"));
+        // A leftover of an interrupted run holds only an encrypted copy: replace it.
+        let _ = std::fs::remove_file(&temporary);
+        write_new_file(&temporary, protected.as_bytes(), true)?;
+        std::fs::rename(&temporary, &pem_path).with_context(|| format!("cannot replace {}", pem_path.display()))?;
+        std::fs::File::open(dir).and_then(|directory| directory.sync_all()).with_context(|| format!("cannot sync {}", dir.display()))?;
+        Ok(())
     }
 
     /// The consumer's single-use consent for `merchant` to spend up to `amount_max` of their
@@ -708,6 +769,57 @@ mod tests {
         mismatched.save(&other_dir).expect("saved");
         assert!(Passport::load(&other_dir).is_err(), "key and certificate do not belong together");
         assert!(passport_dir(dir.path(), &ConsumerId::new("../etc")).is_err(), "ids never escape the data dir");
+    }
+
+    /// The attack: whoever copies `passport.pem` signs as the consumer. With the protection
+    /// off (a plain passport, as before) the copied file loads with no passphrase at all;
+    /// protected, it loads only with the passphrase: none is a usage error, a wrong one a
+    /// `WrongPassphrase`. `protect` turns the plain passport into the protected one in
+    /// place, and refuses to protect twice.
+    #[test]
+    fn a_protected_passport_opens_only_with_its_passphrase() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let consumer = ConsumerId::new("alice");
+        let private = consumer_key();
+        let certificate = certify(&engine_key(), &consumer, &private.public().to_der().expect("der"));
+        let passport = Passport { consumer_id: consumer, private, certificate };
+        let (right, wrong) = (dir.path().join("right"), dir.path().join("wrong"));
+        std::fs::write(&right, "correct horse\n").expect("write");
+        std::fs::write(&wrong, "correct hors\n").expect("write");
+        let (plain_home, protected_home) = (dir.path().join("plain"), dir.path().join("protected"));
+
+        // Protection off: the thief's copy of a plain passport opens without a passphrase.
+        passport.save(&plain_home).expect("saved");
+        assert!(!Passport::is_protected(&plain_home).expect("reads"));
+        assert_eq!(Passport::load(&plain_home).expect("a plain passport needs nothing").private.public(), passport.private.public());
+
+        // Protection on.
+        passport.save_with(&protected_home, Some("correct horse")).expect("saved");
+        assert!(Passport::is_protected(&protected_home).expect("reads"));
+        let none = Passport::load(&protected_home).expect_err("no passphrase source");
+        assert!(format!("{none:#}").contains("--passphrase-file"), "{none:#}");
+        let refused = Passport::load_with(&protected_home, &PassphraseSource::File(wrong.clone())).expect_err("a wrong passphrase");
+        assert!(refused.downcast_ref::<WrongPassphrase>().is_some(), "{refused:#}");
+        assert!(!format!("{refused:#}").contains("hors"), "the error never quotes the passphrase: {refused:#}");
+        let opened = Passport::load_with(&protected_home, &PassphraseSource::File(right.clone())).expect("the right passphrase");
+        assert_eq!(opened.private.public(), passport.private.public());
+        // A plain passport still loads with a passphrase source given (it is not asked for).
+        Passport::load_with(&plain_home, &PassphraseSource::File(wrong.clone())).expect("plain: the passphrase is not used");
+
+        // `protect` turns the plain passport into a protected one, once.
+        Passport::protect(&plain_home, "correct horse").expect("protected");
+        assert!(Passport::is_protected(&plain_home).expect("reads"));
+        assert!(Passport::load(&plain_home).is_err(), "the copy no longer opens without the passphrase");
+        assert!(Passport::load_with(&plain_home, &PassphraseSource::File(wrong)).expect_err("wrong").downcast_ref::<WrongPassphrase>().is_some());
+        assert_eq!(Passport::load_with(&plain_home, &PassphraseSource::File(right)).expect("opens").private.public(), passport.private.public());
+        assert!(Passport::protect(&plain_home, "another").is_err(), "protected twice");
+        assert!(!plain_home.join("passport.pem.protecting").exists(), "no leftover");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(plain_home.join(PASSPORT_FILE)).expect("pem").permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "still readable by its owner only");
+        }
     }
 
     #[test]

@@ -224,6 +224,24 @@ impl pb::admin_service_server::AdminService for Api {
         self.answer(result)
     }
 
+    async fn add_publisher_key(&self, request: Request<pb::AddPublisherKeyRequest>) -> Result<Response<pb::AddPublisherKeyResponse>, Status> {
+        let result = async {
+            let operator = Self::operator(&request)?;
+            let message = request.get_ref();
+            let request_id = request_id(&message.request_id)?;
+            let publisher = id("publisher_id", &message.publisher_id, PublisherId)?;
+            let added = self.market().add_publisher_key(&operator, &request_id, &publisher, &message.public_key_der).await.map_err(fail)?;
+            Ok(pb::AddPublisherKeyResponse {
+                publisher_id: publisher.0,
+                key_id: added.key_id,
+                changed: added.changed,
+                keys: u32::try_from(added.keys).unwrap_or(u32::MAX),
+            })
+        }
+        .await;
+        self.answer(result)
+    }
+
     async fn withdraw_media(&self, request: Request<pb::WithdrawMediaRequest>) -> Result<Response<pb::MediaAdminResponse>, Status> {
         let result = async {
             let operator = Self::operator(&request)?;

@@ -72,6 +72,17 @@ impl Api {
         }
     }
 
+    /// Who publishes: the operator (its own media, any key, the request's terms) or a
+    /// publisher (its registered keys, its account's terms). Any other caller is refused
+    /// (the front door never lets one reach PublishMedia).
+    pub(super) fn publishing<T>(request: &Request<T>) -> Result<Publishing, Status> {
+        match front_door::identity(request)? {
+            Identity::Operator(operator) => Ok(Publishing::Operator(operator)),
+            Identity::Publisher(publisher) => Ok(Publishing::Publisher(publisher)),
+            other => Err(crate::server::status::role_may_not_act_as(other.role(), "the operator or a publisher")),
+        }
+    }
+
     pub(super) fn operator<T>(request: &Request<T>) -> Result<String, Status> {
         match front_door::identity(request)? {
             Identity::Operator(operator) => Ok(operator),
@@ -90,6 +101,12 @@ impl Api {
         root.map(|root| root.state.clone())
             .ok_or_else(|| crate::server::status::from_rejection(&Rejection::NotFound { kind: "voucher", id: voucher.0.clone() }))
     }
+}
+
+/// Who calls PublishMedia (`Api::publishing`).
+pub(super) enum Publishing {
+    Operator(String),
+    Publisher(PublisherId),
 }
 
 pub(super) fn voucher_view(voucher: &engine::domain::voucher::Voucher, node_endpoint: String) -> pb::VoucherView {

@@ -12,11 +12,16 @@ use tonic::{Request, Response, Status};
 impl pb::catalog_service_server::CatalogService for Api {
     async fn publish_media(&self, request: Request<pb::PublishMediaRequest>) -> Result<Response<pb::PublishMediaResponse>, Status> {
         let result = async {
-            let publisher = Self::operator(&request)?;
+            let publisher = Self::publishing(&request)?;
             let mut message = request.into_inner();
             let request_id = request_id(&message.request_id)?;
             let container = bytes::Bytes::from(std::mem::take(&mut message.container));
-            let terms = message.terms.as_ref().ok_or_else(|| invalid("terms", "royalty terms are required"))?;
+            // A publisher's terms come from its account: it may leave them out.
+            let has_terms = message.terms.is_some();
+            if !has_terms && matches!(publisher, Publishing::Operator(_)) {
+                return Err(invalid("terms", "royalty terms are required"));
+            }
+            let terms = message.terms.clone().unwrap_or_default();
             let renditions = message
                 .renditions
                 .iter()
@@ -41,9 +46,9 @@ impl pb::catalog_service_server::CatalogService for Api {
                     retailer_bps: terms.retailer_bps,
                     distributor_bps: terms.distributor_bps,
                     owner_bps: terms.owner_bps,
-                    distributor: terms.distributor.clone(),
-                    owner: terms.owner.clone(),
-                    rights_agent: terms.rights_agent.clone(),
+                    distributor: terms.distributor,
+                    owner: terms.owner,
+                    rights_agent: terms.rights_agent,
                 },
                 renditions,
                 preview,
@@ -52,7 +57,14 @@ impl pb::catalog_service_server::CatalogService for Api {
                 wrapped_media_key: message.wrapped_media_key,
             };
             let preview_clip = bytes::Bytes::from(message.preview_clip);
-            let media = self.market().publish(&publisher, &request_id, input, container, preview_clip, &self.state.media).await.map_err(fail)?;
+            let media = match publisher {
+                Publishing::Operator(operator) => self.market().publish(&operator, &request_id, input, container, preview_clip, &self.state.media).await,
+                Publishing::Publisher(publisher) => {
+                    let request_terms = Some(input.terms.clone()).filter(|_| has_terms);
+                    self.market().publish_as_publisher(&publisher, &request_id, input, request_terms, container, preview_clip, &self.state.media).await
+                }
+            }
+            .map_err(fail)?;
             Ok(pb::PublishMediaResponse { media_id: media.0 })
         }
         .await;
@@ -78,6 +90,28 @@ impl pb::catalog_service_server::CatalogService for Api {
             let message = request.get_ref();
             let request_id = request_id(&message.request_id)?;
             let (credential, _access_key) = self.market().register_node(&operator, &request_id, &message.region, message.slots_max).await.map_err(fail)?;
+            self.state.credentials_applied().await;
+            Ok(pb::CredentialResponse { id: credential.id, secret: credential.secret.expose().to_vec() })
+        }
+        .await;
+        self.answer(result)
+    }
+
+    async fn register_publisher(&self, request: Request<pb::RegisterPublisherRequest>) -> Result<Response<pb::CredentialResponse>, Status> {
+        let result = async {
+            let operator = Self::operator(&request)?;
+            let message = request.get_ref();
+            let request_id = request_id(&message.request_id)?;
+            let terms = message.terms.as_ref().ok_or_else(|| invalid("terms", "the publisher's royalty terms are required"))?;
+            let terms = RoyaltyTerms {
+                retailer_bps: terms.retailer_bps,
+                distributor_bps: terms.distributor_bps,
+                owner_bps: terms.owner_bps,
+                distributor: terms.distributor.clone(),
+                owner: terms.owner.clone(),
+                rights_agent: terms.rights_agent.clone(),
+            };
+            let credential = self.market().register_publisher(&operator, &request_id, &message.name, terms, &message.public_keys_der).await.map_err(fail)?;
             self.state.credentials_applied().await;
             Ok(pb::CredentialResponse { id: credential.id, secret: credential.secret.expose().to_vec() })
         }

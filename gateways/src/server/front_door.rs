@@ -25,7 +25,7 @@ use crate::common::peers::Peer;
 use crate::server::metrics::Metrics;
 use crate::server::status;
 use engine::crypto::{self, SecretKey};
-use engine::ids::{MerchantId, NodeId};
+use engine::ids::{MerchantId, NodeId, PublisherId};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http_body_util::BodyExt;
 use projections::Live;
@@ -46,6 +46,7 @@ pub enum Identity {
     Merchant(MerchantId),
     Node(NodeId),
     Auditor(String),
+    Publisher(PublisherId),
 }
 
 impl Identity {
@@ -55,6 +56,7 @@ impl Identity {
             Identity::Merchant(_) => "merchant",
             Identity::Node(_) => "delivery node",
             Identity::Auditor(_) => "auditor",
+            Identity::Publisher(_) => "publisher",
         }
     }
 
@@ -63,6 +65,7 @@ impl Identity {
             Identity::Operator(id) | Identity::Auditor(id) => id,
             Identity::Merchant(id) => &id.0,
             Identity::Node(id) => &id.0,
+            Identity::Publisher(id) => &id.0,
         }
     }
 }
@@ -96,9 +99,12 @@ fn service_of(path: &str) -> Option<Service> {
     }
 }
 
-fn allowed(service: Service, identity: &Identity) -> bool {
+/// Whether `identity` may call `method` (the path's last part) of `service`: a publisher
+/// only CatalogService.PublishMedia.
+fn allowed(service: Service, identity: &Identity, method: &str) -> bool {
     match (service, identity) {
         (Service::Open | Service::Signed, _) => true,
+        (Service::Catalog, Identity::Publisher(_)) => method == "PublishMedia",
         (Service::Merchant, Identity::Merchant(_)) => true,
         (Service::Delivery, Identity::Node(_)) => true,
         (Service::Catalog | Service::Admin, Identity::Operator(_)) => true,
@@ -239,6 +245,7 @@ impl Authenticator {
                     let status = row.status.as_str();
                     let (identity, active) = match row.kind {
                         PartyKind::Auditor => (Identity::Auditor(id.to_string()), status == "active"),
+                        PartyKind::Publisher => (Identity::Publisher(PublisherId(id.to_string())), status == "active"),
                         // A suspended merchant still authenticates: the use cases refuse what it may not do.
                         PartyKind::Merchant => (Identity::Merchant(MerchantId(id.to_string())), true),
                         PartyKind::Node => (Identity::Node(NodeId(id.to_string())), status == "active" || status == "drained"),
@@ -266,6 +273,7 @@ impl Authenticator {
             Identity::Operator(_) | Identity::Node(_) => true,
             Identity::Auditor(id) => row(id).is_some_and(|row| row.kind == PartyKind::Auditor && row.status == "active"),
             Identity::Merchant(id) => row(&id.0).is_some_and(|row| row.kind == PartyKind::Merchant),
+            Identity::Publisher(id) => row(&id.0).is_some_and(|row| row.kind == PartyKind::Publisher && row.status == "active"),
         })
     }
 }
@@ -426,7 +434,7 @@ async fn admit(door: &FrontDoor, request: Request) -> Result<(Request, Option<to
             Ok(identity) => identity,
             Err(refusal) => return Err(refuse_peer(door, peer, refusal, "refused sign-in")),
         };
-        if !allowed(service, &identity) {
+        if !allowed(service, &identity, parts.uri.path().rsplit('/').next().unwrap_or_default()) {
             let refusal = status::role_may_not_call(identity.role(), parts.uri.path().trim_start_matches('/'));
             return Err(refuse_peer(door, peer, refusal, "role may not call the service"));
         }
@@ -502,21 +510,25 @@ mod tests {
             Identity::Merchant(MerchantId("m1".into())),
             Identity::Node(NodeId("n1".into())),
             Identity::Auditor("au1".into()),
+            Identity::Publisher(PublisherId("pu1".into())),
         ];
         let expected = [
-            (Service::Merchant, [false, true, false, false]),
-            (Service::Delivery, [false, false, true, false]),
-            (Service::Catalog, [true, false, false, false]),
-            (Service::Audit, [true, false, false, true]),
-            (Service::Admin, [true, false, false, false]),
-            (Service::Signed, [true, true, true, true]),
-            (Service::Open, [true, true, true, true]),
+            (Service::Merchant, [false, true, false, false, false]),
+            (Service::Delivery, [false, false, true, false, false]),
+            (Service::Catalog, [true, false, false, false, false]),
+            (Service::Audit, [true, false, false, true, false]),
+            (Service::Admin, [true, false, false, false, false]),
+            (Service::Signed, [true, true, true, true, true]),
+            (Service::Open, [true, true, true, true, true]),
         ];
         for (service, allowed_roles) in expected {
             for (identity, expect) in identities.iter().zip(allowed_roles) {
-                assert_eq!(allowed(service, identity), expect, "{service:?} × {identity:?}");
+                assert_eq!(allowed(service, identity, "RegisterMerchant"), expect, "{service:?} × {identity:?}");
             }
         }
+        // A publisher may publish, and do nothing else in the catalog; the operator both.
+        assert!(allowed(Service::Catalog, &identities[4], "PublishMedia") && allowed(Service::Catalog, &identities[0], "PublishMedia"));
+        assert!(!allowed(Service::Catalog, &identities[1], "PublishMedia"), "a merchant does not publish");
         assert_eq!(service_of("/vouchsafe.v1.MerchantService/Reserve"), Some(Service::Merchant));
         assert_eq!(service_of("/grpc.health.v1.Health/Check"), Some(Service::Open));
         assert_eq!(service_of("/vouchsafe.v1.ConsumerService/GetPoints"), Some(Service::Signed));

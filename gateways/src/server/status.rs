@@ -24,6 +24,7 @@ pub fn rejection_code(rejection: &Rejection) -> Code {
         Rejection::CertRevoked => Code::PermissionDenied,
         Rejection::CertNotValid => Code::PermissionDenied,
         Rejection::MerchantSuspended => Code::PermissionDenied,
+        Rejection::UnregisteredPublisherKey { .. } => Code::PermissionDenied,
         Rejection::Expired { .. } => Code::FailedPrecondition,
         Rejection::NotExpired { .. } => Code::FailedPrecondition,
         Rejection::Voided => Code::FailedPrecondition,

@@ -536,6 +536,18 @@ pub(super) fn arb_request(rpc: Rpc, p: &Pools, b: Bias) -> BoxedStrategy<Req> {
             (media(), part).prop_map(|(media_id, part)| Req::FetchMedia(pb::FetchMediaRequest { media_id, part })).boxed()
         }
         Rpc::PublishMedia => arb_publish(p, rid, b),
+        // The account's terms and keys: valid, broken or none (the keys from the DER pool,
+        // flipped, cut or random).
+        Rpc::RegisterPublisher => (rid, free_text(b), arb_terms(b), vec(bytes_field(&p.ders, b), 0..3))
+            .prop_map(|(request_id, name, terms, public_keys_der)| {
+                Req::RegisterPublisher(pb::RegisterPublisherRequest { request_id, name, terms, public_keys_der })
+            })
+            .boxed(),
+        Rpc::AddPublisherKey => (rid, free_text(b), bytes_field(&p.ders, b))
+            .prop_map(|(request_id, publisher_id, public_key_der)| {
+                Req::AddPublisherKey(pb::AddPublisherKeyRequest { request_id, publisher_id, public_key_der })
+            })
+            .boxed(),
         Rpc::RegisterMerchant => {
             (rid, free_text(b)).prop_map(|(request_id, name)| Req::RegisterMerchant(pb::RegisterMerchantRequest { request_id, name })).boxed()
         }
@@ -707,6 +719,22 @@ pub(super) fn arb_request(rpc: Rpc, p: &Pools, b: Bias) -> BoxedStrategy<Req> {
 /// A read's cursor: none, the hex of bytes (what pages answer, or not), or hostile text.
 fn cursor(b: Bias) -> BoxedStrategy<String> {
     one_of(vec![(b.plausible(3), Just(String::new()).boxed()), (3, vec(any::<u8>(), 0..300).prop_map(hex::encode).boxed()), (2, hostile_text())])
+}
+
+/// Royalty terms: the standard ones, arbitrary ones (shares and names), or none.
+fn arb_terms(b: Bias) -> BoxedStrategy<Option<pb::RoyaltyTermsInput>> {
+    let bps = || u32_field(3000, b);
+    let terms = (bps(), bps(), bps(), free_text(b), free_text(b), free_text(b)).prop_map(
+        |(retailer_bps, distributor_bps, owner_bps, distributor, owner, rights_agent)| pb::RoyaltyTermsInput {
+            retailer_bps,
+            distributor_bps,
+            owner_bps,
+            distributor,
+            owner,
+            rights_agent,
+        },
+    );
+    one_of(vec![(b.plausible(3), Just(Some(client::standard_terms("label-1"))).boxed()), (3, terms.prop_map(Some).boxed()), (1, Just(None).boxed())])
 }
 
 pub(super) fn arb_publish(p: &Pools, rid: BoxedStrategy<String>, b: Bias) -> BoxedStrategy<Req> {

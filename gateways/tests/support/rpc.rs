@@ -231,6 +231,9 @@ rpcs! {
     GetAccountPoints = Admin.get_account_points(AccountPointsRequest) unary;
     ListOrders = Merchant.list_orders(ListOrdersRequest) unary;
     Statement = Audit.statement(RightsStatementRequest) unary;
+    // Publisher accounts (issue 28).
+    RegisterPublisher = Catalog.register_publisher(RegisterPublisherRequest) unary;
+    AddPublisherKey = Admin.add_publisher_key(AddPublisherKeyRequest) unary;
 }
 
 impl Rpc {

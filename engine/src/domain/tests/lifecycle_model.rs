@@ -589,7 +589,7 @@ impl World {
                 }
                 if decided.as_ref().is_ok_and(|events| !events.is_empty()) {
                     prop_assert!(cert == CertCheck::Valid && proof_ok, "redemption accepted with {cert:?}, proof ok {proof_ok}");
-                    // A voucher's keys go to one consumer and certificate, ever.
+                    // A voucher's keys go to one consumer, ever (`released_to` keeps its first certificate).
                     let released = self.vouchers[v].root.state.released_to.clone();
                     prop_assert_eq!(released, Some(consumer(c)), "keys released to a second consumer");
                     if failures > 0 {

@@ -564,14 +564,18 @@ fn the_first_redemption_releases_every_item_and_a_retry_none() {
 /// The attack: a Confirm with a wrong hash put the voucher back to Issued, and another
 /// consumer redeemed it while the first held the keys (22 redemptions alternating two
 /// consumers, one royalty entry). The keys were released to the first consumer: nobody
-/// else redeems, whatever the certificate. Control: the first consumer may (above).
+/// else redeems, whatever the certificate. Control: the first consumer may (above), also
+/// with a newer certificate (a lost passport replaced), releasing nothing anew; not with a
+/// revoked one.
 #[test]
 fn after_a_failed_delivery_only_the_consumer_holding_the_keys_redeems() {
     let given = with(song_redeeming(), [delivery_failed()]);
     let other = redeem_answering(node(), ConsumerId::new("c2"), CertSerial::new("s2"), CertCheck::Valid, ProofCheck::Valid, FRESH_CHALLENGE);
     check::<Voucher>(&given, other, ISSUED_AT, Err(Rejection::AlreadyRedeemed));
-    let other_cert = redeem_answering(node(), consumer(), CertSerial::new("s2"), CertCheck::Valid, ProofCheck::Valid, FRESH_CHALLENGE);
-    check::<Voucher>(&given, other_cert, ISSUED_AT, Err(Rejection::AlreadyRedeemed));
+    let new_cert = redeem_answering(node(), consumer(), CertSerial::new("s2"), CertCheck::Valid, ProofCheck::Valid, FRESH_CHALLENGE);
+    check::<Voucher>(&given, new_cert, ISSUED_AT, Ok(vec![redemption_releasing(consumer(), CertSerial::new("s2"), FRESH_CHALLENGE, &[])]));
+    let revoked = redeem_answering(node(), consumer(), CertSerial::new("s2"), CertCheck::Revoked, ProofCheck::Valid, FRESH_CHALLENGE);
+    check::<Voucher>(&given, revoked, ISSUED_AT, Err(Rejection::CertRevoked));
     let after: Voucher = fold(&given);
     assert_eq!(after.released_to, Some((consumer(), cert())), "the release outlives the failure");
 }

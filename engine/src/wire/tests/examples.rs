@@ -10,7 +10,7 @@ use crate::domain::event::{
     Actor, ActorKind, AggregateKind, AggregateRef, Event, LedgerAccountKind, MediaPublished, Payment, PointsSale, Posting, PreviewClip, Recorded, Rendition,
     RightsReportSealed, RoyaltyTerms, SealCheckpoint, UnitCharge, VoidReason,
 };
-use crate::ids::{AccountId, AuditorId, CertSerial, ConsumerId, MediaId, MerchantId, Millis, NodeId, OrderId, PreviewId, VoucherId};
+use crate::ids::{AccountId, AuditorId, CertSerial, ConsumerId, MediaId, MerchantId, Millis, NodeId, OrderId, PreviewId, PublisherId, VoucherId};
 use crate::wire::{decode, decode_shared, encode};
 use pb::envelope::Event as E;
 use prost::Message;
@@ -20,7 +20,7 @@ use std::collections::BTreeSet;
 /// How many variants `Event` has. Adding a variant stops `variant_index` from compiling:
 /// give the new variant the next index, raise this count, add a hand-written example with
 /// its protobuf counterpart to `examples` and an arm to `arb_event`.
-pub(super) const VARIANT_COUNT: usize = 37;
+pub(super) const VARIANT_COUNT: usize = 39;
 
 /// The position of an event's variant, by a `match` with no wildcard arm, so that a new
 /// variant cannot be added without these tests being told about it.
@@ -62,14 +62,16 @@ pub(super) fn variant_index(event: &Event) -> usize {
         Event::Refunded { .. } => 33,
         Event::CopyRecovered { .. } => 34,
         Event::AccessRenewed { .. } => 35,
-        Event::SlotsLeased { .. } => 36,
+        Event::PublisherRegistered { .. } => 36,
+        Event::PublisherKeyAdded { .. } => 37,
+        Event::SlotsLeased { .. } => 38,
     }
 }
 
 /// The schema's names for each aggregate kind, written out here independently of
 /// `wire.rs` so that a swapped mapping (consistent in both directions, and so invisible to
 /// a round trip) is caught.
-pub(super) const AGGREGATE_KINDS: [(AggregateKind, pb::AggregateType); 11] = [
+pub(super) const AGGREGATE_KINDS: [(AggregateKind, pb::AggregateType); 12] = [
     (AggregateKind::Voucher, pb::AggregateType::Voucher),
     (AggregateKind::Media, pb::AggregateType::Media),
     (AggregateKind::Merchant, pb::AggregateType::Merchant),
@@ -81,6 +83,7 @@ pub(super) const AGGREGATE_KINDS: [(AggregateKind, pb::AggregateType); 11] = [
     (AggregateKind::Report, pb::AggregateType::Report),
     (AggregateKind::Config, pb::AggregateType::Config),
     (AggregateKind::Auditor, pb::AggregateType::Auditor),
+    (AggregateKind::Publisher, pb::AggregateType::Publisher),
 ];
 
 pub(super) const ACTOR_KINDS: [(ActorKind, pb::ActorKind); 6] = [
@@ -220,6 +223,42 @@ pub(super) fn examples() -> Vec<(Event, E)> {
         (
             Event::AuditorRevoked { auditor_id: AuditorId::new("aud-1"), reason: "contract ended".into() },
             E::AuditorRevoked(pb::AuditorRevoked { auditor_id: "aud-1".into(), reason: "contract ended".into() }),
+        ),
+        (
+            Event::PublisherRegistered {
+                publisher_id: PublisherId::new("pub-1"),
+                name: "Label".into(),
+                credential_hash: hash(9),
+                terms: RoyaltyTerms {
+                    retailer_bps: 3000,
+                    distributor_bps: 2000,
+                    owner_bps: 5000,
+                    distributor: "dist-1".into(),
+                    owner: "label-1".into(),
+                    rights_agent: "agent-1".into(),
+                },
+            },
+            E::PublisherRegistered(pb::PublisherRegistered {
+                publisher_id: "pub-1".into(),
+                name: "Label".into(),
+                credential_hash: hash(9).to_vec(),
+                terms: Some(pb::RoyaltyTerms {
+                    retailer_bps: 3000,
+                    distributor_bps: 2000,
+                    owner_bps: 5000,
+                    distributor: "dist-1".into(),
+                    owner: "label-1".into(),
+                    rights_agent: "agent-1".into(),
+                }),
+            }),
+        ),
+        (
+            Event::PublisherKeyAdded { publisher_id: PublisherId::new("pub-1"), key_id: "0011223344556677".into(), public_key_der: vec![0x30, 0x82, 1, 2] },
+            E::PublisherKeyAdded(pb::PublisherKeyAdded {
+                publisher_id: "pub-1".into(),
+                key_id: "0011223344556677".into(),
+                public_key_der: vec![0x30, 0x82, 1, 2],
+            }),
         ),
         (
             Event::AccessLapsed { voucher_id: VoucherId::new("vou-1"), node_id: NodeId::new("node-1") },

@@ -255,6 +255,7 @@ fn hash_fields(event: &mut E) -> Vec<(&'static str, &mut Vec<u8>)> {
         E::MediaPublished(m) => m.renditions.iter_mut().map(|r| ("renditions.content_hash", &mut r.content_hash)).collect(),
         E::MerchantRegistered(m) => vec![("credential_hash", &mut m.credential_hash)],
         E::AuditorRegistered(a) => vec![("credential_hash", &mut a.credential_hash)],
+        E::PublisherRegistered(p) => vec![("credential_hash", &mut p.credential_hash)],
         E::NodeRegistered(n) => vec![("credential_hash", &mut n.credential_hash)],
         E::RedemptionAccepted(r) => r
             .wrapped_key_hashes
@@ -280,6 +281,7 @@ fn hash_fields(event: &mut E) -> Vec<(&'static str, &mut Vec<u8>)> {
         | E::MerchantSuspended(_)
         | E::MerchantReinstated(_)
         | E::AuditorRevoked(_)
+        | E::PublisherKeyAdded(_)
         | E::AccessLapsed(_)
         | E::AccessRenewed(_)
         | E::NodeCapacityChanged(_)
@@ -325,6 +327,8 @@ fn enum_fields(event: &mut E) -> Vec<(&'static str, &mut i32, i32)> {
         | E::MerchantReinstated(_)
         | E::AuditorRegistered(_)
         | E::AuditorRevoked(_)
+        | E::PublisherRegistered(_)
+        | E::PublisherKeyAdded(_)
         | E::AccessLapsed(_)
         | E::AccessRenewed(_)
         | E::NodeRegistered(_)

@@ -9,7 +9,7 @@ use crate::domain::event::{
     Actor, Event, MediaPublished, Payment, PointsSale, Posting, PreviewClip, Recorded, Rendition, ReservedItem, RightsReportSealed, RoyaltyTerms,
     SealCheckpoint, UnitCharge, VoidReason,
 };
-use crate::ids::{AccountId, AuditorId, CertSerial, ConsumerId, MediaId, MerchantId, Millis, NodeId, OrderId, PreviewId, VoucherId};
+use crate::ids::{AccountId, AuditorId, CertSerial, ConsumerId, MediaId, MerchantId, Millis, NodeId, OrderId, PreviewId, PublisherId, VoucherId};
 use crate::wire::{decode, encode};
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -184,6 +184,17 @@ fn arb_event() -> BoxedStrategy<Event> {
         (id(MerchantId), text()).prop_map(|(merchant_id, reason)| Event::MerchantReinstated { merchant_id, reason }),
         (id(AuditorId), text(), hash32()).prop_map(|(auditor_id, name, credential_hash)| Event::AuditorRegistered { auditor_id, name, credential_hash }),
         (id(AuditorId), text()).prop_map(|(auditor_id, reason)| Event::AuditorRevoked { auditor_id, reason }),
+        (id(PublisherId), text(), hash32(), arb_terms()).prop_map(|(publisher_id, name, credential_hash, terms)| Event::PublisherRegistered {
+            publisher_id,
+            name,
+            credential_hash,
+            terms
+        }),
+        (id(PublisherId), text(), proptest::collection::vec(any::<u8>(), 0..64)).prop_map(|(publisher_id, key_id, public_key_der)| Event::PublisherKeyAdded {
+            publisher_id,
+            key_id,
+            public_key_der
+        }),
         (id(VoucherId), id(NodeId)).prop_map(|(voucher_id, node_id)| Event::AccessLapsed { voucher_id, node_id }),
         (id(VoucherId), id(NodeId), proptest::option::of("[a-z0-9_-]{1,24}".prop_map(NodeId)), millis())
             .prop_map(|(voucher_id, node_id, previous_node, access_expires_at)| Event::AccessRenewed { voucher_id, node_id, previous_node, access_expires_at }),

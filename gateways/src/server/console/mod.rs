@@ -87,7 +87,7 @@ impl Page {
             Identity::Operator(_) => true,
             Identity::Auditor(_) => matches!(self, Page::Royalty | Page::Totals | Page::Ledger),
             Identity::Merchant(_) => matches!(self, Page::Vouchers | Page::Statement),
-            Identity::Node(_) => false,
+            Identity::Node(_) | Identity::Publisher(_) => false,
         }
     }
 

@@ -66,6 +66,7 @@ pub fn identity_id(identity: &Identity) -> &str {
         Identity::Operator(id) | Identity::Auditor(id) => id,
         Identity::Merchant(id) => &id.0,
         Identity::Node(id) => &id.0,
+        Identity::Publisher(id) => &id.0,
     }
 }
 
