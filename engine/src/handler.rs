@@ -31,6 +31,13 @@ pub const APPEND_RETRIES_MAX: usize = 16;
 /// its applied requests) made memory grow with every voucher sold. A miss costs one read
 /// of the aggregate's subject, and none for a new aggregate (assumed new, module docs).
 pub const CACHE_AGGREGATES_MAX: usize = 4_096;
+/// How many times a refusal is checked against the subject's newest state (and decided
+/// again on it) before it is answered.
+const STALE_REFUSAL_CHECKS_MAX: usize = 2;
+/// Reads of a subject waiting for a lagging copy to hold a known event, and the pause
+/// between them.
+const STALE_READS_MAX: usize = 20;
+const STALE_READ_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
 /// Number of per-aggregate lock stripes.
 const LOCK_STRIPES: usize = 1024;
 
@@ -142,8 +149,21 @@ impl Handler {
         }
     }
 
-    /// The aggregate as of the log (reading its subject), bypassing the cache.
+    /// The aggregate as of the log (reading its subject), bypassing the cache. Where reads
+    /// may come from a lagging copy (`EventLog::reads_may_lag`), read until the subject's
+    /// newest event (from the log's authority) is in: another engine's append is seen.
     pub async fn load_fresh<A: Aggregate>(&self, id: &str) -> Result<Arc<Root<A>>, HandleError> {
+        let root = self.read_once::<A>(id).await?;
+        if !self.log.reads_may_lag() {
+            return Ok(root);
+        }
+        match self.newer_than(&AggregateRef::new(A::KIND, id).subject(), root.last_seq).await? {
+            Some(newer) => self.load_until::<A>(id, newer).await,
+            None => Ok(root),
+        }
+    }
+
+    async fn read_once<A: Aggregate>(&self, id: &str) -> Result<Arc<Root<A>>, HandleError> {
         let aggregate = AggregateRef::new(A::KIND, id);
         let stored = self.log.read_subject(&aggregate.subject()).await?;
         let root = Arc::new(fold_stored::<A>(stored)?);
@@ -165,6 +185,13 @@ impl Handler {
             return Ok(Some(root));
         }
         let stored = self.log.read_subject(&aggregate.subject()).await?;
+        let read_last = stored.last().map(|event| event.seq);
+        // A lagging copy may not have it yet (`load_fresh`).
+        if self.log.reads_may_lag()
+            && let Some(newer) = self.newer_than(&aggregate.subject(), read_last).await?
+        {
+            return Ok(Some(self.load_until::<A>(id, newer).await?));
+        }
         if stored.is_empty() {
             return Ok(None);
         }
@@ -195,6 +222,7 @@ impl Handler {
         let aggregate = AggregateRef::new(A::KIND, id);
         let subject = aggregate.subject();
         let _serialized = self.stripe(&subject).lock().await;
+        let mut stale_checks = 0;
         let (mut root, mut assumed_empty) = match self.take_cached::<A>(&aggregate) {
             Some(root) => (root, false),
             None => (Arc::new(Root::<A>::default()), true),
@@ -214,6 +242,18 @@ impl Handler {
                 }
                 Ok(Outcome::Emit(events)) => events,
                 Err(rejection) => {
+                    // Refused on what this engine had: is it the subject's newest state?
+                    // (Another engine may have appended since, and a JetStream replica can
+                    // answer a read with a lagging copy: a refusal appends nothing, so no
+                    // expectation would catch either.)
+                    if stale_checks < STALE_REFUSAL_CHECKS_MAX
+                        && let Some(newer) = self.newer_than(&subject, root.last_seq).await?
+                    {
+                        stale_checks += 1;
+                        self.forget(&aggregate);
+                        root = self.load_until::<A>(id, newer).await?;
+                        continue;
+                    }
                     if !assumed_empty {
                         self.remember(aggregate, root);
                     }
@@ -246,6 +286,27 @@ impl Handler {
             }
         }
         Err(HandleError::Contended(APPEND_RETRIES_MAX))
+    }
+
+    /// The subject's newest sequence when it is past `known` (the state a refusal was
+    /// decided on), from the log's authority.
+    async fn newer_than(&self, subject: &str, known: Option<Seq>) -> Result<Option<Seq>, HandleError> {
+        let last = self.log.subject_last_seq(subject).await?;
+        Ok(last.filter(|last| known.is_none_or(|known| *last > known)))
+    }
+
+    /// The aggregate read until it includes the event at `seq` (a lagging copy catches up
+    /// within moments), at most `STALE_READS_MAX` reads; the newest read otherwise.
+    async fn load_until<A: Aggregate>(&self, id: &str, seq: Seq) -> Result<Arc<Root<A>>, HandleError> {
+        let mut root = self.read_once::<A>(id).await?;
+        for _ in 0..STALE_READS_MAX {
+            if root.last_seq.is_some_and(|last| last >= seq) {
+                break;
+            }
+            tokio::time::sleep(STALE_READ_PAUSE).await;
+            root = self.read_once::<A>(id).await?;
+        }
+        Ok(root)
     }
 
     /// Appends `events` in order; `Ok(Err(()))` on a version conflict.

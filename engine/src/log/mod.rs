@@ -126,6 +126,20 @@ pub trait EventLog: Send + Sync + 'static {
     /// The last stored sequence (`Seq(0)` when empty).
     async fn last_seq(&self) -> Result<Seq, ReadError>;
 
+    /// The sequence of the newest event on `subject` as the log's authority has it (`None`
+    /// when it has none): never a lagging copy's answer, which `read_subject` may be (a
+    /// JetStream replica answering a direct get). Checked before refusing on a state read.
+    async fn subject_last_seq(&self, subject: &str) -> Result<Option<Seq>, ReadError> {
+        Ok(self.read_subject(subject).await?.last().map(|stored| stored.seq))
+    }
+
+    /// Whether `read_subject` may answer from a copy that lags (a replicated JetStream
+    /// stream's direct gets); readers that must see the newest state then confirm with
+    /// `subject_last_seq`.
+    fn reads_may_lag(&self) -> bool {
+        false
+    }
+
     /// Every event with sequence >= `from`, then each new one as it is appended.
     fn follow(&self, from: Seq) -> BoxStream<'static, Result<StoredEvent, ReadError>>;
 

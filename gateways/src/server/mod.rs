@@ -118,6 +118,9 @@ pub struct EngineConfig {
     /// engines sharing a stream never over-give a node. Always on; off only in the test
     /// that shows the over-allocation it prevents (`replay-tests/tests/engines.rs`).
     pub slot_leases: bool,
+    /// Where published media files live; `None`: `<data_dir>/media`. Engines sharing a
+    /// stream share one (`serve --media-dir`).
+    pub media_dir: Option<PathBuf>,
 }
 
 /// `serve`'s drain grace: a few health probes' worth.
@@ -137,6 +140,7 @@ impl EngineConfig {
             projections_dir: None,
             drain_grace: Duration::ZERO,
             slot_leases: true,
+            media_dir: None,
         }
     }
 }
@@ -390,7 +394,7 @@ pub async fn start(config: EngineConfig, log: Arc<dyn EventLog>, listener: tokio
     let keys = Arc::new(keys);
     let royalty_master = crate::common::keys::load_royalty_master(&config.keys_dir)?;
     let operator = crate::common::cred::Credential::load(&config.keys_dir.join(crate::common::keys::OPERATOR_CRED))?;
-    let media = MediaStore::open(&config.data_dir.join("media"))?;
+    let media = MediaStore::open(&config.media_dir.clone().unwrap_or_else(|| config.data_dir.join("media")))?;
     let live = match &config.projections_dir {
         // Backed by the projection store: resume at its checkpoint (after checking it belongs
         // to this stream), or rebuild into it from sequence 1.

@@ -20,6 +20,7 @@ pub struct FileConfig {
     pub console_listen: Option<SocketAddr>,
     pub tlog_listen: Option<SocketAddr>,
     pub data_dir: Option<PathBuf>,
+    pub media_dir: Option<PathBuf>,
     pub keys: Option<PathBuf>,
     pub nats_url: Option<String>,
     pub stream: Option<String>,
@@ -93,6 +94,11 @@ pub struct ServeArgs {
     /// Local state and, without --nats-url, the embedded log (default ./vouchsafe-data).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Where published media files live (default <data-dir>/media): engines sharing a
+    /// stream share one media directory (a shared volume), so every node can fetch every
+    /// media from the engine it talks to.
+    #[arg(long)]
+    pub media_dir: Option<PathBuf>,
     /// Use the JetStream log at this URL.
     #[arg(long)]
     pub nats_url: Option<String>,
@@ -221,6 +227,7 @@ pub fn settings(args: &ServeArgs) -> anyhow::Result<Settings> {
     anyhow::ensure!(limits.requests_in_flight_max >= 1, "requests_in_flight_max must be at least 1");
     let mut engine = EngineConfig::new(data_dir.clone(), keys);
     engine.projections_dir = Some(data_dir.join("projections"));
+    engine.media_dir = args.media_dir.clone().or(env("VOUCHSAFE_MEDIA_DIR").map(PathBuf::from)).or(file.media_dir);
     engine.drain_grace = crate::server::DRAIN_GRACE_DEFAULT;
     engine.limits = limits;
     if let Some(ttl) = env_parsed("VOUCHSAFE_ACCESS_TTL_MS")?.or(file.access_ttl_ms) {

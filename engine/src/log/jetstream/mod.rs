@@ -358,6 +358,20 @@ impl EventLog for JetStreamLog {
         Ok(Some(std::sync::Arc::new(KvJobLeases { store, held: Default::default() })))
     }
 
+    fn reads_may_lag(&self) -> bool {
+        self.events.cached_info().config.num_replicas > 1
+    }
+
+    /// From the stream leader (`STREAM.MSG.GET`, last by subject), never a replica.
+    async fn subject_last_seq(&self, subject: &str) -> Result<Option<Seq>, ReadError> {
+        use async_nats::jetstream::stream::LastRawMessageErrorKind;
+        match self.events.get_last_raw_message_by_subject(subject).await {
+            Ok(message) => Ok(Some(Seq(message.sequence))),
+            Err(error) if error.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(error) => Err(ReadError::Unavailable(format!("the last event of {subject}: {error}"))),
+        }
+    }
+
     fn gossip(&self) -> Option<std::sync::Arc<dyn super::Gossip>> {
         // A read-only connection (an auditor) neither speaks nor needs to listen.
         self.nodes.as_ref()?;
