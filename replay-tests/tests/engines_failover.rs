@@ -10,6 +10,8 @@
 //! - A node given A,B keeps serving after A is shut down: it announces itself to B, follows
 //!   its assignment feed there from its checkpoint, and delivers a purchase made through B
 //!   from the cache it filled through A.
+//! - A client starts on an engine that is not draining (health NOT_SERVING while `serve`
+//!   stops), unless no other answers.
 
 use engine::domain::Event;
 use engine::ids::ConsumerId;
@@ -276,4 +278,33 @@ async fn stop(market: Market) {
         a.shutdown().await.expect("shutdown a");
     }
     market.b.shutdown().await.expect("shutdown b");
+}
+
+/// A client starts on an engine that is not draining: while A drains (health NOT_SERVING
+/// during its `drain_grace`) a client given A,B starts on B; given A alone it still uses A.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_starts_on_an_engine_that_is_not_draining() {
+    let server = NatsServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let keys = dir.path().join("keys");
+    gateways::common::keys::init(&keys).expect("keys init");
+    let backend = BackendArgs { data_dir: dir.path().join("a"), nats_url: Some(server.url()), stream: "VOUCHSAFE".into() };
+    let (log, _) = backend.open_with_feed().await.expect("open the stream");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+    let config = EngineConfig { drain_grace: Duration::from_secs(3), ..EngineConfig::new(dir.path().join("a"), keys.clone()) };
+    let a = server::start(config, log, listener).await.expect("engine a starts");
+    let b = start_engine(&server, &dir.path().join("b"), &keys).await;
+    let (a_url, b_url) = (a.url(), b.url());
+    let connect = format!("{a_url},{b_url}");
+    assert_eq!(engines(&connect).await.current_url(), a_url, "both serve: the first");
+    let stopping = tokio::spawn(a.shutdown());
+    // Its health says NOT_SERVING as its shutdown begins; its server answers for 3 s more.
+    let started = Instant::now();
+    while engines(&connect).await.current_url() != b_url {
+        assert!(started.elapsed() < Duration::from_secs(2), "a client given a,b kept starting on a while a drained");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(engines(&a_url).await.current_url(), a_url, "the control: a alone is still used while it drains");
+    stopping.await.expect("a's shutdown task").expect("a stops");
+    b.shutdown().await.expect("b stops");
 }

@@ -93,7 +93,18 @@ pub fn split_urls(connect: &str) -> anyhow::Result<Vec<String>> {
 /// URL's endpoint (TLS, timeouts). With one URL the error is that engine's own.
 pub async fn connect_first(urls: &[String], endpoint_of: impl Fn(&str) -> anyhow::Result<Endpoint>) -> anyhow::Result<Engines> {
     let endpoints = urls.iter().map(|url| endpoint_of(url)).collect::<anyhow::Result<Vec<Endpoint>>>()?;
+    let engines_from = |index: usize, channel: Channel| {
+        let engines = urls
+            .iter()
+            .zip(&endpoints)
+            .enumerate()
+            .map(|(other, (url, endpoint))| (url.clone(), if other == index { channel.clone() } else { endpoint.connect_lazy() }))
+            .collect();
+        Engines::new(engines, index)
+    };
     let mut failures = Vec::new();
+    // An engine that says it is draining (stopping) is used only when no other answers.
+    let mut draining_engine = None;
     for (index, (url, endpoint)) in urls.iter().zip(&endpoints).enumerate() {
         let answered = async {
             let channel = endpoint.connect().await.with_context(|| format!("cannot connect to the engine at {url}; is `vouchsafe serve` running there?"))?;
@@ -102,20 +113,28 @@ pub async fn connect_first(urls: &[String], endpoint_of: impl Fn(&str) -> anyhow
         }
         .await;
         match answered {
-            Ok(channel) => {
-                let engines = urls
-                    .iter()
-                    .zip(&endpoints)
-                    .enumerate()
-                    .map(|(other, (url, endpoint))| (url.clone(), if other == index { channel.clone() } else { endpoint.connect_lazy() }))
-                    .collect();
-                return Ok(Engines::new(engines, index));
+            Ok(channel) if urls.len() > 1 && draining(channel.clone()).await => {
+                failures.push(format!("the engine at {url} is draining"));
+                draining_engine = draining_engine.or(Some((index, channel)));
             }
+            Ok(channel) => return Ok(engines_from(index, channel)),
             Err(error) if urls.len() == 1 => return Err(error),
             Err(error) => failures.push(format!("{error:#}")),
         }
     }
+    if let Some((index, channel)) = draining_engine {
+        tracing::warn!(engine = %urls[index], "every other engine failed; using one that is draining");
+        return Ok(engines_from(index, channel));
+    }
     anyhow::bail!("no engine answered: {}", failures.join("; "))
+}
+
+/// Whether the engine's health says NOT_SERVING: it is draining (`serve`'s `drain_grace`).
+async fn draining(channel: Channel) -> bool {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let answer = health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await;
+    answer.is_ok_and(|answer| answer.into_inner().status == ServingStatus::NotServing as i32)
 }
 
 impl Service<http::Request<Body>> for Engines {
@@ -198,10 +217,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_call_with_every_engine_gone_fails_after_its_attempts() {
+        let urls = closed_ports(2);
+        let engines = Engines::new(urls.iter().map(|url| (url.clone(), Endpoint::from_shared(url.clone()).expect("url").connect_lazy())).collect(), 0);
+        let mut health = tonic_health::pb::health_client::HealthClient::new(engines.clone());
+        let started = std::time::Instant::now();
+        let call = health.check(tonic_health::pb::HealthCheckRequest { service: String::new() });
+        let failed = tokio::time::timeout(Duration::from_secs(30), call).await.expect("bounded: it gives up").expect_err("nobody answers");
+        // Each round of the two engines but the last is followed by a pause.
+        let rounds = FAILOVER_ATTEMPTS_MAX.div_ceil(2) as u32;
+        assert!(started.elapsed() >= Duration::from_millis(FAILOVER_ROUND_PAUSE_MS) * (rounds - 1), "it went round: {:?}", started.elapsed());
+        assert_ne!(failed.code(), tonic::Code::Ok);
+        assert_eq!(engines.current_url(), urls[0], "no engine answered: the choice stays");
+    }
+
+    fn closed_ports(count: usize) -> Vec<String> {
+        // Loopback ports bound, then closed again.
+        (0..count)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port())
+            .map(|port| format!("http://127.0.0.1:{port}"))
+            .collect()
+    }
+
+    #[tokio::test]
     async fn with_no_engine_answering_each_reason_is_given() {
-        // Two closed loopback ports: bound, then dropped.
-        let ports: Vec<u16> = (0..2).map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()).collect();
-        let urls: Vec<String> = ports.iter().map(|port| format!("http://127.0.0.1:{port}")).collect();
+        let urls = closed_ports(2);
         let error = connect_first(&urls, |url| Ok(Endpoint::from_shared(url.to_string())?)).await.expect_err("nobody answers");
         let error = format!("{error:#}");
         assert!(error.starts_with("no engine answered"), "{error}");
