@@ -1,7 +1,10 @@
 //! The delivery node agent (`vouchsafe node`). It registers with the engine
 //! (`DeliveryService.RegisterNode`), reports its load every [`HEARTBEAT_INTERVAL_MS`],
 //! follows its assignment feed (`SubscribeAssignments`) from a checkpoint persisted in
-//! `<data_dir>/node-<node_id>.seq`, and serves `NodeService` to players:
+//! `<data_dir>/node-<node_id>.seq`, and serves `NodeService` to players. Given several
+//! engines (`--connect A,B`), its calls go to the first that answers and fail over
+//! (`common::failover`): when its engine stops, the broken feed announces the node again
+//! to the next engine that answers and resumes from the checkpoint, cache and grants kept.
 //!
 //! - every player call carries an access grant that the node checks locally with its access
 //!   key (DESIGN.md, "Delivery access": no engine call, today's CDN signed URL);
