@@ -60,7 +60,8 @@ pub enum Command {
         /// Print one JSON summary object on the last line of stdout.
         #[arg(long)]
         json: bool,
-        /// Drive an engine already running under `serve` (uses operator.cred from --keys).
+        /// Drive an engine already running under `serve` (uses operator.cred from --keys);
+        /// several engines on one stream comma-separated (failover).
         #[arg(long)]
         connect: Option<String>,
         /// With --connect https://…: PEM of the CA that signed the engine's certificate.

@@ -17,7 +17,7 @@ use std::process::ExitCode;
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct RemoteArgs {
     /// Ask a running engine's AuditService (its gRPC endpoint) instead of reading the log;
-    /// needs --cred.
+    /// needs --cred. Several engines on one stream comma-separated (failover).
     #[arg(long, requires = "cred")]
     pub connect: Option<String>,
     /// The auditor's (or operator's) credential file, with --connect.

@@ -28,7 +28,8 @@ use std::path::PathBuf;
 /// How a client reaches the engine.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ConnectArgs {
-    /// The engine's gRPC endpoint, e.g. http://127.0.0.1:50051 (https with TLS).
+    /// The engine's gRPC endpoint, e.g. http://127.0.0.1:50051 (https with TLS); several
+    /// engines on one stream comma-separated: the first that answers, the next on failure.
     #[arg(long, global = true, default_value = "http://127.0.0.1:50051")]
     pub connect: String,
     /// PEM of the CA that signed the engine's TLS certificate (for https with a private CA).
@@ -62,7 +63,8 @@ impl ConnectArgs {
         Ok(crate::node::EngineTls { ca_pem, client_identity })
     }
 
-    pub async fn channel(&self) -> anyhow::Result<tonic::transport::Channel> {
+    /// The engines of `--connect` (several comma-separated: failover, `common::failover`).
+    pub async fn channel(&self) -> anyhow::Result<client::Engines> {
         crate::common::plaintext::check_url(&self.connect, self.insecure_plaintext)?;
         let ca = self.ca.as_ref().map(|path| crate::common::tls::load_ca(path, "--ca")).transpose()?;
         let cert_pem = self.client_cert.as_ref().map(|path| read_pem("client certificate", path)).transpose()?;
@@ -72,10 +74,9 @@ impl ConnectArgs {
             (None, None) => None,
             _ => anyhow::bail!("--client-cert and --client-key go together"),
         };
-        let channel = client::connect_tls(&self.connect, ca.as_deref(), identity).await?;
-        // A handshake the engine refuses is a connection failure (exit 2), not a refusal.
-        client::check_serving(channel.clone(), &self.connect).await?;
-        Ok(channel)
+        // A handshake the engine refuses is a connection failure (exit 2), not a refusal: each
+        // engine's health is checked before it is used.
+        client::connect_any(&self.connect, ca.as_deref(), identity).await
     }
 }
 

@@ -3,6 +3,7 @@
 //! here. Each client presents one credential on every call (`cred::Present`).
 
 use crate::common::cred::{Credential, Present};
+pub use crate::common::failover::Engines;
 use anyhow::Context;
 use engine::crypto::{self, RsaPrivate, RsaPublic, SecretKey};
 use engine::media::{ComponentSpec, ContainerSpec, PreviewSpec, RenditionSpec};
@@ -11,14 +12,14 @@ use std::sync::Arc;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
-pub type Authed = InterceptedService<Channel, Present>;
+pub type Authed = InterceptedService<Engines, Present>;
 pub type CatalogClient = pb::catalog_service_client::CatalogServiceClient<Authed>;
 pub type MerchantClient = pb::merchant_service_client::MerchantServiceClient<Authed>;
 pub type DeliveryClient = pb::delivery_service_client::DeliveryServiceClient<Authed>;
 pub type AuditClient = pb::audit_service_client::AuditServiceClient<Authed>;
 pub type AdminClient = pb::admin_service_client::AdminServiceClient<Authed>;
 /// ConsumerService takes no credential: each request is signed with a passport.
-pub type ConsumerClient = pb::consumer_service_client::ConsumerServiceClient<Channel>;
+pub type ConsumerClient = pb::consumer_service_client::ConsumerServiceClient<Engines>;
 
 /// Largest message a client accepts or sends (a media container plus framing).
 pub const CLIENT_MESSAGE_BYTES_MAX: usize = engine::media::CONTAINER_BYTES_MAX + 2 * 1024 * 1024;
@@ -42,6 +43,17 @@ pub struct ClientIdentity<'a> {
 /// A client certificate proves only the connection's origin: the credential is still
 /// presented on every call.
 pub async fn connect_tls(url: &str, ca: Option<&[u8]>, identity: Option<ClientIdentity<'_>>) -> anyhow::Result<Channel> {
+    endpoint(url, ca, identity)?.connect().await.with_context(|| format!("cannot connect to the engine at {url}"))
+}
+
+/// `--connect`'s engines (one URL, or several comma-separated on one stream): connected to
+/// the first that answers its health check, failing over to the others (`common::failover`).
+pub async fn connect_any(connect: &str, ca: Option<&[u8]>, identity: Option<ClientIdentity<'_>>) -> anyhow::Result<Engines> {
+    let urls = crate::common::failover::split_urls(connect)?;
+    crate::common::failover::connect_first(&urls, |url| endpoint(url, ca, identity)).await
+}
+
+fn endpoint(url: &str, ca: Option<&[u8]>, identity: Option<ClientIdentity<'_>>) -> anyhow::Result<Endpoint> {
     let mut endpoint = Endpoint::from_shared(url.to_string()).with_context(|| format!("{url:?} is not a gRPC URL such as http://127.0.0.1:50051"))?;
     endpoint = endpoint.connect_timeout(std::time::Duration::from_secs(5)).tcp_nodelay(true);
     if url.starts_with("https://") {
@@ -56,7 +68,7 @@ pub async fn connect_tls(url: &str, ca: Option<&[u8]>, identity: Option<ClientId
     } else if identity.is_some() {
         anyhow::bail!("a client certificate needs an https:// URL, not {url:?}");
     }
-    endpoint.connect().await.with_context(|| format!("cannot connect to the engine at {url}"))
+    Ok(endpoint)
 }
 
 /// Asks the engine's health service (open to every caller) whether it serves, so that a
@@ -82,34 +94,34 @@ pub async fn check_serving(channel: Channel, url: &str) -> anyhow::Result<()> {
     anyhow::bail!("the engine at {url} did not answer ({why}); {hint}")
 }
 
-fn authed(channel: Channel, credential: Credential) -> Authed {
-    InterceptedService::new(channel, Present(Arc::new(credential)))
+fn authed(engines: impl Into<Engines>, credential: Credential) -> Authed {
+    InterceptedService::new(engines.into(), Present(Arc::new(credential)))
 }
 
-pub fn catalog(channel: Channel, credential: Credential) -> CatalogClient {
+pub fn catalog(channel: impl Into<Engines>, credential: Credential) -> CatalogClient {
     pb::catalog_service_client::CatalogServiceClient::new(authed(channel, credential))
         .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
 }
 
-pub fn merchant(channel: Channel, credential: Credential) -> MerchantClient {
+pub fn merchant(channel: impl Into<Engines>, credential: Credential) -> MerchantClient {
     pb::merchant_service_client::MerchantServiceClient::new(authed(channel, credential))
 }
 
-pub fn delivery(channel: Channel, credential: Credential) -> DeliveryClient {
+pub fn delivery(channel: impl Into<Engines>, credential: Credential) -> DeliveryClient {
     pb::delivery_service_client::DeliveryServiceClient::new(authed(channel, credential)).max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
 }
 
-pub fn audit(channel: Channel, credential: Credential) -> AuditClient {
+pub fn audit(channel: impl Into<Engines>, credential: Credential) -> AuditClient {
     pb::audit_service_client::AuditServiceClient::new(authed(channel, credential))
 }
 
-pub fn admin(channel: Channel, credential: Credential) -> AdminClient {
+pub fn admin(channel: impl Into<Engines>, credential: Credential) -> AdminClient {
     pb::admin_service_client::AdminServiceClient::new(authed(channel, credential))
 }
 
-pub fn consumer(channel: Channel) -> ConsumerClient {
-    pb::consumer_service_client::ConsumerServiceClient::new(channel)
+pub fn consumer(channel: impl Into<Engines>) -> ConsumerClient {
+    pb::consumer_service_client::ConsumerServiceClient::new(channel.into())
 }
 
 /// A credential from a CredentialResponse.

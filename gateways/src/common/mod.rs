@@ -13,6 +13,7 @@ pub mod backend;
 pub mod client;
 pub mod cosign;
 pub mod cred;
+pub mod failover;
 pub mod http_client;
 pub mod keys;
 pub mod natsd;

@@ -36,10 +36,9 @@ pub fn check_listen(addr: SocketAddr, tls: bool, insecure_plaintext: bool, what:
 }
 
 /// A client about to send its credential to `url`.
-pub fn check_url(url: &str, insecure_plaintext: bool) -> anyhow::Result<()> {
-    if insecure_plaintext || !is_plaintext_to_remote(url) {
-        return Ok(());
-    }
+/// Several URLs comma-separated (`--connect A,B`) are each checked.
+pub fn check_url(urls: &str, insecure_plaintext: bool) -> anyhow::Result<()> {
+    let Some(url) = urls.split(',').map(str::trim).find(|url| !insecure_plaintext && is_plaintext_to_remote(url)) else { return Ok(()) };
     bail!("refusing to send a credential in plain text to {url}, which is not loopback: use https:// (with --ca), or pass --insecure-plaintext")
 }
 

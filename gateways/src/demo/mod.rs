@@ -186,7 +186,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
     };
     eprintln!("engine at {url} ({})", if local.is_some() { "started by the demo" } else { "already running" });
     let identity = args.engine_tls.client_identity.as_ref().map(|(cert_pem, key_pem)| client::ClientIdentity { cert_pem, key_pem });
-    let channel = client::connect_tls(&url, args.engine_tls.ca_pem.as_deref(), identity).await?;
+    let channel = client::connect_any(&url, args.engine_tls.ca_pem.as_deref(), identity).await?;
     let mut catalog = client::catalog(channel.clone(), operator.clone());
     // Each run adds a new market session to the same stream, so request ids carry a run id.
     let run_id = format!("r{}", hex::encode(crypto::random_bytes::<6>()));
@@ -538,7 +538,7 @@ async fn seal(local: &LocalEngine, data_dir: &std::path::Path) -> anyhow::Result
 }
 
 /// Waits until the engine's sweeper has voided every reservation left to expire.
-async fn wait_for_expiry(channel: &tonic::transport::Channel, world: &World, expiring: &[String]) -> anyhow::Result<u64> {
+async fn wait_for_expiry(channel: &client::Engines, world: &World, expiring: &[String]) -> anyhow::Result<u64> {
     let deadline = Instant::now() + EXPIRY_WAIT;
     let mut expired = 0u64;
     for (i, voucher_id) in expiring.iter().enumerate() {

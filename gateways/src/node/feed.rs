@@ -58,7 +58,8 @@ pub(super) async fn feed_loop(shared: Arc<Shared>, checkpoint: PathBuf, mut shut
         let after_seq = shared.assignments.lock().expect("the assignments lock is never poisoned").last_seq();
         let mut engine = shared.engine.clone();
         if resubscribing {
-            // The feed broke: the engine may have restarted and forgotten this node.
+            // The feed broke: the engine may have restarted and forgotten this node, or be
+            // gone (then this call fails over to the next engine, which the feed follows).
             // Announce again now rather than at the next heartbeat, so sales resume at once.
             let announced = tokio::select! {
                 () = stopped(&mut shutdown) => return,

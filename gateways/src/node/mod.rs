@@ -1,7 +1,10 @@
 //! The delivery node agent (`vouchsafe node`). It registers with the engine
 //! (`DeliveryService.RegisterNode`), reports its load every [`HEARTBEAT_INTERVAL_MS`],
 //! follows its assignment feed (`SubscribeAssignments`) from a checkpoint persisted in
-//! `<data_dir>/node-<node_id>.seq`, and serves `NodeService` to players:
+//! `<data_dir>/node-<node_id>.seq`, and serves `NodeService` to players. Given several
+//! engines (`--connect A,B`), its calls go to the first that answers and fail over
+//! (`common::failover`): when its engine stops, the broken feed announces the node again
+//! to the next engine that answers and resumes from the checkpoint, cache and grants kept.
 //!
 //! - every player call carries an access grant that the node checks locally with its access
 //!   key (DESIGN.md, "Delivery access": no engine call, today's CDN signed URL);
@@ -44,6 +47,7 @@ pub use state::{
 };
 
 use crate::common::cred::{Credential, Present};
+use crate::common::failover::Engines;
 use anyhow::{Context, bail};
 use engine::clock::{Clock, SystemClock};
 use engine::crypto::{self, SecretKey};
@@ -61,7 +65,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinHandle;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint, Server};
+use tonic::transport::{Endpoint, Server};
 use tracing::{info, warn};
 
 /// How often the node reports its load to the engine.
@@ -160,12 +164,15 @@ const FETCH_STRIPES: usize = 64;
 const ENGINE_KEEPALIVE_MS: u64 = 20_000;
 
 /// The engine's delivery API as this node calls it (its credential on every call).
-pub type EngineClient = DeliveryServiceClient<InterceptedService<Channel, Present>>;
+/// Several engines (`--connect A,B`): a call that finds its engine gone goes to the next
+/// (`common::failover`); the feed then re-announces and resumes from its checkpoint there.
+pub type EngineClient = DeliveryServiceClient<InterceptedService<Engines, Present>>;
 
 /// What `vouchsafe node` is started with.
 #[derive(Debug)]
 pub struct NodeArgs {
-    /// The engine's gRPC address, e.g. `http://127.0.0.1:7400`.
+    /// The engine's gRPC address, e.g. `http://127.0.0.1:7400`; several engines on one
+    /// stream comma-separated.
     pub connect: String,
     /// The node credential (`RegisterNodeCredential`).
     pub cred: Credential,
@@ -216,6 +223,7 @@ pub struct NodeStats {
 /// A started node: its identity, address and counters, and the handle to stop it.
 pub struct RunningNode {
     shared: Arc<Shared>,
+    engines: Engines,
     endpoint: String,
     local_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
@@ -239,6 +247,11 @@ impl RunningNode {
     /// serves TLS (as registered).
     pub fn endpoint(&self) -> &str {
         &self.endpoint
+    }
+
+    /// The URL of the engine the node talks to now (of `--connect`'s, after failovers).
+    pub fn engine_url(&self) -> &str {
+        self.engines.current_url()
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -308,28 +321,10 @@ fn advertised_endpoint(local_addr: SocketAddr, tls: bool) -> String {
 
 /// Connects to the engine and registers; the client and the registration's node id and
 /// access key.
-async fn register(args: &NodeArgs, credential: Credential, endpoint: &str) -> anyhow::Result<(EngineClient, String, SecretKey)> {
-    let mut engine_endpoint = Endpoint::from_shared(args.connect.clone())
-        .with_context(|| format!("--connect {} is not a URL such as http://127.0.0.1:7400", args.connect))?
-        .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_millis(ENGINE_KEEPALIVE_MS))
-        .keep_alive_while_idle(true);
-    if args.connect.starts_with("https://") {
-        let mut tls = tonic::transport::ClientTlsConfig::new().with_enabled_roots();
-        if let Some(ca) = &args.engine_tls.ca_pem {
-            tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(ca));
-        }
-        if let Some((cert, key)) = &args.engine_tls.client_identity {
-            tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
-        }
-        engine_endpoint = engine_endpoint.tls_config(tls).context("TLS configuration for the engine connection")?;
-    } else if args.engine_tls.client_identity.is_some() {
-        bail!("a client certificate needs an https:// engine URL, not {}", args.connect);
-    }
-    let channel =
-        engine_endpoint.connect().await.with_context(|| format!("cannot reach the engine at {}; is `vouchsafe serve` running there?", args.connect))?;
-    let mut engine = DeliveryServiceClient::with_interceptor(channel, Present(Arc::new(credential)))
+async fn register(args: &NodeArgs, credential: Credential, endpoint: &str) -> anyhow::Result<(EngineClient, Engines, String, SecretKey)> {
+    let urls = crate::common::failover::split_urls(&args.connect)?;
+    let channel = crate::common::failover::connect_first(&urls, |url| engine_endpoint(url, &args.engine_tls)).await?;
+    let mut engine = DeliveryServiceClient::with_interceptor(channel.clone(), Present(Arc::new(credential)))
         .max_decoding_message_size(ENGINE_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(ENGINE_MESSAGE_BYTES_MAX);
     let request = RegisterNodeRequest { region: args.region.clone(), slots_max: args.slots_max, endpoint: endpoint.to_string() };
@@ -352,7 +347,30 @@ async fn register(args: &NodeArgs, credential: Credential, endpoint: &str) -> an
     if !registered.region.is_empty() && registered.region != args.region {
         warn!(flag = %args.region, registered = %registered.region, "this node was registered in another region than --region; the engine uses the registered one");
     }
-    Ok((engine, registered.node_id, SecretKey::from_bytes(access_key)))
+    Ok((engine, channel, registered.node_id, SecretKey::from_bytes(access_key)))
+}
+
+/// The endpoint of one engine URL: TLS for `https://`, keepalive so a dead engine is noticed.
+fn engine_endpoint(url: &str, engine_tls: &EngineTls) -> anyhow::Result<Endpoint> {
+    let mut engine_endpoint = Endpoint::from_shared(url.to_string())
+        .with_context(|| format!("--connect {url} is not a URL such as http://127.0.0.1:7400"))?
+        .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_millis(ENGINE_KEEPALIVE_MS))
+        .keep_alive_while_idle(true);
+    if url.starts_with("https://") {
+        let mut tls = tonic::transport::ClientTlsConfig::new().with_enabled_roots();
+        if let Some(ca) = &engine_tls.ca_pem {
+            tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(ca));
+        }
+        if let Some((cert, key)) = &engine_tls.client_identity {
+            tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
+        }
+        engine_endpoint = engine_endpoint.tls_config(tls).context("TLS configuration for the engine connection")?;
+    } else if engine_tls.client_identity.is_some() {
+        bail!("a client certificate needs an https:// engine URL, not {url}");
+    }
+    Ok(engine_endpoint)
 }
 
 /// Starts a node on the system clock: binds `listen`, registers, starts the heartbeat, the
@@ -377,7 +395,7 @@ pub async fn start_with_limits(args: NodeArgs, clock: Arc<dyn Clock>, limits: No
     if let Some(identity) = &args.player_tls {
         builder = builder.tls_config(identity.server_config()).context("the node's TLS certificate and key do not make a TLS configuration")?;
     }
-    let (engine, node_id, access_key) = register(&args, args.cred.clone(), &endpoint).await?;
+    let (engine, engines, node_id, access_key) = register(&args, args.cred.clone(), &endpoint).await?;
     let checkpoint = checkpoint_path(&args.data_dir, &node_id);
     let last_seq = read_checkpoint(&checkpoint)?;
     info!(%node_id, region = %args.region, %endpoint, slots_max = args.slots_max, last_seq, "registered with the engine");
@@ -433,7 +451,7 @@ pub async fn start_with_limits(args: NodeArgs, clock: Arc<dyn Clock>, limits: No
             .add_service(service)
             .serve_with_incoming_shutdown(incoming, async move { stopped(&mut server_shutdown).await }),
     );
-    Ok(RunningNode { shared, endpoint, local_addr, shutdown, server, tasks, health })
+    Ok(RunningNode { shared, engines, endpoint, local_addr, shutdown, server, tasks, health })
 }
 
 /// The node's health, for the whole server (the empty name) and for `NodeService`.
