@@ -102,6 +102,14 @@ impl TiledLog {
         self.tree.consistency_proof(old, self.size())
     }
 
+    /// The consistency proof from `old` entries to `new`, a published size or below.
+    pub fn consistency_proof_to(&self, old: u64, new: u64) -> Option<Vec<engine::tlog::Hash>> {
+        if new > self.size() {
+            return None;
+        }
+        self.tree.consistency_proof(old, new)
+    }
+
     /// The file at `path` below the log's prefix: `checkpoint`, a tile or an entry bundle
     /// within the published size (`None`: no such file).
     pub fn get(&self, path: &str) -> Option<Vec<u8>> {

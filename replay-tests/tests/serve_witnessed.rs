@@ -137,3 +137,64 @@ fn serve_publishes_a_checkpoint_once_the_witness_quorum_cosigned_it() {
     let with_policy: Vec<&str> = audit.iter().copied().chain(["--witness-vkey", path(&vkey_file)]).collect();
     assert_eq!(vouchsafe(&with_policy).expect("runs"), ExitCode::SUCCESS);
 }
+
+/// A witness run beside the engine cosigns every checkpoint, in order, not only the newest:
+/// each seal's checkpoint is sent from the witness's last size with its consistency proof.
+#[test]
+fn a_witness_beside_serve_cosigns_every_checkpoint_in_order() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    let backend = BackendArgs { data_dir: data.clone(), nats_url: None, stream: "VOUCHSAFE".into() };
+    let keys = dir.path().join("keys");
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let args = DemoArgs { backend: backend.clone(), keys_dir: keys.clone(), vouchers: 12, connect: None, engine_tls: Default::default(), node_tls: false };
+    let summary = runtime.block_on(demo::run(args)).expect("demo");
+    assert!(summary.audit_ok && summary.seals >= 2, "{} seals", summary.seals);
+    let (_, exported, _) = runtime.block_on(gateways::audit::rebuild(&backend, &keys)).expect("rebuild");
+    let log_key = gateways::common::keys::load_checkpoint_key(&keys).expect("loads").expect("written");
+    let sizes: Vec<u64> = exported
+        .seals
+        .iter()
+        .filter_map(|seal| seal.checkpoint.as_ref())
+        .map(|checkpoint| engine::note::Checkpoint::open(checkpoint.note.as_bytes(), &log_key.verifier()).expect("verifies").size)
+        .collect();
+    assert!(sizes.len() >= 2, "seals with checkpoints: {sizes:?}");
+    let witness_key = dir.path().join("witness");
+    assert_eq!(vouchsafe(&["keys", "witness", "--name", "witness.test/every", "--out", path(&witness_key)]).expect("runs"), ExitCode::SUCCESS);
+    let vkey = std::fs::read_to_string(witness_key.join("witness.vkey")).expect("vkey").trim().to_string();
+    let log_vkey = std::fs::read_to_string(keys.join("checkpoint.vkey")).expect("vkey").trim().to_string();
+    let witness_args = WitnessArgs {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        key: witness_key.join("witness.key"),
+        logs: vec![gateways::witness::parse_log(&format!("{}={log_vkey}", log_key.name())).expect("ORIGIN=VKEY")],
+        data_dir: dir.path().join("witness-state"),
+        insecure_plaintext: false,
+    };
+    let witness = Arc::new(Witness::open(&witness_args).expect("opens"));
+    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind");
+    let witness_url = format!("http://{}", listener.local_addr().expect("addr"));
+    let (stop_witness, witness_stopped) = tokio::sync::oneshot::channel::<()>();
+    let witness_task = runtime.spawn(gateways::witness::serve(listener, Arc::clone(&witness), async move {
+        let _ = witness_stopped.await;
+    }));
+    let serve_args = gateways::server::serve::ServeArgs {
+        data_dir: Some(data.clone()),
+        keys: Some(keys.clone()),
+        listen: Some(format!("127.0.0.1:{}", free_port()).parse().expect("addr")),
+        tlog_listen: Some(format!("127.0.0.1:{}", free_port()).parse().expect("addr")),
+        witnesses: vec![(witness_url, vkey)],
+        ..Default::default()
+    };
+    let settings = gateways::server::serve::settings(&serve_args).expect("settings");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = runtime.spawn(gateways::server::serve::run(settings, async move {
+        let _ = stopped.await;
+    }));
+    let newest = *sizes.last().expect("sealed");
+    wait_for("the witness cosigns the newest checkpoint", || witness.cosigned_sizes(log_key.name()).contains(&newest).then_some(()));
+    let _ = stop.send(());
+    runtime.block_on(task).expect("joined").expect("serve stops");
+    let _ = stop_witness.send(());
+    runtime.block_on(witness_task).expect("joined").expect("served");
+    assert_eq!(witness.cosigned_sizes(log_key.name()), sizes, "every checkpoint, in order");
+}

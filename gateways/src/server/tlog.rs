@@ -9,8 +9,8 @@
 //! verified along the chain with the master key, which the leaves' key commitments need)
 //! and publishes their checkpoints. Only sealed entries are served.
 //!
-//! With witnesses (`serve --witness URL=VKEY … [--witness-quorum K]`), `cosign` sends each
-//! new checkpoint to every witness (`add-checkpoint` from the size the witness last
+//! With witnesses (`serve --witness URL=VKEY … [--witness-quorum K]`), `cosign` sends every
+//! new checkpoint, in order, to every witness (`add-checkpoint` from the size the witness last
 //! cosigned, learnt from a 409 when unknown, with the consistency proof from the tiles'
 //! tree), keeps the cosignature lines that verify, and once K witnesses cosigned publishes
 //! that note: `/checkpoint` then serves it (and nothing before the policy is first met), and
@@ -59,13 +59,22 @@ struct Published {
     cosigned: Option<(String, u64)>,
     /// The size each witness last cosigned (`None`: not known yet; a 409 tells).
     witness_sizes: Vec<Option<u64>>,
+    /// Checkpoints published and not yet cosigned by the policy, oldest first (at most
+    /// `UNSENT_CHECKPOINTS_MAX`: past it the oldest is skipped, its successors' consistency
+    /// proofs covering it).
+    unsent: std::collections::VecDeque<(String, u64)>,
 }
+
+/// Checkpoints waiting to be cosigned, at most.
+const UNSENT_CHECKPOINTS_MAX: usize = 256;
+/// Checkpoints sent to the witnesses in one round, at most.
+const CHECKPOINTS_PER_ROUND: usize = 16;
 
 impl TlogSite {
     pub fn new(state: Arc<EngineState>, witnessing: Option<Witnessing>) -> Self {
         let tiled = TiledLog::new(&state.royalty_master, projections::royalty_log::EPOCH);
         let witness_sizes = witnessing.as_ref().map_or(0, |witnessing| witnessing.witnesses.len());
-        let published = Published { tiled, seals_seen: 0, stuck: None, cosigned: None, witness_sizes: vec![None; witness_sizes] };
+        let published = Published { tiled, seals_seen: 0, stuck: None, cosigned: None, witness_sizes: vec![None; witness_sizes], unsent: Default::default() };
         Self { state, published: Mutex::new(published), witnessing }
     }
 
@@ -73,25 +82,45 @@ impl TlogSite {
         self.published.lock().expect("the tiled log's lock is never poisoned: nothing panics under it")
     }
 
-    /// Sends the newest published checkpoint to the witnesses if the policy has not yet been
-    /// met for its size; publishes the cosigned note once it is.
+    /// Sends each published checkpoint not yet cosigned by the policy to the witnesses, in
+    /// order (at most `CHECKPOINTS_PER_ROUND` a round), publishing each cosigned note; one
+    /// that did not meet the policy is sent again next round, until a newer one met it or
+    /// the witnesses moved past it.
     pub async fn cosign(&self) {
-        let Some(witnessing) = &self.witnessing else { return };
-        let (note, size, sizes) = {
-            let published = self.lock();
-            let Some(note) = published.tiled.note() else { return };
-            if published.cosigned.as_ref().is_some_and(|(_, cosigned)| *cosigned >= published.tiled.size()) {
-                return;
+        if self.witnessing.is_none() {
+            return;
+        }
+        let unsent: Vec<(String, u64)> = self.lock().unsent.iter().take(CHECKPOINTS_PER_ROUND).cloned().collect();
+        let mut met = None;
+        for (note, size) in unsent {
+            if self.cosign_one(note, size).await {
+                met = Some(size);
             }
-            (note.to_string(), published.tiled.size(), published.witness_sizes.clone())
-        };
+        }
+        let sizes: Vec<u64> = self.lock().unsent.iter().map(|(_, size)| *size).collect();
+        let superseded: Vec<u64> = sizes.into_iter().filter(|size| self.superseded(*size)).collect();
+        self.lock().unsent.retain(|(_, size)| met.is_none_or(|met| *size > met) && !superseded.contains(size));
+    }
+
+    /// Whether enough witnesses already cosigned past `size` (a newer checkpoint, sent by an
+    /// earlier run) that this one can never meet the policy: it is skipped, the newer one's
+    /// consistency proof covering it.
+    fn superseded(&self, size: u64) -> bool {
+        let Some(witnessing) = &self.witnessing else { return false };
+        self.lock().witness_sizes.iter().filter(|known| known.is_some_and(|known| known > size)).count() >= witnessing.quorum
+    }
+
+    /// Gets one checkpoint cosigned; whether the policy was met.
+    async fn cosign_one(&self, note: String, size: u64) -> bool {
+        let Some(witnessing) = &self.witnessing else { return false };
+        let sizes = self.lock().witness_sizes.clone();
         let mut lines = String::new();
         let mut cosigners = 0;
         for (position, (url, verifier)) in witnessing.witnesses.iter().enumerate() {
             let mut old = sizes[position].unwrap_or(0);
             // At most one retry: after a 409 the witness's size is known.
             for _ in 0..2 {
-                let Some(proof) = (if old == 0 { Some(Vec::new()) } else { self.lock().tiled.consistency_proof(old) }) else {
+                let Some(proof) = (if old == 0 { Some(Vec::new()) } else { self.lock().tiled.consistency_proof_to(old, size) }) else {
                     tracing::warn!(witness = %url, old, size, "the witness's size is not in this log's tree: a witness of another view of the log");
                     break;
                 };
@@ -124,7 +153,7 @@ impl TlogSite {
         }
         if cosigners < witnessing.quorum {
             tracing::warn!(cosigners, quorum = witnessing.quorum, size, "the witness policy is not met yet; the checkpoint stays unpublished");
-            return;
+            return false;
         }
         let cosigned = format!("{note}{lines}");
         let file = self.state.config.data_dir.join(COSIGNED_FILE);
@@ -134,6 +163,7 @@ impl TlogSite {
         }
         tracing::info!(size, cosigners, "published a cosigned checkpoint");
         self.lock().cosigned = Some((cosigned, size));
+        true
     }
 
     /// Takes in the seals recorded since the last call.
@@ -164,11 +194,22 @@ impl TlogSite {
             if published.seals_seen != seen {
                 return; // another request took them in meanwhile
             }
-            let outcome = published
-                .tiled
-                .extend(&entries)
-                .map_err(|fault| fault.to_string())
-                .and_then(|()| notes.iter().try_for_each(|note| published.tiled.publish(note).map_err(|error| error.to_string())));
+            let outcome = published.tiled.extend(&entries).map_err(|fault| fault.to_string()).and_then(|()| {
+                notes.iter().try_for_each(|note| {
+                    published.tiled.publish(note).map_err(|error| error.to_string())?;
+                    let size = published.tiled.size();
+                    // A note of a size already queued (more cosignatures) is not sent again.
+                    if published.unsent.back().is_some_and(|(_, queued)| *queued >= size) {
+                        return Ok(());
+                    }
+                    if published.unsent.len() == UNSENT_CHECKPOINTS_MAX {
+                        tracing::warn!(size, "too many checkpoints wait for cosignatures; the oldest is skipped (the next proves consistency over it)");
+                        published.unsent.pop_front();
+                    }
+                    published.unsent.push_back((note.clone(), size));
+                    Ok(())
+                })
+            });
             match outcome {
                 Ok(()) => published.seals_seen = seals,
                 Err(reason) => {

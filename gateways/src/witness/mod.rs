@@ -59,7 +59,13 @@ pub struct Witness {
     logs: BTreeMap<String, NoteVerifier>,
     state_file: PathBuf,
     recorded: tokio::sync::Mutex<BTreeMap<String, Recorded>>,
+    /// The sizes this process cosigned, by origin, in order (the newest
+    /// `COSIGNED_KEPT_MAX` of each): what it saw, for its operator and tests.
+    cosigned: std::sync::Mutex<BTreeMap<String, std::collections::VecDeque<u64>>>,
 }
+
+/// Cosigned sizes kept per log in memory (`Witness::cosigned_sizes`).
+const COSIGNED_KEPT_MAX: usize = 1024;
 
 impl Witness {
     pub fn open(args: &WitnessArgs) -> anyhow::Result<Self> {
@@ -76,11 +82,18 @@ impl Witness {
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
             Err(error) => return Err(error).with_context(|| format!("cannot read {}", state_file.display())),
         };
-        Ok(Self { cosigner, logs, state_file, recorded: tokio::sync::Mutex::new(recorded) })
+        Ok(Self { cosigner, logs, state_file, recorded: tokio::sync::Mutex::new(recorded), cosigned: Default::default() })
     }
 
     pub fn vkey(&self) -> String {
         self.cosigner.verifier().vkey()
+    }
+
+    /// The sizes of `origin` this process cosigned, oldest first (the newest
+    /// `COSIGNED_KEPT_MAX`).
+    pub fn cosigned_sizes(&self, origin: &str) -> Vec<u64> {
+        let cosigned = self.cosigned.lock().expect("the cosigned sizes' lock is never poisoned");
+        cosigned.get(origin).map(|sizes| sizes.iter().copied().collect()).unwrap_or_default()
     }
 
     /// Decides a request body; on success the new record is durable before the cosignature
@@ -108,6 +121,14 @@ impl Witness {
         *recorded = next;
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_secs());
         tracing::info!(origin = %checkpoint.origin, size = checkpoint.size, "cosigned");
+        {
+            let mut cosigned = self.cosigned.lock().expect("the cosigned sizes' lock is never poisoned");
+            let sizes = cosigned.entry(checkpoint.origin.clone()).or_default();
+            if sizes.len() == COSIGNED_KEPT_MAX {
+                sizes.pop_front();
+            }
+            sizes.push_back(checkpoint.size);
+        }
         Ok(self.cosigner.line(&request.note.text, now))
     }
 }
