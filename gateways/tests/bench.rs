@@ -120,6 +120,9 @@ fn a_tiny_bench_prints_every_key_with_finite_positive_rates() {
         assert!((in_all - (process + server)).abs() < 1e-6, "{engines}: {in_all} is not {process} + {server}");
         assert_eq!(report[format!("{engines}_per_s")], report[engines]["per_s"], "{report}");
     }
+    // Half the merchants were on the second engine: it answered half the commands.
+    let share = report["engines_2_second_engine_share"].as_f64().unwrap_or_else(|| panic!("no engines_2_second_engine_share: {report}"));
+    assert!((share - 0.5).abs() < 0.01, "the second engine answered {share} of the two-engine run's commands, not half");
     assert!(stderr.contains("8 one stream: engines"), "the human table has a row for case 8: {stderr}");
     let version = report["nats_server_version"].as_str().expect("nats_server_version is a string");
     assert_eq!(version.split('.').count(), 3, "{version} is not major.minor.patch");

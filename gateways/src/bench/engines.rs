@@ -15,6 +15,7 @@
 use super::*;
 use crate::common::client;
 use crate::server::{EngineConfig, RunningEngine};
+use anyhow::ensure;
 use engine::ids::NodeId;
 use engine::log::EventLog;
 use engine::log::jetstream::JetStreamLog;
@@ -31,6 +32,9 @@ const ENGINE_JOIN_POLL_MS: u64 = 20;
 pub(super) struct EnginesMeasured {
     pub(super) one: Rate,
     pub(super) two: Rate,
+    /// The share of the two-engine run's timed commands the second engine answered (its
+    /// `requests_ok`): the load was split as meant (half), not all sent to one engine.
+    pub(super) second_share: f64,
 }
 
 /// Runs case 8: each run on a fresh [`PURCHASE_STREAM`] (`raw` deletes the old one first),
@@ -64,13 +68,19 @@ pub(super) async fn engines_case(
             market.merchants[index] = client::merchant(client::connect(&second_url, None).await?, credential);
         }
     }
+    let answered_before = second.state.metrics.requests_ok.get();
     let two = closed_run(&market, std::slice::from_ref(&second), plan, meter).await;
+    // Only the odd merchants' commands reach the second engine (the nodes heartbeat the first).
+    let answered = second.state.metrics.requests_ok.get().saturating_sub(answered_before);
     second.shutdown().await?;
     market.stop().await?;
     let two = two?;
     eprintln!("    2 engines: {:.0} commands/s, {} CPU us per command (process + nats-server)", two.per_s, report::cpu(&two));
     raw.delete_engine_streams().await?;
-    Ok(EnginesMeasured { one, two })
+    // The warm-up's commands are counted too: the closed loop ran them through the same split.
+    let second_share = answered as f64 / (3 * (plan.warmup_vouchers + plan.vouchers)) as f64;
+    ensure!(second_share > 0.0, "the second engine answered none of the two-engine run's commands");
+    Ok(EnginesMeasured { one, two, second_share })
 }
 
 /// The first engine's projections and each of `others`' have applied every event stored

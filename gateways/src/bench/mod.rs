@@ -390,6 +390,9 @@ pub struct BenchReport {
     /// Case 8 in full, per command (client: this process, both engines and the clients).
     pub engines_1: Rate,
     pub engines_2: Rate,
+    /// The share of case 8's two-engine commands the second engine answered (half the
+    /// merchants are on it, so 0.5).
+    pub engines_2_second_engine_share: f64,
     /// Replay time per event at 10×N over the same at N: 1.0 is linear.
     pub replay_cost_growth: f64,
     /// Every issue-10 target: met, missed, or null when not measured.
@@ -708,6 +711,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
         engines_2_per_s: engines.two.per_s,
         engines_1: engines.one,
         engines_2: engines.two,
+        engines_2_second_engine_share: engines.second_share,
         quick: args.quick,
         plan,
         cpu_busy_before,

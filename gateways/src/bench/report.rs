@@ -168,6 +168,7 @@ pub fn describe(report: &BenchReport) -> String {
     let total = |value: Option<f64>| value.map_or_else(|| "-".to_string(), |us| format!("{us:.0}"));
     let _ = writeln!(out, "{:<44} {:>14} {:>14}", "8 one stream: engines", "1 engine", "2 engines");
     let _ = writeln!(out, "{:<44} {:>14.0} {:>14.0}", "  commands/s (purchases over gRPC, closed loop)", report.engines_1_per_s, report.engines_2_per_s);
+    let _ = writeln!(out, "{:<44} {:>14} {:>14.2}", "  share of the commands on the second engine", "-", report.engines_2_second_engine_share);
     let _ = writeln!(out, "{:<44} {:>14} {:>14}", "  CPU us per command: process + nats-server", cpu(&report.engines_1), cpu(&report.engines_2));
     let _ = writeln!(
         out,
