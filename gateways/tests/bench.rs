@@ -27,6 +27,10 @@ const REQUIRED_KEYS: &[&str] = &[
     "replay_ms_large",
     "purchase_max_per_s",
     "purchase_load_share",
+    "engines_1_cpu_per_command_us",
+    "engines_2_cpu_per_command_us",
+    "engines_1_per_s",
+    "engines_2_per_s",
 ];
 
 /// Keys that must hold a finite, positive number in a run with its own servers.
@@ -50,6 +54,10 @@ const POSITIVE_KEYS: &[&str] = &[
     "rss_mb_large",
     "replay_ms_small",
     "replay_ms_large",
+    "engines_1_cpu_per_command_us",
+    "engines_2_cpu_per_command_us",
+    "engines_1_per_s",
+    "engines_2_per_s",
 ];
 
 #[test]
@@ -102,6 +110,20 @@ fn a_tiny_bench_prints_every_key_with_finite_positive_rates() {
         assert!(p50.is_finite() && p50 > 0.0, "{step} p50 = {p50}");
     }
     assert!(stderr.contains("2 purchases over gRPC"), "the human table has a row for case 2: {stderr}");
+    // Case 8: the same timed purchases (three commands each) against one engine and against
+    // two on one stream; CPU per command is the process's plus the nats-server's.
+    for engines in ["engines_1", "engines_2"] {
+        assert_eq!(report[engines]["operations"].as_u64(), Some(600), "every timed command counts once: {report}");
+        let process = report[engines]["client_cpu_us"].as_f64().unwrap_or_else(|| panic!("{engines} has no process CPU: {report}"));
+        let server = report[engines]["server_cpu_us"].as_f64().unwrap_or_else(|| panic!("{engines} has no nats-server CPU: {report}"));
+        let in_all = report[format!("{engines}_cpu_per_command_us")].as_f64().expect("checked above");
+        assert!((in_all - (process + server)).abs() < 1e-6, "{engines}: {in_all} is not {process} + {server}");
+        assert_eq!(report[format!("{engines}_per_s")], report[engines]["per_s"], "{report}");
+    }
+    // Half the merchants were on the second engine: it answered half the commands.
+    let share = report["engines_2_second_engine_share"].as_f64().unwrap_or_else(|| panic!("no engines_2_second_engine_share: {report}"));
+    assert!((share - 0.5).abs() < 0.01, "the second engine answered {share} of the two-engine run's commands, not half");
+    assert!(stderr.contains("8 one stream: engines"), "the human table has a row for case 8: {stderr}");
     let version = report["nats_server_version"].as_str().expect("nats_server_version is a string");
     assert_eq!(version.split('.').count(), 3, "{version} is not major.minor.patch");
     assert_eq!(report["audit_ok"], true, "the audit replay of the bench stream must be clean");

@@ -55,6 +55,9 @@
 //!    the royalty log every `server::SEAL_INTERVAL_DEFAULT`, as `serve` does.
 //! 7. Cost growth: the audit replay's time over case 3's stream and over case 6's
 //!    ten-times-larger stream.
+//! 8. Engines: case 2's maximum (closed loop) against one engine, then against two engines
+//!    on the same stream with the merchants split between them (`engines.rs`): commands/s
+//!    and CPU per command (this process plus the nats-server) for each.
 //!
 //! The raw baselines call async-nats and rsa directly: they measure the crates, not our
 //! wrappers (the one place outside `engine::crypto` that calls a crypto primitive, and
@@ -69,6 +72,7 @@ use engine::ids::RequestId;
 use std::time::{Duration, Instant};
 
 mod engine_case;
+mod engines;
 mod memory;
 mod purchase;
 mod raw;
@@ -329,6 +333,14 @@ pub struct BenchReport {
     pub nats_server_version: String,
     pub replay_ms_small: f64,
     pub replay_ms_large: f64,
+    /// Case 8: CPU per command (this process, which runs the engines and the gRPC clients,
+    /// plus the nats-server), in microseconds, with one engine and with two engines on the
+    /// same stream; null when the nats-server's CPU is not known (`--nats-url`).
+    pub engines_1_cpu_per_command_us: Option<f64>,
+    pub engines_2_cpu_per_command_us: Option<f64>,
+    /// Case 8's commands/s with one engine and with two.
+    pub engines_1_per_s: f64,
+    pub engines_2_per_s: f64,
     // Beyond CLI.md: what the numbers above were measured on.
     pub quick: bool,
     pub plan: Plan,
@@ -375,6 +387,12 @@ pub struct BenchReport {
     pub durable_ratio: Option<f64>,
     pub rss_vouchers_small: u64,
     pub rss_vouchers_large: u64,
+    /// Case 8 in full, per command (client: this process, both engines and the clients).
+    pub engines_1: Rate,
+    pub engines_2: Rate,
+    /// The share of case 8's two-engine commands the second engine answered (half the
+    /// merchants are on it, so 0.5).
+    pub engines_2_second_engine_share: f64,
     /// Replay time per event at 10×N over the same at N: 1.0 is linear.
     pub replay_cost_growth: f64,
     /// Every issue-10 target: met, missed, or null when not measured.
@@ -572,6 +590,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
     purchase_market.stop().await?;
     eprintln!("    {:.0} redemptions/s (p50 {} ms, p99 {} ms)", redeem.per_s, ms(redeem.p50_ms), ms(redeem.p99_ms));
 
+    // Case 8: one engine, then two on one stream, each run on a fresh stream.
+    eprintln!(
+        "[8] engines: {} purchases ({VOUCHERS_IN_FLIGHT} in flight) against 1 engine, then {} against 2 engines on one stream",
+        plan.vouchers, plan.vouchers
+    );
+    let engines = engines::engines_case(&url, &raw, &keys_dir, scratch.path(), &plan, &keys.player_public_der, meter).await?;
+    let cpu_per_command = |rate: &Rate| Some(rate.client_cpu_us? + rate.server_cpu_us?);
+
     // Case 6 in a child process, then case 7 (large) on the stream it wrote.
     raw.delete_engine_streams().await?;
     eprintln!("[6] memory: engine RSS after {} and {} vouchers (child process)", plan.vouchers, plan.memory_vouchers_large);
@@ -679,6 +705,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
         nats_server_version,
         replay_ms_small: replay.seconds * 1000.0,
         replay_ms_large: replay_large.seconds * 1000.0,
+        engines_1_cpu_per_command_us: cpu_per_command(&engines.one),
+        engines_2_cpu_per_command_us: cpu_per_command(&engines.two),
+        engines_1_per_s: engines.one.per_s,
+        engines_2_per_s: engines.two.per_s,
+        engines_1: engines.one,
+        engines_2: engines.two,
+        engines_2_second_engine_share: engines.second_share,
         quick: args.quick,
         plan,
         cpu_busy_before,

@@ -19,6 +19,9 @@ use std::time::{Duration, Instant};
 pub(super) struct GrpcMarket {
     pub(super) engine: RunningEngine,
     pub(super) merchants: Vec<MerchantClient>,
+    /// Each merchant's credential, in the order of `merchants` (case 8 dials a second
+    /// engine with them).
+    pub(super) merchant_credentials: Vec<Credential>,
     pub(super) media_id: String,
     pub(super) nodes: usize,
     /// Each node's DeliveryService client, with the node's own credential.
@@ -52,6 +55,7 @@ impl GrpcMarket {
         let operator_channel = client::connect(&engine_url, None).await?;
         let mut catalog = client::catalog(operator_channel.clone(), operator);
         let mut merchants = Vec::with_capacity(PURCHASE_MERCHANTS);
+        let mut merchant_credentials = Vec::with_capacity(PURCHASE_MERCHANTS);
         for index in 0..PURCHASE_MERCHANTS {
             let registered = catalog
                 .register_merchant(pb::RegisterMerchantRequest { request_id: request(&run_id, "merchant", index).0, name: format!("Bench shop {index}") })
@@ -59,7 +63,8 @@ impl GrpcMarket {
                 .context("the bench's RegisterMerchant was refused")?;
             let credential = client::credential_of(registered.into_inner())?;
             // One channel per merchant: its own HTTP/2 connection, as separate shops have.
-            merchants.push(client::merchant(client::connect(&engine_url, None).await?, credential));
+            merchants.push(client::merchant(client::connect(&engine_url, None).await?, credential.clone()));
+            merchant_credentials.push(credential);
         }
         let slots_max = engine::domain::party::SLOTS_MAX;
         let nodes = purchases / slots_max as usize + 2;
@@ -112,6 +117,7 @@ impl GrpcMarket {
         Ok(GrpcMarket {
             engine,
             merchants,
+            merchant_credentials,
             media_id: published.media_id,
             nodes,
             node_clients,

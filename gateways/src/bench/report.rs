@@ -165,6 +165,18 @@ pub fn describe(report: &BenchReport) -> String {
         report.replay_cost_growth,
         target("replay cost linear (per-event time at 10x <= 1.25x)")
     );
+    let total = |value: Option<f64>| value.map_or_else(|| "-".to_string(), |us| format!("{us:.0}"));
+    let _ = writeln!(out, "{:<44} {:>14} {:>14}", "8 one stream: engines", "1 engine", "2 engines");
+    let _ = writeln!(out, "{:<44} {:>14.0} {:>14.0}", "  commands/s (purchases over gRPC, closed loop)", report.engines_1_per_s, report.engines_2_per_s);
+    let _ = writeln!(out, "{:<44} {:>14} {:>14.2}", "  share of the commands on the second engine", "-", report.engines_2_second_engine_share);
+    let _ = writeln!(out, "{:<44} {:>14} {:>14}", "  CPU us per command: process + nats-server", cpu(&report.engines_1), cpu(&report.engines_2));
+    let _ = writeln!(
+        out,
+        "{:<44} {:>14} {:>14}",
+        "  CPU us per command, in all",
+        total(report.engines_1_cpu_per_command_us),
+        total(report.engines_2_cpu_per_command_us)
+    );
     let _ = writeln!(out, "notes: case 1 raw = async-nats publishes from one task; engine = one task per voucher through Market.");
     let _ = writeln!(out, "       case 3 raw = {}; engine = projections::audit::replay (royalty chain and seals).", report.raw_consume_method);
     let _ = writeln!(out, "       case 4 engine = {}.", report.redeem_path);
