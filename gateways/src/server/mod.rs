@@ -176,6 +176,8 @@ pub struct EngineState {
 /// How long after its holder's last renewal a job lease (sealer, sweeper) runs out, so
 /// another engine takes the job over within about this long after the holder died.
 pub const JOB_LEASE_TTL: Duration = Duration::from_secs(10);
+/// Attempts at opening the job-lease bucket at a start, 500 ms apart.
+const JOB_LEASE_OPEN_ATTEMPTS_MAX: usize = 60;
 
 impl EngineState {
     /// Whether this engine runs job `name` now (`JOB_LEASE_TTL`): always when it alone
@@ -466,7 +468,19 @@ pub async fn start(config: EngineConfig, log: Arc<dyn EventLog>, listener: tokio
     }
     // Royalty entries from here on bind their stream sequence (once per stream).
     market.bind_royalty_entries().await.context("cannot record the royalty entry binding")?;
-    let job_leases = log.job_leases(JOB_LEASE_TTL).await.context("cannot open the job leases (sealer, sweeper)")?;
+    // The job-lease bucket answers once the cluster has its leaders (a node just restarted).
+    let mut job_lease_attempts = 0;
+    let job_leases = loop {
+        match log.job_leases(JOB_LEASE_TTL).await {
+            Ok(leases) => break leases,
+            Err(error) if job_lease_attempts < JOB_LEASE_OPEN_ATTEMPTS_MAX => {
+                job_lease_attempts += 1;
+                tracing::warn!(%error, "cannot open the job leases yet; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(error) => return Err(error).context("cannot open the job leases (sealer, sweeper)"),
+        }
+    };
     let (stop, shutdown) = watch::channel(false);
     let metrics = Arc::new(Metrics::new());
     let state = Arc::new(EngineState {

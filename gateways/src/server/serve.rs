@@ -314,6 +314,15 @@ pub async fn terminate_signal() {
     }
 }
 
+/// How long a start waits for a JetStream that does not answer yet (leaders being elected).
+pub const START_WAIT: Duration = Duration::from_secs(60);
+
+/// A failure to open the log that waiting can cure: nothing answered in time.
+fn transient(error: &anyhow::Error) -> bool {
+    let text = format!("{error:#}");
+    ["timed out", "no responders", "deadline has elapsed", "JetStream not enabled", "no stream found"].iter().any(|cause| text.contains(cause))
+}
+
 /// Runs the engine until `shutdown` resolves, then stops gracefully.
 pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
     std::fs::create_dir_all(&settings.backend.data_dir).with_context(|| format!("cannot create {}", settings.backend.data_dir.display()))?;
@@ -322,7 +331,19 @@ pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output =
         anyhow::bail!("no keys in {}; run `vouchsafe keys init --out {}` first", keys_dir.display(), keys_dir.display());
     }
     let options = engine::log::jetstream::StreamOptions { replicas: settings.replicas, group_commit: settings.group_commit };
-    let (log, feed) = settings.backend.open_with_feed_options(options).await?;
+    // A cluster electing its streams' leaders (a node just restarted) answers nothing for a
+    // while: a start waits for it, within `START_WAIT`, rather than exiting.
+    let waiting = std::time::Instant::now();
+    let (log, feed) = loop {
+        match settings.backend.open_with_feed_options(options).await {
+            Ok(opened) => break opened,
+            Err(error) if transient(&error) && waiting.elapsed() < START_WAIT => {
+                tracing::warn!(error = format!("{error:#}"), "JetStream is not ready; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(error) => return Err(error),
+        }
+    };
     let listener = tokio::net::TcpListener::bind(settings.listen).await.with_context(|| format!("cannot listen on {}", settings.listen))?;
     let mut running = crate::server::start(settings.engine.clone(), log, listener).await?;
     if let Some(feed) = feed {
