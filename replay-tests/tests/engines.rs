@@ -21,7 +21,6 @@ use gateways::player::{self, Purchase};
 use gateways::server::{self, EngineConfig, RunningEngine};
 use proto::v1 as pb;
 use replay_tests::NatsServer;
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -148,44 +147,6 @@ async fn authorized(merchant: &mut MerchantClient, media_id: &str, prefix: &str,
     vouchers
 }
 
-/// The most slots of any node in use at any sequence of the stream (issues, moves and
-/// previews take one; lapses, voids, refunds, complete deliveries and ended previews give
-/// it back), replayed from the raw events.
-async fn most_slots_in_use(log: &dyn EventLog) -> u32 {
-    let mut holding: BTreeMap<String, String> = BTreeMap::new();
-    let mut in_use: BTreeMap<String, u32> = BTreeMap::new();
-    let mut most = 0;
-    let mut from = Seq(1);
-    loop {
-        let events = log.read_from(from, 1024).await.expect("read");
-        let Some(last) = events.last() else { break };
-        from = Seq(last.seq.0 + 1);
-        for stored in &events {
-            let event = engine::wire::decode(&stored.payload).expect("decodes").event;
-            let (taken, released) = match &event {
-                Event::VoucherIssued { voucher_id, node_id, .. } => (Some((voucher_id.0.clone(), node_id.0.clone())), holding.remove(&voucher_id.0)),
-                Event::PreviewStarted { preview_id, node_id, .. } => (Some((preview_id.0.clone(), node_id.0.clone())), None),
-                Event::PreviewEnded { preview_id, .. } => (None, holding.remove(&preview_id.0)),
-                Event::Voided { voucher_id, .. } | Event::Refunded { voucher_id, .. } | Event::AccessLapsed { voucher_id, .. } => {
-                    (None, holding.remove(&voucher_id.0))
-                }
-                Event::Delivered { voucher_id, voucher_complete: true, .. } => (None, holding.remove(&voucher_id.0)),
-                _ => (None, None),
-            };
-            if let Some(node) = released {
-                *in_use.entry(node).or_default() -= 1;
-            }
-            if let Some((holder, node)) = taken {
-                let count = in_use.entry(node.clone()).or_default();
-                *count += 1;
-                most = most.max(*count);
-                holding.insert(holder, node);
-            }
-        }
-    }
-    most
-}
-
 /// Both engines issue vouchers on the one node at once; how many were issued, and the
 /// vouchers refused for want of a slot.
 async fn issue_from_both_at_once(engines: &Engines, per_engine: usize) -> (usize, Vec<String>) {
@@ -234,7 +195,7 @@ async fn two_engines_never_give_out_more_slots_than_a_node_has() {
             }
         }
     }
-    let most = most_slots_in_use(engines.log.as_ref()).await;
+    let most = replay_tests::most_slots_in_use(engines.log.as_ref()).await;
     eprintln!(
         "with slot leases: {burst} of 16 issued at once on a {NODE_SLOTS}-slot node, {issued} after retries; at most {most} slots in use at any sequence"
     );
@@ -254,7 +215,7 @@ async fn without_slot_leases_two_engines_over_give_a_node() {
     let server = NatsServer::start().unwrap_or_else(|e| panic!("{e}"));
     let engines = two_engines(&server, false, false).await;
     let (issued, _) = issue_from_both_at_once(&engines, 8).await;
-    let most = most_slots_in_use(engines.log.as_ref()).await;
+    let most = replay_tests::most_slots_in_use(engines.log.as_ref()).await;
     eprintln!("without slot leases: {issued} of 16 issued on a {NODE_SLOTS}-slot node; at most {most} slots in use at any sequence");
     assert!(most > NODE_SLOTS, "the attack: {most} slots in use on a node of {NODE_SLOTS} without leases");
     engines.stop().await;

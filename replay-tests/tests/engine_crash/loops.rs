@@ -219,7 +219,7 @@ async fn crash_loop_killing(backend: Backend, victim: Victim) {
     for (index, other) in lives.iter().enumerate().skip(1) {
         assert_eq!(other, &live, "engine {index}'s live royalty totals equal engine 0's, which equal a clean rebuild's");
     }
-    let most = most_slots_in_use(log.as_ref()).await;
+    let most = replay_tests::most_slots_in_use(log.as_ref()).await;
     assert!(most <= NODE_SLOTS_MAX, "{most} slots of one node in use at one sequence, of {NODE_SLOTS_MAX} licensed");
 
     // How often an engine's follower found the stream had gone back (a server that lost a
@@ -292,41 +292,3 @@ async fn kill_9_a_cluster_node_under_load() {
 const ENGINES: usize = 3;
 /// The round of the `OneOfEngines` run that kills a cluster node instead of an engine.
 const CLUSTER_KILL_ROUND: u32 = 3;
-
-/// The most slots of one node in use at any sequence of the stream (issues, moves and
-/// previews take one; lapses, voids, refunds, complete deliveries and ended previews give
-/// it back), replayed from the raw events.
-async fn most_slots_in_use(log: &dyn EventLog) -> u32 {
-    let mut holding: BTreeMap<String, String> = BTreeMap::new();
-    let mut in_use: BTreeMap<String, u32> = BTreeMap::new();
-    let mut most = 0;
-    let mut from = Seq(1);
-    loop {
-        let events = log.read_from(from, 1024).await.expect("read");
-        let Some(last) = events.last() else { break };
-        from = Seq(last.seq.0 + 1);
-        for stored in &events {
-            let event = engine::wire::decode(&stored.payload).expect("decodes").event;
-            let (taken, released) = match &event {
-                Event::VoucherIssued { voucher_id, node_id, .. } => (Some((voucher_id.0.clone(), node_id.0.clone())), holding.remove(&voucher_id.0)),
-                Event::PreviewStarted { preview_id, node_id, .. } => (Some((preview_id.0.clone(), node_id.0.clone())), None),
-                Event::PreviewEnded { preview_id, .. } => (None, holding.remove(&preview_id.0)),
-                Event::Voided { voucher_id, .. } | Event::Refunded { voucher_id, .. } | Event::AccessLapsed { voucher_id, .. } => {
-                    (None, holding.remove(&voucher_id.0))
-                }
-                Event::Delivered { voucher_id, voucher_complete: true, .. } => (None, holding.remove(&voucher_id.0)),
-                _ => (None, None),
-            };
-            if let Some(node) = released {
-                *in_use.entry(node).or_default() -= 1;
-            }
-            if let Some((holder, node)) = taken {
-                let count = in_use.entry(node.clone()).or_default();
-                *count += 1;
-                most = most.max(*count);
-                holding.insert(holder, node);
-            }
-        }
-    }
-    most
-}
