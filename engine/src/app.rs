@@ -221,6 +221,9 @@ pub struct Market {
     /// Serializes publications (rare), so a publication's bytes and its event never
     /// interleave with another publication of the same media.
     publishing: tokio::sync::Mutex<()>,
+    /// One slot lease change of a placement in flight at a time (`leases`): placements
+    /// that waited place from the lease it grew rather than each growing one.
+    leasing: tokio::sync::Mutex<()>,
     keys: Arc<EngineKeys>,
     allocator: Arc<dyn Allocator>,
     media_keys: Mutex<lru::LruCache<MediaId, SecretKey>>,
@@ -243,6 +246,7 @@ impl Market {
         Self {
             handler: Handler::new(log, clock),
             publishing: tokio::sync::Mutex::new(()),
+            leasing: tokio::sync::Mutex::new(()),
             transactions: crate::batch_signer::BatchSigner::new(keys.private.clone()),
             keys,
             allocator,

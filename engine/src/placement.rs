@@ -50,22 +50,30 @@ pub enum LeaseChange {
     Set(u32),
     /// Take over another engine's lease that ran out (`NodeCommand::TakeOver`).
     TakeOver,
+    /// Every slot is leased by others: ask for a fair share (`NodeCommand::Want`), which
+    /// the engines above it give back as their slots come back.
+    Want,
 }
 
 /// How slot leases are kept (`projections::allocation`): an engine gives out slots from a
 /// lease only while `now + margin_ms < until`, renews it when less than half its `ttl_ms`
 /// is left, and takes over another engine's lease only `grace_ms` after its `until` (the
 /// margin and the grace cover an allocation decided just before `until` whose append
-/// lands after it, and clocks apart by less than the grace).
+/// lands after it, and clocks apart by less than the grace). An engine that finds every
+/// slot of a node leased by others asks for its share for `want_ms` (`SlotsWanted`);
+/// while another engine asks, a holder gives out and keeps at most its fair share (the
+/// node's slots split evenly among the engines leasing or asking), and shrinks toward
+/// it as its slots in use come back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LeaseTerms {
     pub ttl_ms: u64,
     pub margin_ms: u64,
     pub grace_ms: u64,
+    pub want_ms: u64,
 }
 
 /// The engines' lease terms.
-pub const LEASE_TERMS: LeaseTerms = LeaseTerms { ttl_ms: 60_000, margin_ms: 5_000, grace_ms: 20_000 };
+pub const LEASE_TERMS: LeaseTerms = LeaseTerms { ttl_ms: 60_000, margin_ms: 5_000, grace_ms: 20_000, want_ms: 15_000 };
 
 /// How long a node may stay silent before it stops getting new work, unless the operator
 /// set `node.heartbeat_timeout_ms`.

@@ -378,6 +378,9 @@ fn event_to_pb(event: &Event) -> E {
         Event::SlotsLeased { node_id, lease, holder, slots, until } => {
             E::SlotsLeased(pb::SlotsLeased { node_id: node_id.0.clone(), lease: *lease, holder: holder.clone(), slots: *slots, until_ms: until.0 })
         }
+        Event::SlotsWanted { node_id, holder, until } => {
+            E::SlotsWanted(pb::SlotsWanted { node_id: node_id.0.clone(), holder: holder.clone(), until_ms: until.0 })
+        }
         Event::NodeDrained { node_id } => E::NodeDrained(pb::NodeDrained { node_id: node_id.0.clone() }),
         Event::NodeRemoved { node_id } => E::NodeRemoved(pb::NodeRemoved { node_id: node_id.0.clone() }),
         Event::ConsumerCertified { consumer_id, cert_serial, public_key_der, not_before, not_after, engine_key_id, signature } => {
@@ -593,6 +596,7 @@ fn event_of_pb(event: E) -> Result<Event, DecodeError> {
             credential_hash: array("credential_hash", &e.credential_hash)?,
         },
         E::NodeCapacityChanged(e) => Event::NodeCapacityChanged { node_id: NodeId(e.node_id), slots_max: e.slots_max },
+        E::SlotsWanted(e) => Event::SlotsWanted { node_id: NodeId(e.node_id), holder: e.holder, until: Millis(e.until_ms) },
         E::SlotsLeased(e) => Event::SlotsLeased { node_id: NodeId(e.node_id), lease: e.lease, holder: e.holder, slots: e.slots, until: Millis(e.until_ms) },
         E::NodeDrained(e) => Event::NodeDrained { node_id: NodeId(e.node_id) },
         E::NodeRemoved(e) => Event::NodeRemoved { node_id: NodeId(e.node_id) },

@@ -28,11 +28,14 @@ pub struct NodeSlots {
     /// The engines' slot leases on the node (`SlotsLeased`), each with the slots given out
     /// from it that are still in use.
     pub leases: BTreeMap<u64, LeaseSlots>,
+    /// Engines asking for a fair share (`SlotsWanted`), until when; as the node
+    /// aggregate's `wants`: an engine's want ends when its lease here grows.
+    pub wants: BTreeMap<String, Millis>,
 }
 
 impl NodeSlots {
     pub fn new(region: String, slots_max: u32) -> Self {
-        NodeSlots { region, slots_max, in_use: 0, active: true, leases: BTreeMap::new() }
+        NodeSlots { region, slots_max, in_use: 0, active: true, leases: BTreeMap::new(), wants: BTreeMap::new() }
     }
 
     /// The slots no lease holds.
@@ -54,6 +57,21 @@ pub struct LeaseSlots {
 /// The slots a lease grows by at a time: an eighth of the node, at least one.
 pub fn lease_step(slots_max: u32) -> u32 {
     (slots_max / 8).max(1)
+}
+
+/// The most of `node`'s slots `me` may lease and give out while another engine asks for a
+/// share there (a `SlotsWanted` live at `now`): `share_among`. None when nobody else asks.
+pub fn fair_share(node: &NodeSlots, me: &str, now: Millis) -> Option<u32> {
+    node.wants.iter().any(|(holder, until)| holder != me && *until > now).then(|| share_among(node, me, now))
+}
+
+/// The node's slots split evenly (rounded up) among the engines that lease some of them
+/// or ask for a share at `now`, and `me`.
+fn share_among(node: &NodeSlots, me: &str, now: Millis) -> u32 {
+    let mut engines: std::collections::BTreeSet<&str> = node.leases.values().filter(|lease| lease.slots > 0).map(|lease| lease.holder.as_str()).collect();
+    engines.extend(node.wants.iter().filter(|(_, until)| **until > now).map(|(holder, _)| holder.as_str()));
+    engines.insert(me);
+    node.slots_max.div_ceil(u32::try_from(engines.len()).unwrap_or(u32::MAX))
 }
 
 /// A started preview holding a slot: its node, its merchant (for the merchant's preview
@@ -126,6 +144,15 @@ impl Allocation {
                     field(&lease.in_use.to_le_bytes());
                 }
             }
+            // As the leases: nodes nobody asked a share of digest as before.
+            if !node.wants.is_empty() {
+                field(b"wants");
+                field(&(node.wants.len() as u64).to_le_bytes());
+                for (holder, until) in &node.wants {
+                    field(holder.as_bytes());
+                    field(&until.0.to_le_bytes());
+                }
+            }
         }
     }
 
@@ -144,6 +171,9 @@ impl Allocation {
             Event::SlotsLeased { node_id, lease, holder, slots, until } => {
                 self.noted.remove(&(node_id.clone(), *lease));
                 if let Some(node) = self.nodes.get_mut(node_id) {
+                    if *slots > node.leases.get(lease).map_or(0, |held| held.slots) {
+                        node.wants.remove(holder);
+                    }
                     let entry = node.leases.entry(*lease).or_default();
                     entry.holder = holder.clone();
                     entry.slots = *slots;
@@ -151,6 +181,12 @@ impl Allocation {
                     if entry.slots == 0 && entry.in_use == 0 {
                         node.leases.remove(lease);
                     }
+                    self.touched_nodes.touch(node_id);
+                }
+            }
+            Event::SlotsWanted { node_id, holder, until } => {
+                if let Some(node) = self.nodes.get_mut(node_id) {
+                    node.wants.insert(holder.clone(), *until);
                     self.touched_nodes.touch(node_id);
                 }
             }
@@ -348,11 +384,18 @@ impl Allocation {
 
     /// The lease of `node` that `me` holds, usable at `now`, with the most slots left to
     /// give out (counting tentative holds), and how many.
+    /// While another engine waits for a share (`fair_share`), no more than what is left
+    /// of this engine's share.
     fn lease_room(&self, node: &NodeId, me: &str, now: Millis, terms: LeaseTerms) -> Option<(u64, u32)> {
-        self.leases_of(node, me)
+        let leases = self.leases_of(node, me);
+        let allowance = match self.nodes.get(node).and_then(|slots| fair_share(slots, me, now)) {
+            Some(share) => share.saturating_sub(leases.iter().map(|(id, lease)| lease.in_use.saturating_add(self.held_from(node, *id))).sum()),
+            None => u32::MAX,
+        };
+        leases
             .into_iter()
             .filter(|(_, lease)| now.plus_ms(terms.margin_ms) < lease.until)
-            .map(|(id, lease)| (id, lease.slots.saturating_sub(lease.in_use).saturating_sub(self.held_from(node, id))))
+            .map(|(id, lease)| (id, lease.slots.saturating_sub(lease.in_use).saturating_sub(self.held_from(node, id)).min(allowance)))
             .filter(|(_, room)| *room > 0)
             .max_by_key(|(id, room)| (*room, std::cmp::Reverse(*id)))
     }
@@ -394,8 +437,28 @@ impl Allocation {
         eligible: &dyn Fn(&NodeId) -> bool,
     ) -> Option<LeaseWish> {
         let me = self.holder.as_deref()?;
-        let node = self.best_node(region, now, Some(terms), merchant, eligible)?;
-        self.wish_for(&node, me, now, terms)
+        match self.best_node(region, now, Some(terms), merchant, eligible) {
+            Some(node) => self.wish_for(&node, me, now, terms),
+            None => self.want(region, merchant, me, now, terms, eligible),
+        }
+    }
+
+    /// When no eligible node has a slot this engine holds or can lease: the least loaded
+    /// eligible node (in `region` if one there will do) whose slots other engines lease
+    /// all of, where this engine holds less than its fair share and is not asking for it
+    /// already (for more than half of `want_ms`): ask there (`LeaseChange::Want`).
+    fn want(&self, region: Option<&str>, merchant: Option<&MerchantId>, me: &str, now: Millis, terms: LeaseTerms, eligible: &dyn Fn(&NodeId) -> bool) -> Option<LeaseWish> {
+        let wanting = |(id, node): &(&NodeId, &NodeSlots)| {
+            let mine: u32 = self.leases_of(id, me).iter().map(|(_, lease)| lease.slots).sum();
+            node.active
+                && node.unleased() == 0
+                && mine < share_among(node, me, now)
+                && node.wants.get(me).is_none_or(|until| *until <= now.plus_ms(terms.want_ms / 2))
+                && merchant.is_none_or(|merchant| self.preview_room(id, merchant))
+                && eligible(id)
+        };
+        let node = self.least_loaded(region, &wanting)?;
+        Some(LeaseWish { node, lease: None, change: LeaseChange::Want })
     }
 
     /// The least loaded node (in `region` if one there will do) that `eligible` accepts,
@@ -424,7 +487,9 @@ impl Allocation {
         let node = self.nodes.get(node_id)?;
         let leases = self.leases_of(node_id, me);
         let mine = leases.iter().max_by_key(|(_, lease)| lease.slots);
-        let grow = lease_step(node.slots_max).min(node.unleased());
+        let share = fair_share(node, me, now).unwrap_or(u32::MAX);
+        let held: u32 = leases.iter().map(|(_, lease)| lease.slots).sum();
+        let grow = lease_step(node.slots_max).min(node.unleased()).min(share.saturating_sub(held));
         let change = if grow > 0 { LeaseChange::Grow(grow) } else { LeaseChange::Set(mine.map_or(0, |(_, lease)| lease.slots)) };
         match mine {
             Some((id, lease)) if now.plus_ms(terms.margin_ms) >= lease.until || grow > 0 => Some(LeaseWish { node: node_id.clone(), lease: Some(*id), change }),
@@ -442,6 +507,8 @@ impl Allocation {
         let mut wishes = Vec::new();
         for (node_id, node) in &self.nodes {
             let step = lease_step(node.slots_max);
+            let share = fair_share(node, me, now);
+            let held: u32 = node.leases.values().filter(|lease| lease.holder == me).map(|lease| lease.slots).sum();
             for (id, lease) in &node.leases {
                 if lease.holder != me {
                     if now > lease.until.plus_ms(terms.grace_ms) {
@@ -450,8 +517,13 @@ impl Allocation {
                     continue;
                 }
                 let used = lease.in_use.saturating_add(self.held_from(node_id, *id));
-                let keep = if used == 0 || !node.active { used } else { lease.slots.min(used.saturating_add(step)) };
-                let shrink = keep == 0 || lease.slots > keep.saturating_add(step);
+                let mut keep = if used == 0 || !node.active { used } else { lease.slots.min(used.saturating_add(step)) };
+                // Another engine waits: keep no more than the share (less this engine's
+                // other leases here), nor less than what is in use.
+                if let Some(share) = share {
+                    keep = keep.min(used.max(share.saturating_sub(held.saturating_sub(lease.slots))));
+                }
+                let shrink = keep == 0 || lease.slots > keep.saturating_add(step) || (share.is_some() && lease.slots > keep);
                 let renew = now.plus_ms(terms.ttl_ms / 2) >= lease.until;
                 if lease.slots > 0 && (shrink || renew) {
                     let slots = if shrink { keep } else { lease.slots };
@@ -486,10 +558,14 @@ impl Allocation {
     /// As `choose`, among the nodes `eligible` accepts.
     pub fn choose_where(&self, region: Option<&str>, eligible: &dyn Fn(&NodeId) -> bool) -> Option<NodeId> {
         let free = |(id, node): &(&NodeId, &NodeSlots)| node.active && self.load(id, node) < node.slots_max && eligible(id);
+        self.least_loaded(region, &free)
+    }
+
+    /// The least loaded node `pick` accepts, in `region` if one there does.
+    fn least_loaded(&self, region: Option<&str>, pick: &dyn Fn(&(&NodeId, &NodeSlots)) -> bool) -> Option<NodeId> {
         // Load as a fraction compared by cross-multiplication (no floats): a/b < c/d.
-        let least_loaded = |candidates: Vec<(&NodeId, &NodeSlots)>| {
+        let least = |candidates: &mut dyn Iterator<Item = (&NodeId, &NodeSlots)>| {
             candidates
-                .into_iter()
                 .min_by(|(a_id, a), (b_id, b)| {
                     (u64::from(self.load(a_id, a)) * u64::from(b.slots_max))
                         .cmp(&(u64::from(self.load(b_id, b)) * u64::from(a.slots_max)))
@@ -497,13 +573,9 @@ impl Allocation {
                 })
                 .map(|(id, _)| id.clone())
         };
-        if let Some(region) = region {
-            let local: Vec<_> = self.nodes.iter().filter(|(_, n)| n.region == region).filter(free).collect();
-            if let Some(node) = least_loaded(local) {
-                return Some(node);
-            }
-        }
-        least_loaded(self.nodes.iter().filter(free).collect())
+        region
+            .and_then(|region| least(&mut self.nodes.iter().filter(|(_, node)| node.region == region).filter(|candidate| pick(candidate))))
+            .or_else(|| least(&mut self.nodes.iter().filter(|candidate| pick(candidate))))
     }
 }
 
@@ -659,7 +731,7 @@ mod tests {
         assert_eq!(allocation.choose(None), Some(NodeId::new("a")));
     }
 
-    const TERMS: LeaseTerms = LeaseTerms { ttl_ms: 60_000, margin_ms: 5_000, grace_ms: 20_000 };
+    const TERMS: LeaseTerms = LeaseTerms { ttl_ms: 60_000, margin_ms: 5_000, grace_ms: 20_000, want_ms: 15_000 };
 
     fn leased(node: &str, lease: u64, holder: &str, slots: u32, until: i64) -> Event {
         Event::SlotsLeased { node_id: NodeId::new(node), lease, holder: holder.into(), slots, until: Millis(until) }
@@ -786,5 +858,61 @@ mod tests {
         a.apply(&leased("a", 1, "ea", 0, 0));
         a.note_lease(&NodeId::new("a"), 1, "ea", 0, Millis(0));
         assert!(a.noted.is_empty() && a.nodes[&NodeId::new("a")].leases.is_empty());
+    }
+
+    /// The first engine leased every slot of an 8-slot node (alone, under load) and keeps
+    /// them in use. The second asks for its share (`SlotsWanted`): the first then gives out
+    /// nothing past its share of 4, shrinks its lease toward it as its slots come back, and
+    /// the second leases what came back. The protection off (no want on the stream) the
+    /// first fills each slot that comes back again and the second never gets one.
+    #[test]
+    fn an_engine_finding_every_slot_leased_gets_its_share_as_slots_come_back() {
+        let all = |_: &NodeId| true;
+        let full = |asked: bool| {
+            let (mut a, mut b) = (Allocation::default(), Allocation::default());
+            a.set_holder("ea");
+            b.set_holder("eb");
+            let mut events = vec![register("n", "eu", 8), leased("n", 1, "ea", 8, 60_000)];
+            events.extend((0..8).map(|n| issue_from(&format!("v{n}"), "n", 1)));
+            if asked {
+                events.push(Event::SlotsWanted { node_id: NodeId::new("n"), holder: "eb".into(), until: Millis(15_000) });
+            }
+            // Half of ea's vouchers lapse: their slots come back to its lease.
+            events.extend((0..4).map(|n| Event::AccessLapsed { voucher_id: VoucherId::new(format!("v{n}")), node_id: NodeId::new("n") }));
+            for event in &events {
+                a.apply(event);
+                b.apply(event);
+            }
+            (a, b)
+        };
+        let placed_by_a = |a: &mut Allocation| (0..4).filter(|n| a.choose_and_hold_where(None, &format!("w{n}"), Millis(1_000), Some(TERMS), &all).is_some()).count();
+
+        let (mut a, b) = full(false);
+        assert_eq!(
+            b.lease_wish(None, None, Millis(0), TERMS, &all),
+            Some(LeaseWish { node: NodeId::new("n"), lease: None, change: LeaseChange::Want }),
+            "every slot leased by ea: eb asks for its share"
+        );
+        assert_eq!(placed_by_a(&mut a), 4, "the protection off: ea fills the slots that came back");
+        assert_eq!(a.lease_upkeep(Millis(1_000), TERMS), vec![], "and keeps its lease of 8");
+
+        let (mut a, mut b) = full(true);
+        assert_eq!(b.lease_wish(None, None, Millis(1_000), TERMS, &all), None, "eb asked already");
+        assert_eq!(placed_by_a(&mut a), 0, "ea has its share of 4 in use: nothing more from its lease");
+        let shrink = a.lease_upkeep(Millis(1_000), TERMS);
+        assert_eq!(shrink, vec![LeaseWish { node: NodeId::new("n"), lease: Some(1), change: LeaseChange::Set(4) }], "ea shrinks to its share");
+        for event in [leased("n", 1, "ea", 4, 61_000)] {
+            a.apply(&event);
+            b.apply(&event);
+        }
+        assert_eq!(b.lease_wish(None, None, Millis(1_000), TERMS, &all), Some(LeaseWish { node: NodeId::new("n"), lease: None, change: LeaseChange::Grow(1) }));
+        let grown = leased("n", 2, "eb", 1, 61_000);
+        a.apply(&grown);
+        b.apply(&grown);
+        assert!(b.nodes[&NodeId::new("n")].wants.is_empty(), "eb's lease grew: its want ended");
+        assert_eq!(b.choose_and_hold_where(None, "x0", Millis(1_000), Some(TERMS), &all), Some((NodeId::new("n"), 2)), "eb places from its lease");
+        assert_eq!(placed_by_a(&mut a), 0, "ea keeps to its share");
+        // Nobody waits any more: ea may grow into what is unleased again.
+        assert_eq!(a.lease_wish(None, None, Millis(1_000), TERMS, &all).map(|wish| wish.change), Some(LeaseChange::Grow(1)));
     }
 }

@@ -67,7 +67,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 /// The value of `@format`; a new layout gets a new marker (and old stores are rebuilt).
-pub const FORMAT_MARKER: &[u8] = b"vouchsafe-projection-store/13";
+pub const FORMAT_MARKER: &[u8] = b"vouchsafe-projection-store/14";
 
 const FORMAT_KEY: &[u8] = b"@format";
 const CHECKPOINT_KEY: &[u8] = b"@checkpoint";

@@ -208,6 +208,56 @@ async fn two_engines_never_give_out_more_slots_than_a_node_has() {
     engines.stop().await;
 }
 
+/// One engine leased every slot of the node (alone, before the other placed anything)
+/// and keeps them in use. The other, refused for want of a slot, asks for its share
+/// (`SlotsWanted` on the node's subject): the first then gives out nothing past its share
+/// and gives back what comes back to it, which the other leases. (The protection off, the
+/// first fills what comes back again: `projections::allocation`'s unit test.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_engine_that_finds_every_slot_leased_gets_its_share_as_slots_come_back() {
+    let server = NatsServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let engines = two_engines(&server, true, false).await;
+    let mut at_a = engines.merchant_on(&engines.a).await;
+    let mut at_b = engines.merchant_on(&engines.b).await;
+    let issue = |voucher_id: &str, attempt: &str| pb::IssueVoucherRequest {
+        request_id: format!("{voucher_id}-issue-{attempt}"),
+        voucher_id: voucher_id.to_string(),
+        region: String::new(),
+    };
+    let on_a = authorized(&mut at_a, &engines.media_id, "a", NODE_SLOTS as usize + 3).await;
+    for voucher_id in &on_a[..NODE_SLOTS as usize] {
+        at_a.issue_voucher(issue(voucher_id, "1")).await.expect("a leases every slot, one step at a time");
+    }
+    let on_b = authorized(&mut at_b, &engines.media_id, "b", 3).await;
+    let refused = at_b.issue_voucher(issue(&on_b[0], "1")).await.expect_err("every slot is a's");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    let node_subject = format!("vs.node.{}", engines.node.node_id());
+    let wanted = |events: &[engine::log::StoredEvent]| {
+        events
+            .iter()
+            .filter(|stored| matches!(engine::wire::decode(&stored.payload).expect("decodes").event, Event::SlotsWanted { ref holder, .. } if *holder == engines.b.state.market.allocator().lease_holder().expect("b leases")))
+            .count()
+    };
+    assert_eq!(wanted(&engines.log.read_subject(&node_subject).await.expect("node events")), 1, "b asked for its share");
+    // Half of a's sales are refunded: their slots come back to a's lease, which a no
+    // longer gives out (it holds its share), and gives back.
+    for (n, voucher_id) in on_a[..3].iter().enumerate() {
+        let refund = pb::RefundRequest { request_id: format!("refund-{n}"), voucher_id: voucher_id.clone(), reason: "changed mind".into(), chargeback: false };
+        at_a.refund(refund).await.expect("refund");
+    }
+    engines.a.state.live.caught_up(engines.head().await).await;
+    let over_share = at_a.issue_voucher(issue(&on_a[NODE_SLOTS as usize], "1")).await.expect_err("a holds its share");
+    assert_eq!(over_share.code(), Code::ResourceExhausted, "{over_share:?}");
+    engines.a.state.market.keep_leases().await.expect("a's lease upkeep");
+    engines.b.state.live.caught_up(engines.head().await).await;
+    for voucher_id in &on_b {
+        at_b.issue_voucher(issue(voucher_id, "2")).await.expect("b leases what a gave back");
+    }
+    let most = replay_tests::most_slots_in_use(engines.log.as_ref()).await;
+    assert!(most <= NODE_SLOTS, "{most} slots in use on a node of {NODE_SLOTS}");
+    engines.stop().await;
+}
+
 /// The protection off: each engine gives out the node's slots by its own view (the slots
 /// in use it has applied and its own tentative holds), so placing at once they over-give.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

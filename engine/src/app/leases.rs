@@ -2,7 +2,9 @@
 //! node's slots it gives out, keeps it, gives back what it does not use, and takes over
 //! the share of an engine that stopped renewing (`placement::LeaseTerms`). The node
 //! aggregate's OCC orders every lease of a node, so leases never sum past its slots;
-//! the allocation projection gives out a slot only from a lease this engine holds.
+//! the allocation projection gives out a slot only from a lease this engine holds. An
+//! engine that finds a node's slots all leased by others asks for its fair share
+//! (`SlotsWanted`), and the others give it back as their slots come back.
 
 use super::*;
 use crate::placement::{LEASE_TERMS, LeaseChange, LeaseWish, Placed};
@@ -36,11 +38,21 @@ impl Market {
             if let Some(placed) = choose() {
                 return Ok(placed);
             }
+            // One lease change at a time: a placement that waited for another's growth
+            // places from it.
+            let _leasing = self.leasing.lock().await;
+            if let Some(placed) = choose() {
+                return Ok(placed);
+            }
             let Some(wish) = self.allocator.lease_wish(region, merchant) else { break };
             match self.lease(&wish).await {
                 // Another engine leased the slots first, or took the lease over: look again.
                 Ok(()) | Err(AppError::Rejected(_)) => {}
                 Err(error) => return Err(error),
+            }
+            // Asked for a share: the other engines give it back as their slots come back.
+            if wish.change == LeaseChange::Want {
+                break;
             }
         }
         choose().ok_or_else(|| Rejection::NoNodeAvailable.into())
@@ -63,10 +75,14 @@ impl Market {
             (LeaseChange::TakeOver, None) => return Ok(()),
             (LeaseChange::Grow(by), lease) => NodeCommand::Grow { lease, holder: holder.clone(), by, ttl_ms },
             (LeaseChange::Set(slots), lease) => NodeCommand::Lease { lease, holder: holder.clone(), slots, ttl_ms },
+            (LeaseChange::Want, _) => NodeCommand::Want { holder: holder.clone(), ttl_ms: LEASE_TERMS.want_ms },
         };
         let count = LEASE_REQUESTS.fetch_add(1, Ordering::Relaxed);
         let request = RequestId(format!("lease-{holder}-{}-{count}", self.handler.clock().now().0));
         let handled = self.handler.handle::<Node>(&wish.node.0, &Actor::engine(), &request, &command).await?;
+        if wish.change == LeaseChange::Want {
+            return Ok(());
+        }
         // Growth is placed from at once; what was given back needs no haste.
         let lease = wish.lease.or(handled.root.state.next_lease.checked_sub(1));
         if let (Some(seq), Some((lease, held))) =

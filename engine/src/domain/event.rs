@@ -356,6 +356,14 @@ pub enum Event {
         slots: u32,
         until: Millis,
     },
+    /// An engine (`holder`) found every slot of the node leased by others and asks for a
+    /// fair share of them until `until`; cleared when its lease there grows
+    /// (`party::Node::wants`).
+    SlotsWanted {
+        node_id: NodeId,
+        holder: String,
+        until: Millis,
+    },
     NodeDrained {
         node_id: NodeId,
     },
@@ -564,6 +572,7 @@ impl Event {
             Event::NodeRegistered { node_id, .. }
             | Event::NodeCapacityChanged { node_id, .. }
             | Event::SlotsLeased { node_id, .. }
+            | Event::SlotsWanted { node_id, .. }
             | Event::NodeDrained { node_id }
             | Event::NodeRemoved { node_id } => (K::Node, node_id.as_str()),
             Event::ConsumerCertified { consumer_id, .. } | Event::CertRevoked { consumer_id, .. } => (K::Consumer, consumer_id.as_str()),
@@ -607,6 +616,7 @@ impl Event {
             Event::NodeRegistered { .. } => "NodeRegistered",
             Event::NodeCapacityChanged { .. } => "NodeCapacityChanged",
             Event::SlotsLeased { .. } => "SlotsLeased",
+            Event::SlotsWanted { .. } => "SlotsWanted",
             Event::NodeDrained { .. } => "NodeDrained",
             Event::NodeRemoved { .. } => "NodeRemoved",
             Event::ConsumerCertified { .. } => "ConsumerCertified",

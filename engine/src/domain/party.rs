@@ -208,6 +208,9 @@ pub struct Node {
     pub leases: BTreeMap<u64, SlotLease>,
     /// The number the next new lease gets (one past the highest seen).
     pub next_lease: u64,
+    /// Engines asking for a fair share of the slots (`SlotsWanted`), until when; an
+    /// engine's want ends when its lease here grows.
+    pub wants: BTreeMap<String, Millis>,
 }
 
 /// One engine's share of a node's slots, until a time it renews before.
@@ -253,6 +256,12 @@ pub enum NodeCommand {
         lease: Option<u64>,
         holder: String,
         by: u32,
+        ttl_ms: u64,
+    },
+    /// `holder` found every slot leased by others and asks for a fair share until
+    /// `now + ttl_ms` (`SlotsWanted`); nothing when it already asks for longer than half that.
+    Want {
+        holder: String,
         ttl_ms: u64,
     },
     /// `holder` takes over lease `lease` whose holder let it run out more than `grace_ms`
@@ -322,6 +331,16 @@ impl Aggregate for Node {
                 }
                 Ok(vec![Event::SlotsLeased { node_id: node_id(), lease: *lease, holder: holder.clone(), slots: held.slots, until: now.plus_ms(*ttl_ms) }])
             }
+            (NodeCommand::Want { .. }, status) if status != NodeStatus::Active => Err(Rejection::NoNodeAvailable),
+            (NodeCommand::Want { holder, ttl_ms }, _) => {
+                validate::id("holder", holder)?;
+                check_lease_ttl(*ttl_ms)?;
+                let until = now.plus_ms(*ttl_ms);
+                if self.wants.get(holder).is_some_and(|asked| *asked > now.plus_ms(ttl_ms / 2)) {
+                    return Ok(vec![]);
+                }
+                Ok(vec![Event::SlotsWanted { node_id: node_id(), holder: holder.clone(), until }])
+            }
             (NodeCommand::Drain, NodeStatus::Drained) => Ok(vec![]),
             (NodeCommand::Drain, _) => Ok(vec![Event::NodeDrained { node_id: node_id() }]),
             (NodeCommand::Remove, _) => Ok(vec![Event::NodeRemoved { node_id: node_id() }]),
@@ -340,12 +359,18 @@ impl Aggregate for Node {
             }
             Event::NodeCapacityChanged { slots_max, .. } => self.slots_max = *slots_max,
             Event::SlotsLeased { lease, holder, slots, until, .. } => {
+                if *slots > self.leases.get(lease).map_or(0, |held| held.slots) {
+                    self.wants.remove(holder);
+                }
                 if *slots == 0 {
                     self.leases.remove(lease);
                 } else {
                     self.leases.insert(*lease, SlotLease { holder: holder.clone(), slots: *slots, until: *until });
                 }
                 self.next_lease = self.next_lease.max(lease.saturating_add(1));
+            }
+            Event::SlotsWanted { holder, until, .. } => {
+                self.wants.insert(holder.clone(), *until);
             }
             Event::NodeDrained { .. } => self.status = NodeStatus::Drained,
             Event::NodeRemoved { .. } => self.status = NodeStatus::Removed,
@@ -362,6 +387,7 @@ impl Aggregate for Node {
             NodeCommand::Remove => "RemoveNode",
             NodeCommand::Lease { .. } | NodeCommand::Grow { .. } => "LeaseSlots",
             NodeCommand::TakeOver { .. } => "TakeOverSlotLease",
+            NodeCommand::Want { .. } => "WantSlots",
         }
     }
 }
@@ -369,9 +395,7 @@ impl Aggregate for Node {
 impl Node {
     fn decide_lease(&self, lease: Option<u64>, holder: &str, slots: u32, ttl_ms: u64, status: NodeStatus, now: Millis) -> Result<Vec<Event>, Rejection> {
         validate::id("holder", holder)?;
-        if ttl_ms == 0 || ttl_ms > SLOT_LEASE_TTL_MS_MAX {
-            return Err(Rejection::InvalidArgument { field: "ttl_ms", reason: format!("must be 1..={SLOT_LEASE_TTL_MS_MAX}") });
-        }
+        check_lease_ttl(ttl_ms)?;
         let current = match lease {
             Some(id) => match self.leases.get(&id) {
                 Some(held) if held.holder == holder => held.slots,
@@ -388,6 +412,13 @@ impl Node {
         let until = if slots == 0 { now } else { now.plus_ms(ttl_ms) };
         Ok(vec![Event::SlotsLeased { node_id: self.id.clone().unwrap_or_else(|| NodeId::new("")), lease: id, holder: holder.to_string(), slots, until }])
     }
+}
+
+fn check_lease_ttl(ttl_ms: u64) -> Result<(), Rejection> {
+    if ttl_ms == 0 || ttl_ms > SLOT_LEASE_TTL_MS_MAX {
+        return Err(Rejection::InvalidArgument { field: "ttl_ms", reason: format!("must be 1..={SLOT_LEASE_TTL_MS_MAX}") });
+    }
+    Ok(())
 }
 
 /// The longest a slot lease runs before its holder must renew it.

@@ -41,6 +41,9 @@ pub(crate) struct NodeRecord {
     pub(crate) active: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) leases: Vec<LeaseRecord>,
+    /// Engines asking for a share: holder → until (ms).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) wants: BTreeMap<String, i64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -111,7 +114,8 @@ fn node_value(node: &NodeSlots) -> Result<Vec<u8>, RowError> {
         .iter()
         .map(|(lease, held)| LeaseRecord { lease: *lease, holder: held.holder.clone(), slots: held.slots, until_ms: held.until.0, in_use: held.in_use })
         .collect();
-    json(&NodeRecord { region: node.region.clone(), slots_max: node.slots_max, in_use: node.in_use, active: node.active, leases }, "node")
+    let wants = node.wants.iter().map(|(holder, until)| (holder.clone(), until.0)).collect();
+    json(&NodeRecord { region: node.region.clone(), slots_max: node.slots_max, in_use: node.in_use, active: node.active, leases, wants }, "node")
 }
 
 /// One changed node, slot or released slot, copied out of the allocation under the
@@ -191,8 +195,9 @@ impl Reader {
                     .into_iter()
                     .map(|lease| (lease.lease, LeaseSlots { holder: lease.holder, slots: lease.slots, until: Millis(lease.until_ms), in_use: lease.in_use }))
                     .collect();
-                self.nodes
-                    .insert(NodeId(id), NodeSlots { region: record.region, slots_max: record.slots_max, in_use: record.in_use, active: record.active, leases });
+                let wants = record.wants.into_iter().map(|(holder, until)| (holder, Millis(until))).collect();
+                let node = NodeSlots { region: record.region, slots_max: record.slots_max, in_use: record.in_use, active: record.active, leases, wants };
+                self.nodes.insert(NodeId(id), node);
             }
             p if p == SLOT_VOUCHER_PREFIX => {
                 SlotRows::decode(&SlotRows::key_of(id)?, value)?;

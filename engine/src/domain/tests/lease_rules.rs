@@ -95,3 +95,26 @@ fn growth_adds_to_the_lease_within_the_unleased_slots() {
     let full = [registered(10), leased(1, "ea", 8, T0.plus_ms(TTL)), leased(2, "eb", 2, T0.plus_ms(TTL))];
     check::<Node>(&full, grow(Some(1), "ea", 1), T0, Err(Rejection::NoNodeAvailable));
 }
+
+/// An engine that found every slot leased by others asks for its share (`SlotsWanted`):
+/// once, not again while its want has more than half its ttl to run, and no longer once
+/// its own lease grows.
+#[test]
+fn a_want_is_asked_once_and_ends_when_the_lease_grows() {
+    const WANT: u64 = 15_000;
+    let want = |holder: &str| NodeCommand::Want { holder: holder.into(), ttl_ms: WANT };
+    let wanted = |holder: &str, until: Millis| Event::SlotsWanted { node_id: node(), holder: holder.into(), until };
+    let full = [registered(8), leased(1, "ea", 8, T0.plus_ms(TTL))];
+    check::<Node>(&full, want("eb"), T0, Ok(vec![wanted("eb", T0.plus_ms(WANT))]));
+    let asked = [registered(8), leased(1, "ea", 8, T0.plus_ms(TTL)), wanted("eb", T0.plus_ms(WANT))];
+    check::<Node>(&asked, want("eb"), T0.plus_ms(WANT / 2 - 1), Ok(vec![]));
+    check::<Node>(&asked, want("eb"), T0.plus_ms(WANT / 2 + 1), Ok(vec![wanted("eb", T0.plus_ms(WANT / 2 + 1 + WANT))]));
+    let state: Node = fold(&asked);
+    assert_eq!(state.wants.get("eb"), Some(&T0.plus_ms(WANT)));
+    // ea shrinks (its want, had it one, would stay), eb's lease grows: eb's want ends.
+    let shared: Node = fold(&[&asked[..], &[leased(1, "ea", 4, T0.plus_ms(TTL)), leased(2, "eb", 4, T0.plus_ms(TTL))]].concat());
+    assert!(shared.wants.is_empty(), "{:?}", shared.wants);
+    let drained = [registered(8), Event::NodeDrained { node_id: node() }];
+    check::<Node>(&drained, want("eb"), T0, Err(Rejection::NoNodeAvailable));
+    assert!(matches!(Node::decide(&fold(&full), &NodeCommand::Want { holder: "eb".into(), ttl_ms: 0 }, T0), Err(Rejection::InvalidArgument { field: "ttl_ms", .. })));
+}

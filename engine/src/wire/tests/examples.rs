@@ -20,7 +20,7 @@ use std::collections::BTreeSet;
 /// How many variants `Event` has. Adding a variant stops `variant_index` from compiling:
 /// give the new variant the next index, raise this count, add a hand-written example with
 /// its protobuf counterpart to `examples` and an arm to `arb_event`.
-pub(super) const VARIANT_COUNT: usize = 39;
+pub(super) const VARIANT_COUNT: usize = 40;
 
 /// The position of an event's variant, by a `match` with no wildcard arm, so that a new
 /// variant cannot be added without these tests being told about it.
@@ -65,6 +65,7 @@ pub(super) fn variant_index(event: &Event) -> usize {
         Event::PublisherRegistered { .. } => 36,
         Event::PublisherKeyAdded { .. } => 37,
         Event::SlotsLeased { .. } => 38,
+        Event::SlotsWanted { .. } => 39,
     }
 }
 
@@ -506,6 +507,10 @@ pub(super) fn examples() -> Vec<(Event, E)> {
         (
             Event::SlotsLeased { node_id: NodeId::new("node-1"), lease: 4, holder: "e-1a2b".into(), slots: 16, until: Millis(1_700_000_060_000) },
             E::SlotsLeased(pb::SlotsLeased { node_id: "node-1".into(), lease: 4, holder: "e-1a2b".into(), slots: 16, until_ms: 1_700_000_060_000 }),
+        ),
+        (
+            Event::SlotsWanted { node_id: NodeId::new("node-1"), holder: "e-3c4d".into(), until: Millis(1_700_000_015_000) },
+            E::SlotsWanted(pb::SlotsWanted { node_id: "node-1".into(), holder: "e-3c4d".into(), until_ms: 1_700_000_015_000 }),
         ),
         (
             Event::PreviewEnded { preview_id: PreviewId::new("pre-1"), played_ms: 12_000, media_id: MediaId::new("med-1"), node_id: NodeId::new("node-1") },

@@ -198,6 +198,7 @@ fn arb_event() -> BoxedStrategy<Event> {
         (id(VoucherId), id(NodeId)).prop_map(|(voucher_id, node_id)| Event::AccessLapsed { voucher_id, node_id }),
         (id(VoucherId), id(NodeId), proptest::option::of("[a-z0-9_-]{1,24}".prop_map(NodeId)), millis())
             .prop_map(|(voucher_id, node_id, previous_node, access_expires_at)| Event::AccessRenewed { voucher_id, node_id, previous_node, access_expires_at }),
+        (id(NodeId), id(String::from), millis()).prop_map(|(node_id, holder, until)| Event::SlotsWanted { node_id, holder, until }),
         (id(NodeId), u64s(), id(String::from), u32s(), millis()).prop_map(|(node_id, lease, holder, slots, until)| Event::SlotsLeased {
             node_id,
             lease,
