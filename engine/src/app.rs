@@ -285,7 +285,7 @@ impl Market {
 
     async fn voucher_of(&self, voucher_id: &VoucherId) -> Result<Arc<Root<Voucher>>, AppError> {
         crate::domain::validate::id("voucher_id", &voucher_id.0)?;
-        Ok(self.handler.load::<Voucher>(&voucher_id.0).await?)
+        Ok(self.handler.load_current::<Voucher>(&voucher_id.0).await?)
     }
 
     /// `merchant`'s own voucher. Another merchant's answers exactly as one that does not
@@ -767,7 +767,10 @@ impl Market {
                         // Tell a full market from this merchant's preview quota: would a
                         // sale's choice (held, then given back at once) find a node, or
                         // lease a slot for one?
-                        let quota = self.allocator.choose(region, &preview.0).is_some() || self.allocator.lease_wish(region, None).is_some();
+                        let lease = |order| self.allocator.lease_wish(order, region, None).is_some();
+                        let quota = self.allocator.choose(region, &preview.0).is_some()
+                            || lease(crate::placement::Order::Load)
+                            || lease(crate::placement::Order::Leased);
                         self.allocator.cancel(&preview.0);
                         return Err(if quota { Rejection::PreviewQuotaReached } else { Rejection::NoNodeAvailable }.into());
                     }

@@ -80,7 +80,13 @@ pub struct Handler {
     cache: Mutex<lru::LruCache<String, CachedRoot>>,
     stripes: Vec<tokio::sync::Mutex<()>>,
     stripe_hasher: std::hash::RandomState,
+    /// Which applied events were this engine's appends (`writers`); once one was not,
+    /// `load_current` asks the log for each subject's newest sequence.
+    writers: Mutex<writers::Writers>,
+    others_append: std::sync::atomic::AtomicBool,
 }
+
+mod writers;
 
 impl Handler {
     pub fn new(log: Arc<dyn EventLog>, clock: Arc<dyn Clock>) -> Self {
@@ -95,6 +101,8 @@ impl Handler {
             cache: Mutex::new(lru::LruCache::new(capacity)),
             stripes: (0..LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             stripe_hasher: std::hash::RandomState::new(),
+            writers: Mutex::new(writers::Writers::default()),
+            others_append: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -143,9 +151,48 @@ impl Handler {
     /// What an engine checks without appending (certificates, suspensions, node status,
     /// configuration) is then at most the follower's lag behind the stream, whoever wrote.
     pub fn observe(&self, subject: &str, seq: Seq) {
+        if !self.others_append() {
+            self.writers(|writers| writers.applied(seq));
+        }
         let mut cache = self.cache.lock().expect("cache lock is never poisoned: no code panics while holding it");
         if cache.peek(subject).is_some_and(|cached| cached.last_seq.is_none_or(|last| last < seq)) {
             cache.pop(subject);
+        }
+    }
+
+    /// Runs `change` on the bookkeeping of who appends, and notes when it found another
+    /// engine's append.
+    fn writers<T>(&self, change: impl FnOnce(&mut writers::Writers) -> T) -> T {
+        let mut writers = self.writers.lock().expect("writers lock is never poisoned");
+        let result = change(&mut writers);
+        if writers.others() && !self.others_append() {
+            self.others_append.store(true, std::sync::atomic::Ordering::Relaxed);
+            tracing::debug!("another engine appends to this stream: use cases check the subjects' heads");
+        }
+        result
+    }
+
+    /// Whether the follower applied an event another engine appended (`observe`).
+    pub fn others_append(&self) -> bool {
+        self.others_append.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// As `load`, and once other engines append to the stream (`observe`), checked against
+    /// the log's authority (one subject-head read): a use case deciding what to do on the
+    /// state (issue, move or renew; refuse before placing) sees another engine's append
+    /// of a moment ago, not only once the follower applied it.
+    pub async fn load_current<A: Aggregate>(&self, id: &str) -> Result<Arc<Root<A>>, HandleError> {
+        let root = self.load::<A>(id).await?;
+        if !self.others_append.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(root);
+        }
+        let aggregate = AggregateRef::new(A::KIND, id);
+        match self.newer_than(&aggregate.subject(), root.last_seq).await? {
+            Some(newer) => {
+                self.forget(&aggregate);
+                self.load_until::<A>(id, newer).await
+            }
+            None => Ok(root),
         }
     }
 
@@ -235,6 +282,20 @@ impl Handler {
                 root = self.load_fresh::<A>(id).await?;
                 continue;
             }
+            // Refused, or nothing to append, on what this engine had: is it the subject's
+            // newest state? (Another engine may have appended since, and a JetStream
+            // replica can answer a read with a lagging copy: neither appends anything, so
+            // no expectation would catch either.)
+            let stale_suspect = decided.is_err() || matches!(&decided, Ok(Outcome::Emit(events)) if events.is_empty());
+            if stale_suspect
+                && stale_checks < STALE_REFUSAL_CHECKS_MAX
+                && let Some(newer) = self.newer_than(&subject, root.last_seq).await?
+            {
+                stale_checks += 1;
+                self.forget(&aggregate);
+                root = self.load_until::<A>(id, newer).await?;
+                continue;
+            }
             let events = match decided {
                 Ok(Outcome::Repeated) => {
                     self.remember(aggregate, Arc::clone(&root));
@@ -242,18 +303,6 @@ impl Handler {
                 }
                 Ok(Outcome::Emit(events)) => events,
                 Err(rejection) => {
-                    // Refused on what this engine had: is it the subject's newest state?
-                    // (Another engine may have appended since, and a JetStream replica can
-                    // answer a read with a lagging copy: a refusal appends nothing, so no
-                    // expectation would catch either.)
-                    if stale_checks < STALE_REFUSAL_CHECKS_MAX
-                        && let Some(newer) = self.newer_than(&subject, root.last_seq).await?
-                    {
-                        stale_checks += 1;
-                        self.forget(&aggregate);
-                        root = self.load_until::<A>(id, newer).await?;
-                        continue;
-                    }
                     if !assumed_empty {
                         self.remember(aggregate, root);
                     }
@@ -339,7 +388,14 @@ impl Handler {
             };
             let expected = next.last_seq.map_or(Expected::Empty, Expected::LastSeq);
             let append = AppendRequest { subject: subject.to_string(), expected, idempotency_key: key, payload: wire::encode(&recorded).into() };
-            match self.log.append(append).await? {
+            let ticket = self.writers(writers::Writers::starting);
+            let appended_one = self.log.append(append).await;
+            let stored = match &appended_one {
+                Ok(Ok(done)) if !done.duplicate => Some(done.seq),
+                _ => None,
+            };
+            self.writers(|writers| writers.finished(ticket, stored));
+            match appended_one? {
                 Ok(done) if done.duplicate => {
                     // An earlier attempt of this very request was stored (a retry after an
                     // unknown outcome): our cached view is behind; reload.
@@ -406,6 +462,39 @@ mod tests {
         assert_eq!(b.load::<Merchant>("m1").await.expect("load").state.status, MerchantStatus::Suspended, "observed: read again");
         a.observe("vs.merchant.m1", seq);
         assert!(a.peek::<Merchant>("m1").is_some(), "its own append is not dropped from the cache");
+    }
+
+    /// Before b's follower applied a's append: b's cache is stale, and a use case deciding
+    /// on it would answer otherwise than one engine (the protection off: `load`). Once b
+    /// saw any event it did not append, `load_current` asks the log for the subject's head
+    /// and reads the newer state; and a refusal decided on the stale state is decided again
+    /// on the newest (`handle`).
+    #[tokio::test]
+    async fn another_engines_append_of_a_moment_ago_is_seen_before_the_follower_applies_it() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log: Arc<dyn EventLog> = Arc::new(crate::log::embedded::EmbeddedLog::open(dir.path()).expect("log"));
+        let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(Millis(1_000)));
+        let (a, b) = (Handler::new(Arc::clone(&log), Arc::clone(&clock)), Handler::new(Arc::clone(&log), Arc::clone(&clock)));
+        let operator = Actor::new(crate::domain::ActorKind::Operator, "op");
+        let register = MerchantCommand::Register { merchant: MerchantId::new("m1"), name: "Shop".into(), credential_hash: [1; 32] };
+        let registered = a.handle::<Merchant>("m1", &operator, &RequestId("r1".into()), &register).await.expect("registered");
+        let suspend = MerchantCommand::Suspend { reason: "fraud".into() };
+        b.handle::<Merchant>("m1", &operator, &RequestId("r2".into()), &suspend).await.expect("suspended through b");
+        assert!(!b.others_append(), "b has seen nothing of a's yet");
+        // b's follower applies a's registration: b knows another engine appends.
+        b.observe("vs.merchant.m1", registered.appended[0]);
+        assert!(b.others_append());
+        let reinstate = MerchantCommand::Reinstate { reason: "cleared".into() };
+        let cached = a.peek::<Merchant>("m1").expect("a cached its registration");
+        assert!(
+            matches!(cached.decide(&operator, &RequestId("r3".into()), &reinstate, clock.now()), Ok(Outcome::Emit(events)) if events.is_empty()),
+            "the protection off: on a's stale Active, reinstating changes nothing"
+        );
+        let reinstated = a.handle::<Merchant>("m1", &operator, &RequestId("r3".into()), &reinstate).await;
+        assert!(reinstated.is_ok_and(|handled| handled.appended.len() == 1), "decided again on the newest state: reinstated");
+        // The protection off: b's cache (not told of a's reinstatement) answers Suspended.
+        assert_eq!(b.load::<Merchant>("m1").await.expect("load").state.status, MerchantStatus::Suspended, "stale");
+        assert_eq!(b.load_current::<Merchant>("m1").await.expect("load").state.status, MerchantStatus::Active, "the subject's head is newer: read again");
     }
 
     /// Event ids are inside every stored payload, so their bytes must never change: pinned

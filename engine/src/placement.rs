@@ -32,6 +32,18 @@ impl Placed {
     }
 }
 
+/// In which order a placement considers the nodes (`Allocator::choose_in`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Order {
+    /// The least loaded node with a free slot, as one engine alone would choose, leasing
+    /// there (or asking the engines that lease its free slots for a share) when this
+    /// engine has no slot of it: several engines answer as one.
+    Load,
+    /// The least loaded node where this engine has a slot or can lease one: when the
+    /// engines holding the free slots of the `Load` choice do not give them back in time.
+    Leased,
+}
+
 /// What an engine should append to keep placing: a change to its lease `lease` of `node`
 /// (None: a new one), or the take-over of another engine's.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -87,6 +99,16 @@ pub const HEARTBEAT_STALE_MS: u64 = 30_000;
 /// node's slots; `cancel` gives the slot back when the command did not append.
 pub trait Allocator: Send + Sync + 'static {
     fn choose(&self, region: Option<&str>, holder: &str) -> Option<Placed>;
+    /// As `choose` (which is `Order::Load`), in `order`. Test doubles: as `choose`.
+    fn choose_in(&self, order: Order, region: Option<&str>, holder: &str) -> Option<Placed> {
+        let _ = order;
+        self.choose(region, holder)
+    }
+    /// As `choose_preview` (`Order::Load`), in `order`. Test doubles: as `choose_preview`.
+    fn choose_preview_in(&self, order: Order, region: Option<&str>, holder: &str, merchant: &MerchantId) -> Option<Placed> {
+        let _ = order;
+        self.choose_preview(region, holder, merchant)
+    }
     /// As `choose`, for a preview of `merchant`: the engine's allocators also keep each
     /// merchant's previews on a node within its quota (the allocation projection's
     /// `preview_quota`), so free previews cannot starve sales. Test doubles without a
@@ -114,10 +136,21 @@ pub trait Allocator: Send + Sync + 'static {
     fn lease_holder(&self) -> Option<String> {
         None
     }
-    /// What to lease so that a `choose` in `region` (a `choose_preview` of `merchant`) can
-    /// succeed (`LeaseWish`).
-    fn lease_wish(&self, region: Option<&str>, merchant: Option<&MerchantId>) -> Option<LeaseWish> {
-        let _ = (region, merchant);
+    /// What to lease so that a `choose_in(order)` in `region` (a `choose_preview_in` of
+    /// `merchant`) can succeed (`LeaseWish`).
+    fn lease_wish(&self, order: Order, region: Option<&str>, merchant: Option<&MerchantId>) -> Option<LeaseWish> {
+        let _ = (order, region, merchant);
+        None
+    }
+    /// Changes whenever a lease or a want is applied, or a slot comes back to a lease on a
+    /// node where an engine asks for a share: what a lease keeper and a placement waiting
+    /// for a share wake on. None: an allocator without leases.
+    fn lease_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
+    /// The last sequence the allocation applied. None: an allocator that does not follow
+    /// the stream.
+    fn applied(&self) -> Option<tokio::sync::watch::Receiver<crate::ids::Seq>> {
         None
     }
     /// The leases to renew, shrink, give back or take over now (the sweeper's).
@@ -134,10 +167,11 @@ pub trait Allocator: Send + Sync + 'static {
 /// The slots side of placement, implemented by the allocation projection: a choice among
 /// the nodes `eligible` accepts, held for `holder` (see `Allocator`).
 pub trait SlotChooser: Send + Sync + 'static {
-    fn choose_where(&self, region: Option<&str>, holder: &str, now: Millis, eligible: &dyn Fn(&NodeId) -> bool) -> Option<Placed>;
+    fn choose_where(&self, order: Order, region: Option<&str>, holder: &str, now: Millis, eligible: &dyn Fn(&NodeId) -> bool) -> Option<Placed>;
     /// As `choose_where`, for a preview of `merchant`, within its quota on each node.
     fn choose_preview_where(
         &self,
+        order: Order,
         region: Option<&str>,
         holder: &str,
         merchant: &MerchantId,
@@ -152,8 +186,23 @@ pub trait SlotChooser: Send + Sync + 'static {
         None
     }
     /// As `Allocator::lease_wish`, among the nodes `eligible` accepts.
-    fn lease_wish(&self, region: Option<&str>, merchant: Option<&MerchantId>, now: Millis, eligible: &dyn Fn(&NodeId) -> bool) -> Option<LeaseWish> {
-        let _ = (region, merchant, now, eligible);
+    fn lease_wish(
+        &self,
+        order: Order,
+        region: Option<&str>,
+        merchant: Option<&MerchantId>,
+        now: Millis,
+        eligible: &dyn Fn(&NodeId) -> bool,
+    ) -> Option<LeaseWish> {
+        let _ = (order, region, merchant, now, eligible);
+        None
+    }
+    /// As `Allocator::lease_changes`.
+    fn lease_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
+    /// As `Allocator::applied`.
+    fn applied(&self) -> Option<tokio::sync::watch::Receiver<crate::ids::Seq>> {
         None
     }
     /// As `Allocator::lease_upkeep`.
@@ -286,19 +335,35 @@ impl HealthyAllocator {
 
 impl Allocator for HealthyAllocator {
     fn choose(&self, region: Option<&str>, holder: &str) -> Option<Placed> {
-        self.slots.choose_where(region, holder, self.health.clock.now(), &|node| self.health.healthy(node))
+        self.choose_in(Order::Load, region, holder)
+    }
+
+    fn choose_in(&self, order: Order, region: Option<&str>, holder: &str) -> Option<Placed> {
+        self.slots.choose_where(order, region, holder, self.health.clock.now(), &|node| self.health.healthy(node))
     }
 
     fn choose_preview(&self, region: Option<&str>, holder: &str, merchant: &MerchantId) -> Option<Placed> {
-        self.slots.choose_preview_where(region, holder, merchant, self.health.clock.now(), &|node| self.health.healthy(node))
+        self.choose_preview_in(Order::Load, region, holder, merchant)
+    }
+
+    fn choose_preview_in(&self, order: Order, region: Option<&str>, holder: &str, merchant: &MerchantId) -> Option<Placed> {
+        self.slots.choose_preview_where(order, region, holder, merchant, self.health.clock.now(), &|node| self.health.healthy(node))
     }
 
     fn lease_holder(&self) -> Option<String> {
         self.slots.lease_holder()
     }
 
-    fn lease_wish(&self, region: Option<&str>, merchant: Option<&MerchantId>) -> Option<LeaseWish> {
-        self.slots.lease_wish(region, merchant, self.health.clock.now(), &|node| self.health.healthy(node))
+    fn lease_wish(&self, order: Order, region: Option<&str>, merchant: Option<&MerchantId>) -> Option<LeaseWish> {
+        self.slots.lease_wish(order, region, merchant, self.health.clock.now(), &|node| self.health.healthy(node))
+    }
+
+    fn lease_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.slots.lease_changes()
+    }
+
+    fn applied(&self) -> Option<tokio::sync::watch::Receiver<crate::ids::Seq>> {
+        self.slots.applied()
     }
 
     fn lease_upkeep(&self) -> Vec<LeaseWish> {
@@ -330,18 +395,19 @@ mod tests {
     struct FirstEligible(Vec<NodeId>);
 
     impl SlotChooser for FirstEligible {
-        fn choose_where(&self, _region: Option<&str>, _holder: &str, _now: Millis, eligible: &dyn Fn(&NodeId) -> bool) -> Option<Placed> {
+        fn choose_where(&self, _order: Order, _region: Option<&str>, _holder: &str, _now: Millis, eligible: &dyn Fn(&NodeId) -> bool) -> Option<Placed> {
             self.0.iter().find(|node| eligible(node)).map(|node| Placed { node: node.clone(), lease: 0 })
         }
         fn choose_preview_where(
             &self,
+            order: Order,
             region: Option<&str>,
             holder: &str,
             _merchant: &MerchantId,
             now: Millis,
             eligible: &dyn Fn(&NodeId) -> bool,
         ) -> Option<Placed> {
-            self.choose_where(region, holder, now, eligible)
+            self.choose_where(order, region, holder, now, eligible)
         }
         fn is_active(&self, node: &NodeId) -> bool {
             self.0.contains(node)

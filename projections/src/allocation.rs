@@ -13,7 +13,7 @@
 use crate::rows::{Rows, Touched};
 use engine::domain::event::Event;
 use engine::ids::{MerchantId, Millis, NodeId, PreviewId};
-use engine::placement::{LeaseChange, LeaseTerms, LeaseWish};
+use engine::placement::{LeaseChange, LeaseTerms, LeaseWish, Order};
 use format::{ReleasedRows, SlotRows};
 use std::collections::BTreeMap;
 
@@ -110,6 +110,9 @@ pub struct Allocation {
     /// This engine's leases as it appended them (slots, until), by node and lease, till the
     /// projection applies them (`note_lease`). Not derived from the stream: not in the digest.
     noted: BTreeMap<(NodeId, u64), (u32, Millis)>,
+    /// Counts the changes a lease keeper or a placement waiting for a share wakes on
+    /// (`lease_generation`). Not derived from the stream as such: not in the digest.
+    lease_generation: u64,
     /// What changed since the projection store last committed this allocation.
     pub(crate) touched_nodes: Touched<NodeId>,
     pub(crate) touched_previews: Touched<PreviewId>,
@@ -182,12 +185,14 @@ impl Allocation {
                         node.leases.remove(lease);
                     }
                     self.touched_nodes.touch(node_id);
+                    self.lease_generation += 1;
                 }
             }
             Event::SlotsWanted { node_id, holder, until } => {
                 if let Some(node) = self.nodes.get_mut(node_id) {
                     node.wants.insert(holder.clone(), *until);
                     self.touched_nodes.touch(node_id);
+                    self.lease_generation += 1;
                 }
             }
             Event::NodeDrained { node_id } | Event::NodeRemoved { node_id } => {
@@ -254,6 +259,10 @@ impl Allocation {
 
     fn give_back(&mut self, node_id: &NodeId, lease: u64) {
         if let Some(node) = self.nodes.get_mut(node_id) {
+            // A slot back on a node where an engine asks for a share: its holder gives it on.
+            if !node.wants.is_empty() {
+                self.lease_generation += 1;
+            }
             node.in_use = node.in_use.saturating_sub(1);
             if let Some(held) = node.leases.get_mut(&lease) {
                 held.in_use = held.in_use.saturating_sub(1);
@@ -324,33 +333,36 @@ impl Allocation {
     /// Chooses a node (as `choose`) and holds one of its slots for `holder` until the
     /// holder's VoucherIssued or PreviewStarted is applied, or `cancel(holder)`.
     pub fn choose_and_hold(&mut self, region: Option<&str>, holder: &str) -> Option<NodeId> {
-        self.choose_and_hold_where(region, holder, Millis(0), None, &|_| true).map(|(node, _)| node)
+        self.choose_and_hold_where(Order::Load, region, holder, Millis(0), None, &|_| true).map(|(node, _)| node)
     }
 
     /// As `choose_and_hold`, among the nodes `eligible` accepts (the engine's health view:
     /// nodes that announced themselves and sent a recent heartbeat), from a lease this
     /// allocation's holder holds at `now` under `terms` (`set_holder`; by node only without
-    /// one): the node and the lease.
+    /// one), in `order`: the node and the lease.
     pub fn choose_and_hold_where(
         &mut self,
+        order: Order,
         region: Option<&str>,
         holder: &str,
         now: Millis,
         terms: Option<LeaseTerms>,
         eligible: &dyn Fn(&NodeId) -> bool,
     ) -> Option<(NodeId, u64)> {
-        self.hold(region, holder, now, terms, None, eligible)
+        self.hold(order, region, holder, now, terms, None, eligible)
     }
 
     /// As `choose_and_hold_where`, for a preview of `merchant`: only nodes where the
     /// merchant's previews hold less than its quota (`preview_quota`).
     pub fn choose_preview_where(&mut self, region: Option<&str>, holder: &str, merchant: &MerchantId, eligible: &dyn Fn(&NodeId) -> bool) -> Option<NodeId> {
-        self.choose_preview_leased(region, holder, merchant, Millis(0), None, eligible).map(|(node, _)| node)
+        self.choose_preview_leased(Order::Load, region, holder, merchant, Millis(0), None, eligible).map(|(node, _)| node)
     }
 
     /// As `choose_preview_where`, from a lease (`choose_and_hold_where`).
+    #[allow(clippy::too_many_arguments)]
     pub fn choose_preview_leased(
         &mut self,
+        order: Order,
         region: Option<&str>,
         holder: &str,
         merchant: &MerchantId,
@@ -358,11 +370,13 @@ impl Allocation {
         terms: Option<LeaseTerms>,
         eligible: &dyn Fn(&NodeId) -> bool,
     ) -> Option<(NodeId, u64)> {
-        self.hold(region, holder, now, terms, Some(merchant), eligible)
+        self.hold(order, region, holder, now, terms, Some(merchant), eligible)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn hold(
         &mut self,
+        order: Order,
         region: Option<&str>,
         holder: &str,
         now: Millis,
@@ -373,7 +387,7 @@ impl Allocation {
         if let Some(held) = self.tentative.get(holder) {
             return Some((held.node.clone(), held.lease));
         }
-        let node = self.best_node(region, now, terms, merchant, eligible)?;
+        let node = self.best_node(order, region, now, terms, merchant, eligible)?;
         let lease = match (&self.holder, terms) {
             (Some(me), Some(terms)) => self.lease_room(&node, me, now, terms)?.0,
             _ => 0,
@@ -383,9 +397,8 @@ impl Allocation {
     }
 
     /// The lease of `node` that `me` holds, usable at `now`, with the most slots left to
-    /// give out (counting tentative holds), and how many.
-    /// While another engine waits for a share (`fair_share`), no more than what is left
-    /// of this engine's share.
+    /// give out (counting tentative holds), and how many. While another engine asks for a
+    /// share (`fair_share`), no more than what is left of this engine's share.
     fn lease_room(&self, node: &NodeId, me: &str, now: Millis, terms: LeaseTerms) -> Option<(u64, u32)> {
         let leases = self.leases_of(node, me);
         let allowance = match self.nodes.get(node).and_then(|slots| fair_share(slots, me, now)) {
@@ -425,11 +438,21 @@ impl Allocation {
         self.holder.as_deref()
     }
 
-    /// What to lease so that a choice in `region` (as `choose_and_hold_where`) can succeed:
-    /// on the least loaded eligible node with a free slot, renew this holder's lease that
-    /// runs out, or grow its lease (or start one) by `lease_step` within the unleased slots.
+    /// Counts the applied changes to leases and wants, and the slots that came back to a
+    /// lease on a node where an engine asks for a share (`Allocator::lease_changes`).
+    pub fn lease_generation(&self) -> u64 {
+        self.lease_generation
+    }
+
+    /// What to lease so that a choice in `order` (as `choose_and_hold_where`) can succeed,
+    /// on the node that choice takes: renew this holder's lease that runs out, or grow it
+    /// (or start one) by `lease_step` within the unleased slots; in `Order::Load`, when
+    /// neither can be and other engines' running leases hold free slots there, ask them
+    /// for a share (`LeaseChange::Want`). None when this engine has a slot there already,
+    /// or nothing can be asked.
     pub fn lease_wish(
         &self,
+        order: Order,
         region: Option<&str>,
         merchant: Option<&MerchantId>,
         now: Millis,
@@ -437,44 +460,35 @@ impl Allocation {
         eligible: &dyn Fn(&NodeId) -> bool,
     ) -> Option<LeaseWish> {
         let me = self.holder.as_deref()?;
-        match self.best_node(region, now, Some(terms), merchant, eligible) {
-            Some(node) => self.wish_for(&node, me, now, terms),
-            None => self.want(region, merchant, me, now, terms, eligible),
+        let node = self.best_node(order, region, now, Some(terms), merchant, eligible)?;
+        if self.lease_room(&node, me, now, terms).is_some() {
+            return None;
         }
+        if let Some(wish) = self.wish_for(&node, me, now, terms) {
+            return Some(wish);
+        }
+        (order == Order::Load && self.others_hold_free(&node, me, now)).then_some(LeaseWish { node, lease: None, change: LeaseChange::Want })
     }
 
-    /// When no eligible node has a slot this engine holds or can lease: the least loaded
-    /// eligible node (in `region` if one there will do) whose slots other engines lease
-    /// all of, where this engine holds less than its fair share and is not asking for it
-    /// already (for more than half of `want_ms`): ask there (`LeaseChange::Want`).
-    fn want(&self, region: Option<&str>, merchant: Option<&MerchantId>, me: &str, now: Millis, terms: LeaseTerms, eligible: &dyn Fn(&NodeId) -> bool) -> Option<LeaseWish> {
-        let wanting = |(id, node): &(&NodeId, &NodeSlots)| {
-            let mine: u32 = self.leases_of(id, me).iter().map(|(_, lease)| lease.slots).sum();
-            node.active
-                && node.unleased() == 0
-                && mine < share_among(node, me, now)
-                && node.wants.get(me).is_none_or(|until| *until <= now.plus_ms(terms.want_ms / 2))
-                && merchant.is_none_or(|merchant| self.preview_room(id, merchant))
-                && eligible(id)
-        };
-        let node = self.least_loaded(region, &wanting)?;
-        Some(LeaseWish { node, lease: None, change: LeaseChange::Want })
+    /// Whether another engine's running lease of `node_id` has slots it does not use.
+    fn others_hold_free(&self, node_id: &NodeId, me: &str, now: Millis) -> bool {
+        self.nodes.get(node_id).is_some_and(|node| node.leases.values().any(|lease| lease.holder != me && lease.until > now && lease.slots > lease.in_use))
     }
 
     /// The least loaded node (in `region` if one there will do) that `eligible` accepts,
-    /// with a free slot (and `merchant`'s preview quota not used up), where this engine has
-    /// a slot left in its leases or can lease one: the node a choice takes, or the node it
-    /// leases on first, so leases follow the least-loaded order rather than bend it.
+    /// with a free slot (and `merchant`'s preview quota not used up); in `Order::Leased`
+    /// only where this engine has a slot left in its leases or can lease one.
     fn best_node(
         &self,
+        order: Order,
         region: Option<&str>,
         now: Millis,
         terms: Option<LeaseTerms>,
         merchant: Option<&MerchantId>,
         eligible: &dyn Fn(&NodeId) -> bool,
     ) -> Option<NodeId> {
-        let leased = |node: &NodeId| match (&self.holder, terms) {
-            (Some(me), Some(terms)) => self.lease_room(node, me, now, terms).is_some() || self.wish_for(node, me, now, terms).is_some(),
+        let leased = |node: &NodeId| match (order, &self.holder, terms) {
+            (Order::Leased, Some(me), Some(terms)) => self.lease_room(node, me, now, terms).is_some() || self.wish_for(node, me, now, terms).is_some(),
             _ => true,
         };
         let quota = |node: &NodeId| merchant.is_none_or(|merchant| self.preview_room(node, merchant));
@@ -499,35 +513,31 @@ impl Allocation {
     }
 
     /// The leases to look after at `now`: this holder's to renew (less than half the ttl
-    /// left), shrink (more than two steps unused: to one step above what is in use) or give
-    /// back (nothing in use, or its node no longer active); others' to take over (past
-    /// their `until` by the grace: a dead engine's).
+    /// left), shrink (more than two steps unused: to one step above what is in use; while
+    /// another engine asks for a share there: to what is in use) or give back (nothing in
+    /// use, or its node no longer active); others' to take over (past their `until` by the
+    /// grace: a dead engine's).
     pub fn lease_upkeep(&self, now: Millis, terms: LeaseTerms) -> Vec<LeaseWish> {
         let Some(me) = self.holder.as_deref() else { return Vec::new() };
         let mut wishes = Vec::new();
         for (node_id, node) in &self.nodes {
             let step = lease_step(node.slots_max);
-            let share = fair_share(node, me, now);
-            let held: u32 = node.leases.values().filter(|lease| lease.holder == me).map(|lease| lease.slots).sum();
             for (id, lease) in &node.leases {
-                if lease.holder != me {
-                    if now > lease.until.plus_ms(terms.grace_ms) {
-                        wishes.push(LeaseWish { node: node_id.clone(), lease: Some(*id), change: LeaseChange::TakeOver });
-                    }
-                    continue;
+                if lease.holder != me && now > lease.until.plus_ms(terms.grace_ms) {
+                    wishes.push(LeaseWish { node: node_id.clone(), lease: Some(*id), change: LeaseChange::TakeOver });
                 }
-                let used = lease.in_use.saturating_add(self.held_from(node_id, *id));
-                let mut keep = if used == 0 || !node.active { used } else { lease.slots.min(used.saturating_add(step)) };
-                // Another engine waits: keep no more than the share (less this engine's
-                // other leases here), nor less than what is in use.
-                if let Some(share) = share {
-                    keep = keep.min(used.max(share.saturating_sub(held.saturating_sub(lease.slots))));
-                }
-                let shrink = keep == 0 || lease.slots > keep.saturating_add(step) || (share.is_some() && lease.slots > keep);
+            }
+            // Another engine asks for a share here: keep only what is in use.
+            let asked = fair_share(node, me, now).is_some();
+            // This engine's leases as it appended them (a growth not applied yet included).
+            for (id, lease) in self.leases_of(node_id, me) {
+                let used = lease.in_use.saturating_add(self.held_from(node_id, id));
+                let keep = if used == 0 || !node.active || asked { used.min(lease.slots) } else { lease.slots.min(used.saturating_add(step)) };
+                let shrink = keep == 0 || lease.slots > keep.saturating_add(step) || (asked && lease.slots > keep);
                 let renew = now.plus_ms(terms.ttl_ms / 2) >= lease.until;
                 if lease.slots > 0 && (shrink || renew) {
                     let slots = if shrink { keep } else { lease.slots };
-                    wishes.push(LeaseWish { node: node_id.clone(), lease: Some(*id), change: LeaseChange::Set(slots) });
+                    wishes.push(LeaseWish { node: node_id.clone(), lease: Some(id), change: LeaseChange::Set(slots) });
                 }
             }
         }
@@ -697,7 +707,7 @@ mod tests {
         allocation.apply(&register("b", "eu", 10));
         let only_b = |node: &NodeId| node.as_str() == "b";
         assert_eq!(allocation.choose(None), Some(NodeId::new("a")), "control: a is the first choice");
-        assert_eq!(allocation.choose_and_hold_where(None, "v1", Millis(0), None, &only_b), Some((NodeId::new("b"), 0)));
+        assert_eq!(allocation.choose_and_hold_where(Order::Load, None, "v1", Millis(0), None, &only_b), Some((NodeId::new("b"), 0)));
         assert_eq!(allocation.choose_where(Some("eu"), &|_| false), None, "no healthy node, no choice");
     }
 
@@ -751,8 +761,8 @@ mod tests {
     #[test]
     fn two_engines_with_leases_never_give_out_more_slots_than_the_node_has() {
         let (mut a, mut b) = (engine("ea"), engine("eb"));
-        assert_eq!(a.choose_and_hold_where(None, "va0", Millis(0), Some(TERMS), &|_| true), None, "no lease, no slot");
-        let wish = a.lease_wish(None, None, Millis(0), TERMS, &|_| true).expect("a lease to ask for");
+        assert_eq!(a.choose_and_hold_where(Order::Load, None, "va0", Millis(0), Some(TERMS), &|_| true), None, "no lease, no slot");
+        let wish = a.lease_wish(Order::Load, None, None, Millis(0), TERMS, &|_| true).expect("a lease to ask for");
         assert_eq!(wish, LeaseWish { node: NodeId::new("a"), lease: None, change: LeaseChange::Grow(1) }, "a step of the node");
         // What the node aggregate granted, in stream order: ea 3 slots, eb the last one.
         for event in [leased("a", 1, "ea", 3, 60_000), leased("a", 2, "eb", 1, 60_000)] {
@@ -761,17 +771,22 @@ mod tests {
         }
         let mut given = 0;
         for n in 0..4 {
-            given += usize::from(a.choose_and_hold_where(None, &format!("va{n}"), Millis(0), Some(TERMS), &|_| true).is_some());
-            given += usize::from(b.choose_and_hold_where(None, &format!("vb{n}"), Millis(0), Some(TERMS), &|_| true).is_some());
+            given += usize::from(a.choose_and_hold_where(Order::Load, None, &format!("va{n}"), Millis(0), Some(TERMS), &|_| true).is_some());
+            given += usize::from(b.choose_and_hold_where(Order::Load, None, &format!("vb{n}"), Millis(0), Some(TERMS), &|_| true).is_some());
         }
         assert_eq!(given, 4, "ea gives out its 3, eb its 1");
-        assert_eq!(a.choose_and_hold_where(None, "va1", Millis(0), Some(TERMS), &|_| true), Some((NodeId::new("a"), 1)), "from lease 1");
-        assert_eq!(a.lease_wish(None, None, Millis(0), TERMS, &|_| true), None, "every slot is leased: nothing to grow into");
+        assert_eq!(a.choose_and_hold_where(Order::Load, None, "va1", Millis(0), Some(TERMS), &|_| true), Some((NodeId::new("a"), 1)), "from lease 1");
+        assert_eq!(a.lease_wish(Order::Leased, None, None, Millis(0), TERMS, &|_| true), None, "every slot is leased: nothing to grow into");
+        assert_eq!(
+            a.lease_wish(Order::Load, None, None, Millis(0), TERMS, &|_| true).map(|wish| wish.change),
+            Some(LeaseChange::Want),
+            "eb's lease shows a slot it does not use: ask for a share"
+        );
         // Past its until (less the margin) a lease gives out nothing more: renew first.
         a.cancel("va2");
-        assert_eq!(a.choose_and_hold_where(None, "va9", Millis(55_000), Some(TERMS), &|_| true), None);
+        assert_eq!(a.choose_and_hold_where(Order::Load, None, "va9", Millis(55_000), Some(TERMS), &|_| true), None);
         assert_eq!(
-            a.lease_wish(None, None, Millis(55_000), TERMS, &|_| true).map(|wish| (wish.lease, wish.change)),
+            a.lease_wish(Order::Load, None, None, Millis(55_000), TERMS, &|_| true).map(|wish| (wish.lease, wish.change)),
             Some((Some(1), LeaseChange::Set(3))),
             "renew lease 1"
         );
@@ -795,10 +810,10 @@ mod tests {
         a.apply(&issued("v1", 1));
         a.apply(&issued("v2", 1));
         assert_eq!(a.nodes[&NodeId::new("a")].leases[&1].in_use, 2);
-        assert_eq!(a.choose_and_hold_where(None, "v3", Millis(0), Some(TERMS), &|_| true), None, "lease 1 is used up");
+        assert_eq!(a.choose_and_hold_where(Order::Load, None, "v3", Millis(0), Some(TERMS), &|_| true), None, "lease 1 is used up");
         a.apply(&Event::AccessLapsed { voucher_id: VoucherId::new("v1"), node_id: NodeId::new("a") });
         assert_eq!(a.nodes[&NodeId::new("a")].leases[&1].in_use, 1, "the lapsed voucher's slot came back to its lease");
-        assert_eq!(a.choose_and_hold_where(None, "v3", Millis(0), Some(TERMS), &|_| true), Some((NodeId::new("a"), 1)));
+        assert_eq!(a.choose_and_hold_where(Order::Load, None, "v3", Millis(0), Some(TERMS), &|_| true), Some((NodeId::new("a"), 1)));
     }
 
     /// The sweeper's care: renew a lease in use when half its ttl is gone, shrink one far
@@ -849,9 +864,13 @@ mod tests {
         a.note_lease(&NodeId::new("a"), 1, "ea", 2, Millis(60_000));
         a.note_lease(&NodeId::new("a"), 2, "eb", 2, Millis(60_000));
         assert_eq!(digest(&a), before, "noted, not applied");
-        assert_eq!(a.choose_and_hold_where(None, "v1", Millis(0), Some(TERMS), &|_| true), Some((NodeId::new("a"), 1)));
-        assert_eq!(a.choose_and_hold_where(None, "v2", Millis(0), Some(TERMS), &|_| true), Some((NodeId::new("a"), 1)));
-        assert_eq!(a.choose_and_hold_where(None, "v3", Millis(0), Some(TERMS), &|_| true), None, "two noted slots; another engine's lease is not noted");
+        assert_eq!(a.choose_and_hold_where(Order::Load, None, "v1", Millis(0), Some(TERMS), &|_| true), Some((NodeId::new("a"), 1)));
+        assert_eq!(a.choose_and_hold_where(Order::Load, None, "v2", Millis(0), Some(TERMS), &|_| true), Some((NodeId::new("a"), 1)));
+        assert_eq!(
+            a.choose_and_hold_where(Order::Load, None, "v3", Millis(0), Some(TERMS), &|_| true),
+            None,
+            "two noted slots; another engine's lease is not noted"
+        );
         a.apply(&leased("a", 1, "ea", 2, 60_000));
         assert!(a.noted.is_empty(), "applied: the note is dropped");
         // A lease given back is applied, and a late note cannot bring it back.
@@ -885,11 +904,13 @@ mod tests {
             }
             (a, b)
         };
-        let placed_by_a = |a: &mut Allocation| (0..4).filter(|n| a.choose_and_hold_where(None, &format!("w{n}"), Millis(1_000), Some(TERMS), &all).is_some()).count();
+        let placed_by_a = |a: &mut Allocation| {
+            (0..4).filter(|n| a.choose_and_hold_where(Order::Load, None, &format!("w{n}"), Millis(1_000), Some(TERMS), &all).is_some()).count()
+        };
 
         let (mut a, b) = full(false);
         assert_eq!(
-            b.lease_wish(None, None, Millis(0), TERMS, &all),
+            b.lease_wish(Order::Load, None, None, Millis(0), TERMS, &all),
             Some(LeaseWish { node: NodeId::new("n"), lease: None, change: LeaseChange::Want }),
             "every slot leased by ea: eb asks for its share"
         );
@@ -897,22 +918,28 @@ mod tests {
         assert_eq!(a.lease_upkeep(Millis(1_000), TERMS), vec![], "and keeps its lease of 8");
 
         let (mut a, mut b) = full(true);
-        assert_eq!(b.lease_wish(None, None, Millis(1_000), TERMS, &all), None, "eb asked already");
+        assert_eq!(
+            b.lease_wish(Order::Load, None, None, Millis(1_000), TERMS, &all).map(|wish| wish.change),
+            Some(LeaseChange::Want),
+            "still nothing to lease: eb would ask again (the node aggregate appends nothing while its want runs)"
+        );
         assert_eq!(placed_by_a(&mut a), 0, "ea has its share of 4 in use: nothing more from its lease");
         let shrink = a.lease_upkeep(Millis(1_000), TERMS);
         assert_eq!(shrink, vec![LeaseWish { node: NodeId::new("n"), lease: Some(1), change: LeaseChange::Set(4) }], "ea shrinks to its share");
-        for event in [leased("n", 1, "ea", 4, 61_000)] {
-            a.apply(&event);
-            b.apply(&event);
-        }
-        assert_eq!(b.lease_wish(None, None, Millis(1_000), TERMS, &all), Some(LeaseWish { node: NodeId::new("n"), lease: None, change: LeaseChange::Grow(1) }));
+        let shrunk = leased("n", 1, "ea", 4, 61_000);
+        a.apply(&shrunk);
+        b.apply(&shrunk);
+        assert_eq!(
+            b.lease_wish(Order::Load, None, None, Millis(1_000), TERMS, &all),
+            Some(LeaseWish { node: NodeId::new("n"), lease: None, change: LeaseChange::Grow(1) })
+        );
         let grown = leased("n", 2, "eb", 1, 61_000);
         a.apply(&grown);
         b.apply(&grown);
         assert!(b.nodes[&NodeId::new("n")].wants.is_empty(), "eb's lease grew: its want ended");
-        assert_eq!(b.choose_and_hold_where(None, "x0", Millis(1_000), Some(TERMS), &all), Some((NodeId::new("n"), 2)), "eb places from its lease");
+        assert_eq!(b.choose_and_hold_where(Order::Load, None, "x0", Millis(1_000), Some(TERMS), &all), Some((NodeId::new("n"), 2)), "eb places from its lease");
         assert_eq!(placed_by_a(&mut a), 0, "ea keeps to its share");
         // Nobody waits any more: ea may grow into what is unleased again.
-        assert_eq!(a.lease_wish(None, None, Millis(1_000), TERMS, &all).map(|wish| wish.change), Some(LeaseChange::Grow(1)));
+        assert_eq!(a.lease_wish(Order::Load, None, None, Millis(1_000), TERMS, &all).map(|wish| wish.change), Some(LeaseChange::Grow(1)));
     }
 }

@@ -11,7 +11,7 @@ use engine::crypto::{RsaPublic, SecretKey};
 use engine::domain::event::RightsReportSealed;
 use engine::ids::{MerchantId, Millis, NodeId, Seq};
 use engine::log::EventLog;
-use engine::placement::{Allocator, LEASE_TERMS, LeaseWish, Placed};
+use engine::placement::{Allocator, LEASE_TERMS, LeaseWish, Order, Placed};
 use futures::StreamExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -39,6 +39,8 @@ pub struct Live {
     /// Told (subject, sequence) of each event applied (`observe_applied`): the engine's
     /// aggregate cache drops what another engine changed.
     observer: Arc<std::sync::OnceLock<Observer>>,
+    /// The allocation's `lease_generation` after each event applied that changed it.
+    leases: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// What `Live::observe_applied` calls for each event applied.
@@ -97,6 +99,7 @@ impl Live {
             batch_events_max: BATCH_EVENTS_MAX,
             fresh: None,
             observer: Arc::default(),
+            leases: Arc::new(tokio::sync::watch::channel(0).0),
         }
     }
 
@@ -178,6 +181,7 @@ impl Live {
             batch_events_max: BATCH_EVENTS_MAX,
             fresh: Some(fresh),
             observer: Arc::default(),
+            leases: Arc::new(tokio::sync::watch::channel(0).0),
         }
     }
 
@@ -263,7 +267,7 @@ impl Live {
         while let Some(stored) = events.next().await {
             let stored = stored.map_err(RunError::from_read)?;
             let seq = stored.seq;
-            self.inner.lock().expect("projection lock is never poisoned: apply does not panic").apply(&stored)?;
+            self.apply_one(&stored)?;
             self.tell_observer(&stored);
             self.applied.send_replace(seq);
         }
@@ -296,16 +300,20 @@ impl Live {
         let last_seq = projections.last_seq;
         match &self.store {
             None => {
+                let generation = projections.allocation.lease_generation();
                 *self.lock() = projections;
                 self.applied.send_replace(last_seq);
+                self.leases.send_replace(generation);
             }
             Some(store) => {
                 let emptied = Arc::clone(store);
                 tokio::task::spawn_blocking(move || emptied.reset()).await.map_err(|error| RunError::Store(CommitError::Task { task: "reset", error }))??;
                 let prepared = {
                     let mut current = self.lock();
+                    let generation = projections.allocation.lease_generation();
                     *current = projections;
                     self.applied.send_replace(last_seq);
+                    self.leases.send_replace(generation);
                     store.prepare(&mut current)?
                 };
                 let writer = Arc::clone(store);
@@ -332,7 +340,7 @@ impl Live {
             for stored in batch {
                 let outcome = stored.map_err(RunError::from_read).and_then(|stored| {
                     // Locked per event, not per batch, so the allocator never waits long.
-                    self.lock().apply(&stored).map_err(RunError::from)?;
+                    self.apply_one(&stored).map_err(RunError::from)?;
                     self.tell_observer(&stored);
                     Ok(stored.seq)
                 });
@@ -370,6 +378,19 @@ impl Live {
         self.observer.set(observer)
     }
 
+    /// Applies one event, and tells `lease_changes` when the allocation's leases changed.
+    fn apply_one(&self, stored: &engine::log::StoredEvent) -> Result<(), Finding> {
+        let mut projections = self.lock();
+        let before = projections.allocation.lease_generation();
+        projections.apply(stored)?;
+        let after = projections.allocation.lease_generation();
+        drop(projections);
+        if after != before {
+            self.leases.send_replace(after);
+        }
+        Ok(())
+    }
+
     fn tell_observer(&self, stored: &engine::log::StoredEvent) {
         if let Some(observer) = self.observer.get() {
             observer(&stored.subject, stored.seq);
@@ -401,8 +422,8 @@ impl Live {
 impl Live {
     /// The allocator's choice among the nodes `eligible` accepts (see `Allocator::choose`),
     /// from a slot lease once `set_lease_holder` named this engine.
-    pub fn choose_where(&self, region: Option<&str>, holder: &str, now: Millis, eligible: &dyn Fn(&NodeId) -> bool) -> Option<Placed> {
-        let (node, lease) = self.lock().allocation.choose_and_hold_where(region, holder, now, Some(LEASE_TERMS), eligible)?;
+    pub fn choose_where(&self, order: Order, region: Option<&str>, holder: &str, now: Millis, eligible: &dyn Fn(&NodeId) -> bool) -> Option<Placed> {
+        let (node, lease) = self.lock().allocation.choose_and_hold_where(order, region, holder, now, Some(LEASE_TERMS), eligible)?;
         Some(Placed { node, lease })
     }
 
@@ -414,19 +435,20 @@ impl Live {
 }
 
 impl engine::placement::SlotChooser for Live {
-    fn choose_where(&self, region: Option<&str>, holder: &str, now: Millis, eligible: &dyn Fn(&NodeId) -> bool) -> Option<Placed> {
-        Live::choose_where(self, region, holder, now, eligible)
+    fn choose_where(&self, order: Order, region: Option<&str>, holder: &str, now: Millis, eligible: &dyn Fn(&NodeId) -> bool) -> Option<Placed> {
+        Live::choose_where(self, order, region, holder, now, eligible)
     }
 
     fn choose_preview_where(
         &self,
+        order: Order,
         region: Option<&str>,
         holder: &str,
         merchant: &MerchantId,
         now: Millis,
         eligible: &dyn Fn(&NodeId) -> bool,
     ) -> Option<Placed> {
-        let (node, lease) = self.lock().allocation.choose_preview_leased(region, holder, merchant, now, Some(LEASE_TERMS), eligible)?;
+        let (node, lease) = self.lock().allocation.choose_preview_leased(order, region, holder, merchant, now, Some(LEASE_TERMS), eligible)?;
         Some(Placed { node, lease })
     }
 
@@ -442,8 +464,23 @@ impl engine::placement::SlotChooser for Live {
         self.lock().allocation.holder().map(str::to_string)
     }
 
-    fn lease_wish(&self, region: Option<&str>, merchant: Option<&MerchantId>, now: Millis, eligible: &dyn Fn(&NodeId) -> bool) -> Option<LeaseWish> {
-        self.lock().allocation.lease_wish(region, merchant, now, LEASE_TERMS, eligible)
+    fn lease_wish(
+        &self,
+        order: Order,
+        region: Option<&str>,
+        merchant: Option<&MerchantId>,
+        now: Millis,
+        eligible: &dyn Fn(&NodeId) -> bool,
+    ) -> Option<LeaseWish> {
+        self.lock().allocation.lease_wish(order, region, merchant, now, LEASE_TERMS, eligible)
+    }
+
+    fn lease_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.leases.subscribe())
+    }
+
+    fn applied(&self) -> Option<tokio::sync::watch::Receiver<Seq>> {
+        Some(self.applied.subscribe())
     }
 
     fn lease_upkeep(&self, now: Millis) -> Vec<LeaseWish> {

@@ -209,12 +209,15 @@ async fn two_engines_never_give_out_more_slots_than_a_node_has() {
 }
 
 /// One engine leased every slot of the node (alone, before the other placed anything)
-/// and keeps them in use. The other, refused for want of a slot, asks for its share
-/// (`SlotsWanted` on the node's subject): the first then gives out nothing past its share
-/// and gives back what comes back to it, which the other leases. (The protection off, the
-/// first fills what comes back again: `projections::allocation`'s unit test.)
+/// and uses them: the other is refused, as one engine would be (the node is full). Then
+/// half of them come back to the first engine's lease: the other, which one engine would
+/// place there, asks for a share (`SlotsWanted` on the node's subject), the first gives
+/// back at once what it does not use (its lease keeper applies the want), and the other
+/// leases it and places, each answer as one engine's. (The protection off, the first
+/// keeps what came back until its upkeep, and fills it again: `projections::allocation`'s
+/// unit test.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_engine_that_finds_every_slot_leased_gets_its_share_as_slots_come_back() {
+async fn an_engine_that_finds_every_free_slot_leased_by_another_gets_them_as_one_engine_would() {
     let server = NatsServer::start().unwrap_or_else(|e| panic!("{e}"));
     let engines = two_engines(&server, true, false).await;
     let mut at_a = engines.merchant_on(&engines.a).await;
@@ -224,34 +227,36 @@ async fn an_engine_that_finds_every_slot_leased_gets_its_share_as_slots_come_bac
         voucher_id: voucher_id.to_string(),
         region: String::new(),
     };
-    let on_a = authorized(&mut at_a, &engines.media_id, "a", NODE_SLOTS as usize + 3).await;
+    let on_a = authorized(&mut at_a, &engines.media_id, "a", NODE_SLOTS as usize + 1).await;
     for voucher_id in &on_a[..NODE_SLOTS as usize] {
         at_a.issue_voucher(issue(voucher_id, "1")).await.expect("a leases every slot, one step at a time");
     }
-    let on_b = authorized(&mut at_b, &engines.media_id, "b", 3).await;
-    let refused = at_b.issue_voucher(issue(&on_b[0], "1")).await.expect_err("every slot is a's");
+    let on_b = authorized(&mut at_b, &engines.media_id, "b", 4).await;
+    let refused = at_b.issue_voucher(issue(&on_b[0], "1")).await.expect_err("the node is full");
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
     let node_subject = format!("vs.node.{}", engines.node.node_id());
+    let b_holder = engines.b.state.market.allocator().lease_holder().expect("b leases");
     let wanted = |events: &[engine::log::StoredEvent]| {
         events
             .iter()
-            .filter(|stored| matches!(engine::wire::decode(&stored.payload).expect("decodes").event, Event::SlotsWanted { ref holder, .. } if *holder == engines.b.state.market.allocator().lease_holder().expect("b leases")))
+            .filter(
+                |stored| matches!(engine::wire::decode(&stored.payload).expect("decodes").event, Event::SlotsWanted { ref holder, .. } if *holder == b_holder),
+            )
             .count()
     };
-    assert_eq!(wanted(&engines.log.read_subject(&node_subject).await.expect("node events")), 1, "b asked for its share");
-    // Half of a's sales are refunded: their slots come back to a's lease, which a no
-    // longer gives out (it holds its share), and gives back.
+    assert_eq!(wanted(&engines.log.read_subject(&node_subject).await.expect("node events")), 0, "nothing free to ask for");
+    // Half of a's sales are refunded: their slots come back to a's lease.
     for (n, voucher_id) in on_a[..3].iter().enumerate() {
         let refund = pb::RefundRequest { request_id: format!("refund-{n}"), voucher_id: voucher_id.clone(), reason: "changed mind".into(), chargeback: false };
         at_a.refund(refund).await.expect("refund");
     }
-    engines.a.state.live.caught_up(engines.head().await).await;
-    let over_share = at_a.issue_voucher(issue(&on_a[NODE_SLOTS as usize], "1")).await.expect_err("a holds its share");
-    assert_eq!(over_share.code(), Code::ResourceExhausted, "{over_share:?}");
-    engines.a.state.market.keep_leases().await.expect("a's lease upkeep");
-    engines.b.state.live.caught_up(engines.head().await).await;
-    for voucher_id in &on_b {
-        at_b.issue_voucher(issue(voucher_id, "2")).await.expect("b leases what a gave back");
+    for voucher_id in &on_b[..3] {
+        at_b.issue_voucher(issue(voucher_id, "2")).await.expect("b gets a share of what came back, at once");
+    }
+    assert!(wanted(&engines.log.read_subject(&node_subject).await.expect("node events")) >= 1, "b asked for a share");
+    for (engine, voucher_id) in [(&mut at_a, &on_a[NODE_SLOTS as usize]), (&mut at_b, &on_b[3])] {
+        let full = engine.issue_voucher(issue(voucher_id, "3")).await.expect_err("the node is full again");
+        assert_eq!(full.code(), Code::ResourceExhausted, "{full:?}");
     }
     let most = replay_tests::most_slots_in_use(engines.log.as_ref()).await;
     assert!(most <= NODE_SLOTS, "{most} slots in use on a node of {NODE_SLOTS}");

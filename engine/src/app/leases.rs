@@ -7,11 +7,19 @@
 //! (`SlotsWanted`), and the others give it back as their slots come back.
 
 use super::*;
-use crate::placement::{LEASE_TERMS, LeaseChange, LeaseWish, Placed};
+use crate::placement::{LEASE_TERMS, LeaseChange, LeaseWish, Order, Placed};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// How many leases one placement asks for before it answers NoNodeAvailable.
 const LEASE_ATTEMPTS_MAX: usize = 3;
+
+/// How long a placement waits for the share it asked for (`SlotsWanted`) before it places
+/// where this engine has slots (`Order::Leased`): the other engines give it back as soon as
+/// they apply the want, a few milliseconds; an engine that does not is gone or stuck.
+const SHARE_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How long a placement waits for this engine's allocation to apply the stream's head.
+const CATCH_UP_MAX: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Makes each lease request id of this process distinct (with the holder, which is
 /// distinct per engine).
@@ -21,41 +29,114 @@ impl Market {
     /// A sale's placement (`Allocator::choose`) for `holder` (a voucher id), leasing slots
     /// first when this engine's leases have none left.
     pub(crate) async fn place(&self, region: Option<&str>, holder: &str) -> Result<Placed, AppError> {
-        self.place_with(region, None, &|| self.allocator.choose(region, holder)).await
+        self.place_with(region, None, &|order| self.allocator.choose_in(order, region, holder)).await
     }
 
     /// As `place`, for a preview of `merchant` (`Allocator::choose_preview`).
     pub(crate) async fn place_preview(&self, region: Option<&str>, holder: &str, merchant: &MerchantId) -> Result<Option<Placed>, AppError> {
-        match self.place_with(region, Some(merchant), &|| self.allocator.choose_preview(region, holder, merchant)).await {
+        match self.place_with(region, Some(merchant), &|order| self.allocator.choose_preview_in(order, region, holder, merchant)).await {
             Ok(placed) => Ok(Some(placed)),
             Err(AppError::Rejected(Rejection::NoNodeAvailable)) => Ok(None),
             Err(error) => Err(error),
         }
     }
 
-    async fn place_with(&self, region: Option<&str>, merchant: Option<&MerchantId>, choose: &(dyn Fn() -> Option<Placed> + Sync)) -> Result<Placed, AppError> {
-        for _ in 0..LEASE_ATTEMPTS_MAX {
-            if let Some(placed) = choose() {
+    /// Places as one engine alone would (`Order::Load`: the least loaded node with a free
+    /// slot, leasing there or asking the engines that lease its free slots for a share and
+    /// waiting for it), else where this engine has or can lease a slot (`Order::Leased`).
+    async fn place_with(
+        &self,
+        region: Option<&str>,
+        merchant: Option<&MerchantId>,
+        choose: &(dyn Fn(Order) -> Option<Placed> + Sync),
+    ) -> Result<Placed, AppError> {
+        if let Some(placed) = choose(Order::Load) {
+            return Ok(placed);
+        }
+        self.caught_up_with_other_engines().await;
+        for order in [Order::Load, Order::Leased] {
+            if let Some(placed) = self.place_in(order, region, merchant, choose).await? {
                 return Ok(placed);
-            }
-            // One lease change at a time: a placement that waited for another's growth
-            // places from it.
-            let _leasing = self.leasing.lock().await;
-            if let Some(placed) = choose() {
-                return Ok(placed);
-            }
-            let Some(wish) = self.allocator.lease_wish(region, merchant) else { break };
-            match self.lease(&wish).await {
-                // Another engine leased the slots first, or took the lease over: look again.
-                Ok(()) | Err(AppError::Rejected(_)) => {}
-                Err(error) => return Err(error),
-            }
-            // Asked for a share: the other engines give it back as their slots come back.
-            if wish.change == LeaseChange::Want {
-                break;
             }
         }
-        choose().ok_or_else(|| Rejection::NoNodeAvailable.into())
+        Err(Rejection::NoNodeAvailable.into())
+    }
+
+    async fn place_in(
+        &self,
+        order: Order,
+        region: Option<&str>,
+        merchant: Option<&MerchantId>,
+        choose: &(dyn Fn(Order) -> Option<Placed> + Sync),
+    ) -> Result<Option<Placed>, AppError> {
+        let deadline = tokio::time::Instant::now() + SHARE_WAIT_MAX;
+        let mut changes = self.allocator.lease_changes();
+        for _ in 0..LEASE_ATTEMPTS_MAX {
+            let wish = {
+                // One lease change at a time: a placement that waited for another's growth
+                // places from it; the lease keeper does not shrink a growth before its use.
+                let _leasing = self.leasing.lock().await;
+                if let Some(placed) = choose(order) {
+                    return Ok(Some(placed));
+                }
+                let Some(wish) = self.allocator.lease_wish(order, region, merchant) else { return Ok(None) };
+                match self.lease(&wish).await {
+                    // Another engine leased the slots first, or took the lease over: look again.
+                    Ok(()) | Err(AppError::Rejected(_)) => {}
+                    Err(error) => return Err(error),
+                }
+                if let Some(placed) = choose(order) {
+                    return Ok(Some(placed));
+                }
+                wish
+            };
+            if wish.change == LeaseChange::Want && !self.share_came(order, region, merchant, changes.as_mut(), deadline).await {
+                return Ok(None);
+            }
+        }
+        Ok(choose(order))
+    }
+
+    /// After asking for a share: waits (till `deadline`) until the engines holding the
+    /// free slots gave some back, so that this engine can place or lease (its lease keeper,
+    /// `keep_leases_as_they_change`, does it as it applies the want); false when they did not.
+    async fn share_came(
+        &self,
+        order: Order,
+        region: Option<&str>,
+        merchant: Option<&MerchantId>,
+        changes: Option<&mut tokio::sync::watch::Receiver<u64>>,
+        deadline: tokio::time::Instant,
+    ) -> bool {
+        let Some(changes) = changes else { return false };
+        loop {
+            if !matches!(tokio::time::timeout_at(deadline, changes.changed()).await, Ok(Ok(()))) {
+                return false;
+            }
+            if self.allocator.lease_wish(order, region, merchant).is_none_or(|wish| wish.change != LeaseChange::Want) {
+                return true;
+            }
+        }
+    }
+
+    /// When other engines append to the stream too (`Handler::others_append`), waits (at
+    /// most `CATCH_UP_MAX`) until this engine's allocation applied the stream up to its
+    /// head, so that it places on the loads one engine would see, the others' placements
+    /// included. Advice only (leases keep the slots exact): a head not read or not reached
+    /// in time places on what is applied.
+    async fn caught_up_with_other_engines(&self) {
+        if !self.handler.others_append() {
+            return;
+        }
+        let Some(mut applied) = self.allocator.applied() else { return };
+        let head = match self.handler.log().last_seq().await {
+            Ok(head) => head,
+            Err(error) => {
+                tracing::debug!(%error, "reading the stream head before placing failed; placing on what is applied");
+                return;
+            }
+        };
+        let _ = tokio::time::timeout(CATCH_UP_MAX, applied.wait_for(|seq| *seq >= head)).await;
     }
 
     /// Decides `command` (with `Placed::probe()`'s node) without appending: a command
@@ -97,6 +178,8 @@ impl Market {
     /// engine's, shrinks or gives back what it does not use, takes over those of engines
     /// that stopped renewing. How many changed; a race lost to another engine is no error.
     pub async fn keep_leases(&self) -> Result<usize, AppError> {
+        // Not between a placement's growth and its use of it.
+        let _leasing = self.leasing.lock().await;
         let mut changed = 0;
         for wish in self.allocator.lease_upkeep() {
             match self.lease(&wish).await {
@@ -106,5 +189,18 @@ impl Market {
             }
         }
         Ok(changed)
+    }
+
+    /// Runs `keep_leases` each time the allocation's leases or wants change, or a slot
+    /// comes back where an engine asks for a share (`Allocator::lease_changes`), so that a
+    /// share asked for is given back at once rather than at the next sweep; returns when
+    /// the allocation stops telling (or has no leases).
+    pub async fn keep_leases_as_they_change(&self) {
+        let Some(mut changes) = self.allocator.lease_changes() else { return };
+        while changes.changed().await.is_ok() {
+            if let Err(error) = self.keep_leases().await {
+                tracing::warn!(%error, "looking after the slot leases failed; again at the next change or sweep");
+            }
+        }
     }
 }

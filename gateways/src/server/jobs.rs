@@ -125,6 +125,16 @@ pub(super) async fn sweeper(state: Arc<EngineState>) {
     }
 }
 
+/// Looks after this engine's slot leases as they change (`Market::keep_leases_as_they_change`):
+/// a share another engine asks for is given back within milliseconds, not at the next sweep.
+pub(super) async fn lease_keeper(state: Arc<EngineState>) {
+    let mut shutdown = state.shutdown.clone();
+    tokio::select! {
+        _ = shutdown.wait_for(|stop| *stop) => {}
+        () = state.market.keep_leases_as_they_change() => {}
+    }
+}
+
 /// Seals the royalty log when `seal.entries_max` entries wait, or when the seal interval
 /// passed with at least `seal_entries_min` waiting (DESIGN.md: every N entries or T
 /// seconds), and appends each seal to the witness file for auditors to pin. The operator's

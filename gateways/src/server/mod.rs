@@ -30,7 +30,7 @@ pub mod tlog;
 
 pub use api::Api;
 pub use jobs::{RateMeter, lapse_once, relocate_once, seal_once, sweep_once};
-use jobs::{rate_sampler, sealer, sweeper};
+use jobs::{lease_keeper, rate_sampler, sealer, sweeper};
 
 use crate::server::front_door::{Authenticator, FrontDoor, Limits};
 use crate::server::metrics::{Metrics, NodeLabel};
@@ -553,6 +553,7 @@ pub async fn start(config: EngineConfig, log: Arc<dyn EventLog>, listener: tokio
     state.apply_configuration().await;
     let background = vec![
         tokio::spawn(sweeper(Arc::clone(&state))),
+        tokio::spawn(lease_keeper(Arc::clone(&state))),
         tokio::spawn(sealer(Arc::clone(&state))),
         tokio::spawn(rate_sampler(Arc::clone(&state))),
         tokio::spawn(gossip::listen(Arc::clone(&state))),

@@ -116,5 +116,8 @@ fn a_want_is_asked_once_and_ends_when_the_lease_grows() {
     assert!(shared.wants.is_empty(), "{:?}", shared.wants);
     let drained = [registered(8), Event::NodeDrained { node_id: node() }];
     check::<Node>(&drained, want("eb"), T0, Err(Rejection::NoNodeAvailable));
-    assert!(matches!(Node::decide(&fold(&full), &NodeCommand::Want { holder: "eb".into(), ttl_ms: 0 }, T0), Err(Rejection::InvalidArgument { field: "ttl_ms", .. })));
+    assert!(matches!(
+        Node::decide(&fold(&full), &NodeCommand::Want { holder: "eb".into(), ttl_ms: 0 }, T0),
+        Err(Rejection::InvalidArgument { field: "ttl_ms", .. })
+    ));
 }
