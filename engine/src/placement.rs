@@ -153,8 +153,11 @@ pub trait Allocator: Send + Sync + 'static {
     fn applied(&self) -> Option<tokio::sync::watch::Receiver<crate::ids::Seq>> {
         None
     }
-    /// The leases to renew, shrink, give back or take over now (the sweeper's).
-    fn lease_upkeep(&self) -> Vec<LeaseWish> {
+    /// The leases to renew, shrink, give back or take over now (the sweeper's); with
+    /// `asked_only`, only on nodes where another engine asks for a share (the lease
+    /// keeper's, as the allocation changes).
+    fn lease_upkeep(&self, asked_only: bool) -> Vec<LeaseWish> {
+        let _ = asked_only;
         Vec::new()
     }
     /// A lease this engine appended at `seq`, to place from before the projection applies
@@ -206,8 +209,8 @@ pub trait SlotChooser: Send + Sync + 'static {
         None
     }
     /// As `Allocator::lease_upkeep`.
-    fn lease_upkeep(&self, now: Millis) -> Vec<LeaseWish> {
-        let _ = now;
+    fn lease_upkeep(&self, now: Millis, asked_only: bool) -> Vec<LeaseWish> {
+        let _ = (now, asked_only);
         Vec::new()
     }
     /// As `Allocator::note_lease`.
@@ -366,8 +369,8 @@ impl Allocator for HealthyAllocator {
         self.slots.applied()
     }
 
-    fn lease_upkeep(&self) -> Vec<LeaseWish> {
-        self.slots.lease_upkeep(self.health.clock.now())
+    fn lease_upkeep(&self, asked_only: bool) -> Vec<LeaseWish> {
+        self.slots.lease_upkeep(self.health.clock.now(), asked_only)
     }
 
     fn note_lease(&self, node: &NodeId, lease: u64, slots: u32, until: Millis, seq: crate::ids::Seq) {

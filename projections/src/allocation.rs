@@ -529,10 +529,14 @@ impl Allocation {
     /// another engine asks for a share there: to what is in use) or give back (nothing in
     /// use, or its node no longer active); others' to take over (past their `until` by the
     /// grace: a dead engine's).
-    pub fn lease_upkeep(&self, now: Millis, terms: LeaseTerms) -> Vec<LeaseWish> {
+    /// With `asked_only`, only on nodes where another engine asks for a share.
+    pub fn lease_upkeep(&self, now: Millis, terms: LeaseTerms, asked_only: bool) -> Vec<LeaseWish> {
         let Some(me) = self.holder.as_deref() else { return Vec::new() };
         let mut wishes = Vec::new();
         for (node_id, node) in &self.nodes {
+            if asked_only && fair_share(node, me, now).is_none() {
+                continue;
+            }
             let step = lease_step(node.slots_max);
             for (id, lease) in &node.leases {
                 if lease.holder != me && now > lease.until.plus_ms(terms.grace_ms) {
@@ -843,19 +847,19 @@ mod tests {
         a.apply(&leased("other", 3, "eb", 4, 60_000));
         a.apply(&issue_from("v1", "big", 1));
         assert_eq!(
-            a.lease_upkeep(Millis(0), TERMS),
+            a.lease_upkeep(Millis(0), TERMS, false),
             vec![
                 LeaseWish { node: NodeId::new("big"), lease: Some(1), change: LeaseChange::Set(3) },
                 LeaseWish { node: NodeId::new("idle"), lease: Some(2), change: LeaseChange::Set(0) },
             ],
             "one in use and a step of 2 kept; the idle lease given back; eb's lease still running"
         );
-        let wishes = a.lease_upkeep(Millis(80_001), TERMS);
+        let wishes = a.lease_upkeep(Millis(80_001), TERMS, false);
         assert!(wishes.contains(&LeaseWish { node: NodeId::new("other"), lease: Some(3), change: LeaseChange::TakeOver }), "eb stopped renewing: {wishes:?}");
         a.apply(&leased("big", 1, "ea", 3, 60_000));
-        assert_eq!(a.lease_upkeep(Millis(29_000), TERMS).iter().find(|wish| wish.node.as_str() == "big"), None, "more than half the ttl left");
+        assert_eq!(a.lease_upkeep(Millis(29_000), TERMS, false).iter().find(|wish| wish.node.as_str() == "big"), None, "more than half the ttl left");
         assert_eq!(
-            a.lease_upkeep(Millis(31_000), TERMS).into_iter().find(|wish| wish.node.as_str() == "big"),
+            a.lease_upkeep(Millis(31_000), TERMS, false).into_iter().find(|wish| wish.node.as_str() == "big"),
             Some(LeaseWish { node: NodeId::new("big"), lease: Some(1), change: LeaseChange::Set(3) }),
             "renewed as it is"
         );
@@ -927,7 +931,7 @@ mod tests {
             "every slot leased by ea: eb asks for its share"
         );
         assert_eq!(placed_by_a(&mut a), 4, "the protection off: ea fills the slots that came back");
-        assert_eq!(a.lease_upkeep(Millis(1_000), TERMS), vec![], "and keeps its lease of 8");
+        assert_eq!(a.lease_upkeep(Millis(1_000), TERMS, false), vec![], "and keeps its lease of 8");
 
         let (mut a, mut b) = full(true);
         assert_eq!(
@@ -936,7 +940,7 @@ mod tests {
             "still nothing to lease: eb would ask again (the node aggregate appends nothing while its want runs)"
         );
         assert_eq!(placed_by_a(&mut a), 0, "ea has its share of 4 in use: nothing more from its lease");
-        let shrink = a.lease_upkeep(Millis(1_000), TERMS);
+        let shrink = a.lease_upkeep(Millis(1_000), TERMS, true);
         assert_eq!(shrink, vec![LeaseWish { node: NodeId::new("n"), lease: Some(1), change: LeaseChange::Set(4) }], "ea shrinks to its share");
         let shrunk = leased("n", 1, "ea", 4, 61_000);
         a.apply(&shrunk);

@@ -483,8 +483,8 @@ impl engine::placement::SlotChooser for Live {
         Some(self.applied.subscribe())
     }
 
-    fn lease_upkeep(&self, now: Millis) -> Vec<LeaseWish> {
-        self.lock().allocation.lease_upkeep(now, LEASE_TERMS)
+    fn lease_upkeep(&self, now: Millis, asked_only: bool) -> Vec<LeaseWish> {
+        self.lock().allocation.lease_upkeep(now, LEASE_TERMS, asked_only)
     }
 
     fn note_lease(&self, node: &NodeId, lease: u64, slots: u32, until: Millis, seq: Seq) {

@@ -185,7 +185,13 @@ async fn open(log: Arc<dyn EventLog>, engine_count: usize) -> Market_ {
 }
 
 impl Market_ {
-    fn id(&mut self, what: &str) -> RequestId {
+    /// The next command's request id, once the engine that took the previous command
+    /// applied the stream's head: commands come one after another, each after the last
+    /// one's answer, as from one client. (Over two engines, the next one must still catch
+    /// up with what the other appended: that is the engine's to do.)
+    async fn id(&mut self, what: &str) -> RequestId {
+        let head = self.log.last_seq().await.expect("head");
+        self.engines[self.step % self.engines.len()].live.caught_up(head).await;
         self.step += 1;
         req(&format!("{what}-{}", self.step))
     }
@@ -211,7 +217,7 @@ impl Market_ {
         let merchant = self.merchants[rng.below(2) as usize].clone();
         let (media, price) = self.media[rng.below(2) as usize].clone();
         let until = rng.below(6);
-        let request = self.id("reserve");
+        let request = self.id("reserve").await;
         let ttl = if rng.below(4) == 0 { 1_000 } else { 600_000 };
         let reserved =
             self.on().reserve(&merchant, &request, std::slice::from_ref(&media), "high", ttl, Payment::Merchant { payment_ref: "c".into() }, None).await;
@@ -222,7 +228,7 @@ impl Market_ {
         if until == 0 {
             return;
         }
-        let request = self.id("authorize");
+        let request = self.id("authorize").await;
         let authorized = self.on().authorize(&merchant, &request, &voucher).await;
         self.answers.push(answer(&request, &authorized, |_| String::new()));
         let Ok(authorized) = authorized else { return };
@@ -237,7 +243,7 @@ impl Market_ {
     /// (5: the delivery fails, the player reporting a broken copy).
     async fn issue_and_go(&mut self, voucher: &VoucherId, until: u64) {
         let merchant = self.sold[voucher].merchant.clone();
-        let request = self.id("issue");
+        let request = self.id("issue").await;
         // Short and long access windows: some lapse within a tick, some outlive a node.
         let ttl = if self.step.is_multiple_of(2) { 30_000 } else { 300_000 };
         let issued = self.on().issue(&merchant, &request, voucher, None, ttl).await;
@@ -251,7 +257,7 @@ impl Market_ {
         let (consumer, cert, der) = (self.consumer.0.clone(), self.cert.0.clone(), test_keys::fixed_rsa_2().public().to_der().expect("der"));
         let subject = crypto::ProofConsumer::new(&consumer, &cert, &der);
         let proof = crypto::receipt_proof(&receipt, &voucher.0, &issued.node_id.0, &challenge, &subject);
-        let request = self.id("redeem");
+        let request = self.id("redeem").await;
         let redeemed = self.on().redeem(&issued.node_id, &request, voucher, &self.consumer, &self.cert, &challenge, &proof).await;
         self.answers.push(answer(&request, &redeemed, |_| String::new()));
         if redeemed.is_err() {
@@ -265,12 +271,12 @@ impl Market_ {
         if until == 5 {
             let broken = [2u8; 32];
             let confirm = crypto::confirm_proof(&receipt, &voucher.0, &issued.node_id.0, &media.0, &broken, &subject);
-            let request = self.id("fail");
+            let request = self.id("fail").await;
             self.on().fail_delivery(&issued.node_id, &request, voucher, "broken copy", &media, &broken, &confirm).await.expect("failed");
             return;
         }
         let confirm = crypto::confirm_proof(&receipt, &voucher.0, &issued.node_id.0, &media.0, &[1; 32], &subject);
-        let request = self.id("complete");
+        let request = self.id("complete").await;
         self.on().complete_delivery(&issued.node_id, &request, voucher, &media, [1; 32], 1, &confirm).await.expect("delivered");
     }
 
@@ -286,7 +292,7 @@ impl Market_ {
             return;
         }
         let merchant = self.sold[&voucher].merchant.clone();
-        let request = self.id("renew");
+        let request = self.id("renew").await;
         let access = self.on().issue(&merchant, &request, &voucher, None, 30_000).await;
         self.answers.push(answer(&request, &access, |access| access.node_id.0.clone()));
         let Ok(access) = access else { return };
@@ -295,7 +301,7 @@ impl Market_ {
         let der = test_keys::fixed_rsa_2().public().to_der().expect("der");
         let subject = crypto::ProofConsumer::new(&self.consumer.0, &self.cert.0, &der);
         let proof = crypto::receipt_proof(&receipt, &voucher.0, &access.node_id.0, &challenge, &subject);
-        let request = self.id("recover");
+        let request = self.id("recover").await;
         let recovered = self.on().recover(&access.node_id, &request, &voucher, &self.consumer, &self.cert, &challenge, &proof).await;
         self.answers.push(answer(&request, &recovered, |_| String::new()));
         match recovered {
@@ -310,14 +316,14 @@ impl Market_ {
     async fn order(&mut self, rng: &mut Rng) {
         let merchant = self.merchants[rng.below(2) as usize].clone();
         let (media, price) = self.media[rng.below(2) as usize].clone();
-        let request = self.id("order");
+        let request = self.id("order").await;
         let order = self.on().place_order(&merchant, &request, &media, 2).await.expect("order placed");
-        let request = self.id("bind");
+        let request = self.id("bind").await;
         let device_der = test_keys::fixed_rsa_3().public().to_der().expect("der");
         let (device, serial) = self.device.clone();
         self.on().bind_unit(&merchant, &request, &order, 0, &device, &serial, &device_der).await.expect("unit bound");
         self.units_net += i128::from(price);
-        let request = self.id("unit");
+        let request = self.id("unit").await;
         self.on().complete_unit(&merchant, &request, &order, 0).await.expect("unit completed");
     }
 
@@ -327,7 +333,7 @@ impl Market_ {
         }
         let voucher = self.sold.keys().nth(rng.below(self.sold.len() as u64) as usize).expect("a voucher").clone();
         let merchant = self.sold[&voucher].merchant.clone();
-        let request = self.id("refund");
+        let request = self.id("refund").await;
         let refunded = self.on().refund(&merchant, &request, &voucher, "the customer asked", rng.below(3) == 0).await;
         self.answers.push(answer(&request, &refunded, |status| format!("{status:?}")));
         if let Ok(status) = refunded
@@ -355,12 +361,12 @@ impl Market_ {
     async fn preview(&mut self, rng: &mut Rng) {
         let merchant = self.merchants[rng.below(2) as usize].clone();
         let media = self.media[rng.below(2) as usize].0.clone();
-        let request = self.id("preview");
+        let request = self.id("preview").await;
         let previewed = self.on().preview(&merchant, &request, &media, None).await;
         self.answers.push(answer(&request, &previewed, |(preview, node)| format!("{} {}", preview.0, node.0)));
         if let Ok((preview, node)) = previewed {
             if rng.below(2) == 0 {
-                let request = self.id("end");
+                let request = self.id("end").await;
                 self.on().end_preview(&node, &request, &preview, 1_000).await.expect("end");
             } else {
                 self.previews.push((preview, node));
@@ -401,12 +407,12 @@ impl Market_ {
         let node = self.nodes.remove(rng.below(self.nodes.len() as u64) as usize);
         let how = match rng.below(3) {
             0 => {
-                let request = self.id("drain");
+                let request = self.id("drain").await;
                 self.on().drain_node("op", &request, &node).await.expect("drain");
                 "drain"
             }
             1 => {
-                let request = self.id("remove");
+                let request = self.id("remove").await;
                 self.on().remove_node("op", &request, &node).await.expect("remove");
                 "remove"
             }
@@ -415,7 +421,7 @@ impl Market_ {
                 "die"
             }
         };
-        let request = self.id("node");
+        let request = self.id("node").await;
         let fresh = NodeId(self.on().register_node("op", &request, "eu", NODE_SLOTS).await.expect("node").0.id);
         for engine in &self.engines {
             engine.health.announce(&fresh, "http://127.0.0.1:9");

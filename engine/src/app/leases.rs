@@ -50,10 +50,15 @@ impl Market {
         merchant: Option<&MerchantId>,
         choose: &(dyn Fn(Order) -> Option<Placed> + Sync),
     ) -> Result<Placed, AppError> {
+        // Other engines' placements of a moment ago count in the loads: as one engine's own.
+        if self.handler.others_append() {
+            self.caught_up_with_the_stream().await;
+        }
         if let Some(placed) = choose(Order::Load) {
             return Ok(placed);
         }
-        self.caught_up_with_other_engines().await;
+        // A slot that came back a moment ago (this engine's own append) is free again.
+        self.caught_up_with_the_stream().await;
         for order in [Order::Load, Order::Leased] {
             if let Some(placed) = self.place_in(order, region, merchant, choose).await? {
                 return Ok(placed);
@@ -119,15 +124,11 @@ impl Market {
         }
     }
 
-    /// When other engines append to the stream too (`Handler::others_append`), waits (at
-    /// most `CATCH_UP_MAX`) until this engine's allocation applied the stream up to its
-    /// head, so that it places on the loads one engine would see, the others' placements
-    /// included. Advice only (leases keep the slots exact): a head not read or not reached
-    /// in time places on what is applied.
-    async fn caught_up_with_other_engines(&self) {
-        if !self.handler.others_append() {
-            return;
-        }
+    /// Waits (at most `CATCH_UP_MAX`) until this engine's allocation applied the stream up
+    /// to its head, so that it places on the loads of the whole stream: slots that came
+    /// back a moment ago, other engines' placements. Advice only (leases keep the slots
+    /// exact): a head not read or not reached in time places on what is applied.
+    async fn caught_up_with_the_stream(&self) {
         let Some(mut applied) = self.allocator.applied() else { return };
         let head = match self.handler.log().last_seq().await {
             Ok(head) => head,
@@ -178,10 +179,16 @@ impl Market {
     /// engine's, shrinks or gives back what it does not use, takes over those of engines
     /// that stopped renewing. How many changed; a race lost to another engine is no error.
     pub async fn keep_leases(&self) -> Result<usize, AppError> {
+        self.keep_leases_of(false).await
+    }
+
+    /// As `keep_leases`; with `asked_only` only on nodes where another engine asks for a
+    /// share (`Allocator::lease_upkeep`).
+    async fn keep_leases_of(&self, asked_only: bool) -> Result<usize, AppError> {
         // Not between a placement's growth and its use of it.
         let _leasing = self.leasing.lock().await;
         let mut changed = 0;
-        for wish in self.allocator.lease_upkeep() {
+        for wish in self.allocator.lease_upkeep(asked_only) {
             match self.lease(&wish).await {
                 Ok(()) => changed += 1,
                 Err(AppError::Rejected(_)) => {}
@@ -191,14 +198,15 @@ impl Market {
         Ok(changed)
     }
 
-    /// Runs `keep_leases` each time the allocation's leases or wants change, or a slot
-    /// comes back where an engine asks for a share (`Allocator::lease_changes`), so that a
-    /// share asked for is given back at once rather than at the next sweep; returns when
+    /// Each time the allocation's leases or wants change, or a slot comes back where an
+    /// engine asks for a share (`Allocator::lease_changes`), gives back what this engine
+    /// does not use on the nodes where another engine asks for a share: at once rather
+    /// than at the next sweep (which keeps renewals, take-overs and the rest). Returns when
     /// the allocation stops telling (or has no leases).
     pub async fn keep_leases_as_they_change(&self) {
         let Some(mut changes) = self.allocator.lease_changes() else { return };
         while changes.changed().await.is_ok() {
-            if let Err(error) = self.keep_leases().await {
+            if let Err(error) = self.keep_leases_of(true).await {
                 tracing::warn!(%error, "looking after the slot leases failed; again at the next change or sweep");
             }
         }
