@@ -326,9 +326,11 @@ impl Voucher {
         if self.is_rental() { self.play_released } else { self.released_to.is_some() }
     }
 
-    /// A rental whose window is over at `now` is refused; anything else passes.
+    /// A rental whose window is over at `now` is refused; anything else passes (a rental
+    /// not paid for yet has no window: `rental_until` is set at Authorize).
     fn rental_open(&self, now: Millis) -> Result<(), Rejection> {
-        if self.is_rental() && now > self.rental_until { Err(Rejection::RentalEnded { ended_at: self.rental_until }) } else { Ok(()) }
+        let started = self.is_rental() && self.rental_until.0 > 0;
+        if started && now > self.rental_until { Err(Rejection::RentalEnded { ended_at: self.rental_until }) } else { Ok(()) }
     }
 
     /// An access window from `now`: a rental's never passes the rental's end.
@@ -693,10 +695,11 @@ impl Aggregate for Voucher {
                 if issued && self.node.as_ref() == Some(node) && now <= self.access_expires_at {
                     return Ok(vec![]);
                 }
+                // Whatever state its last play left it in, a rental past its window plays no more.
+                self.rental_open(now)?;
                 if self.status != VoucherStatus::Authorized {
                     return Err(self.transition("IssueVoucher"));
                 }
-                self.rental_open(now)?;
                 validate::id("node_id", &node.0)?;
                 if *access_ttl_ms == 0 || *access_ttl_ms > ACCESS_TTL_MS_MAX {
                     return Err(Rejection::InvalidArgument { field: "access_ttl_ms", reason: format!("must be 1..={ACCESS_TTL_MS_MAX}") });

@@ -199,3 +199,13 @@ fn a_purchase_keeps_its_one_usage_and_no_window() {
     assert!(matches!(&decided[..], [Event::RedemptionAccepted { released_media, rental_play: 0, .. }] if released_media.is_empty()), "{decided:?}");
     assert!(!fold::<Voucher>(&given).is_rental() && matches!(card(), Payment::Merchant { .. }));
 }
+
+#[test]
+fn a_play_issued_within_the_window_and_left_unplayed_is_not_issued_again_after_it() {
+    let mut given = first_play();
+    given.push(play_issued(node(), Millis(RENTAL_UNTIL.0 - 60_000)));
+    check::<Voucher>(&given, issue_by(merchant(), other_node(), ACCESS_TTL), Millis(RENTAL_UNTIL.0 + 1), Err(Rejection::RentalEnded { ended_at: RENTAL_UNTIL }));
+    // A rental not paid for yet has no window to be over: it is authorized as any reservation.
+    let decided = fold::<Voucher>(&[rental_reserved()]).decide(&authorize(&[("song1", 100)]), Millis(T0.0 + 2));
+    assert!(decided.is_ok(), "{decided:?}");
+}
