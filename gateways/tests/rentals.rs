@@ -16,9 +16,14 @@ use gateways::node::{self, NodeArgs, RunningNode};
 use gateways::player::{self, Purchase, RpcError};
 use gateways::server::{self, EngineConfig};
 use proto::v1 as pb;
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tonic::Code;
+
+mod shell;
+use shell::{Running, free_port, vouchsafe, wait_for_port};
 
 /// How long a test waits for something asynchronous (the feed, the projections).
 const WAIT_MS: u64 = 10_000;
@@ -234,4 +239,99 @@ async fn a_rental_plays_within_its_window_each_play_counted_once_and_is_refused_
         node.shutdown().await;
     }
     engine.shutdown().await.expect("graceful shutdown");
+}
+
+/// Runs a command to completion; returns (exit code, last stdout line as JSON).
+fn json(command: &mut Command, dir: &Path) -> (i32, serde_json::Value) {
+    let output = command.current_dir(dir).output().expect("run vouchsafe");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let last = stdout.lines().last().unwrap_or_default();
+    let value = serde_json::from_str(last).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}\nstderr: {}", String::from_utf8_lossy(&output.stderr)));
+    (output.status.code().unwrap_or(-1), value)
+}
+
+/// The same from a shell, as the README shows it: `merchant buy --rental-ms`, `player fetch`
+/// per play with `merchant reissue --sale` between, the refusal (exit 1) after the window,
+/// and `player purge` deleting the rental's copy.
+#[test]
+fn the_cli_rents_plays_twice_and_is_refused_after_the_window() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path();
+    assert!(vouchsafe().args(["keys", "init", "--out", "keys"]).current_dir(root).status().expect("keys init").success());
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let serve = vouchsafe()
+        .args(["serve", "--data-dir", "engine", "--keys", "keys", "--listen", &format!("127.0.0.1:{port}")])
+        .current_dir(root)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("serve starts");
+    let _serve = Running(serve);
+    wait_for_port(port);
+    let (code, _) = json(vouchsafe().args(["keys", "issue", "merchant", "--name", "Shop", "--keys", "keys", "--out", "shop.cred", "--connect", &url, "--json"]), root);
+    assert_eq!(code, 0);
+    let (code, _) = json(vouchsafe().args(["keys", "issue", "node", "--keys", "keys", "--out", "node.cred", "--connect", &url, "--json"]), root);
+    assert_eq!(code, 0);
+    let node_port = free_port();
+    let node = vouchsafe()
+        .args(["node", "--connect", &url, "--cred", "node.cred", "--listen", &format!("127.0.0.1:{node_port}"), "--data-dir", "node"])
+        .current_dir(root)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("node starts");
+    let _node = Running(node);
+    wait_for_port(node_port);
+    std::fs::write(root.join("song.bin"), (0..40_000u32).map(|i| (i * 7 % 256) as u8).collect::<Vec<u8>>()).expect("write song");
+    let (code, published) = json(
+        vouchsafe().args(["publish", "--connect", &url, "--cred", "keys/operator.cred", "--engine-key", "keys/engine.pub.pem", "song.bin", "--json"]),
+        root,
+    );
+    assert_eq!(code, 0, "{published}");
+    let media_id = published["media"][0]["media_id"].as_str().expect("media id").to_string();
+    let passport = [
+        "player", "passport", "--connect", &url, "--cred", "keys/operator.cred", "--engine-key", "keys/engine.pub.pem", "--consumer", "alice", "--data-dir", "players",
+        "--json",
+    ];
+    assert_eq!(json(vouchsafe().args(passport), root).0, 0);
+    let (code, config) =
+        json(vouchsafe().args(["admin", "config", "set", "rental.window_ms_min", "1000", "--connect", &url, "--keys", "keys", "--json"]), root);
+    assert_eq!(code, 0, "{config}");
+
+    let rental_ms = "6000";
+    let buy = ["merchant", "buy", "--media", &media_id, "--rental-ms", rental_ms, "--connect", &url, "--cred", "shop.cred", "--out", "sale.json", "--json"];
+    // The node heartbeats before the allocator may choose it; retry the purchase briefly.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let sale = loop {
+        let (code, sale) = json(vouchsafe().args(buy), root);
+        if code == 0 {
+            break sale;
+        }
+        assert!(Instant::now() < deadline, "no rental succeeded: {sale}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let rental_until_ms = sale["rental_until_ms"].as_i64().expect("a rental's end");
+    let voucher_id = sale["voucher_id"].as_str().expect("voucher id").to_string();
+    let fetch = ["player", "fetch", "--sale", "sale.json", "--consumer", "alice", "--data-dir", "players", "--json"];
+    let reissue = ["merchant", "reissue", "--voucher", &voucher_id, "--sale", "sale.json", "--connect", &url, "--cred", "shop.cred", "--json"];
+    let (code, first) = json(vouchsafe().args(fetch), root);
+    assert_eq!((code, &first["decrypt_ok"]), (0, &serde_json::json!(true)), "{first}");
+    let copy = root.join(first["copies"][0]["path"].as_str().expect("path"));
+    let (code, reissued) = json(vouchsafe().args(reissue), root);
+    assert_eq!(code, 0, "the next play is issued: {reissued}");
+    let (code, second) = json(vouchsafe().args(fetch), root);
+    assert_eq!((code, &second["decrypt_ok"]), (0, &serde_json::json!(true)), "{second}");
+    let (code, got) = json(vouchsafe().args(["merchant", "get", "--voucher", &voucher_id, "--connect", &url, "--cred", "shop.cred", "--json"]), root);
+    assert_eq!((code, &got["rental_plays"], &got["status"]), (0, &serde_json::json!(2), &serde_json::json!("Authorized")), "{got}");
+    assert!(copy.exists(), "within the window the copy stays");
+
+    let now_ms = engine::clock::Clock::now(&engine::clock::SystemClock).0;
+    assert!(now_ms < rental_until_ms, "the two plays took longer than the window ({rental_ms} ms)");
+    std::thread::sleep(Duration::from_millis(u64::try_from(rental_until_ms + 300 - now_ms).expect("positive")));
+    let (code, refused) = json(vouchsafe().args(reissue), root);
+    assert_eq!((code, &refused["refused"]), (1, &serde_json::json!("FailedPrecondition")), "{refused}");
+    assert!(refused.to_string().contains("rental ended"), "{refused}");
+    let (code, purged) = json(vouchsafe().args(["player", "purge", "--consumer", "alice", "--data-dir", "players", "--json"]), root);
+    assert_eq!(code, 0, "{purged}");
+    assert_eq!(purged["deleted"].as_array().map(Vec::len), Some(1), "{purged}");
+    assert!(!copy.exists(), "the rental's copy is not kept after the window");
 }
