@@ -623,7 +623,11 @@ impl Market {
             payment: payment.clone(),
             token_key_id: TOKEN_KEY_ID,
             rental_ms,
-            rental: if rental_ms > 0 { rental_terms_of(&self.config().await?) } else { voucher::RentalTerms { window_ms_min: 0, window_ms_max: 0, price_bps: 0 } },
+            rental: if rental_ms > 0 {
+                rental_terms_of(&self.config().await?)
+            } else {
+                voucher::RentalTerms { window_ms_min: 0, window_ms_max: 0, price_bps: 0 }
+            },
         });
         let by = actor(ActorKind::Merchant, &merchant.0);
         // Only a points payment needs the voucher before its reservation (to hold points
@@ -655,7 +659,13 @@ impl Market {
         }
         let handled = self.handler.handle::<Voucher>(&voucher_id.0, &by, request, &command).await?;
         let state = &handled.root.state;
-        Ok(ReserveAnswer { voucher_id, expires_at: state.expires_at, price_minor: state.price_minor, currency: state.currency.clone(), rental_ms: state.rental_ms })
+        Ok(ReserveAnswer {
+            voucher_id,
+            expires_at: state.expires_at,
+            price_minor: state.price_minor,
+            currency: state.currency.clone(),
+            rental_ms: state.rental_ms,
+        })
     }
 
     pub async fn authorize(&self, merchant: &MerchantId, request: &RequestId, voucher_id: &VoucherId) -> Result<AuthorizeAnswer, AppError> {

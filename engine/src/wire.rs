@@ -462,19 +462,17 @@ fn event_to_pb(event: &Event) -> E {
             consumer_key_hash,
             released_media,
             rental_play,
-        } => {
-            E::RedemptionAccepted(pb::RedemptionAccepted {
-                voucher_id: voucher_id.0.clone(),
-                node_id: node_id.0.clone(),
-                consumer_id: consumer_id.0.clone(),
-                cert_serial: cert_serial.0.clone(),
-                wrapped_key_hashes: wrapped_key_hashes.iter().map(|h| h.to_vec()).collect(),
-                challenge_hash: challenge_hash.map(|h| h.to_vec()).unwrap_or_default(),
-                consumer_key_hash: consumer_key_hash.map(|h| h.to_vec()).unwrap_or_default(),
-                released_media_ids: released_media.iter().map(|m| m.0.clone()).collect(),
-                rental_play: *rental_play,
-            })
-        }
+        } => E::RedemptionAccepted(pb::RedemptionAccepted {
+            voucher_id: voucher_id.0.clone(),
+            node_id: node_id.0.clone(),
+            consumer_id: consumer_id.0.clone(),
+            cert_serial: cert_serial.0.clone(),
+            wrapped_key_hashes: wrapped_key_hashes.iter().map(|h| h.to_vec()).collect(),
+            challenge_hash: challenge_hash.map(|h| h.to_vec()).unwrap_or_default(),
+            consumer_key_hash: consumer_key_hash.map(|h| h.to_vec()).unwrap_or_default(),
+            released_media_ids: released_media.iter().map(|m| m.0.clone()).collect(),
+            rental_play: *rental_play,
+        }),
         Event::RentalPlayEnded { voucher_id, node_id, play } => {
             E::RentalPlayEnded(pb::RentalPlayEnded { voucher_id: voucher_id.0.clone(), node_id: node_id.0.clone(), play: *play })
         }

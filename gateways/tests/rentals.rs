@@ -268,7 +268,8 @@ fn the_cli_rents_plays_twice_and_is_refused_after_the_window() {
         .expect("serve starts");
     let _serve = Running(serve);
     wait_for_port(port);
-    let (code, _) = json(vouchsafe().args(["keys", "issue", "merchant", "--name", "Shop", "--keys", "keys", "--out", "shop.cred", "--connect", &url, "--json"]), root);
+    let (code, _) =
+        json(vouchsafe().args(["keys", "issue", "merchant", "--name", "Shop", "--keys", "keys", "--out", "shop.cred", "--connect", &url, "--json"]), root);
     assert_eq!(code, 0);
     let (code, _) = json(vouchsafe().args(["keys", "issue", "node", "--keys", "keys", "--out", "node.cred", "--connect", &url, "--json"]), root);
     assert_eq!(code, 0);
@@ -289,7 +290,18 @@ fn the_cli_rents_plays_twice_and_is_refused_after_the_window() {
     assert_eq!(code, 0, "{published}");
     let media_id = published["media"][0]["media_id"].as_str().expect("media id").to_string();
     let passport = [
-        "player", "passport", "--connect", &url, "--cred", "keys/operator.cred", "--engine-key", "keys/engine.pub.pem", "--consumer", "alice", "--data-dir", "players",
+        "player",
+        "passport",
+        "--connect",
+        &url,
+        "--cred",
+        "keys/operator.cred",
+        "--engine-key",
+        "keys/engine.pub.pem",
+        "--consumer",
+        "alice",
+        "--data-dir",
+        "players",
         "--json",
     ];
     assert_eq!(json(vouchsafe().args(passport), root).0, 0);

@@ -649,7 +649,16 @@ mod tests {
         }
         assert_eq!(log.totals[&(Dimension::Media, "md1".into())].amount_minor, 100, "the window was paid once");
         // Control: the same releases without the play numbers (a purchase) count once.
-        let bought: Vec<Event> = events.iter().map(|event| if let Event::RedemptionAccepted { released_media, .. } = event { redeemed("v1", &released_media.iter().map(|m| m.as_str()).collect::<Vec<_>>()) } else { event.clone() }).collect();
+        let bought: Vec<Event> = events
+            .iter()
+            .map(|event| {
+                if let Event::RedemptionAccepted { released_media, .. } = event {
+                    redeemed("v1", &released_media.iter().map(|m| m.as_str()).collect::<Vec<_>>())
+                } else {
+                    event.clone()
+                }
+            })
+            .collect();
         assert_eq!(usages_after(&bought), (1, vec![1]));
     }
 

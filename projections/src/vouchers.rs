@@ -314,7 +314,8 @@ mod tests {
             expires_at: Millis(expires_at),
             payment: Payment::Merchant { payment_ref: "p".into() },
             token_key_id: 1,
-            auth_generation: 1, rental_ms: 0,
+            auth_generation: 1,
+            rental_ms: 0,
         }
     }
 

@@ -150,6 +150,13 @@ impl Market {
         let media_ids = state.media_ids();
         let media_refs: Vec<&str> = media_ids.iter().map(|m| m.0.as_str()).collect();
         let access_token = crypto::access_token(&self.node_access_key(&node_id), &node_id.0, &voucher_id.0, &media_refs, state.access_expires_at.0);
-        Ok(IssueAnswer { voucher_id: voucher_id.clone(), node_id, access_token, access_expires_at: state.access_expires_at, media_ids, rental_until: state.rental_until })
+        Ok(IssueAnswer {
+            voucher_id: voucher_id.clone(),
+            node_id,
+            access_token,
+            access_expires_at: state.access_expires_at,
+            media_ids,
+            rental_until: state.rental_until,
+        })
     }
 }

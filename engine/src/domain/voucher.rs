@@ -488,7 +488,7 @@ impl Voucher {
         // re-wraps them for the same consumer and is not counted again. A rental's every
         // play releases them anew: each play's first release is a usage (pay-per-view).
         let (released_media, rental_play) = match (self.is_rental(), self.play_released, &self.released_to) {
-            (true, false, _) => (self.media_ids(), self.rental_plays + 1),
+            (true, false, _) => (self.media_ids(), self.rental_plays.saturating_add(1)),
             (false, _, None) => (self.media_ids(), 0),
             _ => (Vec::new(), 0),
         };

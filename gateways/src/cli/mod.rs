@@ -856,7 +856,8 @@ pub async fn merchant(args: MerchantArgs) -> anyhow::Result<Outcome> {
                         ttl_ms: *ttl_ms,
                         points_account: points.as_ref().map(|p| p.account.clone()).unwrap_or_default(),
                         payment_ref: String::new(),
-                        spend_authorization: points.as_ref().and_then(|p| p.authorization.clone()), rental_ms: *rental_ms,
+                        spend_authorization: points.as_ref().and_then(|p| p.authorization.clone()),
+                        rental_ms: *rental_ms,
                     })
                     .await?
                     .into_inner();
@@ -932,7 +933,10 @@ pub async fn merchant(args: MerchantArgs) -> anyhow::Result<Outcome> {
                 sale_json(&client::buy_with(&mut merchant, &request_id, media_ids, "high", points.as_ref(), *rental_ms).await?)
             }
             MerchantCommand::Preview { media, region } => {
-                let preview = merchant.preview(pb::PreviewRequest { request_id, media_id: media.clone(), region: region.clone().unwrap_or_default() }).await?.into_inner();
+                let preview = merchant
+                    .preview(pb::PreviewRequest { request_id, media_id: media.clone(), region: region.clone().unwrap_or_default() })
+                    .await?
+                    .into_inner();
                 serde_json::json!({ "preview_id": preview.preview_id, "node_id": preview.node_id, "node_endpoint": preview.node_endpoint })
             }
             MerchantCommand::Get { voucher } => {
@@ -943,7 +947,9 @@ pub async fn merchant(args: MerchantArgs) -> anyhow::Result<Outcome> {
                     "delivered_media_ids": view.delivered_media_ids, "rental_until_ms": view.rental_until_ms, "rental_plays": view.rental_plays,
                 })
             }
-            MerchantCommand::List { set, status, limit, cursor } => reads::merchant_list(&mut merchant, *set, status.as_deref(), *limit, cursor.as_deref()).await?,
+            MerchantCommand::List { set, status, limit, cursor } => {
+                reads::merchant_list(&mut merchant, *set, status.as_deref(), *limit, cursor.as_deref()).await?
+            }
             MerchantCommand::Statement { period } => reads::merchant_statement(&mut merchant, period).await?,
         })
     }

@@ -839,7 +839,8 @@ mod tests {
             node_endpoint: "http://127.0.0.1:1".into(),
             node_id: "n1".into(),
             grant: AccessGrant { voucher_id: "v1".into(), media_ids: vec!["md1".into()], access_expires_at_ms: 1, access_token: vec![0xAB; 32] },
-            receipt: vec![0xCD; 32], rental_until_ms: 0,
+            receipt: vec![0xCD; 32],
+            rental_until_ms: 0,
         };
         let printed = format!("{purchase:?}");
         assert!(printed.contains("v1") && !printed.contains("205") && !printed.contains("171"), "{printed}");

@@ -319,7 +319,8 @@ mod tests {
                 wrapped_key_hashes: Vec::new(),
                 challenge_hash: None,
                 consumer_key_hash: None,
-                released_media: released.iter().map(|m| MediaId::new(*m)).collect(), rental_play: 0,
+                released_media: released.iter().map(|m| MediaId::new(*m)).collect(),
+                rental_play: 0,
             },
         )
     }
@@ -408,7 +409,8 @@ mod tests {
                 expires_at: Millis(9),
                 payment: Payment::Merchant { payment_ref: String::new() },
                 token_key_id: 0,
-                auth_generation: 1, rental_ms: 0,
+                auth_generation: 1,
+                rental_ms: 0,
             },
         )
     }

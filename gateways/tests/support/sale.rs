@@ -34,7 +34,8 @@ pub fn reserve_request(request_id: &str, media: &str) -> pb::ReserveRequest {
         ttl_ms: 15 * 60 * 1000,
         points_account: String::new(),
         payment_ref: "card".into(),
-        spend_authorization: None, rental_ms: 0,
+        spend_authorization: None,
+        rental_ms: 0,
     }
 }
 
@@ -54,7 +55,8 @@ pub async fn buy_in(merchant: &mut client::MerchantClient, prefix: &str, media: 
         node_endpoint: issued.node_endpoint,
         access_token: issued.access_token,
         access_expires_at_ms: issued.access_expires_at_ms,
-        media_ids: vec![media.to_string()], rental_until_ms: 0,
+        media_ids: vec![media.to_string()],
+        rental_until_ms: 0,
     })
 }
 

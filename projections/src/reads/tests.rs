@@ -37,7 +37,8 @@ fn reserved(voucher: &str, merchant: &str) -> Event {
         expires_at: Millis(9),
         payment: Payment::Merchant { payment_ref: "p".into() },
         token_key_id: 1,
-        auth_generation: 1, rental_ms: 0,
+        auth_generation: 1,
+        rental_ms: 0,
     }
 }
 

@@ -58,7 +58,8 @@ fn script() -> Vec<Event> {
         expires_at: Millis(2_000_000_000_000 + i64::from(n)),
         payment: account.map_or(Payment::Merchant { payment_ref: "card".into() }, |account| Payment::Points { account: AccountId::new(account) }),
         token_key_id: 1,
-        auth_generation: 1, rental_ms: 0,
+        auth_generation: 1,
+        rental_ms: 0,
     };
     let delivered = |n: u32| Event::Delivered {
         voucher_id: voucher(n),
@@ -111,7 +112,8 @@ fn script() -> Vec<Event> {
             voucher_id: voucher(1),
             receipt_key_id: 1,
             receipt_generation: 1,
-            postings: postings(LedgerAccountKind::ConsumerPoints, "a1", "m1"), rental_until: engine::ids::Millis(0),
+            postings: postings(LedgerAccountKind::ConsumerPoints, "a1", "m1"),
+            rental_until: engine::ids::Millis(0),
         },
         Event::HoldPosted { account_id: AccountId::new("a1"), voucher_id: voucher(1), amount: 250 },
         Event::VoucherIssued {
@@ -128,7 +130,8 @@ fn script() -> Vec<Event> {
             voucher_id: voucher(2),
             receipt_key_id: 1,
             receipt_generation: 1,
-            postings: postings(LedgerAccountKind::MerchantClearing, "m0", "m0"), rental_until: engine::ids::Millis(0),
+            postings: postings(LedgerAccountKind::MerchantClearing, "m0", "m0"),
+            rental_until: engine::ids::Millis(0),
         },
         Event::VoucherIssued {
             voucher_id: voucher(2),
@@ -167,7 +170,8 @@ fn script() -> Vec<Event> {
             voucher_id: voucher(5),
             receipt_key_id: 1,
             receipt_generation: 1,
-            postings: postings(LedgerAccountKind::MerchantClearing, "m1", "m1"), rental_until: engine::ids::Millis(0),
+            postings: postings(LedgerAccountKind::MerchantClearing, "m1", "m1"),
+            rental_until: engine::ids::Millis(0),
         },
         Event::Voided {
             voucher_id: voucher(5),

@@ -45,7 +45,10 @@ fn rental_reserved() -> Event {
 }
 
 fn rental_authorized() -> Vec<Event> {
-    vec![rental_reserved(), Event::Authorized { voucher_id: voucher_id(), receipt_key_id: 3, receipt_generation: 1, postings: vec![], rental_until: RENTAL_UNTIL }]
+    vec![
+        rental_reserved(),
+        Event::Authorized { voucher_id: voucher_id(), receipt_key_id: 3, receipt_generation: 1, postings: vec![], rental_until: RENTAL_UNTIL },
+    ]
 }
 
 /// The play's issue to `node` at `at` (its access window as the rental caps it).
@@ -141,11 +144,13 @@ fn every_play_is_a_usage_of_its_own_on_any_node() {
     let mut given = first_play();
     check::<Voucher>(&given, issue_by(merchant(), other_node(), ACCESS_TTL), second_at, Ok(vec![play_issued(other_node(), second_at)]));
     given.push(play_issued(other_node(), second_at));
-    let redeem = redeem_answering(other_node(), consumer(), cert(), crate::domain::voucher::CertCheck::Valid, crate::domain::voucher::ProofCheck::Valid, [4; 32]);
+    let redeem =
+        redeem_answering(other_node(), consumer(), cert(), crate::domain::voucher::CertCheck::Valid, crate::domain::voucher::ProofCheck::Valid, [4; 32]);
     check::<Voucher>(&given, redeem.clone(), second_at, Ok(vec![play_redeemed(other_node(), [4; 32], 2)]));
     // The same play asked again (a node retrying for the same consumer) is no new usage.
     given.push(play_redeemed(other_node(), [4; 32], 2));
-    let retry = redeem_answering(other_node(), consumer(), cert(), crate::domain::voucher::CertCheck::Valid, crate::domain::voucher::ProofCheck::Valid, [5; 32]);
+    let retry =
+        redeem_answering(other_node(), consumer(), cert(), crate::domain::voucher::CertCheck::Valid, crate::domain::voucher::ProofCheck::Valid, [5; 32]);
     check::<Voucher>(&given, retry, second_at, Ok(vec![]));
 }
 
@@ -204,7 +209,12 @@ fn a_purchase_keeps_its_one_usage_and_no_window() {
 fn a_play_issued_within_the_window_and_left_unplayed_is_not_issued_again_after_it() {
     let mut given = first_play();
     given.push(play_issued(node(), Millis(RENTAL_UNTIL.0 - 60_000)));
-    check::<Voucher>(&given, issue_by(merchant(), other_node(), ACCESS_TTL), Millis(RENTAL_UNTIL.0 + 1), Err(Rejection::RentalEnded { ended_at: RENTAL_UNTIL }));
+    check::<Voucher>(
+        &given,
+        issue_by(merchant(), other_node(), ACCESS_TTL),
+        Millis(RENTAL_UNTIL.0 + 1),
+        Err(Rejection::RentalEnded { ended_at: RENTAL_UNTIL }),
+    );
     // A rental not paid for yet has no window to be over: it is authorized as any reservation.
     let decided = fold::<Voucher>(&[rental_reserved()]).decide(&authorize(&[("song1", 100)]), Millis(T0.0 + 2));
     assert!(decided.is_ok(), "{decided:?}");

@@ -260,19 +260,21 @@ fn arb_event() -> BoxedStrategy<Event> {
             (id(VoucherId), id(NodeId), id(ConsumerId), id(CertSerial)),
             (vec(hash32(), 0..4), proptest::option::of(hash32()), proptest::option::of(hash32()), vec(id(MediaId), 0..4), u32s())
         )
-            .prop_map(|((voucher_id, node_id, consumer_id, cert_serial), (wrapped_key_hashes, challenge_hash, consumer_key_hash, released_media, rental_play))| {
-                Event::RedemptionAccepted {
-                    voucher_id,
-                    node_id,
-                    consumer_id,
-                    cert_serial,
-                    wrapped_key_hashes,
-                    challenge_hash,
-                    consumer_key_hash,
-                    released_media,
-                    rental_play,
+            .prop_map(
+                |((voucher_id, node_id, consumer_id, cert_serial), (wrapped_key_hashes, challenge_hash, consumer_key_hash, released_media, rental_play))| {
+                    Event::RedemptionAccepted {
+                        voucher_id,
+                        node_id,
+                        consumer_id,
+                        cert_serial,
+                        wrapped_key_hashes,
+                        challenge_hash,
+                        consumer_key_hash,
+                        released_media,
+                        rental_play,
+                    }
                 }
-            }),
+            ),
         (id(VoucherId), id(NodeId), u32s()).prop_map(|(voucher_id, node_id, play)| Event::RentalPlayEnded { voucher_id, node_id, play }),
         (id(VoucherId), id(NodeId), text()).prop_map(|(voucher_id, node_id, reason)| Event::DeliveryFailed { voucher_id, node_id, reason }),
         (id(VoucherId), id(NodeId), id(MediaId), id(CertSerial), hash32(), u64s(), any::<bool>()).prop_map(
