@@ -235,6 +235,18 @@ async fn a_rental_plays_within_its_window_each_play_counted_once_and_is_refused_
     assert_eq!(deleted, vec![copy.clone()]);
     assert!(!copy.exists() && kept[0].path.exists(), "the rental's copy went, the purchase's stayed");
 
+    // The auditor's replay from sequence 1 recounts the same usages and verifies the chain:
+    // the two plays and the purchase.
+    assert_eq!(usages(&mut audit, &media_id, 3).await, 3);
+    let mut replay = audit.replay(pb::ReplayRequest { pinned_seal_hash: Vec::new() }).await.expect("replay").into_inner();
+    let mut last = None;
+    while let Some(progress) = replay.message().await.expect("progress") {
+        last = Some(progress);
+    }
+    let last = last.expect("a last message");
+    assert!(last.done && last.chain_ok, "{last:?}");
+    assert_eq!(last.royalty_entries, 3, "{last:?}");
+
     for node in nodes {
         node.shutdown().await;
     }
