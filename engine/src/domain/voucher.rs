@@ -32,6 +32,9 @@ pub const ITEMS_MAX: usize = 64;
 pub const RESERVATION_TTL_MS_MAX: u64 = 7 * 24 * 3600 * 1000;
 /// Longest access token lifetime accepted.
 pub const ACCESS_TTL_MS_MAX: u64 = 24 * 3600 * 1000;
+/// Most plays one rental gives: each play's challenge stays in the voucher (a challenge
+/// redeems once, across plays too), so the plays bound the voucher's state.
+pub const RENTAL_PLAYS_MAX: u32 = 10_000;
 /// The first generation of auth and receipt tokens.
 pub const FIRST_GENERATION: u32 = 1;
 
@@ -333,6 +336,15 @@ impl Voucher {
         if started && now > self.rental_until { Err(Rejection::RentalEnded { ended_at: self.rental_until }) } else { Ok(()) }
     }
 
+    /// A rental's next play, refused past `RENTAL_PLAYS_MAX` (a play under way goes on).
+    fn rental_play_left(&self) -> Result<(), Rejection> {
+        if self.is_rental() && !self.play_released && self.rental_plays >= RENTAL_PLAYS_MAX {
+            Err(Rejection::RentalPlaysExhausted { plays_max: RENTAL_PLAYS_MAX })
+        } else {
+            Ok(())
+        }
+    }
+
     /// An access window from `now`: a rental's never passes the rental's end.
     fn access_until(&self, now: Millis, access_ttl_ms: u64) -> Millis {
         let until = now.plus_ms(access_ttl_ms);
@@ -452,6 +464,7 @@ impl Voucher {
     fn decide_redeem(&self, redeem: &Redeem, now: Millis) -> Result<Vec<Event>, Rejection> {
         self.assigned_to(&redeem.node)?;
         self.rental_open(now)?;
+        self.rental_play_left()?;
         let redeemer = (redeem.consumer.clone(), redeem.cert_serial.clone());
         let retry = match self.status {
             // Once released, the keys are that consumer's: a failed delivery may be retried
@@ -697,6 +710,7 @@ impl Aggregate for Voucher {
                 }
                 // Whatever state its last play left it in, a rental past its window plays no more.
                 self.rental_open(now)?;
+                self.rental_play_left()?;
                 if self.status != VoucherStatus::Authorized {
                     return Err(self.transition("IssueVoucher"));
                 }
@@ -861,12 +875,14 @@ impl Aggregate for Voucher {
                 self.status = VoucherStatus::Authorized;
                 self.node = None;
                 self.consumer = None;
+                self.play_released = false;
             }
             Event::RentalPlayEnded { .. } => {
                 // Paid and unissued again: the next play is issued anew, on any node.
                 self.status = VoucherStatus::Authorized;
                 self.node = None;
                 self.consumer = None;
+                self.play_released = false;
             }
             Event::DeliveryFailed { .. } => {
                 self.status = VoucherStatus::Issued;

@@ -219,3 +219,20 @@ fn a_play_issued_within_the_window_and_left_unplayed_is_not_issued_again_after_i
     let decided = fold::<Voucher>(&[rental_reserved()]).decide(&authorize(&[("song1", 100)]), Millis(T0.0 + 2));
     assert!(decided.is_ok(), "{decided:?}");
 }
+
+#[test]
+fn a_rental_gives_at_most_rental_plays_max_plays() {
+    use crate::domain::voucher::RENTAL_PLAYS_MAX;
+    let mut given = first_play();
+    let Some(Event::RedemptionAccepted { rental_play, .. }) = given.iter_mut().find(|event| matches!(event, Event::RedemptionAccepted { .. })) else {
+        unreachable!("the first play redeems")
+    };
+    *rental_play = RENTAL_PLAYS_MAX;
+    check::<Voucher>(&given, issue_by(merchant(), node(), ACCESS_TTL), ISSUED_AT, Err(Rejection::RentalPlaysExhausted { plays_max: RENTAL_PLAYS_MAX }));
+    // One play fewer: the next is issued (the control).
+    let mut one_left = first_play();
+    if let Some(Event::RedemptionAccepted { rental_play, .. }) = one_left.iter_mut().find(|event| matches!(event, Event::RedemptionAccepted { .. })) {
+        *rental_play = RENTAL_PLAYS_MAX - 1;
+    }
+    check::<Voucher>(&one_left, issue_by(merchant(), node(), ACCESS_TTL), ISSUED_AT, Ok(vec![play_issued(node(), ISSUED_AT)]));
+}
