@@ -89,7 +89,8 @@ pub struct Voucher {
     pub void_reason: Option<VoidReason>,
     pub delivery_failures: u32,
     /// Challenges accepted redemptions answered (one per redemption: bounded by the
-    /// voucher's redemptions, which failed deliveries bound).
+    /// voucher's redemptions, which failed deliveries bound, and a rental's plays
+    /// `RENTAL_PLAYS_MAX`).
     pub used_challenges: Vec<[u8; 32]>,
     /// Who the media keys were released to (the first accepted redemption). Kept after a
     /// failed delivery: that consumer holds the keys, so nobody else may redeem.
