@@ -62,6 +62,13 @@ fn recoveries_max_of(config: &Config) -> u32 {
     config.get(RECOVERIES_MAX_KEY).map_or(RECOVERIES_MAX_DEFAULT, |max| u32::try_from(max).unwrap_or(u32::MAX))
 }
 
+/// The rental bounds and price per window in force (`rental.*`).
+fn rental_terms_of(config: &Config) -> voucher::RentalTerms {
+    use crate::domain::config::{RENTAL_PRICE_BPS_KEY, RENTAL_WINDOW_MS_MAX_KEY, RENTAL_WINDOW_MS_MIN_KEY};
+    let get = |key| config.get(key).unwrap_or(0);
+    voucher::RentalTerms { window_ms_min: get(RENTAL_WINDOW_MS_MIN_KEY), window_ms_max: get(RENTAL_WINDOW_MS_MAX_KEY), price_bps: get(RENTAL_PRICE_BPS_KEY) }
+}
+
 fn retries_max_of(config: &Config) -> u32 {
     config.get(RETRIES_MAX_KEY).map_or(u32::MAX, |max| u32::try_from(max).unwrap_or(u32::MAX))
 }
@@ -145,6 +152,8 @@ pub struct ReserveAnswer {
     pub expires_at: Millis,
     pub price_minor: u64,
     pub currency: String,
+    /// The rental window reserved (0: a purchase).
+    pub rental_ms: u64,
 }
 
 #[derive(Debug)]
@@ -153,6 +162,8 @@ pub struct AuthorizeAnswer {
     /// The receipt token; the consumer proves possession of it at redemption.
     pub receipt: crypto::Token,
     pub receipt_generation: u32,
+    /// A rental's end (`Millis(0)`: not a rental).
+    pub rental_until: Millis,
 }
 
 #[derive(Debug)]
@@ -162,6 +173,8 @@ pub struct IssueAnswer {
     pub access_token: [u8; 32],
     pub access_expires_at: Millis,
     pub media_ids: Vec<MediaId>,
+    /// A rental's end (`Millis(0)`: not a rental).
+    pub rental_until: Millis,
 }
 
 #[derive(Debug)]
@@ -575,6 +588,23 @@ impl Market {
         payment: Payment,
         spend: Option<&SpendAuthorization>,
     ) -> Result<ReserveAnswer, AppError> {
+        self.reserve_rental(merchant, request, media_ids, rendition, ttl_ms, payment, spend, 0).await
+    }
+
+    /// A reservation of a rental of `rental_ms` (0: a purchase kept for good), checked
+    /// against the `rental.*` bounds in force and priced per window.
+    #[allow(clippy::too_many_arguments)] // the fields of one ReserveRequest, no more
+    pub async fn reserve_rental(
+        &self,
+        merchant: &MerchantId,
+        request: &RequestId,
+        media_ids: &[MediaId],
+        rendition: &str,
+        ttl_ms: u64,
+        payment: Payment,
+        spend: Option<&SpendAuthorization>,
+        rental_ms: u64,
+    ) -> Result<ReserveAnswer, AppError> {
         crate::domain::validate::id("request_id", &request.0)?;
         if spend.is_some() && !matches!(payment, Payment::Points { .. }) {
             return Err(Rejection::InvalidArgument { field: "spend_authorization", reason: "only a points purchase carries one".into() }.into());
@@ -596,6 +626,12 @@ impl Market {
             ttl_ms,
             payment: payment.clone(),
             token_key_id: TOKEN_KEY_ID,
+            rental_ms,
+            rental: if rental_ms > 0 {
+                rental_terms_of(&self.config().await?)
+            } else {
+                voucher::RentalTerms { window_ms_min: 0, window_ms_max: 0, price_bps: 0 }
+            },
         });
         let by = actor(ActorKind::Merchant, &merchant.0);
         // Only a points payment needs the voucher before its reservation (to hold points
@@ -627,7 +663,13 @@ impl Market {
         }
         let handled = self.handler.handle::<Voucher>(&voucher_id.0, &by, request, &command).await?;
         let state = &handled.root.state;
-        Ok(ReserveAnswer { voucher_id, expires_at: state.expires_at, price_minor: state.price_minor, currency: state.currency.clone() })
+        Ok(ReserveAnswer {
+            voucher_id,
+            expires_at: state.expires_at,
+            price_minor: state.price_minor,
+            currency: state.currency.clone(),
+            rental_ms: state.rental_ms,
+        })
     }
 
     pub async fn authorize(&self, merchant: &MerchantId, request: &RequestId, voucher_id: &VoucherId) -> Result<AuthorizeAnswer, AppError> {
@@ -649,7 +691,7 @@ impl Market {
                 .await?;
         }
         let receipt = crypto::derive_token(&self.keys.token_key(state.receipt_key_id), TokenPurpose::Receipt, &voucher_id.0, state.receipt_generation);
-        Ok(AuthorizeAnswer { voucher_id: voucher_id.clone(), receipt, receipt_generation: state.receipt_generation })
+        Ok(AuthorizeAnswer { voucher_id: voucher_id.clone(), receipt, receipt_generation: state.receipt_generation, rental_until: state.rental_until })
     }
 
     pub async fn void(&self, merchant: &MerchantId, request: &RequestId, voucher_id: &VoucherId) -> Result<(), AppError> {

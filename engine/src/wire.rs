@@ -397,7 +397,7 @@ fn event_to_pb(event: &Event) -> E {
         Event::CertRevoked { consumer_id, cert_serial, reason } => {
             E::CertRevoked(pb::CertRevoked { consumer_id: consumer_id.0.clone(), cert_serial: cert_serial.0.clone(), reason: reason.clone() })
         }
-        Event::Reserved { voucher_id, merchant_id, items, rendition, price_minor, currency, expires_at, payment, token_key_id, auth_generation } => {
+        Event::Reserved { voucher_id, merchant_id, items, rendition, price_minor, currency, expires_at, payment, token_key_id, auth_generation, rental_ms } => {
             E::Reserved(pb::Reserved {
                 voucher_id: voucher_id.0.clone(),
                 merchant_id: merchant_id.0.clone(),
@@ -412,13 +412,15 @@ fn event_to_pb(event: &Event) -> E {
                 }),
                 token_key_id: *token_key_id,
                 auth_generation: *auth_generation,
+                rental_ms: *rental_ms,
             })
         }
-        Event::Authorized { voucher_id, receipt_key_id, receipt_generation, postings } => E::Authorized(pb::Authorized {
+        Event::Authorized { voucher_id, receipt_key_id, receipt_generation, postings, rental_until } => E::Authorized(pb::Authorized {
             voucher_id: voucher_id.0.clone(),
             receipt_key_id: *receipt_key_id,
             receipt_generation: *receipt_generation,
             postings: postings_to_pb(postings),
+            rental_until_ms: rental_until.0,
         }),
         Event::Voided { voucher_id, reason, reversal } => {
             E::Voided(pb::Voided { voucher_id: voucher_id.0.clone(), reason: void_reason(*reason) as i32, reversal: postings_to_pb(reversal) })
@@ -453,17 +455,29 @@ fn event_to_pb(event: &Event) -> E {
                 lease: *lease,
             })
         }
-        Event::RedemptionAccepted { voucher_id, node_id, consumer_id, cert_serial, wrapped_key_hashes, challenge_hash, consumer_key_hash, released_media } => {
-            E::RedemptionAccepted(pb::RedemptionAccepted {
-                voucher_id: voucher_id.0.clone(),
-                node_id: node_id.0.clone(),
-                consumer_id: consumer_id.0.clone(),
-                cert_serial: cert_serial.0.clone(),
-                wrapped_key_hashes: wrapped_key_hashes.iter().map(|h| h.to_vec()).collect(),
-                challenge_hash: challenge_hash.map(|h| h.to_vec()).unwrap_or_default(),
-                consumer_key_hash: consumer_key_hash.map(|h| h.to_vec()).unwrap_or_default(),
-                released_media_ids: released_media.iter().map(|m| m.0.clone()).collect(),
-            })
+        Event::RedemptionAccepted {
+            voucher_id,
+            node_id,
+            consumer_id,
+            cert_serial,
+            wrapped_key_hashes,
+            challenge_hash,
+            consumer_key_hash,
+            released_media,
+            rental_play,
+        } => E::RedemptionAccepted(pb::RedemptionAccepted {
+            voucher_id: voucher_id.0.clone(),
+            node_id: node_id.0.clone(),
+            consumer_id: consumer_id.0.clone(),
+            cert_serial: cert_serial.0.clone(),
+            wrapped_key_hashes: wrapped_key_hashes.iter().map(|h| h.to_vec()).collect(),
+            challenge_hash: challenge_hash.map(|h| h.to_vec()).unwrap_or_default(),
+            consumer_key_hash: consumer_key_hash.map(|h| h.to_vec()).unwrap_or_default(),
+            released_media_ids: released_media.iter().map(|m| m.0.clone()).collect(),
+            rental_play: *rental_play,
+        }),
+        Event::RentalPlayEnded { voucher_id, node_id, play } => {
+            E::RentalPlayEnded(pb::RentalPlayEnded { voucher_id: voucher_id.0.clone(), node_id: node_id.0.clone(), play: *play })
         }
         Event::DeliveryFailed { voucher_id, node_id, reason } => {
             E::DeliveryFailed(pb::DeliveryFailed { voucher_id: voucher_id.0.clone(), node_id: node_id.0.clone(), reason: reason.clone() })
@@ -624,12 +638,14 @@ fn event_of_pb(event: E) -> Result<Event, DecodeError> {
             },
             token_key_id: e.token_key_id,
             auth_generation: e.auth_generation,
+            rental_ms: e.rental_ms,
         },
         E::Authorized(e) => Event::Authorized {
             voucher_id: VoucherId(e.voucher_id),
             receipt_key_id: e.receipt_key_id,
             receipt_generation: e.receipt_generation,
             postings: postings_of(e.postings)?,
+            rental_until: Millis(e.rental_until_ms),
         },
         E::Voided(e) => Event::Voided { voucher_id: VoucherId(e.voucher_id), reason: void_reason_of(e.reason)?, reversal: postings_of(e.reversal)? },
         E::CopyRecovered(e) => Event::CopyRecovered {
@@ -668,7 +684,9 @@ fn event_of_pb(event: E) -> Result<Event, DecodeError> {
             challenge_hash: optional_hash("challenge_hash", &e.challenge_hash)?,
             consumer_key_hash: optional_hash("consumer_key_hash", &e.consumer_key_hash)?,
             released_media: e.released_media_ids.into_iter().map(MediaId).collect(),
+            rental_play: e.rental_play,
         },
+        E::RentalPlayEnded(e) => Event::RentalPlayEnded { voucher_id: VoucherId(e.voucher_id), node_id: NodeId(e.node_id), play: e.play },
         E::DeliveryFailed(e) => Event::DeliveryFailed { voucher_id: VoucherId(e.voucher_id), node_id: NodeId(e.node_id), reason: e.reason },
         E::Delivered(e) => Event::Delivered {
             voucher_id: VoucherId(e.voucher_id),

@@ -243,7 +243,13 @@ async fn a_signed_multi_rendition_container_is_checked_published_streamed_and_de
     let second_id = catalog.publish_media(request_for("pub-2", container_two.clone(), wrapped_two, &second)).await.expect("publish").into_inner().media_id;
     let album = [published.media_id.clone(), second_id.clone()];
     let sale = client::buy_rendition(&mut merchant, "sale-1", &album, "low", None).await.expect("buy");
-    let purchase = Purchase { node_endpoint: sale.node_endpoint.clone(), node_id: sale.node_id.clone(), grant: sale.grant(), receipt: sale.receipt.clone() };
+    let purchase = Purchase {
+        node_endpoint: sale.node_endpoint.clone(),
+        node_id: sale.node_id.clone(),
+        grant: sale.grant(),
+        receipt: sale.receipt.clone(),
+        rental_until_ms: 0,
+    };
 
     // The node streams the container opaquely, from any offset: the low rendition's chunks
     // fetched from the offset of each chunk decrypt, one by one, to the same bytes as the

@@ -99,7 +99,13 @@ async fn publish(fixture: &mut Fixture, request_id: &str, content: Vec<u8>, prev
 }
 
 fn purchase_of(sale: &client::Sale) -> Purchase {
-    Purchase { node_endpoint: sale.node_endpoint.clone(), node_id: sale.node_id.clone(), grant: sale.grant(), receipt: sale.receipt.clone() }
+    Purchase {
+        node_endpoint: sale.node_endpoint.clone(),
+        node_id: sale.node_id.clone(),
+        grant: sale.grant(),
+        receipt: sale.receipt.clone(),
+        rental_until_ms: 0,
+    }
 }
 
 fn rpc_code(error: &anyhow::Error) -> Option<(&'static str, Code)> {
@@ -218,19 +224,37 @@ async fn a_player_redeems_downloads_decrypts_and_confirms_an_album_through_a_nod
     // the buyer's proof. With it, a wrong hash reports the delivery failed.
     let head = fixture.log.last_seq().await.expect("head");
     let without = at_node
-        .confirm(pb::ConfirmRequest { grant: grant.clone(), media_id: b.media_id.clone(), received_hash: vec![0; 32], proof: Vec::new() })
+        .confirm(pb::ConfirmRequest {
+            grant: grant.clone(),
+            media_id: b.media_id.clone(),
+            received_hash: vec![0; 32],
+            proof: Vec::new(),
+            play_id: String::new(),
+        })
         .await
         .expect_err("no proof");
     assert_eq!(without.code(), Code::InvalidArgument, "{without:?}");
     let forged = at_node
-        .confirm(pb::ConfirmRequest { grant: grant.clone(), media_id: b.media_id.clone(), received_hash: vec![0; 32], proof: vec![9; 32] })
+        .confirm(pb::ConfirmRequest {
+            grant: grant.clone(),
+            media_id: b.media_id.clone(),
+            received_hash: vec![0; 32],
+            proof: vec![9; 32],
+            play_id: String::new(),
+        })
         .await
         .expect_err("a forged proof");
     assert_eq!(forged.code(), Code::PermissionDenied, "{forged:?}");
     assert_eq!(fixture.log.last_seq().await.expect("head"), head, "neither failed the delivery");
     let confirm_proof = crypto::confirm_proof(&receipt, &sale.voucher_id, &sale.node_id, &b.media_id, &[0; 32], &alice_subject).to_vec();
     let mismatch = at_node
-        .confirm(pb::ConfirmRequest { grant: grant.clone(), media_id: b.media_id.clone(), received_hash: vec![0; 32], proof: confirm_proof })
+        .confirm(pb::ConfirmRequest {
+            grant: grant.clone(),
+            media_id: b.media_id.clone(),
+            received_hash: vec![0; 32],
+            proof: confirm_proof,
+            play_id: String::new(),
+        })
         .await
         .expect_err("hash mismatch");
     assert_eq!(mismatch.code(), Code::DataLoss, "{mismatch:?}");

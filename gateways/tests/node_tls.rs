@@ -130,7 +130,13 @@ async fn a_player_with_the_node_ca_fetches_over_tls_and_one_without_it_is_refuse
     let passport = player::create_passport(&mut catalog, "cert-alice", &alice, &engine_public).await.expect("passport");
     let sale = client::buy(&mut merchant, "sale-1", std::slice::from_ref(&published.media_id), None).await.expect("buy");
     assert_eq!(sale.node_endpoint, node.endpoint(), "the sale hands players the node's https endpoint");
-    let purchase = Purchase { node_endpoint: sale.node_endpoint.clone(), node_id: sale.node_id.clone(), grant: sale.grant(), receipt: sale.receipt.clone() };
+    let purchase = Purchase {
+        node_endpoint: sale.node_endpoint.clone(),
+        node_id: sale.node_id.clone(),
+        grant: sale.grant(),
+        receipt: sale.receipt.clone(),
+        rental_until_ms: 0,
+    };
     let out = dir.path().join("alice");
     let head = log.last_seq().await.expect("head");
 

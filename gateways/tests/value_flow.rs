@@ -136,7 +136,13 @@ impl Fixture {
 }
 
 fn purchase_of(sale: &client::Sale) -> Purchase {
-    Purchase { node_endpoint: sale.node_endpoint.clone(), node_id: sale.node_id.clone(), grant: sale.grant(), receipt: sale.receipt.clone() }
+    Purchase {
+        node_endpoint: sale.node_endpoint.clone(),
+        node_id: sale.node_id.clone(),
+        grant: sale.grant(),
+        receipt: sale.receipt.clone(),
+        rental_until_ms: 0,
+    }
 }
 
 fn receipt_of(sale: &client::Sale) -> SecretKey {
@@ -301,7 +307,13 @@ async fn after_a_failed_confirm_only_the_consumer_holding_the_keys_redeems() {
     let subject = crypto::ProofConsumer::new("alice", &alice.certificate.cert_serial, &alice.certificate.public_key_der);
     let proof = crypto::confirm_proof(&receipt_of(&sale), &sale.voucher_id, &sale.node_id, &fixture.media_id, &[0; 32], &subject).to_vec();
     let failed = at_node
-        .confirm(pb::ConfirmRequest { grant: Some(sale.grant()), media_id: fixture.media_id.clone(), received_hash: vec![0; 32], proof })
+        .confirm(pb::ConfirmRequest {
+            grant: Some(sale.grant()),
+            media_id: fixture.media_id.clone(),
+            received_hash: vec![0; 32],
+            proof,
+            play_id: String::new(),
+        })
         .await
         .expect_err("a wrong hash");
     assert_eq!(failed.code(), Code::DataLoss, "{failed:?}");
@@ -423,6 +435,7 @@ async fn a_merchant_spends_a_consumers_points_only_with_her_authorization() {
         points_account: account.into(),
         payment_ref: String::new(),
         spend_authorization: spend,
+        rental_ms: 0,
     };
     let head = fixture.head().await;
     let refused = |status: tonic::Status, code: Code, has: &str| {
@@ -819,7 +832,13 @@ async fn a_voucher_whose_deliveries_failed_past_the_retries_is_reissued_to_its_c
     let subject = crypto::ProofConsumer::new("alice", &alice.certificate.cert_serial, &alice.certificate.public_key_der);
     let proof = crypto::confirm_proof(&receipt_of(&sale), &sale.voucher_id, &sale.node_id, &fixture.media_id, &[0; 32], &subject).to_vec();
     at_node
-        .confirm(pb::ConfirmRequest { grant: Some(sale.grant()), media_id: fixture.media_id.clone(), received_hash: vec![0; 32], proof })
+        .confirm(pb::ConfirmRequest {
+            grant: Some(sale.grant()),
+            media_id: fixture.media_id.clone(),
+            received_hash: vec![0; 32],
+            proof,
+            play_id: String::new(),
+        })
         .await
         .expect_err("a wrong hash: the delivery failed");
     let again = player_redeem(&mut at_node, &sale, &alice, "r2").await;
@@ -983,7 +1002,8 @@ async fn a_lost_passport_is_replaced_by_a_new_certificate_that_keeps_the_consume
     at_node.redeem(redeem).await.expect("alice redeems");
     let subject = crypto::ProofConsumer::new("alice", &old.certificate.cert_serial, &old.certificate.public_key_der);
     let proof = crypto::confirm_proof(&receipt_of(&stuck), &stuck.voucher_id, &stuck.node_id, &fixture.media_id, &[0; 32], &subject).to_vec();
-    let failed = pb::ConfirmRequest { grant: Some(stuck.grant()), media_id: fixture.media_id.clone(), received_hash: vec![0; 32], proof };
+    let failed =
+        pb::ConfirmRequest { grant: Some(stuck.grant()), media_id: fixture.media_id.clone(), received_hash: vec![0; 32], proof, play_id: String::new() };
     at_node.confirm(failed).await.expect_err("a wrong hash: the delivery failed");
     // Sale 2: delivered to the old passport.
     let copies = player::redeem_and_download(&purchase_of(&delivered), &old, "r2", &out).await.expect("delivered");

@@ -358,7 +358,7 @@ mod tests {
     }
 
     fn authorized(postings: Vec<Posting>) -> Event {
-        Event::Authorized { voucher_id: VoucherId::new("v"), receipt_key_id: 1, receipt_generation: 1, postings }
+        Event::Authorized { voucher_id: VoucherId::new("v"), receipt_key_id: 1, receipt_generation: 1, postings, rental_until: engine::ids::Millis(0) }
     }
 
     fn voided(reversal: Vec<Posting>) -> Event {

@@ -4,7 +4,9 @@
 //!
 //! Key release is the usage: a `RedemptionAccepted` names the media whose keys it releases
 //! for the first time, and each gets its entry there, once per (voucher, media) however
-//! many retries follow. A `Delivered` adds an entry only for a media no release counted:
+//! many retries follow; a rental's every play (`rental_play` > 0) gets one per media, the
+//! first with the sale's price (the window paid once), the later ones with none (pay-per-view
+//! counts, the amount stays what was paid). A `Delivered` adds an entry only for a media no release counted:
 //! the streams written before releases were named count at delivery, as they were sealed.
 //! A duplication unit's entry is its `UnitBound` (the event that pays for it, before its
 //! key leaves): voucher field = the order, consumer field = the device.
@@ -225,12 +227,12 @@ impl RoyaltyLog {
                 self.previews.insert(preview_id.clone(), merchant_id.0.clone());
                 self.touched_previews.touch(preview_id);
             }
-            Event::RedemptionAccepted { voucher_id, cert_serial, released_media, .. } => {
+            Event::RedemptionAccepted { voucher_id, cert_serial, released_media, rental_play, .. } => {
                 for media_id in released_media {
-                    self.count_usage(seq, recorded_at_ms, voucher_id, media_id, &cert_serial.0);
+                    self.count_usage(seq, recorded_at_ms, voucher_id, media_id, &cert_serial.0, *rental_play > 0);
                 }
             }
-            Event::Delivered { voucher_id, media_id, cert_serial, .. } => self.count_usage(seq, recorded_at_ms, voucher_id, media_id, &cert_serial.0),
+            Event::Delivered { voucher_id, media_id, cert_serial, .. } => self.count_usage(seq, recorded_at_ms, voucher_id, media_id, &cert_serial.0, false),
             Event::Refunded { voucher_id, chargeback, media_ids, .. } => {
                 let kind = if *chargeback { UsageKind::Chargeback } else { UsageKind::Refund };
                 for media_id in media_ids {
@@ -257,13 +259,15 @@ impl RoyaltyLog {
         }
     }
 
-    /// The entry of one media item's usage on `voucher_id`, unless it has one already.
-    fn count_usage(&mut self, seq: Seq, recorded_at_ms: i64, voucher_id: &engine::ids::VoucherId, media_id: &MediaId, cert_serial: &str) {
+    /// The entry of one media item's usage on `voucher_id`, unless it has one already; a
+    /// rental's play (`play`) always has one, with the price only the first time.
+    fn count_usage(&mut self, seq: Seq, recorded_at_ms: i64, voucher_id: &engine::ids::VoucherId, media_id: &MediaId, cert_serial: &str, play: bool) {
         let entry = self.sales.with_row(voucher_id, |sale| {
-            if sale.is_some_and(|sale| sale.counted.contains(media_id)) {
+            let counted = sale.is_some_and(|sale| sale.counted.contains(media_id));
+            if counted && !play {
                 return None;
             }
-            let price = sale.and_then(|sale| sale.prices.get(media_id).copied()).unwrap_or(0);
+            let price = if counted { 0 } else { sale.and_then(|sale| sale.prices.get(media_id).copied()).unwrap_or(0) };
             let (merchant, currency) = sale.map_or(("", ""), |sale| (sale.merchant.as_str(), sale.currency.as_str()));
             Some(self.entry(UsageKind::Delivery, seq, recorded_at_ms, media_id, voucher_id.as_str(), cert_serial, merchant, price, currency, 0))
         });
@@ -566,9 +570,14 @@ mod tests {
             payment: Payment::Merchant { payment_ref: "card".into() },
             token_key_id: 1,
             auth_generation: 1,
+            rental_ms: 0,
         }
     }
     fn redeemed(voucher: &str, released: &[&str]) -> Event {
+        played(voucher, released, 0)
+    }
+    /// A redemption starting a rental's play `play` (0: not a rental).
+    fn played(voucher: &str, released: &[&str], play: u32) -> Event {
         Event::RedemptionAccepted {
             voucher_id: VoucherId::new(voucher),
             node_id: NodeId::new("n1"),
@@ -578,6 +587,7 @@ mod tests {
             challenge_hash: None,
             consumer_key_hash: None,
             released_media: released.iter().map(|m| MediaId::new(*m)).collect(),
+            rental_play: play,
         }
     }
     fn delivered(voucher: &str, media: &str) -> Event {
@@ -619,6 +629,37 @@ mod tests {
         assert_eq!(usages_after(&legacy), (0, vec![]), "redemptions of old streams count nothing");
         let legacy = [reserved("v1", &["md1"]), redeemed("v1", &[]), delivered("v1", "md1"), delivered("v1", "md1")];
         assert_eq!(usages_after(&legacy), (1, vec![1]), "old streams count each media at its first delivery");
+    }
+
+    /// A rental's every play is a usage (pay-per-view), counted once per play however many
+    /// retries follow within it; the window's price is in the first play's entry only.
+    #[test]
+    fn each_rental_play_is_a_usage_counted_once() {
+        let mut events = vec![reserved("v1", &["md1"])];
+        for play in 1..=3 {
+            events.push(played("v1", &["md1"], play));
+            // A retry within the play (a failed delivery redeemed again) releases nothing new.
+            events.push(played("v1", &[], 0));
+            events.push(delivered("v1", "md1"));
+        }
+        assert_eq!(usages_after(&events), (3, vec![3]), "three plays, three usages");
+        let mut log = RoyaltyLog::default();
+        for (index, event) in events.iter().enumerate() {
+            log.apply(Seq(index as u64 + 1), event, 0, None);
+        }
+        assert_eq!(log.totals[&(Dimension::Media, "md1".into())].amount_minor, 100, "the window was paid once");
+        // Control: the same releases without the play numbers (a purchase) count once.
+        let bought: Vec<Event> = events
+            .iter()
+            .map(|event| {
+                if let Event::RedemptionAccepted { released_media, .. } = event {
+                    redeemed("v1", &released_media.iter().map(|m| m.as_str()).collect::<Vec<_>>())
+                } else {
+                    event.clone()
+                }
+            })
+            .collect();
+        assert_eq!(usages_after(&bought), (1, vec![1]));
     }
 
     /// A refund (or chargeback) after the release is one adjustment entry per counted item,

@@ -126,7 +126,8 @@ impl VoucherBook {
                 }
             }
             Event::DeliveryFailed { voucher_id, .. } => self.set_status(voucher_id, VoucherStatus::Issued),
-            Event::AccessLapsed { voucher_id, .. } => self.set_status(voucher_id, VoucherStatus::Authorized),
+            // A rental's play over: paid and unissued again, for its next play.
+            Event::AccessLapsed { voucher_id, .. } | Event::RentalPlayEnded { voucher_id, .. } => self.set_status(voucher_id, VoucherStatus::Authorized),
             Event::RedemptionAccepted { voucher_id, .. } => self.set_status(voucher_id, VoucherStatus::Redeeming),
             Event::Delivered { voucher_id, voucher_complete, .. } => {
                 // One change of the row, however many fields change.
@@ -314,6 +315,7 @@ mod tests {
             payment: Payment::Merchant { payment_ref: "p".into() },
             token_key_id: 1,
             auth_generation: 1,
+            rental_ms: 0,
         }
     }
 

@@ -207,13 +207,23 @@ fn reservations(vouchers: usize, authorize: usize) -> (Vec<StoredEvent>, Vec<Sto
                     payment: Payment::Merchant { payment_ref: "p".into() },
                     token_key_id: 1,
                     auth_generation: 1,
+                    rental_ms: 0,
                 },
             )
         })
         .collect();
     let batch = (1..=authorize)
         .map(|n| {
-            stored(vouchers + n, Event::Authorized { voucher_id: VoucherId::new(format!("v{n}")), receipt_key_id: 1, receipt_generation: 1, postings: vec![] })
+            stored(
+                vouchers + n,
+                Event::Authorized {
+                    voucher_id: VoucherId::new(format!("v{n}")),
+                    receipt_key_id: 1,
+                    receipt_generation: 1,
+                    postings: vec![],
+                    rental_until: engine::ids::Millis(0),
+                },
+            )
         })
         .collect();
     (history, batch)

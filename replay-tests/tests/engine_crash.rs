@@ -536,6 +536,7 @@ async fn purchase(load: &Load, worker: usize, merchant: &MerchantClient, rng: &m
         points_account: String::new(),
         payment_ref: format!("card-{prefix}"),
         spend_authorization: None,
+        rental_ms: 0,
     };
     let reserved = retry(load, Step::Reserve, || reserve_call(merchant, &reserve)).await;
     let voucher = reserved.voucher_id.clone();
@@ -580,7 +581,13 @@ async fn purchase(load: &Load, worker: usize, merchant: &MerchantClient, rng: &m
         access_expires_at_ms: issued.access_expires_at_ms,
         access_token: issued.access_token.clone(),
     };
-    let purchase = Purchase { node_endpoint: issued.node_endpoint.clone(), node_id: issued.node_id.clone(), grant, receipt: authorized.receipt.clone() };
+    let purchase = Purchase {
+        node_endpoint: issued.node_endpoint.clone(),
+        node_id: issued.node_id.clone(),
+        grant,
+        receipt: authorized.receipt.clone(),
+        rental_until_ms: 0,
+    };
     let redeem_request = format!("{prefix}-redeem");
     let deadline = Instant::now() + Duration::from_millis(STEP_DEADLINE_MS);
     let mut failures = 0u64;

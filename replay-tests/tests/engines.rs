@@ -139,6 +139,7 @@ async fn authorized(merchant: &mut MerchantClient, media_id: &str, prefix: &str,
             points_account: String::new(),
             payment_ref: format!("card-{prefix}{n}"),
             spend_authorization: None,
+            rental_ms: 0,
         };
         let voucher_id = merchant.reserve(reserve).await.expect("reserve").into_inner().voucher_id;
         merchant.authorize(pb::AuthorizeRequest { request_id: format!("{prefix}{n}-authorize"), voucher_id: voucher_id.clone() }).await.expect("authorize");
@@ -294,6 +295,7 @@ async fn a_certificate_revoked_through_one_engine_is_refused_through_the_other()
         node_id: sale.node_id.clone(),
         grant: sale.grant(),
         receipt: sale.receipt.clone(),
+        rental_until_ms: 0,
     };
     // Redeemed through B (the node's engine): B now has alice's certificate cached.
     let copies = player::redeem_and_download(&purchase(&first), &alice, "r1", &engines.dir.path().join("first")).await.expect("first delivery");

@@ -131,8 +131,13 @@ impl Market {
     async fn buy_and_redeem(&self, merchant: &mut MerchantClient, prefix: &str) -> usize {
         let sale = client::buy(merchant, prefix, std::slice::from_ref(&self.media_id), None).await.expect("buy");
         assert_eq!(sale.node_id, self.node.node_id());
-        let purchase =
-            Purchase { node_endpoint: sale.node_endpoint.clone(), node_id: sale.node_id.clone(), grant: sale.grant(), receipt: sale.receipt.clone() };
+        let purchase = Purchase {
+            node_endpoint: sale.node_endpoint.clone(),
+            node_id: sale.node_id.clone(),
+            grant: sale.grant(),
+            receipt: sale.receipt.clone(),
+            rental_until_ms: 0,
+        };
         let copies = player::redeem_and_download(&purchase, &self.alice, &format!("{prefix}-redeem"), &self.dir.path().join(prefix)).await.expect("delivered");
         copies.len()
     }
@@ -164,6 +169,7 @@ async fn the_same_request_id_through_two_engines_is_answered_alike_and_recorded_
         points_account: String::new(),
         payment_ref: "card-same".into(),
         spend_authorization: None,
+        rental_ms: 0,
     };
     let reserved = at_a.reserve(reserve.clone()).await.expect("reserve through a").into_inner();
     let reserved_again = at_b.reserve(reserve).await.expect("the same reserve through b").into_inner();
@@ -187,6 +193,7 @@ async fn the_same_request_id_through_two_engines_is_answered_alike_and_recorded_
         points_account: String::new(),
         payment_ref: "card-other".into(),
         spend_authorization: None,
+        rental_ms: 0,
     };
     let other = at_b.reserve(other).await.expect("another reserve").into_inner();
     assert_ne!(other.voucher_id, voucher_id);
@@ -221,6 +228,7 @@ async fn a_client_given_two_engines_keeps_working_when_the_first_stops() {
             points_account: String::new(),
             payment_ref: "card-before".into(),
             spend_authorization: None,
+            rental_ms: 0,
         })
         .await
         .expect("the same reserve, failed over to b");
@@ -239,6 +247,7 @@ async fn a_client_given_two_engines_keeps_working_when_the_first_stops() {
             points_account: String::new(),
             payment_ref: "card-lost".into(),
             spend_authorization: None,
+            rental_ms: 0,
         })
         .await
         .expect_err("a is gone");

@@ -79,6 +79,7 @@ async fn graceful_shutdown_keeps_every_acknowledged_request(backend: BackendArgs
                     points_account: String::new(),
                     payment_ref: String::new(),
                     spend_authorization: None,
+                    rental_ms: 0,
                 };
                 match client.reserve(request).await {
                     Ok(reserved) => acknowledged.lock().expect("lock").push(reserved.into_inner().voucher_id),
@@ -186,8 +187,13 @@ async fn node_restart_during_delivery_delivers_exactly_once(backend: BackendArgs
         .into_inner();
     assert_eq!(reissued.node_id, node.node_id());
     assert_eq!(reissued.node_endpoint, node.endpoint());
-    let purchase =
-        Purchase { node_endpoint: reissued.node_endpoint.clone(), node_id: reissued.node_id.clone(), grant: sale.grant(), receipt: sale.receipt.clone() };
+    let purchase = Purchase {
+        node_endpoint: reissued.node_endpoint.clone(),
+        node_id: reissued.node_id.clone(),
+        grant: sale.grant(),
+        receipt: sale.receipt.clone(),
+        rental_until_ms: 0,
+    };
     let out = backend.data_dir.join("copies");
     let copies = gateways::player::redeem_and_download(&purchase, &passport, "redeem-2", &out).await.expect("delivered after the restart");
     assert_eq!(copies.len(), 1);

@@ -1,6 +1,6 @@
 //! The market's use cases on the embedded log, end to end through `engine::app`:
 //! retried commands answer the first answer and write nothing; refusals write nothing;
-//! concurrent point holds never overdraw an account.
+//! concurrent point holds never overdraw an account; a rental plays until its window ends.
 
 mod common;
 
@@ -649,4 +649,65 @@ async fn the_sweeper_settles_holds_left_by_interrupted_sagas() {
     assert_eq!(after.balance, 750);
     assert_eq!(after.available(), 750);
     assert_eq!(live.read(|p| p.vouchers.holds.len()), 0);
+}
+
+/// A rental through the use cases, on the engine's injected clock: plays within the window
+/// (each issued anew, each one usage, a retried Redeem none), an Issue and a Redeem at the
+/// window's last millisecond accepted (the controls), the same one millisecond later refused
+/// with `RentalEnded`, writing nothing; a replay from sequence 1 counts the plays.
+#[tokio::test]
+async fn a_rental_plays_until_its_window_ends_and_each_play_counts_once() {
+    let f = fixture().await;
+    let rental_ms = 2 * 3_600_000;
+    let player = test_keys::fixed_rsa_2();
+    let consumer = ConsumerId::new("dave");
+    let der = player.public().to_der().expect("der");
+    let cert = f.market.certify_consumer("op", &req("rent-cert"), &consumer, &der, 86_400_000).await.expect("certify");
+    let subject = crypto::ProofConsumer::new(&consumer.0, &cert.serial.0, &der);
+    let card = Payment::Merchant { payment_ref: "c".into() };
+    let reserved =
+        f.market.reserve_rental(&f.merchant, &req("rent-r"), std::slice::from_ref(&f.media), "high", 60_000, card, None, rental_ms).await.expect("reserve");
+    assert_eq!((reserved.rental_ms, reserved.price_minor), (rental_ms, 50), "priced per window: rental.price_bps (20 %) of 250");
+    let voucher = reserved.voucher_id;
+    let authorized = f.market.authorize(&f.merchant, &req("rent-a"), &voucher).await.expect("authorize");
+    let until = authorized.rental_until;
+    assert_eq!(until, f.clock.now().plus_ms(rental_ms), "the window starts at Authorize");
+    let play = |n: u8| {
+        let challenge = [n; 32];
+        (challenge, crypto::receipt_proof(&authorized.receipt, &voucher.0, &f.node.0, &challenge, &subject))
+    };
+    let confirm = crypto::confirm_proof(&authorized.receipt, &voucher.0, &f.node.0, &f.media.0, &[3; 32], &subject);
+    for n in 1..=2u8 {
+        let issued = f.market.issue(&f.merchant, &req(&format!("rent-i{n}")), &voucher, None, 60_000).await.expect("a play issued");
+        assert_eq!(issued.rental_until, until);
+        let (challenge, proof) = play(n);
+        f.market.redeem(&f.node, &req(&format!("rent-d{n}")), &voucher, &consumer, &cert.serial, &challenge, &proof).await.expect("a play redeemed");
+        // The node's retry of the same request: answered again, written once.
+        let len = stream_len(&f.log).await;
+        f.market.redeem(&f.node, &req(&format!("rent-d{n}")), &voucher, &consumer, &cert.serial, &challenge, &proof).await.expect("the retry answered");
+        assert_eq!(stream_len(&f.log).await, len, "a retried Redeem writes nothing");
+        let done = f.market.complete_delivery(&f.node, &req(&format!("rent-done{n}")), &voucher, &f.media, [3; 32], 10, &confirm).await.expect("played");
+        assert!(!done, "a rental is never delivered for good");
+        f.clock.advance_ms(60_000);
+    }
+    // Issued at the window's last millisecond (accepted), redeemed one millisecond later (refused).
+    f.clock.set(until);
+    let last = f.market.issue(&f.merchant, &req("rent-i3"), &voucher, None, 60_000).await.expect("issued at the window's end");
+    assert_eq!(last.access_expires_at, until, "no access outlives the rental");
+    let (challenge, proof) = play(3);
+    f.clock.set(until.plus_ms(1));
+    let len = stream_len(&f.log).await;
+    let refused = f.market.redeem(&f.node, &req("rent-d3"), &voucher, &consumer, &cert.serial, &challenge, &proof).await.expect_err("after the window");
+    assert_eq!(rejection(refused), Rejection::RentalEnded { ended_at: until });
+    let refused = f.market.issue(&f.merchant, &req("rent-i4"), &voucher, None, 60_000).await.expect_err("after the window");
+    assert_eq!(rejection(refused), Rejection::RentalEnded { ended_at: until });
+    assert_eq!(stream_len(&f.log).await, len, "refusals write nothing");
+    // The control: the very same redemption, with the clock back at the window's end, is accepted.
+    f.clock.set(until);
+    f.market.redeem(&f.node, &req("rent-d3"), &voucher, &consumer, &cert.serial, &challenge, &proof).await.expect("within the window");
+
+    let stored = f.log.read_from(Seq(1), usize::MAX).await.expect("read");
+    let mut rebuilt = projections::Projections::default();
+    replay(&stored, &mut rebuilt);
+    assert_eq!(rebuilt.royalty.usages, 3, "three plays, three usages, the retries none");
 }

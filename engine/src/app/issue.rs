@@ -26,8 +26,9 @@ impl Market {
         };
         let status = root.state.status;
         let issued = status == voucher::VoucherStatus::Issued;
-        let gone = root.state.released_to.is_none() && standing != voucher::NodeStanding::Serving;
-        let exhausted = root.state.released_to.is_some() && root.state.delivery_failures > retries_max;
+        // A rental's keys are out only while a play's release is under way (`keys_out`).
+        let gone = !root.state.keys_out() && standing != voucher::NodeStanding::Serving;
+        let exhausted = root.state.keys_out() && root.state.delivery_failures > retries_max;
         let dead = standing == voucher::NodeStanding::Dead && status == voucher::VoucherStatus::Redeeming;
         if (issued && (gone || exhausted || standing == voucher::NodeStanding::Dead)) || dead {
             drop(root);
@@ -149,6 +150,13 @@ impl Market {
         let media_ids = state.media_ids();
         let media_refs: Vec<&str> = media_ids.iter().map(|m| m.0.as_str()).collect();
         let access_token = crypto::access_token(&self.node_access_key(&node_id), &node_id.0, &voucher_id.0, &media_refs, state.access_expires_at.0);
-        Ok(IssueAnswer { voucher_id: voucher_id.clone(), node_id, access_token, access_expires_at: state.access_expires_at, media_ids })
+        Ok(IssueAnswer {
+            voucher_id: voucher_id.clone(),
+            node_id,
+            access_token,
+            access_expires_at: state.access_expires_at,
+            media_ids,
+            rental_until: state.rental_until,
+        })
     }
 }

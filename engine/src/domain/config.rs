@@ -23,11 +23,14 @@ pub const CONSTRAINTS: &[(&str, u64, &str)] = &[(
 
 /// Keys whose values must keep an order, `(key, at least this key, why)`: checked whichever
 /// of the two is set, against the other's value now (set, or its default).
-pub const AT_LEAST: &[(&str, &str, &str)] = &[(
-    "access.ttl_ms",
-    "node.heartbeat_timeout_ms",
-    "a voucher on a node gone silent moves to a serving node only once the node was silent that long, so a shorter access window lapses first (and a window of a second lapses before a player reaches its node)",
-)];
+pub const AT_LEAST: &[(&str, &str, &str)] = &[
+    (
+        "access.ttl_ms",
+        "node.heartbeat_timeout_ms",
+        "a voucher on a node gone silent moves to a serving node only once the node was silent that long, so a shorter access window lapses first (and a window of a second lapses before a player reaches its node)",
+    ),
+    (RENTAL_WINDOW_MS_MAX_KEY, RENTAL_WINDOW_MS_MIN_KEY, "a rental's window is chosen between the two"),
+];
 
 /// The configurable keys, each with its accepted range (inclusive) and default.
 pub const KEYS: &[(&str, u64, u64, u64)] = &[
@@ -47,7 +50,18 @@ pub const KEYS: &[(&str, u64, u64, u64)] = &[
     // chain rebuilt after a lost tail never reuses an entry key and nonce. The engine sets
     // it on a stream that lacks it; it is never lowered. 0 in streams written before.
     (ROYALTY_ENTRY_BINDING_KEY, 0, 1, 0),
+    // The windows a buyer may choose for a rental (`merchant buy --rental-ms N`), and its
+    // price per window in basis points of the media's price.
+    (RENTAL_WINDOW_MS_MIN_KEY, 1_000, RENTAL_WINDOW_MS_LIMIT, 3_600_000),
+    (RENTAL_WINDOW_MS_MAX_KEY, 1_000, RENTAL_WINDOW_MS_LIMIT, 7 * 86_400_000),
+    (RENTAL_PRICE_BPS_KEY, 1, 10_000, 2_000),
 ];
+
+/// The longest rental window any configuration allows: 30 days.
+pub const RENTAL_WINDOW_MS_LIMIT: u64 = 30 * 86_400_000;
+pub const RENTAL_WINDOW_MS_MIN_KEY: &str = "rental.window_ms_min";
+pub const RENTAL_WINDOW_MS_MAX_KEY: &str = "rental.window_ms_max";
+pub const RENTAL_PRICE_BPS_KEY: &str = "rental.price_bps";
 
 /// The key that turns on binding royalty entries to their stream sequence.
 pub const ROYALTY_ENTRY_BINDING_KEY: &str = "royalty.entry_binding";

@@ -395,12 +395,17 @@ pub enum Event {
         payment: Payment,
         token_key_id: u32,
         auth_generation: u32,
+        /// A rental's window, chosen by the buyer within the configured bounds (the items'
+        /// prices are per window); 0: a purchase kept for good.
+        rental_ms: u64,
     },
     Authorized {
         voucher_id: VoucherId,
         receipt_key_id: u32,
         receipt_generation: u32,
         postings: Vec<Posting>,
+        /// A rental's end: the authorization's time plus its window (`Millis(0)`: not a rental).
+        rental_until: Millis,
     },
     Voided {
         voucher_id: VoucherId,
@@ -456,6 +461,16 @@ pub enum Event {
         /// The media whose keys are released here for the first time: the usage the
         /// royalty log counts (empty on a retry, and in events from before that rule).
         released_media: Vec<MediaId>,
+        /// A rental's play this redemption starts (1, 2 …): each play's release is a usage
+        /// of its own (pay-per-view). 0: not a rental, or a retry within a play.
+        rental_play: u32,
+    },
+    /// A rental's play finished (after its last `Delivered`): paid and unissued again, for
+    /// the next play while the window lasts.
+    RentalPlayEnded {
+        voucher_id: VoucherId,
+        node_id: NodeId,
+        play: u32,
     },
     DeliveryFailed {
         voucher_id: VoucherId,
@@ -586,7 +601,8 @@ impl Event {
             | Event::DeliveryFailed { voucher_id, .. }
             | Event::Delivered { voucher_id, .. }
             | Event::AccessLapsed { voucher_id, .. }
-            | Event::AccessRenewed { voucher_id, .. } => (K::Voucher, voucher_id.as_str()),
+            | Event::AccessRenewed { voucher_id, .. }
+            | Event::RentalPlayEnded { voucher_id, .. } => (K::Voucher, voucher_id.as_str()),
             Event::PreviewStarted { preview_id, .. } | Event::PreviewEnded { preview_id, .. } => (K::Preview, preview_id.as_str()),
             Event::RightsReportSealed(_) => (K::Report, "rights"),
             Event::PointsCredited { account_id, .. }
@@ -630,6 +646,7 @@ impl Event {
             Event::RedemptionAccepted { .. } => "RedemptionAccepted",
             Event::DeliveryFailed { .. } => "DeliveryFailed",
             Event::Delivered { .. } => "Delivered",
+            Event::RentalPlayEnded { .. } => "RentalPlayEnded",
             Event::PreviewStarted { .. } => "PreviewStarted",
             Event::PreviewEnded { .. } => "PreviewEnded",
             Event::RightsReportSealed(_) => "RightsReportSealed",

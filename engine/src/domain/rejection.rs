@@ -19,6 +19,11 @@ pub enum Rejection {
     VoucherMoved,
     #[error("the reservation expired at {}; reserve again", expires_at.0)]
     Expired { expires_at: Millis },
+    /// A rental's window is over: no play is issued or redeemed after `ended_at`.
+    #[error("the rental ended at {}; rent it again for another window", ended_at.0)]
+    RentalEnded { ended_at: Millis },
+    #[error("this rental was played {plays_max} times already, the most one rental gives; rent it again")]
+    RentalPlaysExhausted { plays_max: u32 },
     #[error("the reservation has not expired yet (expires at {})", expires_at.0)]
     NotExpired { expires_at: Millis },
     #[error("the voucher was voided")]

@@ -10,5 +10,6 @@ mod lease_rules;
 mod lifecycle_model;
 mod order_preview_rules;
 mod party_rules;
+mod rental_rules;
 mod root_rules;
 mod voucher_rules;

@@ -10,6 +10,9 @@
 //!   Issued|Redeeming -Move (node drained/removed/silent; see NodeStanding)-> Issued(new node)
 //!   Issued|Redeeming|Delivered (keys released) -Refund/Chargeback-> Refunded
 //!   Delivered -Recover-> Delivered (a lost copy);  Delivered -RenewAccess-> Delivered(node)
+//!   a rental (window chosen at Reserve, from Authorize on): each play is Issue -> Redeem (a
+//!   usage) -> CompleteDelivery (last item: Delivered, RentalPlayEnded)-> Authorized, for the
+//!   next play on any node; no Issue nor Redeem after the window (`RentalEnded`)
 //! ```
 //! A voucher is delivered at most once (each of its media at most once); a Voided voucher
 //! is never authorized or delivered; an Authorize after `expires_at` is refused; only the
@@ -29,6 +32,9 @@ pub const ITEMS_MAX: usize = 64;
 pub const RESERVATION_TTL_MS_MAX: u64 = 7 * 24 * 3600 * 1000;
 /// Longest access token lifetime accepted.
 pub const ACCESS_TTL_MS_MAX: u64 = 24 * 3600 * 1000;
+/// Most plays one rental gives: each play's challenge stays in the voucher (a challenge
+/// redeems once, across plays too), so the plays bound the voucher's state.
+pub const RENTAL_PLAYS_MAX: u32 = 10_000;
 /// The first generation of auth and receipt tokens.
 pub const FIRST_GENERATION: u32 = 1;
 
@@ -83,7 +89,8 @@ pub struct Voucher {
     pub void_reason: Option<VoidReason>,
     pub delivery_failures: u32,
     /// Challenges accepted redemptions answered (one per redemption: bounded by the
-    /// voucher's redemptions, which failed deliveries bound).
+    /// voucher's redemptions, which failed deliveries bound, and a rental's plays
+    /// `RENTAL_PLAYS_MAX`).
     pub used_challenges: Vec<[u8; 32]>,
     /// Who the media keys were released to (the first accepted redemption). Kept after a
     /// failed delivery: that consumer holds the keys, so nobody else may redeem.
@@ -95,6 +102,27 @@ pub struct Voucher {
     pub moved_from: Vec<NodeId>,
     /// Lost copies fetched again (`CopyRecovered`).
     pub recoveries: u32,
+    /// A rental's window (0: a purchase kept for good) and its end once authorized.
+    pub rental_ms: u64,
+    pub rental_until: Millis,
+    /// A rental's plays so far, and whether the current issue's play released its keys.
+    pub rental_plays: u32,
+    pub play_released: bool,
+}
+
+/// A rental's bounds and price at decision time (`rental.*` configuration).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RentalTerms {
+    pub window_ms_min: u64,
+    pub window_ms_max: u64,
+    /// The price of one window, in basis points of the media's price.
+    pub price_bps: u64,
+}
+
+/// The price of one rental window of a media priced `price_minor`: `price_bps` of it, rounded up.
+pub fn rental_price(price_minor: u64, price_bps: u64) -> u64 {
+    let scaled = (u128::from(price_minor) * u128::from(price_bps)).div_ceil(10_000);
+    u64::try_from(scaled).unwrap_or(u64::MAX)
 }
 
 /// Whether the node a voucher is issued to still serves it, as the shell found it (the
@@ -149,6 +177,9 @@ pub struct Reserve {
     pub ttl_ms: u64,
     pub payment: Payment,
     pub token_key_id: u32,
+    /// A rental's window as the buyer chose it (0: a purchase), checked against `rental`.
+    pub rental_ms: u64,
+    pub rental: RentalTerms,
 }
 
 #[derive(Clone, Debug)]
@@ -289,6 +320,38 @@ impl Voucher {
         }
     }
 
+    pub fn is_rental(&self) -> bool {
+        self.rental_ms > 0
+    }
+
+    /// Whether media keys are out with a consumer: for a purchase since its first release,
+    /// for a rental only while a play's release is under way (each play is issued anew).
+    pub fn keys_out(&self) -> bool {
+        if self.is_rental() { self.play_released } else { self.released_to.is_some() }
+    }
+
+    /// A rental whose window is over at `now` is refused; anything else passes (a rental
+    /// not paid for yet has no window: `rental_until` is set at Authorize).
+    fn rental_open(&self, now: Millis) -> Result<(), Rejection> {
+        let started = self.is_rental() && self.rental_until.0 > 0;
+        if started && now > self.rental_until { Err(Rejection::RentalEnded { ended_at: self.rental_until }) } else { Ok(()) }
+    }
+
+    /// A rental's next play, refused past `RENTAL_PLAYS_MAX` (a play under way goes on).
+    fn rental_play_left(&self) -> Result<(), Rejection> {
+        if self.is_rental() && !self.play_released && self.rental_plays >= RENTAL_PLAYS_MAX {
+            Err(Rejection::RentalPlaysExhausted { plays_max: RENTAL_PLAYS_MAX })
+        } else {
+            Ok(())
+        }
+    }
+
+    /// An access window from `now`: a rental's never passes the rental's end.
+    fn access_until(&self, now: Millis, access_ttl_ms: u64) -> Millis {
+        let until = now.plus_ms(access_ttl_ms);
+        if self.is_rental() { until.min(self.rental_until) } else { until }
+    }
+
     pub fn media_ids(&self) -> Vec<MediaId> {
         self.items.iter().map(|item| item.media_id.clone()).collect()
     }
@@ -314,6 +377,11 @@ impl Voucher {
         if reserve.ttl_ms == 0 || reserve.ttl_ms > RESERVATION_TTL_MS_MAX {
             return Err(Rejection::InvalidArgument { field: "ttl_ms", reason: format!("must be 1..={RESERVATION_TTL_MS_MAX}") });
         }
+        let RentalTerms { window_ms_min, window_ms_max, .. } = reserve.rental;
+        if reserve.rental_ms > 0 && !(window_ms_min..=window_ms_max).contains(&reserve.rental_ms) {
+            let reason = format!("a rental window must be {window_ms_min}..={window_ms_max} ms (rental.window_ms_min, rental.window_ms_max)");
+            return Err(Rejection::InvalidArgument { field: "rental_ms", reason });
+        }
         let mut seen = BTreeSet::new();
         let mut items = Vec::with_capacity(reserve.items.len());
         let mut currency: Option<&str> = None;
@@ -337,7 +405,8 @@ impl Voucher {
                 }
                 Some(_) => {}
             }
-            items.push(ReservedItem { media_id: media_id.clone(), price_minor: media.price_minor });
+            let price_minor = if reserve.rental_ms > 0 { rental_price(media.price_minor, reserve.rental.price_bps) } else { media.price_minor };
+            items.push(ReservedItem { media_id: media_id.clone(), price_minor });
         }
         let price_minor = items.iter().try_fold(0u64, |sum, item| sum.checked_add(item.price_minor)).ok_or(Rejection::Overflow)?;
         if let Payment::Points { account } = &reserve.payment {
@@ -354,6 +423,7 @@ impl Voucher {
             payment: reserve.payment.clone(),
             token_key_id: reserve.token_key_id,
             auth_generation: FIRST_GENERATION,
+            rental_ms: reserve.rental_ms,
         }])
     }
 
@@ -381,11 +451,21 @@ impl Voucher {
         }
         let retailer = self.merchant.as_ref().map(|m| m.0.as_str()).unwrap_or_default();
         let postings = settle(&payer, retailer, &lines);
-        Ok(vec![Event::Authorized { voucher_id: self.id_or_empty(), receipt_key_id: authorize.receipt_key_id, receipt_generation: FIRST_GENERATION, postings }])
+        // A rental's window starts when it is paid for.
+        let rental_until = if self.is_rental() { now.plus_ms(self.rental_ms) } else { Millis(0) };
+        Ok(vec![Event::Authorized {
+            voucher_id: self.id_or_empty(),
+            receipt_key_id: authorize.receipt_key_id,
+            receipt_generation: FIRST_GENERATION,
+            postings,
+            rental_until,
+        }])
     }
 
-    fn decide_redeem(&self, redeem: &Redeem) -> Result<Vec<Event>, Rejection> {
+    fn decide_redeem(&self, redeem: &Redeem, now: Millis) -> Result<Vec<Event>, Rejection> {
         self.assigned_to(&redeem.node)?;
+        self.rental_open(now)?;
+        self.rental_play_left()?;
         let redeemer = (redeem.consumer.clone(), redeem.cert_serial.clone());
         let retry = match self.status {
             // Once released, the keys are that consumer's: a failed delivery may be retried
@@ -419,8 +499,13 @@ impl Voucher {
             return Ok(vec![]);
         }
         // The first release of the keys is the usage; a retry after a failed delivery
-        // re-wraps them for the same consumer and is not counted again.
-        let released_media = if self.released_to.is_none() { self.items.iter().map(|item| item.media_id.clone()).collect() } else { Vec::new() };
+        // re-wraps them for the same consumer and is not counted again. A rental's every
+        // play releases them anew: each play's first release is a usage (pay-per-view).
+        let (released_media, rental_play) = match (self.is_rental(), self.play_released, &self.released_to) {
+            (true, false, _) => (self.media_ids(), self.rental_plays.saturating_add(1)),
+            (false, _, None) => (self.media_ids(), 0),
+            _ => (Vec::new(), 0),
+        };
         Ok(vec![Event::RedemptionAccepted {
             voucher_id: self.id_or_empty(),
             node_id: redeem.node.clone(),
@@ -430,6 +515,7 @@ impl Voucher {
             challenge_hash: Some(redeem.challenge_hash),
             consumer_key_hash: Some(redeem.consumer_key_hash),
             released_media,
+            rental_play,
         }])
     }
 
@@ -518,15 +604,22 @@ impl Voucher {
             return Err(Rejection::BadProof);
         }
         let (_, cert_serial) = self.consumer.clone().ok_or(Rejection::InvalidTransition { kind: "voucher", command: "CompleteDelivery", state: "Issued" })?;
-        Ok(vec![Event::Delivered {
+        let voucher_complete = self.delivered.len() + 1 == self.items.len();
+        let mut events = vec![Event::Delivered {
             voucher_id: self.id_or_empty(),
             node_id: complete.node.clone(),
             media_id: complete.media_id.clone(),
             cert_serial,
             content_hash: complete.content_hash,
             size_bytes: complete.size_bytes,
-            voucher_complete: self.delivered.len() + 1 == self.items.len(),
-        }])
+            voucher_complete,
+        }];
+        // A rental's play is over (its slot comes back with the Delivered): the voucher
+        // waits for its next play, issued anew.
+        if self.is_rental() && voucher_complete {
+            events.push(Event::RentalPlayEnded { voucher_id: self.id_or_empty(), node_id: complete.node.clone(), play: self.rental_plays });
+        }
+        Ok(events)
     }
 }
 
@@ -616,6 +709,9 @@ impl Aggregate for Voucher {
                 if issued && self.node.as_ref() == Some(node) && now <= self.access_expires_at {
                     return Ok(vec![]);
                 }
+                // Whatever state its last play left it in, a rental past its window plays no more.
+                self.rental_open(now)?;
+                self.rental_play_left()?;
                 if self.status != VoucherStatus::Authorized {
                     return Err(self.transition("IssueVoucher"));
                 }
@@ -629,7 +725,7 @@ impl Aggregate for Voucher {
                     merchant_id: merchant.clone(),
                     media_ids: self.media_ids(),
                     rendition: self.rendition.clone(),
-                    access_expires_at: now.plus_ms(*access_ttl_ms),
+                    access_expires_at: self.access_until(now, *access_ttl_ms),
                     previous_node: None,
                     lease: *lease,
                 }])
@@ -646,11 +742,13 @@ impl Aggregate for Voucher {
                 // fresh retries), even on the same node.
                 // A node that finishes nothing (removed, silent) lets go of a voucher under
                 // way too: its keys' consumer redeems again at the new node (not a new usage).
-                let exhausted = self.released_to.is_some() && self.delivery_failures > *retries_max;
+                // A rental's keys are out only while a play's release is under way.
+                let exhausted = self.keys_out() && self.delivery_failures > *retries_max;
                 let dead = *old_node == NodeStanding::Dead && matches!(self.status, VoucherStatus::Issued | VoucherStatus::Redeeming);
-                if !dead && (self.status != VoucherStatus::Issued || (self.released_to.is_some() && !exhausted)) {
+                if !dead && (self.status != VoucherStatus::Issued || (self.keys_out() && !exhausted)) {
                     return Err(self.transition("Move"));
                 }
+                self.rental_open(now)?;
                 if *old_node == NodeStanding::Serving && !exhausted {
                     return Err(Rejection::NodeStillServes);
                 }
@@ -667,7 +765,7 @@ impl Aggregate for Voucher {
                     merchant_id: self.merchant.clone().unwrap_or_else(|| MerchantId::new("")),
                     media_ids: self.media_ids(),
                     rendition: self.rendition.clone(),
-                    access_expires_at: now.plus_ms(*access_ttl_ms),
+                    access_expires_at: self.access_until(now, *access_ttl_ms),
                     previous_node: Some(previous),
                     lease: *lease,
                 }])
@@ -675,7 +773,7 @@ impl Aggregate for Voucher {
             VoucherCommand::RenewAccess { merchant, node, access_ttl_ms, old_node, recoveries_max } => {
                 self.decide_renew(merchant, node, *access_ttl_ms, *old_node, *recoveries_max, now)
             }
-            VoucherCommand::Redeem(redeem) => self.decide_redeem(redeem),
+            VoucherCommand::Redeem(redeem) => self.decide_redeem(redeem, now),
             VoucherCommand::Recover { redeem, recoveries_max } => self.decide_recover(redeem, *recoveries_max),
             VoucherCommand::FailDelivery { node, reason, proof } => {
                 self.assigned_to(node)?;
@@ -696,7 +794,20 @@ impl Aggregate for Voucher {
 
     fn evolve(mut self, event: &Event) -> Self {
         match event {
-            Event::Reserved { voucher_id, merchant_id, items, rendition, price_minor, currency, expires_at, payment, token_key_id, auth_generation } => {
+            Event::Reserved {
+                voucher_id,
+                merchant_id,
+                items,
+                rendition,
+                price_minor,
+                currency,
+                expires_at,
+                payment,
+                token_key_id,
+                auth_generation,
+                rental_ms,
+            } => {
+                self.rental_ms = *rental_ms;
                 self.status = VoucherStatus::Pending;
                 self.id = Some(voucher_id.clone());
                 self.merchant = Some(merchant_id.clone());
@@ -709,8 +820,9 @@ impl Aggregate for Voucher {
                 self.token_key_id = *token_key_id;
                 self.auth_generation = *auth_generation;
             }
-            Event::Authorized { receipt_key_id, receipt_generation, postings, .. } => {
+            Event::Authorized { receipt_key_id, receipt_generation, postings, rental_until, .. } => {
                 self.status = VoucherStatus::Authorized;
+                self.rental_until = *rental_until;
                 self.postings = postings.clone();
                 self.receipt_key_id = *receipt_key_id;
                 self.receipt_generation = *receipt_generation;
@@ -737,13 +849,23 @@ impl Aggregate for Voucher {
                 self.node = Some(node_id.clone());
                 self.access_expires_at = *access_expires_at;
                 self.consumer = None;
+                if self.is_rental() {
+                    // A rental's new play: nothing of it released nor delivered yet, fresh retries.
+                    self.play_released = false;
+                    self.delivered.clear();
+                    self.delivery_failures = 0;
+                }
             }
             Event::AccessRenewed { node_id, previous_node, access_expires_at, .. } => {
                 self.moved_from.extend(previous_node.iter().filter(|previous| *previous != node_id).cloned());
                 self.node = Some(node_id.clone());
                 self.access_expires_at = *access_expires_at;
             }
-            Event::RedemptionAccepted { consumer_id, cert_serial, challenge_hash, .. } => {
+            Event::RedemptionAccepted { consumer_id, cert_serial, challenge_hash, rental_play, .. } => {
+                if *rental_play > 0 {
+                    self.rental_plays = *rental_play;
+                    self.play_released = true;
+                }
                 self.status = VoucherStatus::Redeeming;
                 self.consumer = Some((consumer_id.clone(), cert_serial.clone()));
                 self.released_to.get_or_insert_with(|| (consumer_id.clone(), cert_serial.clone()));
@@ -754,6 +876,14 @@ impl Aggregate for Voucher {
                 self.status = VoucherStatus::Authorized;
                 self.node = None;
                 self.consumer = None;
+                self.play_released = false;
+            }
+            Event::RentalPlayEnded { .. } => {
+                // Paid and unissued again: the next play is issued anew, on any node.
+                self.status = VoucherStatus::Authorized;
+                self.node = None;
+                self.consumer = None;
+                self.play_released = false;
             }
             Event::DeliveryFailed { .. } => {
                 self.status = VoucherStatus::Issued;

@@ -150,6 +150,7 @@ impl GrpcMarket {
                     points_account: String::new(),
                     payment_ref: format!("card-{index}"),
                     spend_authorization: None,
+                    rental_ms: 0,
                 };
                 let step = Instant::now();
                 let voucher_id = merchant.reserve(reserve).await.with_context(|| format!("Reserve of purchase {index}"))?.into_inner().voucher_id;

@@ -665,6 +665,10 @@ pub enum MerchantCommand {
         spend_authorization: Option<PathBuf>,
         #[arg(long, default_value = "high")]
         rendition: String,
+        /// Rent instead of buying: the window (ms) the buyer chose, within the engine's
+        /// `rental.window_ms_min..=max`, priced per window; it starts at Authorize.
+        #[arg(long, default_value_t = 0)]
+        rental_ms: u64,
     },
     /// Authorize a reserved voucher after payment: prints the receipt (hex) for the player.
     Authorize {
@@ -722,6 +726,11 @@ pub enum MerchantCommand {
         /// The consumer's consent (`player authorize-spend --out FILE`).
         #[arg(long)]
         spend_authorization: Option<PathBuf>,
+        /// Rent instead of buying: the window (ms) the buyer chose, within the engine's
+        /// `rental.window_ms_min..=max`, priced per window. Each play is `merchant reissue
+        /// --sale FILE` then `player fetch`, on any healthy node, until the window ends.
+        #[arg(long, default_value_t = 0)]
+        rental_ms: u64,
     },
     /// Start a preview of one media on a node.
     Preview {
@@ -791,6 +800,7 @@ fn issued_json(issued: &pb::IssueVoucherResponse) -> serde_json::Value {
     serde_json::json!({
         "voucher_id": issued.voucher_id, "node_id": issued.node_id, "node_endpoint": issued.node_endpoint,
         "access_token": hex::encode(&issued.access_token), "access_expires_at_ms": issued.access_expires_at_ms,
+        "rental_until_ms": issued.rental_until_ms,
     })
 }
 
@@ -804,6 +814,7 @@ pub fn sale_json(sale: &client::Sale) -> serde_json::Value {
         "access_token": hex::encode(&sale.access_token),
         "access_expires_at_ms": sale.access_expires_at_ms,
         "media_ids": sale.media_ids,
+        "rental_until_ms": sale.rental_until_ms,
     })
 }
 
@@ -836,7 +847,7 @@ pub async fn merchant(args: MerchantArgs) -> anyhow::Result<Outcome> {
     };
     let answer: Result<serde_json::Value, tonic::Status> = async {
         Ok(match &args.command {
-            MerchantCommand::Reserve { media_ids, ttl_ms, rendition, .. } => {
+            MerchantCommand::Reserve { media_ids, ttl_ms, rendition, rental_ms, .. } => {
                 let reserved = merchant
                     .reserve(pb::ReserveRequest {
                         request_id,
@@ -846,14 +857,21 @@ pub async fn merchant(args: MerchantArgs) -> anyhow::Result<Outcome> {
                         points_account: points.as_ref().map(|p| p.account.clone()).unwrap_or_default(),
                         payment_ref: String::new(),
                         spend_authorization: points.as_ref().and_then(|p| p.authorization.clone()),
+                        rental_ms: *rental_ms,
                     })
                     .await?
                     .into_inner();
-                serde_json::json!({ "voucher_id": reserved.voucher_id, "expires_at_ms": reserved.expires_at_ms, "price_minor": reserved.price_minor, "currency": reserved.currency })
+                serde_json::json!({
+                    "voucher_id": reserved.voucher_id, "expires_at_ms": reserved.expires_at_ms, "price_minor": reserved.price_minor,
+                    "currency": reserved.currency, "rental_ms": reserved.rental_ms,
+                })
             }
             MerchantCommand::Authorize { voucher } => {
                 let authorized = merchant.authorize(pb::AuthorizeRequest { request_id, voucher_id: voucher.clone() }).await?.into_inner();
-                serde_json::json!({ "voucher_id": authorized.voucher_id, "receipt": hex::encode(&authorized.receipt), "receipt_generation": authorized.receipt_generation })
+                serde_json::json!({
+                    "voucher_id": authorized.voucher_id, "receipt": hex::encode(&authorized.receipt), "receipt_generation": authorized.receipt_generation,
+                    "rental_until_ms": authorized.rental_until_ms,
+                })
             }
             MerchantCommand::Void { voucher } => {
                 let voided = merchant.void(pb::VoidRequest { request_id, voucher_id: voucher.clone() }).await?.into_inner();
@@ -911,9 +929,14 @@ pub async fn merchant(args: MerchantArgs) -> anyhow::Result<Outcome> {
                     .into_inner();
                 issued_json(&issued)
             }
-            MerchantCommand::Buy { media_ids, .. } => sale_json(&client::buy(&mut merchant, &request_id, media_ids, points.as_ref()).await?),
+            MerchantCommand::Buy { media_ids, rental_ms, .. } => {
+                sale_json(&client::buy_with(&mut merchant, &request_id, media_ids, "high", points.as_ref(), *rental_ms).await?)
+            }
             MerchantCommand::Preview { media, region } => {
-                let preview = merchant.preview(pb::PreviewRequest { request_id, media_id: media.clone(), region: region.clone().unwrap_or_default() }).await?.into_inner();
+                let preview = merchant
+                    .preview(pb::PreviewRequest { request_id, media_id: media.clone(), region: region.clone().unwrap_or_default() })
+                    .await?
+                    .into_inner();
                 serde_json::json!({ "preview_id": preview.preview_id, "node_id": preview.node_id, "node_endpoint": preview.node_endpoint })
             }
             MerchantCommand::Get { voucher } => {
@@ -921,10 +944,12 @@ pub async fn merchant(args: MerchantArgs) -> anyhow::Result<Outcome> {
                 serde_json::json!({
                     "voucher_id": view.voucher_id, "merchant_id": view.merchant_id, "status": view.status, "media_ids": view.media_ids,
                     "node_id": view.node_id, "node_endpoint": view.node_endpoint, "expires_at_ms": view.expires_at_ms,
-                    "delivered_media_ids": view.delivered_media_ids,
+                    "delivered_media_ids": view.delivered_media_ids, "rental_until_ms": view.rental_until_ms, "rental_plays": view.rental_plays,
                 })
             }
-            MerchantCommand::List { set, status, limit, cursor } => reads::merchant_list(&mut merchant, *set, status.as_deref(), *limit, cursor.as_deref()).await?,
+            MerchantCommand::List { set, status, limit, cursor } => {
+                reads::merchant_list(&mut merchant, *set, status.as_deref(), *limit, cursor.as_deref()).await?
+            }
             MerchantCommand::Statement { period } => reads::merchant_statement(&mut merchant, period).await?,
         })
     }

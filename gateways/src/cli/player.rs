@@ -77,6 +77,9 @@ pub enum PlayerCommand {
     /// Protect an unprotected passport: its key is rewritten as encrypted PKCS#8 (PBES2,
     /// scrypt) under the passphrase from --passphrase-file or asked on the terminal.
     Protect,
+    /// Delete the copies of rentals whose window is over (every player command does this
+    /// first; this one does nothing else).
+    Purge,
 }
 
 /// How the player reaches the delivery node the sale (or the preview) names.
@@ -155,7 +158,14 @@ pub async fn player(args: PlayerArgs) -> anyhow::Result<Outcome> {
     let consumer = engine::ids::ConsumerId(args.consumer.clone());
     let dir = crate::player::passport_dir(&args.data_dir, &consumer)?;
     let source = crate::player::PassphraseSource::from_args(args.passphrase_file.clone());
+    // A rental's copy is kept no longer than its window, whatever the command.
+    let now_ms = engine::clock::Clock::now(&engine::clock::SystemClock).0;
+    let purged = crate::player::rentals::purge_ended_rentals(&dir, now_ms)?;
+    for copy in &purged {
+        eprintln!("deleted {}: its rental ended", copy.display());
+    }
     match args.command {
+        PlayerCommand::Purge => Ok(Outcome::Done(serde_json::json!({ "consumer_id": consumer.0, "deleted": purged }))),
         PlayerCommand::Passport { connect, cred, engine_key } => {
             let engine_public =
                 engine::crypto::RsaPublic::from_pem(&std::fs::read_to_string(&engine_key).with_context(|| format!("cannot read {}", engine_key.display()))?)
@@ -202,6 +212,8 @@ pub async fn player(args: PlayerArgs) -> anyhow::Result<Outcome> {
                     access_token: hex::decode(field("access_token")?).context("access_token is not hex")?,
                 },
                 receipt: hex::decode(field("receipt")?).context("receipt is not hex")?,
+                // A rental (`merchant buy --rental-ms`): its copies go once the window is over.
+                rental_until_ms: sale["rental_until_ms"].as_i64().unwrap_or(0),
             };
             let passport = match open_passport(&dir, &consumer.0, &source)? {
                 Ok(passport) => passport,

@@ -355,6 +355,8 @@ pub struct Sale {
     pub access_token: Vec<u8>,
     pub access_expires_at_ms: i64,
     pub media_ids: Vec<String>,
+    /// A rental's end (0: a purchase kept for good): the player deletes its copies after it.
+    pub rental_until_ms: i64,
 }
 
 impl Sale {
@@ -398,6 +400,19 @@ pub async fn buy_rendition(
     rendition: &str,
     points: Option<&PointsPayment>,
 ) -> Result<Sale, tonic::Status> {
+    buy_with(merchant, prefix, media_ids, rendition, points, 0).await
+}
+
+/// [`buy_rendition`], of a rental of `rental_ms` when it is not 0 (a window within the
+/// engine's `rental.*` bounds, priced per window).
+pub async fn buy_with(
+    merchant: &mut MerchantClient,
+    prefix: &str,
+    media_ids: &[String],
+    rendition: &str,
+    points: Option<&PointsPayment>,
+    rental_ms: u64,
+) -> Result<Sale, tonic::Status> {
     let reserved = merchant
         .reserve(pb::ReserveRequest {
             request_id: format!("{prefix}-reserve"),
@@ -407,6 +422,7 @@ pub async fn buy_rendition(
             points_account: points.map(|points| points.account.clone()).unwrap_or_default(),
             payment_ref: if points.is_some() { String::new() } else { format!("card-{prefix}") },
             spend_authorization: points.and_then(|points| points.authorization.clone()),
+            rental_ms,
         })
         .await?
         .into_inner();
@@ -424,6 +440,7 @@ pub async fn buy_rendition(
         access_token: issued.access_token,
         access_expires_at_ms: issued.access_expires_at_ms,
         media_ids: media_ids.to_vec(),
+        rental_until_ms: authorized.rental_until_ms,
     })
 }
 

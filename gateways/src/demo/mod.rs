@@ -583,6 +583,7 @@ async fn sell_one(i: usize, world: &World, merchant: &mut MerchantClient, counte
                 points_account: String::new(),
                 payment_ref: format!("card-{i}"),
                 spend_authorization: None,
+                rental_ms: 0,
             })
             .await?
             .into_inner();
@@ -614,6 +615,7 @@ async fn sell_one(i: usize, world: &World, merchant: &mut MerchantClient, counte
                 points_account: points.as_ref().map(|p| p.account.clone()).unwrap_or_default(),
                 payment_ref: format!("card-{i}"),
                 spend_authorization: points.as_ref().and_then(|p| p.authorization.clone()),
+                rental_ms: 0,
             })
             .await?
             .into_inner();
@@ -633,7 +635,13 @@ async fn sell_one(i: usize, world: &World, merchant: &mut MerchantClient, counte
         bail!("a retried Authorize returned a different receipt");
     }
     let player = &world.players[i % world.players.len()];
-    let purchase = Purchase { node_endpoint: sale.node_endpoint.clone(), node_id: sale.node_id.clone(), grant: sale.grant(), receipt: sale.receipt.clone() };
+    let purchase = Purchase {
+        node_endpoint: sale.node_endpoint.clone(),
+        node_id: sale.node_id.clone(),
+        grant: sale.grant(),
+        receipt: sale.receipt.clone(),
+        rental_until_ms: sale.rental_until_ms,
+    };
     let out_dir = world.players_dir.join(&player.consumer_id.0);
     let mut at_node = crate::player::connect_node_with(&purchase.node_endpoint, &world.node_trust).await?;
     let copies = crate::player::redeem_and_download_on(&mut at_node, &purchase, player, &format!("{prefix}-redeem"), &out_dir).await?;

@@ -375,7 +375,13 @@ impl NodeService for NodeApi {
         if crypto::ct_eq(&request.received_hash, &container.hash) {
             engine
                 .complete_delivery(CompleteDeliveryRequest {
-                    request_id: derived_request_id("deliver", &[&grant.voucher_id, &request.media_id]),
+                    // A rental's play is a completion of its own (the player names its play);
+                    // otherwise one per (voucher, media), however often the player confirms.
+                    request_id: if request.play_id.is_empty() {
+                        derived_request_id("deliver", &[&grant.voucher_id, &request.media_id])
+                    } else {
+                        derived_request_id("deliver-play", &[&grant.voucher_id, &request.media_id, &request.play_id])
+                    },
                     voucher_id: grant.voucher_id.clone(),
                     media_id: request.media_id.clone(),
                     content_hash: container.hash.to_vec(),

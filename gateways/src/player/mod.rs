@@ -12,7 +12,8 @@
 //! downloaded container, whose content hash `engine::media::open` checks. Each key comes
 //! with the engine-signed transaction record of the delivery; the player checks that it
 //! names this voucher, media and passport and the content it decrypted, and keeps a
-//! *delivered copy*: the record, its signature and the content in one file.
+//! *delivered copy*: the record, its signature and the content in one file; a rental's copy
+//! is deleted once its window is over (`rentals`).
 //!
 //! Nodes are reached over TLS when they serve it (an `https://` endpoint in the sale, trusted
 //! through [`NodeTrust`]), and a grant goes in plain text only to a node on loopback unless
@@ -43,6 +44,7 @@ use tonic::transport::{Channel, Endpoint};
 use tracing::{debug, info, warn};
 
 mod passphrase;
+pub mod rentals;
 pub use passphrase::{PassphraseSource, WrongPassphrase};
 
 /// Bits of a passport's RSA key.
@@ -343,6 +345,9 @@ pub struct Purchase {
     pub grant: AccessGrant,
     /// The receipt (32 bytes) the player proves it holds. Never logged.
     pub receipt: Vec<u8>,
+    /// A rental's end (0: a purchase kept for good): each fetch is a play of its own, and
+    /// the copies are deleted once it passed (`purge_ended_rentals`).
+    pub rental_until_ms: i64,
 }
 
 impl std::fmt::Debug for Purchase {
@@ -504,6 +509,10 @@ async fn fetch_on(
     debug!(%voucher_id, keys = answer.keys.len(), "redeemed");
 
     tokio::fs::create_dir_all(out_dir).await.with_context(|| format!("cannot create {}", out_dir.display()))?;
+    // Noted before any copy is written, so no copy of a rental outlives its note.
+    if purchase.rental_until_ms > 0 {
+        rentals::note_rental(out_dir, voucher_id, purchase.rental_until_ms, &grant.media_ids)?;
+    }
     let private = Arc::new(passport.private.clone());
     let mut copies = Vec::with_capacity(answer.keys.len());
     for key in answer.keys {
@@ -528,7 +537,7 @@ async fn fetch_on(
         })
         .await
         .context("the decryption task failed")?;
-        let path = out_dir.join(format!("{voucher_id}-{}.media", key.media_id));
+        let path = rentals::copy_path(out_dir, voucher_id, &key.media_id);
         let (copy_bytes, content_hash) = match stamped {
             Ok(stamped) => stamped,
             Err(reason) => {
@@ -542,7 +551,9 @@ async fn fetch_on(
         drop(copy_bytes);
         // The Confirm proves the receipt too: only the buyer completes (or fails) it.
         let proof = crypto::confirm_proof(&receipt, voucher_id, &purchase.node_id, &key.media_id, &container_hash, &subject).to_vec();
-        let confirm = ConfirmRequest { grant: Some(grant.clone()), media_id: key.media_id.clone(), received_hash: container_hash.to_vec(), proof };
+        // A rental's play names itself, so the engine completes each play (not the first only).
+        let play_id = if purchase.rental_until_ms > 0 { request_id.to_string() } else { String::new() };
+        let confirm = ConfirmRequest { grant: Some(grant.clone()), media_id: key.media_id.clone(), received_hash: container_hash.to_vec(), proof, play_id };
         let confirmed = node.confirm(confirm).await.map_err(rpc_error("Confirm"))?.into_inner();
         info!(%voucher_id, media_id = %key.media_id, path = %path.display(), voucher_delivered = confirmed.voucher_delivered, "delivered");
         copies.push(DeliveredCopy {
@@ -829,6 +840,7 @@ mod tests {
             node_id: "n1".into(),
             grant: AccessGrant { voucher_id: "v1".into(), media_ids: vec!["md1".into()], access_expires_at_ms: 1, access_token: vec![0xAB; 32] },
             receipt: vec![0xCD; 32],
+            rental_until_ms: 0,
         };
         let printed = format!("{purchase:?}");
         assert!(printed.contains("v1") && !printed.contains("205") && !printed.contains("171"), "{printed}");

@@ -119,6 +119,8 @@ pub(super) fn voucher_view(voucher: &engine::domain::voucher::Voucher, node_endp
         expires_at_ms: voucher.expires_at.0,
         delivered_media_ids: voucher.delivered.iter().map(|m| m.0.clone()).collect(),
         node_endpoint,
+        rental_until_ms: voucher.rental_until.0,
+        rental_plays: voucher.rental_plays,
     }
 }
 

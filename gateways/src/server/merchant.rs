@@ -27,13 +27,17 @@ impl pb::merchant_service_server::MerchantService for Api {
                 Some(authorization) => Some(crate::common::spend::from_pb(authorization).map_err(|(field, reason)| invalid(field, &reason))?),
                 None => None,
             };
-            let answer =
-                self.market().reserve(&merchant, &request_id, &media_ids, &message.rendition, message.ttl_ms, payment, spend.as_ref()).await.map_err(fail)?;
+            let answer = self
+                .market()
+                .reserve_rental(&merchant, &request_id, &media_ids, &message.rendition, message.ttl_ms, payment, spend.as_ref(), message.rental_ms)
+                .await
+                .map_err(fail)?;
             Ok(pb::ReserveResponse {
                 voucher_id: answer.voucher_id.0,
                 expires_at_ms: answer.expires_at.0,
                 price_minor: answer.price_minor,
                 currency: answer.currency,
+                rental_ms: answer.rental_ms,
             })
         }
         .await;
@@ -51,6 +55,7 @@ impl pb::merchant_service_server::MerchantService for Api {
                 voucher_id: answer.voucher_id.0,
                 receipt: answer.receipt.expose().to_vec(),
                 receipt_generation: answer.receipt_generation,
+                rental_until_ms: answer.rental_until.0,
             })
         }
         .await;
@@ -97,6 +102,7 @@ impl pb::merchant_service_server::MerchantService for Api {
                 node_id: answer.node_id.0,
                 access_token: answer.access_token.to_vec(),
                 access_expires_at_ms: answer.access_expires_at.0,
+                rental_until_ms: answer.rental_until.0,
             })
         }
         .await;

@@ -27,6 +27,8 @@ pub fn rejection_code(rejection: &Rejection) -> Code {
         Rejection::UnregisteredPublisherKey { .. } => Code::PermissionDenied,
         Rejection::Expired { .. } => Code::FailedPrecondition,
         Rejection::NotExpired { .. } => Code::FailedPrecondition,
+        // The rental's window is over: no play is issued or redeemed; a new rental is.
+        Rejection::RentalEnded { .. } | Rejection::RentalPlaysExhausted { .. } => Code::FailedPrecondition,
         Rejection::Voided => Code::FailedPrecondition,
         Rejection::AlreadyDelivered => Code::FailedPrecondition,
         Rejection::AlreadyRedeemed => Code::FailedPrecondition,
@@ -232,6 +234,8 @@ mod tests {
             Rejection::ChallengeUsed,
             Rejection::DeliveryRetriesExhausted { retries_max: 3 },
             Rejection::RecoveriesExhausted { recoveries_max: 3 },
+            Rejection::RentalEnded { ended_at: Millis(5) },
+            Rejection::RentalPlaysExhausted { plays_max: 3 },
         ]
     }
 
@@ -267,6 +271,8 @@ mod tests {
             Code::FailedPrecondition,
             Code::OutOfRange,
             Code::PermissionDenied,
+            Code::FailedPrecondition,
+            Code::FailedPrecondition,
             Code::FailedPrecondition,
             Code::FailedPrecondition,
         ];

@@ -462,7 +462,16 @@ pub(super) fn arb_request(rpc: Rpc, p: &Pools, b: Bias) -> BoxedStrategy<Req> {
             ]);
             (rid, media_ids, rendition, u64_field(900_000, b), points, free_text(b), spend)
                 .prop_map(|(request_id, media_ids, rendition, ttl_ms, points_account, payment_ref, spend_authorization)| {
-                    Req::Reserve(pb::ReserveRequest { request_id, media_ids, rendition, ttl_ms, points_account, payment_ref, spend_authorization })
+                    Req::Reserve(pb::ReserveRequest {
+                        request_id,
+                        media_ids,
+                        rendition,
+                        ttl_ms,
+                        points_account,
+                        payment_ref,
+                        spend_authorization,
+                        rental_ms: 0,
+                    })
                 })
                 .boxed()
         }

@@ -320,6 +320,7 @@ mod tests {
                 challenge_hash: None,
                 consumer_key_hash: None,
                 released_media: released.iter().map(|m| MediaId::new(*m)).collect(),
+                rental_play: 0,
             },
         )
     }
@@ -409,6 +410,7 @@ mod tests {
                 payment: Payment::Merchant { payment_ref: String::new() },
                 token_key_id: 0,
                 auth_generation: 1,
+                rental_ms: 0,
             },
         )
     }

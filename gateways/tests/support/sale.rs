@@ -35,6 +35,7 @@ pub fn reserve_request(request_id: &str, media: &str) -> pb::ReserveRequest {
         points_account: String::new(),
         payment_ref: "card".into(),
         spend_authorization: None,
+        rental_ms: 0,
     }
 }
 
@@ -55,6 +56,7 @@ pub async fn buy_in(merchant: &mut client::MerchantClient, prefix: &str, media: 
         access_token: issued.access_token,
         access_expires_at_ms: issued.access_expires_at_ms,
         media_ids: vec![media.to_string()],
+        rental_until_ms: 0,
     })
 }
 

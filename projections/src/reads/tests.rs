@@ -38,6 +38,7 @@ fn reserved(voucher: &str, merchant: &str) -> Event {
         payment: Payment::Merchant { payment_ref: "p".into() },
         token_key_id: 1,
         auth_generation: 1,
+        rental_ms: 0,
     }
 }
 

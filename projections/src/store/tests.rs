@@ -59,6 +59,7 @@ fn script() -> Vec<Event> {
         payment: account.map_or(Payment::Merchant { payment_ref: "card".into() }, |account| Payment::Points { account: AccountId::new(account) }),
         token_key_id: 1,
         auth_generation: 1,
+        rental_ms: 0,
     };
     let delivered = |n: u32| Event::Delivered {
         voucher_id: voucher(n),
@@ -113,6 +114,7 @@ fn script() -> Vec<Event> {
             receipt_key_id: 1,
             receipt_generation: 1,
             postings: postings(LedgerAccountKind::ConsumerPoints, "a1", "m1"),
+            rental_until: engine::ids::Millis(0),
         },
         Event::HoldPosted { account_id: AccountId::new("a1"), voucher_id: voucher(1), amount: 250 },
         Event::VoucherIssued {
@@ -130,6 +132,7 @@ fn script() -> Vec<Event> {
             receipt_key_id: 1,
             receipt_generation: 1,
             postings: postings(LedgerAccountKind::MerchantClearing, "m0", "m0"),
+            rental_until: engine::ids::Millis(0),
         },
         Event::VoucherIssued {
             voucher_id: voucher(2),
@@ -169,6 +172,7 @@ fn script() -> Vec<Event> {
             receipt_key_id: 1,
             receipt_generation: 1,
             postings: postings(LedgerAccountKind::MerchantClearing, "m1", "m1"),
+            rental_until: engine::ids::Millis(0),
         },
         Event::Voided {
             voucher_id: voucher(5),

@@ -273,6 +273,7 @@ impl Generator {
             payment,
             token_key_id: 1,
             auth_generation: 1,
+            rental_ms: 0,
         });
         self.sales.insert(voucher_id.clone(), Sale { merchant, items, prices, account, node: None, delivered: 0, postings: vec![], posted: false });
         self.pending.push(voucher_id);
@@ -290,7 +291,13 @@ impl Generator {
         let lines: Vec<SaleLine<'_>> = sale.prices.iter().map(|&price_minor| SaleLine { price_minor, terms: &split }).collect();
         sale.postings = settle(&payer, &sale.merchant.0, &lines);
         let (postings, account, amount) = (sale.postings.clone(), sale.account.clone(), sale.prices.iter().sum());
-        self.push(Event::Authorized { voucher_id: voucher_id.clone(), receipt_key_id: 1, receipt_generation: 1, postings });
+        self.push(Event::Authorized {
+            voucher_id: voucher_id.clone(),
+            receipt_key_id: 1,
+            receipt_generation: 1,
+            postings,
+            rental_until: engine::ids::Millis(0),
+        });
         if let Some(account_id) = account {
             // Now and then the posting is "lost" (an interrupted saga): the hold stays.
             if self.rng.chance(80) {
@@ -358,6 +365,7 @@ impl Generator {
             challenge_hash: None,
             consumer_key_hash: None,
             released_media: Vec::new(),
+            rental_play: 0,
         });
         self.redeeming.push(voucher_id);
     }

@@ -4,7 +4,7 @@
 use crate::domain::catalog::Media;
 use crate::domain::catalog::tests::sample;
 use crate::domain::event::{Event, LedgerAccountKind, MediaPublished, Payment, Posting, ReservedItem};
-use crate::domain::voucher::{CertCheck, CompleteDelivery, ProofCheck, Redeem, Reserve, VoucherCommand};
+use crate::domain::voucher::{CertCheck, CompleteDelivery, ProofCheck, Redeem, RentalTerms, Reserve, VoucherCommand};
 use crate::domain::{Aggregate, Rejection, fold};
 use crate::ids::{AccountId, CertSerial, ConsumerId, MediaId, MerchantId, Millis, NodeId, VoucherId};
 
@@ -17,6 +17,8 @@ pub const ACCESS_TTL: u64 = 3_600_000;
 /// One song at 100 minor units; terms of `sample` split it 30 / 20 / 50.
 pub const SONG: (&str, u64) = ("song1", 100);
 pub const ALBUM: [(&str, u64); 3] = [("t1", 100), ("t2", 100), ("t3", 100)];
+/// The rental bounds in force in the fixtures: windows of 1 to 48 hours at a quarter of the price.
+pub const RENTAL_TERMS: RentalTerms = RentalTerms { window_ms_min: 3_600_000, window_ms_max: 48 * 3_600_000, price_bps: 2_500 };
 
 pub fn merchant() -> MerchantId {
     MerchantId::new("shop1")
@@ -70,6 +72,8 @@ pub fn reserve_cmd(items: &[(&str, u64)], payment: Payment) -> Reserve {
         ttl_ms: TTL,
         payment,
         token_key_id: 7,
+        rental_ms: 0,
+        rental: RENTAL_TERMS,
     }
 }
 
@@ -86,6 +90,7 @@ pub fn reserved(items: &[(&str, u64)], payment: Payment) -> Event {
         payment,
         token_key_id: 7,
         auth_generation: 1,
+        rental_ms: 0,
     }
 }
 
@@ -128,7 +133,7 @@ pub fn album_postings() -> Vec<Posting> {
 }
 
 pub fn authorized(postings: Vec<Posting>) -> Event {
-    Event::Authorized { voucher_id: voucher_id(), receipt_key_id: 3, receipt_generation: 1, postings }
+    Event::Authorized { voucher_id: voucher_id(), receipt_key_id: 3, receipt_generation: 1, postings, rental_until: Millis(0) }
 }
 
 pub fn issue_by(merchant: MerchantId, node: NodeId, access_ttl_ms: u64) -> VoucherCommand {
@@ -190,6 +195,7 @@ pub fn redemption_releasing(consumer: ConsumerId, cert: CertSerial, challenge_ha
         challenge_hash: Some(challenge_hash),
         consumer_key_hash: Some([8; 32]),
         released_media: media.iter().map(|m| mid(m)).collect(),
+        rental_play: 0,
     }
 }
 pub fn redemption() -> Event {

@@ -427,6 +427,8 @@ impl World {
                     ttl_ms,
                     payment,
                     token_key_id: 1,
+                    rental_ms: 0,
+                    rental: crate::domain::voucher::RentalTerms { window_ms_min: 0, window_ms_max: 0, price_bps: 0 },
                 });
                 if let Err(Rejection::InsufficientPoints) = self.voucher_step(v, shop(&merchant(m)), command)? {
                     bump(&coverage.insufficient_points);

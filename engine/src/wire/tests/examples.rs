@@ -20,7 +20,7 @@ use std::collections::BTreeSet;
 /// How many variants `Event` has. Adding a variant stops `variant_index` from compiling:
 /// give the new variant the next index, raise this count, add a hand-written example with
 /// its protobuf counterpart to `examples` and an arm to `arb_event`.
-pub(super) const VARIANT_COUNT: usize = 40;
+pub(super) const VARIANT_COUNT: usize = 41;
 
 /// The position of an event's variant, by a `match` with no wildcard arm, so that a new
 /// variant cannot be added without these tests being told about it.
@@ -66,6 +66,7 @@ pub(super) fn variant_index(event: &Event) -> usize {
         Event::PublisherKeyAdded { .. } => 37,
         Event::SlotsLeased { .. } => 38,
         Event::SlotsWanted { .. } => 39,
+        Event::RentalPlayEnded { .. } => 40,
     }
 }
 
@@ -326,6 +327,7 @@ pub(super) fn examples() -> Vec<(Event, E)> {
                 payment: Payment::Points { account: AccountId::new("acc-9") },
                 token_key_id: 0,
                 auth_generation: u32::MAX,
+                rental_ms: 86_400_000,
             },
             E::Reserved(pb::Reserved {
                 voucher_id: "vou-2".into(),
@@ -338,6 +340,7 @@ pub(super) fn examples() -> Vec<(Event, E)> {
                 payment: Some(pb::reserved::Payment::Points(pb::PointsPayment { account_id: "acc-9".into() })),
                 token_key_id: 0,
                 auth_generation: u32::MAX,
+                rental_ms: 86_400_000,
             }),
         ),
         (
@@ -351,6 +354,7 @@ pub(super) fn examples() -> Vec<(Event, E)> {
                     posting(LedgerAccountKind::Distributor, "dist-1", 0, 26),
                     posting(LedgerAccountKind::Owner, "own-1", 0, 64),
                 ],
+                rental_until: Millis(1_767_312_000_000),
             },
             E::Authorized(pb::Authorized {
                 voucher_id: "vou-1".into(),
@@ -362,6 +366,7 @@ pub(super) fn examples() -> Vec<(Event, E)> {
                     pb_posting(pb::LedgerAccountKind::Distributor, "dist-1", 0, 26),
                     pb_posting(pb::LedgerAccountKind::Owner, "own-1", 0, 64),
                 ],
+                rental_until_ms: 1_767_312_000_000,
             }),
         ),
         (
@@ -448,6 +453,7 @@ pub(super) fn examples() -> Vec<(Event, E)> {
                 challenge_hash: Some(hash(7)),
                 consumer_key_hash: Some(hash(8)),
                 released_media: vec![MediaId::new("med-1"), MediaId::new("med-2")],
+                rental_play: 3,
             },
             E::RedemptionAccepted(pb::RedemptionAccepted {
                 voucher_id: "vou-1".into(),
@@ -458,7 +464,12 @@ pub(super) fn examples() -> Vec<(Event, E)> {
                 challenge_hash: hash(7).to_vec(),
                 consumer_key_hash: hash(8).to_vec(),
                 released_media_ids: vec!["med-1".into(), "med-2".into()],
+                rental_play: 3,
             }),
+        ),
+        (
+            Event::RentalPlayEnded { voucher_id: VoucherId::new("vou-1"), node_id: NodeId::new("node-1"), play: 3 },
+            E::RentalPlayEnded(pb::RentalPlayEnded { voucher_id: "vou-1".into(), node_id: "node-1".into(), play: 3 }),
         ),
         (
             Event::DeliveryFailed { voucher_id: VoucherId::new("vou-1"), node_id: NodeId::new("node-1"), reason: "disk full".into() },

@@ -23,6 +23,7 @@ pub(super) fn golden_reserved_event() -> Event {
         payment: Payment::Merchant { payment_ref: "pay-1".into() },
         token_key_id: 3,
         auth_generation: 4,
+        rental_ms: 0,
     }
 }
 
@@ -38,6 +39,7 @@ pub(super) fn golden_reserved_pb() -> E {
         payment: Some(pb::reserved::Payment::Merchant(pb::MerchantPayment { payment_ref: "pay-1".into() })),
         token_key_id: 3,
         auth_generation: 4,
+        rental_ms: 0,
     })
 }
 

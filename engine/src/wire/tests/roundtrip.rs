@@ -115,8 +115,8 @@ fn arb_media_published() -> impl Strategy<Value = MediaPublished> {
 fn arb_reserved() -> impl Strategy<Value = Event> {
     let item = (id(MediaId), u64s()).prop_map(|(media_id, price_minor)| ReservedItem { media_id, price_minor });
     let payment = prop_oneof![text().prop_map(|payment_ref| Payment::Merchant { payment_ref }), id(AccountId).prop_map(|account| Payment::Points { account }),];
-    (id(VoucherId), id(MerchantId), vec(item, 0..5), text(), u64s(), text(), millis(), payment, u32s(), u32s()).prop_map(
-        |(voucher_id, merchant_id, items, rendition, price_minor, currency, expires_at, payment, token_key_id, auth_generation)| Event::Reserved {
+    (id(VoucherId), id(MerchantId), vec(item, 0..5), text(), u64s(), text(), millis(), payment, u32s(), u32s(), u64s()).prop_map(
+        |(voucher_id, merchant_id, items, rendition, price_minor, currency, expires_at, payment, token_key_id, auth_generation, rental_ms)| Event::Reserved {
             voucher_id,
             merchant_id,
             items,
@@ -127,6 +127,7 @@ fn arb_reserved() -> impl Strategy<Value = Event> {
             payment,
             token_key_id,
             auth_generation,
+            rental_ms,
         },
     )
 }
@@ -228,8 +229,8 @@ fn arb_event() -> BoxedStrategy<Event> {
         ),
         (id(ConsumerId), id(CertSerial), text()).prop_map(|(consumer_id, cert_serial, reason)| Event::CertRevoked { consumer_id, cert_serial, reason }),
         arb_reserved(),
-        (id(VoucherId), u32s(), u32s(), postings()).prop_map(|(voucher_id, receipt_key_id, receipt_generation, postings)| {
-            Event::Authorized { voucher_id, receipt_key_id, receipt_generation, postings }
+        (id(VoucherId), u32s(), u32s(), postings(), millis()).prop_map(|(voucher_id, receipt_key_id, receipt_generation, postings, rental_until)| {
+            Event::Authorized { voucher_id, receipt_key_id, receipt_generation, postings, rental_until }
         }),
         (id(VoucherId), void_reason(), postings()).prop_map(|(voucher_id, reason, reversal)| Event::Voided { voucher_id, reason, reversal }),
         (id(VoucherId), id(NodeId), id(ConsumerId), id(CertSerial), hash32(), hash32(), u32s()).prop_map(
@@ -258,20 +259,24 @@ fn arb_event() -> BoxedStrategy<Event> {
             }),
         (
             (id(VoucherId), id(NodeId), id(ConsumerId), id(CertSerial)),
-            (vec(hash32(), 0..4), proptest::option::of(hash32()), proptest::option::of(hash32()), vec(id(MediaId), 0..4))
+            (vec(hash32(), 0..4), proptest::option::of(hash32()), proptest::option::of(hash32()), vec(id(MediaId), 0..4), u32s())
         )
-            .prop_map(|((voucher_id, node_id, consumer_id, cert_serial), (wrapped_key_hashes, challenge_hash, consumer_key_hash, released_media))| {
-                Event::RedemptionAccepted {
-                    voucher_id,
-                    node_id,
-                    consumer_id,
-                    cert_serial,
-                    wrapped_key_hashes,
-                    challenge_hash,
-                    consumer_key_hash,
-                    released_media,
+            .prop_map(
+                |((voucher_id, node_id, consumer_id, cert_serial), (wrapped_key_hashes, challenge_hash, consumer_key_hash, released_media, rental_play))| {
+                    Event::RedemptionAccepted {
+                        voucher_id,
+                        node_id,
+                        consumer_id,
+                        cert_serial,
+                        wrapped_key_hashes,
+                        challenge_hash,
+                        consumer_key_hash,
+                        released_media,
+                        rental_play,
+                    }
                 }
-            }),
+            ),
+        (id(VoucherId), id(NodeId), u32s()).prop_map(|(voucher_id, node_id, play)| Event::RentalPlayEnded { voucher_id, node_id, play }),
         (id(VoucherId), id(NodeId), text()).prop_map(|(voucher_id, node_id, reason)| Event::DeliveryFailed { voucher_id, node_id, reason }),
         (id(VoucherId), id(NodeId), id(MediaId), id(CertSerial), hash32(), u64s(), any::<bool>()).prop_map(
             |(voucher_id, node_id, media_id, cert_serial, content_hash, size_bytes, voucher_complete)| Event::Delivered {
