@@ -2,8 +2,8 @@
 //! nats-server: connecting (a clear error without a server), stream verification (an
 //! existing stream with weaker settings is refused, naming the setting), two connections
 //! racing on one subject, the node feed (dedupe by source sequence, each node sees only its
-//! own), and the server behaviour that makes the log check for duplicates itself after a
-//! refused expectation.
+//! own), the server behaviour that makes the log check for duplicates itself after a
+//! refused expectation, and job leases admitting one holder at a time.
 
 use async_nats::jetstream;
 use bytes::Bytes;
@@ -141,6 +141,40 @@ async fn two_connections_racing_on_one_subject_admit_exactly_one() {
     }
     let stored = left.read_subject("vs.race.a").await.expect("read_subject");
     assert_eq!(stored.len() as u64, RACE_ROUNDS, "the losers stored nothing");
+}
+
+/// One engine at a time runs the sealer or the sweeper: engines racing for a job lease
+/// at once admit exactly one holder, round after round, because taking it is a `create`
+/// (refused when the key is there) and renewing an `update` at the holder's last revision
+/// (refused once another wrote). The protection off (plain `put`s, as a lease without
+/// revisions would write) every racer believes it holds the job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn engines_racing_for_a_job_lease_admit_exactly_one_holder() {
+    const ENGINES: usize = 4;
+    let server = server();
+    let mut leases = Vec::new();
+    for _ in 0..ENGINES {
+        let log = connect(&server, "JOBS").await;
+        leases.push(log.job_leases(Duration::from_secs(10)).await.expect("job lease bucket").expect("a shared log has job leases"));
+    }
+    for round in 0..RACE_ROUNDS {
+        let mut racing = tokio::task::JoinSet::new();
+        for (n, lease) in leases.iter().enumerate() {
+            let lease = Arc::clone(lease);
+            racing.spawn(async move { (n, lease.hold("sealer", &format!("engine-{n}")).await.expect("hold")) });
+        }
+        let holders: Vec<usize> = racing.join_all().await.into_iter().filter(|(_, held)| *held).map(|(n, _)| n).collect();
+        assert_eq!(holders.len(), 1, "round {round}: {holders:?} hold the sealer");
+    }
+    // The protection off: every engine writes the job's key unconditionally, and each
+    // write succeeds, so each would run the job.
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let bucket = jetstream::new(client).get_key_value("vsjobs-JOBS").await.expect("the job lease bucket");
+    let mut unguarded = 0;
+    for n in 0..ENGINES {
+        unguarded += usize::from(bucket.put("sweeper-unguarded", Bytes::from(format!("engine-{n}"))).await.is_ok());
+    }
+    assert_eq!(unguarded, ENGINES, "without create/update by revision every engine takes the job");
 }
 
 /// A single (non-clustered) nats-server (2.15.1 here) checks

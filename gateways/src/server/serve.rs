@@ -317,10 +317,14 @@ pub async fn terminate_signal() {
 /// How long a start waits for a JetStream that does not answer yet (leaders being elected).
 pub const START_WAIT: Duration = Duration::from_secs(60);
 
-/// A failure to open the log that waiting can cure: nothing answered in time.
+/// A failure to open the log that waiting can cure: nothing answered in time, or a
+/// cluster still forming has too few peers up to place a replicated stream (a cluster
+/// that never gets them fails after `START_WAIT`).
 fn transient(error: &anyhow::Error) -> bool {
     let text = format!("{error:#}");
-    ["timed out", "no responders", "deadline has elapsed", "JetStream not enabled", "no stream found"].iter().any(|cause| text.contains(cause))
+    ["timed out", "no responders", "deadline has elapsed", "JetStream not enabled", "no stream found", "no suitable peers for placement"]
+        .iter()
+        .any(|cause| text.contains(cause))
 }
 
 /// Runs the engine until `shutdown` resolves, then stops gracefully.
@@ -396,6 +400,19 @@ pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output =
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a start waits out: a cluster forming (the first start of an R3 market once
+    /// failed on this, `engine_crash`), or electing; not a stream configured otherwise.
+    #[test]
+    fn a_start_waits_out_a_forming_cluster_but_not_a_conflicting_stream() {
+        let forming = anyhow::anyhow!(
+            "cannot create stream VOUCHSAFE_NODES on vsn.>: jetstream error: no suitable peers for placement, peer offline (code 400, error code 10005)"
+        );
+        assert!(transient(&forming));
+        assert!(transient(&anyhow::anyhow!("reading the stream info: timed out")));
+        let conflict = anyhow::anyhow!("stream VOUCHSAFE exists with 1 replicas, 3 asked: refusing to change it");
+        assert!(!transient(&conflict));
+    }
 
     #[test]
     fn flags_beat_the_file_and_the_file_beats_defaults() {
