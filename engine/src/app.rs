@@ -802,7 +802,7 @@ impl Market {
         let (placed, held) = match &existing.state.node {
             Some(node) => (crate::placement::Placed { node: node.clone(), lease: 0 }, false),
             None => {
-                self.refused_before_placing(&existing, &by, request, &start(crate::placement::Placed::probe()))?;
+                self.refused_before_placing(&preview.0, &existing, &by, request, &start(crate::placement::Placed::probe())).await?;
                 match self.place_preview(region, &preview.0, merchant).await? {
                     Some(placed) => (placed, true),
                     None => {

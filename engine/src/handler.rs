@@ -177,6 +177,19 @@ impl Handler {
         self.others_append.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// The aggregate read anew when the subject's head (from the log's authority) is past
+    /// `known`, the state a refusal was decided on; None when `known` is the newest.
+    pub async fn refreshed<A: Aggregate>(&self, id: &str, known: Option<Seq>) -> Result<Option<Arc<Root<A>>>, HandleError> {
+        let aggregate = AggregateRef::new(A::KIND, id);
+        match self.newer_than(&aggregate.subject(), known).await? {
+            Some(newer) => {
+                self.forget(&aggregate);
+                Ok(Some(self.load_until::<A>(id, newer).await?))
+            }
+            None => Ok(None),
+        }
+    }
+
     /// As `load`, and once other engines append to the stream (`observe`), checked against
     /// the log's authority (one subject-head read): a use case deciding what to do on the
     /// state (issue, move or renew; refuse before placing) sees another engine's append
@@ -186,14 +199,7 @@ impl Handler {
         if !self.others_append.load(std::sync::atomic::Ordering::Relaxed) {
             return Ok(root);
         }
-        let aggregate = AggregateRef::new(A::KIND, id);
-        match self.newer_than(&aggregate.subject(), root.last_seq).await? {
-            Some(newer) => {
-                self.forget(&aggregate);
-                self.load_until::<A>(id, newer).await
-            }
-            None => Ok(root),
-        }
+        Ok(self.refreshed::<A>(id, root.last_seq).await?.unwrap_or(root))
     }
 
     /// The aggregate as of the log (reading its subject), bypassing the cache. Where reads

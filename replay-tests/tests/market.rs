@@ -29,7 +29,10 @@ struct Fixture {
     _dir: tempfile::TempDir,
     log: Arc<dyn EventLog>,
     clock: Arc<ManualClock>,
-    market: Market,
+    /// The engines on the log (one or two), each with its own handler and caches.
+    markets: Vec<Arc<Market>>,
+    /// Which engine the next use case goes to (`market`).
+    turn: std::sync::atomic::AtomicUsize,
     merchant: MerchantId,
     other_merchant: MerchantId,
     node: NodeId,
@@ -41,6 +44,13 @@ fn req(id: &str) -> RequestId {
 }
 
 async fn fixture() -> Fixture {
+    fixture_on(1).await
+}
+
+/// The fixture over `engines` engines on one log: each use case goes to the next engine in
+/// turn (`Fixture::market`), so over two a retry, a refusal or a check is answered by the
+/// other engine than the command before it.
+async fn fixture_on(engines: usize) -> Fixture {
     let dir = tempfile::tempdir().expect("temp dir");
     let log: Arc<dyn EventLog> = Arc::new(EmbeddedLog::open(&dir.path().join("log")).expect("open log"));
     let clock = Arc::new(ManualClock::new(Millis(1_700_000_000_000)));
@@ -55,8 +65,78 @@ async fn fixture() -> Fixture {
     let media_key = crypto::SecretKey::random();
     let input = common::song("Song", 250, crypto::wrap_key(&keys.public, &media_key).expect("wrap"));
     let media = market.publish_media("pub", &req("media-1"), input).await.expect("publish");
-    Fixture { _dir: dir, log, clock, market, merchant, other_merchant, node, media }
+    let mut markets = vec![market];
+    for _ in 1..engines {
+        let keys = Arc::new(EngineKeys::new(test_keys::fixed_rsa()).expect("engine keys"));
+        markets.push(Market::new(Arc::clone(&log), clock.clone() as Arc<dyn Clock>, keys, Arc::new(OneNode(node.clone()))));
+    }
+    let markets: Vec<Arc<Market>> = markets.into_iter().map(Arc::new).collect();
+    if engines > 1 {
+        // As `serve` runs them: each engine's follower tells its handler what the stream
+        // holds (`Handler::observe`), so each learns that another engine appends; the
+        // second engine's first append (a merchant) is applied by both before the test.
+        let followers: Vec<projections::Live> = markets.iter().map(|market| follow(&log, market)).collect();
+        markets[1].register_merchant("op", &req("m-3"), "Third").await.expect("merchant through the second engine");
+        let head = log.last_seq().await.expect("head");
+        for follower in &followers {
+            follower.caught_up(head).await;
+        }
+        assert!(markets.iter().all(|market| market.handler().others_append()), "each engine saw the other's appends");
+    }
+    Fixture { _dir: dir, log, clock, markets, turn: Default::default(), merchant, other_merchant, node, media }
 }
+
+/// A follower of `log` telling `market`'s handler each event it applies (`serve`'s).
+fn follow(log: &Arc<dyn EventLog>, market: &Arc<Market>) -> projections::Live {
+    let live = projections::Live::new();
+    let observing = Arc::downgrade(market);
+    let observer = move |subject: &str, seq| {
+        if let Some(market) = observing.upgrade() {
+            market.handler().observe(subject, seq);
+        }
+    };
+    assert!(live.observe_applied(Arc::new(observer)).is_ok(), "one observer");
+    let (running, log) = (live.clone(), Arc::clone(log));
+    tokio::spawn(async move { running.run(log).await });
+    live
+}
+
+impl Fixture {
+    /// The engine whose turn it is: the engines take turns at every use case.
+    fn market(&self) -> &Market {
+        &self.markets[self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.markets.len()]
+    }
+}
+
+/// Runs each test over one engine and over two engines on one log: the same assertions,
+/// so the same answers.
+macro_rules! over_one_and_two_engines {
+    ($($test:ident),* $(,)?) => {
+        mod one_engine {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() {
+                super::$test(1).await
+            })*
+        }
+        mod two_engines {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() {
+                super::$test(2).await
+            })*
+        }
+    };
+}
+
+over_one_and_two_engines!(
+    retried_commands_return_the_first_answer_and_write_nothing,
+    refusals_write_nothing,
+    a_redemption_needs_the_receipt_and_the_assigned_node,
+    concurrent_point_holds_never_overdraw,
+    certification_is_idempotent_and_concurrent_requests_never_collide,
+    royalty_entries_are_sealed_verified_and_rebuilt_by_replay,
+    the_sweeper_settles_holds_left_by_interrupted_sagas,
+    a_rental_plays_until_its_window_ends_and_each_play_counts_once,
+);
 
 async fn stream_len(log: &Arc<dyn EventLog>) -> u64 {
     log.last_seq().await.expect("last seq").0
@@ -69,26 +149,25 @@ fn rejection(error: engine::app::AppError) -> Rejection {
     }
 }
 
-#[tokio::test]
-async fn retried_commands_return_the_first_answer_and_write_nothing() {
-    let f = fixture().await;
+async fn retried_commands_return_the_first_answer_and_write_nothing(engines: usize) {
+    let f = fixture_on(engines).await;
     let pay = || Payment::Merchant { payment_ref: "card".into() };
-    let first = f.market.reserve(&f.merchant, &req("r1"), std::slice::from_ref(&f.media), "high", 60_000, pay(), None).await.expect("reserve");
+    let first = f.market().reserve(&f.merchant, &req("r1"), std::slice::from_ref(&f.media), "high", 60_000, pay(), None).await.expect("reserve");
     let len = stream_len(&f.log).await;
     f.clock.advance_ms(1_000);
-    let again = f.market.reserve(&f.merchant, &req("r1"), std::slice::from_ref(&f.media), "high", 60_000, pay(), None).await.expect("retried reserve");
+    let again = f.market().reserve(&f.merchant, &req("r1"), std::slice::from_ref(&f.media), "high", 60_000, pay(), None).await.expect("retried reserve");
     assert_eq!(again.voucher_id, first.voucher_id);
     assert_eq!(again.expires_at, first.expires_at, "the first answer, not a new decision");
     assert_eq!(stream_len(&f.log).await, len, "a retry writes nothing");
 
-    let authorized = f.market.authorize(&f.merchant, &req("a1"), &first.voucher_id).await.expect("authorize");
+    let authorized = f.market().authorize(&f.merchant, &req("a1"), &first.voucher_id).await.expect("authorize");
     let len = stream_len(&f.log).await;
-    let retried = f.market.authorize(&f.merchant, &req("a1"), &first.voucher_id).await.expect("retried authorize");
+    let retried = f.market().authorize(&f.merchant, &req("a1"), &first.voucher_id).await.expect("retried authorize");
     assert!(authorized.receipt.ct_eq(&retried.receipt));
     assert_eq!(stream_len(&f.log).await, len);
 
     // The same request id for another command is refused, and writes nothing.
-    let reused = f.market.void(&f.merchant, &req("a1"), &first.voucher_id).await.expect_err("reused request id");
+    let reused = f.market().void(&f.merchant, &req("a1"), &first.voucher_id).await.expect_err("reused request id");
     assert!(matches!(rejection(reused), Rejection::RequestIdReused { .. }));
     assert_eq!(stream_len(&f.log).await, len);
 }
@@ -100,7 +179,7 @@ async fn retried_commands_return_the_first_answer_and_write_nothing() {
 async fn a_restarted_engine_answers_retries_from_the_stream_not_from_an_assumed_empty_aggregate() {
     let f = fixture().await;
     let pay = || Payment::Merchant { payment_ref: "card".into() };
-    let first = f.market.reserve(&f.merchant, &req("r1"), std::slice::from_ref(&f.media), "high", 60_000, pay(), None).await.expect("reserve");
+    let first = f.market().reserve(&f.merchant, &req("r1"), std::slice::from_ref(&f.media), "high", 60_000, pay(), None).await.expect("reserve");
     f.clock.advance_ms(1_000);
     let keys = Arc::new(EngineKeys::new(test_keys::fixed_rsa()).expect("engine keys"));
     let restarted = Market::new(Arc::clone(&f.log), f.clock.clone() as Arc<dyn Clock>, keys, Arc::new(OneNode(f.node.clone())));
@@ -187,11 +266,10 @@ async fn a_new_voucher_is_sold_without_reading_its_subject() {
     assert!(reads() > before, "a retry on an unknown (to this process) voucher reads its subject");
 }
 
-#[tokio::test]
-async fn refusals_write_nothing() {
-    let f = fixture().await;
+async fn refusals_write_nothing(engines: usize) {
+    let f = fixture_on(engines).await;
     let voucher = f
-        .market
+        .market()
         .reserve(&f.merchant, &req("r1"), std::slice::from_ref(&f.media), "high", 60_000, Payment::Merchant { payment_ref: "c".into() }, None)
         .await
         .expect("reserve")
@@ -199,24 +277,24 @@ async fn refusals_write_nothing() {
     let len = stream_len(&f.log).await;
 
     let cases: Vec<(&str, engine::app::AppError)> = vec![
-        ("wrong merchant authorizes", f.market.authorize(&f.other_merchant, &req("x1"), &voucher).await.expect_err("refused")),
-        ("wrong merchant voids", f.market.void(&f.other_merchant, &req("x2"), &voucher).await.expect_err("refused")),
-        ("issue before authorize", f.market.issue(&f.merchant, &req("x3"), &voucher, None, 60_000).await.expect_err("refused")),
+        ("wrong merchant authorizes", f.market().authorize(&f.other_merchant, &req("x1"), &voucher).await.expect_err("refused")),
+        ("wrong merchant voids", f.market().void(&f.other_merchant, &req("x2"), &voucher).await.expect_err("refused")),
+        ("issue before authorize", f.market().issue(&f.merchant, &req("x3"), &voucher, None, 60_000).await.expect_err("refused")),
         (
             "unknown media",
-            f.market
+            f.market()
                 .reserve(&f.merchant, &req("x4"), &[MediaId::new("nope")], "high", 1000, Payment::Merchant { payment_ref: "c".into() }, None)
                 .await
                 .expect_err("refused"),
         ),
         (
             "bad ttl",
-            f.market
+            f.market()
                 .reserve(&f.merchant, &req("x5"), std::slice::from_ref(&f.media), "high", 0, Payment::Merchant { payment_ref: "c".into() }, None)
                 .await
                 .expect_err("refused"),
         ),
-        ("invalid voucher id", f.market.authorize(&f.merchant, &req("x6"), &VoucherId::new("a.b")).await.expect_err("refused")),
+        ("invalid voucher id", f.market().authorize(&f.merchant, &req("x6"), &VoucherId::new("a.b")).await.expect_err("refused")),
     ];
     for (what, error) in cases {
         let rejection = rejection(error);
@@ -225,74 +303,72 @@ async fn refusals_write_nothing() {
     }
 
     f.clock.advance_ms(60_001);
-    let late = f.market.authorize(&f.merchant, &req("late"), &voucher).await.expect_err("expired");
+    let late = f.market().authorize(&f.merchant, &req("late"), &voucher).await.expect_err("expired");
     assert!(matches!(rejection(late), Rejection::Expired { .. }));
     assert_eq!(stream_len(&f.log).await, len);
 }
 
-#[tokio::test]
-async fn a_redemption_needs_the_receipt_and_the_assigned_node() {
-    let f = fixture().await;
+async fn a_redemption_needs_the_receipt_and_the_assigned_node(engines: usize) {
+    let f = fixture_on(engines).await;
     let voucher = f
-        .market
+        .market()
         .reserve(&f.merchant, &req("r1"), std::slice::from_ref(&f.media), "high", 60_000, Payment::Merchant { payment_ref: "c".into() }, None)
         .await
         .expect("reserve")
         .voucher_id;
-    let receipt = f.market.authorize(&f.merchant, &req("a1"), &voucher).await.expect("authorize").receipt;
-    let issued = f.market.issue(&f.merchant, &req("i1"), &voucher, None, 60_000).await.expect("issue");
+    let receipt = f.market().authorize(&f.merchant, &req("a1"), &voucher).await.expect("authorize").receipt;
+    let issued = f.market().issue(&f.merchant, &req("i1"), &voucher, None, 60_000).await.expect("issue");
     assert_eq!(issued.node_id, f.node);
     let player = test_keys::fixed_rsa_2();
     let consumer = ConsumerId::new("alice");
-    let cert = f.market.certify_consumer("op", &req("c1"), &consumer, &player.public().to_der().expect("der"), 86_400_000).await.expect("certify");
+    let cert = f.market().certify_consumer("op", &req("c1"), &consumer, &player.public().to_der().expect("der"), 86_400_000).await.expect("certify");
     let challenge = [9u8; 32];
     let len = stream_len(&f.log).await;
 
     let wrong_receipt = crypto::SecretKey::random();
     let alice = crypto::ProofConsumer::new(&consumer.0, &cert.serial.0, &test_keys::fixed_rsa_2().public().to_der().expect("der"));
     let bad = crypto::receipt_proof(&wrong_receipt, &voucher.0, &f.node.0, &challenge, &alice);
-    let refused = f.market.redeem(&f.node, &req("d1"), &voucher, &consumer, &cert.serial, &challenge, &bad).await.expect_err("bad proof");
+    let refused = f.market().redeem(&f.node, &req("d1"), &voucher, &consumer, &cert.serial, &challenge, &bad).await.expect_err("bad proof");
     assert_eq!(rejection(refused), Rejection::BadProof);
     assert_eq!(stream_len(&f.log).await, len, "a refused redemption writes nothing");
 
     // Another registered node, with a valid proof made for it or for the assigned node.
-    let other = NodeId(f.market.register_node("op", &req("node-2"), "eu", 8).await.expect("a second node").0.id);
+    let other = NodeId(f.market().register_node("op", &req("node-2"), "eu", 8).await.expect("a second node").0.id);
     let len = stream_len(&f.log).await;
     for (what, proof_node) in [("made for it", &other), ("made for the assigned node", &f.node)] {
         let proof = crypto::receipt_proof(&receipt, &voucher.0, &proof_node.0, &challenge, &alice);
-        let refused = f.market.redeem(&other, &req("d-other"), &voucher, &consumer, &cert.serial, &challenge, &proof).await.expect_err("not its voucher");
+        let refused = f.market().redeem(&other, &req("d-other"), &voucher, &consumer, &cert.serial, &challenge, &proof).await.expect_err("not its voucher");
         assert_eq!(rejection(refused), Rejection::NotYourAssignment, "another node redeems with a proof {what}");
         assert_eq!(stream_len(&f.log).await, len, "another node's redemption writes nothing");
     }
 
     let proof = crypto::receipt_proof(&receipt, &voucher.0, &f.node.0, &challenge, &alice);
-    let answer = f.market.redeem(&f.node, &req("d2"), &voucher, &consumer, &cert.serial, &challenge, &proof).await.expect("redeem");
+    let answer = f.market().redeem(&f.node, &req("d2"), &voucher, &consumer, &cert.serial, &challenge, &proof).await.expect("redeem");
     assert_eq!(answer.keys.len(), 1);
     assert!(crypto::unwrap_key(&player, &answer.keys[0].1).is_ok(), "the key is wrapped for the player");
     let forged = crypto::confirm_proof(&wrong_receipt, &voucher.0, &f.node.0, &f.media.0, &[0; 32], &alice);
-    let refused = f.market.complete_delivery(&f.node, &req("done"), &voucher, &f.media, [0; 32], 10, &forged).await.expect_err("not the buyer's");
+    let refused = f.market().complete_delivery(&f.node, &req("done"), &voucher, &f.media, [0; 32], 10, &forged).await.expect_err("not the buyer's");
     assert_eq!(rejection(refused), Rejection::BadProof, "only the receipt's holder confirms");
     let confirm = crypto::confirm_proof(&receipt, &voucher.0, &f.node.0, &f.media.0, &[0; 32], &alice);
-    assert!(f.market.complete_delivery(&f.node, &req("done"), &voucher, &f.media, [0; 32], 10, &confirm).await.expect("complete"));
-    let again = f.market.redeem(&f.node, &req("d3"), &voucher, &consumer, &cert.serial, &challenge, &proof).await.expect_err("delivered");
+    assert!(f.market().complete_delivery(&f.node, &req("done"), &voucher, &f.media, [0; 32], 10, &confirm).await.expect("complete"));
+    let again = f.market().redeem(&f.node, &req("d3"), &voucher, &consumer, &cert.serial, &challenge, &proof).await.expect_err("delivered");
     assert_eq!(rejection(again), Rejection::AlreadyDelivered, "delivered at most once");
 }
 
-#[tokio::test]
-async fn concurrent_point_holds_never_overdraw() {
-    let f = Arc::new(fixture().await);
-    let consumer = engine::testing::TestConsumer::certify(&f.market, "op", "acct").await.expect("certify");
+async fn concurrent_point_holds_never_overdraw(engines: usize) {
+    let f = Arc::new(fixture_on(engines).await);
+    let consumer = engine::testing::TestConsumer::certify(f.market(), "op", "acct").await.expect("certify");
     let account = consumer.account();
     // 250 per sale; 1000 points pay for exactly four of twenty concurrent reservations,
     // each with its own authorization from the consumer.
-    f.market.top_up("op", &req("top"), &account, 1000, "").await.expect("top up");
+    f.market().top_up("op", &req("top"), &account, 1000, "").await.expect("top up");
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..20 {
         let f = Arc::clone(&f);
         let account = account.clone();
-        let spend = consumer.authorize_any(&f.market, &f.merchant);
+        let spend = consumer.authorize_any(f.market(), &f.merchant);
         tasks.spawn(async move {
-            f.market
+            f.market()
                 .reserve(&f.merchant, &req(&format!("p{i}")), std::slice::from_ref(&f.media), "high", 60_000, Payment::Points { account }, Some(&spend))
                 .await
                 .map(|_| ())
@@ -306,35 +382,34 @@ async fn concurrent_point_holds_never_overdraw() {
         }
     }
     assert_eq!(reserved, 4);
-    let state = f.market.handler().load_fresh::<engine::domain::account::Account>(&account.0).await.expect("account").state.clone();
+    let state = f.market().handler().load_fresh::<engine::domain::account::Account>(&account.0).await.expect("account").state.clone();
     assert_eq!(state.available(), 0);
     assert_eq!(state.held_total(), 1000);
 }
 
-#[tokio::test]
-async fn certification_is_idempotent_and_concurrent_requests_never_collide() {
-    let f = Arc::new(fixture().await);
+async fn certification_is_idempotent_and_concurrent_requests_never_collide(engines: usize) {
+    let f = Arc::new(fixture_on(engines).await);
     let consumer = ConsumerId::new("bob");
     let der = test_keys::fixed_rsa_2().public().to_der().expect("der");
-    let first = f.market.certify_consumer("op", &req("cert-1"), &consumer, &der, 86_400_000).await.expect("certify");
-    assert!(engine::app::verify_certificate(&f.market.keys().public, &consumer, &first));
+    let first = f.market().certify_consumer("op", &req("cert-1"), &consumer, &der, 86_400_000).await.expect("certify");
+    assert!(engine::app::verify_certificate(&f.market().keys().public, &consumer, &first));
     let len = stream_len(&f.log).await;
     f.clock.advance_ms(5_000);
-    let retried = f.market.certify_consumer("op", &req("cert-1"), &consumer, &der, 86_400_000).await.expect("retry");
+    let retried = f.market().certify_consumer("op", &req("cert-1"), &consumer, &der, 86_400_000).await.expect("retry");
     assert_eq!(retried, first, "a retry answers the first certificate");
     assert_eq!(stream_len(&f.log).await, len, "a retry writes nothing");
 
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..8 {
         let (f, consumer, der) = (Arc::clone(&f), consumer.clone(), der.clone());
-        tasks.spawn(async move { f.market.certify_consumer("op", &req(&format!("cert-c{i}")), &consumer, &der, 86_400_000).await.map(|cert| cert.serial) });
+        tasks.spawn(async move { f.market().certify_consumer("op", &req(&format!("cert-c{i}")), &consumer, &der, 86_400_000).await.map(|cert| cert.serial) });
     }
     let mut serials = std::collections::BTreeSet::new();
     while let Some(result) = tasks.join_next().await {
         serials.insert(result.expect("task").expect("every concurrent certification succeeds"));
     }
     assert_eq!(serials.len(), 8);
-    let state = f.market.handler().load_fresh::<engine::domain::party::Consumer>(&consumer.0).await.expect("consumer").state.clone();
+    let state = f.market().handler().load_fresh::<engine::domain::party::Consumer>(&consumer.0).await.expect("consumer").state.clone();
     assert_eq!(state.certs.len(), 9);
 }
 
@@ -343,11 +418,11 @@ async fn sell_and_deliver(f: &Fixture, n: usize, tag: &str) -> u64 {
     let player = test_keys::fixed_rsa_2();
     let consumer = ConsumerId::new("carol");
     let cert =
-        f.market.certify_consumer("op", &req(&format!("{tag}-cert")), &consumer, &player.public().to_der().expect("der"), 86_400_000).await.expect("certify");
+        f.market().certify_consumer("op", &req(&format!("{tag}-cert")), &consumer, &player.public().to_der().expect("der"), 86_400_000).await.expect("certify");
     let mut usages = 0;
     for i in 0..n {
         let voucher = f
-            .market
+            .market()
             .reserve(
                 &f.merchant,
                 &req(&format!("{tag}-r{i}")),
@@ -360,17 +435,17 @@ async fn sell_and_deliver(f: &Fixture, n: usize, tag: &str) -> u64 {
             .await
             .expect("reserve")
             .voucher_id;
-        let receipt = f.market.authorize(&f.merchant, &req(&format!("{tag}-a{i}")), &voucher).await.expect("authorize").receipt;
-        f.market.issue(&f.merchant, &req(&format!("{tag}-i{i}")), &voucher, None, 60_000).await.expect("issue");
+        let receipt = f.market().authorize(&f.merchant, &req(&format!("{tag}-a{i}")), &voucher).await.expect("authorize").receipt;
+        f.market().issue(&f.merchant, &req(&format!("{tag}-i{i}")), &voucher, None, 60_000).await.expect("issue");
         let challenge = [i as u8; 32];
         let der = test_keys::fixed_rsa_2().public().to_der().expect("der");
         let subject = crypto::ProofConsumer::new(&consumer.0, &cert.serial.0, &der);
         let proof = crypto::receipt_proof(&receipt, &voucher.0, &f.node.0, &challenge, &subject);
-        f.market.redeem(&f.node, &req(&format!("{tag}-d{i}")), &voucher, &consumer, &cert.serial, &challenge, &proof).await.expect("redeem");
+        f.market().redeem(&f.node, &req(&format!("{tag}-d{i}")), &voucher, &consumer, &cert.serial, &challenge, &proof).await.expect("redeem");
         let confirm = crypto::confirm_proof(&receipt, &voucher.0, &f.node.0, &f.media.0, &[3; 32], &subject);
-        f.market.complete_delivery(&f.node, &req(&format!("{tag}-done{i}")), &voucher, &f.media, [3; 32], 10, &confirm).await.expect("deliver");
-        let (preview, node) = f.market.preview(&f.merchant, &req(&format!("{tag}-p{i}")), &f.media, None).await.expect("preview");
-        f.market.end_preview(&node, &req(&format!("{tag}-pe{i}")), &preview, 1_000).await.expect("end preview");
+        f.market().complete_delivery(&f.node, &req(&format!("{tag}-done{i}")), &voucher, &f.media, [3; 32], 10, &confirm).await.expect("deliver");
+        let (preview, node) = f.market().preview(&f.merchant, &req(&format!("{tag}-p{i}")), &f.media, None).await.expect("preview");
+        f.market().end_preview(&node, &req(&format!("{tag}-pe{i}")), &preview, 1_000).await.expect("end preview");
         usages += 2;
     }
     usages
@@ -382,11 +457,10 @@ fn replay(stored: &[engine::log::StoredEvent], projections: &mut projections::Pr
     }
 }
 
-#[tokio::test]
-async fn royalty_entries_are_sealed_verified_and_rebuilt_by_replay() {
-    let f = fixture().await;
+async fn royalty_entries_are_sealed_verified_and_rebuilt_by_replay(engines: usize) {
+    let f = fixture_on(engines).await;
     let master = crypto::SecretKey::from_bytes([5; 32]);
-    let engine_public = f.market.keys().public.clone();
+    let engine_public = f.market().keys().public.clone();
     let live = projections::Live::with_projections(projections::Projections::with_royalty_keys(&master, Some(engine_public.clone())));
     let runner = {
         let (live, log) = (live.clone(), Arc::clone(&f.log));
@@ -395,12 +469,12 @@ async fn royalty_entries_are_sealed_verified_and_rebuilt_by_replay() {
 
     let first_batch = sell_and_deliver(&f, 3, "b1").await;
     live.caught_up(f.log.last_seq().await.expect("seq")).await;
-    assert!(gateways::server::seal_once(&live, &f.market, 100).await.expect("seal").is_none(), "fewer entries than the threshold: no seal");
-    let seal = gateways::server::seal_once(&live, &f.market, 1).await.expect("seal").expect("a seal");
+    assert!(gateways::server::seal_once(&live, f.market(), 100).await.expect("seal").is_none(), "fewer entries than the threshold: no seal");
+    let seal = gateways::server::seal_once(&live, f.market(), 1).await.expect("seal").expect("a seal");
     assert_eq!((seal.first_entry, seal.last_entry), (0, first_batch - 1));
     sell_and_deliver(&f, 2, "b2").await;
     live.caught_up(f.log.last_seq().await.expect("seq")).await;
-    let second = gateways::server::seal_once(&live, &f.market, 1).await.expect("seal").expect("a second seal");
+    let second = gateways::server::seal_once(&live, f.market(), 1).await.expect("seal").expect("a second seal");
     assert_eq!(second.first_entry, first_batch);
     assert_eq!(second.prev_seal_hash, engine::domain::report::Report::seal_hash(&seal));
     live.caught_up(f.log.last_seq().await.expect("seq")).await;
@@ -485,7 +559,7 @@ impl EventLog for HeadAhead {
 async fn no_seal_is_made_while_the_projections_lag_the_log_by_more_than_half_the_stream_heads_kept() {
     let f = fixture().await;
     let master = crypto::SecretKey::from_bytes([5; 32]);
-    let live = projections::Live::with_projections(projections::Projections::with_royalty_keys(&master, Some(f.market.keys().public.clone())));
+    let live = projections::Live::with_projections(projections::Projections::with_royalty_keys(&master, Some(f.market().keys().public.clone())));
     let runner = {
         let (live, log) = (live.clone(), Arc::clone(&f.log));
         tokio::spawn(async move { live.run(log).await })
@@ -495,7 +569,7 @@ async fn no_seal_is_made_while_the_projections_lag_the_log_by_more_than_half_the
     let before = stream_len(&f.log).await;
     let market_over = |ahead: u64| {
         let log: Arc<dyn EventLog> = Arc::new(HeadAhead { inner: Arc::clone(&f.log), ahead });
-        Market::new(log, f.clock.clone() as Arc<dyn Clock>, Arc::clone(f.market.keys()), Arc::new(OneNode(f.node.clone())))
+        Market::new(log, f.clock.clone() as Arc<dyn Clock>, Arc::clone(f.market().keys()), Arc::new(OneNode(f.node.clone())))
     };
 
     // A seal names the projections' position, whose stream head a replay must still hold
@@ -521,7 +595,7 @@ async fn concurrent_issues_never_exceed_a_nodes_slots() {
         let (live, log) = (live.clone(), Arc::clone(&f.log));
         tokio::spawn(async move { live.run(log).await })
     };
-    let keys = Arc::clone(f.market.keys());
+    let keys = Arc::clone(f.market().keys());
     let market = Arc::new(Market::new(Arc::clone(&f.log), f.clock.clone() as Arc<dyn Clock>, keys, Arc::new(live.clone())));
     // The fixture registered one node with 8 slots; shrink it to 3.
     let small = node_id_for("op", &req("node-small"));
@@ -562,26 +636,25 @@ async fn concurrent_issues_never_exceed_a_nodes_slots() {
     assert_eq!(live.read(|p| p.allocation.nodes[&small].in_use), 3);
 }
 
-#[tokio::test]
-async fn the_sweeper_settles_holds_left_by_interrupted_sagas() {
+async fn the_sweeper_settles_holds_left_by_interrupted_sagas(engines: usize) {
     use engine::domain::account::{Account, AccountCommand};
     use engine::domain::voucher::{Authorize, Voucher, VoucherCommand};
-    let f = fixture().await;
+    let f = fixture_on(engines).await;
     let live = projections::Live::new();
     let runner = {
         let (live, log) = (live.clone(), Arc::clone(&f.log));
         tokio::spawn(async move { live.run(log).await })
     };
-    let consumer = engine::testing::TestConsumer::certify(&f.market, "op", "acct").await.expect("certify");
+    let consumer = engine::testing::TestConsumer::certify(f.market(), "op", "acct").await.expect("certify");
     let account = consumer.account();
-    f.market.top_up("op", &req("top"), &account, 1_000, "").await.expect("top up");
+    f.market().top_up("op", &req("top"), &account, 1_000, "").await.expect("top up");
     let merchant_actor = engine::domain::Actor::new(engine::domain::ActorKind::Merchant, &f.merchant.0);
     let now = f.clock.now();
 
     // A crash between the hold and the reservation: points held for a voucher that never came to be.
     let orphan = voucher_id_for(&f.merchant, &req("crashed-reserve"));
     let public_der = consumer.passport.public().to_der().expect("der");
-    let consent = consumer.authorize_any(&f.market, &f.merchant).consent(engine::domain::voucher::CertCheck::Valid, &public_der);
+    let consent = consumer.authorize_any(f.market(), &f.merchant).consent(engine::domain::voucher::CertCheck::Valid, &public_der);
     let hold = AccountCommand::Hold {
         account: account.clone(),
         voucher: orphan.clone(),
@@ -591,11 +664,11 @@ async fn the_sweeper_settles_holds_left_by_interrupted_sagas() {
         media: vec![f.media.clone()],
         consent: Some(consent),
     };
-    f.market.handler().handle::<Account>(&account.0, &merchant_actor, &req("crashed-reserve"), &hold).await.expect("hold");
+    f.market().handler().handle::<Account>(&account.0, &merchant_actor, &req("crashed-reserve"), &hold).await.expect("hold");
 
     // A crash between the authorization and the posting.
     let paid = f
-        .market
+        .market()
         .reserve(
             &f.merchant,
             &req("r-paid"),
@@ -603,18 +676,18 @@ async fn the_sweeper_settles_holds_left_by_interrupted_sagas() {
             "high",
             60_000,
             Payment::Points { account: account.clone() },
-            Some(&consumer.authorize_any(&f.market, &f.merchant)),
+            Some(&consumer.authorize_any(f.market(), &f.merchant)),
         )
         .await
         .expect("reserve")
         .voucher_id;
-    let media = vec![f.market.handler().load::<engine::domain::catalog::Media>(&f.media.0).await.expect("media").state.clone()];
+    let media = vec![f.market().handler().load::<engine::domain::catalog::Media>(&f.media.0).await.expect("media").state.clone()];
     let authorize = VoucherCommand::Authorize(Authorize { merchant: f.merchant.clone(), receipt_key_id: engine::app::TOKEN_KEY_ID, media });
-    f.market.handler().handle::<Voucher>(&paid.0, &merchant_actor, &req("a-paid"), &authorize).await.expect("authorize without posting");
+    f.market().handler().handle::<Voucher>(&paid.0, &merchant_actor, &req("a-paid"), &authorize).await.expect("authorize without posting");
 
     // A reservation nobody authorizes: the sweeper expires it and releases its points.
     let abandoned = f
-        .market
+        .market()
         .reserve(
             &f.merchant,
             &req("r-abandoned"),
@@ -622,27 +695,27 @@ async fn the_sweeper_settles_holds_left_by_interrupted_sagas() {
             "high",
             60_000,
             Payment::Points { account: account.clone() },
-            Some(&consumer.authorize_any(&f.market, &f.merchant)),
+            Some(&consumer.authorize_any(f.market(), &f.merchant)),
         )
         .await
         .expect("reserve")
         .voucher_id;
 
-    let before = f.market.handler().load_fresh::<Account>(&account.0).await.expect("account").state.clone();
+    let before = f.market().handler().load_fresh::<Account>(&account.0).await.expect("account").state.clone();
     assert_eq!((before.available(), before.held_total()), (250, 750), "negative control: three holds outstanding");
 
     live.caught_up(f.log.last_seq().await.expect("seq")).await;
-    assert_eq!(gateways::server::sweep_once(&live, &f.market, 100).await.expect("sweep"), (0, 0), "nothing is due yet");
+    assert_eq!(gateways::server::sweep_once(&live, f.market(), 100).await.expect("sweep"), (0, 0), "nothing is due yet");
     f.clock.advance_ms(60_001);
-    let (expired, settled) = gateways::server::sweep_once(&live, &f.market, 100).await.expect("sweep");
+    let (expired, settled) = gateways::server::sweep_once(&live, f.market(), 100).await.expect("sweep");
     assert_eq!(expired, 1, "the abandoned reservation");
     assert!(settled >= 2, "the orphan hold and the unposted authorization ({settled})");
     live.caught_up(f.log.last_seq().await.expect("seq")).await;
-    let (expired_again, _) = gateways::server::sweep_once(&live, &f.market, 100).await.expect("second sweep");
+    let (expired_again, _) = gateways::server::sweep_once(&live, f.market(), 100).await.expect("second sweep");
     assert_eq!(expired_again, 0, "a reservation is expired once");
     runner.abort();
 
-    let after = f.market.handler().load_fresh::<Account>(&account.0).await.expect("account").state.clone();
+    let after = f.market().handler().load_fresh::<Account>(&account.0).await.expect("account").state.clone();
     assert_eq!(after.held_total(), 0, "no hold is left");
     assert!(after.posted.contains(&paid), "the authorized sale is paid");
     assert!(after.released.contains(&orphan) && after.released.contains(&abandoned));
@@ -655,21 +728,20 @@ async fn the_sweeper_settles_holds_left_by_interrupted_sagas() {
 /// (each issued anew, each one usage, a retried Redeem none), an Issue and a Redeem at the
 /// window's last millisecond accepted (the controls), the same one millisecond later refused
 /// with `RentalEnded`, writing nothing; a replay from sequence 1 counts the plays.
-#[tokio::test]
-async fn a_rental_plays_until_its_window_ends_and_each_play_counts_once() {
-    let f = fixture().await;
+async fn a_rental_plays_until_its_window_ends_and_each_play_counts_once(engines: usize) {
+    let f = fixture_on(engines).await;
     let rental_ms = 2 * 3_600_000;
     let player = test_keys::fixed_rsa_2();
     let consumer = ConsumerId::new("dave");
     let der = player.public().to_der().expect("der");
-    let cert = f.market.certify_consumer("op", &req("rent-cert"), &consumer, &der, 86_400_000).await.expect("certify");
+    let cert = f.market().certify_consumer("op", &req("rent-cert"), &consumer, &der, 86_400_000).await.expect("certify");
     let subject = crypto::ProofConsumer::new(&consumer.0, &cert.serial.0, &der);
     let card = Payment::Merchant { payment_ref: "c".into() };
     let reserved =
-        f.market.reserve_rental(&f.merchant, &req("rent-r"), std::slice::from_ref(&f.media), "high", 60_000, card, None, rental_ms).await.expect("reserve");
+        f.market().reserve_rental(&f.merchant, &req("rent-r"), std::slice::from_ref(&f.media), "high", 60_000, card, None, rental_ms).await.expect("reserve");
     assert_eq!((reserved.rental_ms, reserved.price_minor), (rental_ms, 50), "priced per window: rental.price_bps (20 %) of 250");
     let voucher = reserved.voucher_id;
-    let authorized = f.market.authorize(&f.merchant, &req("rent-a"), &voucher).await.expect("authorize");
+    let authorized = f.market().authorize(&f.merchant, &req("rent-a"), &voucher).await.expect("authorize");
     let until = authorized.rental_until;
     assert_eq!(until, f.clock.now().plus_ms(rental_ms), "the window starts at Authorize");
     let play = |n: u8| {
@@ -678,33 +750,33 @@ async fn a_rental_plays_until_its_window_ends_and_each_play_counts_once() {
     };
     let confirm = crypto::confirm_proof(&authorized.receipt, &voucher.0, &f.node.0, &f.media.0, &[3; 32], &subject);
     for n in 1..=2u8 {
-        let issued = f.market.issue(&f.merchant, &req(&format!("rent-i{n}")), &voucher, None, 60_000).await.expect("a play issued");
+        let issued = f.market().issue(&f.merchant, &req(&format!("rent-i{n}")), &voucher, None, 60_000).await.expect("a play issued");
         assert_eq!(issued.rental_until, until);
         let (challenge, proof) = play(n);
-        f.market.redeem(&f.node, &req(&format!("rent-d{n}")), &voucher, &consumer, &cert.serial, &challenge, &proof).await.expect("a play redeemed");
+        f.market().redeem(&f.node, &req(&format!("rent-d{n}")), &voucher, &consumer, &cert.serial, &challenge, &proof).await.expect("a play redeemed");
         // The node's retry of the same request: answered again, written once.
         let len = stream_len(&f.log).await;
-        f.market.redeem(&f.node, &req(&format!("rent-d{n}")), &voucher, &consumer, &cert.serial, &challenge, &proof).await.expect("the retry answered");
+        f.market().redeem(&f.node, &req(&format!("rent-d{n}")), &voucher, &consumer, &cert.serial, &challenge, &proof).await.expect("the retry answered");
         assert_eq!(stream_len(&f.log).await, len, "a retried Redeem writes nothing");
-        let done = f.market.complete_delivery(&f.node, &req(&format!("rent-done{n}")), &voucher, &f.media, [3; 32], 10, &confirm).await.expect("played");
+        let done = f.market().complete_delivery(&f.node, &req(&format!("rent-done{n}")), &voucher, &f.media, [3; 32], 10, &confirm).await.expect("played");
         assert!(!done, "a rental is never delivered for good");
         f.clock.advance_ms(60_000);
     }
     // Issued at the window's last millisecond (accepted), redeemed one millisecond later (refused).
     f.clock.set(until);
-    let last = f.market.issue(&f.merchant, &req("rent-i3"), &voucher, None, 60_000).await.expect("issued at the window's end");
+    let last = f.market().issue(&f.merchant, &req("rent-i3"), &voucher, None, 60_000).await.expect("issued at the window's end");
     assert_eq!(last.access_expires_at, until, "no access outlives the rental");
     let (challenge, proof) = play(3);
     f.clock.set(until.plus_ms(1));
     let len = stream_len(&f.log).await;
-    let refused = f.market.redeem(&f.node, &req("rent-d3"), &voucher, &consumer, &cert.serial, &challenge, &proof).await.expect_err("after the window");
+    let refused = f.market().redeem(&f.node, &req("rent-d3"), &voucher, &consumer, &cert.serial, &challenge, &proof).await.expect_err("after the window");
     assert_eq!(rejection(refused), Rejection::RentalEnded { ended_at: until });
-    let refused = f.market.issue(&f.merchant, &req("rent-i4"), &voucher, None, 60_000).await.expect_err("after the window");
+    let refused = f.market().issue(&f.merchant, &req("rent-i4"), &voucher, None, 60_000).await.expect_err("after the window");
     assert_eq!(rejection(refused), Rejection::RentalEnded { ended_at: until });
     assert_eq!(stream_len(&f.log).await, len, "refusals write nothing");
     // The control: the very same redemption, with the clock back at the window's end, is accepted.
     f.clock.set(until);
-    f.market.redeem(&f.node, &req("rent-d3"), &voucher, &consumer, &cert.serial, &challenge, &proof).await.expect("within the window");
+    f.market().redeem(&f.node, &req("rent-d3"), &voucher, &consumer, &cert.serial, &challenge, &proof).await.expect("within the window");
 
     let stored = f.log.read_from(Seq(1), usize::MAX).await.expect("read");
     let mut rebuilt = projections::Projections::default();

@@ -45,7 +45,7 @@ impl Market {
             // Already issued: the retry is answered (or another request refused) by decide.
             Some(node) => (Placed { node: node.clone(), lease: 0 }, false),
             None => {
-                self.refused_before_placing(&root, &by, request, &issue(Placed::probe()))?;
+                self.refused_before_placing(&voucher_id.0, &root, &by, request, &issue(Placed::probe())).await?;
                 (self.place(region, &voucher_id.0).await?, true)
             }
         };
@@ -81,7 +81,7 @@ impl Market {
         let move_to =
             |placed: Placed| VoucherCommand::Move { merchant: merchant.cloned(), node: placed.node, lease: placed.lease, access_ttl_ms, old_node, retries_max };
         // The probe's node is not the one it leaves, so only the voucher's own state refuses.
-        self.refused_before_placing(&root, &by, request, &move_to(Placed::probe()))?;
+        self.refused_before_placing(&voucher_id.0, &root, &by, request, &move_to(Placed::probe())).await?;
         drop(root);
         let placed = self.place(region, &voucher_id.0).await?;
         let command = move_to(placed);

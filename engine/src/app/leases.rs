@@ -140,11 +140,27 @@ impl Market {
         let _ = tokio::time::timeout(CATCH_UP_MAX, applied.wait_for(|seq| *seq >= head)).await;
     }
 
-    /// Decides `command` (with `Placed::probe()`'s node) without appending: a command
-    /// refused whatever the node is refused before a slot is sought, so a refusal never
-    /// leaves a lease appended behind it.
-    pub(crate) fn refused_before_placing<A: Aggregate>(&self, root: &Root<A>, by: &Actor, request: &RequestId, command: &A::Command) -> Result<(), AppError> {
-        root.decide(by, request, command, self.now()).map(|_| ()).map_err(AppError::from)
+    /// Decides `command` on aggregate `id` (with `Placed::probe()`'s node) without
+    /// appending: a command refused whatever the node is refused before a slot is sought,
+    /// so a refusal never leaves a lease appended behind it. A refusal decided on state
+    /// older than the subject's head (another engine appended a moment ago) is decided
+    /// again on the newest (`Handler::refreshed`), as `Handler::handle` does.
+    pub(crate) async fn refused_before_placing<A: Aggregate>(
+        &self,
+        id: &str,
+        root: &Root<A>,
+        by: &Actor,
+        request: &RequestId,
+        command: &A::Command,
+    ) -> Result<(), AppError> {
+        let refused = match root.decide(by, request, command, self.now()) {
+            Ok(_) => return Ok(()),
+            Err(rejection) => rejection,
+        };
+        match self.handler.refreshed::<A>(id, root.last_seq).await? {
+            Some(newer) => newer.decide(by, request, command, self.now()).map(|_| ()).map_err(AppError::from),
+            None => Err(refused.into()),
+        }
     }
 
     /// Appends what `wish` asks (a lease created, resized, renewed, given back or taken
