@@ -1,6 +1,9 @@
 //! The market's use cases on the embedded log, end to end through `engine::app`:
 //! retried commands answer the first answer and write nothing; refusals write nothing;
 //! concurrent point holds never overdraw an account; a rental plays until its window ends.
+//! Most run over one engine and over two engines on one log taking turns at every use case
+//! (issue 25: a retry or a check answered by the other engine), with the same assertions,
+//! so the same answers.
 
 mod common;
 
