@@ -103,25 +103,42 @@ pub(super) async fn sweeper(state: Arc<EngineState>) {
             _ = shutdown.wait_for(|stop| *stop) => return,
             _ = tick.tick() => {}
         }
-        // Every engine looks after its own slot leases; the rest is one engine's job.
-        if let Err(error) = state.market.keep_leases().await {
-            tracing::warn!(%error, "renewing the slot leases failed; retrying at the next interval");
+        if unless_stopping(&mut shutdown, sweep_round(&state)).await.is_none() {
+            return;
         }
-        if !state.runs_job("sweeper").await {
-            continue;
-        }
-        if let Err(error) = sweep_once(&state.live, &state.market, SWEEP_BATCH_MAX).await {
-            tracing::warn!(%error, "sweep failed; retrying at the next interval");
-        }
-        if let Err(error) = lapse_once(&state.live, &state.market, SWEEP_BATCH_MAX).await {
-            tracing::warn!(%error, "lapsing access windows failed; retrying at the next interval");
-        }
-        let access_ttl_ms = state.configured("access.ttl_ms").await.unwrap_or(state.config.access_ttl_ms);
-        match relocate_once(&state.live, &state.market, access_ttl_ms, SWEEP_BATCH_MAX).await {
-            Ok(0) => {}
-            Ok(moved) => tracing::info!(moved, "moved vouchers off delivery nodes that no longer serve them"),
-            Err(error) => tracing::warn!(%error, "moving vouchers off nodes gone failed; retrying at the next interval"),
-        }
+    }
+}
+
+/// Runs `round` unless the engine stops first (`None`): a round waiting on a log that does
+/// not answer (each request timing out in turn) would hold the shutdown as long. Cut short,
+/// a round is left as a crash would leave it, and every step of it is idempotent.
+async fn unless_stopping<T>(shutdown: &mut tokio::sync::watch::Receiver<bool>, round: impl std::future::Future<Output = T>) -> Option<T> {
+    tokio::select! {
+        _ = shutdown.wait_for(|stop| *stop) => None,
+        done = round => Some(done),
+    }
+}
+
+/// One round of the sweeper's.
+async fn sweep_round(state: &EngineState) {
+    // Every engine looks after its own slot leases; the rest is one engine's job.
+    if let Err(error) = state.market.keep_leases().await {
+        tracing::warn!(%error, "renewing the slot leases failed; retrying at the next interval");
+    }
+    if !state.runs_job("sweeper").await {
+        return;
+    }
+    if let Err(error) = sweep_once(&state.live, &state.market, SWEEP_BATCH_MAX).await {
+        tracing::warn!(%error, "sweep failed; retrying at the next interval");
+    }
+    if let Err(error) = lapse_once(&state.live, &state.market, SWEEP_BATCH_MAX).await {
+        tracing::warn!(%error, "lapsing access windows failed; retrying at the next interval");
+    }
+    let access_ttl_ms = state.configured("access.ttl_ms").await.unwrap_or(state.config.access_ttl_ms);
+    match relocate_once(&state.live, &state.market, access_ttl_ms, SWEEP_BATCH_MAX).await {
+        Ok(0) => {}
+        Ok(moved) => tracing::info!(moved, "moved vouchers off delivery nodes that no longer serve them"),
+        Err(error) => tracing::warn!(%error, "moving vouchers off nodes gone failed; retrying at the next interval"),
     }
 }
 
@@ -147,22 +164,34 @@ pub(super) async fn sealer(state: Arc<EngineState>) {
             _ = shutdown.wait_for(|stop| *stop) => return,
             _ = tokio::time::sleep(SEAL_CHECK_INTERVAL.min(state.config.seal_interval)) => {}
         }
-        let interval = state.configured("seal.interval_ms").await.map_or(state.config.seal_interval, Duration::from_millis);
-        let entries_max = state.configured("seal.entries_max").await.unwrap_or(u64::MAX);
-        let waiting = state.live.read(|p| (p.royalty.entries.len() as u64).saturating_sub(p.royalty.next_seal_entry()));
-        let due = waiting >= entries_max.max(1) || (last_seal.elapsed() >= interval && waiting >= state.config.seal_entries_min.max(1));
-        if !due || !state.runs_job("sealer").await {
-            continue;
+        match unless_stopping(&mut shutdown, seal_round(&state, last_seal)).await {
+            None => return,
+            Some(true) => last_seal = Instant::now(),
+            Some(false) => {}
         }
-        match seal_once(&state.live, &state.market, state.config.seal_entries_min.max(1)).await {
-            Ok(Some(seal)) => {
-                last_seal = Instant::now();
-                if let Err(error) = crate::common::witness::append(&state.config.data_dir, &seal) {
-                    tracing::warn!(%error, "cannot write the witness file");
-                }
+    }
+}
+
+/// One round of the sealer's: whether it sealed.
+async fn seal_round(state: &EngineState, last_seal: Instant) -> bool {
+    let interval = state.configured("seal.interval_ms").await.map_or(state.config.seal_interval, Duration::from_millis);
+    let entries_max = state.configured("seal.entries_max").await.unwrap_or(u64::MAX);
+    let waiting = state.live.read(|p| (p.royalty.entries.len() as u64).saturating_sub(p.royalty.next_seal_entry()));
+    let due = waiting >= entries_max.max(1) || (last_seal.elapsed() >= interval && waiting >= state.config.seal_entries_min.max(1));
+    if !due || !state.runs_job("sealer").await {
+        return false;
+    }
+    match seal_once(&state.live, &state.market, state.config.seal_entries_min.max(1)).await {
+        Ok(Some(seal)) => {
+            if let Err(error) = crate::common::witness::append(&state.config.data_dir, &seal) {
+                tracing::warn!(%error, "cannot write the witness file");
             }
-            Ok(None) => {}
-            Err(error) => tracing::warn!(%error, "sealing failed; retrying at the next interval"),
+            true
+        }
+        Ok(None) => false,
+        Err(error) => {
+            tracing::warn!(%error, "sealing failed; retrying at the next interval");
+            false
         }
     }
 }
@@ -176,8 +205,10 @@ pub(super) async fn rate_sampler(state: Arc<EngineState>) {
             _ = shutdown.wait_for(|stop| *stop) => return,
             _ = tick.tick() => {}
         }
-        if let Ok(head) = state.log.last_seq().await {
-            state.rate.record(Instant::now(), head.0);
+        match unless_stopping(&mut shutdown, state.log.last_seq()).await {
+            None => return,
+            Some(Ok(head)) => state.rate.record(Instant::now(), head.0),
+            Some(Err(_)) => {}
         }
     }
 }
