@@ -380,6 +380,9 @@ pub struct DeliveredCopy {
     pub decrypt_ok: bool,
     /// The node's answer to `Confirm`: every media of the voucher is now delivered.
     pub voucher_delivered: bool,
+    /// When the container's first bytes arrived (the bench's time to first byte); `None`
+    /// for an empty container.
+    pub first_byte_at: Option<std::time::Instant>,
 }
 
 /// How a player reaches delivery nodes: the CA that signed the certificates of nodes that
@@ -519,7 +522,7 @@ async fn fetch_on(
         if !grant.media_ids.contains(&key.media_id) {
             bail!("the node sent a key for media {}, which the grant does not name", key.media_id);
         }
-        let container = download(node, grant, &key.media_id).await?;
+        let (container, first_byte_at) = download(node, grant, &key.media_id).await?;
         let private = private.clone();
         let wrapped = key.wrapped_key;
         let expected = Expected { voucher_id: voucher_id.to_string(), media_id: key.media_id.clone(), passport: passport.certificate.clone() };
@@ -543,7 +546,15 @@ async fn fetch_on(
             Err(reason) => {
                 // Not confirmed: the node would record a delivery the consumer cannot use.
                 warn!(%voucher_id, media_id = %key.media_id, %reason, "the media did not decrypt and verify; not confirming it");
-                copies.push(DeliveredCopy { media_id: key.media_id, path, content_hash: [0; 32], container_hash, decrypt_ok: false, voucher_delivered: false });
+                copies.push(DeliveredCopy {
+                    media_id: key.media_id,
+                    path,
+                    content_hash: [0; 32],
+                    container_hash,
+                    decrypt_ok: false,
+                    voucher_delivered: false,
+                    first_byte_at,
+                });
                 continue;
             }
         };
@@ -563,6 +574,7 @@ async fn fetch_on(
             container_hash,
             decrypt_ok: true,
             voucher_delivered: confirmed.voucher_delivered,
+            first_byte_at,
         });
     }
     Ok(copies)
@@ -654,9 +666,11 @@ fn resumable(code: Code) -> bool {
     matches!(code, Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded | Code::Aborted | Code::ResourceExhausted)
 }
 
-/// Downloads one media container, resuming from the bytes received when the stream breaks.
-async fn download(node: &mut NodeClient, grant: &AccessGrant, media_id: &str) -> anyhow::Result<Vec<u8>> {
+/// Downloads one media container, resuming from the bytes received when the stream breaks;
+/// with the moment its first bytes arrived.
+async fn download(node: &mut NodeClient, grant: &AccessGrant, media_id: &str) -> anyhow::Result<(Vec<u8>, Option<std::time::Instant>)> {
     let mut reassembly = Reassembly::new(CONTAINER_BYTES_MAX);
+    let mut first_byte_at = None;
     let mut backoff_ms = DOWNLOAD_RETRY_BACKOFF_MS;
     let mut attempt = 1;
     loop {
@@ -666,8 +680,14 @@ async fn download(node: &mut NodeClient, grant: &AccessGrant, media_id: &str) ->
                 let mut stream = response.into_inner();
                 loop {
                     match stream.message().await {
-                        Ok(Some(chunk)) => reassembly.push(chunk).with_context(|| format!("the node's stream of media {media_id} is malformed"))?,
-                        Ok(None) => return reassembly.finish().with_context(|| format!("the download of media {media_id} is incomplete")),
+                        Ok(Some(chunk)) => {
+                            first_byte_at = first_byte_at.or_else(|| (!chunk.data.is_empty()).then(std::time::Instant::now));
+                            reassembly.push(chunk).with_context(|| format!("the node's stream of media {media_id} is malformed"))?
+                        }
+                        Ok(None) => {
+                            let container = reassembly.finish().with_context(|| format!("the download of media {media_id} is incomplete"))?;
+                            return Ok((container, first_byte_at));
+                        }
                         Err(status) => break status,
                     }
                 }
