@@ -221,13 +221,13 @@ pub(super) async fn send_chunks(sender: &mpsc::Sender<Result<MediaChunk, Status>
     let total_bytes = bytes.len() as u64;
     if bytes.is_empty() {
         // One empty chunk tells the player the total is zero.
-        sender.send(Ok(MediaChunk { offset: 0, data: Vec::new(), total_bytes })).await.ok();
+        sender.send(Ok(MediaChunk { offset: 0, data: bytes::Bytes::new(), total_bytes })).await.ok();
         return 0;
     }
     let mut position = offset;
     while position < bytes.len() {
         let end = usize::min(position + CHUNK_BYTES, bytes.len());
-        let chunk = MediaChunk { offset: position as u64, data: bytes[position..end].to_vec(), total_bytes };
+        let chunk = MediaChunk { offset: position as u64, data: bytes::Bytes::copy_from_slice(&bytes[position..end]), total_bytes };
         // A player that stops reading holds its permit only so long: the stream ends.
         match tokio::time::timeout(Duration::from_millis(idle_ms), sender.send(Ok(chunk))).await {
             Ok(Ok(())) => {}

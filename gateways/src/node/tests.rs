@@ -220,5 +220,5 @@ fn an_unspecified_listen_address_is_advertised_as_loopback() {
 }
 
 fn chunk(offset: u64, data: &[u8], total_bytes: u64) -> MediaChunk {
-    MediaChunk { offset, data: data.to_vec(), total_bytes }
+    MediaChunk { offset, data: bytes::Bytes::copy_from_slice(data), total_bytes }
 }
