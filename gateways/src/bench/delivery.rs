@@ -13,10 +13,10 @@
 //!
 //! CPU: node, players and engine share this process, so each runs on a tokio runtime of its
 //! own: the node on threads named [`NODE_THREAD`] (workers and blocking pool), the players
-//! on [`PLAYER_THREAD`]; their CPU is the sum over threads of that name in
-//! /proc/self/task (blocking threads are kept alive for the whole case, so none leaves
-//! with its time). The engine, the merchant and the bench itself are "the rest" of the
-//! process.
+//! on [`PLAYER_THREAD`]; their CPU is the sum over threads of that name of each thread's
+//! schedstat in /proc/self/task (blocking threads are kept alive for the whole case, so none
+//! leaves with its time). The engine, the merchant and the bench itself are "the rest" of the
+//! process (its other live threads).
 //!
 //! The raw side (`raw.rs`): the same number of bytes, in AES-256-GCM pieces of the same
 //! size, copied over loopback TCP to as many readers at once; decrypted with the `aes-gcm`
@@ -274,7 +274,7 @@ pub(super) async fn delivery_case(keys_dir: &Path, scratch: &Path, content_bytes
         raw_together,
         raw_together_single,
         cpu_measured: format!(
-            "user+system time of the threads named {NODE_THREAD} (the node's runtime: workers and blocking pool) and {PLAYER_THREAD} (the players'), from /proc/self/task; the rest of the process is the engine and the bench"
+            "CPU time (schedstat, ns) of the threads named {NODE_THREAD} (the node's runtime: workers and blocking pool) and {PLAYER_THREAD} (the players'), from /proc/self/task; the rest: the process's other live threads (the engine, the bench)"
         ),
     })
 }
@@ -314,7 +314,8 @@ async fn fetch_phase(
     warm: bool,
 ) -> anyhow::Result<DeliveryPhase> {
     let count = purchases.len();
-    let (node_before, player_before, process_before) = (threads_cpu_ticks(NODE_THREAD), threads_cpu_ticks(PLAYER_THREAD), process_cpu_ticks("self"));
+    let readings = || [Threads::Named(NODE_THREAD), Threads::Named(PLAYER_THREAD), Threads::Rest].map(threads_cpu_ns);
+    let before = readings();
     let started = Instant::now();
     let fetches: Vec<_> = purchases
         .into_iter()
@@ -338,11 +339,9 @@ async fn fetch_phase(
     }
     let seconds = started.elapsed().as_secs_f64().max(1e-9);
     let mib = (count * container_bytes) as f64 / raw::MIB;
-    let per_mib = |before: Option<u64>, after: Option<u64>| Some(after?.checked_sub(before?)? as f64 * 1000.0 / USER_HZ as f64 / mib);
-    let (node_after, player_after, process_after) = (threads_cpu_ticks(NODE_THREAD), threads_cpu_ticks(PLAYER_THREAD), process_cpu_ticks("self"));
-    let node_cpu_ms_per_mib = per_mib(node_before, node_after);
-    let player_cpu_ms_per_mib = per_mib(player_before, player_after);
-    let rest_cpu_ms_per_mib = per_mib(process_before, process_after).and_then(|all| Some(all - node_cpu_ms_per_mib? - player_cpu_ms_per_mib?));
+    let after = readings();
+    let per_mib = |index: usize| Some(after[index]?.checked_sub(before[index]?)? as f64 / 1e6 / mib);
+    let (node_cpu_ms_per_mib, player_cpu_ms_per_mib, rest_cpu_ms_per_mib) = (per_mib(0), per_mib(1), per_mib(2));
     tokio::fs::remove_dir_all(&out_dir).await.with_context(|| format!("cannot remove {}", out_dir.display()))?;
     ttfb_ms.sort_by(f64::total_cmp);
     Ok(DeliveryPhase {
@@ -358,26 +357,37 @@ async fn fetch_phase(
     })
 }
 
-/// User plus system CPU time of this process's threads named `name`, in clock ticks.
-fn threads_cpu_ticks(name: &str) -> Option<u64> {
-    let mut ticks = 0;
+/// Which of this process's threads a CPU reading sums.
+#[derive(Clone, Copy)]
+enum Threads {
+    Named(&'static str),
+    /// Every thread but the node's and the players'.
+    Rest,
+}
+
+/// CPU time (user and system) of this process's live threads chosen by `threads`, in
+/// nanoseconds, from each thread's schedstat (nanosecond resolution, unlike the 10 ms clock
+/// ticks of its stat).
+fn threads_cpu_ns(threads: Threads) -> Option<u64> {
+    let mut ns = 0;
     for task in std::fs::read_dir("/proc/self/task").ok()? {
         // A thread may end between the listing and the read: it is skipped.
-        let Ok(stat) = task.and_then(|task| std::fs::read_to_string(task.path().join("stat"))) else {
+        let Ok(task) = task else {
             continue;
         };
-        let Some((comm, fields)) = stat.split_once(" (").and_then(|(_, rest)| rest.rsplit_once(')')) else {
+        let (Ok(comm), Ok(schedstat)) = (std::fs::read_to_string(task.path().join("comm")), std::fs::read_to_string(task.path().join("schedstat"))) else {
             continue;
         };
-        if comm != name {
-            continue;
+        let comm = comm.trim_end();
+        let chosen = match threads {
+            Threads::Named(name) => comm == name,
+            Threads::Rest => comm != NODE_THREAD && comm != PLAYER_THREAD,
+        };
+        if chosen {
+            ns += schedstat.split_whitespace().next()?.parse::<u64>().ok()?;
         }
-        let fields: Vec<&str> = fields.split_whitespace().collect();
-        let user: u64 = fields.get(11)?.parse().ok()?;
-        let system: u64 = fields.get(12)?.parse().ok()?;
-        ticks += user + system;
     }
-    Some(ticks)
+    Some(ns)
 }
 
 /// `bytes` of media content that does not compress (xorshift64*, seeded).
