@@ -64,7 +64,7 @@
 //!    the node's and the players' threads; raw: a loopback TCP copy of the same bytes to as
 //!    many readers, their AES-256-GCM decryption, and both together (`delivery_ratio`).
 //!
-//! The raw baselines call async-nats and rsa directly: they measure the crates, not our
+//! The raw baselines call async-nats, rsa and aes-gcm directly: they measure the crates, not our
 //! wrappers (the one place outside `engine::crypto` that calls a crypto primitive, and
 //! only to time it). What is not here: correctness checks beyond what a benchmark needs
 //! (the audit replay must come back clean and count every event), and any tuning of the

@@ -1,6 +1,7 @@
 //! The raw substrate: async-nats publishes and pull consumption with the substrate anchors'
-//! settings, and RSA-OAEP encryption (aws-lc-rs, as the engine does it, and the `rsa`
-//! crate), timed without the engine.
+//! settings, RSA-OAEP encryption (aws-lc-rs, as the engine does it, and the `rsa` crate), and
+//! case 9's bytes over loopback TCP and through AES-256-GCM (`aes-gcm`, as the player
+//! decrypts), timed without the engine.
 
 use super::*;
 use anyhow::ensure;

@@ -177,7 +177,7 @@ pub fn describe(report: &BenchReport) -> String {
         total(report.engines_1_cpu_per_command_us),
         total(report.engines_2_cpu_per_command_us)
     );
-    describe_delivery(&mut out, &report.delivery, &target(&format!("delivery_ratio >= {DELIVERY_RATIO_TARGET}")));
+    describe_delivery(&mut out, &report.delivery, target(&format!("delivery_ratio >= {DELIVERY_RATIO_TARGET}")));
     let _ = writeln!(out, "notes: case 1 raw = async-nats publishes from one task; engine = one task per voucher through Market.");
     let _ = writeln!(out, "       case 3 raw = {}; engine = projections::audit::replay (royalty chain and seals).", report.raw_consume_method);
     let _ = writeln!(out, "       case 4 engine = {}.", report.redeem_path);

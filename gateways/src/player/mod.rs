@@ -681,24 +681,36 @@ fn write_copy(
         Err(reason) => return Ok(Err(reason)),
     };
     let temporary = path.with_extension("part");
-    let written = (|| -> std::io::Result<Result<(), String>> {
-        let mut file = std::fs::File::create(&temporary)?;
-        file.write_all(&engine::media::delivered_copy_header(record, signature, size_bytes))?;
-        match container.open_rendition_into(&key, index, |plaintext| file.write_all(plaintext)) {
-            Ok(Ok(_)) => {}
-            Ok(Err(error)) => return Err(error),
-            Err(error) => return Ok(Err(error.to_string())),
-        }
-        // Written in the chunks as they were decrypted; closed before the rename.
-        drop(file);
-        std::fs::rename(&temporary, path)?;
-        Ok(Ok(()))
-    })();
+    let written = write_rendition(&container, &key, index, &engine::media::delivered_copy_header(record, signature, size_bytes), &temporary, path);
     if !matches!(written, Ok(Ok(()))) {
         // Nothing of content that did not verify, or of a failed write, is kept.
         let _ = std::fs::remove_file(&temporary);
     }
     Ok(written?.map(|()| record.content_hash))
+}
+
+/// Writes `header` and then rendition `index` of `container` as it decrypts to `temporary`,
+/// renamed to `path` once the whole rendition decrypted and matched its hash. The outer error
+/// is the file's; the inner one says why the content was refused.
+fn write_rendition(
+    container: &engine::media::ContainerV2<'_>,
+    key: &SecretKey,
+    index: usize,
+    header: &[u8],
+    temporary: &Path,
+    path: &Path,
+) -> std::io::Result<Result<(), String>> {
+    let mut file = std::fs::File::create(temporary)?;
+    file.write_all(header)?;
+    match container.open_rendition_into(key, index, |plaintext| file.write_all(plaintext)) {
+        Ok(Ok(_)) => {}
+        Ok(Err(error)) => return Err(error),
+        Err(error) => return Ok(Err(error.to_string())),
+    }
+    // Written in the chunks as they were decrypted; closed before the rename.
+    drop(file);
+    std::fs::rename(temporary, path)?;
+    Ok(Ok(()))
 }
 
 /// Whether a failed stream is worth resuming (the connection, not the request, failed).
