@@ -12,5 +12,13 @@ fn main() {
     let descriptors = protox::compile(files, ["proto"]).expect("proto files compile");
     let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     std::fs::write(out_dir.join("vouchsafe_descriptor.bin"), descriptors.encode_to_vec()).expect("descriptor set written to OUT_DIR");
-    tonic_prost_build::configure().build_server(true).build_client(true).compile_fds(descriptors).expect("tonic code generation");
+    // A media chunk's bytes as `Bytes`: a node sends slices of its cached container without
+    // copying them, and a player's decoder hands over the received buffer's bytes instead of
+    // copying each chunk into a new vector. The wire format is the same `bytes` field.
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .bytes(".vouchsafe.v1.MediaChunk.data")
+        .compile_fds(descriptors)
+        .expect("tonic code generation");
 }

@@ -31,6 +31,13 @@ const REQUIRED_KEYS: &[&str] = &[
     "engines_2_cpu_per_command_us",
     "engines_1_per_s",
     "engines_2_per_s",
+    "delivery_mib_s",
+    "delivery_single_mib_s",
+    "delivery_ttfb_ms",
+    "delivery_node_cpu_ms_per_mib",
+    "delivery_player_cpu_ms_per_mib",
+    "raw_delivery_mib_s",
+    "delivery_ratio",
 ];
 
 /// Keys that must hold a finite, positive number in a run with its own servers.
@@ -58,6 +65,19 @@ const POSITIVE_KEYS: &[&str] = &[
     "engines_2_cpu_per_command_us",
     "engines_1_per_s",
     "engines_2_per_s",
+    "delivery_mib_s",
+    "delivery_single_mib_s",
+    "delivery_ttfb_ms",
+    "delivery_node_cpu_ms_per_mib",
+    "delivery_player_cpu_ms_per_mib",
+    "raw_delivery_mib_s",
+    "delivery_ratio",
+    "delivery_cold_mib_s",
+    "delivery_cold_single_mib_s",
+    "delivery_cold_ttfb_ms",
+    "raw_delivery_single_mib_s",
+    "raw_tcp_copy_mib_s",
+    "raw_aes_gcm_mib_s",
 ];
 
 #[test]
@@ -132,6 +152,20 @@ fn a_tiny_bench_prints_every_key_with_finite_positive_rates() {
     let large = report["replay_events_large"].as_u64().expect("replay_events_large");
     assert!(large > 5 * small, "the large replay ({large} events) must be about ten times the small one ({small})");
     assert!(report["replay_royalty_entries"].as_u64() > Some(0), "deliveries must give the royalty chain entries: {report}");
+    // Case 9: every phase delivered to its players, the ratio is the warm many-player rate
+    // over the raw baseline with as many readers, and the target is judged.
+    let delivery = &report["delivery"];
+    let players = delivery["players"].as_u64().expect("delivery players");
+    assert!(players >= 2, "several players at once: {report}");
+    for (phase, count) in [("cold_single", 1), ("warm_single", 1), ("warm_many", players), ("cold_many", players)] {
+        assert_eq!(delivery[phase]["players"].as_u64(), Some(count), "{phase}: {report}");
+    }
+    let ratio = report["delivery_ratio"].as_f64().expect("checked above");
+    let expected = report["delivery_mib_s"].as_f64().expect("checked above") / report["raw_delivery_mib_s"].as_f64().expect("checked above");
+    assert!((ratio - expected).abs() < 1e-9, "delivery_ratio {ratio} is not delivery_mib_s / raw_delivery_mib_s");
+    assert!(report["targets"]["delivery_ratio >= 0.5"].is_boolean(), "the delivery target is judged: {report}");
+    assert!(delivery["container_bytes"].as_u64() > delivery["content_bytes"].as_u64(), "the container carries tags and a signature: {report}");
+    assert!(stderr.contains("9 delivery"), "the human table has a row for case 9: {stderr}");
 }
 
 #[test]

@@ -6,7 +6,7 @@
 
 use super::{AEAD_TAG_BYTES, CryptoError, NONCE_BYTES, SecretKey};
 use aes_gcm::Aes256Gcm;
-use aes_gcm::aead::{Aead, KeyInit as _, Payload};
+use aes_gcm::aead::{Aead, AeadInOut as _, KeyInit as _, Payload};
 
 fn aead_cipher(key: &SecretKey) -> Aes256Gcm {
     Aes256Gcm::new(key.expose().into())
@@ -28,4 +28,18 @@ pub fn aead_decrypt(key: &SecretKey, nonce: &[u8; NONCE_BYTES], aad: &[u8], ciph
         return Err(CryptoError::Decrypt);
     }
     aead_cipher(key).decrypt(nonce.into(), Payload { msg: ciphertext, aad }).map_err(|_| CryptoError::Decrypt)
+}
+
+/// AES-256-GCM decryption of `ciphertext ‖ tag` into `plaintext` (cleared first, then
+/// holding the plaintext; on failure its content is unspecified and must not be used), so a
+/// caller opening many chunks reuses one buffer instead of allocating one per chunk.
+pub fn aead_decrypt_into(key: &SecretKey, nonce: &[u8; NONCE_BYTES], aad: &[u8], ciphertext: &[u8], plaintext: &mut Vec<u8>) -> Result<(), CryptoError> {
+    let Some(data_len) = ciphertext.len().checked_sub(AEAD_TAG_BYTES) else {
+        return Err(CryptoError::Decrypt);
+    };
+    let (data, tag) = ciphertext.split_at(data_len);
+    let tag: [u8; AEAD_TAG_BYTES] = tag.try_into().map_err(|_| CryptoError::Decrypt)?;
+    plaintext.clear();
+    plaintext.extend_from_slice(data);
+    aead_cipher(key).decrypt_inout_detached(nonce.into(), aad, plaintext.as_mut_slice().into(), &tag.into()).map_err(|_| CryptoError::Decrypt)
 }

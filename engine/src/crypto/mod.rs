@@ -30,7 +30,7 @@ mod hashing;
 mod rsa;
 mod tokens;
 
-pub use self::aead::{aead_decrypt, aead_encrypt};
+pub use self::aead::{aead_decrypt, aead_decrypt_into, aead_encrypt};
 pub use self::ed25519::{ED25519_KEY_BYTES, ED25519_SIGNATURE_BYTES, Ed25519Private, Ed25519Public, sha256};
 pub use self::hashing::{Hasher, credential_hash, derive_hash, derive_key, hash, keyed_hash};
 pub use self::rsa::{RsaPrivate, RsaPublic, SCRYPT_LOG_N_MAX, SCRYPT_R_MAX, sign, unwrap_key, unwrap_keys, verify, wrap_key, wrap_keys};

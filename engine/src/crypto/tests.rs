@@ -208,6 +208,20 @@ fn aes256gcm_spec_case_16() {
 }
 
 #[test]
+fn aead_decrypt_into_reuses_its_buffer_and_refuses_what_aead_decrypt_refuses() {
+    let (key, nonce) = (SecretKey::random(), random_bytes::<NONCE_BYTES>());
+    let sealed = aead_encrypt(&key, &nonce, b"chunk-1", b"the chunk's bytes");
+    let mut plaintext = b"what the buffer held before".to_vec();
+    aead_decrypt_into(&key, &nonce, b"chunk-1", &sealed, &mut plaintext).expect("opens");
+    assert_eq!(plaintext, b"the chunk's bytes");
+    let mut flipped = sealed.clone();
+    flipped[0] ^= 0x01;
+    assert!(matches!(aead_decrypt_into(&key, &nonce, b"chunk-1", &flipped, &mut plaintext), Err(CryptoError::Decrypt)));
+    assert!(matches!(aead_decrypt_into(&key, &nonce, b"chunk-2", &sealed, &mut plaintext), Err(CryptoError::Decrypt)));
+    assert!(matches!(aead_decrypt_into(&key, &nonce, b"chunk-1", &sealed[..AEAD_TAG_BYTES - 1], &mut plaintext), Err(CryptoError::Decrypt)));
+}
+
+#[test]
 fn aead_round_trip_and_tamper() {
     let (key, nonce) = (SecretKey::random(), random_bytes::<NONCE_BYTES>());
     let sealed = aead_encrypt(&key, &nonce, b"media-1", b"the media bytes");

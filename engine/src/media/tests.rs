@@ -241,6 +241,24 @@ fn a_format_2_container_round_trips() {
     assert_eq!(container.open_component(&SecretKey::random(), lyrics), Err(ContainerError::Decrypt));
     assert_eq!(container.preview_clip(), Some(b"free clip".as_slice()));
     assert_eq!(container.open_rendition(&SecretKey::random(), 0), Err(ContainerError::Decrypt));
+    // Into a sink: the same plaintext chunk by chunk; a sink's error stops the decryption
+    // and comes back as the sink's.
+    let mut streamed = Vec::new();
+    let mut chunks = 0;
+    let opened = container.open_rendition_into(&key, 0, |plaintext| {
+        streamed.extend_from_slice(plaintext);
+        chunks += 1;
+        Ok::<(), &str>(())
+    });
+    assert_eq!(opened, Ok(Ok(5000)));
+    assert_eq!((streamed, chunks), (high.clone(), 5));
+    let mut calls = 0;
+    let refused = container.open_rendition_into(&key, 0, |_| {
+        calls += 1;
+        Err("disk full")
+    });
+    assert_eq!((refused, calls), (Ok(Err("disk full")), 1));
+    assert_eq!(container.open_rendition_into(&SecretKey::random(), 0, |_| Ok::<(), &str>(())), Err(ContainerError::Decrypt));
     // Chunks cannot be swapped between positions or renditions.
     let (first, _) = container.chunk_range(0, 0).expect("chunk 0");
     let (second, len) = container.chunk_range(0, 1).expect("chunk 1");

@@ -758,14 +758,47 @@ impl<'a> ContainerV2<'a> {
     /// Decrypts a whole rendition chunk by chunk (each authenticated as it comes, as a
     /// player does while it plays) and checks the result against the content hash.
     pub fn open_rendition(&self, media_key: &SecretKey, rendition: usize) -> Result<Vec<u8>, ContainerError> {
+        let size_bytes = self.renditions.get(rendition).map_or(0, |entry| usize::try_from(entry.size_bytes).unwrap_or(0));
+        let mut content = Vec::with_capacity(size_bytes);
+        let Ok(_) = self.open_rendition_into(media_key, rendition, |plaintext| {
+            content.extend_from_slice(plaintext);
+            Ok::<(), std::convert::Infallible>(())
+        })?;
+        Ok(content)
+    }
+
+    /// Decrypts a whole rendition chunk by chunk into `sink`, each chunk authenticated
+    /// before it is handed over (one buffer for every chunk, no copy of the whole
+    /// rendition), hashing the plaintext as it goes; the content length once every chunk
+    /// went to `sink` and the content hash matched. On any error (`ContentHash` included,
+    /// which can only be known at the end) the caller must discard what `sink` received.
+    /// The outer error is the container's, the inner one the sink's.
+    pub fn open_rendition_into<E>(
+        &self,
+        media_key: &SecretKey,
+        rendition: usize,
+        mut sink: impl FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<Result<u64, E>, ContainerError> {
         let entry = self.renditions.get(rendition).ok_or_else(|| malformed(format!("no rendition {rendition}")))?;
-        let mut content = Vec::with_capacity(usize::try_from(entry.size_bytes).unwrap_or(0));
+        let mut hasher = crypto::Hasher::new();
+        let mut plaintext = Vec::with_capacity(usize::try_from(entry.chunk_bytes).unwrap_or(0));
+        let mut content_len = 0u64;
         for chunk in 0..entry.chunk_count {
-            content.extend_from_slice(&self.decrypt_chunk(media_key, rendition, chunk)?);
+            let (offset, len) = self.chunk_range(rendition, chunk).ok_or_else(|| malformed(format!("no chunk {chunk} in rendition {rendition}")))?;
+            let start = offset.checked_sub(self.body_start).ok_or_else(|| malformed("a chunk lies before the body"))?;
+            let encrypted =
+                section_slice(self.body, &Section { offset: start, len, hash: [0; 32] }).ok_or_else(|| malformed("a chunk lies outside the body"))?;
+            let aad = chunk_aad(&self.media_id, &entry.name, &entry.content_hash, chunk, entry.chunk_count);
+            crypto::aead_decrypt_into(media_key, &chunk_nonce(rendition, chunk), &aad, encrypted, &mut plaintext).map_err(|_| ContainerError::Decrypt)?;
+            hasher.update(&plaintext);
+            content_len += plaintext.len() as u64;
+            if let Err(error) = sink(&plaintext) {
+                return Ok(Err(error));
+            }
         }
-        if !crypto::ct_eq(&crypto::hash(&content), &entry.content_hash) {
+        if !crypto::ct_eq(&hasher.finalize(), &entry.content_hash) {
             return Err(ContainerError::ContentHash);
         }
-        Ok(content)
+        Ok(Ok(content_len))
     }
 }

@@ -58,8 +58,13 @@
 //! 8. Engines: case 2's maximum (closed loop) against one engine, then against two engines
 //!    on the same stream with the merchants split between them (`engines.rs`): commands/s
 //!    and CPU per command (this process plus the nats-server) for each.
+//! 9. Delivery (`delivery.rs`): one player, then several at once, fetching a large media
+//!    through one delivery node in this process (redeem, download, decrypt, verify, write,
+//!    confirm), on a cold and a warm node cache: MiB/s, time to first byte, CPU per MiB of
+//!    the node's and the players' threads; raw: a loopback TCP copy of the same bytes to as
+//!    many readers, their AES-256-GCM decryption, and both together (`delivery_ratio`).
 //!
-//! The raw baselines call async-nats and rsa directly: they measure the crates, not our
+//! The raw baselines call async-nats, rsa and aes-gcm directly: they measure the crates, not our
 //! wrappers (the one place outside `engine::crypto` that calls a crypto primitive, and
 //! only to time it). What is not here: correctness checks beyond what a benchmark needs
 //! (the audit replay must come back clean and count every event), and any tuning of the
@@ -71,6 +76,7 @@ use engine::crypto::{self};
 use engine::ids::RequestId;
 use std::time::{Duration, Instant};
 
+mod delivery;
 mod engine_case;
 mod engines;
 mod memory;
@@ -78,13 +84,14 @@ mod purchase;
 mod raw;
 mod report;
 
+pub use delivery::{DeliveryCase, DeliveryPhase, delivery_size};
 use engine_case::*;
 use memory::rss_probe_child;
 pub use memory::{rss_probe, vm_rss_mb};
 use purchase::*;
 use raw::*;
-pub use report::describe;
 use report::ms;
+pub use report::{describe, describe_delivery};
 
 /// Vouchers in the workload by default (issue 10).
 pub const VOUCHERS_DEFAULT: usize = 20_000;
@@ -173,6 +180,9 @@ pub struct BenchArgs {
     pub vouchers: Option<usize>,
 }
 
+/// The delivery case's target: `delivery_ratio` at least this.
+pub const DELIVERY_RATIO_TARGET: f64 = 0.5;
+
 /// How much work each case does, from the flags.
 #[derive(Clone, Copy, Debug, serde::Serialize)]
 pub struct Plan {
@@ -181,6 +191,9 @@ pub struct Plan {
     pub durable_vouchers: usize,
     pub memory_vouchers_large: usize,
     pub rsa_measure_ms: u64,
+    /// Case 9: bytes of the delivered media's content, and players fetching it at once.
+    pub delivery_content_bytes: usize,
+    pub delivery_players: usize,
 }
 
 impl Plan {
@@ -192,6 +205,8 @@ impl Plan {
             durable_vouchers: (vouchers / DURABLE_SHARE).max(1),
             memory_vouchers_large: vouchers * MEMORY_MULTIPLIER,
             rsa_measure_ms: if args.quick || args.vouchers.is_some() { RSA_MEASURE_QUICK_MS } else { RSA_MEASURE_MS },
+            delivery_content_bytes: delivery_size(args).0,
+            delivery_players: delivery_size(args).1,
         }
     }
 }
@@ -341,6 +356,27 @@ pub struct BenchReport {
     /// Case 8's commands/s with one engine and with two.
     pub engines_1_per_s: f64,
     pub engines_2_per_s: f64,
+    /// Case 9 (issue 26): container MiB/s delivered to `delivery_players` players at once
+    /// (warm node cache), and to one player; time to first byte (p50 of the many, ms); CPU
+    /// per MiB of the node's and the players' threads (ms); the raw baseline (loopback TCP
+    /// to as many readers, each decrypting with AES-256-GCM as it reads) and the ratios.
+    pub delivery_mib_s: f64,
+    pub delivery_single_mib_s: f64,
+    pub delivery_ttfb_ms: f64,
+    pub delivery_node_cpu_ms_per_mib: Option<f64>,
+    pub delivery_player_cpu_ms_per_mib: Option<f64>,
+    pub raw_delivery_mib_s: f64,
+    pub raw_delivery_single_mib_s: f64,
+    pub delivery_ratio: f64,
+    pub delivery_single_ratio: f64,
+    /// Case 9 on a cold node cache (the node fetches the container from the engine first):
+    /// players at once, one player, and the one player's time to first byte.
+    pub delivery_cold_mib_s: f64,
+    pub delivery_cold_single_mib_s: f64,
+    pub delivery_cold_ttfb_ms: f64,
+    /// The raw sides apart: the TCP copy alone, the decryption alone.
+    pub raw_tcp_copy_mib_s: f64,
+    pub raw_aes_gcm_mib_s: f64,
     // Beyond CLI.md: what the numbers above were measured on.
     pub quick: bool,
     pub plan: Plan,
@@ -393,6 +429,8 @@ pub struct BenchReport {
     /// The share of case 8's two-engine commands the second engine answered (half the
     /// merchants are on it, so 0.5).
     pub engines_2_second_engine_share: f64,
+    /// Case 9 in full.
+    pub delivery: DeliveryCase,
     /// Replay time per event at 10×N over the same at N: 1.0 is linear.
     pub replay_cost_growth: f64,
     /// Every issue-10 target: met, missed, or null when not measured.
@@ -598,6 +636,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
     let engines = engines::engines_case(&url, &raw, &keys_dir, scratch.path(), &plan, &keys.player_public_der, meter).await?;
     let cpu_per_command = |rate: &Rate| Some(rate.client_cpu_us? + rate.server_cpu_us?);
 
+    // Case 9: delivery through one node, on the embedded log (no NATS involved).
+    let delivery = delivery_run(&keys_dir, scratch.path(), &plan).await?;
+
     // Case 6 in a child process, then case 7 (large) on the stream it wrote.
     raw.delete_engine_streams().await?;
     eprintln!("[6] memory: engine RSS after {} and {} vouchers (child process)", plan.vouchers, plan.memory_vouchers_large);
@@ -681,6 +722,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
     targets.insert("durable engine >= 2x durable raw".to_string(), durable_ratio.map(|r| r >= 2.0));
     targets.insert("rss growth <= 1.5x for 10x vouchers".to_string(), Some(rss_growth <= 1.5));
     targets.insert("replay cost linear (per-event time at 10x <= 1.25x)".to_string(), Some(replay_cost_growth <= 1.25));
+    let delivery_ratio = ratio(delivery.warm_many.mib_s, delivery.raw_together.mib_s);
+    targets.insert(format!("delivery_ratio >= {DELIVERY_RATIO_TARGET}"), Some(delivery_ratio >= DELIVERY_RATIO_TARGET));
 
     Ok(BenchReport {
         raw_append_per_s: raw_append.per_s,
@@ -709,6 +752,21 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
         engines_2_cpu_per_command_us: cpu_per_command(&engines.two),
         engines_1_per_s: engines.one.per_s,
         engines_2_per_s: engines.two.per_s,
+        delivery_mib_s: delivery.warm_many.mib_s,
+        delivery_single_mib_s: delivery.warm_single.mib_s,
+        delivery_ttfb_ms: delivery.warm_many.ttfb_p50_ms,
+        delivery_node_cpu_ms_per_mib: delivery.warm_many.node_cpu_ms_per_mib,
+        delivery_player_cpu_ms_per_mib: delivery.warm_many.player_cpu_ms_per_mib,
+        raw_delivery_mib_s: delivery.raw_together.mib_s,
+        raw_delivery_single_mib_s: delivery.raw_together_single.mib_s,
+        delivery_ratio,
+        delivery_single_ratio: ratio(delivery.warm_single.mib_s, delivery.raw_together_single.mib_s),
+        delivery_cold_mib_s: delivery.cold_many.mib_s,
+        delivery_cold_single_mib_s: delivery.cold_single.mib_s,
+        delivery_cold_ttfb_ms: delivery.cold_single.ttfb_p50_ms,
+        raw_tcp_copy_mib_s: delivery.raw_tcp_copy.mib_s,
+        raw_aes_gcm_mib_s: delivery.raw_aes_gcm.mib_s,
+        delivery,
         engines_1: engines.one,
         engines_2: engines.two,
         engines_2_second_engine_share: engines.second_share,
@@ -748,6 +806,27 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
         audit_ok,
         elapsed_s: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Case 9 with the plan's size, announced.
+async fn delivery_run(keys_dir: &std::path::Path, scratch: &std::path::Path, plan: &Plan) -> anyhow::Result<DeliveryCase> {
+    eprintln!(
+        "[9] delivery: a {} MiB media through one node, to 1 player and to {} at once, cold and warm node cache",
+        plan.delivery_content_bytes / (1024 * 1024),
+        plan.delivery_players
+    );
+    delivery::delivery_case(keys_dir, scratch, plan.delivery_content_bytes, plan.delivery_players).await
+}
+
+/// Case 9 alone (`bench --delivery-only`, for profiling the delivery path): its own keys,
+/// no nats-server.
+pub async fn run_delivery_only(args: BenchArgs) -> anyhow::Result<DeliveryCase> {
+    let plan = Plan::new(&args);
+    let scratch = tempfile::tempdir().context("cannot create a temporary directory for the bench's keys")?;
+    let keys_dir = scratch.path().join("keys");
+    let keys_for_init = keys_dir.clone();
+    tokio::task::spawn_blocking(move || crate::common::keys::init(&keys_for_init)).await.context("key generation panicked")??;
+    delivery_run(&keys_dir, scratch.path(), &plan).await
 }
 
 // ---------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 //! The raw substrate: async-nats publishes and pull consumption with the substrate anchors'
-//! settings, and RSA-OAEP encryption (aws-lc-rs, as the engine does it, and the `rsa`
-//! crate), timed without the engine.
+//! settings, RSA-OAEP encryption (aws-lc-rs, as the engine does it, and the `rsa` crate), and
+//! case 9's bytes over loopback TCP and through AES-256-GCM (`aes-gcm`, as the player
+//! decrypts), timed without the engine.
 
 use super::*;
 use anyhow::ensure;
@@ -238,4 +239,180 @@ fn time_threads<T>(threads: usize, measure_ms: u64, operation: impl Fn() -> anyh
         seconds = seconds.max(elapsed.as_secs_f64());
     }
     Ok(Rate { operations, seconds, per_s, ..Rate::default() })
+}
+
+// ---- case 9's raw side: the bytes of a delivery, moved and decrypted without the engine ----
+
+/// A media's worth of AES-256-GCM chunks for the raw delivery baselines: `bytes` long in
+/// all (the size of the container the engine side delivers), cut into pieces of
+/// `chunk_plain` plaintext bytes plus the 16-byte tag, as a format-3 rendition is.
+pub(super) struct RawMedia {
+    pub(super) blob: Vec<u8>,
+    key: [u8; 32],
+    chunk_plain: usize,
+}
+
+/// Bytes of an AES-GCM tag.
+const RAW_TAG_BYTES: usize = 16;
+/// Associated data of a raw chunk: about what the player's chunks carry (labels, ids, the
+/// content hash, the position).
+const RAW_CHUNK_AAD_BYTES: usize = 128;
+/// The raw readers' receive buffer when they only count bytes.
+const RAW_READ_BUFFER_BYTES: usize = 256 * 1024;
+
+impl RawMedia {
+    pub(super) fn new(bytes: usize, chunk_plain: usize) -> anyhow::Result<Self> {
+        use aes_gcm::aead::{AeadInOut as _, KeyInit as _};
+        let key = crypto::random_bytes::<32>();
+        let cipher = aes_gcm::Aes256Gcm::new(&key.into());
+        let mut blob = vec![0u8; bytes];
+        let piece = chunk_plain + RAW_TAG_BYTES;
+        for (index, chunk) in blob.chunks_mut(piece).enumerate() {
+            ensure!(chunk.len() > RAW_TAG_BYTES, "a raw media of {bytes} bytes leaves a last chunk shorter than its tag");
+            let (plain, tag) = chunk.split_at_mut(chunk.len() - RAW_TAG_BYTES);
+            plain.fill((index % 251) as u8);
+            let made = cipher
+                .encrypt_inout_detached(&Self::nonce(index).into(), &[0u8; RAW_CHUNK_AAD_BYTES], plain.into())
+                .map_err(|_| anyhow::anyhow!("aes-gcm refused a raw chunk"))?;
+            tag.copy_from_slice(&made);
+        }
+        Ok(Self { blob, key, chunk_plain })
+    }
+
+    fn nonce(index: usize) -> [u8; 12] {
+        let mut nonce = [0u8; 12];
+        nonce[4..].copy_from_slice(&(index as u64).to_le_bytes());
+        nonce
+    }
+
+    /// Decrypts one received copy piece by piece as `read_piece` fills a buffer with each.
+    fn decrypt_pieces(&self, mut read_piece: impl FnMut(&mut [u8]) -> std::io::Result<()>) -> anyhow::Result<()> {
+        use aes_gcm::aead::{AeadInOut as _, KeyInit as _};
+        let cipher = aes_gcm::Aes256Gcm::new(&self.key.into());
+        let piece = self.chunk_plain + RAW_TAG_BYTES;
+        let mut buffer = vec![0u8; piece];
+        let mut left = self.blob.len();
+        let mut index = 0;
+        while left > 0 {
+            let len = left.min(piece);
+            let received = &mut buffer[..len];
+            read_piece(received).context("a raw reader lost its connection")?;
+            let (data, tag) = received.split_at_mut(len - RAW_TAG_BYTES);
+            let tag: [u8; RAW_TAG_BYTES] = (&*tag).try_into().expect("the split leaves exactly the tag");
+            cipher
+                .decrypt_inout_detached(&Self::nonce(index).into(), &[0u8; RAW_CHUNK_AAD_BYTES], data.into(), &tag.into())
+                .map_err(|_| anyhow::anyhow!("a raw chunk did not decrypt"))?;
+            std::hint::black_box(&data);
+            left -= len;
+            index += 1;
+        }
+        Ok(())
+    }
+}
+
+/// What one raw delivery baseline moved: MiB/s over every copy, and this process's CPU per
+/// MiB (nothing else runs in it meanwhile).
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct RawDelivery {
+    pub copies: usize,
+    pub seconds: f64,
+    pub mib_s: f64,
+    pub cpu_ms_per_mib: Option<f64>,
+}
+
+impl RawDelivery {
+    fn measured(copies: usize, bytes: usize, started: Instant, cpu_before: Option<u64>) -> Self {
+        let seconds = started.elapsed().as_secs_f64().max(1e-9);
+        let mib = (copies * bytes) as f64 / MIB;
+        let cpu_ms_per_mib =
+            process_cpu_ticks("self").zip(cpu_before).map(|(after, before)| after.saturating_sub(before) as f64 * 1000.0 / USER_HZ as f64 / mib);
+        Self { copies, seconds, mib_s: mib / seconds, cpu_ms_per_mib }
+    }
+}
+
+/// Bytes in a MiB.
+pub(super) const MIB: f64 = 1024.0 * 1024.0;
+
+/// A loopback TCP copy of `media.blob` to each of `readers` readers at once (a writer
+/// thread per reader); with `decrypt`, each reader also decrypts every piece as it
+/// arrives, as a player does.
+pub(super) fn raw_tcp_delivery(media: &RawMedia, readers: usize, decrypt: bool) -> anyhow::Result<RawDelivery> {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("cannot listen on 127.0.0.1 for the raw delivery baseline")?;
+    let address = listener.local_addr()?;
+    let cpu_before = process_cpu_ticks("self");
+    let started = Instant::now();
+    let results: Vec<anyhow::Result<()>> = std::thread::scope(|scope| {
+        let writers = scope.spawn(|| -> anyhow::Result<()> {
+            std::thread::scope(|scope| {
+                let mut sending = Vec::with_capacity(readers);
+                for _ in 0..readers {
+                    let (mut stream, _) = listener.accept().context("the raw delivery baseline's accept failed")?;
+                    sending.push(scope.spawn(move || -> anyhow::Result<()> {
+                        stream.write_all(&media.blob)?;
+                        stream.shutdown(std::net::Shutdown::Write)?;
+                        Ok(())
+                    }));
+                }
+                sending.into_iter().try_for_each(|writer| writer.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a raw writer panicked"))))
+            })
+        });
+        let reading: Vec<_> = (0..readers)
+            .map(|_| {
+                scope.spawn(move || -> anyhow::Result<()> {
+                    let mut stream = std::net::TcpStream::connect(address).context("a raw reader cannot connect")?;
+                    if decrypt {
+                        media.decrypt_pieces(|piece| stream.read_exact(piece))?;
+                    } else {
+                        let mut buffer = vec![0u8; RAW_READ_BUFFER_BYTES];
+                        let mut received = 0;
+                        loop {
+                            match stream.read(&mut buffer)? {
+                                0 => break,
+                                read => received += read,
+                            }
+                        }
+                        ensure!(received == media.blob.len(), "a raw reader got {received} of {} bytes", media.blob.len());
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        let mut results: Vec<anyhow::Result<()>> =
+            reading.into_iter().map(|reader| reader.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a raw reader panicked")))).collect();
+        results.push(writers.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the raw writers panicked"))));
+        results
+    });
+    results.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
+    Ok(RawDelivery::measured(readers, media.blob.len(), started, cpu_before))
+}
+
+/// AES-256-GCM decryption (the `aes-gcm` crate the player decrypts with) of `copies` copies
+/// of `media.blob`, spread over `threads` threads: each piece copied into a buffer (as a
+/// read would) and decrypted in place.
+pub(super) fn raw_aes_gcm_delivery(media: &RawMedia, copies: usize, threads: usize) -> anyhow::Result<RawDelivery> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let cpu_before = process_cpu_ticks("self");
+    let started = Instant::now();
+    let results: Vec<anyhow::Result<()>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads.max(1))
+            .map(|_| {
+                let next = &next;
+                scope.spawn(move || -> anyhow::Result<()> {
+                    while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < copies {
+                        let mut offset = 0;
+                        media.decrypt_pieces(|piece| {
+                            piece.copy_from_slice(&media.blob[offset..offset + piece.len()]);
+                            offset += piece.len();
+                            Ok(())
+                        })?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        workers.into_iter().map(|worker| worker.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a raw decrypting thread panicked")))).collect()
+    });
+    results.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
+    Ok(RawDelivery::measured(copies, media.blob.len(), started, cpu_before))
 }

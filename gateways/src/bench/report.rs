@@ -177,6 +177,7 @@ pub fn describe(report: &BenchReport) -> String {
         total(report.engines_1_cpu_per_command_us),
         total(report.engines_2_cpu_per_command_us)
     );
+    describe_delivery(&mut out, &report.delivery, target(&format!("delivery_ratio >= {DELIVERY_RATIO_TARGET}")));
     let _ = writeln!(out, "notes: case 1 raw = async-nats publishes from one task; engine = one task per voucher through Market.");
     let _ = writeln!(out, "       case 3 raw = {}; engine = projections::audit::replay (royalty chain and seals).", report.raw_consume_method);
     let _ = writeln!(out, "       case 4 engine = {}.", report.redeem_path);
@@ -195,4 +196,44 @@ pub fn describe(report: &BenchReport) -> String {
         let _ = writeln!(out, "AUDIT REPLAY FOUND A PROBLEM: the numbers above are not valid");
     }
     out
+}
+
+/// Case 9's rows: each phase next to the raw baseline with as many readers.
+pub fn describe_delivery(out: &mut String, delivery: &DeliveryCase, target: &str) {
+    use std::fmt::Write as _;
+    let per_mib = |value: Option<f64>| value.map_or_else(|| "-".to_string(), |ms| format!("{ms:.1}"));
+    let players = delivery.players;
+    let _ = writeln!(
+        out,
+        "{:<44} {:>14} {:>14}",
+        format!("9 delivery: {:.1} MiB container, MiB/s", delivery.container_bytes as f64 / raw::MIB),
+        "raw TCP+AES",
+        "engine"
+    );
+    let rows = [
+        (format!("  {players} players at once, warm node cache"), delivery.raw_together.mib_s, &delivery.warm_many, Some(target)),
+        ("  1 player, warm node cache".to_string(), delivery.raw_together_single.mib_s, &delivery.warm_single, None),
+        (format!("  {players} players at once, cold node cache"), delivery.raw_together.mib_s, &delivery.cold_many, None),
+        ("  1 player, cold node cache".to_string(), delivery.raw_together_single.mib_s, &delivery.cold_single, None),
+    ];
+    for (what, raw, phase, target) in rows {
+        let ratio = if raw > 0.0 { phase.mib_s / raw } else { f64::NAN };
+        let judged = target.map(|target| format!("  >= {DELIVERY_RATIO_TARGET} {target}")).unwrap_or_default();
+        let _ = writeln!(out, "{what:<44} {raw:>14.0} {:>14.0} {ratio:>7.3}{judged}", phase.mib_s);
+        let _ = writeln!(
+            out,
+            "{:<44} {:>14} {:>14}",
+            "    first byte p50 / max ms; CPU ms/MiB node + players",
+            format!("{:.1} / {:.1}", phase.ttfb_p50_ms, phase.ttfb_max_ms),
+            format!("{} + {}", per_mib(phase.node_cpu_ms_per_mib), per_mib(phase.player_cpu_ms_per_mib))
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{:<44} {:>14.0} {:>14}",
+        format!("  raw apart: TCP copy to {players} / AES-GCM, MiB/s"),
+        delivery.raw_tcp_copy.mib_s,
+        format!("{:.0}", delivery.raw_aes_gcm.mib_s)
+    );
+    let _ = writeln!(out, "       case 9 CPU: {}.", delivery.cpu_measured);
 }

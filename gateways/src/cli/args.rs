@@ -98,6 +98,9 @@ pub enum Command {
         /// Override the number of vouchers N (tiny runs for tests).
         #[arg(long, hide = true, value_parser = clap::value_parser!(u64).range(1..=bench::VOUCHERS_MAX as u64))]
         vouchers: Option<u64>,
+        /// Only case 9 (delivery through one node, no nats-server): for profiling it.
+        #[arg(long)]
+        delivery_only: bool,
         /// Internal: the memory case's child process, with the key directory to use.
         #[arg(long, hide = true, requires = "nats_url", requires = "vouchers")]
         rss_probe: Option<PathBuf>,

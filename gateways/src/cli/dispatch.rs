@@ -224,9 +224,19 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let ok = summary.delivered > 0 && summary.decrypt_ok == summary.delivered && summary.copies_inspected_ok == summary.delivered && summary.audit_ok;
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
-        Command::Bench { quick, nats_url, json, vouchers, rss_probe } => {
+        Command::Bench { quick, nats_url, json, vouchers, delivery_only, rss_probe } => {
             let vouchers = vouchers.map(usize::try_from).transpose()?;
             let runtime = tokio::runtime::Runtime::new()?;
+            if delivery_only {
+                let delivery = runtime.block_on(bench::run_delivery_only(bench::BenchArgs { quick, nats_url, vouchers }))?;
+                let mut table = String::new();
+                bench::describe_delivery(&mut table, &delivery, "(not judged alone)");
+                eprintln!("{table}");
+                if json {
+                    println!("{}", serde_json::to_string(&delivery)?);
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
             if let (Some(keys_dir), Some(url), Some(vouchers)) = (rss_probe, &nats_url, vouchers) {
                 let probe = runtime.block_on(bench::rss_probe(url, &keys_dir, vouchers))?;
                 println!("{}", serde_json::to_string(&probe)?);

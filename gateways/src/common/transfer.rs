@@ -87,7 +87,7 @@ mod tests {
     use super::*;
 
     fn chunk(offset: u64, data: &[u8], total_bytes: u64) -> MediaChunk {
-        MediaChunk { offset, data: data.to_vec(), total_bytes }
+        MediaChunk { offset, data: bytes::Bytes::copy_from_slice(data), total_bytes }
     }
 
     #[test]

@@ -127,7 +127,7 @@ impl Shared {
                 engine::media::parse(&bytes).map_err(|error| status::engine_container_malformed(&media_id_owned, &error))?;
             }
             let hash = crypto::hash(&bytes);
-            Ok::<_, Status>(CachedPart { bytes: Arc::new(bytes), hash })
+            Ok::<_, Status>(CachedPart { bytes: bytes::Bytes::from(bytes), hash })
         })
         .await
         .map_err(|error| status::check_task_failed(&error))??;
@@ -215,19 +215,20 @@ pub(super) fn receiver_stream(receiver: mpsc::Receiver<Result<MediaChunk, Status
     Box::pin(futures::stream::unfold(receiver, |mut receiver| async move { receiver.recv().await.map(|item| (item, receiver)) }))
 }
 
-/// Sends `bytes[offset..]` in chunks; the number of bytes the player took.
-/// A player that does not take a chunk for `idle_ms` loses the stream (and its permit).
-pub(super) async fn send_chunks(sender: &mpsc::Sender<Result<MediaChunk, Status>>, bytes: &[u8], offset: usize, idle_ms: u64) -> usize {
+/// Sends `bytes[offset..]` in chunks (slices of the cached part, not copies); the number
+/// of bytes the player took. A player that does not take a chunk for `idle_ms` loses the
+/// stream (and its permit).
+pub(super) async fn send_chunks(sender: &mpsc::Sender<Result<MediaChunk, Status>>, bytes: &bytes::Bytes, offset: usize, idle_ms: u64) -> usize {
     let total_bytes = bytes.len() as u64;
     if bytes.is_empty() {
         // One empty chunk tells the player the total is zero.
-        sender.send(Ok(MediaChunk { offset: 0, data: Vec::new(), total_bytes })).await.ok();
+        sender.send(Ok(MediaChunk { offset: 0, data: bytes::Bytes::new(), total_bytes })).await.ok();
         return 0;
     }
     let mut position = offset;
     while position < bytes.len() {
         let end = usize::min(position + CHUNK_BYTES, bytes.len());
-        let chunk = MediaChunk { offset: position as u64, data: bytes[position..end].to_vec(), total_bytes };
+        let chunk = MediaChunk { offset: position as u64, data: bytes.slice(position..end), total_bytes };
         // A player that stops reading holds its permit only so long: the stream ends.
         match tokio::time::timeout(Duration::from_millis(idle_ms), sender.send(Ok(chunk))).await {
             Ok(Ok(())) => {}

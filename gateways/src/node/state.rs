@@ -10,7 +10,6 @@ use proto::v1::{AccessGrant, Assignment, MediaPart};
 use std::hash::Hash;
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use tonic::Status;
 
 /// The grant of a player call, which every `NodeService` call requires.
@@ -84,10 +83,11 @@ pub struct PartKey {
     pub part: MediaPart,
 }
 
-/// A media part's bytes and their blake3 hash (computed once, when fetched).
+/// A media part's bytes and their blake3 hash (computed once, when fetched). `Bytes`, so a
+/// stream hands out slices of the cached part without copying them.
 #[derive(Clone, Debug)]
 pub struct CachedPart {
-    pub bytes: Arc<Vec<u8>>,
+    pub bytes: bytes::Bytes,
     pub hash: [u8; 32],
 }
 

@@ -97,7 +97,7 @@ fn challenges_are_single_use_fresh_bounded_and_per_voucher() {
 
 fn part(size: usize, fill: u8) -> CachedPart {
     let bytes = vec![fill; size];
-    CachedPart { hash: crypto::hash(&bytes), bytes: Arc::new(bytes) }
+    CachedPart { hash: crypto::hash(&bytes), bytes: bytes::Bytes::from(bytes) }
 }
 
 fn key(media_id: &str) -> PartKey {
@@ -181,7 +181,7 @@ async fn chunks_are_sent_from_the_offset_and_reassemble() {
     let bytes: Vec<u8> = (0..(CHUNK_BYTES * 2 + 10)).map(|i| (i % 251) as u8).collect();
     for offset in [0, 1, CHUNK_BYTES, bytes.len()] {
         let (sender, mut receiver) = mpsc::channel(STREAM_BUFFER_CHUNKS);
-        let source = bytes.clone();
+        let source = bytes::Bytes::from(bytes.clone());
         let sending = tokio::spawn(async move { send_chunks(&sender, &source, offset, SEND_IDLE_MS).await });
         let mut reassembly = Reassembly::new(bytes.len());
         // Resume as a player would: the bytes before `offset` were received earlier.
@@ -220,5 +220,5 @@ fn an_unspecified_listen_address_is_advertised_as_loopback() {
 }
 
 fn chunk(offset: u64, data: &[u8], total_bytes: u64) -> MediaChunk {
-    MediaChunk { offset, data: data.to_vec(), total_bytes }
+    MediaChunk { offset, data: bytes::Bytes::copy_from_slice(data), total_bytes }
 }

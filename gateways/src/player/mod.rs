@@ -380,6 +380,9 @@ pub struct DeliveredCopy {
     pub decrypt_ok: bool,
     /// The node's answer to `Confirm`: every media of the voucher is now delivered.
     pub voucher_delivered: bool,
+    /// When the container's first bytes arrived (the bench's time to first byte); `None`
+    /// for an empty container.
+    pub first_byte_at: Option<std::time::Instant>,
 }
 
 /// How a player reaches delivery nodes: the CA that signed the certificates of nodes that
@@ -519,36 +522,42 @@ async fn fetch_on(
         if !grant.media_ids.contains(&key.media_id) {
             bail!("the node sent a key for media {}, which the grant does not name", key.media_id);
         }
-        let container = download(node, grant, &key.media_id).await?;
+        let (container, first_byte_at) = download(node, grant, &key.media_id).await?;
         let private = private.clone();
         let wrapped = key.wrapped_key;
         let expected = Expected { voucher_id: voucher_id.to_string(), media_id: key.media_id.clone(), passport: passport.certificate.clone() };
         let (transaction, signature) = (key.transaction, key.transaction_signature);
-        // RSA private-key work and decrypting up to CONTAINER_BYTES_MAX: the blocking pool.
-        let (container_hash, stamped) = tokio::task::spawn_blocking(move || {
+        let path = rentals::copy_path(out_dir, voucher_id, &key.media_id);
+        let copy_path = path.clone();
+        // RSA private-key work, decrypting up to CONTAINER_BYTES_MAX and writing the copy as
+        // it is decrypted: the blocking pool.
+        let (container_hash, written) = tokio::task::spawn_blocking(move || {
             let container_hash = crypto::hash(&container);
-            let stamped = transaction_from_proto(transaction.as_ref()).and_then(|record| {
-                expected.check(&record)?;
-                let content = open_rendition(&private, &wrapped, &container, &record)?;
-                let content_hash = crypto::hash(&content);
-                Ok((engine::media::delivered_copy(&record, &signature, &content), content_hash))
-            });
-            (container_hash, stamped)
+            let written = match transaction_from_proto(transaction.as_ref()).and_then(|record| expected.check(&record).map(|()| record)) {
+                Ok(record) => write_copy(&private, &wrapped, &container, &record, &signature, &copy_path),
+                Err(reason) => Ok(Err(reason)),
+            };
+            (container_hash, written)
         })
         .await
         .context("the decryption task failed")?;
-        let path = rentals::copy_path(out_dir, voucher_id, &key.media_id);
-        let (copy_bytes, content_hash) = match stamped {
-            Ok(stamped) => stamped,
+        let content_hash = match written.with_context(|| format!("cannot write {}", path.display()))? {
+            Ok(content_hash) => content_hash,
             Err(reason) => {
                 // Not confirmed: the node would record a delivery the consumer cannot use.
                 warn!(%voucher_id, media_id = %key.media_id, %reason, "the media did not decrypt and verify; not confirming it");
-                copies.push(DeliveredCopy { media_id: key.media_id, path, content_hash: [0; 32], container_hash, decrypt_ok: false, voucher_delivered: false });
+                copies.push(DeliveredCopy {
+                    media_id: key.media_id,
+                    path,
+                    content_hash: [0; 32],
+                    container_hash,
+                    decrypt_ok: false,
+                    voucher_delivered: false,
+                    first_byte_at,
+                });
                 continue;
             }
         };
-        tokio::fs::write(&path, &copy_bytes).await.with_context(|| format!("cannot write {}", path.display()))?;
-        drop(copy_bytes);
         // The Confirm proves the receipt too: only the buyer completes (or fails) it.
         let proof = crypto::confirm_proof(&receipt, voucher_id, &purchase.node_id, &key.media_id, &container_hash, &subject).to_vec();
         // A rental's play names itself, so the engine completes each play (not the first only).
@@ -563,6 +572,7 @@ async fn fetch_on(
             container_hash,
             decrypt_ok: true,
             voucher_delivered: confirmed.voucher_delivered,
+            first_byte_at,
         });
     }
     Ok(copies)
@@ -612,41 +622,95 @@ pub fn transaction_from_proto(record: Option<&proto::v1::TransactionRecord>) -> 
     })
 }
 
-/// Decrypts the rendition the record names and checks it is the content the record names.
-/// A format-2 container must carry a publisher signature that verifies over every section
-/// and be the media the record names; its rendition is decrypted chunk by chunk, each chunk
-/// authenticated on its own (as a player decrypts while it plays), then the whole is
-/// checked against the signed content hash.
-/// Unwraps the keys the engine sent for this purchase and decrypts the rendition the
-/// transaction record names: format 3 sends that rendition's key (and the components key)
-/// only, formats 1 and 2 the media key.
-fn open_rendition(private: &RsaPrivate, wrapped: &[u8], container: &[u8], record: &TransactionRecord) -> Result<Vec<u8>, String> {
+/// Decrypts the rendition the record names, checks it is the content the record names, and
+/// writes the delivered copy to `path`; the content hash. A format-2 or 3 container must
+/// carry a publisher signature that verifies over every section and be the media the record
+/// names; its rendition is decrypted chunk by chunk, each chunk authenticated on its own (as
+/// a player decrypts while it plays) and written as it comes, then the whole is checked
+/// against the signed content hash. The copy is written to a temporary file renamed to
+/// `path` only once everything checked, so no copy is left of content that did not verify.
+/// Format 3 sends the key of that rendition (and the components key) only, formats 1 and 2
+/// the media key. The outer error is the file's; the inner one says why the content was
+/// refused.
+fn write_copy(
+    private: &RsaPrivate,
+    wrapped: &[u8],
+    container: &[u8],
+    record: &TransactionRecord,
+    signature: &[u8],
+    path: &Path,
+) -> std::io::Result<Result<[u8; 32], String>> {
     let unwrap_media_key = || crypto::unwrap_key(private, wrapped).map_err(|error| error.to_string());
-    let content = match engine::media::parse(container).map_err(|error| error.to_string())? {
-        engine::media::Parsed::V1(_) => engine::media::open(&unwrap_media_key()?, container).map_err(|error| error.to_string())?,
-        engine::media::Parsed::V2(container) => {
-            let key = if container.format_version == engine::media::FORMAT_VERSION_3 {
-                let mut keys = crypto::unwrap_keys(private, wrapped, 2).map_err(|error| format!("the purchase keys: {error}"))?;
-                keys.swap_remove(0)
-            } else {
-                unwrap_media_key()?
-            };
-            let media_key = &key;
-            container.verify().map_err(|error| format!("the container's publisher signature: {error}"))?;
-            if container.media_id != record.media_id {
-                return Err(format!("the container is media {}, the transaction record names {}", container.media_id, record.media_id));
-            }
-            let (index, rendition) = container.rendition(&record.rendition).ok_or_else(|| format!("the container has no rendition {:?}", record.rendition))?;
-            if !crypto::ct_eq(&rendition.content_hash, &record.content_hash) {
-                return Err(format!("rendition {:?} is not the content the transaction record names", record.rendition));
-            }
-            container.open_rendition(media_key, index).map_err(|error| error.to_string())?
-        }
+    let parsed = match engine::media::parse(container) {
+        Ok(parsed) => parsed,
+        Err(error) => return Ok(Err(error.to_string())),
     };
-    if !crypto::ct_eq(&crypto::hash(&content), &record.content_hash) {
-        return Err("the decrypted content is not the content the transaction record names".into());
+    let container = match parsed {
+        engine::media::Parsed::V1(_) => {
+            let content = match unwrap_media_key().and_then(|key| engine::media::open(&key, container).map_err(|error| error.to_string())) {
+                Ok(content) => content,
+                Err(reason) => return Ok(Err(reason)),
+            };
+            let content_hash = crypto::hash(&content);
+            if !crypto::ct_eq(&content_hash, &record.content_hash) {
+                return Ok(Err("the decrypted content is not the content the transaction record names".into()));
+            }
+            std::fs::write(path, engine::media::delivered_copy(record, signature, &content))?;
+            return Ok(Ok(content_hash));
+        }
+        engine::media::Parsed::V2(container) => container,
+    };
+    let key = if container.format_version == engine::media::FORMAT_VERSION_3 {
+        crypto::unwrap_keys(private, wrapped, 2).map(|mut keys| keys.swap_remove(0)).map_err(|error| format!("the purchase keys: {error}"))
+    } else {
+        unwrap_media_key()
+    };
+    let checked = key.and_then(|key| {
+        container.verify().map_err(|error| format!("the container's publisher signature: {error}"))?;
+        if container.media_id != record.media_id {
+            return Err(format!("the container is media {}, the transaction record names {}", container.media_id, record.media_id));
+        }
+        let (index, rendition) = container.rendition(&record.rendition).ok_or_else(|| format!("the container has no rendition {:?}", record.rendition))?;
+        if !crypto::ct_eq(&rendition.content_hash, &record.content_hash) {
+            return Err(format!("rendition {:?} is not the content the transaction record names", record.rendition));
+        }
+        Ok((key, index, rendition.size_bytes))
+    });
+    let (key, index, size_bytes) = match checked {
+        Ok(checked) => checked,
+        Err(reason) => return Ok(Err(reason)),
+    };
+    let temporary = path.with_extension("part");
+    let written = write_rendition(&container, &key, index, &engine::media::delivered_copy_header(record, signature, size_bytes), &temporary, path);
+    if !matches!(written, Ok(Ok(()))) {
+        // Nothing of content that did not verify, or of a failed write, is kept.
+        let _ = std::fs::remove_file(&temporary);
     }
-    Ok(content)
+    Ok(written?.map(|()| record.content_hash))
+}
+
+/// Writes `header` and then rendition `index` of `container` as it decrypts to `temporary`,
+/// renamed to `path` once the whole rendition decrypted and matched its hash. The outer error
+/// is the file's; the inner one says why the content was refused.
+fn write_rendition(
+    container: &engine::media::ContainerV2<'_>,
+    key: &SecretKey,
+    index: usize,
+    header: &[u8],
+    temporary: &Path,
+    path: &Path,
+) -> std::io::Result<Result<(), String>> {
+    let mut file = std::fs::File::create(temporary)?;
+    file.write_all(header)?;
+    match container.open_rendition_into(key, index, |plaintext| file.write_all(plaintext)) {
+        Ok(Ok(_)) => {}
+        Ok(Err(error)) => return Err(error),
+        Err(error) => return Ok(Err(error.to_string())),
+    }
+    // Written in the chunks as they were decrypted; closed before the rename.
+    drop(file);
+    std::fs::rename(temporary, path)?;
+    Ok(Ok(()))
 }
 
 /// Whether a failed stream is worth resuming (the connection, not the request, failed).
@@ -654,9 +718,11 @@ fn resumable(code: Code) -> bool {
     matches!(code, Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded | Code::Aborted | Code::ResourceExhausted)
 }
 
-/// Downloads one media container, resuming from the bytes received when the stream breaks.
-async fn download(node: &mut NodeClient, grant: &AccessGrant, media_id: &str) -> anyhow::Result<Vec<u8>> {
+/// Downloads one media container, resuming from the bytes received when the stream breaks;
+/// with the moment its first bytes arrived.
+async fn download(node: &mut NodeClient, grant: &AccessGrant, media_id: &str) -> anyhow::Result<(Vec<u8>, Option<std::time::Instant>)> {
     let mut reassembly = Reassembly::new(CONTAINER_BYTES_MAX);
+    let mut first_byte_at = None;
     let mut backoff_ms = DOWNLOAD_RETRY_BACKOFF_MS;
     let mut attempt = 1;
     loop {
@@ -666,8 +732,14 @@ async fn download(node: &mut NodeClient, grant: &AccessGrant, media_id: &str) ->
                 let mut stream = response.into_inner();
                 loop {
                     match stream.message().await {
-                        Ok(Some(chunk)) => reassembly.push(chunk).with_context(|| format!("the node's stream of media {media_id} is malformed"))?,
-                        Ok(None) => return reassembly.finish().with_context(|| format!("the download of media {media_id} is incomplete")),
+                        Ok(Some(chunk)) => {
+                            first_byte_at = first_byte_at.or_else(|| (!chunk.data.is_empty()).then(std::time::Instant::now));
+                            reassembly.push(chunk).with_context(|| format!("the node's stream of media {media_id} is malformed"))?
+                        }
+                        Ok(None) => {
+                            let container = reassembly.finish().with_context(|| format!("the download of media {media_id} is incomplete"))?;
+                            return Ok((container, first_byte_at));
+                        }
                         Err(status) => break status,
                     }
                 }

@@ -21,7 +21,7 @@ pub(super) fn chunk_stream(bytes: bytes::Bytes, offset: usize) -> ReceiverStream
         let mut position = offset.min(bytes.len());
         loop {
             let end = (position + CHUNK_BYTES).min(bytes.len());
-            let chunk = pb::MediaChunk { offset: position as u64, data: bytes.slice(position..end).to_vec(), total_bytes: total };
+            let chunk = pb::MediaChunk { offset: position as u64, data: bytes.slice(position..end), total_bytes: total };
             if sender.send(Ok(chunk)).await.is_err() || end == bytes.len() {
                 return;
             }
