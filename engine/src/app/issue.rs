@@ -73,6 +73,7 @@ impl Market {
     ) -> Result<IssueAnswer, AppError> {
         let by = merchant.map_or_else(Actor::engine, |merchant| actor(ActorKind::Merchant, &merchant.0));
         let root = self.voucher_of(voucher_id).await?;
+        let leaving = root.state.node.clone();
         let old_node = match &root.state.node {
             Some(node) => self.standing(node).await?,
             None => voucher::NodeStanding::Serving,
@@ -88,6 +89,17 @@ impl Market {
         let result = self.handler.handle::<Voucher>(&voucher_id.0, &by, request, &command).await.map_err(|error| naming(error, &voucher_id.0));
         if result.as_ref().map_or(true, |handled| handled.appended.is_empty()) {
             self.allocator.cancel(&voucher_id.0);
+        }
+        if let Err(AppError::Rejected(_)) = &result {
+            // Moved meanwhile by another (the sweeper, another engine) to a node that
+            // serves: the answer is where it is now, as for a reissue of an issued voucher.
+            let now = self.voucher_of(voucher_id).await?;
+            if let Some(node) = now.state.node.as_ref().filter(|node| Some(*node) != leaving.as_ref())
+                && now.state.status == voucher::VoucherStatus::Issued
+                && self.allocator.serves(node)
+            {
+                return self.issue_answer(voucher_id, &now.state);
+            }
         }
         self.issue_answer(voucher_id, &result?.root.state)
     }
