@@ -121,6 +121,9 @@ impl Live {
             Ok(projections) => (store, outcome, projections),
             Err(LoadError::MasterKeyMismatch(fault)) => return Err(StoreError::MasterKeyMismatch { path: dir.to_path_buf(), reason: fault.to_string() }),
             Err(LoadError::Storage(reason)) => return Err(storage(reason)),
+            // Not quarantined: without the master key a rebuild could not chain either, and
+            // the directory is what the operator and the auditor need to look at.
+            Err(LoadError::ChainKey(reason)) => return Err(StoreError::ChainKey { path: dir.to_path_buf(), reason }),
             Err(rebuild @ (LoadError::ChainNotFromStart | LoadError::Inconsistent(_))) => {
                 let (store, outcome) = store.quarantine(&rebuild.to_string())?;
                 let projections = store.load(master, engine_key.clone()).map_err(|e| storage(e.to_string()))?;
@@ -281,6 +284,13 @@ impl Live {
     pub async fn rebuild(&self, log: &dyn EventLog) -> Result<Seq, RunError> {
         let fresh = self.fresh.as_ref().ok_or_else(|| RunError::Diverged("these projections cannot rebuild themselves (made by with_projections)".into()))?;
         let mut projections = fresh();
+        if self.read(|p| p.royalty.chained()) && !projections.royalty.chained() {
+            // Without the master key (forward security) the royalty entries before the point
+            // where the log went back cannot be chained again: only the auditor can.
+            return Err(RunError::Diverged(
+                "the projections must be rebuilt from sequence 1 and their royalty chain needs A_0, which only the auditor holds: ask for a handover (`vouchsafe audit handover`)".into(),
+            ));
+        }
         if let Some(holder) = self.lock().allocation.holder().map(str::to_string) {
             projections.allocation.set_holder(&holder);
         }

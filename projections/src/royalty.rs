@@ -152,6 +152,21 @@ pub fn running_hash(y_prev: &[u8; 32], ciphertext: &[u8]) -> [u8; 32] {
     hasher.finalize()
 }
 
+/// A chain's position as persisted (`Chain::position`): the epoch, the next entry's
+/// index, its secret `A_j` and the last running hash.
+pub struct ChainPosition {
+    pub epoch: u64,
+    pub next_index: u64,
+    pub a: SecretKey,
+    pub y_prev: [u8; 32],
+}
+
+impl std::fmt::Debug for ChainPosition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChainPosition").field("epoch", &self.epoch).field("next_index", &self.next_index).field("a", &"<redacted>").finish()
+    }
+}
+
 /// The chain's position: the secret for the next entry and the last running hash. Used
 /// both to write (the engine) and to verify (the auditor, who starts from the master key).
 pub struct Chain {
@@ -197,6 +212,53 @@ impl Chain {
             None => Ok(Chain::start(master, epoch)),
             Some(last) => Ok(Chain::resume_committed(master, epoch, last)?.0),
         }
+    }
+
+    /// Where the chain stands: what the engine persists (`store::chain_key`) instead of
+    /// the master key, so it can go on chaining after a restart while no past `A_j` (nor
+    /// `A_0`) stays on its host. The copy of `A_j` is zeroized when dropped.
+    pub fn position(&self) -> ChainPosition {
+        ChainPosition { epoch: self.epoch, next_index: self.next_index, a: self.a.clone(), y_prev: self.y_prev }
+    }
+
+    /// The chain continued from a persisted `position` over the epoch's `entries` (all of
+    /// them, from index 0): the position may lag the entries (a crash after the entries
+    /// were stored, before the position was): `A` is then advanced over the missing
+    /// entries, checking each one's MAC. A position ahead of the entries (they are older
+    /// than the key: `A` cannot go back) or one that does not belong to them (another `Y`
+    /// before it) is refused.
+    pub fn resume_from(position: ChainPosition, epoch: u64, entries: &[ChainedEntry]) -> Result<Chain, ChainFault> {
+        let held = entries.len() as u64;
+        let fault = |index: u64, reason: String| ChainFault { index, reason };
+        if position.epoch != epoch {
+            return Err(fault(position.next_index, format!("the chain key belongs to epoch {}, expected {epoch}", position.epoch)));
+        }
+        if position.next_index > held {
+            return Err(fault(
+                position.next_index,
+                format!(
+                    "the chain key is at entry {}, past the {held} entries stored: the entries are older than the key, which cannot go back",
+                    position.next_index
+                ),
+            ));
+        }
+        let before = match position.next_index.checked_sub(1) {
+            None => genesis(epoch),
+            Some(last) => entries[usize::try_from(last).unwrap_or(usize::MAX)].y,
+        };
+        if !crypto::ct_eq(&before, &position.y_prev) {
+            return Err(fault(position.next_index, "the chain key does not follow the stored entries (another running hash before it)".into()));
+        }
+        let ChainPosition { next_index, a, y_prev, .. } = position;
+        let mut chain = Chain { epoch, next_index, a, y_prev };
+        for chained in &entries[usize::try_from(next_index).unwrap_or(usize::MAX)..] {
+            let z = crypto::hmac_sha256(chain.a.expose(), &chained.y);
+            if chained.index != chain.next_index || !crypto::ct_eq(&z, &chained.z) {
+                return Err(fault(chain.next_index, "a stored entry after the chain key's position does not verify under it".into()));
+            }
+            chain.advance(chained.y);
+        }
+        Ok(chain)
     }
 
     fn advance(&mut self, y: [u8; 32]) {

@@ -11,9 +11,10 @@
 //! A duplication unit's entry is its `UnitBound` (the event that pays for it, before its
 //! key leaves): voucher field = the order, consumer field = the device.
 //!
-//! The chain needs the epoch's `A_0`, derived from the royalty master key, which lives
-//! only in the engine's and the auditor's key files. Without it this projection still
-//! computes totals, and says that the royalty chain needs `A_0`.
+//! The chain needs the epoch's `A_0`, derived from the royalty master key (the auditor's),
+//! or the chain's current position, which the engine's projection store keeps
+//! (`store::chain_key`). Without either this projection still computes totals, and says
+//! that the royalty chain needs `A_0`.
 //!
 //! Which catalog, preview and totals entries changed is noted for the projection store
 //! (`Touched`); sales, one per voucher, are `Rows`, which a store keeps in sled rather than
@@ -128,6 +129,9 @@ pub struct RoyaltyLog {
     pub entries: Vec<ChainedEntry>,
     /// The RFC 6962 tree over every entry's leaf (`royalty::leaf_data`), beside the chain.
     pub tree: engine::tlog::Tree,
+    /// Each entry's key commitment (`royalty::key_commitment`), beside `entries`: with them
+    /// the tiles' leaves are served without any chain secret (`tiles::TiledLog::following`).
+    pub commitments: Vec<[u8; 32]>,
     /// The checkpoint key (`checkpoint.vkey`) seals' checkpoints are checked with, when given.
     pub(crate) checkpoint_key: Option<engine::note::NoteVerifier>,
     /// Stream sequence of each entry's source event.
@@ -354,6 +358,7 @@ impl RoyaltyLog {
         self.source_seqs.push(source_seq);
         let (chained, commitment) = chain.append_committed(encoded, bound);
         self.tree.push(royalty::tree_leaf_hash(&chained, &commitment));
+        self.commitments.push(commitment);
         self.entries.push(chained);
     }
 

@@ -25,21 +25,26 @@
 //! the stream heads many to a row (`heads`); format 8 adds the read indexes (`reads`),
 //! format 10 their orders, the credential hashes in their party rows and each seal's
 //! time, format 11 the royalty log's RFC 6962 tree and its seals' checkpoints, format 12
-//! publishers among the parties (kind `u`) and their credentials. A store of
+//! publishers among the parties (kind `u`) and their credentials, format 15 each royalty
+//! entry's key commitment (the tiles' leaves without a chain secret). A store of
 //! an older format fails the marker check at open and is quarantined and rebuilt.
 //!
-//! Secrets: none is stored. The royalty chain's current `A_j` is re-derived at load from
-//! the master key (`Chain::resume`: `A_0` advanced `j` times, checked against the newest
-//! entry's MAC) instead of being persisted, because sled is log-structured: a rewritten
-//! value stays in older segments of the file until they are cleaned, so a stored `A_j`
-//! would leave earlier `A_j`s on disk, which is what forward security forbids. Without the
-//! master key a loaded store computes totals and says the chain needs `A_0`, as an
-//! in-memory projection does.
+//! Secrets: one, the royalty chain's current position (`A_j`), in a file of its own beside
+//! sled's, `royalty-chain.key` (`chain_key`: overwritten in place at each commit that moved
+//! the chain, never a sled row, because sled is log-structured and a rewritten value stays
+//! in older segments until they are cleaned, which would leave earlier `A_j`s on disk).
+//! So the engine chains on after a restart without the royalty master key, which stays
+//! with the auditor (forward security). With the master key a load re-derives `A_j`
+//! instead (`Chain::resume`, checked against the newest entry's MAC) and the file follows
+//! at the next commit. With neither, a loaded store computes totals and says the chain
+//! needs `A_0`, as an in-memory projection does. A store moved aside (quarantine) has its
+//! chain key wiped first.
 //!
 //! Not persisted: tentative allocation holds (ephemeral advice of one process), the
 //! engine's public key (the caller passes it, as in memory), and the voucher indexes by
 //! merchant and by expiry (a function of the rows, rebuilt at load).
 
+pub mod chain_key;
 mod checkpoint;
 mod commit;
 mod errors;
@@ -67,7 +72,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 /// The value of `@format`; a new layout gets a new marker (and old stores are rebuilt).
-pub const FORMAT_MARKER: &[u8] = b"vouchsafe-projection-store/14";
+pub const FORMAT_MARKER: &[u8] = b"vouchsafe-projection-store/15";
 
 const FORMAT_KEY: &[u8] = b"@format";
 const CHECKPOINT_KEY: &[u8] = b"@checkpoint";
@@ -123,8 +128,15 @@ impl ProjectionStore {
             } else {
                 return Err(LoadError::ChainNotFromStart);
             }
+        } else if let Some(position) = chain_key::read(&chain_key::path_in(&self.dir)).map_err(|error| LoadError::ChainKey(error.to_string()))? {
+            if projections.events > 0 && !chain_complete {
+                return Err(LoadError::ChainNotFromStart);
+            }
+            let chain = Chain::resume_from(position, EPOCH, &projections.royalty.entries).map_err(|fault| LoadError::ChainKey(fault.to_string()))?;
+            self.lock_writer().chain_written = Some(chain.next_index());
+            projections.royalty.chain = Some(chain);
         } else if chain_complete && projections.royalty.usages > 0 {
-            tracing::warn!(dir = %self.dir.display(), "projection store loaded without the royalty master key: the royalty chain stops here, and a later load with the key rebuilds from sequence 1");
+            tracing::warn!(dir = %self.dir.display(), "projection store loaded without the royalty master key or a chain key: the royalty chain stops here, and a later load with the key rebuilds from sequence 1");
         }
         projections.royalty.engine_key = engine_key;
         projections.track_changes();

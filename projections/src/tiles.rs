@@ -2,7 +2,8 @@
 //! entries are the tree's leaves (`royalty::leaf_data`: index, epoch, `Y`, `Z` and the
 //! commitment to the entry key — never the plaintext nor the key), its checkpoint the
 //! newest seal's signed note. `TiledLog` follows the chain (verifying each entry, which
-//! needs the master key: the commitment is derived from the chain's secret) and publishes
+//! needs the master key: the commitment is derived from the chain's secret), or takes the
+//! engine's own entries with their commitments (`following`, no secret), and publishes
 //! each seal's checkpoint once the tree has its root; it answers a path (`get`) or lists
 //! every file (`files`). Only entries under a published checkpoint are served.
 //! Not here: HTTP (the gateways' `tlog` server), files on disk (`audit export`).
@@ -29,7 +30,9 @@ pub enum PublishError {
 
 /// A royalty log as tiles: the leaves verified so far, their tree, the published checkpoints.
 pub struct TiledLog {
-    chain: Chain,
+    /// The chain every entry is verified along (`new`), or none: the entries come with their
+    /// key commitments from the engine's own royalty log (`following`).
+    chain: Option<Chain>,
     leaves: Vec<[u8; LEAF_BYTES]>,
     tree: Tree,
     /// Sizes of every published checkpoint, oldest first (their partial tiles stay served).
@@ -46,7 +49,15 @@ impl std::fmt::Debug for TiledLog {
 
 impl TiledLog {
     pub fn new(master: &SecretKey, epoch: u64) -> Self {
-        Self { chain: Chain::start(master, epoch), leaves: Vec::new(), tree: Tree::default(), sizes: Vec::new(), note: None }
+        Self { chain: Some(Chain::start(master, epoch)), leaves: Vec::new(), tree: Tree::default(), sizes: Vec::new(), note: None }
+    }
+
+    /// A tiled log of the engine's own royalty log, whose entries come with their key
+    /// commitments (`RoyaltyLog::commitments`, computed as the chain wrote them): no chain
+    /// secret is needed, so a `serve` without the royalty master key publishes tiles too.
+    /// The checkpoints it publishes are still checked against the leaves' tree.
+    pub fn following() -> Self {
+        Self { chain: None, leaves: Vec::new(), tree: Tree::default(), sizes: Vec::new(), note: None }
     }
 
     /// How many entries it holds (published or not).
@@ -64,15 +75,40 @@ impl TiledLog {
         self.note.as_deref()
     }
 
-    /// Verifies and appends the next entries of the chain.
+    /// Verifies and appends the next entries of the chain (a log made by `new`).
     pub fn extend<'a>(&mut self, entries: impl IntoIterator<Item = &'a ChainedEntry>) -> Result<(), ChainFault> {
         for chained in entries {
-            let (_, commitment) = self.chain.verify_next_committed(chained)?;
-            let leaf = royalty::leaf_data(chained, &commitment);
-            self.tree.push(engine::tlog::leaf_hash(&leaf));
-            self.leaves.push(leaf);
+            let Some(chain) = &mut self.chain else {
+                return Err(ChainFault { index: chained.index, reason: "this tiled log has no chain to verify along: give the key commitments".into() });
+            };
+            let (_, commitment) = chain.verify_next_committed(chained)?;
+            self.push(chained, &commitment);
         }
         Ok(())
+    }
+
+    /// Appends the next entries with their key commitments; with a chain (`new`) each is
+    /// verified and its commitment must be the chain's.
+    pub fn extend_committed<'a>(&mut self, entries: impl IntoIterator<Item = (&'a ChainedEntry, &'a [u8; 32])>) -> Result<(), ChainFault> {
+        for (chained, commitment) in entries {
+            if chained.index != self.entries() {
+                return Err(ChainFault { index: self.entries(), reason: format!("is numbered {}: entries must come in order", chained.index) });
+            }
+            if let Some(chain) = &mut self.chain {
+                let (_, verified) = chain.verify_next_committed(chained)?;
+                if verified != *commitment {
+                    return Err(ChainFault { index: chained.index, reason: "the key commitment is not the chain's".into() });
+                }
+            }
+            self.push(chained, commitment);
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, chained: &ChainedEntry, commitment: &[u8; 32]) {
+        let leaf = royalty::leaf_data(chained, commitment);
+        self.tree.push(engine::tlog::leaf_hash(&leaf));
+        self.leaves.push(leaf);
     }
 
     /// Publishes a checkpoint note (signed by the log; its signatures are the caller's to

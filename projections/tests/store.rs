@@ -125,20 +125,33 @@ async fn without_the_master_key_the_chain_needs_a0_and_a_later_keyed_open_rebuil
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_keyed_store_opened_without_the_key_stops_the_chain_and_is_rebuilt_with_it() {
-    let events = generate(4, 3_000, SEAL_EVERY_USAGES);
-    let clean = rebuild(&events, keyed());
+async fn a_keyed_store_opened_without_the_key_chains_on_from_its_chain_key_and_without_that_stops() {
+    let more = generate(4, 4_000, SEAL_EVERY_USAGES);
+    let events = &more[..3_000];
+    let clean = rebuild(events, keyed());
     let dir = tempfile::tempdir().expect("temporary directory");
     let store = dir.path().join("projections");
     let (live, _) = run_to_end(&store, Some(&master()), &events[..1_000], 128).await;
     drop(live);
-    // No secret is stored: without the key the chain cannot go on.
+    // Forward security: the store keeps the chain's position, so the engine chains on
+    // without the master key, exactly as with it.
     let (live, outcome) = run_to_end(&store, None, &events[..2_000], 128).await;
     assert_eq!(outcome, OpenOutcome::Resumed { checkpoint: Seq(1_000) });
+    live.read(|p| assert!(p.royalty.chained() && p.unsigned_seal(1).is_ok(), "chained from the chain key"));
+    drop(live);
+    let (live, _) = run_to_end(&store, None, events, 128).await;
+    live.read(|p| assert_same(p, &clean, "chained on from the chain key"));
+    drop(live);
+
+    // The control: without the chain key and without the master key the chain stops.
+    projections::store::chain_key::wipe(&projections::store::chain_key::path_in(&store)).expect("wipe the chain key");
+    let clean = rebuild(&more, keyed());
+    let (live, outcome) = run_to_end(&store, None, &more[..3_500], 128).await;
+    assert_eq!(outcome, OpenOutcome::Resumed { checkpoint: Seq(3_000) });
     live.read(|p| assert!(matches!(p.unsigned_seal(1), Err(SealError::NoMasterKey)), "the chain needs A_0"));
     drop(live);
-    let (live, outcome) = run_to_end(&store, Some(&master()), &events, 128).await;
-    assert!(matches!(outcome, OpenOutcome::Quarantined { .. }), "entries 1000..2000 were never chained: rebuild, got {outcome:?}");
+    let (live, outcome) = run_to_end(&store, Some(&master()), &more, 128).await;
+    assert!(matches!(outcome, OpenOutcome::Quarantined { .. }), "entries 3000..3500 were never chained: rebuild, got {outcome:?}");
     live.read(|p| assert_same(p, &clean, "keyed rebuild"));
 }
 

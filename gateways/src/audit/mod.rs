@@ -330,6 +330,7 @@ pub fn check_proof_file(file: &Path, keys_dir: &Path) -> anyhow::Result<Vec<Resu
 
 pub mod checkpoints;
 pub mod dsr;
+pub mod handover;
 pub mod remote;
 
 /// Which replay a statement comes from: its events, head, digest and seals.

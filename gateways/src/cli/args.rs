@@ -131,6 +131,23 @@ pub enum AuditCommand {
         #[command(flatten)]
         remote: super::audit::RemoteArgs,
     },
+    /// Verify the stream, then build an engine's projection store from it with the royalty
+    /// chain's key at the stream's end: how an engine without the royalty master key
+    /// (forward security) recovers a lost store or joins the stream. Move --out to the
+    /// engine host as <data-dir>/projections.
+    Handover {
+        #[command(flatten)]
+        backend: backend::BackendArgs,
+        /// The auditor's key directory: engine.pub.pem and royalty-master.key.
+        #[arg(long)]
+        keys: PathBuf,
+        /// A new (or empty) directory for the projection store.
+        #[arg(long)]
+        out: PathBuf,
+        /// Print one JSON object on the last line of stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check that one C2SP checkpoint extends another (an RFC 6962 consistency proof), with
     /// the proof from --proof, or computed from the stream's own tree.
     Consistency {

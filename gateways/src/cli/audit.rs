@@ -131,6 +131,35 @@ fn check_witnesses(checkpoints: &CheckpointArgs) -> anyhow::Result<Result<(), St
 }
 
 /// Runs a local replay with the checkpoint options.
+/// `audit handover`: exit 0 with the store built, 1 when the stream does not verify (no
+/// store is written), 2 on a usage or environment error.
+pub fn handover(backend: &BackendArgs, keys: &Path, out: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    match runtime.block_on(audit::handover::handover(backend, keys, out))? {
+        Ok(handover) => {
+            eprintln!(
+                "handover: the stream verifies; a projection store of {} events ({} royalty entries, the chain key at entry {}) is in {}\nmove it to the engine host as <data-dir>/projections, then start the engine (state digest {})",
+                handover.last_seq,
+                handover.royalty_entries,
+                handover.chain_next_entry,
+                handover.store.display(),
+                handover.state_digest
+            );
+            if json {
+                println!("{}", serde_json::to_string(&handover)?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(report) => {
+            eprintln!("{}\nhandover: FAILED: the stream does not verify, so no store was built", audit::describe(&report));
+            if json {
+                println!("{}", serde_json::json!({ "store": null, "audit_ok": false, "first_bad": report.first_bad }));
+            }
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
 fn replay_local(
     runtime: &tokio::runtime::Runtime,
     backend: &BackendArgs,

@@ -99,6 +99,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let pin = audit::pin_of(pin.as_deref(), witness.as_deref())?;
             super::audit::replay(&backend, keys.as_deref(), pin, &checkpoints, json, &remote)
         }
+        Command::Audit { command: AuditCommand::Handover { backend, keys, out, json } } => super::audit::handover(&backend, &keys, &out, json),
         Command::Audit { command: AuditCommand::Consistency { backend, old, new, keys, vkey, proof, out, json } } => {
             super::audit::consistency(&backend, &super::audit::ConsistencyFiles { old, new, proof, out }, &keys, vkey.as_deref(), json)
         }

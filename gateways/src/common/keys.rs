@@ -196,6 +196,16 @@ pub fn load_royalty_master(dir: &Path) -> anyhow::Result<SecretKey> {
     Ok(key)
 }
 
+/// The royalty master key when `dir` holds one. An engine's key directory need not: the
+/// key belongs to the auditor, and an engine without it chains on from its projection
+/// store's chain key (forward security, ARCHITECTURE.md).
+pub fn load_royalty_master_if_present(dir: &Path) -> anyhow::Result<Option<SecretKey>> {
+    if !dir.join(ROYALTY_MASTER).exists() {
+        return Ok(None);
+    }
+    load_royalty_master(dir).map(Some)
+}
+
 /// The operator's id from `operator.cred` (its secret stays in the file).
 pub fn load_operator_id(dir: &Path) -> anyhow::Result<String> {
     let path = dir.join(OPERATOR_CRED);
@@ -215,7 +225,7 @@ pub fn check_dir(dir: &Path) -> anyhow::Result<()> {
     if public != private.public() {
         bail!("engine.pub.pem does not match engine.pem");
     }
-    load_royalty_master(dir)?;
+    load_royalty_master_if_present(dir)?;
     load_operator_id(dir)?;
     if let Some(signer) = load_checkpoint_key(dir)?
         && load_checkpoint_vkey(dir)?.is_some_and(|verifier| verifier != signer.verifier())

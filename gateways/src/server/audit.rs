@@ -58,6 +58,9 @@ impl pb::audit_service_server::AuditService for Api {
                 Err(status) => return self.answer(Err(status)),
             },
         };
+        let Some(master) = self.state.royalty_master.clone() else {
+            return self.answer(Err(crate::server::status::royalty_master_with_the_auditor("a replay")));
+        };
         let permit = match Arc::clone(&self.state.replays).try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => return self.answer(Err(replays_busy())),
@@ -68,7 +71,7 @@ impl pb::audit_service_server::AuditService for Api {
             let _permit = permit;
             let progress_sender = sender.clone();
             let mut reported = 0u64;
-            let report = projections::audit::replay(state.log.as_ref(), &state.royalty_master, &state.engine_public, pin, move |events| {
+            let report = projections::audit::replay(state.log.as_ref(), &master, &state.engine_public, pin, move |events| {
                 if events >= reported + REPLAY_PROGRESS_EVERY_EVENTS {
                     reported = events;
                     // Progress is best effort: a slow reader skips updates, never the result.
@@ -104,8 +107,9 @@ impl pb::audit_service_server::AuditService for Api {
 
     async fn verify_chain(&self, _request: Request<pb::VerifyChainRequest>) -> Result<Response<pb::VerifyChainResponse>, Status> {
         let result = async {
+            let master = self.state.royalty_master.as_ref().ok_or_else(|| crate::server::status::royalty_master_with_the_auditor("a chain verification"))?;
             let _permit = Arc::clone(&self.state.replays).try_acquire_owned().map_err(|_| replays_busy())?;
-            let report = projections::audit::replay(self.state.log.as_ref(), &self.state.royalty_master, &self.state.engine_public, None, |_| {})
+            let report = projections::audit::replay(self.state.log.as_ref(), master, &self.state.engine_public, None, |_| {})
                 .await
                 .map_err(|error| crate::server::status::stream_unreadable("the replay", &error))?;
             Ok(pb::VerifyChainResponse {
@@ -172,22 +176,16 @@ impl Api {
     /// A holder's month from a full replay of the stream, verified first (one of the
     /// `REPLAYS_IN_FLIGHT_MAX` replays).
     pub(super) async fn rights_statement(&self, holder: Holder, name: &str, period: &str) -> Result<pb::RightsStatementResponse, Status> {
+        let master = self.state.royalty_master.as_ref().ok_or_else(|| crate::server::status::royalty_master_with_the_auditor("a rights statement"))?;
         let _permit = Arc::clone(&self.state.replays).try_acquire_owned().map_err(|_| replays_busy())?;
-        let (report, statement) = projections::statement::verified_statement(
-            self.state.log.as_ref(),
-            &self.state.royalty_master,
-            &self.state.engine_public,
-            holder,
-            name,
-            period,
-            |_| {},
-        )
-        .await
-        .map_err(|error| match error {
-            StatementError::Audit(error) => crate::server::status::stream_unreadable("the replay", &error),
-            StatementError::NotClean { seq, .. } => crate::server::status::stream_not_clean(seq),
-            StatementError::Entries { entry, reason } => crate::server::status::royalty_log_unopened(entry, &reason),
-        })?;
+        let (report, statement) =
+            projections::statement::verified_statement(self.state.log.as_ref(), master, &self.state.engine_public, holder, name, period, |_| {})
+                .await
+                .map_err(|error| match error {
+                    StatementError::Audit(error) => crate::server::status::stream_unreadable("the replay", &error),
+                    StatementError::NotClean { seq, .. } => crate::server::status::stream_not_clean(seq),
+                    StatementError::Entries { entry, reason } => crate::server::status::royalty_log_unopened(entry, &reason),
+                })?;
         Ok(pb::RightsStatementResponse {
             holder: holder.name().into(),
             name: statement.name.clone(),

@@ -159,7 +159,10 @@ pub struct EngineState {
     pub rate: RateMeter,
     /// Bounds the full replays running at once (`REPLAYS_IN_FLIGHT_MAX`).
     pub(super) replays: Arc<tokio::sync::Semaphore>,
-    pub(super) royalty_master: SecretKey,
+    /// The auditor's royalty master key, when the engine's key directory holds it (then the
+    /// engine can also rebuild its chain and answer AuditService's replays); `None` in the
+    /// forward-secure layout, where the projection store's chain key is all it keeps.
+    pub(super) royalty_master: Option<SecretKey>,
     pub(super) engine_public: RsaPublic,
     pub(super) config: EngineConfig,
     pub(super) started: Instant,
@@ -394,14 +397,14 @@ pub async fn start(config: EngineConfig, log: Arc<dyn EventLog>, listener: tokio
     let mut keys = EngineKeys::new(crate::common::keys::load_engine_private(&config.keys_dir)?)?;
     keys.checkpoint = crate::common::keys::load_checkpoint_key(&config.keys_dir)?;
     let keys = Arc::new(keys);
-    let royalty_master = crate::common::keys::load_royalty_master(&config.keys_dir)?;
+    let royalty_master = crate::common::keys::load_royalty_master_if_present(&config.keys_dir)?;
     let operator = crate::common::cred::Credential::load(&config.keys_dir.join(crate::common::keys::OPERATOR_CRED))?;
     let media = MediaStore::open(&config.media_dir.clone().unwrap_or_else(|| config.data_dir.join("media")))?;
     let live = match &config.projections_dir {
         // Backed by the projection store: resume at its checkpoint (after checking it belongs
         // to this stream), or rebuild into it from sequence 1.
         Some(dir) => {
-            let (live, outcome) = Live::open_checked(dir, Some(&royalty_master), Some(keys.public.clone()), log.as_ref())
+            let (live, outcome) = Live::open_checked(dir, royalty_master.as_ref(), Some(keys.public.clone()), log.as_ref())
                 .await
                 .with_context(|| format!("cannot open the projection store in {}", dir.display()))?;
             match outcome {
@@ -415,8 +418,16 @@ pub async fn start(config: EngineConfig, log: Arc<dyn EventLog>, listener: tokio
             }
             live
         }
-        None => Live::with_keys(Some(&royalty_master), Some(keys.public.clone())),
+        None => Live::with_keys(royalty_master.as_ref(), Some(keys.public.clone())),
     };
+    // An engine that cannot chain would release media keys without usage records.
+    if !live.read(|p| p.royalty.chained()) {
+        anyhow::bail!(
+            "the royalty chain cannot start: the key directory {} holds no royalty-master.key and the projection store no chain key ({}); ask the auditor for a handover (`vouchsafe audit handover --keys AUDITOR_KEYS --out DIR`) and start with DIR as <data-dir>/projections (README, Forward security)",
+            config.keys_dir.display(),
+            config.projections_dir.as_ref().map_or_else(|| "none: this engine keeps its projections in memory".to_string(), |dir| dir.display().to_string())
+        );
+    }
     let runner = {
         let live = live.clone();
         let log = Arc::clone(&log);

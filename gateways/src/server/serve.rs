@@ -334,6 +334,12 @@ pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output =
     if crate::common::keys::is_empty(keys_dir) {
         anyhow::bail!("no keys in {}; run `vouchsafe keys init --out {}` first", keys_dir.display(), keys_dir.display());
     }
+    if keys_dir.join(crate::common::keys::ROYALTY_MASTER).exists() {
+        tracing::warn!(
+            keys = %keys_dir.display(),
+            "royalty-master.key is on the engine host: whoever takes this host can derive every past royalty entry key; once this engine's projection store holds its chain key, move the file to the auditor (README, Forward security)"
+        );
+    }
     let options = engine::log::jetstream::StreamOptions { replicas: settings.replicas, group_commit: settings.group_commit };
     // A cluster electing its streams' leaders (a node just restarted) answers nothing for a
     // while: a start waits for it, within `START_WAIT`, rather than exiting.

@@ -143,6 +143,14 @@ pub fn replays_busy(replays_in_flight_max: usize) -> Status {
     Status::resource_exhausted(format!("{replays_in_flight_max} full replays are running; retry when one has finished"))
 }
 
+/// A replay that recomputes the royalty chain asked of an engine that does not hold the
+/// royalty master key (forward security: the key stays with the auditor).
+pub fn royalty_master_with_the_auditor(what: &str) -> Status {
+    Status::failed_precondition(format!(
+        "{what} recomputes the royalty chain from its first entry, which needs the royalty master key, and this engine does not hold it (it stays with the auditor): run `vouchsafe audit replay` against the stream with the auditor's keys"
+    ))
+}
+
 /// The stream could not be read while serving (a replay, a feed, the head).
 pub fn stream_unreadable(what: &str, error: &dyn std::fmt::Display) -> Status {
     with_error_id(Code::Unavailable, &format!("{what} could not read the stream; retry"), error)

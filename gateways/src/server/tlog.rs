@@ -5,9 +5,10 @@
 //! computes its own inclusion and consistency proofs from them (`engine::tiles`).
 //!
 //! The files come from a `projections::tiles::TiledLog` that follows the live royalty log:
-//! each request first takes in the seals recorded since the last one (their entries,
-//! verified along the chain with the master key, which the leaves' key commitments need)
-//! and publishes their checkpoints. Only sealed entries are served.
+//! each request first takes in the seals recorded since the last one (their entries with the
+//! key commitments the live log computed as it chained them: no chain secret, so a `serve`
+//! without the royalty master key serves tiles too) and publishes their checkpoints, each
+//! checked against the leaves' tree. Only sealed entries are served.
 //!
 //! With witnesses (`serve --witness URL=VKEY … [--witness-quorum K]`), `cosign` sends every
 //! new checkpoint, in order, to every witness (`add-checkpoint` from the size the witness last
@@ -72,7 +73,7 @@ const CHECKPOINTS_PER_ROUND: usize = 16;
 
 impl TlogSite {
     pub fn new(state: Arc<EngineState>, witnessing: Option<Witnessing>) -> Self {
-        let tiled = TiledLog::new(&state.royalty_master, projections::royalty_log::EPOCH);
+        let tiled = TiledLog::following();
         let witness_sizes = witnessing.as_ref().map_or(0, |witnessing| witnessing.witnesses.len());
         let published = Published { tiled, seals_seen: 0, stuck: None, cosigned: None, witness_sizes: vec![None; witness_sizes], unsent: Default::default() };
         Self { state, published: Mutex::new(published), witnessing }
@@ -182,19 +183,21 @@ impl TlogSite {
             let first = usize::try_from(held).unwrap_or(usize::MAX);
             let last = usize::try_from(size).unwrap_or(usize::MAX).min(royalty.entries.len());
             let entries = royalty.entries.get(first..last).map(<[_]>::to_vec).unwrap_or_default();
-            (royalty.seals.len(), new.iter().filter_map(engine::seal::checkpoint_note).collect::<Vec<_>>(), entries)
+            let commitments = royalty.commitments.get(first..last).map(<[_]>::to_vec).unwrap_or_default();
+            (royalty.seals.len(), new.iter().filter_map(engine::seal::checkpoint_note).collect::<Vec<_>>(), (entries, commitments))
         });
+        let (entries, commitments) = entries;
         if seals == seen {
             return;
         }
         let site = Arc::clone(self);
-        // Verifying the entries decrypts each one: off the async threads.
+        // Many leaves to hash at once after a restart: off the async threads.
         let taken = tokio::task::spawn_blocking(move || {
             let mut published = site.published.lock().expect("the tiled log's lock is never poisoned: nothing panics under it");
             if published.seals_seen != seen {
                 return; // another request took them in meanwhile
             }
-            let outcome = published.tiled.extend(&entries).map_err(|fault| fault.to_string()).and_then(|()| {
+            let outcome = published.tiled.extend_committed(entries.iter().zip(&commitments)).map_err(|fault| fault.to_string()).and_then(|()| {
                 notes.iter().try_for_each(|note| {
                     published.tiled.publish(note).map_err(|error| error.to_string())?;
                     let size = published.tiled.size();

@@ -7,14 +7,14 @@
 //! - `rs/` voucher → JSON `SaleRecord` (`SaleRows`, kept cold in sled by `Rows`);
 //! - `rp/` preview → merchant;
 //! - `re/` index → JSON `EntryRecord`: the chained entry with its source sequence, the
-//!   usage digest after it and its leaf hash in the tree (the tree's upper levels are
-//!   rebuilt from the leaves at load);
+//!   usage digest after it, its leaf hash in the tree (the tree's upper levels are
+//!   rebuilt from the leaves at load) and its key commitment (format 15);
 //! - `rt/` dimension byte ‖ key → JSON `TotalsRecord`;
 //! - `rl/` index → JSON `SealRecord`; `rf/` index → JSON `FaultRecord`.
 //!
 //! Entries, seals and faults only grow, so a commit writes their tails (`Tails`: how many
 //! the store holds). The usage and seal counters are in the store's checkpoint. Not stored:
-//! the chain's current `A_j` (re-derived at load from the master key, `store` module docs)
+//! the chain's current `A_j` (in the chain key file or re-derived from the master key, `store` module docs)
 //! and the engine's public key (the caller passes it).
 
 use super::{Dimension, EPOCH, MediaInfo, RoyaltyLog, Sale, SealFault, TotalsLine};
@@ -72,6 +72,9 @@ pub(crate) struct EntryRecord {
     usage_digest: [u8; 32],
     #[serde(with = "hex_array")]
     leaf_hash: [u8; 32],
+    /// The entry key's commitment (what its leaf holds beside `Y`, `Z`).
+    #[serde(with = "hex_array")]
+    commitment: [u8; 32],
 }
 
 #[derive(Serialize, Deserialize)]
@@ -324,6 +327,7 @@ impl RoyaltyLog {
                 source_seq: self.source_seqs.get(position).copied().unwrap_or(0),
                 usage_digest: self.usage_digests.get(position).copied().unwrap_or([0; 32]),
                 leaf_hash: self.tree.leaf_hashes().get(position).copied().unwrap_or([0; 32]),
+                commitment: self.commitments.get(position).copied().unwrap_or([0; 32]),
             };
             changes.push(Change::Entry(position as u64, Box::new(record)));
         }
@@ -487,6 +491,7 @@ impl Reader {
             log.source_seqs.push(stored.source_seq);
             log.usage_digests.push(stored.usage_digest);
             log.tree.push(stored.leaf_hash);
+            log.commitments.push(stored.commitment);
             log.entries.push(stored.entry);
         }
         Ok(log)

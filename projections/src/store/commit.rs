@@ -18,8 +18,9 @@ use super::checkpoint::{CheckpointRecord, encode_checkpoint, pair_hash, xor_into
 use super::errors::CommitError;
 use super::heads::{self, HeadRows};
 use super::read::Stored;
-use super::{CHECKPOINT_KEY, Checkpoint, FORMAT_KEY, FORMAT_MARKER, ProjectionStore};
+use super::{CHECKPOINT_KEY, Checkpoint, FORMAT_KEY, FORMAT_MARKER, ProjectionStore, chain_key};
 use crate::rows::RowWrite;
+use crate::royalty::{Chain, ChainPosition};
 use crate::royalty_log::format::Tails;
 use crate::{Projections, allocation, balances, reads, royalty_log, vouchers};
 use engine::ids::Seq;
@@ -43,15 +44,18 @@ pub(super) struct Writer {
     pub(super) head_rows: HeadRows,
     /// Set after a failed commit: the store is behind the projections for good.
     pub(super) failed: Option<String>,
+    /// The chain position (next entry) the chain key file holds, when known: a commit
+    /// writes the file only when the chain moved.
+    pub(super) chain_written: Option<u64>,
 }
 
 impl Writer {
     pub(super) fn of(stored: &Stored) -> Self {
-        Writer { record: stored.record, tails: stored.projections.royalty.tails(), head_rows: stored.head_rows.clone(), failed: None }
+        Writer { record: stored.record, tails: stored.projections.royalty.tails(), head_rows: stored.head_rows.clone(), failed: None, chain_written: None }
     }
 
     fn empty() -> Self {
-        Writer { record: CheckpointRecord::empty(), tails: Tails::default(), head_rows: VecDeque::new(), failed: None }
+        Writer { record: CheckpointRecord::empty(), tails: Tails::default(), head_rows: VecDeque::new(), failed: None, chain_written: None }
     }
 }
 
@@ -73,6 +77,8 @@ pub(crate) struct PendingCommit {
     record: CheckpointRecord,
     tails: Tails,
     head_rows: HeadRows,
+    /// The chain's position after this batch, when it moved since the file was written.
+    chain: Option<ChainPosition>,
 }
 
 impl ProjectionStore {
@@ -111,8 +117,9 @@ impl ProjectionStore {
             royalty_entries_bound: log.bind_seq,
             content_digest: [0; 32],
         };
+        let chain = log.chain.as_ref().filter(|chain| writer.chain_written != Some(chain.next_index())).map(Chain::position);
         let changes = Changes { vouchers, allocation, royalty, balances, reads, heads };
-        Ok(PendingCommit { base, changes, record, tails, head_rows })
+        Ok(PendingCommit { base, changes, record, tails, head_rows, chain })
     }
 
     /// Writes a prepared batch and its checkpoint atomically and flushes (blocking I/O).
@@ -127,9 +134,13 @@ impl ProjectionStore {
             writer.failed = Some(error.to_string());
             return Err(error);
         }
+        let chain = prepared.chain.as_ref().map(|position| position.next_index);
         match self.write_batch(&writer, prepared) {
             Ok((committed, stored)) => {
                 (writer.record, writer.tails, writer.head_rows) = (stored.record, stored.tails, stored.head_rows);
+                if chain.is_some() {
+                    writer.chain_written = chain;
+                }
                 Ok(committed)
             }
             Err(error) => {
@@ -142,7 +153,7 @@ impl ProjectionStore {
 
     /// Encodes and writes a prepared batch; returns what it wrote and what is durable now.
     fn write_batch(&self, writer: &Writer, prepared: PendingCommit) -> Result<(Committed, Durable), CommitError> {
-        let PendingCommit { changes, record, tails, head_rows, .. } = prepared;
+        let PendingCommit { changes, record, tails, head_rows, chain, .. } = prepared;
         let Changes { vouchers, allocation, royalty, balances, reads, heads } = changes;
         let writes = vouchers
             .into_iter()
@@ -186,6 +197,11 @@ impl ProjectionStore {
         // checkpoint always describes exactly the state stored with it.
         self.db.apply_batch(batch).map_err(CommitError::Storage)?;
         self.db.flush().map_err(CommitError::FlushFailed)?;
+        // After the entries are durable, never before: the chain key may lag the store
+        // after a crash (it is advanced at load), never run ahead of it.
+        if let Some(position) = chain {
+            chain_key::write(&chain_key::path_in(&self.dir), &position).map_err(|error| CommitError::ChainKey(error.to_string()))?;
+        }
         let committed = Committed { checkpoint: record.checkpoint(), keys_written, keys_removed };
         Ok((committed, Durable { record, tails, head_rows }))
     }

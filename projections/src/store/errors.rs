@@ -6,7 +6,8 @@
 //! included (`Causes`), and has no `source()`, which would print the cause twice under
 //! `{:#}`. The errors below them (`StateError`, `CheckpointError`, the rows' `RowError`,
 //! `Damage`) keep their causes (sled's, serde's, UTF-8's, hex's) as `source()`, typed,
-//! and say only what they add. No text holds a secret: the store holds none.
+//! and say only what they add. No text holds a secret: the one the store keeps, the royalty
+//! chain key (`chain_key`), is never quoted.
 
 use crate::rows::{Causes, RowError};
 use crate::royalty::ChainFault;
@@ -34,6 +35,11 @@ pub enum StoreError {
         "cannot read the event log to check that it is the stream the projection store at {path} was built from ({reason}); make the log reachable and start again"
     )]
     Log { path: PathBuf, reason: String },
+    /// Without the master key, the store's royalty chain can go on only from its chain key.
+    #[error(
+        "the royalty chain of the projection store at {path} cannot go on: {reason}; the engine does not hold the royalty master key, so ask the auditor for a handover (`vouchsafe audit handover --keys AUDITOR_KEYS --out DIR`) and start with DIR as the projection store"
+    )]
+    ChainKey { path: PathBuf, reason: String },
 }
 
 /// Why `load` cannot hand out the stored state as asked.
@@ -43,6 +49,9 @@ pub enum LoadError {
     ChainNotFromStart,
     #[error("the royalty master key does not match the stored chain: {0}")]
     MasterKeyMismatch(ChainFault),
+    /// The chain key file cannot be read or does not continue the stored entries.
+    #[error("{0}")]
+    ChainKey(String),
     #[error("the stored state is inconsistent: {}", Causes(.0))]
     Inconsistent(StateError),
     #[error("reading the projection store failed: {0}")]
@@ -77,6 +86,10 @@ pub enum CommitError {
     NotTracked,
     #[error("commit out of order: the batch builds on sequence {base} but the store is at {stored}; one runner per store")]
     OutOfOrder { base: Seq, stored: Seq },
+    /// The batch is stored, the chain's new position is not: the next load advances the
+    /// stored one over the new entries (`chain_key`).
+    #[error("writing the projection store's royalty chain key failed after the batch was stored: {0}; reopen the store")]
+    ChainKey(String),
 }
 
 /// Why the stored state is not one the store can hand out: what the open-time check (and

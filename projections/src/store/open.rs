@@ -145,6 +145,10 @@ impl ProjectionStore {
             path = dir.with_file_name(format!("{name}.quarantined-{unix_ms}-{attempt}"));
             attempt += 1;
         }
+        // The chain key could only ever serve to go back to this store's position: wiped.
+        if let Err(error) = super::chain_key::wipe(&super::chain_key::path_in(dir)) {
+            tracing::warn!(dir = %dir.display(), %error, "the quarantined store's royalty chain key could not be wiped; delete it by hand");
+        }
         std::fs::rename(dir, &path).map_err(|e| quarantine_error(e.to_string()))?;
         tracing::warn!(dir = %dir.display(), quarantined = %path.display(), %reason, "projection store quarantined; rebuilding from sequence 1");
         match Self::open_checked(dir) {

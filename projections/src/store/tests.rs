@@ -1,5 +1,5 @@
 //! The store's own tests, from inside: every kind of row round-trips through a commit and
-//! a reopen, the stored bytes are exactly format 9's, and a checkpoint or a row that does
+//! a reopen, the stored bytes are exactly format 15's, the chain key resumes a chain, and a checkpoint or a row that does
 //! not describe the state sends the store to quarantine. (The public API is tested in
 //! `tests/store*.rs`.)
 
@@ -233,10 +233,118 @@ fn assert_identical(loaded: &Projections, memory: &Projections) {
     assert_eq!(l.previews, m.previews);
     assert_eq!((&l.entries, &l.source_seqs, &l.usage_digests), (&m.entries, &m.source_seqs, &m.usage_digests));
     assert_eq!(l.tree, m.tree, "the tree rebuilt from the stored leaves");
+    assert_eq!(l.commitments, m.commitments, "each entry's key commitment");
     assert_eq!((l.usages, &l.totals), (m.usages, &m.totals));
     assert_eq!((&l.seals, &l.seal_times, l.seals_verified, &l.seal_faults), (&m.seals, &m.seal_times, m.seals_verified, &m.seal_faults));
     assert_eq!(l.chain.as_ref().map(|c| (c.epoch(), c.next_index(), c.head_y())), m.chain.as_ref().map(|c| (c.epoch(), c.next_index(), c.head_y())));
     assert_eq!(loaded.digest(), memory.digest());
+}
+
+/// A store built with the master key, committed at the end of `script()` (entries and a
+/// seal), and the projections that built it.
+fn committed_with_master(dir: &std::path::Path) -> Projections {
+    let mut memory = keyed();
+    let (store, _) = ProjectionStore::open(dir).expect("open");
+    let mut projections = store.load(Some(&master()), Some(test_keys::fixed_rsa().public())).expect("load");
+    apply_stored(&mut projections, &apply_all(&mut memory, script(), true));
+    store.commit(&mut projections).expect("commit");
+    assert!(memory.royalty.entries.len() >= 2, "the script records usages");
+    memory
+}
+
+fn another_usage(memory: &mut Projections) -> Vec<StoredEvent> {
+    apply_all(
+        memory,
+        vec![Event::PreviewEnded { preview_id: PreviewId::new("p2"), played_ms: 3, media_id: MediaId::new("md1"), node_id: NodeId::new("n2") }],
+        false,
+    )
+}
+
+/// Forward security: the engine keeps the chain's current position, not the master key,
+/// and chains on from it after a restart exactly as an uninterrupted chain would.
+#[test]
+fn a_store_chains_on_from_its_chain_key_without_the_master_key() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let mut memory = committed_with_master(dir.path());
+    let key = chain_key::read(&chain_key::path_in(dir.path())).expect("read").expect("the commit wrote the chain key");
+    let position = memory.royalty.chain.as_ref().expect("chained").position();
+    assert_eq!((key.next_index, key.y_prev), (position.next_index, position.y_prev));
+    assert!(key.a.ct_eq(&position.a), "the file holds the current A_j");
+    let (store, _) = ProjectionStore::open(dir.path()).expect("reopen");
+    let mut loaded = store.load(None, Some(test_keys::fixed_rsa().public())).expect("load without the master key");
+    assert!(loaded.royalty.chained(), "chained from the chain key");
+    assert_identical(&loaded, &memory);
+    apply_stored(&mut loaded, &another_usage(&mut memory));
+    assert_identical(&loaded, &memory);
+    store.commit(&mut loaded).expect("commit");
+    let moved = chain_key::read(&chain_key::path_in(dir.path())).expect("read").expect("a chain key");
+    assert_eq!(moved.next_index, position.next_index + 1, "the commit moved the chain key with the new entry");
+
+    // The control: without the chain key (and without the master key) nothing chains.
+    chain_key::wipe(&chain_key::path_in(dir.path())).expect("wipe");
+    drop((store, loaded));
+    let (store, _) = ProjectionStore::open(dir.path()).expect("reopen");
+    assert!(!store.load(None, None).expect("load").royalty.chained(), "no key, no chain: the royalty chain needs A_0");
+}
+
+/// A crash after the entries were stored and before the chain key was: the key lags the
+/// store and is advanced over the stored entries (their MACs checked). A key ahead of the
+/// store, or one from another chain, is refused: A cannot go back.
+#[test]
+fn a_chain_key_behind_the_store_is_advanced_and_one_ahead_or_foreign_is_refused() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let mut memory = committed_with_master(dir.path());
+    let path = chain_key::path_in(dir.path());
+    let behind = std::fs::read(&path).expect("the chain key");
+    {
+        let (store, _) = ProjectionStore::open(dir.path()).expect("reopen");
+        let mut loaded = store.load(None, None).expect("load");
+        apply_stored(&mut loaded, &another_usage(&mut memory));
+        store.commit(&mut loaded).expect("commit");
+    }
+    let ahead = std::fs::read(&path).expect("the chain key");
+    std::fs::write(&path, &behind).expect("as a crash before the key was written leaves it");
+    let (store, _) = ProjectionStore::open(dir.path()).expect("reopen");
+    let loaded = store.load(None, Some(test_keys::fixed_rsa().public())).expect("a lagging chain key is advanced");
+    assert_identical(&loaded, &memory);
+    drop((store, loaded));
+
+    // Ahead: the store of a moment ago (one entry fewer) with the newer key.
+    let older = tempfile::tempdir().expect("temporary directory");
+    committed_with_master(older.path());
+    std::fs::write(chain_key::path_in(older.path()), &ahead).expect("the newer key");
+    let (store, _) = ProjectionStore::open(older.path()).expect("open");
+    match store.load(None, None) {
+        Err(LoadError::ChainKey(reason)) => assert!(reason.contains("cannot go back"), "{reason}"),
+        other => panic!("a key ahead of the store must be refused, got {:?}", other.map(|p| p.last_seq)),
+    }
+    // With the master key the chain is re-derived and the key file is not needed.
+    assert!(store.load(Some(&master()), None).expect("the master key resumes").royalty.chained());
+    drop(store);
+
+    // Foreign: the chain key of another master key's chain.
+    let foreign = tempfile::tempdir().expect("temporary directory");
+    let mut chain = crate::royalty::Chain::start(&SecretKey::from_bytes([8; 32]), crate::royalty_log::EPOCH);
+    chain.append_encoded(b"someone else's entry");
+    chain_key::write(&chain_key::path_in(foreign.path()), &chain.position()).expect("write");
+    std::fs::copy(chain_key::path_in(foreign.path()), &path).expect("swap the key in");
+    let (store, _) = ProjectionStore::open(dir.path()).expect("reopen");
+    match store.load(None, None) {
+        Err(LoadError::ChainKey(reason)) => assert!(reason.contains("does not"), "{reason}"),
+        other => panic!("another chain's key must be refused, got {:?}", other.map(|p| p.last_seq)),
+    }
+}
+
+#[test]
+fn a_quarantined_store_keeps_no_chain_key() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let store_dir = dir.path().join("projections");
+    committed_with_master(&store_dir);
+    assert!(chain_key::path_in(&store_dir).exists());
+    let (store, _) = ProjectionStore::open(&store_dir).expect("reopen");
+    let (_, outcome) = store.quarantine("a test").expect("quarantine");
+    let OpenOutcome::Quarantined { path, .. } = outcome else { panic!("quarantined: {outcome:?}") };
+    assert!(path.exists() && !chain_key::path_in(&path).exists(), "the store moved aside without its chain key");
 }
 
 #[test]
@@ -281,7 +389,7 @@ fn every_kind_of_row_round_trips() {
 /// the format, which needs a new `FORMAT_MARKER` so that old stores are rebuilt rather
 /// than misread.
 #[test]
-fn the_stored_bytes_are_those_of_format_14() {
+fn the_stored_bytes_are_those_of_format_15() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let (store, _) = ProjectionStore::open(dir.path()).expect("open");
     let mut projections = store.load(Some(&master()), Some(test_keys::fixed_rsa().public())).expect("load");
@@ -317,7 +425,7 @@ fn the_stored_bytes_are_those_of_format_14() {
         "vh/", "vr/",
     ];
     assert_eq!(prefixes, expected.into_iter().map(str::to_owned).collect(), "every kind of row is stored");
-    assert_eq!(hex::encode(hasher.finalize()), "b2677f01e3f5d391c9eacd9d2e105cc083e9beebc6fca2490e8daa576bde4e51", "the stored bytes changed:\n{dump}");
+    assert_eq!(hex::encode(hasher.finalize()), "6244a6e03ca9a87e6d046d7d663b70b17563ea557b75ed4988f36d46f0b25833", "the stored bytes changed:\n{dump}");
 }
 
 #[test]
