@@ -390,6 +390,15 @@ impl RunningEngine {
     }
 }
 
+/// Why an engine without the royalty master key cannot chain, and what to do.
+fn bail_chain_needs_handover(config: &EngineConfig) -> anyhow::Result<()> {
+    anyhow::bail!(
+        "the royalty chain cannot start: the key directory {} holds no royalty-master.key and the projection store no chain key ({}); ask the auditor for a handover (`vouchsafe audit handover --keys AUDITOR_KEYS --out DIR`) and start with DIR as <data-dir>/projections (README, Forward security)",
+        config.keys_dir.display(),
+        config.projections_dir.as_ref().map_or_else(|| "none: this engine keeps its projections in memory".to_string(), |dir| dir.display().to_string())
+    )
+}
+
 /// Starts the engine on `listener` with `log`: loads the keys, rebuilds the projections
 /// from the stream, then serves.
 pub async fn start(config: EngineConfig, log: Arc<dyn EventLog>, listener: tokio::net::TcpListener) -> anyhow::Result<RunningEngine> {
@@ -400,6 +409,11 @@ pub async fn start(config: EngineConfig, log: Arc<dyn EventLog>, listener: tokio
     let royalty_master = crate::common::keys::load_royalty_master_if_present(&config.keys_dir)?;
     let operator = crate::common::cred::Credential::load(&config.keys_dir.join(crate::common::keys::OPERATOR_CRED))?;
     let media = MediaStore::open(&config.media_dir.clone().unwrap_or_else(|| config.data_dir.join("media")))?;
+    // Without the master key only a store with its chain key can chain: refused before a
+    // store is created, so the auditor's handover can take its place.
+    if royalty_master.is_none() && !config.projections_dir.as_deref().is_some_and(|dir| projections::store::chain_key::path_in(dir).exists()) {
+        bail_chain_needs_handover(&config)?;
+    }
     let live = match &config.projections_dir {
         // Backed by the projection store: resume at its checkpoint (after checking it belongs
         // to this stream), or rebuild into it from sequence 1.
@@ -422,11 +436,7 @@ pub async fn start(config: EngineConfig, log: Arc<dyn EventLog>, listener: tokio
     };
     // An engine that cannot chain would release media keys without usage records.
     if !live.read(|p| p.royalty.chained()) {
-        anyhow::bail!(
-            "the royalty chain cannot start: the key directory {} holds no royalty-master.key and the projection store no chain key ({}); ask the auditor for a handover (`vouchsafe audit handover --keys AUDITOR_KEYS --out DIR`) and start with DIR as <data-dir>/projections (README, Forward security)",
-            config.keys_dir.display(),
-            config.projections_dir.as_ref().map_or_else(|| "none: this engine keeps its projections in memory".to_string(), |dir| dir.display().to_string())
-        );
+        bail_chain_needs_handover(&config)?;
     }
     let runner = {
         let live = live.clone();
