@@ -461,3 +461,24 @@ fn projections_not_loaded_from_the_store_are_refused() {
     let mut projections = keyed();
     assert!(matches!(store.commit(&mut projections), Err(projections::store::CommitError::NotTracked)));
 }
+
+/// A keyless engine (forward security) whose log went back under it cannot rebuild its
+/// royalty chain from sequence 1: `rebuild` refuses, naming the auditor's handover, rather
+/// than carrying on without usage records. Control: with the master key it rebuilds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyless_store_refuses_a_rebuild_from_sequence_1_and_names_the_handover() {
+    let events = generate(6, 1_500, SEAL_EVERY_USAGES);
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let store = dir.path().join("projections");
+    drop(run_to_end(&store, Some(&master()), &events, 128).await);
+    let (live, _) = run_to_end(&store, None, &events, 128).await;
+    assert!(live.read(|p| p.royalty.chained()), "chained from the chain key");
+    match live.rebuild(&VecLog::new(events.clone())).await {
+        Err(projections::RunError::Diverged(reason)) => assert!(reason.contains("audit handover"), "{reason}"),
+        other => panic!("a keyless rebuild must be refused, got {:?}", other.map(|seq| seq.0)),
+    }
+    assert!(live.read(|p| p.royalty.chained()), "the projections it had are kept");
+    drop(live);
+    let (live, _) = Live::open(&store, Some(&master()), Some(engine_public())).expect("open with the master key");
+    assert_eq!(live.rebuild(&VecLog::new(events.clone())).await.expect("the master key rebuilds"), Seq(events.len() as u64));
+}
