@@ -38,6 +38,7 @@ use admin::naming;
 mod container;
 mod delivery;
 mod issue;
+mod keys;
 mod leases;
 mod points;
 mod publisher;
@@ -115,25 +116,57 @@ impl From<Rejection> for AppError {
 
 /// The engine's key material, loaded from the key directory.
 pub struct EngineKeys {
+    /// The current key: every new signature, and media published from now on.
     pub private: RsaPrivate,
     pub public: RsaPublic,
     /// Signs each seal's C2SP checkpoint (`checkpoint.key`); without it seals have none.
     pub checkpoint: Option<crate::note::NoteSigner>,
     token_key_material: SecretKey,
+    /// Keys rotated out, newest first: media published under them still unwrap with them.
+    retired: Vec<RsaPrivate>,
+    /// Every public key, the current one first (`engine.pub.pem`): what verifiers look up.
+    pub set: crate::keyset::KeySet,
 }
 
 impl EngineKeys {
     pub fn new(private: RsaPrivate) -> Result<Self, crypto::CryptoError> {
-        let public = private.public();
+        let token_key_material = Self::token_key_material_of(&private)?;
+        Self::with_retired(private, Vec::new(), token_key_material)
+    }
+
+    /// Token keys are derived from the engine's first private key, so there is no separate
+    /// secret to lose or leak until the first rotation, which writes this material down
+    /// (`token.key`) so that tokens stay what they were; a new token key id derives a new,
+    /// independent token key.
+    pub fn token_key_material_of(private: &RsaPrivate) -> Result<SecretKey, crypto::CryptoError> {
         let pem = private.to_pkcs8_pem()?;
-        // Token keys are derived from the engine's private key, so there is no separate
-        // secret to lose or leak; a new key id derives a new, independent token key.
-        let token_key_material = crypto::derive_key("vouchsafe 2026 token key material", pem.as_bytes());
-        Ok(Self { private, public, checkpoint: None, token_key_material })
+        Ok(crypto::derive_key("vouchsafe 2026 token key material", pem.as_bytes()))
+    }
+
+    /// The current key, the keys rotated out (newest first) and the token key material.
+    pub fn with_retired(private: RsaPrivate, retired: Vec<RsaPrivate>, token_key_material: SecretKey) -> Result<Self, crypto::CryptoError> {
+        let public = private.public();
+        let set = crate::keyset::KeySet::of(public.clone(), retired.iter().map(RsaPrivate::public));
+        Ok(Self { private, public, checkpoint: None, token_key_material, retired, set })
     }
 
     pub fn key_id(&self) -> String {
         self.public.key_id()
+    }
+
+    /// The private key of `key_id`: the current one or one rotated out.
+    pub fn private_for(&self, key_id: &str) -> Option<&RsaPrivate> {
+        std::iter::once(&self.private).chain(&self.retired).find(|key| key.public().key_id() == key_id)
+    }
+
+    /// The keys rotated out, newest first.
+    pub fn retired(&self) -> &[RsaPrivate] {
+        &self.retired
+    }
+
+    /// What token keys derive from (`token.key` after a rotation). A secret: never log it.
+    pub fn token_key_material(&self) -> &SecretKey {
+        &self.token_key_material
     }
 
     pub fn token_key(&self, key_id: u32) -> SecretKey {
@@ -144,6 +177,14 @@ impl EngineKeys {
         zeroize::Zeroize::zeroize(&mut material);
         key
     }
+}
+
+/// The keys a market signs with and the batch signer of transaction records under the
+/// current key, swapped together by a rotation (`Market::replace_keys`), so a record always
+/// names the key that signs it.
+pub(crate) struct Signing {
+    pub(crate) keys: Arc<EngineKeys>,
+    pub(crate) transactions: Arc<crate::batch_signer::BatchSigner>,
 }
 
 #[derive(Debug)]
@@ -237,7 +278,8 @@ pub struct Market {
     /// One slot lease change of a placement in flight at a time (`leases`): placements
     /// that waited place from the lease it grew rather than each growing one.
     leasing: tokio::sync::Mutex<()>,
-    keys: Arc<EngineKeys>,
+    /// The keys and the transaction signer, swapped whole by a rotation.
+    signing: std::sync::RwLock<Arc<Signing>>,
     allocator: Arc<dyn Allocator>,
     media_keys: Mutex<lru::LruCache<MediaId, SecretKey>>,
     /// Consumers' public keys, parsed once, by blake3 of their SPKI DER.
@@ -246,8 +288,6 @@ pub struct Market {
     /// threads few and busy; hundreds of redemptions at once otherwise each wake or start
     /// a thread for 200 µs of work and contend on the pool's queue.
     rsa_tasks: tokio::sync::Semaphore,
-    /// Signs redemptions' transaction records, many per RSA signature.
-    transactions: Arc<crate::batch_signer::BatchSigner>,
 }
 
 fn actor(kind: ActorKind, id: &str) -> Actor {
@@ -260,8 +300,7 @@ impl Market {
             handler: Handler::new(log, clock),
             publishing: tokio::sync::Mutex::new(()),
             leasing: tokio::sync::Mutex::new(()),
-            transactions: crate::batch_signer::BatchSigner::new(keys.private.clone()),
-            keys,
+            signing: std::sync::RwLock::new(Arc::new(Signing { transactions: crate::batch_signer::BatchSigner::new(keys.private.clone()), keys })),
             allocator,
             media_keys: Mutex::new(lru::LruCache::new(NonZeroUsize::new(MEDIA_KEY_CACHE_MAX).unwrap_or(NonZeroUsize::MIN))),
             consumer_keys: Mutex::new(lru::LruCache::new(NonZeroUsize::new(CONSUMER_KEY_CACHE_MAX).unwrap_or(NonZeroUsize::MIN))),
@@ -283,8 +322,20 @@ impl Market {
         &self.handler
     }
 
-    pub fn keys(&self) -> &Arc<EngineKeys> {
-        &self.keys
+    /// The keys signing now (a rotation replaces them: take them once per use case).
+    pub fn keys(&self) -> Arc<EngineKeys> {
+        Arc::clone(&self.signing().keys)
+    }
+
+    pub(crate) fn signing(&self) -> Arc<Signing> {
+        Arc::clone(&self.signing.read().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    /// Signs with `keys` from now on (a rotation, `Market::rotate_engine_key`): use cases
+    /// under way finish with the keys they took.
+    pub(crate) fn replace_keys(&self, keys: Arc<EngineKeys>) {
+        let signing = Arc::new(Signing { transactions: crate::batch_signer::BatchSigner::new(keys.private.clone()), keys });
+        *self.signing.write().unwrap_or_else(std::sync::PoisonError::into_inner) = signing;
     }
 
     pub fn now(&self) -> Millis {
@@ -365,7 +416,7 @@ impl Market {
 
     /// The node's key for checking access tokens locally.
     pub fn node_access_key(&self, node: &NodeId) -> SecretKey {
-        crypto::node_access_key(&self.keys.token_key(TOKEN_KEY_ID), &node.0)
+        crypto::node_access_key(&self.keys().token_key(TOKEN_KEY_ID), &node.0)
     }
 
     /// Publishes a media with its bytes (PublishMedia): the container (and preview clip) is
@@ -459,6 +510,13 @@ impl Market {
     /// [`Market::publish_media`] of a container in `container_format` (checked by the caller).
     async fn publish_media_as(&self, publisher: &str, request: &RequestId, input: PublishInput, container_format: u8) -> Result<MediaId, AppError> {
         let media_id = media_id_for(publisher, request);
+        // A wrapped key that does not unwrap with our key would make every sale
+        // undeliverable: refuse it now, and keep the key so the first redemption does not
+        // pay for a second private-key operation.
+        let (media_key, engine_key_id) = self.unwrap_media_key_uncached(&input.wrapped_media_key, None).await.map_err(|_| Rejection::InvalidArgument {
+            field: "wrapped_media_key",
+            reason: "does not unwrap with the engine's key; wrap the media key for engine.pub.pem".into(),
+        })?;
         let published = MediaPublished {
             media_id: media_id.clone(),
             publisher: publisher.to_string(),
@@ -473,17 +531,10 @@ impl Market {
             preview: input.preview,
             image_descriptor: input.image_descriptor,
             for_sale: input.for_sale,
-            engine_key_id: self.keys.key_id(),
+            engine_key_id,
             wrapped_media_key: input.wrapped_media_key,
             container_format,
         };
-        // A wrapped key that does not unwrap with our key would make every sale
-        // undeliverable: refuse it now, and keep the key so the first redemption does not
-        // pay for a second private-key operation.
-        let media_key = self.unwrap_media_key_uncached(&published.wrapped_media_key).await.map_err(|_| Rejection::InvalidArgument {
-            field: "wrapped_media_key",
-            reason: "does not unwrap with the engine's key; wrap the media key for engine.pub.pem".into(),
-        })?;
         let handled = self.handler.handle::<Media>(&media_id.0, &actor(ActorKind::Publisher, publisher), request, &MediaCommand::Publish(published)).await?;
         if !handled.repeated {
             // A retry is answered from the first publication: its key stays the cached one.
@@ -526,7 +577,7 @@ impl Market {
             public_key_der: public_key_der.to_vec(),
             not_before: now,
             not_after,
-            engine_key_id: self.keys.key_id(),
+            engine_key_id: self.keys().key_id(),
             signature,
             revoked: false,
         };
@@ -690,7 +741,7 @@ impl Market {
                 .handle::<Account>(&account.0, &by, &account_request_for(request, voucher_id), &AccountCommand::Post { voucher: voucher_id.clone() })
                 .await?;
         }
-        let receipt = crypto::derive_token(&self.keys.token_key(state.receipt_key_id), TokenPurpose::Receipt, &voucher_id.0, state.receipt_generation);
+        let receipt = crypto::derive_token(&self.keys().token_key(state.receipt_key_id), TokenPurpose::Receipt, &voucher_id.0, state.receipt_generation);
         Ok(AuthorizeAnswer { voucher_id: voucher_id.clone(), receipt, receipt_generation: state.receipt_generation, rental_until: state.rental_until })
     }
 
@@ -901,7 +952,7 @@ impl Market {
     /// entries first (the same seal retried, or a seal over an overlapping range): the
     /// chain stands and nothing is appended.
     pub async fn seal(&self, draft: RightsReportSealed) -> Result<Option<RightsReportSealed>, AppError> {
-        let keys = Arc::clone(&self.keys);
+        let keys = self.keys();
         let seal = {
             let _permit = self.rsa_tasks.acquire().await.map_err(|_| AppError::PoolClosed)?;
             tokio::task::spawn_blocking(move || {
@@ -981,16 +1032,38 @@ impl Market {
     // ---- crypto on the blocking pool ----
 
     async fn sign(&self, message: Vec<u8>) -> Result<Vec<u8>, AppError> {
-        let keys = Arc::clone(&self.keys);
+        let keys = self.keys();
         let _permit = self.rsa_tasks.acquire().await.map_err(|_| AppError::PoolClosed)?;
         tokio::task::spawn_blocking(move || crypto::sign(&keys.private, &message)).await.map_err(AppError::Task)?.map_err(AppError::from)
     }
 
-    async fn unwrap_media_key_uncached(&self, wrapped: &[u8]) -> Result<SecretKey, AppError> {
-        let keys = Arc::clone(&self.keys);
+    /// Unwraps a media key with the engine key `key_id` names (a media published before a
+    /// rotation names a key rotated out), or, for a new publication (`None`), with the
+    /// current key and then the ones rotated out (a publisher that wrapped for the key of a
+    /// moment ago); returns the key and the id of the engine key that unwrapped it.
+    async fn unwrap_media_key_uncached(&self, wrapped: &[u8], key_id: Option<&str>) -> Result<(SecretKey, String), AppError> {
+        let keys = self.keys();
         let wrapped = wrapped.to_vec();
+        let key_id = key_id.map(str::to_string);
         let _permit = self.rsa_tasks.acquire().await.map_err(|_| AppError::PoolClosed)?;
-        tokio::task::spawn_blocking(move || crypto::unwrap_key(&keys.private, &wrapped)).await.map_err(AppError::Task)?.map_err(AppError::from)
+        tokio::task::spawn_blocking(move || {
+            let candidates: Vec<&RsaPrivate> = match &key_id {
+                // An id the set does not know (an engine key from before ids were kept) is the current key's.
+                Some(id) => vec![keys.private_for(id).unwrap_or(&keys.private)],
+                None => std::iter::once(&keys.private).chain(keys.retired()).collect(),
+            };
+            let mut outcome = Err(crypto::CryptoError::Decrypt);
+            for private in candidates {
+                outcome = crypto::unwrap_key(private, &wrapped).map(|key| (key, private.public().key_id()));
+                if outcome.is_ok() {
+                    break;
+                }
+            }
+            outcome
+        })
+        .await
+        .map_err(AppError::Task)?
+        .map_err(AppError::from)
     }
 
     /// The media key, unwrapped once (an RSA private-key operation) and then cached.
@@ -999,7 +1072,7 @@ impl Market {
         if let Some(key) = self.media_keys.lock().expect("media key cache lock is never poisoned").get(&published.media_id) {
             return Ok(key.clone());
         }
-        let key = self.unwrap_media_key_uncached(&published.wrapped_media_key).await?;
+        let (key, _) = self.unwrap_media_key_uncached(&published.wrapped_media_key, Some(&published.engine_key_id)).await?;
         self.media_keys.lock().expect("media key cache lock is never poisoned").put(published.media_id.clone(), key.clone());
         Ok(key)
     }

@@ -9,6 +9,7 @@ pub mod crypto;
 pub mod domain;
 pub mod handler;
 pub mod ids;
+pub mod keyset;
 pub mod log;
 pub mod media;
 pub mod media_store;

@@ -572,6 +572,13 @@ fn event_to_pb(event: &Event) -> E {
         }),
         Event::UnitCompleted { order_id, unit } => E::UnitCompleted(pb::UnitCompleted { order_id: order_id.0.clone(), unit: *unit }),
         Event::ConfigChanged { key, value } => E::ConfigChanged(pb::ConfigChanged { key: key.clone(), value: value.clone() }),
+        Event::EngineKeyRotated { key_id, public_key_der, previous_key_id, rotated_at } => E::EngineKeyRotated(pb::EngineKeyRotated {
+            key_id: key_id.clone(),
+            public_key_der: public_key_der.clone(),
+            previous_key_id: previous_key_id.clone(),
+            rotated_at_ms: rotated_at.0,
+        }),
+        Event::EngineKeyRevoked { key_id } => E::EngineKeyRevoked(pb::EngineKeyRevoked { key_id: key_id.clone() }),
     }
 }
 
@@ -776,5 +783,12 @@ fn event_of_pb(event: E) -> Result<Event, DecodeError> {
         },
         E::UnitCompleted(e) => Event::UnitCompleted { order_id: OrderId(e.order_id), unit: e.unit },
         E::ConfigChanged(e) => Event::ConfigChanged { key: e.key, value: e.value },
+        E::EngineKeyRotated(e) => Event::EngineKeyRotated {
+            key_id: e.key_id,
+            public_key_der: e.public_key_der,
+            previous_key_id: e.previous_key_id,
+            rotated_at: Millis(e.rotated_at_ms),
+        },
+        E::EngineKeyRevoked(e) => Event::EngineKeyRevoked { key_id: e.key_id },
     })
 }

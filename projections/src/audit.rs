@@ -72,6 +72,9 @@ pub struct AuditOptions {
     pub pin: Option<[u8; 32]>,
     /// An incremental audit from this checkpoint, which the caller verified.
     pub since: Option<Checkpoint>,
+    /// The engine's keys before the current one (`engine.pub.pem` after a rotation): each
+    /// seal is checked with the key it names.
+    pub older_engine_keys: Vec<RsaPublic>,
 }
 
 impl AuditReport {
@@ -127,6 +130,7 @@ pub async fn replay_with(
         projections.royalty = crate::royalty_log::RoyaltyLog::pinned_at(master, Some(engine_key.clone()), since);
     }
     projections.royalty.checkpoint_key = options.checkpoint_key;
+    projections.royalty.older_engine_keys = options.older_engine_keys;
     // Pipelined: this task reads the stream with one long-lived ordered read (`follow`),
     // decodes each event (`Prepared`), and hands batches through a bounded
     // channel to the blocking pool, where they are applied (royalty chain included) in

@@ -49,14 +49,16 @@ pub type Observer = Arc<dyn Fn(&str, Seq) + Send + Sync>;
 /// Empty projections: with `master`, computing the royalty chain; with `engine_key`,
 /// checking seal signatures.
 fn empty_projections(master: Option<&SecretKey>, engine_key: Option<RsaPublic>) -> Projections {
-    match master {
+    let mut projections = match master {
         Some(master) => Projections::with_royalty_keys(master, engine_key),
         None => {
             let mut projections = Projections::default();
             projections.royalty.engine_key = engine_key;
             projections
         }
-    }
+    };
+    projections.royalty.learns_engine_keys = true;
+    projections
 }
 
 /// A factory of `empty_projections` for these keys.
@@ -172,7 +174,8 @@ impl Live {
     }
 
     /// A `Live` on a store and the projections loaded from it.
-    fn from_store(store: ProjectionStore, projections: Projections, fresh: Arc<dyn Fn() -> Projections + Send + Sync>) -> Live {
+    fn from_store(store: ProjectionStore, mut projections: Projections, fresh: Arc<dyn Fn() -> Projections + Send + Sync>) -> Live {
+        projections.royalty.learns_engine_keys = true;
         let last_seq = projections.last_seq;
         let (applied, _) = tokio::sync::watch::channel(last_seq);
         let (committed, _) = tokio::sync::watch::channel(last_seq);
@@ -235,6 +238,17 @@ impl Live {
     }
 
     /// Runs `f` on the current projections.
+    /// The engine's keys before its current one (a rotated key set): seals are checked with
+    /// the key they name.
+    pub fn add_older_engine_keys(&self, older: Vec<RsaPublic>) {
+        let mut projections = self.lock();
+        for key in older {
+            if !projections.royalty.older_engine_keys.iter().any(|known| known.key_id() == key.key_id()) {
+                projections.royalty.older_engine_keys.push(key);
+            }
+        }
+    }
+
     pub fn read<T>(&self, f: impl FnOnce(&Projections) -> T) -> T {
         f(&self.inner.lock().expect("projection lock is never poisoned: apply does not panic"))
     }

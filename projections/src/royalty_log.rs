@@ -125,6 +125,15 @@ pub struct RoyaltyLog {
     pub(crate) previews: BTreeMap<PreviewId, String>,
     pub(crate) chain: Option<Chain>,
     pub(crate) engine_key: Option<RsaPublic>,
+    /// The engine's keys before `engine_key` (a rotated key set, `engine::keyset`): a seal
+    /// is checked with the key its `engine_key_id` names.
+    pub(crate) older_engine_keys: Vec<RsaPublic>,
+    /// Engine keys the stream revoked (`EngineKeyRevoked`): a seal they sign after that is a fault.
+    pub revoked_engine_keys: BTreeSet<String>,
+    /// Take the keys that `EngineKeyRotated` events announce as engine keys: the engine's own
+    /// live view (`Live`), which trusts its stream, so the seals of another engine's new key
+    /// check out; never an audit, whose keys are the auditor's `engine.pub.pem`.
+    pub(crate) learns_engine_keys: bool,
     /// The chained entries, in order.
     pub entries: Vec<ChainedEntry>,
     /// The RFC 6962 tree over every entry's leaf (`royalty::leaf_data`), beside the chain.
@@ -163,12 +172,21 @@ pub struct RoyaltyLog {
     pub(crate) touched_catalog: Touched<MediaId>,
     pub(crate) touched_previews: Touched<PreviewId>,
     pub(crate) touched_totals: Touched<(Dimension, String)>,
+    /// A revocation was applied since the projection store last committed this log.
+    pub(crate) touched_revocations: bool,
 }
 
 impl RoyaltyLog {
     /// A log that can chain (it holds the master key) and check seal signatures.
     pub fn with_keys(master: &SecretKey, engine_key: Option<RsaPublic>) -> Self {
         Self { chain: Some(Chain::start(master, EPOCH)), engine_key, ..Self::default() }
+    }
+
+    /// Seals are checked with the key of a set their `engine_key_id` names: `engine_key` and
+    /// these older ones (`engine.pub.pem` after a rotation).
+    pub fn with_older_engine_keys(mut self, older: Vec<RsaPublic>) -> Self {
+        self.older_engine_keys = older;
+        self
     }
 
     /// Seals' checkpoints are also checked with this key (the vkey of `checkpoint.key`).
@@ -257,6 +275,16 @@ impl RoyaltyLog {
             Event::RightsReportSealed(seal) => {
                 self.check_seal(seq, seal, sealed_head);
                 self.seal_times.push(recorded_at_ms);
+            }
+            Event::EngineKeyRotated { key_id, public_key_der, .. } if self.learns_engine_keys => {
+                let known = self.engine_key.iter().chain(&self.older_engine_keys).any(|key| key.key_id() == *key_id);
+                if !known && let Ok(key) = RsaPublic::from_der(public_key_der) {
+                    self.older_engine_keys.push(key);
+                }
+            }
+            Event::EngineKeyRevoked { key_id } => {
+                self.revoked_engine_keys.insert(key_id.clone());
+                self.touched_revocations = true;
             }
             Event::ConfigChanged { key, value } if key == engine::domain::config::ROYALTY_ENTRY_BINDING_KEY => self.bind_seq = value == "1",
             _ => {}
@@ -369,8 +397,12 @@ impl RoyaltyLog {
             Some("does not link to the previous seal".to_string())
         } else if seal.first_entry != self.next_seal_entry() || seal.last_entry < seal.first_entry {
             Some(format!("does not continue the sealed range (next entry {})", self.next_seal_entry()))
-        } else if self.engine_key.as_ref().is_some_and(|key| !royalty::verify_seal(key, seal)) {
-            Some("signature does not verify with the engine key".to_string())
+        } else if self.engine_key.is_some() && self.revoked_engine_keys.contains(&seal.engine_key_id) {
+            Some(format!("signed with the engine key {}, which the stream revoked before this seal", seal.engine_key_id))
+        } else if let Some(current) = &self.engine_key
+            && !std::iter::once(current).chain(&self.older_engine_keys).any(|key| royalty::verify_seal(key, seal))
+        {
+            Some("signature does not verify with the engine key it names".to_string())
         } else if seal.last_stream_seq >= seq.0 {
             Some(format!("names stream position {}, not before the seal itself", seal.last_stream_seq))
         } else if sealed_head.is_none() {

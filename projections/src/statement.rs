@@ -11,7 +11,7 @@ use crate::audit::{self, AuditError, AuditReport};
 use crate::export;
 use crate::royalty::Entry;
 use crate::royalty_log::{TotalsLine, month_of};
-use engine::crypto::{RsaPublic, SecretKey};
+use engine::crypto::SecretKey;
 use engine::log::EventLog;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -122,13 +122,14 @@ pub enum StatementError {
 pub async fn verified_statement(
     log: &dyn EventLog,
     master: &SecretKey,
-    engine_key: &RsaPublic,
+    engine_keys: &engine::keyset::KeySet,
     holder: Holder,
     name: &str,
     period: &str,
     progress: impl FnMut(u64),
 ) -> Result<(AuditReport, RightsStatement), StatementError> {
-    let (report, projections) = audit::replay_full(log, master, engine_key, None, progress).await?;
+    let options = audit::AuditOptions { older_engine_keys: engine_keys.iter().skip(1).cloned().collect(), ..Default::default() };
+    let (report, projections) = audit::replay_with(log, master, engine_keys.current(), options, progress).await?;
     if !report.ok() {
         let (seq, reason) =
             report.first_bad.as_ref().map_or((report.last_seq, "the royalty chain does not verify".to_string()), |bad| (bad.seq, bad.reason.clone()));

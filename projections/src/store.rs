@@ -17,7 +17,7 @@
 //! - `@checkpoint`  → `blake3(body) ‖ body`, body = JSON `CheckpointRecord` (`checkpoint`);
 //! - state keys, one per row, each a 3-byte prefix and the row's id, each prefix owned by
 //!   one format: `vr/` `vh/` (`vouchers::format`), `an/` `av/` `ap/` `ar/`
-//!   (`allocation::format`), `rc/` `rs/` `rp/` `re/` `rt/` `rl/` `rf/`
+//!   (`allocation::format`), `rc/` `rs/` `rp/` `re/` `rt/` `rl/` `rf/` `rk/`
 //!   (`royalty_log::format`), `bl/` `bp/` (`balances::format`), `qv/` `qp/` `qc/` `qs/` `qo/`
 //!   (`reads::format`), `sh/` (`heads`).
 //!

@@ -78,7 +78,7 @@ impl Market {
         let public_key_der = consumer_root.state.certs.get(cert_serial).map(|cert| cert.public_key_der.clone()).unwrap_or_default();
         let subject = crypto::ProofConsumer::new(&consumer.0, &cert_serial.0, &public_key_der);
         let receipt =
-            crypto::derive_token(&self.keys.token_key(root.state.receipt_key_id), TokenPurpose::Receipt, &voucher_id.0, root.state.receipt_generation);
+            crypto::derive_token(&self.keys().token_key(root.state.receipt_key_id), TokenPurpose::Receipt, &voucher_id.0, root.state.receipt_generation);
         let proof_check = if root.state.receipt_generation > 0 && crypto::verify_receipt_proof(&receipt, &voucher_id.0, &node.0, challenge, &subject, proof) {
             ProofCheck::Valid
         } else {
@@ -125,6 +125,8 @@ impl Market {
         let consumer_key = self.consumer_key(&public_key_der)?;
         let mut keys = Vec::new();
         let mut records = Vec::new();
+        // One key for every record of this answer: the one its signer signs with.
+        let signing = self.signing();
         for item in &state.items {
             let media = self.media(&item.media_id).await?;
             let rendition = media.published.as_ref().and_then(|published| published.renditions.iter().find(|r| r.name == state.rendition));
@@ -137,14 +139,15 @@ impl Market {
                 rendition: state.rendition.clone(),
                 node_id: node.clone(),
                 delivered_at: now,
-                engine_key_id: self.keys.key_id(),
+                engine_key_id: signing.keys.key_id(),
                 consumer_id: consumer.clone(),
                 cert_serial: cert_serial.clone(),
                 content_hash,
                 recovery: if recover { state.recoveries } else { 0 },
             });
         }
-        let signatures = futures::future::try_join_all(records.iter().map(|record| self.transactions.sign(record.message()))).await.map_err(AppError::Sign)?;
+        let signatures =
+            futures::future::try_join_all(records.iter().map(|record| signing.transactions.sign(record.message()))).await.map_err(AppError::Sign)?;
         let transactions = records.into_iter().zip(signatures).map(|(record, signature)| SignedTransaction { record, signature }).collect();
         Ok(RedeemAnswer { voucher_id: voucher_id.clone(), keys, transactions })
     }
@@ -209,7 +212,7 @@ impl Market {
         let consumer_root = self.handler.load::<Consumer>(&consumer.0).await?;
         let public_key_der = consumer_root.state.certs.get(&cert_serial).map(|cert| cert.public_key_der.as_slice()).unwrap_or_default();
         let subject = crypto::ProofConsumer::new(&consumer.0, &cert_serial.0, public_key_der);
-        let receipt = crypto::derive_token(&self.keys.token_key(state.receipt_key_id), TokenPurpose::Receipt, &voucher_id.0, state.receipt_generation);
+        let receipt = crypto::derive_token(&self.keys().token_key(state.receipt_key_id), TokenPurpose::Receipt, &voucher_id.0, state.receipt_generation);
         let valid = crypto::verify_confirm_proof(&receipt, &voucher_id.0, &node.0, &media_id.0, hash, &subject, proof);
         Ok(if valid { ProofCheck::Valid } else { ProofCheck::Invalid })
     }

@@ -55,7 +55,12 @@ pub const KEYS: &[(&str, u64, u64, u64)] = &[
     (RENTAL_WINDOW_MS_MIN_KEY, 1_000, RENTAL_WINDOW_MS_LIMIT, 3_600_000),
     (RENTAL_WINDOW_MS_MAX_KEY, 1_000, RENTAL_WINDOW_MS_LIMIT, 7 * 86_400_000),
     (RENTAL_PRICE_BPS_KEY, 1, 10_000, 2_000),
+    // How long a rotated-out engine key stays valid before it may be revoked: what it
+    // signed meanwhile (by engines that had not reloaded yet) still verifies.
+    (KEY_REVOKE_GRACE_MS_KEY, 1_000, 365 * 86_400_000, 7 * 86_400_000),
 ];
+
+pub const KEY_REVOKE_GRACE_MS_KEY: &str = "keys.revoke_grace_ms";
 
 /// The longest rental window any configuration allows: 30 days.
 pub const RENTAL_WINDOW_MS_LIMIT: u64 = 30 * 86_400_000;
@@ -71,6 +76,17 @@ pub const ONLY_RAISED: &[&str] = &[ROYALTY_ENTRY_BINDING_KEY];
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Config {
     pub values: BTreeMap<String, u64>,
+    /// The engine key signing now, once a rotation named it (`None` on a stream that never
+    /// rotated: the key of `engine.pem` at the start).
+    pub engine_key: Option<String>,
+    /// Keys rotated out: when, and whether revoked since.
+    pub retired_keys: BTreeMap<String, RetiredKey>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetiredKey {
+    pub retired_at: Millis,
+    pub revoked: bool,
 }
 
 impl Config {
@@ -81,15 +97,34 @@ impl Config {
 
 #[derive(Clone, Debug)]
 pub enum ConfigCommand {
-    Set { key: String, value: String },
+    Set {
+        key: String,
+        value: String,
+    },
+    /// The engine signs with `key_id` from now on, in place of `previous_key_id`.
+    RotateEngineKey {
+        key_id: String,
+        public_key_der: Vec<u8>,
+        previous_key_id: String,
+    },
+    /// A retired key, past its grace period, is revoked.
+    RevokeEngineKey {
+        key_id: String,
+    },
 }
 
 impl Aggregate for Config {
     type Command = ConfigCommand;
     const KIND: AggregateKind = AggregateKind::Config;
 
-    fn decide(&self, command: &ConfigCommand, _now: Millis) -> Result<Vec<Event>, Rejection> {
-        let ConfigCommand::Set { key, value } = command;
+    fn decide(&self, command: &ConfigCommand, now: Millis) -> Result<Vec<Event>, Rejection> {
+        let (key, value) = match command {
+            ConfigCommand::Set { key, value } => (key, value),
+            ConfigCommand::RotateEngineKey { key_id, public_key_der, previous_key_id } => {
+                return self.decide_rotation(key_id, public_key_der, previous_key_id, now);
+            }
+            ConfigCommand::RevokeEngineKey { key_id } => return self.decide_revocation(key_id, now),
+        };
         let Some(&(_, min, max, _)) = KEYS.iter().find(|(k, ..)| k == key) else {
             let known: Vec<&str> = KEYS.iter().map(|(k, ..)| *k).collect();
             return Err(Rejection::InvalidArgument { field: "key", reason: format!("unknown key; known keys: {}", known.join(", ")) });
@@ -125,15 +160,75 @@ impl Aggregate for Config {
     }
 
     fn evolve(mut self, event: &Event) -> Self {
-        if let Event::ConfigChanged { key, value } = event
-            && let Ok(parsed) = value.parse()
-        {
-            self.values.insert(key.clone(), parsed);
+        match event {
+            Event::ConfigChanged { key, value } => {
+                if let Ok(parsed) = value.parse() {
+                    self.values.insert(key.clone(), parsed);
+                }
+            }
+            Event::EngineKeyRotated { key_id, previous_key_id, rotated_at, .. } => {
+                self.retired_keys.entry(previous_key_id.clone()).or_insert(RetiredKey { retired_at: *rotated_at, revoked: false });
+                self.engine_key = Some(key_id.clone());
+            }
+            Event::EngineKeyRevoked { key_id } => {
+                if let Some(retired) = self.retired_keys.get_mut(key_id) {
+                    retired.revoked = true;
+                }
+            }
+            _ => {}
         }
         self
     }
 
-    fn command_name(_command: &ConfigCommand) -> &'static str {
-        "SetConfig"
+    fn command_name(command: &ConfigCommand) -> &'static str {
+        match command {
+            ConfigCommand::Set { .. } => "SetConfig",
+            ConfigCommand::RotateEngineKey { .. } => "RotateEngineKey",
+            ConfigCommand::RevokeEngineKey { .. } => "RevokeEngineKey",
+        }
+    }
+}
+
+impl Config {
+    fn decide_rotation(&self, key_id: &str, public_key_der: &[u8], previous_key_id: &str, now: Millis) -> Result<Vec<Event>, Rejection> {
+        if self.engine_key.as_deref() == Some(key_id) {
+            return Ok(vec![]); // this rotation happened: a retry
+        }
+        if key_id.is_empty() || public_key_der.is_empty() || key_id == previous_key_id {
+            return Err(Rejection::InvalidArgument { field: "key_id", reason: "a rotation names a new key and its public key".into() });
+        }
+        if self.retired_keys.contains_key(key_id) {
+            return Err(Rejection::InvalidArgument { field: "key_id", reason: "this key was rotated out before; a rotation needs a new key".into() });
+        }
+        if let Some(current) = self.engine_key.as_deref().filter(|current| *current != previous_key_id) {
+            return Err(Rejection::KeyRotationStale { current: current.to_string() });
+        }
+        Ok(vec![Event::EngineKeyRotated {
+            key_id: key_id.to_string(),
+            public_key_der: public_key_der.to_vec(),
+            previous_key_id: previous_key_id.to_string(),
+            rotated_at: now,
+        }])
+    }
+
+    fn decide_revocation(&self, key_id: &str, now: Millis) -> Result<Vec<Event>, Rejection> {
+        if self.engine_key.as_deref() == Some(key_id) {
+            return Err(Rejection::InvalidArgument { field: "key_id", reason: "the engine signs with this key now: rotate to a new key first".into() });
+        }
+        let retired = self.retired_keys.get(key_id).ok_or_else(|| Rejection::NotFound { kind: "retired engine key", id: key_id.to_string() })?;
+        if retired.revoked {
+            return Ok(vec![]);
+        }
+        let grace_ms = self.get(KEY_REVOKE_GRACE_MS_KEY).unwrap_or(0);
+        let until = retired.retired_at.plus_ms(grace_ms);
+        if now < until {
+            return Err(Rejection::KeyInGrace { until });
+        }
+        Ok(vec![Event::EngineKeyRevoked { key_id: key_id.to_string() }])
+    }
+
+    /// Whether `key_id` is revoked (signatures it makes from now on are not valid).
+    pub fn key_revoked(&self, key_id: &str) -> bool {
+        self.retired_keys.get(key_id).is_some_and(|retired| retired.revoked)
     }
 }

@@ -563,6 +563,19 @@ pub enum Event {
         key: String,
         value: String,
     },
+    /// The engine signs with a new RSA key from now on (`keys rotate engine`); the previous
+    /// one is retired: what it signed still verifies, by its key id.
+    EngineKeyRotated {
+        key_id: String,
+        public_key_der: Vec<u8>,
+        previous_key_id: String,
+        rotated_at: Millis,
+    },
+    /// A retired engine key is revoked (`keys revoke engine`, after the grace period):
+    /// nothing it signs after this event is valid.
+    EngineKeyRevoked {
+        key_id: String,
+    },
 }
 
 impl Event {
@@ -610,7 +623,7 @@ impl Event {
             | Event::HoldPosted { account_id, .. }
             | Event::HoldReleased { account_id, .. } => (K::Account, account_id.as_str()),
             Event::OrderPlaced { order_id, .. } | Event::UnitBound { order_id, .. } | Event::UnitCompleted { order_id, .. } => (K::Order, order_id.as_str()),
-            Event::ConfigChanged { .. } => (K::Config, "engine"),
+            Event::ConfigChanged { .. } | Event::EngineKeyRotated { .. } | Event::EngineKeyRevoked { .. } => (K::Config, "engine"),
         }
     }
 
@@ -658,6 +671,8 @@ impl Event {
             Event::UnitBound { .. } => "UnitBound",
             Event::UnitCompleted { .. } => "UnitCompleted",
             Event::ConfigChanged { .. } => "ConfigChanged",
+            Event::EngineKeyRotated { .. } => "EngineKeyRotated",
+            Event::EngineKeyRevoked { .. } => "EngineKeyRevoked",
         }
     }
 }

@@ -79,6 +79,10 @@ pub enum Rejection {
     PreviewQuotaReached,
     #[error("the request id was already used for a different command ({first}); use a new request id")]
     RequestIdReused { first: String },
+    #[error("the engine signs with key {current} now, not the one this rotation replaces; rotate from the current key")]
+    KeyRotationStale { current: String },
+    #[error("the key is in its grace period after its rotation; it can be revoked from {}", until.0)]
+    KeyInGrace { until: Millis },
     #[error("a balance or count would overflow")]
     Overflow,
 }

@@ -42,13 +42,16 @@ pub fn pin_of(pin: Option<&str>, witness: Option<&Path>) -> anyhow::Result<Optio
 /// directory's `checkpoint.vkey` when it has one.
 pub async fn replay(backend: &crate::common::backend::BackendArgs, keys_dir: &Path, pin: Option<[u8; 32]>) -> anyhow::Result<AuditReport> {
     let checkpoint_key = checkpoints::verifier(keys_dir, None)?;
-    replay_with(backend, keys_dir, audit::AuditOptions { checkpoint_key, pin, since: None }).await
+    replay_with(backend, keys_dir, audit::AuditOptions { checkpoint_key, pin, ..Default::default() }).await
 }
 
 /// As `replay`, with every option (an incremental audit: `since`).
-pub async fn replay_with(backend: &crate::common::backend::BackendArgs, keys_dir: &Path, options: audit::AuditOptions) -> anyhow::Result<AuditReport> {
+pub async fn replay_with(backend: &crate::common::backend::BackendArgs, keys_dir: &Path, mut options: audit::AuditOptions) -> anyhow::Result<AuditReport> {
     let master = crate::common::keys::load_royalty_master(keys_dir)?;
-    let public = crate::common::keys::load_engine_public(keys_dir)?;
+    // Every key of the set: each seal is checked with the one it names.
+    let set = crate::common::keys::load_engine_keyset(keys_dir)?;
+    let public = set.current().clone();
+    options.older_engine_keys = set.iter().skip(1).cloned().collect();
     let log = backend.open_read_only().await?;
     let bar = crate::common::progress::events(log.last_seq().await?.0, "audit replay");
     let (report, _) = audit::replay_with(log.as_ref(), &master, &public, options, |events| {
@@ -351,7 +354,7 @@ pub async fn statement(
     period: &str,
 ) -> anyhow::Result<(projections::statement::RightsStatement, ReplayStamp)> {
     let master = crate::common::keys::load_royalty_master(keys_dir)?;
-    let public = crate::common::keys::load_engine_public(keys_dir)?;
+    let public = crate::common::keys::load_engine_keyset(keys_dir)?;
     let log = backend.open_read_only().await?;
     let bar = crate::common::progress::events(log.last_seq().await?.0, "audit statement");
     let verified = projections::statement::verified_statement(log.as_ref(), &master, &public, holder, name, period, |events| {

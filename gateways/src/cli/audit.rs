@@ -178,7 +178,7 @@ fn replay_local(
             Some(checkpoint)
         }
     };
-    runtime.block_on(audit::replay_with(backend, keys, projections::audit::AuditOptions { checkpoint_key, pin, since }))
+    runtime.block_on(audit::replay_with(backend, keys, projections::audit::AuditOptions { checkpoint_key, pin, since, ..Default::default() }))
 }
 
 pub fn replay(

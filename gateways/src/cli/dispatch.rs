@@ -41,6 +41,16 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime.block_on(crate::witness::run(args, crate::server::serve::terminate_signal()))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Keys { command: KeysCommand::Rotate(args) } => {
+            let json = args.json;
+            let runtime = tokio::runtime::Runtime::new()?;
+            Ok(runtime.block_on(super::keys::rotate(*args))?.report(json))
+        }
+        Command::Keys { command: KeysCommand::Revoke(args) } => {
+            let json = args.json;
+            let runtime = tokio::runtime::Runtime::new()?;
+            Ok(runtime.block_on(super::keys::revoke(*args))?.report(json))
+        }
         Command::Keys { command: KeysCommand::Issue(args) } => {
             let json = args.json;
             let runtime = tokio::runtime::Runtime::new()?;

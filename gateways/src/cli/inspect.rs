@@ -17,6 +17,7 @@
 
 use anyhow::Context;
 use engine::crypto::RsaPublic;
+use engine::keyset::KeySet;
 use engine::media::{self, ContainerError};
 use std::path::PathBuf;
 
@@ -164,6 +165,12 @@ impl Report {
 /// Inspects a file's bytes; `engine` checks a delivered copy's transaction record,
 /// `publisher` pins the key a format-2 container must be signed by.
 pub fn inspect_bytes(bytes: &[u8], engine: Option<&RsaPublic>, publisher: Option<&RsaPublic>) -> Report {
+    inspect_bytes_with(bytes, engine.cloned().map(KeySet::single).as_ref(), publisher)
+}
+
+/// As `inspect_bytes`, a delivered copy's record checked with the key of `engine`'s set
+/// that it names (signed before or after a rotation).
+pub fn inspect_bytes_with(bytes: &[u8], engine: Option<&KeySet>, publisher: Option<&RsaPublic>) -> Report {
     let size_bytes = bytes.len() as u64;
     match bytes.get(..4) {
         Some(magic) if magic == media::DELIVERED_MAGIC => match media::parse_delivered_copy(bytes) {
@@ -247,10 +254,10 @@ fn container_v2(container: &media::ContainerV2<'_>, publisher: Option<&RsaPublic
     }
 }
 
-fn delivered_copy(copy: &media::DeliveredCopy<'_>, engine: Option<&RsaPublic>, size_bytes: u64) -> Report {
+fn delivered_copy(copy: &media::DeliveredCopy<'_>, engine: Option<&KeySet>, size_bytes: u64) -> Report {
     let record = &copy.record;
     let content_ok = copy.content_ok();
-    let signature = engine.map(|engine| media::verify_transaction(engine, record, copy.signature));
+    let signature = engine.map(|set| media::verify_transaction(set.get(&record.engine_key_id).unwrap_or(set.current()), record, copy.signature));
     let signature_ok = signature.as_ref().map(Result::is_ok);
     Report {
         format_version: Some(copy.format_version),
@@ -284,7 +291,7 @@ fn delivered_copy(copy: &media::DeliveredCopy<'_>, engine: Option<&RsaPublic>, s
 
 /// Reads the file and the keys and inspects; `Err` only for usage or environment errors.
 pub fn run(args: &InspectArgs) -> anyhow::Result<Report> {
-    let engine = args.keys.as_deref().map(crate::common::keys::load_engine_public).transpose()?;
+    let engine = args.keys.as_deref().map(crate::common::keys::load_engine_keyset).transpose()?;
     let publisher = args
         .publisher_key
         .as_deref()
@@ -301,7 +308,7 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<Report> {
         return Ok(Report::unreadable(metadata.len(), ContainerError::TooLarge(usize::try_from(metadata.len()).unwrap_or(usize::MAX))));
     }
     let bytes = std::fs::read(&args.file).with_context(|| format!("cannot read {}", args.file.display()))?;
-    Ok(inspect_bytes(&bytes, engine.as_ref(), publisher.as_ref()))
+    Ok(inspect_bytes_with(&bytes, engine.as_ref(), publisher.as_ref()))
 }
 
 /// Text read from the file, shown as text: control characters (a newline that would start

@@ -13,6 +13,7 @@ pub mod args;
 pub mod audit;
 pub mod dispatch;
 pub mod inspect;
+pub mod keys;
 pub mod player;
 pub mod points;
 pub mod reads;
@@ -499,9 +500,7 @@ fn preview_of(args: &PublishArgs, renditions: &[(client::RenditionUpload, PathBu
 /// rendition), or one from the `--rendition` files.
 pub async fn publish(args: PublishArgs) -> anyhow::Result<Outcome> {
     let operator = Credential::load(&args.cred)?;
-    let engine_public =
-        engine::crypto::RsaPublic::from_pem(&std::fs::read_to_string(&args.engine_key).with_context(|| format!("cannot read {}", args.engine_key.display()))?)
-            .with_context(|| format!("{} is not an RSA public key", args.engine_key.display()))?;
+    let engine_public = crate::common::keys::engine_public_from_file(&args.engine_key)?;
     anyhow::ensure!(
         args.title.is_none() || args.files.len() <= 1,
         "--title names one media; publish several files without it (each is titled by its file name)"

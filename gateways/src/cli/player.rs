@@ -167,9 +167,7 @@ pub async fn player(args: PlayerArgs) -> anyhow::Result<Outcome> {
     match args.command {
         PlayerCommand::Purge => Ok(Outcome::Done(serde_json::json!({ "consumer_id": consumer.0, "deleted": purged }))),
         PlayerCommand::Passport { connect, cred, engine_key } => {
-            let engine_public =
-                engine::crypto::RsaPublic::from_pem(&std::fs::read_to_string(&engine_key).with_context(|| format!("cannot read {}", engine_key.display()))?)
-                    .with_context(|| format!("{} is not an RSA public key", engine_key.display()))?;
+            let engine_public = crate::common::keys::engine_public_from_file(&engine_key)?;
             let mut catalog = client::catalog(connect.channel().await?, Credential::load(&cred)?);
             let passport = match crate::player::create_passport(&mut catalog, &fresh_request_id("passport"), &consumer, &engine_public).await {
                 Ok(passport) => passport,

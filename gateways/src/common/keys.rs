@@ -17,6 +17,11 @@ pub const ROYALTY_MASTER: &str = "royalty-master.key";
 pub const OPERATOR_CRED: &str = "operator.cred";
 pub const CHECKPOINT_KEY: &str = "checkpoint.key";
 pub const CHECKPOINT_VKEY: &str = "checkpoint.vkey";
+/// Engine keys rotated out, `retired/<key id>.pem` (0600): media wrapped for them still unwrap.
+pub const RETIRED_DIR: &str = "retired";
+/// The token key material (64 hex digits, 0600), written by the first rotation so tokens
+/// stay what they were (before it, the material derives from `engine.pem`).
+pub const TOKEN_KEY: &str = "token.key";
 /// The engine's RSA key size.
 pub const ENGINE_RSA_BITS: usize = 2048;
 
@@ -178,11 +183,110 @@ pub fn load_engine_private(dir: &Path) -> anyhow::Result<RsaPrivate> {
     RsaPrivate::from_pkcs8_pem(&pem).with_context(|| format!("{} is not a PKCS#8 RSA private key", path.display()))
 }
 
-/// The engine's public key: all an auditor needs besides the royalty master key.
+/// The current key of an `engine.pub.pem` file (`--engine-key`): what media keys are
+/// wrapped for and certificates checked with.
+pub fn engine_public_from_file(path: &Path) -> anyhow::Result<crypto::RsaPublic> {
+    let pem = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(engine::keyset::KeySet::from_pem_bundle(&pem).with_context(|| format!("{} is not an engine public key set", path.display()))?.current().clone())
+}
+
+/// The engine's current public key (the first of `engine.pub.pem`'s set).
 pub fn load_engine_public(dir: &Path) -> anyhow::Result<crypto::RsaPublic> {
+    Ok(load_engine_keyset(dir)?.current().clone())
+}
+
+/// The engine's key set, `engine.pub.pem`: every key it signs or signed with, newest first
+/// (one block before any rotation). What an auditor needs besides the royalty master key.
+pub fn load_engine_keyset(dir: &Path) -> anyhow::Result<engine::keyset::KeySet> {
     let path = dir.join(ENGINE_PUB_PEM);
     let pem = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    crypto::RsaPublic::from_pem(&pem).with_context(|| format!("{} is not an RSA public key", path.display()))
+    engine::keyset::KeySet::from_pem_bundle(&pem).with_context(|| format!("{} is not a set of RSA public keys", path.display()))
+}
+
+/// The engine's keys: `engine.pem`, the keys rotated out (`retired/<key id>.pem`, one for
+/// each older key of `engine.pub.pem`), `token.key` when a rotation wrote it, and the
+/// checkpoint key.
+pub fn load_engine_keys(dir: &Path) -> anyhow::Result<engine::app::EngineKeys> {
+    finish_interrupted_rotation(dir)?;
+    let private = load_engine_private(dir)?;
+    let set = load_engine_keyset(dir)?;
+    if set.current() != &private.public() {
+        bail!("the first key of engine.pub.pem is not engine.pem's; a rotation writes both (`vouchsafe keys rotate engine`)");
+    }
+    let mut retired = Vec::new();
+    for public in set.iter().skip(1) {
+        let path = dir.join(RETIRED_DIR).join(format!("{}.pem", public.key_id()));
+        warn_if_loose(&path);
+        let pem =
+            zeroize::Zeroizing::new(std::fs::read_to_string(&path).with_context(|| format!("cannot read {}, a key engine.pub.pem names", path.display()))?);
+        let old = RsaPrivate::from_pkcs8_pem(&pem).with_context(|| format!("{} is not a PKCS#8 RSA private key", path.display()))?;
+        if &old.public() != public {
+            bail!("{} is not the key its name says", path.display());
+        }
+        retired.push(old);
+    }
+    let token_path = dir.join(TOKEN_KEY);
+    let material = if token_path.exists() {
+        warn_if_loose(&token_path);
+        let text = zeroize::Zeroizing::new(std::fs::read_to_string(&token_path).with_context(|| format!("cannot read {}", token_path.display()))?);
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(text.trim(), &mut bytes).map_err(|_| anyhow::anyhow!("{} must hold 64 hex digits", token_path.display()))?;
+        let material = SecretKey::from_bytes(bytes);
+        zeroize::Zeroize::zeroize(&mut bytes);
+        material
+    } else {
+        engine::app::EngineKeys::token_key_material_of(&private)?
+    };
+    let mut keys = engine::app::EngineKeys::with_retired(private, retired, material)?;
+    keys.checkpoint = load_checkpoint_key(dir)?;
+    Ok(keys)
+}
+
+/// A rotation stopped between its two renames (`engine.pub.pem` names the new key, which is
+/// still `engine.pem.new`) is finished.
+fn finish_interrupted_rotation(dir: &Path) -> anyhow::Result<()> {
+    let staged = dir.join(format!("{ENGINE_PEM}.new"));
+    if !staged.exists() {
+        return Ok(());
+    }
+    let pem = zeroize::Zeroizing::new(std::fs::read_to_string(&staged).with_context(|| format!("cannot read {}", staged.display()))?);
+    let new = RsaPrivate::from_pkcs8_pem(&pem).with_context(|| format!("{} is not a PKCS#8 RSA private key", staged.display()))?;
+    if load_engine_keyset(dir)?.current() == &new.public() {
+        std::fs::rename(&staged, dir.join(ENGINE_PEM)).context("cannot finish the rotation: replacing engine.pem")?;
+        tracing::warn!(dir = %dir.display(), "finished a key rotation that stopped before engine.pem was replaced");
+    }
+    Ok(())
+}
+
+/// `vouchsafe keys rotate engine`: a new engine key in `dir`, the current one kept under
+/// `retired/`, the token key material written down (`token.key`) if it was not yet, and
+/// `engine.pub.pem` the set with the new key first. Each file is complete before the next
+/// is written and `engine.pem` is replaced last (renamed over), so a crash leaves the old
+/// key current. Returns (old key id, new key id).
+pub fn rotate_engine(dir: &Path) -> anyhow::Result<(String, String)> {
+    let keys = load_engine_keys(dir)?;
+    let old_id = keys.key_id();
+    let retired = dir.join(RETIRED_DIR);
+    std::fs::create_dir_all(&retired).with_context(|| format!("cannot create {}", retired.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&retired, std::fs::Permissions::from_mode(0o700)).with_context(|| format!("cannot make {} private", retired.display()))?;
+    }
+    write_private(&retired.join(format!("{old_id}.pem")), keys.private.to_pkcs8_pem()?.as_bytes())?;
+    if !dir.join(TOKEN_KEY).exists() {
+        write_secret(&dir.join(TOKEN_KEY), zeroize::Zeroizing::new(hex::encode(keys.token_key_material().expose())).as_bytes())?;
+    }
+    let new = RsaPrivate::generate(ENGINE_RSA_BITS)?;
+    let new_id = new.public().key_id();
+    let set = keys.set.rotated(new.public());
+    let staged_public = dir.join(format!("{ENGINE_PUB_PEM}.new"));
+    std::fs::write(&staged_public, set.to_pem_bundle()?).with_context(|| format!("cannot write {}", staged_public.display()))?;
+    let staged_private = dir.join(format!("{ENGINE_PEM}.new"));
+    write_private(&staged_private, new.to_pkcs8_pem()?.as_bytes())?;
+    std::fs::rename(&staged_public, dir.join(ENGINE_PUB_PEM)).context("cannot replace engine.pub.pem")?;
+    std::fs::rename(&staged_private, dir.join(ENGINE_PEM)).context("cannot replace engine.pem")?;
+    Ok((old_id, new_id))
 }
 
 pub fn load_royalty_master(dir: &Path) -> anyhow::Result<SecretKey> {
@@ -220,9 +324,9 @@ pub fn load_operator_id(dir: &Path) -> anyhow::Result<String> {
 /// Checks that a key directory is complete and consistent: every file loads and the
 /// public key matches the private one.
 pub fn check_dir(dir: &Path) -> anyhow::Result<()> {
+    finish_interrupted_rotation(dir)?;
     let private = load_engine_private(dir)?;
-    let public = crypto::RsaPublic::from_pem(&std::fs::read_to_string(dir.join(ENGINE_PUB_PEM))?)?;
-    if public != private.public() {
+    if load_engine_keyset(dir)?.current() != &private.public() {
         bail!("engine.pub.pem does not match engine.pem");
     }
     load_royalty_master_if_present(dir)?;

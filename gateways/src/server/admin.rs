@@ -154,6 +154,48 @@ impl pb::admin_service_server::AdminService for Api {
         self.answer(result)
     }
 
+    async fn rotate_engine_key(&self, request: Request<pb::RotateEngineKeyRequest>) -> Result<Response<pb::EngineKeyResponse>, Status> {
+        let result = async {
+            let operator = Self::operator(&request)?;
+            let message = request.get_ref();
+            let request_id = request_id(&message.request_id)?;
+            let dir = self.state.config.keys_dir.clone();
+            // Reading and checking RSA keys: off the async threads.
+            let loaded = tokio::task::spawn_blocking(move || crate::common::keys::load_engine_keys(&dir))
+                .await
+                .map_err(|error| crate::server::status::key_directory_task_failed(&error))?
+                .map_err(|error| crate::server::status::key_directory_unloadable(&error))?;
+            if loaded.key_id() != message.key_id {
+                return Err(crate::server::status::key_directory_not_rotated(&loaded.key_id(), &message.key_id));
+            }
+            let before = self.market().keys().key_id();
+            let older: Vec<_> = loaded.retired().iter().map(engine::crypto::RsaPrivate::public).collect();
+            self.market().rotate_engine_key(&operator, &request_id, loaded).await.map_err(fail)?;
+            self.state.live.add_older_engine_keys(older);
+            let keys = self.market().keys();
+            Ok(pb::EngineKeyResponse {
+                current_key_id: keys.key_id(),
+                key_ids: keys.set.iter().map(|key| key.key_id()).collect(),
+                changed: before != keys.key_id(),
+            })
+        }
+        .await;
+        self.answer(result)
+    }
+
+    async fn revoke_engine_key(&self, request: Request<pb::RevokeEngineKeyRequest>) -> Result<Response<pb::EngineKeyResponse>, Status> {
+        let result = async {
+            let operator = Self::operator(&request)?;
+            let message = request.get_ref();
+            let request_id = request_id(&message.request_id)?;
+            let changed = self.market().revoke_engine_key(&operator, &request_id, &message.key_id).await.map_err(fail)?;
+            let keys = self.market().keys();
+            Ok(pb::EngineKeyResponse { current_key_id: keys.key_id(), key_ids: keys.set.iter().map(|key| key.key_id()).collect(), changed })
+        }
+        .await;
+        self.answer(result)
+    }
+
     async fn drain_node(&self, request: Request<pb::NodeAdminRequest>) -> Result<Response<pb::NodeAdminResponse>, Status> {
         let result = async {
             let operator = Self::operator(&request)?;

@@ -71,14 +71,17 @@ impl pb::audit_service_server::AuditService for Api {
             let _permit = permit;
             let progress_sender = sender.clone();
             let mut reported = 0u64;
-            let report = projections::audit::replay(state.log.as_ref(), &master, &state.engine_public, pin, move |events| {
+            let keys = state.market.keys();
+            let options = projections::audit::AuditOptions { pin, older_engine_keys: keys.set.iter().skip(1).cloned().collect(), ..Default::default() };
+            let report = projections::audit::replay_with(state.log.as_ref(), &master, &keys.public, options, move |events| {
                 if events >= reported + REPLAY_PROGRESS_EVERY_EVENTS {
                     reported = events;
                     // Progress is best effort: a slow reader skips updates, never the result.
                     let _ = progress_sender.try_send(Ok(pb::ReplayProgress { events, ..Default::default() }));
                 }
             })
-            .await;
+            .await
+            .map(|(report, _)| report);
             let last = match report {
                 Ok(report) => Ok(pb::ReplayProgress {
                     events: report.events,
@@ -109,7 +112,9 @@ impl pb::audit_service_server::AuditService for Api {
         let result = async {
             let master = self.state.royalty_master.as_ref().ok_or_else(|| crate::server::status::royalty_master_with_the_auditor("a chain verification"))?;
             let _permit = Arc::clone(&self.state.replays).try_acquire_owned().map_err(|_| replays_busy())?;
-            let report = projections::audit::replay(self.state.log.as_ref(), master, &self.state.engine_public, None, |_| {})
+            let keys = self.market().keys();
+            let options = projections::audit::AuditOptions { older_engine_keys: keys.set.iter().skip(1).cloned().collect(), ..Default::default() };
+            let (report, _) = projections::audit::replay_with(self.state.log.as_ref(), master, &keys.public, options, |_| {})
                 .await
                 .map_err(|error| crate::server::status::stream_unreadable("the replay", &error))?;
             Ok(pb::VerifyChainResponse {
@@ -179,7 +184,7 @@ impl Api {
         let master = self.state.royalty_master.as_ref().ok_or_else(|| crate::server::status::royalty_master_with_the_auditor("a rights statement"))?;
         let _permit = Arc::clone(&self.state.replays).try_acquire_owned().map_err(|_| replays_busy())?;
         let (report, statement) =
-            projections::statement::verified_statement(self.state.log.as_ref(), master, &self.state.engine_public, holder, name, period, |_| {})
+            projections::statement::verified_statement(self.state.log.as_ref(), master, &self.market().keys().set, holder, name, period, |_| {})
                 .await
                 .map_err(|error| match error {
                     StatementError::Audit(error) => crate::server::status::stream_unreadable("the replay", &error),

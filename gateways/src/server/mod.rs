@@ -35,9 +35,9 @@ use jobs::{lease_keeper, rate_sampler, sealer, sweeper};
 use crate::server::front_door::{Authenticator, FrontDoor, Limits};
 use crate::server::metrics::{Metrics, NodeLabel};
 use anyhow::Context;
-use engine::app::{EngineKeys, Market};
+use engine::app::Market;
 use engine::clock::{Clock, SystemClock};
-use engine::crypto::{RsaPublic, SecretKey};
+use engine::crypto::SecretKey;
 use engine::domain::voucher::VoucherStatus;
 use engine::ids::*;
 use engine::log::EventLog;
@@ -163,7 +163,6 @@ pub struct EngineState {
     /// engine can also rebuild its chain and answer AuditService's replays); `None` in the
     /// forward-secure layout, where the projection store's chain key is all it keeps.
     pub(super) royalty_master: Option<SecretKey>,
-    pub(super) engine_public: RsaPublic,
     pub(super) config: EngineConfig,
     pub(super) started: Instant,
     pub(super) shutdown: watch::Receiver<bool>,
@@ -403,9 +402,7 @@ fn bail_chain_needs_handover(config: &EngineConfig) -> anyhow::Result<()> {
 /// from the stream, then serves.
 pub async fn start(config: EngineConfig, log: Arc<dyn EventLog>, listener: tokio::net::TcpListener) -> anyhow::Result<RunningEngine> {
     crate::common::keys::check_dir(&config.keys_dir)?;
-    let mut keys = EngineKeys::new(crate::common::keys::load_engine_private(&config.keys_dir)?)?;
-    keys.checkpoint = crate::common::keys::load_checkpoint_key(&config.keys_dir)?;
-    let keys = Arc::new(keys);
+    let keys = Arc::new(crate::common::keys::load_engine_keys(&config.keys_dir)?);
     let royalty_master = crate::common::keys::load_royalty_master_if_present(&config.keys_dir)?;
     let operator = crate::common::cred::Credential::load(&config.keys_dir.join(crate::common::keys::OPERATOR_CRED))?;
     let media = MediaStore::open(&config.media_dir.clone().unwrap_or_else(|| config.data_dir.join("media")))?;
@@ -438,6 +435,8 @@ pub async fn start(config: EngineConfig, log: Arc<dyn EventLog>, listener: tokio
     if !live.read(|p| p.royalty.chained()) {
         bail_chain_needs_handover(&config)?;
     }
+    // Seals signed with keys rotated out still check out in the engine's own view.
+    live.add_older_engine_keys(keys.retired().iter().map(engine::crypto::RsaPrivate::public).collect());
     let runner = {
         let live = live.clone();
         let log = Arc::clone(&log);
@@ -515,7 +514,6 @@ pub async fn start(config: EngineConfig, log: Arc<dyn EventLog>, listener: tokio
         rate: RateMeter::default(),
         replays: Arc::new(tokio::sync::Semaphore::new(REPLAYS_IN_FLIGHT_MAX)),
         royalty_master,
-        engine_public: keys.public.clone(),
         config: config.clone(),
         started: Instant::now(),
         shutdown: shutdown.clone(),

@@ -43,6 +43,8 @@ pub fn rejection_code(rejection: &Rejection) -> Code {
         Rejection::NoNodeAvailable | Rejection::PreviewQuotaReached => Code::ResourceExhausted,
         Rejection::NodeStillServes | Rejection::KeysReleased | Rejection::SlotLeaseLost => Code::FailedPrecondition,
         Rejection::Overflow => Code::OutOfRange,
+        // Another rotation came first, or the retired key's grace has not passed.
+        Rejection::KeyRotationStale { .. } | Rejection::KeyInGrace { .. } => Code::FailedPrecondition,
     }
 }
 
@@ -151,6 +153,23 @@ pub fn royalty_master_with_the_auditor(what: &str) -> Status {
     ))
 }
 
+/// The engine's key directory does not load for a rotation (the reason names files, never
+/// key material).
+pub fn key_directory_unloadable(error: &anyhow::Error) -> Status {
+    Status::failed_precondition(format!("the key directory does not load: {error:#}; fix it and rotate again"))
+}
+
+pub fn key_directory_task_failed(error: &dyn std::fmt::Display) -> Status {
+    with_error_id(Code::Internal, "loading the key directory failed", error)
+}
+
+/// A rotation asked for a key the engine's key directory does not hold as its current one.
+pub fn key_directory_not_rotated(found: &str, asked: &str) -> Status {
+    Status::failed_precondition(format!(
+        "the key directory's engine.pem is key {found}, not {asked}: run `vouchsafe keys rotate engine` on this engine's key directory"
+    ))
+}
+
 /// The stream could not be read while serving (a replay, a feed, the head).
 pub fn stream_unreadable(what: &str, error: &dyn std::fmt::Display) -> Status {
     with_error_id(Code::Unavailable, &format!("{what} could not read the stream; retry"), error)
@@ -244,6 +263,8 @@ mod tests {
             Rejection::RecoveriesExhausted { recoveries_max: 3 },
             Rejection::RentalEnded { ended_at: Millis(5) },
             Rejection::RentalPlaysExhausted { plays_max: 3 },
+            Rejection::KeyRotationStale { current: "k2".into() },
+            Rejection::KeyInGrace { until: Millis(5) },
         ]
     }
 
@@ -279,6 +300,8 @@ mod tests {
             Code::FailedPrecondition,
             Code::OutOfRange,
             Code::PermissionDenied,
+            Code::FailedPrecondition,
+            Code::FailedPrecondition,
             Code::FailedPrecondition,
             Code::FailedPrecondition,
             Code::FailedPrecondition,

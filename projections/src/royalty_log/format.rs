@@ -10,7 +10,8 @@
 //!   usage digest after it, its leaf hash in the tree (the tree's upper levels are
 //!   rebuilt from the leaves at load) and its key commitment (format 15);
 //! - `rt/` dimension byte ‖ key → JSON `TotalsRecord`;
-//! - `rl/` index → JSON `SealRecord`; `rf/` index → JSON `FaultRecord`.
+//! - `rl/` index → JSON `SealRecord`; `rf/` index → JSON `FaultRecord`;
+//! - `rk/` engine key id → `revoked` (a key the stream revoked: seals it signs later are faults).
 //!
 //! Entries, seals and faults only grow, so a commit writes their tails (`Tails`: how many
 //! the store holds). The usage and seal counters are in the store's checkpoint. Not stored:
@@ -34,6 +35,7 @@ pub(crate) const ENTRY_PREFIX: &Prefix = b"re/";
 pub(crate) const TOTALS_PREFIX: &Prefix = b"rt/";
 pub(crate) const SEAL_PREFIX: &Prefix = b"rl/";
 pub(crate) const FAULT_PREFIX: &Prefix = b"rf/";
+pub(crate) const REVOKED_KEY_PREFIX: &Prefix = b"rk/";
 
 /// Sales: `rs/` voucher → JSON `SaleRecord`.
 #[derive(Debug)]
@@ -274,6 +276,7 @@ pub(crate) enum Change {
     Entry(u64, Box<EntryRecord>),
     Seal(u64, Box<RightsReportSealed>, i64),
     Fault(u64, SealFault),
+    RevokedKey(String),
 }
 
 impl Change {
@@ -287,6 +290,7 @@ impl Change {
             Change::Entry(index, record) => RowWrite::Append { key: index_key(ENTRY_PREFIX, index), value: json(&*record, "royalty entry")? },
             Change::Seal(index, seal, sealed_at_ms) => RowWrite::Append { key: index_key(SEAL_PREFIX, index), value: seal_value(&seal, sealed_at_ms)? },
             Change::Fault(index, fault) => RowWrite::Append { key: index_key(FAULT_PREFIX, index), value: fault_value(&fault)? },
+            Change::RevokedKey(key_id) => RowWrite::Put { key: key(REVOKED_KEY_PREFIX, key_id.as_bytes()), value: b"revoked".to_vec() },
         })
     }
 }
@@ -315,6 +319,9 @@ impl RoyaltyLog {
         for id in self.touched_previews.take() {
             let merchant = self.previews.get(&id).cloned();
             changes.push(Change::PreviewMerchant(id, merchant));
+        }
+        if std::mem::take(&mut self.touched_revocations) {
+            changes.extend(self.revoked_engine_keys.iter().cloned().map(Change::RevokedKey));
         }
         for key in self.touched_totals.take() {
             let line = self.totals.get(&key).copied();
@@ -367,6 +374,7 @@ pub(crate) struct Reader {
     totals: BTreeMap<(Dimension, String), TotalsLine>,
     seals: BTreeMap<u64, (RightsReportSealed, i64)>,
     faults: BTreeMap<u64, SealFault>,
+    revoked_keys: std::collections::BTreeSet<String>,
 }
 
 impl Reader {
@@ -463,6 +471,9 @@ impl Reader {
                 self.faults
                     .insert(index, SealFault { seq: Seq(record.seq), first_entry: record.first_entry, last_entry: record.last_entry, reason: record.reason });
             }
+            p if p == REVOKED_KEY_PREFIX => {
+                self.revoked_keys.insert(utf8(id, "revoked engine key")?);
+            }
             _ => return Ok(false),
         }
         Ok(true)
@@ -485,6 +496,7 @@ impl Reader {
             seals_verified,
             seal_faults,
             bind_seq,
+            revoked_engine_keys: self.revoked_keys,
             ..RoyaltyLog::default()
         };
         for stored in entries {

@@ -648,3 +648,68 @@ fn a_resumed_chain_continues_the_uninterrupted_one() {
     assert!(Chain::resume(&SecretKey::from_bytes([4; 32]), EPOCH, entries.last()).is_err(), "another master key");
     assert!(Chain::resume(&master(), EPOCH + 1, entries.last()).is_err(), "another epoch");
 }
+
+/// Issue 28, rotation: seals signed with the engine key of before a rotation still verify
+/// with the rotated set (its older keys found by id); once the stream revokes that key, a
+/// seal it signs is a fault, while the new key's seals verify. Controls: without the older
+/// key the old seal faults; without the revocation the old key's later seal verifies. The
+/// revocation survives a commit and a reload.
+#[test]
+fn seals_verify_with_the_key_they_name_and_a_revoked_keys_later_seal_is_a_fault() {
+    let (old, new) = (test_keys::fixed_rsa(), test_keys::fixed_rsa_2());
+    let rotated = || {
+        let mut projections = Projections::with_royalty_keys(&master(), Some(new.public()));
+        projections.royalty.older_engine_keys = vec![old.public()];
+        projections
+    };
+    let seal_with = |projections: &mut Projections, key: &engine::crypto::RsaPrivate| {
+        let mut seal = projections.unsigned_seal(1).expect("chained").expect("entries to seal");
+        engine::seal::sign_seal_with(key, Some(&checkpoint_key()), &mut seal).expect("sign");
+        let event = stored(projections.last_seq.0 + 1, Event::RightsReportSealed(seal));
+        projections.apply(&event).expect("apply the seal");
+    };
+    let mut projections = rotated();
+    apply_all(&mut projections, script(), true);
+    assert_eq!((projections.royalty.seals_verified, projections.royalty.seal_faults.len()), (1, 0), "the old key's seal verifies after the rotation");
+    let mut only_new = Projections::with_royalty_keys(&master(), Some(new.public()));
+    apply_all(&mut only_new, script(), true);
+    assert_eq!(only_new.royalty.seal_faults.len(), 1, "control: without the older key the old seal does not verify");
+
+    let mut unrevoked = rotated();
+    apply_all(&mut unrevoked, script(), true);
+    another_usage(&mut unrevoked);
+    seal_with(&mut unrevoked, &old);
+    assert!(unrevoked.royalty.seal_faults.is_empty(), "control: not revoked, the old key's later seal verifies");
+
+    apply_all(&mut projections, vec![Event::EngineKeyRevoked { key_id: old.public().key_id() }], false);
+    another_usage(&mut projections);
+    seal_with(&mut projections, &old);
+    let fault = projections.royalty.seal_faults.last().expect("a fault").reason.clone();
+    assert!(fault.contains("revoked"), "{fault}");
+    let (faults, verified) = (projections.royalty.seal_faults.len(), projections.royalty.seals_verified);
+    let (preview, media, node) = (PreviewId::new("p3"), MediaId::new("md1"), NodeId::new("n2"));
+    let started = Event::PreviewStarted {
+        preview_id: preview.clone(),
+        media_id: media.clone(),
+        node_id: node.clone(),
+        merchant_id: MerchantId::new("m0"),
+        clip_ms: 10,
+        lapses_at: Millis(90_000),
+        lease: 0,
+    };
+    apply_all(&mut projections, vec![started, Event::PreviewEnded { preview_id: preview, played_ms: 4, media_id: media, node_id: node }], false);
+    seal_with(&mut projections, &new);
+    assert_eq!((projections.royalty.seal_faults.len(), projections.royalty.seals_verified), (faults, verified + 1), "the new key's seal verifies");
+
+    // Stored and loaded, the revocation is still known.
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let (store, _) = ProjectionStore::open(dir.path()).expect("open");
+    let mut loaded = store.load(Some(&master()), Some(new.public())).expect("load");
+    apply_all(&mut loaded, script(), false);
+    apply_all(&mut loaded, vec![Event::EngineKeyRevoked { key_id: old.public().key_id() }], false);
+    store.commit(&mut loaded).expect("commit");
+    drop((store, loaded));
+    let (store, _) = ProjectionStore::open(dir.path()).expect("reopen");
+    let loaded = store.load(Some(&master()), Some(new.public())).expect("load");
+    assert!(loaded.royalty.revoked_engine_keys.contains(&old.public().key_id()), "the revocation survives a reload");
+}

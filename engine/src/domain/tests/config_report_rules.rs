@@ -224,3 +224,46 @@ fn seal_hash_covers_the_chained_fields() {
         assert_ne!(Report::seal_hash(&changed), hash, "{changed:?}");
     }
 }
+
+// ---------------------------------------------------------------- engine key rotation
+
+fn rotate(key_id: &str, previous: &str) -> ConfigCommand {
+    ConfigCommand::RotateEngineKey { key_id: key_id.into(), public_key_der: vec![0x30, 1], previous_key_id: previous.into() }
+}
+fn rotated(key_id: &str, previous: &str, at: crate::ids::Millis) -> Event {
+    Event::EngineKeyRotated { key_id: key_id.into(), public_key_der: vec![0x30, 1], previous_key_id: previous.into(), rotated_at: at }
+}
+fn revoke(key_id: &str) -> ConfigCommand {
+    ConfigCommand::RevokeEngineKey { key_id: key_id.into() }
+}
+
+/// A rotation names a new key and the key it replaces, which must be the one the engine
+/// signs with now: two operators rotating at once cannot both win. A retry changes nothing;
+/// an old key cannot come back.
+#[test]
+fn an_engine_key_rotates_from_the_current_key_to_a_new_one() {
+    check::<Config>(&[], rotate("k2", "k1"), T0, Ok(vec![rotated("k2", "k1", T0)]));
+    check::<Config>(&[rotated("k2", "k1", T0)], rotate("k2", "k1"), T0, Ok(vec![]));
+    check::<Config>(&[rotated("k2", "k1", T0)], rotate("k3", "k2"), T0, Ok(vec![rotated("k3", "k2", T0)]));
+    check::<Config>(&[rotated("k2", "k1", T0)], rotate("k3", "k1"), T0, Err(crate::domain::Rejection::KeyRotationStale { current: "k2".into() }));
+    check_invalid::<Config>(&[rotated("k2", "k1", T0)], rotate("k1", "k2"), T0, "key_id");
+    check_invalid::<Config>(&[], rotate("k1", "k1"), T0, "key_id");
+}
+
+/// A retired key is revoked only after the grace period (what engines that had not yet
+/// reloaded signed meanwhile still verifies); the current key never; a second revocation
+/// changes nothing.
+#[test]
+fn a_retired_engine_key_is_revoked_only_after_its_grace_period() {
+    let grace = crate::domain::config::KEY_REVOKE_GRACE_MS_KEY;
+    let history = [changed(grace, "60000"), rotated("k2", "k1", T0)];
+    let until = T0.plus_ms(60_000);
+    check::<Config>(&history, revoke("k1"), T0.plus_ms(59_999), Err(crate::domain::Rejection::KeyInGrace { until }));
+    check::<Config>(&history, revoke("k1"), until, Ok(vec![Event::EngineKeyRevoked { key_id: "k1".into() }]));
+    let revoked = [changed(grace, "60000"), rotated("k2", "k1", T0), Event::EngineKeyRevoked { key_id: "k1".into() }];
+    check::<Config>(&revoked, revoke("k1"), until, Ok(vec![]));
+    check_invalid::<Config>(&history, revoke("k2"), until, "key_id");
+    check::<Config>(&history, revoke("k9"), until, Err(crate::domain::Rejection::NotFound { kind: "retired engine key", id: "k9".into() }));
+    let state = fold::<Config>(&revoked);
+    assert!(state.key_revoked("k1") && !state.key_revoked("k2"));
+}

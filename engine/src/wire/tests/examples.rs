@@ -20,7 +20,7 @@ use std::collections::BTreeSet;
 /// How many variants `Event` has. Adding a variant stops `variant_index` from compiling:
 /// give the new variant the next index, raise this count, add a hand-written example with
 /// its protobuf counterpart to `examples` and an arm to `arb_event`.
-pub(super) const VARIANT_COUNT: usize = 41;
+pub(super) const VARIANT_COUNT: usize = 43;
 
 /// The position of an event's variant, by a `match` with no wildcard arm, so that a new
 /// variant cannot be added without these tests being told about it.
@@ -67,6 +67,8 @@ pub(super) fn variant_index(event: &Event) -> usize {
         Event::SlotsLeased { .. } => 38,
         Event::SlotsWanted { .. } => 39,
         Event::RentalPlayEnded { .. } => 40,
+        Event::EngineKeyRotated { .. } => 41,
+        Event::EngineKeyRevoked { .. } => 42,
     }
 }
 
@@ -698,6 +700,16 @@ pub(super) fn examples() -> Vec<(Event, E)> {
             Event::ConfigChanged { key: "reservation_ttl_ms".into(), value: "300000".into() },
             E::ConfigChanged(pb::ConfigChanged { key: "reservation_ttl_ms".into(), value: "300000".into() }),
         ),
+        (
+            Event::EngineKeyRotated { key_id: "k2".into(), public_key_der: vec![0x30, 2], previous_key_id: "k1".into(), rotated_at: Millis(1_700) },
+            E::EngineKeyRotated(pb::EngineKeyRotated {
+                key_id: "k2".into(),
+                public_key_der: vec![0x30, 2],
+                previous_key_id: "k1".into(),
+                rotated_at_ms: 1_700,
+            }),
+        ),
+        (Event::EngineKeyRevoked { key_id: "k1".into() }, E::EngineKeyRevoked(pb::EngineKeyRevoked { key_id: "k1".into() })),
     ]
 }
 

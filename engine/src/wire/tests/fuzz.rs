@@ -305,7 +305,9 @@ fn hash_fields(event: &mut E) -> Vec<(&'static str, &mut Vec<u8>)> {
         | E::HoldReleased(_)
         | E::OrderPlaced(_)
         | E::UnitCompleted(_)
-        | E::ConfigChanged(_) => vec![],
+        | E::ConfigChanged(_)
+        | E::EngineKeyRotated(_)
+        | E::EngineKeyRevoked(_) => vec![],
     }
 }
 
@@ -357,7 +359,9 @@ fn enum_fields(event: &mut E) -> Vec<(&'static str, &mut i32, i32)> {
         | E::OrderPlaced(_)
         | E::UnitBound(_)
         | E::UnitCompleted(_)
-        | E::ConfigChanged(_) => vec![],
+        | E::ConfigChanged(_)
+        | E::EngineKeyRotated(_)
+        | E::EngineKeyRevoked(_) => vec![],
     }
 }
 

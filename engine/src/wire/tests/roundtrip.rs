@@ -343,6 +343,13 @@ fn arb_event() -> BoxedStrategy<Event> {
             }),
         (id(OrderId), u32s()).prop_map(|(order_id, unit)| Event::UnitCompleted { order_id, unit }),
         (text(), text()).prop_map(|(key, value)| Event::ConfigChanged { key, value }),
+        (text(), bytes(), text(), millis()).prop_map(|(key_id, public_key_der, previous_key_id, rotated_at)| Event::EngineKeyRotated {
+            key_id,
+            public_key_der,
+            previous_key_id,
+            rotated_at
+        }),
+        text().prop_map(|key_id| Event::EngineKeyRevoked { key_id }),
     ]
     .boxed()
 }
