@@ -52,7 +52,7 @@ fn main() {
     );
     println!("checkpoint note: {} bytes", note.len());
     let log = VecLog { events: events.clone(), pause_every: 0 };
-    let options = |since| AuditOptions { checkpoint_key: Some(checkpoint_key().verifier()), pin: None, since };
+    let options = |since| AuditOptions { checkpoint_key: Some(checkpoint_key().verifier()), pin: None, since, ..AuditOptions::default() };
     for round in 1..=rounds {
         let started = Instant::now();
         let (full, projections) = runtime.block_on(replay_with(&log, &master(), &engine_public(), options(None), |_| {})).expect("replay");

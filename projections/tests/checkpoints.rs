@@ -23,7 +23,7 @@ async fn audit(events: &[StoredEvent], options: AuditOptions) -> AuditReport {
 }
 
 fn keyed(since: Option<Checkpoint>) -> AuditOptions {
-    AuditOptions { checkpoint_key: Some(checkpoint_key().verifier()), pin: None, since }
+    AuditOptions { checkpoint_key: Some(checkpoint_key().verifier()), pin: None, since, ..AuditOptions::default() }
 }
 
 /// The seals of a stream, with their positions.

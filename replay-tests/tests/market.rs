@@ -572,7 +572,7 @@ async fn no_seal_is_made_while_the_projections_lag_the_log_by_more_than_half_the
     let before = stream_len(&f.log).await;
     let market_over = |ahead: u64| {
         let log: Arc<dyn EventLog> = Arc::new(HeadAhead { inner: Arc::clone(&f.log), ahead });
-        Market::new(log, f.clock.clone() as Arc<dyn Clock>, Arc::clone(f.market().keys()), Arc::new(OneNode(f.node.clone())))
+        Market::new(log, f.clock.clone() as Arc<dyn Clock>, f.market().keys(), Arc::new(OneNode(f.node.clone())))
     };
 
     // A seal names the projections' position, whose stream head a replay must still hold
@@ -598,7 +598,7 @@ async fn concurrent_issues_never_exceed_a_nodes_slots() {
         let (live, log) = (live.clone(), Arc::clone(&f.log));
         tokio::spawn(async move { live.run(log).await })
     };
-    let keys = Arc::clone(f.market().keys());
+    let keys = f.market().keys();
     let market = Arc::new(Market::new(Arc::clone(&f.log), f.clock.clone() as Arc<dyn Clock>, keys, Arc::new(live.clone())));
     // The fixture registered one node with 8 slots; shrink it to 3.
     let small = node_id_for("op", &req("node-small"));
