@@ -91,6 +91,24 @@ impl KeySet {
     }
 }
 
+/// What a seal or a record is checked with: one key (which must be the one it names), or a
+/// set, where the key it names is looked up.
+pub trait EngineKeyLookup {
+    fn key_for(&self, key_id: &str) -> Option<&RsaPublic>;
+}
+
+impl EngineKeyLookup for RsaPublic {
+    fn key_for(&self, _key_id: &str) -> Option<&RsaPublic> {
+        Some(self)
+    }
+}
+
+impl EngineKeyLookup for KeySet {
+    fn key_for(&self, key_id: &str) -> Option<&RsaPublic> {
+        self.get(key_id)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

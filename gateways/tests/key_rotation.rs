@@ -173,6 +173,12 @@ fn the_engine_key_rotates_while_serving_old_signatures_verify_and_a_retired_key_
     assert_eq!(code, 0, "{audit} {stderr}");
     assert_eq!((audit["chain_ok"].as_bool(), &audit["first_bad"]), (Some(true), &serde_json::Value::Null), "{audit}");
     assert!(audit["seals_verified"].as_u64().is_some_and(|seals| seals >= 2), "{audit}");
+    // The exported log verifies alone with the key set too.
+    let (code, _, stderr) =
+        run(vouchsafe().args(["audit", "export", "--data-dir", "engine", "--keys", "keys", "--format", "log", "--out", "royalty.log"]), &root);
+    assert_eq!(code, 0, "{stderr}");
+    let (code, verified, stderr) = run(vouchsafe().args(["audit", "verify", "royalty.log", "--keys", "keys", "--json"]), &root);
+    assert_eq!((code, verified["chain_ok"].as_bool()), (0, Some(true)), "{verified} {stderr}");
     // The control: an auditor holding only the new key (its engine.pub.pem not the set)
     // cannot verify the seals signed before the rotation.
     std::fs::create_dir(root.join("only-new")).expect("dir");
@@ -182,4 +188,6 @@ fn the_engine_key_rotates_while_serving_old_signatures_verify_and_a_retired_key_
     std::fs::copy(root.join("keys/royalty-master.key"), root.join("only-new/royalty-master.key")).expect("copy");
     let (code, partial, _) = run(vouchsafe().args(["audit", "replay", "--data-dir", "engine", "--keys", "only-new", "--json"]), &root);
     assert_eq!(code, 1, "the old seals need the old key: {partial}");
+    let (code, unverified, _) = run(vouchsafe().args(["audit", "verify", "royalty.log", "--keys", "only-new", "--json"]), &root);
+    assert_eq!(code, 1, "the exported old seals need the old key too: {unverified}");
 }

@@ -10,9 +10,10 @@
 
 use crate::royalty::{self, Chain, ChainedEntry, Entry, UsageKind};
 use crate::royalty_log::{RoyaltyLog, usage_digest};
-use engine::crypto::{self, RsaPublic, SecretKey};
+use engine::crypto::{self, SecretKey};
 use engine::domain::event::{RightsReportSealed, SealCheckpoint};
 use engine::domain::report::Report;
+use engine::keyset::EngineKeyLookup;
 use engine::note::{Checkpoint, NoteVerifier, SignedNote};
 use engine::tlog::Tree;
 use serde::{Deserialize, Serialize};
@@ -201,7 +202,7 @@ pub fn open_entries_tree(log: &ExportedLog, master: &SecretKey) -> Opened {
 }
 
 /// Verifies an exported log with the master key and the engine's public key.
-pub fn verify_log(log: &ExportedLog, master: &SecretKey, engine_key: &RsaPublic, pin: Option<[u8; 32]>) -> VerifyReport {
+pub fn verify_log(log: &ExportedLog, master: &SecretKey, engine_key: &(impl EngineKeyLookup + ?Sized), pin: Option<[u8; 32]>) -> VerifyReport {
     verify_log_with(log, master, engine_key, None, pin)
 }
 
@@ -210,7 +211,7 @@ pub fn verify_log(log: &ExportedLog, master: &SecretKey, engine_key: &RsaPublic,
 pub fn verify_log_with(
     log: &ExportedLog,
     master: &SecretKey,
-    engine_key: &RsaPublic,
+    engine_key: &(impl EngineKeyLookup + ?Sized),
     checkpoint_key: Option<&NoteVerifier>,
     pin: Option<[u8; 32]>,
 ) -> VerifyReport {
@@ -240,7 +241,7 @@ pub fn verify_log_with(
             }
         };
         let last = usize::try_from(seal.last_entry).unwrap_or(usize::MAX);
-        let problem = if !royalty::verify_seal(engine_key, &seal) {
+        let problem = if !engine_key.key_for(&seal.engine_key_id).is_some_and(|key| royalty::verify_seal(key, &seal)) {
             Some("signature does not verify with the engine key".to_string())
         } else if seal.prev_seal_hash != prev_hash {
             Some("does not link to the previous seal (a seal was removed or reordered)".into())
@@ -351,7 +352,7 @@ pub enum ProveError {
 }
 
 /// Inclusion proofs for every delivery of `voucher_id` in a (verified) exported log.
-pub fn prove(log: &ExportedLog, master: &SecretKey, engine_key: &RsaPublic, voucher_id: &str) -> Result<Vec<ProofBundle>, ProveError> {
+pub fn prove(log: &ExportedLog, master: &SecretKey, engine_key: &(impl EngineKeyLookup + ?Sized), voucher_id: &str) -> Result<Vec<ProofBundle>, ProveError> {
     let report = verify_log(log, master, engine_key, None);
     if let Some(bad) = report.first_bad {
         return Err(ProveError::Unverified(bad.reason));
@@ -403,14 +404,14 @@ pub fn prove(log: &ExportedLog, master: &SecretKey, engine_key: &RsaPublic, vouc
 }
 
 /// Checks a proof bundle with the engine's public key alone and returns the proven entry.
-pub fn check_proof(bundle: &ProofBundle, engine_key: &RsaPublic) -> Result<Entry, String> {
+pub fn check_proof(bundle: &ProofBundle, engine_key: &(impl EngineKeyLookup + ?Sized)) -> Result<Entry, String> {
     check_proof_with(bundle, engine_key, None).map(|proven| proven.entry)
 }
 
 /// Checks a proof bundle with the engine's public key (and the checkpoint key, when given).
 /// A checkpointed seal's bundle must prove the entry's leaf in the checkpoint's tree, whose
 /// leaf commits to the entry key: a key the bundle carries is never trusted alone there.
-pub fn check_proof_with(bundle: &ProofBundle, engine_key: &RsaPublic, checkpoint_key: Option<&NoteVerifier>) -> Result<Proven, String> {
+pub fn check_proof_with(bundle: &ProofBundle, engine_key: &(impl EngineKeyLookup + ?Sized), checkpoint_key: Option<&NoteVerifier>) -> Result<Proven, String> {
     if bundle.format != PROOF_FORMAT && bundle.format != PROOF_FORMAT_TREE {
         return Err(format!("format {:?} is neither {PROOF_FORMAT} nor {PROOF_FORMAT_TREE}", bundle.format));
     }
@@ -418,7 +419,7 @@ pub fn check_proof_with(bundle: &ProofBundle, engine_key: &RsaPublic, checkpoint
         return Err("the Merkle path is longer than any tree".into());
     }
     let seal = bundle.seal.to_seal()?;
-    if !royalty::verify_seal(engine_key, &seal) {
+    if !engine_key.key_for(&seal.engine_key_id).is_some_and(|key| royalty::verify_seal(key, &seal)) {
         return Err("the seal's signature does not verify with the engine key".into());
     }
     if seal.epoch != bundle.epoch || bundle.entry_index < seal.first_entry || bundle.entry_index > seal.last_entry {
@@ -469,7 +470,12 @@ pub fn check_proof_with(bundle: &ProofBundle, engine_key: &RsaPublic, checkpoint
 
 /// Verifies what a damaged file held up to its damage: the first bad position is an entry
 /// that fails before the damage, else the damage itself.
-pub fn verify_damaged(damage: &Damage, master: &SecretKey, engine_key: &RsaPublic, checkpoint_key: Option<&NoteVerifier>) -> VerifyReport {
+pub fn verify_damaged(
+    damage: &Damage,
+    master: &SecretKey,
+    engine_key: &(impl EngineKeyLookup + ?Sized),
+    checkpoint_key: Option<&NoteVerifier>,
+) -> VerifyReport {
     let mut report = verify_log_with(&damage.partial, master, engine_key, checkpoint_key, None);
     let earlier = report.first_bad.take().filter(|bad| bad.seal.is_none() && bad.entry.zip(damage.entry).is_some_and(|(bad, damaged)| bad < damaged));
     report.first_bad = Some(earlier.unwrap_or_else(|| VerifyBad {

@@ -185,10 +185,11 @@ const USAGE_COLUMNS: [&str; 17] = [
 /// does not audit clean (an export must not launder tampering).
 pub async fn rebuild(backend: &crate::common::backend::BackendArgs, keys_dir: &Path) -> anyhow::Result<(AuditReport, ExportedLog, Vec<Entry>)> {
     let master = crate::common::keys::load_royalty_master(keys_dir)?;
-    let public = crate::common::keys::load_engine_public(keys_dir)?;
+    let set = crate::common::keys::load_engine_keyset(keys_dir)?;
     let log = backend.open_read_only().await?;
     let bar = crate::common::progress::events(log.last_seq().await?.0, "rebuilding the royalty log");
-    let (report, projections) = audit::replay_full(log.as_ref(), &master, &public, None, |events| {
+    let options = audit::AuditOptions { older_engine_keys: set.iter().skip(1).cloned().collect(), ..Default::default() };
+    let (report, projections) = audit::replay_with(log.as_ref(), &master, set.current(), options, |events| {
         if let Some(bar) = &bar {
             bar.set_position(events);
         }
@@ -279,7 +280,7 @@ pub fn write_dsr(report: &AuditReport, entries: &[Entry], parties: &dsr::DsrPart
 /// `audit verify FILE`: an exported log alone.
 pub fn verify_file(file: &Path, keys_dir: &Path, pin: Option<[u8; 32]>) -> anyhow::Result<VerifyReport> {
     let master = crate::common::keys::load_royalty_master(keys_dir)?;
-    let public = crate::common::keys::load_engine_public(keys_dir)?;
+    let public = crate::common::keys::load_engine_keyset(keys_dir)?;
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     let checkpoint_key = checkpoints::verifier(keys_dir, None)?;
     // A file that no longer parses is a failed verification naming where the damage starts.
@@ -293,7 +294,7 @@ pub fn verify_file(file: &Path, keys_dir: &Path, pin: Option<[u8; 32]>) -> anyho
 pub async fn prove(backend: &crate::common::backend::BackendArgs, keys_dir: &Path, voucher: &str) -> anyhow::Result<Vec<ProofBundle>> {
     let (_, exported, _) = rebuild(backend, keys_dir).await?;
     let master = crate::common::keys::load_royalty_master(keys_dir)?;
-    let public = crate::common::keys::load_engine_public(keys_dir)?;
+    let public = crate::common::keys::load_engine_keyset(keys_dir)?;
     Ok(export::prove(&exported, &master, &public, voucher)?)
 }
 
@@ -302,7 +303,7 @@ pub async fn prove(backend: &crate::common::backend::BackendArgs, keys_dir: &Pat
 pub async fn prove_tlog(backend: &crate::common::backend::BackendArgs, keys_dir: &Path, voucher: &str, dir: &Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
     let (_, exported, _) = rebuild(backend, keys_dir).await?;
     let master = crate::common::keys::load_royalty_master(keys_dir)?;
-    let public = crate::common::keys::load_engine_public(keys_dir)?;
+    let public = crate::common::keys::load_engine_keyset(keys_dir)?;
     let proofs = export::prove_tlog(&exported, &master, &public, voucher)?;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let mut written = Vec::new();
@@ -323,7 +324,7 @@ pub fn check_proof_file(file: &Path, keys_dir: &Path) -> anyhow::Result<Vec<Resu
         let verifier = checkpoint_key.context("a .tlog-proof is checked with the checkpoint verifier key: checkpoint.vkey in --keys")?;
         return Ok(vec![export::check_tlog_proof(&text, &verifier)]);
     }
-    let public = crate::common::keys::load_engine_public(keys_dir)?;
+    let public = crate::common::keys::load_engine_keyset(keys_dir)?;
     let bundles: Vec<ProofBundle> = serde_json::from_str(&text).with_context(|| format!("{} is not a proof bundle (audit prove)", file.display()))?;
     if bundles.is_empty() {
         bail!("{} holds no proofs", file.display());

@@ -28,7 +28,12 @@ struct Extra {
 
 /// A `.tlog-proof` for every delivery of `voucher_id` against the newest seal's checkpoint
 /// (`None` in the list: the delivery is after it, not provable yet).
-pub fn prove_tlog(log: &ExportedLog, master: &SecretKey, engine_key: &engine::crypto::RsaPublic, voucher_id: &str) -> Result<Vec<(u64, String)>, ProveError> {
+pub fn prove_tlog(
+    log: &ExportedLog,
+    master: &SecretKey,
+    engine_key: &(impl engine::keyset::EngineKeyLookup + ?Sized),
+    voucher_id: &str,
+) -> Result<Vec<(u64, String)>, ProveError> {
     let report = super::verify_log(log, master, engine_key, None);
     if let Some(bad) = report.first_bad {
         return Err(ProveError::Unverified(bad.reason));
