@@ -1,4 +1,5 @@
 use super::*;
+use engine::crypto::RsaPublic;
 use engine::crypto::test_keys;
 
 fn master() -> SecretKey {
