@@ -161,6 +161,19 @@ fn the_engine_key_rotates_while_serving_old_signatures_verify_and_a_retired_key_
     let last_copy = shop.sell(&before);
     assert_eq!(shop.inspect(&last_copy)["transaction"]["engine_key_id"].as_str(), Some(new_id.as_str()));
     std::thread::sleep(Duration::from_millis(600)); // a seal over the last entries
+    // `admin stats` names the keys and counts the certificates (alice's passport; revoked: one).
+    let stats = |root: &Path| run(vouchsafe().args(["admin", "stats", "--connect", &url, "--keys", "keys", "--json"]), root).1;
+    let before_revocation = stats(&root);
+    assert_eq!(before_revocation["engine_key_id"].as_str(), Some(new_id.as_str()), "{before_revocation}");
+    assert_eq!(before_revocation["engine_key_ids"], serde_json::json!([new_id, old_id]), "{before_revocation}");
+    assert_eq!(
+        [&before_revocation["certificates_issued"], &before_revocation["certificates_revoked"], &before_revocation["certificates_expired"]],
+        [&serde_json::json!(1), &serde_json::json!(0), &serde_json::json!(0)],
+        "{before_revocation}"
+    );
+    let (code, _, stderr) = run(vouchsafe().args(["admin", "cert", "revoke", "--consumer", "alice", "--connect", &url, "--keys", "keys", "--json"]), &root);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stats(&root)["certificates_revoked"], 1);
 
     // SIGTERM, then the auditor's replay: every seal, before and after, verifies with the key it names.
     assert!(Command::new("kill").args(["-TERM", &serve.0.id().to_string()]).status().expect("kill").success());

@@ -304,6 +304,41 @@ pub struct Reads {
     pub statements: BTreeMap<(MerchantId, String), Statement>,
     pub(crate) touched_catalog: Touched<MediaId>,
     pub(crate) touched_statements: Touched<(MerchantId, String)>,
+    /// Consumer certificates counted for `admin stats` (a function of the certificate
+    /// rows, rebuilt at load).
+    pub certificates: CertificateCounts,
+}
+
+/// Consumer certificates issued and revoked, and the ones not revoked by the end of their
+/// validity, so that those expired at any time are counted without reading every row.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CertificateCounts {
+    pub issued: u64,
+    pub revoked: u64,
+    /// Certificates not revoked, by `not_after` (ms): how many end then.
+    active_until: BTreeMap<i64, u64>,
+}
+
+impl CertificateCounts {
+    pub(crate) fn certified(&mut self, not_after_ms: i64) {
+        self.issued += 1;
+        *self.active_until.entry(not_after_ms).or_default() += 1;
+    }
+
+    pub(crate) fn revoked_one(&mut self, not_after_ms: i64) {
+        self.revoked += 1;
+        if let Some(count) = self.active_until.get_mut(&not_after_ms) {
+            *count -= 1;
+            if *count == 0 {
+                self.active_until.remove(&not_after_ms);
+            }
+        }
+    }
+
+    /// Certificates not revoked whose validity ended before `now_ms`.
+    pub fn expired_at(&self, now_ms: i64) -> u64 {
+        self.active_until.range(..now_ms).map(|(_, count)| count).sum()
+    }
 }
 
 /// The key bytes every index key of `merchant`'s vouchers starts with.
@@ -425,10 +460,17 @@ impl Reads {
             Event::NodeDrained { node_id } => self.party_status(PartyKind::Node, &node_id.0, None, "drained"),
             Event::NodeRemoved { node_id } => self.party_status(PartyKind::Node, &node_id.0, None, "removed"),
             Event::ConsumerCertified { consumer_id, cert_serial, not_before, not_after, .. } => {
+                self.certificates.certified(not_after.0);
                 let row = PartyRow { status: "active".into(), not_before_ms: not_before.0, not_after_ms: not_after.0, ..PartyRow::default() };
                 self.parties.insert(party_key(PartyKind::Certificate, &consumer_id.0, Some(cert_serial)), row);
             }
-            Event::CertRevoked { consumer_id, cert_serial, .. } => self.party_status(PartyKind::Certificate, &consumer_id.0, Some(cert_serial), "revoked"),
+            Event::CertRevoked { consumer_id, cert_serial, .. } => {
+                let key = party_key(PartyKind::Certificate, &consumer_id.0, Some(cert_serial));
+                if let Some(row) = self.parties.get(&key).filter(|row| row.status == "active") {
+                    self.certificates.revoked_one(row.not_after_ms);
+                }
+                self.party_status(PartyKind::Certificate, &consumer_id.0, Some(cert_serial), "revoked");
+            }
             Event::Authorized { postings, .. } if !postings.is_empty() => {
                 if let Some((merchant, currency)) = sale {
                     self.statement_line(merchant, recorded_at_ms, currency, |line| {

@@ -216,6 +216,11 @@ pub async fn admin(args: AdminArgs) -> anyhow::Result<Outcome> {
                     "seals": stats.seals,
                     "vouchers_pending": stats.vouchers_pending,
                     "vouchers_delivered": stats.vouchers_delivered,
+                    "certificates_issued": stats.certificates_issued,
+                    "certificates_revoked": stats.certificates_revoked,
+                    "certificates_expired": stats.certificates_expired,
+                    "engine_key_id": stats.engine_key_id,
+                    "engine_key_ids": stats.engine_key_ids,
                 })
             }
             AdminCommand::Config { command: ConfigCommand::Get } => config_json(&admin.get_config(pb::GetConfigRequest {}).await?.into_inner()),

@@ -70,6 +70,9 @@ impl Api {
     /// The statistics the seed's administration module lists, and a modern operator expects.
     pub async fn stats(&self) -> Result<pb::StatsResponse, Status> {
         let head = self.state.log.last_seq().await.map_err(|error| crate::server::status::stream_unreadable("the engine", &error))?;
+        let now = self.market().now().0;
+        let certificates = self.state.live.read(|p| (p.reads.certificates.issued, p.reads.certificates.revoked, p.reads.certificates.expired_at(now)));
+        let keys = self.market().keys();
         let (allocation, issued, pending, delivered, entries, seals, undelivered) = self.state.live.read(|p| {
             let allocation: Vec<(NodeId, projections::allocation::NodeSlots)> =
                 p.allocation.nodes.iter().map(|(id, slots)| (id.clone(), slots.clone())).collect();
@@ -115,6 +118,11 @@ impl Api {
             vouchers_pending: pending as u64,
             vouchers_delivered: delivered as u64,
             vouchers_undelivered: undelivered as u64,
+            certificates_issued: certificates.0,
+            certificates_revoked: certificates.1,
+            certificates_expired: certificates.2,
+            engine_key_id: keys.key_id(),
+            engine_key_ids: keys.set.iter().map(|key| key.key_id()).collect(),
         })
     }
 }

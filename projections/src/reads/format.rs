@@ -311,6 +311,7 @@ impl Reads {
 pub(crate) struct Reader {
     vouchers: usize,
     parties: usize,
+    certificates: super::CertificateCounts,
     credentials: HashMap<String, CredentialRow>,
     catalog: BTreeMap<MediaId, Listing>,
     statements: BTreeMap<(MerchantId, String), Statement>,
@@ -330,8 +331,17 @@ impl Reader {
                 let row = PartyRows::decode(&key, value)?;
                 // Merchants', nodes' and auditors' credentials stay in memory (few: the
                 // operator registers them); the rows themselves stay cold in sled.
-                if let Some((kind, party_id, _)) = super::parse_party_key(&key.0).filter(|(kind, ..)| *kind != PartyKind::Certificate) {
-                    self.credentials.insert(party_id, CredentialRow { kind, credential_hash: row.credential_hash, status: row.status });
+                match super::parse_party_key(&key.0) {
+                    Some((PartyKind::Certificate, ..)) => {
+                        self.certificates.certified(row.not_after_ms);
+                        if row.status != "active" {
+                            self.certificates.revoked_one(row.not_after_ms);
+                        }
+                    }
+                    Some((kind, party_id, _)) => {
+                        self.credentials.insert(party_id, CredentialRow { kind, credential_hash: row.credential_hash, status: row.status });
+                    }
+                    None => {}
                 }
                 self.parties += 1;
             }
@@ -374,6 +384,7 @@ impl Reader {
             parties: Rows::stored(db.clone(), self.parties),
             orders_by_merchant: self.orders.iter().map(|(id, row)| (row.merchant.clone(), u64::MAX - row.placed_seq, id.clone())).collect(),
             credentials: self.credentials,
+            certificates: self.certificates,
             catalog: self.catalog,
             statements: self.statements,
             orders: self.orders,

@@ -207,3 +207,29 @@ fn orders_are_each_merchants_own_newest_first_with_their_units() {
     assert_eq!(reads.orders_of(&MerchantId::new("other"), None, 10).items.len(), 1);
     assert!(reads.orders_of(&MerchantId::new("nobody"), None, 10).items.is_empty());
 }
+
+/// `admin stats` counts certificates issued, revoked and expired (issue 28): a revoked
+/// certificate is not also expired; a second revocation counts nothing (the stored rows
+/// give the counts back: `store::tests::certificate_counts_come_back_from_the_stored_rows`).
+#[test]
+fn certificates_are_counted_issued_revoked_and_expired_at_any_time() {
+    let certified = |consumer: &str, serial: &str, not_after: i64| Event::ConsumerCertified {
+        consumer_id: ConsumerId::new(consumer),
+        cert_serial: CertSerial::new(serial),
+        public_key_der: vec![],
+        not_before: Millis(0),
+        not_after: Millis(not_after),
+        engine_key_id: String::new(),
+        signature: vec![],
+    };
+    let revoked = |consumer: &str, serial: &str| Event::CertRevoked {
+        consumer_id: ConsumerId::new(consumer),
+        cert_serial: CertSerial::new(serial),
+        reason: "lost".into(),
+    };
+    let (reads, _) =
+        applied(&[certified("alice", "c1", 100), certified("bob", "c2", 200), certified("carol", "c3", 300), revoked("bob", "c2"), revoked("bob", "c2")]);
+    let counts = &reads.certificates;
+    assert_eq!((counts.issued, counts.revoked), (3, 1));
+    assert_eq!([50, 101, 250, 301].map(|now| counts.expired_at(now)), [0, 1, 1, 2], "c2 is revoked, never counted as expired");
+}

@@ -713,3 +713,29 @@ fn seals_verify_with_the_key_they_name_and_a_revoked_keys_later_seal_is_a_fault(
     let loaded = store.load(Some(&master()), Some(new.public())).expect("load");
     assert!(loaded.royalty.revoked_engine_keys.contains(&old.public().key_id()), "the revocation survives a reload");
 }
+
+#[test]
+fn certificate_counts_come_back_from_the_stored_rows() {
+    let certified = |consumer: &str, not_after: i64| Event::ConsumerCertified {
+        consumer_id: engine::ids::ConsumerId::new(consumer),
+        cert_serial: engine::ids::CertSerial::new(format!("{consumer}-1")),
+        public_key_der: vec![],
+        not_before: Millis(0),
+        not_after: Millis(not_after),
+        engine_key_id: String::new(),
+        signature: vec![],
+    };
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let counts = {
+        let (store, _) = ProjectionStore::open(dir.path()).expect("open");
+        let mut projections = store.load(Some(&master()), None).expect("load");
+        let revoked =
+            Event::CertRevoked { consumer_id: engine::ids::ConsumerId::new("bob"), cert_serial: engine::ids::CertSerial::new("bob-1"), reason: "lost".into() };
+        apply_all(&mut projections, vec![certified("alice", 100), certified("bob", 200), certified("carol", 300), revoked], false);
+        store.commit(&mut projections).expect("commit");
+        projections.reads.certificates.clone()
+    };
+    assert_eq!((counts.issued, counts.revoked, counts.expired_at(1_000)), (3, 1, 2));
+    let (store, _) = ProjectionStore::open(dir.path()).expect("reopen");
+    assert_eq!(store.load(Some(&master()), None).expect("load").reads.certificates, counts);
+}
