@@ -348,3 +348,42 @@ async fn one_engine_at_a_time_runs_a_job_and_another_takes_it_over_when_it_stops
     assert!(!a.runs_job("audit-test").await, "a lost it");
     engines.stop().await;
 }
+
+/// A rotation of the engine key through A (the key directory shared, as the README asks the
+/// operator to copy it) is taken up by B from the stream within seconds: B's next sale is
+/// signed with the new key and its media published before the rotation still sell there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_engine_key_rotated_through_one_engine_is_taken_up_by_the_other() {
+    let server = NatsServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let engines = two_engines(&server, true, true).await;
+    let old_id = engines.b.state.market.keys().key_id();
+    let (previous, new_id) = gateways::common::keys::rotate_engine(&engines.keys).expect("rotate the key files");
+    assert_eq!(previous, old_id);
+    // Until an engine takes the new key, both sign with the old one.
+    assert_eq!(engines.b.state.market.keys().key_id(), old_id);
+    let operator = Credential::load(&engines.keys.join("operator.cred")).expect("operator credential");
+    let mut admin_a = client::admin(channel(&engines.a).await, operator);
+    let rotated =
+        admin_a.rotate_engine_key(pb::RotateEngineKeyRequest { request_id: "rotate-1".into(), key_id: new_id.clone() }).await.expect("rotate through a");
+    assert_eq!(rotated.into_inner().current_key_id, new_id);
+    let started = std::time::Instant::now();
+    while engines.b.state.market.keys().key_id() != new_id {
+        assert!(started.elapsed() < Duration::from_secs(15), "B never took up the rotated key");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(engines.b.state.market.keys().set.len(), 2, "B keeps the old key by id");
+    let rotations = engines
+        .log
+        .read_from(Seq(1), 10_000)
+        .await
+        .expect("read")
+        .iter()
+        .filter(|stored| matches!(engine::wire::decode(&stored.payload).map(|recorded| recorded.event), Ok(Event::EngineKeyRotated { .. })))
+        .count();
+    assert_eq!(rotations, 1, "B took the key up without recording the rotation again");
+    let mut at_b = engines.merchant_on(&engines.b).await;
+    client::buy(&mut at_b, "after-rotation", std::slice::from_ref(&engines.media_id), None)
+        .await
+        .expect("a media published before the rotation sells through b");
+    engines.stop().await;
+}

@@ -1,6 +1,6 @@
 //! The engine's background jobs: the sweeper (reservations past due, interrupted points
 //! holds), the sealer (royalty seals on the configured interval) and the rate sampler
-//! (`events_per_s`). Not here: what to expire or seal (the projections compute it) and the
+//! (`events_per_s`), and the key follower (an engine key another engine rotated to). Not here: what to expire or seal (the projections compute it) and the
 //! decision (`engine::app`).
 
 use super::*;
@@ -209,6 +209,48 @@ pub(super) async fn rate_sampler(state: Arc<EngineState>) {
             None => return,
             Some(Ok(head)) => state.rate.record(Instant::now(), head.0),
             Some(Err(_)) => {}
+        }
+    }
+}
+
+/// How often an engine checks whether the stream rotated its key through another engine.
+const KEY_FOLLOW_INTERVAL_MS: u64 = 2_000;
+
+/// Several engines share one key history: when the stream says the engine key is one this
+/// engine does not sign with (another engine recorded `EngineKeyRotated`), it reloads its key
+/// directory and, once the new key is there, signs with it too (no event: the rotation is
+/// recorded). Until the key files reach its directory it goes on with the old key, which stays
+/// valid until revoked, and says so once per key.
+pub(super) async fn key_follower(state: Arc<EngineState>) {
+    let mut shutdown = state.shutdown.clone();
+    let mut tick = tokio::time::interval(Duration::from_millis(KEY_FOLLOW_INTERVAL_MS));
+    let mut missing: Option<String> = None;
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => return,
+            _ = tick.tick() => {}
+        }
+        let Some(Ok(config)) = unless_stopping(&mut shutdown, state.market.config()).await else { continue };
+        let Some(wanted) = config.engine_key.filter(|wanted| *wanted != state.market.keys().key_id()) else { continue };
+        let dir = state.config.keys_dir.clone();
+        let loaded = tokio::task::spawn_blocking(move || crate::common::keys::load_engine_keys(&dir)).await;
+        match loaded {
+            Ok(Ok(keys)) if keys.key_id() == wanted => {
+                let older: Vec<_> = keys.retired().iter().map(engine::crypto::RsaPrivate::public).collect();
+                let request = engine::ids::RequestId::new(format!("key-follow-{wanted}"));
+                match state.market.rotate_engine_key(&state.engine_id, &request, keys).await {
+                    Ok(_) => {
+                        state.live.add_older_engine_keys(older);
+                        missing = None;
+                    }
+                    Err(error) => tracing::warn!(%error, key_id = %wanted, "could not take up the engine key another engine rotated to"),
+                }
+            }
+            _ if missing.as_deref() != Some(wanted.as_str()) => {
+                tracing::warn!(key_id = %wanted, keys = %state.config.keys_dir.display(), "another engine rotated the engine key; its files are not in this engine's key directory yet: copy them there (this engine signs with the old key meanwhile)");
+                missing = Some(wanted);
+            }
+            _ => {}
         }
     }
 }

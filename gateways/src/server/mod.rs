@@ -30,7 +30,7 @@ pub mod tlog;
 
 pub use api::Api;
 pub use jobs::{RateMeter, lapse_once, relocate_once, seal_once, sweep_once};
-use jobs::{lease_keeper, rate_sampler, sealer, sweeper};
+use jobs::{key_follower, lease_keeper, rate_sampler, sealer, sweeper};
 
 use crate::server::front_door::{Authenticator, FrontDoor, Limits};
 use crate::server::metrics::{Metrics, NodeLabel};
@@ -575,6 +575,7 @@ pub async fn start(config: EngineConfig, log: Arc<dyn EventLog>, listener: tokio
         tokio::spawn(lease_keeper(Arc::clone(&state))),
         tokio::spawn(sealer(Arc::clone(&state))),
         tokio::spawn(rate_sampler(Arc::clone(&state))),
+        tokio::spawn(key_follower(Arc::clone(&state))),
         tokio::spawn(gossip::listen(Arc::clone(&state))),
     ];
     tracing::info!(%addr, "engine serving");
