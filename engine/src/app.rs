@@ -363,6 +363,14 @@ impl Market {
         Ok(root)
     }
 
+    /// The rental windows `merchant` offers (0, 0: the operator's bounds); a reservation's
+    /// window must be within both.
+    pub async fn set_rental_window(&self, merchant: &MerchantId, request: &RequestId, window_ms_min: u64, window_ms_max: u64) -> Result<bool, AppError> {
+        let command = crate::domain::party::MerchantCommand::SetRentalWindow { window_ms_min, window_ms_max };
+        let handled = self.handler.handle::<Merchant>(&merchant.0, &actor(ActorKind::Merchant, &merchant.0), request, &command).await?;
+        Ok(!handled.appended.is_empty())
+    }
+
     async fn active_merchant(&self, merchant: &MerchantId) -> Result<(), AppError> {
         match self.handler.load::<Merchant>(&merchant.0).await?.state.status {
             MerchantStatus::Active => Ok(()),
@@ -679,7 +687,14 @@ impl Market {
             token_key_id: TOKEN_KEY_ID,
             rental_ms,
             rental: if rental_ms > 0 {
-                rental_terms_of(&self.config().await?)
+                let operator = rental_terms_of(&self.config().await?);
+                // The merchant's own windows, within the operator's.
+                match self.handler.load::<Merchant>(&merchant.0).await?.state.rental_window_ms {
+                    Some((min, max)) => {
+                        voucher::RentalTerms { window_ms_min: operator.window_ms_min.max(min), window_ms_max: operator.window_ms_max.min(max), ..operator }
+                    }
+                    None => operator,
+                }
             } else {
                 voucher::RentalTerms { window_ms_min: 0, window_ms_max: 0, price_bps: 0 }
             },

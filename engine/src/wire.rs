@@ -343,6 +343,11 @@ fn event_to_pb(event: &Event) -> E {
         Event::MerchantSuspended { merchant_id, reason } => {
             E::MerchantSuspended(pb::MerchantSuspended { merchant_id: merchant_id.0.clone(), reason: reason.clone() })
         }
+        Event::MerchantRentalWindowSet { merchant_id, window_ms_min, window_ms_max } => E::MerchantRentalWindowSet(pb::MerchantRentalWindowSet {
+            merchant_id: merchant_id.0.clone(),
+            window_ms_min: *window_ms_min,
+            window_ms_max: *window_ms_max,
+        }),
         Event::MerchantReinstated { merchant_id, reason } => {
             E::MerchantReinstated(pb::MerchantReinstated { merchant_id: merchant_id.0.clone(), reason: reason.clone() })
         }
@@ -592,6 +597,9 @@ fn event_of_pb(event: E) -> Result<Event, DecodeError> {
         }
         E::MerchantSuspended(e) => Event::MerchantSuspended { merchant_id: MerchantId(e.merchant_id), reason: e.reason },
         E::MerchantReinstated(e) => Event::MerchantReinstated { merchant_id: MerchantId(e.merchant_id), reason: e.reason },
+        E::MerchantRentalWindowSet(e) => {
+            Event::MerchantRentalWindowSet { merchant_id: MerchantId(e.merchant_id), window_ms_min: e.window_ms_min, window_ms_max: e.window_ms_max }
+        }
         E::AuditorRegistered(e) => {
             Event::AuditorRegistered { auditor_id: AuditorId(e.auditor_id), name: e.name, credential_hash: array("credential_hash", &e.credential_hash)? }
         }

@@ -320,6 +320,12 @@ fn the_cli_rents_plays_twice_and_is_refused_after_the_window() {
     let (code, config) =
         json(vouchsafe().args(["admin", "config", "set", "rental.window_ms_min", "1000", "--connect", &url, "--keys", "keys", "--json"]), root);
     assert_eq!(code, 0, "{config}");
+    // The shop's own windows: 5 to 10 seconds (within the operator's).
+    let (code, window) = json(
+        vouchsafe().args(["merchant", "rental-window", "--min-ms", "5000", "--max-ms", "10000", "--connect", &url, "--cred", "shop.cred", "--json"]),
+        root,
+    );
+    assert_eq!((code, window["changed"].as_bool()), (0, Some(true)), "{window}");
 
     let rental_ms = "6000";
     let buy = ["merchant", "buy", "--media", &media_id, "--rental-ms", rental_ms, "--connect", &url, "--cred", "shop.cred", "--out", "sale.json", "--json"];
@@ -358,4 +364,74 @@ fn the_cli_rents_plays_twice_and_is_refused_after_the_window() {
     assert_eq!(code, 0, "{purged}");
     assert_eq!(purged["deleted"].as_array().map(Vec::len), Some(1), "{purged}");
     assert!(!copy.exists(), "the rental's copy is not kept after the window");
+}
+
+/// A merchant offers its own rental windows within the operator's (issue 28 item 5): a
+/// window outside the merchant's is refused though the operator's bounds allow it, one
+/// inside both is reserved; another merchant, with no window of its own, has the
+/// operator's bounds (the control), and so has the first once it sets 0..0 again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merchants_own_rental_windows_bound_its_rentals_within_the_operators() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let keys = dir.path().join("keys");
+    gateways::common::keys::init(&keys).expect("keys init");
+    let log: Arc<dyn EventLog> = Arc::new(EmbeddedLog::open(&dir.path().join("log")).expect("embedded log"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+    let engine = server::start(EngineConfig::new(dir.path().to_path_buf(), keys.clone()), Arc::clone(&log), listener).await.expect("engine starts");
+    let channel = client::connect(&engine.url(), None).await.expect("connect");
+    let operator = Credential::load(&keys.join("operator.cred")).expect("operator credential");
+    let engine_public = gateways::common::keys::load_engine_public(&keys).expect("public key");
+    let mut catalog = client::catalog(channel.clone(), operator.clone());
+    let mut merchants = Vec::new();
+    for name in ["Shop", "Other"] {
+        let cred = client::credential_of(
+            catalog.register_merchant(pb::RegisterMerchantRequest { request_id: format!("m-{name}"), name: name.into() }).await.expect("merchant").into_inner(),
+        )
+        .expect("cred");
+        merchants.push(client::merchant(channel.clone(), cred));
+    }
+    let upload = Upload {
+        title: "Film".into(),
+        artist: "Studio".into(),
+        authors: vec!["Director".into()],
+        length_ms: 5_400_000,
+        price_minor: 1_000,
+        currency: "EUR".into(),
+        terms: client::standard_terms("label-1"),
+        content: vec![7; 10_000],
+        preview_clip: Vec::new(),
+        image_descriptor: String::new(),
+    };
+    let media_id = client::publish(&mut catalog, "pub-1", &engine_public, upload).await.expect("publish").media_id;
+    let hour = 3_600_000u64;
+    let rent = |request_id: &str, rental_ms: u64| pb::ReserveRequest {
+        request_id: request_id.into(),
+        media_ids: vec![media_id.clone()],
+        rendition: "high".into(),
+        ttl_ms: 60_000,
+        rental_ms,
+        ..Default::default()
+    };
+    let set = |request_id: &str, min: u64, max: u64| pb::SetRentalWindowRequest { request_id: request_id.into(), window_ms_min: min, window_ms_max: max };
+    let answer = merchants[0].set_rental_window(set("w-1", 2 * hour, 3 * hour)).await.expect("the merchant's own window").into_inner();
+    assert!(answer.changed);
+    assert!(
+        !merchants[0].set_rental_window(set("w-2", 2 * hour, 3 * hour)).await.expect("again").into_inner().changed,
+        "the same window again changes nothing"
+    );
+    // The operator's bounds (1 h to 7 days by default) allow an hour; the merchant's do not.
+    let refused = merchants[0].reserve(rent("r-1", hour)).await.expect_err("outside the merchant's window");
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("7200000..=10800000"), "{}", refused.message());
+    merchants[0].reserve(rent("r-2", 5 * hour / 2)).await.expect("inside both");
+    let refused = merchants[0].reserve(rent("r-3", 4 * hour)).await.expect_err("past the merchant's window");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    // The control: another merchant rents for an hour under the operator's bounds.
+    merchants[1].reserve(rent("r-4", hour)).await.expect("the operator's bounds");
+    // A window beyond the operator's is cut to the operator's: 30 days are not rentable at 7 days' bound.
+    merchants[0].set_rental_window(set("w-3", hour, 30 * 24 * hour)).await.expect("a wide window");
+    assert_eq!(merchants[0].reserve(rent("r-5", 8 * 24 * hour)).await.expect_err("past the operator's").code(), Code::InvalidArgument);
+    merchants[0].set_rental_window(set("w-4", 0, 0)).await.expect("back to the operator's bounds");
+    merchants[0].reserve(rent("r-6", hour)).await.expect("the operator's bounds again");
+    engine.shutdown().await.expect("shutdown");
 }

@@ -46,6 +46,10 @@ impl Market {
 
     /// Revokes a retired engine key whose grace period has passed.
     pub async fn revoke_engine_key(&self, operator: &str, request: &RequestId, key_id: &str) -> Result<bool, AppError> {
+        // On a stream that never rotated, the domain does not know the current key by name.
+        if key_id == self.keys().key_id() {
+            return Err(Rejection::InvalidArgument { field: "key_id", reason: "the engine signs with this key now: rotate to a new key first".into() }.into());
+        }
         let command = ConfigCommand::RevokeEngineKey { key_id: key_id.to_string() };
         let handled = self.handler.handle::<Config>(CONFIG_AGGREGATE, &actor(ActorKind::Operator, operator), request, &command).await?;
         Ok(!handled.appended.is_empty())

@@ -62,6 +62,8 @@ pub const KEYS: &[(&str, u64, u64, u64)] = &[
 
 pub const KEY_REVOKE_GRACE_MS_KEY: &str = "keys.revoke_grace_ms";
 
+/// The shortest rental window any configuration allows.
+pub const RENTAL_WINDOW_MS_FLOOR: u64 = 1_000;
 /// The longest rental window any configuration allows: 30 days.
 pub const RENTAL_WINDOW_MS_LIMIT: u64 = 30 * 86_400_000;
 pub const RENTAL_WINDOW_MS_MIN_KEY: &str = "rental.window_ms_min";

@@ -298,6 +298,12 @@ pub enum Event {
         merchant_id: MerchantId,
         reason: String,
     },
+    /// The rental windows a merchant offers, within the operator's bounds (0..0: those).
+    MerchantRentalWindowSet {
+        merchant_id: MerchantId,
+        window_ms_min: u64,
+        window_ms_max: u64,
+    },
     AuditorRegistered {
         auditor_id: AuditorId,
         name: String,
@@ -592,9 +598,10 @@ impl Event {
         match self {
             Event::MediaPublished(e) => (K::Media, e.media_id.as_str()),
             Event::MediaWithdrawn { media_id, .. } | Event::PriceChanged { media_id, .. } => (K::Media, media_id.as_str()),
-            Event::MerchantRegistered { merchant_id, .. } | Event::MerchantSuspended { merchant_id, .. } | Event::MerchantReinstated { merchant_id, .. } => {
-                (K::Merchant, merchant_id.as_str())
-            }
+            Event::MerchantRegistered { merchant_id, .. }
+            | Event::MerchantSuspended { merchant_id, .. }
+            | Event::MerchantReinstated { merchant_id, .. }
+            | Event::MerchantRentalWindowSet { merchant_id, .. } => (K::Merchant, merchant_id.as_str()),
             Event::AuditorRegistered { auditor_id, .. } | Event::AuditorRevoked { auditor_id, .. } => (K::Auditor, auditor_id.as_str()),
             Event::PublisherRegistered { publisher_id, .. } | Event::PublisherKeyAdded { publisher_id, .. } => (K::Publisher, publisher_id.as_str()),
             Event::NodeRegistered { node_id, .. }
@@ -636,6 +643,7 @@ impl Event {
             Event::MerchantRegistered { .. } => "MerchantRegistered",
             Event::MerchantSuspended { .. } => "MerchantSuspended",
             Event::MerchantReinstated { .. } => "MerchantReinstated",
+            Event::MerchantRentalWindowSet { .. } => "MerchantRentalWindowSet",
             Event::AuditorRegistered { .. } => "AuditorRegistered",
             Event::AuditorRevoked { .. } => "AuditorRevoked",
             Event::PublisherRegistered { .. } => "PublisherRegistered",

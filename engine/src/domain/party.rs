@@ -32,6 +32,9 @@ pub struct Merchant {
     pub id: Option<MerchantId>,
     pub name: String,
     pub credential_hash: [u8; 32],
+    /// The rental windows this merchant offers (min, max), within the operator's; `None`:
+    /// the operator's bounds.
+    pub rental_window_ms: Option<(u64, u64)>,
 }
 
 #[derive(Clone, Debug)]
@@ -47,6 +50,11 @@ pub enum MerchantCommand {
     /// Lifts a suspension: the merchant may sell again.
     Reinstate {
         reason: String,
+    },
+    /// The rental windows this merchant offers (0..0: the operator's bounds).
+    SetRentalWindow {
+        window_ms_min: u64,
+        window_ms_max: u64,
     },
 }
 
@@ -81,6 +89,27 @@ impl Aggregate for Merchant {
                     Ok(vec![Event::MerchantReinstated { merchant_id: self.id.clone().unwrap_or_else(|| MerchantId::new("")), reason: reason.clone() }])
                 }
             },
+            MerchantCommand::SetRentalWindow { window_ms_min, window_ms_max } => {
+                use crate::domain::config::{RENTAL_WINDOW_MS_FLOOR, RENTAL_WINDOW_MS_LIMIT};
+                if self.status == MerchantStatus::Unknown {
+                    return Err(Rejection::NotFound { kind: "merchant", id: String::new() });
+                }
+                let window = (*window_ms_min, *window_ms_max);
+                if window != (0, 0) && !(RENTAL_WINDOW_MS_FLOOR..=RENTAL_WINDOW_MS_LIMIT).contains(window_ms_min) {
+                    return Err(Rejection::InvalidArgument {
+                        field: "window_ms_min",
+                        reason: "a rental window is 1000 ms to 30 days (0 and 0: the operator's bounds)".into(),
+                    });
+                }
+                if window_ms_max < window_ms_min || *window_ms_max > RENTAL_WINDOW_MS_LIMIT {
+                    return Err(Rejection::InvalidArgument { field: "window_ms_max", reason: "must be at least window_ms_min and at most 30 days".into() });
+                }
+                if self.rental_window_ms.unwrap_or((0, 0)) == window {
+                    return Ok(vec![]);
+                }
+                let merchant_id = self.id.clone().unwrap_or_else(|| MerchantId::new(""));
+                Ok(vec![Event::MerchantRentalWindowSet { merchant_id, window_ms_min: *window_ms_min, window_ms_max: *window_ms_max }])
+            }
         }
     }
 
@@ -94,6 +123,9 @@ impl Aggregate for Merchant {
             }
             Event::MerchantSuspended { .. } => self.status = MerchantStatus::Suspended,
             Event::MerchantReinstated { .. } => self.status = MerchantStatus::Active,
+            Event::MerchantRentalWindowSet { window_ms_min, window_ms_max, .. } => {
+                self.rental_window_ms = Some((*window_ms_min, *window_ms_max)).filter(|window| *window != (0, 0));
+            }
             _ => {}
         }
         self
@@ -104,6 +136,7 @@ impl Aggregate for Merchant {
             MerchantCommand::Register { .. } => "RegisterMerchant",
             MerchantCommand::Suspend { .. } => "SuspendMerchant",
             MerchantCommand::Reinstate { .. } => "ReinstateMerchant",
+            MerchantCommand::SetRentalWindow { .. } => "SetRentalWindow",
         }
     }
 }

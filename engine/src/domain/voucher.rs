@@ -379,7 +379,9 @@ impl Voucher {
         }
         let RentalTerms { window_ms_min, window_ms_max, .. } = reserve.rental;
         if reserve.rental_ms > 0 && !(window_ms_min..=window_ms_max).contains(&reserve.rental_ms) {
-            let reason = format!("a rental window must be {window_ms_min}..={window_ms_max} ms (rental.window_ms_min, rental.window_ms_max)");
+            let reason = format!(
+                "a rental window must be {window_ms_min}..={window_ms_max} ms (the operator's rental.window_ms_min..max and the merchant's own rental window)"
+            );
             return Err(Rejection::InvalidArgument { field: "rental_ms", reason });
         }
         let mut seen = BTreeSet::new();

@@ -762,6 +762,14 @@ pub enum MerchantCommand {
         #[arg(long, value_parser = reads::parse_period)]
         period: String,
     },
+    /// The rental windows this merchant offers (`buy --rental-ms` within them and within the
+    /// operator's rental.window_ms_min..max); 0 and 0: the operator's bounds.
+    RentalWindow {
+        #[arg(long)]
+        min_ms: u64,
+        #[arg(long)]
+        max_ms: u64,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -950,6 +958,11 @@ pub async fn merchant(args: MerchantArgs) -> anyhow::Result<Outcome> {
                 reads::merchant_list(&mut merchant, *set, status.as_deref(), *limit, cursor.as_deref()).await?
             }
             MerchantCommand::Statement { period } => reads::merchant_statement(&mut merchant, period).await?,
+            MerchantCommand::RentalWindow { min_ms, max_ms } => {
+                let answer =
+                    merchant.set_rental_window(pb::SetRentalWindowRequest { request_id, window_ms_min: *min_ms, window_ms_max: *max_ms }).await?.into_inner();
+                serde_json::json!({ "window_ms_min": answer.window_ms_min, "window_ms_max": answer.window_ms_max, "changed": answer.changed })
+            }
         })
     }
     .await;

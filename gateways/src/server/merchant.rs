@@ -197,6 +197,18 @@ impl pb::merchant_service_server::MerchantService for Api {
         self.answer(result)
     }
 
+    async fn set_rental_window(&self, request: Request<pb::SetRentalWindowRequest>) -> Result<Response<pb::RentalWindowResponse>, Status> {
+        let result = async {
+            let merchant = Self::merchant(&request)?;
+            let message = request.get_ref();
+            let request_id = request_id(&message.request_id)?;
+            let changed = self.market().set_rental_window(&merchant, &request_id, message.window_ms_min, message.window_ms_max).await.map_err(fail)?;
+            Ok(pb::RentalWindowResponse { window_ms_min: message.window_ms_min, window_ms_max: message.window_ms_max, changed })
+        }
+        .await;
+        self.answer(result)
+    }
+
     async fn list_vouchers(&self, request: Request<pb::ListVouchersRequest>) -> Result<Response<pb::VoucherPage>, Status> {
         let result = async {
             let merchant = Self::merchant(&request)?;

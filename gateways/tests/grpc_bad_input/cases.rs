@@ -1007,6 +1007,29 @@ pub(super) fn bad_input_cases(w: &World) -> Vec<Case> {
     // A change already in effect is answered and writes nothing (C is active).
     cases.push(case("no change", "reinstate active merchant C", &op, reinstate("adm-reinstate-3", c), Code::Ok).answer_has("changed: false"));
 
+    // Key rotation (issue 28): a key the key directory does not hold, a revocation of the
+    // current key or of an unknown one; a merchant's rental window outside what any rental allows.
+    let current_key = w.fx.engine_public.key_id();
+    let rotate = |request_id: &str, key_id: &str| Req::RotateEngineKey(pb::RotateEngineKeyRequest { request_id: request_id.into(), key_id: key_id.into() });
+    let revoke_key = |request_id: &str, key_id: &str| Req::RevokeEngineKey(pb::RevokeEngineKeyRequest { request_id: request_id.into(), key_id: key_id.into() });
+    cases.push(
+        case("key rotation", "to a key the key directory does not hold", &op, rotate("key-1", "0123456789abcdef"), Code::FailedPrecondition)
+            .message_has("keys rotate engine"),
+    );
+    cases.push(case("key rotation", "revoke the current key", &op, revoke_key("key-2", &current_key), ia).message_has("rotate to a new key first"));
+    cases.push(case("key rotation", "revoke a key never rotated out", &op, revoke_key("key-3", "0123456789abcdef"), Code::NotFound));
+    let window = |request_id: &str, min: u64, max: u64| {
+        Req::SetRentalWindow(pb::SetRentalWindowRequest { request_id: request_id.into(), window_ms_min: min, window_ms_max: max })
+    };
+    for (what, request, field) in [
+        ("a window below a second", window("win-1", 999, 3_600_000), "window_ms_min"),
+        ("a minimum above the maximum", window("win-2", 7_200_000, 3_600_000), "window_ms_max"),
+        ("a maximum over 30 days", window("win-3", 3_600_000, 30 * 86_400_000 + 1), "window_ms_max"),
+        ("a maximum with no minimum", window("win-4", 0, 3_600_000), "window_ms_min"),
+    ] {
+        cases.push(case("rental window", what, &a, request, ia).message_has(field));
+    }
+
     cases.extend(super::read_cases::read_cases(w));
 
     // Which check refused it, where the code alone could come from another one.

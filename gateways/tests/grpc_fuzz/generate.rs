@@ -705,6 +705,27 @@ pub(super) fn arb_request(rpc: Rpc, p: &Pools, b: Bias) -> BoxedStrategy<Req> {
             .prop_map(|(text, cursor, limit)| Req::SearchCatalog(pb::SearchCatalogRequest { text, cursor, limit }))
             .boxed(),
         Rpc::GetLedger => Just(Req::GetLedger(pb::GetLedgerRequest {})).boxed(),
+        // A key id the key directory does not hold as its current key: FAILED_PRECONDITION
+        // (no key file is written by a call: `keys rotate` writes them).
+        Rpc::RotateEngineKey => {
+            (rid, free_text(b)).prop_map(|(request_id, key_id)| Req::RotateEngineKey(pb::RotateEngineKeyRequest { request_id, key_id })).boxed()
+        }
+        Rpc::RevokeEngineKey => {
+            (rid, free_text(b)).prop_map(|(request_id, key_id)| Req::RevokeEngineKey(pb::RevokeEngineKeyRequest { request_id, key_id })).boxed()
+        }
+        Rpc::SetRentalWindow => {
+            let bound = || {
+                one_of(vec![
+                    (b.plausible(3), select(vec![0u64, 999, 1_000, 3_600_000, 30 * 86_400_000, 30 * 86_400_000 + 1]).boxed()),
+                    (2, u64_field(86_400_000, b)),
+                ])
+            };
+            (rid, bound(), bound())
+                .prop_map(|(request_id, window_ms_min, window_ms_max)| {
+                    Req::SetRentalWindow(pb::SetRentalWindowRequest { request_id, window_ms_min, window_ms_max })
+                })
+                .boxed()
+        }
         Rpc::ListOrders => (u32_field(10, b), cursor(b)).prop_map(|(limit, cursor)| Req::ListOrders(pb::ListOrdersRequest { limit, cursor })).boxed(),
         Rpc::ListParties => {
             let kind = one_of(vec![

@@ -234,6 +234,10 @@ rpcs! {
     // Publisher accounts (issue 28).
     RegisterPublisher = Catalog.register_publisher(RegisterPublisherRequest) unary;
     AddPublisherKey = Admin.add_publisher_key(AddPublisherKeyRequest) unary;
+    // Key rotation and merchants' rental windows (issue 28).
+    RotateEngineKey = Admin.rotate_engine_key(RotateEngineKeyRequest) unary;
+    RevokeEngineKey = Admin.revoke_engine_key(RevokeEngineKeyRequest) unary;
+    SetRentalWindow = Merchant.set_rental_window(SetRentalWindowRequest) unary;
 }
 
 impl Rpc {

@@ -306,3 +306,23 @@ fn cert_check_reports_the_standing_at_a_time() {
     assert_eq!(consumer.cert_check(&CertSerial::new("s2"), T0), CertCheck::Revoked);
     assert_eq!(consumer.cert_check(&CertSerial::new("s3"), T0), CertCheck::Unknown);
 }
+
+/// A merchant's own rental windows (issue 28 item 5): set, set again (no change), cleared
+/// with 0..0; refused below a second, above 30 days, inverted, or with only one bound.
+#[test]
+fn a_merchant_sets_its_own_rental_windows_within_what_any_rental_allows() {
+    use crate::domain::party::{Merchant, MerchantCommand};
+    let registered = Event::MerchantRegistered { merchant_id: MerchantId::new("m1"), name: "Shop".into(), credential_hash: [1; 32] };
+    let window = |min: u64, max: u64| MerchantCommand::SetRentalWindow { window_ms_min: min, window_ms_max: max };
+    let set = |min: u64, max: u64| Event::MerchantRentalWindowSet { merchant_id: MerchantId::new("m1"), window_ms_min: min, window_ms_max: max };
+    check::<Merchant>(std::slice::from_ref(&registered), window(7_200_000, 10_800_000), T0, Ok(vec![set(7_200_000, 10_800_000)]));
+    check::<Merchant>(&[registered.clone(), set(7_200_000, 10_800_000)], window(7_200_000, 10_800_000), T0, Ok(vec![]));
+    check::<Merchant>(&[registered.clone(), set(7_200_000, 10_800_000)], window(0, 0), T0, Ok(vec![set(0, 0)]));
+    check::<Merchant>(std::slice::from_ref(&registered), window(0, 0), T0, Ok(vec![]));
+    check_invalid::<Merchant>(std::slice::from_ref(&registered), window(999, 10_000), T0, "window_ms_min");
+    check_invalid::<Merchant>(std::slice::from_ref(&registered), window(0, 10_000), T0, "window_ms_min");
+    check_invalid::<Merchant>(std::slice::from_ref(&registered), window(20_000, 10_000), T0, "window_ms_max");
+    check_invalid::<Merchant>(std::slice::from_ref(&registered), window(1_000, 30 * 86_400_000 + 1), T0, "window_ms_max");
+    let state = crate::domain::fold::<Merchant>(&[registered, set(7_200_000, 10_800_000)]);
+    assert_eq!(state.rental_window_ms, Some((7_200_000, 10_800_000)));
+}

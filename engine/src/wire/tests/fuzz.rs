@@ -307,7 +307,8 @@ fn hash_fields(event: &mut E) -> Vec<(&'static str, &mut Vec<u8>)> {
         | E::UnitCompleted(_)
         | E::ConfigChanged(_)
         | E::EngineKeyRotated(_)
-        | E::EngineKeyRevoked(_) => vec![],
+        | E::EngineKeyRevoked(_)
+        | E::MerchantRentalWindowSet(_) => vec![],
     }
 }
 
@@ -361,7 +362,8 @@ fn enum_fields(event: &mut E) -> Vec<(&'static str, &mut i32, i32)> {
         | E::UnitCompleted(_)
         | E::ConfigChanged(_)
         | E::EngineKeyRotated(_)
-        | E::EngineKeyRevoked(_) => vec![],
+        | E::EngineKeyRevoked(_)
+        | E::MerchantRentalWindowSet(_) => vec![],
     }
 }
 

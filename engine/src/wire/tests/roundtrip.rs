@@ -350,6 +350,11 @@ fn arb_event() -> BoxedStrategy<Event> {
             rotated_at
         }),
         text().prop_map(|key_id| Event::EngineKeyRevoked { key_id }),
+        (id(MerchantId), u64s(), u64s()).prop_map(|(merchant_id, window_ms_min, window_ms_max)| Event::MerchantRentalWindowSet {
+            merchant_id,
+            window_ms_min,
+            window_ms_max
+        }),
     ]
     .boxed()
 }
