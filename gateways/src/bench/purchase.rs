@@ -218,9 +218,11 @@ impl GrpcMarket {
         vouchers
             .iter()
             .map(|voucher| {
-                let node = self.node_clients.get(&voucher.node_id).cloned().with_context(|| {
-                    format!("voucher {} was issued to node {}, which the bench did not register", voucher.voucher_id, voucher.node_id)
-                })?;
+                let node = self
+                    .node_clients
+                    .get(&voucher.node_id)
+                    .cloned()
+                    .with_context(|| format!("voucher {} was issued to node {}, which the bench did not register", voucher.voucher_id, voucher.node_id))?;
                 let challenge = crypto::random_bytes::<32>();
                 let proof = crypto::receipt_proof(
                     &voucher.receipt,

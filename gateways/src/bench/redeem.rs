@@ -245,11 +245,12 @@ pub(super) async fn raw_grpc_round_trips(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("cannot listen on 127.0.0.1 for the raw gRPC service")?;
     let url = format!("http://{}", listener.local_addr()?);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(
-        tonic::transport::Server::builder().add_service(RawRedeemService { answer: Arc::new(answer) }).serve_with_incoming_shutdown(nodelay(listener), async {
+    let server = tokio::spawn(tonic::transport::Server::builder().add_service(RawRedeemService { answer: Arc::new(answer) }).serve_with_incoming_shutdown(
+        nodelay(listener),
+        async {
             let _ = stopped.await;
-        }),
-    );
+        },
+    ));
     let node = client::delivery(client::connect(&url, None).await?, credential);
     let requests = Arc::new(requests);
     let call = |range: std::ops::Range<usize>| {
