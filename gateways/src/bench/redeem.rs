@@ -393,11 +393,6 @@ mod tests {
         assert_eq!(cpu_in_all(&Rate { server_cpu_us: None, ..rate }), None);
     }
 
-    #[test]
-    fn the_signature_is_shared_by_the_redemptions_in_flight() {
-        assert_eq!(RAW_BATCH_RECORDS, VOUCHERS_IN_FLIGHT.min(TRANSACTION_BATCH_MAX));
-    }
-
     /// The raw service answers Redeem with its fixed answer through the same client the
     /// engine case uses, and counts every timed round trip.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
