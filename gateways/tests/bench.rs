@@ -18,6 +18,9 @@ const REQUIRED_KEYS: &[&str] = &[
     "raw_rsa_oaep_per_s",
     "redeem_per_s",
     "redeem_ratio",
+    "redeem_cpu_us",
+    "raw_redeem_cpu_us",
+    "raw_rsa_crate_oaep_per_s",
     "durable_raw_append_per_s",
     "durable_engine_append_per_s",
     "rss_mb_small",
@@ -55,6 +58,9 @@ const POSITIVE_KEYS: &[&str] = &[
     "raw_rsa_oaep_per_s",
     "redeem_per_s",
     "redeem_ratio",
+    "redeem_cpu_us",
+    "raw_redeem_cpu_us",
+    "raw_rsa_crate_oaep_per_s",
     "durable_raw_append_per_s",
     "durable_engine_append_per_s",
     "rss_mb_small",
@@ -144,6 +150,30 @@ fn a_tiny_bench_prints_every_key_with_finite_positive_rates() {
     let share = report["engines_2_second_engine_share"].as_f64().unwrap_or_else(|| panic!("no engines_2_second_engine_share: {report}"));
     assert!((share - 0.5).abs() < 0.01, "the second engine answered {share} of the two-engine run's commands, not half");
     assert!(stderr.contains("8 one stream: engines"), "the human table has a row for case 8: {stderr}");
+    // Case 4: every purchase of the maximum redeemed over gRPC; CPU per redemption is the
+    // process's plus the nats-server's, the raw cost is the sum of its parts (one
+    // redemption's keys, appends, round trip and share of a batch signature), and the
+    // ratio is raw over engine.
+    assert_eq!(report["redeem"]["operations"].as_u64(), Some(200), "every purchase of the maximum is redeemed once: {report}");
+    let number = |value: &serde_json::Value| value.as_f64().unwrap_or_else(|| panic!("not a number: {value} in {report}"));
+    let engine_us = number(&report["redeem_cpu_us"]);
+    let expected = number(&report["redeem"]["client_cpu_us"]) + number(&report["redeem"]["server_cpu_us"]);
+    assert!((engine_us - expected).abs() < 1e-6, "redeem_cpu_us {engine_us} is not process + nats-server {expected}");
+    let raw = &report["redeem_substrate"];
+    assert_eq!(raw["keys_per_redemption"].as_f64(), Some(1.0), "one media bought, one key wrapped: {report}");
+    assert_eq!(raw["appends_per_redemption"].as_f64(), Some(1.0), "a redemption appends one event: {report}");
+    assert!(raw["append_payload_bytes"].as_u64() > Some(100), "the raw appends carry the engine's event size: {report}");
+    assert!(raw["grpc_response_bytes"].as_u64() > Some(256), "the raw answer carries a wrapped key and a signature: {report}");
+    let parts = number(&raw["oaep_cpu_us"]) * number(&raw["keys_per_redemption"])
+        + number(&raw["append_cpu_us"]) * number(&raw["appends_per_redemption"])
+        + number(&raw["grpc_cpu_us"])
+        + number(&raw["batch_signature_cpu_us"]) / number(&raw["batch_records"]);
+    let raw_us = number(&report["raw_redeem_cpu_us"]);
+    assert!((raw_us - parts).abs() < 1e-6, "raw_redeem_cpu_us {raw_us} is not the sum of its parts {parts}");
+    let ratio = number(&report["redeem_ratio"]);
+    assert!((ratio - raw_us / engine_us).abs() < 1e-9, "redeem_ratio {ratio} is not raw {raw_us} / engine {engine_us}");
+    assert!(report["targets"]["redeem_ratio >= 0.5"].is_boolean(), "the redeem target is judged: {report}");
+    assert!(stderr.contains("4 redeem over gRPC: CPU us per redemption"), "the human table has a row for case 4: {stderr}");
     let version = report["nats_server_version"].as_str().expect("nats_server_version is a string");
     assert_eq!(version.split('.').count(), 3, "{version} is not major.minor.patch");
     assert_eq!(report["audit_ok"], true, "the audit replay of the bench stream must be clean");

@@ -26,12 +26,20 @@ pub(super) struct GrpcMarket {
     pub(super) nodes: usize,
     /// Each node's DeliveryService client, with the node's own credential.
     pub(super) node_clients: std::collections::HashMap<String, DeliveryClient>,
+    /// One node's credential (the raw gRPC baseline's client presents it, as the nodes do).
+    pub(super) node_credential: Credential,
     /// The certified consumer the redemptions are for: (consumer id, certificate serial).
     pub(super) consumer: (String, String),
     /// The certified public key (SPKI DER) the receipt proofs name.
     pub(super) consumer_key_der: Arc<Vec<u8>>,
     pub(super) heartbeat: tokio::task::JoinHandle<()>,
     pub(super) run_id: String,
+}
+
+/// A Redeem ready to send: the client of the node the voucher was issued to, and the request.
+pub(super) struct PreparedRedeem {
+    pub(super) node: DeliveryClient,
+    pub(super) request: pb::RedeemRequest,
 }
 
 /// A purchase over gRPC kept for a redemption through DeliveryService.
@@ -70,6 +78,7 @@ impl GrpcMarket {
         let nodes = purchases / slots_max as usize + 2;
         let mut delivery_nodes = Vec::with_capacity(nodes);
         let mut node_clients = std::collections::HashMap::with_capacity(nodes);
+        let mut node_credential = None;
         for index in 0..nodes {
             let registered = catalog
                 .register_node_credential(pb::RegisterNodeCredentialRequest { request_id: request(&run_id, "node", index).0, region: "eu".into(), slots_max })
@@ -77,6 +86,7 @@ impl GrpcMarket {
                 .context("the bench's RegisterNodeCredential was refused")?;
             let credential = client::credential_of(registered.into_inner())?;
             let node_id = credential.id.clone();
+            node_credential.get_or_insert_with(|| credential.clone());
             let mut delivery = client::delivery(operator_channel.clone(), credential);
             delivery
                 .register_node(pb::RegisterNodeRequest { region: "eu".into(), slots_max, endpoint: PURCHASE_NODE_ENDPOINT.into() })
@@ -121,6 +131,7 @@ impl GrpcMarket {
             media_id: published.media_id,
             nodes,
             node_clients,
+            node_credential: node_credential.context("the bench registered no delivery node")?,
             consumer: (consumer_id, certificate.cert_serial),
             consumer_key_der: Arc::new(player_public_der.to_vec()),
             heartbeat,
@@ -130,7 +141,8 @@ impl GrpcMarket {
 
     /// Buys vouchers `range` over gRPC, each Reserve → Authorize → IssueVoucher in
     /// sequence as merchant `index mod PURCHASE_MERCHANTS`, started as `pace` says: the
-    /// rate and latency per purchase (from its scheduled start), and the latency per step.
+    /// rate and latency per purchase (from its scheduled start), the latency per step, and
+    /// every purchase, ready for a redemption.
     pub(super) async fn purchase_all(&self, range: std::ops::Range<usize>, pace: Pace) -> anyhow::Result<(Rate, PurchaseSteps, Vec<GrpcToDeliver>)> {
         let count = range.len();
         let started = Instant::now();
@@ -174,22 +186,19 @@ impl GrpcMarket {
                     !issued.node_id.is_empty() && !issued.access_token.is_empty(),
                     "IssueVoucher of purchase {index} answered without a node or an access token"
                 );
-                let kept = if index % DELIVERED_ONE_IN == 0 {
-                    let receipt: [u8; crypto::KEY_BYTES] = authorized
-                        .receipt
-                        .as_slice()
-                        .try_into()
-                        .map_err(|_| anyhow::anyhow!("Authorize of purchase {index} answered a receipt of {} bytes", authorized.receipt.len()))?;
-                    Some(GrpcToDeliver { index, voucher_id: issued.voucher_id, node_id: issued.node_id, receipt: SecretKey::from_bytes(receipt) })
-                } else {
-                    None
-                };
+                // Every purchase is kept: case 4 redeems every purchase of the maximum.
+                let receipt: [u8; crypto::KEY_BYTES] = authorized
+                    .receipt
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| anyhow::anyhow!("Authorize of purchase {index} answered a receipt of {} bytes", authorized.receipt.len()))?;
+                let kept = GrpcToDeliver { index, voucher_id: issued.voucher_id, node_id: issued.node_id, receipt: SecretKey::from_bytes(receipt) };
                 anyhow::Ok((latencies, kept))
             }
         })
         .await?;
         let elapsed = started.elapsed();
-        let (results, kept): (Vec<[u32; 4]>, Vec<Option<GrpcToDeliver>>) = results.into_iter().unzip();
+        let (results, kept): (Vec<[u32; 4]>, Vec<GrpcToDeliver>) = results.into_iter().unzip();
         let step = |which: usize| {
             let mut latencies: Vec<u32> = results.iter().map(|purchase| purchase[which]).collect();
             let rate = Rate::new(count as u64, elapsed, &mut latencies);
@@ -198,59 +207,73 @@ impl GrpcMarket {
         let ((reserve_p50_ms, reserve_p99_ms), (authorize_p50_ms, authorize_p99_ms), (issue_p50_ms, issue_p99_ms)) = (step(0), step(1), step(2));
         let mut latencies: Vec<u32> = results.iter().map(|purchase| purchase[3]).collect();
         let steps = PurchaseSteps { reserve_p50_ms, reserve_p99_ms, authorize_p50_ms, authorize_p99_ms, issue_p50_ms, issue_p99_ms };
-        Ok((Rate::new(count as u64, elapsed, &mut latencies), steps, kept.into_iter().flatten().collect()))
+        Ok((Rate::new(count as u64, elapsed, &mut latencies), steps, kept))
     }
 
-    /// Redeems every voucher in `vouchers` through DeliveryService over gRPC, as the node
-    /// it was issued to (the node's credential) with the player's proof, `VOUCHERS_IN_FLIGHT`
-    /// at once: each answer carries the media key re-wrapped for the consumer (RSA-OAEP)
-    /// and the signed transaction record.
-    pub(super) async fn redeem_all(&self, vouchers: Vec<GrpcToDeliver>) -> anyhow::Result<Rate> {
-        let count = vouchers.len();
-        let vouchers: Vec<Arc<GrpcToDeliver>> = vouchers.into_iter().map(Arc::new).collect();
-        let started = Instant::now();
-        let mut latencies = drive(0..vouchers.len(), |position| {
-            let voucher = Arc::clone(&vouchers[position]);
-            let node = self.node_clients.get(&voucher.node_id).cloned();
-            let (consumer_id, cert_serial) = self.consumer.clone();
-            let consumer_key_der = Arc::clone(&self.consumer_key_der);
-            let run_id = self.run_id.clone();
-            async move {
-                let mut node =
-                    node.with_context(|| format!("voucher {} was issued to node {}, which the bench did not register", voucher.voucher_id, voucher.node_id))?;
+    /// Each voucher's Redeem as the node it was issued to would send it (that node's
+    /// client, with the node's credential, and the player's proof over a fresh challenge),
+    /// built before anything is timed, so the timed part holds only the calls.
+    pub(super) fn prepare_redemptions(&self, vouchers: &[GrpcToDeliver]) -> anyhow::Result<Vec<PreparedRedeem>> {
+        let (consumer_id, cert_serial) = &self.consumer;
+        vouchers
+            .iter()
+            .map(|voucher| {
+                let node = self
+                    .node_clients
+                    .get(&voucher.node_id)
+                    .cloned()
+                    .with_context(|| format!("voucher {} was issued to node {}, which the bench did not register", voucher.voucher_id, voucher.node_id))?;
                 let challenge = crypto::random_bytes::<32>();
                 let proof = crypto::receipt_proof(
                     &voucher.receipt,
                     &voucher.voucher_id,
                     &voucher.node_id,
                     &challenge,
-                    &crypto::ProofConsumer::new(&consumer_id, &cert_serial, &consumer_key_der),
+                    &crypto::ProofConsumer::new(consumer_id, cert_serial, &self.consumer_key_der),
                 );
+                let request = pb::RedeemRequest {
+                    request_id: request(&self.run_id, "redeem", voucher.index).0,
+                    voucher_id: voucher.voucher_id.clone(),
+                    cert_serial: cert_serial.clone(),
+                    consumer_id: consumer_id.clone(),
+                    challenge: challenge.to_vec(),
+                    proof: proof.to_vec(),
+                    recover: false,
+                };
+                Ok(PreparedRedeem { node, request })
+            })
+            .collect()
+    }
+
+    /// Sends every prepared Redeem through DeliveryService over gRPC, `VOUCHERS_IN_FLIGHT`
+    /// at once: each answer carries the media key re-wrapped for the consumer (RSA-OAEP)
+    /// and the signed transaction record. The rate, and one answer (the raw gRPC baseline
+    /// answers its bytes).
+    pub(super) async fn redeem_all(&self, prepared: Vec<PreparedRedeem>) -> anyhow::Result<(Rate, pb::RedeemResponse)> {
+        let count = prepared.len();
+        let prepared = Arc::new(prepared);
+        let started = Instant::now();
+        let answers = drive(0..count, |position| {
+            let prepared = Arc::clone(&prepared);
+            async move {
+                let PreparedRedeem { node, request } = &prepared[position];
+                let voucher_id = request.voucher_id.clone();
                 let step = Instant::now();
-                let redeemed = node
-                    .redeem(pb::RedeemRequest {
-                        request_id: request(&run_id, "redeem", voucher.index).0,
-                        voucher_id: voucher.voucher_id.clone(),
-                        cert_serial,
-                        consumer_id,
-                        challenge: challenge.to_vec(),
-                        proof: proof.to_vec(),
-                        recover: false,
-                    })
-                    .await
-                    .with_context(|| format!("Redeem of voucher {}", voucher.voucher_id))?
-                    .into_inner();
+                let redeemed = node.clone().redeem(request.clone()).await.with_context(|| format!("Redeem of voucher {voucher_id}"))?.into_inner();
                 let latency = micros(step.elapsed());
                 ensure!(
                     redeemed.keys.len() == 1 && redeemed.keys.iter().all(|key| !key.wrapped_key.is_empty() && !key.transaction_signature.is_empty()),
-                    "Redeem of voucher {} answered without a wrapped key and a signed transaction",
-                    voucher.voucher_id
+                    "Redeem of voucher {voucher_id} answered without a wrapped key and a signed transaction"
                 );
-                anyhow::Ok(latency)
+                // One answer is kept: its bytes are what the raw baseline answers.
+                anyhow::Ok((latency, (position == 0).then_some(redeemed)))
             }
         })
         .await?;
-        Ok(Rate::new(count as u64, started.elapsed(), &mut latencies))
+        let elapsed = started.elapsed();
+        let (mut latencies, kept): (Vec<u32>, Vec<Option<pb::RedeemResponse>>) = answers.into_iter().unzip();
+        let sample = kept.into_iter().flatten().next().context("no redemption to time")?;
+        Ok((Rate::new(count as u64, elapsed, &mut latencies), sample))
     }
 
     /// Waits until the engine's projections applied every event stored so far.

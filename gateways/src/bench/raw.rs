@@ -126,6 +126,51 @@ impl RawClient {
         Ok(latencies)
     }
 
+    /// Case 4's raw appends: `count` publishes of `payload_bytes` each, every one on a
+    /// subject of its own (a redemption appends to its voucher's subject) with a unique
+    /// `Nats-Msg-Id` and an expected last subject sequence, as the engine sends them,
+    /// `VOUCHERS_IN_FLIGHT` at once from this task, after `warmup` untimed; the rate with
+    /// its CPU (process + nats-server).
+    pub(super) async fn single_appends(&self, count: usize, payload_bytes: usize, warmup: usize, meter: CpuMeter) -> anyhow::Result<Rate> {
+        let payload = Bytes::from((0..payload_bytes).map(|i| (i * 17 % 251) as u8).collect::<Vec<u8>>());
+        let run = |range: std::ops::Range<usize>| {
+            let payload = payload.clone();
+            async move {
+                let mut latencies = Vec::with_capacity(range.len());
+                let mut in_flight = FuturesUnordered::new();
+                for index in range {
+                    if in_flight.len() >= VOUCHERS_IN_FLIGHT
+                        && let Some(done) = in_flight.next().await
+                    {
+                        latencies.push(done?);
+                    }
+                    in_flight.push(self.single_append(index, payload.clone()));
+                }
+                while let Some(done) = in_flight.next().await {
+                    latencies.push(done?);
+                }
+                anyhow::Ok(latencies)
+            }
+        };
+        run(0..warmup).await?;
+        let mark = meter.mark();
+        let started = Instant::now();
+        let mut latencies = run(warmup..warmup + count).await?;
+        Ok(mark.attach(Rate::new(count as u64, started.elapsed(), &mut latencies)))
+    }
+
+    async fn single_append(&self, index: usize, payload: Bytes) -> anyhow::Result<u32> {
+        // The shape of raw_voucher's: a 32-hex-digit id on the subject, a 32-character
+        // message id.
+        let id = blake3::hash(format!("{}-redeem-{index}", self.run_id).as_bytes()).to_hex();
+        let subject = format!("vb.voucher.r{}", &id[..32]);
+        let message = jetstream::message::PublishMessage::build().payload(payload).message_id(&id[..32]).expected_last_subject_sequence(0);
+        let started = Instant::now();
+        let ack = self.context.send_publish(subject.clone(), message).await?.await.with_context(|| format!("raw publish on {subject}"))?;
+        ensure!(!ack.duplicate, "raw publish on {subject} was a duplicate: message ids must be unique");
+        Ok(micros(started.elapsed()))
+    }
+
     /// Case 3's raw side: every message of the engine's stream through one pull consumer
     /// with AckNone and large batches (the substrate anchors' fastest way to read).
     pub(super) async fn consume_all(&self, expected: u64) -> anyhow::Result<Rate> {
@@ -207,7 +252,7 @@ pub(super) fn raw_rsa_crate_oaep(public_key_der: &[u8], threads: usize, measure_
 
 /// Runs `operation` for `measure_ms` on each of `threads` threads after three warm-up
 /// calls; the summed rate.
-fn time_threads<T>(threads: usize, measure_ms: u64, operation: impl Fn() -> anyhow::Result<T> + Sync) -> anyhow::Result<Rate> {
+pub(super) fn time_threads<T>(threads: usize, measure_ms: u64, operation: impl Fn() -> anyhow::Result<T> + Sync) -> anyhow::Result<Rate> {
     let measure = Duration::from_millis(measure_ms);
     let results: Vec<anyhow::Result<(u64, Duration)>> = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..threads)
