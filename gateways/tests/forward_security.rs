@@ -15,16 +15,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod shell;
-use shell::{Running, free_port, vouchsafe, wait_for_port};
-
-/// Runs a command to completion; returns (exit code, last stdout line as JSON, stderr).
-fn run(command: &mut Command, dir: &Path) -> (i32, serde_json::Value, String) {
-    let output = command.current_dir(dir).output().expect("run vouchsafe");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    let value = serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap_or(serde_json::Value::Null);
-    (output.status.code().unwrap_or(-1), value, stderr)
-}
+use shell::{Running, free_port, passport, run, vouchsafe, wait_for_port};
 
 struct Market {
     root: PathBuf,
@@ -196,24 +187,7 @@ fn the_engine_runs_without_the_master_key_a_stolen_host_opens_no_past_entry_and_
     );
     assert_eq!(code, 0, "{published} {stderr}");
     market.media_id = published["media"][0]["media_id"].as_str().expect("media id").to_string();
-    let (code, passport, stderr) = run(
-        vouchsafe().args([
-            "player",
-            "passport",
-            "--connect",
-            &market.url,
-            "--cred",
-            "keys/operator.cred",
-            "--engine-key",
-            "keys/engine.pub.pem",
-            "--consumer",
-            "alice",
-            "--data-dir",
-            "players",
-            "--json",
-        ]),
-        &root,
-    );
+    let (code, passport, stderr) = passport(&root, &market.url, "alice");
     assert_eq!(code, 0, "{passport} {stderr}");
     market.sell_and_deliver();
     market.sell_and_deliver();

@@ -11,14 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod shell;
-use shell::{Running, free_port, vouchsafe, wait_for_port};
-
-fn run(command: &mut Command, dir: &Path) -> (i32, serde_json::Value, String) {
-    let output = command.current_dir(dir).output().expect("run vouchsafe");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let value = serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap_or(serde_json::Value::Null);
-    (output.status.code().unwrap_or(-1), value, String::from_utf8_lossy(&output.stderr).into_owned())
-}
+use shell::{Running, free_port, passport, run, vouchsafe, wait_for_port};
 
 struct Shop {
     root: PathBuf,
@@ -98,24 +91,7 @@ fn the_engine_key_rotates_while_serving_old_signatures_verify_and_a_retired_key_
     let _node = Running(node);
     wait_for_port(node_port);
     let before = shop.publish("before.bin", 1);
-    let (code, passport, stderr) = run(
-        vouchsafe().args([
-            "player",
-            "passport",
-            "--connect",
-            &url,
-            "--cred",
-            "keys/operator.cred",
-            "--engine-key",
-            "keys/engine.pub.pem",
-            "--consumer",
-            "alice",
-            "--data-dir",
-            "players",
-            "--json",
-        ]),
-        &root,
-    );
+    let (code, passport, stderr) = passport(&root, &url, "alice");
     assert_eq!(code, 0, "{passport} {stderr}");
     let old_copy = shop.sell(&before);
     let old_key = shop.inspect(&old_copy)["transaction"]["engine_key_id"].as_str().map(str::to_string);

@@ -33,3 +33,35 @@ pub fn wait_for_port(port: u16) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Runs a command in `dir` to completion: its exit code, the last line of stdout as JSON
+/// (null when it is not), and stderr.
+pub fn run(command: &mut Command, dir: &std::path::Path) -> (i32, serde_json::Value, String) {
+    let output = command.current_dir(dir).output().expect("run vouchsafe");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let value = serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap_or(serde_json::Value::Null);
+    (output.status.code().unwrap_or(-1), value, String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+/// `player passport` for `consumer` against the engine at `url`, with the operator's
+/// credential and engine key of `root/keys`, the player's files under `root/players`.
+pub fn passport(root: &std::path::Path, url: &str, consumer: &str) -> (i32, serde_json::Value, String) {
+    run(
+        vouchsafe().args([
+            "player",
+            "passport",
+            "--connect",
+            url,
+            "--cred",
+            "keys/operator.cred",
+            "--engine-key",
+            "keys/engine.pub.pem",
+            "--consumer",
+            consumer,
+            "--data-dir",
+            "players",
+            "--json",
+        ]),
+        root,
+    )
+}
