@@ -15,7 +15,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod shell;
-use shell::{Running, free_port, passport, run, vouchsafe, wait_for_port};
+use shell::{Running, buy_and_fetch, free_port, passport, run, vouchsafe, wait_for_port};
 
 struct Market {
     root: PathBuf,
@@ -41,6 +41,21 @@ impl Market {
         running
     }
 
+    /// Waits until the engine has sealed every royalty entry (`admin stats`: `seals` grew
+    /// past `seals_before`).
+    fn sealed_after(&self, seals_before: u64) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (_, stats, _) = run(vouchsafe().args(["admin", "stats", "--connect", &self.url, "--keys", "keys", "--json"]), &self.root);
+            let seals = stats["seals"].as_u64().unwrap_or(0);
+            if seals > seals_before {
+                return seals;
+            }
+            assert!(Instant::now() < deadline, "no new seal within 20 s: {stats}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// SIGTERM, then the wait for a graceful exit.
     fn stop(&self, mut serve: Running) {
         assert!(Command::new("kill").args(["-TERM", &serve.0.id().to_string()]).status().expect("kill").success());
@@ -55,21 +70,7 @@ impl Market {
     fn sell_and_deliver(&mut self) {
         self.sales += 1;
         let sale = format!("sale{}.json", self.sales);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let (code, bought, stderr) = run(
-                vouchsafe().args(["merchant", "buy", "--media", &self.media_id, "--connect", &self.url, "--cred", "shop.cred", "--out", &sale, "--json"]),
-                &self.root,
-            );
-            if code == 0 {
-                break;
-            }
-            assert!(Instant::now() < deadline, "no purchase succeeded: {bought} {stderr}");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        let (code, fetched, stderr) =
-            run(vouchsafe().args(["player", "fetch", "--sale", &sale, "--consumer", "alice", "--data-dir", "players", "--json"]), &self.root);
-        assert_eq!((code, &fetched["decrypt_ok"]), (0, &serde_json::json!(true)), "{fetched} {stderr}");
+        buy_and_fetch(&self.root, &self.url, &self.media_id, &sale);
     }
 }
 
@@ -191,6 +192,7 @@ fn the_engine_runs_without_the_master_key_a_stolen_host_opens_no_past_entry_and_
     assert_eq!(code, 0, "{passport} {stderr}");
     market.sell_and_deliver();
     market.sell_and_deliver();
+    let seals = market.sealed_after(0);
     market.stop(serve);
     std::fs::remove_file(root.join("keys/royalty-master.key")).expect("the master key leaves the engine host");
 
@@ -203,7 +205,7 @@ fn the_engine_runs_without_the_master_key_a_stolen_host_opens_no_past_entry_and_
     assert_eq!(code, 0, "{issued}");
     let (code, refused, _) = run(vouchsafe().args(["audit", "replay", "--connect", &market.url, "--cred", "auditor.cred", "--json"]), &root);
     assert_eq!((code, refused["refused"].as_str()), (1, Some("FailedPrecondition")), "{refused}");
-    std::thread::sleep(Duration::from_millis(600)); // a seal over the new entry
+    market.sealed_after(seals); // a seal over the new entry, signed without the master key
     market.stop(serve);
     let (report, entries) = audited(&root);
     assert!(report.first_bad.is_none() && report.chain_ok, "the chain the engine wrote without the master key verifies: {report:?}");

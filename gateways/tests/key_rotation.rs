@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod shell;
-use shell::{Running, free_port, passport, run, vouchsafe, wait_for_port};
+use shell::{Running, buy_and_fetch, free_port, passport, run, vouchsafe, wait_for_port};
 
 struct Shop {
     root: PathBuf,
@@ -34,21 +34,7 @@ impl Shop {
     fn sell(&mut self, media: &str) -> String {
         self.sales += 1;
         let sale = format!("sale{}.json", self.sales);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let (code, bought, stderr) = run(
-                vouchsafe().args(["merchant", "buy", "--media", media, "--connect", &self.url, "--cred", "shop.cred", "--out", &sale, "--json"]),
-                &self.root,
-            );
-            if code == 0 {
-                break;
-            }
-            assert!(Instant::now() < deadline, "no purchase succeeded: {bought} {stderr}");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        let (code, fetched, stderr) =
-            run(vouchsafe().args(["player", "fetch", "--sale", &sale, "--consumer", "alice", "--data-dir", "players", "--json"]), &self.root);
-        assert_eq!((code, &fetched["decrypt_ok"]), (0, &serde_json::json!(true)), "{fetched} {stderr}");
+        let fetched = buy_and_fetch(&self.root, &self.url, media, &sale);
         fetched["copies"][0]["path"].as_str().expect("path").to_string()
     }
 
@@ -94,6 +80,12 @@ fn the_engine_key_rotates_while_serving_old_signatures_verify_and_a_retired_key_
     let (code, passport, stderr) = passport(&root, &url, "alice");
     assert_eq!(code, 0, "{passport} {stderr}");
     let old_copy = shop.sell(&before);
+    // A seal under the old key before the rotation (the control below needs one).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while run(vouchsafe().args(["admin", "stats", "--connect", &url, "--keys", "keys", "--json"]), &root).1["seals"].as_u64().unwrap_or(0) == 0 {
+        assert!(Instant::now() < deadline, "no seal within 20 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let old_key = shop.inspect(&old_copy)["transaction"]["engine_key_id"].as_str().map(str::to_string);
 
     // The rotation, while the engine serves.

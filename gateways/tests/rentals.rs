@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use tonic::Code;
 
 mod shell;
+mod support;
 use shell::{Running, free_port, vouchsafe, wait_for_port};
 
 /// How long a test waits for something asynchronous (the feed, the projections).
@@ -372,16 +373,9 @@ fn the_cli_rents_plays_twice_and_is_refused_after_the_window() {
 /// operator's bounds (the control), and so has the first once it sets 0..0 again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_merchants_own_rental_windows_bound_its_rentals_within_the_operators() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let keys = dir.path().join("keys");
-    gateways::common::keys::init(&keys).expect("keys init");
-    let log: Arc<dyn EventLog> = Arc::new(EmbeddedLog::open(&dir.path().join("log")).expect("embedded log"));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
-    let engine = server::start(EngineConfig::new(dir.path().to_path_buf(), keys.clone()), Arc::clone(&log), listener).await.expect("engine starts");
-    let channel = client::connect(&engine.url(), None).await.expect("connect");
-    let operator = Credential::load(&keys.join("operator.cred")).expect("operator credential");
-    let engine_public = gateways::common::keys::load_engine_public(&keys).expect("public key");
-    let mut catalog = client::catalog(channel.clone(), operator.clone());
+    let fx = support::start().await;
+    let (channel, engine_public) = (fx.channel.clone(), fx.engine_public.clone());
+    let mut catalog = client::catalog(channel.clone(), fx.operator.clone());
     let mut merchants = Vec::new();
     for name in ["Shop", "Other"] {
         let cred = client::credential_of(
@@ -433,5 +427,5 @@ async fn a_merchants_own_rental_windows_bound_its_rentals_within_the_operators()
     assert_eq!(merchants[0].reserve(rent("r-5", 8 * 24 * hour)).await.expect_err("past the operator's").code(), Code::InvalidArgument);
     merchants[0].set_rental_window(set("w-4", 0, 0)).await.expect("back to the operator's bounds");
     merchants[0].reserve(rent("r-6", hour)).await.expect("the operator's bounds again");
-    engine.shutdown().await.expect("shutdown");
+    fx.engine.shutdown().await.expect("shutdown");
 }

@@ -65,3 +65,22 @@ pub fn passport(root: &std::path::Path, url: &str, consumer: &str) -> (i32, serd
         root,
     )
 }
+
+/// `merchant buy` of `media` with `shop.cred` into the sale file `sale` (retried for up to
+/// 30 s while the node is not placed yet), then `player fetch` of it as alice, which must
+/// decrypt: the fetch's JSON.
+pub fn buy_and_fetch(root: &std::path::Path, url: &str, media: &str, sale: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, bought, stderr) =
+            run(vouchsafe().args(["merchant", "buy", "--media", media, "--connect", url, "--cred", "shop.cred", "--out", sale, "--json"]), root);
+        if code == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no purchase succeeded: {bought} {stderr}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (code, fetched, stderr) = run(vouchsafe().args(["player", "fetch", "--sale", sale, "--consumer", "alice", "--data-dir", "players", "--json"]), root);
+    assert_eq!((code, &fetched["decrypt_ok"]), (0, &serde_json::json!(true)), "{fetched} {stderr}");
+    fetched
+}
