@@ -116,6 +116,11 @@ async fn answers(url: &str, operator: &Credential, shop: &Credential, month: &st
             ("projection_lag", stats.projection_lag.to_string()),
             ("royalty_entries", stats.royalty_entries.to_string()),
             ("seals", stats.seals.to_string()),
+            ("engine_key_id", stats.engine_key_id.clone()),
+            ("engine_keys", stats.engine_key_ids.len().to_string()),
+            ("certificates_issued", stats.certificates_issued.to_string()),
+            ("certificates_revoked", stats.certificates_revoked.to_string()),
+            ("certificates_expired", stats.certificates_expired.to_string()),
         ]),
         nodes: stats.nodes.iter().map(|n| (n.node_id.clone(), (n.streams_in_use, n.streams_max, n.status.clone(), n.region.clone()))).collect(),
         seals: (

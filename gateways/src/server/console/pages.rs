@@ -110,6 +110,14 @@ pub(super) async fn overview(State(console): State<Arc<Console>>, headers: Heade
             (figure("seals", "seals", stats.seals))
             (figure("seals_verified", "seals verified", totals.seals_verified))
         }
+        h2 { "Keys and certificates" }
+        div.figures {
+            (figure("engine_key_id", "engine key signing now", &stats.engine_key_id))
+            (figure("engine_keys", "engine keys in the set", stats.engine_key_ids.len()))
+            (figure("certificates_issued", "consumer certificates issued", stats.certificates_issued))
+            (figure("certificates_revoked", "revoked", stats.certificates_revoked))
+            (figure("certificates_expired", "expired (not revoked)", stats.certificates_expired))
+        }
         @if let Some(seal) = totals.newest_seals.first() {
             p.note { "newest seal " code data-figure="newest_seal_hash" { (hex::encode(&seal.seal_hash)) } " at " (utc_text(seal.sealed_at_ms)) }
         }
