@@ -15,7 +15,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod shell;
-use shell::{Running, buy_and_fetch, free_port, passport, run, vouchsafe, wait_for_port};
+use shell::{Running, buy_and_fetch, free_port, passport, run, start_node, vouchsafe, wait_for_port};
 
 struct Market {
     root: PathBuf,
@@ -170,17 +170,7 @@ fn the_engine_runs_without_the_master_key_a_stolen_host_opens_no_past_entry_and_
         &root,
     );
     assert_eq!(code, 0, "{merchant}");
-    let (code, _, _) = run(vouchsafe().args(["keys", "issue", "node", "--keys", "keys", "--out", "node.cred", "--connect", &market.url, "--json"]), &root);
-    assert_eq!(code, 0);
-    let node_port = free_port();
-    let node = vouchsafe()
-        .args(["node", "--connect", &market.url, "--cred", "node.cred", "--listen", &format!("127.0.0.1:{node_port}"), "--data-dir", "node"])
-        .current_dir(&root)
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("node starts");
-    let _node = Running(node);
-    wait_for_port(node_port);
+    let _node = start_node(&root, &market.url);
     std::fs::write(root.join("song.bin"), (0..40_000u32).map(|i| (i * 7 % 256) as u8).collect::<Vec<u8>>()).expect("song");
     let (code, published, stderr) = run(
         vouchsafe().args(["publish", "--connect", &market.url, "--cred", "keys/operator.cred", "--engine-key", "keys/engine.pub.pem", "song.bin", "--json"]),

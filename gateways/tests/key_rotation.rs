@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod shell;
-use shell::{Running, buy_and_fetch, free_port, passport, run, vouchsafe, wait_for_port};
+use shell::{Running, buy_and_fetch, free_port, passport, run, start_node, vouchsafe, wait_for_port};
 
 struct Shop {
     root: PathBuf,
@@ -65,17 +65,7 @@ fn the_engine_key_rotates_while_serving_old_signatures_verify_and_a_retired_key_
     let (code, merchant, _) =
         run(vouchsafe().args(["keys", "issue", "merchant", "--name", "Shop", "--keys", "keys", "--out", "shop.cred", "--connect", &url, "--json"]), &root);
     assert_eq!(code, 0, "{merchant}");
-    let (code, _, _) = run(vouchsafe().args(["keys", "issue", "node", "--keys", "keys", "--out", "node.cred", "--connect", &url, "--json"]), &root);
-    assert_eq!(code, 0);
-    let node_port = free_port();
-    let node = vouchsafe()
-        .args(["node", "--connect", &url, "--cred", "node.cred", "--listen", &format!("127.0.0.1:{node_port}"), "--data-dir", "node"])
-        .current_dir(&root)
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("node starts");
-    let _node = Running(node);
-    wait_for_port(node_port);
+    let _node = start_node(&root, &url);
     let before = shop.publish("before.bin", 1);
     let (code, passport, stderr) = passport(&root, &url, "alice");
     assert_eq!(code, 0, "{passport} {stderr}");

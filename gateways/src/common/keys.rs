@@ -226,17 +226,7 @@ pub fn load_engine_keys(dir: &Path) -> anyhow::Result<engine::app::EngineKeys> {
         retired.push(old);
     }
     let token_path = dir.join(TOKEN_KEY);
-    let material = if token_path.exists() {
-        warn_if_loose(&token_path);
-        let text = zeroize::Zeroizing::new(std::fs::read_to_string(&token_path).with_context(|| format!("cannot read {}", token_path.display()))?);
-        let mut bytes = [0u8; 32];
-        hex::decode_to_slice(text.trim(), &mut bytes).map_err(|_| anyhow::anyhow!("{} must hold 64 hex digits", token_path.display()))?;
-        let material = SecretKey::from_bytes(bytes);
-        zeroize::Zeroize::zeroize(&mut bytes);
-        material
-    } else {
-        engine::app::EngineKeys::token_key_material_of(&private)?
-    };
+    let material = if token_path.exists() { read_hex_secret(&token_path)? } else { engine::app::EngineKeys::token_key_material_of(&private)? };
     let mut keys = engine::app::EngineKeys::with_retired(private, retired, material)?;
     keys.checkpoint = load_checkpoint_key(dir)?;
     Ok(keys)
@@ -290,9 +280,14 @@ pub fn rotate_engine(dir: &Path) -> anyhow::Result<(String, String)> {
 }
 
 pub fn load_royalty_master(dir: &Path) -> anyhow::Result<SecretKey> {
-    let path = dir.join(ROYALTY_MASTER);
-    warn_if_loose(&path);
-    let text = zeroize::Zeroizing::new(std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?);
+    read_hex_secret(&dir.join(ROYALTY_MASTER))
+}
+
+/// A 32-byte secret written as 64 hex digits (`royalty-master.key`, `token.key`); the
+/// error names the file, never its contents.
+fn read_hex_secret(path: &Path) -> anyhow::Result<SecretKey> {
+    warn_if_loose(path);
+    let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?);
     let mut bytes = [0u8; 32];
     hex::decode_to_slice(text.trim(), &mut bytes).map_err(|_| anyhow::anyhow!("{} must hold 64 hex digits", path.display()))?;
     let key = SecretKey::from_bytes(bytes);

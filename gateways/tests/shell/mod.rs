@@ -84,3 +84,20 @@ pub fn buy_and_fetch(root: &std::path::Path, url: &str, media: &str, sale: &str)
     assert_eq!((code, &fetched["decrypt_ok"]), (0, &serde_json::json!(true)), "{fetched} {stderr}");
     fetched
 }
+
+/// A delivery node for the engine at `url`: its credential issued with `root/keys` into
+/// `node.cred`, its agent started in `root` (data under `node/`) and listening; killed on drop.
+pub fn start_node(root: &std::path::Path, url: &str) -> Running {
+    let (code, issued, stderr) = run(vouchsafe().args(["keys", "issue", "node", "--keys", "keys", "--out", "node.cred", "--connect", url, "--json"]), root);
+    assert_eq!(code, 0, "{issued} {stderr}");
+    let node_port = free_port();
+    let node = vouchsafe()
+        .args(["node", "--connect", url, "--cred", "node.cred", "--listen", &format!("127.0.0.1:{node_port}"), "--data-dir", "node"])
+        .current_dir(root)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("node starts");
+    let node = Running(node);
+    wait_for_port(node_port);
+    node
+}
