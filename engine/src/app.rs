@@ -76,8 +76,8 @@ fn retries_max_of(config: &Config) -> u32 {
 
 /// The one report aggregate: the chain of royalty seals.
 pub const REPORT_AGGREGATE: &str = "rights";
-/// The token key id in use (rotation bumps it; older ids stay derivable).
-pub const TOKEN_KEY_ID: u32 = 1;
+/// The first token key id: what a key directory never rotated for tokens uses.
+pub const TOKEN_KEY_ID: u32 = crate::token_keys::FIRST_TOKEN_KEY_ID;
 
 pub use crate::placement::Allocator;
 
@@ -97,6 +97,9 @@ pub enum AppError {
     Sign(crate::batch_signer::SignError),
     #[error("the media store failed")]
     MediaStore(#[from] MediaStoreError),
+    /// A token key id recorded on the stream that this engine's `token.key` does not hold.
+    #[error("token key {key_id} is not in this engine's token.key; copy the key directory of the engine that rotated it")]
+    TokenKeyMissing { key_id: u32 },
 }
 
 impl From<HandleError> for AppError {
@@ -121,7 +124,8 @@ pub struct EngineKeys {
     pub public: RsaPublic,
     /// Signs each seal's C2SP checkpoint (`checkpoint.key`); without it seals have none.
     pub checkpoint: Option<crate::note::NoteSigner>,
-    token_key_material: SecretKey,
+    /// The token keys by id (`token.key`; before any rotation, id 1 derived from `engine.pem`).
+    token_keys: crate::token_keys::TokenKeys,
     /// Keys rotated out, newest first: media published under them still unwrap with them.
     retired: Vec<RsaPrivate>,
     /// Every public key, the current one first (`engine.pub.pem`): what verifiers look up.
@@ -130,8 +134,8 @@ pub struct EngineKeys {
 
 impl EngineKeys {
     pub fn new(private: RsaPrivate) -> Result<Self, crypto::CryptoError> {
-        let token_key_material = Self::token_key_material_of(&private)?;
-        Self::with_retired(private, Vec::new(), token_key_material)
+        let token_keys = crate::token_keys::TokenKeys::first(Self::token_key_material_of(&private)?);
+        Self::with_retired(private, Vec::new(), token_keys)
     }
 
     /// Token keys are derived from the engine's first private key, so there is no separate
@@ -143,11 +147,11 @@ impl EngineKeys {
         Ok(crypto::derive_key("vouchsafe 2026 token key material", pem.as_bytes()))
     }
 
-    /// The current key, the keys rotated out (newest first) and the token key material.
-    pub fn with_retired(private: RsaPrivate, retired: Vec<RsaPrivate>, token_key_material: SecretKey) -> Result<Self, crypto::CryptoError> {
+    /// The current key, the keys rotated out (newest first) and the token keys.
+    pub fn with_retired(private: RsaPrivate, retired: Vec<RsaPrivate>, token_keys: crate::token_keys::TokenKeys) -> Result<Self, crypto::CryptoError> {
         let public = private.public();
         let set = crate::keyset::KeySet::of(public.clone(), retired.iter().map(RsaPrivate::public));
-        Ok(Self { private, public, checkpoint: None, token_key_material, retired, set })
+        Ok(Self { private, public, checkpoint: None, token_keys, retired, set })
     }
 
     pub fn key_id(&self) -> String {
@@ -164,18 +168,20 @@ impl EngineKeys {
         &self.retired
     }
 
-    /// What token keys derive from (`token.key` after a rotation). A secret: never log it.
-    pub fn token_key_material(&self) -> &SecretKey {
-        &self.token_key_material
+    /// The token keys by id (`token.key`). Secrets: never log them.
+    pub fn token_keys(&self) -> &crate::token_keys::TokenKeys {
+        &self.token_keys
     }
 
-    pub fn token_key(&self, key_id: u32) -> SecretKey {
-        let mut material = Vec::with_capacity(36);
-        material.extend_from_slice(self.token_key_material.expose());
-        material.extend_from_slice(&key_id.to_le_bytes());
-        let key = crypto::derive_key("vouchsafe 2026 token key", &material);
-        zeroize::Zeroize::zeroize(&mut material);
-        key
+    /// The token key id new receipts and access tokens use.
+    pub fn token_key_id(&self) -> u32 {
+        self.token_keys.current_id()
+    }
+
+    /// The token key of `key_id`; refused when this engine's `token.key` lacks it (another
+    /// engine rotated and this one has not taken the file up).
+    pub fn token_key(&self, key_id: u32) -> Result<SecretKey, AppError> {
+        self.token_keys.key(key_id).ok_or(AppError::TokenKeyMissing { key_id })
     }
 }
 
@@ -212,6 +218,8 @@ pub struct IssueAnswer {
     pub voucher_id: VoucherId,
     pub node_id: NodeId,
     pub access_token: [u8; 32],
+    /// The token key the access token was made under (the node checks it with that key).
+    pub token_key_id: u32,
     pub access_expires_at: Millis,
     pub media_ids: Vec<MediaId>,
     /// A rental's end (`Millis(0)`: not a rental).
@@ -418,13 +426,21 @@ impl Market {
         if handled.repeated {
             return Err(Rejection::AlreadyExists { kind: "node credential", id: node.0 }.into());
         }
-        let access_key = self.node_access_key(&node);
+        let access_key = self.node_access_key(&node)?;
         Ok((Credential { id: node.0, secret }, access_key))
     }
 
-    /// The node's key for checking access tokens locally.
-    pub fn node_access_key(&self, node: &NodeId) -> SecretKey {
-        crypto::node_access_key(&self.keys().token_key(TOKEN_KEY_ID), &node.0)
+    /// The node's key for checking access tokens locally, under the current token key.
+    pub fn node_access_key(&self, node: &NodeId) -> Result<SecretKey, AppError> {
+        let keys = self.keys();
+        Ok(crypto::node_access_key(&keys.token_key(keys.token_key_id())?, &node.0))
+    }
+
+    /// The node's access keys under every token key this engine holds, newest first, by
+    /// token key id: access tokens name the id they were made under.
+    pub fn node_access_keys(&self, node: &NodeId) -> Result<Vec<(u32, SecretKey)>, AppError> {
+        let keys = self.keys();
+        keys.token_keys().ids().into_iter().map(|id| Ok((id, crypto::node_access_key(&keys.token_key(id)?, &node.0)))).collect()
     }
 
     /// Publishes a media with its bytes (PublishMedia): the container (and preview clip) is
@@ -497,7 +513,7 @@ impl Market {
         } else {
             root.state.clone()
         };
-        Ok((self.node_access_key(node), state))
+        Ok((self.node_access_key(node)?, state))
     }
 
     /// The audited configuration (ConfigChanged events).
@@ -684,7 +700,7 @@ impl Market {
             rendition: rendition.to_string(),
             ttl_ms,
             payment: payment.clone(),
-            token_key_id: TOKEN_KEY_ID,
+            token_key_id: self.keys().token_key_id(),
             rental_ms,
             rental: if rental_ms > 0 {
                 let operator = rental_terms_of(&self.config().await?);
@@ -748,7 +764,7 @@ impl Market {
         // The handler builds the next state in place when it holds the only reference.
         drop(root);
         let by = actor(ActorKind::Merchant, &merchant.0);
-        let command = VoucherCommand::Authorize(Authorize { merchant: merchant.clone(), receipt_key_id: TOKEN_KEY_ID, media });
+        let command = VoucherCommand::Authorize(Authorize { merchant: merchant.clone(), receipt_key_id: self.keys().token_key_id(), media });
         let handled = self.handler.handle::<Voucher>(&voucher_id.0, &by, request, &command).await.map_err(|error| naming(error, &voucher_id.0))?;
         let state = &handled.root.state;
         if let Some(Payment::Points { account }) = &state.payment {
@@ -756,7 +772,7 @@ impl Market {
                 .handle::<Account>(&account.0, &by, &account_request_for(request, voucher_id), &AccountCommand::Post { voucher: voucher_id.clone() })
                 .await?;
         }
-        let receipt = crypto::derive_token(&self.keys().token_key(state.receipt_key_id), TokenPurpose::Receipt, &voucher_id.0, state.receipt_generation);
+        let receipt = crypto::derive_token(&self.keys().token_key(state.receipt_key_id)?, TokenPurpose::Receipt, &voucher_id.0, state.receipt_generation);
         Ok(AuthorizeAnswer { voucher_id: voucher_id.clone(), receipt, receipt_generation: state.receipt_generation, rental_until: state.rental_until })
     }
 

@@ -23,5 +23,6 @@ pub mod spend;
 pub mod testing;
 pub mod tiles;
 pub mod tlog;
+pub mod token_keys;
 pub mod wire;
 pub mod witness;

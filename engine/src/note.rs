@@ -114,7 +114,7 @@ impl NoteSigner {
     }
 
     pub fn verifier(&self) -> NoteVerifier {
-        NoteVerifier { name: self.name.clone(), id: self.id, key: self.key.public() }
+        NoteVerifier { name: self.name.clone(), id: self.id, key: self.key.public(), older: Vec::new() }
     }
 
     /// Key ID ‖ Ed25519 signature over `text` (which must end in a newline).
@@ -150,39 +150,84 @@ impl NoteSigner {
     }
 }
 
-/// A note verifier: a key name, ID and Ed25519 public key (a vkey line).
+/// A note verifier: a key name, ID and Ed25519 public key (a vkey line), and the keys of
+/// the same name it replaced (a rotated checkpoint key): a signature by any of them, found
+/// by its key ID, verifies.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NoteVerifier {
     name: String,
     id: [u8; 4],
     key: Ed25519Public,
+    older: Vec<([u8; 4], Ed25519Public)>,
 }
 
 impl NoteVerifier {
-    /// Reads a vkey line `<name>+<hex key id>+base64(0x01 ‖ public key)`.
-    pub fn from_vkey(line: &str) -> Result<Self, NoteError> {
+    /// Reads a vkey line `<name>+<hex key id>+base64(0x01 ‖ public key)`; several lines
+    /// (newest first, one name) make a key set whose first key is the current one.
+    pub fn from_vkey(text: &str) -> Result<Self, NoteError> {
+        let mut lines = text.lines().map(str::trim).filter(|line| !line.is_empty());
+        let mut verifier = Self::from_vkey_line(lines.next().unwrap_or_default())?;
+        for line in lines {
+            verifier = verifier.with_older(&Self::from_vkey_line(line)?)?;
+        }
+        Ok(verifier)
+    }
+
+    fn from_vkey_line(line: &str) -> Result<Self, NoteError> {
         let (name, id, key) = parse_key_line(line)?;
         let key = Ed25519Public::from_bytes(&key).map_err(|_| NoteError::KeyLine("not an ed25519 public key"))?;
         if key_id(&name, &key) != id {
             return Err(NoteError::KeyLine("the key id does not match the key"));
         }
-        Ok(Self { name, id, key })
+        Ok(Self { name, id, key, older: Vec::new() })
     }
 
+    /// This key with `older`'s keys (same name) accepted too.
+    pub fn with_older(mut self, older: &NoteVerifier) -> Result<Self, NoteError> {
+        if older.name != self.name {
+            return Err(NoteError::KeyLine("the keys of one log share its name"));
+        }
+        for (id, key) in std::iter::once((older.id, older.key)).chain(older.older.iter().copied()) {
+            if id != self.id && !self.older.iter().any(|(known, _)| *known == id) {
+                self.older.push((id, key));
+            }
+        }
+        Ok(self)
+    }
+
+    /// Every vkey line: the current key, then the older ones.
+    pub fn vkeys(&self) -> Vec<String> {
+        std::iter::once(self.vkey()).chain(self.older.iter().map(|(id, key)| vkey_line(&self.name, *id, key))).collect()
+    }
+
+    fn knows(&self, id: &[u8]) -> bool {
+        id == self.id || self.older.iter().any(|(known, _)| known == id)
+    }
+
+    /// The current key's vkey line.
     pub fn vkey(&self) -> String {
-        let mut bytes = vec![SIGNATURE_TYPE_ED25519];
-        bytes.extend_from_slice(&self.key.to_bytes());
-        format!("{}+{}+{}", self.name, hex::encode(self.id), BASE64.encode(bytes))
+        vkey_line(&self.name, self.id, &self.key)
     }
 
     pub fn name(&self) -> &str {
         &self.name
     }
 
-    /// Whether `signature` (key ID ‖ Ed25519 signature) is this key's over `text`.
+    /// Whether `signature` (key ID ‖ Ed25519 signature) is by this key, or one of its older
+    /// keys, over `text`.
     pub fn verify(&self, text: &str, signature: &[u8]) -> bool {
-        signature.len() == NOTE_SIGNATURE_BYTES && signature[..4] == self.id && self.key.verify(text.as_bytes(), &signature[4..]).is_ok()
+        if signature.len() != NOTE_SIGNATURE_BYTES {
+            return false;
+        }
+        let key = if signature[..4] == self.id { Some(&self.key) } else { self.older.iter().find(|(id, _)| signature[..4] == *id).map(|(_, key)| key) };
+        key.is_some_and(|key| key.verify(text.as_bytes(), &signature[4..]).is_ok())
     }
+}
+
+fn vkey_line(name: &str, id: [u8; 4], key: &Ed25519Public) -> String {
+    let mut bytes = vec![SIGNATURE_TYPE_ED25519];
+    bytes.extend_from_slice(&key.to_bytes());
+    format!("{name}+{}+{}", hex::encode(id), BASE64.encode(bytes))
 }
 
 /// A parsed signed note: its text (with the final newline) and its signature lines.
@@ -241,7 +286,7 @@ impl SignedNote {
     /// Checks the signature of `verifier`'s key (name and ID both match; other keys'
     /// signatures are ignored, as the spec asks): its text, once verified.
     pub fn open(&self, verifier: &NoteVerifier) -> Result<&str, NoteError> {
-        let mut known = self.signatures.iter().filter(|(name, signature)| *name == verifier.name && signature[..4] == verifier.id).peekable();
+        let mut known = self.signatures.iter().filter(|(name, signature)| *name == verifier.name && verifier.knows(&signature[..4])).peekable();
         if known.peek().is_none() {
             return Err(NoteError::Unsigned(verifier.vkey()));
         }

@@ -584,6 +584,12 @@ fn event_to_pb(event: &Event) -> E {
             rotated_at_ms: rotated_at.0,
         }),
         Event::EngineKeyRevoked { key_id } => E::EngineKeyRevoked(pb::EngineKeyRevoked { key_id: key_id.clone() }),
+        Event::TokenKeyRotated { key_id, previous_key_id, rotated_at } => {
+            E::TokenKeyRotated(pb::TokenKeyRotated { key_id: *key_id, previous_key_id: *previous_key_id, rotated_at_ms: rotated_at.0 })
+        }
+        Event::CheckpointKeyRotated { vkey, previous_vkey, rotated_at } => {
+            E::CheckpointKeyRotated(pb::CheckpointKeyRotated { vkey: vkey.clone(), previous_vkey: previous_vkey.clone(), rotated_at_ms: rotated_at.0 })
+        }
     }
 }
 
@@ -798,5 +804,7 @@ fn event_of_pb(event: E) -> Result<Event, DecodeError> {
             rotated_at: Millis(e.rotated_at_ms),
         },
         E::EngineKeyRevoked(e) => Event::EngineKeyRevoked { key_id: e.key_id },
+        E::TokenKeyRotated(e) => Event::TokenKeyRotated { key_id: e.key_id, previous_key_id: e.previous_key_id, rotated_at: Millis(e.rotated_at_ms) },
+        E::CheckpointKeyRotated(e) => Event::CheckpointKeyRotated { vkey: e.vkey, previous_vkey: e.previous_vkey, rotated_at: Millis(e.rotated_at_ms) },
     })
 }

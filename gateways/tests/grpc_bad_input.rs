@@ -832,6 +832,10 @@ impl World {
                 Req::RotateEngineKey(pb::RotateEngineKeyRequest { request_id: "acc-rotate".into(), key_id: self.fx.engine_public.key_id() })
             }
             Rpc::RevokeEngineKey => Req::RevokeEngineKey(pb::RevokeEngineKeyRequest { request_id: "acc-revoke".into(), key_id: "no-such-key".into() }),
+            Rpc::RotateTokenKey => Req::RotateTokenKey(pb::RotateTokenKeyRequest { request_id: "acc-rotate-token".into(), key_id: 1 }),
+            Rpc::RotateCheckpointKey => {
+                Req::RotateCheckpointKey(pb::RotateCheckpointKeyRequest { request_id: "acc-rotate-checkpoint".into(), vkey: self.fx.checkpoint_vkey.clone() })
+            }
             Rpc::SetRentalWindow => {
                 Req::SetRentalWindow(pb::SetRentalWindowRequest { request_id: "acc-window".into(), window_ms_min: 3_600_000, window_ms_max: 7_200_000 })
             }

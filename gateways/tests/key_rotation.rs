@@ -162,3 +162,123 @@ fn the_engine_key_rotates_while_serving_old_signatures_verify_and_a_retired_key_
     let (code, unverified, _) = run(vouchsafe().args(["audit", "verify", "royalty.log", "--keys", "only-new", "--json"]), &root);
     assert_eq!(code, 1, "the exported old seals need the old key too: {unverified}");
 }
+
+/// `admin stats`' seal count.
+fn seals(root: &Path, url: &str) -> u64 {
+    run(vouchsafe().args(["admin", "stats", "--connect", url, "--keys", "keys", "--json"]), root).1["seals"].as_u64().unwrap_or(0)
+}
+
+/// Waits until the engine has recorded more than `than` seals.
+fn wait_for_seal(root: &Path, url: &str, than: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = seals(root, url);
+        if now > than {
+            return now;
+        }
+        assert!(Instant::now() < deadline, "no seal past {than} within 20 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn buy(root: &Path, url: &str, media: &str, sale: &str) -> serde_json::Value {
+    let (code, bought, stderr) =
+        run(vouchsafe().args(["merchant", "buy", "--media", media, "--connect", url, "--cred", "shop.cred", "--out", sale, "--json"]), root);
+    assert_eq!(code, 0, "{bought} {stderr}");
+    serde_json::from_str(&std::fs::read_to_string(root.join(sale)).expect("sale file")).expect("sale JSON")
+}
+
+fn fetch(root: &Path, sale: &str) -> (i32, serde_json::Value, String) {
+    run(vouchsafe().args(["player", "fetch", "--sale", sale, "--consumer", "alice", "--data-dir", "players", "--json"]), root)
+}
+
+/// Token and checkpoint keys rotate while the engine serves (issue 28 item 1): a sale made
+/// under token key 1 is fetched after the rotation; a sale after it names token key 2 and is
+/// served by a node that registered before the rotation (it takes up its new access key by
+/// itself). The control: the same grant claiming token key 1 is refused, so its access
+/// token really is key 2's. Checkpoints: seals before and after the rotation verify with the
+/// rotated key set (`checkpoint.vkey` plus `retired/checkpoint.vkeys`); the controls: an
+/// auditor with only the new vkey, or only the old one, fails.
+#[test]
+fn token_and_checkpoint_keys_rotate_while_serving_and_what_came_before_still_verifies() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path().to_path_buf();
+    assert!(vouchsafe().args(["keys", "init", "--out", "keys"]).current_dir(&root).status().expect("keys init").success());
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let serve = vouchsafe()
+        .args(["serve", "--data-dir", "engine", "--keys", "keys", "--listen", &format!("127.0.0.1:{port}")])
+        .env("VOUCHSAFE_SEAL_INTERVAL_MS", "200")
+        .current_dir(&root)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("serve starts");
+    let mut serve = Running(serve);
+    wait_for_port(port);
+    let shop = Shop { root: root.clone(), url: url.clone(), sales: 0 };
+    let (code, merchant, _) =
+        run(vouchsafe().args(["keys", "issue", "merchant", "--name", "Shop", "--keys", "keys", "--out", "shop.cred", "--connect", &url, "--json"]), &root);
+    assert_eq!(code, 0, "{merchant}");
+    let _node = start_node(&root, &url);
+    let media = shop.publish("song.bin", 3);
+    let (code, passport, stderr) = passport(&root, &url, "alice");
+    assert_eq!(code, 0, "{passport} {stderr}");
+    buy_and_fetch(&root, &url, &media, "first.json");
+    let before = buy(&root, &url, &media, "before.json");
+    assert_eq!(before["token_key_id"], 1, "{before}");
+
+    // The token key rotation.
+    let (code, rotated, stderr) = run(vouchsafe().args(["keys", "rotate", "token", "--keys", "keys", "--connect", &url, "--json"]), &root);
+    assert_eq!(code, 0, "{rotated} {stderr}");
+    assert_eq!(
+        (&rotated["key_id"], &rotated["previous_key_id"], &rotated["key_ids"]),
+        (&serde_json::json!(2), &serde_json::json!(1), &serde_json::json!([2, 1]))
+    );
+    let token_file = std::fs::read_to_string(root.join("keys/token.key")).expect("token.key");
+    assert_eq!(token_file.lines().map(|line| line.split(' ').next().unwrap_or_default()).collect::<Vec<_>>(), ["2", "1"]);
+    let after = buy(&root, &url, &media, "after.json");
+    assert_eq!(after["token_key_id"], 2, "new access tokens use the new key: {after}");
+    // The control first (a refused grant changes nothing): the grant claiming key 1.
+    let mut claimed = after.clone();
+    claimed["token_key_id"] = serde_json::json!(1);
+    std::fs::write(root.join("claimed.json"), claimed.to_string()).expect("write");
+    let (code, refused, _) = fetch(&root, "claimed.json");
+    assert_eq!(code, 1, "an access token made under key 2 does not pass as key 1's: {refused}");
+    let (code, fetched, stderr) = fetch(&root, "after.json");
+    assert_eq!((code, &fetched["decrypt_ok"]), (0, &serde_json::json!(true)), "the node takes up its key 2 access key: {fetched} {stderr}");
+    let (code, fetched, stderr) = fetch(&root, "before.json");
+    assert_eq!((code, &fetched["decrypt_ok"]), (0, &serde_json::json!(true)), "a sale under token key 1 still delivers: {fetched} {stderr}");
+    let (code, again, _) = run(vouchsafe().args(["keys", "rotate", "token", "--keys", "keys", "--record-only", "--connect", &url, "--json"]), &root);
+    assert_eq!((code, again["changed"].as_bool()), (0, Some(false)), "{again}");
+
+    // The checkpoint key rotation, between seals.
+    let sealed = wait_for_seal(&root, &url, 0);
+    let old_vkey = std::fs::read_to_string(root.join("keys/checkpoint.vkey")).expect("vkey");
+    let (code, rotated, stderr) = run(vouchsafe().args(["keys", "rotate", "checkpoint", "--keys", "keys", "--connect", &url, "--json"]), &root);
+    assert_eq!(code, 0, "{rotated} {stderr}");
+    let new_vkey = std::fs::read_to_string(root.join("keys/checkpoint.vkey")).expect("vkey");
+    assert_eq!((rotated["key_id"].as_str(), rotated["previous_key_id"].as_str()), (Some(new_vkey.trim()), Some(old_vkey.trim())), "{rotated}");
+    assert_eq!(new_vkey.split('+').next(), old_vkey.split('+').next(), "the origin stays");
+    assert_eq!(new_vkey.lines().count(), 1, "checkpoint.vkey stays one line (CLI.md)");
+    buy_and_fetch(&root, &url, &media, "last.json");
+    wait_for_seal(&root, &url, sealed + 1);
+
+    assert!(Command::new("kill").args(["-TERM", &serve.0.id().to_string()]).status().expect("kill").success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while serve.0.try_wait().expect("wait").is_none() {
+        assert!(Instant::now() < deadline, "serve did not stop within 30 s of SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (code, audit, stderr) = run(vouchsafe().args(["audit", "replay", "--data-dir", "engine", "--keys", "keys", "--json"]), &root);
+    assert_eq!((code, &audit["first_bad"]), (0, &serde_json::Value::Null), "{audit} {stderr}");
+    // The controls: an auditor with one of the two checkpoint keys only.
+    for (name, vkey) in [("only-new-vkey", &new_vkey), ("only-old-vkey", &old_vkey)] {
+        std::fs::create_dir(root.join(name)).expect("dir");
+        for file in ["engine.pub.pem", "royalty-master.key"] {
+            std::fs::copy(root.join("keys").join(file), root.join(name).join(file)).expect("copy");
+        }
+        std::fs::write(root.join(name).join("checkpoint.vkey"), vkey).expect("write");
+        let (code, partial, _) = run(vouchsafe().args(["audit", "replay", "--data-dir", "engine", "--keys", name, "--json"]), &root);
+        assert_eq!(code, 1, "{name}: the seals of the other key do not verify: {partial}");
+    }
+}

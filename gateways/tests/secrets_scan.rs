@@ -113,7 +113,7 @@ async fn no_secret_reaches_the_stream_the_files_or_the_logs() {
     secrets.push(("operator credential secret".into(), operator.secret.expose().to_vec()));
     let mut chain = projections::royalty::Chain::start(&master, projections::royalty_log::EPOCH);
     secrets.push(("royalty A_0".into(), projections::royalty::epoch_secret(&master, projections::royalty_log::EPOCH).expose().to_vec()));
-    let token_key = keys.token_key(TOKEN_KEY_ID);
+    let token_key = keys.token_key(TOKEN_KEY_ID).expect("token key 1 is always held");
     secrets.push(("token key".into(), token_key.expose().to_vec()));
     let (mut vouchers, mut media_keys, mut nodes) = (0, 0, 0);
     let mut entries = 0;

@@ -580,6 +580,7 @@ async fn purchase(load: &Load, worker: usize, merchant: &MerchantClient, rng: &m
         media_ids: media_ids.clone(),
         access_expires_at_ms: issued.access_expires_at_ms,
         access_token: issued.access_token.clone(),
+        token_key_id: issued.token_key_id,
     };
     let purchase = Purchase {
         node_endpoint: issued.node_endpoint.clone(),

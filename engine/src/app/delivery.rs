@@ -78,7 +78,7 @@ impl Market {
         let public_key_der = consumer_root.state.certs.get(cert_serial).map(|cert| cert.public_key_der.clone()).unwrap_or_default();
         let subject = crypto::ProofConsumer::new(&consumer.0, &cert_serial.0, &public_key_der);
         let receipt =
-            crypto::derive_token(&self.keys().token_key(root.state.receipt_key_id), TokenPurpose::Receipt, &voucher_id.0, root.state.receipt_generation);
+            crypto::derive_token(&self.keys().token_key(root.state.receipt_key_id)?, TokenPurpose::Receipt, &voucher_id.0, root.state.receipt_generation);
         let proof_check = if root.state.receipt_generation > 0 && crypto::verify_receipt_proof(&receipt, &voucher_id.0, &node.0, challenge, &subject, proof) {
             ProofCheck::Valid
         } else {
@@ -212,7 +212,7 @@ impl Market {
         let consumer_root = self.handler.load::<Consumer>(&consumer.0).await?;
         let public_key_der = consumer_root.state.certs.get(&cert_serial).map(|cert| cert.public_key_der.as_slice()).unwrap_or_default();
         let subject = crypto::ProofConsumer::new(&consumer.0, &cert_serial.0, public_key_der);
-        let receipt = crypto::derive_token(&self.keys().token_key(state.receipt_key_id), TokenPurpose::Receipt, &voucher_id.0, state.receipt_generation);
+        let receipt = crypto::derive_token(&self.keys().token_key(state.receipt_key_id)?, TokenPurpose::Receipt, &voucher_id.0, state.receipt_generation);
         let valid = crypto::verify_confirm_proof(&receipt, &voucher_id.0, &node.0, &media_id.0, hash, &subject, proof);
         Ok(if valid { ProofCheck::Valid } else { ProofCheck::Invalid })
     }

@@ -161,11 +161,15 @@ impl Market {
         let node_id = state.node.clone().ok_or(Rejection::NoNodeAvailable)?;
         let media_ids = state.media_ids();
         let media_refs: Vec<&str> = media_ids.iter().map(|m| m.0.as_str()).collect();
-        let access_token = crypto::access_token(&self.node_access_key(&node_id), &node_id.0, &voucher_id.0, &media_refs, state.access_expires_at.0);
+        let keys = self.keys();
+        let token_key_id = keys.token_key_id();
+        let node_key = crypto::node_access_key(&keys.token_key(token_key_id)?, &node_id.0);
+        let access_token = crypto::access_token(&node_key, &node_id.0, &voucher_id.0, &media_refs, state.access_expires_at.0);
         Ok(IssueAnswer {
             voucher_id: voucher_id.clone(),
             node_id,
             access_token,
+            token_key_id,
             access_expires_at: state.access_expires_at,
             media_ids,
             rental_until: state.rental_until,

@@ -3,8 +3,9 @@
 //! and records the rotation (`EngineKeyRotated`, on the config aggregate: audited), then
 //! signs with the new key while keeping the old ones, by id, for what was signed and
 //! wrapped under them. A retired key may be revoked once its grace period has passed
-//! (`EngineKeyRevoked`); an audit then refuses anything it signs after that event. Not
-//! here: the key files (`gateways::common::keys`), who may call this (the operator check).
+//! (`EngineKeyRevoked`); an audit then refuses anything it signs after that event. The
+//! token keys (`TokenKeyRotated`) and the checkpoint key (`CheckpointKeyRotated`) rotate
+//! the same way, one key at a time. Not here: the key files (`gateways::common::keys`), who may call this (the operator check).
 
 use super::*;
 
@@ -27,10 +28,10 @@ impl Market {
             }
             .into());
         }
-        if !keys.token_key_material().ct_eq(current.token_key_material()) {
+        if !keys.token_keys().keeps(current.token_keys()) {
             return Err(Rejection::InvalidArgument {
                 field: "keys",
-                reason: "token.key does not hold this engine's token key material: issued tokens would change".into(),
+                reason: "token.key does not hold this engine's token keys: issued tokens would change".into(),
             }
             .into());
         }
@@ -44,6 +45,64 @@ impl Market {
         Ok(new_id)
     }
 
+    /// Makes receipts and access tokens under the newest token key of `keys` from now on,
+    /// recording the rotation from the id in use. `keys` must be this engine's key set with
+    /// a token key set that keeps every token key held now. A retry changes nothing; an
+    /// engine taking up another engine's rotation appends nothing (the stream has it).
+    /// Returns the token key id in use.
+    pub async fn rotate_token_key(&self, operator: &str, request: &RequestId, mut keys: EngineKeys) -> Result<u32, AppError> {
+        let current = self.keys();
+        same_engine_key(&current, &keys)?;
+        if !keys.token_keys().keeps(current.token_keys()) {
+            return Err(Rejection::InvalidArgument {
+                field: "keys",
+                reason: "token.key does not hold every token key this engine holds: issued receipts and access tokens would stop working".into(),
+            }
+            .into());
+        }
+        let (new_id, previous_key_id) = (keys.token_key_id(), current.token_key_id());
+        if new_id == previous_key_id {
+            return Ok(new_id);
+        }
+        let command = ConfigCommand::RotateTokenKey { key_id: new_id, previous_key_id };
+        self.handler.handle::<Config>(CONFIG_AGGREGATE, &actor(ActorKind::Operator, operator), request, &command).await?;
+        keys.checkpoint = current.checkpoint.clone();
+        self.replace_keys(Arc::new(keys));
+        tracing::info!(token_key_id = new_id, previous = previous_key_id, "receipts and access tokens use the new token key");
+        Ok(new_id)
+    }
+
+    /// Signs checkpoints with the checkpoint key of `keys` from now on (same origin),
+    /// recording the rotation; the rest of `keys` must be what the engine holds now.
+    /// Returns the vkey in use.
+    pub async fn rotate_checkpoint_key(&self, operator: &str, request: &RequestId, keys: EngineKeys) -> Result<String, AppError> {
+        let current = self.keys();
+        same_engine_key(&current, &keys)?;
+        if !(keys.token_keys().keeps(current.token_keys()) && current.token_keys().keeps(keys.token_keys())) {
+            return Err(Rejection::InvalidArgument { field: "keys", reason: "token.key changed too: rotate one key at a time".into() }.into());
+        }
+        let Some(new) = keys.checkpoint.as_ref() else {
+            return Err(Rejection::InvalidArgument { field: "keys", reason: "the key directory has no checkpoint.key".into() }.into());
+        };
+        let vkey = new.verifier().vkey();
+        let previous_vkey = current.checkpoint.as_ref().map(|signer| signer.verifier().vkey()).unwrap_or_default();
+        if vkey == previous_vkey {
+            return Ok(vkey);
+        }
+        if let Some(old) = current.checkpoint.as_ref().filter(|old| old.name() != new.name()) {
+            return Err(Rejection::InvalidArgument {
+                field: "keys",
+                reason: format!("the new checkpoint key is named {:?}, the log's origin is {:?}: a rotation keeps the origin", new.name(), old.name()),
+            }
+            .into());
+        }
+        let command = ConfigCommand::RotateCheckpointKey { vkey: vkey.clone(), previous_vkey: previous_vkey.clone() };
+        self.handler.handle::<Config>(CONFIG_AGGREGATE, &actor(ActorKind::Operator, operator), request, &command).await?;
+        self.replace_keys(Arc::new(keys));
+        tracing::info!(%vkey, previous = %previous_vkey, "checkpoints are signed with the new checkpoint key");
+        Ok(vkey)
+    }
+
     /// Revokes a retired engine key whose grace period has passed.
     pub async fn revoke_engine_key(&self, operator: &str, request: &RequestId, key_id: &str) -> Result<bool, AppError> {
         // On a stream that never rotated, the domain does not know the current key by name.
@@ -54,4 +113,21 @@ impl Market {
         let handled = self.handler.handle::<Config>(CONFIG_AGGREGATE, &actor(ActorKind::Operator, operator), request, &command).await?;
         Ok(!handled.appended.is_empty())
     }
+}
+
+/// A token or checkpoint rotation changes that key only: the engine key must be the one the
+/// engine signs with now.
+fn same_engine_key(current: &EngineKeys, loaded: &EngineKeys) -> Result<(), AppError> {
+    if loaded.key_id() != current.key_id() {
+        return Err(Rejection::InvalidArgument {
+            field: "keys",
+            reason: format!(
+                "the key directory's engine key is {}, this engine signs with {}: take that rotation up first (`keys rotate engine --record-only`)",
+                loaded.key_id(),
+                current.key_id()
+            ),
+        }
+        .into());
+    }
+    Ok(())
 }

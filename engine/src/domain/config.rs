@@ -62,6 +62,9 @@ pub const KEYS: &[(&str, u64, u64, u64)] = &[
 
 pub const KEY_REVOKE_GRACE_MS_KEY: &str = "keys.revoke_grace_ms";
 
+/// The first token key id: a stream that never rotated its token key uses only this one.
+pub const FIRST_TOKEN_KEY_ID: u32 = 1;
+
 /// The shortest rental window any configuration allows.
 pub const RENTAL_WINDOW_MS_FLOOR: u64 = 1_000;
 /// The longest rental window any configuration allows: 30 days.
@@ -83,6 +86,12 @@ pub struct Config {
     pub engine_key: Option<String>,
     /// Keys rotated out: when, and whether revoked since.
     pub retired_keys: BTreeMap<String, RetiredKey>,
+    /// The token key id in use, once a rotation named it (`None`: id 1).
+    pub token_key_id: Option<u32>,
+    /// The checkpoint note key in use (its vkey), once a rotation named it.
+    pub checkpoint_vkey: Option<String>,
+    /// Checkpoint vkeys rotated out, oldest first.
+    pub retired_checkpoint_vkeys: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -113,6 +122,16 @@ pub enum ConfigCommand {
     RevokeEngineKey {
         key_id: String,
     },
+    /// Receipts and access tokens are made under token key `key_id` from now on.
+    RotateTokenKey {
+        key_id: u32,
+        previous_key_id: u32,
+    },
+    /// Checkpoints are signed with the note key of `vkey` from now on.
+    RotateCheckpointKey {
+        vkey: String,
+        previous_vkey: String,
+    },
 }
 
 impl Aggregate for Config {
@@ -126,6 +145,8 @@ impl Aggregate for Config {
                 return self.decide_rotation(key_id, public_key_der, previous_key_id, now);
             }
             ConfigCommand::RevokeEngineKey { key_id } => return self.decide_revocation(key_id, now),
+            ConfigCommand::RotateTokenKey { key_id, previous_key_id } => return self.decide_token_rotation(*key_id, *previous_key_id, now),
+            ConfigCommand::RotateCheckpointKey { vkey, previous_vkey } => return self.decide_checkpoint_rotation(vkey, previous_vkey, now),
         };
         let Some(&(_, min, max, _)) = KEYS.iter().find(|(k, ..)| k == key) else {
             let known: Vec<&str> = KEYS.iter().map(|(k, ..)| *k).collect();
@@ -177,6 +198,13 @@ impl Aggregate for Config {
                     retired.revoked = true;
                 }
             }
+            Event::TokenKeyRotated { key_id, .. } => self.token_key_id = Some(*key_id),
+            Event::CheckpointKeyRotated { vkey, previous_vkey, .. } => {
+                if !previous_vkey.is_empty() && !self.retired_checkpoint_vkeys.contains(previous_vkey) {
+                    self.retired_checkpoint_vkeys.push(previous_vkey.clone());
+                }
+                self.checkpoint_vkey = Some(vkey.clone());
+            }
             _ => {}
         }
         self
@@ -187,6 +215,8 @@ impl Aggregate for Config {
             ConfigCommand::Set { .. } => "SetConfig",
             ConfigCommand::RotateEngineKey { .. } => "RotateEngineKey",
             ConfigCommand::RevokeEngineKey { .. } => "RevokeEngineKey",
+            ConfigCommand::RotateTokenKey { .. } => "RotateTokenKey",
+            ConfigCommand::RotateCheckpointKey { .. } => "RotateCheckpointKey",
         }
     }
 }
@@ -227,6 +257,42 @@ impl Config {
             return Err(Rejection::KeyInGrace { until });
         }
         Ok(vec![Event::EngineKeyRevoked { key_id: key_id.to_string() }])
+    }
+
+    /// Token key ids only grow: a rotation names the next key from the one in use.
+    fn decide_token_rotation(&self, key_id: u32, previous_key_id: u32, now: Millis) -> Result<Vec<Event>, Rejection> {
+        let current = self.token_key_id.unwrap_or(FIRST_TOKEN_KEY_ID);
+        if self.token_key_id == Some(key_id) {
+            return Ok(vec![]); // this rotation happened: a retry
+        }
+        if previous_key_id != current {
+            return Err(Rejection::KeyRotationStale { current: format!("token key {current}") });
+        }
+        if key_id <= current {
+            return Err(Rejection::InvalidArgument { field: "key_id", reason: format!("a token key rotation names a new id above {current}") });
+        }
+        Ok(vec![Event::TokenKeyRotated { key_id, previous_key_id, rotated_at: now }])
+    }
+
+    /// A new checkpoint key keeps the log's origin (the note key's name) and was never used.
+    fn decide_checkpoint_rotation(&self, vkey: &str, previous_vkey: &str, now: Millis) -> Result<Vec<Event>, Rejection> {
+        if self.checkpoint_vkey.as_deref() == Some(vkey) {
+            return Ok(vec![]); // a retry
+        }
+        let origin = |line: &str| line.split('+').next().unwrap_or_default().to_string();
+        if vkey.is_empty() || vkey == previous_vkey || vkey.split('+').count() != 3 {
+            return Err(Rejection::InvalidArgument { field: "vkey", reason: "a rotation names a new checkpoint vkey, <origin>+<key hash>+<key>".into() });
+        }
+        if !previous_vkey.is_empty() && origin(vkey) != origin(previous_vkey) {
+            return Err(Rejection::InvalidArgument { field: "vkey", reason: "a new checkpoint key keeps the log's origin as its name".into() });
+        }
+        if self.retired_checkpoint_vkeys.iter().any(|retired| retired == vkey) {
+            return Err(Rejection::InvalidArgument { field: "vkey", reason: "this checkpoint key was rotated out before; a rotation needs a new key".into() });
+        }
+        if let Some(current) = self.checkpoint_vkey.as_deref().filter(|current| *current != previous_vkey) {
+            return Err(Rejection::KeyRotationStale { current: current.to_string() });
+        }
+        Ok(vec![Event::CheckpointKeyRotated { vkey: vkey.to_string(), previous_vkey: previous_vkey.to_string(), rotated_at: now }])
     }
 
     /// Whether `key_id` is revoked (signatures it makes from now on are not valid).

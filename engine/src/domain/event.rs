@@ -582,6 +582,20 @@ pub enum Event {
     EngineKeyRevoked {
         key_id: String,
     },
+    /// New receipts and access tokens use token key `key_id` from now on (`keys rotate
+    /// token`); tokens made under older ids stay valid.
+    TokenKeyRotated {
+        key_id: u32,
+        previous_key_id: u32,
+        rotated_at: Millis,
+    },
+    /// Checkpoints are signed with the note key of `vkey` from now on (`keys rotate
+    /// checkpoint`); what `previous_vkey` signed still verifies with it.
+    CheckpointKeyRotated {
+        vkey: String,
+        previous_vkey: String,
+        rotated_at: Millis,
+    },
 }
 
 impl Event {
@@ -630,7 +644,11 @@ impl Event {
             | Event::HoldPosted { account_id, .. }
             | Event::HoldReleased { account_id, .. } => (K::Account, account_id.as_str()),
             Event::OrderPlaced { order_id, .. } | Event::UnitBound { order_id, .. } | Event::UnitCompleted { order_id, .. } => (K::Order, order_id.as_str()),
-            Event::ConfigChanged { .. } | Event::EngineKeyRotated { .. } | Event::EngineKeyRevoked { .. } => (K::Config, "engine"),
+            Event::ConfigChanged { .. }
+            | Event::EngineKeyRotated { .. }
+            | Event::EngineKeyRevoked { .. }
+            | Event::TokenKeyRotated { .. }
+            | Event::CheckpointKeyRotated { .. } => (K::Config, "engine"),
         }
     }
 
@@ -681,6 +699,8 @@ impl Event {
             Event::ConfigChanged { .. } => "ConfigChanged",
             Event::EngineKeyRotated { .. } => "EngineKeyRotated",
             Event::EngineKeyRevoked { .. } => "EngineKeyRevoked",
+            Event::TokenKeyRotated { .. } => "TokenKeyRotated",
+            Event::CheckpointKeyRotated { .. } => "CheckpointKeyRotated",
         }
     }
 }

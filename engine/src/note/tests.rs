@@ -92,3 +92,25 @@ fn tlog_proofs_format_and_parse() {
         assert!(TlogProof::parse(&bad).is_err(), "{bad}");
     }
 }
+
+/// A rotated checkpoint key (issue 28): a verifier set of the new key and the old one opens
+/// checkpoints of both; each key alone opens only its own (the control); a set of two
+/// names is refused, and the vkey lines round-trip, the current key first.
+#[test]
+fn a_rotated_key_set_opens_checkpoints_of_every_key_it_holds() {
+    let old = NoteSigner::generate("example.com/log").expect("key");
+    let new = NoteSigner::generate("example.com/log").expect("key");
+    let checkpoint = |size| Checkpoint { origin: "example.com/log".into(), size, root: [7; 32] };
+    let (by_old, _) = checkpoint(1).sign(&old);
+    let (by_new, _) = checkpoint(2).sign(&new);
+    let set = NoteVerifier::from_vkey(&format!("{}\n{}\n", new.verifier().vkey(), old.verifier().vkey())).expect("a set");
+    assert_eq!(set.vkey(), new.verifier().vkey(), "the first line is the current key");
+    assert_eq!(set.vkeys(), vec![new.verifier().vkey(), old.verifier().vkey()]);
+    assert_eq!(new.verifier().with_older(&old.verifier()).expect("same name"), set);
+    assert_eq!(Checkpoint::open(by_old.as_bytes(), &set).expect("old").size, 1);
+    assert_eq!(Checkpoint::open(by_new.as_bytes(), &set).expect("new").size, 2);
+    assert!(Checkpoint::open(by_old.as_bytes(), &new.verifier()).is_err(), "the new key alone does not open the old checkpoint");
+    assert!(Checkpoint::open(by_new.as_bytes(), &old.verifier()).is_err(), "the old key alone does not open the new checkpoint");
+    let other = NoteSigner::generate("other.example/log").expect("key");
+    assert!(new.verifier().with_older(&other.verifier()).is_err(), "one log, one name");
+}

@@ -272,9 +272,11 @@ pub enum KeysCommand {
     },
     /// Issue a merchant, node or auditor credential from a running engine (operator only).
     Issue(Box<super::IssueArgs>),
-    /// Rotate the engine's RSA key without downtime: a new key in --keys (the old one kept
-    /// under retired/, engine.pub.pem the set), then the running engine reloads it and
-    /// records EngineKeyRotated. What was signed before still verifies, by key id.
+    /// Rotate a key without downtime: `engine` (the RSA key: the old one kept under retired/,
+    /// engine.pub.pem the set), `token` (a new token key in token.key: receipts and access
+    /// tokens) or `checkpoint` (a new checkpoint.key, the old vkey under retired/); then the
+    /// running engine reloads --keys and records the rotation. What was signed or made
+    /// before still verifies, by key id.
     Rotate(Box<super::keys::RotateArgs>),
     /// Revoke an engine key rotated out, once keys.revoke_grace_ms has passed since.
     Revoke(Box<super::keys::RevokeArgs>),

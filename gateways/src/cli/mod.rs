@@ -807,7 +807,7 @@ fn issued_json(issued: &pb::IssueVoucherResponse) -> serde_json::Value {
     serde_json::json!({
         "voucher_id": issued.voucher_id, "node_id": issued.node_id, "node_endpoint": issued.node_endpoint,
         "access_token": hex::encode(&issued.access_token), "access_expires_at_ms": issued.access_expires_at_ms,
-        "rental_until_ms": issued.rental_until_ms,
+        "rental_until_ms": issued.rental_until_ms, "token_key_id": issued.token_key_id,
     })
 }
 
@@ -820,6 +820,7 @@ pub fn sale_json(sale: &client::Sale) -> serde_json::Value {
         "node_endpoint": sale.node_endpoint,
         "access_token": hex::encode(&sale.access_token),
         "access_expires_at_ms": sale.access_expires_at_ms,
+        "token_key_id": sale.token_key_id,
         "media_ids": sale.media_ids,
         "rental_until_ms": sale.rental_until_ms,
     })
@@ -969,7 +970,7 @@ pub async fn merchant(args: MerchantArgs) -> anyhow::Result<Outcome> {
     match answer {
         Ok(value) => {
             if let Some((path, mut sale)) = sale_file {
-                for key in ["node_id", "node_endpoint", "access_token", "access_expires_at_ms"] {
+                for key in ["node_id", "node_endpoint", "access_token", "access_expires_at_ms", "token_key_id"] {
                     sale[key] = value[key].clone();
                 }
                 crate::common::keys::write_private(path, format!("{sale}\n").as_bytes())?;

@@ -208,6 +208,8 @@ pub async fn player(args: PlayerArgs) -> anyhow::Result<Outcome> {
                         .collect(),
                     access_expires_at_ms: sale["access_expires_at_ms"].as_i64().context("the sale has no access_expires_at_ms")?,
                     access_token: hex::decode(field("access_token")?).context("access_token is not hex")?,
+                    // A sale written before token key rotation: key 1.
+                    token_key_id: sale["token_key_id"].as_u64().map_or(Ok(0), u32::try_from).context("token_key_id is not a token key id")?,
                 },
                 receipt: hex::decode(field("receipt")?).context("receipt is not hex")?,
                 // A rental (`merchant buy --rental-ms`): its copies go once the window is over.

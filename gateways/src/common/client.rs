@@ -354,6 +354,8 @@ pub struct Sale {
     pub node_endpoint: String,
     pub access_token: Vec<u8>,
     pub access_expires_at_ms: i64,
+    /// The token key the access token was made under.
+    pub token_key_id: u32,
     pub media_ids: Vec<String>,
     /// A rental's end (0: a purchase kept for good): the player deletes its copies after it.
     pub rental_until_ms: i64,
@@ -366,6 +368,7 @@ impl Sale {
             media_ids: self.media_ids.clone(),
             access_expires_at_ms: self.access_expires_at_ms,
             access_token: self.access_token.clone(),
+            token_key_id: self.token_key_id,
         }
     }
 }
@@ -439,6 +442,7 @@ pub async fn buy_with(
         node_endpoint: issued.node_endpoint,
         access_token: issued.access_token,
         access_expires_at_ms: issued.access_expires_at_ms,
+        token_key_id: issued.token_key_id,
         media_ids: media_ids.to_vec(),
         rental_until_ms: authorized.rental_until_ms,
     })

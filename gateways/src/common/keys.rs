@@ -19,9 +19,13 @@ pub const CHECKPOINT_KEY: &str = "checkpoint.key";
 pub const CHECKPOINT_VKEY: &str = "checkpoint.vkey";
 /// Engine keys rotated out, `retired/<key id>.pem` (0600): media wrapped for them still unwrap.
 pub const RETIRED_DIR: &str = "retired";
-/// The token key material (64 hex digits, 0600), written by the first rotation so tokens
-/// stay what they were (before it, the material derives from `engine.pem`).
+/// The token keys (0600; `<id> <64 hex digits>` lines, newest first, `engine::token_keys`),
+/// written by the first rotation so tokens stay what they were (before it, token key 1's
+/// material derives from `engine.pem`).
 pub const TOKEN_KEY: &str = "token.key";
+/// Checkpoint vkeys rotated out, `retired/checkpoint.vkeys`, newest first: what they
+/// signed still verifies. `checkpoint.vkey` stays the one line of the current key.
+pub const RETIRED_CHECKPOINT_VKEYS: &str = "checkpoint.vkeys";
 /// The engine's RSA key size.
 pub const ENGINE_RSA_BITS: usize = 2048;
 
@@ -159,13 +163,68 @@ pub fn load_checkpoint_vkey_file(file: &Path) -> anyhow::Result<NoteVerifier> {
     NoteVerifier::from_vkey(&text).with_context(|| format!("{} is not a C2SP vkey line (<name>+<key id>+<key>)", file.display()))
 }
 
-/// The checkpoint verifier key of a key directory, `None` when it has none.
+/// The checkpoint verifier key of a key directory, `None` when it has none; with the keys
+/// it replaced (`retired/checkpoint.vkeys`) accepted too.
 pub fn load_checkpoint_vkey(dir: &Path) -> anyhow::Result<Option<NoteVerifier>> {
     let path = dir.join(CHECKPOINT_VKEY);
     if !path.exists() {
         return Ok(None);
     }
-    load_checkpoint_vkey_file(&path).map(Some)
+    let current = load_checkpoint_vkey_file(&path)?;
+    let retired = dir.join(RETIRED_DIR).join(RETIRED_CHECKPOINT_VKEYS);
+    if !retired.exists() {
+        return Ok(Some(current));
+    }
+    let older = load_checkpoint_vkey_file(&retired)?;
+    current.with_older(&older).map(Some).with_context(|| format!("{} names another log than {}", retired.display(), path.display()))
+}
+
+/// `vouchsafe keys rotate checkpoint`: a new checkpoint key of the same name (the log's
+/// origin); the current vkey goes first into `retired/checkpoint.vkeys`, then the new key
+/// and vkey are staged and renamed in, `checkpoint.key` last (a rotation stopped between
+/// the two renames is finished at load). The old private key is not kept: nothing needs
+/// to sign with it again. Returns (old vkey, new vkey).
+pub fn rotate_checkpoint(dir: &Path) -> anyhow::Result<(String, String)> {
+    finish_interrupted_rotation(dir)?;
+    let Some(old) = load_checkpoint_key(dir)? else {
+        bail!("{} has no checkpoint.key to rotate (keys init writes one)", dir.display());
+    };
+    let new = NoteSigner::generate(old.name()).context("a new checkpoint key")?;
+    let retired = private_dir(&dir.join(RETIRED_DIR))?.join(RETIRED_CHECKPOINT_VKEYS);
+    let mut lines = vec![old.verifier().vkey()];
+    if retired.exists() {
+        lines.extend(load_checkpoint_vkey_file(&retired)?.vkeys());
+    }
+    std::fs::write(&retired, format!("{}\n", lines.join("\n"))).with_context(|| format!("cannot write {}", retired.display()))?;
+    let staged_vkey = dir.join(format!("{CHECKPOINT_VKEY}.new"));
+    std::fs::write(&staged_vkey, format!("{}\n", new.verifier().vkey())).with_context(|| format!("cannot write {}", staged_vkey.display()))?;
+    let staged_key = dir.join(format!("{CHECKPOINT_KEY}.new"));
+    write_private(&staged_key, zeroize::Zeroizing::new(format!("{}\n", new.to_private_line())).as_bytes())?;
+    std::fs::rename(&staged_vkey, dir.join(CHECKPOINT_VKEY)).context("cannot replace checkpoint.vkey")?;
+    std::fs::rename(&staged_key, dir.join(CHECKPOINT_KEY)).context("cannot replace checkpoint.key")?;
+    Ok((old.verifier().vkey(), new.verifier().vkey()))
+}
+
+/// `vouchsafe keys rotate token`: a new token key (the next id, fresh material) first in
+/// `token.key`, every older one kept; written whole and renamed over. Returns (old id, new id).
+pub fn rotate_token(dir: &Path) -> anyhow::Result<(u32, u32)> {
+    let keys = load_engine_keys(dir)?;
+    let rotated = keys.token_keys().rotated().context("token.key is full")?;
+    let staged = dir.join(format!("{TOKEN_KEY}.new"));
+    write_private(&staged, rotated.to_text().as_bytes())?;
+    std::fs::rename(&staged, dir.join(TOKEN_KEY)).context("cannot replace token.key")?;
+    Ok((keys.token_key_id(), rotated.current_id()))
+}
+
+/// Creates `dir` if needed, private (0700).
+fn private_dir(dir: &Path) -> anyhow::Result<&Path> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).with_context(|| format!("cannot make {} private", dir.display()))?;
+    }
+    Ok(dir)
 }
 
 /// Whether `dir` holds no keys yet (missing or empty).
@@ -226,15 +285,32 @@ pub fn load_engine_keys(dir: &Path) -> anyhow::Result<engine::app::EngineKeys> {
         retired.push(old);
     }
     let token_path = dir.join(TOKEN_KEY);
-    let material = if token_path.exists() { read_hex_secret(&token_path)? } else { engine::app::EngineKeys::token_key_material_of(&private)? };
-    let mut keys = engine::app::EngineKeys::with_retired(private, retired, material)?;
+    let token_keys = if token_path.exists() {
+        warn_if_loose(&token_path);
+        let text = zeroize::Zeroizing::new(std::fs::read_to_string(&token_path).with_context(|| format!("cannot read {}", token_path.display()))?);
+        engine::token_keys::TokenKeys::parse(&text).with_context(|| format!("{} is not a token key file", token_path.display()))?
+    } else {
+        engine::token_keys::TokenKeys::first(engine::app::EngineKeys::token_key_material_of(&private)?)
+    };
+    let mut keys = engine::app::EngineKeys::with_retired(private, retired, token_keys)?;
     keys.checkpoint = load_checkpoint_key(dir)?;
     Ok(keys)
 }
 
 /// A rotation stopped between its two renames (`engine.pub.pem` names the new key, which is
-/// still `engine.pem.new`) is finished.
+/// still `engine.pem.new`; `checkpoint.vkey` the new checkpoint key, still
+/// `checkpoint.key.new`) is finished.
 fn finish_interrupted_rotation(dir: &Path) -> anyhow::Result<()> {
+    let staged_checkpoint = dir.join(format!("{CHECKPOINT_KEY}.new"));
+    if staged_checkpoint.exists() {
+        let text =
+            zeroize::Zeroizing::new(std::fs::read_to_string(&staged_checkpoint).with_context(|| format!("cannot read {}", staged_checkpoint.display()))?);
+        let staged = NoteSigner::from_private_line(&text).map_err(|_| anyhow::anyhow!("{} is not a note private key", staged_checkpoint.display()))?;
+        if load_checkpoint_vkey_file(&dir.join(CHECKPOINT_VKEY))?.vkey() == staged.verifier().vkey() {
+            std::fs::rename(&staged_checkpoint, dir.join(CHECKPOINT_KEY)).context("cannot finish the rotation: replacing checkpoint.key")?;
+            tracing::warn!(dir = %dir.display(), "finished a checkpoint key rotation that stopped before checkpoint.key was replaced");
+        }
+    }
     let staged = dir.join(format!("{ENGINE_PEM}.new"));
     if !staged.exists() {
         return Ok(());
@@ -256,16 +332,10 @@ fn finish_interrupted_rotation(dir: &Path) -> anyhow::Result<()> {
 pub fn rotate_engine(dir: &Path) -> anyhow::Result<(String, String)> {
     let keys = load_engine_keys(dir)?;
     let old_id = keys.key_id();
-    let retired = dir.join(RETIRED_DIR);
-    std::fs::create_dir_all(&retired).with_context(|| format!("cannot create {}", retired.display()))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&retired, std::fs::Permissions::from_mode(0o700)).with_context(|| format!("cannot make {} private", retired.display()))?;
-    }
+    let retired = private_dir(&dir.join(RETIRED_DIR))?.to_path_buf();
     write_private(&retired.join(format!("{old_id}.pem")), keys.private.to_pkcs8_pem()?.as_bytes())?;
     if !dir.join(TOKEN_KEY).exists() {
-        write_secret(&dir.join(TOKEN_KEY), zeroize::Zeroizing::new(hex::encode(keys.token_key_material().expose())).as_bytes())?;
+        write_secret(&dir.join(TOKEN_KEY), keys.token_keys().to_text().as_bytes())?;
     }
     let new = RsaPrivate::generate(ENGINE_RSA_BITS)?;
     let new_id = new.public().key_id();
@@ -327,7 +397,7 @@ pub fn check_dir(dir: &Path) -> anyhow::Result<()> {
     load_royalty_master_if_present(dir)?;
     load_operator_id(dir)?;
     if let Some(signer) = load_checkpoint_key(dir)?
-        && load_checkpoint_vkey(dir)?.is_some_and(|verifier| verifier != signer.verifier())
+        && load_checkpoint_vkey(dir)?.is_some_and(|verifier| verifier.vkey() != signer.verifier().vkey())
     {
         bail!("checkpoint.vkey does not match checkpoint.key");
     }

@@ -33,11 +33,22 @@ pub(super) async fn heartbeat_loop(shared: Arc<Shared>, mut shutdown: watch::Rec
         };
         let mut engine = shared.engine.clone();
         match tokio::time::timeout(Duration::from_millis(HEARTBEAT_TIMEOUT_MS), engine.heartbeat(request)).await {
-            Ok(Ok(_)) => debug!(node_id = %shared.node_id, slots_in_use = stats.slots_in_use, "heartbeat"),
+            Ok(Ok(answer)) => {
+                debug!(node_id = %shared.node_id, slots_in_use = stats.slots_in_use, "heartbeat");
+                // The engine rotated its token key: get this node's access key under it
+                // before the first grant made under it arrives.
+                let token_key_id = answer.into_inner().token_key_id;
+                if token_key_id != 0 && !shared.holds_access_key(token_key_id) {
+                    shared.refresh_access_keys(Some(token_key_id)).await;
+                }
+            }
             Ok(Err(status)) if status.code() == tonic::Code::FailedPrecondition => {
                 // The engine restarted and forgot this node: announce it again.
                 match engine.register_node(shared.announcement.clone()).await {
-                    Ok(_) => info!(node_id = %shared.node_id, "announced again to a restarted engine"),
+                    Ok(answer) => {
+                        shared.take_access_keys(&mut answer.into_inner());
+                        info!(node_id = %shared.node_id, "announced again to a restarted engine");
+                    }
                     Err(status) => {
                         warn!(node_id = %shared.node_id, code = ?status.code(), message = status.message(), "announcing again failed; retrying at the next interval")
                     }
@@ -65,6 +76,7 @@ pub(super) async fn feed_loop(shared: Arc<Shared>, checkpoint: PathBuf, mut shut
                 () = stopped(&mut shutdown) => return,
                 announced = engine.register_node(shared.announcement.clone()) => announced,
             };
+            let announced = announced.map(|answer| shared.take_access_keys(&mut answer.into_inner()));
             if let Err(status) = announced {
                 warn!(node_id = %shared.node_id, code = ?status.code(), message = status.message(), backoff_ms, "cannot announce to the engine; retrying");
                 tokio::select! {

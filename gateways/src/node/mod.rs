@@ -50,7 +50,7 @@ use crate::common::cred::{Credential, Present};
 use crate::common::failover::Engines;
 use anyhow::{Context, bail};
 use engine::clock::{Clock, SystemClock};
-use engine::crypto::{self, SecretKey};
+use engine::crypto::SecretKey;
 use lru::LruCache;
 use proto::v1::RegisterNodeRequest;
 use proto::v1::delivery_service_client::DeliveryServiceClient;
@@ -72,6 +72,11 @@ use tracing::{info, warn};
 pub const HEARTBEAT_INTERVAL_MS: u64 = engine::domain::config::NODE_HEARTBEAT_INTERVAL_MS;
 /// Longest wait for the engine to answer a heartbeat before it counts as failed.
 pub const HEARTBEAT_TIMEOUT_MS: u64 = 5_000;
+/// The shortest time between two requests for the access keys of a new token key (a grant
+/// naming an unknown, newer id; a heartbeat saying the engine rotated).
+pub const KEY_REFRESH_INTERVAL_MS: u64 = 1_000;
+/// How long such a request may take.
+pub const KEY_REFRESH_TIMEOUT_MS: u64 = 5_000;
 /// Bytes of media per streamed chunk, to players.
 pub const CHUNK_BYTES: usize = 64 * 1024;
 /// Bytes of a challenge.
@@ -320,8 +325,12 @@ fn advertised_endpoint(local_addr: SocketAddr, tls: bool) -> String {
 }
 
 /// Connects to the engine and registers; the client and the registration's node id and
-/// access key.
-async fn register(args: &NodeArgs, credential: Credential, endpoint: &str) -> anyhow::Result<(EngineClient, Engines, String, SecretKey)> {
+/// access keys by token key id.
+async fn register(
+    args: &NodeArgs,
+    credential: Credential,
+    endpoint: &str,
+) -> anyhow::Result<(EngineClient, Engines, String, std::collections::BTreeMap<u32, SecretKey>)> {
     let urls = crate::common::failover::split_urls(&args.connect)?;
     let channel = crate::common::failover::connect_first(&urls, |url| engine_endpoint(url, &args.engine_tls)).await?;
     let mut engine = DeliveryServiceClient::with_interceptor(channel.clone(), Present(Arc::new(credential)))
@@ -336,9 +345,7 @@ async fn register(args: &NodeArgs, credential: Credential, endpoint: &str) -> an
     if !engine::ids::is_valid_token(&registered.node_id) {
         bail!("the engine answered RegisterNode with an unusable node id");
     }
-    let access_key: [u8; crypto::KEY_BYTES] =
-        registered.access_key.as_slice().try_into().map_err(|_| anyhow::anyhow!("the engine answered RegisterNode with an access key of the wrong length"))?;
-    zeroize::Zeroize::zeroize(&mut registered.access_key);
+    let access_keys = state::access_keys_of(&mut registered).map_err(|problem| anyhow::anyhow!("the engine answered RegisterNode with {problem}"))?;
     // The operator's licence decides: the engine records at most the licensed slots and the
     // registered region, whatever the flags say.
     if registered.slots_max != 0 && registered.slots_max < args.slots_max {
@@ -347,7 +354,7 @@ async fn register(args: &NodeArgs, credential: Credential, endpoint: &str) -> an
     if !registered.region.is_empty() && registered.region != args.region {
         warn!(flag = %args.region, registered = %registered.region, "this node was registered in another region than --region; the engine uses the registered one");
     }
-    Ok((engine, channel, registered.node_id, SecretKey::from_bytes(access_key)))
+    Ok((engine, channel, registered.node_id, access_keys))
 }
 
 /// The endpoint of one engine URL: TLS for `https://`, keepalive so a dead engine is noticed.
@@ -395,14 +402,15 @@ pub async fn start_with_limits(args: NodeArgs, clock: Arc<dyn Clock>, limits: No
     if let Some(identity) = &args.player_tls {
         builder = builder.tls_config(identity.server_config()).context("the node's TLS certificate and key do not make a TLS configuration")?;
     }
-    let (engine, engines, node_id, access_key) = register(&args, args.cred.clone(), &endpoint).await?;
+    let (engine, engines, node_id, access_keys) = register(&args, args.cred.clone(), &endpoint).await?;
     let checkpoint = checkpoint_path(&args.data_dir, &node_id);
     let last_seq = read_checkpoint(&checkpoint)?;
     info!(%node_id, region = %args.region, %endpoint, slots_max = args.slots_max, last_seq, "registered with the engine");
 
     let shared = Arc::new(Shared {
         node_id,
-        access_key,
+        access_keys: Mutex::new(access_keys),
+        key_refresh: tokio::sync::Mutex::new(None),
         engine,
         announcement: RegisterNodeRequest { region: args.region.clone(), slots_max: args.slots_max, endpoint: endpoint.clone() },
         clock,

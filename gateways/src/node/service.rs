@@ -12,8 +12,9 @@ use proto::v1::node_service_server::NodeService;
 use proto::v1::{
     AccessGrant, ChallengeRequest, ChallengeResponse, CompleteDeliveryRequest, ConfirmRequest, ConfirmResponse, DownloadRequest, EndPreviewRequest,
     FailDeliveryRequest, FetchMediaRequest, MediaChunk, MediaPart, PlayPreviewRequest, PlayerRedeemRequest, RedeemRequest, RedeemResponse, RegisterNodeRequest,
+    RegisterNodeResponse,
 };
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::pin::Pin;
@@ -29,7 +30,11 @@ use tracing::{debug, info, warn};
 /// Everything the node's tasks and its `NodeService` share.
 pub(super) struct Shared {
     pub(super) node_id: String,
-    pub(super) access_key: SecretKey,
+    /// The access keys by token key id; a grant naming a newer id than these makes the
+    /// node announce itself again to get the key (`check`).
+    pub(super) access_keys: Mutex<BTreeMap<u32, SecretKey>>,
+    /// When the node last asked the engine for its access keys (at most once a second).
+    pub(super) key_refresh: tokio::sync::Mutex<Option<std::time::Instant>>,
     pub(super) engine: EngineClient,
     /// What RegisterNode announced, sent again when a restarted engine no longer knows
     /// this node (its health registry is in memory).
@@ -81,8 +86,65 @@ impl Shared {
         }
     }
 
-    pub(super) fn check(&self, grant: &AccessGrant) -> Result<(), Status> {
-        check_grant(&self.access_key, &self.node_id, grant, self.now_ms())
+    /// Checks a grant with the access key of the token key it names, first asking the
+    /// engine for its keys when the grant names a newer id than this node holds (a rotation
+    /// since it registered; at most once per `KEY_REFRESH_INTERVAL_MS`).
+    pub(super) async fn check(&self, grant: &AccessGrant) -> Result<(), Status> {
+        let key_id = grant_token_key_id(grant);
+        let (known, newest) = self.access_key(key_id);
+        if let Some(key) = known {
+            return check_grant(&key, &self.node_id, grant, self.now_ms());
+        }
+        if key_id > newest {
+            self.refresh_access_keys(Some(key_id)).await;
+            if let (Some(key), _) = self.access_key(key_id) {
+                return check_grant(&key, &self.node_id, grant, self.now_ms());
+            }
+        }
+        Err(status::access_denied(engine::crypto::AccessDenied::Invalid))
+    }
+
+    /// The access key of `key_id` if held, and the newest id held.
+    fn access_key(&self, key_id: u32) -> (Option<SecretKey>, u32) {
+        let keys = self.access_keys.lock().expect("the access keys lock is never poisoned");
+        (keys.get(&key_id).cloned(), keys.keys().next_back().copied().unwrap_or(0))
+    }
+
+    /// Whether this node holds the access key of `key_id`.
+    pub(super) fn holds_access_key(&self, key_id: u32) -> bool {
+        self.access_key(key_id).0.is_some()
+    }
+
+    /// Takes the access keys of a RegisterNode answer.
+    pub(super) fn take_access_keys(&self, registered: &mut RegisterNodeResponse) {
+        match access_keys_of(registered) {
+            Ok(keys) => self.access_keys.lock().expect("the access keys lock is never poisoned").extend(keys),
+            Err(problem) => warn!(node_id = %self.node_id, %problem, "the engine's RegisterNode answer had an unusable access key"),
+        }
+    }
+
+    /// Announces the node again to get the access keys of every token key the engine holds
+    /// (once per interval, however many callers ask; `wanted` is already held: nothing).
+    pub(super) async fn refresh_access_keys(&self, wanted: Option<u32>) {
+        let mut last = self.key_refresh.lock().await;
+        if wanted.is_some_and(|key_id| self.holds_access_key(key_id)) {
+            return;
+        }
+        if last.is_some_and(|at| at.elapsed() < Duration::from_millis(KEY_REFRESH_INTERVAL_MS)) {
+            return;
+        }
+        *last = Some(std::time::Instant::now());
+        let mut engine = self.engine.clone();
+        match tokio::time::timeout(Duration::from_millis(KEY_REFRESH_TIMEOUT_MS), engine.register_node(self.announcement.clone())).await {
+            Ok(Ok(answer)) => {
+                self.take_access_keys(&mut answer.into_inner());
+                info!(node_id = %self.node_id, "took up the access keys of a new token key");
+            }
+            Ok(Err(status)) => {
+                warn!(node_id = %self.node_id, code = ?status.code(), message = status.message(), "could not get the access keys of a new token key")
+            }
+            Err(_) => warn!(node_id = %self.node_id, "asking for the access keys of a new token key timed out"),
+        }
     }
 
     pub(super) fn permit(&self) -> Result<OwnedSemaphorePermit, Status> {
@@ -295,7 +357,7 @@ impl NodeService for NodeApi {
     async fn challenge(&self, request: Request<ChallengeRequest>) -> Result<Response<ChallengeResponse>, Status> {
         // Checks before permits: a request without a valid grant takes no slot of the node.
         let grant = require_grant(request.into_inner().grant)?;
-        self.shared.check(&grant)?;
+        self.shared.check(&grant).await?;
         let _permit = self.shared.permit()?;
         let challenge = self.shared.challenges.lock().expect("the challenges lock is never poisoned").issue(&grant.voucher_id, self.shared.now_ms());
         Ok(Response::new(ChallengeResponse { challenge: challenge.to_vec() }))
@@ -304,7 +366,7 @@ impl NodeService for NodeApi {
     async fn redeem(&self, request: Request<PlayerRedeemRequest>) -> Result<Response<RedeemResponse>, Status> {
         let request = request.into_inner();
         let grant = require_grant(request.grant)?;
-        self.shared.check(&grant)?;
+        self.shared.check(&grant).await?;
         let _permit = self.shared.permit()?;
         if !engine::ids::is_valid_token(&request.request_id) {
             return Err(status::malformed_request_id());
@@ -340,7 +402,7 @@ impl NodeService for NodeApi {
     async fn download(&self, request: Request<DownloadRequest>) -> Result<Response<Self::DownloadStream>, Status> {
         let request = request.into_inner();
         let grant = require_grant(request.grant)?;
-        self.shared.check(&grant)?;
+        self.shared.check(&grant).await?;
         require_media_in_grant(&grant, &request.media_id)?;
         let permit = self.shared.permit()?;
         let container = self.shared.part(&request.media_id, MediaPart::Container).await?;
@@ -364,7 +426,7 @@ impl NodeService for NodeApi {
     async fn confirm(&self, request: Request<ConfirmRequest>) -> Result<Response<ConfirmResponse>, Status> {
         let request = request.into_inner();
         let grant = require_grant(request.grant)?;
-        self.shared.check(&grant)?;
+        self.shared.check(&grant).await?;
         require_media_in_grant(&grant, &request.media_id)?;
         let _permit = self.shared.permit()?;
         // The node cannot check the proof (it never sees the receipt): the engine does.

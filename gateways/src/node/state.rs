@@ -25,6 +25,31 @@ pub fn check_grant(access_key: &SecretKey, node_id: &str, grant: &AccessGrant, n
         .map_err(status::access_denied)
 }
 
+/// The token key a grant names: 0 (a grant made before token key rotation) is key 1.
+pub fn grant_token_key_id(grant: &AccessGrant) -> u32 {
+    grant.token_key_id.max(engine::token_keys::FIRST_TOKEN_KEY_ID)
+}
+
+/// The node's access keys by token key id, from RegisterNode's answer (an engine that
+/// answers none names only `access_key`, token key 1's). The bytes are zeroized here.
+pub fn access_keys_of(registered: &mut proto::v1::RegisterNodeResponse) -> Result<std::collections::BTreeMap<u32, SecretKey>, String> {
+    let key_of = |bytes: &mut Vec<u8>| {
+        let key: Result<[u8; crypto::KEY_BYTES], _> = bytes.as_slice().try_into();
+        zeroize::Zeroize::zeroize(bytes);
+        key.map(SecretKey::from_bytes).map_err(|_| "an access key of the wrong length".to_string())
+    };
+    let mut keys = std::collections::BTreeMap::new();
+    if registered.access_keys.is_empty() {
+        keys.insert(engine::token_keys::FIRST_TOKEN_KEY_ID, key_of(&mut registered.access_key)?);
+    } else {
+        zeroize::Zeroize::zeroize(&mut registered.access_key);
+        for access_key in &mut registered.access_keys {
+            keys.insert(access_key.token_key_id, key_of(&mut access_key.key)?);
+        }
+    }
+    Ok(keys)
+}
+
 pub(super) fn require_media_in_grant(grant: &AccessGrant, media_id: &str) -> Result<(), Status> {
     if grant.media_ids.iter().any(|granted| granted == media_id) { Ok(()) } else { Err(status::media_not_in_grant(media_id)) }
 }

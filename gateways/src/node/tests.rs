@@ -4,6 +4,7 @@ use super::service::*;
 use super::state::*;
 use super::*;
 use crate::common::transfer::Reassembly;
+use engine::crypto;
 use proto::v1::{AccessGrant, Assignment, MediaChunk, MediaPart};
 use tokio::sync::mpsc;
 
@@ -14,7 +15,7 @@ fn grant(key: &SecretKey, node_id: &str, expires_at_ms: i64) -> AccessGrant {
     let media_ids = vec!["md1".to_string(), "md2".to_string()];
     let refs: Vec<&str> = media_ids.iter().map(String::as_str).collect();
     let access_token = crypto::access_token(key, node_id, "v1", &refs, expires_at_ms).to_vec();
-    AccessGrant { voucher_id: "v1".into(), media_ids, access_expires_at_ms: expires_at_ms, access_token }
+    AccessGrant { voucher_id: "v1".into(), media_ids, access_expires_at_ms: expires_at_ms, access_token, token_key_id: 0 }
 }
 
 #[test]

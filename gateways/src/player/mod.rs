@@ -910,7 +910,13 @@ mod tests {
         let purchase = Purchase {
             node_endpoint: "http://127.0.0.1:1".into(),
             node_id: "n1".into(),
-            grant: AccessGrant { voucher_id: "v1".into(), media_ids: vec!["md1".into()], access_expires_at_ms: 1, access_token: vec![0xAB; 32] },
+            grant: AccessGrant {
+                voucher_id: "v1".into(),
+                media_ids: vec!["md1".into()],
+                access_expires_at_ms: 1,
+                access_token: vec![0xAB; 32],
+                token_key_id: 0,
+            },
             receipt: vec![0xCD; 32],
             rental_until_ms: 0,
         };

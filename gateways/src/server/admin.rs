@@ -167,14 +167,9 @@ impl pb::admin_service_server::AdminService for Api {
             let operator = Self::operator(&request)?;
             let message = request.get_ref();
             let request_id = request_id(&message.request_id)?;
-            let dir = self.state.config.keys_dir.clone();
-            // Reading and checking RSA keys: off the async threads.
-            let loaded = tokio::task::spawn_blocking(move || crate::common::keys::load_engine_keys(&dir))
-                .await
-                .map_err(|error| crate::server::status::key_directory_task_failed(&error))?
-                .map_err(|error| crate::server::status::key_directory_unloadable(&error))?;
+            let loaded = self.load_key_directory().await?;
             if loaded.key_id() != message.key_id {
-                return Err(crate::server::status::key_directory_not_rotated(&loaded.key_id(), &message.key_id));
+                return Err(crate::server::status::key_directory_not_rotated("engine.pem", "engine", &loaded.key_id(), &message.key_id));
             }
             let before = self.market().keys().key_id();
             let older: Vec<_> = loaded.retired().iter().map(engine::crypto::RsaPrivate::public).collect();
@@ -186,6 +181,48 @@ impl pb::admin_service_server::AdminService for Api {
                 key_ids: keys.set.iter().map(|key| key.key_id()).collect(),
                 changed: before != keys.key_id(),
             })
+        }
+        .await;
+        self.answer(result)
+    }
+
+    async fn rotate_token_key(&self, request: Request<pb::RotateTokenKeyRequest>) -> Result<Response<pb::TokenKeyResponse>, Status> {
+        let result = async {
+            let operator = Self::operator(&request)?;
+            let message = request.get_ref();
+            let request_id = request_id(&message.request_id)?;
+            let loaded = self.load_key_directory().await?;
+            if loaded.token_key_id() != message.key_id {
+                return Err(crate::server::status::key_directory_not_rotated(
+                    "token.key",
+                    "token",
+                    &loaded.token_key_id().to_string(),
+                    &message.key_id.to_string(),
+                ));
+            }
+            let before = self.market().keys().token_key_id();
+            self.market().rotate_token_key(&operator, &request_id, loaded).await.map_err(fail)?;
+            let keys = self.market().keys();
+            Ok(pb::TokenKeyResponse { current_key_id: keys.token_key_id(), key_ids: keys.token_keys().ids(), changed: before != keys.token_key_id() })
+        }
+        .await;
+        self.answer(result)
+    }
+
+    async fn rotate_checkpoint_key(&self, request: Request<pb::RotateCheckpointKeyRequest>) -> Result<Response<pb::CheckpointKeyResponse>, Status> {
+        let result = async {
+            let operator = Self::operator(&request)?;
+            let message = request.get_ref();
+            let request_id = request_id(&message.request_id)?;
+            let loaded = self.load_key_directory().await?;
+            let found = loaded.checkpoint.as_ref().map(|signer| signer.verifier().vkey()).unwrap_or_default();
+            if found != message.vkey {
+                return Err(crate::server::status::key_directory_not_rotated("checkpoint.key", "checkpoint", &found, &message.vkey));
+            }
+            let before = self.market().keys().checkpoint.as_ref().map(|signer| signer.verifier().vkey());
+            let vkey = self.market().rotate_checkpoint_key(&operator, &request_id, loaded).await.map_err(fail)?;
+            let retired_vkeys = self.market().config().await.map_err(fail)?.retired_checkpoint_vkeys.into_iter().rev().collect();
+            Ok(pb::CheckpointKeyResponse { changed: before.as_deref() != Some(vkey.as_str()), vkey, retired_vkeys })
         }
         .await;
         self.answer(result)
@@ -367,5 +404,17 @@ impl pb::admin_service_server::AdminService for Api {
         }
         .await;
         self.answer(result)
+    }
+}
+
+impl Api {
+    /// The engine's key directory as it is now (what a rotation takes up). Reading and
+    /// checking RSA keys runs off the async threads.
+    async fn load_key_directory(&self) -> Result<engine::app::EngineKeys, Status> {
+        let dir = self.state.config.keys_dir.clone();
+        tokio::task::spawn_blocking(move || crate::common::keys::load_engine_keys(&dir))
+            .await
+            .map_err(|error| crate::server::status::key_directory_task_failed(&error))?
+            .map_err(|error| crate::server::status::key_directory_unloadable(&error))
     }
 }

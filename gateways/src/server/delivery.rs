@@ -42,9 +42,16 @@ impl pb::delivery_service_server::DeliveryService for Api {
                 return Err(invalid("endpoint", "must be an http:// or https:// URL of at most 256 characters"));
             }
             let (access_key, recorded) = self.market().announce_node(&node, message.slots_max).await.map_err(fail)?;
+            let access_keys = self.market().node_access_keys(&node).map_err(fail)?;
             self.state.nodes.announce(&node, endpoint);
             super::gossip::tell(&self.state, &node, Heartbeat::default()).await;
-            Ok(pb::RegisterNodeResponse { node_id: node.0, access_key: access_key.expose().to_vec(), slots_max: recorded.slots_max, region: recorded.region })
+            Ok(pb::RegisterNodeResponse {
+                node_id: node.0,
+                access_key: access_key.expose().to_vec(),
+                slots_max: recorded.slots_max,
+                region: recorded.region,
+                access_keys: access_keys.into_iter().map(|(token_key_id, key)| pb::NodeAccessKey { token_key_id, key: key.expose().to_vec() }).collect(),
+            })
         }
         .await;
         self.answer(result)
@@ -64,7 +71,7 @@ impl pb::delivery_service_server::DeliveryService for Api {
                 return Err(crate::server::status::node_must_register());
             }
             super::gossip::tell(&self.state, &node, beat).await;
-            Ok(pb::HeartbeatResponse {})
+            Ok(pb::HeartbeatResponse { token_key_id: self.market().keys().token_key_id() })
         }
         .await;
         self.answer(result)

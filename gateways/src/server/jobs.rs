@@ -216,11 +216,11 @@ pub(super) async fn rate_sampler(state: Arc<EngineState>) {
 /// How often an engine checks whether the stream rotated its key through another engine.
 const KEY_FOLLOW_INTERVAL_MS: u64 = 2_000;
 
-/// Several engines share one key history: when the stream says the engine key is one this
-/// engine does not sign with (another engine recorded `EngineKeyRotated`), it reloads its key
-/// directory and, once the new key is there, signs with it too (no event: the rotation is
-/// recorded). Until the key files reach its directory it goes on with the old key, which stays
-/// valid until revoked, and says so once per key.
+/// Several engines share one key history: when the stream says a key is one this engine
+/// does not use (another engine recorded `EngineKeyRotated`, `TokenKeyRotated` or
+/// `CheckpointKeyRotated`), it reloads its key directory and, once the new key is there,
+/// uses it too (no event: the rotation is recorded). Until the key files reach its directory
+/// it goes on with the old key, which stays valid (until revoked), and says so once per key.
 pub(super) async fn key_follower(state: Arc<EngineState>) {
     let mut shutdown = state.shutdown.clone();
     let mut tick = tokio::time::interval(Duration::from_millis(KEY_FOLLOW_INTERVAL_MS));
@@ -231,26 +231,65 @@ pub(super) async fn key_follower(state: Arc<EngineState>) {
             _ = tick.tick() => {}
         }
         let Some(Ok(config)) = unless_stopping(&mut shutdown, state.market.config()).await else { continue };
-        let Some(wanted) = config.engine_key.filter(|wanted| *wanted != state.market.keys().key_id()) else { continue };
+        let Some(wanted) = wanted_key(&config, &state.market.keys()) else { continue };
         let dir = state.config.keys_dir.clone();
         let loaded = tokio::task::spawn_blocking(move || crate::common::keys::load_engine_keys(&dir)).await;
-        match loaded {
-            Ok(Ok(keys)) if keys.key_id() == wanted => {
+        let request = engine::ids::RequestId::new(format!("key-follow-{}", wanted.name()));
+        let taken = match (loaded, &wanted) {
+            (Ok(Ok(keys)), WantedKey::Engine(key_id)) if keys.key_id() == *key_id => {
                 let older: Vec<_> = keys.retired().iter().map(engine::crypto::RsaPrivate::public).collect();
-                let request = engine::ids::RequestId::new(format!("key-follow-{wanted}"));
-                match state.market.rotate_engine_key(&state.engine_id, &request, keys).await {
-                    Ok(_) => {
-                        state.live.add_older_engine_keys(older);
-                        missing = None;
-                    }
-                    Err(error) => tracing::warn!(%error, key_id = %wanted, "could not take up the engine key another engine rotated to"),
+                let taken = state.market.rotate_engine_key(&state.engine_id, &request, keys).await.map(|_| ());
+                if taken.is_ok() {
+                    state.live.add_older_engine_keys(older);
                 }
+                Some(taken)
             }
-            _ if missing.as_deref() != Some(wanted.as_str()) => {
-                tracing::warn!(key_id = %wanted, keys = %state.config.keys_dir.display(), "another engine rotated the engine key; its files are not in this engine's key directory yet: copy them there (this engine signs with the old key meanwhile)");
-                missing = Some(wanted);
+            (Ok(Ok(keys)), WantedKey::Token(key_id)) if keys.token_keys().key(*key_id).is_some() => {
+                Some(state.market.rotate_token_key(&state.engine_id, &request, keys).await.map(|_| ()))
             }
-            _ => {}
+            (Ok(Ok(keys)), WantedKey::Checkpoint(vkey)) if keys.checkpoint.as_ref().is_some_and(|signer| signer.verifier().vkey() == *vkey) => {
+                Some(state.market.rotate_checkpoint_key(&state.engine_id, &request, keys).await.map(|_| ()))
+            }
+            _ => None,
+        };
+        match taken {
+            Some(Ok(())) => missing = None,
+            Some(Err(error)) => tracing::warn!(%error, key = %wanted.name(), "could not take up the key another engine rotated to"),
+            None if missing.as_deref() != Some(wanted.name().as_str()) => {
+                tracing::warn!(key = %wanted.name(), keys = %state.config.keys_dir.display(), "another engine rotated a key; its files are not in this engine's key directory yet: copy them there (this engine uses the old key meanwhile)");
+                missing = Some(wanted.name());
+            }
+            None => {}
         }
     }
+}
+
+/// A key the stream names that this engine does not use yet.
+enum WantedKey {
+    Engine(String),
+    Token(u32),
+    Checkpoint(String),
+}
+
+impl WantedKey {
+    fn name(&self) -> String {
+        match self {
+            WantedKey::Engine(key_id) => format!("engine-{key_id}"),
+            WantedKey::Token(key_id) => format!("token-{key_id}"),
+            WantedKey::Checkpoint(vkey) => format!("checkpoint-{}", vkey.split('+').nth(1).unwrap_or_default()),
+        }
+    }
+}
+
+/// The first key the configuration names that `keys` does not use (the engine key first:
+/// the other rotations need it to be the same).
+fn wanted_key(config: &engine::domain::config::Config, keys: &engine::app::EngineKeys) -> Option<WantedKey> {
+    if let Some(key_id) = config.engine_key.as_ref().filter(|wanted| **wanted != keys.key_id()) {
+        return Some(WantedKey::Engine(key_id.clone()));
+    }
+    if let Some(key_id) = config.token_key_id.filter(|wanted| *wanted > keys.token_key_id()) {
+        return Some(WantedKey::Token(key_id));
+    }
+    let current = keys.checkpoint.as_ref().map(|signer| signer.verifier().vkey());
+    config.checkpoint_vkey.as_ref().filter(|wanted| current.as_deref() != Some(wanted.as_str())).map(|vkey| WantedKey::Checkpoint(vkey.clone()))
 }

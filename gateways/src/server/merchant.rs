@@ -103,6 +103,7 @@ impl pb::merchant_service_server::MerchantService for Api {
                 access_token: answer.access_token.to_vec(),
                 access_expires_at_ms: answer.access_expires_at.0,
                 rental_until_ms: answer.rental_until.0,
+                token_key_id: answer.token_key_id,
             })
         }
         .await;

@@ -74,6 +74,8 @@ pub fn from_app_error(error: &AppError) -> Status {
         AppError::Crypto(_) => with_error_id(Code::Internal, "a cryptographic operation failed", error),
         AppError::Task(_) | AppError::PoolClosed | AppError::Sign(_) => with_error_id(Code::Internal, "an internal task failed", error),
         AppError::MediaStore(store) => media_store_failed("the media store failed", store),
+        // The id is public (it is on the stream); the operator copies the key directory.
+        AppError::TokenKeyMissing { .. } => Status::failed_precondition(error.to_string()),
     }
 }
 
@@ -163,10 +165,11 @@ pub fn key_directory_task_failed(error: &dyn std::fmt::Display) -> Status {
     with_error_id(Code::Internal, "loading the key directory failed", error)
 }
 
-/// A rotation asked for a key the engine's key directory does not hold as its current one.
-pub fn key_directory_not_rotated(found: &str, asked: &str) -> Status {
+/// A rotation asked for a key the engine's key directory does not hold as its current one
+/// (`file`: `engine.pem`, `token.key` or `checkpoint.key`; `kind`: what `keys rotate` takes).
+pub fn key_directory_not_rotated(file: &str, kind: &str, found: &str, asked: &str) -> Status {
     Status::failed_precondition(format!(
-        "the key directory's engine.pem is key {found}, not {asked}: run `vouchsafe keys rotate engine` on this engine's key directory"
+        "the key directory's {file} is key {found}, not {asked}: run `vouchsafe keys rotate {kind}` on this engine's key directory"
     ))
 }
 

@@ -73,8 +73,17 @@ impl Witness {
         let text = zeroize::Zeroizing::new(std::fs::read_to_string(&args.key).with_context(|| format!("cannot read {}", args.key.display()))?);
         let cosigner = Cosigner::from_private_line(&text)
             .map_err(|_| anyhow::anyhow!("{} is not a witness private key (PRIVATE+KEY+<name>+<id>+<key>, type 0x04)", args.key.display()))?;
-        let logs =
-            args.logs.iter().map(|(origin, vkey)| Ok((origin.clone(), NoteVerifier::from_vkey(vkey)?))).collect::<Result<_, engine::note::NoteError>>()?;
+        // A log named twice (`--log O=OLD --log O=NEW`, a rotated checkpoint key): both keys
+        // verify its checkpoints, the last one given first.
+        let mut logs: BTreeMap<String, NoteVerifier> = BTreeMap::new();
+        for (origin, vkey) in &args.logs {
+            let verifier = NoteVerifier::from_vkey(vkey)?;
+            let merged = match logs.remove(origin) {
+                Some(earlier) => verifier.with_older(&earlier)?,
+                None => verifier,
+            };
+            logs.insert(origin.clone(), merged);
+        }
         std::fs::create_dir_all(&args.data_dir).with_context(|| format!("cannot create {}", args.data_dir.display()))?;
         let state_file = args.data_dir.join(STATE_FILE);
         let recorded = match std::fs::read(&state_file) {

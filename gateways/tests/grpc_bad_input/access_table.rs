@@ -13,6 +13,8 @@ pub(super) const PUBLISHER_ACCESS: &[(&str, [&str; 7])] = &[
     // there is no retired key to revoke); a merchant's own rental window: any merchant's.
     ("RotateEngineKey", ["allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"]),
     ("RevokeEngineKey", ["NotFound", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"]),
+    ("RotateTokenKey", ["allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"]),
+    ("RotateCheckpointKey", ["allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"]),
     ("SetRentalWindow", ["PermissionDenied", "allowed", "allowed", "PermissionDenied", "PermissionDenied", "PermissionDenied", "Unauthenticated"]),
 ];
 

@@ -1016,6 +1016,27 @@ pub(super) fn bad_input_cases(w: &World) -> Vec<Case> {
         case("key rotation", "to a key the key directory does not hold", &op, rotate("key-1", "0123456789abcdef"), Code::FailedPrecondition)
             .message_has("keys rotate engine"),
     );
+    cases.push(
+        case(
+            "key rotation",
+            "to a token key token.key does not hold",
+            &op,
+            Req::RotateTokenKey(pb::RotateTokenKeyRequest { request_id: "key-4".into(), key_id: 7 }),
+            Code::FailedPrecondition,
+        )
+        .message_has("keys rotate token"),
+    );
+    let other_vkey = engine::note::NoteSigner::generate("other.example/log").expect("a note key").verifier().vkey();
+    cases.push(
+        case(
+            "key rotation",
+            "to a checkpoint key the key directory does not hold",
+            &op,
+            Req::RotateCheckpointKey(pb::RotateCheckpointKeyRequest { request_id: "key-5".into(), vkey: other_vkey }),
+            Code::FailedPrecondition,
+        )
+        .message_has("keys rotate checkpoint"),
+    );
     cases.push(case("key rotation", "revoke the current key", &op, revoke_key("key-2", &current_key), ia).message_has("rotate to a new key first"));
     cases.push(case("key rotation", "revoke a key never rotated out", &op, revoke_key("key-3", "0123456789abcdef"), Code::NotFound));
     let window = |request_id: &str, min: u64, max: u64| {

@@ -713,6 +713,12 @@ pub(super) fn arb_request(rpc: Rpc, p: &Pools, b: Bias) -> BoxedStrategy<Req> {
         Rpc::RevokeEngineKey => {
             (rid, free_text(b)).prop_map(|(request_id, key_id)| Req::RevokeEngineKey(pb::RevokeEngineKeyRequest { request_id, key_id })).boxed()
         }
+        Rpc::RotateTokenKey => {
+            (rid, u32_field(8, b)).prop_map(|(request_id, key_id)| Req::RotateTokenKey(pb::RotateTokenKeyRequest { request_id, key_id })).boxed()
+        }
+        Rpc::RotateCheckpointKey => {
+            (rid, free_text(b)).prop_map(|(request_id, vkey)| Req::RotateCheckpointKey(pb::RotateCheckpointKeyRequest { request_id, vkey })).boxed()
+        }
         Rpc::SetRentalWindow => {
             let bound = || {
                 one_of(vec![

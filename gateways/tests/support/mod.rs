@@ -31,6 +31,8 @@ pub struct Fixture {
     pub operator: Credential,
     pub channel: Channel,
     pub engine_public: crypto::RsaPublic,
+    /// The vkey of the engine's checkpoint key (`checkpoint.vkey`).
+    pub checkpoint_vkey: String,
 }
 
 /// A quiet engine with fresh keys, its log, a channel to it and the operator's credential.
@@ -47,7 +49,8 @@ pub async fn start() -> Fixture {
     let channel = client::connect(&engine.url(), None).await.expect("connect");
     let operator = Credential::load(&keys.join("operator.cred")).expect("operator credential");
     let engine_public = gateways::common::keys::load_engine_public(&keys).expect("public key");
-    Fixture { _dir: dir, engine, log, operator, channel, engine_public }
+    let checkpoint_vkey = gateways::common::keys::load_checkpoint_vkey(&keys).expect("vkey loads").expect("keys init writes one").vkey();
+    Fixture { _dir: dir, engine, log, operator, channel, engine_public, checkpoint_vkey }
 }
 
 impl Fixture {

@@ -237,6 +237,8 @@ rpcs! {
     // Key rotation and merchants' rental windows (issue 28).
     RotateEngineKey = Admin.rotate_engine_key(RotateEngineKeyRequest) unary;
     RevokeEngineKey = Admin.revoke_engine_key(RevokeEngineKeyRequest) unary;
+    RotateTokenKey = Admin.rotate_token_key(RotateTokenKeyRequest) unary;
+    RotateCheckpointKey = Admin.rotate_checkpoint_key(RotateCheckpointKeyRequest) unary;
     SetRentalWindow = Merchant.set_rental_window(SetRentalWindowRequest) unary;
 }
 

@@ -55,6 +55,7 @@ pub async fn buy_in(merchant: &mut client::MerchantClient, prefix: &str, media: 
         node_endpoint: issued.node_endpoint,
         access_token: issued.access_token,
         access_expires_at_ms: issued.access_expires_at_ms,
+        token_key_id: issued.token_key_id,
         media_ids: vec![media.to_string()],
         rental_until_ms: 0,
     })

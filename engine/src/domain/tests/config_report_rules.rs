@@ -267,3 +267,44 @@ fn a_retired_engine_key_is_revoked_only_after_its_grace_period() {
     let state = fold::<Config>(&revoked);
     assert!(state.key_revoked("k1") && !state.key_revoked("k2"));
 }
+
+// ---------------------------------------------------------------- token and checkpoint keys
+
+fn token_rotated(key_id: u32, previous_key_id: u32) -> Event {
+    Event::TokenKeyRotated { key_id, previous_key_id, rotated_at: T0 }
+}
+
+/// Token key ids only grow, from the one in use (1 on a stream that never rotated): a retry
+/// changes nothing, a rotation from an older id is stale, an old id cannot come back.
+#[test]
+fn a_token_key_rotates_to_a_higher_id_from_the_one_in_use() {
+    let rotate = |key_id, previous_key_id| ConfigCommand::RotateTokenKey { key_id, previous_key_id };
+    check::<Config>(&[], rotate(2, 1), T0, Ok(vec![token_rotated(2, 1)]));
+    check::<Config>(&[token_rotated(2, 1)], rotate(2, 1), T0, Ok(vec![]));
+    check::<Config>(&[token_rotated(2, 1)], rotate(3, 2), T0, Ok(vec![token_rotated(3, 2)]));
+    check::<Config>(&[token_rotated(2, 1)], rotate(3, 1), T0, Err(crate::domain::Rejection::KeyRotationStale { current: "token key 2".into() }));
+    check_invalid::<Config>(&[token_rotated(3, 2)], rotate(2, 3), T0, "key_id");
+    check_invalid::<Config>(&[], rotate(1, 1), T0, "key_id");
+    assert_eq!(fold::<Config>(&[token_rotated(2, 1), token_rotated(3, 2)]).token_key_id, Some(3));
+}
+
+/// A checkpoint key rotation keeps the log's origin; a retry changes nothing; a retired key
+/// cannot come back; a rotation from a key that is no longer current is stale.
+#[test]
+fn a_checkpoint_key_rotates_within_the_logs_origin() {
+    let rotate = |vkey: &str, previous: &str| ConfigCommand::RotateCheckpointKey { vkey: vkey.into(), previous_vkey: previous.into() };
+    let rotated = |vkey: &str, previous: &str| Event::CheckpointKeyRotated { vkey: vkey.into(), previous_vkey: previous.into(), rotated_at: T0 };
+    check::<Config>(&[], rotate("log+02+B", "log+01+A"), T0, Ok(vec![rotated("log+02+B", "log+01+A")]));
+    let once = [rotated("log+02+B", "log+01+A")];
+    check::<Config>(&once, rotate("log+02+B", "log+01+A"), T0, Ok(vec![]));
+    check::<Config>(&once, rotate("log+03+C", "log+02+B"), T0, Ok(vec![rotated("log+03+C", "log+02+B")]));
+    check::<Config>(&once, rotate("log+03+C", "log+01+A"), T0, Err(crate::domain::Rejection::KeyRotationStale { current: "log+02+B".into() }));
+    check_invalid::<Config>(&once, rotate("log+01+A", "log+02+B"), T0, "vkey");
+    check_invalid::<Config>(&[], rotate("other+02+B", "log+01+A"), T0, "vkey");
+    check_invalid::<Config>(&[], rotate("not a vkey", "log+01+A"), T0, "vkey");
+    let state = fold::<Config>(&[rotated("log+02+B", "log+01+A"), rotated("log+03+C", "log+02+B")]);
+    assert_eq!(
+        (state.checkpoint_vkey.as_deref(), state.retired_checkpoint_vkeys.clone()),
+        (Some("log+03+C"), vec!["log+01+A".to_string(), "log+02+B".to_string()])
+    );
+}

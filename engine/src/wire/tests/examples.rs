@@ -20,7 +20,7 @@ use std::collections::BTreeSet;
 /// How many variants `Event` has. Adding a variant stops `variant_index` from compiling:
 /// give the new variant the next index, raise this count, add a hand-written example with
 /// its protobuf counterpart to `examples` and an arm to `arb_event`.
-pub(super) const VARIANT_COUNT: usize = 44;
+pub(super) const VARIANT_COUNT: usize = 46;
 
 /// The position of an event's variant, by a `match` with no wildcard arm, so that a new
 /// variant cannot be added without these tests being told about it.
@@ -70,6 +70,8 @@ pub(super) fn variant_index(event: &Event) -> usize {
         Event::EngineKeyRotated { .. } => 41,
         Event::EngineKeyRevoked { .. } => 42,
         Event::MerchantRentalWindowSet { .. } => 43,
+        Event::TokenKeyRotated { .. } => 44,
+        Event::CheckpointKeyRotated { .. } => 45,
     }
 }
 
@@ -711,6 +713,14 @@ pub(super) fn examples() -> Vec<(Event, E)> {
             }),
         ),
         (Event::EngineKeyRevoked { key_id: "k1".into() }, E::EngineKeyRevoked(pb::EngineKeyRevoked { key_id: "k1".into() })),
+        (
+            Event::TokenKeyRotated { key_id: 2, previous_key_id: 1, rotated_at: Millis(1_800) },
+            E::TokenKeyRotated(pb::TokenKeyRotated { key_id: 2, previous_key_id: 1, rotated_at_ms: 1_800 }),
+        ),
+        (
+            Event::CheckpointKeyRotated { vkey: "log+0a0b0c0d+AQ".into(), previous_vkey: "log+01020304+Ag".into(), rotated_at: Millis(1_900) },
+            E::CheckpointKeyRotated(pb::CheckpointKeyRotated { vkey: "log+0a0b0c0d+AQ".into(), previous_vkey: "log+01020304+Ag".into(), rotated_at_ms: 1_900 }),
+        ),
         (
             Event::MerchantRentalWindowSet { merchant_id: MerchantId::new("mer-1"), window_ms_min: 3_600_000, window_ms_max: 7_200_000 },
             E::MerchantRentalWindowSet(pb::MerchantRentalWindowSet { merchant_id: "mer-1".into(), window_ms_min: 3_600_000, window_ms_max: 7_200_000 }),

@@ -308,6 +308,8 @@ fn hash_fields(event: &mut E) -> Vec<(&'static str, &mut Vec<u8>)> {
         | E::ConfigChanged(_)
         | E::EngineKeyRotated(_)
         | E::EngineKeyRevoked(_)
+        | E::TokenKeyRotated(_)
+        | E::CheckpointKeyRotated(_)
         | E::MerchantRentalWindowSet(_) => vec![],
     }
 }
@@ -363,6 +365,8 @@ fn enum_fields(event: &mut E) -> Vec<(&'static str, &mut i32, i32)> {
         | E::ConfigChanged(_)
         | E::EngineKeyRotated(_)
         | E::EngineKeyRevoked(_)
+        | E::TokenKeyRotated(_)
+        | E::CheckpointKeyRotated(_)
         | E::MerchantRentalWindowSet(_) => vec![],
     }
 }

@@ -350,6 +350,8 @@ fn arb_event() -> BoxedStrategy<Event> {
             rotated_at
         }),
         text().prop_map(|key_id| Event::EngineKeyRevoked { key_id }),
+        (u32s(), u32s(), millis()).prop_map(|(key_id, previous_key_id, rotated_at)| Event::TokenKeyRotated { key_id, previous_key_id, rotated_at }),
+        (text(), text(), millis()).prop_map(|(vkey, previous_vkey, rotated_at)| Event::CheckpointKeyRotated { vkey, previous_vkey, rotated_at }),
         (id(MerchantId), u64s(), u64s()).prop_map(|(merchant_id, window_ms_min, window_ms_max)| Event::MerchantRentalWindowSet {
             merchant_id,
             window_ms_min,
