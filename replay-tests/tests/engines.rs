@@ -385,5 +385,35 @@ async fn an_engine_key_rotated_through_one_engine_is_taken_up_by_the_other() {
     client::buy(&mut at_b, "after-rotation", std::slice::from_ref(&engines.media_id), None)
         .await
         .expect("a media published before the rotation sells through b");
+
+    // The token and checkpoint keys, rotated through A, are taken up by B the same way: B's
+    // access tokens name token key 2 and its seals' checkpoints are signed with the new key.
+    let (_, token_id) = gateways::common::keys::rotate_token(&engines.keys).expect("rotate token.key");
+    admin_a.rotate_token_key(pb::RotateTokenKeyRequest { request_id: "rotate-2".into(), key_id: token_id }).await.expect("rotate the token key through a");
+    let (_, vkey) = gateways::common::keys::rotate_checkpoint(&engines.keys).expect("rotate checkpoint.key");
+    admin_a.rotate_checkpoint_key(pb::RotateCheckpointKeyRequest { request_id: "rotate-3".into(), vkey: vkey.clone() }).await.expect("rotate through a");
+    let started = std::time::Instant::now();
+    let b_vkey = || engines.b.state.market.keys().checkpoint.as_ref().map(|signer| signer.verifier().vkey());
+    while engines.b.state.market.keys().token_key_id() != token_id || b_vkey().as_deref() != Some(vkey.as_str()) {
+        assert!(started.elapsed() < Duration::from_secs(15), "B never took up the rotated token and checkpoint keys");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let sold = client::buy(&mut at_b, "after-token-rotation", std::slice::from_ref(&engines.media_id), None).await.expect("a sale through b");
+    assert_eq!(sold.token_key_id, token_id, "B's access tokens are made under the new token key");
+    let recorded: Vec<Event> = engines
+        .log
+        .read_from(Seq(1), 10_000)
+        .await
+        .expect("read")
+        .iter()
+        .filter_map(|stored| engine::wire::decode(&stored.payload).ok())
+        .map(|r| r.event)
+        .collect();
+    let count = |wanted: fn(&Event) -> bool| recorded.iter().filter(|event| wanted(event)).count();
+    assert_eq!(
+        (count(|event| matches!(event, Event::TokenKeyRotated { .. })), count(|event| matches!(event, Event::CheckpointKeyRotated { .. }))),
+        (1, 1),
+        "B took the keys up without recording the rotations again"
+    );
     engines.stop().await;
 }

@@ -77,10 +77,12 @@ impl Market {
         // consumer, certificate and key, or another passport could take the keys.
         let public_key_der = consumer_root.state.certs.get(cert_serial).map(|cert| cert.public_key_der.clone()).unwrap_or_default();
         let subject = crypto::ProofConsumer::new(&consumer.0, &cert_serial.0, &public_key_der);
-        let receipt =
-            crypto::derive_token(&self.keys().token_key(root.state.receipt_key_id)?, TokenPurpose::Receipt, &voucher_id.0, root.state.receipt_generation);
-        let proof_check = if root.state.receipt_generation > 0 && crypto::verify_receipt_proof(&receipt, &voucher_id.0, &node.0, challenge, &subject, proof) {
-            ProofCheck::Valid
+        // No receipt before authorization (its token key id is recorded with it): the
+        // domain names the refusal (an unknown voucher, one not paid for).
+        let proof_check = if root.state.receipt_generation > 0 {
+            let token_key = self.keys().token_key(root.state.receipt_key_id)?;
+            let receipt = crypto::derive_token(&token_key, TokenPurpose::Receipt, &voucher_id.0, root.state.receipt_generation);
+            if crypto::verify_receipt_proof(&receipt, &voucher_id.0, &node.0, challenge, &subject, proof) { ProofCheck::Valid } else { ProofCheck::Invalid }
         } else {
             ProofCheck::Invalid
         };
@@ -209,6 +211,9 @@ impl Market {
         // The redemption under way names the certificate the keys were wrapped for (the first
         // one, or a consumer's newer certificate after a reissue).
         let Some((consumer, cert_serial)) = state.consumer.clone().or_else(|| state.released_to.clone()) else { return Ok(ProofCheck::Invalid) };
+        if state.receipt_generation == 0 {
+            return Ok(ProofCheck::Invalid);
+        }
         let consumer_root = self.handler.load::<Consumer>(&consumer.0).await?;
         let public_key_der = consumer_root.state.certs.get(&cert_serial).map(|cert| cert.public_key_der.as_slice()).unwrap_or_default();
         let subject = crypto::ProofConsumer::new(&consumer.0, &cert_serial.0, public_key_der);

@@ -280,7 +280,7 @@ impl Config {
             return Ok(vec![]); // a retry
         }
         let origin = |line: &str| line.split('+').next().unwrap_or_default().to_string();
-        if vkey.is_empty() || vkey == previous_vkey || vkey.split('+').count() != 3 {
+        if vkey.is_empty() || vkey == previous_vkey || vkey.splitn(3, '+').count() != 3 {
             return Err(Rejection::InvalidArgument { field: "vkey", reason: "a rotation names a new checkpoint vkey, <origin>+<key hash>+<key>".into() });
         }
         if !previous_vkey.is_empty() && origin(vkey) != origin(previous_vkey) {

@@ -168,8 +168,12 @@ pub fn key_directory_task_failed(error: &dyn std::fmt::Display) -> Status {
 /// A rotation asked for a key the engine's key directory does not hold as its current one
 /// (`file`: `engine.pem`, `token.key` or `checkpoint.key`; `kind`: what `keys rotate` takes).
 pub fn key_directory_not_rotated(file: &str, kind: &str, found: &str, asked: &str) -> Status {
+    // Checkpoint vkeys are long: name the key by its hash (the vkey's middle part).
+    let short = |key: &str| key.split('+').nth(1).unwrap_or(key).chars().take(64).collect::<String>();
     Status::failed_precondition(format!(
-        "the key directory's {file} is key {found}, not {asked}: run `vouchsafe keys rotate {kind}` on this engine's key directory"
+        "the key directory's {file} is key {}, not {}: run `vouchsafe keys rotate {kind}` on this engine's key directory",
+        short(found),
+        short(asked)
     ))
 }
 

@@ -302,6 +302,8 @@ fn a_checkpoint_key_rotates_within_the_logs_origin() {
     check_invalid::<Config>(&once, rotate("log+01+A", "log+02+B"), T0, "vkey");
     check_invalid::<Config>(&[], rotate("other+02+B", "log+01+A"), T0, "vkey");
     check_invalid::<Config>(&[], rotate("not a vkey", "log+01+A"), T0, "vkey");
+    // Base64 may hold '+': the key is what follows the second one.
+    check::<Config>(&[], rotate("log+02+B+c/d=", "log+01+A"), T0, Ok(vec![rotated("log+02+B+c/d=", "log+01+A")]));
     let state = fold::<Config>(&[rotated("log+02+B", "log+01+A"), rotated("log+03+C", "log+02+B")]);
     assert_eq!(
         (state.checkpoint_vkey.as_deref(), state.retired_checkpoint_vkeys.clone()),
