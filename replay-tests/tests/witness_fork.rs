@@ -110,6 +110,27 @@ fn a_witness_cosigns_the_log_and_refuses_a_fork_which_the_auditor_catches() {
     };
     let _ = stop.send(());
     runtime.block_on(task).expect("joined").expect("served");
+
+    // A rotated checkpoint key (issue 28): the log's new key is given as a second `--log`
+    // of the same origin, and the witness cosigns the log's checkpoint under it (the same
+    // size and root it recorded); with the old key alone it refused that signer (403 above).
+    let rotated = WitnessArgs {
+        logs: vec![
+            witness_args.logs[0].clone(),
+            gateways::witness::parse_log(&format!("{}={}", log_key.name(), impostor.verifier().vkey())).expect("ORIGIN=VKEY"),
+        ],
+        ..witness_args.clone()
+    };
+    let (url, stop, task) = start_witness(&runtime, &rotated);
+    let under_new_key = newest_checkpoint.sign(&impostor).0;
+    let Answer::Cosigned(_) = runtime.block_on(add_checkpoint(&url, newest_checkpoint.size, &[], &under_new_key)).expect("answers") else {
+        panic!("the checkpoint under the log's rotated key is cosigned")
+    };
+    let Answer::Cosigned(_) = runtime.block_on(add_checkpoint(&url, newest_checkpoint.size, &[], &newest)).expect("answers") else {
+        panic!("and still under its old key")
+    };
+    let _ = stop.send(());
+    runtime.block_on(task).expect("joined").expect("served");
     drop(runtime);
 
     // The auditor with the witness policy: the cosigned checkpoint passes; the fork, bare or
