@@ -39,6 +39,7 @@ mod container;
 mod delivery;
 mod issue;
 mod keys;
+pub use keys::KeysInUse;
 mod leases;
 mod points;
 mod publisher;

@@ -270,3 +270,66 @@ fn token_and_checkpoint_keys_rotate_while_serving_and_what_came_before_still_ver
         assert_eq!(code, 1, "{name}: the seals of the other key do not verify: {partial}");
     }
 }
+
+/// Keys the directory rotated while the engine was down (a rotation whose call to the
+/// engine failed, a directory copied from the engine that rotated): at start the engine
+/// records them before it signs or makes anything with them, so each key's validity on the
+/// stream starts before its first use (an audit faults a seal signed before its key's
+/// rotation: `store::tests::a_seal_signed_with_a_key_before_its_rotation_is_outside_the_keys_validity`).
+#[test]
+fn keys_rotated_while_the_engine_was_down_are_recorded_at_start_before_their_first_use() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (shop, mut serve, node) = open_shop(dir.path());
+    let (root, url) = (shop.root.clone(), shop.url.clone());
+    let media = shop.publish("song.bin", 5);
+    buy_and_fetch(&root, &url, &media, "first.json");
+    wait_for_seal(&root, &url, 0);
+    stop(&mut serve);
+    drop(node);
+    let keys = root.join("keys");
+    gateways::common::keys::rotate_engine(&keys).expect("engine key files");
+    gateways::common::keys::rotate_token(&keys).expect("token.key");
+    gateways::common::keys::rotate_checkpoint(&keys).expect("checkpoint key files");
+
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let serve = vouchsafe()
+        .args(["serve", "--data-dir", "engine", "--keys", "keys", "--listen", &format!("127.0.0.1:{port}")])
+        .env("VOUCHSAFE_SEAL_INTERVAL_MS", "200")
+        .current_dir(&root)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("serve starts again");
+    let mut serve = Running(serve);
+    wait_for_port(port);
+    // A new node (the first one's credential and data go).
+    std::fs::remove_file(root.join("node.cred")).expect("the first node's credential");
+    std::fs::remove_dir_all(root.join("node")).expect("the first node's data");
+    let _node = start_node(&root, &url);
+    let after_start = seals(&root, &url);
+    let fetched = buy_and_fetch(&root, &url, &media, "after.json");
+    assert_eq!(fetched["decrypt_ok"], true);
+    wait_for_seal(&root, &url, after_start);
+    std::thread::sleep(Duration::from_millis(1_000));
+    stop(&mut serve);
+
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let log = engine::log::embedded::EmbeddedLog::open(&root.join("engine/log")).expect("the engine's log");
+    let stored = runtime.block_on(engine::log::EventLog::read_from(&log, engine::ids::Seq(1), 100_000)).expect("read");
+    let events: Vec<engine::domain::event::Event> =
+        stored.iter().filter_map(|event| engine::wire::decode(&event.payload).ok()).map(|recorded| recorded.event).collect();
+    use engine::domain::event::Event;
+    let rotation_at = |kind: &str, wanted: fn(&Event) -> bool| events.iter().position(wanted).unwrap_or_else(|| panic!("the {kind} rotation is recorded"));
+    let engine_rotation = rotation_at("engine", |event| matches!(event, Event::EngineKeyRotated { .. }));
+    let token_rotation = rotation_at("token", |event| matches!(event, Event::TokenKeyRotated { .. }));
+    let checkpoint_rotation = rotation_at("checkpoint", |event| matches!(event, Event::CheckpointKeyRotated { .. }));
+    let new_key = gateways::common::keys::load_engine_public(&keys).expect("key").key_id();
+    let first_new_seal =
+        events.iter().position(|event| matches!(event, Event::RightsReportSealed(seal) if seal.engine_key_id == new_key)).expect("a seal with the new key");
+    let first_new_reservation = events.iter().position(|event| matches!(event, Event::Reserved { token_key_id: 2, .. })).expect("a sale under token key 2");
+    assert!(engine_rotation < first_new_seal && checkpoint_rotation < first_new_seal, "recorded before the new keys sign");
+    assert!(token_rotation < first_new_reservation, "recorded before the new token key is used");
+    drop(log);
+    let (code, audit, stderr) = run(vouchsafe().args(["audit", "replay", "--data-dir", "engine", "--keys", "keys", "--json"]), &root);
+    assert_eq!((code, &audit["first_bad"]), (0, &serde_json::Value::Null), "{audit} {stderr}");
+}

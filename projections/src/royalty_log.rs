@@ -276,9 +276,13 @@ impl RoyaltyLog {
                 self.check_seal(seq, seal, sealed_head);
                 self.seal_times.push(recorded_at_ms);
             }
-            Event::EngineKeyRotated { key_id, public_key_der, .. } if self.learns_engine_keys => {
+            Event::EngineKeyRotated { key_id, public_key_der, .. } => {
+                self.check_key_window(seq, key_id);
                 let known = self.engine_key.iter().chain(&self.older_engine_keys).any(|key| key.key_id() == *key_id);
-                if !known && let Ok(key) = RsaPublic::from_der(public_key_der) {
+                if self.learns_engine_keys
+                    && !known
+                    && let Ok(key) = RsaPublic::from_der(public_key_der)
+                {
                     self.older_engine_keys.push(key);
                 }
             }
@@ -388,6 +392,23 @@ impl RoyaltyLog {
         self.tree.push(royalty::tree_leaf_hash(&chained, &commitment));
         self.commitments.push(commitment);
         self.entries.push(chained);
+    }
+
+    /// An engine key is valid from the event that rotates it in until the one that revokes
+    /// it: a seal it signed before its rotation was recorded is a fault (found at the
+    /// rotation, `seq`), as one it signs after its revocation is (`check_seal`).
+    fn check_key_window(&mut self, seq: Seq, key_id: &str) {
+        if self.engine_key.is_none() {
+            return;
+        }
+        if let Some(early) = self.seals.iter().find(|seal| seal.engine_key_id == key_id) {
+            self.seal_faults.push(SealFault {
+                seq,
+                first_entry: early.first_entry,
+                last_entry: early.last_entry,
+                reason: format!("signed with the engine key {key_id} before the stream rotated it in (at this sequence): outside the key's validity"),
+            });
+        }
     }
 
     fn check_seal(&mut self, seq: Seq, seal: &RightsReportSealed, sealed_head: Option<[u8; 32]>) {

@@ -103,6 +103,49 @@ impl Market {
         Ok(vkey)
     }
 
+    /// At start: keys this engine's directory rotated that its stream has not recorded (the
+    /// directory was rotated and the engine restarted before `keys rotate` reached it) are
+    /// recorded now, before anything is signed or made with them, so each key's validity on
+    /// the stream starts before its first use. `last_seal_key` names the key of the newest
+    /// seal the projections hold (the keys in use on a stream that never recorded a
+    /// rotation). A key the stream names that this directory does not hold is left to the
+    /// key follower. Returns the names of the rotations recorded.
+    pub async fn record_keys_at_start(&self, engine: &str, last_seal: Option<&KeysInUse>) -> Result<Vec<&'static str>, AppError> {
+        let keys = self.keys();
+        let config = self.config().await?;
+        let by = actor(ActorKind::Operator, engine);
+        let mut recorded = Vec::new();
+        let engine_key_in_use = config.engine_key.as_deref().or(last_seal.map(|seal| seal.engine_key_id.as_str()));
+        if let Some(previous) = engine_key_in_use.filter(|previous| *previous != keys.key_id() && keys.private_for(previous).is_some()) {
+            let command =
+                ConfigCommand::RotateEngineKey { key_id: keys.key_id(), public_key_der: keys.public.to_der()?, previous_key_id: previous.to_string() };
+            let request = RequestId::new(format!("start-rotation-engine-{}", keys.key_id()));
+            if !self.handler.handle::<Config>(CONFIG_AGGREGATE, &by, &request, &command).await?.appended.is_empty() {
+                recorded.push("engine");
+            }
+        }
+        let token_key_in_use = config.token_key_id.unwrap_or(crate::token_keys::FIRST_TOKEN_KEY_ID);
+        if keys.token_key_id() > token_key_in_use && keys.token_keys().key(token_key_in_use).is_some() {
+            let command = ConfigCommand::RotateTokenKey { key_id: keys.token_key_id(), previous_key_id: token_key_in_use };
+            let request = RequestId::new(format!("start-rotation-token-{}", keys.token_key_id()));
+            if !self.handler.handle::<Config>(CONFIG_AGGREGATE, &by, &request, &command).await?.appended.is_empty() {
+                recorded.push("token");
+            }
+        }
+        let checkpoint_in_use = config.checkpoint_vkey.as_deref().or(last_seal.and_then(|seal| seal.checkpoint_vkey.as_deref()));
+        if let (Some(previous), Some(signer)) = (checkpoint_in_use, keys.checkpoint.as_ref()) {
+            let vkey = signer.verifier().vkey();
+            if vkey != previous && !config.retired_checkpoint_vkeys.contains(&vkey) {
+                let command = ConfigCommand::RotateCheckpointKey { vkey: vkey.clone(), previous_vkey: previous.to_string() };
+                let request = RequestId::new(format!("start-rotation-checkpoint-{}", vkey.split('+').nth(1).unwrap_or_default()));
+                if !self.handler.handle::<Config>(CONFIG_AGGREGATE, &by, &request, &command).await?.appended.is_empty() {
+                    recorded.push("checkpoint");
+                }
+            }
+        }
+        Ok(recorded)
+    }
+
     /// Revokes a retired engine key whose grace period has passed.
     pub async fn revoke_engine_key(&self, operator: &str, request: &RequestId, key_id: &str) -> Result<bool, AppError> {
         // On a stream that never rotated, the domain does not know the current key by name.
@@ -130,4 +173,12 @@ fn same_engine_key(current: &EngineKeys, loaded: &EngineKeys) -> Result<(), AppE
         .into());
     }
     Ok(())
+}
+
+/// The keys the newest seal was signed with, as the projections hold it: its engine key id
+/// and, when the key directory knows it, the vkey of its checkpoint's key.
+#[derive(Clone, Debug, Default)]
+pub struct KeysInUse {
+    pub engine_key_id: String,
+    pub checkpoint_vkey: Option<String>,
 }

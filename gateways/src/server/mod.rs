@@ -570,6 +570,14 @@ pub async fn start(config: EngineConfig, log: Arc<dyn EventLog>, listener: tokio
             .await
     });
     state.apply_configuration().await;
+    // Keys the directory rotated while the engine was down are recorded before the jobs sign
+    // anything with them.
+    let last_seal = keys_of_last_seal(&state);
+    match state.market.record_keys_at_start(&state.engine_id, last_seal.as_ref()).await {
+        Ok(recorded) if !recorded.is_empty() => tracing::warn!(keys = ?recorded, "recorded key rotations the key directory made while the engine was down"),
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "could not record the key directory's rotations at start; the key follower retries"),
+    }
     let background = vec![
         tokio::spawn(sweeper(Arc::clone(&state))),
         tokio::spawn(lease_keeper(Arc::clone(&state))),
@@ -589,4 +597,17 @@ fn tls_config(tls: &TlsFiles) -> anyhow::Result<tonic::transport::ServerTlsConfi
         config = config.client_ca_root(tonic::transport::Certificate::from_pem(ca));
     }
     Ok(config)
+}
+
+/// The keys the newest seal the projections hold was signed with: its engine key id, and
+/// the vkey of the key directory's checkpoint key (current or retired) whose key hash its
+/// checkpoint signature names.
+fn keys_of_last_seal(state: &EngineState) -> Option<engine::app::KeysInUse> {
+    let (engine_key_id, key_hash) = state.live.read(|projections| {
+        let seal = projections.royalty.seals.last()?;
+        Some((seal.engine_key_id.clone(), seal.checkpoint.as_ref().and_then(|checkpoint| checkpoint.signature.get(..4).map(hex::encode))))
+    })?;
+    let vkeys = crate::common::keys::load_checkpoint_vkey(&state.config.keys_dir).ok().flatten().map(|verifier| verifier.vkeys()).unwrap_or_default();
+    let checkpoint_vkey = key_hash.and_then(|hash| vkeys.into_iter().find(|vkey| vkey.split('+').nth(1) == Some(hash.as_str())));
+    Some(engine::app::KeysInUse { engine_key_id, checkpoint_vkey })
 }

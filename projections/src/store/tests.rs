@@ -649,6 +649,45 @@ fn a_resumed_chain_continues_the_uninterrupted_one() {
     assert!(Chain::resume(&master(), EPOCH + 1, entries.last()).is_err(), "another epoch");
 }
 
+/// Issue 28, an engine key's validity starts at its rotation: a seal the new key signed
+/// before the stream rotated it in is a fault, found at the rotation. The control: the same
+/// seal after the rotation verifies and nothing is found.
+#[test]
+fn a_seal_signed_with_a_key_before_its_rotation_is_outside_the_keys_validity() {
+    let (old, new) = (test_keys::fixed_rsa(), test_keys::fixed_rsa_2());
+    let rotated = || {
+        let mut projections = Projections::with_royalty_keys(&master(), Some(new.public()));
+        projections.royalty.older_engine_keys = vec![old.public()];
+        apply_all(&mut projections, script(), true);
+        another_usage(&mut projections);
+        projections
+    };
+    let seal_with_new = |projections: &mut Projections| {
+        let mut seal = projections.unsigned_seal(1).expect("chained").expect("entries to seal");
+        engine::seal::sign_seal_with(&new, Some(&checkpoint_key()), &mut seal).expect("sign");
+        let event = stored(projections.last_seq.0 + 1, Event::RightsReportSealed(seal));
+        projections.apply(&event).expect("apply the seal");
+    };
+    let rotation = Event::EngineKeyRotated {
+        key_id: new.public().key_id(),
+        public_key_der: new.public().to_der().expect("der"),
+        previous_key_id: old.public().key_id(),
+        rotated_at: Millis(1),
+    };
+    let mut early = rotated();
+    seal_with_new(&mut early);
+    assert!(early.royalty.seal_faults.is_empty(), "the signature itself verifies");
+    apply_all(&mut early, vec![rotation.clone()], false);
+    let fault = early.royalty.seal_faults.last().expect("a fault at the rotation").reason.clone();
+    assert!(fault.contains("before the stream rotated it in"), "{fault}");
+
+    let mut in_order = rotated();
+    apply_all(&mut in_order, vec![rotation], false);
+    seal_with_new(&mut in_order);
+    assert!(in_order.royalty.seal_faults.is_empty(), "control: signed after the rotation, nothing is found");
+    assert_eq!(in_order.royalty.seals_verified, early.royalty.seals_verified);
+}
+
 /// Issue 28, rotation: seals signed with the engine key of before a rotation still verify
 /// with the rotated set (its older keys found by id); once the stream revokes that key, a
 /// seal it signs is a fault, while the new key's seals verify. Controls: without the older
