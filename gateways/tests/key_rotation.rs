@@ -133,7 +133,8 @@ fn the_engine_key_rotates_while_serving_old_signatures_verify_and_a_retired_key_
     );
     let (code, _, stderr) = run(vouchsafe().args(["admin", "cert", "revoke", "--consumer", "alice", "--connect", &url, "--keys", "keys", "--json"]), &root);
     assert_eq!(code, 0, "{stderr}");
-    assert_eq!(stats(&root)["certificates_revoked"], 1);
+    let after = stats(&root);
+    assert_eq!((&after["certificates_revoked"], &after["engine_keys_revoked"]), (&serde_json::json!(1), &serde_json::json!(1)), "{after}");
 
     // SIGTERM, then the auditor's replay: every seal, before and after, verifies with the key it names.
     stop(&mut serve);
@@ -250,6 +251,12 @@ fn token_and_checkpoint_keys_rotate_while_serving_and_what_came_before_still_ver
     assert_eq!(new_vkey.split('+').next(), old_vkey.split('+').next(), "the origin stays");
     assert_eq!(new_vkey.lines().count(), 1, "checkpoint.vkey stays one line (CLI.md)");
     let after_rotation = seals(&root, &url);
+    let stats = run(vouchsafe().args(["admin", "stats", "--connect", &url, "--keys", "keys", "--json"]), &root).1;
+    assert_eq!(
+        (&stats["token_key_id"], &stats["token_key_ids"], stats["checkpoint_vkey"].as_str()),
+        (&serde_json::json!(2), &serde_json::json!([2, 1]), Some(new_vkey.trim())),
+        "{stats}"
+    );
     buy_and_fetch(&root, &url, &media, "last.json");
     // A seal after the rotation (the last sale's entry makes one); then time for the one
     // over that entry (a seal in flight during the rotation may still be the old key's).

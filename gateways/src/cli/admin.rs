@@ -221,6 +221,10 @@ pub async fn admin(args: AdminArgs) -> anyhow::Result<Outcome> {
                     "certificates_expired": stats.certificates_expired,
                     "engine_key_id": stats.engine_key_id,
                     "engine_key_ids": stats.engine_key_ids,
+                    "engine_keys_revoked": stats.engine_keys_revoked,
+                    "token_key_id": stats.token_key_id,
+                    "token_key_ids": stats.token_key_ids,
+                    "checkpoint_vkey": stats.checkpoint_vkey,
                 })
             }
             AdminCommand::Config { command: ConfigCommand::Get } => config_json(&admin.get_config(pb::GetConfigRequest {}).await?.into_inner()),

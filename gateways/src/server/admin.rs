@@ -73,6 +73,7 @@ impl Api {
         let now = self.market().now().0;
         let certificates = self.state.live.read(|p| (p.reads.certificates.issued, p.reads.certificates.revoked, p.reads.certificates.expired_at(now)));
         let keys = self.market().keys();
+        let config = self.market().config().await.map_err(fail)?;
         let (allocation, issued, pending, delivered, entries, seals, undelivered) = self.state.live.read(|p| {
             let allocation: Vec<(NodeId, projections::allocation::NodeSlots)> =
                 p.allocation.nodes.iter().map(|(id, slots)| (id.clone(), slots.clone())).collect();
@@ -123,6 +124,10 @@ impl Api {
             certificates_expired: certificates.2,
             engine_key_id: keys.key_id(),
             engine_key_ids: keys.set.iter().map(|key| key.key_id()).collect(),
+            engine_keys_revoked: config.retired_keys.values().filter(|retired| retired.revoked).count() as u64,
+            token_key_id: keys.token_key_id(),
+            token_key_ids: keys.token_keys().ids(),
+            checkpoint_vkey: keys.checkpoint.as_ref().map(|signer| signer.verifier().vkey()).unwrap_or_default(),
         })
     }
 }
