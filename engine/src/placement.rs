@@ -89,7 +89,7 @@ pub const LEASE_TERMS: LeaseTerms = LeaseTerms { ttl_ms: 60_000, margin_ms: 5_00
 
 /// How long a node may stay silent before it stops getting new work, unless the operator
 /// set `node.heartbeat_timeout_ms`.
-pub const HEARTBEAT_STALE_MS: u64 = 30_000;
+pub const HEARTBEAT_STALE_MS: u64 = crate::domain::config::HEARTBEAT_TIMEOUT_MS_DEFAULT;
 
 /// Chooses the delivery node for an IssueVoucher or Preview: the least loaded healthy
 /// node with a free slot, in `region` when asked.

@@ -12,6 +12,11 @@ pub const NODE_HEARTBEAT_INTERVAL_MS: u64 = 5_000;
 /// The shortest heartbeat timeout: twice the nodes' heartbeat interval.
 pub const HEARTBEAT_TIMEOUT_MS_MIN: u64 = 2 * NODE_HEARTBEAT_INTERVAL_MS;
 
+/// The heartbeat timeout until the operator sets one: six missed heartbeats. The engine's
+/// node health view uses it (`placement::HEARTBEAT_STALE_MS`), so `admin config get` shows
+/// what applies.
+pub const HEARTBEAT_TIMEOUT_MS_DEFAULT: u64 = 30_000;
+
 /// Lower bounds a key takes from what it depends on, with the constraint in words: a value
 /// that passes its plain range can still break the market (a heartbeat timeout below the
 /// heartbeat interval makes every node look dead between two heartbeats).
@@ -39,7 +44,7 @@ pub const KEYS: &[(&str, u64, u64, u64)] = &[
     ("seal.interval_ms", 1_000, 86_400_000, 60_000),
     ("reservation.ttl_ms_default", 1_000, 7 * 86_400_000, 900_000),
     ("access.ttl_ms", 1_000, 86_400_000, 3_600_000),
-    ("node.heartbeat_timeout_ms", 1_000, 3_600_000, 15_000),
+    ("node.heartbeat_timeout_ms", 1_000, 3_600_000, HEARTBEAT_TIMEOUT_MS_DEFAULT),
     // How long after its clip an unreported preview keeps its slot (`preview::Preview`).
     ("preview.grace_ms", 1_000, 3_600_000, super::preview::PREVIEW_GRACE_MS),
     // Redemptions a voucher's consumer may make again after failed deliveries.
