@@ -3,73 +3,22 @@
 //! `demo --connect` against the same engine and SIGTERM for a graceful stop. Every
 //! process is started by this test and stopped by its pid.
 
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod shell;
-use shell::{Running, free_port, vouchsafe, wait_for_port};
-
-/// Runs a command to completion; returns (exit code, last stdout line as JSON).
-fn json(command: &mut Command, dir: &Path) -> (i32, serde_json::Value) {
-    let output = command.current_dir(dir).output().expect("run vouchsafe");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let last = stdout.lines().last().unwrap_or_default();
-    let value = serde_json::from_str(last).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}\nstderr: {}", String::from_utf8_lossy(&output.stderr)));
-    (output.status.code().unwrap_or(-1), value)
-}
+use shell::{free_port, json, open_market, publish, start_node_at, vouchsafe};
 
 #[test]
 fn serve_node_publish_buy_fetch_then_demo_connect_and_sigterm() {
     let dir = tempfile::tempdir().expect("temp dir");
     let root = dir.path();
-    assert!(vouchsafe().args(["keys", "init", "--out", "keys"]).current_dir(root).status().expect("keys init").success());
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
     let metrics_port = free_port();
-    let serve = vouchsafe()
-        .args([
-            "serve",
-            "--data-dir",
-            "engine",
-            "--keys",
-            "keys",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--metrics-listen",
-            &format!("127.0.0.1:{metrics_port}"),
-        ])
-        .env("VOUCHSAFE_SEAL_INTERVAL_MS", "300")
-        .current_dir(root)
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("serve starts");
-    let mut serve = Running(serve);
-    wait_for_port(port);
-
-    let (code, merchant) =
-        json(vouchsafe().args(["keys", "issue", "merchant", "--name", "Shop", "--keys", "keys", "--out", "shop.cred", "--connect", &url, "--json"]), root);
-    assert_eq!(code, 0, "{merchant}");
-    let (code, _) = json(vouchsafe().args(["keys", "issue", "node", "--keys", "keys", "--out", "node.cred", "--connect", &url, "--json"]), root);
-    assert_eq!(code, 0);
-    let node_port = free_port();
-    let node = vouchsafe()
-        .args(["node", "--connect", &url, "--cred", "node.cred", "--listen", &format!("127.0.0.1:{node_port}"), "--data-dir", "node"])
-        .current_dir(root)
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("node starts");
-    let _node = Running(node);
-    wait_for_port(node_port);
+    let (mut serve, url, merchant) = open_market(root, &["--metrics-listen", &format!("127.0.0.1:{metrics_port}")], &[("VOUCHSAFE_SEAL_INTERVAL_MS", "300")]);
+    let (_node, node_port) = start_node_at(root, &url);
 
     let content: Vec<u8> = (0..150_000u32).map(|i| (i * 7 % 256) as u8).collect();
-    std::fs::write(root.join("song.bin"), &content).expect("write song");
-    let (code, published) = json(
-        vouchsafe().args(["publish", "--connect", &url, "--cred", "keys/operator.cred", "--engine-key", "keys/engine.pub.pem", "song.bin", "--json"]),
-        root,
-    );
-    assert_eq!(code, 0, "{published}");
-    let media_id = published["media"][0]["media_id"].as_str().expect("media id").to_string();
+    let media_id = publish(root, &url, "song.bin", &content);
     let (code, passport) = json(
         vouchsafe().args([
             "player",

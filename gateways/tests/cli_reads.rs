@@ -4,20 +4,8 @@
 //! store), with the exit codes CLI.md gives: 1 for a refusal, 2 for a malformed flag.
 //! Every process is started by this test and stopped by its pid.
 
-use std::path::Path;
-use std::process::{Command, Stdio};
-
 mod shell;
-use shell::{Running, free_port, vouchsafe, wait_for_port};
-
-/// Runs a command to completion; returns (exit code, last stdout line as JSON).
-fn json(command: &mut Command, dir: &Path) -> (i32, serde_json::Value) {
-    let output = command.current_dir(dir).output().expect("run vouchsafe");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let last = stdout.lines().last().unwrap_or_default();
-    let value = serde_json::from_str(last).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}\nstderr: {}", String::from_utf8_lossy(&output.stderr)));
-    (output.status.code().unwrap_or(-1), value)
-}
+use shell::{free_port, json, open_market, vouchsafe};
 
 fn this_month() -> String {
     let now_ms = i64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_millis()).expect("ms");
@@ -28,27 +16,7 @@ fn this_month() -> String {
 fn merchant_list_statement_catalog_search_and_the_operators_reads() {
     let dir = tempfile::tempdir().expect("temp dir");
     let root = dir.path();
-    assert!(vouchsafe().args(["keys", "init", "--out", "keys"]).current_dir(root).status().expect("keys init").success());
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let serve = vouchsafe()
-        .args([
-            "serve",
-            "--data-dir",
-            "engine",
-            "--keys",
-            "keys",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--metrics-listen",
-            &format!("127.0.0.1:{}", free_port()),
-        ])
-        .current_dir(root)
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("serve starts");
-    let _serve = Running(serve);
-    wait_for_port(port);
+    let (_serve, url, shop) = open_market(root, &["--metrics-listen", &format!("127.0.0.1:{}", free_port())], &[]);
     let merchant = |args: &[&str]| {
         let mut command = vouchsafe();
         command.arg("merchant").args(args).args(["--connect", &url, "--cred", "shop.cred", "--json"]);
@@ -60,9 +28,6 @@ fn merchant_list_statement_catalog_search_and_the_operators_reads() {
         json(&mut command, root)
     };
 
-    let (code, shop) =
-        json(vouchsafe().args(["keys", "issue", "merchant", "--name", "Shop", "--keys", "keys", "--out", "shop.cred", "--connect", &url, "--json"]), root);
-    assert_eq!(code, 0, "{shop}");
     std::fs::write(root.join("song.bin"), (0..50_000u32).map(|i| (i % 253) as u8).collect::<Vec<u8>>()).expect("write song");
     let (code, published) = json(
         vouchsafe().args([

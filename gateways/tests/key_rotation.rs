@@ -21,13 +21,7 @@ struct Shop {
 
 impl Shop {
     fn publish(&self, name: &str, seed: u32) -> String {
-        std::fs::write(self.root.join(name), (0..30_000u32).map(|i| ((i + seed) * 7 % 256) as u8).collect::<Vec<u8>>()).expect("media file");
-        let (code, published, stderr) = run(
-            vouchsafe().args(["publish", "--connect", &self.url, "--cred", "keys/operator.cred", "--engine-key", "keys/engine.pub.pem", name, "--json"]),
-            &self.root,
-        );
-        assert_eq!(code, 0, "{published} {stderr}");
-        published["media"][0]["media_id"].as_str().expect("media id").to_string()
+        shell::publish(&self.root, &self.url, name, &(0..30_000u32).map(|i| ((i + seed) * 7 % 256) as u8).collect::<Vec<u8>>())
     }
 
     /// Buys `media` and fetches it as alice; returns the delivered copy's path.
@@ -48,21 +42,7 @@ impl Shop {
 /// Keys in `root/keys`, `serve` (a seal every 200 ms), the merchant `shop.cred`, a node and
 /// alice's passport: the shop, the engine and the node (both stopped by pid on drop).
 fn open_shop(root: &Path) -> (Shop, Running, Running) {
-    assert!(vouchsafe().args(["keys", "init", "--out", "keys"]).current_dir(root).status().expect("keys init").success());
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let serve = vouchsafe()
-        .args(["serve", "--data-dir", "engine", "--keys", "keys", "--listen", &format!("127.0.0.1:{port}")])
-        .env("VOUCHSAFE_SEAL_INTERVAL_MS", "200")
-        .current_dir(root)
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("serve starts");
-    let serve = Running(serve);
-    wait_for_port(port);
-    let (code, merchant, _) =
-        run(vouchsafe().args(["keys", "issue", "merchant", "--name", "Shop", "--keys", "keys", "--out", "shop.cred", "--connect", &url, "--json"]), root);
-    assert_eq!(code, 0, "{merchant}");
+    let (serve, url, _) = shell::open_market(root, &[], &[("VOUCHSAFE_SEAL_INTERVAL_MS", "200")]);
     let node = start_node(root, &url);
     let (code, passport, stderr) = passport(root, &url, "alice");
     assert_eq!(code, 0, "{passport} {stderr}");

@@ -16,15 +16,13 @@ use gateways::node::{self, NodeArgs, RunningNode};
 use gateways::player::{self, Purchase, RpcError};
 use gateways::server::{self, EngineConfig};
 use proto::v1 as pb;
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tonic::Code;
 
 mod shell;
 mod support;
-use shell::{Running, free_port, vouchsafe, wait_for_port};
+use shell::{json, open_market, publish, vouchsafe};
 
 /// How long a test waits for something asynchronous (the feed, the projections).
 const WAIT_MS: u64 = 10_000;
@@ -254,15 +252,6 @@ async fn a_rental_plays_within_its_window_each_play_counted_once_and_is_refused_
     engine.shutdown().await.expect("graceful shutdown");
 }
 
-/// Runs a command to completion; returns (exit code, last stdout line as JSON).
-fn json(command: &mut Command, dir: &Path) -> (i32, serde_json::Value) {
-    let output = command.current_dir(dir).output().expect("run vouchsafe");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let last = stdout.lines().last().unwrap_or_default();
-    let value = serde_json::from_str(last).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}\nstderr: {}", String::from_utf8_lossy(&output.stderr)));
-    (output.status.code().unwrap_or(-1), value)
-}
-
 /// The same from a shell, as the README shows it: `merchant buy --rental-ms`, `player fetch`
 /// per play with `merchant reissue --sale` between, the refusal (exit 1) after the window,
 /// and `player purge` deleting the rental's copy.
@@ -270,38 +259,9 @@ fn json(command: &mut Command, dir: &Path) -> (i32, serde_json::Value) {
 fn the_cli_rents_plays_twice_and_is_refused_after_the_window() {
     let dir = tempfile::tempdir().expect("temp dir");
     let root = dir.path();
-    assert!(vouchsafe().args(["keys", "init", "--out", "keys"]).current_dir(root).status().expect("keys init").success());
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let serve = vouchsafe()
-        .args(["serve", "--data-dir", "engine", "--keys", "keys", "--listen", &format!("127.0.0.1:{port}")])
-        .current_dir(root)
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("serve starts");
-    let _serve = Running(serve);
-    wait_for_port(port);
-    let (code, _) =
-        json(vouchsafe().args(["keys", "issue", "merchant", "--name", "Shop", "--keys", "keys", "--out", "shop.cred", "--connect", &url, "--json"]), root);
-    assert_eq!(code, 0);
-    let (code, _) = json(vouchsafe().args(["keys", "issue", "node", "--keys", "keys", "--out", "node.cred", "--connect", &url, "--json"]), root);
-    assert_eq!(code, 0);
-    let node_port = free_port();
-    let node = vouchsafe()
-        .args(["node", "--connect", &url, "--cred", "node.cred", "--listen", &format!("127.0.0.1:{node_port}"), "--data-dir", "node"])
-        .current_dir(root)
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("node starts");
-    let _node = Running(node);
-    wait_for_port(node_port);
-    std::fs::write(root.join("song.bin"), (0..40_000u32).map(|i| (i * 7 % 256) as u8).collect::<Vec<u8>>()).expect("write song");
-    let (code, published) = json(
-        vouchsafe().args(["publish", "--connect", &url, "--cred", "keys/operator.cred", "--engine-key", "keys/engine.pub.pem", "song.bin", "--json"]),
-        root,
-    );
-    assert_eq!(code, 0, "{published}");
-    let media_id = published["media"][0]["media_id"].as_str().expect("media id").to_string();
+    let (_serve, url, _) = open_market(root, &[], &[]);
+    let _node = shell::start_node(root, &url);
+    let media_id = publish(root, &url, "song.bin", &(0..40_000u32).map(|i| (i * 7 % 256) as u8).collect::<Vec<u8>>());
     let passport = [
         "player",
         "passport",

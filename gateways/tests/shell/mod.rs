@@ -88,6 +88,11 @@ pub fn buy_and_fetch(root: &std::path::Path, url: &str, media: &str, sale: &str)
 /// A delivery node for the engine at `url`: its credential issued with `root/keys` into
 /// `node.cred`, its agent started in `root` (data under `node/`) and listening; killed on drop.
 pub fn start_node(root: &std::path::Path, url: &str) -> Running {
+    start_node_at(root, url).0
+}
+
+/// As `start_node`; also the port the node listens on.
+pub fn start_node_at(root: &std::path::Path, url: &str) -> (Running, u16) {
     let (code, issued, stderr) = run(vouchsafe().args(["keys", "issue", "node", "--keys", "keys", "--out", "node.cred", "--connect", url, "--json"]), root);
     assert_eq!(code, 0, "{issued} {stderr}");
     let node_port = free_port();
@@ -99,5 +104,46 @@ pub fn start_node(root: &std::path::Path, url: &str) -> Running {
         .expect("node starts");
     let node = Running(node);
     wait_for_port(node_port);
-    node
+    (node, node_port)
+}
+
+/// Runs a command in `dir` to completion: its exit code and the last line of stdout as
+/// JSON, which it must be (the panic shows stdout and stderr).
+pub fn json(command: &mut Command, dir: &std::path::Path) -> (i32, serde_json::Value) {
+    let output = command.current_dir(dir).output().expect("run vouchsafe");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let last = stdout.lines().last().unwrap_or_default();
+    let value = serde_json::from_str(last).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}\nstderr: {}", String::from_utf8_lossy(&output.stderr)));
+    (output.status.code().unwrap_or(-1), value)
+}
+
+/// A market from a shell: `keys init` into `root/keys`, `serve` (data under `root/engine`)
+/// on a free loopback port with `extra` arguments and `env`, listening, and the merchant
+/// credential `root/shop.cred`. The engine (stopped by pid on drop), its URL and what
+/// `keys issue merchant --json` printed.
+pub fn open_market(root: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> (Running, String, serde_json::Value) {
+    assert!(vouchsafe().args(["keys", "init", "--out", "keys"]).current_dir(root).status().expect("keys init").success());
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut command = vouchsafe();
+    command.args(["serve", "--data-dir", "engine", "--keys", "keys", "--listen", &format!("127.0.0.1:{port}")]).args(extra);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let serve = Running(command.current_dir(root).stderr(std::process::Stdio::null()).spawn().expect("serve starts"));
+    wait_for_port(port);
+    let (code, merchant) =
+        json(vouchsafe().args(["keys", "issue", "merchant", "--name", "Shop", "--keys", "keys", "--out", "shop.cred", "--connect", &url, "--json"]), root);
+    assert_eq!(code, 0, "{merchant}");
+    (serve, url, merchant)
+}
+
+/// Writes `bytes` to `root/name` and publishes it with the operator's credential: the
+/// media id.
+pub fn publish(root: &std::path::Path, url: &str, name: &str, bytes: &[u8]) -> String {
+    std::fs::write(root.join(name), bytes).expect("write the media file");
+    let (code, published) =
+        json(vouchsafe().args(["publish", "--connect", url, "--cred", "keys/operator.cred", "--engine-key", "keys/engine.pub.pem", name, "--json"]), root);
+    assert_eq!(code, 0, "{published}");
+    published["media"][0]["media_id"].as_str().expect("media id").to_string()
 }
