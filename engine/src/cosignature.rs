@@ -8,7 +8,7 @@
 //! (`crate::witness`).
 
 use crate::crypto::{self, ED25519_KEY_BYTES, Ed25519Private, Ed25519Public};
-use crate::note::{NoteError, PRIVATE_KEY_PREFIX, SignedNote, check_name, parse_typed_key_line};
+use crate::note::{NoteError, SignedNote, check_name, key_line, parse_private_line, parse_typed_key_line, private_line};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use std::collections::BTreeSet;
@@ -78,22 +78,13 @@ impl Cosigner {
 
     /// The private key file's line. A secret: for the key file only.
     pub fn to_private_line(&self) -> String {
-        let mut seed = self.key.seed();
-        let mut bytes = vec![SIGNATURE_TYPE_COSIGNATURE];
-        bytes.extend_from_slice(&seed);
-        let line = format!("{PRIVATE_KEY_PREFIX}{}+{}+{}", self.name, hex::encode(self.id), BASE64.encode(&bytes));
-        zeroize::Zeroize::zeroize(&mut seed);
-        zeroize::Zeroize::zeroize(&mut bytes);
-        line
+        private_line(&self.name, self.id, SIGNATURE_TYPE_COSIGNATURE, &self.key)
     }
 
     /// Reads a private key line (type 0x04); its ID must match. Errors never quote the line.
     pub fn from_private_line(line: &str) -> Result<Self, NoteError> {
-        let rest = line.trim().strip_prefix(PRIVATE_KEY_PREFIX).ok_or(NoteError::KeyLine("a private key line starts with PRIVATE+KEY+"))?;
-        let (name, id, mut seed) = parse_typed_key_line(rest, SIGNATURE_TYPE_COSIGNATURE)?;
-        let cosigner = Self::new(&name, Ed25519Private::from_seed(&seed));
-        zeroize::Zeroize::zeroize(&mut seed);
-        let cosigner = cosigner?;
+        let (name, id, key) = parse_private_line(line, SIGNATURE_TYPE_COSIGNATURE)?;
+        let cosigner = Self::new(&name, key)?;
         if cosigner.id != id {
             return Err(NoteError::KeyLine("the key id does not match the key"));
         }
@@ -120,9 +111,7 @@ impl CosignatureVerifier {
     }
 
     pub fn vkey(&self) -> String {
-        let mut bytes = vec![SIGNATURE_TYPE_COSIGNATURE];
-        bytes.extend_from_slice(&self.key.to_bytes());
-        format!("{}+{}+{}", self.name, hex::encode(self.id), BASE64.encode(bytes))
+        key_line(&self.name, self.id, SIGNATURE_TYPE_COSIGNATURE, &self.key.to_bytes())
     }
 
     pub fn name(&self) -> &str {

@@ -61,6 +61,35 @@ fn parse_key_line(line: &str) -> Result<(String, [u8; 4], [u8; ED25519_KEY_BYTES
     parse_typed_key_line(line, SIGNATURE_TYPE_ED25519)
 }
 
+/// `name+hexid+base64(type ‖ key)`: a vkey line (a public key), or the body of a private
+/// key line (a seed: the caller zeroizes what it passed; the line is a secret then).
+pub(crate) fn key_line(name: &str, id: [u8; 4], type_byte: u8, key: &[u8]) -> String {
+    let mut bytes = Vec::with_capacity(1 + key.len());
+    bytes.push(type_byte);
+    bytes.extend_from_slice(key);
+    let line = format!("{name}+{}+{}", hex::encode(id), BASE64.encode(&bytes));
+    zeroize::Zeroize::zeroize(&mut bytes);
+    line
+}
+
+/// A private key line `PRIVATE+KEY+name+hexid+base64(type ‖ seed)`, its key ID and key for
+/// the caller to check; errors never quote the line.
+pub(crate) fn parse_private_line(line: &str, type_byte: u8) -> Result<(String, [u8; 4], Ed25519Private), NoteError> {
+    let rest = line.trim().strip_prefix(PRIVATE_KEY_PREFIX).ok_or(NoteError::KeyLine("a private key line starts with PRIVATE+KEY+"))?;
+    let (name, id, mut seed) = parse_typed_key_line(rest, type_byte)?;
+    let key = Ed25519Private::from_seed(&seed);
+    zeroize::Zeroize::zeroize(&mut seed);
+    Ok((name, id, key))
+}
+
+/// The private key line of `key` (a secret: for the key file only).
+pub(crate) fn private_line(name: &str, id: [u8; 4], type_byte: u8, key: &Ed25519Private) -> String {
+    let mut seed = key.seed();
+    let line = format!("{PRIVATE_KEY_PREFIX}{}", key_line(name, id, type_byte, &seed));
+    zeroize::Zeroize::zeroize(&mut seed);
+    line
+}
+
 /// Splits `name+hexid+base64(type ‖ key)` for an Ed25519 key of signature type `type_byte`.
 pub(crate) fn parse_typed_key_line(line: &str, type_byte: u8) -> Result<(String, [u8; 4], [u8; ED25519_KEY_BYTES]), NoteError> {
     let mut parts = line.trim().splitn(3, '+');
@@ -127,22 +156,13 @@ impl NoteSigner {
 
     /// The private key file's line. A secret: for the key file only.
     pub fn to_private_line(&self) -> String {
-        let mut seed = self.key.seed();
-        let mut bytes = vec![SIGNATURE_TYPE_ED25519];
-        bytes.extend_from_slice(&seed);
-        let line = format!("{PRIVATE_KEY_PREFIX}{}+{}+{}", self.name, hex::encode(self.id), BASE64.encode(&bytes));
-        zeroize::Zeroize::zeroize(&mut seed);
-        zeroize::Zeroize::zeroize(&mut bytes);
-        line
+        private_line(&self.name, self.id, SIGNATURE_TYPE_ED25519, &self.key)
     }
 
     /// Reads a private key line; its ID must match the key. Errors never quote the line.
     pub fn from_private_line(line: &str) -> Result<Self, NoteError> {
-        let rest = line.trim().strip_prefix(PRIVATE_KEY_PREFIX).ok_or(NoteError::KeyLine("a private key line starts with PRIVATE+KEY+"))?;
-        let (name, id, mut seed) = parse_key_line(rest)?;
-        let signer = Self::new(&name, Ed25519Private::from_seed(&seed));
-        zeroize::Zeroize::zeroize(&mut seed);
-        let signer = signer?;
+        let (name, id, key) = parse_private_line(line, SIGNATURE_TYPE_ED25519)?;
+        let signer = Self::new(&name, key)?;
         if signer.id != id {
             return Err(NoteError::KeyLine("the key id does not match the key"));
         }
@@ -225,9 +245,7 @@ impl NoteVerifier {
 }
 
 fn vkey_line(name: &str, id: [u8; 4], key: &Ed25519Public) -> String {
-    let mut bytes = vec![SIGNATURE_TYPE_ED25519];
-    bytes.extend_from_slice(&key.to_bytes());
-    format!("{name}+{}+{}", hex::encode(id), BASE64.encode(bytes))
+    key_line(name, id, SIGNATURE_TYPE_ED25519, &key.to_bytes())
 }
 
 /// A parsed signed note: its text (with the final newline) and its signature lines.
