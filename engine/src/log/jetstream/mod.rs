@@ -6,7 +6,8 @@
 //! or, read-only (`connect_read_only`, for auditors), only looking up and verifying the
 //! primary stream,
 //! `EventLog` on top of them (append with `Nats-Msg-Id` and
-//! `Nats-Expected-Last-Subject-Sequence`, reads by batched direct get (`direct`) and by
+//! `Nats-Expected-Last-Subject-Sequence`, reads by direct get (`direct`: back along the
+//! expected sequences, else batched) and by
 //! ephemeral pull consumers, `follow` that survives server restarts), and the node feed
 //! (`publish_assignment`, `node_feed`).
 //! What does not: event contents (`crate::wire`), server configuration (deploy/; the
@@ -45,6 +46,7 @@ mod node_feed;
 mod read;
 
 pub use self::connect::{ConnectError, redact_url, weaker_settings};
+pub use self::direct::CHAIN_EVENTS_MAX;
 pub use self::group_commit::{GROUP_COMMIT_BATCH_MAX, GROUP_COMMIT_MIN, GroupCommitStats};
 
 use self::append::{Published, check_payload, encode_idempotency_key, publish};
@@ -298,6 +300,9 @@ impl EventLog for JetStreamLog {
         // server, where it would match other subjects.
         if !super::is_valid_subject(subject) {
             return Ok(Vec::new());
+        }
+        if let Some(chain) = self.direct.read_chain(subject).await? {
+            return Ok(chain.into_iter().map(|message| StoredEvent { seq: message.seq, subject: message.subject, payload: message.payload }).collect());
         }
         let mut events = Vec::new();
         let mut next = 1u64;
