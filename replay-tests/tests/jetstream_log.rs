@@ -248,8 +248,14 @@ async fn a_subject_is_read_whole_whether_or_not_its_chain_of_expectations_holds(
         let read = log.read_subject(subject).await.expect("read_subject");
         assert_eq!(read.iter().map(|event| event.seq).collect::<Vec<_>>(), *seqs, "{subject}");
         assert!(read.iter().all(|event| event.subject == *subject), "{subject}");
+        // Which path answered: the chain where every append expected its predecessor and
+        // the subject is short, batched gets otherwise.
+        let chained = log.read_subject_chain(subject).await.expect("read the chain");
+        let by_chain = matches!(*subject, "vs.chain.short" | "vs.chain.other");
+        assert_eq!(chained.as_ref(), by_chain.then_some(seqs), "{subject}");
     }
     assert!(log.read_subject("vs.chain.none").await.expect("read_subject").is_empty());
+    assert_eq!(log.read_subject_chain("vs.chain.none").await.expect("read the chain"), Some(vec![]));
 }
 
 /// The sequences stored on each subject, in order.

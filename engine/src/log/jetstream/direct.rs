@@ -198,7 +198,9 @@ impl DirectBatches {
         match reply.status {
             None | Some(StatusCode::OK) => Ok(Some(reply)),
             Some(StatusCode::NOT_FOUND) => Ok(None),
-            Some(status @ StatusCode::NO_RESPONDERS) => Err(ReadError::Unavailable(format!("direct get: {status} {}", reply.description.as_deref().unwrap_or("")))),
+            Some(status @ StatusCode::NO_RESPONDERS) => {
+                Err(ReadError::Unavailable(format!("direct get: {status} {}", reply.description.as_deref().unwrap_or(""))))
+            }
             Some(status) => Err(ReadError::Storage(format!("direct get: {status} {}", reply.description.as_deref().unwrap_or("")))),
         }
     }

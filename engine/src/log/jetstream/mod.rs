@@ -390,6 +390,14 @@ impl EventLog for JetStreamLog {
 }
 
 impl JetStreamLog {
+    /// What `read_subject` reads along the subject's chain of expected sequences alone
+    /// (`direct::read_chain`): `None` where it falls back to batched gets. For tests that
+    /// show which subjects take which path.
+    #[cfg(any(test, feature = "test-util"))]
+    pub async fn read_subject_chain(&self, subject: &str) -> Result<Option<Vec<Seq>>, ReadError> {
+        Ok(self.direct.read_chain(subject).await?.map(|chain| chain.iter().map(|message| message.seq).collect()))
+    }
+
     /// `follow` with its resume check switched off: after a stream lost a tail, it goes on
     /// from where it was, silently mixing two histories. Only for the protection-off
     /// control of the tests that show the check (`stream_went_back.rs`).
