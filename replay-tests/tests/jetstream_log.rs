@@ -208,6 +208,67 @@ async fn the_server_checks_expectations_before_dedupe_and_the_log_compensates() 
     assert_eq!(log.last_seq().await.expect("last_seq"), Seq(1));
 }
 
+/// `read_subject` follows a subject back from its newest event by the expected sequence
+/// each append stored (`direct::read_chain`), and reads in batches where that chain cannot
+/// be followed: both give every event of the subject, in order, and nothing of another.
+/// Subjects: a short chain between other subjects' events; one longer than
+/// `CHAIN_EVENTS_MAX`; one whose first append expected nothing (`Expected::Any`); one with a
+/// message published without the header; one whose newest message checked another
+/// subject's sequence (`Nats-Expected-Last-Subject-Sequence-Subject`); and an empty one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subject_is_read_whole_whether_or_not_its_chain_of_expectations_holds() {
+    use engine::log::jetstream::CHAIN_EVENTS_MAX;
+    let server = server();
+    let log = connect(&server, "CHAIN").await;
+    let mut stored: Stored = std::collections::BTreeMap::new();
+    for index in 0..3 {
+        append_chained(&log, &mut stored, "vs.chain.short", None, format!("short-{index}")).await;
+        append_chained(&log, &mut stored, "vs.chain.other", None, format!("other-{index}")).await;
+    }
+    for index in 0..CHAIN_EVENTS_MAX + 4 {
+        append_chained(&log, &mut stored, "vs.chain.long", None, format!("long-{index}")).await;
+    }
+    append_chained(&log, &mut stored, "vs.chain.any", Some(Expected::Any), "any-0".to_owned()).await;
+    for index in 1..4 {
+        append_chained(&log, &mut stored, "vs.chain.any", None, format!("any-{index}")).await;
+    }
+    append_chained(&log, &mut stored, "vs.chain.raw", None, "raw-0".to_owned()).await;
+    let context = jetstream::new(async_nats::connect(server.url()).await.expect("raw client"));
+    let ack = context.publish("vs.chain.raw", Bytes::from_static(b"raw-1")).await.expect("publish").await.expect("stored");
+    stored.entry("vs.chain.raw").or_default().push(Seq(ack.sequence));
+    append_chained(&log, &mut stored, "vs.chain.raw", None, "raw-2".to_owned()).await;
+    append_chained(&log, &mut stored, "vs.chain.elsewhere", None, "elsewhere-0".to_owned()).await;
+    let other_last = *stored["vs.chain.other"].last().expect("other has events");
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Expected-Last-Subject-Sequence", other_last.0.to_string().as_str());
+    headers.insert("Nats-Expected-Last-Subject-Sequence-Subject", "vs.chain.other");
+    let ack = context.publish_with_headers("vs.chain.elsewhere", headers, Bytes::from_static(b"elsewhere-1")).await.expect("publish").await.expect("stored");
+    stored.entry("vs.chain.elsewhere").or_default().push(Seq(ack.sequence));
+    for (subject, seqs) in &stored {
+        let read = log.read_subject(subject).await.expect("read_subject");
+        assert_eq!(read.iter().map(|event| event.seq).collect::<Vec<_>>(), *seqs, "{subject}");
+        assert!(read.iter().all(|event| event.subject == *subject), "{subject}");
+        // Which path answered: the chain where every append expected its predecessor and
+        // the subject is short, batched gets otherwise.
+        let chained = log.read_subject_chain(subject).await.expect("read the chain");
+        let by_chain = matches!(*subject, "vs.chain.short" | "vs.chain.other");
+        assert_eq!(chained.as_ref(), by_chain.then_some(seqs), "{subject}");
+    }
+    assert!(log.read_subject("vs.chain.none").await.expect("read_subject").is_empty());
+    assert_eq!(log.read_subject_chain("vs.chain.none").await.expect("read the chain"), Some(vec![]));
+}
+
+/// The sequences stored on each subject, in order.
+type Stored = std::collections::BTreeMap<&'static str, Vec<Seq>>;
+
+/// Appends on `subject` expecting `expected`, or by default the subject's last sequence as
+/// stored so far, and records the sequence.
+async fn append_chained(log: &JetStreamLog, stored: &mut Stored, subject: &'static str, expected: Option<Expected>, key: String) {
+    let expected = expected.unwrap_or_else(|| stored.get(subject).and_then(|seqs| seqs.last()).map_or(Expected::Empty, |last| Expected::LastSeq(*last)));
+    let appended = log.append(request(subject, expected, &key)).await.expect("append").expect("no conflict");
+    stored.entry(subject).or_default().push(appended.seq);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_feed_dedupes_by_source_sequence_and_each_node_sees_only_its_own() {
     let server = server();

@@ -1,5 +1,7 @@
-//! Reading one subject's events in one round trip: batched direct gets (ADR-31, nats-server
-//! ≥ 2.11), which async-nats 0.51 has no API for.
+//! Reading one subject's events: first back along the chain of expected sequences its
+//! appends stored (`read_chain`, one plain direct get per event, each a lookup by sequence);
+//! where that chain cannot be followed, in one round trip of batched direct gets (ADR-31,
+//! nats-server ≥ 2.11), which async-nats 0.51 has no API for.
 //!
 //! A request `{"seq": s, "next_by_subj": subject, "batch": n}` on
 //! `$JS.API.DIRECT.GET.<stream>` is answered with up to `n` messages of `subject` at or
@@ -33,6 +35,11 @@ pub const DIRECT_BATCH_EVENTS_MAX: usize = 256;
 /// Bytes one batched request asks for at most (the server's own default is 64 MiB); a
 /// batch always holds at least one message, however large.
 pub const DIRECT_BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// The most events `read_chain` follows back before it leaves the subject to batched gets:
+/// a voucher has a handful; a long-lived aggregate (a node's leases, the seal chain) is
+/// better read in batches, and is usually cached.
+pub const CHAIN_EVENTS_MAX: usize = 16;
 
 /// The status of the marker that ends a batch (`204 EOB`).
 const END_OF_BATCH: u16 = 204;
@@ -168,6 +175,88 @@ impl DirectBatches {
             }
         }
     }
+}
+
+impl DirectBatches {
+    /// One plain (unbatched) direct get: `{"last_by_subj": subject}` or `{"seq": s}`.
+    /// `None` when the server has no such message (404).
+    pub async fn get_one(&self, body: String) -> Result<Option<Message>, ReadError> {
+        let request = self.next_request.fetch_add(1, Ordering::Relaxed);
+        // One answer: the message or a status.
+        let (sender, mut replies) = tokio::sync::mpsc::channel(1);
+        self.waiting.lock().unwrap_or_else(PoisonError::into_inner).insert(request, sender);
+        let _registration = Registration { waiting: &self.waiting, request };
+        self.client
+            .publish_with_reply(self.api_subject.clone(), format!("{}{request}", self.reply_prefix), body.into())
+            .await
+            .map_err(|error| ReadError::Unavailable(format!("direct get: {error}")))?;
+        let reply = match tokio::time::timeout(self.timeout, replies.recv()).await {
+            Ok(Some(reply)) => reply,
+            Ok(None) => return Err(ReadError::Storage("direct get: the server sent more than one answer".to_owned())),
+            Err(_) => return Err(ReadError::Unavailable(format!("direct get: no answer within {} ms", self.timeout.as_millis()))),
+        };
+        match reply.status {
+            None | Some(StatusCode::OK) => Ok(Some(reply)),
+            Some(StatusCode::NOT_FOUND) => Ok(None),
+            Some(status @ StatusCode::NO_RESPONDERS) => {
+                Err(ReadError::Unavailable(format!("direct get: {status} {}", reply.description.as_deref().unwrap_or(""))))
+            }
+            Some(status) => Err(ReadError::Storage(format!("direct get: {status} {}", reply.description.as_deref().unwrap_or("")))),
+        }
+    }
+
+    /// A subject's events read backwards from its newest, one plain direct get each, by the
+    /// `Nats-Expected-Last-Subject-Sequence` every append of this log stores with its event:
+    /// the server stored the event only if that was the subject's last sequence then (0:
+    /// none), and the stream denies deletes, so the chain names every earlier event of the
+    /// subject. Each get is a lookup by sequence, where a batched `next_by_subj` read walks
+    /// the message block from one event of the subject to the next (every event stored in
+    /// between: about a third of nats-server's CPU per redemption in the bench profile).
+    /// `Ok(None)` when the chain cannot be followed (an event without the header, or with
+    /// the header that moves the check to another subject, a sequence gone, more than
+    /// `CHAIN_EVENTS_MAX` events): the caller reads the subject with batched gets instead.
+    pub async fn read_chain(&self, subject: &str) -> Result<Option<Vec<BatchMessage>>, ReadError> {
+        let mut newest_first: Vec<BatchMessage> = Vec::new();
+        let Some(mut reply) = self.get_one(serde_json::json!({ "last_by_subj": subject }).to_string()).await? else {
+            return Ok(Some(newest_first));
+        };
+        loop {
+            let Some((message, previous)) = chain_link(&reply, subject) else {
+                return Ok(None);
+            };
+            let seq = message.seq.0;
+            if newest_first.last().is_some_and(|later| later.seq.0 <= seq) || previous >= seq {
+                return Ok(None);
+            }
+            newest_first.push(message);
+            if previous == 0 {
+                newest_first.reverse();
+                return Ok(Some(newest_first));
+            }
+            if newest_first.len() >= CHAIN_EVENTS_MAX {
+                return Ok(None);
+            }
+            reply = match self.get_one(format!("{{\"seq\":{previous}}}")).await? {
+                Some(reply) => reply,
+                None => return Ok(None),
+            };
+            if header_number(&reply, "Nats-Sequence") != Some(previous) {
+                return Ok(None);
+            }
+        }
+    }
+}
+
+/// The event of one plain direct get on `subject`, and the subject's sequence before it as
+/// its append expected; `None` when it is on another subject or lacks either header.
+fn chain_link(reply: &Message, subject: &str) -> Option<(BatchMessage, u64)> {
+    let headers = reply.headers.as_ref()?;
+    if headers.get("Nats-Subject")?.as_str() != subject || headers.get("Nats-Expected-Last-Subject-Sequence-Subject").is_some() {
+        return None;
+    }
+    let seq = header_number(reply, "Nats-Sequence")?;
+    let previous = header_number(reply, "Nats-Expected-Last-Subject-Sequence")?;
+    Some((BatchMessage { seq: Seq(seq), subject: subject.to_owned(), payload: reply.payload.clone() }, previous))
 }
 
 fn header_number(message: &Message, name: &str) -> Option<u64> {

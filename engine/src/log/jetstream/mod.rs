@@ -6,7 +6,8 @@
 //! or, read-only (`connect_read_only`, for auditors), only looking up and verifying the
 //! primary stream,
 //! `EventLog` on top of them (append with `Nats-Msg-Id` and
-//! `Nats-Expected-Last-Subject-Sequence`, reads by batched direct get (`direct`) and by
+//! `Nats-Expected-Last-Subject-Sequence`, reads by direct get (`direct`: back along the
+//! expected sequences, else batched) and by
 //! ephemeral pull consumers, `follow` that survives server restarts), and the node feed
 //! (`publish_assignment`, `node_feed`).
 //! What does not: event contents (`crate::wire`), server configuration (deploy/; the
@@ -45,6 +46,7 @@ mod node_feed;
 mod read;
 
 pub use self::connect::{ConnectError, redact_url, weaker_settings};
+pub use self::direct::CHAIN_EVENTS_MAX;
 pub use self::group_commit::{GROUP_COMMIT_BATCH_MAX, GROUP_COMMIT_MIN, GroupCommitStats};
 
 use self::append::{Published, check_payload, encode_idempotency_key, publish};
@@ -299,6 +301,9 @@ impl EventLog for JetStreamLog {
         if !super::is_valid_subject(subject) {
             return Ok(Vec::new());
         }
+        if let Some(chain) = self.direct.read_chain(subject).await? {
+            return Ok(chain.into_iter().map(|message| StoredEvent { seq: message.seq, subject: message.subject, payload: message.payload }).collect());
+        }
         let mut events = Vec::new();
         let mut next = 1u64;
         loop {
@@ -385,6 +390,14 @@ impl EventLog for JetStreamLog {
 }
 
 impl JetStreamLog {
+    /// What `read_subject` reads along the subject's chain of expected sequences alone
+    /// (`direct::read_chain`): `None` where it falls back to batched gets. For tests that
+    /// show which subjects take which path.
+    #[cfg(any(test, feature = "test-util"))]
+    pub async fn read_subject_chain(&self, subject: &str) -> Result<Option<Vec<Seq>>, ReadError> {
+        Ok(self.direct.read_chain(subject).await?.map(|chain| chain.iter().map(|message| message.seq).collect()))
+    }
+
     /// `follow` with its resume check switched off: after a stream lost a tail, it goes on
     /// from where it was, silently mixing two histories. Only for the protection-off
     /// control of the tests that show the check (`stream_went_back.rs`).
