@@ -7,11 +7,11 @@
 //! Embedded backend; every process is started by this test and stopped by its pid.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod shell;
-use shell::{Running, buy_and_fetch, free_port, passport, run, start_node, vouchsafe, wait_for_port};
+use shell::{Running, buy_and_fetch, passport, run, start_node, vouchsafe};
 
 struct Shop {
     root: PathBuf,
@@ -278,17 +278,7 @@ fn keys_rotated_while_the_engine_was_down_are_recorded_at_start_before_their_fir
     gateways::common::keys::rotate_token(&keys).expect("token.key");
     gateways::common::keys::rotate_checkpoint(&keys).expect("checkpoint key files");
 
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let serve = vouchsafe()
-        .args(["serve", "--data-dir", "engine", "--keys", "keys", "--listen", &format!("127.0.0.1:{port}")])
-        .env("VOUCHSAFE_SEAL_INTERVAL_MS", "200")
-        .current_dir(&root)
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("serve starts again");
-    let mut serve = Running(serve);
-    wait_for_port(port);
+    let (mut serve, url) = shell::serve(&root, &[], &[("VOUCHSAFE_SEAL_INTERVAL_MS", "200")]);
     // A new node (the first one's credential and data go).
     std::fs::remove_file(root.join("node.cred")).expect("the first node's credential");
     std::fs::remove_dir_all(root.join("node")).expect("the first node's data");

@@ -123,6 +123,16 @@ pub fn json(command: &mut Command, dir: &std::path::Path) -> (i32, serde_json::V
 /// `keys issue merchant --json` printed.
 pub fn open_market(root: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> (Running, String, serde_json::Value) {
     assert!(vouchsafe().args(["keys", "init", "--out", "keys"]).current_dir(root).status().expect("keys init").success());
+    let (serve, url) = serve(root, extra, env);
+    let (code, merchant) =
+        json(vouchsafe().args(["keys", "issue", "merchant", "--name", "Shop", "--keys", "keys", "--out", "shop.cred", "--connect", &url, "--json"]), root);
+    assert_eq!(code, 0, "{merchant}");
+    (serve, url, merchant)
+}
+
+/// `serve` with the keys of `root/keys` and its data under `root/engine`, on a free loopback
+/// port with `extra` arguments and `env`, once it listens: the engine and its URL.
+pub fn serve(root: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> (Running, String) {
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
     let mut command = vouchsafe();
@@ -132,10 +142,7 @@ pub fn open_market(root: &std::path::Path, extra: &[&str], env: &[(&str, &str)])
     }
     let serve = Running(command.current_dir(root).stderr(std::process::Stdio::null()).spawn().expect("serve starts"));
     wait_for_port(port);
-    let (code, merchant) =
-        json(vouchsafe().args(["keys", "issue", "merchant", "--name", "Shop", "--keys", "keys", "--out", "shop.cred", "--connect", &url, "--json"]), root);
-    assert_eq!(code, 0, "{merchant}");
-    (serve, url, merchant)
+    (serve, url)
 }
 
 /// Writes `bytes` to `root/name` and publishes it with the operator's credential: the
