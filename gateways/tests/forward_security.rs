@@ -145,7 +145,7 @@ fn audited(root: &Path) -> (projections::audit::AuditReport, Vec<ChainedEntry>) 
         let master = gateways::common::keys::load_royalty_master(&root.join("auditor")).expect("master");
         let public = gateways::common::keys::load_engine_public(&root.join("auditor")).expect("public");
         let (report, projections) = projections::audit::replay_full(&log as &dyn EventLog, &master, &public, None, |_| {}).await.expect("replay");
-        (report, projections.royalty.entries)
+        (report, projections.royalty.entries.chained())
     })
 }
 

@@ -331,7 +331,7 @@ async fn after_a_failed_confirm_only_the_consumer_holding_the_keys_redeems() {
     // royalty.entry_binding = 1 as it starts).
     let (entries, bound) = fixture.engine.state.live.read(|p| {
         let entries = &p.royalty.entries;
-        (entries.len(), entries.iter().zip(&p.royalty.source_seqs).filter(|(e, seq)| e.bound_seq == Some(**seq)).count())
+        (entries.len(), entries.iter().filter(|entry| entry.chained.bound_seq == Some(entry.source_seq)).count())
     });
     assert_eq!((entries, bound), (1, 1), "the entry binds its stream sequence");
 

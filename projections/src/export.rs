@@ -137,7 +137,7 @@ pub fn export_log(royalty: &RoyaltyLog) -> ExportedLog {
     ExportedLog {
         format: LOG_FORMAT.to_string(),
         epoch: crate::royalty_log::EPOCH,
-        entries: royalty.entries.clone(),
+        entries: royalty.entries.chained(),
         seals: royalty.seals.iter().map(ExportedSeal::from).collect(),
     }
 }

@@ -159,9 +159,15 @@ impl Projections {
             return Ok(None);
         }
         let last = count - 1;
-        let range = &log.entries[first as usize..];
-        let ys: Vec<[u8; 32]> = range.iter().map(|entry| entry.y).collect();
-        let head = &log.entries[last as usize];
+        // The entries not sealed yet: in memory, also in a store (`royalty_log::Entries`);
+        // read from the store only if they were not.
+        let resident = log.entries.resident_range(first, count);
+        let range = if resident.len() as u64 == count - first { std::borrow::Cow::Borrowed(resident) } else { log.entries.range(first, count).into() };
+        if range.len() as u64 != count - first {
+            return Err(SealError::EntriesUnreadable { first, count });
+        }
+        let ys: Vec<[u8; 32]> = range.iter().map(|entry| entry.chained.y).collect();
+        let head = &range[range.len() - 1].chained;
         // The checkpoint's tree part; the engine names the origin and signs the note.
         let size = last + 1;
         let checkpoint = engine::domain::event::SealCheckpoint {
@@ -281,4 +287,7 @@ pub enum SealError {
     /// Our own bug: every chained entry has its leaf in the tree.
     #[error("the royalty tree has {tree} leaves but the chain {entries} entries")]
     TreeBehind { tree: u64, entries: u64 },
+    /// The projection store cannot read back entries to seal (its fault stops the store).
+    #[error("the royalty entries {first}..{count} cannot be read back from the projection store")]
+    EntriesUnreadable { first: u64, count: u64 },
 }

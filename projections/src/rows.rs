@@ -112,6 +112,13 @@ pub enum RowError {
     /// A row whose presence is all it says (a hold, a released slot) carries bytes.
     #[error("the {kind} {id:?} carries a value")]
     Value { kind: &'static str, id: String },
+    /// An index stored beside its rows (the lapse index) that does not hold exactly the
+    /// keys its rows call for.
+    #[error("the {kind} holds {stored} rows, not the {expected} its rows call for (or other ones)")]
+    IndexMismatch { kind: &'static str, stored: u64, expected: u64 },
+    /// A row of a numbered sequence (entries) that should be there and is not.
+    #[error("the {kind} {id} is missing")]
+    Missing { kind: &'static str, id: String },
     #[error("the {kind} {id:?} is stored as {stored}")]
     Misplaced { kind: &'static str, id: String, stored: String },
     /// Rows numbered by index (entries, seals, faults) that are not exactly 0..len.

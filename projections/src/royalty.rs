@@ -228,7 +228,14 @@ impl Chain {
     /// than the key: `A` cannot go back) or one that does not belong to them (another `Y`
     /// before it) is refused.
     pub fn resume_from(position: ChainPosition, epoch: u64, entries: &[ChainedEntry]) -> Result<Chain, ChainFault> {
-        let held = entries.len() as u64;
+        let from = usize::try_from(position.next_index.saturating_sub(1)).unwrap_or(usize::MAX).min(entries.len());
+        Chain::resume_from_tail(position, epoch, entries.len() as u64, &entries[from..])
+    }
+
+    /// As `resume_from`, given only how many entries the epoch's log `held` and its `tail`
+    /// from the entry before the position on (from index 0 at position 0): what a caller
+    /// whose entries are mostly in a store reads.
+    pub fn resume_from_tail(position: ChainPosition, epoch: u64, held: u64, tail: &[ChainedEntry]) -> Result<Chain, ChainFault> {
         let fault = |index: u64, reason: String| ChainFault { index, reason };
         if position.epoch != epoch {
             return Err(fault(position.next_index, format!("the chain key belongs to epoch {}, expected {epoch}", position.epoch)));
@@ -242,21 +249,27 @@ impl Chain {
                 ),
             ));
         }
-        let before = match position.next_index.checked_sub(1) {
-            None => genesis(epoch),
-            Some(last) => entries[usize::try_from(last).unwrap_or(usize::MAX)].y,
+        let (before, after) = match position.next_index.checked_sub(1) {
+            None => (genesis(epoch), tail),
+            Some(_) => match tail.split_first() {
+                Some((previous, after)) => (previous.y, after),
+                None => return Err(fault(position.next_index, "the entry before the chain key's position is not in the tail given".into())),
+            },
         };
         if !crypto::ct_eq(&before, &position.y_prev) {
             return Err(fault(position.next_index, "the chain key does not follow the stored entries (another running hash before it)".into()));
         }
         let ChainPosition { next_index, a, y_prev, .. } = position;
         let mut chain = Chain { epoch, next_index, a, y_prev };
-        for chained in &entries[usize::try_from(next_index).unwrap_or(usize::MAX)..] {
+        for chained in after {
             let z = crypto::hmac_sha256(chain.a.expose(), &chained.y);
             if chained.index != chain.next_index || !crypto::ct_eq(&z, &chained.z) {
                 return Err(fault(chain.next_index, "a stored entry after the chain key's position does not verify under it".into()));
             }
             chain.advance(chained.y);
+        }
+        if chain.next_index != held {
+            return Err(fault(chain.next_index, format!("the tail given ends before the {held} entries stored")));
         }
         Ok(chain)
     }

@@ -22,14 +22,16 @@
 //! store keeps all of it: `format`.
 
 use crate::rows::{Rows, Touched};
-use crate::royalty::{self, Chain, ChainedEntry, Entry, UsageKind};
+use crate::royalty::{self, Chain, Entry, UsageKind};
 use engine::crypto::{RsaPublic, SecretKey};
 use engine::domain::event::{Event, RightsReportSealed, RoyaltyTerms};
 use engine::domain::report::Report;
 use engine::ids::{MediaId, PreviewId, Seq};
+pub use entries::{Detached, Entries, LoggedEntry};
 use format::SaleRows;
 use std::collections::{BTreeMap, BTreeSet};
 
+mod entries;
 pub(crate) mod format;
 mod pinned;
 
@@ -134,19 +136,15 @@ pub struct RoyaltyLog {
     /// live view (`Live`), which trusts its stream, so the seals of another engine's new key
     /// check out; never an audit, whose keys are the auditor's `engine.pub.pem`.
     pub(crate) learns_engine_keys: bool,
-    /// The chained entries, in order.
-    pub entries: Vec<ChainedEntry>,
+    /// The chained entries, in order, each with its key commitment (with them the tiles'
+    /// leaves are served without any chain secret, `tiles::TiledLog::following`), its
+    /// source event's sequence and the usage digest after it (what a seal's
+    /// `totals_digest` commits to); in a store, mostly in sled (`entries`).
+    pub entries: Entries,
     /// The RFC 6962 tree over every entry's leaf (`royalty::leaf_data`), beside the chain.
     pub tree: engine::tlog::Tree,
-    /// Each entry's key commitment (`royalty::key_commitment`), beside `entries`: with them
-    /// the tiles' leaves are served without any chain secret (`tiles::TiledLog::following`).
-    pub commitments: Vec<[u8; 32]>,
     /// The checkpoint key (`checkpoint.vkey`) seals' checkpoints are checked with, when given.
     pub(crate) checkpoint_key: Option<engine::note::NoteVerifier>,
-    /// Stream sequence of each entry's source event.
-    pub source_seqs: Vec<u64>,
-    /// The usage digest after each entry (what a seal's `totals_digest` commits to).
-    pub(crate) usage_digests: Vec<[u8; 32]>,
     /// Usage counted (with or without the chain).
     pub usages: u64,
     pub totals: BTreeMap<(Dimension, String), TotalsLine>,
@@ -220,7 +218,7 @@ impl RoyaltyLog {
 
     /// The usage digest after entry `index`.
     pub fn usage_digest(&self, index: u64) -> Option<[u8; 32]> {
-        self.usage_digests.get(usize::try_from(index.checked_sub(self.entry_base)?).ok()?).copied()
+        Some(self.entries.get(index.checked_sub(self.entry_base)?)?.usage_digest)
     }
 
     /// Applies one event. For a seal, `sealed_head` is the stream head at the seal's
@@ -385,13 +383,11 @@ impl RoyaltyLog {
     /// Chains one encoded entry: its ciphertext, usage digest and tree leaf.
     fn chain_entry(&mut self, encoded: &[u8], bound: Option<u64>, source_seq: u64) {
         let Some(chain) = &mut self.chain else { return };
-        let previous = self.usage_digests.last().copied().unwrap_or(self.usage_digest_base);
-        self.usage_digests.push(usage_digest_of_encoded(&previous, encoded));
-        self.source_seqs.push(source_seq);
+        let previous = self.entries.last().map_or(self.usage_digest_base, |last| last.usage_digest);
+        let usage_digest = usage_digest_of_encoded(&previous, encoded);
         let (chained, commitment) = chain.append_committed(encoded, bound);
         self.tree.push(royalty::tree_leaf_hash(&chained, &commitment));
-        self.commitments.push(commitment);
-        self.entries.push(chained);
+        self.entries.push(LoggedEntry { chained, commitment, source_seq, usage_digest });
     }
 
     /// An engine key is valid from the event that rotates it in until the one that revokes
@@ -453,14 +449,15 @@ impl RoyaltyLog {
             let Some(last) = seal.last_entry.checked_sub(self.entry_base).filter(|_| seal.last_entry < count) else {
                 return Some(format!("covers entries up to {} but the log has {count}", seal.last_entry));
             };
-            let last = usize::try_from(last).unwrap_or(usize::MAX);
-            let first = usize::try_from(seal.first_entry - self.entry_base).unwrap_or(usize::MAX);
-            let ys: Vec<[u8; 32]> = self.entries[first..=last].iter().map(|e| e.y).collect();
-            if self.entries[last].y != seal.head_y || self.entries[last].z != seal.head_z {
+            // The entries since the last seal: in memory, also in a store (`entries`).
+            let range = self.entries.range(seal.first_entry.saturating_sub(self.entry_base), last + 1);
+            let ys: Vec<[u8; 32]> = range.iter().map(|e| e.chained.y).collect();
+            let Some(head) = range.last() else { return Some(format!("covers entries up to {} that cannot be read", seal.last_entry)) };
+            if head.chained.y != seal.head_y || head.chained.z != seal.head_z {
                 Some("head Y/Z differ from the chain".into())
             } else if royalty::merkle_root(&ys) != seal.merkle_root {
                 Some("Merkle root differs from the chain".into())
-            } else if self.usage_digests[last] != seal.totals_digest {
+            } else if head.usage_digest != seal.totals_digest {
                 Some("totals digest differs from the entries".into())
             } else {
                 seal.checkpoint.as_ref().and_then(|checkpoint| {
@@ -507,12 +504,12 @@ impl RoyaltyLog {
         field(&self.entry_count().to_le_bytes());
         // After a pinned checkpoint and no entry since, the chain's head is its last entry's Y.
         let head_y = match (self.entries.last(), &self.chain) {
-            (Some(entry), _) => entry.y,
+            (Some(entry), _) => entry.chained.y,
             (None, Some(chain)) if self.entry_base > 0 => chain.head_y(),
             (None, _) => [0; 32],
         };
         field(&head_y);
-        field(&self.usage_digests.last().copied().unwrap_or(self.usage_digest_base));
+        field(&self.entries.last().map_or(self.usage_digest_base, |last| last.usage_digest));
         field(&(self.totals.len() as u64).to_le_bytes());
         for ((dimension, key), line) in &self.totals {
             field(&[*dimension as u8]);

@@ -16,7 +16,7 @@
 //! - `@format`      → `FORMAT_MARKER`;
 //! - `@checkpoint`  → `blake3(body) ‖ body`, body = JSON `CheckpointRecord` (`checkpoint`);
 //! - state keys, one per row, each a 3-byte prefix and the row's id, each prefix owned by
-//!   one format: `vr/` `vh/` (`vouchers::format`), `an/` `av/` `ap/` `ar/`
+//!   one format: `vr/` `vh/` `vl/` (`vouchers::format`), `an/` `av/` `ap/` `ar/`
 //!   (`allocation::format`), `rc/` `rs/` `rp/` `re/` `rt/` `rl/` `rf/` `rk/`
 //!   (`royalty_log::format`), `bl/` `bp/` (`balances::format`), `qv/` `qp/` `qc/` `qs/` `qo/`
 //!   (`reads::format`), `sh/` (`heads`).
@@ -26,7 +26,8 @@
 //! format 10 their orders, the credential hashes in their party rows and each seal's
 //! time, format 11 the royalty log's RFC 6962 tree and its seals' checkpoints, format 12
 //! publishers among the parties (kind `u`) and their credentials, format 15 each royalty
-//! entry's key commitment (the tiles' leaves without a chain secret). A store of
+//! entry's key commitment (the tiles' leaves without a chain secret), format 16 the vouchers'
+//! lapse index (so that it is in sled, not memory). A store of
 //! an older format fails the marker check at open and is quarantined and rebuilt.
 //!
 //! Secrets: one, the royalty chain's current position (`A_j`), in a file of its own beside
@@ -72,7 +73,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 /// The value of `@format`; a new layout gets a new marker (and old stores are rebuilt).
-pub const FORMAT_MARKER: &[u8] = b"vouchsafe-projection-store/15";
+pub const FORMAT_MARKER: &[u8] = b"vouchsafe-projection-store/16";
 
 const FORMAT_KEY: &[u8] = b"@format";
 const CHECKPOINT_KEY: &[u8] = b"@checkpoint";
@@ -123,7 +124,8 @@ impl ProjectionStore {
             if projections.events == 0 {
                 projections.royalty.chain = Some(Chain::start(master, EPOCH));
             } else if chain_complete {
-                let chain = Chain::resume(master, EPOCH, projections.royalty.entries.last()).map_err(LoadError::MasterKeyMismatch)?;
+                let last = projections.royalty.entries.last().map(|last| &last.chained);
+                let chain = Chain::resume(master, EPOCH, last).map_err(LoadError::MasterKeyMismatch)?;
                 projections.royalty.chain = Some(chain);
             } else {
                 return Err(LoadError::ChainNotFromStart);
@@ -132,7 +134,11 @@ impl ProjectionStore {
             if projections.events > 0 && !chain_complete {
                 return Err(LoadError::ChainNotFromStart);
             }
-            let chain = Chain::resume_from(position, EPOCH, &projections.royalty.entries).map_err(|fault| LoadError::ChainKey(fault.to_string()))?;
+            // The entries from the one before the key's position: usually the newest few.
+            let entries = &projections.royalty.entries;
+            let held = entries.len() as u64;
+            let tail: Vec<_> = entries.range(position.next_index.saturating_sub(1), held).into_iter().map(|entry| entry.chained).collect();
+            let chain = Chain::resume_from_tail(position, EPOCH, held, &tail).map_err(|fault| LoadError::ChainKey(fault.to_string()))?;
             self.lock_writer().chain_written = Some(chain.next_index());
             projections.royalty.chain = Some(chain);
         } else if chain_complete && projections.royalty.usages > 0 {

@@ -16,7 +16,7 @@ use crate::rows::{Rows, Touched};
 use engine::domain::event::Event;
 use engine::domain::voucher::{PurchaseSet, VoucherStatus};
 use engine::ids::{AccountId, MerchantId, Millis, VoucherId};
-use format::VoucherRows;
+use format::{LapseKey, LapseRows, VoucherRows};
 use std::collections::{BTreeMap, BTreeSet};
 
 pub(crate) mod format;
@@ -44,9 +44,11 @@ pub struct VoucherBook {
     counts: [usize; STATUSES],
     /// Pending reservations by expiry time.
     expiry: BTreeSet<(Millis, VoucherId)>,
-    /// Issued vouchers (not being redeemed) by the end of their access window: the
-    /// sweeper lapses them so their node's slot comes back.
-    lapsing: BTreeSet<(Millis, VoucherId)>,
+    /// Issued vouchers (and those being redeemed) by the end of their access window: the
+    /// sweeper lapses them so their node's slot comes back. Rows, so that in a store they
+    /// are in sled (a voucher stays issued for its whole access window, so this grows with
+    /// the vouchers sold), read in key order, which is window order (`LapseKey`).
+    pub(crate) lapsing: Rows<LapseRows>,
     /// Points held and not yet posted or released, by expiry time.
     pub holds: BTreeSet<Hold>,
     /// The same holds by voucher (each with its expiry and account): HoldPosted and
@@ -201,47 +203,59 @@ impl VoucherBook {
         // Issued or under way: the access window can lapse.
         let lapses = |status: VoucherStatus| matches!(status, VoucherStatus::Issued | VoucherStatus::Redeeming);
         if lapses(old) && !lapses(status) {
-            self.lapsing.remove(&(expires_at, voucher_id.clone()));
+            self.lapsing.remove(&LapseKey::new(expires_at, voucher_id));
         }
         if lapses(status) && !lapses(old) {
-            self.lapsing.insert((expires_at, voucher_id.clone()));
+            self.lapsing.insert(LapseKey::new(expires_at, voucher_id), ());
         }
         self.counts[status_index(old)] -= 1;
         self.counts[status_index(status)] += 1;
     }
 
-    /// Adds the entries of a row (its status and expiry) to the expiry index and the counts.
+    /// Adds the entries of a row (its status and expiry) to the indexes and the counts.
     fn index(&mut self, voucher_id: &VoucherId, status: VoucherStatus, expires_at: Millis) {
+        if self.index_in_memory(voucher_id, status, expires_at) {
+            self.lapsing.insert(LapseKey::new(expires_at, voucher_id), ());
+        }
+    }
+
+    /// Adds a row to the expiry index and the counts (in memory); whether its access
+    /// window can lapse (it belongs in `lapsing`).
+    fn index_in_memory(&mut self, voucher_id: &VoucherId, status: VoucherStatus, expires_at: Millis) -> bool {
         self.counts[status_index(status)] += 1;
         if status == VoucherStatus::Pending {
             self.expiry.insert((expires_at, voucher_id.clone()));
         }
+        matches!(status, VoucherStatus::Issued | VoucherStatus::Redeeming)
+    }
+
+    /// Removes the entries of a row (its status and expiry) from the indexes and the counts.
+    fn unindex(&mut self, voucher_id: &VoucherId, status: VoucherStatus, expires_at: Millis) {
+        self.counts[status_index(status)] -= 1;
+        if status == VoucherStatus::Pending {
+            self.expiry.remove(&(expires_at, voucher_id.clone()));
+        }
         if matches!(status, VoucherStatus::Issued | VoucherStatus::Redeeming) {
-            self.lapsing.insert((expires_at, voucher_id.clone()));
+            self.lapsing.remove(&LapseKey::new(expires_at, voucher_id));
         }
     }
 
-    /// Removes the entries of a row (its status and expiry) from the expiry index and the counts.
-    fn unindex(&mut self, voucher_id: &VoucherId, status: VoucherStatus, expires_at: Millis) {
-        self.counts[status_index(status)] -= 1;
-        self.expiry.remove(&(expires_at, voucher_id.clone()));
-        self.lapsing.remove(&(expires_at, voucher_id.clone()));
+    /// A book whose rows and lapse index are in the projection store, with the in-memory
+    /// indexes the store rebuilt while it checked the rows (`index_row` for each).
+    fn stored(vouchers: Rows<VoucherRows>, lapsing: Rows<LapseRows>, indexes: VoucherBook, holds: BTreeSet<Hold>) -> Self {
+        VoucherBook { vouchers, lapsing, holds_by_voucher: hold_index_of(&holds), holds, ..indexes }
     }
 
-    /// A book whose rows are in the projection store, with the indexes the store rebuilt
-    /// while it checked the rows (`index_row` for each).
-    fn stored(vouchers: Rows<VoucherRows>, indexes: VoucherBook, holds: BTreeSet<Hold>) -> Self {
-        VoucherBook { vouchers, holds_by_voucher: hold_index_of(&holds), holds, ..indexes }
-    }
-
-    /// Adds one stored row to the indexes only (the store keeps the row itself).
-    fn index_row(&mut self, voucher_id: &VoucherId, row: &VoucherRow) {
-        self.index(voucher_id, row.status, row.expires_at);
+    /// Adds one stored row to the in-memory indexes only (the store keeps the row and its
+    /// lapse row itself); whether the row belongs in the lapse index.
+    fn index_row(&mut self, voucher_id: &VoucherId, row: &VoucherRow) -> bool {
+        self.index_in_memory(voucher_id, row.status, row.expires_at)
     }
 
     /// Starts noting changed rows and holds for the projection store.
     pub(crate) fn track_changes(&mut self) {
         self.vouchers.track_changes();
+        self.lapsing.track_changes();
         self.touched_holds.start();
     }
 
@@ -253,7 +267,7 @@ impl VoucherBook {
     /// Issued vouchers whose access window ended before `now`: the sweeper lapses each (its
     /// node's slot comes back; the merchant may issue it anew).
     pub fn due_lapses(&self, now: Millis, limit: usize) -> Vec<VoucherId> {
-        self.lapsing.iter().take_while(|(expires_at, _)| *expires_at < now).take(limit).map(|(_, id)| id.clone()).collect()
+        self.lapsing.range_from(&LapseKey::FIRST).map(|(key, ())| key).take_while(|key| key.at() < now).take(limit).map(|key| key.voucher()).collect()
     }
 
     /// Holds past their expiry at `now`: the sweeper settles each against its voucher.
@@ -396,7 +410,7 @@ mod tests {
         for event in [held("b", "v1", 20), held("a", "v1", 20), held("a", "v2", 5), posted("a", "v2"), held("c", "v3", 1)] {
             book.apply(&event);
         }
-        let stored = VoucherBook::stored(book.vouchers.clone(), VoucherBook::default(), book.holds.clone());
+        let stored = VoucherBook::stored(book.vouchers.clone(), book.lapsing.clone(), VoucherBook::default(), book.holds.clone());
         assert_eq!(stored, book, "the same book, index included, however it was built");
         let mut stored = stored;
         stored.apply(&released("a", "v1"));
@@ -405,8 +419,54 @@ mod tests {
         assert_eq!(stored.holds.len(), 2);
     }
 
+    #[test]
+    fn issued_vouchers_lapse_in_window_order() {
+        let mut book = VoucherBook::default();
+        let node = engine::ids::NodeId::new("n");
+        let issued = |id: &str, access: i64| Event::VoucherIssued {
+            voucher_id: VoucherId::new(id),
+            node_id: node.clone(),
+            merchant_id: MerchantId::new("m"),
+            media_ids: vec![MediaId::new("md")],
+            rendition: "high".into(),
+            access_expires_at: Millis(access),
+            previous_node: None,
+            lease: 0,
+        };
+        for (id, access) in [("a", 30), ("b", -5), ("c", 10), ("d", 10)] {
+            book.apply(&reserved(id, 1));
+            let authorized =
+                Event::Authorized { voucher_id: VoucherId::new(id), receipt_key_id: 1, receipt_generation: 1, postings: vec![], rental_until: Millis(0) };
+            book.apply(&authorized);
+            book.apply(&issued(id, access));
+        }
+        book.apply(&Event::Delivered {
+            voucher_id: VoucherId::new("c"),
+            node_id: node.clone(),
+            media_id: MediaId::new("md"),
+            cert_serial: engine::ids::CertSerial::new("c1"),
+            content_hash: [0; 32],
+            size_bytes: 1,
+            voucher_complete: true,
+        });
+        let ids = |ids: Vec<VoucherId>| ids.into_iter().map(|id| id.0).collect::<Vec<_>>();
+        assert_eq!(ids(book.due_lapses(Millis(11), 10)), ["b", "d"], "a delivered voucher does not lapse; a window before 1970 comes first");
+        assert_eq!(ids(book.due_lapses(Millis(31), 10)), ["b", "d", "a"]);
+        assert_eq!(ids(book.due_lapses(Millis(31), 1)), ["b"]);
+        assert!(book.due(Millis(100), 10).is_empty(), "none is pending");
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::test_runner::Config { rng_seed: proptest::test_runner::RngSeed::Fixed(engine::testing::proptest_seed(module_path!())), ..proptest::test_runner::Config::default() })]
+
+        /// Lapse keys order as (window end, voucher) does, and give both back.
+        #[test]
+        fn lapse_keys_order_as_their_time_and_voucher(a in (proptest::num::i64::ANY, "[a-z0-9-]{0,6}"), b in (proptest::num::i64::ANY, "[a-z0-9-]{0,6}")) {
+            let key = |(at, id): &(i64, String)| LapseKey::new(Millis(*at), &VoucherId::new(id));
+            let (ka, kb) = (key(&a), key(&b));
+            proptest::prop_assert_eq!(ka.cmp(&kb), (a.0, &a.1).cmp(&(b.0, &b.1)));
+            proptest::prop_assert_eq!((ka.at(), ka.voucher()), (Millis(a.0), VoucherId::new(&a.1)));
+        }
 
         /// The index settles exactly the holds a scan of every hold would, and stays a
         /// function of the holds, over any mix of holds, posts and releases.

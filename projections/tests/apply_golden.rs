@@ -41,7 +41,7 @@ fn the_generated_stream_reaches_the_pinned_state() {
         hex::encode(keyed.digest()),
         hex::encode(unkeyed.digest()),
         hex::encode(keyed.stream_head),
-        hex::encode(keyed.royalty.entries.last().expect("the stream delivers").y),
+        hex::encode(keyed.royalty.entries.last().expect("the stream delivers").chained.y),
     );
     assert_eq!(found, (KEYED_DIGEST.to_string(), UNKEYED_DIGEST.to_string(), STREAM_HEAD.to_string(), CHAIN_HEAD_Y.to_string()));
     assert!(!keyed.vouchers.holds.is_empty(), "the stream leaves holds open");

@@ -902,8 +902,8 @@ async fn explain_live_difference(
         eprintln!("engine_crash: the engine's projection store in {} does not open: {:?}", projections_dir.display(), opened.err());
         return;
     };
-    let (stored_seqs, stored_last) = stored.read(|p| (p.royalty.source_seqs.clone(), p.last_seq));
-    let rebuilt_seqs: std::collections::BTreeSet<u64> = rebuilt.royalty.source_seqs.iter().copied().collect();
+    let (stored_seqs, stored_last) = stored.read(|p| (p.royalty.entries.iter().map(|entry| entry.source_seq).collect::<Vec<_>>(), p.last_seq));
+    let rebuilt_seqs: std::collections::BTreeSet<u64> = rebuilt.royalty.entries.iter().map(|entry| entry.source_seq).collect();
     let stored_set: std::collections::BTreeSet<u64> = stored_seqs.iter().copied().collect();
     eprintln!(
         "engine_crash: the engine's projection store: checkpoint {stored_last}, {} usages; rebuild: last {}, {} usages",

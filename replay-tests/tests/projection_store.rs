@@ -55,7 +55,7 @@ impl Running {
         let _ = self.runner.await;
         let snapshot = self.live.read(|p| Snapshot {
             digest: p.digest(),
-            entries: p.royalty.entries.clone(),
+            entries: p.royalty.entries.chained(),
             seals: p.royalty.seals.len(),
             seals_verified: p.royalty.seals_verified,
         });
@@ -155,7 +155,7 @@ async fn a_stopped_engine_resumes_its_projections_and_a_deleted_store_rebuilds()
 
     let clean = clean_rebuild(&log, &keys).await;
     assert_eq!(hex::encode(resumed.digest), hex::encode(clean.digest()), "resumed digest equals a clean rebuild");
-    assert_eq!(resumed.entries, clean.royalty.entries);
+    assert_eq!(resumed.entries, clean.royalty.entries.chained());
     assert_eq!((resumed.seals, resumed.seals_verified), (2, 2), "both seals verified by the resumed projection");
     assert!(clean.royalty.seal_faults.is_empty(), "{:?}", clean.royalty.seal_faults);
     let audit = projections::audit::replay(log.as_ref(), &master(), &keys.public, Some(engine::domain::report::Report::seal_hash(&second_seal)), |_| {})

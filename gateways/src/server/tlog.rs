@@ -180,13 +180,10 @@ impl TlogSite {
             let royalty = &p.royalty;
             let new = royalty.seals.get(seen..).unwrap_or_default();
             let size = new.iter().filter_map(|seal| seal.checkpoint.as_ref().map(|checkpoint| checkpoint.tree_size)).max().unwrap_or(0);
-            let first = usize::try_from(held).unwrap_or(usize::MAX);
-            let last = usize::try_from(size).unwrap_or(usize::MAX).min(royalty.entries.len());
-            let entries = royalty.entries.get(first..last).map(<[_]>::to_vec).unwrap_or_default();
-            let commitments = royalty.commitments.get(first..last).map(<[_]>::to_vec).unwrap_or_default();
-            (royalty.seals.len(), new.iter().filter_map(engine::seal::checkpoint_note).collect::<Vec<_>>(), (entries, commitments))
+            // Taken under the lock, read outside it: entries in the store are read from sled.
+            let entries = royalty.entries.detached(held, size);
+            (royalty.seals.len(), new.iter().filter_map(engine::seal::checkpoint_note).collect::<Vec<_>>(), entries)
         });
-        let (entries, commitments) = entries;
         if seals == seen {
             return;
         }
@@ -197,7 +194,11 @@ impl TlogSite {
             if published.seals_seen != seen {
                 return; // another request took them in meanwhile
             }
-            let outcome = published.tiled.extend_committed(entries.iter().zip(&commitments)).map_err(|fault| fault.to_string()).and_then(|()| {
+            let entries = entries.read().map_err(|error| format!("the royalty entries to publish cannot be read: {:#}", anyhow::Error::new(error)));
+            let outcome = entries.and_then(|entries| {
+                published.tiled.extend_committed(entries.iter().map(|entry| (&entry.chained, &entry.commitment))).map_err(|fault| fault.to_string())
+            });
+            let outcome = outcome.and_then(|()| {
                 notes.iter().try_for_each(|note| {
                     published.tiled.publish(note).map_err(|error| error.to_string())?;
                     let size = published.tiled.size();

@@ -18,7 +18,7 @@
 //! the chain's current `A_j` (in the chain key file or re-derived from the master key, `store` module docs)
 //! and the engine's public key (the caller passes it).
 
-use super::{Dimension, EPOCH, MediaInfo, RoyaltyLog, Sale, SealFault, TotalsLine};
+use super::{Dimension, EPOCH, Entries, LoggedEntry, MediaInfo, RoyaltyLog, Sale, SealFault, TotalsLine};
 use crate::rows::{Prefix, RowError, RowKind, RowWrite, Rows, contiguous, decode_json, index_key, index_of, json, key, keyed_by_voucher, utf8};
 use crate::royalty::ChainedEntry;
 use crate::serde_hex::hex_array;
@@ -68,15 +68,15 @@ struct SaleRecord {
 
 #[derive(Serialize, Deserialize)]
 pub(crate) struct EntryRecord {
-    entry: ChainedEntry,
-    source_seq: u64,
+    pub(super) entry: ChainedEntry,
+    pub(super) source_seq: u64,
     #[serde(with = "hex_array")]
-    usage_digest: [u8; 32],
+    pub(super) usage_digest: [u8; 32],
     #[serde(with = "hex_array")]
     leaf_hash: [u8; 32],
     /// The entry key's commitment (what its leaf holds beside `Y`, `Z`).
     #[serde(with = "hex_array")]
-    commitment: [u8; 32],
+    pub(super) commitment: [u8; 32],
 }
 
 #[derive(Serialize, Deserialize)]
@@ -328,15 +328,16 @@ impl RoyaltyLog {
             changes.push(Change::Totals(key, line));
         }
         let skip = |stored: u64| usize::try_from(stored).unwrap_or(usize::MAX);
-        for (position, entry) in self.entries.iter().enumerate().skip(skip(stored.entries)) {
+        let leaves = self.tree.leaf_hashes();
+        for (position, entry) in (stored.entries..).zip(self.entries.take_from(stored.entries)?) {
             let record = EntryRecord {
-                entry: entry.clone(),
-                source_seq: self.source_seqs.get(position).copied().unwrap_or(0),
-                usage_digest: self.usage_digests.get(position).copied().unwrap_or([0; 32]),
-                leaf_hash: self.tree.leaf_hashes().get(position).copied().unwrap_or([0; 32]),
-                commitment: self.commitments.get(position).copied().unwrap_or([0; 32]),
+                entry: entry.chained.clone(),
+                source_seq: entry.source_seq,
+                usage_digest: entry.usage_digest,
+                leaf_hash: leaves.get(skip(position)).copied().unwrap_or([0; 32]),
+                commitment: entry.commitment,
             };
-            changes.push(Change::Entry(position as u64, Box::new(record)));
+            changes.push(Change::Entry(position, Box::new(record)));
         }
         for (index, seal) in self.seals.iter().enumerate().skip(skip(stored.seals)) {
             changes.push(Change::Seal(index as u64, Box::new(seal.clone()), self.seal_times.get(index).copied().unwrap_or(0)));
@@ -352,14 +353,17 @@ impl RoyaltyLog {
         Tails { entries: self.entries.len() as u64, seals: self.seals.len() as u64, faults: self.seal_faults.len() as u64 }
     }
 
-    /// The batch `take_changes` took is stored: its sales leave memory.
+    /// The batch `take_changes` took is stored: its sales leave memory, and so do its
+    /// entries already sealed (`Entries::release`).
     pub(crate) fn rows_committed(&mut self) {
         self.sales.rows_committed();
+        self.entries.release(self.next_seal_entry());
     }
 
-    /// After the whole log was committed (a rebuild): its sales leave memory.
+    /// After the whole log was committed (a rebuild): its sales and sealed entries leave memory.
     pub(crate) fn spill(&mut self, db: &sled::Db) {
         self.sales.spill(db);
+        self.entries.spill(db, self.next_seal_entry());
     }
 }
 
@@ -370,7 +374,11 @@ pub(crate) struct Reader {
     catalog: BTreeMap<MediaId, MediaInfo>,
     sales: usize,
     previews: BTreeMap<PreviewId, String>,
-    entries: BTreeMap<u64, EntryRecord>,
+    /// How many entries were read (they come in index order, and stay in sled), with each
+    /// one's leaf hash in the tree (its upper levels rebuilt from them) and the newest.
+    entries: u64,
+    tree: engine::tlog::Tree,
+    last_entry: Option<EntryRecord>,
     totals: BTreeMap<(Dimension, String), TotalsLine>,
     seals: BTreeMap<u64, (RightsReportSealed, i64)>,
     faults: BTreeMap<u64, SealFault>,
@@ -419,7 +427,13 @@ impl Reader {
                         stored: format!("entry {} of epoch {}", record.entry.index, record.entry.epoch),
                     });
                 }
-                self.entries.insert(index, record);
+                // sled hands the rows over in key order: index order.
+                if index != self.entries {
+                    return Err(RowError::Gaps { kind: "royalty entry", len: self.entries + 1, last: index });
+                }
+                self.entries += 1;
+                self.tree.push(record.leaf_hash);
+                self.last_entry = Some(record);
             }
             p if p == TOTALS_PREFIX => {
                 let (&byte, name) = id.split_first().ok_or(RowError::Key { kind: "totals", expected: "a dimension byte and a name" })?;
@@ -479,10 +493,9 @@ impl Reader {
         Ok(true)
     }
 
-    /// The log, its sales left in `db`, with the counters the store's checkpoint holds.
-    /// Entries, seals and faults must be numbered 0..len.
+    /// The log, its sales and sealed entries left in `db`, with the counters the store's
+    /// checkpoint holds. Entries, seals and faults must be numbered 0..len.
     pub(crate) fn finish(self, db: &sled::Db, usages: u64, seals_verified: u64, bind_seq: bool) -> Result<RoyaltyLog, RowError> {
-        let entries = contiguous(self.entries, "royalty entry")?;
         let (seals, seal_times) = contiguous(self.seals, "seal")?.into_iter().unzip();
         let seal_faults = contiguous(self.faults, "seal fault")?;
         let mut log = RoyaltyLog {
@@ -497,15 +510,14 @@ impl Reader {
             seal_faults,
             bind_seq,
             revoked_engine_keys: self.revoked_keys,
+            tree: self.tree,
             ..RoyaltyLog::default()
         };
-        for stored in entries {
-            log.source_seqs.push(stored.source_seq);
-            log.usage_digests.push(stored.usage_digest);
-            log.tree.push(stored.leaf_hash);
-            log.commitments.push(stored.commitment);
-            log.entries.push(stored.entry);
-        }
+        // The entries not sealed yet stay in memory: seals are built from them (`entries`).
+        let unsealed = log.next_seal_entry().min(self.entries);
+        let all = Entries::stored(db.clone(), self.entries, Vec::new(), self.last_entry.map(LoggedEntry::of_record));
+        let resident = all.detached(unsealed, self.entries).read()?;
+        log.entries = Entries::stored(db.clone(), unsealed, resident, all.last().cloned());
         Ok(log)
     }
 }

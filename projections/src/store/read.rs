@@ -81,7 +81,7 @@ pub(super) fn read_state(db: &sled::Db) -> Result<Stored, StateError> {
         stream_head: record.stream_head,
         stream_head_before: record.stream_head_before,
         stream_heads,
-        vouchers: vouchers.finish(db),
+        vouchers: vouchers.finish(db)?,
         allocation: allocation.finish(db),
         royalty,
         balances,

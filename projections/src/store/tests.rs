@@ -1,5 +1,5 @@
 //! The store's own tests, from inside: every kind of row round-trips through a commit and
-//! a reopen, the stored bytes are exactly format 15's, the chain key resumes a chain, and a checkpoint or a row that does
+//! a reopen, the stored bytes are exactly format 16's, the chain key resumes a chain, and a checkpoint or a row that does
 //! not describe the state sends the store to quarantine. (The public API is tested in
 //! `tests/store*.rs`.)
 
@@ -231,9 +231,8 @@ fn assert_identical(loaded: &Projections, memory: &Projections) {
     assert_eq!(l.catalog, m.catalog);
     assert_eq!(l.sales, m.sales);
     assert_eq!(l.previews, m.previews);
-    assert_eq!((&l.entries, &l.source_seqs, &l.usage_digests), (&m.entries, &m.source_seqs, &m.usage_digests));
+    assert_eq!(l.entries, m.entries, "each entry with its commitment, source sequence and usage digest");
     assert_eq!(l.tree, m.tree, "the tree rebuilt from the stored leaves");
-    assert_eq!(l.commitments, m.commitments, "each entry's key commitment");
     assert_eq!((l.usages, &l.totals), (m.usages, &m.totals));
     assert_eq!((&l.seals, &l.seal_times, l.seals_verified, &l.seal_faults), (&m.seals, &m.seal_times, m.seals_verified, &m.seal_faults));
     assert_eq!(l.chain.as_ref().map(|c| (c.epoch(), c.next_index(), c.head_y())), m.chain.as_ref().map(|c| (c.epoch(), c.next_index(), c.head_y())));
@@ -382,6 +381,49 @@ fn every_kind_of_row_round_trips() {
     assert_eq!(memory.royalty.seals_verified, 2);
 }
 
+/// Issue 26 (memory): in a store, a committed and sealed royalty entry leaves memory and is
+/// read back from its `re/` row; the entries since the last seal stay, so a seal is built
+/// and checked without a sled read. The control: an `re/` row altered under the loaded
+/// projections is what they read (the entry no longer reads, and the next commit fails
+/// with it), so the entries really came from sled.
+#[test]
+fn sealed_entries_leave_memory_and_are_read_back_from_the_store() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let mut memory = keyed();
+    let (store, _) = ProjectionStore::open(dir.path()).expect("open");
+    let mut loaded = store.load(Some(&master()), Some(test_keys::fixed_rsa().public())).expect("load");
+    apply_stored(&mut loaded, &apply_all(&mut memory, script(), true));
+    assert_eq!(loaded.royalty.entries.resident(), loaded.royalty.entries.len(), "uncommitted entries are in memory");
+    store.commit(&mut loaded).expect("commit");
+    let sealed = loaded.royalty.entries.len();
+    assert!(sealed >= 2, "the script records usages");
+    assert_eq!(loaded.royalty.entries.resident(), 0, "committed and sealed: out of memory");
+    assert_eq!(memory.royalty.entries.resident(), sealed, "in memory (a replay) every entry stays");
+    assert_identical(&loaded, &memory);
+    assert_eq!(loaded.royalty.entries.get(0).map(|e| e.into_owned()), memory.royalty.entries.get(0).map(|e| e.into_owned()), "read back from sled");
+
+    // A new entry, committed but not sealed, stays; the seal built from it is the same.
+    apply_stored(&mut loaded, &another_usage(&mut memory));
+    store.commit(&mut loaded).expect("commit");
+    assert_eq!(loaded.royalty.entries.resident(), 1, "the entry not sealed yet stays in memory");
+    let unsigned = |p: &Projections| p.unsigned_seal(1).expect("chained").expect("an entry to seal");
+    assert_eq!(unsigned(&loaded), unsigned(&memory));
+    assert_eq!(loaded.royalty.entries.range(0, sealed as u64 + 1), memory.royalty.entries.range(0, sealed as u64 + 1));
+    drop((store, loaded));
+    let (store, _) = ProjectionStore::open(dir.path()).expect("reopen");
+    let mut loaded = store.load(Some(&master()), Some(test_keys::fixed_rsa().public())).expect("load");
+    assert_eq!(loaded.royalty.entries.resident(), 1, "reopened, only the entry not sealed is read into memory");
+    assert_identical(&loaded, &memory);
+
+    // The control: alter entry 0's row under the loaded projections.
+    store.db.insert(crate::rows::index_key(crate::royalty_log::format::ENTRY_PREFIX, 0), b"{}".to_vec()).expect("alter the row");
+    assert!(loaded.royalty.entries.get(0).is_none(), "the altered row is what is read");
+    assert_eq!(loaded.royalty.entries.get(1).map(|e| e.into_owned()), memory.royalty.entries.get(1).map(|e| e.into_owned()), "the others still read");
+    apply_stored(&mut loaded, &another_usage(&mut memory));
+    let failed = store.commit(&mut loaded).expect_err("the unreadable entry stops the store");
+    assert!(format!("{failed:?}").contains("royalty entry"), "{failed:?}");
+}
+
 /// The on-disk format, byte for byte: every key and value of a store that holds every
 /// kind of row, from a stream that gives the same bytes on every run (fixed clock and
 /// keys, the chain's fixed nonce, and a seal with a fixed signature, which does not
@@ -389,7 +431,7 @@ fn every_kind_of_row_round_trips() {
 /// the format, which needs a new `FORMAT_MARKER` so that old stores are rebuilt rather
 /// than misread.
 #[test]
-fn the_stored_bytes_are_those_of_format_15() {
+fn the_stored_bytes_are_those_of_format_16() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let (store, _) = ProjectionStore::open(dir.path()).expect("open");
     let mut projections = store.load(Some(&master()), Some(test_keys::fixed_rsa().public())).expect("load");
@@ -422,10 +464,10 @@ fn the_stored_bytes_are_those_of_format_15() {
     }
     let expected = [
         "@ch", "@fo", "an/", "ap/", "ar/", "av/", "bl/", "bp/", "qc/", "qo/", "qp/", "qs/", "qv/", "rc/", "re/", "rf/", "rl/", "rp/", "rs/", "rt/", "sh/",
-        "vh/", "vr/",
+        "vh/", "vl/", "vr/",
     ];
     assert_eq!(prefixes, expected.into_iter().map(str::to_owned).collect(), "every kind of row is stored");
-    assert_eq!(hex::encode(hasher.finalize()), "feb1d0efa9cfac757f6c71cd5933b970eac765090adbfcbca1ddbd1ccc1bf1f3", "the stored bytes changed:\n{dump}");
+    assert_eq!(hex::encode(hasher.finalize()), "6969cfb45baf49cfc9fe4983e932f810d6aa3d78f1d941d08e1c632664f87672", "the stored bytes changed:\n{dump}");
 }
 
 #[test]
@@ -557,6 +599,46 @@ fn a_stored_ledger_that_does_not_sum_to_zero_is_quarantined() {
     assert!(matches!(reopen_with_ledger_delta(0), OpenOutcome::Resumed { .. }));
     let outcome = reopen_with_ledger_delta(1);
     assert!(matches!(&outcome, OpenOutcome::Quarantined { reason, .. } if reason.contains("does not sum to zero")), "{outcome:?}");
+}
+
+/// Issue 26 (memory): the lapse index lives in sled beside the voucher rows; at open the
+/// store checks it holds exactly the rows' lapse keys. A lapse row moved to another time
+/// (with the content digest made to match, so that only this check can see it) is
+/// quarantined; rewritten unchanged it is the negative control. Loaded, the index is not
+/// in memory, and the sweeper's work list reads it from sled.
+#[test]
+fn a_lapse_index_that_does_not_match_the_voucher_rows_is_quarantined() {
+    use crate::vouchers::format::LAPSE_PREFIX;
+    let reopen_with_lapse_moved = |moved: bool| {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let path = dir.path().join("store");
+        {
+            let (store, _) = ProjectionStore::open(&path).expect("open");
+            let mut projections = store.load(None, None).expect("load");
+            apply_all(&mut projections, script(), false);
+            store.commit(&mut projections).expect("commit");
+            let (key, value) = store.db.scan_prefix(LAPSE_PREFIX).next().expect("a lapse row").expect("read");
+            let mut new_key = key.to_vec();
+            new_key[PREFIX_BYTES + 7] ^= u8::from(moved);
+            let mut checkpoint = decode_checkpoint(&store.db.get(CHECKPOINT_KEY).expect("get").expect("checkpoint")).expect("decode");
+            xor_into(&mut checkpoint.content_digest, &pair_hash(&key, &value));
+            xor_into(&mut checkpoint.content_digest, &pair_hash(&new_key, &value));
+            store.db.remove(&key).expect("remove");
+            store.db.insert(&new_key, value).expect("insert");
+            store.db.insert(CHECKPOINT_KEY, encode_checkpoint(&checkpoint).expect("encode")).expect("insert");
+            store.db.flush().expect("flush");
+        }
+        let (store, outcome) = ProjectionStore::open(&path).expect("reopen");
+        (store, outcome, dir)
+    };
+    let (store, outcome, _dir) = reopen_with_lapse_moved(false);
+    assert!(matches!(outcome, OpenOutcome::Resumed { .. }), "{outcome:?}");
+    let loaded = store.load(None, None).expect("load");
+    assert_eq!(loaded.vouchers.lapsing.resident(), 0, "the lapse index stays in sled");
+    assert_eq!(loaded.vouchers.due_lapses(Millis(i64::MAX), 10).len(), loaded.vouchers.lapsing.len(), "read from sled");
+    assert!(!loaded.vouchers.lapsing.is_empty(), "the script leaves an issued voucher");
+    let (_store, outcome, _dir) = reopen_with_lapse_moved(true);
+    assert!(matches!(&outcome, OpenOutcome::Quarantined { reason, .. } if reason.contains("lapse index")), "{outcome:?}");
 }
 
 #[test]

@@ -1,0 +1,256 @@
+//! The royalty log's chained entries, each with what the log keeps beside it (its key
+//! commitment, its source event's sequence, the usage digest after it): in memory for
+//! replays and audits; backed by the projection store, only the entries a seal or a commit
+//! still needs stay in memory, and the others are read back from their `re/` rows.
+//!
+//! Which entries stay resident when stored: those not committed yet, and those not sealed
+//! yet (`release`): a seal is built from, and checked against, the entries since the last
+//! seal, under the projections' lock, so those are never a sled read. Everything older is
+//! read from sled when asked (`get`, `range`, `iter`): exports, the tiles' publisher, a
+//! chain resumed at start-up. Memory thus follows the entries between two seals, not the
+//! log's length.
+
+use super::format::{ENTRY_PREFIX, EntryRecord};
+use crate::rows::{Causes, RowError, decode_json, index_key, index_of};
+use crate::royalty::ChainedEntry;
+use std::borrow::Cow;
+use std::sync::{Arc, OnceLock};
+
+/// One chained entry and what the log keeps beside it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoggedEntry {
+    pub chained: ChainedEntry,
+    /// The entry key's commitment (what its tree leaf holds beside `Y`, `Z`).
+    pub commitment: [u8; 32],
+    /// Stream sequence of the entry's source event.
+    pub source_seq: u64,
+    /// The usage digest after this entry (what a seal's `totals_digest` commits to).
+    pub usage_digest: [u8; 32],
+}
+
+impl LoggedEntry {
+    pub(crate) fn of_record(record: EntryRecord) -> Self {
+        LoggedEntry { chained: record.entry, commitment: record.commitment, source_seq: record.source_seq, usage_digest: record.usage_digest }
+    }
+}
+
+/// The chained entries of a royalty log, by position (0 = the log's first entry in this
+/// log, `RoyaltyLog::entry_base` before it).
+#[derive(Clone, Default)]
+pub struct Entries {
+    /// Entries `from..from + held.len()`.
+    held: Vec<LoggedEntry>,
+    /// Position of `held[0]`: 0 in memory; stored, the entries before it are in sled only.
+    from: u64,
+    /// The store's database, whose `re/` rows hold every committed entry (`None`: in memory).
+    db: Option<sled::Db>,
+    /// The newest entry once it left memory (what chains the next one and feeds the digest).
+    last_released: Option<LoggedEntry>,
+    /// Entries `..taken` were handed to a commit (`take_from`); they may leave memory once
+    /// it is written (`release`).
+    taken: u64,
+    /// The first stored entry that could not be read: the next commit fails with it, which
+    /// stops the store (as a `Rows` fault does). Shared by copies, as the rows are.
+    fault: Arc<OnceLock<Arc<RowError>>>,
+}
+
+impl std::fmt::Debug for Entries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Entries").field("len", &self.len()).field("resident", &self.held.len()).field("stored", &self.db.is_some()).finish()
+    }
+}
+
+/// Equal when they hold the same entries, wherever they are (O(entries): for tests).
+impl PartialEq for Entries {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for Entries {}
+
+impl Entries {
+    /// Entries `0..len` stored in `db`, of which `resident` (the tail from `from`) are also
+    /// held in memory; `last` is the newest.
+    pub(crate) fn stored(db: sled::Db, from: u64, resident: Vec<LoggedEntry>, last: Option<LoggedEntry>) -> Self {
+        let len = from + resident.len() as u64;
+        let last_released = if resident.is_empty() { last } else { None };
+        Entries { held: resident, from, db: Some(db), last_released, taken: len, fault: Arc::default() }
+    }
+
+    pub fn len(&self) -> usize {
+        usize::try_from(self.from).unwrap_or(usize::MAX) + self.held.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// How many entries are in memory.
+    pub fn resident(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Whether the entries live in the projection store.
+    pub fn is_stored(&self) -> bool {
+        self.db.is_some()
+    }
+
+    pub(crate) fn push(&mut self, entry: LoggedEntry) {
+        self.last_released = None;
+        self.held.push(entry);
+    }
+
+    /// The newest entry.
+    pub fn last(&self) -> Option<&LoggedEntry> {
+        self.held.last().or(self.last_released.as_ref())
+    }
+
+    /// The entry at `position` (a copy when it is read from sled).
+    pub fn get(&self, position: u64) -> Option<Cow<'_, LoggedEntry>> {
+        if position >= self.from {
+            return self.held.get(usize::try_from(position - self.from).ok()?).map(Cow::Borrowed);
+        }
+        self.read_stored(position..position + 1).next().map(Cow::Owned)
+    }
+
+    /// The entries at `first..end` (fewer when the log is shorter), in order.
+    pub fn range(&self, first: u64, end: u64) -> Vec<LoggedEntry> {
+        let end = end.min(self.len() as u64);
+        if first >= end {
+            return Vec::new();
+        }
+        let mut entries = Vec::with_capacity(usize::try_from(end - first).unwrap_or(0));
+        entries.extend(self.read_stored(first..end.min(self.from)));
+        entries.extend(self.resident_range(first, end).iter().cloned());
+        entries
+    }
+
+    /// The resident entries among `first..end`.
+    pub(crate) fn resident_range(&self, first: u64, end: u64) -> &[LoggedEntry] {
+        let offset = |position: u64| usize::try_from(position.saturating_sub(self.from)).unwrap_or(usize::MAX).min(self.held.len());
+        &self.held[offset(first)..offset(end).max(offset(first))]
+    }
+
+    /// Every entry in order: those in sled read as the iteration reaches them.
+    pub fn iter(&self) -> impl Iterator<Item = Cow<'_, LoggedEntry>> + '_ {
+        self.read_stored(0..self.from).map(Cow::Owned).chain(self.held.iter().map(Cow::Borrowed))
+    }
+
+    /// Every chained entry, in order (what an export carries).
+    pub fn chained(&self) -> Vec<ChainedEntry> {
+        self.iter().map(|entry| entry.into_owned().chained).collect()
+    }
+
+    /// A copy of the entries at `first..end` that reads sled only when asked
+    /// (`Detached::read`), so a caller can take it under the projections' lock and read
+    /// outside it: committed entries never change.
+    pub fn detached(&self, first: u64, end: u64) -> Detached {
+        let end = end.min(self.len() as u64);
+        Detached { db: self.db.clone(), stored: first.min(end)..end.min(self.from).max(first.min(end)), held: self.resident_range(first, end).to_vec() }
+    }
+
+    /// The entries from `stored` on, for a commit (the store holds `stored` of them); they
+    /// stay in memory until `release`. Fails with the first stored entry that could not be
+    /// read since the last commit.
+    pub(crate) fn take_from(&mut self, stored: u64) -> Result<&[LoggedEntry], Arc<RowError>> {
+        if let Some(fault) = self.fault.get() {
+            return Err(Arc::clone(fault));
+        }
+        self.taken = self.len() as u64;
+        Ok(self.resident_range(stored, self.taken))
+    }
+
+    /// The entries a commit took are stored: stored entries before `keep_from` (the first
+    /// not sealed yet) leave memory. In memory nothing leaves.
+    pub(crate) fn release(&mut self, keep_from: u64) {
+        if self.db.is_none() {
+            return;
+        }
+        let until = keep_from.min(self.taken);
+        if until <= self.from {
+            return;
+        }
+        let count = usize::try_from(until - self.from).unwrap_or(usize::MAX).min(self.held.len());
+        if count == self.held.len() {
+            self.last_released = self.held.pop();
+        }
+        self.held.drain(..count.min(self.held.len()));
+        self.from = until;
+    }
+
+    /// Entries all committed to `db` (a rebuild committed the whole state): from now on
+    /// stored, those before `keep_from` out of memory.
+    pub(crate) fn spill(&mut self, db: &sled::Db, keep_from: u64) {
+        if self.db.is_none() {
+            self.db = Some(db.clone());
+            self.taken = self.len() as u64;
+        }
+        self.release(keep_from);
+    }
+
+    /// The stored entries at `range` (all below `from`), read from sled in order. An entry
+    /// that cannot be read ends the iteration (logged, and kept as the fault the next
+    /// commit reports).
+    fn read_stored(&self, range: std::ops::Range<u64>) -> impl Iterator<Item = LoggedEntry> + '_ {
+        let end = range.end.min(self.from);
+        let rows = self.db.as_ref().map(|db| stored_rows(db, range.start, end));
+        rows.into_iter().flatten().map_while(|read| match read {
+            Ok(entry) => Some(entry),
+            Err(error) => {
+                tracing::error!(reason = %Causes(&error), "a royalty entry in the projection store cannot be read");
+                let _ = self.fault.set(Arc::new(error));
+                None
+            }
+        })
+    }
+}
+
+/// The `re/` rows at `first..end` read back in order; the first that cannot be read, or
+/// is missing, is the last item.
+fn stored_rows(db: &sled::Db, first: u64, end: u64) -> impl Iterator<Item = Result<LoggedEntry, RowError>> + use<> {
+    let mut rows = (first < end).then(|| db.range(index_key(ENTRY_PREFIX, first)..index_key(ENTRY_PREFIX, end)));
+    let mut expected = first;
+    std::iter::from_fn(move || {
+        if expected >= end {
+            return None;
+        }
+        let read = match rows.as_mut().and_then(Iterator::next) {
+            Some(pair) => pair.map_err(RowError::Read).and_then(|(key, value)| decode_row(&key, &value, expected)),
+            None => Err(RowError::Missing { kind: "royalty entry", id: expected.to_string() }),
+        };
+        expected = if read.is_ok() { expected + 1 } else { end };
+        Some(read)
+    })
+}
+
+/// One `re/` row read back as the entry at `expected`.
+fn decode_row(key: &[u8], value: &[u8], expected: u64) -> Result<LoggedEntry, RowError> {
+    let index = index_of(&key[ENTRY_PREFIX.len()..], "royalty entry")?;
+    let record: EntryRecord = decode_json(value, "royalty entry", &index.to_string())?;
+    if index != expected || record.entry.index != index {
+        return Err(RowError::Misplaced { kind: "royalty entry", id: expected.to_string(), stored: format!("entry {}", record.entry.index) });
+    }
+    Ok(LoggedEntry::of_record(record))
+}
+
+/// Entries taken under the projections' lock, read outside it (`Entries::detached`).
+pub struct Detached {
+    db: Option<sled::Db>,
+    stored: std::ops::Range<u64>,
+    held: Vec<LoggedEntry>,
+}
+
+impl Detached {
+    /// The entries, in order; an error names the first stored one that cannot be read.
+    pub fn read(self) -> Result<Vec<LoggedEntry>, RowError> {
+        let mut entries = Vec::with_capacity(usize::try_from(self.stored.end - self.stored.start).unwrap_or(0) + self.held.len());
+        if let Some(db) = &self.db {
+            for read in stored_rows(db, self.stored.start, self.stored.end) {
+                entries.push(read?);
+            }
+        }
+        entries.extend(self.held);
+        Ok(entries)
+    }
+}
