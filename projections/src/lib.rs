@@ -159,15 +159,14 @@ impl Projections {
             return Ok(None);
         }
         let last = count - 1;
-        // The entries not sealed yet: in memory, also in a store (`royalty_log::Entries`);
-        // read from the store only if they were not.
-        let resident = log.entries.resident_range(first, count);
-        let range = if resident.len() as u64 == count - first { std::borrow::Cow::Borrowed(resident) } else { log.entries.range(first, count).into() };
-        if range.len() as u64 != count - first {
+        // The entries not sealed yet: what a seal needs of them is in memory, also in a
+        // store (`royalty_log::Entries`).
+        let parts = log.entries.seal_parts(first, count);
+        if parts.len() as u64 != count - first {
             return Err(SealError::EntriesUnreadable { first, count });
         }
-        let ys: Vec<[u8; 32]> = range.iter().map(|entry| entry.chained.y).collect();
-        let head = &range[range.len() - 1].chained;
+        let ys: Vec<[u8; 32]> = parts.iter().map(|part| part.y).collect();
+        let head = &parts[parts.len() - 1];
         // The checkpoint's tree part; the engine names the origin and signs the note.
         let size = last + 1;
         let checkpoint = engine::domain::event::SealCheckpoint {

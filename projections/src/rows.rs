@@ -392,7 +392,7 @@ impl<R: RowKind> Rows<R> {
             RowsInner::Stored(stored) => match stored.read(key) {
                 Ok(Some(mut row)) => {
                     change(&mut row);
-                    stored.set(key.clone(), Some(row));
+                    stored.replace(key.clone(), Some(row), true);
                     true
                 }
                 Ok(None) => false,
@@ -430,7 +430,10 @@ impl<R: RowKind> Rows<R> {
                 old
             }
             RowsInner::Stored(stored) => match stored.read(key) {
-                Ok(Some(_)) => stored.set(key.clone(), None),
+                Ok(Some(old)) => {
+                    stored.replace(key.clone(), None, true);
+                    Some(old)
+                }
                 Ok(None) => None,
                 Err(error) => {
                     stored.fault.get_or_insert(Arc::new(error));
@@ -536,13 +539,18 @@ impl<R: RowKind> StoredRows<R> {
                 None
             }
         };
-        match (&old, &value) {
-            (None, Some(_)) => self.len += 1,
-            (Some(_), None) => self.len -= 1,
+        self.replace(key, value, old.is_some());
+        old
+    }
+
+    /// As `set`, knowing whether there was a row (read already, not read again).
+    fn replace(&mut self, key: R::Key, value: Option<R::Value>, existed: bool) {
+        match (existed, &value) {
+            (false, Some(_)) => self.len += 1,
+            (true, None) => self.len -= 1,
             _ => {}
         }
         self.dirty.insert(key, value);
-        old
     }
 
     /// sled's rows of this kind merged with the uncommitted ones, in key order, from

@@ -27,7 +27,7 @@ use engine::crypto::{RsaPublic, SecretKey};
 use engine::domain::event::{Event, RightsReportSealed, RoyaltyTerms};
 use engine::domain::report::Report;
 use engine::ids::{MediaId, PreviewId, Seq};
-pub use entries::{Detached, Entries, LoggedEntry};
+pub use entries::{Detached, Entries, LoggedEntry, SealPart};
 use format::SaleRows;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -450,10 +450,10 @@ impl RoyaltyLog {
                 return Some(format!("covers entries up to {} but the log has {count}", seal.last_entry));
             };
             // The entries since the last seal: in memory, also in a store (`entries`).
-            let range = self.entries.range(seal.first_entry.saturating_sub(self.entry_base), last + 1);
-            let ys: Vec<[u8; 32]> = range.iter().map(|e| e.chained.y).collect();
-            let Some(head) = range.last() else { return Some(format!("covers entries up to {} that cannot be read", seal.last_entry)) };
-            if head.chained.y != seal.head_y || head.chained.z != seal.head_z {
+            let parts = self.entries.seal_parts(seal.first_entry.saturating_sub(self.entry_base), last + 1);
+            let ys: Vec<[u8; 32]> = parts.iter().map(|part| part.y).collect();
+            let Some(head) = parts.last() else { return Some(format!("covers entries up to {} that cannot be read", seal.last_entry)) };
+            if head.y != seal.head_y || head.z != seal.head_z {
                 Some("head Y/Z differ from the chain".into())
             } else if royalty::merkle_root(&ys) != seal.merkle_root {
                 Some("Merkle root differs from the chain".into())

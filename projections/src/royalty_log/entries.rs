@@ -3,12 +3,13 @@
 //! replays and audits; backed by the projection store, only the entries a seal or a commit
 //! still needs stay in memory, and the others are read back from their `re/` rows.
 //!
-//! Which entries stay resident when stored: those not committed yet, and those not sealed
-//! yet (`release`): a seal is built from, and checked against, the entries since the last
-//! seal, under the projections' lock, so those are never a sled read. Everything older is
-//! read from sled when asked (`get`, `range`, `iter`): exports, the tiles' publisher, a
-//! chain resumed at start-up. Memory thus follows the entries between two seals, not the
-//! log's length.
+//! What stays resident when stored: the entries not committed yet, and of the entries not
+//! sealed yet what a seal needs (`SealPart`: `Y`, `Z` and the usage digest, 96 bytes, not
+//! the ciphertext): a seal is built from, and checked against, the entries since the last
+//! seal under the projections' lock, so that is never a sled read. Whole entries are read
+//! from sled when asked (`get`, `range`, `iter`, `detached`): exports, the tiles'
+//! publisher (outside the lock), a chain resumed at start-up. Memory thus follows the
+//! entries between two commits and (at 96 bytes each) two seals, not the log's length.
 
 use super::format::{ENTRY_PREFIX, EntryRecord};
 use crate::rows::{Causes, RowError, decode_json, index_key, index_of};
@@ -32,6 +33,19 @@ impl LoggedEntry {
     pub(crate) fn of_record(record: EntryRecord) -> Self {
         LoggedEntry { chained: record.entry, commitment: record.commitment, source_seq: record.source_seq, usage_digest: record.usage_digest }
     }
+
+    pub(crate) fn seal_part(&self) -> SealPart {
+        SealPart { y: self.chained.y, z: self.chained.z, usage_digest: self.usage_digest }
+    }
+}
+
+/// What a seal needs of an entry: its `Y` (the Merkle root's leaf; the head's with `Z`)
+/// and the usage digest after it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SealPart {
+    pub y: [u8; 32],
+    pub z: [u8; 32],
+    pub usage_digest: [u8; 32],
 }
 
 /// The chained entries of a royalty log, by position (0 = the log's first entry in this
@@ -46,9 +60,13 @@ pub struct Entries {
     db: Option<sled::Db>,
     /// The newest entry once it left memory (what chains the next one and feeds the digest).
     last_released: Option<LoggedEntry>,
-    /// Entries `..taken` were handed to a commit (`take_from`); they may leave memory once
-    /// it is written (`release`).
+    /// Entries `..taken` were handed to a commit (`take_from`); they leave memory once it
+    /// is written (`release`).
     taken: u64,
+    /// Stored: what a seal needs of the entries `parts_from..len` (the ones not sealed yet,
+    /// `release`). In memory, empty: `held` has it.
+    parts: Vec<SealPart>,
+    parts_from: u64,
     /// The first stored entry that could not be read: the next commit fails with it, which
     /// stops the store (as a `Rows` fault does). Shared by copies, as the rows are.
     fault: Arc<OnceLock<Arc<RowError>>>,
@@ -56,7 +74,12 @@ pub struct Entries {
 
 impl std::fmt::Debug for Entries {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Entries").field("len", &self.len()).field("resident", &self.held.len()).field("stored", &self.db.is_some()).finish()
+        f.debug_struct("Entries")
+            .field("len", &self.len())
+            .field("resident", &self.held.len())
+            .field("seal_parts", &self.parts.len())
+            .field("stored", &self.db.is_some())
+            .finish()
     }
 }
 
@@ -70,12 +93,10 @@ impl PartialEq for Entries {
 impl Eq for Entries {}
 
 impl Entries {
-    /// Entries `0..len` stored in `db`, of which `resident` (the tail from `from`) are also
-    /// held in memory; `last` is the newest.
-    pub(crate) fn stored(db: sled::Db, from: u64, resident: Vec<LoggedEntry>, last: Option<LoggedEntry>) -> Self {
-        let len = from + resident.len() as u64;
-        let last_released = if resident.is_empty() { last } else { None };
-        Entries { held: resident, from, db: Some(db), last_released, taken: len, fault: Arc::default() }
+    /// Entries `0..len` all stored in `db` (none of them resident); `last` is the newest and
+    /// `parts` what a seal needs of the entries from `parts_from` on (to `len`).
+    pub(crate) fn stored(db: sled::Db, len: u64, last: Option<LoggedEntry>, parts_from: u64, parts: Vec<SealPart>) -> Self {
+        Entries { held: Vec::new(), from: len, db: Some(db), last_released: last, taken: len, parts, parts_from, fault: Arc::default() }
     }
 
     pub fn len(&self) -> usize {
@@ -86,9 +107,14 @@ impl Entries {
         self.len() == 0
     }
 
-    /// How many entries are in memory.
+    /// How many whole entries are in memory.
     pub fn resident(&self) -> usize {
         self.held.len()
+    }
+
+    /// Of how many entries (stored, not sealed yet) what a seal needs is in memory.
+    pub fn seal_parts_held(&self) -> usize {
+        self.parts.len()
     }
 
     /// Whether the entries live in the projection store.
@@ -98,7 +124,27 @@ impl Entries {
 
     pub(crate) fn push(&mut self, entry: LoggedEntry) {
         self.last_released = None;
+        if self.db.is_some() {
+            self.parts.push(entry.seal_part());
+        }
         self.held.push(entry);
+    }
+
+    /// What a seal needs of the entries `first..end` (fewer when the log is shorter): from
+    /// memory for the entries not sealed yet, read from the store for older ones.
+    pub fn seal_parts(&self, first: u64, end: u64) -> Vec<SealPart> {
+        let end = end.min(self.len() as u64);
+        if first >= end {
+            return Vec::new();
+        }
+        if self.db.is_none() {
+            return self.resident_range(first, end).iter().map(LoggedEntry::seal_part).collect();
+        }
+        if first >= self.parts_from {
+            let offset = |position: u64| usize::try_from(position - self.parts_from).unwrap_or(usize::MAX).min(self.parts.len());
+            return self.parts[offset(first)..offset(end)].to_vec();
+        }
+        self.range(first, end).iter().map(LoggedEntry::seal_part).collect()
     }
 
     /// The newest entry.
@@ -161,32 +207,39 @@ impl Entries {
         Ok(self.resident_range(stored, self.taken))
     }
 
-    /// The entries a commit took are stored: stored entries before `keep_from` (the first
-    /// not sealed yet) leave memory. In memory nothing leaves.
-    pub(crate) fn release(&mut self, keep_from: u64) {
+    /// The entries a commit took are stored: they leave memory, and what a seal needs of
+    /// the entries before `unsealed` (the first not sealed yet) does too. In memory
+    /// nothing leaves.
+    pub(crate) fn release(&mut self, unsealed: u64) {
         if self.db.is_none() {
             return;
         }
-        let until = keep_from.min(self.taken);
-        if until <= self.from {
-            return;
+        if self.taken > self.from {
+            let count = usize::try_from(self.taken - self.from).unwrap_or(usize::MAX).min(self.held.len());
+            if count == self.held.len() {
+                self.last_released = self.held.pop();
+            }
+            self.held.drain(..count.min(self.held.len()));
+            self.from = self.taken;
         }
-        let count = usize::try_from(until - self.from).unwrap_or(usize::MAX).min(self.held.len());
-        if count == self.held.len() {
-            self.last_released = self.held.pop();
+        let cut = unsealed.min(self.len() as u64);
+        if cut > self.parts_from {
+            self.parts.drain(..usize::try_from(cut - self.parts_from).unwrap_or(usize::MAX).min(self.parts.len()));
+            self.parts_from = cut;
         }
-        self.held.drain(..count.min(self.held.len()));
-        self.from = until;
     }
 
     /// Entries all committed to `db` (a rebuild committed the whole state): from now on
-    /// stored, those before `keep_from` out of memory.
-    pub(crate) fn spill(&mut self, db: &sled::Db, keep_from: u64) {
+    /// stored, out of memory but what a seal needs of those from `unsealed` on.
+    pub(crate) fn spill(&mut self, db: &sled::Db, unsealed: u64) {
         if self.db.is_none() {
+            let from = unsealed.min(self.len() as u64);
+            self.parts = self.resident_range(from, self.len() as u64).iter().map(LoggedEntry::seal_part).collect();
+            self.parts_from = from;
             self.db = Some(db.clone());
             self.taken = self.len() as u64;
         }
-        self.release(keep_from);
+        self.release(unsealed);
     }
 
     /// The stored entries at `range` (all below `from`), read from sled in order. An entry

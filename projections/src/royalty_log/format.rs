@@ -513,11 +513,11 @@ impl Reader {
             tree: self.tree,
             ..RoyaltyLog::default()
         };
-        // The entries not sealed yet stay in memory: seals are built from them (`entries`).
+        // What a seal needs of the entries not sealed yet stays in memory (`entries`).
         let unsealed = log.next_seal_entry().min(self.entries);
-        let all = Entries::stored(db.clone(), self.entries, Vec::new(), self.last_entry.map(LoggedEntry::of_record));
-        let resident = all.detached(unsealed, self.entries).read()?;
-        log.entries = Entries::stored(db.clone(), unsealed, resident, all.last().cloned());
+        let all = Entries::stored(db.clone(), self.entries, self.last_entry.map(LoggedEntry::of_record), self.entries, Vec::new());
+        let parts = all.detached(unsealed, self.entries).read()?.iter().map(LoggedEntry::seal_part).collect();
+        log.entries = Entries::stored(db.clone(), self.entries, all.last().cloned(), unsealed, parts);
         Ok(log)
     }
 }

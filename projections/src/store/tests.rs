@@ -381,11 +381,11 @@ fn every_kind_of_row_round_trips() {
     assert_eq!(memory.royalty.seals_verified, 2);
 }
 
-/// Issue 26 (memory): in a store, a committed and sealed royalty entry leaves memory and is
-/// read back from its `re/` row; the entries since the last seal stay, so a seal is built
-/// and checked without a sled read. The control: an `re/` row altered under the loaded
-/// projections is what they read (the entry no longer reads, and the next commit fails
-/// with it), so the entries really came from sled.
+/// Issue 26 (memory): in a store, a committed royalty entry leaves memory and is read back
+/// from its `re/` row; of the entries since the last seal what a seal needs (`SealPart`)
+/// stays, so a seal is built and checked without a sled read. The control: an `re/` row
+/// altered under the loaded projections is what they read (the entry no longer reads, and
+/// the next commit fails with it), so the entries really came from sled.
 #[test]
 fn sealed_entries_leave_memory_and_are_read_back_from_the_store() {
     let dir = tempfile::tempdir().expect("temporary directory");
@@ -397,7 +397,8 @@ fn sealed_entries_leave_memory_and_are_read_back_from_the_store() {
     store.commit(&mut loaded).expect("commit");
     let sealed = loaded.royalty.entries.len();
     assert!(sealed >= 2, "the script records usages");
-    assert_eq!(loaded.royalty.entries.resident(), 0, "committed and sealed: out of memory");
+    assert_eq!(loaded.royalty.entries.resident(), 0, "committed: out of memory");
+    assert_eq!(loaded.royalty.entries.seal_parts_held(), 0, "sealed: nothing kept for a seal");
     assert_eq!(memory.royalty.entries.resident(), sealed, "in memory (a replay) every entry stays");
     assert_identical(&loaded, &memory);
     assert_eq!(loaded.royalty.entries.get(0).map(|e| e.into_owned()), memory.royalty.entries.get(0).map(|e| e.into_owned()), "read back from sled");
@@ -405,14 +406,15 @@ fn sealed_entries_leave_memory_and_are_read_back_from_the_store() {
     // A new entry, committed but not sealed, stays; the seal built from it is the same.
     apply_stored(&mut loaded, &another_usage(&mut memory));
     store.commit(&mut loaded).expect("commit");
-    assert_eq!(loaded.royalty.entries.resident(), 1, "the entry not sealed yet stays in memory");
+    assert_eq!(loaded.royalty.entries.resident(), 0, "committed: out of memory");
+    assert_eq!(loaded.royalty.entries.seal_parts_held(), 1, "not sealed yet: what a seal needs of it stays");
     let unsigned = |p: &Projections| p.unsigned_seal(1).expect("chained").expect("an entry to seal");
     assert_eq!(unsigned(&loaded), unsigned(&memory));
     assert_eq!(loaded.royalty.entries.range(0, sealed as u64 + 1), memory.royalty.entries.range(0, sealed as u64 + 1));
     drop((store, loaded));
     let (store, _) = ProjectionStore::open(dir.path()).expect("reopen");
     let mut loaded = store.load(Some(&master()), Some(test_keys::fixed_rsa().public())).expect("load");
-    assert_eq!(loaded.royalty.entries.resident(), 1, "reopened, only the entry not sealed is read into memory");
+    assert_eq!((loaded.royalty.entries.resident(), loaded.royalty.entries.seal_parts_held()), (0, 1), "reopened: only the unsealed entry's seal part");
     assert_identical(&loaded, &memory);
 
     // The control: alter entry 0's row under the loaded projections.
