@@ -145,6 +145,10 @@ impl NatsServer {
     }
 
     fn start_configured(fsync: Fsync, extra: &str) -> Result<Self, HarnessError> {
+        with_fresh_ports(|| Self::start_once(fsync, extra))
+    }
+
+    fn start_once(fsync: Fsync, extra: &str) -> Result<Self, HarnessError> {
         let (binary, version) = checked_binary()?;
         let store = tempfile::tempdir()?;
         let port = free_port()?;
@@ -236,6 +240,10 @@ impl NatsCluster {
     /// Starts `size` nodes and waits until each accepts connections and JetStream is healthy
     /// on each (a meta leader is elected).
     pub fn start(size: usize) -> Result<Self, HarnessError> {
+        with_fresh_ports(|| Self::start_once(size))
+    }
+
+    fn start_once(size: usize) -> Result<Self, HarnessError> {
         let (binary, version) = checked_binary()?;
         let ports = (0..size).map(|_| Ok((free_port()?, free_port()?, free_port()?))).collect::<Result<Vec<_>, HarnessError>>()?;
         let routes = ports.iter().map(|(_, cluster_port, _)| format!("nats-route://127.0.0.1:{cluster_port}")).collect::<Vec<_>>().join(", ");
@@ -406,6 +414,31 @@ fn healthz(monitor_port: u16) -> bool {
     probe().unwrap_or(false)
 }
 
+/// How many times a start is tried with fresh ports when one it picked was taken first.
+const PORT_ATTEMPTS_MAX: u32 = 3;
+
+/// `start` again (on new ports) when a port picked free was taken before nats-server bound
+/// it: a port is free only until something binds it, and a cluster's first nodes connect
+/// out to the others' routes from ephemeral ports, so a later node's port can go that way.
+/// The failed attempt's processes are killed as it is dropped.
+fn with_fresh_ports<T>(mut start: impl FnMut() -> Result<T, HarnessError>) -> Result<T, HarnessError> {
+    let mut attempt = 1;
+    loop {
+        match start() {
+            Err(error) if attempt < PORT_ATTEMPTS_MAX && port_taken(&error) => {
+                eprintln!("nats-server could not bind a port picked free (taken meanwhile); starting again on new ports");
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
+/// Whether a start failed because a port it was given was taken.
+fn port_taken(error: &HarnessError) -> bool {
+    matches!(error, HarnessError::NotReady { log_tail, .. } if log_tail.contains("address already in use"))
+}
+
 fn free_port() -> Result<u16, HarnessError> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?.port())
@@ -414,6 +447,33 @@ fn free_port() -> Result<u16, HarnessError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_start_is_tried_again_on_new_ports_only_when_a_port_was_taken() {
+        let taken = || HarnessError::NotReady { port: 1, log_tail: "[FTL] Error listening on router port: 2 - bind: address already in use".into() };
+        let mut tries = 0;
+        let started = with_fresh_ports(|| {
+            tries += 1;
+            if tries < 2 { Err(taken()) } else { Ok(tries) }
+        });
+        assert_eq!(started.expect("the second start"), 2);
+        // Not a port taken: no second try. And at most PORT_ATTEMPTS_MAX tries.
+        let mut tries = 0;
+        let failed = with_fresh_ports::<()>(|| {
+            tries += 1;
+            Err(HarnessError::NotReady { port: 1, log_tail: "JetStream not healthy".into() })
+        });
+        assert!(failed.is_err() && tries == 1);
+        let mut tries = 0;
+        assert!(
+            with_fresh_ports::<()>(|| {
+                tries += 1;
+                Err(taken())
+            })
+            .is_err()
+        );
+        assert_eq!(tries, PORT_ATTEMPTS_MAX);
+    }
 
     #[test]
     fn parses_versions() {
