@@ -84,6 +84,8 @@ const POSITIVE_KEYS: &[&str] = &[
     "raw_delivery_single_mib_s",
     "raw_tcp_copy_mib_s",
     "raw_aes_gcm_mib_s",
+    "raw_delivery_written_mib_s",
+    "delivery_written_ratio",
 ];
 
 #[test]
@@ -194,6 +196,11 @@ fn a_tiny_bench_prints_every_key_with_finite_positive_rates() {
     let expected = report["delivery_mib_s"].as_f64().expect("checked above") / report["raw_delivery_mib_s"].as_f64().expect("checked above");
     assert!((ratio - expected).abs() < 1e-9, "delivery_ratio {ratio} is not delivery_mib_s / raw_delivery_mib_s");
     assert!(report["targets"]["delivery_ratio >= 0.5"].is_boolean(), "the delivery target is judged: {report}");
+    // The raw baseline that also writes each copy, as a player does: its ratio is the same
+    // rate over it, with as many readers.
+    let written = report["delivery_mib_s"].as_f64().expect("checked above") / report["raw_delivery_written_mib_s"].as_f64().expect("checked above");
+    assert!((report["delivery_written_ratio"].as_f64().expect("checked above") - written).abs() < 1e-9, "{report}");
+    assert_eq!(delivery["raw_together_written"]["copies"].as_u64(), Some(players), "{report}");
     assert!(delivery["container_bytes"].as_u64() > delivery["content_bytes"].as_u64(), "the container carries tags and a signature: {report}");
     assert!(stderr.contains("9 delivery"), "the human table has a row for case 9: {stderr}");
 }

@@ -97,6 +97,9 @@ pub struct DeliveryCase {
     pub raw_together: RawDelivery,
     /// Both at once with one reader.
     pub raw_together_single: RawDelivery,
+    /// `raw_together` with each reader also writing its decrypted copy to a file, as a
+    /// player does (informational: the target compares with `raw_together`).
+    pub raw_together_written: RawDelivery,
     /// How the CPU figures were measured.
     pub cpu_measured: String,
 }
@@ -190,23 +193,26 @@ pub(super) async fn delivery_case(keys_dir: &Path, scratch: &Path, content_bytes
 
     // The raw side first, while the engine idles.
     let raw_content_bytes = container_bytes;
-    let raw = tokio::task::spawn_blocking(move || -> anyhow::Result<[RawDelivery; 4]> {
+    let raw_copies = dir.join("raw-copies");
+    std::fs::create_dir_all(&raw_copies).with_context(|| format!("cannot create {}", raw_copies.display()))?;
+    let raw = tokio::task::spawn_blocking(move || -> anyhow::Result<[RawDelivery; 5]> {
         let raw_media = RawMedia::new(raw_content_bytes, engine::media::CHUNK_BYTES_DEFAULT as usize)?;
         // Untimed warm-up: the first connections and page faults.
-        raw_tcp_delivery(&raw_media, 1, true)?;
+        raw_tcp_delivery(&raw_media, 1, RawReader::Decrypt)?;
         Ok([
-            raw_tcp_delivery(&raw_media, players, false)?,
+            raw_tcp_delivery(&raw_media, players, RawReader::Count)?,
             raw_aes_gcm_delivery(&raw_media, players, cpus)?,
-            raw_tcp_delivery(&raw_media, players, true)?,
-            raw_tcp_delivery(&raw_media, 1, true)?,
+            raw_tcp_delivery(&raw_media, players, RawReader::Decrypt)?,
+            raw_tcp_delivery(&raw_media, 1, RawReader::Decrypt)?,
+            raw_tcp_delivery(&raw_media, players, RawReader::DecryptAndWrite(&raw_copies))?,
         ])
     })
     .await
     .context("the raw delivery baselines panicked")??;
-    let [raw_tcp_copy, raw_aes_gcm, raw_together, raw_together_single] = raw;
+    let [raw_tcp_copy, raw_aes_gcm, raw_together, raw_together_single, raw_together_written] = raw;
     eprintln!(
-        "    raw, {container_bytes} bytes: loopback TCP copy to {players} readers {:.0} MiB/s; AES-256-GCM decryption of {players} copies on {cpus} threads {:.0} MiB/s; both together {:.0} MiB/s ({:.0} MiB/s with one reader)",
-        raw_tcp_copy.mib_s, raw_aes_gcm.mib_s, raw_together.mib_s, raw_together_single.mib_s
+        "    raw, {container_bytes} bytes: loopback TCP copy to {players} readers {:.0} MiB/s; AES-256-GCM decryption of {players} copies on {cpus} threads {:.0} MiB/s; both together {:.0} MiB/s ({:.0} MiB/s with one reader; {:.0} MiB/s with each copy written to a file)",
+        raw_tcp_copy.mib_s, raw_aes_gcm.mib_s, raw_together.mib_s, raw_together_single.mib_s, raw_together_written.mib_s
     );
 
     let node_runtime = runtime(NODE_THREAD, cpus)?;
@@ -273,6 +279,7 @@ pub(super) async fn delivery_case(keys_dir: &Path, scratch: &Path, content_bytes
         raw_aes_gcm,
         raw_together,
         raw_together_single,
+        raw_together_written,
         cpu_measured: format!(
             "CPU time (schedstat, ns) of the threads named {NODE_THREAD} (the node's runtime: workers and blocking pool) and {PLAYER_THREAD} (the players'), from /proc/self/task; the rest: the process's other live threads (the engine, the bench)"
         ),

@@ -393,6 +393,10 @@ pub struct BenchReport {
     /// The raw sides apart: the TCP copy alone, the decryption alone.
     pub raw_tcp_copy_mib_s: f64,
     pub raw_aes_gcm_mib_s: f64,
+    /// The raw baseline with each reader also writing its decrypted copy to a file, as a
+    /// player does, and the many players' rate over it (informational, no target).
+    pub raw_delivery_written_mib_s: f64,
+    pub delivery_written_ratio: f64,
     // Beyond CLI.md: what the numbers above were measured on.
     pub quick: bool,
     pub plan: Plan,
@@ -784,6 +788,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
         delivery_cold_ttfb_ms: delivery.cold_single.ttfb_p50_ms,
         raw_tcp_copy_mib_s: delivery.raw_tcp_copy.mib_s,
         raw_aes_gcm_mib_s: delivery.raw_aes_gcm.mib_s,
+        raw_delivery_written_mib_s: delivery.raw_together_written.mib_s,
+        delivery_written_ratio: ratio(delivery.warm_many.mib_s, delivery.raw_together_written.mib_s),
         delivery,
         engines_1: engines.one,
         engines_2: engines.two,

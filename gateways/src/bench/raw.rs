@@ -9,6 +9,7 @@ use async_nats::jetstream::{self, consumer, context::Context, stream};
 use bytes::Bytes;
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// A plain async-nats client with the substrate anchors' settings.
@@ -330,8 +331,13 @@ impl RawMedia {
         nonce
     }
 
-    /// Decrypts one received copy piece by piece as `read_piece` fills a buffer with each.
-    fn decrypt_pieces(&self, mut read_piece: impl FnMut(&mut [u8]) -> std::io::Result<()>) -> anyhow::Result<()> {
+    /// Decrypts one received copy piece by piece as `read_piece` fills a buffer with each,
+    /// handing each decrypted piece to `plaintext`.
+    fn decrypt_pieces(
+        &self,
+        mut read_piece: impl FnMut(&mut [u8]) -> std::io::Result<()>,
+        mut plaintext: impl FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> anyhow::Result<()> {
         use aes_gcm::aead::{AeadInOut as _, KeyInit as _};
         let cipher = aes_gcm::Aes256Gcm::new(&self.key.into());
         let piece = self.chunk_plain + RAW_TAG_BYTES;
@@ -347,7 +353,7 @@ impl RawMedia {
             cipher
                 .decrypt_inout_detached(&Self::nonce(index).into(), &[0u8; RAW_CHUNK_AAD_BYTES], data.into(), &tag.into())
                 .map_err(|_| anyhow::anyhow!("a raw chunk did not decrypt"))?;
-            std::hint::black_box(&data);
+            plaintext(std::hint::black_box(data)).context("a raw reader cannot write its copy")?;
             left -= len;
             index += 1;
         }
@@ -381,7 +387,19 @@ pub(super) const MIB: f64 = 1024.0 * 1024.0;
 /// A loopback TCP copy of `media.blob` to each of `readers` readers at once (a writer
 /// thread per reader); with `decrypt`, each reader also decrypts every piece as it
 /// arrives, as a player does.
-pub(super) fn raw_tcp_delivery(media: &RawMedia, readers: usize, decrypt: bool) -> anyhow::Result<RawDelivery> {
+/// What each reader of `raw_tcp_delivery` does with the bytes it receives.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum RawReader<'a> {
+    /// Counts them.
+    Count,
+    /// Decrypts each piece as it arrives.
+    Decrypt,
+    /// Decrypts each piece and writes the plaintext to a file of its own in this directory
+    /// (as a player writes its copy; the files are removed after the timing).
+    DecryptAndWrite(&'a Path),
+}
+
+pub(super) fn raw_tcp_delivery(media: &RawMedia, readers: usize, reader: RawReader<'_>) -> anyhow::Result<RawDelivery> {
     use std::io::{Read as _, Write as _};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").context("cannot listen on 127.0.0.1 for the raw delivery baseline")?;
     let address = listener.local_addr()?;
@@ -403,11 +421,15 @@ pub(super) fn raw_tcp_delivery(media: &RawMedia, readers: usize, decrypt: bool) 
             })
         });
         let reading: Vec<_> = (0..readers)
-            .map(|_| {
+            .map(|number| {
                 scope.spawn(move || -> anyhow::Result<()> {
                     let mut stream = std::net::TcpStream::connect(address).context("a raw reader cannot connect")?;
-                    if decrypt {
-                        media.decrypt_pieces(|piece| stream.read_exact(piece))?;
+                    if let RawReader::DecryptAndWrite(dir) = reader {
+                        let path = dir.join(format!("raw-copy-{number}"));
+                        let mut file = std::fs::File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
+                        media.decrypt_pieces(|piece| stream.read_exact(piece), |plaintext| file.write_all(plaintext))?;
+                    } else if let RawReader::Decrypt = reader {
+                        media.decrypt_pieces(|piece| stream.read_exact(piece), |_| Ok(()))?;
                     } else {
                         let mut buffer = vec![0u8; RAW_READ_BUFFER_BYTES];
                         let mut received = 0;
@@ -428,8 +450,14 @@ pub(super) fn raw_tcp_delivery(media: &RawMedia, readers: usize, decrypt: bool) 
         results.push(writers.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the raw writers panicked"))));
         results
     });
+    let measured = RawDelivery::measured(readers, media.blob.len(), started, cpu_before);
+    if let RawReader::DecryptAndWrite(dir) = reader {
+        for number in 0..readers {
+            let _ = std::fs::remove_file(dir.join(format!("raw-copy-{number}")));
+        }
+    }
     results.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
-    Ok(RawDelivery::measured(readers, media.blob.len(), started, cpu_before))
+    Ok(measured)
 }
 
 /// AES-256-GCM decryption (the `aes-gcm` crate the player decrypts with) of `copies` copies
@@ -446,11 +474,14 @@ pub(super) fn raw_aes_gcm_delivery(media: &RawMedia, copies: usize, threads: usi
                 scope.spawn(move || -> anyhow::Result<()> {
                     while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < copies {
                         let mut offset = 0;
-                        media.decrypt_pieces(|piece| {
-                            piece.copy_from_slice(&media.blob[offset..offset + piece.len()]);
-                            offset += piece.len();
-                            Ok(())
-                        })?;
+                        media.decrypt_pieces(
+                            |piece| {
+                                piece.copy_from_slice(&media.blob[offset..offset + piece.len()]);
+                                offset += piece.len();
+                                Ok(())
+                            },
+                            |_| Ok(()),
+                        )?;
                     }
                     Ok(())
                 })

@@ -259,5 +259,13 @@ pub fn describe_delivery(out: &mut String, delivery: &DeliveryCase, target: &str
         delivery.raw_tcp_copy.mib_s,
         format!("{:.0}", delivery.raw_aes_gcm.mib_s)
     );
+    let written = delivery.raw_together_written.mib_s;
+    let _ = writeln!(
+        out,
+        "{:<44} {written:>14.0} {:>14.0} {:>7.3}",
+        format!("  {players} players vs raw writing each copy"),
+        delivery.warm_many.mib_s,
+        if written > 0.0 { delivery.warm_many.mib_s / written } else { f64::NAN }
+    );
     let _ = writeln!(out, "       case 9 CPU: {}.", delivery.cpu_measured);
 }
