@@ -183,7 +183,7 @@ impl Projections {
             head_y: head.y,
             head_z: head.z,
             merkle_root: royalty::merkle_root(&ys),
-            totals_digest: log.usage_digest(last).unwrap_or([0; 32]),
+            totals_digest: head.usage_digest,
             prev_seal_hash: log.seals.last().map_or([0; 32], Report::seal_hash),
             engine_key_id: String::new(),
             signature: vec![],

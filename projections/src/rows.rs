@@ -419,6 +419,30 @@ impl<R: RowKind> Rows<R> {
         }
     }
 
+    /// Sets the row of `key`, which the caller knows is absent (an index kept in step with
+    /// other rows): stored, no read of sled to find out.
+    pub fn insert_absent(&mut self, key: R::Key, value: R::Value) {
+        match &mut self.inner {
+            RowsInner::Memory { rows, touched } => {
+                touched.touch(&key);
+                rows.insert(key, value);
+            }
+            RowsInner::Stored(stored) => stored.replace(key, Some(value), false),
+        }
+    }
+
+    /// Removes the row of `key`, which the caller knows is present (as `insert_absent`).
+    pub fn remove_present(&mut self, key: &R::Key) {
+        match &mut self.inner {
+            RowsInner::Memory { rows, touched } => {
+                if rows.remove(key).is_some() {
+                    touched.touch(key);
+                }
+            }
+            RowsInner::Stored(stored) => stored.replace(key.clone(), None, true),
+        }
+    }
+
     /// Removes the row of `key`; returns it.
     pub fn remove(&mut self, key: &R::Key) -> Option<R::Value> {
         match &mut self.inner {

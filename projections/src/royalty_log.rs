@@ -450,9 +450,13 @@ impl RoyaltyLog {
                 return Some(format!("covers entries up to {} but the log has {count}", seal.last_entry));
             };
             // The entries since the last seal: in memory, also in a store (`entries`).
-            let parts = self.entries.seal_parts(seal.first_entry.saturating_sub(self.entry_base), last + 1);
+            let first = seal.first_entry.saturating_sub(self.entry_base);
+            let parts = self.entries.seal_parts(first, last + 1);
+            let (Some(head), true) = (parts.last(), parts.len() as u64 == last + 1 - first) else {
+                // Only a store's read error (which stops the store) gets here.
+                return Some(format!("covers entries {}..={} that cannot be read back", seal.first_entry, seal.last_entry));
+            };
             let ys: Vec<[u8; 32]> = parts.iter().map(|part| part.y).collect();
-            let Some(head) = parts.last() else { return Some(format!("covers entries up to {} that cannot be read", seal.last_entry)) };
             if head.y != seal.head_y || head.z != seal.head_z {
                 Some("head Y/Z differ from the chain".into())
             } else if royalty::merkle_root(&ys) != seal.merkle_root {

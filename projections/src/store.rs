@@ -137,7 +137,8 @@ impl ProjectionStore {
             // The entries from the one before the key's position: usually the newest few.
             let entries = &projections.royalty.entries;
             let held = entries.len() as u64;
-            let tail: Vec<_> = entries.range(position.next_index.saturating_sub(1), held).into_iter().map(|entry| entry.chained).collect();
+            let tail = entries.detached(position.next_index.saturating_sub(1), held).read().map_err(|error| LoadError::Inconsistent(error.into()))?;
+            let tail: Vec<_> = tail.into_iter().map(|entry| entry.chained).collect();
             let chain = Chain::resume_from_tail(position, EPOCH, held, &tail).map_err(|fault| LoadError::ChainKey(fault.to_string()))?;
             self.lock_writer().chain_written = Some(chain.next_index());
             projections.royalty.chain = Some(chain);

@@ -202,11 +202,13 @@ impl VoucherBook {
         }
         // Issued or under way: the access window can lapse.
         let lapses = |status: VoucherStatus| matches!(status, VoucherStatus::Issued | VoucherStatus::Redeeming);
+        // The lapse index is in step with the rows: whether the key is there follows from
+        // the old status, so a store need not read it (`insert_absent`, `remove_present`).
         if lapses(old) && !lapses(status) {
-            self.lapsing.remove(&LapseKey::new(expires_at, voucher_id));
+            self.lapsing.remove_present(&LapseKey::new(expires_at, voucher_id));
         }
         if lapses(status) && !lapses(old) {
-            self.lapsing.insert(LapseKey::new(expires_at, voucher_id), ());
+            self.lapsing.insert_absent(LapseKey::new(expires_at, voucher_id), ());
         }
         self.counts[status_index(old)] -= 1;
         self.counts[status_index(status)] += 1;
@@ -215,7 +217,7 @@ impl VoucherBook {
     /// Adds the entries of a row (its status and expiry) to the indexes and the counts.
     fn index(&mut self, voucher_id: &VoucherId, status: VoucherStatus, expires_at: Millis) {
         if self.index_in_memory(voucher_id, status, expires_at) {
-            self.lapsing.insert(LapseKey::new(expires_at, voucher_id), ());
+            self.lapsing.insert_absent(LapseKey::new(expires_at, voucher_id), ());
         }
     }
 
@@ -236,7 +238,7 @@ impl VoucherBook {
             self.expiry.remove(&(expires_at, voucher_id.clone()));
         }
         if matches!(status, VoucherStatus::Issued | VoucherStatus::Redeeming) {
-            self.lapsing.remove(&LapseKey::new(expires_at, voucher_id));
+            self.lapsing.remove_present(&LapseKey::new(expires_at, voucher_id));
         }
     }
 

@@ -194,10 +194,16 @@ impl TlogSite {
             if published.seals_seen != seen {
                 return; // another request took them in meanwhile
             }
-            let entries = entries.read().map_err(|error| format!("the royalty entries to publish cannot be read: {:#}", anyhow::Error::new(error)));
-            let outcome = entries.and_then(|entries| {
-                published.tiled.extend_committed(entries.iter().map(|entry| (&entry.chained, &entry.commitment))).map_err(|fault| fault.to_string())
-            });
+            // Not a fault of the log: the next refresh tries again (after a rebuild the
+            // projections' store is new, and so are the rows it reads).
+            let entries = match entries.read() {
+                Ok(entries) => entries,
+                Err(error) => {
+                    tracing::warn!(reason = %format!("{:#}", anyhow::Error::new(error)), "the royalty entries to publish cannot be read yet; trying again at the next seal");
+                    return;
+                }
+            };
+            let outcome = published.tiled.extend_committed(entries.iter().map(|entry| (&entry.chained, &entry.commitment))).map_err(|fault| fault.to_string());
             let outcome = outcome.and_then(|()| {
                 notes.iter().try_for_each(|note| {
                     published.tiled.publish(note).map_err(|error| error.to_string())?;

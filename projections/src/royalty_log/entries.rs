@@ -9,7 +9,8 @@
 //! seal under the projections' lock, so that is never a sled read. Whole entries are read
 //! from sled when asked (`get`, `range`, `iter`, `detached`): exports, the tiles'
 //! publisher (outside the lock), a chain resumed at start-up. Memory thus follows the
-//! entries between two commits and (at 96 bytes each) two seals, not the log's length.
+//! entries between two commits and (at 96 bytes each) two seals; what still grows with the
+//! log's length is its tree (`RoyaltyLog::tree`, about 64 bytes an entry) and its seals.
 
 use super::format::{ENTRY_PREFIX, EntryRecord};
 use crate::rows::{Causes, RowError, decode_json, index_key, index_of};
@@ -68,7 +69,8 @@ pub struct Entries {
     parts: Vec<SealPart>,
     parts_from: u64,
     /// The first stored entry that could not be read: the next commit fails with it, which
-    /// stops the store (as a `Rows` fault does). Shared by copies, as the rows are.
+    /// stops the store (as a `Rows` fault does). Shared by copies (unlike a `Rows` fault):
+    /// a read that failed on a copy stops the original's commits too.
     fault: Arc<OnceLock<Arc<RowError>>>,
 }
 
@@ -157,6 +159,10 @@ impl Entries {
         if position >= self.from {
             return self.held.get(usize::try_from(position - self.from).ok()?).map(Cow::Borrowed);
         }
+        // The newest entry is kept even once it left memory (no sled read for it).
+        if let Some(last) = self.last_released.as_ref().filter(|last| last.chained.index + 1 == self.from && position + 1 == self.from) {
+            return Some(Cow::Borrowed(last));
+        }
         self.read_stored(position..position + 1).next().map(Cow::Owned)
     }
 
@@ -229,15 +235,14 @@ impl Entries {
         }
     }
 
-    /// Entries all committed to `db` (a rebuild committed the whole state): from now on
-    /// stored, out of memory but what a seal needs of those from `unsealed` on.
+    /// The entries a commit took (`take_from`, a rebuild's whole state) are in `db`: from
+    /// now on stored, out of memory but what a seal needs of those from `unsealed` on.
     pub(crate) fn spill(&mut self, db: &sled::Db, unsealed: u64) {
         if self.db.is_none() {
             let from = unsealed.min(self.len() as u64);
             self.parts = self.resident_range(from, self.len() as u64).iter().map(LoggedEntry::seal_part).collect();
             self.parts_from = from;
             self.db = Some(db.clone());
-            self.taken = self.len() as u64;
         }
         self.release(unsealed);
     }

@@ -417,6 +417,12 @@ fn sealed_entries_leave_memory_and_are_read_back_from_the_store() {
     assert_eq!((loaded.royalty.entries.resident(), loaded.royalty.entries.seal_parts_held()), (0, 1), "reopened: only the unsealed entry's seal part");
     assert_identical(&loaded, &memory);
 
+    // The newest entry's row altered: the seal is still built (from memory), the same.
+    let newest = loaded.royalty.entries.len() as u64 - 1;
+    store.db.insert(crate::rows::index_key(crate::royalty_log::format::ENTRY_PREFIX, newest), b"{}".to_vec()).expect("alter the row");
+    assert_eq!(unsigned(&loaded), unsigned(&memory), "no sled read builds the seal");
+    assert!(loaded.royalty.entries.get(newest).is_some(), "the newest entry is kept");
+
     // The control: alter entry 0's row under the loaded projections.
     store.db.insert(crate::rows::index_key(crate::royalty_log::format::ENTRY_PREFIX, 0), b"{}".to_vec()).expect("alter the row");
     assert!(loaded.royalty.entries.get(0).is_none(), "the altered row is what is read");
@@ -424,6 +430,34 @@ fn sealed_entries_leave_memory_and_are_read_back_from_the_store() {
     apply_stored(&mut loaded, &another_usage(&mut memory));
     let failed = store.commit(&mut loaded).expect_err("the unreadable entry stops the store");
     assert!(format!("{failed:?}").contains("royalty entry"), "{failed:?}");
+}
+
+/// Issue 26 (memory): a rebuild in memory committed whole and then spilled (as
+/// `Live::rebuild` does): its committed entries leave memory, what a seal needs of the one
+/// not sealed stays, and the log reads, seals and commits on as the in-memory one.
+#[test]
+fn a_rebuild_committed_whole_spills_its_entries_to_the_store() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let mut reference = keyed();
+    let mut rebuilt = keyed();
+    rebuilt.track_changes();
+    apply_stored(&mut rebuilt, &apply_all(&mut reference, script(), true));
+    apply_stored(&mut rebuilt, &another_usage(&mut reference));
+    let (store, _) = ProjectionStore::open(dir.path()).expect("open");
+    let prepared = store.prepare(&mut rebuilt).expect("prepare");
+    store.write(prepared).expect("write");
+    assert_eq!(rebuilt.royalty.entries.resident(), rebuilt.royalty.entries.len(), "before the spill, in memory");
+    store.spill(&mut rebuilt);
+    let entries = &rebuilt.royalty.entries;
+    assert_eq!((entries.resident(), entries.seal_parts_held()), (0, 1), "spilled: the unsealed entry's seal part only");
+    assert_eq!(rebuilt.royalty.entries, reference.royalty.entries, "read back from sled");
+    let unsigned = |p: &Projections| p.unsigned_seal(1).expect("chained").expect("an entry to seal");
+    assert_eq!(unsigned(&rebuilt), unsigned(&reference));
+    apply_stored(&mut rebuilt, &another_usage(&mut reference));
+    store.commit(&mut rebuilt).expect("commit after the spill");
+    assert_eq!((rebuilt.royalty.entries.resident(), rebuilt.royalty.entries.seal_parts_held()), (0, 2));
+    assert_eq!(rebuilt.royalty.entries, reference.royalty.entries);
+    assert_identical(&rebuilt, &reference);
 }
 
 /// The on-disk format, byte for byte: every key and value of a store that holds every
