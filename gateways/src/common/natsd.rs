@@ -50,6 +50,8 @@ pub enum HarnessError {
     Spawn { binary: PathBuf, reason: String },
     #[error("nats-server did not accept connections on 127.0.0.1:{port} (or JetStream was not healthy) in time; its log ends with:\n{log_tail}")]
     NotReady { port: u16, log_tail: String },
+    #[error("nats-server for 127.0.0.1:{port} exited ({status}) before it accepted connections; its log ends with:\n{log_tail}")]
+    Exited { port: u16, status: String, log_tail: String },
     #[error("harness I/O failed: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -165,7 +167,7 @@ impl NatsServer {
         std::fs::write(&config, format!("{base_config}{extra}"))?;
         let mut process = Process { binary, config, child: None, pid: 0, port, monitor_port };
         process.spawn()?;
-        let server = Self { process, port, store, version, base_config };
+        let mut server = Self { process, port, store, version, base_config };
         server.process.wait_ready(Duration::from_millis(STARTUP_TIMEOUT_MS))?;
         Ok(server)
     }
@@ -264,8 +266,8 @@ impl NatsCluster {
             process.spawn()?;
             nodes.push(ClusterNode { process, _store: store });
         }
-        let cluster = Self { nodes, version };
-        for node in &cluster.nodes {
+        let mut cluster = Self { nodes, version };
+        for node in &mut cluster.nodes {
             node.process.wait_ready(Duration::from_millis(CLUSTER_STARTUP_TIMEOUT_MS))?;
         }
         Ok(cluster)
@@ -353,11 +355,16 @@ impl Process {
 
     /// Waits until the server answers INFO and its monitoring endpoint reports healthy
     /// (JetStream up, streams recovered, in a cluster a meta leader known).
-    fn wait_ready(&self, timeout: Duration) -> Result<(), HarnessError> {
+    /// Waits until the server accepts connections and reports JetStream healthy; fails at
+    /// once if it exited (a port it could not bind, a bad configuration).
+    fn wait_ready(&mut self, timeout: Duration) -> Result<(), HarnessError> {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if read_info(self.port).is_ok() && healthz(self.monitor_port) {
                 return Ok(());
+            }
+            if let Some(status) = self.child.as_mut().and_then(|child| child.try_wait().ok().flatten()) {
+                return Err(HarnessError::Exited { port: self.port, status: status.to_string(), log_tail: self.log_tail() });
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -436,7 +443,7 @@ fn with_fresh_ports<T>(mut start: impl FnMut() -> Result<T, HarnessError>) -> Re
 
 /// Whether a start failed because a port it was given was taken.
 fn port_taken(error: &HarnessError) -> bool {
-    matches!(error, HarnessError::NotReady { log_tail, .. } if log_tail.contains("address already in use"))
+    matches!(error, HarnessError::NotReady { log_tail, .. } | HarnessError::Exited { log_tail, .. } if log_tail.contains("address already in use"))
 }
 
 fn free_port() -> Result<u16, HarnessError> {
@@ -450,7 +457,11 @@ mod tests {
 
     #[test]
     fn a_start_is_tried_again_on_new_ports_only_when_a_port_was_taken() {
-        let taken = || HarnessError::NotReady { port: 1, log_tail: "[FTL] Error listening on router port: 2 - bind: address already in use".into() };
+        let taken = || HarnessError::Exited {
+            port: 1,
+            status: "exit status: 1".into(),
+            log_tail: "[FTL] Error listening on router port: 2 - bind: address already in use".into(),
+        };
         let mut tries = 0;
         let started = with_fresh_ports(|| {
             tries += 1;
