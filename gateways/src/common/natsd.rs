@@ -354,9 +354,8 @@ impl Process {
     }
 
     /// Waits until the server answers INFO and its monitoring endpoint reports healthy
-    /// (JetStream up, streams recovered, in a cluster a meta leader known).
-    /// Waits until the server accepts connections and reports JetStream healthy; fails at
-    /// once if it exited (a port it could not bind, a bad configuration).
+    /// (JetStream up, streams recovered, in a cluster a meta leader known); fails at once if
+    /// it exited (a port it could not bind, a bad configuration).
     fn wait_ready(&mut self, timeout: Duration) -> Result<(), HarnessError> {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
@@ -381,6 +380,14 @@ impl Process {
         let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
+    }
+}
+
+/// A process of ours is stopped (by its PID) however its owner goes, also one started by a
+/// cluster start that failed part-way.
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 
