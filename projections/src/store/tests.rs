@@ -605,31 +605,41 @@ fn a_checkpoint_that_does_not_describe_the_state_is_quarantined() {
     assert!(matches!(&usages, OpenOutcome::Quarantined { reason, .. } if reason.contains("usages")), "{usages:?}");
 }
 
+/// A store of `script()` (no seal) in which `rewrite` replaces one stored pair (it returns
+/// the old key and value, and the new key and value), with the checkpoint's content digest
+/// made to match so that only the check under test can see it; reopened. The store lives
+/// below the returned directory, its quarantine too.
+fn reopen_with_pair_rewritten(rewrite: impl FnOnce(&sled::Db) -> (Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>)) -> (ProjectionStore, OpenOutcome, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().join("store");
+    {
+        let (store, _) = ProjectionStore::open(&path).expect("open");
+        let mut projections = store.load(None, None).expect("load");
+        apply_all(&mut projections, script(), false);
+        store.commit(&mut projections).expect("commit");
+        let (key, old, new_key, new) = rewrite(&store.db);
+        let mut checkpoint = decode_checkpoint(&store.db.get(CHECKPOINT_KEY).expect("get").expect("checkpoint")).expect("decode");
+        xor_into(&mut checkpoint.content_digest, &pair_hash(&key, &old));
+        xor_into(&mut checkpoint.content_digest, &pair_hash(&new_key, &new));
+        store.db.remove(&key).expect("remove");
+        store.db.insert(&new_key, new).expect("insert");
+        store.db.insert(CHECKPOINT_KEY, encode_checkpoint(&checkpoint).expect("encode")).expect("insert");
+        store.db.flush().expect("flush");
+    }
+    let (store, outcome) = ProjectionStore::open(&path).expect("reopen");
+    (store, outcome, dir)
+}
+
 #[test]
 fn a_stored_ledger_that_does_not_sum_to_zero_is_quarantined() {
-    // Rewrites one ledger row and the checkpoint's content digest to match, so that
-    // only the ledger check can see it; unchanged (`delta` 0) it is the negative control.
+    // One ledger row rewritten; unchanged (`delta` 0) it is the negative control.
     let reopen_with_ledger_delta = |delta: i128| {
-        let dir = tempfile::tempdir().expect("temporary directory");
-        // A store below the temporary directory, so that its quarantine stays in it.
-        let path = dir.path().join("store");
-        {
-            let (store, _) = ProjectionStore::open(&path).expect("open");
-            let mut projections = store.load(None, None).expect("load");
-            apply_all(&mut projections, script(), false);
-            store.commit(&mut projections).expect("commit");
-            let (key, old) = store.db.scan_prefix(LEDGER_PREFIX).next().expect("a ledger row").expect("read");
+        let (_store, outcome, _dir) = reopen_with_pair_rewritten(|db| {
+            let (key, old) = db.scan_prefix(LEDGER_PREFIX).next().expect("a ledger row").expect("read");
             let mut record: LedgerRecord = serde_json::from_slice(&old).expect("decode");
             record.balance_minor += delta;
-            let new = serde_json::to_vec(&record).expect("encode");
-            let mut checkpoint = decode_checkpoint(&store.db.get(CHECKPOINT_KEY).expect("get").expect("checkpoint")).expect("decode");
-            xor_into(&mut checkpoint.content_digest, &pair_hash(&key, &old));
-            xor_into(&mut checkpoint.content_digest, &pair_hash(&key, &new));
-            store.db.insert(&key, new).expect("insert");
-            store.db.insert(CHECKPOINT_KEY, encode_checkpoint(&checkpoint).expect("encode")).expect("insert");
-            store.db.flush().expect("flush");
-        }
-        let (_store, outcome) = ProjectionStore::open(&path).expect("reopen");
+            (key.to_vec(), old.to_vec(), key.to_vec(), serde_json::to_vec(&record).expect("encode"))
+        });
         outcome
     };
     assert!(matches!(reopen_with_ledger_delta(0), OpenOutcome::Resumed { .. }));
@@ -639,33 +649,18 @@ fn a_stored_ledger_that_does_not_sum_to_zero_is_quarantined() {
 
 /// Issue 26 (memory): the lapse index lives in sled beside the voucher rows; at open the
 /// store checks it holds exactly the rows' lapse keys. A lapse row moved to another time
-/// (with the content digest made to match, so that only this check can see it) is
-/// quarantined; rewritten unchanged it is the negative control. Loaded, the index is not
+/// is quarantined; rewritten unchanged it is the negative control. Loaded, the index is not
 /// in memory, and the sweeper's work list reads it from sled.
 #[test]
 fn a_lapse_index_that_does_not_match_the_voucher_rows_is_quarantined() {
     use crate::vouchers::format::LAPSE_PREFIX;
     let reopen_with_lapse_moved = |moved: bool| {
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let path = dir.path().join("store");
-        {
-            let (store, _) = ProjectionStore::open(&path).expect("open");
-            let mut projections = store.load(None, None).expect("load");
-            apply_all(&mut projections, script(), false);
-            store.commit(&mut projections).expect("commit");
-            let (key, value) = store.db.scan_prefix(LAPSE_PREFIX).next().expect("a lapse row").expect("read");
+        reopen_with_pair_rewritten(|db| {
+            let (key, value) = db.scan_prefix(LAPSE_PREFIX).next().expect("a lapse row").expect("read");
             let mut new_key = key.to_vec();
             new_key[PREFIX_BYTES + 7] ^= u8::from(moved);
-            let mut checkpoint = decode_checkpoint(&store.db.get(CHECKPOINT_KEY).expect("get").expect("checkpoint")).expect("decode");
-            xor_into(&mut checkpoint.content_digest, &pair_hash(&key, &value));
-            xor_into(&mut checkpoint.content_digest, &pair_hash(&new_key, &value));
-            store.db.remove(&key).expect("remove");
-            store.db.insert(&new_key, value).expect("insert");
-            store.db.insert(CHECKPOINT_KEY, encode_checkpoint(&checkpoint).expect("encode")).expect("insert");
-            store.db.flush().expect("flush");
-        }
-        let (store, outcome) = ProjectionStore::open(&path).expect("reopen");
-        (store, outcome, dir)
+            (key.to_vec(), value.to_vec(), new_key, value.to_vec())
+        })
     };
     let (store, outcome, _dir) = reopen_with_lapse_moved(false);
     assert!(matches!(outcome, OpenOutcome::Resumed { .. }), "{outcome:?}");
