@@ -189,6 +189,14 @@ fn keyed() -> Projections {
     Projections::with_royalty_keys(&master(), Some(test_keys::fixed_rsa().public()))
 }
 
+/// The store in `dir`, opened, and its projections loaded with the master key and the
+/// engine's public key.
+fn keyed_store(dir: &std::path::Path) -> (ProjectionStore, Projections) {
+    let (store, _) = ProjectionStore::open(dir).expect("open");
+    let projections = store.load(Some(&master()), Some(test_keys::fixed_rsa().public())).expect("load");
+    (store, projections)
+}
+
 /// Applies `events` to `projections` (and, when `seal`, a signed seal of the entries
 /// not sealed yet); returns the stored events, for applying elsewhere byte for byte
 /// (a seal's signature is randomized).
@@ -243,8 +251,7 @@ fn assert_identical(loaded: &Projections, memory: &Projections) {
 /// seal), and the projections that built it.
 fn committed_with_master(dir: &std::path::Path) -> Projections {
     let mut memory = keyed();
-    let (store, _) = ProjectionStore::open(dir).expect("open");
-    let mut projections = store.load(Some(&master()), Some(test_keys::fixed_rsa().public())).expect("load");
+    let (store, mut projections) = keyed_store(dir);
     apply_stored(&mut projections, &apply_all(&mut memory, script(), true));
     store.commit(&mut projections).expect("commit");
     assert!(memory.royalty.entries.len() >= 2, "the script records usages");
@@ -390,8 +397,7 @@ fn every_kind_of_row_round_trips() {
 fn sealed_entries_leave_memory_and_are_read_back_from_the_store() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let mut memory = keyed();
-    let (store, _) = ProjectionStore::open(dir.path()).expect("open");
-    let mut loaded = store.load(Some(&master()), Some(test_keys::fixed_rsa().public())).expect("load");
+    let (store, mut loaded) = keyed_store(dir.path());
     apply_stored(&mut loaded, &apply_all(&mut memory, script(), true));
     assert_eq!(loaded.royalty.entries.resident(), loaded.royalty.entries.len(), "uncommitted entries are in memory");
     store.commit(&mut loaded).expect("commit");
@@ -412,8 +418,7 @@ fn sealed_entries_leave_memory_and_are_read_back_from_the_store() {
     assert_eq!(unsigned(&loaded), unsigned(&memory));
     assert_eq!(loaded.royalty.entries.range(0, sealed as u64 + 1), memory.royalty.entries.range(0, sealed as u64 + 1));
     drop((store, loaded));
-    let (store, _) = ProjectionStore::open(dir.path()).expect("reopen");
-    let mut loaded = store.load(Some(&master()), Some(test_keys::fixed_rsa().public())).expect("load");
+    let (store, mut loaded) = keyed_store(dir.path());
     assert_eq!((loaded.royalty.entries.resident(), loaded.royalty.entries.seal_parts_held()), (0, 1), "reopened: only the unsealed entry's seal part");
     assert_identical(&loaded, &memory);
 
@@ -469,8 +474,7 @@ fn a_rebuild_committed_whole_spills_its_entries_to_the_store() {
 #[test]
 fn the_stored_bytes_are_those_of_format_16() {
     let dir = tempfile::tempdir().expect("temporary directory");
-    let (store, _) = ProjectionStore::open(dir.path()).expect("open");
-    let mut projections = store.load(Some(&master()), Some(test_keys::fixed_rsa().public())).expect("load");
+    let (store, mut projections) = keyed_store(dir.path());
     let events = script();
     let (first, second) = events.split_at(12);
     apply_all(&mut projections, first.to_vec(), false);
@@ -511,8 +515,7 @@ fn a_seal_trims_the_stored_row_of_stream_heads_it_falls_in() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let mut memory = keyed();
     {
-        let (store, _) = ProjectionStore::open(dir.path()).expect("open");
-        let mut projections = store.load(Some(&master()), Some(test_keys::fixed_rsa().public())).expect("load");
+        let (store, mut projections) = keyed_store(dir.path());
         apply_stored(&mut projections, &apply_all(&mut memory, script(), false));
         store.commit(&mut projections).expect("commit");
         // The seal names the last stored event: the one row keeps only its head.
@@ -521,8 +524,7 @@ fn a_seal_trims_the_stored_row_of_stream_heads_it_falls_in() {
         assert_eq!(memory.stream_heads.len(), 2, "the sealed position's head and the seal's");
         assert_eq!(store.lock_writer().head_rows.iter().map(|(first, last)| last - first + 1).sum::<u64>(), 2);
     }
-    let (store, _) = ProjectionStore::open(dir.path()).expect("reopen");
-    let loaded = store.load(Some(&master()), Some(test_keys::fixed_rsa().public())).expect("load");
+    let (_store, loaded) = keyed_store(dir.path());
     assert_identical(&loaded, &memory);
 }
 
